@@ -1,0 +1,238 @@
+// Jetway passenger app: bootstrap, session, connection indicator and routing.
+
+import { RpcClient } from './rpc.js';
+import { SeatWatcher } from './live.js';
+import { h, clear, toast } from './ui.js';
+import { searchView } from './views/search.js';
+import { flightView } from './views/flight.js';
+import { bookingView } from './views/booking.js';
+import { tripsView } from './views/trips.js';
+import { authView } from './views/auth.js';
+
+const TOKEN_KEY = 'jetway.token';
+
+const client = new RpcClient();
+const watcher = new SeatWatcher(client);
+const bus = new EventTarget();
+
+let resolveSessionKnown;
+const ctx = {
+  client,
+  watcher,
+  bus,
+  user: null,
+  airports: null,
+  sessionKnown: new Promise((r) => {
+    resolveSessionKnown = r;
+  }),
+
+  navigate(hash, { replace = false } = {}) {
+    if (location.hash === hash) route();
+    else if (replace) {
+      history.replaceState(null, '', hash);
+      route();
+    } else location.hash = hash;
+  },
+
+  setSession(result) {
+    localStorage.setItem(TOKEN_KEY, result.token);
+    ctx.user = result.user;
+    renderAccount();
+    bus.dispatchEvent(new CustomEvent('session', { detail: ctx.user }));
+  },
+
+  forgetSession(message) {
+    localStorage.removeItem(TOKEN_KEY);
+    const had = !!ctx.user;
+    ctx.user = null;
+    renderAccount();
+    bus.dispatchEvent(new CustomEvent('session', { detail: null }));
+    if (message && had !== undefined) toast(message, 'info');
+  },
+
+  async logout() {
+    try {
+      await client.call('auth.logout', {});
+    } catch {
+      /* the token is forgotten locally either way */
+    }
+    ctx.forgetSession();
+    toast('You have been logged out.');
+    ctx.navigate('#/');
+  },
+
+  /** For views that need a user: waits for the session, or sends to the login page. */
+  async requireUser() {
+    if (!ctx.user && localStorage.getItem(TOKEN_KEY)) await ctx.sessionKnown;
+    if (ctx.user) return ctx.user;
+    ctx.navigate(`#/login?next=${encodeURIComponent(location.hash || '#/')}`, { replace: true });
+    return null;
+  },
+
+  async loadAirports() {
+    if (ctx.airports) return ctx.airports;
+    try {
+      const r = await client.call('flights.airports', {});
+      ctx.airports = r.airports || [];
+    } catch (e) {
+      if (e.reason === 'disconnected') throw e;
+      // Fallback: learn airports from upcoming flights.
+      const r = await client.call('flights.search', { limit: 200 });
+      const codes = new Set();
+      for (const f of r.flights || []) codes.add(f.from).add(f.to);
+      ctx.airports = [...codes].sort().map((code) => ({ code, city: code, name: code }));
+    }
+    return ctx.airports;
+  },
+
+  airportLabel(code) {
+    const a = (ctx.airports || []).find((x) => x.code === code);
+    return a ? `${a.city} (${code})` : code;
+  },
+
+  cityOf(code) {
+    const a = (ctx.airports || []).find((x) => x.code === code);
+    return a ? a.city : code;
+  },
+};
+
+// ---- session resume on every (re)connect -----------------------------------------
+
+client.onConnect(async (c) => {
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    resolveSessionKnown();
+    return;
+  }
+  try {
+    const r = await c.call('auth.resume', { token }, { immediate: true });
+    ctx.setSession(r);
+  } catch (e) {
+    if (['invalid_token', 'unauthenticated', 'bad_credentials', 'not_found'].includes(e.reason)) {
+      ctx.forgetSession('Your session has ended. Please log in again.');
+      if (document.querySelector('[data-requires-login]')) {
+        ctx.navigate(`#/login?next=${encodeURIComponent(location.hash || '#/')}`, { replace: true });
+      }
+    } else if (e.reason === 'disconnected') {
+      return; // try again on the next connect
+    } else {
+      console.warn('auth.resume failed', e);
+    }
+  }
+  resolveSessionKnown();
+});
+
+client.on('booking.updated', (p) => {
+  const b = p.booking;
+  if (!b) return;
+  bus.dispatchEvent(new CustomEvent('booking', { detail: b }));
+  if (b.status === 'expired') toast(`Your hold ${b.locator} has expired and its seats were released.`, 'warn');
+});
+
+// ---- connection indicator -----------------------------------------------------------
+
+const connEl = document.getElementById('conn');
+let connTimer = null;
+client.addEventListener('state', (e) => {
+  const { state, ready, retryAt } = e.detail;
+  clearInterval(connTimer);
+  const text = connEl.querySelector('.conn-text');
+  let vis;
+  if (state === 'open' && ready) {
+    vis = 'live';
+    text.textContent = 'Live';
+    connEl.title = 'Connected: seat maps and bookings update live';
+  } else if (state === 'reconnecting' && retryAt) {
+    vis = 'reconnecting';
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+      text.textContent = s > 0 ? `Offline · retrying in ${s}s` : 'Reconnecting…';
+    };
+    tick();
+    connTimer = setInterval(tick, 500);
+    connEl.title = 'Connection lost. Click to retry now.';
+  } else {
+    vis = state === 'closed' ? 'offline' : 'connecting';
+    text.textContent = state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
+  }
+  connEl.dataset.state = vis;
+  document.body.classList.toggle('is-offline', vis === 'reconnecting' || vis === 'offline');
+  if (vis === 'live') bus.dispatchEvent(new CustomEvent('live'));
+});
+connEl.addEventListener('click', () => client.reconnectNow());
+
+// ---- account area ---------------------------------------------------------------------
+
+function renderAccount() {
+  const el = document.getElementById('account');
+  clear(el);
+  if (ctx.user) {
+    el.append(
+      h('span', { class: 'account-name', 'data-testid': 'account-name' }, h('span', { class: 'avatar', 'aria-hidden': 'true' }, ctx.user.username[0].toUpperCase()), h('span', { class: 'account-username' }, ctx.user.username)),
+      h('button', { type: 'button', class: 'btn btn-ghost btn-small', onclick: () => ctx.logout() }, 'Log out'),
+    );
+  } else {
+    el.append(h('a', { class: 'btn btn-ghost btn-small', href: `#/login?next=${encodeURIComponent(location.hash || '#/')}` }, 'Log in'));
+  }
+}
+
+// ---- router ---------------------------------------------------------------------------
+
+const main = document.getElementById('main');
+let current = null; // AbortController of the active view
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, '');
+  const [path, qs = ''] = raw.split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  return { parts, query: new URLSearchParams(qs) };
+}
+
+async function route() {
+  if (current) current.abort();
+  const ac = new AbortController();
+  current = ac;
+  const { parts, query } = parseHash();
+  const [name = 'search', arg] = parts;
+  let view;
+  let nav = name;
+  if (name === 'search' || name === '') view = (el, o) => searchView(ctx, el, o);
+  else if (name === 'flight' && arg) view = (el, o) => flightView(ctx, el, { ...o, flightId: arg });
+  else if (name === 'booking' && arg) view = (el, o) => bookingView(ctx, el, { ...o, locator: arg });
+  else if (name === 'trips') view = (el, o) => tripsView(ctx, el, o);
+  else if (name === 'login') view = (el, o) => authView(ctx, el, o);
+  else {
+    view = (el) => el.append(h('section', { class: 'card empty' }, h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '#/' }, 'Search flights'))));
+    nav = '';
+  }
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    if (a.dataset.nav === nav) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  renderAccount();
+  clear(main);
+  const container = h('div', { class: `view view-${name}` });
+  main.append(container);
+  try {
+    await view(container, { query, signal: ac.signal });
+  } catch (e) {
+    if (ac.signal.aborted) return;
+    console.warn('view failed', e);
+    clear(container).append(
+      h('section', { class: 'card empty', role: 'alert' }, h('h1', {}, 'Something went wrong'), h('p', {}, e.message || String(e)), h('p', {}, h('a', { href: location.hash || '#/', onclick: () => route() }, 'Try again'))),
+    );
+  }
+}
+
+window.addEventListener('hashchange', () => {
+  route();
+  main.focus({ preventScroll: true });
+  window.scrollTo(0, 0);
+});
+
+renderAccount();
+client.connect();
+route();
+
+// For debugging in the console.
+window.jetway = ctx;

@@ -1,0 +1,151 @@
+// Live seat maps: one subscription per flight, shared by every view that watches it.
+// Keeps the map and its version, applies `seats.changed` pushes in version order and,
+// after a reconnect (or a gap), resubscribes with `since` so that no change is missed.
+
+export class SeatFeed extends EventTarget {
+  constructor(flightId) {
+    super();
+    this.flightId = flightId;
+    this.version = null;
+    this.seats = new Map(); // seat -> {seat, cabin, status, ...}
+    this.cabins = new Map(); // cabin -> seats_available
+    this.loaded = false;
+    this.refs = 0;
+    this.subscribing = null;
+    this.buffer = [];
+  }
+
+  /** Seed seat metadata (row, column, window, ...) e.g. from flights.get. */
+  seed(seats) {
+    for (const s of seats) this.seats.set(s.seat, { ...this.seats.get(s.seat), ...s });
+  }
+
+  counts() {
+    const out = new Map();
+    for (const s of this.seats.values()) {
+      const c = out.get(s.cabin) || { cabin: s.cabin, total: 0, available: 0, held: 0, booked: 0 };
+      c.total += 1;
+      if (s.status === 'available') c.available += 1;
+      else if (s.status === 'held') c.held += 1;
+      else if (s.status === 'booked') c.booked += 1;
+      out.set(s.cabin, c);
+    }
+    return out;
+  }
+
+  _snapshot(version, seats) {
+    const prev = this.seats;
+    this.seats = new Map();
+    for (const s of seats) this.seats.set(s.seat, { ...prev.get(s.seat), ...s });
+    this.version = version;
+    this.cabins = new Map();
+    for (const c of this.counts().values()) this.cabins.set(c.cabin, c.available);
+    this.loaded = true;
+    this.dispatchEvent(new CustomEvent('snapshot', { detail: { version } }));
+  }
+
+  _apply(change) {
+    const changed = [];
+    for (const s of change.seats || []) {
+      const cur = this.seats.get(s.seat) || { seat: s.seat };
+      this.seats.set(s.seat, { ...cur, ...s });
+      changed.push({ ...cur, ...s, previous: cur.status });
+    }
+    for (const c of change.cabins || []) this.cabins.set(c.cabin, c.seats_available);
+    this.version = change.version;
+    this.dispatchEvent(new CustomEvent('change', { detail: { version: change.version, seats: changed } }));
+  }
+}
+
+export class SeatWatcher {
+  constructor(client) {
+    this.client = client;
+    this.feeds = new Map();
+    client.on('seats.changed', (p) => this._onPush(p));
+    client.onConnect(async (c) => {
+      for (const feed of this.feeds.values()) {
+        feed.subscribing = null;
+        try {
+          await this._subscribe(feed, true);
+        } catch (e) {
+          console.warn('resubscribe failed', feed.flightId, e);
+        }
+      }
+    });
+  }
+
+  /** Start watching a flight. Returns {feed, release}. */
+  watch(flightId) {
+    let feed = this.feeds.get(flightId);
+    if (!feed) {
+      feed = new SeatFeed(flightId);
+      this.feeds.set(flightId, feed);
+      this._subscribe(feed, false).catch((e) => {
+        if (e.reason !== 'disconnected') {
+          feed.error = e;
+          feed.dispatchEvent(new CustomEvent('error', { detail: e }));
+        }
+      });
+    }
+    feed.refs += 1;
+    let released = false;
+    return {
+      feed,
+      release: () => {
+        if (released) return;
+        released = true;
+        feed.refs -= 1;
+        if (feed.refs <= 0) {
+          this.feeds.delete(flightId);
+          if (this.client.ready) this.client.call('seats.unsubscribe', { flight_id: flightId }).catch(() => {});
+        }
+      },
+    };
+  }
+
+  _subscribe(feed, immediate) {
+    if (feed.subscribing) return feed.subscribing;
+    feed.buffer = [];
+    const params = { flight_id: feed.flightId };
+    if (feed.version !== null && feed.loaded) params.since = feed.version;
+    const p = this.client
+      .call('seats.subscribe', params, { immediate })
+      .then((r) => {
+        if (this.feeds.get(feed.flightId) !== feed) return;
+        if (Array.isArray(r.seats)) {
+          feed._snapshot(r.version, r.seats);
+        } else if (Array.isArray(r.changes)) {
+          for (const c of r.changes) if (c.version > feed.version) feed._apply(c);
+          feed.version = Math.max(feed.version ?? 0, r.version);
+        } else if (typeof r.version === 'number') {
+          feed.version = Math.max(feed.version ?? 0, r.version);
+        }
+        feed.subscribing = null;
+        const buffered = feed.buffer.sort((a, b) => a.version - b.version);
+        feed.buffer = [];
+        for (const push of buffered) this._onPush(push);
+      })
+      .finally(() => {
+        if (feed.subscribing === p) feed.subscribing = null;
+      });
+    feed.subscribing = p;
+    return p;
+  }
+
+  _onPush(p) {
+    const feed = this.feeds.get(p.flight_id);
+    if (!feed) return;
+    if (feed.subscribing || !feed.loaded) {
+      feed.buffer.push(p);
+      return;
+    }
+    if (p.version <= feed.version) return; // already seen
+    if (p.version === feed.version + 1) {
+      feed._apply(p);
+      return;
+    }
+    // A gap: ask for what we missed.
+    feed.buffer.push(p);
+    this._subscribe(feed, false).catch(() => {});
+  }
+}

@@ -1,0 +1,85 @@
+// Tiny DOM helpers.
+
+/**
+ * h('div', {class: 'x', onclick: fn, 'aria-label': '...'}, child, 'text', [more])
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k === 'style' && typeof v === 'object') Object.assign(el.style, v);
+    else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (k === 'value') el.value = v;
+    else if (k === 'checked' || k === 'disabled' || k === 'selected' || k === 'required' || k === 'hidden') el[k] = !!v;
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    if (Array.isArray(c)) append(el, c);
+    else if (c instanceof Node) el.append(c);
+    else el.append(document.createTextNode(String(c)));
+  }
+}
+
+export function clear(el) {
+  el.textContent = '';
+  return el;
+}
+
+let toastRegion;
+export function toast(message, kind = 'info', ms = 6000) {
+  if (!toastRegion) toastRegion = document.getElementById('toasts');
+  if (!toastRegion) return;
+  const t = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
+  toastRegion.append(t);
+  setTimeout(() => {
+    t.classList.add('leaving');
+    setTimeout(() => t.remove(), 300);
+  }, ms);
+}
+
+/** A modal confirm dialog; resolves true/false. */
+export function confirmDialog({ title, body, confirm = 'Confirm', cancel = 'Keep', danger = false }) {
+  return new Promise((resolve) => {
+    const dlg = h(
+      'dialog',
+      { class: 'dialog', 'aria-labelledby': 'dlg-title' },
+      h('h2', { id: 'dlg-title' }, title),
+      h('div', { class: 'dialog-body' }, body),
+      h(
+        'div',
+        { class: 'dialog-actions' },
+        h('button', { type: 'button', class: 'btn btn-ghost', value: 'no', onclick: () => dlg.close('no') }, cancel),
+        h('button', { type: 'button', class: `btn ${danger ? 'btn-danger' : 'btn-primary'}`, value: 'yes', onclick: () => dlg.close('yes') }, confirm),
+      ),
+    );
+    dlg.addEventListener('close', () => {
+      resolve(dlg.returnValue === 'yes');
+      dlg.remove();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+  });
+}
+
+export function statusBadge(status) {
+  const text = {
+    held: 'On hold',
+    confirmed: 'Confirmed',
+    cancelled: 'Cancelled',
+    expired: 'Expired',
+    refunded: 'Refunded',
+    paid: 'Paid',
+    partially_refunded: 'Partly refunded',
+    scheduled: 'Scheduled',
+    departed: 'Departed',
+  }[status] || status;
+  return h('span', { class: `badge badge-${status}` }, text);
+}

@@ -1,0 +1,328 @@
+import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
+import { newRequestId } from '../rpc.js';
+import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural } from '../format.js';
+import { friendlyError } from './flight.js';
+
+export const PAYMENT_METHODS = [
+  { id: 'pm_card_visa', label: 'Visa ending 4242 (test card: approved)' },
+  { id: 'pm_card_visa_chargeDeclined', label: 'Visa ending 0002 (test card: declined)' },
+  { id: 'pm_card_chargeCustomerFail', label: 'Card ending 0341 (test card: customer charge fails)' },
+];
+
+/** Estimated refund by the fare rule (the server's reply is authoritative). */
+export function estimateRefund(booking, cabinsBySeat = new Map()) {
+  const departs = booking.flight?.departs_at ? new Date(booking.flight.departs_at) : null;
+  const total = booking.total?.amount ?? 0;
+  if (!departs) return null;
+  const hoursLeft = (departs - Date.now()) / 3600000;
+  const allBusiness = booking.seats.length > 0 && booking.seats.every((s) => (s.cabin || cabinsBySeat.get(s.seat)) === 'business');
+  let amount;
+  let rule;
+  if (hoursLeft <= 0) {
+    amount = 0;
+    rule = 'The flight has departed.';
+  } else if (allBusiness) {
+    amount = total;
+    rule = 'Business fares are fully refundable until departure.';
+  } else if (hoursLeft >= 24) {
+    amount = total;
+    rule = 'Full refund: more than 24 hours before departure.';
+  } else {
+    amount = Math.floor(total / 2);
+    rule = 'Economy fares cancelled within 24 hours of departure are refunded at 50%.';
+  }
+  return { money: { amount, currency: booking.total?.currency || 'EUR' }, rule };
+}
+
+/** Cancel (release or refund) a booking after confirmation. Returns the new booking or null. */
+export async function cancelBooking(ctx, booking) {
+  const held = booking.status === 'held';
+  let body;
+  if (held) {
+    body = h('p', {}, `The ${plural(booking.seats.length, 'seat')} on hold will be released straight away. Nothing has been charged.`);
+  } else {
+    const est = estimateRefund(booking);
+    body = h(
+      'div',
+      {},
+      h('p', {}, `Cancel booking ${booking.locator} for ${plural(booking.seats.length, 'passenger')}?`),
+      est ? h('p', {}, 'Estimated refund: ', h('strong', {}, formatMoney(est.money)), h('br'), h('span', { class: 'muted small' }, est.rule)) : null,
+    );
+  }
+  const ok = await confirmDialog({
+    title: held ? 'Release these seats?' : 'Cancel this booking?',
+    body,
+    confirm: held ? 'Release seats' : 'Cancel booking',
+    cancel: held ? 'Keep hold' : 'Keep booking',
+    danger: true,
+  });
+  if (!ok) return null;
+  try {
+    const r = await ctx.client.call('booking.cancel', { locator: booking.locator, request_id: newRequestId('cancel') }, { retry: true });
+    const b = r.booking;
+    if (b.status === 'refunded' || b.refund) toast(`Booking ${b.locator} cancelled. Refund: ${formatMoney(b.refund || { amount: 0, currency: 'EUR' })}.`, 'success');
+    else toast(`Seats of ${b.locator} released.`, 'success');
+    ctx.bus.dispatchEvent(new CustomEvent('booking', { detail: b }));
+    return b;
+  } catch (e) {
+    toast(friendlyError(e), 'error');
+    return null;
+  }
+}
+
+export async function bookingView(ctx, el, { locator, signal }) {
+  const user = await ctx.requireUser();
+  if (!user || signal.aborted) return;
+  el.dataset.requiresLogin = '';
+  el.setAttribute('data-requires-login', '');
+  let booking;
+  try {
+    booking = (await ctx.client.call('booking.get', { locator })).booking;
+  } catch (e) {
+    if (e.reason === 'not_found') {
+      el.append(h('section', { class: 'card empty' }, h('h1', {}, 'Booking not found'), h('p', {}, `We could not find booking ${locator} in your account.`), h('p', {}, h('a', { href: '#/trips' }, 'Go to My trips'))));
+      return;
+    }
+    throw e;
+  }
+  await ctx.loadAirports();
+  if (signal.aborted) return;
+
+  let countdownTimer = null;
+  let lastDecline = null; // keeps the decline message across re-renders
+  let paying = false;
+  signal.addEventListener('abort', () => clearInterval(countdownTimer));
+
+  function render() {
+    clearInterval(countdownTimer);
+    clear(el);
+    const b = booking;
+    const f = b.flight || {};
+    el.append(
+      h('p', { class: 'crumbs' }, h('a', { href: '#/trips' }, '← My trips')),
+      h(
+        'section',
+        { class: `card booking-head status-${b.status}`, 'data-testid': 'booking', 'data-status': b.status, 'data-locator': b.locator },
+        h(
+          'div',
+          { class: 'bh-top' },
+          h('div', {}, h('p', { class: 'eyebrow' }, 'Booking reference'), h('h1', { class: 'locator', 'data-testid': 'locator' }, b.locator)),
+          statusBadge(b.status),
+        ),
+        f.number
+          ? h(
+            'p',
+            { class: 'bh-flight' },
+            h('strong', {}, `${ctx.cityOf(f.from)} (${f.from}) → ${ctx.cityOf(f.to)} (${f.to})`),
+            h('br'),
+            `${f.number} · ${formatLongDate(f.departs_at)} · departs ${formatTime(f.departs_at)} UTC`,
+          )
+          : null,
+      ),
+    );
+
+    const mainCol = h('div', { class: 'booking-main' });
+    const sideCol = h('div', { class: 'booking-side' });
+    el.append(h('div', { class: 'booking-layout' }, mainCol, sideCol));
+
+    // Status panel
+    if (b.status === 'held') {
+      const cd = h('span', { class: 'countdown-time', 'data-testid': 'countdown' }, '');
+      const panel = h(
+        'section',
+        { class: 'card notice notice-hold', 'aria-labelledby': 'hold-title' },
+        h('h2', { id: 'hold-title' }, 'Your seats are on hold'),
+        h('p', { class: 'countdown', role: 'timer', 'aria-live': 'off' }, 'Time left to pay: ', cd),
+        h('p', { class: 'muted small' }, `The hold ends at ${formatTime(b.hold_expires_at)} UTC; after that the seats are released.`),
+      );
+      const announce = h('p', { class: 'visually-hidden', 'aria-live': 'polite' });
+      panel.append(announce);
+      let warned = false;
+      const tick = () => {
+        const ms = new Date(b.hold_expires_at) - Date.now();
+        cd.textContent = formatCountdown(ms);
+        panel.classList.toggle('urgent', ms < 60000);
+        if (ms < 60000 && !warned && ms > 0) {
+          warned = true;
+          announce.textContent = 'Less than one minute left to pay.';
+        }
+        if (ms <= 0) {
+          clearInterval(countdownTimer);
+          cd.textContent = '0:00';
+          // The server confirms with booking.updated (expired); ask in case we missed it.
+          setTimeout(() => refresh(), 1500);
+        }
+      };
+      if (b.hold_expires_at) {
+        tick();
+        countdownTimer = setInterval(tick, 1000);
+      }
+      mainCol.append(panel);
+      mainCol.append(payForm());
+    } else if (b.status === 'confirmed') {
+      mainCol.append(
+        h(
+          'section',
+          { class: 'card notice notice-ok', 'data-testid': 'confirmation', 'aria-labelledby': 'conf-title' },
+          h('h2', { id: 'conf-title', tabindex: '-1' }, h('span', { class: 'ok-mark', 'aria-hidden': 'true' }, '✓'), ' You’re booked!'),
+          h('p', {}, 'Your booking reference is ', h('strong', { class: 'locator-inline' }, b.locator), '. Your e-ticket numbers are below. Have a good flight!'),
+        ),
+      );
+    } else if (b.status === 'expired') {
+      mainCol.append(h('section', { class: 'card notice notice-warn', role: 'status' }, h('h2', {}, 'This hold has expired'), h('p', {}, 'The seats were released because payment was not completed in time. Nothing was charged.'), b.flight_id ? h('p', {}, h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(b.flight_id)}` }, 'Choose seats again')) : null));
+    } else if (b.status === 'cancelled') {
+      mainCol.append(h('section', { class: 'card notice', role: 'status' }, h('h2', {}, 'Hold released'), h('p', {}, 'These seats were released. Nothing was charged.')));
+    } else if (b.status === 'refunded') {
+      mainCol.append(
+        h(
+          'section',
+          { class: 'card notice', role: 'status', 'data-testid': 'refund-notice' },
+          h('h2', {}, 'Booking cancelled'),
+          h('p', {}, 'Refund: ', h('strong', { 'data-testid': 'refund-amount' }, formatMoney(b.refund || { amount: 0, currency: b.total?.currency || 'EUR' })), ' to your original payment method.'),
+        ),
+      );
+    }
+
+    // Passengers
+    const showTickets = b.seats.some((s) => s.ticket_number);
+    mainCol.append(
+      h(
+        'section',
+        { class: 'card', 'aria-labelledby': 'pax-title' },
+        h('h2', { id: 'pax-title' }, plural(b.seats.length, 'Passenger')),
+        h(
+          'table',
+          { class: 'table', 'data-testid': 'passengers' },
+          h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Seat'), h('th', { scope: 'col' }, 'Passenger'), showTickets ? h('th', { scope: 'col' }, 'E-ticket') : null)),
+          h(
+            'tbody',
+            {},
+            b.seats.map((s) => h('tr', {}, h('td', { class: 'seat-cell-text' }, s.seat), h('td', {}, s.passenger), showTickets ? h('td', { class: 'ticket', 'data-testid': 'ticket' }, s.ticket_number || '—') : null)),
+          ),
+        ),
+      ),
+    );
+
+    // Side: price and actions
+    const side = h(
+      'section',
+      { class: 'card price-card', 'aria-labelledby': 'price-title' },
+      h('h2', { id: 'price-title' }, 'Price'),
+      h('dl', { class: 'price-list' }, h('dt', {}, 'Total'), h('dd', { 'data-testid': 'total' }, formatMoney(b.total)), b.refund ? [h('dt', {}, 'Refunded'), h('dd', { class: 'refund' }, formatMoney(b.refund))] : null, h('dt', {}, 'Booked'), h('dd', {}, formatDateTime(b.created_at))),
+    );
+    if (b.status === 'held' || b.status === 'confirmed') {
+      side.append(
+        h(
+          'button',
+          {
+            type: 'button',
+            class: 'btn btn-danger-ghost btn-block',
+            'data-testid': 'cancel',
+            onclick: async () => {
+              const nb = await cancelBooking(ctx, booking);
+              if (nb && !signal.aborted) {
+                booking = nb;
+                lastDecline = null;
+                render();
+              }
+            },
+          },
+          b.status === 'held' ? 'Release seats' : 'Cancel booking',
+        ),
+      );
+      if (b.status === 'confirmed') {
+        const est = estimateRefund(b);
+        if (est) side.append(h('p', { class: 'muted small' }, `If you cancel now: ${formatMoney(est.money)} refund. ${est.rule}`));
+      }
+    }
+    sideCol.append(side);
+  }
+
+  function payForm() {
+    const sel = h('select', { id: 'pay-method', name: 'payment_method' }, PAYMENT_METHODS.map((m) => h('option', { value: m.id }, m.label)));
+    if (lastDecline?.method) sel.value = lastDecline.method;
+    const err = h('div', { class: 'form-error', role: 'alert', 'data-testid': 'pay-error' });
+    if (lastDecline) err.append(lastDecline.node);
+    const btn = h('button', { type: 'submit', class: 'btn btn-primary btn-block', 'data-testid': 'pay' }, `Pay ${formatMoney(booking.total)}`);
+    const form = h(
+      'form',
+      { class: 'card pay-card', 'aria-labelledby': 'pay-title' },
+      h('h2', { id: 'pay-title' }, 'Payment'),
+      h('div', { class: 'field' }, h('label', { for: 'pay-method' }, 'Card'), sel),
+      h('p', { class: 'muted small' }, 'This is a demo: only the test cards above are accepted and no real money moves.'),
+      err,
+      btn,
+    );
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      if (paying) return;
+      paying = true;
+      btn.disabled = true;
+      btn.textContent = 'Processing payment…';
+      err.textContent = '';
+      const method = sel.value;
+      try {
+        const r = await ctx.client.call('booking.pay', { locator: booking.locator, payment_method: method, request_id: newRequestId('pay') }, { retry: true, timeout: 60000 });
+        paying = false;
+        if (signal.aborted) return;
+        booking = r.booking;
+        lastDecline = null;
+        render();
+        el.querySelector('#conf-title')?.focus();
+      } catch (e2) {
+        paying = false;
+        if (signal.aborted) return;
+        if (e2.reason === 'payment_declined' || e2.reason === 'payment_failed') {
+          const node = h(
+            'div',
+            { class: 'decline' },
+            h('strong', {}, e2.reason === 'payment_declined' ? 'Payment declined.' : 'Payment failed.'),
+            ` Your card was not charged. Your seats stay on hold until ${formatTime(booking.hold_expires_at)} UTC, so you can try another card.`,
+          );
+          lastDecline = { method, node };
+          err.append(node);
+        } else if (e2.reason === 'hold_expired') {
+          err.textContent = 'This hold expired before payment. Nothing was charged; please choose your seats again.';
+          refresh();
+        } else if (e2.reason === 'invalid_state') {
+          refresh();
+        } else {
+          err.textContent = friendlyError(e2);
+        }
+        btn.disabled = false;
+        btn.textContent = `Pay ${formatMoney(booking.total)}`;
+      }
+    });
+    return form;
+  }
+
+  async function refresh() {
+    try {
+      const r = await ctx.client.call('booking.get', { locator });
+      if (signal.aborted) return;
+      if (r.booking.status !== booking.status || JSON.stringify(r.booking) !== JSON.stringify(booking)) {
+        booking = r.booking;
+        if (!paying) render();
+      }
+    } catch {
+      /* keep what we show */
+    }
+  }
+
+  const onBooking = (e) => {
+    const b = e.detail;
+    if (b.locator !== locator || paying) return;
+    const changed = b.status !== booking.status;
+    booking = { ...booking, ...b };
+    if (changed) render();
+  };
+  const onLive = () => refresh();
+  ctx.bus.addEventListener('booking', onBooking);
+  ctx.bus.addEventListener('live', onLive);
+  signal.addEventListener('abort', () => {
+    ctx.bus.removeEventListener('booking', onBooking);
+    ctx.bus.removeEventListener('live', onLive);
+  });
+
+  render();
+}

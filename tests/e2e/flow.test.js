@@ -1,0 +1,136 @@
+// The whole passenger flow: register, search, pick seats, hold, a declined payment, a
+// successful payment, confirmation, cancel with refund; then orders and history.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { JetwayServer, launchBrowser, openPage, Api, pickFlight, registerViaUi, seatButton } from './harness.js';
+
+const euros = (text) => Number(text.replace(/[^0-9.]/g, ''));
+
+describe('booking flow', () => {
+  let server;
+  let browser;
+
+  before(async () => {
+    server = await new JetwayServer({ holdTtl: 600 }).start();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  for (const [label, viewport] of [
+    ['desktop', { width: 1280, height: 900 }],
+    ['phone', { width: 390, height: 844 }],
+  ]) {
+    it(`register, search, hold, decline, pay, confirm, cancel with refund (${label})`, async () => {
+      const api = await Api.open(browser, server);
+      const flight = await pickFlight(api, { minHours: 72, skip: label === 'phone' ? 3 : 0 });
+      const { airports } = await api.call('flights.airports', {});
+      await api.close();
+      assert.ok(airports.some((a) => a.code === flight.from));
+
+      const page = await openPage(browser, { viewport });
+      const { username } = await registerViaUi(page, server.url);
+
+      // Search by from, to and date using the form.
+      await page.getByRole('link', { name: 'Search' }).first().click();
+      await page.locator('#search-from').selectOption(flight.from);
+      await page.locator('#search-to').selectOption(flight.to);
+      await page.locator('#search-date').fill(flight.departs_at.slice(0, 10));
+      await page.getByRole('button', { name: 'Search flights' }).click();
+      const card = page.locator(`.flight-card[data-flight-id="${flight.flight_id}"]`);
+      await card.waitFor();
+      // Fare per cabin and live seats left.
+      for (const c of flight.cabins) {
+        await card.locator(`.seats-left[data-cabin="${c.cabin}"]`, { hasText: `${c.seats_available} seats left` }).waitFor();
+      }
+      await card.getByRole('link', { name: /Choose seats/ }).click();
+
+      // Pick two adjacent economy seats: one by mouse, one from the keyboard.
+      const first = page.locator('button.seat[data-cabin="economy"][data-status="available"]').first();
+      await first.waitFor();
+      const seat1 = await first.getAttribute('data-seat');
+      await first.click();
+      await first.focus();
+      await page.keyboard.press('ArrowRight');
+      const seat2 = await page.evaluate(() => document.activeElement.dataset.seat);
+      assert.ok(seat2 && seat2 !== seat1);
+      await page.keyboard.press('Enter');
+      await page.locator(`button.seat[data-seat="${seat2}"][aria-pressed="true"]`).waitFor();
+
+      await page.locator(`#pax-${seat1}`).fill('Ada Lovelace');
+      await page.locator(`#pax-${seat2}`).fill('Charles Babbage');
+      await page.getByTestId('hold').click();
+
+      // Hold with a countdown.
+      const booking = page.locator('[data-testid="booking"]');
+      await page.locator('[data-testid="booking"][data-status="held"]').waitFor();
+      const locator = (await page.getByTestId('locator').textContent()).trim();
+      assert.match(locator, /^[A-Z2-9]{6}$/);
+      const countdown = await page.getByTestId('countdown').textContent();
+      assert.match(countdown, /^\d+:\d\d(:\d\d)?$/);
+      const total = euros(await page.getByTestId('total').textContent());
+      assert.equal(total, (flight.cabins.find((c) => c.cabin === 'economy').fare.amount * 2) / 100);
+
+      // A declined payment: a clear message, the hold stays.
+      await page.locator('#pay-method').selectOption('pm_card_chargeCustomerFail');
+      await page.getByTestId('pay').click();
+      await page.getByTestId('pay-error').filter({ hasText: /declined|failed/i }).waitFor();
+      assert.match(await page.getByTestId('pay-error').textContent(), /not charged/);
+      assert.equal(await booking.getAttribute('data-status'), 'held');
+
+      // A successful payment: confirmation with locator and ticket numbers.
+      await page.locator('#pay-method').selectOption('pm_card_visa');
+      await page.getByTestId('pay').click();
+      await page.getByTestId('confirmation').waitFor();
+      assert.equal(await booking.getAttribute('data-status'), 'confirmed');
+      assert.equal((await page.getByTestId('locator').textContent()).trim(), locator);
+      const tickets = await page.getByTestId('ticket').allTextContents();
+      assert.equal(tickets.length, 2);
+      for (const t of tickets) assert.match(t.trim(), /^\d{13}$/);
+
+      // The seats now show as booked by me on the flight's map.
+      await page.goto(`${server.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
+      await page.locator(`button.seat[data-seat="${seat1}"][data-state="mine"]`).waitFor();
+      assert.match(await seatButton(page, seat2).getAttribute('aria-label'), /in your booking/);
+
+      // My trips: cancel with the refund amount.
+      await page.getByRole('link', { name: 'My trips' }).click();
+      const trip = page.locator(`.booking-card[data-locator="${locator}"]`);
+      await page.locator(`.booking-card[data-locator="${locator}"][data-status="confirmed"]`).waitFor();
+      await trip.getByTestId('cancel').click();
+      const dialog = page.getByRole('dialog');
+      await dialog.getByText('Estimated refund').waitFor();
+      await dialog.getByRole('button', { name: 'Cancel booking' }).click();
+      await page.locator(`.booking-card[data-locator="${locator}"][data-status="refunded"]`).waitFor();
+      const refund = euros(await trip.getByTestId('refund').textContent());
+      assert.equal(refund, total, 'economy more than 24 h before departure: full refund');
+
+      // Orders and history.
+      await page.getByRole('tab', { name: 'Orders' }).click();
+      const order = page.locator(`[data-testid="orders"] tr[data-locator="${locator}"]`);
+      await order.waitFor();
+      assert.match(await order.textContent(), /refunded/i);
+      await page.getByRole('tab', { name: 'History' }).click();
+      await page.getByTestId('history').waitFor();
+      for (const type of ['held', 'paid', 'refunded']) {
+        await page.locator(`[data-testid="history"] li[data-type="${type}"]`).first().waitFor();
+      }
+
+      // Reload: the session resumes from the stored token.
+      await page.reload();
+      await page.locator('[data-testid="account-name"]', { hasText: username }).waitFor();
+      await page.getByTestId('history').waitFor();
+
+      if (label === 'phone') {
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+        assert.ok(overflow <= 0, `no horizontal scrolling at 390 px (overflow ${overflow}px)`);
+      }
+      assert.deepEqual(page.consoleErrors(), []);
+      await page.context().close();
+    });
+  }
+});
