@@ -43,11 +43,10 @@ const ctx = {
 
   forgetSession(message) {
     localStorage.removeItem(TOKEN_KEY);
-    const had = !!ctx.user;
     ctx.user = null;
     renderAccount();
     bus.dispatchEvent(new CustomEvent('session', { detail: null }));
-    if (message && had !== undefined) toast(message, 'info');
+    if (message) toast(message, 'info');
   },
 
   async logout() {
@@ -154,6 +153,10 @@ client.addEventListener('state', (e) => {
   } else {
     vis = state === 'closed' ? 'offline' : 'connecting';
     text.textContent = state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
+  }
+  if (connEl.dataset.state !== vis) {
+    const said = { live: 'Connected. Updates are live.', reconnecting: 'Connection lost. Reconnecting automatically.', offline: 'Offline.', connecting: 'Connecting.' }[vis];
+    document.getElementById('conn-live').textContent = said;
   }
   connEl.dataset.state = vis;
   document.body.classList.toggle('is-offline', vis === 'reconnecting' || vis === 'offline');

@@ -113,7 +113,18 @@ async function show(id) {
   for (const s of r.seats || []) seats.set(s.seat, s.status);
 
   const mapBox = $('d-map');
-  const cells = buildMap(mapBox, layout, r.seats || []);
+  let vertical = null;
+  let cells = new Map();
+  const build = () => {
+    const v = window.innerHeight > window.innerWidth * 1.1;
+    if (v !== vertical) {
+      vertical = v;
+      const current = feed.loaded ? [...feed.seats.values()] : r.seats || [];
+      cells = buildMap(mapBox, layout, current, vertical);
+    }
+    fitMap(mapBox, layout, vertical);
+  };
+  build();
   const paint = (seat, st, flash) => {
     const c = cells.get(seat);
     if (!c) return;
@@ -173,9 +184,7 @@ async function show(id) {
     }
   });
 
-  const fit = () => fitMap(mapBox, layout);
-  window.addEventListener('resize', fit);
-  fit();
+  window.addEventListener('resize', build);
 }
 
 function countsFrom(seats) {
@@ -216,51 +225,49 @@ function tile(title, c, key) {
   return t;
 }
 
-// Horizontal seat map: aircraft nose on the left, rows run left to right, seat letters
-// top to bottom with aisles as gaps. Each cabin is its own block.
-function buildMap(box, layout, seats) {
+// Seat map for a screen: in landscape the nose is on the left, rows run left to right
+// and seat letters top to bottom; in portrait it is the usual top-down map. Aisles are
+// gaps. Each cabin is its own block.
+function buildMap(box, layout, seats, vertical) {
   box.textContent = '';
+  box.classList.toggle('vertical', vertical);
   const meta = new Map(seats.map((s) => [s.seat, s]));
   const exits = new Set(layout.exit_rows || []);
   const cells = new Map();
   const plane = el('div', 'd-plane');
+  // place(node, along, across): `along` is the position along the fuselage (row
+  // index), `across` the position across it (letter index); 1-based grid lines.
+  const place = (node, along, across) => {
+    node.style.gridColumn = String(vertical ? across : along);
+    node.style.gridRow = String(vertical ? along : across);
+  };
   for (const cabin of layout.cabins) {
     const block = el('div', `d-cabin d-cabin-${cabin.cabin}`);
     block.append(el('div', 'd-cabin-title', cabinName(cabin.cabin)));
     const grid = el('div', 'd-grid');
     const letters = [...cabin.columns];
-    grid.style.gridTemplateRows = `auto ${letters.map((c) => (c === ' ' ? 'calc(var(--cell) * 0.55)' : 'var(--cell)')).join(' ')} auto`;
-    grid.style.gridTemplateColumns = `auto repeat(${cabin.rows.length}, var(--cell))`;
-    // letter labels on the left
+    const acrossTpl = `auto ${letters.map((c) => (c === ' ' ? 'calc(var(--cell) * 0.55)' : 'var(--cell)')).join(' ')} auto`;
+    const alongTpl = `auto repeat(${cabin.rows.length}, var(--cell))`;
+    grid.style.gridTemplateRows = vertical ? alongTpl : acrossTpl;
+    grid.style.gridTemplateColumns = vertical ? acrossTpl : alongTpl;
     letters.forEach((c, i) => {
       if (c === ' ') return;
       const l = el('span', 'd-letter', c);
-      l.style.gridRow = String(i + 2);
-      l.style.gridColumn = '1';
+      place(l, 1, i + 2);
       grid.append(l);
     });
     cabin.rows.forEach((row, j) => {
-      const col = String(j + 2);
+      const along = j + 2;
       const num = el('span', `d-rownum${exits.has(row) ? ' exit' : ''}`, String(row));
-      num.style.gridRow = '1';
-      num.style.gridColumn = col;
+      place(num, along, 1);
       grid.append(num);
       if (exits.has(row)) {
         const ex = el('span', 'd-exit', 'EXIT');
-        ex.style.gridRow = String(letters.length + 2);
-        ex.style.gridColumn = col;
+        place(ex, along, letters.length + 2);
         grid.append(ex);
       }
       letters.forEach((c, i) => {
-        if (c === ' ') {
-          if (i > 0) {
-            const a = el('span', 'd-aisle');
-            a.style.gridRow = String(i + 2);
-            a.style.gridColumn = col;
-            grid.append(a);
-          }
-          return;
-        }
+        if (c === ' ') return;
         const id = `${row}${c}`;
         const s = meta.get(id);
         if (!s) return;
@@ -270,8 +277,7 @@ function buildMap(box, layout, seats) {
         cell.setAttribute('role', 'img');
         cell.setAttribute('aria-label', `Seat ${id}, ${s.status}`);
         cell.append(el('i'));
-        cell.style.gridRow = String(i + 2);
-        cell.style.gridColumn = col;
+        place(cell, along, i + 2);
         grid.append(cell);
         cells.set(id, cell);
       });
@@ -283,13 +289,15 @@ function buildMap(box, layout, seats) {
   return cells;
 }
 
-function fitMap(box, layout) {
+function fitMap(box, layout, vertical) {
   const rows = layout.cabins.reduce((n, c) => n + c.rows.length, 0);
   const maxLetters = Math.max(...layout.cabins.map((c) => [...c.columns].reduce((n, ch) => n + (ch === ' ' ? 0.55 : 1), 0)));
   const rect = box.getBoundingClientRect();
-  const gaps = layout.cabins.length * 3.2 + 1; // titles, letter labels, cabin gaps (in cells)
-  const byWidth = (rect.width - 24) / (rows * 1.12 + gaps);
-  const byHeight = (rect.height - 24) / (maxLetters * 1.12 + 2.6);
-  const cell = Math.max(14, Math.floor(Math.min(byWidth, byHeight, 64)));
+  const gaps = layout.cabins.length * 3.2 + 1; // titles, labels, cabin gaps (in cells)
+  const along = rows * 1.12 + gaps;
+  const across = maxLetters * 1.12 + 3.2;
+  const byWidth = (rect.width - 24) / (vertical ? across : along);
+  const byHeight = (rect.height - 24) / (vertical ? along : across);
+  const cell = Math.max(12, Math.floor(Math.min(byWidth, byHeight, 64)));
   document.documentElement.style.setProperty('--cell', `${cell}px`);
 }

@@ -35,13 +35,23 @@ export function estimateRefund(booking, cabinsBySeat = new Map()) {
 }
 
 /** Cancel (release or refund) a booking after confirmation. Returns the new booking or null. */
+async function seatCabins(ctx, flightId) {
+  try {
+    const r = await ctx.client.call('flights.get', { flight_id: flightId });
+    return { cabins: new Map((r.seats || []).map((s) => [s.seat, s.cabin])), flight: r.flight };
+  } catch {
+    return { cabins: new Map(), flight: null };
+  }
+}
+
 export async function cancelBooking(ctx, booking) {
   const held = booking.status === 'held';
   let body;
   if (held) {
     body = h('p', {}, `The ${plural(booking.seats.length, 'seat')} on hold will be released straight away. Nothing has been charged.`);
   } else {
-    const est = estimateRefund(booking);
+    const { cabins, flight } = await seatCabins(ctx, booking.flight_id);
+    const est = estimateRefund(booking.flight ? booking : { ...booking, flight }, cabins);
     body = h(
       'div',
       {},
@@ -86,7 +96,9 @@ export async function bookingView(ctx, el, { locator, signal }) {
     throw e;
   }
   await ctx.loadAirports();
+  const seatInfo = await seatCabins(ctx, booking.flight_id);
   if (signal.aborted) return;
+  if (!booking.flight && seatInfo.flight) booking.flight = seatInfo.flight;
 
   let countdownTimer = null;
   let lastDecline = null; // keeps the decline message across re-renders
@@ -221,7 +233,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
             onclick: async () => {
               const nb = await cancelBooking(ctx, booking);
               if (nb && !signal.aborted) {
-                booking = nb;
+                booking = { ...nb, flight: nb.flight || booking.flight };
                 lastDecline = null;
                 render();
               }
@@ -231,7 +243,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
         ),
       );
       if (b.status === 'confirmed') {
-        const est = estimateRefund(b);
+        const est = estimateRefund(b, seatInfo.cabins);
         if (est) side.append(h('p', { class: 'muted small' }, `If you cancel now: ${formatMoney(est.money)} refund. ${est.rule}`));
       }
     }
@@ -265,7 +277,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
         const r = await ctx.client.call('booking.pay', { locator: booking.locator, payment_method: method, request_id: newRequestId('pay') }, { retry: true, timeout: 60000 });
         paying = false;
         if (signal.aborted) return;
-        booking = r.booking;
+        booking = { ...r.booking, flight: r.booking.flight || booking.flight };
         lastDecline = null;
         render();
         el.querySelector('#conf-title')?.focus();
@@ -301,7 +313,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
       const r = await ctx.client.call('booking.get', { locator });
       if (signal.aborted) return;
       if (r.booking.status !== booking.status || JSON.stringify(r.booking) !== JSON.stringify(booking)) {
-        booking = r.booking;
+        booking = { ...r.booking, flight: r.booking.flight || booking.flight };
         if (!paying) render();
       }
     } catch {
@@ -313,7 +325,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
     const b = e.detail;
     if (b.locator !== locator || paying) return;
     const changed = b.status !== booking.status;
-    booking = { ...booking, ...b };
+    booking = { ...booking, ...b, flight: b.flight || booking.flight };
     if (changed) render();
   };
   const onLive = () => refresh();

@@ -21,7 +21,14 @@ export function flightSummary(ctx, f, extra = null) {
 }
 
 export async function flightView(ctx, el, { flightId, signal }) {
-  const [r] = await Promise.all([ctx.client.call('flights.get', { flight_id: flightId }), ctx.loadAirports()]);
+  let r;
+  try {
+    [r] = await Promise.all([ctx.client.call('flights.get', { flight_id: flightId }), ctx.loadAirports()]);
+  } catch (e) {
+    if (e.reason !== 'not_found' && e.reason !== 'invalid_params') throw e;
+    el.append(h('section', { class: 'card empty' }, h('h1', {}, 'Flight not found'), h('p', {}, 'This flight does not exist or is no longer listed.'), h('p', {}, h('a', { class: 'btn btn-primary', href: '#/' }, 'Search flights'))));
+    return;
+  }
   if (signal.aborted) return;
   const flight = r.flight;
   const layout = r.layout && r.layout.cabins ? r.layout : deriveLayout(r.seats || []);
