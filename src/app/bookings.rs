@@ -1,0 +1,592 @@
+//! Holding, paying, cancelling and changing bookings, and reading them back.
+
+use rand::RngCore;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use super::{event, remember_err, remember_ok, App, AuthSession};
+use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
+use crate::domain::{
+    self, seating, Booking, Cabin, Locator, Order, OrderStatus, SeatId, TicketNumber,
+};
+use crate::inventory::{FlightSeats, Occupant, Working};
+use crate::payments::{ChargeRequest, PaymentError, RefundRequest};
+use crate::protocol::{params, wire, ApiError};
+use crate::store::commit::Ticket;
+use crate::store::{Batch, StoreError};
+
+/// The airline accounting code that starts every ticket number.
+pub const AIRLINE_CODE: u16 = 729;
+pub const DEFAULT_HISTORY: u32 = 50;
+pub const MAX_HISTORY: u32 = 500;
+
+enum CancelStep {
+    Released(Ticket, Value),
+    Refund(Busy, Vec<SeatId>, domain::Money),
+}
+
+enum Wanted {
+    Seats(Vec<SeatId>),
+    Best { count: usize, cabin: Cabin },
+}
+
+/// Marks a booking busy (a gateway call in flight) for as long as it lives.
+struct Busy {
+    fs: Arc<FlightSeats>,
+    locator: Locator,
+    armed: bool,
+}
+
+impl Busy {
+    /// Marks the booking busy in an already locked working map.
+    fn mark(fs: &Arc<FlightSeats>, w: &mut Working, locator: &Locator) -> Result<Busy, ApiError> {
+        if !w.busy.insert(locator.clone()) {
+            return Err(ApiError::InvalidState(
+                "a payment operation on this booking is in progress".into(),
+            ));
+        }
+        Ok(Busy {
+            fs: fs.clone(),
+            locator: locator.clone(),
+            armed: true,
+        })
+    }
+
+    /// Clears the mark inside a locked working map (dropping would lock again).
+    fn clear(mut self, w: &mut Working) {
+        w.busy.remove(&self.locator);
+        self.armed = false;
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.armed {
+            self.fs.working().busy.remove(&self.locator);
+        }
+    }
+}
+
+fn seat_list(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
+    let mut bad = Vec::new();
+    let mut seats: Vec<SeatId> = Vec::new();
+    for s in raw {
+        match SeatId::parse(s) {
+            Ok(id) if seats.contains(&id) => {
+                return Err(ApiError::InvalidParams(format!(
+                    "seat {id} is listed twice"
+                )))
+            }
+            Ok(id) => seats.push(id),
+            Err(_) => bad.push(s.chars().take(16).collect()),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::InvalidSeat(bad));
+    }
+    Ok(seats)
+}
+
+fn wanted(p: &params::Hold) -> Result<Wanted, ApiError> {
+    let w = match (&p.seats, p.count, &p.cabin) {
+        (Some(seats), None, None) => Wanted::Seats(seat_list(seats)?),
+        (None, Some(count), Some(cabin)) => Wanted::Best {
+            count: count as usize,
+            cabin: Cabin::parse(cabin).ok_or_else(|| {
+                ApiError::InvalidParams("cabin must be economy or business".into())
+            })?,
+        },
+        _ => {
+            return Err(ApiError::InvalidParams(
+                "give either seats, or count and cabin".into(),
+            ))
+        }
+    };
+    let n = match &w {
+        Wanted::Seats(s) => s.len(),
+        Wanted::Best { count, .. } => *count,
+    };
+    if n == 0 || n > MAX_SEATS_PER_BOOKING {
+        return Err(ApiError::InvalidParams(format!(
+            "a booking holds 1 to {MAX_SEATS_PER_BOOKING} seats"
+        )));
+    }
+    if n != p.passengers.len() {
+        return Err(ApiError::InvalidParams(
+            "give exactly one passenger per seat".into(),
+        ));
+    }
+    Ok(w)
+}
+
+fn new_locator() -> Locator {
+    let mut r = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    Locator::from_random(r)
+}
+
+fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
+    let mut out = Vec::with_capacity(seats.len());
+    let mut bad = Vec::new();
+    for s in seats {
+        match w.index(*s) {
+            Some(i) => out.push(i),
+            None => bad.push(s.to_string()),
+        }
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::InvalidSeat(bad))
+    }
+}
+
+fn check_bookable(fs: &FlightSeats, now: domain::Millis) -> Result<domain::Flight, ApiError> {
+    let flight = fs.flight();
+    match flight.status(now) {
+        domain::FlightStatus::Scheduled => Ok(flight),
+        s => Err(ApiError::InvalidState(format!(
+            "flight {} is {}",
+            flight.number,
+            s.as_str()
+        ))),
+    }
+}
+
+impl App {
+    pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
+        let want = wanted(&p)?;
+        let passengers = p
+            .passengers
+            .iter()
+            .map(|x| passenger_name(&x.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
+            let now = domain::now_ms();
+            let flight = check_bookable(&fs, now)?;
+            let ttl = self.config.hold_ttl as domain::Millis * 1000;
+            let (ticket, result) = {
+                let mut w = fs.working();
+                let idx = match want {
+                    Wanted::Seats(seats) => {
+                        let idx = seat_indices(&w, &seats)?;
+                        let taken = w.taken(&idx);
+                        if !taken.is_empty() {
+                            return Err(ApiError::SeatUnavailable(taken.iter().map(|s| s.to_string()).collect()));
+                        }
+                        idx
+                    }
+                    Wanted::Best { count, cabin } => seating::pick(fs.aircraft, &w.free_mask(), cabin, count)
+                        .ok_or_else(|| ApiError::SeatUnavailable(Vec::new()))?,
+                };
+                let seats: Vec<_> = idx
+                    .iter()
+                    .map(|&i| {
+                        let info = &fs.aircraft.seats()[i];
+                        (info.id, info.cabin, flight.fares.of(info.cabin))
+                    })
+                    .collect();
+                let mut attempt = 0;
+                let booking = loop {
+                    let b = Booking::hold(new_locator(), s.user_id, flight.id.clone(), seats.clone(), passengers.clone(), now, ttl)?;
+                    let result = json!({ "booking": wire::booking(&b, Some(&flight)) });
+                    let batch = Batch {
+                        new_bookings: vec![b.clone()],
+                        versions: vec![(flight.id.clone(), w.version + 1)],
+                        events: vec![(s.user_id, event("held", Some(&b.locator), now, json!({
+                            "flight_id": flight.id, "seats": b.seats.iter().map(|x| x.seat.to_string()).collect::<Vec<_>>(),
+                            "total": wire::money(b.total),
+                        })))],
+                        replies: vec![(key.clone(), remember_ok(&result))],
+                        ..Default::default()
+                    };
+                    match self.store.write(&batch) {
+                        Ok(()) => break (b, result),
+                        Err(StoreError::Conflict) if attempt < 8 => attempt += 1,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                let (b, result) = booking;
+                let occupant = Occupant { locator: b.locator.clone(), booked: false };
+                let change = w.apply(idx.iter().map(|&i| (i, Some(occupant.clone()))).collect());
+                if let Some(t) = b.hold_expires_at {
+                    self.expiry.schedule(t, &b.flight_id, &b.locator);
+                }
+                (self.committer.enqueue(Some(self.announce(&fs, Some(change), &b))), result)
+            };
+            self.committer.durable(ticket).await?;
+            Ok(result)
+        })
+        .await
+    }
+
+    pub async fn pay(&self, s: &AuthSession, p: params::Pay) -> Result<Value, ApiError> {
+        if p.payment_method.is_empty() || p.payment_method.len() > 128 {
+            return Err(ApiError::InvalidParams(
+                "payment_method must be 1-128 characters".into(),
+            ));
+        }
+        let booking = self.own_booking(s.user_id, &p.locator)?;
+        let fs = self.flight_seats(&booking.flight_id)?;
+        let request_id = p.request_id.clone();
+        self.idempotent(s.user_id, "booking.pay", &p.request_id, |key| async move {
+            let loc = booking.locator;
+            let (busy, amount) = {
+                let mut w = fs.working();
+                let b = self
+                    .store
+                    .booking(&loc)?
+                    .ok_or(ApiError::NotFound("booking"))?;
+                b.check_payable(domain::now_ms())?;
+                (Busy::mark(&fs, &mut w, &loc)?, b.total)
+            };
+            let charge = self
+                .payments
+                .charge(ChargeRequest {
+                    amount,
+                    payment_method: p.payment_method.clone(),
+                    locator: loc.clone(),
+                    idempotency_key: format!("pay:{}:{}:{}", s.user_id, loc, request_id),
+                })
+                .await;
+            let charge_id = match charge {
+                Ok(id) => id,
+                Err(e) => {
+                    drop(busy);
+                    let (kind, err) = match e {
+                        PaymentError::Declined(m) => ("declined", ApiError::PaymentDeclined(m)),
+                        PaymentError::Failed(m) => ("payment_failed", ApiError::PaymentFailed(m)),
+                    };
+                    let now = domain::now_ms();
+                    self.commit(&Batch {
+                        events: vec![(
+                            s.user_id,
+                            event(kind, Some(&loc), now, json!({ "message": err.to_string() })),
+                        )],
+                        replies: vec![(key, remember_err(&err))],
+                        ..Default::default()
+                    })
+                    .await?;
+                    return Err(err);
+                }
+            };
+            let tickets = (0..booking.seats.len())
+                .map(|_| {
+                    self.store
+                        .next_id()
+                        .map(|n| TicketNumber::new(AIRLINE_CODE, n))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let order_id = format!("ORD{:010}", self.store.next_id()?);
+            let (ticket, result) = {
+                let mut w = fs.working();
+                let now = domain::now_ms();
+                let mut b = self
+                    .store
+                    .booking(&loc)?
+                    .ok_or(ApiError::NotFound("booking"))?;
+                b.confirm(tickets, order_id.clone(), now)?;
+                let order = Order {
+                    order_id,
+                    locator: loc.clone(),
+                    user_id: s.user_id,
+                    status: OrderStatus::Paid,
+                    amount: b.total,
+                    refunded: domain::Money::ZERO,
+                    created_at: now,
+                    charge_id,
+                };
+                let result =
+                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+                self.store.write(&Batch {
+                    bookings: vec![b.clone()],
+                    orders: vec![order.clone()],
+                    versions: vec![(b.flight_id.clone(), w.version + 1)],
+                    events: vec![(
+                        s.user_id,
+                        event(
+                            "paid",
+                            Some(&loc),
+                            now,
+                            json!({
+                                "amount": wire::money(b.total), "order_id": order.order_id,
+                            }),
+                        ),
+                    )],
+                    replies: vec![(key, remember_ok(&result))],
+                    ..Default::default()
+                })?;
+                busy.clear(&mut w);
+                let occupant = Occupant {
+                    locator: loc.clone(),
+                    booked: true,
+                };
+                let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
+                let change = w.apply(
+                    idx.into_iter()
+                        .map(|i| (i, Some(occupant.clone())))
+                        .collect(),
+                );
+                (
+                    self.committer
+                        .enqueue(Some(self.announce(&fs, Some(change), &b))),
+                    result,
+                )
+            };
+            self.committer.durable(ticket).await?;
+            Ok(result)
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, s: &AuthSession, p: params::Cancel) -> Result<Value, ApiError> {
+        let booking = self.own_booking(s.user_id, &p.locator)?;
+        let only: Option<Vec<SeatId>> = match &p.seats {
+            None => None,
+            Some(list) => Some(seat_list(list).map_err(|e| match e {
+                ApiError::InvalidSeat(bad) => {
+                    ApiError::InvalidParams(format!("invalid seats: {}", bad.join(", ")))
+                }
+                e => e,
+            })?),
+        };
+        let fs = self.flight_seats(&booking.flight_id)?;
+        let request_id = p.request_id.clone();
+        self.idempotent(
+            s.user_id,
+            "booking.cancel",
+            &p.request_id,
+            |key| async move {
+                let loc = booking.locator;
+                let departs_at = fs.flight().departs_at;
+                // a hold is released at once; a confirmed booking is refunded first
+                let step = {
+                    let mut w = fs.working();
+                    let now = domain::now_ms();
+                    let mut b = self
+                        .store
+                        .booking(&loc)?
+                        .ok_or(ApiError::NotFound("booking"))?;
+                    if w.busy.contains(&loc) {
+                        return Err(ApiError::InvalidState(
+                            "a payment operation on this booking is in progress".into(),
+                        ));
+                    }
+                    if b.status == domain::BookingStatus::Held {
+                        if only.is_some() {
+                            return Err(ApiError::InvalidState(
+                                "only a confirmed booking can be cancelled seat by seat".into(),
+                            ));
+                        }
+                        b.release(now)?;
+                        let result = json!({ "booking": self.booking_json(&b) });
+                        self.store.write(&Batch {
+                            bookings: vec![b.clone()],
+                            versions: vec![(b.flight_id.clone(), w.version + 1)],
+                            events: vec![(
+                                s.user_id,
+                                event("cancelled", Some(&loc), now, json!({})),
+                            )],
+                            replies: vec![(key.clone(), remember_ok(&result))],
+                            ..Default::default()
+                        })?;
+                        let idx: Vec<usize> =
+                            b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
+                        let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
+                        CancelStep::Released(
+                            self.committer
+                                .enqueue(Some(self.announce(&fs, Some(change), &b))),
+                            result,
+                        )
+                    } else {
+                        let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
+                        CancelStep::Refund(Busy::mark(&fs, &mut w, &loc)?, seats, amount)
+                    }
+                };
+                let (busy, seats, amount) = match step {
+                    CancelStep::Released(ticket, result) => {
+                        self.committer.durable(ticket).await?;
+                        return Ok(result);
+                    }
+                    CancelStep::Refund(busy, seats, amount) => (busy, seats, amount),
+                };
+                let order_id = booking.order_id.clone().unwrap_or_default();
+                let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                if amount > domain::Money::ZERO {
+                    self.payments
+                        .refund(RefundRequest {
+                            charge_id: order.charge_id.clone(),
+                            amount,
+                            idempotency_key: format!("refund:{}:{}:{}", s.user_id, loc, request_id),
+                        })
+                        .await
+                        .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+                }
+                let (ticket, result) = {
+                    let mut w = fs.working();
+                    let now = domain::now_ms();
+                    let mut b = self
+                        .store
+                        .booking(&loc)?
+                        .ok_or(ApiError::NotFound("booking"))?;
+                    b.refund(&seats, amount, now)?;
+                    order.record_refund(amount, b.status == domain::BookingStatus::Refunded);
+                    let result =
+                        json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+                    self.store.write(&Batch {
+                    bookings: vec![b.clone()],
+                    orders: vec![order],
+                    versions: vec![(b.flight_id.clone(), w.version + 1)],
+                    events: vec![(s.user_id, event("refunded", Some(&loc), now, json!({
+                        "refund": wire::money(amount),
+                        "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                    })))],
+                    replies: vec![(key, remember_ok(&result))],
+                    ..Default::default()
+                })?;
+                    busy.clear(&mut w);
+                    let idx: Vec<usize> = seats.iter().filter_map(|x| w.index(*x)).collect();
+                    let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
+                    (
+                        self.committer
+                            .enqueue(Some(self.announce(&fs, Some(change), &b))),
+                        result,
+                    )
+                };
+                self.committer.durable(ticket).await?;
+                Ok(result)
+            },
+        )
+        .await
+    }
+
+    pub async fn change_seat(
+        &self,
+        s: &AuthSession,
+        p: params::ChangeSeat,
+    ) -> Result<Value, ApiError> {
+        let booking = self.own_booking(s.user_id, &p.locator)?;
+        let from = SeatId::parse(&p.from)
+            .map_err(|_| ApiError::InvalidParams(format!("invalid seat {:?}", p.from)))?;
+        let to = seat_list(std::slice::from_ref(&p.to))?[0];
+        let fs = self.flight_seats(&booking.flight_id)?;
+        self.idempotent(
+            s.user_id,
+            "booking.change_seat",
+            &p.request_id,
+            |key| async move {
+                let loc = booking.locator;
+                let (ticket, result) = {
+                    let mut w = fs.working();
+                    let now = domain::now_ms();
+                    check_bookable(&fs, now)?;
+                    let mut b = self
+                        .store
+                        .booking(&loc)?
+                        .ok_or(ApiError::NotFound("booking"))?;
+                    if w.busy.contains(&loc) {
+                        return Err(ApiError::InvalidState(
+                            "a payment operation on this booking is in progress".into(),
+                        ));
+                    }
+                    let to_idx = seat_indices(&w, &[to])?[0];
+                    let from_idx = w.index(from).ok_or_else(|| {
+                        ApiError::InvalidParams(format!("seat {from} is not on this booking"))
+                    })?;
+                    b.change_seat(from, to, fs.aircraft.seats()[to_idx].cabin, now)?;
+                    let taken = w.taken(&[to_idx]);
+                    if !taken.is_empty() {
+                        return Err(ApiError::SeatUnavailable(vec![to.to_string()]));
+                    }
+                    let result = json!({ "booking": self.booking_json(&b) });
+                    self.store.write(&Batch {
+                        bookings: vec![b.clone()],
+                        versions: vec![(b.flight_id.clone(), w.version + 1)],
+                        events: vec![(
+                            s.user_id,
+                            event(
+                                "seat_changed",
+                                Some(&loc),
+                                now,
+                                json!({
+                                    "from": from.to_string(), "to": to.to_string(),
+                                }),
+                            ),
+                        )],
+                        replies: vec![(key, remember_ok(&result))],
+                        ..Default::default()
+                    })?;
+                    let occupant = Occupant {
+                        locator: loc.clone(),
+                        booked: true,
+                    };
+                    let change = w.apply(vec![(from_idx, None), (to_idx, Some(occupant))]);
+                    (
+                        self.committer
+                            .enqueue(Some(self.announce(&fs, Some(change), &b))),
+                        result,
+                    )
+                };
+                self.committer.durable(ticket).await?;
+                Ok(result)
+            },
+        )
+        .await
+    }
+
+    pub fn booking_get(&self, s: &AuthSession, p: params::LocatorRef) -> Result<Value, ApiError> {
+        let b = self.own_booking(s.user_id, &p.locator)?;
+        Ok(json!({ "booking": self.booking_json(&b) }))
+    }
+
+    pub fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+        let list: Vec<Value> = self
+            .store
+            .user_bookings(s.user_id)?
+            .iter()
+            .map(|b| self.booking_json(b))
+            .collect();
+        Ok(json!({ "bookings": list }))
+    }
+
+    pub fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+        let list: Vec<Value> = self
+            .store
+            .user_orders(s.user_id)?
+            .iter()
+            .map(wire::order)
+            .collect();
+        Ok(json!({ "orders": list }))
+    }
+
+    pub fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
+        let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
+        if limit == 0 || limit > MAX_HISTORY {
+            return Err(ApiError::InvalidParams(format!(
+                "limit must be 1-{MAX_HISTORY}"
+            )));
+        }
+        let events: Vec<Value> = self
+            .store
+            .history(s.user_id, limit as usize)?
+            .into_iter()
+            .map(|e| {
+                let mut v = json!({ "at": domain::rfc3339(e.at), "type": e.kind });
+                if let Some(l) = e.locator {
+                    v["locator"] = json!(l);
+                }
+                if let Value::Object(extra) = e.detail {
+                    for (k, x) in extra {
+                        v.as_object_mut().map(|o| o.entry(k).or_insert(x));
+                    }
+                }
+                v
+            })
+            .collect();
+        Ok(json!({ "events": events }))
+    }
+}

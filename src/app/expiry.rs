@@ -1,0 +1,139 @@
+//! Hold expiry: a timer queue of held bookings, and the use case that releases a
+//! hold once it falls due (also for holds that fell due while the server was down).
+
+use parking_lot::Mutex;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+use super::{event, App};
+use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
+use crate::store::Batch;
+
+/// How long to wait before retrying a hold whose payment is in flight.
+const BUSY_RETRY_MS: Millis = 500;
+
+#[derive(Default)]
+pub struct Expiry {
+    due: Mutex<BTreeSet<(Millis, FlightId, Locator)>>,
+    wake: Notify,
+}
+
+impl Expiry {
+    pub fn schedule(&self, at: Millis, flight: &FlightId, locator: &Locator) {
+        let earliest = {
+            let mut due = self.due.lock();
+            due.insert((at, flight.clone(), locator.clone()));
+            due.first()
+                .is_some_and(|(t, _, l)| *t == at && l == locator)
+        };
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take_due(&self, now: Millis) -> Vec<(FlightId, Locator)> {
+        let mut due = self.due.lock();
+        let mut out = Vec::new();
+        while let Some((t, _, _)) = due.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, f, l)) = due.pop_first() {
+                out.push((f, l));
+            }
+        }
+        out
+    }
+
+    fn next_due(&self) -> Option<Millis> {
+        self.due.lock().first().map(|(t, _, _)| *t)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.due.lock().len()
+    }
+}
+
+/// The expiry loop: sleeps until the earliest hold is due (or a new earlier one is
+/// scheduled), then expires everything due.
+pub async fn run(app: Arc<App>) {
+    loop {
+        let wait = app
+            .expiry
+            .next_due()
+            .map(|t| Duration::from_millis((t - domain::now_ms()).clamp(0, 60_000) as u64));
+        match wait {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = app.expiry.wake.notified() => {}
+                }
+            }
+            None => app.expiry.wake.notified().await,
+        }
+        app.expire_due().await;
+    }
+}
+
+impl App {
+    /// Expires every hold that is due now and waits until that is durable.
+    pub async fn expire_due(&self) {
+        let due = self.expiry.take_due(domain::now_ms());
+        if due.is_empty() {
+            return;
+        }
+        for (flight, locator) in due {
+            if let Err(e) = self.expire_one(&flight, &locator) {
+                tracing::error!(%locator, error = %e, "expiring a hold failed; retrying soon");
+                self.expiry
+                    .schedule(domain::now_ms() + BUSY_RETRY_MS, &flight, &locator);
+            }
+        }
+        if let Err(e) = self.committer.barrier().await {
+            tracing::error!(error = %e, "expiry not durable");
+        }
+    }
+
+    fn expire_one(
+        &self,
+        flight: &FlightId,
+        locator: &Locator,
+    ) -> Result<(), crate::protocol::ApiError> {
+        let Some(fs) = self.inventory.get(flight.as_str()) else {
+            return Ok(());
+        };
+        let mut w = fs.working();
+        let now = domain::now_ms();
+        let Some(mut b) = self.store.booking(locator)? else {
+            return Ok(());
+        };
+        if b.status != BookingStatus::Held {
+            return Ok(());
+        }
+        if w.busy.contains(locator) {
+            self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
+            return Ok(());
+        }
+        if !b.is_expired(now) {
+            if let Some(t) = b.hold_expires_at {
+                self.expiry.schedule(t, flight, locator);
+            }
+            return Ok(());
+        }
+        b.expire(now)?;
+        self.store.write(&Batch {
+            bookings: vec![b.clone()],
+            versions: vec![(b.flight_id.clone(), w.version + 1)],
+            events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
+            ..Default::default()
+        })?;
+        let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
+        let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
+        self.committer
+            .enqueue(Some(self.announce(&fs, Some(change), &b)));
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Flight search, seat maps and live subscriptions.
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{json, Value};
+
+use super::App;
+use crate::domain::{self, flight::AIRPORTS, FlightId};
+use crate::fanout::Outbox;
+use crate::inventory::Start;
+use crate::protocol::{envelope, params, wire, ApiError};
+
+pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
+pub const MAX_SEARCH_LIMIT: u32 = 500;
+
+fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, ApiError> {
+    match code {
+        None => Ok(None),
+        Some(c) => {
+            let c = c.trim().to_ascii_uppercase();
+            if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+                Ok(Some(c))
+            } else {
+                Err(ApiError::InvalidParams(format!(
+                    "{field} must be a 3-letter IATA airport code"
+                )))
+            }
+        }
+    }
+}
+
+impl App {
+    pub fn airports(&self) -> Value {
+        json!({ "airports": AIRPORTS.iter().map(wire::airport).collect::<Vec<_>>() })
+    }
+
+    pub fn search(&self, p: params::Search) -> Result<Value, ApiError> {
+        let from = airport_filter(p.from, "from")?;
+        let to = airport_filter(p.to, "to")?;
+        let date = match p.date {
+            None => None,
+            Some(d) => Some(
+                time::Date::parse(
+                    &d,
+                    time::macros::format_description!("[year]-[month]-[day]"),
+                )
+                .map_err(|_| ApiError::InvalidParams("date must be YYYY-MM-DD".into()))?,
+            ),
+        };
+        let limit = p.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+        if limit == 0 || limit > MAX_SEARCH_LIMIT {
+            return Err(ApiError::InvalidParams(format!(
+                "limit must be 1-{MAX_SEARCH_LIMIT}"
+            )));
+        }
+        let now = domain::now_ms();
+        let mut found: Vec<_> = self
+            .inventory
+            .all()
+            .into_iter()
+            .map(|fs| (fs.flight(), fs))
+            .filter(|(f, _)| from.as_ref().is_none_or(|a| &f.from == a))
+            .filter(|(f, _)| to.as_ref().is_none_or(|a| &f.to == a))
+            .filter(|(f, _)| match date {
+                Some(d) => domain::date_of(f.departs_at) == d,
+                None => f.departs_at > now,
+            })
+            .collect();
+        found.sort_by(|a, b| (a.0.departs_at, &a.0.number).cmp(&(b.0.departs_at, &b.0.number)));
+        let flights: Vec<Value> = found
+            .iter()
+            .take(limit as usize)
+            .map(|(f, fs)| wire::flight(f, &fs.available(), now))
+            .collect();
+        Ok(json!({ "flights": flights }))
+    }
+
+    pub fn flight_get(&self, p: params::FlightRef) -> Result<Value, ApiError> {
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        let (version, seats) = fs.snapshot();
+        let flight = fs.flight();
+        let cabins = fs.available();
+        Ok(json!({
+            "flight": wire::flight(&flight, &cabins, domain::now_ms()),
+            "version": version,
+            "seats": seats,
+            "layout": wire::layout(fs.aircraft),
+        }))
+    }
+
+    /// Subscribes the connection to a flight. The reply is queued on the outbox here,
+    /// atomically with joining the watchers, so it precedes every later push.
+    pub fn subscribe(
+        &self,
+        id: &Value,
+        p: params::Subscribe,
+        outbox: &Outbox,
+        subs: &mut Vec<FlightId>,
+    ) -> Result<(), ApiError> {
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        let flight_id = fs.id.clone();
+        let joined = fs.subscribe(outbox, p.since, |version, start| {
+            let mut result = json!({ "flight_id": flight_id, "version": version });
+            match start {
+                Start::Snapshot(seats) => result["seats"] = json!(seats),
+                Start::Changes(changes) => result["changes"] = json!(changes),
+            }
+            Utf8Bytes::from(envelope::success(id, &result))
+        });
+        if joined && !subs.contains(&fs.id) {
+            subs.push(fs.id.clone());
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe(
+        &self,
+        p: params::FlightRef,
+        conn_id: u64,
+        subs: &mut Vec<FlightId>,
+    ) -> Result<Value, ApiError> {
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        fs.unsubscribe(conn_id);
+        subs.retain(|f| f != &fs.id);
+        Ok(json!({}))
+    }
+}

@@ -1,0 +1,327 @@
+//! The use cases: one method per thing a client can ask, orchestrating the domain,
+//! the inventory, the store, the committer and the payment gateway.
+//!
+//! Every seat change follows the same path: lock the flight's working map, check,
+//! write the batch to the store, apply it to the working map, enqueue the publish
+//! action with the committer, unlock, then wait until the batch is durable before
+//! replying. Gateway calls happen outside every lock, with the booking marked busy.
+
+mod auth;
+mod bookings;
+mod expiry;
+mod flights;
+
+use dashmap::DashMap;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
+use crate::fanout::{QueueLimits, UserRegistry};
+use crate::inventory::{FlightSeats, Inventory, Occupant};
+use crate::payments::{PaymentGateway, Sandbox};
+use crate::protocol::{envelope, wire, ApiError};
+use crate::store::{
+    Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
+};
+
+pub use auth::AuthSession;
+pub use expiry::Expiry;
+
+/// Demo schedule horizon in days.
+const SCHEDULE_DAYS: u32 = 14;
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub committer: Arc<Committer>,
+    pub inventory: Inventory,
+    pub users: Arc<UserRegistry>,
+    pub payments: Arc<dyn PaymentGateway>,
+    pub expiry: Expiry,
+    sessions: DashMap<String, SessionRecord>,
+    user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
+    dummy_hash: String,
+    ready: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database in {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::Internal
+    }
+}
+
+impl App {
+    /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
+    /// committer and expires the holds that fell due while the server was down.
+    pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?
+            .map_err(|source| StartError::Store {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        Self::with_parts(config, Arc::new(store), Arc::new(Sandbox::default())).await
+    }
+
+    pub async fn with_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        payments: Arc<dyn PaymentGateway>,
+    ) -> Result<Arc<App>, StartError> {
+        let committer = Committer::new(store.clone());
+        tokio::spawn(committer.clone().run());
+        let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&auth::random_token()))
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?
+            .map_err(|e| StartError::Other(format!("{e}")))?;
+        let app = Arc::new(App {
+            inventory: Inventory::new(config.replay_buffer),
+            config,
+            store,
+            committer,
+            users: Arc::new(UserRegistry::default()),
+            payments,
+            expiry: Expiry::default(),
+            sessions: DashMap::new(),
+            user_locks: DashMap::new(),
+            dummy_hash,
+            ready: AtomicBool::new(false),
+        });
+        app.seed()?;
+        app.load_inventory()?;
+        app.ensure_admin().await?;
+        app.committer
+            .barrier()
+            .await
+            .map_err(|source| StartError::Store {
+                path: String::new(),
+                source,
+            })?;
+        app.expire_due().await;
+        tokio::spawn(expiry::run(app.clone()));
+        app.ready.store(true, Ordering::SeqCst);
+        Ok(app)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            messages: self.config.queue_messages,
+            bytes: self.config.queue_bytes,
+        }
+    }
+
+    /// Adds the demo schedule's missing days (today and the next 13) unless disabled.
+    fn seed(&self) -> Result<(), StartError> {
+        if self.config.no_seed {
+            return Ok(());
+        }
+        let existing: std::collections::HashSet<FlightId> = self
+            .store
+            .flights()
+            .map_err(start_err)?
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        let today = domain::date_of(domain::now_ms());
+        let missing: Vec<Flight> = domain::schedule::demo_schedule(today, SCHEDULE_DAYS)
+            .into_iter()
+            .filter(|f| !existing.contains(&f.id))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(flights = missing.len(), "seeding demo schedule");
+            self.store
+                .write(&Batch {
+                    flights: missing,
+                    ..Default::default()
+                })
+                .map_err(start_err)?;
+            self.committer.enqueue(None);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every flight's seat map from the bookings that occupy seats.
+    fn load_inventory(&self) -> Result<(), StartError> {
+        let flights = self.store.flights().map_err(start_err)?;
+        let mut occupied: std::collections::HashMap<FlightId, Vec<Booking>> = Default::default();
+        for b in self.store.all_bookings().map_err(start_err)? {
+            if b.status.occupies_seats() {
+                occupied.entry(b.flight_id.clone()).or_default().push(b);
+            }
+        }
+        for f in flights {
+            let aircraft = f.aircraft();
+            let mut seats: Vec<Option<Occupant>> = vec![None; aircraft.seats().len()];
+            for b in occupied.remove(&f.id).unwrap_or_default() {
+                if let Some(t) = b
+                    .hold_expires_at
+                    .filter(|_| b.status == domain::BookingStatus::Held)
+                {
+                    self.expiry.schedule(t, &b.flight_id, &b.locator);
+                }
+                for s in b.occupied_seats() {
+                    match aircraft.seat_index(s) {
+                        Some(i) if seats[i].is_none() => {
+                            seats[i] = Some(Occupant {
+                                locator: b.locator.clone(),
+                                booked: b.status == domain::BookingStatus::Confirmed,
+                            })
+                        }
+                        Some(_) => {
+                            tracing::error!(flight = %f.id, seat = %s, "seat claimed by two bookings")
+                        }
+                        None => {
+                            tracing::error!(flight = %f.id, seat = %s, "booking names a seat the aircraft lacks")
+                        }
+                    }
+                }
+            }
+            let version = self.store.version(&f.id).map_err(start_err)?;
+            self.inventory.load(f, version, seats);
+        }
+        tracing::info!(flights = self.inventory.len(), "seat maps loaded");
+        Ok(())
+    }
+
+    fn flight_seats(&self, id: &FlightId) -> Result<Arc<FlightSeats>, ApiError> {
+        self.inventory
+            .get(id.as_str())
+            .ok_or(ApiError::NotFound("flight"))
+    }
+
+    /// A user's own booking; anyone else's is `not_found`, as is a malformed locator.
+    fn own_booking(&self, user: UserId, locator: &str) -> Result<Booking, ApiError> {
+        let loc = domain::Locator::parse(locator).map_err(|_| ApiError::NotFound("booking"))?;
+        match self.store.booking(&loc)? {
+            Some(b) if b.user_id == user => Ok(b),
+            _ => Err(ApiError::NotFound("booking")),
+        }
+    }
+
+    fn booking_json(&self, b: &Booking) -> Value {
+        let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
+        wire::booking(b, flight.as_ref())
+    }
+
+    /// The action that tells the world of a durable booking change: the seat change
+    /// to the flight's watchers, the booking to every connection of its owner.
+    fn announce(
+        &self,
+        fs: &Arc<FlightSeats>,
+        change: Option<crate::inventory::SeatChange>,
+        booking: &Booking,
+    ) -> crate::store::commit::Action {
+        let fs = fs.clone();
+        let user = booking.user_id;
+        let frame = axum::extract::ws::Utf8Bytes::from(envelope::push(
+            "booking.updated",
+            &json!({ "booking": wire::booking(booking, Some(&fs.flight())) }),
+        ));
+        let users = self.users.clone();
+        Box::new(move || {
+            if let Some(c) = change {
+                fs.publish(&c);
+            }
+            users.push(user, &frame);
+        })
+    }
+
+    /// Runs a request at most once per (user, method, request_id): a repeat gets the
+    /// first reply, also after a restart. Requests of one user are serialized.
+    async fn idempotent<F, Fut>(
+        &self,
+        user: UserId,
+        method: &'static str,
+        request_id: &str,
+        f: F,
+    ) -> Result<Value, ApiError>
+    where
+        F: FnOnce(IdemKey) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, ApiError>>,
+    {
+        let request_id = domain::RequestId::parse(request_id)?;
+        let lock = self.user_locks.entry(user).or_default().clone();
+        let _serial = lock.lock().await;
+        let key = IdemKey {
+            user,
+            method,
+            request_id: request_id.to_string(),
+        };
+        if let Some(v) = self.store.reply(&key)? {
+            return replay(v);
+        }
+        f(key).await
+    }
+
+    /// Writes a batch and waits until it is durable (no seat change involved).
+    async fn commit(&self, batch: &Batch) -> Result<(), ApiError> {
+        self.store.write(batch)?;
+        let t = self.committer.enqueue(None);
+        Ok(self.committer.durable(t).await?)
+    }
+
+    pub fn stats(&self) -> Value {
+        json!({
+            "flights": self.inventory.len(),
+            "user_connections": self.users.connections(),
+        })
+    }
+}
+
+fn start_err(e: StoreError) -> StartError {
+    StartError::Store {
+        path: String::new(),
+        source: e,
+    }
+}
+
+/// A remembered reply: `{"ok": result}` or `{"err": error}`.
+pub fn remember_ok(v: &Value) -> Value {
+    json!({ "ok": v })
+}
+
+pub fn remember_err(e: &ApiError) -> Value {
+    json!({ "err": e.to_json() })
+}
+
+fn replay(v: Value) -> Result<Value, ApiError> {
+    if let Some(ok) = v.get("ok") {
+        return Ok(ok.clone());
+    }
+    Err(v
+        .get("err")
+        .and_then(ApiError::from_json)
+        .unwrap_or(ApiError::Internal))
+}
+
+/// A history event with extra fields.
+pub fn event(
+    kind: &str,
+    locator: Option<&domain::Locator>,
+    at: Millis,
+    detail: Value,
+) -> HistoryEvent {
+    HistoryEvent {
+        at,
+        kind: kind.to_owned(),
+        locator: locator.cloned(),
+        detail,
+    }
+}

@@ -1,0 +1,67 @@
+//! Command-line flags; each also reads `JETWAY_<NAME>` from the environment.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "jetway", version, about = "Real-time air-ticket booking hub")]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "JETWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where the sled database lives.
+    #[arg(long, env = "JETWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// How long a seat hold lasts unpaid, in seconds.
+    #[arg(long, env = "JETWAY_HOLD_TTL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_ttl: u64,
+
+    /// How long a session token lasts, in seconds (default 7 days).
+    #[arg(long, env = "JETWAY_SESSION_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub session_ttl: u64,
+
+    /// The browser app's files.
+    #[arg(long, env = "JETWAY_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+
+    /// Recent changes kept per flight for `seats.subscribe {since}`.
+    #[arg(long, env = "JETWAY_REPLAY_BUFFER", default_value_t = crate::inventory::DEFAULT_REPLAY)]
+    pub replay_buffer: usize,
+
+    /// Outbound queue bound per connection, in messages.
+    #[arg(long, env = "JETWAY_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub queue_messages: usize,
+
+    /// Outbound queue bound per connection, in bytes.
+    #[arg(long, env = "JETWAY_QUEUE_BYTES", default_value_t = 4 << 20)]
+    pub queue_bytes: usize,
+
+    /// Seconds of silence from a client before the server pings it.
+    #[arg(long, env = "JETWAY_PING_INTERVAL", default_value_t = 20)]
+    pub ping_interval: u64,
+
+    /// Seconds without any frame (a pong included) before a connection is closed as dead.
+    #[arg(long, env = "JETWAY_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Log format: plain or json.
+    #[arg(long, env = "JETWAY_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub log_format: String,
+
+    /// Do not seed the demo schedule into an empty database.
+    #[arg(long, env = "JETWAY_NO_SEED", default_value_t = false)]
+    pub no_seed: bool,
+}
+
+impl Config {
+    /// Defaults with a given data dir: what tests start from.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut c = Config::parse_from(["jetway"]);
+        c.listen = "127.0.0.1:0".parse().unwrap_or(c.listen);
+        c.data_dir = data_dir;
+        c
+    }
+}

@@ -1,0 +1,336 @@
+//! In-memory seat maps, one per flight, in two layers:
+//!
+//! - the **working** map says who occupies each seat right now, including changes
+//!   not yet durable; every seat change of a flight is decided under its lock, which
+//!   also hands out the flight's next version;
+//! - the **live** map is what the world may see: it advances one version at a time,
+//!   only after the change is durable (the committer applies it), keeps a replay
+//!   buffer of recent changes, and fans each change out to the flight's watchers.
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde_json::{json, Value};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
+use crate::fanout::Outbox;
+use crate::protocol::{envelope, wire};
+
+/// Default number of recent changes kept per flight for `seats.subscribe {since}`.
+pub const DEFAULT_REPLAY: usize = 1024;
+
+/// Who occupies a seat in the working map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occupant {
+    pub locator: Locator,
+    pub booked: bool,
+}
+
+impl Occupant {
+    pub fn status(o: &Option<Occupant>) -> SeatStatus {
+        match o {
+            None => SeatStatus::Available,
+            Some(Occupant { booked: false, .. }) => SeatStatus::Held,
+            Some(Occupant { booked: true, .. }) => SeatStatus::Booked,
+        }
+    }
+}
+
+/// The decision layer of a flight's seats. Locked briefly by one use case at a time.
+pub struct Working {
+    pub aircraft: &'static Aircraft,
+    pub version: u64,
+    pub seats: Vec<Option<Occupant>>,
+    /// Bookings with a gateway call in flight: they cannot expire or be changed meanwhile.
+    pub busy: HashSet<Locator>,
+}
+
+impl Working {
+    pub fn index(&self, seat: SeatId) -> Option<usize> {
+        self.aircraft.seat_index(seat)
+    }
+
+    /// The seats among `wanted` that are not free.
+    pub fn taken(&self, wanted: &[usize]) -> Vec<SeatId> {
+        wanted
+            .iter()
+            .filter(|&&i| self.seats[i].is_some())
+            .map(|&i| self.aircraft.seats()[i].id)
+            .collect()
+    }
+
+    pub fn free_mask(&self) -> Vec<bool> {
+        self.seats.iter().map(Option::is_none).collect()
+    }
+
+    /// Applies seat updates as the next version, returning the public change.
+    pub fn apply(&mut self, updates: Vec<(usize, Option<Occupant>)>) -> SeatChange {
+        self.version += 1;
+        let seats = updates
+            .into_iter()
+            .map(|(i, occ)| {
+                let status = Occupant::status(&occ);
+                self.seats[i] = occ;
+                (i, status)
+            })
+            .collect();
+        SeatChange {
+            version: self.version,
+            seats,
+        }
+    }
+}
+
+/// One atomic change of a flight's seats, by seat index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeatChange {
+    pub version: u64,
+    pub seats: Vec<(usize, SeatStatus)>,
+}
+
+/// A published change, kept for replay.
+pub struct Published {
+    pub version: u64,
+    pub json: Value,
+}
+
+/// The public layer: durable state, replay buffer and watchers.
+pub struct Live {
+    version: u64,
+    status: Vec<SeatStatus>,
+    replay: VecDeque<Arc<Published>>,
+    watchers: Vec<Outbox>,
+}
+
+/// What a subscriber starts from.
+pub enum Start {
+    Snapshot(Vec<Value>),
+    Changes(Vec<Value>),
+}
+
+pub struct FlightSeats {
+    pub id: FlightId,
+    pub aircraft: &'static Aircraft,
+    flight: RwLock<Flight>,
+    working: Mutex<Working>,
+    live: Mutex<Live>,
+    replay_capacity: usize,
+}
+
+impl FlightSeats {
+    fn new(
+        flight: Flight,
+        version: u64,
+        seats: Vec<Option<Occupant>>,
+        replay_capacity: usize,
+    ) -> Self {
+        let aircraft = flight.aircraft();
+        let status = seats.iter().map(Occupant::status).collect();
+        FlightSeats {
+            id: flight.id.clone(),
+            aircraft,
+            flight: RwLock::new(flight),
+            working: Mutex::new(Working {
+                aircraft,
+                version,
+                seats,
+                busy: HashSet::new(),
+            }),
+            live: Mutex::new(Live {
+                version,
+                status,
+                replay: VecDeque::new(),
+                watchers: Vec::new(),
+            }),
+            replay_capacity,
+        }
+    }
+
+    pub fn flight(&self) -> Flight {
+        self.flight.read().clone()
+    }
+
+    pub fn set_flight(&self, f: Flight) {
+        *self.flight.write() = f;
+    }
+
+    /// Locks the working map. Never hold the guard across an `.await`.
+    pub fn working(&self) -> MutexGuard<'_, Working> {
+        self.working.lock()
+    }
+
+    /// Seats left per cabin as the world sees them.
+    pub fn available(&self) -> wire::CabinCounts {
+        let live = self.live.lock();
+        counts(self.aircraft, &live.status)
+    }
+
+    /// The published map: version and every seat with its status.
+    pub fn snapshot(&self) -> (u64, Vec<Value>) {
+        let live = self.live.lock();
+        (live.version, self.seats_json(&live.status))
+    }
+
+    pub fn published_version(&self) -> u64 {
+        self.live.lock().version
+    }
+
+    fn seats_json(&self, status: &[SeatStatus]) -> Vec<Value> {
+        self.aircraft
+            .seats()
+            .iter()
+            .zip(status)
+            .map(|(info, st)| wire::seat(info, *st))
+            .collect()
+    }
+
+    /// Publishes a durable change: advances the live map, remembers it for replay and
+    /// queues one encoding of the push for every watcher.
+    pub fn publish(&self, change: &SeatChange) {
+        let mut live = self.live.lock();
+        if change.version != live.version + 1 {
+            tracing::error!(flight = %self.id, have = live.version, got = change.version, "out-of-order publish");
+        }
+        let mut seats = Vec::with_capacity(change.seats.len());
+        for &(i, st) in &change.seats {
+            live.status[i] = st;
+            seats.push((self.aircraft.seats()[i].id, st));
+        }
+        live.version = change.version;
+        let cabins = counts(self.aircraft, &live.status);
+        let json = wire::change(change.version, &seats, &cabins);
+        let mut params = json.clone();
+        params["flight_id"] = json!(self.id);
+        let frame = Utf8Bytes::from(envelope::push("seats.changed", &params));
+        if live.replay.len() == self.replay_capacity {
+            live.replay.pop_front();
+        }
+        live.replay.push_back(Arc::new(Published {
+            version: change.version,
+            json,
+        }));
+        live.watchers.retain(|w| w.send(frame.clone()));
+    }
+
+    /// Adds a watcher and tells it where to start, atomically with respect to
+    /// [`FlightSeats::publish`]; `reply` turns the start into the frame queued on the
+    /// watcher's outbox before any later push.
+    pub fn subscribe(
+        &self,
+        outbox: &Outbox,
+        since: Option<u64>,
+        reply: impl FnOnce(u64, Start) -> Utf8Bytes,
+    ) -> bool {
+        let mut live = self.live.lock();
+        let start = match since {
+            Some(s) if s == live.version => Start::Changes(Vec::new()),
+            Some(s)
+                if s < live.version && live.replay.front().is_some_and(|p| p.version <= s + 1) =>
+            {
+                Start::Changes(
+                    live.replay
+                        .iter()
+                        .filter(|p| p.version > s)
+                        .map(|p| p.json.clone())
+                        .collect(),
+                )
+            }
+            _ => Start::Snapshot(self.seats_json(&live.status)),
+        };
+        let frame = reply(live.version, start);
+        live.watchers.retain(|w| w.id() != outbox.id());
+        if outbox.send(frame) {
+            live.watchers.push(outbox.clone());
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn unsubscribe(&self, conn_id: u64) -> bool {
+        let mut live = self.live.lock();
+        let before = live.watchers.len();
+        live.watchers.retain(|w| w.id() != conn_id);
+        live.watchers.len() != before
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.live.lock().watchers.len()
+    }
+}
+
+fn counts(aircraft: &Aircraft, status: &[SeatStatus]) -> wire::CabinCounts {
+    Cabin::ALL
+        .iter()
+        .map(|&c| {
+            let n = aircraft
+                .seats()
+                .iter()
+                .zip(status)
+                .filter(|(info, st)| info.cabin == c && **st == SeatStatus::Available)
+                .count();
+            (c, n as u32)
+        })
+        .collect()
+}
+
+/// Every flight's seats.
+pub struct Inventory {
+    flights: DashMap<FlightId, Arc<FlightSeats>>,
+    replay_capacity: usize,
+}
+
+impl Inventory {
+    pub fn new(replay_capacity: usize) -> Self {
+        Inventory {
+            flights: DashMap::new(),
+            replay_capacity: replay_capacity.max(1),
+        }
+    }
+
+    /// Adds (or replaces) a flight with its durable version and occupants.
+    pub fn load(
+        &self,
+        flight: Flight,
+        version: u64,
+        seats: Vec<Option<Occupant>>,
+    ) -> Arc<FlightSeats> {
+        let entry = Arc::new(FlightSeats::new(
+            flight,
+            version,
+            seats,
+            self.replay_capacity,
+        ));
+        self.flights.insert(entry.id.clone(), entry.clone());
+        entry
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<FlightSeats>> {
+        FlightId::parse(id)
+            .ok()
+            .and_then(|id| self.flights.get(&id).map(|e| e.clone()))
+    }
+
+    pub fn all(&self) -> Vec<Arc<FlightSeats>> {
+        self.flights.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.flights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flights.is_empty()
+    }
+
+    /// Removes a closed connection from every flight it watched.
+    pub fn unsubscribe_all(&self, conn_id: u64, flights: &[FlightId]) {
+        for f in flights {
+            if let Some(e) = self.flights.get(f) {
+                e.unsubscribe(conn_id);
+            }
+        }
+    }
+}

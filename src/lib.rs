@@ -1,0 +1,39 @@
+//! Jetway: a real-time air-ticket booking hub, JSON-RPC 2.0 over WebSocket.
+//!
+//! Modules, from the wire inwards:
+//!
+//! - [`server`]: HTTP routes, static files, the WebSocket upgrade and each
+//!   connection's reader and writer tasks;
+//! - [`protocol`]: the JSON-RPC envelope, method params, result shapes and error
+//!   reasons (pure);
+//! - [`app`]: one method per use case, orchestrating everything below;
+//! - [`domain`]: flights, seats, bookings and their state machine, fares and refunds
+//!   (pure, no I/O);
+//! - [`inventory`]: every flight's seat map in memory, its version and change feed;
+//! - [`fanout`]: per-connection bounded outbound queues and the user registry;
+//! - [`store`]: the durable store (sled) behind a trait, and the group commit;
+//! - [`payments`]: the payment-gateway trait and the sandbox gateway.
+//!
+//! A request flows: the connection's reader parses a text frame ([`protocol`]) and
+//! hands it to `server::dispatch`, which decodes the params and calls the use case
+//! in [`app`]. A seat-changing use case locks the flight's working map in
+//! [`inventory`], checks the rules in [`domain`], writes one atomic batch to the
+//! [`store`], updates the working map and enqueues a "publish" action with the
+//! committer, then waits. The committer syncs every pending write with one fsync,
+//! runs the actions in order (each advances the flight's live map and queues one
+//! encoded `seats.changed` for all its watchers, and `booking.updated` for the
+//! owner's connections), and wakes the waiters, whose replies then go out.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod fanout;
+pub mod inventory;
+pub mod metrics;
+pub mod payments;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{start, Running};

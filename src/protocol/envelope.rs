@@ -1,0 +1,184 @@
+//! JSON-RPC 2.0 framing: parsing requests, writing replies and pushes.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ApiError;
+
+/// A well-formed request; `id` is `None` for a notification (which gets no reply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub method: String,
+    pub params: Value,
+}
+
+/// Parses one text frame. On failure, returns the id to answer with (or null).
+pub fn parse_request(frame: &str) -> Result<Request, (Value, ApiError)> {
+    let v: Value =
+        serde_json::from_str(frame).map_err(|e| (Value::Null, ApiError::Parse(e.to_string())))?;
+    let Value::Object(mut obj) = v else {
+        let what = if v.is_array() {
+            "batch requests are not supported"
+        } else {
+            "a request must be a JSON object"
+        };
+        return Err((Value::Null, ApiError::InvalidRequest(what.into())));
+    };
+    let id = obj.remove("id");
+    let reply_id = match &id {
+        Some(i @ (Value::Number(_) | Value::String(_) | Value::Null)) => i.clone(),
+        Some(_) => {
+            return Err((
+                Value::Null,
+                ApiError::InvalidRequest("id must be a number, string or null".into()),
+            ))
+        }
+        None => Value::Null,
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err((
+            reply_id,
+            ApiError::InvalidRequest("jsonrpc must be \"2.0\"".into()),
+        ));
+    }
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => {
+            return Err((
+                reply_id,
+                ApiError::InvalidRequest("method must be a string".into()),
+            ))
+        }
+    };
+    let params = match obj.remove("params") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Err((
+                reply_id,
+                ApiError::InvalidParams("params must be an object".into()),
+            ))
+        }
+    };
+    Ok(Request { id, method, params })
+}
+
+#[derive(Serialize)]
+struct Success<'a, T: Serialize> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: &'a T,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    error: Value,
+}
+
+#[derive(Serialize)]
+struct Push<'a, T: Serialize + ?Sized> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    params: &'a T,
+}
+
+pub fn success<T: Serialize>(id: &Value, result: &T) -> String {
+    serde_json::to_string(&Success {
+        jsonrpc: "2.0",
+        id,
+        result,
+    })
+    .unwrap_or_else(|_| failure(id, &ApiError::Internal))
+}
+
+pub fn failure(id: &Value, err: &ApiError) -> String {
+    serde_json::to_string(&Failure { jsonrpc: "2.0", id, error: err.to_json() })
+        .unwrap_or_else(|_| r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error","data":{"reason":"internal"}}}"#.into())
+}
+
+/// A server push (a notification from server to client).
+pub fn push<T: Serialize + ?Sized>(method: &str, params: &T) -> String {
+    serde_json::to_string(&Push {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(frame: &str) -> (Value, ApiError) {
+        parse_request(frame).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_request() {
+        let r = parse_request(
+            r#"{"jsonrpc":"2.0","id":7,"method":"flights.search","params":{"from":"LHR"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, Some(json!(7)));
+        assert_eq!(r.method, "flights.search");
+        assert_eq!(r.params, json!({"from":"LHR"}));
+        let r = parse_request(r#"{"jsonrpc":"2.0","method":"x"}"#).unwrap();
+        assert_eq!(r.id, None);
+        assert_eq!(r.params, json!({}));
+    }
+
+    #[test]
+    fn rejects_bad_frames_with_the_right_code() {
+        assert_eq!(err("{oops").1.code(), -32700);
+        assert_eq!(err("").1.code(), -32700);
+        assert_eq!(err("[]").1.code(), -32600);
+        assert_eq!(err("42").1.code(), -32600);
+        assert_eq!(
+            err(r#"{"jsonrpc":"1.0","id":3,"method":"x"}"#),
+            (
+                json!(3),
+                ApiError::InvalidRequest("jsonrpc must be \"2.0\"".into())
+            )
+        );
+        assert_eq!(
+            err(r#"{"jsonrpc":"2.0","id":"a","method":5}"#).0,
+            json!("a")
+        );
+        assert_eq!(
+            err(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).1.code(),
+            -32600
+        );
+        assert_eq!(
+            err(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)
+                .1
+                .code(),
+            -32602
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_a_parse_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(err(&deep).1.code(), -32700);
+    }
+
+    #[test]
+    fn replies_are_well_formed() {
+        let s: Value = serde_json::from_str(&success(&json!(1), &json!({"ok":true}))).unwrap();
+        assert_eq!(s, json!({"jsonrpc":"2.0","id":1,"result":{"ok":true}}));
+        let f: Value =
+            serde_json::from_str(&failure(&Value::Null, &ApiError::Unauthenticated)).unwrap();
+        assert_eq!(f["error"]["data"]["reason"], "unauthenticated");
+        assert_eq!(f["id"], Value::Null);
+        let p: Value = serde_json::from_str(&push("seats.changed", &json!({"v":1}))).unwrap();
+        assert_eq!(
+            p,
+            json!({"jsonrpc":"2.0","method":"seats.changed","params":{"v":1}})
+        );
+    }
+}

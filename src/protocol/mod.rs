@@ -1,0 +1,10 @@
+//! The wire protocol: JSON-RPC 2.0 envelope, method params, result shapes and error
+//! reasons. Pure: no I/O.
+
+pub mod envelope;
+pub mod error;
+pub mod params;
+pub mod wire;
+
+pub use envelope::{parse_request, Request};
+pub use error::ApiError;

@@ -1,0 +1,220 @@
+//! Result shapes exactly as the contract names them, built from domain values.
+//! Private fields (owner, charge ids) never leave through here.
+
+use serde_json::{json, Value};
+
+use crate::domain::flight::Airport;
+use crate::domain::{
+    rfc3339, Aircraft, Booking, Cabin, Flight, Millis, Order, SeatId, SeatInfo, SeatStatus,
+};
+
+/// Seats left per cabin, in the aircraft's cabin order.
+pub type CabinCounts = Vec<(Cabin, u32)>;
+
+pub fn money(m: crate::domain::Money) -> Value {
+    json!({ "amount": m.amount(), "currency": crate::domain::money::CURRENCY })
+}
+
+pub fn flight(f: &Flight, available: &CabinCounts, now: Millis) -> Value {
+    let aircraft = f.aircraft();
+    let cabins: Vec<Value> = available
+        .iter()
+        .map(|(cabin, left)| {
+            json!({
+                "cabin": cabin.as_str(),
+                "fare": money(f.fares.of(*cabin)),
+                "seats_total": aircraft.seats_in(*cabin),
+                "seats_available": left,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "flight_id": f.id,
+        "number": f.number,
+        "from": f.from,
+        "to": f.to,
+        "departs_at": rfc3339(f.departs_at),
+        "arrives_at": rfc3339(f.arrives_at),
+        "aircraft": aircraft.code,
+        "aircraft_name": aircraft.name,
+        "status": f.status(now).as_str(),
+        "cabins": cabins,
+    });
+    if let Some(reason) = &f.cancelled {
+        v["cancel_reason"] = json!(reason);
+    }
+    v
+}
+
+pub fn seat(info: &SeatInfo, status: SeatStatus) -> Value {
+    json!({
+        "seat": info.id.to_string(),
+        "cabin": info.cabin.as_str(),
+        "status": status.as_str(),
+        "row": info.id.row,
+        "column": info.id.column_char().to_string(),
+        "window": info.window,
+        "aisle": info.aisle,
+        "exit": info.exit,
+    })
+}
+
+pub fn layout(a: &Aircraft) -> Value {
+    let cabins: Vec<Value> = a
+        .cabins
+        .iter()
+        .map(|c| json!({ "cabin": c.cabin.as_str(), "rows": c.rows().collect::<Vec<_>>(), "columns": c.columns }))
+        .collect();
+    json!({ "cabins": cabins, "exit_rows": a.exit_rows })
+}
+
+/// One atomic seat change: `{version, seats:[{seat, status}], cabins:[{cabin, seats_available}]}`.
+pub fn change(version: u64, seats: &[(SeatId, SeatStatus)], cabins: &CabinCounts) -> Value {
+    json!({
+        "version": version,
+        "seats": seats.iter().map(|(s, st)| json!({"seat": s.to_string(), "status": st.as_str()})).collect::<Vec<_>>(),
+        "cabins": cabin_counts(cabins),
+    })
+}
+
+pub fn cabin_counts(cabins: &CabinCounts) -> Vec<Value> {
+    cabins
+        .iter()
+        .map(|(c, n)| json!({"cabin": c.as_str(), "seats_available": n}))
+        .collect()
+}
+
+pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
+    let seat = |s: &crate::domain::BookedSeat| {
+        let mut v = json!({
+            "seat": s.seat.to_string(),
+            "passenger": s.passenger,
+            "cabin": s.cabin.as_str(),
+            "fare": money(s.fare),
+        });
+        if let Some(t) = &s.ticket_number {
+            v["ticket_number"] = json!(t);
+        }
+        v
+    };
+    let mut v = json!({
+        "locator": b.locator,
+        "flight_id": b.flight_id,
+        "status": b.status.as_str(),
+        "seats": b.seats.iter().map(seat).collect::<Vec<_>>(),
+        "total": money(b.total),
+        "created_at": rfc3339(b.created_at),
+        "updated_at": rfc3339(b.updated_at),
+    });
+    if let Some(t) = b
+        .hold_expires_at
+        .filter(|_| b.status == crate::domain::BookingStatus::Held)
+    {
+        v["hold_expires_at"] = json!(rfc3339(t));
+    }
+    if let Some(r) = b.refund {
+        v["refund"] = money(r);
+    }
+    if !b.cancelled_seats.is_empty() {
+        v["cancelled_seats"] = b.cancelled_seats.iter().map(seat).collect();
+    }
+    if let Some(o) = &b.order_id {
+        v["order_id"] = json!(o);
+    }
+    if let Some(f) = f {
+        v["flight"] = json!({
+            "number": f.number,
+            "from": f.from,
+            "to": f.to,
+            "departs_at": rfc3339(f.departs_at),
+            "arrives_at": rfc3339(f.arrives_at),
+        });
+    }
+    v
+}
+
+pub fn order(o: &Order) -> Value {
+    json!({
+        "order_id": o.order_id,
+        "locator": o.locator,
+        "status": o.status.as_str(),
+        "amount": money(o.amount),
+        "refunded": money(o.refunded),
+        "created_at": rfc3339(o.created_at),
+    })
+}
+
+pub fn airport(a: &Airport) -> Value {
+    json!({ "code": a.code, "city": a.city, "name": a.name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BookingStatus, FlightId, Locator, Money, TicketNumber, UserId};
+
+    fn sample_booking() -> Booking {
+        let mut b = Booking::hold(
+            Locator::parse("ABC234").unwrap(),
+            UserId(42),
+            FlightId::parse("JW1-20260101").unwrap(),
+            vec![(
+                SeatId::parse("12A").unwrap(),
+                Cabin::Economy,
+                Money::cents(100).unwrap(),
+            )],
+            vec!["Ada".into()],
+            0,
+            1000,
+        )
+        .unwrap();
+        b.confirm(vec![TicketNumber::new(729, 1)], "O1".into(), 5)
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn booking_has_contract_fields_and_no_owner() {
+        let v = booking(&sample_booking(), None);
+        for k in [
+            "locator",
+            "flight_id",
+            "status",
+            "seats",
+            "total",
+            "created_at",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v.get("user_id").is_none());
+        assert_eq!(v["status"], "confirmed");
+        assert_eq!(v["seats"][0]["ticket_number"], "7290000000001");
+        assert!(v.get("hold_expires_at").is_none());
+        assert_eq!(v["total"], json!({"amount":100,"currency":"EUR"}));
+    }
+
+    #[test]
+    fn held_booking_shows_expiry() {
+        let mut b = sample_booking();
+        b.status = BookingStatus::Held;
+        b.hold_expires_at = Some(1000);
+        assert_eq!(booking(&b, None)["hold_expires_at"], "1970-01-01T00:00:01Z");
+    }
+
+    #[test]
+    fn order_hides_charge_id() {
+        let o = Order {
+            order_id: "O1".into(),
+            locator: Locator::parse("ABC234").unwrap(),
+            user_id: UserId(1),
+            status: crate::domain::OrderStatus::PartiallyRefunded,
+            amount: Money::cents(10).unwrap(),
+            refunded: Money::cents(5).unwrap(),
+            created_at: 0,
+            charge_id: "ch_secret".into(),
+        };
+        let v = order(&o);
+        assert_eq!(v["status"], "partially_refunded");
+        assert!(!v.to_string().contains("ch_secret"));
+    }
+}

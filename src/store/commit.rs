@@ -1,0 +1,205 @@
+//! Group commit. A use case writes its batch, then enqueues a ticket (with an optional
+//! action such as publishing a seat change) and waits for it. One task makes all
+//! writes so far durable with a single `Store::sync`, runs the actions of every ticket
+//! it covered in ticket order, and only then wakes the waiters. So concurrent requests
+//! share one fsync, and nobody (requester or watcher) hears of a change before it is
+//! on disk.
+
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+use super::{Store, StoreError};
+
+/// Runs once the write it follows is durable.
+pub type Action = Box<dyn FnOnce() + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+#[derive(Default)]
+struct Queue {
+    next: u64,
+    actions: VecDeque<(u64, Action)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Every ticket up to here has been through a sync.
+    done: u64,
+    /// Tickets in `(failed_after, failed_upto]` were covered by a sync that failed.
+    failed_after: u64,
+    failed_upto: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitStats {
+    pub syncs: u64,
+    pub tickets: u64,
+    pub sync_seconds_total: f64,
+}
+
+pub struct Committer {
+    store: Arc<dyn Store>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    progress: watch::Sender<Progress>,
+    stats: Mutex<CommitStats>,
+}
+
+impl Committer {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Committer {
+            store,
+            queue: Mutex::new(Queue {
+                next: 1,
+                actions: VecDeque::new(),
+            }),
+            wake: Notify::new(),
+            progress: watch::channel(Progress::default()).0,
+            stats: Mutex::new(CommitStats::default()),
+        })
+    }
+
+    /// Call right after the store write it covers, while still holding whatever lock
+    /// ordered that write: actions run in the order tickets were taken.
+    pub fn enqueue(&self, action: Option<Action>) -> Ticket {
+        let mut q = self.queue.lock();
+        let t = q.next;
+        q.next += 1;
+        if let Some(a) = action {
+            q.actions.push_back((t, a));
+        }
+        drop(q);
+        self.wake.notify_one();
+        Ticket(t)
+    }
+
+    /// Waits until the ticket's write is durable.
+    pub async fn durable(&self, t: Ticket) -> Result<(), StoreError> {
+        let mut rx = self.progress.subscribe();
+        let p = *rx
+            .wait_for(|p| p.done >= t.0)
+            .await
+            .map_err(|_| StoreError::Io("committer stopped".into()))?;
+        if t.0 > p.failed_after && t.0 <= p.failed_upto {
+            return Err(StoreError::Io("sync failed".into()));
+        }
+        Ok(())
+    }
+
+    /// Enqueues a ticket with no action and waits for it: "everything so far is durable".
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        let t = self.enqueue(None);
+        self.durable(t).await
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        *self.stats.lock()
+    }
+
+    /// The commit loop; runs until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            self.commit_pending().await;
+        }
+    }
+
+    async fn commit_pending(&self) {
+        loop {
+            let target = self.queue.lock().next - 1;
+            let done = self.progress.borrow().done;
+            if target <= done {
+                return;
+            }
+            let store = self.store.clone();
+            let started = Instant::now();
+            let mut result = Err(StoreError::Io("not run".into()));
+            for attempt in 0..3u64 {
+                let s = store.clone();
+                result = tokio::task::spawn_blocking(move || s.sync())
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            }
+            {
+                let mut st = self.stats.lock();
+                st.syncs += 1;
+                st.tickets += target - done;
+                st.sync_seconds_total += started.elapsed().as_secs_f64();
+            }
+            let actions: Vec<Action> = {
+                let mut q = self.queue.lock();
+                let n = q.actions.iter().take_while(|(t, _)| *t <= target).count();
+                q.actions.drain(..n).map(|(_, a)| a).collect()
+            };
+            for a in actions {
+                a();
+            }
+            let failed = result.is_err();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "sync failed; replies for this batch report an internal error");
+            }
+            self.progress.send_modify(|p| {
+                if failed {
+                    p.failed_after = p.done;
+                    p.failed_upto = target;
+                }
+                p.done = target;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, SledStore};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn actions_run_in_order_after_sync_and_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store.clone());
+        tokio::spawn(c.clone().run());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for i in 0..200 {
+            store.write(&Batch::default()).unwrap();
+            let s = seen.clone();
+            let t = c.enqueue(Some(Box::new(move || s.lock().push(i))));
+            let c2 = c.clone();
+            waits.push(tokio::spawn(async move { c2.durable(t).await }));
+        }
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(*seen.lock(), (0..200).collect::<Vec<_>>());
+        let st = c.stats();
+        assert_eq!(st.tickets, 200);
+        assert!(st.syncs < 200, "syncs were shared: {st:?}");
+    }
+
+    #[tokio::test]
+    async fn barrier_waits_for_earlier_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store);
+        tokio::spawn(c.clone().run());
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        c.enqueue(Some(Box::new(move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        })));
+        c.barrier().await.unwrap();
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,126 @@
+//! Durable state behind one narrow interface ([`Store`]), so another backend can
+//! replace sled without touching the use cases, and the group commit that makes a
+//! batch of writes durable before anyone is told of them.
+
+pub mod commit;
+pub mod sled_store;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
+
+pub use commit::Committer;
+pub use sled_store::SledStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A key the batch required to be absent exists (username taken, locator in use).
+    #[error("conflict")]
+    Conflict,
+    #[error("storage: {0}")]
+    Io(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Passenger,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Passenger => "passenger",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: Username,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Hex SHA-256 of the token; the token itself is never stored.
+    pub token_hash: String,
+    pub user_id: UserId,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// One line of a user's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub at: Millis,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub locator: Option<Locator>,
+    /// Extra fields shown to the user (amounts, seats, reasons).
+    #[serde(default)]
+    pub detail: Value,
+}
+
+/// The key of a remembered reply: one user's request id for one method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdemKey {
+    pub user: UserId,
+    pub method: &'static str,
+    pub request_id: String,
+}
+
+/// Everything one use case changes, written atomically.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Users to create; the batch fails with [`StoreError::Conflict`] if the name exists.
+    pub new_users: Vec<UserRecord>,
+    /// Users to overwrite.
+    pub users: Vec<UserRecord>,
+    pub sessions: Vec<SessionRecord>,
+    pub revoke_sessions: Vec<String>,
+    pub flights: Vec<Flight>,
+    pub versions: Vec<(FlightId, u64)>,
+    /// Bookings to create; conflict if the locator exists.
+    pub new_bookings: Vec<Booking>,
+    pub bookings: Vec<Booking>,
+    pub orders: Vec<Order>,
+    pub events: Vec<(UserId, HistoryEvent)>,
+    /// Replies to remember: `{"ok": result}` or `{"err": error}`.
+    pub replies: Vec<(IdemKey, Value)>,
+}
+
+/// The durable store. Writes are atomic per batch and become durable at the next
+/// [`Store::sync`]; the [`Committer`] acknowledges nothing before that.
+pub trait Store: Send + Sync + 'static {
+    fn write(&self, batch: &Batch) -> StoreResult<()>;
+    /// Makes every completed write durable (flush plus fdatasync).
+    fn sync(&self) -> StoreResult<()>;
+    /// A fresh id, unique and increasing across restarts and crashes.
+    fn next_id(&self) -> StoreResult<u64>;
+
+    fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>>;
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    fn flights(&self) -> StoreResult<Vec<Flight>>;
+    fn version(&self, flight: &FlightId) -> StoreResult<u64>;
+    fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
+    /// Every booking, for rebuilding seat maps at start.
+    fn all_bookings(&self) -> StoreResult<Vec<Booking>>;
+    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>>;
+    fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
+    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>>;
+    fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>>;
+    fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>>;
+}

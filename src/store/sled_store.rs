@@ -1,0 +1,443 @@
+//! The sled backend: one tree, keys prefixed by record kind, JSON values, one
+//! transaction per [`Batch`]. `sync` flushes sled and then fdatasyncs its data file,
+//! because sled's own flush uses `sync_file_range`, which leaves the drive cache unflushed.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::fs::File;
+use std::path::Path;
+
+use super::{
+    Batch, HistoryEvent, IdemKey, SessionRecord, Store, StoreError, StoreResult, UserRecord,
+};
+use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+
+const USER: u8 = b'U';
+const USER_ID: u8 = b'I';
+const SESSION: u8 = b'S';
+const FLIGHT: u8 = b'F';
+const VERSION: u8 = b'V';
+const BOOKING: u8 = b'B';
+const USER_BOOKING: u8 = b'b';
+const ORDER: u8 = b'O';
+const USER_ORDER: u8 = b'o';
+const HISTORY: u8 = b'H';
+const REPLY: u8 = b'K';
+
+pub struct SledStore {
+    db: sled::Db,
+    data_file: File,
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn reply_key(k: &IdemKey) -> Vec<u8> {
+    key(
+        REPLY,
+        &[
+            &k.user.0.to_be_bytes(),
+            k.method.as_bytes(),
+            &[0],
+            k.request_id.as_bytes(),
+        ],
+    )
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = sled::Config::new().path(dir).open().map_err(io)?;
+        let data_file = File::open(dir.join("db")).map_err(io)?;
+        Ok(SledStore { db, data_file })
+    }
+
+    fn get<T: DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
+        match self.db.get(k).map_err(io)? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> StoreResult<Vec<T>> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|kv| kv.map_err(io).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    /// Records pointed to by an index, newest first (index keys end in the record key).
+    fn newest_via_index<T: DeserializeOwned>(
+        &self,
+        index: u8,
+        user: UserId,
+        record: u8,
+    ) -> StoreResult<Vec<T>> {
+        let prefix = key(index, &[&user.0.to_be_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(&prefix).rev() {
+            let (k, _) = kv.map_err(io)?;
+            let id = &k[prefix.len() + 8..];
+            if let Some(v) = self.get(&key(record, &[id]))? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+
+fn put<T: Serialize>(tx: &TransactionalTree, k: Vec<u8>, v: &T) -> TxResult {
+    let bytes = encode(v).map_err(ConflictableTransactionError::Abort)?;
+    tx.insert(k, bytes)?;
+    Ok(())
+}
+
+fn create<T: Serialize>(tx: &TransactionalTree, k: Vec<u8>, v: &T) -> TxResult {
+    if tx.get(&k)?.is_some() {
+        return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+    }
+    put(tx, k, v)
+}
+
+fn write_booking(tx: &TransactionalTree, b: &Booking, new: bool) -> TxResult {
+    let k = key(BOOKING, &[b.locator.as_str().as_bytes()]);
+    if new {
+        create(tx, k, b)?;
+    } else {
+        put(tx, k, b)?;
+    }
+    let idx = key(
+        USER_BOOKING,
+        &[
+            &b.user_id.0.to_be_bytes(),
+            &b.created_at.to_be_bytes(),
+            b.locator.as_str().as_bytes(),
+        ],
+    );
+    tx.insert(idx, &[][..])?;
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn write(&self, batch: &Batch) -> StoreResult<()> {
+        let mut history_ids = Vec::with_capacity(batch.events.len());
+        for _ in &batch.events {
+            history_ids.push(self.next_id()?);
+        }
+        let result = self.db.transaction(|tx| {
+            for u in &batch.new_users {
+                create(tx, key(USER, &[u.username.as_str().as_bytes()]), u)?;
+                tx.insert(
+                    key(USER_ID, &[&u.id.0.to_be_bytes()]),
+                    u.username.as_str().as_bytes(),
+                )?;
+            }
+            for u in &batch.users {
+                put(tx, key(USER, &[u.username.as_str().as_bytes()]), u)?;
+                tx.insert(
+                    key(USER_ID, &[&u.id.0.to_be_bytes()]),
+                    u.username.as_str().as_bytes(),
+                )?;
+            }
+            for s in &batch.sessions {
+                put(tx, key(SESSION, &[s.token_hash.as_bytes()]), s)?;
+            }
+            for h in &batch.revoke_sessions {
+                tx.remove(key(SESSION, &[h.as_bytes()]))?;
+            }
+            for f in &batch.flights {
+                put(tx, key(FLIGHT, &[f.id.as_str().as_bytes()]), f)?;
+            }
+            for (f, v) in &batch.versions {
+                tx.insert(key(VERSION, &[f.as_str().as_bytes()]), &v.to_be_bytes()[..])?;
+            }
+            for b in &batch.new_bookings {
+                write_booking(tx, b, true)?;
+            }
+            for b in &batch.bookings {
+                write_booking(tx, b, false)?;
+            }
+            for o in &batch.orders {
+                put(tx, key(ORDER, &[o.order_id.as_bytes()]), o)?;
+                let idx = key(
+                    USER_ORDER,
+                    &[
+                        &o.user_id.0.to_be_bytes(),
+                        &o.created_at.to_be_bytes(),
+                        o.order_id.as_bytes(),
+                    ],
+                );
+                tx.insert(idx, &[][..])?;
+            }
+            for ((user, ev), seq) in batch.events.iter().zip(&history_ids) {
+                put(
+                    tx,
+                    key(HISTORY, &[&user.0.to_be_bytes(), &seq.to_be_bytes()]),
+                    ev,
+                )?;
+            }
+            for (k, v) in &batch.replies {
+                put(tx, reply_key(k), v)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(io(e)),
+        }
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        self.db.flush().map_err(io)?;
+        self.data_file.sync_data().map_err(io)
+    }
+
+    fn next_id(&self) -> StoreResult<u64> {
+        self.db.generate_id().map_err(io)
+    }
+
+    fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {
+        self.get(&key(USER, &[name.as_str().as_bytes()]))
+    }
+
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        match self
+            .db
+            .get(key(USER_ID, &[&id.0.to_be_bytes()]))
+            .map_err(io)?
+        {
+            Some(name) => self.get(&key(USER, &[&name])),
+            None => Ok(None),
+        }
+    }
+
+    fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.get(&key(SESSION, &[token_hash.as_bytes()]))
+    }
+
+    fn flights(&self) -> StoreResult<Vec<Flight>> {
+        self.scan(&[FLIGHT])
+    }
+
+    fn version(&self, flight: &FlightId) -> StoreResult<u64> {
+        match self
+            .db
+            .get(key(VERSION, &[flight.as_str().as_bytes()]))
+            .map_err(io)?
+        {
+            Some(v) => {
+                let bytes: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("version".into()))?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
+        self.get(&key(BOOKING, &[locator.as_str().as_bytes()]))
+    }
+
+    fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
+        self.scan(&[BOOKING])
+    }
+
+    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
+        self.newest_via_index(USER_BOOKING, user, BOOKING)
+    }
+
+    fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
+        self.get(&key(ORDER, &[order_id.as_bytes()]))
+    }
+
+    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
+        self.newest_via_index(USER_ORDER, user, ORDER)
+    }
+
+    fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
+        self.db
+            .scan_prefix(key(HISTORY, &[&user.0.to_be_bytes()]))
+            .rev()
+            .take(limit)
+            .map(|kv| kv.map_err(io).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn reply(&self, k: &IdemKey) -> StoreResult<Option<Value>> {
+        self.get(&reply_key(k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Cabin, Money, SeatId};
+    use crate::store::Role;
+    use serde_json::json;
+
+    fn user(id: u64, name: &str) -> UserRecord {
+        UserRecord {
+            id: UserId(id),
+            username: Username::parse(name).unwrap(),
+            password_hash: "h".into(),
+            role: Role::Passenger,
+            created_at: 0,
+        }
+    }
+
+    fn booking(loc: &str, user: u64, created: i64) -> Booking {
+        Booking::hold(
+            Locator::parse(loc).unwrap(),
+            UserId(user),
+            FlightId::parse("JW1-20260101").unwrap(),
+            vec![(
+                SeatId::parse("12A").unwrap(),
+                Cabin::Economy,
+                Money::cents(1).unwrap(),
+            )],
+            vec!["A".into()],
+            created,
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn usernames_and_locators_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.write(&Batch {
+            new_users: vec![user(1, "ada")],
+            ..Default::default()
+        })
+        .unwrap();
+        let again = s.write(&Batch {
+            new_users: vec![user(2, "ada")],
+            ..Default::default()
+        });
+        assert!(matches!(again, Err(StoreError::Conflict)));
+        assert!(
+            s.user(UserId(2)).unwrap().is_none(),
+            "a failed batch writes nothing"
+        );
+        s.write(&Batch {
+            new_bookings: vec![booking("AAAAAA", 1, 5)],
+            ..Default::default()
+        })
+        .unwrap();
+        let dup = s.write(&Batch {
+            new_bookings: vec![booking("AAAAAA", 1, 6)],
+            versions: vec![(FlightId::parse("JW1-20260101").unwrap(), 9)],
+            ..Default::default()
+        });
+        assert!(matches!(dup, Err(StoreError::Conflict)));
+        assert_eq!(
+            s.version(&FlightId::parse("JW1-20260101").unwrap())
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn survives_reopen_and_lists_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.write(&Batch {
+                new_users: vec![user(1, "ada")],
+                new_bookings: vec![
+                    booking("AAAAAA", 1, 5),
+                    booking("BBBBBB", 1, 9),
+                    booking("CCCCCC", 2, 7),
+                ],
+                events: vec![
+                    (
+                        UserId(1),
+                        HistoryEvent {
+                            at: 1,
+                            kind: "first".into(),
+                            locator: None,
+                            detail: json!({}),
+                        },
+                    ),
+                    (
+                        UserId(1),
+                        HistoryEvent {
+                            at: 2,
+                            kind: "second".into(),
+                            locator: None,
+                            detail: json!({}),
+                        },
+                    ),
+                ],
+                replies: vec![(
+                    IdemKey {
+                        user: UserId(1),
+                        method: "booking.hold",
+                        request_id: "r1".into(),
+                    },
+                    json!({"ok":1}),
+                )],
+                versions: vec![(FlightId::parse("JW1-20260101").unwrap(), 3)],
+                ..Default::default()
+            })
+            .unwrap();
+            s.sync().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.user(UserId(1)).unwrap().unwrap().username.as_str(), "ada");
+        let mine: Vec<_> = s
+            .user_bookings(UserId(1))
+            .unwrap()
+            .into_iter()
+            .map(|b| b.locator.to_string())
+            .collect();
+        assert_eq!(mine, ["BBBBBB", "AAAAAA"]);
+        let h = s.history(UserId(1), 10).unwrap();
+        assert_eq!(h[0].kind, "second");
+        assert_eq!(s.history(UserId(1), 1).unwrap().len(), 1);
+        assert!(s.history(UserId(2), 10).unwrap().is_empty());
+        let k = IdemKey {
+            user: UserId(1),
+            method: "booking.hold",
+            request_id: "r1".into(),
+        };
+        assert_eq!(s.reply(&k).unwrap(), Some(json!({"ok":1})));
+        let other = IdemKey {
+            user: UserId(2),
+            ..k
+        };
+        assert_eq!(s.reply(&other).unwrap(), None);
+        assert_eq!(
+            s.version(&FlightId::parse("JW1-20260101").unwrap())
+                .unwrap(),
+            3
+        );
+        assert_eq!(s.all_bookings().unwrap().len(), 3);
+    }
+}
