@@ -59,8 +59,8 @@ impl Expiry {
 
 /// The expiry loop: sleeps until the earliest hold is due (or a new earlier one is
 /// scheduled), then expires everything due.
-pub async fn run(app: Arc<App>) {
-    loop {
+pub async fn run(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+    while !stop.is_cancelled() {
         let wait = app
             .expiry
             .next_due()
@@ -70,9 +70,13 @@ pub async fn run(app: Arc<App>) {
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     _ = app.expiry.wake.notified() => {}
+                    _ = stop.cancelled() => return,
                 }
             }
-            None => app.expiry.wake.notified().await,
+            None => tokio::select! {
+                _ = app.expiry.wake.notified() => {}
+                _ = stop.cancelled() => return,
+            },
         }
         app.expire_due().await;
     }

@@ -44,6 +44,8 @@ pub struct App {
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     dummy_hash: String,
     ready: AtomicBool,
+    stop: tokio_util::sync::CancellationToken,
+    background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +84,8 @@ impl App {
         payments: Arc<dyn PaymentGateway>,
     ) -> Result<Arc<App>, StartError> {
         let committer = Committer::new(store.clone());
-        tokio::spawn(committer.clone().run());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let commit_task = tokio::spawn(committer.clone().run(stop.clone()));
         let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&auth::random_token()))
             .await
             .map_err(|e| StartError::Other(e.to_string()))?
@@ -99,6 +102,8 @@ impl App {
             user_locks: DashMap::new(),
             dummy_hash,
             ready: AtomicBool::new(false),
+            stop,
+            background: parking_lot::Mutex::new(vec![commit_task]),
         });
         app.seed()?;
         app.load_inventory()?;
@@ -111,9 +116,24 @@ impl App {
                 source,
             })?;
         app.expire_due().await;
-        tokio::spawn(expiry::run(app.clone()));
+        let expiry_task = tokio::spawn(expiry::run(app.clone(), app.stop.clone()));
+        app.background.lock().push(expiry_task);
         app.ready.store(true, Ordering::SeqCst);
         Ok(app)
+    }
+
+    /// Makes everything durable and stops the background tasks, so that the last
+    /// reference to the store can go and the database closes.
+    pub async fn stop(&self) {
+        if let Err(e) = self.committer.barrier().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        self.ready.store(false, Ordering::SeqCst);
+        self.stop.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.background.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     pub fn is_ready(&self) -> bool {

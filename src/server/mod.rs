@@ -83,9 +83,7 @@ impl Running {
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
-        if let Err(e) = self.app.committer.barrier().await {
-            tracing::error!(error = %e, "final flush failed");
-        }
+        self.app.stop().await;
     }
 }
 

@@ -101,11 +101,16 @@ impl Committer {
         *self.stats.lock()
     }
 
-    /// The commit loop; runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// The commit loop; runs until `stop`, committing what is pending first.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         loop {
-            self.wake.notified().await;
-            self.commit_pending().await;
+            tokio::select! {
+                _ = self.wake.notified() => self.commit_pending().await,
+                _ = stop.cancelled() => {
+                    self.commit_pending().await;
+                    return;
+                }
+            }
         }
     }
 
@@ -169,7 +174,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store.clone());
-        tokio::spawn(c.clone().run());
+        tokio::spawn(c.clone().run(Default::default()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut waits = Vec::new();
         for i in 0..200 {
@@ -193,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store);
-        tokio::spawn(c.clone().run());
+        tokio::spawn(c.clone().run(Default::default()));
         let n = Arc::new(AtomicUsize::new(0));
         let n2 = n.clone();
         c.enqueue(Some(Box::new(move || {

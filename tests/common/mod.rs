@@ -1,0 +1,339 @@
+//! Test harness: a real Jetway on port 0 with a temporary data dir (in-process, or
+//! as a child process that can be killed with SIGKILL), and a WebSocket client.
+
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PASSWORD: &str = "correct horse 42";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An in-process server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    running: Option<jetway::Running>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut jetway::Config)) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = jetway::Config::for_tests(dir.path().to_path_buf());
+        tweak(&mut config);
+        let running = jetway::start(config).await.expect("server starts");
+        Server {
+            addr: running.addr,
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn app(&self) -> &std::sync::Arc<jetway::app::App> {
+        &self.running.as_ref().expect("running").app
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    /// Shuts down gracefully and starts again on the same data dir (new port).
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut jetway::Config)) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let mut config = jetway::Config::for_tests(self.dir.path().to_path_buf());
+        tweak(&mut config);
+        let running = jetway::start(config).await.expect("server restarts");
+        self.addr = running.addr;
+        self.running = Some(running);
+    }
+
+    pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// Jetway as a child process (for SIGKILL tests).
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn spawn(data_dir: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn jetway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read stdout");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        Proc { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A JSON-RPC client that keeps pushes aside while waiting for replies.
+pub struct Client {
+    pub ws: Ws,
+    next_id: u64,
+    pub pushes: VecDeque<Value>,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A username no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        Client {
+            ws,
+            next_id: 0,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next frame from the server, parsed, or None when the connection ended.
+    pub async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("server answered in time")?;
+            match m {
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a request and returns the whole reply (result or error), keeping pushes.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let req = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+        self.send_text(&req.to_string()).await;
+        loop {
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("connection closed waiting for {method}"));
+            if m.get("id") == Some(&json!(id)) {
+                return m;
+            }
+            if m.get("id").is_none() {
+                self.pushes.push_back(m);
+            }
+        }
+    }
+
+    pub async fn ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params).await;
+        match r.get("result") {
+            Some(v) => v.clone(),
+            None => panic!("{method} failed: {r}"),
+        }
+    }
+
+    /// The error object of a call that must fail.
+    pub async fn err(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params).await;
+        r.get("error")
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} should fail: {r}"))
+    }
+
+    pub async fn reason(&mut self, method: &str, params: Value) -> String {
+        let e = self.err(method, params).await;
+        e["data"]["reason"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The next push of `method` (earlier pushes of other methods are kept).
+    pub async fn push(&mut self, method: &str) -> Value {
+        if let Some(pos) = self.pushes.iter().position(|p| p["method"] == method) {
+            return self
+                .pushes
+                .remove(pos)
+                .map(|p| p["params"].clone())
+                .unwrap_or_default();
+        }
+        loop {
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("connection closed waiting for {method}"));
+            if m["method"] == method {
+                return m["params"].clone();
+            }
+            if m.get("id").is_none() {
+                self.pushes.push_back(m);
+            }
+        }
+    }
+
+    pub async fn register(&mut self, name: &str) -> Value {
+        self.ok(
+            "auth.register",
+            json!({"username": name, "password": PASSWORD}),
+        )
+        .await
+    }
+
+    /// Registers a fresh user on this connection and returns the token.
+    pub async fn new_user(&mut self) -> String {
+        let r = self.register(&unique_name("u")).await;
+        r["token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// A flight that departs more than two days from now (full refunds in economy).
+pub async fn later_flight(c: &mut Client) -> Value {
+    let r = c.ok("flights.search", json!({"limit": 500})).await;
+    let now = time::OffsetDateTime::now_utc();
+    r["flights"]
+        .as_array()
+        .expect("flights")
+        .iter()
+        .find(|f| {
+            let dep = time::OffsetDateTime::parse(
+                f["departs_at"].as_str().unwrap_or(""),
+                &time::format_description::well_known::Rfc3339,
+            );
+            dep.is_ok_and(|d| d - now > time::Duration::days(2))
+        })
+        .cloned()
+        .expect("a flight more than two days out")
+}
+
+/// Free seats of a cabin on a flight, in map order.
+pub async fn free_seats(c: &mut Client, flight_id: &str, cabin: &str, n: usize) -> Vec<String> {
+    let m = c.ok("flights.get", json!({"flight_id": flight_id})).await;
+    m["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .filter(|s| s["status"] == "available" && s["cabin"] == cabin)
+        .take(n)
+        .map(|s| s["seat"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+pub fn passengers(n: usize) -> Value {
+    json!((0..n)
+        .map(|i| json!({"name": format!("Passenger {i}")}))
+        .collect::<Vec<_>>())
+}
+
+/// Holds seats and returns the booking.
+pub async fn hold(c: &mut Client, flight_id: &str, seats: &[String], rid: &str) -> Value {
+    let r = c
+        .ok(
+            "booking.hold",
+            json!({"flight_id": flight_id, "seats": seats, "passengers": passengers(seats.len()), "request_id": rid}),
+        )
+        .await;
+    r["booking"].clone()
+}
+
+pub fn data_dir() -> PathBuf {
+    tempfile::tempdir().expect("tempdir").keep()
+}
