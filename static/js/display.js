@@ -185,6 +185,8 @@ async function show(id) {
   });
 
   window.addEventListener('resize', build);
+  // Refit whenever the space left for the map changes (e.g. once the tiles render).
+  new ResizeObserver(() => fitMap(mapBox, layout, vertical)).observe(mapBox);
 }
 
 function countsFrom(seats) {
@@ -246,14 +248,17 @@ function buildMap(box, layout, seats, vertical) {
     block.append(el('div', 'd-cabin-title', cabinName(cabin.cabin)));
     const grid = el('div', 'd-grid');
     const letters = [...cabin.columns];
-    const acrossTpl = `auto ${letters.map((c) => (c === ' ' ? 'calc(var(--cell) * 0.55)' : 'var(--cell)')).join(' ')} auto`;
+    // Seen from above with the nose on the left, seat A (port side) is at the bottom.
+    const across = (i) => (vertical ? i + 2 : letters.length - i + 1);
+    const ordered = vertical ? letters : [...letters].reverse();
+    const acrossTpl = `auto ${ordered.map((c) => (c === ' ' ? 'calc(var(--cell) * 0.55)' : 'var(--cell)')).join(' ')} auto`;
     const alongTpl = `auto repeat(${cabin.rows.length}, var(--cell))`;
     grid.style.gridTemplateRows = vertical ? alongTpl : acrossTpl;
     grid.style.gridTemplateColumns = vertical ? acrossTpl : alongTpl;
     letters.forEach((c, i) => {
       if (c === ' ') return;
       const l = el('span', 'd-letter', c);
-      place(l, 1, i + 2);
+      place(l, 1, across(i));
       grid.append(l);
     });
     cabin.rows.forEach((row, j) => {
@@ -277,7 +282,7 @@ function buildMap(box, layout, seats, vertical) {
         cell.setAttribute('role', 'img');
         cell.setAttribute('aria-label', `Seat ${id}, ${s.status}`);
         cell.append(el('i'));
-        place(cell, along, i + 2);
+        place(cell, along, across(i));
         grid.append(cell);
         cells.set(id, cell);
       });
@@ -293,7 +298,7 @@ function fitMap(box, layout, vertical) {
   const rows = layout.cabins.reduce((n, c) => n + c.rows.length, 0);
   const maxLetters = Math.max(...layout.cabins.map((c) => [...c.columns].reduce((n, ch) => n + (ch === ' ' ? 0.55 : 1), 0)));
   const rect = box.getBoundingClientRect();
-  const gaps = layout.cabins.length * 3.2 + 1; // titles, labels, cabin gaps (in cells)
+  const gaps = layout.cabins.length * 3.2 + 2.6; // titles, labels, padding, cabin gaps (in cells)
   const along = rows * 1.12 + gaps;
   const across = maxLetters * 1.12 + 3.2;
   const byWidth = (rect.width - 24) / (vertical ? across : along);
