@@ -21,6 +21,29 @@ describe('booking flow', () => {
     await server?.dispose();
   });
 
+  it('a stale token is forgotten and the login page is shown', async () => {
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/`);
+    await page.locator('.flight-card').first().waitFor();
+    await page.evaluate(() => {
+      localStorage.setItem('jetway.token', 'not-a-valid-token');
+      location.hash = '#/trips';
+    });
+    await page.reload();
+    await page.locator('#auth-username').waitFor();
+    await page.getByText('Your session has ended').waitFor();
+    assert.equal(await page.evaluate(() => localStorage.getItem('jetway.token')), null);
+    assert.match(page.url(), /#\/login\?next=/);
+    // Logging in then returns to My trips.
+    await page.getByRole('button', { name: 'Create an account' }).click();
+    await page.locator('#auth-username').fill(`stale_${Date.now().toString(36)}`);
+    await page.locator('#auth-password').fill('another-pass-1');
+    await page.getByRole('button', { name: 'Create account' }).click();
+    await page.getByRole('heading', { name: 'My trips' }).waitFor();
+    assert.deepEqual(page.consoleErrors(), []);
+    await page.context().close();
+  });
+
   for (const [label, viewport] of [
     ['desktop', { width: 1280, height: 900 }],
     ['phone', { width: 390, height: 844 }],
