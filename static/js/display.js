@@ -98,7 +98,7 @@ async function show(id) {
   const head = $('d-flight');
   head.textContent = '';
   head.append(
-    el('span', 'd-number', flight.number),
+    el('h1', 'd-number', flight.number),
     el('span', 'd-route', `${city(flight.from)} (${flight.from}) → ${city(flight.to)} (${flight.to})`),
     el('span', 'd-when', `${formatLongDate(flight.departs_at)} · departs ${formatTime(flight.departs_at)} UTC`),
   );

@@ -104,7 +104,9 @@ export class SeatMap extends EventTarget {
       const head = document.createElement('div');
       head.className = 'seat-row col-head';
       if (this.interactive) head.setAttribute('role', 'row');
-      head.append(spacer(), cellOf('span', 'rownum', '', this.interactive ? 'columnheader' : null, 'Row'));
+      const rowHead = cellOf('span', 'rownum', '', this.interactive ? 'columnheader' : null);
+      rowHead.append(Object.assign(document.createElement('span'), { className: 'visually-hidden', textContent: 'Row' }));
+      head.append(spacer(), rowHead);
       for (const c of cols) {
         if (c === ' ') head.append(spacer('aisle'));
         else head.append(cellOf('span', 'col-letter', c, this.interactive ? 'columnheader' : null));

@@ -56,6 +56,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
 
   el.append(
     h('p', { class: 'crumbs' }, h('a', { href: `#/search?from=${encodeURIComponent(flight.from)}&to=${encodeURIComponent(flight.to)}&date=${(flight.departs_at || '').slice(0, 10)}` }, `← All flights ${flight.from} → ${flight.to}`)),
+    h('h1', { class: 'visually-hidden' }, `Flight ${flight.number}, ${ctx.cityOf(flight.from)} to ${ctx.cityOf(flight.to)}: choose seats`),
     h('section', { class: 'card flight-head' }, flightSummary(ctx, flight, bookable ? null : [' ', statusBadge(flight.status)]), live),
     h(
       'div',
