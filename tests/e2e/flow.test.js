@@ -132,6 +132,14 @@ describe('booking flow', () => {
       const refund = euros(await trip.getByTestId('refund').textContent());
       assert.equal(refund, total, 'economy more than 24 h before departure: full refund');
 
+      // The booking page shows the refund and still lists who was on it.
+      await trip.getByRole('link', { name: 'View' }).click();
+      await page.locator('[data-testid="booking"][data-status="refunded"]').waitFor();
+      assert.equal(euros(await page.getByTestId('refund-amount').textContent()), total);
+      assert.equal(await page.locator('[data-testid="passengers"] tbody tr').count(), 2);
+      await page.getByRole('link', { name: '← My trips' }).click();
+      await trip.waitFor();
+
       // Orders and history.
       await page.getByRole('tab', { name: 'Orders' }).click();
       const order = page.locator(`[data-testid="orders"] tr[data-locator="${locator}"]`);

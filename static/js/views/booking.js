@@ -9,32 +9,43 @@ export const PAYMENT_METHODS = [
   { id: 'pm_card_chargeCustomerFail', label: 'Card ending 0341 (test card: customer charge fails)' },
 ];
 
-/** Estimated refund by the fare rule (the server's reply is authoritative). */
+/**
+ * Estimated refund by the fare rule (the server's reply is authoritative): economy is
+ * refunded in full until 24 h before departure and half after that; business in full
+ * until departure. Computed per seat when the booking carries per-seat fares.
+ */
 export function estimateRefund(booking, cabinsBySeat = new Map()) {
   const departs = booking.flight?.departs_at ? new Date(booking.flight.departs_at) : null;
-  const total = booking.total?.amount ?? 0;
-  if (!departs) return null;
+  if (!departs || !booking.seats?.length) return null;
   const hoursLeft = (departs - Date.now()) / 3600000;
-  const allBusiness = booking.seats.length > 0 && booking.seats.every((s) => (s.cabin || cabinsBySeat.get(s.seat)) === 'business');
-  let amount;
-  let rule;
-  if (hoursLeft <= 0) {
-    amount = 0;
-    rule = 'The flight has departed.';
-  } else if (allBusiness) {
-    amount = total;
-    rule = 'Business fares are fully refundable until departure.';
-  } else if (hoursLeft >= 24) {
-    amount = total;
-    rule = 'Full refund: more than 24 hours before departure.';
-  } else {
-    amount = Math.floor(total / 2);
-    rule = 'Economy fares cancelled within 24 hours of departure are refunded at 50%.';
+  const currency = booking.total?.currency || 'EUR';
+  const total = booking.total?.amount ?? 0;
+  const evenShare = Math.floor(total / booking.seats.length);
+  let amount = 0;
+  let halved = false;
+  let fullBusiness = false;
+  for (const s of booking.seats) {
+    const cabin = s.cabin || cabinsBySeat.get(s.seat) || 'economy';
+    const fare = s.fare?.amount ?? evenShare;
+    if (hoursLeft <= 0) continue;
+    if (cabin === 'business') {
+      amount += fare;
+      fullBusiness = true;
+    } else if (hoursLeft >= 24) amount += fare;
+    else {
+      amount += Math.floor(fare / 2);
+      halved = true;
+    }
   }
-  return { money: { amount, currency: booking.total?.currency || 'EUR' }, rule };
+  let rule;
+  if (hoursLeft <= 0) rule = 'The flight has departed.';
+  else if (halved && fullBusiness) rule = 'Business fares are refunded in full until departure; economy fares at 50% within 24 hours of departure.';
+  else if (halved) rule = 'Economy fares cancelled within 24 hours of departure are refunded at 50%.';
+  else if (fullBusiness && hoursLeft < 24) rule = 'Business fares are fully refundable until departure.';
+  else rule = 'Full refund: more than 24 hours before departure.';
+  return { money: { amount, currency }, rule };
 }
 
-/** Cancel (release or refund) a booking after confirmation. Returns the new booking or null. */
 async function seatCabins(ctx, flightId) {
   try {
     const r = await ctx.client.call('flights.get', { flight_id: flightId });
@@ -196,12 +207,17 @@ export async function bookingView(ctx, el, { locator, signal }) {
     }
 
     // Passengers
-    const showTickets = b.seats.some((s) => s.ticket_number);
+    // Passengers still on the booking, then any cancelled ones (the server moves them
+    // to `cancelled_seats` when they are refunded).
+    const active = (b.seats || []).map((s) => ({ ...s, cancelled: false }));
+    const gone = (b.cancelled_seats || []).filter((c) => !active.some((a) => a.seat === c.seat)).map((s) => ({ ...s, cancelled: true }));
+    const rows = [...active, ...gone];
+    const showTickets = rows.some((s) => s.ticket_number);
     mainCol.append(
       h(
         'section',
         { class: 'card', 'aria-labelledby': 'pax-title' },
-        h('h2', { id: 'pax-title' }, plural(b.seats.length, 'Passenger')),
+        h('h2', { id: 'pax-title' }, plural(rows.length, 'Passenger')),
         h(
           'table',
           { class: 'table', 'data-testid': 'passengers' },
@@ -209,7 +225,14 @@ export async function bookingView(ctx, el, { locator, signal }) {
           h(
             'tbody',
             {},
-            b.seats.map((s) => h('tr', {}, h('td', { class: 'seat-cell-text' }, s.seat), h('td', {}, s.passenger), showTickets ? h('td', { class: 'ticket', 'data-testid': 'ticket' }, s.ticket_number || '—') : null)),
+            rows.map((s) =>
+              h(
+                'tr',
+                { class: s.cancelled ? 'cancelled' : null },
+                h('td', { class: 'seat-cell-text' }, s.seat),
+                h('td', {}, s.passenger, s.cancelled ? h('span', { class: 'badge badge-cancelled pax-badge' }, 'Cancelled') : null),
+                showTickets ? h('td', { class: 'ticket', 'data-testid': s.cancelled ? 'cancelled-ticket' : 'ticket' }, s.ticket_number || '—') : null,
+              )),
           ),
         ),
       ),

@@ -135,7 +135,7 @@ export async function tripsView(ctx, el, { query, signal }) {
         { class: 'bc-main' },
         h('div', { class: 'bc-top' }, h('span', { class: 'bc-locator' }, b.locator), statusBadge(b.status)),
         h('p', { class: 'bc-route' }, f.from ? `${ctx.cityOf(f.from)} → ${ctx.cityOf(f.to)}` : `Flight ${b.flight_id}`),
-        h('p', { class: 'muted small' }, [f.number, f.departs_at ? `${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC` : null, `${plural(b.seats.length, 'seat')}: ${b.seats.map((s) => s.seat).join(', ')}`].filter(Boolean).join(' · ')),
+        h('p', { class: 'muted small' }, [f.number, f.departs_at ? `${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC` : null, seatSummary(b)].filter(Boolean).join(' · ')),
         note,
       ),
       h('div', { class: 'bc-side' }, h('span', { class: 'bc-total' }, formatMoney(b.total)), actions),
@@ -211,7 +211,7 @@ export async function tripsView(ctx, el, { query, signal }) {
             h('time', { datetime: ev.at }, formatDateTime(ev.at)),
             h('span', { class: 'ev-type' }, EVENT_TEXT[ev.type] || ev.type.replace(/_/g, ' ')),
             ev.locator ? h('a', { href: `#/booking/${encodeURIComponent(ev.locator)}`, class: 'mono' }, ev.locator) : h('span'),
-            ev.amount ? h('span', { class: 'num' }, formatMoney(ev.amount)) : null,
+            ev.amount || ev.refund ? h('span', { class: 'num' }, formatMoney(ev.amount || ev.refund)) : null,
           ),
         ),
       ),
@@ -237,6 +237,12 @@ export async function tripsView(ctx, el, { query, signal }) {
   });
 
   await select(tab, false);
+}
+
+function seatSummary(b) {
+  const seats = (b.seats || []).length ? b.seats : b.cancelled_seats || [];
+  if (!seats.length) return null;
+  return `${plural(seats.length, 'seat')}: ${seats.map((s) => s.seat).join(', ')}`;
 }
 
 function shortId(id) {
