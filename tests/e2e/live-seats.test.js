@@ -96,6 +96,15 @@ describe('live seat map across browser contexts', () => {
     await page.locator(`button.seat[data-seat="${below}"][aria-pressed="true"]`).waitFor();
     assert.match(await seatButton(page, below).getAttribute('aria-label'), new RegExp(`^Seat ${below}, (economy|business).*selected$`));
     await page.locator(`#pax-${below}`).waitFor();
+    // At most 9 seats per hold.
+    const more = page.locator('button.seat[data-state="available"]');
+    for (let i = 0; i < 8; i++) await more.first().click();
+    await page.locator('.pax').nth(8).waitFor();
+    await more.first().click();
+    await page.getByTestId('hold-error').filter({ hasText: 'at most 9 seats' }).waitFor();
+    assert.equal(await page.locator('.pax').count(), 9);
+    assert.equal(await page.getByTestId('hold').textContent(), 'Hold 9 seats');
+
     // Every seat is a labelled button; the legend is present.
     const unlabeled = await page.locator('button.seat:not([aria-label^="Seat "])').count();
     assert.equal(unlabeled, 0);
@@ -110,7 +119,7 @@ describe('live booking updates', () => {
   let browser;
 
   before(async () => {
-    server = await new JetwayServer({ holdTtl: 4 }).start();
+    server = await new JetwayServer({ holdTtl: 8 }).start();
     browser = await launchBrowser();
   });
 
