@@ -208,6 +208,8 @@ async function route() {
     view = (el) => el.append(h('section', { class: 'card empty' }, h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '#/' }, 'Search flights'))));
     nav = '';
   }
+  const titles = { search: 'Search flights', '': 'Search flights', flight: 'Choose seats', booking: `Booking ${arg || ''}`, trips: 'My trips', login: 'Log in' };
+  document.title = `${titles[name] || 'Page not found'} · Jetway`;
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === nav) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
