@@ -25,6 +25,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // a stable line for scripts and tests that start jetway on port 0
+    println!("jetway listening on {}", server.addr);
     tracing::info!(
         "open http://{} in a browser; WebSocket at ws://{}/ws",
         server.addr,

@@ -562,10 +562,12 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
     .await
     .ok();
     assert!(d.recv().await.is_none());
-    // a notification gets no reply; the next request does
-    c.send_text(r#"{"jsonrpc":"2.0","method":"flights.search","params":{}}"#)
-        .await;
-    let r = c.call("flights.airports", json!({})).await;
+    // a notification gets no reply, not even an error: the next frame answers the next request
+    c.send_text(r#"{"jsonrpc":"2.0","method":"flights.search","params":{}}"#).await;
+    c.send_text(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#).await;
+    c.send_text(r#"{"jsonrpc":"2.0","id":99,"method":"flights.airports"}"#).await;
+    let r = c.recv().await.expect("reply");
+    assert_eq!(r["id"], 99, "{r}");
     assert!(r["result"]["airports"].is_array());
     let big_but_ok = "y".repeat(60_000);
     assert_eq!(

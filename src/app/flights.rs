@@ -79,9 +79,8 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
-        let (version, seats) = fs.snapshot();
+        let (version, seats, cabins) = fs.published_map();
         let flight = fs.flight();
-        let cabins = fs.available();
         Ok(json!({
             "flight": wire::flight(&flight, &cabins, domain::now_ms()),
             "version": version,
@@ -94,7 +93,7 @@ impl App {
     /// atomically with joining the watchers, so it precedes every later push.
     pub fn subscribe(
         &self,
-        id: &Value,
+        id: Option<&Value>,
         p: params::Subscribe,
         outbox: &Outbox,
         subs: &mut Vec<FlightId>,
@@ -110,7 +109,7 @@ impl App {
                 Start::Snapshot(seats) => result["seats"] = json!(seats),
                 Start::Changes(changes) => result["changes"] = json!(changes),
             }
-            Utf8Bytes::from(envelope::success(id, &result))
+            id.map(|id| Utf8Bytes::from(envelope::success(id, &result)))
         });
         if joined && !subs.contains(&fs.id) {
             subs.push(fs.id.clone());

@@ -248,8 +248,9 @@ impl Booking {
         Ok((chosen, amount))
     }
 
-    /// Cancels `seats` of a confirmed booking with `amount` refunded; cancelling the
-    /// last passenger makes the booking `refunded`.
+    /// Cancels `seats` of a confirmed booking with `amount` refunded. Cancelling all
+    /// remaining passengers makes the booking `refunded` (they stay in `seats`);
+    /// cancelling some moves them to `cancelled_seats`.
     pub fn refund(
         &mut self,
         seats: &[SeatId],
@@ -262,20 +263,21 @@ impl Booking {
                 self.status.as_str()
             )));
         }
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.seats)
-            .into_iter()
-            .partition(|b| seats.contains(&b.seat));
-        self.seats = kept;
-        self.cancelled_seats.extend(gone);
-        let total_refund = self
-            .refund
-            .unwrap_or(Money::ZERO)
-            .checked_add(amount)
-            .unwrap_or(amount);
-        self.refund = Some(total_refund);
-        if self.seats.is_empty() {
+        if self.seats.iter().all(|b| seats.contains(&b.seat)) {
             self.status = BookingStatus::Refunded;
+        } else {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.seats)
+                .into_iter()
+                .partition(|b| seats.contains(&b.seat));
+            self.seats = kept;
+            self.cancelled_seats.extend(gone);
         }
+        self.refund = Some(
+            self.refund
+                .unwrap_or(Money::ZERO)
+                .checked_add(amount)
+                .unwrap_or(amount),
+        );
         self.updated_at = now;
         Ok(())
     }
@@ -491,6 +493,11 @@ mod tests {
         b.refund(&seats, amount, 1).unwrap();
         assert_eq!(b.status, BookingStatus::Refunded);
         assert_eq!(b.refund, Some(amount));
+        assert_eq!(
+            b.seats.len(),
+            2,
+            "a fully refunded booking keeps its passengers"
+        );
         assert_eq!(b.occupied_seats().count(), 0);
         assert!(b.refund_quote(None, dep, 2).is_err());
     }

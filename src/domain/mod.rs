@@ -30,12 +30,12 @@ pub enum DomainError {
 /// Milliseconds since the Unix epoch, UTC: the one time type of the domain.
 pub type Millis = i64;
 
-/// Formats a timestamp as RFC 3339 in UTC, e.g. `2026-11-25T19:04:05Z`.
+/// Formats a timestamp as RFC 3339 in UTC to the millisecond, e.g.
+/// `2026-11-25T19:04:05Z` or `2026-11-25T19:04:05.25Z`.
 pub fn rfc3339(ms: Millis) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -62,10 +62,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_round_trips_to_the_second() {
-        let ms = 1_795_000_000_000;
-        assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+    fn rfc3339_round_trips_to_the_millisecond() {
+        for ms in [1_795_000_000_000, 1_795_000_000_001, 1_795_000_000_250] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.5Z");
     }
 
     #[test]

@@ -173,6 +173,18 @@ impl FlightSeats {
         (live.version, self.seats_json(&live.status))
     }
 
+    /// The published map and its cabin counts, read at one version. `flights.get`
+    /// needs this: [`FlightSeats::snapshot`] then [`FlightSeats::available`] are two
+    /// reads that a change can come between.
+    pub fn published_map(&self) -> (u64, Vec<Value>, wire::CabinCounts) {
+        let live = self.live.lock();
+        (
+            live.version,
+            self.seats_json(&live.status),
+            counts(self.aircraft, &live.status),
+        )
+    }
+
     pub fn published_version(&self) -> u64 {
         self.live.lock().version
     }
@@ -216,12 +228,12 @@ impl FlightSeats {
 
     /// Adds a watcher and tells it where to start, atomically with respect to
     /// [`FlightSeats::publish`]; `reply` turns the start into the frame queued on the
-    /// watcher's outbox before any later push.
+    /// watcher's outbox before any later push (none for a notification).
     pub fn subscribe(
         &self,
         outbox: &Outbox,
         since: Option<u64>,
-        reply: impl FnOnce(u64, Start) -> Utf8Bytes,
+        reply: impl FnOnce(u64, Start) -> Option<Utf8Bytes>,
     ) -> bool {
         let mut live = self.live.lock();
         let start = match since {
@@ -241,7 +253,7 @@ impl FlightSeats {
         };
         let frame = reply(live.version, start);
         live.watchers.retain(|w| w.id() != outbox.id());
-        if outbox.send(frame) {
+        if frame.is_none_or(|f| outbox.send(f)) {
             live.watchers.push(outbox.clone());
             true
         } else {

@@ -24,7 +24,11 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub async fn handle(app: &Arc<App>, conn: &mut ConnState, req: Request) {
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
-    let outcome = call(app, conn, &id, req).await;
+    let notification = req.id.is_none();
+    let outcome = call(app, conn, req).await;
+    if notification {
+        return;
+    }
     let frame = match outcome {
         Ok(Some(result)) => envelope::success(&id, &result),
         Ok(None) => return,
@@ -42,7 +46,6 @@ pub async fn handle(app: &Arc<App>, conn: &mut ConnState, req: Request) {
 async fn call(
     app: &Arc<App>,
     conn: &mut ConnState,
-    id: &Value,
     req: Request,
 ) -> Result<Option<Value>, ApiError> {
     let p = req.params;
@@ -74,7 +77,12 @@ async fn call(
                     "a connection may watch at most {MAX_SUBSCRIPTIONS} flights"
                 )));
             }
-            app.subscribe(id, params, &conn.outbox, &mut conn.subscriptions)?;
+            app.subscribe(
+                req.id.as_ref(),
+                params,
+                &conn.outbox,
+                &mut conn.subscriptions,
+            )?;
             return Ok(None);
         }
         "seats.unsubscribe" => {

@@ -3,7 +3,8 @@
 //! writes so far durable with a single `Store::sync`, runs the actions of every ticket
 //! it covered in ticket order, and only then wakes the waiters. So concurrent requests
 //! share one fsync, and nobody (requester or watcher) hears of a change before it is
-//! on disk.
+//! on disk. When a sync fails (after retries) its waiters get an error, and its
+//! actions wait for the next successful sync.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -140,7 +141,12 @@ impl Committer {
                 st.tickets += target - done;
                 st.sync_seconds_total += started.elapsed().as_secs_f64();
             }
-            let actions: Vec<Action> = {
+            let failed = result.is_err();
+            // actions run only once their writes are durable: after a failed sync
+            // they wait for the next one that succeeds (it covers them too)
+            let actions: Vec<Action> = if failed {
+                Vec::new()
+            } else {
                 let mut q = self.queue.lock();
                 let n = q.actions.iter().take_while(|(t, _)| *t <= target).count();
                 q.actions.drain(..n).map(|(_, a)| a).collect()
@@ -148,7 +154,6 @@ impl Committer {
             for a in actions {
                 a();
             }
-            let failed = result.is_err();
             if let Err(e) = result {
                 tracing::error!(error = %e, "sync failed; replies for this batch report an internal error");
             }
