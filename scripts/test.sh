@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every Jetway test, from a fresh machine: Rust unit and integration tests (real
+# servers on port 0), the contract smoke check against a running server, and the
+# browser end-to-end tests in headless Chromium (installed when missing).
+#
+#   scripts/test.sh
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+echo "== cargo test (unit and integration)" >&2
+cargo test --all-targets 2>&1
+
+bin=${CARGO_TARGET_DIR:-$root/target}/debug/jetway
+
+if [[ -x ../shared/contract-check/run ]]; then
+  echo "== contract smoke check" >&2
+  dir=$(mktemp -d)
+  out=$(mktemp)
+  "$bin" --listen 127.0.0.1:0 --data-dir "$dir" --static-dir "$root/static" >"$out" 2>/dev/null &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true; rm -rf "$dir" "$out"' EXIT
+  for _ in $(seq 1 100); do grep -q "listening on" "$out" && break; sleep 0.1; done
+  addr=$(sed -n 's/^jetway listening on //p' "$out")
+  ../shared/contract-check/run "ws://$addr/ws"
+  kill -TERM $pid
+  wait $pid
+  trap - EXIT
+  rm -rf "$dir" "$out"
+fi
+
+echo "== browser end-to-end tests" >&2
+JETWAY_BIN=$bin bash "$root/scripts/e2e.sh"
