@@ -8,6 +8,15 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+# localstripe (PyPI), a Stripe-compatible server the payment tests start on loopback
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/jetway-localstripe
+if [[ ! -x $venv/bin/localstripe ]]; then
+  echo "== installing localstripe into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q localstripe
+fi
+export JETWAY_LOCALSTRIPE=$venv/bin/localstripe
+
 echo "== cargo test (unit and integration)" >&2
 cargo test --all-targets 2>&1
 

@@ -54,6 +54,39 @@ pub struct Config {
     /// Do not seed the demo schedule into an empty database.
     #[arg(long, env = "JETWAY_NO_SEED", default_value_t = false)]
     pub no_seed: bool,
+
+    /// Abuse limits and the WebSocket Origin allowlist (docs/security.md).
+    #[command(flatten)]
+    pub limits: crate::server::limits::LimitsConfig,
+
+    /// Creates or updates the user `admin` (role admin) with this password at start.
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "JETWAY_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Payment gateway: the built-in sandbox, or Stripe's API.
+    #[arg(long, env = "JETWAY_PAYMENTS", default_value = "sandbox", value_parser = ["sandbox", "stripe"])]
+    pub payments: String,
+
+    /// Base URL of Stripe's API (point it at localstripe for tests).
+    #[arg(long, env = "JETWAY_STRIPE_API_BASE", default_value = crate::payments::stripe::DEFAULT_API_BASE)]
+    pub stripe_api_base: String,
+
+    /// Stripe secret key; set it in the environment, never on the command line.
+    #[arg(skip = std::env::var("STRIPE_SECRET_KEY").ok())]
+    pub stripe_secret_key: Option<String>,
+
+    /// Secret that signs Stripe webhooks; set it in the environment.
+    #[arg(skip = std::env::var("STRIPE_WEBHOOK_SECRET").ok())]
+    pub stripe_webhook_secret: Option<String>,
+
+    /// Timeout of one payment-gateway call, in seconds.
+    #[arg(long, env = "JETWAY_GATEWAY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub gateway_timeout: u64,
+
+    /// How often unfinished payment attempts are reconciled with the gateway, in seconds.
+    #[arg(long, env = "JETWAY_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: u64,
 }
 
 impl Config {

@@ -2,6 +2,11 @@
 //! the registry of which connections belong to which user. A push is encoded once and
 //! the same bytes are queued for every receiver; a receiver whose queue is full is
 //! closed rather than waited for.
+//!
+//! A connection is ended in one of two ways: [`Outbox::close`] skips whatever is
+//! still queued (a stalled client will not read it anyway), [`Outbox::finish`] sends
+//! it first (a reply to a request that was carried out must not be lost to a
+//! shutdown).
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -32,12 +37,22 @@ impl Default for QueueLimits {
     }
 }
 
+/// Why and how a connection is being closed.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    /// Send the frames already queued before the close frame.
+    drain: bool,
+}
+
 struct Shared {
     id: u64,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// Set (after `close_reason`) once a close was asked for; no frame is queued after.
     closing: AtomicBool,
-    close_reason: parking_lot::Mutex<Option<(u16, &'static str)>>,
+    close_reason: parking_lot::Mutex<Option<Closing>>,
     kill: Notify,
 }
 
@@ -55,6 +70,40 @@ pub struct OutboxReceiver {
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Process-wide counts of outbound frames, for `/metrics`.
+struct FrameCounters {
+    pushes: AtomicU64,
+    dropped: AtomicU64,
+    slow_closes: AtomicU64,
+}
+
+static STATS: FrameCounters = FrameCounters {
+    pushes: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+    slow_closes: AtomicU64::new(0),
+};
+
+/// How every push starts (see `protocol::envelope::push`); a reply starts with `"id"`.
+const PUSH_PREFIX: &str = "{\"jsonrpc\":\"2.0\",\"method\":";
+
+#[derive(Debug, Clone, Copy)]
+pub struct FrameStats {
+    /// Pushes queued.
+    pub pushes: u64,
+    /// Frames (pushes or replies) not queued: the connection was full or closing.
+    pub dropped: u64,
+    /// Connections closed because their queue overflowed.
+    pub slow_closes: u64,
+}
+
+pub fn frame_stats() -> FrameStats {
+    FrameStats {
+        pushes: STATS.pushes.load(Ordering::Relaxed),
+        dropped: STATS.dropped.load(Ordering::Relaxed),
+        slow_closes: STATS.slow_closes.load(Ordering::Relaxed),
+    }
+}
 
 pub fn outbox(limits: QueueLimits) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(limits.messages.max(1));
@@ -83,6 +132,21 @@ impl Outbox {
     /// Queues a frame without waiting. On overflow the connection is told to close
     /// (the writer sends a close frame) and `false` is returned.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
+        self.send_inner(frame.as_str().starts_with(PUSH_PREFIX), frame)
+    }
+
+    fn send_inner(&self, push: bool, frame: Utf8Bytes) -> bool {
+        let ok = self.queue(frame);
+        let counter = match (ok, push) {
+            (true, true) => &STATS.pushes,
+            (true, false) => return true,
+            (false, _) => &STATS.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        ok
+    }
+
+    fn queue(&self, frame: Utf8Bytes) -> bool {
         if self.shared.closing.load(Ordering::Relaxed) {
             return false;
         }
@@ -107,10 +171,32 @@ impl Outbox {
         }
     }
 
-    /// Asks the writer to send a close frame and end the connection.
+    /// Asks the writer to send a close frame at once, dropping what is still queued,
+    /// and end the connection.
     pub fn close(&self, code: u16, reason: &'static str) {
-        if !self.shared.closing.swap(true, Ordering::SeqCst) {
-            *self.shared.close_reason.lock() = Some((code, reason));
+        self.end(code, reason, false);
+    }
+
+    /// Asks the writer to send everything already queued, then a close frame, and
+    /// end the connection. Nothing queued after this call is sent.
+    pub fn finish(&self, code: u16, reason: &'static str) {
+        self.end(code, reason, true);
+    }
+
+    /// The first request to end the connection wins.
+    fn end(&self, code: u16, reason: &'static str, drain: bool) {
+        let mut slot = self.shared.close_reason.lock();
+        if slot.is_none() {
+            if code == CLOSE_POLICY && reason.starts_with("slow consumer") {
+                STATS.slow_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            *slot = Some(Closing {
+                code,
+                reason,
+                drain,
+            });
+            self.shared.closing.store(true, Ordering::SeqCst);
+            drop(slot);
             self.shared.kill.notify_one();
         }
     }
@@ -129,27 +215,39 @@ pub enum Next {
 
 impl OutboxReceiver {
     pub async fn next(&mut self) -> Next {
-        if let Some((code, r)) = self.close_reason() {
-            return Next::Close(code, r);
-        }
-        tokio::select! {
-            biased;
-            _ = self.shared.kill.notified() => {
-                let (code, r) = self.close_reason().unwrap_or((CLOSE_NORMAL, "closing"));
-                Next::Close(code, r)
-            }
-            f = self.rx.recv() => match f {
-                Some(f) => {
-                    self.shared.queued_bytes.fetch_sub(f.len(), Ordering::Relaxed);
-                    Next::Frame(f)
+        loop {
+            if let Some(c) = self.close_reason() {
+                if c.drain {
+                    if let Some(f) = self.take() {
+                        return Next::Frame(f);
+                    }
                 }
-                None => Next::Ended,
-            },
+                return Next::Close(c.code, c.reason);
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.kill.notified() => continue,
+                f = self.rx.recv() => return match f {
+                    Some(f) => {
+                        self.shared.queued_bytes.fetch_sub(f.len(), Ordering::Relaxed);
+                        Next::Frame(f)
+                    }
+                    None => Next::Ended,
+                },
+            }
         }
     }
 
-    /// Takes a frame that is already queued, without waiting.
+    /// Takes a frame that is already queued, without waiting; none once the
+    /// connection is to be closed at once.
     pub fn try_next(&mut self) -> Option<Utf8Bytes> {
+        if self.close_reason().is_some_and(|c| !c.drain) {
+            return None;
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<Utf8Bytes> {
         let f = self.rx.try_recv().ok()?;
         self.shared
             .queued_bytes
@@ -157,14 +255,13 @@ impl OutboxReceiver {
         Some(f)
     }
 
-    fn close_reason(&self) -> Option<(u16, &'static str)> {
+    fn close_reason(&self) -> Option<Closing> {
         if self.shared.closing.load(Ordering::SeqCst) {
-            Some(
-                self.shared
-                    .close_reason
-                    .lock()
-                    .unwrap_or((CLOSE_NORMAL, "closing")),
-            )
+            Some(self.shared.close_reason.lock().unwrap_or(Closing {
+                code: CLOSE_NORMAL,
+                reason: "closing",
+                drain: false,
+            }))
         } else {
             None
         }
@@ -237,6 +334,27 @@ mod tests {
         assert!(!o.send("c".into()));
         assert!(o.is_closing());
         assert!(matches!(rx.next().await, Next::Close(1008, r) if r.contains("slow consumer")));
+    }
+
+    #[tokio::test]
+    async fn finish_sends_what_is_queued_then_closes() {
+        let (o, mut rx) = outbox(QueueLimits::default());
+        assert!(o.send("reply".into()));
+        o.finish(CLOSE_GOING_AWAY, "bye");
+        assert!(!o.send("late".into()), "nothing is queued after finish");
+        o.close(CLOSE_POLICY, "ignored: the first request wins");
+        assert!(matches!(rx.next().await, Next::Frame(f) if f.as_str() == "reply"));
+        assert!(matches!(rx.next().await, Next::Close(1001, "bye")));
+    }
+
+    #[tokio::test]
+    async fn close_skips_what_is_queued() {
+        let (o, mut rx) = outbox(QueueLimits::default());
+        assert!(o.send("a".into()));
+        assert!(o.send("b".into()));
+        o.close(CLOSE_POLICY, "stalled");
+        assert!(rx.try_next().is_none());
+        assert!(matches!(rx.next().await, Next::Close(1008, "stalled")));
     }
 
     #[tokio::test]

@@ -256,9 +256,10 @@ impl App {
         Ok(s.clone())
     }
 
-    /// Creates or updates the `admin` user from `JETWAY_ADMIN_PASSWORD`.
+    /// Creates or updates the `admin` user from `JETWAY_ADMIN_PASSWORD`
+    /// (`Config::admin_password`).
     pub(super) async fn ensure_admin(self: &Arc<Self>) -> Result<(), super::StartError> {
-        let Ok(password) = std::env::var("JETWAY_ADMIN_PASSWORD") else {
+        let Some(password) = self.config.admin_password.clone() else {
             return Ok(());
         };
         let start = |e: String| super::StartError::Other(format!("JETWAY_ADMIN_PASSWORD: {e}"));

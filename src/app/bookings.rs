@@ -4,13 +4,11 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::{event, remember_err, remember_ok, App, AuthSession};
+use super::{event, remember_ok, App, AuthSession};
 use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
-use crate::domain::{
-    self, seating, Booking, Cabin, Locator, Order, OrderStatus, SeatId, TicketNumber,
-};
+use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
-use crate::payments::{ChargeRequest, PaymentError, RefundRequest};
+use crate::payments::RefundRequest;
 use crate::protocol::{params, wire, ApiError};
 use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
@@ -19,6 +17,14 @@ use crate::store::{Batch, StoreError};
 pub const AIRLINE_CODE: u16 = 729;
 pub const DEFAULT_HISTORY: u32 = 50;
 pub const MAX_HISTORY: u32 = 500;
+
+/// The gateway idempotency key of a refund: a seat is refunded at most once, so the
+/// booking and its seats name the refund, whatever request asked for it.
+fn refund_key(loc: &Locator, seats: &[SeatId]) -> String {
+    let mut names: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
+    names.sort();
+    format!("refund-{loc}-{}", names.join("."))
+}
 
 enum CancelStep {
     Released(Ticket, Value),
@@ -31,7 +37,7 @@ enum Wanted {
 }
 
 /// Marks a booking busy (a gateway call in flight) for as long as it lives.
-struct Busy {
+pub(super) struct Busy {
     fs: Arc<FlightSeats>,
     locator: Locator,
     armed: bool,
@@ -39,7 +45,11 @@ struct Busy {
 
 impl Busy {
     /// Marks the booking busy in an already locked working map.
-    fn mark(fs: &Arc<FlightSeats>, w: &mut Working, locator: &Locator) -> Result<Busy, ApiError> {
+    pub(super) fn mark(
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        locator: &Locator,
+    ) -> Result<Busy, ApiError> {
         if !w.busy.insert(locator.clone()) {
             return Err(ApiError::InvalidState(
                 "a payment operation on this booking is in progress".into(),
@@ -53,7 +63,7 @@ impl Busy {
     }
 
     /// Clears the mark inside a locked working map (dropping would lock again).
-    fn clear(mut self, w: &mut Working) {
+    pub(super) fn clear(mut self, w: &mut Working) {
         w.busy.remove(&self.locator);
         self.armed = false;
     }
@@ -141,7 +151,10 @@ fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
     }
 }
 
-fn check_bookable(fs: &FlightSeats, now: domain::Millis) -> Result<domain::Flight, ApiError> {
+pub(super) fn check_bookable(
+    fs: &FlightSeats,
+    now: domain::Millis,
+) -> Result<domain::Flight, ApiError> {
     let flight = fs.flight();
     match flight.status(now) {
         domain::FlightStatus::Scheduled => Ok(flight),
@@ -167,6 +180,7 @@ impl App {
             .ok_or(ApiError::NotFound("flight"))?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();
+            crate::server::limits::check_open_holds(self, s.user_id, now)?;
             let flight = check_bookable(&fs, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
             let (ticket, result) = {
@@ -224,125 +238,6 @@ impl App {
         .await
     }
 
-    pub async fn pay(&self, s: &AuthSession, p: params::Pay) -> Result<Value, ApiError> {
-        if p.payment_method.is_empty() || p.payment_method.len() > 128 {
-            return Err(ApiError::InvalidParams(
-                "payment_method must be 1-128 characters".into(),
-            ));
-        }
-        let booking = self.own_booking(s.user_id, &p.locator)?;
-        let fs = self.flight_seats(&booking.flight_id)?;
-        let request_id = p.request_id.clone();
-        self.idempotent(s.user_id, "booking.pay", &p.request_id, |key| async move {
-            let loc = booking.locator;
-            let (busy, amount) = {
-                let mut w = fs.working();
-                let b = self
-                    .store
-                    .booking(&loc)?
-                    .ok_or(ApiError::NotFound("booking"))?;
-                b.check_payable(domain::now_ms())?;
-                (Busy::mark(&fs, &mut w, &loc)?, b.total)
-            };
-            let charge = self
-                .payments
-                .charge(ChargeRequest {
-                    amount,
-                    payment_method: p.payment_method.clone(),
-                    locator: loc.clone(),
-                    idempotency_key: format!("pay:{}:{}:{}", s.user_id, loc, request_id),
-                })
-                .await;
-            let charge_id = match charge {
-                Ok(id) => id,
-                Err(e) => {
-                    drop(busy);
-                    let (kind, err) = match e {
-                        PaymentError::Declined(m) => ("declined", ApiError::PaymentDeclined(m)),
-                        PaymentError::Failed(m) => ("payment_failed", ApiError::PaymentFailed(m)),
-                    };
-                    let now = domain::now_ms();
-                    self.commit(&Batch {
-                        events: vec![(
-                            s.user_id,
-                            event(kind, Some(&loc), now, json!({ "message": err.to_string() })),
-                        )],
-                        replies: vec![(key, remember_err(&err))],
-                        ..Default::default()
-                    })
-                    .await?;
-                    return Err(err);
-                }
-            };
-            let tickets = (0..booking.seats.len())
-                .map(|_| {
-                    self.store
-                        .next_id()
-                        .map(|n| TicketNumber::new(AIRLINE_CODE, n))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let order_id = format!("ORD{:010}", self.store.next_id()?);
-            let (ticket, result) = {
-                let mut w = fs.working();
-                let now = domain::now_ms();
-                let mut b = self
-                    .store
-                    .booking(&loc)?
-                    .ok_or(ApiError::NotFound("booking"))?;
-                b.confirm(tickets, order_id.clone(), now)?;
-                let order = Order {
-                    order_id,
-                    locator: loc.clone(),
-                    user_id: s.user_id,
-                    status: OrderStatus::Paid,
-                    amount: b.total,
-                    refunded: domain::Money::ZERO,
-                    created_at: now,
-                    charge_id,
-                };
-                let result =
-                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
-                self.store.write(&Batch {
-                    bookings: vec![b.clone()],
-                    orders: vec![order.clone()],
-                    versions: vec![(b.flight_id.clone(), w.version + 1)],
-                    events: vec![(
-                        s.user_id,
-                        event(
-                            "paid",
-                            Some(&loc),
-                            now,
-                            json!({
-                                "amount": wire::money(b.total), "order_id": order.order_id,
-                            }),
-                        ),
-                    )],
-                    replies: vec![(key, remember_ok(&result))],
-                    ..Default::default()
-                })?;
-                busy.clear(&mut w);
-                let occupant = Occupant {
-                    locator: loc.clone(),
-                    booked: true,
-                };
-                let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
-                let change = w.apply(
-                    idx.into_iter()
-                        .map(|i| (i, Some(occupant.clone())))
-                        .collect(),
-                );
-                (
-                    self.committer
-                        .enqueue(Some(self.announce(&fs, Some(change), &b))),
-                    result,
-                )
-            };
-            self.committer.durable(ticket).await?;
-            Ok(result)
-        })
-        .await
-    }
-
     pub async fn cancel(&self, s: &AuthSession, p: params::Cancel) -> Result<Value, ApiError> {
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let only: Option<Vec<SeatId>> = match &p.seats {
@@ -355,7 +250,6 @@ impl App {
             })?),
         };
         let fs = self.flight_seats(&booking.flight_id)?;
-        let request_id = p.request_id.clone();
         self.idempotent(
             s.user_id,
             "booking.cancel",
@@ -419,9 +313,9 @@ impl App {
                 if amount > domain::Money::ZERO {
                     self.payments
                         .refund(RefundRequest {
-                            charge_id: order.charge_id.clone(),
+                            payment_ref: order.charge_id.clone(),
                             amount,
-                            idempotency_key: format!("refund:{}:{}:{}", s.user_id, loc, request_id),
+                            idempotency_key: refund_key(&loc, &seats),
                         })
                         .await
                         .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;

@@ -6,10 +6,12 @@
 //! action with the committer, unlock, then wait until the batch is durable before
 //! replying. Gateway calls happen outside every lock, with the booking marked busy.
 
+mod admin;
 mod auth;
 mod bookings;
 mod expiry;
 mod flights;
+mod payments;
 
 use dashmap::DashMap;
 use serde_json::{json, Value};
@@ -20,14 +22,16 @@ use crate::config::Config;
 use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
 use crate::fanout::{QueueLimits, UserRegistry};
 use crate::inventory::{FlightSeats, Inventory, Occupant};
-use crate::payments::{PaymentGateway, Sandbox};
+use crate::payments::{PaymentGateway, Sandbox, Stripe};
 use crate::protocol::{envelope, wire, ApiError};
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
 
+pub use admin::{CancelFlight, CreateFlight};
 pub use auth::AuthSession;
 pub use expiry::Expiry;
+pub use payments::WebhookError;
 
 /// Demo schedule horizon in days.
 const SCHEDULE_DAYS: u32 = 14;
@@ -40,6 +44,7 @@ pub struct App {
     pub users: Arc<UserRegistry>,
     pub payments: Arc<dyn PaymentGateway>,
     pub expiry: Expiry,
+    admin: admin::AdminState,
     sessions: DashMap<String, SessionRecord>,
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     dummy_hash: String,
@@ -75,7 +80,22 @@ impl App {
                 path: config.data_dir.display().to_string(),
                 source,
             })?;
-        Self::with_parts(config, Arc::new(store), Arc::new(Sandbox::default())).await
+        let payments: Arc<dyn PaymentGateway> = match config.payments.as_str() {
+            "stripe" => {
+                let key = config.stripe_secret_key.clone().ok_or_else(|| {
+                    StartError::Other(
+                        "--payments stripe needs STRIPE_SECRET_KEY in the environment".into(),
+                    )
+                })?;
+                let timeout = std::time::Duration::from_secs(config.gateway_timeout);
+                Arc::new(
+                    Stripe::new(&config.stripe_api_base, key, timeout)
+                        .map_err(StartError::Other)?,
+                )
+            }
+            _ => Arc::new(Sandbox::default()),
+        };
+        Self::with_parts(config, Arc::new(store), payments).await
     }
 
     pub async fn with_parts(
@@ -98,6 +118,7 @@ impl App {
             users: Arc::new(UserRegistry::default()),
             payments,
             expiry: Expiry::default(),
+            admin: Default::default(),
             sessions: DashMap::new(),
             user_locks: DashMap::new(),
             dummy_hash,
@@ -115,7 +136,17 @@ impl App {
                 path: String::new(),
                 source,
             })?;
+        // a charge made just before a crash confirms its booking before holds expire
+        app.reconcile_payments(std::time::Duration::ZERO).await;
         app.expire_due().await;
+        app.resume_cancellations();
+        let every = std::time::Duration::from_secs(app.config.reconcile_interval);
+        let reconciler = tokio::spawn(payments::run_reconciler(
+            app.clone(),
+            every,
+            app.stop.clone(),
+        ));
+        app.background.lock().push(reconciler);
         let expiry_task = tokio::spawn(expiry::run(app.clone(), app.stop.clone()));
         app.background.lock().push(expiry_task);
         app.ready.store(true, Ordering::SeqCst);

@@ -2,7 +2,13 @@
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+use super::limits::Shield;
 
 use crate::app::{App, AuthSession};
 use crate::domain::FlightId;
@@ -15,17 +21,75 @@ pub struct ConnState {
     pub outbox: Outbox,
     pub session: Option<AuthSession>,
     pub subscriptions: Vec<FlightId>,
+    /// The client's address (login backoff).
+    pub peer: IpAddr,
+    pub shield: Arc<Shield>,
 }
 
-/// Most flights one connection may watch at once.
-pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Every method, as a bounded set of metric labels.
+const METHODS: &[&str] = &[
+    "auth.register",
+    "auth.login",
+    "auth.resume",
+    "auth.logout",
+    "flights.airports",
+    "flights.search",
+    "flights.get",
+    "seats.subscribe",
+    "seats.unsubscribe",
+    "booking.hold",
+    "booking.pay",
+    "booking.cancel",
+    "booking.change_seat",
+    "booking.get",
+    "bookings.list",
+    "orders.list",
+    "history.list",
+    "admin.flights.create",
+    "admin.flights.cancel",
+    "admin.flights.stats",
+];
+
+/// The metric label of a method name: itself if known, else `other`.
+pub fn method_label(m: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|k| **k == m)
+        .copied()
+        .unwrap_or("other")
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Handles a request and queues its reply (none for a notification).
 pub async fn handle(app: &Arc<App>, conn: &mut ConnState, req: Request) {
+    let label = method_label(&req.method);
+    let span = tracing::info_span!(
+        "request",
+        rid = REQUEST_IDS.fetch_add(1, Ordering::Relaxed),
+        conn = conn.outbox.id(),
+        method = label
+    );
+    handle_in_span(app, conn, req, label).instrument(span).await
+}
+
+async fn handle_in_span(app: &Arc<App>, conn: &mut ConnState, req: Request, label: &'static str) {
+    let started = Instant::now();
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
     let notification = req.id.is_none();
     let outcome = call(app, conn, req).await;
+    let result = match &outcome {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    };
+    let took = started.elapsed();
+    conn.shield.metrics.request(label, result, took);
+    tracing::debug!(
+        outcome = result,
+        micros = took.as_micros() as u64,
+        "request done"
+    );
     if notification {
         return;
     }
@@ -55,8 +119,26 @@ async fn call(
                 .await?
         }
         "auth.login" => {
-            app.login(decode(p)?, &conn.outbox, &mut conn.session)
-                .await?
+            let params: crate::protocol::params::Credentials = decode(p)?;
+            let guard = &conn.shield.logins;
+            let addr = conn.shield.login_addr(conn.peer);
+            let name = params.username.chars().take(64).collect::<String>();
+            if guard.check(&name, addr).is_err() {
+                conn.shield.metrics.rejected("login_backoff");
+                return Err(ApiError::RateLimited);
+            }
+            match app.login(params, &conn.outbox, &mut conn.session).await {
+                Ok(r) => {
+                    guard.succeeded(&name);
+                    r
+                }
+                Err(e) => {
+                    if e == ApiError::BadCredentials {
+                        guard.failed(&name, addr);
+                    }
+                    return Err(e);
+                }
+            }
         }
         "auth.resume" => {
             app.resume(decode(p)?, &conn.outbox, &mut conn.session)
@@ -72,9 +154,10 @@ async fn call(
                 .subscriptions
                 .iter()
                 .any(|f| f.as_str() == params.flight_id);
-            if !already && conn.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            let max = app.config.limits.max_subscriptions;
+            if !already && conn.subscriptions.len() >= max {
                 return Err(ApiError::InvalidState(format!(
-                    "a connection may watch at most {MAX_SUBSCRIPTIONS} flights"
+                    "a connection may watch at most {max} flights"
                 )));
             }
             app.subscribe(
@@ -108,6 +191,18 @@ async fn call(
         "bookings.list" => app.bookings_list(&app.authenticate(&mut conn.session)?)?,
         "orders.list" => app.orders_list(&app.authenticate(&mut conn.session)?)?,
         "history.list" => app.history_list(&app.authenticate(&mut conn.session)?, decode(p)?)?,
+        "admin.flights.create" => {
+            app.admin_create_flight(&app.require_admin(&mut conn.session)?, decode(p)?)
+                .await?
+        }
+        "admin.flights.cancel" => {
+            app.admin_cancel_flight(&app.require_admin(&mut conn.session)?, decode(p)?)
+                .await?
+        }
+        "admin.flights.stats" => {
+            app.require_admin(&mut conn.session)?;
+            app.admin_stats()?
+        }
         m => return Err(ApiError::MethodNotFound(m.chars().take(64).collect())),
     };
     Ok(Some(r))

@@ -2,9 +2,10 @@
 //! check and buffer sizes), and start/stop of the whole server.
 
 mod dispatch;
+pub mod limits;
 mod session;
 
-use axum::extract::{ws::WebSocketUpgrade, State};
+use axum::extract::{ws::WebSocketUpgrade, ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +32,7 @@ struct Ctx {
     app: Arc<App>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    shield: Arc<limits::Shield>,
 }
 
 /// A started server.
@@ -49,6 +51,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
+    let shield = limits::Shield::new(config.limits.clone());
     let app = App::open(config).await?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -56,11 +59,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         app: app.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        shield: shield.clone(),
     };
     let router = router(ctx);
     let stop = shutdown.clone();
+    let listener = limits::GuardedListener::new(
+        listener,
+        shield.limits.clone(),
+        shield.counter.clone(),
+        shield.metrics.clone(),
+    );
     let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+        let service = router.into_make_service_with_connect_info::<limits::Peer>();
+        let serve = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "http server failed");
         }
@@ -100,6 +111,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/webhooks/stripe", axum::routing::post(stripe_webhook))
         .fallback_service(ServeDir::new(static_dir))
         .layer(security("x-content-type-options", "nosniff"))
         .layer(security("referrer-policy", "no-referrer"))
@@ -108,7 +120,32 @@ fn router(ctx: Ctx) -> Router {
             "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
         ))
         .layer(security("x-frame-options", "DENY"))
+        .layer(axum::middleware::from_fn(request_started))
         .with_state(ctx)
+}
+
+async fn stripe_webhook(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::app::WebhookError;
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match ctx.app.stripe_webhook(signature, &body).await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e @ WebhookError::NotConfigured) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e @ (WebhookError::Signature(_) | WebhookError::Malformed)) => {
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+        Err(e @ WebhookError::Internal) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> Response {
@@ -119,28 +156,58 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
     }
 }
 
+/// Each HTTP request gives its connection another handshake timeout.
+async fn request_started(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<limits::Peer>>() {
+        peer.0.request_started();
+    }
+    next.run(req).await
+}
+
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let text = crate::metrics::render(&ctx.app);
+    let app = ctx.app.clone();
+    let bookings = tokio::task::spawn_blocking(move || crate::metrics::booking_counts(&app))
+        .await
+        .unwrap_or(crate::metrics::BookingCounts {
+            by_status: Default::default(),
+            holds_active: 0,
+        });
+    let text = crate::metrics::render(&ctx.app, &ctx.shield.metrics, &bookings);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// An upgrade is allowed without an `Origin` (wscat, scripts) or from the same host.
-fn origin_allowed(headers: &HeaderMap) -> bool {
+/// An upgrade is allowed without an `Origin` (wscat, scripts), from the same host,
+/// or from an origin on the allowlist (`--allowed-origins`; `*` allows any).
+fn origin_allowed(headers: &HeaderMap, allowlist: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(|h| h.to_str()),
-    ) else {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim();
+    if allowlist
+        .iter()
+        .map(|a| a.trim().trim_end_matches('/'))
+        .any(|a| a == "*" || (!a.is_empty() && a.eq_ignore_ascii_case(origin)))
+    {
+        return true;
+    }
+    let Some(Ok(host)) = headers.get(header::HOST).map(|h| h.to_str()) else {
         return false;
     };
     let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
     origin_host.eq_ignore_ascii_case(host)
 }
 
-async fn upgrade(State(ctx): State<Ctx>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    if !origin_allowed(&headers) {
+async fn upgrade(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<limits::Peer>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &ctx.shield.limits.allowed_origins) {
+        ctx.shield.metrics.rejected("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if ctx.shutdown.is_cancelled() {
@@ -150,14 +217,17 @@ async fn upgrade(State(ctx): State<Ctx>, headers: HeaderMap, ws: WebSocketUpgrad
         app,
         shutdown,
         tracker,
+        shield,
     } = ctx;
+    peer.0.upgraded();
+    let ip = peer.0.peer.ip();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
             let t = tracker.clone();
-            t.track_future(session::run(app, socket, shutdown))
+            t.track_future(session::run(app, socket, shutdown, shield, ip))
         })
 }
 
@@ -176,15 +246,31 @@ mod tests {
 
     #[test]
     fn origin_must_match_host_when_present() {
-        assert!(origin_allowed(&headers(None, "127.0.0.1:8080")));
-        assert!(origin_allowed(&headers(
-            Some("http://127.0.0.1:8080"),
-            "127.0.0.1:8080"
-        )));
-        assert!(!origin_allowed(&headers(
-            Some("https://evil.example"),
-            "127.0.0.1:8080"
-        )));
-        assert!(!origin_allowed(&headers(Some("null"), "127.0.0.1:8080")));
+        assert!(origin_allowed(&headers(None, "127.0.0.1:8080"), &[]));
+        assert!(origin_allowed(
+            &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("https://evil.example"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("null"), "127.0.0.1:8080"),
+            &[]
+        ));
+    }
+
+    #[test]
+    fn allowlist_adds_origins() {
+        let list = vec!["https://app.example/".to_owned(), "http://x.test:81".into()];
+        let h = |o| headers(Some(o), "127.0.0.1:8080");
+        assert!(origin_allowed(&h("https://app.example"), &list));
+        assert!(origin_allowed(&h("HTTP://X.TEST:81"), &list));
+        assert!(!origin_allowed(&h("https://app.example.evil"), &list));
+        assert!(!origin_allowed(&h("http://x.test"), &list));
+        assert!(origin_allowed(&h("http://127.0.0.1:8080"), &list));
+        assert!(origin_allowed(&h("https://anything"), &["*".to_owned()]));
+        assert!(!origin_allowed(&h("null"), &["".to_owned()]));
     }
 }

@@ -10,17 +10,28 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{self, ConnState};
+use super::limits::{RateLimiter, Shield, Verdict};
 use crate::app::App;
 use crate::domain::now_ms;
 use crate::fanout::{self, Next, OutboxReceiver, CLOSE_GOING_AWAY};
 use crate::protocol::{envelope, parse_request, ApiError};
+use std::net::IpAddr;
 
 /// Largest request frame handled; larger ones get `too_large`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long one write to a client may take before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(app: Arc<App>, socket: WebSocket, shutdown: CancellationToken) {
+pub async fn run(
+    app: Arc<App>,
+    socket: WebSocket,
+    shutdown: CancellationToken,
+    shield: Arc<Shield>,
+    peer: IpAddr,
+) {
+    shield.metrics.ws_opened();
+    let _open = scopeguard(shield.clone());
+    let mut limiter = RateLimiter::new(shield.limits.rate_limit, shield.limits.rate_burst);
     let (sink, mut stream) = socket.split();
     let (outbox, rx) = fanout::outbox(app.queue_limits());
     let last_seen = Arc::new(AtomicI64::new(now_ms()));
@@ -35,21 +46,48 @@ pub async fn run(app: Arc<App>, socket: WebSocket, shutdown: CancellationToken) 
         outbox: outbox.clone(),
         session: None,
         subscriptions: Vec::new(),
+        peer,
+        shield: shield.clone(),
     });
     let reply_error = |id: serde_json::Value, e: ApiError| {
         outbox.send(Utf8Bytes::from(envelope::failure(&id, &e)));
     };
+    // a finished JoinHandle must not be polled again
+    let mut writer_done = false;
 
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => {
-                outbox.close(CLOSE_GOING_AWAY, "server shutting down");
+                // replies already queued (an in-flight request's) go out before the close
+                outbox.finish(CLOSE_GOING_AWAY, "server shutting down");
                 break;
             }
-            _ = &mut writer => break,
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
             msg = stream.next() => msg,
         };
         last_seen.store(now_ms(), Ordering::Relaxed);
+        if let Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) = &msg {
+            match limiter.check(shield.limits.rate_limit_close) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    shield.metrics.rejected("rate_limited");
+                    if let Some(id) = reply_id(m) {
+                        reply_error(id, ApiError::RateLimited);
+                    }
+                    continue;
+                }
+                Verdict::Close => {
+                    shield.metrics.rejected("rate_limit_close");
+                    tracing::info!(peer = %peer, "closing a connection that keeps flooding");
+                    // the refusals already queued go out before the close
+                    outbox.finish(fanout::CLOSE_POLICY, "rate limit exceeded");
+                    break;
+                }
+            }
+        }
         match msg {
             Some(Ok(Message::Text(text))) => {
                 if text.len() > MAX_REQUEST_BYTES {
@@ -94,7 +132,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, shutdown: CancellationToken) 
         }
     }
 
-    outbox.close(fanout::CLOSE_NORMAL, "bye");
+    outbox.finish(fanout::CLOSE_NORMAL, "bye");
     if let Some(conn) = &conn {
         app.inventory
             .unsubscribe_all(outbox.id(), &conn.subscriptions);
@@ -102,8 +140,34 @@ pub async fn run(app: Arc<App>, socket: WebSocket, shutdown: CancellationToken) 
             app.users.detach(s.user_id, outbox.id());
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-    writer.abort();
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        writer.abort();
+    }
+}
+
+/// The id to answer a refused frame with; none for a notification.
+fn reply_id(m: &Message) -> Option<serde_json::Value> {
+    match m {
+        Message::Text(t) if t.len() <= MAX_REQUEST_BYTES => match parse_request(t.as_str()) {
+            Ok(req) => req.id,
+            Err((id, _)) => Some(id),
+        },
+        _ => Some(serde_json::Value::Null),
+    }
+}
+
+/// Counts the connection as closed when the session ends, however it ends.
+struct OpenConn(Arc<Shield>);
+
+fn scopeguard(shield: Arc<Shield>) -> OpenConn {
+    OpenConn(shield)
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.metrics.ws_closed();
+    }
 }
 
 async fn write_loop(

@@ -81,6 +81,43 @@ pub struct IdemKey {
     pub request_id: String,
 }
 
+/// Where a payment attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Written before the gateway is called; the outcome is not known yet.
+    Started,
+    /// Charged, and the booking confirmed in the same batch.
+    Succeeded,
+    /// Nothing was charged.
+    Failed,
+    /// Charged, but the booking could not be confirmed (its seats were gone): refunded.
+    Refunded,
+}
+
+/// One try to pay a booking, written to disk before the gateway is called so that a
+/// crash can always be reconciled with the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentAttempt {
+    pub id: String,
+    pub user_id: UserId,
+    pub locator: Locator,
+    pub amount: crate::domain::Money,
+    /// The request that started it, whose reply is remembered when it settles.
+    pub request_id: String,
+    /// The gateway's payment reference, once created (durable before confirming).
+    pub payment_ref: Option<String>,
+    pub state: AttemptState,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl PaymentAttempt {
+    pub fn is_open(&self) -> bool {
+        self.state == AttemptState::Started
+    }
+}
+
 /// Everything one use case changes, written atomically.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -99,6 +136,9 @@ pub struct Batch {
     pub events: Vec<(UserId, HistoryEvent)>,
     /// Replies to remember: `{"ok": result}` or `{"err": error}`.
     pub replies: Vec<(IdemKey, Value)>,
+    pub attempts: Vec<PaymentAttempt>,
+    /// Processed webhook event ids.
+    pub webhook_events: Vec<String>,
 }
 
 /// The durable store. Writes are atomic per batch and become durable at the next
@@ -123,4 +163,9 @@ pub trait Store: Send + Sync + 'static {
     fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>>;
     fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>>;
     fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>>;
+    /// Payment attempts still `started`, oldest first.
+    fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>>;
+    fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>>;
+    fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>>;
+    fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
 }

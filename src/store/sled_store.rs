@@ -10,7 +10,8 @@ use std::fs::File;
 use std::path::Path;
 
 use super::{
-    Batch, HistoryEvent, IdemKey, SessionRecord, Store, StoreError, StoreResult, UserRecord,
+    Batch, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store, StoreError, StoreResult,
+    UserRecord,
 };
 use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -25,6 +26,10 @@ const ORDER: u8 = b'O';
 const USER_ORDER: u8 = b'o';
 const HISTORY: u8 = b'H';
 const REPLY: u8 = b'K';
+const ATTEMPT: u8 = b'P';
+const OPEN_ATTEMPT: u8 = b'p';
+const ATTEMPT_REF: u8 = b'R';
+const WEBHOOK: u8 = b'W';
 
 pub struct SledStore {
     db: sled::Db,
@@ -201,6 +206,24 @@ impl Store for SledStore {
             for (k, v) in &batch.replies {
                 put(tx, reply_key(k), v)?;
             }
+            for a in &batch.attempts {
+                put(tx, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
+                let open = key(
+                    OPEN_ATTEMPT,
+                    &[&a.created_at.to_be_bytes(), a.id.as_bytes()],
+                );
+                if a.is_open() {
+                    tx.insert(open, a.id.as_bytes())?;
+                } else {
+                    tx.remove(open)?;
+                }
+                if let Some(r) = &a.payment_ref {
+                    tx.insert(key(ATTEMPT_REF, &[r.as_bytes()]), a.id.as_bytes())?;
+                }
+            }
+            for e in &batch.webhook_events {
+                tx.insert(key(WEBHOOK, &[e.as_bytes()]), &[][..])?;
+            }
             Ok(())
         });
         match result {
@@ -290,6 +313,38 @@ impl Store for SledStore {
 
     fn reply(&self, k: &IdemKey) -> StoreResult<Option<Value>> {
         self.get(&reply_key(k))
+    }
+
+    fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([OPEN_ATTEMPT]) {
+            let (_, id) = kv.map_err(io)?;
+            if let Some(a) = self.get(&key(ATTEMPT, &[&id]))? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
+        self.get(&key(ATTEMPT, &[id.as_bytes()]))
+    }
+
+    fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
+        match self
+            .db
+            .get(key(ATTEMPT_REF, &[payment_ref.as_bytes()]))
+            .map_err(io)?
+        {
+            Some(id) => self.get(&key(ATTEMPT, &[&id])),
+            None => Ok(None),
+        }
+    }
+
+    fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
+        self.db
+            .contains_key(key(WEBHOOK, &[event_id.as_bytes()]))
+            .map_err(io)
     }
 }
 

@@ -86,7 +86,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(data_dir: &Path, args: &[&str]) -> Proc {
+        Self::spawn_with_env(data_dir, args, &[])
+    }
+
+    pub fn spawn_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .envs(envs.iter().copied())
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -109,6 +114,41 @@ impl Proc {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         Proc { child, addr }
+    }
+
+    /// Starts Jetway on a free port picked here and waits until `/healthz` answers.
+    /// Unlike [`Proc::spawn`] it needs nothing printed on stdout (which is discarded).
+    pub fn start(data_dir: &Path, args: &[&str]) -> Proc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn jetway");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("jetway exited at start: {status}");
+            }
+            if http_get_blocking(addr, "/healthz").is_some_and(|(code, _)| code == 200) {
+                return Proc { child, addr };
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "jetway did not answer /healthz within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -155,6 +195,35 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A plain HTTP/1.0 GET: the status code and the body, or None if nothing answered.
+pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(WAIT)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// [`http_get_blocking`] off the async runtime's threads.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get_blocking(addr, &path))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of a gauge or counter in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

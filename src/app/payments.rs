@@ -1,0 +1,441 @@
+//! Paying a booking, crash-safe: a payment attempt is written to disk before the
+//! gateway is called, and its payment reference before the charge is confirmed. An
+//! attempt whose outcome is unknown (a crash, a gateway timeout) is reconciled with the
+//! gateway at start-up, periodically, and on webhooks, through one path
+//! ([`App::settle_charged`]): a charge confirms the booking if its seats are still its
+//! own, and is refunded otherwise. Never a charge without a ticket, never a ticket
+//! without a charge.
+//!
+//! ```text
+//! started ──create+confirm ok──▶ succeeded (booking confirmed, same batch)
+//!    │  └──declined / not charged──▶ failed
+//!    └──charged but seats gone──▶ refunded
+//! ```
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bookings::{check_bookable, Busy, AIRLINE_CODE};
+use super::{event, remember_err, remember_ok, App, AuthSession};
+use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
+use crate::inventory::{FlightSeats, Occupant};
+use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus, RefundRequest};
+use crate::protocol::{params, wire, ApiError};
+use crate::store::{AttemptState, Batch, IdemKey, PaymentAttempt};
+
+const PAY: &str = "booking.pay";
+
+/// Why a webhook was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhooks are not configured (STRIPE_WEBHOOK_SECRET)")]
+    NotConfigured,
+    #[error("bad signature: {0}")]
+    Signature(#[from] webhook::SignatureError),
+    #[error("malformed event")]
+    Malformed,
+    #[error("internal error")]
+    Internal,
+}
+
+fn pay_key(a: &PaymentAttempt) -> IdemKey {
+    IdemKey {
+        user: a.user_id,
+        method: PAY,
+        request_id: a.request_id.clone(),
+    }
+}
+
+impl App {
+    pub async fn pay(&self, s: &AuthSession, p: params::Pay) -> Result<Value, ApiError> {
+        if p.payment_method.is_empty() || p.payment_method.len() > 128 {
+            return Err(ApiError::InvalidParams(
+                "payment_method must be 1-128 characters".into(),
+            ));
+        }
+        let booking = self.own_booking(s.user_id, &p.locator)?;
+        let fs = self.flight_seats(&booking.flight_id)?;
+        self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
+            let loc = booking.locator;
+            let (busy, amount) = {
+                let mut w = fs.working();
+                let now = domain::now_ms();
+                check_bookable(&fs, now)?;
+                let b = self
+                    .store
+                    .booking(&loc)?
+                    .ok_or(ApiError::NotFound("booking"))?;
+                b.check_payable(now)?;
+                (Busy::mark(&fs, &mut w, &loc)?, b.total)
+            };
+            let now = domain::now_ms();
+            let mut attempt = PaymentAttempt {
+                id: format!("pa{}", self.store.next_id()?),
+                user_id: s.user_id,
+                locator: loc.clone(),
+                amount,
+                request_id: key.request_id.clone(),
+                payment_ref: None,
+                state: AttemptState::Started,
+                created_at: now,
+                updated_at: now,
+            };
+            self.commit(&Batch {
+                attempts: vec![attempt.clone()],
+                ..Default::default()
+            })
+            .await?;
+            let request = PaymentRequest {
+                amount,
+                payment_method: p.payment_method,
+                locator: loc.clone(),
+                attempt_id: attempt.id.clone(),
+            };
+            let outcome = match self.payments.create(request).await {
+                Ok(r) => {
+                    attempt.payment_ref = Some(r.clone());
+                    // the reference is on disk before anything can be charged
+                    self.commit(&Batch {
+                        attempts: vec![attempt.clone()],
+                        ..Default::default()
+                    })
+                    .await?;
+                    self.payments.confirm(&r, &attempt.id).await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => self.settle_charged(&fs, attempt, busy).await,
+                Err(PaymentError::Declined(m)) => {
+                    self.settle_failed(attempt, busy, ApiError::PaymentDeclined(m), "declined")
+                        .await
+                }
+                Err(PaymentError::Failed(m)) => {
+                    let status = match &attempt.payment_ref {
+                        Some(r) => self.payments.status(r).await,
+                        None => Ok(PaymentStatus::NotCharged),
+                    };
+                    match status {
+                        Ok(PaymentStatus::Succeeded) => {
+                            self.settle_charged(&fs, attempt, busy).await
+                        }
+                        Ok(PaymentStatus::NotCharged) => {
+                            self.settle_failed(
+                                attempt,
+                                busy,
+                                ApiError::PaymentFailed(m),
+                                "payment_failed",
+                            )
+                            .await
+                        }
+                        // unknown: the attempt stays open for the reconciler; the
+                        // reply is remembered until the attempt settles
+                        _ => {
+                            drop(busy);
+                            let err = ApiError::PaymentFailed(m);
+                            self.commit(&Batch {
+                                events: vec![(
+                                    s.user_id,
+                                    event(
+                                        "payment_failed",
+                                        Some(&loc),
+                                        domain::now_ms(),
+                                        json!({"message": err.to_string()}),
+                                    ),
+                                )],
+                                replies: vec![(key, remember_err(&err))],
+                                ..Default::default()
+                            })
+                            .await?;
+                            Err(err)
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Ends an attempt that charged nothing.
+    async fn settle_failed(
+        &self,
+        mut a: PaymentAttempt,
+        busy: Busy,
+        err: ApiError,
+        kind: &str,
+    ) -> Result<Value, ApiError> {
+        drop(busy);
+        let now = domain::now_ms();
+        a.state = AttemptState::Failed;
+        a.updated_at = now;
+        self.commit(&Batch {
+            events: vec![(
+                a.user_id,
+                event(
+                    kind,
+                    Some(&a.locator),
+                    now,
+                    json!({ "message": err.to_string() }),
+                ),
+            )],
+            replies: vec![(pay_key(&a), remember_err(&err))],
+            attempts: vec![a],
+            ..Default::default()
+        })
+        .await?;
+        Err(err)
+    }
+
+    /// A charge went through: confirm the booking if its seats are still its own, in
+    /// one batch with the attempt's end; otherwise refund the charge.
+    async fn settle_charged(
+        &self,
+        fs: &Arc<FlightSeats>,
+        mut a: PaymentAttempt,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        let payment_ref = a.payment_ref.clone().ok_or(ApiError::Internal)?;
+        let tickets_needed = self.store.booking(&a.locator)?.map_or(0, |b| b.seats.len());
+        let tickets = (0..tickets_needed)
+            .map(|_| {
+                self.store
+                    .next_id()
+                    .map(|n| TicketNumber::new(AIRLINE_CODE, n))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let order_id = format!("ORD{:010}", self.store.next_id()?);
+        let confirmed = {
+            let mut w = fs.working();
+            let now = domain::now_ms();
+            let mut b = self
+                .store
+                .booking(&a.locator)?
+                .ok_or(ApiError::NotFound("booking"))?;
+            let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
+            let ours = b.status == domain::BookingStatus::Held
+                && fs.flight().status(now) != FlightStatus::Cancelled
+                && idx.len() == b.seats.len()
+                && idx.iter().all(|&i| {
+                    w.seats[i]
+                        .as_ref()
+                        .is_some_and(|o| o.locator == a.locator && !o.booked)
+                });
+            if ours && b.confirm(tickets, order_id.clone(), now).is_ok() {
+                let order = Order {
+                    order_id,
+                    locator: a.locator.clone(),
+                    user_id: a.user_id,
+                    status: OrderStatus::Paid,
+                    amount: b.total,
+                    refunded: domain::Money::ZERO,
+                    created_at: now,
+                    charge_id: payment_ref.clone(),
+                };
+                let result =
+                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+                a.state = AttemptState::Succeeded;
+                a.updated_at = now;
+                self.store.write(&Batch {
+                    bookings: vec![b.clone()],
+                    orders: vec![order.clone()],
+                    versions: vec![(b.flight_id.clone(), w.version + 1)],
+                    events: vec![(
+                        a.user_id,
+                        event(
+                            "paid",
+                            Some(&a.locator),
+                            now,
+                            json!({
+                                "amount": wire::money(b.total), "order_id": order.order_id,
+                            }),
+                        ),
+                    )],
+                    replies: vec![(pay_key(&a), remember_ok(&result))],
+                    attempts: vec![a.clone()],
+                    ..Default::default()
+                })?;
+                busy.clear(&mut w);
+                let occupant = Occupant {
+                    locator: a.locator.clone(),
+                    booked: true,
+                };
+                let change = w.apply(
+                    idx.into_iter()
+                        .map(|i| (i, Some(occupant.clone())))
+                        .collect(),
+                );
+                Ok((
+                    self.committer
+                        .enqueue(Some(self.announce(fs, Some(change), &b))),
+                    result,
+                ))
+            } else {
+                Err(busy)
+            }
+        };
+        let busy = match confirmed {
+            Ok((ticket, result)) => {
+                self.committer.durable(ticket).await?;
+                return Ok(result);
+            }
+            Err(busy) => busy,
+        };
+        // charged, but the booking cannot have it: give the money back
+        let refund = self
+            .payments
+            .refund(RefundRequest {
+                payment_ref,
+                amount: a.amount,
+                idempotency_key: format!("{}-refund", a.id),
+            })
+            .await;
+        drop(busy);
+        if let Err(e) = refund {
+            tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
+            return Err(ApiError::PaymentFailed(e.to_string()));
+        }
+        let now = domain::now_ms();
+        let err = ApiError::InvalidState(
+            "the booking's hold ended before the payment completed; the charge was refunded".into(),
+        );
+        a.state = AttemptState::Refunded;
+        a.updated_at = now;
+        self.commit(&Batch {
+            events: vec![(
+                a.user_id,
+                event(
+                    "payment_refunded",
+                    Some(&a.locator),
+                    now,
+                    json!({ "amount": wire::money(a.amount) }),
+                ),
+            )],
+            replies: vec![(pay_key(&a), remember_err(&err))],
+            attempts: vec![a],
+            ..Default::default()
+        })
+        .await?;
+        Err(err)
+    }
+
+    /// Settles one open attempt from what the gateway says, unless a payment for the
+    /// booking is in flight right now (that request settles it).
+    async fn reconcile(&self, a: PaymentAttempt) -> Result<(), ApiError> {
+        let Some(b) = self.store.booking(&a.locator)? else {
+            return Ok(());
+        };
+        let fs = self.flight_seats(&b.flight_id)?;
+        let busy = {
+            let mut w = fs.working();
+            if w.busy.contains(&a.locator) {
+                return Ok(());
+            }
+            Busy::mark(&fs, &mut w, &a.locator)?
+        };
+        let interrupted =
+            || ApiError::PaymentFailed("the payment was interrupted and did not go through".into());
+        let status = match &a.payment_ref {
+            None => PaymentStatus::NotCharged,
+            Some(r) => self
+                .payments
+                .status(r)
+                .await
+                .map_err(|e| ApiError::PaymentFailed(e.to_string()))?,
+        };
+        let settled = match status {
+            PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
+            PaymentStatus::NotCharged => {
+                self.settle_failed(a, busy, interrupted(), "payment_failed")
+                    .await
+            }
+            PaymentStatus::Pending => return Ok(()),
+        };
+        match settled {
+            Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => Ok(()),
+            Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reconciles every open attempt older than `min_age` with the gateway.
+    pub async fn reconcile_payments(&self, min_age: Duration) {
+        let attempts = match self.store.open_attempts() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list open payment attempts");
+                return;
+            }
+        };
+        let cutoff = domain::now_ms() - min_age.as_millis() as domain::Millis;
+        for a in attempts.into_iter().filter(|a| a.created_at <= cutoff) {
+            let id = a.id.clone();
+            if let Err(e) = self.reconcile(a).await {
+                tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
+            }
+        }
+    }
+
+    /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
+    pub async fn stripe_webhook(&self, signature: &str, body: &[u8]) -> Result<(), WebhookError> {
+        let secret = self
+            .config
+            .stripe_webhook_secret
+            .as_deref()
+            .ok_or(WebhookError::NotConfigured)?;
+        webhook::verify(secret, signature, body, domain::now_ms() / 1000)?;
+        let event: Value = serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
+        let id = event["id"].as_str().ok_or(WebhookError::Malformed)?;
+        if self
+            .store
+            .webhook_seen(id)
+            .map_err(|_| WebhookError::Internal)?
+        {
+            return Ok(());
+        }
+        let kind = event["type"].as_str().unwrap_or_default();
+        let object_id = event["data"]["object"]["id"].as_str().unwrap_or_default();
+        match kind {
+            "payment_intent.succeeded" | "payment_intent.payment_failed" => {
+                let attempt = self
+                    .store
+                    .attempt_by_ref(object_id)
+                    .map_err(|_| WebhookError::Internal)?;
+                if let Some(a) = attempt.filter(PaymentAttempt::is_open) {
+                    // the gateway is asked, not the event trusted: the same path as start-up
+                    if let Err(e) = self.reconcile(a).await {
+                        tracing::warn!(event = id, error = %e, "webhook not applied yet");
+                        return Err(WebhookError::Internal);
+                    }
+                }
+            }
+            "charge.refunded" => tracing::info!(event = id, charge = object_id, "charge refunded"),
+            other => tracing::debug!(event = id, kind = other, "webhook ignored"),
+        }
+        self.store
+            .write(&Batch {
+                webhook_events: vec![id.to_owned()],
+                ..Default::default()
+            })
+            .map_err(|_| WebhookError::Internal)?;
+        self.committer
+            .barrier()
+            .await
+            .map_err(|_| WebhookError::Internal)?;
+        Ok(())
+    }
+}
+
+/// Reconciles open attempts every `every` until `stop`.
+pub async fn run_reconciler(
+    app: Arc<App>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => app.reconcile_payments(every).await,
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Payments through Stripe's API, against localstripe (a stateful Stripe-compatible
+//! server started by each test) with a fault-injecting proxy in between: declines,
+//! refunds, partial cancellation, gateway faults, a crash between charge and booking,
+//! the expiry race, and signed webhooks.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+const KEY: &str = "sk_test_jetway";
+const WEBHOOK_SECRET: &str = "whsec_jetway_test";
+
+/// localstripe on a free port, killed on drop.
+struct LocalStripe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn localstripe_bin() -> String {
+    if let Ok(p) = std::env::var("JETWAY_LOCALSTRIPE") {
+        return p;
+    }
+    let cached = format!(
+        "{}/.cache/jetway-localstripe/bin/localstripe",
+        std::env::var("HOME").unwrap_or_default()
+    );
+    if std::path::Path::new(&cached).exists() {
+        return cached;
+    }
+    panic!("localstripe not found: run scripts/test.sh (it installs it) or set JETWAY_LOCALSTRIPE");
+}
+
+impl LocalStripe {
+    async fn start() -> LocalStripe {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(localstripe_bin())
+            .args(["--port", &port.to_string(), "--from-scratch"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start localstripe");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "localstripe did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        LocalStripe { child, addr }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.addr))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Succeeded charges and their refunded amounts.
+    async fn charges(&self) -> Vec<(i64, i64)> {
+        let list = self.get("/v1/charges?limit=100").await;
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "succeeded")
+            .map(|c| {
+                (
+                    c["amount"].as_i64().unwrap(),
+                    c["amount_refunded"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalStripe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PASS: u8 = 0;
+const FAIL: u8 = 1;
+const HOLD_CONFIRM: u8 = 2;
+const HOLD_THEN_FAIL: u8 = 3;
+
+/// A TCP proxy in front of localstripe that can fail requests with 503 or hold the
+/// response to a PaymentIntent confirm (after localstripe has charged).
+#[derive(Clone)]
+struct Proxy {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    charged: Arc<Notify>,
+    release: Arc<Notify>,
+    saw_charge: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = Proxy {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(AtomicU8::new(PASS)),
+            charged: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+            saw_charge: Arc::new(AtomicBool::new(false)),
+        };
+        let me = p.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(me.clone().serve(client, upstream));
+            }
+        });
+        p
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn serve(self, client: TcpStream, upstream: SocketAddr) {
+        let Ok(server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let confirm_sent = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Notify::new());
+        let (me, sent, fail_now) = (self.clone(), confirm_sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16384];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mode = me.mode.load(Ordering::SeqCst);
+                if mode == FAIL || (mode == HOLD_THEN_FAIL && me.saw_charge.load(Ordering::SeqCst))
+                {
+                    fail_now.notify_one();
+                    return;
+                }
+                if String::from_utf8_lossy(&buf[..n]).contains("/confirm") {
+                    sent.store(true, Ordering::SeqCst);
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = tokio::select! {
+                r = sr.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+                _ = failed.notified() => {
+                    let body = r#"{"error":{"type":"api_error","message":"injected failure"}}"#;
+                    let resp = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = cw.write_all(resp.as_bytes()).await;
+                    return;
+                }
+            };
+            let mode = self.mode.load(Ordering::SeqCst);
+            if confirm_sent.load(Ordering::SeqCst)
+                && (mode == HOLD_CONFIRM || mode == HOLD_THEN_FAIL)
+            {
+                self.saw_charge.store(true, Ordering::SeqCst);
+                self.charged.notify_one();
+                if mode == HOLD_THEN_FAIL {
+                    return; // the response is lost: the client times out
+                }
+                self.release.notified().await;
+            }
+            confirm_sent.store(false, Ordering::SeqCst);
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn stripe_config(c: &mut jetway::Config, base: &str) {
+    c.payments = "stripe".into();
+    c.stripe_api_base = base.into();
+    c.stripe_secret_key = Some(KEY.into());
+    c.stripe_webhook_secret = Some(WEBHOOK_SECRET.into());
+    c.gateway_timeout = 2;
+}
+
+async fn booked_user(c: &mut Client, seats_n: usize, cabin: &str) -> (String, Vec<String>, Value) {
+    let token = c.new_user().await;
+    c.pushes.clear();
+    let _ = token;
+    let f = later_flight(c).await;
+    let fid = f["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(c, &fid, cabin, seats_n).await;
+    let b = hold(c, &fid, &seats, "h").await;
+    (fid, seats, b)
+}
+
+fn pay(loc: &Value, pm: &str, rid: &str) -> Value {
+    json!({"locator": loc, "payment_method": pm, "request_id": rid})
+}
+
+#[tokio::test]
+async fn pay_decline_refund_and_partial_cancel_through_stripe() {
+    let ls = LocalStripe::start().await;
+    let s = Server::start_with(|c| stripe_config(c, &format!("http://{}", ls.addr))).await;
+    let mut c = s.client().await;
+    let (fid, seats, b) = booked_user(&mut c, 3, "economy").await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, "pm_card_chargeCustomerFail", "d"))
+            .await,
+        "payment_declined"
+    );
+    assert!(ls.charges().await.is_empty(), "a decline charges nothing");
+    assert_eq!(
+        c.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
+        "held"
+    );
+
+    let paid = c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(ls.charges().await, vec![(total, 0)]);
+
+    // cancel one passenger: a third of the money back, the rest stays confirmed
+    let part = c
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c1", "seats": [seats[0]]}),
+        )
+        .await;
+    assert_eq!(part["booking"]["status"], "confirmed");
+    assert_eq!(part["booking"]["seats"].as_array().unwrap().len(), 2);
+    assert_eq!(part["order"]["status"], "partially_refunded");
+    let third = total / 3;
+    assert_eq!(part["order"]["refunded"]["amount"], third);
+    assert_eq!(ls.charges().await, vec![(total, third)]);
+    let m = c.ok("flights.get", json!({"flight_id": fid})).await;
+    let st = |seat: &str| {
+        m["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["seat"] == seat)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(st(&seats[0]), "available");
+    assert_eq!(st(&seats[1]), "booked");
+    assert_eq!(
+        c.reason(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c2", "seats": [seats[0]]})
+        )
+        .await,
+        "invalid_params"
+    );
+
+    let rest = c
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c3"}),
+        )
+        .await;
+    assert_eq!(rest["booking"]["status"], "refunded");
+    assert_eq!(rest["order"]["status"], "refunded");
+    assert_eq!(rest["booking"]["refund"]["amount"], total);
+    assert_eq!(ls.charges().await, vec![(total, total)]);
+    let orders = c.ok("orders.list", json!({})).await;
+    assert_eq!(orders["orders"][0]["refunded"]["amount"], total);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_down_gives_payment_failed_and_a_retry_works() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let s = Server::start_with(|c| stripe_config(c, &proxy.base())).await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    proxy.set(FAIL);
+    let e = c.err("booking.pay", pay(loc, "pm_card_visa", "p1")).await;
+    assert_eq!(e["data"]["reason"], "payment_failed");
+    assert!(e["message"].as_str().unwrap().contains("gateway"), "{e}");
+    assert_eq!(
+        c.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
+        "held"
+    );
+    // the same request id keeps its answer; a new one works once the gateway is back
+    proxy.set(PASS);
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, "pm_card_visa", "p1"))
+            .await,
+        "payment_failed"
+    );
+    let ok = c.ok("booking.pay", pay(loc, "pm_card_visa", "p2")).await;
+    assert_eq!(ok["booking"]["status"], "confirmed");
+    assert_eq!(ls.charges().await.len(), 1, "charged once");
+    s.stop().await;
+}
+
+async fn wait_until_past(rfc3339: &str) {
+    let due = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    while time::OffsetDateTime::now_utc() <= due {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_does_not_expire_under_an_inflight_payment() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &proxy.base());
+        c.hold_ttl = 1;
+        c.gateway_timeout = 30;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (fid, seats, b) = booked_user(&mut a, 1, "economy").await;
+    proxy.set(HOLD_CONFIRM);
+    let charged = proxy.charged.notified();
+    let loc = b["locator"].clone();
+    let payment =
+        tokio::spawn(async move { a.call("booking.pay", pay(&loc, "pm_card_visa", "p")).await });
+    charged.await;
+    wait_until_past(b["hold_expires_at"].as_str().unwrap()).await;
+    let mut other = s.client().await;
+    other.new_user().await;
+    let grab = json!({"flight_id": fid, "seats": seats, "passengers": passengers(1), "request_id": "grab"});
+    assert_eq!(
+        other.reason("booking.hold", grab.clone()).await,
+        "seat_unavailable",
+        "the hold outlived its TTL while paying"
+    );
+    proxy.release.notify_one();
+    let r = payment.await.unwrap();
+    assert_eq!(r["result"]["booking"]["status"], "confirmed", "{r}");
+    assert_eq!(other.reason("booking.hold", grab).await, "seat_unavailable");
+    assert_eq!(ls.charges().await.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_whose_seats_are_gone_is_refunded() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &proxy.base());
+        c.hold_ttl = 2;
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 1;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (fid, seats, b) = booked_user(&mut a, 1, "business").await;
+    let loc = b["locator"].clone();
+    proxy.set(HOLD_THEN_FAIL);
+    // charged at the gateway, but the answer is lost and the status check fails
+    assert_eq!(
+        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p"))
+            .await,
+        "payment_failed"
+    );
+    assert_eq!(ls.charges().await.len(), 1);
+    loop {
+        let u = a.push("booking.updated").await;
+        if u["booking"]["status"] == "expired" {
+            break;
+        }
+    }
+    let mut other = s.client().await;
+    other.new_user().await;
+    hold(&mut other, &fid, &seats, "mine-now").await;
+    proxy.set(PASS);
+    // the reconciler finds the charge and gives the money back
+    loop {
+        let h = a.ok("history.list", json!({})).await;
+        if h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "payment_refunded")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(ls.charges().await, vec![(total, total)]);
+    assert_eq!(
+        a.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
+        "expired"
+    );
+    assert_eq!(
+        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p"))
+            .await,
+        "invalid_state",
+        "the settled outcome replaces the first answer"
+    );
+    let m = other.ok("flights.get", json!({"flight_id": fid})).await;
+    assert_eq!(
+        m["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["seat"] == seats[0].as_str())
+            .unwrap()["status"],
+        "held"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_charge_and_booking_confirms_after_restart() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [("STRIPE_SECRET_KEY", KEY)];
+    let args = ["--payments", "stripe", "--stripe-api-base", &proxy.base()];
+    let p = Proc::spawn_with_env(dir.path(), &args, &envs);
+    let mut c = Client::connect(&p.url()).await;
+    let name = unique_name("crash");
+    c.register(&name).await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(&mut c, &fid, "economy", 2).await;
+    let b = hold(&mut c, &fid, &seats, "h").await;
+    proxy.set(HOLD_CONFIRM);
+    let charged = proxy.charged.notified();
+    let loc = b["locator"].clone();
+    let inflight =
+        tokio::spawn(async move { c.call("booking.pay", pay(&loc, "pm_card_visa", "p")).await });
+    charged.await;
+    p.kill9();
+    let _ = inflight.await;
+    proxy.set(PASS);
+    proxy.release.notify_waiters();
+
+    let p = Proc::spawn_with_env(dir.path(), &args, &envs);
+    let mut c = Client::connect(&p.url()).await;
+    c.ok(
+        "auth.login",
+        json!({"username": name, "password": PASSWORD}),
+    )
+    .await;
+    let got = c.ok("booking.get", json!({"locator": b["locator"]})).await;
+    assert_eq!(got["booking"]["status"], "confirmed", "{got}");
+    assert!(got["booking"]["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["ticket_number"].as_str().is_some_and(|t| t.len() == 13)));
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(
+        ls.charges().await,
+        vec![(total, 0)],
+        "exactly one charge, kept"
+    );
+    assert_eq!(
+        c.ok("orders.list", json!({})).await["orders"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // the interrupted request's retry gets the settled result
+    let again = c
+        .ok("booking.pay", pay(&b["locator"], "pm_card_visa", "p"))
+        .await;
+    assert_eq!(again["booking"]["status"], "confirmed");
+    assert_eq!(ls.charges().await.len(), 1);
+}
+
+async fn post_webhook(s: &Server, body: &str, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}/webhooks/stripe", s.addr))
+        .header("Stripe-Signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_settle_an_open_payment_once() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &proxy.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    proxy.set(HOLD_THEN_FAIL);
+    assert_eq!(
+        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p"))
+            .await,
+        "payment_failed"
+    );
+    proxy.set(PASS);
+    let pis = ls.get("/v1/payment_intents?limit=100").await;
+    let pi = pis["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["locator"] == loc)
+        .expect("the payment intent")["id"]
+        .clone();
+    let event = json!({"id": "evt_test_1", "type": "payment_intent.succeeded", "data": {"object": {"id": pi, "object": "payment_intent"}}}).to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let good = jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now);
+    assert_eq!(
+        post_webhook(
+            &s,
+            &event,
+            &jetway::payments::webhook::sign("whsec_wrong", event.as_bytes(), now)
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post_webhook(
+            &s,
+            &event,
+            &jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now - 600)
+        )
+        .await,
+        400
+    );
+    assert_eq!(post_webhook(&s, &event, "t=1,v1=00").await, 400);
+    assert_eq!(
+        a.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
+        "held",
+        "bad signatures change nothing"
+    );
+    assert_eq!(post_webhook(&s, &event, &good).await, 200);
+    assert_eq!(
+        a.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
+        "confirmed"
+    );
+    let v = a.ok("flights.get", json!({"flight_id": fid})).await["version"].clone();
+    assert_eq!(
+        post_webhook(&s, &event, &good).await,
+        200,
+        "a repeat is acknowledged"
+    );
+    assert_eq!(
+        a.ok("flights.get", json!({"flight_id": fid})).await["version"],
+        v,
+        "and applied once"
+    );
+    assert_eq!(ls.charges().await.len(), 1);
+    s.stop().await;
+}
