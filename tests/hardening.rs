@@ -1,0 +1,741 @@
+//! Hostile clients and abuse limits (docs/security.md): request floods, too many
+//! connections from one address, handshakes that never finish, subscriptions and
+//! holds beyond their limits, login brute force, the authorization matrix, the
+//! WebSocket Origin check, security headers and `/metrics`.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns Some, failing after `WAIT`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A raw HTTP/1.1 exchange (off the runtime's threads): status code, lower-cased
+/// headers, body.
+async fn http_raw(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let request = request.to_owned();
+    tokio::task::spawn_blocking(move || http_raw_blocking(addr, &request))
+        .await
+        .unwrap()
+}
+
+fn http_raw_blocking(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
+async fn metrics_page(addr: SocketAddr) -> String {
+    http_get(addr, "/metrics").await.expect("metrics").1
+}
+
+#[tokio::test]
+async fn a_request_flood_is_refused_then_closed() {
+    let s = Server::start_with(|c| {
+        c.limits.rate_limit = 1;
+        c.limits.rate_burst = 3;
+        c.limits.rate_limit_close = 5;
+    })
+    .await;
+    let mut c = s.client().await;
+    let sent: Vec<u64> = (1..=20).collect();
+    for id in &sent {
+        c.send_text(&json!({"jsonrpc":"2.0","id":id,"method":"flights.airports"}).to_string())
+            .await;
+    }
+    let (mut ok, mut limited) = (0, 0);
+    let close = loop {
+        let m = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("the server answers or closes");
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert!(sent.contains(&v["id"].as_u64().unwrap()), "{v}");
+                if v.get("result").is_some() {
+                    ok += 1;
+                } else {
+                    assert_eq!(v["error"]["data"]["reason"], "rate_limited", "{v}");
+                    assert_eq!(v["error"]["code"], -32029);
+                    limited += 1;
+                }
+            }
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
+    assert!(ok >= 3, "the burst is served: {ok}");
+    assert!(limited >= 1, "then requests are refused");
+    assert!(
+        ok + limited < 20,
+        "the connection is closed before the flood ends"
+    );
+    // other connections are not affected
+    let mut d = s.client().await;
+    d.ok("flights.airports", json!({})).await;
+    let page = metrics_page(s.addr).await;
+    assert!(metric(&page, "jetway_rejected_total{reason=\"rate_limited\"}").unwrap() >= 1.0);
+    assert!(metric(&page, "jetway_rejected_total{reason=\"rate_limit_close\"}").unwrap() >= 1.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_polite_client_is_never_rate_limited() {
+    let s = Server::start_with(|c| {
+        c.limits.rate_limit = 1000;
+        c.limits.rate_burst = 20;
+    })
+    .await;
+    let mut c = s.client().await;
+    // request-reply, one at a time, well within the rate
+    for _ in 0..50 {
+        c.ok("flights.airports", json!({})).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited_except_loopback_by_default() {
+    // loopback exempt by default
+    let s = Server::start_with(|c| c.limits.max_connections_per_addr = 2).await;
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(s.client().await);
+    }
+    s.stop().await;
+
+    let s = Server::start_with(|c| {
+        c.limits.max_connections_per_addr = 2;
+        c.limits.limit_loopback = true;
+    })
+    .await;
+    let mut a = s.client().await;
+    let b = s.client().await;
+    let refused = tokio_tungstenite::connect_async(s.url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        Err(_) => {}
+        Ok(_) => panic!("a third connection from one address must be refused"),
+    }
+    // plain HTTP counts too
+    let (code, _, _) = http_raw(s.addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 429);
+    a.ok("flights.airports", json!({})).await;
+    drop(b);
+    // once a connection is gone its slot is free again
+    let url = s.url();
+    let mut c = eventually("a freed slot", || {
+        let url = url.clone();
+        async move { tokio_tungstenite::connect_async(url).await.ok() }
+    })
+    .await
+    .0;
+    c.send(Message::text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"flights.airports"}"#,
+    ))
+    .await
+    .unwrap();
+    assert!(c.next().await.unwrap().unwrap().is_text());
+    drop((a, c));
+    // /metrics needs a slot too
+    let addr = s.addr;
+    let refused = eventually("metrics", || async move {
+        let (code, body) = http_get(addr, "/metrics").await?;
+        (code == 200)
+            .then(|| metric(&body, "jetway_rejected_total{reason=\"per_address_limit\"}"))
+            .flatten()
+    })
+    .await;
+    assert!(refused >= 2.0, "{refused}");
+    s.stop().await;
+}
+
+/// True when the server closed the connection (EOF or reset), false on data or
+/// when nothing happened within the read timeout.
+fn closed_by_server(t: &mut std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match t.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_finishes_times_out() {
+    let s = Server::start_with(|c| c.limits.handshake_timeout = 1).await;
+    let addr = s.addr;
+    let started = Instant::now();
+    let silent = tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(WAIT)).unwrap();
+        closed_by_server(&mut t)
+    });
+    let slowloris = tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(WAIT)).unwrap();
+        t.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            .unwrap();
+        closed_by_server(&mut t)
+    });
+    assert!(silent.await.unwrap(), "a silent connection is closed");
+    assert!(slowloris.await.unwrap(), "a half-sent request is closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "not before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // a WebSocket is not subject to it once upgraded
+    let mut c = s.client().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the timeout on purpose
+    c.ok("flights.airports", json!({})).await;
+    let page = metrics_page(s.addr).await;
+    assert!(metric(&page, "jetway_rejected_total{reason=\"handshake_timeout\"}").unwrap() >= 2.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let s = Server::start_with(|c| c.limits.max_subscriptions = 3).await;
+    let mut c = s.client().await;
+    let flights = c.ok("flights.search", json!({"limit": 10})).await["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["flight_id"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    for f in &flights[..3] {
+        c.ok("seats.subscribe", json!({"flight_id": f})).await;
+    }
+    assert_eq!(
+        c.reason("seats.subscribe", json!({"flight_id": flights[3]}))
+            .await,
+        "invalid_state"
+    );
+    // re-subscribing to a watched flight is fine; unsubscribing frees a place
+    c.ok("seats.subscribe", json!({"flight_id": flights[0]}))
+        .await;
+    c.ok("seats.unsubscribe", json!({"flight_id": flights[0]}))
+        .await;
+    c.ok("seats.subscribe", json!({"flight_id": flights[3]}))
+        .await;
+    // the limit is per connection
+    let mut d = s.client().await;
+    d.ok("seats.subscribe", json!({"flight_id": flights[0]}))
+        .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn open_holds_per_user_are_limited() {
+    let s = Server::start_with(|c| c.limits.max_open_holds = 2).await;
+    let mut c = s.client().await;
+    c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap();
+    let seats = free_seats(&mut c, fid, "economy", 4).await;
+    let first = hold(&mut c, fid, &seats[0..1], "h1").await;
+    hold(&mut c, fid, &seats[1..2], "h2").await;
+    let third = json!({"flight_id": fid, "seats": [seats[2]], "passengers": passengers(1), "request_id": "h3"});
+    let e = c.err("booking.hold", third.clone()).await;
+    assert_eq!(e["data"]["reason"], "invalid_state", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("open holds"), "{e}");
+    // the refused hold changed nothing
+    let m = c.ok("flights.get", json!({"flight_id": fid})).await;
+    assert_eq!(m["version"], 2);
+    // a retry of an answered hold still gets its first reply
+    let again = c
+        .ok(
+            "booking.hold",
+            json!({"flight_id": fid, "seats": [seats[0]], "passengers": passengers(1), "request_id": "h1"}),
+        )
+        .await;
+    assert_eq!(again["booking"], first);
+    // another user is not affected
+    let mut d = s.client().await;
+    d.new_user().await;
+    hold(&mut d, fid, &seats[3..4], "d1").await;
+    // releasing a hold makes room
+    c.ok(
+        "booking.cancel",
+        json!({"locator": first["locator"], "request_id": "c1"}),
+    )
+    .await;
+    c.ok("booking.hold", third).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn login_brute_force_backs_off_per_username() {
+    let s = Server::start_with(|c| {
+        c.limits.login_free_attempts = 2;
+        c.limits.login_backoff_max = 2;
+    })
+    .await;
+    let mut c = s.client().await;
+    let name = unique_name("brute");
+    c.register(&name).await;
+    let mut attacker = s.client().await;
+    let wrong = json!({"username": name, "password": "not the password"});
+    for _ in 0..3 {
+        assert_eq!(
+            attacker.reason("auth.login", wrong.clone()).await,
+            "bad_credentials"
+        );
+    }
+    // now even the right password waits (the password is not even checked)
+    let right = json!({"username": name.to_uppercase(), "password": PASSWORD});
+    let e = attacker.err("auth.login", right.clone()).await;
+    assert_eq!(e["data"]["reason"], "rate_limited", "{e}");
+    // loopback is exempt from the per-address backoff: other users log in
+    let other = unique_name("other");
+    let mut o = s.client().await;
+    o.register(&other).await;
+    o.ok(
+        "auth.login",
+        json!({"username": other, "password": PASSWORD}),
+    )
+    .await;
+    // after the wait the right password works, and clears the failures
+    let addr = s.url();
+    let r = eventually("the backoff to pass", || {
+        let right = right.clone();
+        let addr = addr.clone();
+        async move {
+            let mut c = Client::connect(&addr).await;
+            let r = c.call("auth.login", right).await;
+            match r["error"]["data"]["reason"].as_str() {
+                Some("rate_limited") => None,
+                _ => Some(r),
+            }
+        }
+    })
+    .await;
+    assert!(r["result"]["token"].is_string(), "{r}");
+    assert_eq!(
+        attacker.reason("auth.login", wrong.clone()).await,
+        "bad_credentials",
+        "failures were cleared by the success"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn login_brute_force_backs_off_per_address() {
+    let s = Server::start_with(|c| {
+        c.limits.login_free_attempts = 3;
+        c.limits.limit_loopback = true;
+    })
+    .await;
+    let mut c = s.client().await;
+    for i in 0..4 {
+        // a different (unknown) username every time: password spraying
+        assert_eq!(
+            c.reason(
+                "auth.login",
+                json!({"username": format!("{}{i}", unique_name("spray")), "password": PASSWORD})
+            )
+            .await,
+            "bad_credentials"
+        );
+    }
+    let mut d = s.client().await;
+    assert_eq!(
+        d.reason(
+            "auth.login",
+            json!({"username": "someone-else", "password": PASSWORD})
+        )
+        .await,
+        "rate_limited",
+        "the address is backing off"
+    );
+    // registering (a fresh account) is not a login attempt
+    d.new_user().await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn deep_nesting_and_huge_frames() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    // nesting deeper than serde_json's limit (128) inside otherwise valid params
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"flights.search","params":{{"x":{}{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    c.send_text(&deep).await;
+    let r = c.recv().await.unwrap();
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    // nesting within the limit but in a place no method reads is an invalid-params error
+    let shallow = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"flights.search","params":{{"from":{}1{}}}}}"#,
+        "[".repeat(50),
+        "]".repeat(50)
+    );
+    c.send_text(&shallow).await;
+    let r = c.recv().await.unwrap();
+    assert_eq!(r["error"]["data"]["reason"], "invalid_params", "{r}");
+    // over the hard 1 MiB message limit: the connection is closed, the server lives
+    let huge = "x".repeat(jetway::server::MAX_MESSAGE + 1);
+    let _ = c.ws.send(Message::text(huge)).await;
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the connection ends");
+    let mut d = s.client().await;
+    d.ok("flights.airports", json!({})).await;
+    s.stop().await;
+}
+
+const AUTH_METHODS: &[&str] = &[
+    "auth.logout",
+    "booking.hold",
+    "booking.pay",
+    "booking.cancel",
+    "booking.change_seat",
+    "booking.get",
+    "bookings.list",
+    "orders.list",
+    "history.list",
+    "admin.flights.create",
+    "admin.flights.cancel",
+    "admin.flights.stats",
+];
+
+const ADMIN_METHODS: &[&str] = &[
+    "admin.flights.create",
+    "admin.flights.cancel",
+    "admin.flights.stats",
+];
+
+/// Params that would be valid for each method, given a locator and a flight.
+fn params_for(method: &str, locator: &str, flight: &str, seat: &str) -> Value {
+    match method {
+        "booking.hold" => {
+            json!({"flight_id": flight, "seats": [seat], "passengers": passengers(1), "request_id": "m1"})
+        }
+        "booking.pay" => {
+            json!({"locator": locator, "payment_method": "pm_card_visa", "request_id": "m2"})
+        }
+        "booking.cancel" => json!({"locator": locator, "request_id": "m3"}),
+        "booking.change_seat" => {
+            json!({"locator": locator, "from": seat, "to": "1A", "request_id": "m4"})
+        }
+        "booking.get" => json!({"locator": locator}),
+        "admin.flights.create" => json!({
+            "number": "JW999", "from": "LHR", "to": "CDG",
+            "departs_at": "2099-01-01T10:00:00Z", "arrives_at": "2099-01-01T11:00:00Z",
+            "aircraft": "A320",
+            "fares": {"economy": {"amount": 100, "currency": "EUR"}, "business": {"amount": 300, "currency": "EUR"}}
+        }),
+        "admin.flights.cancel" => json!({"flight_id": flight, "reason": "test"}),
+        _ => json!({}),
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    // a generous rate limit: this test sends hundreds of requests on one connection
+    let s = Server::start_with(|c| c.limits.rate_limit = 100_000).await;
+    let mut owner = s.client().await;
+    owner.new_user().await;
+    let f = later_flight(&mut owner).await;
+    let fid = f["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(&mut owner, &fid, "economy", 2).await;
+    let bk = hold(&mut owner, &fid, &seats[..1], "own").await;
+    let loc = bk["locator"].as_str().unwrap().to_owned();
+
+    // 1. anonymous: every method that needs login refuses, with valid params too
+    let mut anon = s.client().await;
+    for m in AUTH_METHODS {
+        for p in [json!({}), params_for(m, &loc, &fid, &seats[0])] {
+            assert_eq!(anon.reason(m, p).await, "unauthenticated", "{m}");
+        }
+    }
+
+    // 2. another passenger: someone else's or guessed locators are always not_found,
+    // admin methods are forbidden
+    let mut other = s.client().await;
+    other.new_user().await;
+    let mut guesses: Vec<String> = vec![
+        loc.clone(),
+        loc.to_lowercase(),
+        format!(" {loc}"),
+        "AAAAAA".into(),
+        "ZZZZZZ".into(),
+        "222222".into(),
+        "".into(),
+        "bad".into(),
+        "../../".into(),
+        "A".repeat(1000),
+    ];
+    // enumeration: a sweep of plausible locators finds nothing
+    guesses.extend((0..40).map(|i| format!("{}{:02}", &loc[..4], i)));
+    for g in &guesses {
+        for m in [
+            "booking.get",
+            "booking.pay",
+            "booking.cancel",
+            "booking.change_seat",
+        ] {
+            let r = other.reason(m, params_for(m, g, &fid, &seats[0])).await;
+            assert_eq!(r, "not_found", "{m} {g}");
+        }
+    }
+    for m in ADMIN_METHODS {
+        assert_eq!(
+            other.reason(m, params_for(m, &loc, &fid, &seats[0])).await,
+            "forbidden",
+            "{m}"
+        );
+    }
+    assert!(other.ok("bookings.list", json!({})).await["bookings"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let history = other.ok("history.list", json!({})).await;
+    assert!(!history.to_string().contains(&loc));
+    // the owner's booking is untouched
+    let got = owner.ok("booking.get", json!({"locator": loc})).await;
+    assert_eq!(got["booking"]["status"], "held");
+    assert_eq!(
+        owner.ok("flights.get", json!({"flight_id": fid})).await["version"],
+        1
+    );
+
+    // 3. a logged-out token works nowhere: not on its connection, not on another
+    // connection that resumed it, not resumed again
+    let mut a = s.client().await;
+    let token = a.new_user().await;
+    let mut b = s.client().await;
+    b.ok("auth.resume", json!({"token": token})).await;
+    a.ok("auth.logout", json!({})).await;
+    for m in AUTH_METHODS {
+        let r = b.reason(m, params_for(m, &loc, &fid, &seats[1])).await;
+        assert!(
+            r == "invalid_token" || r == "unauthenticated",
+            "{m}: {r} (the first refusal detaches the session)"
+        );
+    }
+    assert_eq!(
+        a.reason("bookings.list", json!({})).await,
+        "unauthenticated"
+    );
+    let mut c = s.client().await;
+    assert_eq!(
+        c.reason("auth.resume", json!({"token": token})).await,
+        "invalid_token"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_works_nowhere() {
+    let s = Server::start_with(|c| c.session_ttl = 1).await;
+    let mut e = s.client().await;
+    let reg = e.register(&unique_name("exp")).await;
+    let token = reg["token"].as_str().unwrap().to_owned();
+    let expires = time::OffsetDateTime::parse(
+        reg["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    while time::OffsetDateTime::now_utc() <= expires {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        e.reason("bookings.list", json!({})).await,
+        "invalid_token",
+        "an expired session stops working on its connection"
+    );
+    let mut f2 = s.client().await;
+    assert_eq!(
+        f2.reason("auth.resume", json!({"token": token})).await,
+        "invalid_token"
+    );
+    for m in AUTH_METHODS {
+        assert_eq!(f2.reason(m, json!({})).await, "unauthenticated", "{m}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_methods_work_only_for_admins() {
+    let admin_password = "admin password 42";
+    let s = Server::start_with(|c| c.admin_password = Some(admin_password.into())).await;
+    let mut adm = s.client().await;
+    adm.ok(
+        "auth.login",
+        json!({"username": "admin", "password": admin_password}),
+    )
+    .await;
+    adm.ok("admin.flights.stats", json!({})).await;
+    let mut p = s.client().await;
+    p.new_user().await;
+    assert_eq!(
+        p.reason("admin.flights.stats", json!({})).await,
+        "forbidden"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn origin_allowlist_and_security_headers() {
+    let s =
+        Server::start_with(|c| c.limits.allowed_origins = vec!["https://app.example".into()]).await;
+    let connect = |origin: Option<&'static str>| {
+        let url = s.url();
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            if let Some(o) = origin {
+                req.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(req).await
+        }
+    };
+    assert!(connect(None).await.is_ok(), "no Origin (wscat) is allowed");
+    let same: &'static str = Box::leak(format!("http://{}", s.addr).into_boxed_str());
+    assert!(connect(Some(same)).await.is_ok(), "same origin");
+    assert!(
+        connect(Some("https://app.example")).await.is_ok(),
+        "allowlisted"
+    );
+    for bad in [
+        "https://evil.example",
+        "null",
+        "https://app.example.evil.example",
+    ] {
+        match connect(Some(bad)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 403, "{bad}")
+            }
+            other => panic!("{bad} must be refused with 403: {:?}", other.map(|_| ())),
+        }
+    }
+    // security headers on the app and on the API endpoints
+    for path in ["/", "/healthz", "/nope.html"] {
+        let (code, h, _) = http_raw(
+            s.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(code == 200 || code == 404, "{path}: {code}");
+        let get = |k: &str| {
+            h.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{path}: no {k} header"))
+        };
+        assert_eq!(get("x-content-type-options"), "nosniff");
+        assert_eq!(get("x-frame-options"), "DENY");
+        let csp = get("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(!csp.contains("unsafe-eval"), "{csp}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let s = Server::start().await;
+    assert_eq!(http_get(s.addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http_get(s.addr, "/readyz").await.unwrap().0, 200);
+    let mut c = s.client().await;
+    c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap();
+    c.ok("seats.subscribe", json!({"flight_id": fid})).await;
+    let seats = free_seats(&mut c, fid, "economy", 1).await;
+    hold(&mut c, fid, &seats, "m").await;
+    c.push("seats.changed").await;
+    assert_eq!(
+        c.reason("booking.get", json!({"locator": "ZZZZZZ"})).await,
+        "not_found"
+    );
+    c.send_text(r#"{"jsonrpc":"2.0","id":5,"method":"no.such"}"#)
+        .await;
+    c.recv().await;
+
+    let (code, page) = http_get(s.addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let get = |name: &str| metric(&page, name).unwrap_or_else(|| panic!("no {name} in\n{page}"));
+    assert!(get("jetway_connections") >= 1.0);
+    assert!(get("jetway_subscriptions") >= 1.0);
+    assert!(get("jetway_requests_total{method=\"booking.hold\",outcome=\"ok\"}") >= 1.0);
+    assert!(get("jetway_requests_total{method=\"booking.get\",outcome=\"not_found\"}") >= 1.0);
+    assert!(get("jetway_requests_total{method=\"other\",outcome=\"method_not_found\"}") >= 1.0);
+    assert!(get("jetway_request_seconds_count{method=\"booking.hold\"}") >= 1.0);
+    assert!(get("jetway_request_seconds_bucket{method=\"booking.hold\",le=\"+Inf\"}") >= 1.0);
+    assert!(get("jetway_pushes_total") >= 1.0);
+    assert!(metric(&page, "jetway_frames_dropped_total").is_some());
+    assert_eq!(get("jetway_holds_active"), 1.0);
+    assert_eq!(get("jetway_bookings{status=\"held\"}"), 1.0);
+    assert_eq!(get("jetway_bookings{status=\"confirmed\"}"), 0.0);
+    assert!(get("jetway_store_flush_seconds_count") >= 1.0);
+    // every sample line is `name{labels} number`
+    for l in page.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = l.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "{l}");
+        assert!(l.starts_with("jetway_"), "{l}");
+    }
+    let seen: HashSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    assert!(seen.len() > 10);
+    s.stop().await;
+}
