@@ -1,0 +1,218 @@
+//! Booking: C users each register once (keeping that logged-in connection), then
+//! loop hold (1 economy seat, server-picked) -> pay -> cancel on random flights.
+//! Every successful reply means the change is on disk (group commit).
+
+use futures::StreamExt;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Conn, Endpoint, Error};
+use crate::stats::{self, Lat, Summary};
+use crate::target::Target;
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub users: usize,
+    pub duration: f64,
+    /// Stop after this many hold+pay pairs, whichever comes first.
+    pub max_pairs: u64,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Method {
+    pub ok: u64,
+    pub per_sec: f64,
+    pub latency: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub target: String,
+    pub users: usize,
+    pub flights: usize,
+    pub seconds: f64,
+    pub register_seconds: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    /// Completed hold+pay pairs (a paid booking).
+    pub pairs: u64,
+    pub pairs_per_sec: f64,
+    pub methods: BTreeMap<String, Method>,
+    /// Failed calls by `error.data.reason` (seat_unavailable: the flight's cabin was full).
+    pub errors: BTreeMap<String, u64>,
+    pub server_cpu_percent: Option<f64>,
+    pub ok: bool,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    pairs: AtomicU64,
+    max_pairs: u64,
+    lat: [Lat; 3],
+    errors: parking_lot::Mutex<BTreeMap<String, u64>>,
+}
+
+const METHODS: [&str; 3] = ["booking.hold", "booking.pay", "booking.cancel"];
+
+pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Error> {
+    let mut setup = Conn::open(ep).await?;
+    let flights = Arc::new(client::all_flights(&mut setup).await?);
+    if flights.is_empty() {
+        return Err("the target has no flights".into());
+    }
+    drop(setup);
+
+    let pb = stats::bar(o.users as u64, "registering", o.quiet);
+    let reg_start = Instant::now();
+    let conns = futures::stream::iter(0..o.users)
+        .map(|i| async move {
+            let mut c = Conn::open(ep).await?;
+            c.must(
+                "auth.register",
+                json!({"username": client::username("b", i), "password": client::PASSWORD}),
+            )
+            .await?;
+            Ok::<_, Error>(c)
+        })
+        .buffer_unordered(4)
+        .inspect(|_| pb.inc(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    pb.finish_and_clear();
+    let register_seconds = reg_start.elapsed().as_secs_f64();
+
+    let sh = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        pairs: AtomicU64::new(0),
+        max_pairs: o.max_pairs,
+        lat: Default::default(),
+        errors: Default::default(),
+    });
+    let cpu0 = target.cpu_seconds();
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|c| tokio::spawn(user(sh.clone(), c, flights.clone())))
+        .collect();
+    let deadline = Duration::from_secs_f64(o.duration);
+    let pb = stats::bar(o.max_pairs, "hold+pay", o.quiet);
+    while start.elapsed() < deadline && !sh.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pb.set_position(sh.pairs.load(Ordering::Relaxed));
+    }
+    sh.stop.store(true, Ordering::SeqCst);
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu0
+        .zip(target.cpu_seconds())
+        .map(|(a, b)| (b - a) / seconds * 100.0);
+    for t in tasks {
+        let _ = t.await;
+    }
+    pb.finish_and_clear();
+
+    let mut methods = BTreeMap::new();
+    let mut ops = 0;
+    for (i, m) in METHODS.iter().enumerate() {
+        let latency = sh.lat[i].summary();
+        ops += latency.count;
+        methods.insert(
+            m.to_string(),
+            Method {
+                ok: latency.count,
+                per_sec: latency.count as f64 / seconds,
+                latency,
+            },
+        );
+    }
+    let pairs = sh.pairs.load(Ordering::Relaxed);
+    let errors = sh.errors.lock().clone();
+    let hard_errors: u64 = errors
+        .iter()
+        .filter(|(k, _)| k.as_str() != "seat_unavailable")
+        .map(|(_, v)| v)
+        .sum();
+    Ok(Outcome {
+        target: target.name.to_string(),
+        users: o.users,
+        flights: flights.len(),
+        seconds,
+        register_seconds,
+        ops,
+        ops_per_sec: ops as f64 / seconds,
+        pairs,
+        pairs_per_sec: pairs as f64 / seconds,
+        methods,
+        errors,
+        server_cpu_percent: cpu,
+        ok: hard_errors == 0 && pairs > 0,
+    })
+}
+
+async fn user(sh: Arc<Shared>, mut c: Conn, flights: Arc<Vec<String>>) {
+    let mut n = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let fid = &flights[rand::thread_rng().gen_range(0..flights.len())];
+        let hold = json!({"flight_id": fid, "count": 1, "cabin": "economy",
+                          "passengers": [{"name": "Load Test"}], "request_id": format!("h{n}")});
+        let Ok(r) = call(&sh, &mut c, 0, hold).await else {
+            return;
+        };
+        let Some(v) = r else {
+            continue;
+        };
+        let Some(loc) = client::locator(&v) else {
+            sh.errors.lock().entry("no locator".into()).or_default();
+            continue;
+        };
+        let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": format!("p{n}")});
+        let Ok(paid) = call(&sh, &mut c, 1, pay).await else {
+            return;
+        };
+        if paid.is_some() {
+            let pairs = sh.pairs.fetch_add(1, Ordering::Relaxed) + 1;
+            if pairs >= sh.max_pairs {
+                sh.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        let cancel = json!({"locator": loc, "request_id": format!("c{n}")});
+        if call(&sh, &mut c, 2, cancel).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `Err` when the connection is gone; `Ok(None)` for an application error.
+async fn call(
+    sh: &Shared,
+    c: &mut Conn,
+    m: usize,
+    params: serde_json::Value,
+) -> Result<Option<serde_json::Value>, ()> {
+    let start = Instant::now();
+    match c.call(METHODS[m], params).await {
+        Ok(Ok(v)) => {
+            sh.lat[m].record(start.elapsed());
+            Ok(Some(v))
+        }
+        Ok(Err(e)) => {
+            *sh.errors.lock().entry(e.reason).or_default() += 1;
+            Ok(None)
+        }
+        Err(e) => {
+            *sh.errors
+                .lock()
+                .entry(format!("transport: {e}"))
+                .or_default() += 1;
+            Err(())
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Connections: open N authenticated (`auth.resume`), subscribed connections and
+//! read the server's memory per connection from /proc/PID/status.
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Conn, Endpoint, Error};
+use crate::stats;
+use crate::target::{ProcStatus, Target};
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub connections: usize,
+    pub accounts: usize,
+    pub hold: f64,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub target: String,
+    pub requested: usize,
+    pub opened: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub open_seconds: f64,
+    pub connections_per_sec: f64,
+    pub memory_before: Option<ProcStatus>,
+    pub memory_open: Option<ProcStatus>,
+    pub memory_closed: Option<ProcStatus>,
+    /// (VmRSS with all open - VmRSS before) / opened.
+    pub bytes_per_connection: Option<f64>,
+    /// The same from RssAnon (heap and stacks only, no file pages).
+    pub anon_bytes_per_connection: Option<f64>,
+    /// Connections that ended while they should have stayed open.
+    pub dropped: u64,
+    pub ok: bool,
+}
+
+pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Error> {
+    let mut setup = Conn::open(ep).await?;
+    let mut flights = client::all_flights(&mut setup).await.unwrap_or_default();
+    if flights.is_empty() {
+        flights.push("REF".into());
+    }
+    let tokens =
+        client::register_accounts(ep, "c", o.accounts.clamp(1, o.connections.max(1)), 4).await?;
+    drop(setup);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = target.memory();
+
+    let dropped = Arc::new(AtomicU64::new(0));
+    let pb = stats::bar(o.connections as u64, "connecting", o.quiet);
+    let start = Instant::now();
+    let results = futures::stream::iter(0..o.connections)
+        .map(|i| {
+            let token = tokens[i % tokens.len()].clone();
+            let fid = flights[i % flights.len()].clone();
+            let dropped = dropped.clone();
+            async move {
+                let mut c = Conn::open(ep).await?;
+                c.must("auth.resume", json!({"token": token})).await?;
+                c.must("seats.subscribe", json!({"flight_id": fid})).await?;
+                // keep reading (answers pings) until the run aborts this task
+                Ok::<_, Error>(tokio::spawn(async move {
+                    while let Some(m) = c.ws.next().await {
+                        if m.is_err() {
+                            break;
+                        }
+                    }
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }))
+            }
+        })
+        .buffer_unordered(256)
+        .inspect(|_| pb.inc(1))
+        .collect::<Vec<_>>()
+        .await;
+    let open_seconds = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let mut tasks = Vec::new();
+    let mut failed = 0u64;
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let opened = tasks.len() as u64;
+    stats::timed(o.hold.max(1.0), "idle", o.quiet).await;
+    let open = target.memory();
+    let dropped_n = dropped.load(Ordering::Relaxed);
+    for t in &tasks {
+        t.abort();
+    }
+    drop(tasks);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed = target.memory();
+    let per = |f: fn(&ProcStatus) -> u64| {
+        before.zip(open).and_then(|(b, a)| {
+            (opened > 0).then(|| (f(&a) as f64 - f(&b) as f64) * 1024.0 / opened as f64)
+        })
+    };
+    Ok(Outcome {
+        target: target.name.to_string(),
+        requested: o.connections,
+        opened,
+        failed,
+        first_error,
+        open_seconds,
+        connections_per_sec: opened as f64 / open_seconds.max(1e-9),
+        memory_before: before,
+        memory_open: open,
+        memory_closed: closed,
+        bytes_per_connection: per(|s| s.vm_rss_kib),
+        anon_bytes_per_connection: per(|s| s.rss_anon_kib),
+        dropped: dropped_n,
+        ok: failed == 0 && dropped_n == 0 && opened as usize == o.connections,
+    })
+}
