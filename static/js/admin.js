@@ -1,0 +1,421 @@
+// Jetway airline operations dashboard: /admin.html
+//
+// Admin login, every flight's seats held and booked, load factor and revenue, and
+// cancelling a flight with a reason. Kept live cheaply: the page watches the seat maps
+// of the flights it shows (at most one page of rows, subscribing from the version the
+// stats reported, so no snapshots are sent) and re-reads the stats once, debounced,
+// when any of them changes; a slow poll covers the flights not on screen.
+
+import { RpcClient } from './rpc.js';
+import { h, clear, toast, statusBadge } from './ui.js';
+import { formatMoney, formatDate, formatTime, plural } from './format.js';
+
+const TOKEN_KEY = 'jetway.admin.token';
+const PAGE_SIZE = 50;
+const DEBOUNCE_MS = 250;
+const POLL_MS = 30000;
+
+const $ = (id) => document.getElementById(id);
+const client = new RpcClient();
+
+const state = {
+  user: null,
+  flights: [], // stats rows, in departure order
+  byId: new Map(),
+  rows: new Map(), // flight_id -> <tr>
+  subscribed: new Set(), // flight ids watched on the current connection
+  page: 0,
+  refreshTimer: null,
+  pollTimer: null,
+  loading: null,
+};
+
+// ---- connection indicator ----------------------------------------------------------
+
+const conn = $('conn');
+client.addEventListener('state', (e) => {
+  const { state: s, ready } = e.detail;
+  const live = s === 'open' && ready;
+  const name = live ? 'live' : s === 'reconnecting' ? 'reconnecting' : 'connecting';
+  conn.dataset.state = name;
+  conn.querySelector('.conn-text').textContent = live ? 'Live' : s === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
+  $('conn-live').textContent = live ? 'Connected' : s === 'reconnecting' ? 'Connection lost, reconnecting' : '';
+  document.body.classList.toggle('is-offline', s === 'reconnecting');
+});
+conn.addEventListener('click', () => client.reconnectNow());
+
+// On every (re)connect: resume the admin session; subscriptions start over.
+client.onConnect(async (c, { reconnect }) => {
+  state.subscribed.clear();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return;
+  try {
+    const r = await c.call('auth.resume', { token }, { immediate: true });
+    state.user = r.user;
+  } catch (e) {
+    if (e.reason !== 'disconnected' && e.reason !== 'timeout') {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.user = null;
+    }
+  }
+  if (reconnect && state.user) scheduleRefresh(0);
+});
+
+client.on('seats.changed', (p) => {
+  if (state.byId.has(p.flight_id)) scheduleRefresh();
+});
+
+client.connect();
+start();
+
+async function start() {
+  if (sessionStorage.getItem(TOKEN_KEY)) {
+    // wait for the connect hook to resume the session
+    await client.call('flights.airports').catch(() => {});
+  }
+  if (state.user && state.user.role === 'admin') showDashboard();
+  else showLogin();
+}
+
+// ---- login -------------------------------------------------------------------------
+
+function showLogin(message = '') {
+  stopDashboard();
+  $('dashboard').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = message;
+  renderAccount();
+  $('admin-password').focus();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const username = $('admin-username').value.trim();
+  const password = $('admin-password').value;
+  const err = $('login-error');
+  err.textContent = '';
+  if (!username || !password) {
+    err.textContent = 'Enter the username and the password.';
+    return;
+  }
+  const button = e.submitter || $('login-form').querySelector('button');
+  button.disabled = true;
+  try {
+    const r = await client.call('auth.login', { username, password });
+    if (r.user.role !== 'admin') {
+      await client.call('auth.logout').catch(() => {});
+      err.textContent = 'This account is not an airline administrator.';
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, r.token);
+    state.user = r.user;
+    $('admin-password').value = '';
+    showDashboard();
+  } catch (ex) {
+    err.textContent = ex.reason === 'bad_credentials' ? 'Wrong username or password.' : `Sign-in failed: ${ex.message}`;
+  } finally {
+    button.disabled = false;
+  }
+});
+
+async function logout() {
+  await client.call('auth.logout').catch(() => {});
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.user = null;
+  showLogin();
+}
+
+function renderAccount() {
+  const box = clear($('account'));
+  if (!state.user) return;
+  box.append(
+    h('span', { class: 'account-name', 'data-testid': 'account-name' }, h('span', { class: 'avatar', 'aria-hidden': 'true' }, state.user.username[0].toUpperCase()), state.user.username),
+    h('button', { type: 'button', class: 'btn btn-ghost btn-small', onclick: logout }, 'Sign out'),
+  );
+}
+
+// ---- dashboard ---------------------------------------------------------------------
+
+function showDashboard() {
+  $('login').hidden = true;
+  $('dashboard').hidden = false;
+  renderAccount();
+  refresh();
+  clearInterval(state.pollTimer);
+  state.pollTimer = setInterval(() => {
+    if (document.visibilityState === 'visible') scheduleRefresh(0);
+  }, POLL_MS);
+}
+
+function stopDashboard() {
+  clearInterval(state.pollTimer);
+  clearTimeout(state.refreshTimer);
+  for (const id of state.subscribed) client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+  state.subscribed.clear();
+  state.flights = [];
+  state.byId.clear();
+  state.rows.clear();
+  clear($('rows'));
+}
+
+/** One stats read soon; changes arriving meanwhile share it. */
+function scheduleRefresh(delay = DEBOUNCE_MS) {
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    refresh();
+  }, delay);
+}
+
+async function refresh() {
+  if (!state.user) return;
+  if (state.loading) {
+    // one read at a time; ask again once it is done
+    state.loading.then(() => scheduleRefresh(0));
+    return;
+  }
+  state.loading = (async () => {
+    try {
+      const r = await client.call('admin.flights.stats', {});
+      state.flights = r.flights;
+      state.byId = new Map(r.flights.map((f) => [f.flight_id, f]));
+      render();
+      $('updated').textContent = `Updated ${formatTime(new Date().toISOString())} UTC`;
+    } catch (e) {
+      if (e.reason === 'forbidden') {
+        sessionStorage.removeItem(TOKEN_KEY);
+        state.user = null;
+        showLogin('This account is not an airline administrator.');
+      } else if (e.reason === 'unauthenticated' || e.reason === 'invalid_token') {
+        sessionStorage.removeItem(TOKEN_KEY);
+        state.user = null;
+        showLogin('Your session has ended. Please sign in again.');
+      } else if (e.reason !== 'disconnected' && e.reason !== 'timeout') {
+        toast(`Could not load the statistics: ${e.message}`, 'error');
+      }
+    }
+  })();
+  await state.loading;
+  state.loading = null;
+}
+
+function visibleFlights() {
+  const q = $('filter').value.trim().toLowerCase();
+  const all = $('show-all').checked;
+  return state.flights.filter((f) => {
+    if (!all && Date.parse(f.departs_at) <= Date.now()) return false;
+    if (!q) return true;
+    return [f.flight_id, f.number, f.from, f.to, `${f.from}-${f.to}`, f.departs_at.slice(0, 10)].some((s) => s.toLowerCase().includes(q));
+  });
+}
+
+function render() {
+  const list = visibleFlights();
+  const pages = Math.max(1, Math.ceil(list.length / PAGE_SIZE));
+  state.page = Math.min(state.page, pages - 1);
+  const shown = list.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+
+  const tbody = $('rows');
+  const keep = new Set(shown.map((f) => f.flight_id));
+  for (const [id, tr] of state.rows) {
+    if (!keep.has(id)) {
+      tr.remove();
+      state.rows.delete(id);
+    }
+  }
+  // rows in order, updated in place (focus and an open dialog survive a refresh)
+  let prev = null;
+  for (const f of shown) {
+    let tr = state.rows.get(f.flight_id);
+    if (!tr) {
+      tr = buildRow(f);
+      state.rows.set(f.flight_id, tr);
+    }
+    updateRow(tr, f);
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    prev = tr;
+  }
+  $('empty').hidden = shown.length > 0;
+  $('page-info').textContent = list.length ? `${state.page * PAGE_SIZE + 1}–${state.page * PAGE_SIZE + shown.length} of ${plural(list.length, 'flight')}` : '';
+  $('prev').disabled = state.page === 0;
+  $('next').disabled = state.page >= pages - 1;
+  renderTotals();
+  syncSubscriptions(shown);
+}
+
+function buildRow(f) {
+  const tr = h('tr', { 'data-flight': f.flight_id });
+  tr.cells_ = {
+    status: h('td', { 'data-testid': 'status' }),
+    held: h('td', { class: 'num', 'data-testid': 'held' }),
+    booked: h('td', { class: 'num', 'data-testid': 'booked' }),
+    load: h('td', { 'data-testid': 'load' }),
+    revenue: h('td', { class: 'num', 'data-testid': 'revenue' }),
+    action: h('td'),
+  };
+  tr.append(
+    h('th', { scope: 'row', class: 'flight-no' }, f.number),
+    h('td', {}, `${f.from} → ${f.to}`),
+    h('td', {}, h('time', { datetime: f.departs_at }, `${formatDate(f.departs_at)} ${formatTime(f.departs_at)}`)),
+    tr.cells_.status,
+    tr.cells_.held,
+    tr.cells_.booked,
+    tr.cells_.load,
+    tr.cells_.revenue,
+    tr.cells_.action,
+  );
+  return tr;
+}
+
+function updateRow(tr, f) {
+  const c = tr.cells_;
+  tr.classList.toggle('is-cancelled', f.status === 'cancelled');
+  if (c.status.dataset.value !== f.status) {
+    c.status.dataset.value = f.status;
+    clear(c.status).append(statusBadge(f.status));
+    clear(c.action);
+    if (f.status === 'scheduled') {
+      c.action.append(h('button', { type: 'button', class: 'btn btn-danger-ghost btn-small', 'aria-label': `Cancel flight ${f.number} on ${formatDate(f.departs_at)}`, onclick: () => cancelFlight(f.flight_id) }, 'Cancel flight'));
+    }
+  }
+  setCell(c.held, f.seats_held, String(f.seats_held));
+  setCell(c.booked, f.seats_booked, String(f.seats_booked));
+  const pct = Math.round(f.load_factor * 1000) / 10;
+  if (c.load.dataset.value !== String(f.load_factor)) {
+    c.load.dataset.value = String(f.load_factor);
+    clear(c.load).append(
+      h(
+        'div',
+        { class: 'load', title: `${f.seats_held + f.seats_booked} of ${f.seats_total} seats held or booked` },
+        h('span', { class: 'load-bar', 'aria-hidden': 'true' }, h('i', { style: { width: `${Math.min(100, pct)}%` } })),
+        h('span', { class: 'load-text' }, `${pct}%`),
+      ),
+    );
+  }
+  setCell(c.revenue, f.revenue.amount, formatMoney(f.revenue));
+}
+
+function setCell(td, value, text) {
+  if (td.dataset.value === String(value)) return;
+  td.dataset.value = String(value);
+  td.textContent = text;
+}
+
+function renderTotals() {
+  const scheduled = state.flights.filter((f) => f.status === 'scheduled');
+  const seats = scheduled.reduce((n, f) => n + f.seats_total, 0);
+  const taken = scheduled.reduce((n, f) => n + f.seats_held + f.seats_booked, 0);
+  const revenue = state.flights.reduce((n, f) => n + f.revenue.amount, 0);
+  const cancelled = state.flights.filter((f) => f.status === 'cancelled').length;
+  const tile = (label, value, id) => h('div', { class: 'admin-total', 'data-testid': id }, h('span', { class: 'stat-label' }, label), h('strong', {}, value));
+  clear($('totals')).append(
+    tile('Upcoming flights', String(scheduled.length), 'total-flights'),
+    tile('Load factor (upcoming)', seats ? `${Math.round((taken / seats) * 1000) / 10}%` : '–', 'total-load'),
+    tile('Revenue', formatMoney({ amount: revenue, currency: 'EUR' }), 'total-revenue'),
+    tile('Cancelled', String(cancelled), 'total-cancelled'),
+  );
+}
+
+/** Watch exactly the flights on screen (a connection may watch 64). */
+function syncSubscriptions(shown) {
+  const want = new Set(shown.filter((f) => f.status === 'scheduled').map((f) => f.flight_id));
+  for (const id of [...state.subscribed]) {
+    if (!want.has(id)) {
+      state.subscribed.delete(id);
+      client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+    }
+  }
+  for (const id of want) {
+    if (state.subscribed.has(id)) continue;
+    state.subscribed.add(id);
+    const since = state.byId.get(id)?.version;
+    client
+      .call('seats.subscribe', since === undefined ? { flight_id: id } : { flight_id: id, since })
+      .then((r) => {
+        // changes between the stats and the subscription
+        if (r.version !== since) scheduleRefresh();
+      })
+      .catch(() => state.subscribed.delete(id));
+  }
+}
+
+for (const id of ['filter', 'show-all']) {
+  $(id).addEventListener('input', () => {
+    state.page = 0;
+    render();
+  });
+}
+$('prev').addEventListener('click', () => {
+  state.page = Math.max(0, state.page - 1);
+  render();
+});
+$('next').addEventListener('click', () => {
+  state.page += 1;
+  render();
+});
+
+// ---- cancelling a flight -----------------------------------------------------------
+
+function reasonDialog(f) {
+  return new Promise((resolve) => {
+    const input = h('textarea', { id: 'cancel-reason', rows: 3, maxlength: 200, required: true });
+    const error = h('p', { class: 'form-error', role: 'alert' });
+    const form = h(
+      'form',
+      { method: 'dialog', novalidate: true },
+      h('h2', { id: 'dlg-title' }, `Cancel ${f.number}?`),
+      h(
+        'div',
+        { class: 'dialog-body' },
+        h('p', {}, `${f.from} → ${f.to}, ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. `, `${plural(f.seats_booked, 'booked seat')} will be refunded in full and ${plural(f.seats_held, 'held seat')} released. This cannot be undone.`),
+        h('div', { class: 'field' }, h('label', { for: 'cancel-reason' }, 'Reason (shown to passengers)'), input),
+        error,
+      ),
+      h(
+        'div',
+        { class: 'dialog-actions' },
+        h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Keep flight'),
+        h('button', { type: 'submit', class: 'btn btn-danger', value: 'yes' }, 'Cancel flight'),
+      ),
+    );
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'dlg-title' }, form);
+    form.addEventListener('submit', (e) => {
+      if (!input.value.trim()) {
+        e.preventDefault();
+        error.textContent = 'Give a reason.';
+        input.focus();
+      }
+    });
+    dlg.addEventListener('close', () => {
+      resolve(dlg.returnValue === 'yes' ? input.value.trim() : null);
+      dlg.remove();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+    input.focus();
+  });
+}
+
+async function cancelFlight(id) {
+  const f = state.byId.get(id);
+  if (!f) return;
+  const reason = await reasonDialog(f);
+  if (reason === null) return;
+  const button = state.rows.get(id)?.cells_.action.querySelector('button');
+  if (button) {
+    button.disabled = true;
+    button.textContent = 'Cancelling…';
+  }
+  try {
+    const r = await client.call('admin.flights.cancel', { flight_id: id, reason }, { timeout: 120000 });
+    toast(`${f.number} cancelled: ${plural(r.refunded, 'booking')} refunded, ${plural(r.released, 'hold')} released.`, 'success');
+  } catch (e) {
+    toast(`Could not cancel ${f.number}: ${e.message}`, 'error');
+    if (button) {
+      button.disabled = false;
+      button.textContent = 'Cancel flight';
+    }
+  }
+  scheduleRefresh(0);
+}

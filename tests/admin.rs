@@ -1,0 +1,883 @@
+//! Airline operations: the admin user, scheduling and cancelling flights, statistics,
+//! and the resumability of a flight cancellation across a crash.
+
+mod common;
+
+use common::*;
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const ADMIN_PASSWORD: &str = "airline ops 2026";
+
+async fn admin_server() -> Server {
+    Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await
+}
+
+async fn admin(s: &Server) -> Client {
+    let mut c = s.client().await;
+    let r = c
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    assert_eq!(r["user"]["role"], "admin");
+    c
+}
+
+/// An RFC 3339 time `days` from now at `hh:mm` UTC.
+fn at(days: i64, hh: u8, mm: u8) -> String {
+    let d = (time::OffsetDateTime::now_utc() + time::Duration::days(days))
+        .replace_time(time::Time::from_hms(hh, mm, 0).unwrap());
+    d.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn eur(cents: i64) -> Value {
+    json!({"amount": cents, "currency": "EUR"})
+}
+
+/// Valid params for `admin.flights.create`, ten days out.
+fn new_flight(number: &str) -> Value {
+    json!({
+        "number": number, "from": "LHR", "to": "VIE",
+        "departs_at": at(10, 9, 0), "arrives_at": at(10, 11, 20),
+        "aircraft": "A320",
+        "fares": {"economy": eur(15_400), "business": eur(53_900)},
+    })
+}
+
+fn expected_id(number: &str) -> String {
+    let d = (time::OffsetDateTime::now_utc() + time::Duration::days(10)).date();
+    format!(
+        "{number}-{:04}{:02}{:02}",
+        d.year(),
+        d.month() as u8,
+        d.day()
+    )
+}
+
+async fn create(a: &mut Client, number: &str) -> String {
+    let r = a.ok("admin.flights.create", new_flight(number)).await;
+    r["flight"]["flight_id"].as_str().unwrap().to_owned()
+}
+
+async fn pay(c: &mut Client, loc: &str, rid: &str) -> Value {
+    c.ok(
+        "booking.pay",
+        json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid}),
+    )
+    .await
+}
+
+fn stats_row<'a>(stats: &'a Value, flight_id: &str) -> &'a Value {
+    stats["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["flight_id"] == flight_id)
+        .unwrap_or_else(|| panic!("{flight_id} in stats"))
+}
+
+/// Polls until `cond` holds (20 s at most).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_user_is_created_and_updated_at_start() {
+    let mut s = admin_server().await;
+    let mut a = admin(&s).await;
+    a.ok("admin.flights.stats", json!({})).await;
+    // the password changes with the setting at the next start
+    s.restart_with(|c| c.admin_password = Some("new ops password".into()))
+        .await;
+    let mut c = s.client().await;
+    assert_eq!(
+        c.reason(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD})
+        )
+        .await,
+        "bad_credentials"
+    );
+    let r = c
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": "new ops password"}),
+        )
+        .await;
+    assert_eq!(r["user"]["role"], "admin");
+    c.ok("admin.flights.stats", json!({})).await;
+    // without the setting the existing admin stays as it is
+    s.restart_with(|c| c.admin_password = None).await;
+    let mut c = s.client().await;
+    c.ok(
+        "auth.login",
+        json!({"username": "admin", "password": "new ops password"}),
+    )
+    .await;
+    s.stop().await;
+
+    // a passenger who registered as "admin" is turned into the airline's admin
+    let mut s = Server::start_with(|c| c.admin_password = None).await;
+    let mut c = s.client().await;
+    c.register("admin").await;
+    assert_eq!(
+        c.reason("admin.flights.stats", json!({})).await,
+        "forbidden"
+    );
+    s.restart_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into()))
+        .await;
+    let mut a = admin(&s).await;
+    a.ok("admin.flights.stats", json!({})).await;
+    // a weak admin password stops the server from starting
+    s.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = jetway::Config::for_tests(dir.path().to_path_buf());
+    config.admin_password = Some("short".into());
+    assert!(jetway::start(config).await.is_err());
+}
+
+#[tokio::test]
+async fn admin_methods_need_the_admin_role() {
+    let s = admin_server().await;
+    let mut anon = s.client().await;
+    let mut pax = s.client().await;
+    pax.new_user().await;
+    let mut a = admin(&s).await;
+    let target = create(&mut a, "JW901").await;
+    let calls = [
+        ("admin.flights.create", new_flight("JW902")),
+        (
+            "admin.flights.cancel",
+            json!({"flight_id": target, "reason": "weather"}),
+        ),
+        ("admin.flights.stats", json!({})),
+    ];
+    for (m, p) in &calls {
+        assert_eq!(anon.reason(m, p.clone()).await, "unauthenticated", "{m}");
+        assert_eq!(pax.reason(m, p.clone()).await, "forbidden", "{m}");
+        // bad params do not tell a passenger anything either
+        assert_eq!(pax.reason(m, json!({"x": 1})).await, "forbidden", "{m}");
+    }
+    // nothing happened
+    let f = anon.ok("flights.get", json!({"flight_id": target})).await;
+    assert_eq!(f["flight"]["status"], "scheduled");
+    assert_eq!(
+        anon.reason("flights.get", json!({"flight_id": expected_id("JW902")}))
+            .await,
+        "not_found"
+    );
+    for (m, p) in calls {
+        a.ok(m, p).await;
+    }
+    // a logged-out admin session is refused like any other
+    let mut a2 = admin(&s).await;
+    a2.ok("auth.logout", json!({})).await;
+    assert_eq!(
+        a2.reason("admin.flights.stats", json!({})).await,
+        "unauthenticated"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn create_is_validated() {
+    let s = admin_server().await;
+    let mut a = admin(&s).await;
+    let with = |k: &str, v: Value| {
+        let mut p = new_flight("JW903");
+        p[k] = v;
+        p
+    };
+    let cases = [
+        with("number", json!("BA903")),
+        with("number", json!("JW")),
+        with("number", json!("JW12345")),
+        with("number", json!("jw903")),
+        with("from", json!("XXX")),
+        with("to", json!("LHR")),
+        with("departs_at", json!("tomorrow")),
+        with("departs_at", json!(at(-1, 9, 0))),
+        with("arrives_at", json!(at(10, 8, 0))),
+        with("arrives_at", json!(at(10, 9, 0))),
+        with("aircraft", json!("B747")),
+        with(
+            "fares",
+            json!({"economy": {"amount": 100, "currency": "USD"}, "business": eur(500)}),
+        ),
+        with(
+            "fares",
+            json!({"economy": {"amount": -1, "currency": "EUR"}, "business": eur(500)}),
+        ),
+        with("fares", json!({"economy": eur(0), "business": eur(500)})),
+        with("fares", json!({"economy": eur(100)})),
+        with("departs_at", json!(null)),
+        json!({}),
+    ];
+    for p in cases {
+        assert_eq!(
+            a.reason("admin.flights.create", p.clone()).await,
+            "invalid_params",
+            "{p}"
+        );
+    }
+    let id = create(&mut a, "JW903").await;
+    assert_eq!(id, expected_id("JW903"));
+    // the same number on the same day is the same flight id
+    let mut later = new_flight("JW903");
+    later["departs_at"] = json!(at(10, 18, 0));
+    later["arrives_at"] = json!(at(10, 20, 0));
+    assert_eq!(
+        a.reason("admin.flights.create", later).await,
+        "invalid_state"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_flight_is_durable_searchable_subscribable_and_bookable() {
+    let mut s = admin_server().await;
+    let mut a = admin(&s).await;
+    let mut watcher = s.client().await;
+    let r = a.ok("admin.flights.create", new_flight("JW904")).await;
+    let f = &r["flight"];
+    let id = expected_id("JW904");
+    assert_eq!(f["flight_id"], id.as_str());
+    assert_eq!(f["number"], "JW904");
+    assert_eq!(f["from"], "LHR");
+    assert_eq!(f["to"], "VIE");
+    assert_eq!(f["status"], "scheduled");
+    assert_eq!(f["aircraft"], "A320");
+    let departs = at(10, 9, 0);
+    assert_eq!(
+        jetway::domain::parse_rfc3339(f["departs_at"].as_str().unwrap()),
+        jetway::domain::parse_rfc3339(&departs)
+    );
+    let cabins = f["cabins"].as_array().unwrap();
+    let fare = |c: &str| cabins.iter().find(|x| x["cabin"] == c).unwrap()["fare"].clone();
+    assert_eq!(fare("economy"), eur(15_400));
+    assert_eq!(fare("business"), eur(53_900));
+    assert!(cabins
+        .iter()
+        .all(|c| c["seats_total"] == c["seats_available"] && c["seats_total"].as_u64() > Some(0)));
+
+    let found = watcher
+        .ok(
+            "flights.search",
+            json!({"from": "LHR", "to": "VIE", "date": &departs[..10]}),
+        )
+        .await;
+    assert!(found["flights"].as_array().unwrap().iter().any(|x| x == f));
+    let sub = watcher
+        .ok("seats.subscribe", json!({"flight_id": id}))
+        .await;
+    assert_eq!(sub["version"], 0);
+    let total: u64 = cabins
+        .iter()
+        .map(|c| c["seats_total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sub["seats"].as_array().unwrap().len() as u64, total);
+
+    let mut pax = s.client().await;
+    pax.new_user().await;
+    let seats = free_seats(&mut pax, &id, "business", 1).await;
+    let b = hold(&mut pax, &id, &seats, "h1").await;
+    assert_eq!(b["total"], eur(53_900));
+    let ch = watcher.push("seats.changed").await;
+    assert_eq!(ch["flight_id"], id.as_str());
+    assert_eq!(ch["version"], 1);
+    assert_eq!(ch["seats"], json!([{"seat": seats[0], "status": "held"}]));
+
+    // durable: still there after a restart, with its hold
+    s.restart().await;
+    let mut c = s.client().await;
+    let g = c.ok("flights.get", json!({"flight_id": id})).await;
+    assert_eq!(g["version"], 1);
+    assert_eq!(g["flight"]["number"], "JW904");
+    assert!(g["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["seat"] == seats[0].as_str() && x["status"] == "held"));
+    s.stop().await;
+}
+
+/// Collects `booking.updated` pushes until every locator in `want` has arrived,
+/// checking that each shows its expected status.
+async fn expect_updates(c: &mut Client, want: &[(&str, &str)]) -> HashMap<String, Value> {
+    let mut seen = HashMap::new();
+    while seen.len() < want.len() {
+        let p = c.push("booking.updated").await;
+        let b = p["booking"].clone();
+        let loc = b["locator"].as_str().unwrap().to_owned();
+        let (_, status) = want
+            .iter()
+            .find(|(l, _)| *l == loc)
+            .unwrap_or_else(|| panic!("unexpected update {b}"));
+        assert_eq!(b["status"], *status, "{b}");
+        assert!(seen.insert(loc, b).is_none(), "one update per booking");
+    }
+    seen
+}
+
+#[tokio::test]
+async fn cancelling_a_flight_refunds_in_full_and_releases_every_seat() {
+    let s = admin_server().await;
+    let mut a = admin(&s).await;
+    let id = create(&mut a, "JW905").await;
+
+    // Ada: a confirmed booking (economy + business) and a hold
+    let mut ada = s.client().await;
+    let ada_token = ada.new_user().await;
+    let eco = free_seats(&mut ada, &id, "economy", 6).await;
+    let biz = free_seats(&mut ada, &id, "business", 1).await;
+    let a1 = hold(&mut ada, &id, &[eco[0].clone(), biz[0].clone()], "h1").await;
+    let a1 = a1["locator"].as_str().unwrap().to_owned();
+    pay(&mut ada, &a1, "p1").await;
+    let a2 = hold(&mut ada, &id, &eco[1..2], "h2").await;
+    let a2 = a2["locator"].as_str().unwrap().to_owned();
+    // Bob: three seats, then cancels one himself (fare rule), keeping two
+    let mut bob = s.client().await;
+    let bob_token = bob.new_user().await;
+    let b1 = hold(&mut bob, &id, &eco[2..5], "h1").await;
+    let b1 = b1["locator"].as_str().unwrap().to_owned();
+    pay(&mut bob, &b1, "p1").await;
+    let part = bob
+        .ok(
+            "booking.cancel",
+            json!({"locator": b1, "request_id": "c1", "seats": [eco[4]]}),
+        )
+        .await;
+    let bob_own_refund = part["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert_eq!(part["order"]["status"], "partially_refunded");
+    // Cy: a released hold (nothing to do for it)
+    let mut cy = s.client().await;
+    cy.new_user().await;
+    let c1 = hold(&mut cy, &id, &eco[5..6], "h1").await;
+    cy.ok(
+        "booking.cancel",
+        json!({"locator": c1["locator"], "request_id": "c1"}),
+    )
+    .await;
+
+    // listeners: each owner on a fresh connection, a watcher on the map
+    let mut ada_l = s.client().await;
+    ada_l.ok("auth.resume", json!({"token": ada_token})).await;
+    let mut bob_l = s.client().await;
+    bob_l.ok("auth.resume", json!({"token": bob_token})).await;
+    let mut watcher = s.client().await;
+    let sub = watcher
+        .ok("seats.subscribe", json!({"flight_id": id}))
+        .await;
+    let v0 = sub["version"].as_u64().unwrap();
+    let before = a.ok("admin.flights.stats", json!({})).await;
+    let row = stats_row(&before, &id);
+    assert_eq!(row["seats_booked"], 4);
+    assert_eq!(row["seats_held"], 1);
+
+    let r = a
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "  crew shortage "}),
+        )
+        .await;
+    assert_eq!(r["refunded"], 2);
+    assert_eq!(r["released"], 1);
+    assert_eq!(r["flight"]["status"], "cancelled");
+    assert_eq!(r["flight"]["cancel_reason"], "crew shortage");
+    assert!(r["flight"]["cabins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["seats_available"] == c["seats_total"]));
+
+    // the owners hear of it
+    let ada_updates = expect_updates(&mut ada_l, &[(&a1, "refunded"), (&a2, "cancelled")]).await;
+    let bob_updates = expect_updates(&mut bob_l, &[(&b1, "refunded")]).await;
+    let a1b = &ada_updates[&a1];
+    assert_eq!(a1b["refund"], a1b["total"], "the airline refunds in full");
+    // Bob gets back everything he had not already had back
+    let b1b = &bob_updates[&b1];
+    let total = b1b["total"]["amount"].as_i64().unwrap();
+    let fare_4 = b1b["cancelled_seats"][0]["fare"]["amount"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        b1b["refund"]["amount"].as_i64().unwrap(),
+        bob_own_refund + (total - fare_4)
+    );
+
+    // orders: refunded to the cent
+    for (c, loc) in [(&mut ada, &a1), (&mut bob, &b1)] {
+        let orders = c.ok("orders.list", json!({})).await;
+        let o = orders["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["locator"] == loc.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(o["status"], "refunded", "{o}");
+        let b = c.ok("booking.get", json!({"locator": loc})).await;
+        assert_eq!(o["refunded"], b["booking"]["refund"]);
+        if loc == &a1 {
+            assert_eq!(o["refunded"], o["amount"]);
+        }
+    }
+    let h = ada.ok("history.list", json!({"limit": 5})).await;
+    let ev: Vec<&Value> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["by"] == "airline")
+        .collect();
+    assert_eq!(ev.len(), 2, "{h}");
+    assert!(ev.iter().all(|e| e["reason"] == "crew shortage"));
+
+    // the watcher sees one version per booking, gap-free, ending all free
+    let g = a.ok("flights.get", json!({"flight_id": id})).await;
+    let v_end = g["version"].as_u64().unwrap();
+    assert_eq!(v_end, v0 + 3, "one version per booking");
+    let mut next = v0 + 1;
+    let mut freed = Vec::new();
+    while next <= v_end {
+        let ch = watcher.push("seats.changed").await;
+        assert_eq!(ch["version"].as_u64().unwrap(), next);
+        for x in ch["seats"].as_array().unwrap() {
+            assert_eq!(x["status"], "available");
+            freed.push(x["seat"].as_str().unwrap().to_owned());
+        }
+        next += 1;
+    }
+    freed.sort();
+    let mut occupied = vec![eco[0].clone(), biz[0].clone(), eco[1].clone()];
+    occupied.extend(eco[2..4].iter().cloned());
+    occupied.sort();
+    assert_eq!(freed, occupied);
+    assert!(g["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["status"] == "available"));
+    assert_eq!(g["flight"]["status"], "cancelled");
+    assert_eq!(g["flight"]["cancel_reason"], "crew shortage");
+    let found = a
+        .ok(
+            "flights.search",
+            json!({"from": "LHR", "to": "VIE", "date": &at(10, 9, 0)[..10]}),
+        )
+        .await;
+    let f = found["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["flight_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(f["status"], "cancelled");
+
+    // nothing more can happen on it
+    let free = free_seats(&mut ada, &id, "economy", 1).await;
+    assert_eq!(
+        ada.reason(
+            "booking.hold",
+            json!({"flight_id": id, "seats": free, "passengers": passengers(1), "request_id": "h3"})
+        )
+        .await,
+        "invalid_state"
+    );
+    assert_eq!(
+        ada.reason(
+            "booking.pay",
+            json!({"locator": a2, "payment_method": "pm_card_visa", "request_id": "p2"})
+        )
+        .await,
+        "invalid_state"
+    );
+    assert_eq!(
+        ada.reason(
+            "booking.change_seat",
+            json!({"locator": a1, "from": eco[0], "to": free[0], "request_id": "s1"})
+        )
+        .await,
+        "invalid_state"
+    );
+    assert_eq!(
+        a.reason(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "again"})
+        )
+        .await,
+        "invalid_state"
+    );
+    let after = a.ok("admin.flights.stats", json!({})).await;
+    let row = stats_row(&after, &id);
+    assert_eq!(row["status"], "cancelled");
+    assert_eq!(row["seats_booked"], 0);
+    assert_eq!(row["seats_held"], 0);
+    assert_eq!(row["revenue"], eur(0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_is_validated() {
+    let s = admin_server().await;
+    let mut a = admin(&s).await;
+    let id = create(&mut a, "JW906").await;
+    for p in [
+        json!({"flight_id": id}),
+        json!({"flight_id": id, "reason": "   "}),
+        json!({"flight_id": id, "reason": "x".repeat(201)}),
+    ] {
+        assert_eq!(
+            a.reason("admin.flights.cancel", p.clone()).await,
+            "invalid_params",
+            "{p}"
+        );
+    }
+    assert_eq!(
+        a.reason(
+            "admin.flights.cancel",
+            json!({"flight_id": "JW1-19990101", "reason": "x"})
+        )
+        .await,
+        "not_found"
+    );
+    // a flight that has departed cannot be cancelled
+    let mut c = s.client().await;
+    let all = c
+        .ok(
+            "flights.search",
+            json!({"date": at(0, 0, 0)[..10].to_owned()}),
+        )
+        .await;
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(gone) = all["flights"].as_array().unwrap().iter().find(|f| {
+        time::OffsetDateTime::parse(
+            f["departs_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_ok_and(|d| d < now)
+    }) {
+        assert_eq!(
+            a.reason(
+                "admin.flights.cancel",
+                json!({"flight_id": gone["flight_id"], "reason": "late"})
+            )
+            .await,
+            "invalid_state"
+        );
+    }
+    let r = a
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "no bookings"}),
+        )
+        .await;
+    assert_eq!(
+        (r["refunded"].as_u64(), r["released"].as_u64()),
+        (Some(0), Some(0))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stats_follow_the_bookings() {
+    let s = admin_server().await;
+    let mut a = admin(&s).await;
+    let id = create(&mut a, "JW907").await;
+    let st = a.ok("admin.flights.stats", json!({})).await;
+    let all = st["flights"].as_array().unwrap();
+    assert!(all.len() > 1, "every flight is listed");
+    let departs: Vec<&str> = all
+        .iter()
+        .map(|r| r["departs_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = departs.clone();
+    sorted.sort_by_key(|d| jetway::domain::parse_rfc3339(d));
+    assert_eq!(departs, sorted, "in departure order");
+    let row = stats_row(&st, &id).clone();
+    let total = row["seats_total"].as_u64().unwrap();
+    let g = a.ok("flights.get", json!({"flight_id": id})).await;
+    assert_eq!(total, g["seats"].as_array().unwrap().len() as u64);
+    assert_eq!(row["number"], "JW907");
+    assert_eq!(row["seats_held"], 0);
+    assert_eq!(row["seats_booked"], 0);
+    assert_eq!(row["load_factor"], 0.0);
+    assert_eq!(row["revenue"], eur(0));
+
+    let check = |st: &Value, held: u64, booked: u64, revenue: i64| {
+        let r = stats_row(st, &id);
+        assert_eq!(r["seats_held"], held, "{r}");
+        assert_eq!(r["seats_booked"], booked, "{r}");
+        let lf = ((held + booked) as f64 / total as f64 * 1000.0).round() / 1000.0;
+        assert_eq!(r["load_factor"].as_f64().unwrap(), lf, "{r}");
+        assert_eq!(r["revenue"], eur(revenue), "{r}");
+    };
+    let mut p = s.client().await;
+    p.new_user().await;
+    let eco = free_seats(&mut p, &id, "economy", 3).await;
+    let biz = free_seats(&mut p, &id, "business", 1).await;
+    let b1 = hold(&mut p, &id, &eco[..2], "h1").await;
+    let loc1 = b1["locator"].as_str().unwrap().to_owned();
+    check(&a.ok("admin.flights.stats", json!({})).await, 2, 0, 0);
+    pay(&mut p, &loc1, "p1").await;
+    check(
+        &a.ok("admin.flights.stats", json!({})).await,
+        0,
+        2,
+        2 * 15_400,
+    );
+    let b2 = hold(&mut p, &id, &biz, "h2").await;
+    let loc2 = b2["locator"].as_str().unwrap().to_owned();
+    pay(&mut p, &loc2, "p2").await;
+    hold(&mut p, &id, &eco[2..3], "h3").await;
+    check(
+        &a.ok("admin.flights.stats", json!({})).await,
+        1,
+        3,
+        2 * 15_400 + 53_900,
+    );
+    let c = p
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc1, "request_id": "c1", "seats": [eco[0]]}),
+        )
+        .await;
+    let refunded = c["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert!(refunded > 0);
+    check(
+        &a.ok("admin.flights.stats", json!({})).await,
+        1,
+        2,
+        2 * 15_400 + 53_900 - refunded,
+    );
+    // revenue agrees with the orders
+    let orders = p.ok("orders.list", json!({})).await;
+    let net: i64 = orders["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["amount"]["amount"].as_i64().unwrap() - o["refunded"]["amount"].as_i64().unwrap()
+        })
+        .sum();
+    let st = a.ok("admin.flights.stats", json!({})).await;
+    assert_eq!(stats_row(&st, &id)["revenue"], eur(net));
+    s.stop().await;
+}
+
+/// A gateway that records every refund asked of it; from the `hang_from`-th refund
+/// on it never answers (as if the process died during the call).
+#[derive(Default)]
+struct CountingGateway {
+    inner: jetway::payments::Sandbox,
+    refunds: parking_lot::Mutex<Vec<(String, String, i64)>>,
+    hang_from: Option<usize>,
+}
+
+impl CountingGateway {
+    fn refunds(&self) -> Vec<(String, String, i64)> {
+        self.refunds.lock().clone()
+    }
+}
+
+impl jetway::payments::PaymentGateway for CountingGateway {
+    fn create(
+        &self,
+        req: jetway::payments::PaymentRequest,
+    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
+        self.inner.create(req)
+    }
+    fn confirm<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        attempt_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), jetway::payments::PaymentError>> {
+        self.inner.confirm(payment_ref, attempt_id)
+    }
+    fn status<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
+    {
+        self.inner.status(payment_ref)
+    }
+    fn refund(
+        &self,
+        req: jetway::payments::RefundRequest,
+    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
+        Box::pin(async move {
+            let n = {
+                let mut r = self.refunds.lock();
+                r.push((
+                    req.idempotency_key.clone(),
+                    req.payment_ref.clone(),
+                    req.amount.amount(),
+                ));
+                r.len()
+            };
+            if self.hang_from.is_some_and(|h| n >= h) {
+                futures::future::pending::<()>().await;
+            }
+            Ok(format!("re_test_{}", req.idempotency_key))
+        })
+    }
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+async fn open_app(dir: &std::path::Path, gateway: Arc<CountingGateway>) -> Arc<jetway::app::App> {
+    let mut config = jetway::Config::for_tests(dir.to_path_buf());
+    config.admin_password = None;
+    let store = jetway::store::SledStore::open(dir).expect("open store");
+    jetway::app::App::with_parts(config, Arc::new(store), gateway)
+        .await
+        .unwrap_or_else(|e| panic!("app starts: {e}"))
+}
+
+fn booking(app: &jetway::app::App, loc: &str) -> jetway::domain::Booking {
+    let loc = jetway::domain::Locator::parse(loc).unwrap();
+    app.store.booking(&loc).unwrap().expect("booking")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_interrupted_by_a_crash_finishes_at_the_next_start() {
+    use jetway::domain::BookingStatus;
+    use jetway::store::{Batch, Store};
+
+    // bookings made on a real server process, which then dies
+    let dir = data_dir();
+    let p = Proc::start(&dir, &[]);
+    let mut c = Client::connect(&p.url()).await;
+    c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let id = f["flight_id"].as_str().unwrap().to_owned();
+    let eco = free_seats(&mut c, &id, "economy", 4).await;
+    let mut confirmed = Vec::new();
+    for (i, seats) in [&eco[0..2], &eco[2..3]].into_iter().enumerate() {
+        let b = hold(&mut c, &id, seats, &format!("h{i}")).await;
+        let loc = b["locator"].as_str().unwrap().to_owned();
+        let paid = pay(&mut c, &loc, &format!("p{i}")).await;
+        confirmed.push((loc, paid["booking"]["total"]["amount"].as_i64().unwrap()));
+    }
+    let held = hold(&mut c, &id, &eco[3..4], "h9").await;
+    let held = held["locator"].as_str().unwrap().to_owned();
+    drop(c);
+    p.kill9();
+
+    // the crash came right after the flight's cancelled state was written
+    {
+        let store = jetway::store::SledStore::open(&dir).unwrap();
+        let fid = jetway::domain::FlightId::parse(&id).unwrap();
+        let mut flight = store
+            .flights()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.id == fid)
+            .unwrap();
+        flight.cancelled = Some("volcanic ash".into());
+        store
+            .write(&Batch {
+                flights: vec![flight],
+                ..Default::default()
+            })
+            .unwrap();
+        store.sync().unwrap();
+    }
+
+    // first restart: the job starts; the second refund never returns (a crash
+    // during the gateway call)
+    let g1 = Arc::new(CountingGateway {
+        hang_from: Some(2),
+        ..Default::default()
+    });
+    let app = open_app(&dir, g1.clone()).await;
+    wait_until("two refunds asked", || g1.refunds().len() == 2).await;
+    app.stop().await;
+    drop(app);
+    let first = g1.refunds();
+    let key = |loc: &str| format!("flight-cancel-{loc}");
+    let (done, pending): (Vec<_>, Vec<_>) = confirmed
+        .iter()
+        .partition(|(loc, _)| first[0].0 == key(loc));
+    assert_eq!((done.len(), pending.len()), (1, 1), "{first:?}");
+    assert_eq!(first[1].0, key(&pending[0].0));
+
+    // second restart: it finishes, asking only for the refund that was not recorded
+    let g2 = Arc::new(CountingGateway::default());
+    let app = open_app(&dir, g2.clone()).await;
+    let locs: Vec<String> = confirmed
+        .iter()
+        .map(|(l, _)| l.clone())
+        .chain([held.clone()])
+        .collect();
+    wait_until("every booking closed", || {
+        locs.iter()
+            .all(|l| !booking(&app, l).status.occupies_seats())
+    })
+    .await;
+    let second = g2.refunds();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(
+        second[0].0,
+        key(&pending[0].0),
+        "same key: the gateway refunds once"
+    );
+    assert_eq!(second[0].2, pending[0].1, "in full");
+    assert_eq!(first[0].2, done[0].1, "in full");
+    for (loc, total) in &confirmed {
+        let b = booking(&app, loc);
+        assert_eq!(b.status, BookingStatus::Refunded);
+        assert_eq!(b.refund.map(|m| m.amount()), Some(*total));
+        let o = app
+            .store
+            .order(b.order_id.as_ref().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.refunded.amount(), *total);
+        assert_eq!(o.status, jetway::domain::OrderStatus::Refunded);
+        // one refund in the owner's history
+        let h = app.store.history(b.user_id, 500).unwrap();
+        let n = h
+            .iter()
+            .filter(|e| e.kind == "refunded" && e.locator.as_ref() == Some(&b.locator))
+            .count();
+        assert_eq!(n, 1, "{loc}");
+    }
+    assert_eq!(booking(&app, &held).status, BookingStatus::Cancelled);
+    // the seat map is free and published; the flight shows cancelled
+    wait_until("changes published", || {
+        let fs = app.inventory.get(&id).unwrap();
+        let (_, seats, _) = fs.published_map();
+        seats.iter().all(|s| s["status"] == "available")
+    })
+    .await;
+    let fs = app.inventory.get(&id).unwrap();
+    assert_eq!(fs.flight().cancelled.as_deref(), Some("volcanic ash"));
+    let version = fs.published_version();
+    app.stop().await;
+    drop((app, fs));
+
+    // third start: nothing left to do
+    let g3 = Arc::new(CountingGateway::default());
+    let app = open_app(&dir, g3.clone()).await;
+    app.stop().await;
+    assert!(g3.refunds().is_empty());
+    assert_eq!(app.inventory.get(&id).unwrap().published_version(), version);
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+}
