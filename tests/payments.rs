@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 const KEY: &str = "sk_test_jetway";
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 const WEBHOOK_SECRET: &str = "whsec_jetway_test";
 
 /// localstripe on a free port, killed on drop.
@@ -40,28 +41,42 @@ fn localstripe_bin() -> String {
 }
 
 impl LocalStripe {
+    /// Starts localstripe on a free port below the ephemeral range (it binds `[::]`,
+    /// which a busy machine's outgoing connections can block); retries on another
+    /// port if it exits.
     async fn start() -> LocalStripe {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(localstripe_bin())
-            .args(["--port", &port.to_string(), "--from-scratch"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start localstripe");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "localstripe did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for attempt in 0..10u16 {
+            let seed = (std::process::id() as u16)
+                .wrapping_mul(31)
+                .wrapping_add(attempt.wrapping_mul(977))
+                .wrapping_add(NEXT_PORT.fetch_add(1, Ordering::Relaxed));
+            let port = 20_000 + seed % 12_000;
+            if std::net::TcpListener::bind(("::", port)).is_err() {
+                continue;
+            }
+            let mut child = Command::new(localstripe_bin())
+                .args(["--port", &port.to_string(), "--from-scratch"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start localstripe");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if TcpStream::connect(addr).await.is_ok() {
+                    return LocalStripe { child, addr };
+                }
+                if child.try_wait().ok().flatten().is_some()
+                    || tokio::time::Instant::now() > deadline
+                {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        LocalStripe { child, addr }
+        panic!("localstripe did not start");
     }
 
     async fn get(&self, path: &str) -> Value {

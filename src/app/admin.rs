@@ -427,9 +427,8 @@ impl App {
             }
             if b.status == BookingStatus::Held {
                 b.release(now)?;
-                self.store.write(&Batch {
+                let batch = Batch {
                     bookings: vec![b.clone()],
-                    versions: vec![(b.flight_id.clone(), w.version + 1)],
                     events: vec![(
                         b.user_id,
                         event(
@@ -440,12 +439,9 @@ impl App {
                         ),
                     )],
                     ..Default::default()
-                })?;
-                let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
-                let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
-                Err(self
-                    .committer
-                    .enqueue(Some(self.announce(fs, Some(change), &b))))
+                };
+                let updates = w.release(b.seats.iter().map(|x| x.seat));
+                Err(self.change_seats(fs, &mut w, batch, updates, &b)?)
             } else {
                 w.busy.insert(loc.clone());
                 let mark = Mark {
@@ -489,10 +485,9 @@ impl App {
             let seats: Vec<SeatId> = b.seats.iter().map(|s| s.seat).collect();
             b.refund(&seats, amount, now)?;
             order.record_refund(amount, true);
-            self.store.write(&Batch {
+            let batch = Batch {
                 bookings: vec![b.clone()],
                 orders: vec![order],
-                versions: vec![(b.flight_id.clone(), w.version + 1)],
                 events: vec![(
                     b.user_id,
                     event(
@@ -508,12 +503,11 @@ impl App {
                     ),
                 )],
                 ..Default::default()
-            })?;
+            };
+            let updates = w.release(seats.iter().copied());
+            let ticket = self.change_seats(fs, &mut w, batch, updates, &b)?;
             mark.clear(&mut w);
-            let idx: Vec<usize> = seats.iter().filter_map(|x| w.index(*x)).collect();
-            let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
-            self.committer
-                .enqueue(Some(self.announce(fs, Some(change), &b)))
+            ticket
         };
         self.unless_stopping(self.committer.durable(ticket))
             .await??;

@@ -210,7 +210,6 @@ impl App {
                     let result = json!({ "booking": wire::booking(&b, Some(&flight)) });
                     let batch = Batch {
                         new_bookings: vec![b.clone()],
-                        versions: vec![(flight.id.clone(), w.version + 1)],
                         events: vec![(s.user_id, event("held", Some(&b.locator), now, json!({
                             "flight_id": flight.id, "seats": b.seats.iter().map(|x| x.seat.to_string()).collect::<Vec<_>>(),
                             "total": wire::money(b.total),
@@ -218,19 +217,19 @@ impl App {
                         replies: vec![(key.clone(), remember_ok(&result))],
                         ..Default::default()
                     };
-                    match self.store.write(&batch) {
-                        Ok(()) => break (b, result),
+                    let occupant = Occupant { locator: b.locator.clone(), booked: false };
+                    let updates = idx.iter().map(|&i| (i, Some(occupant.clone()))).collect();
+                    match self.change_seats(&fs, &mut w, batch, updates, &b) {
+                        Ok(ticket) => break (ticket, b, result),
                         Err(StoreError::Conflict) if attempt < 8 => attempt += 1,
                         Err(e) => return Err(e.into()),
                     }
                 };
-                let (b, result) = booking;
-                let occupant = Occupant { locator: b.locator.clone(), booked: false };
-                let change = w.apply(idx.iter().map(|&i| (i, Some(occupant.clone()))).collect());
+                let (ticket, b, result) = booking;
                 if let Some(t) = b.hold_expires_at {
                     self.expiry.schedule(t, &b.flight_id, &b.locator);
                 }
-                (self.committer.enqueue(Some(self.announce(&fs, Some(change), &b))), result)
+                (ticket, result)
             };
             self.committer.durable(ticket).await?;
             Ok(result)
@@ -278,24 +277,17 @@ impl App {
                         }
                         b.release(now)?;
                         let result = json!({ "booking": self.booking_json(&b) });
-                        self.store.write(&Batch {
+                        let batch = Batch {
                             bookings: vec![b.clone()],
-                            versions: vec![(b.flight_id.clone(), w.version + 1)],
                             events: vec![(
                                 s.user_id,
                                 event("cancelled", Some(&loc), now, json!({})),
                             )],
                             replies: vec![(key.clone(), remember_ok(&result))],
                             ..Default::default()
-                        })?;
-                        let idx: Vec<usize> =
-                            b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
-                        let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
-                        CancelStep::Released(
-                            self.committer
-                                .enqueue(Some(self.announce(&fs, Some(change), &b))),
-                            result,
-                        )
+                        };
+                        let updates = w.release(b.seats.iter().map(|x| x.seat));
+                        CancelStep::Released(self.change_seats(&fs, &mut w, batch, updates, &b)?, result)
                     } else {
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
                         CancelStep::Refund(Busy::mark(&fs, &mut w, &loc)?, seats, amount)
@@ -331,25 +323,20 @@ impl App {
                     order.record_refund(amount, b.status == domain::BookingStatus::Refunded);
                     let result =
                         json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
-                    self.store.write(&Batch {
-                    bookings: vec![b.clone()],
-                    orders: vec![order],
-                    versions: vec![(b.flight_id.clone(), w.version + 1)],
-                    events: vec![(s.user_id, event("refunded", Some(&loc), now, json!({
-                        "refund": wire::money(amount),
-                        "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
-                    })))],
-                    replies: vec![(key, remember_ok(&result))],
-                    ..Default::default()
-                })?;
+                    let batch = Batch {
+                        bookings: vec![b.clone()],
+                        orders: vec![order],
+                        events: vec![(s.user_id, event("refunded", Some(&loc), now, json!({
+                            "refund": wire::money(amount),
+                            "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                        })))],
+                        replies: vec![(key, remember_ok(&result))],
+                        ..Default::default()
+                    };
+                    let updates = w.release(seats.iter().copied());
+                    let ticket = self.change_seats(&fs, &mut w, batch, updates, &b)?;
                     busy.clear(&mut w);
-                    let idx: Vec<usize> = seats.iter().filter_map(|x| w.index(*x)).collect();
-                    let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
-                    (
-                        self.committer
-                            .enqueue(Some(self.announce(&fs, Some(change), &b))),
-                        result,
-                    )
+                    (ticket, result)
                 };
                 self.committer.durable(ticket).await?;
                 Ok(result)
@@ -397,9 +384,8 @@ impl App {
                         return Err(ApiError::SeatUnavailable(vec![to.to_string()]));
                     }
                     let result = json!({ "booking": self.booking_json(&b) });
-                    self.store.write(&Batch {
+                    let batch = Batch {
                         bookings: vec![b.clone()],
-                        versions: vec![(b.flight_id.clone(), w.version + 1)],
                         events: vec![(
                             s.user_id,
                             event(
@@ -413,17 +399,13 @@ impl App {
                         )],
                         replies: vec![(key, remember_ok(&result))],
                         ..Default::default()
-                    })?;
+                    };
                     let occupant = Occupant {
                         locator: loc.clone(),
                         booked: true,
                     };
-                    let change = w.apply(vec![(from_idx, None), (to_idx, Some(occupant))]);
-                    (
-                        self.committer
-                            .enqueue(Some(self.announce(&fs, Some(change), &b))),
-                        result,
-                    )
+                    let updates = vec![(from_idx, None), (to_idx, Some(occupant))];
+                    (self.change_seats(&fs, &mut w, batch, updates, &b)?, result)
                 };
                 self.committer.durable(ticket).await?;
                 Ok(result)

@@ -128,16 +128,13 @@ impl App {
             return Ok(());
         }
         b.expire(now)?;
-        self.store.write(&Batch {
+        let batch = Batch {
             bookings: vec![b.clone()],
-            versions: vec![(b.flight_id.clone(), w.version + 1)],
             events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
             ..Default::default()
-        })?;
-        let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
-        let change = w.apply(idx.into_iter().map(|i| (i, None)).collect());
-        self.committer
-            .enqueue(Some(self.announce(&fs, Some(change), &b)));
+        };
+        let updates = w.release(b.seats.iter().map(|x| x.seat));
+        self.change_seats(&fs, &mut w, batch, updates, &b)?;
         Ok(())
     }
 }

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
 use crate::fanout::{QueueLimits, UserRegistry};
-use crate::inventory::{FlightSeats, Inventory, Occupant};
+use crate::inventory::{FlightSeats, Inventory, Occupant, Working};
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
 use crate::protocol::{envelope, wire, ApiError};
+use crate::store::commit::Ticket;
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
@@ -292,6 +293,25 @@ impl App {
             }
             users.push(user, &frame);
         })
+    }
+
+    /// The one way seats change, called with the flight's working map locked: writes
+    /// `batch` with the flight's next version, applies `updates` to the working map and
+    /// enqueues the announcement of `booking`, published once the batch is durable.
+    fn change_seats(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        mut batch: Batch,
+        updates: Vec<(usize, Option<Occupant>)>,
+        booking: &Booking,
+    ) -> Result<Ticket, StoreError> {
+        batch.versions.push((fs.id.clone(), w.version + 1));
+        self.store.write(&batch)?;
+        let change = w.apply(updates);
+        Ok(self
+            .committer
+            .enqueue(Some(self.announce(fs, Some(change), booking))))
     }
 
     /// Runs a request at most once per (user, method, request_id): a repeat gets the

@@ -236,10 +236,9 @@ impl App {
                     json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
                 a.state = AttemptState::Succeeded;
                 a.updated_at = now;
-                self.store.write(&Batch {
+                let batch = Batch {
                     bookings: vec![b.clone()],
                     orders: vec![order.clone()],
-                    versions: vec![(b.flight_id.clone(), w.version + 1)],
                     events: vec![(
                         a.user_id,
                         event(
@@ -254,22 +253,18 @@ impl App {
                     replies: vec![(pay_key(&a), remember_ok(&result))],
                     attempts: vec![a.clone()],
                     ..Default::default()
-                })?;
-                busy.clear(&mut w);
+                };
                 let occupant = Occupant {
                     locator: a.locator.clone(),
                     booked: true,
                 };
-                let change = w.apply(
-                    idx.into_iter()
-                        .map(|i| (i, Some(occupant.clone())))
-                        .collect(),
-                );
-                Ok((
-                    self.committer
-                        .enqueue(Some(self.announce(fs, Some(change), &b))),
-                    result,
-                ))
+                let updates = idx
+                    .into_iter()
+                    .map(|i| (i, Some(occupant.clone())))
+                    .collect();
+                let ticket = self.change_seats(fs, &mut w, batch, updates, &b)?;
+                busy.clear(&mut w);
+                Ok((ticket, result))
             } else {
                 Err(busy)
             }

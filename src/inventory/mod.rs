@@ -65,6 +65,14 @@ impl Working {
         self.seats.iter().map(Option::is_none).collect()
     }
 
+    /// Updates that free `seats` (those the aircraft has).
+    pub fn release(&self, seats: impl Iterator<Item = SeatId>) -> Vec<(usize, Option<Occupant>)> {
+        seats
+            .filter_map(|s| self.index(s))
+            .map(|i| (i, None))
+            .collect()
+    }
+
     /// Applies seat updates as the next version, returning the public change.
     pub fn apply(&mut self, updates: Vec<(usize, Option<Occupant>)>) -> SeatChange {
         self.version += 1;
