@@ -176,8 +176,15 @@ async fn call(
                 .await?
         }
         "booking.pay" => {
-            app.pay(&app.authenticate(&mut conn.session)?, decode(p)?)
-                .await?
+            let session = app.authenticate(&mut conn.session)?;
+            let params: crate::protocol::params::Pay = decode(p)?;
+            // card data must never reach a log or the database
+            if super::limits::looks_like_card_number(&params.payment_method) {
+                return Err(ApiError::InvalidParams(
+                    "payment_method must be a payment method id (pm_...), never card data".into(),
+                ));
+            }
+            app.pay(&session, params).await?
         }
         "booking.cancel" => {
             app.cancel(&app.authenticate(&mut conn.session)?, decode(p)?)

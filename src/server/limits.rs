@@ -116,6 +116,18 @@ pub fn check_open_holds(app: &App, user: UserId, now: Millis) -> Result<(), ApiE
 }
 
 // ---------------------------------------------------------------------------
+// Card data
+
+/// True for text that may be a card number (12-19 digits, spaces or dashes
+/// between): such a `payment_method` is refused before it is stored or logged.
+pub fn looks_like_card_number(s: &str) -> bool {
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    (12..=19).contains(&digits)
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+}
+
+// ---------------------------------------------------------------------------
 // Request rate per connection
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -595,6 +607,16 @@ mod tests {
         g.succeeded("bob");
         assert!(g.check("bob", None).is_ok());
         assert!(g.check("bob", Some(ip)).is_err(), "the address still waits");
+    }
+
+    #[test]
+    fn card_numbers_are_recognised() {
+        assert!(looks_like_card_number("4242424242424242"));
+        assert!(looks_like_card_number("4242 4242 4242 4242"));
+        assert!(looks_like_card_number("4242-4242-4242-4242"));
+        assert!(!looks_like_card_number("pm_card_visa"));
+        assert!(!looks_like_card_number("pm_1234567890123456"));
+        assert!(!looks_like_card_number("12345"));
     }
 
     #[test]

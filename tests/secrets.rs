@@ -1,0 +1,165 @@
+//! No password, session token, card data or Stripe key appears in the logs (debug
+//! level, both formats) or in plain form anywhere in the data dir after a full flow.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const STRIPE_KEY: &str = "sk_test_51SecretKeyThatMustNeverLeak0000";
+const WEBHOOK_SECRET: &str = "whsec_SecretThatMustNeverLeak1111";
+const ADMIN_PASSWORD: &str = "admin secret passphrase 9";
+const CARD: &str = "4242424242424242";
+
+/// Every file under `dir`, as bytes.
+fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn full_flow(log_format: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+        .args(["--listen", &addr, "--log-format", log_format, "--data-dir"])
+        .arg(&data)
+        .env(
+            "RUST_LOG",
+            "trace,sled=info,hyper=info,tungstenite=info,tokio_tungstenite=info,h2=info",
+        )
+        .env("STRIPE_SECRET_KEY", STRIPE_KEY)
+        .env("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_get(sock, "/readyz")
+        .await
+        .is_none_or(|(c, _)| c != 200)
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let url = format!("ws://{addr}/ws");
+    let mut c = Client::connect(&url).await;
+    let name = unique_name("secret");
+    let reg = c.register(&name).await;
+    let mut tokens = vec![reg["token"].as_str().unwrap().to_owned()];
+    let mut other = Client::connect(&url).await;
+    assert_eq!(
+        other
+            .reason(
+                "auth.login",
+                json!({"username": name, "password": "my wrong password 7"})
+            )
+            .await,
+        "bad_credentials"
+    );
+    let login = other
+        .ok(
+            "auth.login",
+            json!({"username": name, "password": PASSWORD}),
+        )
+        .await;
+    tokens.push(login["token"].as_str().unwrap().to_owned());
+    let mut third = Client::connect(&url).await;
+    third.ok("auth.resume", json!({"token": tokens[1]})).await;
+    let mut adm = Client::connect(&url).await;
+    let a = adm
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    tokens.push(a["token"].as_str().unwrap().to_owned());
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap();
+    let seats = free_seats(&mut c, fid, "economy", 2).await;
+    let b1 = hold(&mut c, fid, &seats[..1], "h1").await;
+    let b2 = hold(&mut c, fid, &seats[1..], "h2").await;
+    // a careless client sends a card number as the payment method
+    let r = c
+        .call(
+            "booking.pay",
+            json!({"locator": b2["locator"], "payment_method": CARD, "request_id": "pc"}),
+        )
+        .await;
+    assert_eq!(r["error"]["data"]["reason"], "invalid_params", "{r}");
+    c.ok(
+        "booking.pay",
+        json!({"locator": b1["locator"], "payment_method": "pm_card_visa", "request_id": "p1"}),
+    )
+    .await;
+    c.ok(
+        "booking.cancel",
+        json!({"locator": b1["locator"], "request_id": "c1"}),
+    )
+    .await;
+    other.ok("auth.logout", json!({})).await;
+    assert_eq!(
+        third.reason("bookings.list", json!({})).await,
+        "invalid_token"
+    );
+    let _ = http_get(sock, "/metrics").await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+
+    let logs = std::fs::read(&log_path).unwrap();
+    assert!(logs.len() > 1000, "debug logs were written");
+    let mut all = vec![("server.log".to_owned(), logs)];
+    files(&data, &mut all);
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("password", PASSWORD.into()),
+        ("wrong password", "my wrong password 7".into()),
+        ("admin password", ADMIN_PASSWORD.into()),
+        ("stripe key", STRIPE_KEY.into()),
+        ("webhook secret", WEBHOOK_SECRET.into()),
+        ("card number", CARD.into()),
+    ];
+    for t in &tokens {
+        secrets.push(("session token", t.clone()));
+    }
+    for (file, bytes) in &all {
+        for (what, s) in &secrets {
+            assert!(
+                !contains(bytes, s),
+                "{what} found in {file} ({log_format} logs)"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secrets_in_plain_logs_or_data() {
+    full_flow("plain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secrets_in_json_logs_or_data() {
+    full_flow("json").await;
+}
