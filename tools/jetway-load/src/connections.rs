@@ -17,6 +17,10 @@ pub struct Opts {
     pub connections: usize,
     pub accounts: usize,
     pub hold: f64,
+    /// Log each connection in (`auth.resume`).
+    pub auth: bool,
+    /// Subscribe each connection to a flight.
+    pub subscribe: bool,
     pub quiet: bool,
 }
 
@@ -61,10 +65,15 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
             let token = tokens[i % tokens.len()].clone();
             let fid = flights[i % flights.len()].clone();
             let dropped = dropped.clone();
+            let (auth, subscribe) = (o.auth, o.subscribe);
             async move {
                 let mut c = Conn::open(ep).await?;
-                c.must("auth.resume", json!({"token": token})).await?;
-                c.must("seats.subscribe", json!({"flight_id": fid})).await?;
+                if auth {
+                    c.must("auth.resume", json!({"token": token})).await?;
+                }
+                if subscribe {
+                    c.must("seats.subscribe", json!({"flight_id": fid})).await?;
+                }
                 // keep reading (answers pings) until the run aborts this task
                 Ok::<_, Error>(tokio::spawn(async move {
                     while let Some(m) = c.ws.next().await {

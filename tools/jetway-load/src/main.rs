@@ -93,6 +93,12 @@ enum Scenario {
         /// Seconds to keep them all open before measuring.
         #[arg(long, default_value_t = 3.0)]
         hold: f64,
+        /// Leave the connections anonymous (no auth.resume), to split the cost.
+        #[arg(long)]
+        no_auth: bool,
+        /// Don't subscribe them to a flight, to split the cost.
+        #[arg(long)]
+        no_subscribe: bool,
     },
     /// W watchers of one flight while writers hold and cancel at a set rate.
     Fanout {
@@ -257,12 +263,16 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             connections,
             accounts,
             hold,
+            no_auth,
+            no_subscribe,
         } => {
             let (t, ep) = start(common).await?;
             let o = connections::Opts {
                 connections: *connections,
                 accounts: *accounts,
                 hold: *hold,
+                auth: !*no_auth,
+                subscribe: !*no_subscribe,
                 quiet: common.quiet,
             };
             let res = connections::run(&t, &ep, &o).await;
