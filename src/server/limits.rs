@@ -47,7 +47,7 @@ pub struct LimitsConfig {
     /// Seconds a connection may take to send a complete HTTP request or WebSocket
     /// upgrade; a connection that is not a WebSocket is also closed this long after
     /// its last request started.
-    #[arg(long, env = "JETWAY_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "JETWAY_HANDSHAKE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
 
     /// Flights one connection may watch at once.
