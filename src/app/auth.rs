@@ -82,6 +82,23 @@ fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> Value {
 }
 
 impl App {
+    /// Runs password hashing on the blocking pool, at most `cores - 1` at a time, so
+    /// that a login storm queues instead of starving the reactor and using 19 MiB per
+    /// concurrent login.
+    async fn password_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _slot = self
+            .password_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| ApiError::Internal)
+    }
+
     fn new_session(&self, user: UserId, now: Millis) -> (String, SessionRecord) {
         let token = random_token();
         let rec = SessionRecord {
@@ -125,9 +142,9 @@ impl App {
             return Err(ApiError::UsernameTaken);
         }
         let password = p.password;
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|_| ApiError::Internal)?
+        let hash = self
+            .password_work(move || hash_password(&password))
+            .await?
             .map_err(|_| ApiError::Internal)?;
         let now = domain::now_ms();
         let user = UserRecord {
@@ -169,9 +186,9 @@ impl App {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let password = p.password;
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-            .await
-            .map_err(|_| ApiError::Internal)?;
+        let ok = self
+            .password_work(move || verify_password(&password, &phc))
+            .await?;
         let user = match user {
             Some(u) if ok => u,
             Some(u) => {

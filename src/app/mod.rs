@@ -49,6 +49,7 @@ pub struct App {
     sessions: DashMap<String, SessionRecord>,
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     dummy_hash: String,
+    password_slots: tokio::sync::Semaphore,
     ready: AtomicBool,
     stop: tokio_util::sync::CancellationToken,
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -123,6 +124,10 @@ impl App {
             sessions: DashMap::new(),
             user_locks: DashMap::new(),
             dummy_hash,
+            password_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            ),
             ready: AtomicBool::new(false),
             stop,
             background: parking_lot::Mutex::new(vec![commit_task]),

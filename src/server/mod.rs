@@ -24,7 +24,7 @@ use crate::config::Config;
 pub use session::MAX_REQUEST_BYTES;
 
 /// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits").
-pub const READ_BUFFER: usize = 4 * 1024;
+pub const READ_BUFFER: usize = 1024;
 pub const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Clone)]
