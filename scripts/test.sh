@@ -38,5 +38,8 @@ if [[ -x ../shared/contract-check/run ]]; then
   rm -rf "$dir" "$out"
 fi
 
+echo "== load tool smoke run (every scenario, tiny numbers)" >&2
+bash "$root/scripts/bench-smoke.sh"
+
 echo "== browser end-to-end tests" >&2
 JETWAY_BIN=$bin bash "$root/scripts/e2e.sh"
