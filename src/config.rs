@@ -4,7 +4,8 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Parser)]
+/// Deliberately not `Debug`: it holds the Stripe and admin secrets.
+#[derive(Clone, Parser)]
 #[command(name = "jetway", version, about = "Real-time air-ticket booking hub")]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).

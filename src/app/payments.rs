@@ -81,11 +81,12 @@ impl App {
                 created_at: now,
                 updated_at: now,
             };
-            self.commit(&Batch {
+            // creating a payment charges nothing, so this record need not be durable
+            // yet: the next commit (with the payment reference) makes both durable
+            self.store.write(&Batch {
                 attempts: vec![attempt.clone()],
                 ..Default::default()
-            })
-            .await?;
+            })?;
             let request = PaymentRequest {
                 amount,
                 payment_method: p.payment_method,
