@@ -191,8 +191,11 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
     let map_before = app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
         .unwrap();
-    let list_before = app.bookings_list(&user).unwrap();
-    let history_before = app.history_list(&user, decode(json!({})).unwrap()).unwrap();
+    let list_before = app.bookings_list(&user).await.unwrap();
+    let history_before = app
+        .history_list(&user, decode(json!({})).unwrap())
+        .await
+        .unwrap();
 
     // the disk is full
     fx.store.fail_writes.store(true, Ordering::SeqCst);
@@ -226,12 +229,14 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
         .unwrap();
     assert_eq!(map, map_before, "the seat map and its version did not move");
-    assert_eq!(app.bookings_list(&user).unwrap(), list_before);
+    assert_eq!(app.bookings_list(&user).await.unwrap(), list_before);
     assert_eq!(
-        app.history_list(&user, decode(json!({})).unwrap()).unwrap(),
+        app.history_list(&user, decode(json!({})).unwrap())
+            .await
+            .unwrap(),
         history_before
     );
-    assert_eq!(app.orders_list(&user).unwrap()["orders"], json!([]));
+    assert_eq!(app.orders_list(&user).await.unwrap()["orders"], json!([]));
     assert!(app
         .store
         .user_by_name(&Username::parse("newcomer").unwrap())
@@ -239,6 +244,7 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
         .is_none());
     let got = app
         .booking_get(&user, decode(json!({"locator": loc})).unwrap())
+        .await
         .unwrap();
     assert_eq!(got["booking"]["status"], "held");
     assert!(app.search(decode(json!({})).unwrap()).is_ok());
@@ -283,7 +289,7 @@ async fn a_failed_sync_is_never_acknowledged() {
     assert!(app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
         .is_ok());
-    assert!(app.bookings_list(&user).is_ok());
+    assert!(app.bookings_list(&user).await.is_ok());
     fx.store.fail_syncs.store(false, Ordering::SeqCst);
     // once syncs work again the retry gets a definite answer
     let again = app

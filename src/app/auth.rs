@@ -161,11 +161,14 @@ impl App {
             events: vec![(user.id, event("registered", None, now, json!({})))],
             ..Default::default()
         };
-        match self.store.write(&batch) {
-            Err(StoreError::Conflict) => return Err(ApiError::UsernameTaken),
-            r => r?,
-        }
-        let t = self.committer.enqueue(None);
+        let t = {
+            let _gate = self.committer.write_gate();
+            match self.store.write(&batch) {
+                Err(StoreError::Conflict) => return Err(ApiError::UsernameTaken),
+                r => r?,
+            }
+            self.committer.enqueue(None)
+        };
         self.committer.durable(t).await?;
         self.attach(&user, &session, outbox, conn);
         Ok(login_result(&token, &session, &user))

@@ -414,32 +414,39 @@ impl App {
         .await
     }
 
-    pub fn booking_get(&self, s: &AuthSession, p: params::LocatorRef) -> Result<Value, ApiError> {
+    pub async fn booking_get(
+        &self,
+        s: &AuthSession,
+        p: params::LocatorRef,
+    ) -> Result<Value, ApiError> {
         let b = self.own_booking(s.user_id, &p.locator)?;
+        self.committer.settle_reads().await;
         Ok(json!({ "booking": self.booking_json(&b) }))
     }
 
-    pub fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+    pub async fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
         let list: Vec<Value> = self
             .store
             .user_bookings(s.user_id)?
             .iter()
             .map(|b| self.booking_json(b))
             .collect();
+        self.committer.settle_reads().await;
         Ok(json!({ "bookings": list }))
     }
 
-    pub fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+    pub async fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
         let list: Vec<Value> = self
             .store
             .user_orders(s.user_id)?
             .iter()
             .map(wire::order)
             .collect();
+        self.committer.settle_reads().await;
         Ok(json!({ "orders": list }))
     }
 
-    pub fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
+    pub async fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
         let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
         if limit == 0 || limit > MAX_HISTORY {
             return Err(ApiError::InvalidParams(format!(
@@ -463,6 +470,7 @@ impl App {
                 v
             })
             .collect();
+        self.committer.settle_reads().await;
         Ok(json!({ "events": events }))
     }
 }

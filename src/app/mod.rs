@@ -312,6 +312,7 @@ impl App {
         booking: &Booking,
     ) -> Result<Ticket, StoreError> {
         batch.versions.push((fs.id.clone(), w.version + 1));
+        let _gate = self.committer.write_gate();
         self.store.write(&batch)?;
         let change = w.apply(updates);
         Ok(self
@@ -348,8 +349,11 @@ impl App {
 
     /// Writes a batch and waits until it is durable (no seat change involved).
     async fn commit(&self, batch: &Batch) -> Result<(), ApiError> {
-        self.store.write(batch)?;
-        let t = self.committer.enqueue(None);
+        let t = {
+            let _gate = self.committer.write_gate();
+            self.store.write(batch)?;
+            self.committer.enqueue(None)
+        };
         Ok(self.committer.durable(t).await?)
     }
 

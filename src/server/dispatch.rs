@@ -194,10 +194,22 @@ async fn call(
             app.change_seat(&app.authenticate(&mut conn.session)?, decode(p)?)
                 .await?
         }
-        "booking.get" => app.booking_get(&app.authenticate(&mut conn.session)?, decode(p)?)?,
-        "bookings.list" => app.bookings_list(&app.authenticate(&mut conn.session)?)?,
-        "orders.list" => app.orders_list(&app.authenticate(&mut conn.session)?)?,
-        "history.list" => app.history_list(&app.authenticate(&mut conn.session)?, decode(p)?)?,
+        "booking.get" => {
+            app.booking_get(&app.authenticate(&mut conn.session)?, decode(p)?)
+                .await?
+        }
+        "bookings.list" => {
+            app.bookings_list(&app.authenticate(&mut conn.session)?)
+                .await?
+        }
+        "orders.list" => {
+            app.orders_list(&app.authenticate(&mut conn.session)?)
+                .await?
+        }
+        "history.list" => {
+            app.history_list(&app.authenticate(&mut conn.session)?, decode(p)?)
+                .await?
+        }
         "admin.flights.create" => {
             app.admin_create_flight(&app.require_admin(&mut conn.session)?, decode(p)?)
                 .await?
