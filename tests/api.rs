@@ -563,9 +563,12 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
     .ok();
     assert!(d.recv().await.is_none());
     // a notification gets no reply, not even an error: the next frame answers the next request
-    c.send_text(r#"{"jsonrpc":"2.0","method":"flights.search","params":{}}"#).await;
-    c.send_text(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#).await;
-    c.send_text(r#"{"jsonrpc":"2.0","id":99,"method":"flights.airports"}"#).await;
+    c.send_text(r#"{"jsonrpc":"2.0","method":"flights.search","params":{}}"#)
+        .await;
+    c.send_text(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#)
+        .await;
+    c.send_text(r#"{"jsonrpc":"2.0","id":99,"method":"flights.airports"}"#)
+        .await;
     let r = c.recv().await.expect("reply");
     assert_eq!(r["id"], 99, "{r}");
     assert!(r["result"]["airports"].is_array());
