@@ -296,6 +296,11 @@ impl Booking {
                 self.status.as_str()
             )));
         }
+        if self.seats.iter().any(|b| b.seat == to) {
+            return Err(DomainError::Invalid(format!(
+                "seat {to} is already on this booking"
+            )));
+        }
         let s = self
             .seats
             .iter_mut()

@@ -169,7 +169,7 @@ impl SeatId {
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let bad = || DomainError::Invalid(format!("invalid seat {s:?}"));
         let s = s.trim();
-        if s.len() < 2 || s.len() > 3 {
+        if !s.is_ascii() || s.len() < 2 || s.len() > 3 {
             return Err(bad());
         }
         let (digits, letter) = s.split_at(s.len() - 1);
