@@ -134,6 +134,18 @@ impl Booking {
         })
     }
 
+    /// Refuses any state but `want`.
+    fn require(&self, want: BookingStatus) -> Result<(), DomainError> {
+        if self.status == want {
+            Ok(())
+        } else {
+            Err(DomainError::InvalidState(format!(
+                "booking is {}",
+                self.status.as_str()
+            )))
+        }
+    }
+
     pub fn is_expired(&self, now: Millis) -> bool {
         self.status == BookingStatus::Held && self.hold_expires_at.is_some_and(|t| now >= t)
     }
@@ -158,12 +170,7 @@ impl Booking {
         order_id: String,
         now: Millis,
     ) -> Result<(), DomainError> {
-        if self.status != BookingStatus::Held {
-            return Err(DomainError::InvalidState(format!(
-                "booking is {}",
-                self.status.as_str()
-            )));
-        }
+        self.require(BookingStatus::Held)?;
         if tickets.len() != self.seats.len() {
             return Err(DomainError::Invalid("one ticket per passenger".into()));
         }
@@ -189,12 +196,7 @@ impl Booking {
 
     /// Held → cancelled (the seats are simply released).
     pub fn release(&mut self, now: Millis) -> Result<(), DomainError> {
-        if self.status != BookingStatus::Held {
-            return Err(DomainError::InvalidState(format!(
-                "booking is {}",
-                self.status.as_str()
-            )));
-        }
+        self.require(BookingStatus::Held)?;
         self.status = BookingStatus::Cancelled;
         self.updated_at = now;
         Ok(())
@@ -208,12 +210,7 @@ impl Booking {
         departs_at: Millis,
         now: Millis,
     ) -> Result<(Vec<SeatId>, Money), DomainError> {
-        if self.status != BookingStatus::Confirmed {
-            return Err(DomainError::InvalidState(format!(
-                "booking is {}",
-                self.status.as_str()
-            )));
-        }
+        self.require(BookingStatus::Confirmed)?;
         if now >= departs_at {
             return Err(DomainError::InvalidState(
                 "the flight has departed; the booking can no longer be cancelled".into(),
@@ -257,12 +254,7 @@ impl Booking {
         amount: Money,
         now: Millis,
     ) -> Result<(), DomainError> {
-        if self.status != BookingStatus::Confirmed {
-            return Err(DomainError::InvalidState(format!(
-                "booking is {}",
-                self.status.as_str()
-            )));
-        }
+        self.require(BookingStatus::Confirmed)?;
         if self.seats.iter().all(|b| seats.contains(&b.seat)) {
             self.status = BookingStatus::Refunded;
         } else {
@@ -290,12 +282,7 @@ impl Booking {
         to_cabin: Cabin,
         now: Millis,
     ) -> Result<(), DomainError> {
-        if self.status != BookingStatus::Confirmed {
-            return Err(DomainError::InvalidState(format!(
-                "booking is {}",
-                self.status.as_str()
-            )));
-        }
+        self.require(BookingStatus::Confirmed)?;
         if self.seats.iter().any(|b| b.seat == to) {
             return Err(DomainError::Invalid(format!(
                 "seat {to} is already on this booking"
