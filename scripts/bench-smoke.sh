@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -q -p jetway -p jetway-load -p bare-broadcast --bins
+cargo build -q -p jetway -p jetway-load -p bare-broadcast --bins --features jetway/etcd
 T="${CARGO_TARGET_DIR:-target}/debug"
 L="$T/jetway-load"
 # the server and the tool each hold one descriptor per connection

@@ -17,8 +17,17 @@ if [[ ! -x $venv/bin/localstripe ]]; then
 fi
 export JETWAY_LOCALSTRIPE=$venv/bin/localstripe
 
-echo "== cargo test (unit and integration)" >&2
-cargo test --all-targets 2>&1
+# etcd (the cluster tests start 3 members on loopback) and protoc (to build the
+# etcd client), from Debian's packages
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
+  echo "== installing etcd and protoc" >&2
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+fi
+
+echo "== cargo test (unit and integration, both stores)" >&2
+cargo test --all-targets --features etcd 2>&1
 
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/jetway
 

@@ -16,6 +16,24 @@ pub struct Config {
     #[arg(long, env = "JETWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Where durable state lives: `sled` (one node, in --data-dir) or `etcd` (a
+    /// cluster of nodes sharing --etcd-endpoints).
+    #[arg(long, env = "JETWAY_STORE", default_value = "sled", value_parser = ["sled", "etcd"])]
+    pub store: String,
+
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(
+        long,
+        env = "JETWAY_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Key prefix of this Jetway cluster's records in etcd.
+    #[arg(long, env = "JETWAY_ETCD_PREFIX", default_value = "jetway/")]
+    pub etcd_prefix: String,
+
     /// How long a seat hold lasts unpaid, in seconds.
     #[arg(long, env = "JETWAY_HOLD_TTL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub hold_ttl: u64,

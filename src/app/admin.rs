@@ -19,12 +19,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{event, App, AuthSession};
+use super::bookings::Busy;
+use super::{event, App, AuthSession, Step};
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, BookingStatus, Fares, Flight, FlightId,
     FlightStatus, Locator, Money, SeatId,
 };
-use crate::inventory::{FlightSeats, Working};
+use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
 use crate::protocol::{wire, ApiError};
 use crate::store::{Batch, Role};
@@ -91,28 +92,6 @@ enum Outcome {
     Busy,
     /// The gateway refund failed; try again later.
     Failed(String),
-}
-
-/// Marks a booking busy (a gateway call in flight) for as long as it lives.
-struct Mark {
-    fs: Arc<FlightSeats>,
-    locator: Locator,
-    armed: bool,
-}
-
-impl Mark {
-    fn clear(mut self, w: &mut Working) {
-        w.busy.remove(&self.locator);
-        self.armed = false;
-    }
-}
-
-impl Drop for Mark {
-    fn drop(&mut self) {
-        if self.armed {
-            self.fs.working().busy.remove(&self.locator);
-        }
-    }
 }
 
 fn invalid(m: impl Into<String>) -> ApiError {
@@ -244,13 +223,12 @@ impl App {
                 flight.id
             )));
         }
-        self.commit(&Batch {
+        self.commit(Batch {
             flights: vec![flight.clone()],
             ..Default::default()
         })
         .await?;
-        let seats = vec![None; flight.aircraft().seats().len()];
-        let fs = self.inventory.load(flight.clone(), 0, seats);
+        let fs = self.inventory.add(flight.clone());
         tracing::info!(flight = %flight.id, "flight scheduled");
         Ok(json!({ "flight": wire::flight(&flight, &fs.available(), domain::now_ms()) }))
     }
@@ -281,7 +259,7 @@ impl App {
                 }
             }
             flight.cancelled = Some(reason);
-            self.commit(&Batch {
+            self.commit(Batch {
                 flights: vec![flight.clone()],
                 ..Default::default()
             })
@@ -413,17 +391,16 @@ impl App {
         loc: &Locator,
     ) -> Result<Outcome, ApiError> {
         let reason = fs.flight().cancelled.unwrap_or_default();
-        let step = {
-            let mut w = fs.working();
+        let step = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let Some(mut b) = self.store.booking(loc)? else {
-                return Ok(Outcome::Skipped);
+                return Ok((None, Err(Outcome::Skipped)));
             };
             if b.flight_id != fs.id || !b.status.occupies_seats() {
-                return Ok(Outcome::Skipped);
+                return Ok((None, Err(Outcome::Skipped)));
             }
             if w.busy.contains(loc) {
-                return Ok(Outcome::Busy);
+                return Ok((None, Err(Outcome::Busy)));
             }
             if b.status == BookingStatus::Held {
                 b.release(now)?;
@@ -441,28 +418,20 @@ impl App {
                     ..Default::default()
                 };
                 let updates = w.release(b.seats.iter().map(|x| x.seat));
-                Err(self.change_seats(fs, &mut w, batch, updates, &b)?)
+                let ticket = self.change_seats(fs, w, batch, updates, &b)?;
+                Ok((Some(ticket), Err(Outcome::Released)))
             } else {
-                w.busy.insert(loc.clone());
-                let mark = Mark {
-                    fs: fs.clone(),
-                    locator: loc.clone(),
-                    armed: true,
-                };
-                Ok((mark, b))
+                Ok((None, Ok((Busy::mark(fs, w, loc)?, b))))
             }
-        };
+        });
         // a hold is released at once; a confirmed booking is refunded first
-        let (mark, booking) = match step {
-            Ok(refund) => refund,
-            Err(ticket) => {
-                self.unless_stopping(self.committer.durable(ticket))
-                    .await??;
-                return Ok(Outcome::Released);
-            }
+        let (mark, booking) = match self.unless_stopping(step).await?? {
+            Step::Done(Ok(refund)) => refund,
+            Step::Done(Err(outcome)) => return Ok(outcome),
+            Step::Replayed(_) => return Err(ApiError::Internal),
         };
         let order_id = booking.order_id.clone().ok_or(ApiError::Internal)?;
-        let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
         // everything still on the booking, in full: the airline cancelled
         let left =
             Money::cents(order.amount.amount() - order.refunded.amount()).unwrap_or_default();
@@ -478,12 +447,12 @@ impl App {
                 return Ok(Outcome::Failed(e.to_string()));
             }
         }
-        let ticket = {
-            let mut w = fs.working();
+        let step = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let mut b = self.store.booking(loc)?.ok_or(ApiError::Internal)?;
             let seats: Vec<SeatId> = b.seats.iter().map(|s| s.seat).collect();
             b.refund(&seats, amount, now)?;
+            let mut order = order.clone();
             order.record_refund(amount, true);
             let batch = Batch {
                 bookings: vec![b.clone()],
@@ -505,12 +474,11 @@ impl App {
                 ..Default::default()
             };
             let updates = w.release(seats.iter().copied());
-            let ticket = self.change_seats(fs, &mut w, batch, updates, &b)?;
-            mark.clear(&mut w);
-            ticket
-        };
-        self.unless_stopping(self.committer.durable(ticket))
-            .await??;
+            Ok((Some(self.change_seats(fs, w, batch, updates, &b)?), ()))
+        });
+        let done = self.unless_stopping(step).await;
+        drop(mark);
+        done??;
         Ok(Outcome::Refunded)
     }
 

@@ -138,6 +138,7 @@ impl App {
     ) -> Result<Value, ApiError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
+        self.committer.catch_up().await?;
         if self.store.user_by_name(&username)?.is_some() {
             return Err(ApiError::UsernameTaken);
         }
@@ -161,15 +162,10 @@ impl App {
             events: vec![(user.id, event("registered", None, now, json!({})))],
             ..Default::default()
         };
-        let t = {
-            let _gate = self.committer.write_gate();
-            match self.store.write(&batch) {
-                Err(StoreError::Conflict) => return Err(ApiError::UsernameTaken),
-                r => r?,
-            }
-            self.committer.enqueue(None)
-        };
-        self.committer.durable(t).await?;
+        match self.commit(batch).await {
+            Err(StoreError::Conflict) => return Err(ApiError::UsernameTaken),
+            r => r?,
+        }
         self.attach(&user, &session, outbox, conn);
         Ok(login_result(&token, &session, &user))
     }
@@ -180,6 +176,8 @@ impl App {
         outbox: &Outbox,
         conn: &mut Option<AuthSession>,
     ) -> Result<Value, ApiError> {
+        // the user may have registered through another node a moment ago
+        self.committer.catch_up().await?;
         let user = match Username::parse(&p.username) {
             Ok(name) => self.store.user_by_name(&name)?,
             Err(_) => None,
@@ -196,17 +194,18 @@ impl App {
             Some(u) if ok => u,
             Some(u) => {
                 let now = domain::now_ms();
-                self.store.write(&Batch {
+                self.write_soon(Batch {
                     events: vec![(u.id, event("login_failed", None, now, json!({})))],
                     ..Default::default()
-                })?;
+                })
+                .await?;
                 return Err(ApiError::BadCredentials);
             }
             None => return Err(ApiError::BadCredentials),
         };
         let now = domain::now_ms();
         let (token, session) = self.new_session(user.id, now);
-        self.commit(&Batch {
+        self.commit(Batch {
             sessions: vec![session.clone()],
             events: vec![(user.id, event("login", None, now, json!({})))],
             ..Default::default()
@@ -223,7 +222,14 @@ impl App {
         conn: &mut Option<AuthSession>,
     ) -> Result<Value, ApiError> {
         let hash = token_hash(&p.token);
-        let session = self.live_session(&hash)?.ok_or(ApiError::InvalidToken)?;
+        let session = match self.live_session(&hash)? {
+            Some(s) => s,
+            None => {
+                // made through another node a moment ago?
+                self.committer.catch_up().await?;
+                self.live_session(&hash)?.ok_or(ApiError::InvalidToken)?
+            }
+        };
         let user = self
             .store
             .user(session.user_id)?
@@ -239,7 +245,7 @@ impl App {
     ) -> Result<Value, ApiError> {
         let s = self.authenticate(conn)?;
         let now = domain::now_ms();
-        self.commit(&Batch {
+        self.commit(Batch {
             revoke_sessions: vec![s.token_hash.clone()],
             events: vec![(s.user_id, event("logout", None, now, json!({})))],
             ..Default::default()
@@ -311,13 +317,12 @@ impl App {
                 .as_ref()
                 .map_or_else(domain::now_ms, |u| u.created_at),
         };
-        self.store
-            .write(&Batch {
-                users: vec![user],
-                ..Default::default()
-            })
-            .map_err(|e| start(e.to_string()))?;
-        Ok(())
+        self.write_soon(Batch {
+            users: vec![user],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| start(e.to_string()))
     }
 }
 

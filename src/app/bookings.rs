@@ -4,13 +4,12 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::{event, remember_ok, App, AuthSession};
+use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
 use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
 use crate::payments::RefundRequest;
 use crate::protocol::{params, wire, ApiError};
-use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
 
 /// The airline accounting code that starts every ticket number.
@@ -27,7 +26,7 @@ fn refund_key(loc: &Locator, seats: &[SeatId]) -> String {
 }
 
 enum CancelStep {
-    Released(Ticket, Value),
+    Released(Value),
     Refund(Busy, Vec<SeatId>, domain::Money),
 }
 
@@ -40,7 +39,6 @@ enum Wanted {
 pub(super) struct Busy {
     fs: Arc<FlightSeats>,
     locator: Locator,
-    armed: bool,
 }
 
 impl Busy {
@@ -58,22 +56,13 @@ impl Busy {
         Ok(Busy {
             fs: fs.clone(),
             locator: locator.clone(),
-            armed: true,
         })
-    }
-
-    /// Clears the mark inside a locked working map (dropping would lock again).
-    pub(super) fn clear(mut self, w: &mut Working) {
-        w.busy.remove(&self.locator);
-        self.armed = false;
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.armed {
-            self.fs.working().busy.remove(&self.locator);
-        }
+        self.fs.working().busy.remove(&self.locator);
     }
 }
 
@@ -183,18 +172,17 @@ impl App {
             crate::server::limits::check_open_holds(self, s.user_id, now)?;
             let flight = check_bookable(&fs, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
-            let (ticket, result) = {
-                let mut w = fs.working();
-                let idx = match want {
+            self.seat_step(&fs, Some(&key), |w| {
+                let idx = match &want {
                     Wanted::Seats(seats) => {
-                        let idx = seat_indices(&w, &seats)?;
+                        let idx = seat_indices(w, seats)?;
                         let taken = w.taken(&idx);
                         if !taken.is_empty() {
                             return Err(ApiError::SeatUnavailable(taken.iter().map(|s| s.to_string()).collect()));
                         }
                         idx
                     }
-                    Wanted::Best { count, cabin } => seating::pick(fs.aircraft, &w.free_mask(), cabin, count)
+                    Wanted::Best { count, cabin } => seating::pick(fs.aircraft, &w.free_mask(), *cabin, *count)
                         .ok_or_else(|| ApiError::SeatUnavailable(Vec::new()))?,
                 };
                 let seats: Vec<_> = idx
@@ -219,7 +207,7 @@ impl App {
                     };
                     let occupant = Occupant { locator: b.locator.clone(), booked: false };
                     let updates = idx.iter().map(|&i| (i, Some(occupant.clone()))).collect();
-                    match self.change_seats(&fs, &mut w, batch, updates, &b) {
+                    match self.change_seats(&fs, w, batch, updates, &b) {
                         Ok(ticket) => break (ticket, b, result),
                         Err(StoreError::Conflict) if attempt < 8 => attempt += 1,
                         Err(e) => return Err(e.into()),
@@ -229,15 +217,16 @@ impl App {
                 if let Some(t) = b.hold_expires_at {
                     self.expiry.schedule(t, &b.flight_id, &b.locator);
                 }
-                (ticket, result)
-            };
-            self.committer.durable(ticket).await?;
-            Ok(result)
+                Ok((Some(ticket), result))
+            })
+            .await?
+            .reply()
         })
         .await
     }
 
     pub async fn cancel(&self, s: &AuthSession, p: params::Cancel) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let only: Option<Vec<SeatId>> = match &p.seats {
             None => None,
@@ -257,8 +246,7 @@ impl App {
                 let loc = booking.locator;
                 let departs_at = fs.flight().departs_at;
                 // a hold is released at once; a confirmed booking is refunded first
-                let step = {
-                    let mut w = fs.working();
+                let step = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
                     let mut b = self
                         .store
@@ -287,21 +275,23 @@ impl App {
                             ..Default::default()
                         };
                         let updates = w.release(b.seats.iter().map(|x| x.seat));
-                        CancelStep::Released(self.change_seats(&fs, &mut w, batch, updates, &b)?, result)
+                        let ticket = self.change_seats(&fs, w, batch, updates, &b)?;
+                        Ok((Some(ticket), CancelStep::Released(result)))
                     } else {
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
-                        CancelStep::Refund(Busy::mark(&fs, &mut w, &loc)?, seats, amount)
+                        Ok((
+                            None,
+                            CancelStep::Refund(Busy::mark(&fs, w, &loc)?, seats, amount),
+                        ))
                     }
-                };
-                let (busy, seats, amount) = match step {
-                    CancelStep::Released(ticket, result) => {
-                        self.committer.durable(ticket).await?;
-                        return Ok(result);
-                    }
-                    CancelStep::Refund(busy, seats, amount) => (busy, seats, amount),
+                });
+                let (busy, seats, amount) = match step.await? {
+                    Step::Done(CancelStep::Released(result)) => return Ok(result),
+                    Step::Done(CancelStep::Refund(busy, seats, amount)) => (busy, seats, amount),
+                    Step::Replayed(r) => return r,
                 };
                 let order_id = booking.order_id.clone().unwrap_or_default();
-                let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
                 if amount > domain::Money::ZERO {
                     self.payments
                         .refund(RefundRequest {
@@ -312,14 +302,14 @@ impl App {
                         .await
                         .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
                 }
-                let (ticket, result) = {
-                    let mut w = fs.working();
+                let done = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
                     let mut b = self
                         .store
                         .booking(&loc)?
                         .ok_or(ApiError::NotFound("booking"))?;
                     b.refund(&seats, amount, now)?;
+                    let mut order = order.clone();
                     order.record_refund(amount, b.status == domain::BookingStatus::Refunded);
                     let result =
                         json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
@@ -330,16 +320,15 @@ impl App {
                             "refund": wire::money(amount),
                             "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
                         })))],
-                        replies: vec![(key, remember_ok(&result))],
+                        replies: vec![(key.clone(), remember_ok(&result))],
                         ..Default::default()
                     };
                     let updates = w.release(seats.iter().copied());
-                    let ticket = self.change_seats(&fs, &mut w, batch, updates, &b)?;
-                    busy.clear(&mut w);
-                    (ticket, result)
-                };
-                self.committer.durable(ticket).await?;
-                Ok(result)
+                    Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result))
+                });
+                let done = done.await;
+                drop(busy);
+                done?.reply()
             },
         )
         .await
@@ -350,6 +339,7 @@ impl App {
         s: &AuthSession,
         p: params::ChangeSeat,
     ) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let from = SeatId::parse(&p.from)
             .map_err(|_| ApiError::InvalidParams(format!("invalid seat {:?}", p.from)))?;
@@ -361,8 +351,7 @@ impl App {
             &p.request_id,
             |key| async move {
                 let loc = booking.locator;
-                let (ticket, result) = {
-                    let mut w = fs.working();
+                self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
                     check_bookable(&fs, now)?;
                     let mut b = self
@@ -374,7 +363,7 @@ impl App {
                             "a payment operation on this booking is in progress".into(),
                         ));
                     }
-                    let to_idx = seat_indices(&w, &[to])?[0];
+                    let to_idx = seat_indices(w, &[to])?[0];
                     let from_idx = w.index(from).ok_or_else(|| {
                         ApiError::InvalidParams(format!("seat {from} is not on this booking"))
                     })?;
@@ -400,7 +389,7 @@ impl App {
                                 }),
                             ),
                         )],
-                        replies: vec![(key, remember_ok(&result))],
+                        replies: vec![(key.clone(), remember_ok(&result))],
                         ..Default::default()
                     };
                     let occupant = Occupant {
@@ -408,10 +397,10 @@ impl App {
                         booked: true,
                     };
                     let updates = vec![(from_idx, None), (to_idx, Some(occupant))];
-                    (self.change_seats(&fs, &mut w, batch, updates, &b)?, result)
-                };
-                self.committer.durable(ticket).await?;
-                Ok(result)
+                    Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result))
+                })
+                .await?
+                .reply()
             },
         )
         .await
@@ -422,12 +411,14 @@ impl App {
         s: &AuthSession,
         p: params::LocatorRef,
     ) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let b = self.own_booking(s.user_id, &p.locator)?;
         self.committer.settle_reads().await;
         Ok(json!({ "booking": self.booking_json(&b) }))
     }
 
     pub async fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let list: Vec<Value> = self
             .store
             .user_bookings(s.user_id)?
@@ -439,6 +430,7 @@ impl App {
     }
 
     pub async fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let list: Vec<Value> = self
             .store
             .user_orders(s.user_id)?
@@ -450,6 +442,7 @@ impl App {
     }
 
     pub async fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
         let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
         if limit == 0 || limit > MAX_HISTORY {
             return Err(ApiError::InvalidParams(format!(

@@ -89,11 +89,16 @@ impl App {
         if due.is_empty() {
             return;
         }
-        for (flight, locator) in due {
-            if let Err(e) = self.expire_one(&flight, &locator) {
+        let results = futures::future::join_all(
+            due.iter()
+                .map(|(flight, locator)| self.expire_one(flight, locator)),
+        )
+        .await;
+        for ((flight, locator), r) in due.iter().zip(results) {
+            if let Err(e) = r {
                 tracing::error!(%locator, error = %e, "expiring a hold failed; retrying soon");
                 self.expiry
-                    .schedule(domain::now_ms() + BUSY_RETRY_MS, &flight, &locator);
+                    .schedule(domain::now_ms() + BUSY_RETRY_MS, flight, locator);
             }
         }
         if let Err(e) = self.committer.barrier().await {
@@ -101,7 +106,9 @@ impl App {
         }
     }
 
-    fn expire_one(
+    /// Expires one hold if it is still held and due. On a cluster every node may try
+    /// the same hold: the first to commit wins, the others find it expired.
+    async fn expire_one(
         &self,
         flight: &FlightId,
         locator: &Locator,
@@ -109,32 +116,34 @@ impl App {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
-        let mut w = fs.working();
-        let now = domain::now_ms();
-        let Some(mut b) = self.store.booking(locator)? else {
-            return Ok(());
-        };
-        if b.status != BookingStatus::Held {
-            return Ok(());
-        }
-        if w.busy.contains(locator) {
-            self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
-            return Ok(());
-        }
-        if !b.is_expired(now) {
-            if let Some(t) = b.hold_expires_at {
-                self.expiry.schedule(t, flight, locator);
+        self.seat_step(&fs, None, |w| {
+            let now = domain::now_ms();
+            let Some(mut b) = self.store.booking(locator)? else {
+                return Ok((None, ()));
+            };
+            if b.status != BookingStatus::Held {
+                return Ok((None, ()));
             }
-            return Ok(());
-        }
-        b.expire(now)?;
-        let batch = Batch {
-            bookings: vec![b.clone()],
-            events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
-            ..Default::default()
-        };
-        let updates = w.release(b.seats.iter().map(|x| x.seat));
-        self.change_seats(&fs, &mut w, batch, updates, &b)?;
+            if w.busy.contains(locator) {
+                self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
+                return Ok((None, ()));
+            }
+            if !b.is_expired(now) {
+                if let Some(t) = b.hold_expires_at {
+                    self.expiry.schedule(t, flight, locator);
+                }
+                return Ok((None, ()));
+            }
+            b.expire(now)?;
+            let batch = Batch {
+                bookings: vec![b.clone()],
+                events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
+                ..Default::default()
+            };
+            let updates = w.release(b.seats.iter().map(|x| x.seat));
+            Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), ()))
+        })
+        .await?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod bookings;
+mod cluster;
 mod expiry;
 mod flights;
 mod payments;
@@ -36,6 +37,25 @@ pub use payments::WebhookError;
 
 /// Demo schedule horizon in days.
 const SCHEDULE_DAYS: u32 = 14;
+/// Flights per seeding write.
+const SEED_CHUNK: usize = 50;
+/// How often a seat change is decided again after other nodes changed the flight first.
+const MAX_SEAT_TRIES: usize = 64;
+
+/// How a seat change ended: done here, or the request had been answered already.
+enum Step<R> {
+    Done(R),
+    Replayed(Result<Value, ApiError>),
+}
+
+impl Step<Value> {
+    fn reply(self) -> Result<Value, ApiError> {
+        match self {
+            Step::Done(v) => Ok(v),
+            Step::Replayed(r) => r,
+        }
+    }
+}
 
 pub struct App {
     pub config: Config,
@@ -74,14 +94,20 @@ impl App {
     /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
     /// committer and expires the holds that fell due while the server was down.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
-        let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))?
-            .map_err(|source| StartError::Store {
-                path: config.data_dir.display().to_string(),
-                source,
-            })?;
+        let store: Arc<dyn Store> = if config.store == "etcd" {
+            connect_etcd(&config).await?
+        } else {
+            let dir = config.data_dir.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || SledStore::open(&dir))
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?
+                    .map_err(|source| StartError::Store {
+                        path: config.data_dir.display().to_string(),
+                        source,
+                    })?,
+            )
+        };
         let payments: Arc<dyn PaymentGateway> = match config.payments.as_str() {
             "stripe" => {
                 let key = config.stripe_secret_key.clone().ok_or_else(|| {
@@ -97,7 +123,7 @@ impl App {
             }
             _ => Arc::new(Sandbox::default()),
         };
-        Self::with_parts(config, Arc::new(store), payments).await
+        Self::with_parts(config, store, payments).await
     }
 
     pub async fn with_parts(
@@ -132,8 +158,9 @@ impl App {
             stop,
             background: parking_lot::Mutex::new(vec![commit_task]),
         });
-        app.seed()?;
         app.load_inventory()?;
+        app.follow_cluster()?;
+        app.seed().await?;
         app.ensure_admin().await?;
         app.committer
             .barrier()
@@ -171,6 +198,9 @@ impl App {
         for t in tasks {
             let _ = t.await;
         }
+        if let Some(r) = self.store.replicated() {
+            r.close();
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -185,7 +215,7 @@ impl App {
     }
 
     /// Adds the demo schedule's missing days (today and the next 13) unless disabled.
-    fn seed(&self) -> Result<(), StartError> {
+    async fn seed(&self) -> Result<(), StartError> {
         if self.config.no_seed {
             return Ok(());
         }
@@ -203,13 +233,18 @@ impl App {
             .collect();
         if !missing.is_empty() {
             tracing::info!(flights = missing.len(), "seeding demo schedule");
-            self.store
-                .write(&Batch {
-                    flights: missing,
+            // in chunks: etcd bounds the operations of one transaction
+            for chunk in missing.chunks(SEED_CHUNK) {
+                self.write_soon(Batch {
+                    flights: chunk.to_vec(),
                     ..Default::default()
                 })
+                .await
                 .map_err(start_err)?;
-            self.committer.enqueue(None);
+            }
+            for f in missing {
+                self.inventory.add(f);
+            }
         }
         Ok(())
     }
@@ -287,10 +322,7 @@ impl App {
     ) -> crate::store::commit::Action {
         let fs = fs.clone();
         let user = booking.user_id;
-        let frame = axum::extract::ws::Utf8Bytes::from(envelope::push(
-            "booking.updated",
-            &json!({ "booking": wire::booking(booking, Some(&fs.flight())) }),
-        ));
+        let frame = booking_push(booking, Some(&fs.flight()));
         let users = self.users.clone();
         Box::new(move || {
             if let Some(c) = change {
@@ -303,6 +335,9 @@ impl App {
     /// The one way seats change, called with the flight's working map locked: writes
     /// `batch` with the flight's next version, applies `updates` to the working map and
     /// enqueues the announcement of `booking`, published once the batch is durable.
+    ///
+    /// On a replicated store the working map is left as it is: the write commits only
+    /// if no other node changed the flight meanwhile, and the change feed applies it.
     fn change_seats(
         &self,
         fs: &Arc<FlightSeats>,
@@ -311,13 +346,55 @@ impl App {
         updates: Vec<(usize, Option<Occupant>)>,
         booking: &Booking,
     ) -> Result<Ticket, StoreError> {
-        batch.versions.push((fs.id.clone(), w.version + 1));
+        let next = w.version + 1;
+        batch.versions.push((fs.id.clone(), next));
+        if self.committer.is_replicated() {
+            batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
+            return self
+                .committer
+                .submit(batch, Some((fs.id.clone(), w.version)), None);
+        }
         let _gate = self.committer.write_gate();
         self.store.write(&batch)?;
         let change = w.apply(updates);
         Ok(self
             .committer
             .enqueue(Some(self.announce(fs, Some(change), booking))))
+    }
+
+    /// Decides a seat change with `decide` (which gets the locked working map and
+    /// returns the ticket of its [`App::change_seats`], if it made one) and waits until
+    /// it is durable. On a replicated store the flight's changes through this node
+    /// take turns, and when another node changed the flight first the decision is
+    /// made again on the newer map, unless the request (`key`) was answered meanwhile.
+    async fn seat_step<R>(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: Option<&IdemKey>,
+        mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), ApiError>,
+    ) -> Result<Step<R>, ApiError> {
+        let replicated = self.committer.is_replicated();
+        for _ in 0..MAX_SEAT_TRIES {
+            let _turn = match replicated {
+                true => Some(fs.turn.lock().await),
+                false => None,
+            };
+            let (ticket, out) = decide(&mut fs.working())?;
+            let Some(ticket) = ticket else {
+                return Ok(Step::Done(out));
+            };
+            match self.committer.durable(ticket).await {
+                Ok(()) => return Ok(Step::Done(out)),
+                Err(StoreError::Stale) => {
+                    if let Some(v) = key.map(|k| self.store.reply(k)).transpose()?.flatten() {
+                        return Ok(Step::Replayed(replay(v)));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
+        Err(ApiError::Internal)
     }
 
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
@@ -336,6 +413,8 @@ impl App {
         let request_id = domain::RequestId::parse(request_id)?;
         let lock = self.user_locks.entry(user).or_default().clone();
         let _serial = lock.lock().await;
+        // a retry may reach another node than the first try: see its reply
+        self.committer.catch_up().await?;
         let key = IdemKey {
             user,
             method,
@@ -348,13 +427,18 @@ impl App {
     }
 
     /// Writes a batch and waits until it is durable (no seat change involved).
-    async fn commit(&self, batch: &Batch) -> Result<(), ApiError> {
-        let t = {
-            let _gate = self.committer.write_gate();
-            self.store.write(batch)?;
-            self.committer.enqueue(None)
-        };
-        Ok(self.committer.durable(t).await?)
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let t = self.committer.submit(batch, None, None)?;
+        self.committer.durable(t).await
+    }
+
+    /// Writes a batch that need not be durable before the caller goes on: a local
+    /// store makes it durable with the next sync; a replicated one commits it now.
+    async fn write_soon(&self, batch: Batch) -> Result<(), StoreError> {
+        match self.committer.is_replicated() {
+            true => self.commit(batch).await,
+            false => self.store.write(&batch),
+        }
     }
 
     pub fn stats(&self) -> Value {
@@ -363,6 +447,33 @@ impl App {
             "user_connections": self.users.connections(),
         })
     }
+}
+
+/// The `booking.updated` push telling a booking's owner of its new state.
+fn booking_push(b: &Booking, flight: Option<&Flight>) -> axum::extract::ws::Utf8Bytes {
+    axum::extract::ws::Utf8Bytes::from(envelope::push(
+        "booking.updated",
+        &json!({ "booking": wire::booking(b, flight) }),
+    ))
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let store = crate::store::EtcdStore::connect(&config.etcd_endpoints, &config.etcd_prefix)
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.etcd_endpoints.join(","),
+            source,
+        })?;
+    Ok(store)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    Err(StartError::Other(
+        "--store etcd needs a build with etcd support: cargo build --release --features etcd"
+            .into(),
+    ))
 }
 
 fn start_err(e: StoreError) -> StartError {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bookings::{check_bookable, Busy, AIRLINE_CODE};
-use super::{event, remember_err, remember_ok, App, AuthSession};
+use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus, RefundRequest};
@@ -54,6 +54,7 @@ impl App {
                 "payment_method must be 1-128 characters".into(),
             ));
         }
+        self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
@@ -83,10 +84,11 @@ impl App {
             };
             // creating a payment charges nothing, so this record need not be durable
             // yet: the next commit (with the payment reference) makes both durable
-            self.store.write(&Batch {
+            self.write_soon(Batch {
                 attempts: vec![attempt.clone()],
                 ..Default::default()
-            })?;
+            })
+            .await?;
             let request = PaymentRequest {
                 amount,
                 payment_method: p.payment_method,
@@ -97,7 +99,7 @@ impl App {
                 Ok(r) => {
                     attempt.payment_ref = Some(r.clone());
                     // the reference is on disk before anything can be charged
-                    self.commit(&Batch {
+                    self.commit(Batch {
                         attempts: vec![attempt.clone()],
                         ..Default::default()
                     })
@@ -135,7 +137,7 @@ impl App {
                         _ => {
                             drop(busy);
                             let err = ApiError::PaymentFailed(m);
-                            self.commit(&Batch {
+                            self.commit(Batch {
                                 events: vec![(
                                     s.user_id,
                                     event(
@@ -170,7 +172,7 @@ impl App {
         let now = domain::now_ms();
         a.state = AttemptState::Failed;
         a.updated_at = now;
-        self.commit(&Batch {
+        self.commit(Batch {
             events: vec![(
                 a.user_id,
                 event(
@@ -206,8 +208,8 @@ impl App {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let order_id = format!("ORD{:010}", self.store.next_id()?);
-        let confirmed = {
-            let mut w = fs.working();
+        let key = pay_key(&a);
+        let confirmed = self.seat_step(fs, Some(&key), |w| {
             let now = domain::now_ms();
             let mut b = self
                 .store
@@ -222,9 +224,10 @@ impl App {
                         .as_ref()
                         .is_some_and(|o| o.locator == a.locator && !o.booked)
                 });
-            if ours && b.confirm(tickets, order_id.clone(), now).is_ok() {
+            if ours && b.confirm(tickets.clone(), order_id.clone(), now).is_ok() {
+                let mut a = a.clone();
                 let order = Order {
-                    order_id,
+                    order_id: order_id.clone(),
                     locator: a.locator.clone(),
                     user_id: a.user_id,
                     status: OrderStatus::Paid,
@@ -263,20 +266,18 @@ impl App {
                     .into_iter()
                     .map(|i| (i, Some(occupant.clone())))
                     .collect();
-                let ticket = self.change_seats(fs, &mut w, batch, updates, &b)?;
-                busy.clear(&mut w);
-                Ok((ticket, result))
+                let ticket = self.change_seats(fs, w, batch, updates, &b)?;
+                Ok((Some(ticket), Some(result)))
             } else {
-                Err(busy)
+                Ok((None, None))
             }
-        };
-        let busy = match confirmed {
-            Ok((ticket, result)) => {
-                self.committer.durable(ticket).await?;
-                return Ok(result);
-            }
-            Err(busy) => busy,
-        };
+        });
+        match confirmed.await {
+            Ok(Step::Done(None)) => {}
+            Ok(Step::Done(Some(result))) => return Ok(result),
+            Ok(Step::Replayed(r)) => return r,
+            Err(e) => return Err(e),
+        }
         // charged, but the booking cannot have it: give the money back
         let refund = self
             .payments
@@ -297,7 +298,7 @@ impl App {
         );
         a.state = AttemptState::Refunded;
         a.updated_at = now;
-        self.commit(&Batch {
+        self.commit(Batch {
             events: vec![(
                 a.user_id,
                 event(
@@ -408,16 +409,12 @@ impl App {
             "charge.refunded" => tracing::info!(event = id, charge = object_id, "charge refunded"),
             other => tracing::debug!(event = id, kind = other, "webhook ignored"),
         }
-        self.store
-            .write(&Batch {
-                webhook_events: vec![id.to_owned()],
-                ..Default::default()
-            })
-            .map_err(|_| WebhookError::Internal)?;
-        self.committer
-            .barrier()
-            .await
-            .map_err(|_| WebhookError::Internal)?;
+        self.commit(Batch {
+            webhook_events: vec![id.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| WebhookError::Internal)?;
         Ok(())
     }
 }

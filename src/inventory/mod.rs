@@ -121,6 +121,9 @@ pub enum Start {
 pub struct FlightSeats {
     pub id: FlightId,
     pub aircraft: &'static Aircraft,
+    /// On a replicated store, this node's changes of the flight take turns here (held
+    /// across the commit, unlike the working map's lock).
+    pub turn: tokio::sync::Mutex<()>,
     flight: RwLock<Flight>,
     working: Mutex<Working>,
     live: Mutex<Live>,
@@ -139,6 +142,7 @@ impl FlightSeats {
         FlightSeats {
             id: flight.id.clone(),
             aircraft,
+            turn: tokio::sync::Mutex::new(()),
             flight: RwLock::new(flight),
             working: Mutex::new(Working {
                 aircraft,
@@ -204,6 +208,27 @@ impl FlightSeats {
             .zip(status)
             .map(|(info, st)| wire::seat(info, *st))
             .collect()
+    }
+
+    /// Applies a committed change of the replicated change feed, in version order:
+    /// to the working map, then published. Versions already applied are ignored.
+    pub fn apply_committed(&self, version: u64, updates: Vec<(usize, Option<Occupant>)>) {
+        let change = {
+            let mut w = self.working.lock();
+            if version <= w.version {
+                return;
+            }
+            if version != w.version + 1 {
+                tracing::error!(flight = %self.id, have = w.version, got = version, "gap in the change feed");
+                w.version = version - 1;
+            }
+            let updates = updates
+                .into_iter()
+                .filter(|(i, _)| *i < w.seats.len())
+                .collect();
+            w.apply(updates)
+        };
+        self.publish(&change);
     }
 
     /// Publishes a durable change: advances the live map, remembers it for replay and
@@ -325,6 +350,27 @@ impl Inventory {
         ));
         self.flights.insert(entry.id.clone(), entry.clone());
         entry
+    }
+
+    /// Adds a new flight with every seat free, unless the flight is there already
+    /// (then its record is updated); returns the flight's seats either way.
+    pub fn add(&self, flight: Flight) -> Arc<FlightSeats> {
+        match self.flights.entry(flight.id.clone()) {
+            dashmap::Entry::Occupied(e) => {
+                e.get().set_flight(flight);
+                e.get().clone()
+            }
+            dashmap::Entry::Vacant(e) => {
+                let seats = vec![None; flight.aircraft().seats().len()];
+                e.insert(Arc::new(FlightSeats::new(
+                    flight,
+                    0,
+                    seats,
+                    self.replay_capacity,
+                )))
+                .clone()
+            }
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<FlightSeats>> {

@@ -5,6 +5,11 @@
 //! share one fsync, and nobody (requester or watcher) hears of a change before it is
 //! on disk. When a sync fails (after retries) its waiters get an error, and its
 //! actions wait for the next successful sync.
+//!
+//! On a replicated store ([`Store::replicated`]) a batch is instead committed to the
+//! cluster by a task of its own, and its ticket resolves once the cluster committed it
+//! and this node applied it; the change feed announces it on every node, so actions
+//! are not used.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -12,13 +17,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
-use super::{Store, StoreError};
+use super::{Batch, Store, StoreError};
+use crate::domain::FlightId;
 
 /// Runs once the write it follows is durable.
 pub type Action = Box<dyn FnOnce() + Send>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(u64);
+/// A pending write; [`Committer::durable`] waits for it.
+#[derive(Debug)]
+pub enum Ticket {
+    Local(u64),
+    Replicated(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
+}
 
 #[derive(Default)]
 struct Queue {
@@ -80,7 +90,46 @@ impl Committer {
         }
         drop(q);
         self.wake.notify_one();
-        Ticket(t)
+        Ticket::Local(t)
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.store.replicated().is_some()
+    }
+
+    /// Writes `batch` (atomically; on a replicated store only if the flight in
+    /// `expect` still has that version) and returns the ticket to wait for. Call it
+    /// while holding whatever lock ordered the write.
+    pub fn submit(
+        &self,
+        batch: Batch,
+        expect: Option<(FlightId, u64)>,
+        action: Option<Action>,
+    ) -> Result<Ticket, StoreError> {
+        if self.store.replicated().is_none() {
+            let _gate = self.gate.read();
+            self.store.write(&batch)?;
+            return Ok(self.enqueue(action));
+        }
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = match store.replicated() {
+                Some(r) => r.commit(batch, expect).await,
+                None => Err(StoreError::Io("store is not replicated".into())),
+            };
+            let _ = tx.send(r);
+        });
+        Ok(Ticket::Replicated(rx))
+    }
+
+    /// On a replicated store, waits until this node has every write committed
+    /// anywhere so far (call it before reading); a local store has them all already.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        match self.store.replicated() {
+            Some(r) => r.settle().await,
+            None => Ok(()),
+        }
     }
 
     /// Hold this from a store write until its ticket is enqueued, so that
@@ -94,21 +143,33 @@ impl Committer {
     /// state that a crash could take back, or that the live seat maps do not show yet.
     /// When the disk is failing, reads still answer (with what the store holds).
     pub async fn settle_reads(&self) {
+        if self.store.replicated().is_some() {
+            // every acknowledged write is durable there; readers catch up first
+            return;
+        }
         drop(self.gate.write());
         let last = self.queue.lock().next - 1;
-        if let Err(e) = self.durable(Ticket(last)).await {
+        if let Err(e) = self.durable(Ticket::Local(last)).await {
             tracing::warn!(error = %e, "answering a read while syncs fail");
         }
     }
 
     /// Waits until the ticket's write is durable.
     pub async fn durable(&self, t: Ticket) -> Result<(), StoreError> {
+        let t = match t {
+            Ticket::Local(t) => t,
+            Ticket::Replicated(rx) => {
+                return rx
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Io("commit task ended".into())))
+            }
+        };
         let mut rx = self.progress.subscribe();
         let p = *rx
-            .wait_for(|p| p.done >= t.0)
+            .wait_for(|p| p.done >= t)
             .await
             .map_err(|_| StoreError::Io("committer stopped".into()))?;
-        if t.0 > p.failed_after && t.0 <= p.failed_upto {
+        if t > p.failed_after && t <= p.failed_upto {
             return Err(StoreError::Io("sync failed".into()));
         }
         Ok(())

@@ -3,6 +3,8 @@
 //! batch of writes durable before anyone is told of them.
 
 pub mod commit;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
 pub mod sled_store;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +13,8 @@ use serde_json::Value;
 use crate::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
 
 pub use commit::Committer;
+#[cfg(feature = "etcd")]
+pub use etcd_store::EtcdStore;
 pub use sled_store::SledStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +22,10 @@ pub enum StoreError {
     /// A key the batch required to be absent exists (username taken, locator in use).
     #[error("conflict")]
     Conflict,
+    /// The flight's version moved on (another node changed its seats first): decide
+    /// again on the newer seat map.
+    #[error("stale seat map")]
+    Stale,
     #[error("storage: {0}")]
     Io(String),
     #[error("corrupt record: {0}")]
@@ -139,6 +147,56 @@ pub struct Batch {
     pub attempts: Vec<PaymentAttempt>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
+    /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
+    pub seat_feed: Option<SeatFeed>,
+}
+
+/// One seat of a [`SeatFeed`]: who holds it after the change (`None`: free).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedSeat {
+    pub index: usize,
+    pub locator: Option<Locator>,
+    pub booked: bool,
+}
+
+/// A flight's seat change as version `version`, replicated to every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeatFeed {
+    pub flight: FlightId,
+    pub version: u64,
+    pub seats: Vec<FeedSeat>,
+}
+
+/// A replicated record another node's write produced, which this node reacts to.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Flight(Flight),
+    Booking(Booking),
+    Seats(SeatFeed),
+    /// A session was revoked (its token hash).
+    SessionEnded(String),
+}
+
+/// Called, in commit order, with the changes of each committed revision, after they
+/// are in the node's copy of the store and before any waiter on them is woken.
+pub type Listener = Box<dyn Fn(&[Change]) + Send + Sync>;
+
+/// A store shared by several nodes, with its change feed (see [`EtcdStore`]).
+pub trait Replicated: Send + Sync {
+    /// Commits `batch` atomically, only if the flight in `expect` is still at that
+    /// version ([`StoreError::Stale`] otherwise); returns once the write is committed
+    /// and this node has applied it (its listener has run).
+    fn commit(
+        &self,
+        batch: Batch,
+        expect: Option<(FlightId, u64)>,
+    ) -> futures::future::BoxFuture<'_, StoreResult<()>>;
+    /// Returns once this node has applied every write committed anywhere before the call.
+    fn settle(&self) -> futures::future::BoxFuture<'_, StoreResult<()>>;
+    /// Starts following the change feed, calling `listener` for every change.
+    fn follow(&self, listener: Listener) -> StoreResult<()>;
+    /// Stops following and gives up retrying.
+    fn close(&self);
 }
 
 /// The durable store. Writes are atomic per batch and become durable at the next
@@ -168,4 +226,9 @@ pub trait Store: Send + Sync + 'static {
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>>;
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>>;
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
+
+    /// The replicated side of a store shared by several nodes; `None` for a local one.
+    fn replicated(&self) -> Option<&dyn Replicated> {
+        None
+    }
 }

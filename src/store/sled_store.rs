@@ -5,13 +5,13 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::fs::File;
 use std::path::Path;
 
 use super::{
-    Batch, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store, StoreError, StoreResult,
-    UserRecord,
+    Batch, Change, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store, StoreError,
+    StoreResult, UserRecord,
 };
 use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -30,10 +30,11 @@ const ATTEMPT: u8 = b'P';
 const OPEN_ATTEMPT: u8 = b'p';
 const ATTEMPT_REF: u8 = b'R';
 const WEBHOOK: u8 = b'W';
+const FEED: u8 = b'Q';
 
 pub struct SledStore {
     db: sled::Db,
-    data_file: File,
+    data_file: Option<File>,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -74,7 +75,10 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(io)?;
         let db = sled::Config::new().path(dir).open().map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
-        Ok(SledStore { db, data_file })
+        Ok(SledStore {
+            db,
+            data_file: Some(data_file),
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
@@ -111,28 +115,24 @@ impl SledStore {
     }
 }
 
-type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
+/// One write of a [`Batch`], as raw key and value bytes, shared by every backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    /// Put, but the batch fails with [`StoreError::Conflict`] if the key exists.
+    Create(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
 
-fn put<T: Serialize>(tx: &TransactionalTree, k: Vec<u8>, v: &T) -> TxResult {
-    let bytes = encode(v).map_err(ConflictableTransactionError::Abort)?;
-    tx.insert(k, bytes)?;
+fn put_json<T: Serialize>(ops: &mut Vec<Op>, k: Vec<u8>, v: &T) -> StoreResult<()> {
+    ops.push(Op::Put(k, encode(v)?));
     Ok(())
 }
 
-fn create<T: Serialize>(tx: &TransactionalTree, k: Vec<u8>, v: &T) -> TxResult {
-    if tx.get(&k)?.is_some() {
-        return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-    }
-    put(tx, k, v)
-}
-
-fn write_booking(tx: &TransactionalTree, b: &Booking, new: bool) -> TxResult {
+fn booking_ops(ops: &mut Vec<Op>, b: &Booking, new: bool) -> StoreResult<()> {
     let k = key(BOOKING, &[b.locator.as_str().as_bytes()]);
-    if new {
-        create(tx, k, b)?;
-    } else {
-        put(tx, k, b)?;
-    }
+    let v = encode(b)?;
+    ops.push(if new { Op::Create(k, v) } else { Op::Put(k, v) });
     let idx = key(
         USER_BOOKING,
         &[
@@ -141,8 +141,142 @@ fn write_booking(tx: &TransactionalTree, b: &Booking, new: bool) -> TxResult {
             b.locator.as_str().as_bytes(),
         ],
     );
-    tx.insert(idx, &[][..])?;
+    ops.push(Op::Put(idx, Vec::new()));
     Ok(())
+}
+
+/// The key holding a flight's version.
+pub fn version_key(flight: &FlightId) -> Vec<u8> {
+    key(VERSION, &[flight.as_str().as_bytes()])
+}
+
+/// The writes of a batch; `history_ids` gives each event its sequence number.
+pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
+    let mut ops = Vec::new();
+    for (u, new) in batch
+        .new_users
+        .iter()
+        .map(|u| (u, true))
+        .chain(batch.users.iter().map(|u| (u, false)))
+    {
+        let k = key(USER, &[u.username.as_str().as_bytes()]);
+        let v = encode(u)?;
+        ops.push(if new { Op::Create(k, v) } else { Op::Put(k, v) });
+        ops.push(Op::Put(
+            key(USER_ID, &[&u.id.0.to_be_bytes()]),
+            u.username.as_str().as_bytes().to_vec(),
+        ));
+    }
+    for s in &batch.sessions {
+        put_json(&mut ops, key(SESSION, &[s.token_hash.as_bytes()]), s)?;
+    }
+    for h in &batch.revoke_sessions {
+        ops.push(Op::Delete(key(SESSION, &[h.as_bytes()])));
+    }
+    for f in &batch.flights {
+        put_json(&mut ops, key(FLIGHT, &[f.id.as_str().as_bytes()]), f)?;
+    }
+    for (f, v) in &batch.versions {
+        ops.push(Op::Put(version_key(f), v.to_be_bytes().to_vec()));
+    }
+    if let Some(feed) = &batch.seat_feed {
+        put_json(
+            &mut ops,
+            key(FEED, &[feed.flight.as_str().as_bytes()]),
+            feed,
+        )?;
+    }
+    for b in &batch.new_bookings {
+        booking_ops(&mut ops, b, true)?;
+    }
+    for b in &batch.bookings {
+        booking_ops(&mut ops, b, false)?;
+    }
+    for o in &batch.orders {
+        put_json(&mut ops, key(ORDER, &[o.order_id.as_bytes()]), o)?;
+        let idx = key(
+            USER_ORDER,
+            &[
+                &o.user_id.0.to_be_bytes(),
+                &o.created_at.to_be_bytes(),
+                o.order_id.as_bytes(),
+            ],
+        );
+        ops.push(Op::Put(idx, Vec::new()));
+    }
+    for ((user, ev), seq) in batch.events.iter().zip(history_ids) {
+        put_json(
+            &mut ops,
+            key(HISTORY, &[&user.0.to_be_bytes(), &seq.to_be_bytes()]),
+            ev,
+        )?;
+    }
+    for (k, v) in &batch.replies {
+        put_json(&mut ops, reply_key(k), v)?;
+    }
+    for a in &batch.attempts {
+        put_json(&mut ops, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
+        let open = key(
+            OPEN_ATTEMPT,
+            &[&a.created_at.to_be_bytes(), a.id.as_bytes()],
+        );
+        if a.is_open() {
+            ops.push(Op::Put(open, a.id.as_bytes().to_vec()));
+        } else {
+            ops.push(Op::Delete(open));
+        }
+        if let Some(r) = &a.payment_ref {
+            ops.push(Op::Put(
+                key(ATTEMPT_REF, &[r.as_bytes()]),
+                a.id.as_bytes().to_vec(),
+            ));
+        }
+    }
+    for e in &batch.webhook_events {
+        ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
+    }
+    Ok(ops)
+}
+
+/// What a written key means to the rest of a node, for the records that other nodes
+/// must react to; `None` for every other key.
+pub fn decode_change(k: &[u8], value: Option<&[u8]>) -> Option<Change> {
+    let (&kind, rest) = k.split_first()?;
+    let parsed = match (kind, value) {
+        (FLIGHT, Some(v)) => decode(v).map(Change::Flight),
+        (BOOKING, Some(v)) => decode(v).map(Change::Booking),
+        (FEED, Some(v)) => decode(v).map(Change::Seats),
+        (SESSION, None) => Ok(Change::SessionEnded(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        _ => return None,
+    };
+    parsed
+        .map_err(|e| tracing::error!(error = %e, "undecodable replicated record"))
+        .ok()
+}
+
+impl SledStore {
+    /// A store in memory only (deleted when dropped): a node's copy of a replicated store.
+    pub fn temporary() -> StoreResult<Self> {
+        let db = sled::Config::new().temporary(true).open().map_err(io)?;
+        Ok(SledStore {
+            db,
+            data_file: None,
+        })
+    }
+
+    /// Applies raw puts (`Some`) and deletes (`None`) atomically.
+    pub fn apply_raw(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> StoreResult<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)
+    }
 }
 
 impl Store for SledStore {
@@ -151,78 +285,23 @@ impl Store for SledStore {
         for _ in &batch.events {
             history_ids.push(self.next_id()?);
         }
+        let ops = batch_ops(batch, &history_ids)?;
         let result = self.db.transaction(|tx| {
-            for u in &batch.new_users {
-                create(tx, key(USER, &[u.username.as_str().as_bytes()]), u)?;
-                tx.insert(
-                    key(USER_ID, &[&u.id.0.to_be_bytes()]),
-                    u.username.as_str().as_bytes(),
-                )?;
-            }
-            for u in &batch.users {
-                put(tx, key(USER, &[u.username.as_str().as_bytes()]), u)?;
-                tx.insert(
-                    key(USER_ID, &[&u.id.0.to_be_bytes()]),
-                    u.username.as_str().as_bytes(),
-                )?;
-            }
-            for s in &batch.sessions {
-                put(tx, key(SESSION, &[s.token_hash.as_bytes()]), s)?;
-            }
-            for h in &batch.revoke_sessions {
-                tx.remove(key(SESSION, &[h.as_bytes()]))?;
-            }
-            for f in &batch.flights {
-                put(tx, key(FLIGHT, &[f.id.as_str().as_bytes()]), f)?;
-            }
-            for (f, v) in &batch.versions {
-                tx.insert(key(VERSION, &[f.as_str().as_bytes()]), &v.to_be_bytes()[..])?;
-            }
-            for b in &batch.new_bookings {
-                write_booking(tx, b, true)?;
-            }
-            for b in &batch.bookings {
-                write_booking(tx, b, false)?;
-            }
-            for o in &batch.orders {
-                put(tx, key(ORDER, &[o.order_id.as_bytes()]), o)?;
-                let idx = key(
-                    USER_ORDER,
-                    &[
-                        &o.user_id.0.to_be_bytes(),
-                        &o.created_at.to_be_bytes(),
-                        o.order_id.as_bytes(),
-                    ],
-                );
-                tx.insert(idx, &[][..])?;
-            }
-            for ((user, ev), seq) in batch.events.iter().zip(&history_ids) {
-                put(
-                    tx,
-                    key(HISTORY, &[&user.0.to_be_bytes(), &seq.to_be_bytes()]),
-                    ev,
-                )?;
-            }
-            for (k, v) in &batch.replies {
-                put(tx, reply_key(k), v)?;
-            }
-            for a in &batch.attempts {
-                put(tx, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
-                let open = key(
-                    OPEN_ATTEMPT,
-                    &[&a.created_at.to_be_bytes(), a.id.as_bytes()],
-                );
-                if a.is_open() {
-                    tx.insert(open, a.id.as_bytes())?;
-                } else {
-                    tx.remove(open)?;
+            for op in &ops {
+                match op {
+                    Op::Put(k, v) => {
+                        tx.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Op::Create(k, v) => {
+                        if tx.get(k)?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                        }
+                        tx.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Op::Delete(k) => {
+                        tx.remove(k.as_slice())?;
+                    }
                 }
-                if let Some(r) = &a.payment_ref {
-                    tx.insert(key(ATTEMPT_REF, &[r.as_bytes()]), a.id.as_bytes())?;
-                }
-            }
-            for e in &batch.webhook_events {
-                tx.insert(key(WEBHOOK, &[e.as_bytes()]), &[][..])?;
             }
             Ok(())
         });
@@ -235,7 +314,10 @@ impl Store for SledStore {
 
     fn sync(&self) -> StoreResult<()> {
         self.db.flush().map_err(io)?;
-        self.data_file.sync_data().map_err(io)
+        match &self.data_file {
+            Some(f) => f.sync_data().map_err(io),
+            None => Ok(()),
+        }
     }
 
     fn next_id(&self) -> StoreResult<u64> {
@@ -266,11 +348,7 @@ impl Store for SledStore {
     }
 
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
-        match self
-            .db
-            .get(key(VERSION, &[flight.as_str().as_bytes()]))
-            .map_err(io)?
-        {
+        match self.db.get(version_key(flight)).map_err(io)? {
             Some(v) => {
                 let bytes: [u8; 8] = v
                     .as_ref()

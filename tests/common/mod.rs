@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -252,6 +254,42 @@ impl Client {
             ws,
             next_id: 0,
             pushes: VecDeque::new(),
+        }
+    }
+
+    pub fn from_ws(ws: Ws) -> Client {
+        Client {
+            ws,
+            next_id: 0,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    /// Like [`Client::call`], but None instead of a panic when the connection fails
+    /// or nothing answers within `wait`.
+    pub async fn try_call(&mut self, method: &str, params: Value, wait: Duration) -> Option<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let req = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+        self.ws.send(Message::text(req.to_string())).await.ok()?;
+        loop {
+            let m = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let Message::Text(t) = m else {
+                if m.is_close() {
+                    return None;
+                }
+                continue;
+            };
+            let v: Value = serde_json::from_str(t.as_str()).ok()?;
+            if v.get("id") == Some(&json!(id)) {
+                return Some(v);
+            }
+            if v.get("id").is_none() {
+                self.pushes.push_back(v);
+            }
         }
     }
 

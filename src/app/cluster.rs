@@ -1,0 +1,94 @@
+//! Following the cluster on a replicated store: how a node applies the changes
+//! committed through any node, its own included, to its seat maps, replay buffers,
+//! session cache and hold expiry, and pushes them to its own connections.
+
+use std::sync::Arc;
+
+use super::{App, StartError};
+use crate::domain::{BookingStatus, FlightId};
+use crate::inventory::Occupant;
+use crate::store::{Change, FeedSeat, SeatFeed};
+
+/// The replicated form of a seat change.
+pub(super) fn feed(
+    flight: &FlightId,
+    version: u64,
+    updates: &[(usize, Option<Occupant>)],
+) -> SeatFeed {
+    SeatFeed {
+        flight: flight.clone(),
+        version,
+        seats: updates
+            .iter()
+            .map(|(i, o)| FeedSeat {
+                index: *i,
+                locator: o.as_ref().map(|o| o.locator.clone()),
+                booked: o.as_ref().is_some_and(|o| o.booked),
+            })
+            .collect(),
+    }
+}
+
+fn updates(feed: &SeatFeed) -> Vec<(usize, Option<Occupant>)> {
+    feed.seats
+        .iter()
+        .map(|s| {
+            let occ = s.locator.clone().map(|locator| Occupant {
+                locator,
+                booked: s.booked,
+            });
+            (s.index, occ)
+        })
+        .collect()
+}
+
+impl App {
+    /// Starts following the replicated store's change feed (nothing on a local store).
+    pub(super) fn follow_cluster(self: &Arc<Self>) -> Result<(), StartError> {
+        let Some(r) = self.store.replicated() else {
+            return Ok(());
+        };
+        let app = Arc::downgrade(self);
+        r.follow(Box::new(move |changes| {
+            if let Some(app) = app.upgrade() {
+                app.on_changes(changes);
+            }
+        }))
+        .map_err(|e| StartError::Other(e.to_string()))
+    }
+
+    /// One committed revision: flights first (a new flight before its seats), then
+    /// the seat change, then what it did to bookings and sessions.
+    fn on_changes(&self, changes: &[Change]) {
+        for c in changes {
+            if let Change::Flight(f) = c {
+                self.inventory.add(f.clone());
+            }
+        }
+        for c in changes {
+            if let Change::Seats(feed) = c {
+                if let Some(fs) = self.inventory.get(feed.flight.as_str()) {
+                    fs.apply_committed(feed.version, updates(feed));
+                }
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Booking(b) => {
+                    let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
+                    self.users
+                        .push(b.user_id, &super::booking_push(b, flight.as_ref()));
+                    if let (BookingStatus::Held, Some(t)) = (b.status, b.hold_expires_at) {
+                        self.expiry.schedule(t, &b.flight_id, &b.locator);
+                    }
+                }
+                Change::SessionEnded(hash) => {
+                    if let Some((_, s)) = self.sessions.remove(hash) {
+                        self.users.revoke(s.user_id, hash);
+                    }
+                }
+                Change::Flight(_) | Change::Seats(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! The etcd backend, for several Jetway nodes sharing one Raft-replicated store.
+//!
+//! Every record lives under one key prefix in etcd, with the same key bytes as in
+//! sled. A batch is one etcd transaction: its create-only keys must be absent and,
+//! for a seat change, the flight's version key must still hold the version the node
+//! decided on, so two nodes can never both win a seat. A write is acknowledged once
+//! etcd committed it (a quorum has it on disk).
+//!
+//! Each node keeps a full copy of the prefix in a temporary sled database (the
+//! mirror), loaded at start and then fed by one watch from the next revision, in
+//! revision order. Reads are served from the mirror; [`Replicated::settle`] first
+//! waits until the mirror has every revision committed before the call, so a read
+//! after a write made anywhere sees it. The [`Listener`] runs for each revision
+//! before the revision counts as applied: that is how seat maps, replay buffers and
+//! pushes on every node follow changes made through any other node.
+//!
+//! Each request to etcd gets a short timeout and is retried on the next endpoint
+//! (a dead member must not stall a third of the requests). A transaction whose reply
+//! was lost may have committed: every transaction also writes a unique marker key
+//! (on a lease, so markers expire), and its `else` branch reads that marker back, so
+//! a retry that finds its own marker knows it already succeeded and is applied once.
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+use super::sled_store::{batch_ops, decode_change, version_key, Op};
+use super::{
+    Batch, HistoryEvent, IdemKey, Listener, PaymentAttempt, Replicated, SessionRecord, SledStore,
+    Store, StoreError, StoreResult, UserRecord,
+};
+use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+
+/// One try of one request to one member.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a write or a settle keeps retrying (covers an etcd leader election).
+const DEADLINE: Duration = Duration::from_secs(15);
+/// Ids are reserved from etcd in blocks of this many.
+const ID_BLOCK: u64 = 10_000;
+/// Transaction markers live this long (seconds); a fresh lease is taken halfway.
+const MARKER_TTL: i64 = 600;
+const PAGE: i64 = 500;
+
+pub struct EtcdStore {
+    me: Weak<EtcdStore>,
+    mirror: SledStore,
+    clients: Vec<Client>,
+    prefix: Vec<u8>,
+    prefix_end: Vec<u8>,
+    preferred: AtomicUsize,
+    /// The newest revision whose changes are in the mirror and heard by the listener.
+    applied: watch::Sender<u64>,
+    want_progress: Notify,
+    ids: Mutex<IdBlocks>,
+    refilling: AtomicBool,
+    lease: AtomicI64,
+    node: String,
+    markers: AtomicU64,
+    listener: OnceLock<Listener>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// Reserved ids: `next..end` now, then the spare block.
+#[derive(Default)]
+struct IdBlocks {
+    next: u64,
+    end: u64,
+    spare: Option<(u64, u64)>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl EtcdStore {
+    /// Connects to the cluster and loads this node's copy of every record. Nothing
+    /// is followed until [`Replicated::follow`].
+    pub async fn connect(endpoints: &[String], prefix: &str) -> StoreResult<Arc<EtcdStore>> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Io("no etcd endpoints given".into()));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT * 2)
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+        let mut clients = Vec::new();
+        for e in endpoints {
+            clients.push(
+                Client::connect([e.as_str()], Some(options.clone()))
+                    .await
+                    .map_err(|e| StoreError::Io(format!("etcd endpoint: {e}")))?,
+            );
+        }
+        let mut token = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut token);
+        let mirror = SledStore::temporary()?;
+        let store = Arc::new_cyclic(|me| EtcdStore {
+            me: me.clone(),
+            mirror,
+            clients,
+            prefix: prefix.as_bytes().to_vec(),
+            prefix_end: range_end(prefix.as_bytes()),
+            preferred: AtomicUsize::new(0),
+            applied: watch::channel(0).0,
+            want_progress: Notify::new(),
+            ids: Mutex::new(IdBlocks::default()),
+            refilling: AtomicBool::new(false),
+            lease: AtomicI64::new(0),
+            node: hex::encode(token),
+            markers: AtomicU64::new(0),
+            listener: OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        });
+        store.load().await?;
+        store.refill_ids().await?;
+        store.renew_lease().await;
+        Ok(store)
+    }
+
+    fn full(&self, k: &[u8]) -> Vec<u8> {
+        let mut f = self.prefix.clone();
+        f.extend_from_slice(k);
+        f
+    }
+
+    /// Runs `call` against one member after another until one answers within
+    /// [`REQUEST_TIMEOUT`], for up to [`DEADLINE`]. The flag tells `call` whether an
+    /// earlier try may have reached etcd.
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> StoreResult<T>
+    where
+        F: FnMut(Client, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let mut tried = false;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+            let err =
+                match tokio::time::timeout(REQUEST_TIMEOUT, call(self.clients[i].clone(), tried))
+                    .await
+                {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+            tried = true;
+            let _ = self.preferred.compare_exchange(
+                i,
+                (i + 1) % self.clients.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if started.elapsed() > DEADLINE || self.stop.is_cancelled() {
+                return Err(StoreError::Io(format!("etcd {what}: {err}")));
+            }
+            tracing::debug!(member = i, error = %err, "etcd {what} failed; trying the next member");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Loads every record under the prefix, as of one revision, into the mirror.
+    async fn load(&self) -> StoreResult<()> {
+        let mut start = self.prefix.clone();
+        let mut revision = 0i64;
+        loop {
+            let (from, rev) = (start.clone(), revision);
+            let end = self.prefix_end.clone();
+            let mut resp = self
+                .retry("load", |mut c, _| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        c.get(
+                            from,
+                            Some(
+                                GetOptions::new()
+                                    .with_range(end)
+                                    .with_limit(PAGE)
+                                    .with_revision(rev),
+                            ),
+                        )
+                        .await
+                    }
+                })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let writes: Vec<_> = kvs
+                .iter()
+                .filter_map(|kv| {
+                    kv.key()
+                        .strip_prefix(self.prefix.as_slice())
+                        .map(|k| (k.to_vec(), Some(kv.value().to_vec())))
+                })
+                .collect();
+            self.mirror.apply_raw(&writes)?;
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        self.applied.send_replace(revision.max(0) as u64);
+        tracing::info!(revision, "loaded the replicated store");
+        Ok(())
+    }
+
+    /// Reserves the next block of ids with a compare-and-set on the counter.
+    async fn refill_ids(&self) -> StoreResult<()> {
+        let k = self.full(b"!ids");
+        let block = self
+            .retry("id block", |mut c, _| {
+                let k = k.clone();
+                async move {
+                    loop {
+                        let cur = c.get(k.clone(), None).await?;
+                        let (cond, from) = match cur.kvs().first() {
+                            Some(kv) => {
+                                let bytes: [u8; 8] = kv.value().try_into().unwrap_or([0; 8]);
+                                (
+                                    Compare::mod_revision(
+                                        k.clone(),
+                                        CompareOp::Equal,
+                                        kv.mod_revision(),
+                                    ),
+                                    u64::from_be_bytes(bytes),
+                                )
+                            }
+                            None => (Compare::create_revision(k.clone(), CompareOp::Equal, 0), 0),
+                        };
+                        let to = from + ID_BLOCK;
+                        let txn = Txn::new().when([cond]).and_then([TxnOp::put(
+                            k.clone(),
+                            to.to_be_bytes().to_vec(),
+                            None,
+                        )]);
+                        if c.txn(txn).await?.succeeded() {
+                            return Ok((from + 1, to + 1));
+                        }
+                    }
+                }
+            })
+            .await?;
+        let mut ids = self.ids.lock();
+        if ids.next >= ids.end {
+            (ids.next, ids.end) = block;
+        } else {
+            ids.spare = Some(block);
+        }
+        Ok(())
+    }
+
+    async fn renew_lease(&self) {
+        let granted = self
+            .retry("lease", |c, _| async move {
+                c.lease_client().grant(MARKER_TTL, None).await
+            })
+            .await;
+        match granted {
+            Ok(l) => self.lease.store(l.id(), Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "no lease for transaction markers"),
+        }
+    }
+
+    /// Waits until the mirror has applied `revision`.
+    async fn applied_to(&self, revision: u64) -> StoreResult<()> {
+        let mut rx = self.applied.subscribe();
+        let started = Instant::now();
+        loop {
+            if *rx.borrow_and_update() >= revision {
+                return Ok(());
+            }
+            if started.elapsed() > DEADLINE {
+                return Err(StoreError::Io(format!(
+                    "this node has not caught up with revision {revision}"
+                )));
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                // nothing of ours after the revision: ask the watch to confirm progress
+                _ = tokio::time::sleep(Duration::from_millis(100)) => self.want_progress.notify_one(),
+            }
+        }
+    }
+
+    async fn commit_batch(&self, batch: Batch, expect: Option<(FlightId, u64)>) -> StoreResult<()> {
+        let ids = (0..batch.events.len())
+            .map(|_| self.next_id())
+            .collect::<StoreResult<Vec<_>>>()?;
+        let ops = batch_ops(&batch, &ids)?;
+        let marker = self.full(
+            format!(
+                "!txn/{}/{}",
+                self.node,
+                self.markers.fetch_add(1, Ordering::Relaxed)
+            )
+            .as_bytes(),
+        );
+        let mut when = Vec::new();
+        let mut then = Vec::new();
+        if let Some((flight, v)) = &expect {
+            let k = self.full(&version_key(flight));
+            when.push(if *v == 0 {
+                Compare::create_revision(k, CompareOp::Equal, 0)
+            } else {
+                Compare::value(k, CompareOp::Equal, v.to_be_bytes().to_vec())
+            });
+        }
+        for op in ops {
+            match op {
+                Op::Put(k, v) => then.push(TxnOp::put(self.full(&k), v, None)),
+                Op::Create(k, v) => {
+                    let k = self.full(&k);
+                    when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+                    then.push(TxnOp::put(k, v, None));
+                }
+                Op::Delete(k) => then.push(TxnOp::delete(self.full(&k), None)),
+            }
+        }
+        let lease = self.lease.load(Ordering::Relaxed);
+        then.push(TxnOp::put(
+            marker.clone(),
+            Vec::new(),
+            Some(PutOptions::new().with_lease(lease)),
+        ));
+        let txn = Txn::new()
+            .when(when)
+            .and_then(then)
+            .or_else([TxnOp::get(marker, None)]);
+        let resp = self
+            .retry("write", |mut c, _| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+        if resp.succeeded() {
+            return self.applied_to(revision).await;
+        }
+        let ours = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision() as u64),
+            _ => None,
+        });
+        match ours {
+            // an earlier try committed and only its reply was lost
+            Some(rev) => self.applied_to(rev).await,
+            None => {
+                self.applied_to(revision).await?;
+                Err(if expect.is_some() {
+                    StoreError::Stale
+                } else {
+                    StoreError::Conflict
+                })
+            }
+        }
+    }
+
+    /// Follows the prefix from the revision after the mirror's, forever: applies each
+    /// revision's writes to the mirror, tells the listener, then marks it applied.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut lease_at = Instant::now();
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let from = *self.applied.borrow() as i64 + 1;
+            let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+            let options = WatchOptions::new()
+                .with_range(self.prefix_end.clone())
+                .with_start_revision(from)
+                .with_progress_notify();
+            let mut stream = match tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                self.clients[i]
+                    .watch_client()
+                    .watch(self.prefix.clone(), Some(options)),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                other => {
+                    let e = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(member = i, error = %e, "cannot watch etcd; trying the next member");
+                    self.preferred
+                        .store((i + 1) % self.clients.len(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            loop {
+                if lease_at.elapsed() > Duration::from_secs(MARKER_TTL as u64 / 2) {
+                    lease_at = Instant::now();
+                    let me = self.clone();
+                    tokio::spawn(async move { me.renew_lease().await });
+                }
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    _ = self.want_progress.notified() => {
+                        if stream.request_progress().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                        // a silent member may be cut off: make it prove it is alive
+                        if stream.request_progress().await.is_err() {
+                            break;
+                        }
+                        match tokio::time::timeout(REQUEST_TIMEOUT * 2, stream.message()).await {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        }
+                    }
+                    _ = self.stop.cancelled() => return,
+                };
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => break,
+                };
+                if resp.compact_revision() > 0 {
+                    tracing::error!(
+                        compacted = resp.compact_revision(),
+                        "this node fell behind etcd's compaction; restart it to reload"
+                    );
+                    self.stop.cancel();
+                    return;
+                }
+                if resp.canceled() {
+                    break;
+                }
+                if resp.events().is_empty() {
+                    if !resp.created() {
+                        let rev = resp.header().map_or(0, |h| h.revision()) as u64;
+                        self.applied.send_if_modified(|a| {
+                            let newer = rev > *a;
+                            *a = (*a).max(rev);
+                            newer
+                        });
+                    }
+                    continue;
+                }
+                if let Err(e) = self.apply_events(resp.events()) {
+                    tracing::error!(error = %e, "cannot apply replicated changes");
+                    self.stop.cancel();
+                    return;
+                }
+            }
+            tracing::warn!(member = i, "etcd watch ended; resuming on the next member");
+            self.preferred
+                .store((i + 1) % self.clients.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn apply_events(&self, events: &[etcd_client::Event]) -> StoreResult<()> {
+        let mut group: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut rev = 0u64;
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let r = kv.mod_revision() as u64;
+            if r != rev && !group.is_empty() {
+                self.apply_revision(rev, std::mem::take(&mut group))?;
+            }
+            rev = r;
+            if let Some(k) = kv.key().strip_prefix(self.prefix.as_slice()) {
+                let v = match ev.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                };
+                group.push((k.to_vec(), v));
+            }
+        }
+        if !group.is_empty() {
+            self.apply_revision(rev, group)?;
+        }
+        Ok(())
+    }
+
+    fn apply_revision(&self, rev: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> StoreResult<()> {
+        if rev <= *self.applied.borrow() {
+            return Ok(());
+        }
+        self.mirror.apply_raw(&writes)?;
+        let changes: Vec<_> = writes
+            .iter()
+            .filter_map(|(k, v)| decode_change(k, v.as_deref()))
+            .collect();
+        if let Some(l) = self.listener.get() {
+            if !changes.is_empty() {
+                l(&changes);
+            }
+        }
+        self.applied.send_replace(rev);
+        Ok(())
+    }
+}
+
+impl Replicated for EtcdStore {
+    fn commit(
+        &self,
+        batch: Batch,
+        expect: Option<(FlightId, u64)>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.commit_batch(batch, expect))
+    }
+
+    fn settle(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let k = self.full(b"!ids");
+            let resp = self
+                .retry("read", |mut c, _| {
+                    let k = k.clone();
+                    async move { c.get(k, None).await }
+                })
+                .await?;
+            self.applied_to(resp.header().map_or(0, |h| h.revision()) as u64)
+                .await
+        })
+    }
+
+    fn follow(&self, listener: Listener) -> StoreResult<()> {
+        if self.listener.set(listener).is_err() {
+            return Err(StoreError::Io("already following".into()));
+        }
+        let me = self.me.upgrade().ok_or_else(|| io("store dropped"))?;
+        tokio::spawn(me.watch_loop());
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Store for EtcdStore {
+    fn write(&self, _batch: &Batch) -> StoreResult<()> {
+        Err(StoreError::Io(
+            "a replicated store is written through Replicated::commit".into(),
+        ))
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn next_id(&self) -> StoreResult<u64> {
+        let (id, low) = {
+            let mut ids = self.ids.lock();
+            if ids.next >= ids.end {
+                if let Some((next, end)) = ids.spare.take() {
+                    (ids.next, ids.end) = (next, end);
+                }
+            }
+            let id = (ids.next < ids.end).then(|| {
+                ids.next += 1;
+                ids.next - 1
+            });
+            (id, ids.spare.is_none() && ids.end - ids.next < ID_BLOCK / 2)
+        };
+        if low && !self.refilling.swap(true, Ordering::SeqCst) {
+            if let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
+                rt.spawn(async move {
+                    if let Err(e) = me.refill_ids().await {
+                        tracing::error!(error = %e, "cannot reserve ids");
+                    }
+                    me.refilling.store(false, Ordering::SeqCst);
+                });
+            } else {
+                self.refilling.store(false, Ordering::SeqCst);
+            }
+        }
+        id.ok_or_else(|| StoreError::Io("out of reserved ids; retry".into()))
+    }
+
+    fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {
+        self.mirror.user_by_name(name)
+    }
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.mirror.user(id)
+    }
+    fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.mirror.session(token_hash)
+    }
+    fn flights(&self) -> StoreResult<Vec<Flight>> {
+        self.mirror.flights()
+    }
+    fn version(&self, flight: &FlightId) -> StoreResult<u64> {
+        self.mirror.version(flight)
+    }
+    fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
+        self.mirror.booking(locator)
+    }
+    fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
+        self.mirror.all_bookings()
+    }
+    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
+        self.mirror.user_bookings(user)
+    }
+    fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
+        self.mirror.order(order_id)
+    }
+    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
+        self.mirror.user_orders(user)
+    }
+    fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
+        self.mirror.history(user, limit)
+    }
+    fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>> {
+        self.mirror.reply(key)
+    }
+    fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        self.mirror.open_attempts()
+    }
+    fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
+        self.mirror.attempt(id)
+    }
+    fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
+        self.mirror.attempt_by_ref(payment_ref)
+    }
+    fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
+        self.mirror.webhook_seen(event_id)
+    }
+
+    fn replicated(&self) -> Option<&dyn Replicated> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_covers_the_prefix() {
+        assert_eq!(range_end(b"jetway/"), b"jetway0".to_vec());
+        assert_eq!(range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(range_end(b"\xff"), vec![0]);
+    }
+}

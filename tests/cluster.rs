@@ -1,0 +1,553 @@
+//! Several Jetway nodes on one etcd cluster (3 real etcd members on loopback):
+//! racing holds through different nodes have one winner; watchers on every node see
+//! every change in order with no gap; sessions, retries and subscriptions move
+//! between nodes; hold expiry happens once for the whole cluster.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use common::cluster::{node, Etcd};
+use common::{free_seats, later_flight, passengers, unique_name, Client, Proc};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn prefix() -> String {
+    format!("{}/", unique_name("jw"))
+}
+
+async fn clients(nodes: &[Proc]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(Client::connect(&n.url()).await);
+    }
+    out
+}
+
+fn hold_params(flight: &str, seats: &[String], rid: &str) -> Value {
+    json!({"flight_id": flight, "seats": seats, "passengers": passengers(seats.len()), "request_id": rid})
+}
+
+/// The `seats.changed` pushes a watcher has received until `version`, as
+/// (version, seats) pairs.
+async fn changes_until(w: &mut Client, version: u64) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    while out.last().is_none_or(|(v, _)| *v < version) {
+        let p = w.push("seats.changed").await;
+        out.push((p["version"].as_u64().expect("version"), p["seats"].clone()));
+    }
+    out
+}
+
+async fn version_of(c: &mut Client, flight: &str) -> u64 {
+    c.ok("flights.get", json!({"flight_id": flight})).await["version"]
+        .as_u64()
+        .expect("version")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_seats_sessions_retries_and_live_maps() {
+    let etcd = Etcd::start(3);
+    let prefix = prefix();
+    let nodes: Vec<Proc> = (0..3).map(|_| node(&etcd, &prefix, &[])).collect();
+    let mut users = clients(&nodes).await;
+    let mut tokens = Vec::new();
+    for u in users.iter_mut() {
+        tokens.push(u.new_user().await);
+    }
+    let flight = later_flight(&mut users[0]).await;
+    let fid = flight["flight_id"].as_str().expect("flight_id").to_owned();
+
+    // a watcher on every node, all starting at the same version
+    let mut watchers = clients(&nodes).await;
+    let mut start = Vec::new();
+    for w in watchers.iter_mut() {
+        let r = w.ok("seats.subscribe", json!({"flight_id": fid})).await;
+        start.push(r["version"].as_u64().expect("version"));
+    }
+    assert!(
+        start.iter().all(|v| *v == start[0]),
+        "versions differ: {start:?}"
+    );
+    let v0 = start[0];
+
+    // three users on three nodes race for one seat
+    let seat = free_seats(&mut users[0], &fid, "economy", 1).await;
+    let race = futures::future::join_all(users.iter_mut().enumerate().map(|(i, u)| {
+        let p = hold_params(&fid, &seat, &format!("race{i}"));
+        async move { u.call("booking.hold", p).await }
+    }))
+    .await;
+    let winners = race.iter().filter(|r| r.get("result").is_some()).count();
+    assert_eq!(winners, 1, "exactly one hold wins: {race:?}");
+    for r in race.iter().filter(|r| r.get("error").is_some()) {
+        assert_eq!(r["error"]["data"]["reason"], "seat_unavailable", "{r}");
+    }
+
+    // nine more changes, made concurrently through all three nodes
+    let seats = free_seats(&mut users[0], &fid, "economy", 9).await;
+    futures::future::join_all(users.iter_mut().enumerate().map(|(i, u)| {
+        let mine: Vec<String> = seats[i * 3..i * 3 + 3].to_vec();
+        let fid = fid.clone();
+        async move {
+            for (k, s) in mine.iter().enumerate() {
+                u.ok(
+                    "booking.hold",
+                    hold_params(&fid, std::slice::from_ref(s), &format!("h{i}-{k}")),
+                )
+                .await;
+            }
+        }
+    }))
+    .await;
+    let last = v0 + 10;
+    let mut seen = Vec::new();
+    for w in watchers.iter_mut() {
+        let got = changes_until(w, last).await;
+        let versions: Vec<u64> = got.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (v0 + 1..=last).collect::<Vec<_>>(),
+            "in order, no gap"
+        );
+        seen.push(got);
+    }
+    assert!(
+        seen.iter().all(|s| *s == seen[0]),
+        "every node saw the same changes"
+    );
+    for u in users.iter_mut() {
+        assert_eq!(version_of(u, &fid).await, last);
+    }
+
+    // a session made on node 0 resumes on node 1 and sees its bookings there
+    let mut moved = Client::connect(&nodes[1].url()).await;
+    moved.ok("auth.resume", json!({"token": tokens[0]})).await;
+    let on0 = users[0].ok("bookings.list", json!({})).await["bookings"].clone();
+    let on1 = moved.ok("bookings.list", json!({})).await["bookings"].clone();
+    assert_eq!(on0, on1);
+    assert_eq!(
+        on1.as_array().map(Vec::len),
+        Some(3 + usize::from(race[0].get("result").is_some()))
+    );
+
+    // a change made through node 0 reaches the owner's connection on node 1
+    let loc = on0[0]["locator"].as_str().expect("locator").to_owned();
+    users[0]
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c1"}),
+        )
+        .await;
+    let pushed = moved.push("booking.updated").await;
+    assert_eq!(pushed["booking"]["locator"], loc.as_str());
+    assert_eq!(pushed["booking"]["status"], "cancelled");
+
+    // a retry through another node gets the first answer and acts once
+    let again = free_seats(&mut users[1], &fid, "economy", 1).await;
+    let first = users[1]
+        .ok("booking.hold", hold_params(&fid, &again, "retry-me"))
+        .await;
+    let mut retry = Client::connect(&nodes[2].url()).await;
+    retry.ok("auth.resume", json!({"token": tokens[1]})).await;
+    let second = retry
+        .ok("booking.hold", hold_params(&fid, &again, "retry-me"))
+        .await;
+    assert_eq!(first, second);
+    let v_now = version_of(&mut retry, &fid).await;
+    assert_eq!(v_now, last + 2, "the retry changed nothing");
+
+    // a watcher moving to another node resumes from its version with nothing missed
+    let mut resumed = Client::connect(&nodes[2].url()).await;
+    let r = resumed
+        .ok("seats.subscribe", json!({"flight_id": fid, "since": v0}))
+        .await;
+    let replayed: Vec<u64> = r["changes"]
+        .as_array()
+        .expect("changes, not a snapshot")
+        .iter()
+        .map(|c| c["version"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(replayed, (v0 + 1..=v_now).collect::<Vec<_>>());
+    assert_eq!(r["version"].as_u64(), Some(v_now));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_expires_once_for_the_whole_cluster() {
+    let etcd = Etcd::start(3);
+    let prefix = prefix();
+    let nodes: Vec<Proc> = (0..3)
+        .map(|_| node(&etcd, &prefix, &["--hold-ttl", "2"]))
+        .collect();
+    let mut cs = clients(&nodes).await;
+    cs[0].new_user().await;
+    let flight = later_flight(&mut cs[0]).await;
+    let fid = flight["flight_id"].as_str().expect("flight_id").to_owned();
+    let seats = free_seats(&mut cs[0], &fid, "economy", 2).await;
+    cs[0]
+        .ok("booking.hold", hold_params(&fid, &seats, "x1"))
+        .await;
+    let mut w = Client::connect(&nodes[2].url()).await;
+    let sub = w.ok("seats.subscribe", json!({"flight_id": fid})).await;
+    let v = sub["version"].as_u64().expect("version");
+    // every node's expiry task sees the hold; exactly one release reaches the map
+    let change = w.push("seats.changed").await;
+    assert_eq!(change["version"].as_u64(), Some(v + 1));
+    let statuses: Vec<&str> = change["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .map(|s| s["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(statuses, ["available", "available"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut versions = Vec::new();
+        for c in cs.iter_mut() {
+            versions.push(version_of(c, &fid).await);
+        }
+        if versions.iter().all(|x| *x == v + 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes disagree: {versions:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = cs[0].ok("history.list", json!({})).await["events"].clone();
+    let expired = history
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "expired")
+        .count();
+    assert_eq!(expired, 1, "{history}");
+    let b = cs[0].ok("bookings.list", json!({})).await["bookings"][0].clone();
+    assert_eq!(b["status"], "expired");
+    // no second release came later
+    cs[1].new_user().await;
+    assert_eq!(version_of(&mut cs[1], &fid).await, v + 1);
+    assert!(w.pushes.iter().all(|p| p["method"] != "seats.changed"));
+}
+
+/// A client that roams: when its node dies or stops answering it moves to the next
+/// node, resumes its session and sends the unanswered request again, with the same
+/// request id, until some node answers.
+struct Roaming {
+    urls: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    at: usize,
+    token: String,
+    conn: Option<Client>,
+}
+
+impl Roaming {
+    async fn connect(&mut self) -> Option<Client> {
+        let url = {
+            let urls = self.urls.lock();
+            urls[self.at % urls.len()].clone()
+        };
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let mut c = Client::from_ws(ws);
+        let r = c
+            .try_call("auth.resume", json!({"token": self.token}), CALL_WAIT)
+            .await?;
+        r.get("result")?;
+        Some(c)
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{method}: no node answered for a minute"
+            );
+            if self.conn.is_none() {
+                self.conn = self.connect().await;
+            }
+            if let Some(c) = self.conn.as_mut() {
+                if let Some(r) = c.try_call(method, params.clone(), CALL_WAIT).await {
+                    return r;
+                }
+            }
+            self.conn = None;
+            self.at += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+const CALL_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct Log {
+    /// (user, locator) of every hold that succeeded.
+    holds: Vec<(usize, String)>,
+    paid: Vec<String>,
+    cancelled: Vec<String>,
+    /// When each write was acknowledged (for the stall on failover).
+    acks: Vec<Instant>,
+}
+
+async fn shopper(
+    user: usize,
+    mut r: Roaming,
+    flights: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<parking_lot::Mutex<Log>>,
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(user as u64);
+    let (mut held, mut paid): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let rid = format!("u{user}-{n}");
+        let roll: f64 = rng.gen();
+        if !held.is_empty() && (roll < 0.4 || held.len() >= 4) {
+            let loc = held.remove(0);
+            let reply = r
+                .call(
+                    "booking.pay",
+                    json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid}),
+                )
+                .await;
+            assert!(reply.get("result").is_some(), "pay {loc}: {reply}");
+            let mut l = log.lock();
+            l.paid.push(loc.clone());
+            l.acks.push(Instant::now());
+            paid.push(loc);
+        } else if !paid.is_empty() && roll < 0.5 {
+            let loc = paid.remove(0);
+            let reply = r
+                .call("booking.cancel", json!({"locator": loc, "request_id": rid}))
+                .await;
+            assert!(reply.get("result").is_some(), "cancel {loc}: {reply}");
+            let mut l = log.lock();
+            l.cancelled.push(loc);
+            l.acks.push(Instant::now());
+        } else {
+            let flight = &flights[rng.gen_range(0..flights.len())];
+            let reply = r
+                .call("booking.hold", json!({"flight_id": flight, "count": 1, "cabin": "economy", "passengers": passengers(1), "request_id": rid}))
+                .await;
+            match reply.get("result") {
+                Some(res) => {
+                    let loc = res["booking"]["locator"]
+                        .as_str()
+                        .expect("locator")
+                        .to_owned();
+                    let mut l = log.lock();
+                    l.holds.push((user, loc.clone()));
+                    l.acks.push(Instant::now());
+                    held.push(loc);
+                }
+                None => assert_eq!(
+                    reply["error"]["data"]["reason"], "seat_unavailable",
+                    "{reply}"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_or_the_etcd_leader_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const SHOPPERS: usize = 6;
+    let mut etcd = Etcd::start(3);
+    let prefix = prefix();
+    let mut nodes: Vec<Option<Proc>> = (0..3).map(|_| Some(node(&etcd, &prefix, &[]))).collect();
+    let urls = Arc::new(parking_lot::Mutex::new(
+        nodes.iter().flatten().map(Proc::url).collect::<Vec<_>>(),
+    ));
+    let url_of = |i: usize| urls.lock()[i].clone();
+    let mut first = Client::connect(&url_of(0)).await;
+    first.new_user().await;
+    let search = first.ok("flights.search", json!({"limit": 500})).await;
+    let flights: Vec<String> = search["flights"]
+        .as_array()
+        .expect("flights")
+        .iter()
+        .filter(|f| f["status"] == "scheduled")
+        .skip(10)
+        .take(2)
+        .map(|f| f["flight_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut tokens = Vec::new();
+    for i in 0..SHOPPERS {
+        let mut c = Client::connect(&url_of(i % 3)).await;
+        tokens.push(c.new_user().await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(parking_lot::Mutex::new(Log::default()));
+    let tasks: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let r = Roaming {
+                urls: urls.clone(),
+                at: i,
+                token: t.clone(),
+                conn: None,
+            };
+            tokio::spawn(shopper(i, r, flights.clone(), stop.clone(), log.clone()))
+        })
+        .collect();
+    let acked = |log: &Arc<parking_lot::Mutex<Log>>| log.lock().acks.len();
+    let wait_for_progress = |from: usize| {
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acked(&log) < from + 60 {
+                assert!(Instant::now() < deadline, "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // a Jetway node dies under load and comes back
+    wait_for_progress(0).await;
+    if let Some(p) = nodes[1].take() {
+        p.kill9();
+    }
+    wait_for_progress(acked(&log)).await;
+    let back = tokio::task::spawn_blocking({
+        let (endpoints, prefix) = (etcd.endpoints(), prefix.clone());
+        move || {
+            let dir = common::data_dir();
+            Proc::start(
+                &dir,
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &endpoints,
+                    "--etcd-prefix",
+                    &prefix,
+                ],
+            )
+        }
+    })
+    .await
+    .expect("node restarts");
+    urls.lock()[1] = back.url();
+    nodes[1] = Some(back);
+    wait_for_progress(acked(&log)).await;
+
+    // the etcd leader dies under load and comes back
+    let leader = etcd.wait_leader();
+    let killed_at = Instant::now();
+    etcd.kill(leader);
+    wait_for_progress(acked(&log)).await;
+    let stall = {
+        let l = log.lock();
+        let before = l
+            .acks
+            .iter()
+            .filter(|t| **t <= killed_at)
+            .max()
+            .copied()
+            .unwrap_or(killed_at);
+        let after = l
+            .acks
+            .iter()
+            .filter(|t| **t > killed_at)
+            .min()
+            .copied()
+            .unwrap_or(killed_at);
+        after - before
+    };
+    eprintln!("writes stalled {stall:?} when the etcd leader was killed");
+    assert!(stall < Duration::from_secs(15), "writes stalled {stall:?}");
+    etcd.restart(leader);
+    wait_for_progress(acked(&log)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("a shopper failed");
+    }
+
+    // every acknowledged write is there, once
+    let log = std::mem::take(&mut *log.lock());
+    let mut checker = Client::connect(&url_of(2)).await;
+    let mut all = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        checker.ok("auth.resume", json!({"token": t})).await;
+        let list = checker.ok("bookings.list", json!({})).await["bookings"].clone();
+        let list = list.as_array().expect("bookings").clone();
+        let mine: std::collections::HashSet<&str> = log
+            .holds
+            .iter()
+            .filter(|(u, _)| *u == i)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let stored: std::collections::HashSet<&str> =
+            list.iter().filter_map(|b| b["locator"].as_str()).collect();
+        assert_eq!(
+            stored, mine,
+            "user {i}: exactly the acknowledged holds, each once"
+        );
+        all.extend(list);
+    }
+    let status = |loc: &str| {
+        all.iter()
+            .find(|b| b["locator"] == loc)
+            .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    for loc in &log.paid {
+        let s = status(loc);
+        assert!(
+            s == "confirmed" || (s == "refunded" && log.cancelled.contains(loc)),
+            "{loc} was paid but is {s}"
+        );
+    }
+    for loc in &log.cancelled {
+        assert_eq!(status(loc), "refunded", "{loc}");
+    }
+
+    // the seat maps are what the bookings imply, the same on every node
+    for f in &flights {
+        let mut expect: std::collections::HashMap<String, &str> = Default::default();
+        for b in all.iter().filter(|b| b["flight_id"] == f.as_str()) {
+            let st = match b["status"].as_str() {
+                Some("held") => "held",
+                Some("confirmed") => "booked",
+                _ => continue,
+            };
+            for s in b["seats"].as_array().expect("seats") {
+                let seat = s["seat"].as_str().expect("seat").to_owned();
+                assert!(
+                    expect.insert(seat.clone(), st).is_none(),
+                    "{seat} is in two bookings"
+                );
+            }
+        }
+        let mut versions = Vec::new();
+        let all_urls = urls.lock().clone();
+        for url in all_urls {
+            let mut c = Client::connect(&url).await;
+            let m = c.ok("flights.get", json!({"flight_id": f})).await;
+            versions.push(m["version"].as_u64().expect("version"));
+            for s in m["seats"].as_array().expect("seats") {
+                let seat = s["seat"].as_str().unwrap_or_default();
+                let want = expect.get(seat).copied().unwrap_or("available");
+                assert_eq!(s["status"], want, "{f} {seat} on {url}");
+            }
+        }
+        assert!(
+            versions.iter().all(|v| *v == versions[0]),
+            "{f}: versions {versions:?}"
+        );
+    }
+    eprintln!(
+        "chaos: {} holds, {} payments, {} cancellations acknowledged",
+        log.holds.len(),
+        log.paid.len(),
+        log.cancelled.len()
+    );
+}
