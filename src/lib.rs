@@ -11,7 +11,9 @@
 //!   (pure, no I/O);
 //! - [`inventory`]: every flight's seat map in memory, its version and change feed;
 //! - [`fanout`]: per-connection bounded outbound queues and the user registry;
-//! - [`store`]: the durable store (sled) behind a trait, and the group commit;
+//! - [`store`]: the durable store behind a trait (sled; or, with the `etcd` feature,
+//!   an etcd cluster shared by several nodes, with its change feed), and the group
+//!   commit;
 //! - [`payments`]: the payment-gateway trait and the sandbox gateway.
 //!
 //! A request flows: the connection's reader parses a text frame ([`protocol`]) and
@@ -23,6 +25,12 @@
 //! runs the actions in order (each advances the flight's live map and queues one
 //! encoded `seats.changed` for all its watchers, and `booking.updated` for the
 //! owner's connections), and wakes the waiters, whose replies then go out.
+//!
+//! On etcd (`--store etcd`) the batch is one transaction that commits only if the
+//! flight's version is still the one decided on (else the use case decides again on
+//! the newer map); every node follows the committed changes in revision order and
+//! applies them to its maps, replay buffers and connections (`app::cluster`) before
+//! the writer's reply goes out. See docs/cluster.md.
 
 pub mod app;
 pub mod config;

@@ -9,7 +9,8 @@
 //! refunded in full through the gateway (idempotency key `flight-cancel-{locator}`),
 //! and only then are its `refunded` status and the order's refund written in one batch.
 //! A crash anywhere leaves a cancelled flight with some bookings still occupying seats;
-//! [`App::resume_cancellations`] finishes those at the next start. A gateway refund made
+//! [`App::resume_cancellations`] finishes those at the next start, and with every
+//! reconciliation round (on a cluster, any node takes over). A gateway refund made
 //! just before a crash is asked for again with the same key, so it is never paid twice.
 
 use parking_lot::Mutex;
@@ -72,6 +73,8 @@ pub struct AdminState {
     /// Serializes changes of flight records (create, cancel).
     flights: tokio::sync::Mutex<()>,
     stats: Mutex<Option<RevenueCache>>,
+    /// Flights whose cancellation job runs on this node.
+    cancelling: Mutex<std::collections::HashSet<FlightId>>,
 }
 
 struct RevenueCache {
@@ -278,11 +281,15 @@ impl App {
     }
 
     /// Finishes, in the background, the cancellation of every cancelled flight that
-    /// still has bookings occupying seats (a crash interrupted it). Called at start,
-    /// once the seat maps are loaded.
+    /// still has bookings occupying seats and no job on this node (a crash, here or
+    /// on another node of a cluster, interrupted it). Called at start, once the seat
+    /// maps are loaded, and then with every reconciliation round.
     pub(super) fn resume_cancellations(self: &Arc<Self>) {
         for fs in self.inventory.all() {
-            if fs.flight().cancelled.is_some() && !occupants(&fs).is_empty() {
+            if fs.flight().cancelled.is_some()
+                && !self.admin.cancelling.lock().contains(&fs.id)
+                && !occupants(&fs).is_empty()
+            {
                 tracing::info!(flight = %fs.id, "resuming an interrupted flight cancellation");
                 let stop = self.stop.clone();
                 let job = self.spawn_cancel_job(fs);
@@ -309,8 +316,10 @@ impl App {
     ) -> impl std::future::Future<Output = Result<(u32, u32), ApiError>> {
         let app = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        self.admin.cancelling.lock().insert(fs.id.clone());
         let task = tokio::spawn(async move {
             let r = app.finish_cancel(&fs).await;
+            app.admin.cancelling.lock().remove(&fs.id);
             let _ = tx.send(r);
         });
         {

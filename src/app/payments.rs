@@ -298,6 +298,16 @@ impl App {
         );
         a.state = AttemptState::Refunded;
         a.updated_at = now;
+        // a twin request through another node may have paid the booking and answered
+        self.committer.catch_up().await?;
+        if let Some(first) = self.store.reply(&key)?.filter(|v| v.get("ok").is_some()) {
+            self.commit(Batch {
+                attempts: vec![a],
+                ..Default::default()
+            })
+            .await?;
+            return super::replay(first);
+        }
         self.commit(Batch {
             events: vec![(
                 a.user_id,
@@ -427,7 +437,10 @@ pub async fn run_reconciler(
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => app.reconcile_payments(every).await,
+            _ = tokio::time::sleep(every) => {
+                app.reconcile_payments(every).await;
+                app.resume_cancellations();
+            }
             _ = stop.cancelled() => return,
         }
     }

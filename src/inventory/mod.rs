@@ -400,3 +400,67 @@ impl Inventory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{outbox, QueueLimits};
+
+    fn flight() -> Flight {
+        crate::domain::schedule::demo_schedule(crate::domain::date_of(0), 1)
+            .into_iter()
+            .next()
+            .unwrap()
+    }
+
+    fn occ(loc: &str) -> Option<Occupant> {
+        Some(Occupant {
+            locator: Locator::parse(loc).unwrap(),
+            booked: false,
+        })
+    }
+
+    #[test]
+    fn committed_changes_apply_once_in_order_and_reach_watchers() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let limits = QueueLimits {
+            messages: 16,
+            bytes: 1 << 20,
+        };
+        let (watcher, mut rx) = outbox(limits);
+        assert!(fs.subscribe(&watcher, None, |_, _| None));
+        fs.apply_committed(1, vec![(0, occ("AAAAAA"))]);
+        // a repeat (a node's own change heard again) and an old version are ignored
+        fs.apply_committed(1, vec![(1, occ("BBBBBB"))]);
+        fs.apply_committed(0, vec![(2, occ("BBBBBB"))]);
+        // an index the aircraft lacks is dropped, not a panic
+        fs.apply_committed(2, vec![(1, occ("CCCCCC")), (usize::MAX, occ("DDDDDD"))]);
+        let w = fs.working();
+        assert_eq!(w.version, 2);
+        assert_eq!(w.seats[0], occ("AAAAAA"));
+        assert_eq!(w.seats[1], occ("CCCCCC"));
+        assert!(w.seats[2].is_none());
+        drop(w);
+        assert_eq!(fs.published_version(), 2);
+        let mut versions = Vec::new();
+        while let Some(f) = rx.try_next() {
+            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+            versions.push(v["params"]["version"].as_u64().unwrap());
+        }
+        assert_eq!(versions, [1, 2]);
+    }
+
+    #[test]
+    fn adding_a_known_flight_keeps_its_seats_and_watchers() {
+        let inv = Inventory::new(8);
+        let mut f = flight();
+        let fs = inv.add(f.clone());
+        fs.apply_committed(1, vec![(0, occ("AAAAAA"))]);
+        f.cancelled = Some("weather".into());
+        let again = inv.add(f);
+        assert!(Arc::ptr_eq(&fs, &again));
+        assert_eq!(again.working().version, 1);
+        assert_eq!(again.flight().cancelled.as_deref(), Some("weather"));
+    }
+}

@@ -48,6 +48,8 @@ const ID_BLOCK: u64 = 10_000;
 /// Transaction markers live this long (seconds); a fresh lease is taken halfway.
 const MARKER_TTL: i64 = 600;
 const PAGE: i64 = 500;
+/// The exit status of a node that can no longer follow the cluster.
+pub const EXIT_FELL_BEHIND: i32 = 3;
 
 pub struct EtcdStore {
     me: Weak<EtcdStore>,
@@ -447,12 +449,14 @@ impl EtcdStore {
                     Ok(None) | Err(_) => break,
                 };
                 if resp.compact_revision() > 0 {
+                    // the revisions this node missed are gone: its seat maps can no
+                    // longer be brought up to date in order. Everything acknowledged
+                    // is in etcd, so stop like a crash; a restart reloads it all.
                     tracing::error!(
                         compacted = resp.compact_revision(),
-                        "this node fell behind etcd's compaction; restart it to reload"
+                        "this node fell behind etcd's compaction; exiting to be restarted"
                     );
-                    self.stop.cancel();
-                    return;
+                    std::process::exit(EXIT_FELL_BEHIND);
                 }
                 if resp.canceled() {
                     break;
@@ -469,9 +473,8 @@ impl EtcdStore {
                     continue;
                 }
                 if let Err(e) = self.apply_events(resp.events()) {
-                    tracing::error!(error = %e, "cannot apply replicated changes");
-                    self.stop.cancel();
-                    return;
+                    tracing::error!(error = %e, "cannot apply replicated changes; exiting to be restarted");
+                    std::process::exit(EXIT_FELL_BEHIND);
                 }
             }
             tracing::warn!(member = i, "etcd watch ended; resuming on the next member");

@@ -1,6 +1,7 @@
 //! Durable state behind one narrow interface ([`Store`]), so another backend can
 //! replace sled without touching the use cases, and the group commit that makes a
-//! batch of writes durable before anyone is told of them.
+//! batch of writes durable before anyone is told of them. A store shared by several
+//! nodes also implements [`Replicated`]: conditional commits and the change feed.
 
 pub mod commit;
 #[cfg(feature = "etcd")]

@@ -461,6 +461,51 @@ mod tests {
     }
 
     #[test]
+    fn batches_become_the_same_raw_ops_a_mirror_can_replay() {
+        let b = booking("AAAAAA", 1, 5);
+        let batch = Batch {
+            new_users: vec![user(1, "ada")],
+            new_bookings: vec![b.clone()],
+            revoke_sessions: vec!["feed".into()],
+            ..Default::default()
+        };
+        let ops = batch_ops(&batch, &[]).unwrap();
+        let creates = ops.iter().filter(|o| matches!(o, Op::Create(..))).count();
+        assert_eq!(creates, 2, "the username and the locator must be new");
+        // a mirror fed the raw writes reads them back like the store itself
+        let mirror = SledStore::temporary().unwrap();
+        let raw: Vec<_> = ops
+            .iter()
+            .map(|o| match o {
+                Op::Put(k, v) | Op::Create(k, v) => (k.clone(), Some(v.clone())),
+                Op::Delete(k) => (k.clone(), None),
+            })
+            .collect();
+        mirror.apply_raw(&raw).unwrap();
+        assert_eq!(mirror.booking(&b.locator).unwrap(), Some(b.clone()));
+        assert_eq!(
+            mirror.user(UserId(1)).unwrap().unwrap().username.as_str(),
+            "ada"
+        );
+        // what other nodes react to, decoded from the same bytes
+        let changes: Vec<_> = raw
+            .iter()
+            .filter_map(|(k, v)| decode_change(k, v.as_deref()))
+            .collect();
+        assert!(
+            matches!(&changes[..], [Change::SessionEnded(h), Change::Booking(x)] if h == "feed" && *x == b)
+        );
+    }
+
+    #[test]
+    fn undecodable_replicated_records_are_skipped() {
+        assert!(decode_change(&key(BOOKING, &[b"AAAAAA"]), Some(b"{not json")).is_none());
+        assert!(decode_change(&key(FEED, &[b"JW1"]), Some(b"[]")).is_none());
+        assert!(decode_change(&[], None).is_none());
+        assert!(decode_change(&key(HISTORY, &[b"x"]), Some(b"{}")).is_none());
+    }
+
+    #[test]
     fn usernames_and_locators_are_unique() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
