@@ -552,21 +552,15 @@ async fn killing_a_node_or_the_etcd_leader_loses_nothing() {
     );
 }
 
-/// The gap between the last acknowledged write before `at` and the first after it.
+/// The longest pause between consecutive acknowledged writes in the 10 s after `at`.
 fn stall_around(acks: &[Instant], at: Instant) -> Duration {
-    let before = acks
-        .iter()
-        .filter(|t| **t <= at)
+    let mut acks = acks.to_vec();
+    acks.sort();
+    acks.windows(2)
+        .filter(|w| w[1] > at && w[0] <= at + Duration::from_secs(10))
+        .map(|w| w[1] - w[0])
         .max()
-        .copied()
-        .unwrap_or(at);
-    let after = acks
-        .iter()
-        .filter(|t| **t > at)
-        .min()
-        .copied()
-        .unwrap_or(at);
-    after - before
+        .unwrap_or_default()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -167,6 +167,7 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
+        self.committer.catch_up().await?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();
             crate::server::limits::check_open_holds(self, s.user_id, now)?;

@@ -398,7 +398,9 @@ impl App {
     }
 
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
-    /// first reply, also after a restart. Requests of one user are serialized.
+    /// first reply, also after a restart. Requests of one user are serialized. On a
+    /// cluster the caller catches up first, so that a retry through another node
+    /// than the first try sees the first reply.
     async fn idempotent<F, Fut>(
         &self,
         user: UserId,
@@ -413,8 +415,6 @@ impl App {
         let request_id = domain::RequestId::parse(request_id)?;
         let lock = self.user_locks.entry(user).or_default().clone();
         let _serial = lock.lock().await;
-        // a retry may reach another node than the first try: see its reply
-        self.committer.catch_up().await?;
         let key = IdemKey {
             user,
             method,
