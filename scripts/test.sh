@@ -45,6 +45,33 @@ if [[ -x ../shared/contract-check/run ]]; then
   wait $pid
   trap - EXIT
   rm -rf "$dir" "$out"
+
+  echo "== contract smoke check on the etcd store" >&2
+  dir=$(mktemp -d)
+  out=$(mktemp)
+  ports=$(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+  read -r cport pport <<<"$ports"
+  etcd --name c1 --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+    --initial-cluster "c1=http://127.0.0.1:$pport" >/dev/null 2>&1 &
+  epid=$!
+  "$bin" --listen 127.0.0.1:0 --store etcd --etcd-endpoints "http://127.0.0.1:$cport" \
+    --static-dir "$root/static" >"$out" 2>/dev/null &
+  pid=$!
+  trap 'kill $pid $epid 2>/dev/null || true; rm -rf "$dir" "$out"' EXIT
+  for _ in $(seq 1 300); do grep -q "listening on" "$out" && break; sleep 0.1; done
+  addr=$(sed -n 's/^jetway listening on //p' "$out")
+  ../shared/contract-check/run "ws://$addr/ws"
+  kill -TERM $pid
+  wait $pid
+  kill $epid
+  wait $epid || true
+  trap - EXIT
+  rm -rf "$dir" "$out"
 fi
 
 echo "== load tool smoke run (every scenario, tiny numbers)" >&2

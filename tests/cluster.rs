@@ -726,3 +726,28 @@ async fn cluster_benchmark() {
     println!("BENCH writes stalled {stall:?} when the etcd leader was SIGKILLed");
     etcd.restart(leader);
 }
+
+#[test]
+fn unreachable_etcd_is_a_clear_start_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+        ])
+        .arg(format!("http://{closed}"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run jetway");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("http://{closed}")) && err.contains("etcd"),
+        "{err}"
+    );
+}

@@ -146,27 +146,22 @@ impl EtcdStore {
     }
 
     /// Runs `call` against one member after another until one answers within
-    /// [`REQUEST_TIMEOUT`], for up to [`DEADLINE`]. The flag tells `call` whether an
-    /// earlier try may have reached etcd.
+    /// [`REQUEST_TIMEOUT`], for up to [`DEADLINE`].
     async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> StoreResult<T>
     where
-        F: FnMut(Client, bool) -> Fut,
+        F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let started = Instant::now();
-        let mut tried = false;
         let mut pause = Duration::from_millis(20);
         loop {
             let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
             let err =
-                match tokio::time::timeout(REQUEST_TIMEOUT, call(self.clients[i].clone(), tried))
-                    .await
-                {
+                match tokio::time::timeout(REQUEST_TIMEOUT, call(self.clients[i].clone())).await {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".to_owned(),
                 };
-            tried = true;
             let _ = self.preferred.compare_exchange(
                 i,
                 (i + 1) % self.clients.len(),
@@ -190,7 +185,7 @@ impl EtcdStore {
             let (from, rev) = (start.clone(), revision);
             let end = self.prefix_end.clone();
             let mut resp = self
-                .retry("load", |mut c, _| {
+                .retry("load", |mut c| {
                     let (from, end) = (from.clone(), end.clone());
                     async move {
                         c.get(
@@ -237,7 +232,7 @@ impl EtcdStore {
     async fn refill_ids(&self) -> StoreResult<()> {
         let k = self.full(b"!ids");
         let block = self
-            .retry("id block", |mut c, _| {
+            .retry("id block", |mut c| {
                 let k = k.clone();
                 async move {
                     loop {
@@ -280,7 +275,7 @@ impl EtcdStore {
 
     async fn renew_lease(&self) {
         let granted = self
-            .retry("lease", |c, _| async move {
+            .retry("lease", |c| async move {
                 c.lease_client().grant(MARKER_TTL, None).await
             })
             .await;
@@ -356,7 +351,7 @@ impl EtcdStore {
             .and_then(then)
             .or_else([TxnOp::get(marker, None)]);
         let resp = self
-            .retry("write", |mut c, _| {
+            .retry("write", |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -539,7 +534,7 @@ impl Replicated for EtcdStore {
         Box::pin(async move {
             let k = self.full(b"!ids");
             let resp = self
-                .retry("read", |mut c, _| {
+                .retry("read", |mut c| {
                     let k = k.clone();
                     async move { c.get(k, None).await }
                 })
