@@ -29,7 +29,7 @@ use crate::domain::{
 use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
 use crate::protocol::{wire, ApiError};
-use crate::store::{Batch, Role};
+use crate::store::{Batch, Role, StoreError};
 
 /// Longest cancellation reason, in characters.
 pub const MAX_REASON: usize = 200;
@@ -220,17 +220,21 @@ impl App {
         let now = domain::now_ms();
         let flight = new_flight(&p, now)?;
         let _serial = self.admin.flights.lock().await;
+        self.committer.catch_up().await?;
+        let exists = || ApiError::InvalidState(format!("flight {} already exists", flight.id));
         if self.inventory.get(flight.id.as_str()).is_some() {
-            return Err(ApiError::InvalidState(format!(
-                "flight {} already exists",
-                flight.id
-            )));
+            return Err(exists());
         }
-        self.commit(Batch {
-            flights: vec![flight.clone()],
-            ..Default::default()
-        })
-        .await?;
+        match self
+            .commit(Batch {
+                new_flights: vec![flight.clone()],
+                ..Default::default()
+            })
+            .await
+        {
+            Err(StoreError::Conflict) => return Err(exists()),
+            r => r?,
+        }
         let fs = self.inventory.add(flight.clone());
         tracing::info!(flight = %flight.id, "flight scheduled");
         Ok(json!({ "flight": wire::flight(&flight, &fs.available(), domain::now_ms()) }))
@@ -459,6 +463,10 @@ impl App {
         let step = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let mut b = self.store.booking(loc)?.ok_or(ApiError::Internal)?;
+            if !b.status.occupies_seats() {
+                // another node's job for this flight got here first
+                return Ok((None, ()));
+            }
             let seats: Vec<SeatId> = b.seats.iter().map(|s| s.seat).collect();
             b.refund(&seats, amount, now)?;
             let mut order = order.clone();

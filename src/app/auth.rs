@@ -261,8 +261,14 @@ impl App {
     /// The session behind a token hash, if it exists and has not expired.
     fn live_session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         let now = domain::now_ms();
-        let rec = match self.sessions.get(hash) {
-            Some(s) => Some(s.clone()),
+        // on a cluster the local copy of the store is the truth (a logout through
+        // another node may land between a lookup here and the cache insert)
+        let cached = match self.committer.is_replicated() {
+            true => None,
+            false => self.sessions.get(hash).map(|s| s.clone()),
+        };
+        let rec = match cached {
+            Some(s) => Some(s),
             None => self.store.session(hash)?,
         };
         Ok(rec.filter(|s| s.expires_at > now))

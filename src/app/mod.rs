@@ -169,8 +169,13 @@ impl App {
                 path: String::new(),
                 source,
             })?;
-        // a charge made just before a crash confirms its booking before holds expire
-        app.reconcile_payments(std::time::Duration::ZERO).await;
+        // a charge made just before a crash confirms its booking before holds expire;
+        // on a cluster, leave the attempts other nodes may still be working on
+        let in_flight = match app.committer.is_replicated() {
+            true => std::time::Duration::from_secs(3 * app.config.gateway_timeout + 15),
+            false => std::time::Duration::ZERO,
+        };
+        app.reconcile_payments(in_flight).await;
         app.expire_due().await;
         app.resume_cancellations();
         let every = std::time::Duration::from_secs(app.config.reconcile_interval);
@@ -379,17 +384,20 @@ impl App {
                 true => Some(fs.turn.lock().await),
                 false => None,
             };
+            // a twin of the request may have succeeded through another node (the
+            // mirror has a revision before the working map applies it); a remembered
+            // error (a pay whose outcome was unknown) does not end a settlement
+            let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
+            if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
+                return Ok(Step::Replayed(replay(v)));
+            }
             let (ticket, out) = decide(&mut fs.working())?;
             let Some(ticket) = ticket else {
                 return Ok(Step::Done(out));
             };
             match self.committer.durable(ticket).await {
                 Ok(()) => return Ok(Step::Done(out)),
-                Err(StoreError::Stale) => {
-                    if let Some(v) = key.map(|k| self.store.reply(k)).transpose()?.flatten() {
-                        return Ok(Step::Replayed(replay(v)));
-                    }
-                }
+                Err(StoreError::Stale) => {}
                 Err(e) => return Err(e.into()),
             }
         }

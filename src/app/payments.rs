@@ -39,6 +39,14 @@ pub enum WebhookError {
     Internal,
 }
 
+/// What a charge does to its booking.
+enum Settle {
+    Confirmed(Value),
+    /// Settled already, through another node.
+    Already,
+    Refund,
+}
+
 fn pay_key(a: &PaymentAttempt) -> IdemKey {
     IdemKey {
         user: a.user_id,
@@ -224,6 +232,13 @@ impl App {
                         .as_ref()
                         .is_some_and(|o| o.locator == a.locator && !o.booked)
                 });
+            let paid_by_this_charge = b.status == domain::BookingStatus::Confirmed
+                && b.order_id.as_deref().is_some_and(
+                    |o| matches!(self.store.order(o), Ok(Some(o)) if o.charge_id == payment_ref),
+                );
+            if paid_by_this_charge {
+                return Ok((None, Settle::Already));
+            }
             if ours && b.confirm(tickets.clone(), order_id.clone(), now).is_ok() {
                 let mut a = a.clone();
                 let order = Order {
@@ -267,16 +282,23 @@ impl App {
                     .map(|i| (i, Some(occupant.clone())))
                     .collect();
                 let ticket = self.change_seats(fs, w, batch, updates, &b)?;
-                Ok((Some(ticket), Some(result)))
+                Ok((Some(ticket), Settle::Confirmed(result)))
             } else {
-                Ok((None, None))
+                Ok((None, Settle::Refund))
             }
         });
-        match confirmed.await {
-            Ok(Step::Done(None)) => {}
-            Ok(Step::Done(Some(result))) => return Ok(result),
-            Ok(Step::Replayed(r)) => return r,
-            Err(e) => return Err(e),
+        // a twin settling the same charge through another node that confirmed
+        // the booking first has left its reply: seat_step returns it
+        match confirmed.await? {
+            Step::Done(Settle::Confirmed(result)) => return Ok(result),
+            Step::Replayed(r) => return r,
+            Step::Done(Settle::Refund) => {}
+            Step::Done(Settle::Already) => {
+                return match self.store.reply(&key)? {
+                    Some(v) => super::replay(v),
+                    None => Err(ApiError::Internal),
+                }
+            }
         }
         // charged, but the booking cannot have it: give the money back
         let refund = self

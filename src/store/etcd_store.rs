@@ -10,15 +10,19 @@
 //! mirror), loaded at start and then fed by one watch from the next revision, in
 //! revision order. Reads are served from the mirror; [`Replicated::settle`] first
 //! waits until the mirror has every revision committed before the call, so a read
-//! after a write made anywhere sees it. The [`Listener`] runs for each revision
+//! after a write made anywhere sees it. Every transaction also puts the key `!rev`,
+//! so a linearizable read of `!rev` tells the last revision that wrote anything, and
+//! waiting for it never depends on watch progress notifications (which etcd before
+//! 3.4.25 may send ahead of events still on their way, etcd issue 15220). The [`Listener`] runs for each revision
 //! before the revision counts as applied: that is how seat maps, replay buffers and
 //! pushes on every node follow changes made through any other node.
 //!
 //! Each request to etcd gets a short timeout and is retried on the next endpoint
 //! (a dead member must not stall a third of the requests). A transaction whose reply
 //! was lost may have committed: every transaction also writes a unique marker key
-//! (on a lease, so markers expire), and its `else` branch reads that marker back, so
-//! a retry that finds its own marker knows it already succeeded and is applied once.
+//! (on a lease, so markers expire) that must be absent, and its `else` branch reads
+//! that marker back, so a retry that finds its own marker knows it already succeeded,
+//! and no try is ever applied twice.
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -30,7 +34,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::sled_store::{batch_ops, decode_change, version_key, Op};
 use super::{
@@ -48,6 +52,8 @@ const ID_BLOCK: u64 = 10_000;
 /// Transaction markers live this long (seconds); a fresh lease is taken halfway.
 const MARKER_TTL: i64 = 600;
 const PAGE: i64 = 500;
+/// How often the markers' lease is kept alive.
+const LEASE_CHECK: Duration = Duration::from_secs(60);
 /// The exit status of a node that can no longer follow the cluster.
 pub const EXIT_FELL_BEHIND: i32 = 3;
 
@@ -58,9 +64,9 @@ pub struct EtcdStore {
     prefix: Vec<u8>,
     prefix_end: Vec<u8>,
     preferred: AtomicUsize,
-    /// The newest revision whose changes are in the mirror and heard by the listener.
+    /// The newest revision whose changes are in the mirror and heard by the listener
+    /// (advanced only by the snapshot and by events, never by progress notifications).
     applied: watch::Sender<u64>,
-    want_progress: Notify,
     ids: Mutex<IdBlocks>,
     refilling: AtomicBool,
     lease: AtomicI64,
@@ -124,7 +130,6 @@ impl EtcdStore {
             prefix_end: range_end(prefix.as_bytes()),
             preferred: AtomicUsize::new(0),
             applied: watch::channel(0).0,
-            want_progress: Notify::new(),
             ids: Mutex::new(IdBlocks::default()),
             refilling: AtomicBool::new(false),
             lease: AtomicI64::new(0),
@@ -239,7 +244,11 @@ impl EtcdStore {
                         let cur = c.get(k.clone(), None).await?;
                         let (cond, from) = match cur.kvs().first() {
                             Some(kv) => {
-                                let bytes: [u8; 8] = kv.value().try_into().unwrap_or([0; 8]);
+                                let Ok(bytes) = <[u8; 8]>::try_from(kv.value()) else {
+                                    return Err(etcd_client::Error::InvalidArgs(
+                                        "the id counter is corrupt".into(),
+                                    ));
+                                };
                                 (
                                     Compare::mod_revision(
                                         k.clone(),
@@ -273,7 +282,21 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Keeps the markers' lease alive, or takes a new one if it is gone.
     async fn renew_lease(&self) {
+        let id = self.lease.load(Ordering::Relaxed);
+        if id != 0 {
+            let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let (mut keeper, mut replies) =
+                    self.clients[0].lease_client().keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
+            })
+            .await;
+            if matches!(alive, Ok(Ok(ttl)) if ttl > 0) {
+                return;
+            }
+        }
         let granted = self
             .retry("lease", |c| async move {
                 c.lease_client().grant(MARKER_TTL, None).await
@@ -285,25 +308,31 @@ impl EtcdStore {
         }
     }
 
-    /// Waits until the mirror has applied `revision`.
+    /// Waits until the mirror has applied `revision`, which must be the revision of
+    /// a write under the prefix (its event is on the way).
     async fn applied_to(&self, revision: u64) -> StoreResult<()> {
         let mut rx = self.applied.subscribe();
-        let started = Instant::now();
-        loop {
-            if *rx.borrow_and_update() >= revision {
-                return Ok(());
-            }
-            if started.elapsed() > DEADLINE {
-                return Err(StoreError::Io(format!(
-                    "this node has not caught up with revision {revision}"
-                )));
-            }
-            tokio::select! {
-                _ = rx.changed() => {}
-                // nothing of ours after the revision: ask the watch to confirm progress
-                _ = tokio::time::sleep(Duration::from_millis(100)) => self.want_progress.notify_one(),
-            }
+        let caught_up = tokio::time::timeout(DEADLINE, rx.wait_for(|a| *a >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match caught_up {
+            true => Ok(()),
+            false => Err(StoreError::Io(format!(
+                "this node has not caught up with revision {revision}"
+            ))),
         }
+    }
+
+    /// The revision of the last write under the prefix, from a reply that read `!rev`.
+    fn last_write(resp: &etcd_client::TxnResponse) -> Option<u64> {
+        resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .filter(|kv| kv.key().ends_with(b"!rev"))
+                .map(|kv| kv.mod_revision() as u64),
+            _ => None,
+        })
     }
 
     async fn commit_batch(&self, batch: Batch, expect: Option<(FlightId, u64)>) -> StoreResult<()> {
@@ -319,7 +348,11 @@ impl EtcdStore {
             )
             .as_bytes(),
         );
-        let mut when = Vec::new();
+        let mut when = vec![Compare::create_revision(
+            marker.clone(),
+            CompareOp::Equal,
+            0,
+        )];
         let mut then = Vec::new();
         if let Some((flight, v)) = &expect {
             let k = self.full(&version_key(flight));
@@ -346,10 +379,12 @@ impl EtcdStore {
             Vec::new(),
             Some(PutOptions::new().with_lease(lease)),
         ));
+        let rev_key = self.full(b"!rev");
+        then.push(TxnOp::put(rev_key.clone(), Vec::new(), None));
         let txn = Txn::new()
             .when(when)
             .and_then(then)
-            .or_else([TxnOp::get(marker, None)]);
+            .or_else([TxnOp::get(marker.clone(), None), TxnOp::get(rev_key, None)]);
         let resp = self
             .retry("write", |mut c| {
                 let txn = txn.clone();
@@ -361,14 +396,20 @@ impl EtcdStore {
             return self.applied_to(revision).await;
         }
         let ours = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision() as u64),
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .filter(|kv| kv.key() == marker.as_slice())
+                .map(|kv| kv.mod_revision() as u64),
             _ => None,
         });
         match ours {
             // an earlier try committed and only its reply was lost
             Some(rev) => self.applied_to(rev).await,
             None => {
-                self.applied_to(revision).await?;
+                // wait for the write that made the compare fail
+                self.applied_to(Self::last_write(&resp).unwrap_or(0))
+                    .await?;
                 Err(if expect.is_some() {
                     StoreError::Stale
                 } else {
@@ -414,19 +455,13 @@ impl EtcdStore {
                 }
             };
             loop {
-                if lease_at.elapsed() > Duration::from_secs(MARKER_TTL as u64 / 2) {
+                if lease_at.elapsed() > LEASE_CHECK {
                     lease_at = Instant::now();
                     let me = self.clone();
                     tokio::spawn(async move { me.renew_lease().await });
                 }
                 let msg = tokio::select! {
                     m = stream.message() => m,
-                    _ = self.want_progress.notified() => {
-                        if stream.request_progress().await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {
                         // a silent member may be cut off: make it prove it is alive
                         if stream.request_progress().await.is_err() {
@@ -457,14 +492,7 @@ impl EtcdStore {
                     break;
                 }
                 if resp.events().is_empty() {
-                    if !resp.created() {
-                        let rev = resp.header().map_or(0, |h| h.revision()) as u64;
-                        self.applied.send_if_modified(|a| {
-                            let newer = rev > *a;
-                            *a = (*a).max(rev);
-                            newer
-                        });
-                    }
+                    // created, or a progress notification: proof of life only
                     continue;
                 }
                 if let Err(e) = self.apply_events(resp.events()) {
@@ -532,15 +560,15 @@ impl Replicated for EtcdStore {
 
     fn settle(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let k = self.full(b"!ids");
+            let k = self.full(b"!rev");
             let resp = self
                 .retry("read", |mut c| {
                     let k = k.clone();
                     async move { c.get(k, None).await }
                 })
                 .await?;
-            self.applied_to(resp.header().map_or(0, |h| h.revision()) as u64)
-                .await
+            let last = resp.kvs().first().map_or(0, |kv| kv.mod_revision() as u64);
+            self.applied_to(last).await
         })
     }
 

@@ -136,6 +136,8 @@ pub struct Batch {
     pub users: Vec<UserRecord>,
     pub sessions: Vec<SessionRecord>,
     pub revoke_sessions: Vec<String>,
+    /// Flights to create; conflict if the flight exists.
+    pub new_flights: Vec<Flight>,
     pub flights: Vec<Flight>,
     pub versions: Vec<(FlightId, u64)>,
     /// Bookings to create; conflict if the locator exists.

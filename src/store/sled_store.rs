@@ -173,6 +173,10 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for h in &batch.revoke_sessions {
         ops.push(Op::Delete(key(SESSION, &[h.as_bytes()])));
     }
+    for f in &batch.new_flights {
+        let k = key(FLIGHT, &[f.id.as_str().as_bytes()]);
+        ops.push(Op::Create(k, encode(f)?));
+    }
     for f in &batch.flights {
         put_json(&mut ops, key(FLIGHT, &[f.id.as_str().as_bytes()]), f)?;
     }
