@@ -196,6 +196,37 @@ async fn nodes_share_seats_sessions_retries_and_live_maps() {
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(after, before + 1);
+    // ...and the same payment sent at once through two nodes pays once: a second
+    // charge, if both nodes got that far, is refunded
+    let twin_loc = a["result"]["booking"]["locator"].clone();
+    let p =
+        json!({"locator": twin_loc, "payment_method": "pm_card_visa", "request_id": "twin-pay"});
+    let (a, b) = tokio::join!(
+        users[2].call("booking.pay", p.clone()),
+        twin.call("booking.pay", p)
+    );
+    assert!(a.get("result").is_some(), "{a}");
+    assert_eq!(a["result"], b["result"]);
+    let got = twin.ok("booking.get", json!({"locator": twin_loc})).await;
+    assert_eq!(got["booking"]["status"], "confirmed");
+    let orders = twin.ok("orders.list", json!({})).await["orders"].clone();
+    let paid_orders = orders
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter(|o| o["locator"] == twin_loc)
+        .count();
+    assert_eq!(paid_orders, 1);
+    let events = twin.ok("history.list", json!({"limit": 500})).await["events"].clone();
+    let count = |kind: &str| {
+        events.as_array().map_or(0, |e| {
+            e.iter()
+                .filter(|x| x["type"] == kind && x["locator"] == twin_loc)
+                .count()
+        })
+    };
+    assert_eq!(count("paid"), 1, "{events}");
+    assert!(count("payment_refunded") <= 1, "{events}");
     let v_now = version_of(&mut twin, &fid).await;
 
     // a watcher moving to another node resumes from its version with nothing missed

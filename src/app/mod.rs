@@ -171,11 +171,8 @@ impl App {
             })?;
         // a charge made just before a crash confirms its booking before holds expire;
         // on a cluster, leave the attempts other nodes may still be working on
-        let in_flight = match app.committer.is_replicated() {
-            true => std::time::Duration::from_secs(3 * app.config.gateway_timeout + 15),
-            false => std::time::Duration::ZERO,
-        };
-        app.reconcile_payments(in_flight).await;
+        app.reconcile_payments(app.in_flight_age(std::time::Duration::ZERO))
+            .await;
         app.expire_due().await;
         app.resume_cancellations();
         let every = std::time::Duration::from_secs(app.config.reconcile_interval);
@@ -384,14 +381,17 @@ impl App {
                 true => Some(fs.turn.lock().await),
                 false => None,
             };
-            // a twin of the request may have succeeded through another node (the
-            // mirror has a revision before the working map applies it); a remembered
-            // error (a pay whose outcome was unknown) does not end a settlement
-            let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
-            if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
-                return Ok(Step::Replayed(replay(v)));
-            }
-            let (ticket, out) = decide(&mut fs.working())?;
+            let (ticket, out) = {
+                let mut w = fs.working();
+                // a twin of the request may have succeeded through another node: the
+                // mirror has every revision the working map has, so under its lock
+                // this read cannot miss a change the decision would see
+                let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
+                if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
+                    return Ok(Step::Replayed(replay(v)));
+                }
+                decide(&mut w)?
+            };
             let Some(ticket) = ticket else {
                 return Ok(Step::Done(out));
             };
@@ -446,6 +446,18 @@ impl App {
         match self.committer.is_replicated() {
             true => self.commit(batch).await,
             false => self.store.write(&batch),
+        }
+    }
+
+    /// How old a payment attempt must be before a reconciler settles it: on a cluster
+    /// another node may still be making it (three gateway calls, two commits and
+    /// their waits), so at least that long.
+    fn in_flight_age(&self, min: std::time::Duration) -> std::time::Duration {
+        match self.committer.is_replicated() {
+            true => min.max(std::time::Duration::from_secs(
+                3 * self.config.gateway_timeout + 60,
+            )),
+            false => min,
         }
     }
 

@@ -145,6 +145,9 @@ impl App {
                         _ => {
                             drop(busy);
                             let err = ApiError::PaymentFailed(m);
+                            if let Some(first) = self.success_reply(&key).await? {
+                                return super::replay(first);
+                            }
                             self.commit(Batch {
                                 events: vec![(
                                     s.user_id,
@@ -180,6 +183,14 @@ impl App {
         let now = domain::now_ms();
         a.state = AttemptState::Failed;
         a.updated_at = now;
+        if let Some(first) = self.success_reply(&pay_key(&a)).await? {
+            self.commit(Batch {
+                attempts: vec![a],
+                ..Default::default()
+            })
+            .await?;
+            return super::replay(first);
+        }
         self.commit(Batch {
             events: vec![(
                 a.user_id,
@@ -217,7 +228,9 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         let order_id = format!("ORD{:010}", self.store.next_id()?);
         let key = pay_key(&a);
-        let confirmed = self.seat_step(fs, Some(&key), |w| {
+        // no request key here: a success reply under it may come from a twin request
+        // that paid with another charge, which this one must then refund
+        let confirmed = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let mut b = self
                 .store
@@ -287,8 +300,6 @@ impl App {
                 Ok((None, Settle::Refund))
             }
         });
-        // a twin settling the same charge through another node that confirmed
-        // the booking first has left its reply: seat_step returns it
         match confirmed.await? {
             Step::Done(Settle::Confirmed(result)) => return Ok(result),
             Step::Replayed(r) => return r,
@@ -320,10 +331,19 @@ impl App {
         );
         a.state = AttemptState::Refunded;
         a.updated_at = now;
+        let refunded = (
+            a.user_id,
+            event(
+                "payment_refunded",
+                Some(&a.locator),
+                now,
+                json!({ "amount": wire::money(a.amount) }),
+            ),
+        );
         // a twin request through another node may have paid the booking and answered
-        self.committer.catch_up().await?;
-        if let Some(first) = self.store.reply(&key)?.filter(|v| v.get("ok").is_some()) {
+        if let Some(first) = self.success_reply(&key).await? {
             self.commit(Batch {
+                events: vec![refunded],
                 attempts: vec![a],
                 ..Default::default()
             })
@@ -331,21 +351,20 @@ impl App {
             return super::replay(first);
         }
         self.commit(Batch {
-            events: vec![(
-                a.user_id,
-                event(
-                    "payment_refunded",
-                    Some(&a.locator),
-                    now,
-                    json!({ "amount": wire::money(a.amount) }),
-                ),
-            )],
+            events: vec![refunded],
             replies: vec![(pay_key(&a), remember_err(&err))],
             attempts: vec![a],
             ..Default::default()
         })
         .await?;
         Err(err)
+    }
+
+    /// The pay request's success reply, if some node already gave one: an error
+    /// reply must never replace it.
+    async fn success_reply(&self, key: &IdemKey) -> Result<Option<Value>, ApiError> {
+        self.committer.catch_up().await?;
+        Ok(self.store.reply(key)?.filter(|v| v.get("ok").is_some()))
     }
 
     /// Settles one open attempt from what the gateway says, unless a payment for the
@@ -460,7 +479,7 @@ pub async fn run_reconciler(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {
-                app.reconcile_payments(every).await;
+                app.reconcile_payments(app.in_flight_age(every)).await;
                 app.resume_cancellations();
             }
             _ = stop.cancelled() => return,

@@ -52,6 +52,8 @@ const ID_BLOCK: u64 = 10_000;
 /// Transaction markers live this long (seconds); a fresh lease is taken halfway.
 const MARKER_TTL: i64 = 600;
 const PAGE: i64 = 500;
+/// etcd's answer to a write on a lease that has expired (retrying cannot help).
+const LEASE_GONE: &str = "lease not found";
 /// How often the markers' lease is kept alive.
 const LEASE_CHECK: Duration = Duration::from_secs(60);
 /// The exit status of a node that can no longer follow the cluster.
@@ -164,6 +166,9 @@ impl EtcdStore {
             let err =
                 match tokio::time::timeout(REQUEST_TIMEOUT, call(self.clients[i].clone())).await {
                     Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) if e.to_string().contains(LEASE_GONE) => {
+                        return Err(StoreError::Io(format!("etcd {what}: {e}")))
+                    }
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".to_owned(),
                 };
@@ -287,8 +292,9 @@ impl EtcdStore {
         let id = self.lease.load(Ordering::Relaxed);
         if id != 0 {
             let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
                 let (mut keeper, mut replies) =
-                    self.clients[0].lease_client().keep_alive(id).await?;
+                    self.clients[i].lease_client().keep_alive(id).await?;
                 keeper.keep_alive().await?;
                 Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
             })
@@ -373,24 +379,35 @@ impl EtcdStore {
                 Op::Delete(k) => then.push(TxnOp::delete(self.full(&k), None)),
             }
         }
-        let lease = self.lease.load(Ordering::Relaxed);
-        then.push(TxnOp::put(
-            marker.clone(),
-            Vec::new(),
-            Some(PutOptions::new().with_lease(lease)),
-        ));
         let rev_key = self.full(b"!rev");
         then.push(TxnOp::put(rev_key.clone(), Vec::new(), None));
-        let txn = Txn::new()
-            .when(when)
-            .and_then(then)
-            .or_else([TxnOp::get(marker.clone(), None), TxnOp::get(rev_key, None)]);
-        let resp = self
-            .retry("write", |mut c| {
+        let build = |lease: i64| {
+            let mut then = then.clone();
+            then.push(TxnOp::put(
+                marker.clone(),
+                Vec::new(),
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+            Txn::new().when(when.clone()).and_then(then).or_else([
+                TxnOp::get(marker.clone(), None),
+                TxnOp::get(rev_key.clone(), None),
+            ])
+        };
+        let send = |txn: Txn| {
+            self.retry("write", move |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
-            .await?;
+        };
+        let resp = match send(build(self.lease.load(Ordering::Relaxed))).await {
+            Err(StoreError::Io(e)) if e.contains(LEASE_GONE) => {
+                // the markers' lease ran out (this node was cut off for a long time)
+                self.lease.store(0, Ordering::Relaxed);
+                self.renew_lease().await;
+                send(build(self.lease.load(Ordering::Relaxed))).await?
+            }
+            r => r?,
+        };
         let revision = resp.header().map_or(0, |h| h.revision()) as u64;
         if resp.succeeded() {
             return self.applied_to(revision).await;
