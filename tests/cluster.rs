@@ -369,6 +369,8 @@ struct Log {
     cancelled: Vec<String>,
     /// When each write was acknowledged (for the stall on failover).
     acks: Vec<Instant>,
+    /// (user, method, params, reply) of every answer the server remembers.
+    answers: Vec<(usize, &'static str, Value, Value)>,
 }
 
 async fn shopper(
@@ -388,12 +390,12 @@ async fn shopper(
         let roll: f64 = rng.gen();
         if !held.is_empty() && (roll < 0.4 || held.len() >= 4) {
             let loc = held.remove(0);
-            let reply = r
-                .call(
-                    "booking.pay",
-                    json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid}),
-                )
-                .await;
+            let params =
+                json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid});
+            let reply = r.call("booking.pay", params.clone()).await;
+            log.lock()
+                .answers
+                .push((user, "booking.pay", params, reply.clone()));
             if reply.get("result").is_none() {
                 // its first try died with its node, and with it the sandbox's ledger:
                 // the reconciler found nothing charged and answered for it
@@ -410,20 +412,24 @@ async fn shopper(
             paid.push(loc);
         } else if !paid.is_empty() && roll < 0.5 {
             let loc = paid.remove(0);
-            let reply = r
-                .call("booking.cancel", json!({"locator": loc, "request_id": rid}))
-                .await;
+            let params = json!({"locator": loc, "request_id": rid});
+            let reply = r.call("booking.cancel", params.clone()).await;
+            log.lock()
+                .answers
+                .push((user, "booking.cancel", params, reply.clone()));
             assert!(reply.get("result").is_some(), "cancel {loc}: {reply}");
             let mut l = log.lock();
             l.cancelled.push(loc);
             l.acks.push(Instant::now());
         } else {
             let flight = &flights[rng.gen_range(0..flights.len())];
-            let reply = r
-                .call("booking.hold", json!({"flight_id": flight, "count": 1, "cabin": "economy", "passengers": passengers(1), "request_id": rid}))
-                .await;
+            let params = json!({"flight_id": flight, "count": 1, "cabin": "economy", "passengers": passengers(1), "request_id": rid});
+            let reply = r.call("booking.hold", params.clone()).await;
             match reply.get("result") {
                 Some(res) => {
+                    log.lock()
+                        .answers
+                        .push((user, "booking.hold", params, reply.clone()));
                     let loc = res["booking"]["locator"]
                         .as_str()
                         .expect("locator")
@@ -573,6 +579,22 @@ async fn killing_a_node_or_the_etcd_leader_loses_nothing() {
     }
     for (_, loc) in log.holds.iter().filter(|(_, l)| !log.paid.contains(l)) {
         assert_eq!(status(loc), "held", "{loc} was held and never paid");
+    }
+
+    // every answered request, sent again with its request_id through another node,
+    // gets the same answer and changes nothing
+    for (i, t) in tokens.iter().enumerate() {
+        let mut c = Client::connect(&url_of((i + 1) % 3)).await;
+        c.ok("auth.resume", json!({"token": t})).await;
+        for (_, method, params, first) in log.answers.iter().filter(|a| a.0 == i) {
+            let again = c.call(method, params.clone()).await;
+            assert_eq!(
+                again.get("result"),
+                first.get("result"),
+                "{method} {params}"
+            );
+            assert_eq!(again.get("error"), first.get("error"), "{method} {params}");
+        }
     }
 
     // the seat maps are what the bookings imply, the same on every node
