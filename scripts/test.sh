@@ -31,47 +31,43 @@ cargo test --all-targets --features etcd 2>&1
 
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/jetway
 
-if [[ -x ../shared/contract-check/run ]]; then
-  echo "== contract smoke check" >&2
-  dir=$(mktemp -d)
-  out=$(mktemp)
-  "$bin" --listen 127.0.0.1:0 --data-dir "$dir" --static-dir "$root/static" >"$out" 2>/dev/null &
+# Starts jetway with the given flags in $dir, runs the contract check against it,
+# and stops it gracefully.
+contract_check() {
+  local out pid addr
+  out="$dir/stdout"
+  "$bin" --listen 127.0.0.1:0 --data-dir "$dir/data" --static-dir "$root/static" "$@" >"$out" 2>/dev/null &
   pid=$!
-  trap 'kill $pid 2>/dev/null || true; rm -rf "$dir" "$out"' EXIT
-  for _ in $(seq 1 100); do grep -q "listening on" "$out" && break; sleep 0.1; done
+  for _ in $(seq 1 300); do grep -q "listening on" "$out" && break; sleep 0.1; done
   addr=$(sed -n 's/^jetway listening on //p' "$out")
-  ../shared/contract-check/run "ws://$addr/ws"
+  ../shared/contract-check/run "ws://$addr/ws" || { kill $pid; return 1; }
   kill -TERM $pid
   wait $pid
-  trap - EXIT
-  rm -rf "$dir" "$out"
+}
+
+if [[ -x ../shared/contract-check/run ]]; then
+  dir=$(mktemp -d)
+  epid=""
+  trap 'kill $epid 2>/dev/null || true; pkill -P $$ jetway 2>/dev/null || true; rm -rf "$dir"' EXIT
+
+  echo "== contract smoke check" >&2
+  contract_check
 
   echo "== contract smoke check on the etcd store" >&2
-  dir=$(mktemp -d)
-  out=$(mktemp)
-  ports=$(python3 -c 'import socket
+  read -r cport pport < <(python3 -c 'import socket
 s=[socket.socket() for _ in range(2)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))')
-  read -r cport pport <<<"$ports"
   etcd --name c1 --data-dir "$dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "c1=http://127.0.0.1:$pport" >/dev/null 2>&1 &
   epid=$!
-  "$bin" --listen 127.0.0.1:0 --store etcd --etcd-endpoints "http://127.0.0.1:$cport" \
-    --static-dir "$root/static" >"$out" 2>/dev/null &
-  pid=$!
-  trap 'kill $pid $epid 2>/dev/null || true; rm -rf "$dir" "$out"' EXIT
-  for _ in $(seq 1 300); do grep -q "listening on" "$out" && break; sleep 0.1; done
-  addr=$(sed -n 's/^jetway listening on //p' "$out")
-  ../shared/contract-check/run "ws://$addr/ws"
-  kill -TERM $pid
-  wait $pid
+  contract_check --store etcd --etcd-endpoints "http://127.0.0.1:$cport"
   kill $epid
   wait $epid || true
   trap - EXIT
-  rm -rf "$dir" "$out"
+  rm -rf "$dir"
 fi
 
 echo "== load tool smoke run (every scenario, tiny numbers)" >&2

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{passengers, unique_name, Proc, PASSWORD};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -23,51 +23,16 @@ const CLIENTS: usize = 6;
 const HOLD_TTL: &str = "3";
 const WAIT: Duration = Duration::from_secs(20);
 
-type Ws = common::Ws;
-
 /// A client that never panics on a dropped connection: a call answers None.
-struct Conn {
-    ws: Ws,
-    next: u64,
-    pushes: Vec<Value>,
-}
+struct Conn(common::Client);
 
 impl Conn {
     async fn open(url: &str) -> Conn {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        Conn {
-            ws,
-            next: 0,
-            pushes: Vec::new(),
-        }
+        Conn(common::Client::connect(url).await)
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Option<Value> {
-        self.next += 1;
-        let id = self.next;
-        let req = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
-        self.ws.send(Message::text(req.to_string())).await.ok()?;
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            let Message::Text(t) = m else {
-                if m.is_close() {
-                    return None;
-                }
-                continue;
-            };
-            let v: Value = serde_json::from_str(t.as_str()).ok()?;
-            if v["id"] == json!(id) {
-                return Some(v);
-            }
-            if v.get("id").is_none() {
-                self.pushes.push(v);
-            }
-        }
+        self.0.try_call(method, params, WAIT).await
     }
 
     /// A call that must succeed (server up, between kills).
@@ -234,7 +199,7 @@ async fn watcher(url: String, flights: Vec<String>, model: Arc<Mutex<Model>>) {
         }
     }
     loop {
-        for p in c.pushes.drain(..) {
+        for p in c.0.pushes.drain(..) {
             if p["method"] == "seats.changed" {
                 let f = p["params"]["flight_id"].as_str().unwrap_or_default();
                 model
@@ -243,11 +208,11 @@ async fn watcher(url: String, flights: Vec<String>, model: Arc<Mutex<Model>>) {
                     .see(f, p["params"]["version"].as_u64().unwrap_or(0));
             }
         }
-        let Some(Ok(Message::Text(t))) = c.ws.next().await else {
+        let Some(Ok(Message::Text(t))) = c.0.ws.next().await else {
             return;
         };
         if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
-            c.pushes.push(v);
+            c.0.pushes.push_back(v);
         }
     }
 }

@@ -412,47 +412,38 @@ impl App {
         s: &AuthSession,
         p: params::LocatorRef,
     ) -> Result<Value, ApiError> {
-        self.committer.catch_up().await?;
-        let b = self.own_booking(s.user_id, &p.locator)?;
-        self.committer.settle_reads().await;
+        let b = self
+            .consistent_read(|| self.own_booking(s.user_id, &p.locator))
+            .await?;
         Ok(json!({ "booking": self.booking_json(&b) }))
     }
 
     pub async fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
-        self.committer.catch_up().await?;
-        let list: Vec<Value> = self
-            .store
-            .user_bookings(s.user_id)?
-            .iter()
-            .map(|b| self.booking_json(b))
-            .collect();
-        self.committer.settle_reads().await;
+        let list = self
+            .consistent_read(|| Ok(self.store.user_bookings(s.user_id)?))
+            .await?;
+        let list: Vec<Value> = list.iter().map(|b| self.booking_json(b)).collect();
         Ok(json!({ "bookings": list }))
     }
 
     pub async fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
-        self.committer.catch_up().await?;
-        let list: Vec<Value> = self
-            .store
-            .user_orders(s.user_id)?
-            .iter()
-            .map(wire::order)
-            .collect();
-        self.committer.settle_reads().await;
-        Ok(json!({ "orders": list }))
+        let list = self
+            .consistent_read(|| Ok(self.store.user_orders(s.user_id)?))
+            .await?;
+        Ok(json!({ "orders": list.iter().map(wire::order).collect::<Vec<_>>() }))
     }
 
     pub async fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
-        self.committer.catch_up().await?;
         let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
         if limit == 0 || limit > MAX_HISTORY {
             return Err(ApiError::InvalidParams(format!(
                 "limit must be 1-{MAX_HISTORY}"
             )));
         }
-        let events: Vec<Value> = self
-            .store
-            .history(s.user_id, limit as usize)?
+        let events = self
+            .consistent_read(|| Ok(self.store.history(s.user_id, limit as usize)?))
+            .await?;
+        let events: Vec<Value> = events
             .into_iter()
             .map(|e| {
                 let mut v = json!({ "at": domain::rfc3339(e.at), "type": e.kind });
@@ -467,7 +458,6 @@ impl App {
                 v
             })
             .collect();
-        self.committer.settle_reads().await;
         Ok(json!({ "events": events }))
     }
 }

@@ -352,16 +352,12 @@ impl App {
         batch.versions.push((fs.id.clone(), next));
         if self.committer.is_replicated() {
             batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
-            return self
-                .committer
-                .submit(batch, Some((fs.id.clone(), w.version)), None);
         }
-        let _gate = self.committer.write_gate();
-        self.store.write(&batch)?;
-        let change = w.apply(updates);
-        Ok(self
-            .committer
-            .enqueue(Some(self.announce(fs, Some(change), booking))))
+        let expect = Some((fs.id.clone(), w.version));
+        self.committer.submit(batch, expect, || {
+            let change = w.apply(updates);
+            Some(self.announce(fs, Some(change), booking))
+        })
     }
 
     /// Decides a seat change with `decide` (which gets the locked working map and
@@ -385,7 +381,9 @@ impl App {
                 let mut w = fs.working();
                 // a twin of the request may have succeeded through another node: the
                 // mirror has every revision the working map has, so under its lock
-                // this read cannot miss a change the decision would see
+                // this read cannot miss a change the decision would see (one node
+                // serializes a user's requests, so a local store needs no look)
+                let key = key.filter(|_| replicated);
                 let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
                 if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
                     return Ok(Step::Replayed(replay(v)));
@@ -436,8 +434,21 @@ impl App {
 
     /// Writes a batch and waits until it is durable (no seat change involved).
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let t = self.committer.submit(batch, None, None)?;
+        let t = self.committer.submit(batch, None, || None)?;
         self.committer.durable(t).await
+    }
+
+    /// Runs `read` on a state that includes every write acknowledged before the call
+    /// (on a cluster, through any node), and answers only once what it saw is durable
+    /// and announced (see [`Committer::settle_reads`]).
+    async fn consistent_read<T>(
+        &self,
+        read: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.committer.catch_up().await?;
+        let v = read()?;
+        self.committer.settle_reads().await;
+        Ok(v)
     }
 
     /// Writes a batch that need not be durable before the caller goes on: a local

@@ -99,17 +99,19 @@ impl Committer {
 
     /// Writes `batch` (atomically; on a replicated store only if the flight in
     /// `expect` still has that version) and returns the ticket to wait for. Call it
-    /// while holding whatever lock ordered the write.
+    /// while holding whatever lock ordered the write. On a local store `written` runs
+    /// right after the write and returns the action to run once it is durable; a
+    /// replicated store does not call it (the change feed announces the write).
     pub fn submit(
         &self,
         batch: Batch,
         expect: Option<(FlightId, u64)>,
-        action: Option<Action>,
+        written: impl FnOnce() -> Option<Action>,
     ) -> Result<Ticket, StoreError> {
         if self.store.replicated().is_none() {
-            let _gate = self.gate.read();
+            let _gate = self.write_gate();
             self.store.write(&batch)?;
-            return Ok(self.enqueue(action));
+            return Ok(self.enqueue(written()));
         }
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
