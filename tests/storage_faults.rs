@@ -1,102 +1,22 @@
-//! Storage errors: when the disk refuses writes (full, read-only) or syncs, a
-//! request gets an error, nothing is half-written, reads keep working, and the same
-//! requests succeed once the disk is back.
+//! Storage errors: when the disk refuses writes (full, read-only), a request gets an
+//! error, nothing is half-written, reads keep working, and the same requests succeed
+//! once the disk is back. A reply is never sent before its write is durable.
 //!
-//! The store is the real sled store behind a wrapper that fails writes or syncs on
-//! demand (running as root, a read-only data dir would not refuse anything).
+//! The store is the real sled store behind a wrapper that fails or holds back writes
+//! and syncs on demand (`common::faulty`).
 
-use jetway::app::{App, AuthSession};
-use jetway::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
-use jetway::fanout::{outbox, QueueLimits};
+mod common;
+
+use common::faulty::*;
+use jetway::app::App;
+use jetway::domain::Username;
 use jetway::protocol::params::decode;
 use jetway::protocol::ApiError;
-use jetway::store::{
-    Batch, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store, StoreError,
-    StoreResult, UserRecord,
-};
-use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use jetway::store::{IdemKey, Store};
+use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// The sled store, failing `write` and/or `sync` while told to.
-struct Faulty {
-    inner: SledStore,
-    fail_writes: AtomicBool,
-    fail_syncs: AtomicBool,
-}
-
-fn disk_full() -> StoreError {
-    StoreError::Io("No space left on device (os error 28)".into())
-}
-
-impl Store for Faulty {
-    fn write(&self, batch: &Batch) -> StoreResult<()> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(disk_full());
-        }
-        self.inner.write(batch)
-    }
-    fn sync(&self) -> StoreResult<()> {
-        if self.fail_syncs.load(Ordering::SeqCst) {
-            return Err(disk_full());
-        }
-        self.inner.sync()
-    }
-    fn next_id(&self) -> StoreResult<u64> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(disk_full());
-        }
-        self.inner.next_id()
-    }
-    fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {
-        self.inner.user_by_name(name)
-    }
-    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        self.inner.user(id)
-    }
-    fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
-        self.inner.session(token_hash)
-    }
-    fn flights(&self) -> StoreResult<Vec<Flight>> {
-        self.inner.flights()
-    }
-    fn version(&self, flight: &FlightId) -> StoreResult<u64> {
-        self.inner.version(flight)
-    }
-    fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
-        self.inner.booking(locator)
-    }
-    fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
-        self.inner.all_bookings()
-    }
-    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
-        self.inner.user_bookings(user)
-    }
-    fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
-        self.inner.order(order_id)
-    }
-    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
-        self.inner.user_orders(user)
-    }
-    fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
-        self.inner.history(user, limit)
-    }
-    fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>> {
-        self.inner.reply(key)
-    }
-    fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>> {
-        self.inner.open_attempts()
-    }
-    fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
-        self.inner.attempt(id)
-    }
-    fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
-        self.inner.attempt_by_ref(payment_ref)
-    }
-    fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
-        self.inner.webhook_seen(event_id)
-    }
-}
+use std::time::Duration;
 
 struct Fixture {
     app: Arc<App>,
@@ -106,19 +26,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Faulty {
-        inner: SledStore::open(dir.path()).unwrap(),
-        fail_writes: AtomicBool::new(false),
-        fail_syncs: AtomicBool::new(false),
-    });
-    let config = jetway::Config::for_tests(dir.path().to_path_buf());
-    let app = App::with_parts(
-        config,
-        store.clone(),
-        Arc::new(jetway::payments::Sandbox::default()),
-    )
-    .await
-    .expect("app opens");
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
     Fixture {
         app,
         store,
@@ -126,63 +34,12 @@ async fn fixture() -> Fixture {
     }
 }
 
-async fn register(app: &App, name: &str) -> Result<AuthSession, ApiError> {
-    let (o, _rx) = outbox(QueueLimits::default());
-    let mut conn = None;
-    app.register(
-        decode(json!({"username": name, "password": "correct horse 42"}))?,
-        &o,
-        &mut conn,
-    )
-    .await?;
-    Ok(conn.expect("logged in"))
-}
-
-/// A flight more than three days out and two free economy seats on it.
-fn flight_and_seats(app: &App) -> (String, Vec<String>) {
-    let found = app.search(decode(json!({"limit": 500})).unwrap()).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let f = found["flights"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| {
-            time::OffsetDateTime::parse(
-                f["departs_at"].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap()
-                - now
-                > time::Duration::days(3)
-        })
-        .unwrap()["flight_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let map = app
-        .flight_get(decode(json!({"flight_id": f})).unwrap())
-        .unwrap();
-    let seats = map["seats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["status"] == "available" && s["cabin"] == "economy")
-        .take(2)
-        .map(|s| s["seat"].as_str().unwrap().to_owned())
-        .collect();
-    (f, seats)
-}
-
-fn hold_params(flight: &str, seat: &str, rid: &str) -> Value {
-    json!({"flight_id": flight, "seats": [seat], "passengers": [{"name": "Ada"}], "request_id": rid})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_are_errors_and_leave_nothing_behind() {
     let fx = fixture().await;
     let app = &fx.app;
     let user = register(app, "faulty").await.unwrap();
-    let (fid, seats) = flight_and_seats(app);
+    let (fid, seats) = flight_and_seats(app, 2);
     let held = app
         .hold(&user, decode(hold_params(&fid, &seats[0], "h1")).unwrap())
         .await
@@ -275,7 +132,7 @@ async fn a_failed_sync_is_never_acknowledged() {
     let fx = fixture().await;
     let app = &fx.app;
     let user = register(app, "unsynced").await.unwrap();
-    let (fid, seats) = flight_and_seats(app);
+    let (fid, seats) = flight_and_seats(app, 2);
     fx.store.fail_syncs.store(true, Ordering::SeqCst);
     let r = app
         .hold(&user, decode(hold_params(&fid, &seats[0], "s1")).unwrap())
@@ -290,12 +147,59 @@ async fn a_failed_sync_is_never_acknowledged() {
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
         .is_ok());
     assert!(app.bookings_list(&user).await.is_ok());
-    fx.store.fail_syncs.store(false, Ordering::SeqCst);
-    // once syncs work again the retry gets a definite answer
-    let again = app
-        .hold(&user, decode(hold_params(&fid, &seats[0], "s1")).unwrap())
-        .await
-        .unwrap();
+    // a retry is not answered from the reply the failed batch left in the store
+    assert_eq!(
+        app.hold(&user, decode(hold_params(&fid, &seats[0], "s1")).unwrap())
+            .await
+            .unwrap_err(),
+        ApiError::Internal
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_reply_waits_until_its_write_is_durable() {
+    let fx = fixture().await;
+    let app = &fx.app;
+    let user = register(app, "replayed").await.unwrap();
+    let (fid, seats) = flight_and_seats(app, 1);
+    let key = IdemKey {
+        user: user.user_id,
+        method: "booking.hold",
+        request_id: "r1".into(),
+    };
+    let paused = fx.store.pause_syncs();
+    // the first try writes its batch and reply, then its client goes away before the
+    // batch is on disk
+    let first = {
+        let (app, user) = (app.clone(), user.clone());
+        let p = decode(hold_params(&fid, &seats[0], "r1")).unwrap();
+        tokio::spawn(async move { app.hold(&user, p).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fx.store.inner.reply(&key).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // the retry finds the stored reply, but the write is still not durable
+    let mut retry = {
+        let (app, user) = (app.clone(), user.clone());
+        let p = decode(hold_params(&fid, &seats[0], "r1")).unwrap();
+        tokio::spawn(async move { app.hold(&user, p).await })
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut retry)
+            .await
+            .is_err(),
+        "a replayed reply went out before its write was durable"
+    );
+    drop(paused);
+    let again = retry.await.unwrap().unwrap();
     assert_eq!(again["booking"]["status"], "held");
     app.stop().await;
 }

@@ -404,7 +404,9 @@ impl App {
     }
 
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
-    /// first reply, also after a restart. Requests of one user are serialized. On a
+    /// first reply, also after a restart, once that reply's write is durable (the
+    /// first try may have failed on a sync, or ended before its write was on disk).
+    /// Requests of one user are serialized. On a
     /// cluster the caller catches up first, so that a retry through another node
     /// than the first try sees the first reply.
     async fn idempotent<F, Fut>(
@@ -427,6 +429,7 @@ impl App {
             request_id: request_id.to_string(),
         };
         if let Some(v) = self.store.reply(&key)? {
+            self.committer.settle_reads().await?;
             return replay(v);
         }
         f(key).await
@@ -447,7 +450,9 @@ impl App {
     ) -> Result<T, ApiError> {
         self.committer.catch_up().await?;
         let v = read()?;
-        self.committer.settle_reads().await;
+        if let Err(e) = self.committer.settle_reads().await {
+            tracing::warn!(error = %e, "answering a read while syncs fail");
+        }
         Ok(v)
     }
 

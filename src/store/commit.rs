@@ -143,17 +143,15 @@ impl Committer {
     /// Waits until every write completed so far is durable and its actions have run.
     /// Call it after reading from the store and before answering: then no reply shows
     /// state that a crash could take back, or that the live seat maps do not show yet.
-    /// When the disk is failing, reads still answer (with what the store holds).
-    pub async fn settle_reads(&self) {
+    /// An error means what was read may not be on disk.
+    pub async fn settle_reads(&self) -> Result<(), StoreError> {
         if self.store.replicated().is_some() {
             // every acknowledged write is durable there; readers catch up first
-            return;
+            return Ok(());
         }
         drop(self.gate.write());
         let last = self.queue.lock().next - 1;
-        if let Err(e) = self.durable(Ticket::Local(last)).await {
-            tracing::warn!(error = %e, "answering a read while syncs fail");
-        }
+        self.durable(Ticket::Local(last)).await
     }
 
     /// Waits until the ticket's write is durable.
@@ -312,10 +310,10 @@ mod tests {
                 a.fetch_add(1, Ordering::SeqCst);
             })));
         }
-        c.settle_reads().await;
+        c.settle_reads().await.unwrap();
         assert_eq!(announced.load(Ordering::SeqCst), 5);
         // nothing pending: returns at once
-        c.settle_reads().await;
+        c.settle_reads().await.unwrap();
         assert_eq!(c.stats().tickets, 5);
     }
 }

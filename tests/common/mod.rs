@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod faulty;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};

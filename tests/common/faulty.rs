@@ -1,0 +1,233 @@
+//! The real sled store behind a wrapper that fails writes or syncs on demand (running
+//! as root, a read-only data dir would not refuse anything), can hold syncs back, and
+//! counts the reads that decode bookings.
+
+use jetway::app::{App, AuthSession};
+use jetway::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+use jetway::fanout::{outbox, QueueLimits};
+use jetway::protocol::params::decode;
+use jetway::protocol::ApiError;
+use jetway::store::{
+    Batch, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store, StoreError,
+    StoreResult, UserRecord,
+};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+pub struct Faulty {
+    pub inner: SledStore,
+    pub fail_writes: AtomicBool,
+    pub fail_syncs: AtomicBool,
+    /// While true, `sync` waits (see [`Faulty::pause_syncs`]).
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    /// Calls that read booking records.
+    pub booking_reads: AtomicU64,
+}
+
+fn disk_full() -> StoreError {
+    StoreError::Io("No space left on device (os error 28)".into())
+}
+
+impl Faulty {
+    pub fn open(dir: &Path) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner: SledStore::open(dir).unwrap(),
+            fail_writes: AtomicBool::new(false),
+            fail_syncs: AtomicBool::new(false),
+            paused: Mutex::new(false),
+            resumed: Condvar::new(),
+            booking_reads: AtomicU64::new(0),
+        })
+    }
+
+    /// Syncs wait while the returned guard lives (also when a failing test unwinds,
+    /// so that the runtime is not left waiting for a blocked sync).
+    pub fn pause_syncs(&self) -> PausedSyncs<'_> {
+        self.set_paused(true);
+        PausedSyncs(self)
+    }
+
+    fn set_paused(&self, pause: bool) {
+        *self.paused.lock().unwrap() = pause;
+        self.resumed.notify_all();
+    }
+
+    fn read_bookings(&self) {
+        self.booking_reads.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub struct PausedSyncs<'a>(&'a Faulty);
+
+impl Drop for PausedSyncs<'_> {
+    fn drop(&mut self) {
+        self.0.set_paused(false);
+    }
+}
+
+impl Store for Faulty {
+    fn write(&self, batch: &Batch) -> StoreResult<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.write(batch)
+    }
+    fn sync(&self) -> StoreResult<()> {
+        let mut paused = self.paused.lock().unwrap();
+        while *paused {
+            paused = self.resumed.wait(paused).unwrap();
+        }
+        drop(paused);
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("Input/output error (os error 5)".into()));
+        }
+        self.inner.sync()
+    }
+    fn next_id(&self) -> StoreResult<u64> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.next_id()
+    }
+    fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {
+        self.inner.user_by_name(name)
+    }
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.inner.user(id)
+    }
+    fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.inner.session(token_hash)
+    }
+    fn flights(&self) -> StoreResult<Vec<Flight>> {
+        self.inner.flights()
+    }
+    fn version(&self, flight: &FlightId) -> StoreResult<u64> {
+        self.inner.version(flight)
+    }
+    fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
+        self.read_bookings();
+        self.inner.booking(locator)
+    }
+    fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
+        self.read_bookings();
+        self.inner.all_bookings()
+    }
+    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
+        self.read_bookings();
+        self.inner.user_bookings(user)
+    }
+    fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
+        self.inner.order(order_id)
+    }
+    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
+        self.inner.user_orders(user)
+    }
+    fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
+        self.inner.history(user, limit)
+    }
+    fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>> {
+        self.inner.reply(key)
+    }
+    fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        self.inner.open_attempts()
+    }
+    fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
+        self.inner.attempt(id)
+    }
+    fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
+        self.inner.attempt_by_ref(payment_ref)
+    }
+    fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
+        self.inner.webhook_seen(event_id)
+    }
+}
+
+/// An app on a [`Faulty`] store over `dir`, with the sandbox gateway.
+pub async fn faulty_app(
+    dir: &Path,
+    tweak: impl FnOnce(&mut jetway::Config),
+) -> (Arc<App>, Arc<Faulty>) {
+    let store = Faulty::open(dir);
+    let mut config = jetway::Config::for_tests(dir.to_path_buf());
+    tweak(&mut config);
+    let app = App::with_parts(
+        config,
+        store.clone(),
+        Arc::new(jetway::payments::Sandbox::default()),
+    )
+    .await
+    .expect("app opens");
+    (app, store)
+}
+
+/// Stops the app and waits until the database is closed, so that it can be opened again.
+pub async fn close(app: Arc<App>, store: Arc<Faulty>) {
+    app.stop().await;
+    drop(app);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(s) => break drop(s),
+            Err(s) if std::time::Instant::now() < deadline => {
+                store = s;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(_) => panic!("the store is still in use after the app stopped"),
+        }
+    }
+}
+
+pub async fn register(app: &App, name: &str) -> Result<AuthSession, ApiError> {
+    let (o, _rx) = outbox(QueueLimits::default());
+    let mut conn = None;
+    app.register(
+        decode(json!({"username": name, "password": super::PASSWORD}))?,
+        &o,
+        &mut conn,
+    )
+    .await?;
+    Ok(conn.expect("logged in"))
+}
+
+/// A flight more than three days out and `n` free economy seats on it.
+pub fn flight_and_seats(app: &App, n: usize) -> (String, Vec<String>) {
+    let found = app.search(decode(json!({"limit": 500})).unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let f = found["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            time::OffsetDateTime::parse(
+                f["departs_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+                - now
+                > time::Duration::days(3)
+        })
+        .unwrap()["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let map = app
+        .flight_get(decode(json!({"flight_id": f})).unwrap())
+        .unwrap();
+    let seats = map["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "available" && s["cabin"] == "economy")
+        .take(n)
+        .map(|s| s["seat"].as_str().unwrap().to_owned())
+        .collect();
+    (f, seats)
+}
+
+pub fn hold_params(flight: &str, seat: &str, rid: &str) -> Value {
+    json!({"flight_id": flight, "seats": [seat], "passengers": [{"name": "Ada"}], "request_id": rid})
+}
