@@ -49,15 +49,7 @@ async fn acknowledged_writes_survive_sigkill() {
     .await;
     let m = c.ok("flights.get", json!({"flight_id": fid})).await;
     assert_eq!(m["version"], 2);
-    let status = |seat: &str| {
-        m["seats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["seat"] == seat)
-            .unwrap()["status"]
-            .clone()
-    };
+    let status = |seat: &str| seat_status(&m, seat);
     assert!(seats.iter().all(|s| status(s) == "held"));
     let paid = c.ok("booking.pay", json!({"locator": held["locator"], "payment_method": "pm_card_visa", "request_id": "p1"})).await;
     p.kill9();

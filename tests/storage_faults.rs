@@ -12,8 +12,8 @@ use jetway::app::App;
 use jetway::domain::Username;
 use jetway::protocol::params::decode;
 use jetway::protocol::ApiError;
-use jetway::store::{IdemKey, Store};
-use serde_json::json;
+use jetway::store::{IdemKey, SledStore, Store};
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,34 +127,169 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
     app.stop().await;
 }
 
+/// The status the published seat map shows for `seat`.
+fn seat_status(app: &App, fid: &str, seat: &str) -> Value {
+    let map = app
+        .flight_get(decode(json!({"flight_id": fid})).unwrap())
+        .unwrap();
+    common::seat_status(&map, seat)
+}
+
+/// A failed sync is fatal: after an I/O error the next fsync may report success
+/// although the pages were dropped, so nothing is retried and nothing more is
+/// acknowledged until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_is_never_acknowledged() {
     let fx = fixture().await;
     let app = &fx.app;
     let user = register(app, "unsynced").await.unwrap();
-    let (fid, seats) = flight_and_seats(app, 2);
+    let (fid, seats) = flight_and_seats(app, 3);
+    let kept = app
+        .hold(&user, decode(hold_params(&fid, &seats[0], "s0")).unwrap())
+        .await
+        .unwrap();
+    let loc = kept["booking"]["locator"].clone();
     fx.store.fail_syncs.store(true, Ordering::SeqCst);
-    let r = app
-        .hold(&user, decode(hold_params(&fid, &seats[0], "s1")).unwrap())
-        .await;
+    let syncs = fx.store.syncs.load(Ordering::SeqCst);
     assert_eq!(
-        r.unwrap_err(),
+        app.hold(&user, decode(hold_params(&fid, &seats[1], "s1")).unwrap())
+            .await
+            .unwrap_err(),
         ApiError::Internal,
         "a change that is not on disk is not reported as done"
     );
-    // reads still answer
-    assert!(app
-        .flight_get(decode(json!({"flight_id": fid})).unwrap())
-        .is_ok());
-    assert!(app.bookings_list(&user).await.is_ok());
-    // a retry is not answered from the reply the failed batch left in the store
     assert_eq!(
-        app.hold(&user, decode(hold_params(&fid, &seats[0], "s1")).unwrap())
+        fx.store.syncs.load(Ordering::SeqCst),
+        syncs + 1,
+        "a failed sync is not retried"
+    );
+    assert!(!app.is_ready());
+
+    // the disk answers again, and its next fsync would report a success that proves
+    // nothing: every write is refused (the retry of the failed one too)
+    fx.store.fail_syncs.store(false, Ordering::SeqCst);
+    let refused = [
+        app.hold(&user, decode(hold_params(&fid, &seats[1], "s1")).unwrap())
+            .await,
+        app.hold(&user, decode(hold_params(&fid, &seats[2], "s2")).unwrap())
+            .await,
+        app.pay(
+            &user,
+            decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"}))
+                .unwrap(),
+        )
+        .await,
+        app.cancel(
+            &user,
+            decode(json!({"locator": loc, "request_id": "c1"})).unwrap(),
+        )
+        .await,
+    ];
+    for r in refused {
+        assert_eq!(r.unwrap_err(), ApiError::Internal);
+    }
+    assert_eq!(
+        register(app, "latecomer").await.unwrap_err(),
+        ApiError::Internal
+    );
+    assert_eq!(
+        fx.store.syncs.load(Ordering::SeqCst),
+        syncs + 1,
+        "nothing is synced after the failure"
+    );
+    assert!(!app.is_ready());
+
+    // the seat map shows what is durable; reads that could show the failed write fail
+    assert_eq!(seat_status(app, &fid, &seats[0]), "held");
+    assert_eq!(seat_status(app, &fid, &seats[1]), "available");
+    assert_eq!(seat_status(app, &fid, &seats[2]), "available");
+    assert_eq!(
+        app.bookings_list(&user).await.unwrap_err(),
+        ApiError::Internal
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_after_a_failed_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    let running = jetway::server::start_app(app.clone()).await.unwrap();
+    let addr = running.addr;
+    assert_eq!(common::http_get(addr, "/readyz").await.unwrap().0, 200);
+    store.fail_syncs.store(true, Ordering::SeqCst);
+    assert_eq!(
+        register(&app, "unready").await.unwrap_err(),
+        ApiError::Internal
+    );
+    let (code, body) = common::http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("restart"), "{body}");
+    store.fail_syncs.store(false, Ordering::SeqCst);
+    assert_eq!(common::http_get(addr, "/readyz").await.unwrap().0, 503);
+    running.shutdown().await;
+}
+
+/// After a failed sync, a restart serves exactly what is on disk: every acknowledged
+/// write, and the failed request's outcome settled one way or the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_failed_sync_serves_what_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    let user = register(&app, "restarted").await.unwrap();
+    let (fid, seats) = flight_and_seats(&app, 2);
+    let kept = app
+        .hold(&user, decode(hold_params(&fid, &seats[0], "k1")).unwrap())
+        .await
+        .unwrap();
+    store.fail_syncs.store(true, Ordering::SeqCst);
+    assert_eq!(
+        app.hold(&user, decode(hold_params(&fid, &seats[1], "f1")).unwrap())
             .await
             .unwrap_err(),
         ApiError::Internal
     );
-    app.stop().await;
+    close(app, store).await;
+
+    let on_disk = SledStore::open(dir.path())
+        .unwrap()
+        .user_bookings(user.user_id)
+        .unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    assert!(app.is_ready());
+    let listed: Vec<Value> = app.bookings_list(&user).await.unwrap()["bookings"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let locators = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|b| b["locator"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let disk_locators: Vec<String> = on_disk.iter().map(|b| b.locator.to_string()).collect();
+    assert_eq!(locators(&listed), disk_locators);
+    assert!(disk_locators.contains(&kept["booking"]["locator"].as_str().unwrap().to_owned()));
+    for seat in &seats {
+        let on = on_disk.iter().any(|b| {
+            b.status.occupies_seats() && b.occupied_seats().any(|s| s.to_string() == *seat)
+        });
+        let expected = if on { "held" } else { "available" };
+        assert_eq!(seat_status(&app, &fid, seat), expected, "seat {seat}");
+    }
+    // the failed request, retried, gets the answer that agrees with the disk
+    let retry = app
+        .hold(&user, decode(hold_params(&fid, &seats[1], "f1")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(retry["booking"]["status"], "held");
+    let retried = retry["booking"]["locator"].as_str().unwrap().to_owned();
+    assert_eq!(
+        disk_locators.contains(&retried),
+        on_disk.len() == 2,
+        "replayed if its write reached the disk, made now otherwise"
+    );
+    assert_eq!(seat_status(&app, &fid, &seats[1]), "held");
+    close(app, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,7 +131,7 @@ impl App {
         store: Arc<dyn Store>,
         payments: Arc<dyn PaymentGateway>,
     ) -> Result<Arc<App>, StartError> {
-        let committer = Committer::new(store.clone());
+        let committer = Committer::new(store.clone(), config.data_dir.display().to_string());
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_task = tokio::spawn(committer.clone().run(stop.clone()));
         let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&auth::random_token()))
@@ -205,8 +205,9 @@ impl App {
         }
     }
 
+    /// Started, not stopping, and no sync has failed (see [`Committer`]).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.committer.has_failed()
     }
 
     pub fn queue_limits(&self) -> QueueLimits {
@@ -443,16 +444,15 @@ impl App {
 
     /// Runs `read` on a state that includes every write acknowledged before the call
     /// (on a cluster, through any node), and answers only once what it saw is durable
-    /// and announced (see [`Committer::settle_reads`]).
+    /// and announced (see [`Committer::settle_reads`]); after a failed sync what it
+    /// read may not be on disk, and it answers an error.
     async fn consistent_read<T>(
         &self,
         read: impl FnOnce() -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         self.committer.catch_up().await?;
         let v = read()?;
-        if let Err(e) = self.committer.settle_reads().await {
-            tracing::warn!(error = %e, "answering a read while syncs fail");
-        }
+        self.committer.settle_reads().await?;
         Ok(v)
     }
 
@@ -461,7 +461,7 @@ impl App {
     async fn write_soon(&self, batch: Batch) -> Result<(), StoreError> {
         match self.committer.is_replicated() {
             true => self.commit(batch).await,
-            false => self.store.write(&batch),
+            false => self.committer.write_unsynced(&batch),
         }
     }
 

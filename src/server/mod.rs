@@ -45,14 +45,30 @@ pub struct Running {
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    // the address first: a taken port fails before the database is opened
+    let listener = bind(config.listen).await?;
+    let app = App::open(config).await?;
+    serve(listener, app)
+}
+
+/// Serves an app its caller opened (a test gives it a store of its own) on the
+/// address of its config.
+pub async fn start_app(app: Arc<App>) -> Result<Running, StartError> {
+    let listener = bind(app.config.listen).await?;
+    serve(listener, app)
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))
+}
+
+fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let shield = limits::Shield::new(config.limits.clone());
-    let app = App::open(config).await?;
+    let shield = limits::Shield::new(app.config.limits.clone());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ctx = Ctx {
@@ -151,6 +167,9 @@ async fn stripe_webhook(
 async fn readyz(State(ctx): State<Ctx>) -> Response {
     if ctx.app.is_ready() && !ctx.shutdown.is_cancelled() {
         "ready".into_response()
+    } else if ctx.app.committer.has_failed() {
+        let why = "not ready: a sync of the data dir failed; restart the server";
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }

@@ -3,8 +3,14 @@
 //! writes so far durable with a single `Store::sync`, runs the actions of every ticket
 //! it covered in ticket order, and only then wakes the waiters. So concurrent requests
 //! share one fsync, and nobody (requester or watcher) hears of a change before it is
-//! on disk. When a sync fails (after retries) its waiters get an error, and its
-//! actions wait for the next successful sync.
+//! on disk.
+//!
+//! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
+//! the dirty pages and report the next fsync as a success, so no later sync can
+//! vouch for them. From the first failure on, every ticket (that one's and later
+//! ones) gets [`StoreError::SyncFailed`], no further write is taken, nothing is
+//! synced again and no action runs; the process goes unready and a restart recovers
+//! from what is on disk.
 //!
 //! On a replicated store ([`Store::replicated`]) a batch is instead committed to the
 //! cluster by a task of its own, and its ticket resolves once the cluster committed it
@@ -14,7 +20,7 @@
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{watch, Notify};
 
 use super::{Batch, Store, StoreError};
@@ -38,11 +44,16 @@ struct Queue {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
-    /// Every ticket up to here has been through a sync.
+    /// Every ticket up to here has been through a sync (or refused after a failed one).
     done: u64,
-    /// Tickets in `(failed_after, failed_upto]` were covered by a sync that failed.
-    failed_after: u64,
-    failed_upto: u64,
+    /// The first ticket of the first sync that failed: it and every later one fail.
+    failed_from: Option<u64>,
+}
+
+impl Progress {
+    fn fails(&self, t: u64) -> bool {
+        self.failed_from.is_some_and(|f| t >= f)
+    }
 }
 
 /// Counters for `/metrics`.
@@ -55,6 +66,8 @@ pub struct CommitStats {
 
 pub struct Committer {
     store: Arc<dyn Store>,
+    /// The data dir, for the operator's log line when a sync fails.
+    location: String,
     /// Held shared by writers from their store write to their enqueue; taken
     /// exclusively by [`Committer::settle_reads`] to wait those sections out.
     gate: parking_lot::RwLock<()>,
@@ -65,9 +78,10 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, location: String) -> Arc<Self> {
         Arc::new(Committer {
             store,
+            location,
             gate: parking_lot::RwLock::new(()),
             queue: Mutex::new(Queue {
                 next: 1,
@@ -110,7 +124,7 @@ impl Committer {
     ) -> Result<Ticket, StoreError> {
         if self.store.replicated().is_none() {
             let _gate = self.write_gate();
-            self.store.write(&batch)?;
+            self.write_unsynced(&batch)?;
             return Ok(self.enqueue(written()));
         }
         let store = self.store.clone();
@@ -123,6 +137,20 @@ impl Committer {
             let _ = tx.send(r);
         });
         Ok(Ticket::Replicated(rx))
+    }
+
+    /// Writes `batch` to a local store without a ticket: the next sync makes it
+    /// durable. Refused once a sync has failed.
+    pub fn write_unsynced(&self, batch: &Batch) -> Result<(), StoreError> {
+        if self.has_failed() {
+            return Err(StoreError::SyncFailed);
+        }
+        self.store.write(batch)
+    }
+
+    /// Whether a sync has failed: then this process acknowledges no more writes.
+    pub fn has_failed(&self) -> bool {
+        self.progress.borrow().failed_from.is_some()
     }
 
     /// On a replicated store, waits until this node has every write committed
@@ -166,13 +194,13 @@ impl Committer {
         };
         let mut rx = self.progress.subscribe();
         let p = *rx
-            .wait_for(|p| p.done >= t)
+            .wait_for(|p| p.done >= t || p.fails(t))
             .await
             .map_err(|_| StoreError::Io("committer stopped".into()))?;
-        if t > p.failed_after && t <= p.failed_upto {
-            return Err(StoreError::Io("sync failed".into()));
+        match p.fails(t) {
+            true => Err(StoreError::SyncFailed),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     /// Enqueues a ticket with no action and waits for it: "everything so far is durable".
@@ -205,49 +233,50 @@ impl Committer {
             if target <= done {
                 return;
             }
-            let store = self.store.clone();
-            let started = Instant::now();
-            let mut result = Err(StoreError::Io("not run".into()));
-            for attempt in 0..3u64 {
-                let s = store.clone();
-                result = tokio::task::spawn_blocking(move || s.sync())
-                    .await
-                    .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
-                if result.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
-            }
-            {
-                let mut st = self.stats.lock();
-                st.syncs += 1;
-                st.tickets += target - done;
-                st.sync_seconds_total += started.elapsed().as_secs_f64();
-            }
-            let failed = result.is_err();
-            // actions run only once their writes are durable: after a failed sync
-            // they wait for the next one that succeeds (it covers them too)
-            let actions: Vec<Action> = if failed {
-                Vec::new()
-            } else {
+            let result = match self.has_failed() {
+                true => Err(StoreError::SyncFailed),
+                false => self.sync(target - done).await,
+            };
+            let actions: Vec<Action> = {
                 let mut q = self.queue.lock();
                 let n = q.actions.iter().take_while(|(t, _)| *t <= target).count();
                 q.actions.drain(..n).map(|(_, a)| a).collect()
             };
-            for a in actions {
-                a();
-            }
-            if let Err(e) = result {
-                tracing::error!(error = %e, "sync failed; replies for this batch report an internal error");
+            match &result {
+                Ok(()) => actions.into_iter().for_each(|a| a()),
+                // what they would announce may never reach the disk
+                Err(StoreError::SyncFailed) => {}
+                Err(e) => tracing::error!(
+                    data_dir = %self.location,
+                    error = %e,
+                    "syncing the data dir failed, so writes since the last good sync may \
+                     not be on disk (after an I/O error the kernel may drop them and report \
+                     the next sync as a success). This process now refuses every write and \
+                     /readyz answers 503. Check the disk, then restart the server: it \
+                     recovers from what is on disk."
+                ),
             }
             self.progress.send_modify(|p| {
-                if failed {
-                    p.failed_after = p.done;
-                    p.failed_upto = target;
+                if result.is_err() && p.failed_from.is_none() {
+                    p.failed_from = Some(done + 1);
                 }
                 p.done = target;
             });
         }
+    }
+
+    /// One sync of everything written so far, covering `tickets` tickets.
+    async fn sync(&self, tickets: u64) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
+        let mut st = self.stats.lock();
+        st.syncs += 1;
+        st.tickets += tickets;
+        st.sync_seconds_total += started.elapsed().as_secs_f64();
+        result
     }
 }
 
@@ -261,7 +290,7 @@ mod tests {
     async fn actions_run_in_order_after_sync_and_share_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store.clone());
+        let c = Committer::new(store.clone(), "test".into());
         tokio::spawn(c.clone().run(Default::default()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut waits = Vec::new();
@@ -285,7 +314,7 @@ mod tests {
     async fn barrier_waits_for_earlier_actions() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store);
+        let c = Committer::new(store, "test".into());
         tokio::spawn(c.clone().run(Default::default()));
         let n = Arc::new(AtomicUsize::new(0));
         let n2 = n.clone();
@@ -300,7 +329,7 @@ mod tests {
     async fn settled_reads_see_only_durable_announced_writes() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store);
+        let c = Committer::new(store, "test".into());
         tokio::spawn(c.clone().run(Default::default()));
         let announced = Arc::new(AtomicUsize::new(0));
         for _ in 0..5 {

@@ -29,6 +29,10 @@ pub enum StoreError {
     Stale,
     #[error("storage: {0}")]
     Io(String),
+    /// A sync failed earlier: nothing written since is known to be on disk, so the
+    /// process takes no more writes until it is restarted.
+    #[error("a sync of the data dir failed; restart to recover from what is on disk")]
+    SyncFailed,
     #[error("corrupt record: {0}")]
     Corrupt(String),
 }

@@ -25,6 +25,8 @@ pub struct Faulty {
     resumed: Condvar,
     /// Calls that read booking records.
     pub booking_reads: AtomicU64,
+    /// Calls of `sync`.
+    pub syncs: AtomicU64,
 }
 
 fn disk_full() -> StoreError {
@@ -40,6 +42,7 @@ impl Faulty {
             paused: Mutex::new(false),
             resumed: Condvar::new(),
             booking_reads: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -76,6 +79,7 @@ impl Store for Faulty {
         self.inner.write(batch)
     }
     fn sync(&self) -> StoreResult<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         let mut paused = self.paused.lock().unwrap();
         while *paused {
             paused = self.resumed.wait(paused).unwrap();

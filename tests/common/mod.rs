@@ -222,6 +222,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .flatten()
 }
 
+/// The status a `flights.get` result shows for `seat`.
+pub fn seat_status(map: &Value, seat: &str) -> Value {
+    map["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .find(|s| s["seat"] == seat)
+        .expect("the seat is on the map")["status"]
+        .clone()
+}
+
 /// The value of a gauge or counter in a Prometheus text page.
 pub fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
