@@ -1,5 +1,7 @@
 //! `/metrics` in the Prometheus text format: counters kept by the server front
-//! ([`Metrics`]) plus gauges read from the app at scrape time.
+//! ([`Metrics`]) plus gauges read from the app at scrape time. Every value is kept
+//! as things happen (bookings by status by the store as it writes them), so a scrape
+//! costs the same whatever the number of bookings.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -97,36 +99,7 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
     let _ = writeln!(out, "jetway_{name} {value}");
 }
 
-/// Bookings by status, and holds not yet due (one pass over the bookings: call it
-/// off the async threads).
-pub struct BookingCounts {
-    pub by_status: BTreeMap<&'static str, u64>,
-    pub holds_active: u64,
-}
-
-pub fn booking_counts(app: &App) -> BookingCounts {
-    let mut by_status: BTreeMap<&'static str, u64> =
-        ["held", "confirmed", "cancelled", "expired", "refunded"]
-            .into_iter()
-            .map(|s| (s, 0))
-            .collect();
-    let mut holds_active = 0;
-    let now = crate::domain::now_ms();
-    for b in app.store.all_bookings().unwrap_or_default() {
-        *by_status.entry(b.status.as_str()).or_default() += 1;
-        if b.status == crate::domain::BookingStatus::Held
-            && b.hold_expires_at.is_some_and(|t| t > now)
-        {
-            holds_active += 1;
-        }
-    }
-    BookingCounts {
-        by_status,
-        holds_active,
-    }
-}
-
-pub fn render(app: &App, m: &Metrics, bookings: &BookingCounts) -> String {
+pub fn render(app: &App, m: &Metrics) -> String {
     let mut out = String::new();
     let flights = app.inventory.all();
     single(
@@ -152,7 +125,7 @@ pub fn render(app: &App, m: &Metrics, bookings: &BookingCounts) -> String {
     );
     single(
         &mut out,
-        "connections",
+        "connections_open",
         "gauge",
         "Open WebSocket connections.",
         m.ws_open.load(Ordering::Relaxed) as f64,
@@ -166,7 +139,7 @@ pub fn render(app: &App, m: &Metrics, bookings: &BookingCounts) -> String {
     );
     single(
         &mut out,
-        "tcp_connections",
+        "tcp_connections_open",
         "gauge",
         "Open TCP connections (HTTP and WebSocket).",
         m.tcp_open.load(Ordering::Relaxed) as f64,
@@ -246,12 +219,13 @@ pub fn render(app: &App, m: &Metrics, bookings: &BookingCounts) -> String {
         "Connections closed because their outbound queue overflowed.",
         f.slow_closes as f64,
     );
+    let bookings = app.store.booking_counts();
     single(
         &mut out,
         "holds_active",
         "gauge",
-        "Bookings held and not yet due to expire.",
-        bookings.holds_active as f64,
+        "Bookings held (until they are paid, cancelled or expired).",
+        bookings.get(crate::domain::BookingStatus::Held) as f64,
     );
     single(
         &mut out,
@@ -261,7 +235,8 @@ pub fn render(app: &App, m: &Metrics, bookings: &BookingCounts) -> String {
         app.expiry.pending() as f64,
     );
     header(&mut out, "bookings", "gauge", "Bookings by status.");
-    for (status, n) in &bookings.by_status {
+    for (status, n) in bookings.iter() {
+        let status = status.as_str();
         let _ = writeln!(out, "jetway_bookings{{status=\"{status}\"}} {n}");
     }
     let c = app.committer.stats();

@@ -713,7 +713,7 @@ async fn metrics_health_and_readiness() {
     let (code, page) = http_get(s.addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     let get = |name: &str| metric(&page, name).unwrap_or_else(|| panic!("no {name} in\n{page}"));
-    assert!(get("jetway_connections") >= 1.0);
+    assert!(get("jetway_connections_open") >= 1.0);
     assert!(get("jetway_subscriptions") >= 1.0);
     assert!(get("jetway_requests_total{method=\"booking.hold\",outcome=\"ok\"}") >= 1.0);
     assert!(get("jetway_requests_total{method=\"booking.get\",outcome=\"not_found\"}") >= 1.0);

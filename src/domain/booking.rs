@@ -27,6 +27,20 @@ pub enum BookingStatus {
 }
 
 impl BookingStatus {
+    /// Every status, in declaration order ([`BookingStatus::index`]).
+    pub const ALL: [BookingStatus; 5] = [
+        BookingStatus::Held,
+        BookingStatus::Confirmed,
+        BookingStatus::Cancelled,
+        BookingStatus::Expired,
+        BookingStatus::Refunded,
+    ];
+
+    /// The position in [`BookingStatus::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BookingStatus::Held => "held",

@@ -184,14 +184,7 @@ async fn request_started(req: axum::extract::Request, next: axum::middleware::Ne
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let app = ctx.app.clone();
-    let bookings = tokio::task::spawn_blocking(move || crate::metrics::booking_counts(&app))
-        .await
-        .unwrap_or(crate::metrics::BookingCounts {
-            by_status: Default::default(),
-            holds_active: 0,
-        });
-    let text = crate::metrics::render(&ctx.app, &ctx.shield.metrics, &bookings);
+    let text = crate::metrics::render(&ctx.app, &ctx.shield.metrics);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

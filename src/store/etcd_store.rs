@@ -38,8 +38,8 @@ use tokio::sync::watch;
 
 use super::sled_store::{batch_ops, decode_change, version_key, Op};
 use super::{
-    Batch, HistoryEvent, IdemKey, Listener, PaymentAttempt, Replicated, SessionRecord, SledStore,
-    Store, StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, Replicated,
+    SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -663,6 +663,10 @@ impl Store for EtcdStore {
     }
     fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
         self.mirror.all_bookings()
+    }
+
+    fn booking_counts(&self) -> BookingCounts {
+        self.mirror.booking_counts()
     }
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
         self.mirror.user_bookings(user)

@@ -11,7 +11,9 @@ pub mod sled_store;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
+use crate::domain::{
+    Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
+};
 
 pub use commit::Committer;
 #[cfg(feature = "etcd")]
@@ -72,6 +74,20 @@ pub struct SessionRecord {
     pub user_id: UserId,
     pub created_at: Millis,
     pub expires_at: Millis,
+}
+
+/// How many bookings are in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BookingCounts(pub [u64; BookingStatus::ALL.len()]);
+
+impl BookingCounts {
+    pub fn get(&self, status: BookingStatus) -> u64 {
+        self.0[status.index()]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (BookingStatus, u64)> + '_ {
+        BookingStatus::ALL.into_iter().zip(self.0)
+    }
 }
 
 /// One line of a user's history.
@@ -223,6 +239,8 @@ pub trait Store: Send + Sync + 'static {
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;
+    /// Bookings by status, kept as bookings are written: reads no booking.
+    fn booking_counts(&self) -> BookingCounts;
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
     fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>>;

@@ -1,19 +1,21 @@
 //! The sled backend: one tree, keys prefixed by record kind, JSON values, one
 //! transaction per [`Batch`]. `sync` flushes sled and then fdatasyncs its data file,
 //! because sled's own flush uses `sync_file_range`, which leaves the drive cache unflushed.
+//! It also keeps the count of bookings per status as booking records are written.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{
-    Batch, Change, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store, StoreError,
-    StoreResult, UserRecord,
+    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store,
+    StoreError, StoreResult, UserRecord,
 };
-use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+use crate::domain::{Booking, BookingStatus, Flight, FlightId, Locator, Order, UserId, Username};
 
 const USER: u8 = b'U';
 const USER_ID: u8 = b'I';
@@ -35,6 +37,54 @@ const FEED: u8 = b'Q';
 pub struct SledStore {
     db: sled::Db,
     data_file: Option<File>,
+    tally: Tally,
+    /// Makes each [`SledStore::apply_raw`] read old values and write as one step.
+    raw_writes: parking_lot::Mutex<()>,
+}
+
+/// Bookings by status, changed by every write of a booking record (seeded by one
+/// pass at open), so that counting them reads no booking.
+#[derive(Default)]
+struct Tally([AtomicI64; BookingStatus::ALL.len()]);
+
+/// The only field of a booking record the tally needs.
+#[derive(Deserialize)]
+struct StatusOnly {
+    status: BookingStatus,
+}
+
+impl Tally {
+    fn seeded(db: &sled::Db) -> StoreResult<Tally> {
+        let t = Tally::default();
+        for kv in db.scan_prefix([BOOKING]) {
+            let (_, v) = kv.map_err(io)?;
+            t.change(None, Some(&v));
+        }
+        Ok(t)
+    }
+
+    /// A booking record went from `old` to `new` (`None`: absent).
+    fn change(&self, old: Option<&[u8]>, new: Option<&[u8]>) {
+        let status = |v: &[u8]| serde_json::from_slice::<StatusOnly>(v).ok();
+        if let Some(s) = old.and_then(status) {
+            self.0[s.status.index()].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(s) = new.and_then(status) {
+            self.0[s.status.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self) -> BookingCounts {
+        BookingCounts(
+            self.0
+                .each_ref()
+                .map(|n| n.load(Ordering::Relaxed).max(0) as u64),
+        )
+    }
+}
+
+fn is_booking(k: &[u8]) -> bool {
+    k.first() == Some(&BOOKING)
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -76,8 +126,10 @@ impl SledStore {
         let db = sled::Config::new().path(dir).open().map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         Ok(SledStore {
+            tally: Tally::seeded(&db)?,
             db,
             data_file: Some(data_file),
+            raw_writes: Default::default(),
         })
     }
 
@@ -267,19 +319,30 @@ impl SledStore {
         Ok(SledStore {
             db,
             data_file: None,
+            tally: Tally::default(),
+            raw_writes: Default::default(),
         })
     }
 
     /// Applies raw puts (`Some`) and deletes (`None`) atomically.
     pub fn apply_raw(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> StoreResult<()> {
+        let _one = self.raw_writes.lock();
         let mut b = sled::Batch::default();
+        let mut bookings = Vec::new();
         for (k, v) in writes {
+            if is_booking(k) {
+                bookings.push((self.db.get(k).map_err(io)?, v.as_deref()));
+            }
             match v {
                 Some(v) => b.insert(k.as_slice(), v.as_slice()),
                 None => b.remove(k.as_slice()),
             }
         }
-        self.db.apply_batch(b).map_err(io)
+        self.db.apply_batch(b).map_err(io)?;
+        for (old, new) in bookings {
+            self.tally.change(old.as_deref(), new);
+        }
+        Ok(())
     }
 }
 
@@ -290,27 +353,33 @@ impl Store for SledStore {
             history_ids.push(self.next_id()?);
         }
         let ops = batch_ops(batch, &history_ids)?;
+        // each booking record's old and new value, for the tally
         let result = self.db.transaction(|tx| {
+            let mut bookings = Vec::new();
             for op in &ops {
-                match op {
-                    Op::Put(k, v) => {
-                        tx.insert(k.as_slice(), v.as_slice())?;
-                    }
+                let (k, old, new) = match op {
+                    Op::Put(k, v) => (k, tx.insert(k.as_slice(), v.as_slice())?, Some(v)),
                     Op::Create(k, v) => {
                         if tx.get(k)?.is_some() {
                             return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
                         }
-                        tx.insert(k.as_slice(), v.as_slice())?;
+                        (k, tx.insert(k.as_slice(), v.as_slice())?, Some(v))
                     }
-                    Op::Delete(k) => {
-                        tx.remove(k.as_slice())?;
-                    }
+                    Op::Delete(k) => (k, tx.remove(k.as_slice())?, None),
+                };
+                if is_booking(k) {
+                    bookings.push((old, new));
                 }
             }
-            Ok(())
+            Ok(bookings)
         });
         match result {
-            Ok(()) => Ok(()),
+            Ok(bookings) => {
+                for (old, new) in bookings {
+                    self.tally.change(old.as_deref(), new.map(Vec::as_slice));
+                }
+                Ok(())
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(io(e)),
         }
@@ -370,6 +439,10 @@ impl Store for SledStore {
 
     fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
         self.scan(&[BOOKING])
+    }
+
+    fn booking_counts(&self) -> BookingCounts {
+        self.tally.counts()
     }
 
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
@@ -499,6 +572,55 @@ mod tests {
         assert!(
             matches!(&changes[..], [Change::SessionEnded(h), Change::Booking(x)] if h == "feed" && *x == b)
         );
+    }
+
+    #[test]
+    fn booking_counts_follow_writes_raw_writes_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = SledStore::temporary().unwrap();
+        let held = |n| {
+            let mut c = BookingCounts::default();
+            c.0[BookingStatus::Held.index()] = n;
+            c
+        };
+        let mut cancelled = booking("BBBBBB", 1, 6);
+        cancelled.status = BookingStatus::Cancelled;
+        let batches = [
+            Batch {
+                new_bookings: vec![booking("AAAAAA", 1, 5), booking("BBBBBB", 1, 6)],
+                ..Default::default()
+            },
+            Batch {
+                bookings: vec![cancelled],
+                ..Default::default()
+            },
+        ];
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.write(&batches[0]).unwrap();
+            assert_eq!(s.booking_counts(), held(2));
+            // a refused batch changes nothing
+            assert!(s.write(&batches[0]).is_err());
+            assert_eq!(s.booking_counts(), held(2));
+            s.write(&batches[1]).unwrap();
+            s.sync().unwrap();
+        }
+        let mut expected = held(1);
+        expected.0[BookingStatus::Cancelled.index()] = 1;
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.booking_counts(), expected, "seeded at open");
+        for batch in &batches {
+            let raw: Vec<_> = batch_ops(batch, &[])
+                .unwrap()
+                .into_iter()
+                .map(|o| match o {
+                    Op::Put(k, v) | Op::Create(k, v) => (k, Some(v)),
+                    Op::Delete(k) => (k, None),
+                })
+                .collect();
+            mirror.apply_raw(&raw).unwrap();
+        }
+        assert_eq!(mirror.booking_counts(), expected, "a mirror counts too");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use jetway::fanout::{outbox, QueueLimits};
 use jetway::protocol::params::decode;
 use jetway::protocol::ApiError;
 use jetway::store::{
-    Batch, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store, StoreError,
-    StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store,
+    StoreError, StoreResult, UserRecord,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -118,6 +118,9 @@ impl Store for Faulty {
     fn all_bookings(&self) -> StoreResult<Vec<Booking>> {
         self.read_bookings();
         self.inner.all_bookings()
+    }
+    fn booking_counts(&self) -> BookingCounts {
+        self.inner.booking_counts()
     }
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
         self.read_bookings();
