@@ -1,0 +1,749 @@
+//! A fake Stripe for tests and soaks: the subset of Stripe's REST API that Jetway's
+//! `payments::stripe` client speaks, with Stripe's idempotency semantics, a ledger a
+//! test can inspect, and faults injected per step.
+//!
+//! Endpoints: `POST /v1/payment_intents` (create, unconfirmed),
+//! `POST /v1/payment_intents/{id}/confirm`, `GET /v1/payment_intents/{id}`,
+//! `POST /v1/payment_intents/{id}/cancel`, `POST /v1/refunds`. Payment methods:
+//! `pm_card_visa`, `pm_card_mastercard`, `pm_card_amex` (and their `_debit` forms)
+//! succeed; any other `pm_...` is declined at confirm (402 `card_error`).
+//!
+//! Idempotency (as Stripe): a POST with an `Idempotency-Key` already seen with the same
+//! endpoint and parameters gets the first response replayed, byte for byte (errors
+//! included, once the endpoint started executing); with other parameters, 400
+//! `idempotency_error`; while the first request is still executing, 409. Keys are
+//! remembered for 24 hours. Every key received is listed by [`FakeStripe::keys`].
+//!
+//! A PaymentIntent is locked while a confirm executes: a cancel or confirm arriving
+//! meanwhile gets 429 `lock_timeout`, as from Stripe.
+//!
+//! Faults ([`Fault`]), per [`Step`], each with a rate (1.0: every request):
+//! - `Slow(d)`: answered after `d`; if the client gave up first, nothing was done.
+//! - `Fail`: 500 at once, nothing done, nothing remembered under the key.
+//! - `Timeout`: never answered, nothing done.
+//! - `LoseReply`: done, but never answered (the client times out).
+//! - `ProcessLate(d)` (confirm): the PaymentIntent stays `requires_confirmation` (and
+//!   locked) for `d`, then is charged whether or not the client still waits; the answer
+//!   comes after `d`. With `d` above the client's timeout this is the race where a
+//!   status read after a timeout sees an unconfirmed payment that is charged a moment later.
+//!
+//! Use it in-process ([`FakeStripe::start`], [`FakeStripe::set_fault`],
+//! [`FakeStripe::ledger`]) or as a process (`fake-stripe --help`): the binary prints
+//! `listening on http://ADDR` and serves the same control under `/_fake/`:
+//! `GET /_fake/ledger`, `GET /_fake/keys`, `PUT /_fake/faults` with a JSON
+//! [`FaultRule`] (`{"step":"confirm","fault":{"process_late":3000},"rate":0.1}`),
+//! `DELETE /_fake/faults`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an idempotency key is remembered.
+pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+const APPROVED: &[&str] = &[
+    "pm_card_visa",
+    "pm_card_mastercard",
+    "pm_card_amex",
+    "pm_card_visa_debit",
+    "pm_card_mastercard_debit",
+];
+
+/// A step of the payment protocol, the unit of fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Create,
+    Confirm,
+    Retrieve,
+    Cancel,
+    Refund,
+}
+
+impl std::str::FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(Value::String(s.to_owned()))
+            .map_err(|_| format!("unknown step {s:?}"))
+    }
+}
+
+/// What goes wrong at a step (see the crate doc). Durations are milliseconds in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    #[serde(with = "millis")]
+    Slow(Duration),
+    Fail,
+    Timeout,
+    LoseReply,
+    #[serde(with = "millis")]
+    ProcessLate(Duration),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
+        let d = || {
+            ms.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("{kind} needs milliseconds: {kind}:MS"))
+        };
+        Ok(match kind {
+            "fail" => Fault::Fail,
+            "timeout" => Fault::Timeout,
+            "lose_reply" => Fault::LoseReply,
+            "slow" => Fault::Slow(d()?),
+            "process_late" => Fault::ProcessLate(d()?),
+            _ => return Err(format!("unknown fault {s:?}")),
+        })
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A fault at a step, for a share of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FaultRule {
+    pub step: Step,
+    pub fault: Fault,
+    /// 0.0..=1.0; 1.0 when absent.
+    #[serde(default = "always")]
+    pub rate: f64,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl std::str::FromStr for FaultRule {
+    type Err = String;
+    /// `STEP=FAULT[@RATE]`, e.g. `confirm=process_late:3000@0.2`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (step, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected STEP=FAULT[@RATE], got {s:?}"))?;
+        let (fault, rate) = match rest.split_once('@') {
+            Some((f, r)) => (f, r.parse().map_err(|_| format!("bad rate {r:?}"))?),
+            None => (rest, 1.0),
+        };
+        Ok(FaultRule {
+            step: step.parse()?,
+            fault: fault.parse()?,
+            rate,
+        })
+    }
+}
+
+/// One refund made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub amount: i64,
+    pub idempotency_key: Option<String>,
+}
+
+/// One PaymentIntent and the money it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub id: String,
+    pub amount: i64,
+    pub payment_method: String,
+    /// Stripe's status: `requires_confirmation`, `succeeded`, `requires_payment_method`,
+    /// `canceled`.
+    pub status: String,
+    pub metadata: BTreeMap<String, String>,
+    /// What was charged: `amount` once succeeded, else 0.
+    pub charged: i64,
+    pub refunds: Vec<Refund>,
+}
+
+impl Intent {
+    pub fn refunded(&self) -> i64 {
+        self.refunds.iter().map(|r| r.amount).sum()
+    }
+}
+
+/// Every PaymentIntent, in creation order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub intents: Vec<Intent>,
+}
+
+impl Ledger {
+    pub fn charged(&self) -> i64 {
+        self.intents.iter().map(|i| i.charged).sum()
+    }
+    pub fn refunded(&self) -> i64 {
+        self.intents.iter().map(Intent::refunded).sum()
+    }
+    /// The intents whose metadata `key` is `value` (e.g. `locator`).
+    pub fn with_metadata<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> impl Iterator<Item = &'a Intent> + 'a {
+        self.intents
+            .iter()
+            .filter(move |i| i.metadata.get(key).is_some_and(|v| v == value))
+    }
+}
+
+/// An idempotency key received, with the step it came with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUse {
+    pub step: Step,
+    pub key: String,
+}
+
+type Reply = (StatusCode, Value);
+
+enum Remembered {
+    InFlight(String),
+    Done {
+        fingerprint: String,
+        reply: Reply,
+        at: Instant,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    intents: Vec<Intent>,
+    by_id: HashMap<String, usize>,
+    /// PaymentIntents with a confirm executing.
+    locked: std::collections::HashSet<String>,
+    keys: HashMap<String, Remembered>,
+    key_log: Vec<KeyUse>,
+    faults: Vec<FaultRule>,
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Inner>>);
+
+/// A running fake Stripe; stops when dropped.
+pub struct FakeStripe {
+    addr: SocketAddr,
+    shared: Shared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeStripe {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeStripe {
+    /// Serves on a free loopback port.
+    pub async fn start() -> std::io::Result<FakeStripe> {
+        Self::start_on("127.0.0.1:0".parse().expect("a socket address")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<FakeStripe> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::default();
+        let app = router(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeStripe {
+            addr,
+            shared,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the API base for a Stripe client.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the fault at `rule.step`.
+    pub fn set_fault(&self, rule: FaultRule) {
+        self.shared.set_fault(rule);
+    }
+
+    /// Every step works again.
+    pub fn clear_faults(&self) {
+        self.shared.0.lock().faults.clear();
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.shared.ledger()
+    }
+
+    /// Every idempotency key received, in order (retries included).
+    pub fn keys(&self) -> Vec<KeyUse> {
+        self.shared.0.lock().key_log.clone()
+    }
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/payment_intents", post(create))
+        .route("/v1/payment_intents/{id}", get(retrieve))
+        .route("/v1/payment_intents/{id}/{action}", post(act))
+        .route("/v1/refunds", post(refund))
+        .route(
+            "/_fake/ledger",
+            get(|State(s): State<Shared>| async move { Json(s.ledger()) }),
+        )
+        .route(
+            "/_fake/keys",
+            get(|State(s): State<Shared>| async move { Json(s.0.lock().key_log.clone()) }),
+        )
+        .route(
+            "/_fake/faults",
+            put(
+                |State(s): State<Shared>, Json(r): Json<FaultRule>| async move {
+                    s.set_fault(r);
+                    StatusCode::NO_CONTENT
+                },
+            )
+            .delete(|State(s): State<Shared>| async move {
+                s.0.lock().faults.clear();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, kind: &str, code: &str, message: String) -> Reply {
+    (
+        status,
+        json!({"error": {"type": kind, "code": code, "message": message}}),
+    )
+}
+
+fn pi_json(i: &Intent) -> Value {
+    json!({
+        "id": i.id, "object": "payment_intent", "amount": i.amount, "currency": "eur", "payment_method": i.payment_method,
+        "status": i.status, "amount_received": i.charged, "metadata": i.metadata,
+        "last_payment_error": if i.status == "requires_payment_method" {
+            json!({"type": "card_error", "code": "card_declined", "message": "Your card was declined."})
+        } else { Value::Null },
+    })
+}
+
+fn new_id(prefix: &str) -> String {
+    let n: u128 = rand::thread_rng().gen();
+    format!("{prefix}_fake{n:032x}")
+}
+
+/// The outcome of executing a request: its reply, and whether Stripe would remember
+/// it under the idempotency key (not for conflicts that stopped it before executing).
+struct Outcome {
+    reply: Reply,
+    remember: bool,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        Outcome {
+            reply,
+            remember: true,
+        }
+    }
+}
+
+impl Shared {
+    fn set_fault(&self, rule: FaultRule) {
+        let mut g = self.0.lock();
+        g.faults.retain(|r| r.step != rule.step);
+        g.faults.push(rule);
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger {
+            intents: self.0.lock().intents.clone(),
+        }
+    }
+
+    fn fault(&self, step: Step) -> Option<Fault> {
+        let rule = self
+            .0
+            .lock()
+            .faults
+            .iter()
+            .find(|r| r.step == step)
+            .copied()?;
+        (rand::thread_rng().gen::<f64>() < rule.rate).then_some(rule.fault)
+    }
+
+    fn with_intent<R>(&self, id: &str, f: impl FnOnce(&mut Intent, &mut Inner) -> R) -> Option<R> {
+        let mut g = self.0.lock();
+        let idx = *g.by_id.get(id)?;
+        let mut intent = g.intents[idx].clone();
+        let r = f(&mut intent, &mut g);
+        g.intents[idx] = intent;
+        Some(r)
+    }
+
+    fn missing(id: &str) -> Reply {
+        error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "resource_missing",
+            format!("No such payment_intent: '{id}'"),
+        )
+    }
+
+    fn unexpected_state(i: &Intent, action: &str) -> Reply {
+        let (status, mut body) = error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "payment_intent_unexpected_state",
+            format!(
+                "You cannot {action} this PaymentIntent because it has a status of {}.",
+                i.status
+            ),
+        );
+        body["error"]["payment_intent"] = pi_json(i);
+        (status, body)
+    }
+
+    fn locked(id: &str) -> Outcome {
+        Outcome {
+            reply: error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request_error",
+                "lock_timeout",
+                format!("This object cannot be accessed right now because another API request or Stripe process is currently accessing it: {id}"),
+            ),
+            remember: false,
+        }
+    }
+
+    fn create(&self, p: &BTreeMap<String, String>) -> Outcome {
+        let Some(amount) = p
+            .get("amount")
+            .and_then(|a| a.parse::<i64>().ok())
+            .filter(|a| *a > 0)
+        else {
+            return Outcome {
+                reply: error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "parameter_invalid_integer",
+                    "amount must be a positive integer".into(),
+                ),
+                remember: false,
+            };
+        };
+        let metadata = p
+            .iter()
+            .filter_map(|(k, v)| {
+                let k = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+                Some((k.to_owned(), v.clone()))
+            })
+            .collect();
+        let intent = Intent {
+            id: new_id("pi"),
+            amount,
+            payment_method: p.get("payment_method").cloned().unwrap_or_default(),
+            status: "requires_confirmation".into(),
+            metadata,
+            charged: 0,
+            refunds: vec![],
+        };
+        let body = pi_json(&intent);
+        let mut g = self.0.lock();
+        let n = g.intents.len();
+        g.by_id.insert(intent.id.clone(), n);
+        g.intents.push(intent);
+        (StatusCode::OK, body).into()
+    }
+
+    /// Locks the intent for a confirm; `Err` if it cannot be confirmed now.
+    fn begin_confirm(&self, id: &str) -> Result<(), Outcome> {
+        self.with_intent(id, |i, g| {
+            if g.locked.contains(id) {
+                return Err(Self::locked(id));
+            }
+            if i.status != "requires_confirmation" && i.status != "requires_payment_method" {
+                return Err(Self::unexpected_state(i, "confirm").into());
+            }
+            g.locked.insert(id.to_owned());
+            Ok(())
+        })
+        .unwrap_or_else(|| Err(Self::missing(id).into()))
+    }
+
+    fn finish_confirm(&self, id: &str) -> Outcome {
+        self.with_intent(id, |i, g| {
+            g.locked.remove(id);
+            if APPROVED.contains(&i.payment_method.as_str()) {
+                i.status = "succeeded".into();
+                i.charged = i.amount;
+                (StatusCode::OK, pi_json(i)).into()
+            } else {
+                i.status = "requires_payment_method".into();
+                let (s, mut body) = error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "card_error",
+                    "card_declined",
+                    "Your card was declined.".into(),
+                );
+                body["error"]["payment_intent"] = pi_json(i);
+                (s, body).into()
+            }
+        })
+        .unwrap_or_else(|| Self::missing(id).into())
+    }
+
+    fn retrieve(&self, id: &str) -> Outcome {
+        self.with_intent(id, |i, _| (StatusCode::OK, pi_json(i)).into())
+            .unwrap_or_else(|| Self::missing(id).into())
+    }
+
+    fn cancel(&self, id: &str) -> Outcome {
+        self.with_intent(id, |i, g| {
+            if g.locked.contains(id) {
+                return Self::locked(id);
+            }
+            if i.status == "succeeded" || i.status == "canceled" {
+                return Self::unexpected_state(i, "cancel").into();
+            }
+            i.status = "canceled".into();
+            (StatusCode::OK, pi_json(i)).into()
+        })
+        .unwrap_or_else(|| Self::missing(id).into())
+    }
+
+    fn refund(&self, p: &BTreeMap<String, String>, key: Option<&str>) -> Outcome {
+        let id = p.get("payment_intent").cloned().unwrap_or_default();
+        self.with_intent(&id, |i, _| {
+            if i.status != "succeeded" {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "charge_not_succeeded",
+                    format!("PaymentIntent {id} has no successful charge to refund."),
+                )
+                .into();
+            }
+            let left = i.charged - i.refunded();
+            let amount = match p.get("amount") {
+                None => left,
+                Some(a) => match a.parse::<i64>() {
+                    Ok(a) if a > 0 => a,
+                    _ => {
+                        return Outcome {
+                            reply: error(StatusCode::BAD_REQUEST, "invalid_request_error", "parameter_invalid_integer", "amount must be a positive integer".into()),
+                            remember: false,
+                        }
+                    }
+                },
+            };
+            if amount > left {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "charge_already_refunded",
+                    format!("Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"),
+                )
+                .into();
+            }
+            let r = Refund {
+                id: new_id("re"),
+                amount,
+                idempotency_key: key.map(str::to_owned),
+            };
+            let body = json!({"id": r.id, "object": "refund", "amount": amount, "payment_intent": id, "status": "succeeded"});
+            i.refunds.push(r);
+            (StatusCode::OK, body).into()
+        })
+        .unwrap_or_else(|| Self::missing(&id).into())
+    }
+
+    /// Looks `key` up: `Some(reply)` to answer without executing, `None` to execute
+    /// (the key is then marked in flight).
+    fn claim_key(&self, key: &str, fingerprint: &str) -> Option<Reply> {
+        let mut g = self.0.lock();
+        let now = Instant::now();
+        g.keys.retain(
+            |_, r| !matches!(r, Remembered::Done { at, .. } if now.duration_since(*at) > KEY_TTL),
+        );
+        match g.keys.get(key) {
+            None => {
+                g.keys.insert(key.to_owned(), Remembered::InFlight(fingerprint.to_owned()));
+                None
+            }
+            Some(Remembered::InFlight(_)) => Some(error(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                "idempotency_key_in_use",
+                "There is currently another in-progress request using this Idempotent Key.".into(),
+            )),
+            Some(Remembered::Done { fingerprint: f, reply, .. }) if f == fingerprint => Some(reply.clone()),
+            Some(Remembered::Done { .. }) => Some(error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_error",
+                "idempotency_key_reused",
+                format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."),
+            )),
+        }
+    }
+
+    fn settle_key(&self, key: &str, outcome: &Outcome) {
+        let mut g = self.0.lock();
+        let fingerprint = match g.keys.remove(key) {
+            Some(Remembered::InFlight(f)) => f,
+            _ => return,
+        };
+        if outcome.remember {
+            g.keys.insert(
+                key.to_owned(),
+                Remembered::Done {
+                    fingerprint,
+                    reply: outcome.reply.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
+}
+
+/// One request through faults, idempotency and execution. Execution runs in its own
+/// task: a client that gives up never cancels it halfway.
+async fn serve(
+    s: Shared,
+    step: Step,
+    headers: &HeaderMap,
+    params: BTreeMap<String, String>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned);
+    if let Some(k) = &key {
+        s.0.lock().key_log.push(KeyUse {
+            step,
+            key: k.clone(),
+        });
+    }
+    let fault = s.fault(step);
+    match fault {
+        Some(Fault::Fail) => {
+            let (st, body) = error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "injected",
+                "injected failure".into(),
+            );
+            return (st, Json(body)).into_response();
+        }
+        Some(Fault::Timeout) => std::future::pending::<()>().await,
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let fingerprint = format!("{step:?} {params:?}");
+    if let Some(k) = key.as_deref().filter(|_| step != Step::Retrieve) {
+        if let Some((st, body)) = s.claim_key(k, &fingerprint) {
+            return (st, Json(body)).into_response();
+        }
+    }
+    let late = match fault {
+        Some(Fault::ProcessLate(d)) => Some(d),
+        _ => None,
+    };
+    let task = tokio::spawn(async move {
+        let outcome = match step {
+            Step::Create => s.create(&params),
+            Step::Retrieve => s.retrieve(&params["id"]),
+            Step::Cancel => s.cancel(&params["id"]),
+            Step::Refund => s.refund(&params, key.as_deref()),
+            Step::Confirm => {
+                let id = &params["id"];
+                match s.begin_confirm(id) {
+                    Err(o) => o,
+                    Ok(()) => {
+                        if let Some(d) = late {
+                            tokio::time::sleep(d).await;
+                        }
+                        s.finish_confirm(id)
+                    }
+                }
+            }
+        };
+        if let Some(k) = key.as_deref().filter(|_| step != Step::Retrieve) {
+            s.settle_key(k, &outcome);
+        }
+        outcome.reply
+    });
+    let Ok((st, body)) = task.await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if fault == Some(Fault::LoseReply) {
+        std::future::pending::<()>().await;
+    }
+    (st, Json(body)).into_response()
+}
+
+type Form = axum::body::Bytes;
+
+fn params(form: Option<Form>, id: Option<String>) -> BTreeMap<String, String> {
+    let mut p: BTreeMap<_, _> = form
+        .and_then(|f| serde_urlencoded::from_bytes::<Vec<(String, String)>>(&f).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if let Some(id) = id {
+        p.insert("id".into(), id);
+    }
+    p
+}
+
+async fn create(State(s): State<Shared>, h: HeaderMap, f: Form) -> Response {
+    serve(s, Step::Create, &h, params(Some(f), None)).await
+}
+
+async fn retrieve(State(s): State<Shared>, Path(id): Path<String>, h: HeaderMap) -> Response {
+    serve(s, Step::Retrieve, &h, params(None, Some(id))).await
+}
+
+/// `confirm` or `cancel`.
+async fn act(
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+    h: HeaderMap,
+    f: Form,
+) -> Response {
+    let step = match action.as_str() {
+        "confirm" => Step::Confirm,
+        "cancel" => Step::Cancel,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    serve(s, step, &h, params(Some(f), Some(id))).await
+}
+
+async fn refund(State(s): State<Shared>, h: HeaderMap, f: Form) -> Response {
+    serve(s, Step::Refund, &h, params(Some(f), None)).await
+}
