@@ -715,6 +715,14 @@ impl jetway::payments::PaymentGateway for CountingGateway {
     {
         self.inner.status(payment_ref)
     }
+    fn cancel<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
+    {
+        self.inner.cancel(payment_ref, key)
+    }
     fn refund(
         &self,
         req: jetway::payments::RefundRequest,

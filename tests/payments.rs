@@ -603,3 +603,187 @@ async fn signed_webhooks_settle_an_open_payment_once() {
     assert_eq!(ls.charges().await.len(), 1);
     s.stop().await;
 }
+
+// ---- against the fake gateway (tools/fake-stripe): faults at each step ----
+
+use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
+
+async fn fake() -> FakeStripe {
+    FakeStripe::start().await.expect("fake stripe starts")
+}
+
+fn fault(f: &FakeStripe, step: Step, fault: Fault) {
+    f.set_fault(FaultRule {
+        step,
+        fault,
+        rate: 1.0,
+    });
+}
+
+/// Polls `cond` until it holds (20 s at most).
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn store_booking(s: &Server, loc: &Value) -> jetway::domain::Booking {
+    let loc = jetway::domain::Locator::parse(loc.as_str().unwrap()).unwrap();
+    s.app().store.booking(&loc).unwrap().expect("booking")
+}
+
+async fn wait_confirmed(s: &Server, loc: &Value) {
+    eventually("the booking is confirmed", || {
+        let status = store_booking(s, loc).status;
+        async move { status == jetway::domain::BookingStatus::Confirmed }
+    })
+    .await;
+}
+
+/// A booking whose payment is charged `late` after its confirm was sent: the client
+/// (timeout 1 s) gives up while the PaymentIntent still reads `requires_confirmation`,
+/// and cannot cancel it while it is processing. Returns the booking as held.
+async fn pay_charged_late(f: &FakeStripe, reconcile_every: u64, late: u64) -> (Server, Value) {
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = reconcile_every;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    fault(
+        f,
+        Step::Confirm,
+        Fault::ProcessLate(Duration::from_millis(late)),
+    );
+    assert_eq!(
+        a.reason("booking.pay", pay(&b["locator"], "pm_card_visa", "p"))
+            .await,
+        "payment_failed"
+    );
+    (s, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
+    let f = fake().await;
+    let (s, b) = pay_charged_late(&f, 1, 2500).await;
+    wait_confirmed(&s, &b["locator"]).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let l = f.ledger();
+    assert_eq!((l.charged(), l.refunded()), (total, 0), "{l:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncertain_payment_stays_open_until_the_reconciler_settles_it() {
+    let f = fake().await;
+    let (mut s, b) = pay_charged_late(&f, 3600, 1500).await;
+    assert_eq!(
+        s.app().store.open_attempts().unwrap().len(),
+        1,
+        "the attempt stays open"
+    );
+    let total = b["total"]["amount"].as_i64().unwrap();
+    eventually("the late charge lands", || {
+        let charged = f.ledger().charged();
+        async move { charged == total }
+    })
+    .await;
+    s.restart_with(|c| stripe_config(c, &f.base())).await;
+    wait_confirmed(&s, &b["locator"]).await;
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    fault(&f, Step::Confirm, Fault::Timeout);
+    assert_eq!(
+        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p1"))
+            .await,
+        "payment_failed"
+    );
+    let l = f.ledger();
+    assert_eq!(l.intents.len(), 1);
+    assert_eq!(
+        l.intents[0].status, "canceled",
+        "not charged only once cancelled"
+    );
+    assert!(f
+        .keys()
+        .iter()
+        .any(|k| k.step == Step::Cancel && k.key.ends_with("-cancel")));
+    f.clear_faults();
+    let ok = a.ok("booking.pay", pay(&loc, "pm_card_visa", "p2")).await;
+    assert_eq!(ok["booking"]["status"], "confirmed");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(f.ledger().charged(), total);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_for_an_attempt_an_older_version_closed_as_failed_is_settled() {
+    let f = fake().await;
+    let mut s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    let booking = store_booking(&s, &loc);
+    // what the old code left behind: charged at the gateway, attempt `pa{N}` failed
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let http = reqwest::Client::new();
+    let pi: Value = http
+        .post(format!("{}/v1/payment_intents", f.base()))
+        .form(&[
+            ("amount", total.to_string()),
+            ("payment_method", "pm_card_visa".into()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pi = pi["id"].as_str().unwrap().to_owned();
+    http.post(format!("{}/v1/payment_intents/{pi}/confirm", f.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(f.ledger().charged(), total);
+    let now = booking.created_at;
+    let legacy = serde_json::json!({
+        "id": "pa7", "user_id": booking.user_id, "locator": booking.locator,
+        "amount": booking.total, "request_id": "old", "payment_ref": pi,
+        "state": "failed", "created_at": now, "updated_at": now,
+    });
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            attempts: vec![serde_json::from_value(legacy).unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+    s.app().store.sync().unwrap();
+    s.restart_with(|c| stripe_config(c, &f.base())).await;
+    wait_confirmed(&s, &loc).await;
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    s.stop().await;
+}

@@ -71,6 +71,8 @@ pub struct App {
     dummy_hash: String,
     password_slots: tokio::sync::Semaphore,
     ready: AtomicBool,
+    /// Every attempt an older version closed as failed without proof was checked.
+    failures_checked: AtomicBool,
     stop: tokio_util::sync::CancellationToken,
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -155,6 +157,7 @@ impl App {
                     .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             ),
             ready: AtomicBool::new(false),
+            failures_checked: AtomicBool::new(false),
             stop,
             background: parking_lot::Mutex::new(vec![commit_task]),
         });

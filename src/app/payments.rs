@@ -13,6 +13,7 @@
 //! ```
 
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +90,7 @@ impl App {
                 state: AttemptState::Started,
                 created_at: now,
                 updated_at: now,
+                certain: false,
             };
             // creating a payment charges nothing, so this record need not be durable
             // yet: the next commit (with the payment reference) makes both durable
@@ -123,11 +125,7 @@ impl App {
                         .await
                 }
                 Err(PaymentError::Failed(m)) => {
-                    let status = match &attempt.payment_ref {
-                        Some(r) => self.payments.status(r).await,
-                        None => Ok(PaymentStatus::NotCharged),
-                    };
-                    match status {
+                    match self.resolve(&attempt).await {
                         Ok(PaymentStatus::Succeeded) => {
                             self.settle_charged(&fs, attempt, busy).await
                         }
@@ -171,7 +169,21 @@ impl App {
         .await
     }
 
-    /// Ends an attempt that charged nothing.
+    /// What became of an attempt's payment, deciding an uncertain one: a payment that
+    /// is not final is cancelled, and only a successful cancel means not charged (a
+    /// cancel refused because the payment succeeded means charged; an error, pending).
+    async fn resolve(&self, a: &PaymentAttempt) -> Result<PaymentStatus, PaymentError> {
+        // no reference: the payment was never created, or never confirmed
+        let Some(r) = &a.payment_ref else {
+            return Ok(PaymentStatus::NotCharged);
+        };
+        match self.payments.status(r).await? {
+            PaymentStatus::Pending => self.payments.cancel(r, &format!("{}-cancel", a.id)).await,
+            settled => Ok(settled),
+        }
+    }
+
+    /// Ends an attempt that charged nothing (and never will).
     async fn settle_failed(
         &self,
         mut a: PaymentAttempt,
@@ -182,6 +194,7 @@ impl App {
         drop(busy);
         let now = domain::now_ms();
         a.state = AttemptState::Failed;
+        a.certain = true;
         a.updated_at = now;
         if let Some(first) = self.success_reply(&pay_key(&a)).await? {
             self.commit(Batch {
@@ -367,9 +380,14 @@ impl App {
         Ok(self.store.reply(key)?.filter(|v| v.get("ok").is_some()))
     }
 
-    /// Settles one open attempt from what the gateway says, unless a payment for the
-    /// booking is in flight right now (that request settles it).
+    /// Settles one open attempt, or checks again one closed as failed, from what the
+    /// gateway says, unless a payment for the booking is in flight right now (that
+    /// request settles it). A charge found for a failed attempt confirms the booking if
+    /// its seats are still held by it, and is refunded otherwise.
     async fn reconcile(&self, a: PaymentAttempt) -> Result<(), ApiError> {
+        if !a.is_open() && a.state != AttemptState::Failed {
+            return Ok(());
+        }
         let Some(b) = self.store.booking(&a.locator)? else {
             return Ok(());
         };
@@ -383,19 +401,27 @@ impl App {
         };
         let interrupted =
             || ApiError::PaymentFailed("the payment was interrupted and did not go through".into());
-        let status = match &a.payment_ref {
-            None => PaymentStatus::NotCharged,
-            Some(r) => self
-                .payments
-                .status(r)
-                .await
-                .map_err(|e| ApiError::PaymentFailed(e.to_string()))?,
-        };
+        let status = self
+            .resolve(&a)
+            .await
+            .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
         let settled = match status {
             PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
-            PaymentStatus::NotCharged => {
+            PaymentStatus::NotCharged if a.is_open() => {
                 self.settle_failed(a, busy, interrupted(), "payment_failed")
                     .await
+            }
+            PaymentStatus::NotCharged => {
+                drop(busy);
+                let mut a = a;
+                a.certain = true;
+                a.updated_at = domain::now_ms();
+                return Ok(self
+                    .commit(Batch {
+                        attempts: vec![a],
+                        ..Default::default()
+                    })
+                    .await?);
             }
             PaymentStatus::Pending => return Ok(()),
         };
@@ -406,7 +432,9 @@ impl App {
         }
     }
 
-    /// Reconciles every open attempt older than `min_age` with the gateway.
+    /// Reconciles every open attempt older than `min_age` with the gateway, and, until
+    /// all are checked, the attempts an older version closed as failed on a mere
+    /// status read (a charge may have landed after it).
     pub async fn reconcile_payments(&self, min_age: Duration) {
         let attempts = match self.store.open_attempts() {
             Ok(a) => a,
@@ -422,6 +450,25 @@ impl App {
                 tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
             }
         }
+        if self.failures_checked.load(Ordering::SeqCst) {
+            return;
+        }
+        let failures = match self.store.uncertain_failures() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list failed payment attempts");
+                return;
+            }
+        };
+        let mut all_checked = true;
+        for a in failures {
+            let id = a.id.clone();
+            if let Err(e) = self.reconcile(a).await {
+                all_checked = false;
+                tracing::warn!(attempt = %id, error = %e, "failed payment attempt not checked yet");
+            }
+        }
+        self.failures_checked.store(all_checked, Ordering::SeqCst);
     }
 
     /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
@@ -449,7 +496,9 @@ impl App {
                     .store
                     .attempt_by_ref(object_id)
                     .map_err(|_| WebhookError::Internal)?;
-                if let Some(a) = attempt.filter(PaymentAttempt::is_open) {
+                let open_or_failed =
+                    |a: &PaymentAttempt| a.is_open() || a.state == AttemptState::Failed;
+                if let Some(a) = attempt.filter(open_or_failed) {
                     // the gateway is asked, not the event trusted: the same path as start-up
                     if let Err(e) = self.reconcile(a).await {
                         tracing::warn!(event = id, error = %e, "webhook not applied yet");

@@ -5,6 +5,12 @@
 //! [`PaymentGateway::create`] makes an unconfirmed payment (charges nothing) whose
 //! reference is written to disk before [`PaymentGateway::confirm`] charges it; after a
 //! crash, [`PaymentGateway::status`] tells what became of it.
+//!
+//! An uncertain outcome stays uncertain: a payment is taken as not charged only when
+//! the gateway says it is cancelled (or declined), never because it looks unconfirmed
+//! (a confirm may still be processing). [`PaymentGateway::cancel`] settles the
+//! question: either the cancel succeeds (never charged) or the gateway says the
+//! payment succeeded.
 
 pub mod sandbox;
 pub mod stripe;
@@ -22,7 +28,8 @@ pub struct PaymentRequest {
     pub amount: Money,
     pub payment_method: String,
     pub locator: Locator,
-    /// Our payment attempt's id: the gateway's idempotency key and metadata.
+    /// Our payment attempt's id (globally unique): the base of the gateway's
+    /// idempotency keys, and metadata.
     pub attempt_id: String,
 }
 
@@ -50,9 +57,10 @@ pub enum PaymentError {
 pub enum PaymentStatus {
     /// Charged.
     Succeeded,
-    /// Not charged, and never will be (declined, cancelled, or never confirmed).
+    /// Not charged, and never will be (cancelled, or unknown to the gateway).
     NotCharged,
-    /// Still being processed by the gateway.
+    /// Not final: unconfirmed, being processed, awaiting action or capture. May still
+    /// be charged; only a successful [`PaymentGateway::cancel`] rules that out.
     Pending,
 }
 
@@ -68,6 +76,14 @@ pub trait PaymentGateway: Send + Sync + 'static {
     fn status<'a>(
         &'a self,
         payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>>;
+    /// Cancels a payment that is not final, so that it can never be charged; with
+    /// `key` as idempotency key. `Succeeded` if the gateway refused because it is
+    /// charged already, `NotCharged` once cancelled; an error leaves it uncertain.
+    fn cancel<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>>;
     /// Refunds part or all of a charged payment; returns the refund reference.
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>>;

@@ -76,6 +76,20 @@ impl PaymentGateway for Sandbox {
         })
     }
 
+    fn cancel<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
+        Box::pin(async move {
+            if self.payments.get(payment_ref).is_some_and(|p| p.1) {
+                return Ok(PaymentStatus::Succeeded);
+            }
+            self.payments.remove(payment_ref);
+            Ok(PaymentStatus::NotCharged)
+        })
+    }
+
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
         Box::pin(async move { Ok(reference("re", &req.idempotency_key)) })
     }

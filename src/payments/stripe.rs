@@ -1,6 +1,7 @@
 //! Stripe's REST API (also spoken by localstripe): PaymentIntents created unconfirmed,
-//! then confirmed; refunds through `/v1/refunds`. Every call has a bounded timeout and
-//! an `Idempotency-Key` derived from our payment attempt. The secret key is never logged.
+//! then confirmed (or cancelled); refunds through `/v1/refunds`. Every call has a bounded
+//! timeout and an `Idempotency-Key` built from our globally unique attempt or refund id
+//! (see docs/payments.md). The secret key is never logged.
 
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
@@ -45,6 +46,18 @@ impl Stripe {
         req: reqwest::RequestBuilder,
         idempotency_key: Option<&str>,
     ) -> Result<Value, PaymentError> {
+        match self.call_raw(req, idempotency_key).await? {
+            Ok(body) => Ok(body),
+            Err((status, body)) => Err(refusal(status, &body)),
+        }
+    }
+
+    /// The answer: a success body, or a refusal's status and body.
+    async fn call_raw(
+        &self,
+        req: reqwest::RequestBuilder,
+        idempotency_key: Option<&str>,
+    ) -> Result<Result<Value, (StatusCode, Value)>, PaymentError> {
         let mut req = req
             .bearer_auth(&self.secret_key)
             .header("Stripe-Version", "2024-06-20");
@@ -64,24 +77,10 @@ impl Stripe {
                 "the payment gateway answered {status} without JSON"
             ))
         })?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("payment gateway error")
-            .to_owned();
-        if status == StatusCode::PAYMENT_REQUIRED || body["error"]["type"] == "card_error" {
-            Err(PaymentError::Declined(message))
-        } else if status.is_server_error() {
-            Err(PaymentError::Failed(format!(
-                "the payment gateway failed ({status})"
-            )))
-        } else {
-            Err(PaymentError::Failed(format!(
-                "the payment gateway refused the request: {message}"
-            )))
-        }
+        Ok(match status.is_success() {
+            true => Ok(body),
+            false => Err((status, body)),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -89,11 +88,41 @@ impl Stripe {
     }
 }
 
+fn refusal(status: StatusCode, body: &Value) -> PaymentError {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("payment gateway error")
+        .to_owned();
+    if status == StatusCode::PAYMENT_REQUIRED || body["error"]["type"] == "card_error" {
+        PaymentError::Declined(message)
+    } else if status.is_server_error() {
+        PaymentError::Failed(format!("the payment gateway failed ({status})"))
+    } else {
+        PaymentError::Failed(format!(
+            "the payment gateway refused the request: {message}"
+        ))
+    }
+}
+
+/// Only `succeeded` is charged and only `canceled` is final without a charge; every
+/// other state (`requires_confirmation`, `requires_action`, `processing`,
+/// `requires_capture`, `requires_payment_method`, unknown) may still change.
 fn status_of(pi: &Value) -> PaymentStatus {
     match pi["status"].as_str() {
         Some("succeeded") => PaymentStatus::Succeeded,
-        Some("processing") | Some("requires_capture") => PaymentStatus::Pending,
-        _ => PaymentStatus::NotCharged,
+        Some("canceled") => PaymentStatus::NotCharged,
+        _ => PaymentStatus::Pending,
+    }
+}
+
+/// A cancel refused because the payment is final already says which way it went.
+fn cancel_refused(body: &Value) -> Option<PaymentStatus> {
+    if body["error"]["code"] != "payment_intent_unexpected_state" {
+        return None;
+    }
+    match status_of(&body["error"]["payment_intent"]) {
+        PaymentStatus::Pending => None,
+        s => Some(s),
     }
 }
 
@@ -130,17 +159,18 @@ impl PaymentGateway for Stripe {
             let key = format!("{attempt_id}-confirm");
             let url = self.url(&format!("/v1/payment_intents/{payment_ref}/confirm"));
             let pi = self.call(self.http.post(url), Some(&key)).await?;
-            match status_of(&pi) {
-                PaymentStatus::Succeeded => Ok(()),
-                PaymentStatus::Pending => Err(PaymentError::Failed(
-                    "the payment is still processing".into(),
-                )),
-                PaymentStatus::NotCharged => Err(PaymentError::Declined(
+            match pi["status"].as_str() {
+                Some("succeeded") => Ok(()),
+                Some("requires_payment_method") => Err(PaymentError::Declined(
                     pi["last_payment_error"]["message"]
                         .as_str()
                         .unwrap_or("your card was declined")
                         .to_owned(),
                 )),
+                other => Err(PaymentError::Failed(format!(
+                    "the payment is not complete ({})",
+                    other.unwrap_or("unknown state")
+                ))),
             }
         })
     }
@@ -157,6 +187,23 @@ impl PaymentGateway for Stripe {
                     Ok(PaymentStatus::NotCharged)
                 }
                 Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
+        Box::pin(async move {
+            let url = self.url(&format!("/v1/payment_intents/{payment_ref}/cancel"));
+            match self.call_raw(self.http.post(url), Some(key)).await? {
+                Ok(_) => Ok(PaymentStatus::NotCharged),
+                Err((status, body)) => match cancel_refused(&body) {
+                    Some(s) => Ok(s),
+                    None => Err(refusal(status, &body)),
+                },
             }
         })
     }
@@ -199,15 +246,44 @@ mod tests {
             status_of(&json!({"status":"processing"})),
             PaymentStatus::Pending
         );
-        assert_eq!(
-            status_of(&json!({"status":"requires_payment_method"})),
-            PaymentStatus::NotCharged
-        );
+        for uncertain in [
+            "requires_confirmation",
+            "requires_action",
+            "requires_capture",
+            "requires_payment_method",
+        ] {
+            assert_eq!(
+                status_of(&json!({ "status": uncertain })),
+                PaymentStatus::Pending,
+                "{uncertain}"
+            );
+        }
         assert_eq!(
             status_of(&json!({"status":"canceled"})),
             PaymentStatus::NotCharged
         );
-        assert_eq!(status_of(&json!({})), PaymentStatus::NotCharged);
+        assert_eq!(status_of(&json!({})), PaymentStatus::Pending);
+    }
+
+    #[test]
+    fn a_refused_cancel_tells_the_final_state() {
+        let refused = |status: &str| {
+            json!({"error": {"code": "payment_intent_unexpected_state",
+                             "payment_intent": {"status": status}}})
+        };
+        assert_eq!(
+            cancel_refused(&refused("succeeded")),
+            Some(PaymentStatus::Succeeded)
+        );
+        assert_eq!(
+            cancel_refused(&refused("canceled")),
+            Some(PaymentStatus::NotCharged)
+        );
+        assert_eq!(cancel_refused(&refused("processing")), None);
+        assert_eq!(
+            cancel_refused(&json!({"error": {"code": "lock_timeout"}})),
+            None
+        );
     }
 
     #[test]

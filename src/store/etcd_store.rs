@@ -692,6 +692,9 @@ impl Store for EtcdStore {
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.mirror.attempt_by_ref(payment_ref)
     }
+    fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        self.mirror.uncertain_failures()
+    }
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         self.mirror.webhook_seen(event_id)
     }

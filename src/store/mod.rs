@@ -118,7 +118,7 @@ pub enum AttemptState {
     Started,
     /// Charged, and the booking confirmed in the same batch.
     Succeeded,
-    /// Nothing was charged.
+    /// Nothing was charged (see [`PaymentAttempt::certain`]).
     Failed,
     /// Charged, but the booking could not be confirmed (its seats were gone): refunded.
     Refunded,
@@ -139,11 +139,21 @@ pub struct PaymentAttempt {
     pub state: AttemptState,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// A `Failed` attempt the gateway said can never be charged (declined, cancelled,
+    /// never created). Older versions closed attempts as failed on a status read that
+    /// could precede a late charge: those (`false`) are checked again.
+    #[serde(default)]
+    pub certain: bool,
 }
 
 impl PaymentAttempt {
     pub fn is_open(&self) -> bool {
         self.state == AttemptState::Started
+    }
+
+    /// Closed as failed by an older version without proof that nothing was charged.
+    pub fn is_uncertain_failure(&self) -> bool {
+        self.state == AttemptState::Failed && !self.certain && self.payment_ref.is_some()
     }
 }
 
@@ -249,6 +259,9 @@ pub trait Store: Send + Sync + 'static {
     /// Payment attempts still `started`, oldest first.
     fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>>;
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>>;
+    /// Every attempt for which [`PaymentAttempt::is_uncertain_failure`] holds (a scan of
+    /// all attempts: for the check once per start).
+    fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>>;
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>>;
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
 

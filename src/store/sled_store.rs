@@ -485,6 +485,14 @@ impl Store for SledStore {
         self.get(&key(ATTEMPT, &[id.as_bytes()]))
     }
 
+    fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        let all: Vec<PaymentAttempt> = self.scan(&[ATTEMPT])?;
+        Ok(all
+            .into_iter()
+            .filter(PaymentAttempt::is_uncertain_failure)
+            .collect())
+    }
+
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         match self
             .db

@@ -144,6 +144,9 @@ impl Store for Faulty {
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.inner.attempt(id)
     }
+    fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
+        self.inner.uncertain_failures()
+    }
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.inner.attempt_by_ref(payment_ref)
     }
