@@ -815,15 +815,33 @@ async fn a_cancellation_interrupted_by_a_crash_finishes_at_the_next_start() {
     });
     let app = open_app(&dir, g1.clone()).await;
     wait_until("two refunds asked", || g1.refunds().len() == 2).await;
-    app.stop().await;
-    drop(app);
     let first = g1.refunds();
-    let key = |loc: &str| format!("flight-cancel-{loc}");
+    let charge = |loc: &str| {
+        let b = booking(&app, loc);
+        app.store
+            .order(b.order_id.as_ref().unwrap())
+            .unwrap()
+            .unwrap()
+            .charge_id
+    };
     let (done, pending): (Vec<_>, Vec<_>) = confirmed
         .iter()
-        .partition(|(loc, _)| first[0].0 == key(loc));
+        .partition(|(loc, _)| first[0].1 == charge(loc));
     assert_eq!((done.len(), pending.len()), (1, 1), "{first:?}");
-    assert_eq!(first[1].0, key(&pending[0].0));
+    assert_eq!(first[1].1, charge(&pending[0].0));
+    assert_ne!(first[0].0, first[1].0, "every refund has its own key");
+    let open = app.store.open_refunds().unwrap();
+    assert_eq!(
+        open.len(),
+        1,
+        "the hanging refund is stored before the call"
+    );
+    assert_eq!(
+        (&open[0].id, open[0].amount.amount()),
+        (&first[1].0, pending[0].1)
+    );
+    app.stop().await;
+    drop(app);
 
     // second restart: it finishes, asking only for the refund that was not recorded
     let g2 = Arc::new(CountingGateway::default());
@@ -841,8 +859,7 @@ async fn a_cancellation_interrupted_by_a_crash_finishes_at_the_next_start() {
     let second = g2.refunds();
     assert_eq!(second.len(), 1, "{second:?}");
     assert_eq!(
-        second[0].0,
-        key(&pending[0].0),
+        second[0].0, first[1].0,
         "same key: the gateway refunds once"
     );
     assert_eq!(second[0].2, pending[0].1, "in full");

@@ -787,3 +787,81 @@ async fn a_charge_for_an_attempt_an_older_version_closed_as_failed_is_settled() 
     assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_refunded_again_after_a_seat_change_is_paid_again() {
+    let f = fake().await;
+    let s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 3, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    let cancel = |rid: &str| json!({"locator": loc, "request_id": rid, "seats": [seats[0]]});
+    let first = c.ok("booking.cancel", cancel("c1")).await;
+    let third = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert!(third > 0);
+    // another passenger moves into the seat just refunded, and cancels in turn
+    c.ok(
+        "booking.change_seat",
+        json!({"locator": loc, "request_id": "m", "from": seats[1], "to": seats[0]}),
+    )
+    .await;
+    let second = c.ok("booking.cancel", cancel("c2")).await;
+    let l = f.ledger();
+    let refunds = &l.intents[0].refunds;
+    assert_eq!(
+        refunds.iter().map(|r| r.amount).collect::<Vec<_>>(),
+        vec![third, third],
+        "two refunds made: {l:?}"
+    );
+    assert_ne!(refunds[0].idempotency_key, refunds[1].idempotency_key);
+    assert_eq!(second["order"]["refunded"]["amount"], l.refunded());
+    assert_eq!(second["booking"]["refund"]["amount"], l.refunded());
+    assert_eq!(second["booking"]["seats"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 1;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    // the refund is made, but its answer never comes back
+    fault(&f, Step::Refund, Fault::LoseReply);
+    let cancel = json!({"locator": loc, "request_id": "c"});
+    assert_eq!(
+        c.reason("booking.cancel", cancel.clone()).await,
+        "payment_failed"
+    );
+    assert_eq!(f.ledger().refunded(), total);
+    let key = f.ledger().intents[0].refunds[0].idempotency_key.clone();
+    let open = s.app().store.open_refunds().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        Some(&open[0].id),
+        key.as_ref(),
+        "the key was stored before the call"
+    );
+    f.clear_faults();
+    eventually("the reconciler records the refund", || {
+        let status = store_booking(&s, loc).status;
+        async move { status == jetway::domain::BookingStatus::Refunded }
+    })
+    .await;
+    let again = c.ok("booking.cancel", cancel).await;
+    assert_eq!(again["order"]["refunded"]["amount"], total);
+    assert_eq!(again["booking"]["status"], "refunded");
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
+    assert_eq!(l.refunded(), total);
+    s.stop().await;
+}

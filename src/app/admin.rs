@@ -6,12 +6,13 @@
 //! state is written and made durable; from then on nobody can hold or change seats on
 //! it. Then every booking that still occupies seats is processed one by one, each as
 //! one version of the flight: a hold is released; a confirmed booking is marked busy,
-//! refunded in full through the gateway (idempotency key `flight-cancel-{locator}`),
-//! and only then are its `refunded` status and the order's refund written in one batch.
+//! refunded in full through the gateway (a refund record with its own unique key,
+//! durable before the call: see `refunds`), and only then are its `refunded` status
+//! and the order's refund written in one batch.
 //! A crash anywhere leaves a cancelled flight with some bookings still occupying seats;
 //! [`App::resume_cancellations`] finishes those at the next start, and with every
 //! reconciliation round (on a cluster, any node takes over). A gateway refund made
-//! just before a crash is asked for again with the same key, so it is never paid twice.
+//! just before a crash is asked for again with its stored key, so it is never paid twice.
 
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -21,15 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bookings::Busy;
+use super::refunds::seat_refund;
 use super::{event, App, AuthSession, Step};
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, BookingStatus, Fares, Flight, FlightId,
     FlightStatus, Locator, Money, SeatId,
 };
 use crate::inventory::FlightSeats;
-use crate::payments::RefundRequest;
 use crate::protocol::{wire, ApiError};
-use crate::store::{Batch, Role, StoreError};
+use crate::store::{Batch, RefundReason, Role, StoreError};
 
 /// Longest cancellation reason, in characters.
 pub const MAX_REASON: usize = 200;
@@ -415,6 +416,9 @@ impl App {
             if w.busy.contains(loc) {
                 return Ok((None, Err(Outcome::Busy)));
             }
+            if let Some(open) = self.store.open_refund(loc.as_str())? {
+                return Ok((None, Ok((Busy::mark(fs, w, loc)?, b, Some(open)))));
+            }
             if b.status == BookingStatus::Held {
                 b.release(now)?;
                 let batch = Batch {
@@ -434,69 +438,51 @@ impl App {
                 let ticket = self.change_seats(fs, w, batch, updates, &b)?;
                 Ok((Some(ticket), Err(Outcome::Released)))
             } else {
-                Ok((None, Ok((Busy::mark(fs, w, loc)?, b))))
+                Ok((None, Ok((Busy::mark(fs, w, loc)?, b, None))))
             }
         });
         // a hold is released at once; a confirmed booking is refunded first
-        let (mark, booking) = match self.unless_stopping(step).await?? {
+        let (mark, booking, open) = match self.unless_stopping(step).await?? {
             Step::Done(Ok(refund)) => refund,
             Step::Done(Err(outcome)) => return Ok(outcome),
             Step::Replayed(_) => return Err(ApiError::Internal),
         };
-        let order_id = booking.order_id.clone().ok_or(ApiError::Internal)?;
-        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
-        // everything still on the booking, in full: the airline cancelled
-        let left =
-            Money::cents(order.amount.amount() - order.refunded.amount()).unwrap_or_default();
-        let amount = Money::sum(booking.seats.iter().map(|s| s.fare)).min(left);
-        if amount > Money::ZERO {
-            let refund = self.payments.refund(RefundRequest {
-                payment_ref: order.charge_id.clone(),
-                amount,
-                idempotency_key: format!("flight-cancel-{loc}"),
-            });
-            if let Err(e) = self.unless_stopping(refund).await? {
-                drop(mark);
-                return Ok(Outcome::Failed(e.to_string()));
+        // an earlier refund of the booking (the passenger's, or this job's before a
+        // crash) is finished first; the booking is then looked at again
+        let (refund, again) = match open {
+            Some(r) => {
+                let again = r.reason != RefundReason::FlightCancelled;
+                (r, again)
             }
+            None => {
+                let order_id = booking.order_id.clone().ok_or(ApiError::Internal)?;
+                let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                // everything still on the booking, in full: the airline cancelled
+                let left = Money::cents(order.amount.amount() - order.refunded.amount())
+                    .unwrap_or_default();
+                let amount = Money::sum(booking.seats.iter().map(|s| s.fare)).min(left);
+                let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
+                let r = seat_refund(
+                    &booking,
+                    order.charge_id,
+                    seats,
+                    amount,
+                    RefundReason::FlightCancelled,
+                );
+                if !self.unless_stopping(self.open_refund(&r)).await?? {
+                    return Ok(Outcome::Busy);
+                }
+                (r, false)
+            }
+        };
+        match self
+            .unless_stopping(self.finish_seat_refund(fs, refund, mark))
+            .await?
+        {
+            Ok(_) if again => Ok(Outcome::Busy),
+            Ok(_) => Ok(Outcome::Refunded),
+            Err(e) => Ok(Outcome::Failed(e.to_string())),
         }
-        let step = self.seat_step(fs, None, |w| {
-            let now = domain::now_ms();
-            let mut b = self.store.booking(loc)?.ok_or(ApiError::Internal)?;
-            if !b.status.occupies_seats() {
-                // another node's job for this flight got here first
-                return Ok((None, ()));
-            }
-            let seats: Vec<SeatId> = b.seats.iter().map(|s| s.seat).collect();
-            b.refund(&seats, amount, now)?;
-            let mut order = order.clone();
-            order.record_refund(amount, true);
-            let batch = Batch {
-                bookings: vec![b.clone()],
-                orders: vec![order],
-                events: vec![(
-                    b.user_id,
-                    event(
-                        "refunded",
-                        Some(loc),
-                        now,
-                        json!({
-                            "refund": wire::money(amount),
-                            "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
-                            "by": "airline",
-                            "reason": reason,
-                        }),
-                    ),
-                )],
-                ..Default::default()
-            };
-            let updates = w.release(seats.iter().copied());
-            Ok((Some(self.change_seats(fs, w, batch, updates, &b)?), ()))
-        });
-        let done = self.unless_stopping(step).await;
-        drop(mark);
-        done??;
-        Ok(Outcome::Refunded)
     }
 
     /// `admin.flights.stats`: seats held and booked, load factor and revenue (paid

@@ -4,30 +4,25 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+use super::refunds::{seat_refund, CANCEL};
 use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
 use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
-use crate::payments::RefundRequest;
 use crate::protocol::{params, wire, ApiError};
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
 pub const DEFAULT_HISTORY: u32 = 50;
 pub const MAX_HISTORY: u32 = 500;
 
-/// The gateway idempotency key of a refund: a seat is refunded at most once, so the
-/// booking and its seats name the refund, whatever request asked for it.
-fn refund_key(loc: &Locator, seats: &[SeatId]) -> String {
-    let mut names: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
-    names.sort();
-    format!("refund-{loc}-{}", names.join("."))
-}
-
 enum CancelStep {
     Released(Value),
-    Refund(Busy, Vec<SeatId>, domain::Money),
+    /// Refund these seats for this amount.
+    Refund(Busy, Booking, Vec<SeatId>, domain::Money),
+    /// An earlier refund of the booking is open: finish it first.
+    Finish(Busy, RefundRecord),
 }
 
 enum Wanted {
@@ -49,15 +44,17 @@ impl Busy {
         locator: &Locator,
     ) -> Result<Busy, ApiError> {
         if !w.busy.insert(locator.clone()) {
-            return Err(ApiError::InvalidState(
-                "a payment operation on this booking is in progress".into(),
-            ));
+            return Err(busy_error());
         }
         Ok(Busy {
             fs: fs.clone(),
             locator: locator.clone(),
         })
     }
+}
+
+pub(super) fn busy_error() -> ApiError {
+    ApiError::InvalidState("a payment operation on this booking is in progress".into())
 }
 
 impl Drop for Busy {
@@ -239,13 +236,10 @@ impl App {
             })?),
         };
         let fs = self.flight_seats(&booking.flight_id)?;
-        self.idempotent(
-            s.user_id,
-            "booking.cancel",
-            &p.request_id,
-            |key| async move {
-                let loc = booking.locator;
-                let departs_at = fs.flight().departs_at;
+        self.idempotent(s.user_id, CANCEL, &p.request_id, |key| async move {
+            let loc = booking.locator;
+            let departs_at = fs.flight().departs_at;
+            loop {
                 // a hold is released at once; a confirmed booking is refunded first
                 let step = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
@@ -254,9 +248,10 @@ impl App {
                         .booking(&loc)?
                         .ok_or(ApiError::NotFound("booking"))?;
                     if w.busy.contains(&loc) {
-                        return Err(ApiError::InvalidState(
-                            "a payment operation on this booking is in progress".into(),
-                        ));
+                        return Err(busy_error());
+                    }
+                    if let Some(open) = self.store.open_refund(loc.as_str())? {
+                        return Ok((None, CancelStep::Finish(Busy::mark(&fs, w, &loc)?, open)));
                     }
                     if b.status == domain::BookingStatus::Held {
                         if only.is_some() {
@@ -280,58 +275,45 @@ impl App {
                         Ok((Some(ticket), CancelStep::Released(result)))
                     } else {
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
-                        Ok((
-                            None,
-                            CancelStep::Refund(Busy::mark(&fs, w, &loc)?, seats, amount),
-                        ))
+                        let busy = Busy::mark(&fs, w, &loc)?;
+                        Ok((None, CancelStep::Refund(busy, b, seats, amount)))
                     }
                 });
-                let (busy, seats, amount) = match step.await? {
+                let (busy, refund) = match step.await? {
                     Step::Done(CancelStep::Released(result)) => return Ok(result),
-                    Step::Done(CancelStep::Refund(busy, seats, amount)) => (busy, seats, amount),
                     Step::Replayed(r) => return r,
+                    Step::Done(CancelStep::Finish(busy, open)) => {
+                        // this request's own refund, interrupted: finishing it answers;
+                        // another's: finish it, then decide this one anew
+                        let ours = open.reason
+                            == (RefundReason::Cancel {
+                                request_id: key.request_id.clone(),
+                            });
+                        let result = self.finish_seat_refund(&fs, open, busy).await?;
+                        if ours {
+                            return Ok(result);
+                        }
+                        continue;
+                    }
+                    Step::Done(CancelStep::Refund(busy, b, seats, amount)) => {
+                        let order_id = b.order_id.clone().unwrap_or_default();
+                        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                        let reason = RefundReason::Cancel {
+                            request_id: key.request_id.clone(),
+                        };
+                        (
+                            busy,
+                            seat_refund(&b, order.charge_id, seats, amount, reason),
+                        )
+                    }
                 };
-                let order_id = booking.order_id.clone().unwrap_or_default();
-                let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
-                if amount > domain::Money::ZERO {
-                    self.payments
-                        .refund(RefundRequest {
-                            payment_ref: order.charge_id.clone(),
-                            amount,
-                            idempotency_key: refund_key(&loc, &seats),
-                        })
-                        .await
-                        .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+                if !self.open_refund(&refund).await? {
+                    drop(busy);
+                    continue;
                 }
-                let done = self.seat_step(&fs, Some(&key), |w| {
-                    let now = domain::now_ms();
-                    let mut b = self
-                        .store
-                        .booking(&loc)?
-                        .ok_or(ApiError::NotFound("booking"))?;
-                    b.refund(&seats, amount, now)?;
-                    let mut order = order.clone();
-                    order.record_refund(amount, b.status == domain::BookingStatus::Refunded);
-                    let result =
-                        json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
-                    let batch = Batch {
-                        bookings: vec![b.clone()],
-                        orders: vec![order],
-                        events: vec![(s.user_id, event("refunded", Some(&loc), now, json!({
-                            "refund": wire::money(amount),
-                            "seats": seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
-                        })))],
-                        replies: vec![(key.clone(), remember_ok(&result))],
-                        ..Default::default()
-                    };
-                    let updates = w.release(seats.iter().copied());
-                    Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result))
-                });
-                let done = done.await;
-                drop(busy);
-                done?.reply()
-            },
-        )
+                return self.finish_seat_refund(&fs, refund, busy).await;
+            }
+        })
         .await
     }
 
@@ -359,10 +341,8 @@ impl App {
                         .store
                         .booking(&loc)?
                         .ok_or(ApiError::NotFound("booking"))?;
-                    if w.busy.contains(&loc) {
-                        return Err(ApiError::InvalidState(
-                            "a payment operation on this booking is in progress".into(),
-                        ));
+                    if w.busy.contains(&loc) || self.store.open_refund(loc.as_str())?.is_some() {
+                        return Err(busy_error());
                     }
                     let to_idx = seat_indices(w, &[to])?[0];
                     let from_idx = w.index(from).ok_or_else(|| {

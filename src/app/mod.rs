@@ -13,8 +13,10 @@ mod cluster;
 mod expiry;
 mod flights;
 mod payments;
+mod refunds;
 
 use dashmap::DashMap;
+use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -539,6 +541,14 @@ fn replay(v: Value) -> Result<Value, ApiError> {
         .get("err")
         .and_then(ApiError::from_json)
         .unwrap_or(ApiError::Internal))
+}
+
+/// A fresh globally unique id (128 random bits), for the gateway's idempotency keys:
+/// unique across installations, restored backups and cluster nodes, unlike a counter.
+fn unique_id(prefix: &str) -> String {
+    let mut r = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    format!("{prefix}-{}", hex::encode(r))
 }
 
 /// A history event with extra fields.

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bookings::{check_bookable, Busy, AIRLINE_CODE};
+use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
-use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus, RefundRequest};
+use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::{params, wire, ApiError};
-use crate::store::{AttemptState, Batch, IdemKey, PaymentAttempt};
+use crate::store::{AttemptState, Batch, IdemKey, PaymentAttempt, RefundReason};
 
 const PAY: &str = "booking.pay";
 
@@ -46,6 +47,12 @@ enum Settle {
     /// Settled already, through another node.
     Already,
     Refund,
+}
+
+/// An attempt made by a version that numbered attempts `pa{N}` from a local counter.
+fn is_legacy_attempt(id: &str) -> bool {
+    id.strip_prefix("pa")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn pay_key(a: &PaymentAttempt) -> IdemKey {
@@ -231,6 +238,8 @@ impl App {
         busy: Busy,
     ) -> Result<Value, ApiError> {
         let payment_ref = a.payment_ref.clone().ok_or(ApiError::Internal)?;
+        // once a refund of the charge is open, the charge is refunded, whatever else
+        let orphan_refund = self.store.open_refund(&a.id)?;
         let tickets_needed = self.store.booking(&a.locator)?.map_or(0, |b| b.seats.len());
         let tickets = (0..tickets_needed)
             .map(|_| {
@@ -244,6 +253,9 @@ impl App {
         // no request key here: a success reply under it may come from a twin request
         // that paid with another charge, which this one must then refund
         let confirmed = self.seat_step(fs, None, |w| {
+            if orphan_refund.is_some() {
+                return Ok((None, Settle::Refund));
+            }
             let now = domain::now_ms();
             let mut b = self
                 .store
@@ -325,19 +337,40 @@ impl App {
             }
         }
         // charged, but the booking cannot have it: give the money back
-        let refund = self
-            .payments
-            .refund(RefundRequest {
-                payment_ref,
-                amount: a.amount,
-                idempotency_key: format!("{}-refund", a.id),
-            })
-            .await;
+        let refund = match orphan_refund {
+            Some(r) => r,
+            None => {
+                let mut r = new_refund(
+                    a.user_id,
+                    &a.locator,
+                    payment_ref,
+                    Vec::new(),
+                    a.amount,
+                    RefundReason::Orphan {
+                        attempt_id: a.id.clone(),
+                    },
+                );
+                if is_legacy_attempt(&a.id) {
+                    // an older version may have asked for this refund under that key
+                    r.id = format!("{}-refund", a.id);
+                }
+                if !self.open_refund(&r).await? {
+                    return Err(ApiError::PaymentFailed(
+                        "a refund of this payment is in progress".into(),
+                    ));
+                }
+                r
+            }
+        };
+        let made = self.make_refund(&refund).await;
         drop(busy);
-        if let Err(e) = refund {
+        if let Err(e) = made {
             tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
-            return Err(ApiError::PaymentFailed(e.to_string()));
+            return Err(e);
         }
+        let mut refund = refund;
+        refund.done = true;
+        refund.updated_at = domain::now_ms();
         let now = domain::now_ms();
         let err = ApiError::InvalidState(
             "the booking's hold ended before the payment completed; the charge was refunded".into(),
@@ -358,6 +391,7 @@ impl App {
             self.commit(Batch {
                 events: vec![refunded],
                 attempts: vec![a],
+                refunds: vec![refund],
                 ..Default::default()
             })
             .await?;
@@ -367,6 +401,7 @@ impl App {
             events: vec![refunded],
             replies: vec![(pay_key(&a), remember_err(&err))],
             attempts: vec![a],
+            refunds: vec![refund],
             ..Default::default()
         })
         .await?;
@@ -450,6 +485,7 @@ impl App {
                 tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
             }
         }
+        self.reconcile_refunds().await;
         if self.failures_checked.load(Ordering::SeqCst) {
             return;
         }

@@ -38,8 +38,8 @@ use tokio::sync::watch;
 
 use super::sled_store::{batch_ops, decode_change, version_key, Op};
 use super::{
-    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, Replicated,
-    SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, RefundRecord,
+    Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -694,6 +694,12 @@ impl Store for EtcdStore {
     }
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
         self.mirror.uncertain_failures()
+    }
+    fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>> {
+        self.mirror.open_refund(subject)
+    }
+    fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {
+        self.mirror.open_refunds()
     }
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         self.mirror.webhook_seen(event_id)

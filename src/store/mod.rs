@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::{
-    Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
+    Booking, BookingStatus, Flight, FlightId, Locator, Millis, Money, Order, SeatId, UserId,
+    Username,
 };
 
 pub use commit::Committer;
@@ -157,6 +158,51 @@ impl PaymentAttempt {
     }
 }
 
+/// Why money goes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RefundReason {
+    /// The passenger cancelled seats, with this `booking.cancel` request.
+    Cancel { request_id: String },
+    /// The airline cancelled the flight.
+    FlightCancelled,
+    /// A charge its booking could not take (the hold ended, or a twin paid it).
+    Orphan { attempt_id: String },
+}
+
+/// One refund, written durably before the gateway is asked for it: its id is the
+/// gateway's idempotency key, so every retry (after an error or a crash) asks for
+/// the same refund with the same amount, and the gateway makes it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    /// Globally unique (128 random bits, see `app::unique_id`).
+    pub id: String,
+    pub user_id: UserId,
+    pub locator: Locator,
+    /// The charge refunded.
+    pub payment_ref: String,
+    pub amount: Money,
+    /// The seats it pays back (none for an orphaned charge).
+    pub seats: Vec<SeatId>,
+    pub reason: RefundReason,
+    /// Made at the gateway and recorded on the booking, order or attempt.
+    pub done: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl RefundRecord {
+    /// What the refund is for: at most one refund per subject is open at a time (on a
+    /// cluster too: opening one is a create-only write), so a booking's seats or an
+    /// attempt's charge are never refunded by two refunds at once.
+    pub fn subject(&self) -> &str {
+        match &self.reason {
+            RefundReason::Orphan { attempt_id } => attempt_id,
+            _ => self.locator.as_str(),
+        }
+    }
+}
+
 /// Everything one use case changes, written atomically.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -178,6 +224,11 @@ pub struct Batch {
     /// Replies to remember: `{"ok": result}` or `{"err": error}`.
     pub replies: Vec<(IdemKey, Value)>,
     pub attempts: Vec<PaymentAttempt>,
+    /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
+    /// the same [`RefundRecord::subject`] is open.
+    pub new_refunds: Vec<RefundRecord>,
+    /// Refunds to overwrite (closing them when `done`).
+    pub refunds: Vec<RefundRecord>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
     /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
@@ -264,6 +315,9 @@ pub trait Store: Send + Sync + 'static {
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>>;
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>>;
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
+    /// The open refund for a [`RefundRecord::subject`] (a locator or an attempt id).
+    fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
+    fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
 
     /// The replicated side of a store shared by several nodes; `None` for a local one.
     fn replicated(&self) -> Option<&dyn Replicated> {

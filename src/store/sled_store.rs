@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{
-    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, Store,
-    StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, RefundRecord,
+    SessionRecord, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{Booking, BookingStatus, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -33,6 +33,9 @@ const OPEN_ATTEMPT: u8 = b'p';
 const ATTEMPT_REF: u8 = b'R';
 const WEBHOOK: u8 = b'W';
 const FEED: u8 = b'Q';
+const REFUND: u8 = b'D';
+/// The open refund of a subject: its id.
+const OPEN_REFUND: u8 = b'd';
 
 pub struct SledStore {
     db: sled::Db,
@@ -288,6 +291,20 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             ));
         }
     }
+    for (r, new) in batch
+        .new_refunds
+        .iter()
+        .map(|r| (r, true))
+        .chain(batch.refunds.iter().map(|r| (r, false)))
+    {
+        put_json(&mut ops, key(REFUND, &[r.id.as_bytes()]), r)?;
+        let open = key(OPEN_REFUND, &[r.subject().as_bytes()]);
+        ops.push(match (new, r.done) {
+            (_, true) => Op::Delete(open),
+            (true, false) => Op::Create(open, r.id.as_bytes().to_vec()),
+            (false, false) => Op::Put(open, r.id.as_bytes().to_vec()),
+        });
+    }
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
     }
@@ -508,6 +525,26 @@ impl Store for SledStore {
         self.db
             .contains_key(key(WEBHOOK, &[event_id.as_bytes()]))
             .map_err(io)
+    }
+
+    fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>> {
+        match self
+            .db
+            .get(key(OPEN_REFUND, &[subject.as_bytes()]))
+            .map_err(io)?
+        {
+            Some(id) => self.get(&key(REFUND, &[&id])),
+            None => Ok(None),
+        }
+    }
+
+    fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([OPEN_REFUND]) {
+            let (_, id) = kv.map_err(io)?;
+            out.extend(self.get::<RefundRecord>(&key(REFUND, &[&id]))?);
+        }
+        Ok(out)
     }
 }
 

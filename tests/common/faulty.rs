@@ -147,6 +147,12 @@ impl Store for Faulty {
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
         self.inner.uncertain_failures()
     }
+    fn open_refund(&self, subject: &str) -> StoreResult<Option<jetway::store::RefundRecord>> {
+        self.inner.open_refund(subject)
+    }
+    fn open_refunds(&self) -> StoreResult<Vec<jetway::store::RefundRecord>> {
+        self.inner.open_refunds()
+    }
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.inner.attempt_by_ref(payment_ref)
     }

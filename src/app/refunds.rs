@@ -1,0 +1,202 @@
+//! Refunds, exactly once. Every refund (a passenger's cancel, the airline's flight
+//! cancellation, an orphaned charge) is first written as a [`RefundRecord`] with a
+//! fresh globally unique id, its amount and its seats, and made durable; only then is
+//! the gateway asked, with that id as the idempotency key. A retry after an error or a
+//! crash (the user's, the flight cancellation job's, or the reconciler's) asks again
+//! with the same key and amount, so the gateway refunds once; the booking and order
+//! record the refund only after the gateway made it. While a booking has an open
+//! refund, nothing else changes its seats or money (on a cluster too: opening a
+//! refund is a create-only write per booking).
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use super::bookings::Busy;
+use super::{event, remember_ok, App, Step};
+use crate::domain::{self, BookingStatus, Locator, Money, SeatId, UserId};
+use crate::inventory::FlightSeats;
+use crate::payments::RefundRequest;
+use crate::protocol::{wire, ApiError};
+use crate::store::{Batch, IdemKey, RefundReason, RefundRecord, StoreError};
+
+pub(super) const CANCEL: &str = "booking.cancel";
+
+impl RefundRecord {
+    /// The `booking.cancel` request a passenger's refund answers.
+    fn request_key(&self) -> Option<IdemKey> {
+        match &self.reason {
+            RefundReason::Cancel { request_id } => Some(IdemKey {
+                user: self.user_id,
+                method: CANCEL,
+                request_id: request_id.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A new refund of a booking's `seats` for `amount` of its charge `payment_ref`.
+pub(super) fn seat_refund(
+    b: &domain::Booking,
+    payment_ref: String,
+    seats: Vec<SeatId>,
+    amount: Money,
+    reason: RefundReason,
+) -> RefundRecord {
+    new_refund(b.user_id, &b.locator, payment_ref, seats, amount, reason)
+}
+
+/// A new refund, with a fresh globally unique id.
+pub(super) fn new_refund(
+    user_id: UserId,
+    locator: &Locator,
+    payment_ref: String,
+    seats: Vec<SeatId>,
+    amount: Money,
+    reason: RefundReason,
+) -> RefundRecord {
+    let now = domain::now_ms();
+    RefundRecord {
+        id: super::unique_id("rf"),
+        user_id,
+        locator: locator.clone(),
+        payment_ref,
+        amount,
+        seats,
+        reason,
+        done: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+impl App {
+    /// Makes `r` durable as the open refund of its subject; `false` if another refund
+    /// of that subject is open (made through another node).
+    pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, ApiError> {
+        match self
+            .commit(Batch {
+                new_refunds: vec![r.clone()],
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Asks the gateway for an open refund, with its stored key and amount.
+    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<(), ApiError> {
+        if r.amount == Money::ZERO {
+            return Ok(());
+        }
+        self.payments
+            .refund(RefundRequest {
+                payment_ref: r.payment_ref.clone(),
+                amount: r.amount,
+                idempotency_key: r.id.clone(),
+            })
+            .await
+            .map(drop)
+            .map_err(|e| ApiError::PaymentFailed(e.to_string()))
+    }
+
+    /// Makes an open seat refund at the gateway, then records it on the booking and
+    /// order and frees its seats, in one version of the flight, closing it. Returns
+    /// the booking and order (`booking.cancel`'s answer). `busy` marks the booking.
+    pub(super) async fn finish_seat_refund(
+        &self,
+        fs: &Arc<FlightSeats>,
+        r: RefundRecord,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        let made = self.make_refund(&r).await;
+        if let Err(e) = made {
+            tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
+            return Err(e);
+        }
+        let key = r.request_key();
+        let done = self.seat_step(fs, key.as_ref(), |w| {
+            let now = domain::now_ms();
+            let mut b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+            let order_id = b.order_id.clone().ok_or(ApiError::Internal)?;
+            let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+            if self.store.open_refund(r.subject())?.map(|o| o.id) != Some(r.id.clone()) {
+                // recorded already (through another node)
+                let result =
+                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+                return Ok((None, result));
+            }
+            b.refund(&r.seats, r.amount, now)?;
+            order.record_refund(r.amount, b.status == BookingStatus::Refunded);
+            let result = json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+            let mut detail = json!({
+                "refund": wire::money(r.amount),
+                "seats": r.seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            });
+            if r.reason == RefundReason::FlightCancelled {
+                detail["by"] = json!("airline");
+                detail["reason"] = json!(fs.flight().cancelled.unwrap_or_default());
+            }
+            let mut closed = r.clone();
+            closed.done = true;
+            closed.updated_at = now;
+            let batch = Batch {
+                bookings: vec![b.clone()],
+                orders: vec![order],
+                events: vec![(b.user_id, event("refunded", Some(&b.locator), now, detail))],
+                replies: key
+                    .clone()
+                    .map(|k| (k, remember_ok(&result)))
+                    .into_iter()
+                    .collect(),
+                refunds: vec![closed],
+                ..Default::default()
+            };
+            let updates = w.release(r.seats.iter().copied());
+            Ok((Some(self.change_seats(fs, w, batch, updates, &b)?), result))
+        });
+        let done = done.await;
+        drop(busy);
+        match done? {
+            Step::Done(v) => Ok(v),
+            Step::Replayed(r) => r,
+        }
+    }
+
+    /// Finishes every open seat refund (a crash or a gateway error interrupted it)
+    /// whose booking has no gateway call in flight on this node. Refunds of orphaned
+    /// charges are finished with their payment attempt.
+    pub(super) async fn reconcile_refunds(&self) {
+        let open = match self.store.open_refunds() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list open refunds");
+                return;
+            }
+        };
+        for r in open {
+            if matches!(r.reason, RefundReason::Orphan { .. }) {
+                continue;
+            }
+            let id = r.id.clone();
+            let finished = async {
+                let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+                let fs = self.flight_seats(&b.flight_id)?;
+                let busy = {
+                    let mut w = fs.working();
+                    if w.busy.contains(&r.locator) {
+                        return Ok(Value::Null);
+                    }
+                    Busy::mark(&fs, &mut w, &r.locator)?
+                };
+                self.finish_seat_refund(&fs, r, busy).await
+            };
+            if let Err(e) = finished.await {
+                tracing::warn!(refund = %id, error = %e, "open refund not finished yet");
+            }
+        }
+    }
+}
