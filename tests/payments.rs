@@ -865,3 +865,53 @@ async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
     assert_eq!(l.refunded(), total);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_never_send_the_same_gateway_key() {
+    let f = fake().await;
+    let mut stored = Vec::new();
+    // two fresh data dirs (a staging next to production, a reinstall), one account
+    for _ in 0..2 {
+        let s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+        let mut c = s.client().await;
+        let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+        let loc = &b["locator"];
+        c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+        c.ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c", "seats": [seats[0]]}),
+        )
+        .await;
+        let pi = f
+            .ledger()
+            .with_metadata("locator", loc.as_str().unwrap())
+            .next()
+            .expect("its payment")
+            .id
+            .clone();
+        let attempt = s.app().store.attempt_by_ref(&pi).unwrap().expect("stored");
+        stored.push(attempt.id);
+        s.stop().await;
+    }
+    let keys: Vec<String> = f.keys().into_iter().map(|k| k.key).collect();
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "a key was sent twice: {keys:?}");
+    assert_eq!(keys.len(), 6, "create, confirm, refund per installation");
+    assert_ne!(stored[0], stored[1]);
+    for id in &stored {
+        for step in ["create", "confirm"] {
+            assert!(
+                keys.contains(&format!("{id}-{step}")),
+                "{id}-{step} in {keys:?}"
+            );
+        }
+    }
+    let l = f.ledger();
+    assert_eq!(l.intents.len(), 2);
+    assert!(l
+        .intents
+        .iter()
+        .all(|i| i.charged > 0 && i.refunds.len() == 1));
+}

@@ -88,7 +88,7 @@ impl App {
             };
             let now = domain::now_ms();
             let mut attempt = PaymentAttempt {
-                id: format!("pa{}", self.store.next_id()?),
+                id: super::unique_id("pa"),
                 user_id: s.user_id,
                 locator: loc.clone(),
                 amount,
