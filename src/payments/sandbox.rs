@@ -1,12 +1,16 @@
 //! The built-in sandbox gateway: no network, Stripe's test payment method ids.
 //! `pm_card_visa` (and the other plain `pm_card_<brand>` ids) succeed;
 //! `pm_card_visa_chargeDeclined`, `pm_card_chargeCustomerFail` and any other id are
-//! declined. Its ledger lives in memory: after a restart every earlier payment it
-//! does not know counts as not charged (nothing real ever was).
+//! declined. Its ledger lives in memory, bounded: it keeps the newest [`MAX_PAYMENTS`]
+//! payments of the last [`RETAIN`] (a sandbox payment settles at once, so an older one
+//! is never asked about again); a payment it does not know (pruned, or from before a
+//! restart) counts as not charged (nothing real ever was).
 
-use dashmap::DashMap;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::{PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest};
 
@@ -18,10 +22,71 @@ const APPROVED: &[&str] = &[
     "pm_card_mastercard_debit",
 ];
 
-#[derive(Default)]
+/// How many payments the ledger keeps at most.
+pub const MAX_PAYMENTS: usize = 10_000;
+/// How long the ledger keeps a payment at most.
+pub const RETAIN: Duration = Duration::from_secs(3600);
+
 pub struct Sandbox {
+    ledger: Mutex<Ledger>,
+    max: usize,
+    retain: Duration,
+}
+
+#[derive(Default)]
+struct Ledger {
     /// payment ref -> (payment method, charged)
-    payments: DashMap<String, (String, bool)>,
+    payments: HashMap<String, (String, bool)>,
+    /// payment refs, oldest first, with their creation time
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::with_limits(MAX_PAYMENTS, RETAIN)
+    }
+}
+
+impl Sandbox {
+    /// A sandbox whose ledger keeps at most `max` payments, none older than `retain`.
+    pub fn with_limits(max: usize, retain: Duration) -> Self {
+        Sandbox {
+            ledger: Mutex::new(Ledger::default()),
+            max,
+            retain,
+        }
+    }
+
+    /// How many payments the ledger holds.
+    pub fn len(&self) -> usize {
+        self.ledger.lock().payments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn charged(&self, payment_ref: &str) -> Option<bool> {
+        self.ledger.lock().payments.get(payment_ref).map(|p| p.1)
+    }
+}
+
+impl Ledger {
+    fn insert(&mut self, id: String, method: String, max: usize, retain: Duration) {
+        if self.payments.contains_key(&id) {
+            return;
+        }
+        let now = Instant::now();
+        while let Some((at, old)) = self.order.front() {
+            if self.order.len() < max && now.duration_since(*at) < retain {
+                break;
+            }
+            self.payments.remove(old);
+            self.order.pop_front();
+        }
+        self.payments.insert(id.clone(), (method, false));
+        self.order.push_back((now, id));
+    }
 }
 
 fn reference(prefix: &str, key: &str) -> String {
@@ -39,9 +104,9 @@ impl PaymentGateway for Sandbox {
                 )));
             }
             let id = reference("pi", &req.attempt_id);
-            self.payments
-                .entry(id.clone())
-                .or_insert((req.payment_method, false));
+            self.ledger
+                .lock()
+                .insert(id.clone(), req.payment_method, self.max, self.retain);
             Ok(id)
         })
     }
@@ -52,7 +117,8 @@ impl PaymentGateway for Sandbox {
         _attempt_id: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            let mut p = self
+            let mut ledger = self.ledger.lock();
+            let p = ledger
                 .payments
                 .get_mut(payment_ref)
                 .ok_or_else(|| PaymentError::Failed(format!("no such payment {payment_ref}")))?;
@@ -69,8 +135,8 @@ impl PaymentGateway for Sandbox {
         payment_ref: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
-            Ok(match self.payments.get(payment_ref) {
-                Some(p) if p.1 => PaymentStatus::Succeeded,
+            Ok(match self.charged(payment_ref) {
+                Some(true) => PaymentStatus::Succeeded,
                 _ => PaymentStatus::NotCharged,
             })
         })
@@ -82,10 +148,11 @@ impl PaymentGateway for Sandbox {
         _key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
-            if self.payments.get(payment_ref).is_some_and(|p| p.1) {
+            let mut ledger = self.ledger.lock();
+            if ledger.payments.get(payment_ref).is_some_and(|p| p.1) {
                 return Ok(PaymentStatus::Succeeded);
             }
-            self.payments.remove(payment_ref);
+            ledger.payments.remove(payment_ref);
             Ok(PaymentStatus::NotCharged)
         })
     }
@@ -153,5 +220,31 @@ mod tests {
         let c = g.create(req("pm_card_visa", "other")).await.unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_only_the_newest_payments() {
+        let g = Sandbox::with_limits(100, RETAIN);
+        let mut refs = Vec::new();
+        for i in 0..10_000 {
+            refs.push(pay(&g, "pm_card_visa", &format!("k{i}")).await.unwrap());
+            assert!(g.len() <= 100);
+        }
+        assert_eq!(g.len(), 100);
+        assert_eq!(
+            g.status(&refs[9_999]).await.unwrap(),
+            PaymentStatus::Succeeded
+        );
+        assert_eq!(
+            g.status(&refs[0]).await.unwrap(),
+            PaymentStatus::NotCharged,
+            "pruned"
+        );
+
+        let g = Sandbox::with_limits(100, Duration::ZERO);
+        for i in 0..10 {
+            pay(&g, "pm_card_visa", &format!("k{i}")).await.unwrap();
+        }
+        assert_eq!(g.len(), 1, "older than the retention: pruned");
     }
 }
