@@ -413,7 +413,7 @@ impl App {
             if b.flight_id != fs.id || !b.status.occupies_seats() {
                 return Ok((None, Err(Outcome::Skipped)));
             }
-            if w.busy.contains(loc) {
+            if self.paying(w, loc, &|_| false)? {
                 return Ok((None, Err(Outcome::Busy)));
             }
             if let Some(open) = self.store.open_refund(loc.as_str())? {

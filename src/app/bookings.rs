@@ -10,7 +10,7 @@ use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
 use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
 use crate::protocol::{params, wire, ApiError};
-use crate::store::{Batch, RefundReason, RefundRecord, StoreError};
+use crate::store::{Batch, PaymentMark, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
@@ -50,6 +50,26 @@ impl Busy {
             fs: fs.clone(),
             locator: locator.clone(),
         })
+    }
+}
+
+impl App {
+    /// Whether a payment on the booking is in flight: on this node (`w.busy`), or
+    /// through another one (a live payment mark, unless `except` excuses it).
+    pub(super) fn paying(
+        &self,
+        w: &Working,
+        loc: &Locator,
+        except: &dyn Fn(&PaymentMark) -> bool,
+    ) -> Result<bool, ApiError> {
+        if w.busy.contains(loc) {
+            return Ok(true);
+        }
+        let now = domain::now_ms();
+        Ok(self
+            .store
+            .payment_mark(loc)?
+            .is_some_and(|m| m.live(now) && !except(&m)))
     }
 }
 
@@ -247,7 +267,7 @@ impl App {
                         .store
                         .booking(&loc)?
                         .ok_or(ApiError::NotFound("booking"))?;
-                    if w.busy.contains(&loc) {
+                    if self.paying(w, &loc, &|_| false)? {
                         return Err(busy_error());
                     }
                     if let Some(open) = self.store.open_refund(loc.as_str())? {
@@ -341,7 +361,9 @@ impl App {
                         .store
                         .booking(&loc)?
                         .ok_or(ApiError::NotFound("booking"))?;
-                    if w.busy.contains(&loc) || self.store.open_refund(loc.as_str())?.is_some() {
+                    if self.paying(w, &loc, &|_| false)?
+                        || self.store.open_refund(loc.as_str())?.is_some()
+                    {
                         return Err(busy_error());
                     }
                     let to_idx = seat_indices(w, &[to])?[0];

@@ -124,7 +124,7 @@ impl App {
             if b.status != BookingStatus::Held {
                 return Ok((None, ()));
             }
-            if w.busy.contains(locator) {
+            if self.paying(w, locator, &|_| false)? {
                 self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
                 return Ok((None, ()));
             }

@@ -17,14 +17,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bookings::{check_bookable, Busy, AIRLINE_CODE};
+use super::bookings::{busy_error, check_bookable, Busy, AIRLINE_CODE};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::{params, wire, ApiError};
-use crate::store::{AttemptState, Batch, IdemKey, PaymentAttempt, RefundReason};
+use crate::store::{
+    AttemptState, Batch, IdemKey, PaymentAttempt, PaymentMark, RefundReason, StoreError,
+};
 
 const PAY: &str = "booking.pay";
 
@@ -84,10 +86,13 @@ impl App {
                     .booking(&loc)?
                     .ok_or(ApiError::NotFound("booking"))?;
                 b.check_payable(now)?;
+                if self.paying(&w, &loc, &|m| m.request_id == key.request_id)? {
+                    return Err(busy_error());
+                }
                 (Busy::mark(&fs, &mut w, &loc)?, b.total)
             };
             let now = domain::now_ms();
-            let mut attempt = PaymentAttempt {
+            let attempt = PaymentAttempt {
                 id: super::unique_id("pa"),
                 user_id: s.user_id,
                 locator: loc.clone(),
@@ -99,81 +104,157 @@ impl App {
                 updated_at: now,
                 certain: false,
             };
-            // creating a payment charges nothing, so this record need not be durable
-            // yet: the next commit (with the payment reference) makes both durable
-            self.write_soon(Batch {
-                attempts: vec![attempt.clone()],
-                ..Default::default()
-            })
-            .await?;
-            let request = PaymentRequest {
-                amount,
-                payment_method: p.payment_method,
-                locator: loc.clone(),
-                attempt_id: attempt.id.clone(),
-            };
-            let outcome = match self.payments.create(request).await {
-                Ok(r) => {
-                    attempt.payment_ref = Some(r.clone());
-                    // the reference is on disk before anything can be charged
-                    self.commit(Batch {
-                        attempts: vec![attempt.clone()],
-                        ..Default::default()
-                    })
-                    .await?;
-                    self.payments.confirm(&r, &attempt.id).await
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(()) => self.settle_charged(&fs, attempt, busy).await,
-                Err(PaymentError::Declined(m)) => {
-                    self.settle_failed(attempt, busy, ApiError::PaymentDeclined(m), "declined")
+            let id = attempt.id.clone();
+            self.take_mark(&attempt).await?;
+            let settled = self.charge(&fs, key, attempt, p.payment_method, busy).await;
+            self.release_mark(&id, &loc).await;
+            settled
+        })
+        .await
+    }
+
+    /// Creates and confirms the payment of a written attempt and settles it.
+    async fn charge(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: IdemKey,
+        mut attempt: PaymentAttempt,
+        payment_method: String,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        let (loc, amount) = (attempt.locator.clone(), attempt.amount);
+        let request = PaymentRequest {
+            amount,
+            payment_method,
+            locator: loc.clone(),
+            attempt_id: attempt.id.clone(),
+        };
+        let outcome = match self.payments.create(request).await {
+            Ok(r) => {
+                attempt.payment_ref = Some(r.clone());
+                // the reference is on disk before anything can be charged
+                self.commit(Batch {
+                    attempts: vec![attempt.clone()],
+                    ..Default::default()
+                })
+                .await?;
+                self.payments.confirm(&r, &attempt.id).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => self.settle_charged(fs, attempt, busy).await,
+            Err(PaymentError::Declined(m)) => {
+                self.settle_failed(attempt, busy, ApiError::PaymentDeclined(m), "declined")
+                    .await
+            }
+            Err(PaymentError::Failed(m)) => {
+                match self.resolve(&attempt).await {
+                    Ok(PaymentStatus::Succeeded) => self.settle_charged(fs, attempt, busy).await,
+                    Ok(PaymentStatus::NotCharged) => {
+                        self.settle_failed(
+                            attempt,
+                            busy,
+                            ApiError::PaymentFailed(m),
+                            "payment_failed",
+                        )
                         .await
-                }
-                Err(PaymentError::Failed(m)) => {
-                    match self.resolve(&attempt).await {
-                        Ok(PaymentStatus::Succeeded) => {
-                            self.settle_charged(&fs, attempt, busy).await
+                    }
+                    // unknown: the attempt stays open for the reconciler; the
+                    // reply is remembered until the attempt settles
+                    _ => {
+                        drop(busy);
+                        let err = ApiError::PaymentFailed(m);
+                        if let Some(first) = self.success_reply(&key).await? {
+                            return super::replay(first);
                         }
-                        Ok(PaymentStatus::NotCharged) => {
-                            self.settle_failed(
-                                attempt,
-                                busy,
-                                ApiError::PaymentFailed(m),
-                                "payment_failed",
-                            )
-                            .await
-                        }
-                        // unknown: the attempt stays open for the reconciler; the
-                        // reply is remembered until the attempt settles
-                        _ => {
-                            drop(busy);
-                            let err = ApiError::PaymentFailed(m);
-                            if let Some(first) = self.success_reply(&key).await? {
-                                return super::replay(first);
-                            }
-                            self.commit(Batch {
-                                events: vec![(
-                                    s.user_id,
-                                    event(
-                                        "payment_failed",
-                                        Some(&loc),
-                                        domain::now_ms(),
-                                        json!({"message": err.to_string()}),
-                                    ),
-                                )],
-                                replies: vec![(key, remember_err(&err))],
-                                ..Default::default()
-                            })
-                            .await?;
-                            Err(err)
-                        }
+                        self.commit(Batch {
+                            events: vec![(
+                                key.user,
+                                event(
+                                    "payment_failed",
+                                    Some(&loc),
+                                    domain::now_ms(),
+                                    json!({"message": err.to_string()}),
+                                ),
+                            )],
+                            replies: vec![(key, remember_err(&err))],
+                            ..Default::default()
+                        })
+                        .await?;
+                        Err(err)
                     }
                 }
             }
-        })
-        .await
+        }
+    }
+
+    /// Writes a new attempt, on a cluster with the booking's payment mark, which another
+    /// node's request may hold (`invalid_state`) unless it lapsed or is a twin of this
+    /// one (a single node has
+    /// its working map's busy mark, and no mark outlives its restart). Creating a
+    /// payment charges nothing, so this record need not be durable yet: the next
+    /// commit (with the payment reference) makes both durable.
+    async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), ApiError> {
+        if !self.committer.is_replicated() {
+            return Ok(self
+                .write_soon(Batch {
+                    attempts: vec![a.clone()],
+                    ..Default::default()
+                })
+                .await?);
+        }
+        let mark = PaymentMark {
+            locator: a.locator.clone(),
+            attempt_id: a.id.clone(),
+            request_id: a.request_id.clone(),
+            until: a.created_at + 1000 * (4 * self.config.gateway_timeout as domain::Millis + 30),
+        };
+        let take = Batch {
+            attempts: vec![a.clone()],
+            new_marks: vec![mark.clone()],
+            ..Default::default()
+        };
+        match self.write_soon(take).await {
+            Err(StoreError::Conflict) => {}
+            other => return Ok(other?),
+        }
+        let held = self.store.payment_mark(&a.locator)?;
+        let marks = match held.filter(|m| m.live(domain::now_ms())) {
+            // a twin of this request through another node: both go on, a second
+            // charge is refunded
+            Some(m) if m.request_id == a.request_id => Vec::new(),
+            Some(_) => return Err(busy_error()),
+            None => vec![mark],
+        };
+        Ok(self
+            .write_soon(Batch {
+                attempts: vec![a.clone()],
+                marks,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Releases the booking's payment mark if `attempt` holds it (else it lapses).
+    async fn release_mark(&self, attempt: &str, loc: &domain::Locator) {
+        let ours = match self.store.payment_mark(loc) {
+            Ok(m) => m.is_some_and(|m| m.attempt_id == attempt),
+            Err(_) => false,
+        };
+        let released = match ours {
+            true => {
+                self.write_soon(Batch {
+                    unmarks: vec![loc.clone()],
+                    ..Default::default()
+                })
+                .await
+            }
+            false => Ok(()),
+        };
+        if let Err(e) = released {
+            tracing::warn!(%attempt, error = %e, "payment mark not released; it lapses");
+        }
     }
 
     /// What became of an attempt's payment, deciding an uncertain one: a payment that
@@ -429,7 +510,7 @@ impl App {
         let fs = self.flight_seats(&b.flight_id)?;
         let busy = {
             let mut w = fs.working();
-            if w.busy.contains(&a.locator) {
+            if self.paying(&w, &a.locator, &|m| m.attempt_id == a.id)? {
                 return Ok(());
             }
             Busy::mark(&fs, &mut w, &a.locator)?
@@ -440,6 +521,7 @@ impl App {
             .resolve(&a)
             .await
             .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+        let (id, loc) = (a.id.clone(), a.locator.clone());
         let settled = match status {
             PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
             PaymentStatus::NotCharged if a.is_open() => {
@@ -460,6 +542,8 @@ impl App {
             }
             PaymentStatus::Pending => return Ok(()),
         };
+        // a node that died mid-payment left its mark
+        self.release_mark(&id, &loc).await;
         match settled {
             Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => Ok(()),
             Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(()),

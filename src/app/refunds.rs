@@ -187,7 +187,7 @@ impl App {
                 let fs = self.flight_seats(&b.flight_id)?;
                 let busy = {
                     let mut w = fs.working();
-                    if w.busy.contains(&r.locator) {
+                    if self.paying(&w, &r.locator, &|_| false)? {
                         return Ok(Value::Null);
                     }
                     Busy::mark(&fs, &mut w, &r.locator)?

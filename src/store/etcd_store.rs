@@ -38,8 +38,8 @@ use tokio::sync::watch;
 
 use super::sled_store::{batch_ops, decode_change, version_key, Op};
 use super::{
-    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, RefundRecord,
-    Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, PaymentMark,
+    RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
 
@@ -700,6 +700,9 @@ impl Store for EtcdStore {
     }
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {
         self.mirror.open_refunds()
+    }
+    fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>> {
+        self.mirror.payment_mark(locator)
     }
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         self.mirror.webhook_seen(event_id)

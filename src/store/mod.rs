@@ -158,6 +158,25 @@ impl PaymentAttempt {
     }
 }
 
+/// A payment in progress on a booking, seen by every node of a cluster: taken with
+/// the attempt before the gateway is called, released when the request is over. It
+/// lapses at `until`, so a node that died mid-payment does not keep it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentMark {
+    pub locator: Locator,
+    pub attempt_id: String,
+    /// The `booking.pay` request making it (a twin of it through another node is
+    /// not kept waiting: it settles as a twin payment).
+    pub request_id: String,
+    pub until: Millis,
+}
+
+impl PaymentMark {
+    pub fn live(&self, now: Millis) -> bool {
+        now < self.until
+    }
+}
+
 /// Why money goes back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -229,6 +248,12 @@ pub struct Batch {
     pub new_refunds: Vec<RefundRecord>,
     /// Refunds to overwrite (closing them when `done`).
     pub refunds: Vec<RefundRecord>,
+    /// Payment marks to take; conflict if the booking has one.
+    pub new_marks: Vec<PaymentMark>,
+    /// Payment marks to overwrite (one that lapsed).
+    pub marks: Vec<PaymentMark>,
+    /// Bookings whose payment mark is released.
+    pub unmarks: Vec<Locator>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
     /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
@@ -318,6 +343,7 @@ pub trait Store: Send + Sync + 'static {
     /// The open refund for a [`RefundRecord::subject`] (a locator or an attempt id).
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
+    fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
 
     /// The replicated side of a store shared by several nodes; `None` for a local one.
     fn replicated(&self) -> Option<&dyn Replicated> {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{
-    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, RefundRecord,
+    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundRecord,
     SessionRecord, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{Booking, BookingStatus, Flight, FlightId, Locator, Order, UserId, Username};
@@ -36,6 +36,7 @@ const FEED: u8 = b'Q';
 const REFUND: u8 = b'D';
 /// The open refund of a subject: its id.
 const OPEN_REFUND: u8 = b'd';
+const PAYMENT_MARK: u8 = b'y';
 
 pub struct SledStore {
     db: sled::Db,
@@ -305,6 +306,19 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             (false, false) => Op::Put(open, r.id.as_bytes().to_vec()),
         });
     }
+    for (m, new) in batch
+        .new_marks
+        .iter()
+        .map(|m| (m, true))
+        .chain(batch.marks.iter().map(|m| (m, false)))
+    {
+        let k = key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);
+        let v = encode(m)?;
+        ops.push(if new { Op::Create(k, v) } else { Op::Put(k, v) });
+    }
+    for l in &batch.unmarks {
+        ops.push(Op::Delete(key(PAYMENT_MARK, &[l.as_str().as_bytes()])));
+    }
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
     }
@@ -536,6 +550,10 @@ impl Store for SledStore {
             Some(id) => self.get(&key(REFUND, &[&id])),
             None => Ok(None),
         }
+    }
+
+    fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>> {
+        self.get(&key(PAYMENT_MARK, &[locator.as_str().as_bytes()]))
     }
 
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {

@@ -153,6 +153,12 @@ impl Store for Faulty {
     fn open_refunds(&self) -> StoreResult<Vec<jetway::store::RefundRecord>> {
         self.inner.open_refunds()
     }
+    fn payment_mark(
+        &self,
+        locator: &jetway::domain::Locator,
+    ) -> StoreResult<Option<jetway::store::PaymentMark>> {
+        self.inner.payment_mark(locator)
+    }
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.inner.attempt_by_ref(payment_ref)
     }
