@@ -28,6 +28,8 @@ fi
 
 echo "== cargo test (unit and integration, both stores)" >&2
 cargo test --all-targets --features etcd 2>&1
+echo "== cargo test -p fake-stripe (the fake gateway the payment tests use)" >&2
+cargo test -p fake-stripe 2>&1
 
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/jetway
 

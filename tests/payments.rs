@@ -739,21 +739,20 @@ async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_charge_for_an_attempt_an_older_version_closed_as_failed_is_settled() {
-    let f = fake().await;
-    let mut s = Server::start_with(|c| stripe_config(c, &f.base())).await;
-    let mut a = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
-    let loc = b["locator"].clone();
-    let booking = store_booking(&s, &loc);
-    // what the old code left behind: charged at the gateway, attempt `pa{N}` failed
-    let total = b["total"]["amount"].as_i64().unwrap();
+/// A payment charged at the gateway whose attempt `id` is stored as failed (as an
+/// older version could leave it when `certain` is false); returns the PaymentIntent.
+async fn failed_but_charged(
+    s: &Server,
+    f: &FakeStripe,
+    booking: &jetway::domain::Booking,
+    id: &str,
+    certain: bool,
+) -> String {
     let http = reqwest::Client::new();
     let pi: Value = http
         .post(format!("{}/v1/payment_intents", f.base()))
         .form(&[
-            ("amount", total.to_string()),
+            ("amount", booking.total.amount().to_string()),
             ("payment_method", "pm_card_visa".into()),
         ])
         .send()
@@ -767,21 +766,72 @@ async fn a_charge_for_an_attempt_an_older_version_closed_as_failed_is_settled() 
         .send()
         .await
         .unwrap();
-    assert_eq!(f.ledger().charged(), total);
     let now = booking.created_at;
-    let legacy = serde_json::json!({
-        "id": "pa7", "user_id": booking.user_id, "locator": booking.locator,
+    let mut attempt = serde_json::json!({
+        "id": id, "user_id": booking.user_id, "locator": booking.locator,
         "amount": booking.total, "request_id": "old", "payment_ref": pi,
         "state": "failed", "created_at": now, "updated_at": now,
     });
+    if certain {
+        attempt["certain"] = json!(true);
+    }
     s.app()
         .store
         .write(&jetway::store::Batch {
-            attempts: vec![serde_json::from_value(legacy).unwrap()],
+            attempts: vec![serde_json::from_value(attempt).unwrap()],
             ..Default::default()
         })
         .unwrap();
     s.app().store.sync().unwrap();
+    pi
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_webhook_for_a_failed_attempt_refunds_a_charge_the_booking_cannot_take() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    a.ok("booking.pay", pay(&loc, "pm_card_visa", "p")).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let pi = failed_but_charged(&s, &f, &store_booking(&s, &loc), "pa-late", true).await;
+    let event = json!({"id": "evt_late", "type": "payment_intent.succeeded",
+                       "data": {"object": {"id": pi, "object": "payment_intent"}}})
+    .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now);
+    assert_eq!(post_webhook(&s, &event, &signed).await, 200);
+    let l = f.ledger();
+    assert_eq!((l.charged(), l.refunded()), (2 * total, total), "{l:?}");
+    let late = l.intents.iter().find(|i| i.id == pi).unwrap();
+    assert_eq!(
+        late.refunded(),
+        total,
+        "the late charge is the one refunded"
+    );
+    assert_eq!(
+        store_booking(&s, &loc).status,
+        jetway::domain::BookingStatus::Confirmed
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_for_an_attempt_an_older_version_closed_as_failed_is_settled() {
+    let f = fake().await;
+    let mut s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    let booking = store_booking(&s, &loc);
+    // what the old code left behind: charged at the gateway, attempt `pa{N}` failed
+    let total = b["total"]["amount"].as_i64().unwrap();
+    failed_but_charged(&s, &f, &booking, "pa7", false).await;
     s.restart_with(|c| stripe_config(c, &f.base())).await;
     wait_confirmed(&s, &loc).await;
     assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
