@@ -189,12 +189,12 @@ impl App {
         }
     }
 
-    /// Writes a new attempt, on a cluster with the booking's payment mark, which another
+    /// Writes a new attempt; on a cluster with the booking's payment mark, which another
     /// node's request may hold (`invalid_state`) unless it lapsed or is a twin of this
-    /// one (a single node has
-    /// its working map's busy mark, and no mark outlives its restart). Creating a
-    /// payment charges nothing, so this record need not be durable yet: the next
-    /// commit (with the payment reference) makes both durable.
+    /// one. A single node needs none: its working map's busy mark covers it, and no
+    /// mark outlives its restart. Creating a payment charges nothing, so this record
+    /// need not be durable yet: the next commit (with the payment reference) makes
+    /// both durable.
     async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), ApiError> {
         if !self.committer.is_replicated() {
             return Ok(self
@@ -500,7 +500,7 @@ impl App {
     /// gateway says, unless a payment for the booking is in flight right now (that
     /// request settles it). A charge found for a failed attempt confirms the booking if
     /// its seats are still held by it, and is refunded otherwise.
-    async fn reconcile(&self, a: PaymentAttempt) -> Result<(), ApiError> {
+    pub(super) async fn reconcile(&self, a: PaymentAttempt) -> Result<(), ApiError> {
         if !a.is_open() && a.state != AttemptState::Failed {
             return Ok(());
         }

@@ -166,9 +166,9 @@ impl App {
         }
     }
 
-    /// Finishes every open seat refund (a crash or a gateway error interrupted it)
-    /// whose booking has no gateway call in flight on this node. Refunds of orphaned
-    /// charges are finished with their payment attempt.
+    /// Finishes every open refund (a crash or a gateway error interrupted it) whose
+    /// booking has no payment in flight. A refund of an orphaned charge is finished
+    /// by reconciling its payment attempt.
     pub(super) async fn reconcile_refunds(&self) {
         let open = match self.store.open_refunds() {
             Ok(r) => r,
@@ -178,7 +178,15 @@ impl App {
             }
         };
         for r in open {
-            if matches!(r.reason, RefundReason::Orphan { .. }) {
+            if let RefundReason::Orphan { attempt_id } = &r.reason {
+                // finished with its attempt (the one path that settles charges); an
+                // open attempt is reconciled with the others, once old enough
+                let attempt = self.store.attempt(attempt_id);
+                if let Ok(Some(a)) = attempt.map(|a| a.filter(|a| !a.is_open())) {
+                    if let Err(e) = self.reconcile(a).await {
+                        tracing::warn!(refund = %r.id, error = %e, "open refund not finished yet");
+                    }
+                }
                 continue;
             }
             let id = r.id.clone();
