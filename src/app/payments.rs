@@ -411,10 +411,12 @@ impl App {
             Step::Replayed(r) => return r,
             Step::Done(Settle::Refund) => {}
             Step::Done(Settle::Already) => {
+                // the reply may be from a batch whose sync has not finished yet
+                self.committer.settle_reads().await?;
                 return match self.store.reply(&key)? {
                     Some(v) => super::replay(v),
                     None => Err(ApiError::Internal),
-                }
+                };
             }
         }
         // charged, but the booking cannot have it: give the money back
