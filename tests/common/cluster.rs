@@ -179,6 +179,11 @@ fn etcd_binary() -> String {
 
 /// Starts a Jetway node on the cluster (its own key prefix `prefix`).
 pub fn node(etcd: &Etcd, prefix: &str, extra: &[&str]) -> Proc {
+    node_with_env(etcd, prefix, extra, &[])
+}
+
+/// [`node`] with extra environment variables (secrets, the admin password).
+pub fn node_with_env(etcd: &Etcd, prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
     let dir = super::data_dir();
     let endpoints = etcd.endpoints();
     let mut args = vec![
@@ -190,5 +195,5 @@ pub fn node(etcd: &Etcd, prefix: &str, extra: &[&str]) -> Proc {
         prefix,
     ];
     args.extend_from_slice(extra);
-    Proc::start(&dir, &args)
+    Proc::start_with_env(&dir, &args, envs)
 }

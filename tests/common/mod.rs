@@ -122,6 +122,11 @@ impl Proc {
     /// Starts Jetway on a free port picked here and waits until `/healthz` answers.
     /// Unlike [`Proc::spawn`] it needs nothing printed on stdout (which is discarded).
     pub fn start(data_dir: &Path, args: &[&str]) -> Proc {
+        Self::start_with_env(data_dir, args, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables (secrets, the admin password).
+    pub fn start_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -133,6 +138,7 @@ impl Proc {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -455,4 +461,31 @@ pub async fn hold(c: &mut Client, flight_id: &str, seats: &[String], rid: &str) 
 
 pub fn data_dir() -> PathBuf {
     tempfile::tempdir().expect("tempdir").keep()
+}
+
+/// The cents of a wire Money (`{amount, currency}`).
+pub fn cents(m: &Value) -> i64 {
+    m["amount"].as_i64().unwrap_or_default()
+}
+
+/// Money kept per booking, at the gateway (charged minus refunded over the fake's
+/// PaymentIntents with that locator) against Jetway's word (its order's amount minus
+/// refunded, 0 without an order): one line per booking where they differ. Empty means
+/// no charge without a ticket or a refund, and every refund recorded was paid.
+pub fn money_mismatches(orders: &[Value], ledger: &fake_stripe::Ledger) -> Vec<String> {
+    let mut kept: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for i in &ledger.intents {
+        let loc = i.metadata.get("locator").cloned().unwrap_or_default();
+        kept.entry(loc).or_default().0 += i.charged - i.refunded();
+    }
+    for o in orders {
+        let loc = o["locator"].as_str().unwrap_or_default().to_owned();
+        kept.entry(loc).or_default().1 += cents(&o["amount"]) - cents(&o["refunded"]);
+    }
+    kept.into_iter()
+        .filter(|(_, (gateway, jetway))| gateway != jetway)
+        .map(|(loc, (gateway, jetway))| {
+            format!("{loc}: the gateway kept {gateway} cents, Jetway's order says {jetway}")
+        })
+        .collect()
 }
