@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Kill cycles when `JETWAY_SOAK_CYCLES` is not set: what CI runs.
-const CI_CYCLES: usize = 8;
+const CI_CYCLES: usize = 10;
 const CLIENTS: usize = 6;
 const HOLD_TTL: &str = "3";
 const WAIT: Duration = Duration::from_secs(20);
@@ -563,11 +563,33 @@ async fn settle_money(
                 orders: orders.len(),
             };
         }
-        assert!(
-            Instant::now() < deadline,
-            "money not settled {SETTLE:?} after the restart:\n{}",
-            wrong.join("\n")
-        );
+        if Instant::now() >= deadline {
+            let m = model.lock().await;
+            let story: Vec<String> = wrong
+                .iter()
+                .filter_map(|w| w.split(':').next())
+                .flat_map(|loc| {
+                    let ops = m
+                        .ops
+                        .iter()
+                        .filter(move |o| {
+                            o.params["locator"] == loc
+                                || matches!(&o.outcome, Outcome::Ok(v) if v["booking"]["locator"] == loc)
+                        })
+                        .map(|o| format!("  {} {} -> {:?}", o.method, o.params, o.outcome));
+                    let intents = ledger
+                        .with_metadata("locator", loc)
+                        .map(|i| format!("  gateway: {i:?}"))
+                        .collect::<Vec<_>>();
+                    ops.chain(intents)
+                })
+                .collect();
+            panic!(
+                "money not settled {SETTLE:?} after the restart:\n{}\n{}",
+                wrong.join("\n"),
+                story.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

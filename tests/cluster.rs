@@ -1,13 +1,17 @@
 //! Several Jetway nodes on one etcd cluster (3 real etcd members on loopback):
 //! racing holds through different nodes have one winner; watchers on every node see
 //! every change in order with no gap; sessions, retries and subscriptions move
-//! between nodes; hold expiry happens once for the whole cluster.
+//! between nodes; hold expiry happens once for the whole cluster; payment attempts
+//! left open (a node killed mid-payment, a gateway timeout) are settled by the
+//! reconciler, and a flight cancellation interrupted by a node's death is finished
+//! by another node, each booking refunded exactly once at a fake Stripe.
 #![cfg(feature = "etcd")]
 
 mod common;
 
-use common::cluster::{node, Etcd};
-use common::{free_seats, later_flight, passengers, unique_name, Client, Proc};
+use common::cluster::{node, node_with_env, Etcd};
+use common::{free_seats, later_flight, money_mismatches, passengers, unique_name, Client, Proc};
+use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -822,6 +826,259 @@ async fn cluster_benchmark() {
     let stall = stall_around(&acks.lock(), killed);
     println!("BENCH writes stalled {stall:?} when the etcd leader was SIGKILLed");
     tokio::task::block_in_place(|| etcd.restart(leader));
+}
+
+/// Polls `done` until it holds, failing after `within`.
+async fn eventually(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a booking until it has status `want`, failing after `within`.
+async fn wait_status(c: &mut Client, loc: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = status_of(c, loc).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{loc}: {got}, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A new user on `url` holding two economy seats of `flight`: (client, token, locator).
+async fn holder(url: &str, flight: &str, rid: &str) -> (Client, String, String) {
+    let mut c = Client::connect(url).await;
+    let token = c.new_user().await;
+    let r = c
+        .ok(
+            "booking.hold",
+            json!({"flight_id": flight, "count": 2, "cabin": "economy", "passengers": passengers(2), "request_id": rid}),
+        )
+        .await;
+    let loc = r["booking"]["locator"]
+        .as_str()
+        .expect("locator")
+        .to_owned();
+    (c, token, loc)
+}
+
+fn pay_params(loc: &str, rid: &str) -> Value {
+    json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid})
+}
+
+async fn status_of(c: &mut Client, loc: &str) -> String {
+    c.ok("booking.get", json!({"locator": loc})).await["booking"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every order of the users behind `clients`.
+async fn orders_of(clients: &mut [Client]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in clients.iter_mut() {
+        let o = c.ok("orders.list", json!({})).await;
+        out.extend(o["orders"].as_array().expect("orders").iter().cloned());
+    }
+    out
+}
+
+/// Confirms sent to the gateway so far.
+fn confirms(fake: &FakeStripe) -> usize {
+    fake.keys()
+        .iter()
+        .filter(|k| k.step == Step::Confirm)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation() {
+    let _serial = SERIAL.lock().await;
+    const ADMIN_PASSWORD: &str = "cluster admin password";
+    const DOOMED: usize = 5;
+    let etcd = Etcd::start(3);
+    let prefix = prefix();
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let base = fake.base();
+    let args = [
+        "--payments",
+        "stripe",
+        "--stripe-api-base",
+        &base,
+        "--gateway-timeout",
+        "1",
+        "--reconcile-interval",
+        "1",
+    ];
+    let envs = [
+        ("STRIPE_SECRET_KEY", "sk_test_cluster"),
+        ("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ];
+    // blocking: the fake gateway keeps serving on the other worker meanwhile
+    let start = || tokio::task::block_in_place(|| node_with_env(&etcd, &prefix, &args, &envs));
+    let (a, b) = (start(), start());
+    let flights = scheduled_flights(&b.url()).await;
+    let (doomed, other) = (flights[0].clone(), flights[1].clone());
+
+    // paid bookings on the flight the airline will cancel
+    let mut paid = Vec::new();
+    for i in 0..DOOMED {
+        let (mut c, _, loc) = holder(&b.url(), &doomed, &format!("d{i}")).await;
+        c.ok("booking.pay", pay_params(&loc, &format!("dp{i}")))
+            .await;
+        paid.push((c, loc));
+    }
+
+    // a payment whose confirm reply is lost and whose outcome cannot be read or
+    // cancelled: node B leaves its attempt open, for the reconciler
+    let (mut timed_out, _, timed_out_loc) = holder(&b.url(), &other, "t").await;
+    fake.set_fault(FaultRule {
+        step: Step::Confirm,
+        fault: Fault::LoseReply,
+        rate: 1.0,
+    });
+    for step in [Step::Retrieve, Step::Cancel] {
+        fake.set_fault(FaultRule {
+            step,
+            fault: Fault::Fail,
+            rate: 1.0,
+        });
+    }
+    let r = timed_out
+        .call("booking.pay", pay_params(&timed_out_loc, "tp"))
+        .await;
+    assert_eq!(r["error"]["data"]["reason"], "payment_failed", "{r}");
+    fake.clear_faults();
+
+    // the airline cancels through node A, refunds are slow: A dies mid-job
+    let mut admin = Client::connect(&a.url()).await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    fake.set_fault(FaultRule {
+        step: Step::Refund,
+        fault: Fault::Slow(Duration::from_millis(700)),
+        rate: 1.0,
+    });
+    let cancel = tokio::spawn(async move {
+        admin
+            .try_call(
+                "admin.flights.cancel",
+                json!({"flight_id": doomed, "reason": "volcanic ash"}),
+                Duration::from_secs(60),
+            )
+            .await
+    });
+    let refunds = || {
+        fake.ledger()
+            .intents
+            .iter()
+            .map(|i| i.refunds.len())
+            .sum::<usize>()
+    };
+    eventually("a first refund", Duration::from_secs(20), || refunds() >= 1).await;
+
+    // and, at the same moment, node A is in the middle of a payment whose charge
+    // lands only after A is gone
+    let (mut killed, token, killed_loc) = holder(&a.url(), &other, "k").await;
+    fake.set_fault(FaultRule {
+        step: Step::Confirm,
+        fault: Fault::ProcessLate(Duration::from_secs(3)),
+        rate: 1.0,
+    });
+    let before = confirms(&fake);
+    let pay = pay_params(&killed_loc, "kp");
+    let paying = tokio::spawn(async move {
+        killed
+            .try_call("booking.pay", pay, Duration::from_secs(30))
+            .await
+    });
+    eventually(
+        "the confirm reaches the gateway",
+        Duration::from_secs(20),
+        || confirms(&fake) > before,
+    )
+    .await;
+    a.kill9();
+    fake.clear_faults();
+    assert!(
+        cancel.await.expect("admin task").is_none(),
+        "node A died before the cancellation finished"
+    );
+    assert!(paying.await.expect("pay task").is_none());
+    let mut killed = Client::connect(&b.url()).await;
+    killed.ok("auth.resume", json!({"token": token})).await;
+    let killed_loc = {
+        let l = killed.ok("bookings.list", json!({})).await;
+        l["bookings"][0]["locator"]
+            .as_str()
+            .expect("locator")
+            .to_owned()
+    };
+
+    // node B finishes the cancellation: every booking refunded, every seat released
+    for (c, loc) in paid.iter_mut() {
+        wait_status(c, loc, "refunded", Duration::from_secs(60)).await;
+    }
+    let map = paid[0]
+        .0
+        .ok("flights.get", json!({"flight_id": flights[0]}))
+        .await;
+    assert_eq!(map["flight"]["status"], "cancelled");
+    let taken: Vec<&Value> = map["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .filter(|s| s["status"] != "available")
+        .collect();
+    assert!(taken.is_empty(), "seats still taken: {taken:?}");
+    let ledger = fake.ledger();
+    for (_, loc) in &paid {
+        let intents: Vec<_> = ledger.with_metadata("locator", loc).collect();
+        assert_eq!(intents.len(), 1, "{loc}: {intents:?}");
+        let i = intents[0];
+        assert_eq!(
+            (i.refunds.len(), i.refunded()),
+            (1, i.charged),
+            "{loc}: refunded exactly once, in full: {i:?}"
+        );
+    }
+
+    // the reconciler settles both open attempts: the charge that landed after node A
+    // died, and the one whose reply was lost (the hold is long: both confirm)
+    let in_flight_age = Duration::from_secs(3 + 60);
+    for (c, loc) in [(&mut killed, &killed_loc), (&mut timed_out, &timed_out_loc)] {
+        wait_status(c, loc, "confirmed", in_flight_age * 2).await;
+    }
+    let mut everyone: Vec<Client> = paid.into_iter().map(|(c, _)| c).collect();
+    everyone.push(killed);
+    everyone.push(timed_out);
+    let orders = orders_of(&mut everyone).await;
+    let ledger = fake.ledger();
+    assert_eq!(
+        money_mismatches(&orders, &ledger),
+        Vec::<String>::new(),
+        "what the gateway kept is what the orders say"
+    );
+    for loc in [&killed_loc, &timed_out_loc] {
+        let charged: Vec<_> = ledger
+            .with_metadata("locator", loc)
+            .filter(|i| i.charged > 0)
+            .collect();
+        assert_eq!(charged.len(), 1, "{loc}: one charge: {charged:?}");
+        assert_eq!(charged[0].refunded(), 0, "{loc}");
+    }
 }
 
 #[test]
