@@ -430,11 +430,12 @@ async fn verify(
 ) {
     let m = model.lock().await;
     let mut conns = resume_all(url, &m).await;
-    // the last answered write of each booking, and the bookings with a payment
-    // answered by an error (an uncertain attempt may settle later)
+    // the last answered write of each booking, and the bookings with a payment or
+    // a cancellation that failed at the gateway (its uncertain payment or refund is
+    // finished later by the reconciler)
     let mut last: BTreeMap<String, (usize, Value)> = BTreeMap::new();
     let mut holds_ok: HashMap<usize, HashSet<String>> = HashMap::new();
-    let mut pay_failed: HashSet<String> = HashSet::new();
+    let (mut pay_failed, mut cancel_failed) = (HashSet::new(), HashSet::new());
     for op in &m.ops {
         match &op.outcome {
             Outcome::Ok(v) => {
@@ -444,8 +445,12 @@ async fn verify(
                 }
                 last.insert(loc, (op.user, v["booking"].clone()));
             }
-            Outcome::Err(_) if op.method == "booking.pay" => {
-                pay_failed.insert(op.params["locator"].as_str().unwrap().to_owned());
+            Outcome::Err(reason) if reason == "payment_failed" => {
+                let loc = op.params["locator"].as_str().unwrap().to_owned();
+                match op.method {
+                    "booking.pay" => pay_failed.insert(loc),
+                    _ => cancel_failed.insert(loc),
+                };
             }
             _ => {}
         }
@@ -480,7 +485,9 @@ async fn verify(
             b["status"].as_str().unwrap(),
             ack["status"].as_str().unwrap(),
         );
-        let same_seats = names(&b["seats"]) == names(&ack["seats"]);
+        let (seats, acked) = (names(&b["seats"]), names(&ack["seats"]));
+        let same_seats = seats == acked;
+        let refunding = cancel_failed.contains(loc);
         let ok = match (then, now) {
             ("held", "held") => {
                 let due = parse_time(b["hold_expires_at"].as_str().unwrap());
@@ -492,7 +499,10 @@ async fn verify(
             }
             ("held", "expired") => true,
             ("held", "confirmed") => pay_failed.contains(loc) && same_seats,
-            ("confirmed", "confirmed") => same_seats,
+            ("confirmed", "confirmed") => {
+                same_seats || (refunding && seats.iter().all(|x| acked.contains(x)))
+            }
+            ("confirmed", "refunded") => refunding,
             (then, now) => then == now,
         };
         assert!(ok, "{loc}: {b} after the answered {ack}");
