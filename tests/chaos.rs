@@ -17,7 +17,9 @@
 
 mod common;
 
-use common::{money_mismatches, passengers, unique_name, Proc, PASSWORD};
+use common::{
+    fake_stripe_flags, money_mismatches, passengers, unique_name, Proc, FAKE_STRIPE_KEY, PASSWORD,
+};
 use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -697,21 +699,9 @@ async fn sigkill_chaos_keeps_every_promise() {
     let fake = FakeStripe::start().await.unwrap();
     let base = fake.base();
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--hold-ttl",
-        HOLD_TTL,
-        "--rate-limit",
-        "0",
-        "--payments",
-        "stripe",
-        "--stripe-api-base",
-        &base,
-        "--gateway-timeout",
-        "1",
-        "--reconcile-interval",
-        "1",
-    ];
-    let envs = [("STRIPE_SECRET_KEY", "sk_test_soak")];
+    let mut args = vec!["--hold-ttl", HOLD_TTL, "--rate-limit", "0"];
+    args.extend(fake_stripe_flags(&base));
+    let envs = [FAKE_STRIPE_KEY];
     // blocking: the fake gateway keeps serving on the other worker meanwhile
     let start = || tokio::task::block_in_place(|| Proc::start_with_env(dir.path(), &args, &envs));
     let model = Arc::new(Mutex::new(Model::default()));

@@ -10,7 +10,10 @@
 mod common;
 
 use common::cluster::{node, node_with_env, Etcd};
-use common::{free_seats, later_flight, money_mismatches, passengers, unique_name, Client, Proc};
+use common::{
+    fake_stripe_flags, free_seats, later_flight, money_mismatches, passengers, unique_name, Client,
+    Proc, FAKE_STRIPE_KEY,
+};
 use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -908,20 +911,8 @@ async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation()
     let prefix = prefix();
     let fake = FakeStripe::start().await.expect("fake stripe");
     let base = fake.base();
-    let args = [
-        "--payments",
-        "stripe",
-        "--stripe-api-base",
-        &base,
-        "--gateway-timeout",
-        "1",
-        "--reconcile-interval",
-        "1",
-    ];
-    let envs = [
-        ("STRIPE_SECRET_KEY", "sk_test_cluster"),
-        ("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD),
-    ];
+    let args = fake_stripe_flags(&base);
+    let envs = [FAKE_STRIPE_KEY, ("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)];
     // blocking: the fake gateway keeps serving on the other worker meanwhile
     let start = || tokio::task::block_in_place(|| node_with_env(&etcd, &prefix, &args, &envs));
     let (a, b) = (start(), start());

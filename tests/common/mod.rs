@@ -489,3 +489,21 @@ pub fn money_mismatches(orders: &[Value], ledger: &fake_stripe::Ledger) -> Vec<S
         })
         .collect()
 }
+
+/// The environment variable with a Stripe secret key, for a Jetway on the fake Stripe.
+pub const FAKE_STRIPE_KEY: (&str, &str) = ("STRIPE_SECRET_KEY", "sk_test_fake");
+
+/// Flags that make Jetway pay through the fake Stripe at `base`, with the shortest
+/// gateway timeout (1 s) and a reconciliation round every second.
+pub fn fake_stripe_flags(base: &str) -> [&str; 8] {
+    [
+        "--payments",
+        "stripe",
+        "--stripe-api-base",
+        base,
+        "--gateway-timeout",
+        "1",
+        "--reconcile-interval",
+        "1",
+    ]
+}
