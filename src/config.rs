@@ -83,6 +83,22 @@ pub struct Config {
     #[arg(long, env = "JETWAY_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
+    /// Renames a passenger account at start, `OLD=NEW` (e.g. `admin=admin-2019`), keeping
+    /// its id, bookings, orders and sessions. The way out when a passenger holds the
+    /// reserved name `admin` (docs/security.md); does nothing if OLD is no passenger.
+    #[arg(long, env = "JETWAY_RENAME_PASSENGER", value_name = "OLD=NEW")]
+    pub rename_passenger: Option<String>,
+
+    /// Tests only: hash passwords with Argon2's minimum cost (m=8 KiB, t=1) so that a
+    /// test can make 100,000 logins. Never set it in production.
+    #[arg(
+        long,
+        env = "JETWAY_INSECURE_FAST_HASHING",
+        hide = true,
+        default_value_t = false
+    )]
+    pub insecure_fast_hashing: bool,
+
     /// Payment gateway: the built-in sandbox, or Stripe's API.
     #[arg(long, env = "JETWAY_PAYMENTS", default_value = "sandbox", value_parser = ["sandbox", "stripe"])]
     pub payments: String,

@@ -98,11 +98,23 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn admin_user_is_created_and_updated_at_start() {
     let mut s = admin_server().await;
     let mut a = admin(&s).await;
+    let old = a
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
     a.ok("admin.flights.stats", json!({})).await;
-    // the password changes with the setting at the next start
+    // the password changes with the setting at the next start, ending its sessions
     s.restart_with(|c| c.admin_password = Some("new ops password".into()))
         .await;
     let mut c = s.client().await;
+    assert_eq!(
+        c.reason("auth.resume", json!({"token": old["token"]}))
+            .await,
+        "invalid_token",
+        "a session made with the old admin password ends with it"
+    );
     assert_eq!(
         c.reason(
             "auth.login",
@@ -127,26 +139,126 @@ async fn admin_user_is_created_and_updated_at_start() {
         json!({"username": "admin", "password": "new ops password"}),
     )
     .await;
+    // the same password again keeps its sessions
+    let kept = c
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": "new ops password"}),
+        )
+        .await;
+    s.restart_with(|c| c.admin_password = Some("new ops password".into()))
+        .await;
+    let mut c = s.client().await;
+    c.ok("auth.resume", json!({"token": kept["token"]})).await;
     s.stop().await;
 
-    // a passenger who registered as "admin" is turned into the airline's admin
-    let mut s = Server::start_with(|c| c.admin_password = None).await;
-    let mut c = s.client().await;
-    c.register("admin").await;
-    assert_eq!(
-        c.reason("admin.flights.stats", json!({})).await,
-        "forbidden"
-    );
-    s.restart_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into()))
-        .await;
-    let mut a = admin(&s).await;
-    a.ok("admin.flights.stats", json!({})).await;
     // a weak admin password stops the server from starting
-    s.stop().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = jetway::Config::for_tests(dir.path().to_path_buf());
     config.admin_password = Some("short".into());
     assert!(jetway::start(config).await.is_err());
+}
+
+#[tokio::test]
+async fn nobody_can_register_as_admin() {
+    let s = Server::start_with(|c| c.admin_password = None).await;
+    let mut c = s.client().await;
+    for name in ["admin", "Admin", "ADMIN"] {
+        assert_eq!(
+            c.reason(
+                "auth.register",
+                json!({"username": name, "password": PASSWORD})
+            )
+            .await,
+            "username_taken",
+            "{name}"
+        );
+    }
+    // with no admin configured yet, so a squatter cannot wait for the operator
+    assert_eq!(
+        c.reason(
+            "auth.login",
+            json!({"username": "admin", "password": PASSWORD})
+        )
+        .await,
+        "bad_credentials"
+    );
+    s.stop().await;
+}
+
+/// A data dir from before the name was reserved, in which a passenger called
+/// `admin` has a session: the passenger is never made admin, the server refuses to
+/// start until the operator renames the account, and the rename keeps its bookings.
+#[tokio::test]
+async fn a_passenger_called_admin_is_never_promoted() {
+    let s = Server::start_with(|c| c.admin_password = None).await;
+    let mut c = s.client().await;
+    let squatter = c.register("squatter").await;
+    let flight = later_flight(&mut c).await;
+    let fid = flight["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(&mut c, &fid, "economy", 1).await;
+    let held = hold(&mut c, &fid, &seats, "squat-hold").await;
+    // what the old register allowed: the account's name becomes "admin"
+    let store = s.app().store.clone();
+    let mut user = store
+        .user_by_name(&jetway::domain::Username::parse("squatter").unwrap())
+        .unwrap()
+        .unwrap();
+    user.username = jetway::domain::Username::parse("admin").unwrap();
+    store
+        .write(&jetway::store::Batch {
+            new_users: vec![user.clone()],
+            retired_names: vec![jetway::domain::Username::parse("squatter").unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+    drop(store);
+    let dir = s.stop_keep_dir().await;
+
+    let admin_password = |c: &mut jetway::Config| c.admin_password = Some(ADMIN_PASSWORD.into());
+    let (dir, why) = match Server::try_start_in(dir, admin_password).await {
+        Ok(_) => panic!("started, making a passenger admin"),
+        Err(e) => e,
+    };
+    assert!(
+        why.contains("`admin`")
+            && why.contains(&format!("user id {}", user.id.0))
+            && why.contains("--rename-passenger admin="),
+        "names the account and the way out: {why}"
+    );
+
+    let rename = |c: &mut jetway::Config| {
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+        c.rename_passenger = Some("admin=was-admin".into());
+    };
+    let s = Server::try_start_in(dir, rename).await.expect("starts");
+    let mut c = s.client().await;
+    let r = c
+        .ok("auth.resume", json!({"token": squatter["token"]}))
+        .await;
+    assert_eq!(r["user"]["username"], "was-admin");
+    assert_eq!(r["user"]["role"], "passenger");
+    assert_eq!(
+        c.reason("admin.flights.stats", json!({})).await,
+        "forbidden"
+    );
+    let mine = c.ok("bookings.list", json!({})).await;
+    assert_eq!(mine["bookings"][0]["locator"], held["locator"]);
+    let mut a = admin(&s).await;
+    a.ok("admin.flights.stats", json!({})).await;
+    // the flag left in place does nothing more
+    let dir = s.stop_keep_dir().await;
+    let s = Server::try_start_in(dir, rename).await.expect("restarts");
+    let mut a = admin(&s).await;
+    a.ok("admin.flights.stats", json!({})).await;
+    let mut c = s.client().await;
+    c.ok("auth.resume", json!({"token": squatter["token"]}))
+        .await;
+    assert_eq!(
+        c.reason("admin.flights.stats", json!({})).await,
+        "forbidden"
+    );
+    s.stop().await;
 }
 
 #[tokio::test]

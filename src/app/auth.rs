@@ -1,6 +1,7 @@
-//! Accounts and sessions: register, login, resume, logout. Passwords are hashed with
-//! Argon2id (OWASP: m=19 MiB, t=2, p=1) on the blocking pool; tokens are 256 random
-//! bits, stored only as their SHA-256.
+//! Accounts and sessions: register, login, resume, logout, the `admin` account, and
+//! sweeping expired sessions. Passwords are hashed with Argon2id (OWASP: m=19 MiB,
+//! t=2, p=1) on the blocking pool; tokens are 256 random bits, stored only as their
+//! SHA-256.
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -19,6 +20,14 @@ use crate::store::{Batch, Role, SessionRecord, StoreError, UserRecord};
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
+/// The account `JETWAY_ADMIN_PASSWORD` manages; nobody can register it.
+pub const ADMIN_NAME: &str = "admin";
+/// At most this many sessions are cached in memory; the store has them all.
+pub const SESSION_CACHE_MAX: usize = 65_536;
+/// Sessions revoked per write (etcd bounds the operations of one transaction).
+const REVOKE_CHUNK: usize = 100;
+/// Expired sessions are swept at least this often.
+const MAX_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Who a connection is logged in as.
 #[derive(Debug, Clone)]
@@ -29,20 +38,34 @@ pub struct AuthSession {
     pub token_hash: String,
 }
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+/// Argon2id with the production cost, or with Argon2's minimum cost when `fast` (the
+/// hidden test-only flag `--insecure-fast-hashing`). Verifying takes the cost from
+/// the stored hash.
+fn argon2(fast: bool) -> Argon2<'static> {
+    let params = match fast {
+        false => Params::new(19 * 1024, 2, 1, None),
+        true => Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None),
+    };
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params.unwrap_or_default(),
+    )
 }
 
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+pub fn hash_password(password: &str, fast: bool) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(argon2()
+    Ok(argon2(fast)
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
 }
 
 fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2(false)
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 pub fn random_token() -> String {
@@ -79,6 +102,25 @@ fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> Value {
         "expires_at": rfc3339(s.expires_at),
         "user": { "id": user.id.0, "username": user.username, "role": user.role.as_str() },
     })
+}
+
+/// Sweeps expired sessions every quarter of the session TTL (at least every second,
+/// at most every [`MAX_SWEEP_INTERVAL`]), so the store and the cache keep only
+/// sessions that can still be used, plus at most that much.
+pub(super) async fn run_session_sweeper(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+    let every = std::time::Duration::from_secs(app.config.session_ttl / 4)
+        .clamp(std::time::Duration::from_secs(1), MAX_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match app.sweep_sessions().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "expired sessions swept"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired sessions failed"),
+        }
+    }
 }
 
 impl App {
@@ -120,7 +162,9 @@ impl App {
         if let Some(old) = conn.take() {
             self.users.detach(old.user_id, outbox.id());
         }
-        self.sessions.insert(rec.token_hash.clone(), rec.clone());
+        if self.sessions.len() < SESSION_CACHE_MAX {
+            self.sessions.insert(rec.token_hash.clone(), rec.clone());
+        }
         self.users.attach(user.id, &rec.token_hash, outbox);
         *conn = Some(AuthSession {
             user_id: user.id,
@@ -138,13 +182,17 @@ impl App {
     ) -> Result<Value, ApiError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
+        if username.as_str() == ADMIN_NAME {
+            return Err(ApiError::UsernameTaken);
+        }
         self.committer.catch_up().await?;
         if self.store.user_by_name(&username)?.is_some() {
             return Err(ApiError::UsernameTaken);
         }
         let password = p.password;
+        let fast = self.config.insecure_fast_hashing;
         let hash = self
-            .password_work(move || hash_password(&password))
+            .password_work(move || hash_password(&password, fast))
             .await?
             .map_err(|_| ApiError::Internal)?;
         let now = domain::now_ms();
@@ -274,6 +322,39 @@ impl App {
         Ok(rec.filter(|s| s.expires_at > now))
     }
 
+    /// Deletes sessions (in the store, the cache, and the connections using them).
+    async fn revoke_sessions(&self, sessions: &[SessionRecord]) -> Result<(), StoreError> {
+        for chunk in sessions.chunks(REVOKE_CHUNK) {
+            self.write_soon(Batch {
+                revoke_sessions: chunk.iter().map(|s| s.token_hash.clone()).collect(),
+                ..Default::default()
+            })
+            .await?;
+            for s in chunk {
+                self.sessions.remove(&s.token_hash);
+                self.users.revoke(s.user_id, &s.token_hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every expired session from the store and the cache; returns how many
+    /// records it deleted. On a cluster every node sweeps (deleting twice is harmless).
+    pub async fn sweep_sessions(&self) -> Result<usize, StoreError> {
+        let now = domain::now_ms();
+        self.sessions.retain(|_, s| s.expires_at > now);
+        let store = self.store.clone();
+        let expired: Vec<SessionRecord> = tokio::task::spawn_blocking(move || {
+            store
+                .sessions()
+                .map(|all| all.into_iter().filter(|s| s.expires_at <= now).collect())
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+        self.revoke_sessions(&expired).await?;
+        Ok(expired.len())
+    }
+
     /// The connection's session, checked again: a token logged out elsewhere or
     /// expired since stops working at once.
     pub fn authenticate(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, ApiError> {
@@ -288,40 +369,72 @@ impl App {
         Ok(s.clone())
     }
 
-    /// Creates or updates the `admin` user from `JETWAY_ADMIN_PASSWORD`
-    /// (`Config::admin_password`).
+    /// Creates the `admin` user from `JETWAY_ADMIN_PASSWORD` (`Config::admin_password`),
+    /// or gives it the new password and revokes its sessions. A passenger called
+    /// `admin` (registered before the name was reserved) is never promoted: start-up
+    /// stops and names the way out, `--rename-passenger`.
     pub(super) async fn ensure_admin(self: &Arc<Self>) -> Result<(), super::StartError> {
-        let Some(password) = self.config.admin_password.clone() else {
-            return Ok(());
-        };
         let start = |e: String| super::StartError::Other(format!("JETWAY_ADMIN_PASSWORD: {e}"));
-        check_password(&password).map_err(|e| start(e.to_string()))?;
-        let name = Username::parse("admin").map_err(|e| start(e.to_string()))?;
+        let name = Username::parse(ADMIN_NAME).map_err(|e| start(e.to_string()))?;
         let existing = self
             .store
             .user_by_name(&name)
             .map_err(|e| start(e.to_string()))?;
+        if let Some(u) = existing.as_ref().filter(|u| u.role != Role::Admin) {
+            let msg = format!(
+                "a passenger account is named `{ADMIN_NAME}` (user id {}, registered {}), and \
+                 it will not be made an admin. Rename it, keeping its bookings, orders and \
+                 sessions: start once with --rename-passenger {ADMIN_NAME}=NEW-NAME (or \
+                 JETWAY_RENAME_PASSENGER) and tell its owner the new name; see docs/security.md",
+                u.id.0,
+                rfc3339(u.created_at),
+            );
+            match self.config.admin_password {
+                Some(_) => return Err(start(msg)),
+                None => tracing::warn!("{msg}"),
+            }
+        }
+        let Some(password) = self.config.admin_password.clone() else {
+            return Ok(());
+        };
+        check_password(&password).map_err(|e| start(e.to_string()))?;
         if existing
             .as_ref()
-            .is_some_and(|u| u.role == Role::Admin && verify_password(&password, &u.password_hash))
+            .is_some_and(|u| verify_password(&password, &u.password_hash))
         {
             return Ok(());
         }
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        let fast = self.config.insecure_fast_hashing;
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password, fast))
             .await
             .map_err(|e| start(e.to_string()))?
             .map_err(|e| start(e.to_string()))?;
-        let user = UserRecord {
-            id: match &existing {
-                Some(u) => u.id,
-                None => UserId(self.store.next_id().map_err(|e| start(e.to_string()))?),
+        let user = match existing {
+            Some(u) => {
+                // the old password's sessions end with it
+                let sessions: Vec<SessionRecord> = self
+                    .store
+                    .sessions()
+                    .map_err(|e| start(e.to_string()))?
+                    .into_iter()
+                    .filter(|s| s.user_id == u.id)
+                    .collect();
+                self.revoke_sessions(&sessions)
+                    .await
+                    .map_err(|e| start(e.to_string()))?;
+                tracing::info!(revoked = sessions.len(), "admin password changed");
+                UserRecord {
+                    password_hash: hash,
+                    ..u
+                }
+            }
+            None => UserRecord {
+                id: UserId(self.store.next_id().map_err(|e| start(e.to_string()))?),
+                username: name,
+                password_hash: hash,
+                role: Role::Admin,
+                created_at: domain::now_ms(),
             },
-            username: name,
-            password_hash: hash,
-            role: Role::Admin,
-            created_at: existing
-                .as_ref()
-                .map_or_else(domain::now_ms, |u| u.created_at),
         };
         self.write_soon(Batch {
             users: vec![user],
@@ -329,6 +442,61 @@ impl App {
         })
         .await
         .map_err(|e| start(e.to_string()))
+    }
+
+    /// Renames a passenger from `--rename-passenger OLD=NEW` (see [`ensure_admin`]).
+    /// Nothing happens if OLD is not a passenger (already renamed, or the admin).
+    ///
+    /// [`ensure_admin`]: App::ensure_admin
+    pub(super) async fn rename_passenger(&self) -> Result<(), super::StartError> {
+        let Some(spec) = self.config.rename_passenger.as_deref() else {
+            return Ok(());
+        };
+        let fail = |e: String| super::StartError::Other(format!("--rename-passenger {spec}: {e}"));
+        let (old, new) = spec
+            .split_once('=')
+            .ok_or_else(|| fail("expected OLD=NEW".into()))?;
+        let old = Username::parse(old).map_err(|e| fail(e.to_string()))?;
+        let new = Username::parse(new).map_err(|e| fail(e.to_string()))?;
+        if new.as_str() == ADMIN_NAME {
+            return Err(fail(format!("`{ADMIN_NAME}` is reserved")));
+        }
+        self.committer
+            .catch_up()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let user = match self.store.user_by_name(&old) {
+            Ok(Some(u)) if u.role == Role::Passenger => u,
+            Ok(_) => {
+                tracing::info!(%old, "no passenger by that name; nothing to rename");
+                return Ok(());
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        let renamed = UserRecord {
+            username: new.clone(),
+            ..user
+        };
+        let batch = Batch {
+            new_users: vec![renamed.clone()],
+            retired_names: vec![old.clone()],
+            events: vec![(
+                renamed.id,
+                event(
+                    "renamed",
+                    None,
+                    domain::now_ms(),
+                    json!({ "from": old.as_str(), "to": new.as_str() }),
+                ),
+            )],
+            ..Default::default()
+        };
+        match self.commit(batch).await {
+            Err(StoreError::Conflict) => Err(fail(format!("`{new}` is taken"))),
+            r => r.map_err(|e| fail(e.to_string())),
+        }?;
+        tracing::warn!(user = renamed.id.0, %old, %new, "passenger renamed");
+        Ok(())
     }
 }
 
@@ -338,11 +506,19 @@ mod tests {
 
     #[test]
     fn passwords_hash_and_verify() {
-        let h = hash_password("correct horse 42").unwrap();
+        let h = hash_password("correct horse 42", false).unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password("correct horse 42", &h));
         assert!(!verify_password("wrong horse 42", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn fast_hashing_is_the_minimum_cost_and_still_verifies() {
+        let h = hash_password("correct horse 42", true).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{h}");
+        assert!(verify_password("correct horse 42", &h));
+        assert!(!verify_password("wrong horse 42", &h));
     }
 
     #[test]

@@ -78,8 +78,12 @@ impl App {
                     let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
                     self.users
                         .push(b.user_id, &super::booking_push(b, flight.as_ref()));
-                    if let (BookingStatus::Held, Some(t)) = (b.status, b.hold_expires_at) {
-                        self.expiry.schedule(t, &b.flight_id, &b.locator);
+                    match (b.status, b.hold_expires_at) {
+                        (BookingStatus::Held, Some(t)) => {
+                            self.expiry.schedule(t, &b.flight_id, &b.locator)
+                        }
+                        (BookingStatus::Held, None) => {}
+                        _ => self.expiry.forget(&b.locator),
                     }
                 }
                 Change::SessionEnded(hash) => {

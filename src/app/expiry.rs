@@ -3,7 +3,7 @@
 
 use parking_lot::Mutex;
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -15,18 +15,36 @@ use crate::store::Batch;
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
 
+/// The timer queue of held bookings.
 #[derive(Default)]
 pub struct Expiry {
-    due: Mutex<BTreeSet<(Millis, FlightId, Locator)>>,
+    queue: Mutex<Queue>,
     wake: Notify,
 }
 
+/// The holds to look at, by due time, with one entry per booking.
+#[derive(Default)]
+struct Queue {
+    due: BTreeSet<(Millis, FlightId, Locator)>,
+    /// Each booking's entry in `due`, so that a paid or released hold leaves at once.
+    entry: HashMap<Locator, (Millis, FlightId)>,
+}
+
 impl Expiry {
+    /// Looks at the booking at `at` (or earlier, if it is already due earlier).
     pub fn schedule(&self, at: Millis, flight: &FlightId, locator: &Locator) {
         let earliest = {
-            let mut due = self.due.lock();
-            due.insert((at, flight.clone(), locator.clone()));
-            due.first()
+            let mut q = self.queue.lock();
+            if let Some((t, f)) = q.entry.get(locator).cloned() {
+                if t <= at {
+                    return;
+                }
+                q.due.remove(&(t, f, locator.clone()));
+            }
+            q.entry.insert(locator.clone(), (at, flight.clone()));
+            q.due.insert((at, flight.clone(), locator.clone()));
+            q.due
+                .first()
                 .is_some_and(|(t, _, l)| *t == at && l == locator)
         };
         if earliest {
@@ -34,14 +52,20 @@ impl Expiry {
         }
     }
 
+    /// Drops the booking's entry: it is no longer held.
+    pub fn forget(&self, locator: &Locator) {
+        let mut q = self.queue.lock();
+        if let Some((t, f)) = q.entry.remove(locator) {
+            q.due.remove(&(t, f, locator.clone()));
+        }
+    }
+
     fn take_due(&self, now: Millis) -> Vec<(FlightId, Locator)> {
-        let mut due = self.due.lock();
+        let mut q = self.queue.lock();
         let mut out = Vec::new();
-        while let Some((t, _, _)) = due.first() {
-            if *t > now {
-                break;
-            }
-            if let Some((_, f, l)) = due.pop_first() {
+        while q.due.first().is_some_and(|(t, _, _)| *t <= now) {
+            if let Some((_, f, l)) = q.due.pop_first() {
+                q.entry.remove(&l);
                 out.push((f, l));
             }
         }
@@ -49,11 +73,11 @@ impl Expiry {
     }
 
     fn next_due(&self) -> Option<Millis> {
-        self.due.lock().first().map(|(t, _, _)| *t)
+        self.queue.lock().due.first().map(|(t, _, _)| *t)
     }
 
     pub fn pending(&self) -> usize {
-        self.due.lock().len()
+        self.queue.lock().due.len()
     }
 }
 

@@ -138,10 +138,15 @@ impl App {
         let committer = Committer::new(store.clone(), config.data_dir.display().to_string());
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_task = tokio::spawn(committer.clone().run(stop.clone()));
-        let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&auth::random_token()))
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))?
-            .map_err(|e| StartError::Other(format!("{e}")))?;
+        if config.insecure_fast_hashing {
+            tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");
+        }
+        let fast = config.insecure_fast_hashing;
+        let dummy_hash =
+            tokio::task::spawn_blocking(move || auth::hash_password(&auth::random_token(), fast))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .map_err(|e| StartError::Other(format!("{e}")))?;
         let app = Arc::new(App {
             inventory: Inventory::new(config.replay_buffer),
             config,
@@ -163,17 +168,11 @@ impl App {
             stop,
             background: parking_lot::Mutex::new(vec![commit_task]),
         });
-        app.load_inventory()?;
-        app.follow_cluster()?;
-        app.seed().await?;
-        app.ensure_admin().await?;
-        app.committer
-            .barrier()
-            .await
-            .map_err(|source| StartError::Store {
-                path: String::new(),
-                source,
-            })?;
+        if let Err(e) = app.prepare().await {
+            // let go of the database, so that the operator's fix can open it
+            app.stop().await;
+            return Err(e);
+        }
         // a charge made just before a crash confirms its booking before holds expire;
         // on a cluster, leave the attempts other nodes may still be working on
         app.reconcile_payments(app.in_flight_age(std::time::Duration::ZERO))
@@ -189,8 +188,21 @@ impl App {
         app.background.lock().push(reconciler);
         let expiry_task = tokio::spawn(expiry::run(app.clone(), app.stop.clone()));
         app.background.lock().push(expiry_task);
+        let sweeper = tokio::spawn(auth::run_session_sweeper(app.clone(), app.stop.clone()));
+        app.background.lock().push(sweeper);
         app.ready.store(true, Ordering::SeqCst);
         Ok(app)
+    }
+
+    /// The start-up steps that can refuse to start: seat maps, the cluster feed, the
+    /// demo schedule, the `admin` account, and making all that durable.
+    async fn prepare(self: &Arc<Self>) -> Result<(), StartError> {
+        self.load_inventory()?;
+        self.follow_cluster()?;
+        self.seed().await?;
+        self.rename_passenger().await?;
+        self.ensure_admin().await?;
+        self.committer.barrier().await.map_err(start_err)
     }
 
     /// Makes everything durable and stops the background tasks, so that the last
@@ -362,6 +374,9 @@ impl App {
         let expect = Some((fs.id.clone(), w.version));
         self.committer.submit(batch, expect, || {
             let change = w.apply(updates);
+            if booking.status != domain::BookingStatus::Held {
+                self.expiry.forget(&booking.locator);
+            }
             Some(self.announce(fs, Some(change), booking))
         })
     }
@@ -427,8 +442,7 @@ impl App {
         Fut: std::future::Future<Output = Result<Value, ApiError>>,
     {
         let request_id = domain::RequestId::parse(request_id)?;
-        let lock = self.user_locks.entry(user).or_default().clone();
-        let _serial = lock.lock().await;
+        let _serial = self.user_turn(user).await;
         let key = IdemKey {
             user,
             method,
@@ -439,6 +453,17 @@ impl App {
             return replay(v);
         }
         f(key).await
+    }
+
+    /// Waits for `user`'s turn; the lock is dropped from the map once nobody holds or
+    /// waits for it, so the map only has users with requests in flight.
+    async fn user_turn(&self, user: UserId) -> UserTurn<'_> {
+        let lock = self.user_locks.entry(user).or_default().clone();
+        UserTurn {
+            app: self,
+            user,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// Writes a batch and waits until it is durable (no seat change involved).
@@ -482,11 +507,32 @@ impl App {
         }
     }
 
+    /// Sizes of the in-memory structures (for tests and operators).
     pub fn stats(&self) -> Value {
         json!({
             "flights": self.inventory.len(),
             "user_connections": self.users.connections(),
+            "sessions_cached": self.sessions.len(),
+            "user_locks": self.user_locks.len(),
+            "holds_scheduled": self.expiry.pending(),
         })
+    }
+}
+
+/// One user's turn to make a request (see [`App::user_turn`]).
+struct UserTurn<'a> {
+    app: &'a App,
+    user: UserId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UserTurn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        // the map's own reference is the last one: nobody holds or awaits the lock
+        self.app
+            .user_locks
+            .remove_if(&self.user, |_, lock| Arc::strong_count(lock) == 1);
     }
 }
 

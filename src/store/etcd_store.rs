@@ -652,6 +652,9 @@ impl Store for EtcdStore {
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         self.mirror.session(token_hash)
     }
+    fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        self.mirror.sessions()
+    }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.mirror.flights()
     }

@@ -229,6 +229,8 @@ pub struct Batch {
     pub new_users: Vec<UserRecord>,
     /// Users to overwrite.
     pub users: Vec<UserRecord>,
+    /// Usernames to free (a renamed user's old name).
+    pub retired_names: Vec<Username>,
     pub sessions: Vec<SessionRecord>,
     pub revoke_sessions: Vec<String>,
     /// Flights to create; conflict if the flight exists.
@@ -320,6 +322,11 @@ pub trait Store: Send + Sync + 'static {
     fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>>;
     fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    /// Every session record, for sweeping expired ones and revoking a user's. A store
+    /// that cannot list them (a test double) has none to sweep.
+    fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        Ok(Vec::new())
+    }
     fn flights(&self) -> StoreResult<Vec<Flight>>;
     fn version(&self, flight: &FlightId) -> StoreResult<u64>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;

@@ -223,6 +223,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             u.username.as_str().as_bytes().to_vec(),
         ));
     }
+    for name in &batch.retired_names {
+        ops.push(Op::Delete(key(USER, &[name.as_str().as_bytes()])));
+    }
     for s in &batch.sessions {
         put_json(&mut ops, key(SESSION, &[s.token_hash.as_bytes()]), s)?;
     }
@@ -445,6 +448,10 @@ impl Store for SledStore {
 
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         self.get(&key(SESSION, &[token_hash.as_bytes()]))
+    }
+
+    fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        self.scan(&[SESSION])
     }
 
     fn flights(&self) -> StoreResult<Vec<Flight>> {

@@ -79,6 +79,31 @@ impl Server {
             r.shutdown().await;
         }
     }
+
+    /// Shuts down gracefully and hands over the data dir.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.dir
+    }
+
+    /// Starts on an existing data dir; if it refuses, the dir back and the reason.
+    pub async fn try_start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut jetway::Config),
+    ) -> Result<Server, (tempfile::TempDir, String)> {
+        let mut config = jetway::Config::for_tests(dir.path().to_path_buf());
+        tweak(&mut config);
+        match jetway::start(config).await {
+            Ok(running) => Ok(Server {
+                addr: running.addr,
+                dir,
+                running: Some(running),
+            }),
+            Err(e) => Err((dir, e.to_string())),
+        }
+    }
 }
 
 /// Jetway as a child process (for SIGKILL tests).
