@@ -171,3 +171,35 @@ impl App {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: &str) -> (FlightId, Locator) {
+        (
+            FlightId::parse("JW1-20261201").unwrap(),
+            Locator::parse(n).unwrap(),
+        )
+    }
+
+    #[test]
+    fn one_entry_per_booking_and_forgotten_when_no_longer_held() {
+        let e = Expiry::default();
+        let (f, a) = ids("AAAAAA");
+        let (_, b) = ids("BBBBBB");
+        e.schedule(100, &f, &a);
+        e.schedule(200, &f, &a);
+        e.schedule(50, &f, &b);
+        e.schedule(40, &f, &b);
+        assert_eq!(e.pending(), 2, "the earliest time per booking is kept");
+        e.forget(&a);
+        e.forget(&a);
+        assert_eq!(e.pending(), 1);
+        assert_eq!(e.take_due(39), vec![]);
+        assert_eq!(e.take_due(40), vec![(f.clone(), b.clone())]);
+        assert_eq!(e.pending(), 0);
+        e.schedule(300, &f, &b);
+        assert_eq!(e.next_due(), Some(300), "a taken entry can come back");
+    }
+}
