@@ -78,12 +78,24 @@ pub struct AdminState {
     cancelling: Mutex<std::collections::HashSet<FlightId>>,
 }
 
+/// Paid minus refunded, in cents, per flight.
+type Revenue = Arc<HashMap<FlightId, i64>>;
+
 struct RevenueCache {
     /// (number of flights, sum of their versions) when computed: every change of a
     /// paid or refunded amount also moves its flight's version.
     key: (usize, u64),
     at: Instant,
-    revenue: Arc<HashMap<FlightId, i64>>,
+    revenue: Revenue,
+}
+
+/// One flight's line of `admin.flights.stats`, from its published seat map.
+struct StatsRow {
+    flight: Flight,
+    total: usize,
+    version: u64,
+    held: usize,
+    booked: usize,
 }
 
 /// What happened to one booking of a cancelled flight.
@@ -267,11 +279,18 @@ impl App {
                 }
             }
             flight.cancelled = Some(reason);
-            self.commit(Batch {
-                flights: vec![flight.clone()],
-                ..Default::default()
-            })
-            .await?;
+            // no hold, seat change or payment may start while this becomes durable
+            fs.set_closing(true);
+            let written = self
+                .commit(Batch {
+                    flights: vec![flight.clone()],
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = written {
+                fs.set_closing(false);
+                return Err(e.into());
+            }
             fs.set_flight(flight);
         }
         tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
@@ -486,60 +505,71 @@ impl App {
     }
 
     /// `admin.flights.stats`: seats held and booked, load factor and revenue (paid
-    /// minus refunded) of every flight, in departure order.
-    pub fn admin_stats(&self) -> Result<Value, ApiError> {
-        let mut rows = Vec::new();
-        let mut key = (0usize, 0u64);
-        for fs in self.inventory.all() {
-            let (version, held, booked) = {
-                let w = fs.working();
-                let held = w.seats.iter().flatten().filter(|o| !o.booked).count();
-                let booked = w.seats.iter().flatten().filter(|o| o.booked).count();
-                (w.version, held, booked)
-            };
-            key = (key.0 + 1, key.1.wrapping_add(version));
-            rows.push((
-                fs.flight(),
-                fs.aircraft.seats().len(),
-                version,
-                held,
-                booked,
-            ));
-        }
-        let revenue = self.revenue(key)?;
-        rows.sort_by(|a, b| (a.0.departs_at, &a.0.number).cmp(&(b.0.departs_at, &b.0.number)));
+    /// minus refunded) of every flight, in departure order. Only durable state: the
+    /// published seat maps, and orders answered once durable.
+    pub async fn admin_stats(&self) -> Result<Value, ApiError> {
+        let (rows, revenue) = self.consistent_read(|| self.stats_rows()).await?;
         let now = domain::now_ms();
         let flights: Vec<Value> = rows
             .into_iter()
-            .map(|(f, total, version, held, booked)| {
-                let load = if total == 0 {
-                    0.0
-                } else {
-                    ((held + booked) as f64 / total as f64 * 1000.0).round() / 1000.0
-                };
-                let cents = revenue.get(&f.id).copied().unwrap_or(0);
-                json!({
-                    "flight_id": f.id,
-                    "number": f.number,
-                    "from": f.from,
-                    "to": f.to,
-                    "departs_at": domain::rfc3339(f.departs_at),
-                    "status": f.status(now).as_str(),
-                    "version": version,
-                    "seats_total": total,
-                    "seats_held": held,
-                    "seats_booked": booked,
-                    "load_factor": load,
-                    "revenue": { "amount": cents, "currency": domain::money::CURRENCY },
-                })
-            })
+            .map(
+                |StatsRow {
+                     flight: f,
+                     total,
+                     version,
+                     held,
+                     booked,
+                 }| {
+                    let load = if total == 0 {
+                        0.0
+                    } else {
+                        ((held + booked) as f64 / total as f64 * 1000.0).round() / 1000.0
+                    };
+                    let cents = revenue.get(&f.id).copied().unwrap_or(0);
+                    json!({
+                        "flight_id": f.id,
+                        "number": f.number,
+                        "from": f.from,
+                        "to": f.to,
+                        "departs_at": domain::rfc3339(f.departs_at),
+                        "status": f.status(now).as_str(),
+                        "version": version,
+                        "seats_total": total,
+                        "seats_held": held,
+                        "seats_booked": booked,
+                        "load_factor": load,
+                        "revenue": { "amount": cents, "currency": domain::money::CURRENCY },
+                    })
+                },
+            )
             .collect();
         Ok(json!({ "flights": flights }))
     }
 
+    /// Every flight's published occupancy, in departure order, and the revenue.
+    fn stats_rows(&self) -> Result<(Vec<StatsRow>, Revenue), ApiError> {
+        let mut rows = Vec::new();
+        let mut key = (0usize, 0u64);
+        for fs in self.inventory.all() {
+            let (version, held, booked) = fs.published_occupancy();
+            key = (key.0 + 1, key.1.wrapping_add(version));
+            rows.push(StatsRow {
+                flight: fs.flight(),
+                total: fs.aircraft.seats().len(),
+                version,
+                held,
+                booked,
+            });
+        }
+        rows.sort_by(|a, b| {
+            (a.flight.departs_at, &a.flight.number).cmp(&(b.flight.departs_at, &b.flight.number))
+        });
+        Ok((rows, self.revenue(key)?))
+    }
+
     /// Paid minus refunded per flight, from the orders; recomputed only when some
     /// flight's version moved (or the figures are a few seconds old).
-    fn revenue(&self, key: (usize, u64)) -> Result<Arc<HashMap<FlightId, i64>>, ApiError> {
+    fn revenue(&self, key: (usize, u64)) -> Result<Revenue, ApiError> {
         if let Some(c) = self.admin.stats.lock().as_ref() {
             if c.key == key && c.at.elapsed() < STATS_MAX_AGE {
                 return Ok(c.revenue.clone());

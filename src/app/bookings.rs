@@ -157,12 +157,19 @@ fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
     }
 }
 
+/// The flight, if passengers may still hold, change or pay seats on it: not
+/// departed, not cancelled, and no cancellation started. Call it with the working map
+/// locked (see [`FlightSeats::set_closing`]).
 pub(super) fn check_bookable(
     fs: &FlightSeats,
     now: domain::Millis,
 ) -> Result<domain::Flight, ApiError> {
     let flight = fs.flight();
-    match flight.status(now) {
+    let status = match flight.status(now) {
+        domain::FlightStatus::Scheduled if fs.is_closing() => domain::FlightStatus::Cancelled,
+        s => s,
+    };
+    match status {
         domain::FlightStatus::Scheduled => Ok(flight),
         s => Err(ApiError::InvalidState(format!(
             "flight {} is {}",
@@ -188,9 +195,9 @@ impl App {
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();
             crate::server::limits::check_open_holds(self, s.user_id, now)?;
-            let flight = check_bookable(&fs, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
             self.seat_step(&fs, Some(&key), |w| {
+                let flight = check_bookable(&fs, now)?;
                 let idx = match &want {
                     Wanted::Seats(seats) => {
                         let idx = seat_indices(w, seats)?;

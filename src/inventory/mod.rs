@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
@@ -125,6 +126,8 @@ pub struct FlightSeats {
     /// across the commit, unlike the working map's lock).
     pub turn: tokio::sync::Mutex<()>,
     flight: RwLock<Flight>,
+    /// Set when an admin starts cancelling the flight, before that is durable.
+    closing: AtomicBool,
     working: Mutex<Working>,
     live: Mutex<Live>,
     replay_capacity: usize,
@@ -144,6 +147,7 @@ impl FlightSeats {
             aircraft,
             turn: tokio::sync::Mutex::new(()),
             flight: RwLock::new(flight),
+            closing: AtomicBool::new(false),
             working: Mutex::new(Working {
                 aircraft,
                 version,
@@ -166,6 +170,18 @@ impl FlightSeats {
 
     pub fn set_flight(&self, f: Flight) {
         *self.flight.write() = f;
+    }
+
+    /// Closes the flight to passengers (or opens it again): set under the working
+    /// map's lock, so every seat change decided under that lock afterwards sees it.
+    pub fn set_closing(&self, closing: bool) {
+        let _w = self.working.lock();
+        self.closing.store(closing, Ordering::SeqCst);
+    }
+
+    /// True once an admin started cancelling the flight.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Locks the working map. Never hold the guard across an `.await`.
@@ -194,6 +210,17 @@ impl FlightSeats {
             live.version,
             self.seats_json(&live.status),
             counts(self.aircraft, &live.status),
+        )
+    }
+
+    /// The published map's version and its held and booked seat counts.
+    pub fn published_occupancy(&self) -> (u64, usize, usize) {
+        let live = self.live.lock();
+        let count = |st: SeatStatus| live.status.iter().filter(|&&s| s == st).count();
+        (
+            live.version,
+            count(SeatStatus::Held),
+            count(SeatStatus::Booked),
         )
     }
 

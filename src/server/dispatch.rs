@@ -220,7 +220,7 @@ async fn call(
         }
         "admin.flights.stats" => {
             app.require_admin(&mut conn.session)?;
-            app.admin_stats()?
+            app.admin_stats().await?
         }
         m => return Err(ApiError::MethodNotFound(m.chars().take(64).collect())),
     };

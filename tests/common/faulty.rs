@@ -105,6 +105,9 @@ impl Store for Faulty {
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         self.inner.session(token_hash)
     }
+    fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        self.inner.sessions()
+    }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.inner.flights()
     }

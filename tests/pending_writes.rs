@@ -1,0 +1,207 @@
+//! What others may decide or see while a write is not durable yet: once an admin
+//! starts cancelling a flight, no hold, payment or seat change starts on it, even
+//! before the cancellation is on disk; and `admin.flights.stats` never shows a seat
+//! change that is not on disk.
+//!
+//! The store is the real sled store behind [`Faulty`], whose syncs can be held back.
+
+mod common;
+
+use common::faulty::*;
+use jetway::app::{AuthSession, CancelFlight};
+use jetway::domain::{UserId, Username};
+use jetway::protocol::params::decode;
+use jetway::protocol::ApiError;
+use jetway::store::{Role, Store};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    app: std::sync::Arc<jetway::app::App>,
+    store: std::sync::Arc<Faulty>,
+    passenger: AuthSession,
+    flight: String,
+    seats: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// An app on a [`Faulty`] store, a passenger, and a flight more than three days out
+/// with four free economy seats.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    let passenger = register(&app, "ada").await.unwrap();
+    let (flight, seats) = flight_and_seats(&app, 4);
+    Fixture {
+        app,
+        store,
+        passenger,
+        flight,
+        seats,
+        _dir: dir,
+    }
+}
+
+fn admin() -> AuthSession {
+    AuthSession {
+        user_id: UserId(0),
+        username: Username::parse("admin").unwrap(),
+        role: Role::Admin,
+        token_hash: String::new(),
+    }
+}
+
+/// Polls `cond` until it holds (20 s at most).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request that must be refused at once, without waiting for any sync.
+async fn refused_at_once(
+    what: &str,
+    r: impl std::future::Future<Output = Result<Value, ApiError>>,
+) {
+    match tokio::time::timeout(Duration::from_secs(10), r).await {
+        Ok(Err(ApiError::InvalidState(m))) => assert!(m.contains("cancelled"), "{what}: {m}"),
+        Ok(other) => panic!("{what} during the cancellation: {other:?}"),
+        Err(_) => panic!("{what} was decided and waits to be written"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
+    let fx = fixture().await;
+    let (app, user) = (&fx.app, &fx.passenger);
+    let held = app
+        .hold(
+            user,
+            decode(hold_params(&fx.flight, &fx.seats[0], "h1")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let held = held["booking"]["locator"].as_str().unwrap().to_owned();
+    let paid = app
+        .hold(
+            user,
+            decode(hold_params(&fx.flight, &fx.seats[1], "h2")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let paid = paid["booking"]["locator"].as_str().unwrap().to_owned();
+    app.pay(
+        user,
+        decode(json!({"locator": paid, "payment_method": "pm_card_visa", "request_id": "p1"}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // the cancellation is written but not yet durable
+    let paused = fx.store.pause_syncs();
+    let cancel = {
+        let app = app.clone();
+        let p = CancelFlight {
+            flight_id: fx.flight.clone(),
+            reason: "weather".into(),
+        };
+        tokio::spawn(async move { app.admin_cancel_flight(&admin(), p).await })
+    };
+    wait_until("the cancellation written", || {
+        fx.store
+            .inner
+            .flights()
+            .unwrap()
+            .iter()
+            .any(|f| f.id.as_str() == fx.flight && f.cancelled.is_some())
+    })
+    .await;
+
+    refused_at_once(
+        "a hold",
+        app.hold(
+            user,
+            decode(hold_params(&fx.flight, &fx.seats[2], "h3")).unwrap(),
+        ),
+    )
+    .await;
+    refused_at_once(
+        "a payment",
+        app.pay(
+            user,
+            decode(json!({"locator": held, "payment_method": "pm_card_visa", "request_id": "p2"}))
+                .unwrap(),
+        ),
+    )
+    .await;
+    refused_at_once(
+        "a seat change",
+        app.change_seat(
+            user,
+            decode(json!({"locator": paid, "from": fx.seats[1], "to": fx.seats[3], "request_id": "s1"}))
+                .unwrap(),
+        ),
+    )
+    .await;
+
+    drop(paused);
+    let done = cancel.await.unwrap().unwrap();
+    assert_eq!(
+        (done["refunded"].as_u64(), done["released"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let list = app.bookings_list(user).await.unwrap();
+    assert_eq!(
+        list["bookings"].as_array().unwrap().len(),
+        2,
+        "nothing new landed: {list}"
+    );
+}
+
+fn seats_held(stats: &Value, flight: &str) -> u64 {
+    stats["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["flight_id"] == flight)
+        .and_then(|r| r["seats_held"].as_u64())
+        .expect("the flight in stats")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_stats_never_show_a_change_that_is_not_durable() {
+    let fx = fixture().await;
+    let paused = fx.store.pause_syncs();
+    let hold = {
+        let (app, user) = (fx.app.clone(), fx.passenger.clone());
+        let p = decode(hold_params(&fx.flight, &fx.seats[0], "h1")).unwrap();
+        tokio::spawn(async move { app.hold(&user, p).await })
+    };
+    wait_until("the hold written", || {
+        !fx.store
+            .inner
+            .user_bookings(fx.passenger.user_id)
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let mut stats = {
+        let app = fx.app.clone();
+        tokio::spawn(async move { app.admin_stats().await })
+    };
+    // an answer while the hold is not on disk must not count it (waiting is fine)
+    if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), &mut stats).await {
+        assert_eq!(seats_held(&r.unwrap().unwrap(), &fx.flight), 0);
+    }
+    drop(paused);
+    hold.await.unwrap().unwrap();
+    let after = fx.app.admin_stats().await.unwrap();
+    assert_eq!(
+        seats_held(&after, &fx.flight),
+        1,
+        "a durable hold is counted"
+    );
+}
