@@ -133,7 +133,8 @@ async fn memory_stays_flat_under_churn() {
     churn_in_process(cycles).await;
 }
 
-/// 100,000 sessions and 100,000 bookings. Takes a few minutes in release mode.
+/// 100,000 sessions and 100,000 bookings. About 14 minutes in release mode on a
+/// loaded 2-core box.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "release-mode soak: cargo test --release --test memory -- --ignored --nocapture"]
 async fn memory_stays_flat_under_100k_churn() {
