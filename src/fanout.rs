@@ -3,16 +3,22 @@
 //! the same bytes are queued for every receiver; a receiver whose queue is full is
 //! closed rather than waited for.
 //!
+//! The queue is a plain `VecDeque` behind a short lock, handed to the connection's
+//! writer whole at each wake-up ([`OutboxReceiver::next`]), so an idle connection holds
+//! no queue memory and a burst is written in one go.
+//!
 //! A connection is ended in one of two ways: [`Outbox::close`] skips whatever is
 //! still queued (a stalled client will not read it anyway), [`Outbox::finish`] sends
 //! it first (a reply to a request that was carried out must not be lost to a
 //! shutdown).
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use futures::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify};
+use std::task::Poll;
+pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::UserId;
 
@@ -20,6 +26,7 @@ use crate::domain::UserId;
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_INTERNAL: u16 = 1011;
 
 /// Limits of one connection's outbound queue.
 #[derive(Debug, Clone, Copy)]
@@ -37,35 +44,40 @@ impl Default for QueueLimits {
     }
 }
 
-/// Why and how a connection is being closed.
+/// Why a connection is being closed: the close frame's code and reason.
 #[derive(Debug, Clone, Copy)]
 struct Closing {
     code: u16,
     reason: &'static str,
-    /// Send the frames already queued before the close frame.
-    drain: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    /// Set once a close was asked for; no frame is queued after.
+    closing: Option<Closing>,
+    /// The receiver is gone.
+    ended: bool,
 }
 
 struct Shared {
     id: u64,
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
-    /// Set (after `close_reason`) once a close was asked for; no frame is queued after.
+    limits: QueueLimits,
+    queue: parking_lot::Mutex<Queue>,
+    /// Mirrors `queue.closing.is_some()` for lock-free checks.
     closing: AtomicBool,
-    close_reason: parking_lot::Mutex<Option<Closing>>,
-    kill: Notify,
+    waker: AtomicWaker,
 }
 
 /// The sending side of a connection's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Utf8Bytes>,
     shared: Arc<Shared>,
 }
 
 /// The connection's writer end of the queue.
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Utf8Bytes>,
     shared: Arc<Shared>,
 }
 
@@ -106,21 +118,21 @@ pub fn frame_stats() -> FrameStats {
 }
 
 pub fn outbox(limits: QueueLimits) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(limits.messages.max(1));
     let shared = Arc::new(Shared {
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-        queued_bytes: AtomicUsize::new(0),
-        max_bytes: limits.bytes,
+        limits: QueueLimits {
+            messages: limits.messages.max(1),
+            bytes: limits.bytes,
+        },
+        queue: parking_lot::Mutex::new(Queue::default()),
         closing: AtomicBool::new(false),
-        close_reason: parking_lot::Mutex::new(None),
-        kill: Notify::new(),
+        waker: AtomicWaker::new(),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        OutboxReceiver { rx, shared },
+        OutboxReceiver { shared },
     )
 }
 
@@ -132,10 +144,7 @@ impl Outbox {
     /// Queues a frame without waiting. On overflow the connection is told to close
     /// (the writer sends a close frame) and `false` is returned.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
-        self.send_inner(frame.as_str().starts_with(PUSH_PREFIX), frame)
-    }
-
-    fn send_inner(&self, push: bool, frame: Utf8Bytes) -> bool {
+        let push = frame.as_str().starts_with(PUSH_PREFIX);
         let ok = self.queue(frame);
         let counter = match (ok, push) {
             (true, true) => &STATS.pushes,
@@ -147,28 +156,24 @@ impl Outbox {
     }
 
     fn queue(&self, frame: Utf8Bytes) -> bool {
-        if self.shared.closing.load(Ordering::Relaxed) {
+        let limits = self.shared.limits;
+        let mut q = self.shared.queue.lock();
+        if q.closing.is_some() || q.ended {
             return false;
         }
-        let len = frame.len();
-        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.shared.max_bytes {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        if q.frames.len() >= limits.messages || q.bytes + frame.len() > limits.bytes {
+            drop(q);
             self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
             return false;
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                false
-            }
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        let first = q.frames.len() == 1;
+        drop(q);
+        if first {
+            self.shared.waker.wake();
         }
+        true
     }
 
     /// Asks the writer to send a close frame at once, dropping what is still queued,
@@ -185,20 +190,21 @@ impl Outbox {
 
     /// The first request to end the connection wins.
     fn end(&self, code: u16, reason: &'static str, drain: bool) {
-        let mut slot = self.shared.close_reason.lock();
-        if slot.is_none() {
-            if code == CLOSE_POLICY && reason.starts_with("slow consumer") {
-                STATS.slow_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            *slot = Some(Closing {
-                code,
-                reason,
-                drain,
-            });
-            self.shared.closing.store(true, Ordering::SeqCst);
-            drop(slot);
-            self.shared.kill.notify_one();
+        let mut q = self.shared.queue.lock();
+        if q.closing.is_some() {
+            return;
         }
+        if code == CLOSE_POLICY && reason.starts_with("slow consumer") {
+            STATS.slow_closes.fetch_add(1, Ordering::Relaxed);
+        }
+        q.closing = Some(Closing { code, reason });
+        if !drain {
+            q.frames = VecDeque::new();
+            q.bytes = 0;
+        }
+        self.shared.closing.store(true, Ordering::Relaxed);
+        drop(q);
+        self.shared.waker.wake();
     }
 
     pub fn is_closing(&self) -> bool {
@@ -208,63 +214,53 @@ impl Outbox {
 
 /// What the writer should do next.
 pub enum Next {
-    Frame(Utf8Bytes),
+    /// Every frame queued since the last wake-up, in order.
+    Frames(VecDeque<Utf8Bytes>),
     Close(u16, &'static str),
-    Ended,
 }
 
 impl OutboxReceiver {
+    /// Waits for queued frames or a close. Cancel-safe: nothing is taken until it
+    /// is returned.
     pub async fn next(&mut self) -> Next {
-        loop {
-            if let Some(c) = self.close_reason() {
-                if c.drain {
-                    if let Some(f) = self.take() {
-                        return Next::Frame(f);
-                    }
-                }
-                return Next::Close(c.code, c.reason);
+        std::future::poll_fn(|cx| {
+            if let Some(n) = self.try_next() {
+                return Poll::Ready(n);
             }
-            tokio::select! {
-                biased;
-                _ = self.shared.kill.notified() => continue,
-                f = self.rx.recv() => return match f {
-                    Some(f) => {
-                        self.shared.queued_bytes.fetch_sub(f.len(), Ordering::Relaxed);
-                        Next::Frame(f)
-                    }
-                    None => Next::Ended,
-                },
+            self.shared.waker.register(cx.waker());
+            match self.try_next() {
+                Some(n) => Poll::Ready(n),
+                None => Poll::Pending,
             }
+        })
+        .await
+    }
+
+    /// What is queued, without waiting: the frames (those queued before a
+    /// [`Outbox::finish`] first), then the close.
+    pub fn try_next(&mut self) -> Option<Next> {
+        let mut q = self.shared.queue.lock();
+        if !q.frames.is_empty() {
+            q.bytes = 0;
+            return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
+        q.closing.map(|c| Next::Close(c.code, c.reason))
     }
+}
 
-    /// Takes a frame that is already queued, without waiting; none once the
-    /// connection is to be closed at once.
-    pub fn try_next(&mut self) -> Option<Utf8Bytes> {
-        if self.close_reason().is_some_and(|c| !c.drain) {
-            return None;
-        }
-        self.take()
-    }
-
-    fn take(&mut self) -> Option<Utf8Bytes> {
-        let f = self.rx.try_recv().ok()?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(f.len(), Ordering::Relaxed);
-        Some(f)
-    }
-
-    fn close_reason(&self) -> Option<Closing> {
-        if self.shared.closing.load(Ordering::SeqCst) {
-            Some(self.shared.close_reason.lock().unwrap_or(Closing {
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock();
+        q.ended = true;
+        q.frames = VecDeque::new();
+        q.bytes = 0;
+        if q.closing.is_none() {
+            q.closing = Some(Closing {
                 code: CLOSE_NORMAL,
-                reason: "closing",
-                drain: false,
-            }))
-        } else {
-            None
+                reason: "closed",
+            });
         }
+        self.shared.closing.store(true, Ordering::Relaxed);
     }
 }
 
@@ -323,6 +319,13 @@ impl UserRegistry {
 mod tests {
     use super::*;
 
+    fn frames(n: Option<Next>) -> Vec<String> {
+        match n {
+            Some(Next::Frames(f)) => f.iter().map(|f| f.as_str().to_owned()).collect(),
+            _ => panic!("expected frames"),
+        }
+    }
+
     #[tokio::test]
     async fn overflow_closes_instead_of_blocking() {
         let (o, mut rx) = outbox(QueueLimits {
@@ -343,7 +346,7 @@ mod tests {
         o.finish(CLOSE_GOING_AWAY, "bye");
         assert!(!o.send("late".into()), "nothing is queued after finish");
         o.close(CLOSE_POLICY, "ignored: the first request wins");
-        assert!(matches!(rx.next().await, Next::Frame(f) if f.as_str() == "reply"));
+        assert!(matches!(rx.next().await, Next::Frames(f) if f[0].as_str() == "reply"));
         assert!(matches!(rx.next().await, Next::Close(1001, "bye")));
     }
 
@@ -353,8 +356,7 @@ mod tests {
         assert!(o.send("a".into()));
         assert!(o.send("b".into()));
         o.close(CLOSE_POLICY, "stalled");
-        assert!(rx.try_next().is_none());
-        assert!(matches!(rx.next().await, Next::Close(1008, "stalled")));
+        assert!(matches!(rx.try_next(), Some(Next::Close(1008, "stalled"))));
     }
 
     #[tokio::test]
@@ -370,15 +372,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_flow_in_order_and_free_their_bytes() {
+    async fn frames_flow_in_order_in_batches_and_free_their_bytes() {
         let (o, mut rx) = outbox(QueueLimits {
             messages: 4,
             bytes: 10,
         });
         for _ in 0..10 {
             assert!(o.send("12345".into()));
-            assert!(matches!(rx.next().await, Next::Frame(f) if f.as_str() == "12345"));
+            assert_eq!(frames(Some(rx.next().await)), ["12345"]);
         }
+        assert!(o.send("a".into()));
+        assert!(o.send("b".into()));
+        assert_eq!(frames(rx.try_next()), ["a", "b"]);
+        assert!(rx.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken() {
+        let (o, mut rx) = outbox(QueueLimits::default());
+        let waiter = tokio::spawn(async move { frames(Some(rx.next().await)) });
+        tokio::task::yield_now().await;
+        assert!(o.send("x".into()));
+        assert_eq!(waiter.await.unwrap(), ["x"]);
+    }
+
+    #[test]
+    fn a_dropped_receiver_refuses_frames() {
+        let (o, rx) = outbox(QueueLimits::default());
+        drop(rx);
+        assert!(o.is_closing());
+        assert!(!o.send("x".into()));
     }
 
     #[tokio::test]
@@ -391,8 +414,8 @@ mod tests {
         reg.attach(UserId(1), "t2", &b);
         reg.attach(UserId(2), "t3", &c);
         reg.push(UserId(1), &"hi".into());
-        assert!(matches!(ra.next().await, Next::Frame(_)));
-        assert!(matches!(rb.next().await, Next::Frame(_)));
+        assert!(matches!(ra.next().await, Next::Frames(_)));
+        assert!(matches!(rb.next().await, Next::Frames(_)));
         assert!(rc.try_next().is_none());
         reg.revoke(UserId(1), "t1");
         reg.push(UserId(1), &"again".into());

@@ -1,11 +1,10 @@
 //! Flight search, seat maps and live subscriptions.
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 
 use super::App;
 use crate::domain::{self, flight::AIRPORTS, FlightId};
-use crate::fanout::Outbox;
+use crate::fanout::{Outbox, Utf8Bytes};
 use crate::inventory::Start;
 use crate::protocol::{envelope, params, wire, ApiError};
 

@@ -101,9 +101,9 @@ impl App {
         let store: Arc<dyn Store> = if config.store == "etcd" {
             connect_etcd(&config).await?
         } else {
-            let dir = config.data_dir.clone();
+            let (dir, cache_mb) = (config.data_dir.clone(), config.cache_mb);
             Arc::new(
-                tokio::task::spawn_blocking(move || SledStore::open(&dir))
+                tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache_mb))
                     .await
                     .map_err(|e| StartError::Other(e.to_string()))?
                     .map_err(|source| StartError::Store {
@@ -537,8 +537,8 @@ impl Drop for UserTurn<'_> {
 }
 
 /// The `booking.updated` push telling a booking's owner of its new state.
-fn booking_push(b: &Booking, flight: Option<&Flight>) -> axum::extract::ws::Utf8Bytes {
-    axum::extract::ws::Utf8Bytes::from(envelope::push(
+fn booking_push(b: &Booking, flight: Option<&Flight>) -> crate::fanout::Utf8Bytes {
+    crate::fanout::Utf8Bytes::from(envelope::push(
         "booking.updated",
         &json!({ "booking": wire::booking(b, flight) }),
     ))

@@ -7,7 +7,6 @@
 //!   only after the change is durable (the committer applies it), keeps a replay
 //!   buffer of recent changes, and fans each change out to the flight's watchers.
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde_json::{json, Value};
@@ -16,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
-use crate::fanout::Outbox;
+use crate::fanout::{Outbox, Utf8Bytes};
 use crate::protocol::{envelope, wire};
 
 /// Default number of recent changes kept per flight for `seats.subscribe {since}`.
@@ -471,9 +470,11 @@ mod tests {
         drop(w);
         assert_eq!(fs.published_version(), 2);
         let mut versions = Vec::new();
-        while let Some(f) = rx.try_next() {
-            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
-            versions.push(v["params"]["version"].as_u64().unwrap());
+        while let Some(crate::fanout::Next::Frames(fs)) = rx.try_next() {
+            for f in fs {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                versions.push(v["params"]["version"].as_u64().unwrap());
+            }
         }
         assert_eq!(versions, [1, 2]);
     }

@@ -1,6 +1,5 @@
 //! Routes one JSON-RPC request to its use case and encodes the reply.
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,18 +11,45 @@ use super::limits::Shield;
 
 use crate::app::{App, AuthSession};
 use crate::domain::FlightId;
-use crate::fanout::Outbox;
+use crate::fanout::{Outbox, Utf8Bytes};
 use crate::protocol::params::decode;
 use crate::protocol::{envelope, ApiError, Request};
 
-/// A connection's state between requests.
+/// A connection's state between requests. Dropping it (at the end of the connection,
+/// or with a request that panicked) removes the connection from every flight it
+/// watches and from its user's connections.
 pub struct ConnState {
+    app: Arc<App>,
     pub outbox: Outbox,
     pub session: Option<AuthSession>,
     pub subscriptions: Vec<FlightId>,
     /// The client's address (login backoff).
     pub peer: IpAddr,
     pub shield: Arc<Shield>,
+}
+
+impl ConnState {
+    pub fn new(app: Arc<App>, outbox: Outbox, peer: IpAddr, shield: Arc<Shield>) -> Self {
+        ConnState {
+            app,
+            outbox,
+            session: None,
+            subscriptions: Vec::new(),
+            peer,
+            shield,
+        }
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.app
+            .inventory
+            .unsubscribe_all(self.outbox.id(), &self.subscriptions);
+        if let Some(s) = &self.session {
+            self.app.users.detach(s.user_id, self.outbox.id());
+        }
+    }
 }
 
 /// Every method, as a bounded set of metric labels.
@@ -222,6 +248,8 @@ async fn call(
             app.require_admin(&mut conn.session)?;
             app.admin_stats().await?
         }
+        #[cfg(test)]
+        "test.panic" => panic!("a request panicked (injected by a test)"),
         m => return Err(ApiError::MethodNotFound(m.chars().take(64).collect())),
     };
     Ok(Some(r))

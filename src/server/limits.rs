@@ -441,7 +441,7 @@ impl axum::serve::Listener for GuardedListener {
                 GuardedStream {
                     inner: stream,
                     mark,
-                    timer: Box::pin(tokio::time::sleep_until(first.into())),
+                    timer: Some(Box::pin(tokio::time::sleep_until(first.into()))),
                     timer_at: first,
                     metrics: ConnGauge::new(self.metrics.clone()),
                     _slot: slot,
@@ -477,7 +477,8 @@ impl Drop for ConnGauge {
 pub struct GuardedStream {
     inner: TcpStream,
     mark: Arc<ConnMark>,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Until the upgrade.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     timer_at: Instant,
     metrics: ConnGauge,
     _slot: Option<AddrSlot>,
@@ -490,18 +491,23 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(deadline) = this.mark.deadline() {
-            if deadline != this.timer_at {
-                this.timer_at = deadline;
-                this.timer.as_mut().reset(deadline.into());
+        match (this.mark.deadline(), this.timer.as_mut()) {
+            (Some(deadline), Some(timer)) => {
+                if deadline != this.timer_at {
+                    this.timer_at = deadline;
+                    timer.as_mut().reset(deadline.into());
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.metrics.0.rejected("handshake_timeout");
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "handshake timeout",
+                    )));
+                }
             }
-            if this.timer.as_mut().poll(cx).is_ready() {
-                this.metrics.0.rejected("handshake_timeout");
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timeout",
-                )));
-            }
+            // a WebSocket for good: the timer's memory goes back
+            (None, Some(_)) => this.timer = None,
+            _ => {}
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }

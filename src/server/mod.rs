@@ -1,11 +1,13 @@
-//! HTTP and WebSocket front: routes, static files, the upgrade (with its Origin
-//! check and buffer sizes), and start/stop of the whole server.
+//! HTTP and WebSocket front: routes, static files, the WebSocket upgrade (its Origin
+//! check, the handshake straight onto tokio-tungstenite, buffer sizes), and
+//! start/stop of the whole server.
 
 mod dispatch;
 pub mod limits;
 mod session;
 
-use axum::extract::{ws::WebSocketUpgrade, ConnectInfo, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,14 +20,26 @@ use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
 use crate::app::{App, StartError};
 use crate::config::Config;
 
 pub use session::MAX_REQUEST_BYTES;
 
 /// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits").
-pub const READ_BUFFER: usize = 1024;
+pub const READ_BUFFER: usize = 256;
 pub const MAX_MESSAGE: usize = 1 << 20;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(session::FRAGMENT)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
 
 #[derive(Clone)]
 struct Ctx {
@@ -212,19 +226,60 @@ fn origin_allowed(headers: &HeaderMap, allowlist: &[String]) -> bool {
     origin_host.eq_ignore_ascii_case(host)
 }
 
+/// The `Sec-WebSocket-Key` of a valid WebSocket upgrade request (RFC 6455 4.2.1),
+/// or the status and text refusing it.
+fn handshake_key(req: &axum::extract::Request) -> Result<HeaderValue, (StatusCode, &'static str)> {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.method() != axum::http::Method::GET {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket upgrade is a GET",
+        ));
+    }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint"));
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13"));
+    }
+    req.headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"))
+}
+
 async fn upgrade(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<limits::Peer>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
-    if !origin_allowed(&headers, &ctx.shield.limits.allowed_origins) {
+    if !origin_allowed(req.headers(), &ctx.shield.limits.allowed_origins) {
         ctx.shield.metrics.rejected("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if ctx.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let key = match handshake_key(&req) {
+        Ok(k) => k,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "connection cannot be upgraded",
+        )
+            .into_response();
+    };
     let Ctx {
         app,
         shutdown,
@@ -233,14 +288,24 @@ async fn upgrade(
     } = ctx;
     peer.0.upgraded();
     let ip = peer.0.peer.ip();
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| {
-            let t = tracker.clone();
-            t.track_future(session::run(app, socket, shutdown, shield, ip))
-        })
+    tracker.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+        session::run(app, socket, shutdown, shield, ip).await;
+    });
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()));
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = accept {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -124,10 +124,23 @@ fn reply_key(k: &IdemKey) -> Vec<u8> {
     )
 }
 
+/// sled's page cache when no size is given (`--cache-mb`'s default).
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
 impl SledStore {
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens with a page cache of `cache_mb` MiB (sled's own default is 1 GiB, which
+    /// a long-running server fills with every page it ever wrote).
+    pub fn open_with_cache(dir: &Path, cache_mb: u64) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = sled::Config::new().path(dir).open().map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1 << 20))
+            .open()
+            .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         Ok(SledStore {
             tally: Tally::seeded(&db)?,

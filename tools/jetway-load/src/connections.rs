@@ -1,5 +1,6 @@
-//! Connections: open N authenticated (`auth.resume`), subscribed connections and
-//! read the server's memory per connection from /proc/PID/status.
+//! Connections: open N authenticated (`auth.resume`), subscribed connections (to all
+//! flights round-robin, or all to one: `--flight largest`) and read the server's
+//! memory per connection from /proc/PID/status.
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -21,6 +22,8 @@ pub struct Opts {
     pub auth: bool,
     /// Subscribe each connection to a flight.
     pub subscribe: bool,
+    /// One flight for all (`largest`: the one with the most seats); none: all flights.
+    pub flight: Option<String>,
     pub quiet: bool,
 }
 
@@ -28,6 +31,8 @@ pub struct Opts {
 pub struct Outcome {
     pub target: String,
     pub requested: usize,
+    /// The flight every connection watched, when one was chosen.
+    pub flight: Option<String>,
     pub opened: u64,
     pub failed: u64,
     pub first_error: Option<String>,
@@ -47,12 +52,20 @@ pub struct Outcome {
 
 pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Error> {
     let mut setup = Conn::open(ep).await?;
-    let mut flights = client::all_flights(&mut setup).await.unwrap_or_default();
+    let mut flights = match o.flight.as_deref() {
+        None => client::all_flights(&mut setup).await.unwrap_or_default(),
+        Some("largest") => vec![client::pick_flight(&mut setup, None).await?.flight_id],
+        Some(id) => vec![id.to_string()],
+    };
     if flights.is_empty() {
         flights.push("REF".into());
     }
-    let tokens =
-        client::register_accounts(ep, "c", o.accounts.clamp(1, o.connections.max(1)), 4).await?;
+    // anonymous runs register nobody: Argon2's memory would blur the baseline
+    let tokens = if o.auth {
+        client::register_accounts(ep, "c", o.accounts.clamp(1, o.connections.max(1)), 4).await?
+    } else {
+        vec![String::new()]
+    };
     drop(setup);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = target.memory();
@@ -121,6 +134,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     Ok(Outcome {
         target: target.name.to_string(),
         requested: o.connections,
+        flight: (flights.len() == 1).then(|| flights[0].clone()),
         opened,
         failed,
         first_error,

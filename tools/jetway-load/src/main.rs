@@ -99,6 +99,11 @@ enum Scenario {
         /// Don't subscribe them to a flight, to split the cost.
         #[arg(long)]
         no_subscribe: bool,
+        /// Subscribe every connection to this flight id, or to the one with the most
+        /// seats (`largest`, so each receives the biggest map); default: round-robin
+        /// over all flights.
+        #[arg(long)]
+        flight: Option<String>,
     },
     /// W watchers of one flight while writers hold and cancel at a set rate.
     Fanout {
@@ -265,6 +270,7 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             hold,
             no_auth,
             no_subscribe,
+            flight,
         } => {
             let (t, ep) = start(common).await?;
             let o = connections::Opts {
@@ -273,6 +279,7 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 hold: *hold,
                 auth: !*no_auth,
                 subscribe: !*no_subscribe,
+                flight: flight.clone(),
                 quiet: common.quiet,
             };
             let res = connections::run(&t, &ep, &o).await;
