@@ -153,12 +153,13 @@ async fn churn_in_process(cycles: usize) {
     let app = s.app().clone();
     let started = Instant::now();
     let logins = churn(&s.url(), cycles, |logins, done| {
+        // read before the logins: a login counted after this is not in them
+        let stored = app.store.sessions().expect("sessions").len();
+        let cached = stat(&app, "sessions_cached") as usize;
         // what a sweep may not have reached yet: logins of the last TTL plus slack
         let recent = Instant::now()
             .checked_sub(Duration::from_secs(SESSION_TTL) + SWEEP_SLACK)
             .map_or(usize::MAX, |t| logins.since(t));
-        let stored = app.store.sessions().expect("sessions").len();
-        let cached = stat(&app, "sessions_cached") as usize;
         let locks = stat(&app, "user_locks") as usize;
         let holds = stat(&app, "holds_scheduled") as usize;
         println!(
