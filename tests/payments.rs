@@ -965,3 +965,52 @@ async fn two_installations_never_send_the_same_gateway_key() {
         .iter()
         .all(|i| i.charged > 0 && i.refunds.len() == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_for_a_busy_booking_is_retried_not_recorded_as_seen() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+        c.gateway_timeout = 10;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let pi = failed_but_charged(&s, &f, &store_booking(&s, &loc), "pa-late", true).await;
+    // a payment of the booking is in flight while the webhook comes
+    fault(&f, Step::Confirm, Fault::Slow(Duration::from_secs(3)));
+    let paying = tokio::spawn({
+        let loc = loc.clone();
+        async move { a.ok("booking.pay", pay(&loc, "pm_card_visa", "p")).await }
+    });
+    eventually("the payment is in flight", || {
+        let open = s.app().store.open_attempts().unwrap();
+        async move { open.iter().any(|a| a.id != "pa-late") }
+    })
+    .await;
+    let event = json!({"id": "evt_busy", "type": "payment_intent.succeeded",
+                       "data": {"object": {"id": pi, "object": "payment_intent"}}})
+    .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now);
+    assert_eq!(
+        post_webhook(&s, &event, &signed).await,
+        503,
+        "skipped, so Stripe retries"
+    );
+    assert!(!s.app().store.webhook_seen("evt_busy").unwrap());
+    let paid = paying.await.unwrap();
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    // Stripe's retry is applied: the late charge is refunded
+    assert_eq!(post_webhook(&s, &event, &signed).await, 200);
+    let l = f.ledger();
+    assert_eq!((l.charged(), l.refunded()), (2 * total, total), "{l:?}");
+    assert_eq!(
+        l.intents.iter().find(|i| i.id == pi).unwrap().refunded(),
+        total
+    );
+    s.stop().await;
+}

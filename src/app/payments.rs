@@ -51,6 +51,16 @@ enum Settle {
     Refund,
 }
 
+/// What [`App::reconcile`] did with an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reconciled {
+    /// Settled or checked against the gateway (or nothing was left to check).
+    Settled,
+    /// Left for later: its booking is busy or unknown here, or the gateway cannot
+    /// tell yet.
+    Skipped,
+}
+
 /// An attempt made by a version that numbered attempts `pa{N}` from a local counter.
 fn is_legacy_attempt(id: &str) -> bool {
     id.strip_prefix("pa")
@@ -502,18 +512,18 @@ impl App {
     /// gateway says, unless a payment for the booking is in flight right now (that
     /// request settles it). A charge found for a failed attempt confirms the booking if
     /// its seats are still held by it, and is refunded otherwise.
-    pub(super) async fn reconcile(&self, a: PaymentAttempt) -> Result<(), ApiError> {
+    async fn reconcile(&self, a: PaymentAttempt) -> Result<Reconciled, ApiError> {
         if !a.is_open() && a.state != AttemptState::Failed {
-            return Ok(());
+            return Ok(Reconciled::Settled);
         }
         let Some(b) = self.store.booking(&a.locator)? else {
-            return Ok(());
+            return Ok(Reconciled::Skipped);
         };
         let fs = self.flight_seats(&b.flight_id)?;
         let busy = {
             let mut w = fs.working();
             if self.paying(&w, &a.locator, &|m| m.attempt_id == a.id)? {
-                return Ok(());
+                return Ok(Reconciled::Skipped);
             }
             Busy::mark(&fs, &mut w, &a.locator)?
         };
@@ -535,21 +545,40 @@ impl App {
                 let mut a = a;
                 a.certain = true;
                 a.updated_at = domain::now_ms();
-                return Ok(self
-                    .commit(Batch {
-                        attempts: vec![a],
-                        ..Default::default()
-                    })
-                    .await?);
+                self.commit(Batch {
+                    attempts: vec![a],
+                    ..Default::default()
+                })
+                .await?;
+                return Ok(Reconciled::Settled);
             }
-            PaymentStatus::Pending => return Ok(()),
+            PaymentStatus::Pending => return Ok(Reconciled::Skipped),
         };
         // a node that died mid-payment left its mark
         self.release_mark(&id, &loc).await;
         match settled {
-            Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => Ok(()),
-            Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(()),
+            Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => {
+                Ok(Reconciled::Settled)
+            }
+            Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(Reconciled::Settled),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Reconciles `a`; `false` (logged) if it was skipped or failed, so it is still
+    /// to be settled or checked.
+    pub(super) async fn try_reconcile(&self, a: PaymentAttempt) -> bool {
+        let id = a.id.clone();
+        match self.reconcile(a).await {
+            Ok(Reconciled::Settled) => true,
+            Ok(Reconciled::Skipped) => {
+                tracing::info!(attempt = %id, "payment attempt left for later");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
+                false
+            }
         }
     }
 
@@ -566,10 +595,7 @@ impl App {
         };
         let cutoff = domain::now_ms() - min_age.as_millis() as domain::Millis;
         for a in attempts.into_iter().filter(|a| a.created_at <= cutoff) {
-            let id = a.id.clone();
-            if let Err(e) = self.reconcile(a).await {
-                tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
-            }
+            self.try_reconcile(a).await;
         }
         self.reconcile_refunds().await;
         if self.failures_checked.load(Ordering::SeqCst) {
@@ -584,11 +610,7 @@ impl App {
         };
         let mut all_checked = true;
         for a in failures {
-            let id = a.id.clone();
-            if let Err(e) = self.reconcile(a).await {
-                all_checked = false;
-                tracing::warn!(attempt = %id, error = %e, "failed payment attempt not checked yet");
-            }
+            all_checked &= self.try_reconcile(a).await;
         }
         self.failures_checked.store(all_checked, Ordering::SeqCst);
     }
@@ -622,8 +644,9 @@ impl App {
                     |a: &PaymentAttempt| a.is_open() || a.state == AttemptState::Failed;
                 if let Some(a) = attempt.filter(open_or_failed) {
                     // the gateway is asked, not the event trusted: the same path as start-up
-                    if let Err(e) = self.reconcile(a).await {
-                        tracing::warn!(event = id, error = %e, "webhook not applied yet");
+                    // not recorded as seen unless applied: Stripe retries it
+                    if !self.try_reconcile(a).await {
+                        tracing::info!(event = id, "webhook not applied yet");
                         return Err(WebhookError::Internal);
                     }
                 }

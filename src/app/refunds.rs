@@ -183,8 +183,8 @@ impl App {
                 // open attempt is reconciled with the others, once old enough
                 let attempt = self.store.attempt(attempt_id);
                 if let Ok(Some(a)) = attempt.map(|a| a.filter(|a| !a.is_open())) {
-                    if let Err(e) = self.reconcile(a).await {
-                        tracing::warn!(refund = %r.id, error = %e, "open refund not finished yet");
+                    if !self.try_reconcile(a).await {
+                        tracing::warn!(refund = %r.id, "open refund not finished yet");
                     }
                 }
                 continue;
