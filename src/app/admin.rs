@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bookings::Busy;
-use super::refunds::seat_refund;
 use super::{event, App, AuthSession, Step};
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, BookingStatus, Fares, Flight, FlightId,
@@ -481,13 +480,13 @@ impl App {
                     .unwrap_or_default();
                 let amount = Money::sum(booking.seats.iter().map(|s| s.fare)).min(left);
                 let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
-                let r = seat_refund(
+                let r = self.seat_refund(
                     &booking,
-                    order.charge_id,
+                    &order,
                     seats,
                     amount,
                     RefundReason::FlightCancelled,
-                );
+                )?;
                 if !self.unless_stopping(self.open_refund(&r)).await?? {
                     return Ok(Outcome::Busy);
                 }

@@ -4,7 +4,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::refunds::{seat_refund, CANCEL};
+use super::refunds::CANCEL;
 use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
 use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
@@ -328,10 +328,7 @@ impl App {
                         let reason = RefundReason::Cancel {
                             request_id: key.request_id.clone(),
                         };
-                        (
-                            busy,
-                            seat_refund(&b, order.charge_id, seats, amount, reason),
-                        )
+                        (busy, self.seat_refund(&b, &order, seats, amount, reason)?)
                     }
                 };
                 if !self.open_refund(&refund).await? {

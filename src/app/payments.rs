@@ -62,7 +62,7 @@ enum Reconciled {
 }
 
 /// An attempt made by a version that numbered attempts `pa{N}` from a local counter.
-fn is_legacy_attempt(id: &str) -> bool {
+pub(super) fn is_legacy_attempt(id: &str) -> bool {
     id.strip_prefix("pa")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

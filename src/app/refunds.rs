@@ -1,6 +1,7 @@
 //! Refunds, exactly once. Every refund (a passenger's cancel, the airline's flight
 //! cancellation, an orphaned charge) is first written as a [`RefundRecord`] with a
-//! fresh globally unique id, its amount and its seats, and made durable; only then is
+//! fresh globally unique id (or, for a booking an older release paid, the key that
+//! release would have used), its amount and its seats, and made durable; only then is
 //! the gateway asked, with that id as the idempotency key. A retry after an error or a
 //! crash (the user's, the flight cancellation job's, or the reconciler's) asks again
 //! with the same key and amount, so the gateway refunds once; the booking and order
@@ -12,8 +13,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use super::bookings::Busy;
+use super::payments::is_legacy_attempt;
 use super::{event, remember_ok, App, Step};
-use crate::domain::{self, BookingStatus, Locator, Money, SeatId, UserId};
+use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
 use crate::protocol::{wire, ApiError};
@@ -35,15 +37,36 @@ impl RefundRecord {
     }
 }
 
-/// A new refund of a booking's `seats` for `amount` of its charge `payment_ref`.
-pub(super) fn seat_refund(
+/// The id of a new refund of a booking's `seats`: fresh and globally unique, unless
+/// the booking was paid by the release before refund records (`paid_by_old_version`)
+/// and that release may have made this very refund at the gateway before a crash
+/// kept it from recording it. Then the refund takes the key that release used
+/// (`refund-{locator}-{sorted seats joined by '.'}` for a passenger's cancel,
+/// `flight-cancel-{locator}` for the airline's), so the gateway replays it rather than
+/// refunding twice; a passenger's cancel never takes it for a seat refunded before,
+/// whose key would replay a refund already recorded.
+fn seat_refund_id(
     b: &domain::Booking,
-    payment_ref: String,
-    seats: Vec<SeatId>,
-    amount: Money,
-    reason: RefundReason,
-) -> RefundRecord {
-    new_refund(b.user_id, &b.locator, payment_ref, seats, amount, reason)
+    seats: &[SeatId],
+    reason: &RefundReason,
+    paid_by_old_version: bool,
+) -> String {
+    let refunded_before = || {
+        seats
+            .iter()
+            .any(|s| b.cancelled_seats.iter().any(|c| c.seat == *s))
+    };
+    match reason {
+        RefundReason::Cancel { .. } if paid_by_old_version && !refunded_before() => {
+            let mut names: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
+            names.sort();
+            format!("refund-{}-{}", b.locator, names.join("."))
+        }
+        RefundReason::FlightCancelled if paid_by_old_version => {
+            format!("flight-cancel-{}", b.locator)
+        }
+        _ => super::unique_id("rf"),
+    }
 }
 
 /// A new refund, with a fresh globally unique id.
@@ -71,6 +94,32 @@ pub(super) fn new_refund(
 }
 
 impl App {
+    /// A new refund of a booking's `seats` for `amount` of its order's charge.
+    pub(super) fn seat_refund(
+        &self,
+        b: &domain::Booking,
+        order: &Order,
+        seats: Vec<SeatId>,
+        amount: Money,
+        reason: RefundReason,
+    ) -> Result<RefundRecord, ApiError> {
+        let paid_by_old_version = self
+            .store
+            .attempt_by_ref(&order.charge_id)?
+            .is_none_or(|a| is_legacy_attempt(&a.id));
+        let mut r = new_refund(
+            b.user_id,
+            &b.locator,
+            order.charge_id.clone(),
+            Vec::new(),
+            amount,
+            reason,
+        );
+        r.id = seat_refund_id(b, &seats, &r.reason, paid_by_old_version);
+        r.seats = seats;
+        Ok(r)
+    }
+
     /// Makes `r` durable as the open refund of its subject; `false` if another refund
     /// of that subject is open (made through another node).
     pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, ApiError> {
@@ -206,5 +255,82 @@ impl App {
                 tracing::warn!(refund = %id, error = %e, "open refund not finished yet");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Cabin, FlightId};
+
+    fn seat(s: &str) -> SeatId {
+        SeatId::parse(s).unwrap()
+    }
+
+    fn booking() -> domain::Booking {
+        let fare = Money::cents(10_000).unwrap();
+        domain::Booking::hold(
+            Locator::parse("ABCDEF").unwrap(),
+            UserId(1),
+            FlightId::parse("JW1-20260101").unwrap(),
+            vec![
+                (seat("12A"), Cabin::Economy, fare),
+                (seat("3C"), Cabin::Economy, fare),
+                (seat("4D"), Cabin::Economy, fare),
+            ],
+            vec!["Ada".into(), "Alan".into(), "Grace".into()],
+            0,
+            600_000,
+        )
+        .unwrap()
+    }
+
+    fn cancel() -> RefundReason {
+        RefundReason::Cancel {
+            request_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn a_booking_paid_by_the_old_version_gets_its_old_refund_keys() {
+        let b = booking();
+        let seats = [seat("3C"), seat("12A")];
+        assert_eq!(
+            seat_refund_id(&b, &seats, &cancel(), true),
+            "refund-ABCDEF-12A.3C",
+            "seats sorted by name, as the old version did"
+        );
+        assert_eq!(
+            seat_refund_id(&b, &seats, &RefundReason::FlightCancelled, true),
+            "flight-cancel-ABCDEF"
+        );
+    }
+
+    #[test]
+    fn a_booking_paid_since_gets_fresh_refund_keys() {
+        let b = booking();
+        let seats = [seat("12A")];
+        for reason in [cancel(), RefundReason::FlightCancelled] {
+            let (one, two) = (
+                seat_refund_id(&b, &seats, &reason, false),
+                seat_refund_id(&b, &seats, &reason, false),
+            );
+            assert!(one.starts_with("rf-"), "{one}");
+            assert_ne!(one, two);
+        }
+    }
+
+    #[test]
+    fn a_seat_refunded_before_never_reuses_the_old_key() {
+        let mut b = booking();
+        let gone = b.seats.remove(0);
+        b.cancelled_seats.push(gone);
+        let again = seat_refund_id(&b, &[seat("12A")], &cancel(), true);
+        assert!(again.starts_with("rf-"), "{again}");
+        assert_eq!(
+            seat_refund_id(&b, &[seat("4D")], &cancel(), true),
+            "refund-ABCDEF-4D",
+            "another seat of the booking still may"
+        );
     }
 }
