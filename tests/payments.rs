@@ -1014,3 +1014,65 @@ async fn a_webhook_for_a_busy_booking_is_retried_not_recorded_as_seen() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = b["locator"].clone();
+    c.ok("booking.pay", pay(&loc, "pm_card_visa", "p")).await;
+    // a stranger holds a seat the booking had quoted a refund for before another
+    // node moved its passenger (what a quote racing a seat change leaves open)
+    let mut stranger = s.client().await;
+    stranger.new_user().await;
+    let theirs = free_seats(&mut stranger, &fid, "economy", 1).await;
+    let held = hold(&mut stranger, &fid, &theirs, "h").await;
+    let booking = store_booking(&s, &loc);
+    let order_id = booking.order_id.clone().unwrap();
+    let order = s.app().store.order(&order_id).unwrap().unwrap();
+    let now = booking.created_at;
+    let stale = jetway::store::RefundRecord {
+        id: "rf-stale".into(),
+        user_id: booking.user_id,
+        locator: booking.locator.clone(),
+        payment_ref: order.charge_id,
+        amount: booking.seats[0].fare,
+        seats: vec![jetway::domain::SeatId::parse(&theirs[0]).unwrap()],
+        reason: jetway::store::RefundReason::Cancel {
+            request_id: "old".into(),
+        },
+        done: false,
+        created_at: now,
+        updated_at: now,
+    };
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            new_refunds: vec![stale],
+            ..Default::default()
+        })
+        .unwrap();
+    s.app().store.sync().unwrap();
+    assert_eq!(
+        c.reason("booking.cancel", json!({"locator": loc, "request_id": "c"}))
+            .await,
+        "invalid_state"
+    );
+    assert_eq!(f.ledger().refunded(), 0, "no refund made");
+    assert_eq!(
+        store_booking(&s, &loc).status,
+        jetway::domain::BookingStatus::Confirmed
+    );
+    // the stranger's seat is still theirs: paying for it works
+    let paid = stranger
+        .ok("booking.pay", pay(&held["locator"], "pm_card_visa", "p"))
+        .await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    s.stop().await;
+}

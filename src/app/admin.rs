@@ -452,7 +452,7 @@ impl App {
                     )],
                     ..Default::default()
                 };
-                let updates = w.release(b.seats.iter().map(|x| x.seat));
+                let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
                 let ticket = self.change_seats(fs, w, batch, updates, &b)?;
                 Ok((Some(ticket), Err(Outcome::Released)))
             } else {

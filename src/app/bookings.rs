@@ -19,8 +19,8 @@ pub const MAX_HISTORY: u32 = 500;
 
 enum CancelStep {
     Released(Value),
-    /// Refund these seats for this amount.
-    Refund(Busy, Booking, Vec<SeatId>, domain::Money),
+    /// This refund, just opened: make it.
+    Refund(Busy, RefundRecord),
     /// An earlier refund of the booking is open: finish it first.
     Finish(Busy, RefundRecord),
 }
@@ -297,16 +297,30 @@ impl App {
                             replies: vec![(key.clone(), remember_ok(&result))],
                             ..Default::default()
                         };
-                        let updates = w.release(b.seats.iter().map(|x| x.seat));
+                        let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
                         let ticket = self.change_seats(&fs, w, batch, updates, &b)?;
                         Ok((Some(ticket), CancelStep::Released(result)))
                     } else {
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
+                        let order_id = b.order_id.clone().unwrap_or_default();
+                        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                        let reason = RefundReason::Cancel {
+                            request_id: key.request_id.clone(),
+                        };
+                        let refund = self.seat_refund(&b, &order, seats, amount, reason)?;
                         let busy = Busy::mark(&fs, w, &loc)?;
-                        Ok((None, CancelStep::Refund(busy, b, seats, amount)))
+                        // opened only on the flight's version quoted: after a seat change
+                        // through another node in between, the quote is made again
+                        let open = Batch {
+                            new_refunds: vec![refund.clone()],
+                            ..Default::default()
+                        };
+                        let expect = Some((fs.id.clone(), w.version));
+                        let ticket = self.committer.submit(open, expect, || None)?;
+                        Ok((Some(ticket), CancelStep::Refund(busy, refund)))
                     }
                 });
-                let (busy, refund) = match step.await? {
+                match step.await? {
                     Step::Done(CancelStep::Released(result)) => return Ok(result),
                     Step::Replayed(r) => return r,
                     Step::Done(CancelStep::Finish(busy, open)) => {
@@ -322,20 +336,10 @@ impl App {
                         }
                         continue;
                     }
-                    Step::Done(CancelStep::Refund(busy, b, seats, amount)) => {
-                        let order_id = b.order_id.clone().unwrap_or_default();
-                        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
-                        let reason = RefundReason::Cancel {
-                            request_id: key.request_id.clone(),
-                        };
-                        (busy, self.seat_refund(&b, &order, seats, amount, reason)?)
+                    Step::Done(CancelStep::Refund(busy, refund)) => {
+                        return self.finish_seat_refund(&fs, refund, busy).await;
                     }
-                };
-                if !self.open_refund(&refund).await? {
-                    drop(busy);
-                    continue;
                 }
-                return self.finish_seat_refund(&fs, refund, busy).await;
             }
         })
         .await

@@ -164,7 +164,7 @@ impl App {
                 events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
                 ..Default::default()
             };
-            let updates = w.release(b.seats.iter().map(|x| x.seat));
+            let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
             Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), ()))
         })
         .await?;

@@ -161,6 +161,7 @@ impl App {
         r: RefundRecord,
         busy: Busy,
     ) -> Result<Value, ApiError> {
+        self.check_seats_still_booked(&r)?;
         let made = self.make_refund(&r).await;
         if let Err(e) = made {
             tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
@@ -204,7 +205,7 @@ impl App {
                 refunds: vec![closed],
                 ..Default::default()
             };
-            let updates = w.release(r.seats.iter().copied());
+            let updates = w.release(&r.locator, r.seats.iter().copied());
             Ok((Some(self.change_seats(fs, w, batch, updates, &b)?), result))
         });
         let done = done.await;
@@ -213,6 +214,25 @@ impl App {
             Step::Done(v) => Ok(v),
             Step::Replayed(r) => r,
         }
+    }
+
+    /// Refuses to make an open refund of seats its booking no longer holds (a quote
+    /// that raced a seat change): it would pay back, and free, someone else's seat.
+    fn check_seats_still_booked(&self, r: &RefundRecord) -> Result<(), ApiError> {
+        let open = self.store.open_refund(r.subject())?;
+        if open.is_none_or(|o| o.id != r.id) {
+            // recorded already: the gateway replays it
+            return Ok(());
+        }
+        let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+        if r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s)) {
+            return Ok(());
+        }
+        tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");
+        Err(ApiError::InvalidState(
+            "the booking's seats changed while it was being cancelled; the refund was not made"
+                .into(),
+        ))
     }
 
     /// Finishes every open refund (a crash or a gateway error interrupted it) whose

@@ -65,10 +65,16 @@ impl Working {
         self.seats.iter().map(Option::is_none).collect()
     }
 
-    /// Updates that free `seats` (those the aircraft has).
-    pub fn release(&self, seats: impl Iterator<Item = SeatId>) -> Vec<(usize, Option<Occupant>)> {
+    /// Updates that free those of `seats` that booking `by` occupies (a seat it no
+    /// longer holds is someone else's, or free).
+    pub fn release(
+        &self,
+        by: &Locator,
+        seats: impl Iterator<Item = SeatId>,
+    ) -> Vec<(usize, Option<Occupant>)> {
         seats
             .filter_map(|s| self.index(s))
+            .filter(|&i| self.seats[i].as_ref().is_some_and(|o| &o.locator == by))
             .map(|i| (i, None))
             .collect()
     }
