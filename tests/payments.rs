@@ -674,8 +674,26 @@ async fn pay_charged_late(f: &FakeStripe, reconcile_every: u64, late: u64) -> (S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
     let f = fake().await;
-    let (s, b) = pay_charged_late(&f, 1, 2500).await;
+    let (s, b) = pay_charged_late(&f, 1, 4000).await;
     wait_confirmed(&s, &b["locator"]).await;
+    let cancels: Vec<String> = f
+        .keys()
+        .into_iter()
+        .filter(|k| k.step == Step::Cancel)
+        .map(|k| k.key)
+        .collect();
+    let mut unique = cancels.clone();
+    unique.sort();
+    unique.dedup();
+    assert!(
+        cancels.len() >= 2,
+        "cancelled while processing, then again: {cancels:?}"
+    );
+    assert_eq!(
+        unique.len(),
+        cancels.len(),
+        "a fresh key per cancel: {cancels:?}"
+    );
     let total = b["total"]["amount"].as_i64().unwrap();
     let l = f.ledger();
     assert_eq!((l.charged(), l.refunded()), (total, 0), "{l:?}");
@@ -730,7 +748,7 @@ async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
     assert!(f
         .keys()
         .iter()
-        .any(|k| k.step == Step::Cancel && k.key.ends_with("-cancel")));
+        .any(|k| k.step == Step::Cancel && k.key.contains("-cancel-")));
     f.clear_faults();
     let ok = a.ok("booking.pay", pay(&loc, "pm_card_visa", "p2")).await;
     assert_eq!(ok["booking"]["status"], "confirmed");

@@ -276,7 +276,12 @@ impl App {
             return Ok(PaymentStatus::NotCharged);
         };
         match self.payments.status(r).await? {
-            PaymentStatus::Pending => self.payments.cancel(r, &format!("{}-cancel", a.id)).await,
+            // a fresh key per try: cancelling is idempotent by nature, and Stripe
+            // would replay a refusal (the payment was processing) under a reused key
+            PaymentStatus::Pending => {
+                let key = super::unique_id(&format!("{}-cancel", a.id));
+                self.payments.cancel(r, &key).await
+            }
             settled => Ok(settled),
         }
     }
