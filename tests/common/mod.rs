@@ -65,7 +65,20 @@ impl Server {
         }
         let mut config = jetway::Config::for_tests(self.dir.path().to_path_buf());
         tweak(&mut config);
-        let running = jetway::start(config).await.expect("server restarts");
+        // a connection task that outlived the shutdown's grace period on a loaded
+        // machine may still hold the old database open: wait until it lets go
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let running = loop {
+            match jetway::start(config.clone()).await {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                r => break r.expect("server restarts"),
+            }
+        };
         self.addr = running.addr;
         self.running = Some(running);
     }
