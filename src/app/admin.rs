@@ -15,7 +15,6 @@
 //! just before a crash is asked for again with its stored key, so it is never paid twice.
 
 use parking_lot::Mutex;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use crate::domain::{
     FlightStatus, Locator, Money, SeatId,
 };
 use crate::inventory::FlightSeats;
+use crate::protocol::params::{CancelFlight, CreateFlight};
 use crate::protocol::{wire, ApiError};
 use crate::store::{Batch, RefundReason, Role, StoreError};
 
@@ -43,29 +43,6 @@ const BUSY_RETRY: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long cached revenue figures may be reused while no flight version moves.
 const STATS_MAX_AGE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Deserialize)]
-pub struct CreateFlight {
-    pub number: String,
-    pub from: String,
-    pub to: String,
-    pub departs_at: String,
-    pub arrives_at: String,
-    pub aircraft: String,
-    pub fares: CreateFares,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CreateFares {
-    pub economy: Money,
-    pub business: Money,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CancelFlight {
-    pub flight_id: String,
-    pub reason: String,
-}
 
 /// What the admin use cases keep between calls.
 #[derive(Default)]
@@ -597,6 +574,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::params::CreateFares;
 
     fn params(number: &str, from: &str, to: &str, dep: &str, arr: &str, ac: &str) -> CreateFlight {
         CreateFlight {

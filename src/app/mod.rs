@@ -32,7 +32,7 @@ use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
 
-pub use admin::{CancelFlight, CreateFlight};
+pub use admin::new_flight;
 pub use auth::AuthSession;
 pub use expiry::Expiry;
 pub use payments::WebhookError;

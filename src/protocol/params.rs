@@ -1,10 +1,97 @@
-//! Method parameters as clients send them; semantic checks happen in the use cases.
+//! Every method's name and parameters as clients send them, and the one table that
+//! turns a request into typed params ([`Call::parse`]); semantic checks happen in the
+//! use cases.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiError;
+use crate::domain::Money;
+
+/// Every method, also the bounded set of metric labels. [`Call::parse`] knows no other.
+pub const METHODS: &[&str] = &[
+    "auth.register",
+    "auth.login",
+    "auth.resume",
+    "auth.logout",
+    "flights.airports",
+    "flights.search",
+    "flights.get",
+    "seats.subscribe",
+    "seats.unsubscribe",
+    "booking.hold",
+    "booking.pay",
+    "booking.cancel",
+    "booking.change_seat",
+    "booking.get",
+    "bookings.list",
+    "orders.list",
+    "history.list",
+    "admin.flights.create",
+    "admin.flights.cancel",
+    "admin.flights.stats",
+];
+
+/// A request's method with its decoded params. A params error is kept, not returned,
+/// so that the dispatcher checks who is asking before it looks at the params.
+#[derive(Debug)]
+pub enum Call {
+    Register(Result<Credentials, ApiError>),
+    Login(Result<Credentials, ApiError>),
+    Resume(Result<Resume, ApiError>),
+    Logout,
+    Airports,
+    Search(Result<Search, ApiError>),
+    FlightGet(Result<FlightRef, ApiError>),
+    Subscribe(Result<Subscribe, ApiError>),
+    Unsubscribe(Result<FlightRef, ApiError>),
+    Hold(Result<Hold, ApiError>),
+    Pay(Result<Pay, ApiError>),
+    Cancel(Result<Cancel, ApiError>),
+    ChangeSeat(Result<ChangeSeat, ApiError>),
+    BookingGet(Result<LocatorRef, ApiError>),
+    BookingsList,
+    OrdersList,
+    HistoryList(Result<Limit, ApiError>),
+    AdminCreateFlight(Result<CreateFlight, ApiError>),
+    AdminCancelFlight(Result<CancelFlight, ApiError>),
+    AdminStats,
+}
+
+impl Call {
+    /// Decodes `params` for `method`; a method not in [`METHODS`] is `method_not_found`.
+    pub fn parse(method: &str, params: Value) -> Result<Call, ApiError> {
+        let not_found = || ApiError::MethodNotFound(method.chars().take(64).collect());
+        if !METHODS.contains(&method) {
+            return Err(not_found());
+        }
+        let p = params;
+        Ok(match method {
+            "auth.register" => Call::Register(decode(p)),
+            "auth.login" => Call::Login(decode(p)),
+            "auth.resume" => Call::Resume(decode(p)),
+            "auth.logout" => Call::Logout,
+            "flights.airports" => Call::Airports,
+            "flights.search" => Call::Search(decode(p)),
+            "flights.get" => Call::FlightGet(decode(p)),
+            "seats.subscribe" => Call::Subscribe(decode(p)),
+            "seats.unsubscribe" => Call::Unsubscribe(decode(p)),
+            "booking.hold" => Call::Hold(decode(p)),
+            "booking.pay" => Call::Pay(decode(p)),
+            "booking.cancel" => Call::Cancel(decode(p)),
+            "booking.change_seat" => Call::ChangeSeat(decode(p)),
+            "booking.get" => Call::BookingGet(decode(p)),
+            "bookings.list" => Call::BookingsList,
+            "orders.list" => Call::OrdersList,
+            "history.list" => Call::HistoryList(decode(p)),
+            "admin.flights.create" => Call::AdminCreateFlight(decode(p)),
+            "admin.flights.cancel" => Call::AdminCancelFlight(decode(p)),
+            "admin.flights.stats" => Call::AdminStats,
+            _ => return Err(not_found()),
+        })
+    }
+}
 
 /// Decodes a method's params, naming the offending field on failure.
 pub fn decode<T: DeserializeOwned>(params: Value) -> Result<T, ApiError> {
@@ -88,6 +175,29 @@ pub struct Limit {
     pub limit: Option<u32>,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct CreateFlight {
+    pub number: String,
+    pub from: String,
+    pub to: String,
+    pub departs_at: String,
+    pub arrives_at: String,
+    pub aircraft: String,
+    pub fares: CreateFares,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateFares {
+    pub economy: Money,
+    pub business: Money,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CancelFlight {
+    pub flight_id: String,
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +215,40 @@ mod tests {
         assert_eq!(e.reason(), "invalid_params");
         let h = decode::<Hold>(json!({"flight_id":"F","seats":["1A"],"passengers":[{"name":"A"}],"request_id":"r","extra":true})).unwrap();
         assert_eq!(h.seats.unwrap(), ["1A"]);
+    }
+
+    #[test]
+    fn every_method_has_a_call_and_no_other_name_does() {
+        for m in METHODS {
+            assert!(Call::parse(m, json!({})).is_ok(), "{m}");
+        }
+        for m in [
+            "",
+            "booking",
+            "booking.hold ",
+            "Booking.hold",
+            "admin.flights",
+        ] {
+            assert_eq!(
+                Call::parse(m, json!({})).unwrap_err().reason(),
+                "method_not_found"
+            );
+        }
+        let long = "x".repeat(1000);
+        let e = Call::parse(&long, json!({})).unwrap_err();
+        assert_eq!(e, ApiError::MethodNotFound("x".repeat(64)));
+    }
+
+    #[test]
+    fn a_params_error_stays_with_its_method() {
+        let c = Call::parse("booking.hold", json!({"flight_id": 1})).unwrap();
+        assert!(
+            matches!(c, Call::Hold(Err(ApiError::InvalidParams(_)))),
+            "{c:?}"
+        );
+        let c = Call::parse("admin.flights.create", json!({})).unwrap();
+        assert!(matches!(c, Call::AdminCreateFlight(Err(_))), "{c:?}");
+        let c = Call::parse("auth.logout", json!({"anything": [1]})).unwrap();
+        assert!(matches!(c, Call::Logout));
     }
 }

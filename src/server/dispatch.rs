@@ -12,7 +12,7 @@ use super::limits::Shield;
 use crate::app::{App, AuthSession};
 use crate::domain::FlightId;
 use crate::fanout::{Outbox, Utf8Bytes};
-use crate::protocol::params::decode;
+use crate::protocol::params::{Call, METHODS};
 use crate::protocol::{envelope, ApiError, Request};
 
 /// A connection's state between requests. Dropping it (at the end of the connection,
@@ -51,30 +51,6 @@ impl Drop for ConnState {
         }
     }
 }
-
-/// Every method, as a bounded set of metric labels.
-const METHODS: &[&str] = &[
-    "auth.register",
-    "auth.login",
-    "auth.resume",
-    "auth.logout",
-    "flights.airports",
-    "flights.search",
-    "flights.get",
-    "seats.subscribe",
-    "seats.unsubscribe",
-    "booking.hold",
-    "booking.pay",
-    "booking.cancel",
-    "booking.change_seat",
-    "booking.get",
-    "bookings.list",
-    "orders.list",
-    "history.list",
-    "admin.flights.create",
-    "admin.flights.cancel",
-    "admin.flights.stats",
-];
 
 /// The metric label of a method name: itself if known, else `other`.
 pub fn method_label(m: &str) -> &'static str {
@@ -138,14 +114,14 @@ async fn call(
     conn: &mut ConnState,
     req: Request,
 ) -> Result<Option<Value>, ApiError> {
-    let p = req.params;
-    let r = match req.method.as_str() {
-        "auth.register" => {
-            app.register(decode(p)?, &conn.outbox, &mut conn.session)
-                .await?
-        }
-        "auth.login" => {
-            let params: crate::protocol::params::Credentials = decode(p)?;
+    #[cfg(test)]
+    if req.method == "test.panic" {
+        panic!("a request panicked (injected by a test)");
+    }
+    let r = match Call::parse(&req.method, req.params)? {
+        Call::Register(p) => app.register(p?, &conn.outbox, &mut conn.session).await?,
+        Call::Login(p) => {
+            let params = p?;
             let guard = &conn.shield.logins;
             let addr = conn.shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
@@ -166,16 +142,13 @@ async fn call(
                 }
             }
         }
-        "auth.resume" => {
-            app.resume(decode(p)?, &conn.outbox, &mut conn.session)
-                .await?
-        }
-        "auth.logout" => app.logout(&conn.outbox, &mut conn.session).await?,
-        "flights.airports" => app.airports(),
-        "flights.search" => app.search(decode(p)?)?,
-        "flights.get" => app.flight_get(decode(p)?)?,
-        "seats.subscribe" => {
-            let params: crate::protocol::params::Subscribe = decode(p)?;
+        Call::Resume(p) => app.resume(p?, &conn.outbox, &mut conn.session).await?,
+        Call::Logout => app.logout(&conn.outbox, &mut conn.session).await?,
+        Call::Airports => app.airports(),
+        Call::Search(p) => app.search(p?)?,
+        Call::FlightGet(p) => app.flight_get(p?)?,
+        Call::Subscribe(p) => {
+            let params = p?;
             let already = conn
                 .subscriptions
                 .iter()
@@ -194,16 +167,11 @@ async fn call(
             )?;
             return Ok(None);
         }
-        "seats.unsubscribe" => {
-            app.unsubscribe(decode(p)?, conn.outbox.id(), &mut conn.subscriptions)?
-        }
-        "booking.hold" => {
-            app.hold(&app.authenticate(&mut conn.session)?, decode(p)?)
-                .await?
-        }
-        "booking.pay" => {
+        Call::Unsubscribe(p) => app.unsubscribe(p?, conn.outbox.id(), &mut conn.subscriptions)?,
+        Call::Hold(p) => app.hold(&app.authenticate(&mut conn.session)?, p?).await?,
+        Call::Pay(p) => {
             let session = app.authenticate(&mut conn.session)?;
-            let params: crate::protocol::params::Pay = decode(p)?;
+            let params = p?;
             // card data must never reach a log or the database
             if super::limits::looks_like_card_number(&params.payment_method) {
                 return Err(ApiError::InvalidParams(
@@ -212,45 +180,42 @@ async fn call(
             }
             app.pay(&session, params).await?
         }
-        "booking.cancel" => {
-            app.cancel(&app.authenticate(&mut conn.session)?, decode(p)?)
+        Call::Cancel(p) => {
+            app.cancel(&app.authenticate(&mut conn.session)?, p?)
                 .await?
         }
-        "booking.change_seat" => {
-            app.change_seat(&app.authenticate(&mut conn.session)?, decode(p)?)
+        Call::ChangeSeat(p) => {
+            app.change_seat(&app.authenticate(&mut conn.session)?, p?)
                 .await?
         }
-        "booking.get" => {
-            app.booking_get(&app.authenticate(&mut conn.session)?, decode(p)?)
+        Call::BookingGet(p) => {
+            app.booking_get(&app.authenticate(&mut conn.session)?, p?)
                 .await?
         }
-        "bookings.list" => {
+        Call::BookingsList => {
             app.bookings_list(&app.authenticate(&mut conn.session)?)
                 .await?
         }
-        "orders.list" => {
+        Call::OrdersList => {
             app.orders_list(&app.authenticate(&mut conn.session)?)
                 .await?
         }
-        "history.list" => {
-            app.history_list(&app.authenticate(&mut conn.session)?, decode(p)?)
+        Call::HistoryList(p) => {
+            app.history_list(&app.authenticate(&mut conn.session)?, p?)
                 .await?
         }
-        "admin.flights.create" => {
-            app.admin_create_flight(&app.require_admin(&mut conn.session)?, decode(p)?)
+        Call::AdminCreateFlight(p) => {
+            app.admin_create_flight(&app.require_admin(&mut conn.session)?, p?)
                 .await?
         }
-        "admin.flights.cancel" => {
-            app.admin_cancel_flight(&app.require_admin(&mut conn.session)?, decode(p)?)
+        Call::AdminCancelFlight(p) => {
+            app.admin_cancel_flight(&app.require_admin(&mut conn.session)?, p?)
                 .await?
         }
-        "admin.flights.stats" => {
+        Call::AdminStats => {
             app.require_admin(&mut conn.session)?;
             app.admin_stats().await?
         }
-        #[cfg(test)]
-        "test.panic" => panic!("a request panicked (injected by a test)"),
-        m => return Err(ApiError::MethodNotFound(m.chars().take(64).collect())),
     };
     Ok(Some(r))
 }

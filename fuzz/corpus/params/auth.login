@@ -1,0 +1,1 @@
+{"username":"ada.l","password":"correct horse"}

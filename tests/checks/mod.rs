@@ -1,0 +1,276 @@
+//! The properties that both `tests/fuzz_props.rs` (proptest, bounded, in every
+//! `cargo test`) and the cargo-fuzz targets in `fuzz/` (run by hand, millions of
+//! inputs) check, each on arbitrary bytes: a frame, one method's params, and a
+//! sequence of booking operations.
+
+#![allow(dead_code)]
+
+use jetway::domain::{
+    Booking, BookingStatus, Cabin, FlightId, Locator, Money, RequestId, SeatId, TicketNumber,
+    UserId, Username,
+};
+use jetway::protocol::params::{Call, METHODS};
+use jetway::protocol::{envelope, parse_request, ApiError};
+use serde_json::Value;
+
+/// A fixed "now" (November 2026) for the validations that look at the clock.
+const NOW: i64 = 1_796_000_000_000;
+
+/// Any bytes as a WebSocket text frame: it parses into a call whose params decode or
+/// are refused, or it gets a well-formed JSON-RPC error.
+pub fn frame(data: &[u8]) {
+    let Ok(frame) = std::str::from_utf8(data) else {
+        return; // the WebSocket layer refuses invalid UTF-8 before us
+    };
+    match parse_request(frame) {
+        Ok(req) => {
+            assert!(req.params.is_object());
+            match Call::parse(&req.method, req.params) {
+                Ok(call) => check_call(call),
+                Err(e) => {
+                    assert!(!METHODS.contains(&req.method.as_str()));
+                    assert_eq!(e.reason(), "method_not_found");
+                    check_error(&Value::Null, &e);
+                }
+            }
+        }
+        Err((id, e)) => {
+            assert!(matches!(
+                id,
+                Value::Null | Value::Number(_) | Value::String(_)
+            ));
+            check_error(&id, &e);
+        }
+    }
+}
+
+/// The first byte picks a method, the rest is its params as JSON text: every method's
+/// params decode, and the identifiers in them parse, or are refused as `invalid_params`.
+pub fn params(data: &[u8]) {
+    let Some((&pick, json)) = data.split_first() else {
+        return;
+    };
+    let method = METHODS[usize::from(pick) % METHODS.len()];
+    let Ok(p) = serde_json::from_slice::<Value>(json) else {
+        return; // not JSON: `frame` covers that
+    };
+    match Call::parse(method, p) {
+        Ok(call) => check_call(call),
+        Err(e) => panic!("{method} is a known method, got {e:?}"),
+    }
+}
+
+fn check_error(id: &Value, e: &ApiError) {
+    let reply: Value = serde_json::from_str(&envelope::failure(id, e)).unwrap();
+    assert_eq!(reply["jsonrpc"], "2.0");
+    assert_eq!(&reply["id"], id);
+    assert!(reply["error"]["code"].is_i64());
+    assert!(reply["error"]["data"]["reason"].is_string());
+}
+
+fn check_refusal(r: Result<(), &ApiError>) {
+    if let Err(e) = r {
+        assert_eq!(e.reason(), "invalid_params", "{e:?}");
+        check_error(&Value::Null, e);
+    }
+}
+
+/// Runs the identifier parsers the use cases apply to each decoded field.
+fn check_call(call: Call) {
+    fn seats(s: &Option<Vec<String>>) {
+        s.iter().flatten().for_each(|s| identifiers(s));
+    }
+    match call {
+        Call::Register(p) | Call::Login(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.username);
+            identifiers(&p.password);
+        })),
+        Call::Resume(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.token))),
+        Call::Search(p) => check_refusal(p.as_ref().map(|p| {
+            [&p.from, &p.to, &p.date]
+                .into_iter()
+                .flatten()
+                .for_each(|s| identifiers(s))
+        })),
+        Call::FlightGet(p) | Call::Unsubscribe(p) => {
+            check_refusal(p.as_ref().map(|p| identifiers(&p.flight_id)))
+        }
+        Call::Subscribe(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.flight_id))),
+        Call::Hold(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.flight_id);
+            identifiers(&p.request_id);
+            seats(&p.seats);
+            if let Some(c) = &p.cabin {
+                let _ = Cabin::parse(c);
+            }
+            p.passengers.iter().for_each(|x| identifiers(&x.name));
+        })),
+        Call::Pay(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.locator);
+            identifiers(&p.request_id);
+            identifiers(&p.payment_method);
+        })),
+        Call::Cancel(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.locator);
+            identifiers(&p.request_id);
+            seats(&p.seats);
+        })),
+        Call::ChangeSeat(p) => check_refusal(p.as_ref().map(|p| {
+            [&p.locator, &p.from, &p.to, &p.request_id]
+                .into_iter()
+                .for_each(|s| identifiers(s))
+        })),
+        Call::BookingGet(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.locator))),
+        Call::HistoryList(p) => check_refusal(p.as_ref().map(|_| ())),
+        Call::AdminCreateFlight(p) => {
+            check_refusal(p.as_ref().map(|_| ()));
+            if let Ok(p) = p {
+                match jetway::app::new_flight(&p, NOW) {
+                    Ok(f) => {
+                        assert!(f.departs_at > NOW && f.arrives_at > f.departs_at);
+                        assert!(FlightId::parse(f.id.as_str()).is_ok());
+                    }
+                    Err(e) => check_refusal(Err(&e)),
+                }
+            }
+        }
+        Call::AdminCancelFlight(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.flight_id);
+            identifiers(&p.reason);
+        })),
+        Call::Logout
+        | Call::Airports
+        | Call::BookingsList
+        | Call::OrdersList
+        | Call::AdminStats => {}
+    }
+}
+
+/// Every identifier parser accepts or refuses any string without panicking, and what
+/// it accepts prints back to something it accepts again.
+pub fn identifiers(s: &str) {
+    if let Ok(seat) = SeatId::parse(s) {
+        assert_eq!(SeatId::parse(&seat.to_string()).ok(), Some(seat));
+    }
+    if let Ok(l) = Locator::parse(s) {
+        assert_eq!(l.to_string().len(), 6);
+        assert_eq!(Locator::parse(&l.to_string()).ok(), Some(l));
+    }
+    if let Ok(f) = FlightId::parse(s) {
+        assert_eq!(FlightId::parse(f.as_str()).ok(), Some(f));
+    }
+    let _ = Username::parse(s);
+    let _ = RequestId::parse(s);
+    let _ = TicketNumber::parse(s);
+}
+
+fn allowed(from: BookingStatus, to: BookingStatus) -> bool {
+    use BookingStatus::*;
+    from == to
+        || matches!(
+            (from, to),
+            (Held, Confirmed) | (Held, Cancelled) | (Held, Expired) | (Confirmed, Refunded)
+        )
+}
+
+/// The booking state machine driven by bytes: the first picks 1-4 seats, then one
+/// operation per byte (the low 3 bits pick it, the rest is its argument). Refused
+/// operations change nothing, only allowed transitions happen, terminal states are
+/// final, a booking occupies its seats (each once) exactly while held or confirmed,
+/// refunds never exceed the total, and an expired hold can never be paid.
+pub fn booking(data: &[u8]) {
+    let Some((&n, ops)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 4) + 1;
+    let mut now = 1_000_000i64;
+    let departs = now + 10 * 86_400_000;
+    let fare = Money::cents(10_000).unwrap();
+    let seats: Vec<_> = (0..n)
+        .map(|i| {
+            (
+                SeatId::parse(&format!("{}A", i + 1)).unwrap(),
+                Cabin::Economy,
+                fare,
+            )
+        })
+        .collect();
+    let mut b = Booking::hold(
+        Locator::from_random([1, 2, 3, 4, 5, 6]),
+        UserId(7),
+        FlightId::parse("JW1-2030-01-01").unwrap(),
+        seats,
+        (0..n).map(|i| format!("P{i}")).collect(),
+        now,
+        600_000,
+    )
+    .unwrap();
+    let total = b.total;
+    let mut ticket = 0u64;
+    for &op in ops.iter().take(64) {
+        let before = b.clone();
+        let arg = usize::from(op >> 3);
+        let r = match op & 7 {
+            0 => {
+                now += i64::from(op) * 5_000;
+                Ok(())
+            }
+            1 => b.check_payable(now).and_then(|_| {
+                let t = (0..b.seats.len())
+                    .map(|_| {
+                        ticket += 1;
+                        TicketNumber::new(729, ticket)
+                    })
+                    .collect();
+                b.confirm(t, "ORD1".into(), now)
+            }),
+            2 => b.release(now),
+            3 => b.expire(now),
+            4 => b
+                .refund_quote(None, departs, now)
+                .and_then(|(s, m)| b.refund(&s, m, now)),
+            5 => {
+                let s = vec![b.seats[arg % b.seats.len()].seat];
+                b.refund_quote(Some(&s), departs, now)
+                    .and_then(|(s, m)| b.refund(&s, m, now))
+            }
+            _ => {
+                let from = b.seats[arg % b.seats.len()].seat;
+                let to = SeatId::parse(&format!("{}C", arg % 40 + 1)).unwrap();
+                b.change_seat(from, to, Cabin::Economy, now)
+            }
+        };
+        if r.is_err() {
+            assert_eq!(b, before, "a refused operation changes nothing");
+        }
+        assert!(
+            allowed(before.status, b.status),
+            "{:?} -> {:?}",
+            before.status,
+            b.status
+        );
+        if matches!(
+            before.status,
+            BookingStatus::Cancelled | BookingStatus::Expired | BookingStatus::Refunded
+        ) {
+            assert_eq!(b, before, "terminal states are final");
+        }
+        let occupied: Vec<SeatId> = b.occupied_seats().collect();
+        let mut uniq = occupied.clone();
+        uniq.sort_by_key(|s| s.to_string());
+        uniq.dedup();
+        assert_eq!(uniq.len(), occupied.len(), "a seat occupied twice");
+        assert_eq!(
+            occupied.is_empty(),
+            !b.status.occupies_seats(),
+            "{:?} occupies {occupied:?}",
+            b.status
+        );
+        if let Some(r) = b.refund {
+            assert!(r >= Money::ZERO && r <= total);
+        }
+        if b.status == BookingStatus::Held && b.hold_expires_at.is_some_and(|t| now >= t) {
+            assert!(b.check_payable(now).is_err());
+        }
+    }
+}
