@@ -168,6 +168,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_carries_the_request_id_exactly() {
+        // found by `cargo fuzz run frame`: without correctly rounded float parsing this
+        // id was read one unit in the last place off, so the client could not match it
+        let ids = [
+            ("-4.444444444444445e224", json!(-4.444444444444445e224_f64)),
+            ("1e-300", json!(1e-300_f64)),
+            ("7", json!(7)),
+            (r#""x""#, json!("x")),
+        ];
+        for (text, id) in ids {
+            let r =
+                parse_request(&format!(r#"{{"jsonrpc":"2.0","id":{text},"method":"x"}}"#)).unwrap();
+            assert_eq!(r.id.as_ref(), Some(&id), "{text}");
+            let reply: Value = serde_json::from_str(&success(&id, &1)).unwrap();
+            assert_eq!(reply["id"], id, "{text}");
+        }
+    }
+
+    #[test]
     fn replies_are_well_formed() {
         let s: Value = serde_json::from_str(&success(&json!(1), &json!({"ok":true}))).unwrap();
         assert_eq!(s, json!({"jsonrpc":"2.0","id":1,"result":{"ok":true}}));
