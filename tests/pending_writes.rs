@@ -8,9 +8,9 @@
 mod common;
 
 use common::faulty::*;
-use jetway::app::{AuthSession, CancelFlight};
+use jetway::app::AuthSession;
 use jetway::domain::{UserId, Username};
-use jetway::protocol::params::decode;
+use jetway::protocol::params::{decode, CancelFlight};
 use jetway::protocol::ApiError;
 use jetway::store::{Role, Store};
 use serde_json::{json, Value};
