@@ -127,6 +127,12 @@ pub struct Config {
     /// How often unfinished payment attempts are reconciled with the gateway, in seconds.
     #[arg(long, env = "JETWAY_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval: u64,
+
+    /// A refund still unfinished this many seconds after it was opened first looks
+    /// for itself at the gateway before asking again (Stripe forgets idempotency keys
+    /// after 24 hours; the refund's own id in its metadata stays).
+    #[arg(long, env = "JETWAY_REFUND_LOOKUP_AFTER", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=72_000))]
+    pub refund_lookup_after: u64,
 }
 
 impl Config {

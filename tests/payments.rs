@@ -245,7 +245,12 @@ fn pay(loc: &Value, pm: &str, rid: &str) -> Value {
 #[tokio::test]
 async fn pay_decline_refund_and_partial_cancel_through_stripe() {
     let ls = LocalStripe::start().await;
-    let s = Server::start_with(|c| stripe_config(c, &format!("http://{}", ls.addr))).await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &format!("http://{}", ls.addr));
+        // every refund first looks for an earlier one, through Stripe's list API
+        c.refund_lookup_after = 0;
+    })
+    .await;
     let mut c = s.client().await;
     let (fid, seats, b) = booked_user(&mut c, 3, "economy").await;
     let loc = &b["locator"];
@@ -931,6 +936,46 @@ async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
     assert_eq!(l.refunded(), total);
+    s.stop().await;
+}
+
+/// Stripe forgets idempotency keys after 24 hours: a refund whose answer was lost
+/// and that is retried after that must find the refund made, not make a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_after_the_gateway_forgot_its_key_is_not_paid_twice() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 1;
+        c.refund_lookup_after = 0;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let seat = b["seats"][0]["seat"].clone();
+    fault(&f, Step::Refund, Fault::LoseReply);
+    let cancel = json!({"locator": loc, "seats": [seat], "request_id": "c"});
+    assert_eq!(
+        c.reason("booking.cancel", cancel.clone()).await,
+        "payment_failed"
+    );
+    let made = f.ledger().refunded();
+    assert!(
+        made > 0 && made < total,
+        "one seat refunded: {made} of {total}"
+    );
+    // a day later: the key is forgotten, the refund is still open
+    f.forget_keys();
+    f.clear_faults();
+    let again = c.ok("booking.cancel", cancel).await;
+    assert_eq!(again["order"]["refunded"]["amount"], made);
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
+    assert_eq!(l.refunded(), made);
     s.stop().await;
 }
 

@@ -146,6 +146,8 @@ impl App {
                 payment_ref: r.payment_ref.clone(),
                 amount: r.amount,
                 idempotency_key: r.id.clone(),
+                look_up_first: domain::now_ms() - r.created_at
+                    >= 1000 * self.config.refund_lookup_after as domain::Millis,
             })
             .await
             .map(drop)

@@ -39,6 +39,9 @@ pub struct RefundRequest {
     pub amount: Money,
     /// Same key, same refund: a retried call never refunds twice.
     pub idempotency_key: String,
+    /// Look for a refund made earlier under this key before asking for one: the
+    /// gateway may have forgotten the key (Stripe keeps keys 24 hours).
+    pub look_up_first: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

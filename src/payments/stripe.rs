@@ -86,7 +86,44 @@ impl Stripe {
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
+
+    /// The refund made earlier for `req` (its key is in its metadata), if any and not
+    /// failed: Stripe forgets idempotency keys after 24 hours, metadata it keeps.
+    async fn find_refund(&self, req: &RefundRequest) -> Result<Option<String>, PaymentError> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("payment_intent", req.payment_ref.clone()),
+                ("limit", "100".to_owned()),
+            ];
+            query.extend(after.take().map(|a| ("starting_after", a)));
+            let page = self
+                .call(self.http.get(self.url("/v1/refunds")).query(&query), None)
+                .await?;
+            let data = page["data"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let made = data.iter().find(|r| {
+                r["metadata"]["refund"] == req.idempotency_key.as_str()
+                    && !matches!(r["status"].as_str(), Some("failed" | "canceled"))
+            });
+            if let Some(id) = made.and_then(|r| r["id"].as_str()) {
+                return Ok(Some(id.to_owned()));
+            }
+            match (
+                page["has_more"].as_bool(),
+                data.last().and_then(|r| r["id"].as_str()),
+            ) {
+                (Some(true), Some(last)) => after = Some(last.to_owned()),
+                _ => return Ok(None),
+            }
+        }
+    }
 }
+
+/// The refund's own id (our idempotency key), kept by Stripe with the refund.
+const REFUND_METADATA: &str = "metadata[refund]";
 
 fn refusal(status: StatusCode, body: &Value) -> PaymentError {
     let message = body["error"]["message"]
@@ -210,9 +247,15 @@ impl PaymentGateway for Stripe {
 
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
         Box::pin(async move {
+            if req.look_up_first {
+                if let Some(id) = self.find_refund(&req).await? {
+                    return Ok(id);
+                }
+            }
             let form = [
                 ("payment_intent", req.payment_ref.clone()),
                 ("amount", req.amount.amount().to_string()),
+                (REFUND_METADATA, req.idempotency_key.clone()),
             ];
             let r = self
                 .call(

@@ -4,7 +4,8 @@
 //!
 //! Endpoints: `POST /v1/payment_intents` (create, unconfirmed),
 //! `POST /v1/payment_intents/{id}/confirm`, `GET /v1/payment_intents/{id}`,
-//! `POST /v1/payment_intents/{id}/cancel`, `POST /v1/refunds`. Payment methods:
+//! `POST /v1/payment_intents/{id}/cancel`, `POST /v1/refunds`,
+//! `GET /v1/refunds?payment_intent=ID` (with each refund's metadata). Payment methods:
 //! `pm_card_visa`, `pm_card_mastercard`, `pm_card_amex` (and their `_debit` forms)
 //! succeed; any other `pm_...` is declined at confirm (402 `card_error`).
 //!
@@ -12,7 +13,8 @@
 //! endpoint and parameters gets the first response replayed, byte for byte (errors
 //! included, once the endpoint started executing); with other parameters, 400
 //! `idempotency_error`; while the first request is still executing, 409. Keys are
-//! remembered for 24 hours. Every key received is listed by [`FakeStripe::keys`].
+//! remembered for 24 hours ([`FakeStripe::forget_keys`], or `DELETE /_fake/keys`,
+//! makes that time pass). Every key received is listed by [`FakeStripe::keys`].
 //!
 //! A PaymentIntent is locked while a confirm executes: a cancel or confirm arriving
 //! meanwhile gets 429 `lock_timeout`, as from Stripe.
@@ -162,6 +164,8 @@ pub struct Refund {
     pub id: String,
     pub amount: i64,
     pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One PaymentIntent and the money it moved.
@@ -299,6 +303,11 @@ impl FakeStripe {
         self.shared.ledger()
     }
 
+    /// Forgets every idempotency key, as Stripe does after 24 hours.
+    pub fn forget_keys(&self) {
+        self.shared.0.lock().keys.clear();
+    }
+
     /// Every idempotency key received, in order (retries included).
     pub fn keys(&self) -> Vec<KeyUse> {
         self.shared.0.lock().key_log.clone()
@@ -310,14 +319,19 @@ fn router(shared: Shared) -> Router {
         .route("/v1/payment_intents", post(create))
         .route("/v1/payment_intents/{id}", get(retrieve))
         .route("/v1/payment_intents/{id}/{action}", post(act))
-        .route("/v1/refunds", post(refund))
+        .route("/v1/refunds", post(refund).get(list_refunds))
         .route(
             "/_fake/ledger",
             get(|State(s): State<Shared>| async move { Json(s.ledger()) }),
         )
         .route(
             "/_fake/keys",
-            get(|State(s): State<Shared>| async move { Json(s.0.lock().key_log.clone()) }),
+            get(|State(s): State<Shared>| async move { Json(s.0.lock().key_log.clone()) }).delete(
+                |State(s): State<Shared>| async move {
+                    s.0.lock().keys.clear();
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/_fake/faults",
@@ -350,6 +364,20 @@ fn pi_json(i: &Intent) -> Value {
             json!({"type": "card_error", "code": "card_declined", "message": "Your card was declined."})
         } else { Value::Null },
     })
+}
+
+fn refund_json(r: &Refund, intent: &str) -> Value {
+    json!({"id": r.id, "object": "refund", "amount": r.amount, "payment_intent": intent, "status": "succeeded", "metadata": r.metadata})
+}
+
+/// The `metadata[KEY]` form fields.
+fn metadata(p: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    p.iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((k.to_owned(), v.clone()))
+        })
+        .collect()
 }
 
 fn new_id(prefix: &str) -> String {
@@ -457,13 +485,7 @@ impl Shared {
                 remember: false,
             };
         };
-        let metadata = p
-            .iter()
-            .filter_map(|(k, v)| {
-                let k = k.strip_prefix("metadata[")?.strip_suffix(']')?;
-                Some((k.to_owned(), v.clone()))
-            })
-            .collect();
+        let metadata = metadata(p);
         let intent = Intent {
             id: new_id("pi"),
             amount,
@@ -575,8 +597,9 @@ impl Shared {
                 id: new_id("re"),
                 amount,
                 idempotency_key: key.map(str::to_owned),
+                metadata: metadata(p),
             };
-            let body = json!({"id": r.id, "object": "refund", "amount": amount, "payment_intent": id, "status": "succeeded"});
+            let body = refund_json(&r, &id);
             i.refunds.push(r);
             (StatusCode::OK, body).into()
         })
@@ -742,6 +765,35 @@ async fn act(
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     serve(s, step, &h, params(Some(f), Some(id))).await
+}
+
+/// `GET /v1/refunds?payment_intent=ID&limit=N&starting_after=REFUND`, newest first.
+async fn list_refunds(
+    State(s): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let intent = q.get("payment_intent").cloned().unwrap_or_default();
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let Some(mut refunds) = s.with_intent(&intent, |i, _| i.refunds.clone()) else {
+        let (st, body) = Shared::missing(&intent);
+        return (st, Json(body)).into_response();
+    };
+    refunds.reverse();
+    if let Some(after) = q.get("starting_after") {
+        let at = refunds.iter().position(|r| &r.id == after);
+        refunds.drain(..at.map_or(refunds.len(), |a| a + 1));
+    }
+    let has_more = refunds.len() > limit;
+    let data: Vec<Value> = refunds
+        .iter()
+        .take(limit)
+        .map(|r| refund_json(r, &intent))
+        .collect();
+    Json(json!({"object": "list", "data": data, "has_more": has_more})).into_response()
 }
 
 async fn refund(State(s): State<Shared>, h: HeaderMap, f: Form) -> Response {
