@@ -148,6 +148,7 @@ impl App {
                     ..Default::default()
                 })
                 .await?;
+                self.money_may_move()?;
                 self.payments.confirm(&r, &attempt.id).await
             }
             Err(e) => Err(e),
@@ -506,6 +507,16 @@ impl App {
         Err(err)
     }
 
+    /// Refuses to move money once a sync has failed: the store's memory may then hold
+    /// records (an open refund, an attempt) that never reach the disk, and a restart
+    /// would not know the money moved.
+    pub(super) fn money_may_move(&self) -> Result<(), ApiError> {
+        match self.committer.has_failed() {
+            true => Err(ApiError::Internal),
+            false => Ok(()),
+        }
+    }
+
     /// The pay request's success reply, if some node already gave one: an error
     /// reply must never replace it.
     async fn success_reply(&self, key: &IdemKey) -> Result<Option<Value>, ApiError> {
@@ -591,6 +602,9 @@ impl App {
     /// all are checked, the attempts an older version closed as failed on a mere
     /// status read (a charge may have landed after it).
     pub async fn reconcile_payments(&self, min_age: Duration) {
+        if self.money_may_move().is_err() {
+            return;
+        }
         let attempts = match self.store.open_attempts() {
             Ok(a) => a,
             Err(e) => {

@@ -141,6 +141,7 @@ impl App {
         if r.amount == Money::ZERO {
             return Ok(());
         }
+        self.money_may_move()?;
         self.payments
             .refund(RefundRequest {
                 payment_ref: r.payment_ref.clone(),

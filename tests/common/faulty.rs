@@ -175,16 +175,21 @@ pub async fn faulty_app(
     dir: &Path,
     tweak: impl FnOnce(&mut jetway::Config),
 ) -> (Arc<App>, Arc<Faulty>) {
+    faulty_app_paying(dir, tweak, Arc::new(jetway::payments::Sandbox::default())).await
+}
+
+/// [`faulty_app`] with its payment gateway.
+pub async fn faulty_app_paying(
+    dir: &Path,
+    tweak: impl FnOnce(&mut jetway::Config),
+    gateway: Arc<dyn jetway::payments::PaymentGateway>,
+) -> (Arc<App>, Arc<Faulty>) {
     let store = Faulty::open(dir);
     let mut config = jetway::Config::for_tests(dir.to_path_buf());
     tweak(&mut config);
-    let app = App::with_parts(
-        config,
-        store.clone(),
-        Arc::new(jetway::payments::Sandbox::default()),
-    )
-    .await
-    .expect("app opens");
+    let app = App::with_parts(config, store.clone(), gateway)
+        .await
+        .expect("app opens");
     (app, store)
 }
 
