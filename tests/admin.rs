@@ -3,8 +3,8 @@
 
 mod common;
 
+use common::gateway::CountingGateway;
 use common::*;
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -791,75 +791,6 @@ async fn stats_follow_the_bookings() {
     s.stop().await;
 }
 
-/// A gateway that records every refund asked of it; from the `hang_from`-th refund
-/// on it never answers (as if the process died during the call).
-#[derive(Default)]
-struct CountingGateway {
-    inner: jetway::payments::Sandbox,
-    refunds: parking_lot::Mutex<Vec<(String, String, i64)>>,
-    hang_from: Option<usize>,
-}
-
-impl CountingGateway {
-    fn refunds(&self) -> Vec<(String, String, i64)> {
-        self.refunds.lock().clone()
-    }
-}
-
-impl jetway::payments::PaymentGateway for CountingGateway {
-    fn create(
-        &self,
-        req: jetway::payments::PaymentRequest,
-    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
-        self.inner.create(req)
-    }
-    fn confirm<'a>(
-        &'a self,
-        payment_ref: &'a str,
-        attempt_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), jetway::payments::PaymentError>> {
-        self.inner.confirm(payment_ref, attempt_id)
-    }
-    fn status<'a>(
-        &'a self,
-        payment_ref: &'a str,
-    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
-    {
-        self.inner.status(payment_ref)
-    }
-    fn cancel<'a>(
-        &'a self,
-        payment_ref: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
-    {
-        self.inner.cancel(payment_ref, key)
-    }
-    fn refund(
-        &self,
-        req: jetway::payments::RefundRequest,
-    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
-        Box::pin(async move {
-            let n = {
-                let mut r = self.refunds.lock();
-                r.push((
-                    req.idempotency_key.clone(),
-                    req.payment_ref.clone(),
-                    req.amount.amount(),
-                ));
-                r.len()
-            };
-            if self.hang_from.is_some_and(|h| n >= h) {
-                futures::future::pending::<()>().await;
-            }
-            Ok(format!("re_test_{}", req.idempotency_key))
-        })
-    }
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-}
-
 async fn open_app(dir: &std::path::Path, gateway: Arc<CountingGateway>) -> Arc<jetway::app::App> {
     let mut config = jetway::Config::for_tests(dir.to_path_buf());
     config.admin_password = None;
@@ -1017,4 +948,87 @@ async fn a_cancellation_interrupted_by_a_crash_finishes_at_the_next_start() {
     assert_eq!(app.inventory.get(&id).unwrap().published_version(), version);
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// While the airline cancels a flight, a passenger cancelling a booking on it
+/// would be refunded by the passenger's fare rule (half an economy fare in the last
+/// 24 hours) instead of in full; the cancel is refused and the airline's job
+/// refunds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passenger_cancel_during_an_airline_cancellation_leaves_the_full_refund_to_it() {
+    let dir = data_dir();
+    // the airline's first refund never returns: its job is held up there
+    let gateway = Arc::new(CountingGateway {
+        hang_nth: Some(1),
+        ..Default::default()
+    });
+    let mut config = jetway::Config::for_tests(dir.clone());
+    config.admin_password = Some(ADMIN_PASSWORD.into());
+    let store = jetway::store::SledStore::open(&dir).expect("open store");
+    let app = jetway::app::App::with_parts(config, Arc::new(store), gateway.clone())
+        .await
+        .unwrap();
+    let running = jetway::server::start_app(app.clone()).await.unwrap();
+    let url = format!("ws://{}/ws", running.addr);
+    let mut a = Client::connect(&url).await;
+    a.ok(
+        "auth.login",
+        json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    )
+    .await;
+    // leaving in five hours: the passenger's own rule refunds half an economy fare
+    let rfc = |d: time::OffsetDateTime| {
+        d.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let mut flight = new_flight("JW907");
+    flight["departs_at"] = json!(rfc(now + time::Duration::hours(5)));
+    flight["arrives_at"] = json!(rfc(now + time::Duration::hours(7)));
+    let created = a.ok("admin.flights.create", flight).await;
+    let id = created["flight"]["flight_id"].as_str().unwrap().to_owned();
+
+    let mut p = Client::connect(&url).await;
+    p.new_user().await;
+    let eco = free_seats(&mut p, &id, "economy", 2).await;
+    let mut locs = Vec::new();
+    for (i, seat) in eco.iter().enumerate() {
+        let b = hold(&mut p, &id, std::slice::from_ref(seat), &format!("h{i}")).await;
+        let loc = b["locator"].as_str().unwrap().to_owned();
+        pay(&mut p, &loc, &format!("p{i}")).await;
+        locs.push(loc);
+    }
+    let job = tokio::spawn(async move {
+        a.ok(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "strike"}),
+        )
+        .await
+    });
+    wait_until("the airline's first refund is asked", || {
+        gateway.refunds().len() == 1
+    })
+    .await;
+    let second = locs[1].clone();
+    assert_eq!(
+        p.reason(
+            "booking.cancel",
+            json!({"locator": second, "request_id": "c"})
+        )
+        .await,
+        "invalid_state"
+    );
+    assert_eq!(
+        gateway.refunds().len(),
+        1,
+        "no refund by the passenger's rule"
+    );
+    assert_eq!(
+        booking(&app, &second).status,
+        jetway::domain::BookingStatus::Confirmed
+    );
+    job.abort();
+    running.shutdown().await;
 }

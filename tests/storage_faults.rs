@@ -339,65 +339,13 @@ async fn a_replayed_reply_waits_until_its_write_is_durable() {
     app.stop().await;
 }
 
-/// The sandbox gateway, counting the refunds asked of it.
-#[derive(Default)]
-struct CountingRefunds {
-    inner: jetway::payments::Sandbox,
-    refunds: std::sync::atomic::AtomicUsize,
-}
-
-impl jetway::payments::PaymentGateway for CountingRefunds {
-    fn create(
-        &self,
-        req: jetway::payments::PaymentRequest,
-    ) -> futures::future::BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
-        self.inner.create(req)
-    }
-    fn confirm<'a>(
-        &'a self,
-        payment_ref: &'a str,
-        attempt_id: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), jetway::payments::PaymentError>> {
-        self.inner.confirm(payment_ref, attempt_id)
-    }
-    fn status<'a>(
-        &'a self,
-        payment_ref: &'a str,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>,
-    > {
-        self.inner.status(payment_ref)
-    }
-    fn cancel<'a>(
-        &'a self,
-        payment_ref: &'a str,
-        key: &'a str,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>,
-    > {
-        self.inner.cancel(payment_ref, key)
-    }
-    fn refund(
-        &self,
-        req: jetway::payments::RefundRequest,
-    ) -> futures::future::BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
-        self.refunds.fetch_add(1, Ordering::SeqCst);
-        self.inner.refund(req)
-    }
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-}
-
 /// A refund opened by a write whose sync failed lives only in memory: paying it would
 /// be forgotten by the restart, which would then refund again. No money moves after
 /// a failed sync, neither from the request nor from the reconciler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Arc::new(CountingRefunds::default());
+    let gateway = Arc::new(common::gateway::CountingGateway::default());
     let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
     let user = register(&app, "refundee").await.unwrap();
     let (fid, seats) = flight_and_seats(&app, 1);
@@ -435,8 +383,8 @@ async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
         ApiError::Internal
     );
     assert_eq!(
-        gateway.refunds.load(Ordering::SeqCst),
-        0,
+        gateway.refunds(),
+        Vec::new(),
         "no refund from a record that never reached the disk"
     );
     app.stop().await;

@@ -301,6 +301,13 @@ impl App {
                         let ticket = self.change_seats(&fs, w, batch, updates, &b)?;
                         Ok((Some(ticket), CancelStep::Released(result)))
                     } else {
+                        if fs.flight().cancelled.is_some() || fs.is_closing() {
+                            // the airline's job refunds it in full; the passenger's
+                            // rule could pay back less
+                            return Err(ApiError::InvalidState(
+                                "the airline cancelled this flight: every booking on it is refunded in full".into(),
+                            ));
+                        }
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
                         let order_id = b.order_id.clone().unwrap_or_default();
                         let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;

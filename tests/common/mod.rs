@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod faulty;
+pub mod gateway;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};

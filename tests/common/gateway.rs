@@ -1,0 +1,74 @@
+//! A payment gateway for tests: the sandbox, recording every refund asked of it.
+
+use futures::future::BoxFuture;
+
+/// A gateway that records every refund asked of it; from the `hang_from`-th refund
+/// on (or only the `hang_nth`-th) it never answers (as if the process died during
+/// the call).
+#[derive(Default)]
+pub struct CountingGateway {
+    pub inner: jetway::payments::Sandbox,
+    pub refunds: parking_lot::Mutex<Vec<(String, String, i64)>>,
+    pub hang_from: Option<usize>,
+    pub hang_nth: Option<usize>,
+}
+
+impl CountingGateway {
+    pub fn refunds(&self) -> Vec<(String, String, i64)> {
+        self.refunds.lock().clone()
+    }
+}
+
+impl jetway::payments::PaymentGateway for CountingGateway {
+    fn create(
+        &self,
+        req: jetway::payments::PaymentRequest,
+    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
+        self.inner.create(req)
+    }
+    fn confirm<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        attempt_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), jetway::payments::PaymentError>> {
+        self.inner.confirm(payment_ref, attempt_id)
+    }
+    fn status<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
+    {
+        self.inner.status(payment_ref)
+    }
+    fn cancel<'a>(
+        &'a self,
+        payment_ref: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<jetway::payments::PaymentStatus, jetway::payments::PaymentError>>
+    {
+        self.inner.cancel(payment_ref, key)
+    }
+    fn refund(
+        &self,
+        req: jetway::payments::RefundRequest,
+    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
+        Box::pin(async move {
+            let n = {
+                let mut r = self.refunds.lock();
+                r.push((
+                    req.idempotency_key.clone(),
+                    req.payment_ref.clone(),
+                    req.amount.amount(),
+                ));
+                r.len()
+            };
+            if self.hang_from.is_some_and(|h| n >= h) || self.hang_nth == Some(n) {
+                futures::future::pending::<()>().await;
+            }
+            Ok(format!("re_test_{}", req.idempotency_key))
+        })
+    }
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+}
