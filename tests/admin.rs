@@ -261,6 +261,30 @@ async fn a_passenger_called_admin_is_never_promoted() {
     s.stop().await;
 }
 
+/// `--rename-passenger` left set after it did its work never renames the next
+/// passenger who takes the old name, nor stops the server.
+#[tokio::test]
+async fn a_rename_flag_left_set_leaves_a_new_holder_of_the_old_name_alone() {
+    let s = Server::start_with(|c| c.admin_password = None).await;
+    let mut c = s.client().await;
+    c.register("bob").await;
+    let dir = s.stop_keep_dir().await;
+    let rename = |c: &mut jetway::Config| c.rename_passenger = Some("bob=robert".into());
+    let s = Server::try_start_in(dir, rename).await.expect("starts");
+    let mut c = s.client().await;
+    let newcomer = c.register("bob").await;
+    let dir = s.stop_keep_dir().await;
+    let s = Server::try_start_in(dir, rename)
+        .await
+        .expect("restarts with the flag still set");
+    let mut c = s.client().await;
+    let r = c
+        .ok("auth.resume", json!({"token": newcomer["token"]}))
+        .await;
+    assert_eq!(r["user"]["username"], "bob");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_methods_need_the_admin_role() {
     let s = admin_server().await;

@@ -445,7 +445,8 @@ impl App {
     }
 
     /// Renames a passenger from `--rename-passenger OLD=NEW` (see [`ensure_admin`]).
-    /// Nothing happens if OLD is not a passenger (already renamed, or the admin).
+    /// Nothing happens if OLD is not a passenger (already renamed, or the admin) or
+    /// NEW is taken (renamed before).
     ///
     /// [`ensure_admin`]: App::ensure_admin
     pub(super) async fn rename_passenger(&self) -> Result<(), super::StartError> {
@@ -465,6 +466,17 @@ impl App {
             .catch_up()
             .await
             .map_err(|e| fail(e.to_string()))?;
+        if self
+            .store
+            .user_by_name(&new)
+            .map_err(|e| fail(e.to_string()))?
+            .is_some()
+        {
+            // renamed at an earlier start, the flag left set: a passenger who took
+            // the old name since is left alone
+            tracing::info!(%new, "the new name is taken; nothing to rename");
+            return Ok(());
+        }
         let user = match self.store.user_by_name(&old) {
             Ok(Some(u)) if u.role == Role::Passenger => u,
             Ok(_) => {

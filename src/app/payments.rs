@@ -295,7 +295,9 @@ impl App {
         err: ApiError,
         kind: &str,
     ) -> Result<Value, ApiError> {
-        drop(busy);
+        // the booking stays busy until the attempt's end is written: a reconciler
+        // settling it meanwhile would write a second failure
+        let _busy = busy;
         let now = domain::now_ms();
         a.state = AttemptState::Failed;
         a.certain = true;

@@ -164,8 +164,10 @@ impl App {
         r: RefundRecord,
         busy: Busy,
     ) -> Result<Value, ApiError> {
-        self.check_seats_still_booked(&r)?;
-        let made = self.make_refund(&r).await;
+        let made = match self.check_still_open(&r)? {
+            true => self.make_refund(&r).await,
+            false => Ok(()),
+        };
         if let Err(e) = made {
             tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
             return Err(e);
@@ -219,17 +221,18 @@ impl App {
         }
     }
 
-    /// Refuses to make an open refund of seats its booking no longer holds (a quote
-    /// that raced a seat change): it would pay back, and free, someone else's seat.
-    fn check_seats_still_booked(&self, r: &RefundRecord) -> Result<(), ApiError> {
+    /// Whether `r` is still to be made (`false`: recorded already, from a stale list
+    /// of open refunds); refuses to make an open refund of seats its booking no
+    /// longer holds (a quote that raced a seat change): it would pay back, and free,
+    /// someone else's seat.
+    fn check_still_open(&self, r: &RefundRecord) -> Result<bool, ApiError> {
         let open = self.store.open_refund(r.subject())?;
         if open.is_none_or(|o| o.id != r.id) {
-            // recorded already: the gateway replays it
-            return Ok(());
+            return Ok(false);
         }
         let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
         if r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s)) {
-            return Ok(());
+            return Ok(true);
         }
         tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");
         Err(ApiError::InvalidState(
