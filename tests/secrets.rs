@@ -163,3 +163,41 @@ async fn no_secrets_in_plain_logs_or_data() {
 async fn no_secrets_in_json_logs_or_data() {
     full_flow("json").await;
 }
+
+/// A password hashed at the test-only minimum cost (`--insecure-fast-hashing`) is
+/// hashed again at the production cost at its first login without the flag.
+#[tokio::test]
+async fn a_cheap_password_hash_is_made_strong_at_the_next_login() {
+    let stored = |s: &Server| {
+        let name = jetway::domain::Username::parse("frugal").unwrap();
+        s.app()
+            .store
+            .user_by_name(&name)
+            .unwrap()
+            .unwrap()
+            .password_hash
+    };
+    let s = Server::start_with(|c| c.insecure_fast_hashing = true).await;
+    s.client().await.register("frugal").await;
+    let cheap = stored(&s);
+    assert!(cheap.contains("m=8,t=1"), "{cheap}");
+    let dir = s.stop_keep_dir().await;
+    let s = Server::try_start_in(dir, |_| {}).await.expect("restarts");
+    let mut c = s.client().await;
+    c.ok(
+        "auth.login",
+        json!({"username": "frugal", "password": PASSWORD}),
+    )
+    .await;
+    let strong = stored(&s);
+    assert!(strong.contains("m=19456,t=2"), "{strong}");
+    let mut again = s.client().await;
+    again
+        .ok(
+            "auth.login",
+            json!({"username": "frugal", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(stored(&s), strong, "made once");
+    s.stop().await;
+}

@@ -60,6 +60,16 @@ pub fn hash_password(password: &str, fast: bool) -> Result<String, argon2::passw
         .to_string())
 }
 
+/// Whether `phc` was made at less than the production cost (by a server running with
+/// `--insecure-fast-hashing`): it is then made again at the next login.
+fn weaker_than_production(phc: &str) -> bool {
+    let Ok(h) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let cost = |name: &str| h.params.get_decimal(name).unwrap_or(0);
+    cost("m") < 19 * 1024 || cost("t") < 2
+}
+
 fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| {
         argon2(false)
@@ -235,8 +245,15 @@ impl App {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let password = p.password;
-        let ok = self
-            .password_work(move || verify_password(&password, &phc))
+        let fast = self.config.insecure_fast_hashing;
+        let (ok, stronger) = self
+            .password_work(move || {
+                let ok = verify_password(&password, &phc);
+                let stronger = (ok && !fast && weaker_than_production(&phc))
+                    .then(|| hash_password(&password, false).ok())
+                    .flatten();
+                (ok, stronger)
+            })
             .await?;
         let user = match user {
             Some(u) if ok => u,
@@ -253,9 +270,14 @@ impl App {
         };
         let now = domain::now_ms();
         let (token, session) = self.new_session(user.id, now);
+        let rehashed = stronger.map(|password_hash| UserRecord {
+            password_hash,
+            ..user.clone()
+        });
         self.commit(Batch {
             sessions: vec![session.clone()],
             events: vec![(user.id, event("login", None, now, json!({})))],
+            users: rehashed.into_iter().collect(),
             ..Default::default()
         })
         .await?;
@@ -523,6 +545,17 @@ mod tests {
         assert!(verify_password("correct horse 42", &h));
         assert!(!verify_password("wrong horse 42", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn only_hashes_below_the_production_cost_are_made_again() {
+        assert!(weaker_than_production(
+            &hash_password("correct horse 42", true).unwrap()
+        ));
+        assert!(!weaker_than_production(
+            &hash_password("correct horse 42", false).unwrap()
+        ));
+        assert!(!weaker_than_production("not a hash"));
     }
 
     #[test]
