@@ -905,6 +905,55 @@ fn confirms(fake: &FakeStripe) -> usize {
         .count()
 }
 
+/// A pay request retried through another node after the first node died in the
+/// middle of it settles the booking and releases the dead node's payment mark: the
+/// booking can be cancelled at once, not only once that mark lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_pay_through_another_node_releases_a_dead_nodes_payment_mark() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(3);
+    let prefix = prefix();
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let base = fake.base();
+    let args = fake_stripe_flags(&base);
+    let start =
+        || tokio::task::block_in_place(|| node_with_env(&etcd, &prefix, &args, &[FAKE_STRIPE_KEY]));
+    let (a, b) = (start(), start());
+    let flights = scheduled_flights(&b.url()).await;
+    let (mut first, token, loc) = holder(&a.url(), &flights[0], "h").await;
+    // node A's confirm never returns; A dies with the booking's payment mark taken
+    fake.set_fault(FaultRule {
+        step: Step::Confirm,
+        fault: Fault::Timeout,
+        rate: 1.0,
+    });
+    let pay = pay_params(&loc, "p");
+    let twin = pay.clone();
+    let paying = tokio::spawn(async move {
+        first
+            .try_call("booking.pay", pay, Duration::from_secs(30))
+            .await
+    });
+    eventually(
+        "the confirm reaches the gateway",
+        Duration::from_secs(20),
+        || confirms(&fake) > 0,
+    )
+    .await;
+    a.kill9();
+    fake.clear_faults();
+    assert!(paying.await.expect("pay task").is_none(), "node A died");
+
+    let mut c = Client::connect(&b.url()).await;
+    c.ok("auth.resume", json!({"token": token})).await;
+    let paid = c.ok("booking.pay", twin).await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    let cancelled = c
+        .ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
+        .await;
+    assert_eq!(cancelled["booking"]["status"], "refunded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation() {
     let _serial = SERIAL.lock().await;
@@ -1051,7 +1100,7 @@ async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation()
 
     // the reconciler settles both open attempts: the charge that landed after node A
     // died, and the one whose reply was lost (the hold is long: both confirm)
-    let in_flight_age = Duration::from_secs(3 + 60);
+    let in_flight_age = Duration::from_secs(5 + 60);
     for (c, loc) in [(&mut killed, &killed_loc), (&mut timed_out, &timed_out_loc)] {
         wait_status(c, loc, "confirmed", in_flight_age * 2).await;
     }

@@ -495,14 +495,17 @@ impl App {
         }
     }
 
-    /// How old a payment attempt must be before a reconciler settles it: on a cluster
-    /// another node may still be making it (three gateway calls, two commits and
-    /// their waits), so at least that long.
+    /// The longest a payment or refund request can take: up to five gateway calls
+    /// (create, confirm, status, cancel, refund) and the commits between them.
+    fn payment_span(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(5 * self.config.gateway_timeout + 60)
+    }
+
+    /// How old a payment attempt or refund must be before a reconciler settles it: on
+    /// a cluster another node may still be making it, so at least [`Self::payment_span`].
     fn in_flight_age(&self, min: std::time::Duration) -> std::time::Duration {
         match self.committer.is_replicated() {
-            true => min.max(std::time::Duration::from_secs(
-                3 * self.config.gateway_timeout + 60,
-            )),
+            true => min.max(self.payment_span()),
             false => min,
         }
     }

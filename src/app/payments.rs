@@ -114,10 +114,10 @@ impl App {
                 updated_at: now,
                 certain: false,
             };
-            let id = attempt.id.clone();
+            let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
             self.take_mark(&attempt).await?;
             let settled = self.charge(&fs, key, attempt, p.payment_method, busy).await;
-            self.release_mark(&id, &loc).await;
+            self.release_mark(&id, &rid, &loc).await;
             settled
         })
         .await
@@ -219,7 +219,7 @@ impl App {
             locator: a.locator.clone(),
             attempt_id: a.id.clone(),
             request_id: a.request_id.clone(),
-            until: a.created_at + 1000 * (4 * self.config.gateway_timeout as domain::Millis + 30),
+            until: a.created_at + self.payment_span().as_millis() as domain::Millis,
         };
         let take = Batch {
             attempts: vec![a.clone()],
@@ -247,10 +247,12 @@ impl App {
             .await?)
     }
 
-    /// Releases the booking's payment mark if `attempt` holds it (else it lapses).
-    async fn release_mark(&self, attempt: &str, loc: &domain::Locator) {
+    /// Releases the booking's payment mark if `attempt` holds it, or a twin of its
+    /// request (`request_id`: made through a node that died, this one settled it);
+    /// else it lapses.
+    async fn release_mark(&self, attempt: &str, request_id: &str, loc: &domain::Locator) {
         let ours = match self.store.payment_mark(loc) {
-            Ok(m) => m.is_some_and(|m| m.attempt_id == attempt),
+            Ok(m) => m.is_some_and(|m| m.attempt_id == attempt || m.request_id == request_id),
             Err(_) => false,
         };
         let released = match ours {
@@ -551,7 +553,7 @@ impl App {
             .resolve(&a)
             .await
             .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
-        let (id, loc) = (a.id.clone(), a.locator.clone());
+        let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
         let settled = match status {
             PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
             PaymentStatus::NotCharged if a.is_open() => {
@@ -573,7 +575,7 @@ impl App {
             PaymentStatus::Pending => return Ok(Reconciled::Skipped),
         };
         // a node that died mid-payment left its mark
-        self.release_mark(&id, &loc).await;
+        self.release_mark(&id, &rid, &loc).await;
         match settled {
             Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => {
                 Ok(Reconciled::Settled)
@@ -618,7 +620,7 @@ impl App {
         for a in attempts.into_iter().filter(|a| a.created_at <= cutoff) {
             self.try_reconcile(a).await;
         }
-        self.reconcile_refunds().await;
+        self.reconcile_refunds(cutoff).await;
         if self.failures_checked.load(Ordering::SeqCst) {
             return;
         }

@@ -244,7 +244,7 @@ impl App {
     /// Finishes every open refund (a crash or a gateway error interrupted it) whose
     /// booking has no payment in flight. A refund of an orphaned charge is finished
     /// by reconciling its payment attempt.
-    pub(super) async fn reconcile_refunds(&self) {
+    pub(super) async fn reconcile_refunds(&self, cutoff: domain::Millis) {
         let open = match self.store.open_refunds() {
             Ok(r) => r,
             Err(e) => {
@@ -252,7 +252,8 @@ impl App {
                 return;
             }
         };
-        for r in open {
+        // a younger one may be in the making through another node of a cluster
+        for r in open.into_iter().filter(|r| r.created_at <= cutoff) {
             if let RefundReason::Orphan { attempt_id } = &r.reason {
                 // finished with its attempt (the one path that settles charges); an
                 // open attempt is reconciled with the others, once old enough
