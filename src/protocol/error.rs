@@ -76,6 +76,68 @@ impl ApiError {
         }
     }
 
+    /// Every `error.data.reason` a client can get, in the order of [`ApiError::examples`].
+    pub const REASONS: &'static [&'static str] = &[
+        "parse_error",
+        "invalid_request",
+        "method_not_found",
+        "invalid_params",
+        "unauthenticated",
+        "bad_credentials",
+        "username_taken",
+        "weak_password",
+        "invalid_token",
+        "forbidden",
+        "not_found",
+        "invalid_seat",
+        "seat_unavailable",
+        "invalid_state",
+        "hold_expired",
+        "payment_declined",
+        "payment_failed",
+        "rate_limited",
+        "too_large",
+        "internal",
+    ];
+
+    /// One error of every variant (the contract documents list them from here).
+    pub fn examples() -> Vec<ApiError> {
+        use ApiError::*;
+        let all = vec![
+            Parse(String::new()),
+            InvalidRequest(String::new()),
+            MethodNotFound(String::new()),
+            InvalidParams(String::new()),
+            Unauthenticated,
+            BadCredentials,
+            UsernameTaken,
+            WeakPassword(String::new()),
+            InvalidToken,
+            Forbidden,
+            NotFound("flight"),
+            InvalidSeat(Vec::new()),
+            SeatUnavailable(Vec::new()),
+            InvalidState(String::new()),
+            HoldExpired,
+            PaymentDeclined(String::new()),
+            PaymentFailed(String::new()),
+            RateLimited,
+            TooLarge(0),
+            Internal,
+        ];
+        // a new variant fails to compile here until it is listed above
+        for e in &all {
+            match e {
+                Parse(_) | InvalidRequest(_) | MethodNotFound(_) | InvalidParams(_)
+                | Unauthenticated | BadCredentials | UsernameTaken | WeakPassword(_)
+                | InvalidToken | Forbidden | NotFound(_) | InvalidSeat(_) | SeatUnavailable(_)
+                | InvalidState(_) | HoldExpired | PaymentDeclined(_) | PaymentFailed(_)
+                | RateLimited | TooLarge(_) | Internal => {}
+            }
+        }
+        all
+    }
+
     /// The JSON-RPC error code.
     pub fn code(&self) -> i64 {
         use ApiError::*;
@@ -166,6 +228,12 @@ mod tests {
             ApiError::InvalidParams("x".into()).to_json()["data"]["reason"],
             "invalid_params"
         );
+    }
+
+    #[test]
+    fn reasons_lists_every_variant_once() {
+        let reasons: Vec<&str> = ApiError::examples().iter().map(ApiError::reason).collect();
+        assert_eq!(reasons, ApiError::REASONS);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The wire protocol: JSON-RPC 2.0 envelope, method params, result shapes and error
 //! reasons. Pure: no I/O.
 
+pub mod contract;
 pub mod envelope;
 pub mod error;
 pub mod params;

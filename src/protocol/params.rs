@@ -2,6 +2,7 @@
 //! turns a request into typed params ([`Call::parse`]); semantic checks happen in the
 //! use cases.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,6 +32,7 @@ pub const METHODS: &[&str] = &[
     "admin.flights.create",
     "admin.flights.cancel",
     "admin.flights.stats",
+    "rpc.discover",
 ];
 
 /// A request's method with its decoded params. A params error is kept, not returned,
@@ -57,6 +59,7 @@ pub enum Call {
     AdminCreateFlight(Result<CreateFlight, ApiError>),
     AdminCancelFlight(Result<CancelFlight, ApiError>),
     AdminStats,
+    Discover,
 }
 
 impl Call {
@@ -88,6 +91,7 @@ impl Call {
             "admin.flights.create" => Call::AdminCreateFlight(decode(p)),
             "admin.flights.cancel" => Call::AdminCancelFlight(decode(p)),
             "admin.flights.stats" => Call::AdminStats,
+            "rpc.discover" => Call::Discover,
             _ => return Err(not_found()),
         })
     }
@@ -98,84 +102,100 @@ pub fn decode<T: DeserializeOwned>(params: Value) -> Result<T, ApiError> {
     serde_json::from_value(params).map_err(|e| ApiError::InvalidParams(e.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Resume {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Search {
     pub from: Option<String>,
     pub to: Option<String>,
+    /// `YYYY-MM-DD`, the UTC departure date.
     pub date: Option<String>,
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct FlightRef {
     pub flight_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Subscribe {
     pub flight_id: String,
+    /// The last version the client has: the reply gives the changes after it.
     pub since: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Passenger {
     pub name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Hold {
     pub flight_id: String,
+    /// Named seats, one per passenger; or leave out and give `count` and `cabin`.
+    #[schemars(length(min = 1, max = 9))]
     pub seats: Option<Vec<String>>,
+    #[schemars(range(min = 1, max = 9))]
     pub count: Option<u32>,
+    #[schemars(with = "Option<super::contract::Cabin>")]
     pub cabin: Option<String>,
+    #[schemars(length(min = 1, max = 9))]
     pub passengers: Vec<Passenger>,
+    #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Pay {
     pub locator: String,
+    /// A payment method id (`pm_...`), never card data.
+    #[schemars(length(min = 1, max = 128))]
     pub payment_method: String,
+    #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Cancel {
     pub locator: String,
+    #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
+    /// Only these passengers' seats (a confirmed booking); all when left out.
     pub seats: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ChangeSeat {
     pub locator: String,
     pub from: String,
     pub to: String,
+    #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct LocatorRef {
     pub locator: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Limit {
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateFlight {
     pub number: String,
     pub from: String,
@@ -186,13 +206,15 @@ pub struct CreateFlight {
     pub fares: CreateFares,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateFares {
+    #[schemars(with = "super::contract::Money")]
     pub economy: Money,
+    #[schemars(with = "super::contract::Money")]
     pub business: Money,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CancelFlight {
     pub flight_id: String,
     pub reason: String,

@@ -216,6 +216,7 @@ async fn call(
             app.require_admin(&mut conn.session)?;
             app.admin_stats().await?
         }
+        Call::Discover => crate::protocol::contract::openrpc().clone(),
     };
     Ok(Some(r))
 }

@@ -26,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{App, StartError};
 use crate::config::Config;
+use crate::protocol::contract;
 
 pub use session::MAX_REQUEST_BYTES;
 
@@ -141,6 +142,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openrpc.json", get(|| async { axum::Json(contract::openrpc()) }))
+        .route("/asyncapi.json", get(|| async { axum::Json(contract::asyncapi()) }))
         .route("/webhooks/stripe", axum::routing::post(stripe_webhook))
         .fallback_service(ServeDir::new(static_dir))
         .layer(security("x-content-type-options", "nosniff"))

@@ -6,7 +6,7 @@
 // stats reported, so no snapshots are sent) and re-reads the stats once, debounced,
 // when any of them changes; a slow poll covers the flights not on screen.
 
-import { RpcClient } from './rpc.js';
+import { Jetway } from './jetway.js';
 import { h, clear, toast, statusBadge } from './ui.js';
 import { formatMoney, formatDate, formatTime, plural } from './format.js';
 
@@ -16,7 +16,7 @@ const DEBOUNCE_MS = 250;
 const POLL_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
-const client = new RpcClient();
+const client = new Jetway();
 
 const state = {
   user: null,

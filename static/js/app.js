@@ -1,7 +1,6 @@
 // Jetway passenger app: bootstrap, session, connection indicator and routing.
 
-import { RpcClient } from './rpc.js';
-import { SeatWatcher } from './live.js';
+import { Jetway } from './jetway.js';
 import { h, clear, toast } from './ui.js';
 import { searchView } from './views/search.js';
 import { flightView } from './views/flight.js';
@@ -11,8 +10,8 @@ import { authView } from './views/auth.js';
 
 const TOKEN_KEY = 'jetway.token';
 
-const client = new RpcClient();
-const watcher = new SeatWatcher(client);
+const client = new Jetway();
+const watcher = client.seats;
 const bus = new EventTarget();
 
 let resolveSessionKnown;

@@ -2,16 +2,15 @@
 // Full-screen, read-only, no login. Shows the live seat map with seats left and load
 // factor per cabin and reconnects on its own after network loss or server restarts.
 
-import { RpcClient } from './rpc.js';
-import { SeatWatcher } from './live.js';
+import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
 import { cabinName, formatTime, formatLongDate } from './format.js';
 
 const params = new URLSearchParams(location.search);
 const flightId = params.get('flight');
 
-const client = new RpcClient({ maxDelay: 10000 });
-const watcher = new SeatWatcher(client);
+const client = new Jetway({ maxDelay: 10000 });
+const watcher = client.seats;
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {

@@ -1,5 +1,5 @@
 import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
-import { newRequestId } from '../rpc.js';
+import { newRequestId } from '../jetway.js';
 import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural } from '../format.js';
 import { friendlyError } from './flight.js';
 

@@ -1,6 +1,6 @@
 import { h, clear, toast, statusBadge } from '../ui.js';
 import { SeatMap, deriveLayout, legend } from '../seatmap.js';
-import { newRequestId } from '../rpc.js';
+import { newRequestId } from '../jetway.js';
 import { formatMoney, formatTime, formatLongDate, formatDuration, cabinName, plural } from '../format.js';
 
 const MAX_SEATS = 9;

@@ -1,0 +1,263 @@
+// Jetway client SDK: one ES module for any front end (the app, the display and the
+// dashboard use it too). No dependencies; works in browsers and in Node 22+.
+//
+//   import { connect } from './jetway.js';
+//   const jw = connect();                       // ws(s)://<this host>/ws, reconnects with backoff
+//   const { flights } = await jw.searchFlights({ from: 'LHR', date: '2026-12-01' });
+//   const stop = jw.subscribeSeats(flights[0].flight_id, (ev) => console.log(ev.version, ev.seats));
+//
+// Internals: rpc.js (JSON-RPC over one WebSocket: request/reply by id, pushes,
+// reconnect with exponential backoff and full jitter, hooks run on every reconnect)
+// and live.js (seat maps kept in version order, resumed with `since` so that no change
+// is missed). The wire protocol is docs/protocol.md; its machine-readable form is
+// GET /openrpc.json and GET /asyncapi.json.
+
+import { RpcClient, RpcError, defaultUrl, newRequestId } from './rpc.js';
+import { SeatWatcher, SeatFeed } from './live.js';
+
+export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
+
+/**
+ * @typedef {{amount: number, currency: 'EUR'}} Money  Minor units (cents).
+ * @typedef {'business'|'economy'} Cabin
+ * @typedef {'available'|'held'|'booked'} SeatStatus
+ * @typedef {{code: string, city: string, name: string}} Airport
+ * @typedef {{cabin: Cabin, fare: Money, seats_total: number, seats_available: number}} CabinFares
+ * @typedef {{flight_id: string, number: string, from: string, to: string, departs_at: string,
+ *   arrives_at: string, aircraft: string, aircraft_name: string,
+ *   status: 'scheduled'|'departed'|'cancelled', cabins: CabinFares[], cancel_reason?: string}} Flight
+ * @typedef {{seat: string, cabin: Cabin, status: SeatStatus, row: number, column: string,
+ *   window: boolean, aisle: boolean, exit: boolean}} Seat
+ * @typedef {{cabins: {cabin: Cabin, rows: number[], columns: string}[], exit_rows: number[]}} Layout
+ * @typedef {{version: number, seats: {seat: string, status: SeatStatus}[],
+ *   cabins: {cabin: Cabin, seats_available: number}[]}} Change
+ * @typedef {{seat: string, passenger: string, cabin: Cabin, fare: Money, ticket_number?: string}} BookedSeat
+ * @typedef {{locator: string, flight_id: string,
+ *   status: 'held'|'confirmed'|'cancelled'|'expired'|'refunded', seats: BookedSeat[],
+ *   total: Money, created_at: string, updated_at: string, hold_expires_at?: string,
+ *   refund?: Money, cancelled_seats?: BookedSeat[], order_id?: string,
+ *   flight?: {number: string, from: string, to: string, departs_at: string, arrives_at: string}}} Booking
+ * @typedef {{order_id: string, locator: string, status: 'paid'|'partially_refunded'|'refunded',
+ *   amount: Money, refunded: Money, created_at: string}} Order
+ * @typedef {{at: string, type: string, locator?: string, [extra: string]: unknown}} HistoryEvent
+ * @typedef {{token: string, expires_at: string,
+ *   user: {id: number, username: string, role: 'passenger'|'admin'}}} Session
+ * @typedef {{flight_id: string, number: string, from: string, to: string, departs_at: string,
+ *   status: string, version: number, seats_total: number, seats_held: number,
+ *   seats_booked: number, load_factor: number, revenue: Money}} FlightStats
+ * @typedef {{type: 'snapshot'|'change', flightId: string, version: number,
+ *   seats: (Seat & {previous?: SeatStatus})[], feed: SeatFeed}} SeatEvent
+ *   `snapshot`: the whole map (`seats` is every seat); `change`: one version's seats.
+ * @typedef {{url?: string, baseDelay?: number, maxDelay?: number, timeout?: number}} ConnectOptions
+ *   Reconnect delays in ms (exponential with full jitter, from baseDelay up to maxDelay)
+ *   and a per-call timeout in ms.
+ */
+
+/** Calls carrying a `request_id`: retried after a reconnect with the same id. */
+const IDEMPOTENT = { retry: true };
+
+export class Jetway extends RpcClient {
+  /** @param {ConnectOptions} [options] */
+  constructor(options = {}) {
+    super(options);
+    /** @type {SeatWatcher|null} */
+    this._seats = null;
+    /** The session token of the last register/login/resume through this client. */
+    this.token = null;
+    // a reconnect resumes the session before anything queued is sent
+    this.onConnect(async (client, { reconnect }) => {
+      if (!reconnect || !this.token) return;
+      try {
+        await this.call('auth.resume', { token: this.token }, { immediate: true });
+      } catch (e) {
+        if (e.reason === 'invalid_token') {
+          this.token = null;
+          this.dispatchEvent(new CustomEvent('session-lost', { detail: e }));
+        }
+      }
+    });
+  }
+
+  async _session(method, params) {
+    const session = await this.call(method, params);
+    this.token = session.token;
+    return session;
+  }
+
+  /** The live seat maps of this client (one subscription per flight, shared). */
+  get seats() {
+    if (!this._seats) this._seats = new SeatWatcher(this);
+    return this._seats;
+  }
+
+  /**
+   * An idempotent call: a `request_id` is made when the caller gave none, and the very
+   * same request (same id) is sent again if the connection drops before the reply, so
+   * the server answers it once.
+   */
+  _idempotent(method, params, prefix, options = {}) {
+    const p = { ...params, request_id: params.request_id || newRequestId(prefix) };
+    return this.call(method, p, { ...IDEMPOTENT, ...options });
+  }
+
+  // ----- auth -----
+
+  // A session started here is resumed on every reconnect; a `session-lost` event
+  // tells when its token no longer works (expired, or logged out elsewhere).
+
+  /** @returns {Promise<Session>} */
+  register(username, password) {
+    return this._session('auth.register', { username, password });
+  }
+  /** @returns {Promise<Session>} */
+  login(username, password) {
+    return this._session('auth.login', { username, password });
+  }
+  /** @param {string} token @returns {Promise<Session>} */
+  resume(token) {
+    return this._session('auth.resume', { token });
+  }
+  /** @returns {Promise<{}>} */
+  async logout() {
+    const r = await this.call('auth.logout', {});
+    this.token = null;
+    return r;
+  }
+
+  // ----- flights -----
+
+  /** @returns {Promise<{airports: Airport[]}>} */
+  airports() {
+    return this.call('flights.airports', {});
+  }
+  /**
+   * @param {{from?: string, to?: string, date?: string, limit?: number}} [query]
+   * @returns {Promise<{flights: Flight[]}>}
+   */
+  searchFlights(query = {}) {
+    return this.call('flights.search', query);
+  }
+  /** @param {string} flightId @returns {Promise<{flight: Flight, version: number, seats: Seat[], layout: Layout}>} */
+  getFlight(flightId) {
+    return this.call('flights.get', { flight_id: flightId });
+  }
+
+  /**
+   * Watches a flight's seat map: `onChange` gets the snapshot, then every change in
+   * version order, across reconnects (resubscribing with `since`, so none is missed;
+   * a gap in the pushes is filled the same way). Returns a function that stops it.
+   * @param {string} flightId
+   * @param {(event: SeatEvent) => void} onChange
+   * @returns {() => void}
+   */
+  subscribeSeats(flightId, onChange) {
+    const { feed, release } = this.seats.watch(flightId);
+    const snapshot = (e) =>
+      onChange({ type: 'snapshot', flightId, version: e.detail.version, seats: [...feed.seats.values()], feed });
+    const change = (e) => onChange({ type: 'change', flightId, version: e.detail.version, seats: e.detail.seats, feed });
+    feed.addEventListener('snapshot', snapshot);
+    feed.addEventListener('change', change);
+    if (feed.loaded) snapshot({ detail: { version: feed.version } });
+    return () => {
+      feed.removeEventListener('snapshot', snapshot);
+      feed.removeEventListener('change', change);
+      release();
+    };
+  }
+
+  // ----- bookings (idempotent ones take an optional request_id) -----
+
+  /**
+   * Holds named seats (`seats`) or the best available (`count` in `cabin`).
+   * @param {{flight_id: string, passengers: {name: string}[], seats?: string[],
+   *   count?: number, cabin?: Cabin, request_id?: string}} params
+   * @returns {Promise<{booking: Booking}>}
+   */
+  hold(params) {
+    return this._idempotent('booking.hold', params, 'hold');
+  }
+  /**
+   * @param {{locator: string, payment_method: string, request_id?: string}} params
+   * @returns {Promise<{booking: Booking, order: Order}>}
+   */
+  pay(params) {
+    return this._idempotent('booking.pay', params, 'pay', { timeout: 60000 });
+  }
+  /**
+   * Releases a hold, or cancels a confirmed booking (only `seats`, when given).
+   * @param {{locator: string, seats?: string[], request_id?: string}} params
+   * @returns {Promise<{booking: Booking, order?: Order}>}  `order` when a refund was made
+   */
+  cancel(params) {
+    return this._idempotent('booking.cancel', params, 'cancel');
+  }
+  /**
+   * @param {{locator: string, from: string, to: string, request_id?: string}} params
+   * @returns {Promise<{booking: Booking}>}
+   */
+  changeSeat(params) {
+    return this._idempotent('booking.change_seat', params, 'seat');
+  }
+  /** @param {string} locator @returns {Promise<{booking: Booking}>} */
+  getBooking(locator) {
+    return this.call('booking.get', { locator });
+  }
+  /** @returns {Promise<{bookings: Booking[]}>} */
+  listBookings() {
+    return this.call('bookings.list', {});
+  }
+  /** @returns {Promise<{orders: Order[]}>} */
+  listOrders() {
+    return this.call('orders.list', {});
+  }
+  /** @param {number} [limit] @returns {Promise<{events: HistoryEvent[]}>} */
+  history(limit) {
+    return this.call('history.list', limit ? { limit } : {});
+  }
+  /**
+   * Every change of the logged-in user's bookings, from any connection.
+   * @param {(booking: Booking) => void} fn
+   * @returns {() => void} stops listening
+   */
+  onBookingUpdated(fn) {
+    return this.on('booking.updated', (p) => fn(p.booking));
+  }
+
+  // ----- airline (role admin) -----
+
+  /**
+   * @param {{number: string, from: string, to: string, departs_at: string, arrives_at: string,
+   *   aircraft: string, fares: {economy: Money, business: Money}}} params
+   * @returns {Promise<{flight: Flight}>}
+   */
+  createFlight(params) {
+    return this.call('admin.flights.create', params);
+  }
+  /**
+   * @param {string} flightId @param {string} reason
+   * @returns {Promise<{flight: Flight, refunded: number, released: number}>}
+   */
+  cancelFlight(flightId, reason) {
+    return this.call('admin.flights.cancel', { flight_id: flightId, reason }, { timeout: 120000 });
+  }
+  /** @returns {Promise<{flights: FlightStats[]}>} */
+  flightStats() {
+    return this.call('admin.flights.stats', {});
+  }
+
+  /** The OpenRPC document of the server. @returns {Promise<object>} */
+  discover() {
+    return this.call('rpc.discover', {});
+  }
+}
+
+/**
+ * A client that connects at once (and again after every drop, with backoff).
+ * @param {ConnectOptions} [options]
+ * @returns {Jetway}
+ */
+export function connect(options = {}) {
+  const jw = new Jetway(options);
+  jw.connect();
+  return jw;
+}

@@ -1,0 +1,91 @@
+// The client SDK (static/js/jetway.js) as a third-party front end uses it, in a page of
+// its own: subscribeSeats resuming gap-free across a lost connection, the session
+// resumed on reconnect, and an idempotent call retried with the same request_id after
+// the connection drops.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { JetwayServer, launchBrowser, openPage, Api, pickFlight, requestId, until, uniqueName } from './harness.js';
+
+describe('client SDK', () => {
+  let server;
+  let browser;
+
+  before(async () => {
+    server = await new JetwayServer().start();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  it('subscribes gap-free across a reconnect and retries a hold once', async () => {
+    const api = await Api.open(browser, server);
+    await api.register();
+    const flight = await pickFlight(api, { skip: 3 });
+    const { seats } = await api.call('flights.get', { flight_id: flight.flight_id });
+    const free = seats.filter((s) => s.status === 'available' && s.cabin === 'economy').map((s) => s.seat);
+
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/healthz`);
+    await page.evaluate(
+      async ([flightId, name]) => {
+        const { connect } = await import('/js/jetway.js');
+        const jw = connect({ baseDelay: 200, maxDelay: 1000 });
+        window.jw = jw;
+        window.events = [];
+        window.subscribes = [];
+        const send = WebSocket.prototype.send;
+        WebSocket.prototype.send = function (data) {
+          const m = JSON.parse(data);
+          if (m.method === 'seats.subscribe') window.subscribes.push(m.params);
+          return send.call(this, data);
+        };
+        await jw.register(name, 'correct-horse-42');
+        jw.subscribeSeats(flightId, (ev) => {
+          window.events.push({ type: ev.type, version: ev.version, seats: Object.fromEntries(ev.seats.map((s) => [s.seat, s.status])) });
+        });
+      },
+      [flight.flight_id, uniqueName('sdk')],
+    );
+    const statusOf = (seat) => page.evaluate((seat) => {
+      const last = window.events.findLast((e) => e.seats[seat]);
+      return last?.seats[seat];
+    }, seat);
+    await until(async () => (await statusOf(free[0])) === 'available', { message: 'snapshot' });
+
+    // a change made by someone else arrives live
+    await api.call('booking.hold', { flight_id: flight.flight_id, seats: [free[0]], passengers: [{ name: 'Live' }], request_id: requestId() });
+    await until(async () => (await statusOf(free[0])) === 'held', { message: 'live change' });
+
+    // a change made while this client is offline arrives after the reconnect, by `since`
+    await page.context().setOffline(true);
+    await page.evaluate(() => window.jw.ws.close());
+    await api.call('booking.hold', { flight_id: flight.flight_id, seats: [free[1]], passengers: [{ name: 'Offline' }], request_id: requestId() });
+    await page.context().setOffline(false);
+    await until(async () => (await statusOf(free[1])) === 'held', { timeout: 40000, message: 'missed change after reconnect' });
+    const { events, subscribes } = await page.evaluate(() => ({ events: window.events, subscribes: window.subscribes }));
+    assert.equal(events.filter((e) => e.type === 'snapshot').length, 1, 'resumed with changes, not a new snapshot');
+    assert.ok(subscribes.some((p) => typeof p.since === 'number'), JSON.stringify(subscribes));
+    const versions = events.map((e) => e.version);
+    assert.deepEqual(versions, [...versions].sort((a, b) => a - b), 'changes in version order');
+
+    // a hold whose connection drops before the reply is sent again with its request_id:
+    // one booking, and the reply is the booking
+    const result = await page.evaluate(async ([flightId, seat]) => {
+      const jw = window.jw;
+      const p = jw.hold({ flight_id: flightId, seats: [seat], passengers: [{ name: 'Retry Me' }] });
+      jw.ws.close();
+      const { booking } = await p;
+      const { bookings } = await jw.listBookings();
+      return { locator: booking.locator, status: booking.status, count: bookings.length };
+    }, [flight.flight_id, free[2]]);
+    assert.equal(result.status, 'held');
+    assert.equal(result.count, 1, 'the retried hold made one booking');
+    assert.deepEqual(page.consoleErrors(true), []);
+    await api.close();
+    await page.context().close();
+  });
+});
