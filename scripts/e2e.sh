@@ -32,7 +32,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   as_root apt-get install -y -qq nodejs npm >/dev/null
 fi
 
-if [[ ! -d $e2e/node_modules/playwright-core ]]; then
+# again whenever package-lock.json changed since the last install
+if [[ ! -d $e2e/node_modules/playwright-core || $e2e/package-lock.json -nt $e2e/node_modules/.package-lock.json ]]; then
   echo "e2e: npm ci in tests/e2e" >&2
   (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error)
 fi

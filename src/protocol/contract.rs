@@ -667,7 +667,11 @@ fn build_openrpc() -> Value {
     json!({
         "openrpc": "1.3.2",
         "info": info(),
-        "servers": [{ "name": "this server", "url": "/ws" }],
+        "servers": [{
+            "name": "default",
+            "url": "ws://127.0.0.1:8080/ws",
+            "summary": "The default --listen address; the path is /ws on any host.",
+        }],
         "methods": methods,
         "components": {
             "schemas": Value::Object(g.take_definitions(true)),

@@ -1,10 +1,12 @@
 // The client SDK (static/js/jetway.js) as a third-party front end uses it, in a page of
 // its own: subscribeSeats resuming gap-free across a lost connection, the session
 // resumed on reconnect, and an idempotent call retried with the same request_id after
-// the connection drops.
+// the connection drops. And the contract documents the server publishes are valid
+// OpenRPC 1.3 and AsyncAPI 3.0 by those specifications' own JSON Schemas.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { JetwayServer, launchBrowser, openPage, Api, pickFlight, requestId, until, uniqueName } from './harness.js';
 
 describe('client SDK', () => {
@@ -87,5 +89,31 @@ describe('client SDK', () => {
     assert.deepEqual(page.consoleErrors(true), []);
     await api.close();
     await page.context().close();
+  });
+
+  it('publishes valid OpenRPC and AsyncAPI documents', async () => {
+    const require = createRequire(import.meta.url);
+    const Ajv = require('ajv');
+    const addFormats = require('ajv-formats');
+    const { openrpcDocument } = require('@open-rpc/meta-schema');
+    const { jsonSchema } = require('@json-schema-tools/meta-schema');
+    const asyncapi3 = require('@asyncapi/specs').schemasWithoutId['3.0.0'];
+    // ajv knows draft-07 by its own id only: the meta-schemas are draft-07
+    const plain = (schema, { id = true } = {}) => {
+      const copy = { ...schema };
+      delete copy.$schema;
+      if (!id) delete copy.$id;
+      return copy;
+    };
+    for (const [path, spec] of [['/openrpc.json', openrpcDocument], ['/asyncapi.json', asyncapi3]]) {
+      const ajv = new Ajv({ strict: false, allErrors: true });
+      addFormats(ajv);
+      // OpenRPC's meta-schema refers to json-schema.tools' by two spellings of its id
+      ajv.addSchema(plain(jsonSchema));
+      ajv.addSchema(plain(jsonSchema, { id: false }), 'https://meta.json-schema.tools');
+      const validate = ajv.compile(plain(spec));
+      const doc = await (await fetch(`${server.url}${path}`)).json();
+      assert.ok(validate(doc), `${path}: ${JSON.stringify(validate.errors, null, 1)}`);
+    }
   });
 });
