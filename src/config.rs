@@ -43,6 +43,14 @@ pub struct Config {
     #[arg(long, env = "JETWAY_HOLD_TTL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub hold_ttl: u64,
 
+    /// Online check-in opens this many hours before departure.
+    #[arg(long, env = "JETWAY_CHECKIN_OPENS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub checkin_opens: u64,
+
+    /// Online check-in closes this many minutes before departure.
+    #[arg(long, env = "JETWAY_CHECKIN_CLOSES", default_value_t = 45, value_parser = clap::value_parser!(u64).range(0..=1440))]
+    pub checkin_closes: u64,
+
     /// How long a session token lasts, in seconds (default 7 days).
     #[arg(long, env = "JETWAY_SESSION_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
     pub session_ttl: u64,

@@ -103,6 +103,16 @@ fn seat_list(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
     Ok(seats)
 }
 
+/// Seats of a booking named by a request (`booking.cancel`, `booking.check_in`).
+pub(super) fn booking_seats(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
+    seat_list(raw).map_err(|e| match e {
+        ApiError::InvalidSeat(bad) => {
+            ApiError::InvalidParams(format!("invalid seats: {}", bad.join(", ")))
+        }
+        e => e,
+    })
+}
+
 fn wanted(p: &params::Hold) -> Result<Wanted, ApiError> {
     let w = match (&p.seats, p.count, &p.cabin) {
         (Some(seats), None, None) => Wanted::Seats(seat_list(seats)?),
@@ -253,15 +263,7 @@ impl App {
     pub async fn cancel(&self, s: &AuthSession, p: params::Cancel) -> Result<Value, ApiError> {
         self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
-        let only: Option<Vec<SeatId>> = match &p.seats {
-            None => None,
-            Some(list) => Some(seat_list(list).map_err(|e| match e {
-                ApiError::InvalidSeat(bad) => {
-                    ApiError::InvalidParams(format!("invalid seats: {}", bad.join(", ")))
-                }
-                e => e,
-            })?),
-        };
+        let only = p.seats.as_deref().map(booking_seats).transpose()?;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, CANCEL, &p.request_id, |key| async move {
             let loc = booking.locator;

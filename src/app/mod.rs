@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod bookings;
+mod checkin;
 mod cluster;
 mod expiry;
 mod flights;

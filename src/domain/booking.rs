@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::checkin::CheckIn;
 use super::{
     fare, Cabin, DomainError, FlightId, Locator, Millis, Money, SeatId, TicketNumber, UserId,
 };
@@ -65,6 +66,8 @@ pub struct BookedSeat {
     pub fare: Money,
     #[serde(default)]
     pub ticket_number: Option<TicketNumber>,
+    #[serde(default)]
+    pub check_in: Option<CheckIn>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +133,7 @@ impl Booking {
                 passenger,
                 fare,
                 ticket_number: None,
+                check_in: None,
             })
             .collect();
         Ok(Booking {
@@ -307,6 +311,9 @@ impl Booking {
             .iter_mut()
             .find(|b| b.seat == from)
             .ok_or_else(|| DomainError::Invalid(format!("seat {from} is not on this booking")))?;
+        if s.check_in.is_some() {
+            return Err(DomainError::CheckedIn);
+        }
         if s.cabin != to_cabin {
             return Err(DomainError::Invalid(format!(
                 "seat {to} is in {}, the passenger travels {}",

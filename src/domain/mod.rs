@@ -1,8 +1,11 @@
 //! Pure booking domain: identifiers, money, aircraft layouts, flights, bookings and
-//! their state machine, the refund rule and the demo schedule. No I/O, no async.
+//! their state machine, the refund rule, check-in and boarding passes, and the demo
+//! schedule. No I/O, no async.
 
 pub mod aircraft;
+pub mod bcbp;
 pub mod booking;
+pub mod checkin;
 pub mod fare;
 pub mod flight;
 pub mod ids;
@@ -25,6 +28,10 @@ pub enum DomainError {
     InvalidState(String),
     #[error("the hold has expired")]
     HoldExpired,
+    #[error("check-in is not open for this flight now")]
+    CheckinClosed,
+    #[error("the passenger is checked in; the seat can no longer be changed")]
+    CheckedIn,
 }
 
 /// Milliseconds since the Unix epoch, UTC: the one time type of the domain.

@@ -118,6 +118,22 @@ mod tests {
     }
 
     #[test]
+    fn check_in_is_open_for_some_flight_at_any_time_of_the_first_day() {
+        let day = date!(2026 - 11 - 25);
+        let flights = demo_schedule(day, 14);
+        let window = crate::domain::checkin::Window::new(30, 45);
+        let midnight = flights[0].departs_at - flights[0].departs_at.rem_euclid(86_400_000);
+        for minute in (0..24 * 60).step_by(5) {
+            let now = midnight + minute * 60_000;
+            let open = flights
+                .iter()
+                .filter(|f| window.check(f.departs_at, now).is_ok())
+                .count();
+            assert!(open >= 10, "only {open} flights open at minute {minute}");
+        }
+    }
+
+    #[test]
     fn schedule_starts_on_the_given_day() {
         let flights = demo_schedule(date!(2026 - 11 - 25), 1);
         assert!(flights.iter().all(|f| f.id.as_str().ends_with("-20261125")));

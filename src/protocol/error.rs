@@ -40,6 +40,10 @@ pub enum ApiError {
     PaymentDeclined(String),
     #[error("payment failed: {0}")]
     PaymentFailed(String),
+    #[error("check-in is not open for this flight now")]
+    CheckinClosed,
+    #[error("the passenger is checked in; the seat can no longer be changed")]
+    CheckedIn,
     #[error("too many requests, slow down")]
     RateLimited,
     #[error("frame too large (limit {0} bytes)")]
@@ -70,6 +74,8 @@ impl ApiError {
             HoldExpired => "hold_expired",
             PaymentDeclined(_) => "payment_declined",
             PaymentFailed(_) => "payment_failed",
+            CheckinClosed => "checkin_closed",
+            CheckedIn => "checked_in",
             RateLimited => "rate_limited",
             TooLarge(_) => "too_large",
             Internal => "internal",
@@ -160,6 +166,8 @@ impl ApiError {
             HoldExpired => -32011,
             PaymentDeclined(_) => -32012,
             PaymentFailed(_) => -32013,
+            CheckinClosed => -32014,
+            CheckedIn => -32015,
             RateLimited => -32029,
         }
     }
@@ -192,6 +200,8 @@ impl ApiError {
             "payment_failed" => ApiError::PaymentFailed(strip("payment failed: ")),
             "invalid_state" => ApiError::InvalidState(msg),
             "hold_expired" => ApiError::HoldExpired,
+            "checkin_closed" => ApiError::CheckinClosed,
+            "checked_in" => ApiError::CheckedIn,
             "seat_unavailable" => ApiError::SeatUnavailable(seats()),
             "invalid_seat" => ApiError::InvalidSeat(seats()),
             "not_found" => ApiError::NotFound("booking"),
@@ -207,6 +217,8 @@ impl From<DomainError> for ApiError {
             DomainError::Invalid(m) => ApiError::InvalidParams(m),
             DomainError::InvalidState(m) => ApiError::InvalidState(m),
             DomainError::HoldExpired => ApiError::HoldExpired,
+            DomainError::CheckinClosed => ApiError::CheckinClosed,
+            DomainError::CheckedIn => ApiError::CheckedIn,
         }
     }
 }
@@ -242,6 +254,8 @@ mod tests {
             ApiError::PaymentDeclined("card declined".into()),
             ApiError::PaymentFailed("gateway down".into()),
             ApiError::HoldExpired,
+            ApiError::CheckinClosed,
+            ApiError::CheckedIn,
             ApiError::SeatUnavailable(vec!["1A".into(), "1C".into()]),
             ApiError::InvalidState("booking is cancelled".into()),
         ] {

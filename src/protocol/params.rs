@@ -25,6 +25,8 @@ pub const METHODS: &[&str] = &[
     "booking.pay",
     "booking.cancel",
     "booking.change_seat",
+    "booking.check_in",
+    "booking.boarding_passes",
     "booking.get",
     "bookings.list",
     "orders.list",
@@ -52,6 +54,8 @@ pub enum Call {
     Pay(Result<Pay, ApiError>),
     Cancel(Result<Cancel, ApiError>),
     ChangeSeat(Result<ChangeSeat, ApiError>),
+    CheckIn(Result<CheckIn, ApiError>),
+    BoardingPasses(Result<LocatorRef, ApiError>),
     BookingGet(Result<LocatorRef, ApiError>),
     BookingsList,
     OrdersList,
@@ -84,6 +88,8 @@ impl Call {
             "booking.pay" => Call::Pay(decode(p)),
             "booking.cancel" => Call::Cancel(decode(p)),
             "booking.change_seat" => Call::ChangeSeat(decode(p)),
+            "booking.check_in" => Call::CheckIn(decode(p)),
+            "booking.boarding_passes" => Call::BoardingPasses(decode(p)),
             "booking.get" => Call::BookingGet(decode(p)),
             "bookings.list" => Call::BookingsList,
             "orders.list" => Call::OrdersList,
@@ -180,6 +186,15 @@ pub struct ChangeSeat {
     pub locator: String,
     pub from: String,
     pub to: String,
+    #[schemars(length(min = 1, max = 64))]
+    pub request_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CheckIn {
+    pub locator: String,
+    /// Only these passengers' seats; every passenger when left out.
+    pub seats: Option<Vec<String>>,
     #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
 }

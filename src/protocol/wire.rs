@@ -3,9 +3,11 @@
 
 use serde_json::{json, Value};
 
+use crate::domain::checkin::BoardingPass;
 use crate::domain::flight::Airport;
 use crate::domain::{
-    rfc3339, Aircraft, Booking, Cabin, Flight, Millis, Order, SeatId, SeatInfo, SeatStatus,
+    rfc3339, Aircraft, Booking, Cabin, Flight, FlightId, Millis, Order, SeatId, SeatInfo,
+    SeatStatus,
 };
 
 /// Seats left per cabin, in the aircraft's cabin order.
@@ -85,12 +87,13 @@ pub fn cabin_counts(cabins: &CabinCounts) -> Vec<Value> {
 }
 
 pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
-    let seat = |s: &crate::domain::BookedSeat| {
+    let seat = |s: &crate::domain::BookedSeat, checked_in: bool| {
         let mut v = json!({
             "seat": s.seat.to_string(),
             "passenger": s.passenger,
             "cabin": s.cabin.as_str(),
             "fare": money(s.fare),
+            "checked_in": checked_in,
         });
         if let Some(t) = &s.ticket_number {
             v["ticket_number"] = json!(t);
@@ -101,7 +104,7 @@ pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
         "locator": b.locator,
         "flight_id": b.flight_id,
         "status": b.status.as_str(),
-        "seats": b.seats.iter().map(seat).collect::<Vec<_>>(),
+        "seats": b.seats.iter().map(|s| seat(s, b.checked_in(s))).collect::<Vec<_>>(),
         "total": money(b.total),
         "created_at": rfc3339(b.created_at),
         "updated_at": rfc3339(b.updated_at),
@@ -116,7 +119,7 @@ pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
         v["refund"] = money(r);
     }
     if !b.cancelled_seats.is_empty() {
-        v["cancelled_seats"] = b.cancelled_seats.iter().map(seat).collect();
+        v["cancelled_seats"] = b.cancelled_seats.iter().map(|s| seat(s, false)).collect();
     }
     if let Some(o) = &b.order_id {
         v["order_id"] = json!(o);
@@ -131,6 +134,17 @@ pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
         });
     }
     v
+}
+
+/// `BoardingPass`: `{flight_id, seat, passenger, sequence, bcbp}`.
+pub fn boarding_pass(flight: &FlightId, p: &BoardingPass) -> Value {
+    json!({
+        "flight_id": flight,
+        "seat": p.seat.to_string(),
+        "passenger": p.passenger,
+        "sequence": p.sequence,
+        "bcbp": p.bcbp,
+    })
 }
 
 pub fn order(o: &Order) -> Value {

@@ -188,6 +188,14 @@ async fn call(
             app.change_seat(&app.authenticate(&mut conn.session)?, p?)
                 .await?
         }
+        Call::CheckIn(p) => {
+            app.check_in(&app.authenticate(&mut conn.session)?, p?)
+                .await?
+        }
+        Call::BoardingPasses(p) => {
+            app.boarding_passes(&app.authenticate(&mut conn.session)?, p?)
+                .await?
+        }
         Call::BookingGet(p) => {
             app.booking_get(&app.authenticate(&mut conn.session)?, p?)
                 .await?

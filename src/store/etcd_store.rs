@@ -661,6 +661,9 @@ impl Store for EtcdStore {
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.mirror.version(flight)
     }
+    fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
+        self.mirror.checkin_sequence(flight)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.mirror.booking(locator)
     }

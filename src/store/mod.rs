@@ -237,6 +237,9 @@ pub struct Batch {
     pub new_flights: Vec<Flight>,
     pub flights: Vec<Flight>,
     pub versions: Vec<(FlightId, u64)>,
+    /// The last check-in sequence number given out per flight. Written only with the
+    /// flight's next version (see [`Store::checkin_sequence`]).
+    pub checkin_sequences: Vec<(FlightId, u64)>,
     /// Bookings to create; conflict if the locator exists.
     pub new_bookings: Vec<Booking>,
     pub bookings: Vec<Booking>,
@@ -329,6 +332,10 @@ pub trait Store: Send + Sync + 'static {
     }
     fn flights(&self) -> StoreResult<Vec<Flight>>;
     fn version(&self, flight: &FlightId) -> StoreResult<u64>;
+    /// The last check-in sequence number given out on the flight (0: none yet). It
+    /// only changes in a batch that also moves the flight's version, so a write that
+    /// expects the version the number was read at cannot reuse a number.
+    fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;

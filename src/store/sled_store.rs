@@ -37,6 +37,8 @@ const REFUND: u8 = b'D';
 /// The open refund of a subject: its id.
 const OPEN_REFUND: u8 = b'd';
 const PAYMENT_MARK: u8 = b'y';
+/// A flight's last check-in sequence number.
+const CHECKIN_SEQUENCE: u8 = b'n';
 
 pub struct SledStore {
     db: sled::Db,
@@ -150,6 +152,20 @@ impl SledStore {
         })
     }
 
+    /// A big-endian `u64` counter; 0 when absent.
+    fn counter(&self, k: &[u8], what: &str) -> StoreResult<u64> {
+        match self.db.get(k).map_err(io)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(what.into()))?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+            None => Ok(0),
+        }
+    }
+
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
         match self.db.get(k).map_err(io)? {
             Some(v) => decode(&v).map(Some),
@@ -254,6 +270,12 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for (f, v) in &batch.versions {
         ops.push(Op::Put(version_key(f), v.to_be_bytes().to_vec()));
+    }
+    for (f, n) in &batch.checkin_sequences {
+        ops.push(Op::Put(
+            key(CHECKIN_SEQUENCE, &[f.as_str().as_bytes()]),
+            n.to_be_bytes().to_vec(),
+        ));
     }
     if let Some(feed) = &batch.seat_feed {
         put_json(
@@ -472,16 +494,12 @@ impl Store for SledStore {
     }
 
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
-        match self.db.get(version_key(flight)).map_err(io)? {
-            Some(v) => {
-                let bytes: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("version".into()))?;
-                Ok(u64::from_be_bytes(bytes))
-            }
-            None => Ok(0),
-        }
+        self.counter(&version_key(flight), "version")
+    }
+
+    fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
+        let k = key(CHECKIN_SEQUENCE, &[flight.as_str().as_bytes()]);
+        self.counter(&k, "check-in sequence")
     }
 
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {

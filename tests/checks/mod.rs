@@ -115,12 +115,19 @@ fn check_call(call: Call) {
             identifiers(&p.request_id);
             seats(&p.seats);
         })),
+        Call::CheckIn(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.locator);
+            identifiers(&p.request_id);
+            seats(&p.seats);
+        })),
         Call::ChangeSeat(p) => check_refusal(p.as_ref().map(|p| {
             [&p.locator, &p.from, &p.to, &p.request_id]
                 .into_iter()
                 .for_each(|s| identifiers(s))
         })),
-        Call::BookingGet(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.locator))),
+        Call::BookingGet(p) | Call::BoardingPasses(p) => {
+            check_refusal(p.as_ref().map(|p| identifiers(&p.locator)))
+        }
         Call::HistoryList(p) => check_refusal(p.as_ref().map(|_| ())),
         Call::AdminCreateFlight(p) => {
             check_refusal(p.as_ref().map(|_| ()));

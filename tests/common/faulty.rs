@@ -114,6 +114,9 @@ impl Store for Faulty {
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.inner.version(flight)
     }
+    fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
+        self.inner.checkin_sequence(flight)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.read_bookings();
         self.inner.booking(locator)

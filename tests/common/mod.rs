@@ -451,6 +451,17 @@ impl Client {
 
 /// A flight that departs more than two days from now (full refunds in economy).
 pub async fn later_flight(c: &mut Client) -> Value {
+    departing_within(c, time::Duration::days(2), time::Duration::MAX)
+        .await
+        .expect("a flight more than two days out")
+}
+
+/// The first flight that departs between `from` and `to` from now.
+pub async fn departing_within(
+    c: &mut Client,
+    from: time::Duration,
+    to: time::Duration,
+) -> Option<Value> {
     let r = c.ok("flights.search", json!({"limit": 500})).await;
     let now = time::OffsetDateTime::now_utc();
     r["flights"]
@@ -462,10 +473,9 @@ pub async fn later_flight(c: &mut Client) -> Value {
                 f["departs_at"].as_str().unwrap_or(""),
                 &time::format_description::well_known::Rfc3339,
             );
-            dep.is_ok_and(|d| d - now > time::Duration::days(2))
+            dep.is_ok_and(|d| d - now > from && d - now < to)
         })
         .cloned()
-        .expect("a flight more than two days out")
 }
 
 /// Free seats of a cabin on a flight, in map order.

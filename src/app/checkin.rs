@@ -1,0 +1,133 @@
+//! Online check-in and boarding passes. A check-in is a change of the flight like a
+//! seat change (its next version, with no seat changing hands), so that its sequence
+//! numbers, read from the store's per-flight counter and written back in the same
+//! batch, are never handed out twice, by one node or by several.
+
+use serde_json::{json, Value};
+
+use super::bookings::{booking_seats, busy_error};
+use super::{event, remember_ok, App, AuthSession};
+use crate::domain::checkin::{self, Window};
+use crate::domain::{self, Booking, Flight, SeatId};
+use crate::inventory::FlightSeats;
+use crate::protocol::{params, wire, ApiError};
+use crate::store::Batch;
+
+/// The flight, if it takes check-ins in its current status. Call it with the
+/// working map locked (a cancellation in progress counts as cancelled).
+fn check_flight(fs: &FlightSeats, now: domain::Millis) -> Result<Flight, ApiError> {
+    let flight = fs.flight();
+    let status = match flight.status(now) {
+        _ if fs.is_closing() => domain::FlightStatus::Cancelled,
+        s => s,
+    };
+    if checkin::status_allows(status) {
+        Ok(flight)
+    } else {
+        Err(ApiError::InvalidState(format!(
+            "flight {} is {}",
+            flight.number,
+            status.as_str()
+        )))
+    }
+}
+
+/// When the flight leaves, for the check-in window.
+fn departure(flight: &Flight) -> domain::Millis {
+    flight.departs_at
+}
+
+fn passes_json(b: &Booking, flight: &Flight, only: Option<&[SeatId]>) -> Vec<Value> {
+    b.boarding_passes(flight, only)
+        .iter()
+        .map(|p| wire::boarding_pass(&flight.id, p))
+        .collect()
+}
+
+impl App {
+    fn checkin_window(&self) -> Window {
+        Window::new(self.config.checkin_opens, self.config.checkin_closes)
+    }
+
+    pub async fn check_in(&self, s: &AuthSession, p: params::CheckIn) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
+        let booking = self.own_booking(s.user_id, &p.locator)?;
+        let only = p.seats.as_deref().map(booking_seats).transpose()?;
+        let fs = self.flight_seats(&booking.flight_id)?;
+        let window = self.checkin_window();
+        self.idempotent(
+            s.user_id,
+            "booking.check_in",
+            &p.request_id,
+            |key| async move {
+                let loc = booking.locator;
+                self.seat_step(&fs, Some(&key), |w| {
+                    let now = domain::now_ms();
+                    let flight = check_flight(&fs, now)?;
+                    let mut b = self
+                        .store
+                        .booking(&loc)?
+                        .ok_or(ApiError::NotFound("booking"))?;
+                    if self.paying(w, &loc, &|_| false)?
+                        || self.store.open_refund(loc.as_str())?.is_some()
+                    {
+                        return Err(busy_error());
+                    }
+                    let before = self.store.checkin_sequence(&fs.id)?;
+                    let mut last = before;
+                    let chosen = b.check_in(
+                        only.as_deref(),
+                        (&window, departure(&flight)),
+                        || {
+                            last += 1;
+                            last
+                        },
+                        now,
+                    )?;
+                    let result = json!({
+                        "booking": wire::booking(&b, Some(&flight)),
+                        "boarding_passes": passes_json(&b, &flight, Some(&chosen)),
+                    });
+                    if last == before {
+                        return Ok((None, result));
+                    }
+                    let new: Vec<String> = b
+                        .seats
+                        .iter()
+                        .filter(|x| x.check_in.is_some_and(|c| c.sequence > before))
+                        .map(|x| x.seat.to_string())
+                        .collect();
+                    let batch = Batch {
+                        bookings: vec![b.clone()],
+                        checkin_sequences: vec![(fs.id.clone(), last)],
+                        events: vec![(
+                            s.user_id,
+                            event("checked_in", Some(&loc), now, json!({ "seats": new })),
+                        )],
+                        replies: vec![(key.clone(), remember_ok(&result))],
+                        ..Default::default()
+                    };
+                    Ok((
+                        Some(self.change_seats(&fs, w, batch, Vec::new(), &b)?),
+                        result,
+                    ))
+                })
+                .await?
+                .reply()
+            },
+        )
+        .await
+    }
+
+    pub async fn boarding_passes(
+        &self,
+        s: &AuthSession,
+        p: params::LocatorRef,
+    ) -> Result<Value, ApiError> {
+        let b = self
+            .consistent_read(|| self.own_booking(s.user_id, &p.locator))
+            .await?;
+        let flight = self.flight_seats(&b.flight_id)?.flight();
+        Ok(json!({ "boarding_passes": passes_json(&b, &flight, None) }))
+    }
+}
