@@ -61,7 +61,7 @@ impl App {
             &p.request_id,
             |key| async move {
                 let loc = booking.locator;
-                self.seat_step(&fs, Some(&key), |w| {
+                let step = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
                     let flight = check_flight(&fs, now)?;
                     let mut b = self
@@ -111,9 +111,12 @@ impl App {
                         Some(self.change_seats(&fs, w, batch, Vec::new(), &b)?),
                         result,
                     ))
-                })
-                .await?
-                .reply()
+                });
+                let reply = step.await?.reply()?;
+                // a check-in that changed nothing read what another request may have
+                // written: answer once that is durable
+                self.committer.settle_reads().await?;
+                Ok(reply)
             },
         )
         .await

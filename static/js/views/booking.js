@@ -2,6 +2,7 @@ import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
 import { newRequestId } from '../jetway.js';
 import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural } from '../format.js';
 import { friendlyError } from './flight.js';
+import { canCheckIn, checkInButton, hasPasses, boardingPassesSection } from './checkin.js';
 
 export const PAYMENT_METHODS = [
   { id: 'pm_card_visa', label: 'Visa ending 4242 (test card: approved)' },
@@ -189,8 +190,21 @@ export async function bookingView(ctx, el, { locator, signal }) {
           { class: 'card notice notice-ok', 'data-testid': 'confirmation', 'aria-labelledby': 'conf-title' },
           h('h2', { id: 'conf-title', tabindex: '-1' }, h('span', { class: 'ok-mark', 'aria-hidden': 'true' }, '✓'), ' You’re booked!'),
           h('p', {}, 'Your booking reference is ', h('strong', { class: 'locator-inline' }, b.locator), '. Your e-ticket numbers are below. Have a good flight!'),
+          canCheckIn(b)
+            ? h(
+              'p',
+              {},
+              checkInButton(ctx, b, (nb) => {
+                if (signal.aborted) return;
+                booking = { ...nb, flight: nb.flight || booking.flight };
+                render();
+              }),
+              h('span', { class: 'muted small' }, ' Online check-in is open.'),
+            )
+            : null,
         ),
       );
+      if (hasPasses(b)) showPasses(mainCol, b);
     } else if (b.status === 'expired') {
       mainCol.append(h('section', { class: 'card notice notice-warn', role: 'status' }, h('h2', {}, 'This hold has expired'), h('p', {}, 'The seats were released because payment was not completed in time. Nothing was charged.'), b.flight_id ? h('p', {}, h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(b.flight_id)}` }, 'Choose seats again')) : null));
     } else if (b.status === 'cancelled') {
@@ -230,7 +244,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
                 'tr',
                 { class: s.cancelled ? 'cancelled' : null },
                 h('td', { class: 'seat-cell-text' }, s.seat),
-                h('td', {}, s.passenger, s.cancelled ? h('span', { class: 'badge badge-cancelled pax-badge' }, 'Cancelled') : null),
+                h('td', {}, s.passenger, s.cancelled ? h('span', { class: 'badge badge-cancelled pax-badge' }, 'Cancelled') : null, s.checked_in ? h('span', { class: 'badge badge-confirmed pax-badge', 'data-testid': 'checked-in' }, 'Checked in') : null),
                 showTickets ? h('td', { class: 'ticket', 'data-testid': s.cancelled ? 'cancelled-ticket' : 'ticket' }, s.ticket_number || '—') : null,
               )),
           ),
@@ -271,6 +285,16 @@ export async function bookingView(ctx, el, { locator, signal }) {
       }
     }
     sideCol.append(side);
+  }
+
+  /** Adds the boarding passes under the status panel once the server has sent them. */
+  async function showPasses(col, b) {
+    try {
+      const section = await boardingPassesSection(ctx, b);
+      if (section && col.isConnected) col.querySelector('[data-testid="confirmation"]')?.after(section);
+    } catch (e) {
+      if (!signal.aborted) toast(friendlyError(e), 'error');
+    }
   }
 
   function payForm() {
@@ -347,7 +371,8 @@ export async function bookingView(ctx, el, { locator, signal }) {
   const onBooking = (e) => {
     const b = e.detail;
     if (b.locator !== locator || paying) return;
-    const changed = b.status !== booking.status;
+    const checkedIn = (x) => (x.seats || []).map((s) => !!s.checked_in).join();
+    const changed = b.status !== booking.status || checkedIn(b) !== checkedIn(booking);
     booking = { ...booking, ...b, flight: b.flight || booking.flight };
     if (changed) render();
   };

@@ -1,6 +1,7 @@
 import { h, clear, statusBadge } from '../ui.js';
 import { formatMoney, formatTime, formatDate, formatDateTime, plural } from '../format.js';
 import { cancelBooking } from './booking.js';
+import { canCheckIn, checkInButton } from './checkin.js';
 
 const TABS = [
   ['bookings', 'Bookings'],
@@ -22,6 +23,7 @@ const EVENT_TEXT = {
   partially_refunded: 'Booking partly refunded',
   expired: 'Hold expired',
   seat_changed: 'Seat changed',
+  checked_in: 'Checked in',
   flight_cancelled: 'Flight cancelled by the airline',
 };
 
@@ -107,6 +109,9 @@ export async function tripsView(ctx, el, { query, signal }) {
   function bookingCard(b) {
     const f = b.flight || {};
     const actions = h('div', { class: 'bc-actions' }, h('a', { class: 'btn btn-ghost btn-small', href: `#/booking/${encodeURIComponent(b.locator)}` }, b.status === 'held' ? 'Pay now' : 'View'));
+    if (canCheckIn(b)) {
+      actions.append(checkInButton(ctx, b, () => ctx.navigate(`#/booking/${encodeURIComponent(b.locator)}`), 'btn-small'));
+    }
     if (b.status === 'held' || b.status === 'confirmed') {
       actions.append(
         h(
