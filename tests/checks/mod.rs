@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+use jetway::domain::checkin::Window;
+use jetway::domain::schedule::demo_schedule;
 use jetway::domain::{
     Booking, BookingStatus, Cabin, FlightId, Locator, Money, RequestId, SeatId, TicketNumber,
     UserId, Username,
@@ -172,6 +174,34 @@ pub fn identifiers(s: &str) {
     let _ = TicketNumber::parse(s);
 }
 
+/// A checked-in passenger keeps seat and number until cancelled, numbers are never
+/// given twice, and only a confirmed booking has (well-formed) boarding passes.
+fn check_in_invariants(before: &Booking, b: &Booking, flight: &jetway::domain::Flight) {
+    let all = || b.seats.iter().chain(&b.cancelled_seats);
+    for s in before.seats.iter().filter(|s| s.check_in.is_some()) {
+        assert!(
+            all().any(|x| x.seat == s.seat && x.check_in == s.check_in),
+            "checked-in {} moved or lost its number",
+            s.seat
+        );
+    }
+    let mut numbers: Vec<u64> = all()
+        .filter_map(|s| s.check_in)
+        .map(|c| c.sequence)
+        .collect();
+    let n = numbers.len();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), n, "a check-in number given twice");
+    let passes = b.boarding_passes(flight, None);
+    if b.status != BookingStatus::Confirmed {
+        assert!(passes.is_empty());
+    }
+    for p in passes {
+        assert!(p.bcbp.len() == 60 && p.bcbp.is_ascii(), "{:?}", p.bcbp);
+    }
+}
+
 fn allowed(from: BookingStatus, to: BookingStatus) -> bool {
     use BookingStatus::*;
     from == to
@@ -185,7 +215,8 @@ fn allowed(from: BookingStatus, to: BookingStatus) -> bool {
 /// operation per byte (the low 3 bits pick it, the rest is its argument). Refused
 /// operations change nothing, only allowed transitions happen, terminal states are
 /// final, a booking occupies its seats (each once) exactly while held or confirmed,
-/// refunds never exceed the total, and an expired hold can never be paid.
+/// refunds never exceed the total, an expired hold can never be paid, and check-in
+/// keeps its invariants ([`check_in_invariants`]).
 pub fn booking(data: &[u8]) {
     let Some((&n, ops)) = data.split_first() else {
         return;
@@ -215,6 +246,10 @@ pub fn booking(data: &[u8]) {
     .unwrap();
     let total = b.total;
     let mut ticket = 0u64;
+    // open from the start: the ops move the clock by a day at most
+    let window = Window::new(240, 45);
+    let flight = &demo_schedule(jetway::domain::date_of(departs), 1)[0];
+    let mut sequence = 0u64;
     for &op in ops.iter().take(64) {
         let before = b.clone();
         let arg = usize::from(op >> 3);
@@ -242,10 +277,19 @@ pub fn booking(data: &[u8]) {
                 b.refund_quote(Some(&s), departs, now)
                     .and_then(|(s, m)| b.refund(&s, m, now))
             }
-            _ => {
+            6 => {
                 let from = b.seats[arg % b.seats.len()].seat;
                 let to = SeatId::parse(&format!("{}C", arg % 40 + 1)).unwrap();
                 b.change_seat(from, to, Cabin::Economy, now)
+            }
+            _ => {
+                let s = [b.seats[arg % b.seats.len()].seat];
+                let next = || {
+                    sequence += 1;
+                    sequence
+                };
+                b.check_in(Some(&s), (&window, departs), next, now)
+                    .map(|_| ())
             }
         };
         if r.is_err() {
@@ -277,6 +321,7 @@ pub fn booking(data: &[u8]) {
         if let Some(r) = b.refund {
             assert!(r >= Money::ZERO && r <= total);
         }
+        check_in_invariants(&before, &b, flight);
         if b.status == BookingStatus::Held && b.hold_expires_at.is_some_and(|t| now >= t) {
             assert!(b.check_payable(now).is_err());
         }
