@@ -449,6 +449,8 @@ async fn login_is_required_for_bookings() {
         "booking.pay",
         "booking.cancel",
         "booking.change_seat",
+        "booking.check_in",
+        "booking.boarding_passes",
         "booking.get",
         "bookings.list",
         "orders.list",
