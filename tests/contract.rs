@@ -284,6 +284,49 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
     k.ok(&mut watcher, "seats.unsubscribe", json!({"flight_id": fid}))
         .await;
 
+    // check in on a flight inside the check-in window, and a seat change it forbids
+    let hours = time::Duration::hours;
+    let soon = departing_within(&mut owner, hours(2), hours(28))
+        .await
+        .expect("the demo schedule has a flight in the check-in window");
+    let soon = soon["flight_id"].as_str().expect("flight_id").to_owned();
+    let seats = free_seats(&mut owner, &soon, "economy", 3).await;
+    let booked = k
+        .ok(
+            &mut owner,
+            "booking.hold",
+            json!({"flight_id": soon, "seats": &seats[..2], "passengers": passengers(2), "request_id": "h4"}),
+        )
+        .await;
+    let boarding = booked["booking"]["locator"].clone();
+    k.ok(
+        &mut owner,
+        "booking.pay",
+        json!({"locator": boarding, "payment_method": "pm_card_visa", "request_id": "p4"}),
+    )
+    .await;
+    let checked = k
+        .ok(
+            &mut owner,
+            "booking.check_in",
+            json!({"locator": boarding, "seats": [seats[0]], "request_id": "ci1"}),
+        )
+        .await;
+    assert_eq!(checked["boarding_passes"].as_array().map(Vec::len), Some(1));
+    let passes = k
+        .ok(
+            &mut owner,
+            "booking.boarding_passes",
+            json!({"locator": boarding}),
+        )
+        .await;
+    assert_eq!(passes["boarding_passes"], checked["boarding_passes"]);
+    let moved = json!({"locator": boarding, "from": seats[0], "to": seats[2], "request_id": "c2"});
+    assert_eq!(
+        k.reason(&mut owner, "booking.change_seat", moved).await,
+        "checked_in"
+    );
+
     // the airline
     let mut admin = s.client().await;
     k.ok(
@@ -375,6 +418,12 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
             json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "e3"}),
             "invalid_state",
         ),
+        (
+            true,
+            "booking.check_in",
+            json!({"locator": loc, "request_id": "e4"}),
+            "checkin_closed",
+        ),
     ];
     for (logged_in, method, params, reason) in cases {
         let c = if logged_in { &mut owner } else { &mut anon };
@@ -414,7 +463,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
     assert_eq!(k.methods_seen, every_method, "a method was not driven");
     let every_push: BTreeSet<String> = k.pushes.keys().cloned().collect();
     assert_eq!(k.pushes_seen, every_push, "a push was not driven");
-    assert!(k.reasons_seen.len() >= 15, "{:?}", k.reasons_seen);
+    assert!(k.reasons_seen.len() >= 17, "{:?}", k.reasons_seen);
 }
 
 /// A schema change that a real reply does not satisfy is caught: the validators are

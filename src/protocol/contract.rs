@@ -96,6 +96,8 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!("booking.pay", LoggedIn, params::Pay => PayResult, "Pays a hold: the booking is confirmed and ticketed."),
     method!("booking.cancel", LoggedIn, params::Cancel => CancelResult, "Releases a hold, or cancels a confirmed booking (all or some seats) with a refund."),
     method!("booking.change_seat", LoggedIn, params::ChangeSeat => BookingResult, "Moves one passenger to another free seat of the same cabin."),
+    method!("booking.check_in", LoggedIn, params::CheckIn => CheckInResult, "Checks in the passengers of a confirmed booking (all, or those in `seats`) while check-in is open, and returns their boarding passes."),
+    method!("booking.boarding_passes", LoggedIn, params::LocatorRef => BoardingPassesResult, "The valid boarding passes of one of the caller's bookings."),
     method!("booking.get", LoggedIn, params::LocatorRef => BookingResult, "One of the caller's bookings."),
     method!("bookings.list", LoggedIn, NoParams => BookingsResult, "The caller's bookings, newest first."),
     method!("orders.list", LoggedIn, NoParams => OrdersResult, "The caller's orders (paid bookings)."),
@@ -328,6 +330,8 @@ pub struct BookedSeat {
     /// Once paid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_number: Option<String>,
+    /// Checked in, with a valid boarding pass; always `false` in `cancelled_seats`.
+    pub checked_in: bool,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -369,6 +373,23 @@ pub struct Booking {
     pub order_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flight: Option<FlightSummary>,
+}
+
+/// An IATA boarding pass of one checked-in passenger.
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BoardingPass {
+    pub flight_id: String,
+    #[schemars(with = "SeatName")]
+    pub seat: String,
+    pub passenger: String,
+    /// The flight's check-in sequence number: 1, 2, 3 ... in check-in order.
+    #[schemars(range(min = 1))]
+    pub sequence: u64,
+    /// The IATA Resolution 792 bar-coded boarding pass (format `M`, one leg, the
+    /// 60 characters of mandatory items).
+    #[schemars(length(min = 60, max = 60))]
+    pub bcbp: String,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -481,6 +502,20 @@ pub struct CancelResult {
     pub booking: Booking,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Order>,
+}
+
+/// The booking, and the passes of the passengers asked for, in booking order.
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckInResult {
+    pub booking: Booking,
+    pub boarding_passes: Vec<BoardingPass>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BoardingPassesResult {
+    pub boarding_passes: Vec<BoardingPass>,
 }
 
 #[derive(Serialize, JsonSchema)]

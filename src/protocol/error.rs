@@ -101,6 +101,8 @@ impl ApiError {
         "hold_expired",
         "payment_declined",
         "payment_failed",
+        "checkin_closed",
+        "checked_in",
         "rate_limited",
         "too_large",
         "internal",
@@ -127,6 +129,8 @@ impl ApiError {
             HoldExpired,
             PaymentDeclined(String::new()),
             PaymentFailed(String::new()),
+            CheckinClosed,
+            CheckedIn,
             RateLimited,
             TooLarge(0),
             Internal,
@@ -138,7 +142,7 @@ impl ApiError {
                 | Unauthenticated | BadCredentials | UsernameTaken | WeakPassword(_)
                 | InvalidToken | Forbidden | NotFound(_) | InvalidSeat(_) | SeatUnavailable(_)
                 | InvalidState(_) | HoldExpired | PaymentDeclined(_) | PaymentFailed(_)
-                | RateLimited | TooLarge(_) | Internal => {}
+                | CheckinClosed | CheckedIn | RateLimited | TooLarge(_) | Internal => {}
             }
         }
         all

@@ -31,7 +31,10 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
  * @typedef {{cabins: {cabin: Cabin, rows: number[], columns: string}[], exit_rows: number[]}} Layout
  * @typedef {{version: number, seats: {seat: string, status: SeatStatus}[],
  *   cabins: {cabin: Cabin, seats_available: number}[]}} Change
- * @typedef {{seat: string, passenger: string, cabin: Cabin, fare: Money, ticket_number?: string}} BookedSeat
+ * @typedef {{seat: string, passenger: string, cabin: Cabin, fare: Money, ticket_number?: string,
+ *   checked_in: boolean}} BookedSeat
+ * @typedef {{flight_id: string, seat: string, passenger: string, sequence: number, bcbp: string}} BoardingPass
+ *   `bcbp`: the 60-character IATA bar-coded boarding pass (format M, one leg).
  * @typedef {{locator: string, flight_id: string,
  *   status: 'held'|'confirmed'|'cancelled'|'expired'|'refunded', seats: BookedSeat[],
  *   total: Money, created_at: string, updated_at: string, hold_expires_at?: string,
@@ -197,6 +200,20 @@ export class Jetway extends RpcClient {
    */
   changeSeat(params) {
     return this._idempotent('booking.change_seat', params, 'seat');
+  }
+  /**
+   * Checks in every passenger of a confirmed booking, or those in `seats`, while
+   * check-in is open (`checkin_closed` outside the window). Checking in again returns
+   * the same passes.
+   * @param {{locator: string, seats?: string[], request_id?: string}} params
+   * @returns {Promise<{booking: Booking, boarding_passes: BoardingPass[]}>}
+   */
+  checkIn(params) {
+    return this._idempotent('booking.check_in', params, 'checkin');
+  }
+  /** @param {string} locator @returns {Promise<{boarding_passes: BoardingPass[]}>} */
+  boardingPasses(locator) {
+    return this.call('booking.boarding_passes', { locator });
   }
   /** @param {string} locator @returns {Promise<{booking: Booking}>} */
   getBooking(locator) {

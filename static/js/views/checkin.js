@@ -3,7 +3,6 @@
 // BCBP string (qrcode-generator, vendored in ../vendor) and their print view.
 
 import { h, toast } from '../ui.js';
-import { newRequestId } from '../rpc.js';
 import { formatTime, formatLongDate } from '../format.js';
 import { friendlyError } from './flight.js';
 import qrcode from '../vendor/qrcode-generator.js';
@@ -30,7 +29,7 @@ export const hasPasses = (b) => b.status === 'confirmed' && (b.seats || []).some
 /** Checks in every passenger of the booking; the new booking, or null after a toast. */
 async function checkIn(ctx, booking) {
   try {
-    const r = await ctx.client.call('booking.check_in', { locator: booking.locator, request_id: newRequestId('checkin') }, { retry: true });
+    const r = await ctx.client.checkIn({ locator: booking.locator });
     toast(`Checked in: ${r.boarding_passes.length === 1 ? 'your boarding pass is ready' : `${r.boarding_passes.length} boarding passes are ready`}.`, 'success');
     ctx.bus.dispatchEvent(new CustomEvent('booking', { detail: r.booking }));
     return r.booking;
@@ -111,7 +110,7 @@ function passCard(ctx, p, booking) {
 
 /** The booking's boarding passes as cards, with a print button; fetched from the server. */
 export async function boardingPassesSection(ctx, booking) {
-  const r = await ctx.client.call('booking.boarding_passes', { locator: booking.locator });
+  const r = await ctx.client.boardingPasses(booking.locator);
   const passes = r.boarding_passes || [];
   if (!passes.length) return null;
   return h(
