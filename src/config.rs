@@ -55,9 +55,10 @@ pub struct Config {
     #[arg(long, env = "JETWAY_SESSION_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
     pub session_ttl: u64,
 
-    /// The browser app's files.
-    #[arg(long, env = "JETWAY_STATIC_DIR", default_value = "static")]
-    pub static_dir: PathBuf,
+    /// Serve the browser app from this directory instead of the copy built into the
+    /// binary (for working on the app without rebuilding).
+    #[arg(long, env = "JETWAY_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 
     /// Recent changes kept per flight for `seats.subscribe {since}`.
     #[arg(long, env = "JETWAY_REPLAY_BUFFER", default_value_t = crate::inventory::DEFAULT_REPLAY)]
@@ -128,6 +129,10 @@ pub struct Config {
     #[arg(skip = std::env::var("STRIPE_WEBHOOK_SECRET").ok())]
     pub stripe_webhook_secret: Option<String>,
 
+    /// A command other than serving (`jetway backup DIR`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Timeout of one payment-gateway call, in seconds.
     #[arg(long, env = "JETWAY_GATEWAY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub gateway_timeout: u64,
@@ -141,6 +146,14 @@ pub struct Config {
     /// after 24 hours; the refund's own id in its metadata stays).
     #[arg(long, env = "JETWAY_REFUND_LOOKUP_AFTER", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=72_000))]
     pub refund_lookup_after: u64,
+}
+
+/// What `jetway` does instead of serving.
+#[derive(Clone, clap::Subcommand)]
+pub enum Command {
+    /// Saves a consistent snapshot of a running server's database into DIR, a new
+    /// data dir that a server can be started on (docs/deploy.md, "Backups").
+    Backup(crate::backup::BackupArgs),
 }
 
 impl Config {

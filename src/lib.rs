@@ -14,7 +14,8 @@
 //! - [`store`]: the durable store behind a trait (sled; or, with the `etcd` feature,
 //!   an etcd cluster shared by several nodes, with its change feed), and the group
 //!   commit;
-//! - [`payments`]: the payment-gateway trait and the sandbox gateway.
+//! - [`payments`]: the payment-gateway trait and the sandbox gateway;
+//! - [`backup`]: the `jetway backup` command, a client of a running server.
 //!
 //! A request flows: the connection's reader parses a text frame ([`protocol`]) and
 //! hands it to `server::dispatch`, which decodes the params and calls the use case
@@ -33,6 +34,7 @@
 //! the writer's reply goes out. See docs/cluster.md.
 
 pub mod app;
+pub mod backup;
 pub mod config;
 pub mod domain;
 pub mod fanout;

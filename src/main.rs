@@ -22,6 +22,20 @@ async fn main() -> std::process::ExitCode {
         logs.init();
     }
 
+    if let Some(jetway::config::Command::Backup(args)) = config.command.clone() {
+        let dir = args.dir.clone();
+        return match jetway::backup::run(args, config.admin_password.clone()).await {
+            Ok(n) => {
+                println!("backup of {n} records written to {}", dir.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("backup failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+
     let server = match jetway::start(config).await {
         Ok(s) => s,
         Err(e) => {

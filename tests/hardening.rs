@@ -192,6 +192,86 @@ async fn connections_per_address_are_limited_except_loopback_by_default() {
     s.stop().await;
 }
 
+/// Opens a WebSocket whose upgrade request carries `header: value`.
+async fn connect_with(
+    url: &str,
+    header: &'static str,
+    value: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(header, value.parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn refused_with_429(r: Result<Ws, tokio_tungstenite::tungstenite::Error>) {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        Err(e) => panic!("expected 429, got {e}"),
+        Ok(_) => panic!("a connection over the per-address cap must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
+    // loopback is the proxy: every client's WebSockets count for its own address
+    let s = Server::start_with(|c| {
+        c.limits.max_connections_per_addr = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let url = s.url();
+    let a1 = connect_with(&url, "x-forwarded-for", "198.51.100.1, 203.0.113.5")
+        .await
+        .unwrap();
+    let a2 = connect_with(&url, "forwarded", "for=203.0.113.5;proto=https")
+        .await
+        .unwrap();
+    refused_with_429(connect_with(&url, "x-forwarded-for", "203.0.113.5").await);
+    // the proxy itself and other clients are not held back by that one
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let ip = format!("203.0.113.{}", 10 + i);
+        others.push(connect_with(&url, "x-forwarded-for", &ip).await.unwrap());
+    }
+    // a closed WebSocket gives its client's slot back
+    drop(a1);
+    eventually("the forwarded address's slot is freed", || {
+        let url = url.clone();
+        async move {
+            connect_with(&url, "x-forwarded-for", "203.0.113.5")
+                .await
+                .ok()
+        }
+    })
+    .await;
+    drop((a2, others));
+    s.stop().await;
+
+    // from a peer that is not a trusted proxy the headers are ignored: loopback
+    // (limited here) is the address, whatever the client claims
+    let s = Server::start_with(|c| {
+        c.limits.max_connections_per_addr = 2;
+        c.limits.limit_loopback = true;
+        c.limits.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let url = s.url();
+    let b1 = connect_with(&url, "x-forwarded-for", "203.0.113.1")
+        .await
+        .unwrap();
+    let b2 = connect_with(&url, "forwarded", "for=203.0.113.2")
+        .await
+        .unwrap();
+    refused_with_429(connect_with(&url, "x-forwarded-for", "203.0.113.3").await);
+    drop((b1, b2));
+    s.stop().await;
+}
+
 /// True when the server closed the connection (EOF or reset), false on data or
 /// when nothing happened within the read timeout.
 fn closed_by_server(t: &mut std::net::TcpStream) -> bool {

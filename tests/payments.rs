@@ -1139,3 +1139,138 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
     assert_eq!(paid["booking"]["status"], "confirmed");
     s.stop().await;
 }
+
+// ---- payments with customer action (3-D Secure) ----
+
+const THREE_DS: &str = "pm_card_threeDSecure2Required";
+
+/// The only PaymentIntent of a booking at the fake gateway.
+fn intent_of(f: &FakeStripe, loc: &Value) -> fake_stripe::Intent {
+    let l = f.ledger();
+    let mut intents = l.with_metadata("locator", loc.as_str().unwrap());
+    let i = intents.next().expect("a PaymentIntent").clone();
+    assert!(intents.next().is_none(), "one PaymentIntent per booking");
+    i
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_needing_3ds_waits_for_the_customer_then_completes() {
+    let f = fake().await;
+    let s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    let e = c.err("booking.pay", pay(loc, THREE_DS, "p1")).await;
+    assert_eq!(e["data"]["reason"], "payment_action_required", "{e}");
+    let pi = intent_of(&f, loc);
+    let secret = e["data"]["client_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(&pi.id), "{secret}");
+    assert_eq!(
+        (pi.status.as_str(), f.ledger().charged()),
+        ("requires_action", 0)
+    );
+    // the same request gets the same answer; the booking stays held
+    assert_eq!(c.err("booking.pay", pay(loc, THREE_DS, "p1")).await, e);
+    let held = c.ok("booking.get", json!({"locator": loc})).await;
+    assert_eq!(held["booking"]["status"], "held");
+    // the reconciler leaves a payment alone while its customer may still act
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(intent_of(&f, loc).status, "requires_action");
+    // paying again before acting asks again, for the same payment
+    let again = c.err("booking.pay", pay(loc, THREE_DS, "p2")).await;
+    assert_eq!(again["data"]["client_secret"], secret.as_str());
+    // the customer authenticates (Stripe.js), then the front end pays again
+    assert!(f.authenticate(&pi.id, true));
+    let paid = c.ok("booking.pay", pay(loc, THREE_DS, "p3")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    assert_eq!(c.ok("booking.pay", pay(loc, THREE_DS, "p3")).await, paid);
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    assert_eq!(intent_of(&f, loc).id, pi.id, "completed, not charged again");
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    // Stripe.js may load on the app's pages
+    let csp = reqwest::get(format!("http://{}/", s.addr))
+        .await
+        .unwrap()
+        .headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self' https://js.stripe.com"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-src https://js.stripe.com"), "{csp}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_ends_while_the_customer_acts_cancels_the_payment() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.hold_ttl = 2;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
+        "payment_action_required"
+    );
+    eventually("the PaymentIntent is cancelled once the hold ends", || {
+        let status = intent_of(&f, loc).status;
+        async move { status == "canceled" }
+    })
+    .await;
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Expired
+    );
+    let late = c.reason("booking.pay", pay(loc, THREE_DS, "p2")).await;
+    assert!(late == "hold_expired" || late == "invalid_state", "{late}");
+    assert_eq!(f.ledger().charged(), 0);
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_authentication_or_another_card_gives_up_the_waiting_payment() {
+    let f = fake().await;
+    let s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    let total = b["total"]["amount"].as_i64().unwrap();
+    // authentication fails: the next pay fails, the PaymentIntent is cancelled
+    c.err("booking.pay", pay(loc, THREE_DS, "p1")).await;
+    let first = intent_of(&f, loc).id;
+    assert!(f.authenticate(&first, false));
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p2")).await,
+        "payment_failed"
+    );
+    assert_eq!(intent_of(&f, loc).status, "canceled");
+    // asked again, the customer switches cards: the waiting payment is given up first
+    c.err("booking.pay", pay(loc, THREE_DS, "p3")).await;
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, "pm_card_visa", "p4"))
+            .await,
+        "payment_failed"
+    );
+    let paid = c.ok("booking.pay", pay(loc, "pm_card_visa", "p5")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    let ledger = f.ledger();
+    let intents: Vec<_> = ledger
+        .with_metadata("locator", loc.as_str().unwrap())
+        .collect();
+    assert_eq!(intents.len(), 3);
+    assert_eq!(
+        intents.iter().filter(|i| i.status == "canceled").count(),
+        2,
+        "{intents:?}"
+    );
+    assert_eq!((ledger.charged(), ledger.refunded()), (total, 0));
+    s.stop().await;
+}

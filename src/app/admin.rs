@@ -199,6 +199,32 @@ impl App {
         Ok(s)
     }
 
+    /// Checks that a bearer token (of an HTTP admin endpoint) is a live admin session.
+    pub fn admin_by_token(&self, token: &str) -> Result<(), ApiError> {
+        let session = self
+            .live_session(&super::auth::token_hash(token))?
+            .ok_or(ApiError::InvalidToken)?;
+        let user = self
+            .store
+            .user(session.user_id)?
+            .ok_or(ApiError::InvalidToken)?;
+        match user.role {
+            Role::Admin => Ok(()),
+            Role::Passenger => Err(ApiError::Forbidden),
+        }
+    }
+
+    /// A snapshot of the whole database (`jetway backup`): writes wait while it is
+    /// read, and everything in it is durable here before it is handed out.
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        let store = self.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.snapshot())
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
+        self.committer.barrier().await?;
+        Ok(bytes)
+    }
+
     /// `admin.flights.create`: schedules a flight; durable before the reply, then
     /// searchable and subscribable at once.
     pub async fn admin_create_flight(

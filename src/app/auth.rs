@@ -329,7 +329,7 @@ impl App {
     }
 
     /// The session behind a token hash, if it exists and has not expired.
-    fn live_session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+    pub(super) fn live_session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         let now = domain::now_ms();
         // on a cluster the local copy of the store is the truth (a logout through
         // another node may land between a lookup here and the cache insert)

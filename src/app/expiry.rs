@@ -102,16 +102,21 @@ pub async fn run(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
                 _ = stop.cancelled() => return,
             },
         }
-        app.expire_due().await;
+        if app.expire_due().await {
+            // payments that waited for the customer on those holds are cancelled
+            let app = app.clone();
+            tokio::spawn(async move { app.cancel_lapsed_actions().await });
+        }
     }
 }
 
 impl App {
-    /// Expires every hold that is due now and waits until that is durable.
-    pub async fn expire_due(&self) {
+    /// Expires every hold that is due now and waits until that is durable; `false`
+    /// if none was due.
+    pub async fn expire_due(&self) -> bool {
         let due = self.expiry.take_due(domain::now_ms());
         if due.is_empty() {
-            return;
+            return false;
         }
         let results = futures::future::join_all(
             due.iter()
@@ -128,6 +133,7 @@ impl App {
         if let Err(e) = self.committer.barrier().await {
             tracing::error!(error = %e, "expiry not durable");
         }
+        true
     }
 
     /// Expires one hold if it is still held and due. On a cluster every node may try

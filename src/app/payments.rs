@@ -8,9 +8,16 @@
 //!
 //! ```text
 //! started ──create+confirm ok──▶ succeeded (booking confirmed, same batch)
-//!    │  └──declined / not charged──▶ failed
+//!    │  ├──declined / not charged──▶ failed
+//!    │  └──customer must act (3-D Secure)──▶ action_required
 //!    └──charged but seats gone──▶ refunded
+//! action_required ──next booking.pay, or the hold's end──▶ (as started)
 //! ```
+//!
+//! An attempt waiting for the customer's action is left alone while its booking's hold
+//! runs; the next `booking.pay` (same payment method) reads its outcome from the
+//! gateway, and once the hold is over the reconciler cancels it (or refunds a charge
+//! that landed too late).
 
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -102,6 +109,11 @@ impl App {
                 (Busy::mark(&fs, &mut w, &loc)?, b.total)
             };
             let now = domain::now_ms();
+            if let Some(waiting) = self.awaiting_action(&loc)? {
+                return self
+                    .continue_action(&fs, key, waiting, &p.payment_method, busy)
+                    .await;
+            }
             let attempt = PaymentAttempt {
                 id: super::unique_id("pa"),
                 user_id: s.user_id,
@@ -113,6 +125,8 @@ impl App {
                 created_at: now,
                 updated_at: now,
                 certain: false,
+                payment_method: Some(p.payment_method.clone()),
+                client_secret: None,
             };
             let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
             self.take_mark(&attempt).await?;
@@ -153,8 +167,75 @@ impl App {
             }
             Err(e) => Err(e),
         };
+        self.settle_outcome(fs, key, attempt, outcome, busy).await
+    }
+
+    /// The booking's attempt waiting for the customer's action, if any.
+    fn awaiting_action(&self, loc: &domain::Locator) -> Result<Option<PaymentAttempt>, ApiError> {
+        Ok(self
+            .store
+            .open_attempts()?
+            .into_iter()
+            .find(|a| &a.locator == loc && a.state == AttemptState::ActionRequired))
+    }
+
+    /// A `booking.pay` after the customer was asked to act: with the same payment
+    /// method, the gateway tells how the payment ended; with another, the waiting
+    /// payment is cancelled (or, if it went through meanwhile, pays the booking).
+    async fn continue_action(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: IdemKey,
+        mut a: PaymentAttempt,
+        payment_method: &str,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        a.request_id = key.request_id.clone();
+        a.updated_at = domain::now_ms();
+        let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
+        self.take_mark(&a).await?;
+        let same = a.payment_method.as_deref() == Some(payment_method);
+        let outcome = match (&a.payment_ref, same) {
+            (Some(r), true) => match self.payments.status(r).await {
+                Ok(PaymentStatus::Succeeded) => Ok(()),
+                Ok(PaymentStatus::ActionRequired) => Err(PaymentError::ActionRequired(
+                    a.client_secret.clone().unwrap_or_default(),
+                )),
+                Ok(PaymentStatus::NotCharged) => {
+                    Err(PaymentError::Declined("the payment was cancelled".into()))
+                }
+                Ok(PaymentStatus::Pending) => Err(PaymentError::Failed(
+                    "the payment did not complete (authentication failed or still processing)"
+                        .into(),
+                )),
+                Err(e) => Err(e),
+            },
+            _ => Err(PaymentError::Failed(
+                "the payment waiting for authentication was given up; pay again with a new \
+                 request_id"
+                    .into(),
+            )),
+        };
+        let settled = self.settle_outcome(fs, key, a, outcome, busy).await;
+        self.release_mark(&id, &rid, &loc).await;
+        settled
+    }
+
+    /// Settles an attempt from what the gateway answered to its confirm.
+    async fn settle_outcome(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: IdemKey,
+        attempt: PaymentAttempt,
+        outcome: Result<(), PaymentError>,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        let loc = attempt.locator.clone();
         match outcome {
             Ok(()) => self.settle_charged(fs, attempt, busy).await,
+            Err(PaymentError::ActionRequired(secret)) => {
+                self.await_action(attempt, secret, busy).await
+            }
             Err(PaymentError::Declined(m)) => {
                 self.settle_failed(attempt, busy, ApiError::PaymentDeclined(m), "declined")
                     .await
@@ -198,6 +279,38 @@ impl App {
                 }
             }
         }
+    }
+
+    /// The customer must act: the attempt waits (not charged, still open) and the
+    /// request fails with the client secret; the booking stays held.
+    async fn await_action(
+        &self,
+        mut a: PaymentAttempt,
+        secret: String,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        drop(busy);
+        let now = domain::now_ms();
+        a.state = AttemptState::ActionRequired;
+        a.client_secret = Some(secret.clone());
+        a.updated_at = now;
+        if let Some(first) = self.success_reply(&pay_key(&a)).await? {
+            return super::replay(first);
+        }
+        let err = ApiError::PaymentActionRequired {
+            client_secret: secret,
+        };
+        self.commit(Batch {
+            events: vec![(
+                a.user_id,
+                event("payment_action_required", Some(&a.locator), now, json!({})),
+            )],
+            replies: vec![(pay_key(&a), remember_err(&err))],
+            attempts: vec![a],
+            ..Default::default()
+        })
+        .await?;
+        Err(err)
     }
 
     /// Writes a new attempt; on a cluster with the booking's payment mark, which another
@@ -281,7 +394,7 @@ impl App {
         match self.payments.status(r).await? {
             // a fresh key per try: cancelling is idempotent by nature, and Stripe
             // would replay a refusal (the payment was processing) under a reused key
-            PaymentStatus::Pending => {
+            s if !s.is_final() => {
                 let key = super::unique_id(&format!("{}-cancel", a.id));
                 self.payments.cancel(r, &key).await
             }
@@ -572,7 +685,9 @@ impl App {
                 .await?;
                 return Ok(Reconciled::Settled);
             }
-            PaymentStatus::Pending => return Ok(Reconciled::Skipped),
+            PaymentStatus::Pending | PaymentStatus::ActionRequired => {
+                return Ok(Reconciled::Skipped)
+            }
         };
         // a node that died mid-payment left its mark
         self.release_mark(&id, &rid, &loc).await;
@@ -582,6 +697,29 @@ impl App {
             }
             Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(Reconciled::Settled),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an attempt waits for the customer's action while its booking is still
+    /// held: then only the next `booking.pay` settles it.
+    fn awaits_customer(&self, a: &PaymentAttempt, now: domain::Millis) -> bool {
+        a.state == AttemptState::ActionRequired
+            && matches!(self.store.booking(&a.locator), Ok(Some(b))
+                if b.status == domain::BookingStatus::Held
+                    && b.hold_expires_at.is_some_and(|t| t > now))
+    }
+
+    /// Cancels the payments that waited for the customer's action on holds that have
+    /// ended (a charge that landed meanwhile is refunded): run after holds expire.
+    pub async fn cancel_lapsed_actions(&self) {
+        let Ok(attempts) = self.store.open_attempts() else {
+            return;
+        };
+        let now = domain::now_ms();
+        for a in attempts {
+            if a.state == AttemptState::ActionRequired && !self.awaits_customer(&a, now) {
+                self.try_reconcile(a).await;
+            }
         }
     }
 
@@ -616,9 +754,12 @@ impl App {
                 return;
             }
         };
-        let cutoff = domain::now_ms() - min_age.as_millis() as domain::Millis;
+        let now = domain::now_ms();
+        let cutoff = now - min_age.as_millis() as domain::Millis;
         for a in attempts.into_iter().filter(|a| a.created_at <= cutoff) {
-            self.try_reconcile(a).await;
+            if !self.awaits_customer(&a, now) {
+                self.try_reconcile(a).await;
+            }
         }
         self.reconcile_refunds(cutoff).await;
         if self.failures_checked.load(Ordering::SeqCst) {
@@ -665,7 +806,11 @@ impl App {
                     .map_err(|_| WebhookError::Internal)?;
                 let open_or_failed =
                     |a: &PaymentAttempt| a.is_open() || a.state == AttemptState::Failed;
-                if let Some(a) = attempt.filter(open_or_failed) {
+                let now = domain::now_ms();
+                // a payment waiting for the customer is settled by their next
+                // `booking.pay`, or cancelled when the hold ends
+                let waiting = |a: &PaymentAttempt| self.awaits_customer(a, now);
+                if let Some(a) = attempt.filter(|a| open_or_failed(a) && !waiting(a)) {
                     // the gateway is asked, not the event trusted: the same path as start-up
                     // not recorded as seen unless applied: Stripe retries it
                     if !self.try_reconcile(a).await {

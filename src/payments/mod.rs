@@ -53,6 +53,10 @@ pub enum PaymentError {
     /// confirm that failed this way is unknown until [`PaymentGateway::status`] says.
     #[error("{0}")]
     Failed(String),
+    /// The customer must act (3-D Secure) before the payment can complete; nothing is
+    /// charged yet. Holds the client secret a front end completes it with (Stripe.js).
+    #[error("the customer must authenticate the payment")]
+    ActionRequired(String),
 }
 
 /// What became of a payment.
@@ -62,15 +66,27 @@ pub enum PaymentStatus {
     Succeeded,
     /// Not charged, and never will be (cancelled, or unknown to the gateway).
     NotCharged,
-    /// Not final: unconfirmed, being processed, awaiting action or capture. May still
-    /// be charged; only a successful [`PaymentGateway::cancel`] rules that out.
+    /// Not final: unconfirmed, being processed, awaiting a new payment method or
+    /// capture. May still be charged; only a successful [`PaymentGateway::cancel`]
+    /// rules that out.
     Pending,
+    /// Not final: waiting for the customer to authenticate (3-D Secure). Like
+    /// [`PaymentStatus::Pending`], may still be charged until cancelled.
+    ActionRequired,
+}
+
+impl PaymentStatus {
+    /// May still change (only a cancel settles it as not charged).
+    pub fn is_final(self) -> bool {
+        matches!(self, PaymentStatus::Succeeded | PaymentStatus::NotCharged)
+    }
 }
 
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Creates an unconfirmed payment; returns its reference. Charges nothing.
     fn create(&self, req: PaymentRequest) -> BoxFuture<'_, Result<String, PaymentError>>;
-    /// Charges a created payment.
+    /// Charges a created payment; [`PaymentError::ActionRequired`] when the customer
+    /// must authenticate first.
     fn confirm<'a>(
         &'a self,
         payment_ref: &'a str,

@@ -148,6 +148,7 @@ fn status_of(pi: &Value) -> PaymentStatus {
     match pi["status"].as_str() {
         Some("succeeded") => PaymentStatus::Succeeded,
         Some("canceled") => PaymentStatus::NotCharged,
+        Some("requires_action" | "requires_source_action") => PaymentStatus::ActionRequired,
         _ => PaymentStatus::Pending,
     }
 }
@@ -157,10 +158,7 @@ fn cancel_refused(body: &Value) -> Option<PaymentStatus> {
     if body["error"]["code"] != "payment_intent_unexpected_state" {
         return None;
     }
-    match status_of(&body["error"]["payment_intent"]) {
-        PaymentStatus::Pending => None,
-        s => Some(s),
-    }
+    Some(status_of(&body["error"]["payment_intent"])).filter(|s| s.is_final())
 }
 
 impl PaymentGateway for Stripe {
@@ -198,6 +196,15 @@ impl PaymentGateway for Stripe {
             let pi = self.call(self.http.post(url), Some(&key)).await?;
             match pi["status"].as_str() {
                 Some("succeeded") => Ok(()),
+                Some("requires_action" | "requires_source_action") => {
+                    match pi["client_secret"].as_str() {
+                        Some(secret) => Err(PaymentError::ActionRequired(secret.to_owned())),
+                        None => Err(PaymentError::Failed(
+                            "the payment needs the customer's action but has no client secret"
+                                .into(),
+                        )),
+                    }
+                }
                 Some("requires_payment_method") => Err(PaymentError::Declined(
                     pi["last_payment_error"]["message"]
                         .as_str()
@@ -218,12 +225,13 @@ impl PaymentGateway for Stripe {
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
             let url = self.url(&format!("/v1/payment_intents/{payment_ref}"));
-            match self.call(self.http.get(url), None).await {
+            match self.call_raw(self.http.get(url), None).await? {
                 Ok(pi) => Ok(status_of(&pi)),
-                Err(PaymentError::Failed(m)) if m.contains("No such") || m.contains("404") => {
+                // never created (its create failed before Stripe made it)
+                Err((_, body)) if body["error"]["code"] == "resource_missing" => {
                     Ok(PaymentStatus::NotCharged)
                 }
-                Err(e) => Err(e),
+                Err((status, body)) => Err(refusal(status, &body)),
             }
         })
     }
@@ -289,9 +297,12 @@ mod tests {
             status_of(&json!({"status":"processing"})),
             PaymentStatus::Pending
         );
+        assert_eq!(
+            status_of(&json!({"status":"requires_action"})),
+            PaymentStatus::ActionRequired
+        );
         for uncertain in [
             "requires_confirmation",
-            "requires_action",
             "requires_capture",
             "requires_payment_method",
         ] {
@@ -323,6 +334,7 @@ mod tests {
             Some(PaymentStatus::NotCharged)
         );
         assert_eq!(cancel_refused(&refused("processing")), None);
+        assert_eq!(cancel_refused(&refused("requires_action")), None);
         assert_eq!(
             cancel_refused(&json!({"error": {"code": "lock_timeout"}})),
             None

@@ -613,6 +613,7 @@ impl JsonSchema for ErrorObject {
                         "reason": { "enum": ApiError::REASONS },
                         "seats": { "type": "array", "items": { "type": "string" } },
                         "limit": { "type": "integer", "minimum": 0 },
+                        "client_secret": { "type": "string" },
                     },
                 },
             },

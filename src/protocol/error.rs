@@ -44,6 +44,10 @@ pub enum ApiError {
     CheckinClosed,
     #[error("the passenger is checked in; the seat can no longer be changed")]
     CheckedIn,
+    /// The customer must authenticate the payment (3-D Secure) with this client
+    /// secret, then pay again with a new request id.
+    #[error("the payment needs the customer's authentication (3-D Secure)")]
+    PaymentActionRequired { client_secret: String },
     #[error("too many requests, slow down")]
     RateLimited,
     #[error("frame too large (limit {0} bytes)")]
@@ -76,6 +80,7 @@ impl ApiError {
             PaymentFailed(_) => "payment_failed",
             CheckinClosed => "checkin_closed",
             CheckedIn => "checked_in",
+            PaymentActionRequired { .. } => "payment_action_required",
             RateLimited => "rate_limited",
             TooLarge(_) => "too_large",
             Internal => "internal",
@@ -103,6 +108,7 @@ impl ApiError {
         "payment_failed",
         "checkin_closed",
         "checked_in",
+        "payment_action_required",
         "rate_limited",
         "too_large",
         "internal",
@@ -131,6 +137,9 @@ impl ApiError {
             PaymentFailed(String::new()),
             CheckinClosed,
             CheckedIn,
+            PaymentActionRequired {
+                client_secret: String::new(),
+            },
             RateLimited,
             TooLarge(0),
             Internal,
@@ -138,11 +147,29 @@ impl ApiError {
         // a new variant fails to compile here until it is listed above
         for e in &all {
             match e {
-                Parse(_) | InvalidRequest(_) | MethodNotFound(_) | InvalidParams(_)
-                | Unauthenticated | BadCredentials | UsernameTaken | WeakPassword(_)
-                | InvalidToken | Forbidden | NotFound(_) | InvalidSeat(_) | SeatUnavailable(_)
-                | InvalidState(_) | HoldExpired | PaymentDeclined(_) | PaymentFailed(_)
-                | CheckinClosed | CheckedIn | RateLimited | TooLarge(_) | Internal => {}
+                Parse(_)
+                | InvalidRequest(_)
+                | MethodNotFound(_)
+                | InvalidParams(_)
+                | Unauthenticated
+                | BadCredentials
+                | UsernameTaken
+                | WeakPassword(_)
+                | InvalidToken
+                | Forbidden
+                | NotFound(_)
+                | InvalidSeat(_)
+                | SeatUnavailable(_)
+                | InvalidState(_)
+                | HoldExpired
+                | PaymentDeclined(_)
+                | PaymentFailed(_)
+                | CheckinClosed
+                | CheckedIn
+                | PaymentActionRequired { .. }
+                | RateLimited
+                | TooLarge(_)
+                | Internal => {}
             }
         }
         all
@@ -172,6 +199,7 @@ impl ApiError {
             PaymentFailed(_) => -32013,
             CheckinClosed => -32014,
             CheckedIn => -32015,
+            PaymentActionRequired { .. } => -32020,
             RateLimited => -32029,
         }
     }
@@ -184,6 +212,9 @@ impl ApiError {
                 data["seats"] = json!(seats);
             }
             ApiError::TooLarge(limit) => data["limit"] = json!(limit),
+            ApiError::PaymentActionRequired { client_secret } => {
+                data["client_secret"] = json!(client_secret);
+            }
             _ => {}
         }
         json!({ "code": self.code(), "message": self.to_string(), "data": data })
@@ -202,6 +233,9 @@ impl ApiError {
         Some(match data.get("reason")?.as_str()? {
             "payment_declined" => ApiError::PaymentDeclined(strip("payment declined: ")),
             "payment_failed" => ApiError::PaymentFailed(strip("payment failed: ")),
+            "payment_action_required" => ApiError::PaymentActionRequired {
+                client_secret: data.get("client_secret")?.as_str()?.to_owned(),
+            },
             "invalid_state" => ApiError::InvalidState(msg),
             "hold_expired" => ApiError::HoldExpired,
             "checkin_closed" => ApiError::CheckinClosed,
@@ -257,6 +291,9 @@ mod tests {
         for e in [
             ApiError::PaymentDeclined("card declined".into()),
             ApiError::PaymentFailed("gateway down".into()),
+            ApiError::PaymentActionRequired {
+                client_secret: "pi_1_secret_2".into(),
+            },
             ApiError::HoldExpired,
             ApiError::CheckinClosed,
             ApiError::CheckedIn,

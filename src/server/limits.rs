@@ -68,6 +68,12 @@ pub struct LimitsConfig {
     #[arg(long, env = "JETWAY_LOGIN_BACKOFF_MAX", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_backoff_max: u64,
 
+    /// Reverse proxies (CIDRs or addresses, comma-separated) whose `Forwarded` /
+    /// `X-Forwarded-For` headers give the client's address for the per-address limits
+    /// and logs; from any other peer those headers are ignored.
+    #[arg(long, env = "JETWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = super::forwarded::parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Origins (scheme://host[:port], comma-separated) allowed to open a WebSocket
     /// besides the server's own; `*` allows any. Requests without `Origin` are allowed.
     #[arg(long, env = "JETWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -78,6 +84,12 @@ impl LimitsConfig {
     /// Whether per-address limits apply to this peer.
     pub fn limits_addr(&self, ip: IpAddr) -> bool {
         self.limit_loopback || !is_loopback(ip)
+    }
+
+    /// Whether a TCP peer is counted against the per-address cap when it connects: a
+    /// trusted proxy is not (its WebSockets count for the clients it forwards).
+    pub fn counts_tcp_peer(&self, ip: IpAddr) -> bool {
+        self.limits_addr(ip) && !super::forwarded::is_trusted(ip, &self.trusted_proxies)
     }
 }
 
@@ -416,7 +428,7 @@ impl axum::serve::Listener for GuardedListener {
                     continue;
                 }
             };
-            let slot = if self.limits.limits_addr(peer.ip()) {
+            let slot = if self.limits.counts_tcp_peer(peer.ip()) {
                 match self
                     .counter
                     .try_acquire(peer.ip(), self.limits.max_connections_per_addr)

@@ -2,7 +2,9 @@
 //! check, the handshake straight onto tokio-tungstenite, buffer sizes), and
 //! start/stop of the whole server.
 
+mod assets;
 mod dispatch;
+pub mod forwarded;
 pub mod limits;
 mod session;
 
@@ -129,32 +131,95 @@ impl Running {
     }
 }
 
+/// The Content-Security-Policy: the app's own files only, plus Stripe.js (its script,
+/// its frames and its API) when payments go through Stripe.
+fn content_security_policy(stripe: bool) -> String {
+    let (script, frame, connect) = match stripe {
+        true => (
+            " https://js.stripe.com",
+            "frame-src https://js.stripe.com https://hooks.stripe.com; ",
+            " https://api.stripe.com",
+        ),
+        false => ("", "", ""),
+    };
+    format!(
+        "default-src 'self'; script-src 'self'{script}; {frame}connect-src 'self' ws: wss:{connect}; \
+         img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+    )
+}
+
 fn router(ctx: Ctx) -> Router {
     let static_dir = ctx.app.config.static_dir.clone();
+    let csp = content_security_policy(ctx.app.config.payments == "stripe");
     let security = |name: &'static str, value: &'static str| {
         SetResponseHeaderLayer::if_not_present(
             header::HeaderName::from_static(name),
             HeaderValue::from_static(value),
         )
     };
-    Router::new()
+    let routes = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openrpc.json", get(|| async { axum::Json(contract::openrpc()) }))
-        .route("/asyncapi.json", get(|| async { axum::Json(contract::asyncapi()) }))
+        .route(
+            "/openrpc.json",
+            get(|| async { axum::Json(contract::openrpc()) }),
+        )
+        .route(
+            "/asyncapi.json",
+            get(|| async { axum::Json(contract::asyncapi()) }),
+        )
         .route("/webhooks/stripe", axum::routing::post(stripe_webhook))
-        .fallback_service(ServeDir::new(static_dir))
+        .route("/admin/backup", axum::routing::post(backup));
+    let routes = match static_dir {
+        Some(dir) => routes.fallback_service(ServeDir::new(dir)),
+        None => routes.fallback(assets::serve),
+    };
+    routes
         .layer(security("x-content-type-options", "nosniff"))
         .layer(security("referrer-policy", "no-referrer"))
-        .layer(security(
-            "content-security-policy",
-            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'self'")),
         ))
         .layer(security("x-frame-options", "DENY"))
         .layer(axum::middleware::from_fn(request_started))
         .with_state(ctx)
+}
+
+/// `POST /admin/backup` with `Authorization: Bearer <admin session token>`: a
+/// consistent snapshot of the database (what `jetway backup` saves).
+async fn backup(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    use crate::protocol::ApiError;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match ctx.app.admin_by_token(token.trim()) {
+        Ok(()) => {}
+        Err(ApiError::Forbidden) => return (StatusCode::FORBIDDEN, "admins only").into_response(),
+        Err(_) => {
+            let why = "an admin session token is required: Authorization: Bearer TOKEN";
+            return (StatusCode::UNAUTHORIZED, why).into_response();
+        }
+    }
+    match ctx.app.backup().await {
+        Ok(bytes) => {
+            tracing::info!(bytes = bytes.len(), "backup snapshot handed out");
+            let kind = (header::CONTENT_TYPE, "application/octet-stream");
+            ([kind], bytes).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "backup failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("backup failed: {e}"),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn stripe_webhook(
@@ -289,9 +354,29 @@ async fn upgrade(
         tracker,
         shield,
     } = ctx;
+    let peer_ip = peer.0.peer.ip();
+    let ip = forwarded::client_ip(peer_ip, req.headers(), &shield.limits.trusted_proxies);
+    // behind a trusted proxy each WebSocket counts for the client it forwards
+    let slot = match forwarded::is_trusted(peer_ip, &shield.limits.trusted_proxies)
+        && shield.limits.limits_addr(ip)
+    {
+        true => match shield
+            .counter
+            .try_acquire(ip, shield.limits.max_connections_per_addr)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                shield.metrics.rejected("per_address_limit");
+                tracing::info!(client = %ip, proxy = %peer_ip, "too many connections from one address");
+                return (StatusCode::TOO_MANY_REQUESTS, "too many connections\n").into_response();
+            }
+        },
+        false => None,
+    };
     peer.0.upgraded();
-    let ip = peer.0.peer.ip();
+    tracing::debug!(client = %ip, peer = %peer_ip, "websocket opened");
     tracker.spawn(async move {
+        let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -339,6 +424,21 @@ mod tests {
             &headers(Some("null"), "127.0.0.1:8080"),
             &[]
         ));
+    }
+
+    #[test]
+    fn stripe_js_is_allowed_only_with_stripe_payments() {
+        let plain = content_security_policy(false);
+        assert!(!plain.contains("stripe"), "{plain}");
+        assert!(plain.contains("script-src 'self';"), "{plain}");
+        let stripe = content_security_policy(true);
+        assert!(
+            stripe.contains("script-src 'self' https://js.stripe.com;"),
+            "{stripe}"
+        );
+        assert!(stripe.contains("connect-src 'self' ws: wss: https://api.stripe.com;"));
+        assert!(stripe.contains("frame-ancestors 'none'"), "{stripe}");
+        assert!(HeaderValue::from_str(&stripe).is_ok());
     }
 
     #[test]

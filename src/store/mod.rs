@@ -7,6 +7,7 @@ pub mod commit;
 #[cfg(feature = "etcd")]
 pub mod etcd_store;
 pub mod sled_store;
+pub mod snapshot;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -117,6 +118,9 @@ pub struct IdemKey {
 pub enum AttemptState {
     /// Written before the gateway is called; the outcome is not known yet.
     Started,
+    /// The payment waits for the customer's authentication (3-D Secure); not charged
+    /// yet, still open: the next `booking.pay` or the hold's end settles it.
+    ActionRequired,
     /// Charged, and the booking confirmed in the same batch.
     Succeeded,
     /// Nothing was charged (see [`PaymentAttempt::certain`]).
@@ -145,11 +149,22 @@ pub struct PaymentAttempt {
     /// could precede a late charge: those (`false`) are checked again.
     #[serde(default)]
     pub certain: bool,
+    /// The payment method it charges (a gateway id such as `pm_...`, never card data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<String>,
+    /// While [`AttemptState::ActionRequired`]: the secret the front end completes the
+    /// customer's action with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 impl PaymentAttempt {
+    /// Not settled yet (reconciled with the gateway until it is).
     pub fn is_open(&self) -> bool {
-        self.state == AttemptState::Started
+        matches!(
+            self.state,
+            AttemptState::Started | AttemptState::ActionRequired
+        )
     }
 
     /// Closed as failed by an older version without proof that nothing was charged.
@@ -358,6 +373,16 @@ pub trait Store: Send + Sync + 'static {
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
+
+    /// Every record as of one moment (writes wait meanwhile), in the
+    /// [`snapshot`] format: what `jetway backup` saves.
+    fn snapshot(&self) -> StoreResult<Vec<u8>> {
+        Err(StoreError::Io(
+            "this store has no snapshot of its own: back up etcd with `etcdctl snapshot save` \
+             (docs/deploy.md)"
+                .into(),
+        ))
+    }
 
     /// The replicated side of a store shared by several nodes; `None` for a local one.
     fn replicated(&self) -> Option<&dyn Replicated> {

@@ -39,6 +39,9 @@ const OPEN_REFUND: u8 = b'd';
 const PAYMENT_MARK: u8 = b'y';
 /// A flight's last check-in sequence number.
 const CHECKIN_SEQUENCE: u8 = b'n';
+/// Added to sled's id generator: a data dir restored from a snapshot starts a new
+/// generator, and its ids must stay above every id the snapshot holds.
+pub(super) const ID_FLOOR: &[u8] = b"\0id_floor";
 
 pub struct SledStore {
     db: sled::Db,
@@ -46,6 +49,9 @@ pub struct SledStore {
     tally: Tally,
     /// Makes each [`SledStore::apply_raw`] read old values and write as one step.
     raw_writes: parking_lot::Mutex<()>,
+    /// Held shared by every write, exclusively while a snapshot reads the database.
+    snapshot_gate: parking_lot::RwLock<()>,
+    id_floor: u64,
 }
 
 /// Bookings by status, changed by every write of a booking record (seeded by one
@@ -144,11 +150,21 @@ impl SledStore {
             .open()
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
+        let id_floor = match db.get(ID_FLOOR).map_err(io)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("id floor".into()))?,
+            ),
+            None => 0,
+        };
         Ok(SledStore {
             tally: Tally::seeded(&db)?,
             db,
             data_file: Some(data_file),
             raw_writes: Default::default(),
+            snapshot_gate: Default::default(),
+            id_floor,
         })
     }
 
@@ -390,12 +406,15 @@ impl SledStore {
             data_file: None,
             tally: Tally::default(),
             raw_writes: Default::default(),
+            snapshot_gate: Default::default(),
+            id_floor: 0,
         })
     }
 
     /// Applies raw puts (`Some`) and deletes (`None`) atomically.
     pub fn apply_raw(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> StoreResult<()> {
         let _one = self.raw_writes.lock();
+        let _gate = self.snapshot_gate.read();
         let mut b = sled::Batch::default();
         let mut bookings = Vec::new();
         for (k, v) in writes {
@@ -417,6 +436,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn write(&self, batch: &Batch) -> StoreResult<()> {
+        let _gate = self.snapshot_gate.read();
         let mut history_ids = Vec::with_capacity(batch.events.len());
         for _ in &batch.events {
             history_ids.push(self.next_id()?);
@@ -463,7 +483,24 @@ impl Store for SledStore {
     }
 
     fn next_id(&self) -> StoreResult<u64> {
-        self.db.generate_id().map_err(io)
+        Ok(self.db.generate_id().map_err(io)? + self.id_floor)
+    }
+
+    fn snapshot(&self) -> StoreResult<Vec<u8>> {
+        let (floor, records) = {
+            let _paused = self.snapshot_gate.write();
+            let floor = self.next_id()?.saturating_add(1);
+            let records = self.db.iter().collect::<Result<Vec<_>, _>>().map_err(io)?;
+            (floor, records)
+        };
+        let floor = (
+            sled::IVec::from(ID_FLOOR),
+            sled::IVec::from(&floor.to_be_bytes()[..]),
+        );
+        let records = records.iter().filter(|(k, _)| k != ID_FLOOR);
+        Ok(super::snapshot::encode(
+            records.chain(std::iter::once(&floor)),
+        ))
     }
 
     fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {

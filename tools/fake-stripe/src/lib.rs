@@ -7,7 +7,11 @@
 //! `POST /v1/payment_intents/{id}/cancel`, `POST /v1/refunds`,
 //! `GET /v1/refunds?payment_intent=ID` (with each refund's metadata). Payment methods:
 //! `pm_card_visa`, `pm_card_mastercard`, `pm_card_amex` (and their `_debit` forms)
-//! succeed; any other `pm_...` is declined at confirm (402 `card_error`).
+//! succeed; `pm_card_threeDSecure2Required` and `pm_card_authenticationRequired`
+//! need the customer's authentication (3-D Secure): a confirm leaves them
+//! `requires_action` with a `client_secret`, and [`FakeStripe::authenticate`] (or
+//! `POST /_fake/authenticate/{id}`, `?fail=true` to fail it) plays the customer, as
+//! Stripe.js would; any other `pm_...` is declined at confirm (402 `card_error`).
 //!
 //! Idempotency (as Stripe): a POST with an `Idempotency-Key` already seen with the same
 //! endpoint and parameters gets the first response replayed, byte for byte (errors
@@ -59,6 +63,12 @@ const APPROVED: &[&str] = &[
     "pm_card_amex",
     "pm_card_visa_debit",
     "pm_card_mastercard_debit",
+];
+
+/// Payment methods whose confirm needs the customer's action.
+const NEEDS_ACTION: &[&str] = &[
+    "pm_card_threeDSecure2Required",
+    "pm_card_authenticationRequired",
 ];
 
 /// A step of the payment protocol, the unit of fault injection.
@@ -312,6 +322,12 @@ impl FakeStripe {
     pub fn keys(&self) -> Vec<KeyUse> {
         self.shared.0.lock().key_log.clone()
     }
+
+    /// The customer completes (`approve`) or fails the authentication of a
+    /// PaymentIntent that requires action; `false` if it was in no such state.
+    pub fn authenticate(&self, id: &str, approve: bool) -> bool {
+        self.shared.authenticate(id, approve)
+    }
 }
 
 fn router(shared: Shared) -> Router {
@@ -323,6 +339,20 @@ fn router(shared: Shared) -> Router {
         .route(
             "/_fake/ledger",
             get(|State(s): State<Shared>| async move { Json(s.ledger()) }),
+        )
+        .route(
+            "/_fake/authenticate/{id}",
+            post(
+                |State(s): State<Shared>,
+                 Path(id): Path<String>,
+                 axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                    let approve = q.get("fail").is_none_or(|v| v != "true");
+                    match s.authenticate(&id, approve) {
+                        true => StatusCode::NO_CONTENT,
+                        false => StatusCode::CONFLICT,
+                    }
+                },
+            ),
         )
         .route(
             "/_fake/keys",
@@ -360,6 +390,10 @@ fn pi_json(i: &Intent) -> Value {
     json!({
         "id": i.id, "object": "payment_intent", "amount": i.amount, "currency": "eur", "payment_method": i.payment_method,
         "status": i.status, "amount_received": i.charged, "metadata": i.metadata,
+        "client_secret": format!("{}_secret_fake", i.id),
+        "next_action": if i.status == "requires_action" {
+            json!({"type": "use_stripe_sdk"})
+        } else { Value::Null },
         "last_payment_error": if i.status == "requires_payment_method" {
             json!({"type": "card_error", "code": "card_declined", "message": "Your card was declined."})
         } else { Value::Null },
@@ -402,6 +436,22 @@ impl From<Reply> for Outcome {
 }
 
 impl Shared {
+    fn authenticate(&self, id: &str, approve: bool) -> bool {
+        self.with_intent(id, |i, _| {
+            if i.status != "requires_action" {
+                return false;
+            }
+            if approve {
+                i.status = "succeeded".into();
+                i.charged = i.amount;
+            } else {
+                i.status = "requires_payment_method".into();
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
     fn set_fault(&self, rule: FaultRule) {
         let mut g = self.0.lock();
         g.faults.retain(|r| r.step != rule.step);
@@ -521,7 +571,10 @@ impl Shared {
     fn finish_confirm(&self, id: &str) -> Outcome {
         self.with_intent(id, |i, g| {
             g.locked.remove(id);
-            if APPROVED.contains(&i.payment_method.as_str()) {
+            if NEEDS_ACTION.contains(&i.payment_method.as_str()) {
+                i.status = "requires_action".into();
+                (StatusCode::OK, pi_json(i)).into()
+            } else if APPROVED.contains(&i.payment_method.as_str()) {
                 i.status = "succeeded".into();
                 i.charged = i.amount;
                 (StatusCode::OK, pi_json(i)).into()

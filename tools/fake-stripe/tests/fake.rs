@@ -133,6 +133,35 @@ async fn declines_and_cancels() {
 }
 
 #[tokio::test]
+async fn three_d_secure_waits_for_the_customer() {
+    let f = FakeStripe::start().await.unwrap();
+    let a = intent(&f, "k1", "700", "pm_card_threeDSecure2Required").await;
+    let (s, pi) = post(&f, &format!("/v1/payment_intents/{a}/confirm"), "c1", &[]).await;
+    assert_eq!((s, pi["status"].as_str()), (200, Some("requires_action")));
+    assert!(pi["client_secret"].as_str().unwrap().starts_with(&a));
+    assert_eq!(f.ledger().charged(), 0);
+    assert!(f.authenticate(&a, true));
+    assert_eq!(status(&f, &a).await, "succeeded");
+    assert_eq!(f.ledger().charged(), 700);
+    assert!(!f.authenticate(&a, true), "only once");
+
+    let b = intent(&f, "k2", "300", "pm_card_authenticationRequired").await;
+    post(&f, &format!("/v1/payment_intents/{b}/confirm"), "c2", &[]).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/_fake/authenticate/{b}?fail=true", f.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(status(&f, &b).await, "requires_payment_method");
+    let c = intent(&f, "k3", "300", "pm_card_threeDSecure2Required").await;
+    post(&f, &format!("/v1/payment_intents/{c}/confirm"), "c3", &[]).await;
+    let (s, pi) = post(&f, &format!("/v1/payment_intents/{c}/cancel"), "x3", &[]).await;
+    assert_eq!((s, pi["status"].as_str()), (200, Some("canceled")));
+    assert_eq!(f.ledger().charged(), 700);
+}
+
+#[tokio::test]
 async fn faults_fail_hang_and_process_late() {
     let f = FakeStripe::start().await.unwrap();
     f.set_fault(FaultRule {

@@ -1,0 +1,119 @@
+//! `jetway backup DIR`: asks a running server for a consistent snapshot of its
+//! database (`POST /admin/backup`, admin only) and writes it into DIR as a data dir
+//! that a server can be started on. sled locks its files while the server runs, so
+//! the server itself reads the snapshot (see `App::backup`).
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Flags of `jetway backup`.
+#[derive(Clone, clap::Args)]
+pub struct BackupArgs {
+    /// New (or empty) directory to write the backup into.
+    pub dir: PathBuf,
+
+    /// Base URL of the running server.
+    #[arg(
+        long,
+        env = "JETWAY_BACKUP_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+
+    /// An admin session token, from the environment only; without it the command
+    /// logs in as `admin` with JETWAY_ADMIN_PASSWORD (and logs out after).
+    #[arg(skip = std::env::var("JETWAY_ADMIN_TOKEN").ok())]
+    pub token: Option<String>,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Saves the backup; returns how many records it holds.
+pub async fn run(args: BackupArgs, admin_password: Option<String>) -> Result<usize, String> {
+    let dir = args.dir.clone();
+    crate::store::snapshot::ensure_new(&dir).map_err(|e| e.to_string())?;
+    let base = args.server.trim_end_matches('/').to_owned();
+    let (token, mut session) = match args.token {
+        Some(t) => (t, None),
+        None => {
+            let password = admin_password.ok_or(
+                "set JETWAY_ADMIN_TOKEN (an admin session token) or JETWAY_ADMIN_PASSWORD",
+            )?;
+            let (token, ws) = login(&base, &password).await?;
+            (token, Some(ws))
+        }
+    };
+    let downloaded = download(&base, &token).await;
+    if let Some(ws) = session.as_mut() {
+        let _ = call(ws, "auth.logout", json!({})).await;
+    }
+    let bytes = downloaded?;
+    tokio::task::spawn_blocking(move || crate::store::snapshot::restore(&bytes, &dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn download(base: &str, token: &str) -> Result<Vec<u8>, String> {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/admin/backup"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!(
+            "the server refused the backup ({status}): {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+async fn login(base: &str, password: &str) -> Result<(String, Ws), String> {
+    let url = match base.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}/ws"),
+        Some((_, rest)) => format!("ws://{rest}/ws"),
+        None => format!("ws://{base}/ws"),
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let reply = call(
+        &mut ws,
+        "auth.login",
+        json!({"username": "admin", "password": password}),
+    )
+    .await?;
+    let token = reply["token"]
+        .as_str()
+        .ok_or("auth.login returned no token")?;
+    Ok((token.to_owned(), ws))
+}
+
+/// One JSON-RPC call; pushes before its reply are skipped.
+async fn call(ws: &mut Ws, method: &str, params: Value) -> Result<Value, String> {
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    ws.send(Message::text(request.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if v["id"] != 1 {
+            continue;
+        }
+        return match v.get("result") {
+            Some(r) => Ok(r.clone()),
+            None => Err(format!("{method}: {}", v["error"]["message"])),
+        };
+    }
+    Err(format!("{method}: the connection closed"))
+}

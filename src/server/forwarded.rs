@@ -1,0 +1,185 @@
+//! The client's address behind a reverse proxy: only when the TCP peer is one of
+//! `--trusted-proxies` does it come from `Forwarded` (its `for=`) or, without that
+//! header, `X-Forwarded-For`; the right-most hop that is not itself a trusted proxy is
+//! the client. From any other peer those headers are ignored.
+
+use axum::http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Parses one `--trusted-proxies` entry: a CIDR, or one address.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether headers from this peer are believed.
+pub fn is_trusted(peer: IpAddr, proxies: &[IpNet]) -> bool {
+    !proxies.is_empty() && trusted(peer, proxies)
+}
+
+/// The address of one `for=` value: `192.0.2.1`, `"[2001:db8::1]:4711"`,
+/// `192.0.2.1:80`; `None` for `unknown` and obfuscated identifiers.
+fn node_ip(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    node.parse()
+        .ok()
+        .or_else(|| node.rsplit_once(':')?.0.parse().ok())
+}
+
+/// The hops a header lists, left (the original client) to right (the last proxy).
+fn hops(headers: &HeaderMap, name: &HeaderName, forwarded: bool) -> Vec<Option<IpAddr>> {
+    let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let mut out = Vec::new();
+    for value in values {
+        for element in value.split(',') {
+            if !forwarded {
+                out.push(node_ip(element));
+                continue;
+            }
+            let node = element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v)
+            });
+            if let Some(node) = node {
+                out.push(node_ip(node));
+            }
+        }
+    }
+    out
+}
+
+/// The client's address: `peer` itself unless it is a trusted proxy; then the
+/// right-most forwarded hop that is not a trusted proxy (or, when a hop cannot be
+/// read, the last one trusted to have seen it).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, proxies) {
+        return peer;
+    }
+    let forwarded = HeaderName::from_static("forwarded");
+    let mut list = hops(headers, &forwarded, true);
+    if list.is_empty() {
+        list = hops(headers, &HeaderName::from_static("x-forwarded-for"), false);
+    }
+    let mut client = peer;
+    for hop in list.into_iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = canonical(ip);
+                if !trusted(ip, proxies) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|c| parse_cidr(c).unwrap()).collect()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn headers_count_only_from_trusted_peers() {
+        let proxies = nets(&["10.0.0.0/8", "192.0.2.1"]);
+        let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &proxies), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("192.0.2.1"), &h, &proxies), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(ip("198.51.100.7"), &h, &proxies),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &[]), ip("10.1.2.3"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.5"), &h, &proxies),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        let proxies = nets(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.1");
+        // a client-supplied first entry is not believed
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.2")]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("203.0.113.9"));
+        // several header lines are one list
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("203.0.113.9"));
+        // every hop trusted: the left-most
+        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("10.9.9.9"));
+        // an unreadable hop: the last trusted one that saw it
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage, 10.0.0.2")]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("10.0.0.2"));
+        // no header: the proxy itself
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &proxies), peer);
+    }
+
+    #[test]
+    fn forwarded_wins_over_x_forwarded_for() {
+        let proxies = nets(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.1");
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=1.1.1.1, for=\"[2001:db8::7]:4711\";proto=https",
+            ),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("2001:db8::7"));
+        let h = headers(&[("forwarded", "proto=https;For=192.0.2.60:8080;by=10.0.0.1")]);
+        assert_eq!(client_ip(peer, &h, &proxies), ip("192.0.2.60"));
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(client_ip(peer, &h, &proxies), peer);
+    }
+
+    #[test]
+    fn cidrs_and_addresses_parse() {
+        assert!(parse_cidr("10.0.0.0/8").is_ok());
+        assert!(parse_cidr(" 192.0.2.1 ").is_ok());
+        assert!(parse_cidr("::1").is_ok());
+        assert!(parse_cidr("fd00::/8").is_ok());
+        assert!(parse_cidr("nope").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+}

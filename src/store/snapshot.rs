@@ -1,0 +1,155 @@
+//! The snapshot format of `jetway backup`: every key and value of the sled store as of
+//! one moment, checked end to end, and its restore into a new data dir.
+//!
+//! ```text
+//! "JETWAY-SNAPSHOT 1\n"
+//! per record: key length (u32 BE), key, value length (u32 BE), value
+//! trailer:    0xFFFFFFFF, record count (u64 BE), SHA-256 of every byte before it
+//! ```
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+use super::{SledStore, Store, StoreError, StoreResult};
+
+const MAGIC: &[u8] = b"JETWAY-SNAPSHOT 1\n";
+const END: u32 = u32::MAX;
+const CHUNK: usize = 10_000;
+
+/// Encodes records (keys and values shorter than 4 GiB, as sled's are).
+pub fn encode<'a, K, V>(records: impl Iterator<Item = &'a (K, V)>) -> Vec<u8>
+where
+    K: AsRef<[u8]> + 'a,
+    V: AsRef<[u8]> + 'a,
+{
+    let mut out = MAGIC.to_vec();
+    let mut count = 0u64;
+    for (k, v) in records {
+        for part in [k.as_ref(), v.as_ref()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        count += 1;
+    }
+    out.extend_from_slice(&END.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+fn corrupt(why: &str) -> StoreError {
+    StoreError::Corrupt(format!("snapshot: {why}"))
+}
+
+/// The records of a snapshot, after checking its magic, length and checksum.
+pub fn decode(bytes: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or_else(|| corrupt("truncated"))?;
+    let (body, sum) = bytes.split_at(body_len);
+    if !bytes.starts_with(MAGIC) {
+        return Err(corrupt("not a Jetway snapshot"));
+    }
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(corrupt("checksum mismatch (truncated or damaged)"));
+    }
+    let mut rest = &body[MAGIC.len()..];
+    let mut take = |n: usize| -> StoreResult<&[u8]> {
+        if rest.len() < n {
+            return Err(corrupt("truncated record"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let mut records = Vec::new();
+    loop {
+        let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| corrupt("length"))?);
+        if len == END {
+            break;
+        }
+        let k = take(len as usize)?;
+        let vlen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| corrupt("length"))?);
+        let v = take(vlen as usize)?;
+        records.push((k, v));
+    }
+    let count = u64::from_be_bytes(take(8)?.try_into().map_err(|_| corrupt("count"))?);
+    if count != records.len() as u64 || !rest.is_empty() {
+        return Err(corrupt("record count mismatch"));
+    }
+    Ok(records)
+}
+
+/// Refuses a directory that exists with something in it.
+pub fn ensure_new(dir: &Path) -> StoreResult<()> {
+    match std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        true => Err(StoreError::Io(format!(
+            "{} is not empty: restore into a new directory",
+            dir.display()
+        ))),
+        false => Ok(()),
+    }
+}
+
+/// Writes a snapshot's records into `dir`, which must not exist or be empty, as a
+/// data dir a server can start on; durable when this returns. Returns the record count.
+pub fn restore(bytes: &[u8], dir: &Path) -> StoreResult<usize> {
+    let records = decode(bytes)?;
+    ensure_new(dir)?;
+    let store = SledStore::open(dir)?;
+    for chunk in records.chunks(CHUNK) {
+        let writes: Vec<_> = chunk
+            .iter()
+            .map(|(k, v)| (k.to_vec(), Some(v.to_vec())))
+            .collect();
+        store.apply_raw(&writes)?;
+    }
+    store.sync()?;
+    Ok(records.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_damage() {
+        let records = [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())];
+        let bytes = encode(records.iter());
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back, vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b""[..])]);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut flipped = bytes.clone();
+        flipped[MAGIC.len() + 4] ^= 1;
+        assert!(decode(&flipped).is_err());
+        assert!(decode(b"").is_err());
+    }
+
+    #[test]
+    fn restores_into_an_empty_dir_only() {
+        let src = tempfile::tempdir().unwrap();
+        let store = SledStore::open(src.path()).unwrap();
+        store
+            .apply_raw(&[(b"k".to_vec(), Some(b"v".to_vec()))])
+            .unwrap();
+        let first = store.next_id().unwrap();
+        let bytes = store.snapshot().unwrap();
+        drop(store);
+        let dst = tempfile::tempdir().unwrap();
+        let into = dst.path().join("data");
+        assert_eq!(
+            restore(&bytes, &into).unwrap(),
+            2,
+            "the record and the id floor"
+        );
+        assert!(restore(&bytes, &into).is_err(), "not into a used dir");
+        let restored = SledStore::open(&into).unwrap();
+        assert!(
+            restored.next_id().unwrap() > first,
+            "ids stay above the snapshot's"
+        );
+        assert_eq!(restored.snapshot().unwrap().len(), bytes.len());
+    }
+}
