@@ -289,7 +289,9 @@ impl App {
         secret: String,
         busy: Busy,
     ) -> Result<Value, ApiError> {
-        drop(busy);
+        // busy until the new state is written: a reconciler must not take the attempt
+        // for an interrupted one and cancel the payment the customer is to complete
+        let _busy = busy;
         let now = domain::now_ms();
         a.state = AttemptState::ActionRequired;
         a.client_secret = Some(secret.clone());
