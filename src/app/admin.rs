@@ -214,8 +214,8 @@ impl App {
         }
     }
 
-    /// A snapshot of the whole database (`jetway backup`): writes wait while it is
-    /// read, and everything in it is durable here before it is handed out.
+    /// A snapshot of the whole database as of one moment (`jetway backup`);
+    /// everything in it is durable here before it is handed out.
     pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
         let store = self.store.clone();
         let bytes = tokio::task::spawn_blocking(move || store.snapshot())

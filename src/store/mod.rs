@@ -374,8 +374,8 @@ pub trait Store: Send + Sync + 'static {
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
 
-    /// Every record as of one moment (writes wait meanwhile), in the
-    /// [`snapshot`] format: what `jetway backup` saves.
+    /// Every record as of one moment, in the [`snapshot`] format: what
+    /// `jetway backup` saves. One at a time.
     fn snapshot(&self) -> StoreResult<Vec<u8>> {
         Err(StoreError::Io(
             "this store has no snapshot of its own: back up etcd with `etcdctl snapshot save` \

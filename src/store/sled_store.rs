@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -49,8 +50,10 @@ pub struct SledStore {
     tally: Tally,
     /// Makes each [`SledStore::apply_raw`] read old values and write as one step.
     raw_writes: parking_lot::Mutex<()>,
-    /// Held shared by every write, exclusively while a snapshot reads the database.
+    /// Held shared by every write, exclusively by a snapshot at its start and end.
     snapshot_gate: parking_lot::RwLock<()>,
+    /// While a snapshot copies the database: the keys written since it started.
+    pub(super) written: parking_lot::Mutex<Option<HashSet<Vec<u8>>>>,
     id_floor: u64,
 }
 
@@ -164,6 +167,7 @@ impl SledStore {
             data_file: Some(data_file),
             raw_writes: Default::default(),
             snapshot_gate: Default::default(),
+            written: Default::default(),
             id_floor,
         })
     }
@@ -223,6 +227,14 @@ pub enum Op {
     /// Put, but the batch fails with [`StoreError::Conflict`] if the key exists.
     Create(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+}
+
+impl Op {
+    pub fn key(&self) -> &Vec<u8> {
+        match self {
+            Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) => k,
+        }
+    }
 }
 
 fn put_json<T: Serialize>(ops: &mut Vec<Op>, k: Vec<u8>, v: &T) -> StoreResult<()> {
@@ -407,8 +419,17 @@ impl SledStore {
             tally: Tally::default(),
             raw_writes: Default::default(),
             snapshot_gate: Default::default(),
+            written: Default::default(),
             id_floor: 0,
         })
+    }
+
+    /// Tells a snapshot being copied which keys a write changed (call it holding
+    /// `snapshot_gate` shared).
+    fn note_written<'a>(&self, keys: impl Iterator<Item = &'a Vec<u8>>) {
+        if let Some(set) = self.written.lock().as_mut() {
+            set.extend(keys.cloned());
+        }
     }
 
     /// Applies raw puts (`Some`) and deletes (`None`) atomically.
@@ -427,6 +448,7 @@ impl SledStore {
             }
         }
         self.db.apply_batch(b).map_err(io)?;
+        self.note_written(writes.iter().map(|(k, _)| k));
         for (old, new) in bookings {
             self.tally.change(old.as_deref(), new);
         }
@@ -464,6 +486,7 @@ impl Store for SledStore {
         });
         match result {
             Ok(bookings) => {
+                self.note_written(ops.iter().map(Op::key));
                 for (old, new) in bookings {
                     self.tally.change(old.as_deref(), new.map(Vec::as_slice));
                 }
@@ -486,21 +509,35 @@ impl Store for SledStore {
         Ok(self.db.generate_id().map_err(io)? + self.id_floor)
     }
 
+    /// Copies the database while writes go on, noting the keys they change; then,
+    /// with writes paused only for that, reads those keys again: the copy is the
+    /// database as of that moment.
     fn snapshot(&self) -> StoreResult<Vec<u8>> {
-        let (floor, records) = {
+        {
             let _paused = self.snapshot_gate.write();
-            let floor = self.next_id()?.saturating_add(1);
-            let records = self.db.iter().collect::<Result<Vec<_>, _>>().map_err(io)?;
-            (floor, records)
+            let mut written = self.written.lock();
+            if written.is_some() {
+                return Err(StoreError::Io("a backup is already being made".into()));
+            }
+            *written = Some(HashSet::new());
+        }
+        let copied: StoreResult<BTreeMap<sled::IVec, sled::IVec>> =
+            self.db.iter().map(|kv| kv.map_err(io)).collect();
+        let (floor, mut records, written) = {
+            let _paused = self.snapshot_gate.write();
+            let written = self.written.lock().take().unwrap_or_default();
+            let mut records = copied?;
+            for k in written.iter() {
+                match self.db.get(k).map_err(io)? {
+                    Some(v) => records.insert(k.as_slice().into(), v),
+                    None => records.remove(k.as_slice()),
+                };
+            }
+            (self.next_id()?.saturating_add(1), records, written.len())
         };
-        let floor = (
-            sled::IVec::from(ID_FLOOR),
-            sled::IVec::from(&floor.to_be_bytes()[..]),
-        );
-        let records = records.iter().filter(|(k, _)| k != ID_FLOOR);
-        Ok(super::snapshot::encode(
-            records.chain(std::iter::once(&floor)),
-        ))
+        tracing::info!(records = records.len(), written, "backup snapshot copied");
+        records.insert(ID_FLOOR.into(), floor.to_be_bytes().as_slice().into());
+        Ok(super::snapshot::encode(records.iter()))
     }
 
     fn user_by_name(&self, name: &Username) -> StoreResult<Option<UserRecord>> {
