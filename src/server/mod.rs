@@ -190,7 +190,11 @@ fn router(ctx: Ctx) -> Router {
 
 /// `POST /admin/backup` with `Authorization: Bearer <admin session token>`: a
 /// consistent snapshot of the database (what `jetway backup` saves).
-async fn backup(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn backup(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<limits::Peer>,
+    headers: HeaderMap,
+) -> Response {
     use crate::protocol::ApiError;
     let token = headers
         .get(header::AUTHORIZATION)
@@ -205,6 +209,9 @@ async fn backup(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             return (StatusCode::UNAUTHORIZED, why).into_response();
         }
     }
+    // an admin's snapshot of a large database may take longer than the handshake
+    // timeout that bounds other plain HTTP connections
+    peer.0.upgraded();
     match ctx.app.backup().await {
         Ok(bytes) => {
             tracing::info!(bytes = bytes.len(), "backup snapshot handed out");
