@@ -42,6 +42,15 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command 
   apt_install etcd-server etcd-client protobuf-compiler
 fi
 
+# promtool (tests/metrics.rs checks a real /metrics scrape with `promtool check
+# metrics`), from Debian's prometheus package
+if ! command -v promtool >/dev/null; then
+  echo "== installing promtool" >&2
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "== cargo test (unit and integration, both stores)" >&2
 cargo test --all-targets --features etcd 2>&1
 echo "== cargo test -p fake-stripe (the fake gateway the payment tests use)" >&2

@@ -12,6 +12,10 @@ pub struct Config {
     #[arg(long, env = "JETWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve `/metrics` on this address only (e.g. 127.0.0.1:9090), not on --listen.
+    #[arg(long, env = "JETWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Where the sled database lives.
     #[arg(long, env = "JETWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

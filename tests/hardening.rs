@@ -769,9 +769,11 @@ async fn origin_allowlist_and_security_headers() {
     s.stop().await;
 }
 
+/// A real scrape after some traffic passes `promtool check metrics`; with
+/// `--metrics-listen` it is served there and not on the main listener.
 #[tokio::test]
 async fn metrics_health_and_readiness() {
-    let s = Server::start().await;
+    let s = Server::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     assert_eq!(http_get(s.addr, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(s.addr, "/readyz").await.unwrap().0, 200);
     let mut c = s.client().await;
@@ -790,27 +792,51 @@ async fn metrics_health_and_readiness() {
         .await;
     c.recv().await;
 
-    let (code, page) = http_get(s.addr, "/metrics").await.unwrap();
+    let (code, _) = http_get(s.addr, "/metrics").await.unwrap();
+    assert_eq!(
+        code, 404,
+        "with --metrics-listen, /metrics is not on the main listener"
+    );
+    let (code, page) = http_get(s.metrics_addr().unwrap(), "/metrics")
+        .await
+        .unwrap();
     assert_eq!(code, 200);
+    if let Err(complaints) = promtool_check(&page) {
+        panic!("promtool check metrics:\n{complaints}\non\n{page}");
+    }
     let get = |name: &str| metric(&page, name).unwrap_or_else(|| panic!("no {name} in\n{page}"));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        get(&format!("jetway_build_info{{version=\"{version}\"}}")),
+        1.0
+    );
+    assert!(get("process_resident_memory_bytes") > 1e6);
+    assert!(get("process_open_fds") >= 3.0);
+    assert!(metric(&page, "process_cpu_seconds_total").is_some());
+    assert!(get("jetway_store_commits_total") >= 1.0);
+    assert_eq!(get("jetway_rejected_total{reason=\"origin\"}"), 0.0);
     assert!(get("jetway_connections_open") >= 1.0);
     assert!(get("jetway_subscriptions") >= 1.0);
     assert!(get("jetway_requests_total{method=\"booking.hold\",outcome=\"ok\"}") >= 1.0);
     assert!(get("jetway_requests_total{method=\"booking.get\",outcome=\"not_found\"}") >= 1.0);
     assert!(get("jetway_requests_total{method=\"other\",outcome=\"method_not_found\"}") >= 1.0);
-    assert!(get("jetway_request_seconds_count{method=\"booking.hold\"}") >= 1.0);
-    assert!(get("jetway_request_seconds_bucket{method=\"booking.hold\",le=\"+Inf\"}") >= 1.0);
+    assert!(get("jetway_request_duration_seconds_count{method=\"booking.hold\"}") >= 1.0);
+    assert!(
+        get("jetway_request_duration_seconds_bucket{method=\"booking.hold\",le=\"+Inf\"}") >= 1.0
+    );
     assert!(get("jetway_pushes_total") >= 1.0);
     assert!(metric(&page, "jetway_frames_dropped_total").is_some());
-    assert_eq!(get("jetway_holds_active"), 1.0);
     assert_eq!(get("jetway_bookings{status=\"held\"}"), 1.0);
     assert_eq!(get("jetway_bookings{status=\"confirmed\"}"), 0.0);
-    assert!(get("jetway_store_flush_seconds_count") >= 1.0);
-    // every sample line is `name{labels} number`
-    for l in page.lines().filter(|l| !l.starts_with('#')) {
+    assert!(get("jetway_store_sync_duration_seconds_count") >= 1.0);
+    // every sample line is `name{labels} number`, the server's own or the process's
+    for l in page
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (_, v) = l.rsplit_once(' ').unwrap();
         assert!(v.parse::<f64>().is_ok(), "{l}");
-        assert!(l.starts_with("jetway_"), "{l}");
+        assert!(l.starts_with("jetway_") || l.starts_with("process_"), "{l}");
     }
     let seen: HashSet<&str> = page
         .lines()

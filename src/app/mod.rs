@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
 use crate::fanout::{QueueLimits, UserRegistry};
 use crate::inventory::{FlightSeats, Inventory, Occupant, Working};
+use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
 use crate::protocol::{envelope, wire, ApiError};
 use crate::store::commit::Ticket;
@@ -64,6 +65,7 @@ pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub committer: Arc<Committer>,
+    pub metrics: Arc<Metrics>,
     pub inventory: Inventory,
     pub users: Arc<UserRegistry>,
     pub payments: Arc<dyn PaymentGateway>,
@@ -136,9 +138,15 @@ impl App {
         store: Arc<dyn Store>,
         payments: Arc<dyn PaymentGateway>,
     ) -> Result<Arc<App>, StartError> {
-        let committer = Committer::new(store.clone(), config.data_dir.display().to_string());
+        let metrics = Arc::new(Metrics::new(crate::protocol::params::METHODS));
+        let committer = Committer::new(
+            store.clone(),
+            config.data_dir.display().to_string(),
+            metrics.store_sync_seconds.clone(),
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_task = tokio::spawn(committer.clone().run(stop.clone()));
+        let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         if config.insecure_fast_hashing {
             tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");
         }
@@ -153,6 +161,7 @@ impl App {
             config,
             store,
             committer,
+            metrics,
             users: Arc::new(UserRegistry::default()),
             payments,
             expiry: Expiry::default(),
@@ -167,7 +176,7 @@ impl App {
             ready: AtomicBool::new(false),
             failures_checked: AtomicBool::new(false),
             stop,
-            background: parking_lot::Mutex::new(vec![commit_task]),
+            background: parking_lot::Mutex::new(vec![commit_task, upkeep_task]),
         });
         if let Err(e) = app.prepare().await {
             // let go of the database, so that the operator's fix can open it
@@ -565,6 +574,17 @@ async fn connect_etcd(_config: &Config) -> Result<Arc<dyn Store>, StartError> {
         "--store etcd needs a build with etcd support: cargo build --release --features etcd"
             .into(),
     ))
+}
+
+/// Folds the metrics' histogram samples in every few seconds, scraped or not.
+async fn run_metrics_upkeep(metrics: Arc<Metrics>, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => metrics.run_upkeep(),
+        }
+    }
 }
 
 fn start_err(e: StoreError) -> StartError {

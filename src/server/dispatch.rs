@@ -58,7 +58,7 @@ pub fn method_label(m: &str) -> &'static str {
         .iter()
         .find(|k| **k == m)
         .copied()
-        .unwrap_or("other")
+        .unwrap_or(crate::metrics::OTHER_METHOD)
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
@@ -126,7 +126,9 @@ async fn call(
             let addr = conn.shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
             if guard.check(&name, addr).is_err() {
-                conn.shield.metrics.rejected("login_backoff");
+                conn.shield
+                    .metrics
+                    .rejected(crate::metrics::Rejection::LoginBackoff);
                 return Err(ApiError::RateLimited);
             }
             match app.login(params, &conn.outbox, &mut conn.session).await {

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::domain::{BookingStatus, Millis, UserId};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 use crate::protocol::ApiError;
 
 /// The abuse limits (flattened into [`crate::Config`]).
@@ -435,7 +435,7 @@ impl axum::serve::Listener for GuardedListener {
                 {
                     Some(s) => Some(s),
                     None => {
-                        self.metrics.rejected("per_address_limit");
+                        self.metrics.rejected(Rejection::PerAddressLimit);
                         tracing::info!(peer = %peer.ip(), "too many connections from one address");
                         let _ = stream.try_write(TOO_MANY);
                         drop(stream);
@@ -510,7 +510,7 @@ impl AsyncRead for GuardedStream {
                     timer.as_mut().reset(deadline.into());
                 }
                 if timer.as_mut().poll(cx).is_ready() {
-                    this.metrics.0.rejected("handshake_timeout");
+                    this.metrics.0.rejected(Rejection::HandshakeTimeout);
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "handshake timeout",
@@ -564,12 +564,12 @@ pub struct Shield {
 }
 
 impl Shield {
-    pub fn new(limits: LimitsConfig) -> Arc<Shield> {
+    pub fn new(limits: LimitsConfig, metrics: Arc<Metrics>) -> Arc<Shield> {
         Arc::new(Shield {
             logins: LoginGuard::new(limits.login_free_attempts, limits.login_backoff_max),
             limits: Arc::new(limits),
             counter: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
         })
     }
 

@@ -6,6 +6,7 @@ mod assets;
 mod dispatch;
 pub mod forwarded;
 pub mod limits;
+mod metrics_page;
 mod session;
 
 use axum::body::Body;
@@ -28,8 +29,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{App, StartError};
 use crate::config::Config;
+use crate::metrics::Rejection;
 use crate::protocol::contract;
 
+pub use metrics_page::scrape;
 pub use session::MAX_REQUEST_BYTES;
 
 /// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits").
@@ -55,24 +58,45 @@ struct Ctx {
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    http: tokio::task::JoinHandle<()>,
+    http: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The main listener and, with `--metrics-listen`, the metrics listener.
+struct Listeners {
+    main: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, StartError> {
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            main: bind(config.listen).await?,
+            metrics,
+        })
+    }
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    // the address first: a taken port fails before the database is opened
-    let listener = bind(config.listen).await?;
+    // the addresses first: a taken port fails before the database is opened
+    let listeners = Listeners::bind(&config).await?;
     let app = App::open(config).await?;
-    serve(listener, app)
+    serve(listeners, app)
 }
 
 /// Serves an app its caller opened (a test gives it a store of its own) on the
-/// address of its config.
+/// addresses of its config.
 pub async fn start_app(app: Arc<App>) -> Result<Running, StartError> {
-    let listener = bind(app.config.listen).await?;
-    serve(listener, app)
+    let listeners = Listeners::bind(&app.config).await?;
+    serve(listeners, app)
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
@@ -81,11 +105,13 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
         .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))
 }
 
-fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> Result<Running, StartError> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.to_string()))?;
-    let shield = limits::Shield::new(app.config.limits.clone());
+fn serve(listeners: Listeners, app: Arc<App>) -> Result<Running, StartError> {
+    let local =
+        |l: &tokio::net::TcpListener| l.local_addr().map_err(|e| StartError::Other(e.to_string()));
+    let listener = listeners.main;
+    let addr = local(&listener)?;
+    let metrics_addr = listeners.metrics.as_ref().map(local).transpose()?;
+    let shield = limits::Shield::new(app.config.limits.clone(), app.metrics.clone());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ctx = Ctx {
@@ -102,16 +128,28 @@ fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> Result<Running, St
         shield.counter.clone(),
         shield.metrics.clone(),
     );
-    let http = tokio::spawn(async move {
+    let mut http = vec![tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<limits::Peer>();
         let serve = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "http server failed");
         }
-    });
-    tracing::info!(%addr, "jetway listening");
+    })];
+    if let Some(listener) = listeners.metrics {
+        let router = metrics_page::router(app.clone());
+        let stop = shutdown.clone();
+        http.push(tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }));
+    }
+    tracing::info!(%addr, ?metrics_addr, "jetway listening");
     Ok(Running {
         addr,
+        metrics_addr,
         app,
         shutdown,
         tracker,
@@ -126,7 +164,8 @@ impl Running {
         self.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(self.http))
+            .await;
         self.app.stop().await;
     }
 }
@@ -157,11 +196,10 @@ fn router(ctx: Ctx) -> Router {
             HeaderValue::from_static(value),
         )
     };
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route(
             "/openrpc.json",
             get(|| async { axum::Json(contract::openrpc()) }),
@@ -172,6 +210,13 @@ fn router(ctx: Ctx) -> Router {
         )
         .route("/webhooks/stripe", axum::routing::post(stripe_webhook))
         .route("/admin/backup", axum::routing::post(backup));
+    // with --metrics-listen, /metrics is served there only
+    if ctx.app.config.metrics_listen.is_none() {
+        routes = routes.route(
+            "/metrics",
+            get(|State(ctx): State<Ctx>| metrics_page::page(State(ctx.app))),
+        );
+    }
     let routes = match static_dir {
         Some(dir) => routes.fallback_service(ServeDir::new(dir)),
         None => routes.fallback(assets::serve),
@@ -272,11 +317,6 @@ async fn request_started(req: axum::extract::Request, next: axum::middleware::Ne
     next.run(req).await
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let text = crate::metrics::render(&ctx.app, &ctx.shield.metrics);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
 /// An upgrade is allowed without an `Origin` (wscat, scripts), from the same host,
 /// or from an origin on the allowlist (`--allowed-origins`; `*` allows any).
 fn origin_allowed(headers: &HeaderMap, allowlist: &[String]) -> bool {
@@ -338,7 +378,7 @@ async fn upgrade(
     mut req: axum::extract::Request,
 ) -> Response {
     if !origin_allowed(req.headers(), &ctx.shield.limits.allowed_origins) {
-        ctx.shield.metrics.rejected("origin");
+        ctx.shield.metrics.rejected(Rejection::Origin);
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if ctx.shutdown.is_cancelled() {
@@ -373,7 +413,9 @@ async fn upgrade(
         {
             Some(slot) => Some(slot),
             None => {
-                shield.metrics.rejected("per_address_limit");
+                shield
+                    .metrics
+                    .rejected(crate::metrics::Rejection::PerAddressLimit);
                 tracing::info!(client = %ip, proxy = %peer_ip, "too many connections from one address");
                 return (StatusCode::TOO_MANY_REQUESTS, "too many connections\n").into_response();
             }

@@ -186,14 +186,18 @@ fn received(
         match limiter.check(shield.limits.rate_limit_close) {
             Verdict::Allow => {}
             Verdict::Refuse => {
-                shield.metrics.rejected("rate_limited");
+                shield
+                    .metrics
+                    .rejected(crate::metrics::Rejection::RateLimited);
                 if let Some(id) = reply_id(m) {
                     reply_error(id, ApiError::RateLimited);
                 }
                 return Received::Nothing;
             }
             Verdict::Close => {
-                shield.metrics.rejected("rate_limit_close");
+                shield
+                    .metrics
+                    .rejected(crate::metrics::Rejection::RateLimitClose);
                 tracing::info!("closing a connection that keeps flooding");
                 return Received::End(fanout::CLOSE_POLICY, "rate limit exceeded");
             }

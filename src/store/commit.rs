@@ -61,7 +61,6 @@ impl Progress {
 pub struct CommitStats {
     pub syncs: u64,
     pub tickets: u64,
-    pub sync_seconds_total: f64,
 }
 
 pub struct Committer {
@@ -75,10 +74,16 @@ pub struct Committer {
     wake: Notify,
     progress: watch::Sender<Progress>,
     stats: Mutex<CommitStats>,
+    sync_seconds: metrics::Histogram,
 }
 
 impl Committer {
-    pub fn new(store: Arc<dyn Store>, location: String) -> Arc<Self> {
+    /// `sync_seconds` records how long each durable sync takes.
+    pub fn new(
+        store: Arc<dyn Store>,
+        location: String,
+        sync_seconds: metrics::Histogram,
+    ) -> Arc<Self> {
         Arc::new(Committer {
             store,
             location,
@@ -90,6 +95,7 @@ impl Committer {
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
             stats: Mutex::new(CommitStats::default()),
+            sync_seconds,
         })
     }
 
@@ -275,7 +281,7 @@ impl Committer {
         let mut st = self.stats.lock();
         st.syncs += 1;
         st.tickets += tickets;
-        st.sync_seconds_total += started.elapsed().as_secs_f64();
+        self.sync_seconds.record(started.elapsed().as_secs_f64());
         result
     }
 }
@@ -290,7 +296,7 @@ mod tests {
     async fn actions_run_in_order_after_sync_and_share_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store.clone(), "test".into());
+        let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
         tokio::spawn(c.clone().run(Default::default()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut waits = Vec::new();
@@ -314,7 +320,7 @@ mod tests {
     async fn barrier_waits_for_earlier_actions() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store, "test".into());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
         tokio::spawn(c.clone().run(Default::default()));
         let n = Arc::new(AtomicUsize::new(0));
         let n2 = n.clone();
@@ -329,7 +335,7 @@ mod tests {
     async fn settled_reads_see_only_durable_announced_writes() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let c = Committer::new(store, "test".into());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
         tokio::spawn(c.clone().run(Default::default()));
         let announced = Arc::new(AtomicUsize::new(0));
         for _ in 0..5 {

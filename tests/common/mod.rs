@@ -47,6 +47,11 @@ impl Server {
         }
     }
 
+    /// Where `/metrics` is served when the config sets `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.metrics_addr)
+    }
+
     pub fn app(&self) -> &std::sync::Arc<jetway::app::App> {
         &self.running.as_ref().expect("running").app
     }
@@ -265,6 +270,42 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .await
         .ok()
         .flatten()
+}
+
+/// `promtool check metrics` on a page: its complaints, if any (names, units, types,
+/// help texts, a family declared twice).
+pub fn promtool_check(page: &str) -> Result<(), String> {
+    use std::io::Write;
+    let tool = std::env::var("JETWAY_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = match Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "{tool}: {e}: run scripts/test.sh (it installs Debian's prometheus package) or set JETWAY_PROMTOOL"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    }
 }
 
 /// The status a `flights.get` result shows for `seat`.
