@@ -33,6 +33,8 @@
 //! applies them to its maps, replay buffers and connections (`app::cluster`) before
 //! the writer's reply goes out. See docs/cluster.md.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod backup;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The `jetway` binary: parse flags, start the server, wait for SIGINT/SIGTERM,
 //! shut down gracefully.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 use jetway::Config;
 use tracing_subscriber::EnvFilter;
