@@ -8,13 +8,6 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Parses one `--trusted-proxies` entry: a CIDR, or one address.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("`{s}` is not an address or CIDR (e.g. 10.0.0.0/8)"))
-}
-
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = canonical(ip);
     proxies.iter().any(|net| net.contains(&ip))
@@ -100,7 +93,9 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
-        s.iter().map(|c| parse_cidr(c).unwrap()).collect()
+        s.iter()
+            .map(|c| crate::config::parse_cidr(c).unwrap())
+            .collect()
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -175,11 +170,11 @@ mod tests {
 
     #[test]
     fn cidrs_and_addresses_parse() {
-        assert!(parse_cidr("10.0.0.0/8").is_ok());
-        assert!(parse_cidr(" 192.0.2.1 ").is_ok());
-        assert!(parse_cidr("::1").is_ok());
-        assert!(parse_cidr("fd00::/8").is_ok());
-        assert!(parse_cidr("nope").is_err());
-        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(crate::config::parse_cidr("10.0.0.0/8").is_ok());
+        assert!(crate::config::parse_cidr(" 192.0.2.1 ").is_ok());
+        assert!(crate::config::parse_cidr("::1").is_ok());
+        assert!(crate::config::parse_cidr("fd00::/8").is_ok());
+        assert!(crate::config::parse_cidr("nope").is_err());
+        assert!(crate::config::parse_cidr("10.0.0.0/33").is_err());
     }
 }

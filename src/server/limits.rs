@@ -1,8 +1,9 @@
-//! Abuse limits: their flags, the per-connection request rate limit, the count of
+//! Abuse limits: the per-connection request rate limit, the count of
 //! connections per address, the HTTP/WebSocket handshake timeout (a listener that
 //! wraps every accepted TCP stream) and the login backoff per username and address.
 //!
-//! Every limit is a flag (and `JETWAY_<NAME>` variable); docs/security.md lists them.
+//! Every limit is a flag (and `JETWAY_<NAME>` variable) in
+//! [`crate::config::LimitsConfig`]; docs/security.md lists them.
 
 use dashmap::DashMap;
 use std::future::Future;
@@ -16,89 +17,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
+use crate::config::LimitsConfig;
 use crate::domain::{BookingStatus, Millis, UserId};
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::ApiError;
 
-/// The abuse limits (flattened into [`crate::Config`]).
-#[derive(Debug, Clone, clap::Args)]
-pub struct LimitsConfig {
-    /// Requests per second one connection may send, on average (0: no limit).
-    #[arg(long, env = "JETWAY_RATE_LIMIT", default_value_t = 100)]
-    pub rate_limit: u32,
-
-    /// Requests one connection may send in a burst above the average rate.
-    #[arg(long, env = "JETWAY_RATE_BURST", default_value_t = 200)]
-    pub rate_burst: u32,
-
-    /// Requests refused with `rate_limited` in a row before the connection is closed (1008).
-    #[arg(long, env = "JETWAY_RATE_LIMIT_CLOSE", default_value_t = 200)]
-    pub rate_limit_close: u32,
-
-    /// Open TCP connections (WebSocket or plain HTTP) from one IP address (0: no limit).
-    #[arg(long, env = "JETWAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 64)]
-    pub max_connections_per_addr: usize,
-
-    /// Apply the per-address limits (connections, login backoff by address) to
-    /// loopback clients too; by default a local reverse proxy or load tool is exempt.
-    #[arg(long, env = "JETWAY_LIMIT_LOOPBACK", default_value_t = false)]
-    pub limit_loopback: bool,
-
-    /// Seconds a connection may take to send a complete HTTP request or WebSocket
-    /// upgrade; a connection that is not a WebSocket is also closed this long after
-    /// its last request started.
-    #[arg(long, env = "JETWAY_HANDSHAKE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub handshake_timeout: u64,
-
-    /// Flights one connection may watch at once.
-    #[arg(long, env = "JETWAY_MAX_SUBSCRIPTIONS", default_value_t = 64)]
-    pub max_subscriptions: usize,
-
-    /// Unexpired holds one user may have open at once (0: no limit).
-    #[arg(long, env = "JETWAY_MAX_OPEN_HOLDS", default_value_t = 8)]
-    pub max_open_holds: usize,
-
-    /// Failed logins per username, and per address, before each further attempt
-    /// has to wait (1 s, doubling).
-    #[arg(long, env = "JETWAY_LOGIN_FREE_ATTEMPTS", default_value_t = 5)]
-    pub login_free_attempts: u32,
-
-    /// Longest login backoff, in seconds; failures are forgotten after twice this
-    /// long without another.
-    #[arg(long, env = "JETWAY_LOGIN_BACKOFF_MAX", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub login_backoff_max: u64,
-
-    /// Reverse proxies (CIDRs or addresses, comma-separated) whose `Forwarded` /
-    /// `X-Forwarded-For` headers give the client's address for the per-address limits
-    /// and logs; from any other peer those headers are ignored.
-    #[arg(long, env = "JETWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = super::forwarded::parse_cidr)]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-
-    /// Origins (scheme://host[:port], comma-separated) allowed to open a WebSocket
-    /// besides the server's own; `*` allows any. Requests without `Origin` are allowed.
-    #[arg(long, env = "JETWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Vec<String>,
-}
-
+/// Trusted proxies are a server concern: their WebSockets count for the clients they
+/// forward.
 impl LimitsConfig {
-    /// Whether per-address limits apply to this peer.
-    pub fn limits_addr(&self, ip: IpAddr) -> bool {
-        self.limit_loopback || !is_loopback(ip)
-    }
-
     /// Whether a TCP peer is counted against the per-address cap when it connects: a
     /// trusted proxy is not (its WebSockets count for the clients it forwards).
     pub fn counts_tcp_peer(&self, ip: IpAddr) -> bool {
         self.limits_addr(ip) && !super::forwarded::is_trusted(ip, &self.trusted_proxies)
-    }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
     }
 }
 
@@ -648,17 +578,5 @@ mod tests {
         assert_eq!(c.open(ip), 1);
         assert!(c.try_acquire(ip, 2).is_some());
         assert!(c.try_acquire(ip, 0).is_some(), "0 means no limit");
-    }
-
-    #[test]
-    fn loopback_is_exempt_unless_configured() {
-        use clap::Parser;
-        let mut cfg = crate::Config::parse_from(["jetway"]).limits;
-        assert!(!cfg.limits_addr("127.0.0.1".parse().unwrap()));
-        assert!(!cfg.limits_addr("::1".parse().unwrap()));
-        assert!(!cfg.limits_addr("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(cfg.limits_addr("203.0.113.9".parse().unwrap()));
-        cfg.limit_loopback = true;
-        assert!(cfg.limits_addr("127.0.0.1".parse().unwrap()));
     }
 }
