@@ -1,28 +1,33 @@
 //! Jetway: a real-time air-ticket booking hub, JSON-RPC 2.0 over WebSocket.
 //!
-//! Modules, from the wire inwards:
+//! Modules, from the wire inwards, in layers: each uses only modules listed after
+//! it (the layers, and one `booking.hold` file by file, in docs/architecture.md;
+//! `tests/architecture.rs` checks the rule):
 //!
-//! - [`server`]: HTTP routes, static files, the WebSocket upgrade and each
-//!   connection's reader and writer tasks;
+//! - [`server`]: HTTP routes, static files, the WebSocket upgrade, each
+//!   connection's task, dispatch to the use cases, abuse limits and the `/metrics`
+//!   page;
+//! - [`app`]: one method per use case, orchestrating everything below;
+//! - [`config`]: every flag, the abuse limits included;
+//! - [`inventory`]: every flight's seat map in memory, its version and change feed;
 //! - [`protocol`]: the JSON-RPC envelope, method params, result shapes and error
 //!   reasons (pure);
-//! - [`app`]: one method per use case, orchestrating everything below;
-//! - [`domain`]: flights, seats, bookings and their state machine, fares and refunds
-//!   (pure, no I/O);
-//! - [`inventory`]: every flight's seat map in memory, its version and change feed;
-//! - [`fanout`]: per-connection bounded outbound queues and the user registry;
 //! - [`store`]: the durable store behind a trait (sled; or, with the `etcd` feature,
 //!   an etcd cluster shared by several nodes, with its change feed), and the group
 //!   commit;
-//! - [`payments`]: the payment-gateway trait and the sandbox gateway;
+//! - [`fanout`]: per-connection bounded outbound queues and the user registry;
+//! - [`payments`]: the payment-gateway trait, the sandbox gateway and Stripe;
+//! - [`domain`]: flights, seats, bookings and their state machine, fares and refunds
+//!   (pure, no I/O);
+//! - [`metrics`]: counters and histograms (a leaf: it uses no other module);
 //! - [`backup`]: the `jetway backup` command, a client of a running server.
 //!
 //! A request flows: the connection's reader parses a text frame ([`protocol`]) and
 //! hands it to `server::dispatch`, which decodes the params and calls the use case
-//! in [`app`]. A seat-changing use case locks the flight's working map in
-//! [`inventory`], checks the rules in [`domain`], writes one atomic batch to the
-//! [`store`], updates the working map and enqueues a "publish" action with the
-//! committer, then waits. The committer syncs every pending write with one fsync,
+//! in [`app`], then records the outcome in [`metrics`]. A seat-changing use case
+//! locks the flight's working map in [`inventory`], checks the rules in [`domain`],
+//! writes one atomic batch to the [`store`], updates the working map and enqueues a
+//! "publish" action with the committer, then waits. The committer syncs every pending write with one fsync,
 //! runs the actions in order (each advances the flight's live map and queues one
 //! encoded `seats.changed` for all its watchers, and `booking.updated` for the
 //! owner's connections), and wakes the waiters, whose replies then go out.

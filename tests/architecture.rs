@@ -1,0 +1,118 @@
+//! The layers of docs/architecture.md, enforced: every `crate::` path in `src/`
+//! names the file's own module or one of a lower layer, never one above (so there
+//! is no import circle between modules either).
+
+use std::path::{Path, PathBuf};
+
+/// Each top-level module's layer; a module may use only modules of a lower layer.
+const LAYERS: &[(&str, u8)] = &[
+    ("domain", 0),
+    ("metrics", 0),
+    ("protocol", 1),
+    ("payments", 1),
+    ("fanout", 1),
+    ("store", 1),
+    ("inventory", 2),
+    ("config", 3),
+    ("app", 4),
+    ("server", 5),
+];
+
+/// Arrows up that are known and on their way out: (file, the module it uses).
+const KNOWN: &[(&str, &str)] = &[
+    // `check_open_holds` moves into app/bookings.rs with the write-path work
+    ("src/app/bookings.rs", "server"),
+];
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+/// The module a `crate::` path names (the root re-exports count as their module).
+fn module_of(path: &str) -> &str {
+    match path {
+        "Config" => "config",
+        "Running" | "start" => "server",
+        other => other,
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every module named by a `crate::` path in the code (comments left out).
+fn uses(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            found.push(module_of(&name).to_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn no_module_uses_one_of_a_higher_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let top = rel
+            .trim_start_matches("src/")
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_owned();
+        let Some(own) = layer(&top) else {
+            assert!(
+                top == "lib" || top == "main",
+                "{rel}: a new top-level module needs its layer in LAYERS (docs/architecture.md)"
+            );
+            continue;
+        };
+        for used in uses(&std::fs::read_to_string(file).unwrap()) {
+            let Some(theirs) = layer(&used) else {
+                wrong.push(format!("{rel}: crate::{used} is no module of LAYERS"));
+                continue;
+            };
+            let known = KNOWN.iter().any(|(f, m)| *f == rel && *m == used);
+            if used != top && theirs >= own && !known {
+                wrong.push(format!(
+                    "{rel} ({top}) uses crate::{used}, not a lower layer"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "arrows up or sideways:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_check_reads_paths_and_skips_comments() {
+    let text = "use crate::app::App; // see crate::server\n/// [`crate::Config`]\nlet x = crate::Config::parse();";
+    assert_eq!(uses(text), ["app", "config"]);
+}
