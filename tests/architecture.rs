@@ -16,6 +16,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 3),
     ("app", 4),
     ("server", 5),
+    // the `jetway backup` command (a client of a running server's backup endpoint):
+    // it uses only the store's snapshot format, and config names its arguments
+    ("backup", 2),
 ];
 
 /// Arrows up that are known and on their way out: (file, the module it uses).
