@@ -310,6 +310,13 @@ impl UserRegistry {
         });
     }
 
+    /// The open connections of `user`.
+    pub fn outboxes(&self, user: UserId) -> Vec<Outbox> {
+        self.conns
+            .get(&user)
+            .map_or_else(Vec::new, |v| v.iter().map(|c| c.outbox.clone()).collect())
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.iter().map(|e| e.value().len()).sum()
     }

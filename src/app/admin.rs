@@ -48,7 +48,7 @@ const STATS_MAX_AGE: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct AdminState {
     /// Serializes changes of flight records (create, cancel).
-    flights: tokio::sync::Mutex<()>,
+    pub(super) flights: tokio::sync::Mutex<()>,
     stats: Mutex<Option<RevenueCache>>,
     /// Flights whose cancellation job runs on this node.
     cancelling: Mutex<std::collections::HashSet<FlightId>>,
@@ -163,6 +163,11 @@ pub fn new_flight(p: &CreateFlight, now: domain::Millis) -> Result<Flight, ApiEr
             business: p.fares.business,
         },
         cancelled: None,
+        stage: FlightStatus::Scheduled,
+        estimated_departs_at: None,
+        estimated_arrives_at: None,
+        remark: None,
+        revision: 0,
     })
 }
 
@@ -176,8 +181,13 @@ fn cancel_reason(r: &str) -> Result<String, ApiError> {
     Ok(r.to_owned())
 }
 
+/// An optional reason, checked like a cancellation's.
+pub(super) fn optional_reason(r: Option<&str>) -> Result<Option<String>, ApiError> {
+    r.map(cancel_reason).transpose()
+}
+
 /// The bookings occupying a flight's seats right now, each once.
-fn occupants(fs: &FlightSeats) -> Vec<Locator> {
+pub(super) fn occupants(fs: &FlightSeats) -> Vec<Locator> {
     let w = fs.working();
     let mut out: Vec<Locator> = Vec::new();
     for o in w.seats.iter().flatten() {
@@ -270,17 +280,7 @@ impl App {
         {
             let _serial = self.admin.flights.lock().await;
             let mut flight = fs.flight();
-            match flight.status(domain::now_ms()) {
-                FlightStatus::Scheduled => {}
-                s => {
-                    return Err(ApiError::InvalidState(format!(
-                        "flight {} is {}",
-                        flight.number,
-                        s.as_str()
-                    )))
-                }
-            }
-            flight.cancelled = Some(reason);
+            flight.cancel(reason, domain::now_ms())?;
             // no hold, seat change or payment may start while this becomes durable
             fs.set_closing(true);
             let written = self
@@ -293,7 +293,7 @@ impl App {
                 fs.set_closing(false);
                 return Err(e.into());
             }
-            fs.set_flight(flight);
+            self.flight_record(&fs, flight);
         }
         tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
         let job = self.spawn_cancel_job(fs.clone());
@@ -528,7 +528,7 @@ impl App {
                         ((held + booked) as f64 / total as f64 * 1000.0).round() / 1000.0
                     };
                     let cents = revenue.get(&f.id).copied().unwrap_or(0);
-                    json!({
+                    let mut row = json!({
                         "flight_id": f.id,
                         "number": f.number,
                         "from": f.from,
@@ -541,7 +541,11 @@ impl App {
                         "seats_booked": booked,
                         "load_factor": load,
                         "revenue": { "amount": cents, "currency": domain::money::CURRENCY },
-                    })
+                    });
+                    if let Some(t) = f.estimated_departs_at {
+                        row["estimated_departs_at"] = json!(domain::rfc3339(t));
+                    }
+                    row
                 },
             )
             .collect();

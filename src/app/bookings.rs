@@ -167,26 +167,31 @@ fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
     }
 }
 
-/// The flight, if passengers may still hold, change or pay seats on it: not
-/// departed, not cancelled, and no cancellation started. Call it with the working map
-/// locked (see [`FlightSeats::set_closing`]).
+/// The flight, if its status allows `op` (see [`domain::Flight::check`]) and no
+/// cancellation has started. Call it with the working map locked (see
+/// [`FlightSeats::set_closing`]).
+pub(super) fn check_flight(
+    fs: &FlightSeats,
+    op: domain::flight::Operation,
+    now: domain::Millis,
+) -> Result<domain::Flight, ApiError> {
+    let flight = fs.flight();
+    if fs.is_closing() && flight.cancelled.is_none() {
+        return Err(ApiError::InvalidState(format!(
+            "flight {} is cancelled",
+            flight.number
+        )));
+    }
+    flight.check(op, now)?;
+    Ok(flight)
+}
+
+/// The flight, if passengers may hold, change or pay seats on it.
 pub(super) fn check_bookable(
     fs: &FlightSeats,
     now: domain::Millis,
 ) -> Result<domain::Flight, ApiError> {
-    let flight = fs.flight();
-    let status = match flight.status(now) {
-        domain::FlightStatus::Scheduled if fs.is_closing() => domain::FlightStatus::Cancelled,
-        s => s,
-    };
-    match status {
-        domain::FlightStatus::Scheduled => Ok(flight),
-        s => Err(ApiError::InvalidState(format!(
-            "flight {} is {}",
-            flight.number,
-            s.as_str()
-        ))),
-    }
+    check_flight(fs, domain::flight::Operation::Book, now)
 }
 
 impl App {

@@ -62,7 +62,12 @@ impl App {
     fn on_changes(&self, changes: &[Change]) {
         for c in changes {
             if let Change::Flight(f) = c {
-                self.inventory.add(f.clone());
+                match self.inventory.get(f.id.as_str()) {
+                    Some(fs) => self.flight_record(&fs, f.clone()),
+                    None => {
+                        self.inventory.add(f.clone());
+                    }
+                }
             }
         }
         for c in changes {

@@ -15,6 +15,7 @@ mod expiry;
 mod flights;
 mod payments;
 mod refunds;
+mod status;
 
 use dashmap::DashMap;
 use rand::RngCore;
@@ -198,6 +199,8 @@ impl App {
         app.background.lock().push(reconciler);
         let expiry_task = tokio::spawn(expiry::run(app.clone(), app.stop.clone()));
         app.background.lock().push(expiry_task);
+        let departures = tokio::spawn(status::run_departures(app.clone(), app.stop.clone()));
+        app.background.lock().push(departures);
         let sweeper = tokio::spawn(auth::run_session_sweeper(app.clone(), app.stop.clone()));
         app.background.lock().push(sweeper);
         app.ready.store(true, Ordering::SeqCst);

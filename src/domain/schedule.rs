@@ -4,7 +4,7 @@
 use time::{Date, Duration, Time};
 
 use super::flight::Fares;
-use super::{Flight, FlightId, Millis, Money};
+use super::{Flight, FlightId, FlightStatus, Millis, Money};
 
 /// (from, to, block minutes, aircraft, departure hour UTC, minute)
 const PAIRS: &[(&str, &str, i64, &str, u8, u8)] = &[
@@ -78,6 +78,11 @@ fn flight(
             business: Money::cents(economy * 7 / 2).unwrap_or(Money::ZERO),
         },
         cancelled: None,
+        stage: FlightStatus::Scheduled,
+        estimated_departs_at: None,
+        estimated_arrives_at: None,
+        remark: None,
+        revision: 0,
     }
 }
 

@@ -177,6 +177,17 @@ impl FlightSeats {
         *self.flight.write() = f;
     }
 
+    /// Takes `f` unless the record held is newer (a higher `revision`: changes of a
+    /// flight can arrive twice, from this node and from the cluster's feed); returns
+    /// the record it replaced.
+    pub fn replace_flight(&self, f: Flight) -> Option<Flight> {
+        let mut cur = self.flight.write();
+        if f.revision < cur.revision {
+            return None;
+        }
+        Some(std::mem::replace(&mut *cur, f))
+    }
+
     /// Closes the flight to passengers (or opens it again): set under the working
     /// map's lock, so every seat change decided under that lock afterwards sees it.
     pub fn set_closing(&self, closing: bool) {
@@ -335,6 +346,11 @@ impl FlightSeats {
 
     pub fn watchers(&self) -> usize {
         self.live.lock().watchers.len()
+    }
+
+    /// The connections subscribed to the seat map.
+    pub fn watcher_outboxes(&self) -> Vec<Outbox> {
+        self.live.lock().watchers.clone()
     }
 }
 

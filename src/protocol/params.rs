@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiError;
-use crate::domain::Money;
+use crate::domain::{FlightStatus, Money};
 
 /// Every method, also the bounded set of metric labels. [`Call::parse`] knows no other.
 pub const METHODS: &[&str] = &[
@@ -33,6 +33,7 @@ pub const METHODS: &[&str] = &[
     "history.list",
     "admin.flights.create",
     "admin.flights.cancel",
+    "admin.flights.update",
     "admin.flights.stats",
     "rpc.discover",
 ];
@@ -62,6 +63,7 @@ pub enum Call {
     HistoryList(Result<Limit, ApiError>),
     AdminCreateFlight(Result<CreateFlight, ApiError>),
     AdminCancelFlight(Result<CancelFlight, ApiError>),
+    AdminUpdateFlight(Result<UpdateFlight, ApiError>),
     AdminStats,
     Discover,
 }
@@ -96,6 +98,7 @@ impl Call {
             "history.list" => Call::HistoryList(decode(p)),
             "admin.flights.create" => Call::AdminCreateFlight(decode(p)),
             "admin.flights.cancel" => Call::AdminCancelFlight(decode(p)),
+            "admin.flights.update" => Call::AdminUpdateFlight(decode(p)),
             "admin.flights.stats" => Call::AdminStats,
             "rpc.discover" => Call::Discover,
             _ => return Err(not_found()),
@@ -233,6 +236,15 @@ pub struct CreateFares {
 pub struct CancelFlight {
     pub flight_id: String,
     pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UpdateFlight {
+    pub flight_id: String,
+    pub estimated_departs_at: Option<String>,
+    pub estimated_arrives_at: Option<String>,
+    pub status: Option<FlightStatus>,
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

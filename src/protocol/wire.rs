@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::domain::checkin::BoardingPass;
-use crate::domain::flight::Airport;
+use crate::domain::flight::{time_zone, Airport};
 use crate::domain::{
     rfc3339, Aircraft, Booking, Cabin, Flight, FlightId, Millis, Order, SeatId, SeatInfo,
     SeatStatus,
@@ -40,8 +40,16 @@ pub fn flight(f: &Flight, available: &CabinCounts, now: Millis) -> Value {
         "aircraft": aircraft.code,
         "aircraft_name": aircraft.name,
         "status": f.status(now).as_str(),
+        "from_tz": time_zone(&f.from),
+        "to_tz": time_zone(&f.to),
         "cabins": cabins,
     });
+    if let Some(t) = f.estimated_departs_at {
+        v["estimated_departs_at"] = json!(rfc3339(t));
+    }
+    if let Some(t) = f.estimated_arrives_at {
+        v["estimated_arrives_at"] = json!(rfc3339(t));
+    }
     if let Some(reason) = &f.cancelled {
         v["cancel_reason"] = json!(reason);
     }
@@ -131,7 +139,15 @@ pub fn booking(b: &Booking, f: Option<&Flight>) -> Value {
             "to": f.to,
             "departs_at": rfc3339(f.departs_at),
             "arrives_at": rfc3339(f.arrives_at),
+            "from_tz": time_zone(&f.from),
+            "to_tz": time_zone(&f.to),
         });
+        if let Some(t) = f.estimated_departs_at {
+            v["flight"]["estimated_departs_at"] = json!(rfc3339(t));
+        }
+        if let Some(t) = f.estimated_arrives_at {
+            v["flight"]["estimated_arrives_at"] = json!(rfc3339(t));
+        }
     }
     v
 }
@@ -159,7 +175,7 @@ pub fn order(o: &Order) -> Value {
 }
 
 pub fn airport(a: &Airport) -> Value {
-    json!({ "code": a.code, "city": a.city, "name": a.name })
+    json!({ "code": a.code, "city": a.city, "name": a.name, "tz": a.tz })
 }
 
 #[cfg(test)]

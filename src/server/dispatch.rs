@@ -222,6 +222,10 @@ async fn call(
             app.admin_cancel_flight(&app.require_admin(&mut conn.session)?, p?)
                 .await?
         }
+        Call::AdminUpdateFlight(p) => {
+            app.admin_update_flight(&app.require_admin(&mut conn.session)?, p?)
+                .await?
+        }
         Call::AdminStats => {
             app.require_admin(&mut conn.session)?;
             app.admin_stats().await?

@@ -64,6 +64,12 @@ client.onConnect(async (c, { reconnect }) => {
 client.on('seats.changed', (p) => {
   if (state.byId.has(p.flight_id)) scheduleRefresh();
 });
+client.on('flight.changed', (p) => {
+  if (state.byId.has(p.flight?.flight_id)) scheduleRefresh();
+});
+
+/** Statuses a flight can still be updated or cancelled in. */
+const OPEN = new Set(['scheduled', 'delayed', 'boarding']);
 
 client.connect();
 start();
@@ -248,6 +254,7 @@ function buildRow(f) {
   const tr = h('tr', { 'data-flight': f.flight_id });
   tr.cells_ = {
     status: h('td', { 'data-testid': 'status' }),
+    estimate: h('small', { class: 'muted', 'data-testid': 'estimate' }),
     held: h('td', { class: 'num', 'data-testid': 'held' }),
     booked: h('td', { class: 'num', 'data-testid': 'booked' }),
     load: h('td', { 'data-testid': 'load' }),
@@ -257,7 +264,7 @@ function buildRow(f) {
   tr.append(
     h('th', { scope: 'row', class: 'flight-no' }, f.number),
     h('td', {}, `${f.from} → ${f.to}`),
-    h('td', {}, h('time', { datetime: f.departs_at }, `${formatDate(f.departs_at)} ${formatTime(f.departs_at)}`)),
+    h('td', {}, h('time', { datetime: f.departs_at }, `${formatDate(f.departs_at)} ${formatTime(f.departs_at)}`), ' ', tr.cells_.estimate),
     tr.cells_.status,
     tr.cells_.held,
     tr.cells_.booked,
@@ -275,10 +282,16 @@ function updateRow(tr, f) {
     c.status.dataset.value = f.status;
     clear(c.status).append(statusBadge(f.status));
     clear(c.action);
-    if (f.status === 'scheduled') {
-      c.action.append(h('button', { type: 'button', class: 'btn btn-danger-ghost btn-small', 'aria-label': `Cancel flight ${f.number} on ${formatDate(f.departs_at)}`, onclick: () => cancelFlight(f.flight_id) }, 'Cancel flight'));
+    if (OPEN.has(f.status)) {
+      c.action.append(
+        h('button', { type: 'button', class: 'btn btn-ghost btn-small', 'data-testid': 'update', 'aria-label': `Update status or times of flight ${f.number} on ${formatDate(f.departs_at)}`, onclick: () => updateFlight(f.flight_id) }, 'Update'),
+        ' ',
+        h('button', { type: 'button', class: 'btn btn-danger-ghost btn-small', 'aria-label': `Cancel flight ${f.number} on ${formatDate(f.departs_at)}`, onclick: () => cancelFlight(f.flight_id) }, 'Cancel flight'),
+      );
     }
   }
+  const est = f.estimated_departs_at && f.estimated_departs_at !== f.departs_at ? `est. ${formatTime(f.estimated_departs_at)}` : '';
+  setCell(c.estimate, est, est);
   setCell(c.held, f.seats_held, String(f.seats_held));
   setCell(c.booked, f.seats_booked, String(f.seats_booked));
   const pct = Math.round(f.load_factor * 1000) / 10;
@@ -303,7 +316,7 @@ function setCell(td, value, text) {
 }
 
 function renderTotals() {
-  const scheduled = state.flights.filter((f) => f.status === 'scheduled');
+  const scheduled = state.flights.filter((f) => OPEN.has(f.status));
   const seats = scheduled.reduce((n, f) => n + f.seats_total, 0);
   const taken = scheduled.reduce((n, f) => n + f.seats_held + f.seats_booked, 0);
   const revenue = state.flights.reduce((n, f) => n + f.revenue.amount, 0);
@@ -319,7 +332,7 @@ function renderTotals() {
 
 /** Watch exactly the flights on screen (a connection may watch 64). */
 function syncSubscriptions(shown) {
-  const want = new Set(shown.filter((f) => f.status === 'scheduled').map((f) => f.flight_id));
+  const want = new Set(shown.filter((f) => OPEN.has(f.status)).map((f) => f.flight_id));
   for (const id of [...state.subscribed]) {
     if (!want.has(id)) {
       state.subscribed.delete(id);
@@ -416,6 +429,78 @@ async function cancelFlight(id) {
       button.disabled = false;
       button.textContent = 'Cancel flight';
     }
+  }
+  scheduleRefresh(0);
+}
+
+// ---- updating a flight's status or times ---------------------------------------------
+
+/** "2026-12-01T09:40:00Z" -> "2026-12-01T09:40" for a UTC datetime-local input. */
+const toInput = (iso) => (iso ? iso.slice(0, 16) : '');
+
+function updateDialog(f) {
+  return new Promise((resolve) => {
+    const dep = h('input', { id: 'upd-dep', type: 'datetime-local', value: toInput(f.estimated_departs_at || f.departs_at) });
+    const status = h(
+      'select',
+      { id: 'upd-status' },
+      h('option', { value: '' }, 'No change'),
+      f.status !== 'boarding' ? h('option', { value: 'boarding' }, 'Boarding') : null,
+      f.status === 'boarding' ? h('option', { value: 'departed' }, 'Departed') : null,
+    );
+    const reason = h('input', { id: 'upd-reason', maxlength: 200, placeholder: 'e.g. late inbound aircraft' });
+    const form = h(
+      'form',
+      { method: 'dialog' },
+      h('h2', { id: 'dlg-title' }, `Update ${f.number}`),
+      h(
+        'div',
+        { class: 'dialog-body' },
+        h('p', {}, `${f.from} → ${f.to}, scheduled ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. A later estimate makes it delayed; the schedule again makes it on time.`),
+        h('div', { class: 'field' }, h('label', { for: 'upd-dep' }, 'Estimated departure (UTC)'), dep),
+        h('div', { class: 'field' }, h('label', { for: 'upd-status' }, 'Status'), status),
+        h('div', { class: 'field' }, h('label', { for: 'upd-reason' }, 'Reason (shown to passengers, optional)'), reason),
+      ),
+      h(
+        'div',
+        { class: 'dialog-actions' },
+        h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Close'),
+        h('button', { type: 'submit', class: 'btn btn-primary', value: 'yes', 'data-testid': 'update-submit' }, 'Update flight'),
+      ),
+    );
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'dlg-title' }, form);
+    dlg.addEventListener('close', () => {
+      if (dlg.returnValue !== 'yes') resolve(null);
+      else {
+        const p = { flight_id: f.flight_id };
+        const est = dep.value ? `${dep.value}:00Z` : '';
+        if (est && est !== `${toInput(f.estimated_departs_at || f.departs_at)}:00Z`) p.estimated_departs_at = est;
+        if (status.value) p.status = status.value;
+        if (reason.value.trim()) p.reason = reason.value.trim();
+        resolve(p);
+      }
+      dlg.remove();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+    dep.focus();
+  });
+}
+
+async function updateFlight(id) {
+  const f = state.byId.get(id);
+  if (!f) return;
+  const params = await updateDialog(f);
+  if (!params) return;
+  if (!params.estimated_departs_at && !params.status) {
+    toast('Nothing to update: change the estimate or the status.', 'info');
+    return;
+  }
+  try {
+    const r = await client.call('admin.flights.update', params);
+    toast(`${f.number} is now ${r.flight.status}.`, 'success');
+  } catch (e) {
+    toast(`Could not update ${f.number}: ${e.message}`, 'error');
   }
   scheduleRefresh(0);
 }

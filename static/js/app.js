@@ -2,6 +2,7 @@
 
 import { Jetway } from './jetway.js';
 import { h, clear, toast } from './ui.js';
+import { departureText } from './format.js';
 import { searchView } from './views/search.js';
 import { flightView } from './views/flight.js';
 import { bookingView } from './views/booking.js';
@@ -125,6 +126,18 @@ client.on('booking.updated', (p) => {
   if (!b) return;
   bus.dispatchEvent(new CustomEvent('booking', { detail: b }));
   if (b.status === 'expired') toast(`Your hold ${b.locator} has expired and its seats were released.`, 'warn');
+});
+
+// A flight's status or times changed (it is on screen, or the user has a booking on it).
+client.on('flight.changed', (p) => {
+  const f = p.flight;
+  if (!f) return;
+  bus.dispatchEvent(new CustomEvent('flight', { detail: p }));
+  const what = { delayed: `is delayed: ${departureText(f)}`, boarding: 'is boarding', departed: 'has departed', cancelled: 'has been cancelled', scheduled: `is on time: ${departureText(f)}` }[f.status] || f.status;
+  toast(`Flight ${f.number} ${what}${p.reason ? ` (${p.reason})` : ''}.`, f.status === 'cancelled' || f.status === 'delayed' ? 'warn' : 'info');
+  // views that show bookings read them again, with the flight's new times
+  const [name] = parseHash().parts;
+  if (name === 'booking' || name === 'trips') route();
 });
 
 // ---- connection indicator -----------------------------------------------------------

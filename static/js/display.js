@@ -4,7 +4,7 @@
 
 import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
-import { cabinName, formatTime, formatLongDate } from './format.js';
+import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
 
 const params = new URLSearchParams(location.search);
 const flightId = params.get('flight');
@@ -96,13 +96,35 @@ async function show(id) {
 
   const head = $('d-flight');
   head.textContent = '';
+  const when = el('span', 'd-when');
+  when.dataset.testid = 'when';
+  const status = el('span', 'd-status');
+  status.dataset.testid = 'flight-status';
+  const viewers = el('span', 'd-viewers');
+  viewers.dataset.testid = 'viewers';
   head.append(
     el('h1', 'd-number', flight.number),
     el('span', 'd-route', `${city(flight.from)} (${flight.from}) → ${city(flight.to)} (${flight.to})`),
-    el('span', 'd-when', `${formatLongDate(flight.departs_at)} · departs ${formatTime(flight.departs_at)} UTC`),
+    when,
+    status,
+    viewers,
   );
-  const status = el('span', `d-status d-status-${flight.status || 'scheduled'}`, (flight.status || 'scheduled').toUpperCase());
-  head.append(status);
+  // status, local times and estimates, redrawn on every flight.changed
+  const showFlight = (f) => {
+    const st = f.status || 'scheduled';
+    status.className = `d-status d-status-${st}`;
+    status.dataset.value = st;
+    status.textContent = st.toUpperCase();
+    when.textContent = `${formatLongDate(f.departs_at)} · ${departureText(f)} · arrives ${formatLocal(f.estimated_arrives_at || f.arrives_at, f.to_tz)}`;
+  };
+  showFlight(flight);
+  client.on('flight.changed', (p) => {
+    if (p.flight && p.flight.flight_id === id) showFlight(p.flight);
+  });
+  watcher.onViewers?.(id, (n) => {
+    viewers.dataset.value = String(n);
+    viewers.textContent = n === 1 ? '1 person is viewing this flight' : `${n} people are viewing this flight`;
+  });
   document.title = `${flight.number} ${flight.from}→${flight.to} · Jetway live seat map`;
 
   const layout = r.layout && r.layout.cabins ? r.layout : deriveLayout(r.seats || []);
@@ -170,14 +192,11 @@ async function show(id) {
   if (feed.loaded) for (const s of feed.seats.values()) paint(s.seat, s.status, false);
   renderStats();
 
-  // Keep flight status fresh (departed / cancelled) after reconnects.
+  // a change missed while disconnected: read the flight again after a reconnect
   client.addEventListener('state', async (e) => {
     if (!e.detail.ready) return;
     try {
-      const fr = await client.call('flights.get', { flight_id: id });
-      const st = fr.flight.status || 'scheduled';
-      status.className = `d-status d-status-${st}`;
-      status.textContent = st.toUpperCase();
+      showFlight((await client.call('flights.get', { flight_id: id })).flight);
     } catch {
       /* keep */
     }

@@ -55,3 +55,55 @@ export const cabinName = (cabin) => (cabin === 'business' ? 'Business' : cabin =
 export function plural(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
 }
+
+// ---- local times and flight status ------------------------------------------------
+// Times on the wire are UTC; each airport's IANA zone (flight.from_tz / to_tz) turns
+// them into the local time shown with its zone's short name, e.g. "08:15 GMT".
+
+const localFmts = new Map();
+function localFmt(tz, zone) {
+  const key = `${tz || 'UTC'}|${zone}`;
+  if (!localFmts.has(key)) {
+    const opts = { hour: '2-digit', minute: '2-digit', ...(zone ? { timeZoneName: 'short' } : {}) };
+    let fmt;
+    try {
+      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: tz || 'UTC' });
+    } catch {
+      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: 'UTC' });
+    }
+    localFmts.set(key, fmt);
+  }
+  return localFmts.get(key);
+}
+
+/** "08:15 GMT": the local time at an airport, with its zone. */
+export const formatLocal = (iso, tz) => (iso ? localFmt(tz, true).format(new Date(iso)) : '–');
+/** "08:15": the local time without the zone (boards say the zone once). */
+export const formatLocalShort = (iso, tz) => (iso ? localFmt(tz, false).format(new Date(iso)) : '–');
+
+/** Departure (estimate, else schedule), as ms. */
+export const departureOf = (f) => Date.parse(f.estimated_departs_at || f.departs_at);
+
+/** Statuses that still allow holds, payments and seat changes. */
+export const isBookable = (f) => !f.status || f.status === 'scheduled' || f.status === 'delayed';
+
+/** Board remark: "DELAYED 14:35", "BOARDING", "DEPARTED", "CANCELLED", or "" on time. */
+export function flightRemark(f) {
+  switch (f.status) {
+    case 'delayed':
+      return `DELAYED ${formatLocalShort(f.estimated_departs_at, f.from_tz)}`;
+    case 'boarding':
+    case 'departed':
+    case 'cancelled':
+      return f.status.toUpperCase();
+    default:
+      return f.estimated_departs_at && f.estimated_departs_at !== f.departs_at ? `NEW TIME ${formatLocalShort(f.estimated_departs_at, f.from_tz)}` : '';
+  }
+}
+
+/** "Departs 08:15 GMT · estimated 08:55 GMT" */
+export function departureText(f) {
+  const sched = `Departs ${formatLocal(f.departs_at, f.from_tz)}`;
+  const est = f.estimated_departs_at && Date.parse(f.estimated_departs_at) !== Date.parse(f.departs_at) ? ` · estimated ${formatLocal(f.estimated_departs_at, f.from_tz)}` : '';
+  return sched + est;
+}

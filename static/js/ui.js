@@ -79,6 +79,8 @@ export function statusBadge(status) {
     paid: 'Paid',
     partially_refunded: 'Partly refunded',
     scheduled: 'Scheduled',
+    delayed: 'Delayed',
+    boarding: 'Boarding',
     departed: 'Departed',
   }[status] || status;
   return h('span', { class: `badge badge-${status}` }, text);

@@ -147,6 +147,13 @@ fn check_call(call: Call) {
             identifiers(&p.flight_id);
             identifiers(&p.reason);
         })),
+        Call::AdminUpdateFlight(p) => check_refusal(p.as_ref().map(|p| {
+            [&p.estimated_departs_at, &p.estimated_arrives_at, &p.reason]
+                .into_iter()
+                .flatten()
+                .for_each(|s| identifiers(s));
+            identifiers(&p.flight_id);
+        })),
         Call::Logout
         | Call::Airports
         | Call::BookingsList

@@ -1,6 +1,6 @@
 import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
 import { newRequestId } from '../jetway.js';
-import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural } from '../format.js';
+import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural, departureText } from '../format.js';
 import { friendlyError } from './flight.js';
 import { canCheckIn, checkInButton, hasPasses, boardingPassesSection } from './checkin.js';
 
@@ -139,7 +139,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
             { class: 'bh-flight' },
             h('strong', {}, `${ctx.cityOf(f.from)} (${f.from}) → ${ctx.cityOf(f.to)} (${f.to})`),
             h('br'),
-            `${f.number} · ${formatLongDate(f.departs_at)} · departs ${formatTime(f.departs_at)} UTC`,
+            `${f.number} · ${formatLongDate(f.departs_at)} · ${departureText(f)}`,
           )
           : null,
       ),

@@ -1,7 +1,7 @@
 import { h, clear, toast, statusBadge } from '../ui.js';
 import { SeatMap, deriveLayout, legend } from '../seatmap.js';
 import { newRequestId } from '../jetway.js';
-import { formatMoney, formatTime, formatLongDate, formatDuration, cabinName, plural } from '../format.js';
+import { formatMoney, formatLocal, formatLongDate, formatDuration, cabinName, plural, isBookable, departureText } from '../format.js';
 
 const MAX_SEATS = 9;
 
@@ -12,11 +12,14 @@ export function flightSummary(ctx, f, extra = null) {
     h(
       'div',
       { class: 'fs-route' },
-      h('div', { class: 'fs-end' }, h('span', { class: 'fs-time' }, formatTime(f.departs_at)), h('span', { class: 'fs-code' }, f.from), h('span', { class: 'fs-city' }, ctx.cityOf(f.from))),
+      h('div', { class: 'fs-end' }, h('span', { class: 'fs-time' }, formatLocal(f.departs_at, f.from_tz)), h('span', { class: 'fs-code' }, f.from), h('span', { class: 'fs-city' }, ctx.cityOf(f.from))),
       h('div', { class: 'fs-mid', 'aria-hidden': 'true' }, h('span', { class: 'plane' }, '✈'), f.arrives_at ? h('span', {}, formatDuration(f.departs_at, f.arrives_at)) : null),
-      h('div', { class: 'fs-end' }, h('span', { class: 'fs-time' }, f.arrives_at ? formatTime(f.arrives_at) : ''), h('span', { class: 'fs-code' }, f.to), h('span', { class: 'fs-city' }, ctx.cityOf(f.to))),
+      h('div', { class: 'fs-end' }, h('span', { class: 'fs-time' }, f.arrives_at ? formatLocal(f.arrives_at, f.to_tz) : ''), h('span', { class: 'fs-code' }, f.to), h('span', { class: 'fs-city' }, ctx.cityOf(f.to))),
     ),
-    h('p', { class: 'fs-meta' }, h('strong', {}, f.number), ` · ${formatLongDate(f.departs_at)}`, f.aircraft ? ` · ${f.aircraft}` : '', ' · times in UTC', extra),
+    h('p', { class: 'fs-meta' }, h('strong', {}, f.number), ` · ${formatLongDate(f.departs_at)}`, f.aircraft ? ` · ${f.aircraft}` : '', ' · local times', extra),
+    f.estimated_departs_at || f.estimated_arrives_at
+      ? h('p', { class: 'fs-estimate', 'data-testid': 'estimate' }, `${departureText(f)}${f.estimated_arrives_at ? ` · arrives ${formatLocal(f.estimated_arrives_at, f.to_tz)}` : ''}`)
+      : null,
   );
 }
 
@@ -33,7 +36,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const flight = r.flight;
   const layout = r.layout && r.layout.cabins ? r.layout : deriveLayout(r.seats || []);
   const fares = new Map((flight.cabins || []).map((c) => [c.cabin, c]));
-  const bookable = !flight.status || flight.status === 'scheduled';
+  const bookable = isBookable(flight);
 
   // ---- selection state (kept in sessionStorage so a login detour does not lose it)
   const storeKey = `jetway.selection.${flightId}`;
@@ -47,6 +50,9 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const persist = () => sessionStorage.setItem(storeKey, JSON.stringify({ seats: [...selected.entries()] }));
 
   // ---- layout
+  const summary = (f) => flightSummary(ctx, f, f.status === 'scheduled' ? null : [' ', h('span', { 'data-testid': 'flight-status', 'data-value': f.status }, statusBadge(f.status))]);
+  const head = h('div', { class: 'flight-head-summary' }, summary(flight));
+  const viewers = h('p', { class: 'viewers muted small', 'data-testid': 'viewers', 'aria-live': 'polite' });
   const mapBox = h('div', { class: 'seatmap-box' });
   const live = h('div', { class: 'cabin-stats' });
   const selBox = h('div', { class: 'selection' });
@@ -57,7 +63,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   el.append(
     h('p', { class: 'crumbs' }, h('a', { href: `#/search?from=${encodeURIComponent(flight.from)}&to=${encodeURIComponent(flight.to)}&date=${(flight.departs_at || '').slice(0, 10)}` }, `← All flights ${flight.from} → ${flight.to}`)),
     h('h1', { class: 'visually-hidden' }, `Flight ${flight.number}, ${ctx.cityOf(flight.from)} to ${ctx.cityOf(flight.to)}: choose seats`),
-    h('section', { class: 'card flight-head' }, flightSummary(ctx, flight, bookable ? null : [' ', statusBadge(flight.status)]), live),
+    h('section', { class: 'card flight-head' }, head, viewers, live),
     h(
       'div',
       { class: 'flight-layout' },
@@ -265,6 +271,15 @@ export async function flightView(ctx, el, { flightId, signal }) {
     if (e.detail.flight_id === flightId) loadMine();
   };
   const onSession = () => loadMine();
+  // a new status or time: redrawn in place; a change of what it allows, the whole view
+  const onFlight = (e) => {
+    const f = e.detail.flight;
+    if (f.flight_id !== flightId) return;
+    if (isBookable(f) !== bookable) ctx.navigate(location.hash, { replace: true });
+    else clear(head).append(summary(f));
+  };
+  ctx.bus.addEventListener('flight', onFlight);
+  signal.addEventListener('abort', () => ctx.bus.removeEventListener('flight', onFlight));
   ctx.bus.addEventListener('booking', onBooking);
   ctx.bus.addEventListener('session', onSession);
   signal.addEventListener('abort', () => {

@@ -1,5 +1,5 @@
 import { h, clear, statusBadge } from '../ui.js';
-import { formatMoney, formatTime, formatDate, formatDuration, todayIso, cabinName, plural, formatLongDate } from '../format.js';
+import { formatMoney, formatTime, formatDate, formatDuration, todayIso, cabinName, plural, formatLongDate, formatLocal, isBookable } from '../format.js';
 
 const MAX_LIVE = 20;
 
@@ -97,7 +97,7 @@ export async function searchView(ctx, el, { query, signal }) {
         return h('div', { class: `fare fare-${c.cabin}` }, h('span', { class: 'fare-cabin' }, cabinName(c.cabin)), h('span', { class: 'fare-price' }, formatMoney(c.fare)), left);
       }),
     );
-    const bookable = f.status === 'scheduled' || !f.status;
+    const bookable = isBookable(f);
     const card = h(
       'li',
       { class: 'card flight-card', 'data-flight-id': f.flight_id },
@@ -107,11 +107,11 @@ export async function searchView(ctx, el, { query, signal }) {
         h(
           'div',
           { class: 'fc-route' },
-          h('div', { class: 'fc-end' }, h('strong', { class: 'fc-time' }, formatTime(f.departs_at)), h('span', { class: 'fc-code' }, f.from), h('span', { class: 'fc-city' }, ctx.cityOf(f.from))),
+          h('div', { class: 'fc-end' }, h('strong', { class: 'fc-time' }, formatLocal(f.departs_at, f.from_tz)), h('span', { class: 'fc-code' }, f.from), h('span', { class: 'fc-city' }, ctx.cityOf(f.from))),
           h('div', { class: 'fc-line', 'aria-hidden': 'true' }, h('span', {}, formatDuration(f.departs_at, f.arrives_at)), h('i')),
-          h('div', { class: 'fc-end' }, h('strong', { class: 'fc-time' }, formatTime(f.arrives_at)), h('span', { class: 'fc-code' }, f.to), h('span', { class: 'fc-city' }, ctx.cityOf(f.to))),
+          h('div', { class: 'fc-end' }, h('strong', { class: 'fc-time' }, formatLocal(f.arrives_at, f.to_tz)), h('span', { class: 'fc-code' }, f.to), h('span', { class: 'fc-city' }, ctx.cityOf(f.to))),
         ),
-        h('p', { class: 'fc-meta' }, h('span', { class: 'fc-number' }, f.number), ` · ${formatDate(f.departs_at)} · ${f.aircraft || ''} · ${formatDuration(f.departs_at, f.arrives_at)}`, bookable ? null : [' ', statusBadge(f.status)]),
+        h('p', { class: 'fc-meta' }, h('span', { class: 'fc-number' }, f.number), ` · ${formatDate(f.departs_at)} · ${f.aircraft || ''} · ${formatDuration(f.departs_at, f.arrives_at)}`, f.status === 'scheduled' ? null : [' ', statusBadge(f.status)]),
       ),
       cabins,
       h(

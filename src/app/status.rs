@@ -1,0 +1,215 @@
+//! Flight status and times: `admin.flights.update`, the automatic departure of a
+//! flight whose time has passed, and the `flight.changed` push that tells every
+//! interested connection (seat-map subscribers, owners of live bookings, board
+//! watchers) of a stored change of status or times, once per connection.
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admin::{occupants, optional_reason};
+use super::{App, AuthSession};
+use crate::domain::flight::StatusUpdate;
+use crate::domain::{self, Flight, Millis};
+use crate::fanout::{Outbox, Utf8Bytes};
+use crate::inventory::FlightSeats;
+use crate::protocol::params::UpdateFlight;
+use crate::protocol::{envelope, wire, ApiError};
+use crate::store::Batch;
+
+/// How often flights whose departure passed are looked for.
+pub const DEPARTURE_TICK: Duration = Duration::from_secs(5);
+/// How far an estimate may lie from the schedule.
+pub const MAX_ESTIMATE_SHIFT_MS: Millis = 48 * 3600 * 1000;
+
+fn estimate(s: Option<&str>, field: &str, scheduled: Millis) -> Result<Option<Millis>, ApiError> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let t = domain::parse_rfc3339(s)
+        .ok_or_else(|| ApiError::InvalidParams(format!("{field} must be an RFC 3339 time")))?;
+    if (t - scheduled).abs() > MAX_ESTIMATE_SHIFT_MS {
+        return Err(ApiError::InvalidParams(format!(
+            "{field} must be within 48 hours of the schedule"
+        )));
+    }
+    Ok(Some(t))
+}
+
+/// Checks the params of `admin.flights.update` against the flight's schedule.
+fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, ApiError> {
+    let u = StatusUpdate {
+        estimated_departs_at: estimate(
+            p.estimated_departs_at.as_deref(),
+            "estimated_departs_at",
+            f.departs_at,
+        )?,
+        estimated_arrives_at: estimate(
+            p.estimated_arrives_at.as_deref(),
+            "estimated_arrives_at",
+            f.arrives_at,
+        )?,
+        status: p.status,
+        reason: optional_reason(p.reason.as_deref())?,
+    };
+    if u.estimated_departs_at.is_none() && u.estimated_arrives_at.is_none() && u.status.is_none() {
+        return Err(ApiError::InvalidParams(
+            "give estimated_departs_at, estimated_arrives_at or status".into(),
+        ));
+    }
+    Ok(u)
+}
+
+/// The `flight.changed` push of a flight record.
+fn changed_frame(f: &Flight, fs: &FlightSeats) -> Utf8Bytes {
+    let mut params = json!({ "flight": wire::flight(f, &fs.available(), domain::now_ms()) });
+    if let Some(r) = f.change_reason() {
+        params["reason"] = json!(r);
+    }
+    Utf8Bytes::from(envelope::push("flight.changed", &params))
+}
+
+/// Sends `frame` once to each connection among `targets`.
+pub(super) fn send_once(targets: impl IntoIterator<Item = Outbox>, frame: &Utf8Bytes) {
+    let mut seen = HashSet::new();
+    for o in targets {
+        if seen.insert(o.id()) {
+            o.send(frame.clone());
+        }
+    }
+}
+
+impl App {
+    /// `admin.flights.update`: new estimates and/or the next status, durable before
+    /// the reply and then pushed.
+    pub async fn admin_update_flight(
+        &self,
+        _s: &AuthSession,
+        p: UpdateFlight,
+    ) -> Result<Value, ApiError> {
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        let _serial = self.admin.flights.lock().await;
+        self.committer.catch_up().await?;
+        let mut flight = fs.flight();
+        let update = status_update(&p, &flight)?;
+        flight.update(&update, domain::now_ms())?;
+        self.commit(Batch {
+            flights: vec![flight.clone()],
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(flight = %fs.id, status = flight.status(domain::now_ms()).as_str(), "flight updated");
+        self.flight_record(&fs, flight.clone());
+        Ok(json!({ "flight": wire::flight(&flight, &fs.available(), domain::now_ms()) }))
+    }
+
+    /// Takes a durable flight record (written here, or heard from the cluster) and,
+    /// if its status or times changed, pushes `flight.changed`.
+    pub(super) fn flight_record(&self, fs: &Arc<FlightSeats>, f: Flight) {
+        let Some(old) = fs.replace_flight(f.clone()) else {
+            return;
+        };
+        if old.differs_in_status(&f) {
+            self.announce_flight(fs, &f);
+        }
+    }
+
+    /// Pushes `flight.changed` once to every connection subscribed to the flight's
+    /// seats, watching a board that shows it, or of a user with a live booking on it.
+    fn announce_flight(&self, fs: &Arc<FlightSeats>, f: &Flight) {
+        let frame = changed_frame(f, fs);
+        let mut owners = HashSet::new();
+        for loc in occupants(fs) {
+            match self.store.booking(&loc) {
+                Ok(Some(b)) => {
+                    owners.insert(b.user_id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a booking to push a flight change")
+                }
+            }
+        }
+        let targets = fs
+            .watcher_outboxes()
+            .into_iter()
+            .chain(owners.into_iter().flat_map(|u| self.users.outboxes(u)));
+        send_once(targets, &frame);
+    }
+
+    /// Marks every flight whose departure has passed as departed, durably, and
+    /// pushes that.
+    pub(super) async fn mark_departures(&self) {
+        let now = domain::now_ms();
+        let mut due = Vec::new();
+        for fs in self.inventory.all() {
+            let mut f = fs.flight();
+            if f.mark_departed(now) {
+                due.push((fs, f));
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        // in chunks: etcd bounds the operations of one transaction
+        for chunk in due.chunks(super::SEED_CHUNK) {
+            let batch = Batch {
+                flights: chunk.iter().map(|(_, f)| f.clone()).collect(),
+                ..Default::default()
+            };
+            if let Err(e) = self.commit(batch).await {
+                tracing::warn!(error = %e, "cannot mark departed flights; trying again later");
+                return;
+            }
+            for (fs, f) in chunk {
+                self.flight_record(fs, f.clone());
+            }
+        }
+        tracing::info!(flights = due.len(), "flights marked departed");
+    }
+}
+
+/// Marks departed flights every [`DEPARTURE_TICK`] until `stop`.
+pub(super) async fn run_departures(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(DEPARTURE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.mark_departures().await,
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(dep: Option<&str>, status: Option<domain::FlightStatus>) -> UpdateFlight {
+        UpdateFlight {
+            flight_id: "JW100-20261201".into(),
+            estimated_departs_at: dep.map(Into::into),
+            estimated_arrives_at: None,
+            status,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn update_params_are_checked() {
+        let f = domain::schedule::demo_schedule(time::macros::date!(2026 - 12 - 01), 1).remove(0);
+        assert!(status_update(&params(None, None), &f).is_err());
+        assert!(status_update(&params(Some("soon"), None), &f).is_err());
+        assert!(status_update(&params(Some("2026-12-05T07:15:00Z"), None), &f).is_err());
+        let u = status_update(&params(Some("2026-12-01T08:00:00Z"), None), &f).unwrap();
+        assert_eq!(
+            u.estimated_departs_at,
+            domain::parse_rfc3339("2026-12-01T08:00:00Z")
+        );
+        assert!(status_update(&params(None, Some(domain::FlightStatus::Boarding)), &f).is_ok());
+    }
+}

@@ -1,0 +1,364 @@
+//! Flight status and times against real servers: `admin.flights.update` (estimates,
+//! boarding, departure; forward only), what each status allows, the automatic
+//! departure by the clock, the `flight.changed` push once per connection to seat-map
+//! subscribers and booking owners, durability across a restart, and the same on the
+//! etcd store across two nodes.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ADMIN_PASSWORD: &str = "airline ops 2026";
+
+async fn admin_server() -> Server {
+    Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await
+}
+
+async fn admin_on(url: &str) -> Client {
+    let mut c = Client::connect(url).await;
+    c.ok(
+        "auth.login",
+        json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    )
+    .await;
+    c
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn parse(s: &Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        s.as_str().expect("a time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339")
+}
+
+/// A new flight LHR-VIE departing `minutes` from now.
+async fn create(a: &mut Client, number: &str, minutes: i64) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    let dep = now + time::Duration::minutes(minutes);
+    let r = a
+        .ok(
+            "admin.flights.create",
+            json!({
+                "number": number, "from": "LHR", "to": "VIE",
+                "departs_at": rfc3339(dep),
+                "arrives_at": rfc3339(dep + time::Duration::minutes(140)),
+                "aircraft": "A320",
+                "fares": {"economy": {"amount": 15_400, "currency": "EUR"},
+                          "business": {"amount": 53_900, "currency": "EUR"}},
+            }),
+        )
+        .await;
+    r["flight"].clone()
+}
+
+fn delayed_by(f: &Value, minutes: i64) -> String {
+    rfc3339(parse(&f["departs_at"]) + time::Duration::minutes(minutes))
+}
+
+/// The next `flight.changed` push of a client.
+async fn changed(c: &mut Client) -> Value {
+    c.push("flight.changed").await
+}
+
+/// True when no `flight.changed` arrived so far: a round trip first, so that any
+/// push queued before it has been read.
+async fn no_flight_push(c: &mut Client) -> bool {
+    c.ok("flights.airports", json!({})).await;
+    !c.pushes.iter().any(|p| p["method"] == "flight.changed")
+}
+
+#[tokio::test]
+async fn updates_move_the_status_forward_and_reach_each_connection_once() {
+    let mut s = admin_server().await;
+    let mut admin = admin_on(&s.url()).await;
+    let flight = create(&mut admin, "JW7001", 24 * 60).await;
+    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    assert_eq!(flight["status"], "scheduled");
+    assert_eq!(flight["from_tz"], "Europe/London");
+    assert_eq!(flight["to_tz"], "Europe/Vienna");
+    assert!(flight.get("estimated_departs_at").is_none());
+
+    // an owner of a live booking who also watches the seat map, a watcher, a stranger
+    let mut owner = s.client().await;
+    owner.new_user().await;
+    let seats = free_seats(&mut owner, &id, "economy", 2).await;
+    let booking = hold(&mut owner, &id, &seats[..1], "h1").await;
+    owner.ok("seats.subscribe", json!({"flight_id": id})).await;
+    let mut watcher = s.client().await;
+    watcher
+        .ok("seats.subscribe", json!({"flight_id": id}))
+        .await;
+    let mut stranger = s.client().await;
+    stranger.new_user().await;
+
+    // a delay: scheduled -> delayed, the schedule stays, the estimate is added
+    let est = delayed_by(&flight, 40);
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": est, "reason": "late inbound aircraft"}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "delayed");
+    assert_eq!(r["flight"]["departs_at"], flight["departs_at"]);
+    assert_eq!(
+        parse(&r["flight"]["estimated_departs_at"]),
+        parse(&json!(est))
+    );
+    for c in [&mut owner, &mut watcher] {
+        let p = changed(c).await;
+        assert_eq!(p["flight"]["flight_id"], id);
+        assert_eq!(p["flight"]["status"], "delayed");
+        assert_eq!(p["reason"], "late inbound aircraft");
+    }
+    assert!(no_flight_push(&mut stranger).await);
+
+    // a delayed flight can still be booked and paid
+    let second = hold(&mut owner, &id, &seats[1..2], "h2").await;
+    owner
+        .ok(
+            "booking.pay",
+            json!({"locator": booking["locator"], "payment_method": "pm_card_visa", "request_id": "p1"}),
+        )
+        .await;
+
+    // the estimate back on schedule: delayed -> scheduled
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": flight["departs_at"]}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "scheduled");
+    // exactly one push per connection: the next one is this update, not a repeat
+    for c in [&mut owner, &mut watcher] {
+        assert_eq!(changed(c).await["flight"]["status"], "scheduled");
+    }
+
+    // boarding closes holds, payments and seat changes
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "status": "boarding"}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "boarding");
+    assert_eq!(changed(&mut watcher).await["flight"]["status"], "boarding");
+    let more = free_seats(&mut owner, &id, "economy", 1).await;
+    let e = owner
+        .err(
+            "booking.hold",
+            json!({"flight_id": id, "seats": more, "passengers": passengers(1), "request_id": "h3"}),
+        )
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state", "{e}");
+    let e = owner
+        .err(
+            "booking.pay",
+            json!({"locator": second["locator"], "payment_method": "pm_card_visa", "request_id": "p2"}),
+        )
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state", "{e}");
+
+    // forward only; an unknown status is invalid_params
+    for (status, reason) in [
+        ("scheduled", "invalid_state"),
+        ("delayed", "invalid_state"),
+        ("cancelled", "invalid_state"),
+        ("boarding", "invalid_state"),
+        ("landed", "invalid_params"),
+    ] {
+        let e = admin
+            .err(
+                "admin.flights.update",
+                json!({"flight_id": id, "status": status}),
+            )
+            .await;
+        assert_eq!(e["data"]["reason"], reason, "{status}: {e}");
+    }
+    assert_eq!(
+        admin
+            .reason("admin.flights.update", json!({"flight_id": id}))
+            .await,
+        "invalid_params"
+    );
+
+    // departed: nothing more, not even a cancellation
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "status": "departed"}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "departed");
+    assert_eq!(changed(&mut owner).await["flight"]["status"], "boarding");
+    assert_eq!(changed(&mut owner).await["flight"]["status"], "departed");
+    let e = admin
+        .err(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": est}),
+        )
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state");
+    let e = admin
+        .err(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "too late"}),
+        )
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state");
+
+    // the status and the estimate are stored
+    s.restart().await;
+    let mut c = s.client().await;
+    let g = c.ok("flights.get", json!({"flight_id": id})).await;
+    assert_eq!(g["flight"]["status"], "departed");
+    assert_eq!(
+        parse(&g["flight"]["estimated_departs_at"]),
+        parse(&flight["departs_at"])
+    );
+    // non-admins are refused
+    c.new_user().await;
+    assert_eq!(
+        c.reason(
+            "admin.flights.update",
+            json!({"flight_id": id, "status": "boarding"})
+        )
+        .await,
+        "forbidden"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_is_pushed_with_its_reason_and_works_while_boarding() {
+    let s = admin_server().await;
+    let mut admin = admin_on(&s.url()).await;
+    let flight = create(&mut admin, "JW7002", 24 * 60).await;
+    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    let mut owner = s.client().await;
+    owner.new_user().await;
+    let seats = free_seats(&mut owner, &id, "economy", 1).await;
+    hold(&mut owner, &id, &seats, "h1").await;
+    let mut watcher = s.client().await;
+    watcher
+        .ok("seats.subscribe", json!({"flight_id": id}))
+        .await;
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "status": "boarding"}),
+        )
+        .await;
+    assert_eq!(changed(&mut owner).await["flight"]["status"], "boarding");
+    assert_eq!(changed(&mut watcher).await["flight"]["status"], "boarding");
+    let r = admin
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "technical fault"}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "cancelled");
+    assert_eq!(r["released"], 1);
+    for c in [&mut owner, &mut watcher] {
+        let p = changed(c).await;
+        assert_eq!(p["flight"]["status"], "cancelled");
+        assert_eq!(p["reason"], "technical fault");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_flight_whose_time_has_passed_is_marked_departed_and_pushed() {
+    let s = admin_server().await;
+    let mut admin = admin_on(&s.url()).await;
+    let flight = create(&mut admin, "JW7003", 60).await;
+    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    let mut watcher = s.client().await;
+    watcher
+        .ok("seats.subscribe", json!({"flight_id": id}))
+        .await;
+    // an estimate two seconds ahead (earlier than the schedule): it stays scheduled
+    let soon = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(2));
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": soon}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "scheduled");
+    assert_eq!(changed(&mut watcher).await["flight"]["status"], "scheduled");
+    let started = std::time::Instant::now();
+    let p = changed(&mut watcher).await;
+    assert_eq!(p["flight"]["status"], "departed");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let mut c = s.client().await;
+    c.new_user().await;
+    let seats = free_seats(&mut c, &id, "economy", 1).await;
+    let e = c
+        .err(
+            "booking.hold",
+            json!({"flight_id": id, "seats": seats, "passengers": passengers(1), "request_id": "late"}),
+        )
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state");
+    s.stop().await;
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_an_update_through_one_node_is_stored_and_pushed_by_the_other() {
+    use common::cluster::{node_with_env, Etcd};
+    let etcd = Etcd::start(1);
+    let prefix = format!("{}/", unique_name("fs"));
+    let envs = [("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+    let start = || tokio::task::block_in_place(|| node_with_env(&etcd, &prefix, &[], &envs));
+    let (a, b) = (start(), start());
+    let mut admin = admin_on(&a.url()).await;
+    let flight = create(&mut admin, "JW7004", 24 * 60).await;
+    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    let mut watcher = Client::connect(&b.url()).await;
+    // the new flight reaches node B through the feed
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = watcher
+            .call("seats.subscribe", json!({"flight_id": id}))
+            .await;
+        if r.get("result").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": delayed_by(&flight, 25)}),
+        )
+        .await;
+    let p = changed(&mut watcher).await;
+    assert_eq!(p["flight"]["status"], "delayed");
+    let g = watcher.ok("flights.get", json!({"flight_id": id})).await;
+    assert_eq!(g["flight"]["status"], "delayed");
+    // a cancel through B reaches a watcher on A, once
+    let mut admin_b = admin_on(&b.url()).await;
+    admin.ok("seats.subscribe", json!({"flight_id": id})).await;
+    admin_b
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": id, "reason": "strike"}),
+        )
+        .await;
+    assert_eq!(changed(&mut admin).await["flight"]["status"], "cancelled");
+    assert_eq!(changed(&mut watcher).await["flight"]["status"], "cancelled");
+    assert!(no_flight_push(&mut watcher).await);
+    assert!(no_flight_push(&mut admin).await);
+}
