@@ -48,6 +48,11 @@ impl App {
         let Some(r) = self.store.replicated() else {
             return Ok(());
         };
+        for (node, flight, viewers) in r.presence().map_err(|e| StartError::Other(e.to_string()))? {
+            if node != r.node() {
+                self.presence.set_remote(&node, &flight, viewers);
+            }
+        }
         let app = Arc::downgrade(self);
         r.follow(Box::new(move |changes| {
             if let Some(app) = app.upgrade() {
@@ -74,6 +79,7 @@ impl App {
             if let Change::Seats(feed) = c {
                 if let Some(fs) = self.inventory.get(feed.flight.as_str()) {
                     fs.apply_committed(feed.version, updates(feed));
+                    self.boards.seats_changed(&fs.id);
                 }
             }
         }
@@ -94,6 +100,15 @@ impl App {
                 Change::SessionEnded(hash) => {
                     if let Some((_, s)) = self.sessions.remove(hash) {
                         self.users.revoke(s.user_id, hash);
+                    }
+                }
+                Change::Presence {
+                    node,
+                    flight,
+                    viewers,
+                } => {
+                    if Some(node.as_str()) != self.store.replicated().map(|r| r.node()) {
+                        self.presence.set_remote(node, flight, *viewers);
                     }
                 }
                 Change::Flight(_) | Change::Seats(_) => {}

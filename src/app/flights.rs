@@ -102,8 +102,10 @@ impl App {
             .get(&p.flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
         let flight_id = fs.id.clone();
+        let viewers = self.viewers(&fs, !subs.contains(&fs.id));
         let joined = fs.subscribe(outbox, p.since, |version, start| {
             let mut result = json!({ "flight_id": flight_id, "version": version });
+            result["viewers"] = json!(viewers);
             match start {
                 Start::Snapshot(seats) => result["seats"] = json!(seats),
                 Start::Changes(changes) => result["changes"] = json!(changes),
@@ -113,6 +115,8 @@ impl App {
         if joined && !subs.contains(&fs.id) {
             subs.push(fs.id.clone());
         }
+        // the joiner hears the exact count soon, even if it raced with others
+        self.presence.touch(&fs.id, joined);
         Ok(())
     }
 
@@ -126,8 +130,18 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
-        fs.unsubscribe(conn_id);
+        if fs.unsubscribe(conn_id) {
+            self.presence.touch(&fs.id, false);
+        }
         subs.retain(|f| f != &fs.id);
         Ok(json!({}))
+    }
+
+    /// Removes a closed connection from every flight it watched.
+    pub fn leave_all(&self, conn_id: u64, flights: &[FlightId]) {
+        self.inventory.unsubscribe_all(conn_id, flights);
+        for f in flights {
+            self.presence.touch(f, false);
+        }
     }
 }

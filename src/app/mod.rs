@@ -8,12 +8,14 @@
 
 mod admin;
 mod auth;
+mod board;
 mod bookings;
 mod checkin;
 mod cluster;
 mod expiry;
 mod flights;
 mod payments;
+mod presence;
 mod refunds;
 mod status;
 
@@ -72,6 +74,8 @@ pub struct App {
     pub payments: Arc<dyn PaymentGateway>,
     pub expiry: Expiry,
     admin: admin::AdminState,
+    presence: presence::Presence,
+    pub boards: Arc<board::Boards>,
     sessions: DashMap<String, SessionRecord>,
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     dummy_hash: String,
@@ -167,6 +171,8 @@ impl App {
             payments,
             expiry: Expiry::default(),
             admin: Default::default(),
+            presence: Default::default(),
+            boards: Default::default(),
             sessions: DashMap::new(),
             user_locks: DashMap::new(),
             dummy_hash,
@@ -201,6 +207,10 @@ impl App {
         app.background.lock().push(expiry_task);
         let departures = tokio::spawn(status::run_departures(app.clone(), app.stop.clone()));
         app.background.lock().push(departures);
+        let presence = tokio::spawn(presence::run_presence(app.clone(), app.stop.clone()));
+        app.background.lock().push(presence);
+        let boards = tokio::spawn(board::run_boards(app.clone(), app.stop.clone()));
+        app.background.lock().push(boards);
         let sweeper = tokio::spawn(auth::run_session_sweeper(app.clone(), app.stop.clone()));
         app.background.lock().push(sweeper);
         app.ready.store(true, Ordering::SeqCst);
@@ -357,9 +367,11 @@ impl App {
         let user = booking.user_id;
         let frame = booking_push(booking, Some(&fs.flight()));
         let users = self.users.clone();
+        let boards = self.boards.clone();
         Box::new(move || {
             if let Some(c) = change {
                 fs.publish(&c);
+                boards.seats_changed(&fs.id);
             }
             users.push(user, &frame);
         })

@@ -62,9 +62,9 @@ fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, ApiError>
 }
 
 /// The `flight.changed` push of a flight record.
-fn changed_frame(f: &Flight, fs: &FlightSeats) -> Utf8Bytes {
+pub(super) fn changed_frame(f: &Flight, fs: &FlightSeats, reason: Option<&str>) -> Utf8Bytes {
     let mut params = json!({ "flight": wire::flight(f, &fs.available(), domain::now_ms()) });
-    if let Some(r) = f.change_reason() {
+    if let Some(r) = reason {
         params["reason"] = json!(r);
     }
     Utf8Bytes::from(envelope::push("flight.changed", &params))
@@ -121,7 +121,7 @@ impl App {
     /// Pushes `flight.changed` once to every connection subscribed to the flight's
     /// seats, watching a board that shows it, or of a user with a live booking on it.
     fn announce_flight(&self, fs: &Arc<FlightSeats>, f: &Flight) {
-        let frame = changed_frame(f, fs);
+        let frame = changed_frame(f, fs, f.change_reason());
         let mut owners = HashSet::new();
         for loc in occupants(fs) {
             match self.store.booking(&loc) {
@@ -137,7 +137,8 @@ impl App {
         let targets = fs
             .watcher_outboxes()
             .into_iter()
-            .chain(owners.into_iter().flat_map(|u| self.users.outboxes(u)));
+            .chain(owners.into_iter().flat_map(|u| self.users.outboxes(u)))
+            .chain(self.board_watchers(f));
         send_once(targets, &frame);
     }
 

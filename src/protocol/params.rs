@@ -21,6 +21,8 @@ pub const METHODS: &[&str] = &[
     "flights.get",
     "seats.subscribe",
     "seats.unsubscribe",
+    "flights.watch",
+    "flights.unwatch",
     "booking.hold",
     "booking.pay",
     "booking.cancel",
@@ -51,6 +53,8 @@ pub enum Call {
     FlightGet(Result<FlightRef, ApiError>),
     Subscribe(Result<Subscribe, ApiError>),
     Unsubscribe(Result<FlightRef, ApiError>),
+    Watch(Result<Watch, ApiError>),
+    Unwatch(Result<Unwatch, ApiError>),
     Hold(Result<Hold, ApiError>),
     Pay(Result<Pay, ApiError>),
     Cancel(Result<Cancel, ApiError>),
@@ -86,6 +90,8 @@ impl Call {
             "flights.get" => Call::FlightGet(decode(p)),
             "seats.subscribe" => Call::Subscribe(decode(p)),
             "seats.unsubscribe" => Call::Unsubscribe(decode(p)),
+            "flights.watch" => Call::Watch(decode(p)),
+            "flights.unwatch" => Call::Unwatch(decode(p)),
             "booking.hold" => Call::Hold(decode(p)),
             "booking.pay" => Call::Pay(decode(p)),
             "booking.cancel" => Call::Cancel(decode(p)),
@@ -236,6 +242,17 @@ pub struct CreateFares {
 pub struct CancelFlight {
     pub flight_id: String,
     pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Watch {
+    pub airport: String,
+    pub hours: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Unwatch {
+    pub airport: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,8 @@ pub struct ConnState {
     pub outbox: Outbox,
     pub session: Option<AuthSession>,
     pub subscriptions: Vec<FlightId>,
+    /// The airports of the departure boards it watches.
+    pub boards: Vec<String>,
     /// The client's address (login backoff).
     pub peer: IpAddr,
     pub shield: Arc<Shield>,
@@ -35,6 +37,7 @@ impl ConnState {
             outbox,
             session: None,
             subscriptions: Vec::new(),
+            boards: Vec::new(),
             peer,
             shield,
         }
@@ -43,9 +46,8 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.app
-            .inventory
-            .unsubscribe_all(self.outbox.id(), &self.subscriptions);
+        self.app.leave_all(self.outbox.id(), &self.subscriptions);
+        self.app.boards.leave(self.outbox.id(), &self.boards);
         if let Some(s) = &self.session {
             self.app.users.detach(s.user_id, self.outbox.id());
         }
@@ -170,6 +172,11 @@ async fn call(
             return Ok(None);
         }
         Call::Unsubscribe(p) => app.unsubscribe(p?, conn.outbox.id(), &mut conn.subscriptions)?,
+        Call::Watch(p) => {
+            app.watch_board(req.id.as_ref(), p?, &conn.outbox, &mut conn.boards)?;
+            return Ok(None);
+        }
+        Call::Unwatch(p) => app.unwatch_board(p?, conn.outbox.id(), &mut conn.boards)?,
         Call::Hold(p) => app.hold(&app.authenticate(&mut conn.session)?, p?).await?,
         Call::Pay(p) => {
             let session = app.authenticate(&mut conn.session)?;

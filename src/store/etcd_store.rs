@@ -54,6 +54,12 @@ const MARKER_TTL: i64 = 600;
 const PAGE: i64 = 500;
 /// etcd's answer to a write on a lease that has expired (retrying cannot help).
 const LEASE_GONE: &str = "lease not found";
+/// A node's presence counts outlive it by at most this (seconds).
+const PRESENCE_TTL: i64 = 10;
+/// How often the presence lease is kept alive.
+const PRESENCE_KEEP: Duration = Duration::from_secs(2);
+/// Presence keys written per transaction.
+const PRESENCE_CHUNK: usize = 100;
 /// How often the markers' lease is kept alive.
 const LEASE_CHECK: Duration = Duration::from_secs(60);
 /// The exit status of a node that can no longer follow the cluster.
@@ -72,6 +78,9 @@ pub struct EtcdStore {
     ids: Mutex<IdBlocks>,
     refilling: AtomicBool,
     lease: AtomicI64,
+    /// The lease of this node's presence counts (0: none yet).
+    presence_lease: AtomicI64,
+    presence_kept: Mutex<Option<Instant>>,
     node: String,
     markers: AtomicU64,
     listener: OnceLock<Listener>,
@@ -135,6 +144,8 @@ impl EtcdStore {
             ids: Mutex::new(IdBlocks::default()),
             refilling: AtomicBool::new(false),
             lease: AtomicI64::new(0),
+            presence_lease: AtomicI64::new(0),
+            presence_kept: Mutex::new(None),
             node: hex::encode(token),
             markers: AtomicU64::new(0),
             listener: OnceLock::new(),
@@ -312,6 +323,80 @@ impl EtcdStore {
             Ok(l) => self.lease.store(l.id(), Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %e, "no lease for transaction markers"),
         }
+    }
+
+    /// Keeps the presence lease alive (or takes a new one: then `false`) and writes
+    /// this node's counts on it.
+    async fn put_presence(&self, counts: Vec<(FlightId, u32)>) -> StoreResult<bool> {
+        let mut kept = self.keep_presence_lease().await;
+        if !kept {
+            let l = self
+                .retry("lease", |c| async move {
+                    c.lease_client().grant(PRESENCE_TTL, None).await
+                })
+                .await?;
+            self.presence_lease.store(l.id(), Ordering::Relaxed);
+        }
+        let lease = self.presence_lease.load(Ordering::Relaxed);
+        let ops: Vec<TxnOp> = counts
+            .iter()
+            .map(|(f, n)| {
+                let k = self.full(&super::presence_key(&self.node, f));
+                match n {
+                    0 => TxnOp::delete(k, None),
+                    n => TxnOp::put(
+                        k,
+                        n.to_be_bytes().to_vec(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                }
+            })
+            .collect();
+        // etcd bounds the operations of one transaction
+        for chunk in ops.chunks(PRESENCE_CHUNK) {
+            let txn = Txn::new().and_then(chunk.to_vec());
+            let r = self
+                .retry("presence", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            if let Err(e) = r {
+                // the lease ran out meanwhile: the caller publishes everything again
+                self.presence_lease.store(0, Ordering::Relaxed);
+                kept = false;
+                if !e.to_string().contains(LEASE_GONE) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// True if the presence lease exists and is kept alive (asked at most every
+    /// [`PRESENCE_KEEP`]).
+    async fn keep_presence_lease(&self) -> bool {
+        let id = self.presence_lease.load(Ordering::Relaxed);
+        if id == 0 {
+            return false;
+        }
+        if self
+            .presence_kept
+            .lock()
+            .is_some_and(|t| t.elapsed() < PRESENCE_KEEP)
+        {
+            return true;
+        }
+        let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+            let (mut keeper, mut replies) = self.clients[i].lease_client().keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
+        })
+        .await;
+        let kept = matches!(alive, Ok(Ok(ttl)) if ttl > 0);
+        *self.presence_kept.lock() = kept.then(Instant::now);
+        kept
     }
 
     /// Waits until the mirror has applied `revision`, which must be the revision of
@@ -600,6 +685,26 @@ impl Replicated for EtcdStore {
 
     fn close(&self) {
         self.stop.cancel();
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn set_presence(&self, counts: Vec<(FlightId, u32)>) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(self.put_presence(counts))
+    }
+
+    fn presence(&self) -> StoreResult<Vec<(String, FlightId, u32)>> {
+        Ok(self
+            .mirror
+            .raw_prefix(b"!presence/")?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (node, flight) = super::parse_presence_key(&k)?;
+                Some((node, flight, super::presence_count(Some(&v))))
+            })
+            .collect())
     }
 }
 

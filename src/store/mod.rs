@@ -304,6 +304,34 @@ pub enum Change {
     Seats(SeatFeed),
     /// A session was revoked (its token hash).
     SessionEnded(String),
+    /// A node's count of a flight's seat-map subscribers (0 once its key is gone).
+    Presence {
+        node: String,
+        flight: FlightId,
+        viewers: u32,
+    },
+}
+
+/// Where a node's presence count of a flight lives: `!presence/{node}/{flight}`.
+const PRESENCE_KEY: &[u8] = b"!presence/";
+
+pub fn presence_key(node: &str, flight: &FlightId) -> Vec<u8> {
+    let mut k = PRESENCE_KEY.to_vec();
+    k.extend_from_slice(format!("{node}/{flight}").as_bytes());
+    k
+}
+
+/// The node and flight of a presence key.
+pub fn parse_presence_key(k: &[u8]) -> Option<(String, FlightId)> {
+    let rest = std::str::from_utf8(k.strip_prefix(PRESENCE_KEY)?).ok()?;
+    let (node, flight) = rest.split_once('/')?;
+    Some((node.to_owned(), FlightId::parse(flight).ok()?))
+}
+
+/// The count a presence value holds (none, or a malformed one, is 0).
+pub fn presence_count(v: Option<&[u8]>) -> u32 {
+    v.and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 /// Called, in commit order, with the changes of each committed revision, after they
@@ -326,6 +354,17 @@ pub trait Replicated: Send + Sync {
     fn follow(&self, listener: Listener) -> StoreResult<()>;
     /// Stops following and gives up retrying.
     fn close(&self);
+    /// This node's id among the nodes.
+    fn node(&self) -> &str;
+    /// Publishes this node's subscriber counts of flights (0 removes one), on a short
+    /// lease so that a dead node's counts go away. `Ok(false)` when the lease had to
+    /// be taken anew: the node's earlier counts are gone and must be published again.
+    fn set_presence(
+        &self,
+        counts: Vec<(FlightId, u32)>,
+    ) -> futures::future::BoxFuture<'_, StoreResult<bool>>;
+    /// Every node's published counts, as this node's copy has them.
+    fn presence(&self) -> StoreResult<Vec<(String, FlightId, u32)>>;
 }
 
 /// The durable store. Writes are atomic per batch and become durable at the next

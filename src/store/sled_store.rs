@@ -394,6 +394,13 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
 /// What a written key means to the rest of a node, for the records that other nodes
 /// must react to; `None` for every other key.
 pub fn decode_change(k: &[u8], value: Option<&[u8]>) -> Option<Change> {
+    if let Some((node, flight)) = super::parse_presence_key(k) {
+        return Some(Change::Presence {
+            node,
+            flight,
+            viewers: super::presence_count(value),
+        });
+    }
     let (&kind, rest) = k.split_first()?;
     let parsed = match (kind, value) {
         (FLIGHT, Some(v)) => decode(v).map(Change::Flight),
@@ -453,6 +460,14 @@ impl SledStore {
             self.tally.change(old.as_deref(), new);
         }
         Ok(())
+    }
+
+    /// Every raw record whose key starts with `prefix`.
+    pub fn raw_prefix(&self, prefix: &[u8]) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
     }
 }
 

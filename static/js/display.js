@@ -5,6 +5,7 @@
 import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
 import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
+import { followViewers } from './ui.js';
 
 const params = new URLSearchParams(location.search);
 const flightId = params.get('flight');
@@ -121,14 +122,11 @@ async function show(id) {
   client.on('flight.changed', (p) => {
     if (p.flight && p.flight.flight_id === id) showFlight(p.flight);
   });
-  watcher.onViewers?.(id, (n) => {
-    viewers.dataset.value = String(n);
-    viewers.textContent = n === 1 ? '1 person is viewing this flight' : `${n} people are viewing this flight`;
-  });
   document.title = `${flight.number} ${flight.from}→${flight.to} · Jetway live seat map`;
 
   const layout = r.layout && r.layout.cabins ? r.layout : deriveLayout(r.seats || []);
   const { feed } = watcher.watch(id);
+  followViewers(feed, viewers);
   feed.seed(r.seats || []);
   const seats = new Map();
   for (const s of r.seats || []) seats.set(s.seat, s.status);

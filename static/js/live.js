@@ -1,6 +1,7 @@
 // Live seat maps: one subscription per flight, shared by every view that watches it.
 // Keeps the map and its version, applies `seats.changed` pushes in version order and,
 // after a reconnect (or a gap), resubscribes with `since` so that no change is missed.
+// Also keeps the flight's viewer count (`viewers`, then `flight.presence` pushes).
 
 export class SeatFeed extends EventTarget {
   constructor(flightId) {
@@ -13,6 +14,12 @@ export class SeatFeed extends EventTarget {
     this.refs = 0;
     this.subscribing = null;
     this.buffer = [];
+    this.viewers = null; // connections watching the flight, this one included
+  }
+
+  _viewers(n) {
+    this.viewers = n;
+    this.dispatchEvent(new CustomEvent('viewers', { detail: n }));
   }
 
   /** Seed seat metadata (row, column, window, ...) e.g. from flights.get. */
@@ -62,6 +69,7 @@ export class SeatWatcher {
     this.client = client;
     this.feeds = new Map();
     client.on('seats.changed', (p) => this._onPush(p));
+    client.on('flight.presence', (p) => this.feeds.get(p.flight_id)?._viewers(p.viewers));
     client.onConnect(async (c) => {
       for (const feed of this.feeds.values()) {
         feed.subscribing = null;
@@ -112,6 +120,7 @@ export class SeatWatcher {
       .call('seats.subscribe', params, { immediate })
       .then((r) => {
         if (this.feeds.get(feed.flightId) !== feed) return;
+        if (typeof r.viewers === 'number') feed._viewers(r.viewers);
         if (Array.isArray(r.seats)) {
           feed._snapshot(r.version, r.seats);
         } else if (Array.isArray(r.changes)) {

@@ -85,3 +85,15 @@ export function statusBadge(status) {
   }[status] || status;
   return h('span', { class: `badge badge-${status}` }, text);
 }
+
+/** Keeps `el` saying how many people view the feed's flight; returns a stop function. */
+export function followViewers(feed, el) {
+  const show = () => {
+    if (feed.viewers === null) return;
+    el.dataset.value = String(feed.viewers);
+    el.textContent = feed.viewers === 1 ? '1 person is viewing this flight' : `${feed.viewers} people are viewing this flight`;
+  };
+  feed.addEventListener('viewers', show);
+  show();
+  return () => feed.removeEventListener('viewers', show);
+}

@@ -147,6 +147,8 @@ fn check_call(call: Call) {
             identifiers(&p.flight_id);
             identifiers(&p.reason);
         })),
+        Call::Watch(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.airport))),
+        Call::Unwatch(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.airport))),
         Call::AdminUpdateFlight(p) => check_refusal(p.as_ref().map(|p| {
             [&p.estimated_departs_at, &p.estimated_arrives_at, &p.reason]
                 .into_iter()

@@ -1,4 +1,4 @@
-import { h, clear, toast, statusBadge } from '../ui.js';
+import { h, clear, toast, statusBadge, followViewers } from '../ui.js';
 import { SeatMap, deriveLayout, legend } from '../seatmap.js';
 import { newRequestId } from '../jetway.js';
 import { formatMoney, formatLocal, formatLongDate, formatDuration, cabinName, plural, isBookable, departureText } from '../format.js';
@@ -101,6 +101,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const { feed, release } = ctx.watcher.watch(flightId);
   signal.addEventListener('abort', release);
   feed.seed(r.seats || []);
+  signal.addEventListener('abort', followViewers(feed, viewers));
   const initial = feed.loaded ? [...feed.seats.values()] : r.seats || [];
   map.render(layout, initial);
   map.container.querySelector('.seatmap')?.setAttribute('aria-describedby', 'seatmap-help');

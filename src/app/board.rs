@@ -1,0 +1,284 @@
+//! Departure boards: `flights.watch {airport, hours?}` / `flights.unwatch`. Watchers
+//! are grouped by (airport, hours), so a change costs one look per group of its
+//! airport, not per board. A group remembers which flights it has shown; a flight
+//! that enters its window later (time passing, a new flight, a delay) is pushed as
+//! `flight.changed`, one that leaves it is dropped silently. Status and time changes
+//! are pushed at once (with the other `flight.changed` targets); seat availability
+//! is coalesced to at most one push per flight per [`AVAILABILITY_INTERVAL`].
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::status::{changed_frame, send_once};
+use super::App;
+use crate::domain::{self, flight::airport, Flight, FlightId, Millis};
+use crate::fanout::{Outbox, Utf8Bytes};
+use crate::inventory::FlightSeats;
+use crate::protocol::{envelope, params, wire, ApiError};
+
+/// Most boards one connection may watch.
+pub const MAX_WATCHES: usize = 4;
+pub const DEFAULT_HOURS: u8 = 24;
+pub const MAX_HOURS: u8 = 48;
+/// A board keeps a flight until this long after its departure.
+pub const KEEP_AFTER_MS: Millis = 3600 * 1000;
+/// At most one availability push per flight this often.
+pub const AVAILABILITY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often windows slide.
+const SLIDE_EVERY: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(100);
+
+/// The boards of one airport with one window length.
+#[derive(Default)]
+struct Group {
+    watchers: Vec<Outbox>,
+    /// The flights the group's boards have been shown and not yet dropped.
+    shown: HashSet<FlightId>,
+}
+
+/// Every board being watched, and the availability changes waiting to be pushed.
+#[derive(Default)]
+pub struct Boards {
+    groups: Mutex<HashMap<(String, u8), Group>>,
+    /// Flights whose seats changed since their last availability push.
+    dirty: Mutex<HashSet<FlightId>>,
+    sent: Mutex<HashMap<FlightId, Instant>>,
+}
+
+/// True if a flight departing from `from` at `departure` belongs on a board of
+/// `airport` covering `hours` from `now`.
+fn in_window(f: &Flight, airport: &str, hours: u8, now: Millis) -> bool {
+    let dep = f.departure();
+    f.from == airport && dep >= now - KEEP_AFTER_MS && dep <= now + hours as Millis * 3_600_000
+}
+
+fn board_airport(code: &str) -> Result<String, ApiError> {
+    let c = code.trim().to_ascii_uppercase();
+    if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::InvalidParams(
+            "airport must be a 3-letter IATA airport code".into(),
+        ));
+    }
+    airport(&c)
+        .map(|a| a.code.to_owned())
+        .ok_or(ApiError::NotFound("airport"))
+}
+
+impl Boards {
+    /// Notes a published seat change of a flight (pushed later, coalesced).
+    pub fn seats_changed(&self, flight: &FlightId) {
+        if !self.groups.lock().is_empty() {
+            self.dirty.lock().insert(flight.clone());
+        }
+    }
+
+    /// Removes a connection's boards.
+    pub fn leave(&self, conn_id: u64, airports: &[String]) {
+        let mut groups = self.groups.lock();
+        groups.retain(|(a, _), g| {
+            if airports.contains(a) {
+                g.watchers.retain(|w| w.id() != conn_id);
+            }
+            !g.watchers.is_empty()
+        });
+    }
+
+    /// The connections of the boards that show `f` (after its change), noting it shown.
+    fn watchers_of(&self, f: &Flight, now: Millis) -> Vec<Outbox> {
+        let mut out = Vec::new();
+        for ((a, hours), g) in self.groups.lock().iter_mut() {
+            if a == &f.from && (g.shown.contains(&f.id) || in_window(f, a, *hours, now)) {
+                g.shown.insert(f.id.clone());
+                out.extend(g.watchers.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// The dirty flights whose last availability push is old enough.
+    fn due(&self, now: Instant) -> Vec<FlightId> {
+        let mut sent = self.sent.lock();
+        let mut dirty = self.dirty.lock();
+        let ready: Vec<FlightId> = dirty
+            .iter()
+            .filter(|f| {
+                sent.get(*f)
+                    .is_none_or(|at| now.duration_since(*at) >= AVAILABILITY_INTERVAL)
+            })
+            .cloned()
+            .collect();
+        for f in &ready {
+            dirty.remove(f);
+            sent.insert(f.clone(), now);
+        }
+        sent.retain(|_, at| now.duration_since(*at) < AVAILABILITY_INTERVAL * 2);
+        ready
+    }
+}
+
+impl App {
+    /// `flights.watch`: the board's flights, soonest first, queued on the outbox with
+    /// the joining of the board's group, so that it precedes every push.
+    pub fn watch_board(
+        &self,
+        id: Option<&Value>,
+        p: params::Watch,
+        outbox: &Outbox,
+        boards: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        let code = board_airport(&p.airport)?;
+        let hours = p.hours.unwrap_or(DEFAULT_HOURS);
+        if !(1..=MAX_HOURS).contains(&hours) {
+            return Err(ApiError::InvalidParams(format!(
+                "hours must be 1-{MAX_HOURS}"
+            )));
+        }
+        if !boards.contains(&code) && boards.len() >= MAX_WATCHES {
+            return Err(ApiError::InvalidState(format!(
+                "a connection may watch at most {MAX_WATCHES} boards"
+            )));
+        }
+        self.boards.leave(outbox.id(), std::slice::from_ref(&code));
+        let now = domain::now_ms();
+        let mut groups = self.boards.groups.lock();
+        let group = groups.entry((code.clone(), hours)).or_default();
+        let mut shown: Vec<(Flight, Arc<FlightSeats>)> = self
+            .inventory
+            .all()
+            .into_iter()
+            .map(|fs| (fs.flight(), fs))
+            .filter(|(f, _)| in_window(f, &code, hours, now))
+            .collect();
+        shown.sort_by(|a, b| (a.0.departure(), &a.0.number).cmp(&(b.0.departure(), &b.0.number)));
+        let flights: Vec<Value> = shown
+            .iter()
+            .map(|(f, fs)| wire::flight(f, &fs.available(), now))
+            .collect();
+        group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
+        let result = json!({ "airport": code, "flights": flights });
+        if let Some(id) = id {
+            outbox.send(Utf8Bytes::from(envelope::success(id, &result)));
+        }
+        group.watchers.push(outbox.clone());
+        if !boards.contains(&code) {
+            boards.push(code);
+        }
+        Ok(())
+    }
+
+    /// `flights.unwatch`.
+    pub fn unwatch_board(
+        &self,
+        p: params::Unwatch,
+        conn_id: u64,
+        boards: &mut Vec<String>,
+    ) -> Result<Value, ApiError> {
+        let code = board_airport(&p.airport)?;
+        self.boards.leave(conn_id, std::slice::from_ref(&code));
+        boards.retain(|a| a != &code);
+        Ok(json!({}))
+    }
+
+    /// The boards' connections a status or time change of `f` goes to.
+    pub(super) fn board_watchers(&self, f: &Flight) -> Vec<Outbox> {
+        self.boards.watchers_of(f, domain::now_ms())
+    }
+
+    /// Pushes the availability of every flight that is due.
+    fn push_availability(&self) {
+        let now = domain::now_ms();
+        for id in self.boards.due(Instant::now()) {
+            let Some(fs) = self.inventory.get(id.as_str()) else {
+                continue;
+            };
+            let f = fs.flight();
+            let targets = self.boards.watchers_of(&f, now);
+            if !targets.is_empty() {
+                send_once(targets, &changed_frame(&f, &fs, None));
+            }
+        }
+    }
+
+    /// Slides every group's window: flights that entered it are pushed, those that
+    /// left it forgotten.
+    fn slide_boards(&self) {
+        let now = domain::now_ms();
+        let all: Vec<(Flight, Arc<FlightSeats>)> = self
+            .inventory
+            .all()
+            .into_iter()
+            .map(|fs| (fs.flight(), fs))
+            .collect();
+        let mut groups = self.boards.groups.lock();
+        for ((a, hours), g) in groups.iter_mut() {
+            let mut now_shown = HashSet::new();
+            for (f, fs) in all.iter().filter(|(f, _)| in_window(f, a, *hours, now)) {
+                if !g.shown.contains(&f.id) {
+                    send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
+                }
+                now_shown.insert(f.id.clone());
+            }
+            g.shown = now_shown;
+        }
+    }
+}
+
+/// Pushes coalesced availability and slides the windows, until `stop`.
+pub(super) async fn run_boards(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slid = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        app.push_availability();
+        if slid.elapsed() >= SLIDE_EVERY {
+            slid = Instant::now();
+            app.slide_boards();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_runs_from_an_hour_ago_to_hours_ahead_by_the_estimate() {
+        let mut f =
+            domain::schedule::demo_schedule(time::macros::date!(2026 - 12 - 01), 1).remove(0);
+        let dep = f.departs_at;
+        assert!(in_window(&f, &f.from.clone(), 1, dep - 3_600_000));
+        assert!(!in_window(&f, &f.from.clone(), 1, dep - 3_600_001));
+        assert!(in_window(&f, &f.from.clone(), 1, dep + KEEP_AFTER_MS));
+        assert!(!in_window(&f, &f.from.clone(), 1, dep + KEEP_AFTER_MS + 1));
+        assert!(!in_window(&f, "ZZZ", 48, dep));
+        // a delay keeps it on the board longer
+        f.estimated_departs_at = Some(dep + 2 * 3_600_000);
+        assert!(in_window(&f, &f.from.clone(), 1, dep + KEEP_AFTER_MS + 1));
+    }
+
+    #[test]
+    fn availability_is_due_once_per_interval() {
+        let b = Boards::default();
+        let f = FlightId::parse("JW1-20261201").unwrap();
+        b.groups.lock().insert(("LHR".into(), 24), Group::default());
+        let t0 = Instant::now();
+        b.seats_changed(&f);
+        assert_eq!(b.due(t0), vec![f.clone()]);
+        b.seats_changed(&f);
+        assert!(b.due(t0 + Duration::from_millis(900)).is_empty());
+        assert_eq!(b.due(t0 + AVAILABILITY_INTERVAL), vec![f.clone()]);
+        assert!(airport("LHR").is_some() && board_airport("lhr").unwrap() == "LHR");
+        assert!(matches!(board_airport("XXX"), Err(ApiError::NotFound(_))));
+        assert!(matches!(
+            board_airport("L1"),
+            Err(ApiError::InvalidParams(_))
+        ));
+    }
+}

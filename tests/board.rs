@@ -1,0 +1,224 @@
+//! Departure boards against a real server: `flights.watch` lists an airport's window
+//! soonest first, pushes status, time and (coalesced) availability changes as
+//! `flight.changed`, slides to take in a new flight, and keeps its limits.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+const ADMIN_PASSWORD: &str = "airline ops 2026";
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+async fn create(a: &mut Client, number: &str, from: &str, minutes: i64) -> String {
+    let dep = time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes);
+    let r = a
+        .ok(
+            "admin.flights.create",
+            json!({
+                "number": number, "from": from, "to": "VIE",
+                "departs_at": rfc3339(dep),
+                "arrives_at": rfc3339(dep + time::Duration::minutes(100)),
+                "aircraft": "E190",
+                "fares": {"economy": {"amount": 9_900, "currency": "EUR"},
+                          "business": {"amount": 39_900, "currency": "EUR"}},
+            }),
+        )
+        .await;
+    r["flight"]["flight_id"].as_str().unwrap().to_owned()
+}
+
+fn ids(flights: &Value) -> Vec<String> {
+    flights
+        .as_array()
+        .expect("flights")
+        .iter()
+        .map(|f| f["flight_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The next `flight.changed` of one flight (others are dropped).
+async fn changed_of(c: &mut Client, id: &str) -> Value {
+    loop {
+        let p = c.push("flight.changed").await;
+        if p["flight"]["flight_id"] == id {
+            return p;
+        }
+    }
+}
+
+fn economy_left(f: &Value) -> u64 {
+    f["cabins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cabin"] == "economy")
+        .unwrap()["seats_available"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_board_shows_its_window_and_follows_every_change() {
+    let s = Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await;
+    let mut admin = s.client().await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    let soon = create(&mut admin, "JW8001", "CPH", 120).await;
+    let later = create(&mut admin, "JW8002", "CPH", 30 * 60).await;
+
+    let mut board = s.client().await;
+    let r = board.ok("flights.watch", json!({"airport": "cph"})).await;
+    assert_eq!(r["airport"], "CPH");
+    let shown = ids(&r["flights"]);
+    assert!(
+        shown.contains(&soon) && !shown.contains(&later),
+        "{shown:?}"
+    );
+    let deps: Vec<i128> = r["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["from"], "CPH");
+            assert_eq!(f["from_tz"], "Europe/Copenhagen");
+            let t = f.get("estimated_departs_at").unwrap_or(&f["departs_at"]);
+            time::OffsetDateTime::parse(
+                t.as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+            .unix_timestamp_nanos()
+        })
+        .collect();
+    assert!(deps.windows(2).all(|w| w[0] <= w[1]), "soonest first");
+    let wide = s
+        .client()
+        .await
+        .ok("flights.watch", json!({"airport": "CPH", "hours": 48}))
+        .await;
+    assert!(ids(&wide["flights"]).contains(&later));
+
+    // availability: a burst of holds is coalesced to about one push a second, and
+    // the last one has the final count
+    let mut buyer = s.client().await;
+    buyer.new_user().await;
+    let seats = free_seats(&mut buyer, &soon, "economy", 8).await;
+    let before = economy_left(&buyer.ok("flights.get", json!({"flight_id": soon})).await["flight"]);
+    let started = Instant::now();
+    for (i, seat) in seats.iter().enumerate() {
+        hold(
+            &mut buyer,
+            &soon,
+            std::slice::from_ref(seat),
+            &format!("h{i}"),
+        )
+        .await;
+    }
+    let held_for = started.elapsed().as_secs_f64();
+    let mut pushes = 0;
+    loop {
+        let p = changed_of(&mut board, &soon).await;
+        pushes += 1;
+        if economy_left(&p["flight"]) == before - 8 {
+            break;
+        }
+    }
+    assert!(
+        (pushes as f64) <= held_for + 2.0,
+        "{pushes} availability pushes for 8 holds in {held_for:.2} s"
+    );
+
+    // a delay reaches the board at once, and once to a connection that also watches
+    // the seat map
+    board
+        .ok("seats.subscribe", json!({"flight_id": soon}))
+        .await;
+    let est = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(200));
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": soon, "estimated_departs_at": est, "reason": "late crew"}),
+        )
+        .await;
+    let p = loop {
+        // (an availability push of the burst may still be on its way)
+        let p = changed_of(&mut board, &soon).await;
+        if p["reason"] == "late crew" {
+            break p;
+        }
+    };
+    assert_eq!(p["flight"]["status"], "delayed");
+    board.ok("flights.airports", json!({})).await;
+    assert!(
+        !board
+            .pushes
+            .iter()
+            .any(|p| p["method"] == "flight.changed" && p["params"]["reason"] == "late crew"),
+        "the delay came twice"
+    );
+
+    // a new flight in the window slides in
+    let newcomer = create(&mut admin, "JW8003", "CPH", 90).await;
+    let p = changed_of(&mut board, &newcomer).await;
+    assert_eq!(p["flight"]["status"], "scheduled");
+
+    // after unwatching, nothing more (the seat map subscription is left too)
+    board
+        .ok("seats.unsubscribe", json!({"flight_id": soon}))
+        .await;
+    board.ok("flights.unwatch", json!({"airport": "CPH"})).await;
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": newcomer, "status": "boarding"}),
+        )
+        .await;
+    board.ok("flights.airports", json!({})).await;
+    assert!(
+        !board
+            .pushes
+            .iter()
+            .any(|p| p["method"] == "flight.changed"
+                && p["params"]["flight"]["flight_id"] == newcomer)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn watches_are_limited_and_checked() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    for a in ["LHR", "CDG", "FRA", "AMS"] {
+        c.ok("flights.watch", json!({"airport": a, "hours": 2}))
+            .await;
+    }
+    assert_eq!(
+        c.reason("flights.watch", json!({"airport": "MAD"})).await,
+        "invalid_state"
+    );
+    // watching a watched airport again only changes its window
+    c.ok("flights.watch", json!({"airport": "LHR", "hours": 48}))
+        .await;
+    c.ok("flights.unwatch", json!({"airport": "CDG"})).await;
+    c.ok("flights.watch", json!({"airport": "MAD"})).await;
+    for (p, reason) in [
+        (json!({"airport": "LHR", "hours": 0}), "invalid_params"),
+        (json!({"airport": "LHR", "hours": 49}), "invalid_params"),
+        (json!({"airport": "L1"}), "invalid_params"),
+        (json!({"airport": "XXX"}), "not_found"),
+        (json!({}), "invalid_params"),
+    ] {
+        assert_eq!(c.reason("flights.watch", p.clone()).await, reason, "{p}");
+    }
+    s.stop().await;
+}
