@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser end-to-end tests for the Jetway app (/) and display (/display.html):
+# Browser end-to-end tests for the Jetway app (/), display (/display.html) and
+# departures board (/board.html):
 # headless Chromium (Debian's package) driven by playwright-core, against a real
 # jetway server started by the tests themselves (tests/e2e/harness.js).
 #

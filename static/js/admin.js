@@ -415,7 +415,7 @@ async function cancelFlight(id) {
   if (!f) return;
   const reason = await reasonDialog(f);
   if (reason === null) return;
-  const button = state.rows.get(id)?.cells_.action.querySelector('button');
+  const button = state.rows.get(id)?.cells_.action.querySelector('.btn-danger-ghost');
   if (button) {
     button.disabled = true;
     button.textContent = 'Cancelling…';

@@ -1,0 +1,102 @@
+// Live operations in the browser: the seat-map display and the departures board show
+// an airline delay and a cancellation within 2 s, and the flight page's viewer count
+// follows a second browser opening and closing the flight.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { JetwayServer, launchBrowser, openPage, Api } from './harness.js';
+
+const ADMIN_PASSWORD = 'e2e-admin-pass-42';
+const WITHIN = 2000;
+
+const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+async function createFlight(admin, number, from, minutes) {
+  const dep = Date.now() + minutes * 60000;
+  const { flight } = await admin.call('admin.flights.create', {
+    number,
+    from,
+    to: 'VIE',
+    departs_at: iso(dep),
+    arrives_at: iso(dep + 100 * 60000),
+    aircraft: 'E190',
+    fares: { economy: { amount: 9900, currency: 'EUR' }, business: { amount: 39900, currency: 'EUR' } },
+  });
+  return flight;
+}
+
+describe('live operations', () => {
+  let server;
+  let browser;
+  let admin;
+
+  before(async () => {
+    server = await new JetwayServer({ env: { JETWAY_ADMIN_PASSWORD: ADMIN_PASSWORD } }).start();
+    browser = await launchBrowser();
+    admin = await Api.open(browser, server);
+    await admin.call('auth.login', { username: 'admin', password: ADMIN_PASSWORD });
+  });
+
+  after(async () => {
+    await admin?.close();
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  it('display and board show a delay and a cancel within 2 s', async () => {
+    const flight = await createFlight(admin, 'JW9101', 'DUB', 180);
+    const display = await openPage(browser, { viewport: { width: 1920, height: 1080 } });
+    await display.goto(`${server.url}/display.html?flight=${encodeURIComponent(flight.flight_id)}`);
+    await display.locator('#d-conn[data-state="live"]').waitFor();
+    await display.locator('[data-testid="flight-status"][data-value="scheduled"]').waitFor();
+    assert.match(await display.locator('[data-testid="when"]').textContent(), /GMT|IST/);
+
+    const board = await openPage(browser, { viewport: { width: 1920, height: 1080 } });
+    await board.goto(`${server.url}/board.html?airport=DUB`);
+    await board.locator('#d-conn[data-state="live"]').waitFor();
+    const row = (status) => board.locator(`tr[data-flight="${flight.flight_id}"][data-status="${status}"]`);
+    await row('scheduled').waitFor();
+
+    // a delay of 45 minutes
+    const est = iso(Date.parse(flight.departs_at) + 45 * 60000);
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late inbound aircraft' });
+    const delayedAt = Date.now();
+    await display.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor({ timeout: WITHIN });
+    await row('delayed').waitFor({ timeout: Math.max(1, WITHIN - (Date.now() - delayedAt)) });
+    assert.match(await row('delayed').locator('[data-testid="remark"]').textContent(), /^DELAYED \d\d:\d\d$/);
+    assert.match(await display.locator('[data-testid="when"]').textContent(), /estimated/);
+
+    // the airline cancels
+    await admin.call('admin.flights.cancel', { flight_id: flight.flight_id, reason: 'technical fault' });
+    const cancelledAt = Date.now();
+    await display.locator('[data-testid="flight-status"][data-value="cancelled"]').waitFor({ timeout: WITHIN });
+    await row('cancelled').waitFor({ timeout: Math.max(1, WITHIN - (Date.now() - cancelledAt)) });
+    assert.equal(await row('cancelled').locator('[data-testid="remark"]').textContent(), 'CANCELLED');
+
+    assert.deepEqual(display.consoleErrors(), []);
+    assert.deepEqual(board.consoleErrors(), []);
+    await display.context().close();
+    await board.context().close();
+  });
+
+  it("the flight page's viewer count follows a second browser", async () => {
+    const flight = await createFlight(admin, 'JW9102', 'DUB', 24 * 60);
+    const url = `${server.url}/#/flight/${encodeURIComponent(flight.flight_id)}`;
+    const first = await openPage(browser);
+    await first.goto(url);
+    const viewers = (n) => first.locator(`[data-testid="viewers"][data-value="${n}"]`);
+    await viewers(1).waitFor();
+    assert.equal(await viewers(1).textContent(), '1 person is viewing this flight');
+
+    const second = await openPage(browser);
+    await second.goto(url);
+    await second.locator('[data-testid="viewers"][data-value="2"]').waitFor();
+    await viewers(2).waitFor({ timeout: WITHIN + 1000 });
+    assert.equal(await viewers(2).textContent(), '2 people are viewing this flight');
+
+    await second.context().close();
+    await viewers(1).waitFor({ timeout: WITHIN + 1000 });
+    assert.deepEqual(first.consoleErrors(), []);
+    await first.context().close();
+  });
+});
