@@ -99,4 +99,37 @@ describe('live operations', () => {
     assert.deepEqual(first.consoleErrors(), []);
     await first.context().close();
   });
+
+  it('the dashboard delays a flight and starts boarding', async () => {
+    const flight = await createFlight(admin, 'JW9103', 'DUB', 6 * 60);
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/admin.html`);
+    await page.locator('#admin-password').fill(ADMIN_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#conn[data-state="live"]').waitFor();
+    await page.locator('#filter').fill('JW9103');
+    const row = page.locator(`tr[data-flight="${flight.flight_id}"]`);
+    await row.locator('[data-testid="status"][data-value="scheduled"]').waitFor();
+
+    // a later estimate: delayed, the estimate shown next to the schedule
+    await row.getByRole('button', { name: /Update status or times of flight JW9103/ }).click();
+    const dialog = page.locator('dialog[open]');
+    const est = new Date(Date.parse(flight.departs_at) + 30 * 60000).toISOString().slice(0, 16);
+    await dialog.locator('#upd-dep').fill(est);
+    await dialog.locator('#upd-reason').fill('late crew');
+    await dialog.getByRole('button', { name: 'Update flight' }).click();
+    await row.locator('[data-testid="status"][data-value="delayed"]').waitFor();
+    await row.locator('[data-testid="estimate"]', { hasText: `est. ${est.slice(11, 16)}` }).waitFor();
+
+    // then boarding
+    await row.getByRole('button', { name: /Update status or times of flight JW9103/ }).click();
+    await dialog.locator('#upd-status').selectOption('boarding');
+    await dialog.getByRole('button', { name: 'Update flight' }).click();
+    await row.locator('[data-testid="status"][data-value="boarding"]').waitFor();
+    const got = await admin.call('flights.get', { flight_id: flight.flight_id });
+    assert.equal(got.flight.status, 'boarding');
+    assert.equal(got.flight.estimated_departs_at, `${est}:00Z`);
+    assert.deepEqual(page.consoleErrors(), []);
+    await page.context().close();
+  });
 });
