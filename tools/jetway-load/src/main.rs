@@ -3,6 +3,7 @@
 //! run is bounded in time and count; `--json` prints one JSON object on stdout.
 //! See docs/benchmarks.md.
 
+mod boards;
 mod booking;
 mod client;
 mod connections;
@@ -139,6 +140,22 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         max_pairs: u64,
     },
+    /// B departure boards of one airport while writers change its flights' seats.
+    Boards {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, short = 'b', default_value_t = 1000)]
+        boards: usize,
+        #[arg(long, default_value = "LHR")]
+        airport: String,
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Seat changes per second, all writers together.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, short = 'd', default_value_t = 10.0)]
+        duration: f64,
+    },
     /// N users race for every seat of one flight.
     Stampede {
         #[command(flatten)]
@@ -177,6 +194,7 @@ impl Scenario {
             | Scenario::Fanout { common, .. }
             | Scenario::Booking { common, .. }
             | Scenario::Stampede { common, .. }
+            | Scenario::Boards { common, .. }
             | Scenario::LoginStorm { common, .. } => common,
         }
     }
@@ -468,12 +486,59 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 text,
             }
         }
+        Scenario::Boards {
+            common,
+            boards,
+            airport,
+            writers,
+            rate,
+            duration,
+        } => {
+            let (t, ep) = start(common).await?;
+            let o = boards::Opts {
+                boards: *boards,
+                airport: airport.clone(),
+                writers: *writers,
+                rate: *rate,
+                duration: *duration,
+                quiet: common.quiet,
+            };
+            let res = boards::run(&t, &ep, &o).await;
+            t.stop().await;
+            let out = res?;
+            let text = format!(
+                "boards ({}): {} boards of {} ({} flights in the window), {:.1} s\n\
+                 seat changes {} ({:.0}/s), writer {}, errors {}\n\
+                 pushes to boards {} ({:.2} per board per second), most pushes of one flight to one board in one second {}\n\
+                 server CPU {}\n",
+                out.target,
+                out.boards,
+                out.airport,
+                out.flights_in_window,
+                out.seconds,
+                out.changes,
+                out.changes_per_sec,
+                out.writer_latency,
+                out.writer_errors,
+                out.pushes,
+                out.pushes_per_board_per_sec,
+                out.max_per_flight_second,
+                out.server_cpu_percent
+                    .map_or("n/a".into(), |c| format!("{c:.0}%")),
+            );
+            Report {
+                ok: out.ok,
+                json: serde_json::to_value(&out)?,
+                text,
+            }
+        }
     };
     r.json["scenario"] = json!(match s {
         Scenario::Connections { .. } => "connections",
         Scenario::Fanout { .. } => "fanout",
         Scenario::Booking { .. } => "booking",
         Scenario::Stampede { .. } => "stampede",
+        Scenario::Boards { .. } => "boards",
         Scenario::LoginStorm { .. } => "login-storm",
     });
     r.json["ok"] = json!(r.ok);
