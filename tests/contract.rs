@@ -347,6 +347,42 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         )
         .await;
     assert_eq!(on_doomed["booking"]["status"], "held");
+    // live operations: a board, a delay, the viewer count
+    let mut board = s.client().await;
+    k.ok(
+        &mut board,
+        "flights.watch",
+        json!({"airport": "LHR", "hours": 48}),
+    )
+    .await;
+    k.ok(&mut board, "seats.subscribe", json!({"flight_id": doomed}))
+        .await;
+    let later = time::OffsetDateTime::parse(
+        created["flight"]["departs_at"]
+            .as_str()
+            .expect("departs_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339")
+        + time::Duration::minutes(30);
+    let est = later
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let delayed = k
+        .ok(
+            &mut admin,
+            "admin.flights.update",
+            json!({"flight_id": doomed, "estimated_departs_at": est, "reason": "late crew"}),
+        )
+        .await;
+    assert_eq!(delayed["flight"]["status"], "delayed");
+    k.push(&mut board, "flight.changed").await;
+    let mut viewer = s.client().await;
+    k.ok(&mut viewer, "seats.subscribe", json!({"flight_id": doomed}))
+        .await;
+    while k.push(&mut board, "flight.presence").await["viewers"] != 2 {}
+    k.ok(&mut board, "flights.unwatch", json!({"airport": "LHR"}))
+        .await;
     let c = k
         .ok(
             &mut admin,

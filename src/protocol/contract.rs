@@ -92,6 +92,8 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!("flights.get", Anyone, params::FlightRef => FlightGetResult, "One flight with its seat map and layout."),
     method!("seats.subscribe", Anyone, params::Subscribe => SubscribeResult, "Watches a flight's seat map: a snapshot, or the changes after `since`, then `seats.changed` pushes."),
     method!("seats.unsubscribe", Anyone, params::FlightRef => Empty, "Stops watching a flight."),
+    method!("flights.watch", Anyone, params::Watch => WatchResult, "Watches an airport's departures board: its flights, then `flight.changed` pushes."),
+    method!("flights.unwatch", Anyone, params::Unwatch => Empty, "Stops watching an airport's departures board."),
     method!("booking.hold", LoggedIn, params::Hold => BookingResult, "Holds seats (named, or best available) until the hold expires."),
     method!("booking.pay", LoggedIn, params::Pay => PayResult, "Pays a hold: the booking is confirmed and ticketed."),
     method!("booking.cancel", LoggedIn, params::Cancel => CancelResult, "Releases a hold, or cancels a confirmed booking (all or some seats) with a refund."),
@@ -104,6 +106,7 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!("history.list", LoggedIn, params::Limit => HistoryResult, "The caller's account events, newest first."),
     method!("admin.flights.create", Admin, params::CreateFlight => FlightResult, "Adds a flight to the schedule."),
     method!("admin.flights.cancel", Admin, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
+    method!("admin.flights.update", Admin, params::UpdateFlight => FlightResult, "Gives a flight estimated times and/or moves its status forward."),
     method!("admin.flights.stats", Admin, NoParams => StatsResult, "Occupancy and revenue of every flight."),
     method!("rpc.discover", Anyone, NoParams => Discover, "This OpenRPC document."),
 ];
@@ -124,6 +127,16 @@ pub static PUSH_CONTRACT: &[PushSpec] = &[
         "seats.changed",
         SeatsChanged,
         "One atomic change of a watched flight's seat map."
+    ),
+    push!(
+        "flight.changed",
+        FlightChanged,
+        "A flight's status or times changed, or (on a board) its seats left."
+    ),
+    push!(
+        "flight.presence",
+        FlightPresence,
+        "How many connections watch a subscribed flight's seat map (at most one a second)."
     ),
     push!(
         "booking.updated",
@@ -196,6 +209,8 @@ pub enum SeatStatus {
 #[serde(rename_all = "snake_case")]
 pub enum FlightStatus {
     Scheduled,
+    Delayed,
+    Boarding,
     Departed,
     Cancelled,
 }
@@ -231,6 +246,8 @@ pub struct Airport {
     pub code: String,
     pub city: String,
     pub name: String,
+    /// The IANA time zone.
+    pub tz: String,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -256,6 +273,17 @@ pub struct Flight {
     pub aircraft: String,
     pub aircraft_name: String,
     pub status: FlightStatus,
+    /// Once the airline gave an estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub estimated_departs_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub estimated_arrives_at: Option<String>,
+    /// The IANA time zone of `from`.
+    pub from_tz: String,
+    /// The IANA time zone of `to`.
+    pub to_tz: String,
     /// Business first, then economy.
     pub cabins: Vec<CabinFares>,
     /// Only on a cancelled flight.
@@ -344,6 +372,14 @@ pub struct FlightSummary {
     pub departs_at: String,
     #[schemars(with = "Timestamp")]
     pub arrives_at: String,
+    pub from_tz: String,
+    pub to_tz: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub estimated_departs_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub estimated_arrives_at: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -476,6 +512,8 @@ pub struct FlightGetResult {
 pub struct SubscribeResult {
     pub flight_id: String,
     pub version: u64,
+    /// Connections subscribed to the flight on every node, this one included.
+    pub viewers: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seats: Option<Vec<Seat>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -556,6 +594,9 @@ pub struct FlightStats {
     #[schemars(with = "Timestamp")]
     pub departs_at: String,
     pub status: FlightStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub estimated_departs_at: Option<String>,
     pub version: u64,
     pub seats_total: u32,
     pub seats_held: u32,
@@ -586,6 +627,33 @@ pub struct SeatsChanged {
     pub version: u64,
     pub seats: Vec<SeatChange>,
     pub cabins: Vec<CabinCount>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlightChanged {
+    pub flight: Flight,
+    /// The reason the change gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlightPresence {
+    pub flight_id: String,
+    pub viewers: u32,
+    /// When the count was taken.
+    #[schemars(with = "Timestamp")]
+    pub at: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchResult {
+    pub airport: String,
+    /// Departing from 1 hour ago to `hours` ahead, soonest first.
+    pub flights: Vec<Flight>,
 }
 
 // ----- errors ---------------------------------------------------------------------

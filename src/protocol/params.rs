@@ -244,22 +244,24 @@ pub struct CancelFlight {
     pub reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Watch {
     pub airport: String,
     pub hours: Option<u8>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Unwatch {
     pub airport: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpdateFlight {
     pub flight_id: String,
     pub estimated_departs_at: Option<String>,
     pub estimated_arrives_at: Option<String>,
+    /// `boarding` or `departed` (forward only).
+    #[schemars(with = "Option<super::contract::FlightStatus>")]
     pub status: Option<FlightStatus>,
     pub reason: Option<String>,
 }

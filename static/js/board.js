@@ -3,7 +3,7 @@
 // every flight.changed, drops flights an hour after they left, and on a reconnect
 // watches again (the reply replaces the list), like the seat-map display.
 
-import { RpcClient } from './rpc.js';
+import { Jetway } from './jetway.js';
 import { h, clear } from './ui.js';
 import { formatLocalShort, departureOf, flightRemark } from './format.js';
 
@@ -12,7 +12,7 @@ const params = new URLSearchParams(location.search);
 const airport = (params.get('airport') || 'LHR').toUpperCase();
 const hours = Number(params.get('hours')) || undefined;
 
-const client = new RpcClient({ maxDelay: 10000 });
+const client = new Jetway({ maxDelay: 10000 });
 const $ = (id) => document.getElementById(id);
 const flights = new Map(); // flight_id -> Flight
 let cities = new Map();

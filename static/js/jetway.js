@@ -240,6 +240,22 @@ export class Jetway extends RpcClient {
     return this.on('booking.updated', (p) => fn(p.booking));
   }
 
+  // ----- departure boards -----
+
+  /**
+   * Watches an airport's departures: its flights now, then `flight.changed` pushes
+   * (listen with `on('flight.changed', fn)`). Watch again after a reconnect.
+   * @param {string} airport @param {number} [hours] 1-48, default 24
+   * @returns {Promise<{airport: string, flights: Flight[]}>}
+   */
+  watchBoard(airport, hours) {
+    return this.call('flights.watch', hours ? { airport, hours } : { airport });
+  }
+  /** @param {string} airport @returns {Promise<{}>} */
+  unwatchBoard(airport) {
+    return this.call('flights.unwatch', { airport });
+  }
+
   // ----- airline (role admin) -----
 
   /**
@@ -256,6 +272,15 @@ export class Jetway extends RpcClient {
    */
   cancelFlight(flightId, reason) {
     return this.call('admin.flights.cancel', { flight_id: flightId, reason }, { timeout: 120000 });
+  }
+  /**
+   * New estimated times and/or the next status (`boarding`, then `departed`).
+   * @param {{flight_id: string, estimated_departs_at?: string, estimated_arrives_at?: string,
+   *   status?: 'boarding'|'departed', reason?: string}} params
+   * @returns {Promise<{flight: Flight}>}
+   */
+  updateFlight(params) {
+    return this.call('admin.flights.update', params);
   }
   /** @returns {Promise<{flights: FlightStats[]}>} */
   flightStats() {
