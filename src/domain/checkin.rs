@@ -10,10 +10,7 @@ use super::{
 
 /// Whether a flight in `status` takes check-ins.
 pub fn status_allows(status: FlightStatus) -> bool {
-    match status {
-        FlightStatus::Scheduled => true,
-        FlightStatus::Departed | FlightStatus::Cancelled => false,
-    }
+    status.allows(super::flight::Operation::CheckIn)
 }
 
 /// A passenger's check-in: the flight's check-in sequence number given to them.
@@ -200,6 +197,11 @@ mod tests {
                 business: Money::cents(300).unwrap(),
             },
             cancelled: None,
+            stage: FlightStatus::Scheduled,
+            estimated_departs_at: None,
+            estimated_arrives_at: None,
+            remark: None,
+            revision: 0,
         }
     }
 
