@@ -106,11 +106,18 @@ impl App {
         let joined = fs.subscribe(outbox, p.since, |version, start| {
             let mut result = json!({ "flight_id": flight_id, "version": version });
             result["viewers"] = json!(viewers);
-            match start {
-                Start::Snapshot(seats) => result["seats"] = json!(seats),
-                Start::Changes(changes) => result["changes"] = json!(changes),
-            }
-            id.map(|id| Utf8Bytes::from(envelope::success(id, &result)))
+            id.map(|id| {
+                Utf8Bytes::from(match start {
+                    // the map is encoded once per version, and only copied in here
+                    Start::Snapshot(seats) => {
+                        envelope::success_with_raw(id, &result, "seats", &seats)
+                    }
+                    Start::Changes(changes) => {
+                        result["changes"] = json!(changes);
+                        envelope::success(id, &result)
+                    }
+                })
+            })
         });
         if joined && !subs.contains(&fs.id) {
             subs.push(fs.id.clone());

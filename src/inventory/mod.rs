@@ -10,7 +10,7 @@
 use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde_json::{json, Value};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -115,12 +115,17 @@ pub struct Live {
     version: u64,
     status: Vec<SeatStatus>,
     replay: VecDeque<Arc<Published>>,
-    watchers: Vec<Outbox>,
+    /// By connection id: joining and leaving stay cheap with thousands of watchers.
+    watchers: HashMap<u64, Outbox>,
+    /// The JSON array of every seat at `version`, encoded once for all the subscribers
+    /// of that version; dropped by the next publish.
+    encoded: Option<Arc<str>>,
 }
 
 /// What a subscriber starts from.
 pub enum Start {
-    Snapshot(Vec<Value>),
+    /// The full map, already encoded as a JSON array of `Seat`s (shared, not copied).
+    Snapshot(Arc<str>),
     Changes(Vec<Value>),
 }
 
@@ -163,7 +168,8 @@ impl FlightSeats {
                 version,
                 status,
                 replay: VecDeque::new(),
-                watchers: Vec::new(),
+                watchers: HashMap::new(),
+                encoded: None,
             }),
             replay_capacity,
         }
@@ -244,6 +250,17 @@ impl FlightSeats {
         self.live.lock().version
     }
 
+    /// The published map encoded as a JSON array, built at most once per version.
+    fn encoded_seats(&self, live: &mut Live) -> Arc<str> {
+        if let Some(e) = &live.encoded {
+            return e.clone();
+        }
+        let json = Value::Array(self.seats_json(&live.status)).to_string();
+        let encoded: Arc<str> = Arc::from(json);
+        live.encoded = Some(encoded.clone());
+        encoded
+    }
+
     fn seats_json(&self, status: &[SeatStatus]) -> Vec<Value> {
         self.aircraft
             .seats()
@@ -287,6 +304,7 @@ impl FlightSeats {
             seats.push((self.aircraft.seats()[i].id, st));
         }
         live.version = change.version;
+        live.encoded = None;
         let cabins = counts(self.aircraft, &live.status);
         let json = wire::change(change.version, &seats, &cabins);
         let mut params = json.clone();
@@ -299,7 +317,7 @@ impl FlightSeats {
             version: change.version,
             json,
         }));
-        live.watchers.retain(|w| w.send(frame.clone()));
+        live.watchers.retain(|_, w| w.send(frame.clone()));
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -325,12 +343,12 @@ impl FlightSeats {
                         .collect(),
                 )
             }
-            _ => Start::Snapshot(self.seats_json(&live.status)),
+            _ => Start::Snapshot(self.encoded_seats(&mut live)),
         };
         let frame = reply(live.version, start);
-        live.watchers.retain(|w| w.id() != outbox.id());
+        live.watchers.remove(&outbox.id());
         if frame.is_none_or(|f| outbox.send(f)) {
-            live.watchers.push(outbox.clone());
+            live.watchers.insert(outbox.id(), outbox.clone());
             true
         } else {
             false
@@ -339,9 +357,7 @@ impl FlightSeats {
 
     pub fn unsubscribe(&self, conn_id: u64) -> bool {
         let mut live = self.live.lock();
-        let before = live.watchers.len();
-        live.watchers.retain(|w| w.id() != conn_id);
-        live.watchers.len() != before
+        live.watchers.remove(&conn_id).is_some()
     }
 
     pub fn watchers(&self) -> usize {
@@ -499,6 +515,39 @@ mod tests {
             }
         }
         assert_eq!(versions, [1, 2]);
+    }
+
+    #[test]
+    fn subscribers_share_the_map_encoded_once_per_version() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let limits = QueueLimits {
+            messages: 16,
+            bytes: 1 << 20,
+        };
+        let (watcher, _rx) = outbox(limits);
+        let map = || {
+            let mut got = None;
+            fs.subscribe(&watcher, None, |version, start| {
+                if let Start::Snapshot(seats) = start {
+                    got = Some((version, seats));
+                }
+                None
+            });
+            got.expect("a snapshot")
+        };
+        let (v0, first) = map();
+        let (_, again) = map();
+        assert!(Arc::ptr_eq(&first, &again), "encoded once for the version");
+        assert_eq!(fs.watchers(), 1, "subscribing again does not add a watcher");
+        fs.apply_committed(v0 + 1, vec![(0, occ("AAAAAA"))]);
+        let (v1, after) = map();
+        assert_eq!(v1, v0 + 1);
+        let seats: Vec<Value> = serde_json::from_str(&after).unwrap();
+        assert_eq!(seats, fs.snapshot().1, "the map of the new version");
+        assert_eq!(seats[0]["status"], "held");
+        assert!(fs.unsubscribe(watcher.id()));
+        assert_eq!(fs.watchers(), 0);
     }
 
     #[test]

@@ -94,6 +94,37 @@ pub fn success<T: Serialize>(id: &Value, result: &T) -> String {
     .unwrap_or_else(|_| failure(id, &ApiError::Internal))
 }
 
+/// A success reply whose result is the object `result` plus the member `key` set to
+/// `raw`, JSON that is already encoded: a large piece shared by many replies (a
+/// flight's seat map) is copied into each, not encoded again. `raw` must be valid JSON.
+pub fn success_with_raw(id: &Value, result: &Value, key: &str, raw: &str) -> String {
+    let (Value::Object(members), Ok(id), Ok(key)) = (
+        result,
+        serde_json::to_string(id),
+        serde_json::to_string(key),
+    ) else {
+        return failure(id, &ApiError::Internal);
+    };
+    let head = result.to_string();
+    let head = head.strip_suffix('}').unwrap_or("{");
+    let comma = if members.is_empty() { "" } else { "," };
+    let mut out = String::with_capacity(40 + id.len() + head.len() + key.len() + raw.len());
+    for piece in [
+        r#"{"jsonrpc":"2.0","id":"#,
+        &id,
+        r#","result":"#,
+        head,
+        comma,
+        &key,
+        ":",
+        raw,
+        "}}",
+    ] {
+        out.push_str(piece);
+    }
+    out
+}
+
 pub fn failure(id: &Value, err: &ApiError) -> String {
     serde_json::to_string(&Failure { jsonrpc: "2.0", id, error: err.to_json() })
         .unwrap_or_else(|_| r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error","data":{"reason":"internal"}}}"#.into())
@@ -184,6 +215,28 @@ mod tests {
             let reply: Value = serde_json::from_str(&success(&id, &1)).unwrap();
             assert_eq!(reply["id"], id, "{text}");
         }
+    }
+
+    #[test]
+    fn a_spliced_member_makes_the_same_reply_as_encoding_it() {
+        let seats =
+            json!([{"seat": "1A", "status": "held"}, {"seat": "1B", "status": "available"}]);
+        for (id, result) in [
+            (json!(7), json!({"flight_id": "JW100", "version": 3})),
+            (json!("a\"b"), json!({})),
+            (Value::Null, json!({"viewers": 2})),
+        ] {
+            let spliced = success_with_raw(&id, &result, "seats", &seats.to_string());
+            let mut whole = result.clone();
+            whole["seats"] = seats.clone();
+            let parsed: Value = serde_json::from_str(&spliced).unwrap();
+            let expected: Value = serde_json::from_str(&success(&id, &whole)).unwrap();
+            assert_eq!(parsed, expected, "{spliced}");
+        }
+        // a result that is not an object cannot take a member
+        let refused: Value =
+            serde_json::from_str(&success_with_raw(&json!(1), &json!([]), "seats", "[]")).unwrap();
+        assert_eq!(refused["error"]["code"], json!(-32603));
     }
 
     #[test]

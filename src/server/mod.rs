@@ -3,6 +3,7 @@
 //! start/stop of the whole server.
 
 mod assets;
+mod coalesce;
 mod dispatch;
 pub mod forwarded;
 pub mod limits;
@@ -429,7 +430,7 @@ async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let io = coalesce::Coalesce::new(hyper_util::rt::TokioIo::new(upgraded));
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
         session::run(app, socket, shutdown, shield, ip).await;
     });

@@ -30,14 +30,16 @@ use crate::protocol::{envelope, parse_request, ApiError};
 /// Largest request frame handled; larger ones get `too_large`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// A frame longer than this is sent in fragments of at most this size, and smaller
-/// frames are gathered up to this size before a write. tungstenite's write buffer
-/// never shrinks, so this bounds what it keeps per connection: without it, every
+/// frames are gathered up to this size in tungstenite's write buffer (the socket
+/// below, [`super::coalesce`], sends a whole batch at once). That buffer never
+/// shrinks, so this bounds what it keeps per connection: without it, every
 /// connection would keep a buffer the size of the full seat map it was sent once.
 pub const FRAGMENT: usize = 512;
 /// How long writing one batch to a client may take before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket =
+    WebSocketStream<super::coalesce::Coalesce<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>;
 type Sink = SplitSink<Socket, Message>;
 /// The request being handled, giving the connection's state back (or the panic).
 type InFlight = Pin<Box<dyn Future<Output = std::thread::Result<ConnState>> + Send>>;

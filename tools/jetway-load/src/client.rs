@@ -123,7 +123,7 @@ impl Conn {
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err("connection closed".into()),
             };
-            let v: Value = serde_json::from_str(text.as_str())?;
+            let mut v: Value = serde_json::from_str(text.as_str())?;
             if v.get("id").and_then(Value::as_u64) != Some(id) {
                 self.pushes += 1;
                 continue;
@@ -141,7 +141,11 @@ impl Conn {
                     .to_string();
                 return Ok(Err(RpcError { reason, message }));
             }
-            return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));
+            // taken, not cloned: a full seat map is thousands of values
+            return Ok(Ok(v
+                .get_mut("result")
+                .map(Value::take)
+                .unwrap_or(Value::Null)));
         }
     }
 

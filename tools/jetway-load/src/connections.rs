@@ -38,6 +38,9 @@ pub struct Outcome {
     pub first_error: Option<String>,
     pub open_seconds: f64,
     pub connections_per_sec: f64,
+    /// Server CPU time spent while the connections were opened, per connection (the
+    /// load tool shares the machine, so the rate alone may measure the client).
+    pub server_cpu_us_per_connection: Option<f64>,
     pub memory_before: Option<ProcStatus>,
     pub memory_open: Option<ProcStatus>,
     pub memory_closed: Option<ProcStatus>,
@@ -69,6 +72,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     drop(setup);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = target.memory();
+    let cpu_before = target.cpu_seconds();
 
     let dropped = Arc::new(AtomicU64::new(0));
     let pb = stats::bar(o.connections as u64, "connecting", o.quiet);
@@ -103,6 +107,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         .collect::<Vec<_>>()
         .await;
     let open_seconds = start.elapsed().as_secs_f64();
+    let cpu_opening = cpu_before.zip(target.cpu_seconds()).map(|(a, b)| b - a);
     pb.finish_and_clear();
     let mut tasks = Vec::new();
     let mut failed = 0u64;
@@ -140,6 +145,9 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         first_error,
         open_seconds,
         connections_per_sec: opened as f64 / open_seconds.max(1e-9),
+        server_cpu_us_per_connection: cpu_opening
+            .filter(|_| opened > 0)
+            .map(|s| s * 1e6 / opened as f64),
         memory_before: before,
         memory_open: open,
         memory_closed: closed,

@@ -305,7 +305,7 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             let out = res?;
             let kib = |b: Option<f64>| b.map_or("n/a".into(), |b| format!("{:.2} KiB", b / 1024.0));
             let text = format!(
-                "connections ({}): {} of {} open in {:.1} s ({:.0}/s), {} failed, {} dropped\n\
+                "connections ({}): {} of {} open in {:.1} s ({:.0}/s, server CPU {} per connection), {} failed, {} dropped\n\
                  server memory per connection: {} VmRSS, {} RssAnon\n\
                  server VmRSS before/open/closed: {:?}/{:?}/{:?} KiB{}\n",
                 out.target,
@@ -313,6 +313,8 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 out.requested,
                 out.open_seconds,
                 out.connections_per_sec,
+                out.server_cpu_us_per_connection
+                    .map_or("n/a".into(), |us| format!("{us:.0} µs")),
                 out.failed,
                 out.dropped,
                 kib(out.bytes_per_connection),
