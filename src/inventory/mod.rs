@@ -366,7 +366,7 @@ impl FlightSeats {
 
     /// The connections subscribed to the seat map.
     pub fn watcher_outboxes(&self) -> Vec<Outbox> {
-        self.live.lock().watchers.clone()
+        self.live.lock().watchers.values().cloned().collect()
     }
 }
 
