@@ -391,6 +391,47 @@ async fn open_holds_per_user_are_limited() {
     s.stop().await;
 }
 
+/// The open holds are counted from state kept as bookings are written: rebuilt from
+/// the data dir at start, and a hold that expired no longer counts.
+#[tokio::test]
+async fn open_holds_are_counted_after_a_restart_and_freed_by_expiry() {
+    let mut s = Server::start_with(|c| c.limits.max_open_holds = 1).await;
+    let mut c = s.client().await;
+    let token = c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(&mut c, &fid, "economy", 3).await;
+    let first = hold(&mut c, &fid, &seats[0..1], "h1").await;
+    s.restart_with(|c| {
+        c.limits.max_open_holds = 1;
+        c.hold_ttl = 1;
+    })
+    .await;
+    let mut c = s.client().await;
+    c.ok("auth.resume", json!({"token": token})).await;
+    let hold_one = |rid: &str, seat: &String| json!({"flight_id": fid, "seats": [seat], "passengers": passengers(1), "request_id": rid});
+    let e = c.err("booking.hold", hold_one("h2", &seats[1])).await;
+    assert!(e["message"].as_str().unwrap().contains("open holds"), "{e}");
+    c.ok(
+        "booking.cancel",
+        json!({"locator": first["locator"], "request_id": "c1"}),
+    )
+    .await;
+    // a hold of 1 s: once it expired, the user may hold again
+    let short = hold(&mut c, &fid, &seats[1..2], "h3").await;
+    let deadline = Instant::now() + WAIT;
+    while c
+        .ok("booking.get", json!({"locator": short["locator"]}))
+        .await["booking"]["status"]
+        != "expired"
+    {
+        assert!(Instant::now() < deadline, "the hold never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.ok("booking.hold", hold_one("h4", &seats[2])).await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn login_brute_force_backs_off_per_username() {
     let s = Server::start_with(|c| {

@@ -195,6 +195,19 @@ pub(super) fn check_bookable(
 }
 
 impl App {
+    /// Refuses a new hold while the user already has `--max-open-holds` unexpired
+    /// holds (a hold-everything attack on a flight). Runs under the user's request
+    /// lock (inside [`App::idempotent`]), so two holds of one user cannot both slip by.
+    fn check_open_holds(&self, user: domain::UserId, now: domain::Millis) -> Result<(), ApiError> {
+        let max = self.config.limits.max_open_holds;
+        if max > 0 && self.store.open_holds(user, now) >= max {
+            return Err(ApiError::InvalidState(format!(
+                "at most {max} open holds per user: pay for or cancel one first"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
         let want = wanted(&p)?;
         let passengers = p
@@ -209,7 +222,7 @@ impl App {
         self.committer.catch_up().await?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();
-            crate::server::limits::check_open_holds(self, s.user_id, now)?;
+            self.check_open_holds(s.user_id, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
             self.seat_step(&fs, Some(&key), |w| {
                 let flight = check_bookable(&fs, now)?;

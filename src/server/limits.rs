@@ -16,11 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::App;
 use crate::config::LimitsConfig;
-use crate::domain::{BookingStatus, Millis, UserId};
 use crate::metrics::{Metrics, Rejection};
-use crate::protocol::ApiError;
 
 /// Trusted proxies are a server concern: their WebSockets count for the clients they
 /// forward.
@@ -30,31 +27,6 @@ impl LimitsConfig {
     pub fn counts_tcp_peer(&self, ip: IpAddr) -> bool {
         self.limits_addr(ip) && !super::forwarded::is_trusted(ip, &self.trusted_proxies)
     }
-}
-
-// ---------------------------------------------------------------------------
-// Open holds per user
-
-/// Refuses a new hold while the user already has `--max-open-holds` unexpired
-/// holds (a hold-everything attack on a flight). Runs under the user's request
-/// lock (inside `App::idempotent`), so two holds of one user cannot both slip by.
-pub fn check_open_holds(app: &App, user: UserId, now: Millis) -> Result<(), ApiError> {
-    let max = app.config.limits.max_open_holds;
-    if max == 0 {
-        return Ok(());
-    }
-    let open = app
-        .store
-        .user_bookings(user)?
-        .iter()
-        .filter(|b| b.status == BookingStatus::Held && b.hold_expires_at.is_some_and(|t| t > now))
-        .count();
-    if open >= max {
-        return Err(ApiError::InvalidState(format!(
-            "at most {max} open holds per user: pay for or cancel one first"
-        )));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ use super::{
     Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, PaymentMark,
     RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
 };
-use crate::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+use crate::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
 
 /// One try of one request to one member.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -778,6 +778,9 @@ impl Store for EtcdStore {
 
     fn booking_counts(&self) -> BookingCounts {
         self.mirror.booking_counts()
+    }
+    fn open_holds(&self, user: UserId, now: Millis) -> usize {
+        self.mirror.open_holds(user, now)
     }
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
         self.mirror.user_bookings(user)

@@ -395,6 +395,9 @@ pub trait Store: Send + Sync + 'static {
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;
     /// Bookings by status, kept as bookings are written: reads no booking.
     fn booking_counts(&self) -> BookingCounts;
+    /// The user's bookings held and unexpired at `now`, kept as bookings are written:
+    /// reads no booking, so a hold costs the same however long the user's history.
+    fn open_holds(&self, user: UserId, now: Millis) -> usize;
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
     fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>>;

@@ -1,7 +1,8 @@
 //! The sled backend: one tree, keys prefixed by record kind, JSON values, one
 //! transaction per [`Batch`]. `sync` flushes sled and then fdatasyncs its data file,
 //! because sled's own flush uses `sync_file_range`, which leaves the drive cache unflushed.
-//! It also keeps the count of bookings per status as booking records are written.
+//! It also keeps, as booking records are written, the count of bookings per status and
+//! each user's open holds.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,10 @@ use super::{
     Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundRecord,
     SessionRecord, Store, StoreError, StoreResult, UserRecord,
 };
-use crate::domain::{Booking, BookingStatus, Flight, FlightId, Locator, Order, UserId, Username};
+use crate::domain::{
+    Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
+};
+use dashmap::DashMap;
 
 const USER: u8 = b'U';
 const USER_ID: u8 = b'I';
@@ -57,15 +61,30 @@ pub struct SledStore {
     id_floor: u64,
 }
 
-/// Bookings by status, changed by every write of a booking record (seeded by one
-/// pass at open), so that counting them reads no booking.
+/// Bookings by status and each user's holds, changed by every write of a booking
+/// record (seeded by one pass at open), so that counting them reads no booking.
 #[derive(Default)]
-struct Tally([AtomicI64; BookingStatus::ALL.len()]);
+struct Tally {
+    statuses: [AtomicI64; BookingStatus::ALL.len()],
+    holds: DashMap<UserId, Vec<HeldEntry>>,
+}
 
-/// The only field of a booking record the tally needs.
+/// One held booking of a user. `net` counts the writes that made it held minus those
+/// that ended its hold, so that two writes of one booking may reach the tally in either
+/// order; the entry goes once it drops to 0.
+struct HeldEntry {
+    locator: Locator,
+    expires_at: Option<Millis>,
+    net: i32,
+}
+
+/// The fields of a booking record the tally needs.
 #[derive(Deserialize)]
-struct StatusOnly {
+struct TallyFields {
     status: BookingStatus,
+    user_id: UserId,
+    locator: Locator,
+    hold_expires_at: Option<Millis>,
 }
 
 impl Tally {
@@ -80,21 +99,62 @@ impl Tally {
 
     /// A booking record went from `old` to `new` (`None`: absent).
     fn change(&self, old: Option<&[u8]>, new: Option<&[u8]>) {
-        let status = |v: &[u8]| serde_json::from_slice::<StatusOnly>(v).ok();
-        if let Some(s) = old.and_then(status) {
-            self.0[s.status.index()].fetch_sub(1, Ordering::Relaxed);
+        let fields = |v: &[u8]| serde_json::from_slice::<TallyFields>(v).ok();
+        if let Some(b) = old.and_then(fields) {
+            self.statuses[b.status.index()].fetch_sub(1, Ordering::Relaxed);
+            self.count_hold(&b, -1);
         }
-        if let Some(s) = new.and_then(status) {
-            self.0[s.status.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = new.and_then(fields) {
+            self.statuses[b.status.index()].fetch_add(1, Ordering::Relaxed);
+            self.count_hold(&b, 1);
+        }
+    }
+
+    fn count_hold(&self, b: &TallyFields, delta: i32) {
+        if b.status != BookingStatus::Held {
+            return;
+        }
+        let mut list = self.holds.entry(b.user_id).or_default();
+        let i = match list.iter().position(|e| e.locator == b.locator) {
+            Some(i) => i,
+            None => {
+                list.push(HeldEntry {
+                    locator: b.locator.clone(),
+                    expires_at: b.hold_expires_at,
+                    net: 0,
+                });
+                list.len() - 1
+            }
+        };
+        let e = &mut list[i];
+        e.net += delta;
+        if delta > 0 {
+            e.expires_at = b.hold_expires_at;
+        }
+        if e.net == 0 {
+            list.swap_remove(i);
+        }
+        let empty = list.is_empty();
+        drop(list);
+        if empty {
+            self.holds.remove_if(&b.user_id, |_, l| l.is_empty());
         }
     }
 
     fn counts(&self) -> BookingCounts {
         BookingCounts(
-            self.0
+            self.statuses
                 .each_ref()
                 .map(|n| n.load(Ordering::Relaxed).max(0) as u64),
         )
+    }
+
+    fn open_holds(&self, user: UserId, now: Millis) -> usize {
+        self.holds.get(&user).map_or(0, |list| {
+            list.iter()
+                .filter(|e| e.net > 0 && e.expires_at.is_some_and(|t| t > now))
+                .count()
+        })
     }
 }
 
@@ -603,6 +663,10 @@ impl Store for SledStore {
         self.tally.counts()
     }
 
+    fn open_holds(&self, user: UserId, now: Millis) -> usize {
+        self.tally.open_holds(user, now)
+    }
+
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
         self.newest_via_index(USER_BOOKING, user, BOOKING)
     }
@@ -799,6 +863,7 @@ mod tests {
         expected.0[BookingStatus::Cancelled.index()] = 1;
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.booking_counts(), expected, "seeded at open");
+        assert_eq!(s.open_holds(UserId(1), 0), 1, "open holds seeded at open");
         for batch in &batches {
             let raw: Vec<_> = batch_ops(batch, &[])
                 .unwrap()
@@ -811,6 +876,56 @@ mod tests {
             mirror.apply_raw(&raw).unwrap();
         }
         assert_eq!(mirror.booking_counts(), expected, "a mirror counts too");
+        assert_eq!(mirror.open_holds(UserId(1), 0), 1, "and tallies open holds");
+    }
+
+    #[test]
+    fn open_holds_follow_pay_expiry_time_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = booking("AAAAAA", 1, 100);
+        let b = booking("BBBBBB", 1, 200);
+        let mut paid = a.clone();
+        paid.status = BookingStatus::Confirmed;
+        paid.hold_expires_at = None;
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.write(&Batch {
+                new_bookings: vec![a.clone(), b.clone(), booking("CCCCCC", 2, 100)],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.open_holds(UserId(1), 0), 2);
+            assert_eq!(s.open_holds(UserId(1), 101), 1, "a's hold lapsed at 101");
+            assert_eq!(s.open_holds(UserId(2), 0), 1);
+            assert_eq!(s.open_holds(UserId(3), 0), 0);
+            s.write(&Batch {
+                bookings: vec![paid.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.open_holds(UserId(1), 0), 1, "paying ends a hold");
+            s.sync().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.open_holds(UserId(1), 0), 1, "rebuilt at open");
+        assert_eq!(s.open_holds(UserId(2), 0), 1);
+        let mut expired = b;
+        expired.status = BookingStatus::Expired;
+        s.write(&Batch {
+            bookings: vec![expired],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.open_holds(UserId(1), 0), 0, "expiring ends a hold");
+        assert!(!s.tally.holds.contains_key(&UserId(1)), "no empty entries");
+
+        // two writes of one booking may reach the tally in either order
+        let t = Tally::default();
+        let (held, ended) = (encode(&a).unwrap(), encode(&paid).unwrap());
+        t.change(Some(&held), Some(&ended));
+        t.change(None, Some(&held));
+        assert_eq!(t.open_holds(UserId(1), 0), 0);
+        assert!(t.holds.is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! counts the reads that decode bookings.
 
 use jetway::app::{App, AuthSession};
-use jetway::domain::{Booking, Flight, FlightId, Locator, Order, UserId, Username};
+use jetway::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
 use jetway::fanout::{outbox, QueueLimits};
 use jetway::protocol::params::decode;
 use jetway::protocol::ApiError;
@@ -127,6 +127,9 @@ impl Store for Faulty {
     }
     fn booking_counts(&self) -> BookingCounts {
         self.inner.booking_counts()
+    }
+    fn open_holds(&self, user: UserId, now: Millis) -> usize {
+        self.inner.open_holds(user, now)
     }
     fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
         self.read_bookings();
