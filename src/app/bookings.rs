@@ -208,6 +208,50 @@ impl App {
         Ok(())
     }
 
+    /// Answers `seat_unavailable` without waiting for the user's turn when the
+    /// published (durable) map shows the wanted seats taken and this request was not
+    /// answered before. A reply is durable before its seats are published, so looking
+    /// it up after the map cannot miss a twin of this request that took them.
+    fn unavailable_at_once(
+        &self,
+        fs: &FlightSeats,
+        want: &Wanted,
+        user: domain::UserId,
+        request_id: &str,
+    ) -> Result<(), ApiError> {
+        if check_bookable(fs, domain::now_ms()).is_err() {
+            return Ok(());
+        }
+        let taken = match want {
+            Wanted::Seats(seats) => {
+                let idx: Option<Vec<usize>> =
+                    seats.iter().map(|s| fs.aircraft.seat_index(*s)).collect();
+                match idx.map(|idx| fs.published_taken(&idx)) {
+                    Some(taken) if !taken.is_empty() => taken,
+                    _ => return Ok(()),
+                }
+            }
+            Wanted::Best { count, cabin } => {
+                let free = fs
+                    .available()
+                    .iter()
+                    .find(|(c, _)| c == cabin)
+                    .map_or(0, |(_, n)| *n as usize);
+                if free >= *count {
+                    return Ok(());
+                }
+                Vec::new()
+            }
+        };
+        let key = super::idem_key(user, "booking.hold", request_id)?;
+        match self.store.reply(&key)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::SeatUnavailable(
+                taken.iter().map(|s| s.to_string()).collect(),
+            )),
+        }
+    }
+
     pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
         let want = wanted(&p)?;
         let passengers = p
@@ -220,6 +264,7 @@ impl App {
             .get(&p.flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
         self.committer.catch_up().await?;
+        self.unavailable_at_once(&fs, &want, s.user_id, &p.request_id)?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();
             self.check_open_holds(s.user_id, now)?;
