@@ -466,13 +466,8 @@ impl App {
         F: FnOnce(IdemKey) -> Fut,
         Fut: std::future::Future<Output = Result<Value, ApiError>>,
     {
-        let request_id = domain::RequestId::parse(request_id)?;
+        let key = idem_key(user, method, request_id)?;
         let _serial = self.user_turn(user).await;
-        let key = IdemKey {
-            user,
-            method,
-            request_id: request_id.to_string(),
-        };
         if let Some(v) = self.store.reply(&key)? {
             self.committer.settle_reads().await?;
             return replay(v);
@@ -545,6 +540,15 @@ impl App {
             "holds_scheduled": self.expiry.pending(),
         })
     }
+}
+
+/// The key of a request's remembered reply; refuses a malformed request id.
+fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<IdemKey, ApiError> {
+    Ok(IdemKey {
+        user,
+        method,
+        request_id: domain::RequestId::parse(request_id)?.to_string(),
+    })
 }
 
 /// One user's turn to make a request (see [`App::user_turn`]).

@@ -246,6 +246,20 @@ impl FlightSeats {
         )
     }
 
+    /// The seats among `wanted` (indices) the published map shows taken.
+    pub fn published_taken(&self, wanted: &[usize]) -> Vec<SeatId> {
+        let live = self.live.lock();
+        wanted
+            .iter()
+            .filter(|&&i| {
+                live.status
+                    .get(i)
+                    .is_some_and(|&s| s != SeatStatus::Available)
+            })
+            .map(|&i| self.aircraft.seats()[i].id)
+            .collect()
+    }
+
     pub fn published_version(&self) -> u64 {
         self.live.lock().version
     }
