@@ -145,7 +145,7 @@ fn wanted(p: &params::Hold) -> Result<Wanted, ApiError> {
     Ok(w)
 }
 
-fn new_locator() -> Locator {
+pub(super) fn new_locator() -> Locator {
     let mut r = [0u8; 6];
     rand::rngs::OsRng.fill_bytes(&mut r);
     Locator::from_random(r)
@@ -200,7 +200,12 @@ impl App {
     /// lock (inside [`App::idempotent`]), so two holds of one user cannot both slip by.
     fn check_open_holds(&self, user: domain::UserId, now: domain::Millis) -> Result<(), ApiError> {
         let max = self.config.limits.max_open_holds;
-        if max > 0 && self.store.open_holds(user, now) >= max {
+        if max == 0 {
+            return Ok(());
+        }
+        // waitlist offers do not count against the cap
+        let offers = domain::waitlist::offered_holds(&self.store.user_waitlist(user)?).len();
+        if self.store.open_holds(user, now).saturating_sub(offers) >= max {
             return Err(ApiError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));
@@ -252,18 +257,28 @@ impl App {
         }
     }
 
-    pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
-        let want = wanted(&p)?;
-        let passengers = p
-            .passengers
+    /// A party's validated passenger names and the flight's seats, caught up with
+    /// the cluster (what holding and joining a waitlist start from).
+    pub(super) async fn party_on(
+        &self,
+        passengers: &[params::Passenger],
+        flight_id: &str,
+    ) -> Result<(Vec<String>, Arc<FlightSeats>), ApiError> {
+        let names = passengers
             .iter()
             .map(|x| passenger_name(&x.name))
             .collect::<Result<Vec<_>, _>>()?;
         let fs = self
             .inventory
-            .get(&p.flight_id)
+            .get(flight_id)
             .ok_or(ApiError::NotFound("flight"))?;
         self.committer.catch_up().await?;
+        Ok((names, fs))
+    }
+
+    pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
+        let want = wanted(&p)?;
+        let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.unavailable_at_once(&fs, &want, s.user_id, &p.request_id)?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
             let now = domain::now_ms();

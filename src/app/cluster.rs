@@ -111,6 +111,17 @@ impl App {
                         self.presence.set_remote(node, flight, *viewers);
                     }
                 }
+                Change::Waitlist(e) => {
+                    let bookings: Vec<_> = changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            Change::Booking(b) => Some(b),
+                            _ => None,
+                        })
+                        .collect();
+                    let (user, frame) = super::waitlist::replicated_push(self, e, &bookings);
+                    self.users.push(user, &frame);
+                }
                 Change::Flight(_) | Change::Seats(_) => {}
             }
         }

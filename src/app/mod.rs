@@ -18,6 +18,7 @@ mod payments;
 mod presence;
 mod refunds;
 mod status;
+mod waitlist;
 
 use dashmap::DashMap;
 use rand::RngCore;
@@ -383,14 +384,18 @@ impl App {
     ///
     /// On a replicated store the working map is left as it is: the write commits only
     /// if no other node changed the flight meanwhile, and the change feed applies it.
+    ///
+    /// The flight's waitlist is served in the same batch and version (see
+    /// [`App::serve_waitlist`]).
     fn change_seats(
         &self,
         fs: &Arc<FlightSeats>,
         w: &mut Working,
         mut batch: Batch,
-        updates: Vec<(usize, Option<Occupant>)>,
+        mut updates: Vec<(usize, Option<Occupant>)>,
         booking: &Booking,
     ) -> Result<Ticket, StoreError> {
+        let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, Some(booking))?;
         let next = w.version + 1;
         batch.versions.push((fs.id.clone(), next));
         if self.committer.is_replicated() {
@@ -402,7 +407,12 @@ impl App {
             if booking.status != domain::BookingStatus::Held {
                 self.expiry.forget(&booking.locator);
             }
-            Some(self.announce(fs, Some(change), booking))
+            let announce = self.announce(fs, Some(change), booking);
+            let waitlist = self.served_action(served);
+            Some(Box::new(move || {
+                announce();
+                waitlist();
+            }))
         })
     }
 

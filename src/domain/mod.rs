@@ -12,12 +12,14 @@ pub mod ids;
 pub mod money;
 pub mod schedule;
 pub mod seating;
+pub mod waitlist;
 
 pub use aircraft::{Aircraft, Cabin, SeatInfo};
 pub use booking::{BookedSeat, Booking, BookingStatus, Order, OrderStatus};
 pub use flight::{Fares, Flight, FlightStatus, SeatStatus};
 pub use ids::{FlightId, Locator, RequestId, SeatId, TicketNumber, UserId, Username};
 pub use money::Money;
+pub use waitlist::{WaitlistEntry, WaitlistStatus};
 
 /// A rule of the domain was broken; each variant maps to one wire error reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

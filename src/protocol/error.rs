@@ -48,6 +48,8 @@ pub enum ApiError {
     /// secret, then pay again with a new request id.
     #[error("the payment needs the customer's authentication (3-D Secure)")]
     PaymentActionRequired { client_secret: String },
+    #[error("{0}")]
+    SeatsAvailable(String),
     #[error("too many requests, slow down")]
     RateLimited,
     #[error("frame too large (limit {0} bytes)")]
@@ -81,6 +83,7 @@ impl ApiError {
             CheckinClosed => "checkin_closed",
             CheckedIn => "checked_in",
             PaymentActionRequired { .. } => "payment_action_required",
+            SeatsAvailable(_) => "seats_available",
             RateLimited => "rate_limited",
             TooLarge(_) => "too_large",
             Internal => "internal",
@@ -200,6 +203,7 @@ impl ApiError {
             CheckinClosed => -32014,
             CheckedIn => -32015,
             PaymentActionRequired { .. } => -32020,
+            SeatsAvailable(_) => -32016,
             RateLimited => -32029,
         }
     }
@@ -237,6 +241,7 @@ impl ApiError {
                 client_secret: data.get("client_secret")?.as_str()?.to_owned(),
             },
             "invalid_state" => ApiError::InvalidState(msg),
+            "seats_available" => ApiError::SeatsAvailable(msg),
             "hold_expired" => ApiError::HoldExpired,
             "checkin_closed" => ApiError::CheckinClosed,
             "checked_in" => ApiError::CheckedIn,
@@ -299,6 +304,7 @@ mod tests {
             ApiError::CheckedIn,
             ApiError::SeatUnavailable(vec!["1A".into(), "1C".into()]),
             ApiError::InvalidState("booking is cancelled".into()),
+            ApiError::SeatsAvailable("hold them instead".into()),
         ] {
             assert_eq!(ApiError::from_json(&e.to_json()), Some(e));
         }

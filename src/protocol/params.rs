@@ -24,6 +24,9 @@ pub const METHODS: &[&str] = &[
     "flights.watch",
     "flights.unwatch",
     "booking.hold",
+    "waitlist.join",
+    "waitlist.leave",
+    "waitlist.list",
     "booking.pay",
     "booking.cancel",
     "booking.change_seat",
@@ -70,6 +73,9 @@ pub enum Call {
     AdminUpdateFlight(Result<UpdateFlight, ApiError>),
     AdminStats,
     Discover,
+    WaitlistJoin(Result<WaitlistJoin, ApiError>),
+    WaitlistLeave(Result<WaitlistRef, ApiError>),
+    WaitlistList,
 }
 
 impl Call {
@@ -107,6 +113,9 @@ impl Call {
             "admin.flights.update" => Call::AdminUpdateFlight(decode(p)),
             "admin.flights.stats" => Call::AdminStats,
             "rpc.discover" => Call::Discover,
+            "waitlist.join" => Call::WaitlistJoin(decode(p)),
+            "waitlist.leave" => Call::WaitlistLeave(decode(p)),
+            "waitlist.list" => Call::WaitlistList,
             _ => return Err(not_found()),
         })
     }
@@ -211,6 +220,25 @@ pub struct CheckIn {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct LocatorRef {
     pub locator: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitlistJoin {
+    pub flight_id: String,
+    #[schemars(with = "super::contract::Cabin")]
+    pub cabin: String,
+    /// Seats wanted, equal to the number of passengers.
+    #[schemars(range(min = 1, max = 9))]
+    pub count: u32,
+    #[schemars(length(min = 1, max = 9))]
+    pub passengers: Vec<Passenger>,
+    #[schemars(length(min = 1, max = 64))]
+    pub request_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitlistRef {
+    pub id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

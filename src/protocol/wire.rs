@@ -178,6 +178,25 @@ pub fn airport(a: &Airport) -> Value {
     json!({ "code": a.code, "city": a.city, "name": a.name, "tz": a.tz })
 }
 
+/// A waitlist entry; `position` only while it is waiting.
+pub fn waitlist_entry(e: &crate::domain::WaitlistEntry, position: Option<usize>) -> Value {
+    let mut v = json!({
+        "id": e.id,
+        "flight_id": e.flight_id,
+        "cabin": e.cabin.as_str(),
+        "count": e.count(),
+        "status": e.status.as_str(),
+        "created_at": rfc3339(e.created_at),
+    });
+    if let Some(p) = position {
+        v["position"] = json!(p);
+    }
+    if let Some(l) = &e.locator {
+        v["locator"] = json!(l);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

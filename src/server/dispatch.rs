@@ -238,6 +238,18 @@ async fn call(
             app.admin_stats().await?
         }
         Call::Discover => crate::protocol::contract::openrpc().clone(),
+        Call::WaitlistJoin(p) => {
+            app.waitlist_join(&app.authenticate(&mut conn.session)?, p?)
+                .await?
+        }
+        Call::WaitlistLeave(p) => {
+            app.waitlist_leave(&app.authenticate(&mut conn.session)?, p?)
+                .await?
+        }
+        Call::WaitlistList => {
+            app.waitlist_list(&app.authenticate(&mut conn.session)?)
+                .await?
+        }
     };
     Ok(Some(r))
 }

@@ -41,7 +41,9 @@ use super::{
     Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, PaymentMark,
     RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
 };
-use crate::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
+use crate::domain::{
+    Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
+};
 
 /// One try of one request to one member.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -820,6 +822,15 @@ impl Store for EtcdStore {
     }
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         self.mirror.webhook_seen(event_id)
+    }
+    fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
+        self.mirror.waitlist_entry(id)
+    }
+    fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
+        self.mirror.flight_waitlist(flight)
+    }
+    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
+        self.mirror.user_waitlist(user)
     }
 
     fn replicated(&self) -> Option<&dyn Replicated> {

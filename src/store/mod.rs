@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Money, Order, SeatId, UserId,
-    Username,
+    Username, WaitlistEntry,
 };
 
 pub use commit::Committer;
@@ -276,6 +276,8 @@ pub struct Batch {
     pub unmarks: Vec<Locator>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
+    /// Waitlist entries to write (new or changed).
+    pub waitlist: Vec<WaitlistEntry>,
     /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
     pub seat_feed: Option<SeatFeed>,
 }
@@ -302,6 +304,7 @@ pub enum Change {
     Flight(Flight),
     Booking(Booking),
     Seats(SeatFeed),
+    Waitlist(WaitlistEntry),
     /// A session was revoked (its token hash).
     SessionEnded(String),
     /// A node's count of a flight's seat-map subscribers (0 once its key is gone).
@@ -415,6 +418,11 @@ pub trait Store: Send + Sync + 'static {
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
+    fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>>;
+    /// A flight's waiting and offered entries, in join order.
+    fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>>;
+    /// A user's entries, newest first.
+    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>>;
 
     /// Every record as of one moment, in the [`snapshot`] format: what
     /// `jetway backup` saves. One at a time.

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
+    WaitlistEntry,
 };
 use dashmap::DashMap;
 
@@ -47,6 +48,10 @@ const CHECKIN_SEQUENCE: u8 = b'n';
 /// Added to sled's id generator: a data dir restored from a snapshot starts a new
 /// generator, and its ids must stay above every id the snapshot holds.
 pub(super) const ID_FLOOR: &[u8] = b"\0id_floor";
+const WAITLIST: u8 = b'L';
+/// A flight's active (waiting or offered) entries, in join order: the entry's id.
+const FLIGHT_WAITLIST: u8 = b'l';
+const USER_WAITLIST: u8 = b'x';
 
 pub struct SledStore {
     db: sled::Db,
@@ -448,7 +453,37 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
     }
+    for e in &batch.waitlist {
+        waitlist_ops(&mut ops, e)?;
+    }
     Ok(ops)
+}
+
+fn waitlist_ops(ops: &mut Vec<Op>, e: &WaitlistEntry) -> StoreResult<()> {
+    put_json(ops, key(WAITLIST, &[e.id.as_bytes()]), e)?;
+    let line = key(
+        FLIGHT_WAITLIST,
+        &[
+            e.flight_id.as_str().as_bytes(),
+            &[0],
+            &e.created_at.to_be_bytes(),
+            e.id.as_bytes(),
+        ],
+    );
+    ops.push(match e.status.is_active() {
+        true => Op::Put(line, e.id.as_bytes().to_vec()),
+        false => Op::Delete(line),
+    });
+    let mine = key(
+        USER_WAITLIST,
+        &[
+            &e.user_id.0.to_be_bytes(),
+            &e.created_at.to_be_bytes(),
+            e.id.as_bytes(),
+        ],
+    );
+    ops.push(Op::Put(mine, Vec::new()));
+    Ok(())
 }
 
 /// What a written key means to the rest of a node, for the records that other nodes
@@ -466,6 +501,7 @@ pub fn decode_change(k: &[u8], value: Option<&[u8]>) -> Option<Change> {
         (FLIGHT, Some(v)) => decode(v).map(Change::Flight),
         (BOOKING, Some(v)) => decode(v).map(Change::Booking),
         (FEED, Some(v)) => decode(v).map(Change::Seats),
+        (WAITLIST, Some(v)) => decode(v).map(Change::Waitlist),
         (SESSION, None) => Ok(Change::SessionEnded(
             String::from_utf8_lossy(rest).into_owned(),
         )),
@@ -754,6 +790,26 @@ impl Store for SledStore {
             out.extend(self.get::<RefundRecord>(&key(REFUND, &[&id]))?);
         }
         Ok(out)
+    }
+
+    fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
+        self.get(&key(WAITLIST, &[id.as_bytes()]))
+    }
+
+    fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .scan_prefix(key(FLIGHT_WAITLIST, &[flight.as_str().as_bytes(), &[0]]))
+        {
+            let (_, id) = kv.map_err(io)?;
+            out.extend(self.get::<WaitlistEntry>(&key(WAITLIST, &[&id]))?);
+        }
+        Ok(out)
+    }
+
+    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
+        self.newest_via_index(USER_WAITLIST, user, WAITLIST)
     }
 }
 

@@ -156,12 +156,20 @@ fn check_call(call: Call) {
                 .for_each(|s| identifiers(s));
             identifiers(&p.flight_id);
         })),
+        Call::WaitlistJoin(p) => check_refusal(p.as_ref().map(|p| {
+            identifiers(&p.flight_id);
+            identifiers(&p.request_id);
+            let _ = Cabin::parse(&p.cabin);
+            p.passengers.iter().for_each(|x| identifiers(&x.name));
+        })),
+        Call::WaitlistLeave(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.id))),
         Call::Logout
         | Call::Airports
         | Call::BookingsList
         | Call::OrdersList
         | Call::AdminStats
-        | Call::Discover => {}
+        | Call::Discover
+        | Call::WaitlistList => {}
     }
 }
 

@@ -3,7 +3,9 @@
 //! counts the reads that decode bookings.
 
 use jetway::app::{App, AuthSession};
-use jetway::domain::{Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username};
+use jetway::domain::{
+    Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
+};
 use jetway::fanout::{outbox, QueueLimits};
 use jetway::protocol::params::decode;
 use jetway::protocol::ApiError;
@@ -173,6 +175,15 @@ impl Store for Faulty {
     }
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         self.inner.webhook_seen(event_id)
+    }
+    fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
+        self.inner.waitlist_entry(id)
+    }
+    fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
+        self.inner.flight_waitlist(flight)
+    }
+    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
+        self.inner.user_waitlist(user)
     }
 }
 

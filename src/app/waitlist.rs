@@ -1,0 +1,428 @@
+//! The waitlist use cases: joining and leaving a sold-out cabin's line, listing
+//! one's entries, and serving the line inside every seat change of a flight
+//! ([`App::serve_waitlist`]), so that freed seats become the next entries' holds in
+//! the very version that frees them.
+
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::bookings::{busy_error, check_bookable, new_locator};
+use super::{booking_push, event, remember_ok, App, AuthSession};
+use crate::domain::booking::MAX_SEATS_PER_BOOKING;
+use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};
+use crate::domain::{
+    self, seating, Booking, BookingStatus, Cabin, Millis, UserId, WaitlistEntry, WaitlistStatus,
+};
+use crate::fanout::Utf8Bytes;
+use crate::inventory::{FlightSeats, Occupant, Working};
+use crate::protocol::{envelope, params, wire, ApiError};
+use crate::store::{Batch, StoreError};
+
+/// What serving a flight's waitlist in one seat change did, for after it is durable.
+#[derive(Default)]
+pub(super) struct Served {
+    /// Pushes to entry owners.
+    pub frames: Vec<(UserId, Utf8Bytes)>,
+    /// The holds offered, for the expiry queue.
+    pub holds: Vec<Booking>,
+}
+
+fn push(method: &str, params: Value) -> Utf8Bytes {
+    Utf8Bytes::from(envelope::push(method, &params))
+}
+
+/// Free seats per cabin in a seat mask.
+fn free_by_cabin(fs: &FlightSeats, free: &[bool]) -> HashMap<Cabin, usize> {
+    let mut n = HashMap::new();
+    for (info, _) in fs.aircraft.seats().iter().zip(free).filter(|(_, f)| **f) {
+        *n.entry(info.cabin).or_insert(0) += 1;
+    }
+    n
+}
+
+/// Sets seat `i`'s update in `updates`, replacing an earlier one for the same seat.
+fn set_update(updates: &mut Vec<(usize, Option<Occupant>)>, i: usize, o: Option<Occupant>) {
+    match updates.iter_mut().find(|(k, _)| *k == i) {
+        Some(u) => u.1 = o,
+        None => updates.push((i, o)),
+    }
+}
+
+impl App {
+    /// Brings a flight's waitlist up to date with a seat change about to be written
+    /// (`updates` to the working map `w`, made by `booking`, if any): the entry offered
+    /// `booking` is accepted when it is paid and expires when it ends; then every
+    /// waiting entry the free seats now serve gets its held booking, in `batch` and
+    /// `updates`. On a flight that takes no holds any more, waiting entries expire.
+    pub(super) fn serve_waitlist(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &Working,
+        batch: &mut Batch,
+        updates: &mut Vec<(usize, Option<Occupant>)>,
+        booking: Option<&Booking>,
+    ) -> Result<Served, StoreError> {
+        let stored = self.store.flight_waitlist(&fs.id)?;
+        if stored.is_empty() && batch.waitlist.is_empty() {
+            return Ok(Served::default());
+        }
+        let now = domain::now_ms();
+        let before = waitlist::positions(&stored);
+        let mut entries = stored;
+        let mut changed: HashSet<String> = HashSet::new();
+        // entries the batch writes already (a leave) are taken as the batch has them
+        for e in std::mem::take(&mut batch.waitlist) {
+            changed.insert(e.id.clone());
+            match entries.iter_mut().find(|x| x.id == e.id) {
+                Some(x) => *x = e,
+                None => entries.push(e),
+            }
+        }
+        if let Some(b) = booking {
+            for e in entries.iter_mut().filter(|e| {
+                e.status == WaitlistStatus::Offered && e.locator.as_ref() == Some(&b.locator)
+            }) {
+                let end = match b.status {
+                    BookingStatus::Held => continue,
+                    BookingStatus::Confirmed => WaitlistStatus::Accepted,
+                    _ => WaitlistStatus::Expired,
+                };
+                if e.end(end, now).is_ok() {
+                    changed.insert(e.id.clone());
+                }
+            }
+        }
+        let mut offered: Vec<(String, Booking)> = Vec::new();
+        match check_bookable(fs, now) {
+            Err(_) => {
+                for e in entries
+                    .iter_mut()
+                    .filter(|e| e.status == WaitlistStatus::Waiting)
+                {
+                    if e.end(WaitlistStatus::Expired, now).is_ok() {
+                        changed.insert(e.id.clone());
+                    }
+                }
+            }
+            Ok(flight) => {
+                let mut free = w.free_mask();
+                for (i, o) in updates.iter() {
+                    free[*i] = o.is_none();
+                }
+                let counts = free_by_cabin(fs, &free);
+                let ttl = self.config.hold_ttl as Millis * 1000;
+                for i in waitlist::serve(&entries, |c| counts.get(&c).copied().unwrap_or(0)) {
+                    let e = &mut entries[i];
+                    let Some(idx) = seating::pick(fs.aircraft, &free, e.cabin, e.count()) else {
+                        continue;
+                    };
+                    let seats: Vec<_> = idx
+                        .iter()
+                        .map(|&k| {
+                            let info = &fs.aircraft.seats()[k];
+                            (info.id, info.cabin, flight.fares.of(info.cabin))
+                        })
+                        .collect();
+                    let b = Booking::hold(
+                        new_locator(),
+                        e.user_id,
+                        flight.id.clone(),
+                        seats,
+                        e.passengers.clone(),
+                        now,
+                        ttl,
+                    )
+                    .map_err(|x| StoreError::Corrupt(format!("waitlist entry {}: {x}", e.id)))?;
+                    let occupant = Occupant {
+                        locator: b.locator.clone(),
+                        booked: false,
+                    };
+                    for &k in &idx {
+                        free[k] = false;
+                        set_update(updates, k, Some(occupant.clone()));
+                    }
+                    e.offer(b.locator.clone(), now);
+                    changed.insert(e.id.clone());
+                    batch.events.push((
+                        e.user_id,
+                        event(
+                            "held",
+                            Some(&b.locator),
+                            now,
+                            json!({
+                                "flight_id": flight.id,
+                                "seats": b.seats.iter().map(|x| x.seat.to_string()).collect::<Vec<_>>(),
+                                "total": wire::money(b.total),
+                                "waitlist": e.id,
+                            }),
+                        ),
+                    ));
+                    batch.new_bookings.push(b.clone());
+                    offered.push((e.id.clone(), b));
+                }
+            }
+        }
+        let after = waitlist::positions(&entries);
+        let flight = fs.flight();
+        let mut served = Served::default();
+        for e in &entries {
+            let position = after.get(&e.id).copied();
+            let entry = wire::waitlist_entry(e, position);
+            if let Some((_, b)) = offered.iter().find(|(id, _)| *id == e.id) {
+                let booking = wire::booking(b, Some(&flight));
+                served.frames.push((
+                    e.user_id,
+                    push(
+                        "waitlist.offered",
+                        json!({ "entry": entry, "booking": booking }),
+                    ),
+                ));
+                served
+                    .frames
+                    .push((e.user_id, booking_push(b, Some(&flight))));
+            } else if changed.contains(&e.id) || before.get(&e.id).copied() != position {
+                served.frames.push((
+                    e.user_id,
+                    push("waitlist.updated", json!({ "entry": entry })),
+                ));
+            }
+        }
+        batch.waitlist = entries
+            .into_iter()
+            .filter(|e| changed.contains(&e.id))
+            .collect();
+        served.holds = offered.into_iter().map(|(_, b)| b).collect();
+        Ok(served)
+    }
+
+    /// The action telling entry owners of a durable waitlist change, and queueing
+    /// the offered holds' expiry.
+    pub(super) fn served_action(&self, served: Served) -> crate::store::commit::Action {
+        for b in &served.holds {
+            if let Some(t) = b.hold_expires_at {
+                self.expiry.schedule(t, &b.flight_id, &b.locator);
+            }
+        }
+        let users = self.users.clone();
+        Box::new(move || {
+            for (user, frame) in &served.frames {
+                users.push(*user, frame);
+            }
+        })
+    }
+
+    fn own_entry(&self, user: UserId, id: &str) -> Result<WaitlistEntry, ApiError> {
+        match self.store.waitlist_entry(id)? {
+            Some(e) if e.user_id == user => Ok(e),
+            _ => Err(ApiError::NotFound("waitlist entry")),
+        }
+    }
+
+    pub async fn waitlist_join(
+        &self,
+        s: &AuthSession,
+        p: params::WaitlistJoin,
+    ) -> Result<Value, ApiError> {
+        let cabin = Cabin::parse(&p.cabin)
+            .ok_or_else(|| ApiError::InvalidParams("cabin must be economy or business".into()))?;
+        let count = p.count as usize;
+        if count == 0 || count > MAX_SEATS_PER_BOOKING || count != p.passengers.len() {
+            return Err(ApiError::InvalidParams(format!(
+                "count must be 1-{MAX_SEATS_PER_BOOKING}, one passenger per seat"
+            )));
+        }
+        let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
+        self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key| async move {
+            let waiting = self
+                .store
+                .user_waitlist(s.user_id)?
+                .iter()
+                .filter(|e| e.status == WaitlistStatus::Waiting)
+                .count();
+            if waiting >= MAX_WAITING_PER_USER {
+                return Err(ApiError::InvalidState(format!(
+                    "at most {MAX_WAITING_PER_USER} waiting entries per user"
+                )));
+            }
+            let id = format!("W{}", self.store.next_id()?);
+            self.seat_step(&fs, Some(&key), |w| {
+                let now = domain::now_ms();
+                check_bookable(&fs, now)?;
+                let free = free_by_cabin(&fs, &w.free_mask())
+                    .get(&cabin)
+                    .copied()
+                    .unwrap_or(0);
+                if free >= count {
+                    return Err(ApiError::SeatsAvailable(format!(
+                        "{free} seats are available in {}: hold them instead",
+                        cabin.as_str()
+                    )));
+                }
+                let entry = WaitlistEntry {
+                    id: id.clone(),
+                    user_id: s.user_id,
+                    flight_id: fs.id.clone(),
+                    cabin,
+                    passengers: passengers.clone(),
+                    status: WaitlistStatus::Waiting,
+                    created_at: now,
+                    updated_at: now,
+                    locator: None,
+                };
+                let mut line = self.store.flight_waitlist(&fs.id)?;
+                line.push(entry.clone());
+                let position = waitlist::positions(&line).get(&id).copied();
+                let result = json!({ "entry": wire::waitlist_entry(&entry, position) });
+                let batch = Batch {
+                    events: vec![(
+                        s.user_id,
+                        event(
+                            "waitlisted",
+                            None,
+                            now,
+                            json!({ "flight_id": fs.id, "cabin": cabin.as_str(), "count": count, "waitlist": id }),
+                        ),
+                    )],
+                    waitlist: vec![entry],
+                    replies: vec![(key.clone(), remember_ok(&result))],
+                    ..Default::default()
+                };
+                // ordered with the flight's seat changes: on a cluster, a seat freed
+                // through another node meanwhile makes this decision again
+                let expect = Some((fs.id.clone(), w.version));
+                let ticket = self.committer.submit(batch, expect, || None)?;
+                Ok((Some(ticket), result))
+            })
+            .await?
+            .reply()
+        })
+        .await
+    }
+
+    /// Leaves the line; an offered entry's hold is released and its seats offered on.
+    pub async fn waitlist_leave(
+        &self,
+        s: &AuthSession,
+        p: params::WaitlistRef,
+    ) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
+        let entry = self.own_entry(s.user_id, &p.id)?;
+        let fs = self.flight_seats(&entry.flight_id)?;
+        let _serial = self.user_turn(s.user_id).await;
+        self.seat_step(&fs, None, |w| {
+            let now = domain::now_ms();
+            let mut e = self.own_entry(s.user_id, &p.id)?;
+            if e.status == WaitlistStatus::Left {
+                return Ok((None, json!({ "entry": wire::waitlist_entry(&e, None) })));
+            }
+            e.end(WaitlistStatus::Left, now)?;
+            let result = json!({ "entry": wire::waitlist_entry(&e, None) });
+            let mut batch = Batch {
+                events: vec![(
+                    s.user_id,
+                    event(
+                        "waitlist_left",
+                        e.locator.as_ref(),
+                        now,
+                        json!({ "waitlist": e.id }),
+                    ),
+                )],
+                waitlist: vec![e.clone()],
+                ..Default::default()
+            };
+            let hold = match &e.locator {
+                Some(loc) => self
+                    .store
+                    .booking(loc)?
+                    .filter(|b| b.status == BookingStatus::Held),
+                None => None,
+            };
+            if let Some(mut b) = hold {
+                if self.paying(w, &b.locator, &|_| false)? {
+                    return Err(busy_error());
+                }
+                b.release(now)?;
+                batch.bookings.push(b.clone());
+                batch.events.push((
+                    s.user_id,
+                    event("cancelled", Some(&b.locator), now, json!({})),
+                ));
+                let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
+                return Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result));
+            }
+            // no seat changes: only the line moves up
+            let mut none = Vec::new();
+            let served = self.serve_waitlist(&fs, w, &mut batch, &mut none, None)?;
+            let expect = Some((fs.id.clone(), w.version));
+            let ticket = self
+                .committer
+                .submit(batch, expect, || Some(self.served_action(served)))?;
+            Ok((Some(ticket), result))
+        })
+        .await?
+        .reply()
+    }
+
+    pub async fn waitlist_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+        let entries = self
+            .consistent_read(|| {
+                let mine = self.store.user_waitlist(s.user_id)?;
+                let mut lines: HashMap<String, HashMap<String, usize>> = HashMap::new();
+                let mut out = Vec::with_capacity(mine.len());
+                for e in &mine {
+                    let position = match e.status {
+                        WaitlistStatus::Waiting => {
+                            let line = match lines.get(e.flight_id.as_str()) {
+                                Some(l) => l,
+                                None => {
+                                    let l = waitlist::positions(
+                                        &self.store.flight_waitlist(&e.flight_id)?,
+                                    );
+                                    lines.entry(e.flight_id.to_string()).or_insert(l)
+                                }
+                            };
+                            line.get(&e.id).copied()
+                        }
+                        _ => None,
+                    };
+                    out.push(wire::waitlist_entry(e, position));
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(json!({ "entries": entries }))
+    }
+}
+
+/// The push of a replicated entry change to its owner on this node: an offer when
+/// its hold is in the same revision, an update otherwise.
+pub(super) fn replicated_push(
+    app: &App,
+    e: &WaitlistEntry,
+    bookings: &[&Booking],
+) -> (UserId, Utf8Bytes) {
+    let position = match e.status {
+        WaitlistStatus::Waiting => app
+            .store
+            .flight_waitlist(&e.flight_id)
+            .ok()
+            .and_then(|l| waitlist::positions(&l).get(&e.id).copied()),
+        _ => None,
+    };
+    let entry = wire::waitlist_entry(e, position);
+    let hold = bookings.iter().find(|b| {
+        e.status == WaitlistStatus::Offered
+            && Some(&b.locator) == e.locator.as_ref()
+            && b.status == BookingStatus::Held
+    });
+    let flight = app.inventory.get(e.flight_id.as_str()).map(|f| f.flight());
+    let frame = match hold {
+        Some(b) => push(
+            "waitlist.offered",
+            json!({ "entry": entry, "booking": wire::booking(b, flight.as_ref()) }),
+        ),
+        None => push("waitlist.updated", json!({ "entry": entry })),
+    };
+    (e.user_id, frame)
+}
