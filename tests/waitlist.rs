@@ -381,3 +381,60 @@ async fn an_expired_offer_moves_on_through_three_entries_across_a_restart() {
     assert_eq!(seat_status(&f, &seat), "booked");
     s.stop().await;
 }
+
+/// Two nodes on one etcd: a seat freed through one node is offered to an entry
+/// whose owner is connected to the other, in the version that frees it, and the
+/// offer's expiry moves it on once for the whole cluster.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_serve_one_line() {
+    use common::cluster::{node, Etcd};
+    let etcd = Etcd::start(1);
+    let prefix = format!("{}/", unique_name("wl"));
+    let flags = ["--hold-ttl", "3", "--insecure-fast-hashing"];
+    let nodes = [node(&etcd, &prefix, &flags), node(&etcd, &prefix, &flags)];
+    let mut seller = Client::connect(&nodes[0].url()).await;
+    seller.new_user().await;
+    let flight = later_flight(&mut seller).await["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (last, seat) = sell_out(&mut seller, &flight).await;
+    let mut first = Client::connect(&nodes[1].url()).await;
+    first.new_user().await;
+    let e1 = join(&mut first, &flight, "j").await;
+    let mut second = Client::connect(&nodes[0].url()).await;
+    second.new_user().await;
+    let e2 = join(&mut second, &flight, "j").await;
+    assert_eq!(e2["position"], 2);
+    let mut watcher = Client::connect(&nodes[1].url()).await;
+    watcher
+        .ok("seats.subscribe", json!({"flight_id": flight}))
+        .await;
+
+    cancel(&mut seller, &last, "c").await;
+    let offer = first.push("waitlist.offered").await;
+    assert_eq!(offer["entry"]["id"], e1["id"]);
+    assert_eq!(offer["booking"]["seats"][0]["seat"], seat.as_str());
+    let (seats, _) = change_of(&mut watcher, &seat).await;
+    assert_eq!(seats, vec![(seat.clone(), "held".to_owned())]);
+
+    // expired through whichever node gets there first, offered on exactly once
+    let offer2 = second.push("waitlist.offered").await;
+    assert_eq!(offer2["entry"]["id"], e2["id"]);
+    assert_eq!(offer2["booking"]["seats"][0]["seat"], seat.as_str());
+    let (seats, _) = change_of(&mut watcher, &seat).await;
+    assert_eq!(seats, vec![(seat.clone(), "held".to_owned())]);
+    assert_eq!(
+        wait_status(&mut first, e1["id"].as_str().unwrap(), "expired").await["locator"],
+        offer["booking"]["locator"]
+    );
+    let loc = offer2["booking"]["locator"].as_str().unwrap().to_owned();
+    pay(&mut second, &loc, "p").await;
+    wait_status(&mut second, e2["id"].as_str().unwrap(), "accepted").await;
+    let held = second.ok("bookings.list", json!({})).await["bookings"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(held, 1, "one offer per entry");
+}
