@@ -139,6 +139,13 @@ client.on('flight.changed', (p) => {
   const [name] = parseHash().parts;
   if (name === 'booking' || name === 'trips') route();
 });
+for (const m of ['waitlist.offered', 'waitlist.updated']) {
+  client.on(m, (p) => {
+    if (!p || !p.entry) return;
+    bus.dispatchEvent(new CustomEvent(m, { detail: p }));
+    if (m === 'waitlist.offered') toast(`Seats are held for you from the waitlist: pay for booking ${p.entry.locator} before the hold expires.`);
+  });
+}
 
 // ---- connection indicator -----------------------------------------------------------
 

@@ -48,6 +48,9 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
  * @typedef {{flight_id: string, number: string, from: string, to: string, departs_at: string,
  *   status: string, version: number, seats_total: number, seats_held: number,
  *   seats_booked: number, load_factor: number, revenue: Money}} FlightStats
+ * @typedef {{id: string, flight_id: string, cabin: Cabin, count: number, position?: number,
+ *   status: 'waiting'|'offered'|'accepted'|'expired'|'left', created_at: string,
+ *   locator?: string}} WaitlistEntry
  * @typedef {{type: 'snapshot'|'change', flightId: string, version: number,
  *   seats: (Seat & {previous?: SeatStatus})[], feed: SeatFeed}} SeatEvent
  *   `snapshot`: the whole map (`seats` is every seat); `change`: one version's seats.
@@ -254,6 +257,26 @@ export class Jetway extends RpcClient {
   /** @param {string} airport @returns {Promise<{}>} */
   unwatchBoard(airport) {
     return this.call('flights.unwatch', { airport });
+  }
+
+  // ----- waitlist -----
+
+  /**
+   * Waits for seats of a sold-out cabin; freed seats become a held booking for it.
+   * @param {{flight_id: string, cabin: Cabin, count: number, passengers: {name: string}[],
+   *   request_id?: string}} params
+   * @returns {Promise<{entry: WaitlistEntry}>}
+   */
+  joinWaitlist(params) {
+    return this._idempotent('waitlist.join', params, 'wl');
+  }
+  /** @param {string} id @returns {Promise<{entry: WaitlistEntry}>} */
+  leaveWaitlist(id) {
+    return this.call('waitlist.leave', { id });
+  }
+  /** @returns {Promise<{entries: WaitlistEntry[]}>} newest first */
+  listWaitlist() {
+    return this.call('waitlist.list', {});
   }
 
   // ----- airline (role admin) -----

@@ -1,6 +1,7 @@
 import { h, clear, toast, statusBadge, followViewers } from '../ui.js';
 import { SeatMap, deriveLayout, legend } from '../seatmap.js';
 import { newRequestId } from '../jetway.js';
+import { waitlistPanel } from './waitlist.js';
 import { formatMoney, formatLocal, formatLongDate, formatDuration, cabinName, plural, isBookable, departureText } from '../format.js';
 
 const MAX_SEATS = 9;
@@ -105,6 +106,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const initial = feed.loaded ? [...feed.seats.values()] : r.seats || [];
   map.render(layout, initial);
   map.container.querySelector('.seatmap')?.setAttribute('aria-describedby', 'seatmap-help');
+  selBox.closest('aside').append(waitlistPanel(ctx, flight, feed, signal, bookable));
   if (!bookable) map.setDisabled(true);
 
   function renderStats() {
