@@ -395,6 +395,76 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
     while k.push(&mut third, "booking.updated").await["booking"]["flight_id"] != doomed {}
     k.ok(&mut admin, "admin.flights.stats", json!({})).await;
 
+    // the waitlist of a sold-out cabin
+    let full = k
+        .ok(&mut admin, "admin.flights.create", new_flight("JW978"))
+        .await;
+    let wid = full["flight"]["flight_id"].clone();
+    let business = full["flight"]["cabins"]
+        .as_array()
+        .expect("cabins")
+        .iter()
+        .find(|c| c["cabin"] == "business")
+        .and_then(|c| c["seats_total"].as_u64())
+        .expect("a business cabin") as usize;
+    let hold_business = |n: usize, rid: String| json!({"flight_id": wid, "count": n, "cabin": "business", "passengers": passengers(n), "request_id": rid});
+    let mut rest = business - 1;
+    while rest > 0 {
+        let n = rest.min(9);
+        k.ok(
+            &mut owner,
+            "booking.hold",
+            hold_business(n, format!("wf{rest}")),
+        )
+        .await;
+        rest -= n;
+    }
+    let last = k
+        .ok(&mut owner, "booking.hold", hold_business(1, "wl".into()))
+        .await;
+    let join = |cabin: &str, rid: &str| json!({"flight_id": wid, "cabin": cabin, "count": 1, "passengers": passengers(1), "request_id": rid});
+    assert_eq!(
+        k.reason(&mut owner, "waitlist.join", join("economy", "w0"))
+            .await,
+        "seats_available"
+    );
+    let first = k
+        .ok(&mut owner, "waitlist.join", join("business", "w1"))
+        .await;
+    let other = k
+        .ok(&mut owner, "waitlist.join", join("business", "w2"))
+        .await;
+    k.ok(&mut owner, "waitlist.list", json!({})).await;
+    k.ok(
+        &mut owner,
+        "booking.cancel",
+        json!({"locator": last["booking"]["locator"], "request_id": "wx"}),
+    )
+    .await;
+    // the pushes may come before the reply (and be checked with it) or after it
+    while ["waitlist.offered", "waitlist.updated"]
+        .iter()
+        .any(|p| !k.pushes_seen.contains(*p))
+    {
+        let p = owner.recv().await.expect("a push");
+        owner.pushes.push_back(p);
+        k.pushes(&mut owner);
+    }
+    let entries = k.ok(&mut owner, "waitlist.list", json!({})).await;
+    let offered = entries["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["id"] == first["entry"]["id"])
+        .expect("the first entry");
+    assert_eq!(offered["status"], "offered");
+    k.ok(
+        &mut owner,
+        "waitlist.leave",
+        json!({"id": other["entry"]["id"]}),
+    )
+    .await;
+
     // errors
     let cases = [
         (false, "no.such.method", json!({}), "method_not_found"),

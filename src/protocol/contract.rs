@@ -108,6 +108,9 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!("admin.flights.cancel", Admin, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
     method!("admin.flights.update", Admin, params::UpdateFlight => FlightResult, "Gives a flight estimated times and/or moves its status forward."),
     method!("admin.flights.stats", Admin, NoParams => StatsResult, "Occupancy and revenue of every flight."),
+    method!("waitlist.join", LoggedIn, params::WaitlistJoin => WaitlistEntryResult, "Waits for seats of a sold-out cabin: freed seats become a held booking for the entry."),
+    method!("waitlist.leave", LoggedIn, params::WaitlistRef => WaitlistEntryResult, "Leaves the waitlist; an offered hold is released and offered on."),
+    method!("waitlist.list", LoggedIn, NoParams => WaitlistResult, "The caller's waitlist entries, newest first."),
     method!("rpc.discover", Anyone, NoParams => Discover, "This OpenRPC document."),
 ];
 
@@ -142,6 +145,16 @@ pub static PUSH_CONTRACT: &[PushSpec] = &[
         "booking.updated",
         BookingResult,
         "A booking of the logged-in user changed (on any connection, or by expiry or the airline)."
+    ),
+    push!(
+        "waitlist.offered",
+        WaitlistOffered,
+        "Freed seats became a held booking for one of the user's waitlist entries."
+    ),
+    push!(
+        "waitlist.updated",
+        WaitlistEntryResult,
+        "A waitlist entry of the user changed status or position (other than an offer)."
     ),
 ];
 
@@ -566,6 +579,53 @@ pub struct BookingsResult {
 #[serde(deny_unknown_fields)]
 pub struct OrdersResult {
     pub orders: Vec<Order>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitlistStatus {
+    Waiting,
+    Offered,
+    Accepted,
+    Expired,
+    Left,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitlistEntry {
+    pub id: String,
+    pub flight_id: String,
+    pub cabin: Cabin,
+    pub count: u32,
+    /// 1 = next in line among the cabin's waiting entries; only while waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    pub status: WaitlistStatus,
+    #[schemars(with = "Timestamp")]
+    pub created_at: String,
+    /// The offered booking, once offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitlistEntryResult {
+    pub entry: WaitlistEntry,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitlistResult {
+    pub entries: Vec<WaitlistEntry>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitlistOffered {
+    pub entry: WaitlistEntry,
+    pub booking: Booking,
 }
 
 #[derive(Serialize, JsonSchema)]

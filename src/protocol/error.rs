@@ -112,6 +112,7 @@ impl ApiError {
         "checkin_closed",
         "checked_in",
         "payment_action_required",
+        "seats_available",
         "rate_limited",
         "too_large",
         "internal",
@@ -143,6 +144,7 @@ impl ApiError {
             PaymentActionRequired {
                 client_secret: String::new(),
             },
+            SeatsAvailable(String::new()),
             RateLimited,
             TooLarge(0),
             Internal,
@@ -170,6 +172,7 @@ impl ApiError {
                 | CheckinClosed
                 | CheckedIn
                 | PaymentActionRequired { .. }
+                | SeatsAvailable(_)
                 | RateLimited
                 | TooLarge(_)
                 | Internal => {}
