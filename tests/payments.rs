@@ -939,6 +939,28 @@ async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
     s.stop().await;
 }
 
+/// A request that takes longer than the idle timeout (a slow gateway) is not
+/// mistaken for a silent client: its connection stays open and gets its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_slower_than_the_idle_timeout_keeps_its_connection() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 10;
+        c.idle_timeout = 2;
+        c.ping_interval = 1;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    fault(&f, Step::Confirm, Fault::Slow(Duration::from_millis(4500)));
+    let paid = c
+        .ok("booking.pay", pay(&b["locator"], "pm_card_visa", "p"))
+        .await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    s.stop().await;
+}
+
 /// Stripe forgets idempotency keys after 24 hours: a refund whose answer was lost
 /// and that is retried after that must find the refund made, not make a second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,10 @@
 //! removed when its state is dropped, however the connection ends.
 
 use futures::stream::{SplitSink, SplitStream};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,7 +40,10 @@ pub type Socket =
     WebSocketStream<super::coalesce::Coalesce<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>;
 type Sink = SplitSink<Socket, Message>;
 /// The request being handled, giving the connection's state back (or the panic).
-type InFlight = Pin<Box<dyn Future<Output = std::thread::Result<ConnState>> + Send>>;
+/// The connection's request in progress, on its own task: it goes on while the
+/// connection writes pushes to a slow client (a payment's gateway timer must not
+/// stall behind a socket), and a panic in it ends the task, not the connection loop.
+type InFlight = tokio::task::JoinHandle<ConnState>;
 
 /// Serves the connection until it closes.
 pub fn run(
@@ -126,6 +127,11 @@ async fn serve(
                 reading = false;
             }
             _ = tick.tick(), if !written_off => {
+                if in_flight.is_some() {
+                    // waiting for our own reply is not silence (frames are not read
+                    // meanwhile, pongs included)
+                    last_seen = Instant::now();
+                }
                 let silent = last_seen.elapsed();
                 if silent >= idle_timeout {
                     outbox.close(CLOSE_GOING_AWAY, "idle timeout");
@@ -146,7 +152,7 @@ async fn serve(
                                 dispatch::handle(&app, &mut s, req).await;
                                 s
                             };
-                            in_flight = Some(Box::pin(AssertUnwindSafe(handled).catch_unwind()));
+                            in_flight = Some(tokio::spawn(handled));
                         }
                     }
                     Received::Nothing => {}
@@ -163,7 +169,9 @@ async fn serve(
 }
 
 /// The outcome of the request in flight; never ready when there is none.
-async fn request_done(in_flight: &mut Option<InFlight>) -> std::thread::Result<ConnState> {
+async fn request_done(
+    in_flight: &mut Option<InFlight>,
+) -> Result<ConnState, tokio::task::JoinError> {
     match in_flight {
         Some(f) => f.await,
         None => std::future::pending().await,
