@@ -415,3 +415,55 @@ async fn two_nodes_on_etcd_never_give_a_number_twice() {
     let r = c.ok("booking.check_in", check_in(&loc, None, "c")).await;
     assert_eq!(numbers(&r["boarding_passes"]), [(seats[0].clone(), 9)]);
 }
+
+/// The window follows the airline's estimate: a flight whose scheduled departure is
+/// 40 minutes away (check-in closed) opens for check-in again once it is delayed by
+/// hours.
+#[tokio::test]
+async fn a_delay_reopens_check_in_by_the_estimated_departure() {
+    const ADMIN_PASSWORD: &str = "check-in admin password";
+    let s = Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await;
+    let mut a = s.client().await;
+    a.ok(
+        "auth.login",
+        json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    )
+    .await;
+    let rfc = |d: time::OffsetDateTime| {
+        d.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let eur = |cents: i64| json!({"amount": cents, "currency": "EUR"});
+    let created = a
+        .ok(
+            "admin.flights.create",
+            json!({
+                "number": "JW908", "from": "LHR", "to": "VIE",
+                "departs_at": rfc(now + time::Duration::minutes(40)),
+                "arrives_at": rfc(now + time::Duration::minutes(160)),
+                "aircraft": "A320",
+                "fares": {"economy": eur(15_400), "business": eur(53_900)},
+            }),
+        )
+        .await;
+    let fid = created["flight"]["flight_id"].as_str().unwrap().to_owned();
+    let mut c = s.client().await;
+    c.new_user().await;
+    let (loc, _) = confirmed(&mut c, &fid, 1, "d").await;
+    assert_eq!(
+        c.reason("booking.check_in", check_in(&loc, None, "early"))
+            .await,
+        "checkin_closed"
+    );
+    a.ok(
+        "admin.flights.update",
+        json!({"flight_id": fid, "estimated_departs_at": rfc(now + time::Duration::hours(3))}),
+    )
+    .await;
+    let r = c.ok("booking.check_in", check_in(&loc, None, "late")).await;
+    assert_eq!(r["boarding_passes"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}

@@ -32,11 +32,6 @@ fn check_flight(fs: &FlightSeats, now: domain::Millis) -> Result<Flight, ApiErro
     }
 }
 
-/// When the flight leaves, for the check-in window.
-fn departure(flight: &Flight) -> domain::Millis {
-    flight.departs_at
-}
-
 fn passes_json(b: &Booking, flight: &Flight, only: Option<&[SeatId]>) -> Vec<Value> {
     b.boarding_passes(flight, only)
         .iter()
@@ -77,7 +72,7 @@ impl App {
                     let mut last = before;
                     let chosen = b.check_in(
                         only.as_deref(),
-                        (&window, departure(&flight)),
+                        (&window, flight.departure()),
                         || {
                             last += 1;
                             last
