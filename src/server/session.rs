@@ -1,6 +1,6 @@
 //! One WebSocket connection, on one task: it reads and handles requests one at a time
-//! (the request in flight is polled here, not spawned, and runs to completion even if
-//! the client goes away), writes whatever the connection's outbound queue holds at
+//! (the request in flight runs on a task of its own, so it goes on while the loop
+//! writes, and runs to completion even if the client goes away), writes whatever the connection's outbound queue holds at
 //! each wake-up in one batch, pings an idle client and closes a dead or stalled one.
 //! Whatever the connection registered (subscriptions, its user's registry entry) is
 //! removed when its state is dropped, however the connection ends.
