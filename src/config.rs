@@ -1,8 +1,33 @@
 //! Command-line flags; each also reads `JETWAY_<NAME>` from the environment.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+
+/// Where durable state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// One node, in --data-dir.
+    Sled,
+    /// A cluster of nodes sharing --etcd-endpoints.
+    Etcd,
+}
+
+/// The payment gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PaymentsKind {
+    /// The built-in sandbox (test cards, no money).
+    Sandbox,
+    /// Stripe's API.
+    Stripe,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
 
 /// Deliberately not `Debug`: it holds the Stripe and admin secrets.
 #[derive(Clone, Parser)]
@@ -27,8 +52,8 @@ pub struct Config {
 
     /// Where durable state lives: `sled` (one node, in --data-dir) or `etcd` (a
     /// cluster of nodes sharing --etcd-endpoints).
-    #[arg(long, env = "JETWAY_STORE", default_value = "sled", value_parser = ["sled", "etcd"])]
-    pub store: String,
+    #[arg(long, env = "JETWAY_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
 
     /// etcd client URLs, comma-separated (with --store etcd).
     #[arg(
@@ -85,8 +110,8 @@ pub struct Config {
     pub idle_timeout: u64,
 
     /// Log format: plain or json.
-    #[arg(long, env = "JETWAY_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "JETWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
 
     /// Do not seed the demo schedule into an empty database.
     #[arg(long, env = "JETWAY_NO_SEED", default_value_t = false)]
@@ -118,8 +143,8 @@ pub struct Config {
     pub insecure_fast_hashing: bool,
 
     /// Payment gateway: the built-in sandbox, or Stripe's API.
-    #[arg(long, env = "JETWAY_PAYMENTS", default_value = "sandbox", value_parser = ["sandbox", "stripe"])]
-    pub payments: String,
+    #[arg(long, env = "JETWAY_PAYMENTS", value_enum, default_value_t = PaymentsKind::Sandbox)]
+    pub payments: PaymentsKind,
 
     /// Base URL of Stripe's API (point it at localstripe for tests).
     #[arg(long, env = "JETWAY_STRIPE_API_BASE", default_value = crate::payments::stripe::DEFAULT_API_BASE)]

@@ -18,7 +18,7 @@ async fn main() -> std::process::ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == jetway::config::LogFormat::Json {
         logs.json().init();
     } else {
         logs.init();

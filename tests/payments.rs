@@ -220,7 +220,7 @@ impl Proxy {
 }
 
 fn stripe_config(c: &mut jetway::Config, base: &str) {
-    c.payments = "stripe".into();
+    c.payments = jetway::config::PaymentsKind::Stripe;
     c.stripe_api_base = base.into();
     c.stripe_secret_key = Some(KEY.into());
     c.stripe_webhook_secret = Some(WEBHOOK_SECRET.into());

@@ -107,7 +107,7 @@ impl App {
     /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
     /// committer and expires the holds that fell due while the server was down.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
-        let store: Arc<dyn Store> = if config.store == "etcd" {
+        let store: Arc<dyn Store> = if config.store == crate::config::StoreKind::Etcd {
             connect_etcd(&config).await?
         } else {
             let (dir, cache_mb) = (config.data_dir.clone(), config.cache_mb);
@@ -121,8 +121,8 @@ impl App {
                     })?,
             )
         };
-        let payments: Arc<dyn PaymentGateway> = match config.payments.as_str() {
-            "stripe" => {
+        let payments: Arc<dyn PaymentGateway> = match config.payments {
+            crate::config::PaymentsKind::Stripe => {
                 let key = config.stripe_secret_key.clone().ok_or_else(|| {
                     StartError::Other(
                         "--payments stripe needs STRIPE_SECRET_KEY in the environment".into(),
@@ -134,7 +134,7 @@ impl App {
                         .map_err(StartError::Other)?,
                 )
             }
-            _ => Arc::new(Sandbox::default()),
+            crate::config::PaymentsKind::Sandbox => Arc::new(Sandbox::default()),
         };
         Self::with_parts(config, store, payments).await
     }

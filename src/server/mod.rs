@@ -190,7 +190,8 @@ fn content_security_policy(stripe: bool) -> String {
 
 fn router(ctx: Ctx) -> Router {
     let static_dir = ctx.app.config.static_dir.clone();
-    let csp = content_security_policy(ctx.app.config.payments == "stripe");
+    let csp =
+        content_security_policy(ctx.app.config.payments == crate::config::PaymentsKind::Stripe);
     let security = |name: &'static str, value: &'static str| {
         SetResponseHeaderLayer::if_not_present(
             header::HeaderName::from_static(name),
