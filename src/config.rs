@@ -154,6 +154,11 @@ pub struct Config {
     #[arg(skip = std::env::var("STRIPE_SECRET_KEY").ok())]
     pub stripe_secret_key: Option<String>,
 
+    /// Stripe publishable key (`pk_...`), handed to browsers at `/client.json` so that
+    /// the app can complete 3-D Secure with Stripe.js. Public by design.
+    #[arg(long, env = "JETWAY_STRIPE_PUBLISHABLE_KEY")]
+    pub stripe_publishable_key: Option<String>,
+
     /// Secret that signs Stripe webhooks; set it in the environment.
     #[arg(skip = std::env::var("STRIPE_WEBHOOK_SECRET").ok())]
     pub stripe_webhook_secret: Option<String>,

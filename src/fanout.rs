@@ -271,42 +271,54 @@ struct UserConn {
     token_hash: Arc<str>,
 }
 
-/// Which connections belong to which user.
+/// Which connections belong to which user, and how many there are (kept as they
+/// change, so that nothing counts them at scrape time).
 #[derive(Default)]
 pub struct UserRegistry {
     conns: DashMap<UserId, Vec<UserConn>>,
+    count: std::sync::atomic::AtomicUsize,
 }
 
 impl UserRegistry {
+    /// Runs `f` on `user`'s connections (dropping the user once none is left) and
+    /// moves the count by what it added or removed.
+    fn change(&self, user: UserId, f: impl FnOnce(&mut Vec<UserConn>)) {
+        let (mut before, mut after) = (0, 0);
+        self.conns.remove_if_mut(&user, |_, v| {
+            before = v.len();
+            f(v);
+            after = v.len();
+            v.is_empty()
+        });
+        self.count.fetch_sub(before - after, Ordering::Relaxed);
+    }
+
     pub fn attach(&self, user: UserId, token_hash: &str, outbox: &Outbox) {
         let mut v = self.conns.entry(user).or_default();
+        let before = v.len();
         v.retain(|c| c.outbox.id() != outbox.id());
         v.push(UserConn {
             outbox: outbox.clone(),
             token_hash: token_hash.into(),
         });
+        if v.len() > before {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn detach(&self, user: UserId, conn_id: u64) {
-        self.conns.remove_if_mut(&user, |_, v| {
-            v.retain(|c| c.outbox.id() != conn_id);
-            v.is_empty()
-        });
+        self.change(user, |v| v.retain(|c| c.outbox.id() != conn_id));
     }
 
     /// Detaches every connection that used `token_hash` (logout).
     pub fn revoke(&self, user: UserId, token_hash: &str) {
-        self.conns.remove_if_mut(&user, |_, v| {
-            v.retain(|c| &*c.token_hash != token_hash);
-            v.is_empty()
-        });
+        self.change(user, |v| v.retain(|c| &*c.token_hash != token_hash));
     }
 
     /// Queues `frame` on every connection of `user`, forgetting closed ones.
     pub fn push(&self, user: UserId, frame: &Utf8Bytes) {
-        self.conns.remove_if_mut(&user, |_, v| {
-            v.retain(|c| c.outbox.send(frame.clone()) || !c.outbox.is_closing());
-            v.is_empty()
+        self.change(user, |v| {
+            v.retain(|c| c.outbox.send(frame.clone()) || !c.outbox.is_closing())
         });
     }
 
@@ -318,7 +330,7 @@ impl UserRegistry {
     }
 
     pub fn connections(&self) -> usize {
-        self.conns.iter().map(|e| e.value().len()).sum()
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -430,5 +442,24 @@ mod tests {
         assert!(rb.try_next().is_some());
         reg.detach(UserId(1), b.id());
         assert_eq!(reg.connections(), 1);
+    }
+
+    #[test]
+    fn the_registry_counts_connections_as_they_come_and_go() {
+        let reg = UserRegistry::default();
+        let (a, _ra) = outbox(QueueLimits::default());
+        let (b, rb) = outbox(QueueLimits::default());
+        reg.attach(UserId(1), "t1", &a);
+        reg.attach(UserId(1), "t1", &a);
+        reg.attach(UserId(2), "t2", &b);
+        assert_eq!(reg.connections(), 2, "attaching again adds nothing");
+        drop(rb);
+        reg.push(UserId(2), &"x".into());
+        assert_eq!(reg.connections(), 1, "a closed connection is forgotten");
+        reg.detach(UserId(3), 7);
+        reg.revoke(UserId(1), "other");
+        assert_eq!(reg.connections(), 1);
+        reg.revoke(UserId(1), "t1");
+        assert_eq!(reg.connections(), 0);
     }
 }

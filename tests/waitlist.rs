@@ -441,3 +441,276 @@ async fn two_nodes_serve_one_line() {
         .len();
     assert_eq!(held, 1, "one offer per entry");
 }
+
+const ADMIN_PASSWORD: &str = "waitlist admin password";
+
+async fn admin(url: &str) -> Client {
+    let mut a = Client::connect(url).await;
+    a.ok(
+        "auth.login",
+        json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    )
+    .await;
+    a
+}
+
+/// Boards, then departs a flight (`admin.flights.update`).
+async fn depart(ops: &mut Client, flight: &str) {
+    for status in ["boarding", "departed"] {
+        ops.ok(
+            "admin.flights.update",
+            json!({"flight_id": flight, "status": status}),
+        )
+        .await;
+    }
+}
+
+/// Reads `waitlist.updated` pushes until one says the entry `id` is `status`.
+async fn updated_to(c: &mut Client, id: &str, status: &str) -> Value {
+    loop {
+        let u = c.push("waitlist.updated").await;
+        if u["entry"]["id"] == id && u["entry"]["status"] == status {
+            return u["entry"].clone();
+        }
+    }
+}
+
+/// A flight that departs, or is cancelled, ends its line although no seat of it
+/// changes: its waiting entries expire, their owners are told, and that is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_expire_when_their_flight_departs_or_is_cancelled() {
+    let with_admin = |c: &mut jetway::Config| {
+        fast(c);
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    };
+    let mut s = Server::start_with(with_admin).await;
+    let mut ops = admin(&s.url()).await;
+    let (mut seller, departing) = seller(&s).await;
+    let dep = |f: &Value| {
+        time::OffsetDateTime::parse(
+            f["departs_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let cancelled = seller.ok("flights.search", json!({"limit": 500})).await["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| dep(f) > later && f["flight_id"] != departing.as_str())
+        .map(|f| f["flight_id"].as_str().unwrap().to_owned())
+        .expect("a second flight two days out");
+    sell_out(&mut seller, &departing).await;
+    // (sell_out's request ids are fixed: another seller for another flight)
+    let (mut seller2, _) = self::seller(&s).await;
+    sell_out(&mut seller2, &cancelled).await;
+    let mut a = s.client().await;
+    let token = a.new_user().await;
+    let first = join(&mut a, &departing, "d1").await;
+    let second = join(&mut a, &departing, "d2").await;
+    let third = join(&mut a, &cancelled, "c1").await;
+
+    depart(&mut ops, &departing).await;
+    for e in [&first, &second] {
+        let id = e["id"].as_str().unwrap();
+        let u = updated_to(&mut a, id, "expired").await;
+        assert!(u.get("position").is_none(), "{u}");
+    }
+    assert_eq!(
+        entry(&mut a, third["id"].as_str().unwrap()).await["status"],
+        "waiting"
+    );
+
+    ops.ok(
+        "admin.flights.cancel",
+        json!({"flight_id": cancelled, "reason": "weather"}),
+    )
+    .await;
+    updated_to(&mut a, third["id"].as_str().unwrap(), "expired").await;
+
+    // durable: a restart finds them expired, and the user may wait elsewhere again
+    s.restart_with(with_admin).await;
+    let mut a = s.client().await;
+    a.ok("auth.resume", json!({"token": token})).await;
+    for e in [&first, &second, &third] {
+        let got = entry(&mut a, e["id"].as_str().unwrap()).await;
+        assert_eq!(got["status"], "expired", "{got}");
+    }
+    s.stop().await;
+}
+
+/// Two nodes on one etcd: when someone ahead leaves, the owners behind are told
+/// their new position whichever node they are connected to.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_changes_reach_owners_on_every_node() {
+    use common::cluster::{node_with_env, Etcd};
+    let etcd = Etcd::start(1);
+    let prefix = format!("{}/", unique_name("wlpos"));
+    let flags = ["--insecure-fast-hashing", "--rate-limit", "0"];
+    let env = [("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+    let nodes = [
+        node_with_env(&etcd, &prefix, &flags, &env),
+        node_with_env(&etcd, &prefix, &flags, &env),
+    ];
+    let mut seller = Client::connect(&nodes[0].url()).await;
+    seller.new_user().await;
+    let flight = later_flight(&mut seller).await["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sell_out(&mut seller, &flight).await;
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for (i, n) in [0, 1, 0].into_iter().enumerate() {
+        let mut c = Client::connect(&nodes[n].url()).await;
+        c.new_user().await;
+        let e = join(&mut c, &flight, "j").await;
+        assert_eq!(e["position"], i + 1);
+        ids.push(e["id"].as_str().unwrap().to_owned());
+        clients.push(c);
+    }
+    // the first leaves through node 0: the second (node 1) and third (node 0) move up
+    clients[0].ok("waitlist.leave", json!({"id": ids[0]})).await;
+    for k in 1..3 {
+        let u = clients[k].push("waitlist.updated").await;
+        assert_eq!(u["entry"]["id"], ids[k].as_str());
+        assert_eq!(
+            (
+                u["entry"]["status"].as_str(),
+                u["entry"]["position"].as_u64()
+            ),
+            (Some("waiting"), Some(k as u64))
+        );
+    }
+    // the flight departs through node 1: every waiting entry expires, and is told so
+    let mut ops = admin(&nodes[1].url()).await;
+    depart(&mut ops, &flight).await;
+    for k in 1..3 {
+        updated_to(&mut clients[k], &ids[k], "expired").await;
+        assert_eq!(entry(&mut clients[k], &ids[k]).await["status"], "expired");
+    }
+}
+
+/// SIGKILL while freed seats are being offered: a seat cancelled just before the
+/// kill is, after the restart and a retry of the cancel with its request id, either
+/// offered exactly once or still the seller's (never both, never lost), no entry
+/// gets two offers, and no freed seat is left available while someone waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_freeing_and_offering_loses_no_offer_and_doubles_none() {
+    const ROUNDS: usize = 4;
+    let dir = data_dir();
+    let args = [
+        "--insecure-fast-hashing",
+        "--rate-limit",
+        "0",
+        "--hold-ttl",
+        "600",
+    ];
+    let mut p = Proc::start(&dir, &args);
+    let mut seller = Client::connect(&p.url()).await;
+    let seller_token = seller.new_user().await;
+    let flight = later_flight(&mut seller).await["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sell_out(&mut seller, &flight).await;
+    let mine = seller.ok("bookings.list", json!({})).await["bookings"].clone();
+    // one seat of each of ROUNDS confirmed bookings is cancelled, one per round
+    let to_cancel: Vec<(String, String)> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "confirmed")
+        .flat_map(|b| {
+            let loc = b["locator"].as_str().unwrap().to_owned();
+            b["seats"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |s| (loc.clone(), s["seat"].as_str().unwrap().to_owned()))
+        })
+        .take(ROUNDS)
+        .collect();
+    assert_eq!(to_cancel.len(), ROUNDS);
+    let mut tokens = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..ROUNDS + 1 {
+        let mut c = Client::connect(&p.url()).await;
+        tokens.push(c.new_user().await);
+        ids.push(
+            join(&mut c, &flight, "j").await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut rng_state = std::process::id() as u64;
+    for (round, (loc, seat)) in to_cancel.iter().enumerate() {
+        let params = json!({"locator": loc, "seats": [seat], "request_id": format!("k{round}")});
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "booking.cancel", "params": params});
+        seller.send_text(&req.to_string()).await;
+        // the kill lands anywhere from before the write to after the offer
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_micros((rng_state >> 33) % 20_000);
+        tokio::time::sleep(delay).await;
+        p.kill9();
+        p = Proc::start(&dir, &args);
+        seller = Client::connect(&p.url()).await;
+        seller
+            .ok("auth.resume", json!({"token": seller_token}))
+            .await;
+        // the cancel again: done once, whether or not the first try was durable
+        seller.ok("booking.cancel", params).await;
+
+        let mut offered = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            offered.clear();
+            for (k, token) in tokens.iter().enumerate() {
+                let mut c = Client::connect(&p.url()).await;
+                c.ok("auth.resume", json!({"token": token})).await;
+                let e = entry(&mut c, &ids[k]).await;
+                let bookings = c.ok("bookings.list", json!({})).await["bookings"].clone();
+                let bookings = bookings.as_array().unwrap();
+                match e["status"].as_str().unwrap() {
+                    "offered" => {
+                        assert_eq!(bookings.len(), 1, "one offer per entry: {bookings:?}");
+                        assert_eq!(bookings[0]["locator"], e["locator"]);
+                        assert_eq!(bookings[0]["status"], "held");
+                        offered.push(bookings[0]["seats"][0]["seat"].as_str().unwrap().to_owned());
+                    }
+                    "waiting" => assert!(bookings.is_empty(), "{bookings:?}"),
+                    other => panic!("entry {} is {other}", ids[k]),
+                }
+            }
+            if offered.len() == round + 1 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut expected: Vec<String> =
+            to_cancel[..=round].iter().map(|(_, s)| s.clone()).collect();
+        offered.sort();
+        expected.sort();
+        assert_eq!(
+            offered, expected,
+            "round {round}: each freed seat offered once"
+        );
+        let map = seller.ok("flights.get", json!({"flight_id": flight})).await;
+        for s in &expected {
+            assert_eq!(seat_status(&map, s), "held", "{s}");
+        }
+        let available = map["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["cabin"] == CABIN && s["status"] == "available")
+            .count();
+        assert_eq!(available, 0, "no freed seat is left available");
+    }
+    p.kill9();
+}

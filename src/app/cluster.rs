@@ -111,18 +111,20 @@ impl App {
                         self.presence.set_remote(node, flight, *viewers);
                     }
                 }
-                Change::Waitlist(e) => {
-                    let bookings: Vec<_> = changes
-                        .iter()
-                        .filter_map(|c| match c {
-                            Change::Booking(b) => Some(b),
-                            _ => None,
-                        })
-                        .collect();
-                    let (user, frame) = super::waitlist::replicated_push(self, e, &bookings);
-                    self.users.push(user, &frame);
-                }
-                Change::Flight(_) | Change::Seats(_) => {}
+                Change::Flight(_) | Change::Seats(_) | Change::Waitlist(_) => {}
+            }
+        }
+        let (mut entries, mut bookings) = (Vec::new(), Vec::new());
+        for c in changes {
+            match c {
+                Change::Waitlist(e) => entries.push(e),
+                Change::Booking(b) => bookings.push(b),
+                _ => {}
+            }
+        }
+        if !entries.is_empty() {
+            for (user, frame) in super::waitlist::replicated_pushes(self, &entries, &bookings) {
+                self.users.push(user, &frame);
             }
         }
     }

@@ -77,6 +77,7 @@ pub struct App {
     admin: admin::AdminState,
     presence: presence::Presence,
     pub boards: Arc<board::Boards>,
+    closed_lines: waitlist::ClosedLines,
     sessions: DashMap<String, SessionRecord>,
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     dummy_hash: String,
@@ -128,6 +129,11 @@ impl App {
                         "--payments stripe needs STRIPE_SECRET_KEY in the environment".into(),
                     )
                 })?;
+                if config.stripe_publishable_key.is_none() {
+                    tracing::warn!(
+                        "no --stripe-publishable-key: the browser app cannot complete 3-D Secure"
+                    );
+                }
                 let timeout = std::time::Duration::from_secs(config.gateway_timeout);
                 Arc::new(
                     Stripe::new(&config.stripe_api_base, key, timeout)
@@ -174,6 +180,7 @@ impl App {
             admin: Default::default(),
             presence: Default::default(),
             boards: Default::default(),
+            closed_lines: Default::default(),
             sessions: DashMap::new(),
             user_locks: DashMap::new(),
             dummy_hash,

@@ -110,6 +110,7 @@ impl App {
     /// Takes a durable flight record (written here, or heard from the cluster) and,
     /// if its status or times changed, pushes `flight.changed`.
     pub(super) fn flight_record(&self, fs: &Arc<FlightSeats>, f: Flight) {
+        self.note_line(&f);
         let Some(old) = fs.replace_flight(f.clone()) else {
             return;
         };
@@ -174,13 +175,22 @@ impl App {
     }
 }
 
-/// Marks departed flights every [`DEPARTURE_TICK`] until `stop`.
+/// Marks departed flights every [`DEPARTURE_TICK`], and expires the waitlists of
+/// cancelled and departed flights, until `stop`.
 pub(super) async fn run_departures(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(DEPARTURE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // lines that closed while the server was down
+    for fs in app.inventory.all() {
+        app.note_line(&fs.flight());
+    }
     loop {
         tokio::select! {
-            _ = tick.tick() => app.mark_departures().await,
+            _ = tick.tick() => {
+                app.mark_departures().await;
+                app.expire_closed_lines().await;
+            }
+            _ = app.closed_lines.wake.notified() => app.expire_closed_lines().await,
             _ = stop.cancelled() => return,
         }
     }

@@ -1,23 +1,45 @@
 //! The waitlist use cases: joining and leaving a sold-out cabin's line, listing
 //! one's entries, and serving the line inside every seat change of a flight
 //! ([`App::serve_waitlist`]), so that freed seats become the next entries' holds in
-//! the very version that frees them.
+//! the very version that frees them. Entries of a flight that is cancelled or
+//! departs expire in a sweep of their own ([`App::expire_closed_lines`]), woken by the
+//! flight record that closes the line, so a flight whose seats never change again
+//! still ends its line.
 
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 use super::bookings::{busy_error, check_bookable, new_locator};
 use super::{booking_push, event, remember_ok, App, AuthSession};
 use crate::domain::booking::MAX_SEATS_PER_BOOKING;
 use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};
 use crate::domain::{
-    self, seating, Booking, BookingStatus, Cabin, Millis, UserId, WaitlistEntry, WaitlistStatus,
+    self, seating, Booking, BookingStatus, Cabin, Flight, FlightId, FlightStatus, Millis, UserId,
+    WaitlistEntry, WaitlistStatus,
 };
 use crate::fanout::Utf8Bytes;
 use crate::inventory::{FlightSeats, Occupant, Working};
 use crate::protocol::{envelope, params, wire, ApiError};
+use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
+
+/// Flights whose line closed (cancelled or departed) and may still have waiting
+/// entries, for the sweep that expires them, and that sweep's wake-up.
+#[derive(Default)]
+pub(super) struct ClosedLines {
+    due: parking_lot::Mutex<HashSet<FlightId>>,
+    pub(super) wake: Notify,
+}
+
+/// Whether a flight's waitlist is over: the flight is cancelled or has departed.
+fn line_closed(f: &Flight, now: Millis) -> bool {
+    matches!(
+        f.status(now),
+        FlightStatus::Cancelled | FlightStatus::Departed
+    )
+}
 
 /// What serving a flight's waitlist in one seat change did, for after it is durable.
 #[derive(Default)]
@@ -94,73 +116,71 @@ impl App {
             }
         }
         let mut offered: Vec<(String, Booking)> = Vec::new();
-        match check_bookable(fs, now) {
-            Err(_) => {
-                for e in entries
-                    .iter_mut()
-                    .filter(|e| e.status == WaitlistStatus::Waiting)
-                {
-                    if e.end(WaitlistStatus::Expired, now).is_ok() {
-                        changed.insert(e.id.clone());
-                    }
+        if line_closed(&fs.flight(), now) {
+            for e in entries
+                .iter_mut()
+                .filter(|e| e.status == WaitlistStatus::Waiting)
+            {
+                if e.end(WaitlistStatus::Expired, now).is_ok() {
+                    changed.insert(e.id.clone());
                 }
             }
-            Ok(flight) => {
-                let mut free = w.free_mask();
-                for (i, o) in updates.iter() {
-                    free[*i] = o.is_none();
+        } else if let Ok(flight) = check_bookable(fs, now) {
+            // (while boarding nothing is offered: the line waits for the departure)
+            let mut free = w.free_mask();
+            for (i, o) in updates.iter() {
+                free[*i] = o.is_none();
+            }
+            let counts = free_by_cabin(fs, &free);
+            let ttl = self.config.hold_ttl as Millis * 1000;
+            for i in waitlist::serve(&entries, |c| counts.get(&c).copied().unwrap_or(0)) {
+                let e = &mut entries[i];
+                let Some(idx) = seating::pick(fs.aircraft, &free, e.cabin, e.count()) else {
+                    continue;
+                };
+                let seats: Vec<_> = idx
+                    .iter()
+                    .map(|&k| {
+                        let info = &fs.aircraft.seats()[k];
+                        (info.id, info.cabin, flight.fares.of(info.cabin))
+                    })
+                    .collect();
+                let b = Booking::hold(
+                    new_locator(),
+                    e.user_id,
+                    flight.id.clone(),
+                    seats,
+                    e.passengers.clone(),
+                    now,
+                    ttl,
+                )
+                .map_err(|x| StoreError::Corrupt(format!("waitlist entry {}: {x}", e.id)))?;
+                let occupant = Occupant {
+                    locator: b.locator.clone(),
+                    booked: false,
+                };
+                for &k in &idx {
+                    free[k] = false;
+                    set_update(updates, k, Some(occupant.clone()));
                 }
-                let counts = free_by_cabin(fs, &free);
-                let ttl = self.config.hold_ttl as Millis * 1000;
-                for i in waitlist::serve(&entries, |c| counts.get(&c).copied().unwrap_or(0)) {
-                    let e = &mut entries[i];
-                    let Some(idx) = seating::pick(fs.aircraft, &free, e.cabin, e.count()) else {
-                        continue;
-                    };
-                    let seats: Vec<_> = idx
-                        .iter()
-                        .map(|&k| {
-                            let info = &fs.aircraft.seats()[k];
-                            (info.id, info.cabin, flight.fares.of(info.cabin))
-                        })
-                        .collect();
-                    let b = Booking::hold(
-                        new_locator(),
-                        e.user_id,
-                        flight.id.clone(),
-                        seats,
-                        e.passengers.clone(),
+                e.offer(b.locator.clone(), now);
+                changed.insert(e.id.clone());
+                batch.events.push((
+                    e.user_id,
+                    event(
+                        "held",
+                        Some(&b.locator),
                         now,
-                        ttl,
-                    )
-                    .map_err(|x| StoreError::Corrupt(format!("waitlist entry {}: {x}", e.id)))?;
-                    let occupant = Occupant {
-                        locator: b.locator.clone(),
-                        booked: false,
-                    };
-                    for &k in &idx {
-                        free[k] = false;
-                        set_update(updates, k, Some(occupant.clone()));
-                    }
-                    e.offer(b.locator.clone(), now);
-                    changed.insert(e.id.clone());
-                    batch.events.push((
-                        e.user_id,
-                        event(
-                            "held",
-                            Some(&b.locator),
-                            now,
-                            json!({
-                                "flight_id": flight.id,
-                                "seats": b.seats.iter().map(|x| x.seat.to_string()).collect::<Vec<_>>(),
-                                "total": wire::money(b.total),
-                                "waitlist": e.id,
-                            }),
-                        ),
-                    ));
-                    batch.new_bookings.push(b.clone());
-                    offered.push((e.id.clone(), b));
-                }
+                        json!({
+                            "flight_id": flight.id,
+                            "seats": b.seats.iter().map(|x| x.seat.to_string()).collect::<Vec<_>>(),
+                            "total": wire::money(b.total),
+                            "waitlist": e.id,
+                        }),
+                    ),
+                ));
+                batch.new_bookings.push(b.clone());
+                offered.push((e.id.clone(), b));
             }
         }
         let after = waitlist::positions(&entries);
@@ -210,6 +230,64 @@ impl App {
                 users.push(*user, frame);
             }
         })
+    }
+
+    /// Writes `batch`, a change of a flight's line that moves no seat (a leave, an
+    /// expiry), with the position changes it makes.
+    fn line_step(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &Working,
+        mut batch: Batch,
+    ) -> Result<Ticket, StoreError> {
+        let mut none = Vec::new();
+        let served = self.serve_waitlist(fs, w, &mut batch, &mut none, None)?;
+        let expect = Some((fs.id.clone(), w.version));
+        self.committer
+            .submit(batch, expect, || Some(self.served_action(served)))
+    }
+
+    /// Takes note of a flight record: when it closes the flight's line (cancelled or
+    /// departed), the sweep is woken to expire the line's waiting entries.
+    pub(super) fn note_line(&self, f: &Flight) {
+        if line_closed(f, domain::now_ms()) {
+            self.closed_lines.due.lock().insert(f.id.clone());
+            self.closed_lines.wake.notify_one();
+        }
+    }
+
+    /// Expires the waiting entries of every flight whose line closed since the last
+    /// sweep; a flight that fails is tried again at the next one.
+    pub(super) async fn expire_closed_lines(&self) {
+        let due: Vec<FlightId> = self.closed_lines.due.lock().drain().collect();
+        for id in due {
+            let Some(fs) = self.inventory.get(id.as_str()) else {
+                continue;
+            };
+            if let Err(e) = self.expire_line(&fs).await {
+                tracing::warn!(flight = %id, error = %e, "cannot expire a closed waitlist; trying again later");
+                self.closed_lines.due.lock().insert(id);
+            }
+        }
+    }
+
+    /// Expires the waiting entries of a cancelled or departed flight, durably, and
+    /// tells their owners (`waitlist.updated`).
+    async fn expire_line(&self, fs: &Arc<FlightSeats>) -> Result<(), ApiError> {
+        self.committer.catch_up().await?;
+        self.seat_step(fs, None, |w| {
+            let waiting = self
+                .store
+                .flight_waitlist(&fs.id)?
+                .iter()
+                .any(|e| e.status == WaitlistStatus::Waiting);
+            if !waiting || !line_closed(&fs.flight(), domain::now_ms()) {
+                return Ok((None, ()));
+            }
+            Ok((Some(self.line_step(fs, w, Batch::default())?), ()))
+        })
+        .await?;
+        Ok(())
     }
 
     fn own_entry(&self, user: UserId, id: &str) -> Result<WaitlistEntry, ApiError> {
@@ -351,14 +429,7 @@ impl App {
                 let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
                 return Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result));
             }
-            // no seat changes: only the line moves up
-            let mut none = Vec::new();
-            let served = self.serve_waitlist(&fs, w, &mut batch, &mut none, None)?;
-            let expect = Some((fs.id.clone(), w.version));
-            let ticket = self
-                .committer
-                .submit(batch, expect, || Some(self.served_action(served)))?;
-            Ok((Some(ticket), result))
+            Ok((Some(self.line_step(&fs, w, batch)?), result))
         })
         .await?
         .reply()
@@ -395,34 +466,68 @@ impl App {
     }
 }
 
-/// The push of a replicated entry change to its owner on this node: an offer when
-/// its hold is in the same revision, an update otherwise.
-pub(super) fn replicated_push(
+/// The pushes of one replicated revision's entry changes to their owners on this
+/// node: an offer when its hold is in the same revision, an update otherwise, and an
+/// update to every other waiting entry of those lines whose position moved (told
+/// from the changed entries' previous states, so every node sends them).
+pub(super) fn replicated_pushes(
     app: &App,
-    e: &WaitlistEntry,
+    changed: &[&WaitlistEntry],
     bookings: &[&Booking],
-) -> (UserId, Utf8Bytes) {
-    let position = match e.status {
-        WaitlistStatus::Waiting => app
-            .store
-            .flight_waitlist(&e.flight_id)
-            .ok()
-            .and_then(|l| waitlist::positions(&l).get(&e.id).copied()),
-        _ => None,
-    };
-    let entry = wire::waitlist_entry(e, position);
-    let hold = bookings.iter().find(|b| {
-        e.status == WaitlistStatus::Offered
-            && Some(&b.locator) == e.locator.as_ref()
-            && b.status == BookingStatus::Held
-    });
-    let flight = app.inventory.get(e.flight_id.as_str()).map(|f| f.flight());
-    let frame = match hold {
-        Some(b) => push(
-            "waitlist.offered",
-            json!({ "entry": entry, "booking": wire::booking(b, flight.as_ref()) }),
-        ),
-        None => push("waitlist.updated", json!({ "entry": entry })),
-    };
-    (e.user_id, frame)
+) -> Vec<(UserId, Utf8Bytes)> {
+    let mut out = Vec::new();
+    let flights: HashSet<&FlightId> = changed.iter().map(|e| &e.flight_id).collect();
+    for flight in flights {
+        let line = app.store.flight_waitlist(flight).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read a waitlist to push its changes");
+            Vec::new()
+        });
+        let mine: Vec<&WaitlistEntry> = changed
+            .iter()
+            .copied()
+            .filter(|e| e.flight_id == *flight)
+            .collect();
+        let is_changed = |id: &str| mine.iter().any(|e| e.id == id);
+        let mut earlier: Vec<WaitlistEntry> = line
+            .iter()
+            .filter(|e| !is_changed(&e.id))
+            .cloned()
+            .collect();
+        earlier.extend(mine.iter().filter_map(|e| {
+            e.previous_status().map(|status| WaitlistEntry {
+                status,
+                ..(*e).clone()
+            })
+        }));
+        let (before, after) = (waitlist::positions(&earlier), waitlist::positions(&line));
+        let meta = app.inventory.get(flight.as_str()).map(|f| f.flight());
+        // a join is answered to its requester, not pushed
+        for e in mine.iter().filter(|e| e.previous_status().is_some()) {
+            let entry = wire::waitlist_entry(e, after.get(&e.id).copied());
+            let hold = bookings.iter().find(|b| {
+                e.status == WaitlistStatus::Offered
+                    && Some(&b.locator) == e.locator.as_ref()
+                    && b.status == BookingStatus::Held
+            });
+            let frame = match hold {
+                Some(b) => push(
+                    "waitlist.offered",
+                    json!({ "entry": entry, "booking": wire::booking(b, meta.as_ref()) }),
+                ),
+                None => push("waitlist.updated", json!({ "entry": entry })),
+            };
+            out.push((e.user_id, frame));
+        }
+        for e in line.iter().filter(|e| !is_changed(&e.id)) {
+            let position = after.get(&e.id).copied();
+            if position.is_some() && before.get(&e.id).copied() != position {
+                let entry = wire::waitlist_entry(e, position);
+                out.push((
+                    e.user_id,
+                    push("waitlist.updated", json!({ "entry": entry })),
+                ));
+            }
+        }
+    }
+    out
 }

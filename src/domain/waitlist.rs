@@ -76,6 +76,20 @@ impl WaitlistEntry {
         self.updated_at = now;
     }
 
+    /// The status the entry had before the change that gave it its present one
+    /// (`None`: it has just joined), as the state machine above allows only one.
+    pub fn previous_status(&self) -> Option<WaitlistStatus> {
+        match self.status {
+            WaitlistStatus::Waiting => None,
+            WaitlistStatus::Offered => Some(WaitlistStatus::Waiting),
+            WaitlistStatus::Accepted => Some(WaitlistStatus::Offered),
+            WaitlistStatus::Expired | WaitlistStatus::Left => match self.locator {
+                Some(_) => Some(WaitlistStatus::Offered),
+                None => Some(WaitlistStatus::Waiting),
+            },
+        }
+    }
+
     /// Ends an active entry with `status`; an entry that ended already stays as it is.
     pub fn end(&mut self, status: WaitlistStatus, now: Millis) -> Result<(), DomainError> {
         if !self.status.is_active() {
@@ -189,6 +203,30 @@ mod tests {
         assert_eq!((p["b"], p["c"], p["d"]), (1, 1, 2));
         let ids: Vec<_> = serve(&e, |_| 1).iter().map(|&i| e[i].id.clone()).collect();
         assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn the_previous_status_follows_the_state_machine() {
+        let mut e = entry("a", 1, Cabin::Economy, 1);
+        assert_eq!(e.previous_status(), None);
+        let mut left = e.clone();
+        left.end(WaitlistStatus::Left, 2).unwrap();
+        assert_eq!(left.previous_status(), Some(WaitlistStatus::Waiting));
+        e.offer(Locator::parse("AAAAAA").unwrap(), 3);
+        assert_eq!(e.previous_status(), Some(WaitlistStatus::Waiting));
+        for end in [
+            WaitlistStatus::Accepted,
+            WaitlistStatus::Expired,
+            WaitlistStatus::Left,
+        ] {
+            let mut x = e.clone();
+            x.end(end, 4).unwrap();
+            assert_eq!(
+                x.previous_status(),
+                Some(WaitlistStatus::Offered),
+                "{end:?}"
+            );
+        }
     }
 
     #[test]

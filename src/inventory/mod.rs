@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
@@ -110,13 +110,41 @@ pub struct Published {
     pub json: Value,
 }
 
+/// A flight's seat-map subscribers, by connection id (joining and leaving stay cheap
+/// with thousands of watchers), counted into their inventory's total as they change,
+/// so that nothing counts them at scrape time.
+struct Watchers {
+    by_conn: HashMap<u64, Outbox>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Watchers {
+    /// Runs `f` on the map and moves the total by what it added or removed.
+    fn change<R>(&mut self, f: impl FnOnce(&mut HashMap<u64, Outbox>) -> R) -> R {
+        let before = self.by_conn.len();
+        let r = f(&mut self.by_conn);
+        let after = self.by_conn.len();
+        if after > before {
+            self.total.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.by_conn.len(), Ordering::Relaxed);
+    }
+}
+
 /// The public layer: durable state, replay buffer and watchers.
 pub struct Live {
     version: u64,
     status: Vec<SeatStatus>,
     replay: VecDeque<Arc<Published>>,
-    /// By connection id: joining and leaving stay cheap with thousands of watchers.
-    watchers: HashMap<u64, Outbox>,
+    watchers: Watchers,
     /// The JSON array of every seat at `version`, encoded once for all the subscribers
     /// of that version; dropped by the next publish.
     encoded: Option<Arc<str>>,
@@ -149,6 +177,7 @@ impl FlightSeats {
         version: u64,
         seats: Vec<Option<Occupant>>,
         replay_capacity: usize,
+        watching: Arc<AtomicUsize>,
     ) -> Self {
         let aircraft = flight.aircraft();
         let status = seats.iter().map(Occupant::status).collect();
@@ -168,7 +197,10 @@ impl FlightSeats {
                 version,
                 status,
                 replay: VecDeque::new(),
-                watchers: HashMap::new(),
+                watchers: Watchers {
+                    by_conn: HashMap::new(),
+                    total: watching,
+                },
                 encoded: None,
             }),
             replay_capacity,
@@ -331,7 +363,8 @@ impl FlightSeats {
             version: change.version,
             json,
         }));
-        live.watchers.retain(|_, w| w.send(frame.clone()));
+        live.watchers
+            .change(|m| m.retain(|_, w| w.send(frame.clone())));
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -360,27 +393,35 @@ impl FlightSeats {
             _ => Start::Snapshot(self.encoded_seats(&mut live)),
         };
         let frame = reply(live.version, start);
-        live.watchers.remove(&outbox.id());
-        if frame.is_none_or(|f| outbox.send(f)) {
-            live.watchers.insert(outbox.id(), outbox.clone());
-            true
-        } else {
-            false
-        }
+        live.watchers.change(|m| {
+            m.remove(&outbox.id());
+            if frame.is_none_or(|f| outbox.send(f)) {
+                m.insert(outbox.id(), outbox.clone());
+                true
+            } else {
+                false
+            }
+        })
     }
 
     pub fn unsubscribe(&self, conn_id: u64) -> bool {
         let mut live = self.live.lock();
-        live.watchers.remove(&conn_id).is_some()
+        live.watchers.change(|m| m.remove(&conn_id).is_some())
     }
 
     pub fn watchers(&self) -> usize {
-        self.live.lock().watchers.len()
+        self.live.lock().watchers.by_conn.len()
     }
 
     /// The connections subscribed to the seat map.
     pub fn watcher_outboxes(&self) -> Vec<Outbox> {
-        self.live.lock().watchers.values().cloned().collect()
+        self.live
+            .lock()
+            .watchers
+            .by_conn
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -403,6 +444,8 @@ fn counts(aircraft: &Aircraft, status: &[SeatStatus]) -> wire::CabinCounts {
 pub struct Inventory {
     flights: DashMap<FlightId, Arc<FlightSeats>>,
     replay_capacity: usize,
+    /// Seat-map subscriptions over all flights.
+    watching: Arc<AtomicUsize>,
 }
 
 impl Inventory {
@@ -410,6 +453,7 @@ impl Inventory {
         Inventory {
             flights: DashMap::new(),
             replay_capacity: replay_capacity.max(1),
+            watching: Arc::default(),
         }
     }
 
@@ -425,6 +469,7 @@ impl Inventory {
             version,
             seats,
             self.replay_capacity,
+            self.watching.clone(),
         ));
         self.flights.insert(entry.id.clone(), entry.clone());
         entry
@@ -445,6 +490,7 @@ impl Inventory {
                     0,
                     seats,
                     self.replay_capacity,
+                    self.watching.clone(),
                 )))
                 .clone()
             }
@@ -463,6 +509,11 @@ impl Inventory {
 
     pub fn len(&self) -> usize {
         self.flights.len()
+    }
+
+    /// Seat-map subscriptions over all flights, kept as they change.
+    pub fn watchers(&self) -> usize {
+        self.watching.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -562,6 +613,36 @@ mod tests {
         assert_eq!(seats[0]["status"], "held");
         assert!(fs.unsubscribe(watcher.id()));
         assert_eq!(fs.watchers(), 0);
+    }
+
+    #[test]
+    fn the_watcher_total_follows_subscriptions_closed_outboxes_and_reloads() {
+        let inv = Inventory::new(8);
+        let limits = QueueLimits {
+            messages: 16,
+            bytes: 1 << 20,
+        };
+        let mut flights = crate::domain::schedule::demo_schedule(crate::domain::date_of(0), 1);
+        let (a, b) = (inv.add(flights.remove(0)), inv.add(flights.remove(0)));
+        let (w1, _rx1) = outbox(limits);
+        let (w2, rx2) = outbox(limits);
+        for fs in [&a, &b] {
+            assert!(fs.subscribe(&w1, None, |_, _| None));
+        }
+        assert!(a.subscribe(&w2, None, |_, _| None));
+        assert!(a.subscribe(&w2, None, |_, _| None));
+        assert_eq!(inv.watchers(), 3);
+        assert!(b.unsubscribe(w1.id()));
+        assert!(!b.unsubscribe(w1.id()));
+        assert_eq!(inv.watchers(), 2);
+        // a closed watcher leaves with the next push
+        drop(rx2);
+        a.apply_committed(1, vec![(0, occ("AAAAAA"))]);
+        assert_eq!(inv.watchers(), 1);
+        // a reloaded seat map replaces the flight's watchers once the old one is gone
+        inv.load(a.flight(), 1, vec![None; a.aircraft.seats().len()]);
+        drop(a);
+        assert_eq!(inv.watchers(), 0);
     }
 
     #[test]

@@ -20,12 +20,7 @@ fn snapshot(app: &App) -> Snapshot {
     let frames = crate::fanout::frame_stats();
     Snapshot {
         flights: app.inventory.len() as u64,
-        subscriptions: app
-            .inventory
-            .all()
-            .iter()
-            .map(|f| f.watchers() as u64)
-            .sum(),
+        subscriptions: app.inventory.watchers() as u64,
         user_connections: app.users.connections() as u64,
         holds_pending_expiry: app.expiry.pending() as u64,
         bookings: app

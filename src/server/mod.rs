@@ -210,6 +210,7 @@ fn router(ctx: Ctx) -> Router {
             "/asyncapi.json",
             get(|| async { axum::Json(contract::asyncapi()) }),
         )
+        .route("/client.json", get(client_config))
         .route("/webhooks/stripe", axum::routing::post(stripe_webhook))
         .route("/admin/backup", axum::routing::post(backup));
     // with --metrics-listen, /metrics is served there only
@@ -233,6 +234,22 @@ fn router(ctx: Ctx) -> Router {
         .layer(security("x-frame-options", "DENY"))
         .layer(axum::middleware::from_fn(request_started))
         .with_state(ctx)
+}
+
+/// `GET /client.json`: what a browser front end needs to know about this server's
+/// payments: the gateway, and with Stripe the publishable key for Stripe.js.
+async fn client_config(State(ctx): State<Ctx>) -> Response {
+    use crate::config::PaymentsKind;
+    let c = &ctx.app.config;
+    let (payments, key) = match c.payments {
+        PaymentsKind::Sandbox => ("sandbox", None),
+        PaymentsKind::Stripe => ("stripe", c.stripe_publishable_key.as_deref()),
+    };
+    axum::Json(serde_json::json!({
+        "payments": payments,
+        "stripe_publishable_key": key,
+    }))
+    .into_response()
 }
 
 /// `POST /admin/backup` with `Authorization: Bearer <admin session token>`: a
