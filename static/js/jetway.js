@@ -190,6 +190,26 @@ export class Jetway extends RpcClient {
     return this._idempotent('booking.pay', params, 'pay', { timeout: 60000 });
   }
   /**
+   * Pays, completing the customer's action (3-D Secure) when the server asks for it:
+   * on `payment_action_required`, `handleAction(data.client_secret)` runs (with
+   * Stripe.js: `stripe.handleNextAction({clientSecret})`), then `booking.pay` is sent
+   * again with the same `locator` and `payment_method` and a new `request_id`, as
+   * docs/protocol.md ("Customer action") says. Without `handleAction`, or when the
+   * second answer asks again, the `payment_action_required` error is thrown.
+   * @param {{locator: string, payment_method: string, request_id?: string}} params
+   * @param {((clientSecret: string) => Promise<void>)|null} [handleAction]
+   * @returns {Promise<{booking: Booking, order: Order}>}
+   */
+  async payCompletingAction(params, handleAction) {
+    try {
+      return await this.pay(params);
+    } catch (e) {
+      if (e.reason !== 'payment_action_required' || !handleAction || !e.data?.client_secret) throw e;
+      await handleAction(e.data.client_secret);
+      return this.pay({ ...params, request_id: newRequestId('pay') });
+    }
+  }
+  /**
    * Releases a hold, or cancels a confirmed booking (only `seats`, when given).
    * @param {{locator: string, seats?: string[], request_id?: string}} params
    * @returns {Promise<{booking: Booking, order?: Order}>}  `order` when a refund was made

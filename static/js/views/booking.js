@@ -1,5 +1,6 @@
 import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
 import { newRequestId } from '../jetway.js';
+import { paymentsConfig, stripeActionHandler } from '../stripe.js';
 import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural, departureText } from '../format.js';
 import { friendlyError } from './flight.js';
 import { canCheckIn, checkInButton, hasPasses, boardingPassesSection } from './checkin.js';
@@ -9,6 +10,7 @@ export const PAYMENT_METHODS = [
   { id: 'pm_card_visa_chargeDeclined', label: 'Visa ending 0002 (test card: declined)' },
   { id: 'pm_card_chargeCustomerFail', label: 'Card ending 0341 (test card: customer charge fails)' },
 ];
+const THREE_D_SECURE_CARD = { id: 'pm_card_threeDSecure2Required', label: 'Card ending 3155 (test card: 3-D Secure)' };
 
 /**
  * Estimated refund by the fare rule (the server's reply is authoritative): economy is
@@ -299,6 +301,10 @@ export async function bookingView(ctx, el, { locator, signal }) {
 
   function payForm() {
     const sel = h('select', { id: 'pay-method', name: 'payment_method' }, PAYMENT_METHODS.map((m) => h('option', { value: m.id }, m.label)));
+    // Stripe's test card that asks for 3-D Secure, when payments go through Stripe
+    paymentsConfig().then((c) => {
+      if (c.payments === 'stripe') sel.append(h('option', { value: THREE_D_SECURE_CARD.id }, THREE_D_SECURE_CARD.label));
+    });
     if (lastDecline?.method) sel.value = lastDecline.method;
     const err = h('div', { class: 'form-error', role: 'alert', 'data-testid': 'pay-error' });
     if (lastDecline) err.append(lastDecline.node);
@@ -321,7 +327,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
       err.textContent = '';
       const method = sel.value;
       try {
-        const r = await ctx.client.call('booking.pay', { locator: booking.locator, payment_method: method, request_id: newRequestId('pay') }, { retry: true, timeout: 60000 });
+        const r = await ctx.client.payCompletingAction({ locator: booking.locator, payment_method: method, request_id: newRequestId('pay') }, await stripeActionHandler());
         paying = false;
         if (signal.aborted) return;
         booking = { ...r.booking, flight: r.booking.flight || booking.flight };
@@ -340,6 +346,10 @@ export async function bookingView(ctx, el, { locator, signal }) {
           );
           lastDecline = { method, node };
           err.append(node);
+        } else if (e2.reason === 'payment_action_required') {
+          err.textContent = (await stripeActionHandler())
+            ? 'Your bank did not confirm this payment. Nothing was charged; try again, or choose another card.'
+            : 'This card needs 3-D Secure verification, which cannot be completed here (the server has no Stripe publishable key). Nothing was charged; choose another card.';
         } else if (e2.reason === 'hold_expired') {
           err.textContent = 'This hold expired before payment. Nothing was charged; please choose your seats again.';
           refresh();
