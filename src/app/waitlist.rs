@@ -76,7 +76,8 @@ impl App {
     /// (`updates` to the working map `w`, made by `booking`, if any): the entry offered
     /// `booking` is accepted when it is paid and expires when it ends; then every
     /// waiting entry the free seats now serve gets its held booking, in `batch` and
-    /// `updates`. On a flight that takes no holds any more, waiting entries expire.
+    /// `updates`. On a cancelled or departed flight waiting entries expire instead;
+    /// while it boards (no holds) nothing is offered.
     pub(super) fn serve_waitlist(
         &self,
         fs: &Arc<FlightSeats>,
