@@ -12,7 +12,7 @@ mod common;
 use common::cluster::{node, node_with_env, Etcd};
 use common::{
     fake_stripe_flags, free_seats, later_flight, money_mismatches, passengers, unique_name, Client,
-    Proc, FAKE_STRIPE_KEY,
+    Proc, Server, FAKE_STRIPE_KEY,
 };
 use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
 use serde_json::{json, Value};
@@ -905,26 +905,29 @@ fn confirms(fake: &FakeStripe) -> usize {
         .count()
 }
 
-/// A pay request retried through another node after the first node died in the
-/// middle of it settles the booking and releases the dead node's payment mark: the
-/// booking can be cancelled at once, not only once that mark lapses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_twin_pay_through_another_node_releases_a_dead_nodes_payment_mark() {
-    let _serial = SERIAL.lock().await;
-    let etcd = Etcd::start(3);
+/// Two nodes on `etcd` paying through `fake` (with `flags`), and a booking held
+/// through node A whose pay request (`p`) runs there, with `fault` at its confirm,
+/// until that confirm reached the gateway.
+struct TwinPay {
+    a: Proc,
+    b: Proc,
+    token: String,
+    loc: String,
+    /// The same request, for node B.
+    twin: Value,
+    paying: tokio::task::JoinHandle<Option<Value>>,
+}
+
+async fn pay_through_a(etcd: &Etcd, fake: &FakeStripe, flags: &[&str], fault: Fault) -> TwinPay {
     let prefix = prefix();
-    let fake = FakeStripe::start().await.expect("fake stripe");
-    let base = fake.base();
-    let args = fake_stripe_flags(&base);
     let start =
-        || tokio::task::block_in_place(|| node_with_env(&etcd, &prefix, &args, &[FAKE_STRIPE_KEY]));
+        || tokio::task::block_in_place(|| node_with_env(etcd, &prefix, flags, &[FAKE_STRIPE_KEY]));
     let (a, b) = (start(), start());
     let flights = scheduled_flights(&b.url()).await;
     let (mut first, token, loc) = holder(&a.url(), &flights[0], "h").await;
-    // node A's confirm never returns; A dies with the booking's payment mark taken
     fake.set_fault(FaultRule {
         step: Step::Confirm,
-        fault: Fault::Timeout,
+        fault,
         rate: 1.0,
     });
     let pay = pay_params(&loc, "p");
@@ -937,16 +940,38 @@ async fn a_twin_pay_through_another_node_releases_a_dead_nodes_payment_mark() {
     eventually(
         "the confirm reaches the gateway",
         Duration::from_secs(20),
-        || confirms(&fake) > 0,
+        || confirms(fake) > 0,
     )
     .await;
-    a.kill9();
-    fake.clear_faults();
-    assert!(paying.await.expect("pay task").is_none(), "node A died");
+    TwinPay {
+        a,
+        b,
+        token,
+        loc,
+        twin,
+        paying,
+    }
+}
 
-    let mut c = Client::connect(&b.url()).await;
-    c.ok("auth.resume", json!({"token": token})).await;
-    let paid = c.ok("booking.pay", twin).await;
+/// A pay request retried through another node after the first node died in the
+/// middle of it settles the booking and releases the dead node's payment mark: the
+/// booking can be cancelled at once, not only once that mark lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_pay_through_another_node_releases_a_dead_nodes_payment_mark() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(3);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let base = fake.base();
+    // node A's confirm never returns; A dies with the booking's payment mark taken
+    let t = pay_through_a(&etcd, &fake, &fake_stripe_flags(&base), Fault::Timeout).await;
+    t.a.kill9();
+    fake.clear_faults();
+    assert!(t.paying.await.expect("pay task").is_none(), "node A died");
+
+    let mut c = Client::connect(&t.b.url()).await;
+    c.ok("auth.resume", json!({"token": t.token})).await;
+    let loc = t.loc;
+    let paid = c.ok("booking.pay", t.twin).await;
     assert_eq!(paid["booking"]["status"], "confirmed");
     let cancelled = c
         .ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
@@ -1218,4 +1243,220 @@ fn busy_refusal(reply: &Value) -> bool {
     reply["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("payment operation on this booking is in progress"))
+}
+
+/// Flags for a node paying through the fake Stripe at `base` with a gateway timeout
+/// of 10 s (a slow charge is waited for) and no reconciler round during the test.
+fn patient_stripe_flags(base: &str) -> [&str; 8] {
+    [
+        "--payments",
+        "stripe",
+        "--stripe-api-base",
+        base,
+        "--gateway-timeout",
+        "10",
+        "--reconcile-interval",
+        "3600",
+    ]
+}
+
+/// A twin of a pay request through another node that finishes first leaves the
+/// booking's payment mark to the twin still being charged: the booking stays busy on
+/// every node until that charge ends (it is then refunded), and only then can it be
+/// cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_twin_pay_keeps_the_mark_of_a_twin_still_charging() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(3);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let base = fake.base();
+    // node A's charge takes 6 s at the gateway
+    let late = Fault::ProcessLate(Duration::from_secs(6));
+    let t = pay_through_a(&etcd, &fake, &patient_stripe_flags(&base), late).await;
+    fake.clear_faults();
+
+    let mut c = Client::connect(&t.b.url()).await;
+    c.ok("auth.resume", json!({"token": t.token})).await;
+    let loc = t.loc;
+    let paid = c.ok("booking.pay", t.twin).await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    let cancel = json!({"locator": loc, "request_id": "c"});
+    let refused = c.call("booking.cancel", cancel.clone()).await;
+    assert_eq!(
+        refused["error"]["data"]["reason"], "invalid_state",
+        "A's charge is still in flight: {refused}"
+    );
+    let first = t.paying.await.expect("pay task").expect("A answers");
+    assert_eq!(first["result"]["booking"]["status"], "confirmed", "{first}");
+    let cancelled = c.ok("booking.cancel", cancel).await;
+    assert_eq!(cancelled["booking"]["status"], "refunded");
+    let l = fake.ledger();
+    assert_eq!(l.intents.len(), 2, "{l:?}");
+    assert!(
+        l.intents
+            .iter()
+            .any(|i| i.charged > 0 && i.refunded() == i.charged),
+        "the second charge is refunded in full: {l:?}"
+    );
+    let orders = orders_of(std::slice::from_mut(&mut c)).await;
+    assert_eq!(money_mismatches(&orders, &l), Vec::<String>::new());
+}
+
+/// An in-process node on `etcd` paying through the fake Stripe at `base`.
+async fn in_process_node(etcd: &Etcd, prefix: &str, base: &str) -> Server {
+    Server::start_with(|c| {
+        c.store = jetway::config::StoreKind::Etcd;
+        c.etcd_endpoints = etcd.endpoints().split(',').map(str::to_owned).collect();
+        c.etcd_prefix = prefix.into();
+        c.payments = jetway::config::PaymentsKind::Stripe;
+        c.stripe_api_base = base.into();
+        c.stripe_secret_key = Some(FAKE_STRIPE_KEY.1.into());
+        c.gateway_timeout = 10;
+        c.reconcile_interval = 3600;
+    })
+    .await
+}
+
+/// A payment continued after the customer's 3-D Secure challenge takes a payment
+/// mark that runs a payment span from then, not from the attempt's start: after a
+/// long challenge the mark must still keep other nodes off the booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_continued_after_a_long_challenge_takes_a_live_mark() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let s = in_process_node(&etcd, &prefix(), &fake.base()).await;
+    let flights = scheduled_flights(&s.url()).await;
+    let (mut c, _token, loc) = holder(&s.url(), &flights[0], "h").await;
+    let pay = |rid: &str| json!({"locator": loc, "payment_method": "pm_card_threeDSecure2Required", "request_id": rid});
+    let r = c.call("booking.pay", pay("p1")).await;
+    assert_eq!(
+        r["error"]["data"]["reason"], "payment_action_required",
+        "{r}"
+    );
+    // the challenge took an hour
+    let app = s.app().clone();
+    let mut waiting = app.store.open_attempts().unwrap().pop().expect("waiting");
+    waiting.created_at -= 3_600_000;
+    let replicated = app.store.replicated().expect("etcd");
+    replicated
+        .commit(
+            jetway::store::Batch {
+                attempts: vec![waiting.clone()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(fake.authenticate(waiting.payment_ref.as_deref().unwrap(), true));
+    // the status read after the challenge is slow: the mark is seen meanwhile
+    fake.set_fault(FaultRule {
+        step: Step::Retrieve,
+        fault: Fault::Slow(Duration::from_secs(3)),
+        rate: 1.0,
+    });
+    let again = pay("p2");
+    let paying = tokio::spawn(async move { c.call("booking.pay", again).await });
+    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    let mark = || app.store.payment_mark(&locator).unwrap();
+    eventually("the payment is marked", Duration::from_secs(10), || {
+        mark().is_some()
+    })
+    .await;
+    let m = mark().unwrap();
+    assert_eq!(m.attempt_id, waiting.id);
+    assert!(
+        m.live(jetway::domain::now_ms()),
+        "the mark keeps other nodes off: {m:?}"
+    );
+    let paid = paying.await.unwrap();
+    assert_eq!(paid["result"]["booking"]["status"], "confirmed", "{paid}");
+    assert!(mark().is_none(), "released once paid");
+    s.stop().await;
+}
+
+/// Payment marks change only by compare-and-swap: a mark is taken only if absent
+/// (or still the lapsed one read), and released only while it is still the one the
+/// releaser holds, so two nodes can never both take a booking's lapsed mark and a
+/// node can never release a mark another node took since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
+    use jetway::store::{Batch, EtcdStore, PaymentMark, Replicated, StoreError};
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let prefix = prefix();
+    let endpoints: Vec<String> = etcd.endpoints().split(',').map(str::to_owned).collect();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let n = EtcdStore::connect(&endpoints, &prefix).await.unwrap();
+        n.follow(Box::new(|_| {})).unwrap();
+        nodes.push(n);
+    }
+    let locator = jetway::domain::Locator::parse("MARKED").unwrap();
+    let mark = |attempt: &str, until| PaymentMark {
+        locator: locator.clone(),
+        attempt_id: attempt.into(),
+        request_id: format!("r-{attempt}"),
+        until,
+    };
+    let commit = |n: usize, batch: Batch| {
+        let n = nodes[n].clone();
+        async move { n.commit(batch, None).await }
+    };
+    let take = |m: PaymentMark| Batch {
+        new_marks: vec![m],
+        ..Default::default()
+    };
+    let swap = |old: PaymentMark, new: PaymentMark| Batch {
+        marks: vec![(old, new)],
+        ..Default::default()
+    };
+    let release = |m: PaymentMark| Batch {
+        unmarks: vec![m],
+        ..Default::default()
+    };
+    let held = |n: usize| {
+        let (n, locator) = (nodes[n].clone(), locator.clone());
+        async move {
+            n.settle().await.unwrap();
+            jetway::store::Store::payment_mark(&*n, &locator)
+                .unwrap()
+                .map(|m| m.attempt_id)
+        }
+    };
+
+    let lapsed = mark("a0", 1);
+    commit(0, take(lapsed.clone())).await.unwrap();
+    assert!(matches!(
+        commit(1, take(mark("b0", 2))).await,
+        Err(StoreError::Conflict)
+    ));
+    // both nodes saw the lapsed mark: one of them takes it over
+    commit(0, swap(lapsed.clone(), mark("a1", 3)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        commit(1, swap(lapsed.clone(), mark("b1", 3))).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(held(1).await.as_deref(), Some("a1"));
+    // a release of a mark that is no longer there leaves the new one alone
+    assert!(matches!(
+        commit(1, release(lapsed)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(held(0).await.as_deref(), Some("a1"));
+    commit(0, release(mark("a1", 3))).await.unwrap();
+    assert_eq!(held(1).await, None);
+    // and a swap finds nothing to swap once it is gone
+    assert!(matches!(
+        commit(1, swap(mark("a1", 3), mark("b2", 4))).await,
+        Err(StoreError::Conflict)
+    ));
+    commit(1, take(mark("b3", 5))).await.unwrap();
+    assert_eq!(held(0).await.as_deref(), Some("b3"));
+    for n in nodes {
+        n.close();
+    }
 }

@@ -762,6 +762,35 @@ async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
     s.stop().await;
 }
 
+/// Writes a payment attempt for `booking` in `state`, as an older version (or another
+/// installation's key) could leave it.
+fn store_attempt(
+    s: &Server,
+    booking: &jetway::domain::Booking,
+    id: &str,
+    payment_ref: &str,
+    state: &str,
+    certain: bool,
+) {
+    let now = booking.created_at;
+    let mut attempt = serde_json::json!({
+        "id": id, "user_id": booking.user_id, "locator": booking.locator,
+        "amount": booking.total, "request_id": "old", "payment_ref": payment_ref,
+        "state": state, "created_at": now, "updated_at": now,
+    });
+    if certain {
+        attempt["certain"] = json!(true);
+    }
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            attempts: vec![serde_json::from_value(attempt).unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+    s.app().store.sync().unwrap();
+}
+
 /// A payment charged at the gateway whose attempt `id` is stored as failed (as an
 /// older version could leave it when `certain` is false); returns the PaymentIntent.
 async fn failed_but_charged(
@@ -771,11 +800,18 @@ async fn failed_but_charged(
     id: &str,
     certain: bool,
 ) -> String {
+    let pi = charged_intent(f, booking.total.amount()).await;
+    store_attempt(s, booking, id, &pi, "failed", certain);
+    pi
+}
+
+/// A charged PaymentIntent of `amount` cents at the fake, made around Jetway.
+async fn charged_intent(f: &FakeStripe, amount: i64) -> String {
     let http = reqwest::Client::new();
     let pi: Value = http
         .post(format!("{}/v1/payment_intents", f.base()))
         .form(&[
-            ("amount", booking.total.amount().to_string()),
+            ("amount", amount.to_string()),
             ("payment_method", "pm_card_visa".into()),
         ])
         .send()
@@ -789,23 +825,6 @@ async fn failed_but_charged(
         .send()
         .await
         .unwrap();
-    let now = booking.created_at;
-    let mut attempt = serde_json::json!({
-        "id": id, "user_id": booking.user_id, "locator": booking.locator,
-        "amount": booking.total, "request_id": "old", "payment_ref": pi,
-        "state": "failed", "created_at": now, "updated_at": now,
-    });
-    if certain {
-        attempt["certain"] = json!(true);
-    }
-    s.app()
-        .store
-        .write(&jetway::store::Batch {
-            attempts: vec![serde_json::from_value(attempt).unwrap()],
-            ..Default::default()
-        })
-        .unwrap();
-    s.app().store.sync().unwrap();
     pi
 }
 
@@ -1294,5 +1313,77 @@ async fn a_failed_authentication_or_another_card_gives_up_the_waiting_payment() 
         "{intents:?}"
     );
     assert_eq!((ledger.charged(), ledger.refunded()), (total, 0));
+    s.stop().await;
+}
+
+/// A refund whose first call was made by the release before refund metadata (its
+/// answer lost) is retried by this release under the same key with other params:
+/// Stripe refuses those, so the retry resends the first call's params and gets its
+/// refund replayed. Left refused, the refund would stay open until Stripe forgot
+/// the key, and then be paid a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refused() {
+    use jetway::payments::{PaymentGateway, RefundRequest};
+    let f = fake().await;
+    let pi = charged_intent(&f, 5000).await;
+    let key = "rf-asked-by-the-previous-release";
+    let first: Value = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", key)
+        .form(&[("payment_intent", pi.as_str()), ("amount", "2000")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stripe =
+        jetway::payments::Stripe::new(&f.base(), KEY.into(), Duration::from_secs(5)).unwrap();
+    for look_up_first in [false, true] {
+        let id = stripe
+            .refund(RefundRequest {
+                payment_ref: pi.clone(),
+                amount: jetway::domain::Money::cents(2000).unwrap(),
+                idempotency_key: key.into(),
+                look_up_first,
+            })
+            .await
+            .expect("the first refund, replayed");
+        assert_eq!(id, first["id"].as_str().unwrap());
+    }
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
+    assert_eq!(l.refunded(), 2000);
+}
+
+/// A payment reference the gateway does not know (another account's key, or test
+/// and live mode mixed up) may be a charge: its attempt stays open, never closed as
+/// not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_the_gateway_does_not_know_stays_open() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let booking = store_booking(&s, &b["locator"]);
+    store_attempt(
+        &s,
+        &booking,
+        "pa-elsewhere",
+        "pi_of_another_account",
+        "started",
+        false,
+    );
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let kept = s.app().store.attempt("pa-elsewhere").unwrap().unwrap();
+    assert!(kept.is_open(), "closed as {:?}", kept.state);
+    assert!(
+        f.keys().iter().all(|k| k.step != Step::Cancel),
+        "nothing to cancel: the gateway cannot tell what it is"
+    );
     s.stop().await;
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bookings::Busy;
-use super::{event, App, AuthSession, Step};
+use super::{App, AuthSession, Step};
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, BookingStatus, Fares, Flight, FlightId,
     FlightStatus, Locator, Money, SeatId,
@@ -442,21 +442,8 @@ impl App {
             }
             if b.status == BookingStatus::Held {
                 b.release(now)?;
-                let batch = Batch {
-                    bookings: vec![b.clone()],
-                    events: vec![(
-                        b.user_id,
-                        event(
-                            "cancelled",
-                            Some(loc),
-                            now,
-                            json!({ "by": "airline", "reason": reason }),
-                        ),
-                    )],
-                    ..Default::default()
-                };
-                let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
-                let ticket = self.change_seats(fs, w, batch, updates, &b)?;
+                let detail = json!({ "by": "airline", "reason": reason });
+                let ticket = self.end_hold(fs, w, &b, "cancelled", detail, None)?;
                 Ok((Some(ticket), Err(Outcome::Released)))
             } else {
                 Ok((None, Ok((Busy::mark(fs, w, loc)?, b, None))))

@@ -420,17 +420,19 @@ impl App {
             return Ok(());
         };
         check_password(&password).map_err(|e| start(e.to_string()))?;
-        if existing
-            .as_ref()
-            .is_some_and(|u| verify_password(&password, &u.password_hash))
-        {
-            return Ok(());
-        }
         let fast = self.config.insecure_fast_hashing;
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password, fast))
+        let current = existing.as_ref().map(|u| u.password_hash.clone());
+        let hash = self
+            .password_work(move || match current {
+                Some(h) if verify_password(&password, &h) => Ok(None),
+                _ => hash_password(&password, fast).map(Some),
+            })
             .await
             .map_err(|e| start(e.to_string()))?
             .map_err(|e| start(e.to_string()))?;
+        let Some(hash) = hash else {
+            return Ok(());
+        };
         let user = match existing {
             Some(u) => {
                 // the old password's sessions end with it

@@ -368,17 +368,9 @@ impl App {
                         }
                         b.release(now)?;
                         let result = json!({ "booking": self.booking_json(&b) });
-                        let batch = Batch {
-                            bookings: vec![b.clone()],
-                            events: vec![(
-                                s.user_id,
-                                event("cancelled", Some(&loc), now, json!({})),
-                            )],
-                            replies: vec![(key.clone(), remember_ok(&result))],
-                            ..Default::default()
-                        };
-                        let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
-                        let ticket = self.change_seats(&fs, w, batch, updates, &b)?;
+                        let reply = Some((key.clone(), remember_ok(&result)));
+                        let ticket =
+                            self.end_hold(&fs, w, &b, "cancelled", json!({}), reply)?;
                         Ok((Some(ticket), CancelStep::Released(result)))
                     } else {
                         if fs.flight().cancelled.is_some() || fs.is_closing() {

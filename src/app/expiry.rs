@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-use super::{event, App};
+use super::App;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
-use crate::store::Batch;
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
@@ -165,13 +164,10 @@ impl App {
                 return Ok((None, ()));
             }
             b.expire(now)?;
-            let batch = Batch {
-                bookings: vec![b.clone()],
-                events: vec![(b.user_id, event("expired", Some(locator), now, json!({})))],
-                ..Default::default()
-            };
-            let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
-            Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), ()))
+            Ok((
+                Some(self.end_hold(&fs, w, &b, "expired", json!({}), None)?),
+                (),
+            ))
         })
         .await?;
         Ok(())

@@ -385,6 +385,32 @@ impl App {
         })
     }
 
+    /// Frees the seats of `b`, a hold just ended (released, expired, cancelled by the
+    /// airline) at `b.updated_at`, in the flight's locked working map: writes the
+    /// booking with the user's event `kind` (and `reply`, the request's answer) as the
+    /// flight's next version (see [`App::change_seats`]).
+    fn end_hold(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        b: &Booking,
+        kind: &str,
+        detail: Value,
+        reply: Option<(IdemKey, Value)>,
+    ) -> Result<Ticket, StoreError> {
+        let batch = Batch {
+            bookings: vec![b.clone()],
+            events: vec![(
+                b.user_id,
+                event(kind, Some(&b.locator), b.updated_at, detail),
+            )],
+            replies: reply.into_iter().collect(),
+            ..Default::default()
+        };
+        let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
+        self.change_seats(fs, w, batch, updates, b)
+    }
+
     /// The one way seats change, called with the flight's working map locked: writes
     /// `batch` with the flight's next version, applies `updates` to the working map and
     /// enqueues the announcement of `booking`, published once the batch is durable.

@@ -19,6 +19,7 @@
 //! gateway, and once the hold is over the reconciler cancels it (or refunds a charge
 //! that landed too late).
 
+use futures::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +33,8 @@ use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::{params, wire, ApiError};
 use crate::store::{
-    AttemptState, Batch, IdemKey, PaymentAttempt, PaymentMark, RefundReason, StoreError,
+    AttemptState, Batch, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundReason,
+    StoreError,
 };
 
 const PAY: &str = "booking.pay";
@@ -257,24 +259,17 @@ impl App {
                     _ => {
                         drop(busy);
                         let err = ApiError::PaymentFailed(m);
-                        if let Some(first) = self.success_reply(&key).await? {
-                            return super::replay(first);
-                        }
-                        self.commit(Batch {
-                            events: vec![(
-                                key.user,
-                                event(
-                                    "payment_failed",
-                                    Some(&loc),
-                                    domain::now_ms(),
-                                    json!({"message": err.to_string()}),
-                                ),
-                            )],
-                            replies: vec![(key, remember_err(&err))],
-                            ..Default::default()
-                        })
-                        .await?;
-                        Err(err)
+                        let failed = (
+                            key.user,
+                            event(
+                                "payment_failed",
+                                Some(&loc),
+                                domain::now_ms(),
+                                json!({"message": err.to_string()}),
+                            ),
+                        );
+                        self.end_with_error(key, Batch::default(), Some(failed), err)
+                            .await
                     }
                 }
             }
@@ -296,23 +291,19 @@ impl App {
         a.state = AttemptState::ActionRequired;
         a.client_secret = Some(secret.clone());
         a.updated_at = now;
-        if let Some(first) = self.success_reply(&pay_key(&a)).await? {
-            return super::replay(first);
-        }
         let err = ApiError::PaymentActionRequired {
             client_secret: secret,
         };
-        self.commit(Batch {
-            events: vec![(
-                a.user_id,
-                event("payment_action_required", Some(&a.locator), now, json!({})),
-            )],
-            replies: vec![(pay_key(&a), remember_err(&err))],
+        let waits = (
+            a.user_id,
+            event("payment_action_required", Some(&a.locator), now, json!({})),
+        );
+        let key = pay_key(&a);
+        let batch = Batch {
             attempts: vec![a],
             ..Default::default()
-        })
-        .await?;
-        Err(err)
+        };
+        self.end_with_error(key, batch, Some(waits), err).await
     }
 
     /// Writes a new attempt; on a cluster with the booking's payment mark, which another
@@ -320,7 +311,8 @@ impl App {
     /// one. A single node needs none: its working map's busy mark covers it, and no
     /// mark outlives its restart. Creating a payment charges nothing, so this record
     /// need not be durable yet: the next commit (with the payment reference) makes
-    /// both durable.
+    /// both durable. The mark runs one payment span from now (an attempt continued
+    /// after the customer's action may be much older).
     async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), ApiError> {
         if !self.committer.is_replicated() {
             return Ok(self
@@ -334,7 +326,7 @@ impl App {
             locator: a.locator.clone(),
             attempt_id: a.id.clone(),
             request_id: a.request_id.clone(),
-            until: a.created_at + self.payment_span().as_millis() as domain::Millis,
+            until: domain::now_ms() + self.payment_span().as_millis() as domain::Millis,
         };
         let take = Batch {
             attempts: vec![a.clone()],
@@ -345,44 +337,71 @@ impl App {
             Err(StoreError::Conflict) => {}
             other => return Ok(other?),
         }
-        let held = self.store.payment_mark(&a.locator)?;
-        let marks = match held.filter(|m| m.live(domain::now_ms())) {
+        let mut take = Batch {
+            attempts: vec![a.clone()],
+            ..Default::default()
+        };
+        let now = domain::now_ms();
+        match self.store.payment_mark(&a.locator)? {
             // a twin of this request through another node: both go on, a second
             // charge is refunded
-            Some(m) if m.request_id == a.request_id => Vec::new(),
-            Some(_) => return Err(busy_error()),
-            None => vec![mark],
-        };
-        Ok(self
-            .write_soon(Batch {
-                attempts: vec![a.clone()],
-                marks,
-                ..Default::default()
-            })
-            .await?)
+            Some(m) if m.live(now) && m.request_id == a.request_id => {}
+            Some(m) if m.live(now) => return Err(busy_error()),
+            Some(lapsed) => take.marks = vec![(lapsed, mark)],
+            None => take.new_marks = vec![mark],
+        }
+        match self.write_soon(take).await {
+            // another node took it first
+            Err(StoreError::Conflict) => Err(busy_error()),
+            other => Ok(other?),
+        }
     }
 
     /// Releases the booking's payment mark if `attempt` holds it, or a twin of its
-    /// request (`request_id`: made through a node that died, this one settled it);
-    /// else it lapses.
-    async fn release_mark(&self, attempt: &str, request_id: &str, loc: &domain::Locator) {
-        let ours = match self.store.payment_mark(loc) {
-            Ok(m) => m.is_some_and(|m| m.attempt_id == attempt || m.request_id == request_id),
-            Err(_) => false,
-        };
-        let released = match ours {
-            true => {
-                self.write_soon(Batch {
-                    unmarks: vec![loc.clone()],
+    /// request (`request_id`) whose attempt is over; else it lapses. A twin's attempt
+    /// still open is first settled with the gateway: made through a node that died,
+    /// it is cancelled (or its charge refunded) and its mark released; one still
+    /// being charged stays uncertain and keeps its mark.
+    fn release_mark<'a>(
+        &'a self,
+        attempt: &'a str,
+        request_id: &'a str,
+        loc: &'a domain::Locator,
+    ) -> BoxFuture<'a, ()> {
+        // boxed: settling a twin releases its mark through here again
+        async move {
+            let mark = match self.store.payment_mark(loc) {
+                Ok(Some(m)) if m.attempt_id == attempt => m,
+                Ok(Some(m)) if m.request_id == request_id => {
+                    match self.store.attempt(&m.attempt_id) {
+                        Ok(Some(twin)) if twin.is_open() => {
+                            if twin.payment_ref.is_some() {
+                                // settling it releases its mark
+                                self.try_reconcile(twin).await;
+                            }
+                            return;
+                        }
+                        Ok(_) => m,
+                        Err(_) => return,
+                    }
+                }
+                _ => return,
+            };
+            let released = self
+                .write_soon(Batch {
+                    unmarks: vec![mark],
                     ..Default::default()
                 })
-                .await
+                .await;
+            match released {
+                // taken anew meanwhile: not ours any more
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(e) => {
+                    tracing::warn!(%attempt, error = %e, "payment mark not released; it lapses")
+                }
             }
-            false => Ok(()),
-        };
-        if let Err(e) = released {
-            tracing::warn!(%attempt, error = %e, "payment mark not released; it lapses");
         }
+        .boxed()
     }
 
     /// What became of an attempt's payment, deciding an uncertain one: a payment that
@@ -419,30 +438,21 @@ impl App {
         a.state = AttemptState::Failed;
         a.certain = true;
         a.updated_at = now;
-        if let Some(first) = self.success_reply(&pay_key(&a)).await? {
-            self.commit(Batch {
-                attempts: vec![a],
-                ..Default::default()
-            })
-            .await?;
-            return super::replay(first);
-        }
-        self.commit(Batch {
-            events: vec![(
-                a.user_id,
-                event(
-                    kind,
-                    Some(&a.locator),
-                    now,
-                    json!({ "message": err.to_string() }),
-                ),
-            )],
-            replies: vec![(pay_key(&a), remember_err(&err))],
+        let failed = (
+            a.user_id,
+            event(
+                kind,
+                Some(&a.locator),
+                now,
+                json!({ "message": err.to_string() }),
+            ),
+        );
+        let key = pay_key(&a);
+        let batch = Batch {
             attempts: vec![a],
             ..Default::default()
-        })
-        .await?;
-        Err(err)
+        };
+        self.end_with_error(key, batch, Some(failed), err).await
     }
 
     /// A charge went through: confirm the booking if its seats are still its own, in
@@ -605,25 +615,13 @@ impl App {
             ),
         );
         // a twin request through another node may have paid the booking and answered
-        if let Some(first) = self.success_reply(&key).await? {
-            self.commit(Batch {
-                events: vec![refunded],
-                attempts: vec![a],
-                refunds: vec![refund],
-                ..Default::default()
-            })
-            .await?;
-            return super::replay(first);
-        }
-        self.commit(Batch {
+        let batch = Batch {
             events: vec![refunded],
-            replies: vec![(pay_key(&a), remember_err(&err))],
             attempts: vec![a],
             refunds: vec![refund],
             ..Default::default()
-        })
-        .await?;
-        Err(err)
+        };
+        self.end_with_error(key, batch, None, err).await
     }
 
     /// Refuses to move money once a sync has failed: the store's memory may then hold
@@ -634,6 +632,30 @@ impl App {
             true => Err(ApiError::Internal),
             false => Ok(()),
         }
+    }
+
+    /// Ends a pay request with `err`: writes `batch` (what became of the attempt) with
+    /// `failed` (the user's event of the failure) and the error as the request's
+    /// reply. If a twin of the request through another node answered with a success
+    /// already, that answer stands (an error must never replace it) and only `batch`
+    /// is written.
+    async fn end_with_error(
+        &self,
+        key: IdemKey,
+        mut batch: Batch,
+        failed: Option<(domain::UserId, HistoryEvent)>,
+        err: ApiError,
+    ) -> Result<Value, ApiError> {
+        if let Some(first) = self.success_reply(&key).await? {
+            if !(batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty()) {
+                self.commit(batch).await?;
+            }
+            return super::replay(first);
+        }
+        batch.events.extend(failed);
+        batch.replies.push((key, remember_err(&err)));
+        self.commit(batch).await?;
+        Err(err)
     }
 
     /// The pay request's success reply, if some node already gave one: an error
@@ -767,7 +789,12 @@ impl App {
         if self.failures_checked.load(Ordering::SeqCst) {
             return;
         }
-        let failures = match self.store.uncertain_failures() {
+        // a scan of every attempt ever made: off the reactor
+        let store = self.store.clone();
+        let failures = tokio::task::spawn_blocking(move || store.uncertain_failures())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
+        let failures = match failures {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list failed payment attempts");

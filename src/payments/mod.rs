@@ -64,7 +64,7 @@ pub enum PaymentError {
 pub enum PaymentStatus {
     /// Charged.
     Succeeded,
-    /// Not charged, and never will be (cancelled, or unknown to the gateway).
+    /// Not charged, and never will be (cancelled).
     NotCharged,
     /// Not final: unconfirmed, being processed, awaiting a new payment method or
     /// capture. May still be charged; only a successful [`PaymentGateway::cancel`]

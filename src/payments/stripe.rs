@@ -141,6 +141,11 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
     }
 }
 
+/// Stripe's refusal of a key already used with other params.
+fn other_params(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::BAD_REQUEST && body["error"]["type"] == "idempotency_error"
+}
+
 /// Only `succeeded` is charged and only `canceled` is final without a charge; every
 /// other state (`requires_confirmation`, `requires_action`, `processing`,
 /// `requires_capture`, `requires_payment_method`, unknown) may still change.
@@ -227,9 +232,18 @@ impl PaymentGateway for Stripe {
             let url = self.url(&format!("/v1/payment_intents/{payment_ref}"));
             match self.call_raw(self.http.get(url), None).await? {
                 Ok(pi) => Ok(status_of(&pi)),
-                // never created (its create failed before Stripe made it)
+                // Stripe made it (its reference came from Stripe): another account's
+                // key, or a test key for a live payment, must not close it as unpaid
                 Err((_, body)) if body["error"]["code"] == "resource_missing" => {
-                    Ok(PaymentStatus::NotCharged)
+                    tracing::error!(
+                        payment = payment_ref,
+                        "the payment gateway does not know a payment it created: check that \
+                         STRIPE_SECRET_KEY is the account's and in the same mode (test or live); \
+                         the payment stays open until the gateway finds it"
+                    );
+                    Err(PaymentError::Failed(
+                        "the payment gateway does not know this payment".into(),
+                    ))
                 }
                 Err((status, body)) => Err(refusal(status, &body)),
             }
@@ -260,17 +274,24 @@ impl PaymentGateway for Stripe {
                     return Ok(id);
                 }
             }
-            let form = [
+            let mut form = vec![
                 ("payment_intent", req.payment_ref.clone()),
                 ("amount", req.amount.amount().to_string()),
                 (REFUND_METADATA, req.idempotency_key.clone()),
             ];
-            let r = self
-                .call(
-                    self.http.post(self.url("/v1/refunds")).form(&form),
-                    Some(&req.idempotency_key),
-                )
-                .await?;
+            let key = Some(req.idempotency_key.as_str());
+            let post = |form: &[(&str, String)]| self.http.post(self.url("/v1/refunds")).form(form);
+            let r = match self.call_raw(post(&form), key).await? {
+                Ok(r) => r,
+                // the key's first call came from a release that sent no metadata (its
+                // answer lost): only its exact params get its refund replayed, and a
+                // refund left open would be paid again once Stripe forgets the key
+                Err((status, body)) if other_params(status, &body) => {
+                    form.retain(|(k, _)| *k != REFUND_METADATA);
+                    self.call(post(&form), key).await?
+                }
+                Err((status, body)) => return Err(refusal(status, &body)),
+            };
             r["id"].as_str().map(str::to_owned).ok_or_else(|| {
                 PaymentError::Failed("the payment gateway returned no refund id".into())
             })

@@ -464,6 +464,7 @@ impl EtcdStore {
                     then.push(TxnOp::put(k, v, None));
                 }
                 Op::Delete(k) => then.push(TxnOp::delete(self.full(&k), None)),
+                Op::Expect(k, v) => when.push(Compare::value(self.full(&k), CompareOp::Equal, v)),
             }
         }
         let rev_key = self.full(b"!rev");

@@ -270,10 +270,11 @@ pub struct Batch {
     pub refunds: Vec<RefundRecord>,
     /// Payment marks to take; conflict if the booking has one.
     pub new_marks: Vec<PaymentMark>,
-    /// Payment marks to overwrite (one that lapsed).
-    pub marks: Vec<PaymentMark>,
-    /// Bookings whose payment mark is released.
-    pub unmarks: Vec<Locator>,
+    /// Payment marks that lapsed, each with the mark that replaces it: conflict
+    /// unless the booking's mark is still the lapsed one (another node took it).
+    pub marks: Vec<(PaymentMark, PaymentMark)>,
+    /// Payment marks to release: conflict unless the booking's mark is still this one.
+    pub unmarks: Vec<PaymentMark>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
     /// Waitlist entries to write (new or changed).

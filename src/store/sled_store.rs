@@ -292,12 +292,15 @@ pub enum Op {
     /// Put, but the batch fails with [`StoreError::Conflict`] if the key exists.
     Create(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// Writes nothing, but the batch fails with [`StoreError::Conflict`] unless the
+    /// key holds exactly this value (compare-and-swap with the writes after it).
+    Expect(Vec<u8>, Vec<u8>),
 }
 
 impl Op {
     pub fn key(&self) -> &Vec<u8> {
         match self {
-            Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) => k,
+            Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) | Op::Expect(k, _) => k,
         }
     }
 }
@@ -437,18 +440,17 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             (false, false) => Op::Put(open, r.id.as_bytes().to_vec()),
         });
     }
-    for (m, new) in batch
-        .new_marks
-        .iter()
-        .map(|m| (m, true))
-        .chain(batch.marks.iter().map(|m| (m, false)))
-    {
-        let k = key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);
-        let v = encode(m)?;
-        ops.push(if new { Op::Create(k, v) } else { Op::Put(k, v) });
+    let mark_key = |m: &PaymentMark| key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);
+    for m in &batch.new_marks {
+        ops.push(Op::Create(mark_key(m), encode(m)?));
     }
-    for l in &batch.unmarks {
-        ops.push(Op::Delete(key(PAYMENT_MARK, &[l.as_str().as_bytes()])));
+    for (lapsed, m) in &batch.marks {
+        ops.push(Op::Expect(mark_key(lapsed), encode(lapsed)?));
+        ops.push(Op::Put(mark_key(m), encode(m)?));
+    }
+    for m in &batch.unmarks {
+        ops.push(Op::Expect(mark_key(m), encode(m)?));
+        ops.push(Op::Delete(mark_key(m)));
     }
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
@@ -588,6 +590,12 @@ impl Store for SledStore {
                         (k, tx.insert(k.as_slice(), v.as_slice())?, Some(v))
                     }
                     Op::Delete(k) => (k, tx.remove(k.as_slice())?, None),
+                    Op::Expect(k, v) => {
+                        if tx.get(k)?.is_none_or(|held| held != v.as_slice()) {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                        }
+                        continue;
+                    }
                 };
                 if is_booking(k) {
                     bookings.push((old, new));
@@ -866,6 +874,7 @@ mod tests {
             .map(|o| match o {
                 Op::Put(k, v) | Op::Create(k, v) => (k.clone(), Some(v.clone())),
                 Op::Delete(k) => (k.clone(), None),
+                Op::Expect(..) => unreachable!("no compare in this batch"),
             })
             .collect();
         mirror.apply_raw(&raw).unwrap();
@@ -927,6 +936,7 @@ mod tests {
                 .map(|o| match o {
                     Op::Put(k, v) | Op::Create(k, v) => (k, Some(v)),
                     Op::Delete(k) => (k, None),
+                    Op::Expect(..) => unreachable!("no compare in these batches"),
                 })
                 .collect();
             mirror.apply_raw(&raw).unwrap();
