@@ -562,6 +562,44 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         assert_eq!(reply["error"]["data"]["reason"], reason);
     }
 
+    // an open refund the gateway keeps refusing, and an admin's way out
+    let stuck = store_booking(&s, &declined);
+    let now = stuck.created_at;
+    let refund = jetway::store::RefundRecord {
+        id: "rf-stuck".into(),
+        user_id: stuck.user_id,
+        locator: stuck.locator.clone(),
+        payment_ref: "pi_refused".into(),
+        amount: jetway::domain::Money::cents(100).unwrap(),
+        seats: Vec::new(),
+        reason: jetway::store::RefundReason::Cancel {
+            request_id: "c-old".into(),
+        },
+        done: false,
+        created_at: now,
+        updated_at: now,
+        gateway_key: None,
+        resolutions: Vec::new(),
+    };
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            new_refunds: vec![refund],
+            ..Default::default()
+        })
+        .unwrap();
+    s.app().store.sync().unwrap();
+    let open = k.ok(&mut admin, "admin.refunds.list", json!({})).await;
+    assert_eq!(open["refunds"][0]["refund_id"], "rf-stuck", "{open}");
+    let resolved = k
+        .ok(
+            &mut admin,
+            "admin.refunds.resolve",
+            json!({"refund_id": "rf-stuck", "outcome": "retry"}),
+        )
+        .await;
+    assert_eq!(resolved["refund"]["resolutions"][0]["by"], "admin");
+
     k.ok(&mut owner, "auth.logout", json!({})).await;
     k.pushes(&mut owner);
 
@@ -590,6 +628,11 @@ async fn a_reply_off_the_schema_is_caught() {
     assert!(!k.results["flights.search"].is_valid(&f));
     let e = json!({"code": -32000, "message": "x", "data": {"reason": "not_a_reason"}});
     assert!(!k.error.is_valid(&e));
+}
+
+fn store_booking(s: &Server, loc: &Value) -> jetway::domain::Booking {
+    let loc = jetway::domain::Locator::parse(loc.as_str().unwrap()).unwrap();
+    s.app().store.booking(&loc).unwrap().expect("booking")
 }
 
 // ----- docs/protocol.md against the code -------------------------------------------

@@ -1154,6 +1154,8 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
         done: false,
         created_at: now,
         updated_at: now,
+        gateway_key: None,
+        resolutions: Vec::new(),
     };
     s.app()
         .store
@@ -1385,5 +1387,110 @@ async fn a_payment_the_gateway_does_not_know_stays_open() {
         f.keys().iter().all(|k| k.step != Step::Cancel),
         "nothing to cancel: the gateway cannot tell what it is"
     );
+    s.stop().await;
+}
+
+const ADMIN_PASSWORD: &str = "payments ops 2026";
+
+/// A refund the gateway keeps refusing stays open (retried forever); an admin lists
+/// it with the gateway's failures, and resolves it: `retry` has it made under a fresh
+/// key, `paid_elsewhere` records it without asking the gateway. Each decision is kept
+/// on the refund with the admin's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    let mut admin = s.client().await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    let refused =
+        |rid: &str, seat: &str| json!({"locator": loc, "request_id": rid, "seats": [seat]});
+
+    // refused, then made under a fresh key
+    fault(&f, Step::Refund, Fault::Fail);
+    assert_eq!(
+        c.reason("booking.cancel", refused("c1", &seats[0])).await,
+        "payment_failed"
+    );
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let stuck = &open["refunds"][0];
+    assert_eq!(open["refunds"].as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(stuck["failed_tries"], 2, "{stuck}");
+    assert!(
+        stuck["last_error"].as_str().unwrap().contains("500"),
+        "{stuck}"
+    );
+    let id = stuck["refund_id"].as_str().unwrap().to_owned();
+    let retry = admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "retry"}),
+        )
+        .await;
+    assert_eq!(retry["refund"]["done"], false);
+    assert_eq!(retry["refund"]["resolutions"][0]["by"], "admin");
+    assert_eq!(retry["refund"]["resolutions"][0]["outcome"], "retry");
+    f.clear_faults();
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    let made = &l.intents[0].refunds;
+    assert_eq!(made.len(), 1, "{l:?}");
+    assert_ne!(
+        made[0].idempotency_key.as_deref(),
+        Some(id.as_str()),
+        "a fresh key"
+    );
+    let closed = s.app().store.open_refunds().unwrap();
+    assert!(closed.is_empty(), "{closed:?}");
+
+    // refused, then paid back by other means
+    fault(&f, Step::Refund, Fault::Fail);
+    assert_eq!(
+        c.reason("booking.cancel", refused("c2", &seats[1])).await,
+        "payment_failed"
+    );
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    let elsewhere = admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "paid_elsewhere"}),
+        )
+        .await;
+    assert_eq!(elsewhere["refund"]["done"], true);
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Refunded
+    );
+    assert_eq!(
+        f.ledger().intents[0].refunds.len(),
+        1,
+        "the gateway was not asked"
+    );
+    assert_eq!(
+        admin
+            .reason(
+                "admin.refunds.resolve",
+                json!({"refund_id": id, "outcome": "retry"})
+            )
+            .await,
+        "not_found",
+        "closed"
+    );
+    assert_eq!(c.reason("admin.refunds.list", json!({})).await, "forbidden");
     s.stop().await;
 }

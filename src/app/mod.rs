@@ -85,6 +85,9 @@ pub struct App {
     ready: AtomicBool,
     /// Every attempt an older version closed as failed without proof was checked.
     failures_checked: AtomicBool,
+    /// Open refunds the gateway failed or refused on this node since it started:
+    /// tries and the last error (`admin.refunds.list`).
+    refund_failures: DashMap<String, (u32, String)>,
     stop: tokio_util::sync::CancellationToken,
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -190,6 +193,7 @@ impl App {
             ),
             ready: AtomicBool::new(false),
             failures_checked: AtomicBool::new(false),
+            refund_failures: DashMap::new(),
             stop,
             background: parking_lot::Mutex::new(vec![commit_task, upkeep_task]),
         });

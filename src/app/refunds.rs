@@ -12,14 +12,17 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::bookings::Busy;
+use super::bookings::{busy_error, Busy};
 use super::payments::is_legacy_attempt;
-use super::{event, remember_ok, App, Step};
+use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
+use crate::protocol::params::{self, RefundOutcome};
 use crate::protocol::{wire, ApiError};
-use crate::store::{Batch, IdemKey, RefundReason, RefundRecord, StoreError};
+use crate::store::{
+    AttemptState, Batch, IdemKey, RefundReason, RefundRecord, RefundResolution, StoreError,
+};
 
 pub(super) const CANCEL: &str = "booking.cancel";
 
@@ -90,6 +93,8 @@ pub(super) fn new_refund(
         done: false,
         created_at: now,
         updated_at: now,
+        gateway_key: None,
+        resolutions: Vec::new(),
     }
 }
 
@@ -142,17 +147,28 @@ impl App {
             return Ok(());
         }
         self.money_may_move()?;
-        self.payments
+        let made = self
+            .payments
             .refund(RefundRequest {
                 payment_ref: r.payment_ref.clone(),
                 amount: r.amount,
-                idempotency_key: r.id.clone(),
+                idempotency_key: r.gateway_key.clone().unwrap_or_else(|| r.id.clone()),
                 look_up_first: domain::now_ms() - r.created_at
                     >= 1000 * self.config.refund_lookup_after as domain::Millis,
             })
-            .await
-            .map(drop)
-            .map_err(|e| ApiError::PaymentFailed(e.to_string()))
+            .await;
+        match made {
+            Ok(_) => {
+                self.refund_failures.remove(&r.id);
+                Ok(())
+            }
+            Err(e) => {
+                let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
+                seen.0 += 1;
+                seen.1 = e.to_string();
+                Err(ApiError::PaymentFailed(e.to_string()))
+            }
+        }
     }
 
     /// Makes an open seat refund at the gateway, then records it on the booking and
@@ -172,6 +188,18 @@ impl App {
             tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
             return Err(e);
         }
+        self.record_seat_refund(fs, r, busy).await
+    }
+
+    /// Records an open seat refund made (at the gateway, or by other means an admin
+    /// vouched for) on the booking and order and frees its seats, in one version of
+    /// the flight, closing it.
+    async fn record_seat_refund(
+        &self,
+        fs: &Arc<FlightSeats>,
+        r: RefundRecord,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
         let key = r.request_key();
         let done = self.seat_step(fs, key.as_ref(), |w| {
             let now = domain::now_ms();
@@ -252,6 +280,8 @@ impl App {
                 return;
             }
         };
+        self.refund_failures
+            .retain(|id, _| open.iter().any(|r| &r.id == id));
         // a younger one may be in the making through another node of a cluster
         for r in open.into_iter().filter(|r| r.created_at <= cutoff) {
             if let RefundReason::Orphan { attempt_id } = &r.reason {
@@ -282,6 +312,129 @@ impl App {
                 tracing::warn!(refund = %id, error = %e, "open refund not finished yet");
             }
         }
+    }
+}
+
+impl App {
+    /// A refund as the admin's methods show it.
+    fn refund_json(&self, r: &RefundRecord) -> Value {
+        let (tries, last_error) = self
+            .refund_failures
+            .get(&r.id)
+            .map(|f| (f.0, Some(f.1.clone())))
+            .unwrap_or_default();
+        let reason = match r.reason {
+            RefundReason::Cancel { .. } => "cancel",
+            RefundReason::FlightCancelled => "flight_cancelled",
+            RefundReason::Orphan { .. } => "orphan",
+        };
+        json!({
+            "refund_id": r.id,
+            "locator": r.locator,
+            "reason": reason,
+            "amount": wire::money(r.amount),
+            "seats": r.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "created_at": domain::rfc3339(r.created_at),
+            "done": r.done,
+            "failed_tries": tries,
+            "last_error": last_error,
+            "resolutions": r.resolutions.iter().map(|x| json!({
+                "by": x.by, "outcome": x.outcome, "at": domain::rfc3339(x.at),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `admin.refunds.list`: every open refund, oldest first, with the gateway's
+    /// failures of it on this node.
+    pub async fn admin_refunds(&self) -> Result<Value, ApiError> {
+        let mut open = self
+            .consistent_read(|| Ok(self.store.open_refunds()?))
+            .await?;
+        open.sort_by_key(|r| r.created_at);
+        let refunds: Vec<Value> = open.iter().map(|r| self.refund_json(r)).collect();
+        Ok(json!({ "refunds": refunds }))
+    }
+
+    /// `admin.refunds.resolve`: an admin's way out for an open refund the gateway
+    /// keeps refusing (say, an older release's key asked again with another amount),
+    /// recorded on the refund with the admin's name. `paid_elsewhere` closes it as made
+    /// without asking the gateway (the money went back by other means) and records it
+    /// like a refund made; `retry` has it asked again under a fresh key.
+    pub async fn admin_resolve_refund(
+        &self,
+        admin: &AuthSession,
+        p: params::ResolveRefund,
+    ) -> Result<Value, ApiError> {
+        self.committer.catch_up().await?;
+        let mut r = self
+            .store
+            .open_refunds()?
+            .into_iter()
+            .find(|r| r.id == p.refund_id)
+            .ok_or(ApiError::NotFound("refund"))?;
+        let by = self
+            .store
+            .user(admin.user_id)?
+            .ok_or(ApiError::Internal)?
+            .username
+            .to_string();
+        let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+        let fs = self.flight_seats(&b.flight_id)?;
+        // nobody else finishes it meanwhile, on this node or another
+        let busy = {
+            let mut w = fs.working();
+            if self.paying(&w, &r.locator, &|_| false)? {
+                return Err(busy_error());
+            }
+            Busy::mark(&fs, &mut w, &r.locator)?
+        };
+        let now = domain::now_ms();
+        r.resolutions.push(RefundResolution {
+            by: by.clone(),
+            outcome: p.outcome.as_str().into(),
+            at: now,
+        });
+        r.updated_at = now;
+        tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
+        let closed_meanwhile = || ApiError::InvalidState("the refund was closed meanwhile".into());
+        match (p.outcome, &r.reason) {
+            (RefundOutcome::Retry, _) => {
+                r.gateway_key = Some(super::unique_id("rf"));
+                let batch = Batch {
+                    refunds: vec![r.clone()],
+                    ..Default::default()
+                };
+                match self.commit(batch).await {
+                    Err(StoreError::Conflict) => return Err(closed_meanwhile()),
+                    other => other?,
+                }
+                self.refund_failures.remove(&r.id);
+            }
+            (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
+                let mut a = self.store.attempt(attempt_id)?.ok_or(ApiError::Internal)?;
+                a.state = AttemptState::Refunded;
+                a.updated_at = now;
+                r.done = true;
+                let refunded = event(
+                    "payment_refunded",
+                    Some(&r.locator),
+                    now,
+                    json!({ "amount": wire::money(r.amount) }),
+                );
+                self.commit(Batch {
+                    events: vec![(a.user_id, refunded)],
+                    attempts: vec![a],
+                    refunds: vec![r.clone()],
+                    ..Default::default()
+                })
+                .await?;
+            }
+            (RefundOutcome::PaidElsewhere, _) => {
+                self.record_seat_refund(&fs, r.clone(), busy).await?;
+                r.done = true;
+            }
+        }
+        Ok(json!({ "refund": self.refund_json(&r) }))
     }
 }
 

@@ -108,6 +108,8 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!("admin.flights.cancel", Admin, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
     method!("admin.flights.update", Admin, params::UpdateFlight => FlightResult, "Gives a flight estimated times and/or moves its status forward."),
     method!("admin.flights.stats", Admin, NoParams => StatsResult, "Occupancy and revenue of every flight."),
+    method!("admin.refunds.list", Admin, NoParams => OpenRefundsResult, "Extension: the open refunds, with the gateway's failures of each on this node."),
+    method!("admin.refunds.resolve", Admin, params::ResolveRefund => OpenRefundResult, "Extension: closes an open refund as paid by other means, or has it asked again under a fresh key."),
     method!("waitlist.join", LoggedIn, params::WaitlistJoin => WaitlistEntryResult, "Waits for seats of a sold-out cabin: freed seats become a held booking for the entry."),
     method!("waitlist.leave", LoggedIn, params::WaitlistRef => WaitlistEntryResult, "Leaves the waitlist; an offered hold is released and offered on."),
     method!("waitlist.list", LoggedIn, NoParams => WaitlistResult, "The caller's waitlist entries, newest first."),
@@ -670,6 +672,56 @@ pub struct FlightStats {
 #[serde(deny_unknown_fields)]
 pub struct StatsResult {
     pub flights: Vec<FlightStats>,
+}
+
+/// Why money goes back.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundKind {
+    Cancel,
+    FlightCancelled,
+    Orphan,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundResolution {
+    /// The admin's username.
+    pub by: String,
+    pub outcome: params::RefundOutcome,
+    #[schemars(with = "Timestamp")]
+    pub at: String,
+}
+
+/// A refund, open until made and recorded (`done`).
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRefund {
+    pub refund_id: String,
+    pub locator: String,
+    pub reason: RefundKind,
+    pub amount: Money,
+    #[schemars(with = "Vec<SeatName>")]
+    pub seats: Vec<String>,
+    #[schemars(with = "Timestamp")]
+    pub created_at: String,
+    pub done: bool,
+    /// Tries the gateway failed or refused on the answering node since it started.
+    pub failed_tries: u32,
+    pub last_error: Option<String>,
+    pub resolutions: Vec<RefundResolution>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRefundsResult {
+    pub refunds: Vec<OpenRefund>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRefundResult {
+    pub refund: OpenRefund,
 }
 
 /// The OpenRPC document of this server.

@@ -40,6 +40,8 @@ pub const METHODS: &[&str] = &[
     "admin.flights.cancel",
     "admin.flights.update",
     "admin.flights.stats",
+    "admin.refunds.list",
+    "admin.refunds.resolve",
     "rpc.discover",
 ];
 
@@ -72,6 +74,8 @@ pub enum Call {
     AdminCancelFlight(Result<CancelFlight, ApiError>),
     AdminUpdateFlight(Result<UpdateFlight, ApiError>),
     AdminStats,
+    AdminRefunds,
+    AdminResolveRefund(Result<ResolveRefund, ApiError>),
     Discover,
     WaitlistJoin(Result<WaitlistJoin, ApiError>),
     WaitlistLeave(Result<WaitlistRef, ApiError>),
@@ -112,6 +116,8 @@ impl Call {
             "admin.flights.cancel" => Call::AdminCancelFlight(decode(p)),
             "admin.flights.update" => Call::AdminUpdateFlight(decode(p)),
             "admin.flights.stats" => Call::AdminStats,
+            "admin.refunds.list" => Call::AdminRefunds,
+            "admin.refunds.resolve" => Call::AdminResolveRefund(decode(p)),
             "rpc.discover" => Call::Discover,
             "waitlist.join" => Call::WaitlistJoin(decode(p)),
             "waitlist.leave" => Call::WaitlistLeave(decode(p)),
@@ -270,6 +276,31 @@ pub struct CreateFares {
 pub struct CancelFlight {
     pub flight_id: String,
     pub reason: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ResolveRefund {
+    pub refund_id: String,
+    pub outcome: RefundOutcome,
+}
+
+/// An admin's way out for a refund the gateway keeps refusing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundOutcome {
+    /// The money went back by other means (the gateway's dashboard): closed as made.
+    PaidElsewhere,
+    /// Asked again under a fresh idempotency key.
+    Retry,
+}
+
+impl RefundOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundOutcome::PaidElsewhere => "paid_elsewhere",
+            RefundOutcome::Retry => "retry",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -237,6 +237,14 @@ async fn call(
             app.require_admin(&mut conn.session)?;
             app.admin_stats().await?
         }
+        Call::AdminRefunds => {
+            app.require_admin(&mut conn.session)?;
+            app.admin_refunds().await?
+        }
+        Call::AdminResolveRefund(p) => {
+            app.admin_resolve_refund(&app.require_admin(&mut conn.session)?, p?)
+                .await?
+        }
         Call::Discover => crate::protocol::contract::openrpc().clone(),
         Call::WaitlistJoin(p) => {
             app.waitlist_join(&app.authenticate(&mut conn.session)?, p?)

@@ -223,6 +223,24 @@ pub struct RefundRecord {
     pub done: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The gateway's idempotency key when it is not `id`: a fresh one an admin gave a
+    /// refund the gateway kept refusing under its own (`admin.refunds.resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_key: Option<String>,
+    /// What admins decided about it, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<RefundResolution>,
+}
+
+/// An admin's decision about a refund the gateway kept refusing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundResolution {
+    /// The admin's username.
+    pub by: String,
+    /// `paid_elsewhere` (closed as made, the gateway not asked) or `retry` (asked
+    /// again under a fresh key).
+    pub outcome: String,
+    pub at: Millis,
 }
 
 impl RefundRecord {
@@ -266,7 +284,8 @@ pub struct Batch {
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.
     pub new_refunds: Vec<RefundRecord>,
-    /// Refunds to overwrite (closing them when `done`).
+    /// Refunds to overwrite: closing them when `done`; one still open is written only
+    /// while it is its subject's open refund (conflict otherwise: it was closed).
     pub refunds: Vec<RefundRecord>,
     /// Payment marks to take; conflict if the booking has one.
     pub new_marks: Vec<PaymentMark>,

@@ -437,7 +437,7 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         ops.push(match (new, r.done) {
             (_, true) => Op::Delete(open),
             (true, false) => Op::Create(open, r.id.as_bytes().to_vec()),
-            (false, false) => Op::Put(open, r.id.as_bytes().to_vec()),
+            (false, false) => Op::Expect(open, r.id.as_bytes().to_vec()),
         });
     }
     let mark_key = |m: &PaymentMark| key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);

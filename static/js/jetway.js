@@ -329,6 +329,19 @@ export class Jetway extends RpcClient {
   flightStats() {
     return this.call('admin.flights.stats', {});
   }
+  /** Extension: the open refunds. @returns {Promise<{refunds: object[]}>} */
+  openRefunds() {
+    return this.call('admin.refunds.list', {});
+  }
+  /**
+   * Extension: closes an open refund the gateway keeps refusing as paid by other means,
+   * or has it asked again under a fresh key.
+   * @param {{refund_id: string, outcome: 'paid_elsewhere'|'retry'}} params
+   * @returns {Promise<{refund: object}>}
+   */
+  resolveRefund(params) {
+    return this.call('admin.refunds.resolve', params);
+  }
 
   /** The OpenRPC document of the server. @returns {Promise<object>} */
   discover() {

@@ -163,11 +163,13 @@ fn check_call(call: Call) {
             p.passengers.iter().for_each(|x| identifiers(&x.name));
         })),
         Call::WaitlistLeave(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.id))),
+        Call::AdminResolveRefund(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.refund_id))),
         Call::Logout
         | Call::Airports
         | Call::BookingsList
         | Call::OrdersList
         | Call::AdminStats
+        | Call::AdminRefunds
         | Call::Discover
         | Call::WaitlistList => {}
     }
