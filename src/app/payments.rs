@@ -375,7 +375,8 @@ impl App {
                 Ok(Some(m)) if m.request_id == request_id => {
                     match self.store.attempt(&m.attempt_id) {
                         Ok(Some(twin)) if twin.is_open() => {
-                            if twin.payment_ref.is_some() {
+                            let now = domain::now_ms();
+                            if twin.payment_ref.is_some() && !self.awaits_customer(&twin, now) {
                                 // settling it releases its mark
                                 self.try_reconcile(twin).await;
                             }

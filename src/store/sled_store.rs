@@ -894,6 +894,41 @@ mod tests {
     }
 
     #[test]
+    fn a_payment_mark_is_swapped_and_released_only_while_unchanged() {
+        let s = SledStore::temporary().unwrap();
+        let loc = Locator::parse("MARKED").unwrap();
+        let mark = |attempt: &str| PaymentMark {
+            locator: loc.clone(),
+            attempt_id: attempt.into(),
+            request_id: "r".into(),
+            until: 1,
+        };
+        let held = || s.payment_mark(&loc).unwrap().map(|m| m.attempt_id);
+        s.write(&Batch {
+            new_marks: vec![mark("a")],
+            ..Default::default()
+        })
+        .unwrap();
+        let swap = |old: &str, new: &str| Batch {
+            marks: vec![(mark(old), mark(new))],
+            ..Default::default()
+        };
+        s.write(&swap("a", "b")).unwrap();
+        assert!(matches!(
+            s.write(&swap("a", "c")),
+            Err(StoreError::Conflict)
+        ));
+        let release = |m: &str| Batch {
+            unmarks: vec![mark(m)],
+            ..Default::default()
+        };
+        assert!(matches!(s.write(&release("a")), Err(StoreError::Conflict)));
+        assert_eq!(held().as_deref(), Some("b"));
+        s.write(&release("b")).unwrap();
+        assert_eq!(held(), None);
+    }
+
+    #[test]
     fn booking_counts_follow_writes_raw_writes_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mirror = SledStore::temporary().unwrap();
