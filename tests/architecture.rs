@@ -116,3 +116,103 @@ fn the_check_reads_paths_and_skips_comments() {
     let text = "use crate::app::App; // see crate::server\n/// [`crate::Config`]\nlet x = crate::Config::parse();";
     assert_eq!(uses(text), ["app", "config"]);
 }
+
+/// The sibling modules a file of a folder names through `super::` (in a path or in
+/// a `use super::{...}` group), comments left out.
+fn sibling_uses(text: &str, siblings: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (i, _) in code.match_indices("super::") {
+        let rest = &code[i + "super::".len()..];
+        let names: Vec<&str> = match rest.strip_prefix('{') {
+            Some(group) => {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                group
+                    .split(',')
+                    .map(|item| item.trim().split("::").next().unwrap_or(""))
+                    .collect()
+            }
+            None => vec![rest
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("")],
+        };
+        for n in names {
+            if siblings.iter().any(|s| s == n) && !found.iter().any(|f| f == n) {
+                found.push(n.to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Inside `src/app/` the use cases form no import circle (one may build on another,
+/// never both ways), so a reader can follow one from the bottom up.
+#[test]
+fn the_use_cases_import_each_other_without_circles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/app");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let name = |p: &Path| p.file_stem().unwrap().to_string_lossy().into_owned();
+    let siblings: Vec<String> = files
+        .iter()
+        .map(|f| name(f))
+        .filter(|n| n != "mod")
+        .collect();
+    let edges: Vec<(String, Vec<String>)> = files
+        .iter()
+        .filter(|f| name(f) != "mod")
+        .map(|f| {
+            let own = name(f);
+            let used = sibling_uses(&std::fs::read_to_string(f).unwrap(), &siblings)
+                .into_iter()
+                .filter(|u| *u != own)
+                .collect();
+            (own, used)
+        })
+        .collect();
+    // depth-first search; a node met again while still on the path closes a circle
+    fn visit(
+        n: &str,
+        edges: &[(String, Vec<String>)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut circle = path[i..].to_vec();
+            circle.push(n.to_owned());
+            return Some(circle);
+        }
+        if done.iter().any(|d| d == n) {
+            return None;
+        }
+        path.push(n.to_owned());
+        let next = edges.iter().find(|(o, _)| o == n).map(|(_, u)| u.clone());
+        for m in next.unwrap_or_default() {
+            if let Some(c) = visit(&m, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.push(n.to_owned());
+        None
+    }
+    let mut done = Vec::new();
+    for (n, _) in &edges {
+        if let Some(c) = visit(n, &edges, &mut Vec::new(), &mut done) {
+            panic!("an import circle in src/app: {}", c.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_circle_check_reads_groups_and_paths() {
+    let siblings = ["bookings", "busy", "refunds"].map(String::from);
+    let text =
+        "use super::{event, busy::Busy, App};\nuse super::refunds::CANCEL;\n// super::bookings";
+    assert_eq!(sibling_uses(text, &siblings), ["busy", "refunds"]);
+}

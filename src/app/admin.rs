@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bookings::Busy;
+use super::busy::Busy;
 use super::{App, AuthSession, Step};
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, BookingStatus, Fares, Flight, FlightId,

@@ -4,13 +4,14 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+use super::busy::{busy_error, Busy};
 use super::refunds::CANCEL;
 use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
 use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
 use crate::protocol::{params, wire, ApiError};
-use crate::store::{Batch, PaymentMark, RefundReason, RefundRecord, StoreError};
+use crate::store::{Batch, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
@@ -28,59 +29,6 @@ enum CancelStep {
 enum Wanted {
     Seats(Vec<SeatId>),
     Best { count: usize, cabin: Cabin },
-}
-
-/// Marks a booking busy (a gateway call in flight) for as long as it lives.
-pub(super) struct Busy {
-    fs: Arc<FlightSeats>,
-    locator: Locator,
-}
-
-impl Busy {
-    /// Marks the booking busy in an already locked working map.
-    pub(super) fn mark(
-        fs: &Arc<FlightSeats>,
-        w: &mut Working,
-        locator: &Locator,
-    ) -> Result<Busy, ApiError> {
-        if !w.busy.insert(locator.clone()) {
-            return Err(busy_error());
-        }
-        Ok(Busy {
-            fs: fs.clone(),
-            locator: locator.clone(),
-        })
-    }
-}
-
-impl App {
-    /// Whether a payment on the booking is in flight: on this node (`w.busy`), or
-    /// through another one (a live payment mark, unless `except` excuses it).
-    pub(super) fn paying(
-        &self,
-        w: &Working,
-        loc: &Locator,
-        except: &dyn Fn(&PaymentMark) -> bool,
-    ) -> Result<bool, ApiError> {
-        if w.busy.contains(loc) {
-            return Ok(true);
-        }
-        let now = domain::now_ms();
-        Ok(self
-            .store
-            .payment_mark(loc)?
-            .is_some_and(|m| m.live(now) && !except(&m)))
-    }
-}
-
-pub(super) fn busy_error() -> ApiError {
-    ApiError::InvalidState("a payment operation on this booking is in progress".into())
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.fs.working().busy.remove(&self.locator);
-    }
 }
 
 fn seat_list(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {

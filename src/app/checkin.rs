@@ -5,7 +5,8 @@
 
 use serde_json::{json, Value};
 
-use super::bookings::{booking_seats, busy_error};
+use super::bookings::booking_seats;
+use super::busy::busy_error;
 use super::{event, remember_ok, App, AuthSession};
 use crate::domain::checkin::{self, Window};
 use crate::domain::{self, Booking, Flight, SeatId};

@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod board;
 mod bookings;
+mod busy;
 mod checkin;
 mod cluster;
 mod expiry;

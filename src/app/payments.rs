@@ -25,7 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bookings::{busy_error, check_bookable, Busy, AIRLINE_CODE};
+use super::bookings::{check_bookable, AIRLINE_CODE};
+use super::busy::{busy_error, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
@@ -68,12 +69,6 @@ enum Reconciled {
     /// Left for later: its booking is busy or unknown here, or the gateway cannot
     /// tell yet.
     Skipped,
-}
-
-/// An attempt made by a version that numbered attempts `pa{N}` from a local counter.
-pub(super) fn is_legacy_attempt(id: &str) -> bool {
-    id.strip_prefix("pa")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn pay_key(a: &PaymentAttempt) -> IdemKey {
@@ -579,7 +574,7 @@ impl App {
                         attempt_id: a.id.clone(),
                     },
                 );
-                if is_legacy_attempt(&a.id) {
+                if a.is_legacy() {
                     // an older version may have asked for this refund under that key
                     r.id = format!("{}-refund", a.id);
                 }

@@ -12,8 +12,7 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::bookings::{busy_error, Busy};
-use super::payments::is_legacy_attempt;
+use super::busy::{busy_error, Busy};
 use super::{event, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
@@ -111,7 +110,7 @@ impl App {
         let paid_by_old_version = self
             .store
             .attempt_by_ref(&order.charge_id)?
-            .is_none_or(|a| is_legacy_attempt(&a.id));
+            .is_none_or(|a| a.is_legacy());
         let mut r = new_refund(
             b.user_id,
             &b.locator,

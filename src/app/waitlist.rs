@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-use super::bookings::{busy_error, check_bookable, new_locator};
+use super::bookings::{check_bookable, new_locator};
+use super::busy::busy_error;
 use super::{booking_push, event, remember_ok, App, AuthSession};
 use crate::domain::booking::MAX_SEATS_PER_BOOKING;
 use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};

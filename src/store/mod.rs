@@ -159,6 +159,15 @@ pub struct PaymentAttempt {
 }
 
 impl PaymentAttempt {
+    /// Made by a version that numbered attempts `pa{N}` from a local counter.
+    pub fn is_legacy(&self) -> bool {
+        self.id
+            .strip_prefix("pa")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+impl PaymentAttempt {
     /// Not settled yet (reconciled with the gateway until it is).
     pub fn is_open(&self) -> bool {
         matches!(

@@ -1,0 +1,63 @@
+//! A booking's "payment operation in progress" guard: while a gateway call for a
+//! booking is in flight, nothing else changes its seats or money.
+
+use std::sync::Arc;
+
+use super::App;
+use crate::domain::{self, Locator};
+use crate::inventory::{FlightSeats, Working};
+use crate::protocol::ApiError;
+use crate::store::PaymentMark;
+
+/// Marks a booking busy (a gateway call in flight) for as long as it lives.
+pub(super) struct Busy {
+    fs: Arc<FlightSeats>,
+    locator: Locator,
+}
+
+impl Busy {
+    /// Marks the booking busy in an already locked working map.
+    pub(super) fn mark(
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        locator: &Locator,
+    ) -> Result<Busy, ApiError> {
+        if !w.busy.insert(locator.clone()) {
+            return Err(busy_error());
+        }
+        Ok(Busy {
+            fs: fs.clone(),
+            locator: locator.clone(),
+        })
+    }
+}
+
+impl App {
+    /// Whether a payment on the booking is in flight: on this node (`w.busy`), or
+    /// through another one (a live payment mark, unless `except` excuses it).
+    pub(super) fn paying(
+        &self,
+        w: &Working,
+        loc: &Locator,
+        except: &dyn Fn(&PaymentMark) -> bool,
+    ) -> Result<bool, ApiError> {
+        if w.busy.contains(loc) {
+            return Ok(true);
+        }
+        let now = domain::now_ms();
+        Ok(self
+            .store
+            .payment_mark(loc)?
+            .is_some_and(|m| m.live(now) && !except(&m)))
+    }
+}
+
+pub(super) fn busy_error() -> ApiError {
+    ApiError::InvalidState("a payment operation on this booking is in progress".into())
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.fs.working().busy.remove(&self.locator);
+    }
+}
