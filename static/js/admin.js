@@ -7,7 +7,7 @@
 // when any of them changes; a slow poll covers the flights not on screen.
 
 import { Jetway } from './jetway.js';
-import { h, clear, toast, statusBadge } from './ui.js';
+import { h, clear, toast, statusBadge, modal, followConnection } from './ui.js';
 import { formatMoney, formatDate, formatTime, plural } from './format.js';
 
 const TOKEN_KEY = 'jetway.admin.token';
@@ -33,14 +33,8 @@ const state = {
 // ---- connection indicator ----------------------------------------------------------
 
 const conn = $('conn');
-client.addEventListener('state', (e) => {
-  const { state: s, ready } = e.detail;
-  const live = s === 'open' && ready;
-  const name = live ? 'live' : s === 'reconnecting' ? 'reconnecting' : 'connecting';
-  conn.dataset.state = name;
-  conn.querySelector('.conn-text').textContent = live ? 'Live' : s === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
-  $('conn-live').textContent = live ? 'Connected' : s === 'reconnecting' ? 'Connection lost, reconnecting' : '';
-  document.body.classList.toggle('is-offline', s === 'reconnecting');
+followConnection(client, conn, '.conn-text', (name) => {
+  $('conn-live').textContent = { live: 'Connected', reconnecting: 'Connection lost, reconnecting', connecting: '' }[name];
 });
 conn.addEventListener('click', () => client.reconnectNow());
 
@@ -371,43 +365,39 @@ $('next').addEventListener('click', () => {
 // ---- cancelling a flight -----------------------------------------------------------
 
 function reasonDialog(f) {
-  return new Promise((resolve) => {
-    const input = h('textarea', { id: 'cancel-reason', rows: 3, maxlength: 200, required: true });
-    const error = h('p', { class: 'form-error', role: 'alert' });
-    const form = h(
-      'form',
-      { method: 'dialog', novalidate: true },
-      h('h2', { id: 'dlg-title' }, `Cancel ${f.number}?`),
+  const input = h('textarea', { id: 'cancel-reason', rows: 3, maxlength: 200, required: true });
+  const error = h('p', { class: 'form-error', role: 'alert' });
+  const requireReason = (e) => {
+    if (!input.value.trim()) {
+      e.preventDefault();
+      error.textContent = 'Give a reason.';
+      input.focus();
+    }
+  };
+  const shown = modal(
+    (dlg) =>
       h(
-        'div',
-        { class: 'dialog-body' },
-        h('p', {}, `${f.from} → ${f.to}, ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. `, `${plural(f.seats_booked, 'booked seat')} will be refunded in full and ${plural(f.seats_held, 'held seat')} released. This cannot be undone.`),
-        h('div', { class: 'field' }, h('label', { for: 'cancel-reason' }, 'Reason (shown to passengers)'), input),
-        error,
+        'form',
+        { method: 'dialog', novalidate: true, onsubmit: requireReason },
+        h('h2', { id: 'dlg-title' }, `Cancel ${f.number}?`),
+        h(
+          'div',
+          { class: 'dialog-body' },
+          h('p', {}, `${f.from} → ${f.to}, ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. `, `${plural(f.seats_booked, 'booked seat')} will be refunded in full and ${plural(f.seats_held, 'held seat')} released. This cannot be undone.`),
+          h('div', { class: 'field' }, h('label', { for: 'cancel-reason' }, 'Reason (shown to passengers)'), input),
+          error,
+        ),
+        h(
+          'div',
+          { class: 'dialog-actions' },
+          h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Keep flight'),
+          h('button', { type: 'submit', class: 'btn btn-danger', value: 'yes' }, 'Cancel flight'),
+        ),
       ),
-      h(
-        'div',
-        { class: 'dialog-actions' },
-        h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Keep flight'),
-        h('button', { type: 'submit', class: 'btn btn-danger', value: 'yes' }, 'Cancel flight'),
-      ),
-    );
-    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'dlg-title' }, form);
-    form.addEventListener('submit', (e) => {
-      if (!input.value.trim()) {
-        e.preventDefault();
-        error.textContent = 'Give a reason.';
-        input.focus();
-      }
-    });
-    dlg.addEventListener('close', () => {
-      resolve(dlg.returnValue === 'yes' ? input.value.trim() : null);
-      dlg.remove();
-    });
-    document.body.append(dlg);
-    dlg.showModal();
-    input.focus();
-  });
+    (value) => (value === 'yes' ? input.value.trim() : null),
+  );
+  input.focus();
+  return shown;
 }
 
 async function cancelFlight(id) {
@@ -439,52 +429,48 @@ async function cancelFlight(id) {
 const toInput = (iso) => (iso ? iso.slice(0, 16) : '');
 
 function updateDialog(f) {
-  return new Promise((resolve) => {
-    const dep = h('input', { id: 'upd-dep', type: 'datetime-local', value: toInput(f.estimated_departs_at || f.departs_at) });
-    const status = h(
-      'select',
-      { id: 'upd-status' },
-      h('option', { value: '' }, 'No change'),
-      f.status !== 'boarding' ? h('option', { value: 'boarding' }, 'Boarding') : null,
-      f.status === 'boarding' ? h('option', { value: 'departed' }, 'Departed') : null,
-    );
-    const reason = h('input', { id: 'upd-reason', maxlength: 200, placeholder: 'e.g. late inbound aircraft' });
-    const form = h(
-      'form',
-      { method: 'dialog' },
-      h('h2', { id: 'dlg-title' }, `Update ${f.number}`),
+  const dep = h('input', { id: 'upd-dep', type: 'datetime-local', value: toInput(f.estimated_departs_at || f.departs_at) });
+  const status = h(
+    'select',
+    { id: 'upd-status' },
+    h('option', { value: '' }, 'No change'),
+    f.status !== 'boarding' ? h('option', { value: 'boarding' }, 'Boarding') : null,
+    f.status === 'boarding' ? h('option', { value: 'departed' }, 'Departed') : null,
+  );
+  const reason = h('input', { id: 'upd-reason', maxlength: 200, placeholder: 'e.g. late inbound aircraft' });
+  const params = () => {
+    const p = { flight_id: f.flight_id };
+    const est = dep.value ? `${dep.value}:00Z` : '';
+    if (est && est !== `${toInput(f.estimated_departs_at || f.departs_at)}:00Z`) p.estimated_departs_at = est;
+    if (status.value) p.status = status.value;
+    if (reason.value.trim()) p.reason = reason.value.trim();
+    return p;
+  };
+  const shown = modal(
+    (dlg) =>
       h(
-        'div',
-        { class: 'dialog-body' },
-        h('p', {}, `${f.from} → ${f.to}, scheduled ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. A later estimate makes it delayed; the schedule again makes it on time.`),
-        h('div', { class: 'field' }, h('label', { for: 'upd-dep' }, 'Estimated departure (UTC)'), dep),
-        h('div', { class: 'field' }, h('label', { for: 'upd-status' }, 'Status'), status),
-        h('div', { class: 'field' }, h('label', { for: 'upd-reason' }, 'Reason (shown to passengers, optional)'), reason),
+        'form',
+        { method: 'dialog' },
+        h('h2', { id: 'dlg-title' }, `Update ${f.number}`),
+        h(
+          'div',
+          { class: 'dialog-body' },
+          h('p', {}, `${f.from} → ${f.to}, scheduled ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. A later estimate makes it delayed; the schedule again makes it on time.`),
+          h('div', { class: 'field' }, h('label', { for: 'upd-dep' }, 'Estimated departure (UTC)'), dep),
+          h('div', { class: 'field' }, h('label', { for: 'upd-status' }, 'Status'), status),
+          h('div', { class: 'field' }, h('label', { for: 'upd-reason' }, 'Reason (shown to passengers, optional)'), reason),
+        ),
+        h(
+          'div',
+          { class: 'dialog-actions' },
+          h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Close'),
+          h('button', { type: 'submit', class: 'btn btn-primary', value: 'yes', 'data-testid': 'update-submit' }, 'Update flight'),
+        ),
       ),
-      h(
-        'div',
-        { class: 'dialog-actions' },
-        h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => dlg.close('no') }, 'Close'),
-        h('button', { type: 'submit', class: 'btn btn-primary', value: 'yes', 'data-testid': 'update-submit' }, 'Update flight'),
-      ),
-    );
-    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'dlg-title' }, form);
-    dlg.addEventListener('close', () => {
-      if (dlg.returnValue !== 'yes') resolve(null);
-      else {
-        const p = { flight_id: f.flight_id };
-        const est = dep.value ? `${dep.value}:00Z` : '';
-        if (est && est !== `${toInput(f.estimated_departs_at || f.departs_at)}:00Z`) p.estimated_departs_at = est;
-        if (status.value) p.status = status.value;
-        if (reason.value.trim()) p.reason = reason.value.trim();
-        resolve(p);
-      }
-      dlg.remove();
-    });
-    document.body.append(dlg);
-    dlg.showModal();
-    dep.focus();
-  });
+    (value) => (value === 'yes' ? params() : null),
+  );
+  dep.focus();
+  return shown;
 }
 
 async function updateFlight(id) {

@@ -4,7 +4,7 @@
 // watches again (the reply replaces the list), like the seat-map display.
 
 import { Jetway } from './jetway.js';
-import { h, clear } from './ui.js';
+import { h, clear, followConnection } from './ui.js';
 import { formatLocalShort, departureOf, flightRemark } from './format.js';
 
 const KEEP_AFTER_MS = 3600 * 1000;
@@ -28,14 +28,7 @@ const tickClock = () => {
 tickClock();
 setInterval(tickClock, 5000);
 
-const conn = $('d-conn');
-client.addEventListener('state', (e) => {
-  const { state, ready } = e.detail;
-  const live = state === 'open' && ready;
-  conn.dataset.state = live ? 'live' : state === 'reconnecting' ? 'reconnecting' : 'connecting';
-  conn.querySelector('.txt').textContent = live ? 'Live' : state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
-  document.body.classList.toggle('is-offline', !live && state === 'reconnecting');
-});
+followConnection(client, $('d-conn'), '.txt');
 
 // ---- the board ----------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
 
 import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
+import { countSeats } from './live.js';
 import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
-import { followViewers } from './ui.js';
+import { h, followViewers, followConnection } from './ui.js';
 
 const params = new URLSearchParams(location.search);
 const flightId = params.get('flight');
@@ -14,32 +15,19 @@ const client = new Jetway({ maxDelay: 10000 });
 const watcher = client.seats;
 
 const $ = (id) => document.getElementById(id);
-const el = (tag, cls, text) => {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-};
 
 // ---- clock & connection ------------------------------------------------------------
 
 const clock = $('d-clock');
 const tickClock = () => {
-  const d = new Date();
-  clock.textContent = `${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')} UTC`;
-  clock.dateTime = d.toISOString();
+  const now = new Date().toISOString();
+  clock.textContent = `${formatTime(now)} UTC`;
+  clock.dateTime = now;
 };
 tickClock();
 setInterval(tickClock, 5000);
 
-const conn = $('d-conn');
-client.addEventListener('state', (e) => {
-  const { state, ready } = e.detail;
-  const live = state === 'open' && ready;
-  conn.dataset.state = live ? 'live' : state === 'reconnecting' ? 'reconnecting' : 'connecting';
-  conn.querySelector('.txt').textContent = live ? 'Live' : state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
-  document.body.classList.toggle('is-offline', !live && state === 'reconnecting');
-});
+followConnection(client, $('d-conn'), '.txt');
 
 client.connect();
 
@@ -52,15 +40,15 @@ async function chooser() {
   const map = $('d-map');
   $('d-flight').textContent = 'Choose a flight to display';
   const r = await client.call('flights.search', { limit: 30 });
-  const list = el('ul', 'd-chooser');
-  for (const f of r.flights || []) {
-    const li = el('li');
-    const a = el('a', null, `${f.number}  ${f.from} → ${f.to}  ${formatLongDate(f.departs_at)} ${formatTime(f.departs_at)}`);
-    a.href = `?flight=${encodeURIComponent(f.flight_id)}`;
-    li.append(a);
-    list.append(li);
-  }
-  map.append(list);
+  map.append(
+    h(
+      'ul',
+      { class: 'd-chooser' },
+      (r.flights || []).map((f) =>
+        h('li', {}, h('a', { href: `?flight=${encodeURIComponent(f.flight_id)}` }, `${f.number}  ${f.from} → ${f.to}  ${formatLongDate(f.departs_at)} ${formatTime(f.departs_at)}`)),
+      ),
+    ),
+  );
 }
 
 // ---- the flight --------------------------------------------------------------------
@@ -97,15 +85,12 @@ async function show(id) {
 
   const head = $('d-flight');
   head.textContent = '';
-  const when = el('span', 'd-when');
-  when.dataset.testid = 'when';
-  const status = el('span', 'd-status');
-  status.dataset.testid = 'flight-status';
-  const viewers = el('span', 'd-viewers');
-  viewers.dataset.testid = 'viewers';
+  const when = h('span', { class: 'd-when', 'data-testid': 'when' });
+  const status = h('span', { class: 'd-status', 'data-testid': 'flight-status' });
+  const viewers = h('span', { class: 'd-viewers', 'data-testid': 'viewers' });
   head.append(
-    el('h1', 'd-number', flight.number),
-    el('span', 'd-route', `${city(flight.from)} (${flight.from}) → ${city(flight.to)} (${flight.to})`),
+    h('h1', { class: 'd-number' }, flight.number),
+    h('span', { class: 'd-route' }, `${city(flight.from)} (${flight.from}) → ${city(flight.to)} (${flight.to})`),
     when,
     status,
     viewers,
@@ -162,7 +147,7 @@ async function show(id) {
   const statsBox = $('d-stats');
   const renderStats = () => {
     statsBox.textContent = '';
-    const counts = feed.loaded ? feed.counts() : countsFrom(r.seats || []);
+    const counts = feed.loaded ? feed.counts() : countSeats(r.seats || []);
     let total = 0;
     let booked = 0;
     let held = 0;
@@ -205,42 +190,33 @@ async function show(id) {
   new ResizeObserver(() => fitMap(mapBox, layout, vertical)).observe(mapBox);
 }
 
-function countsFrom(seats) {
-  const out = new Map();
-  for (const s of seats) {
-    const c = out.get(s.cabin) || { total: 0, available: 0, held: 0, booked: 0 };
-    c.total += 1;
-    c[s.status] = (c[s.status] || 0) + 1;
-    out.set(s.cabin, c);
-  }
-  return out;
-}
-
 function tile(title, c, key) {
-  const t = el('div', `d-tile d-tile-${key}`);
-  t.dataset.cabin = key;
   const lf = c.total ? Math.round((c.booked / c.total) * 100) : 0;
   const occ = c.total ? ((c.booked + c.held) / c.total) * 100 : 0;
-  t.append(el('h2', 'd-tile-title', title));
-  const left = el('div', 'd-left');
-  left.append(el('span', 'd-big', String(c.available)), el('span', 'd-unit', c.available === 1 ? 'seat left' : 'seats left'));
-  left.dataset.testid = 'seats-left';
-  left.dataset.value = String(c.available);
-  const bar = el('div', 'd-bar');
-  bar.setAttribute('role', 'img');
-  bar.setAttribute('aria-label', `${lf}% booked, ${c.held} on hold`);
-  const b1 = el('span', 'd-bar-booked');
-  b1.style.width = `${c.total ? (c.booked / c.total) * 100 : 0}%`;
-  const b2 = el('span', 'd-bar-held');
-  b2.style.width = `${c.total ? (c.held / c.total) * 100 : 0}%`;
-  bar.append(b1, b2);
-  const lfEl = el('div', 'd-lf');
-  lfEl.dataset.testid = 'load-factor';
-  lfEl.dataset.value = String(lf);
-  lfEl.append(el('span', 'd-lf-num', `${lf}%`), el('span', 'd-lf-label', ` load factor · ${c.booked} booked · ${c.held} on hold · ${c.total} seats`));
-  t.append(left, bar, lfEl);
-  t.title = `${Math.round(occ)}% occupied`;
-  return t;
+  const share = (n) => ({ width: `${c.total ? (n / c.total) * 100 : 0}%` });
+  return h(
+    'div',
+    { class: `d-tile d-tile-${key}`, 'data-cabin': key, title: `${Math.round(occ)}% occupied` },
+    h('h2', { class: 'd-tile-title' }, title),
+    h(
+      'div',
+      { class: 'd-left', 'data-testid': 'seats-left', 'data-value': String(c.available) },
+      h('span', { class: 'd-big' }, String(c.available)),
+      h('span', { class: 'd-unit' }, c.available === 1 ? 'seat left' : 'seats left'),
+    ),
+    h(
+      'div',
+      { class: 'd-bar', role: 'img', 'aria-label': `${lf}% booked, ${c.held} on hold` },
+      h('span', { class: 'd-bar-booked', style: share(c.booked) }),
+      h('span', { class: 'd-bar-held', style: share(c.held) }),
+    ),
+    h(
+      'div',
+      { class: 'd-lf', 'data-testid': 'load-factor', 'data-value': String(lf) },
+      h('span', { class: 'd-lf-num' }, `${lf}%`),
+      h('span', { class: 'd-lf-label' }, ` load factor · ${c.booked} booked · ${c.held} on hold · ${c.total} seats`),
+    ),
+  );
 }
 
 // Seat map for a screen: in landscape the nose is on the left, rows run left to right
@@ -252,7 +228,7 @@ function buildMap(box, layout, seats, vertical) {
   const meta = new Map(seats.map((s) => [s.seat, s]));
   const exits = new Set(layout.exit_rows || []);
   const cells = new Map();
-  const plane = el('div', 'd-plane');
+  const plane = h('div', { class: 'd-plane' });
   // place(node, along, across): `along` is the position along the fuselage (row
   // index), `across` the position across it (letter index); 1-based grid lines.
   const place = (node, along, across) => {
@@ -260,9 +236,9 @@ function buildMap(box, layout, seats, vertical) {
     node.style.gridRow = String(vertical ? along : across);
   };
   for (const cabin of layout.cabins) {
-    const block = el('div', `d-cabin d-cabin-${cabin.cabin}`);
-    block.append(el('div', 'd-cabin-title', cabinName(cabin.cabin)));
-    const grid = el('div', 'd-grid');
+    const block = h('div', { class: `d-cabin d-cabin-${cabin.cabin}` });
+    block.append(h('div', { class: 'd-cabin-title' }, cabinName(cabin.cabin)));
+    const grid = h('div', { class: 'd-grid' });
     const letters = [...cabin.columns];
     // Seen from above with the nose on the left, seat A (port side) is at the bottom.
     const across = (i) => (vertical ? i + 2 : letters.length - i + 1);
@@ -273,17 +249,17 @@ function buildMap(box, layout, seats, vertical) {
     grid.style.gridTemplateColumns = vertical ? acrossTpl : alongTpl;
     letters.forEach((c, i) => {
       if (c === ' ') return;
-      const l = el('span', 'd-letter', c);
+      const l = h('span', { class: 'd-letter' }, c);
       place(l, 1, across(i));
       grid.append(l);
     });
     cabin.rows.forEach((row, j) => {
       const along = j + 2;
-      const num = el('span', `d-rownum${exits.has(row) ? ' exit' : ''}`, String(row));
+      const num = h('span', { class: `d-rownum${exits.has(row) ? ' exit' : ''}` }, String(row));
       place(num, along, 1);
       grid.append(num);
       if (exits.has(row)) {
-        const ex = el('span', 'd-exit', 'EXIT');
+        const ex = h('span', { class: 'd-exit' }, 'EXIT');
         place(ex, along, letters.length + 2);
         grid.append(ex);
       }
@@ -292,12 +268,7 @@ function buildMap(box, layout, seats, vertical) {
         const id = `${row}${c}`;
         const s = meta.get(id);
         if (!s) return;
-        const cell = el('span', 'd-seat');
-        cell.dataset.seat = id;
-        cell.dataset.status = s.status;
-        cell.setAttribute('role', 'img');
-        cell.setAttribute('aria-label', `Seat ${id}, ${s.status}`);
-        cell.append(el('i'));
+        const cell = h('span', { class: 'd-seat', 'data-seat': id, 'data-status': s.status, role: 'img', 'aria-label': `Seat ${id}, ${s.status}` }, h('i'));
         place(cell, along, across(i));
         grid.append(cell);
         cells.set(id, cell);

@@ -3,6 +3,20 @@
 // after a reconnect (or a gap), resubscribes with `since` so that no change is missed.
 // Also keeps the flight's viewer count (`viewers`, then `flight.presence` pushes).
 
+/** Seats per cabin: Map cabin -> {cabin, total, available, held, booked}. */
+export function countSeats(seats) {
+  const out = new Map();
+  for (const s of seats) {
+    const c = out.get(s.cabin) || { cabin: s.cabin, total: 0, available: 0, held: 0, booked: 0 };
+    c.total += 1;
+    if (s.status === 'available') c.available += 1;
+    else if (s.status === 'held') c.held += 1;
+    else if (s.status === 'booked') c.booked += 1;
+    out.set(s.cabin, c);
+  }
+  return out;
+}
+
 export class SeatFeed extends EventTarget {
   constructor(flightId) {
     super();
@@ -28,16 +42,7 @@ export class SeatFeed extends EventTarget {
   }
 
   counts() {
-    const out = new Map();
-    for (const s of this.seats.values()) {
-      const c = out.get(s.cabin) || { cabin: s.cabin, total: 0, available: 0, held: 0, booked: 0 };
-      c.total += 1;
-      if (s.status === 'available') c.available += 1;
-      else if (s.status === 'held') c.held += 1;
-      else if (s.status === 'booked') c.booked += 1;
-      out.set(s.cabin, c);
-    }
-    return out;
+    return countSeats(this.seats.values());
   }
 
   _snapshot(version, seats) {

@@ -45,12 +45,27 @@ export function toast(message, kind = 'info', ms = 6000) {
   }, ms);
 }
 
+/**
+ * Shows `content` in a modal dialog (its title carries id="dlg-title") and resolves with
+ * `result(returnValue)` once it closes; `content` may be a function of the dialog.
+ */
+export function modal(content, result = (value) => value) {
+  return new Promise((resolve) => {
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'dlg-title' });
+    append(dlg, [typeof content === 'function' ? content(dlg) : content]);
+    dlg.addEventListener('close', () => {
+      resolve(result(dlg.returnValue));
+      dlg.remove();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+  });
+}
+
 /** A modal confirm dialog; resolves true/false. */
 export function confirmDialog({ title, body, confirm = 'Confirm', cancel = 'Keep', danger = false }) {
-  return new Promise((resolve) => {
-    const dlg = h(
-      'dialog',
-      { class: 'dialog', 'aria-labelledby': 'dlg-title' },
+  return modal(
+    (dlg) => [
       h('h2', { id: 'dlg-title' }, title),
       h('div', { class: 'dialog-body' }, body),
       h(
@@ -59,14 +74,9 @@ export function confirmDialog({ title, body, confirm = 'Confirm', cancel = 'Keep
         h('button', { type: 'button', class: 'btn btn-ghost', value: 'no', onclick: () => dlg.close('no') }, cancel),
         h('button', { type: 'button', class: `btn ${danger ? 'btn-danger' : 'btn-primary'}`, value: 'yes', onclick: () => dlg.close('yes') }, confirm),
       ),
-    );
-    dlg.addEventListener('close', () => {
-      resolve(dlg.returnValue === 'yes');
-      dlg.remove();
-    });
-    document.body.append(dlg);
-    dlg.showModal();
-  });
+    ],
+    (value) => value === 'yes',
+  );
 }
 
 export function statusBadge(status) {
@@ -96,4 +106,20 @@ export function followViewers(feed, el) {
   feed.addEventListener('viewers', show);
   show();
   return () => feed.removeEventListener('viewers', show);
+}
+
+/**
+ * Keeps a page's connection indicator (`data-state` live | reconnecting | connecting,
+ * its text in `textSelector`, body.is-offline) in step with the client; `onChange(name)`
+ * hears each state too.
+ */
+export function followConnection(client, indicator, textSelector, onChange = () => {}) {
+  client.addEventListener('state', (e) => {
+    const { state, ready } = e.detail;
+    const name = state === 'open' && ready ? 'live' : state === 'reconnecting' ? 'reconnecting' : 'connecting';
+    indicator.dataset.state = name;
+    indicator.querySelector(textSelector).textContent = { live: 'Live', reconnecting: 'Reconnecting…', connecting: 'Connecting…' }[name];
+    document.body.classList.toggle('is-offline', name === 'reconnecting');
+    onChange(name);
+  });
 }
