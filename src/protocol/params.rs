@@ -103,7 +103,7 @@ impl Call {
             "flights.watch" => Call::Watch(decode(p)),
             "flights.unwatch" => Call::Unwatch(decode(p)),
             "booking.hold" => Call::Hold(decode(p)),
-            "booking.pay" => Call::Pay(decode(p)),
+            "booking.pay" => Call::Pay(decode(p).and_then(Pay::refuse_card_data)),
             "booking.cancel" => Call::Cancel(decode(p)),
             "booking.change_seat" => Call::ChangeSeat(decode(p)),
             "booking.check_in" => Call::CheckIn(decode(p)),
@@ -194,6 +194,27 @@ pub struct Pay {
     pub payment_method: String,
     #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
+}
+
+impl Pay {
+    /// Card data must never reach a log or the database: a `payment_method` that may
+    /// be a card number is refused before anything uses it.
+    fn refuse_card_data(self) -> Result<Pay, ApiError> {
+        if looks_like_card_number(&self.payment_method) {
+            return Err(ApiError::InvalidParams(
+                "payment_method must be a payment method id (pm_...), never card data".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// True for text that may be a card number (12-19 digits, spaces or dashes between).
+fn looks_like_card_number(s: &str) -> bool {
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    (12..=19).contains(&digits)
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -329,6 +350,21 @@ pub struct UpdateFlight {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn card_numbers_are_recognised() {
+        assert!(looks_like_card_number("4242424242424242"));
+        assert!(looks_like_card_number("4242 4242 4242 4242"));
+        assert!(looks_like_card_number("4242-4242-4242-4242"));
+        assert!(!looks_like_card_number("pm_card_visa"));
+        assert!(!looks_like_card_number("pm_1234567890123456"));
+        assert!(!looks_like_card_number("12345"));
+        let pay = json!({"locator": "ABC123", "payment_method": "4242 4242 4242 4242", "request_id": "r1"});
+        assert!(matches!(
+            Call::parse("booking.pay", pay),
+            Ok(Call::Pay(Err(ApiError::InvalidParams(_))))
+        ));
+    }
 
     #[test]
     fn missing_or_mistyped_fields_are_invalid_params() {

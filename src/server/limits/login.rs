@@ -1,0 +1,116 @@
+//! The login backoff: failed logins counted per username and per address, each
+//! attempt past the free ones made to wait longer before the password is checked.
+
+use dashmap::DashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    wait_until: Instant,
+}
+
+/// Failed logins by username and by address; past the free attempts every attempt
+/// waits 1 s, 2 s, 4 s, ... up to the maximum, and is refused with `rate_limited`
+/// (without checking the password) before then.
+pub struct LoginGuard {
+    free: u32,
+    max: Duration,
+    failures: DashMap<String, Failures>,
+}
+
+const LOGIN_KEYS_SOFT_CAP: usize = 100_000;
+
+impl LoginGuard {
+    pub fn new(free: u32, max_secs: u64) -> Self {
+        LoginGuard {
+            free,
+            max: Duration::from_secs(max_secs.max(1)),
+            failures: DashMap::new(),
+        }
+    }
+
+    fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
+        let mut k = vec![format!("u:{}", username.trim().to_lowercase())];
+        if let Some(ip) = ip {
+            k.push(format!("a:{ip}"));
+        }
+        k
+    }
+
+    /// `Err(wait)` while the username or the address is backing off.
+    pub fn check(&self, username: &str, ip: Option<IpAddr>) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut wait = Duration::ZERO;
+        for k in Self::keys(username, ip) {
+            if let Some(f) = self.failures.get(&k) {
+                wait = wait.max(f.wait_until.saturating_duration_since(now));
+            }
+        }
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
+    pub fn failed(&self, username: &str, ip: Option<IpAddr>) {
+        let now = Instant::now();
+        if self.failures.len() > LOGIN_KEYS_SOFT_CAP {
+            let forget = self.max * 2;
+            self.failures
+                .retain(|_, f| now.duration_since(f.last) < forget);
+        }
+        for k in Self::keys(username, ip) {
+            let mut f = self.failures.entry(k).or_insert(Failures {
+                count: 0,
+                last: now,
+                wait_until: now,
+            });
+            if now.duration_since(f.last) >= self.max * 2 {
+                f.count = 0;
+            }
+            f.count = f.count.saturating_add(1);
+            f.last = now;
+            if f.count > self.free {
+                let exp = (f.count - self.free - 1).min(20);
+                let wait = Duration::from_secs(1u64 << exp).min(self.max);
+                f.wait_until = now + wait;
+            }
+        }
+    }
+
+    /// A successful login clears the username's failures (not the address's: an
+    /// attacker could otherwise reset it with an account of their own).
+    pub fn succeeded(&self, username: &str) {
+        self.failures
+            .remove(&format!("u:{}", username.trim().to_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_backoff_doubles_and_success_clears_the_username() {
+        let g = LoginGuard::new(2, 60);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        g.failed("Bob", Some(ip));
+        g.failed("bob", Some(ip));
+        assert!(g.check("bob", Some(ip)).is_ok(), "two free attempts");
+        g.failed("bob", Some(ip));
+        let w = g.check("BOB", None).unwrap_err();
+        assert!(w <= Duration::from_secs(1) && w > Duration::from_millis(500));
+        g.failed("bob", Some(ip));
+        assert!(g.check("bob", None).unwrap_err() > Duration::from_secs(1));
+        // another username from the same address waits too
+        assert!(g.check("carol", Some(ip)).is_err());
+        assert!(g.check("carol", None).is_ok());
+        g.succeeded("bob");
+        assert!(g.check("bob", None).is_ok());
+        assert!(g.check("bob", Some(ip)).is_err(), "the address still waits");
+    }
+}
