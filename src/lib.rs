@@ -5,13 +5,14 @@
 //! `tests/architecture.rs` checks the rule):
 //!
 //! - [`server`]: HTTP routes, static files, the WebSocket upgrade, each
-//!   connection's task, dispatch to the use cases, abuse limits and the `/metrics`
-//!   page;
+//!   connection's task, dispatch to the use cases, the abuse limits
+//!   ([`server::limits`]: request rate, login backoff, and the listener's cap per
+//!   address and handshake timeout) and the `/metrics` page;
 //! - [`app`]: one method per use case, orchestrating everything below;
 //! - [`config`]: every flag, the abuse limits included;
 //! - [`inventory`]: every flight's seat map in memory, its version and change feed;
-//! - [`protocol`]: the JSON-RPC envelope, method params, result shapes and error
-//!   reasons (pure);
+//! - [`protocol`]: the JSON-RPC envelope, method params (card data refused there),
+//!   result shapes and error reasons (pure);
 //! - [`store`]: the durable store behind a trait (sled; or, with the `etcd` feature,
 //!   an etcd cluster shared by several nodes, with its change feed), and the group
 //!   commit;
