@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -85,6 +85,27 @@ pub struct RpcError {
 
 pub type Reply = Result<Value, RpcError>;
 
+impl RpcError {
+    fn from_json(e: &Value) -> Self {
+        let text =
+            |v: Option<&Value>, or: &str| v.and_then(Value::as_str).unwrap_or(or).to_string();
+        RpcError {
+            reason: text(e.pointer("/data/reason"), "unknown"),
+            message: text(e.get("message"), ""),
+        }
+    }
+}
+
+/// What a frame is, read without decoding the rest (serde skips `result` and
+/// `params` without building anything).
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
 /// One connection used for request/response. Pushes are counted and skipped.
 pub struct Conn {
     pub ws: Ws,
@@ -103,6 +124,34 @@ impl Conn {
 
     /// Sends a request and waits for its reply.
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Reply, Error> {
+        let text = self.exchange(method, params).await?;
+        let mut v: Value = serde_json::from_str(text.as_str())?;
+        if let Some(e) = v.get("error") {
+            return Ok(Err(RpcError::from_json(e)));
+        }
+        // taken, not cloned: a full seat map is thousands of values
+        Ok(Ok(v
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(Value::Null)))
+    }
+
+    /// Sends a request and checks that its reply is a success, without decoding the
+    /// result: a full seat map costs the client a scan, not a tree of values, so a
+    /// run opening thousands of subscribed connections measures the server.
+    pub async fn check(&mut self, method: &str, params: Value) -> Result<(), Error> {
+        let text = self.exchange(method, params).await?;
+        match serde_json::from_str::<Head>(text.as_str())?.error {
+            None => Ok(()),
+            Some(e) => {
+                let e = RpcError::from_json(&e);
+                Err(format!("{method}: {} ({})", e.reason, e.message).into())
+            }
+        }
+    }
+
+    /// Sends a request and returns the text of its reply.
+    async fn exchange(&mut self, method: &str, params: Value) -> Result<Utf8Bytes, Error> {
         let id = self.next_id;
         self.next_id += 1;
         let text = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
@@ -112,7 +161,8 @@ impl Conn {
             .map_err(|_| format!("{method}: no reply in {CALL_TIMEOUT:?}"))?
     }
 
-    async fn reply(&mut self, id: u64) -> Result<Reply, Error> {
+    /// Reads until the reply to `id`; pushes on the way are counted and skipped.
+    async fn reply(&mut self, id: u64) -> Result<Utf8Bytes, Error> {
         loop {
             let text = match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => t,
@@ -123,29 +173,10 @@ impl Conn {
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err("connection closed".into()),
             };
-            let mut v: Value = serde_json::from_str(text.as_str())?;
-            if v.get("id").and_then(Value::as_u64) != Some(id) {
-                self.pushes += 1;
-                continue;
+            if serde_json::from_str::<Head>(text.as_str())?.id == Some(id) {
+                return Ok(text);
             }
-            if let Some(e) = v.get("error") {
-                let reason = e
-                    .pointer("/data/reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string();
-                let message = e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                return Ok(Err(RpcError { reason, message }));
-            }
-            // taken, not cloned: a full seat map is thousands of values
-            return Ok(Ok(v
-                .get_mut("result")
-                .map(Value::take)
-                .unwrap_or(Value::Null)));
+            self.pushes += 1;
         }
     }
 

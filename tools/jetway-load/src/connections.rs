@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, Conn, Endpoint, Error};
 use crate::stats;
-use crate::target::{ProcStatus, Target};
+use crate::target::{self, ProcStatus, Target};
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -41,6 +41,9 @@ pub struct Outcome {
     /// Server CPU time spent while the connections were opened, per connection (the
     /// load tool shares the machine, so the rate alone may measure the client).
     pub server_cpu_us_per_connection: Option<f64>,
+    /// The load tool's own CPU time over the same phase, per connection: when it is
+    /// near the server's, the rate measures the client as much as the server.
+    pub client_cpu_us_per_connection: Option<f64>,
     pub memory_before: Option<ProcStatus>,
     pub memory_open: Option<ProcStatus>,
     pub memory_closed: Option<ProcStatus>,
@@ -53,7 +56,34 @@ pub struct Outcome {
     pub ok: bool,
 }
 
-pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Error> {
+/// Connections opening at once.
+const OPENING: usize = 256;
+
+/// CPU seconds spent opening, in µs per opened connection.
+fn per_connection(cpu_seconds: Option<f64>, opened: u64) -> Option<f64> {
+    cpu_seconds
+        .filter(|_| opened > 0)
+        .map(|s| s * 1e6 / opened as f64)
+}
+
+/// Opens one connection, logs it in with `token` and subscribes it to `flight`.
+async fn open_one(
+    ep: &Endpoint,
+    token: Option<String>,
+    flight: Option<String>,
+) -> Result<Conn, Error> {
+    let mut c = Conn::open(ep).await?;
+    if let Some(token) = token {
+        c.check("auth.resume", json!({"token": token})).await?;
+    }
+    if let Some(fid) = flight {
+        c.check("seats.subscribe", json!({"flight_id": fid}))
+            .await?;
+    }
+    Ok(c)
+}
+
+pub async fn run(target: &Target, ep: &Arc<Endpoint>, o: &Opts) -> Result<Outcome, Error> {
     let mut setup = Conn::open(ep).await?;
     let mut flights = match o.flight.as_deref() {
         None => client::all_flights(&mut setup).await.unwrap_or_default(),
@@ -76,52 +106,59 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
 
     let dropped = Arc::new(AtomicU64::new(0));
     let pb = stats::bar(o.connections as u64, "connecting", o.quiet);
+    let client_cpu_before = target::cpu_seconds(std::process::id());
     let start = Instant::now();
-    let results = futures::stream::iter(0..o.connections)
-        .map(|i| {
-            let token = tokens[i % tokens.len()].clone();
-            let fid = flights[i % flights.len()].clone();
-            let dropped = dropped.clone();
-            let (auth, subscribe) = (o.auth, o.subscribe);
-            async move {
-                let mut c = Conn::open(ep).await?;
-                if auth {
-                    c.must("auth.resume", json!({"token": token})).await?;
+    // each connection is a task of its own from its first byte (so the client's work
+    // spreads over the runtime's threads), at most OPENING of them opening at once
+    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(o.connections);
+    for i in 0..o.connections {
+        let permit = opening.clone().acquire_owned().await?;
+        let token = o.auth.then(|| tokens[i % tokens.len()].clone());
+        let fid = o.subscribe.then(|| flights[i % flights.len()].clone());
+        let (ep, dropped, done) = (ep.clone(), dropped.clone(), done_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = match open_one(&ep, token, fid).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = done.send(Err(e.to_string()));
+                    return;
                 }
-                if subscribe {
-                    c.must("seats.subscribe", json!({"flight_id": fid})).await?;
+            };
+            drop(permit);
+            // sent and dropped: the count ends when every connection has reported
+            let _ = done.send(Ok(()));
+            drop(done);
+            // keep reading (answers pings) until the run aborts this task
+            while let Some(m) = c.ws.next().await {
+                if m.is_err() {
+                    break;
                 }
-                // keep reading (answers pings) until the run aborts this task
-                Ok::<_, Error>(tokio::spawn(async move {
-                    while let Some(m) = c.ws.next().await {
-                        if m.is_err() {
-                            break;
-                        }
-                    }
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                }))
             }
-        })
-        .buffer_unordered(256)
-        .inspect(|_| pb.inc(1))
-        .collect::<Vec<_>>()
-        .await;
-    let open_seconds = start.elapsed().as_secs_f64();
-    let cpu_opening = cpu_before.zip(target.cpu_seconds()).map(|(a, b)| b - a);
-    pb.finish_and_clear();
-    let mut tasks = Vec::new();
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    drop(done_tx);
     let mut failed = 0u64;
     let mut first_error = None;
-    for r in results {
+    let mut opened = 0u64;
+    while let Some(r) = done_rx.recv().await {
+        pb.inc(1);
         match r {
-            Ok(t) => tasks.push(t),
+            Ok(()) => opened += 1,
             Err(e) => {
                 failed += 1;
-                first_error.get_or_insert_with(|| e.to_string());
+                first_error.get_or_insert(e);
             }
         }
     }
-    let opened = tasks.len() as u64;
+    let open_seconds = start.elapsed().as_secs_f64();
+    let cpu_opening = cpu_before.zip(target.cpu_seconds()).map(|(a, b)| b - a);
+    let client_cpu = client_cpu_before
+        .zip(target::cpu_seconds(std::process::id()))
+        .map(|(a, b)| b - a);
+    pb.finish_and_clear();
     stats::timed(o.hold.max(1.0), "idle", o.quiet).await;
     let open = target.memory();
     let dropped_n = dropped.load(Ordering::Relaxed);
@@ -145,9 +182,8 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         first_error,
         open_seconds,
         connections_per_sec: opened as f64 / open_seconds.max(1e-9),
-        server_cpu_us_per_connection: cpu_opening
-            .filter(|_| opened > 0)
-            .map(|s| s * 1e6 / opened as f64),
+        server_cpu_us_per_connection: per_connection(cpu_opening, opened),
+        client_cpu_us_per_connection: per_connection(client_cpu, opened),
         memory_before: before,
         memory_open: open,
         memory_closed: closed,

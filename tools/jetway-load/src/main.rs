@@ -300,12 +300,13 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 flight: flight.clone(),
                 quiet: common.quiet,
             };
-            let res = connections::run(&t, &ep, &o).await;
+            let res = connections::run(&t, &std::sync::Arc::new(ep), &o).await;
             t.stop().await;
             let out = res?;
             let kib = |b: Option<f64>| b.map_or("n/a".into(), |b| format!("{:.2} KiB", b / 1024.0));
+            let micros = |us: Option<f64>| us.map_or("n/a".into(), |us| format!("{us:.0} µs"));
             let text = format!(
-                "connections ({}): {} of {} open in {:.1} s ({:.0}/s, server CPU {} per connection), {} failed, {} dropped\n\
+                "connections ({}): {} of {} open in {:.1} s ({:.0}/s, CPU per connection: server {}, load tool {}), {} failed, {} dropped\n\
                  server memory per connection: {} VmRSS, {} RssAnon\n\
                  server VmRSS before/open/closed: {:?}/{:?}/{:?} KiB{}\n",
                 out.target,
@@ -313,8 +314,8 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 out.requested,
                 out.open_seconds,
                 out.connections_per_sec,
-                out.server_cpu_us_per_connection
-                    .map_or("n/a".into(), |us| format!("{us:.0} µs")),
+                micros(out.server_cpu_us_per_connection),
+                micros(out.client_cpu_us_per_connection),
                 out.failed,
                 out.dropped,
                 kib(out.bytes_per_connection),
