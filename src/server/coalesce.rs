@@ -1,7 +1,8 @@
-//! The socket under a WebSocket connection: what tungstenite writes is gathered in
-//! memory until it flushes, then sent in as few system calls as the kernel takes,
-//! and the memory is freed once sent. A full seat map (many small fragments) or a
-//! burst of pushes costs one `send`, and an idle connection keeps no write buffer.
+//! The socket under a WebSocket connection: what tungstenite writes (control
+//! frames) and the text frames the connection writes itself ([`Coalesce::push_text`])
+//! are gathered in memory until a flush, then sent in as few system calls as the
+//! kernel takes, and the memory is freed once sent. A burst of pushes costs one
+//! `send`, and an idle connection keeps no write buffer.
 
 use std::io;
 use std::pin::Pin;
@@ -26,11 +27,35 @@ impl<S> Coalesce<S> {
             sent: 0,
         }
     }
+
+    /// Appends a whole text message as one final, unmasked frame (a server's,
+    /// RFC 6455 5.2).
+    pub fn push_text(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let n = payload.len();
+        self.pending.reserve(n + 10);
+        self.pending.push(0x81);
+        if n < 126 {
+            self.pending.push(n as u8);
+        } else if let Ok(short) = u16::try_from(n) {
+            self.pending.push(126);
+            self.pending.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.pending.push(127);
+            self.pending.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        self.pending.extend_from_slice(payload);
+    }
+
+    /// Whether enough is gathered to send before taking more.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= LIMIT
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
     /// Sends everything gathered, then gives its memory back.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.pending.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]))?;
             if n == 0 {
@@ -114,5 +139,37 @@ mod tests {
         let mut got = vec![0; expected.len()];
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn text_frames_written_directly_read_back_as_messages() {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::Message;
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w = Coalesce::new(a);
+        // every length encoding: 7-bit, 16-bit (both ends), 64-bit; multi-byte text
+        let texts: Vec<String> = [0, 1, 125, 126, 127, 65_535, 65_536, 70_001]
+            .into_iter()
+            .map(|n| "é".repeat(n / 2) + &"x".repeat(n % 2))
+            .collect();
+        for t in &texts {
+            w.push_text(t);
+        }
+        assert!(w.is_full());
+        let client = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None);
+        let (_, read) = tokio::join!(w.flush(), async {
+            let mut client = client.await;
+            let mut got = Vec::new();
+            for _ in &texts {
+                match client.next().await {
+                    Some(Ok(Message::Text(t))) => got.push(t.as_str().to_string()),
+                    other => panic!("expected a text message, got {other:?}"),
+                }
+            }
+            got
+        });
+        assert_eq!(read, texts);
+        assert_eq!(w.pending.capacity(), 0);
     }
 }

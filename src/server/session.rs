@@ -5,16 +5,14 @@
 //! Whatever the connection registered (subscriptions, its user's registry entry) is
 //! removed when its state is dropped, however the connection ends.
 
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -27,18 +25,15 @@ use crate::protocol::{envelope, parse_request, ApiError};
 
 /// Largest request frame handled; larger ones get `too_large`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// A frame longer than this is sent in fragments of at most this size, and smaller
-/// frames are gathered up to this size in tungstenite's write buffer (the socket
-/// below, [`super::coalesce`], sends a whole batch at once). That buffer never
-/// shrinks, so this bounds what it keeps per connection: without it, every
-/// connection would keep a buffer the size of the full seat map it was sent once.
-pub const FRAGMENT: usize = 512;
 /// How long writing one batch to a client may take before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tungstenite reads the connection and writes its control frames (ping, pong,
+/// close); text frames are written straight into the socket below it (see
+/// [`write_batch`]), so tungstenite's write buffer, which never shrinks, only ever
+/// holds a control frame.
 pub type Socket =
     WebSocketStream<super::coalesce::Coalesce<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>;
-type Sink = SplitSink<Socket, Message>;
 /// The request being handled, giving the connection's state back (or the panic).
 /// The connection's request in progress, on its own task: it goes on while the
 /// connection writes pushes to a slow client (a payment's gateway timer must not
@@ -46,23 +41,9 @@ type Sink = SplitSink<Socket, Message>;
 type InFlight = tokio::task::JoinHandle<ConnState>;
 
 /// Serves the connection until it closes.
-pub fn run(
+pub async fn run(
     app: Arc<App>,
-    socket: Socket,
-    shutdown: CancellationToken,
-    shield: Arc<Shield>,
-    peer: IpAddr,
-) -> impl Future<Output = ()> + Send {
-    // split before the connection's future exists: an `async fn` keeps room for its
-    // arguments (here a whole WebSocket) in its state for as long as it runs
-    let (sink, stream) = socket.split();
-    serve(app, sink, stream, shutdown, shield, peer)
-}
-
-async fn serve(
-    app: Arc<App>,
-    mut sink: Sink,
-    mut stream: SplitStream<Socket>,
+    mut socket: Socket,
     shutdown: CancellationToken,
     shield: Arc<Shield>,
     peer: IpAddr,
@@ -110,9 +91,9 @@ async fn serve(
             next = rx.next(), if !written_off => {
                 written_off = match next {
                     // boxed: an idle connection's task keeps no room for a write
-                    Next::Frames(frames) => !Box::pin(write_batch(&mut sink, frames)).await,
+                    Next::Frames(frames) => !Box::pin(write_batch(&mut socket, frames)).await,
                     Next::Close(code, reason) => {
-                        Box::pin(close(&mut sink, code, reason)).await;
+                        Box::pin(close(&mut socket, code, reason)).await;
                         true
                     }
                 };
@@ -136,13 +117,13 @@ async fn serve(
                 if silent >= idle_timeout {
                     outbox.close(CLOSE_GOING_AWAY, "idle timeout");
                     reading = false;
-                } else if silent >= ping_every && !Box::pin(ping(&mut sink)).await {
+                } else if silent >= ping_every && !Box::pin(ping(&mut socket)).await {
                     outbox.close(fanout::CLOSE_NORMAL, "connection lost");
                     written_off = true;
                     reading = false;
                 }
             }
-            msg = stream.next(), if reading && in_flight.is_none() => {
+            msg = socket.next(), if reading && in_flight.is_none() => {
                 last_seen = Instant::now();
                 match received(msg, &mut limiter, &shield, &reply_error) {
                     Received::Request(req) => {
@@ -159,6 +140,13 @@ async fn serve(
                     Received::End(code, reason) => {
                         // what is queued (replies, refusals) goes out before the close
                         outbox.finish(code, reason);
+                        reading = false;
+                    }
+                    Received::Gone => {
+                        // nothing may follow the close frame tungstenite has queued or
+                        // sent (its answer to the client's, or its own after a
+                        // protocol error): what is queued is dropped
+                        outbox.close(fanout::CLOSE_NORMAL, "bye");
                         reading = false;
                     }
                 }
@@ -183,6 +171,8 @@ enum Received {
     Nothing,
     /// Stop reading and close with this code once what is queued is sent.
     End(u16, &'static str),
+    /// The client closed, or the socket failed: stop reading and writing.
+    Gone,
 }
 
 /// Handles one frame from the client, up to the request it carries.
@@ -240,10 +230,10 @@ fn received(
             Received::Nothing
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Received::Nothing,
-        Some(Ok(Message::Close(_))) | None => Received::End(fanout::CLOSE_NORMAL, "bye"),
+        Some(Ok(Message::Close(_))) | None => Received::Gone,
         Some(Err(e)) => {
             tracing::debug!(error = %e, "websocket read failed");
-            Received::End(fanout::CLOSE_NORMAL, "bye")
+            Received::Gone
         }
     }
 }
@@ -269,67 +259,44 @@ impl Drop for OpenConn {
 }
 
 /// Writes frames in order and flushes; false if the client is gone or too slow.
-async fn write_batch(sink: &mut Sink, frames: VecDeque<Utf8Bytes>) -> bool {
+/// Each is one unmasked text frame written into the socket's gathering buffer (a
+/// frame header is a few bytes: RFC 6455, 5.2), sent whenever that buffer is full
+/// and at the end; nothing of it stays with the connection afterwards.
+async fn write_batch(socket: &mut Socket, frames: VecDeque<Utf8Bytes>) -> bool {
     let write = async {
         for f in frames {
-            if f.len() <= FRAGMENT {
-                sink.feed(Message::Text(f)).await?;
-            } else {
-                for piece in fragments(f) {
-                    sink.feed(Message::Frame(piece)).await?;
-                }
+            socket.get_mut().push_text(f.as_str());
+            if socket.get_ref().is_full() {
+                flush(socket).await?;
             }
         }
-        sink.flush().await
+        flush(socket).await
     };
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
-/// A text frame as WebSocket fragments of at most [`FRAGMENT`] bytes, cut between
-/// characters.
-fn fragments(text: Utf8Bytes) -> Vec<Frame> {
-    let bounds = fragment_bounds(text.as_str());
-    let bytes = Bytes::from(text);
-    let last = bounds.len().saturating_sub(1);
-    bounds
-        .into_iter()
-        .enumerate()
-        .map(|(i, (start, end))| {
-            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
-            Frame::message(bytes.slice(start..end), opcode, i == last)
-        })
-        .collect()
+/// Sends what tungstenite holds (a pong it owes) and everything gathered.
+async fn flush(socket: &mut Socket) -> std::io::Result<()> {
+    socket.flush().await.map_err(std::io::Error::other)?;
+    // tungstenite does not flush the socket once it has closed
+    std::future::poll_fn(|cx| socket.get_mut().poll_send(cx)).await
 }
 
-fn fragment_bounds(s: &str) -> Vec<(usize, usize)> {
-    let mut bounds = Vec::with_capacity(s.len() / FRAGMENT + 1);
-    let mut start = 0;
-    while start < s.len() {
-        let mut end = (start + FRAGMENT).min(s.len());
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        bounds.push((start, end));
-        start = end;
-    }
-    bounds
-}
-
-async fn ping(sink: &mut Sink) -> bool {
+async fn ping(socket: &mut Socket) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await,
+        tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Ping(Bytes::new()))).await,
         Ok(Ok(()))
     )
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
+async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        sink.send(Message::Close(Some(frame))),
+        socket.send(Message::Close(Some(frame))),
     )
     .await;
 }
@@ -412,30 +379,5 @@ mod tests {
             .unwrap();
         call(&mut other, 1, "flights.airports", json!({})).await;
         running.shutdown().await;
-    }
-
-    #[test]
-    fn fragments_cover_the_text_and_cut_between_characters() {
-        let text = "é".repeat(FRAGMENT) + "tail";
-        let bounds = fragment_bounds(&text);
-        assert!(bounds.len() > 2);
-        assert_eq!(bounds[0].0, 0);
-        assert_eq!(bounds.last().map(|b| b.1), Some(text.len()));
-        for w in bounds.windows(2) {
-            assert_eq!(w[0].1, w[1].0);
-        }
-        for &(s, e) in &bounds {
-            assert!(e - s <= FRAGMENT && e > s);
-            assert!(text.is_char_boundary(s) && text.is_char_boundary(e));
-        }
-        let frames = fragments(Utf8Bytes::from(text.clone()));
-        assert_eq!(frames.len(), bounds.len());
-        assert!(frames
-            .iter()
-            .take(frames.len() - 1)
-            .all(|f| !f.header().is_final));
-        assert!(frames.last().is_some_and(|f| f.header().is_final));
-        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
-        assert_eq!(joined, text.as_bytes());
     }
 }
