@@ -96,8 +96,13 @@ static STATS: FrameCounters = FrameCounters {
     slow_closes: AtomicU64::new(0),
 };
 
-/// How every push starts (see `protocol::envelope::push`); a reply starts with `"id"`.
-const PUSH_PREFIX: &str = "{\"jsonrpc\":\"2.0\",\"method\":";
+/// What a queued frame is: a push the server sends on its own, or the reply to a
+/// request. Only pushes are counted as such; both count when dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Push,
+    Reply,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct FrameStats {
@@ -143,12 +148,11 @@ impl Outbox {
 
     /// Queues a frame without waiting. On overflow the connection is told to close
     /// (the writer sends a close frame) and `false` is returned.
-    pub fn send(&self, frame: Utf8Bytes) -> bool {
-        let push = frame.as_str().starts_with(PUSH_PREFIX);
+    pub fn send(&self, kind: FrameKind, frame: Utf8Bytes) -> bool {
         let ok = self.queue(frame);
-        let counter = match (ok, push) {
-            (true, true) => &STATS.pushes,
-            (true, false) => return true,
+        let counter = match (ok, kind) {
+            (true, FrameKind::Push) => &STATS.pushes,
+            (true, FrameKind::Reply) => return true,
             (false, _) => &STATS.dropped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +322,7 @@ impl UserRegistry {
     /// Queues `frame` on every connection of `user`, forgetting closed ones.
     pub fn push(&self, user: UserId, frame: &Utf8Bytes) {
         self.change(user, |v| {
-            v.retain(|c| c.outbox.send(frame.clone()) || !c.outbox.is_closing())
+            v.retain(|c| c.outbox.send(FrameKind::Push, frame.clone()) || !c.outbox.is_closing())
         });
     }
 
@@ -351,9 +355,9 @@ mod tests {
             messages: 2,
             bytes: 1 << 20,
         });
-        assert!(o.send("a".into()));
-        assert!(o.send("b".into()));
-        assert!(!o.send("c".into()));
+        assert!(o.send(FrameKind::Reply, "a".into()));
+        assert!(o.send(FrameKind::Reply, "b".into()));
+        assert!(!o.send(FrameKind::Reply, "c".into()));
         assert!(o.is_closing());
         assert!(matches!(rx.next().await, Next::Close(1008, r) if r.contains("slow consumer")));
     }
@@ -361,9 +365,12 @@ mod tests {
     #[tokio::test]
     async fn finish_sends_what_is_queued_then_closes() {
         let (o, mut rx) = outbox(QueueLimits::default());
-        assert!(o.send("reply".into()));
+        assert!(o.send(FrameKind::Reply, "reply".into()));
         o.finish(CLOSE_GOING_AWAY, "bye");
-        assert!(!o.send("late".into()), "nothing is queued after finish");
+        assert!(
+            !o.send(FrameKind::Reply, "late".into()),
+            "nothing is queued after finish"
+        );
         o.close(CLOSE_POLICY, "ignored: the first request wins");
         assert!(matches!(rx.next().await, Next::Frames(f) if f[0].as_str() == "reply"));
         assert!(matches!(rx.next().await, Next::Close(1001, "bye")));
@@ -372,8 +379,8 @@ mod tests {
     #[tokio::test]
     async fn close_skips_what_is_queued() {
         let (o, mut rx) = outbox(QueueLimits::default());
-        assert!(o.send("a".into()));
-        assert!(o.send("b".into()));
+        assert!(o.send(FrameKind::Reply, "a".into()));
+        assert!(o.send(FrameKind::Reply, "b".into()));
         o.close(CLOSE_POLICY, "stalled");
         assert!(matches!(rx.try_next(), Some(Next::Close(1008, "stalled"))));
     }
@@ -384,9 +391,9 @@ mod tests {
             messages: 100,
             bytes: 10,
         });
-        assert!(o.send("12345".into()));
-        assert!(o.send("12345".into()));
-        assert!(!o.send("1".into()));
+        assert!(o.send(FrameKind::Reply, "12345".into()));
+        assert!(o.send(FrameKind::Reply, "12345".into()));
+        assert!(!o.send(FrameKind::Reply, "1".into()));
         assert!(matches!(rx.next().await, Next::Close(..)));
     }
 
@@ -397,11 +404,11 @@ mod tests {
             bytes: 10,
         });
         for _ in 0..10 {
-            assert!(o.send("12345".into()));
+            assert!(o.send(FrameKind::Reply, "12345".into()));
             assert_eq!(frames(Some(rx.next().await)), ["12345"]);
         }
-        assert!(o.send("a".into()));
-        assert!(o.send("b".into()));
+        assert!(o.send(FrameKind::Reply, "a".into()));
+        assert!(o.send(FrameKind::Reply, "b".into()));
         assert_eq!(frames(rx.try_next()), ["a", "b"]);
         assert!(rx.try_next().is_none());
     }
@@ -411,7 +418,7 @@ mod tests {
         let (o, mut rx) = outbox(QueueLimits::default());
         let waiter = tokio::spawn(async move { frames(Some(rx.next().await)) });
         tokio::task::yield_now().await;
-        assert!(o.send("x".into()));
+        assert!(o.send(FrameKind::Reply, "x".into()));
         assert_eq!(waiter.await.unwrap(), ["x"]);
     }
 
@@ -420,7 +427,7 @@ mod tests {
         let (o, rx) = outbox(QueueLimits::default());
         drop(rx);
         assert!(o.is_closing());
-        assert!(!o.send("x".into()));
+        assert!(!o.send(FrameKind::Reply, "x".into()));
     }
 
     #[tokio::test]

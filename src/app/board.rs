@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::status::{changed_frame, send_once};
 use super::App;
 use crate::domain::{self, flight::airport, Flight, FlightId, Millis};
-use crate::fanout::{Outbox, Utf8Bytes};
+use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
 use crate::protocol::{envelope, params, wire, ApiError};
 
@@ -160,7 +160,10 @@ impl App {
         group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
         let result = json!({ "airport": code, "flights": flights });
         if let Some(id) = id {
-            outbox.send(Utf8Bytes::from(envelope::success(id, &result)));
+            outbox.send(
+                FrameKind::Reply,
+                Utf8Bytes::from(envelope::success(id, &result)),
+            );
         }
         group.watchers.push(outbox.clone());
         if !boards.contains(&code) {

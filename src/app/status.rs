@@ -12,7 +12,7 @@ use super::admin::{occupants, optional_reason};
 use super::{App, AuthSession};
 use crate::domain::flight::StatusUpdate;
 use crate::domain::{self, Flight, Millis};
-use crate::fanout::{Outbox, Utf8Bytes};
+use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::UpdateFlight;
 use crate::protocol::{envelope, wire, ApiError};
@@ -75,7 +75,7 @@ pub(super) fn send_once(targets: impl IntoIterator<Item = Outbox>, frame: &Utf8B
     let mut seen = HashSet::new();
     for o in targets {
         if seen.insert(o.id()) {
-            o.send(frame.clone());
+            o.send(FrameKind::Push, frame.clone());
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
-use crate::fanout::{Outbox, Utf8Bytes};
+use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::{envelope, wire};
 
 /// Default number of recent changes kept per flight for `seats.subscribe {since}`.
@@ -364,7 +364,7 @@ impl FlightSeats {
             json,
         }));
         live.watchers
-            .change(|m| m.retain(|_, w| w.send(frame.clone())));
+            .change(|m| m.retain(|_, w| w.send(FrameKind::Push, frame.clone())));
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -395,7 +395,7 @@ impl FlightSeats {
         let frame = reply(live.version, start);
         live.watchers.change(|m| {
             m.remove(&outbox.id());
-            if frame.is_none_or(|f| outbox.send(f)) {
+            if frame.is_none_or(|f| outbox.send(FrameKind::Reply, f)) {
                 m.insert(outbox.id(), outbox.clone());
                 true
             } else {

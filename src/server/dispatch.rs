@@ -11,7 +11,7 @@ use super::limits::Shield;
 
 use crate::app::{App, AuthSession};
 use crate::domain::FlightId;
-use crate::fanout::{Outbox, Utf8Bytes};
+use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::params::{Call, METHODS};
 use crate::protocol::{envelope, ApiError, Request};
 
@@ -107,7 +107,7 @@ async fn handle_in_span(app: &Arc<App>, conn: &mut ConnState, req: Request, labe
             envelope::failure(&id, &e)
         }
     };
-    conn.outbox.send(Utf8Bytes::from(frame));
+    conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
 }
 
 /// `Ok(None)` when the use case queued its own reply.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch::{self, ConnState};
 use super::limits::{RateLimiter, Shield, Verdict};
 use crate::app::App;
-use crate::fanout::{self, Next, Utf8Bytes, CLOSE_GOING_AWAY};
+use crate::fanout::{self, FrameKind, Next, Utf8Bytes, CLOSE_GOING_AWAY};
 use crate::protocol::{envelope, parse_request, ApiError};
 
 /// Largest request frame handled; larger ones get `too_large`.
@@ -69,7 +69,10 @@ pub async fn run(
     // the close frame went out, or the socket failed: nothing more is written
     let mut written_off = false;
     let reply_error = |id: serde_json::Value, e: ApiError| {
-        outbox.send(Utf8Bytes::from(envelope::failure(&id, &e)));
+        outbox.send(
+            FrameKind::Reply,
+            Utf8Bytes::from(envelope::failure(&id, &e)),
+        );
     };
 
     while !(written_off && in_flight.is_none()) {
