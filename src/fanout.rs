@@ -326,6 +326,17 @@ impl UserRegistry {
         });
     }
 
+    /// The ids of the connections of `users`.
+    pub fn connection_ids(&self, users: impl IntoIterator<Item = UserId>) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for u in users {
+            if let Some(v) = self.conns.get(&u) {
+                ids.extend(v.iter().map(|c| c.outbox.id()));
+            }
+        }
+        ids
+    }
+
     /// The open connections of `user`.
     pub fn outboxes(&self, user: UserId) -> Vec<Outbox> {
         self.conns

@@ -29,9 +29,10 @@
 //! locks the flight's working map in [`inventory`], checks the rules in [`domain`],
 //! writes one atomic batch to the [`store`], updates the working map and enqueues a
 //! "publish" action with the committer, then waits. The committer syncs every pending write with one fsync,
-//! runs the actions in order (each advances the flight's live map and queues one
-//! encoded `seats.changed` for all its watchers, and `booking.updated` for the
-//! owner's connections), and wakes the waiters, whose replies then go out.
+//! runs the actions in order (each advances the flight's live map, encodes its
+//! `seats.changed` once and queues it, with `booking.updated`, on the connections of
+//! the users the change concerns, the requester among them), wakes the waiters, whose
+//! replies then go out, and then queues the push for every other watcher.
 //!
 //! On etcd (`--store etcd`) the batch is one transaction that commits only if the
 //! flight's version is still the one decided on (else the use case decides again on

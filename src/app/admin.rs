@@ -298,6 +298,8 @@ impl App {
         tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
         let job = self.spawn_cancel_job(fs.clone());
         let (refunded, released) = job.await?;
+        // the admin's connection, if it watches the flight, has every push before this
+        self.committer.settle_reads().await?;
         let flight = fs.flight();
         Ok(json!({
             "flight": wire::flight(&flight, &fs.available(), domain::now_ms()),

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
 use crate::fanout::{QueueLimits, UserRegistry};
-use crate::inventory::{FlightSeats, Inventory, Occupant, Working};
+use crate::inventory::{FlightSeats, Inventory, Occupant, SeatChange, Working};
 use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
 use crate::protocol::{envelope, wire, ApiError};
-use crate::store::commit::Ticket;
+use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
@@ -368,25 +368,32 @@ impl App {
         wire::booking(b, flight.as_ref())
     }
 
-    /// The action that tells the world of a durable booking change: the seat change
-    /// to the flight's watchers, the booking to every connection of its owner.
+    /// The action that tells the world of a durable seat change made for `booking`:
+    /// first the connections of the users it concerns (the booking's owner, among them
+    /// the requester, and the waitlist entries `served`) get the seat change and their
+    /// pushes; what it returns, run once the requests are woken, sends the seat
+    /// change to the flight's other watchers.
     fn announce(
         &self,
         fs: &Arc<FlightSeats>,
-        change: Option<crate::inventory::SeatChange>,
+        change: SeatChange,
         booking: &Booking,
-    ) -> crate::store::commit::Action {
+        served: waitlist::Served,
+    ) -> Action {
         let fs = fs.clone();
-        let user = booking.user_id;
+        let owner = booking.user_id;
+        let mut concerned: Vec<UserId> = served.frames.iter().map(|(u, _)| *u).collect();
+        concerned.push(owner);
         let frame = booking_push(booking, Some(&fs.flight()));
         let users = self.users.clone();
         let boards = self.boards.clone();
+        let waitlist = self.served_action(served);
         Box::new(move || {
-            if let Some(c) = change {
-                fs.publish(&c);
-                boards.seats_changed(&fs.id);
-            }
-            users.push(user, &frame);
+            let others = fs.publish_first(&change, &users.connection_ids(concerned));
+            boards.seats_changed(&fs.id);
+            users.push(owner, &frame);
+            waitlist();
+            others.then(|| Box::new(move || fs.deliver(change.version)) as Later)
         })
     }
 
@@ -445,12 +452,7 @@ impl App {
             if booking.status != domain::BookingStatus::Held {
                 self.expiry.forget(&booking.locator);
             }
-            let announce = self.announce(fs, Some(change), booking);
-            let waitlist = self.served_action(served);
-            Some(Box::new(move || {
-                announce();
-                waitlist();
-            }))
+            Some(self.announce(fs, change, booking, served))
         })
     }
 

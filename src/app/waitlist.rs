@@ -218,8 +218,8 @@ impl App {
         Ok(served)
     }
 
-    /// The action telling entry owners of a durable waitlist change, and queueing
-    /// the offered holds' expiry.
+    /// The action telling entry owners of a durable waitlist change (all of it runs
+    /// before the replies), and queueing the offered holds' expiry.
     pub(super) fn served_action(&self, served: Served) -> crate::store::commit::Action {
         for b in &served.holds {
             if let Some(t) = b.hold_expires_at {
@@ -231,6 +231,7 @@ impl App {
             for (user, frame) in &served.frames {
                 users.push(*user, frame);
             }
+            None
         })
     }
 

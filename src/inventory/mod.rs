@@ -5,7 +5,11 @@
 //!   also hands out the flight's next version;
 //! - the **live** map is what the world may see: it advances one version at a time,
 //!   only after the change is durable (the committer applies it), keeps a replay
-//!   buffer of recent changes, and fans each change out to the flight's watchers.
+//!   buffer of recent changes, and fans each change out to the flight's watchers:
+//!   first to the connections of the users it concerns (so that a requester has its
+//!   pushes before its reply), then, once the requesters are woken, to everyone else.
+//!   Each watcher remembers the last version queued to it, so whichever way a push
+//!   reaches it, it gets every version once, in order.
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -114,13 +118,13 @@ pub struct Published {
 /// with thousands of watchers), counted into their inventory's total as they change,
 /// so that nothing counts them at scrape time.
 struct Watchers {
-    by_conn: HashMap<u64, Outbox>,
+    by_conn: HashMap<u64, Watcher>,
     total: Arc<AtomicUsize>,
 }
 
 impl Watchers {
     /// Runs `f` on the map and moves the total by what it added or removed.
-    fn change<R>(&mut self, f: impl FnOnce(&mut HashMap<u64, Outbox>) -> R) -> R {
+    fn change<R>(&mut self, f: impl FnOnce(&mut HashMap<u64, Watcher>) -> R) -> R {
         let before = self.by_conn.len();
         let r = f(&mut self.by_conn);
         let after = self.by_conn.len();
@@ -145,9 +149,50 @@ pub struct Live {
     status: Vec<SeatStatus>,
     replay: VecDeque<Arc<Published>>,
     watchers: Watchers,
+    /// The pushes of published versions that some watcher still lacks, oldest first.
+    unsent: VecDeque<(u64, Utf8Bytes)>,
     /// The JSON array of every seat at `version`, encoded once for all the subscribers
     /// of that version; dropped by the next publish.
     encoded: Option<Arc<str>>,
+}
+
+/// A connection watching a flight.
+struct Watcher {
+    outbox: Outbox,
+    /// The last version queued to it, or given by its `seats.subscribe` reply.
+    sent: u64,
+}
+
+impl Watcher {
+    /// Queues the pushes of `unsent` after the last one it has, up to `upto`, in
+    /// version order; `false` once its queue is closed (a slow consumer is cut off).
+    fn catch_up(&mut self, unsent: &VecDeque<(u64, Utf8Bytes)>, upto: u64) -> bool {
+        if self.sent >= upto {
+            return true;
+        }
+        let from = unsent.partition_point(|(v, _)| *v <= self.sent);
+        for (_, frame) in unsent.range(from..).take_while(|(v, _)| *v <= upto) {
+            if !self.outbox.send(FrameKind::Push, frame.clone()) {
+                return false;
+            }
+        }
+        self.sent = upto;
+        true
+    }
+}
+
+impl Live {
+    /// Forgets the pushes every watcher has.
+    fn trim(&mut self) {
+        if self.unsent.is_empty() {
+            return;
+        }
+        let oldest = self.watchers.by_conn.values().map(|w| w.sent).min();
+        let keep_after = oldest.unwrap_or(self.version);
+        while self.unsent.front().is_some_and(|(v, _)| *v <= keep_after) {
+            self.unsent.pop_front();
+        }
+    }
 }
 
 /// What a subscriber starts from.
@@ -201,6 +246,7 @@ impl FlightSeats {
                     by_conn: HashMap::new(),
                     total: watching,
                 },
+                unsent: VecDeque::new(),
                 encoded: None,
             }),
             replay_capacity,
@@ -337,9 +383,17 @@ impl FlightSeats {
         self.publish(&change);
     }
 
-    /// Publishes a durable change: advances the live map, remembers it for replay and
-    /// queues one encoding of the push for every watcher.
+    /// Publishes a durable change to every watcher at once.
     pub fn publish(&self, change: &SeatChange) {
+        self.publish_first(change, &[]);
+        self.deliver(change.version);
+    }
+
+    /// Publishes a durable change: advances the live map, remembers it for replay,
+    /// encodes its push once and queues it (with any earlier push they lack) to the
+    /// watchers among the connections `first`. Returns whether other watchers still
+    /// lack it: [`FlightSeats::deliver`] queues it to them.
+    pub fn publish_first(&self, change: &SeatChange, first: &[u64]) -> bool {
         let mut live = self.live.lock();
         if change.version != live.version + 1 {
             tracing::error!(flight = %self.id, have = live.version, got = change.version, "out-of-order publish");
@@ -363,8 +417,35 @@ impl FlightSeats {
             version: change.version,
             json,
         }));
-        live.watchers
-            .change(|m| m.retain(|_, w| w.send(FrameKind::Push, frame.clone())));
+        live.unsent.push_back((change.version, frame));
+        let Live {
+            watchers, unsent, ..
+        } = &mut *live;
+        watchers.change(|m| {
+            for id in first {
+                if m.get_mut(id)
+                    .is_some_and(|w| !w.catch_up(unsent, change.version))
+                {
+                    m.remove(id);
+                }
+            }
+        });
+        let pending = watchers.by_conn.values().any(|w| w.sent < change.version);
+        if !pending {
+            live.trim();
+        }
+        pending
+    }
+
+    /// Queues every published push up to `version` to each watcher that lacks it,
+    /// in version order, and forgets the watchers whose queue is closed.
+    pub fn deliver(&self, version: u64) {
+        let mut live = self.live.lock();
+        let Live {
+            watchers, unsent, ..
+        } = &mut *live;
+        watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version)));
+        live.trim();
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -393,10 +474,18 @@ impl FlightSeats {
             _ => Start::Snapshot(self.encoded_seats(&mut live)),
         };
         let frame = reply(live.version, start);
+        let live_version = live.version;
         live.watchers.change(|m| {
             m.remove(&outbox.id());
             if frame.is_none_or(|f| outbox.send(FrameKind::Reply, f)) {
-                m.insert(outbox.id(), outbox.clone());
+                let sent = live_version;
+                m.insert(
+                    outbox.id(),
+                    Watcher {
+                        outbox: outbox.clone(),
+                        sent,
+                    },
+                );
                 true
             } else {
                 false
@@ -406,7 +495,9 @@ impl FlightSeats {
 
     pub fn unsubscribe(&self, conn_id: u64) -> bool {
         let mut live = self.live.lock();
-        live.watchers.change(|m| m.remove(&conn_id).is_some())
+        let removed = live.watchers.change(|m| m.remove(&conn_id).is_some());
+        live.trim();
+        removed
     }
 
     pub fn watchers(&self) -> usize {
@@ -420,7 +511,7 @@ impl FlightSeats {
             .watchers
             .by_conn
             .values()
-            .cloned()
+            .map(|w| w.outbox.clone())
             .collect()
     }
 }
@@ -572,14 +663,84 @@ mod tests {
         assert!(w.seats[2].is_none());
         drop(w);
         assert_eq!(fs.published_version(), 2);
+        assert_eq!(versions(&mut rx), [1, 2]);
+    }
+
+    /// The versions of the pushes queued on a connection since the last look.
+    fn versions(rx: &mut crate::fanout::OutboxReceiver) -> Vec<u64> {
         let mut versions = Vec::new();
         while let Some(crate::fanout::Next::Frames(fs)) = rx.try_next() {
             for f in fs {
-                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                let v: Value = serde_json::from_str(f.as_str()).unwrap();
                 versions.push(v["params"]["version"].as_u64().unwrap());
             }
         }
-        assert_eq!(versions, [1, 2]);
+        versions
+    }
+
+    fn change(version: u64, seat: usize) -> SeatChange {
+        SeatChange {
+            version,
+            seats: vec![(seat, SeatStatus::Held)],
+        }
+    }
+
+    #[test]
+    fn the_first_connections_get_pushes_before_the_rest_each_once_in_order() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let (owner, mut owner_rx) = outbox(QueueLimits::default());
+        let (other, mut other_rx) = outbox(QueueLimits::default());
+        let (again, mut again_rx) = outbox(QueueLimits::default());
+        for o in [&owner, &other, &again] {
+            assert!(fs.subscribe(o, None, |_, _| None));
+        }
+        // version 1 is someone else's change, version 2 the owner's
+        assert!(fs.publish_first(&change(1, 0), &[]));
+        assert!(fs.publish_first(&change(2, 1), &[owner.id(), 999]));
+        assert_eq!(versions(&mut owner_rx), [1, 2], "with what precedes it");
+        assert!(versions(&mut other_rx).is_empty(), "the others wait");
+        // a connection that subscribes again meanwhile starts after version 2
+        assert!(fs.subscribe(&again, None, |_, _| None));
+        fs.deliver(1);
+        assert_eq!(versions(&mut other_rx), [1]);
+        fs.deliver(2);
+        fs.deliver(2);
+        assert_eq!(versions(&mut other_rx), [2]);
+        assert!(versions(&mut owner_rx).is_empty(), "nothing twice");
+        assert!(versions(&mut again_rx).is_empty());
+        fs.publish(&change(3, 2));
+        for rx in [&mut owner_rx, &mut other_rx, &mut again_rx] {
+            assert_eq!(versions(rx), [3]);
+        }
+        // with every watcher among the first, nothing is left for later
+        assert!(fs.unsubscribe(other.id()) && fs.unsubscribe(again.id()));
+        assert!(!fs.publish_first(&change(4, 3), &[owner.id()]));
+        assert_eq!(versions(&mut owner_rx), [4]);
+    }
+
+    #[test]
+    fn a_watcher_too_slow_for_the_fan_out_is_cut_off_and_forgotten() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let (slow, mut slow_rx) = outbox(QueueLimits {
+            messages: 2,
+            bytes: 1 << 20,
+        });
+        let (fast, mut fast_rx) = outbox(QueueLimits::default());
+        assert!(fs.subscribe(&slow, None, |_, _| None));
+        assert!(fs.subscribe(&fast, None, |_, _| None));
+        for v in 1..=3 {
+            fs.publish_first(&change(v, v as usize), &[]);
+        }
+        fs.deliver(3);
+        assert_eq!(versions(&mut fast_rx), [1, 2, 3]);
+        assert!(slow.is_closing(), "its queue overflowed");
+        assert!(matches!(
+            slow_rx.try_next(),
+            Some(crate::fanout::Next::Close(1008, _))
+        ));
+        assert_eq!(fs.watchers(), 1);
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! Group commit. A use case writes its batch, then enqueues a ticket (with an optional
 //! action such as publishing a seat change) and waits for it. One task makes all
 //! writes so far durable with a single `Store::sync`, runs the actions of every ticket
-//! it covered in ticket order, and only then wakes the waiters. So concurrent requests
-//! share one fsync, and nobody (requester or watcher) hears of a change before it is
-//! on disk.
+//! it covered in ticket order, wakes the waiters, and only then runs what the actions
+//! left for later (the fan-out to everyone but the requesters), in the same order. So
+//! concurrent requests share one fsync, a requester has its own pushes before its
+//! reply and is woken before the fan-out (another worker can answer it meanwhile),
+//! and nobody (requester or watcher) hears of a change before it is on disk.
+//!
+//! The committer does not yield between the wake-up and the fan-out: letting the
+//! replies out first that way (or handing the fan-out to a task of its own) was
+//! tried: under `tests/live.rs`'s stalled-watcher flood it grew the server's memory
+//! past that test's bound (cause not found), or, with the fan-out no longer pacing
+//! the writers, cut off watchers that kept up before (see docs/benchmarks.md).
 //!
 //! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
 //! the dirty pages and report the next fsync as a success, so no later sync can
@@ -26,8 +34,12 @@ use tokio::sync::{watch, Notify};
 use super::{Batch, Store, StoreError};
 use crate::domain::FlightId;
 
-/// Runs once the write it follows is durable.
-pub type Action = Box<dyn FnOnce() + Send>;
+/// Runs once the write it follows is durable, before its waiter is woken; what it
+/// returns runs once the waiters of its sync are woken.
+pub type Action = Box<dyn FnOnce() -> Option<Later> + Send>;
+
+/// The part of an [`Action`] that need not delay any reply.
+pub type Later = Box<dyn FnOnce() + Send>;
 
 /// A pending write; [`Committer::durable`] waits for it.
 #[derive(Debug)]
@@ -73,6 +85,8 @@ pub struct Committer {
     queue: Mutex<Queue>,
     wake: Notify,
     progress: watch::Sender<Progress>,
+    /// Every ticket up to here has had its [`Later`] run too.
+    announced: watch::Sender<u64>,
     stats: Mutex<CommitStats>,
     sync_seconds: metrics::Histogram,
 }
@@ -94,6 +108,7 @@ impl Committer {
             }),
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
+            announced: watch::channel(0).0,
             stats: Mutex::new(CommitStats::default()),
             sync_seconds,
         })
@@ -174,7 +189,8 @@ impl Committer {
         self.gate.read()
     }
 
-    /// Waits until every write completed so far is durable and its actions have run.
+    /// Waits until every write completed so far is durable and its actions (their
+    /// later part too) have run.
     /// Call it after reading from the store and before answering: then no reply shows
     /// state that a crash could take back, or that the live seat maps do not show yet.
     /// An error means what was read may not be on disk.
@@ -185,7 +201,13 @@ impl Committer {
         }
         drop(self.gate.write());
         let last = self.queue.lock().next - 1;
-        self.durable(Ticket::Local(last)).await
+        self.durable(Ticket::Local(last)).await?;
+        self.announced
+            .subscribe()
+            .wait_for(|a| *a >= last)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Io("committer stopped".into()))
     }
 
     /// Waits until the ticket's write is durable.
@@ -248,8 +270,9 @@ impl Committer {
                 let n = q.actions.iter().take_while(|(t, _)| *t <= target).count();
                 q.actions.drain(..n).map(|(_, a)| a).collect()
             };
+            let mut later: Vec<Later> = Vec::new();
             match &result {
-                Ok(()) => actions.into_iter().for_each(|a| a()),
+                Ok(()) => later.extend(actions.into_iter().filter_map(|a| a())),
                 // what they would announce may never reach the disk
                 Err(StoreError::SyncFailed) => {}
                 Err(e) => tracing::error!(
@@ -268,6 +291,8 @@ impl Committer {
                 }
                 p.done = target;
             });
+            later.into_iter().for_each(|l| l());
+            self.announced.send_replace(target);
         }
     }
 
@@ -303,7 +328,10 @@ mod tests {
         for i in 0..200 {
             store.write(&Batch::default()).unwrap();
             let s = seen.clone();
-            let t = c.enqueue(Some(Box::new(move || s.lock().push(i))));
+            let t = c.enqueue(Some(Box::new(move || {
+                s.lock().push(i);
+                None
+            })));
             let c2 = c.clone();
             waits.push(tokio::spawn(async move { c2.durable(t).await }));
         }
@@ -326,9 +354,34 @@ mod tests {
         let n2 = n.clone();
         c.enqueue(Some(Box::new(move || {
             n2.fetch_add(1, Ordering::SeqCst);
+            None
         })));
         c.barrier().await.unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_is_woken_before_the_later_part_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+        tokio::spawn(c.clone().run(Default::default()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (first, later) = (events.clone(), events.clone());
+        let (back, heard) = std::sync::mpsc::channel::<()>();
+        let t = c.enqueue(Some(Box::new(move || {
+            first.lock().push("action");
+            Some(Box::new(move || {
+                // holds the committer until the waiter is back, if it is let back
+                let _ = heard.recv_timeout(std::time::Duration::from_secs(30));
+                later.lock().push("later");
+            }) as Later)
+        })));
+        c.durable(t).await.unwrap();
+        events.lock().push("waiter");
+        back.send(()).unwrap();
+        c.settle_reads().await.unwrap();
+        assert_eq!(*events.lock(), ["action", "waiter", "later"]);
     }
 
     #[tokio::test]
@@ -343,10 +396,13 @@ mod tests {
             let a = announced.clone();
             c.enqueue(Some(Box::new(move || {
                 a.fetch_add(1, Ordering::SeqCst);
+                Some(Box::new(move || {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }) as Later)
             })));
         }
         c.settle_reads().await.unwrap();
-        assert_eq!(announced.load(Ordering::SeqCst), 5);
+        assert_eq!(announced.load(Ordering::SeqCst), 10, "later parts too");
         // nothing pending: returns at once
         c.settle_reads().await.unwrap();
         assert_eq!(c.stats().tickets, 5);
