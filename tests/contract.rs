@@ -579,6 +579,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         created_at: now,
         updated_at: now,
         gateway_key: None,
+        previous_keys: Vec::new(),
         resolutions: Vec::new(),
     };
     s.app()

@@ -1155,6 +1155,7 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
         created_at: now,
         updated_at: now,
         gateway_key: None,
+        previous_keys: Vec::new(),
         resolutions: Vec::new(),
     };
     s.app()
@@ -1348,6 +1349,7 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
                 amount: jetway::domain::Money::cents(2000).unwrap(),
                 idempotency_key: key.into(),
                 look_up_first,
+                earlier_keys: Vec::new(),
             })
             .await
             .expect("the first refund, replayed");
@@ -1492,5 +1494,109 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         "closed"
     );
     assert_eq!(c.reason("admin.refunds.list", json!({})).await, "forbidden");
+    s.stop().await;
+}
+
+/// A client signed in as the admin.
+async fn admin_client(s: &Server) -> Client {
+    let mut admin = s.client().await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    admin
+}
+
+/// A refund made at the gateway whose answer was lost, then retried by an admin under
+/// a fresh key: the refund its first key made is found and recorded, not paid again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    fault(&f, Step::Refund, Fault::LoseReply);
+    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let made = f.ledger().refunded();
+    assert!(made > 0, "made at the gateway, its answer lost");
+    fault(&f, Step::Refund, Fault::Fail);
+    let mut admin = admin_client(&s).await;
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].as_str().unwrap().to_owned();
+    let retry = admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "retry"}),
+        )
+        .await;
+    assert_eq!(retry["refund"]["earlier_keys"], json!([id]), "{retry}");
+    assert_ne!(retry["refund"]["gateway_key"], json!(id), "{retry}");
+    f.clear_faults();
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
+    assert_eq!(l.refunded(), made);
+    let open = s.app().store.open_refunds().unwrap();
+    assert!(open.is_empty(), "recorded as made: {open:?}");
+    let order = store_order(&s, loc);
+    assert_eq!(order.refunded.amount(), made);
+    s.stop().await;
+}
+
+fn store_order(s: &Server, loc: &Value) -> jetway::domain::Order {
+    let id = store_booking(s, loc).order_id.unwrap();
+    s.app().store.order(&id).unwrap().unwrap()
+}
+
+/// A refund of the payment the gateway holds but nobody recorded (an older release
+/// made it without our metadata, so no look-up finds it) may be the stuck refund
+/// itself: an admin's retry under a fresh key is refused rather than paying twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund() {
+    let f = fake().await;
+    let s = Server::start_with(|c| {
+        stripe_config(c, &f.base());
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    let pi = f.ledger().intents[0].id.clone();
+    reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", "refund-by-the-previous-release")
+        .form(&[("payment_intent", pi.as_str()), ("amount", "100")])
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    fault(&f, Step::Refund, Fault::Fail);
+    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let mut admin = admin_client(&s).await;
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    let retry = json!({"refund_id": id, "outcome": "retry"});
+    assert_eq!(
+        admin.reason("admin.refunds.resolve", retry).await,
+        "invalid_state"
+    );
+    let open = s.app().store.open_refunds().unwrap();
+    assert_eq!(open[0].gateway_key, None, "not retried: {open:?}");
     s.stop().await;
 }

@@ -93,6 +93,7 @@ pub(super) fn new_refund(
         created_at: now,
         updated_at: now,
         gateway_key: None,
+        previous_keys: Vec::new(),
         resolutions: Vec::new(),
     }
 }
@@ -151,9 +152,10 @@ impl App {
             .refund(RefundRequest {
                 payment_ref: r.payment_ref.clone(),
                 amount: r.amount,
-                idempotency_key: r.gateway_key.clone().unwrap_or_else(|| r.id.clone()),
+                idempotency_key: r.key().to_owned(),
                 look_up_first: domain::now_ms() - r.created_at
                     >= 1000 * self.config.refund_lookup_after as domain::Millis,
+                earlier_keys: r.previous_keys.clone(),
             })
             .await;
         match made {
@@ -187,17 +189,19 @@ impl App {
             tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
             return Err(e);
         }
-        self.record_seat_refund(fs, r, busy).await
+        self.record_seat_refund(fs, r, busy, false).await
     }
 
     /// Records an open seat refund made (at the gateway, or by other means an admin
     /// vouched for) on the booking and order and frees its seats, in one version of
-    /// the flight, closing it.
+    /// the flight, closing it. One recorded already (through another node) answers
+    /// as recorded, unless an admin is `resolving` it: then `invalid_state`.
     async fn record_seat_refund(
         &self,
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
+        resolving: bool,
     ) -> Result<Value, ApiError> {
         let key = r.request_key();
         let done = self.seat_step(fs, key.as_ref(), |w| {
@@ -206,6 +210,9 @@ impl App {
             let order_id = b.order_id.clone().ok_or(ApiError::Internal)?;
             let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
             if self.store.open_refund(r.subject())?.map(|o| o.id) != Some(r.id.clone()) {
+                if resolving {
+                    return Err(closed_meanwhile());
+                }
                 // recorded already (through another node)
                 let result =
                     json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
@@ -335,6 +342,8 @@ impl App {
             "seats": r.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             "created_at": domain::rfc3339(r.created_at),
             "done": r.done,
+            "gateway_key": r.key(),
+            "earlier_keys": r.previous_keys,
             "failed_tries": tries,
             "last_error": last_error,
             "resolutions": r.resolutions.iter().map(|x| json!({
@@ -395,9 +404,10 @@ impl App {
         });
         r.updated_at = now;
         tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
-        let closed_meanwhile = || ApiError::InvalidState("the refund was closed meanwhile".into());
         match (p.outcome, &r.reason) {
             (RefundOutcome::Retry, _) => {
+                self.check_no_unknown_refunds(&r).await?;
+                r.previous_keys.push(r.key().to_owned());
                 r.gateway_key = Some(super::unique_id("rf"));
                 let batch = Batch {
                     refunds: vec![r.clone()],
@@ -420,21 +430,64 @@ impl App {
                     now,
                     json!({ "amount": wire::money(r.amount) }),
                 );
-                self.commit(Batch {
+                let closed = self.commit(Batch {
                     events: vec![(a.user_id, refunded)],
                     attempts: vec![a],
                     refunds: vec![r.clone()],
                     ..Default::default()
-                })
-                .await?;
+                });
+                match closed.await {
+                    Err(StoreError::Conflict) => return Err(closed_meanwhile()),
+                    other => other?,
+                }
             }
             (RefundOutcome::PaidElsewhere, _) => {
-                self.record_seat_refund(&fs, r.clone(), busy).await?;
+                self.record_seat_refund(&fs, r.clone(), busy, true).await?;
                 r.done = true;
             }
         }
         Ok(json!({ "refund": self.refund_json(&r) }))
     }
+
+    /// Refuses a retry under a fresh key while the gateway holds refunds of the
+    /// payment that none of this refund's keys names and that add up to more than the
+    /// refunds recorded of it: one may be this refund, made by an older release
+    /// without our metadata (so no look-up finds it), and asking again would pay twice.
+    async fn check_no_unknown_refunds(&self, r: &RefundRecord) -> Result<(), ApiError> {
+        let made = self
+            .payments
+            .refunds_of(&r.payment_ref)
+            .await
+            .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+        let ours = |k: &String| k == r.key() || r.previous_keys.contains(k);
+        let unknown: Vec<_> = made
+            .into_iter()
+            .filter(|m| !m.key.as_ref().is_some_and(ours))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let order = match &r.reason {
+            RefundReason::Orphan { .. } => None,
+            _ => match self.store.booking(&r.locator)?.and_then(|b| b.order_id) {
+                Some(id) => self.store.order(&id)?,
+                None => None,
+            },
+        };
+        let recorded = order.map_or(Money::ZERO, |o| o.refunded);
+        if Money::sum(unknown.iter().map(|m| m.amount)) <= recorded {
+            return Ok(());
+        }
+        let ids: Vec<&str> = unknown.iter().map(|m| m.id.as_str()).collect();
+        Err(ApiError::InvalidState(format!(
+            "the gateway holds refunds of this payment not recorded here ({}); if one is this refund, resolve it as paid_elsewhere",
+            ids.join(", ")
+        )))
+    }
+}
+
+fn closed_meanwhile() -> ApiError {
+    ApiError::InvalidState("the refund was closed meanwhile".into())
 }
 
 #[cfg(test)]

@@ -42,6 +42,19 @@ pub struct RefundRequest {
     /// Look for a refund made earlier under this key before asking for one: the
     /// gateway may have forgotten the key (Stripe keeps keys 24 hours).
     pub look_up_first: bool,
+    /// Keys it was asked under before (an admin's retry under a fresh key): a refund
+    /// made under one of them is this refund, looked up before asking again.
+    pub earlier_keys: Vec<String>,
+}
+
+/// A refund of a payment the gateway made (and did not fail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRefund {
+    pub id: String,
+    pub amount: Money,
+    /// The key it was asked under, if it was asked with our refund metadata (an
+    /// older release sent none).
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,5 +119,13 @@ pub trait PaymentGateway: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>>;
     /// Refunds part or all of a charged payment; returns the refund reference.
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>>;
+    /// Every refund of a payment made and not failed; none for a gateway that keeps
+    /// no such list.
+    fn refunds_of<'a>(
+        &'a self,
+        _payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, PaymentError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     fn name(&self) -> &'static str;
 }

@@ -8,7 +8,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
-use super::{PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest};
+use super::{
+    GatewayRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest,
+};
+use crate::domain::Money;
 
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 
@@ -87,13 +90,13 @@ impl Stripe {
         format!("{}{}", self.base, path)
     }
 
-    /// The refund made earlier for `req` (its key is in its metadata), if any and not
-    /// failed: Stripe forgets idempotency keys after 24 hours, metadata it keeps.
-    async fn find_refund(&self, req: &RefundRequest) -> Result<Option<String>, PaymentError> {
+    /// Every refund of `payment_ref` not failed, all pages.
+    async fn list_refunds(&self, payment_ref: &str) -> Result<Vec<Value>, PaymentError> {
+        let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let mut query = vec![
-                ("payment_intent", req.payment_ref.clone()),
+                ("payment_intent", payment_ref.to_owned()),
                 ("limit", "100".to_owned()),
             ];
             query.extend(after.take().map(|a| ("starting_after", a)));
@@ -104,21 +107,33 @@ impl Stripe {
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let made = data.iter().find(|r| {
-                r["metadata"]["refund"] == req.idempotency_key.as_str()
-                    && !matches!(r["status"].as_str(), Some("failed" | "canceled"))
-            });
-            if let Some(id) = made.and_then(|r| r["id"].as_str()) {
-                return Ok(Some(id.to_owned()));
-            }
-            match (
-                page["has_more"].as_bool(),
-                data.last().and_then(|r| r["id"].as_str()),
-            ) {
-                (Some(true), Some(last)) => after = Some(last.to_owned()),
-                _ => return Ok(None),
+            let last = data
+                .last()
+                .and_then(|r| r["id"].as_str())
+                .map(str::to_owned);
+            all.extend(
+                data.iter()
+                    .filter(|r| !matches!(r["status"].as_str(), Some("failed" | "canceled")))
+                    .cloned(),
+            );
+            match (page["has_more"].as_bool(), last) {
+                (Some(true), Some(last)) => after = Some(last),
+                _ => return Ok(all),
             }
         }
+    }
+
+    /// The refund made earlier for `req` under its key or an earlier one (each is in
+    /// its refund's metadata), if any and not failed: Stripe forgets idempotency keys
+    /// after 24 hours, metadata it keeps.
+    async fn find_refund(&self, req: &RefundRequest) -> Result<Option<String>, PaymentError> {
+        let ours = |k: &str| k == req.idempotency_key || req.earlier_keys.iter().any(|e| e == k);
+        let made = self.list_refunds(&req.payment_ref).await?;
+        Ok(made
+            .iter()
+            .find(|r| r["metadata"]["refund"].as_str().is_some_and(ours))
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_owned))
     }
 }
 
@@ -269,7 +284,7 @@ impl PaymentGateway for Stripe {
 
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
         Box::pin(async move {
-            if req.look_up_first {
+            if req.look_up_first || !req.earlier_keys.is_empty() {
                 if let Some(id) = self.find_refund(&req).await? {
                     return Ok(id);
                 }
@@ -295,6 +310,29 @@ impl PaymentGateway for Stripe {
             r["id"].as_str().map(str::to_owned).ok_or_else(|| {
                 PaymentError::Failed("the payment gateway returned no refund id".into())
             })
+        })
+    }
+
+    fn refunds_of<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, PaymentError>> {
+        Box::pin(async move {
+            let made = self.list_refunds(payment_ref).await?;
+            made.iter()
+                .map(|r| {
+                    let amount = r["amount"].as_i64().and_then(|a| Money::cents(a).ok());
+                    Ok(GatewayRefund {
+                        id: r["id"].as_str().unwrap_or_default().to_owned(),
+                        amount: amount.ok_or_else(|| {
+                            PaymentError::Failed(
+                                "the payment gateway listed a refund without an amount".into(),
+                            )
+                        })?,
+                        key: r["metadata"]["refund"].as_str().map(str::to_owned),
+                    })
+                })
+                .collect()
         })
     }
 

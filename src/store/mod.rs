@@ -236,6 +236,11 @@ pub struct RefundRecord {
     /// refund the gateway kept refusing under its own (`admin.refunds.resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_key: Option<String>,
+    /// Every key it was asked under before `gateway_key` (`id` first): a refund made
+    /// under one of them (its answer lost) is this refund, so each is looked up at
+    /// the gateway before it is asked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<String>,
     /// What admins decided about it, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolutions: Vec<RefundResolution>,
@@ -253,6 +258,11 @@ pub struct RefundResolution {
 }
 
 impl RefundRecord {
+    /// The gateway's idempotency key for it now.
+    pub fn key(&self) -> &str {
+        self.gateway_key.as_deref().unwrap_or(&self.id)
+    }
+
     /// What the refund is for: at most one refund per subject is open at a time (on a
     /// cluster too: opening one is a create-only write), so a booking's seats or an
     /// attempt's charge are never refunded by two refunds at once.
@@ -293,8 +303,8 @@ pub struct Batch {
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.
     pub new_refunds: Vec<RefundRecord>,
-    /// Refunds to overwrite: closing them when `done`; one still open is written only
-    /// while it is its subject's open refund (conflict otherwise: it was closed).
+    /// Refunds to overwrite, closing them when `done`: written only while each is its
+    /// subject's open refund (conflict otherwise: it was closed meanwhile).
     pub refunds: Vec<RefundRecord>,
     /// Payment marks to take; conflict if the booking has one.
     pub new_marks: Vec<PaymentMark>,

@@ -434,11 +434,16 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     {
         put_json(&mut ops, key(REFUND, &[r.id.as_bytes()]), r)?;
         let open = key(OPEN_REFUND, &[r.subject().as_bytes()]);
-        ops.push(match (new, r.done) {
-            (_, true) => Op::Delete(open),
-            (true, false) => Op::Create(open, r.id.as_bytes().to_vec()),
-            (false, false) => Op::Expect(open, r.id.as_bytes().to_vec()),
-        });
+        let id = r.id.as_bytes().to_vec();
+        match (new, r.done) {
+            (true, true) => ops.push(Op::Delete(open)),
+            (true, false) => ops.push(Op::Create(open, id)),
+            (false, false) => ops.push(Op::Expect(open, id)),
+            (false, true) => {
+                ops.push(Op::Expect(open.clone(), id));
+                ops.push(Op::Delete(open));
+            }
+        }
     }
     let mark_key = |m: &PaymentMark| key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);
     for m in &batch.new_marks {
@@ -825,7 +830,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::domain::{Cabin, Money, SeatId};
-    use crate::store::Role;
+    use crate::store::{RefundReason, Role};
     use serde_json::json;
 
     fn user(id: u64, name: &str) -> UserRecord {
@@ -926,6 +931,48 @@ mod tests {
         assert_eq!(held().as_deref(), Some("b"));
         s.write(&release("b")).unwrap();
         assert_eq!(held(), None);
+    }
+
+    #[test]
+    fn a_refund_is_closed_only_while_it_is_open() {
+        let s = SledStore::temporary().unwrap();
+        let refund = |id: &str, done: bool| RefundRecord {
+            id: id.into(),
+            user_id: UserId(1),
+            locator: Locator::parse("REFUND").unwrap(),
+            payment_ref: "pi".into(),
+            amount: Money::cents(1).unwrap(),
+            seats: Vec::new(),
+            reason: RefundReason::Orphan {
+                attempt_id: "a".into(),
+            },
+            done,
+            created_at: 0,
+            updated_at: 0,
+            gateway_key: None,
+            previous_keys: Vec::new(),
+            resolutions: Vec::new(),
+        };
+        let open = |id: &str| Batch {
+            new_refunds: vec![refund(id, false)],
+            ..Default::default()
+        };
+        let close = |id: &str| Batch {
+            refunds: vec![refund(id, true)],
+            ..Default::default()
+        };
+        s.write(&open("one")).unwrap();
+        s.write(&close("one")).unwrap();
+        assert!(matches!(s.write(&close("one")), Err(StoreError::Conflict)));
+        s.write(&open("two")).unwrap();
+        assert!(
+            matches!(s.write(&close("one")), Err(StoreError::Conflict)),
+            "a stale close leaves the next refund of its subject open"
+        );
+        assert_eq!(
+            s.open_refund("a").unwrap().map(|r| r.id).as_deref(),
+            Some("two")
+        );
     }
 
     #[test]
