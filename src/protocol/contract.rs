@@ -706,6 +706,10 @@ pub struct OpenRefund {
     #[schemars(with = "Timestamp")]
     pub created_at: String,
     pub done: bool,
+    /// The idempotency key it is asked under now (`refund_id` until a retry).
+    pub gateway_key: String,
+    /// The keys it was asked under before, `refund_id` first.
+    pub earlier_keys: Vec<String>,
     /// Tries the gateway failed or refused on the answering node since it started.
     pub failed_tries: u32,
     pub last_error: Option<String>,
