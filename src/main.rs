@@ -11,6 +11,23 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// glibc's malloc raises its mmap threshold to the size of each large block freed
+/// (up to 32 MiB), so after the first login Argon2's 19 MiB block comes from an
+/// arena, and every arena a blocking thread used keeps one: hundreds of MiB of RSS
+/// after a few dozen logins (docs/benchmarks.md, "Memory under churn"). A fixed
+/// threshold keeps blocks of 1 MiB and more in their own mappings, returned on free.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+fn return_large_blocks() {
+    const THRESHOLD: libc::c_int = 1 << 20;
+    // SAFETY: mallopt only sets a parameter of the allocator, under its own lock.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) } != 1 {
+        tracing::warn!("could not fix malloc's mmap threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+fn return_large_blocks() {}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
@@ -23,6 +40,7 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
+    return_large_blocks();
 
     if let Some(jetway::config::Command::Backup(args)) = config.command.clone() {
         let dir = args.dir.clone();
