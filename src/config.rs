@@ -45,8 +45,9 @@ pub struct Config {
     #[arg(long, env = "JETWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// sled's page cache, in MiB: what the server keeps of the database in memory
-    /// (sled's own default, 1 GiB, would let the resident size grow that far).
+    /// sled's page cache, in MiB, counted by the pages' size on disk (in memory they
+    /// take more); sled's own default, 1 GiB, would let the resident size grow
+    /// further than that.
     #[arg(long, env = "JETWAY_CACHE_MB", default_value_t = crate::store::sled_store::DEFAULT_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub cache_mb: u64,
 

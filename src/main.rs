@@ -11,6 +11,36 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// glibc's malloc raises its mmap threshold to the size of each large block freed
+/// (up to 32 MiB), so after the first login Argon2's 19 MiB block comes from an
+/// arena, and every arena a blocking thread used keeps one: hundreds of MiB of RSS
+/// after a few dozen logins (docs/benchmarks.md, "Memory under churn"). A fixed
+/// threshold keeps blocks of 1 MiB and more in their own mappings, returned on free.
+/// Free pages inside the arenas (sled's churn of node copies leaves many) are given
+/// back every [`TRIM_EVERY`] too.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+fn return_large_blocks() {
+    const THRESHOLD: libc::c_int = 1 << 20;
+    // SAFETY: mallopt only sets a parameter of the allocator, under its own lock.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) } != 1 {
+        tracing::warn!("could not fix malloc's mmap threshold");
+    }
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        loop {
+            every.tick().await;
+            // SAFETY: malloc_trim only returns free memory, under the arenas' locks.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+fn return_large_blocks() {}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
@@ -23,6 +53,7 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
+    return_large_blocks();
 
     if let Some(jetway::config::Command::Backup(args)) = config.command.clone() {
         let dir = args.dir.clone();

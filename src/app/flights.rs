@@ -113,8 +113,7 @@ impl App {
                         envelope::success_with_raw(id, &result, "seats", &seats)
                     }
                     Start::Changes(changes) => {
-                        result["changes"] = json!(changes);
-                        envelope::success(id, &result)
+                        envelope::success_with_raw(id, &result, "changes", &changes)
                     }
                 })
             })

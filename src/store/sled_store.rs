@@ -200,8 +200,11 @@ fn reply_key(k: &IdemKey) -> Vec<u8> {
     )
 }
 
-/// sled's page cache when no size is given (`--cache-mb`'s default).
-pub const DEFAULT_CACHE_MB: u64 = 64;
+/// sled's page cache when no size is given (`--cache-mb`'s default). sled counts the
+/// cache by the pages' size on disk and a cached page takes more than that in memory:
+/// over 100,000 seat changes RSS grew by 210 MiB with 64 and by 120 MiB with 16
+/// (docs/benchmarks.md, "Memory under churn").
+pub const DEFAULT_CACHE_MB: u64 = 16;
 
 impl SledStore {
     pub fn open(dir: &Path) -> StoreResult<Self> {

@@ -503,13 +503,22 @@ pub async fn departing_within(
     from: time::Duration,
     to: time::Duration,
 ) -> Option<Value> {
+    all_departing_within(c, from, to).await.into_iter().next()
+}
+
+/// Every flight (of the first 500) that departs between `from` and `to` from now.
+pub async fn all_departing_within(
+    c: &mut Client,
+    from: time::Duration,
+    to: time::Duration,
+) -> Vec<Value> {
     let r = c.ok("flights.search", json!({"limit": 500})).await;
     let now = time::OffsetDateTime::now_utc();
     r["flights"]
         .as_array()
         .expect("flights")
         .iter()
-        .find(|f| {
+        .filter(|f| {
             let dep = time::OffsetDateTime::parse(
                 f["departs_at"].as_str().unwrap_or(""),
                 &time::format_description::well_known::Rfc3339,
@@ -517,6 +526,7 @@ pub async fn departing_within(
             dep.is_ok_and(|d| d - now > from && d - now < to)
         })
         .cloned()
+        .collect()
 }
 
 /// Free seats of a cabin on a flight, in map order.
