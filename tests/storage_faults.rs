@@ -389,3 +389,56 @@ async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
     );
     app.stop().await;
 }
+
+/// A cancel whose refund record cannot be written answers an error and leaves the
+/// flight usable: the booking's busy mark is taken only once the record is on its
+/// way, never dropped while the flight's working map is locked (which deadlocked the
+/// flight and the worker thread that answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_refund_cannot_be_written_leaves_the_flight_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(common::gateway::CountingGateway::default());
+    let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
+    let user = register(&app, "canceller").await.unwrap();
+    let (fid, seats) = flight_and_seats(&app, 2);
+    let held = app
+        .hold(&user, decode(hold_params(&fid, &seats[0], "h")).unwrap())
+        .await
+        .unwrap();
+    let loc = held["booking"]["locator"].clone();
+    app.pay(
+        &user,
+        decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let cancel = {
+        let (app, user) = (app.clone(), user.clone());
+        let params = decode(json!({"locator": loc, "request_id": "c"})).unwrap();
+        tokio::spawn(async move { app.cancel(&user, params).await })
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(30), cancel)
+        .await
+        .expect("the cancel answers instead of deadlocking")
+        .unwrap();
+    assert!(answered.is_err(), "{answered:?}");
+    store.fail_writes.store(false, Ordering::SeqCst);
+    let other = {
+        let (app, user) = (app.clone(), user.clone());
+        let params = decode(hold_params(&fid, &seats[1], "h2")).unwrap();
+        tokio::spawn(async move { app.hold(&user, params).await })
+    };
+    tokio::time::timeout(Duration::from_secs(30), other)
+        .await
+        .expect("the flight still takes holds")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        gateway.refunds(),
+        Vec::new(),
+        "no refund without its record"
+    );
+    app.stop().await;
+}

@@ -335,7 +335,9 @@ impl App {
                             request_id: key.request_id.clone(),
                         };
                         let refund = self.seat_refund(&b, &order, seats, amount, reason)?;
-                        let busy = Busy::mark(&fs, w, &loc)?;
+                        if w.busy.contains(&loc) {
+                            return Err(busy_error());
+                        }
                         // opened only on the flight's version quoted: after a seat change
                         // through another node in between, the quote is made again
                         let open = Batch {
@@ -344,6 +346,9 @@ impl App {
                         };
                         let expect = Some((fs.id.clone(), w.version));
                         let ticket = self.committer.submit(open, expect, || None)?;
+                        // marked only now: a guard dropped on an error above would
+                        // lock the working map this closure already holds
+                        let busy = Busy::mark(&fs, w, &loc)?;
                         Ok((Some(ticket), CancelStep::Refund(busy, refund)))
                     }
                 });

@@ -16,7 +16,8 @@ pub(super) struct Busy {
 }
 
 impl Busy {
-    /// Marks the booking busy in an already locked working map.
+    /// Marks the booking busy in an already locked working map. Take it last under
+    /// that lock: dropping a guard locks the working map again.
     pub(super) fn mark(
         fs: &Arc<FlightSeats>,
         w: &mut Working,

@@ -836,6 +836,23 @@ mod tests {
     use crate::store::{RefundReason, Role};
     use serde_json::json;
 
+    /// Opens the store at `dir` once the previous handle's background thread has let
+    /// go of sled's file lock (it can outlive the handle's drop by a moment).
+    fn open_when_free(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
     fn user(id: u64, name: &str) -> UserRecord {
         UserRecord {
             id: UserId(id),
@@ -1000,7 +1017,7 @@ mod tests {
             },
         ];
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = open_when_free(dir.path());
             s.write(&batches[0]).unwrap();
             assert_eq!(s.booking_counts(), held(2));
             // a refused batch changes nothing
@@ -1011,7 +1028,7 @@ mod tests {
         }
         let mut expected = held(1);
         expected.0[BookingStatus::Cancelled.index()] = 1;
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open_when_free(dir.path());
         assert_eq!(s.booking_counts(), expected, "seeded at open");
         assert_eq!(s.open_holds(UserId(1), 0), 1, "open holds seeded at open");
         for batch in &batches {
@@ -1039,7 +1056,7 @@ mod tests {
         paid.status = BookingStatus::Confirmed;
         paid.hold_expires_at = None;
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = open_when_free(dir.path());
             s.write(&Batch {
                 new_bookings: vec![a.clone(), b.clone(), booking("CCCCCC", 2, 100)],
                 ..Default::default()
@@ -1057,7 +1074,7 @@ mod tests {
             assert_eq!(s.open_holds(UserId(1), 0), 1, "paying ends a hold");
             s.sync().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open_when_free(dir.path());
         assert_eq!(s.open_holds(UserId(1), 0), 1, "rebuilt at open");
         assert_eq!(s.open_holds(UserId(2), 0), 1);
         let mut expired = b;
@@ -1090,7 +1107,7 @@ mod tests {
     #[test]
     fn usernames_and_locators_are_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open_when_free(dir.path());
         s.write(&Batch {
             new_users: vec![user(1, "ada")],
             ..Default::default()
@@ -1127,7 +1144,7 @@ mod tests {
     fn survives_reopen_and_lists_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = open_when_free(dir.path());
             s.write(&Batch {
                 new_users: vec![user(1, "ada")],
                 new_bookings: vec![
@@ -1169,7 +1186,7 @@ mod tests {
             .unwrap();
             s.sync().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open_when_free(dir.path());
         assert_eq!(s.user(UserId(1)).unwrap().unwrap().username.as_str(), "ada");
         let mine: Vec<_> = s
             .user_bookings(UserId(1))
