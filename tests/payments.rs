@@ -617,6 +617,18 @@ async fn fake() -> FakeStripe {
     FakeStripe::start().await.expect("fake stripe starts")
 }
 
+/// A fake Stripe and a server paying through it, with `tweak` applied on top.
+async fn stripe_server(tweak: impl FnOnce(&mut jetway::Config)) -> (FakeStripe, Server) {
+    let f = fake().await;
+    let base = f.base();
+    let s = Server::start_with(|c| {
+        stripe_config(c, &base);
+        tweak(c)
+    })
+    .await;
+    (f, s)
+}
+
 fn fault(f: &FakeStripe, step: Step, fault: Fault) {
     f.set_fault(FaultRule {
         step,
@@ -728,9 +740,7 @@ async fn an_uncertain_payment_stays_open_until_the_reconciler_settles_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 1;
         c.reconcile_interval = 3600;
     })
@@ -830,9 +840,7 @@ async fn charged_intent(f: &FakeStripe, amount: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_webhook_for_a_failed_attempt_refunds_a_charge_the_booking_cannot_take() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
     })
     .await;
@@ -915,9 +923,7 @@ async fn a_seat_refunded_again_after_a_seat_change_is_paid_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 1;
         c.reconcile_interval = 1;
     })
@@ -962,9 +968,7 @@ async fn a_refund_whose_answer_is_lost_is_finished_once_by_the_reconciler() {
 /// mistaken for a silent client: its connection stays open and gets its reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_slower_than_the_idle_timeout_keeps_its_connection() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 10;
         c.idle_timeout = 2;
         c.ping_interval = 1;
@@ -984,9 +988,7 @@ async fn a_payment_slower_than_the_idle_timeout_keeps_its_connection() {
 /// and that is retried after that must find the refund made, not make a second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_retried_after_the_gateway_forgot_its_key_is_not_paid_twice() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 1;
         c.reconcile_interval = 1;
         c.refund_lookup_after = 0;
@@ -1072,9 +1074,7 @@ async fn two_installations_never_send_the_same_gateway_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_for_a_busy_booking_is_retried_not_recorded_as_seen() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
         c.gateway_timeout = 10;
     })
@@ -1121,9 +1121,7 @@ async fn a_webhook_for_a_busy_booking_is_retried_not_recorded_as_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
     })
     .await;
@@ -1250,9 +1248,7 @@ async fn a_payment_needing_3ds_waits_for_the_customer_then_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_that_ends_while_the_customer_acts_cancels_the_payment() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.hold_ttl = 2;
     })
     .await;
@@ -1365,9 +1361,7 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
 /// not charged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_the_gateway_does_not_know_stays_open() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
     })
     .await;
@@ -1400,9 +1394,7 @@ const ADMIN_PASSWORD: &str = "payments ops 2026";
 /// on the refund with the admin's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
         c.admin_password = Some(ADMIN_PASSWORD.into());
     })
@@ -1513,9 +1505,7 @@ async fn admin_client(s: &Server) -> Client {
 /// a fresh key: the refund its first key made is found and recorded, not paid again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 1;
         c.reconcile_interval = 3600;
         c.admin_password = Some(ADMIN_PASSWORD.into());
@@ -1564,9 +1554,7 @@ fn store_order(s: &Server, loc: &Value) -> jetway::domain::Order {
 /// itself: an admin's retry under a fresh key is refused rather than paying twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund() {
-    let f = fake().await;
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+    let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
         c.admin_password = Some(ADMIN_PASSWORD.into());
     })

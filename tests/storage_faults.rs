@@ -349,18 +349,7 @@ async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
     let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
     let user = register(&app, "refundee").await.unwrap();
     let (fid, seats) = flight_and_seats(&app, 1);
-    let held = app
-        .hold(&user, decode(hold_params(&fid, &seats[0], "h")).unwrap())
-        .await
-        .unwrap();
-    let loc = held["booking"]["locator"].clone();
-    app.pay(
-        &user,
-        decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let loc = paid_booking(&app, &user, &fid, &seats[0]).await;
     store.fail_syncs.store(true, Ordering::SeqCst);
     let cancel = json!({"locator": loc, "request_id": "c"});
     assert_eq!(
@@ -401,18 +390,7 @@ async fn a_cancel_whose_refund_cannot_be_written_leaves_the_flight_usable() {
     let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
     let user = register(&app, "canceller").await.unwrap();
     let (fid, seats) = flight_and_seats(&app, 2);
-    let held = app
-        .hold(&user, decode(hold_params(&fid, &seats[0], "h")).unwrap())
-        .await
-        .unwrap();
-    let loc = held["booking"]["locator"].clone();
-    app.pay(
-        &user,
-        decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let loc = paid_booking(&app, &user, &fid, &seats[0]).await;
     store.fail_writes.store(true, Ordering::SeqCst);
     let cancel = {
         let (app, user) = (app.clone(), user.clone());
@@ -441,4 +419,26 @@ async fn a_cancel_whose_refund_cannot_be_written_leaves_the_flight_usable() {
         "no refund without its record"
     );
     app.stop().await;
+}
+
+/// Holds `seat` and pays for it; returns the booking's locator.
+async fn paid_booking(
+    app: &Arc<App>,
+    user: &jetway::app::AuthSession,
+    fid: &str,
+    seat: &str,
+) -> Value {
+    let held = app
+        .hold(user, decode(hold_params(fid, seat, "h")).unwrap())
+        .await
+        .unwrap();
+    let loc = held["booking"]["locator"].clone();
+    app.pay(
+        user,
+        decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    loc
 }
