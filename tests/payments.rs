@@ -1588,3 +1588,53 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
     assert_eq!(open[0].gateway_key, None, "not retried: {open:?}");
     s.stop().await;
 }
+
+/// Refunds an admin resolved as paid elsewhere count in the order's refunded total
+/// but were never made at the gateway: they do not excuse an unrecorded refund there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one() {
+    let (f, s) = stripe_server(|c| {
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let loc = &b["locator"];
+    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
+    fault(&f, Step::Refund, Fault::Fail);
+    let mut admin = admin_client(&s).await;
+    let cancel = json!({"locator": loc, "request_id": "c0", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let first = open["refunds"][0]["refund_id"].clone();
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": first, "outcome": "paid_elsewhere"}),
+        )
+        .await;
+    f.clear_faults();
+    let pi = f.ledger().intents[0].id.clone();
+    reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", "refund-by-the-previous-release")
+        .form(&[("payment_intent", pi.as_str()), ("amount", "100")])
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    fault(&f, Step::Refund, Fault::Fail);
+    let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[1]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let second = open["refunds"][0]["refund_id"].clone();
+    assert_ne!(second, first);
+    let retry = json!({"refund_id": second, "outcome": "retry"});
+    assert_eq!(
+        admin.reason("admin.refunds.resolve", retry).await,
+        "invalid_state"
+    );
+    s.stop().await;
+}

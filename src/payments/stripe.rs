@@ -103,10 +103,10 @@ impl Stripe {
             let page = self
                 .call(self.http.get(self.url("/v1/refunds")).query(&query), None)
                 .await?;
-            let data = page["data"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            // an answer without its list is no proof that there are no refunds
+            let data = page["data"].as_array().ok_or_else(|| {
+                PaymentError::Failed("the payment gateway listed no refunds array".into())
+            })?;
             let last = data
                 .last()
                 .and_then(|r| r["id"].as_str())
