@@ -1,10 +1,11 @@
 //! The use cases: one method per thing a client can ask, orchestrating the domain,
 //! the inventory, the store, the committer and the payment gateway.
 //!
-//! Every seat change follows the same path: lock the flight's working map, check,
-//! write the batch to the store, apply it to the working map, enqueue the publish
-//! action with the committer, unlock, then wait until the batch is durable before
-//! replying. Gateway calls happen outside every lock, with the booking marked busy.
+//! Every seat change follows the same path (`seat_change`): lock the flight's
+//! working map, check, write the batch to the store, apply it to the working map,
+//! enqueue the publish action with the committer, unlock, then wait until the batch
+//! is durable before replying. Gateway calls happen outside every lock, with the
+//! booking marked busy.
 
 mod admin;
 mod auth;
@@ -18,6 +19,7 @@ mod flights;
 mod payments;
 mod presence;
 mod refunds;
+mod seat_change;
 mod status;
 mod waitlist;
 
@@ -30,11 +32,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::domain::{self, Booking, Flight, FlightId, Millis, UserId};
 use crate::fanout::{QueueLimits, UserRegistry};
-use crate::inventory::{FlightSeats, Inventory, Occupant, SeatChange, Working};
+use crate::inventory::{FlightSeats, Inventory, Occupant};
 use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
-use crate::protocol::{envelope, wire, ApiError};
-use crate::store::commit::{Action, Later, Ticket};
+use crate::protocol::{wire, ApiError};
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
@@ -43,28 +44,12 @@ pub use admin::new_flight;
 pub use auth::AuthSession;
 pub use expiry::Expiry;
 pub use payments::WebhookError;
+use seat_change::{booking_push, Step};
 
 /// Demo schedule horizon in days.
 const SCHEDULE_DAYS: u32 = 14;
 /// Flights per seeding write.
 const SEED_CHUNK: usize = 50;
-/// How often a seat change is decided again after other nodes changed the flight first.
-const MAX_SEAT_TRIES: usize = 64;
-
-/// How a seat change ended: done here, or the request had been answered already.
-enum Step<R> {
-    Done(R),
-    Replayed(Result<Value, ApiError>),
-}
-
-impl Step<Value> {
-    fn reply(self) -> Result<Value, ApiError> {
-        match self {
-            Step::Done(v) => Ok(v),
-            Step::Replayed(r) => r,
-        }
-    }
-}
 
 pub struct App {
     pub config: Config,
@@ -368,137 +353,6 @@ impl App {
         wire::booking(b, flight.as_ref())
     }
 
-    /// The action that tells the world of a durable seat change made for `booking`:
-    /// first the connections of the users it concerns (the booking's owner, among them
-    /// the requester, and the waitlist entries `served`) get the seat change and their
-    /// pushes; what it returns, run once the requests are woken, sends the seat
-    /// change to the flight's other watchers.
-    fn announce(
-        &self,
-        fs: &Arc<FlightSeats>,
-        change: SeatChange,
-        booking: &Booking,
-        served: waitlist::Served,
-    ) -> Action {
-        let fs = fs.clone();
-        let owner = booking.user_id;
-        let mut concerned: Vec<UserId> = served.frames.iter().map(|(u, _)| *u).collect();
-        concerned.push(owner);
-        let frame = booking_push(booking, Some(&fs.flight()));
-        let users = self.users.clone();
-        let boards = self.boards.clone();
-        let waitlist = self.served_action(served);
-        Box::new(move || {
-            let others = fs.publish_first(&change, &users.connection_ids(concerned));
-            boards.seats_changed(&fs.id);
-            users.push(owner, &frame);
-            waitlist();
-            others.then(|| Box::new(move || fs.deliver(change.version)) as Later)
-        })
-    }
-
-    /// Frees the seats of `b`, a hold just ended (released, expired, cancelled by the
-    /// airline) at `b.updated_at`, in the flight's locked working map: writes the
-    /// booking with the user's event `kind` (and `reply`, the request's answer) as the
-    /// flight's next version (see [`App::change_seats`]).
-    fn end_hold(
-        &self,
-        fs: &Arc<FlightSeats>,
-        w: &mut Working,
-        b: &Booking,
-        kind: &str,
-        detail: Value,
-        reply: Option<(IdemKey, Value)>,
-    ) -> Result<Ticket, StoreError> {
-        let batch = Batch {
-            bookings: vec![b.clone()],
-            events: vec![(
-                b.user_id,
-                event(kind, Some(&b.locator), b.updated_at, detail),
-            )],
-            replies: reply.into_iter().collect(),
-            ..Default::default()
-        };
-        let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
-        self.change_seats(fs, w, batch, updates, b)
-    }
-
-    /// The one way seats change, called with the flight's working map locked: writes
-    /// `batch` with the flight's next version, applies `updates` to the working map and
-    /// enqueues the announcement of `booking`, published once the batch is durable.
-    ///
-    /// On a replicated store the working map is left as it is: the write commits only
-    /// if no other node changed the flight meanwhile, and the change feed applies it.
-    ///
-    /// The flight's waitlist is served in the same batch and version (see
-    /// [`App::serve_waitlist`]).
-    fn change_seats(
-        &self,
-        fs: &Arc<FlightSeats>,
-        w: &mut Working,
-        mut batch: Batch,
-        mut updates: Vec<(usize, Option<Occupant>)>,
-        booking: &Booking,
-    ) -> Result<Ticket, StoreError> {
-        let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, Some(booking))?;
-        let next = w.version + 1;
-        batch.versions.push((fs.id.clone(), next));
-        if self.committer.is_replicated() {
-            batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
-        }
-        let expect = Some((fs.id.clone(), w.version));
-        self.committer.submit(batch, expect, || {
-            let change = w.apply(updates);
-            if booking.status != domain::BookingStatus::Held {
-                self.expiry.forget(&booking.locator);
-            }
-            Some(self.announce(fs, change, booking, served))
-        })
-    }
-
-    /// Decides a seat change with `decide` (which gets the locked working map and
-    /// returns the ticket of its [`App::change_seats`], if it made one) and waits until
-    /// it is durable. On a replicated store the flight's changes through this node
-    /// take turns, and when another node changed the flight first the decision is
-    /// made again on the newer map, unless the request (`key`) was answered meanwhile.
-    async fn seat_step<R>(
-        &self,
-        fs: &Arc<FlightSeats>,
-        key: Option<&IdemKey>,
-        mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), ApiError>,
-    ) -> Result<Step<R>, ApiError> {
-        let replicated = self.committer.is_replicated();
-        for _ in 0..MAX_SEAT_TRIES {
-            let _turn = match replicated {
-                true => Some(fs.turn.lock().await),
-                false => None,
-            };
-            let (ticket, out) = {
-                let mut w = fs.working();
-                // a twin of the request may have succeeded through another node: the
-                // mirror has every revision the working map has, so under its lock
-                // this read cannot miss a change the decision would see (one node
-                // serializes a user's requests, so a local store needs no look)
-                let key = key.filter(|_| replicated);
-                let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
-                if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
-                    return Ok(Step::Replayed(replay(v)));
-                }
-                decide(&mut w)?
-            };
-            let Some(ticket) = ticket else {
-                return Ok(Step::Done(out));
-            };
-            match self.committer.durable(ticket).await {
-                Ok(()) => return Ok(Step::Done(out)),
-                Err(StoreError::Stale) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
-        Err(ApiError::Internal)
-    }
-
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
     /// first reply, also after a restart, once that reply's write is durable (the
     /// first try may have failed on a sync, or ended before its write was on disk).
@@ -616,14 +470,6 @@ impl Drop for UserTurn<'_> {
             .user_locks
             .remove_if(&self.user, |_, lock| Arc::strong_count(lock) == 1);
     }
-}
-
-/// The `booking.updated` push telling a booking's owner of its new state.
-fn booking_push(b: &Booking, flight: Option<&Flight>) -> crate::fanout::Utf8Bytes {
-    crate::fanout::Utf8Bytes::from(envelope::push(
-        "booking.updated",
-        &json!({ "booking": wire::booking(b, flight) }),
-    ))
 }
 
 #[cfg(feature = "etcd")]

@@ -1,0 +1,176 @@
+//! The one way seats change: with the flight's working map locked, a use case's
+//! decision becomes one store batch carrying the flight's next version (the
+//! waitlist served in the same batch), submitted to the committer; once durable,
+//! the working map has the change and its announcement goes out (`seats.changed`,
+//! `booking.updated`). On a replicated store a decision that lost a race to another
+//! node is made again on the newer map.
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use crate::domain::{self, Booking, Flight, UserId};
+use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
+use crate::protocol::{envelope, wire, ApiError};
+use crate::store::commit::{Action, Later, Ticket};
+use crate::store::{Batch, IdemKey, StoreError};
+
+use super::{cluster, event, replay, waitlist, App};
+
+/// How often a seat change is decided again after other nodes changed the flight first.
+const MAX_SEAT_TRIES: usize = 64;
+
+/// How a seat change ended: done here, or the request had been answered already.
+pub(super) enum Step<R> {
+    Done(R),
+    Replayed(Result<Value, ApiError>),
+}
+
+impl Step<Value> {
+    pub(super) fn reply(self) -> Result<Value, ApiError> {
+        match self {
+            Step::Done(v) => Ok(v),
+            Step::Replayed(r) => r,
+        }
+    }
+}
+
+impl App {
+    /// The action that tells the world of a durable seat change made for `booking`:
+    /// first the connections of the users it concerns (the booking's owner, among them
+    /// the requester, and the waitlist entries `served`) get the seat change and their
+    /// pushes; what it returns, run once the requests are woken, sends the seat
+    /// change to the flight's other watchers.
+    fn announce(
+        &self,
+        fs: &Arc<FlightSeats>,
+        change: SeatChange,
+        booking: &Booking,
+        served: waitlist::Served,
+    ) -> Action {
+        let fs = fs.clone();
+        let owner = booking.user_id;
+        let mut concerned: Vec<UserId> = served.frames.iter().map(|(u, _)| *u).collect();
+        concerned.push(owner);
+        let frame = booking_push(booking, Some(&fs.flight()));
+        let users = self.users.clone();
+        let boards = self.boards.clone();
+        let waitlist = self.served_action(served);
+        Box::new(move || {
+            let others = fs.publish_first(&change, &users.connection_ids(concerned));
+            boards.seats_changed(&fs.id);
+            users.push(owner, &frame);
+            waitlist();
+            others.then(|| Box::new(move || fs.deliver(change.version)) as Later)
+        })
+    }
+
+    /// Frees the seats of `b`, a hold just ended (released, expired, cancelled by the
+    /// airline) at `b.updated_at`, in the flight's locked working map: writes the
+    /// booking with the user's event `kind` (and `reply`, the request's answer) as the
+    /// flight's next version (see [`App::change_seats`]).
+    pub(super) fn end_hold(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        b: &Booking,
+        kind: &str,
+        detail: Value,
+        reply: Option<(IdemKey, Value)>,
+    ) -> Result<Ticket, StoreError> {
+        let batch = Batch {
+            bookings: vec![b.clone()],
+            events: vec![(
+                b.user_id,
+                event(kind, Some(&b.locator), b.updated_at, detail),
+            )],
+            replies: reply.into_iter().collect(),
+            ..Default::default()
+        };
+        let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
+        self.change_seats(fs, w, batch, updates, b)
+    }
+
+    /// The one way seats change, called with the flight's working map locked: writes
+    /// `batch` with the flight's next version, applies `updates` to the working map and
+    /// enqueues the announcement of `booking`, published once the batch is durable.
+    ///
+    /// On a replicated store the working map is left as it is: the write commits only
+    /// if no other node changed the flight meanwhile, and the change feed applies it.
+    ///
+    /// The flight's waitlist is served in the same batch and version (see
+    /// [`App::serve_waitlist`]).
+    pub(super) fn change_seats(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        mut batch: Batch,
+        mut updates: Vec<(usize, Option<Occupant>)>,
+        booking: &Booking,
+    ) -> Result<Ticket, StoreError> {
+        let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, Some(booking))?;
+        let next = w.version + 1;
+        batch.versions.push((fs.id.clone(), next));
+        if self.committer.is_replicated() {
+            batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
+        }
+        let expect = Some((fs.id.clone(), w.version));
+        self.committer.submit(batch, expect, || {
+            let change = w.apply(updates);
+            if booking.status != domain::BookingStatus::Held {
+                self.expiry.forget(&booking.locator);
+            }
+            Some(self.announce(fs, change, booking, served))
+        })
+    }
+
+    /// Decides a seat change with `decide` (which gets the locked working map and
+    /// returns the ticket of its [`App::change_seats`], if it made one) and waits until
+    /// it is durable. On a replicated store the flight's changes through this node
+    /// take turns, and when another node changed the flight first the decision is
+    /// made again on the newer map, unless the request (`key`) was answered meanwhile.
+    pub(super) async fn seat_step<R>(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: Option<&IdemKey>,
+        mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), ApiError>,
+    ) -> Result<Step<R>, ApiError> {
+        let replicated = self.committer.is_replicated();
+        for _ in 0..MAX_SEAT_TRIES {
+            let _turn = match replicated {
+                true => Some(fs.turn.lock().await),
+                false => None,
+            };
+            let (ticket, out) = {
+                let mut w = fs.working();
+                // a twin of the request may have succeeded through another node: the
+                // mirror has every revision the working map has, so under its lock
+                // this read cannot miss a change the decision would see (one node
+                // serializes a user's requests, so a local store needs no look)
+                let key = key.filter(|_| replicated);
+                let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
+                if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
+                    return Ok(Step::Replayed(replay(v)));
+                }
+                decide(&mut w)?
+            };
+            let Some(ticket) = ticket else {
+                return Ok(Step::Done(out));
+            };
+            match self.committer.durable(ticket).await {
+                Ok(()) => return Ok(Step::Done(out)),
+                Err(StoreError::Stale) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
+        Err(ApiError::Internal)
+    }
+}
+
+/// The `booking.updated` push telling a booking's owner of its new state.
+pub(super) fn booking_push(b: &Booking, flight: Option<&Flight>) -> crate::fanout::Utf8Bytes {
+    crate::fanout::Utf8Bytes::from(envelope::push(
+        "booking.updated",
+        &json!({ "booking": wire::booking(b, flight) }),
+    ))
+}
