@@ -679,7 +679,7 @@ fn documented_calls(doc: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 #[test]
 fn the_protocol_doc_lists_exactly_the_dispatched_methods_and_pushes() {
     let (methods, pushes) = documented_calls(&protocol_md());
-    let dispatched: BTreeSet<String> = jetway::protocol::params::METHODS
+    let dispatched: BTreeSet<String> = jetway::protocol::params::Method::NAMES
         .iter()
         .map(|m| m.to_string())
         .collect();
@@ -836,7 +836,7 @@ fn the_js_sdk_wraps_every_method() {
             .unwrap_or_else(|e| panic!("static/js/{f}: {e}"))
     };
     let sdk = read("jetway.js") + &read("live.js");
-    for m in jetway::protocol::params::METHODS {
+    for m in jetway::protocol::params::Method::NAMES {
         assert!(
             sdk.contains(&format!("'{m}'")),
             "static/js/jetway.js has no wrapper for {m}"

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
+use jetway::protocol::params::{Access, Method};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -561,26 +562,19 @@ async fn deep_nesting_and_huge_frames() {
     s.stop().await;
 }
 
-const AUTH_METHODS: &[&str] = &[
-    "auth.logout",
-    "booking.hold",
-    "booking.pay",
-    "booking.cancel",
-    "booking.change_seat",
-    "booking.get",
-    "bookings.list",
-    "orders.list",
-    "history.list",
-    "admin.flights.create",
-    "admin.flights.cancel",
-    "admin.flights.stats",
-];
+/// The methods of `access`, from the one list.
+fn methods_for(access: &[Access]) -> Vec<&'static str> {
+    Method::ALL
+        .iter()
+        .filter(|m| access.contains(&m.access()))
+        .map(|m| m.name())
+        .collect()
+}
 
-const ADMIN_METHODS: &[&str] = &[
-    "admin.flights.create",
-    "admin.flights.cancel",
-    "admin.flights.stats",
-];
+/// Every method that needs login (admin methods included).
+fn auth_methods() -> Vec<&'static str> {
+    methods_for(&[Access::LoggedIn, Access::Admin])
+}
 
 /// Params that would be valid for each method, given a locator and a flight.
 fn params_for(method: &str, locator: &str, flight: &str, seat: &str) -> Value {
@@ -621,7 +615,7 @@ async fn authorization_matrix() {
 
     // 1. anonymous: every method that needs login refuses, with valid params too
     let mut anon = s.client().await;
-    for m in AUTH_METHODS {
+    for m in auth_methods() {
         for p in [json!({}), params_for(m, &loc, &fid, &seats[0])] {
             assert_eq!(anon.reason(m, p).await, "unauthenticated", "{m}");
         }
@@ -656,7 +650,7 @@ async fn authorization_matrix() {
             assert_eq!(r, "not_found", "{m} {g}");
         }
     }
-    for m in ADMIN_METHODS {
+    for m in methods_for(&[Access::Admin]) {
         assert_eq!(
             other.reason(m, params_for(m, &loc, &fid, &seats[0])).await,
             "forbidden",
@@ -684,7 +678,7 @@ async fn authorization_matrix() {
     let mut b = s.client().await;
     b.ok("auth.resume", json!({"token": token})).await;
     a.ok("auth.logout", json!({})).await;
-    for m in AUTH_METHODS {
+    for m in auth_methods() {
         let r = b.reason(m, params_for(m, &loc, &fid, &seats[1])).await;
         assert!(
             r == "invalid_token" || r == "unauthenticated",
@@ -727,7 +721,7 @@ async fn an_expired_token_works_nowhere() {
         f2.reason("auth.resume", json!({"token": token})).await,
         "invalid_token"
     );
-    for m in AUTH_METHODS {
+    for m in auth_methods() {
         assert_eq!(f2.reason(m, json!({})).await, "unauthenticated", "{m}");
     }
     s.stop().await;

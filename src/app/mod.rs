@@ -139,7 +139,7 @@ impl App {
         store: Arc<dyn Store>,
         payments: Arc<dyn PaymentGateway>,
     ) -> Result<Arc<App>, StartError> {
-        let metrics = Arc::new(Metrics::new(crate::protocol::params::METHODS));
+        let metrics = Arc::new(Metrics::new(crate::protocol::params::Method::NAMES));
         let committer = Committer::new(
             store.clone(),
             config.data_dir.display().to_string(),

@@ -13,35 +13,8 @@ use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use super::params;
+use super::params::{self, Access, Method};
 use super::ApiError;
-
-/// Who may call a method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Anyone,
-    LoggedIn,
-    Admin,
-}
-
-impl Access {
-    /// Its `x-access` value in the OpenRPC document.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Access::Anyone => "anyone",
-            Access::LoggedIn => "loggedin",
-            Access::Admin => "admin",
-        }
-    }
-
-    fn who(self) -> &'static str {
-        match self {
-            Access::Anyone => "anyone",
-            Access::LoggedIn => "a logged-in connection",
-            Access::Admin => "an admin",
-        }
-    }
-}
 
 /// One method of the contract.
 pub struct MethodSpec {
@@ -68,11 +41,11 @@ fn reference<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 }
 
 macro_rules! method {
-    ($name:literal, $access:ident, $params:ty => $result:ty, $summary:literal) => {
+    ($method:ident, $params:ty => $result:ty, $summary:literal) => {
         MethodSpec {
-            name: $name,
+            name: Method::$method.name(),
             summary: $summary,
-            access: Access::$access,
+            access: Method::$method.access(),
             params: inline::<$params>,
             result: reference::<$result>,
         }
@@ -80,40 +53,40 @@ macro_rules! method {
 }
 
 /// Every method: its name, who may call it, its params and its result. A method the
-/// dispatcher knows (`params::METHODS`) must be here, and documented in
+/// dispatcher knows ([`Method`]) must be here, and documented in
 /// docs/protocol.md; `tests/contract.rs` checks both.
 pub static METHOD_CONTRACT: &[MethodSpec] = &[
-    method!("auth.register", Anyone, params::Credentials => LoginResult, "Creates a passenger account and logs this connection in."),
-    method!("auth.login", Anyone, params::Credentials => LoginResult, "Logs this connection in."),
-    method!("auth.resume", Anyone, params::Resume => LoginResult, "Logs this connection in with a session token."),
-    method!("auth.logout", LoggedIn, NoParams => Empty, "Ends the session on every connection that uses it."),
-    method!("flights.airports", Anyone, NoParams => AirportsResult, "The airports served."),
-    method!("flights.search", Anyone, params::Search => FlightsResult, "Flights by route and UTC date, in departure order."),
-    method!("flights.get", Anyone, params::FlightRef => FlightGetResult, "One flight with its seat map and layout."),
-    method!("seats.subscribe", Anyone, params::Subscribe => SubscribeResult, "Watches a flight's seat map: a snapshot, or the changes after `since`, then `seats.changed` pushes."),
-    method!("seats.unsubscribe", Anyone, params::FlightRef => Empty, "Stops watching a flight."),
-    method!("flights.watch", Anyone, params::Watch => WatchResult, "Watches an airport's departures board: its flights, then `flight.changed` pushes."),
-    method!("flights.unwatch", Anyone, params::Unwatch => Empty, "Stops watching an airport's departures board."),
-    method!("booking.hold", LoggedIn, params::Hold => BookingResult, "Holds seats (named, or best available) until the hold expires."),
-    method!("booking.pay", LoggedIn, params::Pay => PayResult, "Pays a hold: the booking is confirmed and ticketed."),
-    method!("booking.cancel", LoggedIn, params::Cancel => CancelResult, "Releases a hold, or cancels a confirmed booking (all or some seats) with a refund."),
-    method!("booking.change_seat", LoggedIn, params::ChangeSeat => BookingResult, "Moves one passenger to another free seat of the same cabin."),
-    method!("booking.check_in", LoggedIn, params::CheckIn => CheckInResult, "Checks in the passengers of a confirmed booking (all, or those in `seats`) while check-in is open, and returns their boarding passes."),
-    method!("booking.boarding_passes", LoggedIn, params::LocatorRef => BoardingPassesResult, "The valid boarding passes of one of the caller's bookings."),
-    method!("booking.get", LoggedIn, params::LocatorRef => BookingResult, "One of the caller's bookings."),
-    method!("bookings.list", LoggedIn, NoParams => BookingsResult, "The caller's bookings, newest first."),
-    method!("orders.list", LoggedIn, NoParams => OrdersResult, "The caller's orders (paid bookings)."),
-    method!("history.list", LoggedIn, params::Limit => HistoryResult, "The caller's account events, newest first."),
-    method!("admin.flights.create", Admin, params::CreateFlight => FlightResult, "Adds a flight to the schedule."),
-    method!("admin.flights.cancel", Admin, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
-    method!("admin.flights.update", Admin, params::UpdateFlight => FlightResult, "Gives a flight estimated times and/or moves its status forward."),
-    method!("admin.flights.stats", Admin, NoParams => StatsResult, "Occupancy and revenue of every flight."),
-    method!("admin.refunds.list", Admin, NoParams => OpenRefundsResult, "Extension: the open refunds, with the gateway's failures of each on this node."),
-    method!("admin.refunds.resolve", Admin, params::ResolveRefund => OpenRefundResult, "Extension: closes an open refund as paid by other means, or has it asked again under a fresh key."),
-    method!("waitlist.join", LoggedIn, params::WaitlistJoin => WaitlistEntryResult, "Waits for seats of a sold-out cabin: freed seats become a held booking for the entry."),
-    method!("waitlist.leave", LoggedIn, params::WaitlistRef => WaitlistEntryResult, "Leaves the waitlist; an offered hold is released and offered on."),
-    method!("waitlist.list", LoggedIn, NoParams => WaitlistResult, "The caller's waitlist entries, newest first."),
-    method!("rpc.discover", Anyone, NoParams => Discover, "This OpenRPC document."),
+    method!(Register, params::Credentials => LoginResult, "Creates a passenger account and logs this connection in."),
+    method!(Login, params::Credentials => LoginResult, "Logs this connection in."),
+    method!(Resume, params::Resume => LoginResult, "Logs this connection in with a session token."),
+    method!(Logout, NoParams => Empty, "Ends the session on every connection that uses it."),
+    method!(Airports, NoParams => AirportsResult, "The airports served."),
+    method!(Search, params::Search => FlightsResult, "Flights by route and UTC date, in departure order."),
+    method!(FlightGet, params::FlightRef => FlightGetResult, "One flight with its seat map and layout."),
+    method!(Subscribe, params::Subscribe => SubscribeResult, "Watches a flight's seat map: a snapshot, or the changes after `since`, then `seats.changed` pushes."),
+    method!(Unsubscribe, params::FlightRef => Empty, "Stops watching a flight."),
+    method!(Watch, params::Watch => WatchResult, "Watches an airport's departures board: its flights, then `flight.changed` pushes."),
+    method!(Unwatch, params::Unwatch => Empty, "Stops watching an airport's departures board."),
+    method!(Hold, params::Hold => BookingResult, "Holds seats (named, or best available) until the hold expires."),
+    method!(Pay, params::Pay => PayResult, "Pays a hold: the booking is confirmed and ticketed."),
+    method!(Cancel, params::Cancel => CancelResult, "Releases a hold, or cancels a confirmed booking (all or some seats) with a refund."),
+    method!(ChangeSeat, params::ChangeSeat => BookingResult, "Moves one passenger to another free seat of the same cabin."),
+    method!(CheckIn, params::CheckIn => CheckInResult, "Checks in the passengers of a confirmed booking (all, or those in `seats`) while check-in is open, and returns their boarding passes."),
+    method!(BoardingPasses, params::LocatorRef => BoardingPassesResult, "The valid boarding passes of one of the caller's bookings."),
+    method!(BookingGet, params::LocatorRef => BookingResult, "One of the caller's bookings."),
+    method!(BookingsList, NoParams => BookingsResult, "The caller's bookings, newest first."),
+    method!(OrdersList, NoParams => OrdersResult, "The caller's orders (paid bookings)."),
+    method!(HistoryList, params::Limit => HistoryResult, "The caller's account events, newest first."),
+    method!(AdminCreateFlight, params::CreateFlight => FlightResult, "Adds a flight to the schedule."),
+    method!(AdminCancelFlight, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
+    method!(AdminUpdateFlight, params::UpdateFlight => FlightResult, "Gives a flight estimated times and/or moves its status forward."),
+    method!(AdminStats, NoParams => StatsResult, "Occupancy and revenue of every flight."),
+    method!(AdminRefunds, NoParams => OpenRefundsResult, "Extension: the open refunds, with the gateway's failures of each on this node."),
+    method!(AdminResolveRefund, params::ResolveRefund => OpenRefundResult, "Extension: closes an open refund as paid by other means, or has it asked again under a fresh key."),
+    method!(WaitlistJoin, params::WaitlistJoin => WaitlistEntryResult, "Waits for seats of a sold-out cabin: freed seats become a held booking for the entry."),
+    method!(WaitlistLeave, params::WaitlistRef => WaitlistEntryResult, "Leaves the waitlist; an offered hold is released and offered on."),
+    method!(WaitlistList, NoParams => WaitlistResult, "The caller's waitlist entries, newest first."),
+    method!(Discover, NoParams => Discover, "This OpenRPC document."),
 ];
 
 macro_rules! push {
@@ -986,7 +959,7 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len(), "a method is listed twice");
-        let mut dispatched = params::METHODS.to_vec();
+        let mut dispatched = Method::NAMES.to_vec();
         dispatched.sort();
         assert_eq!(sorted, dispatched);
     }

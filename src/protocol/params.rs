@@ -1,6 +1,6 @@
-//! Every method's name and parameters as clients send them, and the one table that
-//! turns a request into typed params ([`Call::parse`]); semantic checks happen in the
-//! use cases.
+//! Every method as clients send it: the one list of methods ([`Method`]: name, who
+//! may call it), their parameters, and the one table that turns a request into typed
+//! params ([`Call::parse`]); semantic checks happen in the use cases.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -10,40 +10,109 @@ use serde_json::Value;
 use super::ApiError;
 use crate::domain::{FlightStatus, Money};
 
-/// Every method, also the bounded set of metric labels. [`Call::parse`] knows no other.
-pub const METHODS: &[&str] = &[
-    "auth.register",
-    "auth.login",
-    "auth.resume",
-    "auth.logout",
-    "flights.airports",
-    "flights.search",
-    "flights.get",
-    "seats.subscribe",
-    "seats.unsubscribe",
-    "flights.watch",
-    "flights.unwatch",
-    "booking.hold",
-    "waitlist.join",
-    "waitlist.leave",
-    "waitlist.list",
-    "booking.pay",
-    "booking.cancel",
-    "booking.change_seat",
-    "booking.check_in",
-    "booking.boarding_passes",
-    "booking.get",
-    "bookings.list",
-    "orders.list",
-    "history.list",
-    "admin.flights.create",
-    "admin.flights.cancel",
-    "admin.flights.update",
-    "admin.flights.stats",
-    "admin.refunds.list",
-    "admin.refunds.resolve",
-    "rpc.discover",
-];
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Anyone,
+    LoggedIn,
+    Admin,
+}
+
+impl Access {
+    /// Its `x-access` value in the OpenRPC document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Anyone => "anyone",
+            Access::LoggedIn => "loggedin",
+            Access::Admin => "admin",
+        }
+    }
+
+    /// Who it is, in a sentence.
+    pub fn who(self) -> &'static str {
+        match self {
+            Access::Anyone => "anyone",
+            Access::LoggedIn => "a logged-in connection",
+            Access::Admin => "an admin",
+        }
+    }
+}
+
+/// Defines [`Method`] from one table: variant, name, who may call it.
+macro_rules! methods {
+    ($($variant:ident = $name:literal, $access:ident;)*) => {
+        /// Every method a client may call: the one list that the dispatcher, the
+        /// metric labels, the contract and the tests take their methods from.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Method {
+            $($variant,)*
+        }
+
+        impl Method {
+            pub const ALL: &'static [Method] = &[$(Method::$variant,)*];
+            /// Every method's name, in [`Method::ALL`]'s order (also the bounded set
+            /// of metric labels).
+            pub const NAMES: &'static [&'static str] = &[$($name,)*];
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Method::$variant => $name,)*
+                }
+            }
+
+            pub const fn access(self) -> Access {
+                match self {
+                    $(Method::$variant => Access::$access,)*
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    Register = "auth.register", Anyone;
+    Login = "auth.login", Anyone;
+    Resume = "auth.resume", Anyone;
+    Logout = "auth.logout", LoggedIn;
+    Airports = "flights.airports", Anyone;
+    Search = "flights.search", Anyone;
+    FlightGet = "flights.get", Anyone;
+    Subscribe = "seats.subscribe", Anyone;
+    Unsubscribe = "seats.unsubscribe", Anyone;
+    Watch = "flights.watch", Anyone;
+    Unwatch = "flights.unwatch", Anyone;
+    Hold = "booking.hold", LoggedIn;
+    WaitlistJoin = "waitlist.join", LoggedIn;
+    WaitlistLeave = "waitlist.leave", LoggedIn;
+    WaitlistList = "waitlist.list", LoggedIn;
+    Pay = "booking.pay", LoggedIn;
+    Cancel = "booking.cancel", LoggedIn;
+    ChangeSeat = "booking.change_seat", LoggedIn;
+    CheckIn = "booking.check_in", LoggedIn;
+    BoardingPasses = "booking.boarding_passes", LoggedIn;
+    BookingGet = "booking.get", LoggedIn;
+    BookingsList = "bookings.list", LoggedIn;
+    OrdersList = "orders.list", LoggedIn;
+    HistoryList = "history.list", LoggedIn;
+    AdminCreateFlight = "admin.flights.create", Admin;
+    AdminCancelFlight = "admin.flights.cancel", Admin;
+    AdminUpdateFlight = "admin.flights.update", Admin;
+    AdminStats = "admin.flights.stats", Admin;
+    AdminRefunds = "admin.refunds.list", Admin;
+    AdminResolveRefund = "admin.refunds.resolve", Admin;
+    Discover = "rpc.discover", Anyone;
+}
+
+impl Method {
+    /// The method called `name`; any other name is `method_not_found`.
+    pub fn parse(name: &str) -> Result<Method, ApiError> {
+        Method::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| ApiError::MethodNotFound(name.chars().take(64).collect()))
+    }
+}
 
 /// A request's method with its decoded params. A params error is kept, not returned,
 /// so that the dispatcher checks who is asking before it looks at the params.
@@ -83,47 +152,48 @@ pub enum Call {
 }
 
 impl Call {
-    /// Decodes `params` for `method`; a method not in [`METHODS`] is `method_not_found`.
+    /// Decodes `params` for the method called `method`; a name not in [`Method`] is
+    /// `method_not_found`.
     pub fn parse(method: &str, params: Value) -> Result<Call, ApiError> {
-        let not_found = || ApiError::MethodNotFound(method.chars().take(64).collect());
-        if !METHODS.contains(&method) {
-            return Err(not_found());
-        }
+        Ok(Call::of(Method::parse(method)?, params))
+    }
+
+    /// Decodes `params` for `method`.
+    pub fn of(method: Method, params: Value) -> Call {
         let p = params;
-        Ok(match method {
-            "auth.register" => Call::Register(decode(p)),
-            "auth.login" => Call::Login(decode(p)),
-            "auth.resume" => Call::Resume(decode(p)),
-            "auth.logout" => Call::Logout,
-            "flights.airports" => Call::Airports,
-            "flights.search" => Call::Search(decode(p)),
-            "flights.get" => Call::FlightGet(decode(p)),
-            "seats.subscribe" => Call::Subscribe(decode(p)),
-            "seats.unsubscribe" => Call::Unsubscribe(decode(p)),
-            "flights.watch" => Call::Watch(decode(p)),
-            "flights.unwatch" => Call::Unwatch(decode(p)),
-            "booking.hold" => Call::Hold(decode(p)),
-            "booking.pay" => Call::Pay(decode(p).and_then(Pay::refuse_card_data)),
-            "booking.cancel" => Call::Cancel(decode(p)),
-            "booking.change_seat" => Call::ChangeSeat(decode(p)),
-            "booking.check_in" => Call::CheckIn(decode(p)),
-            "booking.boarding_passes" => Call::BoardingPasses(decode(p)),
-            "booking.get" => Call::BookingGet(decode(p)),
-            "bookings.list" => Call::BookingsList,
-            "orders.list" => Call::OrdersList,
-            "history.list" => Call::HistoryList(decode(p)),
-            "admin.flights.create" => Call::AdminCreateFlight(decode(p)),
-            "admin.flights.cancel" => Call::AdminCancelFlight(decode(p)),
-            "admin.flights.update" => Call::AdminUpdateFlight(decode(p)),
-            "admin.flights.stats" => Call::AdminStats,
-            "admin.refunds.list" => Call::AdminRefunds,
-            "admin.refunds.resolve" => Call::AdminResolveRefund(decode(p)),
-            "rpc.discover" => Call::Discover,
-            "waitlist.join" => Call::WaitlistJoin(decode(p)),
-            "waitlist.leave" => Call::WaitlistLeave(decode(p)),
-            "waitlist.list" => Call::WaitlistList,
-            _ => return Err(not_found()),
-        })
+        match method {
+            Method::Register => Call::Register(decode(p)),
+            Method::Login => Call::Login(decode(p)),
+            Method::Resume => Call::Resume(decode(p)),
+            Method::Logout => Call::Logout,
+            Method::Airports => Call::Airports,
+            Method::Search => Call::Search(decode(p)),
+            Method::FlightGet => Call::FlightGet(decode(p)),
+            Method::Subscribe => Call::Subscribe(decode(p)),
+            Method::Unsubscribe => Call::Unsubscribe(decode(p)),
+            Method::Watch => Call::Watch(decode(p)),
+            Method::Unwatch => Call::Unwatch(decode(p)),
+            Method::Hold => Call::Hold(decode(p)),
+            Method::Pay => Call::Pay(decode(p).and_then(Pay::refuse_card_data)),
+            Method::Cancel => Call::Cancel(decode(p)),
+            Method::ChangeSeat => Call::ChangeSeat(decode(p)),
+            Method::CheckIn => Call::CheckIn(decode(p)),
+            Method::BoardingPasses => Call::BoardingPasses(decode(p)),
+            Method::BookingGet => Call::BookingGet(decode(p)),
+            Method::BookingsList => Call::BookingsList,
+            Method::OrdersList => Call::OrdersList,
+            Method::HistoryList => Call::HistoryList(decode(p)),
+            Method::AdminCreateFlight => Call::AdminCreateFlight(decode(p)),
+            Method::AdminCancelFlight => Call::AdminCancelFlight(decode(p)),
+            Method::AdminUpdateFlight => Call::AdminUpdateFlight(decode(p)),
+            Method::AdminStats => Call::AdminStats,
+            Method::AdminRefunds => Call::AdminRefunds,
+            Method::AdminResolveRefund => Call::AdminResolveRefund(decode(p)),
+            Method::Discover => Call::Discover,
+            Method::WaitlistJoin => Call::WaitlistJoin(decode(p)),
+            Method::WaitlistLeave => Call::WaitlistLeave(decode(p)),
+            Method::WaitlistList => Call::WaitlistList,
+        }
     }
 }
 
@@ -382,7 +452,7 @@ mod tests {
 
     #[test]
     fn every_method_has_a_call_and_no_other_name_does() {
-        for m in METHODS {
+        for m in Method::NAMES {
             assert!(Call::parse(m, json!({})).is_ok(), "{m}");
         }
         for m in [

@@ -1,4 +1,5 @@
-//! Routes one JSON-RPC request to its use case and encodes the reply.
+//! Routes one JSON-RPC request to its use case and encodes the reply: the method
+//! ([`Method`], the one list of methods), who may call it, then its handler.
 
 use serde_json::Value;
 use std::net::IpAddr;
@@ -12,7 +13,7 @@ use super::limits::Shield;
 use crate::app::{App, AuthSession};
 use crate::domain::FlightId;
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
-use crate::protocol::params::{Call, METHODS};
+use crate::protocol::params::{Access, Call, Method};
 use crate::protocol::{envelope, ApiError, Request};
 
 /// A connection's state between requests. Dropping it (at the end of the connection,
@@ -56,11 +57,7 @@ impl Drop for ConnState {
 
 /// The metric label of a method name: itself if known, else `other`.
 pub fn method_label(m: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|k| **k == m)
-        .copied()
-        .unwrap_or(crate::metrics::OTHER_METHOD)
+    Method::parse(m).map_or(crate::metrics::OTHER_METHOD, Method::name)
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
@@ -120,7 +117,15 @@ async fn call(
     if req.method == "test.panic" {
         panic!("a request panicked (injected by a test)");
     }
-    let r = match Call::parse(&req.method, req.params)? {
+    let method = Method::parse(&req.method)?;
+    // who may call it is checked before its params
+    let session = match method.access() {
+        Access::Anyone => None,
+        Access::LoggedIn => Some(app.authenticate(&mut conn.session)?),
+        Access::Admin => Some(app.require_admin(&mut conn.session)?),
+    };
+    let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
+    let r = match Call::of(method, req.params) {
         Call::Register(p) => app.register(p?, &conn.outbox, &mut conn.session).await?,
         Call::Login(p) => {
             let params = p?;
@@ -177,77 +182,26 @@ async fn call(
             return Ok(None);
         }
         Call::Unwatch(p) => app.unwatch_board(p?, conn.outbox.id(), &mut conn.boards)?,
-        Call::Hold(p) => app.hold(&app.authenticate(&mut conn.session)?, p?).await?,
-        Call::Pay(p) => app.pay(&app.authenticate(&mut conn.session)?, p?).await?,
-        Call::Cancel(p) => {
-            app.cancel(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::ChangeSeat(p) => {
-            app.change_seat(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::CheckIn(p) => {
-            app.check_in(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::BoardingPasses(p) => {
-            app.boarding_passes(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::BookingGet(p) => {
-            app.booking_get(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::BookingsList => {
-            app.bookings_list(&app.authenticate(&mut conn.session)?)
-                .await?
-        }
-        Call::OrdersList => {
-            app.orders_list(&app.authenticate(&mut conn.session)?)
-                .await?
-        }
-        Call::HistoryList(p) => {
-            app.history_list(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::AdminCreateFlight(p) => {
-            app.admin_create_flight(&app.require_admin(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::AdminCancelFlight(p) => {
-            app.admin_cancel_flight(&app.require_admin(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::AdminUpdateFlight(p) => {
-            app.admin_update_flight(&app.require_admin(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::AdminStats => {
-            app.require_admin(&mut conn.session)?;
-            app.admin_stats().await?
-        }
-        Call::AdminRefunds => {
-            app.require_admin(&mut conn.session)?;
-            app.admin_refunds().await?
-        }
-        Call::AdminResolveRefund(p) => {
-            app.admin_resolve_refund(&app.require_admin(&mut conn.session)?, p?)
-                .await?
-        }
+        Call::Hold(p) => app.hold(caller()?, p?).await?,
+        Call::Pay(p) => app.pay(caller()?, p?).await?,
+        Call::Cancel(p) => app.cancel(caller()?, p?).await?,
+        Call::ChangeSeat(p) => app.change_seat(caller()?, p?).await?,
+        Call::CheckIn(p) => app.check_in(caller()?, p?).await?,
+        Call::BoardingPasses(p) => app.boarding_passes(caller()?, p?).await?,
+        Call::BookingGet(p) => app.booking_get(caller()?, p?).await?,
+        Call::BookingsList => app.bookings_list(caller()?).await?,
+        Call::OrdersList => app.orders_list(caller()?).await?,
+        Call::HistoryList(p) => app.history_list(caller()?, p?).await?,
+        Call::AdminCreateFlight(p) => app.admin_create_flight(caller()?, p?).await?,
+        Call::AdminCancelFlight(p) => app.admin_cancel_flight(caller()?, p?).await?,
+        Call::AdminUpdateFlight(p) => app.admin_update_flight(caller()?, p?).await?,
+        Call::AdminStats => app.admin_stats().await?,
+        Call::AdminRefunds => app.admin_refunds().await?,
+        Call::AdminResolveRefund(p) => app.admin_resolve_refund(caller()?, p?).await?,
         Call::Discover => crate::protocol::contract::openrpc().clone(),
-        Call::WaitlistJoin(p) => {
-            app.waitlist_join(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::WaitlistLeave(p) => {
-            app.waitlist_leave(&app.authenticate(&mut conn.session)?, p?)
-                .await?
-        }
-        Call::WaitlistList => {
-            app.waitlist_list(&app.authenticate(&mut conn.session)?)
-                .await?
-        }
+        Call::WaitlistJoin(p) => app.waitlist_join(caller()?, p?).await?,
+        Call::WaitlistLeave(p) => app.waitlist_leave(caller()?, p?).await?,
+        Call::WaitlistList => app.waitlist_list(caller()?).await?,
     };
     Ok(Some(r))
 }

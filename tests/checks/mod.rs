@@ -11,7 +11,7 @@ use jetway::domain::{
     Booking, BookingStatus, Cabin, FlightId, Locator, Money, RequestId, SeatId, TicketNumber,
     UserId, Username,
 };
-use jetway::protocol::params::{Call, METHODS};
+use jetway::protocol::params::{Call, Method};
 use jetway::protocol::{envelope, parse_request, ApiError};
 use serde_json::Value;
 
@@ -30,7 +30,7 @@ pub fn frame(data: &[u8]) {
             match Call::parse(&req.method, req.params) {
                 Ok(call) => check_call(call),
                 Err(e) => {
-                    assert!(!METHODS.contains(&req.method.as_str()));
+                    assert!(!Method::NAMES.contains(&req.method.as_str()));
                     assert_eq!(e.reason(), "method_not_found");
                     check_error(&Value::Null, &e);
                 }
@@ -52,7 +52,7 @@ pub fn params(data: &[u8]) {
     let Some((&pick, json)) = data.split_first() else {
         return;
     };
-    let method = METHODS[usize::from(pick) % METHODS.len()];
+    let method = Method::NAMES[usize::from(pick) % Method::NAMES.len()];
     let Ok(p) = serde_json::from_slice::<Value>(json) else {
         return; // not JSON: `frame` covers that
     };
