@@ -24,15 +24,18 @@
 //! - [`backup`]: the `jetway backup` command, a client of a running server.
 //!
 //! A request flows: the connection's reader parses a text frame ([`protocol`]) and
-//! hands it to `server::dispatch`, which decodes the params and calls the use case
-//! in [`app`], then records the outcome in [`metrics`]. A seat-changing use case
-//! locks the flight's working map in [`inventory`], checks the rules in [`domain`],
-//! writes one atomic batch to the [`store`], updates the working map and enqueues a
-//! "publish" action with the committer, then waits. The committer syncs every pending write with one fsync,
-//! runs the actions in order (each advances the flight's live map, encodes its
-//! `seats.changed` once and queues it, with `booking.updated`, on the connections of
-//! the users the change concerns, the requester among them), wakes the waiters, whose
-//! replies then go out, and then queues the push for every other watcher.
+//! hands it to `server::dispatch`, which looks the method up in the one list of
+//! methods ([`protocol::params::Method`]), checks who may call it, decodes the params
+//! and calls the use case in [`app`], then records the outcome in [`metrics`]. A
+//! seat-changing use case checks the rules in [`domain`] with the flight's working
+//! map in [`inventory`] locked, and changes seats the one way (`app::seat_change`):
+//! one atomic batch to the [`store`] with the flight's next version, the working map
+//! updated and a "publish" action enqueued with the committer, then it waits. The
+//! committer syncs every pending write with one fsync, runs the actions in order
+//! (each advances the flight's live map, encodes its `seats.changed` once and queues
+//! it, with `booking.updated`, on the connections of the users the change concerns,
+//! the requester among them), wakes the waiters, whose replies then go out, and then
+//! queues the push for every other watcher.
 //!
 //! On etcd (`--store etcd`) the batch is one transaction that commits only if the
 //! flight's version is still the one decided on (else the use case decides again on
