@@ -118,32 +118,41 @@ fn the_check_reads_paths_and_skips_comments() {
 }
 
 /// The sibling modules a file of a folder names through `super::` (in a path or in
-/// a `use super::{...}` group), comments left out.
-fn sibling_uses(text: &str, siblings: &[String]) -> Vec<String> {
+/// a `use super::{...}` group), or through `crate::app::`, comments left out. In a
+/// file `depth` folders below them, the siblings are named by `super::` that many
+/// times.
+fn sibling_uses(text: &str, siblings: &[String], depth: usize) -> Vec<String> {
     let mut found = Vec::new();
     let code: String = text
         .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n");
-    for (i, _) in code.match_indices("super::") {
-        let rest = &code[i + "super::".len()..];
-        let names: Vec<&str> = match rest.strip_prefix('{') {
-            Some(group) => {
-                let group = &group[..group.find('}').unwrap_or(group.len())];
-                group
-                    .split(',')
-                    .map(|item| item.trim().split("::").next().unwrap_or(""))
-                    .collect()
+    let up = "super::".repeat(depth);
+    for prefix in [up.as_str(), "crate::app::"] {
+        for (i, _) in code.match_indices(prefix) {
+            // `super::super::x` in a file one folder down is not its `super::x`
+            if code[..i].ends_with("super::") {
+                continue;
             }
-            None => vec![rest
-                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .next()
-                .unwrap_or("")],
-        };
-        for n in names {
-            if siblings.iter().any(|s| s == n) && !found.iter().any(|f| f == n) {
-                found.push(n.to_owned());
+            let rest = &code[i + prefix.len()..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => {
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    group
+                        .split(',')
+                        .map(|item| item.trim().split("::").next().unwrap_or(""))
+                        .collect()
+                }
+                None => vec![rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or("")],
+            };
+            for n in names {
+                if siblings.iter().any(|s| s == n) && !found.iter().any(|f| f == n) {
+                    found.push(n.to_owned());
+                }
             }
         }
     }
@@ -157,24 +166,38 @@ fn the_use_cases_import_each_other_without_circles() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/app");
     let mut files = Vec::new();
     rust_files(&dir, &mut files);
-    let name = |p: &Path| p.file_stem().unwrap().to_string_lossy().into_owned();
-    let siblings: Vec<String> = files
+    // a use case is a file of src/app, or a folder of it (all its files together)
+    let parts = |p: &Path| -> Vec<String> {
+        p.strip_prefix(&dir)
+            .unwrap()
+            .with_extension("")
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect()
+    };
+    let files: Vec<(String, usize, &PathBuf)> = files
         .iter()
-        .map(|f| name(f))
-        .filter(|n| n != "mod")
-        .collect();
-    let edges: Vec<(String, Vec<String>)> = files
-        .iter()
-        .filter(|f| name(f) != "mod")
+        .filter(|f| parts(f) != ["mod"])
         .map(|f| {
-            let own = name(f);
-            let used = sibling_uses(&std::fs::read_to_string(f).unwrap(), &siblings)
-                .into_iter()
-                .filter(|u| *u != own)
-                .collect();
-            (own, used)
+            let parts = parts(f);
+            let depth = parts.len() - usize::from(parts.last().is_some_and(|l| l == "mod"));
+            (parts[0].clone(), depth, f)
         })
         .collect();
+    let mut siblings: Vec<String> = files.iter().map(|(n, _, _)| n.clone()).collect();
+    siblings.sort();
+    siblings.dedup();
+    let mut edges: Vec<(String, Vec<String>)> =
+        siblings.iter().map(|n| (n.clone(), Vec::new())).collect();
+    for (own, depth, f) in &files {
+        let used = sibling_uses(&std::fs::read_to_string(f).unwrap(), &siblings, *depth);
+        let out = &mut edges.iter_mut().find(|(n, _)| n == own).unwrap().1;
+        for u in used {
+            if u != *own && !out.contains(&u) {
+                out.push(u);
+            }
+        }
+    }
     // depth-first search; a node met again while still on the path closes a circle
     fn visit(
         n: &str,
@@ -214,5 +237,10 @@ fn the_circle_check_reads_groups_and_paths() {
     let siblings = ["bookings", "busy", "refunds"].map(String::from);
     let text =
         "use super::{event, busy::Busy, App};\nuse super::refunds::CANCEL;\n// super::bookings";
-    assert_eq!(sibling_uses(text, &siblings), ["busy", "refunds"]);
+    assert_eq!(sibling_uses(text, &siblings, 1), ["busy", "refunds"]);
+    // one folder down: `super::` is the folder's own module
+    let nested =
+        "use super::{busy, App};\nuse super::super::refunds::CANCEL;\nuse crate::app::bookings::X;";
+    let siblings = ["bookings", "busy", "refunds"].map(String::from);
+    assert_eq!(sibling_uses(nested, &siblings, 2), ["refunds", "bookings"]);
 }

@@ -1,0 +1,275 @@
+//! The cancellation of a flight (`admin.flights.cancel`), a durable job in two
+//! stages. First the flight's cancelled state is written and made durable; from then
+//! on nobody can hold or change seats on it. Then every booking that still occupies
+//! seats is processed one by one, each as one version of the flight: a hold is
+//! released; a confirmed booking is marked busy, refunded in full through the gateway
+//! (a refund record with its own unique key, durable before the call: see
+//! `refunds`), and only then are its `refunded` status and the order's refund written
+//! in one batch.
+//!
+//! A crash anywhere leaves a cancelled flight with some bookings still occupying seats;
+//! [`App::resume_cancellations`] finishes those at the next start, and with every
+//! reconciliation round (on a cluster, any node takes over). A gateway refund made
+//! just before a crash is asked for again with its stored key, so it is never paid twice.
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{cancel_reason, occupants};
+use crate::app::busy::Busy;
+use crate::app::{App, AuthSession, Step};
+use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
+use crate::inventory::FlightSeats;
+use crate::protocol::params::CancelFlight;
+use crate::protocol::{wire, ApiError};
+use crate::store::{Batch, RefundReason};
+
+/// How long to wait before looking again at a booking with a payment in flight.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+/// Gateway refund retries back off up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What happened to one booking of a cancelled flight.
+enum Outcome {
+    Released,
+    Refunded,
+    /// Nothing to do (no longer occupies seats, or not this flight's).
+    Skipped,
+    /// A payment operation is in flight; look again shortly.
+    Busy,
+    /// The gateway refund failed; try again later.
+    Failed(String),
+}
+
+impl App {
+    /// `admin.flights.cancel`: makes the flight's cancelled state durable, then
+    /// refunds and releases every booking (see the module docs) and waits for that.
+    pub async fn admin_cancel_flight(
+        self: &Arc<Self>,
+        _s: &AuthSession,
+        p: CancelFlight,
+    ) -> Result<Value, ApiError> {
+        let reason = cancel_reason(&p.reason)?;
+        let fs = self
+            .inventory
+            .get(&p.flight_id)
+            .ok_or(ApiError::NotFound("flight"))?;
+        {
+            let _serial = self.admin.flights.lock().await;
+            let mut flight = fs.flight();
+            flight.cancel(reason, domain::now_ms())?;
+            // no hold, seat change or payment may start while this becomes durable
+            fs.set_closing(true);
+            let written = self
+                .commit(Batch {
+                    flights: vec![flight.clone()],
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = written {
+                fs.set_closing(false);
+                return Err(e.into());
+            }
+            self.flight_record(&fs, flight);
+        }
+        tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
+        let job = self.spawn_cancel_job(fs.clone());
+        let (refunded, released) = job.await?;
+        // the admin's connection, if it watches the flight, has every push before this
+        self.committer.settle_reads().await?;
+        let flight = fs.flight();
+        Ok(json!({
+            "flight": wire::flight(&flight, &fs.available(), domain::now_ms()),
+            "refunded": refunded,
+            "released": released,
+        }))
+    }
+
+    /// Finishes, in the background, the cancellation of every cancelled flight that
+    /// still has bookings occupying seats and no job on this node (a crash, here or
+    /// on another node of a cluster, interrupted it). Called at start, once the seat
+    /// maps are loaded, and then with every reconciliation round.
+    pub(in crate::app) fn resume_cancellations(self: &Arc<Self>) {
+        for fs in self.inventory.all() {
+            if fs.flight().cancelled.is_some()
+                && !self.admin.cancelling.lock().contains(&fs.id)
+                && !occupants(&fs).is_empty()
+            {
+                tracing::info!(flight = %fs.id, "resuming an interrupted flight cancellation");
+                let stop = self.stop.clone();
+                let job = self.spawn_cancel_job(fs);
+                tokio::spawn(async move {
+                    match job.await {
+                        Ok((refunded, released)) => {
+                            tracing::info!(refunded, released, "flight cancellation finished")
+                        }
+                        Err(_) if stop.is_cancelled() => {
+                            tracing::info!("flight cancellation paused by shutdown")
+                        }
+                        Err(e) => tracing::error!(error = %e, "flight cancellation failed"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Runs the booking stage of a flight cancellation as a task of its own, so that
+    /// it finishes even if the requester goes away; shutdown pauses it.
+    fn spawn_cancel_job(
+        self: &Arc<Self>,
+        fs: Arc<FlightSeats>,
+    ) -> impl std::future::Future<Output = Result<(u32, u32), ApiError>> {
+        let app = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.admin.cancelling.lock().insert(fs.id.clone());
+        let task = tokio::spawn(async move {
+            let r = app.finish_cancel(&fs).await;
+            app.admin.cancelling.lock().remove(&fs.id);
+            let _ = tx.send(r);
+        });
+        {
+            // App::stop waits for the job (which stops at its next step)
+            let mut bg = self.background.lock();
+            bg.retain(|t| !t.is_finished());
+            bg.push(task);
+        }
+        async move { rx.await.unwrap_or(Err(ApiError::Internal)) }
+    }
+
+    /// Waits for `fut` unless the server is stopping (then `internal`; the job
+    /// resumes at the next start).
+    async fn unless_stopping<T>(
+        &self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, ApiError> {
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = self.stop.cancelled() => Err(ApiError::Internal),
+        }
+    }
+
+    /// Refunds and releases every booking that occupies a seat on a cancelled flight;
+    /// returns how many were refunded and released.
+    async fn finish_cancel(&self, fs: &Arc<FlightSeats>) -> Result<(u32, u32), ApiError> {
+        let (mut refunded, mut released) = (0u32, 0u32);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let pending = occupants(fs);
+            if pending.is_empty() {
+                return Ok((refunded, released));
+            }
+            let (mut progress, mut wait) = (false, None);
+            for loc in pending {
+                match self.cancel_booking(fs, &loc).await? {
+                    Outcome::Released => {
+                        released += 1;
+                        progress = true;
+                    }
+                    Outcome::Refunded => {
+                        refunded += 1;
+                        progress = true;
+                        backoff = Duration::from_millis(100);
+                    }
+                    Outcome::Skipped => {}
+                    Outcome::Busy => {
+                        wait.get_or_insert(BUSY_RETRY);
+                    }
+                    Outcome::Failed(e) => {
+                        tracing::warn!(locator = %loc, error = %e, "refund failed; retrying");
+                        wait = Some(wait.unwrap_or(backoff).max(backoff));
+                    }
+                }
+            }
+            match wait {
+                Some(d) => {
+                    if d >= backoff {
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    self.unless_stopping(tokio::time::sleep(d)).await?;
+                }
+                None if !progress => {
+                    // the seat map names bookings the store does not: never loop on that
+                    tracing::error!(flight = %fs.id, "seats held by bookings that are not open");
+                    return Ok((refunded, released));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// One booking of a cancelled flight: a hold is released, a confirmed booking is
+    /// refunded in full. Each is one version of the flight.
+    async fn cancel_booking(
+        &self,
+        fs: &Arc<FlightSeats>,
+        loc: &Locator,
+    ) -> Result<Outcome, ApiError> {
+        let reason = fs.flight().cancelled.unwrap_or_default();
+        let step = self.seat_step(fs, None, |w| {
+            let now = domain::now_ms();
+            let Some(mut b) = self.store.booking(loc)? else {
+                return Ok((None, Err(Outcome::Skipped)));
+            };
+            if b.flight_id != fs.id || !b.status.occupies_seats() {
+                return Ok((None, Err(Outcome::Skipped)));
+            }
+            if self.paying(w, loc, &|_| false)? {
+                return Ok((None, Err(Outcome::Busy)));
+            }
+            if let Some(open) = self.store.open_refund(loc.as_str())? {
+                return Ok((None, Ok((Busy::mark(fs, w, loc)?, b, Some(open)))));
+            }
+            if b.status == BookingStatus::Held {
+                b.release(now)?;
+                let detail = json!({ "by": "airline", "reason": reason });
+                let ticket = self.end_hold(fs, w, &b, "cancelled", detail, None)?;
+                Ok((Some(ticket), Err(Outcome::Released)))
+            } else {
+                Ok((None, Ok((Busy::mark(fs, w, loc)?, b, None))))
+            }
+        });
+        // a hold is released at once; a confirmed booking is refunded first
+        let (mark, booking, open) = match self.unless_stopping(step).await?? {
+            Step::Done(Ok(refund)) => refund,
+            Step::Done(Err(outcome)) => return Ok(outcome),
+            Step::Replayed(_) => return Err(ApiError::Internal),
+        };
+        // an earlier refund of the booking (the passenger's, or this job's before a
+        // crash) is finished first; the booking is then looked at again
+        let (refund, again) = match open {
+            Some(r) => {
+                let again = r.reason != RefundReason::FlightCancelled;
+                (r, again)
+            }
+            None => {
+                let order_id = booking.order_id.clone().ok_or(ApiError::Internal)?;
+                let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                // everything still on the booking, in full: the airline cancelled
+                let left = Money::cents(order.amount.amount() - order.refunded.amount())
+                    .unwrap_or_default();
+                let amount = Money::sum(booking.seats.iter().map(|s| s.fare)).min(left);
+                let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
+                let r = self.seat_refund(
+                    &booking,
+                    &order,
+                    seats,
+                    amount,
+                    RefundReason::FlightCancelled,
+                )?;
+                if !self.unless_stopping(self.open_refund(&r)).await?? {
+                    return Ok(Outcome::Busy);
+                }
+                (r, false)
+            }
+        };
+        match self
+            .unless_stopping(self.finish_seat_refund(fs, refund, mark))
+            .await?
+        {
+            Ok(_) if again => Ok(Outcome::Busy),
+            Ok(_) => Ok(Outcome::Refunded),
+            Err(e) => Ok(Outcome::Failed(e.to_string())),
+        }
+    }
+}
