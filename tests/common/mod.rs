@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod faulty;
 pub mod gateway;
+pub mod seat_map;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
