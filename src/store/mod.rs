@@ -5,7 +5,7 @@
 
 pub mod commit;
 #[cfg(feature = "etcd")]
-pub mod etcd_store;
+pub mod etcd;
 pub mod sled_store;
 pub mod snapshot;
 
@@ -19,7 +19,7 @@ use crate::domain::{
 
 pub use commit::Committer;
 #[cfg(feature = "etcd")]
-pub use etcd_store::EtcdStore;
+pub use etcd::EtcdStore;
 pub use sled_store::SledStore;
 
 #[derive(Debug, thiserror::Error)]
