@@ -185,6 +185,19 @@ impl EtcdStore {
         }
     }
 
+    /// Keeps lease `id` alive for one more period: false if it is gone or the
+    /// member did not answer within [`REQUEST_TIMEOUT`].
+    async fn keep_alive(&self, id: i64) -> bool {
+        let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+            let (mut keeper, mut replies) = self.clients[i].lease_client().keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
+        })
+        .await;
+        matches!(alive, Ok(Ok(ttl)) if ttl > 0)
+    }
+
     /// Waits until the mirror has applied `revision`, which must be the revision of
     /// a write under the prefix (its event is on the way).
     async fn applied_to(&self, revision: u64) -> StoreResult<()> {

@@ -5,7 +5,7 @@ use etcd_client::{PutOptions, Txn, TxnOp};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{EtcdStore, LEASE_GONE, REQUEST_TIMEOUT};
+use super::{EtcdStore, LEASE_GONE};
 use crate::domain::FlightId;
 use crate::store::StoreResult;
 
@@ -79,14 +79,7 @@ impl EtcdStore {
         {
             return true;
         }
-        let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
-            let (mut keeper, mut replies) = self.clients[i].lease_client().keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
-        })
-        .await;
-        let kept = matches!(alive, Ok(Ok(ttl)) if ttl > 0);
+        let kept = self.keep_alive(id).await;
         *self.presence_kept.lock() = kept.then(Instant::now);
         kept
     }

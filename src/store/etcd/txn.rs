@@ -6,7 +6,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{EtcdStore, LEASE_GONE, REQUEST_TIMEOUT};
+use super::{EtcdStore, LEASE_GONE};
 use crate::domain::FlightId;
 use crate::store::sled_store::{batch_ops, version_key, Op};
 use crate::store::{Batch, Store, StoreError, StoreResult};
@@ -20,18 +20,8 @@ impl EtcdStore {
     /// Keeps the markers' lease alive, or takes a new one if it is gone.
     pub(super) async fn renew_lease(&self) {
         let id = self.lease.load(Ordering::Relaxed);
-        if id != 0 {
-            let alive = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
-                let (mut keeper, mut replies) =
-                    self.clients[i].lease_client().keep_alive(id).await?;
-                keeper.keep_alive().await?;
-                Ok::<_, etcd_client::Error>(replies.message().await?.map_or(0, |r| r.ttl()))
-            })
-            .await;
-            if matches!(alive, Ok(Ok(ttl)) if ttl > 0) {
-                return;
-            }
+        if id != 0 && self.keep_alive(id).await {
+            return;
         }
         let granted = self
             .retry("lease", |c| async move {
