@@ -15,6 +15,19 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap()
 }
 
+/// A server with an admin logged in.
+async fn admin_server() -> (Server, Client) {
+    let s = Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await;
+    let mut admin = s.client().await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    (s, admin)
+}
+
 async fn create(a: &mut Client, number: &str, from: &str, minutes: i64) -> String {
     let dep = time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes);
     let r = a
@@ -65,14 +78,7 @@ fn economy_left(f: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_board_shows_its_window_and_follows_every_change() {
-    let s = Server::start_with(|c| c.admin_password = Some(ADMIN_PASSWORD.into())).await;
-    let mut admin = s.client().await;
-    admin
-        .ok(
-            "auth.login",
-            json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
-        .await;
+    let (s, mut admin) = admin_server().await;
     let soon = create(&mut admin, "JW8001", "CPH", 120).await;
     let later = create(&mut admin, "JW8002", "CPH", 30 * 60).await;
 
@@ -191,6 +197,43 @@ async fn a_board_shows_its_window_and_follows_every_change() {
             .any(|p| p["method"] == "flight.changed"
                 && p["params"]["flight"]["flight_id"] == newcomer)
     );
+    s.stop().await;
+}
+
+/// The window follows the departure (estimate, else schedule): an earlier estimate
+/// that brings a flight into a board's window reaches the board at once; a flight of
+/// another airport never does.
+#[tokio::test]
+async fn an_estimate_that_brings_a_flight_into_the_window_is_pushed() {
+    let (s, mut admin) = admin_server().await;
+    let outside = create(&mut admin, "JW8011", "BCN", 150).await;
+    let elsewhere = create(&mut admin, "JW8012", "FCO", 30).await;
+    let mut board = s.client().await;
+    let r = board
+        .ok("flights.watch", json!({"airport": "BCN", "hours": 2}))
+        .await;
+    assert!(!ids(&r["flights"]).contains(&outside));
+    let est = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(100));
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": outside, "estimated_departs_at": est, "reason": "earlier slot"}),
+        )
+        .await;
+    let p = changed_of(&mut board, &outside).await;
+    assert_eq!(p["flight"]["status"], "scheduled");
+    assert_eq!(p["reason"], "earlier slot");
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": elsewhere, "status": "boarding"}),
+        )
+        .await;
+    board.ok("flights.airports", json!({})).await;
+    assert!(!board
+        .pushes
+        .iter()
+        .any(|p| p["params"]["flight"]["flight_id"] == elsewhere));
     s.stop().await;
 }
 

@@ -1,8 +1,8 @@
 //! Flight status and times against real servers: `admin.flights.update` (estimates,
 //! boarding, departure; forward only), what each status allows, the automatic
 //! departure by the clock, the `flight.changed` push once per connection to seat-map
-//! subscribers and booking owners, durability across a restart, and the same on the
-//! etcd store across two nodes.
+//! subscribers and booking owners (who get no `booking.updated` for it), durability
+//! across a restart, and the same on the etcd store across two nodes.
 
 mod common;
 
@@ -41,8 +41,12 @@ fn parse(s: &Value) -> time::OffsetDateTime {
 
 /// A new flight LHR-VIE departing `minutes` from now.
 async fn create(a: &mut Client, number: &str, minutes: i64) -> Value {
-    let now = time::OffsetDateTime::now_utc();
-    let dep = now + time::Duration::minutes(minutes);
+    create_in(a, number, time::Duration::minutes(minutes)).await
+}
+
+/// A new flight LHR-VIE departing `after` from now.
+async fn create_in(a: &mut Client, number: &str, after: time::Duration) -> Value {
+    let dep = time::OffsetDateTime::now_utc() + after;
     let r = a
         .ok(
             "admin.flights.create",
@@ -57,6 +61,34 @@ async fn create(a: &mut Client, number: &str, minutes: i64) -> Value {
         )
         .await;
     r["flight"].clone()
+}
+
+/// A server with an admin, and the id of a new flight departing `after` from now.
+async fn with_flight(number: &str, after: time::Duration) -> (Server, Client, String) {
+    let s = admin_server().await;
+    let mut admin = admin_on(&s.url()).await;
+    let flight = create_in(&mut admin, number, after).await;
+    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    (s, admin, id)
+}
+
+/// `admin.flights.update {status}`: the updated flight.
+async fn set_status(admin: &mut Client, id: &str, status: &str) -> Value {
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "status": status}),
+        )
+        .await["flight"]
+        .clone()
+}
+
+/// A new passenger's connection, and `n` free economy seats of the flight.
+async fn passenger(s: &Server, id: &str, n: usize) -> (Client, Vec<String>) {
+    let mut c = s.client().await;
+    c.new_user().await;
+    let seats = free_seats(&mut c, id, "economy", n).await;
+    (c, seats)
 }
 
 fn delayed_by(f: &Value, minutes: i64) -> String {
@@ -87,9 +119,7 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
     assert!(flight.get("estimated_departs_at").is_none());
 
     // an owner of a live booking who also watches the seat map, a watcher, a stranger
-    let mut owner = s.client().await;
-    owner.new_user().await;
-    let seats = free_seats(&mut owner, &id, "economy", 2).await;
+    let (mut owner, seats) = passenger(&s, &id, 2).await;
     let booking = hold(&mut owner, &id, &seats[..1], "h1").await;
     owner.ok("seats.subscribe", json!({"flight_id": id})).await;
     let mut watcher = s.client().await;
@@ -98,6 +128,9 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
         .await;
     let mut stranger = s.client().await;
     stranger.new_user().await;
+    // what the hold pushed is before this round trip's reply
+    owner.ok("flights.airports", json!({})).await;
+    owner.pushes.clear();
 
     // a delay: scheduled -> delayed, the schedule stays, the estimate is added
     let est = delayed_by(&flight, 40);
@@ -120,6 +153,16 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
         assert_eq!(p["reason"], "late inbound aircraft");
     }
     assert!(no_flight_push(&mut stranger).await);
+    // the owner's booking itself did not change: no booking.updated
+    owner.ok("flights.airports", json!({})).await;
+    assert!(
+        !owner
+            .pushes
+            .iter()
+            .any(|p| p["method"] == "booking.updated"),
+        "{:?}",
+        owner.pushes
+    );
 
     // a delayed flight can still be booked and paid
     let second = hold(&mut owner, &id, &seats[1..2], "h2").await;
@@ -144,13 +187,8 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
     }
 
     // boarding closes holds, payments and seat changes
-    let r = admin
-        .ok(
-            "admin.flights.update",
-            json!({"flight_id": id, "status": "boarding"}),
-        )
-        .await;
-    assert_eq!(r["flight"]["status"], "boarding");
+    let f = set_status(&mut admin, &id, "boarding").await;
+    assert_eq!(f["status"], "boarding");
     assert_eq!(changed(&mut watcher).await["flight"]["status"], "boarding");
     let more = free_seats(&mut owner, &id, "economy", 1).await;
     let e = owner
@@ -192,13 +230,8 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
     );
 
     // departed: nothing more, not even a cancellation
-    let r = admin
-        .ok(
-            "admin.flights.update",
-            json!({"flight_id": id, "status": "departed"}),
-        )
-        .await;
-    assert_eq!(r["flight"]["status"], "departed");
+    let f = set_status(&mut admin, &id, "departed").await;
+    assert_eq!(f["status"], "departed");
     assert_eq!(changed(&mut owner).await["flight"]["status"], "boarding");
     assert_eq!(changed(&mut owner).await["flight"]["status"], "departed");
     let e = admin
@@ -240,24 +273,14 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
 
 #[tokio::test]
 async fn a_cancel_is_pushed_with_its_reason_and_works_while_boarding() {
-    let s = admin_server().await;
-    let mut admin = admin_on(&s.url()).await;
-    let flight = create(&mut admin, "JW7002", 24 * 60).await;
-    let id = flight["flight_id"].as_str().unwrap().to_owned();
-    let mut owner = s.client().await;
-    owner.new_user().await;
-    let seats = free_seats(&mut owner, &id, "economy", 1).await;
+    let (s, mut admin, id) = with_flight("JW7002", time::Duration::hours(24)).await;
+    let (mut owner, seats) = passenger(&s, &id, 1).await;
     hold(&mut owner, &id, &seats, "h1").await;
     let mut watcher = s.client().await;
     watcher
         .ok("seats.subscribe", json!({"flight_id": id}))
         .await;
-    admin
-        .ok(
-            "admin.flights.update",
-            json!({"flight_id": id, "status": "boarding"}),
-        )
-        .await;
+    set_status(&mut admin, &id, "boarding").await;
     assert_eq!(changed(&mut owner).await["flight"]["status"], "boarding");
     assert_eq!(changed(&mut watcher).await["flight"]["status"], "boarding");
     let r = admin
@@ -276,12 +299,88 @@ async fn a_cancel_is_pushed_with_its_reason_and_works_while_boarding() {
     s.stop().await;
 }
 
+/// The contract's table for `boarding` and `departed` through the methods themselves:
+/// a boarding flight takes check-ins but no seat changes; a departed one neither.
+#[tokio::test]
+async fn boarding_takes_check_ins_but_not_seat_changes() {
+    // three hours out: check-in is open (it closes 45 minutes before departure)
+    let (s, mut admin, id) = with_flight("JW7005", time::Duration::hours(3)).await;
+    let (mut owner, seats) = passenger(&s, &id, 3).await;
+    let b = hold(&mut owner, &id, &seats[..2], "h1").await;
+    let loc = b["locator"].as_str().unwrap().to_owned();
+    owner
+        .ok(
+            "booking.pay",
+            json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"}),
+        )
+        .await;
+    set_status(&mut admin, &id, "boarding").await;
+    let change = json!({"locator": loc, "from": seats[1], "to": seats[2], "request_id": "s1"});
+    assert_eq!(
+        owner.reason("booking.change_seat", change.clone()).await,
+        "invalid_state"
+    );
+    let r = owner
+        .ok(
+            "booking.check_in",
+            json!({"locator": loc, "seats": [seats[0]], "request_id": "c1"}),
+        )
+        .await;
+    assert_eq!(r["boarding_passes"].as_array().map(Vec::len), Some(1));
+    set_status(&mut admin, &id, "departed").await;
+    assert_eq!(
+        owner
+            .reason(
+                "booking.check_in",
+                json!({"locator": loc, "seats": [seats[1]], "request_id": "c2"}),
+            )
+            .await,
+        "invalid_state"
+    );
+    s.stop().await;
+}
+
+/// A delayed flight whose schedule has passed but whose estimate has not is still
+/// upcoming: listed by `flights.search {}` without a date, bookable, not departed.
+#[tokio::test]
+async fn a_delayed_flight_past_its_schedule_is_still_upcoming() {
+    let now = time::OffsetDateTime::now_utc();
+    let (s, mut admin, id) = with_flight("JW7006", time::Duration::seconds(3)).await;
+    let est = rfc3339(now + time::Duration::hours(2));
+    let r = admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": id, "estimated_departs_at": est}),
+        )
+        .await;
+    assert_eq!(r["flight"]["status"], "delayed");
+    // until the schedule has passed (and a departure tick with it)
+    let passed = now + time::Duration::seconds(9);
+    while time::OffsetDateTime::now_utc() < passed {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut c, seats) = passenger(&s, &id, 1).await;
+    let found = c
+        .ok(
+            "flights.search",
+            json!({"from": "LHR", "to": "VIE", "limit": 100}),
+        )
+        .await;
+    let f = found["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["flight_id"] == id.as_str())
+        .cloned()
+        .expect("the delayed flight is upcoming");
+    assert_eq!(f["status"], "delayed");
+    hold(&mut c, &id, &seats, "h1").await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_flight_whose_time_has_passed_is_marked_departed_and_pushed() {
-    let s = admin_server().await;
-    let mut admin = admin_on(&s.url()).await;
-    let flight = create(&mut admin, "JW7003", 60).await;
-    let id = flight["flight_id"].as_str().unwrap().to_owned();
+    let (s, mut admin, id) = with_flight("JW7003", time::Duration::hours(1)).await;
     let mut watcher = s.client().await;
     watcher
         .ok("seats.subscribe", json!({"flight_id": id}))
@@ -300,9 +399,7 @@ async fn a_flight_whose_time_has_passed_is_marked_departed_and_pushed() {
     let p = changed(&mut watcher).await;
     assert_eq!(p["flight"]["status"], "departed");
     assert!(started.elapsed() < Duration::from_secs(20));
-    let mut c = s.client().await;
-    c.new_user().await;
-    let seats = free_seats(&mut c, &id, "economy", 1).await;
+    let (mut c, seats) = passenger(&s, &id, 1).await;
     let e = c
         .err(
             "booking.hold",

@@ -5,33 +5,14 @@
 
 use serde_json::{json, Value};
 
-use super::bookings::booking_seats;
+use super::bookings::{booking_seats, check_flight};
 use super::busy::busy_error;
 use super::{event, remember_ok, App, AuthSession};
-use crate::domain::checkin::{self, Window};
+use crate::domain::checkin::Window;
+use crate::domain::flight::Operation;
 use crate::domain::{self, Booking, Flight, SeatId};
-use crate::inventory::FlightSeats;
 use crate::protocol::{params, wire, ApiError};
 use crate::store::Batch;
-
-/// The flight, if it takes check-ins in its current status. Call it with the
-/// working map locked (a cancellation in progress counts as cancelled).
-fn check_flight(fs: &FlightSeats, now: domain::Millis) -> Result<Flight, ApiError> {
-    let flight = fs.flight();
-    let status = match flight.status(now) {
-        _ if fs.is_closing() => domain::FlightStatus::Cancelled,
-        s => s,
-    };
-    if checkin::status_allows(status) {
-        Ok(flight)
-    } else {
-        Err(ApiError::InvalidState(format!(
-            "flight {} is {}",
-            flight.number,
-            status.as_str()
-        )))
-    }
-}
 
 fn passes_json(b: &Booking, flight: &Flight, only: Option<&[SeatId]>) -> Vec<Value> {
     b.boarding_passes(flight, only)
@@ -59,7 +40,7 @@ impl App {
                 let loc = booking.locator;
                 let step = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();
-                    let flight = check_flight(&fs, now)?;
+                    let flight = check_flight(&fs, Operation::CheckIn, now)?;
                     let mut b = self
                         .store
                         .booking(&loc)?

@@ -61,7 +61,8 @@ impl App {
             .filter(|(f, _)| to.as_ref().is_none_or(|a| &f.to == a))
             .filter(|(f, _)| match date {
                 Some(d) => domain::date_of(f.departs_at) == d,
-                None => f.departs_at > now,
+                // upcoming: not yet gone, by the estimate if there is one
+                None => f.departure() > now,
             })
             .collect();
         found.sort_by(|a, b| (a.0.departs_at, &a.0.number).cmp(&(b.0.departs_at, &b.0.number)));

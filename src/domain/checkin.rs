@@ -4,14 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    bcbp, BookedSeat, Booking, BookingStatus, DomainError, Flight, FlightStatus, Millis, SeatId,
-};
-
-/// Whether a flight in `status` takes check-ins.
-pub fn status_allows(status: FlightStatus) -> bool {
-    status.allows(super::flight::Operation::CheckIn)
-}
+use super::{bcbp, BookedSeat, Booking, BookingStatus, DomainError, Flight, Millis, SeatId};
 
 /// A passenger's check-in: the flight's check-in sequence number given to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +140,7 @@ impl Booking {
 mod tests {
     use super::*;
     use crate::domain::flight::Fares;
+    use crate::domain::FlightStatus;
     use crate::domain::{Cabin, FlightId, Locator, Money, TicketNumber, UserId};
 
     const H: Millis = 3_600_000;
