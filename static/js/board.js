@@ -101,6 +101,8 @@ client
   .call('flights.airports', {})
   .then((r) => {
     cities = new Map((r.airports || []).map((a) => [a.code, a.city]));
+    // the airport's own zone, also while no flight is on the board
+    zone = (r.airports || []).find((a) => a.code === airport)?.tz || zone;
     render();
   })
   .catch(() => {});

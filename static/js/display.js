@@ -18,10 +18,12 @@ const $ = (id) => document.getElementById(id);
 
 // ---- clock & connection ------------------------------------------------------------
 
+// the local time of the departure airport once the flight is known, UTC until then
 const clock = $('d-clock');
+let clockZone = null;
 const tickClock = () => {
   const now = new Date().toISOString();
-  clock.textContent = `${formatTime(now)} UTC`;
+  clock.textContent = clockZone ? formatLocal(now, clockZone) : `${formatTime(now)} UTC`;
   clock.dateTime = now;
 };
 tickClock();
@@ -45,7 +47,7 @@ async function chooser() {
       'ul',
       { class: 'd-chooser' },
       (r.flights || []).map((f) =>
-        h('li', {}, h('a', { href: `?flight=${encodeURIComponent(f.flight_id)}` }, `${f.number}  ${f.from} → ${f.to}  ${formatLongDate(f.departs_at)} ${formatTime(f.departs_at)}`)),
+        h('li', {}, h('a', { href: `?flight=${encodeURIComponent(f.flight_id)}` }, `${f.number}  ${f.from} → ${f.to}  ${formatLongDate(f.departs_at, f.from_tz)} ${formatLocal(f.departs_at, f.from_tz)}`)),
       ),
     ),
   );
@@ -75,6 +77,8 @@ async function show(id) {
     return;
   }
   const flight = r.flight;
+  clockZone = flight.from_tz || null;
+  tickClock();
   let airports = [];
   try {
     airports = (await client.call('flights.airports', {})).airports || [];
@@ -101,7 +105,7 @@ async function show(id) {
     status.className = `d-status d-status-${st}`;
     status.dataset.value = st;
     status.textContent = st.toUpperCase();
-    when.textContent = `${formatLongDate(f.departs_at)} · ${departureText(f)} · arrives ${formatLocal(f.estimated_arrives_at || f.arrives_at, f.to_tz)}`;
+    when.textContent = `${formatLongDate(f.departs_at, f.from_tz)} · ${departureText(f)} · arrives ${formatLocal(f.estimated_arrives_at || f.arrives_at, f.to_tz)}`;
   };
   showFlight(flight);
   client.on('flight.changed', (p) => {

@@ -14,18 +14,32 @@ export function formatMoney(money) {
   return fmt.format(money.amount / 10 ** digits);
 }
 
-const timeFmt = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', timeZone: 'UTC' });
-const dateFmt = new Intl.DateTimeFormat('en-GB', { weekday: 'short', day: 'numeric', month: 'short', timeZone: 'UTC' });
-const longDateFmt = new Intl.DateTimeFormat('en-GB', { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric', timeZone: 'UTC' });
-const dateTimeFmt = new Intl.DateTimeFormat('en-GB', {
-  day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit', timeZone: 'UTC',
-});
+// One formatter per (options, zone); an unknown zone falls back to UTC.
+const formats = new Map();
+function fmtIn(name, opts, tz) {
+  const key = `${name}|${tz || 'UTC'}`;
+  if (!formats.has(key)) {
+    let fmt;
+    try {
+      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: tz || 'UTC' });
+    } catch {
+      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: 'UTC' });
+    }
+    formats.set(key, fmt);
+  }
+  return formats.get(key);
+}
+const TIME = { hour: '2-digit', minute: '2-digit' };
+const DATE = { weekday: 'short', day: 'numeric', month: 'short' };
+const LONG_DATE = { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' };
+const DATE_TIME = { day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit' };
 
-// Schedule times are shown in UTC (the contract's time zone), labelled as such.
-export const formatTime = (iso) => (iso ? timeFmt.format(new Date(iso)) : '–');
-export const formatDate = (iso) => (iso ? dateFmt.format(new Date(iso)) : '–');
-export const formatLongDate = (iso) => (iso ? longDateFmt.format(new Date(iso)) : '–');
-export const formatDateTime = (iso) => (iso ? `${dateTimeFmt.format(new Date(iso))} UTC` : '–');
+// Times that belong to no airport (hold expiry, orders, history) are shown in UTC,
+// labelled as such; dates of a flight take its airport's zone (`tz`) when given.
+export const formatTime = (iso) => (iso ? fmtIn('time', TIME).format(new Date(iso)) : '–');
+export const formatDate = (iso, tz) => (iso ? fmtIn('date', DATE, tz).format(new Date(iso)) : '–');
+export const formatLongDate = (iso, tz) => (iso ? fmtIn('long', LONG_DATE, tz).format(new Date(iso)) : '–');
+export const formatDateTime = (iso) => (iso ? `${fmtIn('datetime', DATE_TIME).format(new Date(iso))} UTC` : '–');
 
 export function formatDuration(fromIso, toIso) {
   const mins = Math.round((new Date(toIso) - new Date(fromIso)) / 60000);
@@ -60,26 +74,12 @@ export function plural(n, one, many = `${one}s`) {
 // Times on the wire are UTC; each airport's IANA zone (flight.from_tz / to_tz) turns
 // them into the local time shown with its zone's short name, e.g. "08:15 GMT".
 
-const localFmts = new Map();
-function localFmt(tz, zone) {
-  const key = `${tz || 'UTC'}|${zone}`;
-  if (!localFmts.has(key)) {
-    const opts = { hour: '2-digit', minute: '2-digit', ...(zone ? { timeZoneName: 'short' } : {}) };
-    let fmt;
-    try {
-      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: tz || 'UTC' });
-    } catch {
-      fmt = new Intl.DateTimeFormat('en-GB', { ...opts, timeZone: 'UTC' });
-    }
-    localFmts.set(key, fmt);
-  }
-  return localFmts.get(key);
-}
+const ZONED_TIME = { ...TIME, timeZoneName: 'short' };
 
 /** "08:15 GMT": the local time at an airport, with its zone. */
-export const formatLocal = (iso, tz) => (iso ? localFmt(tz, true).format(new Date(iso)) : '–');
+export const formatLocal = (iso, tz) => (iso ? fmtIn('zoned', ZONED_TIME, tz).format(new Date(iso)) : '–');
 /** "08:15": the local time without the zone (boards say the zone once). */
-export const formatLocalShort = (iso, tz) => (iso ? localFmt(tz, false).format(new Date(iso)) : '–');
+export const formatLocalShort = (iso, tz) => (iso ? fmtIn('time', TIME, tz).format(new Date(iso)) : '–');
 
 /** Departure (estimate, else schedule), as ms. */
 export const departureOf = (f) => Date.parse(f.estimated_departs_at || f.departs_at);

@@ -1,15 +1,19 @@
 // Live operations in the browser: the seat-map display and the departures board show
-// an airline delay and a cancellation within 2 s, and the flight page's viewer count
-// follows a second browser opening and closing the flight.
+// an airline delay and a cancellation within 2 s of the admin's call, a passenger with
+// a booking on the flight sees the new time in the app at once (local time, with the
+// zone), and the flight page's viewer count follows a second browser opening and
+// closing the flight.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, launchBrowser, openPage, Api } from './harness.js';
+import { JetwayServer, launchBrowser, openPage, Api, registerViaUi, requestId, liveConn } from './harness.js';
 
 const ADMIN_PASSWORD = 'e2e-admin-pass-42';
 const WITHIN = 2000;
 
 const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+/** What is left of the 2 s since `t0`. */
+const left = (t0) => Math.max(1, WITHIN - (Date.now() - t0));
 
 async function createFlight(admin, number, from, minutes) {
   const dep = Date.now() + minutes * 60000;
@@ -50,33 +54,74 @@ describe('live operations', () => {
     await display.locator('#d-conn[data-state="live"]').waitFor();
     await display.locator('[data-testid="flight-status"][data-value="scheduled"]').waitFor();
     assert.match(await display.locator('[data-testid="when"]').textContent(), /GMT|IST/);
+    // the display counts itself among the flight's viewers, and keeps Dublin's clock
+    await display.locator('[data-testid="viewers"][data-value="1"]').waitFor();
+    assert.match(await display.locator('#d-clock').textContent(), /^\d\d:\d\d (GMT|IST)$/);
 
     const board = await openPage(browser, { viewport: { width: 1920, height: 1080 } });
     await board.goto(`${server.url}/board.html?airport=DUB`);
     await board.locator('#d-conn[data-state="live"]').waitFor();
     const row = (status) => board.locator(`tr[data-flight="${flight.flight_id}"][data-status="${status}"]`);
     await row('scheduled').waitFor();
+    assert.match(await board.locator('#b-zone').textContent(), /Europe\/Dublin/);
 
     // a delay of 45 minutes
     const est = iso(Date.parse(flight.departs_at) + 45 * 60000);
-    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late inbound aircraft' });
     const delayedAt = Date.now();
-    await display.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor({ timeout: WITHIN });
-    await row('delayed').waitFor({ timeout: Math.max(1, WITHIN - (Date.now() - delayedAt)) });
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late inbound aircraft' });
+    await display.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor({ timeout: left(delayedAt) });
+    await row('delayed').waitFor({ timeout: left(delayedAt) });
     assert.match(await row('delayed').locator('[data-testid="remark"]').textContent(), /^DELAYED \d\d:\d\d$/);
     assert.match(await display.locator('[data-testid="when"]').textContent(), /estimated/);
 
     // the airline cancels
-    await admin.call('admin.flights.cancel', { flight_id: flight.flight_id, reason: 'technical fault' });
     const cancelledAt = Date.now();
-    await display.locator('[data-testid="flight-status"][data-value="cancelled"]').waitFor({ timeout: WITHIN });
-    await row('cancelled').waitFor({ timeout: Math.max(1, WITHIN - (Date.now() - cancelledAt)) });
+    await admin.call('admin.flights.cancel', { flight_id: flight.flight_id, reason: 'technical fault' });
+    await display.locator('[data-testid="flight-status"][data-value="cancelled"]').waitFor({ timeout: left(cancelledAt) });
+    await row('cancelled').waitFor({ timeout: left(cancelledAt) });
     assert.equal(await row('cancelled').locator('[data-testid="remark"]').textContent(), 'CANCELLED');
 
     assert.deepEqual(display.consoleErrors(), []);
     assert.deepEqual(board.consoleErrors(), []);
     await display.context().close();
     await board.context().close();
+  });
+
+  it('a booked passenger sees a delay in the app within 2 s, in local time', async () => {
+    const flight = await createFlight(admin, 'JW9104', 'DUB', 8 * 60);
+    const page = await openPage(browser);
+    await registerViaUi(page, server.url);
+    // a hold made for the same user on a connection of its own
+    const passenger = await Api.open(browser, server);
+    passenger.token = await page.evaluate(() => localStorage.getItem('jetway.token'));
+    const { seats } = await passenger.call('flights.get', { flight_id: flight.flight_id });
+    const seat = seats.find((s) => s.status === 'available' && s.cabin === 'economy').seat;
+    const { booking } = await passenger.call('booking.hold', {
+      flight_id: flight.flight_id, seats: [seat], passengers: [{ name: 'Ada Lovelace' }], request_id: requestId('h'),
+    });
+    const zoned = (hhmm) => new RegExp(`${hhmm} (GMT|IST)`);
+    const hhmm = (t) => t.slice(11, 16); // Dublin in winter is on UTC
+
+    await page.goto(`${server.url}/#/booking/${booking.locator}`);
+    await liveConn(page).waitFor();
+    const head = page.locator('.bh-flight');
+    await head.filter({ hasText: zoned(`Departs ${hhmm(flight.departs_at)}`) }).waitFor();
+    assert.doesNotMatch(await head.textContent(), /estimated|UTC/);
+
+    const est = iso(Date.parse(flight.departs_at) + 50 * 60000);
+    const delayedAt = Date.now();
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late crew' });
+    await head.filter({ hasText: zoned(`estimated ${hhmm(est)}`) }).waitFor({ timeout: left(delayedAt) });
+    await page.locator('.toast', { hasText: /is delayed/ }).first().waitFor();
+
+    // the trips list shows the same local times
+    await page.goto(`${server.url}/#/trips`);
+    const card = page.locator(`li[data-locator="${booking.locator}"]`);
+    await card.filter({ hasText: zoned(`estimated ${hhmm(est)}`) }).waitFor();
+    assert.doesNotMatch(await card.locator('.bc-main p.muted').textContent(), /UTC/);
+    assert.deepEqual(page.consoleErrors(), []);
+    await passenger.close();
+    await page.context().close();
   });
 
   it("the flight page's viewer count follows a second browser", async () => {

@@ -141,7 +141,7 @@ export async function bookingView(ctx, el, { locator, signal }) {
             { class: 'bh-flight' },
             h('strong', {}, `${ctx.cityOf(f.from)} (${f.from}) → ${ctx.cityOf(f.to)} (${f.to})`),
             h('br'),
-            `${f.number} · ${formatLongDate(f.departs_at)} · ${departureText(f)}`,
+            `${f.number} · ${formatLongDate(f.departs_at, f.from_tz)} · ${departureText(f)}`,
           )
           : null,
       ),

@@ -3,7 +3,7 @@
 // BCBP string (qrcode-generator, vendored in ../vendor) and their print view.
 
 import { h, toast } from '../ui.js';
-import { formatTime, formatLongDate } from '../format.js';
+import { formatLocal, formatLongDate } from '../format.js';
 import { friendlyError } from './flight.js';
 import qrcode from '../vendor/qrcode-generator.js';
 
@@ -101,7 +101,7 @@ function passCard(ctx, p, booking) {
         field('Booking', booking.locator, 'bp-locator'),
         field('Seat', p.seat, 'bp-seat'),
         field('Sequence', String(p.sequence).padStart(3, '0'), 'bp-sequence'),
-        f.departs_at ? field('Departs', `${formatLongDate(f.departs_at)} · ${formatTime(f.departs_at)} UTC`, 'bp-departs') : null,
+        f.departs_at ? field('Departs', `${formatLongDate(f.departs_at, f.from_tz)} · ${formatLocal(f.departs_at, f.from_tz)}`, 'bp-departs') : null,
       ),
       qrCanvas(p.bcbp, `Boarding pass barcode for ${p.passenger}, seat ${p.seat}`),
     ),

@@ -17,7 +17,7 @@ export function flightSummary(ctx, f, extra = null) {
       h('div', { class: 'fs-mid', 'aria-hidden': 'true' }, h('span', { class: 'plane' }, '✈'), f.arrives_at ? h('span', {}, formatDuration(f.departs_at, f.arrives_at)) : null),
       h('div', { class: 'fs-end' }, h('span', { class: 'fs-time' }, f.arrives_at ? formatLocal(f.arrives_at, f.to_tz) : ''), h('span', { class: 'fs-code' }, f.to), h('span', { class: 'fs-city' }, ctx.cityOf(f.to))),
     ),
-    h('p', { class: 'fs-meta' }, h('strong', {}, f.number), ` · ${formatLongDate(f.departs_at)}`, f.aircraft ? ` · ${f.aircraft}` : '', ' · local times', extra),
+    h('p', { class: 'fs-meta' }, h('strong', {}, f.number), ` · ${formatLongDate(f.departs_at, f.from_tz)}`, f.aircraft ? ` · ${f.aircraft}` : '', ' · local times', extra),
     f.estimated_departs_at || f.estimated_arrives_at
       ? h('p', { class: 'fs-estimate', 'data-testid': 'estimate' }, `${departureText(f)}${f.estimated_arrives_at ? ` · arrives ${formatLocal(f.estimated_arrives_at, f.to_tz)}` : ''}`)
       : null,

@@ -1,5 +1,5 @@
 import { h, clear, statusBadge } from '../ui.js';
-import { formatMoney, formatTime, formatDate, formatDuration, todayIso, cabinName, plural, formatLongDate, formatLocal, isBookable } from '../format.js';
+import { formatMoney, formatDate, formatDuration, todayIso, cabinName, plural, formatLongDate, formatLocal, isBookable } from '../format.js';
 
 const MAX_LIVE = 20;
 
@@ -111,14 +111,14 @@ export async function searchView(ctx, el, { query, signal }) {
           h('div', { class: 'fc-line', 'aria-hidden': 'true' }, h('span', {}, formatDuration(f.departs_at, f.arrives_at)), h('i')),
           h('div', { class: 'fc-end' }, h('strong', { class: 'fc-time' }, formatLocal(f.arrives_at, f.to_tz)), h('span', { class: 'fc-code' }, f.to), h('span', { class: 'fc-city' }, ctx.cityOf(f.to))),
         ),
-        h('p', { class: 'fc-meta' }, h('span', { class: 'fc-number' }, f.number), ` · ${formatDate(f.departs_at)} · ${f.aircraft || ''} · ${formatDuration(f.departs_at, f.arrives_at)}`, f.status === 'scheduled' ? null : [' ', statusBadge(f.status)]),
+        h('p', { class: 'fc-meta' }, h('span', { class: 'fc-number' }, f.number), ` · ${formatDate(f.departs_at, f.from_tz)} · ${f.aircraft || ''} · ${formatDuration(f.departs_at, f.arrives_at)}`, f.status === 'scheduled' ? null : [' ', statusBadge(f.status)]),
       ),
       cabins,
       h(
         'div',
         { class: 'fc-action' },
         bookable
-          ? h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(f.flight_id)}`, 'aria-label': `Choose seats on ${f.number} ${f.from} to ${f.to}, ${formatDate(f.departs_at)} ${formatTime(f.departs_at)}` }, 'Choose seats')
+          ? h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(f.flight_id)}`, 'aria-label': `Choose seats on ${f.number} ${f.from} to ${f.to}, ${formatDate(f.departs_at, f.from_tz)} ${formatLocal(f.departs_at, f.from_tz)}` }, 'Choose seats')
           : h('span', { class: 'muted' }, 'Not bookable'),
       ),
     );

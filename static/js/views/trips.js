@@ -1,5 +1,5 @@
 import { h, clear, statusBadge } from '../ui.js';
-import { formatMoney, formatTime, formatDate, formatDateTime, plural } from '../format.js';
+import { formatMoney, formatTime, formatDate, formatDateTime, plural, departureText } from '../format.js';
 import { cancelBooking } from './booking.js';
 import { canCheckIn, checkInButton } from './checkin.js';
 
@@ -140,7 +140,7 @@ export async function tripsView(ctx, el, { query, signal }) {
         { class: 'bc-main' },
         h('div', { class: 'bc-top' }, h('span', { class: 'bc-locator' }, b.locator), statusBadge(b.status)),
         h('p', { class: 'bc-route' }, f.from ? `${ctx.cityOf(f.from)} → ${ctx.cityOf(f.to)}` : `Flight ${b.flight_id}`),
-        h('p', { class: 'muted small' }, [f.number, f.departs_at ? `${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC` : null, seatSummary(b)].filter(Boolean).join(' · ')),
+        h('p', { class: 'muted small' }, [f.number, f.departs_at ? `${formatDate(f.departs_at, f.from_tz)} · ${departureText(f)}` : null, seatSummary(b)].filter(Boolean).join(' · ')),
         note,
       ),
       h('div', { class: 'bc-side' }, h('span', { class: 'bc-total' }, formatMoney(b.total)), actions),
