@@ -33,6 +33,8 @@ pub struct Outcome {
     pub airport: String,
     pub boards: usize,
     pub flights_in_window: usize,
+    /// Those of them the writers change (scheduled or delayed).
+    pub flights_changed: usize,
     pub seconds: f64,
     pub changes: u64,
     pub changes_per_sec: f64,
@@ -45,6 +47,10 @@ pub struct Outcome {
     pub writer_latency: Summary,
     pub writer_errors: u64,
     pub server_cpu_percent: Option<f64>,
+    /// The server's CPU time over the run divided by the seat changes made: with the
+    /// boards' pushes capped per flight per second, what boards add to it shrinks as
+    /// the rate of changes grows.
+    pub server_cpu_ms_per_change: Option<f64>,
     pub ok: bool,
 }
 
@@ -149,6 +155,9 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         writers.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(per_writer);
             let mut i = 0usize;
+            // the writer's next seat: its flights in turn (a count of its own, as
+            // holds and cancels alternate)
+            let mut next = 0usize;
             let mut held: Option<String> = None;
             while !stop.load(Ordering::Relaxed) && !mine.is_empty() {
                 tick.tick().await;
@@ -159,7 +168,8 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
                             .await
                     }
                     None => {
-                        let (fid, seat) = mine[i % mine.len()].split_once(' ').unwrap_or_default();
+                        let (fid, seat) = mine[next % mine.len()].split_once(' ').unwrap_or_default();
+                        next += 1;
                         let r = c
                             .call(
                                 "booking.hold",
@@ -188,8 +198,8 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     stats::timed(o.duration, "measuring", o.quiet).await;
     stop.store(true, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = match (cpu0, target.cpu_seconds()) {
-        (Some(a), Some(b)) => Some((b - a) / seconds * 100.0),
+    let cpu_used = match (cpu0, target.cpu_seconds()) {
+        (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
     for t in writers.into_iter().chain(readers) {
@@ -203,6 +213,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         airport: o.airport.clone(),
         boards: o.boards,
         flights_in_window: in_window,
+        flights_changed: flights.len(),
         seconds,
         changes,
         changes_per_sec: changes as f64 / seconds,
@@ -211,7 +222,10 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         max_per_flight_second,
         writer_latency: lat.summary(),
         writer_errors: errors.load(Ordering::Relaxed),
-        server_cpu_percent: cpu,
+        server_cpu_percent: cpu_used.map(|c| c / seconds * 100.0),
+        server_cpu_ms_per_change: cpu_used
+            .filter(|_| changes > 0)
+            .map(|c| c * 1000.0 / changes as f64),
         // coalesced: a board gets at most one push per flight of its window per second
         // (plus one each at the start); bursts seen by the client are arrival jitter
         ok: changes > 0 && pushes as f64 <= (o.boards * in_window) as f64 * (seconds + 1.0),

@@ -510,14 +510,15 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             t.stop().await;
             let out = res?;
             let text = format!(
-                "boards ({}): {} boards of {} ({} flights in the window), {:.1} s\n\
+                "boards ({}): {} boards of {} ({} flights in the window, {} changed), {:.1} s\n\
                  seat changes {} ({:.0}/s), writer {}, errors {}\n\
                  pushes to boards {} ({:.2} per board per second), most pushes of one flight to one board in one second {}\n\
-                 server CPU {}\n",
+                 server CPU {} ({} per seat change)\n",
                 out.target,
                 out.boards,
                 out.airport,
                 out.flights_in_window,
+                out.flights_changed,
                 out.seconds,
                 out.changes,
                 out.changes_per_sec,
@@ -528,6 +529,8 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 out.max_per_flight_second,
                 out.server_cpu_percent
                     .map_or("n/a".into(), |c| format!("{c:.0}%")),
+                out.server_cpu_ms_per_change
+                    .map_or("n/a".into(), |c| format!("{c:.2} ms")),
             );
             Report {
                 ok: out.ok,
