@@ -55,6 +55,9 @@ struct Closing {
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
     bytes: usize,
+    /// The batch the writer took last and is writing (frames, bytes): it counts
+    /// against the limits until the writer comes back for more.
+    taken: (usize, usize),
     /// Set once a close was asked for; no frame is queued after.
     closing: Option<Closing>,
     /// The receiver is gone.
@@ -165,7 +168,10 @@ impl Outbox {
         if q.closing.is_some() || q.ended {
             return false;
         }
-        if q.frames.len() >= limits.messages || q.bytes + frame.len() > limits.bytes {
+        let (taken_frames, taken_bytes) = q.taken;
+        if q.frames.len() + taken_frames >= limits.messages
+            || q.bytes + taken_bytes + frame.len() > limits.bytes
+        {
             drop(q);
             self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
             return false;
@@ -244,8 +250,10 @@ impl OutboxReceiver {
     /// [`Outbox::finish`] first), then the close.
     pub fn try_next(&mut self) -> Option<Next> {
         let mut q = self.shared.queue.lock();
+        // the writer is back: the batch it took is written
+        q.taken = (0, 0);
         if !q.frames.is_empty() {
-            q.bytes = 0;
+            q.taken = (q.frames.len(), std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
         q.closing.map(|c| Next::Close(c.code, c.reason))
@@ -406,6 +414,36 @@ mod tests {
         assert!(o.send(FrameKind::Reply, "12345".into()));
         assert!(!o.send(FrameKind::Reply, "1".into()));
         assert!(matches!(rx.next().await, Next::Close(..)));
+    }
+
+    /// Frames handed to the writer used to stop counting at once, so the queue could
+    /// take a second full load while the first was still being written.
+    #[test]
+    fn frames_being_written_count_until_the_writer_is_back() {
+        let limits = QueueLimits {
+            messages: 3,
+            bytes: 10,
+        };
+        let (o, mut rx) = outbox(limits);
+        assert!(o.send(FrameKind::Reply, "123456".into()));
+        assert_eq!(frames(rx.try_next()), ["123456"]);
+        assert!(o.send(FrameKind::Reply, "1234".into()));
+        assert!(
+            !o.send(FrameKind::Reply, "1".into()),
+            "6 bytes being written and 4 queued fill the 10"
+        );
+        let (o, mut rx) = outbox(limits);
+        for f in ["a", "b"] {
+            assert!(o.send(FrameKind::Reply, f.into()));
+        }
+        assert_eq!(frames(rx.try_next()), ["a", "b"]);
+        assert!(o.send(FrameKind::Reply, "c".into()));
+        assert!(!o.send(FrameKind::Reply, "d".into()), "3 messages at most");
+        let (o, mut rx) = outbox(limits);
+        assert!(o.send(FrameKind::Reply, "123456".into()));
+        assert_eq!(frames(rx.try_next()), ["123456"]);
+        assert!(rx.try_next().is_none(), "the writer is back for more");
+        assert!(o.send(FrameKind::Reply, "1234567890".into()));
     }
 
     #[tokio::test]

@@ -876,6 +876,18 @@ async fn holder(url: &str, flight: &str, rid: &str) -> (Client, String, String) 
     (c, token, loc)
 }
 
+/// A client on `url` signed in as the admin.
+async fn admin_on(url: &str, password: &str) -> Client {
+    let mut admin = Client::connect(url).await;
+    admin
+        .ok(
+            "auth.login",
+            json!({"username": "admin", "password": password}),
+        )
+        .await;
+    admin
+}
+
 fn pay_params(loc: &str, rid: &str) -> Value {
     json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": rid})
 }
@@ -1027,13 +1039,7 @@ async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation()
     fake.clear_faults();
 
     // the airline cancels through node A, refunds are slow: A dies mid-job
-    let mut admin = Client::connect(&a.url()).await;
-    admin
-        .ok(
-            "auth.login",
-            json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
-        .await;
+    let mut admin = admin_on(&a.url(), ADMIN_PASSWORD).await;
     fake.set_fault(FaultRule {
         step: Step::Refund,
         fault: Fault::Slow(Duration::from_millis(700)),
@@ -1096,8 +1102,26 @@ async fn another_node_settles_open_payments_and_finishes_a_flight_cancellation()
     };
 
     // node B finishes the cancellation: every booking refunded, every seat released
-    for (c, loc) in paid.iter_mut() {
-        wait_status(c, loc, "refunded", Duration::from_secs(60)).await;
+    // (the booking whose refund node A was making when it died once A's payment mark
+    // on it lapses: five gateway timeouts plus 60 s)
+    // (every client asks each round: a connection silent for a minute is closed)
+    let within = Duration::from_secs(5 + 60) * 2;
+    let deadline = Instant::now() + within;
+    loop {
+        let mut left = Vec::new();
+        for (c, loc) in paid.iter_mut() {
+            let status = status_of(c, loc).await;
+            if status != "refunded" {
+                left.push(format!("{loc}: {status}"));
+            }
+        }
+        status_of(&mut killed, &killed_loc).await;
+        status_of(&mut timed_out, &timed_out_loc).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after {within:?}: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let map = paid[0]
         .0
@@ -1313,8 +1337,75 @@ async fn in_process_node(etcd: &Etcd, prefix: &str, base: &str) -> Server {
         c.stripe_secret_key = Some(FAKE_STRIPE_KEY.1.into());
         c.gateway_timeout = 10;
         c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
     })
     .await
+}
+
+const ADMIN_PASSWORD: &str = "cluster refunds admin";
+
+/// A refund being made through one node holds the booking's payment mark, so an
+/// admin resolving that refund through another node at that moment is refused
+/// (it would record as paid elsewhere a refund the first node is paying at the
+/// gateway), and the money refunded is what was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_in_flight_on_one_node_cannot_be_resolved_through_another() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let a = in_process_node(&etcd, &prefix, &fake.base()).await;
+    let b = in_process_node(&etcd, &prefix, &fake.base()).await;
+    let flights = scheduled_flights(&a.url()).await;
+    let (mut c, token, loc) = holder(&a.url(), &flights[0], "h").await;
+    c.ok("booking.pay", pay_params(&loc, "p")).await;
+    let seat = c.ok("booking.get", json!({"locator": loc})).await["booking"]["seats"][0]["seat"]
+        .as_str()
+        .expect("seat")
+        .to_owned();
+    let mut admin = admin_on(&a.url(), ADMIN_PASSWORD).await;
+    // node B's refund takes 8 s at the gateway
+    fake.set_fault(FaultRule {
+        step: Step::Refund,
+        fault: Fault::Slow(Duration::from_secs(8)),
+        rate: 1.0,
+    });
+    let mut through_b = Client::connect(&b.url()).await;
+    through_b.ok("auth.resume", json!({"token": token})).await;
+    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seat]});
+    let cancelling = tokio::spawn(async move { through_b.call("booking.cancel", cancel).await });
+    eventually(
+        "the refund reaches the gateway",
+        Duration::from_secs(20),
+        || fake.keys().iter().any(|k| k.step == Step::Refund),
+    )
+    .await;
+
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    assert!(id.is_string(), "{open}");
+    let resolve = |outcome: &str| json!({"refund_id": id, "outcome": outcome});
+    for outcome in ["paid_elsewhere", "retry"] {
+        let refused = admin.call("admin.refunds.resolve", resolve(outcome)).await;
+        assert!(
+            busy_refusal(&refused),
+            "{outcome} while node B makes the refund: {refused}"
+        );
+    }
+    let cancelled = cancelling.await.expect("cancel task");
+    assert_eq!(
+        cancelled["result"]["order"]["status"], "partially_refunded",
+        "{cancelled}"
+    );
+    fake.clear_faults();
+    let l = fake.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "{l:?}");
+    let orders = orders_of(std::slice::from_mut(&mut c)).await;
+    assert_eq!(money_mismatches(&orders, &l), Vec::<String>::new());
+    let closed = admin.call("admin.refunds.resolve", resolve("retry")).await;
+    assert_eq!(closed["error"]["data"]["reason"], "not_found", "{closed}");
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A payment continued after the customer's 3-D Secure challenge takes a payment
@@ -1376,23 +1467,32 @@ async fn a_payment_continued_after_a_long_challenge_takes_a_live_mark() {
     s.stop().await;
 }
 
+/// Two store nodes (no Jetway around them) on `etcd`, each following the changes.
+async fn store_nodes(etcd: &Etcd, prefix: &str) -> Vec<std::sync::Arc<jetway::store::EtcdStore>> {
+    use jetway::store::Replicated;
+    let endpoints: Vec<String> = etcd.endpoints().split(',').map(str::to_owned).collect();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let n = jetway::store::EtcdStore::connect(&endpoints, prefix)
+            .await
+            .unwrap();
+        n.follow(Box::new(|_| {})).unwrap();
+        nodes.push(n);
+    }
+    nodes
+}
+
 /// Payment marks change only by compare-and-swap: a mark is taken only if absent
 /// (or still the lapsed one read), and released only while it is still the one the
 /// releaser holds, so two nodes can never both take a booking's lapsed mark and a
 /// node can never release a mark another node took since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
-    use jetway::store::{Batch, EtcdStore, PaymentMark, Replicated, StoreError};
+    use jetway::store::{Batch, PaymentMark, Replicated, StoreError};
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start(1);
     let prefix = prefix();
-    let endpoints: Vec<String> = etcd.endpoints().split(',').map(str::to_owned).collect();
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let n = EtcdStore::connect(&endpoints, &prefix).await.unwrap();
-        n.follow(Box::new(|_| {})).unwrap();
-        nodes.push(n);
-    }
+    let nodes = store_nodes(&etcd, &prefix).await;
     let locator = jetway::domain::Locator::parse("MARKED").unwrap();
     let mark = |attempt: &str, until| PaymentMark {
         locator: locator.clone(),
@@ -1456,6 +1556,92 @@ async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
     ));
     commit(1, take(mark("b3", 5))).await.unwrap();
     assert_eq!(held(0).await.as_deref(), Some("b3"));
+    for n in nodes {
+        n.close();
+    }
+}
+
+/// A refund record an admin decides on, and a waitlist entry a sweep expires, are
+/// written only over the record as read (compare-and-swap): of two admins deciding
+/// one refund at once, or two nodes expiring one closed line, the second fails and
+/// tells nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
+    use jetway::domain::{WaitlistEntry, WaitlistStatus};
+    use jetway::store::{Batch, RefundRecord, Replicated, StoreError};
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let prefix = prefix();
+    let nodes = store_nodes(&etcd, &prefix).await;
+    let commit = |n: usize, batch: Batch| {
+        let n = nodes[n].clone();
+        async move { n.commit(batch, None).await }
+    };
+    let open: RefundRecord = serde_json::from_value(json!({
+        "id": "rf-cas", "user_id": 1, "locator": "REFUND", "payment_ref": "pi",
+        "amount": {"amount": 1, "currency": "EUR"}, "seats": [],
+        "reason": {"kind": "orphan", "attempt_id": "a"}, "done": false,
+        "created_at": 0, "updated_at": 0,
+    }))
+    .unwrap();
+    commit(
+        0,
+        Batch {
+            new_refunds: vec![open.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let decided = |key: &str| {
+        let mut r = open.clone();
+        r.gateway_key = Some(key.into());
+        Batch {
+            refunds_read: vec![open.clone()],
+            refunds: vec![r],
+            ..Default::default()
+        }
+    };
+    commit(0, decided("first")).await.unwrap();
+    assert!(matches!(
+        commit(1, decided("second")).await,
+        Err(StoreError::Conflict)
+    ));
+    nodes[1].settle().await.unwrap();
+    let kept = jetway::store::Store::open_refund(&*nodes[1], "a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.gateway_key.as_deref(), Some("first"));
+
+    let waiting: WaitlistEntry = serde_json::from_value(json!({
+        "id": "wl-cas", "user_id": 1, "flight_id": "JW1-20260101", "cabin": "economy",
+        "passengers": ["Ada"], "status": "waiting", "created_at": 0, "updated_at": 0,
+        "locator": null,
+    }))
+    .unwrap();
+    commit(
+        0,
+        Batch {
+            waitlist: vec![waiting.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let expire = || {
+        let mut e = waiting.clone();
+        e.end(WaitlistStatus::Expired, 1).unwrap();
+        Batch {
+            waitlist_read: vec![waiting.clone()],
+            waitlist: vec![e],
+            ..Default::default()
+        }
+    };
+    commit(0, expire()).await.unwrap();
+    assert!(matches!(
+        commit(1, expire()).await,
+        Err(StoreError::Conflict)
+    ));
     for n in nodes {
         n.close();
     }

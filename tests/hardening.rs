@@ -562,6 +562,40 @@ async fn deep_nesting_and_huge_frames() {
     s.stop().await;
 }
 
+/// A message over the hard 1 MiB limit ends the connection, but only after what was
+/// queued for it and a `too_large` refusal went out (they used to be dropped with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_hard_limit_is_refused_before_the_close() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    let asked = json!({"jsonrpc": "2.0", "id": 7, "method": "flights.airports"});
+    c.send_text(&asked.to_string()).await;
+    let huge = "x".repeat(jetway::server::MAX_MESSAGE + 1);
+    let _ = c.ws.send(Message::text(huge)).await;
+    let mut replies = Vec::new();
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    replies.push(serde_json::from_str::<Value>(t.as_str()).unwrap())
+                }
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?} after {replies:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert_eq!(close, Some(1009));
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0]["id"], 7, "{replies:?}");
+    assert!(replies[0]["result"].is_object(), "{replies:?}");
+    assert_eq!(replies[1]["id"], Value::Null);
+    assert_eq!(replies[1]["error"]["data"]["reason"], "too_large");
+    s.stop().await;
+}
+
 /// The methods of `access`, from the one list.
 fn methods_for(access: &[Access]) -> Vec<&'static str> {
     Method::ALL
@@ -620,6 +654,13 @@ async fn authorization_matrix() {
             assert_eq!(anon.reason(m, p).await, "unauthenticated", "{m}");
         }
     }
+    // card data in place of a payment method: the login is checked first
+    let card = json!({"locator": loc, "payment_method": "4242 4242 4242 4242", "request_id": "c"});
+    assert_eq!(
+        anon.reason("booking.pay", card.clone()).await,
+        "unauthenticated"
+    );
+    assert_eq!(owner.reason("booking.pay", card).await, "invalid_params");
 
     // 2. another passenger: someone else's or guessed locators are always not_found,
     // admin methods are forbidden

@@ -1394,15 +1394,8 @@ const ADMIN_PASSWORD: &str = "payments ops 2026";
 /// on the refund with the admin's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
-    let (f, s) = stripe_server(|c| {
-        c.reconcile_interval = 3600;
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
-    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
     let mut admin = s.client().await;
     admin
         .ok(
@@ -1489,6 +1482,25 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     s.stop().await;
 }
 
+/// For the admin's refund methods: a server on the fake Stripe with the admin
+/// account and no reconciliation round during the test (`tweak` on top), and a user
+/// who paid a two-seat booking: (fake, server, user, seats, booking).
+async fn paid_for_refunds(
+    tweak: impl FnOnce(&mut jetway::Config),
+) -> (FakeStripe, Server, Client, Vec<String>, Value) {
+    let (f, s) = stripe_server(|c| {
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+        tweak(c)
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    c.ok("booking.pay", pay(&b["locator"], "pm_card_visa", "p"))
+        .await;
+    (f, s, c, seats, b)
+}
+
 /// A client signed in as the admin.
 async fn admin_client(s: &Server) -> Client {
     let mut admin = s.client().await;
@@ -1505,16 +1517,8 @@ async fn admin_client(s: &Server) -> Client {
 /// a fresh key: the refund its first key made is found and recorded, not paid again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
-    let (f, s) = stripe_server(|c| {
-        c.gateway_timeout = 1;
-        c.reconcile_interval = 3600;
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
     let loc = &b["locator"];
-    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
     fault(&f, Step::Refund, Fault::LoseReply);
     let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
@@ -1544,6 +1548,54 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
     s.stop().await;
 }
 
+/// Two admins resolving one refund at once (say through two nodes whose marks did
+/// not meet): the second decision is written only over the record it read, so it is
+/// refused, and the first one's resolution and keys are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_refund_changed_meanwhile_is_refused() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 5).await;
+    let loc = &b["locator"];
+    fault(&f, Step::Refund, Fault::Fail);
+    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let mut admin = admin_client(&s).await;
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    // the retry's look-up at the gateway is slow: another decision lands meanwhile
+    fault(&f, Step::ListRefunds, Fault::Slow(Duration::from_secs(2)));
+    let retry = json!({"refund_id": id, "outcome": "retry"});
+    let retrying = tokio::spawn(async move { admin.call("admin.refunds.resolve", retry).await });
+    eventually("the look-up is asked", || async {
+        f.received(Step::ListRefunds) > 0
+    })
+    .await;
+    let mut other = s.app().store.open_refunds().unwrap().remove(0);
+    other.gateway_key = Some("rf-another-admins".into());
+    other.previous_keys.push(other.id.clone());
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            refunds: vec![other.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+    let refused = retrying.await.unwrap();
+    assert_eq!(
+        refused["error"]["data"]["reason"], "invalid_state",
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolved meanwhile"),
+        "{refused}"
+    );
+    let kept = s.app().store.open_refunds().unwrap();
+    assert_eq!(kept, vec![other], "the first decision stands");
+    s.stop().await;
+}
+
 fn store_order(s: &Server, loc: &Value) -> jetway::domain::Order {
     let id = store_booking(s, loc).order_id.unwrap();
     s.app().store.order(&id).unwrap().unwrap()
@@ -1554,15 +1606,8 @@ fn store_order(s: &Server, loc: &Value) -> jetway::domain::Order {
 /// itself: an admin's retry under a fresh key is refused rather than paying twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund() {
-    let (f, s) = stripe_server(|c| {
-        c.reconcile_interval = 3600;
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
-    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
     let pi = f.ledger().intents[0].id.clone();
     reqwest::Client::new()
         .post(format!("{}/v1/refunds", f.base()))
@@ -1593,15 +1638,8 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
 /// but were never made at the gateway: they do not excuse an unrecorded refund there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one() {
-    let (f, s) = stripe_server(|c| {
-        c.reconcile_interval = 3600;
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, seats, b) = booked_user(&mut c, 2, "economy").await;
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
-    c.ok("booking.pay", pay(loc, "pm_card_visa", "p")).await;
     fault(&f, Step::Refund, Fault::Fail);
     let mut admin = admin_client(&s).await;
     let cancel = json!({"locator": loc, "request_id": "c0", "seats": [seats[0]]});

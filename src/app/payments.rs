@@ -35,7 +35,7 @@ use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::{params, wire, ApiError};
 use crate::store::{
     AttemptState, Batch, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundReason,
-    StoreError,
+    RefundRecord, StoreError,
 };
 
 const PAY: &str = "booking.pay";
@@ -317,38 +317,107 @@ impl App {
                 })
                 .await?);
         }
-        let mark = PaymentMark {
-            locator: a.locator.clone(),
-            attempt_id: a.id.clone(),
-            request_id: a.request_id.clone(),
+        let mark = self.new_mark(&a.locator, &a.id, &a.request_id);
+        // a twin of this request through another node: both go on, a second charge
+        // is refunded
+        self.claim_mark(&mark, Some(a), |m| m.request_id == a.request_id)
+            .await?;
+        Ok(())
+    }
+
+    /// A payment mark of `locator` for `attempt_id` (an attempt or a refund), running
+    /// one payment span from now.
+    fn new_mark(
+        &self,
+        locator: &domain::Locator,
+        attempt_id: &str,
+        request_id: &str,
+    ) -> PaymentMark {
+        PaymentMark {
+            locator: locator.clone(),
+            attempt_id: attempt_id.to_owned(),
+            request_id: request_id.to_owned(),
             until: domain::now_ms() + self.payment_span().as_millis() as domain::Millis,
-        };
-        let take = Batch {
-            attempts: vec![a.clone()],
-            new_marks: vec![mark.clone()],
+        }
+    }
+
+    /// Takes `mark` on a cluster, in one write with `attempt` if given: by
+    /// compare-and-swap, so of two nodes only one takes it. `Ok(false)` without taking
+    /// it when the live mark found is one `shares` lets this go on under (the attempt
+    /// is still written); `invalid_state` under any other live mark.
+    async fn claim_mark(
+        &self,
+        mark: &PaymentMark,
+        attempt: Option<&PaymentAttempt>,
+        shares: impl Fn(&PaymentMark) -> bool,
+    ) -> Result<bool, ApiError> {
+        let with = || Batch {
+            attempts: attempt.cloned().into_iter().collect(),
             ..Default::default()
         };
+        let mut take = with();
+        take.new_marks = vec![mark.clone()];
         match self.write_soon(take).await {
             Err(StoreError::Conflict) => {}
-            other => return Ok(other?),
+            other => return Ok(other.map(|()| true)?),
         }
-        let mut take = Batch {
-            attempts: vec![a.clone()],
-            ..Default::default()
-        };
+        let mut take = with();
         let now = domain::now_ms();
-        match self.store.payment_mark(&a.locator)? {
-            // a twin of this request through another node: both go on, a second
-            // charge is refunded
-            Some(m) if m.live(now) && m.request_id == a.request_id => {}
+        match self.store.payment_mark(&mark.locator)? {
+            Some(m) if m.live(now) && shares(&m) => {
+                if attempt.is_some() {
+                    self.write_soon(take).await?;
+                }
+                return Ok(false);
+            }
             Some(m) if m.live(now) => return Err(busy_error()),
-            Some(lapsed) => take.marks = vec![(lapsed, mark)],
-            None => take.new_marks = vec![mark],
+            Some(lapsed) => take.marks = vec![(lapsed, mark.clone())],
+            None => take.new_marks = vec![mark.clone()],
         }
         match self.write_soon(take).await {
             // another node took it first
             Err(StoreError::Conflict) => Err(busy_error()),
-            other => Ok(other?),
+            other => Ok(other.map(|()| true)?),
+        }
+    }
+
+    /// On a cluster, takes the booking's payment mark for making refund `r` at the
+    /// gateway (on one node its busy mark covers it), so that no other node pays,
+    /// refunds or resolves the booking's refund meanwhile: `invalid_state` while one
+    /// does. `covered` tells a live mark this node's request holds already (the pay
+    /// or reconciliation settling the charge refunded): then none is taken. Returns
+    /// the mark taken, for [`Self::release_refund_mark`].
+    pub(super) async fn take_refund_mark(
+        &self,
+        r: &RefundRecord,
+        covered: impl Fn(&PaymentMark) -> bool,
+    ) -> Result<Option<PaymentMark>, ApiError> {
+        if !self.committer.is_replicated() {
+            return Ok(None);
+        }
+        let mark = self.new_mark(&r.locator, &r.id, &r.id);
+        let taken = self.claim_mark(&mark, None, covered).await?;
+        Ok(taken.then_some(mark))
+    }
+
+    /// Releases a mark [`Self::take_refund_mark`] took (one taken anew meanwhile is
+    /// left alone; one not released lapses).
+    pub(super) async fn release_refund_mark(&self, mark: Option<PaymentMark>) {
+        let Some(mark) = mark else {
+            return;
+        };
+        let id = mark.attempt_id.clone();
+        let released = self
+            .write_soon(Batch {
+                unmarks: vec![mark],
+                ..Default::default()
+            })
+            .await;
+        match released {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => {
+                tracing::warn!(attempt = %id, error = %e, "payment mark not released; it lapses")
+            }
         }
     }
 
@@ -383,19 +452,7 @@ impl App {
                 }
                 _ => return,
             };
-            let released = self
-                .write_soon(Batch {
-                    unmarks: vec![mark],
-                    ..Default::default()
-                })
-                .await;
-            match released {
-                // taken anew meanwhile: not ours any more
-                Ok(()) | Err(StoreError::Conflict) => {}
-                Err(e) => {
-                    tracing::warn!(%attempt, error = %e, "payment mark not released; it lapses")
-                }
-            }
+            self.release_refund_mark(Some(mark)).await;
         }
         .boxed()
     }
@@ -586,38 +643,51 @@ impl App {
                 r
             }
         };
-        let made = self.make_refund(&refund).await;
-        drop(busy);
-        if let Err(e) = made {
-            tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
-            return Err(e);
-        }
-        let mut refund = refund;
-        refund.done = true;
-        refund.updated_at = domain::now_ms();
-        let now = domain::now_ms();
-        let err = ApiError::InvalidState(
-            "the booking's hold ended before the payment completed; the charge was refunded".into(),
-        );
-        a.state = AttemptState::Refunded;
-        a.updated_at = now;
-        let refunded = (
-            a.user_id,
-            event(
-                "payment_refunded",
-                Some(&a.locator),
-                now,
-                json!({ "amount": wire::money(a.amount) }),
-            ),
-        );
-        // a twin request through another node may have paid the booking and answered
-        let batch = Batch {
-            events: vec![refunded],
-            attempts: vec![a],
-            refunds: vec![refund],
-            ..Default::default()
+        // made under this request's mark (or its twin's), else under one of its own
+        let covered = |m: &PaymentMark| m.attempt_id == a.id || m.request_id == a.request_id;
+        let mark = self.take_refund_mark(&refund, covered).await?;
+        let ended = async {
+            let err = ApiError::InvalidState(
+                "the booking's hold ended before the payment completed; the charge was refunded"
+                    .into(),
+            );
+            // the record as it is now, under the mark: another node may have closed it
+            let Some(mut refund) = self.store.open_refund(&a.id)?.filter(|r| r.id == refund.id)
+            else {
+                return Err(err);
+            };
+            let made = self.make_refund(&refund).await;
+            drop(busy);
+            if let Err(e) = made {
+                tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
+                return Err(e);
+            }
+            let now = domain::now_ms();
+            refund.done = true;
+            refund.updated_at = now;
+            a.state = AttemptState::Refunded;
+            a.updated_at = now;
+            let refunded = (
+                a.user_id,
+                event(
+                    "payment_refunded",
+                    Some(&a.locator),
+                    now,
+                    json!({ "amount": wire::money(a.amount) }),
+                ),
+            );
+            // a twin request through another node may have paid the booking and answered
+            let batch = Batch {
+                events: vec![refunded],
+                attempts: vec![a.clone()],
+                refunds: vec![refund],
+                ..Default::default()
+            };
+            self.end_with_error(key, batch, None, err).await
         };
-        self.end_with_error(key, batch, None, err).await
+        let ended = ended.await;
+        self.release_refund_mark(mark).await;
+        ended
     }
 
     /// Refuses to move money once a sync has failed: the store's memory may then hold

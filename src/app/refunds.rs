@@ -174,34 +174,47 @@ impl App {
 
     /// Makes an open seat refund at the gateway, then records it on the booking and
     /// order and frees its seats, in one version of the flight, closing it. Returns
-    /// the booking and order (`booking.cancel`'s answer). `busy` marks the booking.
+    /// the booking and order (`booking.cancel`'s answer). `busy` marks the booking on
+    /// this node; on a cluster the booking's payment mark is taken for it too
+    /// (`invalid_state` while another node pays, refunds or resolves it).
     pub(super) async fn finish_seat_refund(
         &self,
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
     ) -> Result<Value, ApiError> {
-        let made = match self.check_still_open(&r)? {
-            true => self.make_refund(&r).await,
-            false => Ok(()),
+        let mark = self.take_refund_mark(&r, |_| false).await?;
+        let finished = async {
+            // the record as it is now, under the mark (an admin may have given it a key)
+            let (r, made) = match self.check_still_open(&r)? {
+                Some(now) => {
+                    let made = self.make_refund(&now).await;
+                    (now, made)
+                }
+                None => (r, Ok(())),
+            };
+            if let Err(e) = made {
+                tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
+                return Err(e);
+            }
+            self.record_seat_refund(fs, r, busy, None).await
         };
-        if let Err(e) = made {
-            tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
-            return Err(e);
-        }
-        self.record_seat_refund(fs, r, busy, false).await
+        let finished = finished.await;
+        self.release_refund_mark(mark).await;
+        finished
     }
 
     /// Records an open seat refund made (at the gateway, or by other means an admin
     /// vouched for) on the booking and order and frees its seats, in one version of
     /// the flight, closing it. One recorded already (through another node) answers
-    /// as recorded, unless an admin is `resolving` it: then `invalid_state`.
+    /// as recorded, unless an admin is resolving it (`resolving`: the record as the
+    /// admin decided on it): then, or if the record changed since, `invalid_state`.
     async fn record_seat_refund(
         &self,
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
-        resolving: bool,
+        resolving: Option<RefundRecord>,
     ) -> Result<Value, ApiError> {
         let key = r.request_key();
         let done = self.seat_step(fs, key.as_ref(), |w| {
@@ -209,10 +222,13 @@ impl App {
             let mut b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
             let order_id = b.order_id.clone().ok_or(ApiError::Internal)?;
             let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
-            if self.store.open_refund(r.subject())?.map(|o| o.id) != Some(r.id.clone()) {
-                if resolving {
-                    return Err(closed_meanwhile());
+            let open = self.store.open_refund(r.subject())?;
+            if let Some(read) = &resolving {
+                if open.as_ref() != Some(read) {
+                    return Err(decided_meanwhile());
                 }
+            }
+            if open.map(|o| o.id) != Some(r.id.clone()) {
                 // recorded already (through another node)
                 let result =
                     json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
@@ -242,6 +258,7 @@ impl App {
                     .into_iter()
                     .collect(),
                 refunds: vec![closed],
+                refunds_read: resolving.iter().cloned().collect(),
                 ..Default::default()
             };
             let updates = w.release(&r.locator, r.seats.iter().copied());
@@ -255,18 +272,21 @@ impl App {
         }
     }
 
-    /// Whether `r` is still to be made (`false`: recorded already, from a stale list
-    /// of open refunds); refuses to make an open refund of seats its booking no
-    /// longer holds (a quote that raced a seat change): it would pay back, and free,
-    /// someone else's seat.
-    fn check_still_open(&self, r: &RefundRecord) -> Result<bool, ApiError> {
-        let open = self.store.open_refund(r.subject())?;
-        if open.is_none_or(|o| o.id != r.id) {
-            return Ok(false);
-        }
+    /// The record of `r` as it is now if it is still to be made (`None`: recorded
+    /// already, from a stale list of open refunds); refuses to make an open refund of
+    /// seats its booking no longer holds (a quote that raced a seat change): it would
+    /// pay back, and free, someone else's seat.
+    fn check_still_open(&self, r: &RefundRecord) -> Result<Option<RefundRecord>, ApiError> {
+        let Some(open) = self
+            .store
+            .open_refund(r.subject())?
+            .filter(|o| o.id == r.id)
+        else {
+            return Ok(None);
+        };
         let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
         if r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s)) {
-            return Ok(true);
+            return Ok(Some(open));
         }
         tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");
         Err(ApiError::InvalidState(
@@ -388,7 +408,7 @@ impl App {
             .to_string();
         let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
         let fs = self.flight_seats(&b.flight_id)?;
-        // nobody else finishes it meanwhile, on this node or another
+        // nobody else finishes or decides it meanwhile, on this node or another
         let busy = {
             let mut w = fs.working();
             if self.paying(&w, &r.locator, &|_| false)? {
@@ -396,65 +416,76 @@ impl App {
             }
             Busy::mark(&fs, &mut w, &r.locator)?
         };
-        // decided on the record as it is now: a copy read before the guard may lack a
-        // key another resolve added meanwhile, and a retry from it would forget that key
-        let mut r = self
-            .store
-            .open_refunds()?
-            .into_iter()
-            .find(|x| x.id == r.id)
-            .ok_or_else(closed_meanwhile)?;
-        let now = domain::now_ms();
-        r.resolutions.push(RefundResolution {
-            by: by.clone(),
-            outcome: p.outcome.as_str().into(),
-            at: now,
-        });
-        r.updated_at = now;
-        tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
-        match (p.outcome, &r.reason) {
-            (RefundOutcome::Retry, _) => {
-                self.check_no_unknown_refunds(&r).await?;
-                r.previous_keys.push(r.key().to_owned());
-                r.gateway_key = Some(super::unique_id("rf"));
-                let batch = Batch {
-                    refunds: vec![r.clone()],
-                    ..Default::default()
-                };
-                match self.commit(batch).await {
-                    Err(StoreError::Conflict) => return Err(closed_meanwhile()),
-                    other => other?,
+        let mark = self.take_refund_mark(&r, |_| false).await?;
+        let resolved = async {
+            // decided on the record as it is now: a copy read before the guard may lack
+            // a key another resolve added meanwhile, and a retry from it would forget it;
+            // written only over that record (compare-and-swap), so of two admins
+            // deciding at once the second is refused
+            let read = self
+                .store
+                .open_refund(r.subject())?
+                .filter(|x| x.id == r.id)
+                .ok_or_else(decided_meanwhile)?;
+            let mut r = read.clone();
+            let now = domain::now_ms();
+            r.resolutions.push(RefundResolution {
+                by: by.clone(),
+                outcome: p.outcome.as_str().into(),
+                at: now,
+            });
+            r.updated_at = now;
+            tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
+            match (p.outcome, &r.reason) {
+                (RefundOutcome::Retry, _) => {
+                    self.check_no_unknown_refunds(&r).await?;
+                    r.previous_keys.push(r.key().to_owned());
+                    r.gateway_key = Some(super::unique_id("rf"));
+                    let batch = Batch {
+                        refunds: vec![r.clone()],
+                        refunds_read: vec![read],
+                        ..Default::default()
+                    };
+                    match self.commit(batch).await {
+                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
+                        other => other?,
+                    }
+                    self.refund_failures.remove(&r.id);
                 }
-                self.refund_failures.remove(&r.id);
-            }
-            (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
-                let mut a = self.store.attempt(attempt_id)?.ok_or(ApiError::Internal)?;
-                a.state = AttemptState::Refunded;
-                a.updated_at = now;
-                r.done = true;
-                let refunded = event(
-                    "payment_refunded",
-                    Some(&r.locator),
-                    now,
-                    json!({ "amount": wire::money(r.amount) }),
-                );
-                let closed = self.commit(Batch {
-                    events: vec![(a.user_id, refunded)],
-                    attempts: vec![a],
-                    refunds: vec![r.clone()],
-                    ..Default::default()
-                });
-                match closed.await {
-                    Err(StoreError::Conflict) => return Err(closed_meanwhile()),
-                    other => other?,
+                (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
+                    let mut a = self.store.attempt(attempt_id)?.ok_or(ApiError::Internal)?;
+                    a.state = AttemptState::Refunded;
+                    a.updated_at = now;
+                    r.done = true;
+                    let refunded = event(
+                        "payment_refunded",
+                        Some(&r.locator),
+                        now,
+                        json!({ "amount": wire::money(r.amount) }),
+                    );
+                    let closed = self.commit(Batch {
+                        events: vec![(a.user_id, refunded)],
+                        attempts: vec![a],
+                        refunds: vec![r.clone()],
+                        refunds_read: vec![read],
+                        ..Default::default()
+                    });
+                    match closed.await {
+                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
+                        other => other?,
+                    }
+                }
+                (RefundOutcome::PaidElsewhere, _) => {
+                    self.record_seat_refund(&fs, r.clone(), busy, Some(read))
+                        .await?;
+                    r.done = true;
                 }
             }
-            (RefundOutcome::PaidElsewhere, _) => {
-                self.record_seat_refund(&fs, r.clone(), busy, true).await?;
-                r.done = true;
-            }
-        }
-        Ok(json!({ "refund": self.refund_json(&r) }))
+            Ok(json!({ "refund": self.refund_json(&r) }))
+        };
+        let resolved = resolved.await;
+        self.release_refund_mark(mark).await;
+        resolved
     }
 
     /// Refuses a retry under a fresh key while the gateway holds a refund of the
@@ -484,8 +515,13 @@ impl App {
     }
 }
 
-fn closed_meanwhile() -> ApiError {
-    ApiError::InvalidState("the refund was closed meanwhile".into())
+/// An admin decided on a refund record that was closed (made, or resolved) or
+/// decided by another admin since.
+fn decided_meanwhile() -> ApiError {
+    ApiError::InvalidState(
+        "the refund was closed or resolved meanwhile (by another admin, or made); list the open refunds again"
+            .into(),
+    )
 }
 
 #[cfg(test)]

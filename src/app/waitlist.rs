@@ -93,6 +93,7 @@ impl App {
         }
         let now = domain::now_ms();
         let before = waitlist::positions(&stored);
+        let read = stored.clone();
         let mut entries = stored;
         let mut changed: HashSet<String> = HashSet::new();
         // entries the batch writes already (a leave) are taken as the batch has them
@@ -214,6 +215,11 @@ impl App {
             .into_iter()
             .filter(|e| changed.contains(&e.id))
             .collect();
+        // written only over the entries as read: two nodes expiring one closed line
+        // at once cannot both expire an entry and tell its owner
+        batch
+            .waitlist_read
+            .extend(read.into_iter().filter(|e| changed.contains(&e.id)));
         served.holds = offered.into_iter().map(|(_, b)| b).collect();
         Ok(served)
     }

@@ -25,6 +25,8 @@ use crate::protocol::{envelope, parse_request, ApiError};
 
 /// Largest request frame handled; larger ones get `too_large`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The close code for a message over the WebSocket layer's hard size limit.
+const CLOSE_TOO_BIG: u16 = 1009;
 /// How long writing one batch to a client may take before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -234,6 +236,16 @@ fn received(
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Received::Nothing,
         Some(Ok(Message::Close(_))) | None => Received::Gone,
+        // over the hard limit: the rest of the frame is never read, but what is
+        // queued and the refusal still go out before the close
+        Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+            tracing::debug!(error = %e, "websocket message over the hard limit");
+            reply_error(
+                serde_json::Value::Null,
+                ApiError::TooLarge(MAX_REQUEST_BYTES),
+            );
+            Received::End(CLOSE_TOO_BIG, "message too big")
+        }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "websocket read failed");
             Received::Gone

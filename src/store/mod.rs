@@ -306,6 +306,9 @@ pub struct Batch {
     /// Refunds to overwrite, closing them when `done`: written only while each is its
     /// subject's open refund (conflict otherwise: it was closed meanwhile).
     pub refunds: Vec<RefundRecord>,
+    /// Refund records as read before `refunds` changes them: conflict unless each is
+    /// still stored exactly so (another admin's decision came first).
+    pub refunds_read: Vec<RefundRecord>,
     /// Payment marks to take; conflict if the booking has one.
     pub new_marks: Vec<PaymentMark>,
     /// Payment marks that lapsed, each with the mark that replaces it: conflict
@@ -317,6 +320,10 @@ pub struct Batch {
     pub webhook_events: Vec<String>,
     /// Waitlist entries to write (new or changed).
     pub waitlist: Vec<WaitlistEntry>,
+    /// Waitlist entries as read before `waitlist` changes them: conflict unless each
+    /// is still stored exactly so (another node changed it first, say expiring a
+    /// closed line: only one node expires an entry and tells its owner).
+    pub waitlist_read: Vec<WaitlistEntry>,
     /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
     pub seat_feed: Option<SeatFeed>,
 }

@@ -429,6 +429,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             ));
         }
     }
+    for r in &batch.refunds_read {
+        ops.push(Op::Expect(key(REFUND, &[r.id.as_bytes()]), encode(r)?));
+    }
     for (r, new) in batch
         .new_refunds
         .iter()
@@ -462,6 +465,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
+    }
+    for e in &batch.waitlist_read {
+        ops.push(Op::Expect(key(WAITLIST, &[e.id.as_bytes()]), encode(e)?));
     }
     for e in &batch.waitlist {
         waitlist_ops(&mut ops, e)?;

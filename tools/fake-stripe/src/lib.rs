@@ -80,6 +80,8 @@ pub enum Step {
     Retrieve,
     Cancel,
     Refund,
+    /// Listing a PaymentIntent's refunds (`GET /v1/refunds`, no key).
+    ListRefunds,
 }
 
 impl std::str::FromStr for Step {
@@ -250,6 +252,8 @@ struct Inner {
     locked: std::collections::HashSet<String>,
     keys: HashMap<String, Remembered>,
     key_log: Vec<KeyUse>,
+    /// Requests received per step, keyed or not.
+    received: HashMap<Step, usize>,
     faults: Vec<FaultRule>,
 }
 
@@ -321,6 +325,17 @@ impl FakeStripe {
     /// Every idempotency key received, in order (retries included).
     pub fn keys(&self) -> Vec<KeyUse> {
         self.shared.0.lock().key_log.clone()
+    }
+
+    /// How many requests of `step` were received so far (before any fault acts).
+    pub fn received(&self, step: Step) -> usize {
+        self.shared
+            .0
+            .lock()
+            .received
+            .get(&step)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The customer completes (`approve`) or fails the authentication of a
@@ -719,6 +734,7 @@ async fn serve(
         .get("idempotency-key")
         .and_then(|k| k.to_str().ok())
         .map(str::to_owned);
+    *s.0.lock().received.entry(step).or_default() += 1;
     if let Some(k) = &key {
         s.0.lock().key_log.push(KeyUse {
             step,
@@ -756,6 +772,7 @@ async fn serve(
             Step::Retrieve => s.retrieve(&params["id"]),
             Step::Cancel => s.cancel(&params["id"]),
             Step::Refund => s.refund(&params, key.as_deref()),
+            Step::ListRefunds => s.list_refunds(&params).into(),
             Step::Confirm => {
                 let id = &params["id"];
                 match s.begin_confirm(id) {
@@ -823,30 +840,40 @@ async fn act(
 /// `GET /v1/refunds?payment_intent=ID&limit=N&starting_after=REFUND`, newest first.
 async fn list_refunds(
     State(s): State<Shared>,
+    h: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Response {
-    let intent = q.get("payment_intent").cloned().unwrap_or_default();
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(10)
-        .clamp(1, 100);
-    let Some(mut refunds) = s.with_intent(&intent, |i, _| i.refunds.clone()) else {
-        let (st, body) = Shared::missing(&intent);
-        return (st, Json(body)).into_response();
-    };
-    refunds.reverse();
-    if let Some(after) = q.get("starting_after") {
-        let at = refunds.iter().position(|r| &r.id == after);
-        refunds.drain(..at.map_or(refunds.len(), |a| a + 1));
+    serve(s, Step::ListRefunds, &h, q).await
+}
+
+impl Shared {
+    /// A PaymentIntent's refunds, newest first, a page of them.
+    fn list_refunds(&self, q: &BTreeMap<String, String>) -> Reply {
+        let intent = q.get("payment_intent").cloned().unwrap_or_default();
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(10)
+            .clamp(1, 100);
+        let Some(mut refunds) = self.with_intent(&intent, |i, _| i.refunds.clone()) else {
+            return Shared::missing(&intent);
+        };
+        refunds.reverse();
+        if let Some(after) = q.get("starting_after") {
+            let at = refunds.iter().position(|r| &r.id == after);
+            refunds.drain(..at.map_or(refunds.len(), |a| a + 1));
+        }
+        let has_more = refunds.len() > limit;
+        let data: Vec<Value> = refunds
+            .iter()
+            .take(limit)
+            .map(|r| refund_json(r, &intent))
+            .collect();
+        (
+            StatusCode::OK,
+            json!({"object": "list", "data": data, "has_more": has_more}),
+        )
     }
-    let has_more = refunds.len() > limit;
-    let data: Vec<Value> = refunds
-        .iter()
-        .take(limit)
-        .map(|r| refund_json(r, &intent))
-        .collect();
-    Json(json!({"object": "list", "data": data, "has_more": has_more})).into_response()
 }
 
 async fn refund(State(s): State<Shared>, h: HeaderMap, f: Form) -> Response {
