@@ -265,3 +265,74 @@ async fn watches_are_limited_and_checked() {
     }
     s.stop().await;
 }
+
+/// Paying for a hold and checking in change seats but not how many are left: boards
+/// get nothing for them. The marker: a hold on a second flight of the board, made
+/// after both, is pushed no earlier than a push of theirs would have been (the first
+/// tick after a seat change pushes every flight not pushed within the last second).
+#[tokio::test]
+async fn a_seat_change_that_leaves_availability_as_it_was_is_not_pushed_to_boards() {
+    let (s, mut admin) = admin_server().await;
+    let quiet = create(&mut admin, "JW8021", "MAD", 120).await;
+    let marker = create(&mut admin, "JW8022", "MAD", 150).await;
+    let mut buyer = s.client().await;
+    buyer.new_user().await;
+    let seats = free_seats(&mut buyer, &quiet, "economy", 2).await;
+    let held = hold(&mut buyer, &quiet, &seats[..1], "h1").await;
+    let loc = held["locator"].as_str().unwrap().to_owned();
+
+    let mut board = s.client().await;
+    let r = board.ok("flights.watch", json!({"airport": "MAD"})).await;
+    let shown = ids(&r["flights"]);
+    assert!(
+        shown.contains(&quiet) && shown.contains(&marker),
+        "{shown:?}"
+    );
+
+    let paid = buyer
+        .ok(
+            "booking.pay",
+            json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"}),
+        )
+        .await;
+    assert_eq!(paid["booking"]["status"], "confirmed");
+    buyer
+        .ok(
+            "booking.check_in",
+            json!({"locator": loc, "request_id": "c1"}),
+        )
+        .await;
+    let marker_seats = free_seats(&mut buyer, &marker, "economy", 1).await;
+    hold(&mut buyer, &marker, &marker_seats, "h2").await;
+
+    let p = loop {
+        let p = board.push("flight.changed").await;
+        assert_ne!(
+            p["flight"]["flight_id"], quiet,
+            "a board push for a pay or a check-in"
+        );
+        if p["flight"]["flight_id"] == marker {
+            break p;
+        }
+    };
+    assert_eq!(p["flight"]["status"], "scheduled");
+    board.ok("flights.airports", json!({})).await;
+    assert!(
+        !board.pushes.iter().any(|p| p["method"] == "flight.changed"
+            && p["params"]["flight"]["flight_id"] == quiet),
+        "a board push for a pay or a check-in"
+    );
+
+    // a change of what is left still reaches the board
+    hold(&mut buyer, &quiet, &seats[1..], "h3").await;
+    let before = r["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["flight_id"] == quiet)
+        .map(economy_left)
+        .unwrap();
+    let p = changed_of(&mut board, &quiet).await;
+    assert_eq!(economy_left(&p["flight"]), before - 1);
+    s.stop().await;
+}

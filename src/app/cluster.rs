@@ -78,8 +78,9 @@ impl App {
         for c in changes {
             if let Change::Seats(feed) = c {
                 if let Some(fs) = self.inventory.get(feed.flight.as_str()) {
-                    fs.apply_committed(feed.version, updates(feed));
-                    self.boards.seats_changed(&fs.id);
+                    if fs.apply_committed(feed.version, updates(feed)) {
+                        self.boards.seats_changed(&fs.id);
+                    }
                 }
             }
         }

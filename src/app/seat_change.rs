@@ -57,7 +57,9 @@ impl App {
         let waitlist = self.served_action(served);
         Box::new(move || {
             let others = fs.publish_first(&change, &users.connection_ids(concerned));
-            boards.seats_changed(&fs.id);
+            if change.availability_changed {
+                boards.seats_changed(&fs.id);
+            }
             users.push(owner, &frame);
             waitlist();
             others.then(|| Box::new(move || fs.deliver(change.version)) as Later)

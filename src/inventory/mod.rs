@@ -86,9 +86,12 @@ impl Working {
     /// Applies seat updates as the next version, returning the public change.
     pub fn apply(&mut self, updates: Vec<(usize, Option<Occupant>)>) -> SeatChange {
         self.version += 1;
+        let mut freed = [0i64; Cabin::ALL.len()];
         let seats = updates
             .into_iter()
             .map(|(i, occ)| {
+                let cabin = self.aircraft.seats()[i].cabin as usize;
+                freed[cabin] += i64::from(occ.is_none()) - i64::from(self.seats[i].is_none());
                 let status = Occupant::status(&occ);
                 self.seats[i] = occ;
                 (i, status)
@@ -97,6 +100,7 @@ impl Working {
         SeatChange {
             version: self.version,
             seats,
+            availability_changed: freed.iter().any(|&n| n != 0),
         }
     }
 }
@@ -106,6 +110,9 @@ impl Working {
 pub struct SeatChange {
     pub version: u64,
     pub seats: Vec<(usize, SeatStatus)>,
+    /// Whether a cabin's count of available seats changed (not so when a hold is
+    /// paid, a passenger checks in or moves within a cabin).
+    pub availability_changed: bool,
 }
 
 /// A published change, kept for replay: the `Change` of the contract, encoded once.
@@ -381,11 +388,12 @@ impl FlightSeats {
 
     /// Applies a committed change of the replicated change feed, in version order:
     /// to the working map, then published. Versions already applied are ignored.
-    pub fn apply_committed(&self, version: u64, updates: Vec<(usize, Option<Occupant>)>) {
+    /// Returns whether it changed the flight's seats available.
+    pub fn apply_committed(&self, version: u64, updates: Vec<(usize, Option<Occupant>)>) -> bool {
         let change = {
             let mut w = self.working.lock();
             if version <= w.version {
-                return;
+                return false;
             }
             if version != w.version + 1 {
                 tracing::error!(flight = %self.id, have = w.version, got = version, "gap in the change feed");
@@ -398,6 +406,7 @@ impl FlightSeats {
             w.apply(updates)
         };
         self.publish(&change);
+        change.availability_changed
     }
 
     /// Publishes a durable change to every watcher at once.
@@ -682,6 +691,37 @@ mod tests {
         assert_eq!(versions(&mut rx), [1, 2]);
     }
 
+    #[test]
+    fn a_change_alters_availability_only_if_a_cabin_count_moves() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let mut w = fs.working();
+        let economy = w
+            .aircraft
+            .seats()
+            .iter()
+            .position(|s| s.cabin == Cabin::Economy)
+            .unwrap();
+        let booked = |o: Option<Occupant>| o.map(|o| Occupant { booked: true, ..o });
+        assert!(w.apply(vec![(0, occ("AAAAAA"))]).availability_changed);
+        // paid, checked in (no seat), moved within the cabin
+        assert!(
+            !w.apply(vec![(0, booked(occ("AAAAAA")))])
+                .availability_changed
+        );
+        assert!(!w.apply(Vec::new()).availability_changed);
+        assert!(
+            !w.apply(vec![(0, None), (1, booked(occ("AAAAAA")))])
+                .availability_changed
+        );
+        // moved to another cabin: one more left in business, one fewer in economy
+        assert!(
+            w.apply(vec![(1, None), (economy, booked(occ("AAAAAA")))])
+                .availability_changed
+        );
+        assert!(w.apply(vec![(economy, None)]).availability_changed);
+    }
+
     /// The versions of the pushes queued on a connection since the last look.
     fn versions(rx: &mut crate::fanout::OutboxReceiver) -> Vec<u64> {
         let mut versions = Vec::new();
@@ -698,6 +738,7 @@ mod tests {
         SeatChange {
             version,
             seats: vec![(seat, SeatStatus::Held)],
+            availability_changed: true,
         }
     }
 
