@@ -1,8 +1,9 @@
 // Live operations in the browser: the seat-map display and the departures board show
 // an airline delay and a cancellation within 2 s of the admin's call, a passenger with
 // a booking on the flight sees the new time in the app at once (local time, with the
-// zone), and the flight page's viewer count follows a second browser opening and
-// closing the flight.
+// zone), the flight page's viewer count follows a second browser opening and
+// closing the flight, and a board that lost its connection shows, once back, a delay
+// made while it was away.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -176,5 +177,39 @@ describe('live operations', () => {
     assert.equal(got.flight.estimated_departs_at, `${est}:00Z`);
     assert.deepEqual(page.consoleErrors(), []);
     await page.context().close();
+  });
+
+  // Last: it restarts the server (same port, same data dir).
+  it('the board reconnects after a restart and shows a delay made while it was away', async () => {
+    const flight = await createFlight(admin, 'JW9105', 'AMS', 150);
+    const board = await openPage(browser, { viewport: { width: 1920, height: 1080 } });
+    await board.goto(`${server.url}/board.html?airport=AMS`);
+    await board.locator('#d-conn[data-state="live"]').waitFor();
+    const row = (status) => board.locator(`tr[data-flight="${flight.flight_id}"][data-status="${status}"]`);
+    await row('scheduled').waitFor();
+
+    // offline first, so that the board cannot come back before the delay is made
+    await board.context().setOffline(true);
+    const code = await server.stop();
+    assert.equal(code, 0, `jetway exits 0 on SIGTERM:\n${server.tail()}`);
+    await board.locator('#d-conn[data-state="reconnecting"]').waitFor();
+    await server.start();
+    const est = iso(Date.parse(flight.departs_at) + 40 * 60000);
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late inbound aircraft' });
+    assert.equal(await row('delayed').count(), 0);
+
+    await board.context().setOffline(false);
+    await board.locator('#d-conn[data-state="live"]').waitFor({ timeout: 40000 });
+    const liveAt = Date.now();
+    await row('delayed').waitFor({ timeout: left(liveAt) });
+    assert.match(await row('delayed').locator('[data-testid="remark"]').textContent(), /^DELAYED \d\d:\d\d$/);
+    assert.equal(await board.locator(`tr[data-flight="${flight.flight_id}"]`).count(), 1);
+
+    // and live pushes flow again on the new connection
+    const boardingAt = Date.now();
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, status: 'boarding' });
+    await row('boarding').waitFor({ timeout: left(boardingAt) });
+    assert.deepEqual(board.consoleErrors(true), []);
+    await board.context().close();
   });
 });
