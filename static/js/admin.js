@@ -8,7 +8,7 @@
 
 import { Jetway } from './jetway.js';
 import { h, clear, toast, statusBadge, modal, followConnection } from './ui.js';
-import { formatMoney, formatDate, formatTime, plural } from './format.js';
+import { formatMoney, formatDate, formatTime, formatLocal, toLocalInput, fromLocalInput, plural } from './format.js';
 
 const TOKEN_KEY = 'jetway.admin.token';
 const PAGE_SIZE = 50;
@@ -28,7 +28,13 @@ const state = {
   refreshTimer: null,
   pollTimer: null,
   loading: null,
+  zones: new Map(), // airport code -> IANA time zone
 };
+
+/** The IANA zone of an airport (UTC until `flights.airports` answered). */
+const zoneOf = (code) => state.zones.get(code);
+/** "Tue 1 Dec 09:40 CET": a flight's departure in its airport's local time. */
+const localDeparture = (f, iso = f.departs_at) => `${formatDate(iso, zoneOf(f.from))} ${formatLocal(iso, zoneOf(f.from))}`;
 
 // ---- connection indicator ----------------------------------------------------------
 
@@ -176,6 +182,10 @@ async function refresh() {
   }
   state.loading = (async () => {
     try {
+      if (!state.zones.size) {
+        const a = await client.call('flights.airports', {});
+        for (const x of a.airports || []) state.zones.set(x.code, x.tz);
+      }
       const r = await client.call('admin.flights.stats', {});
       state.flights = r.flights;
       state.byId = new Map(r.flights.map((f) => [f.flight_id, f]));
@@ -258,7 +268,7 @@ function buildRow(f) {
   tr.append(
     h('th', { scope: 'row', class: 'flight-no' }, f.number),
     h('td', {}, `${f.from} → ${f.to}`),
-    h('td', {}, h('time', { datetime: f.departs_at }, `${formatDate(f.departs_at)} ${formatTime(f.departs_at)}`), ' ', tr.cells_.estimate),
+    h('td', {}, h('time', { datetime: f.departs_at }, localDeparture(f)), ' ', tr.cells_.estimate),
     tr.cells_.status,
     tr.cells_.held,
     tr.cells_.booked,
@@ -284,7 +294,7 @@ function updateRow(tr, f) {
       );
     }
   }
-  const est = f.estimated_departs_at && f.estimated_departs_at !== f.departs_at ? `est. ${formatTime(f.estimated_departs_at)}` : '';
+  const est = f.estimated_departs_at && f.estimated_departs_at !== f.departs_at ? `est. ${formatLocal(f.estimated_departs_at, zoneOf(f.from))}` : '';
   setCell(c.estimate, est, est);
   setCell(c.held, f.seats_held, String(f.seats_held));
   setCell(c.booked, f.seats_booked, String(f.seats_booked));
@@ -383,7 +393,7 @@ function reasonDialog(f) {
         h(
           'div',
           { class: 'dialog-body' },
-          h('p', {}, `${f.from} → ${f.to}, ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. `, `${plural(f.seats_booked, 'booked seat')} will be refunded in full and ${plural(f.seats_held, 'held seat')} released. This cannot be undone.`),
+          h('p', {}, `${f.from} → ${f.to}, ${localDeparture(f)}. `, `${plural(f.seats_booked, 'booked seat')} will be refunded in full and ${plural(f.seats_held, 'held seat')} released. This cannot be undone.`),
           h('div', { class: 'field' }, h('label', { for: 'cancel-reason' }, 'Reason (shown to passengers)'), input),
           error,
         ),
@@ -425,11 +435,10 @@ async function cancelFlight(id) {
 
 // ---- updating a flight's status or times ---------------------------------------------
 
-/** "2026-12-01T09:40:00Z" -> "2026-12-01T09:40" for a UTC datetime-local input. */
-const toInput = (iso) => (iso ? iso.slice(0, 16) : '');
-
 function updateDialog(f) {
-  const dep = h('input', { id: 'upd-dep', type: 'datetime-local', value: toInput(f.estimated_departs_at || f.departs_at) });
+  const tz = zoneOf(f.from);
+  const initial = toLocalInput(f.estimated_departs_at || f.departs_at, tz);
+  const dep = h('input', { id: 'upd-dep', type: 'datetime-local', value: initial });
   const status = h(
     'select',
     { id: 'upd-status' },
@@ -440,8 +449,8 @@ function updateDialog(f) {
   const reason = h('input', { id: 'upd-reason', maxlength: 200, placeholder: 'e.g. late inbound aircraft' });
   const params = () => {
     const p = { flight_id: f.flight_id };
-    const est = dep.value ? `${dep.value}:00Z` : '';
-    if (est && est !== `${toInput(f.estimated_departs_at || f.departs_at)}:00Z`) p.estimated_departs_at = est;
+    const est = dep.value !== initial && fromLocalInput(dep.value, tz);
+    if (est) p.estimated_departs_at = est;
     if (status.value) p.status = status.value;
     if (reason.value.trim()) p.reason = reason.value.trim();
     return p;
@@ -455,8 +464,8 @@ function updateDialog(f) {
         h(
           'div',
           { class: 'dialog-body' },
-          h('p', {}, `${f.from} → ${f.to}, scheduled ${formatDate(f.departs_at)} ${formatTime(f.departs_at)} UTC. A later estimate makes it delayed; the schedule again makes it on time.`),
-          h('div', { class: 'field' }, h('label', { for: 'upd-dep' }, 'Estimated departure (UTC)'), dep),
+          h('p', {}, `${f.from} → ${f.to}, scheduled ${localDeparture(f)}. A later estimate makes it delayed; the schedule again makes it on time.`),
+          h('div', { class: 'field' }, h('label', { for: 'upd-dep' }, `Estimated departure (local time, ${tz || 'UTC'})`), dep),
           h('div', { class: 'field' }, h('label', { for: 'upd-status' }, 'Status'), status),
           h('div', { class: 'field' }, h('label', { for: 'upd-reason' }, 'Reason (shown to passengers, optional)'), reason),
         ),

@@ -81,6 +81,30 @@ export const formatLocal = (iso, tz) => (iso ? fmtIn('zoned', ZONED_TIME, tz).fo
 /** "08:15": the local time without the zone (boards say the zone once). */
 export const formatLocalShort = (iso, tz) => (iso ? fmtIn('time', TIME, tz).format(new Date(iso)) : '–');
 
+// A `datetime-local` input in an airport's zone: "2026-12-01T09:40" is that airport's
+// wall clock; the wire gets the UTC instant.
+const WALL = { year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' };
+
+/** The wall clock in `tz` at `ms` (to the minute), read as if it were UTC. */
+function wallMs(ms, tz) {
+  const p = Object.fromEntries(fmtIn('wall', WALL, tz).formatToParts(new Date(ms)).map((x) => [x.type, x.value]));
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute);
+}
+
+/** "2026-12-01T09:40:00Z" -> "2026-12-01T10:40" in Europe/Paris, for a datetime-local input. */
+export const toLocalInput = (iso, tz) => (iso ? new Date(wallMs(Date.parse(iso), tz)).toISOString().slice(0, 16) : '');
+
+/** A datetime-local value read in `tz` -> the UTC instant ("...Z"), or '' if invalid. */
+export function fromLocalInput(value, tz) {
+  if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d$/.test(value || '')) return '';
+  const wall = Date.parse(`${value}:00Z`);
+  if (!Number.isFinite(wall)) return '';
+  // the zone's offset at the guess, then at the result (they differ across a DST change)
+  let t = wall - (wallMs(wall, tz) - wall);
+  t = wall - (wallMs(t, tz) - t);
+  return new Date(t).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
 /** Departure (estimate, else schedule), as ms. */
 export const departureOf = (f) => Date.parse(f.estimated_departs_at || f.departs_at);
 

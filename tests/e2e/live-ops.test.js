@@ -147,7 +147,7 @@ describe('live operations', () => {
   });
 
   it('the dashboard delays a flight and starts boarding', async () => {
-    const flight = await createFlight(admin, 'JW9103', 'DUB', 6 * 60);
+    const flight = await createFlight(admin, 'JW9103', 'FRA', 6 * 60);
     const page = await openPage(browser);
     await page.goto(`${server.url}/admin.html`);
     await page.locator('#admin-password').fill(ADMIN_PASSWORD);
@@ -160,12 +160,18 @@ describe('live operations', () => {
     // a later estimate: delayed, the estimate shown next to the schedule
     await row.getByRole('button', { name: /Update status or times of flight JW9103/ }).click();
     const dialog = page.locator('dialog[open]');
-    const est = new Date(Date.parse(flight.departs_at) + 30 * 60000).toISOString().slice(0, 16);
-    await dialog.locator('#upd-dep').fill(est);
+    // times are Frankfurt's (not UTC), in the dialog as in the table
+    // (the input has whole minutes)
+    const est = Math.floor(Date.parse(flight.departs_at) / 60000) * 60000 + 30 * 60000;
+    const local = (ms) => new Date(ms).toLocaleString('sv-SE', { timeZone: 'Europe/Berlin' }).replace(' ', 'T').slice(0, 16);
+    assert.equal(await dialog.locator('#upd-dep').inputValue(), local(Date.parse(flight.departs_at)));
+    await dialog.locator('#upd-dep').fill(local(est));
     await dialog.locator('#upd-reason').fill('late crew');
     await dialog.getByRole('button', { name: 'Update flight' }).click();
     await row.locator('[data-testid="status"][data-value="delayed"]').waitFor();
-    await row.locator('[data-testid="estimate"]', { hasText: `est. ${est.slice(11, 16)}` }).waitFor();
+    await row.locator('[data-testid="estimate"]', { hasText: new RegExp(`^est\\. ${local(est).slice(11, 16)} (CET|CEST)$`) }).waitFor();
+    assert.match(await row.locator('time').textContent(), new RegExp(`${local(Date.parse(flight.departs_at)).slice(11, 16)} (CET|CEST)$`));
+    assert.doesNotMatch(await row.textContent(), /UTC/);
 
     // then boarding
     await row.getByRole('button', { name: /Update status or times of flight JW9103/ }).click();
@@ -174,7 +180,7 @@ describe('live operations', () => {
     await row.locator('[data-testid="status"][data-value="boarding"]').waitFor();
     const got = await admin.call('flights.get', { flight_id: flight.flight_id });
     assert.equal(got.flight.status, 'boarding');
-    assert.equal(got.flight.estimated_departs_at, `${est}:00Z`);
+    assert.equal(got.flight.estimated_departs_at, iso(est));
     assert.deepEqual(page.consoleErrors(), []);
     await page.context().close();
   });
