@@ -171,9 +171,9 @@ impl App {
     fn awaiting_action(&self, loc: &domain::Locator) -> Result<Option<PaymentAttempt>, ApiError> {
         Ok(self
             .store
-            .open_attempts()?
+            .booking_attempts(loc)?
             .into_iter()
-            .find(|a| &a.locator == loc && a.state == AttemptState::ActionRequired))
+            .find(|a| a.state == AttemptState::ActionRequired))
     }
 
     /// A `booking.pay` after the customer was asked to act: with the same payment

@@ -129,6 +129,13 @@ pub enum AttemptState {
     Refunded,
 }
 
+impl AttemptState {
+    /// Not settled yet (reconciled with the gateway until it is).
+    pub fn is_open(self) -> bool {
+        matches!(self, AttemptState::Started | AttemptState::ActionRequired)
+    }
+}
+
 /// One try to pay a booking, written to disk before the gateway is called so that a
 /// crash can always be reconciled with the gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,10 +177,7 @@ impl PaymentAttempt {
 impl PaymentAttempt {
     /// Not settled yet (reconciled with the gateway until it is).
     pub fn is_open(&self) -> bool {
-        matches!(
-            self.state,
-            AttemptState::Started | AttemptState::ActionRequired
-        )
+        self.state.is_open()
     }
 
     /// Closed as failed by an older version without proof that nothing was charged.
@@ -455,6 +459,9 @@ pub trait Store: Send + Sync + 'static {
     /// Payment attempts still `started`, oldest first.
     fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>>;
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>>;
+    /// The booking's open attempts, oldest first, kept as attempts are written: reads
+    /// only those, however many other bookings are being paid.
+    fn booking_attempts(&self, locator: &Locator) -> StoreResult<Vec<PaymentAttempt>>;
     /// Every attempt for which [`PaymentAttempt::is_uncertain_failure`] holds (a scan of
     /// all attempts: for the check once per start).
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>>;

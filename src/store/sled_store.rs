@@ -1,8 +1,8 @@
 //! The sled backend: one tree, keys prefixed by record kind, JSON values, one
 //! transaction per [`Batch`]. `sync` flushes sled and then fdatasyncs its data file,
 //! because sled's own flush uses `sync_file_range`, which leaves the drive cache unflushed.
-//! It also keeps, as booking records are written, the count of bookings per status and
-//! each user's open holds.
+//! It also keeps, as booking and payment attempt records are written, the count of
+//! bookings per status, each user's open holds and each booking's open attempts.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,21 +66,59 @@ pub struct SledStore {
     id_floor: u64,
 }
 
-/// Bookings by status and each user's holds, changed by every write of a booking
-/// record (seeded by one pass at open), so that counting them reads no booking.
+/// Bookings by status, each user's holds and each booking's open payment attempts,
+/// changed by every write of a booking or attempt record (seeded by one pass at
+/// open), so that counting or finding them scans no records.
 #[derive(Default)]
 struct Tally {
     statuses: [AtomicI64; BookingStatus::ALL.len()],
-    holds: DashMap<UserId, Vec<HeldEntry>>,
+    /// Each user's held bookings, with when the hold expires.
+    holds: DashMap<UserId, Vec<Net<Locator, Option<Millis>>>>,
+    /// Each booking's open attempts (their ids).
+    attempts: DashMap<Locator, Vec<Net<String, ()>>>,
 }
 
-/// One held booking of a user. `net` counts the writes that made it held minus those
-/// that ended its hold, so that two writes of one booking may reach the tally in either
-/// order; the entry goes once it drops to 0.
-struct HeldEntry {
-    locator: Locator,
-    expires_at: Option<Millis>,
+/// One record counted under a key, with what the tally keeps of it. `net` counts the
+/// writes that made it count minus those that ended it, so that two writes of one
+/// record may reach the tally in either order; the entry goes once it drops to 0.
+struct Net<I, X> {
+    id: I,
+    extra: X,
     net: i32,
+}
+
+/// Adds `delta` to the entry `id` under `key`, keeping `extra` from a write that adds.
+fn count<K, I, X>(map: &DashMap<K, Vec<Net<I, X>>>, key: &K, id: &I, extra: X, delta: i32)
+where
+    K: std::hash::Hash + Eq + Clone,
+    I: PartialEq + Clone,
+    X: Copy,
+{
+    let mut list = map.entry(key.clone()).or_default();
+    let i = match list.iter().position(|e| e.id == *id) {
+        Some(i) => i,
+        None => {
+            list.push(Net {
+                id: id.clone(),
+                extra,
+                net: 0,
+            });
+            list.len() - 1
+        }
+    };
+    let e = &mut list[i];
+    e.net += delta;
+    if delta > 0 {
+        e.extra = extra;
+    }
+    if e.net == 0 {
+        list.swap_remove(i);
+    }
+    let empty = list.is_empty();
+    drop(list);
+    if empty {
+        map.remove_if(key, |_, l| l.is_empty());
+    }
 }
 
 /// The fields of a booking record the tally needs.
@@ -92,57 +130,65 @@ struct TallyFields {
     hold_expires_at: Option<Millis>,
 }
 
+/// The fields of a payment attempt record the tally needs.
+#[derive(Deserialize)]
+struct AttemptFields {
+    id: String,
+    locator: Locator,
+    state: super::AttemptState,
+}
+
 impl Tally {
     fn seeded(db: &sled::Db) -> StoreResult<Tally> {
         let t = Tally::default();
         for kv in db.scan_prefix([BOOKING]) {
-            let (_, v) = kv.map_err(io)?;
-            t.change(None, Some(&v));
+            let (k, v) = kv.map_err(io)?;
+            t.change(&k, None, Some(&v));
+        }
+        for kv in db.scan_prefix([OPEN_ATTEMPT]) {
+            let (_, id) = kv.map_err(io)?;
+            let k = key(ATTEMPT, &[&id]);
+            if let Some(v) = db.get(&k).map_err(io)? {
+                t.change(&k, None, Some(&v));
+            }
         }
         Ok(t)
     }
 
-    /// A booking record went from `old` to `new` (`None`: absent).
-    fn change(&self, old: Option<&[u8]>, new: Option<&[u8]>) {
-        let fields = |v: &[u8]| serde_json::from_slice::<TallyFields>(v).ok();
-        if let Some(b) = old.and_then(fields) {
-            self.statuses[b.status.index()].fetch_sub(1, Ordering::Relaxed);
-            self.count_hold(&b, -1);
-        }
-        if let Some(b) = new.and_then(fields) {
-            self.statuses[b.status.index()].fetch_add(1, Ordering::Relaxed);
-            self.count_hold(&b, 1);
-        }
+    /// Whether a write of `k` concerns the tally.
+    fn counts_key(k: &[u8]) -> bool {
+        matches!(k.first(), Some(&BOOKING) | Some(&ATTEMPT))
     }
 
-    fn count_hold(&self, b: &TallyFields, delta: i32) {
-        if b.status != BookingStatus::Held {
-            return;
-        }
-        let mut list = self.holds.entry(b.user_id).or_default();
-        let i = match list.iter().position(|e| e.locator == b.locator) {
-            Some(i) => i,
-            None => {
-                list.push(HeldEntry {
-                    locator: b.locator.clone(),
-                    expires_at: b.hold_expires_at,
-                    net: 0,
-                });
-                list.len() - 1
+    /// The record at `k` went from `old` to `new` (`None`: absent).
+    fn change(&self, k: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        match k.first() {
+            Some(&BOOKING) => {
+                let fields = |v: &[u8]| serde_json::from_slice::<TallyFields>(v).ok();
+                for (b, delta) in [(old.and_then(fields), -1), (new.and_then(fields), 1)] {
+                    if let Some(b) = b {
+                        self.statuses[b.status.index()].fetch_add(delta.into(), Ordering::Relaxed);
+                        if b.status == BookingStatus::Held {
+                            count(
+                                &self.holds,
+                                &b.user_id,
+                                &b.locator,
+                                b.hold_expires_at,
+                                delta,
+                            );
+                        }
+                    }
+                }
             }
-        };
-        let e = &mut list[i];
-        e.net += delta;
-        if delta > 0 {
-            e.expires_at = b.hold_expires_at;
-        }
-        if e.net == 0 {
-            list.swap_remove(i);
-        }
-        let empty = list.is_empty();
-        drop(list);
-        if empty {
-            self.holds.remove_if(&b.user_id, |_, l| l.is_empty());
+            Some(&ATTEMPT) => {
+                let fields = |v: &[u8]| serde_json::from_slice::<AttemptFields>(v).ok();
+                for (a, delta) in [(old.and_then(fields), -1), (new.and_then(fields), 1)] {
+                    if let Some(a) = a.filter(|a| a.state.is_open()) {
+                        count(&self.attempts, &a.locator, &a.id, (), delta);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -157,14 +203,19 @@ impl Tally {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.holds.get(&user).map_or(0, |list| {
             list.iter()
-                .filter(|e| e.net > 0 && e.expires_at.is_some_and(|t| t > now))
+                .filter(|e| e.net > 0 && e.extra.is_some_and(|t| t > now))
                 .count()
         })
     }
-}
 
-fn is_booking(k: &[u8]) -> bool {
-    k.first() == Some(&BOOKING)
+    fn open_attempts(&self, locator: &Locator) -> Vec<String> {
+        self.attempts.get(locator).map_or_else(Vec::new, |list| {
+            list.iter()
+                .filter(|e| e.net > 0)
+                .map(|e| e.id.clone())
+                .collect()
+        })
+    }
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -556,10 +607,10 @@ impl SledStore {
         let _one = self.raw_writes.lock();
         let _gate = self.snapshot_gate.read();
         let mut b = sled::Batch::default();
-        let mut bookings = Vec::new();
+        let mut counted = Vec::new();
         for (k, v) in writes {
-            if is_booking(k) {
-                bookings.push((self.db.get(k).map_err(io)?, v.as_deref()));
+            if Tally::counts_key(k) {
+                counted.push((k, self.db.get(k).map_err(io)?, v.as_deref()));
             }
             match v {
                 Some(v) => b.insert(k.as_slice(), v.as_slice()),
@@ -568,8 +619,8 @@ impl SledStore {
         }
         self.db.apply_batch(b).map_err(io)?;
         self.note_written(writes.iter().map(|(k, _)| k));
-        for (old, new) in bookings {
-            self.tally.change(old.as_deref(), new);
+        for (k, old, new) in counted {
+            self.tally.change(k, old.as_deref(), new);
         }
         Ok(())
     }
@@ -591,9 +642,9 @@ impl Store for SledStore {
             history_ids.push(self.next_id()?);
         }
         let ops = batch_ops(batch, &history_ids)?;
-        // each booking record's old and new value, for the tally
+        // each counted record's old and new value, for the tally
         let result = self.db.transaction(|tx| {
-            let mut bookings = Vec::new();
+            let mut counted = Vec::new();
             for op in &ops {
                 let (k, old, new) = match op {
                     Op::Put(k, v) => (k, tx.insert(k.as_slice(), v.as_slice())?, Some(v)),
@@ -611,17 +662,17 @@ impl Store for SledStore {
                         continue;
                     }
                 };
-                if is_booking(k) {
-                    bookings.push((old, new));
+                if Tally::counts_key(k) {
+                    counted.push((k, old, new));
                 }
             }
-            Ok(bookings)
+            Ok(counted)
         });
         match result {
-            Ok(bookings) => {
+            Ok(counted) => {
                 self.note_written(ops.iter().map(Op::key));
-                for (old, new) in bookings {
-                    self.tally.change(old.as_deref(), new.map(Vec::as_slice));
+                for (k, old, new) in counted {
+                    self.tally.change(k, old.as_deref(), new.map(Vec::as_slice));
                 }
                 Ok(())
             }
@@ -765,6 +816,15 @@ impl Store for SledStore {
         self.get(&key(ATTEMPT, &[id.as_bytes()]))
     }
 
+    fn booking_attempts(&self, locator: &Locator) -> StoreResult<Vec<PaymentAttempt>> {
+        let mut out = Vec::new();
+        for id in self.tally.open_attempts(locator) {
+            out.extend(self.attempt(&id)?.filter(PaymentAttempt::is_open));
+        }
+        out.sort_by_key(|a| a.created_at);
+        Ok(out)
+    }
+
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
         let all: Vec<PaymentAttempt> = self.scan(&[ATTEMPT])?;
         Ok(all
@@ -839,7 +899,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::domain::{Cabin, Money, SeatId};
-    use crate::store::{RefundReason, Role};
+    use crate::store::{AttemptState, RefundReason, Role};
     use serde_json::json;
 
     /// Opens the store at `dir` once the previous handle's background thread has let
@@ -1096,10 +1156,117 @@ mod tests {
         // two writes of one booking may reach the tally in either order
         let t = Tally::default();
         let (held, ended) = (encode(&a).unwrap(), encode(&paid).unwrap());
-        t.change(Some(&held), Some(&ended));
-        t.change(None, Some(&held));
+        let k = key(BOOKING, &[b"AAAAAA"]);
+        t.change(&k, Some(&held), Some(&ended));
+        t.change(&k, None, Some(&held));
         assert_eq!(t.open_holds(UserId(1), 0), 0);
         assert!(t.holds.is_empty());
+    }
+
+    fn attempt(id: &str, loc: &str, state: AttemptState, created_at: Millis) -> PaymentAttempt {
+        PaymentAttempt {
+            id: id.into(),
+            user_id: UserId(1),
+            locator: Locator::parse(loc).unwrap(),
+            amount: Money::cents(1).unwrap(),
+            request_id: format!("r-{id}"),
+            payment_ref: None,
+            state,
+            created_at,
+            updated_at: created_at,
+            certain: false,
+            payment_method: None,
+            client_secret: None,
+        }
+    }
+
+    fn ids(attempts: Vec<PaymentAttempt>) -> Vec<String> {
+        attempts.into_iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn a_bookings_open_attempts_follow_writes_reopen_and_a_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Locator::parse("AAAAAA").unwrap(),
+            Locator::parse("BBBBBB").unwrap(),
+        );
+        let started = attempt("pa-2", "AAAAAA", AttemptState::Started, 20);
+        let waiting = attempt("pa-1", "AAAAAA", AttemptState::ActionRequired, 10);
+        let other = attempt("pa-3", "BBBBBB", AttemptState::Started, 30);
+        let mut closed = started.clone();
+        closed.state = AttemptState::Failed;
+        let batches = [
+            Batch {
+                attempts: vec![started.clone(), waiting.clone(), other.clone()],
+                ..Default::default()
+            },
+            Batch {
+                attempts: vec![closed.clone()],
+                ..Default::default()
+            },
+        ];
+        {
+            let s = open_when_free(dir.path());
+            s.write(&batches[0]).unwrap();
+            assert_eq!(
+                ids(s.booking_attempts(&a).unwrap()),
+                ["pa-1", "pa-2"],
+                "oldest first"
+            );
+            assert_eq!(ids(s.booking_attempts(&b).unwrap()), ["pa-3"]);
+            s.write(&batches[1]).unwrap();
+            assert_eq!(
+                ids(s.booking_attempts(&a).unwrap()),
+                ["pa-1"],
+                "closing ends it"
+            );
+            s.sync().unwrap();
+        }
+        let s = open_when_free(dir.path());
+        assert_eq!(
+            ids(s.booking_attempts(&a).unwrap()),
+            ["pa-1"],
+            "seeded at open"
+        );
+        assert_eq!(ids(s.booking_attempts(&b).unwrap()), ["pa-3"]);
+        let mut done = other;
+        done.state = AttemptState::Succeeded;
+        s.write(&Batch {
+            attempts: vec![done],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.booking_attempts(&b).unwrap().is_empty());
+        assert!(!s.tally.attempts.contains_key(&b), "no empty entries");
+
+        let mirror = SledStore::temporary().unwrap();
+        for batch in &batches {
+            let raw: Vec<_> = batch_ops(batch, &[])
+                .unwrap()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Op::Put(k, v) | Op::Create(k, v) => Some((k, Some(v))),
+                    Op::Delete(k) => Some((k, None)),
+                    Op::Expect(..) => None,
+                })
+                .collect();
+            mirror.apply_raw(&raw).unwrap();
+        }
+        assert_eq!(
+            ids(mirror.booking_attempts(&a).unwrap()),
+            ["pa-1"],
+            "a mirror too"
+        );
+
+        // two writes of one attempt may reach the tally in either order
+        let t = Tally::default();
+        let (open, ended) = (encode(&started).unwrap(), encode(&closed).unwrap());
+        let k = key(ATTEMPT, &[b"pa-2"]);
+        t.change(&k, Some(&open), Some(&ended));
+        t.change(&k, None, Some(&open));
+        assert!(t.open_attempts(&a).is_empty());
+        assert!(t.attempts.is_empty());
     }
 
     #[test]

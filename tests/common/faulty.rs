@@ -155,6 +155,9 @@ impl Store for Faulty {
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.inner.attempt(id)
     }
+    fn booking_attempts(&self, locator: &Locator) -> StoreResult<Vec<PaymentAttempt>> {
+        self.inner.booking_attempts(locator)
+    }
     fn uncertain_failures(&self) -> StoreResult<Vec<PaymentAttempt>> {
         self.inner.uncertain_failures()
     }

@@ -341,6 +341,9 @@ impl Store for EtcdStore {
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.mirror.attempt(id)
     }
+    fn booking_attempts(&self, locator: &Locator) -> StoreResult<Vec<PaymentAttempt>> {
+        self.mirror.booking_attempts(locator)
+    }
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
         self.mirror.attempt_by_ref(payment_ref)
     }
