@@ -151,9 +151,14 @@ impl App {
         if max == 0 {
             return Ok(());
         }
-        // waitlist offers do not count against the cap
+        let held = self.store.open_holds(user, now);
+        if held < max {
+            return Ok(());
+        }
+        // waitlist offers do not count against the cap (read only at the cap: a
+        // user's waitlist entries grow with their history)
         let offers = domain::waitlist::offered_holds(&self.store.user_waitlist(user)?).len();
-        if self.store.open_holds(user, now).saturating_sub(offers) >= max {
+        if held.saturating_sub(offers) >= max {
             return Err(ApiError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));
