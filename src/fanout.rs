@@ -11,13 +11,18 @@
 //! still queued (a stalled client will not read it anyway), [`Outbox::finish`] sends
 //! it first (a reply to a request that was carried out must not be lost to a
 //! shutdown).
+//!
+//! The [`Roster`] of a server's connections replaces a timer per connection: one
+//! sweep asks the silent ones for a ping and closes the dead ones, and a shutdown
+//! reaches every connection through its outbox.
 
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::UserId;
@@ -71,6 +76,22 @@ struct Shared {
     /// Mirrors `queue.closing.is_some()` for lock-free checks.
     closing: AtomicBool,
     waker: AtomicWaker,
+    /// When the client was last heard from ([`now_ms`]).
+    seen_ms: AtomicU64,
+    /// A request of the connection is being handled: the client is waiting, not
+    /// silent.
+    busy: AtomicBool,
+    /// What the [`Roster`] asked of the connection's task ([`ASK_PING`], [`ASK_STOP`]).
+    asks: AtomicU8,
+}
+
+const ASK_PING: u8 = 1;
+const ASK_STOP: u8 = 2;
+
+/// Milliseconds since the process's first call.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// The sending side of a connection's outbound queue. Cheap to clone.
@@ -135,6 +156,9 @@ pub fn outbox(limits: QueueLimits) -> (Outbox, OutboxReceiver) {
         queue: parking_lot::Mutex::new(Queue::default()),
         closing: AtomicBool::new(false),
         waker: AtomicWaker::new(),
+        seen_ms: AtomicU64::new(now_ms()),
+        busy: AtomicBool::new(false),
+        asks: AtomicU8::new(0),
     });
     (
         Outbox {
@@ -220,6 +244,23 @@ impl Outbox {
     pub fn is_closing(&self) -> bool {
         self.shared.closing.load(Ordering::Relaxed)
     }
+
+    /// The client was just heard from.
+    pub fn heard(&self) {
+        self.shared.seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A request of the connection started (`true`) or ended: while one runs, the
+    /// client is waiting for its reply, which is not silence.
+    pub fn set_busy(&self, busy: bool) {
+        self.heard();
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    fn ask(&self, what: u8) {
+        self.shared.asks.fetch_or(what, Ordering::Relaxed);
+        self.shared.waker.wake();
+    }
 }
 
 /// What the writer should do next.
@@ -227,6 +268,10 @@ pub enum Next {
     /// Every frame queued since the last wake-up, in order.
     Frames(VecDeque<Utf8Bytes>),
     Close(u16, &'static str),
+    /// The client has been silent: ping it.
+    Ping,
+    /// The server is shutting down: finish the request in flight, then close.
+    Stop,
 }
 
 impl OutboxReceiver {
@@ -247,7 +292,7 @@ impl OutboxReceiver {
     }
 
     /// What is queued, without waiting: the frames (those queued before a
-    /// [`Outbox::finish`] first), then the close.
+    /// [`Outbox::finish`] first), then the close, then what the roster asked.
     pub fn try_next(&mut self) -> Option<Next> {
         let mut q = self.shared.queue.lock();
         // the writer is back: the batch it took is written
@@ -256,7 +301,18 @@ impl OutboxReceiver {
             q.taken = (q.frames.len(), std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
-        q.closing.map(|c| Next::Close(c.code, c.reason))
+        if let Some(c) = q.closing {
+            return Some(Next::Close(c.code, c.reason));
+        }
+        drop(q);
+        let asks = self.shared.asks.swap(0, Ordering::Relaxed);
+        if asks & ASK_STOP != 0 {
+            Some(Next::Stop)
+        } else if asks & ASK_PING != 0 {
+            Some(Next::Ping)
+        } else {
+            None
+        }
     }
 }
 
@@ -273,6 +329,74 @@ impl Drop for OutboxReceiver {
             });
         }
         self.shared.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A server's open connections, for one liveness sweep and the shutdown instead of a
+/// timer and a shutdown waiter in every connection. A connection's entry is a weak
+/// reference, forgotten by the first sweep after the connection ended.
+#[derive(Default)]
+pub struct Roster {
+    inner: parking_lot::Mutex<RosterInner>,
+}
+
+#[derive(Default)]
+struct RosterInner {
+    conns: Vec<Weak<Shared>>,
+    stopping: bool,
+}
+
+impl Roster {
+    /// Adds a connection; one that joins after [`Roster::stop`] is asked to stop.
+    pub fn join(&self, outbox: &Outbox) {
+        let mut r = self.inner.lock();
+        r.conns.push(Arc::downgrade(&outbox.shared));
+        if r.stopping {
+            outbox.ask(ASK_STOP);
+        }
+    }
+
+    /// Asks every connection silent for `ping_after` for a ping and closes those
+    /// silent for `idle_after` (a connection whose request is running is not
+    /// silent); forgets the connections that ended.
+    pub fn sweep(&self, ping_after: Duration, idle_after: Duration) {
+        let now = now_ms();
+        let (ping_after, idle_after) =
+            (ping_after.as_millis() as u64, idle_after.as_millis() as u64);
+        self.inner.lock().conns.retain(|conn| {
+            let Some(shared) = conn.upgrade() else {
+                return false;
+            };
+            if shared.closing.load(Ordering::Relaxed) {
+                return !shared.queue.lock().ended;
+            }
+            let outbox = Outbox { shared };
+            if outbox.shared.busy.load(Ordering::Relaxed) {
+                outbox.heard();
+                return true;
+            }
+            let silent = now.saturating_sub(outbox.shared.seen_ms.load(Ordering::Relaxed));
+            if silent >= idle_after {
+                outbox.close(CLOSE_GOING_AWAY, "idle timeout");
+            } else if silent >= ping_after {
+                outbox.ask(ASK_PING);
+            }
+            true
+        });
+    }
+
+    /// Asks every connection, and any that joins later, to stop.
+    pub fn stop(&self) {
+        let mut r = self.inner.lock();
+        r.stopping = true;
+        for shared in r.conns.iter().filter_map(Weak::upgrade) {
+            Outbox { shared }.ask(ASK_STOP);
+        }
+    }
+
+    /// Connections joined and not yet forgotten.
+    pub fn count(&self) -> usize {
+        self.inner.lock().conns.len()
     }
 }
 
@@ -477,6 +601,41 @@ mod tests {
         drop(rx);
         assert!(o.is_closing());
         assert!(!o.send(FrameKind::Reply, "x".into()));
+    }
+
+    #[test]
+    fn the_roster_pings_the_silent_closes_the_idle_and_stops_everyone() {
+        let roster = Roster::default();
+        let hour = Duration::from_secs(3600);
+        let (quiet, mut quiet_rx) = outbox(QueueLimits::default());
+        let (busy, mut busy_rx) = outbox(QueueLimits::default());
+        roster.join(&quiet);
+        roster.join(&busy);
+        busy.set_busy(true);
+        roster.sweep(Duration::ZERO, hour);
+        assert!(matches!(quiet_rx.try_next(), Some(Next::Ping)));
+        assert!(quiet_rx.try_next().is_none(), "asked once per sweep");
+        assert!(
+            busy_rx.try_next().is_none(),
+            "a request running is not silence"
+        );
+        roster.sweep(Duration::ZERO, Duration::ZERO);
+        assert!(matches!(
+            quiet_rx.try_next(),
+            Some(Next::Close(1001, "idle timeout"))
+        ));
+        assert!(busy_rx.try_next().is_none());
+        drop(quiet_rx);
+        roster.sweep(hour, hour);
+        assert_eq!(roster.count(), 1, "an ended connection is forgotten");
+        roster.stop();
+        assert!(matches!(busy_rx.try_next(), Some(Next::Stop)));
+        let (late, mut late_rx) = outbox(QueueLimits::default());
+        roster.join(&late);
+        assert!(
+            matches!(late_rx.try_next(), Some(Next::Stop)),
+            "joined after the stop"
+        );
     }
 
     #[tokio::test]

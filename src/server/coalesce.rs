@@ -2,21 +2,39 @@
 //! frames) and the text frames the connection writes itself ([`Coalesce::push_text`])
 //! are gathered in memory until a flush, then sent in as few system calls as the
 //! kernel takes, and the memory is freed once sent. A burst of pushes costs one
-//! `send`, and an idle connection keeps no write buffer.
+//! `send`, and an idle connection keeps no write buffer. A large message (a seat
+//! map) is not copied: it is sent from the message itself, which every subscriber of
+//! the same version shares.
+//!
+//! Reads go through a read-ahead: tungstenite, which keeps no read buffer of its own
+//! up front, asks for a few bytes at a time, and each socket read takes up to
+//! [`READ_AHEAD`] bytes; what tungstenite has not taken yet is kept only until it
+//! has, so an idle connection keeps no read buffer either.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Gathered bytes beyond this are sent before more are taken.
 const LIMIT: usize = 64 * 1024;
+/// Most bytes taken from the socket by one read.
+const READ_AHEAD: usize = 4096;
+/// Messages from this size on are sent from the message itself instead of a copy.
+const BY_REFERENCE: usize = 2048;
 
 pub struct Coalesce<S> {
     inner: S,
     pending: Vec<u8>,
     /// How much of `pending` is already sent.
     sent: usize,
+    /// A large message's payload, sent after `pending`, and how much of it is sent.
+    large: Option<(Utf8Bytes, usize)>,
+    /// Bytes read from the socket and not yet taken; empty between bursts.
+    ahead: Vec<u8>,
+    /// How much of `ahead` is already taken.
+    taken: usize,
 }
 
 impl<S> Coalesce<S> {
@@ -25,15 +43,21 @@ impl<S> Coalesce<S> {
             inner,
             pending: Vec::new(),
             sent: 0,
+            large: None,
+            ahead: Vec::new(),
+            taken: 0,
         }
     }
 
     /// Appends a whole text message as one final, unmasked frame (a server's,
-    /// RFC 6455 5.2).
-    pub fn push_text(&mut self, text: &str) {
+    /// RFC 6455 5.2). A large one is sent from `text` itself, and fills the socket:
+    /// send it before pushing more.
+    pub fn push_text(&mut self, text: &Utf8Bytes) {
+        debug_assert!(self.large.is_none(), "a large message is still unsent");
         let payload = text.as_bytes();
         let n = payload.len();
-        self.pending.reserve(n + 10);
+        let by_reference = n >= BY_REFERENCE;
+        self.pending.reserve(if by_reference { 10 } else { n + 10 });
         self.pending.push(0x81);
         if n < 126 {
             self.pending.push(n as u8);
@@ -44,12 +68,16 @@ impl<S> Coalesce<S> {
             self.pending.push(127);
             self.pending.extend_from_slice(&(n as u64).to_be_bytes());
         }
-        self.pending.extend_from_slice(payload);
+        if by_reference {
+            self.large = Some((text.clone(), 0));
+        } else {
+            self.pending.extend_from_slice(payload);
+        }
     }
 
     /// Whether enough is gathered to send before taking more.
     pub fn is_full(&self) -> bool {
-        self.pending.len() >= LIMIT
+        self.pending.len() >= LIMIT || self.large.is_some()
     }
 }
 
@@ -65,6 +93,17 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
         }
         self.pending = Vec::new();
         self.sent = 0;
+        if let Some((text, sent)) = &mut self.large {
+            let payload = text.as_bytes();
+            while *sent < payload.len() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &payload[*sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *sent += n;
+            }
+            self.large = None;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -75,7 +114,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.taken == this.ahead.len() {
+            if buf.remaining() >= READ_AHEAD {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let n = read.filled().len().min(buf.remaining());
+            buf.put_slice(&read.filled()[..n]);
+            if n < read.filled().len() {
+                this.ahead = read.filled()[n..].to_vec();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let n = (this.ahead.len() - this.taken).min(buf.remaining());
+        buf.put_slice(&this.ahead[this.taken..this.taken + n]);
+        this.taken += n;
+        if this.taken == this.ahead.len() {
+            this.ahead = Vec::new();
+            this.taken = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -86,7 +148,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.pending.len() + data.len() > LIMIT {
+        // what tungstenite writes goes after a large message still being sent
+        if this.large.is_some() || this.pending.len() + data.len() > LIMIT {
             ready!(this.poll_send(cx))?;
             if data.len() >= LIMIT {
                 return Pin::new(&mut this.inner).poll_write(cx, data);
@@ -154,9 +217,11 @@ mod tests {
             .map(|n| "é".repeat(n / 2) + &"x".repeat(n % 2))
             .collect();
         for t in &texts {
-            w.push_text(t);
+            w.push_text(&Utf8Bytes::from(t.clone()));
+            if w.is_full() {
+                w.flush().await.unwrap();
+            }
         }
-        assert!(w.is_full());
         let client = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None);
         let (_, read) = tokio::join!(w.flush(), async {
             let mut client = client.await;
@@ -171,5 +236,45 @@ mod tests {
         });
         assert_eq!(read, texts);
         assert_eq!(w.pending.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_read_ahead_that_is_freed_once_taken() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = Coalesce::new(b);
+        let sent: Vec<u8> = (0..3000).map(|i| (i % 253) as u8).collect();
+        a.write_all(&sent).await.unwrap();
+        let mut got = Vec::new();
+        let mut piece = [0u8; 14];
+        while got.len() < sent.len() {
+            let n = r.read(&mut piece).await.unwrap();
+            got.extend_from_slice(&piece[..n]);
+            if got.len() == sent.len() {
+                assert_eq!(r.ahead.capacity(), 0, "nothing kept once all is taken");
+            }
+        }
+        assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn what_tungstenite_writes_goes_after_a_large_message() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut w = Coalesce::new(a);
+        let big = "m".repeat(BY_REFERENCE * 3);
+        w.push_text(&Utf8Bytes::from(big.clone()));
+        assert!(w.is_full());
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        w.write_all(b"pong").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let all = reader.await.unwrap();
+        let header = [0x81, 126, 0x18, 0x00];
+        assert_eq!(&all[..4], &header);
+        assert_eq!(&all[4..4 + big.len()], big.as_bytes());
+        assert_eq!(&all[4 + big.len()..], b"pong");
     }
 }

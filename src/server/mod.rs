@@ -36,8 +36,10 @@ use crate::protocol::contract;
 pub use metrics_page::scrape;
 pub use session::MAX_REQUEST_BYTES;
 
-/// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits").
-pub const READ_BUFFER: usize = 256;
+/// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits"). No read
+/// buffer is allocated up front: tungstenite reserves room for the frame it reads,
+/// and the socket below it reads ahead ([`coalesce`]).
+pub const READ_BUFFER: usize = 0;
 pub const MAX_MESSAGE: usize = 1 << 20;
 
 fn ws_config() -> WebSocketConfig {
@@ -54,6 +56,7 @@ struct Ctx {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     shield: Arc<limits::Shield>,
+    roster: Arc<crate::fanout::Roster>,
 }
 
 /// A started server.
@@ -115,11 +118,17 @@ fn serve(listeners: Listeners, app: Arc<App>) -> Result<Running, StartError> {
     let shield = limits::Shield::new(app.config.limits.clone(), app.metrics.clone());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let roster = Arc::new(crate::fanout::Roster::default());
+    let sweep = {
+        let (app, roster, stop) = (app.clone(), roster.clone(), shutdown.clone());
+        async move { session::sweeper(roster, &app.config, stop).await }
+    };
     let ctx = Ctx {
         app: app.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         shield: shield.clone(),
+        roster,
     };
     let router = router(ctx);
     let stop = shutdown.clone();
@@ -129,13 +138,17 @@ fn serve(listeners: Listeners, app: Arc<App>) -> Result<Running, StartError> {
         shield.counter.clone(),
         shield.metrics.clone(),
     );
-    let mut http = vec![tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<limits::Peer>();
-        let serve = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    })];
+    let mut http = vec![
+        tokio::spawn(sweep),
+        tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<limits::Peer>();
+            let serve =
+                axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }),
+    ];
     if let Some(listener) = listeners.metrics {
         let router = metrics_page::router(app.clone());
         let stop = shutdown.clone();
@@ -416,9 +429,10 @@ async fn upgrade(
     };
     let Ctx {
         app,
-        shutdown,
         tracker,
         shield,
+        roster,
+        ..
     } = ctx;
     let peer_ip = peer.0.peer.ip();
     let ip = forwarded::client_ip(peer_ip, req.headers(), &shield.limits.trusted_proxies);
@@ -443,15 +457,16 @@ async fn upgrade(
     };
     peer.0.upgraded();
     tracing::debug!(client = %ip, peer = %peer_ip, "websocket opened");
-    tracker.spawn(async move {
+    let conn = async move {
         let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let io = coalesce::Coalesce::new(hyper_util::rt::TokioIo::new(upgraded));
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        session::run(app, socket, shutdown, shield, ip).await;
-    });
+        session::run(app, socket, roster, shield, ip).await;
+    };
+    tracker.spawn(conn);
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

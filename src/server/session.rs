@@ -1,7 +1,8 @@
 //! One WebSocket connection, on one task: it reads and handles requests one at a time
 //! (the request in flight runs on a task of its own, so it goes on while the loop
 //! writes, and runs to completion even if the client goes away), writes whatever the connection's outbound queue holds at
-//! each wake-up in one batch, pings an idle client and closes a dead or stalled one.
+//! each wake-up in one batch, and pings or closes the connection when the server's
+//! liveness sweep ([`sweeper`]) asks it to through its outbox.
 //! Whatever the connection registered (subscriptions, its user's registry entry) is
 //! removed when its state is dropped, however the connection ends.
 
@@ -10,7 +11,6 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch::{self, ConnState};
 use super::limits::{RateLimiter, Shield, Verdict};
 use crate::app::App;
-use crate::fanout::{self, FrameKind, Next, Utf8Bytes, CLOSE_GOING_AWAY};
+use crate::fanout::{self, FrameKind, Next, Roster, Utf8Bytes, CLOSE_GOING_AWAY};
 use crate::protocol::{envelope, parse_request, ApiError};
 
 /// Largest request frame handled; larger ones get `too_large`.
@@ -42,123 +42,137 @@ pub type Socket =
 /// stall behind a socket), and a panic in it ends the task, not the connection loop.
 type InFlight = tokio::task::JoinHandle<ConnState>;
 
-/// Serves the connection until it closes.
-pub async fn run(
+/// Serves the connection until it closes. Pings, the idle timeout and the shutdown
+/// come through the outbox, from the server's [`Roster`] sweep ([`sweeper`]): an
+/// idle connection keeps no timer of its own.
+/// A plain function around an `async move` block: an `async fn` would keep a copy of
+/// its arguments (the whole WebSocket) in its state besides the one it works on.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
     app: Arc<App>,
     mut socket: Socket,
-    shutdown: CancellationToken,
+    roster: Arc<Roster>,
     shield: Arc<Shield>,
     peer: IpAddr,
-) {
-    shield.metrics.ws_opened();
-    let _open = OpenConn(shield.clone());
-    let mut limiter = RateLimiter::new(shield.limits.rate_limit, shield.limits.rate_burst);
-    let (outbox, mut rx) = fanout::outbox(app.queue_limits());
-    let mut state = Some(ConnState::new(
-        app.clone(),
-        outbox.clone(),
-        peer,
-        shield.clone(),
-    ));
-    let mut in_flight: Option<InFlight> = None;
-    let ping_every = Duration::from_secs(app.config.ping_interval.max(1));
-    let idle_timeout = Duration::from_secs(app.config.idle_timeout.max(2));
-    let mut tick = tokio::time::interval(ping_every.min(idle_timeout / 2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    // the client may still send requests
-    let mut reading = true;
-    // the close frame went out, or the socket failed: nothing more is written
-    let mut written_off = false;
-    let reply_error = |id: serde_json::Value, e: ApiError| {
-        outbox.send(
-            FrameKind::Reply,
-            Utf8Bytes::from(envelope::failure(&id, &e)),
-        );
-    };
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        shield.metrics.ws_opened();
+        let _open = OpenConn(shield.clone());
+        let mut limiter = RateLimiter::new(shield.limits.rate_limit, shield.limits.rate_burst);
+        let (outbox, mut rx) = fanout::outbox(app.queue_limits());
+        roster.join(&outbox);
+        drop(roster);
+        let mut state = Some(ConnState::new(
+            app.clone(),
+            outbox.clone(),
+            peer,
+            shield.clone(),
+        ));
+        let mut in_flight: Option<InFlight> = None;
+        // the client may still send requests
+        let mut reading = true;
+        // the server is shutting down: close once the request in flight is answered
+        let mut stopping = false;
+        // the close frame went out, or the socket failed: nothing more is written
+        let mut written_off = false;
+        let reply_error = |id: serde_json::Value, e: ApiError| {
+            outbox.send(
+                FrameKind::Reply,
+                Utf8Bytes::from(envelope::failure(&id, &e)),
+            );
+        };
 
-    while !(written_off && in_flight.is_none()) {
-        tokio::select! {
-            biased;
-            done = request_done(&mut in_flight) => {
-                in_flight = None;
-                match done {
-                    Ok(s) => state = Some(s),
-                    Err(_) => {
-                        // the state was dropped with the panic, and with it the
-                        // connection's subscriptions and registry entry
-                        tracing::error!(peer = %peer, "a request panicked; closing its connection");
-                        outbox.close(fanout::CLOSE_INTERNAL, "internal error");
-                        reading = false;
-                    }
-                }
-            }
-            next = rx.next(), if !written_off => {
-                written_off = match next {
-                    // boxed: an idle connection's task keeps no room for a write
-                    Next::Frames(frames) => !Box::pin(write_batch(&mut socket, frames)).await,
-                    Next::Close(code, reason) => {
-                        Box::pin(close(&mut socket, code, reason)).await;
-                        true
-                    }
-                };
-                if written_off {
-                    outbox.close(fanout::CLOSE_NORMAL, "connection lost");
-                    reading = false;
-                }
-            }
-            // an in-flight request finishes (and its reply is queued) before the close
-            _ = shutdown.cancelled(), if reading && in_flight.is_none() => {
+        while !(written_off && in_flight.is_none()) {
+            if stopping && reading && in_flight.is_none() {
                 outbox.finish(CLOSE_GOING_AWAY, "server shutting down");
                 reading = false;
             }
-            _ = tick.tick(), if !written_off => {
-                if in_flight.is_some() {
-                    // waiting for our own reply is not silence (frames are not read
-                    // meanwhile, pongs included)
-                    last_seen = Instant::now();
-                }
-                let silent = last_seen.elapsed();
-                if silent >= idle_timeout {
-                    outbox.close(CLOSE_GOING_AWAY, "idle timeout");
-                    reading = false;
-                } else if silent >= ping_every && !Box::pin(ping(&mut socket)).await {
-                    outbox.close(fanout::CLOSE_NORMAL, "connection lost");
-                    written_off = true;
-                    reading = false;
-                }
-            }
-            msg = socket.next(), if reading && in_flight.is_none() => {
-                last_seen = Instant::now();
-                match received(msg, &mut limiter, &shield, &reply_error) {
-                    Received::Request(req) => {
-                        if let Some(mut s) = state.take() {
-                            let app = app.clone();
-                            let handled = async move {
-                                dispatch::handle(&app, &mut s, req).await;
-                                s
-                            };
-                            in_flight = Some(tokio::spawn(handled));
+            tokio::select! {
+                biased;
+                done = request_done(&mut in_flight) => {
+                    in_flight = None;
+                    outbox.set_busy(false);
+                    match done {
+                        Ok(s) => state = Some(s),
+                        Err(_) => {
+                            // the state was dropped with the panic, and with it the
+                            // connection's subscriptions and registry entry
+                            tracing::error!(peer = %peer, "a request panicked; closing its connection");
+                            outbox.close(fanout::CLOSE_INTERNAL, "internal error");
+                            reading = false;
                         }
                     }
-                    Received::Nothing => {}
-                    Received::End(code, reason) => {
-                        // what is queued (replies, refusals) goes out before the close
-                        outbox.finish(code, reason);
+                }
+                next = rx.next(), if !written_off => {
+                    // boxed: an idle connection's task keeps no room for a write
+                    let ok = match next {
+                        Next::Frames(frames) => Box::pin(write_batch(&mut socket, frames)).await,
+                        Next::Close(code, reason) => {
+                            Box::pin(close(&mut socket, code, reason)).await;
+                            false
+                        }
+                        Next::Ping => Box::pin(ping(&mut socket)).await,
+                        Next::Stop => {
+                            stopping = true;
+                            true
+                        }
+                    };
+                    if !ok {
+                        written_off = true;
+                        outbox.close(fanout::CLOSE_NORMAL, "connection lost");
                         reading = false;
                     }
-                    Received::Gone => {
-                        // nothing may follow the close frame tungstenite has queued or
-                        // sent (its answer to the client's, or its own after a
-                        // protocol error): what is queued is dropped
-                        outbox.close(fanout::CLOSE_NORMAL, "bye");
-                        reading = false;
+                }
+                msg = socket.next(), if reading && in_flight.is_none() => {
+                    outbox.heard();
+                    match received(msg, &mut limiter, &shield, &reply_error) {
+                        Received::Request(req) => {
+                            if let Some(mut s) = state.take() {
+                                let app = app.clone();
+                                let handled = async move {
+                                    dispatch::handle(&app, &mut s, req).await;
+                                    s
+                                };
+                                outbox.set_busy(true);
+                                in_flight = Some(tokio::spawn(handled));
+                            }
+                        }
+                        Received::Nothing => {}
+                        Received::End(code, reason) => {
+                            // what is queued (replies, refusals) goes out before the close
+                            outbox.finish(code, reason);
+                            reading = false;
+                        }
+                        Received::Gone => {
+                            // nothing may follow the close frame tungstenite has queued or
+                            // sent (its answer to the client's, or its own after a
+                            // protocol error): what is queued is dropped
+                            outbox.close(fanout::CLOSE_NORMAL, "bye");
+                            reading = false;
+                        }
                     }
                 }
             }
         }
+        drop(state);
     }
-    drop(state);
+}
+
+/// The liveness sweep of a server's connections: every `min(ping, idle / 2)`, a
+/// connection silent for `--ping-interval` is pinged and one silent for
+/// `--idle-timeout` closed; at shutdown every connection is asked to stop.
+pub async fn sweeper(roster: Arc<Roster>, config: &crate::Config, shutdown: CancellationToken) {
+    let ping_every = Duration::from_secs(config.ping_interval.max(1));
+    let idle_timeout = Duration::from_secs(config.idle_timeout.max(2));
+    let mut tick = tokio::time::interval(ping_every.min(idle_timeout / 2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => roster.sweep(ping_every, idle_timeout),
+        }
+    }
+    roster.stop();
 }
 
 /// The outcome of the request in flight; never ready when there is none.
@@ -276,11 +290,12 @@ impl Drop for OpenConn {
 /// Writes frames in order and flushes; false if the client is gone or too slow.
 /// Each is one unmasked text frame written into the socket's gathering buffer (a
 /// frame header is a few bytes: RFC 6455, 5.2), sent whenever that buffer is full
-/// and at the end; nothing of it stays with the connection afterwards.
+/// or a large message was pushed, and at the end; nothing of it stays with the
+/// connection afterwards.
 async fn write_batch(socket: &mut Socket, frames: VecDeque<Utf8Bytes>) -> bool {
     let write = async {
         for f in frames {
-            socket.get_mut().push_text(f.as_str());
+            socket.get_mut().push_text(&f);
             if socket.get_ref().is_full() {
                 flush(socket).await?;
             }
