@@ -1344,6 +1344,37 @@ async fn in_process_node(etcd: &Etcd, prefix: &str, base: &str) -> Server {
 
 const ADMIN_PASSWORD: &str = "cluster refunds admin";
 
+/// Two in-process nodes on one etcd member paying through one fake Stripe, and a
+/// booking held through node A by client `c`.
+struct TwoNodes {
+    _etcd: Etcd,
+    fake: FakeStripe,
+    a: Server,
+    b: Server,
+    c: Client,
+    token: String,
+    loc: String,
+}
+
+async fn two_nodes_and_a_hold() -> TwoNodes {
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let a = in_process_node(&etcd, &prefix, &fake.base()).await;
+    let b = in_process_node(&etcd, &prefix, &fake.base()).await;
+    let flights = scheduled_flights(&a.url()).await;
+    let (c, token, loc) = holder(&a.url(), &flights[0], "h").await;
+    TwoNodes {
+        _etcd: etcd,
+        fake,
+        a,
+        b,
+        c,
+        token,
+        loc,
+    }
+}
+
 /// A refund being made through one node holds the booking's payment mark, so an
 /// admin resolving that refund through another node at that moment is refused
 /// (it would record as paid elsewhere a refund the first node is paying at the
@@ -1351,13 +1382,15 @@ const ADMIN_PASSWORD: &str = "cluster refunds admin";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_in_flight_on_one_node_cannot_be_resolved_through_another() {
     let _serial = SERIAL.lock().await;
-    let etcd = Etcd::start(1);
-    let fake = FakeStripe::start().await.expect("fake stripe");
-    let prefix = prefix();
-    let a = in_process_node(&etcd, &prefix, &fake.base()).await;
-    let b = in_process_node(&etcd, &prefix, &fake.base()).await;
-    let flights = scheduled_flights(&a.url()).await;
-    let (mut c, token, loc) = holder(&a.url(), &flights[0], "h").await;
+    let TwoNodes {
+        _etcd,
+        fake,
+        a,
+        b,
+        mut c,
+        token,
+        loc,
+    } = two_nodes_and_a_hold().await;
     c.ok("booking.pay", pay_params(&loc, "p")).await;
     let seat = c.ok("booking.get", json!({"locator": loc})).await["booking"]["seats"][0]["seat"]
         .as_str()
@@ -1404,6 +1437,65 @@ async fn a_refund_in_flight_on_one_node_cannot_be_resolved_through_another() {
     assert_eq!(money_mismatches(&orders, &l), Vec::<String>::new());
     let closed = admin.call("admin.refunds.resolve", resolve("retry")).await;
     assert_eq!(closed["error"]["data"]["reason"], "not_found", "{closed}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A payment mark belongs to the process that took it: while node A is charging a
+/// booking under its mark, node B reconciling that attempt (a webhook, a reconciler
+/// round) leaves it to A: it asks the gateway nothing, settles nothing, and never
+/// releases A's mark (a refund made under it would otherwise be made twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_leaves_an_attempt_under_a_live_mark_to_its_owner() {
+    let _serial = SERIAL.lock().await;
+    let TwoNodes {
+        _etcd,
+        fake,
+        a,
+        b,
+        mut c,
+        loc,
+        ..
+    } = two_nodes_and_a_hold().await;
+    // node A's confirm takes 6 s at the gateway
+    fake.set_fault(FaultRule {
+        step: Step::Confirm,
+        fault: Fault::Slow(Duration::from_secs(6)),
+        rate: 1.0,
+    });
+    let pay = pay_params(&loc, "p");
+    let paying = tokio::spawn(async move { c.call("booking.pay", pay).await });
+    let on_b = b.app().clone();
+    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    let charging = || {
+        on_b.store
+            .open_attempts()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.locator == locator && x.payment_ref.is_some())
+    };
+    eventually("node B sees A's attempt", Duration::from_secs(20), || {
+        charging().is_some() && on_b.store.payment_mark(&locator).unwrap().is_some()
+    })
+    .await;
+    let attempt = charging().unwrap();
+
+    on_b.reconcile_payments(Duration::ZERO).await;
+    assert_eq!(fake.received(Step::Retrieve), 0, "B asked the gateway");
+    assert!(
+        !fake.keys().iter().any(|k| k.step == Step::Cancel),
+        "B cancelled A's payment: {:?}",
+        fake.keys()
+    );
+    let mark = on_b.store.payment_mark(&locator).unwrap();
+    assert_eq!(
+        mark.map(|m| m.attempt_id),
+        Some(attempt.id),
+        "A's mark is still held"
+    );
+    let paid = paying.await.expect("pay task");
+    assert_eq!(paid["result"]["booking"]["status"], "confirmed", "{paid}");
+    fake.clear_faults();
     a.stop().await;
     b.stop().await;
 }
@@ -1499,6 +1591,7 @@ async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
         attempt_id: attempt.into(),
         request_id: format!("r-{attempt}"),
         until,
+        owner: "test".into(),
     };
     let commit = |n: usize, batch: Batch| {
         let n = nodes[n].clone();

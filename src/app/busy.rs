@@ -53,8 +53,15 @@ impl App {
     }
 }
 
+const BUSY: &str = "a payment operation on this booking is in progress";
+
 pub(super) fn busy_error() -> ApiError {
-    ApiError::InvalidState("a payment operation on this booking is in progress".into())
+    ApiError::InvalidState(BUSY.into())
+}
+
+/// Whether `e` is [`busy_error`]: nothing was done, the booking was busy.
+pub(super) fn is_busy(e: &ApiError) -> bool {
+    matches!(e, ApiError::InvalidState(m) if m == BUSY)
 }
 
 impl Drop for Busy {

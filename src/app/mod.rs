@@ -71,6 +71,8 @@ pub struct App {
     ready: AtomicBool,
     /// Every attempt an older version closed as failed without proof was checked.
     failures_checked: AtomicBool,
+    /// This process's name on the payment marks it takes (`PaymentMark::owner`).
+    mark_owner: String,
     /// Open refunds the gateway failed or refused on this node since it started:
     /// tries and the last error (`admin.refunds.list`).
     refund_failures: DashMap<String, (u32, String)>,
@@ -179,6 +181,7 @@ impl App {
             ),
             ready: AtomicBool::new(false),
             failures_checked: AtomicBool::new(false),
+            mark_owner: unique_id("node"),
             refund_failures: DashMap::new(),
             stop,
             background: parking_lot::Mutex::new(vec![commit_task, upkeep_task]),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bookings::{check_bookable, AIRLINE_CODE};
-use super::busy::{busy_error, Busy};
+use super::busy::{busy_error, is_busy, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
@@ -128,7 +128,7 @@ impl App {
             let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
             self.take_mark(&attempt).await?;
             let settled = self.charge(&fs, key, attempt, p.payment_method, busy).await;
-            self.release_mark(&id, &rid, &loc).await;
+            self.release_mark(&id, &rid, &loc, true).await;
             settled
         })
         .await
@@ -214,7 +214,7 @@ impl App {
             )),
         };
         let settled = self.settle_outcome(fs, key, a, outcome, busy).await;
-        self.release_mark(&id, &rid, &loc).await;
+        self.release_mark(&id, &rid, &loc, true).await;
         settled
     }
 
@@ -229,7 +229,7 @@ impl App {
     ) -> Result<Value, ApiError> {
         let loc = attempt.locator.clone();
         match outcome {
-            Ok(()) => self.settle_charged(fs, attempt, busy).await,
+            Ok(()) => self.settle_paid(fs, key, attempt, busy).await,
             Err(PaymentError::ActionRequired(secret)) => {
                 self.await_action(attempt, secret, busy).await
             }
@@ -239,7 +239,7 @@ impl App {
             }
             Err(PaymentError::Failed(m)) => {
                 match self.resolve(&attempt).await {
-                    Ok(PaymentStatus::Succeeded) => self.settle_charged(fs, attempt, busy).await,
+                    Ok(PaymentStatus::Succeeded) => self.settle_paid(fs, key, attempt, busy).await,
                     Ok(PaymentStatus::NotCharged) => {
                         self.settle_failed(
                             attempt,
@@ -249,26 +249,58 @@ impl App {
                         )
                         .await
                     }
-                    // unknown: the attempt stays open for the reconciler; the
-                    // reply is remembered until the attempt settles
+                    // unknown: the attempt stays open for the reconciler
                     _ => {
                         drop(busy);
-                        let err = ApiError::PaymentFailed(m);
-                        let failed = (
-                            key.user,
-                            event(
-                                "payment_failed",
-                                Some(&loc),
-                                domain::now_ms(),
-                                json!({"message": err.to_string()}),
-                            ),
-                        );
-                        self.end_with_error(key, Batch::default(), Some(failed), err)
-                            .await
+                        self.left_open(key, &loc, m).await
                     }
                 }
             }
         }
+    }
+
+    /// Settles a charge for the pay request `key`. If the booking cannot take it and its
+    /// refund must wait for another node's payment operation on the booking, the
+    /// request ends with `payment_failed` (or the success a twin of it answered) and
+    /// the attempt is left open for the reconciler, which refunds the charge.
+    async fn settle_paid(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: IdemKey,
+        attempt: PaymentAttempt,
+        busy: Busy,
+    ) -> Result<Value, ApiError> {
+        let loc = attempt.locator.clone();
+        match self.settle_charged(fs, attempt, busy).await {
+            Err(e) if is_busy(&e) => {
+                let m = "the payment went through but the booking could not take it; the \
+                         charge is being refunded";
+                self.left_open(key, &loc, m.into()).await
+            }
+            settled => settled,
+        }
+    }
+
+    /// Ends a pay request with `payment_failed` (`message`), its attempt left open for
+    /// the reconciler: the reply is remembered until the attempt settles.
+    async fn left_open(
+        &self,
+        key: IdemKey,
+        loc: &domain::Locator,
+        message: String,
+    ) -> Result<Value, ApiError> {
+        let err = ApiError::PaymentFailed(message);
+        let failed = (
+            key.user,
+            event(
+                "payment_failed",
+                Some(loc),
+                domain::now_ms(),
+                json!({"message": err.to_string()}),
+            ),
+        );
+        self.end_with_error(key, Batch::default(), Some(failed), err)
+            .await
     }
 
     /// The customer must act: the attempt waits (not charged, still open) and the
@@ -338,7 +370,13 @@ impl App {
             attempt_id: attempt_id.to_owned(),
             request_id: request_id.to_owned(),
             until: domain::now_ms() + self.payment_span().as_millis() as domain::Millis,
+            owner: self.mark_owner.clone(),
         }
+    }
+
+    /// Whether this process took `m` (since it started).
+    fn owns(&self, m: &PaymentMark) -> bool {
+        m.owner == self.mark_owner
     }
 
     /// Takes `mark` on a cluster, in one write with `attempt` if given: by
@@ -422,27 +460,37 @@ impl App {
     }
 
     /// Releases the booking's payment mark if `attempt` holds it, or a twin of its
-    /// request (`request_id`) whose attempt is over; else it lapses. A twin's attempt
-    /// still open is first settled with the gateway: made through a node that died,
-    /// it is cancelled (or its charge refunded) and its mark released; one still
-    /// being charged stays uncertain and keeps its mark.
+    /// request (`request_id`, when `twins`: a pay request's twin through another
+    /// node) whose attempt is over; else it lapses. A live mark another process took
+    /// is left to it, unless it is such a twin's. A twin's attempt still open is
+    /// first settled with the gateway: made through a node that died, it is
+    /// cancelled (or its charge refunded) and its mark released; one still being
+    /// charged stays uncertain and keeps its mark.
     fn release_mark<'a>(
         &'a self,
         attempt: &'a str,
         request_id: &'a str,
         loc: &'a domain::Locator,
+        twins: bool,
     ) -> BoxFuture<'a, ()> {
         // boxed: settling a twin releases its mark through here again
         async move {
+            let now = domain::now_ms();
             let mark = match self.store.payment_mark(loc) {
+                Ok(Some(m))
+                    if m.live(now) && !self.owns(&m) && !(twins && m.request_id == request_id) =>
+                {
+                    return
+                }
                 Ok(Some(m)) if m.attempt_id == attempt => m,
-                Ok(Some(m)) if m.request_id == request_id => {
+                Ok(Some(m)) if twins && m.request_id == request_id => {
                     match self.store.attempt(&m.attempt_id) {
                         Ok(Some(twin)) if twin.is_open() => {
-                            let now = domain::now_ms();
                             if twin.payment_ref.is_some() && !self.awaits_customer(&twin, now) {
                                 // settling it releases its mark
-                                self.try_reconcile(twin).await;
+                                let id = twin.id.clone();
+                                let settled = self.reconcile(twin, true).await;
+                                log_reconciled(&id, settled);
                             }
                             return;
                         }
@@ -643,8 +691,11 @@ impl App {
                 r
             }
         };
-        // made under this request's mark (or its twin's), else under one of its own
-        let covered = |m: &PaymentMark| m.attempt_id == a.id || m.request_id == a.request_id;
+        // made under this process's mark for this request (or its twin), else under
+        // one of its own: never under another node's, which may be refunding it too
+        let covered = |m: &PaymentMark| {
+            self.owns(m) && (m.attempt_id == a.id || m.request_id == a.request_id)
+        };
         let mark = self.take_refund_mark(&refund, covered).await?;
         let ended = async {
             let err = ApiError::InvalidState(
@@ -734,8 +785,10 @@ impl App {
     /// Settles one open attempt, or checks again one closed as failed, from what the
     /// gateway says, unless a payment for the booking is in flight right now (that
     /// request settles it). A charge found for a failed attempt confirms the booking if
-    /// its seats are still held by it, and is refunded otherwise.
-    async fn reconcile(&self, a: PaymentAttempt) -> Result<Reconciled, ApiError> {
+    /// its seats are still held by it, and is refunded otherwise. A live payment mark
+    /// of the attempt taken by another process is that process's to settle under
+    /// (skipped), unless this is a `twin` of its request settling it.
+    async fn reconcile(&self, a: PaymentAttempt, twin: bool) -> Result<Reconciled, ApiError> {
         if !a.is_open() && a.state != AttemptState::Failed {
             return Ok(Reconciled::Settled);
         }
@@ -745,7 +798,9 @@ impl App {
         let fs = self.flight_seats(&b.flight_id)?;
         let busy = {
             let mut w = fs.working();
-            if self.paying(&w, &a.locator, &|m| m.attempt_id == a.id)? {
+            if self.paying(&w, &a.locator, &|m| {
+                m.attempt_id == a.id && (twin || self.owns(m))
+            })? {
                 return Ok(Reconciled::Skipped);
             }
             Busy::mark(&fs, &mut w, &a.locator)?
@@ -779,8 +834,12 @@ impl App {
                 return Ok(Reconciled::Skipped)
             }
         };
+        if matches!(&settled, Err(e) if is_busy(e)) {
+            // its refund waits for another node's payment operation on the booking
+            return Ok(Reconciled::Skipped);
+        }
         // a node that died mid-payment left its mark
-        self.release_mark(&id, &rid, &loc).await;
+        self.release_mark(&id, &rid, &loc, twin).await;
         match settled {
             Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => {
                 Ok(Reconciled::Settled)
@@ -817,17 +876,7 @@ impl App {
     /// to be settled or checked.
     pub(super) async fn try_reconcile(&self, a: PaymentAttempt) -> bool {
         let id = a.id.clone();
-        match self.reconcile(a).await {
-            Ok(Reconciled::Settled) => true,
-            Ok(Reconciled::Skipped) => {
-                tracing::info!(attempt = %id, "payment attempt left for later");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
-                false
-            }
-        }
+        log_reconciled(&id, self.reconcile(a, false).await)
     }
 
     /// Reconciles every open attempt older than `min_age` with the gateway, and, until
@@ -940,6 +989,22 @@ pub async fn run_reconciler(
                 app.resume_cancellations();
             }
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Logs what [`App::reconcile`] did with attempt `id`; `false` if it is still to be
+/// settled or checked.
+fn log_reconciled(id: &str, r: Result<Reconciled, ApiError>) -> bool {
+    match r {
+        Ok(Reconciled::Settled) => true,
+        Ok(Reconciled::Skipped) => {
+            tracing::info!(attempt = %id, "payment attempt left for later");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(attempt = %id, error = %e, "payment attempt not reconciled yet");
+            false
         }
     }
 }

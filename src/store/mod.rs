@@ -197,6 +197,12 @@ pub struct PaymentMark {
     /// not kept waiting: it settles as a twin payment).
     pub request_id: String,
     pub until: Millis,
+    /// The process that took it (random per start): only it settles under the mark
+    /// or releases it while it is live. A mark written before owners were kept has
+    /// none and is nobody's (it is left to lapse). Left out when empty, so such a
+    /// mark encodes as it was read (marks change by compare-and-swap on the bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl PaymentMark {

@@ -993,6 +993,7 @@ mod tests {
             attempt_id: attempt.into(),
             request_id: "r".into(),
             until: 1,
+            owner: String::new(),
         };
         let held = || s.payment_mark(&loc).unwrap().map(|m| m.attempt_id);
         s.write(&Batch {
