@@ -707,9 +707,7 @@ impl App {
             else {
                 return Err(err);
             };
-            let made = self.make_refund(&refund).await;
-            drop(busy);
-            if let Err(e) = made {
+            if let Err(e) = self.make_refund(&refund).await {
                 tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
                 return Err(e);
             }
@@ -738,6 +736,8 @@ impl App {
         };
         let ended = ended.await;
         self.release_refund_mark(mark).await;
+        // busy until the refund is recorded: a resolve on this node must not slip in
+        drop(busy);
         ended
     }
 
