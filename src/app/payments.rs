@@ -34,8 +34,8 @@ use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::{params, wire, ApiError};
 use crate::store::{
-    AttemptState, Batch, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundReason,
-    RefundRecord, StoreError,
+    AttemptState, Batch, Committer, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark,
+    RefundReason, RefundRecord, StoreError,
 };
 
 const PAY: &str = "booking.pay";
@@ -429,33 +429,25 @@ impl App {
         &self,
         r: &RefundRecord,
         covered: impl Fn(&PaymentMark) -> bool,
-    ) -> Result<Option<PaymentMark>, ApiError> {
+    ) -> Result<HeldMark, ApiError> {
+        let mut held = HeldMark {
+            committer: self.committer.clone(),
+            mark: None,
+        };
         if !self.committer.is_replicated() {
-            return Ok(None);
+            return Ok(held);
         }
         let mark = self.new_mark(&r.locator, &r.id, &r.id);
-        let taken = self.claim_mark(&mark, None, covered).await?;
-        Ok(taken.then_some(mark))
+        if self.claim_mark(&mark, None, covered).await? {
+            held.mark = Some(mark);
+        }
+        Ok(held)
     }
 
-    /// Releases a mark [`Self::take_refund_mark`] took (one taken anew meanwhile is
-    /// left alone; one not released lapses).
-    pub(super) async fn release_refund_mark(&self, mark: Option<PaymentMark>) {
-        let Some(mark) = mark else {
-            return;
-        };
-        let id = mark.attempt_id.clone();
-        let released = self
-            .write_soon(Batch {
-                unmarks: vec![mark],
-                ..Default::default()
-            })
-            .await;
-        match released {
-            Ok(()) | Err(StoreError::Conflict) => {}
-            Err(e) => {
-                tracing::warn!(attempt = %id, error = %e, "payment mark not released; it lapses")
-            }
+    /// Releases a mark [`Self::take_refund_mark`] took.
+    pub(super) async fn release_refund_mark(&self, mut held: HeldMark) {
+        if let Some(mark) = held.mark.take() {
+            release(&self.committer, mark).await;
         }
     }
 
@@ -500,7 +492,7 @@ impl App {
                 }
                 _ => return,
             };
-            self.release_refund_mark(Some(mark)).await;
+            release(&self.committer, mark).await;
         }
         .boxed()
     }
@@ -989,6 +981,46 @@ pub async fn run_reconciler(
                 app.resume_cancellations();
             }
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A refund's payment mark taken (if any). Dropped unreleased, as when the future
+/// making the refund is dropped midway (a cancellation job stopping), it is released
+/// by a task of its own rather than left until it lapses.
+pub(super) struct HeldMark {
+    committer: Arc<Committer>,
+    mark: Option<PaymentMark>,
+}
+
+impl Drop for HeldMark {
+    fn drop(&mut self) {
+        let Some(mark) = self.mark.take() else {
+            return;
+        };
+        let committer = self.committer.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { release(&committer, mark).await });
+        }
+    }
+}
+
+/// Releases a payment mark while it is still the one given (one taken anew meanwhile
+/// is left alone; one not released lapses).
+async fn release(committer: &Committer, mark: PaymentMark) {
+    let id = mark.attempt_id.clone();
+    let batch = Batch {
+        unmarks: vec![mark],
+        ..Default::default()
+    };
+    let released = match committer.submit(batch, None, || None) {
+        Ok(t) => committer.durable(t).await,
+        Err(e) => Err(e),
+    };
+    match released {
+        Ok(()) | Err(StoreError::Conflict) => {}
+        Err(e) => {
+            tracing::warn!(attempt = %id, error = %e, "payment mark not released; it lapses")
         }
     }
 }

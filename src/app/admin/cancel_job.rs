@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{cancel_reason, occupants};
-use crate::app::busy::Busy;
+use crate::app::busy::{is_busy, Busy};
 use crate::app::{App, AuthSession, Step};
 use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
 use crate::inventory::FlightSeats;
@@ -269,6 +269,7 @@ impl App {
         {
             Ok(_) if again => Ok(Outcome::Busy),
             Ok(_) => Ok(Outcome::Refunded),
+            Err(e) if is_busy(&e) => Ok(Outcome::Busy),
             Err(e) => Ok(Outcome::Failed(e.to_string())),
         }
     }
