@@ -391,15 +391,18 @@ async fn a_hold_does_not_expire_under_an_inflight_payment() {
     s.stop().await;
 }
 
+/// A charge whose answer was lost keeps its hold past its time until the gateway
+/// tells whether it landed: then it confirms the booking rather than being refunded
+/// after the seats went to someone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_charge_whose_seats_are_gone_is_refunded() {
+async fn an_uncertain_charge_keeps_its_hold_until_settled() {
     let ls = LocalStripe::start().await;
     let proxy = Proxy::start(ls.addr).await;
     let s = Server::start_with(|c| {
         stripe_config(c, &proxy.base());
         c.hold_ttl = 2;
         c.gateway_timeout = 1;
-        c.reconcile_interval = 1;
+        c.reconcile_interval = 3600;
     })
     .await;
     let mut a = s.client().await;
@@ -413,68 +416,47 @@ async fn a_charge_whose_seats_are_gone_is_refunded() {
         "payment_failed"
     );
     assert_eq!(ls.charges().await.len(), 1);
-    loop {
-        let u = a.push("booking.updated").await;
-        if u["booking"]["status"] == "expired" {
-            break;
-        }
-    }
+    wait_until_past(b["hold_expires_at"].as_str().unwrap()).await;
     let mut other = s.client().await;
     other.new_user().await;
-    hold(&mut other, &fid, &seats, "mine-now").await;
+    let grab = json!({"flight_id": fid, "seats": seats, "passengers": passengers(1), "request_id": "grab"});
+    assert_eq!(
+        other.reason("booking.hold", grab.clone()).await,
+        "seat_unavailable",
+        "the hold was released under an unsettled charge"
+    );
     proxy.set(PASS);
-    // the reconciler finds the charge and gives the money back
-    loop {
-        let h = a.ok("history.list", json!({})).await;
-        if h["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "payment_refunded")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let total = b["total"]["amount"].as_i64().unwrap();
-    assert_eq!(ls.charges().await, vec![(total, total)]);
+    eventually("the expiry settles the charge", || {
+        let status = store_booking(&s, &loc).status;
+        async move { status != jetway::domain::BookingStatus::Held }
+    })
+    .await;
     assert_eq!(
         a.ok("booking.get", json!({"locator": loc})).await["booking"]["status"],
-        "expired"
+        "confirmed"
     );
-    assert_eq!(
-        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p"))
-            .await,
-        "invalid_state",
-        "the settled outcome replaces the first answer"
-    );
-    let m = other.ok("flights.get", json!({"flight_id": fid})).await;
-    assert_eq!(
-        m["seats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["seat"] == seats[0].as_str())
-            .unwrap()["status"],
-        "held"
-    );
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(ls.charges().await, vec![(total, 0)], "one charge, kept");
+    assert_eq!(other.reason("booking.hold", grab).await, "seat_unavailable");
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_between_charge_and_booking_confirms_after_restart() {
-    let ls = LocalStripe::start().await;
-    let proxy = Proxy::start(ls.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let envs = [("STRIPE_SECRET_KEY", KEY)];
-    let args = ["--payments", "stripe", "--stripe-api-base", &proxy.base()];
-    let p = Proc::spawn_with_env(dir.path(), &args, &envs);
+/// Starts Jetway on `dir`, holds `n` seats for a new user and kills the server with
+/// SIGKILL once the gateway has charged their payment (the proxy holds the answer).
+/// Returns the username and the held booking.
+async fn crash_after_charge(
+    proxy: &Proxy,
+    dir: &std::path::Path,
+    args: &[&str],
+    n: usize,
+) -> (String, Value) {
+    let p = Proc::spawn_with_env(dir, args, &[("STRIPE_SECRET_KEY", KEY)]);
     let mut c = Client::connect(&p.url()).await;
     let name = unique_name("crash");
     c.register(&name).await;
     let f = later_flight(&mut c).await;
     let fid = f["flight_id"].as_str().unwrap().to_owned();
-    let seats = free_seats(&mut c, &fid, "economy", 2).await;
+    let seats = free_seats(&mut c, &fid, "economy", n).await;
     let b = hold(&mut c, &fid, &seats, "h").await;
     proxy.set(HOLD_CONFIRM);
     let charged = proxy.charged.notified();
@@ -484,16 +466,32 @@ async fn sigkill_between_charge_and_booking_confirms_after_restart() {
     charged.await;
     p.kill9();
     let _ = inflight.await;
-    proxy.set(PASS);
-    proxy.release.notify_waiters();
+    (name, b)
+}
 
-    let p = Proc::spawn_with_env(dir.path(), &args, &envs);
+/// Starts Jetway again on `dir` and logs `name` in.
+async fn restart_as(dir: &std::path::Path, args: &[&str], name: &str) -> (Proc, Client) {
+    let p = Proc::spawn_with_env(dir, args, &[("STRIPE_SECRET_KEY", KEY)]);
     let mut c = Client::connect(&p.url()).await;
     c.ok(
         "auth.login",
         json!({"username": name, "password": PASSWORD}),
     )
     .await;
+    (p, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_charge_and_booking_confirms_after_restart() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--payments", "stripe", "--stripe-api-base", &proxy.base()];
+    let (name, b) = crash_after_charge(&proxy, dir.path(), &args, 2).await;
+    proxy.set(PASS);
+    proxy.release.notify_waiters();
+
+    let (_p, mut c) = restart_as(dir.path(), &args, &name).await;
     let got = c.ok("booking.get", json!({"locator": b["locator"]})).await;
     assert_eq!(got["booking"]["status"], "confirmed", "{got}");
     assert!(got["booking"]["seats"]
@@ -520,6 +518,52 @@ async fn sigkill_between_charge_and_booking_confirms_after_restart() {
         .await;
     assert_eq!(again["booking"]["status"], "confirmed");
     assert_eq!(ls.charges().await.len(), 1);
+}
+
+/// The restarted server cannot reach the gateway at first, so its start-up reconcile
+/// leaves the charged attempt open while the hold is already past due: the expiry
+/// must settle the charge before it releases the seats, not leave it to be refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_due_after_a_crash_mid_payment_keeps_its_charge() {
+    let ls = LocalStripe::start().await;
+    let proxy = Proxy::start(ls.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--payments",
+        "stripe",
+        "--stripe-api-base",
+        &proxy.base(),
+        "--hold-ttl",
+        "2",
+        "--reconcile-interval",
+        "3600",
+    ];
+    let (name, b) = crash_after_charge(&proxy, dir.path(), &args, 1).await;
+    proxy.set(FAIL);
+    proxy.release.notify_waiters();
+    wait_until_past(b["hold_expires_at"].as_str().unwrap()).await;
+
+    let (_p, mut c) = restart_as(dir.path(), &args, &name).await;
+    proxy.set(PASS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let got = c.ok("booking.get", json!({"locator": b["locator"]})).await;
+        let status = got["booking"]["status"].as_str().unwrap().to_owned();
+        if status != "held" || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "confirmed", "the paid hold was released");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!(ls.charges().await, vec![(total, 0)], "one charge, kept");
+    assert_eq!(
+        c.ok("orders.list", json!({})).await["orders"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn post_webhook(s: &Server, body: &str, signature: &str) -> u16 {

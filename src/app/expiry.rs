@@ -10,9 +10,12 @@ use tokio::sync::Notify;
 
 use super::App;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
+use crate::store::AttemptState;
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
+/// How long to wait before retrying a hold whose charged payment could not be settled.
+const SETTLE_RETRY_MS: Millis = 5_000;
 
 /// The timer queue of held bookings.
 #[derive(Default)]
@@ -136,7 +139,9 @@ impl App {
     }
 
     /// Expires one hold if it is still held and due. On a cluster every node may try
-    /// the same hold: the first to commit wins, the others find it expired.
+    /// the same hold: the first to commit wins, the others find it expired. A charge
+    /// whose payer died before recording it is settled first, so that it confirms the
+    /// booking rather than being refunded after the seats are gone.
     async fn expire_one(
         &self,
         flight: &FlightId,
@@ -145,6 +150,16 @@ impl App {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
+        for a in self.store.booking_attempts(locator)? {
+            if a.state == AttemptState::Started
+                && a.payment_ref.is_some()
+                && !self.try_reconcile(a).await
+            {
+                self.expiry
+                    .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
+                return Ok(());
+            }
+        }
         self.seat_step(&fs, None, |w| {
             let now = domain::now_ms();
             let Some(mut b) = self.store.booking(locator)? else {
