@@ -490,11 +490,13 @@ async fn verify(
         let (seats, acked) = (names(&b["seats"]), names(&ack["seats"]));
         let same_seats = seats == acked;
         let refunding = cancel_failed.contains(loc);
-        let ok = match (then, now) {
+        let allowed = |then: &str| match (then, now) {
             ("held", "held") => {
                 let due = parse_time(b["hold_expires_at"].as_str().unwrap());
+                // a hold whose payment's outcome was unknown stays until that is
+                // settled (docs/payments.md), then goes at the next expiry pass
                 assert!(
-                    due > started,
+                    due > started || pay_failed.contains(loc),
                     "{loc}: a hold due before the restart was released"
                 );
                 same_seats
@@ -507,7 +509,15 @@ async fn verify(
             ("confirmed", "refunded") => refunding,
             (then, now) => then == now,
         };
-        assert!(ok, "{loc}: {b} after the answered {ack}");
+        // a payment whose outcome was unknown may have been confirmed later, and then
+        // cancelled like any confirmed booking
+        let ok =
+            allowed(then) || (then == "held" && pay_failed.contains(loc) && allowed("confirmed"));
+        let hist: Vec<String> = m.ops.iter().filter(|o| o.params["locator"].as_str() == Some(loc) || matches!(&o.outcome, Outcome::Ok(v) if v["booking"]["locator"].as_str() == Some(loc))).map(|o| format!("{} c{} {:?}", o.method, o.cycle, match &o.outcome { Outcome::Ok(_) => "ok".to_string(), other => format!("{other:?}") })).collect();
+        assert!(
+            ok,
+            "{loc}: status {now} after the answered {then}; ops {hist:?}"
+        );
     }
     // seats: no seat in two bookings, and the maps equal the bookings
     for (f, map) in flights.iter().zip(&snap.maps) {

@@ -91,6 +91,37 @@ impl App {
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
             let loc = booking.locator;
+            // an earlier pay left unanswered (a crash, a timeout) may have charged:
+            // settle it first, so that a retry tells what became of that money
+            let charged_maybe =
+                |a: &PaymentAttempt| a.state == AttemptState::Started && a.payment_ref.is_some();
+            let mut unsettled = false;
+            for a in self.store.booking_attempts(&loc)? {
+                if charged_maybe(&a) {
+                    unsettled |= !self.try_reconcile(a).await;
+                }
+            }
+            if let Some(v) = self.success_reply(&key).await? {
+                return super::replay(v);
+            }
+            // still unknown, and no request in flight settles it: the hold stays (its
+            // expiry waits for the outcome too), and this answer must not say "expired"
+            let in_flight =
+                self.paying(&fs.working(), &loc, &|m| m.request_id == key.request_id)?;
+            if unsettled && !in_flight {
+                let open = self.store.booking_attempts(&loc)?;
+                if open.iter().any(charged_maybe) {
+                    return self
+                        .left_open(
+                            key,
+                            &loc,
+                            "an earlier payment of this booking is not settled yet; the \
+                             booking is confirmed if it was charged"
+                                .into(),
+                        )
+                        .await;
+                }
+            }
             let (busy, amount) = {
                 let mut w = fs.working();
                 let now = domain::now_ms();
