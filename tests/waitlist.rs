@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,9 +45,10 @@ async fn sell_out(c: &mut Client, flight: &str) -> (String, String) {
     (loc, last[0].clone())
 }
 
-/// A logged-in seller and a flight far enough out for full refunds.
-async fn seller(s: &Server) -> (Client, String) {
-    let mut c = s.client().await;
+/// A logged-in seller on the server at `url` and a flight far enough out for full
+/// refunds.
+async fn seller(url: &str) -> (Client, String) {
+    let mut c = Client::connect(url).await;
     c.new_user().await;
     let f = later_flight(&mut c).await["flight_id"]
         .as_str()
@@ -134,7 +136,7 @@ async fn change_of(watcher: &mut Client, seat: &str) -> (Vec<(String, String)>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_released_last_seat_goes_to_the_first_entry_and_nobody_else() {
     let s = Server::start_with(fast).await;
-    let (mut seller, flight) = seller(&s).await;
+    let (mut seller, flight) = seller(&s.url()).await;
     let (last, seat) = sell_out(&mut seller, &flight).await;
     let mut watcher = s.client().await;
     watcher
@@ -231,7 +233,7 @@ async fn a_released_last_seat_goes_to_the_first_entry_and_nobody_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_is_for_sold_out_cabins_only_and_leaving_an_offer_moves_it_on() {
     let s = Server::start_with(fast).await;
-    let (mut seller, flight) = seller(&s).await;
+    let (mut seller, flight) = seller(&s.url()).await;
     let mut a = s.client().await;
     a.new_user().await;
     let economy = json!({"flight_id": flight, "cabin": "economy", "count": 1,
@@ -320,7 +322,7 @@ async fn an_expired_offer_moves_on_through_three_entries_across_a_restart() {
         c.hold_ttl = 3;
     };
     let mut s = Server::start_with(ttl).await;
-    let (mut seller, flight) = seller(&s).await;
+    let (mut seller, flight) = seller(&s.url()).await;
     let (last, seat) = sell_out(&mut seller, &flight).await;
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
@@ -485,7 +487,7 @@ async fn entries_expire_when_their_flight_departs_or_is_cancelled() {
     };
     let mut s = Server::start_with(with_admin).await;
     let mut ops = admin(&s.url()).await;
-    let (mut seller, departing) = seller(&s).await;
+    let (mut seller, departing) = seller(&s.url()).await;
     let dep = |f: &Value| {
         time::OffsetDateTime::parse(
             f["departs_at"].as_str().unwrap(),
@@ -503,7 +505,7 @@ async fn entries_expire_when_their_flight_departs_or_is_cancelled() {
         .expect("a second flight two days out");
     sell_out(&mut seller, &departing).await;
     // (sell_out's request ids are fixed: another seller for another flight)
-    let (mut seller2, _) = self::seller(&s).await;
+    let (mut seller2, _) = self::seller(&s.url()).await;
     sell_out(&mut seller2, &cancelled).await;
     let mut a = s.client().await;
     let token = a.new_user().await;
@@ -554,12 +556,7 @@ async fn position_changes_reach_owners_on_every_node() {
         node_with_env(&etcd, &prefix, &flags, &env),
         node_with_env(&etcd, &prefix, &flags, &env),
     ];
-    let mut seller = Client::connect(&nodes[0].url()).await;
-    seller.new_user().await;
-    let flight = later_flight(&mut seller).await["flight_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut seller, flight) = seller(&nodes[0].url()).await;
     sell_out(&mut seller, &flight).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
@@ -713,4 +710,74 @@ async fn sigkill_between_freeing_and_offering_loses_no_offer_and_doubles_none() 
         assert_eq!(available, 0, "no freed seat is left available");
     }
     p.kill9();
+}
+
+/// On etcd, a cancelled flight's long line (more entries than one etcd transaction
+/// may write, `--max-txn-ops` 128 by default) still expires: every entry ends, and
+/// each owner is told of each of its entries exactly once.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_line_of_a_cancelled_flight_expires_on_etcd() {
+    use common::cluster::{node_with_env, Etcd};
+    use jetway::domain::waitlist::MAX_WAITING_PER_USER;
+    const ENTRIES: usize = 60;
+    let etcd = Etcd::start(1);
+    let prefix = format!("{}/", unique_name("wllong"));
+    let flags = ["--insecure-fast-hashing", "--rate-limit", "0"];
+    let node = node_with_env(
+        &etcd,
+        &prefix,
+        &flags,
+        &[("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+    );
+    let (mut seller, flight) = seller(&node.url()).await;
+    sell_out(&mut seller, &flight).await;
+    let mut owners = Vec::new();
+    for u in 0..ENTRIES.div_ceil(MAX_WAITING_PER_USER) {
+        let mut c = Client::connect(&node.url()).await;
+        c.new_user().await;
+        let mut ids = Vec::new();
+        for k in 0..MAX_WAITING_PER_USER.min(ENTRIES - u * MAX_WAITING_PER_USER) {
+            let e = join(&mut c, &flight, &format!("j{k}")).await;
+            ids.push(e["id"].as_str().unwrap().to_owned());
+        }
+        owners.push((c, ids));
+    }
+
+    let mut ops = admin(&node.url()).await;
+    ops.ok(
+        "admin.flights.cancel",
+        json!({"flight_id": flight, "reason": "weather"}),
+    )
+    .await;
+    for (c, ids) in &mut owners {
+        let mut told: HashMap<String, usize> = HashMap::new();
+        while told.len() < ids.len() {
+            let u = c.push("waitlist.updated").await;
+            if u["entry"]["status"] == "expired" {
+                let id = u["entry"]["id"].as_str().unwrap().to_owned();
+                assert!(ids.contains(&id), "{u}");
+                *told.entry(id).or_insert(0) += 1;
+            }
+        }
+        assert!(
+            told.values().all(|n| *n == 1),
+            "each expiry told once: {told:?}"
+        );
+        for id in ids.iter() {
+            assert_eq!(entry(c, id).await["status"], "expired");
+        }
+        let again = c
+            .pushes
+            .iter()
+            .filter(|p| {
+                p["method"] == "waitlist.updated"
+                    && p["params"]["entry"]["status"] == "expired"
+                    && ids
+                        .iter()
+                        .any(|id| p["params"]["entry"]["id"] == id.as_str())
+            })
+            .count();
+        assert_eq!(again, 0, "each expiry is told once: {:?}", c.pushes);
+    }
 }

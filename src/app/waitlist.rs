@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::bookings::{check_bookable, new_locator};
 use super::busy::busy_error;
+use super::seat_change::Step;
 use super::{booking_push, event, remember_ok, App, AuthSession};
 use crate::domain::booking::MAX_SEATS_PER_BOOKING;
 use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};
@@ -33,6 +34,10 @@ pub(super) struct ClosedLines {
     due: parking_lot::Mutex<HashSet<FlightId>>,
     pub(super) wake: Notify,
 }
+
+/// Waiting entries of a closed line expired in one batch: 3 writes and a compare
+/// each stay well within etcd's default limit of 128 operations per transaction.
+const EXPIRY_CHUNK: usize = 32;
 
 /// Whether a flight's waitlist is over: the flight is cancelled or has departed.
 fn line_closed(f: &Flight, now: Millis) -> bool {
@@ -120,10 +125,14 @@ impl App {
         }
         let mut offered: Vec<(String, Booking)> = Vec::new();
         if line_closed(&fs.flight(), now) {
-            for e in entries
+            // one chunk per batch (an etcd transaction has at most `--max-txn-ops`
+            // operations), the back of the line first so the rest keep their positions
+            let mut waiting: Vec<&mut WaitlistEntry> = entries
                 .iter_mut()
                 .filter(|e| e.status == WaitlistStatus::Waiting)
-            {
+                .collect();
+            waiting.sort_by(|a, b| b.order().cmp(&a.order()));
+            for e in waiting.into_iter().take(EXPIRY_CHUNK) {
                 if e.end(WaitlistStatus::Expired, now).is_ok() {
                     changed.insert(e.id.clone());
                 }
@@ -280,23 +289,26 @@ impl App {
         }
     }
 
-    /// Expires the waiting entries of a cancelled or departed flight, durably, and
-    /// tells their owners (`waitlist.updated`).
+    /// Expires the waiting entries of a cancelled or departed flight, durably, a
+    /// chunk per batch, and tells their owners (`waitlist.updated`).
     async fn expire_line(&self, fs: &Arc<FlightSeats>) -> Result<(), ApiError> {
         self.committer.catch_up().await?;
-        self.seat_step(fs, None, |w| {
-            let waiting = self
-                .store
-                .flight_waitlist(&fs.id)?
-                .iter()
-                .any(|e| e.status == WaitlistStatus::Waiting);
-            if !waiting || !line_closed(&fs.flight(), domain::now_ms()) {
-                return Ok((None, ()));
+        loop {
+            let step = self.seat_step(fs, None, |w| {
+                let waiting = self
+                    .store
+                    .flight_waitlist(&fs.id)?
+                    .iter()
+                    .any(|e| e.status == WaitlistStatus::Waiting);
+                if !waiting || !line_closed(&fs.flight(), domain::now_ms()) {
+                    return Ok((None, false));
+                }
+                Ok((Some(self.line_step(fs, w, Batch::default())?), true))
+            });
+            if let Step::Done(false) = step.await? {
+                return Ok(());
             }
-            Ok((Some(self.line_step(fs, w, Batch::default())?), ()))
-        })
-        .await?;
-        Ok(())
+        }
     }
 
     fn own_entry(&self, user: UserId, id: &str) -> Result<WaitlistEntry, ApiError> {
