@@ -106,8 +106,8 @@ impl App {
             }
             // still unknown, and no request in flight settles it: the hold stays (its
             // expiry waits for the outcome too), and this answer must not say "expired"
-            let in_flight =
-                self.paying(&fs.working(), &loc, &|m| m.request_id == key.request_id)?;
+            // any request or live mark, a twin's too: the request path below answers it
+            let in_flight = self.paying(&fs.working(), &loc, &|_| false)?;
             if unsettled && !in_flight {
                 let open = self.store.booking_attempts(&loc)?;
                 if open.iter().any(charged_maybe) {
