@@ -150,10 +150,15 @@ impl App {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
+        // waiting for the gateway is bounded: after one payment span the hold goes as
+        // before, and the reconciler refunds a charge it finds later
+        let span = self.payment_span().as_millis() as Millis;
         for a in self.store.booking_attempts(locator)? {
+            let waited_enough = a.created_at.saturating_add(span) <= domain::now_ms();
             if a.state == AttemptState::Started
                 && a.payment_ref.is_some()
                 && !self.try_reconcile(a).await
+                && !waited_enough
             {
                 self.expiry
                     .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);

@@ -93,8 +93,11 @@ impl App {
             let loc = booking.locator;
             // an earlier pay left unanswered (a crash, a timeout) may have charged:
             // settle it first, so that a retry tells what became of that money
-            let charged_maybe =
-                |a: &PaymentAttempt| a.state == AttemptState::Started && a.payment_ref.is_some();
+            // within one payment span; after it the hold's expiry stops waiting too
+            let recent = domain::now_ms() - self.payment_span().as_millis() as domain::Millis;
+            let charged_maybe = |a: &PaymentAttempt| {
+                a.state == AttemptState::Started && a.payment_ref.is_some() && a.created_at > recent
+            };
             let mut unsettled = false;
             for a in self.store.booking_attempts(&loc)? {
                 if charged_maybe(&a) {
@@ -104,22 +107,19 @@ impl App {
             if let Some(v) = self.success_reply(&key).await? {
                 return super::replay(v);
             }
-            // still unknown, and no request in flight settles it: the hold stays (its
-            // expiry waits for the outcome too), and this answer must not say "expired"
-            // any request or live mark, a twin's too: the request path below answers it
+            // still unknown, and no request or live mark (a twin's too) in flight that
+            // the usual path below answers: the hold stays (its expiry waits for the
+            // outcome too), and this answer must not say "expired"
             let in_flight = self.paying(&fs.working(), &loc, &|_| false)?;
             if unsettled && !in_flight {
                 let open = self.store.booking_attempts(&loc)?;
                 if open.iter().any(charged_maybe) {
-                    return self
-                        .left_open(
-                            key,
-                            &loc,
-                            "an earlier payment of this booking is not settled yet; the \
-                             booking is confirmed if it was charged"
-                                .into(),
-                        )
-                        .await;
+                    // not remembered: a retry looks again once the outcome is known
+                    return Err(ApiError::PaymentFailed(
+                        "an earlier payment of this booking is not settled yet; the \
+                         booking is confirmed if it was charged"
+                            .into(),
+                    ));
                 }
             }
             let (busy, amount) = {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::bookings::{check_bookable, new_locator};
 use super::busy::busy_error;
-use super::seat_change::Step;
+use super::Step;
 use super::{booking_push, event, remember_ok, App, AuthSession};
 use crate::domain::booking::MAX_SEATS_PER_BOOKING;
 use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};
