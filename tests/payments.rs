@@ -1370,13 +1370,8 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
     let f = fake().await;
     let pi = charged_intent(&f, 5000).await;
     let key = "rf-asked-by-the-previous-release";
-    let first: Value = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", f.base()))
-        .header("Idempotency-Key", key)
-        .form(&[("payment_intent", pi.as_str()), ("amount", "2000")])
-        .send()
+    let first: Value = refund_without_metadata(&f, &pi, key, 2000)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -1526,6 +1521,26 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     s.stop().await;
 }
 
+/// A refund posted straight to the gateway the way an older release made it: with an
+/// idempotency key and no metadata of ours.
+async fn refund_without_metadata(
+    f: &FakeStripe,
+    payment_intent: &str,
+    key: &str,
+    amount: u64,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", key)
+        .form(&[
+            ("payment_intent", payment_intent),
+            ("amount", &amount.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// For the admin's refund methods: a server on the fake Stripe with the admin
 /// account and no reconciliation round during the test (`tweak` on top), and a user
 /// who paid a two-seat booking: (fake, server, user, seats, booking).
@@ -1653,13 +1668,8 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
     let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
     let pi = f.ledger().intents[0].id.clone();
-    reqwest::Client::new()
-        .post(format!("{}/v1/refunds", f.base()))
-        .header("Idempotency-Key", "refund-by-the-previous-release")
-        .form(&[("payment_intent", pi.as_str()), ("amount", "100")])
-        .send()
+    refund_without_metadata(&f, &pi, "refund-by-the-previous-release", 100)
         .await
-        .unwrap()
         .error_for_status()
         .unwrap();
     fault(&f, Step::Refund, Fault::Fail);
@@ -1698,13 +1708,8 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
         .await;
     f.clear_faults();
     let pi = f.ledger().intents[0].id.clone();
-    reqwest::Client::new()
-        .post(format!("{}/v1/refunds", f.base()))
-        .header("Idempotency-Key", "refund-by-the-previous-release")
-        .form(&[("payment_intent", pi.as_str()), ("amount", "100")])
-        .send()
+    refund_without_metadata(&f, &pi, "refund-by-the-previous-release", 100)
         .await
-        .unwrap()
         .error_for_status()
         .unwrap();
     fault(&f, Step::Refund, Fault::Fail);

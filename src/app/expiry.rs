@@ -10,7 +10,6 @@ use tokio::sync::Notify;
 
 use super::App;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
-use crate::store::AttemptState;
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
@@ -155,11 +154,7 @@ impl App {
         let span = self.payment_span().as_millis() as Millis;
         for a in self.store.booking_attempts(locator)? {
             let waited_enough = a.created_at.saturating_add(span) <= domain::now_ms();
-            if a.state == AttemptState::Started
-                && a.payment_ref.is_some()
-                && !self.try_reconcile(a).await
-                && !waited_enough
-            {
+            if a.may_have_charged() && !self.try_reconcile(a).await && !waited_enough {
                 self.expiry
                     .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
                 return Ok(());

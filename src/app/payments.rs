@@ -90,14 +90,14 @@ impl App {
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
+            let past_due = booking.is_expired(domain::now_ms());
             let loc = booking.locator;
             // an earlier pay left unanswered (a crash, a timeout) may have charged:
             // settle it first, so that a retry tells what became of that money
             // within one payment span; after it the hold's expiry stops waiting too
-            let recent = domain::now_ms() - self.payment_span().as_millis() as domain::Millis;
-            let charged_maybe = |a: &PaymentAttempt| {
-                a.state == AttemptState::Started && a.payment_ref.is_some() && a.created_at > recent
-            };
+            let recent =
+                domain::now_ms().saturating_sub(self.payment_span().as_millis() as domain::Millis);
+            let charged_maybe = |a: &PaymentAttempt| a.may_have_charged() && a.created_at > recent;
             let mut unsettled = false;
             for a in self.store.booking_attempts(&loc)? {
                 if charged_maybe(&a) {
@@ -107,11 +107,11 @@ impl App {
             if let Some(v) = self.success_reply(&key).await? {
                 return super::replay(v);
             }
-            // still unknown, and no request or live mark (a twin's too) in flight that
-            // the usual path below answers: the hold stays (its expiry waits for the
-            // outcome too), and this answer must not say "expired"
+            // still unknown, and either no request or live mark (a twin's too) in flight
+            // that the usual path below answers, or that path would say "expired": the
+            // hold stays (its expiry waits for the outcome too), so answer that
             let in_flight = self.paying(&fs.working(), &loc, &|_| false)?;
-            if unsettled && !in_flight {
+            if unsettled && (!in_flight || past_due) {
                 let open = self.store.booking_attempts(&loc)?;
                 if open.iter().any(charged_maybe) {
                     // not remembered: a retry looks again once the outcome is known

@@ -172,9 +172,12 @@ impl PaymentAttempt {
             .strip_prefix("pa")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
-}
 
-impl PaymentAttempt {
+    /// Sent to the gateway and not settled: money may have moved.
+    pub fn may_have_charged(&self) -> bool {
+        self.state == AttemptState::Started && self.payment_ref.is_some()
+    }
+
     /// Not settled yet (reconciled with the gateway until it is).
     pub fn is_open(&self) -> bool {
         self.state.is_open()
