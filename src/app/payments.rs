@@ -281,10 +281,7 @@ impl App {
                         .await
                     }
                     // unknown: the attempt stays open for the reconciler
-                    _ => {
-                        drop(busy);
-                        self.left_open(key, &loc, m).await
-                    }
+                    _ => self.left_open(key, &loc, m, Some(busy)).await,
                 }
             }
         }
@@ -306,20 +303,25 @@ impl App {
             Err(e) if is_busy(&e) => {
                 let m = "the payment went through but the booking could not take it; the \
                          charge is being refunded";
-                self.left_open(key, &loc, m.into()).await
+                self.left_open(key, &loc, m.into(), None).await
             }
             settled => settled,
         }
     }
 
     /// Ends a pay request with `payment_failed` (`message`), its attempt left open for
-    /// the reconciler: the reply is remembered until the attempt settles.
+    /// the reconciler: the reply is remembered until the attempt settles. `busy` (the
+    /// booking's, if still held) is let go only once that reply is written: a
+    /// reconciler on this node settling the attempt earlier would have its success
+    /// reply overwritten by this error.
     async fn left_open(
         &self,
         key: IdemKey,
         loc: &domain::Locator,
         message: String,
+        busy: Option<Busy>,
     ) -> Result<Value, ApiError> {
+        let _busy = busy;
         let err = ApiError::PaymentFailed(message);
         let failed = (
             key.user,
