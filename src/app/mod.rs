@@ -78,6 +78,12 @@ pub struct App {
     refund_failures: DashMap<String, (u32, String)>,
     stop: tokio_util::sync::CancellationToken,
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Short tasks spawned on the way (a payment mark released, a due hold's payment
+    /// settled): [`App::stop`] waits for them before the store closes.
+    tasks: tokio_util::task::TaskTracker,
+    /// Stops the commit loop, last: the other tasks may still write on their way out.
+    commit_stop: tokio_util::sync::CancellationToken,
+    commit_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +154,8 @@ impl App {
             metrics.store_sync_seconds.clone(),
         );
         let stop = tokio_util::sync::CancellationToken::new();
-        let commit_task = tokio::spawn(committer.clone().run(stop.clone()));
+        let commit_stop = tokio_util::sync::CancellationToken::new();
+        let commit_task = tokio::spawn(committer.clone().run(commit_stop.clone()));
         let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         if config.insecure_fast_hashing {
             tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");
@@ -184,7 +191,10 @@ impl App {
             mark_owner: unique_id("node"),
             refund_failures: DashMap::new(),
             stop,
-            background: parking_lot::Mutex::new(vec![commit_task, upkeep_task]),
+            background: parking_lot::Mutex::new(vec![upkeep_task]),
+            tasks: tokio_util::task::TaskTracker::new(),
+            commit_stop,
+            commit_task: parking_lot::Mutex::new(Some(commit_task)),
         });
         if let Err(e) = app.prepare().await {
             // let go of the database, so that the operator's fix can open it
@@ -239,6 +249,15 @@ impl App {
         self.stop.cancel();
         let tasks: Vec<_> = std::mem::take(&mut *self.background.lock());
         for t in tasks {
+            let _ = t.await;
+        }
+        // what those left behind (a payment mark to release) is written, then the
+        // commit loop makes the rest durable, before the store closes
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.commit_stop.cancel();
+        let commit_task = self.commit_task.lock().take();
+        if let Some(t) = commit_task {
             let _ = t.await;
         }
         if let Some(r) = self.store.replicated() {

@@ -465,6 +465,7 @@ impl App {
     ) -> Result<HeldMark, ApiError> {
         let mut held = HeldMark {
             committer: self.committer.clone(),
+            tasks: self.tasks.clone(),
             mark: None,
         };
         if !self.committer.is_replicated() {
@@ -1021,8 +1022,10 @@ pub async fn run_reconciler(
 /// A refund's payment mark taken (if any). Dropped unreleased, as when the future
 /// making the refund is dropped midway (a cancellation job stopping), it is released
 /// by a task of its own rather than left until it lapses.
+/// That task is tracked: `App::stop` waits for it before the store closes.
 pub(super) struct HeldMark {
     committer: Arc<Committer>,
+    tasks: tokio_util::task::TaskTracker,
     mark: Option<PaymentMark>,
 }
 
@@ -1033,7 +1036,8 @@ impl Drop for HeldMark {
         };
         let committer = self.committer.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { release(&committer, mark).await });
+            self.tasks
+                .spawn_on(async move { release(&committer, mark).await }, &rt);
         }
     }
 }
