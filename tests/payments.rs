@@ -1725,3 +1725,68 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
     );
     s.stop().await;
 }
+
+/// A customer completes 3-D Secure just as the hold ends, and their next
+/// `booking.pay` never comes (it died): the hold's expiry asks the gateway first, and
+/// the charge pays the booking instead of being refunded once the seats are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
+    let (f, s) = stripe_server(|c| {
+        c.hold_ttl = 2;
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
+        "payment_action_required"
+    );
+    assert!(f.authenticate(&intent_of(&f, loc).id, true));
+    wait_confirmed(&s, loc).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    s.stop().await;
+}
+
+/// While the gateway hangs on a due hold's uncertain payment, the holds falling due
+/// after it that have no payment still expire on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_without_a_payment_expires_on_time_while_the_gateway_hangs() {
+    let (f, s) = stripe_server(|c| {
+        c.hold_ttl = 2;
+        c.reconcile_interval = 3600;
+        c.gateway_timeout = 10;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, stuck) = booked_user(&mut c, 1, "economy").await;
+    let stuck_loc = &stuck["locator"];
+    let stuck_booking = store_booking(&s, stuck_loc);
+    let pi = charged_intent(&f, stuck_booking.total.amount()).await;
+    // a payment whose payer died: only the gateway can tell what became of it
+    store_attempt(&s, &stuck_booking, "pa-hung", &pi, "started", false);
+    fault(&f, Step::Retrieve, Fault::Slow(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut c2 = s.client().await;
+    let (_fid, _seats, free) = booked_user(&mut c2, 1, "economy").await;
+    let free_loc = &free["locator"];
+    let due = store_booking(&s, free_loc).hold_expires_at.unwrap();
+    eventually("the hold without a payment expires", || {
+        let status = store_booking(&s, free_loc).status;
+        async move { status == jetway::domain::BookingStatus::Expired }
+    })
+    .await;
+    let late = jetway::domain::now_ms() - due;
+    assert!(late < 4_000, "expired {late} ms after it fell due");
+    assert_eq!(
+        store_booking(&s, stuck_loc).status,
+        jetway::domain::BookingStatus::Held,
+        "the other hold waits for its payment"
+    );
+    f.clear_faults();
+    wait_confirmed(&s, stuck_loc).await;
+    s.stop().await;
+}

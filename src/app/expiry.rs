@@ -3,24 +3,44 @@
 
 use parking_lot::Mutex;
 use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::App;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
+use crate::inventory::FlightSeats;
+use crate::protocol::ApiError;
+use crate::store::{AttemptState, PaymentAttempt};
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
 /// How long to wait before retrying a hold whose charged payment could not be settled.
 const SETTLE_RETRY_MS: Millis = 5_000;
+/// At most this many due holds settle their payments with the gateway at once.
+const SETTLING_MAX: usize = 16;
 
 /// The timer queue of held bookings.
-#[derive(Default)]
 pub struct Expiry {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Due holds whose payments are being settled with the gateway, each on a task
+    /// of its own: one task per booking at a time.
+    settling: Mutex<HashSet<Locator>>,
+    /// Bounds how many of those tasks call the gateway at once.
+    settle_slots: Semaphore,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            settling: Mutex::default(),
+            settle_slots: Semaphore::new(SETTLING_MAX),
+        }
+    }
 }
 
 /// The holds to look at, by due time, with one entry per booking.
@@ -103,18 +123,15 @@ pub async fn run(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
                 _ = stop.cancelled() => return,
             },
         }
-        if app.expire_due().await {
-            // payments that waited for the customer on those holds are cancelled
-            let app = app.clone();
-            tokio::spawn(async move { app.cancel_lapsed_actions().await });
-        }
+        app.expire_due().await;
     }
 }
 
 impl App {
     /// Expires every hold that is due now and waits until that is durable; `false`
-    /// if none was due.
-    pub async fn expire_due(&self) -> bool {
+    /// if none was due. A hold whose payment must be settled with the gateway first
+    /// is expired by a task of its own, so that a slow gateway delays no other hold.
+    pub async fn expire_due(self: &Arc<Self>) -> bool {
         let due = self.expiry.take_due(domain::now_ms());
         if due.is_empty() {
             return false;
@@ -126,9 +143,7 @@ impl App {
         .await;
         for ((flight, locator), r) in due.iter().zip(results) {
             if let Err(e) = r {
-                tracing::error!(%locator, error = %e, "expiring a hold failed; retrying soon");
-                self.expiry
-                    .schedule(domain::now_ms() + BUSY_RETRY_MS, flight, locator);
+                self.expire_failed(flight, locator, e);
             }
         }
         if let Err(e) = self.committer.barrier().await {
@@ -137,30 +152,94 @@ impl App {
         true
     }
 
+    fn expire_failed(&self, flight: &FlightId, locator: &Locator, e: ApiError) {
+        tracing::error!(%locator, error = %e, "expiring a hold failed; retrying soon");
+        self.expiry
+            .schedule(domain::now_ms() + BUSY_RETRY_MS, flight, locator);
+    }
+
     /// Expires one hold if it is still held and due. On a cluster every node may try
     /// the same hold: the first to commit wins, the others find it expired. A charge
-    /// whose payer died before recording it is settled first, so that it confirms the
-    /// booking rather than being refunded after the seats are gone.
+    /// whose payer died before recording it, or a payment its customer completed as
+    /// the hold ended, is settled first (on a task of its own), so that it confirms
+    /// the booking rather than being refunded after the seats are gone.
     async fn expire_one(
-        &self,
+        self: &Arc<Self>,
         flight: &FlightId,
         locator: &Locator,
-    ) -> Result<(), crate::protocol::ApiError> {
+    ) -> Result<(), ApiError> {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
-        // waiting for the gateway is bounded: after one payment span the hold goes as
-        // before, and the reconciler refunds a charge it finds later
+        let now = domain::now_ms();
+        let unsettled: Vec<PaymentAttempt> = self
+            .store
+            .booking_attempts(locator)?
+            .into_iter()
+            .filter(|a| {
+                a.may_have_charged()
+                    || (a.state == AttemptState::ActionRequired && !self.awaits_customer(a, now))
+            })
+            .collect();
+        if unsettled.is_empty() {
+            return self.release_hold(&fs, flight, locator).await;
+        }
+        if !self.expiry.settling.lock().insert(locator.clone()) {
+            // its task is at it, and expires or reschedules the hold when done
+            return Ok(());
+        }
+        let (app, flight, locator) = (self.clone(), flight.clone(), locator.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = app.settle_then_expire(&fs, &flight, &locator, unsettled) => {}
+                // the next start settles it
+                _ = app.stop.cancelled() => {}
+            }
+            app.expiry.settling.lock().remove(&locator);
+        });
+        Ok(())
+    }
+
+    /// Settles a due hold's payments with the gateway, then expires it, unless one
+    /// of them cannot be settled yet: then the hold is looked at again shortly. The
+    /// wait is bounded: one payment span after an attempt's last step the hold goes
+    /// as before, and the reconciler refunds a charge it finds later (or cancels a
+    /// payment still waiting for its customer).
+    async fn settle_then_expire(
+        &self,
+        fs: &Arc<FlightSeats>,
+        flight: &FlightId,
+        locator: &Locator,
+        unsettled: Vec<PaymentAttempt>,
+    ) {
         let span = self.payment_span().as_millis() as Millis;
-        for a in self.store.booking_attempts(locator)? {
-            let waited_enough = a.created_at.saturating_add(span) <= domain::now_ms();
-            if a.may_have_charged() && !self.try_reconcile(a).await && !waited_enough {
-                self.expiry
-                    .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
-                return Ok(());
+        {
+            let Ok(_slot) = self.expiry.settle_slots.acquire().await else {
+                return;
+            };
+            for a in unsettled {
+                let last_step = a.updated_at.max(a.created_at);
+                let waited_enough = last_step.saturating_add(span) <= domain::now_ms();
+                if !self.try_reconcile(a).await && !waited_enough {
+                    self.expiry
+                        .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
+                    return;
+                }
             }
         }
-        self.seat_step(&fs, None, |w| {
+        if let Err(e) = self.release_hold(fs, flight, locator).await {
+            self.expire_failed(flight, locator, e);
+        }
+    }
+
+    /// Releases a hold if it is still held and due (and no payment of it is in flight).
+    async fn release_hold(
+        &self,
+        fs: &Arc<FlightSeats>,
+        flight: &FlightId,
+        locator: &Locator,
+    ) -> Result<(), ApiError> {
+        self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let Some(mut b) = self.store.booking(locator)? else {
                 return Ok((None, ()));
@@ -180,7 +259,7 @@ impl App {
             }
             b.expire(now)?;
             Ok((
-                Some(self.end_hold(&fs, w, &b, "expired", json!({}), None)?),
+                Some(self.end_hold(fs, w, &b, "expired", json!({}), None)?),
                 (),
             ))
         })

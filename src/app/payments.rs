@@ -16,8 +16,9 @@
 //!
 //! An attempt waiting for the customer's action is left alone while its booking's hold
 //! runs; the next `booking.pay` (same payment method) reads its outcome from the
-//! gateway, and once the hold is over the reconciler cancels it (or refunds a charge
-//! that landed too late).
+//! gateway, and once the hold falls due its expiry asks the gateway first (a payment
+//! completed confirms the booking, one still waiting is cancelled; the reconciler
+//! refunds a charge that landed too late).
 
 use futures::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
@@ -877,25 +878,11 @@ impl App {
 
     /// Whether an attempt waits for the customer's action while its booking is still
     /// held: then only the next `booking.pay` settles it.
-    fn awaits_customer(&self, a: &PaymentAttempt, now: domain::Millis) -> bool {
+    pub(super) fn awaits_customer(&self, a: &PaymentAttempt, now: domain::Millis) -> bool {
         a.state == AttemptState::ActionRequired
             && matches!(self.store.booking(&a.locator), Ok(Some(b))
                 if b.status == domain::BookingStatus::Held
                     && b.hold_expires_at.is_some_and(|t| t > now))
-    }
-
-    /// Cancels the payments that waited for the customer's action on holds that have
-    /// ended (a charge that landed meanwhile is refunded): run after holds expire.
-    pub async fn cancel_lapsed_actions(&self) {
-        let Ok(attempts) = self.store.open_attempts() else {
-            return;
-        };
-        let now = domain::now_ms();
-        for a in attempts {
-            if a.state == AttemptState::ActionRequired && !self.awaits_customer(&a, now) {
-                self.try_reconcile(a).await;
-            }
-        }
     }
 
     /// Reconciles `a`; `false` (logged) if it was skipped or failed, so it is still
