@@ -1739,3 +1739,77 @@ async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
         n.close();
     }
 }
+
+/// A record another version wrote (fields in another order, one this version does not
+/// know) is still changed by compare-and-swap: the compare is on the bytes stored,
+/// not on this version's re-encoding of the record read, which differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_another_version_encoded_is_still_changed_by_compare_and_swap() {
+    use jetway::store::{Batch, Replicated, Store};
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let prefix = prefix();
+    let nodes = store_nodes(&etcd, &prefix).await;
+    let endpoints: Vec<String> = etcd.endpoints().split(',').map(str::to_owned).collect();
+    let mut raw = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let put = |k: &[u8], v: String| {
+        let mut full = prefix.as_bytes().to_vec();
+        full.extend_from_slice(k);
+        (full, v)
+    };
+    let refund = json!({
+        "updated_at": 0, "created_at": 0, "done": false, "future": 1, "id": "rf-x",
+        "user_id": 1, "locator": "REFUND", "payment_ref": "pi", "seats": [],
+        "amount": {"currency": "EUR", "amount": 1},
+        "reason": {"attempt_id": "a", "kind": "orphan"},
+    });
+    let mark = json!({
+        "until": 1, "request_id": "r", "attempt_id": "a", "locator": "MARKED", "future": [],
+    });
+    for (k, v) in [
+        put(b"Drf-x", refund.to_string()),
+        put(b"da", "rf-x".into()),
+        put(b"yMARKED", mark.to_string()),
+        // what a node's settle waits for
+        put(b"!rev", String::new()),
+    ] {
+        raw.put(k, v, None).await.unwrap();
+    }
+    let n = nodes[1].clone();
+    n.settle().await.unwrap();
+    let read = n.open_refund("a").unwrap().expect("the refund as stored");
+    let mut decided = read.clone();
+    decided.gateway_key = Some("rf-y".into());
+    n.commit(
+        Batch {
+            refunds_read: vec![read],
+            refunds: vec![decided.clone()],
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let locator = jetway::domain::Locator::parse("MARKED").unwrap();
+    let held = n
+        .payment_mark(&locator)
+        .unwrap()
+        .expect("the mark as stored");
+    n.commit(
+        Batch {
+            unmarks: vec![held],
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    nodes[0].settle().await.unwrap();
+    assert_eq!(nodes[0].open_refund("a").unwrap(), Some(decided));
+    assert_eq!(nodes[0].payment_mark(&locator).unwrap(), None);
+    for n in nodes {
+        n.close();
+    }
+}

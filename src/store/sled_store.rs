@@ -347,7 +347,7 @@ pub enum Op {
     Create(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     /// Writes nothing, but the batch fails with [`StoreError::Conflict`] unless the
-    /// key holds exactly this value (compare-and-swap with the writes after it).
+    /// key holds this value (see [`holds`]; compare-and-swap with the writes after it).
     Expect(Vec<u8>, Vec<u8>),
 }
 
@@ -357,6 +357,25 @@ impl Op {
             Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) | Op::Expect(k, _) => k,
         }
     }
+}
+
+/// Whether `held`, the bytes stored under `k`, hold what an [`Op::Expect`] on `k`
+/// expects: those very bytes, or the same record encoded otherwise. The expected
+/// bytes re-encode a record as read, and a record written by another version (a
+/// field it lacked, `null` for a field this version leaves out, a field this version
+/// does not know, another order) decodes to the same record but re-encodes to other
+/// bytes: compared as bytes, it could never be changed again.
+pub fn holds(k: &[u8], held: &[u8], expected: &[u8]) -> bool {
+    fn same<T: DeserializeOwned + PartialEq>(a: &[u8], b: &[u8]) -> bool {
+        matches!((decode::<T>(a), decode::<T>(b)), (Ok(x), Ok(y)) if x == y)
+    }
+    held == expected
+        || match k.first() {
+            Some(&REFUND) => same::<RefundRecord>(held, expected),
+            Some(&PAYMENT_MARK) => same::<PaymentMark>(held, expected),
+            Some(&WAITLIST) => same::<WaitlistEntry>(held, expected),
+            _ => false,
+        }
 }
 
 fn put_json<T: Serialize>(ops: &mut Vec<Op>, k: Vec<u8>, v: &T) -> StoreResult<()> {
@@ -580,6 +599,11 @@ pub fn decode_change(k: &[u8], value: Option<&[u8]>) -> Option<Change> {
 }
 
 impl SledStore {
+    /// The bytes stored under `k`.
+    pub fn raw(&self, k: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.db.get(k).map_err(io)?.map(|v| v.to_vec()))
+    }
+
     /// A store in memory only (deleted when dropped): a node's copy of a replicated store.
     pub fn temporary() -> StoreResult<Self> {
         let db = sled::Config::new().temporary(true).open().map_err(io)?;
@@ -656,7 +680,7 @@ impl Store for SledStore {
                     }
                     Op::Delete(k) => (k, tx.remove(k.as_slice())?, None),
                     Op::Expect(k, v) => {
-                        if tx.get(k)?.is_none_or(|held| held != v.as_slice()) {
+                        if tx.get(k)?.is_none_or(|held| !holds(k, &held, v)) {
                             return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
                         }
                         continue;
@@ -898,7 +922,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Cabin, Money, SeatId};
+    use crate::domain::{Cabin, Money, SeatId, WaitlistStatus};
     use crate::store::{AttemptState, RefundReason, Role};
     use serde_json::json;
 
@@ -1060,6 +1084,72 @@ mod tests {
             s.open_refund("a").unwrap().map(|r| r.id).as_deref(),
             Some("two")
         );
+    }
+
+    #[test]
+    fn a_record_another_version_encoded_is_still_changed_by_compare_and_swap() {
+        let s = SledStore::temporary().unwrap();
+        // as another version may have written them: fields in another order, a field
+        // this version does not know, `null` for one it leaves out
+        let refund = json!({
+            "updated_at": 0, "created_at": 0, "done": false, "future": 1, "id": "rf-x",
+            "user_id": 1, "locator": "REFUND", "payment_ref": "pi", "seats": [],
+            "amount": {"currency": "EUR", "amount": 1}, "gateway_key": null,
+            "reason": {"attempt_id": "a", "kind": "orphan"},
+        });
+        let mark = json!({
+            "until": 1, "request_id": "r", "attempt_id": "a", "locator": "MARKED",
+            "future": [],
+        });
+        let entry = json!({
+            "updated_at": 0, "created_at": 0, "status": "waiting", "id": "wl-x",
+            "user_id": 1, "flight_id": "JW1-20260101", "cabin": "economy",
+            "passengers": ["Ada"], "locator": null, "future": true,
+        });
+        let raw =
+            |k: Vec<u8>, v: &serde_json::Value| s.db.insert(k, v.to_string().as_bytes()).unwrap();
+        raw(key(REFUND, &[b"rf-x"]), &refund);
+        s.db.insert(key(OPEN_REFUND, &[b"a"]), b"rf-x".as_slice())
+            .unwrap();
+        raw(key(PAYMENT_MARK, &[b"MARKED"]), &mark);
+        raw(key(WAITLIST, &[b"wl-x"]), &entry);
+
+        let read = s.open_refund("a").unwrap().unwrap();
+        let mut decided = read.clone();
+        decided.gateway_key = Some("rf-y".into());
+        let mut other = read.clone();
+        other.updated_at = 1;
+        let decide = |read: &RefundRecord| Batch {
+            refunds_read: vec![read.clone()],
+            refunds: vec![decided.clone()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.write(&decide(&other)),
+            Err(StoreError::Conflict)
+        ));
+        s.write(&decide(&read)).unwrap();
+        assert_eq!(s.open_refund("a").unwrap(), Some(decided));
+
+        let loc = Locator::parse("MARKED").unwrap();
+        let held = s.payment_mark(&loc).unwrap().unwrap();
+        s.write(&Batch {
+            unmarks: vec![held],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.payment_mark(&loc).unwrap(), None);
+
+        let waiting = s.waitlist_entry("wl-x").unwrap().unwrap();
+        let mut expired = waiting.clone();
+        expired.end(WaitlistStatus::Expired, 1).unwrap();
+        s.write(&Batch {
+            waitlist_read: vec![waiting],
+            waitlist: vec![expired.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.waitlist_entry("wl-x").unwrap(), Some(expired));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{EtcdStore, LEASE_GONE};
 use crate::domain::FlightId;
-use crate::store::sled_store::{batch_ops, version_key, Op};
+use crate::store::sled_store::{batch_ops, holds, version_key, Op};
 use crate::store::{Batch, Store, StoreError, StoreResult};
 
 /// Transaction markers live this long (seconds); a fresh lease is taken halfway.
@@ -86,7 +86,14 @@ impl EtcdStore {
                     then.push(TxnOp::put(k, v, None));
                 }
                 Op::Delete(k) => then.push(TxnOp::delete(self.full(&k), None)),
-                Op::Expect(k, v) => when.push(Compare::value(self.full(&k), CompareOp::Equal, v)),
+                Op::Expect(k, v) => {
+                    // the bytes stored, if they hold the record expected (see `holds`)
+                    let v = match self.mirror.raw(&k)? {
+                        Some(held) if holds(&k, &held, &v) => held,
+                        _ => v,
+                    };
+                    when.push(Compare::value(self.full(&k), CompareOp::Equal, v))
+                }
             }
         }
         let rev_key = self.full(b"!rev");
