@@ -235,10 +235,19 @@ async fn hold_pay_cancel_with_refund_orders_and_history() {
     assert!(tickets
         .iter()
         .all(|t| t.len() == 13 && t.bytes().all(|b| b.is_ascii_digit())));
+    // paid again under a new request id (the first reply lost): the booking as paid,
+    // no second charge; with another payment method, refused
+    let again = c
+        .ok(
+            "booking.pay",
+            json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p2"}),
+        )
+        .await;
+    assert_eq!(again["order"], paid["order"]);
     assert_eq!(
         c.reason(
             "booking.pay",
-            json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p2"})
+            json!({"locator": loc, "payment_method": "pm_card_mastercard", "request_id": "p3"})
         )
         .await,
         "invalid_state"

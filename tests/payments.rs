@@ -1790,3 +1790,38 @@ async fn a_hold_without_a_payment_expires_on_time_while_the_gateway_hangs() {
     wait_confirmed(&s, stuck_loc).await;
     s.stop().await;
 }
+
+/// A client whose pay reply was lost, and that pays again under a new request id once
+/// the charge settled, gets the booking as paid (not `invalid_state`), and is not
+/// charged again; with another payment method the booking stays `invalid_state`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_sent_again_under_a_new_request_id_gets_the_booking_as_paid() {
+    let (f, s) = stripe_server(|_| {}).await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    let first = c.ok("booking.pay", pay(loc, "pm_card_visa", "p1")).await;
+    let again = c.ok("booking.pay", pay(loc, "pm_card_visa", "p2")).await;
+    assert_eq!(again, first);
+    assert_eq!(
+        c.ok("booking.pay", pay(loc, "pm_card_visa", "p2")).await,
+        first
+    );
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, "pm_card_amex", "p3"))
+            .await,
+        "invalid_state"
+    );
+    // someone else naming the locator learns nothing
+    let mut other = s.client().await;
+    other.new_user().await;
+    assert_eq!(
+        other
+            .reason("booking.pay", pay(loc, "pm_card_visa", "p4"))
+            .await,
+        "not_found"
+    );
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    s.stop().await;
+}

@@ -123,6 +123,15 @@ impl App {
                     ));
                 }
             }
+            if let Some(paid) = self.paid_with(&fs, s.user_id, &loc, &p.payment_method)? {
+                // remembered: a repeat of this request gets it again, whatever follows
+                self.commit(Batch {
+                    replies: vec![(key, remember_ok(&paid))],
+                    ..Default::default()
+                })
+                .await?;
+                return Ok(paid);
+            }
             let (busy, amount) = {
                 let mut w = fs.working();
                 let now = domain::now_ms();
@@ -164,6 +173,44 @@ impl App {
             settled
         })
         .await
+    }
+
+    /// The booking and order of a booking `user` paid with `payment_method`: what a
+    /// `booking.pay` sent again under a new `request_id` answers (the first one's reply
+    /// may have been lost). A booking paid with another payment method (or by an
+    /// older version, which kept none) stays `invalid_state`, as does one whose flight
+    /// no longer takes payments.
+    fn paid_with(
+        &self,
+        fs: &FlightSeats,
+        user: domain::UserId,
+        loc: &domain::Locator,
+        payment_method: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(b) = self.store.booking(loc)? else {
+            return Ok(None);
+        };
+        let confirmed = b.status == domain::BookingStatus::Confirmed && b.user_id == user;
+        let Some(order_id) = b.order_id.as_deref().filter(|_| confirmed) else {
+            return Ok(None);
+        };
+        let Some(order) = self.store.order(order_id)? else {
+            return Ok(None);
+        };
+        let paid_so = self
+            .store
+            .attempt_by_ref(&order.charge_id)?
+            .is_some_and(|a| {
+                a.state == AttemptState::Succeeded
+                    && a.user_id == user
+                    && a.payment_method.as_deref() == Some(payment_method)
+            });
+        if !paid_so || check_bookable(fs, domain::now_ms()).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(
+            json!({ "booking": self.booking_json(&b), "order": wire::order(&order) }),
+        ))
     }
 
     /// Creates and confirms the payment of a written attempt and settles it.
