@@ -46,6 +46,7 @@ async fn hold(app: &App, user: &AuthSession, fid: &str, seat: &str, rid: &str) -
     let r = app
         .hold(user, decode(hold_params(fid, seat, rid)).unwrap())
         .await
+        .wire()
         .unwrap();
     r["booking"]["locator"].clone()
 }

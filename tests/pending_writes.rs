@@ -8,10 +8,10 @@
 mod common;
 
 use common::faulty::*;
+use jetway::app::AppError;
 use jetway::app::AuthSession;
 use jetway::domain::{UserId, Username};
 use jetway::protocol::params::{decode, CancelFlight};
-use jetway::protocol::ApiError;
 use jetway::store::{Role, Store};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -61,12 +61,12 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A request that must be refused at once, without waiting for any sync.
-async fn refused_at_once(
+async fn refused_at_once<T: std::fmt::Debug>(
     what: &str,
-    r: impl std::future::Future<Output = Result<Value, ApiError>>,
+    r: impl std::future::Future<Output = Result<T, AppError>>,
 ) {
     match tokio::time::timeout(Duration::from_secs(10), r).await {
-        Ok(Err(ApiError::InvalidState(m))) => assert!(m.contains("cancelled"), "{what}: {m}"),
+        Ok(Err(AppError::InvalidState(m))) => assert!(m.contains("cancelled"), "{what}: {m}"),
         Ok(other) => panic!("{what} during the cancellation: {other:?}"),
         Err(_) => panic!("{what} was decided and waits to be written"),
     }
@@ -82,6 +82,7 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
             decode(hold_params(&fx.flight, &fx.seats[0], "h1")).unwrap(),
         )
         .await
+        .wire()
         .unwrap();
     let held = held["booking"]["locator"].as_str().unwrap().to_owned();
     let paid = app
@@ -90,6 +91,7 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
             decode(hold_params(&fx.flight, &fx.seats[1], "h2")).unwrap(),
         )
         .await
+        .wire()
         .unwrap();
     let paid = paid["booking"]["locator"].as_str().unwrap().to_owned();
     app.pay(
@@ -98,6 +100,7 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
             .unwrap(),
     )
     .await
+    .wire()
     .unwrap();
 
     // the cancellation is written but not yet durable
@@ -108,7 +111,7 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
             flight_id: fx.flight.clone(),
             reason: "weather".into(),
         };
-        tokio::spawn(async move { app.admin_cancel_flight(&admin(), p).await })
+        tokio::spawn(async move { app.admin_cancel_flight(&admin(), p).await.wire() })
     };
     wait_until("the cancellation written", || {
         fx.store
@@ -153,7 +156,7 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
         (done["refunded"].as_u64(), done["released"].as_u64()),
         (Some(1), Some(1))
     );
-    let list = app.bookings_list(user).await.unwrap();
+    let list = app.bookings_list(user).await.wire().unwrap();
     assert_eq!(
         list["bookings"].as_array().unwrap().len(),
         2,
@@ -178,7 +181,7 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
     let hold = {
         let (app, user) = (fx.app.clone(), fx.passenger.clone());
         let p = decode(hold_params(&fx.flight, &fx.seats[0], "h1")).unwrap();
-        tokio::spawn(async move { app.hold(&user, p).await })
+        tokio::spawn(async move { app.hold(&user, p).await.wire() })
     };
     wait_until("the hold written", || {
         !fx.store
@@ -190,7 +193,7 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
     .await;
     let mut stats = {
         let app = fx.app.clone();
-        tokio::spawn(async move { app.admin_stats().await })
+        tokio::spawn(async move { app.admin_stats().await.wire() })
     };
     // an answer while the hold is not on disk must not count it (waiting is fine)
     if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), &mut stats).await {
@@ -198,7 +201,7 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
     }
     drop(paused);
     hold.await.unwrap().unwrap();
-    let after = fx.app.admin_stats().await.unwrap();
+    let after = fx.app.admin_stats().await.wire().unwrap();
     assert_eq!(
         seats_held(&after, &fx.flight),
         1,

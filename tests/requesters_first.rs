@@ -89,7 +89,7 @@ fn hold(
 ) -> impl std::future::Future<Output = Value> {
     let (app, who) = (app.clone(), who.clone());
     let p = decode(hold_params(flight, seat, rid)).unwrap();
-    async move { app.hold(&who, p).await.unwrap() }
+    async move { app.hold(&who, p).await.wire().unwrap() }
 }
 
 #[tokio::test]

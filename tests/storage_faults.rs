@@ -9,9 +9,9 @@ mod common;
 
 use common::faulty::*;
 use jetway::app::App;
+use jetway::app::AppError;
 use jetway::domain::Username;
 use jetway::protocol::params::decode;
-use jetway::protocol::ApiError;
 use jetway::store::{IdemKey, SledStore, Store};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -43,57 +43,68 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
     let held = app
         .hold(&user, decode(hold_params(&fid, &seats[0], "h1")).unwrap())
         .await
+        .wire()
         .unwrap();
     let loc = held["booking"]["locator"].as_str().unwrap().to_owned();
     let map_before = app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
+        .wire()
         .unwrap();
-    let list_before = app.bookings_list(&user).await.unwrap();
+    let list_before = app.bookings_list(&user).await.wire().unwrap();
     let history_before = app
         .history_list(&user, decode(json!({})).unwrap())
         .await
+        .wire()
         .unwrap();
 
     // the disk is full
     fx.store.fail_writes.store(true, Ordering::SeqCst);
     assert_eq!(
         register(app, "newcomer").await.unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     assert_eq!(
         app.hold(&user, decode(hold_params(&fid, &seats[1], "h2")).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"});
     assert_eq!(
         app.pay(&user, decode(pay.clone()).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     let cancel = json!({"locator": loc, "request_id": "c1"});
     assert_eq!(
         app.cancel(&user, decode(cancel.clone()).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
 
     // reads keep working, and show nothing half-written
     let map = app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
+        .wire()
         .unwrap();
     assert_eq!(map, map_before, "the seat map and its version did not move");
-    assert_eq!(app.bookings_list(&user).await.unwrap(), list_before);
+    assert_eq!(app.bookings_list(&user).await.wire().unwrap(), list_before);
     assert_eq!(
         app.history_list(&user, decode(json!({})).unwrap())
             .await
+            .wire()
             .unwrap(),
         history_before
     );
-    assert_eq!(app.orders_list(&user).await.unwrap()["orders"], json!([]));
+    assert_eq!(
+        app.orders_list(&user).await.wire().unwrap()["orders"],
+        json!([])
+    );
     assert!(app
         .store
         .user_by_name(&Username::parse("newcomer").unwrap())
@@ -102,9 +113,10 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
     let got = app
         .booking_get(&user, decode(json!({"locator": loc})).unwrap())
         .await
+        .wire()
         .unwrap();
     assert_eq!(got["booking"]["status"], "held");
-    assert!(app.search(decode(json!({})).unwrap()).is_ok());
+    assert!(app.search(decode(json!({})).unwrap()).wire().is_ok());
 
     // the disk is back: the same requests now act (no error reply was remembered)
     fx.store.fail_writes.store(false, Ordering::SeqCst);
@@ -112,12 +124,14 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
     let h2 = app
         .hold(&user, decode(hold_params(&fid, &seats[1], "h2")).unwrap())
         .await
+        .wire()
         .unwrap();
     assert_eq!(h2["booking"]["status"], "held");
-    let paid = app.pay(&user, decode(pay).unwrap()).await.unwrap();
+    let paid = app.pay(&user, decode(pay).unwrap()).await.wire().unwrap();
     assert_eq!(paid["booking"]["status"], "confirmed");
     let map = app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
+        .wire()
         .unwrap();
     assert_eq!(
         map["version"].as_u64().unwrap(),
@@ -131,6 +145,7 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
 fn seat_status(app: &App, fid: &str, seat: &str) -> Value {
     let map = app
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
+        .wire()
         .unwrap();
     common::seat_status(&map, seat)
 }
@@ -147,6 +162,7 @@ async fn a_failed_sync_is_never_acknowledged() {
     let kept = app
         .hold(&user, decode(hold_params(&fid, &seats[0], "s0")).unwrap())
         .await
+        .wire()
         .unwrap();
     let loc = kept["booking"]["locator"].clone();
     fx.store.fail_syncs.store(true, Ordering::SeqCst);
@@ -154,8 +170,9 @@ async fn a_failed_sync_is_never_acknowledged() {
     assert_eq!(
         app.hold(&user, decode(hold_params(&fid, &seats[1], "s1")).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal,
+        AppError::Internal,
         "a change that is not on disk is not reported as done"
     );
     assert_eq!(
@@ -170,27 +187,31 @@ async fn a_failed_sync_is_never_acknowledged() {
     fx.store.fail_syncs.store(false, Ordering::SeqCst);
     let refused = [
         app.hold(&user, decode(hold_params(&fid, &seats[1], "s1")).unwrap())
-            .await,
+            .await
+            .wire(),
         app.hold(&user, decode(hold_params(&fid, &seats[2], "s2")).unwrap())
-            .await,
+            .await
+            .wire(),
         app.pay(
             &user,
             decode(json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"}))
                 .unwrap(),
         )
-        .await,
+        .await
+        .wire(),
         app.cancel(
             &user,
             decode(json!({"locator": loc, "request_id": "c1"})).unwrap(),
         )
-        .await,
+        .await
+        .wire(),
     ];
     for r in refused {
-        assert_eq!(r.unwrap_err(), ApiError::Internal);
+        assert_eq!(r.unwrap_err(), AppError::Internal);
     }
     assert_eq!(
         register(app, "latecomer").await.unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     assert_eq!(
         fx.store.syncs.load(Ordering::SeqCst),
@@ -204,8 +225,8 @@ async fn a_failed_sync_is_never_acknowledged() {
     assert_eq!(seat_status(app, &fid, &seats[1]), "available");
     assert_eq!(seat_status(app, &fid, &seats[2]), "available");
     assert_eq!(
-        app.bookings_list(&user).await.unwrap_err(),
-        ApiError::Internal
+        app.bookings_list(&user).await.wire().unwrap_err(),
+        AppError::Internal
     );
     app.stop().await;
 }
@@ -220,7 +241,7 @@ async fn readyz_answers_503_after_a_failed_sync() {
     store.fail_syncs.store(true, Ordering::SeqCst);
     assert_eq!(
         register(&app, "unready").await.unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     let (code, body) = common::http_get(addr, "/readyz").await.unwrap();
     assert_eq!(code, 503);
@@ -241,13 +262,15 @@ async fn a_restart_after_a_failed_sync_serves_what_is_on_disk() {
     let kept = app
         .hold(&user, decode(hold_params(&fid, &seats[0], "k1")).unwrap())
         .await
+        .wire()
         .unwrap();
     store.fail_syncs.store(true, Ordering::SeqCst);
     assert_eq!(
         app.hold(&user, decode(hold_params(&fid, &seats[1], "f1")).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     close(app, store).await;
 
@@ -257,7 +280,7 @@ async fn a_restart_after_a_failed_sync_serves_what_is_on_disk() {
         .unwrap();
     let (app, store) = faulty_app(dir.path(), |_| {}).await;
     assert!(app.is_ready());
-    let listed: Vec<Value> = app.bookings_list(&user).await.unwrap()["bookings"]
+    let listed: Vec<Value> = app.bookings_list(&user).await.wire().unwrap()["bookings"]
         .as_array()
         .unwrap()
         .clone();
@@ -280,6 +303,7 @@ async fn a_restart_after_a_failed_sync_serves_what_is_on_disk() {
     let retry = app
         .hold(&user, decode(hold_params(&fid, &seats[1], "f1")).unwrap())
         .await
+        .wire()
         .unwrap();
     assert_eq!(retry["booking"]["status"], "held");
     let retried = retry["booking"]["locator"].as_str().unwrap().to_owned();
@@ -309,7 +333,7 @@ async fn a_replayed_reply_waits_until_its_write_is_durable() {
     let first = {
         let (app, user) = (app.clone(), user.clone());
         let p = decode(hold_params(&fid, &seats[0], "r1")).unwrap();
-        tokio::spawn(async move { app.hold(&user, p).await })
+        tokio::spawn(async move { app.hold(&user, p).await.wire() })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while fx.store.inner.reply(&key).unwrap().is_none() {
@@ -325,7 +349,7 @@ async fn a_replayed_reply_waits_until_its_write_is_durable() {
     let mut retry = {
         let (app, user) = (app.clone(), user.clone());
         let p = decode(hold_params(&fid, &seats[0], "r1")).unwrap();
-        tokio::spawn(async move { app.hold(&user, p).await })
+        tokio::spawn(async move { app.hold(&user, p).await.wire() })
     };
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut retry)
@@ -355,8 +379,9 @@ async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
     assert_eq!(
         app.cancel(&user, decode(cancel.clone()).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     store.fail_syncs.store(false, Ordering::SeqCst);
     assert_eq!(
@@ -368,8 +393,9 @@ async fn no_refund_is_paid_from_a_record_whose_sync_failed() {
     assert_eq!(
         app.cancel(&user, decode(cancel).unwrap())
             .await
+            .wire()
             .unwrap_err(),
-        ApiError::Internal
+        AppError::Internal
     );
     assert_eq!(
         gateway.refunds(),
@@ -395,7 +421,7 @@ async fn a_cancel_whose_refund_cannot_be_written_leaves_the_flight_usable() {
     let cancel = {
         let (app, user) = (app.clone(), user.clone());
         let params = decode(json!({"locator": loc, "request_id": "c"})).unwrap();
-        tokio::spawn(async move { app.cancel(&user, params).await })
+        tokio::spawn(async move { app.cancel(&user, params).await.wire() })
     };
     let answered = tokio::time::timeout(Duration::from_secs(30), cancel)
         .await
@@ -406,7 +432,7 @@ async fn a_cancel_whose_refund_cannot_be_written_leaves_the_flight_usable() {
     let other = {
         let (app, user) = (app.clone(), user.clone());
         let params = decode(hold_params(&fid, &seats[1], "h2")).unwrap();
-        tokio::spawn(async move { app.hold(&user, params).await })
+        tokio::spawn(async move { app.hold(&user, params).await.wire() })
     };
     tokio::time::timeout(Duration::from_secs(30), other)
         .await
@@ -431,6 +457,7 @@ async fn paid_booking(
     let held = app
         .hold(user, decode(hold_params(fid, seat, "h")).unwrap())
         .await
+        .wire()
         .unwrap();
     let loc = held["booking"]["locator"].clone();
     app.pay(
@@ -439,6 +466,7 @@ async fn paid_booking(
             .unwrap(),
     )
     .await
+    .wire()
     .unwrap();
     loc
 }

@@ -8,14 +8,16 @@ use argon2::password_hash::{
 };
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use super::{event, App};
+use crate::app::AppError;
 use crate::domain::{self, rfc3339, Millis, UserId, Username};
 use crate::fanout::Outbox;
-use crate::protocol::{params, ApiError};
+use crate::protocol::params;
+use crate::protocol::results::{Done, LoggedIn, UserView};
 use crate::store::{Batch, Role, SessionRecord, StoreError, UserRecord};
 
 pub const MIN_PASSWORD: usize = 8;
@@ -88,10 +90,10 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn check_password(password: &str) -> Result<(), ApiError> {
+fn check_password(password: &str) -> Result<(), AppError> {
     let n = password.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
-        return Err(ApiError::WeakPassword(format!(
+        return Err(AppError::WeakPassword(format!(
             "password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters"
         )));
     }
@@ -99,19 +101,23 @@ fn check_password(password: &str) -> Result<(), ApiError> {
         .chars()
         .all(|c| c == password.chars().next().unwrap_or(' '))
     {
-        return Err(ApiError::WeakPassword(
+        return Err(AppError::WeakPassword(
             "password must not be one repeated character".into(),
         ));
     }
     Ok(())
 }
 
-fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> Value {
-    json!({
-        "token": token,
-        "expires_at": rfc3339(s.expires_at),
-        "user": { "id": user.id.0, "username": user.username, "role": user.role.as_str() },
-    })
+fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> LoggedIn {
+    LoggedIn {
+        token: token.to_owned(),
+        expires_at: s.expires_at,
+        user: UserView {
+            id: user.id.0,
+            username: user.username.clone(),
+            role: user.role.as_str(),
+        },
+    }
 }
 
 /// Sweeps expired sessions every quarter of the session TTL (at least every second,
@@ -140,15 +146,15 @@ impl App {
     async fn password_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, AppError> {
         let _slot = self
             .password_slots
             .acquire()
             .await
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|_| AppError::Internal)?;
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|_| ApiError::Internal)
+            .map_err(|_| AppError::Internal)
     }
 
     fn new_session(&self, user: UserId, now: Millis) -> (String, SessionRecord) {
@@ -189,22 +195,22 @@ impl App {
         p: params::Credentials,
         outbox: &Outbox,
         conn: &mut Option<AuthSession>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<LoggedIn, AppError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
         if username.as_str() == ADMIN_NAME {
-            return Err(ApiError::UsernameTaken);
+            return Err(AppError::UsernameTaken);
         }
         self.committer.catch_up().await?;
         if self.store.user_by_name(&username)?.is_some() {
-            return Err(ApiError::UsernameTaken);
+            return Err(AppError::UsernameTaken);
         }
         let password = p.password;
         let fast = self.config.insecure_fast_hashing;
         let hash = self
             .password_work(move || hash_password(&password, fast))
             .await?
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|_| AppError::Internal)?;
         let now = domain::now_ms();
         let user = UserRecord {
             id: UserId(self.store.next_id()?),
@@ -221,7 +227,7 @@ impl App {
             ..Default::default()
         };
         match self.commit(batch).await {
-            Err(StoreError::Conflict) => return Err(ApiError::UsernameTaken),
+            Err(StoreError::Conflict) => return Err(AppError::UsernameTaken),
             r => r?,
         }
         self.attach(&user, &session, outbox, conn);
@@ -233,7 +239,7 @@ impl App {
         p: params::Credentials,
         outbox: &Outbox,
         conn: &mut Option<AuthSession>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<LoggedIn, AppError> {
         // the user may have registered through another node a moment ago
         self.committer.catch_up().await?;
         let user = match Username::parse(&p.username) {
@@ -264,9 +270,9 @@ impl App {
                     ..Default::default()
                 })
                 .await?;
-                return Err(ApiError::BadCredentials);
+                return Err(AppError::BadCredentials);
             }
-            None => return Err(ApiError::BadCredentials),
+            None => return Err(AppError::BadCredentials),
         };
         let now = domain::now_ms();
         let (token, session) = self.new_session(user.id, now);
@@ -290,20 +296,20 @@ impl App {
         p: params::Resume,
         outbox: &Outbox,
         conn: &mut Option<AuthSession>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<LoggedIn, AppError> {
         let hash = token_hash(&p.token);
         let session = match self.live_session(&hash)? {
             Some(s) => s,
             None => {
                 // made through another node a moment ago?
                 self.committer.catch_up().await?;
-                self.live_session(&hash)?.ok_or(ApiError::InvalidToken)?
+                self.live_session(&hash)?.ok_or(AppError::InvalidToken)?
             }
         };
         let user = self
             .store
             .user(session.user_id)?
-            .ok_or(ApiError::InvalidToken)?;
+            .ok_or(AppError::InvalidToken)?;
         self.attach(&user, &session, outbox, conn);
         Ok(login_result(&p.token, &session, &user))
     }
@@ -312,7 +318,7 @@ impl App {
         &self,
         outbox: &Outbox,
         conn: &mut Option<AuthSession>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Done, AppError> {
         let s = self.authenticate(conn)?;
         let now = domain::now_ms();
         self.commit(Batch {
@@ -325,7 +331,7 @@ impl App {
         self.users.revoke(s.user_id, &s.token_hash);
         self.users.detach(s.user_id, outbox.id());
         *conn = None;
-        Ok(json!({}))
+        Ok(Done {})
     }
 
     /// The session behind a token hash, if it exists and has not expired.
@@ -379,14 +385,14 @@ impl App {
 
     /// The connection's session, checked again: a token logged out elsewhere or
     /// expired since stops working at once.
-    pub fn authenticate(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, ApiError> {
-        let s = conn.as_ref().ok_or(ApiError::Unauthenticated)?;
+    pub fn authenticate(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, AppError> {
+        let s = conn.as_ref().ok_or(AppError::Unauthenticated)?;
         if self.live_session(&s.token_hash)?.is_none() {
             let s = conn.take();
             if let Some(s) = s {
                 self.users.revoke(s.user_id, &s.token_hash);
             }
-            return Err(ApiError::InvalidToken);
+            return Err(AppError::InvalidToken);
         }
         Ok(s.clone())
     }

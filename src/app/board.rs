@@ -7,17 +7,19 @@
 //! is coalesced to at most one push per flight per [`AVAILABILITY_INTERVAL`].
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::status::{changed_frame, send_once};
 use super::App;
+use crate::app::AppError;
 use crate::domain::{self, flight::airport, Flight, FlightId, Millis};
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
-use crate::protocol::{envelope, params, wire, ApiError};
+use crate::protocol::results::{Board, Done, FlightView};
+use crate::protocol::{envelope, params};
 
 /// Most boards one connection may watch.
 pub const MAX_WATCHES: usize = 4;
@@ -55,16 +57,16 @@ fn in_window(f: &Flight, airport: &str, hours: u8, now: Millis) -> bool {
     f.from == airport && dep >= now - KEEP_AFTER_MS && dep <= now + hours as Millis * 3_600_000
 }
 
-fn board_airport(code: &str) -> Result<String, ApiError> {
+fn board_airport(code: &str) -> Result<String, AppError> {
     let c = code.trim().to_ascii_uppercase();
     if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(ApiError::InvalidParams(
+        return Err(AppError::InvalidParams(
             "airport must be a 3-letter IATA airport code".into(),
         ));
     }
     airport(&c)
         .map(|a| a.code.to_owned())
-        .ok_or(ApiError::NotFound("airport"))
+        .ok_or(AppError::NotFound("airport"))
 }
 
 impl Boards {
@@ -128,16 +130,16 @@ impl App {
         p: params::Watch,
         outbox: &Outbox,
         boards: &mut Vec<String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AppError> {
         let code = board_airport(&p.airport)?;
         let hours = p.hours.unwrap_or(DEFAULT_HOURS);
         if !(1..=MAX_HOURS).contains(&hours) {
-            return Err(ApiError::InvalidParams(format!(
+            return Err(AppError::InvalidParams(format!(
                 "hours must be 1-{MAX_HOURS}"
             )));
         }
         if !boards.contains(&code) && boards.len() >= MAX_WATCHES {
-            return Err(ApiError::InvalidState(format!(
+            return Err(AppError::InvalidState(format!(
                 "a connection may watch at most {MAX_WATCHES} boards"
             )));
         }
@@ -153,12 +155,18 @@ impl App {
             .filter(|(f, _)| in_window(f, &code, hours, now))
             .collect();
         shown.sort_by(|a, b| (a.0.departure(), &a.0.number).cmp(&(b.0.departure(), &b.0.number)));
-        let flights: Vec<Value> = shown
-            .iter()
-            .map(|(f, fs)| wire::flight(f, &fs.available(), now))
-            .collect();
         group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
-        let result = json!({ "airport": code, "flights": flights });
+        let result = Board {
+            airport: code.clone(),
+            flights: shown
+                .into_iter()
+                .map(|(flight, fs)| FlightView {
+                    flight,
+                    cabins: fs.available(),
+                    now,
+                })
+                .collect(),
+        };
         if let Some(id) = id {
             outbox.send(
                 FrameKind::Reply,
@@ -178,11 +186,11 @@ impl App {
         p: params::Unwatch,
         conn_id: u64,
         boards: &mut Vec<String>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Done, AppError> {
         let code = board_airport(&p.airport)?;
         self.boards.leave(conn_id, std::slice::from_ref(&code));
         boards.retain(|a| a != &code);
-        Ok(json!({}))
+        Ok(Done {})
     }
 
     /// The boards' connections a status or time change of `f` goes to.
@@ -278,10 +286,10 @@ mod tests {
         assert!(b.due(t0 + Duration::from_millis(900)).is_empty());
         assert_eq!(b.due(t0 + AVAILABILITY_INTERVAL), vec![f.clone()]);
         assert!(airport("LHR").is_some() && board_airport("lhr").unwrap() == "LHR");
-        assert!(matches!(board_airport("XXX"), Err(ApiError::NotFound(_))));
+        assert!(matches!(board_airport("XXX"), Err(AppError::NotFound(_))));
         assert!(matches!(
             board_airport("L1"),
-            Err(ApiError::InvalidParams(_))
+            Err(AppError::InvalidParams(_))
         ));
     }
 }

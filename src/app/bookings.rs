@@ -1,16 +1,21 @@
 //! Holding, paying, cancelling and changing bookings, and reading them back.
 
 use rand::RngCore;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
 use super::busy::{busy_error, Busy};
 use super::refunds::CANCEL;
 use super::{event, remember_ok, App, AuthSession, Step};
-use crate::domain::booking::{passenger_name, MAX_SEATS_PER_BOOKING};
-use crate::domain::{self, seating, Booking, Cabin, Locator, SeatId};
+use crate::app::AppError;
+use crate::domain::booking::passenger_name;
+use crate::domain::{self, seating, Booking, Locator, SeatId};
 use crate::inventory::{FlightSeats, Occupant, Working};
-use crate::protocol::{params, wire, ApiError};
+use crate::protocol::params::{self, SeatChoice};
+use crate::protocol::results::{
+    Answer, BookingResult, BookingView, Bookings, History, HistoryEntry, OrderView, Orders,
+};
+use crate::protocol::wire;
 use crate::store::{Batch, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
@@ -19,78 +24,11 @@ pub const DEFAULT_HISTORY: u32 = 50;
 pub const MAX_HISTORY: u32 = 500;
 
 enum CancelStep {
-    Released(Value),
+    Released(Box<BookingResult>),
     /// This refund, just opened: make it.
     Refund(Busy, RefundRecord),
     /// An earlier refund of the booking is open: finish it first.
     Finish(Busy, RefundRecord),
-}
-
-enum Wanted {
-    Seats(Vec<SeatId>),
-    Best { count: usize, cabin: Cabin },
-}
-
-fn seat_list(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
-    let mut bad = Vec::new();
-    let mut seats: Vec<SeatId> = Vec::new();
-    for s in raw {
-        match SeatId::parse(s) {
-            Ok(id) if seats.contains(&id) => {
-                return Err(ApiError::InvalidParams(format!(
-                    "seat {id} is listed twice"
-                )))
-            }
-            Ok(id) => seats.push(id),
-            Err(_) => bad.push(s.chars().take(16).collect()),
-        }
-    }
-    if !bad.is_empty() {
-        return Err(ApiError::InvalidSeat(bad));
-    }
-    Ok(seats)
-}
-
-/// Seats of a booking named by a request (`booking.cancel`, `booking.check_in`).
-pub(super) fn booking_seats(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
-    seat_list(raw).map_err(|e| match e {
-        ApiError::InvalidSeat(bad) => {
-            ApiError::InvalidParams(format!("invalid seats: {}", bad.join(", ")))
-        }
-        e => e,
-    })
-}
-
-fn wanted(p: &params::Hold) -> Result<Wanted, ApiError> {
-    let w = match (&p.seats, p.count, &p.cabin) {
-        (Some(seats), None, None) => Wanted::Seats(seat_list(seats)?),
-        (None, Some(count), Some(cabin)) => Wanted::Best {
-            count: count as usize,
-            cabin: Cabin::parse(cabin).ok_or_else(|| {
-                ApiError::InvalidParams("cabin must be economy or business".into())
-            })?,
-        },
-        _ => {
-            return Err(ApiError::InvalidParams(
-                "give either seats, or count and cabin".into(),
-            ))
-        }
-    };
-    let n = match &w {
-        Wanted::Seats(s) => s.len(),
-        Wanted::Best { count, .. } => *count,
-    };
-    if n == 0 || n > MAX_SEATS_PER_BOOKING {
-        return Err(ApiError::InvalidParams(format!(
-            "a booking holds 1 to {MAX_SEATS_PER_BOOKING} seats"
-        )));
-    }
-    if n != p.passengers.len() {
-        return Err(ApiError::InvalidParams(
-            "give exactly one passenger per seat".into(),
-        ));
-    }
-    Ok(w)
 }
 
 pub(super) fn new_locator() -> Locator {
@@ -99,7 +37,7 @@ pub(super) fn new_locator() -> Locator {
     Locator::from_random(r)
 }
 
-fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
+fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, AppError> {
     let mut out = Vec::with_capacity(seats.len());
     let mut bad = Vec::new();
     for s in seats {
@@ -111,7 +49,7 @@ fn seat_indices(w: &Working, seats: &[SeatId]) -> Result<Vec<usize>, ApiError> {
     if bad.is_empty() {
         Ok(out)
     } else {
-        Err(ApiError::InvalidSeat(bad))
+        Err(AppError::InvalidSeat(bad))
     }
 }
 
@@ -122,10 +60,10 @@ pub(super) fn check_flight(
     fs: &FlightSeats,
     op: domain::flight::Operation,
     now: domain::Millis,
-) -> Result<domain::Flight, ApiError> {
+) -> Result<domain::Flight, AppError> {
     let flight = fs.flight();
     if fs.is_closing() && flight.cancelled.is_none() {
-        return Err(ApiError::InvalidState(format!(
+        return Err(AppError::InvalidState(format!(
             "flight {} is cancelled",
             flight.number
         )));
@@ -138,7 +76,7 @@ pub(super) fn check_flight(
 pub(super) fn check_bookable(
     fs: &FlightSeats,
     now: domain::Millis,
-) -> Result<domain::Flight, ApiError> {
+) -> Result<domain::Flight, AppError> {
     check_flight(fs, domain::flight::Operation::Book, now)
 }
 
@@ -146,7 +84,7 @@ impl App {
     /// Refuses a new hold while the user already has `--max-open-holds` unexpired
     /// holds (a hold-everything attack on a flight). Runs under the user's request
     /// lock (inside [`App::idempotent`]), so two holds of one user cannot both slip by.
-    fn check_open_holds(&self, user: domain::UserId, now: domain::Millis) -> Result<(), ApiError> {
+    fn check_open_holds(&self, user: domain::UserId, now: domain::Millis) -> Result<(), AppError> {
         let max = self.config.limits.max_open_holds;
         if max == 0 {
             return Ok(());
@@ -159,7 +97,7 @@ impl App {
         // user's waitlist entries grow with their history)
         let offers = domain::waitlist::offered_holds(&self.store.user_waitlist(user)?).len();
         if held.saturating_sub(offers) >= max {
-            return Err(ApiError::InvalidState(format!(
+            return Err(AppError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));
         }
@@ -173,15 +111,15 @@ impl App {
     fn unavailable_at_once(
         &self,
         fs: &FlightSeats,
-        want: &Wanted,
+        want: &SeatChoice,
         user: domain::UserId,
         request_id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AppError> {
         if check_bookable(fs, domain::now_ms()).is_err() {
             return Ok(());
         }
         let taken = match want {
-            Wanted::Seats(seats) => {
+            SeatChoice::Named(seats) => {
                 let idx: Option<Vec<usize>> =
                     seats.iter().map(|s| fs.aircraft.seat_index(*s)).collect();
                 match idx.map(|idx| fs.published_taken(&idx)) {
@@ -189,7 +127,7 @@ impl App {
                     _ => return Ok(()),
                 }
             }
-            Wanted::Best { count, cabin } => {
+            SeatChoice::Best { count, cabin } => {
                 let free = fs
                     .available()
                     .iter()
@@ -204,7 +142,7 @@ impl App {
         let key = super::idem_key(user, "booking.hold", request_id)?;
         match self.store.reply(&key)? {
             Some(_) => Ok(()),
-            None => Err(ApiError::SeatUnavailable(
+            None => Err(AppError::SeatUnavailable(
                 taken.iter().map(|s| s.to_string()).collect(),
             )),
         }
@@ -216,7 +154,7 @@ impl App {
         &self,
         passengers: &[params::Passenger],
         flight_id: &str,
-    ) -> Result<(Vec<String>, Arc<FlightSeats>), ApiError> {
+    ) -> Result<(Vec<String>, Arc<FlightSeats>), AppError> {
         let names = passengers
             .iter()
             .map(|x| passenger_name(&x.name))
@@ -224,13 +162,17 @@ impl App {
         let fs = self
             .inventory
             .get(flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         self.committer.catch_up().await?;
         Ok((names, fs))
     }
 
-    pub async fn hold(&self, s: &AuthSession, p: params::Hold) -> Result<Value, ApiError> {
-        let want = wanted(&p)?;
+    pub async fn hold(
+        &self,
+        s: &AuthSession,
+        p: params::HoldRequest,
+    ) -> Result<Answer<BookingResult>, AppError> {
+        let want = p.seats;
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.unavailable_at_once(&fs, &want, s.user_id, &p.request_id)?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
@@ -240,16 +182,16 @@ impl App {
             self.seat_step(&fs, Some(&key), |w| {
                 let flight = check_bookable(&fs, now)?;
                 let idx = match &want {
-                    Wanted::Seats(seats) => {
+                    SeatChoice::Named(seats) => {
                         let idx = seat_indices(w, seats)?;
                         let taken = w.taken(&idx);
                         if !taken.is_empty() {
-                            return Err(ApiError::SeatUnavailable(taken.iter().map(|s| s.to_string()).collect()));
+                            return Err(AppError::SeatUnavailable(taken.iter().map(|s| s.to_string()).collect()));
                         }
                         idx
                     }
-                    Wanted::Best { count, cabin } => seating::pick(fs.aircraft, &w.free_mask(), *cabin, *count)
-                        .ok_or_else(|| ApiError::SeatUnavailable(Vec::new()))?,
+                    SeatChoice::Best { count, cabin } => seating::pick(fs.aircraft, &w.free_mask(), *cabin, *count)
+                        .ok_or_else(|| AppError::SeatUnavailable(Vec::new()))?,
                 };
                 let seats: Vec<_> = idx
                     .iter()
@@ -261,7 +203,10 @@ impl App {
                 let mut attempt = 0;
                 let booking = loop {
                     let b = Booking::hold(new_locator(), s.user_id, flight.id.clone(), seats.clone(), passengers.clone(), now, ttl)?;
-                    let result = json!({ "booking": wire::booking(&b, Some(&flight)) });
+                    let result = BookingResult::new(BookingView {
+                        booking: b.clone(),
+                        flight: Some(flight.clone()),
+                    });
                     let batch = Batch {
                         new_bookings: vec![b.clone()],
                         events: vec![(s.user_id, event("held", Some(&b.locator), now, json!({
@@ -283,7 +228,7 @@ impl App {
                 if let Some(t) = b.hold_expires_at {
                     self.expiry.schedule(t, &b.flight_id, &b.locator);
                 }
-                Ok((Some(ticket), result))
+                Ok((Some(ticket), Answer::Now(result)))
             })
             .await?
             .reply()
@@ -291,10 +236,14 @@ impl App {
         .await
     }
 
-    pub async fn cancel(&self, s: &AuthSession, p: params::Cancel) -> Result<Value, ApiError> {
+    pub async fn cancel(
+        &self,
+        s: &AuthSession,
+        p: params::CancelRequest,
+    ) -> Result<Answer<BookingResult>, AppError> {
         self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
-        let only = p.seats.as_deref().map(booking_seats).transpose()?;
+        let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, CANCEL, &p.request_id, |key| async move {
             let loc = booking.locator;
@@ -306,7 +255,7 @@ impl App {
                     let mut b = self
                         .store
                         .booking(&loc)?
-                        .ok_or(ApiError::NotFound("booking"))?;
+                        .ok_or(AppError::NotFound("booking"))?;
                     if self.paying(w, &loc, &|_| false)? {
                         return Err(busy_error());
                     }
@@ -315,27 +264,27 @@ impl App {
                     }
                     if b.status == domain::BookingStatus::Held {
                         if only.is_some() {
-                            return Err(ApiError::InvalidState(
+                            return Err(AppError::InvalidState(
                                 "only a confirmed booking can be cancelled seat by seat".into(),
                             ));
                         }
                         b.release(now)?;
-                        let result = json!({ "booking": self.booking_json(&b) });
+                        let result = BookingResult::new(self.booking_view(b.clone()));
                         let reply = Some((key.clone(), remember_ok(&result)));
                         let ticket =
                             self.end_hold(&fs, w, &b, "cancelled", json!({}), reply)?;
-                        Ok((Some(ticket), CancelStep::Released(result)))
+                        Ok((Some(ticket), CancelStep::Released(Box::new(result))))
                     } else {
                         if fs.flight().cancelled.is_some() || fs.is_closing() {
                             // the airline's job refunds it in full; the passenger's
                             // rule could pay back less
-                            return Err(ApiError::InvalidState(
+                            return Err(AppError::InvalidState(
                                 "the airline cancelled this flight: every booking on it is refunded in full".into(),
                             ));
                         }
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
                         let order_id = b.order_id.clone().unwrap_or_default();
-                        let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                        let order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
                         let reason = RefundReason::Cancel {
                             request_id: key.request_id.clone(),
                         };
@@ -358,8 +307,8 @@ impl App {
                     }
                 });
                 match step.await? {
-                    Step::Done(CancelStep::Released(result)) => return Ok(result),
-                    Step::Replayed(r) => return r,
+                    Step::Done(CancelStep::Released(result)) => return Ok(Answer::Now(*result)),
+                    Step::Replayed(memo) => return super::replay(memo),
                     Step::Done(CancelStep::Finish(busy, open)) => {
                         // this request's own refund, interrupted: finishing it answers;
                         // another's: finish it, then decide this one anew
@@ -385,13 +334,11 @@ impl App {
     pub async fn change_seat(
         &self,
         s: &AuthSession,
-        p: params::ChangeSeat,
-    ) -> Result<Value, ApiError> {
+        p: params::ChangeSeatRequest,
+    ) -> Result<Answer<BookingResult>, AppError> {
         self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
-        let from = SeatId::parse(&p.from)
-            .map_err(|_| ApiError::InvalidParams(format!("invalid seat {:?}", p.from)))?;
-        let to = seat_list(std::slice::from_ref(&p.to))?[0];
+        let (from, to) = (p.from, p.to);
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(
             s.user_id,
@@ -405,7 +352,7 @@ impl App {
                     let mut b = self
                         .store
                         .booking(&loc)?
-                        .ok_or(ApiError::NotFound("booking"))?;
+                        .ok_or(AppError::NotFound("booking"))?;
                     if self.paying(w, &loc, &|_| false)?
                         || self.store.open_refund(loc.as_str())?.is_some()
                     {
@@ -413,17 +360,17 @@ impl App {
                     }
                     let to_idx = seat_indices(w, &[to])?[0];
                     let from_idx = w.index(from).ok_or_else(|| {
-                        ApiError::InvalidParams(format!("seat {from} is not on this booking"))
+                        AppError::InvalidParams(format!("seat {from} is not on this booking"))
                     })?;
                     if b.seats.iter().any(|x| x.seat == to) {
-                        return Err(ApiError::SeatUnavailable(vec![to.to_string()]));
+                        return Err(AppError::SeatUnavailable(vec![to.to_string()]));
                     }
                     b.change_seat(from, to, fs.aircraft.seats()[to_idx].cabin, now)?;
                     let taken = w.taken(&[to_idx]);
                     if !taken.is_empty() {
-                        return Err(ApiError::SeatUnavailable(vec![to.to_string()]));
+                        return Err(AppError::SeatUnavailable(vec![to.to_string()]));
                     }
-                    let result = json!({ "booking": self.booking_json(&b) });
+                    let result = BookingResult::new(self.booking_view(b.clone()));
                     let batch = Batch {
                         bookings: vec![b.clone()],
                         events: vec![(
@@ -445,7 +392,10 @@ impl App {
                         booked: true,
                     };
                     let updates = vec![(from_idx, None), (to_idx, Some(occupant))];
-                    Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result))
+                    Ok((
+                        Some(self.change_seats(&fs, w, batch, updates, &b)?),
+                        Answer::Now(result),
+                    ))
                 })
                 .await?
                 .reply()
@@ -458,53 +408,55 @@ impl App {
         &self,
         s: &AuthSession,
         p: params::LocatorRef,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<BookingResult, AppError> {
         let b = self
             .consistent_read(|| self.own_booking(s.user_id, &p.locator))
             .await?;
-        Ok(json!({ "booking": self.booking_json(&b) }))
+        Ok(BookingResult::new(self.booking_view(b)))
     }
 
-    pub async fn bookings_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+    pub async fn bookings_list(&self, s: &AuthSession) -> Result<Bookings, AppError> {
         let list = self
             .consistent_read(|| Ok(self.store.user_bookings(s.user_id)?))
             .await?;
-        let list: Vec<Value> = list.iter().map(|b| self.booking_json(b)).collect();
-        Ok(json!({ "bookings": list }))
+        Ok(Bookings {
+            bookings: list.into_iter().map(|b| self.booking_view(b)).collect(),
+        })
     }
 
-    pub async fn orders_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+    pub async fn orders_list(&self, s: &AuthSession) -> Result<Orders, AppError> {
         let list = self
             .consistent_read(|| Ok(self.store.user_orders(s.user_id)?))
             .await?;
-        Ok(json!({ "orders": list.iter().map(wire::order).collect::<Vec<_>>() }))
+        Ok(Orders {
+            orders: list.into_iter().map(OrderView).collect(),
+        })
     }
 
-    pub async fn history_list(&self, s: &AuthSession, p: params::Limit) -> Result<Value, ApiError> {
+    pub async fn history_list(
+        &self,
+        s: &AuthSession,
+        p: params::Limit,
+    ) -> Result<History, AppError> {
         let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
         if limit == 0 || limit > MAX_HISTORY {
-            return Err(ApiError::InvalidParams(format!(
+            return Err(AppError::InvalidParams(format!(
                 "limit must be 1-{MAX_HISTORY}"
             )));
         }
         let events = self
             .consistent_read(|| Ok(self.store.history(s.user_id, limit as usize)?))
             .await?;
-        let events: Vec<Value> = events
-            .into_iter()
-            .map(|e| {
-                let mut v = json!({ "at": domain::rfc3339(e.at), "type": e.kind });
-                if let Some(l) = e.locator {
-                    v["locator"] = json!(l);
-                }
-                if let Value::Object(extra) = e.detail {
-                    for (k, x) in extra {
-                        v.as_object_mut().map(|o| o.entry(k).or_insert(x));
-                    }
-                }
-                v
-            })
-            .collect();
-        Ok(json!({ "events": events }))
+        Ok(History {
+            events: events
+                .into_iter()
+                .map(|e| HistoryEntry {
+                    at: e.at,
+                    kind: e.kind,
+                    locator: e.locator,
+                    detail: e.detail,
+                })
+                .collect(),
+        })
     }
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::App;
+use crate::app::AppError;
 use crate::domain::{self, Locator};
 use crate::inventory::{FlightSeats, Working};
-use crate::protocol::ApiError;
 use crate::store::PaymentMark;
 
 /// Marks a booking busy (a gateway call in flight) for as long as it lives.
@@ -22,7 +22,7 @@ impl Busy {
         fs: &Arc<FlightSeats>,
         w: &mut Working,
         locator: &Locator,
-    ) -> Result<Busy, ApiError> {
+    ) -> Result<Busy, AppError> {
         if !w.busy.insert(locator.clone()) {
             return Err(busy_error());
         }
@@ -41,7 +41,7 @@ impl App {
         w: &Working,
         loc: &Locator,
         except: &dyn Fn(&PaymentMark) -> bool,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, AppError> {
         if w.busy.contains(loc) {
             return Ok(true);
         }
@@ -55,13 +55,13 @@ impl App {
 
 const BUSY: &str = "a payment operation on this booking is in progress";
 
-pub(super) fn busy_error() -> ApiError {
-    ApiError::InvalidState(BUSY.into())
+pub(super) fn busy_error() -> AppError {
+    AppError::InvalidState(BUSY.into())
 }
 
 /// Whether `e` is [`busy_error`]: nothing was done, the booking was busy.
-pub(super) fn is_busy(e: &ApiError) -> bool {
-    matches!(e, ApiError::InvalidState(m) if m == BUSY)
+pub(super) fn is_busy(e: &AppError) -> bool {
+    matches!(e, AppError::InvalidState(m) if m == BUSY)
 }
 
 impl Drop for Busy {

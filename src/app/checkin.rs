@@ -3,21 +3,26 @@
 //! numbers, read from the store's per-flight counter and written back in the same
 //! batch, are never handed out twice, by one node or by several.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::bookings::{booking_seats, check_flight};
+use super::bookings::check_flight;
 use super::busy::busy_error;
 use super::{event, remember_ok, App, AuthSession};
+use crate::app::AppError;
 use crate::domain::checkin::Window;
 use crate::domain::flight::Operation;
 use crate::domain::{self, Booking, Flight, SeatId};
-use crate::protocol::{params, wire, ApiError};
+use crate::protocol::params;
+use crate::protocol::results::{Answer, BoardingPasses, BookingView, CheckedIn, PassView};
 use crate::store::Batch;
 
-fn passes_json(b: &Booking, flight: &Flight, only: Option<&[SeatId]>) -> Vec<Value> {
+fn passes(b: &Booking, flight: &Flight, only: Option<&[SeatId]>) -> Vec<PassView> {
     b.boarding_passes(flight, only)
-        .iter()
-        .map(|p| wire::boarding_pass(&flight.id, p))
+        .into_iter()
+        .map(|pass| PassView {
+            flight_id: flight.id.clone(),
+            pass,
+        })
         .collect()
 }
 
@@ -26,10 +31,14 @@ impl App {
         Window::new(self.config.checkin_opens, self.config.checkin_closes)
     }
 
-    pub async fn check_in(&self, s: &AuthSession, p: params::CheckIn) -> Result<Value, ApiError> {
+    pub async fn check_in(
+        &self,
+        s: &AuthSession,
+        p: params::CheckInRequest,
+    ) -> Result<Answer<CheckedIn>, AppError> {
         self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
-        let only = p.seats.as_deref().map(booking_seats).transpose()?;
+        let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;
         let window = self.checkin_window();
         self.idempotent(
@@ -44,7 +53,7 @@ impl App {
                     let mut b = self
                         .store
                         .booking(&loc)?
-                        .ok_or(ApiError::NotFound("booking"))?;
+                        .ok_or(AppError::NotFound("booking"))?;
                     if self.paying(w, &loc, &|_| false)?
                         || self.store.open_refund(loc.as_str())?.is_some()
                     {
@@ -61,9 +70,12 @@ impl App {
                         },
                         now,
                     )?;
-                    let result = json!({
-                        "booking": wire::booking(&b, Some(&flight)),
-                        "boarding_passes": passes_json(&b, &flight, Some(&chosen)),
+                    let result = Answer::Now(CheckedIn {
+                        boarding_passes: passes(&b, &flight, Some(&chosen)),
+                        booking: BookingView {
+                            booking: b.clone(),
+                            flight: Some(flight),
+                        },
                     });
                     if last == before {
                         return Ok((None, result));
@@ -103,11 +115,13 @@ impl App {
         &self,
         s: &AuthSession,
         p: params::LocatorRef,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<BoardingPasses, AppError> {
         let b = self
             .consistent_read(|| self.own_booking(s.user_id, &p.locator))
             .await?;
         let flight = self.flight_seats(&b.flight_id)?.flight();
-        Ok(json!({ "boarding_passes": passes_json(&b, &flight, None) }))
+        Ok(BoardingPasses {
+            boarding_passes: passes(&b, &flight, None),
+        })
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use super::App;
+use super::AppError;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
 use crate::inventory::FlightSeats;
-use crate::protocol::ApiError;
 use crate::store::{AttemptState, PaymentAttempt};
 
 /// How long to wait before retrying a hold whose payment is in flight.
@@ -152,7 +152,7 @@ impl App {
         true
     }
 
-    fn expire_failed(&self, flight: &FlightId, locator: &Locator, e: ApiError) {
+    fn expire_failed(&self, flight: &FlightId, locator: &Locator, e: AppError) {
         tracing::error!(%locator, error = %e, "expiring a hold failed; retrying soon");
         self.expiry
             .schedule(domain::now_ms() + BUSY_RETRY_MS, flight, locator);
@@ -167,7 +167,7 @@ impl App {
         self: &Arc<Self>,
         flight: &FlightId,
         locator: &Locator,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), super::AppError> {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
@@ -238,7 +238,7 @@ impl App {
         fs: &Arc<FlightSeats>,
         flight: &FlightId,
         locator: &Locator,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AppError> {
         self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let Some(mut b) = self.store.booking(locator)? else {

@@ -1,17 +1,21 @@
 //! Flight search, seat maps and live subscriptions.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::App;
+use crate::app::AppError;
 use crate::domain::{self, flight::AIRPORTS, FlightId};
 use crate::fanout::{Outbox, Utf8Bytes};
 use crate::inventory::Start;
-use crate::protocol::{envelope, params, wire, ApiError};
+use crate::protocol::results::{
+    self, AirportView, Airports, Done, FlightView, Flights, LayoutView, SeatMap, Subscribed,
+};
+use crate::protocol::{envelope, params};
 
 pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
 pub const MAX_SEARCH_LIMIT: u32 = 500;
 
-fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, ApiError> {
+fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, AppError> {
     match code {
         None => Ok(None),
         Some(c) => {
@@ -19,7 +23,7 @@ fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, A
             if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
                 Ok(Some(c))
             } else {
-                Err(ApiError::InvalidParams(format!(
+                Err(AppError::InvalidParams(format!(
                     "{field} must be a 3-letter IATA airport code"
                 )))
             }
@@ -28,11 +32,13 @@ fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, A
 }
 
 impl App {
-    pub fn airports(&self) -> Value {
-        json!({ "airports": AIRPORTS.iter().map(wire::airport).collect::<Vec<_>>() })
+    pub fn airports(&self) -> Airports {
+        Airports {
+            airports: AIRPORTS.iter().map(AirportView).collect(),
+        }
     }
 
-    pub fn search(&self, p: params::Search) -> Result<Value, ApiError> {
+    pub fn search(&self, p: params::Search) -> Result<Flights, AppError> {
         let from = airport_filter(p.from, "from")?;
         let to = airport_filter(p.to, "to")?;
         let date = match p.date {
@@ -42,12 +48,12 @@ impl App {
                     &d,
                     time::macros::format_description!("[year]-[month]-[day]"),
                 )
-                .map_err(|_| ApiError::InvalidParams("date must be YYYY-MM-DD".into()))?,
+                .map_err(|_| AppError::InvalidParams("date must be YYYY-MM-DD".into()))?,
             ),
         };
         let limit = p.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
         if limit == 0 || limit > MAX_SEARCH_LIMIT {
-            return Err(ApiError::InvalidParams(format!(
+            return Err(AppError::InvalidParams(format!(
                 "limit must be 1-{MAX_SEARCH_LIMIT}"
             )));
         }
@@ -66,27 +72,35 @@ impl App {
             })
             .collect();
         found.sort_by(|a, b| (a.0.departs_at, &a.0.number).cmp(&(b.0.departs_at, &b.0.number)));
-        let flights: Vec<Value> = found
-            .iter()
+        let flights = found
+            .into_iter()
             .take(limit as usize)
-            .map(|(f, fs)| wire::flight(f, &fs.available(), now))
+            .map(|(flight, fs)| FlightView {
+                flight,
+                cabins: fs.available(),
+                now,
+            })
             .collect();
-        Ok(json!({ "flights": flights }))
+        Ok(Flights { flights })
     }
 
-    pub fn flight_get(&self, p: params::FlightRef) -> Result<Value, ApiError> {
+    pub fn flight_get(&self, p: params::FlightRef) -> Result<SeatMap, AppError> {
         let fs = self
             .inventory
             .get(&p.flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         let (version, seats, cabins) = fs.published_map();
         let flight = fs.flight();
-        Ok(json!({
-            "flight": wire::flight(&flight, &cabins, domain::now_ms()),
-            "version": version,
-            "seats": seats,
-            "layout": wire::layout(fs.aircraft),
-        }))
+        Ok(SeatMap {
+            flight: FlightView {
+                flight,
+                cabins,
+                now: domain::now_ms(),
+            },
+            version,
+            seats,
+            layout: LayoutView(fs.aircraft),
+        })
     }
 
     /// Subscribes the connection to a flight. The reply is queued on the outbox here,
@@ -97,16 +111,20 @@ impl App {
         p: params::Subscribe,
         outbox: &Outbox,
         subs: &mut Vec<FlightId>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AppError> {
         let fs = self
             .inventory
             .get(&p.flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         let flight_id = fs.id.clone();
         let viewers = self.viewers(&fs, !subs.contains(&fs.id));
         let joined = fs.subscribe(outbox, p.since, |version, start| {
-            let mut result = json!({ "flight_id": flight_id, "version": version });
-            result["viewers"] = json!(viewers);
+            let result = Subscribed {
+                flight_id: flight_id.clone(),
+                version,
+                viewers,
+            };
+            let result = results::encode(&result).unwrap_or_default();
             id.map(|id| {
                 Utf8Bytes::from(match start {
                     // the map is encoded once per version, and only copied in here
@@ -132,16 +150,16 @@ impl App {
         p: params::FlightRef,
         conn_id: u64,
         subs: &mut Vec<FlightId>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Done, AppError> {
         let fs = self
             .inventory
             .get(&p.flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         if fs.unsubscribe(conn_id) {
             self.presence.touch(&fs.id, false);
         }
         subs.retain(|f| f != &fs.id);
-        Ok(json!({}))
+        Ok(Done {})
     }
 
     /// Removes a closed connection from every flight it watched.

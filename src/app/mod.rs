@@ -14,6 +14,7 @@ mod bookings;
 mod busy;
 mod checkin;
 mod cluster;
+mod error;
 mod expiry;
 mod flights;
 mod payments;
@@ -35,13 +36,15 @@ use crate::fanout::{QueueLimits, UserRegistry};
 use crate::inventory::{FlightSeats, Inventory, Occupant};
 use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
-use crate::protocol::{wire, ApiError};
+use crate::protocol::results::{self, remember_ok, Replayable};
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
 };
 
 pub use admin::new_flight;
 pub use auth::AuthSession;
+use error::remember_err;
+pub use error::AppError;
 pub use expiry::Expiry;
 pub use payments::WebhookError;
 use seat_change::{booking_push, Step};
@@ -92,13 +95,6 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     #[error("{0}")]
     Other(String),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        ApiError::Internal
-    }
 }
 
 impl App {
@@ -355,24 +351,33 @@ impl App {
         Ok(())
     }
 
-    fn flight_seats(&self, id: &FlightId) -> Result<Arc<FlightSeats>, ApiError> {
+    fn flight_seats(&self, id: &FlightId) -> Result<Arc<FlightSeats>, AppError> {
         self.inventory
             .get(id.as_str())
-            .ok_or(ApiError::NotFound("flight"))
+            .ok_or(AppError::NotFound("flight"))
     }
 
     /// A user's own booking; anyone else's is `not_found`, as is a malformed locator.
-    fn own_booking(&self, user: UserId, locator: &str) -> Result<Booking, ApiError> {
-        let loc = domain::Locator::parse(locator).map_err(|_| ApiError::NotFound("booking"))?;
+    fn own_booking(&self, user: UserId, locator: &str) -> Result<Booking, AppError> {
+        let loc = domain::Locator::parse(locator).map_err(|_| AppError::NotFound("booking"))?;
         match self.store.booking(&loc)? {
             Some(b) if b.user_id == user => Ok(b),
-            _ => Err(ApiError::NotFound("booking")),
+            _ => Err(AppError::NotFound("booking")),
         }
     }
 
-    fn booking_json(&self, b: &Booking) -> Value {
+    /// A booking with its flight, as its owner sees it.
+    fn booking_view(&self, b: Booking) -> results::BookingView {
         let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
-        wire::booking(b, flight.as_ref())
+        results::BookingView { booking: b, flight }
+    }
+
+    /// A booking and its order: the answer to a payment or a refund.
+    fn paid_view(&self, b: Booking, order: domain::Order) -> results::BookingResult {
+        results::BookingResult {
+            booking: self.booking_view(b),
+            order: Some(results::OrderView(order)),
+        }
     }
 
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
@@ -381,16 +386,17 @@ impl App {
     /// Requests of one user are serialized. On a
     /// cluster the caller catches up first, so that a retry through another node
     /// than the first try sees the first reply.
-    async fn idempotent<F, Fut>(
+    async fn idempotent<R, F, Fut>(
         &self,
         user: UserId,
         method: &'static str,
         request_id: &str,
         f: F,
-    ) -> Result<Value, ApiError>
+    ) -> Result<R, AppError>
     where
+        R: Replayable,
         F: FnOnce(IdemKey) -> Fut,
-        Fut: std::future::Future<Output = Result<Value, ApiError>>,
+        Fut: std::future::Future<Output = Result<R, AppError>>,
     {
         let key = idem_key(user, method, request_id)?;
         let _serial = self.user_turn(user).await;
@@ -424,8 +430,8 @@ impl App {
     /// read may not be on disk, and it answers an error.
     async fn consistent_read<T>(
         &self,
-        read: impl FnOnce() -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        read: impl FnOnce() -> Result<T, AppError>,
+    ) -> Result<T, AppError> {
         self.committer.catch_up().await?;
         let v = read()?;
         self.committer.settle_reads().await?;
@@ -469,7 +475,7 @@ impl App {
 }
 
 /// The key of a request's remembered reply; refuses a malformed request id.
-fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<IdemKey, ApiError> {
+fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<IdemKey, AppError> {
     Ok(IdemKey {
         user,
         method,
@@ -531,23 +537,20 @@ fn start_err(e: StoreError) -> StartError {
     }
 }
 
-/// A remembered reply: `{"ok": result}` or `{"err": error}`.
-pub fn remember_ok(v: &Value) -> Value {
-    json!({ "ok": v })
-}
-
-pub fn remember_err(e: &ApiError) -> Value {
-    json!({ "err": e.to_json() })
-}
-
-fn replay(v: Value) -> Result<Value, ApiError> {
-    if let Some(ok) = v.get("ok") {
-        return Ok(ok.clone());
+/// A flight as it is now, with its seats left per cabin.
+fn flight_view(flight: Flight, fs: &FlightSeats) -> results::FlightView {
+    results::FlightView {
+        flight,
+        cabins: fs.available(),
+        now: domain::now_ms(),
     }
-    Err(v
-        .get("err")
-        .and_then(ApiError::from_json)
-        .unwrap_or(ApiError::Internal))
+}
+
+/// A memo read back (see [`results::replay`]).
+fn replay<R: Replayable>(memo: Value) -> Result<R, AppError> {
+    results::replay(&memo)
+        .map(R::replayed)
+        .map_err(AppError::from_wire)
 }
 
 /// A fresh globally unique id (128 random bits), for the gateway's idempotency keys:

@@ -30,10 +30,12 @@ use super::bookings::{check_bookable, AIRLINE_CODE};
 use super::busy::{busy_error, is_busy, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
+use crate::app::AppError as ApiError;
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
-use crate::protocol::{params, wire, ApiError};
+use crate::protocol::results::{Answer, BookingResult};
+use crate::protocol::{params, wire};
 use crate::store::{
     AttemptState, Batch, Committer, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark,
     RefundReason, RefundRecord, StoreError,
@@ -56,7 +58,7 @@ pub enum WebhookError {
 
 /// What a charge does to its booking.
 enum Settle {
-    Confirmed(Value),
+    Confirmed(Box<BookingResult>),
     /// Settled already, through another node.
     Already,
     Refund,
@@ -81,7 +83,11 @@ fn pay_key(a: &PaymentAttempt) -> IdemKey {
 }
 
 impl App {
-    pub async fn pay(&self, s: &AuthSession, p: params::Pay) -> Result<Value, ApiError> {
+    pub async fn pay(
+        &self,
+        s: &AuthSession,
+        p: params::Pay,
+    ) -> Result<Answer<BookingResult>, ApiError> {
         if p.payment_method.is_empty() || p.payment_method.len() > 128 {
             return Err(ApiError::InvalidParams(
                 "payment_method must be 1-128 characters".into(),
@@ -130,7 +136,7 @@ impl App {
                     ..Default::default()
                 })
                 .await?;
-                return Ok(paid);
+                return Ok(Answer::Now(paid));
             }
             let (busy, amount) = {
                 let mut w = fs.working();
@@ -186,7 +192,7 @@ impl App {
         user: domain::UserId,
         loc: &domain::Locator,
         payment_method: &str,
-    ) -> Result<Option<Value>, ApiError> {
+    ) -> Result<Option<BookingResult>, ApiError> {
         let Some(b) = self.store.booking(loc)? else {
             return Ok(None);
         };
@@ -208,9 +214,7 @@ impl App {
         if !paid_so || check_bookable(fs, domain::now_ms()).is_err() {
             return Ok(None);
         }
-        Ok(Some(
-            json!({ "booking": self.booking_json(&b), "order": wire::order(&order) }),
-        ))
+        Ok(Some(self.paid_view(b, order)))
     }
 
     /// Creates and confirms the payment of a written attempt and settles it.
@@ -221,7 +225,7 @@ impl App {
         mut attempt: PaymentAttempt,
         payment_method: String,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let (loc, amount) = (attempt.locator.clone(), attempt.amount);
         let request = PaymentRequest {
             amount,
@@ -265,7 +269,7 @@ impl App {
         mut a: PaymentAttempt,
         payment_method: &str,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         a.request_id = key.request_id.clone();
         a.updated_at = domain::now_ms();
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
@@ -305,7 +309,7 @@ impl App {
         attempt: PaymentAttempt,
         outcome: Result<(), PaymentError>,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let loc = attempt.locator.clone();
         match outcome {
             Ok(()) => self.settle_paid(fs, key, attempt, busy).await,
@@ -345,7 +349,7 @@ impl App {
         key: IdemKey,
         attempt: PaymentAttempt,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let loc = attempt.locator.clone();
         match self.settle_charged(fs, attempt, busy).await {
             Err(e) if is_busy(&e) => {
@@ -368,7 +372,7 @@ impl App {
         loc: &domain::Locator,
         message: String,
         busy: Option<Busy>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let _busy = busy;
         let err = ApiError::PaymentFailed(message);
         let failed = (
@@ -391,7 +395,7 @@ impl App {
         mut a: PaymentAttempt,
         secret: String,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         // busy until the new state is written: a reconciler must not take the attempt
         // for an interrupted one and cancel the payment the customer is to complete
         let _busy = busy;
@@ -605,7 +609,7 @@ impl App {
         busy: Busy,
         err: ApiError,
         kind: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         // the booking stays busy until the attempt's end is written: a reconciler
         // settling it meanwhile would write a second failure
         let _busy = busy;
@@ -637,7 +641,7 @@ impl App {
         fs: &Arc<FlightSeats>,
         mut a: PaymentAttempt,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let payment_ref = a.payment_ref.clone().ok_or(ApiError::Internal)?;
         // once a refund of the charge is open, the charge is refunded, whatever else
         let orphan_refund = self.store.open_refund(&a.id)?;
@@ -690,8 +694,7 @@ impl App {
                     created_at: now,
                     charge_id: payment_ref.clone(),
                 };
-                let result =
-                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+                let result = self.paid_view(b.clone(), order.clone());
                 a.state = AttemptState::Succeeded;
                 a.updated_at = now;
                 let batch = Batch {
@@ -721,14 +724,14 @@ impl App {
                     .map(|i| (i, Some(occupant.clone())))
                     .collect();
                 let ticket = self.change_seats(fs, w, batch, updates, &b)?;
-                Ok((Some(ticket), Settle::Confirmed(result)))
+                Ok((Some(ticket), Settle::Confirmed(Box::new(result))))
             } else {
                 Ok((None, Settle::Refund))
             }
         });
         match confirmed.await? {
-            Step::Done(Settle::Confirmed(result)) => return Ok(result),
-            Step::Replayed(r) => return r,
+            Step::Done(Settle::Confirmed(result)) => return Ok(Answer::Now(*result)),
+            Step::Replayed(memo) => return super::replay(memo),
             Step::Done(Settle::Refund) => {}
             Step::Done(Settle::Already) => {
                 // the reply may be from a batch whose sync has not finished yet
@@ -836,7 +839,7 @@ impl App {
         mut batch: Batch,
         failed: Option<(domain::UserId, HistoryEvent)>,
         err: ApiError,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         if let Some(first) = self.success_reply(&key).await? {
             if !(batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty()) {
                 self.commit(batch).await?;

@@ -9,16 +9,20 @@
 //! refund, nothing else changes its seats or money (on a cluster too: opening a
 //! refund is a create-only write per booking).
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
 use super::busy::{busy_error, Busy};
-use super::{event, remember_ok, App, AuthSession, Step};
+use super::{event, remember_ok, App, AuthSession};
+use crate::app::AppError as ApiError;
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
 use crate::protocol::params::{self, RefundOutcome};
-use crate::protocol::{wire, ApiError};
+use crate::protocol::results::{
+    Answer, BookingResult, RefundResult, RefundView, Refunds, ResolutionView,
+};
+use crate::protocol::wire;
 use crate::store::{
     AttemptState, Batch, IdemKey, RefundReason, RefundRecord, RefundResolution, StoreError,
 };
@@ -182,7 +186,7 @@ impl App {
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
@@ -215,7 +219,7 @@ impl App {
         r: RefundRecord,
         busy: Busy,
         resolving: Option<RefundRecord>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<BookingResult>, ApiError> {
         let key = r.request_key();
         let done = self.seat_step(fs, key.as_ref(), |w| {
             let now = domain::now_ms();
@@ -230,13 +234,11 @@ impl App {
             }
             if open.map(|o| o.id) != Some(r.id.clone()) {
                 // recorded already (through another node)
-                let result =
-                    json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
-                return Ok((None, result));
+                return Ok((None, Answer::Now(self.paid_view(b, order))));
             }
             b.refund(&r.seats, r.amount, now)?;
             order.record_refund(r.amount, b.status == BookingStatus::Refunded);
-            let result = json!({ "booking": self.booking_json(&b), "order": wire::order(&order) });
+            let result = self.paid_view(b.clone(), order.clone());
             let mut detail = json!({
                 "refund": wire::money(r.amount),
                 "seats": r.seats.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
@@ -262,14 +264,14 @@ impl App {
                 ..Default::default()
             };
             let updates = w.release(&r.locator, r.seats.iter().copied());
-            Ok((Some(self.change_seats(fs, w, batch, updates, &b)?), result))
+            Ok((
+                Some(self.change_seats(fs, w, batch, updates, &b)?),
+                Answer::Now(result),
+            ))
         });
         let done = done.await;
         drop(busy);
-        match done? {
-            Step::Done(v) => Ok(v),
-            Step::Replayed(r) => r,
-        }
+        done?.reply()
     }
 
     /// The record of `r` as it is now if it is still to be made (`None`: recorded
@@ -328,11 +330,11 @@ impl App {
                 let busy = {
                     let mut w = fs.working();
                     if self.paying(&w, &r.locator, &|_| false)? {
-                        return Ok(Value::Null);
+                        return Ok(None);
                     }
                     Busy::mark(&fs, &mut w, &r.locator)?
                 };
-                self.finish_seat_refund(&fs, r, busy).await
+                self.finish_seat_refund(&fs, r, busy).await.map(Some)
             };
             if let Err(e) = finished.await {
                 tracing::warn!(refund = %id, error = %e, "open refund not finished yet");
@@ -343,7 +345,7 @@ impl App {
 
 impl App {
     /// A refund as the admin's methods show it.
-    fn refund_json(&self, r: &RefundRecord) -> Value {
+    fn refund_view(&self, r: &RefundRecord) -> RefundView {
         let (tries, last_error) = self
             .refund_failures
             .get(&r.id)
@@ -354,33 +356,40 @@ impl App {
             RefundReason::FlightCancelled => "flight_cancelled",
             RefundReason::Orphan { .. } => "orphan",
         };
-        json!({
-            "refund_id": r.id,
-            "locator": r.locator,
-            "reason": reason,
-            "amount": wire::money(r.amount),
-            "seats": r.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "created_at": domain::rfc3339(r.created_at),
-            "done": r.done,
-            "gateway_key": r.key(),
-            "earlier_keys": r.previous_keys,
-            "failed_tries": tries,
-            "last_error": last_error,
-            "resolutions": r.resolutions.iter().map(|x| json!({
-                "by": x.by, "outcome": x.outcome, "at": domain::rfc3339(x.at),
-            })).collect::<Vec<_>>(),
-        })
+        RefundView {
+            refund_id: r.id.clone(),
+            locator: r.locator.clone(),
+            reason,
+            amount: r.amount,
+            seats: r.seats.iter().map(|s| s.to_string()).collect(),
+            created_at: r.created_at,
+            done: r.done,
+            gateway_key: r.key().to_owned(),
+            earlier_keys: r.previous_keys.clone(),
+            failed_tries: tries,
+            last_error,
+            resolutions: r
+                .resolutions
+                .iter()
+                .map(|x| ResolutionView {
+                    by: x.by.clone(),
+                    outcome: x.outcome.clone(),
+                    at: x.at,
+                })
+                .collect(),
+        }
     }
 
     /// `admin.refunds.list`: every open refund, oldest first, with the gateway's
     /// failures of it on this node.
-    pub async fn admin_refunds(&self) -> Result<Value, ApiError> {
+    pub async fn admin_refunds(&self) -> Result<Refunds, ApiError> {
         let mut open = self
             .consistent_read(|| Ok(self.store.open_refunds()?))
             .await?;
         open.sort_by_key(|r| r.created_at);
-        let refunds: Vec<Value> = open.iter().map(|r| self.refund_json(r)).collect();
-        Ok(json!({ "refunds": refunds }))
+        Ok(Refunds {
+            refunds: open.iter().map(|r| self.refund_view(r)).collect(),
+        })
     }
 
     /// `admin.refunds.resolve`: an admin's way out for an open refund the gateway
@@ -392,7 +401,7 @@ impl App {
         &self,
         admin: &AuthSession,
         p: params::ResolveRefund,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<RefundResult, ApiError> {
         self.committer.catch_up().await?;
         let r = self
             .store
@@ -481,7 +490,9 @@ impl App {
                     r.done = true;
                 }
             }
-            Ok(json!({ "refund": self.refund_json(&r) }))
+            Ok(RefundResult {
+                refund: self.refund_view(&r),
+            })
         };
         let resolved = resolved.await;
         self.release_refund_mark(mark).await;

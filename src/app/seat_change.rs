@@ -8,9 +8,11 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+use crate::app::AppError;
 use crate::domain::{self, Booking, Flight, UserId};
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
-use crate::protocol::{envelope, wire, ApiError};
+use crate::protocol::results::Replayable;
+use crate::protocol::{envelope, wire};
 use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{Batch, IdemKey, StoreError};
 
@@ -22,14 +24,15 @@ const MAX_SEAT_TRIES: usize = 64;
 /// How a seat change ended: done here, or the request had been answered already.
 pub(super) enum Step<R> {
     Done(R),
-    Replayed(Result<Value, ApiError>),
+    /// The memo of the answer it got.
+    Replayed(Value),
 }
 
-impl Step<Value> {
-    pub(super) fn reply(self) -> Result<Value, ApiError> {
+impl<R: Replayable> Step<R> {
+    pub(super) fn reply(self) -> Result<R, AppError> {
         match self {
             Step::Done(v) => Ok(v),
-            Step::Replayed(r) => r,
+            Step::Replayed(memo) => replay(memo),
         }
     }
 }
@@ -134,8 +137,8 @@ impl App {
         &self,
         fs: &Arc<FlightSeats>,
         key: Option<&IdemKey>,
-        mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), ApiError>,
-    ) -> Result<Step<R>, ApiError> {
+        mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), AppError>,
+    ) -> Result<Step<R>, AppError> {
         let replicated = self.committer.is_replicated();
         for _ in 0..MAX_SEAT_TRIES {
             let _turn = match replicated {
@@ -151,7 +154,7 @@ impl App {
                 let key = key.filter(|_| replicated);
                 let answered = key.map(|k| self.store.reply(k)).transpose()?.flatten();
                 if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
-                    return Ok(Step::Replayed(replay(v)));
+                    return Ok(Step::Replayed(v));
                 }
                 decide(&mut w)?
             };
@@ -165,7 +168,7 @@ impl App {
             }
         }
         tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
-        Err(ApiError::Internal)
+        Err(AppError::Internal)
     }
 }
 

@@ -3,19 +3,21 @@
 //! interested connection (seat-map subscribers, owners of live bookings, board
 //! watchers) of a stored change of status or times, once per connection.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::admin::{occupants, optional_reason};
-use super::{App, AuthSession};
+use super::{flight_view, App, AuthSession};
+use crate::app::AppError;
 use crate::domain::flight::StatusUpdate;
 use crate::domain::{self, Flight, Millis};
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::UpdateFlight;
-use crate::protocol::{envelope, wire, ApiError};
+use crate::protocol::results::FlightResult;
+use crate::protocol::{envelope, wire};
 use crate::store::Batch;
 
 /// How often flights whose departure passed are looked for.
@@ -23,14 +25,14 @@ pub const DEPARTURE_TICK: Duration = Duration::from_secs(5);
 /// How far an estimate may lie from the schedule.
 pub const MAX_ESTIMATE_SHIFT_MS: Millis = 48 * 3600 * 1000;
 
-fn estimate(s: Option<&str>, field: &str, scheduled: Millis) -> Result<Option<Millis>, ApiError> {
+fn estimate(s: Option<&str>, field: &str, scheduled: Millis) -> Result<Option<Millis>, AppError> {
     let Some(s) = s else {
         return Ok(None);
     };
     let t = domain::parse_rfc3339(s)
-        .ok_or_else(|| ApiError::InvalidParams(format!("{field} must be an RFC 3339 time")))?;
+        .ok_or_else(|| AppError::InvalidParams(format!("{field} must be an RFC 3339 time")))?;
     if (t - scheduled).abs() > MAX_ESTIMATE_SHIFT_MS {
-        return Err(ApiError::InvalidParams(format!(
+        return Err(AppError::InvalidParams(format!(
             "{field} must be within 48 hours of the schedule"
         )));
     }
@@ -38,7 +40,7 @@ fn estimate(s: Option<&str>, field: &str, scheduled: Millis) -> Result<Option<Mi
 }
 
 /// Checks the params of `admin.flights.update` against the flight's schedule.
-fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, ApiError> {
+fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, AppError> {
     let u = StatusUpdate {
         estimated_departs_at: estimate(
             p.estimated_departs_at.as_deref(),
@@ -54,7 +56,7 @@ fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, ApiError>
         reason: optional_reason(p.reason.as_deref())?,
     };
     if u.estimated_departs_at.is_none() && u.estimated_arrives_at.is_none() && u.status.is_none() {
-        return Err(ApiError::InvalidParams(
+        return Err(AppError::InvalidParams(
             "give estimated_departs_at, estimated_arrives_at or status".into(),
         ));
     }
@@ -87,11 +89,11 @@ impl App {
         &self,
         _s: &AuthSession,
         p: UpdateFlight,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<FlightResult, AppError> {
         let fs = self
             .inventory
             .get(&p.flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         let _serial = self.admin.flights.lock().await;
         self.committer.catch_up().await?;
         let mut flight = fs.flight();
@@ -104,7 +106,9 @@ impl App {
         .await?;
         tracing::info!(flight = %fs.id, status = flight.status(domain::now_ms()).as_str(), "flight updated");
         self.flight_record(&fs, flight.clone());
-        Ok(json!({ "flight": wire::flight(&flight, &fs.available(), domain::now_ms()) }))
+        Ok(FlightResult {
+            flight: flight_view(flight, &fs),
+        })
     }
 
     /// Takes a durable flight record (written here, or heard from the cluster) and,

@@ -15,7 +15,7 @@ use super::bookings::{check_bookable, new_locator};
 use super::busy::busy_error;
 use super::Step;
 use super::{booking_push, event, remember_ok, App, AuthSession};
-use crate::domain::booking::MAX_SEATS_PER_BOOKING;
+use crate::app::AppError;
 use crate::domain::waitlist::{self, MAX_WAITING_PER_USER};
 use crate::domain::{
     self, seating, Booking, BookingStatus, Cabin, Flight, FlightId, FlightStatus, Millis, UserId,
@@ -23,7 +23,8 @@ use crate::domain::{
 };
 use crate::fanout::Utf8Bytes;
 use crate::inventory::{FlightSeats, Occupant, Working};
-use crate::protocol::{envelope, params, wire, ApiError};
+use crate::protocol::results::{Answer, Entries, EntryResult, EntryView};
+use crate::protocol::{envelope, params, wire};
 use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
 
@@ -291,7 +292,7 @@ impl App {
 
     /// Expires the waiting entries of a cancelled or departed flight, durably, a
     /// chunk per batch, and tells their owners (`waitlist.updated`).
-    async fn expire_line(&self, fs: &Arc<FlightSeats>) -> Result<(), ApiError> {
+    async fn expire_line(&self, fs: &Arc<FlightSeats>) -> Result<(), AppError> {
         self.committer.catch_up().await?;
         loop {
             let step = self.seat_step(fs, None, |w| {
@@ -311,26 +312,19 @@ impl App {
         }
     }
 
-    fn own_entry(&self, user: UserId, id: &str) -> Result<WaitlistEntry, ApiError> {
+    fn own_entry(&self, user: UserId, id: &str) -> Result<WaitlistEntry, AppError> {
         match self.store.waitlist_entry(id)? {
             Some(e) if e.user_id == user => Ok(e),
-            _ => Err(ApiError::NotFound("waitlist entry")),
+            _ => Err(AppError::NotFound("waitlist entry")),
         }
     }
 
     pub async fn waitlist_join(
         &self,
         s: &AuthSession,
-        p: params::WaitlistJoin,
-    ) -> Result<Value, ApiError> {
-        let cabin = Cabin::parse(&p.cabin)
-            .ok_or_else(|| ApiError::InvalidParams("cabin must be economy or business".into()))?;
-        let count = p.count as usize;
-        if count == 0 || count > MAX_SEATS_PER_BOOKING || count != p.passengers.len() {
-            return Err(ApiError::InvalidParams(format!(
-                "count must be 1-{MAX_SEATS_PER_BOOKING}, one passenger per seat"
-            )));
-        }
+        p: params::WaitlistJoinRequest,
+    ) -> Result<Answer<EntryResult>, AppError> {
+        let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key| async move {
             let waiting = self
@@ -340,7 +334,7 @@ impl App {
                 .filter(|e| e.status == WaitlistStatus::Waiting)
                 .count();
             if waiting >= MAX_WAITING_PER_USER {
-                return Err(ApiError::InvalidState(format!(
+                return Err(AppError::InvalidState(format!(
                     "at most {MAX_WAITING_PER_USER} waiting entries per user"
                 )));
             }
@@ -353,7 +347,7 @@ impl App {
                     .copied()
                     .unwrap_or(0);
                 if free >= count {
-                    return Err(ApiError::SeatsAvailable(format!(
+                    return Err(AppError::SeatsAvailable(format!(
                         "{free} seats are available in {}: hold them instead",
                         cabin.as_str()
                     )));
@@ -372,7 +366,12 @@ impl App {
                 let mut line = self.store.flight_waitlist(&fs.id)?;
                 line.push(entry.clone());
                 let position = waitlist::positions(&line).get(&id).copied();
-                let result = json!({ "entry": wire::waitlist_entry(&entry, position) });
+                let result = EntryResult {
+                    entry: EntryView {
+                        entry: entry.clone(),
+                        position,
+                    },
+                };
                 let batch = Batch {
                     events: vec![(
                         s.user_id,
@@ -391,7 +390,7 @@ impl App {
                 // through another node meanwhile makes this decision again
                 let expect = Some((fs.id.clone(), w.version));
                 let ticket = self.committer.submit(batch, expect, || None)?;
-                Ok((Some(ticket), result))
+                Ok((Some(ticket), Answer::Now(result)))
             })
             .await?
             .reply()
@@ -404,7 +403,7 @@ impl App {
         &self,
         s: &AuthSession,
         p: params::WaitlistRef,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer<EntryResult>, AppError> {
         self.committer.catch_up().await?;
         let entry = self.own_entry(s.user_id, &p.id)?;
         let fs = self.flight_seats(&entry.flight_id)?;
@@ -413,10 +412,10 @@ impl App {
             let now = domain::now_ms();
             let mut e = self.own_entry(s.user_id, &p.id)?;
             if e.status == WaitlistStatus::Left {
-                return Ok((None, json!({ "entry": wire::waitlist_entry(&e, None) })));
+                return Ok((None, Answer::Now(EntryResult::left(e))));
             }
             e.end(WaitlistStatus::Left, now)?;
-            let result = json!({ "entry": wire::waitlist_entry(&e, None) });
+            let result = Answer::Now(EntryResult::left(e.clone()));
             let mut batch = Batch {
                 events: vec![(
                     s.user_id,
@@ -456,7 +455,7 @@ impl App {
         .reply()
     }
 
-    pub async fn waitlist_list(&self, s: &AuthSession) -> Result<Value, ApiError> {
+    pub async fn waitlist_list(&self, s: &AuthSession) -> Result<Entries, AppError> {
         let entries = self
             .consistent_read(|| {
                 let mine = self.store.user_waitlist(s.user_id)?;
@@ -478,12 +477,15 @@ impl App {
                         }
                         _ => None,
                     };
-                    out.push(wire::waitlist_entry(e, position));
+                    out.push(EntryView {
+                        entry: e.clone(),
+                        position,
+                    });
                 }
                 Ok(out)
             })
             .await?;
-        Ok(json!({ "entries": entries }))
+        Ok(Entries { entries })
     }
 }
 

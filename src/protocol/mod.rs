@@ -5,6 +5,7 @@ pub mod contract;
 pub mod envelope;
 pub mod error;
 pub mod params;
+pub mod results;
 pub mod wire;
 
 pub use envelope::{parse_request, Request};

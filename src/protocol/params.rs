@@ -1,6 +1,8 @@
 //! Every method as clients send it: the one list of methods ([`Method`]: name, who
 //! may call it), their parameters, and the one table that turns a request into typed
-//! params ([`Call::parse`]); semantic checks happen in the use cases.
+//! params ([`Call::parse`]). What is a pure parse happens here: seat names, cabins
+//! and seat counts become domain values (`HoldRequest`, ...); checks against the
+//! state (a flight, a booking) happen in the use cases.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -8,7 +10,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiError;
-use crate::domain::{FlightStatus, Money};
+use crate::domain::booking::MAX_SEATS_PER_BOOKING;
+use crate::domain::{Cabin, FlightStatus, Money, SeatId};
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +132,11 @@ pub enum Call {
     Unsubscribe(Result<FlightRef, ApiError>),
     Watch(Result<Watch, ApiError>),
     Unwatch(Result<Unwatch, ApiError>),
-    Hold(Result<Hold, ApiError>),
+    Hold(Result<HoldRequest, ApiError>),
     Pay(Result<Pay, ApiError>),
-    Cancel(Result<Cancel, ApiError>),
-    ChangeSeat(Result<ChangeSeat, ApiError>),
-    CheckIn(Result<CheckIn, ApiError>),
+    Cancel(Result<CancelRequest, ApiError>),
+    ChangeSeat(Result<ChangeSeatRequest, ApiError>),
+    CheckIn(Result<CheckInRequest, ApiError>),
     BoardingPasses(Result<LocatorRef, ApiError>),
     BookingGet(Result<LocatorRef, ApiError>),
     BookingsList,
@@ -146,7 +149,7 @@ pub enum Call {
     AdminRefunds,
     AdminResolveRefund(Result<ResolveRefund, ApiError>),
     Discover,
-    WaitlistJoin(Result<WaitlistJoin, ApiError>),
+    WaitlistJoin(Result<WaitlistJoinRequest, ApiError>),
     WaitlistLeave(Result<WaitlistRef, ApiError>),
     WaitlistList,
 }
@@ -173,11 +176,11 @@ impl Call {
             Method::Unsubscribe => Call::Unsubscribe(decode(p)),
             Method::Watch => Call::Watch(decode(p)),
             Method::Unwatch => Call::Unwatch(decode(p)),
-            Method::Hold => Call::Hold(decode(p)),
+            Method::Hold => Call::Hold(parse::<Hold, _>(p)),
             Method::Pay => Call::Pay(decode(p).and_then(Pay::refuse_card_data)),
-            Method::Cancel => Call::Cancel(decode(p)),
-            Method::ChangeSeat => Call::ChangeSeat(decode(p)),
-            Method::CheckIn => Call::CheckIn(decode(p)),
+            Method::Cancel => Call::Cancel(parse::<Cancel, _>(p)),
+            Method::ChangeSeat => Call::ChangeSeat(parse::<ChangeSeat, _>(p)),
+            Method::CheckIn => Call::CheckIn(parse::<CheckIn, _>(p)),
             Method::BoardingPasses => Call::BoardingPasses(decode(p)),
             Method::BookingGet => Call::BookingGet(decode(p)),
             Method::BookingsList => Call::BookingsList,
@@ -190,7 +193,7 @@ impl Call {
             Method::AdminRefunds => Call::AdminRefunds,
             Method::AdminResolveRefund => Call::AdminResolveRefund(decode(p)),
             Method::Discover => Call::Discover,
-            Method::WaitlistJoin => Call::WaitlistJoin(decode(p)),
+            Method::WaitlistJoin => Call::WaitlistJoin(parse::<WaitlistJoin, _>(p)),
             Method::WaitlistLeave => Call::WaitlistLeave(decode(p)),
             Method::WaitlistList => Call::WaitlistList,
         }
@@ -200,6 +203,55 @@ impl Call {
 /// Decodes a method's params, naming the offending field on failure.
 pub fn decode<T: DeserializeOwned>(params: Value) -> Result<T, ApiError> {
     serde_json::from_value(params).map_err(|e| ApiError::InvalidParams(e.to_string()))
+}
+
+/// Decodes params as clients send them (`W`), then parses them into domain values
+/// (`T`) with the parse's own error (an `invalid_seat` stays one).
+fn parse<W: DeserializeOwned, T: TryFrom<W, Error = ApiError>>(
+    params: Value,
+) -> Result<T, ApiError> {
+    decode::<W>(params).and_then(T::try_from)
+}
+
+/// Seat names, each once: a name that is no seat is `invalid_seat` (as given, cut
+/// to 16 characters), a name given twice `invalid_params`.
+fn seat_list(raw: &[String]) -> Result<Vec<SeatId>, ApiError> {
+    let mut bad = Vec::new();
+    let mut seats: Vec<SeatId> = Vec::new();
+    for s in raw {
+        match SeatId::parse(s) {
+            Ok(id) if seats.contains(&id) => {
+                return Err(ApiError::InvalidParams(format!(
+                    "seat {id} is listed twice"
+                )))
+            }
+            Ok(id) => seats.push(id),
+            Err(_) => bad.push(s.chars().take(16).collect()),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::InvalidSeat(bad));
+    }
+    Ok(seats)
+}
+
+/// Seats of a booking named by a request (`booking.cancel`, `booking.check_in`):
+/// a name that is no seat is `invalid_params`.
+fn booking_seats(raw: Option<Vec<String>>) -> Result<Option<Vec<SeatId>>, ApiError> {
+    raw.as_deref()
+        .map(seat_list)
+        .transpose()
+        .map_err(|e| match e {
+            ApiError::InvalidSeat(bad) => {
+                ApiError::InvalidParams(format!("invalid seats: {}", bad.join(", ")))
+            }
+            e => e,
+        })
+}
+
+fn cabin(name: &str) -> Result<Cabin, ApiError> {
+    Cabin::parse(name)
+        .ok_or_else(|| ApiError::InvalidParams("cabin must be economy or business".into()))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -256,6 +308,72 @@ pub struct Hold {
     pub request_id: String,
 }
 
+/// The seats a hold asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeatChoice {
+    Named(Vec<SeatId>),
+    /// The best `count` free seats of a cabin.
+    Best {
+        count: usize,
+        cabin: Cabin,
+    },
+}
+
+impl SeatChoice {
+    pub fn count(&self) -> usize {
+        match self {
+            SeatChoice::Named(seats) => seats.len(),
+            SeatChoice::Best { count, .. } => *count,
+        }
+    }
+}
+
+/// `booking.hold`'s params, parsed: 1 to 9 seats, one passenger per seat.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "Hold")]
+pub struct HoldRequest {
+    pub flight_id: String,
+    pub seats: SeatChoice,
+    pub passengers: Vec<Passenger>,
+    pub request_id: String,
+}
+
+impl TryFrom<Hold> for HoldRequest {
+    type Error = ApiError;
+
+    fn try_from(p: Hold) -> Result<Self, ApiError> {
+        let seats = match (p.seats, p.count, p.cabin) {
+            (Some(seats), None, None) => SeatChoice::Named(seat_list(&seats)?),
+            (None, Some(count), Some(c)) => SeatChoice::Best {
+                count: count as usize,
+                cabin: cabin(&c)?,
+            },
+            _ => {
+                return Err(ApiError::InvalidParams(
+                    "give either seats, or count and cabin".into(),
+                ))
+            }
+        };
+        let n = seats.count();
+        if n == 0 || n > MAX_SEATS_PER_BOOKING {
+            return Err(ApiError::InvalidParams(format!(
+                "a booking holds 1 to {MAX_SEATS_PER_BOOKING} seats"
+            )));
+        }
+        if n != p.passengers.len() {
+            return Err(ApiError::InvalidParams(
+                "give exactly one passenger per seat".into(),
+            ));
+        }
+        Ok(HoldRequest {
+            flight_id: p.flight_id,
+            seats,
+            passengers: p.passengers,
+            request_id: p.request_id,
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Pay {
     pub locator: String,
@@ -296,6 +414,27 @@ pub struct Cancel {
     pub seats: Option<Vec<String>>,
 }
 
+/// `booking.cancel`'s params, parsed.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "Cancel")]
+pub struct CancelRequest {
+    pub locator: String,
+    pub request_id: String,
+    pub seats: Option<Vec<SeatId>>,
+}
+
+impl TryFrom<Cancel> for CancelRequest {
+    type Error = ApiError;
+
+    fn try_from(p: Cancel) -> Result<Self, ApiError> {
+        Ok(CancelRequest {
+            seats: booking_seats(p.seats)?,
+            locator: p.locator,
+            request_id: p.request_id,
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ChangeSeat {
     pub locator: String,
@@ -305,6 +444,32 @@ pub struct ChangeSeat {
     pub request_id: String,
 }
 
+/// `booking.change_seat`'s params, parsed.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "ChangeSeat")]
+pub struct ChangeSeatRequest {
+    pub locator: String,
+    pub from: SeatId,
+    pub to: SeatId,
+    pub request_id: String,
+}
+
+impl TryFrom<ChangeSeat> for ChangeSeatRequest {
+    type Error = ApiError;
+
+    fn try_from(p: ChangeSeat) -> Result<Self, ApiError> {
+        let from = SeatId::parse(&p.from)
+            .map_err(|_| ApiError::InvalidParams(format!("invalid seat {:?}", p.from)))?;
+        let to = seat_list(std::slice::from_ref(&p.to))?[0];
+        Ok(ChangeSeatRequest {
+            locator: p.locator,
+            from,
+            to,
+            request_id: p.request_id,
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CheckIn {
     pub locator: String,
@@ -312,6 +477,27 @@ pub struct CheckIn {
     pub seats: Option<Vec<String>>,
     #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
+}
+
+/// `booking.check_in`'s params, parsed.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "CheckIn")]
+pub struct CheckInRequest {
+    pub locator: String,
+    pub seats: Option<Vec<SeatId>>,
+    pub request_id: String,
+}
+
+impl TryFrom<CheckIn> for CheckInRequest {
+    type Error = ApiError;
+
+    fn try_from(p: CheckIn) -> Result<Self, ApiError> {
+        Ok(CheckInRequest {
+            seats: booking_seats(p.seats)?,
+            locator: p.locator,
+            request_id: p.request_id,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -331,6 +517,38 @@ pub struct WaitlistJoin {
     pub passengers: Vec<Passenger>,
     #[schemars(length(min = 1, max = 64))]
     pub request_id: String,
+}
+
+/// `waitlist.join`'s params, parsed: 1 to 9 seats, one passenger per seat.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "WaitlistJoin")]
+pub struct WaitlistJoinRequest {
+    pub flight_id: String,
+    pub cabin: Cabin,
+    pub count: usize,
+    pub passengers: Vec<Passenger>,
+    pub request_id: String,
+}
+
+impl TryFrom<WaitlistJoin> for WaitlistJoinRequest {
+    type Error = ApiError;
+
+    fn try_from(p: WaitlistJoin) -> Result<Self, ApiError> {
+        let cabin = cabin(&p.cabin)?;
+        let count = p.count as usize;
+        if count == 0 || count > MAX_SEATS_PER_BOOKING || count != p.passengers.len() {
+            return Err(ApiError::InvalidParams(format!(
+                "count must be 1-{MAX_SEATS_PER_BOOKING}, one passenger per seat"
+            )));
+        }
+        Ok(WaitlistJoinRequest {
+            flight_id: p.flight_id,
+            cabin,
+            count,
+            passengers: p.passengers,
+            request_id: p.request_id,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -470,6 +688,47 @@ mod tests {
         let long = "x".repeat(1000);
         let e = Call::parse(&long, json!({})).unwrap_err();
         assert_eq!(e, ApiError::MethodNotFound("x".repeat(64)));
+    }
+
+    #[test]
+    fn seat_names_parse_here_with_the_use_cases_reasons() {
+        let hold = |seats: Value| {
+            let p = json!({"flight_id": "F", "seats": seats, "passengers": [{"name": "A"}, {"name": "B"}], "request_id": "r"});
+            match Call::parse("booking.hold", p).unwrap() {
+                Call::Hold(h) => h,
+                c => panic!("{c:?}"),
+            }
+        };
+        let h = hold(json!(["1A", "1b"])).unwrap();
+        let named = ["1A", "1B"].map(|s| SeatId::parse(s).unwrap()).to_vec();
+        assert_eq!(h.seats, SeatChoice::Named(named));
+        assert_eq!(
+            hold(json!(["1A", "ZZZ"])).unwrap_err(),
+            ApiError::InvalidSeat(vec!["ZZZ".into()])
+        );
+        assert_eq!(
+            hold(json!(["1A", "1a"])).unwrap_err().reason(),
+            "invalid_params"
+        );
+        assert_eq!(hold(json!(["1A"])).unwrap_err().reason(), "invalid_params");
+        let cancel = json!({"locator": "ABC234", "request_id": "r", "seats": ["1A", "?"]});
+        let Call::Cancel(c) = Call::parse("booking.cancel", cancel).unwrap() else {
+            panic!("not a cancel")
+        };
+        assert_eq!(
+            c.unwrap_err(),
+            ApiError::InvalidParams("invalid seats: ?".into())
+        );
+        let change = json!({"locator": "ABC234", "from": "1A", "to": "99Q", "request_id": "r"});
+        let Call::ChangeSeat(c) = Call::parse("booking.change_seat", change).unwrap() else {
+            panic!("not a seat change")
+        };
+        assert_eq!(c.unwrap_err(), ApiError::InvalidSeat(vec!["99Q".into()]));
+        let join = json!({"flight_id": "F", "cabin": "first", "count": 1, "passengers": [{"name": "A"}], "request_id": "r"});
+        let Call::WaitlistJoin(j) = Call::parse("waitlist.join", join).unwrap() else {
+            panic!("not a join")
+        };
+        assert_eq!(j.unwrap_err().reason(), "invalid_params");
     }
 
     #[test]

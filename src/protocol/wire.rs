@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::domain::checkin::BoardingPass;
 use crate::domain::flight::{time_zone, Airport};
 use crate::domain::{
-    rfc3339, Aircraft, Booking, Cabin, Flight, FlightId, Millis, Order, SeatId, SeatInfo,
+    rfc3339, Aircraft, Booking, Cabin, Flight, FlightId, Locator, Millis, Order, SeatId, SeatInfo,
     SeatStatus,
 };
 
@@ -172,6 +172,49 @@ pub fn order(o: &Order) -> Value {
         "refunded": money(o.refunded),
         "created_at": rfc3339(o.created_at),
     })
+}
+
+/// A history event: `{at, type, locator?}` and the members of `detail` (an object)
+/// that do not clash with those.
+pub fn history_event(at: Millis, kind: &str, locator: Option<&Locator>, detail: &Value) -> Value {
+    let mut v = json!({ "at": rfc3339(at), "type": kind });
+    if let Some(l) = locator {
+        v["locator"] = json!(l);
+    }
+    if let (Value::Object(extra), Some(o)) = (detail, v.as_object_mut()) {
+        for (k, x) in extra {
+            o.entry(k.clone()).or_insert_with(|| x.clone());
+        }
+    }
+    v
+}
+
+/// One flight's row of `admin.flights.stats`; the load factor to three decimals.
+pub fn stats_row(r: &super::results::StatsRow) -> Value {
+    let f = &r.flight;
+    let load = if r.total == 0 {
+        0.0
+    } else {
+        ((r.held + r.booked) as f64 / r.total as f64 * 1000.0).round() / 1000.0
+    };
+    let mut row = json!({
+        "flight_id": f.id,
+        "number": f.number,
+        "from": f.from,
+        "to": f.to,
+        "departs_at": rfc3339(f.departs_at),
+        "status": f.status(r.now).as_str(),
+        "version": r.version,
+        "seats_total": r.total,
+        "seats_held": r.held,
+        "seats_booked": r.booked,
+        "load_factor": load,
+        "revenue": { "amount": r.revenue, "currency": crate::domain::money::CURRENCY },
+    });
+    if let Some(t) = f.estimated_departs_at {
+        row["estimated_departs_at"] = json!(rfc3339(t));
+    }
+    row
 }
 
 pub fn airport(a: &Airport) -> Value {

@@ -10,10 +10,11 @@ use tracing::Instrument;
 
 use super::limits::Shield;
 
-use crate::app::{App, AuthSession};
+use crate::app::{App, AppError, AuthSession};
 use crate::domain::FlightId;
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::params::{Access, Call, Method};
+use crate::protocol::results::encode;
 use crate::protocol::{envelope, ApiError, Request};
 
 /// A connection's state between requests. Dropping it (at the end of the connection,
@@ -126,7 +127,7 @@ async fn call(
     };
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
     let r = match Call::of(method, req.params) {
-        Call::Register(p) => app.register(p?, &conn.outbox, &mut conn.session).await?,
+        Call::Register(p) => encode(&app.register(p?, &conn.outbox, &mut conn.session).await?)?,
         Call::Login(p) => {
             let params = p?;
             let guard = &conn.shield.logins;
@@ -141,21 +142,21 @@ async fn call(
             match app.login(params, &conn.outbox, &mut conn.session).await {
                 Ok(r) => {
                     guard.succeeded(&name);
-                    r
+                    encode(&r)?
                 }
                 Err(e) => {
-                    if e == ApiError::BadCredentials {
+                    if e == AppError::BadCredentials {
                         guard.failed(&name, addr);
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
-        Call::Resume(p) => app.resume(p?, &conn.outbox, &mut conn.session).await?,
-        Call::Logout => app.logout(&conn.outbox, &mut conn.session).await?,
-        Call::Airports => app.airports(),
-        Call::Search(p) => app.search(p?)?,
-        Call::FlightGet(p) => app.flight_get(p?)?,
+        Call::Resume(p) => encode(&app.resume(p?, &conn.outbox, &mut conn.session).await?)?,
+        Call::Logout => encode(&app.logout(&conn.outbox, &mut conn.session).await?)?,
+        Call::Airports => encode(&app.airports())?,
+        Call::Search(p) => encode(&app.search(p?)?)?,
+        Call::FlightGet(p) => encode(&app.flight_get(p?)?)?,
         Call::Subscribe(p) => {
             let params = p?;
             let already = conn
@@ -176,32 +177,34 @@ async fn call(
             )?;
             return Ok(None);
         }
-        Call::Unsubscribe(p) => app.unsubscribe(p?, conn.outbox.id(), &mut conn.subscriptions)?,
+        Call::Unsubscribe(p) => {
+            encode(&app.unsubscribe(p?, conn.outbox.id(), &mut conn.subscriptions)?)?
+        }
         Call::Watch(p) => {
             app.watch_board(req.id.as_ref(), p?, &conn.outbox, &mut conn.boards)?;
             return Ok(None);
         }
-        Call::Unwatch(p) => app.unwatch_board(p?, conn.outbox.id(), &mut conn.boards)?,
-        Call::Hold(p) => app.hold(caller()?, p?).await?,
-        Call::Pay(p) => app.pay(caller()?, p?).await?,
-        Call::Cancel(p) => app.cancel(caller()?, p?).await?,
-        Call::ChangeSeat(p) => app.change_seat(caller()?, p?).await?,
-        Call::CheckIn(p) => app.check_in(caller()?, p?).await?,
-        Call::BoardingPasses(p) => app.boarding_passes(caller()?, p?).await?,
-        Call::BookingGet(p) => app.booking_get(caller()?, p?).await?,
-        Call::BookingsList => app.bookings_list(caller()?).await?,
-        Call::OrdersList => app.orders_list(caller()?).await?,
-        Call::HistoryList(p) => app.history_list(caller()?, p?).await?,
-        Call::AdminCreateFlight(p) => app.admin_create_flight(caller()?, p?).await?,
-        Call::AdminCancelFlight(p) => app.admin_cancel_flight(caller()?, p?).await?,
-        Call::AdminUpdateFlight(p) => app.admin_update_flight(caller()?, p?).await?,
-        Call::AdminStats => app.admin_stats().await?,
-        Call::AdminRefunds => app.admin_refunds().await?,
-        Call::AdminResolveRefund(p) => app.admin_resolve_refund(caller()?, p?).await?,
+        Call::Unwatch(p) => encode(&app.unwatch_board(p?, conn.outbox.id(), &mut conn.boards)?)?,
+        Call::Hold(p) => encode(&app.hold(caller()?, p?).await?)?,
+        Call::Pay(p) => encode(&app.pay(caller()?, p?).await?)?,
+        Call::Cancel(p) => encode(&app.cancel(caller()?, p?).await?)?,
+        Call::ChangeSeat(p) => encode(&app.change_seat(caller()?, p?).await?)?,
+        Call::CheckIn(p) => encode(&app.check_in(caller()?, p?).await?)?,
+        Call::BoardingPasses(p) => encode(&app.boarding_passes(caller()?, p?).await?)?,
+        Call::BookingGet(p) => encode(&app.booking_get(caller()?, p?).await?)?,
+        Call::BookingsList => encode(&app.bookings_list(caller()?).await?)?,
+        Call::OrdersList => encode(&app.orders_list(caller()?).await?)?,
+        Call::HistoryList(p) => encode(&app.history_list(caller()?, p?).await?)?,
+        Call::AdminCreateFlight(p) => encode(&app.admin_create_flight(caller()?, p?).await?)?,
+        Call::AdminCancelFlight(p) => encode(&app.admin_cancel_flight(caller()?, p?).await?)?,
+        Call::AdminUpdateFlight(p) => encode(&app.admin_update_flight(caller()?, p?).await?)?,
+        Call::AdminStats => encode(&app.admin_stats().await?)?,
+        Call::AdminRefunds => encode(&app.admin_refunds().await?)?,
+        Call::AdminResolveRefund(p) => encode(&app.admin_resolve_refund(caller()?, p?).await?)?,
         Call::Discover => crate::protocol::contract::openrpc().clone(),
-        Call::WaitlistJoin(p) => app.waitlist_join(caller()?, p?).await?,
-        Call::WaitlistLeave(p) => app.waitlist_leave(caller()?, p?).await?,
-        Call::WaitlistList => app.waitlist_list(caller()?).await?,
+        Call::WaitlistJoin(p) => encode(&app.waitlist_join(caller()?, p?).await?)?,
+        Call::WaitlistLeave(p) => encode(&app.waitlist_leave(caller()?, p?).await?)?,
+        Call::WaitlistList => encode(&app.waitlist_list(caller()?).await?)?,
     };
     Ok(Some(r))
 }

@@ -272,7 +272,7 @@ async fn backup(
     ConnectInfo(peer): ConnectInfo<limits::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    use crate::protocol::ApiError;
+    use crate::app::AppError;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -280,7 +280,7 @@ async fn backup(
         .unwrap_or("");
     match ctx.app.admin_by_token(token.trim()) {
         Ok(()) => {}
-        Err(ApiError::Forbidden) => return (StatusCode::FORBIDDEN, "admins only").into_response(),
+        Err(AppError::Forbidden) => return (StatusCode::FORBIDDEN, "admins only").into_response(),
         Err(_) => {
             let why = "an admin session token is required: Authorization: Bearer TOKEN";
             return (StatusCode::UNAUTHORIZED, why).into_response();

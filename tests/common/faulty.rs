@@ -2,13 +2,13 @@
 //! as root, a read-only data dir would not refuse anything), can hold syncs back, and
 //! counts the reads that decode bookings.
 
+use jetway::app::AppError;
 use jetway::app::{App, AuthSession};
 use jetway::domain::{
     Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
 };
 use jetway::fanout::{outbox, QueueLimits};
 use jetway::protocol::params::decode;
-use jetway::protocol::ApiError;
 use jetway::store::{
     Batch, BookingCounts, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store,
     StoreError, StoreResult, UserRecord,
@@ -231,21 +231,36 @@ pub async fn close(app: Arc<App>, store: Arc<Faulty>) {
     }
 }
 
-pub async fn register(app: &App, name: &str) -> Result<AuthSession, ApiError> {
+/// A use case's result as the client reads it (the JSON `protocol` encodes).
+pub trait Wire {
+    fn wire(self) -> Result<Value, AppError>;
+}
+
+impl<T: serde::Serialize> Wire for Result<T, AppError> {
+    fn wire(self) -> Result<Value, AppError> {
+        self.map(|r| jetway::protocol::results::encode(&r).expect("a result encodes"))
+    }
+}
+
+pub async fn register(app: &App, name: &str) -> Result<AuthSession, AppError> {
     let (o, _rx) = outbox(QueueLimits::default());
     let mut conn = None;
     app.register(
-        decode(json!({"username": name, "password": super::PASSWORD}))?,
+        decode(json!({"username": name, "password": super::PASSWORD})).expect("valid params"),
         &o,
         &mut conn,
     )
-    .await?;
+    .await
+    .wire()?;
     Ok(conn.expect("logged in"))
 }
 
 /// A flight more than three days out and `n` free economy seats on it.
 pub fn flight_and_seats(app: &App, n: usize) -> (String, Vec<String>) {
-    let found = app.search(decode(json!({"limit": 500})).unwrap()).unwrap();
+    let found = app
+        .search(decode(json!({"limit": 500})).unwrap())
+        .wire()
+        .unwrap();
     let now = time::OffsetDateTime::now_utc();
     let f = found["flights"]
         .as_array()
@@ -266,6 +281,7 @@ pub fn flight_and_seats(app: &App, n: usize) -> (String, Vec<String>) {
         .to_owned();
     let map = app
         .flight_get(decode(json!({"flight_id": f})).unwrap())
+        .wire()
         .unwrap();
     let seats = map["seats"]
         .as_array()

@@ -12,17 +12,18 @@
 //! reconciliation round (on a cluster, any node takes over). A gateway refund made
 //! just before a crash is asked for again with its stored key, so it is never paid twice.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{cancel_reason, occupants};
 use crate::app::busy::{is_busy, Busy};
-use crate::app::{App, AuthSession, Step};
+use crate::app::AppError;
+use crate::app::{flight_view, App, AuthSession, Step};
 use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CancelFlight;
-use crate::protocol::{wire, ApiError};
+use crate::protocol::results::FlightCancelled;
 use crate::store::{Batch, RefundReason};
 
 /// How long to wait before looking again at a booking with a payment in flight.
@@ -49,12 +50,12 @@ impl App {
         self: &Arc<Self>,
         _s: &AuthSession,
         p: CancelFlight,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<FlightCancelled, AppError> {
         let reason = cancel_reason(&p.reason)?;
         let fs = self
             .inventory
             .get(&p.flight_id)
-            .ok_or(ApiError::NotFound("flight"))?;
+            .ok_or(AppError::NotFound("flight"))?;
         {
             let _serial = self.admin.flights.lock().await;
             let mut flight = fs.flight();
@@ -78,12 +79,11 @@ impl App {
         let (refunded, released) = job.await?;
         // the admin's connection, if it watches the flight, has every push before this
         self.committer.settle_reads().await?;
-        let flight = fs.flight();
-        Ok(json!({
-            "flight": wire::flight(&flight, &fs.available(), domain::now_ms()),
-            "refunded": refunded,
-            "released": released,
-        }))
+        Ok(FlightCancelled {
+            flight: flight_view(fs.flight(), &fs),
+            refunded,
+            released,
+        })
     }
 
     /// Finishes, in the background, the cancellation of every cancelled flight that
@@ -119,7 +119,7 @@ impl App {
     fn spawn_cancel_job(
         self: &Arc<Self>,
         fs: Arc<FlightSeats>,
-    ) -> impl std::future::Future<Output = Result<(u32, u32), ApiError>> {
+    ) -> impl std::future::Future<Output = Result<(u32, u32), AppError>> {
         let app = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.admin.cancelling.lock().insert(fs.id.clone());
@@ -134,7 +134,7 @@ impl App {
             bg.retain(|t| !t.is_finished());
             bg.push(task);
         }
-        async move { rx.await.unwrap_or(Err(ApiError::Internal)) }
+        async move { rx.await.unwrap_or(Err(AppError::Internal)) }
     }
 
     /// Waits for `fut` unless the server is stopping (then `internal`; the job
@@ -142,16 +142,16 @@ impl App {
     async fn unless_stopping<T>(
         &self,
         fut: impl std::future::Future<Output = T>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, AppError> {
         tokio::select! {
             v = fut => Ok(v),
-            _ = self.stop.cancelled() => Err(ApiError::Internal),
+            _ = self.stop.cancelled() => Err(AppError::Internal),
         }
     }
 
     /// Refunds and releases every booking that occupies a seat on a cancelled flight;
     /// returns how many were refunded and released.
-    async fn finish_cancel(&self, fs: &Arc<FlightSeats>) -> Result<(u32, u32), ApiError> {
+    async fn finish_cancel(&self, fs: &Arc<FlightSeats>) -> Result<(u32, u32), AppError> {
         let (mut refunded, mut released) = (0u32, 0u32);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -204,7 +204,7 @@ impl App {
         &self,
         fs: &Arc<FlightSeats>,
         loc: &Locator,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Outcome, AppError> {
         let reason = fs.flight().cancelled.unwrap_or_default();
         let step = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
@@ -233,7 +233,7 @@ impl App {
         let (mark, booking, open) = match self.unless_stopping(step).await?? {
             Step::Done(Ok(refund)) => refund,
             Step::Done(Err(outcome)) => return Ok(outcome),
-            Step::Replayed(_) => return Err(ApiError::Internal),
+            Step::Replayed(_) => return Err(AppError::Internal),
         };
         // an earlier refund of the booking (the passenger's, or this job's before a
         // crash) is finished first; the booking is then looked at again
@@ -243,8 +243,8 @@ impl App {
                 (r, again)
             }
             None => {
-                let order_id = booking.order_id.clone().ok_or(ApiError::Internal)?;
-                let order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+                let order_id = booking.order_id.clone().ok_or(AppError::Internal)?;
+                let order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
                 // everything still on the booking, in full: the airline cancelled
                 let left = Money::cents(order.amount.amount() - order.refunded.amount())
                     .unwrap_or_default();

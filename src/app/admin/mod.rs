@@ -7,16 +7,17 @@ mod cancel_job;
 mod stats;
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 
 use super::{App, AuthSession};
+use crate::app::flight_view;
+use crate::app::AppError;
 use crate::domain::{
     self, aircraft::Aircraft, flight::airport, Fares, Flight, FlightId, FlightStatus, Locator,
     Money,
 };
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CreateFlight;
-use crate::protocol::{wire, ApiError};
+use crate::protocol::results::FlightResult;
 use crate::store::{Batch, Role, StoreError};
 use stats::RevenueCache;
 
@@ -37,11 +38,11 @@ pub struct AdminState {
     cancelling: Mutex<std::collections::HashSet<FlightId>>,
 }
 
-fn invalid(m: impl Into<String>) -> ApiError {
-    ApiError::InvalidParams(m.into())
+fn invalid(m: impl Into<String>) -> AppError {
+    AppError::InvalidParams(m.into())
 }
 
-fn flight_number(n: &str) -> Result<String, ApiError> {
+fn flight_number(n: &str) -> Result<String, AppError> {
     let digits = n.strip_prefix("JW").unwrap_or("");
     let ok = (1..=4).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
@@ -55,18 +56,18 @@ fn flight_number(n: &str) -> Result<String, ApiError> {
     }
 }
 
-fn airport_code(code: &str, field: &str) -> Result<String, ApiError> {
+fn airport_code(code: &str, field: &str) -> Result<String, AppError> {
     airport(code)
         .map(|a| a.code.to_owned())
         .ok_or_else(|| invalid(format!("{field} must be a known airport code")))
 }
 
-fn time_field(s: &str, field: &str) -> Result<domain::Millis, ApiError> {
+fn time_field(s: &str, field: &str) -> Result<domain::Millis, AppError> {
     domain::parse_rfc3339(s).ok_or_else(|| invalid(format!("{field} must be an RFC 3339 time")))
 }
 
 /// Checks a new flight and builds it, with its id `{number}-{YYYYMMDD}`.
-pub fn new_flight(p: &CreateFlight, now: domain::Millis) -> Result<Flight, ApiError> {
+pub fn new_flight(p: &CreateFlight, now: domain::Millis) -> Result<Flight, AppError> {
     let number = flight_number(&p.number)?;
     let from = airport_code(&p.from, "from")?;
     let to = airport_code(&p.to, "to")?;
@@ -122,7 +123,7 @@ pub fn new_flight(p: &CreateFlight, now: domain::Millis) -> Result<Flight, ApiEr
     })
 }
 
-fn cancel_reason(r: &str) -> Result<String, ApiError> {
+fn cancel_reason(r: &str) -> Result<String, AppError> {
     let r = r.trim();
     if r.is_empty() || r.chars().count() > MAX_REASON || r.chars().any(char::is_control) {
         return Err(invalid(format!(
@@ -133,7 +134,7 @@ fn cancel_reason(r: &str) -> Result<String, ApiError> {
 }
 
 /// An optional reason, checked like a cancellation's.
-pub(super) fn optional_reason(r: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(super) fn optional_reason(r: Option<&str>) -> Result<Option<String>, AppError> {
     r.map(cancel_reason).transpose()
 }
 
@@ -152,26 +153,26 @@ pub(super) fn occupants(fs: &FlightSeats) -> Vec<Locator> {
 impl App {
     /// The connection's session if it is an admin's: anonymous is `unauthenticated`,
     /// anyone else `forbidden`.
-    pub fn require_admin(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, ApiError> {
+    pub fn require_admin(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, AppError> {
         let s = self.authenticate(conn)?;
         if s.role != Role::Admin {
-            return Err(ApiError::Forbidden);
+            return Err(AppError::Forbidden);
         }
         Ok(s)
     }
 
     /// Checks that a bearer token (of an HTTP admin endpoint) is a live admin session.
-    pub fn admin_by_token(&self, token: &str) -> Result<(), ApiError> {
+    pub fn admin_by_token(&self, token: &str) -> Result<(), AppError> {
         let session = self
             .live_session(&super::auth::token_hash(token))?
-            .ok_or(ApiError::InvalidToken)?;
+            .ok_or(AppError::InvalidToken)?;
         let user = self
             .store
             .user(session.user_id)?
-            .ok_or(ApiError::InvalidToken)?;
+            .ok_or(AppError::InvalidToken)?;
         match user.role {
             Role::Admin => Ok(()),
-            Role::Passenger => Err(ApiError::Forbidden),
+            Role::Passenger => Err(AppError::Forbidden),
         }
     }
 
@@ -192,12 +193,12 @@ impl App {
         &self,
         _s: &AuthSession,
         p: CreateFlight,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<FlightResult, AppError> {
         let now = domain::now_ms();
         let flight = new_flight(&p, now)?;
         let _serial = self.admin.flights.lock().await;
         self.committer.catch_up().await?;
-        let exists = || ApiError::InvalidState(format!("flight {} already exists", flight.id));
+        let exists = || AppError::InvalidState(format!("flight {} already exists", flight.id));
         if self.inventory.get(flight.id.as_str()).is_some() {
             return Err(exists());
         }
@@ -213,7 +214,9 @@ impl App {
         }
         let fs = self.inventory.add(flight.clone());
         tracing::info!(flight = %flight.id, "flight scheduled");
-        Ok(json!({ "flight": wire::flight(&flight, &fs.available(), domain::now_ms()) }))
+        Ok(FlightResult {
+            flight: flight_view(flight, &fs),
+        })
     }
 }
 
@@ -274,7 +277,7 @@ mod tests {
             params("JW900", "LHR", "VIE", d, a, "B747"),
         ] {
             assert!(
-                matches!(new_flight(&p, now), Err(ApiError::InvalidParams(_))),
+                matches!(new_flight(&p, now), Err(AppError::InvalidParams(_))),
                 "{p:?}"
             );
         }

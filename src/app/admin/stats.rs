@@ -1,14 +1,14 @@
 //! `admin.flights.stats`: per-flight occupancy from the published seat maps, and
 //! revenue from the orders, cached while no flight version moves.
 
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
+use crate::app::AppError;
 use crate::domain::{self, Flight, FlightId};
-use crate::protocol::ApiError;
+use crate::protocol::results::{Stats, StatsRow};
 
 /// How long cached revenue figures may be reused while no flight version moves.
 const STATS_MAX_AGE: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub(super) struct RevenueCache {
 }
 
 /// One flight's line of `admin.flights.stats`, from its published seat map.
-struct StatsRow {
+struct Occupancy {
     flight: Flight,
     total: usize,
     version: u64,
@@ -37,57 +37,32 @@ impl App {
     /// `admin.flights.stats`: seats held and booked, load factor and revenue (paid
     /// minus refunded) of every flight, in departure order. Only durable state: the
     /// published seat maps, and orders answered once durable.
-    pub async fn admin_stats(&self) -> Result<Value, ApiError> {
+    pub async fn admin_stats(&self) -> Result<Stats, AppError> {
         let (rows, revenue) = self.consistent_read(|| self.stats_rows()).await?;
         let now = domain::now_ms();
-        let flights: Vec<Value> = rows
+        let flights = rows
             .into_iter()
-            .map(
-                |StatsRow {
-                     flight: f,
-                     total,
-                     version,
-                     held,
-                     booked,
-                 }| {
-                    let load = if total == 0 {
-                        0.0
-                    } else {
-                        ((held + booked) as f64 / total as f64 * 1000.0).round() / 1000.0
-                    };
-                    let cents = revenue.get(&f.id).copied().unwrap_or(0);
-                    let mut row = json!({
-                        "flight_id": f.id,
-                        "number": f.number,
-                        "from": f.from,
-                        "to": f.to,
-                        "departs_at": domain::rfc3339(f.departs_at),
-                        "status": f.status(now).as_str(),
-                        "version": version,
-                        "seats_total": total,
-                        "seats_held": held,
-                        "seats_booked": booked,
-                        "load_factor": load,
-                        "revenue": { "amount": cents, "currency": domain::money::CURRENCY },
-                    });
-                    if let Some(t) = f.estimated_departs_at {
-                        row["estimated_departs_at"] = json!(domain::rfc3339(t));
-                    }
-                    row
-                },
-            )
+            .map(|o| StatsRow {
+                revenue: revenue.get(&o.flight.id).copied().unwrap_or(0),
+                flight: o.flight,
+                now,
+                version: o.version,
+                total: o.total,
+                held: o.held,
+                booked: o.booked,
+            })
             .collect();
-        Ok(json!({ "flights": flights }))
+        Ok(Stats { flights })
     }
 
     /// Every flight's published occupancy, in departure order, and the revenue.
-    fn stats_rows(&self) -> Result<(Vec<StatsRow>, Revenue), ApiError> {
+    fn stats_rows(&self) -> Result<(Vec<Occupancy>, Revenue), AppError> {
         let mut rows = Vec::new();
         let mut key = (0usize, 0u64);
         for fs in self.inventory.all() {
             let (version, held, booked) = fs.published_occupancy();
             key = (key.0 + 1, key.1.wrapping_add(version));
-            rows.push(StatsRow {
+            rows.push(Occupancy {
                 flight: fs.flight(),
                 total: fs.aircraft.seats().len(),
                 version,
@@ -103,7 +78,7 @@ impl App {
 
     /// Paid minus refunded per flight, from the orders; recomputed only when some
     /// flight's version moved (or the figures are a few seconds old).
-    fn revenue(&self, key: (usize, u64)) -> Result<Revenue, ApiError> {
+    fn revenue(&self, key: (usize, u64)) -> Result<Revenue, AppError> {
         if let Some(c) = self.admin.stats.lock().as_ref() {
             if c.key == key && c.at.elapsed() < STATS_MAX_AGE {
                 return Ok(c.revenue.clone());

@@ -1,0 +1,391 @@
+//! The methods' results as typed values, and their one encoding: a result becomes
+//! JSON only here (through the contract's shapes in `wire`), for the reply and for
+//! the memo of a request's answer (`{"ok": result}` or `{"err": error}`) that a
+//! repeat of the request gets again.
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use super::{wire, ApiError};
+use crate::domain::checkin::BoardingPass;
+use crate::domain::flight::Airport;
+use crate::domain::{
+    rfc3339, Aircraft, Booking, Flight, FlightId, Locator, Millis, Money, Order, Username,
+    WaitlistEntry,
+};
+
+/// A use case's answer: made now, or the encoded answer an earlier try of the same
+/// request got, replayed as it was.
+#[derive(Debug)]
+pub enum Answer<T> {
+    Now(T),
+    Replayed(Value),
+}
+
+impl<T: Serialize> Serialize for Answer<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::Now(r) => r.serialize(s),
+            Answer::Replayed(v) => v.serialize(s),
+        }
+    }
+}
+
+/// What a remembered answer is read back as.
+pub trait Replayable {
+    fn replayed(encoded: Value) -> Self;
+}
+
+impl<T> Replayable for Answer<T> {
+    fn replayed(encoded: Value) -> Self {
+        Answer::Replayed(encoded)
+    }
+}
+
+/// A result as the `result` member of a reply.
+pub fn encode<T: Serialize>(result: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(result).map_err(|e| {
+        tracing::error!(error = %e, "a result did not encode");
+        ApiError::Internal
+    })
+}
+
+/// The memo of a successful answer.
+pub fn remember_ok<T: Serialize>(result: &T) -> Value {
+    let mut memo = serde_json::Map::new();
+    memo.insert("ok".into(), encode(result).unwrap_or(Value::Null));
+    Value::Object(memo)
+}
+
+/// The memo of a refusal.
+pub fn remember_err(e: &ApiError) -> Value {
+    let mut memo = serde_json::Map::new();
+    memo.insert("err".into(), e.to_json());
+    Value::Object(memo)
+}
+
+/// A memo read back: the encoded result, or the error.
+pub fn replay(memo: &Value) -> Result<Value, ApiError> {
+    if let Some(ok) = memo.get("ok") {
+        return Ok(ok.clone());
+    }
+    Err(memo
+        .get("err")
+        .and_then(ApiError::from_json)
+        .unwrap_or(ApiError::Internal))
+}
+
+/// Implements `Serialize` through a contract shape of `wire`.
+macro_rules! through_wire {
+    ($t:ty, |$x:ident| $shape:expr) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $x = self;
+                $shape.serialize(s)
+            }
+        }
+    };
+}
+
+/// `{}`: done, nothing to tell.
+#[derive(Debug, Serialize)]
+pub struct Done {}
+
+/// A booking as its owner sees it, with its flight's times when the flight is known.
+#[derive(Debug)]
+pub struct BookingView {
+    pub booking: Booking,
+    pub flight: Option<Flight>,
+}
+
+through_wire!(BookingView, |b| wire::booking(
+    &b.booking,
+    b.flight.as_ref()
+));
+
+/// `{booking, order?}`: hold, cancel, change_seat, pay, get; `order` once paid for
+/// (a payment, a refund).
+#[derive(Debug, Serialize)]
+pub struct BookingResult {
+    pub booking: BookingView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderView>,
+}
+
+impl BookingResult {
+    pub fn new(booking: BookingView) -> Self {
+        BookingResult {
+            booking,
+            order: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Bookings {
+    pub bookings: Vec<BookingView>,
+}
+
+#[derive(Debug)]
+pub struct OrderView(pub Order);
+
+through_wire!(OrderView, |o| wire::order(&o.0));
+
+#[derive(Debug, Serialize)]
+pub struct Orders {
+    pub orders: Vec<OrderView>,
+}
+
+/// One event of a user's history: its own fields, then the event's details.
+#[derive(Debug)]
+pub struct HistoryEntry {
+    pub at: Millis,
+    pub kind: String,
+    pub locator: Option<Locator>,
+    /// Further members (an object); a member named like one above is left out.
+    pub detail: Value,
+}
+
+through_wire!(HistoryEntry, |e| wire::history_event(
+    e.at,
+    &e.kind,
+    e.locator.as_ref(),
+    &e.detail
+));
+
+#[derive(Debug, Serialize)]
+pub struct History {
+    pub events: Vec<HistoryEntry>,
+}
+
+/// A boarding pass on a flight.
+#[derive(Debug)]
+pub struct PassView {
+    pub flight_id: FlightId,
+    pub pass: BoardingPass,
+}
+
+through_wire!(PassView, |p| wire::boarding_pass(&p.flight_id, &p.pass));
+
+/// `{boarding_passes}`.
+#[derive(Debug, Serialize)]
+pub struct BoardingPasses {
+    pub boarding_passes: Vec<PassView>,
+}
+
+/// `{booking, boarding_passes}`: a check-in.
+#[derive(Debug, Serialize)]
+pub struct CheckedIn {
+    pub booking: BookingView,
+    pub boarding_passes: Vec<PassView>,
+}
+
+/// A flight as searches and boards show it, with its seats left per cabin.
+#[derive(Debug)]
+pub struct FlightView {
+    pub flight: Flight,
+    pub cabins: wire::CabinCounts,
+    /// When its status is told (departed, landed...).
+    pub now: Millis,
+}
+
+through_wire!(FlightView, |f| wire::flight(&f.flight, &f.cabins, f.now));
+
+/// `{flights}`: a search.
+#[derive(Debug, Serialize)]
+pub struct Flights {
+    pub flights: Vec<FlightView>,
+}
+
+/// `{flight}`: an admin's new or updated flight.
+#[derive(Debug, Serialize)]
+pub struct FlightResult {
+    pub flight: FlightView,
+}
+
+/// `{flight, version, seats, layout}`: a flight's published seat map.
+#[derive(Debug, Serialize)]
+pub struct SeatMap {
+    pub flight: FlightView,
+    pub version: u64,
+    /// Already in the contract's shape (see `FlightSeats::published_map`).
+    pub seats: Vec<Value>,
+    pub layout: LayoutView,
+}
+
+#[derive(Debug)]
+pub struct LayoutView(pub &'static Aircraft);
+
+through_wire!(LayoutView, |l| wire::layout(l.0));
+
+/// `{flight_id, version, viewers}`: a subscription, before its `seats` or `changes`.
+#[derive(Debug, Serialize)]
+pub struct Subscribed {
+    pub flight_id: FlightId,
+    pub version: u64,
+    pub viewers: u32,
+}
+
+/// `{airport, flights}`: a departure board.
+#[derive(Debug, Serialize)]
+pub struct Board {
+    pub airport: String,
+    pub flights: Vec<FlightView>,
+}
+
+#[derive(Debug)]
+pub struct AirportView(pub &'static Airport);
+
+through_wire!(AirportView, |a| wire::airport(a.0));
+
+#[derive(Debug, Serialize)]
+pub struct Airports {
+    pub airports: Vec<AirportView>,
+}
+
+/// `{token, expires_at, user}`: a login, registration or resumed session.
+#[derive(Debug, Serialize)]
+pub struct LoggedIn {
+    pub token: String,
+    #[serde(serialize_with = "at")]
+    pub expires_at: Millis,
+    pub user: UserView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub id: u64,
+    pub username: Username,
+    pub role: &'static str,
+}
+
+/// `{flight, refunded, released}`: a flight cancelled by the airline.
+#[derive(Debug, Serialize)]
+pub struct FlightCancelled {
+    pub flight: FlightView,
+    pub refunded: u32,
+    pub released: u32,
+}
+
+/// One flight's row of `admin.flights.stats`.
+#[derive(Debug)]
+pub struct StatsRow {
+    pub flight: Flight,
+    pub now: Millis,
+    pub version: u64,
+    pub total: usize,
+    pub held: usize,
+    pub booked: usize,
+    /// Paid minus refunded, in cents.
+    pub revenue: i64,
+}
+
+through_wire!(StatsRow, |r| wire::stats_row(r));
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub flights: Vec<StatsRow>,
+}
+
+/// A waitlist entry; `position` only while it is waiting.
+#[derive(Debug)]
+pub struct EntryView {
+    pub entry: WaitlistEntry,
+    pub position: Option<usize>,
+}
+
+through_wire!(EntryView, |e| wire::waitlist_entry(&e.entry, e.position));
+
+/// `{entry}`: joining or leaving a waitlist.
+#[derive(Debug, Serialize)]
+pub struct EntryResult {
+    pub entry: EntryView,
+}
+
+impl EntryResult {
+    /// An entry no longer in line (no position).
+    pub fn left(entry: WaitlistEntry) -> Self {
+        EntryResult {
+            entry: EntryView {
+                entry,
+                position: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Entries {
+    pub entries: Vec<EntryView>,
+}
+
+/// An open refund as the admin's methods show it.
+#[derive(Debug, Serialize)]
+pub struct RefundView {
+    pub refund_id: String,
+    pub locator: Locator,
+    /// `cancel`, `flight_cancelled` or `orphan`.
+    pub reason: &'static str,
+    #[serde(serialize_with = "money")]
+    pub amount: Money,
+    pub seats: Vec<String>,
+    #[serde(serialize_with = "at")]
+    pub created_at: Millis,
+    pub done: bool,
+    pub gateway_key: String,
+    pub earlier_keys: Vec<String>,
+    pub failed_tries: u32,
+    pub last_error: Option<String>,
+    pub resolutions: Vec<ResolutionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResolutionView {
+    pub by: String,
+    pub outcome: String,
+    #[serde(serialize_with = "at")]
+    pub at: Millis,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refunds {
+    pub refunds: Vec<RefundView>,
+}
+
+/// `{refund}`: an admin's resolution of a refund.
+#[derive(Debug, Serialize)]
+pub struct RefundResult {
+    pub refund: RefundView,
+}
+
+fn at<S: Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    rfc3339(*t).serialize(s)
+}
+
+fn money<S: Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
+    wire::money(*m).serialize(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_memo_reads_back_as_it_was_written() {
+        let ok = remember_ok(&Done {});
+        assert_eq!(ok, json!({ "ok": {} }));
+        assert_eq!(replay(&ok), Ok(json!({})));
+        let err = ApiError::SeatUnavailable(vec!["1A".into()]);
+        assert_eq!(replay(&remember_err(&err)), Err(err));
+        assert_eq!(replay(&json!({})), Err(ApiError::Internal));
+    }
+
+    #[test]
+    fn a_replayed_answer_encodes_as_stored() {
+        let stored = json!({ "booking": { "locator": "ABC234" } });
+        let answer: Answer<Done> = Answer::Replayed(stored.clone());
+        assert_eq!(encode(&answer), Ok(stored));
+        assert_eq!(encode(&Answer::Now(Done {})), Ok(json!({})));
+    }
+}
