@@ -7,7 +7,7 @@
 // when any of them changes; a slow poll covers the flights not on screen.
 
 import { Jetway } from './jetway.js';
-import { h, clear, toast, statusBadge, modal, followConnection } from './ui.js';
+import { h, clear, byId as $, toast, statusBadge, modal, followConnection } from './ui.js';
 import { formatMoney, formatDate, formatTime, formatLocal, toLocalInput, fromLocalInput, plural } from './format.js';
 
 const TOKEN_KEY = 'jetway.admin.token';
@@ -15,7 +15,6 @@ const PAGE_SIZE = 50;
 const DEBOUNCE_MS = 250;
 const POLL_MS = 30000;
 
-const $ = (id) => document.getElementById(id);
 const client = new Jetway();
 
 const state = {

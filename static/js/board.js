@@ -4,7 +4,7 @@
 // watches again (the reply replaces the list), like the seat-map display.
 
 import { Jetway } from './jetway.js';
-import { h, clear, followConnection } from './ui.js';
+import { h, clear, byId as $, runClock, followConnection } from './ui.js';
 import { formatLocalShort, departureOf, flightRemark } from './format.js';
 
 const KEEP_AFTER_MS = 3600 * 1000;
@@ -13,20 +13,13 @@ const airport = (params.get('airport') || 'LHR').toUpperCase();
 const hours = Number(params.get('hours')) || undefined;
 
 const client = new Jetway({ maxDelay: 10000 });
-const $ = (id) => document.getElementById(id);
 const flights = new Map(); // flight_id -> Flight
 let cities = new Map();
 let zone = 'UTC';
 
 // ---- clock & connection (as on the display) -------------------------------------
 
-const clock = $('d-clock');
-const tickClock = () => {
-  clock.textContent = formatLocalShort(new Date().toISOString(), zone);
-  clock.dateTime = new Date().toISOString();
-};
-tickClock();
-setInterval(tickClock, 5000);
+const tickClock = runClock($('d-clock'), (now) => formatLocalShort(now, zone));
 
 followConnection(client, $('d-conn'), '.txt');
 

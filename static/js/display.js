@@ -6,7 +6,7 @@ import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
 import { countSeats } from './live.js';
 import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
-import { h, followViewers, followConnection } from './ui.js';
+import { h, byId as $, runClock, followViewers, followConnection } from './ui.js';
 
 const params = new URLSearchParams(location.search);
 const flightId = params.get('flight');
@@ -14,20 +14,11 @@ const flightId = params.get('flight');
 const client = new Jetway({ maxDelay: 10000 });
 const watcher = client.seats;
 
-const $ = (id) => document.getElementById(id);
-
 // ---- clock & connection ------------------------------------------------------------
 
 // the local time of the departure airport once the flight is known, UTC until then
-const clock = $('d-clock');
 let clockZone = null;
-const tickClock = () => {
-  const now = new Date().toISOString();
-  clock.textContent = clockZone ? formatLocal(now, clockZone) : `${formatTime(now)} UTC`;
-  clock.dateTime = now;
-};
-tickClock();
-setInterval(tickClock, 5000);
+const tickClock = runClock($('d-clock'), (now) => (clockZone ? formatLocal(now, clockZone) : `${formatTime(now)} UTC`));
 
 followConnection(client, $('d-conn'), '.txt');
 

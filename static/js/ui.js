@@ -1,5 +1,23 @@
 // Tiny DOM helpers.
 
+/** The element with this id. */
+export const byId = (id) => document.getElementById(id);
+
+/**
+ * Keeps the <time> element `el` showing `text(nowIso)`, refreshed every five seconds;
+ * returns the refresh, for a change of what `text` shows.
+ */
+export function runClock(el, text) {
+  const tick = () => {
+    const now = new Date().toISOString();
+    el.textContent = text(now);
+    el.dateTime = now;
+  };
+  tick();
+  setInterval(tick, 5000);
+  return tick;
+}
+
 /**
  * h('div', {class: 'x', onclick: fn, 'aria-label': '...'}, child, 'text', [more])
  */
