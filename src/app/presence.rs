@@ -6,7 +6,6 @@
 //! adds up the others' from the change feed.
 
 use parking_lot::Mutex;
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use super::App;
 use crate::domain::{self, FlightId};
 use crate::fanout::Utf8Bytes;
 use crate::inventory::FlightSeats;
-use crate::protocol::envelope;
+use crate::protocol::results;
 
 /// At most one `flight.presence` per flight this often.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -92,9 +91,13 @@ impl Presence {
 
 /// The push; `at` is when the count was taken.
 fn presence_frame(flight: &FlightId, viewers: u32, at: domain::Millis) -> Utf8Bytes {
-    Utf8Bytes::from(envelope::push(
+    Utf8Bytes::from(results::push(
         "flight.presence",
-        &json!({ "flight_id": flight, "viewers": viewers, "at": domain::rfc3339(at) }),
+        &results::Presence {
+            flight_id: flight.clone(),
+            viewers,
+            at,
+        },
     ))
 }
 

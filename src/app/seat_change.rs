@@ -5,14 +5,13 @@
 //! `booking.updated`). On a replicated store a decision that lost a race to another
 //! node is made again on the newer map.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 use crate::app::AppError;
 use crate::domain::{self, Booking, Flight, UserId};
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
-use crate::protocol::results::Replayable;
-use crate::protocol::{envelope, wire};
+use crate::protocol::results::{self, BookingResult, BookingView, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{Batch, IdemKey, StoreError};
 
@@ -174,8 +173,12 @@ impl App {
 
 /// The `booking.updated` push telling a booking's owner of its new state.
 pub(super) fn booking_push(b: &Booking, flight: Option<&Flight>) -> crate::fanout::Utf8Bytes {
-    crate::fanout::Utf8Bytes::from(envelope::push(
+    let booking = BookingView {
+        booking: b.clone(),
+        flight: flight.cloned(),
+    };
+    crate::fanout::Utf8Bytes::from(results::push(
         "booking.updated",
-        &json!({ "booking": wire::booking(b, flight) }),
+        &BookingResult::new(booking),
     ))
 }

@@ -3,7 +3,6 @@
 //! interested connection (seat-map subscribers, owners of live bookings, board
 //! watchers) of a stored change of status or times, once per connection.
 
-use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +15,7 @@ use crate::domain::{self, Flight, Millis};
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::UpdateFlight;
-use crate::protocol::results::FlightResult;
-use crate::protocol::{envelope, wire};
+use crate::protocol::results::{self, FlightChanged, FlightResult};
 use crate::store::Batch;
 
 /// How often flights whose departure passed are looked for.
@@ -65,11 +63,11 @@ fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, AppError>
 
 /// The `flight.changed` push of a flight record.
 pub(super) fn changed_frame(f: &Flight, fs: &FlightSeats, reason: Option<&str>) -> Utf8Bytes {
-    let mut params = json!({ "flight": wire::flight(f, &fs.available(), domain::now_ms()) });
-    if let Some(r) = reason {
-        params["reason"] = json!(r);
-    }
-    Utf8Bytes::from(envelope::push("flight.changed", &params))
+    let params = FlightChanged {
+        flight: flight_view(f.clone(), fs),
+        reason: reason.map(str::to_owned),
+    };
+    Utf8Bytes::from(results::push("flight.changed", &params))
 }
 
 /// Sends `frame` once to each connection among `targets`.

@@ -6,7 +6,7 @@
 //! flight record that closes the line, so a flight whose seats never change again
 //! still ends its line.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -23,8 +23,10 @@ use crate::domain::{
 };
 use crate::fanout::Utf8Bytes;
 use crate::inventory::{FlightSeats, Occupant, Working};
-use crate::protocol::results::{Answer, Entries, EntryResult, EntryView};
-use crate::protocol::{envelope, params, wire};
+use crate::protocol::results::{
+    self, Answer, BookingView, Entries, EntryResult, EntryView, Offered,
+};
+use crate::protocol::{params, wire};
 use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
 
@@ -57,8 +59,36 @@ pub(super) struct Served {
     pub holds: Vec<Booking>,
 }
 
-fn push(method: &str, params: Value) -> Utf8Bytes {
-    Utf8Bytes::from(envelope::push(method, &params))
+fn entry_view(e: &WaitlistEntry, position: Option<usize>) -> EntryView {
+    EntryView {
+        entry: e.clone(),
+        position,
+    }
+}
+
+/// `waitlist.updated`: an entry's new state or place in line.
+fn updated_push(e: &WaitlistEntry, position: Option<usize>) -> Utf8Bytes {
+    let params = EntryResult {
+        entry: entry_view(e, position),
+    };
+    Utf8Bytes::from(results::push("waitlist.updated", &params))
+}
+
+/// `waitlist.offered`: an entry's seats, held for its owner as `booking`.
+fn offered_push(
+    e: &WaitlistEntry,
+    position: Option<usize>,
+    booking: &Booking,
+    flight: Option<Flight>,
+) -> Utf8Bytes {
+    let params = Offered {
+        entry: entry_view(e, position),
+        booking: BookingView {
+            booking: booking.clone(),
+            flight,
+        },
+    };
+    Utf8Bytes::from(results::push("waitlist.offered", &params))
 }
 
 /// Free seats per cabin in a seat mask.
@@ -201,24 +231,16 @@ impl App {
         let mut served = Served::default();
         for e in &entries {
             let position = after.get(&e.id).copied();
-            let entry = wire::waitlist_entry(e, position);
             if let Some((_, b)) = offered.iter().find(|(id, _)| *id == e.id) {
-                let booking = wire::booking(b, Some(&flight));
                 served.frames.push((
                     e.user_id,
-                    push(
-                        "waitlist.offered",
-                        json!({ "entry": entry, "booking": booking }),
-                    ),
+                    offered_push(e, position, b, Some(flight.clone())),
                 ));
                 served
                     .frames
                     .push((e.user_id, booking_push(b, Some(&flight))));
             } else if changed.contains(&e.id) || before.get(&e.id).copied() != position {
-                served.frames.push((
-                    e.user_id,
-                    push("waitlist.updated", json!({ "entry": entry })),
-                ));
+                served.frames.push((e.user_id, updated_push(e, position)));
             }
         }
         batch.waitlist = entries
@@ -526,29 +548,22 @@ pub(super) fn replicated_pushes(
         let meta = app.inventory.get(flight.as_str()).map(|f| f.flight());
         // a join is answered to its requester, not pushed
         for e in mine.iter().filter(|e| e.previous_status().is_some()) {
-            let entry = wire::waitlist_entry(e, after.get(&e.id).copied());
+            let position = after.get(&e.id).copied();
             let hold = bookings.iter().find(|b| {
                 e.status == WaitlistStatus::Offered
                     && Some(&b.locator) == e.locator.as_ref()
                     && b.status == BookingStatus::Held
             });
             let frame = match hold {
-                Some(b) => push(
-                    "waitlist.offered",
-                    json!({ "entry": entry, "booking": wire::booking(b, meta.as_ref()) }),
-                ),
-                None => push("waitlist.updated", json!({ "entry": entry })),
+                Some(b) => offered_push(e, position, b, meta.clone()),
+                None => updated_push(e, position),
             };
             out.push((e.user_id, frame));
         }
         for e in line.iter().filter(|e| !is_changed(&e.id)) {
             let position = after.get(&e.id).copied();
             if position.is_some() && before.get(&e.id).copied() != position {
-                let entry = wire::waitlist_entry(e, position);
-                out.push((
-                    e.user_id,
-                    push("waitlist.updated", json!({ "entry": entry })),
-                ));
+                out.push((e.user_id, updated_push(e, position)));
             }
         }
     }

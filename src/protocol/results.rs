@@ -42,6 +42,12 @@ impl<T> Replayable for Answer<T> {
     }
 }
 
+/// A push (a server notification) with its typed params, encoded as a reply's
+/// result is.
+pub fn push<T: Serialize>(method: &str, params: &T) -> String {
+    super::envelope::push(method, &encode(params).unwrap_or(Value::Null))
+}
+
 /// A result as the `result` member of a reply.
 pub fn encode<T: Serialize>(result: &T) -> Result<Value, ApiError> {
     serde_json::to_value(result).map_err(|e| {
@@ -356,6 +362,30 @@ pub struct Refunds {
 #[derive(Debug, Serialize)]
 pub struct RefundResult {
     pub refund: RefundView,
+}
+
+/// `{entry, booking}`: `waitlist.offered`, an entry's seats held for its owner.
+#[derive(Debug, Serialize)]
+pub struct Offered {
+    pub entry: EntryView,
+    pub booking: BookingView,
+}
+
+/// `{flight, reason?}`: `flight.changed`.
+#[derive(Debug, Serialize)]
+pub struct FlightChanged {
+    pub flight: FlightView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `{flight_id, viewers, at}`: `flight.presence`, `at` when the count was taken.
+#[derive(Debug, Serialize)]
+pub struct Presence {
+    pub flight_id: FlightId,
+    pub viewers: u32,
+    #[serde(serialize_with = "at")]
+    pub at: Millis,
 }
 
 fn at<S: Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
