@@ -8,11 +8,13 @@
 //!   connection's task, dispatch to the use cases, the abuse limits
 //!   ([`server::limits`]: request rate, login backoff, and the listener's cap per
 //!   address and handshake timeout) and the `/metrics` page;
-//! - [`app`]: one method per use case, orchestrating everything below;
+//! - [`app`]: one method per use case, orchestrating everything below: parsed
+//!   params in, a typed result or an `AppError` out;
 //! - [`config`]: every flag, the abuse limits included;
 //! - [`inventory`]: every flight's seat map in memory, its version and change feed;
-//! - [`protocol`]: the JSON-RPC envelope, method params (card data refused there),
-//!   result shapes and error reasons (pure);
+//! - [`protocol`]: the JSON-RPC envelope, method params parsed into domain values
+//!   (card data refused there), typed results and their one encoding, error
+//!   reasons (pure);
 //! - [`store`]: the durable store behind a trait (sled; or, with the `etcd` feature,
 //!   an etcd cluster shared by several nodes, with its change feed), and the group
 //!   commit;
@@ -25,8 +27,9 @@
 //!
 //! A request flows: the connection's reader parses a text frame ([`protocol`]) and
 //! hands it to `server::dispatch`, which looks the method up in the one list of
-//! methods ([`protocol::params::Method`]), checks who may call it, decodes the params
-//! and calls the use case in [`app`], then records the outcome in [`metrics`]. A
+//! methods ([`protocol::params::Method`]), checks who may call it, parses the params
+//! and calls the use case in [`app`], encodes its result ([`protocol::results`]) or
+//! maps its error, then records the outcome in [`metrics`]. A
 //! seat-changing use case checks the rules in [`domain`] with the flight's working
 //! map in [`inventory`] locked, and changes seats the one way (`app::seat_change`):
 //! one atomic batch to the [`store`] with the flight's next version, the working map
