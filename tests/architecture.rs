@@ -244,3 +244,50 @@ fn the_circle_check_reads_groups_and_paths() {
     let siblings = ["bookings", "busy", "refunds"].map(String::from);
     assert_eq!(sibling_uses(nested, &siblings, 2), ["refunds", "bookings"]);
 }
+
+/// Lines of the use cases that break "typed at the edge": a function returning JSON
+/// (`serde_json::Value`), or the wire's error named outside `app/error.rs`, where
+/// `AppError` maps to it.
+fn untyped_lines(file: &str, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let returns_json = ["-> Result<Value", "-> Result<serde_json::Value"]
+            .iter()
+            .any(|p| code.contains(p));
+        let wire_error = code.contains("ApiError") && !file.ends_with("app/error.rs");
+        if returns_json || wire_error {
+            found.push(format!("{file}: {}", line.trim()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_use_cases_return_typed_results_and_app_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/app"), &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(root).unwrap().to_string_lossy();
+        wrong.extend(untyped_lines(&rel, &std::fs::read_to_string(file).unwrap()));
+    }
+    assert!(
+        wrong.is_empty(),
+        "use cases return typed results (protocol/results.rs) and AppError:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_typed_results_check_reads_signatures() {
+    let bad = "pub async fn hold(&self) -> Result<Value, AppError> {";
+    assert_eq!(untyped_lines("src/app/bookings.rs", bad).len(), 1);
+    let bad = "use crate::protocol::ApiError;";
+    assert_eq!(untyped_lines("src/app/bookings.rs", bad).len(), 1);
+    assert!(untyped_lines("src/app/error.rs", bad).is_empty());
+    let good =
+        "pub async fn hold(&self) -> Result<Answer<BookingResult>, AppError> { // -> Result<Value";
+    assert!(untyped_lines("src/app/bookings.rs", good).is_empty());
+}

@@ -30,7 +30,7 @@ use super::bookings::{check_bookable, AIRLINE_CODE};
 use super::busy::{busy_error, is_busy, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
-use crate::app::AppError as ApiError;
+use crate::app::AppError;
 use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
@@ -87,9 +87,9 @@ impl App {
         &self,
         s: &AuthSession,
         p: params::Pay,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         if p.payment_method.is_empty() || p.payment_method.len() > 128 {
-            return Err(ApiError::InvalidParams(
+            return Err(AppError::InvalidParams(
                 "payment_method must be 1-128 characters".into(),
             ));
         }
@@ -122,7 +122,7 @@ impl App {
                 let open = self.store.booking_attempts(&loc)?;
                 if open.iter().any(charged_maybe) {
                     // not remembered: a retry looks again once the outcome is known
-                    return Err(ApiError::PaymentFailed(
+                    return Err(AppError::PaymentFailed(
                         "an earlier payment of this booking is not settled yet; the \
                          booking is confirmed if it was charged"
                             .into(),
@@ -145,7 +145,7 @@ impl App {
                 let b = self
                     .store
                     .booking(&loc)?
-                    .ok_or(ApiError::NotFound("booking"))?;
+                    .ok_or(AppError::NotFound("booking"))?;
                 b.check_payable(now)?;
                 if self.paying(&w, &loc, &|m| m.request_id == key.request_id)? {
                     return Err(busy_error());
@@ -192,7 +192,7 @@ impl App {
         user: domain::UserId,
         loc: &domain::Locator,
         payment_method: &str,
-    ) -> Result<Option<BookingResult>, ApiError> {
+    ) -> Result<Option<BookingResult>, AppError> {
         let Some(b) = self.store.booking(loc)? else {
             return Ok(None);
         };
@@ -225,7 +225,7 @@ impl App {
         mut attempt: PaymentAttempt,
         payment_method: String,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let (loc, amount) = (attempt.locator.clone(), attempt.amount);
         let request = PaymentRequest {
             amount,
@@ -251,7 +251,7 @@ impl App {
     }
 
     /// The booking's attempt waiting for the customer's action, if any.
-    fn awaiting_action(&self, loc: &domain::Locator) -> Result<Option<PaymentAttempt>, ApiError> {
+    fn awaiting_action(&self, loc: &domain::Locator) -> Result<Option<PaymentAttempt>, AppError> {
         Ok(self
             .store
             .booking_attempts(loc)?
@@ -269,7 +269,7 @@ impl App {
         mut a: PaymentAttempt,
         payment_method: &str,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         a.request_id = key.request_id.clone();
         a.updated_at = domain::now_ms();
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
@@ -309,7 +309,7 @@ impl App {
         attempt: PaymentAttempt,
         outcome: Result<(), PaymentError>,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let loc = attempt.locator.clone();
         match outcome {
             Ok(()) => self.settle_paid(fs, key, attempt, busy).await,
@@ -317,7 +317,7 @@ impl App {
                 self.await_action(attempt, secret, busy).await
             }
             Err(PaymentError::Declined(m)) => {
-                self.settle_failed(attempt, busy, ApiError::PaymentDeclined(m), "declined")
+                self.settle_failed(attempt, busy, AppError::PaymentDeclined(m), "declined")
                     .await
             }
             Err(PaymentError::Failed(m)) => {
@@ -327,7 +327,7 @@ impl App {
                         self.settle_failed(
                             attempt,
                             busy,
-                            ApiError::PaymentFailed(m),
+                            AppError::PaymentFailed(m),
                             "payment_failed",
                         )
                         .await
@@ -349,7 +349,7 @@ impl App {
         key: IdemKey,
         attempt: PaymentAttempt,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let loc = attempt.locator.clone();
         match self.settle_charged(fs, attempt, busy).await {
             Err(e) if is_busy(&e) => {
@@ -372,9 +372,9 @@ impl App {
         loc: &domain::Locator,
         message: String,
         busy: Option<Busy>,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let _busy = busy;
-        let err = ApiError::PaymentFailed(message);
+        let err = AppError::PaymentFailed(message);
         let failed = (
             key.user,
             event(
@@ -395,7 +395,7 @@ impl App {
         mut a: PaymentAttempt,
         secret: String,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         // busy until the new state is written: a reconciler must not take the attempt
         // for an interrupted one and cancel the payment the customer is to complete
         let _busy = busy;
@@ -403,7 +403,7 @@ impl App {
         a.state = AttemptState::ActionRequired;
         a.client_secret = Some(secret.clone());
         a.updated_at = now;
-        let err = ApiError::PaymentActionRequired {
+        let err = AppError::PaymentActionRequired {
             client_secret: secret,
         };
         let waits = (
@@ -425,7 +425,7 @@ impl App {
     /// need not be durable yet: the next commit (with the payment reference) makes
     /// both durable. The mark runs one payment span from now (an attempt continued
     /// after the customer's action may be much older).
-    async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), ApiError> {
+    async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), AppError> {
         if !self.committer.is_replicated() {
             return Ok(self
                 .write_soon(Batch {
@@ -473,7 +473,7 @@ impl App {
         mark: &PaymentMark,
         attempt: Option<&PaymentAttempt>,
         shares: impl Fn(&PaymentMark) -> bool,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, AppError> {
         let with = || Batch {
             attempts: attempt.cloned().into_iter().collect(),
             ..Default::default()
@@ -514,7 +514,7 @@ impl App {
         &self,
         r: &RefundRecord,
         covered: impl Fn(&PaymentMark) -> bool,
-    ) -> Result<HeldMark, ApiError> {
+    ) -> Result<HeldMark, AppError> {
         let mut held = HeldMark {
             committer: self.committer.clone(),
             tasks: self.tasks.clone(),
@@ -607,9 +607,9 @@ impl App {
         &self,
         mut a: PaymentAttempt,
         busy: Busy,
-        err: ApiError,
+        err: AppError,
         kind: &str,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         // the booking stays busy until the attempt's end is written: a reconciler
         // settling it meanwhile would write a second failure
         let _busy = busy;
@@ -641,8 +641,8 @@ impl App {
         fs: &Arc<FlightSeats>,
         mut a: PaymentAttempt,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
-        let payment_ref = a.payment_ref.clone().ok_or(ApiError::Internal)?;
+    ) -> Result<Answer<BookingResult>, AppError> {
+        let payment_ref = a.payment_ref.clone().ok_or(AppError::Internal)?;
         // once a refund of the charge is open, the charge is refunded, whatever else
         let orphan_refund = self.store.open_refund(&a.id)?;
         let tickets_needed = self.store.booking(&a.locator)?.map_or(0, |b| b.seats.len());
@@ -665,7 +665,7 @@ impl App {
             let mut b = self
                 .store
                 .booking(&a.locator)?
-                .ok_or(ApiError::NotFound("booking"))?;
+                .ok_or(AppError::NotFound("booking"))?;
             let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
             let ours = b.status == domain::BookingStatus::Held
                 && fs.flight().status(now) != FlightStatus::Cancelled
@@ -738,7 +738,7 @@ impl App {
                 self.committer.settle_reads().await?;
                 return match self.store.reply(&key)? {
                     Some(v) => super::replay(v),
-                    None => Err(ApiError::Internal),
+                    None => Err(AppError::Internal),
                 };
             }
         }
@@ -761,7 +761,7 @@ impl App {
                     r.id = format!("{}-refund", a.id);
                 }
                 if !self.open_refund(&r).await? {
-                    return Err(ApiError::PaymentFailed(
+                    return Err(AppError::PaymentFailed(
                         "a refund of this payment is in progress".into(),
                     ));
                 }
@@ -775,7 +775,7 @@ impl App {
         };
         let mark = self.take_refund_mark(&refund, covered).await?;
         let ended = async {
-            let err = ApiError::InvalidState(
+            let err = AppError::InvalidState(
                 "the booking's hold ended before the payment completed; the charge was refunded"
                     .into(),
             );
@@ -821,9 +821,9 @@ impl App {
     /// Refuses to move money once a sync has failed: the store's memory may then hold
     /// records (an open refund, an attempt) that never reach the disk, and a restart
     /// would not know the money moved.
-    pub(super) fn money_may_move(&self) -> Result<(), ApiError> {
+    pub(super) fn money_may_move(&self) -> Result<(), AppError> {
         match self.committer.has_failed() {
-            true => Err(ApiError::Internal),
+            true => Err(AppError::Internal),
             false => Ok(()),
         }
     }
@@ -838,8 +838,8 @@ impl App {
         key: IdemKey,
         mut batch: Batch,
         failed: Option<(domain::UserId, HistoryEvent)>,
-        err: ApiError,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+        err: AppError,
+    ) -> Result<Answer<BookingResult>, AppError> {
         if let Some(first) = self.success_reply(&key).await? {
             if !(batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty()) {
                 self.commit(batch).await?;
@@ -854,7 +854,7 @@ impl App {
 
     /// The pay request's success reply, if some node already gave one: an error
     /// reply must never replace it.
-    async fn success_reply(&self, key: &IdemKey) -> Result<Option<Value>, ApiError> {
+    async fn success_reply(&self, key: &IdemKey) -> Result<Option<Value>, AppError> {
         self.committer.catch_up().await?;
         Ok(self.store.reply(key)?.filter(|v| v.get("ok").is_some()))
     }
@@ -865,7 +865,7 @@ impl App {
     /// its seats are still held by it, and is refunded otherwise. A live payment mark
     /// of the attempt taken by another process is that process's to settle under
     /// (skipped), unless this is a `twin` of its request settling it.
-    async fn reconcile(&self, a: PaymentAttempt, twin: bool) -> Result<Reconciled, ApiError> {
+    async fn reconcile(&self, a: PaymentAttempt, twin: bool) -> Result<Reconciled, AppError> {
         if !a.is_open() && a.state != AttemptState::Failed {
             return Ok(Reconciled::Settled);
         }
@@ -883,11 +883,11 @@ impl App {
             Busy::mark(&fs, &mut w, &a.locator)?
         };
         let interrupted =
-            || ApiError::PaymentFailed("the payment was interrupted and did not go through".into());
+            || AppError::PaymentFailed("the payment was interrupted and did not go through".into());
         let status = self
             .resolve(&a)
             .await
-            .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+            .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
         let settled = match status {
             PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
@@ -918,10 +918,10 @@ impl App {
         // a node that died mid-payment left its mark
         self.release_mark(&id, &rid, &loc, twin).await;
         match settled {
-            Ok(_) | Err(ApiError::PaymentDeclined(_) | ApiError::InvalidState(_)) => {
+            Ok(_) | Err(AppError::PaymentDeclined(_) | AppError::InvalidState(_)) => {
                 Ok(Reconciled::Settled)
             }
-            Err(ApiError::PaymentFailed(m)) if m.contains("interrupted") => Ok(Reconciled::Settled),
+            Err(AppError::PaymentFailed(m)) if m.contains("interrupted") => Ok(Reconciled::Settled),
             Err(e) => Err(e),
         }
     }
@@ -1101,7 +1101,7 @@ async fn release(committer: &Committer, mark: PaymentMark) {
 
 /// Logs what [`App::reconcile`] did with attempt `id`; `false` if it is still to be
 /// settled or checked.
-fn log_reconciled(id: &str, r: Result<Reconciled, ApiError>) -> bool {
+fn log_reconciled(id: &str, r: Result<Reconciled, AppError>) -> bool {
     match r {
         Ok(Reconciled::Settled) => true,
         Ok(Reconciled::Skipped) => {

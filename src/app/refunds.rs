@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::busy::{busy_error, Busy};
 use super::{event, remember_ok, App, AuthSession};
-use crate::app::AppError as ApiError;
+use crate::app::AppError;
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
 use crate::payments::RefundRequest;
@@ -111,7 +111,7 @@ impl App {
         seats: Vec<SeatId>,
         amount: Money,
         reason: RefundReason,
-    ) -> Result<RefundRecord, ApiError> {
+    ) -> Result<RefundRecord, AppError> {
         let paid_by_old_version = self
             .store
             .attempt_by_ref(&order.charge_id)?
@@ -131,7 +131,7 @@ impl App {
 
     /// Makes `r` durable as the open refund of its subject; `false` if another refund
     /// of that subject is open (made through another node).
-    pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, ApiError> {
+    pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, AppError> {
         match self
             .commit(Batch {
                 new_refunds: vec![r.clone()],
@@ -146,7 +146,7 @@ impl App {
     }
 
     /// Asks the gateway for an open refund, with its stored key and amount.
-    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<(), ApiError> {
+    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<(), AppError> {
         if r.amount == Money::ZERO {
             return Ok(());
         }
@@ -171,7 +171,7 @@ impl App {
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
                 seen.0 += 1;
                 seen.1 = e.to_string();
-                Err(ApiError::PaymentFailed(e.to_string()))
+                Err(AppError::PaymentFailed(e.to_string()))
             }
         }
     }
@@ -186,7 +186,7 @@ impl App {
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
@@ -219,13 +219,13 @@ impl App {
         r: RefundRecord,
         busy: Busy,
         resolving: Option<RefundRecord>,
-    ) -> Result<Answer<BookingResult>, ApiError> {
+    ) -> Result<Answer<BookingResult>, AppError> {
         let key = r.request_key();
         let done = self.seat_step(fs, key.as_ref(), |w| {
             let now = domain::now_ms();
-            let mut b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
-            let order_id = b.order_id.clone().ok_or(ApiError::Internal)?;
-            let mut order = self.store.order(&order_id)?.ok_or(ApiError::Internal)?;
+            let mut b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
+            let order_id = b.order_id.clone().ok_or(AppError::Internal)?;
+            let mut order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
             let open = self.store.open_refund(r.subject())?;
             if let Some(read) = &resolving {
                 if open.as_ref() != Some(read) {
@@ -278,7 +278,7 @@ impl App {
     /// already, from a stale list of open refunds); refuses to make an open refund of
     /// seats its booking no longer holds (a quote that raced a seat change): it would
     /// pay back, and free, someone else's seat.
-    fn check_still_open(&self, r: &RefundRecord) -> Result<Option<RefundRecord>, ApiError> {
+    fn check_still_open(&self, r: &RefundRecord) -> Result<Option<RefundRecord>, AppError> {
         let Some(open) = self
             .store
             .open_refund(r.subject())?
@@ -286,12 +286,12 @@ impl App {
         else {
             return Ok(None);
         };
-        let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
         if r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s)) {
             return Ok(Some(open));
         }
         tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");
-        Err(ApiError::InvalidState(
+        Err(AppError::InvalidState(
             "the booking's seats changed while it was being cancelled; the refund was not made"
                 .into(),
         ))
@@ -325,7 +325,7 @@ impl App {
             }
             let id = r.id.clone();
             let finished = async {
-                let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+                let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
                 let fs = self.flight_seats(&b.flight_id)?;
                 let busy = {
                     let mut w = fs.working();
@@ -382,7 +382,7 @@ impl App {
 
     /// `admin.refunds.list`: every open refund, oldest first, with the gateway's
     /// failures of it on this node.
-    pub async fn admin_refunds(&self) -> Result<Refunds, ApiError> {
+    pub async fn admin_refunds(&self) -> Result<Refunds, AppError> {
         let mut open = self
             .consistent_read(|| Ok(self.store.open_refunds()?))
             .await?;
@@ -401,21 +401,21 @@ impl App {
         &self,
         admin: &AuthSession,
         p: params::ResolveRefund,
-    ) -> Result<RefundResult, ApiError> {
+    ) -> Result<RefundResult, AppError> {
         self.committer.catch_up().await?;
         let r = self
             .store
             .open_refunds()?
             .into_iter()
             .find(|r| r.id == p.refund_id)
-            .ok_or(ApiError::NotFound("refund"))?;
+            .ok_or(AppError::NotFound("refund"))?;
         let by = self
             .store
             .user(admin.user_id)?
-            .ok_or(ApiError::Internal)?
+            .ok_or(AppError::Internal)?
             .username
             .to_string();
-        let b = self.store.booking(&r.locator)?.ok_or(ApiError::Internal)?;
+        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
         let fs = self.flight_seats(&b.flight_id)?;
         // nobody else finishes or decides it meanwhile, on this node or another
         let busy = {
@@ -462,7 +462,7 @@ impl App {
                     self.refund_failures.remove(&r.id);
                 }
                 (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
-                    let mut a = self.store.attempt(attempt_id)?.ok_or(ApiError::Internal)?;
+                    let mut a = self.store.attempt(attempt_id)?.ok_or(AppError::Internal)?;
                     a.state = AttemptState::Refunded;
                     a.updated_at = now;
                     r.done = true;
@@ -505,12 +505,12 @@ impl App {
     /// with our metadata name their record, so one under another key is another
     /// refund. (Comparing amounts with the order's recorded refunds is no proof: those
     /// include refunds an admin resolved as paid elsewhere.)
-    async fn check_no_unknown_refunds(&self, r: &RefundRecord) -> Result<(), ApiError> {
+    async fn check_no_unknown_refunds(&self, r: &RefundRecord) -> Result<(), AppError> {
         let made = self
             .payments
             .refunds_of(&r.payment_ref)
             .await
-            .map_err(|e| ApiError::PaymentFailed(e.to_string()))?;
+            .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
         let unknown: Vec<&str> = made
             .iter()
             .filter(|m| m.key.is_none())
@@ -519,7 +519,7 @@ impl App {
         if unknown.is_empty() {
             return Ok(());
         }
-        Err(ApiError::InvalidState(format!(
+        Err(AppError::InvalidState(format!(
             "the gateway holds refunds of this payment made without a record's key ({}); if one is this refund, resolve it as paid_elsewhere",
             unknown.join(", ")
         )))
@@ -528,8 +528,8 @@ impl App {
 
 /// An admin decided on a refund record that was closed (made, or resolved) or
 /// decided by another admin since.
-fn decided_meanwhile() -> ApiError {
-    ApiError::InvalidState(
+fn decided_meanwhile() -> AppError {
+    AppError::InvalidState(
         "the refund was closed or resolved meanwhile (by another admin, or made); list the open refunds again"
             .into(),
     )
