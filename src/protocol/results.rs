@@ -412,6 +412,41 @@ mod tests {
     }
 
     #[test]
+    fn typed_results_encode_as_the_contract_names_them() {
+        let logged_in = LoggedIn {
+            token: "t".into(),
+            expires_at: 1000,
+            user: UserView {
+                id: 7,
+                username: Username::parse("ada").unwrap(),
+                role: "passenger",
+            },
+        };
+        assert_eq!(
+            encode(&logged_in).unwrap().to_string(),
+            r#"{"expires_at":"1970-01-01T00:00:01Z","token":"t","user":{"id":7,"role":"passenger","username":"ada"}}"#
+        );
+        let presence = Presence {
+            flight_id: FlightId::parse("JW1-20260101").unwrap(),
+            viewers: 2,
+            at: 0,
+        };
+        assert_eq!(
+            encode(&presence).unwrap(),
+            json!({"flight_id": "JW1-20260101", "viewers": 2, "at": "1970-01-01T00:00:00Z"})
+        );
+        let resolution = ResolutionView {
+            by: "root".into(),
+            outcome: "retry".into(),
+            at: 0,
+        };
+        assert_eq!(
+            encode(&resolution).unwrap(),
+            json!({"by": "root", "outcome": "retry", "at": "1970-01-01T00:00:00Z"})
+        );
+    }
+
+    #[test]
     fn a_replayed_answer_encodes_as_stored() {
         let stored = json!({ "booking": { "locator": "ABC234" } });
         let answer: Answer<Done> = Answer::Replayed(stored.clone());
