@@ -4,7 +4,7 @@
 //! repeat of the request gets again.
 
 use serde::{Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{wire, ApiError};
 use crate::domain::checkin::BoardingPass;
@@ -286,7 +286,35 @@ pub struct StatsRow {
     pub revenue: i64,
 }
 
-through_wire!(StatsRow, |r| wire::stats_row(r));
+through_wire!(StatsRow, |r| stats_row(r));
+
+/// One flight's row of `admin.flights.stats`; the load factor to three decimals.
+fn stats_row(r: &StatsRow) -> Value {
+    let f = &r.flight;
+    let load = if r.total == 0 {
+        0.0
+    } else {
+        ((r.held + r.booked) as f64 / r.total as f64 * 1000.0).round() / 1000.0
+    };
+    let mut row = json!({
+        "flight_id": f.id,
+        "number": f.number,
+        "from": f.from,
+        "to": f.to,
+        "departs_at": rfc3339(f.departs_at),
+        "status": f.status(r.now).as_str(),
+        "version": r.version,
+        "seats_total": r.total,
+        "seats_held": r.held,
+        "seats_booked": r.booked,
+        "load_factor": load,
+        "revenue": { "amount": r.revenue, "currency": crate::domain::money::CURRENCY },
+    });
+    if let Some(t) = f.estimated_departs_at {
+        row["estimated_departs_at"] = json!(rfc3339(t));
+    }
+    row
+}
 
 #[derive(Debug, Serialize)]
 pub struct Stats {

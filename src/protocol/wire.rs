@@ -189,34 +189,6 @@ pub fn history_event(at: Millis, kind: &str, locator: Option<&Locator>, detail: 
     v
 }
 
-/// One flight's row of `admin.flights.stats`; the load factor to three decimals.
-pub fn stats_row(r: &super::results::StatsRow) -> Value {
-    let f = &r.flight;
-    let load = if r.total == 0 {
-        0.0
-    } else {
-        ((r.held + r.booked) as f64 / r.total as f64 * 1000.0).round() / 1000.0
-    };
-    let mut row = json!({
-        "flight_id": f.id,
-        "number": f.number,
-        "from": f.from,
-        "to": f.to,
-        "departs_at": rfc3339(f.departs_at),
-        "status": f.status(r.now).as_str(),
-        "version": r.version,
-        "seats_total": r.total,
-        "seats_held": r.held,
-        "seats_booked": r.booked,
-        "load_factor": load,
-        "revenue": { "amount": r.revenue, "currency": crate::domain::money::CURRENCY },
-    });
-    if let Some(t) = f.estimated_departs_at {
-        row["estimated_departs_at"] = json!(rfc3339(t));
-    }
-    row
-}
-
 pub fn airport(a: &Airport) -> Value {
     json!({ "code": a.code, "city": a.city, "name": a.name, "tz": a.tz })
 }

@@ -161,7 +161,11 @@ pub fn run(
 /// The liveness sweep of a server's connections: every `min(ping, idle / 2)`, a
 /// connection silent for `--ping-interval` is pinged and one silent for
 /// `--idle-timeout` closed; at shutdown every connection is asked to stop.
-pub async fn sweeper(roster: Arc<Roster>, config: &crate::Config, shutdown: CancellationToken) {
+pub async fn sweeper(
+    roster: Arc<Roster>,
+    config: &crate::config::Config,
+    shutdown: CancellationToken,
+) {
     let ping_every = Duration::from_secs(config.ping_interval.max(1));
     let idle_timeout = Duration::from_secs(config.idle_timeout.max(2));
     let mut tick = tokio::time::interval(ping_every.min(idle_timeout / 2));
@@ -360,7 +364,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_request_leaves_nothing_of_its_connection_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let running = crate::server::start(crate::Config::for_tests(dir.path().into()))
+        let running = crate::server::start(crate::config::Config::for_tests(dir.path().into()))
             .await
             .unwrap();
         let app = running.app.clone();
