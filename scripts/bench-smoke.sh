@@ -29,6 +29,8 @@ run fanout fanout "${common[@]}" -w 50 --writers 2 --rate 40 -d 2 --warmup 0.5 \
     --reference "$T/bare-broadcast"
 run booking booking "${common[@]}" -c 8 -d 2
 run stampede stampede "${common[@]}" -n 400 --accounts 48
+run stampede-own-accounts stampede "${common[@]}" -n 400 --one-account-per-user \
+    --server-arg=--insecure-fast-hashing
 run login-storm login-storm "${common[@]}" -w 50 --writers 2 --rate 40 -l 8 -d 2 --warmup 0.5
 
 if [ "$failed" -ne 0 ]; then

@@ -165,6 +165,10 @@ enum Scenario {
         /// Accounts the users share (each connection logs in with auth.resume).
         #[arg(long, default_value_t = 100)]
         accounts: usize,
+        /// Every user its own account (as many registrations as users: add
+        /// `--server-arg=--insecure-fast-hashing` for thousands).
+        #[arg(long, conflicts_with = "accounts")]
+        one_account_per_user: bool,
     },
     /// Fan-out latency while L connections log in back to back (Argon2).
     LoginStorm {
@@ -446,11 +450,16 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             common,
             users,
             accounts,
+            one_account_per_user,
         } => {
             let (t, ep) = start(common).await?;
             let o = stampede::Opts {
                 users: *users,
-                accounts: *accounts,
+                accounts: if *one_account_per_user {
+                    *users
+                } else {
+                    *accounts
+                },
                 quiet: common.quiet,
             };
             let res = stampede::run(&t, &ep, &o).await;
@@ -458,12 +467,13 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             let out = res?;
             let ms = |v: Option<f64>| v.map_or("not sold out".into(), |v| format!("{v:.1} ms"));
             let text = format!(
-                "stampede ({}): {} users for {} seats of {}\n\
+                "stampede ({}): {} users ({} accounts) for {} seats of {}\n\
                  holds won {}, paid {}, seats booked {}, oversold {}, unsold {}, losers {}\n\
                  all held after {}, sold out after {}\n\
                  winner hold {}\n loser answer {}\n pay {}\n{}",
                 out.target,
                 out.users,
+                out.accounts,
                 out.seats,
                 out.flight_id,
                 out.holds_won,

@@ -1,5 +1,5 @@
-//! Stampede: N logged-in users (sharing A accounts through `auth.resume`) are all
-//! connected, then told to go at once; user i holds seat i mod S of one flight and,
+//! Stampede: N logged-in users (sharing A accounts through `auth.resume`, or each
+//! with an account of its own when A >= N) are all connected, then told to go at once; user i holds seat i mod S of one flight and,
 //! if it wins, pays. Every seat is contested by about N/S users. Afterwards the seat
 //! map is read back: seats sold must equal seats, oversold must be 0.
 
@@ -28,6 +28,8 @@ pub struct Outcome {
     pub flight_id: String,
     pub seats: usize,
     pub users: usize,
+    /// Accounts registered: the users share them, or each has its own (as many as users).
+    pub accounts: usize,
     pub holds_won: u64,
     pub paid: u64,
     pub losers: u64,
@@ -65,15 +67,21 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     if seats.is_empty() {
         return Err("the flight has no free seats".into());
     }
-    let tokens = client::register_accounts(ep, "t", o.accounts.clamp(1, o.users.max(1)), 4).await?;
+    let accounts = o.accounts.clamp(1, o.users.max(1));
+    let tokens = client::register_accounts(ep, "t", accounts, 4).await?;
+    let own_account = accounts == o.users;
 
     let pb = stats::bar(o.users as u64, "connecting", o.quiet);
     let conns = futures::stream::iter(0..o.users)
         .map(|i| {
-            // every contender for a seat uses the same account, so an account wins
-            // exactly its seats (S/A of them) whoever wins: a per-user cap on open
-            // holds is never what decides the race
-            let token = tokens[(i % seats.len()) % tokens.len()].clone();
+            // shared accounts: every contender for a seat uses the same account, so an
+            // account wins exactly its seats (S/A of them) whoever wins: a per-user cap
+            // on open holds is never what decides the race
+            let account = match own_account {
+                true => i,
+                false => (i % seats.len()) % tokens.len(),
+            };
+            let token = tokens[account].clone();
             async move {
                 let mut c = Conn::open(ep).await?;
                 c.must("auth.resume", json!({"token": token})).await?;
@@ -144,6 +152,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         flight_id: flight.flight_id.clone(),
         seats: seats.len(),
         users: o.users,
+        accounts,
         holds_won,
         paid,
         losers: sh.lose_lat.summary().count,

@@ -1016,6 +1016,13 @@ impl SegmentAccountant {
         let safe = self.free.iter().next().copied();
 
         let lid = if let Some(next) = safe {
+            // Jetway: buffers are stable once written, not synced (see
+            // `IoBufs::write_to_log`), so what made this segment free (its
+            // pages rewritten elsewhere, later segments' headers) is made
+            // durable before the segment is overwritten.
+            if !self.config.temporary {
+                self.config.file.sync_data()?;
+            }
             self.free.remove(&next);
             next
         } else {
