@@ -512,6 +512,13 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     trace!("writing snapshot {:?}", snapshot);
 
+    // Jetway: buffers are stable once written, not synced (see
+    // `IoBufs::write_to_log`), so the log up to the snapshot's `stable_lsn` is
+    // made durable before a snapshot that points into it is.
+    if !config.temporary {
+        config.file.sync_data()?;
+    }
+
     let raw_bytes = snapshot.serialize();
     let decompressed_len = raw_bytes.len();
 
