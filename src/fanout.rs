@@ -81,12 +81,14 @@ struct Shared {
     /// A request of the connection is being handled: the client is waiting, not
     /// silent.
     busy: AtomicBool,
-    /// What the [`Roster`] asked of the connection's task ([`ASK_PING`], [`ASK_STOP`]).
+    /// What the [`Roster`] asked of the connection's task ([`ASK_PING`],
+    /// [`ASK_IDLE`], [`ASK_STOP`]).
     asks: AtomicU8,
 }
 
 const ASK_PING: u8 = 1;
 const ASK_STOP: u8 = 2;
+const ASK_IDLE: u8 = 4;
 
 /// Milliseconds since the process's first call.
 fn now_ms() -> u64 {
@@ -250,6 +252,11 @@ impl Outbox {
         self.shared.seen_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// How long since the client was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.shared.seen_ms.load(Ordering::Relaxed)))
+    }
+
     /// A request of the connection started (`true`) or ended: while one runs, the
     /// client is waiting for its reply, which is not silence.
     pub fn set_busy(&self, busy: bool) {
@@ -270,6 +277,9 @@ pub enum Next {
     Close(u16, &'static str),
     /// The client has been silent: ping it.
     Ping,
+    /// The client looked silent for the idle timeout to the sweep: the connection
+    /// decides on its own state (a request it read since, or one running, keeps it).
+    Idle,
     /// The server is shutting down: finish the request in flight, then close.
     Stop,
 }
@@ -291,9 +301,20 @@ impl OutboxReceiver {
         .await
     }
 
-    /// What is queued, without waiting: the frames (those queued before a
-    /// [`Outbox::finish`] first), then the close, then what the roster asked.
+    /// What is queued, without waiting: what the roster asked (so that a connection
+    /// that always has frames queued is still pinged and checked for idleness), then
+    /// the frames (those queued before a [`Outbox::finish`] first), then the close.
     pub fn try_next(&mut self) -> Option<Next> {
+        if self.shared.asks.load(Ordering::Relaxed) != 0 {
+            let asks = self.shared.asks.swap(0, Ordering::Relaxed);
+            if asks & ASK_STOP != 0 {
+                return Some(Next::Stop);
+            } else if asks & ASK_IDLE != 0 {
+                return Some(Next::Idle);
+            } else if asks & ASK_PING != 0 {
+                return Some(Next::Ping);
+            }
+        }
         let mut q = self.shared.queue.lock();
         // the writer is back: the batch it took is written
         q.taken = (0, 0);
@@ -301,18 +322,7 @@ impl OutboxReceiver {
             q.taken = (q.frames.len(), std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
-        if let Some(c) = q.closing {
-            return Some(Next::Close(c.code, c.reason));
-        }
-        drop(q);
-        let asks = self.shared.asks.swap(0, Ordering::Relaxed);
-        if asks & ASK_STOP != 0 {
-            Some(Next::Stop)
-        } else if asks & ASK_PING != 0 {
-            Some(Next::Ping)
-        } else {
-            None
-        }
+        q.closing.map(|c| Next::Close(c.code, c.reason))
     }
 }
 
@@ -356,9 +366,11 @@ impl Roster {
         }
     }
 
-    /// Asks every connection silent for `ping_after` for a ping and closes those
-    /// silent for `idle_after` (a connection whose request is running is not
-    /// silent); forgets the connections that ended.
+    /// Asks every connection silent for `ping_after` for a ping, and those silent
+    /// for `idle_after` to close unless they heard from their client since (a
+    /// connection whose request is running is not silent); forgets the connections
+    /// that ended. The sweep never closes a connection itself: a request read in the
+    /// same instant must not lose its reply.
     pub fn sweep(&self, ping_after: Duration, idle_after: Duration) {
         let now = now_ms();
         let (ping_after, idle_after) =
@@ -377,7 +389,7 @@ impl Roster {
             }
             let silent = now.saturating_sub(outbox.shared.seen_ms.load(Ordering::Relaxed));
             if silent >= idle_after {
-                outbox.close(CLOSE_GOING_AWAY, "idle timeout");
+                outbox.ask(ASK_IDLE);
             } else if silent >= ping_after {
                 outbox.ask(ASK_PING);
             }
@@ -604,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn the_roster_pings_the_silent_closes_the_idle_and_stops_everyone() {
+    fn the_roster_pings_the_silent_asks_the_idle_and_stops_everyone() {
         let roster = Roster::default();
         let hour = Duration::from_secs(3600);
         let (quiet, mut quiet_rx) = outbox(QueueLimits::default());
@@ -620,10 +632,7 @@ mod tests {
             "a request running is not silence"
         );
         roster.sweep(Duration::ZERO, Duration::ZERO);
-        assert!(matches!(
-            quiet_rx.try_next(),
-            Some(Next::Close(1001, "idle timeout"))
-        ));
+        assert!(matches!(quiet_rx.try_next(), Some(Next::Idle)));
         assert!(busy_rx.try_next().is_none());
         drop(quiet_rx);
         roster.sweep(hour, hour);
@@ -636,6 +645,42 @@ mod tests {
             matches!(late_rx.try_next(), Some(Next::Stop)),
             "joined after the stop"
         );
+    }
+
+    /// The sweep used to close an idle connection itself, so a request read in the
+    /// same instant could run with its reply dropped: now the connection decides.
+    #[test]
+    fn the_sweep_asks_an_idle_connection_and_never_closes_it_itself() {
+        let roster = Roster::default();
+        let (conn, mut rx) = outbox(QueueLimits::default());
+        roster.join(&conn);
+        roster.sweep(Duration::ZERO, Duration::ZERO);
+        assert!(!conn.is_closing(), "closing is the connection's decision");
+        assert!(conn.send(FrameKind::Reply, "a reply".into()));
+        assert!(matches!(rx.try_next(), Some(Next::Idle)));
+        assert_eq!(frames(rx.try_next()), ["a reply"]);
+    }
+
+    /// What the roster asked used to be looked at only once the queue was empty, so
+    /// a connection that always had frames queued was never pinged.
+    #[test]
+    fn a_connection_that_always_has_frames_queued_is_still_pinged() {
+        let roster = Roster::default();
+        let (conn, mut rx) = outbox(QueueLimits::default());
+        roster.join(&conn);
+        assert!(conn.send(FrameKind::Push, "first".into()));
+        roster.sweep(Duration::ZERO, Duration::from_secs(3600));
+        let mut pinged = false;
+        for i in 0..3 {
+            assert!(conn.send(FrameKind::Push, format!("push {i}").into()));
+            match rx.try_next() {
+                Some(Next::Ping) => pinged = true,
+                Some(Next::Frames(_)) => {}
+                _ => panic!("expected frames or a ping"),
+            }
+        }
+        assert!(pinged, "never pinged while frames were queued");
+        assert!(conn.silent_for() < Duration::from_secs(3600));
     }
 
     #[tokio::test]

@@ -138,6 +138,8 @@ impl App {
             })
         });
         if joined && !subs.contains(&fs.id) {
+            // one entry more, not a `Vec`'s first four: most connections watch one flight
+            subs.reserve_exact(1);
             subs.push(fs.id.clone());
         }
         // the joiner hears the exact count soon, even if it raced with others

@@ -11,7 +11,7 @@
 //! [`READ_AHEAD`] bytes; what tungstenite has not taken yet is kept only until it
 //! has, so an idle connection keeps no read buffer either.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,10 +27,10 @@ const BY_REFERENCE: usize = 2048;
 pub struct Coalesce<S> {
     inner: S,
     pending: Vec<u8>,
-    /// How much of `pending` is already sent.
+    /// A large message's payload, sent after `pending`.
+    large: Option<Utf8Bytes>,
+    /// How much of `pending`, then of `large`, is already sent.
     sent: usize,
-    /// A large message's payload, sent after `pending`, and how much of it is sent.
-    large: Option<(Utf8Bytes, usize)>,
     /// Bytes read from the socket and not yet taken; empty between bursts.
     ahead: Vec<u8>,
     /// How much of `ahead` is already taken.
@@ -47,6 +47,15 @@ impl<S> Coalesce<S> {
             ahead: Vec::new(),
             taken: 0,
         }
+    }
+
+    /// Serves `bytes` (read from the socket before it was handed over) before
+    /// reading the socket. A copy: what they are a view of (hyper's whole read
+    /// buffer) is not kept.
+    pub fn read_first(mut self, bytes: &[u8]) -> Self {
+        self.ahead = bytes.to_vec();
+        self.taken = 0;
+        self
     }
 
     /// Appends a whole text message as one final, unmasked frame (a server's,
@@ -69,7 +78,7 @@ impl<S> Coalesce<S> {
             self.pending.extend_from_slice(&(n as u64).to_be_bytes());
         }
         if by_reference {
-            self.large = Some((text.clone(), 0));
+            self.large = Some(text.clone());
         } else {
             self.pending.extend_from_slice(payload);
         }
@@ -82,28 +91,38 @@ impl<S> Coalesce<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Sends everything gathered, then gives its memory back.
+    /// Sends everything gathered, then gives its memory back. A large message goes
+    /// out in the same write as the frame header and whatever was gathered before it
+    /// (one vectored write), so that no header leaves as a segment of its own.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]))?;
+        let Coalesce {
+            inner,
+            pending,
+            sent,
+            large,
+            ..
+        } = self;
+        loop {
+            let head = pending.get(*sent..).unwrap_or_default();
+            let payload = large.as_ref().map_or(&[][..], |t| t.as_bytes());
+            let tail = &payload[sent.saturating_sub(pending.len())..];
+            let n = match (head.is_empty(), tail.is_empty()) {
+                (true, true) => break,
+                (false, true) => ready!(Pin::new(&mut *inner).poll_write(cx, head))?,
+                (true, false) => ready!(Pin::new(&mut *inner).poll_write(cx, tail))?,
+                (false, false) => {
+                    let both = [IoSlice::new(head), IoSlice::new(tail)];
+                    ready!(Pin::new(&mut *inner).poll_write_vectored(cx, &both))?
+                }
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.sent += n;
+            *sent += n;
         }
-        self.pending = Vec::new();
-        self.sent = 0;
-        if let Some((text, sent)) = &mut self.large {
-            let payload = text.as_bytes();
-            while *sent < payload.len() {
-                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &payload[*sent..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                *sent += n;
-            }
-            self.large = None;
-        }
+        *pending = Vec::new();
+        *sent = 0;
+        *large = None;
         Poll::Ready(Ok(()))
     }
 }
@@ -254,6 +273,95 @@ mod tests {
             }
         }
         assert_eq!(got, sent);
+    }
+
+    /// Records what each write call was given, taking at most `cap` bytes a call.
+    struct Calls {
+        cap: usize,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl Calls {
+        fn take(&mut self, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            let mut taken: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            taken.truncate(self.cap);
+            let n = taken.len();
+            self.writes.push(taken);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Calls {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().take(&[IoSlice::new(data)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().take(bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A large message's header used to be written on its own before the payload:
+    /// with TCP_NODELAY, a segment of its own.
+    #[tokio::test]
+    async fn a_large_message_goes_out_with_its_header_in_one_write() {
+        let big = "m".repeat(BY_REFERENCE);
+        let expected = [
+            &[0x81, 5][..],
+            b"small",
+            &[0x81, 126, 0x08, 0x00],
+            big.as_bytes(),
+        ]
+        .concat();
+        for cap in [usize::MAX, 1000, 3] {
+            let mut w = Coalesce::new(Calls {
+                cap,
+                writes: Vec::new(),
+            });
+            w.push_text(&"small".into());
+            w.push_text(&Utf8Bytes::from(big.clone()));
+            w.flush().await.unwrap();
+            assert_eq!(w.inner.writes.concat(), expected, "at most {cap} a write");
+            assert_eq!(
+                w.inner.writes.len(),
+                expected.len().div_ceil(cap.min(expected.len()))
+            );
+            assert!(w.large.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_the_upgrade_come_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut r = Coalesce::new(b).read_first(b"early ");
+        a.write_all(b"late").await.unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early late");
+        // hyper's read buffer, of which they are a view, used to be kept whole
+        let none = Coalesce::new(tokio::io::empty()).read_first(&[]);
+        assert_eq!(none.ahead.capacity(), 0);
     }
 
     #[tokio::test]

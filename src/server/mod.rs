@@ -32,14 +32,16 @@ use crate::app::{App, StartError};
 use crate::config::Config;
 use crate::metrics::Rejection;
 use crate::protocol::contract;
+use limits::TcpHold;
 
 pub use metrics_page::scrape;
 pub use session::MAX_REQUEST_BYTES;
 
-/// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits"). No read
-/// buffer is allocated up front: tungstenite reserves room for the frame it reads,
-/// and the socket below it reads ahead ([`coalesce`]).
-pub const READ_BUFFER: usize = 0;
+/// Per-connection WebSocket buffer sizes (see docs/protocol.md, "Limits"). The read
+/// buffer is small (tungstenite reserves room for a larger frame when it reads one)
+/// but not 0, which would make it read a frame 14 bytes at a time from the socket's
+/// read-ahead ([`coalesce`]).
+pub const READ_BUFFER: usize = 128;
 pub const MAX_MESSAGE: usize = 1 << 20;
 
 fn ws_config() -> WebSocketConfig {
@@ -457,15 +459,7 @@ async fn upgrade(
     };
     peer.0.upgraded();
     tracing::debug!(client = %ip, peer = %peer_ip, "websocket opened");
-    let conn = async move {
-        let _slot = slot;
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let io = coalesce::Coalesce::new(hyper_util::rt::TokioIo::new(upgraded));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        session::run(app, socket, roster, shield, ip).await;
-    };
+    let conn = session::run(app, on_upgrade, slot, roster, shield, ip);
     tracker.spawn(conn);
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()));
     let mut response = Response::new(Body::empty());
@@ -477,6 +471,29 @@ async fn upgrade(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The WebSocket over an upgraded connection, on the TCP stream itself (hyper's box
+/// around it and the HTTP side's mark of it are freed), and what counts it as open.
+/// Not `async`: the connection's task would keep room for this step's state for as
+/// long as it runs.
+fn websocket(upgraded: hyper::upgrade::Upgraded) -> Option<(session::Socket, TcpHold)> {
+    use futures::FutureExt;
+    type Http = hyper_util::rt::TokioIo<limits::GuardedStream>;
+    let Ok(parts) = hyper_util::server::conn::auto::upgrade::downcast::<Http>(upgraded) else {
+        tracing::error!("an upgraded connection of an unexpected type");
+        return None;
+    };
+    let (tcp, hold) = parts.io.into_inner().into_websocket();
+    let io = coalesce::Coalesce::new(tcp).read_first(&parts.read_buf);
+    // ready at once: there is no handshake to wait for
+    let Some(socket) =
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).now_or_never()
+    else {
+        tracing::error!("the WebSocket over an upgraded connection was not ready");
+        return None;
+    };
+    Some((socket, hold))
 }
 
 #[cfg(test)]

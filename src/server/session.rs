@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{self, ConnState};
-use super::limits::{RateLimiter, Shield, Verdict};
+use super::limits::{AddrSlot, RateLimiter, Shield, Verdict};
 use crate::app::App;
 use crate::fanout::{self, FrameKind, Next, Roster, Utf8Bytes, CLOSE_GOING_AWAY};
 use crate::protocol::{envelope, parse_request, ApiError};
@@ -34,8 +34,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// close); text frames are written straight into the socket below it (see
 /// [`write_batch`]), so tungstenite's write buffer, which never shrinks, only ever
 /// holds a control frame.
-pub type Socket =
-    WebSocketStream<super::coalesce::Coalesce<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>;
+pub type Socket = WebSocketStream<super::coalesce::Coalesce<tokio::net::TcpStream>>;
 /// The request being handled, giving the connection's state back (or the panic).
 /// The connection's request in progress, on its own task: it goes on while the
 /// connection writes pushes to a slow client (a payment's gateway timer must not
@@ -50,12 +49,17 @@ type InFlight = tokio::task::JoinHandle<ConnState>;
 #[allow(clippy::manual_async_fn)]
 pub fn run(
     app: Arc<App>,
-    mut socket: Socket,
+    upgrade: hyper::upgrade::OnUpgrade,
+    slot: Option<AddrSlot>,
     roster: Arc<Roster>,
     shield: Arc<Shield>,
     peer: IpAddr,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        // bound by a pattern, never moved: one copy of the WebSocket in the task
+        let Some((mut socket, _tcp)) = upgrade.await.ok().and_then(super::websocket) else {
+            return;
+        };
         shield.metrics.ws_opened();
         let _open = OpenConn(shield.clone());
         let mut limiter = RateLimiter::new(shield.limits.rate_limit, shield.limits.rate_burst);
@@ -87,87 +91,109 @@ pub fn run(
                 outbox.finish(CLOSE_GOING_AWAY, "server shutting down");
                 reading = false;
             }
-            tokio::select! {
-                biased;
-                done = request_done(&mut in_flight) => {
-                    in_flight = None;
-                    outbox.set_busy(false);
-                    match done {
-                        Ok(s) => state = Some(s),
-                        Err(_) => {
-                            // the state was dropped with the panic, and with it the
-                            // connection's subscriptions and registry entry
-                            tracing::error!(peer = %peer, "a request panicked; closing its connection");
-                            outbox.close(fanout::CLOSE_INTERNAL, "internal error");
-                            reading = false;
-                        }
-                    }
-                }
-                next = rx.next(), if !written_off => {
-                    // boxed: an idle connection's task keeps no room for a write
-                    let ok = match next {
-                        Next::Frames(frames) => Box::pin(write_batch(&mut socket, frames)).await,
-                        Next::Close(code, reason) => {
-                            Box::pin(close(&mut socket, code, reason)).await;
-                            false
-                        }
-                        Next::Ping => Box::pin(ping(&mut socket)).await,
-                        Next::Stop => {
-                            stopping = true;
-                            true
-                        }
-                    };
-                    if !ok {
-                        written_off = true;
-                        outbox.close(fanout::CLOSE_NORMAL, "connection lost");
-                        reading = false;
-                    }
-                }
-                msg = socket.next(), if reading && in_flight.is_none() => {
-                    outbox.heard();
-                    match received(msg, &mut limiter, &shield, &reply_error) {
-                        Received::Request(req) => {
-                            if let Some(mut s) = state.take() {
-                                let app = app.clone();
-                                let handled = async move {
-                                    dispatch::handle(&app, &mut s, req).await;
-                                    s
-                                };
-                                outbox.set_busy(true);
-                                in_flight = Some(tokio::spawn(handled));
+            // decided in a block of its own, so that the task keeps no room for the
+            // select's output while it writes; boxed: an idle connection's task keeps
+            // no room for a write either
+            let write: Option<Write<'_>> = {
+                let event = tokio::select! {
+                    biased;
+                    done = request_done(&mut in_flight) => Event::Done(done),
+                    // before the outbox: a connection that always has frames queued
+                    // still reads (its client's requests, its pongs)
+                    msg = socket.next(), if reading && in_flight.is_none() => Event::Read(msg),
+                    next = rx.next(), if !written_off => Event::Next(next),
+                };
+                match event {
+                    Event::Done(done) => {
+                        in_flight = None;
+                        outbox.set_busy(false);
+                        match done {
+                            Ok(s) => state = Some(s),
+                            Err(_) => {
+                                // the state was dropped with the panic, and with it the
+                                // connection's subscriptions and registry entry
+                                tracing::error!(peer = %peer, "a request panicked; closing its connection");
+                                outbox.close(fanout::CLOSE_INTERNAL, "internal error");
+                                reading = false;
                             }
                         }
-                        Received::Nothing => {}
-                        Received::End(code, reason) => {
-                            // what is queued (replies, refusals) goes out before the close
-                            outbox.finish(code, reason);
-                            reading = false;
-                        }
-                        Received::Gone => {
-                            // nothing may follow the close frame tungstenite has queued or
-                            // sent (its answer to the client's, or its own after a
-                            // protocol error): what is queued is dropped
-                            outbox.close(fanout::CLOSE_NORMAL, "bye");
-                            reading = false;
-                        }
+                        None
                     }
+                    Event::Read(msg) => {
+                        outbox.heard();
+                        match received(msg, &mut limiter, &shield, &reply_error) {
+                            Received::Request(req) => {
+                                if let Some(mut s) = state.take() {
+                                    let app = app.clone();
+                                    let handled = async move {
+                                        dispatch::handle(&app, &mut s, req).await;
+                                        s
+                                    };
+                                    outbox.set_busy(true);
+                                    in_flight = Some(tokio::spawn(handled));
+                                }
+                            }
+                            Received::Nothing => {}
+                            Received::End(code, reason) => {
+                                // what is queued (replies, refusals) goes out before the close
+                                outbox.finish(code, reason);
+                                reading = false;
+                            }
+                            Received::Gone => {
+                                // nothing may follow the close frame tungstenite has queued or
+                                // sent (its answer to the client's, or its own after a
+                                // protocol error): what is queued is dropped
+                                outbox.close(fanout::CLOSE_NORMAL, "bye");
+                                reading = false;
+                            }
+                        }
+                        None
+                    }
+                    Event::Next(Next::Frames(frames)) => {
+                        Some(Box::pin(write_batch(&mut socket, frames)))
+                    }
+                    Event::Next(Next::Close(code, reason)) => {
+                        Some(Box::pin(close(&mut socket, code, reason)))
+                    }
+                    Event::Next(Next::Ping) => Some(Box::pin(ping(&mut socket))),
+                    Event::Next(Next::Idle) => {
+                        // decided here, on the connection's own state: a request read
+                        // since the sweep looked, or running, keeps it open
+                        if in_flight.is_none() && outbox.silent_for() >= liveness(&app.config).1 {
+                            outbox.close(CLOSE_GOING_AWAY, "idle timeout");
+                            reading = false;
+                        }
+                        None
+                    }
+                    Event::Next(Next::Stop) => {
+                        stopping = true;
+                        None
+                    }
+                }
+            };
+            if let Some(write) = write {
+                if !write.await {
+                    written_off = true;
+                    outbox.close(fanout::CLOSE_NORMAL, "connection lost");
+                    reading = false;
                 }
             }
         }
         drop(state);
+        drop(slot);
     }
 }
 
 /// The liveness sweep of a server's connections: every `min(ping, idle / 2)`, a
 /// connection silent for `--ping-interval` is pinged and one silent for
-/// `--idle-timeout` closed; at shutdown every connection is asked to stop.
+/// `--idle-timeout` asked to close (it checks its own state first); at shutdown every
+/// connection is asked to stop.
 pub async fn sweeper(
     roster: Arc<Roster>,
     config: &crate::config::Config,
     shutdown: CancellationToken,
 ) {
-    let ping_every = Duration::from_secs(config.ping_interval.max(1));
-    let idle_timeout = Duration::from_secs(config.idle_timeout.max(2));
+    let (ping_every, idle_timeout) = liveness(config);
     let mut tick = tokio::time::interval(ping_every.min(idle_timeout / 2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -178,6 +204,24 @@ pub async fn sweeper(
     }
     roster.stop();
 }
+
+/// How long a client may be silent before it is pinged, and before it is closed.
+fn liveness(config: &crate::config::Config) -> (Duration, Duration) {
+    (
+        Duration::from_secs(config.ping_interval.max(1)),
+        Duration::from_secs(config.idle_timeout.max(2)),
+    )
+}
+
+/// What woke the connection's task.
+enum Event {
+    Done(Result<ConnState, tokio::task::JoinError>),
+    Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Next(Next),
+}
+
+/// A write to the client; false if the client is gone or too slow.
+type Write<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 
 /// The outcome of the request in flight; never ready when there is none.
 async fn request_done(
@@ -323,7 +367,8 @@ async fn ping(socket: &mut Socket) -> bool {
     )
 }
 
-async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
+/// Sends a close frame; the connection writes nothing after it (false).
+async fn close(socket: &mut Socket, code: u16, reason: &'static str) -> bool {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
@@ -333,6 +378,7 @@ async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
         socket.send(Message::Close(Some(frame))),
     )
     .await;
+    false
 }
 
 #[cfg(test)]
@@ -357,6 +403,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Tokio keeps a task in a cell of 128-byte lines (the future, plus ~110 bytes of
+    /// its own and the tracker's); an idle connection's whole task is that cell, so
+    /// 8 lines (1,024 bytes) instead of 9 or 10 is what this guards.
+    #[tokio::test]
+    async fn the_connection_task_fits_in_eight_cache_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::open(crate::config::Config::for_tests(dir.path().into()))
+            .await
+            .unwrap();
+        let shield = Shield::new(app.config.limits.clone(), app.metrics.clone());
+        let upgrade = hyper::upgrade::on(axum::http::Request::new(()));
+        let conn = run(
+            app.clone(),
+            upgrade,
+            None,
+            Arc::new(Roster::default()),
+            shield,
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        // an unoptimized build lays the same future out 8 bytes larger
+        let limit = if cfg!(debug_assertions) { 904 } else { 896 };
+        assert!(
+            std::mem::size_of_val(&conn) <= limit,
+            "the connection's future grew to {} bytes",
+            std::mem::size_of_val(&conn)
+        );
+        drop(conn);
+        app.stop().await;
     }
 
     /// Issue 13, defect 9: the connection's subscriptions and registry entry used to

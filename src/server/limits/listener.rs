@@ -232,6 +232,27 @@ pub struct GuardedStream {
     _slot: Option<AddrSlot>,
 }
 
+/// What a WebSocket keeps of its TCP connection's accounting once upgraded: the
+/// connection counted in the metrics and against its address's cap while it is open.
+pub struct TcpHold {
+    _metrics: ConnGauge,
+    _slot: Option<AddrSlot>,
+}
+
+impl GuardedStream {
+    /// The bare stream once the connection is a WebSocket (its handshake deadline, timer
+    /// and mark are done with) and the accounting that must live as long as it.
+    pub fn into_websocket(self) -> (TcpStream, TcpHold) {
+        (
+            self.inner,
+            TcpHold {
+                _metrics: self.metrics,
+                _slot: self._slot,
+            },
+        )
+    }
+}
+
 impl AsyncRead for GuardedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

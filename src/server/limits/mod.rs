@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 
-pub use listener::{GuardedListener, Peer};
+pub use listener::{AddrSlot, GuardedListener, GuardedStream, Peer, TcpHold};
 pub use rate::{RateLimiter, Verdict};
 
 use listener::AddrCounter;

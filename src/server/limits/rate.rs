@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+/// A token bucket: `rate` tokens per second, at most `burst` saved up. Kept in
+/// `f32`s: every connection has one, and whole tokens are all it counts.
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
+    rate: f32,
+    burst: f32,
+    tokens: f32,
     last: Instant,
     /// Requests refused in a row.
     pub strikes: u32,
@@ -25,9 +26,9 @@ pub enum Verdict {
 
 impl RateLimiter {
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+        let burst = burst.max(1) as f32;
         RateLimiter {
-            rate: f64::from(rate),
+            rate: rate as f32,
             burst,
             tokens: burst,
             last: Instant::now(),
@@ -43,7 +44,7 @@ impl RateLimiter {
         if self.rate <= 0.0 {
             return Verdict::Allow;
         }
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        let dt = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
