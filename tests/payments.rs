@@ -1751,6 +1751,117 @@ async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
     s.stop().await;
 }
 
+/// A customer completes 3-D Secure as the hold ends, and pays again (new request id)
+/// before the hold's expiry got to the payment: the pay settles it first and answers
+/// the booking as paid, not `hold_expired` for a booking about to be confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_past_due_settles_a_payment_its_customer_completed() {
+    let (f, s) = stripe_server(|c| {
+        c.hold_ttl = 60;
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
+        "payment_action_required"
+    );
+    assert!(f.authenticate(&intent_of(&f, loc).id, true));
+    // the hold is past due, and its expiry has not come to it yet (its turn at the
+    // gateway is behind other holds')
+    let mut due = store_booking(&s, loc);
+    due.hold_expires_at = Some(jetway::domain::now_ms() - 100);
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            bookings: vec![due],
+            ..Default::default()
+        })
+        .unwrap();
+    let paid = c.ok("booking.pay", pay(loc, THREE_DS, "p2")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    s.stop().await;
+}
+
+/// The same, while the hold's expiry is asking the gateway about that payment: the
+/// pay is told to look again (not `hold_expired`), and the booking is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_while_the_expiry_settles_a_completed_payment_is_not_told_expired() {
+    let (f, s) = stripe_server(|c| {
+        c.hold_ttl = 2;
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
+        "payment_action_required"
+    );
+    assert!(f.authenticate(&intent_of(&f, loc).id, true));
+    let asked = f.received(Step::Retrieve);
+    fault(&f, Step::Retrieve, Fault::Slow(Duration::from_secs(3)));
+    eventually("the hold's expiry asks the gateway", || {
+        let n = f.received(Step::Retrieve);
+        async move { n > asked }
+    })
+    .await;
+    let e = c.err("booking.pay", pay(loc, THREE_DS, "p2")).await;
+    assert_eq!(e["data"]["reason"], "payment_failed", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not settled yet"),
+        "{e}"
+    );
+    f.clear_faults();
+    wait_confirmed(&s, loc).await;
+    let paid = c.ok("booking.pay", pay(loc, THREE_DS, "p3")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    s.stop().await;
+}
+
+/// A due hold whose payment's last step is older than one payment span goes on time
+/// while the gateway hangs: the gateway is not asked, the reconciler settles the
+/// payment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_whose_payment_outwaited_its_span_expires_on_time_while_the_gateway_hangs() {
+    let (f, s) = stripe_server(|c| {
+        c.hold_ttl = 2;
+        c.reconcile_interval = 3600;
+        c.gateway_timeout = 10;
+    })
+    .await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    let mut old = store_booking(&s, loc);
+    let due = old.hold_expires_at.unwrap();
+    let pi = charged_intent(&f, old.total.amount()).await;
+    // its payer died more than a payment span (5 x 10 + 60 s) ago
+    old.created_at -= 200_000;
+    store_attempt(&s, &old, "pa-old", &pi, "started", false);
+    fault(&f, Step::Retrieve, Fault::Slow(Duration::from_secs(60)));
+    eventually("the hold expires", || {
+        let status = store_booking(&s, loc).status;
+        async move { status == jetway::domain::BookingStatus::Expired }
+    })
+    .await;
+    let late = jetway::domain::now_ms() - due;
+    assert!(late < 4_000, "expired {late} ms after it fell due");
+    f.clear_faults();
+    // the reconciler refunds the charge the booking can no longer take
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(f.ledger().refunded(), old.total.amount());
+    s.stop().await;
+}
+
 /// While the gateway hangs on a due hold's uncertain payment, the holds falling due
 /// after it that have no payment still expire on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@ use super::App;
 use super::AppError;
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
 use crate::inventory::FlightSeats;
-use crate::store::{AttemptState, PaymentAttempt};
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
@@ -100,6 +99,51 @@ impl Expiry {
     pub fn pending(&self) -> usize {
         self.queue.lock().due.len()
     }
+
+    /// Whether a task settles the due hold's payments with the gateway right now.
+    pub(super) fn is_settling(&self, locator: &Locator) -> bool {
+        self.settling.lock().contains(locator)
+    }
+}
+
+/// A due hold's place in [`Expiry::settling`], left when dropped, also by a task
+/// that panicked: a hold whose task did not finish is looked at again shortly
+/// rather than never.
+struct Settling {
+    app: Arc<App>,
+    flight: FlightId,
+    locator: Locator,
+    finished: bool,
+}
+
+impl Settling {
+    /// Takes the hold's place; `None` if a task has it already.
+    fn enter(app: &Arc<App>, flight: &FlightId, locator: &Locator) -> Option<Settling> {
+        app.expiry
+            .settling
+            .lock()
+            .insert(locator.clone())
+            .then(|| Settling {
+                app: app.clone(),
+                flight: flight.clone(),
+                locator: locator.clone(),
+                finished: false,
+            })
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let expiry = &self.app.expiry;
+        expiry.settling.lock().remove(&self.locator);
+        if !self.finished {
+            expiry.schedule(
+                domain::now_ms() + SETTLE_RETRY_MS,
+                &self.flight,
+                &self.locator,
+            );
+        }
+    }
 }
 
 /// The expiry loop: sleeps until the earliest hold is due (or a new earlier one is
@@ -162,7 +206,10 @@ impl App {
     /// the same hold: the first to commit wins, the others find it expired. A charge
     /// whose payer died before recording it, or a payment its customer completed as
     /// the hold ended, is settled first (on a task of its own), so that it confirms
-    /// the booking rather than being refunded after the seats are gone.
+    /// the booking rather than being refunded after the seats are gone. The wait is
+    /// bounded: past an attempt's [`App::settle_deadline`] the gateway is not asked,
+    /// the hold goes as before, and the reconciler refunds a charge it finds later (or
+    /// cancels a payment still waiting for its customer).
     async fn expire_one(
         self: &Arc<Self>,
         flight: &FlightId,
@@ -171,65 +218,75 @@ impl App {
         let Some(fs) = self.inventory.get(flight.as_str()) else {
             return Ok(());
         };
-        let now = domain::now_ms();
-        let unsettled: Vec<PaymentAttempt> = self
-            .store
-            .booking_attempts(locator)?
-            .into_iter()
-            .filter(|a| {
-                a.may_have_charged()
-                    || (a.state == AttemptState::ActionRequired && !self.awaits_customer(a, now))
-            })
-            .collect();
-        if unsettled.is_empty() {
+        let Some(deadline) = self.settle_first(locator)? else {
             return self.release_hold(&fs, flight, locator).await;
-        }
-        if !self.expiry.settling.lock().insert(locator.clone()) {
+        };
+        let Some(settling) = Settling::enter(self, flight, locator) else {
             // its task is at it, and expires or reschedules the hold when done
             return Ok(());
-        }
+        };
         let (app, flight, locator) = (self.clone(), flight.clone(), locator.clone());
         self.tasks.spawn(async move {
+            let mut settling = settling;
             tokio::select! {
-                _ = app.settle_then_expire(&fs, &flight, &locator, unsettled) => {}
+                r = app.settle_then_expire(&fs, &flight, &locator, deadline) => {
+                    if let Err(e) = r {
+                        app.expire_failed(&flight, &locator, e);
+                    }
+                }
                 // the next start settles it
                 _ = app.stop.cancelled() => {}
             }
-            app.expiry.settling.lock().remove(&locator);
+            settling.finished = true;
         });
         Ok(())
     }
 
+    /// Until when the due hold `locator` waits for its payments to settle with the
+    /// gateway; `None` if it need not wait.
+    fn settle_first(&self, locator: &Locator) -> Result<Option<Millis>, AppError> {
+        let now = domain::now_ms();
+        Ok(self
+            .store
+            .booking_attempts(locator)?
+            .iter()
+            .filter(|a| self.settles_before_hold_ends(a, now))
+            .map(|a| self.settle_deadline(a))
+            .max())
+    }
+
     /// Settles a due hold's payments with the gateway, then expires it, unless one
-    /// of them cannot be settled yet: then the hold is looked at again shortly. The
-    /// wait is bounded: one payment span after an attempt's last step the hold goes
-    /// as before, and the reconciler refunds a charge it finds later (or cancels a
-    /// payment still waiting for its customer).
+    /// of them cannot be settled yet: then the hold is looked at again shortly. A hold
+    /// still waiting for its turn at `deadline` (the gateway slow for many holds) goes
+    /// without asking.
     async fn settle_then_expire(
         &self,
         fs: &Arc<FlightSeats>,
         flight: &FlightId,
         locator: &Locator,
-        unsettled: Vec<PaymentAttempt>,
-    ) {
-        let span = self.payment_span().as_millis() as Millis;
-        {
-            let Ok(_slot) = self.expiry.settle_slots.acquire().await else {
-                return;
-            };
-            for a in unsettled {
-                let last_step = a.updated_at.max(a.created_at);
-                let waited_enough = last_step.saturating_add(span) <= domain::now_ms();
-                if !self.try_reconcile(a).await && !waited_enough {
-                    self.expiry
-                        .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
-                    return;
+        deadline: Millis,
+    ) -> Result<(), AppError> {
+        let left = Duration::from_millis(deadline.saturating_sub(domain::now_ms()).max(0) as u64);
+        let slot = tokio::select! {
+            slot = self.expiry.settle_slots.acquire() => slot.ok(),
+            _ = tokio::time::sleep(left) => None,
+        };
+        if let Some(_slot) = slot {
+            // read again: a `booking.pay` may have settled some meanwhile
+            let now = domain::now_ms();
+            for a in self.store.booking_attempts(locator)? {
+                if !self.settles_before_hold_ends(&a, now) {
+                    continue;
+                }
+                let until = self.settle_deadline(&a);
+                if !self.try_reconcile(a).await && domain::now_ms() < until {
+                    let retry = (domain::now_ms() + SETTLE_RETRY_MS).min(until);
+                    self.expiry.schedule(retry, flight, locator);
+                    return Ok(());
                 }
             }
         }
-        if let Err(e) = self.release_hold(fs, flight, locator).await {
-            self.expire_failed(flight, locator, e);
-        }
+        self.release_hold(fs, flight, locator).await
     }
 
     /// Releases a hold if it is still held and due (and no payment of it is in flight).

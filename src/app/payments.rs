@@ -16,9 +16,10 @@
 //!
 //! An attempt waiting for the customer's action is left alone while its booking's hold
 //! runs; the next `booking.pay` (same payment method) reads its outcome from the
-//! gateway, and once the hold falls due its expiry asks the gateway first (a payment
-//! completed confirms the booking, one still waiting is cancelled; the reconciler
-//! refunds a charge that landed too late).
+//! gateway, and once the hold falls due its expiry (or a `booking.pay` that comes
+//! first) asks the gateway before the seats go (a payment completed confirms the
+//! booking, one still waiting is cancelled; the reconciler refunds a charge that
+//! landed too late).
 
 use futures::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
@@ -99,35 +100,21 @@ impl App {
         self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
             let past_due = booking.is_expired(domain::now_ms());
             let loc = booking.locator;
-            // an earlier pay left unanswered (a crash, a timeout) may have charged:
-            // settle it first, so that a retry tells what became of that money
-            // within one payment span; after it the hold's expiry stops waiting too
-            let recent =
-                domain::now_ms().saturating_sub(self.payment_span().as_millis() as domain::Millis);
-            let charged_maybe = |a: &PaymentAttempt| a.may_have_charged() && a.created_at > recent;
+            // an earlier pay left unanswered (a crash, a timeout) may have charged, and
+            // once the hold is past due a payment waiting for its customer may have
+            // been completed: settle those first (as the hold's expiry does), so that a
+            // retry tells what became of that money within one payment span; after it
+            // the hold's expiry stops waiting too
+            let now = domain::now_ms();
+            let settle_first = |a: &PaymentAttempt| self.settles_before_hold_ends(a, now);
             let mut unsettled = false;
             for a in self.store.booking_attempts(&loc)? {
-                if charged_maybe(&a) {
+                if settle_first(&a) {
                     unsettled |= !self.try_reconcile(a).await;
                 }
             }
             if let Some(v) = self.success_reply(&key).await? {
                 return super::replay(v);
-            }
-            // still unknown, and either no request or live mark (a twin's too) in flight
-            // that the usual path below answers, or that path would say "expired": the
-            // hold stays (its expiry waits for the outcome too), so answer that
-            let in_flight = self.paying(&fs.working(), &loc, &|_| false)?;
-            if unsettled && (!in_flight || past_due) {
-                let open = self.store.booking_attempts(&loc)?;
-                if open.iter().any(charged_maybe) {
-                    // not remembered: a retry looks again once the outcome is known
-                    return Err(AppError::PaymentFailed(
-                        "an earlier payment of this booking is not settled yet; the \
-                         booking is confirmed if it was charged"
-                            .into(),
-                    ));
-                }
             }
             if let Some(paid) = self.paid_with(&fs, s.user_id, &loc, &p.payment_method)? {
                 // remembered: a repeat of this request gets it again, whatever follows
@@ -137,6 +124,23 @@ impl App {
                 })
                 .await?;
                 return Ok(Answer::Now(paid));
+            }
+            // still unknown, and either no request or live mark (a twin's too) in flight
+            // that the usual path below answers, or that path would say "expired" while
+            // the hold's expiry may yet confirm the booking (the hold stays until the
+            // outcome is known): answer that
+            let expiry_settles = past_due && self.expiry.is_settling(&loc);
+            let in_flight = self.paying(&fs.working(), &loc, &|_| false)?;
+            if (unsettled || expiry_settles) && (!in_flight || past_due) {
+                let open = self.store.booking_attempts(&loc)?;
+                if expiry_settles || open.iter().any(settle_first) {
+                    // not remembered: a retry looks again once the outcome is known
+                    return Err(AppError::PaymentFailed(
+                        "an earlier payment of this booking is not settled yet; the \
+                         booking is confirmed if it was charged"
+                            .into(),
+                    ));
+                }
             }
             let (busy, amount) = {
                 let mut w = fs.working();
@@ -933,6 +937,24 @@ impl App {
             && matches!(self.store.booking(&a.locator), Ok(Some(b))
                 if b.status == domain::BookingStatus::Held
                     && b.hold_expires_at.is_some_and(|t| t > now))
+    }
+
+    /// Whether `a` is settled with the gateway before its booking's hold ends (by the
+    /// hold's expiry, or by a `booking.pay` finding it past due): it may have charged,
+    /// or it waited for its customer, who may have completed it, and the hold is over.
+    /// Only until [`Self::settle_deadline`]: after it the hold goes without asking,
+    /// and the reconciler settles the attempt.
+    pub(super) fn settles_before_hold_ends(&self, a: &PaymentAttempt, now: domain::Millis) -> bool {
+        let lapsed_action =
+            a.state == AttemptState::ActionRequired && !self.awaits_customer(a, now);
+        (a.may_have_charged() || lapsed_action) && now < self.settle_deadline(a)
+    }
+
+    /// Until when a due hold waits for `a` to settle: one payment span after its last
+    /// step (its start, or the `booking.pay` that continued it).
+    pub(super) fn settle_deadline(&self, a: &PaymentAttempt) -> domain::Millis {
+        let span = self.payment_span().as_millis() as domain::Millis;
+        a.updated_at.max(a.created_at).saturating_add(span)
     }
 
     /// Reconciles `a`; `false` (logged) if it was skipped or failed, so it is still
