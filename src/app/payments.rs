@@ -355,11 +355,11 @@ impl App {
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
         let loc = attempt.locator.clone();
-        match self.settle_charged(fs, attempt, busy).await {
+        match self.settle_charged(fs, attempt, &busy).await {
             Err(e) if is_busy(&e) => {
                 let m = "the payment went through but the booking could not take it; the \
                          charge is being refunded";
-                self.left_open(key, &loc, m.into(), None).await
+                self.left_open(key, &loc, m.into(), Some(busy)).await
             }
             settled => settled,
         }
@@ -639,12 +639,14 @@ impl App {
     }
 
     /// A charge went through: confirm the booking if its seats are still its own, in
-    /// one batch with the attempt's end; otherwise refund the charge.
+    /// one batch with the attempt's end; otherwise refund the charge. The caller keeps
+    /// the booking busy until it has written what follows (the refund is recorded
+    /// here, a resolve on this node must not slip in before).
     async fn settle_charged(
         &self,
         fs: &Arc<FlightSeats>,
         mut a: PaymentAttempt,
-        busy: Busy,
+        _busy: &Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
         let payment_ref = a.payment_ref.clone().ok_or(AppError::Internal)?;
         // once a refund of the charge is open, the charge is refunded, whatever else
@@ -817,8 +819,6 @@ impl App {
         };
         let ended = ended.await;
         self.release_refund_mark(mark).await;
-        // busy until the refund is recorded: a resolve on this node must not slip in
-        drop(busy);
         ended
     }
 
@@ -894,7 +894,12 @@ impl App {
             .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
         let settled = match status {
-            PaymentStatus::Succeeded => self.settle_charged(&fs, a, busy).await,
+            PaymentStatus::Succeeded => {
+                // let go before the mark's release below: it may settle a twin here
+                let settled = self.settle_charged(&fs, a, &busy).await;
+                drop(busy);
+                settled
+            }
             PaymentStatus::NotCharged if a.is_open() => {
                 self.settle_failed(a, busy, interrupted(), "payment_failed")
                     .await
