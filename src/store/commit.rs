@@ -60,6 +60,8 @@ struct Progress {
     done: u64,
     /// The first ticket of the first sync that failed: it and every later one fail.
     failed_from: Option<u64>,
+    /// The commit loop has returned: a ticket not done by then never will be.
+    stopped: bool,
 }
 
 impl Progress {
@@ -222,12 +224,15 @@ impl Committer {
         };
         let mut rx = self.progress.subscribe();
         let p = *rx
-            .wait_for(|p| p.done >= t || p.fails(t))
+            .wait_for(|p| p.done >= t || p.fails(t) || p.stopped)
             .await
             .map_err(|_| StoreError::Io("committer stopped".into()))?;
-        match p.fails(t) {
-            true => Err(StoreError::SyncFailed),
-            false => Ok(()),
+        if p.fails(t) {
+            Err(StoreError::SyncFailed)
+        } else if p.done >= t {
+            Ok(())
+        } else {
+            Err(StoreError::Io("committer stopped".into()))
         }
     }
 
@@ -248,6 +253,7 @@ impl Committer {
                 _ = self.wake.notified() => self.commit_pending().await,
                 _ = stop.cancelled() => {
                     self.commit_pending().await;
+                    self.progress.send_modify(|p| p.stopped = true);
                     return;
                 }
             }
@@ -358,6 +364,24 @@ mod tests {
         })));
         c.barrier().await.unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ticket_after_the_loop_stopped_fails_instead_of_waiting_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(c.clone().run(stop.clone()));
+        let before = c.enqueue(None);
+        stop.cancel();
+        run.await.unwrap();
+        c.durable(before).await.unwrap();
+        let after = c.enqueue(None);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), c.durable(after))
+            .await
+            .expect("durable() returned");
+        assert!(matches!(waited, Err(StoreError::Io(_))), "{waited:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
