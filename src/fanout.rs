@@ -305,6 +305,9 @@ impl OutboxReceiver {
     /// that always has frames queued is still pinged and checked for idleness), then
     /// the frames (those queued before a [`Outbox::finish`] first), then the close.
     pub fn try_next(&mut self) -> Option<Next> {
+        let mut q = self.shared.queue.lock();
+        // the writer is back: the batch it took is written
+        q.taken = (0, 0);
         if self.shared.asks.load(Ordering::Relaxed) != 0 {
             let asks = self.shared.asks.swap(0, Ordering::Relaxed);
             if asks & ASK_STOP != 0 {
@@ -315,9 +318,6 @@ impl OutboxReceiver {
                 return Some(Next::Ping);
             }
         }
-        let mut q = self.shared.queue.lock();
-        // the writer is back: the batch it took is written
-        q.taken = (0, 0);
         if !q.frames.is_empty() {
             q.taken = (q.frames.len(), std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
@@ -580,6 +580,24 @@ mod tests {
         assert_eq!(frames(rx.try_next()), ["123456"]);
         assert!(rx.try_next().is_none(), "the writer is back for more");
         assert!(o.send(FrameKind::Reply, "1234567890".into()));
+    }
+
+    #[test]
+    fn a_written_batch_stops_counting_when_the_writer_comes_back_for_a_ping() {
+        let roster = Roster::default();
+        let (o, mut rx) = outbox(QueueLimits {
+            messages: 3,
+            bytes: 10,
+        });
+        roster.join(&o);
+        assert!(o.send(FrameKind::Push, "123456".into()));
+        assert_eq!(frames(rx.try_next()), ["123456"]);
+        roster.sweep(Duration::ZERO, Duration::from_secs(3600));
+        assert!(matches!(rx.try_next(), Some(Next::Ping)));
+        assert!(
+            o.send(FrameKind::Push, "1234567890".into()),
+            "the batch written before the ping no longer counts"
+        );
     }
 
     #[tokio::test]
