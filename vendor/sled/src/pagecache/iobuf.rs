@@ -400,6 +400,11 @@ impl IoBufs {
         };
 
         if snapshot.active_segment.is_none() {
+            // Jetway: what recovery read may still be only in the page cache
+            // (after a `kill -9`); the header claims it, so it is synced first.
+            if !config.temporary {
+                config.file.sync_data()?;
+            }
             iobuf.store_segment_header(0, next_lsn, stable);
         }
 
@@ -1055,6 +1060,13 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
     let measure_assign_offset = Measure::new(&M.assign_offset);
 
+    // Jetway: a new segment's header tells recovery that everything up to this Lsn
+    // is on disk. Buffers are no longer synced when written (see
+    // `IoBufs::write_to_log`), so the value is read here, before
+    // `SegmentAccountant::next` `fdatasync`s the file, and the header claims only
+    // what that sync covered.
+    let header_stable_lsn = if maxed { iobufs.stable() } else { -1 };
+
     let next_offset = if maxed {
         // roll lsn to the next offset
         let lsn_idx = lsn / segment_size as Lsn;
@@ -1107,7 +1119,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             stored_max_stable_lsn: -1,
         };
 
-        next_iobuf.store_segment_header(sealed, next_lsn, iobufs.stable());
+        next_iobuf.store_segment_header(sealed, next_lsn, header_stable_lsn);
 
         next_iobuf
     } else {

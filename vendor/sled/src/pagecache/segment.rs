@@ -1015,14 +1015,17 @@ impl SegmentAccountant {
         // pop free or add to end
         let safe = self.free.iter().next().copied();
 
+        // Jetway: buffers are stable once written, not synced (see
+        // `IoBufs::write_to_log`). Before a segment is handed out, everything
+        // written so far is made durable: what made a reused segment free (its
+        // pages rewritten elsewhere, later segments' headers) before it is
+        // overwritten, and, for any new segment, the stable Lsn its header will
+        // claim (read by the caller before this sync).
+        if !self.config.temporary {
+            self.config.file.sync_data()?;
+        }
+
         let lid = if let Some(next) = safe {
-            // Jetway: buffers are stable once written, not synced (see
-            // `IoBufs::write_to_log`), so what made this segment free (its
-            // pages rewritten elsewhere, later segments' headers) is made
-            // durable before the segment is overwritten.
-            if !self.config.temporary {
-                self.config.file.sync_data()?;
-            }
             self.free.remove(&next);
             next
         } else {
@@ -1104,9 +1107,12 @@ impl SegmentAccountant {
         io_fail!(&config, "file truncation");
         threadpool::spawn(move || {
             debug!("truncating file to length {}", at);
+            // Jetway: the pages moved out of the truncated segments are made
+            // durable before the truncation can be.
             let res = config
                 .file
-                .set_len(at)
+                .sync_data()
+                .and_then(|_| config.file.set_len(at))
                 .and_then(|_| config.file.sync_all())
                 .map_err(|e| e.into());
             completer.fill(res);
