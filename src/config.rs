@@ -96,11 +96,11 @@ pub struct Config {
 
     /// Outbound queue bound per connection, in messages.
     #[arg(long, env = "JETWAY_QUEUE_MESSAGES", default_value_t = 1024)]
-    pub queue_messages: usize,
+    pub queue_messages: u32,
 
     /// Outbound queue bound per connection, in bytes.
     #[arg(long, env = "JETWAY_QUEUE_BYTES", default_value_t = 4 << 20)]
-    pub queue_bytes: usize,
+    pub queue_bytes: u32,
 
     /// Seconds of silence from a client before the server pings it.
     #[arg(long, env = "JETWAY_PING_INTERVAL", default_value_t = 20)]

@@ -36,8 +36,8 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// Limits of one connection's outbound queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
-    pub messages: usize,
-    pub bytes: usize,
+    pub messages: u32,
+    pub bytes: u32,
 }
 
 impl Default for QueueLimits {
@@ -59,10 +59,11 @@ struct Closing {
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
-    bytes: usize,
+    /// At most `QueueLimits::bytes`, as is `taken`'s.
+    bytes: u32,
     /// The batch the writer took last and is writing (frames, bytes): it counts
     /// against the limits until the writer comes back for more.
-    taken: (usize, usize),
+    taken: (u32, u32),
     /// Set once a close was asked for; no frame is queued after.
     closing: Option<Closing>,
     /// The receiver is gone.
@@ -195,14 +196,14 @@ impl Outbox {
             return false;
         }
         let (taken_frames, taken_bytes) = q.taken;
-        if q.frames.len() + taken_frames >= limits.messages
-            || q.bytes + taken_bytes + frame.len() > limits.bytes
+        if q.frames.len() + taken_frames as usize >= limits.messages as usize
+            || q.bytes as usize + taken_bytes as usize + frame.len() > limits.bytes as usize
         {
             drop(q);
             self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
             return false;
         }
-        q.bytes += frame.len();
+        q.bytes += frame.len() as u32;
         q.frames.push_back(frame);
         let first = q.frames.len() == 1;
         drop(q);
@@ -319,7 +320,7 @@ impl OutboxReceiver {
             }
         }
         if !q.frames.is_empty() {
-            q.taken = (q.frames.len(), std::mem::take(&mut q.bytes));
+            q.taken = (q.frames.len() as u32, std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
         q.closing.map(|c| Next::Close(c.code, c.reason))
@@ -739,5 +740,13 @@ mod tests {
         assert_eq!(reg.connections(), 1);
         reg.revoke(UserId(1), "t1");
         assert_eq!(reg.connections(), 0);
+    }
+
+    /// Every connection keeps one: with its counts in `u32`s, its `Arc` (16 bytes of
+    /// counts more) takes a 160-byte heap chunk instead of 192.
+    #[test]
+    fn an_outboxs_shared_state_stays_small() {
+        let size = std::mem::size_of::<Shared>();
+        assert!(size <= 136, "an outbox's shared state grew to {size} bytes");
     }
 }

@@ -36,7 +36,7 @@ async fn connect(app: &App, name: &str) -> Conn {
     .await
     .unwrap();
     Conn {
-        session: session.unwrap(),
+        session: *session.unwrap(),
         outbox,
         rx,
     }

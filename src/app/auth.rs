@@ -40,6 +40,10 @@ pub struct AuthSession {
     pub token_hash: String,
 }
 
+/// A connection's session, if it is logged in: boxed, so that a connection's state
+/// keeps 8 bytes for it (64 unboxed) while it is anonymous.
+pub type ConnSession = Option<Box<AuthSession>>;
+
 /// Argon2id with the production cost, or with Argon2's minimum cost when `fast` (the
 /// hidden test-only flag `--insecure-fast-hashing`). Verifying takes the cost from
 /// the stored hash.
@@ -173,7 +177,7 @@ impl App {
         user: &UserRecord,
         rec: &SessionRecord,
         outbox: &Outbox,
-        conn: &mut Option<AuthSession>,
+        conn: &mut ConnSession,
     ) {
         if let Some(old) = conn.take() {
             self.users.detach(old.user_id, outbox.id());
@@ -182,19 +186,19 @@ impl App {
             self.sessions.insert(rec.token_hash.clone(), rec.clone());
         }
         self.users.attach(user.id, &rec.token_hash, outbox);
-        *conn = Some(AuthSession {
+        *conn = Some(Box::new(AuthSession {
             user_id: user.id,
             username: user.username.clone(),
             role: user.role,
             token_hash: rec.token_hash.clone(),
-        });
+        }));
     }
 
     pub async fn register(
         &self,
         p: params::Credentials,
         outbox: &Outbox,
-        conn: &mut Option<AuthSession>,
+        conn: &mut ConnSession,
     ) -> Result<LoggedIn, AppError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
@@ -238,7 +242,7 @@ impl App {
         &self,
         p: params::Credentials,
         outbox: &Outbox,
-        conn: &mut Option<AuthSession>,
+        conn: &mut ConnSession,
     ) -> Result<LoggedIn, AppError> {
         // the user may have registered through another node a moment ago
         self.committer.catch_up().await?;
@@ -295,7 +299,7 @@ impl App {
         &self,
         p: params::Resume,
         outbox: &Outbox,
-        conn: &mut Option<AuthSession>,
+        conn: &mut ConnSession,
     ) -> Result<LoggedIn, AppError> {
         let hash = token_hash(&p.token);
         let session = match self.live_session(&hash)? {
@@ -314,11 +318,7 @@ impl App {
         Ok(login_result(&p.token, &session, &user))
     }
 
-    pub async fn logout(
-        &self,
-        outbox: &Outbox,
-        conn: &mut Option<AuthSession>,
-    ) -> Result<Done, AppError> {
+    pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
         let s = self.authenticate(conn)?;
         let now = domain::now_ms();
         self.commit(Batch {
@@ -385,7 +385,7 @@ impl App {
 
     /// The connection's session, checked again: a token logged out elsewhere or
     /// expired since stops working at once.
-    pub fn authenticate(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, AppError> {
+    pub fn authenticate(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
         let s = conn.as_ref().ok_or(AppError::Unauthenticated)?;
         if self.live_session(&s.token_hash)?.is_none() {
             let s = conn.take();
@@ -394,7 +394,7 @@ impl App {
             }
             return Err(AppError::InvalidToken);
         }
-        Ok(s.clone())
+        Ok(AuthSession::clone(s))
     }
 
     /// Creates the `admin` user from `JETWAY_ADMIN_PASSWORD` (`Config::admin_password`),

@@ -42,7 +42,7 @@ use crate::store::{
 };
 
 pub use admin::new_flight;
-pub use auth::AuthSession;
+pub use auth::{AuthSession, ConnSession};
 use error::remember_err;
 pub use error::AppError;
 pub use expiry::Expiry;

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::limits::Shield;
 
-use crate::app::{App, AppError, AuthSession};
+use crate::app::{App, AppError, ConnSession};
 use crate::domain::FlightId;
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::params::{Access, Call, Method};
@@ -23,7 +23,7 @@ use crate::protocol::{envelope, ApiError, Request};
 pub struct ConnState {
     app: Arc<App>,
     pub outbox: Outbox,
-    pub session: Option<AuthSession>,
+    pub session: ConnSession,
     pub subscriptions: Vec<FlightId>,
     /// The airports of the departure boards it watches.
     pub boards: Vec<String>,

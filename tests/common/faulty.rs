@@ -252,7 +252,7 @@ pub async fn register(app: &App, name: &str) -> Result<AuthSession, AppError> {
     )
     .await
     .wire()?;
-    Ok(conn.expect("logged in"))
+    Ok(*conn.expect("logged in"))
 }
 
 /// A flight more than three days out and `n` free economy seats on it.

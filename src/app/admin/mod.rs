@@ -8,7 +8,7 @@ mod stats;
 
 use parking_lot::Mutex;
 
-use super::{App, AuthSession};
+use super::{App, AuthSession, ConnSession};
 use crate::app::flight_view;
 use crate::app::AppError;
 use crate::domain::{
@@ -153,7 +153,7 @@ pub(super) fn occupants(fs: &FlightSeats) -> Vec<Locator> {
 impl App {
     /// The connection's session if it is an admin's: anonymous is `unauthenticated`,
     /// anyone else `forbidden`.
-    pub fn require_admin(&self, conn: &mut Option<AuthSession>) -> Result<AuthSession, AppError> {
+    pub fn require_admin(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
         let s = self.authenticate(conn)?;
         if s.role != Role::Admin {
             return Err(AppError::Forbidden);
