@@ -1728,13 +1728,11 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
     s.stop().await;
 }
 
-/// A customer completes 3-D Secure just as the hold ends, and their next
-/// `booking.pay` never comes (it died): the hold's expiry asks the gateway first, and
-/// the charge pays the booking instead of being refunded once the seats are gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
+/// A server whose holds last `hold_ttl` seconds (no reconciler run), and a booking
+/// whose customer completed 3-D Secure after `booking.pay` (request `p1`) asked for it.
+async fn completed_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
     let (f, s) = stripe_server(|c| {
-        c.hold_ttl = 2;
+        c.hold_ttl = hold_ttl;
         c.reconcile_interval = 3600;
     })
     .await;
@@ -1746,6 +1744,16 @@ async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
         "payment_action_required"
     );
     assert!(f.authenticate(&intent_of(&f, loc).id, true));
+    (f, s, c, b)
+}
+
+/// A customer completes 3-D Secure just as the hold ends, and their next
+/// `booking.pay` never comes (it died): the hold's expiry asks the gateway first, and
+/// the charge pays the booking instead of being refunded once the seats are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
+    let (f, s, _c, b) = completed_3ds(2).await;
+    let loc = &b["locator"];
     wait_confirmed(&s, loc).await;
     let total = b["total"]["amount"].as_i64().unwrap();
     assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
@@ -1758,19 +1766,8 @@ async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
 /// the booking as paid, not `hold_expired` for a booking about to be confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pay_past_due_settles_a_payment_its_customer_completed() {
-    let (f, s) = stripe_server(|c| {
-        c.hold_ttl = 60;
-        c.reconcile_interval = 3600;
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let (f, s, mut c, b) = completed_3ds(60).await;
     let loc = &b["locator"];
-    assert_eq!(
-        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
-        "payment_action_required"
-    );
-    assert!(f.authenticate(&intent_of(&f, loc).id, true));
     // the hold is past due, and its expiry has not come to it yet (its turn at the
     // gateway is behind other holds')
     let mut due = store_booking(&s, loc);
@@ -1794,19 +1791,8 @@ async fn a_pay_past_due_settles_a_payment_its_customer_completed() {
 /// pay is told to look again (not `hold_expired`), and the booking is confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pay_while_the_expiry_settles_a_completed_payment_is_not_told_expired() {
-    let (f, s) = stripe_server(|c| {
-        c.hold_ttl = 2;
-        c.reconcile_interval = 3600;
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let (f, s, mut c, b) = completed_3ds(2).await;
     let loc = &b["locator"];
-    assert_eq!(
-        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
-        "payment_action_required"
-    );
-    assert!(f.authenticate(&intent_of(&f, loc).id, true));
     let asked = f.received(Step::Retrieve);
     fault(&f, Step::Retrieve, Fault::Slow(Duration::from_secs(3)));
     eventually("the hold's expiry asks the gateway", || {
