@@ -222,7 +222,10 @@ impl App {
             return self.release_hold(&fs, flight, locator).await;
         };
         let Some(settling) = Settling::enter(self, flight, locator) else {
-            // its task is at it, and expires or reschedules the hold when done
+            // its task is at it; looked at again later in case that task's own retry
+            // was the entry just taken from the queue
+            self.expiry
+                .schedule(domain::now_ms() + SETTLE_RETRY_MS, flight, locator);
             return Ok(());
         };
         let (app, flight, locator) = (self.clone(), flight.clone(), locator.clone());
