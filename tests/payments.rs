@@ -1292,17 +1292,8 @@ async fn a_payment_needing_3ds_waits_for_the_customer_then_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_that_ends_while_the_customer_acts_cancels_the_payment() {
-    let (f, s) = stripe_server(|c| {
-        c.hold_ttl = 2;
-    })
-    .await;
-    let mut c = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let (f, s, mut c, b) = challenged_3ds(2).await;
     let loc = &b["locator"];
-    assert_eq!(
-        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
-        "payment_action_required"
-    );
     eventually("the PaymentIntent is cancelled once the hold ends", || {
         let status = intent_of(&f, loc).status;
         async move { status == "canceled" }
@@ -1729,8 +1720,8 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
 }
 
 /// A server whose holds last `hold_ttl` seconds (no reconciler run), and a booking
-/// whose customer completed 3-D Secure after `booking.pay` (request `p1`) asked for it.
-async fn completed_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
+/// whose `booking.pay` (request `p1`) was asked for 3-D Secure.
+async fn challenged_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
     let (f, s) = stripe_server(|c| {
         c.hold_ttl = hold_ttl;
         c.reconcile_interval = 3600;
@@ -1738,13 +1729,31 @@ async fn completed_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
     .await;
     let mut c = s.client().await;
     let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
-    let loc = &b["locator"];
     assert_eq!(
-        c.reason("booking.pay", pay(loc, THREE_DS, "p1")).await,
+        c.reason("booking.pay", pay(&b["locator"], THREE_DS, "p1"))
+            .await,
         "payment_action_required"
     );
-    assert!(f.authenticate(&intent_of(&f, loc).id, true));
     (f, s, c, b)
+}
+
+/// The customer completes 3-D Secure (Stripe.js) for the booking's payment.
+fn authenticate(f: &FakeStripe, loc: &Value) {
+    assert!(f.authenticate(&intent_of(f, loc).id, true));
+}
+
+/// [`challenged_3ds`], and the customer completed it.
+async fn completed_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
+    let (f, s, c, b) = challenged_3ds(hold_ttl).await;
+    authenticate(&f, &b["locator"]);
+    (f, s, c, b)
+}
+
+/// The booking was charged once, nothing was refunded, and no attempt is open.
+fn paid_once(f: &FakeStripe, s: &Server, b: &Value) {
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
 }
 
 /// A customer completes 3-D Secure just as the hold ends, and their next
@@ -1753,11 +1762,93 @@ async fn completed_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_completed_as_the_hold_ends_confirms_the_booking() {
     let (f, s, _c, b) = completed_3ds(2).await;
+    wait_confirmed(&s, &b["locator"]).await;
+    paid_once(&f, &s, &b);
+    s.stop().await;
+}
+
+/// Moves the booking's payment attempts (and, with `hold_too`, its hold's end) `ms`
+/// into the past, as if the customer had been asked to act that long ago.
+fn age_payment(s: &Server, loc: &Value, ms: i64, hold_too: bool) {
+    let mut b = store_booking(s, loc);
+    let mut attempts = Vec::new();
+    for a in s.app().store.booking_attempts(&b.locator).unwrap() {
+        // the index of open attempts is by creation time: its entry under the old
+        // time is dropped (the attempt written closed) before the aged one is written
+        let mut closed = a.clone();
+        closed.state = jetway::store::AttemptState::Failed;
+        let mut aged = a;
+        aged.created_at -= ms;
+        aged.updated_at -= ms;
+        attempts.extend([closed, aged]);
+    }
+    if hold_too {
+        b.hold_expires_at = b.hold_expires_at.map(|t| t - ms);
+    }
+    s.app()
+        .store
+        .write(&jetway::store::Batch {
+            attempts,
+            bookings: vec![b],
+            ..Default::default()
+        })
+        .unwrap();
+}
+
+/// Waits until the booking is no longer held, and returns its status.
+async fn hold_ended(s: &Server, loc: &Value) -> jetway::domain::BookingStatus {
+    eventually("the hold ends", || {
+        let status = store_booking(s, loc).status;
+        async move { status != jetway::domain::BookingStatus::Held }
+    })
+    .await;
+    store_booking(s, loc).status
+}
+
+/// A customer asked for 3-D Secure early in a long hold (longer ago than a payment
+/// span, 5 x 2 + 60 s here) completes it just before the hold ends, and their next
+/// `booking.pay` never comes: the hold's expiry still asks the gateway (the window
+/// runs from the hold's end), and the charge pays the booking instead of being
+/// refunded once the seats are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_from_early_in_a_long_hold_completed_at_its_end_confirms_the_booking() {
+    let (f, s, _c, b) = challenged_3ds(3).await;
     let loc = &b["locator"];
-    wait_confirmed(&s, loc).await;
-    let total = b["total"]["amount"].as_i64().unwrap();
-    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
-    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    age_payment(&s, loc, 200_000, false);
+    authenticate(&f, loc);
+    assert_eq!(
+        hold_ended(&s, loc).await,
+        jetway::domain::BookingStatus::Confirmed
+    );
+    paid_once(&f, &s, &b);
+    s.stop().await;
+}
+
+/// A payment still waiting for its customer when its hold is released without asking
+/// the gateway (the expiry came to it more than a payment span after the hold's end)
+/// is cancelled right after, by the expiry, not left to the reconciler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_payment_of_a_hold_released_without_asking_is_cancelled_after_it() {
+    let (f, s, _c, b) = challenged_3ds(3).await;
+    let loc = &b["locator"];
+    let cancels = f.received(Step::Cancel);
+    age_payment(&s, loc, 200_000, true);
+    assert_eq!(
+        hold_ended(&s, loc).await,
+        jetway::domain::BookingStatus::Expired
+    );
+    eventually("the waiting PaymentIntent is cancelled", || {
+        let status = intent_of(&f, loc).status;
+        async move { status == "canceled" }
+    })
+    .await;
+    assert!(f.received(Step::Cancel) > cancels);
+    eventually("the attempt ends", || {
+        let open = s.app().store.open_attempts().unwrap().len();
+        async move { open == 0 }
+    })
+    .await;
+    assert_eq!(f.ledger().charged(), 0);
     s.stop().await;
 }
 
@@ -1781,9 +1872,7 @@ async fn a_pay_past_due_settles_a_payment_its_customer_completed() {
         .unwrap();
     let paid = c.ok("booking.pay", pay(loc, THREE_DS, "p2")).await;
     assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
-    let total = b["total"]["amount"].as_i64().unwrap();
-    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
-    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    paid_once(&f, &s, &b);
     s.stop().await;
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-use super::App;
-use super::AppError;
+use super::{App, AppError, Step};
 use crate::domain::{self, BookingStatus, FlightId, Locator, Millis};
 use crate::inventory::FlightSeats;
+use crate::store::{AttemptState, PaymentAttempt};
 
 /// How long to wait before retrying a hold whose payment is in flight.
 const BUSY_RETRY_MS: Millis = 500;
@@ -208,8 +208,8 @@ impl App {
     /// the hold ended, is settled first (on a task of its own), so that it confirms
     /// the booking rather than being refunded after the seats are gone. The wait is
     /// bounded: past an attempt's [`App::settle_deadline`] the gateway is not asked,
-    /// the hold goes as before, and the reconciler refunds a charge it finds later (or
-    /// cancels a payment still waiting for its customer).
+    /// the hold goes as before, and the reconciler refunds a charge it finds later (a
+    /// payment still waiting for its customer is cancelled right after the release).
     async fn expire_one(
         self: &Arc<Self>,
         flight: &FlightId,
@@ -263,7 +263,7 @@ impl App {
     /// still waiting for its turn at `deadline` (the gateway slow for many holds) goes
     /// without asking.
     async fn settle_then_expire(
-        &self,
+        self: &Arc<Self>,
         fs: &Arc<FlightSeats>,
         flight: &FlightId,
         locator: &Locator,
@@ -292,38 +292,76 @@ impl App {
         self.release_hold(fs, flight, locator).await
     }
 
-    /// Releases a hold if it is still held and due (and no payment of it is in flight).
+    /// Releases a hold if it is still held and due (and no payment of it is in flight),
+    /// then cancels the payments of it still waiting for their customer.
     async fn release_hold(
-        &self,
+        self: &Arc<Self>,
         fs: &Arc<FlightSeats>,
         flight: &FlightId,
         locator: &Locator,
     ) -> Result<(), AppError> {
-        self.seat_step(fs, None, |w| {
-            let now = domain::now_ms();
-            let Some(mut b) = self.store.booking(locator)? else {
-                return Ok((None, ()));
-            };
-            if b.status != BookingStatus::Held {
-                return Ok((None, ()));
-            }
-            if self.paying(w, locator, &|_| false)? {
-                self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
-                return Ok((None, ()));
-            }
-            if !b.is_expired(now) {
-                if let Some(t) = b.hold_expires_at {
-                    self.expiry.schedule(t, flight, locator);
+        let released = self
+            .seat_step(fs, None, |w| {
+                let now = domain::now_ms();
+                let Some(mut b) = self.store.booking(locator)? else {
+                    return Ok((None, false));
+                };
+                if b.status != BookingStatus::Held {
+                    return Ok((None, false));
                 }
-                return Ok((None, ()));
+                if self.paying(w, locator, &|_| false)? {
+                    self.expiry.schedule(now + BUSY_RETRY_MS, flight, locator);
+                    return Ok((None, false));
+                }
+                if !b.is_expired(now) {
+                    if let Some(t) = b.hold_expires_at {
+                        self.expiry.schedule(t, flight, locator);
+                    }
+                    return Ok((None, false));
+                }
+                b.expire(now)?;
+                Ok((
+                    Some(self.end_hold(fs, w, &b, "expired", json!({}), None)?),
+                    true,
+                ))
+            })
+            .await?;
+        if matches!(released, Step::Done(true)) {
+            self.cancel_waiting(locator)?;
+        }
+        Ok(())
+    }
+
+    /// Cancels at the gateway, on a task of its own, the payments of an expired hold
+    /// still waiting for their customer: those its settling did not get to (past their
+    /// deadline, or the gateway could not tell then). A charge that landed after all is
+    /// refunded; a payment whose outcome stays unknown is left to the reconciler.
+    fn cancel_waiting(self: &Arc<Self>, locator: &Locator) -> Result<(), AppError> {
+        let waiting: Vec<PaymentAttempt> = self
+            .store
+            .booking_attempts(locator)?
+            .into_iter()
+            .filter(|a| a.state == AttemptState::ActionRequired)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            let cancel = async {
+                let Ok(_slot) = app.expiry.settle_slots.acquire().await else {
+                    return;
+                };
+                for a in waiting {
+                    app.try_reconcile(a).await;
+                }
+            };
+            tokio::select! {
+                _ = cancel => {}
+                // the next start's reconciliation cancels them
+                _ = app.stop.cancelled() => {}
             }
-            b.expire(now)?;
-            Ok((
-                Some(self.end_hold(fs, w, &b, "expired", json!({}), None)?),
-                (),
-            ))
-        })
-        .await?;
+        });
         Ok(())
     }
 }

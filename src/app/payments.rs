@@ -956,10 +956,24 @@ impl App {
     }
 
     /// Until when a due hold waits for `a` to settle: one payment span after its last
-    /// step (its start, or the `booking.pay` that continued it).
+    /// step (its start, or the `booking.pay` that continued it). For a payment waiting
+    /// for its customer, who may complete it until the hold ends, one payment span
+    /// after the hold's end if that is later.
     pub(super) fn settle_deadline(&self, a: &PaymentAttempt) -> domain::Millis {
         let span = self.payment_span().as_millis() as domain::Millis;
-        a.updated_at.max(a.created_at).saturating_add(span)
+        let last_step = a.updated_at.max(a.created_at);
+        let hold_end = match a.state {
+            AttemptState::ActionRequired => self
+                .store
+                .booking(&a.locator)
+                .ok()
+                .flatten()
+                .and_then(|b| b.hold_expires_at),
+            _ => None,
+        };
+        hold_end
+            .map_or(last_step, |t| t.max(last_step))
+            .saturating_add(span)
     }
 
     /// Reconciles `a`; `false` (logged) if it was skipped or failed, so it is still
