@@ -70,6 +70,15 @@ impl Progress {
     }
 }
 
+/// Marks the commit loop stopped when dropped, and wakes the waiters.
+struct Stopped<'a>(&'a watch::Sender<Progress>);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|p| p.stopped = true);
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitStats {
@@ -204,12 +213,18 @@ impl Committer {
         drop(self.gate.write());
         let last = self.queue.lock().next - 1;
         self.durable(Ticket::Local(last)).await?;
-        self.announced
-            .subscribe()
-            .wait_for(|a| *a >= last)
-            .await
-            .map(|_| ())
-            .map_err(|_| StoreError::Io("committer stopped".into()))
+        let stopped = || StoreError::Io("committer stopped".into());
+        let mut announced = self.announced.subscribe();
+        if *announced.borrow_and_update() >= last {
+            return Ok(());
+        }
+        // a loop that died in a later part never announces the rest
+        let mut progress = self.progress.subscribe();
+        tokio::select! {
+            biased;
+            a = announced.wait_for(|a| *a >= last) => a.map(|_| ()).map_err(|_| stopped()),
+            _ = progress.wait_for(|p| p.stopped) => Err(stopped()),
+        }
     }
 
     /// Waits until the ticket's write is durable.
@@ -246,14 +261,16 @@ impl Committer {
         *self.stats.lock()
     }
 
-    /// The commit loop; runs until `stop`, committing what is pending first.
+    /// The commit loop; runs until `stop`, committing what is pending first. However
+    /// it ends (also by a panic or its task aborted), it is marked stopped, so that
+    /// waiters for tickets it did not sync get an error instead of waiting forever.
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let _stopped = Stopped(&self.progress);
         loop {
             tokio::select! {
                 _ = self.wake.notified() => self.commit_pending().await,
                 _ = stop.cancelled() => {
                     self.commit_pending().await;
-                    self.progress.send_modify(|p| p.stopped = true);
                     return;
                 }
             }
@@ -382,6 +399,58 @@ mod tests {
             .await
             .expect("durable() returned");
         assert!(matches!(waited, Err(StoreError::Io(_))), "{waited:?}");
+    }
+
+    /// How a commit loop can end without being stopped.
+    #[derive(Debug, Clone, Copy)]
+    enum Death {
+        ActionPanics,
+        LaterPanics,
+        Aborted,
+    }
+
+    #[tokio::test]
+    async fn waits_after_the_loop_panicked_or_was_aborted_fail_instead_of_hanging() {
+        async fn within<F: std::future::Future>(f: F) -> F::Output {
+            tokio::time::timeout(std::time::Duration::from_secs(10), f)
+                .await
+                .expect("the wait returned")
+        }
+        for death in [Death::ActionPanics, Death::LaterPanics, Death::Aborted] {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+            let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+            let run = tokio::spawn(c.clone().run(Default::default()));
+            c.barrier().await.unwrap();
+            match death {
+                Death::ActionPanics => {
+                    c.enqueue(Some(Box::new(|| panic!("an action panicked"))));
+                }
+                Death::LaterPanics => {
+                    c.enqueue(Some(Box::new(|| {
+                        Some(Box::new(|| panic!("a later part panicked")) as Later)
+                    })));
+                }
+                Death::Aborted => {
+                    // a ticket the loop never got to
+                    c.enqueue(None);
+                    run.abort();
+                }
+            }
+            let ended = run.await.unwrap_err();
+            assert!(ended.is_panic() || ended.is_cancelled(), "{death:?}");
+            let settled = within(c.settle_reads()).await;
+            assert!(
+                matches!(settled, Err(StoreError::Io(_))),
+                "{death:?}: {settled:?}"
+            );
+            let after = c.enqueue(None);
+            let waited = within(c.durable(after)).await;
+            assert!(
+                matches!(waited, Err(StoreError::Io(_))),
+                "{death:?}: {waited:?}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
