@@ -12,6 +12,7 @@ use jetway::protocol::params::decode;
 use jetway::store::Store;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A scrape, checked to read no booking.
@@ -56,7 +57,7 @@ async fn pay(app: &App, user: &AuthSession, loc: &Value, rid: &str) {
     app.pay(user, decode(p).unwrap()).await.unwrap();
 }
 
-async fn cancel(app: &App, user: &AuthSession, loc: &Value, rid: &str) {
+async fn cancel(app: &Arc<App>, user: &AuthSession, loc: &Value, rid: &str) {
     let p = json!({"locator": loc, "request_id": rid});
     app.cancel(user, decode(p).unwrap()).await.unwrap();
 }

@@ -1852,6 +1852,37 @@ async fn a_waiting_payment_of_a_hold_released_without_asking_is_cancelled_after_
     s.stop().await;
 }
 
+/// A passenger who cancels a hold whose payment waits for 3-D Secure: the waiting
+/// PaymentIntent is cancelled right after the release, not left to the reconciler
+/// (a challenge completed later would otherwise charge a cancelled booking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_hold_cancels_its_waiting_payment() {
+    let (f, s, mut c, b) = challenged_3ds(600).await;
+    let loc = &b["locator"];
+    let cancels = f.received(Step::Cancel);
+    let cancelled = c
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c1"}),
+        )
+        .await;
+    assert_eq!(cancelled["booking"]["status"], "cancelled", "{cancelled}");
+    eventually("the waiting PaymentIntent is cancelled", || {
+        let status = intent_of(&f, loc).status;
+        async move { status == "canceled" }
+    })
+    .await;
+    assert!(f.received(Step::Cancel) > cancels);
+    eventually("the attempt ends", || {
+        let open = s.app().store.open_attempts().unwrap().len();
+        async move { open == 0 }
+    })
+    .await;
+    assert!(!f.authenticate(&intent_of(&f, loc).id, true));
+    assert_eq!(f.ledger().charged(), 0);
+    s.stop().await;
+}
+
 /// A customer completes 3-D Secure as the hold ends, and pays again (new request id)
 /// before the hold's expiry got to the payment: the pay settles it first and answers
 /// the booking as paid, not `hold_expired` for a booking about to be confirmed.

@@ -237,7 +237,7 @@ impl App {
     }
 
     pub async fn cancel(
-        &self,
+        self: &Arc<Self>,
         s: &AuthSession,
         p: params::CancelRequest,
     ) -> Result<Answer<BookingResult>, AppError> {
@@ -307,7 +307,13 @@ impl App {
                     }
                 });
                 match step.await? {
-                    Step::Done(CancelStep::Released(result)) => return Ok(Answer::Now(*result)),
+                    Step::Done(CancelStep::Released(result)) => {
+                        // the release is durable and answered; the reconciler is the backstop
+                        if let Err(e) = self.cancel_waiting(&loc) {
+                            tracing::error!(locator = %loc, error = %e, "cancelling a waiting payment failed");
+                        }
+                        return Ok(Answer::Now(*result));
+                    }
                     Step::Replayed(memo) => return super::replay(memo),
                     Step::Done(CancelStep::Finish(busy, open)) => {
                         // this request's own refund, interrupted: finishing it answers;

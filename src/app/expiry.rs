@@ -332,11 +332,12 @@ impl App {
         Ok(())
     }
 
-    /// Cancels at the gateway, on a task of its own, the payments of an expired hold
-    /// still waiting for their customer: those its settling did not get to (past their
-    /// deadline, or the gateway could not tell then). A charge that landed after all is
-    /// refunded; a payment whose outcome stays unknown is left to the reconciler.
-    fn cancel_waiting(self: &Arc<Self>, locator: &Locator) -> Result<(), AppError> {
+    /// Cancels at the gateway, on a task of its own, the payments of a released hold
+    /// still waiting for their customer: those an expiry's settling did not get to (past
+    /// their deadline, or the gateway could not tell then), or those of a hold its
+    /// passenger cancelled. A charge that landed after all is refunded; a payment whose
+    /// outcome stays unknown is left to the reconciler.
+    pub(super) fn cancel_waiting(self: &Arc<Self>, locator: &Locator) -> Result<(), AppError> {
         let waiting: Vec<PaymentAttempt> = self
             .store
             .booking_attempts(locator)?
