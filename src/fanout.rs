@@ -105,7 +105,7 @@ pub struct Outbox {
 
 /// The connection's writer end of the queue.
 pub struct OutboxReceiver {
-    shared: Arc<Shared>,
+    outbox: Outbox,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -167,7 +167,9 @@ pub fn outbox(limits: QueueLimits) -> (Outbox, OutboxReceiver) {
         Outbox {
             shared: shared.clone(),
         },
-        OutboxReceiver { shared },
+        OutboxReceiver {
+            outbox: Outbox { shared },
+        },
     )
 }
 
@@ -204,6 +206,11 @@ impl Outbox {
             return false;
         }
         q.bytes += frame.len() as u32;
+        if q.frames.capacity() == 0 {
+            // one frame is the usual batch (a push reaching thousands of idle
+            // connections at once): room for one, not a `VecDeque`'s first four
+            q.frames.reserve_exact(1);
+        }
         q.frames.push_back(frame);
         let first = q.frames.len() == 1;
         drop(q);
@@ -286,6 +293,11 @@ pub enum Next {
 }
 
 impl OutboxReceiver {
+    /// The sending side of the same queue.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Waits for queued frames or a close. Cancel-safe: nothing is taken until it
     /// is returned.
     pub async fn next(&mut self) -> Next {
@@ -293,7 +305,7 @@ impl OutboxReceiver {
             if let Some(n) = self.try_next() {
                 return Poll::Ready(n);
             }
-            self.shared.waker.register(cx.waker());
+            self.outbox.shared.waker.register(cx.waker());
             match self.try_next() {
                 Some(n) => Poll::Ready(n),
                 None => Poll::Pending,
@@ -306,11 +318,11 @@ impl OutboxReceiver {
     /// that always has frames queued is still pinged and checked for idleness), then
     /// the frames (those queued before a [`Outbox::finish`] first), then the close.
     pub fn try_next(&mut self) -> Option<Next> {
-        let mut q = self.shared.queue.lock();
+        let mut q = self.outbox.shared.queue.lock();
         // the writer is back: the batch it took is written
         q.taken = (0, 0);
-        if self.shared.asks.load(Ordering::Relaxed) != 0 {
-            let asks = self.shared.asks.swap(0, Ordering::Relaxed);
+        if self.outbox.shared.asks.load(Ordering::Relaxed) != 0 {
+            let asks = self.outbox.shared.asks.swap(0, Ordering::Relaxed);
             if asks & ASK_STOP != 0 {
                 return Some(Next::Stop);
             } else if asks & ASK_IDLE != 0 {
@@ -329,7 +341,7 @@ impl OutboxReceiver {
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        let mut q = self.shared.queue.lock();
+        let mut q = self.outbox.shared.queue.lock();
         q.ended = true;
         q.frames = VecDeque::new();
         q.bytes = 0;
@@ -339,7 +351,7 @@ impl Drop for OutboxReceiver {
                 reason: "closed",
             });
         }
-        self.shared.closing.store(true, Ordering::Relaxed);
+        self.outbox.shared.closing.store(true, Ordering::Relaxed);
     }
 }
 
@@ -740,6 +752,18 @@ mod tests {
         assert_eq!(reg.connections(), 1);
         reg.revoke(UserId(1), "t1");
         assert_eq!(reg.connections(), 0);
+    }
+
+    /// A push to thousands of idle connections queues one frame on each at once: a
+    /// `VecDeque`'s first growth (room for four, a 144-byte chunk) on every one of
+    /// them was a peak of ~140 bytes per connection that the allocator kept.
+    #[test]
+    fn a_lone_frame_takes_room_for_one() {
+        let (o, mut rx) = outbox(QueueLimits::default());
+        assert!(o.send(FrameKind::Push, "x".into()));
+        assert!(o.shared.queue.lock().frames.capacity() < 4);
+        assert!(o.send(FrameKind::Push, "y".into()));
+        assert_eq!(frames(rx.try_next()), ["x", "y"]);
     }
 
     /// Every connection keeps one: with its counts in `u32`s, its `Arc` (16 bytes of

@@ -26,26 +26,44 @@ const BY_REFERENCE: usize = 2048;
 
 pub struct Coalesce<S> {
     inner: S,
+    /// What is gathered and what is read ahead; none between bursts, so that an idle
+    /// connection keeps one pointer here (its task keeps the rest of this struct for
+    /// as long as it runs).
+    bufs: Option<Box<Buffers>>,
+}
+
+#[derive(Default)]
+struct Buffers {
     pending: Vec<u8>,
     /// A large message's payload, sent after `pending`.
     large: Option<Utf8Bytes>,
     /// How much of `pending`, then of `large`, is already sent.
     sent: usize,
-    /// Bytes read from the socket and not yet taken; empty between bursts.
+    /// Bytes read from the socket and not yet taken.
     ahead: Vec<u8>,
     /// How much of `ahead` is already taken.
     taken: usize,
 }
 
+impl Buffers {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.large.is_none() && self.ahead.is_empty()
+    }
+}
+
 impl<S> Coalesce<S> {
     pub fn new(inner: S) -> Self {
-        Coalesce {
-            inner,
-            pending: Vec::new(),
-            sent: 0,
-            large: None,
-            ahead: Vec::new(),
-            taken: 0,
+        Coalesce { inner, bufs: None }
+    }
+
+    fn bufs(&mut self) -> &mut Buffers {
+        self.bufs.get_or_insert_with(Box::default)
+    }
+
+    /// Gives the buffers back once nothing is gathered or read ahead.
+    fn release(&mut self) {
+        if self.bufs.as_ref().is_some_and(|b| b.is_empty()) {
+            self.bufs = None;
         }
     }
 
@@ -53,8 +71,11 @@ impl<S> Coalesce<S> {
     /// reading the socket. A copy: what they are a view of (hyper's whole read
     /// buffer) is not kept.
     pub fn read_first(mut self, bytes: &[u8]) -> Self {
-        self.ahead = bytes.to_vec();
-        self.taken = 0;
+        if !bytes.is_empty() {
+            let b = self.bufs();
+            b.ahead = bytes.to_vec();
+            b.taken = 0;
+        }
         self
     }
 
@@ -62,31 +83,34 @@ impl<S> Coalesce<S> {
     /// RFC 6455 5.2). A large one is sent from `text` itself, and fills the socket:
     /// send it before pushing more.
     pub fn push_text(&mut self, text: &Utf8Bytes) {
-        debug_assert!(self.large.is_none(), "a large message is still unsent");
+        let b = self.bufs();
+        debug_assert!(b.large.is_none(), "a large message is still unsent");
         let payload = text.as_bytes();
         let n = payload.len();
         let by_reference = n >= BY_REFERENCE;
-        self.pending.reserve(if by_reference { 10 } else { n + 10 });
-        self.pending.push(0x81);
+        b.pending.reserve(if by_reference { 10 } else { n + 10 });
+        b.pending.push(0x81);
         if n < 126 {
-            self.pending.push(n as u8);
+            b.pending.push(n as u8);
         } else if let Ok(short) = u16::try_from(n) {
-            self.pending.push(126);
-            self.pending.extend_from_slice(&short.to_be_bytes());
+            b.pending.push(126);
+            b.pending.extend_from_slice(&short.to_be_bytes());
         } else {
-            self.pending.push(127);
-            self.pending.extend_from_slice(&(n as u64).to_be_bytes());
+            b.pending.push(127);
+            b.pending.extend_from_slice(&(n as u64).to_be_bytes());
         }
         if by_reference {
-            self.large = Some(text.clone());
+            b.large = Some(text.clone());
         } else {
-            self.pending.extend_from_slice(payload);
+            b.pending.extend_from_slice(payload);
         }
     }
 
     /// Whether enough is gathered to send before taking more.
     pub fn is_full(&self) -> bool {
-        self.pending.len() >= LIMIT || self.large.is_some()
+        self.bufs
+            .as_ref()
+            .is_some_and(|b| b.pending.len() >= LIMIT || b.large.is_some())
     }
 }
 
@@ -95,13 +119,16 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
     /// out in the same write as the frame header and whatever was gathered before it
     /// (one vectored write), so that no header leaves as a segment of its own.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Coalesce {
-            inner,
+        let Coalesce { inner, bufs } = self;
+        let Some(b) = bufs.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let Buffers {
             pending,
             sent,
             large,
             ..
-        } = self;
+        } = b;
         loop {
             let head = pending.get(*sent..).unwrap_or_default();
             let payload = large.as_ref().map_or(&[][..], |t| t.as_bytes());
@@ -123,6 +150,7 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
         *pending = Vec::new();
         *sent = 0;
         *large = None;
+        self.release();
         Poll::Ready(Ok(()))
     }
 }
@@ -134,7 +162,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.taken == this.ahead.len() {
+        let Some(b) = this.bufs.as_deref_mut().filter(|b| b.taken < b.ahead.len()) else {
             if buf.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
@@ -144,17 +172,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
             let n = read.filled().len().min(buf.remaining());
             buf.put_slice(&read.filled()[..n]);
             if n < read.filled().len() {
-                this.ahead = read.filled()[n..].to_vec();
-                this.taken = 0;
+                let b = this.bufs();
+                b.ahead = read.filled()[n..].to_vec();
+                b.taken = 0;
             }
             return Poll::Ready(Ok(()));
-        }
-        let n = (this.ahead.len() - this.taken).min(buf.remaining());
-        buf.put_slice(&this.ahead[this.taken..this.taken + n]);
-        this.taken += n;
-        if this.taken == this.ahead.len() {
-            this.ahead = Vec::new();
-            this.taken = 0;
+        };
+        let n = (b.ahead.len() - b.taken).min(buf.remaining());
+        buf.put_slice(&b.ahead[b.taken..b.taken + n]);
+        b.taken += n;
+        if b.taken == b.ahead.len() {
+            b.ahead = Vec::new();
+            b.taken = 0;
+            this.release();
         }
         Poll::Ready(Ok(()))
     }
@@ -167,14 +197,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         // what tungstenite writes goes after a large message still being sent
-        if this.large.is_some() || this.pending.len() + data.len() > LIMIT {
+        let gathered = this.bufs.as_ref().map_or(0, |b| b.pending.len());
+        if this.bufs.as_ref().is_some_and(|b| b.large.is_some()) || gathered + data.len() > LIMIT {
             ready!(this.poll_send(cx))?;
             if data.len() >= LIMIT {
                 return Pin::new(&mut this.inner).poll_write(cx, data);
             }
         }
-        this.pending.extend_from_slice(data);
+        this.bufs().pending.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
 
@@ -214,9 +248,9 @@ mod tests {
         // over the limit: what is gathered goes first, then the big piece directly
         w.write_all(&big).await.unwrap();
         w.write_all(b"!").await.unwrap();
-        assert!(w.pending.capacity() > 0);
+        assert!(w.bufs.as_ref().is_some_and(|b| b.pending.capacity() > 0));
         w.flush().await.unwrap();
-        assert_eq!(w.pending.capacity(), 0, "memory given back once sent");
+        assert!(w.bufs.is_none(), "memory given back once sent");
         let expected = [&b"hello world"[..], &mid, &big, b"!"].concat();
         let mut got = vec![0; expected.len()];
         b.read_exact(&mut got).await.unwrap();
@@ -254,7 +288,7 @@ mod tests {
             got
         });
         assert_eq!(read, texts);
-        assert_eq!(w.pending.capacity(), 0);
+        assert!(w.bufs.is_none());
     }
 
     #[tokio::test]
@@ -269,7 +303,7 @@ mod tests {
             let n = r.read(&mut piece).await.unwrap();
             got.extend_from_slice(&piece[..n]);
             if got.len() == sent.len() {
-                assert_eq!(r.ahead.capacity(), 0, "nothing kept once all is taken");
+                assert!(r.bufs.is_none(), "nothing kept once all is taken");
             }
         }
         assert_eq!(got, sent);
@@ -346,7 +380,7 @@ mod tests {
                 w.inner.writes.len(),
                 expected.len().div_ceil(cap.min(expected.len()))
             );
-            assert!(w.large.is_none());
+            assert!(w.bufs.is_none());
         }
     }
 
@@ -361,7 +395,7 @@ mod tests {
         assert_eq!(got, b"early late");
         // hyper's read buffer, of which they are a view, used to be kept whole
         let none = Coalesce::new(tokio::io::empty()).read_first(&[]);
-        assert_eq!(none.ahead.capacity(), 0);
+        assert!(none.bufs.is_none());
     }
 
     #[tokio::test]

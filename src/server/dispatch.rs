@@ -29,11 +29,10 @@ pub struct ConnState {
     pub boards: Vec<String>,
     /// The client's address (login backoff).
     pub peer: IpAddr,
-    pub shield: Arc<Shield>,
 }
 
 impl ConnState {
-    pub fn new(app: Arc<App>, outbox: Outbox, peer: IpAddr, shield: Arc<Shield>) -> Self {
+    pub fn new(app: Arc<App>, outbox: Outbox, peer: IpAddr) -> Self {
         ConnState {
             app,
             outbox,
@@ -41,8 +40,11 @@ impl ConnState {
             subscriptions: Vec::new(),
             boards: Vec::new(),
             peer,
-            shield,
         }
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
     }
 }
 
@@ -64,7 +66,8 @@ pub fn method_label(m: &str) -> &'static str {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Handles a request and queues its reply (none for a notification).
-pub async fn handle(app: &Arc<App>, conn: &mut ConnState, req: Request) {
+pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
+    let app = conn.app.clone();
     let label = method_label(&req.method);
     let span = tracing::info_span!(
         "request",
@@ -72,21 +75,29 @@ pub async fn handle(app: &Arc<App>, conn: &mut ConnState, req: Request) {
         conn = conn.outbox.id(),
         method = label
     );
-    handle_in_span(app, conn, req, label).instrument(span).await
+    handle_in_span(&app, shield, conn, req, label)
+        .instrument(span)
+        .await
 }
 
-async fn handle_in_span(app: &Arc<App>, conn: &mut ConnState, req: Request, label: &'static str) {
+async fn handle_in_span(
+    app: &Arc<App>,
+    shield: &Shield,
+    conn: &mut ConnState,
+    req: Request,
+    label: &'static str,
+) {
     let started = Instant::now();
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
     let notification = req.id.is_none();
-    let outcome = call(app, conn, req).await;
+    let outcome = call(app, shield, conn, req).await;
     let result = match &outcome {
         Ok(_) => "ok",
         Err(e) => e.reason(),
     };
     let took = started.elapsed();
-    conn.shield.metrics.request(label, result, took);
+    shield.metrics.request(label, result, took);
     tracing::debug!(
         outcome = result,
         micros = took.as_micros() as u64,
@@ -111,6 +122,7 @@ async fn handle_in_span(app: &Arc<App>, conn: &mut ConnState, req: Request, labe
 /// `Ok(None)` when the use case queued its own reply.
 async fn call(
     app: &Arc<App>,
+    shield: &Shield,
     conn: &mut ConnState,
     req: Request,
 ) -> Result<Option<Value>, ApiError> {
@@ -130,11 +142,11 @@ async fn call(
         Call::Register(p) => encode(&app.register(p?, &conn.outbox, &mut conn.session).await?)?,
         Call::Login(p) => {
             let params = p?;
-            let guard = &conn.shield.logins;
-            let addr = conn.shield.login_addr(conn.peer);
+            let guard = &shield.logins;
+            let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
             if guard.check(&name, addr).is_err() {
-                conn.shield
+                shield
                     .metrics
                     .rejected(crate::metrics::Rejection::LoginBackoff);
                 return Err(ApiError::RateLimited);

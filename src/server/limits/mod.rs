@@ -17,7 +17,7 @@ use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 
 pub use listener::{AddrSlot, GuardedListener, GuardedStream, Peer, TcpHold};
-pub use rate::{RateLimiter, Verdict};
+pub use rate::{RateLimit, RateLimiter, Verdict};
 
 use listener::AddrCounter;
 use login::LoginGuard;

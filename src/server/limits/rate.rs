@@ -3,15 +3,33 @@
 
 use std::time::Instant;
 
-/// A token bucket: `rate` tokens per second, at most `burst` saved up. Kept in
-/// `f32`s: every connection has one, and whole tokens are all it counts.
+/// The limit every connection's bucket follows: `rate` tokens per second, at most
+/// `burst` saved up, and the connection closed after `close_after` refusals in a row.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub burst: u32,
+    pub close_after: u32,
+}
+
+impl RateLimit {
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        RateLimit {
+            rate: limits.rate_limit,
+            burst: limits.rate_burst,
+            close_after: limits.rate_limit_close,
+        }
+    }
+}
+
+/// One connection's token bucket, following a [`RateLimit`] it is given at each
+/// check (every connection has a bucket; the limit is the server's). In `f32`s:
+/// whole tokens are all it counts.
 pub struct RateLimiter {
-    rate: f32,
-    burst: f32,
     tokens: f32,
-    last: Instant,
     /// Requests refused in a row.
     pub strikes: u32,
+    last: Instant,
 }
 
 /// What to do with one request.
@@ -25,35 +43,34 @@ pub enum Verdict {
 }
 
 impl RateLimiter {
-    pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = burst.max(1) as f32;
+    /// A full bucket.
+    pub fn new(limit: &RateLimit) -> Self {
         RateLimiter {
-            rate: rate as f32,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
+            tokens: limit.burst.max(1) as f32,
             strikes: 0,
+            last: Instant::now(),
         }
     }
 
-    pub fn check(&mut self, close_after: u32) -> Verdict {
-        self.check_at(Instant::now(), close_after)
+    pub fn check(&mut self, limit: &RateLimit) -> Verdict {
+        self.check_at(Instant::now(), limit)
     }
 
-    pub fn check_at(&mut self, now: Instant, close_after: u32) -> Verdict {
-        if self.rate <= 0.0 {
+    pub fn check_at(&mut self, now: Instant, limit: &RateLimit) -> Verdict {
+        if limit.rate == 0 {
             return Verdict::Allow;
         }
         let dt = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        let burst = limit.burst.max(1) as f32;
+        self.tokens = (self.tokens + dt * limit.rate as f32).min(burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.strikes = 0;
             return Verdict::Allow;
         }
         self.strikes = self.strikes.saturating_add(1);
-        if self.strikes > close_after {
+        if self.strikes > limit.close_after {
             Verdict::Close
         } else {
             Verdict::Refuse
@@ -68,25 +85,35 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_refuses_then_closes() {
-        let mut r = RateLimiter::new(10, 5);
+        let limit = RateLimit {
+            rate: 10,
+            burst: 5,
+            close_after: 3,
+        };
+        let mut r = RateLimiter::new(&limit);
         let t0 = Instant::now();
         for _ in 0..5 {
-            assert_eq!(r.check_at(t0, 3), Verdict::Allow);
+            assert_eq!(r.check_at(t0, &limit), Verdict::Allow);
         }
         for _ in 0..3 {
-            assert_eq!(r.check_at(t0, 3), Verdict::Refuse);
+            assert_eq!(r.check_at(t0, &limit), Verdict::Refuse);
         }
-        assert_eq!(r.check_at(t0, 3), Verdict::Close);
+        assert_eq!(r.check_at(t0, &limit), Verdict::Close);
         // 100 ms later one token is back and the strikes are forgiven
-        let mut r = RateLimiter::new(10, 5);
+        let mut r = RateLimiter::new(&limit);
         for _ in 0..6 {
-            r.check_at(t0, 3);
+            r.check_at(t0, &limit);
         }
         assert_eq!(
-            r.check_at(t0 + Duration::from_millis(100), 3),
+            r.check_at(t0 + Duration::from_millis(100), &limit),
             Verdict::Allow
         );
         assert_eq!(r.strikes, 0);
-        assert_eq!(RateLimiter::new(0, 1).check_at(t0, 0), Verdict::Allow);
+        let off = RateLimit {
+            rate: 0,
+            burst: 1,
+            close_after: 0,
+        };
+        assert_eq!(RateLimiter::new(&off).check_at(t0, &off), Verdict::Allow);
     }
 }
