@@ -1428,13 +1428,7 @@ const ADMIN_PASSWORD: &str = "payments ops 2026";
 async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
-    let mut admin = s.client().await;
-    admin
-        .ok(
-            "auth.login",
-            json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
-        .await;
+    let mut admin = admin_client(&s).await;
     let refused =
         |rid: &str, seat: &str| json!({"locator": loc, "request_id": rid, "seats": [seat]});
 
@@ -1725,6 +1719,7 @@ async fn challenged_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
     let (f, s) = stripe_server(|c| {
         c.hold_ttl = hold_ttl;
         c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
     })
     .await;
     let mut c = s.client().await;
@@ -1859,6 +1854,25 @@ async fn cancelling_a_hold_cancels_its_waiting_payment() {
     assert_eq!(cancelled["booking"]["status"], "cancelled", "{cancelled}");
     waiting_payment_cancelled(&f, &s, loc, cancels).await;
     assert!(!f.authenticate(&intent_of(&f, loc).id, true));
+    assert_eq!(f.ledger().charged(), 0);
+    s.stop().await;
+}
+
+/// The same when the airline cancels the flight of such a hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_airline_cancellation_cancels_a_held_booking_s_waiting_payment() {
+    let (f, s, _c, b) = challenged_3ds(600).await;
+    let loc = &b["locator"];
+    let cancels = f.received(Step::Cancel);
+    let mut admin = admin_client(&s).await;
+    let done = admin
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": b["flight_id"], "reason": "weather"}),
+        )
+        .await;
+    assert_eq!(done["released"], 1, "{done}");
+    waiting_payment_cancelled(&f, &s, loc, cancels).await;
     assert_eq!(f.ledger().charged(), 0);
     s.stop().await;
 }

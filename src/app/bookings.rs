@@ -308,10 +308,7 @@ impl App {
                 });
                 match step.await? {
                     Step::Done(CancelStep::Released(result)) => {
-                        // the release is durable and answered; the reconciler is the backstop
-                        if let Err(e) = self.cancel_waiting(&loc) {
-                            tracing::error!(locator = %loc, error = %e, "cancelling a waiting payment failed");
-                        }
+                        self.cancel_waiting(&loc);
                         return Ok(Answer::Now(*result));
                     }
                     Step::Replayed(memo) => return super::replay(memo),

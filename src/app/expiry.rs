@@ -20,6 +20,9 @@ const SETTLE_RETRY_MS: Millis = 5_000;
 /// At most this many due holds settle their payments with the gateway at once.
 const SETTLING_MAX: usize = 16;
 
+/// At most this many released holds' waiting payments are cancelled at once.
+const CANCELLING_MAX: usize = 4;
+
 /// The timer queue of held bookings.
 pub struct Expiry {
     queue: Mutex<Queue>,
@@ -29,6 +32,8 @@ pub struct Expiry {
     settling: Mutex<HashSet<Locator>>,
     /// Bounds how many of those tasks call the gateway at once.
     settle_slots: Semaphore,
+    /// Bounds how many released holds' waiting payments are cancelled at once.
+    cancel_slots: Semaphore,
 }
 
 impl Default for Expiry {
@@ -38,6 +43,7 @@ impl Default for Expiry {
             wake: Notify::new(),
             settling: Mutex::default(),
             settle_slots: Semaphore::new(SETTLING_MAX),
+            cancel_slots: Semaphore::new(CANCELLING_MAX),
         }
     }
 }
@@ -327,7 +333,7 @@ impl App {
             })
             .await?;
         if matches!(released, Step::Done(true)) {
-            self.cancel_waiting(locator)?;
+            self.cancel_waiting(locator);
         }
         Ok(())
     }
@@ -335,26 +341,45 @@ impl App {
     /// Cancels at the gateway, on a task of its own, the payments of a released hold
     /// still waiting for their customer: those an expiry's settling did not get to (past
     /// their deadline, or the gateway could not tell then), or those of a hold its
-    /// passenger cancelled. A charge that landed after all is refunded; a payment whose
-    /// outcome stays unknown is left to the reconciler.
-    pub(super) fn cancel_waiting(self: &Arc<Self>, locator: &Locator) -> Result<(), AppError> {
-        let waiting: Vec<PaymentAttempt> = self
-            .store
-            .booking_attempts(locator)?
-            .into_iter()
-            .filter(|a| a.state == AttemptState::ActionRequired)
-            .collect();
-        if waiting.is_empty() {
-            return Ok(());
+    /// passenger or the airline cancelled. A charge that landed after all is refunded;
+    /// a payment whose outcome stays unknown (or a failure here) is left to the
+    /// reconciler. Called once the release is durable, so it never fails the release.
+    pub(super) fn cancel_waiting(self: &Arc<Self>, locator: &Locator) {
+        let waiting = |app: &App, locator: &Locator| -> Result<Vec<PaymentAttempt>, AppError> {
+            Ok(app
+                .store
+                .booking_attempts(locator)?
+                .into_iter()
+                .filter(|a| a.state == AttemptState::ActionRequired)
+                .collect())
+        };
+        match waiting(self, locator) {
+            Ok(w) if w.is_empty() => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(%locator, error = %e, "cannot look for a waiting payment to cancel");
+                return;
+            }
         }
         let app = self.clone();
+        let locator = locator.clone();
         self.tasks.spawn(async move {
             let cancel = async {
-                let Ok(_slot) = app.expiry.settle_slots.acquire().await else {
+                // slots of their own: cancels never hold up a due hold's settling
+                let Ok(_slot) = app.expiry.cancel_slots.acquire().await else {
                     return;
                 };
-                for a in waiting {
-                    app.try_reconcile(a).await;
+                // read again: the customer, a webhook or the reconciler may have
+                // settled some while this waited for its slot
+                match waiting(&app, &locator) {
+                    Ok(attempts) => {
+                        for a in attempts {
+                            app.try_reconcile(a).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%locator, error = %e, "cannot look for a waiting payment to cancel")
+                    }
                 }
             };
             tokio::select! {
@@ -363,7 +388,6 @@ impl App {
                 _ = app.stop.cancelled() => {}
             }
         });
-        Ok(())
     }
 }
 

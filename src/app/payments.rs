@@ -134,12 +134,20 @@ impl App {
             if (unsettled || expiry_settles) && (!in_flight || past_due) {
                 let open = self.store.booking_attempts(&loc)?;
                 if expiry_settles || open.iter().any(settle_first) {
+                    let held = self
+                        .store
+                        .booking(&loc)?
+                        .is_some_and(|b| b.status == domain::BookingStatus::Held);
                     // not remembered: a retry looks again once the outcome is known
-                    return Err(AppError::PaymentFailed(
+                    return Err(AppError::PaymentFailed(if held {
                         "an earlier payment of this booking is not settled yet; the \
                          booking is confirmed if it was charged"
-                            .into(),
-                    ));
+                            .into()
+                    } else {
+                        "an earlier payment of this booking is not settled yet; it is \
+                         refunded if it was charged (the booking is no longer held)"
+                            .into()
+                    }));
                 }
             }
             let (busy, amount) = {
@@ -886,6 +894,15 @@ impl App {
             }
             Busy::mark(&fs, &mut w, &a.locator)?
         };
+        // read again under the mark: `a` may be a copy from before another settling
+        // (a webhook, a pay, another task) finished; settling it again would refund or
+        // fail it twice
+        let Some(a) = self.store.attempt(&a.id)? else {
+            return Ok(Reconciled::Skipped);
+        };
+        if !a.is_open() && a.state != AttemptState::Failed {
+            return Ok(Reconciled::Settled);
+        }
         let interrupted =
             || AppError::PaymentFailed("the payment was interrupted and did not go through".into());
         let status = self
@@ -963,12 +980,14 @@ impl App {
         let span = self.payment_span().as_millis() as domain::Millis;
         let last_step = a.updated_at.max(a.created_at);
         let hold_end = match a.state {
-            AttemptState::ActionRequired => self
-                .store
-                .booking(&a.locator)
-                .ok()
-                .flatten()
-                .and_then(|b| b.hold_expires_at),
+            AttemptState::ActionRequired => match self.store.booking(&a.locator) {
+                Ok(b) => b.and_then(|b| b.hold_expires_at),
+                Err(e) => {
+                    // rather ask the gateway than refund a payment that may confirm
+                    tracing::error!(attempt = %a.id, error = %e, "cannot read the booking of a payment");
+                    Some(domain::now_ms())
+                }
+            },
             _ => None,
         };
         hold_end

@@ -70,12 +70,25 @@ impl Progress {
     }
 }
 
-/// Marks the commit loop stopped when dropped, and wakes the waiters.
-struct Stopped<'a>(&'a watch::Sender<Progress>);
+/// Marks the commit loop stopped when dropped, and wakes the waiters. A loop that
+/// ends other than by its stop (a panic, its task aborted) also counts as a failed
+/// sync from the first ticket it did not finish: the store is then not ready, and no
+/// more writes are taken (they would change memory, and perhaps disk, while every
+/// requester is told they failed).
+struct Stopped<'a> {
+    progress: &'a watch::Sender<Progress>,
+    clean: bool,
+}
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
-        self.0.send_modify(|p| p.stopped = true);
+        let clean = self.clean;
+        self.progress.send_modify(|p| {
+            p.stopped = true;
+            if !clean && p.failed_from.is_none() {
+                p.failed_from = Some(p.done + 1);
+            }
+        });
     }
 }
 
@@ -265,12 +278,16 @@ impl Committer {
     /// it ends (also by a panic or its task aborted), it is marked stopped, so that
     /// waiters for tickets it did not sync get an error instead of waiting forever.
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let _stopped = Stopped(&self.progress);
+        let mut stopped = Stopped {
+            progress: &self.progress,
+            clean: false,
+        };
         loop {
             tokio::select! {
                 _ = self.wake.notified() => self.commit_pending().await,
                 _ = stop.cancelled() => {
                     self.commit_pending().await;
+                    stopped.clean = true;
                     return;
                 }
             }
@@ -441,14 +458,23 @@ mod tests {
             assert!(ended.is_panic() || ended.is_cancelled(), "{death:?}");
             let settled = within(c.settle_reads()).await;
             assert!(
-                matches!(settled, Err(StoreError::Io(_))),
+                matches!(settled, Err(StoreError::Io(_) | StoreError::SyncFailed)),
                 "{death:?}: {settled:?}"
             );
             let after = c.enqueue(None);
             let waited = within(c.durable(after)).await;
             assert!(
-                matches!(waited, Err(StoreError::Io(_))),
+                matches!(waited, Err(StoreError::Io(_) | StoreError::SyncFailed)),
                 "{death:?}: {waited:?}"
+            );
+            // the process takes no more writes, and is not ready
+            assert!(c.has_failed(), "{death:?}");
+            assert!(
+                matches!(
+                    c.write_unsynced(&Batch::default()),
+                    Err(StoreError::SyncFailed)
+                ),
+                "{death:?}"
             );
         }
     }

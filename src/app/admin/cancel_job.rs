@@ -151,7 +151,10 @@ impl App {
 
     /// Refunds and releases every booking that occupies a seat on a cancelled flight;
     /// returns how many were refunded and released.
-    async fn finish_cancel(&self, fs: &Arc<FlightSeats>) -> Result<(u32, u32), AppError> {
+    async fn finish_cancel(
+        self: &Arc<Self>,
+        fs: &Arc<FlightSeats>,
+    ) -> Result<(u32, u32), AppError> {
         let (mut refunded, mut released) = (0u32, 0u32);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -201,7 +204,7 @@ impl App {
     /// One booking of a cancelled flight: a hold is released, a confirmed booking is
     /// refunded in full. Each is one version of the flight.
     async fn cancel_booking(
-        &self,
+        self: &Arc<Self>,
         fs: &Arc<FlightSeats>,
         loc: &Locator,
     ) -> Result<Outcome, AppError> {
@@ -232,7 +235,12 @@ impl App {
         // a hold is released at once; a confirmed booking is refunded first
         let (mark, booking, open) = match self.unless_stopping(step).await?? {
             Step::Done(Ok(refund)) => refund,
-            Step::Done(Err(outcome)) => return Ok(outcome),
+            Step::Done(Err(outcome)) => {
+                if matches!(outcome, Outcome::Released) {
+                    self.cancel_waiting(loc);
+                }
+                return Ok(outcome);
+            }
             Step::Replayed(_) => return Err(AppError::Internal),
         };
         // an earlier refund of the booking (the passenger's, or this job's before a
