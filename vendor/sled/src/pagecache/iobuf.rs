@@ -836,6 +836,34 @@ impl IoBufs {
     }
 }
 
+/// Jetway: a sealed buffer is written on the thread that sealed it or left it last,
+/// instead of being handed to sled's I/O pool (upstream: `threadpool::spawn`). With
+/// no `sync_file_range` per buffer (see `IoBufs::write_to_log`) the write is one
+/// `pwrite` into the page cache, cheaper than the pool's wake-up and hand-off it
+/// replaces (see VENDORED.md). An error is stored and announced as before, and
+/// returned to the writer too.
+pub(in crate::pagecache) fn write_sealed(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+) -> Result<()> {
+    if let Err(e) = iobufs.write_to_log(iobuf) {
+        error!("hit error while writing iobuf with lsn {}: {:?}", iobuf.lsn, e);
+
+        // store error before notifying so that waiting threads will see it
+        iobufs.config.set_global_error(e.clone());
+
+        let intervals = iobufs.intervals.lock();
+
+        // having held the mutex makes this linearized
+        // with the notify below.
+        drop(intervals);
+
+        let _notified = iobufs.interval_updated.notify_all();
+        return Err(e);
+    }
+    Ok(())
+}
+
 pub(crate) fn roll_iobuf(iobufs: &Arc<IoBufs>) -> Result<usize> {
     let iobuf = iobufs.current_iobuf();
     let header = iobuf.get_header();
@@ -1165,34 +1193,10 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
         trace!(
-            "asynchronously writing iobuf with lsn {} to log from maybe_seal",
+            "writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
-
-                // store error before notifying so that waiting threads will see
-                // it
-                iobufs.config.set_global_error(e);
-
-                let intervals = iobufs.intervals.lock();
-
-                // having held the mutex makes this linearized
-                // with the notify below.
-                drop(intervals);
-
-                let _notified = iobufs.interval_updated.notify_all();
-            }
-        })?;
-
-        #[cfg(feature = "event_log")]
-        _result.wait();
+        write_sealed(iobufs, iobuf)?;
 
         Ok(())
     } else {
