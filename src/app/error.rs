@@ -2,11 +2,9 @@
 //! mapping to the wire's error ([`ApiError`], which owns codes, reasons, messages
 //! and data).
 
-use serde_json::Value;
-
 use crate::domain::DomainError;
 use crate::protocol::{results, ApiError};
-use crate::store::StoreError;
+use crate::store::{Memo, StoreError};
 
 /// A use case's refusal or failure. The texts here are for logs; what a client reads
 /// comes from the [`ApiError`] it maps to.
@@ -125,8 +123,8 @@ impl AppError {
 }
 
 /// The memo of a refusal (see [`results::remember_err`]).
-pub(super) fn remember_err(e: &AppError) -> Value {
-    results::remember_err(&ApiError::from(e.clone()))
+pub(super) fn remember_err(e: &AppError) -> Memo {
+    Memo(results::remember_err(&ApiError::from(e.clone())))
 }
 
 impl From<StoreError> for AppError {

@@ -36,9 +36,9 @@ use crate::fanout::{QueueLimits, UserRegistry};
 use crate::inventory::{FlightSeats, Inventory, Occupant};
 use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
-use crate::protocol::results::{self, remember_ok, Replayable};
+use crate::protocol::results::{self, Replayable};
 use crate::store::{
-    Batch, Committer, HistoryEvent, IdemKey, SessionRecord, SledStore, Store, StoreError,
+    Batch, Committer, HistoryEvent, IdemKey, Memo, SessionRecord, SledStore, Store, StoreError,
 };
 
 pub use admin::new_flight;
@@ -544,6 +544,11 @@ fn flight_view(flight: Flight, fs: &FlightSeats) -> results::FlightView {
         cabins: fs.available(),
         now: domain::now_ms(),
     }
+}
+
+/// The memo of a successful answer (see [`results::remember_ok`]).
+fn remember_ok<T: serde::Serialize>(result: &T) -> Memo {
+    Memo(results::remember_ok(result))
 }
 
 /// A memo read back (see [`results::replay`]).

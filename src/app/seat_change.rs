@@ -13,7 +13,7 @@ use crate::domain::{self, Booking, Flight, UserId};
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
 use crate::protocol::results::{self, BookingResult, BookingView, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
-use crate::store::{Batch, IdemKey, StoreError};
+use crate::store::{Batch, IdemKey, Memo, StoreError};
 
 use super::{cluster, event, replay, waitlist, App};
 
@@ -79,7 +79,7 @@ impl App {
         b: &Booking,
         kind: &str,
         detail: Value,
-        reply: Option<(IdemKey, Value)>,
+        reply: Option<(IdemKey, Memo)>,
     ) -> Result<Ticket, StoreError> {
         let batch = Batch {
             bookings: vec![b.clone()],

@@ -57,17 +57,20 @@ pub fn encode<T: Serialize>(result: &T) -> Result<Value, ApiError> {
 }
 
 /// The memo of a successful answer.
-pub fn remember_ok<T: Serialize>(result: &T) -> Value {
-    let mut memo = serde_json::Map::new();
-    memo.insert("ok".into(), encode(result).unwrap_or(Value::Null));
-    Value::Object(memo)
+pub fn remember_ok<T: Serialize>(result: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        ok: &'a T,
+    }
+    serde_json::to_vec(&Ok { ok: result }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a result did not encode");
+        br#"{"ok":null}"#.to_vec()
+    })
 }
 
 /// The memo of a refusal.
-pub fn remember_err(e: &ApiError) -> Value {
-    let mut memo = serde_json::Map::new();
-    memo.insert("err".into(), e.to_json());
-    Value::Object(memo)
+pub fn remember_err(e: &ApiError) -> Vec<u8> {
+    json!({ "err": e.to_json() }).to_string().into_bytes()
 }
 
 /// A memo read back: the encoded result, or the error.
@@ -431,11 +434,12 @@ mod tests {
 
     #[test]
     fn a_memo_reads_back_as_it_was_written() {
-        let ok = remember_ok(&Done {});
+        let read = |memo: Vec<u8>| serde_json::from_slice::<Value>(&memo).unwrap();
+        let ok = read(remember_ok(&Done {}));
         assert_eq!(ok, json!({ "ok": {} }));
         assert_eq!(replay(&ok), Ok(json!({})));
         let err = ApiError::SeatUnavailable(vec!["1A".into()]);
-        assert_eq!(replay(&remember_err(&err)), Err(err));
+        assert_eq!(replay(&read(remember_err(&err))), Err(err));
         assert_eq!(replay(&json!({})), Err(ApiError::Internal));
     }
 

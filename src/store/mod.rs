@@ -112,6 +112,12 @@ pub struct IdemKey {
     pub request_id: String,
 }
 
+/// A remembered reply as stored: the JSON `{"ok": result}` or `{"err": error}`,
+/// encoded straight from the typed answer (no `Value` tree in between). Read back
+/// as a `Value` ([`Store::reply`]); records written as `Value`s read the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memo(pub Vec<u8>);
+
 /// Where a payment attempt stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -310,8 +316,8 @@ pub struct Batch {
     pub bookings: Vec<Booking>,
     pub orders: Vec<Order>,
     pub events: Vec<(UserId, HistoryEvent)>,
-    /// Replies to remember: `{"ok": result}` or `{"err": error}`.
-    pub replies: Vec<(IdemKey, Value)>,
+    /// Replies to remember.
+    pub replies: Vec<(IdemKey, Memo)>,
     pub attempts: Vec<PaymentAttempt>,
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.

@@ -478,8 +478,8 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             ev,
         )?;
     }
-    for (k, v) in &batch.replies {
-        put_json(&mut ops, reply_key(k), v)?;
+    for (k, memo) in &batch.replies {
+        ops.push(Op::Put(reply_key(k), memo.0.clone()));
     }
     for a in &batch.attempts {
         put_json(&mut ops, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
@@ -933,7 +933,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::domain::{Cabin, Money, SeatId, WaitlistStatus};
-    use crate::store::{AttemptState, RefundReason, Role};
+    use crate::store::{AttemptState, Memo, RefundReason, Role};
     use serde_json::json;
 
     /// Opens the store at `dir` once the previous handle's background thread has let
@@ -1484,7 +1484,7 @@ mod tests {
                         method: "booking.hold",
                         request_id: "r1".into(),
                     },
-                    json!({"ok":1}),
+                    Memo(br#"{"ok":1}"#.to_vec()),
                 )],
                 versions: vec![(FlightId::parse("JW1-20260101").unwrap(), 3)],
                 ..Default::default()
