@@ -43,9 +43,9 @@ impl<T> Replayable for Answer<T> {
 }
 
 /// A push (a server notification) with its typed params, encoded as a reply's
-/// result is.
+/// result is (through the same shapes), straight to text: no `Value` in between.
 pub fn push<T: Serialize>(method: &str, params: &T) -> String {
-    super::envelope::push(method, &encode(params).unwrap_or(Value::Null))
+    super::envelope::push(method, params)
 }
 
 /// A result as the `result` member of a reply.
