@@ -470,3 +470,33 @@ async fn paid_booking(
     .unwrap();
     loc
 }
+
+/// A write that fails part-way (sled applies a transaction in memory before its I/O
+/// buffer's `pwrite`, which can fail) is followed by a sync: when the store is broken
+/// that sync fails too, and the process stops taking writes and reports not ready,
+/// instead of letting a retry read the half-written reply as if it were durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_followed_by_a_sync_that_fails_a_broken_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    let user = register(&app, "halfway").await.unwrap();
+    let (fid, seats) = flight_and_seats(&app, 1);
+    assert!(app.is_ready());
+    store.fail_writes.store(true, Ordering::SeqCst);
+    store.fail_syncs.store(true, Ordering::SeqCst);
+    let refused = app
+        .hold(&user, decode(hold_params(&fid, &seats[0], "h1")).unwrap())
+        .await
+        .wire();
+    assert!(refused.is_err(), "{refused:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !app.committer.has_failed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync ran after the failed write"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!app.is_ready());
+    app.stop().await;
+}

@@ -238,13 +238,14 @@ impl App {
         self.tasks.spawn(async move {
             let mut settling = settling;
             tokio::select! {
+                biased;
+                // the next start settles it
+                _ = app.stop.cancelled() => {}
                 r = app.settle_then_expire(&fs, &flight, &locator, deadline) => {
                     if let Err(e) = r {
                         app.expire_failed(&flight, &locator, e);
                     }
                 }
-                // the next start settles it
-                _ = app.stop.cancelled() => {}
             }
             settling.finished = true;
         });
@@ -361,6 +362,9 @@ impl App {
                 return;
             }
         }
+        if self.stop.is_cancelled() {
+            return;
+        }
         let app = self.clone();
         let locator = locator.clone();
         self.tasks.spawn(async move {
@@ -383,9 +387,10 @@ impl App {
                 }
             };
             tokio::select! {
-                _ = cancel => {}
+                biased;
                 // the next start's reconciliation cancels them
                 _ = app.stop.cancelled() => {}
+                _ = cancel => {}
             }
         });
     }

@@ -896,7 +896,8 @@ impl App {
         };
         // read again under the mark: `a` may be a copy from before another settling
         // (a webhook, a pay, another task) finished; settling it again would refund or
-        // fail it twice
+        // fail it twice (on a cluster, once this node has every write committed so far)
+        self.committer.catch_up().await?;
         let Some(a) = self.store.attempt(&a.id)? else {
             return Ok(Reconciled::Skipped);
         };

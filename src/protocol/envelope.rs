@@ -137,7 +137,10 @@ pub fn push<T: Serialize + ?Sized>(method: &str, params: &T) -> String {
         method,
         params,
     })
-    .unwrap_or_default()
+    .unwrap_or_else(|e| {
+        tracing::error!(method, error = %e, "a push's params did not encode");
+        format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":null}}"#)
+    })
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ impl<T> Replayable for Answer<T> {
 }
 
 /// A push (a server notification) with its typed params, encoded as a reply's
-/// result is (through the same shapes), straight to text: no `Value` in between.
+/// result is (through the same shapes), straight to text (the nested wire shapes are
+/// still built as `Value`s; the whole push is not copied into one first).
 pub fn push<T: Serialize>(method: &str, params: &T) -> String {
     super::envelope::push(method, params)
 }

@@ -190,7 +190,16 @@ impl Committer {
         if self.has_failed() {
             return Err(StoreError::SyncFailed);
         }
-        self.store.write(batch)
+        self.store.write(batch).inspect_err(|e| {
+            // a write that failed part-way may have left some of the batch in the
+            // store's memory (sled applies a transaction before its buffer's `pwrite`,
+            // which can fail): a sync right after tells whether the store is still
+            // sound, and if it is not, its failure fails this process as any failed
+            // sync does, so no read settles on what was never written
+            if matches!(e, StoreError::Io(_)) {
+                self.enqueue(None);
+            }
+        })
     }
 
     /// Whether a sync has failed: then this process acknowledges no more writes.

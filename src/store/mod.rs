@@ -113,7 +113,8 @@ pub struct IdemKey {
 }
 
 /// A remembered reply as stored: the JSON `{"ok": result}` or `{"err": error}`,
-/// encoded straight from the typed answer (no `Value` tree in between). Read back
+/// encoded straight from the typed answer (not copied into one `Value` first; nested
+/// wire shapes are still `Value`s). Read back
 /// as a `Value` ([`Store::reply`]); records written as `Value`s read the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Memo(pub Vec<u8>);

@@ -429,7 +429,7 @@ impl Log {
 
             let lsn = iobuf.lsn;
             trace!(
-                "asynchronously writing iobuf with lsn {} \
+                "writing iobuf with lsn {} \
                  to log from exit_reservation",
                 lsn
             );
