@@ -1175,3 +1175,138 @@ fn log_reconciled(id: &str, r: Result<Reconciled, AppError>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{Cabin, Locator, Money, SeatId, UserId};
+    use crate::payments::{PaymentGateway, Sandbox, Stripe};
+    use crate::store::SledStore;
+
+    /// An app on a fresh sled store in `dir` paying through `payments`, and the store.
+    async fn app_with(
+        dir: &std::path::Path,
+        payments: Arc<dyn PaymentGateway>,
+    ) -> (Arc<SledStore>, Arc<App>) {
+        let store = Arc::new(SledStore::open(dir).unwrap());
+        let mut config = Config::for_tests(dir.to_path_buf());
+        // the test reconciles when it means to
+        config.reconcile_interval = 3600;
+        let app = App::with_parts(config, store.clone(), payments)
+            .await
+            .unwrap();
+        (store, app)
+    }
+
+    /// A booking of user 1 on the first flight whose hold ended `ago` ms ago
+    /// without being paid (expired), and its payment attempt, last stepped then,
+    /// waiting for the customer's 3-D Secure with `payment_ref`. Both written.
+    fn lapsed_challenge(app: &App, payment_ref: Option<String>) -> PaymentAttempt {
+        let flight = app.store.flights().unwrap().remove(0);
+        let now = domain::now_ms();
+        let ago = 86_400_000;
+        let mut b = domain::Booking::hold(
+            Locator::parse("LAPSED").unwrap(),
+            UserId(1),
+            flight.id,
+            vec![(
+                SeatId::parse("12A").unwrap(),
+                Cabin::Economy,
+                Money::cents(10_000).unwrap(),
+            )],
+            vec!["Ada".into()],
+            now - ago,
+            600_000,
+        )
+        .unwrap();
+        b.expire(now).unwrap();
+        let a = PaymentAttempt {
+            id: super::super::unique_id("pa"),
+            user_id: b.user_id,
+            locator: b.locator.clone(),
+            amount: b.total,
+            request_id: "p1".into(),
+            payment_ref,
+            state: AttemptState::ActionRequired,
+            created_at: now - ago,
+            updated_at: now - ago,
+            certain: false,
+            payment_method: Some("pm_card_visa".into()),
+            client_secret: Some("secret".into()),
+        };
+        app.store
+            .write(&Batch {
+                bookings: vec![b],
+                attempts: vec![a.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        app.store.sync().unwrap();
+        a
+    }
+
+    /// A copy of a waiting attempt read before the reconciler refunded its charge (the
+    /// customer completed 3-D Secure after the hold ended), reconciled afterwards as
+    /// the cancel task after a hold's release does: the attempt is read again under
+    /// the booking's mark and left alone, not refunded a second time (a second refund
+    /// record the gateway would refuse forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_copy_of_a_refunded_attempt_is_not_refunded_again() {
+        let f = fake_stripe::FakeStripe::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stripe = Stripe::new(&f.base(), "sk_test_jetway".into(), Duration::from_secs(5));
+        let (_store, app) = app_with(dir.path(), Arc::new(stripe.unwrap())).await;
+        let amount = Money::cents(10_000).unwrap();
+        let request = PaymentRequest {
+            amount,
+            payment_method: "pm_card_visa".into(),
+            locator: Locator::parse("LAPSED").unwrap(),
+            attempt_id: "pa-charged".into(),
+        };
+        let pi = app.payments.create(request).await.unwrap();
+        app.payments.confirm(&pi, "pa-charged").await.unwrap();
+        let stale = lapsed_challenge(&app, Some(pi));
+        app.reconcile_payments(Duration::ZERO).await;
+        let refunded = app.store.attempt(&stale.id).unwrap().unwrap();
+        assert_eq!(refunded.state, AttemptState::Refunded);
+
+        assert!(app.try_reconcile(stale.clone()).await, "settled already");
+        assert_eq!(
+            app.store.attempt(&stale.id).unwrap().unwrap().state,
+            AttemptState::Refunded
+        );
+        assert!(app.store.open_refunds().unwrap().is_empty());
+        let l = f.ledger();
+        assert_eq!(l.refunded(), amount.amount(), "{l:?}");
+        assert_eq!(f.received(fake_stripe::Step::Refund), 1, "{l:?}");
+        let events = app.store.history(stale.user_id, 100).unwrap();
+        let refunds = events.iter().filter(|e| e.kind == "payment_refunded");
+        assert_eq!(refunds.count(), 1, "{events:?}");
+        app.stop().await;
+    }
+
+    /// A payment waiting for its customer, asked about long after its last step while
+    /// its booking cannot be read: the due hold waits for it as if the hold ended now
+    /// (the gateway is asked), rather than going without asking.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_payment_whose_booking_cannot_be_read_is_settled_before_the_hold_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let a = lapsed_challenge(&app, Some("pi_waiting".into()));
+        let now = domain::now_ms();
+        assert!(
+            !app.settles_before_hold_ends(&a, now),
+            "readable: a day past the hold's end, the hold goes without asking"
+        );
+        // where sled keeps the booking (checked below: its read fails)
+        let booking_key = format!("B{}", a.locator.as_str()).into_bytes();
+        store
+            .apply_raw(&[(booking_key, Some(b"not json".to_vec()))])
+            .unwrap();
+        assert!(app.store.booking(&a.locator).is_err());
+        assert!(app.settle_deadline(&a) > now);
+        assert!(app.settles_before_hold_ends(&a, now));
+        app.stop().await;
+    }
+}
