@@ -495,7 +495,7 @@ async fn a_failed_write_is_followed_by_a_sync_that_fails_a_broken_store() {
             std::time::Instant::now() < deadline,
             "no sync ran after the failed write"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(!app.is_ready());
     app.stop().await;
