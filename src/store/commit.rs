@@ -8,8 +8,10 @@
 //! and nobody (requester or watcher) hears of a change before it is on disk.
 //! While it runs a round's fan-out, the next sync (of every write whose ticket is
 //! already enqueued) runs on a blocking thread, so a large fan-out and the next fsync
-//! overlap; the next round's actions still wait for both, so the order and the pacing
-//! are unchanged.
+//! overlap; the next round's actions still wait for both, so the order is unchanged,
+//! and writers are still paced by the fan-out (no longer by the fan-out plus the
+//! fsync). A ticket enqueued during a fan-out waits for the sync already running, then
+//! for the next one.
 //!
 //! The committer does not yield between the wake-up and the fan-out: letting the
 //! replies out first that way (or handing the fan-out to a task of its own) was
@@ -370,29 +372,32 @@ impl Committer {
     fn start_sync(&self) -> RunningSync {
         let store = self.store.clone();
         RunningSync {
-            started: Instant::now(),
-            task: tokio::task::spawn_blocking(move || store.sync()),
+            // timed on its thread: the histogram is the sync's, not the fan-out's it
+            // overlapped
+            task: tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                (store.sync(), started.elapsed())
+            }),
         }
     }
 }
 
-/// A sync of the store running on a blocking thread.
+/// A sync of the store running on a blocking thread, and how long it took.
 struct RunningSync {
-    started: Instant,
-    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    task: tokio::task::JoinHandle<(Result<(), StoreError>, std::time::Duration)>,
 }
 
 impl RunningSync {
     /// Waits for it; counted as covering `tickets` tickets.
     async fn finish(self, c: &Committer, tickets: u64) -> Result<(), StoreError> {
-        let result = self
+        let (result, took) = self
             .task
             .await
-            .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
+            .unwrap_or_else(|e| (Err(StoreError::Io(e.to_string())), Default::default()));
         let mut st = c.stats.lock();
         st.syncs += 1;
         st.tickets += tickets;
-        c.sync_seconds.record(self.started.elapsed().as_secs_f64());
+        c.sync_seconds.record(took.as_secs_f64());
         result
     }
 }
@@ -470,6 +475,47 @@ mod tests {
         ActionPanics,
         LaterPanics,
         Aborted,
+    }
+
+    /// A ticket enqueued before a round's fan-out has its sync started under that
+    /// fan-out; if the fan-out panics meanwhile, that ticket still fails (its action
+    /// never runs), though its sync may complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ticket_synced_under_a_fan_out_that_panicked_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+        let run = tokio::spawn(c.clone().run(Default::default()));
+        c.barrier().await.unwrap();
+        let second: Arc<Mutex<Option<Ticket>>> = Arc::default();
+        let second_ran = Arc::new(AtomicUsize::new(0));
+        let first = {
+            let (c, second, second_ran) = (c.clone(), second.clone(), second_ran.clone());
+            c.clone().enqueue(Some(Box::new(move || {
+                // enqueued before this round's fan-out: its sync starts under it
+                let ran = second_ran.clone();
+                *second.lock() = Some(c.enqueue(Some(Box::new(move || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    None
+                }))));
+                Some(Box::new(|| panic!("a fan-out panicked")) as Later)
+            })))
+        };
+        c.durable(first).await.unwrap();
+        assert!(run.await.unwrap_err().is_panic());
+        let second = second
+            .lock()
+            .take()
+            .expect("the second ticket was enqueued");
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), c.durable(second))
+            .await
+            .expect("the wait returned");
+        assert!(
+            matches!(waited, Err(StoreError::SyncFailed | StoreError::Io(_))),
+            "{waited:?}"
+        );
+        assert_eq!(second_ran.load(Ordering::SeqCst), 0);
+        assert!(c.has_failed());
     }
 
     #[tokio::test]
