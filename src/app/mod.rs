@@ -86,7 +86,7 @@ pub struct App {
     tasks: tokio_util::task::TaskTracker,
     /// Stops the commit loop, last: the other tasks may still write on their way out.
     commit_stop: tokio_util::sync::CancellationToken,
-    commit_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    commit_task: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,9 @@ impl App {
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_stop = tokio_util::sync::CancellationToken::new();
-        let commit_task = tokio::spawn(committer.clone().run(commit_stop.clone()));
+        let commit_task = committer
+            .spawn(commit_stop.clone())
+            .map_err(|e| StartError::Other(format!("cannot start the commit thread: {e}")))?;
         let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         if config.insecure_fast_hashing {
             tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");

@@ -13,6 +13,11 @@
 //! fsync). A ticket enqueued during a fan-out waits for the sync already running, then
 //! for the next one.
 //!
+//! In the server the loop runs on a thread of its own ([`Committer::spawn`]), where a
+//! sync that nothing overlaps runs in place: its wake-ups (a ticket enqueued, a sync
+//! done) no longer wait in the server's run queue, which a large fan-out fills with
+//! thousands of woken connection tasks. The requesters it wakes still queue there.
+//!
 //! The committer does not yield between the wake-up and the fan-out: letting the
 //! replies out first that way (or handing the fan-out to a task of its own) was
 //! tried: under `tests/live.rs`'s stalled-watcher flood it grew the server's memory
@@ -289,19 +294,45 @@ impl Committer {
         *self.stats.lock()
     }
 
+    /// Starts [`Committer::run`] on a thread of its own, with a runtime of its own: its
+    /// wake-ups (a sync done, a ticket enqueued) then never wait in the server's run
+    /// queue behind the thousands of connection tasks a large fan-out has just woken.
+    /// The receiver resolves (or errs, if the loop panicked) once the loop has ended.
+    pub fn spawn(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .thread_name("jetway-commit-sync")
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("jetway-commit".into())
+            .spawn(move || {
+                rt.block_on(this.run_loop(stop, Syncs::Inline));
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
+
     /// The commit loop; runs until `stop`, committing what is pending first. However
     /// it ends (also by a panic or its task aborted), it is marked stopped, so that
     /// waiters for tickets it did not sync get an error instead of waiting forever.
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        self.run_loop(stop, Syncs::Blocking).await
+    }
+
+    async fn run_loop(self: Arc<Self>, stop: tokio_util::sync::CancellationToken, syncs: Syncs) {
         let mut stopped = Stopped {
             progress: &self.progress,
             clean: false,
         };
         loop {
             tokio::select! {
-                _ = self.wake.notified() => self.commit_pending().await,
+                _ = self.wake.notified() => self.commit_pending(syncs).await,
                 _ = stop.cancelled() => {
-                    self.commit_pending().await;
+                    self.commit_pending(syncs).await;
                     stopped.clean = true;
                     return;
                 }
@@ -309,7 +340,7 @@ impl Committer {
         }
     }
 
-    async fn commit_pending(&self) {
+    async fn commit_pending(&self, syncs: Syncs) {
         // a sync started while the previous round's fan-out ran, and its target
         let mut started: Option<(u64, RunningSync)> = None;
         loop {
@@ -323,6 +354,14 @@ impl Committer {
                     }
                     let result = match self.has_failed() {
                         true => Err(StoreError::SyncFailed),
+                        false if syncs == Syncs::Inline => {
+                            // nothing to overlap it with: on the loop's own thread, a
+                            // sync in place saves a hand-off to another thread and back
+                            let started = Instant::now();
+                            let result = self.store.sync();
+                            self.record_sync(target - done, started.elapsed());
+                            result
+                        }
                         false => self.start_sync().finish(self, target - done).await,
                     };
                     (target, result)
@@ -368,6 +407,13 @@ impl Committer {
         }
     }
 
+    fn record_sync(&self, tickets: u64, took: std::time::Duration) {
+        let mut st = self.stats.lock();
+        st.syncs += 1;
+        st.tickets += tickets;
+        self.sync_seconds.record(took.as_secs_f64());
+    }
+
     /// Starts one sync of everything written so far, on a blocking thread.
     fn start_sync(&self) -> RunningSync {
         let store = self.store.clone();
@@ -382,6 +428,14 @@ impl Committer {
     }
 }
 
+/// Where the loop runs the syncs nothing overlaps: in place on a thread of its own
+/// ([`Committer::spawn`]), on a blocking thread when it shares a runtime's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syncs {
+    Inline,
+    Blocking,
+}
+
 /// A sync of the store running on a blocking thread, and how long it took.
 struct RunningSync {
     task: tokio::task::JoinHandle<(Result<(), StoreError>, std::time::Duration)>,
@@ -394,10 +448,7 @@ impl RunningSync {
             .task
             .await
             .unwrap_or_else(|e| (Err(StoreError::Io(e.to_string())), Default::default()));
-        let mut st = c.stats.lock();
-        st.syncs += 1;
-        st.tickets += tickets;
-        c.sync_seconds.record(took.as_secs_f64());
+        c.record_sync(tickets, took);
         result
     }
 }
@@ -569,6 +620,55 @@ mod tests {
                 "{death:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_loop_on_its_own_thread_runs_actions_there_and_commits_what_is_pending_at_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let finished = c.spawn(stop.clone()).unwrap();
+        let ran_on = Arc::new(Mutex::new(None));
+        let r = ran_on.clone();
+        store.write(&Batch::default()).unwrap();
+        let t = c.enqueue(Some(Box::new(move || {
+            *r.lock() = std::thread::current().name().map(String::from);
+            None
+        })));
+        c.durable(t).await.unwrap();
+        assert_eq!(ran_on.lock().as_deref(), Some("jetway-commit"));
+        let last = c.enqueue(None);
+        stop.cancel();
+        finished.await.unwrap();
+        c.durable(last).await.unwrap();
+        assert_eq!(c.stats().tickets, 2);
+        // ended cleanly: a later ticket is refused as "stopped", not as a failed sync
+        assert!(!c.has_failed());
+        assert!(matches!(
+            c.durable(c.enqueue(None)).await,
+            Err(StoreError::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_commit_thread_fails_the_waiters_and_ends_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+        let finished = c.spawn(Default::default()).unwrap();
+        c.barrier().await.unwrap();
+        c.enqueue(Some(Box::new(|| panic!("an action panicked"))));
+        let after = c.enqueue(None);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), c.durable(after))
+            .await
+            .expect("the wait returned");
+        assert!(
+            matches!(waited, Err(StoreError::Io(_) | StoreError::SyncFailed)),
+            "{waited:?}"
+        );
+        assert!(finished.await.is_err(), "the thread ended by its panic");
+        assert!(c.has_failed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
