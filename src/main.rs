@@ -11,6 +11,38 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's options that keep its memory at glibc's level (docs/benchmarks.md,
+/// "Allocator"): no transparent huge pages (one byte touched would make 2 MiB
+/// resident), arenas committed as they are used, freed pages returned at once.
+/// They must be set before the first allocation reserves mimalloc's first arena, so
+/// this runs as an ELF constructor of priority 102: right after mimalloc's own
+/// (101), before Rust's runtime and `main`. Written by hand: the crates that register
+/// constructors are not among the build's dependencies, and libmimalloc-sys declares
+/// `mi_option_set` only under its `extended` feature, whose extra dependency the
+/// build cannot fetch; the declaration is `mimalloc.h`'s C API, and the numbers are
+/// its `mi_option_e` (v3, the version libmimalloc-sys builds).
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+mod tune_allocator {
+    extern "C" {
+        fn mi_option_set(option: libc::c_int, value: libc::c_long);
+    }
+
+    const ARENA_EAGER_COMMIT: libc::c_int = 4;
+    const PURGE_DELAY: libc::c_int = 15;
+    const ALLOW_THP: libc::c_int = 43;
+
+    extern "C" fn tune() {
+        for option in [ARENA_EAGER_COMMIT, PURGE_DELAY, ALLOW_THP] {
+            // SAFETY: mi_option_set only stores the option's value, atomically.
+            unsafe { mi_option_set(option, 0) };
+        }
+    }
+
+    #[used]
+    #[link_section = ".init_array.00102"]
+    static TUNE: extern "C" fn() = tune;
+}
+
 /// glibc's malloc raises its mmap threshold to the size of each large block freed
 /// (up to 32 MiB), so after the first login Argon2's 19 MiB block comes from an
 /// arena, and every arena a blocking thread used keeps one: hundreds of MiB of RSS
@@ -41,8 +73,20 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
 fn return_large_blocks() {}
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -91,8 +91,23 @@ fn a_published_change_costs_little_to_keep() {
     );
 }
 
+/// A fresh server (demo schedule seeded, nobody connected) is small: with mimalloc,
+/// the binary's allocator options (src/main.rs) keep transparent huge pages and
+/// eager arena commits out; without them it started at ~60 MiB instead of ~18 MiB
+/// (docs/benchmarks.md, "Allocator").
+#[test]
+fn a_fresh_server_starts_small() {
+    const BOUND_KIB: u64 = 40 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::spawn(dir.path(), &[]);
+    let rss = p.rss_kib();
+    println!("a fresh server: RSS {rss} KiB");
+    assert!(rss > 0 && rss < BOUND_KIB, "a fresh server's RSS is {rss} KiB");
+}
+
 /// Logins at the production Argon2 cost (19 MiB per hash) leave little behind: the
-/// server binary returns each hash's block to the system (src/main.rs). Without that,
+/// server binary returns each hash's block to the system (src/main.rs: mimalloc
+/// purges freed pages at once; with glibc, a fixed mmap threshold). Without that,
 /// glibc kept one block in every arena a hashing thread had used (RSS +300 to +480
 /// MiB after 64 registrations, docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
