@@ -5,7 +5,7 @@
 #   scripts/bench-ab.sh BASE_DIR NEW_DIR OUT_DIR
 # BASE_DIR holds `jetway`; NEW_DIR holds `jetway`, `jetway-load` and `bare-broadcast`
 # (copies of target/release/ at the two commits). Writes one JSON per run and a log of
-# the load average to OUT_DIR. Takes ~20 minutes; run it with nothing else on the box.
+# the load average to OUT_DIR. Takes ~25 minutes; run it with nothing else on the box.
 set -u
 [ $# -eq 3 ] || { echo "usage: $0 BASE_DIR NEW_DIR OUT_DIR" >&2; exit 2; }
 B=$(realpath -e "$1") && N=$(realpath -e "$2") || exit 1
@@ -51,5 +51,12 @@ for v in base new; do
   S=$(bin $v)
   run fan10k-$v 400 fanout --spawn "$S" -w 10000 --rate 50 -d 10 --reference "$N/bare-broadcast" --runs 3
   note "fan10k $v"
+done
+# the same with 16 writers: 4 writers, each waiting for its durable reply, cannot
+# offer 50 changes/s to Jetway (see docs/benchmarks.md)
+for v in base new; do
+  S=$(bin $v)
+  run fan10k16-$v 400 fanout --spawn "$S" -w 10000 --writers 16 --rate 50 -d 10 --reference "$N/bare-broadcast" --runs 3
+  note "fan10k16 $v"
 done
 note end

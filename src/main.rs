@@ -1,5 +1,5 @@
-//! The `jetway` binary: parse flags, start the server, wait for SIGINT/SIGTERM,
-//! shut down gracefully.
+//! The `jetway` binary: set the allocator's options, parse flags, start the server,
+//! wait for SIGINT/SIGTERM, shut down gracefully.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -13,18 +13,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's options that keep its memory at glibc's level (docs/benchmarks.md,
 /// "Allocator"): no transparent huge pages (one byte touched would make 2 MiB
-/// resident), arenas committed as they are used, freed pages returned at once.
-/// They must be set before the first allocation reserves mimalloc's first arena, so
-/// this runs as an ELF constructor of priority 102: right after mimalloc's own
-/// (101), before Rust's runtime and `main`. Written by hand: the crates that register
-/// constructors are not among the build's dependencies, and libmimalloc-sys declares
-/// `mi_option_set` only under its `extended` feature, whose extra dependency the
-/// build cannot fetch; the declaration is `mimalloc.h`'s C API, and the numbers are
-/// its `mi_option_e` (v3, the version libmimalloc-sys builds).
+/// resident), arenas committed as they are used, freed pages returned at once. They
+/// are defaults: `MIMALLOC_ALLOW_THP`, `MIMALLOC_ARENA_EAGER_COMMIT` and
+/// `MIMALLOC_PURGE_DELAY` in the environment still win. They must be in place before
+/// mimalloc initializes (it decides on transparent huge pages once, then) and before
+/// the first allocation reserves its first arena, so this runs as an ELF constructor
+/// of priority 100: before mimalloc's own (priority 101 when clang builds it, none,
+/// so later, with gcc), before Rust's runtime and `main`; `mi_option_set_default`
+/// only writes mimalloc's static table of options. Written by hand: the crates that
+/// register constructors are not among the build's dependencies, and libmimalloc-sys
+/// declares the function only under its `extended` feature, whose extra dependency
+/// the build cannot fetch; the declaration is `mimalloc.h`'s C API, and the numbers
+/// are its `mi_option_e` (v3, the version libmimalloc-sys builds;
+/// `tests/memory.rs` `the_allocator_options_are_in_effect` checks them).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 mod tune_allocator {
     extern "C" {
-        fn mi_option_set(option: libc::c_int, value: libc::c_long);
+        fn mi_option_set_default(option: libc::c_int, value: libc::c_long);
     }
 
     const ARENA_EAGER_COMMIT: libc::c_int = 4;
@@ -33,13 +38,14 @@ mod tune_allocator {
 
     extern "C" fn tune() {
         for option in [ARENA_EAGER_COMMIT, PURGE_DELAY, ALLOW_THP] {
-            // SAFETY: mi_option_set only stores the option's value, atomically.
-            unsafe { mi_option_set(option, 0) };
+            // SAFETY: a plain store into mimalloc's static options table; only one
+            // thread runs this early.
+            unsafe { mi_option_set_default(option, 0) };
         }
     }
 
     #[used]
-    #[link_section = ".init_array.00102"]
+    #[link_section = ".init_array.00100"]
     static TUNE: extern "C" fn() = tune;
 }
 
@@ -73,20 +79,8 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
 fn return_large_blocks() {}
 
-fn main() -> std::process::ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(serve()),
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve() -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -91,10 +91,41 @@ fn a_published_change_costs_little_to_keep() {
     );
 }
 
+/// The allocator options the binary sets (src/main.rs) are the ones mimalloc reads
+/// (its option numbers are written by hand there), and the environment still
+/// overrides them.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[test]
+fn the_allocator_options_are_in_effect() {
+    const OPTIONS: [&str; 3] = ["arena_eager_commit", "purge_delay", "allow_thp"];
+    let verbose = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"));
+        cmd.arg("--version").env("MIMALLOC_VERBOSE", "1");
+        for o in OPTIONS {
+            cmd.env_remove(format!("MIMALLOC_{}", o.to_uppercase()));
+        }
+        let out = cmd.envs(env.iter().copied()).output().expect("run jetway");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let set = verbose(&[]);
+    for o in OPTIONS {
+        assert!(
+            set.contains(&format!("option '{o}': 0 ")),
+            "{o} not 0 in: {set}"
+        );
+    }
+    let overridden = verbose(&[("MIMALLOC_ALLOW_THP", "1")]);
+    assert!(
+        overridden.contains("option 'allow_thp': 1 "),
+        "the environment did not win: {overridden}"
+    );
+}
+
 /// A fresh server (demo schedule seeded, nobody connected) is small: with mimalloc,
 /// the binary's allocator options (src/main.rs) keep transparent huge pages and
-/// eager arena commits out; without them it started at ~60 MiB instead of ~18 MiB
-/// (docs/benchmarks.md, "Allocator").
+/// eager arena commits out; without them a debug build started at 87 MiB instead of
+/// 28 MiB (docs/benchmarks.md, "Allocator").
 #[test]
 fn a_fresh_server_starts_small() {
     const BOUND_KIB: u64 = 40 * 1024;
@@ -102,7 +133,10 @@ fn a_fresh_server_starts_small() {
     let p = Proc::spawn(dir.path(), &[]);
     let rss = p.rss_kib();
     println!("a fresh server: RSS {rss} KiB");
-    assert!(rss > 0 && rss < BOUND_KIB, "a fresh server's RSS is {rss} KiB");
+    assert!(
+        rss > 0 && rss < BOUND_KIB,
+        "a fresh server's RSS is {rss} KiB"
+    );
 }
 
 /// Logins at the production Argon2 cost (19 MiB per hash) leave little behind: the

@@ -97,6 +97,15 @@ pub enum StartError {
     Other(String),
 }
 
+/// An App dropped without [`App::stop`] (a test's server, a start that failed
+/// half-way) still ends its commit thread, which would otherwise keep the store (and
+/// its data dir's lock) open until the process exits.
+impl Drop for App {
+    fn drop(&mut self) {
+        self.commit_stop.cancel();
+    }
+}
+
 impl App {
     /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
     /// committer and expires the holds that fell due while the server was down.
@@ -151,9 +160,6 @@ impl App {
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_stop = tokio_util::sync::CancellationToken::new();
-        let commit_task = committer
-            .spawn(commit_stop.clone())
-            .map_err(|e| StartError::Other(format!("cannot start the commit thread: {e}")))?;
         let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         if config.insecure_fast_hashing {
             tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");
@@ -164,6 +170,9 @@ impl App {
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?
                 .map_err(|e| StartError::Other(format!("{e}")))?;
+        let commit_task = committer
+            .spawn(commit_stop.clone())
+            .map_err(|e| StartError::Other(format!("cannot start the commit thread: {e}")))?;
         let app = Arc::new(App {
             inventory: Inventory::new(config.replay_buffer),
             config,
@@ -256,7 +265,9 @@ impl App {
         self.commit_stop.cancel();
         let commit_task = self.commit_task.lock().take();
         if let Some(t) = commit_task {
-            let _ = t.await;
+            if t.await.is_err() {
+                tracing::error!("the commit loop's thread panicked");
+            }
         }
         if let Some(r) = self.store.replicated() {
             r.close();
@@ -580,5 +591,43 @@ pub fn event(
         kind: kind.to_owned(),
         locator: locator.cloned(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::Sandbox;
+    use crate::store::SledStore;
+    use std::time::{Duration, Instant};
+
+    /// An App that goes without [`App::stop`] (its runtime ended under it) still ends
+    /// its commit thread, which holds the store: the data dir then opens again.
+    #[test]
+    fn an_app_dropped_without_stop_lets_its_data_dir_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Arc::new(SledStore::open(dir.path()).unwrap());
+            let config = Config::for_tests(dir.path().to_path_buf());
+            App::with_parts(config, store, Arc::new(Sandbox::default()))
+                .await
+                .unwrap();
+        });
+        // its background tasks, and with them the last references to the App, go
+        drop(rt);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir.path()) {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("the data dir is still held: {e}"),
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! it covered in ticket order, wakes the waiters, and only then runs what the actions
 //! left for later (the fan-out to everyone but the requesters), in the same order. So
 //! concurrent requests share one fsync, a requester has its own pushes before its
-//! reply and is woken before the fan-out (another worker can answer it meanwhile),
+//! reply and is woken before the fan-out (a worker can answer it meanwhile),
 //! and nobody (requester or watcher) hears of a change before it is on disk.
 //! While it runs a round's fan-out, the next sync (of every write whose ticket is
 //! already enqueued) runs on a blocking thread, so a large fan-out and the next fsync
@@ -46,7 +46,10 @@ use super::{Batch, Store, StoreError};
 use crate::domain::FlightId;
 
 /// Runs once the write it follows is durable, before its waiter is woken; what it
-/// returns runs once the waiters of its sync are woken.
+/// returns runs once the waiters of its sync are woken. Both run on the commit loop,
+/// in the server on its own thread and runtime ([`Committer::spawn`]), which has no
+/// timers and whose tasks would run only while the loop idles: they must not use
+/// `tokio::spawn`, `tokio::time` or `block_in_place`, nor block.
 pub type Action = Box<dyn FnOnce() -> Option<Later> + Send>;
 
 /// The part of an [`Action`] that need not delay any reply.
@@ -297,20 +300,34 @@ impl Committer {
     /// Starts [`Committer::run`] on a thread of its own, with a runtime of its own: its
     /// wake-ups (a sync done, a ticket enqueued) then never wait in the server's run
     /// queue behind the thousands of connection tasks a large fan-out has just woken.
-    /// The receiver resolves (or errs, if the loop panicked) once the loop has ended.
+    /// The receiver resolves once the loop has ended and its runtime is gone (or
+    /// errs, if the loop panicked). A runtime that cannot be built counts as a loop
+    /// that ended abnormally: waiters fail, and no write is taken.
     pub fn spawn(
         self: &Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .thread_name("jetway-commit-sync")
-            .build()?;
         let (done, finished) = tokio::sync::oneshot::channel();
         let this = self.clone();
         std::thread::Builder::new()
             .name("jetway-commit".into())
             .spawn(move || {
-                rt.block_on(this.run_loop(stop, Syncs::Inline));
+                // built here, not by the caller: a runtime must not be dropped in an
+                // async context, as it would be if this thread could not start
+                match tokio::runtime::Builder::new_current_thread()
+                    .thread_name("jetway-commit-sync")
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(this.clone().run_loop(stop, Syncs::Inline)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the commit loop's runtime");
+                        drop(Stopped {
+                            progress: &this.progress,
+                            clean: false,
+                        });
+                    }
+                }
+                drop(this);
                 let _ = done.send(());
             })?;
         Ok(finished)
@@ -623,7 +640,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_loop_on_its_own_thread_runs_actions_there_and_commits_what_is_pending_at_stop() {
+    async fn the_loop_on_its_own_thread_runs_actions_there_and_ends_with_its_stop() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());

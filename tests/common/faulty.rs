@@ -49,7 +49,7 @@ impl Faulty {
     }
 
     /// Syncs wait while the returned guard lives (also when a failing test unwinds,
-    /// so that the runtime is not left waiting for a blocked sync).
+    /// so that the commit loop is not left waiting for a blocked sync).
     pub fn pause_syncs(&self) -> PausedSyncs<'_> {
         self.set_paused(true);
         PausedSyncs(self)
