@@ -14,13 +14,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's options that keep its memory at glibc's level (docs/benchmarks.md,
 /// "Allocator"): no transparent huge pages (one byte touched would make 2 MiB
 /// resident), arenas committed as they are used, freed pages returned at once. They
-/// are defaults: `MIMALLOC_ALLOW_THP`, `MIMALLOC_ARENA_EAGER_COMMIT` and
-/// `MIMALLOC_PURGE_DELAY` in the environment still win. They must be in place before
+/// are defaults: `MIMALLOC_ALLOW_THP`, `MIMALLOC_ARENA_EAGER_COMMIT` (or its older
+/// name `MIMALLOC_EAGER_REGION_COMMIT`) and `MIMALLOC_PURGE_DELAY` (or
+/// `MIMALLOC_RESET_DELAY`) in the environment still win. They must be in place before
 /// mimalloc initializes (it decides on transparent huge pages once, then) and before
 /// the first allocation reserves its first arena, so this runs as an ELF constructor
-/// of priority 100: before mimalloc's own (priority 101 when clang builds it, none,
-/// so later, with gcc), before Rust's runtime and `main`; `mi_option_set_default`
-/// only writes mimalloc's static table of options. Written by hand: the crates that
+/// of priority 100: before mimalloc's own (priority 101 when clang builds it, where
+/// 101 would leave the order to the linker; none, so later, with gcc), after only
+/// std's argv set-up (99, which allocates nothing), before `main`;
+/// `mi_option_set_default` only writes mimalloc's static table of options. Written by hand: the crates that
 /// register constructors are not among the build's dependencies, and libmimalloc-sys
 /// declares the function only under its `extended` feature, whose extra dependency
 /// the build cannot fetch; the declaration is `mimalloc.h`'s C API, and the numbers
@@ -79,8 +81,22 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
 fn return_large_blocks() {}
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// The runtime is built by hand rather than by `#[tokio::main]`, whose generated code
+/// panics (an `expect`) when it cannot be.
+fn main() -> std::process::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -99,12 +99,12 @@ fn a_published_change_costs_little_to_keep() {
 fn the_allocator_options_are_in_effect() {
     const OPTIONS: [&str; 3] = ["arena_eager_commit", "purge_delay", "allow_thp"];
     let verbose = |env: &[(&str, &str)]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"));
-        cmd.arg("--version").env("MIMALLOC_VERBOSE", "1");
-        for o in OPTIONS {
-            cmd.env_remove(format!("MIMALLOC_{}", o.to_uppercase()));
-        }
-        let out = cmd.envs(env.iter().copied()).output().expect("run jetway");
+        let out = jetway_command()
+            .arg("--version")
+            .env("MIMALLOC_VERBOSE", "1")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run jetway");
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

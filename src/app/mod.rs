@@ -160,7 +160,6 @@ impl App {
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let commit_stop = tokio_util::sync::CancellationToken::new();
-        let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         if config.insecure_fast_hashing {
             tracing::warn!("--insecure-fast-hashing: passwords are hashed at Argon2's minimum cost; for tests only");
         }
@@ -170,6 +169,7 @@ impl App {
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?
                 .map_err(|e| StartError::Other(format!("{e}")))?;
+        let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         let commit_task = committer
             .spawn(commit_stop.clone())
             .map_err(|e| StartError::Other(format!("cannot start the commit thread: {e}")))?;

@@ -132,13 +132,26 @@ pub struct Proc {
     pub addr: SocketAddr,
 }
 
+/// The jetway binary, without any `MIMALLOC_*` variable of the test's environment:
+/// those override the allocator options the binary sets (src/main.rs), which the
+/// memory tests rely on.
+pub fn jetway_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetway"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MIMALLOC_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 impl Proc {
     pub fn spawn(data_dir: &Path, args: &[&str]) -> Proc {
         Self::spawn_with_env(data_dir, args, &[])
     }
 
     pub fn spawn_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+        let mut child = jetway_command()
             .envs(envs.iter().copied())
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -177,7 +190,7 @@ impl Proc {
             .expect("a free port")
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+        let mut child = jetway_command()
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
