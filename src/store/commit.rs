@@ -374,9 +374,8 @@ impl Committer {
                         false if syncs == Syncs::Inline => {
                             // nothing to overlap it with: on the loop's own thread, a
                             // sync in place saves a hand-off to another thread and back
-                            let started = Instant::now();
-                            let result = self.store.sync();
-                            self.record_sync(target - done, started.elapsed());
+                            let (result, took) = timed_sync(&*self.store);
+                            self.record_sync(target - done, took);
                             result
                         }
                         false => self.start_sync().finish(self, target - done).await,
@@ -437,12 +436,15 @@ impl Committer {
         RunningSync {
             // timed on its thread: the histogram is the sync's, not the fan-out's it
             // overlapped
-            task: tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                (store.sync(), started.elapsed())
-            }),
+            task: tokio::task::spawn_blocking(move || timed_sync(&*store)),
         }
     }
+}
+
+/// One sync of `store`, and how long it took (the sync alone, wherever it runs).
+fn timed_sync(store: &dyn Store) -> (Result<(), StoreError>, std::time::Duration) {
+    let started = Instant::now();
+    (store.sync(), started.elapsed())
 }
 
 /// Where the loop runs the syncs nothing overlaps: in place on a thread of its own
