@@ -55,8 +55,8 @@ echo "== cargo test (unit and integration, both stores)" >&2
 cargo test --all-targets --features etcd 2>&1
 echo "== the binary on glibc's malloc (--no-default-features): lint" >&2
 cargo clippy --bin jetway --no-default-features -- -D warnings 2>&1
-echo "== cargo test -p fake-stripe (the fake gateway the payment tests use)" >&2
-cargo test -p fake-stripe 2>&1
+echo "== cargo test -p fake-stripe -p jetway-load (the fake gateway the payment tests use; the load tool)" >&2
+cargo test -p fake-stripe -p jetway-load 2>&1
 
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/jetway
 
