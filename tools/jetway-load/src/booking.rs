@@ -61,6 +61,16 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(max_pairs: u64) -> Self {
+        Shared {
+            stop: AtomicBool::new(false),
+            pairs: AtomicU64::new(0),
+            max_pairs,
+            lat: Default::default(),
+            errors: Default::default(),
+        }
+    }
+
     /// Counts a failed call (or a reply without what the loop needs) under `reason`.
     fn count_error(&self, reason: String) {
         *self.errors.lock().entry(reason).or_default() += 1;
@@ -95,8 +105,8 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     let mut flights = client::all_flights(&mut setup).await?;
     if flights.is_empty() && target.name == "bare" {
         // the bare reference keeps no schedule and takes any flight id: the loop
-        // spreads over as many made-up flights as Jetway's demo schedule has
-        flights = (1..=BARE_FLIGHTS).map(|i| format!("REF{i}")).collect();
+        // spreads over about as many made-up flights as Jetway's demo schedule has
+        flights = (1..=BARE_FLIGHTS).map(client::made_up_flight).collect();
     }
     if flights.is_empty() {
         return Err("the target has no flights".into());
@@ -125,13 +135,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     pb.finish_and_clear();
     let register_seconds = reg_start.elapsed().as_secs_f64();
 
-    let sh = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        pairs: AtomicU64::new(0),
-        max_pairs: o.max_pairs,
-        lat: Default::default(),
-        errors: Default::default(),
-    });
+    let sh = Arc::new(Shared::new(o.max_pairs));
     let cpu0 = target.cpu_seconds();
     let start = Instant::now();
     let tasks: Vec<_> = conns
@@ -253,13 +257,7 @@ mod tests {
     /// error at all.
     #[test]
     fn every_error_is_counted_and_fails_the_run() {
-        let sh = Shared {
-            stop: AtomicBool::new(false),
-            pairs: AtomicU64::new(0),
-            max_pairs: 1,
-            lat: Default::default(),
-            errors: Default::default(),
-        };
+        let sh = Shared::new(1);
         let ok = serde_json::json!({"booking": {"locator": "ABC123"}});
         assert_eq!(sh.held(&ok).as_deref(), Some("ABC123"));
         assert!(sh.errors.lock().is_empty());

@@ -267,7 +267,7 @@ pub async fn pick_flight(conn: &mut Conn, want: Option<&str>) -> Result<FlightIn
             .flat_map(|r| ["A", "B", "C", "D", "E", "F"].map(|l| format!("{r}{l}")))
             .collect();
         return Ok(FlightInfo {
-            flight_id: "REF".into(),
+            flight_id: made_up_flight(1),
             seats,
         });
     };
@@ -286,6 +286,12 @@ pub async fn pick_flight(conn: &mut Conn, want: Option<&str>) -> Result<FlightIn
         flight_id: id,
         seats,
     })
+}
+
+/// The `i`th flight id of a target without a schedule (the bare reference, which
+/// takes any id).
+pub fn made_up_flight(i: usize) -> String {
+    format!("REF{i}")
 }
 
 /// All upcoming flight ids (up to 500).
