@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, Conn, Endpoint, Error};
 use crate::stats::{self, Lat, Summary};
-use crate::target::Target;
+use crate::target::{CommitRates, Target};
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -49,6 +49,8 @@ pub struct Outcome {
     /// Failed calls by `error.data.reason` (seat_unavailable: the flight's cabin was full).
     pub errors: BTreeMap<String, u64>,
     pub server_cpu_percent: Option<f64>,
+    /// Jetway's group commit over the measured window (from its `/metrics`).
+    pub server_commits: Option<CommitRates>,
     pub ok: bool,
 }
 
@@ -136,6 +138,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     let register_seconds = reg_start.elapsed().as_secs_f64();
 
     let sh = Arc::new(Shared::new(o.max_pairs));
+    let commits0 = target.commits().await;
     let cpu0 = target.cpu_seconds();
     let start = Instant::now();
     let tasks: Vec<_> = conns
@@ -153,6 +156,10 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     let cpu = cpu0
         .zip(target.cpu_seconds())
         .map(|(a, b)| (b - a) / seconds * 100.0);
+    let commits = match commits0 {
+        Some(a) => target.commits().await.and_then(|b| a.rates(&b, seconds)),
+        None => None,
+    };
     for t in tasks {
         let _ = t.await;
     }
@@ -188,6 +195,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         methods,
         errors,
         server_cpu_percent: cpu,
+        server_commits: commits,
         ok: failed == 0 && pairs > 0,
     })
 }

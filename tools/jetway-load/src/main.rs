@@ -437,6 +437,19 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             for (name, m) in &out.methods {
                 text += &format!("  {name:15} {:7.0}/s  {}\n", m.per_sec, m.latency);
             }
+            if let Some(c) = &out.server_commits {
+                text += &format!(
+                    "  group commit: {:.0} tickets/s in {:.0} syncs/s ({:.1} each), \
+                     sync {:.2} ms mean, busy {:.0}%, {} to the device per ticket\n",
+                    c.tickets_per_sec,
+                    c.syncs_per_sec,
+                    c.tickets_per_sync,
+                    c.sync_ms_mean,
+                    c.sync_busy_percent,
+                    c.device_bytes_per_ticket
+                        .map_or("n/a".into(), |b| format!("{:.1} KB", b / 1000.0)),
+                );
+            }
             if !out.errors.is_empty() {
                 text += &format!("errors: {:?}\n", out.errors);
             }

@@ -126,6 +126,113 @@ impl Target {
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_seconds(self.pid?)
     }
+
+    /// Jetway's store counters, from its `/metrics` (on `--listen`; none from the
+    /// bare reference or when `--metrics-listen` moved it) and `/proc/PID/io`.
+    pub async fn commits(&self) -> Option<Commits> {
+        if self.name == "bare" {
+            return None;
+        }
+        let addr = self.url.strip_prefix("ws://")?.split('/').next()?;
+        let text = http_get(addr, "/metrics").await?;
+        let mut c = Commits::parse(&text)?;
+        c.device_bytes = self.pid.and_then(device_bytes);
+        Some(c)
+    }
+}
+
+/// The body of `GET path` from `addr`, if it answers 200 within 5 s. Written by hand:
+/// one GET of a text page over loopback, where an HTTP client crate would add more
+/// to the tool than the rest of its dependencies.
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.lines().next()?;
+        status.contains(" 200 ").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Bytes the process has caused to be written to the device (`write_bytes` of
+/// /proc/PID/io).
+fn device_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A reading of Jetway's group commit: durable writes waited for (tickets), syncs and
+/// the time spent in them, and the bytes written to the device so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Commits {
+    pub tickets: u64,
+    pub syncs: u64,
+    pub sync_seconds: f64,
+    pub device_bytes: Option<u64>,
+}
+
+/// The group commit over a measured window: the difference of two [`Commits`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CommitRates {
+    pub tickets_per_sec: f64,
+    pub syncs_per_sec: f64,
+    pub tickets_per_sync: f64,
+    pub sync_ms_mean: f64,
+    /// Share of the window the commit loop spent in syncs.
+    pub sync_busy_percent: f64,
+    pub device_bytes_per_ticket: Option<f64>,
+}
+
+impl Commits {
+    fn parse(metrics: &str) -> Option<Commits> {
+        let value = |name: &str| {
+            metrics.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+            })
+        };
+        Some(Commits {
+            tickets: value("jetway_store_commits_total")? as u64,
+            syncs: value("jetway_store_sync_duration_seconds_count")? as u64,
+            sync_seconds: value("jetway_store_sync_duration_seconds_sum")?,
+            device_bytes: None,
+        })
+    }
+
+    /// What happened between this reading and `later`, `seconds` apart.
+    pub fn rates(&self, later: &Commits, seconds: f64) -> Option<CommitRates> {
+        let tickets = later.tickets.checked_sub(self.tickets)? as f64;
+        let syncs = later.syncs.checked_sub(self.syncs)? as f64;
+        let busy = later.sync_seconds - self.sync_seconds;
+        if seconds <= 0.0 || syncs == 0.0 {
+            return None;
+        }
+        let bytes = later
+            .device_bytes
+            .zip(self.device_bytes)
+            .and_then(|(b, a)| b.checked_sub(a));
+        Some(CommitRates {
+            tickets_per_sec: tickets / seconds,
+            syncs_per_sec: syncs / seconds,
+            tickets_per_sync: tickets / syncs,
+            sync_ms_mean: busy / syncs * 1000.0,
+            sync_busy_percent: busy / seconds * 100.0,
+            device_bytes_per_ticket: bytes.filter(|_| tickets > 0.0).map(|b| b as f64 / tickets),
+        })
+    }
 }
 
 /// Consumed CPU time (user+system) of a process, in seconds, from /proc/PID/stat.
@@ -187,4 +294,52 @@ pub fn raise_nofile() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
     lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# HELP jetway_store_commits_total Durable writes.\n\
+        jetway_store_commits_total 120\n\
+        jetway_store_commits_total_extra 7\n\
+        jetway_store_sync_duration_seconds_bucket{le=\"0.001\"} 30\n\
+        jetway_store_sync_duration_seconds_sum 0.5\n\
+        jetway_store_sync_duration_seconds_count 40\n";
+
+    #[test]
+    fn commit_counters_are_read_by_exact_name() {
+        let c = Commits::parse(PAGE).unwrap();
+        assert_eq!((c.tickets, c.syncs), (120, 40));
+        assert!((c.sync_seconds - 0.5).abs() < 1e-9);
+        assert!(Commits::parse("jetway_store_commits_total 1\n").is_none());
+    }
+
+    #[test]
+    fn rates_are_the_difference_over_the_window() {
+        let a = Commits {
+            tickets: 100,
+            syncs: 50,
+            sync_seconds: 1.0,
+            device_bytes: Some(1_000),
+        };
+        let b = Commits {
+            tickets: 400,
+            syncs: 150,
+            sync_seconds: 1.5,
+            device_bytes: Some(601_000),
+        };
+        let r = a.rates(&b, 2.0).unwrap();
+        assert_eq!(r.tickets_per_sec, 150.0);
+        assert_eq!(r.syncs_per_sec, 50.0);
+        assert_eq!(r.tickets_per_sync, 3.0);
+        assert!((r.sync_ms_mean - 5.0).abs() < 1e-9);
+        assert!((r.sync_busy_percent - 25.0).abs() < 1e-9);
+        assert_eq!(r.device_bytes_per_ticket, Some(2_000.0));
+        assert!(
+            b.rates(&a, 2.0).is_none(),
+            "counters that went back (a restart)"
+        );
+        assert!(a.rates(&a, 2.0).is_none(), "no sync in the window");
+    }
 }
