@@ -138,7 +138,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     let register_seconds = reg_start.elapsed().as_secs_f64();
 
     let sh = Arc::new(Shared::new(o.max_pairs));
-    let commits0 = target.commits().await;
+    let commits0 = target.commits().await.map(|c| (c, Instant::now()));
     let cpu0 = target.cpu_seconds();
     let start = Instant::now();
     let tasks: Vec<_> = conns
@@ -151,15 +151,19 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         tokio::time::sleep(Duration::from_millis(100)).await;
         pb.set_position(sh.pairs.load(Ordering::Relaxed));
     }
+    // read before the users stop, over the time between the two readings
+    let commits = match commits0 {
+        Some((a, at)) => {
+            let b = target.commits().await;
+            b.and_then(|b| a.rates(&b, at.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
     sh.stop.store(true, Ordering::SeqCst);
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu0
         .zip(target.cpu_seconds())
         .map(|(a, b)| (b - a) / seconds * 100.0);
-    let commits = match commits0 {
-        Some(a) => target.commits().await.and_then(|b| a.rates(&b, seconds)),
-        None => None,
-    };
     for t in tasks {
         let _ = t.await;
     }

@@ -437,10 +437,13 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             for (name, m) in &out.methods {
                 text += &format!("  {name:15} {:7.0}/s  {}\n", m.per_sec, m.latency);
             }
+            if out.server_commits.is_none() && out.target != "bare" {
+                text += "  group commit: n/a (no /metrics on the WebSocket's address)\n";
+            }
             if let Some(c) = &out.server_commits {
                 text += &format!(
                     "  group commit: {:.0} tickets/s in {:.0} syncs/s ({:.1} each), \
-                     sync {:.2} ms mean, busy {:.0}%, {} to the device per ticket\n",
+                     sync {:.2} ms mean, busy {:.0}%, {} dirtied for writeback per ticket\n",
                     c.tickets_per_sec,
                     c.syncs_per_sec,
                     c.tickets_per_sync,

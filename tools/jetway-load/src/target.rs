@@ -141,9 +141,9 @@ impl Target {
     }
 }
 
-/// The body of `GET path` from `addr`, if it answers 200 within 5 s. Written by hand:
-/// one GET of a text page over loopback, where an HTTP client crate would add more
-/// to the tool than the rest of its dependencies.
+/// The body of `GET path` from `addr`, if it answers 200 with a plain body within
+/// 5 s. Written by hand: one HTTP/1.0 GET of a text page over loopback is not worth
+/// a client crate.
 async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fetch = async {
@@ -154,8 +154,7 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8(buf).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.lines().next()?;
-        status.contains(" 200 ").then(|| body.to_string())
+        plain_ok(head).then(|| body.to_string())
     };
     tokio::time::timeout(Duration::from_secs(5), fetch)
         .await
@@ -163,7 +162,23 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
         .flatten()
 }
 
-/// Bytes the process has caused to be written to the device (`write_bytes` of
+/// Whether a response head says 200 with a body as sent (not chunked).
+fn plain_ok(head: &str) -> bool {
+    let mut lines = head.lines();
+    let status_ok = lines.next().is_some_and(|l| {
+        let mut it = l.split_whitespace();
+        it.next().is_some_and(|v| v.starts_with("HTTP/1.")) && it.next() == Some("200")
+    });
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    status_ok && !chunked
+}
+
+/// Bytes the process has dirtied for writeback (`write_bytes` of
 /// /proc/PID/io).
 fn device_bytes(pid: u32) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
@@ -175,7 +190,7 @@ fn device_bytes(pid: u32) -> Option<u64> {
 }
 
 /// A reading of Jetway's group commit: durable writes waited for (tickets), syncs and
-/// the time spent in them, and the bytes written to the device so far.
+/// the time spent in them, and the bytes dirtied for writeback so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Commits {
     pub tickets: u64,
@@ -198,10 +213,13 @@ pub struct CommitRates {
 
 impl Commits {
     fn parse(metrics: &str) -> Option<Commits> {
+        // `name value [timestamp]`; a labelled series never matches a bare name
         let value = |name: &str| {
             metrics.lines().find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+                let mut it = l.split_whitespace();
+                (it.next() == Some(name))
+                    .then(|| it.next()?.parse::<f64>().ok())
+                    .flatten()
             })
         };
         Some(Commits {
@@ -313,6 +331,19 @@ mod tests {
         assert_eq!((c.tickets, c.syncs), (120, 40));
         assert!((c.sync_seconds - 0.5).abs() < 1e-9);
         assert!(Commits::parse("jetway_store_commits_total 1\n").is_none());
+    }
+
+    #[test]
+    fn only_a_plain_200_is_read() {
+        assert!(plain_ok("HTTP/1.1 200 OK\r\ncontent-type: text/plain"));
+        assert!(!plain_ok("HTTP/1.1 404 Not Found"));
+        assert!(!plain_ok("HTTP/1.1 2000 OK"));
+        assert!(!plain_ok("XTTP/1.1 200 OK"));
+        assert!(!plain_ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"));
+        let stamped = "jetway_store_commits_total 5 1700000000000\n\
+            jetway_store_sync_duration_seconds_sum 0.25\n\
+            jetway_store_sync_duration_seconds_count 2\n";
+        assert_eq!(Commits::parse(stamped).map(|c| c.tickets), Some(5));
     }
 
     #[test]
