@@ -206,7 +206,7 @@ impl Committer {
         }
         self.store.write(batch).inspect_err(|e| {
             // a write that failed part-way may have left some of the batch in the
-            // store's memory (sled applies a transaction before its buffer's `pwrite`,
+            // store's memory (sled applies a batch before its buffer's `pwrite`,
             // which can fail): a sync right after tells whether the store is still
             // sound, and if it is not, its failure fails this process as any failed
             // sync does, so no read settles on what was never written

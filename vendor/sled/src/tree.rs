@@ -379,6 +379,33 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
+    /// Jetway (vendor/sled/VENDORED.md, change 5): `apply_batch` without the
+    /// process-wide concurrency-control write lock, returning each written key with
+    /// its previous value. Recovered all or nothing after a crash like `apply_batch`,
+    /// but not isolated: a concurrent reader may see part of the batch. The caller
+    /// must keep every other write to this tree out while it runs.
+    pub fn apply_batch_unisolated(
+        &self,
+        batch: Batch,
+    ) -> Result<Vec<(IVec, Option<IVec>)>> {
+        let _cc = concurrency_control::read();
+        let mut guard = pin();
+        let peg = self.context.pin_log(&guard)?;
+        let mut old = Vec::with_capacity(batch.writes.len());
+        for (k, v_opt) in batch.writes {
+            loop {
+                if let Ok(prev) =
+                    self.insert_inner(&k, v_opt.clone(), &mut guard)?
+                {
+                    old.push((k, prev));
+                    break;
+                }
+            }
+        }
+        peg.seal_batch()?;
+        Ok(old)
+    }
+
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
