@@ -324,7 +324,9 @@ impl SledStore {
 
     /// Runs `read`, a read of several keys, so that it sees each batch whole or not
     /// at all: while no batch is being applied (once more if one was), else holding
-    /// the writer. Readers never hold writers up, nor each other.
+    /// the writer. Readers hold neither writers nor each other up, except in that
+    /// fallback, where the read waits for the batch being applied and writers wait
+    /// for the read.
     fn read_whole<T>(&self, read: impl Fn() -> StoreResult<T>) -> StoreResult<T> {
         for _ in 0..2 {
             let before = self.applying.load(Ordering::SeqCst);
@@ -745,20 +747,23 @@ impl SledStore {
             }
             ahead.insert(k, new);
         }
-        let olds = match ahead.is_empty() {
-            true => Vec::new(),
-            false => {
-                let _applying = Applying::start(&self.applying);
-                self.db.apply_batch_unisolated(batch).map_err(io)?
-            }
-        };
-        drop(one);
+        if ahead.is_empty() {
+            return Ok(());
+        }
+        let _applying = Applying::start(&self.applying);
+        let applied = self.db.apply_batch_unisolated(batch);
+        // noted even when it failed part-way: some of its keys may be written
         self.note_written(ops.iter().map(Op::key));
-        for (k, old) in olds {
-            if let Some(new) = ahead.get(k.as_ref()).filter(|_| Tally::counts_key(&k)) {
-                self.tally.change(&k, old.as_deref(), *new);
+        // the counts change with the records, inside the same window
+        for (k, old) in applied.map_err(io)? {
+            let Some(&new) = ahead.get(k.as_ref()) else {
+                continue;
+            };
+            if Tally::counts_key(&k) && old.as_deref() != new {
+                self.tally.change(&k, old.as_deref(), new);
             }
         }
+        drop(one);
         Ok(())
     }
 
@@ -783,7 +788,13 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> StoreResult<()> {
-        self.db.flush().map_err(io)?;
+        {
+            // not while a batch is being applied (sled's lock kept them apart before):
+            // a flush begun inside one waits for the batch's last buffer, which only
+            // the next write or sled's flusher (every 500 ms) would seal
+            let _one = self.writer.lock();
+            self.db.flush().map_err(io)?;
+        }
         match &self.data_file {
             Some(f) => f.sync_data().map_err(io),
             None => Ok(()),
@@ -1527,10 +1538,12 @@ mod tests {
     #[test]
     fn concurrent_creations_of_one_record_let_exactly_one_through() {
         let s = std::sync::Arc::new(SledStore::temporary().unwrap());
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let s = s.clone();
+                let (s, start) = (s.clone(), start.clone());
                 std::thread::spawn(move || {
+                    start.wait();
                     s.write(&Batch {
                         new_bookings: vec![booking("ONEONE", 1, 5)],
                         ..Default::default()
