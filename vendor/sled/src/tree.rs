@@ -403,6 +403,10 @@ impl Tree {
             }
         }
         peg.seal_batch()?;
+        // seal the buffer holding the batch's end: a flush begun inside the batch
+        // (no lock keeps it out) waits for that buffer, and so only until the
+        // batch is done, not until the next write or the flusher seals it
+        self.context.pagecache.log.roll_iobuf()?;
         Ok(old)
     }
 
