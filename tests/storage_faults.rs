@@ -471,7 +471,7 @@ async fn paid_booking(
     loc
 }
 
-/// A write that fails part-way (sled applies a transaction in memory before its I/O
+/// A write that fails part-way (sled applies a batch in memory before its I/O
 /// buffer's `pwrite`, which can fail) is followed by a sync: when the store is broken
 /// that sync fails too, and the process stops taking writes and reports not ready,
 /// instead of letting a retry read the half-written reply as if it were durable.
