@@ -342,6 +342,31 @@ impl SledStore {
         read()
     }
 
+    /// The record of kind `record` whose id the key `reference` holds.
+    fn via_reference<T: DeserializeOwned>(
+        &self,
+        reference: &[u8],
+        record: u8,
+    ) -> StoreResult<Option<T>> {
+        self.read_whole(|| match self.db.get(reference).map_err(io)? {
+            Some(id) => self.get(&key(record, &[&id])),
+            None => Ok(None),
+        })
+    }
+
+    /// The records of kind `record` whose ids the keys under `prefix` hold, in key
+    /// order.
+    fn via_index<T: DeserializeOwned>(&self, prefix: &[u8], record: u8) -> StoreResult<Vec<T>> {
+        self.read_whole(|| {
+            let mut out = Vec::new();
+            for kv in self.db.scan_prefix(prefix) {
+                let (_, id) = kv.map_err(io)?;
+                out.extend(self.get(&key(record, &[&id]))?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Every record under `prefix`, each as written (a full scan is not held to
     /// batch boundaries: it would hold writers up for as long as it takes).
     fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> StoreResult<Vec<T>> {
@@ -714,7 +739,7 @@ impl SledStore {
     /// writes nothing: no log record, no page fragment. Only such puts and the
     /// conditions read the store first: every read here is paid by all writers.
     fn apply(&self, ops: &[Op]) -> StoreResult<()> {
-        let one = self.writer.lock();
+        let _one = self.writer.lock();
         let mut batch = sled::Batch::default();
         // what the ops before have left under a key, ahead of the store
         let mut ahead: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
@@ -763,7 +788,6 @@ impl SledStore {
                 self.tally.change(&k, old.as_deref(), new);
             }
         }
-        drop(one);
         Ok(())
     }
 
@@ -837,16 +861,7 @@ impl Store for SledStore {
     }
 
     fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        self.read_whole(|| {
-            match self
-                .db
-                .get(key(USER_ID, &[&id.0.to_be_bytes()]))
-                .map_err(io)?
-            {
-                Some(name) => self.get(&key(USER, &[&name])),
-                None => Ok(None),
-            }
-        })
+        self.via_reference(&key(USER_ID, &[&id.0.to_be_bytes()]), USER)
     }
 
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
@@ -914,16 +929,7 @@ impl Store for SledStore {
     }
 
     fn open_attempts(&self) -> StoreResult<Vec<PaymentAttempt>> {
-        self.read_whole(|| {
-            let mut out = Vec::new();
-            for kv in self.db.scan_prefix([OPEN_ATTEMPT]) {
-                let (_, id) = kv.map_err(io)?;
-                if let Some(a) = self.get(&key(ATTEMPT, &[&id]))? {
-                    out.push(a);
-                }
-            }
-            Ok(out)
-        })
+        self.via_index(&[OPEN_ATTEMPT], ATTEMPT)
     }
 
     fn attempt(&self, id: &str) -> StoreResult<Option<PaymentAttempt>> {
@@ -950,16 +956,7 @@ impl Store for SledStore {
     }
 
     fn attempt_by_ref(&self, payment_ref: &str) -> StoreResult<Option<PaymentAttempt>> {
-        self.read_whole(|| {
-            match self
-                .db
-                .get(key(ATTEMPT_REF, &[payment_ref.as_bytes()]))
-                .map_err(io)?
-            {
-                Some(id) => self.get(&key(ATTEMPT, &[&id])),
-                None => Ok(None),
-            }
-        })
+        self.via_reference(&key(ATTEMPT_REF, &[payment_ref.as_bytes()]), ATTEMPT)
     }
 
     fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
@@ -969,16 +966,7 @@ impl Store for SledStore {
     }
 
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>> {
-        self.read_whole(|| {
-            match self
-                .db
-                .get(key(OPEN_REFUND, &[subject.as_bytes()]))
-                .map_err(io)?
-            {
-                Some(id) => self.get(&key(REFUND, &[&id])),
-                None => Ok(None),
-            }
-        })
+        self.via_reference(&key(OPEN_REFUND, &[subject.as_bytes()]), REFUND)
     }
 
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>> {
@@ -986,14 +974,7 @@ impl Store for SledStore {
     }
 
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {
-        self.read_whole(|| {
-            let mut out = Vec::new();
-            for kv in self.db.scan_prefix([OPEN_REFUND]) {
-                let (_, id) = kv.map_err(io)?;
-                out.extend(self.get::<RefundRecord>(&key(REFUND, &[&id]))?);
-            }
-            Ok(out)
-        })
+        self.via_index(&[OPEN_REFUND], REFUND)
     }
 
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
@@ -1001,17 +982,10 @@ impl Store for SledStore {
     }
 
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
-        self.read_whole(|| {
-            let mut out = Vec::new();
-            for kv in self
-                .db
-                .scan_prefix(key(FLIGHT_WAITLIST, &[flight.as_str().as_bytes(), &[0]]))
-            {
-                let (_, id) = kv.map_err(io)?;
-                out.extend(self.get::<WaitlistEntry>(&key(WAITLIST, &[&id]))?);
-            }
-            Ok(out)
-        })
+        self.via_index(
+            &key(FLIGHT_WAITLIST, &[flight.as_str().as_bytes(), &[0]]),
+            WAITLIST,
+        )
     }
 
     fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
