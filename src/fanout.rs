@@ -7,6 +7,16 @@
 //! writer whole at each wake-up ([`OutboxReceiver::next`]), so an idle connection holds
 //! no queue memory and a burst is written in one go.
 //!
+//! The queue also owns the connection's socket once it is a WebSocket ([`Wire`]):
+//! whoever queues frames to a connection with nothing queued or being written writes
+//! them into the socket at once, without waking its task (a non-blocking write under
+//! the queue's lock; what the socket does not take is queued for the task, and a frame
+//! it took only in part is finished before any other byte). A change reaching
+//! thousands of idle watchers is queued on each ([`Outbox::queue_quiet`]) and then
+//! written by one thread per flight ([`Outbox::kick`]), instead of filling the
+//! server's run queue with thousands of woken tasks ahead of the requests (a writer's
+//! next change waited behind them: docs/benchmarks.md).
+//!
 //! A connection is ended in one of two ways: [`Outbox::close`] skips whatever is
 //! still queued (a stalled client will not read it anyway), [`Outbox::finish`] sends
 //! it first (a reply to a request that was carried out must not be lost to a
@@ -19,10 +29,14 @@
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::UserId;
@@ -68,6 +82,169 @@ struct Queue {
     closing: Option<Closing>,
     /// The receiver is gone.
     ended: bool,
+    /// The task has started writing bytes of its own and not yet sent them all
+    /// ([`Wire::settled`] clears it).
+    task_sending: bool,
+    /// The connection's socket once it is a WebSocket; closed when its task ends.
+    socket: Option<TcpStream>,
+    /// The rest of a frame written directly only in part: the socket's next bytes.
+    tail: Option<Box<Tail>>,
+}
+
+/// What a direct write left of a frame.
+struct Tail {
+    head: FrameHead,
+    frame: Utf8Bytes,
+    /// Bytes of the head, then of the frame, already sent.
+    sent: usize,
+}
+
+impl Tail {
+    /// The unsent rest, as (part of the head, part of the payload).
+    fn rest(&self) -> [IoSlice<'_>; 2] {
+        let head = self.head.as_bytes();
+        let payload = self.frame.as_bytes();
+        [
+            IoSlice::new(head.get(self.sent..).unwrap_or_default()),
+            IoSlice::new(&payload[self.sent.saturating_sub(head.len())..]),
+        ]
+    }
+
+    fn len(&self) -> usize {
+        self.head.as_bytes().len() + self.frame.len()
+    }
+}
+
+/// The header of a whole text message as one final, unmasked frame (a server's,
+/// RFC 6455 5.2).
+#[derive(Clone, Copy, Default)]
+pub struct FrameHead {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl FrameHead {
+    pub fn text(n: usize) -> Self {
+        let mut h = FrameHead::default();
+        h.bytes[0] = 0x81;
+        if n < 126 {
+            h.bytes[1] = n as u8;
+            h.len = 2;
+        } else if let Ok(short) = u16::try_from(n) {
+            h.bytes[1] = 126;
+            h.bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            h.len = 4;
+        } else {
+            h.bytes[1] = 127;
+            h.bytes[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            h.len = 10;
+        }
+        h
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Most frames written into a socket by one direct write; the rest are queued.
+const DIRECT_FRAMES: usize = 8;
+
+impl Queue {
+    /// Whether frames may go into the socket now: nothing is queued before them and
+    /// the task is not writing.
+    fn writable_now(&self) -> bool {
+        self.frames.is_empty() && self.writable_after_queue()
+    }
+
+    /// Whether the queued frames may go into the socket now: the task is not writing.
+    fn writable_after_queue(&self) -> bool {
+        self.socket.is_some() && self.taken.0 == 0 && self.tail.is_none() && !self.task_sending
+    }
+
+    /// Writes what is queued, as far as the socket takes it, if the task is not
+    /// writing.
+    fn write_queued(&mut self) {
+        if self.frames.is_empty() || !self.writable_after_queue() {
+            return;
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let done = self.write_now(frames.iter());
+        let bytes: usize = frames.iter().take(done).map(|f| f.len()).sum();
+        self.frames = frames;
+        self.frames.drain(..done);
+        self.bytes -= bytes as u32;
+        if self.frames.is_empty() {
+            // the room a burst took is not kept by an idle connection
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes as many of `frames` (at most [`DIRECT_FRAMES`]) as the socket takes
+    /// without waiting, and returns how many are dealt with: a frame taken in part
+    /// is one of them, its rest kept as the tail.
+    fn write_now<'a>(&mut self, frames: impl Iterator<Item = &'a Utf8Bytes> + Clone) -> usize {
+        let Queue { socket, tail, .. } = self;
+        let Some(socket) = socket.as_ref() else {
+            return 0;
+        };
+        let mut heads = [FrameHead::default(); DIRECT_FRAMES];
+        let mut count = 0;
+        for (h, f) in heads.iter_mut().zip(frames.clone()) {
+            *h = FrameHead::text(f.len());
+            count += 1;
+        }
+        if count == 0 {
+            return 0;
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
+        for (i, f) in frames.clone().take(count).enumerate() {
+            slices[2 * i] = IoSlice::new(heads[i].as_bytes());
+            slices[2 * i + 1] = IoSlice::new(f.as_bytes());
+        }
+        // an error (the peer gone) is met again, and handled, by the task's write
+        let Ok(mut n) = socket.try_write_vectored(&slices[..2 * count]) else {
+            return 0;
+        };
+        let mut done = 0;
+        for (head, f) in heads.iter().zip(frames.take(count)) {
+            let whole = head.as_bytes().len() + f.len();
+            if n >= whole {
+                n -= whole;
+                done += 1;
+                continue;
+            }
+            if n > 0 {
+                *tail = Some(Box::new(Tail {
+                    head: *head,
+                    frame: f.clone(),
+                    sent: n,
+                }));
+                done += 1;
+            }
+            break;
+        }
+        done
+    }
+
+    /// Sends the tail a direct write left, if any, before anything else.
+    fn poll_tail(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Queue { socket, tail, .. } = self;
+        let Some(socket) = socket.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        while let Some(t) = tail {
+            let n = ready!(Pin::new(&mut *socket).poll_write_vectored(cx, &t.rest()))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            t.sent += n;
+            if t.sent >= t.len() {
+                *tail = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 struct Shared {
@@ -77,8 +254,9 @@ struct Shared {
     /// Mirrors `queue.closing.is_some()` for lock-free checks.
     closing: AtomicBool,
     waker: AtomicWaker,
-    /// When the client was last heard from ([`now_ms`]).
-    seen_ms: AtomicU64,
+    /// When the client was last heard from ([`now_tenths`]; 32 bits keep this
+    /// struct in a smaller allocation and last 13 years).
+    seen: AtomicU32,
     /// A request of the connection is being handled: the client is waiting, not
     /// silent.
     busy: AtomicBool,
@@ -91,10 +269,11 @@ const ASK_PING: u8 = 1;
 const ASK_STOP: u8 = 2;
 const ASK_IDLE: u8 = 4;
 
-/// Milliseconds since the process's first call.
-fn now_ms() -> u64 {
+/// Tenths of a second since the process's first call.
+fn now_tenths() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    let tenths = EPOCH.get_or_init(Instant::now).elapsed().as_millis() / 100;
+    u32::try_from(tenths).unwrap_or(u32::MAX)
 }
 
 /// The sending side of a connection's outbound queue. Cheap to clone.
@@ -159,7 +338,7 @@ pub fn outbox(limits: QueueLimits) -> (Outbox, OutboxReceiver) {
         queue: parking_lot::Mutex::new(Queue::default()),
         closing: AtomicBool::new(false),
         waker: AtomicWaker::new(),
-        seen_ms: AtomicU64::new(now_ms()),
+        seen: AtomicU32::new(now_tenths()),
         busy: AtomicBool::new(false),
         asks: AtomicU8::new(0),
     });
@@ -178,46 +357,111 @@ impl Outbox {
         self.shared.id
     }
 
-    /// Queues a frame without waiting. On overflow the connection is told to close
-    /// (the writer sends a close frame) and `false` is returned.
+    /// Queues a frame without waiting (or writes it at once, see the module's
+    /// comment). On overflow the connection is told to close (the writer sends a
+    /// close frame) and `false` is returned.
     pub fn send(&self, kind: FrameKind, frame: Utf8Bytes) -> bool {
-        let ok = self.queue(frame);
-        let counter = match (ok, kind) {
-            (true, FrameKind::Push) => &STATS.pushes,
-            (true, FrameKind::Reply) => return true,
-            (false, _) => &STATS.dropped,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        ok
+        self.send_all(kind, std::iter::once(&frame))
     }
 
-    fn queue(&self, frame: Utf8Bytes) -> bool {
-        let limits = self.shared.limits;
+    /// [`Outbox::send`] of several frames in order, written at once together when
+    /// the connection is idle.
+    pub fn send_all<'a>(
+        &self,
+        kind: FrameKind,
+        frames: impl Iterator<Item = &'a Utf8Bytes> + Clone,
+    ) -> bool {
+        self.queue(kind, frames, true).is_some()
+    }
+
+    /// Queues frames without writing them or waking the connection's task: a fan-out
+    /// queues a change everywhere first and then [`Outbox::kick`]s the connections,
+    /// on another thread. `None` if the connection is closing or overflowed;
+    /// `Some(true)` if it needs that kick (its queue was empty).
+    pub fn queue_quiet<'a>(
+        &self,
+        kind: FrameKind,
+        frames: impl Iterator<Item = &'a Utf8Bytes> + Clone,
+    ) -> Option<bool> {
+        self.queue(kind, frames, false)
+    }
+
+    /// Writes what is queued into the socket if the connection's task is not
+    /// writing, and wakes the task for whatever the socket did not take.
+    pub fn kick(&self) {
         let mut q = self.shared.queue.lock();
-        if q.closing.is_some() || q.ended {
-            return false;
-        }
-        let (taken_frames, taken_bytes) = q.taken;
-        if q.frames.len() + taken_frames as usize >= limits.messages as usize
-            || q.bytes as usize + taken_bytes as usize + frame.len() > limits.bytes as usize
-        {
-            drop(q);
-            self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
-            return false;
-        }
-        q.bytes += frame.len() as u32;
-        if q.frames.capacity() == 0 {
-            // one frame is the usual batch (a push reaching thousands of idle
-            // connections at once): room for one, not a `VecDeque`'s first four
-            q.frames.reserve_exact(1);
-        }
-        q.frames.push_back(frame);
-        let first = q.frames.len() == 1;
+        q.write_queued();
+        let wake = !q.frames.is_empty() || q.tail.is_some();
         drop(q);
-        if first {
+        if wake {
             self.shared.waker.wake();
         }
-        true
+    }
+
+    /// Writes (`now`: with whatever is queued before them, when the task is not
+    /// writing) or only queues `frames`. `Some(needs_kick)` once all are written or
+    /// queued, where `needs_kick` says that frames were queued without a write or a
+    /// wake-up on a connection that had none queued; `None` if the connection is
+    /// closing or overflowed (it is then told to close).
+    fn queue<'a>(
+        &self,
+        kind: FrameKind,
+        frames: impl Iterator<Item = &'a Utf8Bytes> + Clone,
+        now: bool,
+    ) -> Option<bool> {
+        let limits = self.shared.limits;
+        let mut q = self.shared.queue.lock();
+        let count = |n: usize, counter: &AtomicU64| {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        if q.closing.is_some() || q.ended {
+            count(frames.count(), &STATS.dropped);
+            return None;
+        }
+        let written = if now && q.writable_now() {
+            q.write_now(frames.clone())
+        } else {
+            0
+        };
+        let first = q.frames.is_empty();
+        let mut handled = written;
+        let mut all = frames.clone().skip(written);
+        let mut overflow = false;
+        for frame in all.by_ref() {
+            let (taken_frames, taken_bytes) = q.taken;
+            if q.frames.len() + taken_frames as usize >= limits.messages as usize
+                || q.bytes as usize + taken_bytes as usize + frame.len() > limits.bytes as usize
+            {
+                overflow = true;
+                count(1 + all.count(), &STATS.dropped);
+                break;
+            }
+            q.bytes += frame.len() as u32;
+            if q.frames.capacity() == 0 {
+                // one frame is the usual batch (a push reaching thousands of idle
+                // connections at once): room for one, not a `VecDeque`'s first four
+                q.frames.reserve_exact(1);
+            }
+            q.frames.push_back(frame.clone());
+            handled += 1;
+        }
+        if now && !overflow {
+            // behind frames a fan-out queued and has not written yet
+            q.write_queued();
+        }
+        let wake = q.tail.is_some() || (now && !q.frames.is_empty());
+        drop(q);
+        if wake {
+            self.shared.waker.wake();
+        }
+        if kind == FrameKind::Push {
+            count(handled, &STATS.pushes);
+        }
+        if overflow {
+            self.close(CLOSE_POLICY, "slow consumer: outbound queue full");
+            return None;
+        }
+        Some(!now && first && handled > written)
     }
 
     /// Asks the writer to send a close frame at once, dropping what is still queued,
@@ -257,12 +501,13 @@ impl Outbox {
 
     /// The client was just heard from.
     pub fn heard(&self) {
-        self.shared.seen_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared.seen.store(now_tenths(), Ordering::Relaxed);
     }
 
     /// How long since the client was last heard from.
     pub fn silent_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.shared.seen_ms.load(Ordering::Relaxed)))
+        let tenths = now_tenths().saturating_sub(self.shared.seen.load(Ordering::Relaxed));
+        Duration::from_millis(u64::from(tenths) * 100)
     }
 
     /// A request of the connection started (`true`) or ended: while one runs, the
@@ -296,6 +541,15 @@ impl OutboxReceiver {
     /// The sending side of the same queue.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// Hands the connection's socket to the queue, for direct writes, and returns
+    /// the task's end of it.
+    pub fn attach(&self, socket: TcpStream) -> Wire {
+        self.outbox.shared.queue.lock().socket = Some(socket);
+        Wire {
+            shared: self.outbox.shared.clone(),
+        }
     }
 
     /// Waits for queued frames or a close. Cancel-safe: nothing is taken until it
@@ -335,6 +589,10 @@ impl OutboxReceiver {
             q.taken = (q.frames.len() as u32, std::mem::take(&mut q.bytes));
             return Some(Next::Frames(std::mem::take(&mut q.frames)));
         }
+        if q.tail.is_some() {
+            // a flush sends it (the socket sends it before anything else anyway)
+            return Some(Next::Frames(VecDeque::new()));
+        }
         q.closing.map(|c| Next::Close(c.code, c.reason))
     }
 }
@@ -345,6 +603,8 @@ impl Drop for OutboxReceiver {
         q.ended = true;
         q.frames = VecDeque::new();
         q.bytes = 0;
+        q.socket = None;
+        q.tail = None;
         if q.closing.is_none() {
             q.closing = Some(Closing {
                 code: CLOSE_NORMAL,
@@ -352,6 +612,78 @@ impl Drop for OutboxReceiver {
             });
         }
         self.outbox.shared.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The connection's socket as its task reads and writes it: shared with direct
+/// writers through the queue's lock, and written after the tail of a direct write.
+pub struct Wire {
+    shared: Arc<Shared>,
+}
+
+impl Wire {
+    /// The task has sent every byte it started to: others may write whole frames
+    /// into the socket again.
+    pub fn settled(&self) {
+        self.shared.queue.lock().task_sending = false;
+    }
+
+    fn write_with<T>(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut q = self.shared.queue.lock();
+        q.task_sending = true;
+        ready!(q.poll_tail(cx))?;
+        match q.socket.as_mut() {
+            Some(s) => f(Pin::new(s), cx),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.shared.queue.lock().socket.as_mut() {
+            Some(s) => Pin::new(s).poll_read(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write_with(cx, |s, cx| s.poll_write(cx, data))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.shared.queue.lock().poll_tail(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_with(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
 
@@ -385,9 +717,9 @@ impl Roster {
     /// that ended. The sweep never closes a connection itself: a request read in the
     /// same instant must not lose its reply.
     pub fn sweep(&self, ping_after: Duration, idle_after: Duration) {
-        let now = now_ms();
-        let (ping_after, idle_after) =
-            (ping_after.as_millis() as u64, idle_after.as_millis() as u64);
+        let now = now_tenths();
+        let tenths = |d: Duration| u32::try_from(d.as_millis() / 100).unwrap_or(u32::MAX);
+        let (ping_after, idle_after) = (tenths(ping_after), tenths(idle_after));
         self.inner.lock().conns.retain(|conn| {
             let Some(shared) = conn.upgrade() else {
                 return false;
@@ -400,7 +732,7 @@ impl Roster {
                 outbox.heard();
                 return true;
             }
-            let silent = now.saturating_sub(outbox.shared.seen_ms.load(Ordering::Relaxed));
+            let silent = now.saturating_sub(outbox.shared.seen.load(Ordering::Relaxed));
             if silent >= idle_after {
                 outbox.ask(ASK_IDLE);
             } else if silent >= ping_after {
@@ -515,6 +847,125 @@ mod tests {
             Some(Next::Frames(f)) => f.iter().map(|f| f.as_str().to_owned()).collect(),
             _ => panic!("expected frames"),
         }
+    }
+
+    /// A connected socket pair: the server's end attached to a fresh outbox, and the
+    /// client's end to read from.
+    async fn attached(limits: QueueLimits) -> (Outbox, OutboxReceiver, Wire, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, server) = tokio::join!(client, listener.accept());
+        let (o, rx) = outbox(limits);
+        let wire = rx.attach(server.unwrap().0);
+        // the socket's first readiness comes from the reactor
+        std::future::poll_fn(|cx| {
+            let mut q = o.shared.queue.lock();
+            q.socket.as_mut().unwrap().poll_write_ready(cx)
+        })
+        .await
+        .unwrap();
+        (o, rx, wire, client.unwrap())
+    }
+
+    /// Reads `n` whole unmasked text frames (small or 16-bit lengths) from `client`.
+    async fn read_frames(client: &mut TcpStream, n: usize) -> Vec<String> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut head = [0u8; 2];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], 0x81, "a final text frame");
+            let len = match head[1] {
+                126 => {
+                    let mut l = [0u8; 2];
+                    client.read_exact(&mut l).await.unwrap();
+                    u16::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut body = vec![0u8; len];
+            client.read_exact(&mut body).await.unwrap();
+            out.push(String::from_utf8(body).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_idle_connections_frames_are_written_without_its_task() {
+        let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
+        assert!(o.send(FrameKind::Push, "one".into()));
+        let a: Utf8Bytes = "two".into();
+        let b: Utf8Bytes = "three".into();
+        assert!(o.send_all(FrameKind::Push, [&a, &b].into_iter()));
+        // the task (which would take them from the queue) never ran
+        assert_eq!(read_frames(&mut client, 3).await, ["one", "two", "three"]);
+        assert!(rx.try_next().is_none(), "nothing was left queued");
+    }
+
+    #[tokio::test]
+    async fn frames_wait_behind_a_batch_the_task_holds() {
+        let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
+        o.queue_quiet(FrameKind::Push, std::iter::once(&"first".into()));
+        assert_eq!(frames(rx.try_next()), ["first"]);
+        // the task is writing "first": a later frame must not overtake it
+        assert!(o.send(FrameKind::Push, "second".into()));
+        assert_eq!(frames(rx.try_next()), ["second"]);
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1];
+        assert!(
+            futures::FutureExt::now_or_never(client.read(&mut buf)).is_none(),
+            "nothing was written behind the task's back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kick_writes_what_was_queued_quietly() {
+        let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
+        let f: Utf8Bytes = "quiet".into();
+        assert_eq!(
+            o.queue_quiet(FrameKind::Push, std::iter::once(&f)),
+            Some(true)
+        );
+        assert_eq!(
+            o.queue_quiet(FrameKind::Push, std::iter::once(&f)),
+            Some(false)
+        );
+        o.kick();
+        assert_eq!(read_frames(&mut client, 2).await, ["quiet", "quiet"]);
+        assert!(rx.try_next().is_none());
+    }
+
+    /// A frame the socket takes only in part is finished before anything else the
+    /// connection writes, and nothing is written directly until the task is done.
+    #[tokio::test]
+    async fn a_frame_written_in_part_is_finished_first() {
+        use tokio::io::AsyncWriteExt;
+        let (o, mut rx, mut wire, mut client) = attached(QueueLimits::default()).await;
+        let big: Utf8Bytes = "x".repeat(60_000).into();
+        let mut sent = 0;
+        // fill the socket until a frame goes in only in part
+        while o.shared.queue.lock().tail.is_none() {
+            assert!(o.send(FrameKind::Push, big.clone()));
+            sent += 1;
+            assert!(sent < 1000, "the socket never filled");
+        }
+        assert!(o.send(FrameKind::Push, "after".into()));
+        assert_eq!(frames(rx.try_next()), ["after"]);
+        assert!(o.send(FrameKind::Push, "late".into()));
+        let reader = tokio::spawn(async move { read_frames(&mut client, sent + 2).await });
+        // the task writes what it took as the session does; the tail goes first
+        for text in ["after", "late"] {
+            wire.write_all(&[0x81, text.len() as u8]).await.unwrap();
+            wire.write_all(text.as_bytes()).await.unwrap();
+            wire.flush().await.unwrap();
+            wire.settled();
+            if text == "after" {
+                assert_eq!(frames(rx.try_next()), ["late"]);
+            }
+        }
+        let got = reader.await.unwrap();
+        assert!(got[..sent].iter().all(|f| f.len() == 60_000));
+        assert_eq!(got[sent..], ["after", "late"]);
     }
 
     #[tokio::test]
@@ -767,10 +1218,11 @@ mod tests {
     }
 
     /// Every connection keeps one: with its counts in `u32`s, its `Arc` (16 bytes of
-    /// counts more) takes a 160-byte heap chunk instead of 192.
+    /// counts more) takes a 192-byte heap chunk instead of 224 (it holds the
+    /// connection's socket, 40 bytes, which the connection's task no longer does).
     #[test]
     fn an_outboxs_shared_state_stays_small() {
         let size = std::mem::size_of::<Shared>();
-        assert!(size <= 136, "an outbox's shared state grew to {size} bytes");
+        assert!(size <= 176, "an outbox's shared state grew to {size} bytes");
     }
 }

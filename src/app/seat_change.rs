@@ -57,6 +57,8 @@ impl App {
         let users = self.users.clone();
         let boards = self.boards.clone();
         let waitlist = self.served_action(served);
+        // the fan-out's writes go to the server's blocking threads, not the commit loop
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Box::new(move || {
             let others = fs.publish_first(&change, &users.connection_ids(concerned));
             if change.availability_changed {
@@ -64,7 +66,7 @@ impl App {
             }
             users.push(owner, &frame);
             waitlist();
-            others.then(|| Box::new(move || fs.deliver(change.version)) as Later)
+            others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)
         })
     }
 

@@ -177,7 +177,15 @@ pub struct Live {
     /// The JSON array of every seat at `version`, encoded once for all the subscribers
     /// of that version; dropped by the next publish.
     encoded: Option<Arc<str>>,
+    /// Watchers with pushes queued by [`FlightSeats::deliver`] and not yet written.
+    to_kick: VecDeque<Outbox>,
+    /// A [`FlightSeats::kick_queued`] loop is running (one per flight: two measured
+    /// slower, docs/benchmarks.md).
+    kicking: bool,
 }
+
+/// Connections written per turn of the flight's lock.
+const KICK_CHUNK: usize = 256;
 
 /// A connection watching a flight.
 struct Watcher {
@@ -189,18 +197,36 @@ struct Watcher {
 impl Watcher {
     /// Queues the pushes of `unsent` after the last one it has, up to `upto`, in
     /// version order; `false` once its queue is closed (a slow consumer is cut off).
-    fn catch_up(&mut self, unsent: &VecDeque<(u64, Utf8Bytes)>, upto: u64) -> bool {
+    /// With `kick`, the pushes are only queued, and the outbox added there if it
+    /// needs an [`Outbox::kick`] to send them.
+    fn catch_up(
+        &mut self,
+        unsent: &VecDeque<(u64, Utf8Bytes)>,
+        upto: u64,
+        kick: Option<&mut VecDeque<Outbox>>,
+    ) -> bool {
         if self.sent >= upto {
             return true;
         }
         let from = unsent.partition_point(|(v, _)| *v <= self.sent);
-        for (_, frame) in unsent.range(from..).take_while(|(v, _)| *v <= upto) {
-            if !self.outbox.send(FrameKind::Push, frame.clone()) {
-                return false;
-            }
+        let frames = unsent.range(from..).take_while(|(v, _)| *v <= upto);
+        let frames = frames.map(|(_, f)| f);
+        let queued = match kick {
+            None => self.outbox.send_all(FrameKind::Push, frames),
+            Some(kick) => match self.outbox.queue_quiet(FrameKind::Push, frames) {
+                None => false,
+                Some(needs_kick) => {
+                    if needs_kick {
+                        kick.push_back(self.outbox.clone());
+                    }
+                    true
+                }
+            },
+        };
+        if queued {
+            self.sent = upto;
         }
-        self.sent = upto;
-        true
+        queued
     }
 }
 
@@ -272,6 +298,8 @@ impl FlightSeats {
                 },
                 unsent: VecDeque::new(),
                 encoded: None,
+                to_kick: VecDeque::new(),
+                kicking: false,
             }),
             replay_capacity,
         }
@@ -389,7 +417,11 @@ impl FlightSeats {
     /// Applies a committed change of the replicated change feed, in version order:
     /// to the working map, then published. Versions already applied are ignored.
     /// Returns whether it changed the flight's seats available.
-    pub fn apply_committed(&self, version: u64, updates: Vec<(usize, Option<Occupant>)>) -> bool {
+    pub fn apply_committed(
+        self: &Arc<Self>,
+        version: u64,
+        updates: Vec<(usize, Option<Occupant>)>,
+    ) -> bool {
         let change = {
             let mut w = self.working.lock();
             if version <= w.version {
@@ -410,9 +442,12 @@ impl FlightSeats {
     }
 
     /// Publishes a durable change to every watcher at once.
-    pub fn publish(&self, change: &SeatChange) {
+    pub fn publish(self: &Arc<Self>, change: &SeatChange) {
         self.publish_first(change, &[]);
-        self.deliver(change.version);
+        self.fan_out(
+            change.version,
+            tokio::runtime::Handle::try_current().ok().as_ref(),
+        );
     }
 
     /// Publishes a durable change: advances the live map, remembers it for replay,
@@ -450,7 +485,7 @@ impl FlightSeats {
         watchers.change(|m| {
             for id in first {
                 if m.get_mut(id)
-                    .is_some_and(|w| !w.catch_up(unsent, change.version))
+                    .is_some_and(|w| !w.catch_up(unsent, change.version, None))
                 {
                     m.remove(id);
                 }
@@ -464,14 +499,81 @@ impl FlightSeats {
     }
 
     /// Queues every published push up to `version` to each watcher that lacks it,
-    /// in version order, and forgets the watchers whose queue is closed.
-    pub fn deliver(&self, version: u64) {
+    /// in version order, and forgets the watchers whose queue is closed. The pushes
+    /// are written by [`FlightSeats::kick_queued`] (their order is the queues', so
+    /// any thread may write them): returns whether one should be started (none is
+    /// running and some are queued).
+    #[must_use]
+    pub fn deliver(&self, version: u64) -> bool {
         let mut live = self.live.lock();
         let Live {
-            watchers, unsent, ..
+            watchers,
+            unsent,
+            to_kick,
+            ..
         } = &mut *live;
-        watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version)));
+        watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(to_kick))));
         live.trim();
+        !live.to_kick.is_empty() && !live.kicking
+    }
+
+    /// [`FlightSeats::deliver`], then its writes on one of `runtime`'s blocking
+    /// threads (or in place without one): a large fan-out takes a while, and
+    /// neither the commit loop nor a worker waits for it.
+    pub fn fan_out(self: &Arc<Self>, version: u64, runtime: Option<&tokio::runtime::Handle>) {
+        if self.deliver(version) {
+            match runtime {
+                Some(rt) => {
+                    let fs = self.clone();
+                    rt.spawn_blocking(move || fs.kick_queued());
+                }
+                None => self.kick_queued(),
+            }
+        }
+    }
+
+    /// Writes the pushes [`FlightSeats::deliver`] queued, a chunk of connections at a
+    /// time, until none are left; returns at once if another call is doing it.
+    pub fn kick_queued(&self) {
+        /// Clears `kicking` if the loop ends other than by finding nothing left
+        /// (a panic), so that the next delivery starts another.
+        struct Kicking<'a> {
+            live: &'a Mutex<Live>,
+            done: bool,
+        }
+        impl Drop for Kicking<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.live.lock().kicking = false;
+                }
+            }
+        }
+        let mut kicking = {
+            let mut live = self.live.lock();
+            if std::mem::replace(&mut live.kicking, true) {
+                return;
+            }
+            Kicking {
+                live: &self.live,
+                done: false,
+            }
+        };
+        loop {
+            let chunk = {
+                let mut live = self.live.lock();
+                if live.to_kick.is_empty() {
+                    // in the same turn of the lock as the check: a delivery queued
+                    // after it starts a loop of its own
+                    live.kicking = false;
+                    live.to_kick = VecDeque::new();
+                    kicking.done = true;
+                    return;
+                }
+                let n = live.to_kick.len().min(KICK_CHUNK);
+                live.to_kick.drain(..n).collect::<Vec<_>>()
+            };
+            chunk.iter().for_each(Outbox::kick);
+        }
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -759,10 +861,10 @@ mod tests {
         assert!(versions(&mut other_rx).is_empty(), "the others wait");
         // a connection that subscribes again meanwhile starts after version 2
         assert!(fs.subscribe(&again, None, |_, _| None));
-        fs.deliver(1);
+        fs.fan_out(1, None);
         assert_eq!(versions(&mut other_rx), [1]);
-        fs.deliver(2);
-        fs.deliver(2);
+        fs.fan_out(2, None);
+        fs.fan_out(2, None);
         assert_eq!(versions(&mut other_rx), [2]);
         assert!(versions(&mut owner_rx).is_empty(), "nothing twice");
         assert!(versions(&mut again_rx).is_empty());
@@ -774,6 +876,29 @@ mod tests {
         assert!(fs.unsubscribe(other.id()) && fs.unsubscribe(again.id()));
         assert!(!fs.publish_first(&change(4, 3), &[owner.id()]));
         assert_eq!(versions(&mut owner_rx), [4]);
+    }
+
+    /// The queued pushes of a fan-out are handed to one writing loop at a time, and
+    /// a loop that ended (or never started) does not keep the next one from starting.
+    #[test]
+    fn every_fan_out_gets_a_writing_loop_when_none_runs() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let (w, mut rx) = outbox(QueueLimits::default());
+        assert!(fs.subscribe(&w, None, |_, _| None));
+        assert!(fs.publish_first(&change(1, 0), &[]));
+        assert!(fs.deliver(1), "queued, and nobody writes it yet");
+        assert!(fs.publish_first(&change(2, 1), &[]));
+        assert!(fs.deliver(2), "the loop asked for never ran: ask again");
+        fs.live.lock().kicking = true;
+        assert!(fs.publish_first(&change(3, 2), &[]));
+        assert!(!fs.deliver(3), "a running loop takes it");
+        fs.live.lock().kicking = false;
+        fs.kick_queued();
+        assert!(fs.live.lock().to_kick.is_empty() && !fs.live.lock().kicking);
+        assert_eq!(versions(&mut rx), [1, 2, 3]);
+        assert!(fs.publish_first(&change(4, 3), &[]));
+        assert!(fs.deliver(4));
     }
 
     #[test]
@@ -790,7 +915,7 @@ mod tests {
         for v in 1..=3 {
             fs.publish_first(&change(v, v as usize), &[]);
         }
-        fs.deliver(3);
+        fs.fan_out(3, None);
         assert_eq!(versions(&mut fast_rx), [1, 2, 3]);
         assert!(slow.is_closing(), "its queue overflowed");
         assert!(matches!(

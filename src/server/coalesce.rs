@@ -17,6 +17,20 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::fanout::{FrameHead, Wire};
+
+/// The stream under a [`Coalesce`], told when everything it was given is sent: a
+/// [`Wire`] lets direct writers in again then.
+pub trait Settle {
+    fn settled(&self) {}
+}
+
+impl Settle for Wire {
+    fn settled(&self) {
+        Wire::settled(self)
+    }
+}
+
 /// Gathered bytes beyond this are sent before more are taken.
 const LIMIT: usize = 64 * 1024;
 /// Most bytes taken from the socket by one read.
@@ -89,16 +103,7 @@ impl<S> Coalesce<S> {
         let n = payload.len();
         let by_reference = n >= BY_REFERENCE;
         b.pending.reserve(if by_reference { 10 } else { n + 10 });
-        b.pending.push(0x81);
-        if n < 126 {
-            b.pending.push(n as u8);
-        } else if let Ok(short) = u16::try_from(n) {
-            b.pending.push(126);
-            b.pending.extend_from_slice(&short.to_be_bytes());
-        } else {
-            b.pending.push(127);
-            b.pending.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+        b.pending.extend_from_slice(FrameHead::text(n).as_bytes());
         if by_reference {
             b.large = Some(text.clone());
         } else {
@@ -114,43 +119,51 @@ impl<S> Coalesce<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Coalesce<S> {
+impl<S: AsyncWrite + Settle + Unpin> Coalesce<S> {
+    /// Sends everything gathered and flushes the stream (a [`Wire`] sends what a
+    /// direct write left), then tells the stream it is settled.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_gathered(cx))?;
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.inner.settled();
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends everything gathered, then gives its memory back. A large message goes
     /// out in the same write as the frame header and whatever was gathered before it
     /// (one vectored write), so that no header leaves as a segment of its own.
-    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Coalesce { inner, bufs } = self;
-        let Some(b) = bufs.as_deref_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let Buffers {
-            pending,
-            sent,
-            large,
-            ..
-        } = b;
-        loop {
-            let head = pending.get(*sent..).unwrap_or_default();
-            let payload = large.as_ref().map_or(&[][..], |t| t.as_bytes());
-            let tail = &payload[sent.saturating_sub(pending.len())..];
-            let n = match (head.is_empty(), tail.is_empty()) {
-                (true, true) => break,
-                (false, true) => ready!(Pin::new(&mut *inner).poll_write(cx, head))?,
-                (true, false) => ready!(Pin::new(&mut *inner).poll_write(cx, tail))?,
-                (false, false) => {
-                    let both = [IoSlice::new(head), IoSlice::new(tail)];
-                    ready!(Pin::new(&mut *inner).poll_write_vectored(cx, &both))?
+        if let Some(b) = bufs.as_deref_mut() {
+            let Buffers {
+                pending,
+                sent,
+                large,
+                ..
+            } = b;
+            loop {
+                let head = pending.get(*sent..).unwrap_or_default();
+                let payload = large.as_ref().map_or(&[][..], |t| t.as_bytes());
+                let tail = &payload[sent.saturating_sub(pending.len())..];
+                let n = match (head.is_empty(), tail.is_empty()) {
+                    (true, true) => break,
+                    (false, true) => ready!(Pin::new(&mut *inner).poll_write(cx, head))?,
+                    (true, false) => ready!(Pin::new(&mut *inner).poll_write(cx, tail))?,
+                    (false, false) => {
+                        let both = [IoSlice::new(head), IoSlice::new(tail)];
+                        ready!(Pin::new(&mut *inner).poll_write_vectored(cx, &both))?
+                    }
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                *sent += n;
             }
-            *sent += n;
+            *pending = Vec::new();
+            *sent = 0;
+            *large = None;
+            self.release();
         }
-        *pending = Vec::new();
-        *sent = 0;
-        *large = None;
-        self.release();
         Poll::Ready(Ok(()))
     }
 }
@@ -190,7 +203,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+impl<S: AsyncWrite + Settle + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -203,7 +216,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         // what tungstenite writes goes after a large message still being sent
         let gathered = this.bufs.as_ref().map_or(0, |b| b.pending.len());
         if this.bufs.as_ref().is_some_and(|b| b.large.is_some()) || gathered + data.len() > LIMIT {
-            ready!(this.poll_send(cx))?;
+            // not settled: tungstenite may have more of the same frame to write
+            ready!(this.poll_gathered(cx))?;
             if data.len() >= LIMIT {
                 return Pin::new(&mut this.inner).poll_write(cx, data);
             }
@@ -213,9 +227,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        self.get_mut().poll_send(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -230,6 +242,10 @@ mod tests {
     use super::*;
     use futures::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    impl Settle for tokio::io::DuplexStream {}
+    impl Settle for tokio::io::Empty {}
+    impl Settle for Calls {}
 
     #[tokio::test]
     async fn writes_go_out_in_order_once_flushed_and_the_memory_is_given_back() {

@@ -477,7 +477,10 @@ async fn upgrade(
 /// around it and the HTTP side's mark of it are freed), and what counts it as open.
 /// Not `async`: the connection's task would keep room for this step's state for as
 /// long as it runs.
-fn websocket(upgraded: hyper::upgrade::Upgraded) -> Option<(session::Socket, TcpHold)> {
+fn websocket(
+    upgraded: hyper::upgrade::Upgraded,
+    rx: &crate::fanout::OutboxReceiver,
+) -> Option<(session::Socket, TcpHold)> {
     use futures::FutureExt;
     type Http = hyper_util::rt::TokioIo<limits::GuardedStream>;
     let Ok(parts) = hyper_util::server::conn::auto::upgrade::downcast::<Http>(upgraded) else {
@@ -485,7 +488,7 @@ fn websocket(upgraded: hyper::upgrade::Upgraded) -> Option<(session::Socket, Tcp
         return None;
     };
     let (tcp, hold) = parts.io.into_inner().into_websocket();
-    let io = coalesce::Coalesce::new(tcp).read_first(&parts.read_buf);
+    let io = coalesce::Coalesce::new(rx.attach(tcp)).read_first(&parts.read_buf);
     // ready at once: there is no handshake to wait for
     let Some(socket) =
         WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).now_or_never()
