@@ -10,11 +10,21 @@ use super::{http_get_blocking, Proc};
 
 const START_WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// A port for an etcd member, from below the kernel's ephemeral range (32768 and up
+/// by default): a port the kernel hands out for port 0 and that is released again can
+/// be taken, before etcd binds it, as the source port of any outgoing connection on
+/// the machine (a node's to etcd, another test's), and that member then never starts.
+fn free_port(taken: &[u16]) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        // a fresh random key per call
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Member {
@@ -36,11 +46,15 @@ impl Etcd {
     /// Starts an `n`-member cluster and waits until every member is healthy.
     pub fn start(n: usize) -> Etcd {
         let root = tempfile::tempdir().expect("tempdir");
+        let mut ports = Vec::new();
+        for _ in 0..2 * n {
+            ports.push(free_port(&ports));
+        }
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("e{i}"),
-                client: free_port(),
-                peer: free_port(),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
                 dir: root.path().join(format!("e{i}")),
                 child: None,
             })
@@ -88,7 +102,7 @@ impl Etcd {
         self.members[i].child = Some(child);
     }
 
-    fn wait_healthy(&self, i: usize) {
+    fn wait_healthy(&mut self, i: usize) {
         let addr: SocketAddr = ([127, 0, 0, 1], self.members[i].client).into();
         let deadline = Instant::now() + START_WAIT;
         loop {
@@ -96,6 +110,12 @@ impl Etcd {
                 .is_some_and(|(code, body)| code == 200 && body.contains("true"))
             {
                 return;
+            }
+            if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "etcd member {i} exited before it was healthy ({status}; ports {} and {})",
+                    self.members[i].client, self.members[i].peer
+                );
             }
             assert!(
                 Instant::now() < deadline,
