@@ -184,6 +184,8 @@ pub struct Live {
     kicking: bool,
 }
 
+/// Most connections [`FlightSeats::fan_out`] writes to in place.
+const KICK_IN_PLACE: usize = 8;
 /// Connections written per turn of the flight's lock.
 const KICK_CHUNK: usize = 256;
 
@@ -501,10 +503,10 @@ impl FlightSeats {
     /// Queues every published push up to `version` to each watcher that lacks it,
     /// in version order, and forgets the watchers whose queue is closed. The pushes
     /// are written by [`FlightSeats::kick_queued`] (their order is the queues', so
-    /// any thread may write them): returns whether one should be started (none is
-    /// running and some are queued).
+    /// any thread may write them): returns how many connections wait for it if the
+    /// caller is to start it (none is running), else 0.
     #[must_use]
-    pub fn deliver(&self, version: u64) -> bool {
+    pub fn deliver(&self, version: u64) -> usize {
         let mut live = self.live.lock();
         let Live {
             watchers,
@@ -514,21 +516,25 @@ impl FlightSeats {
         } = &mut *live;
         watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(to_kick))));
         live.trim();
-        !live.to_kick.is_empty() && !live.kicking
+        if live.kicking {
+            0
+        } else {
+            live.to_kick.len()
+        }
     }
 
     /// [`FlightSeats::deliver`], then its writes on one of `runtime`'s blocking
-    /// threads (or in place without one): a large fan-out takes a while, and
-    /// neither the commit loop nor a worker waits for it.
+    /// threads: a large fan-out takes a while, and neither the commit loop nor a
+    /// worker waits for it. A few connections' writes (or any without a runtime) are
+    /// made in place, cheaper than handing them over.
     pub fn fan_out(self: &Arc<Self>, version: u64, runtime: Option<&tokio::runtime::Handle>) {
-        if self.deliver(version) {
-            match runtime {
-                Some(rt) => {
-                    let fs = self.clone();
-                    rt.spawn_blocking(move || fs.kick_queued());
-                }
-                None => self.kick_queued(),
+        match (self.deliver(version), runtime) {
+            (0, _) => {}
+            (n, Some(rt)) if n > KICK_IN_PLACE => {
+                let fs = self.clone();
+                rt.spawn_blocking(move || fs.kick_queued());
             }
+            _ => self.kick_queued(),
         }
     }
 
@@ -887,18 +893,18 @@ mod tests {
         let (w, mut rx) = outbox(QueueLimits::default());
         assert!(fs.subscribe(&w, None, |_, _| None));
         assert!(fs.publish_first(&change(1, 0), &[]));
-        assert!(fs.deliver(1), "queued, and nobody writes it yet");
+        assert_eq!(fs.deliver(1), 1, "queued, and nobody writes it yet");
         assert!(fs.publish_first(&change(2, 1), &[]));
-        assert!(fs.deliver(2), "the loop asked for never ran: ask again");
+        assert_eq!(fs.deliver(2), 1, "the loop asked for never ran: ask again");
         fs.live.lock().kicking = true;
         assert!(fs.publish_first(&change(3, 2), &[]));
-        assert!(!fs.deliver(3), "a running loop takes it");
+        assert_eq!(fs.deliver(3), 0, "a running loop takes it");
         fs.live.lock().kicking = false;
         fs.kick_queued();
         assert!(fs.live.lock().to_kick.is_empty() && !fs.live.lock().kicking);
         assert_eq!(versions(&mut rx), [1, 2, 3]);
         assert!(fs.publish_first(&change(4, 3), &[]));
-        assert!(fs.deliver(4));
+        assert_eq!(fs.deliver(4), 1);
     }
 
     #[test]
