@@ -946,6 +946,23 @@ mod tests {
         assert!(rx.try_next().is_none());
     }
 
+    /// A reply must not wait for a fan-out's writing loop to reach its connection:
+    /// it is written at once, after the pushes queued before it.
+    #[tokio::test]
+    async fn a_reply_writes_the_pushes_queued_quietly_before_it() {
+        let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
+        let push: Utf8Bytes = "push".into();
+        assert_eq!(
+            o.queue_quiet(FrameKind::Push, std::iter::once(&push)),
+            Some(true)
+        );
+        assert!(o.send(FrameKind::Reply, "reply".into()));
+        assert!(o.shared.queue.lock().frames.is_empty(), "both written");
+        let read = tokio::time::timeout(Duration::from_secs(10), read_frames(&mut client, 2));
+        assert_eq!(read.await.expect("written"), ["push", "reply"]);
+        assert!(rx.try_next().is_none());
+    }
+
     /// A frame the socket takes only in part is finished before anything else the
     /// connection writes, and nothing is written directly until the task is done.
     #[tokio::test]
