@@ -99,15 +99,21 @@ struct Tail {
     sent: usize,
 }
 
+/// What is left to send of `head` followed by `body` once `sent` bytes of the two
+/// are sent: (the rest of `head`, the rest of `body`).
+pub fn unsent<'a>(head: &'a [u8], body: &'a [u8], sent: usize) -> (&'a [u8], &'a [u8]) {
+    (
+        head.get(sent..).unwrap_or_default(),
+        body.get(sent.saturating_sub(head.len())..)
+            .unwrap_or_default(),
+    )
+}
+
 impl Tail {
     /// The unsent rest, as (part of the head, part of the payload).
     fn rest(&self) -> [IoSlice<'_>; 2] {
-        let head = self.head.as_bytes();
-        let payload = self.frame.as_bytes();
-        [
-            IoSlice::new(head.get(self.sent..).unwrap_or_default()),
-            IoSlice::new(&payload[self.sent.saturating_sub(head.len())..]),
-        ]
+        let (head, payload) = unsent(self.head.as_bytes(), self.frame.as_bytes(), self.sent);
+        [IoSlice::new(head), IoSlice::new(payload)]
     }
 
     fn len(&self) -> usize {
@@ -678,8 +684,7 @@ impl AsyncWrite for Wire {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.shared.queue.lock().poll_tail(cx))?;
-        Poll::Ready(Ok(()))
+        self.shared.queue.lock().poll_tail(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -890,6 +895,11 @@ mod tests {
         out
     }
 
+    /// [`Outbox::queue_quiet`] of one push.
+    fn quiet(o: &Outbox, text: &str) -> Option<bool> {
+        o.queue_quiet(FrameKind::Push, std::iter::once(&text.into()))
+    }
+
     #[tokio::test]
     async fn an_idle_connections_frames_are_written_without_its_task() {
         let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
@@ -906,11 +916,7 @@ mod tests {
     #[tokio::test]
     async fn frames_wait_behind_a_batch_the_task_holds() {
         let (o, mut rx, _wire, _client) = attached(QueueLimits::default()).await;
-        let first: Utf8Bytes = "first".into();
-        assert_eq!(
-            o.queue_quiet(FrameKind::Push, std::iter::once(&first)),
-            Some(true)
-        );
+        assert_eq!(quiet(&o, "first"), Some(true));
         assert_eq!(frames(rx.try_next()), ["first"]);
         // the task is writing "first": a later frame must not overtake it
         assert!(o.send(FrameKind::Push, "second".into()));
@@ -925,15 +931,8 @@ mod tests {
     #[tokio::test]
     async fn a_kick_writes_what_was_queued_quietly() {
         let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
-        let f: Utf8Bytes = "quiet".into();
-        assert_eq!(
-            o.queue_quiet(FrameKind::Push, std::iter::once(&f)),
-            Some(true)
-        );
-        assert_eq!(
-            o.queue_quiet(FrameKind::Push, std::iter::once(&f)),
-            Some(false)
-        );
+        assert_eq!(quiet(&o, "quiet"), Some(true));
+        assert_eq!(quiet(&o, "quiet"), Some(false));
         assert_eq!(
             o.shared.queue.lock().frames.len(),
             2,
@@ -951,11 +950,7 @@ mod tests {
     #[tokio::test]
     async fn a_reply_writes_the_pushes_queued_quietly_before_it() {
         let (o, mut rx, _wire, mut client) = attached(QueueLimits::default()).await;
-        let push: Utf8Bytes = "push".into();
-        assert_eq!(
-            o.queue_quiet(FrameKind::Push, std::iter::once(&push)),
-            Some(true)
-        );
+        assert_eq!(quiet(&o, "push"), Some(true));
         assert!(o.send(FrameKind::Reply, "reply".into()));
         assert!(o.shared.queue.lock().frames.is_empty(), "both written");
         let read = tokio::time::timeout(Duration::from_secs(10), read_frames(&mut client, 2));

@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::fanout::{FrameHead, Wire};
+use crate::fanout::{unsent, FrameHead, Wire};
 
 /// The stream under a [`Coalesce`], told when everything it was given is sent: a
 /// [`Wire`] lets direct writers in again then.
@@ -142,9 +142,8 @@ impl<S: AsyncWrite + Settle + Unpin> Coalesce<S> {
                 ..
             } = b;
             loop {
-                let head = pending.get(*sent..).unwrap_or_default();
                 let payload = large.as_ref().map_or(&[][..], |t| t.as_bytes());
-                let tail = &payload[sent.saturating_sub(pending.len())..];
+                let (head, tail) = unsent(pending, payload, *sent);
                 let n = match (head.is_empty(), tail.is_empty()) {
                     (true, true) => break,
                     (false, true) => ready!(Pin::new(&mut *inner).poll_write(cx, head))?,

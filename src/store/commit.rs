@@ -6,23 +6,18 @@
 //! concurrent requests share one fsync, a requester has its own pushes before its
 //! reply and is woken before the fan-out (a worker can answer it meanwhile),
 //! and nobody (requester or watcher) hears of a change before it is on disk.
-//! While it runs a round's fan-out, the next sync (of every write whose ticket is
-//! already enqueued) runs on a blocking thread, so a large fan-out and the next fsync
-//! overlap; the next round's actions still wait for both, so the order is unchanged,
-//! and writers are still paced by the fan-out (no longer by the fan-out plus the
-//! fsync). A ticket enqueued during a fan-out waits for the sync already running, then
-//! for the next one.
+//! While it runs a round's later parts, the next sync (of every write whose ticket is
+//! already enqueued) runs on a blocking thread, so they and the next fsync overlap;
+//! the next round's actions still wait for both, so the order is unchanged. A
+//! seat change's later part only queues the push on every watcher; the writes into
+//! their sockets are made by a loop of the flight's own
+//! (`FlightSeats::fan_out` in `inventory`), so the writers are not paced by them.
+//! A ticket enqueued meanwhile waits for the sync already running, then for the next
+//! one.
 //!
 //! In the server the loop runs on a thread of its own ([`Committer::spawn`]), where a
 //! sync that nothing overlaps runs in place: its wake-ups (a ticket enqueued, a sync
-//! done) no longer wait in the server's run queue, which a large fan-out fills with
-//! thousands of woken connection tasks. The requesters it wakes still queue there.
-//!
-//! The committer does not yield between the wake-up and the fan-out: letting the
-//! replies out first that way (or handing the fan-out to a task of its own) was
-//! tried: under `tests/live.rs`'s stalled-watcher flood it grew the server's memory
-//! past that test's bound (cause not found), or, with the fan-out no longer pacing
-//! the writers, cut off watchers that kept up before (see docs/benchmarks.md).
+//! done) do not wait in the server's run queue.
 //!
 //! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
 //! the dirty pages and report the next fsync as a success, so no later sync can
