@@ -37,6 +37,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::UserId;
@@ -762,6 +763,23 @@ impl Roster {
     }
 }
 
+/// Most connections [`write_soon`] writes to in place.
+const WRITE_IN_PLACE: usize = 8;
+
+/// Runs `write`, the writes of what was queued quietly on `n` connections: in place
+/// for a few (cheaper than handing them over), else on one of `runtime`'s blocking
+/// threads, so that neither the commit loop nor a worker waits for a large fan-out.
+/// Without a runtime it runs in place.
+pub fn write_soon(n: usize, runtime: Option<&Handle>, write: impl FnOnce() + Send + 'static) {
+    match runtime {
+        _ if n == 0 => {}
+        Some(rt) if n > WRITE_IN_PLACE => {
+            rt.spawn_blocking(write);
+        }
+        _ => write(),
+    }
+}
+
 /// A connection that is logged in, for `booking.updated` pushes.
 #[derive(Clone)]
 struct UserConn {
@@ -813,10 +831,29 @@ impl UserRegistry {
         self.change(user, |v| v.retain(|c| &*c.token_hash != token_hash));
     }
 
-    /// Queues `frame` on every connection of `user`, forgetting closed ones.
-    pub fn push(&self, user: UserId, frame: &Utf8Bytes) {
+    /// Sends `frame` to every connection of `user`, forgetting closed ones. A user
+    /// logged in on more connections than [`write_soon`] writes in place gets it
+    /// queued on each and written by a blocking thread, so that the caller (the
+    /// commit loop) does not write to all of them; a reply sent on one of them
+    /// after this call still comes after the frame, written behind what is queued.
+    pub fn push(&self, user: UserId, frame: &Utf8Bytes, runtime: Option<&Handle>) {
+        let mut to_kick = Vec::new();
         self.change(user, |v| {
-            v.retain(|c| c.outbox.send(FrameKind::Push, frame.clone()) || !c.outbox.is_closing())
+            let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
+            v.retain(|c| {
+                let queued = match in_place {
+                    true => c.outbox.send(FrameKind::Push, frame.clone()),
+                    false => c
+                        .outbox
+                        .queue_quiet(FrameKind::Push, std::iter::once(frame))
+                        .map(|kick| kick.then(|| to_kick.push(c.outbox.clone())))
+                        .is_some(),
+                };
+                queued || !c.outbox.is_closing()
+            })
+        });
+        write_soon(to_kick.len(), runtime, move || {
+            to_kick.iter().for_each(Outbox::kick)
         });
     }
 
@@ -1201,16 +1238,55 @@ mod tests {
         reg.attach(UserId(1), "t1", &a);
         reg.attach(UserId(1), "t2", &b);
         reg.attach(UserId(2), "t3", &c);
-        reg.push(UserId(1), &"hi".into());
+        reg.push(UserId(1), &"hi".into(), None);
         assert!(matches!(ra.next().await, Next::Frames(_)));
         assert!(matches!(rb.next().await, Next::Frames(_)));
         assert!(rc.try_next().is_none());
         reg.revoke(UserId(1), "t1");
-        reg.push(UserId(1), &"again".into());
+        reg.push(UserId(1), &"again".into(), None);
         assert!(ra.try_next().is_none());
         assert!(rb.try_next().is_some());
         reg.detach(UserId(1), b.id());
         assert_eq!(reg.connections(), 1);
+    }
+
+    /// A user on more connections than are written in place gets a push written
+    /// by a blocking thread (the caller only queues it), and a reply sent on one of
+    /// them before that thread runs still comes after the push.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_to_many_connections_is_written_elsewhere_and_before_a_later_reply() {
+        let reg = UserRegistry::default();
+        let mut conns = Vec::new();
+        for _ in 0..WRITE_IN_PLACE + 4 {
+            let c = attached(QueueLimits::default()).await;
+            reg.attach(UserId(1), "t", &c.0);
+            conns.push(c);
+        }
+        // a runtime whose only blocking thread is busy until told
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        other.spawn_blocking(move || wait.recv());
+        reg.push(UserId(1), &"push".into(), Some(other.handle()));
+        for (o, ..) in &conns {
+            assert_eq!(o.shared.queue.lock().frames.len(), 1, "written in place");
+        }
+        assert!(conns[0].0.send(FrameKind::Reply, "reply".into()));
+        go.send(()).unwrap();
+        for (i, (_, _, _, client)) in conns.iter_mut().enumerate() {
+            let want: &[&str] = if i == 0 {
+                &["push", "reply"]
+            } else {
+                &["push"]
+            };
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), read_frames(client, want.len()));
+            assert_eq!(read.await.expect("written"), want);
+        }
+        other.shutdown_background();
     }
 
     #[test]
@@ -1223,7 +1299,7 @@ mod tests {
         reg.attach(UserId(2), "t2", &b);
         assert_eq!(reg.connections(), 2, "attaching again adds nothing");
         drop(rb);
-        reg.push(UserId(2), &"x".into());
+        reg.push(UserId(2), &"x".into(), None);
         assert_eq!(reg.connections(), 1, "a closed connection is forgotten");
         reg.detach(UserId(3), 7);
         reg.revoke(UserId(1), "other");

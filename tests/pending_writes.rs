@@ -1,7 +1,8 @@
 //! What others may decide or see while a write is not durable yet: once an admin
 //! starts cancelling a flight, no hold, payment or seat change starts on it, even
-//! before the cancellation is on disk; and `admin.flights.stats` never shows a seat
-//! change that is not on disk.
+//! before the cancellation is on disk; `admin.flights.stats` never shows a seat
+//! change that is not on disk; and a user's next hold does not wait for the sync of
+//! the one before.
 //!
 //! The store is the real sled store behind [`Faulty`], whose syncs can be held back.
 
@@ -207,4 +208,49 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
         1,
         "a durable hold is counted"
     );
+}
+
+/// A user's requests take turns, but a hold's turn ends once its reply is written: the
+/// user's next hold is decided while the first one waits for its sync, a repeat of the
+/// first gets the first reply only once it is durable, and nothing is answered before
+/// the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_next_hold_is_written_while_the_first_waits_for_its_sync() {
+    let fx = fixture().await;
+    let paused = fx.store.pause_syncs();
+    let hold = |seat: usize, rid: &str| {
+        let (app, user) = (fx.app.clone(), fx.passenger.clone());
+        let p = decode(hold_params(&fx.flight, &fx.seats[seat], rid)).unwrap();
+        tokio::spawn(async move { app.hold(&user, p).await.wire() })
+    };
+    let written = || {
+        fx.store
+            .inner
+            .user_bookings(fx.passenger.user_id)
+            .unwrap()
+            .len()
+    };
+    let first = hold(0, "h1");
+    wait_until("the first hold written", || written() == 1).await;
+    let second = hold(1, "h2");
+    wait_until(
+        "the second hold written before the first is durable",
+        || written() == 2,
+    )
+    .await;
+    let mut repeat = hold(0, "h1");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut repeat)
+            .await
+            .is_err(),
+        "a repeat was answered with a reply that is not durable"
+    );
+    assert!(!first.is_finished() && !second.is_finished());
+    drop(paused);
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    let repeat = repeat.await.unwrap().unwrap();
+    assert_eq!(repeat["booking"]["locator"], first["booking"]["locator"]);
+    assert_ne!(second["booking"]["locator"], first["booking"]["locator"]);
+    assert_eq!(written(), 2, "the repeat held nothing");
 }

@@ -175,11 +175,11 @@ impl App {
         let want = p.seats;
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.unavailable_at_once(&fs, &want, s.user_id, &p.request_id)?;
-        self.idempotent(s.user_id, "booking.hold", &p.request_id, |key| async move {
+        self.idempotent(s.user_id, "booking.hold", &p.request_id, |key, turn| async move {
             let now = domain::now_ms();
             self.check_open_holds(s.user_id, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
-            self.seat_step(&fs, Some(&key), |w| {
+            self.seat_step_replying(&fs, &key, &turn, |w| {
                 let flight = check_bookable(&fs, now)?;
                 let idx = match &want {
                     SeatChoice::Named(seats) => {
@@ -245,7 +245,7 @@ impl App {
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;
-        self.idempotent(s.user_id, CANCEL, &p.request_id, |key| async move {
+        self.idempotent(s.user_id, CANCEL, &p.request_id, |key, _| async move {
             let loc = booking.locator;
             let departs_at = fs.flight().departs_at;
             loop {
@@ -347,7 +347,7 @@ impl App {
             s.user_id,
             "booking.change_seat",
             &p.request_id,
-            |key| async move {
+            |key, _| async move {
                 let loc = booking.locator;
                 self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();

@@ -45,7 +45,7 @@ impl App {
             s.user_id,
             "booking.check_in",
             &p.request_id,
-            |key| async move {
+            |key, _| async move {
                 let loc = booking.locator;
                 let step = self.seat_step(&fs, Some(&key), |w| {
                     let now = domain::now_ms();

@@ -65,6 +65,7 @@ impl App {
     /// One committed revision: flights first (a new flight before its seats), then
     /// the seat change, then what it did to bookings and sessions.
     fn on_changes(&self, changes: &[Change]) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         for c in changes {
             if let Change::Flight(f) = c {
                 match self.inventory.get(f.id.as_str()) {
@@ -88,8 +89,8 @@ impl App {
             match c {
                 Change::Booking(b) => {
                     let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
-                    self.users
-                        .push(b.user_id, &super::booking_push(b, flight.as_ref()));
+                    let frame = super::booking_push(b, flight.as_ref());
+                    self.users.push(b.user_id, &frame, runtime.as_ref());
                     match (b.status, b.hold_expires_at) {
                         (BookingStatus::Held, Some(t)) => {
                             self.expiry.schedule(t, &b.flight_id, &b.locator)
@@ -125,7 +126,7 @@ impl App {
         }
         if !entries.is_empty() {
             for (user, frame) in super::waitlist::replicated_pushes(self, &entries, &bookings) {
-                self.users.push(user, &frame);
+                self.users.push(user, &frame, runtime.as_ref());
             }
         }
     }

@@ -396,11 +396,13 @@ impl App {
     /// Runs a request at most once per (user, method, request_id): a repeat gets the
     /// first reply, also after a restart, once that reply's write is durable (the
     /// first try may have failed on a sync, or ended before its write was on disk).
-    /// Requests of one user are serialized. On a
+    /// Requests of one user are serialized: `f` runs in the user's turn, which lasts
+    /// until it returns unless it ends it sooner ([`Turn::end`], once its reply is
+    /// written: a repeat then finds that reply and waits for it to be durable). On a
     /// cluster the caller catches up first, so that a retry through another node
     /// than the first try sees the first reply.
-    async fn idempotent<R, F, Fut>(
-        &self,
+    async fn idempotent<'s, R, F, Fut>(
+        &'s self,
         user: UserId,
         method: &'static str,
         request_id: &str,
@@ -408,16 +410,21 @@ impl App {
     ) -> Result<R, AppError>
     where
         R: Replayable,
-        F: FnOnce(IdemKey) -> Fut,
+        F: FnOnce(IdemKey, Turn<'s>) -> Fut,
         Fut: std::future::Future<Output = Result<R, AppError>>,
     {
         let key = idem_key(user, method, request_id)?;
-        let _serial = self.user_turn(user).await;
+        let turn = Turn(Arc::new(parking_lot::Mutex::new(Some(
+            self.user_turn(user).await,
+        ))));
         if let Some(v) = self.store.reply(&key)? {
+            turn.end();
             self.committer.settle_reads().await?;
             return replay(v);
         }
-        f(key).await
+        let r = f(key, turn.clone()).await;
+        drop(turn);
+        r
     }
 
     /// Waits for `user`'s turn; the lock is dropped from the map once nobody holds or
@@ -501,6 +508,17 @@ struct UserTurn<'a> {
     app: &'a App,
     user: UserId,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// A request's hold on its user's turn ([`App::idempotent`]).
+#[derive(Clone)]
+pub(super) struct Turn<'a>(Arc<parking_lot::Mutex<Option<UserTurn<'a>>>>);
+
+impl Turn<'_> {
+    /// Ends the turn now rather than when the request is done.
+    pub(super) fn end(&self) {
+        self.0.lock().take();
+    }
 }
 
 impl Drop for UserTurn<'_> {

@@ -97,7 +97,7 @@ impl App {
         self.committer.catch_up().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let fs = self.flight_seats(&booking.flight_id)?;
-        self.idempotent(s.user_id, PAY, &p.request_id, |key| async move {
+        self.idempotent(s.user_id, PAY, &p.request_id, |key, _| async move {
             let past_due = booking.is_expired(domain::now_ms());
             let loc = booking.locator;
             // an earlier pay left unanswered (a crash, a timeout) may have charged, and

@@ -15,7 +15,7 @@ use crate::protocol::results::{self, BookingResult, BookingView, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{Batch, IdemKey, Memo, StoreError};
 
-use super::{cluster, event, replay, waitlist, App};
+use super::{cluster, event, replay, waitlist, App, Turn};
 
 /// How often a seat change is decided again after other nodes changed the flight first.
 const MAX_SEAT_TRIES: usize = 64;
@@ -64,7 +64,7 @@ impl App {
             if change.availability_changed {
                 boards.seats_changed(&fs.id);
             }
-            users.push(owner, &frame);
+            users.push(owner, &frame, runtime.as_ref());
             waitlist();
             others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)
         })
@@ -138,6 +138,32 @@ impl App {
         &self,
         fs: &Arc<FlightSeats>,
         key: Option<&IdemKey>,
+        decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), AppError>,
+    ) -> Result<Step<R>, AppError> {
+        self.seat_step_ending(fs, key, None, decide).await
+    }
+
+    /// [`App::seat_step`] for a change whose batch writes the request's reply (under
+    /// `key`): on a local store the user's turn ends once the batch is written, and
+    /// only then does the request wait for it to be durable (see
+    /// [`App::idempotent`]). A replicated store keeps the turn to the end: a
+    /// decision may be made again there.
+    pub(super) async fn seat_step_replying<R>(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: &IdemKey,
+        turn: &Turn<'_>,
+        decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), AppError>,
+    ) -> Result<Step<R>, AppError> {
+        self.seat_step_ending(fs, Some(key), Some(turn), decide)
+            .await
+    }
+
+    async fn seat_step_ending<R>(
+        &self,
+        fs: &Arc<FlightSeats>,
+        key: Option<&IdemKey>,
+        turn: Option<&Turn<'_>>,
         mut decide: impl FnMut(&mut Working) -> Result<(Option<Ticket>, R), AppError>,
     ) -> Result<Step<R>, AppError> {
         let replicated = self.committer.is_replicated();
@@ -162,6 +188,9 @@ impl App {
             let Some(ticket) = ticket else {
                 return Ok(Step::Done(out));
             };
+            if let Some(turn) = turn.filter(|_| !replicated) {
+                turn.end();
+            }
             match self.committer.durable(ticket).await {
                 Ok(()) => return Ok(Step::Done(out)),
                 Err(StoreError::Stale) => {}

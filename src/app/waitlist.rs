@@ -265,9 +265,10 @@ impl App {
             }
         }
         let users = self.users.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Box::new(move || {
             for (user, frame) in &served.frames {
-                users.push(*user, frame);
+                users.push(*user, frame, runtime.as_ref());
             }
             None
         })
@@ -348,7 +349,7 @@ impl App {
     ) -> Result<Answer<EntryResult>, AppError> {
         let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
-        self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key| async move {
+        self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key, _| async move {
             let waiting = self
                 .store
                 .user_waitlist(s.user_id)?

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::domain::{Aircraft, Cabin, Flight, FlightId, Locator, SeatId, SeatStatus};
-use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
+use crate::fanout::{self, FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::{envelope, wire};
 
 /// Default number of recent changes kept per flight for `seats.subscribe {since}`.
@@ -184,8 +184,6 @@ pub struct Live {
     kicking: bool,
 }
 
-/// Most connections [`FlightSeats::fan_out`] writes to in place.
-const KICK_IN_PLACE: usize = 8;
 /// Connections written per turn of the flight's lock.
 const KICK_CHUNK: usize = 256;
 
@@ -523,19 +521,11 @@ impl FlightSeats {
         }
     }
 
-    /// [`FlightSeats::deliver`], then its writes on one of `runtime`'s blocking
-    /// threads: a large fan-out takes a while, and neither the commit loop nor a
-    /// worker waits for it. A few connections' writes (or any without a runtime) are
-    /// made in place, cheaper than handing them over.
+    /// [`FlightSeats::deliver`], then its writes ([`fanout::write_soon`]: on one of
+    /// `runtime`'s blocking threads unless they are few).
     pub fn fan_out(self: &Arc<Self>, version: u64, runtime: Option<&tokio::runtime::Handle>) {
-        match (self.deliver(version), runtime) {
-            (0, _) => {}
-            (n, Some(rt)) if n > KICK_IN_PLACE => {
-                let fs = self.clone();
-                rt.spawn_blocking(move || fs.kick_queued());
-            }
-            _ => self.kick_queued(),
-        }
+        let fs = self.clone();
+        fanout::write_soon(self.deliver(version), runtime, move || fs.kick_queued());
     }
 
     /// Writes the pushes [`FlightSeats::deliver`] queued, a chunk of connections at a

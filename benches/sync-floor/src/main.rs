@@ -1,6 +1,8 @@
 //! Measures what Jetway's durable writes cannot beat on this machine, without Jetway
-//! around it: the raw `fdatasync` rate of a 4 KiB append, and sled batches of
-//! booking-sized records followed by the same flush + `fdatasync` Jetway's sync does.
+//! around it: the raw `fdatasync` rate of a 4 KiB append, the latency of one such
+//! append + `fdatasync` after the disk was idle for a while (what a lone change
+//! waits for), and sled batches of booking-sized records followed by the same
+//! flush + `fdatasync` Jetway's sync does.
 //!
 //! `sync-floor [DIR] [SECONDS_PER_FIGURE] [BATCH_SIZES...]`, e.g.
 //! `sync-floor /tmp/floor 3 1 10 36 100 300`. DIR must be on the disk under test.
@@ -32,6 +34,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
+    for gap_ms in [1, 5, 50] {
+        let lat = isolated_syncs(&dir.join("idle"), Duration::from_millis(gap_ms), per)?;
+        println!(
+            "raw 4 KiB append + fdatasync after {gap_ms} ms idle: p50 {:.3} ms, p90 {:.3} ms ({} samples)",
+            pct(&lat, 0.5),
+            pct(&lat, 0.9),
+            lat.len()
+        );
+    }
     for b in sizes {
         let (n, lat) = sled_batches(&dir.join(format!("sled-{b}")), b, per)?;
         println!(
@@ -66,6 +77,23 @@ fn fdatasync_rate(path: &Path, per: Duration) -> std::io::Result<(usize, Vec<Dur
         lat.push(t.elapsed());
     }
     Ok((lat.len(), lat))
+}
+
+/// One append + `fdatasync` after each idle `gap`, for `per` (at most 200 samples).
+fn isolated_syncs(path: &Path, gap: Duration, per: Duration) -> std::io::Result<Vec<Duration>> {
+    let _ = std::fs::remove_file(path);
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let block = [7u8; 4096];
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < per && lat.len() < 200 {
+        std::thread::sleep(gap);
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    Ok(lat)
 }
 
 fn sled_batches(
