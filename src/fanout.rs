@@ -763,20 +763,112 @@ impl Roster {
     }
 }
 
-/// Most connections [`write_soon`] writes to in place.
+/// Most connections a [`Writer`] writes to in place.
 const WRITE_IN_PLACE: usize = 8;
+/// Connections a [`Writer`]'s loop writes per turn of its lock.
+const WRITE_CHUNK: usize = 256;
 
-/// Runs `write`, the writes of what was queued quietly on `n` connections: in place
-/// for a few (cheaper than handing them over), else on one of `runtime`'s blocking
-/// threads, so that neither the commit loop nor a worker waits for a large fan-out.
-/// Without a runtime it runs in place.
-pub fn write_soon(n: usize, runtime: Option<&Handle>, write: impl FnOnce() + Send + 'static) {
-    match runtime {
-        _ if n == 0 => {}
-        Some(rt) if n > WRITE_IN_PLACE => {
-            rt.spawn_blocking(write);
+/// Connections whose frames were queued quietly ([`Outbox::queue_quiet`]) and wait to
+/// be written, oldest first, by one loop at a time ([`Writer::run`]): a flight's
+/// fan-out, or a push to a user on many connections. The loop runs in place for a
+/// few connections (cheaper than handing them over), else on a blocking thread, so
+/// that neither the commit loop nor a worker waits for a large fan-out; one loop
+/// per writer (two per flight measured slower, docs/benchmarks.md).
+#[derive(Default)]
+pub struct Writer {
+    state: parking_lot::Mutex<WriterState>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    waiting: VecDeque<Outbox>,
+    running: bool,
+}
+
+impl Writer {
+    /// Adds connections to write; returns how many wait if the caller is to start
+    /// the loop ([`Writer::start`]: none runs), else 0.
+    #[must_use]
+    pub fn add(&self, conns: VecDeque<Outbox>) -> usize {
+        let mut st = self.state.lock();
+        match st.waiting.is_empty() {
+            true => st.waiting = conns,
+            false => st.waiting.extend(conns),
         }
-        _ => write(),
+        if st.running {
+            0
+        } else {
+            st.waiting.len()
+        }
+    }
+
+    /// Starts the loop for `waiting` connections (what [`Writer::add`] returned): in
+    /// place for a few, or without a runtime; else on one of `runtime`'s blocking
+    /// threads.
+    pub fn start(self: &Arc<Self>, waiting: usize, runtime: Option<&Handle>) {
+        match runtime {
+            _ if waiting == 0 => {}
+            Some(rt) if waiting > WRITE_IN_PLACE => {
+                let w = self.clone();
+                rt.spawn_blocking(move || w.run());
+            }
+            _ => self.run(),
+        }
+    }
+
+    /// Writes the waiting connections, a chunk at a time, until none are left;
+    /// returns at once if another call is doing it.
+    pub fn run(&self) {
+        /// Clears `running` if the loop ends other than by finding nothing left
+        /// (a panic), so that the next [`Writer::add`] asks for another.
+        struct Running<'a> {
+            writer: &'a Writer,
+            done: bool,
+        }
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.writer.state.lock().running = false;
+                }
+            }
+        }
+        let mut running = {
+            let mut st = self.state.lock();
+            if std::mem::replace(&mut st.running, true) {
+                return;
+            }
+            Running {
+                writer: self,
+                done: false,
+            }
+        };
+        loop {
+            let chunk = {
+                let mut st = self.state.lock();
+                if st.waiting.is_empty() {
+                    // in the same turn of the lock as the check: what is added
+                    // after it starts a loop of its own
+                    st.running = false;
+                    st.waiting = VecDeque::new();
+                    running.done = true;
+                    return;
+                }
+                let n = st.waiting.len().min(WRITE_CHUNK);
+                st.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            chunk.iter().for_each(Outbox::kick);
+        }
+    }
+
+    /// Nothing waits and no loop runs.
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock();
+        st.waiting.is_empty() && !st.running
+    }
+
+    #[cfg(test)]
+    pub fn set_running_for_tests(&self, running: bool) {
+        self.state.lock().running = running;
     }
 }
 
@@ -793,6 +885,8 @@ struct UserConn {
 pub struct UserRegistry {
     conns: DashMap<UserId, Vec<UserConn>>,
     count: std::sync::atomic::AtomicUsize,
+    /// Writes the pushes to users on many connections.
+    writer: Arc<Writer>,
 }
 
 impl UserRegistry {
@@ -832,12 +926,13 @@ impl UserRegistry {
     }
 
     /// Sends `frame` to every connection of `user`, forgetting closed ones. A user
-    /// logged in on more connections than [`write_soon`] writes in place gets it
-    /// queued on each and written by a blocking thread, so that the caller (the
-    /// commit loop) does not write to all of them; a reply sent on one of them
-    /// after this call still comes after the frame, written behind what is queued.
+    /// logged in on more connections than a [`Writer`] writes in place gets it
+    /// queued on each and written by the registry's writer (on a blocking thread),
+    /// so that the caller (the commit loop) does not write to all of them; a reply
+    /// sent on one of them after this call still comes after the frame, written
+    /// behind what is queued.
     pub fn push(&self, user: UserId, frame: &Utf8Bytes, runtime: Option<&Handle>) {
-        let mut to_kick = Vec::new();
+        let mut to_kick = VecDeque::new();
         self.change(user, |v| {
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
             v.retain(|c| {
@@ -846,15 +941,14 @@ impl UserRegistry {
                     false => c
                         .outbox
                         .queue_quiet(FrameKind::Push, std::iter::once(frame))
-                        .map(|kick| kick.then(|| to_kick.push(c.outbox.clone())))
+                        .map(|kick| kick.then(|| to_kick.push_back(c.outbox.clone())))
                         .is_some(),
                 };
                 queued || !c.outbox.is_closing()
             })
         });
-        write_soon(to_kick.len(), runtime, move || {
-            to_kick.iter().for_each(Outbox::kick)
-        });
+        let waiting = self.writer.add(to_kick);
+        self.writer.start(waiting, runtime);
     }
 
     /// The ids of the connections of `users`.

@@ -219,9 +219,7 @@ async fn a_users_next_hold_is_written_while_the_first_waits_for_its_sync() {
     let fx = fixture().await;
     let paused = fx.store.pause_syncs();
     let hold = |seat: usize, rid: &str| {
-        let (app, user) = (fx.app.clone(), fx.passenger.clone());
-        let p = decode(hold_params(&fx.flight, &fx.seats[seat], rid)).unwrap();
-        tokio::spawn(async move { app.hold(&user, p).await.wire() })
+        spawn_hold(&fx.app, &fx.passenger, &fx.flight, &fx.seats[seat], rid)
     };
     let written = || {
         fx.store
@@ -239,12 +237,11 @@ async fn a_users_next_hold_is_written_while_the_first_waits_for_its_sync() {
     )
     .await;
     let mut repeat = hold(0, "h1");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut repeat)
-            .await
-            .is_err(),
-        "a repeat was answered with a reply that is not durable"
-    );
+    still_waiting(
+        &mut repeat,
+        "a repeat was answered with a reply that is not durable",
+    )
+    .await;
     assert!(!first.is_finished() && !second.is_finished());
     drop(paused);
     let first = first.await.unwrap().unwrap();
@@ -253,4 +250,30 @@ async fn a_users_next_hold_is_written_while_the_first_waits_for_its_sync() {
     assert_eq!(repeat["booking"]["locator"], first["booking"]["locator"]);
     assert_ne!(second["booking"]["locator"], first["booking"]["locator"]);
     assert_eq!(written(), 2, "the repeat held nothing");
+}
+
+/// The open-holds cap counts a hold that is written but not yet durable, and the
+/// refusal it causes waits until that hold is on disk: a crash before the sync must
+/// not leave the user refused because of a hold that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_waits_for_the_hold_it_rests_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |c| c.limits.max_open_holds = 1).await;
+    let user = register(&app, "ada").await.unwrap();
+    let (flight, seats) = flight_and_seats(&app, 2);
+    let paused = store.pause_syncs();
+    let hold = |seat: usize, rid: &str| spawn_hold(&app, &user, &flight, &seats[seat], rid);
+    let first = hold(0, "h1");
+    wait_until("the first hold written", || {
+        store.inner.user_bookings(user.user_id).unwrap().len() == 1
+    })
+    .await;
+    let mut second = hold(1, "h2");
+    still_waiting(&mut second, "refused because of a hold that is not on disk").await;
+    drop(paused);
+    first.await.unwrap().unwrap();
+    match second.await.unwrap() {
+        Err(AppError::InvalidState(m)) => assert!(m.contains("open holds"), "{m}"),
+        other => panic!("the second hold: {other:?}"),
+    }
 }

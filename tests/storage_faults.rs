@@ -346,17 +346,12 @@ async fn a_replayed_reply_waits_until_its_write_is_durable() {
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     // the retry finds the stored reply, but the write is still not durable
-    let mut retry = {
-        let (app, user) = (app.clone(), user.clone());
-        let p = decode(hold_params(&fid, &seats[0], "r1")).unwrap();
-        tokio::spawn(async move { app.hold(&user, p).await.wire() })
-    };
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut retry)
-            .await
-            .is_err(),
-        "a replayed reply went out before its write was durable"
-    );
+    let mut retry = spawn_hold(app, &user, &fid, &seats[0], "r1");
+    still_waiting(
+        &mut retry,
+        "a replayed reply went out before its write was durable",
+    )
+    .await;
     drop(paused);
     let again = retry.await.unwrap().unwrap();
     assert_eq!(again["booking"]["status"], "held");

@@ -37,6 +37,7 @@ use crate::inventory::{FlightSeats, Inventory, Occupant};
 use crate::metrics::Metrics;
 use crate::payments::{PaymentGateway, Sandbox, Stripe};
 use crate::protocol::results::{self, Replayable};
+use crate::store::commit::Ticket;
 use crate::store::{
     Batch, Committer, HistoryEvent, IdemKey, Memo, SessionRecord, SledStore, Store, StoreError,
 };
@@ -68,7 +69,7 @@ pub struct App {
     pub boards: Arc<board::Boards>,
     closed_lines: waitlist::ClosedLines,
     sessions: DashMap<String, SessionRecord>,
-    user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
+    user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<Unsynced>>>,
     dummy_hash: String,
     password_slots: tokio::sync::Semaphore,
     ready: AtomicBool,
@@ -398,7 +399,8 @@ impl App {
     /// first try may have failed on a sync, or ended before its write was on disk).
     /// Requests of one user are serialized: `f` runs in the user's turn, which lasts
     /// until it returns unless it ends it sooner ([`Turn::end`], once its reply is
-    /// written: a repeat then finds that reply and waits for it to be durable). On a
+    /// written: a repeat then finds that reply and waits for it to be durable, and a
+    /// refusal of the next request waits for it too, since it may rest on it). On a
     /// cluster the caller catches up first, so that a retry through another node
     /// than the first try sees the first reply.
     async fn idempotent<'s, R, F, Fut>(
@@ -414,15 +416,18 @@ impl App {
         Fut: std::future::Future<Output = Result<R, AppError>>,
     {
         let key = idem_key(user, method, request_id)?;
-        let turn = Turn(Arc::new(parking_lot::Mutex::new(Some(
-            self.user_turn(user).await,
-        ))));
+        let mut turn = self.user_turn(user).await;
+        let unsynced = turn.unsynced();
         if let Some(v) = self.store.reply(&key)? {
-            turn.end();
             self.committer.settle_reads().await?;
             return replay(v);
         }
+        let turn = Turn(Arc::new(parking_lot::Mutex::new(turn)));
         let r = f(key, turn.clone()).await;
+        if let (Err(_), Some(t)) = (&r, unsynced) {
+            // the refusal may rest on that write
+            self.committer.durable(Ticket::Local(t)).await?;
+        }
         drop(turn);
         r
     }
@@ -434,7 +439,8 @@ impl App {
         UserTurn {
             app: self,
             user,
-            guard: Some(lock.lock_owned().await),
+            guard: Some(lock.clone().lock_owned().await),
+            lock: Some(lock),
         }
     }
 
@@ -503,27 +509,49 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
     })
 }
 
+/// What a user's turn passes on to the next request: the write (its local ticket)
+/// of a request that ended the turn before that write was durable.
+#[derive(Default)]
+struct Unsynced(Option<u64>);
+
 /// One user's turn to make a request (see [`App::user_turn`]).
 struct UserTurn<'a> {
     app: &'a App,
     user: UserId,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<Unsynced>>,
+    /// Kept until the request is done, also after its turn ended early: the user's
+    /// entry (and what it passes on) stays while that write is not durable.
+    lock: Option<Arc<tokio::sync::Mutex<Unsynced>>>,
+}
+
+impl UserTurn<'_> {
+    /// Takes what the request before left unsynced: a refusal must not be answered
+    /// before it is durable.
+    fn unsynced(&mut self) -> Option<u64> {
+        self.guard.as_mut().and_then(|g| g.0.take())
+    }
 }
 
 /// A request's hold on its user's turn ([`App::idempotent`]).
 #[derive(Clone)]
-pub(super) struct Turn<'a>(Arc<parking_lot::Mutex<Option<UserTurn<'a>>>>);
+pub(super) struct Turn<'a>(Arc<parking_lot::Mutex<UserTurn<'a>>>);
 
 impl Turn<'_> {
-    /// Ends the turn now rather than when the request is done.
-    pub(super) fn end(&self) {
-        self.0.lock().take();
+    /// Ends the turn now, after `written` was written and before it is durable,
+    /// rather than when the request is done.
+    pub(super) fn end(&self, written: &Ticket) {
+        if let Some(mut g) = self.0.lock().guard.take() {
+            if let Ticket::Local(t) = written {
+                g.0 = Some(*t);
+            }
+        }
     }
 }
 
 impl Drop for UserTurn<'_> {
     fn drop(&mut self) {
         self.guard.take();
+        self.lock.take();
         // the map's own reference is the last one: nobody holds or awaits the lock
         self.app
             .user_locks

@@ -189,7 +189,7 @@ impl App {
                 return Ok(Step::Done(out));
             };
             if let Some(turn) = turn.filter(|_| !replicated) {
-                turn.end();
+                turn.end(&ticket);
             }
             match self.committer.durable(ticket).await {
                 Ok(()) => return Ok(Step::Done(out)),

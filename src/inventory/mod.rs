@@ -177,15 +177,7 @@ pub struct Live {
     /// The JSON array of every seat at `version`, encoded once for all the subscribers
     /// of that version; dropped by the next publish.
     encoded: Option<Arc<str>>,
-    /// Watchers with pushes queued by [`FlightSeats::deliver`] and not yet written.
-    to_kick: VecDeque<Outbox>,
-    /// A [`FlightSeats::kick_queued`] loop is running (one per flight: two measured
-    /// slower, docs/benchmarks.md).
-    kicking: bool,
 }
-
-/// Connections written per turn of the flight's lock.
-const KICK_CHUNK: usize = 256;
 
 /// A connection watching a flight.
 struct Watcher {
@@ -263,6 +255,8 @@ pub struct FlightSeats {
     closing: AtomicBool,
     working: Mutex<Working>,
     live: Mutex<Live>,
+    /// Writes the pushes [`FlightSeats::deliver`] queued.
+    writer: Arc<fanout::Writer>,
     replay_capacity: usize,
 }
 
@@ -298,9 +292,8 @@ impl FlightSeats {
                 },
                 unsent: VecDeque::new(),
                 encoded: None,
-                to_kick: VecDeque::new(),
-                kicking: false,
             }),
+            writer: Arc::default(),
             replay_capacity,
         }
     }
@@ -500,76 +493,28 @@ impl FlightSeats {
 
     /// Queues every published push up to `version` to each watcher that lacks it,
     /// in version order, and forgets the watchers whose queue is closed. The pushes
-    /// are written by [`FlightSeats::kick_queued`] (their order is the queues', so
-    /// any thread may write them): returns how many connections wait for it if the
-    /// caller is to start it (none is running), else 0.
+    /// are written by the flight's [`fanout::Writer`] (their order is the queues',
+    /// so any thread may write them): returns how many connections wait for it if
+    /// the caller is to start it (none is running), else 0.
     #[must_use]
     pub fn deliver(&self, version: u64) -> usize {
-        let mut live = self.live.lock();
-        let Live {
-            watchers,
-            unsent,
-            to_kick,
-            ..
-        } = &mut *live;
-        watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(to_kick))));
-        live.trim();
-        if live.kicking {
-            0
-        } else {
-            live.to_kick.len()
-        }
-    }
-
-    /// [`FlightSeats::deliver`], then its writes ([`fanout::write_soon`]: on one of
-    /// `runtime`'s blocking threads unless they are few).
-    pub fn fan_out(self: &Arc<Self>, version: u64, runtime: Option<&tokio::runtime::Handle>) {
-        let fs = self.clone();
-        fanout::write_soon(self.deliver(version), runtime, move || fs.kick_queued());
-    }
-
-    /// Writes the pushes [`FlightSeats::deliver`] queued, a chunk of connections at a
-    /// time, until none are left; returns at once if another call is doing it.
-    pub fn kick_queued(&self) {
-        /// Clears `kicking` if the loop ends other than by finding nothing left
-        /// (a panic), so that the next delivery starts another.
-        struct Kicking<'a> {
-            live: &'a Mutex<Live>,
-            done: bool,
-        }
-        impl Drop for Kicking<'_> {
-            fn drop(&mut self) {
-                if !self.done {
-                    self.live.lock().kicking = false;
-                }
-            }
-        }
-        let mut kicking = {
+        let mut to_write = VecDeque::new();
+        {
             let mut live = self.live.lock();
-            if std::mem::replace(&mut live.kicking, true) {
-                return;
-            }
-            Kicking {
-                live: &self.live,
-                done: false,
-            }
-        };
-        loop {
-            let chunk = {
-                let mut live = self.live.lock();
-                if live.to_kick.is_empty() {
-                    // in the same turn of the lock as the check: a delivery queued
-                    // after it starts a loop of its own
-                    live.kicking = false;
-                    live.to_kick = VecDeque::new();
-                    kicking.done = true;
-                    return;
-                }
-                let n = live.to_kick.len().min(KICK_CHUNK);
-                live.to_kick.drain(..n).collect::<Vec<_>>()
-            };
-            chunk.iter().for_each(Outbox::kick);
+            let Live {
+                watchers, unsent, ..
+            } = &mut *live;
+            watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(&mut to_write))));
+            live.trim();
         }
+        self.writer.add(to_write)
+    }
+
+    /// [`FlightSeats::deliver`], then its writes (on one of `runtime`'s blocking
+    /// threads unless they are few: [`fanout::Writer::start`]).
+    pub fn fan_out(&self, version: u64, runtime: Option<&tokio::runtime::Handle>) {
+        let waiting = self.deliver(version);
+        self.writer.start(waiting, runtime);
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -886,12 +831,12 @@ mod tests {
         assert_eq!(fs.deliver(1), 1, "queued, and nobody writes it yet");
         assert!(fs.publish_first(&change(2, 1), &[]));
         assert_eq!(fs.deliver(2), 1, "the loop asked for never ran: ask again");
-        fs.live.lock().kicking = true;
+        fs.writer.set_running_for_tests(true);
         assert!(fs.publish_first(&change(3, 2), &[]));
         assert_eq!(fs.deliver(3), 0, "a running loop takes it");
-        fs.live.lock().kicking = false;
-        fs.kick_queued();
-        assert!(fs.live.lock().to_kick.is_empty() && !fs.live.lock().kicking);
+        fs.writer.set_running_for_tests(false);
+        fs.writer.run();
+        assert!(fs.writer.is_idle());
         assert_eq!(versions(&mut rx), [1, 2, 3]);
         assert!(fs.publish_first(&change(4, 3), &[]));
         assert_eq!(fs.deliver(4), 1);

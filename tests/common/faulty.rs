@@ -297,3 +297,23 @@ pub fn flight_and_seats(app: &App, n: usize) -> (String, Vec<String>) {
 pub fn hold_params(flight: &str, seat: &str, rid: &str) -> Value {
     json!({"flight_id": flight, "seats": [seat], "passengers": [{"name": "Ada"}], "request_id": rid})
 }
+
+/// A `booking.hold` of `seat` run on a task of its own.
+pub fn spawn_hold(
+    app: &Arc<App>,
+    user: &AuthSession,
+    flight: &str,
+    seat: &str,
+    rid: &str,
+) -> tokio::task::JoinHandle<Result<Value, AppError>> {
+    let (app, user) = (app.clone(), user.clone());
+    let p = decode(hold_params(flight, seat, rid)).unwrap();
+    tokio::spawn(async move { app.hold(&user, p).await.wire() })
+}
+
+/// Asserts that `task` is still not answered after half a second (held up by a
+/// paused sync).
+pub async fn still_waiting<T>(task: &mut tokio::task::JoinHandle<T>, what: &str) {
+    let answered = tokio::time::timeout(std::time::Duration::from_millis(500), task).await;
+    assert!(answered.is_err(), "{what}");
+}
