@@ -425,7 +425,9 @@ impl App {
         let turn = Turn(Arc::new(parking_lot::Mutex::new(turn)));
         let r = f(key, turn.clone()).await;
         if let (Err(_), Some(t)) = (&r, unsynced) {
-            // the refusal may rest on that write
+            // the refusal may rest on that write: the next request learns of it too,
+            // and is decided while this one waits
+            turn.end_after(t);
             self.committer.durable(Ticket::Local(t)).await?;
         }
         drop(turn);
@@ -540,10 +542,16 @@ impl Turn<'_> {
     /// Ends the turn now, after `written` was written and before it is durable,
     /// rather than when the request is done.
     pub(super) fn end(&self, written: &Ticket) {
+        if let Ticket::Local(t) = written {
+            self.end_after(*t);
+        }
+    }
+
+    /// Ends the turn now, passing on that what was written up to the local ticket
+    /// `t` may not be durable yet.
+    fn end_after(&self, t: u64) {
         if let Some(mut g) = self.0.lock().guard.take() {
-            if let Ticket::Local(t) = written {
-                g.0 = Some(*t);
-            }
+            g.0 = g.0.max(Some(t));
         }
     }
 }
