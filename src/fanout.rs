@@ -769,7 +769,7 @@ const WRITE_IN_PLACE: usize = 8;
 const WRITE_CHUNK: usize = 256;
 
 /// Connections whose frames were queued quietly ([`Outbox::queue_quiet`]) and wait to
-/// be written, oldest first, by one loop at a time ([`Writer::run`]): a flight's
+/// be written, oldest first, by one loop at a time ([`Claim`]): a flight's
 /// fan-out, or a push to a user on many connections. The loop runs in place for a
 /// few connections (cheaper than handing them over), else on a blocking thread, so
 /// that neither the commit loop nor a worker waits for a large fan-out; one loop
@@ -786,77 +786,23 @@ struct WriterState {
 }
 
 impl Writer {
-    /// Adds connections to write; returns how many wait if the caller is to start
-    /// the loop ([`Writer::start`]: none runs), else 0.
+    /// Adds connections to write. If no loop runs, the caller is to start one: it
+    /// gets the claim to ([`Claim::start`]; dropped unused, the claim is given up).
     #[must_use]
-    pub fn add(&self, conns: VecDeque<Outbox>) -> usize {
+    pub fn add(self: &Arc<Self>, conns: VecDeque<Outbox>) -> Option<Claim> {
         let mut st = self.state.lock();
         match st.waiting.is_empty() {
             true => st.waiting = conns,
             false => st.waiting.extend(conns),
         }
-        if st.running {
-            0
-        } else {
-            st.waiting.len()
-        }
+        self.claim(&mut st)
     }
 
-    /// Starts the loop for `waiting` connections (what [`Writer::add`] returned): in
-    /// place for a few, or without a runtime; else on one of `runtime`'s blocking
-    /// threads.
-    pub fn start(self: &Arc<Self>, waiting: usize, runtime: Option<&Handle>) {
-        match runtime {
-            _ if waiting == 0 => {}
-            Some(rt) if waiting > WRITE_IN_PLACE => {
-                let w = self.clone();
-                rt.spawn_blocking(move || w.run());
-            }
-            _ => self.run(),
-        }
-    }
-
-    /// Writes the waiting connections, a chunk at a time, until none are left;
-    /// returns at once if another call is doing it.
-    pub fn run(&self) {
-        /// Clears `running` if the loop ends other than by finding nothing left
-        /// (a panic), so that the next [`Writer::add`] asks for another.
-        struct Running<'a> {
-            writer: &'a Writer,
-            done: bool,
-        }
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                if !self.done {
-                    self.writer.state.lock().running = false;
-                }
-            }
-        }
-        let mut running = {
-            let mut st = self.state.lock();
-            if std::mem::replace(&mut st.running, true) {
-                return;
-            }
-            Running {
-                writer: self,
-                done: false,
-            }
-        };
-        loop {
-            let chunk = {
-                let mut st = self.state.lock();
-                if st.waiting.is_empty() {
-                    // in the same turn of the lock as the check: what is added
-                    // after it starts a loop of its own
-                    st.running = false;
-                    st.waiting = VecDeque::new();
-                    running.done = true;
-                    return;
-                }
-                let n = st.waiting.len().min(WRITE_CHUNK);
-                st.waiting.drain(..n).collect::<Vec<_>>()
-            };
-            chunk.iter().for_each(Outbox::kick);
+    /// Writes what waits, here, unless a loop runs.
+    pub fn run(self: &Arc<Self>) {
+        let claim = self.claim(&mut self.state.lock());
+        if let Some(c) = claim {
+            c.run();
         }
     }
 
@@ -866,9 +812,67 @@ impl Writer {
         st.waiting.is_empty() && !st.running
     }
 
-    #[cfg(test)]
-    pub fn set_running_for_tests(&self, running: bool) {
-        self.state.lock().running = running;
+    fn claim(self: &Arc<Self>, st: &mut WriterState) -> Option<Claim> {
+        if st.running || st.waiting.is_empty() {
+            return None;
+        }
+        st.running = true;
+        Some(Claim {
+            writer: self.clone(),
+            waiting: st.waiting.len(),
+            done: false,
+        })
+    }
+}
+
+/// The right and duty to run a [`Writer`]'s loop, taken with the state's lock so that
+/// a burst of additions starts one loop, not one each. Dropped without running to
+/// the end (never started, or a panic) it gives the loop up, and the next addition
+/// claims it again.
+pub struct Claim {
+    writer: Arc<Writer>,
+    waiting: usize,
+    done: bool,
+}
+
+impl Claim {
+    /// Runs the loop: in place for a few connections, or without a runtime; else on
+    /// one of `runtime`'s blocking threads.
+    pub fn start(self, runtime: Option<&Handle>) {
+        match runtime {
+            Some(rt) if self.waiting > WRITE_IN_PLACE => {
+                rt.spawn_blocking(move || self.run());
+            }
+            _ => self.run(),
+        }
+    }
+
+    /// Writes the waiting connections, a chunk at a time, until none are left.
+    fn run(mut self) {
+        loop {
+            let chunk = {
+                let mut st = self.writer.state.lock();
+                if st.waiting.is_empty() {
+                    // in the same turn of the lock as the check: what is added
+                    // after it claims a loop of its own
+                    st.running = false;
+                    st.waiting = VecDeque::new();
+                    self.done = true;
+                    return;
+                }
+                let n = st.waiting.len().min(WRITE_CHUNK);
+                st.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            chunk.iter().for_each(Outbox::kick);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer.state.lock().running = false;
+        }
     }
 }
 
@@ -947,8 +951,9 @@ impl UserRegistry {
                 queued || !c.outbox.is_closing()
             })
         });
-        let waiting = self.writer.add(to_kick);
-        self.writer.start(waiting, runtime);
+        if let Some(claim) = self.writer.add(to_kick) {
+            claim.start(runtime);
+        }
     }
 
     /// The ids of the connections of `users`.

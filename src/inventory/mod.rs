@@ -494,10 +494,10 @@ impl FlightSeats {
     /// Queues every published push up to `version` to each watcher that lacks it,
     /// in version order, and forgets the watchers whose queue is closed. The pushes
     /// are written by the flight's [`fanout::Writer`] (their order is the queues',
-    /// so any thread may write them): returns how many connections wait for it if
-    /// the caller is to start it (none is running), else 0.
+    /// so any thread may write them): the caller gets the claim to its loop if none
+    /// runs.
     #[must_use]
-    pub fn deliver(&self, version: u64) -> usize {
+    pub fn deliver(&self, version: u64) -> Option<fanout::Claim> {
         let mut to_write = VecDeque::new();
         {
             let mut live = self.live.lock();
@@ -511,10 +511,11 @@ impl FlightSeats {
     }
 
     /// [`FlightSeats::deliver`], then its writes (on one of `runtime`'s blocking
-    /// threads unless they are few: [`fanout::Writer::start`]).
+    /// threads unless they are few: [`fanout::Claim::start`]).
     pub fn fan_out(&self, version: u64, runtime: Option<&tokio::runtime::Handle>) {
-        let waiting = self.deliver(version);
-        self.writer.start(waiting, runtime);
+        if let Some(claim) = self.deliver(version) {
+            claim.start(runtime);
+        }
     }
 
     /// Adds a watcher and tells it where to start, atomically with respect to
@@ -828,18 +829,17 @@ mod tests {
         let (w, mut rx) = outbox(QueueLimits::default());
         assert!(fs.subscribe(&w, None, |_, _| None));
         assert!(fs.publish_first(&change(1, 0), &[]));
-        assert_eq!(fs.deliver(1), 1, "queued, and nobody writes it yet");
+        let claim = fs.deliver(1).expect("queued, and nobody writes it yet");
         assert!(fs.publish_first(&change(2, 1), &[]));
-        assert_eq!(fs.deliver(2), 1, "the loop asked for never ran: ask again");
-        fs.writer.set_running_for_tests(true);
+        assert!(fs.deliver(2).is_none(), "one claim at a time");
+        drop(claim);
         assert!(fs.publish_first(&change(3, 2), &[]));
-        assert_eq!(fs.deliver(3), 0, "a running loop takes it");
-        fs.writer.set_running_for_tests(false);
-        fs.writer.run();
+        let claim = fs.deliver(3).expect("a claim given up is claimed again");
+        claim.start(None);
         assert!(fs.writer.is_idle());
         assert_eq!(versions(&mut rx), [1, 2, 3]);
         assert!(fs.publish_first(&change(4, 3), &[]));
-        assert_eq!(fs.deliver(4), 1);
+        assert!(fs.deliver(4).is_some());
     }
 
     #[test]
