@@ -13,7 +13,8 @@
 //! the queue's lock; what the socket does not take is queued for the task, and a frame
 //! it took only in part is finished before any other byte). A change reaching
 //! thousands of idle watchers is queued on each ([`Outbox::queue_quiet`]) and then
-//! written by one thread per flight ([`Outbox::kick`]), instead of filling the
+//! written by one loop per flight ([`Claim`], [`Outbox::kick`]; pushes to a user on
+//! many connections the same way), instead of filling the
 //! server's run queue with thousands of woken tasks ahead of the requests (a writer's
 //! next change waited behind them: docs/benchmarks.md).
 //!
@@ -763,81 +764,84 @@ impl Roster {
     }
 }
 
-/// Most connections a [`Writer`] writes to in place.
+/// Most connections a [`Claim`] writes to in place.
 const WRITE_IN_PLACE: usize = 8;
-/// Connections a [`Writer`]'s loop writes per turn of its lock.
+/// Connections a [`Claim`]'s loop writes per turn of its owner's lock.
 const WRITE_CHUNK: usize = 256;
 
 /// Connections whose frames were queued quietly ([`Outbox::queue_quiet`]) and wait to
-/// be written, oldest first, by one loop at a time ([`Claim`]): a flight's
-/// fan-out, or a push to a user on many connections. The loop runs in place for a
-/// few connections (cheaper than handing them over), else on a blocking thread, so
-/// that neither the commit loop nor a worker waits for a large fan-out; one loop
-/// per writer (two per flight measured slower, docs/benchmarks.md).
+/// be written, oldest first, and whether a loop ([`Claim`]) is writing them. It lives
+/// under its owner's lock ([`Queued`]): a flight's (so that the loop takes each chunk
+/// in a turn of the lock its fan-outs queue under, which paces it: a watcher gets the
+/// changes queued meanwhile in one write), or the user registry's. One loop per
+/// owner (two per flight measured slower, docs/benchmarks.md).
 #[derive(Default)]
-pub struct Writer {
-    state: parking_lot::Mutex<WriterState>,
-}
-
-#[derive(Default)]
-struct WriterState {
+pub struct WriteQueue {
     waiting: VecDeque<Outbox>,
     running: bool,
 }
 
-impl Writer {
-    /// Adds connections to write. If no loop runs, the caller is to start one: it
-    /// gets the claim to ([`Claim::start`]; dropped unused, the claim is given up).
-    #[must_use]
-    pub fn add(self: &Arc<Self>, conns: VecDeque<Outbox>) -> Option<Claim> {
-        let mut st = self.state.lock();
-        match st.waiting.is_empty() {
-            true => st.waiting = conns,
-            false => st.waiting.extend(conns),
-        }
-        self.claim(&mut st)
+impl WriteQueue {
+    /// Where a fan-out adds the connections it queued frames on.
+    pub fn waiting(&mut self) -> &mut VecDeque<Outbox> {
+        &mut self.waiting
     }
 
-    /// Writes what waits, here, unless a loop runs.
-    pub fn run(self: &Arc<Self>) {
-        let claim = self.claim(&mut self.state.lock());
-        if let Some(c) = claim {
-            c.run();
+    /// Claims the loop if none runs and connections wait: how many.
+    pub fn claim(&mut self) -> Option<usize> {
+        if self.running || self.waiting.is_empty() {
+            return None;
         }
+        self.running = true;
+        Some(self.waiting.len())
     }
 
     /// Nothing waits and no loop runs.
     pub fn is_idle(&self) -> bool {
-        let st = self.state.lock();
-        st.waiting.is_empty() && !st.running
+        self.waiting.is_empty() && !self.running
     }
 
-    fn claim(self: &Arc<Self>, st: &mut WriterState) -> Option<Claim> {
-        if st.running || st.waiting.is_empty() {
+    /// The next connections to write; none left ends the loop, in the same turn of
+    /// the lock as the check (what is added after it claims a loop of its own).
+    fn next_chunk(&mut self) -> Option<Vec<Outbox>> {
+        if self.waiting.is_empty() {
+            self.running = false;
+            self.waiting = VecDeque::new();
             return None;
         }
-        st.running = true;
-        Some(Claim {
-            writer: self.clone(),
-            waiting: st.waiting.len(),
-            done: false,
-        })
+        let n = self.waiting.len().min(WRITE_CHUNK);
+        Some(self.waiting.drain(..n).collect())
     }
 }
 
-/// The right and duty to run a [`Writer`]'s loop, taken with the state's lock so that
-/// a burst of additions starts one loop, not one each. Dropped without running to
-/// the end (never started, or a panic) it gives the loop up, and the next addition
-/// claims it again.
-pub struct Claim {
-    writer: Arc<Writer>,
+/// The owner of a [`WriteQueue`], which runs `f` on it under its lock.
+pub trait Queued: Send + Sync + 'static {
+    fn write_queue<R>(&self, f: impl FnOnce(&mut WriteQueue) -> R) -> R;
+}
+
+/// The right and duty to run the loop of `owner`'s [`WriteQueue`], taken under its
+/// lock ([`WriteQueue::claim`]) so that a burst of additions starts one loop, not
+/// one each. Dropped without running to the end (never started, or a panic) it gives
+/// the loop up, and the next addition claims it again.
+pub struct Claim<Q: Queued> {
+    owner: Arc<Q>,
     waiting: usize,
     done: bool,
 }
 
-impl Claim {
-    /// Runs the loop: in place for a few connections, or without a runtime; else on
-    /// one of `runtime`'s blocking threads.
+impl<Q: Queued> Claim<Q> {
+    /// `waiting`: what [`WriteQueue::claim`] returned under `owner`'s lock.
+    pub fn new(owner: Arc<Q>, waiting: usize) -> Self {
+        Claim {
+            owner,
+            waiting,
+            done: false,
+        }
+    }
+
+    /// Runs the loop: in place for a few connections (cheaper than handing them
+    /// over), or without a runtime; else on one of `runtime`'s blocking threads, so
+    /// that neither the commit loop nor a worker waits for a large fan-out.
     pub fn start(self, runtime: Option<&Handle>) {
         match runtime {
             Some(rt) if self.waiting > WRITE_IN_PLACE => {
@@ -849,30 +853,28 @@ impl Claim {
 
     /// Writes the waiting connections, a chunk at a time, until none are left.
     fn run(mut self) {
-        loop {
-            let chunk = {
-                let mut st = self.writer.state.lock();
-                if st.waiting.is_empty() {
-                    // in the same turn of the lock as the check: what is added
-                    // after it claims a loop of its own
-                    st.running = false;
-                    st.waiting = VecDeque::new();
-                    self.done = true;
-                    return;
-                }
-                let n = st.waiting.len().min(WRITE_CHUNK);
-                st.waiting.drain(..n).collect::<Vec<_>>()
-            };
+        while let Some(chunk) = self.owner.write_queue(WriteQueue::next_chunk) {
             chunk.iter().for_each(Outbox::kick);
+        }
+        self.done = true;
+    }
+}
+
+impl<Q: Queued> Drop for Claim<Q> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.owner.write_queue(|q| q.running = false);
         }
     }
 }
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if !self.done {
-            self.writer.state.lock().running = false;
-        }
+/// The user registry's [`WriteQueue`].
+#[derive(Default)]
+struct UserWrites(parking_lot::Mutex<WriteQueue>);
+
+impl Queued for UserWrites {
+    fn write_queue<R>(&self, f: impl FnOnce(&mut WriteQueue) -> R) -> R {
+        f(&mut self.0.lock())
     }
 }
 
@@ -890,7 +892,7 @@ pub struct UserRegistry {
     conns: DashMap<UserId, Vec<UserConn>>,
     count: std::sync::atomic::AtomicUsize,
     /// Writes the pushes to users on many connections.
-    writer: Arc<Writer>,
+    writes: Arc<UserWrites>,
 }
 
 impl UserRegistry {
@@ -930,13 +932,13 @@ impl UserRegistry {
     }
 
     /// Sends `frame` to every connection of `user`, forgetting closed ones. A user
-    /// logged in on more connections than a [`Writer`] writes in place gets it
-    /// queued on each and written by the registry's writer (on a blocking thread),
+    /// logged in on more connections than a [`Claim`] writes in place gets it
+    /// queued on each and written by the registry's loop (on a blocking thread),
     /// so that the caller (the commit loop) does not write to all of them; a reply
     /// sent on one of them after this call still comes after the frame, written
     /// behind what is queued.
     pub fn push(&self, user: UserId, frame: &Utf8Bytes, runtime: Option<&Handle>) {
-        let mut to_kick = VecDeque::new();
+        let mut to_kick = Vec::new();
         self.change(user, |v| {
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
             v.retain(|c| {
@@ -945,14 +947,18 @@ impl UserRegistry {
                     false => c
                         .outbox
                         .queue_quiet(FrameKind::Push, std::iter::once(frame))
-                        .map(|kick| kick.then(|| to_kick.push_back(c.outbox.clone())))
+                        .map(|kick| kick.then(|| to_kick.push(c.outbox.clone())))
                         .is_some(),
                 };
                 queued || !c.outbox.is_closing()
             })
         });
-        if let Some(claim) = self.writer.add(to_kick) {
-            claim.start(runtime);
+        let claimed = self.writes.write_queue(|q| {
+            q.waiting().extend(to_kick);
+            q.claim()
+        });
+        if let Some(waiting) = claimed {
+            Claim::new(self.writes.clone(), waiting).start(runtime);
         }
     }
 

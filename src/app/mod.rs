@@ -416,7 +416,7 @@ impl App {
         Fut: std::future::Future<Output = Result<R, AppError>>,
     {
         let key = idem_key(user, method, request_id)?;
-        let mut turn = self.user_turn(user).await;
+        let turn = self.user_turn(user).await;
         let unsynced = turn.unsynced();
         if let Some(v) = self.store.reply(&key)? {
             self.committer.settle_reads().await?;
@@ -511,8 +511,8 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
     })
 }
 
-/// What a user's turn passes on to the next request: the write (its local ticket)
-/// of a request that ended the turn before that write was durable.
+/// What a user's turn passes on to the next request: the latest write (its local
+/// ticket) of a request that ended the turn before that write was durable.
 #[derive(Default)]
 struct Unsynced(Option<u64>);
 
@@ -527,10 +527,10 @@ struct UserTurn<'a> {
 }
 
 impl UserTurn<'_> {
-    /// Takes what the request before left unsynced: a refusal must not be answered
-    /// before it is durable.
-    fn unsynced(&mut self) -> Option<u64> {
-        self.guard.as_mut().and_then(|g| g.0.take())
+    /// What a request before left unsynced: a refusal must not be answered before
+    /// it is durable. It stays for the next request too (a later ticket replaces it).
+    fn unsynced(&self) -> Option<u64> {
+        self.guard.as_ref().and_then(|g| g.0)
     }
 }
 

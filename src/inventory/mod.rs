@@ -177,6 +177,8 @@ pub struct Live {
     /// The JSON array of every seat at `version`, encoded once for all the subscribers
     /// of that version; dropped by the next publish.
     encoded: Option<Arc<str>>,
+    /// Watchers with pushes queued by [`FlightSeats::deliver`] and not yet written.
+    writes: fanout::WriteQueue,
 }
 
 /// A connection watching a flight.
@@ -255,9 +257,13 @@ pub struct FlightSeats {
     closing: AtomicBool,
     working: Mutex<Working>,
     live: Mutex<Live>,
-    /// Writes the pushes [`FlightSeats::deliver`] queued.
-    writer: Arc<fanout::Writer>,
     replay_capacity: usize,
+}
+
+impl fanout::Queued for FlightSeats {
+    fn write_queue<R>(&self, f: impl FnOnce(&mut fanout::WriteQueue) -> R) -> R {
+        f(&mut self.live.lock().writes)
+    }
 }
 
 impl FlightSeats {
@@ -292,8 +298,8 @@ impl FlightSeats {
                 },
                 unsent: VecDeque::new(),
                 encoded: None,
+                writes: fanout::WriteQueue::default(),
             }),
-            writer: Arc::default(),
             replay_capacity,
         }
     }
@@ -493,26 +499,27 @@ impl FlightSeats {
 
     /// Queues every published push up to `version` to each watcher that lacks it,
     /// in version order, and forgets the watchers whose queue is closed. The pushes
-    /// are written by the flight's [`fanout::Writer`] (their order is the queues',
-    /// so any thread may write them): the caller gets the claim to its loop if none
-    /// runs.
+    /// are written by the flight's loop (their order is the queues', so any thread
+    /// may write them): the caller gets the claim to it if none runs.
     #[must_use]
-    pub fn deliver(&self, version: u64) -> Option<fanout::Claim> {
-        let mut to_write = VecDeque::new();
-        {
-            let mut live = self.live.lock();
-            let Live {
-                watchers, unsent, ..
-            } = &mut *live;
-            watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(&mut to_write))));
-            live.trim();
-        }
-        self.writer.add(to_write)
+    pub fn deliver(self: &Arc<Self>, version: u64) -> Option<fanout::Claim<FlightSeats>> {
+        let mut live = self.live.lock();
+        let Live {
+            watchers,
+            unsent,
+            writes,
+            ..
+        } = &mut *live;
+        watchers.change(|m| m.retain(|_, w| w.catch_up(unsent, version, Some(writes.waiting()))));
+        live.trim();
+        let waiting = live.writes.claim();
+        drop(live);
+        waiting.map(|n| fanout::Claim::new(self.clone(), n))
     }
 
     /// [`FlightSeats::deliver`], then its writes (on one of `runtime`'s blocking
     /// threads unless they are few: [`fanout::Claim::start`]).
-    pub fn fan_out(&self, version: u64, runtime: Option<&tokio::runtime::Handle>) {
+    pub fn fan_out(self: &Arc<Self>, version: u64, runtime: Option<&tokio::runtime::Handle>) {
         if let Some(claim) = self.deliver(version) {
             claim.start(runtime);
         }
@@ -836,7 +843,7 @@ mod tests {
         assert!(fs.publish_first(&change(3, 2), &[]));
         let claim = fs.deliver(3).expect("a claim given up is claimed again");
         claim.start(None);
-        assert!(fs.writer.is_idle());
+        assert!(fs.live.lock().writes.is_idle());
         assert_eq!(versions(&mut rx), [1, 2, 3]);
         assert!(fs.publish_first(&change(4, 3), &[]));
         assert!(fs.deliver(4).is_some());
