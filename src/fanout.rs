@@ -783,12 +783,12 @@ pub struct WriteQueue {
 
 impl WriteQueue {
     /// Where a fan-out adds the connections it queued frames on.
-    pub fn waiting(&mut self) -> &mut VecDeque<Outbox> {
+    pub(crate) fn waiting(&mut self) -> &mut VecDeque<Outbox> {
         &mut self.waiting
     }
 
     /// Claims the loop if none runs and connections wait: how many.
-    pub fn claim(&mut self) -> Option<usize> {
+    pub(crate) fn claim(&mut self) -> Option<usize> {
         if self.running || self.waiting.is_empty() {
             return None;
         }
@@ -823,6 +823,7 @@ pub trait Queued: Send + Sync + 'static {
 /// lock ([`WriteQueue::claim`]) so that a burst of additions starts one loop, not
 /// one each. Dropped without running to the end (never started, or a panic) it gives
 /// the loop up, and the next addition claims it again.
+#[must_use]
 pub struct Claim<Q: Queued> {
     owner: Arc<Q>,
     waiting: usize,
@@ -830,8 +831,9 @@ pub struct Claim<Q: Queued> {
 }
 
 impl<Q: Queued> Claim<Q> {
-    /// `waiting`: what [`WriteQueue::claim`] returned under `owner`'s lock.
-    pub fn new(owner: Arc<Q>, waiting: usize) -> Self {
+    /// `waiting`: what [`WriteQueue::claim`] returned under `owner`'s lock (a claim
+    /// made otherwise could give up another's loop when dropped).
+    pub(crate) fn new(owner: Arc<Q>, waiting: usize) -> Self {
         Claim {
             owner,
             waiting,
