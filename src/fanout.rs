@@ -1396,6 +1396,43 @@ mod tests {
         other.shutdown_background();
     }
 
+    /// Pushes to two users on many connections, made before the writing loop runs,
+    /// start one loop between them (claimed under the queue's lock), which then
+    /// writes both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_pushes_starts_one_writing_loop() {
+        let reg = UserRegistry::default();
+        let mut conns = Vec::new();
+        for user in [1, 2] {
+            for _ in 0..WRITE_IN_PLACE + 1 {
+                let c = attached(QueueLimits::default()).await;
+                reg.attach(UserId(user), "t", &c.0);
+                conns.push(c);
+            }
+        }
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        other.spawn_blocking(move || wait.recv());
+        reg.push(UserId(1), &"one".into(), Some(other.handle()));
+        reg.push(UserId(2), &"two".into(), Some(other.handle()));
+        {
+            let q = reg.writes.0.lock();
+            assert!(q.running, "the first push claims the loop at once");
+            assert_eq!(q.waiting.len(), conns.len(), "the second joins it");
+        }
+        go.send(()).unwrap();
+        for (i, (_, _, _, client)) in conns.iter_mut().enumerate() {
+            let want = if i <= WRITE_IN_PLACE { "one" } else { "two" };
+            let read = tokio::time::timeout(Duration::from_secs(10), read_frames(client, 1));
+            assert_eq!(read.await.expect("written"), [want]);
+        }
+        other.shutdown_background();
+    }
+
     #[test]
     fn the_registry_counts_connections_as_they_come_and_go() {
         let reg = UserRegistry::default();
