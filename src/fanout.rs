@@ -1357,6 +1357,18 @@ mod tests {
         assert_eq!(reg.connections(), 1);
     }
 
+    /// A runtime whose only blocking thread is busy until the sender is used.
+    fn blocked_runtime() -> (tokio::runtime::Runtime, std::sync::mpsc::Sender<()>) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        rt.spawn_blocking(move || wait.recv());
+        (rt, go)
+    }
+
     /// A user on more connections than are written in place gets a push written
     /// by a blocking thread (the caller only queues it), and a reply sent on one of
     /// them before that thread runs still comes after the push.
@@ -1369,14 +1381,7 @@ mod tests {
             reg.attach(UserId(1), "t", &c.0);
             conns.push(c);
         }
-        // a runtime whose only blocking thread is busy until told
-        let other = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1)
-            .build()
-            .unwrap();
-        let (go, wait) = std::sync::mpsc::channel::<()>();
-        other.spawn_blocking(move || wait.recv());
+        let (other, go) = blocked_runtime();
         reg.push(UserId(1), &"push".into(), Some(other.handle()));
         for (o, ..) in &conns {
             assert_eq!(o.shared.queue.lock().frames.len(), 1, "written in place");
@@ -1410,13 +1415,7 @@ mod tests {
                 conns.push(c);
             }
         }
-        let other = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1)
-            .build()
-            .unwrap();
-        let (go, wait) = std::sync::mpsc::channel::<()>();
-        other.spawn_blocking(move || wait.recv());
+        let (other, go) = blocked_runtime();
         reg.push(UserId(1), &"one".into(), Some(other.handle()));
         reg.push(UserId(2), &"two".into(), Some(other.handle()));
         {
