@@ -797,7 +797,8 @@ impl WriteQueue {
     }
 
     /// Nothing waits and no loop runs.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.waiting.is_empty() && !self.running
     }
 
@@ -955,6 +956,9 @@ impl UserRegistry {
                 queued || !c.outbox.is_closing()
             })
         });
+        if to_kick.is_empty() {
+            return;
+        }
         let claimed = self.writes.write_queue(|q| {
             q.waiting().extend(to_kick);
             q.claim()
