@@ -459,3 +459,42 @@ async fn on_etcd_an_update_through_one_node_is_stored_and_pushed_by_the_other() 
     assert!(no_flight_push(&mut watcher).await);
     assert!(no_flight_push(&mut admin).await);
 }
+
+/// A confirmed booking is not refunded once its flight counts as departed, whether its
+/// estimated departure passed or the airline marked it so, before the schedule's time.
+#[tokio::test]
+async fn a_departed_flight_refunds_no_cancellation() {
+    for how in ["estimate", "marked"] {
+        let (s, mut admin, id) = with_flight("JW7011", time::Duration::hours(3)).await;
+        let (mut owner, seats) = passenger(&s, &id, 1).await;
+        let b = hold(&mut owner, &id, &seats, "h").await;
+        let loc = b["locator"].as_str().unwrap().to_owned();
+        owner
+            .ok(
+                "booking.pay",
+                json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}),
+            )
+            .await;
+        let f = if how == "estimate" {
+            let past = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+            let update = json!({"flight_id": id, "estimated_departs_at": past});
+            admin.ok("admin.flights.update", update).await["flight"].clone()
+        } else {
+            set_status(&mut admin, &id, "boarding").await;
+            set_status(&mut admin, &id, "departed").await
+        };
+        assert_eq!(f["status"], "departed", "{how}");
+        let cancel = json!({"locator": loc, "request_id": "c"});
+        assert_eq!(
+            owner.reason("booking.cancel", cancel).await,
+            "invalid_state",
+            "{how}"
+        );
+        let b = owner.ok("booking.get", json!({"locator": loc})).await;
+        assert_eq!(b["booking"]["status"], "confirmed", "{how}");
+        assert!(b["booking"].get("refund").is_none(), "{how}");
+        let orders = owner.ok("orders.list", json!({})).await;
+        assert_eq!(orders["orders"][0]["status"], "paid", "{how}");
+        s.stop().await;
+    }
+}

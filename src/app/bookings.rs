@@ -282,6 +282,7 @@ impl App {
                                 "the airline cancelled this flight: every booking on it is refunded in full".into(),
                             ));
                         }
+                        fs.flight().check(domain::flight::Operation::Refund, now)?;
                         let (seats, amount) = b.refund_quote(only.as_deref(), departs_at, now)?;
                         let order_id = b.order_id.clone().unwrap_or_default();
                         let order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;

@@ -32,7 +32,7 @@ impl FlightStatus {
         match op {
             Operation::Book => matches!(self, Scheduled | Delayed),
             Operation::CheckIn => matches!(self, Scheduled | Delayed | Boarding),
-            Operation::Cancel => !matches!(self, Departed | Cancelled),
+            Operation::Cancel | Operation::Refund => !matches!(self, Departed | Cancelled),
         }
     }
 }
@@ -46,6 +46,9 @@ pub enum Operation {
     CheckIn,
     /// `admin.flights.cancel`.
     Cancel,
+    /// `booking.cancel` of a confirmed booking (the passenger's refund): not once the
+    /// flight counts as departed, whatever its schedule says.
+    Refund,
 }
 
 /// An `admin.flights.update`, parsed: new estimates and the status asked for.
