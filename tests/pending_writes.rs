@@ -277,3 +277,49 @@ async fn a_refusal_waits_for_the_hold_it_rests_on() {
         other => panic!("the second hold: {other:?}"),
     }
 }
+
+/// The departure tick never writes over a flight change still being made durable: a
+/// cancellation written but not synced when the tick finds the flight due stays the
+/// flight's state (the tick waits for it, then sees a cancelled flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_departure_tick_does_not_write_over_a_cancellation_being_synced() {
+    let fx = fixture().await;
+    let stored = |fx: &Fixture| {
+        fx.store
+            .inner
+            .flights()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.id.as_str() == fx.flight)
+            .unwrap()
+    };
+    let paused = fx.store.pause_syncs();
+    let cancel = {
+        let app = fx.app.clone();
+        let p = CancelFlight {
+            flight_id: fx.flight.clone(),
+            reason: "weather".into(),
+        };
+        tokio::spawn(async move { app.admin_cancel_flight(&admin(), p).await.wire() })
+    };
+    wait_until("the cancellation written", || {
+        stored(&fx).cancelled.is_some()
+    })
+    .await;
+    // the tick, as if the flight's departure had passed
+    let mut tick = {
+        let app = fx.app.clone();
+        let later = jetway::domain::now_ms() + 30 * 24 * 3_600_000;
+        tokio::spawn(async move { app.mark_departures(later).await })
+    };
+    still_waiting(&mut tick, "the tick waits for the cancellation").await;
+    drop(paused);
+    cancel.await.unwrap().unwrap();
+    tick.await.unwrap();
+    let f = stored(&fx);
+    assert!(
+        f.cancelled.is_some(),
+        "the cancellation was written over: {f:?}"
+    );
+    assert_ne!(f.stage, jetway::domain::FlightStatus::Departed);
+}

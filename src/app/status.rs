@@ -145,10 +145,12 @@ impl App {
         send_once(targets, &frame);
     }
 
-    /// Marks every flight whose departure has passed as departed, durably, and
-    /// pushes that.
-    pub(super) async fn mark_departures(&self) {
-        let now = domain::now_ms();
+    /// Marks every flight whose departure has passed as of `now` as departed, durably,
+    /// and pushes that (the departure tick's work). Under the admin's flight lock, so
+    /// that an update or cancellation still being made durable is not written over
+    /// by a record read before it.
+    pub async fn mark_departures(&self, now: domain::Millis) {
+        let _serial = self.admin.flights.lock().await;
         let mut due = Vec::new();
         for fs in self.inventory.all() {
             let mut f = fs.flight();
@@ -189,7 +191,7 @@ pub(super) async fn run_departures(app: Arc<App>, stop: tokio_util::sync::Cancel
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                app.mark_departures().await;
+                app.mark_departures(domain::now_ms()).await;
                 app.expire_closed_lines().await;
             }
             _ = app.closed_lines.wake.notified() => app.expire_closed_lines().await,
