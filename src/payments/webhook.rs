@@ -32,7 +32,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), S
     if sigs.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - t).abs() > TOLERANCE_SECS {
+    if now.abs_diff(t) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     for sig in sigs {
@@ -92,5 +92,23 @@ mod tests {
         );
         let two = format!("{},v1={}", h, "00".repeat(32));
         assert_eq!(verify("whsec_x", &two, body, 1000), Ok(()));
+    }
+
+    /// Timestamps at the ends of `i64` are stale, not an overflow (a panic in a build
+    /// with overflow checks), whatever the clock says.
+    #[test]
+    fn extreme_timestamps_are_stale() {
+        let v1 = "00".repeat(32);
+        for (t, now) in [
+            (i64::MIN, 1_800_000_000),
+            (i64::MAX, -1),
+            (i64::MIN, i64::MAX),
+        ] {
+            let h = format!("t={t},v1={v1}");
+            assert_eq!(
+                verify("whsec_x", &h, b"{}", now),
+                Err(SignatureError::Stale)
+            );
+        }
     }
 }
