@@ -150,7 +150,8 @@ impl Metrics {
                 &META,
             )
         });
-        let process = metrics_process::Collector::default();
+        // the contract: every name prefixed `jetway_`
+        let process = metrics_process::Collector::new("jetway_");
         metrics::with_local_recorder(r, || process.describe());
         Metrics {
             tcp_open: gauge("jetway_tcp_connections_open"),
@@ -264,7 +265,7 @@ impl Metrics {
     }
 }
 
-/// Every family's unit and help text (`process_*` describe themselves).
+/// Every family's unit and help text (`jetway_process_*` describe themselves).
 const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     (
         "jetway_build_info",

@@ -647,11 +647,17 @@ async fn authorization_matrix() {
     let bk = hold(&mut owner, &fid, &seats[..1], "own").await;
     let loc = bk["locator"].as_str().unwrap().to_owned();
 
-    // 1. anonymous: every method that needs login refuses, with valid params too
+    // 1. anonymous: every method that needs login refuses, with valid params too;
+    // admin methods are forbidden to everyone but an admin (the contract)
     let mut anon = s.client().await;
     for m in auth_methods() {
+        let want = if m.starts_with("admin.") {
+            "forbidden"
+        } else {
+            "unauthenticated"
+        };
         for p in [json!({}), params_for(m, &loc, &fid, &seats[0])] {
-            assert_eq!(anon.reason(m, p).await, "unauthenticated", "{m}");
+            assert_eq!(anon.reason(m, p).await, want, "{m}");
         }
     }
     // card data in place of a payment method: the login is checked first
@@ -721,10 +727,12 @@ async fn authorization_matrix() {
     a.ok("auth.logout", json!({})).await;
     for m in auth_methods() {
         let r = b.reason(m, params_for(m, &loc, &fid, &seats[1])).await;
-        assert!(
-            r == "invalid_token" || r == "unauthenticated",
-            "{m}: {r} (the first refusal detaches the session)"
-        );
+        let refused = if m.starts_with("admin.") {
+            r == "forbidden"
+        } else {
+            r == "invalid_token" || r == "unauthenticated"
+        };
+        assert!(refused, "{m}: {r} (the first refusal detaches the session)");
     }
     assert_eq!(
         a.reason("bookings.list", json!({})).await,
@@ -762,8 +770,11 @@ async fn an_expired_token_works_nowhere() {
         f2.reason("auth.resume", json!({"token": token})).await,
         "invalid_token"
     );
-    for m in auth_methods() {
+    for m in methods_for(&[Access::LoggedIn]) {
         assert_eq!(f2.reason(m, json!({})).await, "unauthenticated", "{m}");
+    }
+    for m in methods_for(&[Access::Admin]) {
+        assert_eq!(f2.reason(m, json!({})).await, "forbidden", "{m}");
     }
     s.stop().await;
 }
@@ -886,9 +897,17 @@ async fn metrics_health_and_readiness() {
         get(&format!("jetway_build_info{{version=\"{version}\"}}")),
         1.0
     );
-    assert!(get("process_resident_memory_bytes") > 1e6);
-    assert!(get("process_open_fds") >= 3.0);
-    assert!(metric(&page, "process_cpu_seconds_total").is_some());
+    assert!(get("jetway_process_resident_memory_bytes") > 1e6);
+    assert!(get("jetway_process_open_fds") >= 3.0);
+    assert!(metric(&page, "jetway_process_cpu_seconds_total").is_some());
+    // the contract: "names prefixed `jetway_`", every one of them
+    for line in page.lines().filter(|l| !l.is_empty()) {
+        let name = match line.strip_prefix("# ") {
+            Some(comment) => comment.split_whitespace().nth(1).unwrap_or_default(),
+            None => line.split(['{', ' ']).next().unwrap_or_default(),
+        };
+        assert!(name.starts_with("jetway_"), "{line}");
+    }
     assert!(get("jetway_store_commits_total") >= 1.0);
     assert_eq!(get("jetway_rejected_total{reason=\"origin\"}"), 0.0);
     assert!(get("jetway_connections_open") >= 1.0);

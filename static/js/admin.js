@@ -194,7 +194,9 @@ async function refresh() {
       if (e.reason === 'forbidden') {
         sessionStorage.removeItem(TOKEN_KEY);
         state.user = null;
-        showLogin('This account is not an airline administrator.');
+        // anonymous callers get `forbidden` too (the contract): a session lost on
+        // a reconnect lands here as well
+        showLogin('Please sign in with an airline administrator account.');
       } else if (e.reason === 'unauthenticated' || e.reason === 'invalid_token') {
         sessionStorage.removeItem(TOKEN_KEY);
         state.user = null;
