@@ -2054,3 +2054,53 @@ async fn a_pay_sent_again_under_a_new_request_id_gets_the_booking_as_paid() {
     assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
     s.stop().await;
 }
+
+/// A refund the gateway answers as `failed` (how Stripe reports one it cannot make) is
+/// not recorded as made: the cancel answers `payment_failed`, no seat is freed, the
+/// refund stays open and is retried (the same key replays the failure), and an
+/// admin's `retry` has it made under a fresh key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_gateway_answers_failed_is_not_recorded_as_made() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    let mut admin = admin_client(&s).await;
+    fault(&f, Step::Refund, Fault::RefundFails);
+    let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), 0, "{l:?}");
+    assert_eq!(
+        l.intents[0].refunds.len(),
+        1,
+        "one refund, asked twice under its key"
+    );
+    let kept = store_booking(&s, loc);
+    assert_eq!(kept.status, jetway::domain::BookingStatus::Confirmed);
+    assert!(kept.refund.is_none(), "{kept:?}");
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let stuck = &open["refunds"][0];
+    assert_eq!(stuck["failed_tries"], 2, "{stuck}");
+    assert!(
+        stuck["last_error"].as_str().unwrap().contains("failed"),
+        "{stuck}"
+    );
+    let id = stuck["refund_id"].as_str().unwrap().to_owned();
+    f.clear_faults();
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "retry"}),
+        )
+        .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    let amount = l.intents[0].refunds[1].amount;
+    assert!(amount > 0);
+    assert_eq!(l.refunded(), amount, "{l:?}");
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    let order = c.ok("orders.list", json!({})).await;
+    assert_eq!(order["orders"][0]["status"], "partially_refunded");
+    assert_eq!(order["orders"][0]["refunded"]["amount"], amount);
+    s.stop().await;
+}

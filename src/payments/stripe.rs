@@ -307,9 +307,7 @@ impl PaymentGateway for Stripe {
                 }
                 Err((status, body)) => return Err(refusal(status, &body)),
             };
-            r["id"].as_str().map(str::to_owned).ok_or_else(|| {
-                PaymentError::Failed("the payment gateway returned no refund id".into())
-            })
+            refund_made(&r)
         })
     }
 
@@ -339,6 +337,23 @@ impl PaymentGateway for Stripe {
     fn name(&self) -> &'static str {
         "stripe"
     }
+}
+
+/// The id of a refund the gateway answered with, if it was made: Stripe answers some
+/// refunds it cannot make (a closed card, say) with status `failed` or `canceled`, and
+/// no money goes back then. Such a refund stays open, as for any refusal: retried
+/// under its key (which replays the failure) until an admin resolves it.
+fn refund_made(r: &Value) -> Result<String, PaymentError> {
+    if let Some(status @ ("failed" | "canceled")) = r["status"].as_str() {
+        let why = r["failure_reason"].as_str().unwrap_or("no reason given");
+        return Err(PaymentError::Failed(format!(
+            "the payment gateway answered the refund {status} ({why}); no money went back"
+        )));
+    }
+    r["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| PaymentError::Failed("the payment gateway returned no refund id".into()))
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@
 //!   locked) for `d`, then is charged whether or not the client still waits; the answer
 //!   comes after `d`. With `d` above the client's timeout this is the race where a
 //!   status read after a timeout sees an unconfirmed payment that is charged a moment later.
+//! - `RefundFails` (refund): the refund is made with status `failed` (answered 200,
+//!   remembered under its key) and moves no money, as Stripe reports a refund it
+//!   could not make.
 //!
 //! Use it in-process ([`FakeStripe::start`], [`FakeStripe::set_fault`],
 //! [`FakeStripe::ledger`]) or as a process (`fake-stripe --help`): the binary prints
@@ -103,11 +106,15 @@ pub enum Fault {
     LoseReply,
     #[serde(with = "millis")]
     ProcessLate(Duration),
+    /// (refund) The refund is answered, and remembered under its key, with status
+    /// `failed` and a `failure_reason`, and no money goes back: how Stripe reports a
+    /// refund it could not make.
+    RefundFails,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`.
+    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
         let d = || {
@@ -121,6 +128,7 @@ impl std::str::FromStr for Fault {
             "lose_reply" => Fault::LoseReply,
             "slow" => Fault::Slow(d()?),
             "process_late" => Fault::ProcessLate(d()?),
+            "refund_fails" => Fault::RefundFails,
             _ => return Err(format!("unknown fault {s:?}")),
         })
     }
@@ -170,7 +178,7 @@ impl std::str::FromStr for FaultRule {
     }
 }
 
-/// One refund made.
+/// One refund asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refund {
     pub id: String,
@@ -178,6 +186,14 @@ pub struct Refund {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Stripe's status: `succeeded`, or `failed` ([`Fault::RefundFails`]: no money
+    /// went back).
+    #[serde(default = "succeeded")]
+    pub status: String,
+}
+
+fn succeeded() -> String {
+    "succeeded".into()
 }
 
 /// One PaymentIntent and the money it moved.
@@ -197,7 +213,11 @@ pub struct Intent {
 
 impl Intent {
     pub fn refunded(&self) -> i64 {
-        self.refunds.iter().map(|r| r.amount).sum()
+        self.refunds
+            .iter()
+            .filter(|r| r.status != "failed")
+            .map(|r| r.amount)
+            .sum()
     }
 }
 
@@ -416,7 +436,11 @@ fn pi_json(i: &Intent) -> Value {
 }
 
 fn refund_json(r: &Refund, intent: &str) -> Value {
-    json!({"id": r.id, "object": "refund", "amount": r.amount, "payment_intent": intent, "status": "succeeded", "metadata": r.metadata})
+    let mut v = json!({"id": r.id, "object": "refund", "amount": r.amount, "payment_intent": intent, "status": r.status, "metadata": r.metadata});
+    if r.status == "failed" {
+        v["failure_reason"] = json!("expired_or_canceled_card");
+    }
+    v
 }
 
 /// The `metadata[KEY]` form fields.
@@ -627,7 +651,7 @@ impl Shared {
         .unwrap_or_else(|| Self::missing(id).into())
     }
 
-    fn refund(&self, p: &BTreeMap<String, String>, key: Option<&str>) -> Outcome {
+    fn refund(&self, p: &BTreeMap<String, String>, key: Option<&str>, fails: bool) -> Outcome {
         let id = p.get("payment_intent").cloned().unwrap_or_default();
         self.with_intent(&id, |i, _| {
             if i.status != "succeeded" {
@@ -666,6 +690,7 @@ impl Shared {
                 amount,
                 idempotency_key: key.map(str::to_owned),
                 metadata: metadata(p),
+                status: if fails { "failed" } else { "succeeded" }.into(),
             };
             let body = refund_json(&r, &id);
             i.refunds.push(r);
@@ -771,7 +796,7 @@ async fn serve(
             Step::Create => s.create(&params),
             Step::Retrieve => s.retrieve(&params["id"]),
             Step::Cancel => s.cancel(&params["id"]),
-            Step::Refund => s.refund(&params, key.as_deref()),
+            Step::Refund => s.refund(&params, key.as_deref(), fault == Some(Fault::RefundFails)),
             Step::ListRefunds => s.list_refunds(&params).into(),
             Step::Confirm => {
                 let id = &params["id"];
