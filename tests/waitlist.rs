@@ -781,3 +781,78 @@ async fn a_long_line_of_a_cancelled_flight_expires_on_etcd() {
         assert_eq!(again, 0, "each expiry is told once: {:?}", c.pushes);
     }
 }
+
+/// A change of the line that offers seats takes the flight's next version like any
+/// seat change: here a leave serves an entry that waited while a seat was free (the
+/// state a join and a release through two nodes at the same moment can leave; made
+/// here by writing the entries straight to the store). The offered seat is held on
+/// every map, watchers see it, and nobody else can hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seats_offered_by_a_change_of_the_line_are_held_on_the_map() {
+    let s = Server::start_with(fast).await;
+    let (mut other, flight) = seller(&s.url()).await;
+    let mut waiter = Client::connect(&s.url()).await;
+    let waiter_id = waiter.register(&unique_name("w")).await["user"]["id"].clone();
+    let mut leaver = Client::connect(&s.url()).await;
+    let leaver_id = leaver.register(&unique_name("l")).await["user"]["id"].clone();
+    let mut watcher = Client::connect(&s.url()).await;
+    let before = watcher
+        .ok("seats.subscribe", json!({"flight_id": flight}))
+        .await["version"]
+        .as_u64()
+        .unwrap();
+    let entry = |id: &str, user: &Value, at: i64| jetway::domain::WaitlistEntry {
+        id: id.into(),
+        user_id: jetway::domain::UserId(user.as_u64().unwrap()),
+        flight_id: jetway::domain::FlightId::parse(&flight).unwrap(),
+        cabin: jetway::domain::Cabin::Business,
+        passengers: vec!["Wai Ting".into()],
+        status: jetway::domain::WaitlistStatus::Waiting,
+        created_at: at,
+        updated_at: at,
+        locator: None,
+    };
+    let now = jetway::domain::now_ms();
+    let batch = jetway::store::Batch {
+        waitlist: vec![
+            entry("wl-test-leaver", &leaver_id, now - 2),
+            entry("wl-test-waiter", &waiter_id, now - 1),
+        ],
+        ..Default::default()
+    };
+    s.app().store.write(&batch).unwrap();
+
+    leaver
+        .ok("waitlist.leave", json!({"id": "wl-test-leaver"}))
+        .await;
+    let offered = wait_status(&mut waiter, "wl-test-waiter", "offered").await;
+    let loc = offered["locator"].as_str().unwrap().to_owned();
+    let b = waiter.ok("booking.get", json!({"locator": loc})).await;
+    let seat = b["booking"]["seats"][0]["seat"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = watcher.push("seats.changed").await;
+    assert_eq!(p["version"].as_u64(), Some(before + 1), "{p}");
+    assert_eq!(cabin_change(&p).0, vec![(seat.clone(), "held".to_owned())]);
+    let map = other.ok("flights.get", json!({"flight_id": flight})).await;
+    assert_eq!(map["version"].as_u64(), Some(before + 1));
+    let shown = map["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["seat"] == seat)
+        .unwrap()
+        .clone();
+    assert_eq!(shown["status"], "held", "{shown}");
+    assert_eq!(
+        other
+            .reason(
+                "booking.hold",
+                json!({"flight_id": flight, "seats": [seat], "passengers": passengers(1), "request_id": "steal"}),
+            )
+            .await,
+        "seat_unavailable"
+    );
+    s.stop().await;
+}

@@ -46,14 +46,13 @@ impl App {
         &self,
         fs: &Arc<FlightSeats>,
         change: SeatChange,
-        booking: &Booking,
+        booking: Option<&Booking>,
         served: waitlist::Served,
     ) -> Action {
         let fs = fs.clone();
-        let owner = booking.user_id;
+        let owner = booking.map(|b| (b.user_id, booking_push(b, Some(&fs.flight()))));
         let mut concerned: Vec<UserId> = served.frames.iter().map(|(u, _)| *u).collect();
-        concerned.push(owner);
-        let frame = booking_push(booking, Some(&fs.flight()));
+        concerned.extend(owner.as_ref().map(|(u, _)| *u));
         let users = self.users.clone();
         let boards = self.boards.clone();
         let waitlist = self.served_action(served);
@@ -64,7 +63,9 @@ impl App {
             if change.availability_changed {
                 boards.seats_changed(&fs.id);
             }
-            users.push(owner, &frame, runtime.as_ref());
+            if let Some((owner, frame)) = &owner {
+                users.push(*owner, frame, runtime.as_ref());
+            }
             waitlist();
             others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)
         })
@@ -109,21 +110,43 @@ impl App {
         &self,
         fs: &Arc<FlightSeats>,
         w: &mut Working,
-        mut batch: Batch,
-        mut updates: Vec<(usize, Option<Occupant>)>,
+        batch: Batch,
+        updates: Vec<(usize, Option<Occupant>)>,
         booking: &Booking,
     ) -> Result<Ticket, StoreError> {
-        let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, Some(booking))?;
+        self.write_change(fs, w, batch, updates, Some(booking))
+    }
+
+    /// [`App::change_seats`], also for a change of the flight's waitlist made by no
+    /// booking (`booking` `None`: a leave, an expiry of the line). Such a change moves
+    /// no seat and takes no version, unless serving the line offers seats: on a
+    /// cluster a seat freed through another node can miss a waiting entry that joined
+    /// at the same moment, and the next change of the line offers it then, as the
+    /// flight's next version like any other seat change.
+    pub(super) fn write_change(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        mut batch: Batch,
+        mut updates: Vec<(usize, Option<Occupant>)>,
+        booking: Option<&Booking>,
+    ) -> Result<Ticket, StoreError> {
+        let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, booking)?;
+        let expect = Some((fs.id.clone(), w.version));
+        if booking.is_none() && updates.is_empty() {
+            return self
+                .committer
+                .submit(batch, expect, || Some(self.served_action(served)));
+        }
         let next = w.version + 1;
         batch.versions.push((fs.id.clone(), next));
         if self.committer.is_replicated() {
             batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
         }
-        let expect = Some((fs.id.clone(), w.version));
         self.committer.submit(batch, expect, || {
             let change = w.apply(updates);
-            if booking.status != domain::BookingStatus::Held {
-                self.expiry.forget(&booking.locator);
+            if let Some(b) = booking.filter(|b| b.status != domain::BookingStatus::Held) {
+                self.expiry.forget(&b.locator);
             }
             Some(self.announce(fs, change, booking, served))
         })

@@ -27,7 +27,6 @@ use crate::protocol::results::{
     self, Answer, BookingView, Entries, EntryResult, EntryView, Offered,
 };
 use crate::protocol::{params, wire};
-use crate::store::commit::Ticket;
 use crate::store::{Batch, StoreError};
 
 /// Flights whose line closed (cancelled or departed) and may still have waiting
@@ -274,21 +273,6 @@ impl App {
         })
     }
 
-    /// Writes `batch`, a change of a flight's line that moves no seat (a leave, an
-    /// expiry), with the position changes it makes.
-    fn line_step(
-        &self,
-        fs: &Arc<FlightSeats>,
-        w: &Working,
-        mut batch: Batch,
-    ) -> Result<Ticket, StoreError> {
-        let mut none = Vec::new();
-        let served = self.serve_waitlist(fs, w, &mut batch, &mut none, None)?;
-        let expect = Some((fs.id.clone(), w.version));
-        self.committer
-            .submit(batch, expect, || Some(self.served_action(served)))
-    }
-
     /// Takes note of a flight record: when it closes the flight's line (cancelled or
     /// departed), the sweep is woken to expire the line's waiting entries.
     pub(super) fn note_line(&self, f: &Flight) {
@@ -327,7 +311,10 @@ impl App {
                 if !waiting || !line_closed(&fs.flight(), domain::now_ms()) {
                     return Ok((None, false));
                 }
-                Ok((Some(self.line_step(fs, w, Batch::default())?), true))
+                Ok((
+                    Some(self.write_change(fs, w, Batch::default(), Vec::new(), None)?),
+                    true,
+                ))
             });
             if let Step::Done(false) = step.await? {
                 return Ok(());
@@ -472,7 +459,10 @@ impl App {
                 let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
                 return Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result));
             }
-            Ok((Some(self.line_step(&fs, w, batch)?), result))
+            Ok((
+                Some(self.write_change(&fs, w, batch, Vec::new(), None)?),
+                result,
+            ))
         })
         .await?
         .reply()
