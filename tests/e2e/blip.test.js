@@ -30,6 +30,9 @@ describe('network blip', () => {
     await page.goto(`${server.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
     await liveConn(page).waitFor();
     await page.locator(`button.seat[data-seat="${free[0]}"][data-status="available"]`).waitFor();
+    // the map is drawn from `flights.get` first; the live feed (whose version a
+    // reconnect resumes from) loads with its `seats.subscribe` answer
+    await page.waitForFunction((id) => window.jetway.watcher.feeds.get(id)?.loaded === true, flight.flight_id);
 
     // Track how the seat feed resynchronised: replay (changes) or snapshot (seats).
     await page.evaluate(() => {
@@ -47,11 +50,19 @@ describe('network blip', () => {
       };
     });
 
+    // Every state the connection goes through from here on. The indicator shows
+    // `reconnecting` only while the client waits between attempts (a few hundred ms at
+    // first), which a poll of the page can miss on a busy machine; the record cannot.
+    await page.evaluate(() => {
+      window.__states = [];
+      window.jetway.client.addEventListener('state', (e) => window.__states.push(e.detail));
+    });
+
     // Offline emulation blocks new connections; drop the open socket as a real network
     // loss would (Chromium keeps established WebSockets open under emulation).
     await page.context().setOffline(true);
     await page.evaluate(() => window.jetway.client.ws.close());
-    await page.locator('#conn[data-state="reconnecting"]').waitFor();
+    await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting' && s.retryAt));
     await api.call('booking.hold', { flight_id: flight.flight_id, seats: [free[0], free[1]], passengers: [{ name: 'Off Line' }, { name: 'Off Line Two' }], request_id: requestId() });
     await page.context().setOffline(false);
     await liveConn(page).waitFor({ timeout: 40000 });
