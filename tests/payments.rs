@@ -2104,3 +2104,39 @@ async fn a_refund_the_gateway_answers_failed_is_not_recorded_as_made() {
     assert_eq!(order["orders"][0]["refunded"]["amount"], amount);
     s.stop().await;
 }
+
+/// An empty webhook secret counts as none (anyone could sign with it): the endpoint
+/// answers 404 as when unset. And an event id that is not shaped like Stripe's (one of
+/// megabytes, say, kept for good once applied) is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_webhook_secret_signs_nothing_and_event_ids_are_bounded() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let event = |id: &str| {
+        json!({"id": id, "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_x", "object": "payment_intent"}}}).to_string()
+    };
+    let s = Server::start_with(|c| c.stripe_webhook_secret = Some(String::new())).await;
+    let e = event("evt_forged");
+    let forged = jetway::payments::webhook::sign("", e.as_bytes(), now);
+    assert_eq!(post_webhook(&s, &e, &forged).await, 404);
+    s.stop().await;
+
+    let s = Server::start_with(|c| c.stripe_webhook_secret = Some(WEBHOOK_SECRET.into())).await;
+    let seen_before = s.app().store.webhook_seen("evt_ok").unwrap();
+    assert!(!seen_before);
+    for id in ["e".repeat(100_000), "evt with spaces".into()] {
+        let e = event(&id);
+        let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, e.as_bytes(), now);
+        assert_eq!(
+            post_webhook(&s, &e, &signed).await,
+            400,
+            "{}",
+            &id[..20.min(id.len())]
+        );
+        assert!(!s.app().store.webhook_seen(&id).unwrap());
+    }
+    let e = event("evt_ok");
+    let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, e.as_bytes(), now);
+    assert_eq!(post_webhook(&s, &e, &signed).await, 200);
+    assert!(s.app().store.webhook_seen("evt_ok").unwrap());
+    s.stop().await;
+}

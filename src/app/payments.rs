@@ -1049,14 +1049,21 @@ impl App {
 
     /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
     pub async fn stripe_webhook(&self, signature: &str, body: &[u8]) -> Result<(), WebhookError> {
+        // an empty secret (a compose file's `${STRIPE_WEBHOOK_SECRET}` left unset)
+        // would let anyone sign: it counts as none
         let secret = self
             .config
             .stripe_webhook_secret
             .as_deref()
+            .filter(|s| !s.is_empty())
             .ok_or(WebhookError::NotConfigured)?;
         webhook::verify(secret, signature, body, domain::now_ms() / 1000)?;
         let event: Value = serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
-        let id = event["id"].as_str().ok_or(WebhookError::Malformed)?;
+        // kept for good once applied: only the shape of Stripe's ids (`evt_...`)
+        let id = event["id"]
+            .as_str()
+            .filter(|id| webhook::is_event_id(id))
+            .ok_or(WebhookError::Malformed)?;
         if self
             .store
             .webhook_seen(id)

@@ -48,6 +48,12 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), S
     Err(SignatureError::Mismatch)
 }
 
+/// Whether `id` looks like a Stripe event id (`evt_` and a few dozen letters and
+/// digits): at most 255 ASCII letters, digits and underscores.
+pub fn is_event_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Signs a body as Stripe would (tests and tools).
 pub fn sign(secret: &str, body: &[u8], t: i64) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
@@ -92,6 +98,15 @@ mod tests {
         );
         let two = format!("{},v1={}", h, "00".repeat(32));
         assert_eq!(verify("whsec_x", &two, body, 1000), Ok(()));
+    }
+
+    #[test]
+    fn event_ids_have_stripes_shape() {
+        assert!(is_event_id("evt_1NG8Du2eZvKYlo2CUI79vXWy"));
+        assert!(!is_event_id(""));
+        assert!(!is_event_id(&"e".repeat(256)));
+        assert!(!is_event_id("evt 1"));
+        assert!(!is_event_id("evt_é"));
     }
 
     /// Timestamps at the ends of `i64` are stale, not an overflow (a panic in a build
