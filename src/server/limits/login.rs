@@ -74,8 +74,10 @@ impl LoginGuard {
             }
             f.count = f.count.saturating_add(1);
             f.last = now;
-            if f.count > self.free {
-                let exp = (f.count - self.free - 1).min(20);
+            // once the free failures are used up, the next attempt waits 1 s
+            let first = self.free.max(1);
+            if f.count >= first {
+                let exp = (f.count - first).min(20);
                 let wait = Duration::from_secs(1u64 << exp).min(self.max);
                 f.wait_until = now + wait;
             }
@@ -94,13 +96,31 @@ impl LoginGuard {
 mod tests {
     use super::*;
 
+    /// `--login-free-attempts N`: N failures, then every further attempt waits (the
+    /// N+1st one already); with 0 the first failure starts the wait, as with 1.
+    #[test]
+    fn the_wait_starts_once_the_free_failures_are_used_up() {
+        for (free, waits_after) in [(5, 5), (1, 1), (0, 1)] {
+            let g = LoginGuard::new(free, 60);
+            for n in 1..waits_after {
+                g.failed("ann", None);
+                assert!(g.check("ann", None).is_ok(), "free={free}: after {n}");
+            }
+            g.failed("ann", None);
+            let w = g.check("ann", None).unwrap_err();
+            assert!(
+                w <= Duration::from_secs(1) && w > Duration::from_millis(500),
+                "free={free}"
+            );
+        }
+    }
+
     #[test]
     fn login_backoff_doubles_and_success_clears_the_username() {
         let g = LoginGuard::new(2, 60);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         g.failed("Bob", Some(ip));
-        g.failed("bob", Some(ip));
-        assert!(g.check("bob", Some(ip)).is_ok(), "two free attempts");
+        assert!(g.check("bob", Some(ip)).is_ok(), "two free failures");
         g.failed("bob", Some(ip));
         let w = g.check("BOB", None).unwrap_err();
         assert!(w <= Duration::from_secs(1) && w > Duration::from_millis(500));
