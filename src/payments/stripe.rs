@@ -90,7 +90,7 @@ impl Stripe {
         format!("{}{}", self.base, path)
     }
 
-    /// Every refund of `payment_ref` not failed, all pages.
+    /// Every refund of `payment_ref`, failed ones included, all pages.
     async fn list_refunds(&self, payment_ref: &str) -> Result<Vec<Value>, PaymentError> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
@@ -111,11 +111,7 @@ impl Stripe {
                 .last()
                 .and_then(|r| r["id"].as_str())
                 .map(str::to_owned);
-            all.extend(
-                data.iter()
-                    .filter(|r| !matches!(r["status"].as_str(), Some("failed" | "canceled")))
-                    .cloned(),
-            );
+            all.extend(data.iter().cloned());
             match (page["has_more"].as_bool(), last) {
                 (Some(true), Some(last)) => after = Some(last),
                 _ => return Ok(all),
@@ -125,15 +121,24 @@ impl Stripe {
 
     /// The refund made earlier for `req` under its key or an earlier one (each is in
     /// its refund's metadata), if any and not failed: Stripe forgets idempotency keys
-    /// after 24 hours, metadata it keeps.
+    /// after 24 hours, metadata it keeps. A refund that failed under `req`'s own key is
+    /// that failure again, not a reason to ask anew (which, once Stripe has forgotten
+    /// the key, would make one more failed refund at each retry): only an admin's
+    /// `retry`, under a fresh key, asks again.
     async fn find_refund(&self, req: &RefundRequest) -> Result<Option<String>, PaymentError> {
         let ours = |k: &str| k == req.idempotency_key || req.earlier_keys.iter().any(|e| e == k);
-        let made = self.list_refunds(&req.payment_ref).await?;
-        Ok(made
+        let all = self.list_refunds(&req.payment_ref).await?;
+        if let Some(made) = all
             .iter()
-            .find(|r| r["metadata"]["refund"].as_str().is_some_and(ours))
-            .and_then(|r| r["id"].as_str())
-            .map(str::to_owned))
+            .find(|r| !failed(r) && refund_key(r).is_some_and(ours))
+        {
+            return refund_made(made).map(Some);
+        }
+        let own = Some(req.idempotency_key.as_str());
+        match all.iter().find(|r| failed(r) && refund_key(r) == own) {
+            Some(gone) => refund_made(gone).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -318,6 +323,7 @@ impl PaymentGateway for Stripe {
         Box::pin(async move {
             let made = self.list_refunds(payment_ref).await?;
             made.iter()
+                .filter(|r| !failed(r))
                 .map(|r| {
                     let amount = r["amount"].as_i64().and_then(|a| Money::cents(a).ok());
                     Ok(GatewayRefund {
@@ -327,7 +333,7 @@ impl PaymentGateway for Stripe {
                                 "the payment gateway listed a refund without an amount".into(),
                             )
                         })?,
-                        key: r["metadata"]["refund"].as_str().map(str::to_owned),
+                        key: refund_key(r).map(str::to_owned),
                     })
                 })
                 .collect()
@@ -339,12 +345,22 @@ impl PaymentGateway for Stripe {
     }
 }
 
+/// The key a refund object was asked under (ours are in its metadata).
+fn refund_key(r: &Value) -> Option<&str> {
+    r["metadata"]["refund"].as_str()
+}
+
+/// Whether a refund object is one Stripe could not make (no money went back).
+fn failed(r: &Value) -> bool {
+    matches!(r["status"].as_str(), Some("failed" | "canceled"))
+}
+
 /// The id of a refund the gateway answered with, if it was made: Stripe answers some
 /// refunds it cannot make (a closed card, say) with status `failed` or `canceled`, and
 /// no money goes back then. Such a refund stays open, as for any refusal: retried
 /// under its key (which replays the failure) until an admin resolves it.
 fn refund_made(r: &Value) -> Result<String, PaymentError> {
-    if let Some(status @ ("failed" | "canceled")) = r["status"].as_str() {
+    if let Some(status) = r["status"].as_str().filter(|_| failed(r)) {
         let why = r["failure_reason"].as_str().unwrap_or("no reason given");
         return Err(PaymentError::Failed(format!(
             "the payment gateway answered the refund {status} ({why}); no money went back"

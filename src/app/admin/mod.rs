@@ -151,11 +151,10 @@ pub(super) fn occupants(fs: &FlightSeats) -> Vec<Locator> {
 }
 
 impl App {
-    /// The connection's session if it is an admin's: anonymous is `unauthenticated`,
-    /// anyone else `forbidden`.
+    /// The connection's session if it is a live admin's. The contract: everyone else
+    /// gets `forbidden`, anonymous callers included; an admin whose session has ended
+    /// is told so (`invalid_token`).
     pub fn require_admin(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
-        // the contract: everyone but an admin gets `forbidden`, anonymous callers
-        // included; an admin whose session has ended is told so (`invalid_token`)
         if conn.as_ref().map(|s| s.role) != Some(Role::Admin) {
             return Err(AppError::Forbidden);
         }

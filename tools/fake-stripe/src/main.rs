@@ -12,8 +12,9 @@ struct Args {
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// STEP=FAULT[@RATE], repeatable. STEP: create, confirm, retrieve, cancel, refund.
-    /// FAULT: fail, timeout, lose_reply, slow:MS, process_late:MS. RATE: 0..1 (default 1).
+    /// STEP=FAULT[@RATE], repeatable. STEP: create, confirm, retrieve, cancel, refund,
+    /// list_refunds. FAULT: fail, timeout, lose_reply, slow:MS, process_late:MS,
+    /// refund_fails (refund only). RATE: 0..1 (default 1).
     #[arg(long = "fault")]
     faults: Vec<FaultRule>,
 }
