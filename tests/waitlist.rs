@@ -856,3 +856,45 @@ async fn seats_offered_by_a_change_of_the_line_are_held_on_the_map() {
     );
     s.stop().await;
 }
+
+/// The same `waitlist.join` request sent through two nodes at once makes one entry:
+/// both get the same answer. (A join moves no seat, so the flight's version does not
+/// order the twins; the first remembered reply does.)
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_sent_through_two_nodes_at_once_makes_one_entry() {
+    use common::cluster::{node, Etcd};
+    let etcd = Etcd::start(1);
+    let prefix = format!("{}/", unique_name("wl"));
+    let flags = ["--insecure-fast-hashing"];
+    let nodes = [node(&etcd, &prefix, &flags), node(&etcd, &prefix, &flags)];
+    let mut seller = Client::connect(&nodes[0].url()).await;
+    seller.new_user().await;
+    let flight = later_flight(&mut seller).await["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sell_out(&mut seller, &flight).await;
+    let mut a = Client::connect(&nodes[0].url()).await;
+    let token = a.new_user().await;
+    let mut b = Client::connect(&nodes[1].url()).await;
+    b.ok("auth.resume", json!({"token": token})).await;
+    for i in 0..4 {
+        let p = join_params(&flight, 1, &format!("twin{i}"));
+        let (ra, rb) = tokio::join!(
+            a.call("waitlist.join", p.clone()),
+            b.call("waitlist.join", p)
+        );
+        let (ea, eb) = (&ra["result"]["entry"], &rb["result"]["entry"]);
+        assert!(ea["id"].is_string(), "{ra}");
+        assert_eq!(ea["id"], eb["id"], "round {i}: {ra} {rb}");
+        let waiting = a.ok("waitlist.list", json!({})).await["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["status"] == "waiting")
+            .count();
+        assert_eq!(waiting, 1, "round {i}");
+        a.ok("waitlist.leave", json!({"id": ea["id"]})).await;
+    }
+}

@@ -217,6 +217,9 @@ impl App {
             match self.committer.durable(ticket).await {
                 Ok(()) => return Ok(Step::Done(out)),
                 Err(StoreError::Stale) => {}
+                // a twin's reply was written first (`Batch::first_replies`): the next
+                // round finds and replays it
+                Err(StoreError::Conflict) if replicated && key.is_some() => {}
                 Err(e) => return Err(e.into()),
             }
         }

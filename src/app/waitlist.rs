@@ -393,7 +393,9 @@ impl App {
                         ),
                     )],
                     waitlist: vec![entry],
-                    replies: vec![(key.clone(), remember_ok(&result))],
+                    // a twin through another node is not ordered by the version (a
+                    // join moves no seat): the first reply wins, the other replays it
+                    first_replies: vec![(key.clone(), remember_ok(&result))],
                     ..Default::default()
                 };
                 // ordered with the flight's seat changes: on a cluster, a seat freed

@@ -319,6 +319,11 @@ pub struct Batch {
     pub events: Vec<(UserId, HistoryEvent)>,
     /// Replies to remember.
     pub replies: Vec<(IdemKey, Memo)>,
+    /// Replies to remember only if none is remembered under the key: the batch fails
+    /// with [`StoreError::Conflict`] otherwise (a twin of the request through another
+    /// node answered first). For a request whose change moves no seat, which the
+    /// flight's version does not order against its twin.
+    pub first_replies: Vec<(IdemKey, Memo)>,
     pub attempts: Vec<PaymentAttempt>,
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.

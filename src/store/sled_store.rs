@@ -574,6 +574,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for (k, memo) in &batch.replies {
         ops.push(Op::Put(reply_key(k), memo.0.clone()));
     }
+    for (k, memo) in &batch.first_replies {
+        ops.push(Op::Create(reply_key(k), memo.0.clone()));
+    }
     for a in &batch.attempts {
         put_json(&mut ops, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
         let open = key(
