@@ -390,20 +390,25 @@ async fn an_expired_offer_moves_on_through_three_entries_across_a_restart() {
 /// Two nodes on one etcd: a seat freed through one node is offered to an entry
 /// whose owner is connected to the other, in the version that frees it, and the
 /// offer's expiry moves it on once for the whole cluster.
+/// An etcd member, two nodes on it (`flags` each), a seller logged in on the first,
+/// and a flight far enough out for full refunds.
 #[cfg(feature = "etcd")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_serve_one_line() {
+async fn two_nodes_and_a_flight(
+    flags: &[&str],
+) -> (common::cluster::Etcd, [Proc; 2], Client, String) {
     use common::cluster::{node, Etcd};
     let etcd = Etcd::start(1);
     let prefix = format!("{}/", unique_name("wl"));
-    let flags = ["--hold-ttl", "3", "--insecure-fast-hashing"];
-    let nodes = [node(&etcd, &prefix, &flags), node(&etcd, &prefix, &flags)];
-    let mut seller = Client::connect(&nodes[0].url()).await;
-    seller.new_user().await;
-    let flight = later_flight(&mut seller).await["flight_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let nodes = [node(&etcd, &prefix, flags), node(&etcd, &prefix, flags)];
+    let (seller, flight) = seller(&nodes[0].url()).await;
+    (etcd, nodes, seller, flight)
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_serve_one_line() {
+    let (_etcd, nodes, mut seller, flight) =
+        two_nodes_and_a_flight(&["--hold-ttl", "3", "--insecure-fast-hashing"]).await;
     let (last, seat) = sell_out(&mut seller, &flight).await;
     let mut first = Client::connect(&nodes[1].url()).await;
     first.new_user().await;
@@ -863,17 +868,8 @@ async fn seats_offered_by_a_change_of_the_line_are_held_on_the_map() {
 #[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_sent_through_two_nodes_at_once_makes_one_entry() {
-    use common::cluster::{node, Etcd};
-    let etcd = Etcd::start(1);
-    let prefix = format!("{}/", unique_name("wl"));
-    let flags = ["--insecure-fast-hashing"];
-    let nodes = [node(&etcd, &prefix, &flags), node(&etcd, &prefix, &flags)];
-    let mut seller = Client::connect(&nodes[0].url()).await;
-    seller.new_user().await;
-    let flight = later_flight(&mut seller).await["flight_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_etcd, nodes, mut seller, flight) =
+        two_nodes_and_a_flight(&["--insecure-fast-hashing"]).await;
     sell_out(&mut seller, &flight).await;
     let mut a = Client::connect(&nodes[0].url()).await;
     let token = a.new_user().await;
