@@ -24,14 +24,7 @@ async fn setup() -> Setup {
     let f = later_flight(&mut owner).await;
     let flight_id = f["flight_id"].as_str().unwrap().to_owned();
     let seats = free_seats(&mut owner, &flight_id, "economy", 2).await;
-    let b = hold(&mut owner, &flight_id, &seats, "h1").await;
-    let locator = b["locator"].as_str().unwrap().to_owned();
-    owner
-        .ok(
-            "booking.pay",
-            json!({"locator": locator, "payment_method": "pm_card_visa", "request_id": "p1"}),
-        )
-        .await;
+    let locator = paid(&mut owner, &flight_id, &seats, "h1", "p1").await;
     owner.pushes.clear();
     let mut watcher = s.client().await;
     let sub = watcher

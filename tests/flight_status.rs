@@ -306,14 +306,7 @@ async fn boarding_takes_check_ins_but_not_seat_changes() {
     // three hours out: check-in is open (it closes 45 minutes before departure)
     let (s, mut admin, id) = with_flight("JW7005", time::Duration::hours(3)).await;
     let (mut owner, seats) = passenger(&s, &id, 3).await;
-    let b = hold(&mut owner, &id, &seats[..2], "h1").await;
-    let loc = b["locator"].as_str().unwrap().to_owned();
-    owner
-        .ok(
-            "booking.pay",
-            json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"}),
-        )
-        .await;
+    let loc = paid(&mut owner, &id, &seats[..2], "h1", "p1").await;
     set_status(&mut admin, &id, "boarding").await;
     let change = json!({"locator": loc, "from": seats[1], "to": seats[2], "request_id": "s1"});
     assert_eq!(
@@ -467,14 +460,7 @@ async fn a_departed_flight_refunds_no_cancellation() {
     for how in ["estimate", "marked"] {
         let (s, mut admin, id) = with_flight("JW7011", time::Duration::hours(3)).await;
         let (mut owner, seats) = passenger(&s, &id, 1).await;
-        let b = hold(&mut owner, &id, &seats, "h").await;
-        let loc = b["locator"].as_str().unwrap().to_owned();
-        owner
-            .ok(
-                "booking.pay",
-                json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p"}),
-            )
-            .await;
+        let loc = paid(&mut owner, &id, &seats, "h", "p").await;
         let f = if how == "estimate" {
             let past = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
             let update = json!({"flight_id": id, "estimated_departs_at": past});

@@ -573,6 +573,25 @@ pub async fn hold(c: &mut Client, flight_id: &str, seats: &[String], rid: &str) 
     r["booking"].clone()
 }
 
+/// Holds seats (request `hold_rid`) and pays them with `pm_card_visa` (request
+/// `pay_rid`); returns the booking's locator.
+pub async fn paid(
+    c: &mut Client,
+    flight_id: &str,
+    seats: &[String],
+    hold_rid: &str,
+    pay_rid: &str,
+) -> String {
+    let b = hold(c, flight_id, seats, hold_rid).await;
+    let locator = b["locator"].as_str().expect("a locator").to_owned();
+    c.ok(
+        "booking.pay",
+        json!({"locator": locator, "payment_method": "pm_card_visa", "request_id": pay_rid}),
+    )
+    .await;
+    locator
+}
+
 pub fn data_dir() -> PathBuf {
     tempfile::tempdir().expect("tempdir").keep()
 }
