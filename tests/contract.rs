@@ -582,6 +582,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         gateway_key: None,
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
+        failed_later: Vec::new(),
     };
     s.app()
         .store

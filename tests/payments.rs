@@ -1199,6 +1199,7 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
         gateway_key: None,
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
+        failed_later: Vec::new(),
     };
     s.app()
         .store
@@ -2150,5 +2151,195 @@ async fn an_empty_webhook_secret_signs_nothing_and_event_ids_are_bounded() {
     let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, e.as_bytes(), now);
     assert_eq!(post_webhook(&s, &e, &signed).await, 200);
     assert!(s.app().store.webhook_seen("evt_ok").unwrap());
+    s.stop().await;
+}
+
+/// Posts a signed Stripe event about a refund whose status changed (`kind`:
+/// `charge.refund.updated`, `refund.failed`); returns the HTTP status.
+async fn refund_event(s: &Server, event_id: &str, kind: &str, refund: &str) -> u16 {
+    let event = json!({"id": event_id, "type": kind,
+                       "data": {"object": {"id": refund, "object": "refund", "status": "failed"}}})
+    .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now);
+    post_webhook(s, &event, &signed).await
+}
+
+/// The types of a user's history events, newest first.
+async fn history_types(c: &mut Client) -> Vec<String> {
+    let h = c.ok("history.list", json!({})).await;
+    h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A refund Stripe fails days after it was made (and recorded) is paid back again
+/// under a fresh key when its webhook comes, once however often it is told; a reissue
+/// the gateway refuses too waits for an admin, and one an admin paid by other means
+/// is closed without the gateway. The booking and order keep what was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_fails_after_it_was_made_is_paid_back_again() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    let mut admin = admin_client(&s).await;
+    let cancel =
+        |rid: &str, seat: &str| json!({"locator": loc, "request_id": rid, "seats": [seat]});
+    let first = c.ok("booking.cancel", cancel("c1", &seats[0])).await;
+    let owed = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert!(owed > 0, "{first}");
+    let made = f.ledger().intents[0].refunds[0].clone();
+    assert!(f.fail_refund(&made.id));
+    assert_eq!(f.ledger().refunded(), 0);
+
+    // the reissue is refused as well: it waits for an admin, the failure listed
+    fault(&f, Step::Refund, Fault::RefundFails);
+    assert_eq!(
+        refund_event(&s, "evt_fail1", "charge.refund.updated", &made.id).await,
+        200
+    );
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let reissue = &open["refunds"][0];
+    assert_eq!(open["refunds"].as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(reissue["failed_later"], json!([made.id]), "{reissue}");
+    assert_eq!(reissue["amount"]["amount"], owed);
+    assert_ne!(
+        reissue["gateway_key"].as_str(),
+        made.idempotency_key.as_deref(),
+        "a fresh key"
+    );
+    f.clear_faults();
+    // under its key the gateway replays that refusal; an admin's retry pays it
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(f.ledger().refunded(), 0);
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": reissue["refund_id"], "outcome": "retry"}),
+        )
+        .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), owed, "paid back once: {l:?}");
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    let types = history_types(&mut c).await;
+    assert_eq!(
+        types[..2],
+        ["refund_reissued", "refund_failed"],
+        "{types:?}"
+    );
+
+    // the same failure told again, by the same event or another one: nothing more
+    for (id, kind) in [
+        ("evt_fail1", "charge.refund.updated"),
+        ("evt_fail2", "refund.failed"),
+    ] {
+        assert_eq!(refund_event(&s, id, kind, &made.id).await, 200);
+    }
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(
+        (l.intents[0].refunds.len(), l.refunded()),
+        (3, owed),
+        "{l:?}"
+    );
+    // a refund that did not fail, or is not this installation's: nothing
+    let ok_now = l.intents[0].refunds[2].id.clone();
+    assert_eq!(
+        refund_event(&s, "evt_ok", "refund.updated", &ok_now).await,
+        200
+    );
+    assert_eq!(
+        refund_event(&s, "evt_none", "refund.failed", "re_unknown").await,
+        200
+    );
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+
+    // the other seat: its refund fails later, the reissue too, an admin pays elsewhere
+    let second = c.ok("booking.cancel", cancel("c2", &seats[1])).await;
+    let order = second["order"].clone();
+    let made = f.ledger().intents[0].refunds[3].clone();
+    assert!(f.fail_refund(&made.id));
+    fault(&f, Step::Refund, Fault::RefundFails);
+    assert_eq!(
+        refund_event(&s, "evt_fail3", "refund.failed", &made.id).await,
+        200
+    );
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    let closed = admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "paid_elsewhere"}),
+        )
+        .await;
+    assert_eq!(closed["refund"]["done"], true, "{closed}");
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    let orders = c.ok("orders.list", json!({})).await;
+    assert_eq!(
+        orders["orders"][0], order,
+        "the order keeps what was recorded"
+    );
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Refunded
+    );
+    // told again after the admin closed it: not reopened
+    f.clear_faults();
+    assert_eq!(
+        refund_event(&s, "evt_fail4", "charge.refund.updated", &made.id).await,
+        200
+    );
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    assert_eq!(
+        f.ledger().refunded(),
+        owed,
+        "only the first seat's money went back"
+    );
+    s.stop().await;
+}
+
+/// A refund answered `pending` whose check failed (as if its answer were lost), and
+/// which Stripe failed before the retry: the retry's replayed `pending` answer is read
+/// again and not recorded as made; an admin's retry pays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    let mut admin = admin_client(&s).await;
+    fault(&f, Step::Refund, Fault::RefundPending);
+    fault(&f, Step::RetrieveRefund, Fault::Fail);
+    let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[0]]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    let pending = f.ledger().intents[0].refunds[0].clone();
+    assert_eq!(pending.status, "pending");
+    assert!(f.fail_refund(&pending.id));
+    f.clear_faults();
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Confirmed,
+        "not recorded"
+    );
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let stuck = &open["refunds"][0];
+    assert!(
+        stuck["last_error"].as_str().unwrap().contains("failed"),
+        "{stuck}"
+    );
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": stuck["refund_id"], "outcome": "retry"}),
+        )
+        .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 2, "{l:?}");
+    let order = c.ok("orders.list", json!({})).await;
+    assert_eq!(order["orders"][0]["refunded"]["amount"], l.refunded());
+    assert!(l.refunded() > 0);
     s.stop().await;
 }

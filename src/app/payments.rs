@@ -1062,7 +1062,7 @@ impl App {
         // kept for good once applied: only the shape of Stripe's ids (`evt_...`)
         let id = event["id"]
             .as_str()
-            .filter(|id| webhook::is_event_id(id))
+            .filter(|id| webhook::is_stripe_id(id))
             .ok_or(WebhookError::Malformed)?;
         if self
             .store
@@ -1095,6 +1095,14 @@ impl App {
                 }
             }
             "charge.refunded" => tracing::info!(event = id, charge = object_id, "charge refunded"),
+            // a refund's status changed: one that failed after it was recorded as made
+            // is paid back again (the gateway is asked, not the event trusted)
+            "charge.refund.updated" | "refund.updated" | "refund.failed" => {
+                if let Err(e) = self.reopen_failed_refund(object_id).await {
+                    tracing::info!(event = id, error = %e, "webhook not applied yet");
+                    return Err(WebhookError::Internal);
+                }
+            }
             other => tracing::debug!(event = id, kind = other, "webhook ignored"),
         }
         self.commit(Batch {

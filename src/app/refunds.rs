@@ -99,6 +99,7 @@ pub(super) fn new_refund(
         gateway_key: None,
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
+        failed_later: Vec::new(),
     }
 }
 
@@ -312,6 +313,13 @@ impl App {
             .retain(|id, _| open.iter().any(|r| &r.id == id));
         // a younger one may be in the making through another node of a cluster
         for r in open.into_iter().filter(|r| r.created_at <= cutoff) {
+            if r.is_reissue() {
+                let id = r.id.clone();
+                if let Err(e) = self.finish_reissue(r).await {
+                    tracing::warn!(refund = %id, error = %e, "reopened refund not paid back yet");
+                }
+                continue;
+            }
             if let RefundReason::Orphan { attempt_id } = &r.reason {
                 // finished with its attempt (the one path that settles charges); an
                 // open attempt is reconciled with the others, once old enough
@@ -377,6 +385,7 @@ impl App {
                     at: x.at,
                 })
                 .collect(),
+            failed_later: r.failed_later.clone(),
         }
     }
 
@@ -461,6 +470,13 @@ impl App {
                     }
                     self.refund_failures.remove(&r.id);
                 }
+                (RefundOutcome::PaidElsewhere, _) if r.is_reissue() => {
+                    r.done = true;
+                    match self.commit(reissue_closed(&r, read)).await {
+                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
+                        other => other?,
+                    }
+                }
                 (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
                     let mut a = self.store.attempt(attempt_id)?.ok_or(AppError::Internal)?;
                     a.state = AttemptState::Refunded;
@@ -523,6 +539,127 @@ impl App {
             "the gateway holds refunds of this payment made without a record's key ({}); if one is this refund, resolve it as paid_elsewhere",
             unknown.join(", ")
         )))
+    }
+}
+
+impl App {
+    /// A refund the gateway failed after Jetway recorded it as made (`refund_ref`,
+    /// named by a webhook): the gateway is asked, the event not trusted. The record it
+    /// was made for is reopened under a fresh key, as a reissue (see
+    /// [`RefundRecord::is_reissue`]), and the money asked for again at once; an admin
+    /// resolves it if the gateway keeps refusing. Nothing happens for a refund that did
+    /// not fail, is not this installation's, was reopened already, or whose record an
+    /// admin closed as paid by other means. Errors ask the caller to try again later.
+    pub(super) async fn reopen_failed_refund(&self, refund_ref: &str) -> Result<(), AppError> {
+        let gone = self
+            .payments
+            .refund_now(refund_ref)
+            .await
+            .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
+        let Some((g, why, key)) =
+            gone.and_then(|g| Some((g.failure.clone()?, g.key.clone()?)).map(|(w, k)| (g, w, k)))
+        else {
+            return Ok(());
+        };
+        self.committer.catch_up().await?;
+        let Some(read) = self.store.refund_by_key(&key)? else {
+            return Ok(());
+        };
+        let paid_elsewhere = read
+            .resolutions
+            .last()
+            .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
+        if !read.done
+            || read.key() != key
+            || read.payment_ref != g.payment_ref
+            || read.failed_later.contains(&g.id)
+            || paid_elsewhere
+        {
+            return Ok(());
+        }
+        let now = domain::now_ms();
+        let mut r = read.clone();
+        r.done = false;
+        r.failed_later.push(g.id.clone());
+        r.previous_keys.push(key);
+        r.gateway_key = Some(super::unique_id("rf"));
+        r.updated_at = now;
+        tracing::error!(refund = %r.id, locator = %r.locator, gateway_refund = %g.id, reason = %why, "a refund recorded as made failed at the gateway; paying it back again");
+        let failed = event(
+            "refund_failed",
+            Some(&r.locator),
+            now,
+            json!({ "refund": wire::money(r.amount), "reason": why }),
+        );
+        let reopened = self.commit(Batch {
+            new_refunds: vec![r.clone()],
+            refunds_read: vec![read],
+            events: vec![(r.user_id, failed)],
+            ..Default::default()
+        });
+        match reopened.await {
+            // reopened meanwhile (the same failure told twice), or decided by an admin
+            Err(StoreError::Conflict) => return Ok(()),
+            other => other?,
+        }
+        if let Err(e) = self.finish_reissue(r).await {
+            tracing::warn!(error = %e, "reopened refund not paid back yet; will retry");
+        }
+        Ok(())
+    }
+
+    /// Pays a reopened refund's money back at the gateway and closes it: its seats,
+    /// booking and order were recorded when it was first made. Marks its booking as
+    /// the other refund paths do, so that no admin decides on it meanwhile.
+    async fn finish_reissue(&self, r: RefundRecord) -> Result<(), AppError> {
+        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
+        let fs = self.flight_seats(&b.flight_id)?;
+        let busy = {
+            let mut w = fs.working();
+            if self.paying(&w, &r.locator, &|_| false)? {
+                return Err(busy_error());
+            }
+            Busy::mark(&fs, &mut w, &r.locator)?
+        };
+        let mark = self.take_refund_mark(&r, |_| false).await?;
+        let finished = async {
+            // the record as it is now, under the marks (an admin may have given it a key)
+            let Some(read) = self
+                .store
+                .open_refund(r.subject())?
+                .filter(|o| o.id == r.id)
+            else {
+                return Ok(());
+            };
+            self.make_refund(&read).await?;
+            let mut closed = read.clone();
+            closed.done = true;
+            closed.updated_at = domain::now_ms();
+            match self.commit(reissue_closed(&closed, read)).await {
+                Err(StoreError::Conflict) => Ok(()),
+                other => Ok(other?),
+            }
+        };
+        let finished = finished.await;
+        self.release_refund_mark(mark).await;
+        drop(busy);
+        finished
+    }
+}
+
+/// The batch that closes a reissue `r` (`done`), written only over `read`.
+fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
+    let paid = event(
+        "refund_reissued",
+        Some(&r.locator),
+        r.updated_at,
+        json!({ "refund": wire::money(r.amount) }),
+    );
+    Batch {
+        events: vec![(r.user_id, paid)],
+        refunds: vec![r.clone()],
+        refunds_read: vec![read],
+        ..Default::default()
     }
 }
 

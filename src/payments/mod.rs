@@ -47,14 +47,19 @@ pub struct RefundRequest {
     pub earlier_keys: Vec<String>,
 }
 
-/// A refund of a payment the gateway made (and did not fail).
+/// A refund the gateway holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRefund {
     pub id: String,
+    /// The payment it refunds.
+    pub payment_ref: String,
     pub amount: Money,
     /// The key it was asked under, if it was asked with our refund metadata (an
     /// older release sent none).
     pub key: Option<String>,
+    /// Why no money went back, for a refund the gateway failed or cancelled (Stripe
+    /// can fail one days after it answered it `pending`, or even `succeeded`).
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +131,15 @@ pub trait PaymentGateway: Send + Sync + 'static {
         _payment_ref: &'a str,
     ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, PaymentError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+    /// A refund as the gateway holds it now, by its reference (not the answer cached
+    /// under an idempotency key); `None` if the gateway does not know it, or keeps no
+    /// refunds that can change after they are answered.
+    fn refund_now<'a>(
+        &'a self,
+        _refund_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GatewayRefund>, PaymentError>> {
+        Box::pin(async { Ok(None) })
     }
     fn name(&self) -> &'static str;
 }

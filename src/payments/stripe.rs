@@ -140,6 +140,20 @@ impl Stripe {
             None => Ok(None),
         }
     }
+
+    /// A refund object as Stripe holds it now (not an answer cached under a key);
+    /// `None` if it knows no such refund.
+    async fn get_refund(&self, id: &str) -> Result<Option<Value>, PaymentError> {
+        if !super::webhook::is_stripe_id(id) {
+            return Ok(None);
+        }
+        let url = self.url(&format!("/v1/refunds/{id}"));
+        match self.call_raw(self.http.get(url), None).await? {
+            Ok(r) => Ok(Some(r)),
+            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err((status, body)) => Err(refusal(status, &body)),
+        }
+    }
 }
 
 /// The refund's own id (our idempotency key), kept by Stripe with the refund.
@@ -312,7 +326,20 @@ impl PaymentGateway for Stripe {
                 }
                 Err((status, body)) => return Err(refusal(status, &body)),
             };
-            refund_made(&r)
+            // a replayed answer is the first one, cached under the key: a refund
+            // answered `pending` may have failed since
+            let now = match r["status"].as_str() {
+                Some("pending" | "requires_action") => {
+                    let id = r["id"].as_str().unwrap_or_default();
+                    self.get_refund(id).await?.ok_or_else(|| {
+                        PaymentError::Failed(format!(
+                            "the payment gateway does not know the refund {id} it answered"
+                        ))
+                    })?
+                }
+                _ => r,
+            };
+            refund_made(&now)
         })
     }
 
@@ -324,19 +351,20 @@ impl PaymentGateway for Stripe {
             let made = self.list_refunds(payment_ref).await?;
             made.iter()
                 .filter(|r| !failed(r))
-                .map(|r| {
-                    let amount = r["amount"].as_i64().and_then(|a| Money::cents(a).ok());
-                    Ok(GatewayRefund {
-                        id: r["id"].as_str().unwrap_or_default().to_owned(),
-                        amount: amount.ok_or_else(|| {
-                            PaymentError::Failed(
-                                "the payment gateway listed a refund without an amount".into(),
-                            )
-                        })?,
-                        key: refund_key(r).map(str::to_owned),
-                    })
-                })
+                .map(gateway_refund)
                 .collect()
+        })
+    }
+
+    fn refund_now<'a>(
+        &'a self,
+        refund_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GatewayRefund>, PaymentError>> {
+        Box::pin(async move {
+            match self.get_refund(refund_ref).await? {
+                Some(r) => gateway_refund(&r).map(Some),
+                None => Ok(None),
+            }
         })
     }
 
@@ -355,16 +383,45 @@ fn failed(r: &Value) -> bool {
     matches!(r["status"].as_str(), Some("failed" | "canceled"))
 }
 
+/// A refund object as the gateway's trait tells it.
+fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
+    let amount = r["amount"].as_i64().and_then(|a| Money::cents(a).ok());
+    let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    Ok(GatewayRefund {
+        id: text("id"),
+        payment_ref: text("payment_intent"),
+        amount: amount.ok_or_else(|| {
+            PaymentError::Failed("the payment gateway listed a refund without an amount".into())
+        })?,
+        key: refund_key(r).map(str::to_owned),
+        failure: failed(r).then(|| {
+            r["failure_reason"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned()
+        }),
+    })
+}
+
 /// The id of a refund the gateway answered with, if it was made: Stripe answers some
 /// refunds it cannot make (a closed card, say) with status `failed` or `canceled`, and
 /// no money goes back then. Such a refund stays open, as for any refusal: retried
 /// under its key (which replays the failure) until an admin resolves it.
+///
+/// A refund waiting for the customer's action (`requires_action`, some non-card
+/// methods) is not made yet either: it stays open, and each retry reads it again.
 fn refund_made(r: &Value) -> Result<String, PaymentError> {
     if let Some(status) = r["status"].as_str().filter(|_| failed(r)) {
         let why = r["failure_reason"].as_str().unwrap_or("no reason given");
         return Err(PaymentError::Failed(format!(
             "the payment gateway answered the refund {status} ({why}); no money went back"
         )));
+    }
+    if r["status"] == "requires_action" {
+        return Err(PaymentError::Failed(
+            "the payment gateway's refund waits for the customer's action; no money went back yet"
+                .into(),
+        ));
     }
     r["id"]
         .as_str()
@@ -428,6 +485,27 @@ mod tests {
         assert_eq!(
             cancel_refused(&json!({"error": {"code": "lock_timeout"}})),
             None
+        );
+    }
+
+    #[test]
+    fn only_a_refund_that_moves_money_counts_as_made() {
+        let made = |status: &str| refund_made(&json!({"id": "re_1", "status": status}));
+        assert_eq!(made("succeeded"), Ok("re_1".into()));
+        assert_eq!(made("pending"), Ok("re_1".into()));
+        for not_made in ["failed", "canceled", "requires_action"] {
+            assert!(made(not_made).is_err(), "{not_made}");
+        }
+        let g = gateway_refund(
+            &json!({"id": "re_1", "payment_intent": "pi_1", "amount": 500,
+            "status": "failed", "failure_reason": "lost_or_stolen_card",
+            "metadata": {"refund": "rf-1"}}),
+        )
+        .unwrap();
+        assert_eq!(g.failure.as_deref(), Some("lost_or_stolen_card"));
+        assert_eq!(
+            (g.key.as_deref(), g.payment_ref.as_str()),
+            (Some("rf-1"), "pi_1")
         );
     }
 

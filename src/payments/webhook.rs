@@ -48,9 +48,10 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), S
     Err(SignatureError::Mismatch)
 }
 
-/// Whether `id` looks like a Stripe event id (`evt_` and a few dozen letters and
-/// digits): at most 255 ASCII letters, digits and underscores.
-pub fn is_event_id(id: &str) -> bool {
+/// Whether `id` looks like a Stripe id (an event's `evt_...`, a refund's `re_...`: a
+/// prefix and a few dozen letters and digits): at most 255 ASCII letters, digits and
+/// underscores, so it is safe in a URL path and bounded on disk.
+pub fn is_stripe_id(id: &str) -> bool {
     (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -101,12 +102,12 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_have_stripes_shape() {
-        assert!(is_event_id("evt_1NG8Du2eZvKYlo2CUI79vXWy"));
-        assert!(!is_event_id(""));
-        assert!(!is_event_id(&"e".repeat(256)));
-        assert!(!is_event_id("evt 1"));
-        assert!(!is_event_id("evt_é"));
+    fn ids_have_stripes_shape() {
+        assert!(is_stripe_id("evt_1NG8Du2eZvKYlo2CUI79vXWy"));
+        assert!(!is_stripe_id(""));
+        assert!(!is_stripe_id(&"e".repeat(256)));
+        assert!(!is_stripe_id("evt 1"));
+        assert!(!is_stripe_id("evt_é"));
     }
 
     /// Timestamps at the ends of `i64` are stale, not an overflow (a panic in a build

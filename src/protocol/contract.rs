@@ -687,6 +687,10 @@ pub struct OpenRefund {
     pub failed_tries: u32,
     pub last_error: Option<String>,
     pub resolutions: Vec<RefundResolution>,
+    /// The gateway's refunds of it that failed after they were recorded as made;
+    /// present only on a refund reopened to pay that money back again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_later: Vec<String>,
 }
 
 #[derive(Serialize, JsonSchema)]

@@ -375,6 +375,10 @@ pub struct RefundView {
     pub failed_tries: u32,
     pub last_error: Option<String>,
     pub resolutions: Vec<ResolutionView>,
+    /// The gateway's refunds of it that failed after they were recorded as made; not
+    /// empty for a refund reopened to pay that money back again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_later: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

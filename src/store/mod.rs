@@ -264,6 +264,12 @@ pub struct RefundRecord {
     /// What admins decided about it, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolutions: Vec<RefundResolution>,
+    /// The gateway's refunds of it that failed after they were recorded as made
+    /// (Stripe fails some refunds days later), oldest first. Each reopened it, under a
+    /// fresh key, to pay the money back again: its seats and the booking and order stay
+    /// as recorded, only the money is owed (see [`RefundRecord::is_reissue`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_later: Vec<String>,
 }
 
 /// An admin's decision about a refund the gateway kept refusing.
@@ -286,11 +292,24 @@ impl RefundRecord {
     /// What the refund is for: at most one refund per subject is open at a time (on a
     /// cluster too: opening one is a create-only write), so a booking's seats or an
     /// attempt's charge are never refunded by two refunds at once.
+    ///
+    /// A reissue's subject is the gateway refund that failed: it pays that money back
+    /// and touches no seat or charge settlement, so it waits for no other refund of its
+    /// booking, and no failure is reissued twice.
     pub fn subject(&self) -> &str {
+        if let Some(failed) = self.failed_later.last() {
+            return failed;
+        }
         match &self.reason {
             RefundReason::Orphan { attempt_id } => attempt_id,
             _ => self.locator.as_str(),
         }
+    }
+
+    /// Recorded as made once, and then failed at the gateway: what is left is the
+    /// money alone.
+    pub fn is_reissue(&self) -> bool {
+        !self.failed_later.is_empty()
     }
 }
 
@@ -491,6 +510,9 @@ pub trait Store: Send + Sync + 'static {
     /// The open refund for a [`RefundRecord::subject`] (a locator or an attempt id).
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
+    /// The refund asked for at the gateway under `key` (its id, or the fresh key an
+    /// admin's retry gave it), open or closed.
+    fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>>;
     /// A flight's waiting and offered entries, in join order.

@@ -42,6 +42,8 @@ const FEED: u8 = b'Q';
 const REFUND: u8 = b'D';
 /// The open refund of a subject: its id.
 const OPEN_REFUND: u8 = b'd';
+/// A refund's gateway key other than its id (an admin's retry): the refund's id.
+const REFUND_KEY: u8 = b'k';
 const PAYMENT_MARK: u8 = b'y';
 /// A flight's last check-in sequence number.
 const CHECKIN_SEQUENCE: u8 = b'n';
@@ -605,6 +607,12 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         .chain(batch.refunds.iter().map(|r| (r, false)))
     {
         put_json(&mut ops, key(REFUND, &[r.id.as_bytes()]), r)?;
+        if let Some(k) = &r.gateway_key {
+            ops.push(Op::Put(
+                key(REFUND_KEY, &[k.as_bytes()]),
+                r.id.as_bytes().to_vec(),
+            ));
+        }
         let open = key(OPEN_REFUND, &[r.subject().as_bytes()]);
         let id = r.id.as_bytes().to_vec();
         match (new, r.done) {
@@ -980,6 +988,13 @@ impl Store for SledStore {
         self.via_index(&[OPEN_REFUND], REFUND)
     }
 
+    fn refund_by_key(&self, k: &str) -> StoreResult<Option<RefundRecord>> {
+        match self.via_reference(&key(REFUND_KEY, &[k.as_bytes()]), REFUND)? {
+            Some(r) => Ok(Some(r)),
+            None => self.get(&key(REFUND, &[k.as_bytes()])),
+        }
+    }
+
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
         self.get(&key(WAITLIST, &[id.as_bytes()]))
     }
@@ -1172,6 +1187,7 @@ mod tests {
             gateway_key: None,
             previous_keys: Vec::new(),
             resolutions: Vec::new(),
+            failed_later: Vec::new(),
         };
         let open = |id: &str| Batch {
             new_refunds: vec![refund(id, false)],

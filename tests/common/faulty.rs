@@ -167,6 +167,9 @@ impl Store for Faulty {
     fn open_refunds(&self) -> StoreResult<Vec<jetway::store::RefundRecord>> {
         self.inner.open_refunds()
     }
+    fn refund_by_key(&self, key: &str) -> StoreResult<Option<jetway::store::RefundRecord>> {
+        self.inner.refund_by_key(key)
+    }
     fn payment_mark(
         &self,
         locator: &jetway::domain::Locator,

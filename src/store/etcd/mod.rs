@@ -356,6 +356,9 @@ impl Store for EtcdStore {
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>> {
         self.mirror.open_refunds()
     }
+    fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>> {
+        self.mirror.refund_by_key(key)
+    }
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>> {
         self.mirror.payment_mark(locator)
     }

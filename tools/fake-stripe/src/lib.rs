@@ -5,7 +5,8 @@
 //! Endpoints: `POST /v1/payment_intents` (create, unconfirmed),
 //! `POST /v1/payment_intents/{id}/confirm`, `GET /v1/payment_intents/{id}`,
 //! `POST /v1/payment_intents/{id}/cancel`, `POST /v1/refunds`,
-//! `GET /v1/refunds?payment_intent=ID` (with each refund's metadata). Payment methods:
+//! `GET /v1/refunds?payment_intent=ID` (with each refund's metadata),
+//! `GET /v1/refunds/{id}`. Payment methods:
 //! `pm_card_visa`, `pm_card_mastercard`, `pm_card_amex` (and their `_debit` forms)
 //! succeed; `pm_card_threeDSecure2Required` and `pm_card_authenticationRequired`
 //! need the customer's authentication (3-D Secure): a confirm leaves them
@@ -35,6 +36,12 @@
 //! - `RefundFails` (refund): the refund is made with status `failed` (answered 200,
 //!   remembered under its key) and moves no money, as Stripe reports a refund it
 //!   could not make.
+//! - `RefundPending` (refund): the refund is made with status `pending` (its money
+//!   counts as going back). [`FakeStripe::fail_refund`] (or `POST
+//!   /_fake/fail_refund/{id}`) later fails a refund that was made, as Stripe fails
+//!   some days after answering them: its money comes back to the merchant, and what
+//!   was answered and remembered under its key stays as it was. Sending the
+//!   `charge.refund.updated` webhook is up to the test.
 //!
 //! Use it in-process ([`FakeStripe::start`], [`FakeStripe::set_fault`],
 //! [`FakeStripe::ledger`]) or as a process (`fake-stripe --help`): the binary prints
@@ -85,6 +92,8 @@ pub enum Step {
     Refund,
     /// Listing a PaymentIntent's refunds (`GET /v1/refunds`, no key).
     ListRefunds,
+    /// Reading one refund (`GET /v1/refunds/{id}`, no key).
+    RetrieveRefund,
 }
 
 impl std::str::FromStr for Step {
@@ -110,11 +119,14 @@ pub enum Fault {
     /// `failed` and a `failure_reason`, and no money goes back: how Stripe reports a
     /// refund it could not make.
     RefundFails,
+    /// (refund) The refund is made and answered with status `pending`.
+    RefundPending,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`.
+    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`,
+    /// `refund_pending`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
         let d = || {
@@ -129,6 +141,7 @@ impl std::str::FromStr for Fault {
             "slow" => Fault::Slow(d()?),
             "process_late" => Fault::ProcessLate(d()?),
             "refund_fails" => Fault::RefundFails,
+            "refund_pending" => Fault::RefundPending,
             _ => return Err(format!("unknown fault {s:?}")),
         })
     }
@@ -186,8 +199,9 @@ pub struct Refund {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
-    /// Stripe's status: `succeeded`, or `failed` ([`Fault::RefundFails`]: no money
-    /// went back).
+    /// Stripe's status: `succeeded`, `pending` ([`Fault::RefundPending`]), or
+    /// `failed` ([`Fault::RefundFails`], [`FakeStripe::fail_refund`]: no money went
+    /// back).
     #[serde(default = "succeeded")]
     pub status: String,
 }
@@ -363,6 +377,12 @@ impl FakeStripe {
     pub fn authenticate(&self, id: &str, approve: bool) -> bool {
         self.shared.authenticate(id, approve)
     }
+
+    /// Fails a refund that was made (`succeeded` or `pending`), as Stripe does days
+    /// later; `false` if there is no such refund, or it failed already.
+    pub fn fail_refund(&self, id: &str) -> bool {
+        self.shared.fail_refund(id)
+    }
 }
 
 fn router(shared: Shared) -> Router {
@@ -371,6 +391,18 @@ fn router(shared: Shared) -> Router {
         .route("/v1/payment_intents/{id}", get(retrieve))
         .route("/v1/payment_intents/{id}/{action}", post(act))
         .route("/v1/refunds", post(refund).get(list_refunds))
+        .route("/v1/refunds/{id}", get(retrieve_refund))
+        .route(
+            "/_fake/fail_refund/{id}",
+            post(
+                |State(s): State<Shared>, Path(id): Path<String>| async move {
+                    match s.fail_refund(&id) {
+                        true => StatusCode::NO_CONTENT,
+                        false => StatusCode::CONFLICT,
+                    }
+                },
+            ),
+        )
         .route(
             "/_fake/ledger",
             get(|State(s): State<Shared>| async move { Json(s.ledger()) }),
@@ -651,7 +683,42 @@ impl Shared {
         .unwrap_or_else(|| Self::missing(id).into())
     }
 
-    fn refund(&self, p: &BTreeMap<String, String>, key: Option<&str>, fails: bool) -> Outcome {
+    fn fail_refund(&self, id: &str) -> bool {
+        let mut g = self.0.lock();
+        let made = g
+            .intents
+            .iter_mut()
+            .flat_map(|i| i.refunds.iter_mut())
+            .find(|r| r.id == id && r.status != "failed");
+        made.map(|r| r.status = "failed".into()).is_some()
+    }
+
+    /// One refund as it is now.
+    fn retrieve_refund(&self, id: &str) -> Reply {
+        let g = self.0.lock();
+        let found = g.intents.iter().find_map(|i| {
+            i.refunds
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| refund_json(r, &i.id))
+        });
+        match found {
+            Some(body) => (StatusCode::OK, body),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "resource_missing",
+                format!("No such refund: '{id}'"),
+            ),
+        }
+    }
+
+    fn refund(
+        &self,
+        p: &BTreeMap<String, String>,
+        key: Option<&str>,
+        fault: Option<Fault>,
+    ) -> Outcome {
         let id = p.get("payment_intent").cloned().unwrap_or_default();
         self.with_intent(&id, |i, _| {
             if i.status != "succeeded" {
@@ -690,7 +757,12 @@ impl Shared {
                 amount,
                 idempotency_key: key.map(str::to_owned),
                 metadata: metadata(p),
-                status: if fails { "failed" } else { "succeeded" }.into(),
+                status: match fault {
+                    Some(Fault::RefundFails) => "failed",
+                    Some(Fault::RefundPending) => "pending",
+                    _ => "succeeded",
+                }
+                .into(),
             };
             let body = refund_json(&r, &id);
             i.refunds.push(r);
@@ -782,7 +854,11 @@ async fn serve(
         _ => {}
     }
     let fingerprint = format!("{step:?} {params:?}");
-    if let Some(k) = key.as_deref().filter(|_| step != Step::Retrieve) {
+    let keyed = !matches!(
+        step,
+        Step::Retrieve | Step::RetrieveRefund | Step::ListRefunds
+    );
+    if let Some(k) = key.as_deref().filter(|_| keyed) {
         if let Some((st, body)) = s.claim_key(k, &fingerprint) {
             return (st, Json(body)).into_response();
         }
@@ -796,8 +872,9 @@ async fn serve(
             Step::Create => s.create(&params),
             Step::Retrieve => s.retrieve(&params["id"]),
             Step::Cancel => s.cancel(&params["id"]),
-            Step::Refund => s.refund(&params, key.as_deref(), fault == Some(Fault::RefundFails)),
+            Step::Refund => s.refund(&params, key.as_deref(), fault),
             Step::ListRefunds => s.list_refunds(&params).into(),
+            Step::RetrieveRefund => s.retrieve_refund(&params["id"]).into(),
             Step::Confirm => {
                 let id = &params["id"];
                 match s.begin_confirm(id) {
@@ -811,7 +888,7 @@ async fn serve(
                 }
             }
         };
-        if let Some(k) = key.as_deref().filter(|_| step != Step::Retrieve) {
+        if let Some(k) = key.as_deref().filter(|_| keyed) {
             s.settle_key(k, &outcome);
         }
         outcome.reply
@@ -845,6 +922,14 @@ async fn create(State(s): State<Shared>, h: HeaderMap, f: Form) -> Response {
 
 async fn retrieve(State(s): State<Shared>, Path(id): Path<String>, h: HeaderMap) -> Response {
     serve(s, Step::Retrieve, &h, params(None, Some(id))).await
+}
+
+async fn retrieve_refund(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    serve(s, Step::RetrieveRefund, &h, params(None, Some(id))).await
 }
 
 /// `confirm` or `cancel`.
