@@ -298,6 +298,24 @@ impl App {
         ))
     }
 
+    /// Marks the booking `r` refunds busy on this node, so that no other refund path
+    /// makes or decides `r` meanwhile; `None` while a payment operation on it is in
+    /// progress. Returns its flight's seats and the mark.
+    fn mark_refunded_booking(
+        &self,
+        r: &RefundRecord,
+    ) -> Result<Option<(Arc<FlightSeats>, Busy)>, AppError> {
+        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
+        let fs = self.flight_seats(&b.flight_id)?;
+        let mut w = fs.working();
+        if self.paying(&w, &r.locator, &|_| false)? {
+            return Ok(None);
+        }
+        let busy = Busy::mark(&fs, &mut w, &r.locator)?;
+        drop(w);
+        Ok(Some((fs, busy)))
+    }
+
     /// Finishes every open refund (a crash or a gateway error interrupted it) whose
     /// booking has no payment in flight. A refund of an orphaned charge is finished
     /// by reconciling its payment attempt.
@@ -333,14 +351,8 @@ impl App {
             }
             let id = r.id.clone();
             let finished = async {
-                let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
-                let fs = self.flight_seats(&b.flight_id)?;
-                let busy = {
-                    let mut w = fs.working();
-                    if self.paying(&w, &r.locator, &|_| false)? {
-                        return Ok(None);
-                    }
-                    Busy::mark(&fs, &mut w, &r.locator)?
+                let Some((fs, busy)) = self.mark_refunded_booking(&r)? else {
+                    return Ok(None);
                 };
                 self.finish_seat_refund(&fs, r, busy).await.map(Some)
             };
@@ -424,16 +436,8 @@ impl App {
             .ok_or(AppError::Internal)?
             .username
             .to_string();
-        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
-        let fs = self.flight_seats(&b.flight_id)?;
         // nobody else finishes or decides it meanwhile, on this node or another
-        let busy = {
-            let mut w = fs.working();
-            if self.paying(&w, &r.locator, &|_| false)? {
-                return Err(busy_error());
-            }
-            Busy::mark(&fs, &mut w, &r.locator)?
-        };
+        let (fs, busy) = self.mark_refunded_booking(&r)?.ok_or_else(busy_error)?;
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let resolved = async {
             // decided on the record as it is now: a copy read before the guard may lack
@@ -612,15 +616,7 @@ impl App {
     /// booking and order were recorded when it was first made. Marks its booking as
     /// the other refund paths do, so that no admin decides on it meanwhile.
     async fn finish_reissue(&self, r: RefundRecord) -> Result<(), AppError> {
-        let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
-        let fs = self.flight_seats(&b.flight_id)?;
-        let busy = {
-            let mut w = fs.working();
-            if self.paying(&w, &r.locator, &|_| false)? {
-                return Err(busy_error());
-            }
-            Busy::mark(&fs, &mut w, &r.locator)?
-        };
+        let (_, busy) = self.mark_refunded_booking(&r)?.ok_or_else(busy_error)?;
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the marks (an admin may have given it a key)
