@@ -1740,6 +1740,52 @@ async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
     }
 }
 
+/// Flight records change only over the record as read, cluster-wide: an update
+/// decided on a copy older than a cancellation written through another node is
+/// refused instead of writing over it, and seeding creates only missing flights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_records_change_by_compare_and_swap_across_nodes() {
+    use jetway::store::{Batch, Replicated, Store, StoreError};
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let prefix = prefix();
+    let nodes = store_nodes(&etcd, &prefix).await;
+    let commit = |n: usize, batch: Batch| {
+        let n = nodes[n].clone();
+        async move { n.commit(batch, None).await }
+    };
+    let today = jetway::domain::date_of(jetway::domain::now_ms());
+    let first = jetway::domain::schedule::demo_schedule(today, 1).remove(0);
+    let create = || Batch {
+        new_flights: vec![first.clone()],
+        ..Default::default()
+    };
+    commit(0, create()).await.unwrap();
+    assert!(matches!(
+        commit(1, create()).await,
+        Err(StoreError::Conflict)
+    ));
+    let over = |read: &jetway::domain::Flight, f: &jetway::domain::Flight| Batch {
+        flights_read: vec![read.clone()],
+        flights: vec![f.clone()],
+        ..Default::default()
+    };
+    let mut cancelled = first.clone();
+    cancelled.cancel("weather".into(), 0).unwrap();
+    commit(0, over(&first, &cancelled)).await.unwrap();
+    let mut delayed = first.clone();
+    delayed.departs_at += 60_000;
+    assert!(matches!(
+        commit(1, over(&first, &delayed)).await,
+        Err(StoreError::Conflict)
+    ));
+    nodes[1].settle().await.unwrap();
+    assert_eq!(nodes[1].flights().unwrap(), vec![cancelled]);
+    for n in nodes {
+        n.close();
+    }
+}
+
 /// A record another version wrote (fields in another order, one this version does not
 /// know) is still changed by compare-and-swap: the compare is on the bytes stored,
 /// not on this version's re-encoding of the record read, which differs.

@@ -306,17 +306,34 @@ impl App {
             .collect();
         if !missing.is_empty() {
             tracing::info!(flights = missing.len(), "seeding demo schedule");
-            // in chunks: etcd bounds the operations of one transaction
+            // in chunks: etcd bounds the operations of one transaction; created only
+            // where missing, so that a node starting while another seeds (and then
+            // perhaps cancels or updates a flight) never writes over its records
             for chunk in missing.chunks(SEED_CHUNK) {
-                self.write_soon(Batch {
-                    flights: chunk.to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(start_err)?;
-            }
-            for f in missing {
-                self.inventory.add(f);
+                let create = |flights: &[Flight]| {
+                    self.write_soon(Batch {
+                        new_flights: flights.to_vec(),
+                        ..Default::default()
+                    })
+                };
+                let created: Vec<&Flight> = match create(chunk).await {
+                    Ok(()) => chunk.iter().collect(),
+                    Err(StoreError::Conflict) => {
+                        let mut created = Vec::new();
+                        for f in chunk {
+                            match create(std::slice::from_ref(f)).await {
+                                Ok(()) => created.push(f),
+                                Err(StoreError::Conflict) => {}
+                                Err(e) => return Err(start_err(e)),
+                            }
+                        }
+                        created
+                    }
+                    Err(e) => return Err(start_err(e)),
+                };
+                for f in created {
+                    self.inventory.add_new(f.clone());
+                }
             }
         }
         Ok(())

@@ -16,10 +16,13 @@ use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::UpdateFlight;
 use crate::protocol::results::{self, FlightChanged, FlightResult};
-use crate::store::Batch;
+use crate::store::{Batch, StoreError};
 
 /// How often flights whose departure passed are looked for.
 pub const DEPARTURE_TICK: Duration = Duration::from_secs(5);
+/// How many times a flight record's change is made again on the record another
+/// node wrote meanwhile before the request gives up.
+const FLIGHT_TRIES: usize = 5;
 /// How far an estimate may lie from the schedule.
 pub const MAX_ESTIMATE_SHIFT_MS: Millis = 48 * 3600 * 1000;
 
@@ -93,20 +96,48 @@ impl App {
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
         let _serial = self.admin.flights.lock().await;
-        self.committer.catch_up().await?;
-        let mut flight = fs.flight();
-        let update = status_update(&p, &flight)?;
-        flight.update(&update, domain::now_ms())?;
-        self.commit(Batch {
-            flights: vec![flight.clone()],
-            ..Default::default()
-        })
-        .await?;
+        let flight = self
+            .commit_flight(&fs, |f| {
+                let update = status_update(&p, f)?;
+                f.update(&update, domain::now_ms()).map_err(AppError::from)
+            })
+            .await?;
         tracing::info!(flight = %fs.id, status = flight.status(domain::now_ms()).as_str(), "flight updated");
         self.flight_record(&fs, flight.clone());
         Ok(FlightResult {
             flight: flight_view(flight, &fs),
         })
+    }
+
+    /// Makes `change` of the flight's record as it is now durable, written only over
+    /// that record (compare-and-swap): a change through another node of a cluster in
+    /// between is read, and `change` made on it again, a few times at most. Returns
+    /// the record written, for [`Self::flight_record`]. The caller holds the admin's
+    /// flight lock (on one node, flight records change one at a time).
+    pub(in crate::app) async fn commit_flight(
+        &self,
+        fs: &FlightSeats,
+        change: impl Fn(&mut Flight) -> Result<(), AppError>,
+    ) -> Result<Flight, AppError> {
+        for _ in 0..FLIGHT_TRIES {
+            self.committer.catch_up().await?;
+            let read = fs.flight();
+            let mut f = read.clone();
+            change(&mut f)?;
+            let written = self.commit(Batch {
+                flights_read: vec![read],
+                flights: vec![f.clone()],
+                ..Default::default()
+            });
+            match written.await {
+                Ok(()) => return Ok(f),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::InvalidState(
+            "the flight kept changing through other nodes; try again".into(),
+        ))
     }
 
     /// Takes a durable flight record (written here, or heard from the cluster) and,
@@ -153,9 +184,10 @@ impl App {
         let _serial = self.admin.flights.lock().await;
         let mut due = Vec::new();
         for fs in self.inventory.all() {
-            let mut f = fs.flight();
+            let read = fs.flight();
+            let mut f = read.clone();
             if f.mark_departed(now) {
-                due.push((fs, f));
+                due.push((fs, read, f));
             }
         }
         if due.is_empty() {
@@ -163,15 +195,18 @@ impl App {
         }
         // in chunks: etcd bounds the operations of one transaction
         for chunk in due.chunks(super::SEED_CHUNK) {
+            // written over the records read: an update or a cancellation through
+            // another node in between wins, and the next tick looks again
             let batch = Batch {
-                flights: chunk.iter().map(|(_, f)| f.clone()).collect(),
+                flights_read: chunk.iter().map(|(_, read, _)| read.clone()).collect(),
+                flights: chunk.iter().map(|(_, _, f)| f.clone()).collect(),
                 ..Default::default()
             };
             if let Err(e) = self.commit(batch).await {
                 tracing::warn!(error = %e, "cannot mark departed flights; trying again later");
                 return;
             }
-            for (fs, f) in chunk {
+            for (fs, _, f) in chunk {
                 self.flight_record(fs, f.clone());
             }
         }

@@ -664,6 +664,15 @@ impl Inventory {
         }
     }
 
+    /// Adds a flight this node just created, unless it is known already: its record
+    /// heard back from the cluster meanwhile (perhaps changed since) wins.
+    pub fn add_new(&self, flight: Flight) -> Arc<FlightSeats> {
+        match self.get(flight.id.as_str()) {
+            Some(known) => known,
+            None => self.add(flight),
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<FlightSeats>> {
         FlightId::parse(id)
             .ok()

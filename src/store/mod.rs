@@ -327,6 +327,10 @@ pub struct Batch {
     /// Flights to create; conflict if the flight exists.
     pub new_flights: Vec<Flight>,
     pub flights: Vec<Flight>,
+    /// Flight records as read before `flights` changes them: conflict unless each
+    /// still holds (an update, cancellation or departure through another node came in
+    /// between).
+    pub flights_read: Vec<Flight>,
     pub versions: Vec<(FlightId, u64)>,
     /// The last check-in sequence number given out per flight. Written only with the
     /// flight's next version (see [`Store::checkin_sequence`]).

@@ -433,6 +433,7 @@ pub fn holds(k: &[u8], held: &[u8], expected: &[u8]) -> bool {
     held == expected
         || match k.first() {
             Some(&REFUND) => same::<RefundRecord>(held, expected),
+            Some(&FLIGHT) => same::<Flight>(held, expected),
             Some(&PAYMENT_MARK) => same::<PaymentMark>(held, expected),
             Some(&WAITLIST) => same::<WaitlistEntry>(held, expected),
             _ => false,
@@ -528,6 +529,12 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for f in &batch.new_flights {
         let k = key(FLIGHT, &[f.id.as_str().as_bytes()]);
         ops.push(Op::Create(k, encode(f)?));
+    }
+    for f in &batch.flights_read {
+        ops.push(Op::Expect(
+            key(FLIGHT, &[f.id.as_str().as_bytes()]),
+            encode(f)?,
+        ));
     }
     for f in &batch.flights {
         put_json(&mut ops, key(FLIGHT, &[f.id.as_str().as_bytes()]), f)?;
@@ -1209,6 +1216,38 @@ mod tests {
             s.open_refund("a").unwrap().map(|r| r.id).as_deref(),
             Some("two")
         );
+    }
+
+    /// A flight record is changed only over the record as read, and created only where
+    /// missing: a change decided on a stale copy (another node's cancellation came in
+    /// between) is refused instead of writing over it.
+    #[test]
+    fn flight_records_change_by_compare_and_swap() {
+        let s = SledStore::temporary().unwrap();
+        let today = crate::domain::date_of(0);
+        let first = crate::domain::schedule::demo_schedule(today, 1).remove(0);
+        let create = Batch {
+            new_flights: vec![first.clone()],
+            ..Default::default()
+        };
+        s.write(&create).unwrap();
+        assert!(matches!(s.write(&create), Err(StoreError::Conflict)));
+        let mut cancelled = first.clone();
+        cancelled.cancel("weather".into(), 0).unwrap();
+        let over = |read: &Flight, f: &Flight| Batch {
+            flights_read: vec![read.clone()],
+            flights: vec![f.clone()],
+            ..Default::default()
+        };
+        s.write(&over(&first, &cancelled)).unwrap();
+        let mut delayed = first.clone();
+        delayed.departs_at += 60_000;
+        assert!(matches!(
+            s.write(&over(&first, &delayed)),
+            Err(StoreError::Conflict)
+        ));
+        let kept = s.flights().unwrap();
+        assert_eq!(kept, vec![cancelled]);
     }
 
     #[test]

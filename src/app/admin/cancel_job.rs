@@ -24,7 +24,7 @@ use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CancelFlight;
 use crate::protocol::results::FlightCancelled;
-use crate::store::{Batch, RefundReason};
+use crate::store::RefundReason;
 
 /// How long to wait before looking again at a booking with a payment in flight.
 const BUSY_RETRY: Duration = Duration::from_millis(50);
@@ -58,21 +58,19 @@ impl App {
             .ok_or(AppError::NotFound("flight"))?;
         {
             let _serial = self.admin.flights.lock().await;
-            let mut flight = fs.flight();
-            flight.cancel(reason, domain::now_ms())?;
-            // no hold, seat change or payment may start while this becomes durable
-            fs.set_closing(true);
-            let written = self
-                .commit(Batch {
-                    flights: vec![flight.clone()],
-                    ..Default::default()
-                })
-                .await;
-            if let Err(e) = written {
-                fs.set_closing(false);
-                return Err(e.into());
+            let written = self.commit_flight(&fs, |flight| {
+                flight.cancel(reason.clone(), domain::now_ms())?;
+                // no hold, seat change or payment may start while this becomes durable
+                fs.set_closing(true);
+                Ok(())
+            });
+            match written.await {
+                Ok(flight) => self.flight_record(&fs, flight),
+                Err(e) => {
+                    fs.set_closing(false);
+                    return Err(e);
+                }
             }
-            self.flight_record(&fs, flight);
         }
         tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
         let job = self.spawn_cancel_job(fs.clone());

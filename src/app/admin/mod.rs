@@ -212,7 +212,7 @@ impl App {
             Err(StoreError::Conflict) => return Err(exists()),
             r => r?,
         }
-        let fs = self.inventory.add(flight.clone());
+        let fs = self.inventory.add_new(flight.clone());
         tracing::info!(flight = %flight.id, "flight scheduled");
         Ok(FlightResult {
             flight: flight_view(flight, &fs),
