@@ -1654,14 +1654,16 @@ async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
     }
 }
 
-/// A refund record an admin decides on, and a waitlist entry a sweep expires, are
-/// written only over the record as read (compare-and-swap): of two admins deciding
-/// one refund at once, or two nodes expiring one closed line, the second fails and
-/// tells nobody.
+/// A refund record an admin decides on, a waitlist entry a sweep expires, and a
+/// flight record are written only over the record as read (compare-and-swap): of two
+/// admins deciding one refund at once, or two nodes expiring one closed line, the
+/// second fails and tells nobody; an update decided on a copy older than a
+/// cancellation written through another node is refused instead of writing over it;
+/// and seeding creates only missing flights.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
+async fn refund_decisions_waitlist_expiry_and_flight_records_are_compare_and_swap() {
     use jetway::domain::{WaitlistEntry, WaitlistStatus};
-    use jetway::store::{Batch, RefundRecord, Replicated, StoreError};
+    use jetway::store::{Batch, RefundRecord, Replicated, Store, StoreError};
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start(1);
     let prefix = prefix();
@@ -1701,9 +1703,7 @@ async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
         Err(StoreError::Conflict)
     ));
     nodes[1].settle().await.unwrap();
-    let kept = jetway::store::Store::open_refund(&*nodes[1], "a")
-        .unwrap()
-        .unwrap();
+    let kept = Store::open_refund(&*nodes[1], "a").unwrap().unwrap();
     assert_eq!(kept.gateway_key.as_deref(), Some("first"));
 
     let waiting: WaitlistEntry = serde_json::from_value(json!({
@@ -1735,25 +1735,6 @@ async fn refund_decisions_and_waitlist_expiry_are_compare_and_swap() {
         commit(1, expire()).await,
         Err(StoreError::Conflict)
     ));
-    for n in nodes {
-        n.close();
-    }
-}
-
-/// Flight records change only over the record as read, cluster-wide: an update
-/// decided on a copy older than a cancellation written through another node is
-/// refused instead of writing over it, and seeding creates only missing flights.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flight_records_change_by_compare_and_swap_across_nodes() {
-    use jetway::store::{Batch, Replicated, Store, StoreError};
-    let _serial = SERIAL.lock().await;
-    let etcd = Etcd::start(1);
-    let prefix = prefix();
-    let nodes = store_nodes(&etcd, &prefix).await;
-    let commit = |n: usize, batch: Batch| {
-        let n = nodes[n].clone();
-        async move { n.commit(batch, None).await }
-    };
     let today = jetway::domain::date_of(jetway::domain::now_ms());
     let first = jetway::domain::schedule::demo_schedule(today, 1).remove(0);
     let create = || Batch {
@@ -1780,7 +1761,7 @@ async fn flight_records_change_by_compare_and_swap_across_nodes() {
         Err(StoreError::Conflict)
     ));
     nodes[1].settle().await.unwrap();
-    assert_eq!(nodes[1].flights().unwrap(), vec![cancelled]);
+    assert_eq!(Store::flights(&*nodes[1]).unwrap(), vec![cancelled]);
     for n in nodes {
         n.close();
     }
