@@ -1327,10 +1327,11 @@ async fn a_finished_twin_pay_keeps_the_mark_of_a_twin_still_charging() {
 }
 
 /// An in-process node on `etcd` paying through the fake Stripe at `base`.
-async fn in_process_node(etcd: &Etcd, prefix: &str, base: &str) -> Server {
+/// A node on the etcd members `endpoints` (comma-separated).
+async fn in_process_node(endpoints: &str, prefix: &str, base: &str) -> Server {
     Server::start_with(|c| {
         c.store = jetway::config::StoreKind::Etcd;
-        c.etcd_endpoints = etcd.endpoints().split(',').map(str::to_owned).collect();
+        c.etcd_endpoints = endpoints.split(',').map(str::to_owned).collect();
         c.etcd_prefix = prefix.into();
         c.payments = jetway::config::PaymentsKind::Stripe;
         c.stripe_api_base = base.into();
@@ -1360,8 +1361,8 @@ async fn two_nodes_and_a_hold() -> TwoNodes {
     let etcd = Etcd::start(1);
     let fake = FakeStripe::start().await.expect("fake stripe");
     let prefix = prefix();
-    let a = in_process_node(&etcd, &prefix, &fake.base()).await;
-    let b = in_process_node(&etcd, &prefix, &fake.base()).await;
+    let a = in_process_node(&etcd.endpoints(), &prefix, &fake.base()).await;
+    let b = in_process_node(&etcd.endpoints(), &prefix, &fake.base()).await;
     let flights = scheduled_flights(&a.url()).await;
     let (c, token, loc) = holder(&a.url(), &flights[0], "h").await;
     TwoNodes {
@@ -1373,6 +1374,57 @@ async fn two_nodes_and_a_hold() -> TwoNodes {
         token,
         loc,
     }
+}
+
+/// A watcher moving to a node whose feed is behind the version it has seen (its etcd
+/// member lags) resumes from that version once the node caught up, not from the
+/// node's older map (whose later pushes would repeat versions it has): it sees no
+/// version twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(3);
+    let lag = (etcd.wait_leader() + 1) % 3;
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != lag)
+        .map(|i| etcd.endpoint(i))
+        .collect();
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let a = in_process_node(&others.join(","), &prefix, &fake.base()).await;
+    let b = in_process_node(&etcd.endpoint(lag), &prefix, &fake.base()).await;
+    let flight = scheduled_flights(&a.url()).await[1].clone();
+    let mut seen_on_a = Client::connect(&a.url()).await;
+    seen_on_a
+        .ok("seats.subscribe", json!({"flight_id": flight}))
+        .await;
+    let mut c = Client::connect(&a.url()).await;
+    c.new_user().await;
+    let mut moving = Client::connect(&b.url()).await;
+    // node B's member stops: B hears nothing of the next change until it resumes
+    etcd.pause(lag);
+    let hold = json!({"flight_id": flight, "count": 1, "cabin": "economy",
+                      "passengers": passengers(1), "request_id": "lag"});
+    c.ok("booking.hold", hold).await;
+    let v = seen_on_a.push("seats.changed").await["version"].clone();
+    let subscribe = json!({"jsonrpc": "2.0", "id": 900, "method": "seats.subscribe",
+                           "params": {"flight_id": flight, "since": v}});
+    moving.send_text(&subscribe.to_string()).await;
+    // an answer now could only come from B's older map
+    let early = tokio::time::timeout(Duration::from_millis(500), moving.recv()).await;
+    etcd.resume(lag);
+    if let Ok(early) = early {
+        let version = early.map(|m| m["result"]["version"].clone());
+        panic!("answered before node B caught up, at version {version:?} (not {v})");
+    }
+    let r = loop {
+        let m = moving.recv().await.expect("the reply");
+        if m["id"] == 900 {
+            break m["result"].clone();
+        }
+    };
+    assert_eq!(r["version"], v, "{r}");
+    assert_eq!(r["changes"], json!([]), "{r}");
 }
 
 /// A refund being made through one node holds the booking's payment mark, so an
@@ -1508,7 +1560,7 @@ async fn a_payment_continued_after_a_long_challenge_takes_a_live_mark() {
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start(1);
     let fake = FakeStripe::start().await.expect("fake stripe");
-    let s = in_process_node(&etcd, &prefix(), &fake.base()).await;
+    let s = in_process_node(&etcd.endpoints(), &prefix(), &fake.base()).await;
     let flights = scheduled_flights(&s.url()).await;
     let (mut c, _token, loc) = holder(&s.url(), &flights[0], "h").await;
     let pay = |rid: &str| json!({"locator": loc, "payment_method": "pm_card_threeDSecure2Required", "request_id": rid});

@@ -42,10 +42,10 @@ async fn connect(app: &App, name: &str) -> Conn {
     }
 }
 
-fn subscribe(app: &App, flight: &str, outbox: &Outbox) {
+async fn subscribe(app: &App, flight: &str, outbox: &Outbox) {
     let mut subs = Vec::new();
     let p = decode(json!({ "flight_id": flight })).unwrap();
-    app.subscribe(None, p, outbox, &mut subs).unwrap();
+    app.subscribe(None, p, outbox, &mut subs).await.unwrap();
 }
 
 /// Every frame queued on a connection since the last look, as `(method, version)`,
@@ -99,12 +99,12 @@ async fn a_requester_has_its_pushes_before_its_reply_and_every_watcher_each_vers
     let (flight, seats) = flight_and_seats(&app, 2);
     let mut ada = connect(&app, "ada").await;
     let bob = connect(&app, "bob").await;
-    subscribe(&app, &flight, &ada.outbox);
+    subscribe(&app, &flight, &ada.outbox).await;
     let mut others: Vec<(Outbox, OutboxReceiver)> = (0..WATCHERS)
         .map(|_| outbox(QueueLimits::default()))
         .collect();
     for (o, _) in &others {
-        subscribe(&app, &flight, o);
+        subscribe(&app, &flight, o).await;
     }
     let fs = app.inventory.get(&flight).unwrap();
     let base = fs.published_version();

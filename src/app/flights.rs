@@ -105,7 +105,11 @@ impl App {
 
     /// Subscribes the connection to a flight. The reply is queued on the outbox here,
     /// atomically with joining the watchers, so it precedes every later push.
-    pub fn subscribe(
+    ///
+    /// A `since` ahead of this node's map (a client that moved from a node further
+    /// along the cluster's feed) first waits for this node to catch up: answered from
+    /// the older map, the client would get the versions in between again.
+    pub async fn subscribe(
         &self,
         id: Option<&Value>,
         p: params::Subscribe,
@@ -116,6 +120,9 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
+        if p.since.is_some_and(|s| s > fs.published_version()) {
+            self.committer.catch_up().await?;
+        }
         let flight_id = fs.id.clone();
         let viewers = self.viewers(&fs, !subs.contains(&fs.id));
         let joined = fs.subscribe(outbox, p.since, |version, start| {

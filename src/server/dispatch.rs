@@ -186,7 +186,8 @@ async fn call(
                 params,
                 &conn.outbox,
                 &mut conn.subscriptions,
-            )?;
+            )
+            .await?;
             return Ok(None);
         }
         Call::Unsubscribe(p) => {
