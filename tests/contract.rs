@@ -583,6 +583,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
         failed_later: Vec::new(),
+        made_ref: None,
     };
     s.app()
         .store

@@ -1200,6 +1200,7 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
         failed_later: Vec::new(),
+        made_ref: None,
     };
     s.app()
         .store
@@ -1548,6 +1549,14 @@ async fn paid_for_refunds(
     (f, s, c, seats, b)
 }
 
+/// The passenger cancels `seat` (request `c`) while the gateway's refunds meet
+/// `with`: the cancel answers `payment_failed`, and its refund stays open.
+async fn cancel_refused(f: &FakeStripe, c: &mut Client, loc: &Value, seat: &str, with: Fault) {
+    fault(f, Step::Refund, with);
+    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seat]});
+    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+}
+
 /// A client signed in as the admin.
 async fn admin_client(s: &Server) -> Client {
     let mut admin = s.client().await;
@@ -1566,9 +1575,7 @@ async fn admin_client(s: &Server) -> Client {
 async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
     let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
     let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::LoseReply);
-    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
-    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::LoseReply).await;
     let made = f.ledger().refunded();
     assert!(made > 0, "made at the gateway, its answer lost");
     fault(&f, Step::Refund, Fault::Fail);
@@ -1602,9 +1609,7 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
 async fn a_decision_on_a_refund_changed_meanwhile_is_refused() {
     let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 5).await;
     let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::Fail);
-    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
-    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Fail).await;
     let mut admin = admin_client(&s).await;
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let id = open["refunds"][0]["refund_id"].clone();
@@ -1660,9 +1665,7 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
         .await
         .error_for_status()
         .unwrap();
-    fault(&f, Step::Refund, Fault::Fail);
-    let cancel = json!({"locator": loc, "request_id": "c", "seats": [seats[0]]});
-    assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Fail).await;
     let mut admin = admin_client(&s).await;
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let id = open["refunds"][0]["refund_id"].clone();
@@ -2341,5 +2344,99 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
     let order = c.ok("orders.list", json!({})).await;
     assert_eq!(order["orders"][0]["refunded"]["amount"], l.refunded());
     assert!(l.refunded() > 0);
+    s.stop().await;
+}
+
+/// A refund whose answer was lost is found, made under its first key, by the
+/// admin's retry under a fresh one, and recorded; when Stripe fails that refund later,
+/// it is paid back again: the record remembers which gateway refund made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
+    let loc = &b["locator"];
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::LoseReply).await;
+    let owed = f.ledger().refunded();
+    f.clear_faults();
+    let mut admin = admin_client(&s).await;
+    let open = admin.ok("admin.refunds.list", json!({})).await;
+    let id = open["refunds"][0]["refund_id"].clone();
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": id, "outcome": "retry"}),
+        )
+        .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
+    let first = f.ledger().intents[0].refunds[0].clone();
+    assert_eq!(
+        first.idempotency_key.as_deref(),
+        id.as_str(),
+        "its first key"
+    );
+    assert!(f.fail_refund(&first.id));
+    assert_eq!(
+        refund_event(&s, "evt_early", "refund.failed", &first.id).await,
+        200
+    );
+    let l = f.ledger();
+    assert_eq!(l.refunded(), owed, "paid back again: {l:?}");
+    assert_eq!(l.intents[0].refunds.len(), 2, "{l:?}");
+    s.stop().await;
+}
+
+/// A refund refused under an admin's fresh key while the first key's refund went
+/// through late: the record is made by the first one, and the refused one's failure,
+/// told by its webhook, reopens nothing and pays nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
+    let loc = &b["locator"];
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Timeout).await;
+    let open = s.app().store.open_refunds().unwrap().remove(0);
+    let first_key = open.key().to_owned();
+    let owed = open.amount.amount();
+    f.clear_faults();
+    fault(&f, Step::Refund, Fault::RefundFails);
+    let mut admin = admin_client(&s).await;
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": open.id, "outcome": "retry"}),
+        )
+        .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    f.clear_faults();
+    // the timed-out first call is made at the gateway after all
+    let pi = f.ledger().intents[0].id.clone();
+    let late = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", &first_key)
+        .form(&[
+            ("payment_intent", pi.as_str()),
+            ("amount", &owed.to_string()),
+            ("metadata[refund]", &first_key),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(late.status().is_success());
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
+    let refused = f.ledger().intents[0]
+        .refunds
+        .iter()
+        .find(|r| r.status == "failed")
+        .unwrap()
+        .id
+        .clone();
+    assert_eq!(
+        refund_event(&s, "evt_refused", "refund.failed", &refused).await,
+        200
+    );
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(f.ledger().refunded(), owed);
+    let types = history_types(&mut c).await;
+    assert!(!types.iter().any(|t| t == "refund_failed"), "{types:?}");
     s.stop().await;
 }

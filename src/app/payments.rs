@@ -798,9 +798,12 @@ impl App {
             else {
                 return Err(err);
             };
-            if let Err(e) = self.make_refund(&refund).await {
-                tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
-                return Err(e);
+            match self.make_refund(&refund).await {
+                Ok(made) => refund.made_ref = made,
+                Err(e) => {
+                    tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
+                    return Err(e);
+                }
             }
             let now = domain::now_ms();
             refund.done = true;

@@ -100,6 +100,7 @@ pub(super) fn new_refund(
         previous_keys: Vec::new(),
         resolutions: Vec::new(),
         failed_later: Vec::new(),
+        made_ref: None,
     }
 }
 
@@ -146,10 +147,12 @@ impl App {
         }
     }
 
-    /// Asks the gateway for an open refund, with its stored key and amount.
-    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<(), AppError> {
+    /// Asks the gateway for an open refund, with its stored key and amount; returns
+    /// the gateway's refund (none when there is nothing to pay), for
+    /// [`RefundRecord::made_ref`].
+    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<Option<String>, AppError> {
         if r.amount == Money::ZERO {
-            return Ok(());
+            return Ok(None);
         }
         self.money_may_move()?;
         let made = self
@@ -164,9 +167,9 @@ impl App {
             })
             .await;
         match made {
-            Ok(_) => {
+            Ok(made) => {
                 self.refund_failures.remove(&r.id);
-                Ok(())
+                Ok(Some(made))
             }
             Err(e) => {
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
@@ -191,16 +194,19 @@ impl App {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
-            let (r, made) = match self.check_still_open(&r)? {
+            let (mut r, made) = match self.check_still_open(&r)? {
                 Some(now) => {
                     let made = self.make_refund(&now).await;
                     (now, made)
                 }
-                None => (r, Ok(())),
+                None => (r, Ok(None)),
             };
-            if let Err(e) = made {
-                tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
-                return Err(e);
+            match made {
+                Ok(made) => r.made_ref = made,
+                Err(e) => {
+                    tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
+                    return Err(e);
+                }
             }
             self.record_seat_refund(fs, r, busy, None).await
         };
@@ -552,8 +558,11 @@ impl App {
     /// was made for is reopened under a fresh key, as a reissue (see
     /// [`RefundRecord::is_reissue`]), and the money asked for again at once; an admin
     /// resolves it if the gateway keeps refusing. Nothing happens for a refund that did
-    /// not fail, is not this installation's, was reopened already, or whose record an
-    /// admin closed as paid by other means. Errors ask the caller to try again later.
+    /// not fail, is not this installation's, was reopened already, is not the one that
+    /// made its record (the record was made by a refund under another of its keys), or
+    /// whose record an admin closed as paid by other means. Errors ask the caller to
+    /// try again later: so does a record still being made, which may yet be recorded
+    /// as made by this very refund.
     pub(super) async fn reopen_failed_refund(&self, refund_ref: &str) -> Result<(), AppError> {
         let gone = self
             .payments
@@ -573,19 +582,44 @@ impl App {
             .resolutions
             .last()
             .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
-        if !read.done
-            || read.key() != key
+        if !read.keys().any(|k| k == key)
             || read.payment_ref != g.payment_ref
             || read.failed_later.contains(&g.id)
             || paid_elsewhere
         {
             return Ok(());
         }
+        if !read.done {
+            return Err(AppError::InvalidState(
+                "the refund is still being made; tell again later".into(),
+            ));
+        }
+        match &read.made_ref {
+            Some(made) if *made != g.id => return Ok(()),
+            Some(_) => {}
+            // closed before made_ref was kept: this refund made it unless another one
+            // under its keys went through
+            None => {
+                let made = self
+                    .payments
+                    .refunds_of(&read.payment_ref)
+                    .await
+                    .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
+                if made.iter().any(|m| {
+                    m.key
+                        .as_deref()
+                        .is_some_and(|k| read.keys().any(|x| x == k))
+                }) {
+                    return Ok(());
+                }
+            }
+        }
         let now = domain::now_ms();
         let mut r = read.clone();
         r.done = false;
+        r.made_ref = None;
         r.failed_later.push(g.id.clone());
-        r.previous_keys.push(key);
+        r.previous_keys.push(r.key().to_owned());
         r.gateway_key = Some(super::unique_id("rf"));
         r.updated_at = now;
         tracing::error!(refund = %r.id, locator = %r.locator, gateway_refund = %g.id, reason = %why, "a refund recorded as made failed at the gateway; paying it back again");
@@ -627,9 +661,10 @@ impl App {
             else {
                 return Ok(());
             };
-            self.make_refund(&read).await?;
+            let made = self.make_refund(&read).await?;
             let mut closed = read.clone();
             closed.done = true;
+            closed.made_ref = made;
             closed.updated_at = domain::now_ms();
             match self.commit(reissue_closed(&closed, read)).await {
                 Err(StoreError::Conflict) => Ok(()),

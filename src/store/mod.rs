@@ -270,6 +270,11 @@ pub struct RefundRecord {
     /// as recorded, only the money is owed (see [`RefundRecord::is_reissue`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_later: Vec<String>,
+    /// The gateway's refund that made it, once made (none for one closed before this
+    /// field existed, for nothing to pay, or as paid by other means): the only refund
+    /// whose later failure reopens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_ref: Option<String>,
 }
 
 /// An admin's decision about a refund the gateway kept refusing.
@@ -287,6 +292,14 @@ impl RefundRecord {
     /// The gateway's idempotency key for it now.
     pub fn key(&self) -> &str {
         self.gateway_key.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Every key it was asked under, the one it is asked under now last.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.previous_keys
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.key()))
     }
 
     /// What the refund is for: at most one refund per subject is open at a time (on a
