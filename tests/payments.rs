@@ -2440,3 +2440,43 @@ async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() 
     assert!(!types.iter().any(|t| t == "refund_failed"), "{types:?}");
     s.stop().await;
 }
+
+/// An airline cancellation that comes while a payment is being charged ends the
+/// payment: the charge is refunded, and the pay's answer names the cancellation (not
+/// a hold that ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_ended_by_the_airlines_cancellation_says_so() {
+    let (f, s) = stripe_server(|c| {
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    fault(&f, Step::Confirm, Fault::Slow(Duration::from_millis(1500)));
+    let loc = b["locator"].clone();
+    let paying =
+        tokio::spawn(async move { c.call("booking.pay", pay(&loc, "pm_card_visa", "p")).await });
+    eventually("the charge is asked", || async {
+        f.received(Step::Confirm) > 0
+    })
+    .await;
+    let mut admin = admin_client(&s).await;
+    admin
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": fid, "reason": "strike"}),
+        )
+        .await;
+    let r = paying.await.unwrap();
+    assert_eq!(r["error"]["data"]["reason"], "invalid_state", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("airline cancelled the flight"),
+        "{message}"
+    );
+    let l = f.ledger();
+    assert!(l.charged() > 0);
+    assert_eq!(l.charged(), l.refunded(), "{l:?}");
+    s.stop().await;
+}

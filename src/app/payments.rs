@@ -32,7 +32,7 @@ use super::busy::{busy_error, is_busy, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::app::AppError;
-use crate::domain::{self, FlightStatus, Order, OrderStatus, TicketNumber};
+use crate::domain::{self, BookingStatus, FlightStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::results::{Answer, BookingResult};
@@ -789,10 +789,17 @@ impl App {
         };
         let mark = self.take_refund_mark(&refund, covered).await?;
         let ended = async {
-            let err = AppError::InvalidState(
-                "the booking's hold ended before the payment completed; the charge was refunded"
-                    .into(),
-            );
+            let why = match self.store.booking(&a.locator)?.map(|b| b.status) {
+                _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
+                    "the airline cancelled the flight"
+                }
+                Some(BookingStatus::Expired) => "the booking's hold expired",
+                Some(BookingStatus::Cancelled) => "the booking was cancelled",
+                _ => "the booking's hold ended",
+            };
+            let err = AppError::InvalidState(format!(
+                "{why} before the payment completed; the charge was refunded"
+            ));
             // the record as it is now, under the mark: another node may have closed it
             let Some(mut refund) = self.store.open_refund(&a.id)?.filter(|r| r.id == refund.id)
             else {
