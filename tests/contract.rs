@@ -584,6 +584,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         resolutions: Vec::new(),
         failed_later: Vec::new(),
         made_ref: None,
+        made_pending: false,
     };
     s.app()
         .store

@@ -1201,6 +1201,7 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
         resolutions: Vec::new(),
         failed_later: Vec::new(),
         made_ref: None,
+        made_pending: false,
     };
     s.app()
         .store
@@ -1383,7 +1384,7 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
             })
             .await
             .expect("the first refund, replayed");
-        assert_eq!(id, first["id"].as_str().unwrap());
+        assert_eq!(id.id, first["id"].as_str().unwrap());
     }
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
@@ -2179,6 +2180,21 @@ async fn history_types(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// After a reconciliation round, the money of a refund that failed later went back
+/// (`owed` in all), nothing is left open, and the passenger's history says so.
+async fn paid_back_again(f: &FakeStripe, s: &Server, c: &mut Client, owed: i64) {
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), owed, "paid back once: {l:?}");
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    let types = history_types(c).await;
+    assert_eq!(
+        types[..2],
+        ["refund_reissued", "refund_failed"],
+        "{types:?}"
+    );
+}
+
 /// A refund Stripe fails days after it was made (and recorded) is paid back again
 /// under a fresh key when its webhook comes, once however often it is told; a reissue
 /// the gateway refuses too waits for an admin, and one an admin paid by other means
@@ -2223,16 +2239,7 @@ async fn a_refund_that_fails_after_it_was_made_is_paid_back_again() {
             json!({"refund_id": reissue["refund_id"], "outcome": "retry"}),
         )
         .await;
-    s.app().reconcile_payments(Duration::ZERO).await;
-    let l = f.ledger();
-    assert_eq!(l.refunded(), owed, "paid back once: {l:?}");
-    assert!(s.app().store.open_refunds().unwrap().is_empty());
-    let types = history_types(&mut c).await;
-    assert_eq!(
-        types[..2],
-        ["refund_reissued", "refund_failed"],
-        "{types:?}"
-    );
+    paid_back_again(&f, &s, &mut c, owed).await;
 
     // the same failure told again, by the same event or another one: nothing more
     for (id, kind) in [
@@ -2478,5 +2485,42 @@ async fn a_payment_ended_by_the_airlines_cancellation_says_so() {
     let l = f.ledger();
     assert!(l.charged() > 0);
     assert_eq!(l.charged(), l.refunded(), "{l:?}");
+    s.stop().await;
+}
+
+/// A refund Stripe answers `pending` is watched by the reconciler until it settles:
+/// one that fails later is paid back again without any webhook, and one that
+/// succeeds is no longer watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_refund_is_watched_until_it_settles() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    let watched = || s.app().store.pending_refunds().unwrap();
+    fault(&f, Step::Refund, Fault::RefundPending);
+    let cancel =
+        |rid: &str, seat: &str| json!({"locator": loc, "request_id": rid, "seats": [seat]});
+    let first = c.ok("booking.cancel", cancel("c1", &seats[0])).await;
+    let owed = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    let made = f.ledger().intents[0].refunds[0].clone();
+    assert_eq!(made.status, "pending");
+    assert_eq!(watched().len(), 1);
+    assert_eq!(watched()[0].0, made.id);
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert_eq!(watched().len(), 1, "still pending: still watched");
+
+    f.clear_faults();
+    assert!(f.fail_refund(&made.id));
+    paid_back_again(&f, &s, &mut c, owed).await;
+    assert!(watched().is_empty(), "{:?}", watched());
+
+    fault(&f, Step::Refund, Fault::RefundPending);
+    c.ok("booking.cancel", cancel("c2", &seats[1])).await;
+    let second = f.ledger().intents[0].refunds.last().unwrap().clone();
+    assert_eq!(watched().len(), 1);
+    assert!(f.settle_refund(&second.id));
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert!(watched().is_empty(), "settled: no longer watched");
+    let l = f.ledger();
+    assert_eq!(l.refunded(), l.charged(), "{l:?}");
     s.stop().await;
 }

@@ -806,7 +806,7 @@ impl App {
                 return Err(err);
             };
             match self.make_refund(&refund).await {
-                Ok(made) => refund.made_ref = made,
+                Ok(made) => super::refunds::made_by(&mut refund, made),
                 Err(e) => {
                     tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
                     return Err(e);
@@ -1035,6 +1035,7 @@ impl App {
             }
         }
         self.reconcile_refunds(cutoff).await;
+        self.watch_pending_refunds().await;
         if self.failures_checked.load(Ordering::SeqCst) {
             return;
         }

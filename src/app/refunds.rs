@@ -17,7 +17,7 @@ use super::{event, remember_ok, App, AuthSession};
 use crate::app::AppError;
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
-use crate::payments::RefundRequest;
+use crate::payments::{MadeRefund, RefundRequest};
 use crate::protocol::params::{self, RefundOutcome};
 use crate::protocol::results::{
     Answer, BookingResult, RefundResult, RefundView, Refunds, ResolutionView,
@@ -101,6 +101,7 @@ pub(super) fn new_refund(
         resolutions: Vec::new(),
         failed_later: Vec::new(),
         made_ref: None,
+        made_pending: false,
     }
 }
 
@@ -148,9 +149,11 @@ impl App {
     }
 
     /// Asks the gateway for an open refund, with its stored key and amount; returns
-    /// the gateway's refund (none when there is nothing to pay), for
-    /// [`RefundRecord::made_ref`].
-    pub(super) async fn make_refund(&self, r: &RefundRecord) -> Result<Option<String>, AppError> {
+    /// the gateway's refund (none when there is nothing to pay), for [`made_by`].
+    pub(super) async fn make_refund(
+        &self,
+        r: &RefundRecord,
+    ) -> Result<Option<MadeRefund>, AppError> {
         if r.amount == Money::ZERO {
             return Ok(None);
         }
@@ -202,7 +205,7 @@ impl App {
                 None => (r, Ok(None)),
             };
             match made {
-                Ok(made) => r.made_ref = made,
+                Ok(made) => made_by(&mut r, made),
                 Err(e) => {
                     tracing::warn!(refund = %r.id, locator = %r.locator, error = %e, "refund not made yet; will retry");
                     return Err(e);
@@ -617,7 +620,7 @@ impl App {
         let now = domain::now_ms();
         let mut r = read.clone();
         r.done = false;
-        r.made_ref = None;
+        made_by(&mut r, None);
         r.failed_later.push(g.id.clone());
         r.previous_keys.push(r.key().to_owned());
         r.gateway_key = Some(super::unique_id("rf"));
@@ -664,7 +667,7 @@ impl App {
             let made = self.make_refund(&read).await?;
             let mut closed = read.clone();
             closed.done = true;
-            closed.made_ref = made;
+            made_by(&mut closed, made);
             closed.updated_at = domain::now_ms();
             match self.commit(reissue_closed(&closed, read)).await {
                 Err(StoreError::Conflict) => Ok(()),
@@ -675,6 +678,61 @@ impl App {
         self.release_refund_mark(mark).await;
         drop(busy);
         finished
+    }
+}
+
+/// Notes on `r` the gateway refund that made it (see [`RefundRecord::made_ref`]).
+pub(super) fn made_by(r: &mut RefundRecord, made: Option<MadeRefund>) {
+    r.made_pending = made.as_ref().is_some_and(|m| m.pending);
+    r.made_ref = made.map(|m| m.id);
+}
+
+impl App {
+    /// Asks the gateway about every refund recorded as made while it was still
+    /// pending: one that failed since is paid back again (as its webhook would have
+    /// had it), one that settled, or that the gateway does not know, is no longer
+    /// watched. Without a webhook this is how a late failure is found, one
+    /// reconciliation round after it.
+    pub(super) async fn watch_pending_refunds(&self) {
+        let pending = match self.store.pending_refunds() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list pending refunds");
+                return;
+            }
+        };
+        for (gateway_ref, record) in pending {
+            let done = match self.payments.refund_now(&gateway_ref).await {
+                Ok(Some(g)) if g.pending => false,
+                Ok(Some(g)) if g.failure.is_some() => {
+                    match self.reopen_failed_refund(&gateway_ref).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(refund = %record, error = %e, "a failed refund not reopened yet");
+                            false
+                        }
+                    }
+                }
+                Ok(Some(_)) => true,
+                Ok(None) => {
+                    tracing::warn!(refund = %record, gateway_refund = %gateway_ref, "the gateway does not know a refund recorded as pending; no longer watched");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(refund = %record, error = %e, "cannot ask the gateway about a pending refund");
+                    false
+                }
+            };
+            if done {
+                let settled = self.commit(Batch {
+                    settled_refunds: vec![gateway_ref],
+                    ..Default::default()
+                });
+                if let Err(e) = settled.await {
+                    tracing::warn!(refund = %record, error = %e, "cannot note a settled refund");
+                }
+            }
+        }
     }
 }
 

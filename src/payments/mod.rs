@@ -47,6 +47,15 @@ pub struct RefundRequest {
     pub earlier_keys: Vec<String>,
 }
 
+/// A refund the gateway made, as its answer said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeRefund {
+    pub id: String,
+    /// Accepted but not settled yet (Stripe's `pending`): it may still fail, days
+    /// later, and is watched until it settles.
+    pub pending: bool,
+}
+
 /// A refund the gateway holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRefund {
@@ -60,6 +69,8 @@ pub struct GatewayRefund {
     /// Why no money went back, for a refund the gateway failed or cancelled (Stripe
     /// can fail one days after it answered it `pending`, or even `succeeded`).
     pub failure: Option<String>,
+    /// Not settled yet (Stripe's `pending`).
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,8 +133,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
         payment_ref: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>>;
-    /// Refunds part or all of a charged payment; returns the refund reference.
-    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>>;
+    /// Refunds part or all of a charged payment; returns the refund made.
+    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>>;
     /// Every refund of a payment made and not failed; none for a gateway that keeps
     /// no such list.
     fn refunds_of<'a>(

@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest};
+use super::{
+    MadeRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest,
+};
 
 const APPROVED: &[&str] = &[
     "pm_card_visa",
@@ -157,8 +159,13 @@ impl PaymentGateway for Sandbox {
         })
     }
 
-    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
-        Box::pin(async move { Ok(reference("re", &req.idempotency_key)) })
+    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
+        Box::pin(async move {
+            Ok(MadeRefund {
+                id: reference("re", &req.idempotency_key),
+                pending: false,
+            })
+        })
     }
 
     fn name(&self) -> &'static str {

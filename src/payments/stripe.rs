@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::time::Duration;
 
 use super::{
-    GatewayRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest,
+    GatewayRefund, MadeRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus,
+    RefundRequest,
 };
 use crate::domain::Money;
 
@@ -125,7 +126,7 @@ impl Stripe {
     /// that failure again, not a reason to ask anew (which, once Stripe has forgotten
     /// the key, would make one more failed refund at each retry): only an admin's
     /// `retry`, under a fresh key, asks again.
-    async fn find_refund(&self, req: &RefundRequest) -> Result<Option<String>, PaymentError> {
+    async fn find_refund(&self, req: &RefundRequest) -> Result<Option<MadeRefund>, PaymentError> {
         let ours = |k: &str| k == req.idempotency_key || req.earlier_keys.iter().any(|e| e == k);
         let all = self.list_refunds(&req.payment_ref).await?;
         if let Some(made) = all
@@ -301,7 +302,7 @@ impl PaymentGateway for Stripe {
         })
     }
 
-    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
+    fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
             if req.look_up_first || !req.earlier_keys.is_empty() {
                 if let Some(id) = self.find_refund(&req).await? {
@@ -400,6 +401,7 @@ fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
                 .unwrap_or("no reason given")
                 .to_owned()
         }),
+        pending: r["status"] == "pending",
     })
 }
 
@@ -410,7 +412,7 @@ fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
 ///
 /// A refund waiting for the customer's action (`requires_action`, some non-card
 /// methods) is not made yet either: it stays open, and each retry reads it again.
-fn refund_made(r: &Value) -> Result<String, PaymentError> {
+fn refund_made(r: &Value) -> Result<MadeRefund, PaymentError> {
     if let Some(status) = r["status"].as_str().filter(|_| failed(r)) {
         let why = r["failure_reason"].as_str().unwrap_or("no reason given");
         return Err(PaymentError::Failed(format!(
@@ -423,10 +425,14 @@ fn refund_made(r: &Value) -> Result<String, PaymentError> {
                 .into(),
         ));
     }
-    r["id"]
+    let id = r["id"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| PaymentError::Failed("the payment gateway returned no refund id".into()))
+        .ok_or_else(|| PaymentError::Failed("the payment gateway returned no refund id".into()))?;
+    Ok(MadeRefund {
+        id,
+        pending: r["status"] == "pending",
+    })
 }
 
 #[cfg(test)]
@@ -491,8 +497,12 @@ mod tests {
     #[test]
     fn only_a_refund_that_moves_money_counts_as_made() {
         let made = |status: &str| refund_made(&json!({"id": "re_1", "status": status}));
-        assert_eq!(made("succeeded"), Ok("re_1".into()));
-        assert_eq!(made("pending"), Ok("re_1".into()));
+        let made_as = |pending| MadeRefund {
+            id: "re_1".into(),
+            pending,
+        };
+        assert_eq!(made("succeeded"), Ok(made_as(false)));
+        assert_eq!(made("pending"), Ok(made_as(true)));
         for not_made in ["failed", "canceled", "requires_action"] {
             assert!(made(not_made).is_err(), "{not_made}");
         }

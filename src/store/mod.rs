@@ -275,6 +275,12 @@ pub struct RefundRecord {
     /// whose later failure reopens it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_ref: Option<String>,
+    /// `made_ref` was accepted but not settled (Stripe's `pending`) when it was
+    /// recorded: the reconciler watches it until it settles (see
+    /// [`Store::pending_refunds`]), so a late failure is paid back again even when no
+    /// webhook tells.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub made_pending: bool,
 }
 
 /// An admin's decision about a refund the gateway kept refusing.
@@ -367,6 +373,9 @@ pub struct Batch {
     /// Refunds to overwrite, closing them when `done`: written only while each is its
     /// subject's open refund (conflict otherwise: it was closed meanwhile).
     pub refunds: Vec<RefundRecord>,
+    /// Gateway refunds recorded as made while pending that have settled since (or
+    /// were reopened): no longer watched.
+    pub settled_refunds: Vec<String>,
     /// Refund records as read before `refunds` changes them: conflict unless each is
     /// still stored exactly so (another admin's decision came first).
     pub refunds_read: Vec<RefundRecord>,
@@ -527,6 +536,9 @@ pub trait Store: Send + Sync + 'static {
     /// The open refund for a [`RefundRecord::subject`] (a locator or an attempt id).
     fn open_refund(&self, subject: &str) -> StoreResult<Option<RefundRecord>>;
     fn open_refunds(&self) -> StoreResult<Vec<RefundRecord>>;
+    /// Gateway refunds recorded as made while still pending, each with its record's
+    /// id: watched by the reconciler until they settle.
+    fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>>;
     /// The refund asked for at the gateway under `key` (its id, or the fresh key an
     /// admin's retry gave it), open or closed.
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>>;

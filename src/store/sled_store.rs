@@ -44,6 +44,8 @@ const REFUND: u8 = b'D';
 const OPEN_REFUND: u8 = b'd';
 /// A refund's gateway key other than its id (an admin's retry): the refund's id.
 const REFUND_KEY: u8 = b'k';
+/// A gateway refund recorded as made while pending, until it settles: the record's id.
+const PENDING_REFUND: u8 = b'g';
 const PAYMENT_MARK: u8 = b'y';
 /// A flight's last check-in sequence number.
 const CHECKIN_SEQUENCE: u8 = b'n';
@@ -620,6 +622,12 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
                 r.id.as_bytes().to_vec(),
             ));
         }
+        if let Some(made) = r.made_ref.as_ref().filter(|_| r.done && r.made_pending) {
+            ops.push(Op::Put(
+                key(PENDING_REFUND, &[made.as_bytes()]),
+                r.id.as_bytes().to_vec(),
+            ));
+        }
         let open = key(OPEN_REFUND, &[r.subject().as_bytes()]);
         let id = r.id.as_bytes().to_vec();
         match (new, r.done) {
@@ -643,6 +651,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for m in &batch.unmarks {
         ops.push(Op::Expect(mark_key(m), encode(m)?));
         ops.push(Op::Delete(mark_key(m)));
+    }
+    for g in &batch.settled_refunds {
+        ops.push(Op::Delete(key(PENDING_REFUND, &[g.as_bytes()])));
     }
     for e in &batch.webhook_events {
         ops.push(Op::Put(key(WEBHOOK, &[e.as_bytes()]), Vec::new()));
@@ -995,6 +1006,17 @@ impl Store for SledStore {
         self.via_index(&[OPEN_REFUND], REFUND)
     }
 
+    fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>> {
+        self.db
+            .scan_prefix([PENDING_REFUND])
+            .map(|kv| {
+                let (k, id) = kv.map_err(io)?;
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                Ok((text(&k[1..]), text(&id)))
+            })
+            .collect()
+    }
+
     fn refund_by_key(&self, k: &str) -> StoreResult<Option<RefundRecord>> {
         if let Some(r) = self.via_reference(&key(REFUND_KEY, &[k.as_bytes()]), REFUND)? {
             return Ok(Some(r));
@@ -1209,6 +1231,7 @@ mod tests {
             resolutions: Vec::new(),
             failed_later: Vec::new(),
             made_ref: None,
+            made_pending: false,
         };
         let open = |id: &str| Batch {
             new_refunds: vec![refund(id, false)],

@@ -170,6 +170,9 @@ impl Store for Faulty {
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<jetway::store::RefundRecord>> {
         self.inner.refund_by_key(key)
     }
+    fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>> {
+        self.inner.pending_refunds()
+    }
     fn payment_mark(
         &self,
         locator: &jetway::domain::Locator,

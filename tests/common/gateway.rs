@@ -51,7 +51,7 @@ impl jetway::payments::PaymentGateway for CountingGateway {
     fn refund(
         &self,
         req: jetway::payments::RefundRequest,
-    ) -> BoxFuture<'_, Result<String, jetway::payments::PaymentError>> {
+    ) -> BoxFuture<'_, Result<jetway::payments::MadeRefund, jetway::payments::PaymentError>> {
         Box::pin(async move {
             let n = {
                 let mut r = self.refunds.lock();
@@ -65,7 +65,10 @@ impl jetway::payments::PaymentGateway for CountingGateway {
             if self.hang_from.is_some_and(|h| n >= h) || self.hang_nth == Some(n) {
                 futures::future::pending::<()>().await;
             }
-            Ok(format!("re_test_{}", req.idempotency_key))
+            Ok(jetway::payments::MadeRefund {
+                id: format!("re_test_{}", req.idempotency_key),
+                pending: false,
+            })
         })
     }
     fn name(&self) -> &'static str {

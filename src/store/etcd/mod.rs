@@ -359,6 +359,9 @@ impl Store for EtcdStore {
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>> {
         self.mirror.refund_by_key(key)
     }
+    fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>> {
+        self.mirror.pending_refunds()
+    }
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>> {
         self.mirror.payment_mark(locator)
     }

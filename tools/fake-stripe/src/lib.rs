@@ -383,6 +383,17 @@ impl FakeStripe {
     pub fn fail_refund(&self, id: &str) -> bool {
         self.shared.fail_refund(id)
     }
+
+    /// Settles a `pending` refund as `succeeded`; `false` if there is no such refund.
+    pub fn settle_refund(&self, id: &str) -> bool {
+        let mut g = self.shared.0.lock();
+        let pending = g
+            .intents
+            .iter_mut()
+            .flat_map(|i| i.refunds.iter_mut())
+            .find(|r| r.id == id && r.status == "pending");
+        pending.map(|r| r.status = "succeeded".into()).is_some()
+    }
 }
 
 fn router(shared: Shared) -> Router {
