@@ -1425,6 +1425,22 @@ async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
     };
     assert_eq!(r["version"], v, "{r}");
     assert_eq!(r["changes"], json!([]), "{r}");
+
+    // a `since` no node has reached, while B's member is stopped: B answers from its
+    // map after a bounded wait instead of stalling the connection
+    moving
+        .ok("seats.unsubscribe", json!({"flight_id": flight}))
+        .await;
+    etcd.pause(lag);
+    let ahead = moving
+        .call(
+            "seats.subscribe",
+            json!({"flight_id": flight, "since": 1_000_000_000u64}),
+        )
+        .await;
+    etcd.resume(lag);
+    assert_eq!(ahead["result"]["version"], v, "{ahead}");
+    assert!(ahead["result"]["seats"].is_array(), "a snapshot: {ahead}");
 }
 
 /// A refund being made through one node holds the booking's payment mark, so an

@@ -2333,8 +2333,16 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
         jetway::domain::BookingStatus::Confirmed,
         "not recorded"
     );
+    // its failure told while the record waits for an admin: acknowledged (Stripe
+    // would otherwise tell again for days), and nothing changes
+    assert_eq!(
+        refund_event(&s, "evt_waiting", "refund.failed", &pending.id).await,
+        200
+    );
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let stuck = &open["refunds"][0];
+    assert_eq!(open["refunds"].as_array().unwrap().len(), 1, "{open}");
+    assert!(stuck.get("failed_later").is_none(), "{stuck}");
     assert!(
         stuck["last_error"].as_str().unwrap().contains("failed"),
         "{stuck}"

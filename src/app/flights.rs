@@ -13,6 +13,9 @@ use crate::protocol::results::{
 use crate::protocol::{envelope, params};
 
 pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
+/// How long a `seats.subscribe` whose `since` is ahead of this node waits for the
+/// node to catch up with the cluster before it is answered from the node's map.
+const SINCE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 pub const MAX_SEARCH_LIMIT: u32 = 500;
 
 fn airport_filter(code: Option<String>, field: &str) -> Result<Option<String>, AppError> {
@@ -121,7 +124,12 @@ impl App {
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
         if p.since.is_some_and(|s| s > fs.published_version()) {
-            self.committer.catch_up().await?;
+            // bounded: a `since` no node has reached, or a cluster store that does not
+            // answer, gets this node's map (a snapshot) rather than a stalled request
+            let caught_up = tokio::time::timeout(SINCE_CATCH_UP, self.committer.catch_up()).await;
+            if !matches!(caught_up, Ok(Ok(()))) {
+                tracing::debug!(flight = %fs.id, "subscribe ahead of this node answered from its map");
+            }
         }
         let flight_id = fs.id.clone();
         let viewers = self.viewers(&fs, !subs.contains(&fs.id));

@@ -789,7 +789,13 @@ impl App {
         };
         let mark = self.take_refund_mark(&refund, covered).await?;
         let ended = async {
-            let why = match self.store.booking(&a.locator)?.map(|b| b.status) {
+            let why = match self
+                .store
+                .booking(&a.locator)
+                .ok()
+                .flatten()
+                .map(|b| b.status)
+            {
                 _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
                     "the airline cancelled the flight"
                 }

@@ -563,9 +563,10 @@ impl App {
     /// resolves it if the gateway keeps refusing. Nothing happens for a refund that did
     /// not fail, is not this installation's, was reopened already, is not the one that
     /// made its record (the record was made by a refund under another of its keys), or
-    /// whose record an admin closed as paid by other means. Errors ask the caller to
-    /// try again later: so does a record still being made, which may yet be recorded
-    /// as made by this very refund.
+    /// whose record an admin closed as paid by other means, or whose record is still
+    /// open (refused, waiting for an admin; or being made right now, and then recorded
+    /// as `made_pending`, whose watch finds the failure). Errors ask the caller to try
+    /// again later.
     pub(super) async fn reopen_failed_refund(&self, refund_ref: &str) -> Result<(), AppError> {
         let gone = self
             .payments
@@ -578,7 +579,12 @@ impl App {
             return Ok(());
         };
         self.committer.catch_up().await?;
-        let Some(read) = self.store.refund_by_key(&key)? else {
+        // may scan every refund record (a key given before the key index): off the reactor
+        let (store, lookup) = (self.store.clone(), key.clone());
+        let found = tokio::task::spawn_blocking(move || store.refund_by_key(&lookup))
+            .await
+            .map_err(|_| AppError::Internal)??;
+        let Some(read) = found else {
             return Ok(());
         };
         let paid_elsewhere = read
@@ -593,9 +599,7 @@ impl App {
             return Ok(());
         }
         if !read.done {
-            return Err(AppError::InvalidState(
-                "the refund is still being made; tell again later".into(),
-            ));
+            return Ok(());
         }
         match &read.made_ref {
             Some(made) if *made != g.id => return Ok(()),

@@ -204,7 +204,7 @@ impl App {
             };
             if let Err(e) = self.commit(batch).await {
                 tracing::warn!(error = %e, "cannot mark departed flights; trying again later");
-                return;
+                continue;
             }
             for (fs, _, f) in chunk {
                 self.flight_record(fs, f.clone());

@@ -1029,9 +1029,11 @@ impl Store for SledStore {
         // nobody here gave, another installation's, costs one too)
         for kv in self.db.scan_prefix([REFUND]) {
             let (_, v) = kv.map_err(io)?;
-            let r: RefundRecord = decode(&v)?;
-            if r.keys().any(|x| x == k) {
-                return Ok(Some(r));
+            // one record this version cannot read must not hide the others
+            if let Ok(r) = decode::<RefundRecord>(&v) {
+                if r.keys().any(|x| x == k) {
+                    return Ok(Some(r));
+                }
             }
         }
         Ok(None)
