@@ -1722,14 +1722,15 @@ async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
     }
 }
 
-/// A refund record an admin decides on, a waitlist entry a sweep expires, and a
-/// flight record are written only over the record as read (compare-and-swap): of two
-/// admins deciding one refund at once, or two nodes expiring one closed line, the
-/// second fails and tells nobody; an update decided on a copy older than a
-/// cancellation written through another node is refused instead of writing over it;
-/// and seeding creates only missing flights.
+/// A refund record an admin decides on, a waitlist entry a sweep expires, a flight
+/// record and a flight's waitlist line are written only over the record as read
+/// (compare-and-swap): of two admins deciding one refund at once, or two nodes
+/// expiring one closed line, the second fails and tells nobody; an update decided on
+/// a copy older than a cancellation written through another node is refused instead
+/// of writing over it; seeding creates only missing flights; and a seat release
+/// decided before it saw a join through another node is decided again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refund_decisions_waitlist_expiry_and_flight_records_are_compare_and_swap() {
+async fn refunds_waitlists_flights_and_lines_change_by_compare_and_swap() {
     use jetway::domain::{WaitlistEntry, WaitlistStatus};
     use jetway::store::{Batch, RefundRecord, Replicated, Store, StoreError};
     let _serial = SERIAL.lock().await;
@@ -1830,6 +1831,37 @@ async fn refund_decisions_waitlist_expiry_and_flight_records_are_compare_and_swa
     ));
     nodes[1].settle().await.unwrap();
     assert_eq!(Store::flights(&*nodes[1]).unwrap(), vec![cancelled]);
+
+    // a waitlist join advances the line; a seat release decided before it saw the
+    // join (on another node) fails, and decided again it passes
+    let line = |read, advance| Batch {
+        lines: vec![jetway::store::LineCheck {
+            flight: first.id.clone(),
+            read,
+            advance,
+        }],
+        ..Default::default()
+    };
+    commit(0, line(None, true)).await.unwrap();
+    assert!(matches!(
+        commit(1, line(None, false)).await,
+        Err(StoreError::Conflict)
+    ));
+    nodes[1].settle().await.unwrap();
+    assert_eq!(
+        Store::line_revision(&*nodes[1], &first.id).unwrap(),
+        Some(1)
+    );
+    commit(1, line(Some(1), false)).await.unwrap();
+    assert!(
+        matches!(commit(0, line(None, true)).await, Err(StoreError::Conflict)),
+        "a join decided on an older line"
+    );
+    commit(0, line(Some(1), true)).await.unwrap();
+    assert!(matches!(
+        commit(1, line(Some(1), false)).await,
+        Err(StoreError::Conflict)
+    ));
     for n in nodes {
         n.close();
     }

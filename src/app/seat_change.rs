@@ -13,7 +13,7 @@ use crate::domain::{self, Booking, Flight, UserId};
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
 use crate::protocol::results::{self, BookingResult, BookingView, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
-use crate::store::{Batch, IdemKey, Memo, StoreError};
+use crate::store::{Batch, IdemKey, LineCheck, Memo, StoreError};
 
 use super::{cluster, event, replay, waitlist, App, Turn};
 
@@ -131,6 +131,16 @@ impl App {
         mut updates: Vec<(usize, Option<Occupant>)>,
         booking: Option<&Booking>,
     ) -> Result<Ticket, StoreError> {
+        let frees = updates.iter().any(|(_, o)| o.is_none());
+        if self.committer.is_replicated() && (booking.is_none() || frees) {
+            // read before the line is: a join through another node after this read
+            // fails this change, which is then decided again seeing the new entry
+            batch.lines.push(LineCheck {
+                flight: fs.id.clone(),
+                read: self.store.line_revision(&fs.id)?,
+                advance: false,
+            });
+        }
         let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, booking)?;
         let expect = Some((fs.id.clone(), w.version));
         if booking.is_none() && updates.is_empty() {

@@ -396,6 +396,22 @@ pub struct Batch {
     pub waitlist_read: Vec<WaitlistEntry>,
     /// The seat change itself, for the other nodes of a cluster (sled leaves it out).
     pub seat_feed: Option<SeatFeed>,
+    /// Orders waitlist joins against seat releases across the nodes of a cluster
+    /// (see [`LineCheck`]).
+    pub lines: Vec<LineCheck>,
+}
+
+/// A flight's waitlist line as a batch read it: its revision (`None`: never written).
+/// A join advances the revision; a change that may serve the line (frees seats, or
+/// changes the line) expects it unchanged. On a cluster a join and a release decided
+/// on different nodes at once then conflict, and the loser decides again seeing the
+/// other: a freed seat never misses an entry that joined at that moment. A single
+/// node orders them by the flight's lock and writes none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineCheck {
+    pub flight: FlightId,
+    pub read: Option<u64>,
+    pub advance: bool,
 }
 
 /// One seat of a [`SeatFeed`]: who holds it after the change (`None`: free).
@@ -509,6 +525,8 @@ pub trait Store: Send + Sync + 'static {
     /// only changes in a batch that also moves the flight's version, so a write that
     /// expects the version the number was read at cannot reuse a number.
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64>;
+    /// The revision of a flight's waitlist line (see [`LineCheck`]).
+    fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;

@@ -56,6 +56,8 @@ const WAITLIST: u8 = b'L';
 /// A flight's active (waiting or offered) entries, in join order: the entry's id.
 const FLIGHT_WAITLIST: u8 = b'l';
 const USER_WAITLIST: u8 = b'x';
+/// A flight's waitlist line revision (see [`super::LineCheck`]), big-endian.
+const LINE_REVISION: u8 = b'w';
 
 pub struct SledStore {
     db: sled::Db,
@@ -652,6 +654,20 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         ops.push(Op::Expect(mark_key(m), encode(m)?));
         ops.push(Op::Delete(mark_key(m)));
     }
+    for l in &batch.lines {
+        let k = key(LINE_REVISION, &[l.flight.as_str().as_bytes()]);
+        let at = |r: u64| r.to_be_bytes().to_vec();
+        match (l.read, l.advance) {
+            (None, true) => ops.push(Op::Create(k, at(1))),
+            (None, false) => ops.push(Op::Create(k, at(0))),
+            (Some(r), advance) => {
+                ops.push(Op::Expect(k.clone(), at(r)));
+                if advance {
+                    ops.push(Op::Put(k, at(r + 1)));
+                }
+            }
+        }
+    }
     for g in &batch.settled_refunds {
         ops.push(Op::Delete(key(PENDING_REFUND, &[g.as_bytes()])));
     }
@@ -907,6 +923,18 @@ impl Store for SledStore {
 
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.counter(&version_key(flight), "version")
+    }
+
+    fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
+        let k = key(LINE_REVISION, &[flight.as_str().as_bytes()]);
+        match self.db.get(k).map_err(io)? {
+            Some(v) => Ok(Some(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| io("a line revision of another size"))?,
+            ))),
+            None => Ok(None),
+        }
     }
 
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
@@ -1276,6 +1304,35 @@ mod tests {
             assert_eq!(found.as_deref(), Some("rf-x"), "{k}");
         }
         assert!(s.refund_by_key("rf-z").unwrap().is_none());
+    }
+
+    /// A waitlist join advances its flight's line revision; a change expecting the
+    /// revision it read fails once a join came in between (see `super::LineCheck`).
+    #[test]
+    fn a_join_fails_a_release_decided_on_the_line_before_it() {
+        let s = SledStore::temporary().unwrap();
+        let flight = FlightId::parse("JW1-20260101").unwrap();
+        let line = |read, advance| Batch {
+            lines: vec![super::super::LineCheck {
+                flight: flight.clone(),
+                read,
+                advance,
+            }],
+            ..Default::default()
+        };
+        s.write(&line(None, false)).unwrap();
+        assert_eq!(s.line_revision(&flight).unwrap(), Some(0));
+        s.write(&line(Some(0), true)).unwrap();
+        assert!(matches!(
+            s.write(&line(Some(0), false)),
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            s.write(&line(None, true)),
+            Err(StoreError::Conflict)
+        ));
+        s.write(&line(Some(1), false)).unwrap();
+        assert_eq!(s.line_revision(&flight).unwrap(), Some(1));
     }
 
     /// A flight record is changed only over the record as read, and created only where

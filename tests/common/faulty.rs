@@ -119,6 +119,9 @@ impl Store for Faulty {
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
         self.inner.checkin_sequence(flight)
     }
+    fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
+        self.inner.line_revision(flight)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.read_bookings();
         self.inner.booking(locator)

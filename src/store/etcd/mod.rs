@@ -307,6 +307,9 @@ impl Store for EtcdStore {
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
         self.mirror.checkin_sequence(flight)
     }
+    fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
+        self.mirror.line_revision(flight)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.mirror.booking(locator)
     }
