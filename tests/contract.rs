@@ -565,35 +565,7 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
 
     // an open refund the gateway keeps refusing, and an admin's way out
     let stuck = store_booking(&s, &declined);
-    let now = stuck.created_at;
-    let refund = jetway::store::RefundRecord {
-        id: "rf-stuck".into(),
-        user_id: stuck.user_id,
-        locator: stuck.locator.clone(),
-        payment_ref: "pi_refused".into(),
-        amount: jetway::domain::Money::cents(100).unwrap(),
-        seats: Vec::new(),
-        reason: jetway::store::RefundReason::Cancel {
-            request_id: "c-old".into(),
-        },
-        done: false,
-        created_at: now,
-        updated_at: now,
-        gateway_key: None,
-        previous_keys: Vec::new(),
-        resolutions: Vec::new(),
-        failed_later: Vec::new(),
-        made_ref: None,
-        made_pending: false,
-    };
-    s.app()
-        .store
-        .write(&jetway::store::Batch {
-            new_refunds: vec![refund],
-            ..Default::default()
-        })
-        .unwrap();
-    s.app().store.sync().unwrap();
+    s.store_refund("rf-stuck", &stuck, "pi_refused", (100, "c-old"), |_| {});
     let open = k.ok(&mut admin, "admin.refunds.list", json!({})).await;
     assert_eq!(open["refunds"][0]["refund_id"], "rf-stuck", "{open}");
     let resolved = k

@@ -1182,35 +1182,10 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
     let booking = store_booking(&s, &loc);
     let order_id = booking.order_id.clone().unwrap();
     let order = s.app().store.order(&order_id).unwrap().unwrap();
-    let now = booking.created_at;
-    let stale = jetway::store::RefundRecord {
-        id: "rf-stale".into(),
-        user_id: booking.user_id,
-        locator: booking.locator.clone(),
-        payment_ref: order.charge_id,
-        amount: booking.seats[0].fare,
-        seats: vec![jetway::domain::SeatId::parse(&theirs[0]).unwrap()],
-        reason: jetway::store::RefundReason::Cancel {
-            request_id: "old".into(),
-        },
-        done: false,
-        created_at: now,
-        updated_at: now,
-        gateway_key: None,
-        previous_keys: Vec::new(),
-        resolutions: Vec::new(),
-        failed_later: Vec::new(),
-        made_ref: None,
-        made_pending: false,
-    };
-    s.app()
-        .store
-        .write(&jetway::store::Batch {
-            new_refunds: vec![stale],
-            ..Default::default()
-        })
-        .unwrap();
-    s.app().store.sync().unwrap();
+    let fare = booking.seats[0].fare.amount();
+    s.store_refund("rf-stale", &booking, &order.charge_id, (fare, "old"), |r| {
+        r.seats = vec![jetway::domain::SeatId::parse(&theirs[0]).unwrap()]
+    });
     assert_eq!(
         c.reason("booking.cancel", json!({"locator": loc, "request_id": "c"}))
             .await,
@@ -2513,11 +2488,17 @@ async fn a_pending_refund_is_watched_until_it_settles() {
     assert_eq!(made.status, "pending");
     assert_eq!(watched().len(), 1);
     assert_eq!(watched()[0].0, made.id);
-    s.app().reconcile_payments(Duration::ZERO).await;
+    s.app().watch_pending_refunds().await;
     assert_eq!(watched().len(), 1, "still pending: still watched");
+    // a gateway that does not answer ends the round; the refund stays watched
+    f.clear_faults();
+    fault(&f, Step::RetrieveRefund, Fault::Fail);
+    s.app().watch_pending_refunds().await;
+    assert_eq!(watched().len(), 1);
 
     f.clear_faults();
     assert!(f.fail_refund(&made.id));
+    s.app().watch_pending_refunds().await;
     paid_back_again(&f, &s, &mut c, owed).await;
     assert!(watched().is_empty(), "{:?}", watched());
 
@@ -2526,9 +2507,40 @@ async fn a_pending_refund_is_watched_until_it_settles() {
     let second = f.ledger().intents[0].refunds.last().unwrap().clone();
     assert_eq!(watched().len(), 1);
     assert!(f.settle_refund(&second.id));
-    s.app().reconcile_payments(Duration::ZERO).await;
+    s.app().watch_pending_refunds().await;
     assert!(watched().is_empty(), "settled: no longer watched");
     let l = f.ledger();
     assert_eq!(l.refunded(), l.charged(), "{l:?}");
+    s.stop().await;
+}
+
+/// A pending refund recorded without our metadata (an older release's, resent as it
+/// was first asked) carries no key to find its record by: the watch ties it to its
+/// record by the gateway refund that made it, and a late failure is paid back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_refund_without_our_metadata_is_reopened_by_its_record() {
+    let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
+    let booking = store_booking(&s, &b["locator"]);
+    let pi = f.ledger().intents[0].id.clone();
+    fault(&f, Step::Refund, Fault::RefundPending);
+    let made: Value = refund_without_metadata(&f, &pi, "legacy-key", 1000)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let made = made["id"].as_str().unwrap().to_owned();
+    f.clear_faults();
+    let id = format!("refund-{}-legacy", booking.locator);
+    s.store_refund(&id, &booking, &pi, (1000, "legacy"), |r| {
+        r.done = true;
+        r.made_ref = Some(made.clone());
+        r.made_pending = true;
+    });
+    assert!(f.fail_refund(&made));
+    s.app().watch_pending_refunds().await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), 1000, "paid back again: {l:?}");
+    assert!(s.app().store.pending_refunds().unwrap().is_empty());
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
     s.stop().await;
 }

@@ -80,6 +80,8 @@ pub struct App {
     /// Open refunds the gateway failed or refused on this node since it started:
     /// tries and the last error (`admin.refunds.list`).
     refund_failures: DashMap<String, (u32, String)>,
+    /// The last pending refund asked about: each round of the watch goes on after it.
+    watch_cursor: parking_lot::Mutex<Option<String>>,
     stop: tokio_util::sync::CancellationToken,
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Short tasks spawned on the way (a payment mark released, a due hold's payment
@@ -198,6 +200,7 @@ impl App {
             failures_checked: AtomicBool::new(false),
             mark_owner: unique_id("node"),
             refund_failures: DashMap::new(),
+            watch_cursor: parking_lot::Mutex::new(None),
             stop,
             background: parking_lot::Mutex::new(vec![upkeep_task]),
             tasks: tokio_util::task::TaskTracker::new(),

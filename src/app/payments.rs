@@ -1041,7 +1041,6 @@ impl App {
             }
         }
         self.reconcile_refunds(cutoff).await;
-        self.watch_pending_refunds().await;
         if self.failures_checked.load(Ordering::SeqCst) {
             return;
         }
@@ -1115,7 +1114,7 @@ impl App {
             // a refund's status changed: one that failed after it was recorded as made
             // is paid back again (the gateway is asked, not the event trusted)
             "charge.refund.updated" | "refund.updated" | "refund.failed" => {
-                if let Err(e) = self.reopen_failed_refund(object_id).await {
+                if let Err(e) = self.reopen_failed_refund(object_id, None).await {
                     tracing::info!(event = id, error = %e, "webhook not applied yet");
                     return Err(WebhookError::Internal);
                 }
@@ -1142,6 +1141,7 @@ pub async fn run_reconciler(
         tokio::select! {
             _ = tokio::time::sleep(every) => {
                 app.reconcile_payments(app.in_flight_age(every)).await;
+                app.watch_pending_refunds().await;
                 app.resume_cancellations();
             }
             _ = stop.cancelled() => return,

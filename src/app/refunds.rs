@@ -567,20 +567,29 @@ impl App {
     /// open (refused, waiting for an admin; or being made right now, and then recorded
     /// as `made_pending`, whose watch finds the failure). Errors ask the caller to try
     /// again later.
-    pub(super) async fn reopen_failed_refund(&self, refund_ref: &str) -> Result<(), AppError> {
+    ///
+    /// The record is found by the key in the refund's metadata, or given (`record`,
+    /// the watch of pending refunds): a refund sent without our metadata (an older
+    /// release's, resent as it was) is tied to its record by `made_ref` alone.
+    pub(super) async fn reopen_failed_refund(
+        &self,
+        refund_ref: &str,
+        record: Option<String>,
+    ) -> Result<(), AppError> {
         let gone = self
             .payments
             .refund_now(refund_ref)
             .await
             .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
-        let Some((g, why, key)) =
-            gone.and_then(|g| Some((g.failure.clone()?, g.key.clone()?)).map(|(w, k)| (g, w, k)))
-        else {
+        let Some((g, why)) = gone.and_then(|g| g.failure.clone().map(|w| (g, w))) else {
+            return Ok(());
+        };
+        let Some(lookup) = record.or_else(|| g.key.clone()) else {
             return Ok(());
         };
         self.committer.catch_up().await?;
         // may scan every refund record (a key given before the key index): off the reactor
-        let (store, lookup) = (self.store.clone(), key.clone());
+        let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || store.refund_by_key(&lookup))
             .await
             .map_err(|_| AppError::Internal)??;
@@ -591,7 +600,12 @@ impl App {
             .resolutions
             .last()
             .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
-        if !read.keys().any(|k| k == key)
+        let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
+        let under_its_key = g
+            .key
+            .as_deref()
+            .is_some_and(|k| read.keys().any(|x| x == k));
+        if !(made_it || under_its_key)
             || read.payment_ref != g.payment_ref
             || read.failed_later.contains(&g.id)
             || paid_elsewhere
@@ -691,13 +705,19 @@ pub(super) fn made_by(r: &mut RefundRecord, made: Option<MadeRefund>) {
     r.made_ref = made.map(|m| m.id);
 }
 
+/// How many pending refunds one round of the watch asks the gateway about, at most:
+/// the next round goes on after the last one asked (each node watches them all, and
+/// the gateway's rate limit is shared with live traffic).
+const WATCH_PER_ROUND: usize = 50;
+
 impl App {
-    /// Asks the gateway about every refund recorded as made while it was still
-    /// pending: one that failed since is paid back again (as its webhook would have
-    /// had it), one that settled, or that the gateway does not know, is no longer
-    /// watched. Without a webhook this is how a late failure is found, one
-    /// reconciliation round after it.
-    pub(super) async fn watch_pending_refunds(&self) {
+    /// Asks the gateway about the refunds recorded as made while they were still
+    /// pending, [`WATCH_PER_ROUND`] at most, in turn: one that failed since is paid
+    /// back again (as its webhook would have had it), one that succeeded, or that the
+    /// gateway does not know, is no longer watched. Without a webhook this is how a
+    /// late failure is found. Called by the reconciler after each round (not at start:
+    /// serving does not wait for it); a gateway that does not answer ends the round.
+    pub async fn watch_pending_refunds(&self) {
         let pending = match self.store.pending_refunds() {
             Ok(p) => p,
             Err(e) => {
@@ -705,11 +725,17 @@ impl App {
                 return;
             }
         };
-        for (gateway_ref, record) in pending {
-            let done = match self.payments.refund_now(&gateway_ref).await {
-                Ok(Some(g)) if g.pending => false,
+        let after = self.watch_cursor.lock().clone();
+        let start = after.map_or(0, |a| pending.partition_point(|(g, _)| *g <= a));
+        let turn = pending[start..].iter().chain(&pending[..start]);
+        for (gateway_ref, record) in turn.take(WATCH_PER_ROUND) {
+            *self.watch_cursor.lock() = Some(gateway_ref.clone());
+            let done = match self.payments.refund_now(gateway_ref).await {
                 Ok(Some(g)) if g.failure.is_some() => {
-                    match self.reopen_failed_refund(&gateway_ref).await {
+                    let reopened = self
+                        .reopen_failed_refund(gateway_ref, Some(record.clone()))
+                        .await;
+                    match reopened {
                         Ok(()) => true,
                         Err(e) => {
                             tracing::warn!(refund = %record, error = %e, "a failed refund not reopened yet");
@@ -717,19 +743,19 @@ impl App {
                         }
                     }
                 }
-                Ok(Some(_)) => true,
+                Ok(Some(g)) => !g.pending,
                 Ok(None) => {
                     tracing::warn!(refund = %record, gateway_refund = %gateway_ref, "the gateway does not know a refund recorded as pending; no longer watched");
                     true
                 }
                 Err(e) => {
-                    tracing::warn!(refund = %record, error = %e, "cannot ask the gateway about a pending refund");
-                    false
+                    tracing::warn!(refund = %record, error = %e, "cannot ask the gateway about pending refunds; trying again next round");
+                    return;
                 }
             };
             if done {
                 let settled = self.commit(Batch {
-                    settled_refunds: vec![gateway_ref],
+                    settled_refunds: vec![gateway_ref.clone()],
                     ..Default::default()
                 });
                 if let Err(e) = settled.await {

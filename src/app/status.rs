@@ -194,6 +194,7 @@ impl App {
             return;
         }
         // in chunks: etcd bounds the operations of one transaction
+        let mut marked = 0;
         for chunk in due.chunks(super::SEED_CHUNK) {
             // written over the records read: an update or a cancellation through
             // another node in between wins, and the next tick looks again
@@ -209,8 +210,11 @@ impl App {
             for (fs, _, f) in chunk {
                 self.flight_record(fs, f.clone());
             }
+            marked += chunk.len();
         }
-        tracing::info!(flights = due.len(), "flights marked departed");
+        if marked > 0 {
+            tracing::info!(flights = marked, "flights marked departed");
+        }
     }
 }
 

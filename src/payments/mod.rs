@@ -69,7 +69,7 @@ pub struct GatewayRefund {
     /// Why no money went back, for a refund the gateway failed or cancelled (Stripe
     /// can fail one days after it answered it `pending`, or even `succeeded`).
     pub failure: Option<String>,
-    /// Not settled yet (Stripe's `pending`).
+    /// Not settled yet either way (Stripe's `pending`, or `requires_action`).
     pub pending: bool,
 }
 

@@ -401,7 +401,8 @@ fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
                 .unwrap_or("no reason given")
                 .to_owned()
         }),
-        pending: r["status"] == "pending",
+        // not settled either way yet: may still succeed or fail
+        pending: matches!(r["status"].as_str(), Some("pending" | "requires_action")),
     })
 }
 

@@ -100,6 +100,35 @@ impl Server {
         }
     }
 
+    /// Writes a refund record of `booking` straight to the store and syncs it, as an
+    /// interrupted run, another node or an older release left it: a passenger's
+    /// cancel (`request_id`) of `amount` cents of `payment_ref`, open and with no
+    /// seats unless `edit` says otherwise.
+    pub fn store_refund(
+        &self,
+        id: &str,
+        booking: &jetway::domain::Booking,
+        payment_ref: &str,
+        (amount, request_id): (i64, &str),
+        edit: impl FnOnce(&mut jetway::store::RefundRecord),
+    ) {
+        // as stored: the fields left out take their defaults
+        let mut r: jetway::store::RefundRecord = serde_json::from_value(json!({
+            "id": id, "user_id": booking.user_id, "locator": booking.locator,
+            "payment_ref": payment_ref, "amount": {"amount": amount, "currency": "EUR"},
+            "seats": [], "reason": {"kind": "cancel", "request_id": request_id},
+            "done": false, "created_at": booking.created_at, "updated_at": booking.created_at,
+        }))
+        .unwrap();
+        edit(&mut r);
+        let batch = jetway::store::Batch {
+            new_refunds: vec![r],
+            ..Default::default()
+        };
+        self.app().store.write(&batch).unwrap();
+        self.app().store.sync().unwrap();
+    }
+
     /// Shuts down gracefully and hands over the data dir.
     pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
         if let Some(r) = self.running.take() {
