@@ -1533,6 +1533,17 @@ async fn cancel_refused(f: &FakeStripe, c: &mut Client, loc: &Value, seat: &str,
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
 }
 
+/// [`paid_for_refunds`] with a gateway timeout of `timeout` seconds, and the first
+/// seat's cancel refused as by [`cancel_refused`] (`with`).
+async fn first_seat_refused(
+    timeout: u64,
+    with: Fault,
+) -> (FakeStripe, Server, Client, Vec<String>, Value) {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = timeout).await;
+    cancel_refused(&f, &mut c, &b["locator"], &seats[0], with).await;
+    (f, s, c, seats, b)
+}
+
 /// A client signed in as the admin.
 async fn admin_client(s: &Server) -> Client {
     let mut admin = s.client().await;
@@ -1549,9 +1560,8 @@ async fn admin_client(s: &Server) -> Client {
 /// a fresh key: the refund its first key made is found and recorded, not paid again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
-    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
+    let (f, s, _, _, b) = first_seat_refused(1, Fault::LoseReply).await;
     let loc = &b["locator"];
-    cancel_refused(&f, &mut c, loc, &seats[0], Fault::LoseReply).await;
     let made = f.ledger().refunded();
     assert!(made > 0, "made at the gateway, its answer lost");
     fault(&f, Step::Refund, Fault::Fail);
@@ -1583,9 +1593,7 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
 /// refused, and the first one's resolution and keys are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_on_a_refund_changed_meanwhile_is_refused() {
-    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 5).await;
-    let loc = &b["locator"];
-    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Fail).await;
+    let (f, s, ..) = first_seat_refused(5, Fault::Fail).await;
     let mut admin = admin_client(&s).await;
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let id = open["refunds"][0]["refund_id"].clone();
@@ -2342,9 +2350,7 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
 /// it is paid back again: the record remembers which gateway refund made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again() {
-    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
-    let loc = &b["locator"];
-    cancel_refused(&f, &mut c, loc, &seats[0], Fault::LoseReply).await;
+    let (f, s, ..) = first_seat_refused(1, Fault::LoseReply).await;
     let owed = f.ledger().refunded();
     f.clear_faults();
     let mut admin = admin_client(&s).await;
@@ -2380,9 +2386,7 @@ async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again(
 /// told by its webhook, reopens nothing and pays nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() {
-    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
-    let loc = &b["locator"];
-    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Timeout).await;
+    let (f, s, mut c, ..) = first_seat_refused(1, Fault::Timeout).await;
     let open = s.app().store.open_refunds().unwrap().remove(0);
     let first_key = open.key().to_owned();
     let owed = open.amount.amount();

@@ -131,15 +131,10 @@ impl App {
         mut updates: Vec<(usize, Option<Occupant>)>,
         booking: Option<&Booking>,
     ) -> Result<Ticket, StoreError> {
-        let frees = updates.iter().any(|(_, o)| o.is_none());
-        if self.committer.is_replicated() && (booking.is_none() || frees) {
+        if booking.is_none() || updates.iter().any(|(_, o)| o.is_none()) {
             // read before the line is: a join through another node after this read
             // fails this change, which is then decided again seeing the new entry
-            batch.lines.push(LineCheck {
-                flight: fs.id.clone(),
-                read: self.store.line_revision(&fs.id)?,
-                advance: false,
-            });
+            batch.lines.extend(self.line_check(fs, false)?);
         }
         let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, booking)?;
         let expect = Some((fs.id.clone(), w.version));
@@ -160,6 +155,24 @@ impl App {
             }
             Some(self.announce(fs, change, booking, served))
         })
+    }
+
+    /// The flight's waitlist line as it reads now, for a batch that changes it
+    /// (`advance`: a join) or may serve it; none on one node, which orders both by the
+    /// flight's lock (see [`LineCheck`]).
+    pub(super) fn line_check(
+        &self,
+        fs: &FlightSeats,
+        advance: bool,
+    ) -> Result<Option<LineCheck>, StoreError> {
+        if !self.committer.is_replicated() {
+            return Ok(None);
+        }
+        Ok(Some(LineCheck {
+            flight: fs.id.clone(),
+            read: self.store.line_revision(&fs.id)?,
+            advance,
+        }))
     }
 
     /// Decides a seat change with `decide` (which gets the locked working map and

@@ -27,7 +27,7 @@ use crate::protocol::results::{
     self, Answer, BookingView, Entries, EntryResult, EntryView, Offered,
 };
 use crate::protocol::{params, wire};
-use crate::store::{Batch, LineCheck, StoreError};
+use crate::store::{Batch, StoreError};
 
 /// Flights whose line closed (cancelled or departed) and may still have waiting
 /// entries, for the sweep that expires them, and that sweep's wake-up.
@@ -397,14 +397,7 @@ impl App {
                     // join moves no seat): the first reply wins, the other replays it
                     first_replies: vec![(key.clone(), remember_ok(&result))],
                     // a seat freed through another node at this moment sees the entry
-                    lines: match self.committer.is_replicated() {
-                        true => vec![LineCheck {
-                            flight: fs.id.clone(),
-                            read: self.store.line_revision(&fs.id)?,
-                            advance: true,
-                        }],
-                        false => Vec::new(),
-                    },
+                    lines: self.line_check(&fs, true)?.into_iter().collect(),
                     ..Default::default()
                 };
                 // ordered with the flight's seat changes: on a cluster, a seat freed

@@ -329,8 +329,8 @@ impl PaymentGateway for Stripe {
             };
             // a replayed answer is the first one, cached under the key: a refund
             // answered `pending` may have failed since
-            let now = match r["status"].as_str() {
-                Some("pending" | "requires_action") => {
+            let now = match unsettled(&r) {
+                true => {
                     let id = r["id"].as_str().unwrap_or_default();
                     self.get_refund(id).await?.ok_or_else(|| {
                         PaymentError::Failed(format!(
@@ -338,7 +338,7 @@ impl PaymentGateway for Stripe {
                         ))
                     })?
                 }
-                _ => r,
+                false => r,
             };
             refund_made(&now)
         })
@@ -395,15 +395,20 @@ fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
             PaymentError::Failed("the payment gateway listed a refund without an amount".into())
         })?,
         key: refund_key(r).map(str::to_owned),
-        failure: failed(r).then(|| {
-            r["failure_reason"]
-                .as_str()
-                .unwrap_or("no reason given")
-                .to_owned()
-        }),
-        // not settled either way yet: may still succeed or fail
-        pending: matches!(r["status"].as_str(), Some("pending" | "requires_action")),
+        failure: failed(r).then(|| failure_reason(r).to_owned()),
+        pending: unsettled(r),
     })
+}
+
+/// Why Stripe could not make a refund, in its words.
+fn failure_reason(r: &Value) -> &str {
+    r["failure_reason"].as_str().unwrap_or("no reason given")
+}
+
+/// Whether a refund object is not settled either way yet (it may still succeed or
+/// fail): `pending`, or waiting for the customer's action.
+fn unsettled(r: &Value) -> bool {
+    matches!(r["status"].as_str(), Some("pending" | "requires_action"))
 }
 
 /// The id of a refund the gateway answered with, if it was made: Stripe answers some
@@ -415,7 +420,7 @@ fn gateway_refund(r: &Value) -> Result<GatewayRefund, PaymentError> {
 /// methods) is not made yet either: it stays open, and each retry reads it again.
 fn refund_made(r: &Value) -> Result<MadeRefund, PaymentError> {
     if let Some(status) = r["status"].as_str().filter(|_| failed(r)) {
-        let why = r["failure_reason"].as_str().unwrap_or("no reason given");
+        let why = failure_reason(r);
         return Err(PaymentError::Failed(format!(
             "the payment gateway answered the refund {status} ({why}); no money went back"
         )));

@@ -309,15 +309,20 @@ impl SledStore {
 
     /// A big-endian `u64` counter; 0 when absent.
     fn counter(&self, k: &[u8], what: &str) -> StoreResult<u64> {
+        Ok(self.stored_counter(k, what)?.unwrap_or(0))
+    }
+
+    /// A big-endian `u64` under `k`, if one is stored.
+    fn stored_counter(&self, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
         match self.db.get(k).map_err(io)? {
             Some(v) => {
                 let bytes: [u8; 8] = v
                     .as_ref()
                     .try_into()
                     .map_err(|_| StoreError::Corrupt(what.into()))?;
-                Ok(u64::from_be_bytes(bytes))
+                Ok(Some(u64::from_be_bytes(bytes)))
             }
-            None => Ok(0),
+            None => Ok(None),
         }
     }
 
@@ -927,14 +932,7 @@ impl Store for SledStore {
 
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
         let k = key(LINE_REVISION, &[flight.as_str().as_bytes()]);
-        match self.db.get(k).map_err(io)? {
-            Some(v) => Ok(Some(u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| io("a line revision of another size"))?,
-            ))),
-            None => Ok(None),
-        }
+        self.stored_counter(&k, "line revision")
     }
 
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
