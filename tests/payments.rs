@@ -2518,13 +2518,24 @@ async fn a_pending_refund_is_watched_until_it_settles() {
     s.stop().await;
 }
 
+/// Writes a refund record `id` of 10.00 of the booking's charge, recorded as made by
+/// the gateway refund `made` while it was pending (so watched).
+fn recorded_pending(f: &FakeStripe, s: &Server, b: &Value, id: &str, made: &str) {
+    let booking = store_booking(s, &b["locator"]);
+    let pi = f.ledger().intents[0].id.clone();
+    s.store_refund(id, &booking, &pi, (1000, "c-old"), |r| {
+        r.done = true;
+        r.made_ref = Some(made.to_owned());
+        r.made_pending = true;
+    });
+}
+
 /// A pending refund recorded without our metadata (an older release's, resent as it
 /// was first asked) carries no key to find its record by: the watch ties it to its
 /// record by the gateway refund that made it, and a late failure is paid back again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_refund_without_our_metadata_is_reopened_by_its_record() {
     let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
-    let booking = store_booking(&s, &b["locator"]);
     let pi = f.ledger().intents[0].id.clone();
     fault(&f, Step::Refund, Fault::RefundPending);
     let made: Value = refund_without_metadata(&f, &pi, "legacy-key", 1000)
@@ -2534,17 +2545,63 @@ async fn a_watched_refund_without_our_metadata_is_reopened_by_its_record() {
         .unwrap();
     let made = made["id"].as_str().unwrap().to_owned();
     f.clear_faults();
-    let id = format!("refund-{}-legacy", booking.locator);
-    s.store_refund(&id, &booking, &pi, (1000, "legacy"), |r| {
-        r.done = true;
-        r.made_ref = Some(made.clone());
-        r.made_pending = true;
-    });
+    recorded_pending(&f, &s, &b, "refund-legacy", &made);
     assert!(f.fail_refund(&made));
     s.app().watch_pending_refunds().await;
     let l = f.ledger();
     assert_eq!(l.refunded(), 1000, "paid back again: {l:?}");
     assert!(s.app().store.pending_refunds().unwrap().is_empty());
     assert!(s.app().store.open_refunds().unwrap().is_empty());
+    s.stop().await;
+}
+
+/// A refund answered `succeeded` whose reply was lost, and which Stripe failed before
+/// the retry: the retry's replayed `succeeded` answer is read again and not recorded
+/// as made (its webhook, while the record was open, changed nothing); it waits for an
+/// admin like any refused refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_succeeded_refund_that_failed_since_is_not_recorded() {
+    let (f, s, mut c, _, b) = first_seat_refused(1, Fault::LoseReply).await;
+    let made = f.ledger().intents[0].refunds[0].clone();
+    assert_eq!(made.status, "succeeded");
+    assert!(f.fail_refund(&made.id));
+    assert_eq!(
+        refund_event(&s, "evt_lost", "refund.failed", &made.id).await,
+        200
+    );
+    f.clear_faults();
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), 0, "{l:?}");
+    assert_eq!(
+        l.intents[0].refunds.len(),
+        1,
+        "asked under its key only: {l:?}"
+    );
+    assert_eq!(
+        store_booking(&s, &b["locator"]).status,
+        jetway::domain::BookingStatus::Confirmed,
+        "not recorded"
+    );
+    let open = s.app().store.open_refunds().unwrap();
+    assert_eq!(open.len(), 1, "left for an admin: {open:?}");
+    let orders = c.ok("orders.list", json!({})).await;
+    assert_eq!(orders["orders"][0]["refunded"]["amount"], 0);
+    s.stop().await;
+}
+
+/// A watched refund the gateway answers 404 for is no proof that it settled (another
+/// account's key, say): it stays watched, as a payment the gateway does not know stays
+/// open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_refund_the_gateway_does_not_know_stays_watched() {
+    let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
+    recorded_pending(&f, &s, &b, "rf-unknown", "re_nowhere");
+    s.app().watch_pending_refunds().await;
+    let watched = s.app().store.pending_refunds().unwrap();
+    assert_eq!(
+        watched,
+        vec![("re_nowhere".to_owned(), "rf-unknown".to_owned())]
+    );
     s.stop().await;
 }

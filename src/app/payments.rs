@@ -1114,7 +1114,14 @@ impl App {
             // a refund's status changed: one that failed after it was recorded as made
             // is paid back again (the gateway is asked, not the event trusted)
             "charge.refund.updated" | "refund.updated" | "refund.failed" => {
-                if let Err(e) = self.reopen_failed_refund(object_id, None).await {
+                let reopened = async {
+                    let asked = self.payments.refund_now(object_id).await;
+                    match asked.map_err(|e| AppError::PaymentFailed(e.to_string()))? {
+                        Some(g) => self.reopen_failed_refund(g, None).await,
+                        None => Ok(()),
+                    }
+                };
+                if let Err(e) = reopened.await {
                     tracing::info!(event = id, error = %e, "webhook not applied yet");
                     return Err(WebhookError::Internal);
                 }

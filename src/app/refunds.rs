@@ -17,7 +17,7 @@ use super::{event, remember_ok, App, AuthSession};
 use crate::app::AppError;
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
-use crate::payments::{MadeRefund, RefundRequest};
+use crate::payments::{GatewayRefund, MadeRefund, RefundRequest};
 use crate::protocol::params::{self, RefundOutcome};
 use crate::protocol::results::{
     Answer, BookingResult, RefundResult, RefundView, Refunds, ResolutionView,
@@ -556,8 +556,8 @@ impl App {
 }
 
 impl App {
-    /// A refund the gateway failed after Jetway recorded it as made (`refund_ref`,
-    /// named by a webhook): the gateway is asked, the event not trusted. The record it
+    /// A refund the gateway failed after Jetway recorded it as made (`g`, as the
+    /// gateway holds it now: the caller asked it, never trusting an event). The record it
     /// was made for is reopened under a fresh key, as a reissue (see
     /// [`RefundRecord::is_reissue`]), and the money asked for again at once; an admin
     /// resolves it if the gateway keeps refusing. Nothing happens for a refund that did
@@ -573,15 +573,10 @@ impl App {
     /// release's, resent as it was) is tied to its record by `made_ref` alone.
     pub(super) async fn reopen_failed_refund(
         &self,
-        refund_ref: &str,
+        g: GatewayRefund,
         record: Option<String>,
     ) -> Result<(), AppError> {
-        let gone = self
-            .payments
-            .refund_now(refund_ref)
-            .await
-            .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
-        let Some((g, why)) = gone.and_then(|g| g.failure.clone().map(|w| (g, w))) else {
+        let Some(why) = g.failure.clone() else {
             return Ok(());
         };
         let Some(lookup) = record.or_else(|| g.key.clone()) else {
@@ -713,8 +708,8 @@ const WATCH_PER_ROUND: usize = 50;
 impl App {
     /// Asks the gateway about the refunds recorded as made while they were still
     /// pending, [`WATCH_PER_ROUND`] at most, in turn: one that failed since is paid
-    /// back again (as its webhook would have had it), one that succeeded, or that the
-    /// gateway does not know, is no longer watched. Without a webhook this is how a
+    /// back again (as its webhook would have had it), one that succeeded is no longer
+    /// watched, one the gateway does not know stays watched. Without a webhook this is how a
     /// late failure is found. Called by the reconciler after each round (not at start:
     /// serving does not wait for it); a gateway that does not answer ends the round.
     pub async fn watch_pending_refunds(&self) {
@@ -732,9 +727,7 @@ impl App {
             *self.watch_cursor.lock() = Some(gateway_ref.clone());
             let done = match self.payments.refund_now(gateway_ref).await {
                 Ok(Some(g)) if g.failure.is_some() => {
-                    let reopened = self
-                        .reopen_failed_refund(gateway_ref, Some(record.clone()))
-                        .await;
+                    let reopened = self.reopen_failed_refund(g, Some(record.clone())).await;
                     match reopened {
                         Ok(()) => true,
                         Err(e) => {
@@ -744,9 +737,10 @@ impl App {
                     }
                 }
                 Ok(Some(g)) => !g.pending,
+                // not proof that it settled (another account's key, say): still watched
                 Ok(None) => {
-                    tracing::warn!(refund = %record, gateway_refund = %gateway_ref, "the gateway does not know a refund recorded as pending; no longer watched");
-                    true
+                    tracing::error!(refund = %record, gateway_refund = %gateway_ref, "the gateway does not know a refund recorded as pending");
+                    false
                 }
                 Err(e) => {
                     tracing::warn!(refund = %record, error = %e, "cannot ask the gateway about pending refunds; trying again next round");

@@ -328,18 +328,17 @@ impl PaymentGateway for Stripe {
                 Err((status, body)) => return Err(refusal(status, &body)),
             };
             // a replayed answer is the first one, cached under the key: a refund
-            // answered `pending` may have failed since
-            let now = match unsettled(&r) {
-                true => {
-                    let id = r["id"].as_str().unwrap_or_default();
-                    self.get_refund(id).await?.ok_or_else(|| {
-                        PaymentError::Failed(format!(
-                            "the payment gateway does not know the refund {id} it answered"
-                        ))
-                    })?
-                }
-                false => r,
-            };
+            // answered `succeeded` or `pending` (its first answer lost, say) may have
+            // failed since. So the refund is read as it is now before it counts as made
+            if failed(&r) {
+                return refund_made(&r);
+            }
+            let id = r["id"].as_str().unwrap_or_default();
+            let now = self.get_refund(id).await?.ok_or_else(|| {
+                PaymentError::Failed(format!(
+                    "the payment gateway does not know the refund {id} it answered"
+                ))
+            })?;
             refund_made(&now)
         })
     }
