@@ -276,6 +276,12 @@ impl App {
         if let Some(r) = self.store.replicated() {
             r.close();
         }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.shut_down()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "closing the store failed"),
+            Err(e) => tracing::error!(error = %e, "closing the store panicked"),
+        }
     }
 
     /// Started, not stopping, and no sync has failed (see [`Committer`]).

@@ -3,9 +3,11 @@
 //! batch of writes durable before anyone is told of them. A store shared by several
 //! nodes also implements [`Replicated`]: conditional commits and the change feed.
 
+mod behind;
 pub mod commit;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod journal;
 pub mod sled_store;
 pub mod snapshot;
 
@@ -506,7 +508,8 @@ pub trait Replicated: Send + Sync {
 /// [`Store::sync`]; the [`Committer`] acknowledges nothing before that.
 pub trait Store: Send + Sync + 'static {
     fn write(&self, batch: &Batch) -> StoreResult<()>;
-    /// Makes every completed write durable (flush plus fdatasync).
+    /// Makes every completed write durable (for sled: a journal append and an
+    /// fdatasync).
     fn sync(&self) -> StoreResult<()>;
     /// A fresh id, unique and increasing across restarts and crashes.
     fn next_id(&self) -> StoreResult<u64>;
@@ -575,6 +578,12 @@ pub trait Store: Send + Sync + 'static {
              (docs/deploy.md)"
                 .into(),
         ))
+    }
+
+    /// Called once nothing writes any more, at a clean stop: a store that writes a
+    /// journal ahead of its database leaves the database holding everything.
+    fn shut_down(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     /// The replicated side of a store shared by several nodes; `None` for a local one.

@@ -101,8 +101,9 @@ pub fn restore(bytes: &[u8], dir: &Path) -> StoreResult<usize> {
             .map(|(k, v)| (k.to_vec(), Some(v.to_vec())))
             .collect();
         store.apply_raw(&writes)?;
+        // one journal append per chunk, so a large backup is not held in memory whole
+        store.sync()?;
     }
-    store.sync()?;
     Ok(records.len())
 }
 

@@ -1,0 +1,370 @@
+//! sled written behind the journal. A batch's key writes go to the journal's
+//! buffer and to an in-memory overlay (`pending`) that every read consults before
+//! sled, so the writer never touches sled's tree; a sync appends the buffer to the
+//! journal and fdatasyncs it, then hands the batches to a thread of their own that
+//! writes them into sled (each key's last write, key by key), drops them from the
+//! overlay, and within a second flushes sled, syncs its file and deletes the journal
+//! files sled now holds. At open, whatever the journal still holds is written into
+//! sled and flushed before anything else reads it.
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::journal::{self, Journal, KeyWrite, Record};
+use super::{StoreError, StoreResult};
+
+/// How long sled may go unflushed while it has writes the journal also holds.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Journal bytes handed to the thread that writes sled and not yet applied, beyond
+/// which a sync waits for it to catch up (bounds the overlay's memory).
+const MAX_BEHIND: usize = 32 << 20;
+
+/// A key's write not yet in sled, and the batch that made it.
+struct Pending {
+    seq: u64,
+    value: Option<sled::IVec>,
+}
+
+/// Batches written since the last sync.
+#[derive(Default)]
+struct Unsynced {
+    bytes: Vec<u8>,
+    first_seq: u64,
+    records: Vec<Record>,
+}
+
+enum Msg {
+    Apply(Vec<Record>, usize),
+    Drain(mpsc::Sender<StoreResult<()>>),
+}
+
+struct Shared {
+    db: sled::Db,
+    data_file: File,
+    journal: Journal,
+    pending: RwLock<BTreeMap<sled::IVec, Pending>>,
+    /// Journal bytes handed to the thread and not yet applied.
+    behind: Mutex<usize>,
+    caught_up: Condvar,
+    /// sled could not be written or flushed: no sync succeeds any more.
+    failed: AtomicBool,
+}
+
+pub struct Behind {
+    shared: Arc<Shared>,
+    unsynced: Mutex<Unsynced>,
+    next_seq: AtomicU64,
+    /// One sync at a time, so the journal and sled get batches in order.
+    syncing: Mutex<Option<mpsc::Sender<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// Applies `records` to `db`: each key's last write, in key order (neighbours share
+/// sled's pages). Key by key, not as a sled batch: a batch keeps sled's log from
+/// becoming stable until it ends, so when a page it changed is evicted from sled's
+/// cache and read back before it ends, the read waits for the batch and the batch for
+/// the read (a large batch under a small cache hung the server). Atomicity is not
+/// needed here: the journal keeps every record until sled has them all durably.
+fn apply(db: &sled::Db, records: &[Record]) -> StoreResult<()> {
+    let mut last: BTreeMap<&sled::IVec, &Option<sled::IVec>> = BTreeMap::new();
+    for r in records {
+        for (k, v) in &r.writes {
+            last.insert(k, v);
+        }
+    }
+    for (k, v) in last {
+        match v {
+            Some(v) => db.insert(k, v.clone()),
+            None => db.remove(k),
+        }
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Makes what sled holds durable: its buffers written, its file synced.
+fn flush(db: &sled::Db, data_file: &File) -> StoreResult<()> {
+    db.flush().map_err(io)?;
+    data_file.sync_data().map_err(io)
+}
+
+impl Behind {
+    /// Replays what the journal in `dir` holds into `db`, makes it durable, and starts
+    /// writing behind it.
+    pub fn open(db: sled::Db, data_file: File, dir: &std::path::Path) -> StoreResult<Behind> {
+        let (journal, records) = Journal::open(dir)?;
+        let last = records.last().map_or(0, |r| r.seq);
+        if !records.is_empty() {
+            tracing::info!(
+                batches = records.len(),
+                "replaying the journal into the database"
+            );
+            for chunk in records.chunks(1024) {
+                apply(&db, chunk)?;
+            }
+            flush(&db, &data_file)?;
+        }
+        journal.release_all()?;
+        let shared = Arc::new(Shared {
+            db,
+            data_file,
+            journal,
+            pending: Default::default(),
+            behind: Mutex::new(0),
+            caught_up: Condvar::new(),
+            failed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("jetway-sled".into())
+                .spawn(move || shared.run(rx))
+                .map_err(io)?
+        };
+        Ok(Behind {
+            shared,
+            unsynced: Default::default(),
+            next_seq: AtomicU64::new(last + 1),
+            syncing: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Writes one batch's final key writes: readers see them at once, the next
+    /// [`Behind::sync`] makes them durable. Call it with writers excluded.
+    pub fn write(&self, writes: Vec<KeyWrite>) {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let mut u = self.unsynced.lock();
+        if u.records.is_empty() {
+            u.first_seq = seq;
+        }
+        journal::encode(seq, &writes, &mut u.bytes);
+        {
+            let mut pending = self.shared.pending.write();
+            for (k, v) in &writes {
+                pending.insert(
+                    k.clone(),
+                    Pending {
+                        seq,
+                        value: v.clone(),
+                    },
+                );
+            }
+        }
+        u.records.push(Record { seq, writes });
+    }
+
+    /// What the overlay holds for `k`: `None` if sled has its latest value, else
+    /// `Some` of the value (`None` inside: deleted).
+    pub fn get(&self, k: &[u8]) -> Option<Option<sled::IVec>> {
+        self.shared.pending.read().get(k).map(|p| p.value.clone())
+    }
+
+    /// The overlay's keys under `prefix`, in order, with their values.
+    pub fn range(&self, prefix: &[u8]) -> Vec<(sled::IVec, Option<sled::IVec>)> {
+        let pending = self.shared.pending.read();
+        pending
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, p)| (k.clone(), p.value.clone()))
+            .collect()
+    }
+
+    /// Every key the overlay holds.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let pending = self.shared.pending.read();
+        pending.keys().map(|k| k.to_vec()).collect()
+    }
+
+    /// Makes every write so far durable in the journal and hands it to the thread
+    /// that writes sled. Waits while sled is far behind.
+    pub fn sync(&self) -> StoreResult<()> {
+        let syncing = self.syncing.lock();
+        let Some(tx) = syncing.as_ref() else {
+            return Err(StoreError::Io("the store is closed".into()));
+        };
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::SyncFailed);
+        }
+        let u = std::mem::take(&mut *self.unsynced.lock());
+        if u.records.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.shared.journal.append(&u.bytes, u.first_seq) {
+            // its bytes may be in the file in part: nothing may be appended after them
+            self.shared.fail("appending to the journal", &e);
+            return Err(e);
+        }
+        let size = u.bytes.len();
+        *self.shared.behind.lock() += size;
+        tx.send(Msg::Apply(u.records, size))
+            .map_err(|_| StoreError::Io("the database writer stopped".into()))?;
+        let mut behind = self.shared.behind.lock();
+        while *behind > MAX_BEHIND && !self.shared.failed.load(Ordering::SeqCst) {
+            self.shared.caught_up.wait(&mut behind);
+        }
+        Ok(())
+    }
+
+    /// Waits until sled holds every write synced so far, durably.
+    fn drain(tx: &mpsc::Sender<Msg>) -> StoreResult<()> {
+        let stopped = || StoreError::Io("the database writer stopped".into());
+        let (ack, done) = mpsc::channel();
+        tx.send(Msg::Drain(ack)).map_err(|_| stopped())?;
+        done.recv().map_err(|_| stopped())?
+    }
+
+    /// Makes every write so far durable in sled itself and empties the journal, so
+    /// that the data dir reads the same to a release without one. Writes after it
+    /// are journaled again.
+    pub fn close(&self) -> StoreResult<()> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::SyncFailed);
+        }
+        self.sync()?;
+        let syncing = self.syncing.lock();
+        let Some(tx) = syncing.as_ref() else {
+            return Ok(());
+        };
+        Self::drain(tx)?;
+        if self.unsynced.lock().records.is_empty() {
+            self.shared.journal.release_all()?;
+        }
+        Ok(())
+    }
+
+    /// How many journal files there are.
+    #[cfg(test)]
+    pub fn journal_files(&self) -> usize {
+        self.shared.journal.files()
+    }
+}
+
+impl Drop for Behind {
+    /// Makes what was written durable in sled, and stops the thread.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "the last sync of the data dir failed");
+        }
+        self.syncing.lock().take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self, rx: mpsc::Receiver<Msg>) {
+        /// A panic here fails the store instead of leaving syncs waiting for it.
+        struct Panicking<'a>(&'a Shared);
+        impl Drop for Panicking<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.fail(
+                        "the thread writing the database",
+                        &StoreError::Io("panicked".into()),
+                    );
+                }
+            }
+        }
+        let _guard = Panicking(self);
+        // the last batch applied, and since when sled has writes not flushed
+        let mut applied = 0;
+        let mut dirty: Option<Instant> = None;
+        loop {
+            let first = match dirty {
+                Some(since) => rx.recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut records = Vec::new();
+            let mut size = 0;
+            let mut drains = Vec::new();
+            let mut stop = false;
+            let mut take = |m: Msg| match m {
+                Msg::Apply(r, s) => {
+                    records.extend(r);
+                    size += s;
+                }
+                Msg::Drain(ack) => drains.push(ack),
+            };
+            match first {
+                Ok(m) => take(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+            }
+            while let Ok(m) = rx.try_recv() {
+                take(m);
+            }
+            // after a failure nothing more reaches sled and no journal file goes: a
+            // restart replays them all
+            let failed = self.failed.load(Ordering::SeqCst);
+            if let (Some(last), false) = (records.last(), failed) {
+                match apply(&self.db, &records) {
+                    Ok(()) => {
+                        applied = last.seq;
+                        dirty.get_or_insert_with(Instant::now);
+                        self.forget(&records);
+                    }
+                    Err(e) => self.fail("writing the database behind the journal", &e),
+                }
+            }
+            if size > 0 {
+                *self.behind.lock() -= size;
+                self.caught_up.notify_all();
+            }
+            let due = dirty.is_some_and(|since| since.elapsed() >= FLUSH_EVERY);
+            let failed = self.failed.load(Ordering::SeqCst);
+            if dirty.is_some() && !failed && (stop || !drains.is_empty() || due) {
+                let result = flush(&self.db, &self.data_file)
+                    .and_then(|()| self.journal.release_through(applied));
+                dirty = None;
+                if let Err(e) = &result {
+                    self.fail("flushing the database", e);
+                }
+            }
+            let failed = self.failed.load(Ordering::SeqCst);
+            for ack in drains {
+                let _ = ack.send(if failed {
+                    Err(StoreError::SyncFailed)
+                } else {
+                    Ok(())
+                });
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Drops from the overlay the writes sled now has (unless written again since).
+    fn forget(&self, records: &[Record]) {
+        let mut pending = self.pending.write();
+        for r in records {
+            for (k, _) in &r.writes {
+                if pending.get(k).is_some_and(|p| p.seq == r.seq) {
+                    pending.remove(k);
+                }
+            }
+        }
+    }
+
+    fn fail(&self, what: &str, e: &StoreError) {
+        tracing::error!(error = %e, "{what} failed: the journal keeps every acknowledged \
+             write, and a restart replays it; until then no write is taken");
+        self.failed.store(true, Ordering::SeqCst);
+        self.caught_up.notify_all();
+    }
+}

@@ -1,0 +1,388 @@
+//! The sled store's write-ahead journal: files of Jetway's own to which each group
+//! commit appends the key writes of its batches with one `write` and one
+//! `fdatasync`, so that a reply waits for neither sled's tree nor its flush (sled is
+//! written behind, see `behind`). Hand-written because sled's own flush could not do
+//! this: it writes sled's log buffers, which every writer fills under one lock, page
+//! by page, and the profile of the booking loop put sled's page reads and writes
+//! under that lock at ~40 % of the server's CPU (docs/benchmarks.md); no crate offers
+//! a journal that replays into sled.
+//!
+//! Format, version 1: files `journal/<first sequence number, 20 digits>.jwj`, each
+//! beginning with the magic `JETWAYJ1`, then records: the body's length (u32 LE),
+//! its CRC-32 (u32 LE), and the body: the batch's sequence number (u64 LE), its
+//! write count (u32 LE), and per write a tag (1 put, 0 delete), the key's length
+//! (u32 LE) and key, and for a put the value's length (u32 LE) and value. A torn
+//! last record (a crash during its append, never acknowledged) ends the replay; damage
+//! in any file but the last is reported, not skipped. (Within the last file a torn
+//! append cannot be told from damage: pages of an append that was never synced may
+//! reach the disk in any order. So the last file's first bad record ends the replay,
+//! and the file is kept as `<name>.torn`, with a warning naming the bytes dropped.)
+
+use parking_lot::Mutex;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{StoreError, StoreResult};
+
+const MAGIC: &[u8; 8] = b"JETWAYJ1";
+const EXTENSION: &str = "jwj";
+/// A file this large gets no more records: the next append starts a new one, so the
+/// files sled has caught up with can be deleted.
+const FILE_BYTES: u64 = 8 << 20;
+
+/// One key's write: its new value, or `None` for a delete.
+pub type KeyWrite = (sled::IVec, Option<sled::IVec>);
+
+/// One batch as the journal holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    pub writes: Vec<KeyWrite>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    files: Mutex<Files>,
+}
+
+#[derive(Default)]
+struct Files {
+    /// The last file at open, when it ended in a bad record: kept, not deleted.
+    torn: Option<PathBuf>,
+    /// The file appended to, with its size.
+    current: Option<(File, u64)>,
+    /// Every file, current last, each with the first sequence number in it.
+    all: Vec<(u64, PathBuf)>,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("journal: {what} {}: {e}", path.display()))
+}
+
+/// Appends `record`'s encoding to `out`.
+pub fn encode(seq: u64, writes: &[KeyWrite], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+    for (k, v) in writes {
+        out.push(u8::from(v.is_some()));
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+        if let Some(v) = v {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    let body = start + 8;
+    let len = (out.len() - body) as u32;
+    let crc = crc32fast::hash(&out[body..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..body].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads a little-endian number of `N` bytes at `*at`, moving past it.
+fn take<const N: usize>(bytes: &[u8], at: &mut usize) -> Option<[u8; N]> {
+    let out = bytes.get(*at..at.checked_add(N)?)?.try_into().ok()?;
+    *at += N;
+    Some(out)
+}
+
+fn take_slice<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(take::<4>(bytes, at)?) as usize;
+    let out = bytes.get(*at..at.checked_add(len)?)?;
+    *at += len;
+    Some(out)
+}
+
+fn decode_body(body: &[u8]) -> Option<Record> {
+    let mut at = 0;
+    let seq = u64::from_le_bytes(take::<8>(body, &mut at)?);
+    let count = u32::from_le_bytes(take::<4>(body, &mut at)?) as usize;
+    let mut writes = Vec::with_capacity(count.min(body.len()));
+    for _ in 0..count {
+        let [tag] = take::<1>(body, &mut at)?;
+        let k = sled::IVec::from(take_slice(body, &mut at)?);
+        let v = match tag {
+            1 => Some(sled::IVec::from(take_slice(body, &mut at)?)),
+            0 => None,
+            _ => return None,
+        };
+        writes.push((k, v));
+    }
+    (at == body.len()).then_some(Record { seq, writes })
+}
+
+/// The records of one file, and whether it ended in a torn or damaged record (at
+/// that offset).
+fn decode_file(bytes: &[u8]) -> (Vec<Record>, Option<usize>) {
+    let mut out = Vec::new();
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let start = at;
+        let record = (|| {
+            let len = u32::from_le_bytes(take::<4>(bytes, &mut at)?) as usize;
+            let crc = u32::from_le_bytes(take::<4>(bytes, &mut at)?);
+            let body = bytes.get(at..at.checked_add(len)?)?;
+            at += len;
+            (crc32fast::hash(body) == crc).then_some(())?;
+            decode_body(body)
+        })();
+        match record {
+            Some(r) => out.push(r),
+            None => return (out, Some(start)),
+        }
+    }
+    (out, None)
+}
+
+impl Files {
+    /// Deletes the oldest file (a torn one is renamed `.torn` instead), and forgets it
+    /// only once it is gone.
+    fn remove_first(&mut self) -> StoreResult<()> {
+        let Some((_, path)) = self.all.first() else {
+            return Ok(());
+        };
+        match self.torn.take_if(|t| *t == *path) {
+            Some(torn) => {
+                let aside = torn.with_extension("torn");
+                std::fs::rename(&torn, &aside).map_err(|e| io("renaming", &torn, e))?;
+            }
+            None => std::fs::remove_file(path).map_err(|e| io("removing", path, e))?,
+        }
+        self.all.remove(0);
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (created if missing) and returns every record in
+    /// it, oldest first: what a crash may have left unwritten to sled.
+    pub fn open(dir: &Path) -> StoreResult<(Journal, Vec<Record>)> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+            // the directory's own entry must survive a crash with the records in it
+            if let Some(parent) = dir.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io("syncing", parent, e))?;
+            }
+        }
+        let mut all = Vec::new();
+        let mut torn = None;
+        for entry in std::fs::read_dir(dir).map_err(|e| io("listing", dir, e))? {
+            let path = entry.map_err(|e| io("listing", dir, e))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(EXTENSION) {
+                continue;
+            }
+            let first = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("journal: unexpected file {}", path.display()))
+                })?;
+            all.push((first, path));
+        }
+        all.sort();
+        let mut records = Vec::new();
+        for (i, (_, path)) in all.iter().enumerate() {
+            let bytes = std::fs::read(path).map_err(|e| io("reading", path, e))?;
+            if !bytes.starts_with(MAGIC) {
+                // a file created by a crash before its magic was written holds nothing
+                if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+                    continue;
+                }
+                return Err(StoreError::Corrupt(format!(
+                    "journal: {} is not a version 1 journal file (this release reads only \
+                     version 1)",
+                    path.display()
+                )));
+            }
+            let (found, damaged) = decode_file(&bytes);
+            if let Some(offset) = damaged {
+                if i + 1 < all.len() {
+                    return Err(StoreError::Corrupt(format!(
+                        "journal: {} is damaged at byte {offset}, before the last file: \
+                         restore the data dir from a backup (docs/deploy.md)",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    dropped_bytes = bytes.len() - offset,
+                    "the journal ends in a torn or damaged record: an append a crash \
+                     interrupted (never acknowledged) or damage; replaying what comes \
+                     before it, and keeping the file as .torn"
+                );
+                torn = Some(path.clone());
+            }
+            records.extend(found);
+        }
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(Files {
+                torn,
+                current: None,
+                all,
+            }),
+        };
+        Ok((journal, records))
+    }
+
+    /// Appends `bytes` (encoded records, the first numbered `first_seq`) and makes
+    /// them durable.
+    pub fn append(&self, bytes: &[u8], first_seq: u64) -> StoreResult<()> {
+        let mut files = self.files.lock();
+        if files
+            .current
+            .as_ref()
+            .is_none_or(|(_, size)| *size >= FILE_BYTES)
+        {
+            let path = self.dir.join(format!("{first_seq:020}.{EXTENSION}"));
+            let mut f = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io("creating", &path, e))?;
+            f.write_all(MAGIC).map_err(|e| io("writing", &path, e))?;
+            // the file's name must survive a crash with the records acknowledged in it
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing", &self.dir, e))?;
+            files.current = Some((f, MAGIC.len() as u64));
+            files.all.push((first_seq, path));
+        }
+        let Some((f, size)) = files.current.as_mut() else {
+            return Err(StoreError::Io("journal: no file to append to".into()));
+        };
+        f.write_all(bytes)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io("appending to", &self.dir, e))?;
+        *size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes the files whose every record is numbered at most `seq` (sled holds
+    /// them durably), except the one appended to.
+    pub fn release_through(&self, seq: u64) -> StoreResult<()> {
+        let mut files = self.files.lock();
+        let current = files.current.is_some();
+        let keep_last = usize::from(current);
+        let mut gone = 0;
+        while files.all.len() > gone + keep_last {
+            // a file's last record is numbered below the next file's first
+            let next_first = files.all.get(gone + 1).map(|(first, _)| *first);
+            if next_first.is_none_or(|next| next > seq + 1) {
+                break;
+            }
+            gone += 1;
+        }
+        for _ in 0..gone {
+            files.remove_first()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every file (sled holds all they held durably; call it with no append
+    /// running): the next append starts a new one.
+    pub fn release_all(&self) -> StoreResult<()> {
+        let mut files = self.files.lock();
+        files.current = None;
+        while !files.all.is_empty() {
+            files.remove_first()?;
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing", &self.dir, e))
+    }
+
+    /// How many files it has.
+    #[cfg(test)]
+    pub fn files(&self) -> usize {
+        self.files.lock().all.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(k: &str, v: Option<&str>) -> KeyWrite {
+        (k.as_bytes().into(), v.map(|v| v.as_bytes().into()))
+    }
+
+    #[test]
+    fn records_survive_reopen_and_a_torn_tail_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        let mut bytes = Vec::new();
+        encode(1, &[w("a", Some("1")), w("b", None)], &mut bytes);
+        encode(2, &[w("a", Some(""))], &mut bytes);
+        j.append(&bytes, 1).unwrap();
+        let mut torn = Vec::new();
+        encode(3, &[w("c", Some("3"))], &mut torn);
+        j.append(&torn[..torn.len() - 1], 3).unwrap();
+        drop(j);
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        j.release_all().unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{:020}.torn", 1)],
+            "kept aside, not replayed again"
+        );
+        assert_eq!(
+            found,
+            vec![
+                Record {
+                    seq: 1,
+                    writes: vec![w("a", Some("1")), w("b", None)]
+                },
+                Record {
+                    seq: 2,
+                    writes: vec![w("a", Some(""))]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn damage_before_the_last_file_is_reported_and_released_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let mut one = Vec::new();
+        encode(1, &[w("a", Some("1"))], &mut one);
+        j.append(&one, 1).unwrap();
+        // force a second file
+        j.files.lock().current.as_mut().unwrap().1 = FILE_BYTES;
+        let mut two = Vec::new();
+        encode(2, &[w("b", Some("2"))], &mut two);
+        j.append(&two, 2).unwrap();
+        assert_eq!(j.files(), 2);
+        drop(j);
+        let first = dir.path().join(format!("{:020}.{EXTENSION}", 1));
+        let mut bytes = std::fs::read(&first).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&first, &bytes).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("damaged"), "{err}");
+        bytes[last] ^= 1;
+        std::fs::write(&first, &bytes).unwrap();
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found.len(), 2);
+        j.append(&[], 3).unwrap();
+        j.release_through(1).unwrap();
+        assert_eq!(j.files(), 2, "only the first file goes");
+        j.release_through(2).unwrap();
+        assert_eq!(j.files(), 1);
+        assert!(!first.exists());
+    }
+}
