@@ -4,7 +4,8 @@
 //! journal and fdatasyncs it, then hands the batches to a thread of their own that
 //! writes them into sled (each key's last write, key by key), drops them from the
 //! overlay, and within a second flushes sled, syncs its file and deletes the journal
-//! files sled now holds. At open, whatever the journal still holds is written into
+//! files sled now holds (the one being appended to stays until it is full or the
+//! store closes). At open, whatever the journal still holds is written into
 //! sled and flushed before anything else reads it.
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -364,6 +365,8 @@ impl Shared {
     fn fail(&self, what: &str, e: &StoreError) {
         tracing::error!(error = %e, "{what} failed: the journal keeps every acknowledged \
              write, and a restart replays it; until then no write is taken");
+        // under the lock a sync checks `failed` with, so its wait cannot miss this
+        let _behind = self.behind.lock();
         self.failed.store(true, Ordering::SeqCst);
         self.caught_up.notify_all();
     }

@@ -947,7 +947,10 @@ impl SledStore {
         );
         self.note_written(ops.iter().map(Op::key));
         for (k, old) in before {
-            let new = ahead.get(k).copied().flatten();
+            // a key whose writes all left it as it was is not in `ahead`
+            let Some(&new) = ahead.get(k) else {
+                continue;
+            };
             if old.as_deref() != new {
                 self.tally.change(k, old.as_deref(), new);
             }
@@ -2129,5 +2132,25 @@ mod tests {
         result.unwrap();
         assert_eq!(s.raw_prefix(b"K").unwrap().len(), 20_000);
         assert_eq!(s.db.scan_prefix(b"K").count(), 20_000, "all in sled itself");
+    }
+
+    /// A batch that writes a counted record again as it is, with other writes,
+    /// leaves the counts as they were.
+    #[test]
+    fn an_unchanged_record_in_a_batch_leaves_the_counts_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let b = booking("BBBBBB", 1, 0);
+        s.write(&Batch {
+            new_bookings: vec![b.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        let k = key(BOOKING, &[b"BBBBBB"]);
+        let same = s.raw(&k).unwrap().unwrap();
+        s.apply_raw(&[(k, Some(same)), (b"x".to_vec(), Some(b"1".to_vec()))])
+            .unwrap();
+        assert_eq!(s.booking_counts().get(BookingStatus::Held), 1);
+        assert_eq!(s.open_holds(UserId(1), 0), 1);
     }
 }
