@@ -2055,12 +2055,9 @@ mod tests {
         assert_eq!(s.raw(b"c").unwrap(), Some(b"4".to_vec()));
     }
 
-    /// A batch naming a counted record twice, first as it already is, counts its
-    /// change once.
-    #[test]
-    fn a_record_named_twice_in_a_batch_is_counted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+    /// A journaled store holding one held booking of user 1, with its key and bytes.
+    fn one_held_booking(dir: &Path) -> (SledStore, Booking, Vec<u8>, Vec<u8>) {
+        let s = SledStore::open(dir).unwrap();
         let b = booking("AAAAAA", 1, 0);
         s.write(&Batch {
             new_bookings: vec![b.clone()],
@@ -2069,6 +2066,15 @@ mod tests {
         .unwrap();
         let k = key(BOOKING, &[b"AAAAAA"]);
         let same = s.raw(&k).unwrap().unwrap();
+        (s, b, k, same)
+    }
+
+    /// A batch naming a counted record twice, first as it already is, counts its
+    /// change once.
+    #[test]
+    fn a_record_named_twice_in_a_batch_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, b, k, same) = one_held_booking(dir.path());
         let mut paid = b.clone();
         paid.status = BookingStatus::Confirmed;
         s.apply_raw(&[(k.clone(), Some(same)), (k, Some(encode(&paid).unwrap()))])
@@ -2139,15 +2145,7 @@ mod tests {
     #[test]
     fn an_unchanged_record_in_a_batch_leaves_the_counts_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let b = booking("BBBBBB", 1, 0);
-        s.write(&Batch {
-            new_bookings: vec![b.clone()],
-            ..Default::default()
-        })
-        .unwrap();
-        let k = key(BOOKING, &[b"BBBBBB"]);
-        let same = s.raw(&k).unwrap().unwrap();
+        let (s, _, k, same) = one_held_booking(dir.path());
         s.apply_raw(&[(k, Some(same)), (b"x".to_vec(), Some(b"1".to_vec()))])
             .unwrap();
         assert_eq!(s.booking_counts().get(BookingStatus::Held), 1);
