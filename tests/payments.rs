@@ -1426,12 +1426,7 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         "{stuck}"
     );
     let id = stuck["refund_id"].as_str().unwrap().to_owned();
-    let retry = admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "retry"}),
-        )
-        .await;
+    let retry = resolve(&mut admin, json!(id), "retry").await;
     assert_eq!(retry["refund"]["done"], false);
     assert_eq!(retry["refund"]["resolutions"][0]["by"], "admin");
     assert_eq!(retry["refund"]["resolutions"][0]["outcome"], "retry");
@@ -1454,14 +1449,8 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         c.reason("booking.cancel", refused("c2", &seats[1])).await,
         "payment_failed"
     );
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].clone();
-    let elsewhere = admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "paid_elsewhere"}),
-        )
-        .await;
+    let id = first_open_refund(&mut admin).await;
+    let elsewhere = resolve(&mut admin, json!(id), "paid_elsewhere").await;
     assert_eq!(elsewhere["refund"]["done"], true);
     assert_eq!(
         store_booking(&s, loc).status,
@@ -1545,6 +1534,21 @@ async fn first_seat_refused(
 }
 
 /// A client signed in as the admin.
+/// An admin's decision on a refund the gateway kept refusing; its answer.
+async fn resolve(admin: &mut Client, refund_id: Value, outcome: &str) -> Value {
+    admin
+        .ok(
+            "admin.refunds.resolve",
+            json!({"refund_id": refund_id, "outcome": outcome}),
+        )
+        .await
+}
+
+/// The id of the first refund `admin.refunds.list` shows.
+async fn first_open_refund(admin: &mut Client) -> Value {
+    admin.ok("admin.refunds.list", json!({})).await["refunds"][0]["refund_id"].clone()
+}
+
 async fn admin_client(s: &Server) -> Client {
     let mut admin = s.client().await;
     admin
@@ -1568,12 +1572,7 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
     let mut admin = admin_client(&s).await;
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let id = open["refunds"][0]["refund_id"].as_str().unwrap().to_owned();
-    let retry = admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "retry"}),
-        )
-        .await;
+    let retry = resolve(&mut admin, json!(id), "retry").await;
     assert_eq!(retry["refund"]["earlier_keys"], json!([id]), "{retry}");
     assert_ne!(retry["refund"]["gateway_key"], json!(id), "{retry}");
     f.clear_faults();
@@ -1595,8 +1594,7 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
 async fn a_decision_on_a_refund_changed_meanwhile_is_refused() {
     let (f, s, ..) = first_seat_refused(5, Fault::Fail).await;
     let mut admin = admin_client(&s).await;
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].clone();
+    let id = first_open_refund(&mut admin).await;
     // the retry's look-up at the gateway is slow: another decision lands meanwhile
     fault(&f, Step::ListRefunds, Fault::Slow(Duration::from_secs(2)));
     let retry = json!({"refund_id": id, "outcome": "retry"});
@@ -1651,8 +1649,7 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
         .unwrap();
     cancel_refused(&f, &mut c, loc, &seats[0], Fault::Fail).await;
     let mut admin = admin_client(&s).await;
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].clone();
+    let id = first_open_refund(&mut admin).await;
     let retry = json!({"refund_id": id, "outcome": "retry"});
     assert_eq!(
         admin.reason("admin.refunds.resolve", retry).await,
@@ -1673,14 +1670,8 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
     let mut admin = admin_client(&s).await;
     let cancel = json!({"locator": loc, "request_id": "c0", "seats": [seats[0]]});
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let first = open["refunds"][0]["refund_id"].clone();
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": first, "outcome": "paid_elsewhere"}),
-        )
-        .await;
+    let first = first_open_refund(&mut admin).await;
+    resolve(&mut admin, json!(first), "paid_elsewhere").await;
     f.clear_faults();
     let pi = f.ledger().intents[0].id.clone();
     refund_without_metadata(&f, &pi, "refund-by-the-previous-release", 100)
@@ -1690,8 +1681,7 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
     fault(&f, Step::Refund, Fault::Fail);
     let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[1]]});
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let second = open["refunds"][0]["refund_id"].clone();
+    let second = first_open_refund(&mut admin).await;
     assert_ne!(second, first);
     let retry = json!({"refund_id": second, "outcome": "retry"});
     assert_eq!(
@@ -2087,12 +2077,7 @@ async fn a_refund_the_gateway_answers_failed_is_not_recorded_as_made() {
         "asked again under a forgotten key: {l:?}"
     );
     f.clear_faults();
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "retry"}),
-        )
-        .await;
+    resolve(&mut admin, json!(id), "retry").await;
     s.app().reconcile_payments(Duration::ZERO).await;
     let l = f.ledger();
     let amount = l.intents[0].refunds[1].amount;
@@ -2216,12 +2201,7 @@ async fn a_refund_that_fails_after_it_was_made_is_paid_back_again() {
     // under its key the gateway replays that refusal; an admin's retry pays it
     s.app().reconcile_payments(Duration::ZERO).await;
     assert_eq!(f.ledger().refunded(), 0);
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": reissue["refund_id"], "outcome": "retry"}),
-        )
-        .await;
+    resolve(&mut admin, json!(reissue["refund_id"]), "retry").await;
     paid_back_again(&f, &s, &mut c, owed).await;
 
     // the same failure told again, by the same event or another one: nothing more
@@ -2260,14 +2240,8 @@ async fn a_refund_that_fails_after_it_was_made_is_paid_back_again() {
         refund_event(&s, "evt_fail3", "refund.failed", &made.id).await,
         200
     );
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].clone();
-    let closed = admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "paid_elsewhere"}),
-        )
-        .await;
+    let id = first_open_refund(&mut admin).await;
+    let closed = resolve(&mut admin, json!(id), "paid_elsewhere").await;
     assert_eq!(closed["refund"]["done"], true, "{closed}");
     assert!(s.app().store.open_refunds().unwrap().is_empty());
     let orders = c.ok("orders.list", json!({})).await;
@@ -2330,12 +2304,7 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
         stuck["last_error"].as_str().unwrap().contains("failed"),
         "{stuck}"
     );
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": stuck["refund_id"], "outcome": "retry"}),
-        )
-        .await;
+    resolve(&mut admin, json!(stuck["refund_id"]), "retry").await;
     s.app().reconcile_payments(Duration::ZERO).await;
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 2, "{l:?}");
@@ -2354,14 +2323,8 @@ async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again(
     let owed = f.ledger().refunded();
     f.clear_faults();
     let mut admin = admin_client(&s).await;
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].clone();
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": id, "outcome": "retry"}),
-        )
-        .await;
+    let id = first_open_refund(&mut admin).await;
+    resolve(&mut admin, json!(id), "retry").await;
     s.app().reconcile_payments(Duration::ZERO).await;
     assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
     let first = f.ledger().intents[0].refunds[0].clone();
@@ -2393,12 +2356,7 @@ async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() 
     f.clear_faults();
     fault(&f, Step::Refund, Fault::RefundFails);
     let mut admin = admin_client(&s).await;
-    admin
-        .ok(
-            "admin.refunds.resolve",
-            json!({"refund_id": open.id, "outcome": "retry"}),
-        )
-        .await;
+    resolve(&mut admin, json!(open.id), "retry").await;
     s.app().reconcile_payments(Duration::ZERO).await;
     f.clear_faults();
     // the timed-out first call is made at the gateway after all

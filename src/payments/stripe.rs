@@ -330,10 +330,10 @@ impl PaymentGateway for Stripe {
             // a replayed answer is the first one, cached under the key: a refund
             // answered `succeeded` or `pending` (its first answer lost, say) may have
             // failed since. So the refund is read as it is now before it counts as made
-            if failed(&r) {
+            let (false, Some(id)) = (failed(&r), r["id"].as_str()) else {
+                // a failure, or an answer without an id: nothing to read again
                 return refund_made(&r);
-            }
-            let id = r["id"].as_str().unwrap_or_default();
+            };
             let now = self.get_refund(id).await?.ok_or_else(|| {
                 PaymentError::Failed(format!(
                     "the payment gateway does not know the refund {id} it answered"
