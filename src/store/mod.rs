@@ -8,6 +8,7 @@ pub mod commit;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod journal;
+mod seen;
 pub mod sled_store;
 pub mod snapshot;
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::behind::Behind;
+use super::seen::Seen;
 use super::{
     Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundRecord,
     SessionRecord, Store, StoreError, StoreResult, UserRecord,
@@ -67,6 +68,9 @@ pub struct SledStore {
     /// The journal and the overlay of writes not yet in sled (none for a node's
     /// temporary copy of a replicated store, which writes sled directly).
     behind: Option<Behind>,
+    /// With the journal: which keys may be held, so that most lookups of absent
+    /// keys skip sled.
+    seen: Option<Seen>,
     tally: Tally,
     /// One write at a time: a batch's conditions and old values are read, and its
     /// writes applied, as one step. sled's transactions would do that too, but they
@@ -295,6 +299,8 @@ impl SledStore {
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
+        // the journal is replayed into sled by now, and the overlay empty
+        let seen = Seen::new(db.len(), db.iter().keys().filter_map(Result::ok));
         let id_floor = match db.get(ID_FLOOR).map_err(io)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -307,6 +313,7 @@ impl SledStore {
             tally: Tally::seeded(&db)?,
             db,
             behind: Some(behind),
+            seen: Some(seen),
             writer: Default::default(),
             applying: Default::default(),
             snapshot_gate: Default::default(),
@@ -338,6 +345,7 @@ impl SledStore {
     fn kv_get(&self, k: &[u8]) -> StoreResult<Option<sled::IVec>> {
         match self.behind.as_ref().and_then(|b| b.get(k)) {
             Some(v) => Ok(v),
+            None if self.seen.as_ref().is_some_and(|s| !s.may_hold(k)) => Ok(None),
             None => self.db.get(k).map_err(io),
         }
     }
@@ -826,6 +834,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             behind: None,
+            seen: None,
             tally: Tally::default(),
             writer: Default::default(),
             applying: Default::default(),
@@ -934,6 +943,13 @@ impl SledStore {
             }
             return Ok(());
         };
+        if let Some(seen) = &self.seen {
+            for k in &order {
+                if ahead.get(k).is_some_and(Option::is_some) {
+                    seen.add(k);
+                }
+            }
+        }
         behind.write(
             order
                 .iter()
@@ -1953,6 +1969,41 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// Lookups of keys never written are answered without sled (the filter of
+    /// possibly held keys), while every key written reads back: from the overlay,
+    /// from sled once it caught up, and after a reopen, whose filter is built from
+    /// what sled holds.
+    #[test]
+    fn keys_never_written_skip_sled_and_every_written_key_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = |n: u32| format!("Kw{n:06}").into_bytes();
+        let fresh = |n: u32| format!("Kf{n:06}").into_bytes();
+        let check = |s: &SledStore| {
+            let seen = s.seen.as_ref().unwrap();
+            let before = seen.skipped.load(Ordering::Relaxed);
+            for n in 0..2000 {
+                assert_eq!(s.raw(&written(n)).unwrap(), Some(n.to_be_bytes().to_vec()));
+                assert_eq!(s.raw(&fresh(n)).unwrap(), None);
+            }
+            let skipped = seen.skipped.load(Ordering::Relaxed) - before;
+            assert!(skipped > 1900, "{skipped} of 2000 absent keys skipped sled");
+        };
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for chunk in 0..4u32 {
+                let writes: Vec<_> = (chunk * 500..(chunk + 1) * 500)
+                    .map(|n| (written(n), Some(n.to_be_bytes().to_vec())))
+                    .collect();
+                s.apply_raw(&writes).unwrap();
+                s.sync().unwrap();
+            }
+            check(&s);
+            s.shut_down().unwrap();
+            check(&s);
+        }
+        check(&SledStore::open(dir.path()).unwrap());
     }
 
     /// Writes not yet in sled (no sync has handed them over) are read from the
