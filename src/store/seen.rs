@@ -7,80 +7,156 @@
 //!
 //! A key is added before it becomes readable, and deletes leave it in: a filter may
 //! say "maybe" of an absent key (that lookup then asks sled), never "no" of a present
-//! one. Filters only grow: once one holds what it was sized for, a new one twice as
-//! large takes the new keys (a scalable Bloom filter, Almeida et al. 2007), so
-//! nothing is ever rebuilt by scanning the store again.
+//! one, and until a scan of what sled held at open has added all of that, every
+//! lookup asks sled. Filters only grow: once one holds what it was sized for, a new
+//! one twice as large takes the new keys (a scalable Bloom filter, Almeida et al.
+//! 2007), so nothing is ever rebuilt.
 
 use fastbloom::AtomicBloomFilter;
-use parking_lot::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// Each filter's false-positive rate; with filters doubling in size, a store that
-/// grew a thousandfold since it opened has about ten of them.
+/// grew a thousandfold since the first filter has about ten of them.
 const FALSE_POSITIVES: f64 = 0.002;
-/// The first filter's size, in keys, when the store holds fewer at open.
-const MIN_KEYS: usize = 1 << 18;
+/// The first filter's size, in keys.
+const FIRST_KEYS: usize = 1 << 18;
 
+/// The filters, and the scan of what sled held at open that fills them.
 pub struct Seen {
+    keys: Arc<Keys>,
+    scan: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Keys {
     /// Oldest first; only the last takes new keys.
     filters: RwLock<Vec<AtomicBloomFilter>>,
     /// Keys added to the last filter, and how many it was sized for.
     added: AtomicUsize,
     sized_for: AtomicUsize,
+    /// Set once every key sled held at open is in: until then every lookup asks sled.
+    complete: AtomicBool,
+    /// Ends the scan early (the store is closing).
+    stop: AtomicBool,
     /// Lookups answered "absent" without asking sled.
     #[cfg(test)]
-    pub skipped: AtomicUsize,
+    skipped: AtomicUsize,
 }
 
 impl Seen {
-    /// Filters holding `keys` (every key the store holds now), `count` of them.
-    pub fn new<K: AsRef<[u8]>>(count: usize, keys: impl Iterator<Item = K>) -> Seen {
-        let sized_for = count.saturating_mul(2).max(MIN_KEYS);
-        let first = filter(sized_for);
-        let mut added = 0;
-        for k in keys {
-            first.insert(k.as_ref());
-            added += 1;
-        }
+    /// Starts filling the filters with the keys `db` holds, on a thread of its own
+    /// (a full scan: seconds for a store of 100,000 bookings, which the server does
+    /// not wait for). Keys put meanwhile go in through [`Seen::add`] as always.
+    pub fn open(db: sled::Db) -> Seen {
+        let keys = Arc::new(Keys::new());
+        let filling = keys.clone();
+        let scan = std::thread::Builder::new()
+            .name("jetway-keys".into())
+            .spawn(move || filling.fill(&db))
+            .map_err(|e| tracing::warn!(error = %e, "no key filter: every lookup asks sled"))
+            .ok();
         Seen {
-            filters: RwLock::new(vec![first]),
-            added: AtomicUsize::new(added),
-            sized_for: AtomicUsize::new(sized_for),
+            keys,
+            scan: Mutex::new(scan),
+        }
+    }
+
+    /// Notes `k` as possibly present. Call it before the key can be read.
+    pub fn add(&self, k: &[u8]) {
+        self.keys.add(k);
+    }
+
+    /// False only when `k` was never added (and sled held no such key at open).
+    pub fn may_hold(&self, k: &[u8]) -> bool {
+        if !self.keys.complete.load(Ordering::Acquire) {
+            return true;
+        }
+        let maybe = self.keys.filters.read().iter().any(|f| f.contains(k));
+        #[cfg(test)]
+        if !maybe {
+            self.keys.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        maybe
+    }
+
+    /// Waits for the scan of the keys held at open.
+    #[cfg(test)]
+    pub fn scanned(&self) -> bool {
+        if let Some(scan) = self.scan.lock().take() {
+            scan.join().unwrap();
+        }
+        self.keys.complete.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub fn skipped(&self) -> usize {
+        self.keys.skipped.load(Ordering::Relaxed)
+    }
+
+    /// How many filters there are.
+    #[cfg(test)]
+    pub fn filters(&self) -> usize {
+        self.keys.filters.read().len()
+    }
+}
+
+impl Drop for Seen {
+    /// Ends the scan, whose copy of the database would otherwise keep it open (and
+    /// locked against a reopen) after the store is gone.
+    fn drop(&mut self) {
+        self.keys.stop.store(true, Ordering::Relaxed);
+        if let Some(scan) = self.scan.get_mut().take() {
+            let _ = scan.join();
+        }
+    }
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            filters: RwLock::new(vec![filter(FIRST_KEYS)]),
+            added: AtomicUsize::new(0),
+            sized_for: AtomicUsize::new(FIRST_KEYS),
+            complete: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
             #[cfg(test)]
             skipped: AtomicUsize::new(0),
         }
     }
 
-    /// Notes `k` as possibly present. Call it before the key can be read, from one
-    /// writer at a time.
-    pub fn add(&self, k: &[u8]) {
+    fn add(&self, k: &[u8]) {
         let added = self.added.fetch_add(1, Ordering::Relaxed) + 1;
         if added > self.sized_for.load(Ordering::Relaxed) {
             let mut filters = self.filters.write();
-            let size = self.sized_for.load(Ordering::Relaxed).saturating_mul(2);
-            filters.push(filter(size));
-            self.sized_for.store(size, Ordering::Relaxed);
-            self.added.store(1, Ordering::Relaxed);
+            // another caller may have grown them meanwhile
+            if self.added.load(Ordering::Relaxed) > self.sized_for.load(Ordering::Relaxed) {
+                let size = self.sized_for.load(Ordering::Relaxed).saturating_mul(2);
+                filters.push(filter(size));
+                self.sized_for.store(size, Ordering::Relaxed);
+                self.added.store(1, Ordering::Relaxed);
+            }
         }
         if let Some(last) = self.filters.read().last() {
             last.insert(k);
         }
     }
 
-    /// False only when `k` was never added.
-    pub fn may_hold(&self, k: &[u8]) -> bool {
-        let maybe = self.filters.read().iter().any(|f| f.contains(k));
-        #[cfg(test)]
-        if !maybe {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
+    fn fill(&self, db: &sled::Db) {
+        for k in db.iter().keys() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match k {
+                Ok(k) => self.add(&k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key filter left unused: every lookup asks sled");
+                    return;
+                }
+            }
         }
-        maybe
-    }
-
-    /// How many filters there are (one, until the store doubled since it opened).
-    #[cfg(test)]
-    pub fn filters(&self) -> usize {
-        self.filters.read().len()
+        self.complete.store(true, Ordering::Release);
     }
 }
 
@@ -92,25 +168,32 @@ fn filter(keys: usize) -> AtomicBloomFilter {
 mod tests {
     use super::*;
 
+    fn db_with(keys: impl Iterator<Item = Vec<u8>>) -> sled::Db {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        for k in keys {
+            db.insert(k, b"v".as_slice()).unwrap();
+        }
+        db
+    }
+
     #[test]
-    fn every_key_added_or_given_at_the_start_may_be_held_across_growth() {
-        let at_start: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
-        let seen = Seen::new(at_start.len(), at_start.iter());
-        let more = MIN_KEYS * 3 + 5;
+    fn every_key_held_at_open_or_added_may_be_held_across_growth() {
+        let at_open: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let seen = Seen::open(db_with(at_open.iter().cloned()));
+        let more = FIRST_KEYS * 3 + 5;
         for i in 0..more as u64 {
             seen.add(&(i | 1 << 40).to_be_bytes());
         }
+        assert!(seen.scanned());
         assert!(seen.filters() >= 2, "the filters grew");
-        assert!(at_start.iter().all(|k| seen.may_hold(k)));
+        assert!(at_open.iter().all(|k| seen.may_hold(k)));
         assert!((0..more as u64).all(|i| seen.may_hold(&(i | 1 << 40).to_be_bytes())));
     }
 
     #[test]
-    fn keys_never_added_are_mostly_known_absent() {
-        let seen = Seen::new(0, std::iter::empty::<&[u8]>());
-        for i in 0..10_000u64 {
-            seen.add(&i.to_be_bytes());
-        }
+    fn keys_never_added_are_mostly_known_absent_once_the_scan_is_done() {
+        let seen = Seen::open(db_with((0..10_000u64).map(|i| i.to_be_bytes().to_vec())));
+        assert!(seen.scanned());
         let maybe = (0..10_000u64)
             .filter(|i| seen.may_hold(&(i | 1 << 50).to_be_bytes()))
             .count();
@@ -118,5 +201,17 @@ mod tests {
             maybe < 100,
             "{maybe} of 10,000 absent keys reported as maybe held"
         );
+    }
+
+    #[test]
+    fn before_the_scan_is_done_every_key_may_be_held() {
+        let keys = Arc::new(Keys::new());
+        let seen = Seen {
+            keys,
+            scan: Mutex::new(None),
+        };
+        assert!(seen.may_hold(b"never added"));
+        seen.keys.complete.store(true, Ordering::Release);
+        assert!(!seen.may_hold(b"never added"));
     }
 }
