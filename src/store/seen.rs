@@ -31,8 +31,10 @@ pub struct Seen {
 }
 
 struct Keys {
-    /// Oldest first; only the last takes new keys.
+    /// Oldest first; only the last takes new keys. Never empty.
     filters: RwLock<Vec<AtomicBloomFilter>>,
+    /// One hash seed for all the filters, so that a key is hashed once for all.
+    seed: u128,
     /// Keys added to the last filter, and how many it was sized for.
     added: AtomicUsize,
     sized_for: AtomicUsize,
@@ -40,6 +42,8 @@ struct Keys {
     complete: AtomicBool,
     /// Ends the scan early (the store is closing).
     stop: AtomicBool,
+    /// The scan did not finish: the filters are never consulted, so nothing is added.
+    disabled: AtomicBool,
     /// Lookups answered "absent" without asking sled.
     #[cfg(test)]
     skipped: AtomicUsize,
@@ -55,7 +59,10 @@ impl Seen {
         let scan = std::thread::Builder::new()
             .name("jetway-keys".into())
             .spawn(move || filling.fill(&db))
-            .map_err(|e| tracing::warn!(error = %e, "no key filter: every lookup asks sled"))
+            .map_err(|e| {
+                tracing::warn!(error = %e, "no key filter: every lookup asks sled");
+                keys.disabled.store(true, Ordering::Relaxed);
+            })
             .ok();
         Seen {
             keys,
@@ -73,7 +80,10 @@ impl Seen {
         if !self.keys.complete.load(Ordering::Acquire) {
             return true;
         }
-        let maybe = self.keys.filters.read().iter().any(|f| f.contains(k));
+        let maybe = self
+            .keys
+            .holds(&self.keys.filters.read(), k)
+            .is_none_or(|(held, _)| held);
         #[cfg(test)]
         if !maybe {
             self.keys.skipped.fetch_add(1, Ordering::Relaxed);
@@ -115,43 +125,65 @@ impl Drop for Seen {
 
 impl Keys {
     fn new() -> Keys {
+        let seed = rand::random();
         Keys {
-            filters: RwLock::new(vec![filter(FIRST_KEYS)]),
+            filters: RwLock::new(vec![filter(FIRST_KEYS, seed)]),
+            seed,
             added: AtomicUsize::new(0),
             sized_for: AtomicUsize::new(FIRST_KEYS),
             complete: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            disabled: AtomicBool::new(false),
             #[cfg(test)]
             skipped: AtomicUsize::new(0),
         }
     }
 
+    /// Whether any of `filters` may hold `k`, and `k`'s hash (`None` without filters).
+    fn holds(&self, filters: &[AtomicBloomFilter], k: &[u8]) -> Option<(bool, u64)> {
+        let hash = filters.first()?.source_hash(k);
+        Some((filters.iter().any(|f| f.contains_hash(hash)), hash))
+    }
+
     fn add(&self, k: &[u8]) {
+        if self.disabled.load(Ordering::Relaxed) {
+            return;
+        }
+        // a key written again is counted once, so the filters grow with the keys
+        // held (and deleted since), not with every write
+        let hash = match self.holds(&self.filters.read(), k) {
+            Some((false, hash)) => hash,
+            _ => return,
+        };
         let added = self.added.fetch_add(1, Ordering::Relaxed) + 1;
         if added > self.sized_for.load(Ordering::Relaxed) {
+            let size = self.sized_for.load(Ordering::Relaxed).saturating_mul(2);
+            // made before the lock that every lookup takes shared
+            let next = filter(size, self.seed);
             let mut filters = self.filters.write();
             // another caller may have grown them meanwhile
             if self.added.load(Ordering::Relaxed) > self.sized_for.load(Ordering::Relaxed) {
-                let size = self.sized_for.load(Ordering::Relaxed).saturating_mul(2);
-                filters.push(filter(size));
+                filters.push(next);
                 self.sized_for.store(size, Ordering::Relaxed);
                 self.added.store(1, Ordering::Relaxed);
             }
         }
         if let Some(last) = self.filters.read().last() {
-            last.insert(k);
+            last.insert_hash(hash);
         }
     }
 
     fn fill(&self, db: &sled::Db) {
         for k in db.iter().keys() {
             if self.stop.load(Ordering::Relaxed) {
+                self.disabled.store(true, Ordering::Relaxed);
                 return;
             }
             match k {
                 Ok(k) => self.add(&k),
                 Err(e) => {
                     tracing::warn!(error = %e, "key filter left unused: every lookup asks sled");
+                    self.disabled.store(true, Ordering::Relaxed);
                     return;
                 }
             }
@@ -160,8 +192,10 @@ impl Keys {
     }
 }
 
-fn filter(keys: usize) -> AtomicBloomFilter {
-    AtomicBloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(keys)
+fn filter(keys: usize, seed: u128) -> AtomicBloomFilter {
+    AtomicBloomFilter::with_false_pos(FALSE_POSITIVES)
+        .seed(&seed)
+        .expected_items(keys)
 }
 
 #[cfg(test)]
@@ -201,6 +235,44 @@ mod tests {
             maybe < 100,
             "{maybe} of 10,000 absent keys reported as maybe held"
         );
+    }
+
+    #[test]
+    fn a_stopped_scan_leaves_the_filters_unused() {
+        let keys = Keys::new();
+        keys.stop.store(true, Ordering::Relaxed);
+        keys.fill(&db_with((0..10u64).map(|i| i.to_be_bytes().to_vec())));
+        assert!(!keys.complete.load(Ordering::Acquire));
+        let seen = Seen {
+            keys: Arc::new(keys),
+            scan: Mutex::new(None),
+        };
+        seen.add(b"k");
+        assert!(seen.may_hold(b"never added"));
+        assert_eq!(
+            seen.keys.added.load(Ordering::Relaxed),
+            0,
+            "nothing added once unused"
+        );
+    }
+
+    /// Dropping the filters stops and joins the scan, whose copy of the database
+    /// would otherwise keep the data dir locked against the next open.
+    #[test]
+    fn dropping_the_filters_ends_the_scan() {
+        let seen = Seen::open(db_with((0..100_000u64).map(|i| i.to_be_bytes().to_vec())));
+        let keys = seen.keys.clone();
+        drop(seen);
+        assert_eq!(Arc::strong_count(&keys), 1, "the scan thread let go");
+    }
+
+    #[test]
+    fn a_key_written_again_is_counted_once() {
+        let keys = Keys::new();
+        for _ in 0..3 {
+            keys.add(b"k");
+        }
+        assert_eq!(keys.added.load(Ordering::Relaxed), 1);
     }
 
     #[test]
