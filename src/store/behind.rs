@@ -2,7 +2,8 @@
 //! buffer and to an in-memory overlay (`pending`) that every read consults before
 //! sled, so the writer never touches sled's tree; a sync appends the buffer to the
 //! journal and fdatasyncs it, then hands the batches to a thread of their own that
-//! writes them into sled (each key's last write, key by key), drops them from the
+//! gathers them for up to 100 ms and writes them into sled (each key's last write,
+//! key by key, so a key rewritten meanwhile reaches sled once), drops them from the
 //! overlay, and within a second flushes sled, syncs its file and deletes the journal
 //! files sled now holds (the one being appended to stays until it is full or the
 //! store closes). At open, whatever the journal still holds is written into
@@ -24,6 +25,13 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Journal bytes handed to the thread that writes sled and not yet applied, beyond
 /// which a sync waits for it to catch up (bounds the overlay's memory).
 const MAX_BEHIND: usize = 32 << 20;
+/// How long the thread writing sled gathers records before it writes them (less when
+/// a flush is due sooner, or a drain is asked for), and up to how many bytes. Longer
+/// buys more (250 ms: 1.4x the pairs/s of writing each sync's records at once) but
+/// holds more in memory (past the churn target's room at 250 ms): docs/benchmarks.md,
+/// "The sixteenth session".
+const GATHER: Duration = Duration::from_millis(100);
+const GATHER_BYTES: usize = 4 << 20;
 
 /// A key's write not yet in sled, and the batch that made it.
 struct Pending {
@@ -267,6 +275,27 @@ impl Drop for Behind {
     }
 }
 
+/// What the thread writing sled took from its queue for one catch-up.
+#[derive(Default)]
+struct Gathered {
+    records: Vec<Record>,
+    /// Their bytes, as counted against [`MAX_BEHIND`].
+    size: usize,
+    drains: Vec<mpsc::Sender<StoreResult<()>>>,
+}
+
+impl Gathered {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Apply(r, s) => {
+                self.records.extend(r);
+                self.size += s;
+            }
+            Msg::Drain(ack) => self.drains.push(ack),
+        }
+    }
+}
+
 impl Shared {
     fn run(&self, rx: mpsc::Receiver<Msg>) {
         /// A panic here fails the store instead of leaving syncs waiting for it.
@@ -290,25 +319,39 @@ impl Shared {
                 Some(since) => rx.recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed())),
                 None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
-            let mut records = Vec::new();
-            let mut size = 0;
-            let mut drains = Vec::new();
+            let mut got = Gathered::default();
             let mut stop = false;
-            let mut take = |m: Msg| match m {
-                Msg::Apply(r, s) => {
-                    records.extend(r);
-                    size += s;
-                }
-                Msg::Drain(ack) => drains.push(ack),
-            };
             match first {
-                Ok(m) => take(m),
+                Ok(m) => got.take(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
             }
-            while let Ok(m) = rx.try_recv() {
-                take(m);
+            // records gathered for a while are written to sled together: a key
+            // written again meanwhile (a flight's seats, a booking moving on) reaches
+            // sled once, and neighbouring keys share sled's pages
+            let mut until = Instant::now() + GATHER;
+            if let Some(since) = dirty {
+                until = until.min(since + FLUSH_EVERY);
             }
+            while !stop
+                && !got.records.is_empty()
+                && got.drains.is_empty()
+                && got.size < GATHER_BYTES
+            {
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(m) => got.take(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                got.take(m);
+            }
+            let Gathered {
+                records,
+                size,
+                drains,
+            } = got;
             // after a failure nothing more reaches sled and no journal file goes: a
             // restart replays them all
             let failed = self.failed.load(Ordering::SeqCst);
