@@ -159,8 +159,10 @@ impl Behind {
     /// Writes one batch's final key writes: readers see them at once, the next
     /// [`Behind::sync`] makes them durable. Call it with writers excluded.
     pub fn write(&self, writes: Vec<KeyWrite>) {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let mut u = self.unsynced.lock();
+        // numbered under the lock that orders the journal, so that numbers follow
+        // each other there (`Journal::open` checks it)
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         if u.records.is_empty() {
             u.first_seq = seq;
         }

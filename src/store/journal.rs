@@ -17,6 +17,8 @@
 //! append cannot be told from damage: pages of an append that was never synced may
 //! reach the disk in any order. So the last file's first bad record ends the replay,
 //! and the file is kept as `<name>.torn`, with a warning naming the bytes dropped.)
+//! Records are numbered one after another across files, and each file is named for
+//! its first: a gap (a file lost from outside) stops the replay with an error.
 
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
@@ -137,6 +139,44 @@ fn decode_file(bytes: &[u8]) -> (Vec<Record>, Option<usize>) {
     (out, None)
 }
 
+/// `found`, the records of the file `path` named `first`, continue `before` (the
+/// last record of the files before it) without a gap, as appends number them. A gap
+/// is a file lost or removed from outside (this journal deletes its files oldest
+/// first, and only once sled holds them): the writes in it would be lost silently.
+fn check_sequence(
+    before: Option<u64>,
+    first: u64,
+    found: &[Record],
+    path: &Path,
+) -> StoreResult<()> {
+    let Some(head) = found.first() else {
+        return Ok(());
+    };
+    if head.seq != first {
+        return Err(StoreError::Corrupt(format!(
+            "journal: {} is named for record {first} but begins with record {}: \
+             restore the data dir from a backup (docs/deploy.md)",
+            path.display(),
+            head.seq
+        )));
+    }
+    let mut last = before;
+    for r in found {
+        if let Some(l) = last.filter(|&l| r.seq != l + 1) {
+            return Err(StoreError::Corrupt(format!(
+                "journal: record {} in {} follows record {l}, not {} (a journal file was \
+                 lost or removed, or damaged): restore the data dir from a backup \
+                 (docs/deploy.md)",
+                r.seq,
+                path.display(),
+                l + 1
+            )));
+        }
+        last = Some(r.seq);
+    }
+    Ok(())
+}
+
 impl Files {
     /// Deletes the oldest file (a torn one is renamed `.torn` instead), and forgets it
     /// only once it is gone.
@@ -190,8 +230,8 @@ impl Journal {
             all.push((first, path));
         }
         all.sort();
-        let mut records = Vec::new();
-        for (i, (_, path)) in all.iter().enumerate() {
+        let mut records: Vec<Record> = Vec::new();
+        for (i, (first, path)) in all.iter().enumerate() {
             let bytes = std::fs::read(path).map_err(|e| io("reading", path, e))?;
             if !bytes.starts_with(MAGIC) {
                 // a file created by a crash before its magic was written (or reached
@@ -225,6 +265,7 @@ impl Journal {
                 );
                 torn = Some(path.clone());
             }
+            check_sequence(records.last().map(|r| r.seq), *first, &found, path)?;
             records.extend(found);
         }
         let journal = Journal {
@@ -357,6 +398,56 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Three files of one record each, numbered 1, 2, 3.
+    fn three_files(dir: &Path) -> Vec<PathBuf> {
+        let (j, _) = Journal::open(dir).unwrap();
+        for seq in 1..=3 {
+            if let Some((_, size)) = j.files.lock().current.as_mut() {
+                *size = FILE_BYTES;
+            }
+            let mut bytes = Vec::new();
+            encode(seq, &[w(&format!("k{seq}"), Some("v"))], &mut bytes);
+            j.append(&bytes, seq).unwrap();
+        }
+        assert_eq!(j.files(), 3);
+        (1..=3)
+            .map(|seq| dir.join(format!("{seq:020}.{EXTENSION}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_lost_from_the_middle_stops_the_replay_with_the_missing_records_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        let (_, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        std::fs::remove_file(&files[1]).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("record 3") && err.contains("follows record 1") && err.contains("backup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_whose_name_and_first_record_disagree_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        std::fs::remove_file(&files[2]).unwrap();
+        std::fs::rename(&files[1], &files[2]).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("named for record 3 but begins with record 2"),
+            "{err}"
+        );
+        // the oldest files released (as sled caught up) leave no gap behind
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        std::fs::remove_file(&files[0]).unwrap();
+        let (_, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]
