@@ -67,6 +67,9 @@ struct Shared {
     /// Turns of the loop writing sled (a test checks it waits after a failure).
     #[cfg(test)]
     turns: AtomicU64,
+    /// Times records were written to sled.
+    #[cfg(test)]
+    applies: AtomicU64,
 }
 
 pub struct Behind {
@@ -138,6 +141,8 @@ impl Behind {
             failed: AtomicBool::new(false),
             #[cfg(test)]
             turns: AtomicU64::new(0),
+            #[cfg(test)]
+            applies: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let thread = {
@@ -372,6 +377,8 @@ impl Shared {
             // restart replays them all
             let failed = self.failed.load(Ordering::SeqCst);
             if let (Some(last), false) = (records.last(), failed) {
+                #[cfg(test)]
+                self.applies.fetch_add(1, Ordering::Relaxed);
                 match apply(&self.db, &records) {
                     Ok(()) => {
                         applied = last.seq;
@@ -440,17 +447,47 @@ impl Shared {
 mod tests {
     use super::*;
 
+    fn open_in(dir: &std::path::Path) -> Behind {
+        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let data_file = File::open(dir.join("db").join("db")).unwrap();
+        Behind::open(db, data_file, &dir.join("journal")).unwrap()
+    }
+
+    /// Syncs that come close together reach sled in one write, not one each.
+    #[test]
+    fn syncs_close_together_are_written_to_sled_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open_in(dir.path());
+        let syncs = 10;
+        let started = Instant::now();
+        for i in 0..syncs {
+            b.write(vec![(
+                sled::IVec::from(format!("k{i}").as_bytes()),
+                Some(sled::IVec::from("v")),
+            )]);
+            b.sync().unwrap();
+            // the spacing of syncs by separate requests, far inside one gather
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // a slow machine spreads them over more gathers (of GATHER, 100 ms)
+        let gathers = (started.elapsed().as_millis() / 100) as u64 + 1;
+        let last = format!("k{}", syncs - 1);
+        while b.shared.db.get(&last).unwrap().is_none() {
+            std::thread::yield_now();
+        }
+        let applies = b.shared.applies.load(Ordering::Relaxed);
+        assert!(
+            applies <= gathers + 1,
+            "{applies} writes to sled for {syncs} syncs over {gathers} gathers' time"
+        );
+    }
+
     /// After a failure nothing is flushed again; the thread writing sled used to keep
     /// a flush deadline it would never meet and spin on it at 100 % of a core.
     #[test]
     fn after_a_failure_the_thread_writing_sled_waits_instead_of_spinning() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-        let data_file = File::open(dir.path().join("db").join("db")).unwrap();
-        let b = Behind::open(db, data_file, &dir.path().join("journal")).unwrap();
+        let b = open_in(dir.path());
         b.write(vec![(sled::IVec::from("k"), Some(sled::IVec::from("v")))]);
         b.sync().unwrap();
         // sled has it and owes a flush
