@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, Conn, Endpoint, Error};
 use crate::stats::{self, Lat, Summary};
-use crate::target::{CommitRates, Target};
+use crate::target::{self, CommitRates, Target};
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -49,6 +49,12 @@ pub struct Outcome {
     /// Failed calls by `error.data.reason` (seat_unavailable: the flight's cabin was full).
     pub errors: BTreeMap<String, u64>,
     pub server_cpu_percent: Option<f64>,
+    /// Server CPU-seconds per completed operation, in ms.
+    pub server_cpu_ms_per_op: Option<f64>,
+    /// This load tool's own CPU over the window: on a shared machine it is what the
+    /// server cannot have.
+    pub client_cpu_percent: Option<f64>,
+    pub client_cpu_ms_per_op: Option<f64>,
     /// Jetway's group commit over the measured window (from its `/metrics`).
     pub server_commits: Option<CommitRates>,
     pub ok: bool,
@@ -140,6 +146,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     let sh = Arc::new(Shared::new(o.max_pairs));
     let commits0 = target.commits().await.map(|c| (c, Instant::now()));
     let cpu0 = target.cpu_seconds();
+    let client_cpu0 = target::cpu_seconds(std::process::id());
     let start = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -161,9 +168,13 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     };
     sh.stop.store(true, Ordering::SeqCst);
     let seconds = start.elapsed().as_secs_f64();
-    let cpu = cpu0
-        .zip(target.cpu_seconds())
-        .map(|(a, b)| (b - a) / seconds * 100.0);
+    let cpu = cpu0.zip(target.cpu_seconds()).map(|(a, b)| b - a);
+    let client_cpu = client_cpu0
+        .zip(target::cpu_seconds(std::process::id()))
+        .map(|(a, b)| b - a);
+    // the operations completed by now: the ones finishing after the readings are not
+    // counted against this CPU
+    let ops_in_window: u64 = sh.lat.iter().map(|l| l.summary().count).sum();
     for t in tasks {
         let _ = t.await;
     }
@@ -198,10 +209,17 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         pairs_per_sec: pairs as f64 / seconds,
         methods,
         errors,
-        server_cpu_percent: cpu,
+        server_cpu_percent: cpu.map(|c| c / seconds * 100.0),
+        server_cpu_ms_per_op: cpu.and_then(|c| per_op(c, ops_in_window)),
+        client_cpu_percent: client_cpu.map(|c| c / seconds * 100.0),
+        client_cpu_ms_per_op: client_cpu.and_then(|c| per_op(c, ops_in_window)),
         server_commits: commits,
         ok: failed == 0 && pairs > 0,
     })
+}
+
+fn per_op(cpu_seconds: f64, ops: u64) -> Option<f64> {
+    (ops > 0).then(|| cpu_seconds * 1e3 / ops as f64)
 }
 
 async fn user(sh: Arc<Shared>, mut c: Conn, flights: Arc<Vec<String>>) {

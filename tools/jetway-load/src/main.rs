@@ -434,6 +434,14 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                 out.server_cpu_percent
                     .map_or("n/a".into(), |c| format!("{c:.0}%")),
             );
+            let ms = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3} ms"));
+            text += &format!(
+                "  CPU per operation: server {}, this tool {} ({})\n",
+                ms(out.server_cpu_ms_per_op),
+                ms(out.client_cpu_ms_per_op),
+                out.client_cpu_percent
+                    .map_or("n/a".into(), |c| format!("{c:.0}%")),
+            );
             for (name, m) in &out.methods {
                 text += &format!("  {name:15} {:7.0}/s  {}\n", m.per_sec, m.latency);
             }
