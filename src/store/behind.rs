@@ -472,7 +472,9 @@ mod tests {
         // a slow machine spreads them over more gathers (of GATHER, 100 ms)
         let gathers = (started.elapsed().as_millis() / 100) as u64 + 1;
         let last = format!("k{}", syncs - 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while b.shared.db.get(&last).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "sled never got the last write");
             std::thread::yield_now();
         }
         let applies = b.shared.applies.load(Ordering::Relaxed);

@@ -18,7 +18,8 @@
 //! reach the disk in any order. So the last file's first bad record ends the replay,
 //! and the file is kept as `<name>.torn`, with a warning naming the bytes dropped.)
 //! Records are numbered one after another across files, and each file is named for
-//! its first: a gap (a file lost from outside) stops the replay with an error.
+//! its first: a gap between files (one lost from outside) stops the replay with an
+//! error; in the last file a record out of sequence is a bad record like any other.
 
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
@@ -139,42 +140,58 @@ fn decode_file(bytes: &[u8]) -> (Vec<Record>, Option<usize>) {
     (out, None)
 }
 
-/// `found`, the records of the file `path` named `first`, continue `before` (the
-/// last record of the files before it) without a gap, as appends number them. A gap
-/// is a file lost or removed from outside (this journal deletes its files oldest
-/// first, and only once sled holds them): the writes in it would be lost silently.
-fn check_sequence(
+/// How many of `found`, the records of the file `path` named `first`, continue
+/// `before` (the last record of the files before it) without a gap, as appends number
+/// them. A gap before the file's first record, or a file named for another record, is
+/// a file lost, removed or replaced from outside (this journal deletes its files oldest
+/// first, and only once sled holds them): the writes in it would be lost silently, so
+/// it is an error. A break after the first record is counted, not refused: in the last
+/// file it can only be stale blocks a crash left behind the torn end.
+fn in_sequence(
     before: Option<u64>,
     first: u64,
     found: &[Record],
     path: &Path,
-) -> StoreResult<()> {
+) -> StoreResult<usize> {
     let Some(head) = found.first() else {
-        return Ok(());
+        return Ok(0);
     };
+    let restore = "restore the data dir from a backup (docs/deploy.md)";
     if head.seq != first {
         return Err(StoreError::Corrupt(format!(
-            "journal: {} is named for record {first} but begins with record {}: \
-             restore the data dir from a backup (docs/deploy.md)",
+            "journal: {} is named for record {first} but begins with record {} (a file \
+             renamed or replaced from outside, or damaged): {restore}",
             path.display(),
             head.seq
         )));
     }
-    let mut last = before;
-    for r in found {
-        if let Some(l) = last.filter(|&l| r.seq != l + 1) {
-            return Err(StoreError::Corrupt(format!(
-                "journal: record {} in {} follows record {l}, not {} (a journal file was \
-                 lost or removed, or damaged): restore the data dir from a backup \
-                 (docs/deploy.md)",
-                r.seq,
+    let follows = |l: u64, seq: u64| l.checked_add(1) == Some(seq);
+    if let Some(l) = before.filter(|&l| !follows(l, head.seq)) {
+        let what = if head.seq > l.saturating_add(1) {
+            let (from, to) = (l + 1, head.seq - 1);
+            match from == to {
+                true => format!("record {from} is missing before {}", path.display()),
+                false => format!(
+                    "records {from} to {to} are missing before {}",
+                    path.display()
+                ),
+            }
+        } else {
+            format!(
+                "{} begins with record {}, after record {l} in the file before it",
                 path.display(),
-                l + 1
-            )));
-        }
-        last = Some(r.seq);
+                head.seq
+            )
+        };
+        return Err(StoreError::Corrupt(format!(
+            "journal: {what} (a journal file lost or removed from outside, or damaged): \
+             {restore}"
+        )));
     }
-    Ok(())
+    Ok(1 + found
+        .windows(2)
+        .take_while(|w| follows(w[0].seq, w[1].seq))
+        .count())
 }
 
 impl Files {
@@ -194,6 +211,13 @@ impl Files {
             self.torn = None;
         } else {
             std::fs::remove_file(path).map_err(|e| io("removing", path, e))?;
+        }
+        // durable before the next file goes, so that a crash never leaves an older file
+        // without a newer one: a gap the next start would refuse
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing", dir, e))?;
         }
         self.all.remove(0);
         Ok(())
@@ -237,7 +261,22 @@ impl Journal {
                 // a file created by a crash before its magic was written (or reached
                 // the disk: zeros) holds nothing
                 let unwritten = bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes);
-                if unwritten || (i + 1 == all.len() && bytes.iter().all(|&b| b == 0)) {
+                let last = i + 1 == all.len();
+                if unwritten || (last && bytes.iter().all(|&b| b == 0)) {
+                    continue;
+                }
+                // the last file's first page may not have reached the disk when a later
+                // one did (a crash during its first append, never acknowledged); a
+                // journal of another version is never taken for that
+                if last && !bytes.starts_with(&MAGIC[..MAGIC.len() - 1]) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        dropped_bytes = bytes.len(),
+                        "the journal's last file does not begin as a journal file: an \
+                         append a crash interrupted (never acknowledged) or damage; \
+                         keeping it as .torn"
+                    );
+                    torn = Some(path.clone());
                     continue;
                 }
                 return Err(StoreError::Corrupt(format!(
@@ -265,7 +304,26 @@ impl Journal {
                 );
                 torn = Some(path.clone());
             }
-            check_sequence(records.last().map(|r| r.seq), *first, &found, path)?;
+            let mut found = found;
+            let good = in_sequence(records.last().map(|r| r.seq), *first, &found, path)?;
+            if good < found.len() {
+                if i + 1 < all.len() {
+                    return Err(StoreError::Corrupt(format!(
+                        "journal: {} holds records out of sequence, before the last file: \
+                         restore the data dir from a backup (docs/deploy.md)",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    dropped_records = found.len() - good,
+                    "the journal's last file continues out of sequence: blocks a crash \
+                     left behind its torn end; replaying what comes before, and keeping \
+                     the file as .torn"
+                );
+                found.truncate(good);
+                torn = Some(path.clone());
+            }
             records.extend(found);
         }
         let journal = Journal {
@@ -422,11 +480,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = three_files(dir.path());
         let (_, found) = Journal::open(dir.path()).unwrap();
-        assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(seqs(&found), [1, 2, 3]);
         std::fs::remove_file(&files[1]).unwrap();
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(
-            err.contains("record 3") && err.contains("follows record 1") && err.contains("backup"),
+            err.contains("record 2 is missing before") && err.contains("backup"),
             "{err}"
         );
     }
@@ -447,7 +505,50 @@ mod tests {
         let files = three_files(dir.path());
         std::fs::remove_file(&files[0]).unwrap();
         let (_, found) = Journal::open(dir.path()).unwrap();
-        assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(seqs(&found), [2, 3]);
+    }
+
+    fn seqs(found: &[Record]) -> Vec<u64> {
+        found.iter().map(|r| r.seq).collect()
+    }
+
+    /// What a crash can leave at the end of the last file (stale blocks that pass
+    /// their checksums, a first page that never reached the disk) ends the replay
+    /// there instead of stopping the start.
+    #[test]
+    fn the_last_file_torn_out_of_sequence_or_without_its_first_page_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        let mut stale = Vec::new();
+        encode(7, &[w("old", Some("x"))], &mut stale);
+        let mut f = OpenOptions::new().append(true).open(&files[2]).unwrap();
+        f.write_all(&stale).unwrap();
+        drop(f);
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(seqs(&found), [1, 2, 3]);
+        j.release_all().unwrap();
+        let torn = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".torn")
+            })
+            .count();
+        assert_eq!(torn, 1, "kept aside");
+
+        let dir = tempfile::tempdir().unwrap();
+        three_files(dir.path());
+        let fourth = dir.path().join(format!("{:020}.{EXTENSION}", 4));
+        std::fs::write(&fourth, [0u8, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9]).unwrap();
+        let (_, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(seqs(&found), [1, 2, 3]);
+        // a journal of another version is never taken for a torn file
+        std::fs::write(&fourth, b"JETWAYJ2 and more").unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not a version 1 journal file"), "{err}");
     }
 
     #[test]
