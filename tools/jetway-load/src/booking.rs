@@ -6,6 +6,7 @@
 
 use futures::StreamExt;
 use rand::Rng;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{self, Conn, Endpoint, Error};
+use crate::client::{self, Conn, Endpoint, Error, Held};
 use crate::stats::{self, Lat, Summary};
 use crate::target::{self, CommitRates, Target};
 
@@ -85,8 +86,8 @@ impl Shared {
     }
 
     /// The locator of a successful hold's result; one without it is counted an error.
-    fn held(&self, result: &serde_json::Value) -> Option<String> {
-        let loc = client::locator(result);
+    fn held(&self, result: Held) -> Option<String> {
+        let loc = result.locator();
         if loc.is_none() {
             self.count_error("no locator".into());
         }
@@ -229,17 +230,17 @@ async fn user(sh: Arc<Shared>, mut c: Conn, flights: Arc<Vec<String>>) {
         let fid = &flights[rand::thread_rng().gen_range(0..flights.len())];
         let hold = json!({"flight_id": fid, "count": 1, "cabin": "economy",
                           "passengers": [{"name": "Load Test"}], "request_id": format!("h{n}")});
-        let Ok(r) = call(&sh, &mut c, 0, hold).await else {
+        let Ok(r) = call::<Held>(&sh, &mut c, 0, hold).await else {
             return;
         };
         let Some(v) = r else {
             continue;
         };
-        let Some(loc) = sh.held(&v) else {
+        let Some(loc) = sh.held(v) else {
             continue;
         };
         let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": format!("p{n}")});
-        let Ok(paid) = call(&sh, &mut c, 1, pay).await else {
+        let Ok(paid) = call::<IgnoredAny>(&sh, &mut c, 1, pay).await else {
             return;
         };
         if paid.is_some() {
@@ -249,21 +250,21 @@ async fn user(sh: Arc<Shared>, mut c: Conn, flights: Arc<Vec<String>>) {
             }
         }
         let cancel = json!({"locator": loc, "request_id": format!("c{n}")});
-        if call(&sh, &mut c, 2, cancel).await.is_err() {
+        if call::<IgnoredAny>(&sh, &mut c, 2, cancel).await.is_err() {
             return;
         }
     }
 }
 
 /// `Err` when the connection is gone; `Ok(None)` for an application error.
-async fn call(
+async fn call<T: DeserializeOwned + Default>(
     sh: &Shared,
     c: &mut Conn,
     m: usize,
     params: serde_json::Value,
-) -> Result<Option<serde_json::Value>, ()> {
+) -> Result<Option<T>, ()> {
     let start = Instant::now();
-    match c.call(METHODS[m], params).await {
+    match c.call_as::<T>(METHODS[m], params).await {
         Ok(Ok(v)) => {
             sh.lat[m].record(start.elapsed());
             Ok(Some(v))
@@ -288,11 +289,13 @@ mod tests {
     #[test]
     fn every_error_is_counted_and_fails_the_run() {
         let sh = Shared::new(1);
-        let ok = serde_json::json!({"booking": {"locator": "ABC123"}});
-        assert_eq!(sh.held(&ok).as_deref(), Some("ABC123"));
+        let held = |v: serde_json::Value| sh.held(serde_json::from_value::<Held>(v).unwrap());
+        let ok =
+            serde_json::json!({"booking": {"locator": "ABC123", "seats": ["1A"]}, "flight": {}});
+        assert_eq!(held(ok).as_deref(), Some("ABC123"));
         assert!(sh.errors.lock().is_empty());
-        assert_eq!(sh.held(&serde_json::json!({"booking": {}})), None);
-        assert_eq!(sh.held(&serde_json::json!({})), None);
+        assert_eq!(held(serde_json::json!({"booking": {}})), None);
+        assert_eq!(held(serde_json::json!({})), None);
         sh.count_error("seat_unavailable".into());
         let errors = sh.errors.lock();
         assert_eq!(errors["no locator"], 2);

@@ -106,6 +106,15 @@ struct Head {
     error: Option<Value>,
 }
 
+/// A reply, its result decoded as `T`.
+#[derive(serde::Deserialize)]
+struct Frame<T> {
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    result: Option<T>,
+}
+
 /// One connection used for request/response. Pushes are counted and skipped.
 pub struct Conn {
     pub ws: Ws,
@@ -124,16 +133,26 @@ impl Conn {
 
     /// Sends a request and waits for its reply.
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Reply, Error> {
+        self.call_as(method, params).await
+    }
+
+    /// Sends a request and decodes its result as `T`, one pass over the text: a loop
+    /// that needs one field of a large result (a hold's locator) skips the rest
+    /// without building a tree of values, so the tool's CPU goes to the server.
+    pub async fn call_as<T>(
+        &mut self,
+        method: &str,
+        params: Value,
+    ) -> Result<Result<T, RpcError>, Error>
+    where
+        T: serde::de::DeserializeOwned + Default,
+    {
         let text = self.exchange(method, params).await?;
-        let mut v: Value = serde_json::from_str(text.as_str())?;
-        if let Some(e) = v.get("error") {
-            return Ok(Err(RpcError::from_json(e)));
-        }
-        // taken, not cloned: a full seat map is thousands of values
-        Ok(Ok(v
-            .get_mut("result")
-            .map(Value::take)
-            .unwrap_or(Value::Null)))
+        let frame: Frame<T> = serde_json::from_str(text.as_str())?;
+        Ok(match frame.error {
+            Some(e) => Err(RpcError::from_json(&e)),
+            None => Ok(frame.result.unwrap_or_default()),
+        })
     }
 
     /// Sends a request and checks that its reply is a success, without decoding the
@@ -316,4 +335,23 @@ pub fn locator(v: &Value) -> Option<String> {
     v.pointer("/booking/locator")
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// A hold's result with only its locator decoded (`call_as::<Held>`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Held {
+    #[serde(default)]
+    booking: Option<HeldBooking>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct HeldBooking {
+    #[serde(default)]
+    locator: Option<String>,
+}
+
+impl Held {
+    pub fn locator(self) -> Option<String> {
+        self.booking.and_then(|b| b.locator)
+    }
 }

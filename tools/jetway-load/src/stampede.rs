@@ -4,6 +4,7 @@
 //! map is read back: seats sold must equal seats, oversold must be 0.
 
 use futures::StreamExt;
+use serde::de::IgnoredAny;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::client::{self, Conn, Endpoint, Error};
+use crate::client::{self, Conn, Endpoint, Error, Held};
 use crate::stats::{self, Lat, Summary};
 use crate::target::Target;
 
@@ -183,7 +184,7 @@ async fn user(sh: Arc<Shared>, mut c: Conn, i: usize, fid: String, seat: String)
     let start = Instant::now();
     let hold = json!({"flight_id": fid, "seats": [seat], "passengers": [{"name": "Load Test"}],
                       "request_id": format!("s{}-{i}", std::process::id())});
-    let v = match c.call("booking.hold", hold).await {
+    let v = match c.call_as::<Held>("booking.hold", hold).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) if e.reason == "seat_unavailable" => {
             sh.lose_lat.record(start.elapsed());
@@ -196,13 +197,13 @@ async fn user(sh: Arc<Shared>, mut c: Conn, i: usize, fid: String, seat: String)
     sh.last_hold_us
         .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
     sh.won.lock().push(seat);
-    let Some(loc) = client::locator(&v) else {
+    let Some(loc) = v.locator() else {
         return err("no locator".into());
     };
     let pay_start = Instant::now();
     let pay = json!({"locator": loc, "payment_method": "pm_card_visa",
                      "request_id": format!("p{}-{i}", std::process::id())});
-    match c.call("booking.pay", pay).await {
+    match c.call_as::<IgnoredAny>("booking.pay", pay).await {
         Ok(Ok(_)) => {
             sh.pay_lat.record(pay_start.elapsed());
             sh.paid.fetch_add(1, Ordering::Relaxed);
