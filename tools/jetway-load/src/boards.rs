@@ -5,6 +5,7 @@
 //! in its window per second however fast seats change) and the server's CPU.
 
 use futures::StreamExt;
+use serde::de::IgnoredAny;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Conn, Endpoint, Error};
+use crate::client::{self, Conn, Endpoint, Error, Held};
 use crate::stats::{self, Lat, Summary};
 use crate::target::Target;
 
@@ -164,22 +165,19 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
                 let t = Instant::now();
                 let r = match held.take() {
                     Some(loc) => {
-                        c.call("booking.cancel", json!({"locator": loc, "request_id": format!("c{w}-{i}")}))
+                        c.call_as::<IgnoredAny>("booking.cancel", json!({"locator": loc, "request_id": format!("c{w}-{i}")}))
                             .await
+                            .map(|r| r.map(|_| ()))
                     }
                     None => {
                         let (fid, seat) = mine[next % mine.len()].split_once(' ').unwrap_or_default();
                         next += 1;
-                        let r = c
-                            .call(
-                                "booking.hold",
-                                json!({"flight_id": fid, "seats": [seat], "passengers": [{"name": "Board Load"}], "request_id": format!("h{w}-{i}")}),
-                            )
-                            .await;
-                        if let Ok(Ok(v)) = &r {
-                            held = client::locator(v);
-                        }
-                        r
+                        c.call_as::<Held>(
+                            "booking.hold",
+                            json!({"flight_id": fid, "seats": [seat], "passengers": [{"name": "Board Load"}], "request_id": format!("h{w}-{i}")}),
+                        )
+                        .await
+                        .map(|r| r.map(|h| held = h.locator()))
                     }
                 };
                 i += 1;

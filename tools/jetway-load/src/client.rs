@@ -1,6 +1,7 @@
 //! WebSocket connections to the target and a minimal JSON-RPC caller.
 
 use futures::{SinkExt, StreamExt};
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,18 +101,13 @@ impl RpcError {
 /// `params` without building anything).
 #[derive(serde::Deserialize)]
 struct Head {
-    #[serde(default)]
     id: Option<u64>,
-    #[serde(default)]
-    error: Option<Value>,
 }
 
 /// A reply, its result decoded as `T`.
 #[derive(serde::Deserialize)]
 struct Frame<T> {
-    #[serde(default)]
     error: Option<Value>,
-    #[serde(default)]
     result: Option<T>,
 }
 
@@ -159,13 +155,9 @@ impl Conn {
     /// result: a full seat map costs the client a scan, not a tree of values, so a
     /// run opening thousands of subscribed connections measures the server.
     pub async fn check(&mut self, method: &str, params: Value) -> Result<(), Error> {
-        let text = self.exchange(method, params).await?;
-        match serde_json::from_str::<Head>(text.as_str())?.error {
-            None => Ok(()),
-            Some(e) => {
-                let e = RpcError::from_json(&e);
-                Err(format!("{method}: {} ({})", e.reason, e.message).into())
-            }
+        match self.call_as::<IgnoredAny>(method, params).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{method}: {} ({})", e.reason, e.message).into()),
         }
     }
 
@@ -330,23 +322,14 @@ pub async fn all_flights(conn: &mut Conn) -> Result<Vec<String>, Error> {
         .unwrap_or_default())
 }
 
-/// `booking.locator` of a hold's result.
-pub fn locator(v: &Value) -> Option<String> {
-    v.pointer("/booking/locator")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
 /// A hold's result with only its locator decoded (`call_as::<Held>`).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Held {
-    #[serde(default)]
     booking: Option<HeldBooking>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
 struct HeldBooking {
-    #[serde(default)]
     locator: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 //! scenario is this plus L connections logging in back to back during one phase.
 
 use futures::StreamExt;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Conn, Endpoint, Error, Ws};
+use crate::client::{self, Conn, Endpoint, Error, Held, Ws};
 use crate::stats::{self, Lat, Summary};
 use crate::target::Target;
 
@@ -405,7 +406,7 @@ async fn write(
         let r = match held.take() {
             Some((idx, locator)) => {
                 sh.sent[idx * 2 + 1].store(sh.now_ns(), Ordering::Relaxed);
-                c.call(
+                c.call_as::<IgnoredAny>(
                     "booking.cancel",
                     json!({"locator": locator, "request_id": format!("c{k}-{n}")}),
                 )
@@ -416,18 +417,14 @@ async fn write(
                 let (idx, seat) = &seats[next % seats.len()];
                 next += 1;
                 sh.sent[idx * 2].store(sh.now_ns(), Ordering::Relaxed);
-                let r = c
-                    .call(
-                        "booking.hold",
-                        json!({"flight_id": fid, "seats": [seat],
-                               "passengers": [{"name": "Load Test"}],
-                               "request_id": format!("h{k}-{n}")}),
-                    )
-                    .await;
-                if let Ok(Ok(v)) = &r {
-                    held = client::locator(v).map(|l| (*idx, l));
-                }
-                r.map(|r| r.map(|_| ()))
+                c.call_as::<Held>(
+                    "booking.hold",
+                    json!({"flight_id": fid, "seats": [seat],
+                           "passengers": [{"name": "Load Test"}],
+                           "request_id": format!("h{k}-{n}")}),
+                )
+                .await
+                .map(|r| r.map(|h| held = h.locator().map(|l| (*idx, l))))
             }
         };
         match r {
