@@ -139,19 +139,21 @@ impl App {
                 version,
                 viewers,
             };
-            let result = results::encode(&result).unwrap_or_default();
+            let result = results::encode(&result);
             id.map(|id| {
-                Utf8Bytes::from(match start {
+                Utf8Bytes::from(match (result, start) {
+                    (Err(e), _) => envelope::failure(id, &e),
                     // the map is encoded once per version, and only copied in here
-                    Start::Snapshot(seats) => {
-                        envelope::success_with_raw(id, &result, "seats", &seats)
+                    (Ok(r), Start::Snapshot(seats)) => {
+                        envelope::success_with_raw(id, &r, "seats", &seats)
                     }
-                    Start::Changes(changes) => {
-                        envelope::success_with_raw(id, &result, "changes", &changes)
+                    (Ok(r), Start::Changes(changes)) => {
+                        envelope::success_with_raw(id, &r, "changes", &changes)
                     }
                 })
             })
         });
+
         if joined && !subs.contains(&fs.id) {
             // one entry more, not a `Vec`'s first four: most connections watch one flight
             subs.reserve_exact(1);

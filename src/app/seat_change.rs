@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::app::AppError;
 use crate::domain::{self, Booking, Flight, UserId};
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
-use crate::protocol::results::{self, BookingResult, BookingView, Replayable};
+use crate::protocol::results::{self, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{Batch, IdemKey, LineCheck, Memo, StoreError};
 
@@ -253,12 +253,5 @@ impl App {
 
 /// The `booking.updated` push telling a booking's owner of its new state.
 pub(super) fn booking_push(b: &Booking, flight: Option<&Flight>) -> crate::fanout::Utf8Bytes {
-    let booking = BookingView {
-        booking: b.clone(),
-        flight: flight.cloned(),
-    };
-    crate::fanout::Utf8Bytes::from(results::push(
-        "booking.updated",
-        &BookingResult::new(booking),
-    ))
+    crate::fanout::Utf8Bytes::from(results::booking_updated(b, flight))
 }

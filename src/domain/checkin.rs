@@ -139,8 +139,6 @@ impl Booking {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::flight::Fares;
-    use crate::domain::FlightStatus;
     use crate::domain::{Cabin, FlightId, Locator, Money, TicketNumber, UserId};
 
     const H: Millis = 3_600_000;
@@ -181,21 +179,9 @@ mod tests {
         Flight {
             id: FlightId::parse("JW100-20261201").unwrap(),
             number: "JW100".into(),
-            from: "LHR".into(),
-            to: "CDG".into(),
             departs_at: 1_796_109_300_000,
             arrives_at: 1_796_113_800_000,
-            aircraft: "A320".into(),
-            fares: Fares {
-                economy: Money::cents(100).unwrap(),
-                business: Money::cents(300).unwrap(),
-            },
-            cancelled: None,
-            stage: FlightStatus::Scheduled,
-            estimated_departs_at: None,
-            estimated_arrives_at: None,
-            remark: None,
-            revision: 0,
+            ..crate::domain::flight::sample()
         }
     }
 

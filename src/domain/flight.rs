@@ -345,30 +345,36 @@ pub fn time_zone(code: &str) -> &'static str {
     airport(code).map_or("UTC", |a| a.tz)
 }
 
+/// A scheduled A320 flight LHR-CDG, for tests.
+#[cfg(test)]
+pub(crate) fn sample() -> Flight {
+    Flight {
+        id: FlightId::parse("JW1-20260101").unwrap(),
+        number: "JW1".into(),
+        from: "LHR".into(),
+        to: "CDG".into(),
+        departs_at: 1_000_000,
+        arrives_at: 2_000_000,
+        aircraft: "A320".into(),
+        fares: Fares {
+            economy: Money::cents(100).unwrap(),
+            business: Money::cents(300).unwrap(),
+        },
+        cancelled: None,
+        stage: FlightStatus::Scheduled,
+        estimated_departs_at: None,
+        estimated_arrives_at: None,
+        remark: None,
+        revision: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn flight() -> Flight {
-        Flight {
-            id: FlightId::parse("JW1-20260101").unwrap(),
-            number: "JW1".into(),
-            from: "LHR".into(),
-            to: "CDG".into(),
-            departs_at: 1_000_000,
-            arrives_at: 2_000_000,
-            aircraft: "A320".into(),
-            fares: Fares {
-                economy: Money::cents(100).unwrap(),
-                business: Money::cents(300).unwrap(),
-            },
-            cancelled: None,
-            stage: FlightStatus::Scheduled,
-            estimated_departs_at: None,
-            estimated_arrives_at: None,
-            remark: None,
-            revision: 0,
-        }
+        sample()
     }
 
     #[test]

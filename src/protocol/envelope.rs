@@ -1,6 +1,7 @@
 //! JSON-RPC 2.0 framing: parsing requests, writing replies and pushes.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::ApiError;
@@ -97,17 +98,18 @@ pub fn success<T: Serialize>(id: &Value, result: &T) -> String {
 /// A success reply whose result is the object `result` plus the member `key` set to
 /// `raw`, JSON that is already encoded: a large piece shared by many replies (a
 /// flight's seat map) is copied into each, not encoded again. `raw` must be valid JSON.
-pub fn success_with_raw(id: &Value, result: &Value, key: &str, raw: &str) -> String {
-    let (Value::Object(members), Ok(id), Ok(key)) = (
-        result,
-        serde_json::to_string(id),
-        serde_json::to_string(key),
-    ) else {
+pub fn success_with_raw(id: &Value, result: &RawValue, key: &str, raw: &str) -> String {
+    let head = result
+        .get()
+        .strip_suffix('}')
+        .filter(|h| h.starts_with('{'));
+    let (Some(head), Ok(id_text), Ok(key)) =
+        (head, serde_json::to_string(id), serde_json::to_string(key))
+    else {
         return failure(id, &ApiError::Internal);
     };
-    let head = result.to_string();
-    let head = head.strip_suffix('}').unwrap_or("{");
-    let comma = if members.is_empty() { "" } else { "," };
+    let id = id_text;
+    let comma = if head.trim_end() == "{" { "" } else { "," };
     let mut out = String::with_capacity(40 + id.len() + head.len() + key.len() + raw.len());
     for piece in [
         r#"{"jsonrpc":"2.0","id":"#,
@@ -229,7 +231,8 @@ mod tests {
             (json!("a\"b"), json!({})),
             (Value::Null, json!({"viewers": 2})),
         ] {
-            let spliced = success_with_raw(&id, &result, "seats", &seats.to_string());
+            let raw = serde_json::value::to_raw_value(&result).unwrap();
+            let spliced = success_with_raw(&id, &raw, "seats", &seats.to_string());
             let mut whole = result.clone();
             whole["seats"] = seats.clone();
             let parsed: Value = serde_json::from_str(&spliced).unwrap();
@@ -237,9 +240,11 @@ mod tests {
             assert_eq!(parsed, expected, "{spliced}");
         }
         // a result that is not an object cannot take a member
+        let list = serde_json::value::to_raw_value(&json!([])).unwrap();
         let refused: Value =
-            serde_json::from_str(&success_with_raw(&json!(1), &json!([]), "seats", "[]")).unwrap();
+            serde_json::from_str(&success_with_raw(&json!(1), &list, "seats", "[]")).unwrap();
         assert_eq!(refused["error"]["code"], json!(-32603));
+        assert_eq!(refused["id"], json!(1));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! repeat of the request gets again.
 
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{wire, ApiError};
@@ -43,15 +44,31 @@ impl<T> Replayable for Answer<T> {
 }
 
 /// A push (a server notification) with its typed params, encoded as a reply's
-/// result is (through the same shapes), straight to text (the nested wire shapes are
-/// still built as `Value`s; the whole push is not copied into one first).
+/// result is (through the same shapes), straight to text (a booking and an order go
+/// straight to the encoder; the other wire shapes are still built as `Value`s).
 pub fn push<T: Serialize>(method: &str, params: &T) -> String {
     super::envelope::push(method, params)
 }
 
-/// A result as the `result` member of a reply.
-pub fn encode<T: Serialize>(result: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(result).map_err(|e| {
+/// `booking.updated`: `{booking}`, as [`BookingResult`] without an order, encoded from
+/// borrowed values (no copy of the booking or its flight is made for it).
+pub fn booking_updated(b: &Booking, flight: Option<&Flight>) -> String {
+    #[derive(Serialize)]
+    struct Updated<'a> {
+        booking: wire::BookingShape<'a>,
+    }
+    push(
+        "booking.updated",
+        &Updated {
+            booking: wire::booking(b, flight),
+        },
+    )
+}
+
+/// A result as the `result` member of a reply, encoded to JSON text in one pass (no
+/// `Value` copy of it is built first).
+pub fn encode<T: Serialize + ?Sized>(result: &T) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(result).map_err(|e| {
         tracing::error!(error = %e, "a result did not encode");
         ApiError::Internal
     })
@@ -437,6 +454,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A result's reply text, read back.
+    fn value<T: Serialize>(result: &T) -> Value {
+        serde_json::from_str(encode(result).unwrap().get()).unwrap()
+    }
+
     #[test]
     fn a_memo_reads_back_as_it_was_written() {
         let read = |memo: Vec<u8>| serde_json::from_slice::<Value>(&memo).unwrap();
@@ -460,8 +482,8 @@ mod tests {
             },
         };
         assert_eq!(
-            encode(&logged_in).unwrap().to_string(),
-            r#"{"expires_at":"1970-01-01T00:00:01Z","token":"t","user":{"id":7,"role":"passenger","username":"ada"}}"#
+            value(&logged_in),
+            json!({"expires_at":"1970-01-01T00:00:01Z","token":"t","user":{"id":7,"role":"passenger","username":"ada"}})
         );
         let presence = Presence {
             flight_id: FlightId::parse("JW1-20260101").unwrap(),
@@ -469,7 +491,7 @@ mod tests {
             at: 0,
         };
         assert_eq!(
-            encode(&presence).unwrap(),
+            value(&presence),
             json!({"flight_id": "JW1-20260101", "viewers": 2, "at": "1970-01-01T00:00:00Z"})
         );
         let resolution = ResolutionView {
@@ -478,16 +500,42 @@ mod tests {
             at: 0,
         };
         assert_eq!(
-            encode(&resolution).unwrap(),
+            value(&resolution),
             json!({"by": "root", "outcome": "retry", "at": "1970-01-01T00:00:00Z"})
         );
+    }
+
+    #[test]
+    fn booking_updated_carries_what_a_booking_result_does() {
+        let b = Booking::hold(
+            Locator::parse("ABC234").unwrap(),
+            crate::domain::UserId(1),
+            FlightId::parse("JW1-20260101").unwrap(),
+            vec![(
+                crate::domain::SeatId::parse("1A").unwrap(),
+                crate::domain::Cabin::Economy,
+                Money::cents(100).unwrap(),
+            )],
+            vec!["Ada".into()],
+            0,
+            1000,
+        )
+        .unwrap();
+        let pushed: Value = serde_json::from_str(&booking_updated(&b, None)).unwrap();
+        assert_eq!(pushed["method"], "booking.updated");
+        let result = BookingResult::new(BookingView {
+            booking: b,
+            flight: None,
+        });
+        assert_eq!(pushed["params"], value(&result));
+        assert_eq!(pushed["params"]["booking"]["status"], "held");
     }
 
     #[test]
     fn a_replayed_answer_encodes_as_stored() {
         let stored = json!({ "booking": { "locator": "ABC234" } });
         let answer: Answer<Done> = Answer::Replayed(stored.clone());
-        assert_eq!(encode(&answer), Ok(stored));
-        assert_eq!(encode(&Answer::Now(Done {})), Ok(json!({})));
+        assert_eq!(value(&answer), stored);
+        assert_eq!(value(&Answer::Now(Done {})), json!({}));
     }
 }

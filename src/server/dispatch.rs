@@ -1,6 +1,7 @@
 //! Routes one JSON-RPC request to its use case and encodes the reply: the method
 //! ([`Method`], the one list of methods), who may call it, then its handler.
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,7 +126,7 @@ async fn call(
     shield: &Shield,
     conn: &mut ConnState,
     req: Request,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Box<RawValue>>, ApiError> {
     #[cfg(test)]
     if req.method == "test.panic" {
         panic!("a request panicked (injected by a test)");
@@ -214,7 +215,7 @@ async fn call(
         Call::AdminStats => encode(&app.admin_stats().await?)?,
         Call::AdminRefunds => encode(&app.admin_refunds().await?)?,
         Call::AdminResolveRefund(p) => encode(&app.admin_resolve_refund(caller()?, p?).await?)?,
-        Call::Discover => crate::protocol::contract::openrpc().clone(),
+        Call::Discover => encode(crate::protocol::contract::openrpc())?,
         Call::WaitlistJoin(p) => encode(&app.waitlist_join(caller()?, p?).await?)?,
         Call::WaitlistLeave(p) => encode(&app.waitlist_leave(caller()?, p?).await?)?,
         Call::WaitlistList => encode(&app.waitlist_list(caller()?).await?)?,

@@ -247,7 +247,10 @@ pub trait Wire {
 
 impl<T: serde::Serialize> Wire for Result<T, AppError> {
     fn wire(self) -> Result<Value, AppError> {
-        self.map(|r| jetway::protocol::results::encode(&r).expect("a result encodes"))
+        self.map(|r| {
+            let text = jetway::protocol::results::encode(&r).expect("a result encodes");
+            serde_json::from_str(text.get()).expect("a result reads back")
+        })
     }
 }
 
