@@ -155,6 +155,22 @@ impl FrameHead {
     }
 }
 
+tokio::task_local! {
+    /// The connection whose request the current task handles.
+    static REQUESTER: u64;
+}
+
+/// Runs `handling` as the handling of a request of connection `conn`: a push that
+/// it makes to `conn` itself goes out with its reply ([`UserRegistry::push`]).
+pub async fn handle_request_of<F: std::future::Future>(conn: u64, handling: F) -> F::Output {
+    REQUESTER.scope(conn, handling).await
+}
+
+/// The connection whose request this task handles, if it handles one.
+pub fn requester() -> Option<u64> {
+    REQUESTER.try_with(|c| *c).ok()
+}
+
 /// Most frames written into a socket by one direct write; the rest are queued.
 const DIRECT_FRAMES: usize = 8;
 
@@ -940,18 +956,34 @@ impl UserRegistry {
     /// so that the caller (the commit loop) does not write to all of them; a reply
     /// sent on one of them after this call still comes after the frame, written
     /// behind what is queued.
-    pub fn push(&self, user: UserId, frame: &Utf8Bytes, runtime: Option<&Handle>) {
+    ///
+    /// `with_reply` is the connection whose request made the frame (see
+    /// [`requester`]), if it is among them: there the frame is only queued, and
+    /// goes out with the reply that follows it, in one write (or, should no reply
+    /// come, by the connection's task, which looks at its queue when the request
+    /// ends).
+    pub fn push(
+        &self,
+        user: UserId,
+        frame: &Utf8Bytes,
+        runtime: Option<&Handle>,
+        with_reply: Option<u64>,
+    ) {
         let mut to_kick = Vec::new();
         self.change(user, |v| {
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
             v.retain(|c| {
-                let queued = match in_place {
-                    true => c.outbox.send(FrameKind::Push, frame.clone()),
-                    false => c
-                        .outbox
+                let queued = if Some(c.outbox.id()) == with_reply {
+                    c.outbox
+                        .queue_quiet(FrameKind::Push, std::iter::once(frame))
+                        .is_some()
+                } else if in_place {
+                    c.outbox.send(FrameKind::Push, frame.clone())
+                } else {
+                    c.outbox
                         .queue_quiet(FrameKind::Push, std::iter::once(frame))
                         .map(|kick| kick.then(|| to_kick.push(c.outbox.clone())))
-                        .is_some(),
+                        .is_some()
                 };
                 queued || !c.outbox.is_closing()
             })
@@ -1349,12 +1381,12 @@ mod tests {
         reg.attach(UserId(1), "t1", &a);
         reg.attach(UserId(1), "t2", &b);
         reg.attach(UserId(2), "t3", &c);
-        reg.push(UserId(1), &"hi".into(), None);
+        reg.push(UserId(1), &"hi".into(), None, None);
         assert!(matches!(ra.next().await, Next::Frames(_)));
         assert!(matches!(rb.next().await, Next::Frames(_)));
         assert!(rc.try_next().is_none());
         reg.revoke(UserId(1), "t1");
-        reg.push(UserId(1), &"again".into(), None);
+        reg.push(UserId(1), &"again".into(), None, None);
         assert!(ra.try_next().is_none());
         assert!(rb.try_next().is_some());
         reg.detach(UserId(1), b.id());
@@ -1386,7 +1418,7 @@ mod tests {
             conns.push(c);
         }
         let (other, go) = blocked_runtime();
-        reg.push(UserId(1), &"push".into(), Some(other.handle()));
+        reg.push(UserId(1), &"push".into(), Some(other.handle()), None);
         for (o, ..) in &conns {
             assert_eq!(o.shared.queue.lock().frames.len(), 1, "written in place");
         }
@@ -1420,8 +1452,8 @@ mod tests {
             }
         }
         let (other, go) = blocked_runtime();
-        reg.push(UserId(1), &"one".into(), Some(other.handle()));
-        reg.push(UserId(2), &"two".into(), Some(other.handle()));
+        reg.push(UserId(1), &"one".into(), Some(other.handle()), None);
+        reg.push(UserId(2), &"two".into(), Some(other.handle()), None);
         {
             let q = reg.writes.0.lock();
             assert!(q.running, "the first push claims the loop at once");
@@ -1446,7 +1478,7 @@ mod tests {
         reg.attach(UserId(2), "t2", &b);
         assert_eq!(reg.connections(), 2, "attaching again adds nothing");
         drop(rb);
-        reg.push(UserId(2), &"x".into(), None);
+        reg.push(UserId(2), &"x".into(), None, None);
         assert_eq!(reg.connections(), 1, "a closed connection is forgotten");
         reg.detach(UserId(3), 7);
         reg.revoke(UserId(1), "other");

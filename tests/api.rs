@@ -587,3 +587,45 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
     );
     s.stop().await;
 }
+
+/// A change's `booking.updated` to the requester's own connection goes out with the
+/// reply (queued for it, then written together): it still comes first, and a request
+/// sent as a notification, which gets no reply, still gets the push.
+#[tokio::test]
+async fn the_requesters_own_push_comes_before_its_reply_and_without_one() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap();
+    let held = c
+        .ok("booking.hold", json!({"flight_id": fid, "count": 1, "cabin": "economy", "passengers": passengers(1), "request_id": "with-reply"}))
+        .await;
+    let before: Vec<&Value> = c
+        .pushes
+        .iter()
+        .filter(|p| p["method"] == "booking.updated")
+        .collect();
+    assert_eq!(
+        before.len(),
+        1,
+        "the push came before the reply: {before:?}"
+    );
+    assert_eq!(
+        before[0]["params"]["booking"]["locator"],
+        held["booking"]["locator"]
+    );
+    c.pushes.clear();
+
+    let note = json!({"jsonrpc": "2.0", "method": "booking.hold", "params": {
+        "flight_id": fid, "count": 1, "cabin": "economy", "passengers": passengers(1),
+        "request_id": "no-reply"}});
+    c.send_text(&note.to_string()).await;
+    let pushed = c.push("booking.updated").await;
+    assert_eq!(pushed["booking"]["status"], "held");
+    assert_ne!(
+        pushed["booking"]["locator"], held["booking"]["locator"],
+        "a second booking"
+    );
+    s.stop().await;
+}

@@ -90,7 +90,7 @@ impl App {
                 Change::Booking(b) => {
                     let flight = self.inventory.get(b.flight_id.as_str()).map(|f| f.flight());
                     let frame = super::booking_push(b, flight.as_ref());
-                    self.users.push(b.user_id, &frame, runtime.as_ref());
+                    self.users.push(b.user_id, &frame, runtime.as_ref(), None);
                     match (b.status, b.hold_expires_at) {
                         (BookingStatus::Held, Some(t)) => {
                             self.expiry.schedule(t, &b.flight_id, &b.locator)
@@ -126,7 +126,7 @@ impl App {
         }
         if !entries.is_empty() {
             for (user, frame) in super::waitlist::replicated_pushes(self, &entries, &bookings) {
-                self.users.push(user, &frame, runtime.as_ref());
+                self.users.push(user, &frame, runtime.as_ref(), None);
             }
         }
     }

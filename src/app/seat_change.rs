@@ -58,13 +58,14 @@ impl App {
         let waitlist = self.served_action(served);
         // the fan-out's writes go to the server's blocking threads, not the commit loop
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let requester = crate::fanout::requester();
         Box::new(move || {
             let others = fs.publish_first(&change, &users.connection_ids(concerned));
             if change.availability_changed {
                 boards.seats_changed(&fs.id);
             }
             if let Some((owner, frame)) = &owner {
-                users.push(*owner, frame, runtime.as_ref());
+                users.push(*owner, frame, runtime.as_ref(), requester);
             }
             waitlist();
             others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)

@@ -267,7 +267,7 @@ impl App {
         let runtime = tokio::runtime::Handle::try_current().ok();
         Box::new(move || {
             for (user, frame) in &served.frames {
-                users.push(*user, frame, runtime.as_ref());
+                users.push(*user, frame, runtime.as_ref(), None);
             }
             None
         })
