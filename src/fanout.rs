@@ -160,10 +160,24 @@ tokio::task_local! {
     static REQUESTER: u64;
 }
 
-/// Runs `handling` as the handling of a request of connection `conn`: a push that
-/// it makes to `conn` itself goes out with its reply ([`UserRegistry::push`]).
-pub async fn handle_request_of<F: std::future::Future>(conn: u64, handling: F) -> F::Output {
-    REQUESTER.scope(conn, handling).await
+/// Runs `handling` as the handling of a request on `outbox`'s connection: a push it
+/// makes to that connection is queued to go out with its reply
+/// ([`UserRegistry::push`]). Whenever the request waits for anything (a gateway, a
+/// later commit), what it queued is written at once instead, so that a request that
+/// goes on after its change never holds back the push, or what is queued behind it.
+pub fn handle_request_of<F: std::future::Future>(
+    outbox: &Outbox,
+    handling: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let outbox = outbox.clone();
+    let mut scoped = Box::pin(REQUESTER.scope(outbox.id(), handling));
+    std::future::poll_fn(move |cx| {
+        let polled = std::future::Future::poll(scoped.as_mut(), cx);
+        if polled.is_pending() {
+            outbox.kick();
+        }
+        polled
+    })
 }
 
 /// The connection whose request this task handles, if it handles one.
@@ -959,9 +973,10 @@ impl UserRegistry {
     ///
     /// `with_reply` is the connection whose request made the frame (see
     /// [`requester`]), if it is among them: there the frame is only queued, and
-    /// goes out with the reply that follows it, in one write (or, should no reply
+    /// goes out with the reply that follows it, in one write; or, should the request
+    /// wait for something first, then ([`handle_request_of`]); or, should no reply
     /// come, by the connection's task, which looks at its queue when the request
-    /// ends).
+    /// ends.
     pub fn push(
         &self,
         user: UserId,

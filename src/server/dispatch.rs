@@ -66,6 +66,10 @@ pub fn method_label(m: &str) -> &'static str {
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// Ends a `test.push_then_wait` request's wait.
+#[cfg(test)]
+pub static TEST_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Handles a request and queues its reply (none for a notification).
 pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
     let app = conn.app.clone();
@@ -130,6 +134,17 @@ async fn call(
     #[cfg(test)]
     if req.method == "test.panic" {
         panic!("a request panicked (injected by a test)");
+    }
+    #[cfg(test)]
+    if req.method == "test.push_then_wait" {
+        // as a change's own push is queued for its reply, then a wait (as for a
+        // gateway) before the reply
+        let pushed = Utf8Bytes::from(crate::protocol::results::push("test.pushed", &()));
+        conn.outbox
+            .queue_quiet(FrameKind::Push, std::iter::once(&pushed));
+        let wait = std::time::Duration::from_secs(10);
+        let _ = tokio::time::timeout(wait, TEST_RELEASE.notified()).await;
+        return Ok(Some(encode(&())?));
     }
     let method = Method::parse(&req.method)?;
     // who may call it is checked before its params

@@ -124,11 +124,10 @@ pub fn run(
                             Received::Request(req) => {
                                 if let Some(mut s) = state.take() {
                                     let shield = shield.clone();
-                                    let handled =
-                                        fanout::handle_request_of(outbox.id(), async move {
-                                            dispatch::handle(&shield, &mut s, req).await;
-                                            s
-                                        });
+                                    let handled = fanout::handle_request_of(outbox, async move {
+                                        dispatch::handle(&shield, &mut s, req).await;
+                                        s
+                                    });
                                     outbox.set_busy(true);
                                     in_flight = Some(tokio::spawn(handled));
                                 }
@@ -448,6 +447,37 @@ mod tests {
         );
         drop(conn);
         app.stop().await;
+    }
+
+    /// A push a request queued to go out with its reply is written as soon as the
+    /// request waits for something else (as a cancel may wait for the gateway after
+    /// its change), not held back until the reply.
+    #[tokio::test]
+    async fn a_push_queued_for_the_reply_goes_out_once_the_request_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = crate::server::start(crate::config::Config::for_tests(dir.path().into()))
+            .await
+            .unwrap();
+        let url = format!("ws://{}/ws", running.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "test.push_then_wait"});
+        ws.send(Message::Text(req.to_string().into()))
+            .await
+            .unwrap();
+        let mut next = async || loop {
+            if let Message::Text(t) = ws.next().await.expect("open").expect("frame") {
+                return serde_json::from_str::<Value>(t.as_str()).unwrap();
+            }
+        };
+        let first = tokio::time::timeout(Duration::from_secs(5), next())
+            .await
+            .expect("the push came while the request was waiting");
+        assert_eq!(first["method"], "test.pushed");
+        dispatch::TEST_RELEASE.notify_one();
+        let reply = next().await;
+        assert_eq!(reply["id"], 1);
+        assert_eq!(reply["result"], json!(null));
+        running.shutdown().await;
     }
 
     /// Issue 13, defect 9: the connection's subscriptions and registry entry used to
