@@ -125,6 +125,33 @@ pub struct Flight {
 }
 
 impl Flight {
+    /// A flight as scheduled: no estimates, no remark, not cancelled, first revision.
+    pub fn scheduled(
+        id: FlightId,
+        number: String,
+        (from, to): (String, String),
+        (departs_at, arrives_at): (Millis, Millis),
+        aircraft: String,
+        fares: Fares,
+    ) -> Flight {
+        Flight {
+            id,
+            number,
+            from,
+            to,
+            departs_at,
+            arrives_at,
+            aircraft,
+            fares,
+            cancelled: None,
+            stage: FlightStatus::Scheduled,
+            estimated_departs_at: None,
+            estimated_arrives_at: None,
+            remark: None,
+            revision: 0,
+        }
+    }
+
     /// The status as of `now`: the stored one, except that a flight whose departure
     /// has passed counts as departed before anyone marks it.
     pub fn status(&self, now: Millis) -> FlightStatus {
@@ -348,25 +375,17 @@ pub fn time_zone(code: &str) -> &'static str {
 /// A scheduled A320 flight LHR-CDG, for tests.
 #[cfg(test)]
 pub(crate) fn sample() -> Flight {
-    Flight {
-        id: FlightId::parse("JW1-20260101").unwrap(),
-        number: "JW1".into(),
-        from: "LHR".into(),
-        to: "CDG".into(),
-        departs_at: 1_000_000,
-        arrives_at: 2_000_000,
-        aircraft: "A320".into(),
-        fares: Fares {
+    Flight::scheduled(
+        FlightId::parse("JW1-20260101").unwrap(),
+        "JW1".into(),
+        ("LHR".into(), "CDG".into()),
+        (1_000_000, 2_000_000),
+        "A320".into(),
+        Fares {
             economy: Money::cents(100).unwrap(),
             business: Money::cents(300).unwrap(),
         },
-        cancelled: None,
-        stage: FlightStatus::Scheduled,
-        estimated_departs_at: None,
-        estimated_arrives_at: None,
-        remark: None,
-        revision: 0,
-    }
+    )
 }
 
 #[cfg(test)]

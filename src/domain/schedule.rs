@@ -4,7 +4,7 @@
 use time::{Date, Duration, Time};
 
 use super::flight::Fares;
-use super::{Flight, FlightId, FlightStatus, Millis, Money};
+use super::{Flight, FlightId, Millis, Money};
 
 /// (from, to, block minutes, aircraft, departure hour UTC, minute)
 const PAIRS: &[(&str, &str, i64, &str, u8, u8)] = &[
@@ -65,25 +65,17 @@ fn flight(
         date.month() as u8,
         date.day()
     );
-    Flight {
-        id: FlightId::parse(&id).unwrap_or_else(|_| unreachable_id()),
-        number: number.to_owned(),
-        from: from.to_owned(),
-        to: to.to_owned(),
-        departs_at,
-        arrives_at: departs_at + minutes * 60_000,
-        aircraft: aircraft.to_owned(),
-        fares: Fares {
+    Flight::scheduled(
+        FlightId::parse(&id).unwrap_or_else(|_| unreachable_id()),
+        number.to_owned(),
+        (from.to_owned(), to.to_owned()),
+        (departs_at, departs_at + minutes * 60_000),
+        aircraft.to_owned(),
+        Fares {
             economy: Money::cents(economy).unwrap_or(Money::ZERO),
             business: Money::cents(economy * 7 / 2).unwrap_or(Money::ZERO),
         },
-        cancelled: None,
-        stage: FlightStatus::Scheduled,
-        estimated_departs_at: None,
-        estimated_arrives_at: None,
-        remark: None,
-        revision: 0,
-    }
+    )
 }
 
 fn unreachable_id() -> FlightId {

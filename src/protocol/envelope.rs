@@ -108,12 +108,11 @@ pub fn success_with_raw(id: &Value, result: &RawValue, key: &str, raw: &str) -> 
     else {
         return failure(id, &ApiError::Internal);
     };
-    let id = id_text;
     let comma = if head.trim_end() == "{" { "" } else { "," };
-    let mut out = String::with_capacity(40 + id.len() + head.len() + key.len() + raw.len());
+    let mut out = String::with_capacity(40 + id_text.len() + head.len() + key.len() + raw.len());
     for piece in [
         r#"{"jsonrpc":"2.0","id":"#,
-        &id,
+        &id_text,
         r#","result":"#,
         head,
         comma,

@@ -12,8 +12,7 @@ use super::{App, AuthSession, ConnSession};
 use crate::app::flight_view;
 use crate::app::AppError;
 use crate::domain::{
-    self, aircraft::Aircraft, flight::airport, Fares, Flight, FlightId, FlightStatus, Locator,
-    Money,
+    self, aircraft::Aircraft, flight::airport, Fares, Flight, FlightId, Locator, Money,
 };
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CreateFlight;
@@ -102,25 +101,17 @@ pub fn new_flight(p: &CreateFlight, now: domain::Millis) -> Result<Flight, AppEr
         date.month() as u8,
         date.day()
     );
-    Ok(Flight {
-        id: FlightId::parse(&id)?,
+    Ok(Flight::scheduled(
+        FlightId::parse(&id)?,
         number,
-        from,
-        to,
-        departs_at,
-        arrives_at,
-        aircraft: aircraft.code.to_owned(),
-        fares: Fares {
+        (from, to),
+        (departs_at, arrives_at),
+        aircraft.code.to_owned(),
+        Fares {
             economy: p.fares.economy,
             business: p.fares.business,
         },
-        cancelled: None,
-        stage: FlightStatus::Scheduled,
-        estimated_departs_at: None,
-        estimated_arrives_at: None,
-        remark: None,
-        revision: 0,
-    })
+    ))
 }
 
 fn cancel_reason(r: &str) -> Result<String, AppError> {
