@@ -1564,6 +1564,50 @@ mod tests {
         assert_eq!(s.waitlist_entry("wl-x").unwrap(), Some(expired));
     }
 
+    /// vendor/sled change 6: a page's fragments read back from the file, whatever
+    /// their size against the first read's 4 KiB (shorter, about equal, longer, and
+    /// past a blob's threshold), while open and after a reopen.
+    #[test]
+    fn sled_reads_back_fragments_of_every_size_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes: Vec<usize> = [1, 100, 3_900, 4_000, 4_050, 4_096, 4_200, 9_000, 140_000]
+            .into_iter()
+            .chain((0..40).map(|i| 3_980 + i * 3))
+            .collect();
+        let value = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (i * 7 + j) as u8).collect() };
+        let check = |db: &sled::Db| {
+            for (i, n) in sizes.iter().enumerate() {
+                let got = db.get(format!("k{i:03}")).unwrap();
+                assert_eq!(
+                    got.as_deref(),
+                    Some(value(i, *n).as_slice()),
+                    "value {i} ({n} B)"
+                );
+            }
+        };
+        let open = || {
+            sled::Config::new()
+                .path(dir.path())
+                .cache_capacity(4096)
+                .open()
+                .unwrap()
+        };
+        {
+            let db = open();
+            for round in 0..3 {
+                for (i, n) in sizes.iter().enumerate() {
+                    db.insert(format!("k{i:03}"), value(i + round, *n)).unwrap();
+                }
+            }
+            for (i, n) in sizes.iter().enumerate() {
+                db.insert(format!("k{i:03}"), value(i, *n)).unwrap();
+            }
+            check(&db);
+            db.flush().unwrap();
+        }
+        check(&open());
+    }
+
     #[test]
     fn booking_counts_follow_writes_raw_writes_and_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -1716,7 +1716,7 @@ impl PageCache {
             let updates_result: Result<Vec<Update>> = page_view
                 .cache_infos
                 .iter()
-                .map(|ci| self.pull(pid, ci.lsn, ci.pointer))
+                .map(|ci| self.pull_sized(pid, ci.lsn, ci.pointer, ci.log_size))
                 .collect();
 
             last_err = if let Ok(updates) = updates_result {
@@ -1966,6 +1966,17 @@ impl PageCache {
     }
 
     fn pull(&self, pid: PageId, lsn: Lsn, pointer: DiskPtr) -> Result<Update> {
+        self.pull_sized(pid, lsn, pointer, 0)
+    }
+
+    /// `pull`, knowing the fragment's size on disk (Jetway, VENDORED.md change 6).
+    fn pull_sized(
+        &self,
+        pid: PageId,
+        lsn: Lsn,
+        pointer: DiskPtr,
+        size_hint: u64,
+    ) -> Result<Update> {
         use MessageKind::*;
 
         trace!("pulling pid {} lsn {} pointer {} from disk", pid, lsn, pointer);
@@ -1976,7 +1987,8 @@ impl PageCache {
                 / u64::try_from(self.config.segment_size).unwrap(),
         );
 
-        let (header, bytes) = match self.log.read(pid, lsn, pointer) {
+        let (header, bytes) =
+            match self.log.read_sized(pid, lsn, pointer, size_hint) {
             Ok(LogRead::Inline(header, buf, _len)) => {
                 assert_eq!(
                     header.pid, pid,
