@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "JETWAY_CACHE_MB", default_value_t = crate::store::sled_store::DEFAULT_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub cache_mb: u64,
 
+    /// Under concurrent writes, how long (in microseconds) a group commit waits for
+    /// more writes before it syncs, so that one fsync covers more of them; a lone
+    /// write never waits (docs/benchmarks.md, "The twentieth session"). 0: never.
+    #[arg(long, env = "JETWAY_COMMIT_DELAY_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub commit_delay_us: u64,
+
     /// Where durable state lives: `sled` (one node, in --data-dir) or `etcd` (a
     /// cluster of nodes sharing --etcd-endpoints).
     #[arg(long, env = "JETWAY_STORE", value_enum, default_value_t = StoreKind::Sled)]

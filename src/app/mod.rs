@@ -174,7 +174,10 @@ impl App {
                 .map_err(|e| StartError::Other(format!("{e}")))?;
         let upkeep_task = tokio::spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
         let commit_task = committer
-            .spawn(commit_stop.clone())
+            .spawn(
+                commit_stop.clone(),
+                std::time::Duration::from_micros(config.commit_delay_us),
+            )
             .map_err(|e| StartError::Other(format!("cannot start the commit thread: {e}")))?;
         let app = Arc::new(App {
             inventory: Inventory::new(config.replay_buffer),

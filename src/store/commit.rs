@@ -17,7 +17,10 @@
 //!
 //! In the server the loop runs on a thread of its own ([`Committer::spawn`]), where a
 //! sync that nothing overlaps runs in place: its wake-ups (a ticket enqueued, a sync
-//! done) do not wait in the server's run queue.
+//! done) do not wait in the server's run queue. There, under concurrent writes (the
+//! last sync covered [`COMMIT_SIBLINGS`] tickets or more), it waits up to the commit
+//! delay for more tickets before such a sync, so that one sync covers more of them
+//! (PostgreSQL's `commit_delay` and `commit_siblings`); a lone writer never waits.
 //!
 //! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
 //! the dirty pages and report the next fsync as a success, so no later sync can
@@ -33,8 +36,9 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::{Batch, Store, StoreError};
@@ -49,6 +53,15 @@ pub type Action = Box<dyn FnOnce() -> Option<Later> + Send>;
 
 /// The part of an [`Action`] that need not delay any reply.
 pub type Later = Box<dyn FnOnce() + Send>;
+
+/// The tickets the last sync must have covered for the next one to wait for more
+/// (with a commit delay): fewer means writes were not concurrent, and waiting would
+/// only add to their latency.
+pub const COMMIT_SIBLINGS: u64 = 4;
+/// With this many tickets pending, a sync waits no longer.
+const DELAY_ENOUGH_TICKETS: u64 = 256;
+/// How long the commit delay sleeps between looks at the queue.
+const DELAY_STEP: Duration = Duration::from_micros(250);
 
 /// A pending write; [`Committer::durable`] waits for it.
 #[derive(Debug)]
@@ -121,6 +134,8 @@ pub struct Committer {
     /// Every ticket up to here has had its [`Later`] run too.
     announced: watch::Sender<u64>,
     stats: Mutex<CommitStats>,
+    /// How many tickets the last sync covered.
+    last_sync_tickets: AtomicU64,
     sync_seconds: metrics::Histogram,
 }
 
@@ -143,6 +158,7 @@ impl Committer {
             progress: watch::channel(Progress::default()).0,
             announced: watch::channel(0).0,
             stats: Mutex::new(CommitStats::default()),
+            last_sync_tickets: AtomicU64::new(0),
             sync_seconds,
         })
     }
@@ -301,6 +317,7 @@ impl Committer {
     pub fn spawn(
         self: &Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
+        delay: Duration,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
         let (done, finished) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -313,7 +330,7 @@ impl Committer {
                     .thread_name("jetway-commit-sync")
                     .build()
                 {
-                    Ok(rt) => rt.block_on(this.clone().run_loop(stop, Syncs::Inline)),
+                    Ok(rt) => rt.block_on(this.clone().run_loop(stop, Syncs::Inline { delay })),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the commit loop's runtime");
                         drop(Stopped {
@@ -360,13 +377,18 @@ impl Committer {
             let (target, result) = match started.take() {
                 Some((target, sync)) => (target, sync.finish(self, target - done).await),
                 None => {
-                    let target = self.queue.lock().next - 1;
+                    let mut target = self.queue.lock().next - 1;
                     if target <= done {
                         return;
                     }
+                    if let Syncs::Inline { delay } = syncs {
+                        if self.last_sync_tickets.load(Ordering::Relaxed) >= COMMIT_SIBLINGS {
+                            target = self.more_tickets(done, delay);
+                        }
+                    }
                     let result = match self.has_failed() {
                         true => Err(StoreError::SyncFailed),
-                        false if syncs == Syncs::Inline => {
+                        false if matches!(syncs, Syncs::Inline { .. }) => {
                             // nothing to overlap it with: on the loop's own thread, a
                             // sync in place saves a hand-off to another thread and back
                             let (result, took) = timed_sync(&*self.store);
@@ -418,7 +440,22 @@ impl Committer {
         }
     }
 
+    /// Sleeps (on the loop's own thread) until `delay` has passed or enough tickets
+    /// are pending after `done`; returns the last ticket enqueued by then.
+    fn more_tickets(&self, done: u64, delay: Duration) -> u64 {
+        let until = Instant::now() + delay;
+        loop {
+            let target = self.queue.lock().next - 1;
+            let now = Instant::now();
+            if now >= until || target - done >= DELAY_ENOUGH_TICKETS || self.has_failed() {
+                return target;
+            }
+            std::thread::sleep((until - now).min(DELAY_STEP));
+        }
+    }
+
     fn record_sync(&self, tickets: u64, took: std::time::Duration) {
+        self.last_sync_tickets.store(tickets, Ordering::Relaxed);
         let mut st = self.stats.lock();
         st.syncs += 1;
         st.tickets += tickets;
@@ -443,10 +480,11 @@ fn timed_sync(store: &dyn Store) -> (Result<(), StoreError>, std::time::Duration
 }
 
 /// Where the loop runs the syncs nothing overlaps: in place on a thread of its own
-/// ([`Committer::spawn`]), on a blocking thread when it shares a runtime's workers.
+/// ([`Committer::spawn`]), with its commit delay, or on a blocking thread when it
+/// shares a runtime's workers (where it must not sleep, so without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Syncs {
-    Inline,
+    Inline { delay: Duration },
     Blocking,
 }
 
@@ -642,7 +680,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
         let stop = tokio_util::sync::CancellationToken::new();
-        let finished = c.spawn(stop.clone()).unwrap();
+        let finished = c.spawn(stop.clone(), Duration::ZERO).unwrap();
         let ran_on = Arc::new(Mutex::new(None));
         let r = ran_on.clone();
         store.write(&Batch::default()).unwrap();
@@ -665,12 +703,74 @@ mod tests {
         ));
     }
 
+    /// Waits for `t` up to `limit`: `None` if it was not durable by then.
+    async fn durable_within(c: &Committer, t: Ticket, limit: Duration) -> Option<()> {
+        tokio::time::timeout(limit, c.durable(t))
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+
+    #[tokio::test]
+    async fn under_concurrent_writes_a_sync_waits_for_more_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
+        // four writes pending when the loop starts: its first sync covers them all
+        let first: Vec<Ticket> = (0..COMMIT_SIBLINGS).map(|_| c.enqueue(None)).collect();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let finished = c.spawn(stop.clone(), Duration::from_secs(60)).unwrap();
+        for t in first {
+            c.durable(t).await.unwrap();
+        }
+        assert_eq!((c.stats().syncs, c.stats().tickets), (1, COMMIT_SIBLINGS));
+        // so the next one waits for company (here, far longer than this test runs)
+        store.write(&Batch::default()).unwrap();
+        let lone = c.enqueue(None);
+        assert!(durable_within(&c, lone, Duration::from_millis(300))
+            .await
+            .is_none());
+        assert_eq!(c.stats().syncs, 1);
+        // until enough tickets are pending: then one sync covers them all at once
+        let rest: Vec<Ticket> = (1..DELAY_ENOUGH_TICKETS).map(|_| c.enqueue(None)).collect();
+        for t in rest {
+            durable_within(&c, t, Duration::from_secs(20))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            (c.stats().syncs, c.stats().tickets),
+            (2, COMMIT_SIBLINGS + DELAY_ENOUGH_TICKETS)
+        );
+        stop.cancel();
+        finished.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_does_not_wait_for_the_commit_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let finished = c.spawn(stop.clone(), Duration::from_secs(60)).unwrap();
+        for n in 1..=3 {
+            store.write(&Batch::default()).unwrap();
+            let t = c.enqueue(None);
+            durable_within(&c, t, Duration::from_secs(20))
+                .await
+                .unwrap();
+            assert_eq!((c.stats().syncs, c.stats().tickets), (n, n));
+        }
+        stop.cancel();
+        finished.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_panic_on_the_commit_thread_fails_the_waiters_and_ends_the_loop() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
-        let finished = c.spawn(Default::default()).unwrap();
+        let finished = c.spawn(Default::default(), Duration::ZERO).unwrap();
         c.barrier().await.unwrap();
         c.enqueue(Some(Box::new(|| panic!("an action panicked"))));
         let after = c.enqueue(None);
