@@ -99,8 +99,10 @@ fn main() -> std::process::ExitCode {
 async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // colour codes only for a terminal: a log file or journal gets plain text
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_format == jetway::config::LogFormat::Json {
         logs.json().init();

@@ -131,6 +131,11 @@ async fn full_flow(log_format: &str) {
 
     let logs = std::fs::read(&log_path).unwrap();
     assert!(logs.len() > 1000, "debug logs were written");
+    // a log file gets plain text, not a terminal's colour codes
+    assert!(
+        !logs.contains(&0x1b),
+        "escape codes in the {log_format} log file"
+    );
     let mut all = vec![("server.log".to_owned(), logs)];
     files(&data, &mut all);
     let mut secrets: Vec<(&str, String)> = vec![
