@@ -51,10 +51,11 @@ pub struct Config {
     #[arg(long, env = "JETWAY_CACHE_MB", default_value_t = crate::store::sled_store::DEFAULT_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub cache_mb: u64,
 
-    /// Under concurrent writes, how long (in microseconds) a group commit waits for
+    /// Under concurrent writes, how long (in microseconds) a group commit may wait for
     /// more writes before it syncs, so that one fsync covers more of them; a lone
-    /// write never waits (docs/benchmarks.md, "The twentieth session"). 0: never.
-    #[arg(long, env = "JETWAY_COMMIT_DELAY_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    /// write never waits. Off (0) by default: it pays with hundreds of concurrent
+    /// writers and costs with a handful (docs/benchmarks.md, "The twentieth session").
+    #[arg(long, env = "JETWAY_COMMIT_DELAY_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub commit_delay_us: u64,
 
     /// Where durable state lives: `sled` (one node, in --data-dir) or `etcd` (a

@@ -17,10 +17,14 @@
 //!
 //! In the server the loop runs on a thread of its own ([`Committer::spawn`]), where a
 //! sync that nothing overlaps runs in place: its wake-ups (a ticket enqueued, a sync
-//! done) do not wait in the server's run queue. There, under concurrent writes (the
-//! last sync covered [`COMMIT_SIBLINGS`] tickets or more), it waits up to the commit
-//! delay for more tickets before such a sync, so that one sync covers more of them
-//! (PostgreSQL's `commit_delay` and `commit_siblings`); a lone writer never waits.
+//! done) do not wait in the server's run queue. There, with a commit delay (off by
+//! default: `--commit-delay-us`) and under concurrent writes (the
+//! last sync covered [`COMMIT_SIBLINGS`] tickets or more and ended less than the commit
+//! delay ago), it waits up to that delay before such a sync for as many tickets as the
+//! last one covered, while they keep coming (each [`DELAY_STEP`] brings one), so that
+//! one sync covers more of them (after PostgreSQL's `commit_delay` and
+//! `commit_siblings`); a lone write never waits, nor does a write after a pause, and
+//! writers that all wait for this sync are not waited for long.
 //!
 //! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
 //! the dirty pages and report the next fsync as a success, so no later sync can
@@ -36,7 +40,6 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -60,6 +63,13 @@ pub type Later = Box<dyn FnOnce() + Send>;
 pub const COMMIT_SIBLINGS: u64 = 4;
 /// With this many tickets pending, a sync waits no longer.
 const DELAY_ENOUGH_TICKETS: u64 = 256;
+
+/// The last sync: how many tickets it covered, and when it ended.
+#[derive(Clone, Copy)]
+struct LastSync {
+    tickets: u64,
+    ended: Instant,
+}
 /// How long the commit delay sleeps between looks at the queue.
 const DELAY_STEP: Duration = Duration::from_micros(250);
 
@@ -134,8 +144,7 @@ pub struct Committer {
     /// Every ticket up to here has had its [`Later`] run too.
     announced: watch::Sender<u64>,
     stats: Mutex<CommitStats>,
-    /// How many tickets the last sync covered.
-    last_sync_tickets: AtomicU64,
+    last_sync: Mutex<Option<LastSync>>,
     sync_seconds: metrics::Histogram,
 }
 
@@ -158,7 +167,7 @@ impl Committer {
             progress: watch::channel(Progress::default()).0,
             announced: watch::channel(0).0,
             stats: Mutex::new(CommitStats::default()),
-            last_sync_tickets: AtomicU64::new(0),
+            last_sync: Mutex::new(None),
             sync_seconds,
         })
     }
@@ -313,11 +322,22 @@ impl Committer {
     /// queue behind the thousands of connection tasks a large fan-out has just woken.
     /// The receiver resolves once the loop has ended and its runtime is gone (or
     /// errs, if the loop panicked). A runtime that cannot be built counts as a loop
-    /// that ended abnormally: waiters fail, and no write is taken.
+    /// that ended abnormally: waiters fail, and no write is taken. `delay` is the
+    /// commit delay (see the module's doc).
     pub fn spawn(
         self: &Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
         delay: Duration,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        self.spawn_stepping(stop, delay, DELAY_STEP)
+    }
+
+    /// [`Committer::spawn`], whose commit delay looks at the queue every `step`.
+    fn spawn_stepping(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+        delay: Duration,
+        step: Duration,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
         let (done, finished) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -330,7 +350,9 @@ impl Committer {
                     .thread_name("jetway-commit-sync")
                     .build()
                 {
-                    Ok(rt) => rt.block_on(this.clone().run_loop(stop, Syncs::Inline { delay })),
+                    Ok(rt) => {
+                        rt.block_on(this.clone().run_loop(stop, Syncs::Inline { delay, step }))
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the commit loop's runtime");
                         drop(Stopped {
@@ -359,9 +381,9 @@ impl Committer {
         };
         loop {
             tokio::select! {
-                _ = self.wake.notified() => self.commit_pending(syncs).await,
+                _ = self.wake.notified() => self.commit_pending(syncs, &stop).await,
                 _ = stop.cancelled() => {
-                    self.commit_pending(syncs).await;
+                    self.commit_pending(syncs, &stop).await;
                     stopped.clean = true;
                     return;
                 }
@@ -369,7 +391,7 @@ impl Committer {
         }
     }
 
-    async fn commit_pending(&self, syncs: Syncs) {
+    async fn commit_pending(&self, syncs: Syncs, stop: &tokio_util::sync::CancellationToken) {
         // a sync started while the previous round's fan-out ran, and its target
         let mut started: Option<(u64, RunningSync)> = None;
         loop {
@@ -381,10 +403,8 @@ impl Committer {
                     if target <= done {
                         return;
                     }
-                    if let Syncs::Inline { delay } = syncs {
-                        if self.last_sync_tickets.load(Ordering::Relaxed) >= COMMIT_SIBLINGS {
-                            target = self.more_tickets(done, delay);
-                        }
+                    if let Syncs::Inline { delay, step } = syncs {
+                        target = self.more_tickets(done, target, (delay, step), stop);
                     }
                     let result = match self.has_failed() {
                         true => Err(StoreError::SyncFailed),
@@ -440,22 +460,46 @@ impl Committer {
         }
     }
 
-    /// Sleeps (on the loop's own thread) until `delay` has passed or enough tickets
-    /// are pending after `done`; returns the last ticket enqueued by then.
-    fn more_tickets(&self, done: u64, delay: Duration) -> u64 {
+    /// With `target` the last ticket enqueued (after `done`): if writes are concurrent
+    /// (the last sync had company and ended less than `delay` ago), sleeps on the
+    /// loop's own thread, in steps, until as many tickets are pending as that sync
+    /// covered, or a step brought none, or `delay` has passed, or the loop is stopping;
+    /// returns the last ticket enqueued by then.
+    fn more_tickets(
+        &self,
+        done: u64,
+        mut target: u64,
+        (delay, step): (Duration, Duration),
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> u64 {
+        let Some(last) = *self.last_sync.lock() else {
+            return target;
+        };
+        if last.tickets < COMMIT_SIBLINGS || last.ended.elapsed() >= delay {
+            return target;
+        }
+        let want = last.tickets.min(DELAY_ENOUGH_TICKETS);
         let until = Instant::now() + delay;
         loop {
-            let target = self.queue.lock().next - 1;
             let now = Instant::now();
-            if now >= until || target - done >= DELAY_ENOUGH_TICKETS || self.has_failed() {
+            if target - done >= want || now >= until || self.has_failed() || stop.is_cancelled() {
                 return target;
             }
-            std::thread::sleep((until - now).min(DELAY_STEP));
+            std::thread::sleep((until - now).min(step));
+            let before = target;
+            target = self.queue.lock().next - 1;
+            if target == before {
+                // nobody else is writing now: the rest are waiting for this sync
+                return target;
+            }
         }
     }
 
     fn record_sync(&self, tickets: u64, took: std::time::Duration) {
-        self.last_sync_tickets.store(tickets, Ordering::Relaxed);
+        *self.last_sync.lock() = Some(LastSync {
+            tickets,
+            ended: Instant::now(),
+        });
         let mut st = self.stats.lock();
         st.syncs += 1;
         st.tickets += tickets;
@@ -484,7 +528,7 @@ fn timed_sync(store: &dyn Store) -> (Result<(), StoreError>, std::time::Duration
 /// shares a runtime's workers (where it must not sleep, so without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Syncs {
-    Inline { delay: Duration },
+    Inline { delay: Duration, step: Duration },
     Blocking,
 }
 
@@ -711,37 +755,83 @@ mod tests {
             .map(|r| r.unwrap())
     }
 
-    #[tokio::test]
-    async fn under_concurrent_writes_a_sync_waits_for_more_tickets() {
+    /// A committer on its own thread with `delay`, whose first sync covers
+    /// [`COMMIT_SIBLINGS`] tickets (enqueued before the loop starts).
+    async fn after_a_concurrent_sync(
+        delay: Duration,
+        step: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn Store>,
+        Arc<Committer>,
+        tokio_util::sync::CancellationToken,
+        tokio::sync::oneshot::Receiver<()>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let c = Committer::new(store.clone(), "test".into(), metrics::Histogram::noop());
-        // four writes pending when the loop starts: its first sync covers them all
         let first: Vec<Ticket> = (0..COMMIT_SIBLINGS).map(|_| c.enqueue(None)).collect();
         let stop = tokio_util::sync::CancellationToken::new();
-        let finished = c.spawn(stop.clone(), Duration::from_secs(60)).unwrap();
+        let finished = c.spawn_stepping(stop.clone(), delay, step).unwrap();
         for t in first {
             c.durable(t).await.unwrap();
         }
         assert_eq!((c.stats().syncs, c.stats().tickets), (1, COMMIT_SIBLINGS));
-        // so the next one waits for company (here, far longer than this test runs)
+        (dir, store, c, stop, finished)
+    }
+
+    #[tokio::test]
+    async fn under_concurrent_writes_a_sync_waits_for_as_many_tickets_as_the_last() {
+        let step = Duration::from_secs(2);
+        let (_dir, store, c, stop, finished) =
+            after_a_concurrent_sync(Duration::from_secs(60), step).await;
+        // one write right after a sync of four waits for company
         store.write(&Batch::default()).unwrap();
-        let lone = c.enqueue(None);
-        assert!(durable_within(&c, lone, Duration::from_millis(300))
+        let first = c.enqueue(None);
+        assert!(durable_within(&c, first, Duration::from_millis(300))
             .await
             .is_none());
         assert_eq!(c.stats().syncs, 1);
-        // until enough tickets are pending: then one sync covers them all at once
-        let rest: Vec<Ticket> = (1..DELAY_ENOUGH_TICKETS).map(|_| c.enqueue(None)).collect();
+        // and goes once the last sync's company is back (at the end of the step it
+        // arrived in), not a step later
+        let rest: Vec<Ticket> = (1..COMMIT_SIBLINGS).map(|_| c.enqueue(None)).collect();
         for t in rest {
-            durable_within(&c, t, Duration::from_secs(20))
-                .await
-                .unwrap();
+            durable_within(&c, t, step * 3 / 2).await.unwrap();
         }
         assert_eq!(
             (c.stats().syncs, c.stats().tickets),
-            (2, COMMIT_SIBLINGS + DELAY_ENOUGH_TICKETS)
+            (2, 2 * COMMIT_SIBLINGS)
         );
+        stop.cancel();
+        finished.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sync_waits_no_longer_once_writes_stop_coming() {
+        let (_dir, store, c, stop, finished) =
+            after_a_concurrent_sync(Duration::from_secs(60), Duration::from_millis(500)).await;
+        // the other writers are all waiting for their sync: one step brings nobody
+        store.write(&Batch::default()).unwrap();
+        let t = c.enqueue(None);
+        durable_within(&c, t, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(c.stats().syncs, 2);
+        stop.cancel();
+        finished.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_after_a_pause_does_not_wait_for_the_commit_delay() {
+        let delay = Duration::from_secs(2);
+        // a step as long as the delay: any wait would be the whole delay
+        let (_dir, store, c, stop, finished) = after_a_concurrent_sync(delay, delay).await;
+        // the condition under test is the pause itself: longer than the delay
+        tokio::time::sleep(delay + Duration::from_millis(100)).await;
+        store.write(&Batch::default()).unwrap();
+        let t = c.enqueue(None);
+        durable_within(&c, t, delay * 3 / 4).await.unwrap();
+        assert_eq!(c.stats().syncs, 2);
         stop.cancel();
         finished.await.unwrap();
     }

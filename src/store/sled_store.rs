@@ -1564,15 +1564,15 @@ mod tests {
         assert_eq!(s.waitlist_entry("wl-x").unwrap(), Some(expired));
     }
 
-    /// vendor/sled change 6: a page's fragments read back from the file, whatever
-    /// their size against the first read's 4 KiB (shorter, about equal, longer, and
-    /// past a blob's threshold), while open and after a reopen.
+    /// vendor/sled change 6: a page's fragments read back from the file (each with a
+    /// first read sized by its length: at least 128 bytes) whatever their size, from
+    /// under 128 bytes to past a blob's threshold, while open and after a reopen.
     #[test]
     fn sled_reads_back_fragments_of_every_size_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes: Vec<usize> = [1, 100, 3_900, 4_000, 4_050, 4_096, 4_200, 9_000, 140_000]
+        let sizes: Vec<usize> = [1, 60, 100, 120, 128, 200, 4_000, 9_000, 140_000]
             .into_iter()
-            .chain((0..40).map(|i| 3_980 + i * 3))
+            .chain((0..40).map(|i| 80 + i * 3))
             .collect();
         let value = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (i * 7 + j) as u8).collect() };
         let check = |db: &sled::Db| {

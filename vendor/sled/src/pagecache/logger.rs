@@ -749,7 +749,14 @@ pub(crate) fn read_message_sized<R: ReadAt>(
         usize::try_from(seg_start + segment_len as LogOffset - lid).unwrap();
     let first_read =
         size_hint.min(left_in_segment).max(MIN_FIRST_READ);
-    let msg_header_buf = &mut vec![0; first_read][..];
+    let mut small = [0; MIN_FIRST_READ];
+    let mut large;
+    let msg_header_buf: &mut [u8] = if first_read <= MIN_FIRST_READ {
+        &mut small
+    } else {
+        large = vec![0; first_read];
+        &mut large
+    };
     let _read_bytes = file.pread_exact_or_eof(msg_header_buf, lid)?;
     let header_cursor = &mut msg_header_buf.as_ref();
     let len_before = header_cursor.len();
