@@ -73,6 +73,7 @@ pub static TEST_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Handles a request and queues its reply (none for a notification).
 pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
     let app = conn.app.clone();
+    let _running = app.committer.request_running();
     let label = method_label(&req.method);
     let span = tracing::info_span!(
         "request",

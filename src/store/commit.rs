@@ -21,10 +21,11 @@
 //! default: `--commit-delay-us`) and under concurrent writes (the
 //! last sync covered [`COMMIT_SIBLINGS`] tickets or more and ended less than the commit
 //! delay ago), it waits up to that delay before such a sync for as many tickets as the
-//! last one covered, while they keep coming (each [`DELAY_STEP`] brings one), so that
-//! one sync covers more of them (after PostgreSQL's `commit_delay` and
-//! `commit_siblings`); a lone write never waits, nor does a write after a pause, and
-//! writers that all wait for this sync are not waited for long.
+//! last one covered, while they keep coming (each [`DELAY_STEP`] brings one) and some
+//! request being handled is not yet waiting for a ticket, so that one sync covers more
+//! of them (after PostgreSQL's `commit_delay` and `commit_siblings`); a lone write
+//! never waits, nor does a write after a pause, nor writes that all wait for this
+//! sync.
 //!
 //! A failed sync is fatal for the data dir: after an I/O error the kernel may drop
 //! the dirty pages and report the next fsync as a success, so no later sync can
@@ -72,6 +73,17 @@ struct LastSync {
 }
 /// How long the commit delay sleeps between looks at the queue.
 const DELAY_STEP: Duration = Duration::from_micros(250);
+
+/// A request being handled, from [`Committer::request_running`].
+pub struct RequestRunning<'a>(&'a Committer);
+
+impl Drop for RequestRunning<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A pending write; [`Committer::durable`] waits for it.
 #[derive(Debug)]
@@ -145,6 +157,9 @@ pub struct Committer {
     announced: watch::Sender<u64>,
     stats: Mutex<CommitStats>,
     last_sync: Mutex<Option<LastSync>>,
+    /// Requests being handled ([`Committer::request_running`]): those not waiting
+    /// for a ticket may still write.
+    running: std::sync::atomic::AtomicU64,
     sync_seconds: metrics::Histogram,
 }
 
@@ -168,6 +183,7 @@ impl Committer {
             announced: watch::channel(0).0,
             stats: Mutex::new(CommitStats::default()),
             last_sync: Mutex::new(None),
+            running: Default::default(),
             sync_seconds,
         })
     }
@@ -482,7 +498,15 @@ impl Committer {
         let until = Instant::now() + delay;
         loop {
             let now = Instant::now();
-            if target - done >= want || now >= until || self.has_failed() || stop.is_cancelled() {
+            // every request being handled is waiting for a ticket: none will come
+            let nobody_else =
+                self.running.load(std::sync::atomic::Ordering::Relaxed) <= target - done;
+            if target - done >= want
+                || nobody_else
+                || now >= until
+                || self.has_failed()
+                || stop.is_cancelled()
+            {
                 return target;
             }
             std::thread::sleep((until - now).min(step));
@@ -493,6 +517,14 @@ impl Committer {
                 return target;
             }
         }
+    }
+
+    /// Counts a request as being handled until the guard drops: the commit delay
+    /// does not wait for writes once every such request waits for a ticket.
+    pub fn request_running(&self) -> RequestRunning<'_> {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestRunning(self)
     }
 
     fn record_sync(&self, tickets: u64, took: std::time::Duration) {
@@ -780,12 +812,24 @@ mod tests {
         (dir, store, c, stop, finished)
     }
 
+    /// One write after [`after_a_concurrent_sync`] gets the second sync within `limit`.
+    async fn synced_alone_within(store: &Arc<dyn Store>, c: &Committer, limit: Duration) {
+        store.write(&Batch::default()).unwrap();
+        let t = c.enqueue(None);
+        durable_within(c, t, limit).await.unwrap();
+        assert_eq!(c.stats().syncs, 2);
+    }
+
     #[tokio::test]
     async fn under_concurrent_writes_a_sync_waits_for_as_many_tickets_as_the_last() {
         let step = Duration::from_secs(2);
         let (_dir, store, c, stop, finished) =
             after_a_concurrent_sync(Duration::from_secs(60), step).await;
-        // one write right after a sync of four waits for company
+        // one write right after a sync of four, with other requests still being
+        // handled, waits for company
+        let _requests: Vec<_> = (0..2 * COMMIT_SIBLINGS)
+            .map(|_| c.request_running())
+            .collect();
         store.write(&Batch::default()).unwrap();
         let first = c.enqueue(None);
         assert!(durable_within(&c, first, Duration::from_millis(300))
@@ -810,13 +854,20 @@ mod tests {
     async fn a_sync_waits_no_longer_once_writes_stop_coming() {
         let (_dir, store, c, stop, finished) =
             after_a_concurrent_sync(Duration::from_secs(60), Duration::from_millis(500)).await;
-        // the other writers are all waiting for their sync: one step brings nobody
-        store.write(&Batch::default()).unwrap();
-        let t = c.enqueue(None);
-        durable_within(&c, t, Duration::from_secs(20))
-            .await
-            .unwrap();
-        assert_eq!(c.stats().syncs, 2);
+        // requests are being handled, but one step brings no write from them
+        let _requests: Vec<_> = (0..COMMIT_SIBLINGS).map(|_| c.request_running()).collect();
+        synced_alone_within(&store, &c, Duration::from_secs(20)).await;
+        stop.cancel();
+        finished.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sync_does_not_wait_when_every_request_waits_for_it() {
+        // a step as long as the delay: any wait would be the whole delay
+        let delay = Duration::from_secs(60);
+        let (_dir, store, c, stop, finished) = after_a_concurrent_sync(delay, delay).await;
+        let _request = c.request_running();
+        synced_alone_within(&store, &c, Duration::from_secs(20)).await;
         stop.cancel();
         finished.await.unwrap();
     }
@@ -828,10 +879,8 @@ mod tests {
         let (_dir, store, c, stop, finished) = after_a_concurrent_sync(delay, delay).await;
         // the condition under test is the pause itself: longer than the delay
         tokio::time::sleep(delay + Duration::from_millis(100)).await;
-        store.write(&Batch::default()).unwrap();
-        let t = c.enqueue(None);
-        durable_within(&c, t, delay * 3 / 4).await.unwrap();
-        assert_eq!(c.stats().syncs, 2);
+        let _requests: Vec<_> = (0..COMMIT_SIBLINGS).map(|_| c.request_running()).collect();
+        synced_alone_within(&store, &c, delay * 3 / 4).await;
         stop.cancel();
         finished.await.unwrap();
     }
