@@ -41,6 +41,7 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -65,23 +66,30 @@ pub const COMMIT_SIBLINGS: u64 = 4;
 /// With this many tickets pending, a sync waits no longer.
 const DELAY_ENOUGH_TICKETS: u64 = 256;
 
+/// How long the commit delay sleeps between looks at the queue.
+const DELAY_STEP: Duration = Duration::from_micros(250);
+
 /// The last sync: how many tickets it covered, and when it ended.
 #[derive(Clone, Copy)]
 struct LastSync {
     tickets: u64,
     ended: Instant,
 }
-/// How long the commit delay sleeps between looks at the queue.
-const DELAY_STEP: Duration = Duration::from_micros(250);
+
+/// The commit delay: how long a sync may wait for more tickets at most, and how
+/// often it looks at the queue meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delay {
+    max: Duration,
+    step: Duration,
+}
 
 /// A request being handled, from [`Committer::request_running`].
 pub struct RequestRunning<'a>(&'a Committer);
 
 impl Drop for RequestRunning<'_> {
     fn drop(&mut self) {
-        self.0
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -159,7 +167,7 @@ pub struct Committer {
     last_sync: Mutex<Option<LastSync>>,
     /// Requests being handled ([`Committer::request_running`]): those not waiting
     /// for a ticket may still write.
-    running: std::sync::atomic::AtomicU64,
+    running: AtomicU64,
     sync_seconds: metrics::Histogram,
 }
 
@@ -366,9 +374,10 @@ impl Committer {
                     .thread_name("jetway-commit-sync")
                     .build()
                 {
-                    Ok(rt) => {
-                        rt.block_on(this.clone().run_loop(stop, Syncs::Inline { delay, step }))
-                    }
+                    Ok(rt) => rt.block_on(
+                        this.clone()
+                            .run_loop(stop, Syncs::Inline(Delay { max: delay, step })),
+                    ),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the commit loop's runtime");
                         drop(Stopped {
@@ -419,12 +428,12 @@ impl Committer {
                     if target <= done {
                         return;
                     }
-                    if let Syncs::Inline { delay, step } = syncs {
-                        target = self.more_tickets(done, target, (delay, step), stop);
+                    if let Syncs::Inline(delay) = syncs {
+                        target = self.more_tickets(done, target, delay, stop);
                     }
                     let result = match self.has_failed() {
                         true => Err(StoreError::SyncFailed),
-                        false if matches!(syncs, Syncs::Inline { .. }) => {
+                        false if matches!(syncs, Syncs::Inline(_)) => {
                             // nothing to overlap it with: on the loop's own thread, a
                             // sync in place saves a hand-off to another thread and back
                             let (result, took) = timed_sync(&*self.store);
@@ -485,22 +494,24 @@ impl Committer {
         &self,
         done: u64,
         mut target: u64,
-        (delay, step): (Duration, Duration),
+        delay: Delay,
         stop: &tokio_util::sync::CancellationToken,
     ) -> u64 {
+        if delay.max.is_zero() {
+            return target;
+        }
         let Some(last) = *self.last_sync.lock() else {
             return target;
         };
-        if last.tickets < COMMIT_SIBLINGS || last.ended.elapsed() >= delay {
+        if last.tickets < COMMIT_SIBLINGS || last.ended.elapsed() >= delay.max {
             return target;
         }
         let want = last.tickets.min(DELAY_ENOUGH_TICKETS);
-        let until = Instant::now() + delay;
+        let until = Instant::now() + delay.max;
         loop {
             let now = Instant::now();
             // every request being handled is waiting for a ticket: none will come
-            let nobody_else =
-                self.running.load(std::sync::atomic::Ordering::Relaxed) <= target - done;
+            let nobody_else = self.running.load(Ordering::Relaxed) <= target - done;
             if target - done >= want
                 || nobody_else
                 || now >= until
@@ -509,7 +520,7 @@ impl Committer {
             {
                 return target;
             }
-            std::thread::sleep((until - now).min(step));
+            std::thread::sleep((until - now).min(delay.step));
             let before = target;
             target = self.queue.lock().next - 1;
             if target == before {
@@ -522,8 +533,7 @@ impl Committer {
     /// Counts a request as being handled until the guard drops: the commit delay
     /// does not wait for writes once every such request waits for a ticket.
     pub fn request_running(&self) -> RequestRunning<'_> {
-        self.running
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
         RequestRunning(self)
     }
 
@@ -560,7 +570,7 @@ fn timed_sync(store: &dyn Store) -> (Result<(), StoreError>, std::time::Duration
 /// shares a runtime's workers (where it must not sleep, so without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Syncs {
-    Inline { delay: Duration, step: Duration },
+    Inline(Delay),
     Blocking,
 }
 
