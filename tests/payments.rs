@@ -2268,6 +2268,52 @@ async fn a_refund_that_fails_after_it_was_made_is_paid_back_again() {
     s.stop().await;
 }
 
+/// A refund Stripe fails in the moment between making it (`succeeded`) and Jetway
+/// recording it: the failure's webhook, arriving while the booking's refund is being
+/// made, is answered 503 (not acknowledged, Stripe tells it again), and told again
+/// once the record is closed it pays the money back. Without the 503 the failure
+/// would be acknowledged against an open record and the money never paid back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_fails_before_its_record_is_told_again_and_paid_back() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = b["locator"].clone();
+    // the refund is made, then read again as it is now; that answer (`succeeded`)
+    // is held back while Stripe fails the refund
+    fault(&f, Step::RetrieveRefund, Fault::AnswerHeld);
+    let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[0]]});
+    let cancelling = tokio::spawn(async move {
+        let r = c.ok("booking.cancel", cancel).await;
+        (c, r)
+    });
+    eventually("the refund made and read again", || async {
+        f.answers_held() == 1
+    })
+    .await;
+    f.clear_faults();
+    let made = f.ledger().intents[0].refunds[0].clone();
+    assert_eq!(made.status, "succeeded");
+    assert!(f.fail_refund(&made.id));
+    assert_eq!(
+        refund_event(&s, "evt_early", "refund.failed", &made.id).await,
+        503,
+        "not acknowledged while the refund is being recorded"
+    );
+    assert!(!s.app().store.webhook_seen("evt_early").unwrap());
+    f.release_answers(1);
+    let (mut c, first) = cancelling.await.unwrap();
+    let owed = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert!(owed > 0, "{first}");
+    assert_eq!(f.ledger().refunded(), 0, "the refund failed");
+    // Stripe's retry of the same event
+    assert_eq!(
+        refund_event(&s, "evt_early", "refund.failed", &made.id).await,
+        200
+    );
+    assert!(s.app().store.webhook_seen("evt_early").unwrap());
+    paid_back_again(&f, &s, &mut c, owed).await;
+    s.stop().await;
+}
+
 /// A refund answered `pending` whose check failed (as if its answer were lost), and
 /// which Stripe failed before the retry: the retry's replayed `pending` answer is read
 /// again and not recorded as made; an admin's retry pays it.

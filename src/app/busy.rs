@@ -51,6 +51,19 @@ impl App {
             .payment_mark(loc)?
             .is_some_and(|m| m.live(now) && !except(&m)))
     }
+
+    /// [`Self::paying`] for a booking by its locator alone, excusing no mark;
+    /// `false` if there is no such booking.
+    pub(super) fn paying_now(&self, loc: &Locator) -> Result<bool, AppError> {
+        let Some(b) = self.store.booking(loc)? else {
+            return Ok(false);
+        };
+        let Some(fs) = self.inventory.get(b.flight_id.as_str()) else {
+            return Ok(false);
+        };
+        let w = fs.working();
+        self.paying(&w, loc, &|_| false)
+    }
 }
 
 const BUSY: &str = "a payment operation on this booking is in progress";

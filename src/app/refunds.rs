@@ -564,8 +564,10 @@ impl App {
     /// not fail, is not this installation's, was reopened already, is not the one that
     /// made its record (the record was made by a refund under another of its keys), or
     /// whose record an admin closed as paid by other means, or whose record is still
-    /// open (refused, waiting for an admin; or being made right now, and then recorded
-    /// as `made_pending`, whose watch finds the failure). Errors ask the caller to try
+    /// open and waits for an admin (refused). While its record is being made (a
+    /// payment operation on its booking in progress, here or through another node)
+    /// the answer is [`busy_error`]: the caller (a webhook, the watch of pending
+    /// refunds) tries again once the record is closed. Errors ask the caller to try
     /// again later.
     ///
     /// The record is found by the key in the refund's metadata, or given (`record`,
@@ -608,6 +610,11 @@ impl App {
             return Ok(());
         }
         if !read.done {
+            // being made right now, it may be recorded in a moment as made by this
+            // very refund, and nobody would tell of its failure again: asked later
+            if self.paying_now(&read.locator)? {
+                return Err(busy_error());
+            }
             return Ok(());
         }
         match &read.made_ref {

@@ -33,6 +33,9 @@
 //!   locked) for `d`, then is charged whether or not the client still waits; the answer
 //!   comes after `d`. With `d` above the client's timeout this is the race where a
 //!   status read after a timeout sees an unconfirmed payment that is charged a moment later.
+//! - `AnswerHeld`: done at once, but answered only once the test lets it go
+//!   ([`FakeStripe::release_answers`], or `POST /_fake/release_answers/{n}`): the
+//!   window in which the gateway has acted and its caller does not know yet.
 //! - `RefundFails` (refund): the refund is made with status `failed` (answered 200,
 //!   remembered under its key) and moves no money, as Stripe reports a refund it
 //!   could not make.
@@ -121,12 +124,14 @@ pub enum Fault {
     RefundFails,
     /// (refund) The refund is made and answered with status `pending`.
     RefundPending,
+    /// Done at once, answered once released ([`FakeStripe::release_answers`]).
+    AnswerHeld,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`,
-    /// `refund_pending`.
+    /// `refund_pending`, `answer_held`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
         let d = || {
@@ -142,6 +147,7 @@ impl std::str::FromStr for Fault {
             "process_late" => Fault::ProcessLate(d()?),
             "refund_fails" => Fault::RefundFails,
             "refund_pending" => Fault::RefundPending,
+            "answer_held" => Fault::AnswerHeld,
             _ => return Err(format!("unknown fault {s:?}")),
         })
     }
@@ -289,6 +295,36 @@ struct Inner {
     /// Requests received per step, keyed or not.
     received: HashMap<Step, usize>,
     faults: Vec<FaultRule>,
+    /// One permit per answer held by [`Fault::AnswerHeld`] that may go.
+    released: Released,
+}
+
+/// The answers held by [`Fault::AnswerHeld`]: one permit per answer let go, and how
+/// many wait for one.
+#[derive(Clone)]
+struct Released {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Released {
+    fn default() -> Self {
+        Released {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            waiting: Arc::default(),
+        }
+    }
+}
+
+impl Released {
+    async fn wait(&self) {
+        use std::sync::atomic::Ordering;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Ok(p) = self.permits.acquire().await {
+            p.forget();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Default)]
@@ -384,6 +420,19 @@ impl FakeStripe {
         self.shared.fail_refund(id)
     }
 
+    /// Lets `n` answers held by [`Fault::AnswerHeld`] go (now, or as soon as they
+    /// are ready).
+    pub fn release_answers(&self, n: usize) {
+        self.shared.release_answers(n);
+    }
+
+    /// How many answers held by [`Fault::AnswerHeld`] wait to be let go (their
+    /// requests are done).
+    pub fn answers_held(&self) -> usize {
+        let waiting = self.shared.0.lock().released.waiting.clone();
+        waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Settles a `pending` refund as `succeeded`; `false` if there is no such refund.
     pub fn settle_refund(&self, id: &str) -> bool {
         let mut g = self.shared.0.lock();
@@ -411,6 +460,15 @@ fn router(shared: Shared) -> Router {
                         true => StatusCode::NO_CONTENT,
                         false => StatusCode::CONFLICT,
                     }
+                },
+            ),
+        )
+        .route(
+            "/_fake/release_answers/{n}",
+            post(
+                |State(s): State<Shared>, Path(n): Path<usize>| async move {
+                    s.release_answers(n);
+                    StatusCode::NO_CONTENT
                 },
             ),
         )
@@ -532,6 +590,10 @@ impl Shared {
             true
         })
         .unwrap_or(false)
+    }
+
+    fn release_answers(&self, n: usize) {
+        self.0.lock().released.permits.add_permits(n);
     }
 
     fn set_fault(&self, rule: FaultRule) {
@@ -878,6 +940,7 @@ async fn serve(
         Some(Fault::ProcessLate(d)) => Some(d),
         _ => None,
     };
+    let released = s.0.lock().released.clone();
     let task = tokio::spawn(async move {
         let outcome = match step {
             Step::Create => s.create(&params),
@@ -909,6 +972,9 @@ async fn serve(
     };
     if fault == Some(Fault::LoseReply) {
         std::future::pending::<()>().await;
+    }
+    if fault == Some(Fault::AnswerHeld) {
+        released.wait().await;
     }
     (st, Json(body)).into_response()
 }
