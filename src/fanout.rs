@@ -156,21 +156,53 @@ impl FrameHead {
 }
 
 tokio::task_local! {
-    /// The connection whose request the current task handles.
-    static REQUESTER: u64;
+    /// The request the current task handles.
+    static REQUESTER: Arc<Requester>;
 }
 
-/// Runs `handling` as the handling of a request on `outbox`'s connection: a push it
-/// makes to that connection is queued to go out with its reply
-/// ([`UserRegistry::push`]). Whenever the request waits for anything (a gateway, a
-/// later commit), what it queued is written at once instead, so that a request that
-/// goes on after its change never holds back the push, or what is queued behind it.
+/// A request being handled: its connection, the JSON-RPC id its reply answers, and
+/// whether that reply went out already, written by the commit loop the moment the
+/// request's change was durable ([`Requester::reply_early`]).
+pub struct Requester {
+    outbox: Outbox,
+    id: Option<serde_json::Value>,
+    replied: AtomicBool,
+}
+
+impl Requester {
+    /// The id its reply answers; `None` for a notification, which gets no reply.
+    pub fn reply_id(&self) -> Option<&serde_json::Value> {
+        self.id.as_ref()
+    }
+
+    /// Sends `reply` (the request's whole reply frame) now, behind the pushes queued
+    /// for it, unless a reply went out already; the request's handler then sends
+    /// none ([`replied_early`]). `reply` must be what the handler would send.
+    pub fn reply_early(&self, reply: Utf8Bytes) {
+        if !self.replied.swap(true, Ordering::AcqRel) {
+            self.outbox.send(FrameKind::Reply, reply);
+        }
+    }
+}
+
+/// Runs `handling` as the handling of a request (`id`, `None` for a notification)
+/// on `outbox`'s connection: a push it makes to that connection is queued to go out
+/// with its reply ([`UserRegistry::push`]). Whenever the request waits for anything
+/// (a gateway, a later commit), what it queued is written at once instead, so that a
+/// request that goes on after its change never holds back the push, or what is
+/// queued behind it.
 pub fn handle_request_of<F: std::future::Future>(
     outbox: &Outbox,
+    id: Option<serde_json::Value>,
     handling: F,
 ) -> impl std::future::Future<Output = F::Output> {
     let outbox = outbox.clone();
-    let mut scoped = Box::pin(REQUESTER.scope(outbox.id(), handling));
+    let requester = Arc::new(Requester {
+        outbox: outbox.clone(),
+        id,
+        replied: AtomicBool::new(false),
+    });
+    let mut scoped = Box::pin(REQUESTER.scope(requester, handling));
     std::future::poll_fn(move |cx| {
         let polled = std::future::Future::poll(scoped.as_mut(), cx);
         if polled.is_pending() {
@@ -182,7 +214,20 @@ pub fn handle_request_of<F: std::future::Future>(
 
 /// The connection whose request this task handles, if it handles one.
 pub fn requester() -> Option<u64> {
-    REQUESTER.try_with(|c| *c).ok()
+    REQUESTER.try_with(|r| r.outbox.id()).ok()
+}
+
+/// The request this task handles, if it handles one.
+pub fn request() -> Option<Arc<Requester>> {
+    REQUESTER.try_with(Arc::clone).ok()
+}
+
+/// Whether the reply to the request this task handles went out already
+/// ([`Requester::reply_early`]).
+pub fn replied_early() -> bool {
+    REQUESTER
+        .try_with(|r| r.replied.load(Ordering::Acquire))
+        .unwrap_or(false)
 }
 
 /// Most frames written into a socket by one direct write; the rest are queued.

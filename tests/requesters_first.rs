@@ -144,3 +144,84 @@ async fn a_requester_has_its_pushes_before_its_reply_and_every_watcher_each_vers
     assert_eq!(fs.watchers(), WATCHERS + 1);
     close(app, store).await;
 }
+
+/// A change's reply is sent by its announcement, once it is durable: the request
+/// polled until its hold is written and never again is answered all the same, the
+/// reply (with the request's id, the answer remembered for a retry) right behind its
+/// `booking.updated`, and its handler sends no second one.
+#[tokio::test]
+async fn a_change_is_answered_once_durable_without_its_request_running_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |_| {}).await;
+    let (flight, seats) = flight_and_seats(&app, 1);
+    let mut ada = connect(&app, "ada").await;
+    let fs = app.inventory.get(&flight).unwrap();
+    let base = fs.working().version;
+    frames(&mut ada.rx);
+
+    let p = decode(hold_params(&flight, &seats[0], "r-early")).unwrap();
+    let (a, who) = (app.clone(), ada.session.clone());
+    let mut request = Box::pin(jetway::fanout::handle_request_of(
+        &ada.outbox,
+        Some(json!(41)),
+        async move {
+            let r = a.hold(&who, p).await;
+            (r.is_ok(), jetway::fanout::replied_early())
+        },
+    ));
+    wait_until_polling("the hold written", &mut request, || {
+        fs.working().version == base + 1
+    })
+    .await;
+
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|f| f.get("id").is_some()) {
+        assert!(Instant::now() < deadline, "no reply; frames: {seen:?}");
+        while let Some(Next::Frames(fs)) = ada.rx.try_next() {
+            seen.extend(fs.iter().map(|f| serde_json::from_str(f.as_str()).unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let methods: Vec<_> = seen
+        .iter()
+        .map(|f| f["method"].as_str().unwrap_or("reply"))
+        .filter(|m| *m != "flight.presence")
+        .collect();
+    assert_eq!(methods, ["booking.updated", "reply"], "{seen:?}");
+    let reply = seen.last().unwrap();
+    assert_eq!(reply["id"], 41);
+    assert_eq!(reply["result"]["booking"]["status"], "held");
+    let memo = app
+        .store
+        .reply(&jetway::store::IdemKey {
+            user: ada.session.user_id,
+            method: "booking.hold",
+            request_id: "r-early".into(),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(memo["ok"], reply["result"], "the answer a retry gets");
+
+    // the request, run to its end, has its answer out already
+    assert_eq!(request.await, (true, true));
+    close(app, store).await;
+}
+
+/// Polls `request` (which must not finish) until `cond` holds, then leaves it.
+async fn wait_until_polling<F: std::future::Future + Unpin>(
+    what: &str,
+    request: &mut F,
+    mut cond: impl FnMut() -> bool,
+) where
+    F::Output: std::fmt::Debug,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if let std::task::Poll::Ready(out) = futures::poll!(&mut *request) {
+            panic!("finished before {what}: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -452,7 +452,7 @@ impl App {
             return replay(v);
         }
         let turn = Turn(Arc::new(parking_lot::Mutex::new(turn)));
-        let r = f(key, turn.clone()).await;
+        let r = REPLY_KEY.scope(key.clone(), f(key, turn.clone())).await;
         if let (Err(_), Some(t)) = (&r, unsynced) {
             // the refusal may rest on that write: the next request learns of it too,
             // and is decided while this one waits
@@ -538,6 +538,12 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
         method,
         request_id: domain::RequestId::parse(request_id)?.to_string(),
     })
+}
+
+tokio::task_local! {
+    /// The key the answer to the request this task handles is remembered under, while
+    /// [`App::idempotent`] runs its use case (see [`App::early_reply`]).
+    static REPLY_KEY: IdemKey;
 }
 
 /// What a user's turn passes on to the next request: the latest write (its local

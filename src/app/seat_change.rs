@@ -10,12 +10,18 @@ use std::sync::Arc;
 
 use crate::app::AppError;
 use crate::domain::{self, Booking, Flight, UserId};
+use crate::fanout::Requester;
 use crate::inventory::{FlightSeats, Occupant, SeatChange, Working};
+use crate::protocol::envelope;
 use crate::protocol::results::{self, Replayable};
 use crate::store::commit::{Action, Later, Ticket};
 use crate::store::{Batch, IdemKey, LineCheck, Memo, StoreError};
 
-use super::{cluster, event, replay, waitlist, App, Turn};
+use super::{cluster, event, replay, waitlist, App, Turn, REPLY_KEY};
+
+/// A request's reply, sent by the announcement of its change
+/// ([`App::early_reply`]).
+type EarlyReply = (Arc<Requester>, crate::fanout::Utf8Bytes);
 
 /// How often a seat change is decided again after other nodes changed the flight first.
 const MAX_SEAT_TRIES: usize = 64;
@@ -48,6 +54,7 @@ impl App {
         change: SeatChange,
         booking: Option<&Booking>,
         served: waitlist::Served,
+        early: Option<EarlyReply>,
     ) -> Action {
         let fs = fs.clone();
         let owner = booking.map(|b| (b.user_id, booking_push(b, Some(&fs.flight()))));
@@ -66,6 +73,9 @@ impl App {
             }
             if let Some((owner, frame)) = &owner {
                 users.push(*owner, frame, runtime.as_ref(), requester);
+            }
+            if let Some((request, reply)) = early {
+                request.reply_early(reply);
             }
             waitlist();
             others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)
@@ -149,13 +159,34 @@ impl App {
         if self.committer.is_replicated() {
             batch.seat_feed = Some(cluster::feed(&fs.id, next, &updates));
         }
+        let early = self.early_reply(&batch);
         self.committer.submit(batch, expect, || {
             let change = w.apply(updates);
             if let Some(b) = booking.filter(|b| b.status != domain::BookingStatus::Held) {
                 self.expiry.forget(&b.locator);
             }
-            Some(self.announce(fs, change, booking, served))
+            Some(self.announce(fs, change, booking, served, early))
         })
+    }
+
+    /// The reply to the request this task handles, if `batch` remembers it as a
+    /// success (under the key [`App::idempotent`] set): the announcement sends it
+    /// once the batch is durable, right behind the requester's pushes, so that the
+    /// request is answered without waiting for its task to run again. Not on a
+    /// replicated store, whose changes are announced by the change feed.
+    fn early_reply(&self, batch: &Batch) -> Option<EarlyReply> {
+        if self.committer.is_replicated() {
+            return None;
+        }
+        let request = crate::fanout::request()?;
+        let id = request.reply_id()?;
+        let memo = REPLY_KEY
+            .try_with(|key| batch.replies.iter().find(|(k, _)| k == key).map(|(_, m)| m))
+            .ok()
+            .flatten()?;
+        let result = results::remembered_ok(&memo.0)?;
+        let reply = crate::fanout::Utf8Bytes::from(envelope::success_encoded(id, result));
+        Some((request, reply))
     }
 
     /// The flight's waitlist line as it reads now, for a batch that changes it

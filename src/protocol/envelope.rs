@@ -95,6 +95,26 @@ pub fn success<T: Serialize>(id: &Value, result: &T) -> String {
     .unwrap_or_else(|_| failure(id, &ApiError::Internal))
 }
 
+/// A success reply whose result is `result`, JSON that is already encoded (a
+/// remembered answer, [`super::results::remembered_ok`]): the same bytes as
+/// [`success`] of what it encodes. `result` must be valid JSON.
+pub fn success_encoded(id: &Value, result: &str) -> String {
+    let Ok(id_text) = serde_json::to_string(id) else {
+        return failure(id, &ApiError::Internal);
+    };
+    let mut out = String::with_capacity(32 + id_text.len() + result.len());
+    for piece in [
+        r#"{"jsonrpc":"2.0","id":"#,
+        &id_text,
+        r#","result":"#,
+        result,
+        "}",
+    ] {
+        out.push_str(piece);
+    }
+    out
+}
+
 /// A success reply whose result is the object `result` plus the member `key` set to
 /// `raw`, JSON that is already encoded: a large piece shared by many replies (a
 /// flight's seat map) is copied into each, not encoded again. `raw` must be valid JSON.

@@ -86,6 +86,13 @@ pub fn remember_ok<T: Serialize>(result: &T) -> Vec<u8> {
     })
 }
 
+/// The encoded result inside the memo of a successful answer ([`remember_ok`]);
+/// `None` for a refusal's.
+pub fn remembered_ok(memo: &[u8]) -> Option<&str> {
+    let result = memo.strip_prefix(br#"{"ok":"#)?.strip_suffix(b"}")?;
+    std::str::from_utf8(result).ok()
+}
+
 /// The memo of a refusal.
 pub fn remember_err(e: &ApiError) -> Vec<u8> {
     json!({ "err": e.to_json() }).to_string().into_bytes()
@@ -457,6 +464,26 @@ mod tests {
     /// A result's reply text, read back.
     fn value<T: Serialize>(result: &T) -> Value {
         serde_json::from_str(encode(result).unwrap().get()).unwrap()
+    }
+
+    #[test]
+    fn a_reply_made_from_a_memo_is_the_reply_made_from_its_result() {
+        let result = json!({
+            "booking": {"locator": "ABC123", "seats": ["1A", "1B"], "total": {"amount": 12050, "currency": "EUR"}},
+            "order": null,
+            "note": "a \"quoted\" \u{e9}\n",
+        });
+        let memo = remember_ok(&result);
+        for id in [json!(7), json!("r-1"), json!(null), json!(-1.5)] {
+            let early =
+                crate::protocol::envelope::success_encoded(&id, remembered_ok(&memo).unwrap());
+            assert_eq!(
+                early,
+                crate::protocol::envelope::success(&id, &encode(&result).unwrap())
+            );
+        }
+        assert_eq!(remembered_ok(&remember_err(&ApiError::Internal)), None);
+        assert_eq!(remembered_ok(b"{\"ok\""), None);
     }
 
     #[test]

@@ -109,7 +109,7 @@ async fn handle_in_span(
         micros = took.as_micros() as u64,
         "request done"
     );
-    if notification {
+    if notification || crate::fanout::replied_early() {
         return;
     }
     let frame = match outcome {
@@ -123,6 +123,15 @@ async fn handle_in_span(
         }
     };
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
+}
+
+/// A change's answer, encoded for its reply unless the change's announcement sent
+/// that already ([`crate::fanout::Requester::reply_early`]).
+fn answer<T: serde::Serialize>(result: &T) -> Result<Option<Box<RawValue>>, ApiError> {
+    if crate::fanout::replied_early() {
+        return Ok(None);
+    }
+    encode(result).map(Some)
 }
 
 /// `Ok(None)` when the use case queued its own reply.
@@ -215,11 +224,11 @@ async fn call(
             return Ok(None);
         }
         Call::Unwatch(p) => encode(&app.unwatch_board(p?, conn.outbox.id(), &mut conn.boards)?)?,
-        Call::Hold(p) => encode(&app.hold(caller()?, p?).await?)?,
-        Call::Pay(p) => encode(&app.pay(caller()?, p?).await?)?,
-        Call::Cancel(p) => encode(&app.cancel(caller()?, p?).await?)?,
-        Call::ChangeSeat(p) => encode(&app.change_seat(caller()?, p?).await?)?,
-        Call::CheckIn(p) => encode(&app.check_in(caller()?, p?).await?)?,
+        Call::Hold(p) => return answer(&app.hold(caller()?, p?).await?),
+        Call::Pay(p) => return answer(&app.pay(caller()?, p?).await?),
+        Call::Cancel(p) => return answer(&app.cancel(caller()?, p?).await?),
+        Call::ChangeSeat(p) => return answer(&app.change_seat(caller()?, p?).await?),
+        Call::CheckIn(p) => return answer(&app.check_in(caller()?, p?).await?),
         Call::BoardingPasses(p) => encode(&app.boarding_passes(caller()?, p?).await?)?,
         Call::BookingGet(p) => encode(&app.booking_get(caller()?, p?).await?)?,
         Call::BookingsList => encode(&app.bookings_list(caller()?).await?)?,

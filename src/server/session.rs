@@ -124,10 +124,12 @@ pub fn run(
                             Received::Request(req) => {
                                 if let Some(mut s) = state.take() {
                                     let shield = shield.clone();
-                                    let handled = fanout::handle_request_of(outbox, async move {
-                                        dispatch::handle(&shield, &mut s, req).await;
-                                        s
-                                    });
+                                    let id = req.id.clone();
+                                    let handled =
+                                        fanout::handle_request_of(outbox, id, async move {
+                                            dispatch::handle(&shield, &mut s, req).await;
+                                            s
+                                        });
                                     outbox.set_busy(true);
                                     in_flight = Some(tokio::spawn(handled));
                                 }
