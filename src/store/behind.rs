@@ -2,7 +2,8 @@
 //! buffer and to an in-memory overlay (`pending`) that every read consults before
 //! sled, so the writer never touches sled's tree; a sync appends the buffer to the
 //! journal and fdatasyncs it, then hands the batches to a thread of their own that
-//! gathers them for up to 100 ms and writes them into sled (each key's last write,
+//! gathers them for up to 100 ms (asleep: a sync's hand-over does not wake it) and
+//! writes them into sled (each key's last write,
 //! key by key, so a key rewritten meanwhile reaches sled once), drops them from the
 //! overlay, and about a second later flushes sled, syncs its file and deletes the journal
 //! files sled now holds (the one being appended to stays until it is full or the
@@ -64,6 +65,8 @@ struct Shared {
     caught_up: Condvar,
     /// sled could not be written or flushed: no sync succeeds any more.
     failed: AtomicBool,
+    /// The thread writing sled, to wake it from a gather ([`Shared::wake`]).
+    thread: std::sync::OnceLock<std::thread::Thread>,
     /// Turns of the loop writing sled (a test checks it waits after a failure).
     #[cfg(test)]
     turns: AtomicU64,
@@ -139,6 +142,7 @@ impl Behind {
             behind: Mutex::new(0),
             caught_up: Condvar::new(),
             failed: AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
             #[cfg(test)]
             turns: AtomicU64::new(0),
             #[cfg(test)]
@@ -152,6 +156,7 @@ impl Behind {
                 .spawn(move || shared.run(rx))
                 .map_err(io)?
         };
+        let _ = shared.thread.set(thread.thread().clone());
         Ok(Behind {
             shared,
             unsynced: Default::default(),
@@ -232,9 +237,16 @@ impl Behind {
             return Err(e);
         }
         let size = u.bytes.len();
-        *self.shared.behind.lock() += size;
+        let handed = {
+            let mut behind = self.shared.behind.lock();
+            *behind += size;
+            *behind
+        };
         tx.send(Msg::Apply(u.records, size))
             .map_err(|_| StoreError::Io("the database writer stopped".into()))?;
+        if handed >= GATHER_BYTES {
+            self.shared.wake();
+        }
         let mut behind = self.shared.behind.lock();
         while *behind > MAX_BEHIND && !self.shared.failed.load(Ordering::SeqCst) {
             self.shared.caught_up.wait(&mut behind);
@@ -243,10 +255,11 @@ impl Behind {
     }
 
     /// Waits until sled holds every write synced so far, durably.
-    fn drain(tx: &mpsc::Sender<Msg>) -> StoreResult<()> {
+    fn drain(&self, tx: &mpsc::Sender<Msg>) -> StoreResult<()> {
         let stopped = || StoreError::Io("the database writer stopped".into());
         let (ack, done) = mpsc::channel();
         tx.send(Msg::Drain(ack)).map_err(|_| stopped())?;
+        self.shared.wake();
         done.recv().map_err(|_| stopped())?
     }
 
@@ -262,7 +275,7 @@ impl Behind {
         let Some(tx) = syncing.as_ref() else {
             return Ok(());
         };
-        Self::drain(tx)?;
+        self.drain(tx)?;
         if self.unsynced.lock().records.is_empty() {
             self.shared.journal.release_all()?;
         }
@@ -283,6 +296,7 @@ impl Drop for Behind {
             tracing::error!(error = %e, "the last sync of the data dir failed");
         }
         self.syncing.lock().take();
+        self.shared.wake();
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -350,16 +364,30 @@ impl Shared {
             if let Some(since) = dirty {
                 until = until.min(since + FLUSH_EVERY);
             }
+            // the gather sleeps rather than waits on the queue: a sync's records do
+            // not wake this thread (a wake-up per sync cost both threads, and the
+            // commit loop's before its announcements); a drain, a stop, a failure or
+            // a gather's worth of bytes does ([`Shared::wake`])
             while !stop
                 && !got.records.is_empty()
                 && got.drains.is_empty()
                 && got.size < GATHER_BYTES
                 && !self.failed.load(Ordering::SeqCst)
             {
-                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    Ok(m) => got.take(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::park_timeout(left);
+                loop {
+                    match rx.try_recv() {
+                        Ok(m) => got.take(m),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
+                    }
                 }
             }
             while got.size < GATHER_BYTES {
@@ -440,6 +468,14 @@ impl Shared {
         let _behind = self.behind.lock();
         self.failed.store(true, Ordering::SeqCst);
         self.caught_up.notify_all();
+        self.wake();
+    }
+
+    /// Ends the writing thread's gather early (see [`Shared::run`]).
+    fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
     }
 }
 
