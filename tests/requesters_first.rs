@@ -169,10 +169,13 @@ async fn a_change_is_answered_once_durable_without_its_request_running_again() {
             (r.is_ok(), jetway::fanout::replied_early())
         },
     ));
+    // its sync cannot end while the request is polled
+    let paused = store.pause_syncs();
     wait_until_polling("the hold written", &mut request, || {
         fs.working().version == base + 1
     })
     .await;
+    drop(paused);
 
     let mut seen: Vec<Value> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -585,38 +585,48 @@ impl App {
             return Ok(());
         };
         self.committer.catch_up().await?;
-        // may scan every refund record (a key given before the key index): off the reactor
-        let store = self.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.refund_by_key(&lookup))
-            .await
-            .map_err(|_| AppError::Internal)??;
-        let Some(read) = found else {
-            return Ok(());
-        };
-        let paid_elsewhere = read
-            .resolutions
-            .last()
-            .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
-        let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
-        let under_its_key = g
-            .key
-            .as_deref()
-            .is_some_and(|k| read.keys().any(|x| x == k));
-        if !(made_it || under_its_key)
-            || read.payment_ref != g.payment_ref
-            || read.failed_later.contains(&g.id)
-            || paid_elsewhere
-        {
-            return Ok(());
-        }
-        if !read.done {
+        let mut looks = 0;
+        let read = loop {
+            looks += 1;
+            // may scan every refund record (a key given before the key index): off the
+            // reactor
+            let (store, key) = (self.store.clone(), lookup.clone());
+            let found = tokio::task::spawn_blocking(move || store.refund_by_key(&key))
+                .await
+                .map_err(|_| AppError::Internal)??;
+            let Some(read) = found else {
+                return Ok(());
+            };
+            let paid_elsewhere = read
+                .resolutions
+                .last()
+                .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
+            let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
+            let under_its_key = g
+                .key
+                .as_deref()
+                .is_some_and(|k| read.keys().any(|x| x == k));
+            if !(made_it || under_its_key)
+                || read.payment_ref != g.payment_ref
+                || read.failed_later.contains(&g.id)
+                || paid_elsewhere
+            {
+                return Ok(());
+            }
+            if read.done {
+                break read;
+            }
             // being made right now, it may be recorded in a moment as made by this
             // very refund, and nobody would tell of its failure again: asked later
             if self.paying_now(&read.locator)? {
                 return Err(busy_error());
             }
-            return Ok(());
-        }
+            // the booking's marks drop only once its record is closed: one closed
+            // between the read and that look is read again
+            if looks == 2 {
+                return Ok(());
+            }
+        };
         match &read.made_ref {
             Some(made) if *made != g.id => return Ok(()),
             Some(_) => {}

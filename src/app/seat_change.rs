@@ -74,10 +74,10 @@ impl App {
             if let Some((owner, frame)) = &owner {
                 users.push(*owner, frame, runtime.as_ref(), requester);
             }
+            waitlist();
             if let Some((request, reply)) = early {
                 request.reply_early(reply);
             }
-            waitlist();
             others.then(|| Box::new(move || fs.fan_out(change.version, runtime.as_ref())) as Later)
         })
     }

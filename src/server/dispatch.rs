@@ -98,7 +98,10 @@ async fn handle_in_span(
     let method = req.method.clone();
     let notification = req.id.is_none();
     let outcome = call(app, shield, conn, req).await;
+    let early = crate::fanout::replied_early();
     let result = match &outcome {
+        // the client has its answer: the change is durable
+        _ if early => "ok",
         Ok(_) => "ok",
         Err(e) => e.reason(),
     };
@@ -109,7 +112,13 @@ async fn handle_in_span(
         micros = took.as_micros() as u64,
         "request done"
     );
-    if notification || crate::fanout::replied_early() {
+    if early {
+        if let Err(e) = &outcome {
+            tracing::warn!(%method, error = %e, "a request failed after its change was durable and answered");
+        }
+        return;
+    }
+    if notification {
         return;
     }
     let frame = match outcome {

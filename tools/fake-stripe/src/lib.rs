@@ -318,12 +318,19 @@ impl Default for Released {
 
 impl Released {
     async fn wait(&self) {
-        use std::sync::atomic::Ordering;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Counts a held answer until it goes, or its request is dropped.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         if let Ok(p) = self.permits.acquire().await {
             p.forget();
         }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
