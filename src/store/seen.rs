@@ -5,6 +5,10 @@
 //! read back from disk (a quarter of the server's CPU under booking load,
 //! docs/benchmarks.md, "The sixteenth session").
 //!
+//! A store may also name, for each key, a prefix that a frequent scan asks for (a
+//! flight's waitlist line): the prefix goes in with the key, so that such a scan of a
+//! prefix no key was ever put under answers "empty" without walking sled either.
+//!
 //! A key is added before it becomes readable, and deletes leave it in: a filter may
 //! say "maybe" of an absent key (that lookup then asks sled), never "no" of a present
 //! one, and until a scan of what sled held at open has added all of that, every
@@ -24,6 +28,9 @@ const FALSE_POSITIVES: f64 = 0.002;
 /// The first filter's size, in keys.
 const FIRST_KEYS: usize = 1 << 18;
 
+/// The prefix under which a store scans for `k`, added to the filters with it.
+pub type ScannedPrefix = fn(&[u8]) -> Option<&[u8]>;
+
 /// The filters, and the scan of what sled held at open that fills them.
 pub struct Seen {
     keys: Arc<Keys>,
@@ -40,6 +47,7 @@ struct Keys {
     sized_for: AtomicUsize,
     /// Set once every key sled held at open is in: until then every lookup asks sled.
     complete: AtomicBool,
+    prefix_of: ScannedPrefix,
     /// Ends the scan early (the store is closing).
     stop: AtomicBool,
     /// The scan did not finish: the filters are never consulted, so nothing is added.
@@ -53,8 +61,8 @@ impl Seen {
     /// Starts filling the filters with the keys `db` holds, on a thread of its own
     /// (a full scan: seconds for a store of 100,000 bookings, which the server does
     /// not wait for). Keys put meanwhile go in through [`Seen::add`] as always.
-    pub fn open(db: sled::Db) -> Seen {
-        let keys = Arc::new(Keys::new());
+    pub fn open(db: sled::Db, prefix_of: ScannedPrefix) -> Seen {
+        let keys = Arc::new(Keys::new(prefix_of));
         let filling = keys.clone();
         let scan = std::thread::Builder::new()
             .name("jetway-keys".into())
@@ -70,9 +78,10 @@ impl Seen {
         }
     }
 
-    /// Notes `k` as possibly present. Call it before the key can be read.
+    /// Notes `k` (and its scanned prefix) as possibly present. Call it before the key
+    /// can be read.
     pub fn add(&self, k: &[u8]) {
-        self.keys.add(k);
+        self.keys.add_with_prefix(k);
     }
 
     /// False only when `k` was never added (and sled held no such key at open).
@@ -124,7 +133,7 @@ impl Drop for Seen {
 }
 
 impl Keys {
-    fn new() -> Keys {
+    fn new(prefix_of: ScannedPrefix) -> Keys {
         let seed = rand::random();
         Keys {
             filters: RwLock::new(vec![filter(FIRST_KEYS, seed)]),
@@ -134,6 +143,7 @@ impl Keys {
             complete: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
+            prefix_of,
             #[cfg(test)]
             skipped: AtomicUsize::new(0),
         }
@@ -143,6 +153,13 @@ impl Keys {
     fn holds(&self, filters: &[AtomicBloomFilter], k: &[u8]) -> Option<(bool, u64)> {
         let hash = filters.first()?.source_hash(k);
         Some((filters.iter().any(|f| f.contains_hash(hash)), hash))
+    }
+
+    fn add_with_prefix(&self, k: &[u8]) {
+        if let Some(p) = (self.prefix_of)(k) {
+            self.add(p);
+        }
+        self.add(k);
     }
 
     fn add(&self, k: &[u8]) {
@@ -180,7 +197,7 @@ impl Keys {
                 return;
             }
             match k {
-                Ok(k) => self.add(&k),
+                Ok(k) => self.add_with_prefix(&k),
                 Err(e) => {
                     tracing::warn!(error = %e, "key filter left unused: every lookup asks sled");
                     self.disabled.store(true, Ordering::Relaxed);
@@ -202,6 +219,33 @@ fn filter(keys: usize, seed: u128) -> AtomicBloomFilter {
 mod tests {
     use super::*;
 
+    fn no_prefix(_: &[u8]) -> Option<&[u8]> {
+        None
+    }
+
+    impl Seen {
+        fn open_plain(db: sled::Db) -> Seen {
+            Seen::open(db, no_prefix)
+        }
+    }
+
+    /// The first byte, as a scanned prefix.
+    fn first_byte(k: &[u8]) -> Option<&[u8]> {
+        k.get(..1)
+    }
+
+    #[test]
+    fn a_prefix_goes_in_with_its_keys_held_at_open_or_added() {
+        let seen = Seen::open(db_with([b"a1".to_vec()].into_iter()), first_byte);
+        seen.add(b"b2");
+        assert!(seen.scanned());
+        assert!(seen.may_hold(b"a") && seen.may_hold(b"b"));
+        let maybe = (0..1000u32)
+            .filter(|i| seen.may_hold(&[b'c', (i % 250) as u8, (i / 250) as u8]))
+            .count();
+        assert!(maybe < 20, "{maybe}");
+    }
+
     fn db_with(keys: impl Iterator<Item = Vec<u8>>) -> sled::Db {
         let db = sled::Config::new().temporary(true).open().unwrap();
         for k in keys {
@@ -213,7 +257,7 @@ mod tests {
     #[test]
     fn every_key_held_at_open_or_added_may_be_held_across_growth() {
         let at_open: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
-        let seen = Seen::open(db_with(at_open.iter().cloned()));
+        let seen = Seen::open_plain(db_with(at_open.iter().cloned()));
         let more = FIRST_KEYS * 3 + 5;
         for i in 0..more as u64 {
             seen.add(&(i | 1 << 40).to_be_bytes());
@@ -226,7 +270,7 @@ mod tests {
 
     #[test]
     fn keys_never_added_are_mostly_known_absent_once_the_scan_is_done() {
-        let seen = Seen::open(db_with((0..10_000u64).map(|i| i.to_be_bytes().to_vec())));
+        let seen = Seen::open_plain(db_with((0..10_000u64).map(|i| i.to_be_bytes().to_vec())));
         assert!(seen.scanned());
         let maybe = (0..10_000u64)
             .filter(|i| seen.may_hold(&(i | 1 << 50).to_be_bytes()))
@@ -239,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_stopped_scan_leaves_the_filters_unused() {
-        let keys = Keys::new();
+        let keys = Keys::new(no_prefix);
         keys.stop.store(true, Ordering::Relaxed);
         keys.fill(&db_with((0..10u64).map(|i| i.to_be_bytes().to_vec())));
         assert!(!keys.complete.load(Ordering::Acquire));
@@ -260,7 +304,7 @@ mod tests {
     /// would otherwise keep the data dir locked against the next open.
     #[test]
     fn dropping_the_filters_ends_the_scan() {
-        let seen = Seen::open(db_with((0..100_000u64).map(|i| i.to_be_bytes().to_vec())));
+        let seen = Seen::open_plain(db_with((0..100_000u64).map(|i| i.to_be_bytes().to_vec())));
         let keys = seen.keys.clone();
         drop(seen);
         assert_eq!(Arc::strong_count(&keys), 1, "the scan thread let go");
@@ -268,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_key_written_again_is_counted_once() {
-        let keys = Keys::new();
+        let keys = Keys::new(no_prefix);
         for _ in 0..3 {
             keys.add(b"k");
         }
@@ -277,7 +321,7 @@ mod tests {
 
     #[test]
     fn before_the_scan_is_done_every_key_may_be_held() {
-        let keys = Arc::new(Keys::new());
+        let keys = Arc::new(Keys::new(no_prefix));
         let seen = Seen {
             keys,
             scan: Mutex::new(None),

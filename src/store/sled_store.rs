@@ -300,7 +300,7 @@ impl SledStore {
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
         // the journal is replayed into sled by now, and the overlay empty
-        let seen = Seen::open(db.clone());
+        let seen = Seen::open(db.clone(), scanned_prefix);
         let id_floor = match db.get(ID_FLOOR).map_err(io)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -584,6 +584,16 @@ fn may_repeat(k: &[u8]) -> bool {
                 | &USER_WAITLIST
         )
     )
+}
+
+/// The prefix a frequent scan asks for that `k` falls under: a flight's waitlist
+/// line, read by every seat change on the flight (`flight_waitlist`).
+fn scanned_prefix(k: &[u8]) -> Option<&[u8]> {
+    if k.first() != Some(&FLIGHT_WAITLIST) {
+        return None;
+    }
+    let end = k.iter().skip(1).position(|&b| b == 0)? + 1;
+    k.get(..=end)
 }
 
 /// The key holding a flight's version.
@@ -1203,10 +1213,11 @@ impl Store for SledStore {
     }
 
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
-        self.via_index(
-            &key(FLIGHT_WAITLIST, &[flight.as_str().as_bytes(), &[0]]),
-            WAITLIST,
-        )
+        let line = key(FLIGHT_WAITLIST, &[flight.as_str().as_bytes(), &[0]]);
+        if self.seen.as_ref().is_some_and(|s| !s.may_hold(&line)) {
+            return Ok(Vec::new());
+        }
+        self.via_index(&line, WAITLIST)
     }
 
     fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
@@ -2068,6 +2079,52 @@ mod tests {
             check(&s);
             s.shut_down().unwrap();
             check(&s);
+        }
+        check(&open_when_free(dir.path()));
+    }
+
+    /// A flight's waitlist line, read by every seat change, is answered empty without
+    /// a scan of sled when no entry was ever written under it, and read whole (from the
+    /// overlay, and after a reopen from sled) when one was.
+    #[test]
+    fn a_waitlist_line_never_written_is_not_scanned_and_a_written_one_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = FlightId::parse("JW1-20260101").unwrap();
+        let quiet: Vec<_> = (2..52)
+            .map(|n| FlightId::parse(&format!("JW{n}-20260101")).unwrap())
+            .collect();
+        let entry = WaitlistEntry {
+            id: "w1".into(),
+            user_id: UserId(1),
+            flight_id: busy.clone(),
+            cabin: Cabin::Economy,
+            passengers: vec!["Ann Lee".into()],
+            status: WaitlistStatus::Waiting,
+            created_at: 5,
+            updated_at: 5,
+            locator: None,
+        };
+        let check = |s: &SledStore| {
+            let seen = s.seen.as_ref().unwrap();
+            assert!(seen.scanned());
+            let before = seen.skipped();
+            assert_eq!(s.flight_waitlist(&busy).unwrap(), vec![entry.clone()]);
+            assert_eq!(seen.skipped(), before, "a written line is read");
+            for f in &quiet {
+                assert!(s.flight_waitlist(f).unwrap().is_empty());
+            }
+            let skipped = seen.skipped() - before;
+            assert!(skipped >= 45, "{skipped} of 50 empty lines not scanned");
+        };
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.write(&Batch {
+                waitlist: vec![entry.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+            check(&s);
+            s.shut_down().unwrap();
         }
         check(&open_when_free(dir.path()));
     }
