@@ -31,7 +31,7 @@ run booking booking "${common[@]}" -c 8 -d 2
 run booking-bare booking --spawn-bare "$T/bare-broadcast" --quiet --timeout 120 -c 8 -d 2
 run stampede stampede "${common[@]}" -n 400 --accounts 48
 run stampede-own-accounts stampede "${common[@]}" -n 400 --one-account-per-user \
-    --server-arg=--insecure-fast-hashing
+    --server-arg=--insecure-fast-hashing --losers-stay
 run login-storm login-storm "${common[@]}" -w 50 --writers 2 --rate 40 -l 8 -d 2 --warmup 0.5
 
 if [ "$failed" -ne 0 ]; then

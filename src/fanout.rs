@@ -682,19 +682,23 @@ impl OutboxReceiver {
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        let mut q = self.outbox.shared.queue.lock();
-        q.ended = true;
-        q.frames = VecDeque::new();
-        q.bytes = 0;
-        q.socket = None;
-        q.tail = None;
-        if q.closing.is_none() {
-            q.closing = Some(Closing {
-                code: CLOSE_NORMAL,
-                reason: "closed",
-            });
-        }
+        let socket = {
+            let mut q = self.outbox.shared.queue.lock();
+            q.ended = true;
+            q.frames = VecDeque::new();
+            q.bytes = 0;
+            q.tail = None;
+            if q.closing.is_none() {
+                q.closing = Some(Closing {
+                    code: CLOSE_NORMAL,
+                    reason: "closed",
+                });
+            }
+            q.socket.take()
+        };
         self.outbox.shared.closing.store(true, Ordering::Relaxed);
+        // closed (its FIN sent) without the lock that writers to this connection take
+        drop(socket);
     }
 }
 

@@ -169,6 +169,11 @@ enum Scenario {
         /// `--server-arg=--insecure-fast-hashing` for thousands).
         #[arg(long, conflicts_with = "accounts")]
         one_account_per_user: bool,
+        /// Losers keep their connections open until the race is over (by default
+        /// each closes as soon as it lost, and the server tears it down during the
+        /// race).
+        #[arg(long)]
+        losers_stay: bool,
     },
     /// Fan-out latency while L connections log in back to back (Argon2).
     LoginStorm {
@@ -475,6 +480,7 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             users,
             accounts,
             one_account_per_user,
+            losers_stay,
         } => {
             let (t, ep) = start(common).await?;
             let o = stampede::Opts {
@@ -485,6 +491,7 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
                     *accounts
                 },
                 quiet: common.quiet,
+                losers_stay: *losers_stay,
             };
             let res = stampede::run(&t, &ep, &o).await;
             t.stop().await;

@@ -21,6 +21,7 @@ pub struct Opts {
     pub users: usize,
     pub accounts: usize,
     pub quiet: bool,
+    pub losers_stay: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,17 +114,22 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         .into_iter()
         .map(|(i, c)| {
             let seat = seats[i % seats.len()].clone();
-            tokio::spawn(user(sh.clone(), c, i, flight.flight_id.clone(), seat))
+            let stay = o.losers_stay;
+            tokio::spawn(user(sh.clone(), c, i, flight.flight_id.clone(), seat, stay))
         })
         .collect();
     // let every task reach its wait
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let _ = go_tx.send(Some(Instant::now()));
     let pb = stats::bar(o.users as u64, "racing", o.quiet);
+    let mut open = Vec::new();
     for t in tasks {
-        let _ = t.await;
+        if let Ok(Some(c)) = t.await {
+            open.push(c);
+        }
         pb.inc(1);
     }
+    drop(open);
     pb.finish_and_clear();
 
     let map = setup
@@ -174,11 +180,20 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
     })
 }
 
-async fn user(sh: Arc<Shared>, mut c: Conn, i: usize, fid: String, seat: String) {
+/// One user's race; a loser's connection is closed at once, or (`stay`) handed back
+/// to be closed once the race is over.
+async fn user(
+    sh: Arc<Shared>,
+    mut c: Conn,
+    i: usize,
+    fid: String,
+    seat: String,
+    stay: bool,
+) -> Option<Conn> {
     let mut go = sh.go.clone();
     let t0 = match go.wait_for(Option::is_some).await {
         Ok(t) => t.unwrap_or_else(Instant::now),
-        Err(_) => return,
+        Err(_) => return None,
     };
     let err = |reason: String| *sh.errors.lock().entry(reason).or_default() += 1;
     let start = Instant::now();
@@ -188,17 +203,24 @@ async fn user(sh: Arc<Shared>, mut c: Conn, i: usize, fid: String, seat: String)
         Ok(Ok(v)) => v,
         Ok(Err(e)) if e.reason == "seat_unavailable" => {
             sh.lose_lat.record(start.elapsed());
-            return;
+            return stay.then_some(c);
         }
-        Ok(Err(e)) => return err(format!("{}: {}", e.reason, e.message)),
-        Err(e) => return err(format!("transport: {e}")),
+        Ok(Err(e)) => {
+            err(format!("{}: {}", e.reason, e.message));
+            return None;
+        }
+        Err(e) => {
+            err(format!("transport: {e}"));
+            return None;
+        }
     };
     sh.win_lat.record(start.elapsed());
     sh.last_hold_us
         .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
     sh.won.lock().push(seat);
     let Some(loc) = v.locator() else {
-        return err("no locator".into());
+        err("no locator".into());
+        return None;
     };
     let pay_start = Instant::now();
     let pay = json!({"locator": loc, "payment_method": "pm_card_visa",
@@ -213,4 +235,5 @@ async fn user(sh: Arc<Shared>, mut c: Conn, i: usize, fid: String, seat: String)
         Ok(Err(e)) => err(format!("{}: {}", e.reason, e.message)),
         Err(e) => err(format!("transport: {e}")),
     }
+    None
 }
