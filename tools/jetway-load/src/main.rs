@@ -498,13 +498,14 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             let out = res?;
             let ms = |v: Option<f64>| v.map_or("not sold out".into(), |v| format!("{v:.1} ms"));
             let text = format!(
-                "stampede ({}): {} users ({} accounts) for {} seats of {}\n\
+                "stampede ({}): {} users ({} accounts{}) for {} seats of {}\n\
                  holds won {}, paid {}, seats booked {}, oversold {}, unsold {}, losers {}\n\
                  all held after {}, sold out after {}\n\
                  winner hold {}\n loser answer {}\n pay {}\n{}",
                 out.target,
                 out.users,
                 out.accounts,
+                if out.losers_stay { ", losers stay" } else { "" },
                 out.seats,
                 out.flight_id,
                 out.holds_won,

@@ -2,6 +2,11 @@
 //! with an account of its own when A >= N) are all connected, then told to go at once; user i holds seat i mod S of one flight and,
 //! if it wins, pays. Every seat is contested by about N/S users. Afterwards the seat
 //! map is read back: seats sold must equal seats, oversold must be 0.
+//!
+//! A loser closes its connection as soon as its hold is refused (a real buyer who lost
+//! the seat leaves), so the server also pays for those hang-ups mid-race; with
+//! `--losers-stay` every connection stays open until the race is over and is closed
+//! after it, which measures the race alone.
 
 use futures::StreamExt;
 use serde::de::IgnoredAny;
@@ -32,6 +37,8 @@ pub struct Outcome {
     pub users: usize,
     /// Accounts registered: the users share them, or each has its own (as many as users).
     pub accounts: usize,
+    /// Losers kept their connections open until the race ended (`--losers-stay`).
+    pub losers_stay: bool,
     pub holds_won: u64,
     pub paid: u64,
     pub losers: u64,
@@ -160,6 +167,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         seats: seats.len(),
         users: o.users,
         accounts,
+        losers_stay: o.losers_stay,
         holds_won,
         paid,
         losers: sh.lose_lat.summary().count,
