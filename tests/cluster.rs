@@ -1357,13 +1357,20 @@ struct TwoNodes {
     loc: String,
 }
 
-async fn two_nodes_and_a_hold() -> TwoNodes {
+/// Two in-process nodes on one etcd member paying through one fake Stripe, and the
+/// flights open for booking.
+async fn two_nodes() -> (Etcd, FakeStripe, Server, Server, Vec<String>) {
     let etcd = Etcd::start(1);
     let fake = FakeStripe::start().await.expect("fake stripe");
     let prefix = prefix();
     let a = in_process_node(&etcd.endpoints(), &prefix, &fake.base()).await;
     let b = in_process_node(&etcd.endpoints(), &prefix, &fake.base()).await;
     let flights = scheduled_flights(&a.url()).await;
+    (etcd, fake, a, b, flights)
+}
+
+async fn two_nodes_and_a_hold() -> TwoNodes {
+    let (etcd, fake, a, b, flights) = two_nodes().await;
     let (c, token, loc) = holder(&a.url(), &flights[0], "h").await;
     TwoNodes {
         _etcd: etcd,
@@ -1715,8 +1722,25 @@ async fn payment_marks_are_taken_and_released_by_compare_and_swap() {
         commit(1, swap(mark("a1", 3), mark("b2", 4))).await,
         Err(StoreError::Conflict)
     ));
+    // a write decided on the mark as read (none, or a lapsed one) is refused once
+    // another node took or replaced it
+    let decided_on = |read: Option<PaymentMark>| Batch {
+        marks_read: vec![(locator.clone(), read)],
+        webhook_events: vec!["decided".into()],
+        ..Default::default()
+    };
+    commit(1, decided_on(None)).await.unwrap();
     commit(1, take(mark("b3", 5))).await.unwrap();
     assert_eq!(held(0).await.as_deref(), Some("b3"));
+    assert!(matches!(
+        commit(0, decided_on(None)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        commit(0, decided_on(Some(mark("a1", 3)))).await,
+        Err(StoreError::Conflict)
+    ));
+    commit(0, decided_on(Some(mark("b3", 5)))).await.unwrap();
     for n in nodes {
         n.close();
     }
@@ -1939,4 +1963,90 @@ async fn a_record_another_version_encoded_is_still_changed_by_compare_and_swap()
     for n in nodes {
         n.close();
     }
+}
+
+/// A hold ended through one node at the moment another node begins paying it: the
+/// payment's mark and the hold's end are ordered by the cluster. Either the mark came
+/// first and the release is decided again (the booking is being paid: the cancel is
+/// refused), or the hold ended first and the payment, finding it so once its mark is
+/// taken, gives up before it asks the gateway anything. A hold that ended is never
+/// charged (before, the charge was made and then refunded as an orphan). The two
+/// requests go out together, one up to 1.8 ms after the other over the rounds, to cross
+/// the moments each decides in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_ended_through_one_node_while_another_pays_it_is_never_charged() {
+    let _serial = SERIAL.lock().await;
+    const ROUNDS: usize = 48;
+    // tokio's timers count whole milliseconds
+    async fn after(us: i64) {
+        let until = Instant::now() + Duration::from_micros(us.max(0) as u64);
+        while Instant::now() < until {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (_etcd, fake, a, b, flights) = two_nodes().await;
+    let mut on_a = Client::connect(&a.url()).await;
+    let token = on_a.new_user().await;
+    let mut on_b = Client::connect(&b.url()).await;
+    on_b.ok("auth.resume", json!({"token": token})).await;
+    let mut released = Vec::new();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    for round in 0..ROUNDS {
+        let flight = &flights[round % flights.len()];
+        let hold = json!({"flight_id": flight, "count": 1, "cabin": "economy",
+                          "passengers": passengers(1), "request_id": format!("h{round}")});
+        let loc = on_a.ok("booking.hold", hold).await["booking"]["locator"]
+            .as_str()
+            .expect("locator")
+            .to_owned();
+        // node B has the hold before the race starts
+        let seen = json!({"locator": loc});
+        while on_b.call("booking.get", seen.clone()).await["result"].is_null() {
+            tokio::task::yield_now().await;
+        }
+        // the pay goes this much later than the cancel (earlier if negative)
+        let offset = (round % 24) as i64 * 150 - 1800;
+        let pay_params = pay_params(&loc, &format!("p{round}"));
+        let pay = async {
+            after(offset).await;
+            on_a.call("booking.pay", pay_params).await
+        };
+        let cancel_params = json!({"locator": loc, "request_id": format!("c{round}")});
+        let cancel = async {
+            after(-offset).await;
+            on_b.call("booking.cancel", cancel_params).await
+        };
+        let (paid, cancelled) = tokio::join!(pay, cancel);
+        let what = |r: &Value| match r.get("result") {
+            Some(v) => v["booking"]["status"].as_str().unwrap_or("?").to_owned(),
+            None => r["error"]["data"]["reason"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        };
+        *outcomes
+            .entry(format!("pay {} / cancel {}", what(&paid), what(&cancelled)))
+            .or_default() += 1;
+        if what(&cancelled) == "cancelled" {
+            released.push((loc, paid));
+        }
+    }
+    eprintln!("outcomes over {ROUNDS} rounds: {outcomes:?}");
+    let ledger = fake.ledger();
+    for (loc, paid) in &released {
+        let charged: Vec<_> = ledger
+            .intents
+            .iter()
+            .filter(|i| i.metadata.get("locator") == Some(loc) && i.charged > 0)
+            .collect();
+        assert!(
+            charged.is_empty(),
+            "{loc}: its hold was released, yet charged: {charged:?}; the pay answered {paid}"
+        );
+        assert!(paid.get("error").is_some(), "{loc}: {paid}");
+    }
+    let orders = orders_of(std::slice::from_mut(&mut on_a)).await;
+    assert_eq!(money_mismatches(&orders, &ledger), Vec::<String>::new());
+    a.stop().await;
+    b.stop().await;
 }

@@ -7,7 +7,7 @@ use super::App;
 use crate::app::AppError;
 use crate::domain::{self, Locator};
 use crate::inventory::{FlightSeats, Working};
-use crate::store::PaymentMark;
+use crate::store::{Batch, PaymentMark, StoreError};
 
 /// Marks a booking busy (a gateway call in flight) for as long as it lives.
 pub(super) struct Busy {
@@ -50,6 +50,25 @@ impl App {
             .store
             .payment_mark(loc)?
             .is_some_and(|m| m.live(now) && !except(&m)))
+    }
+
+    /// Makes `batch`, which ends the hold `loc` decided while [`Self::paying`] said no,
+    /// fail on a cluster if a node takes the booking's payment mark before it commits
+    /// (a lapsed mark read here may only be left as it is): the decision is then made
+    /// again, and finds the payment. The paying node, for its part, looks at the
+    /// booking again once its mark is taken (see `held_under_mark`).
+    pub(super) fn unless_paid_meanwhile(
+        &self,
+        batch: &mut Batch,
+        loc: &Locator,
+    ) -> Result<(), StoreError> {
+        if self.committer.is_replicated() {
+            let now = domain::now_ms();
+            // a live mark read here was taken since: expecting none fails the batch
+            let read = self.store.payment_mark(loc)?.filter(|m| !m.live(now));
+            batch.marks_read.push((loc.clone(), read));
+        }
+        Ok(())
     }
 
     /// [`Self::paying`] for a booking by its locator alone, excusing no mark;

@@ -186,7 +186,10 @@ impl App {
             };
             let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
             self.take_mark(&attempt).await?;
-            let settled = self.charge(&fs, key, attempt, p.payment_method, busy).await;
+            let settled = match self.held_under_mark(&loc) {
+                Ok(()) => self.charge(&fs, key, attempt, p.payment_method, busy).await,
+                Err(e) => self.abandon(&key, attempt, busy, e).await,
+            };
             self.release_mark(&id, &rid, &loc, true).await;
             settled
         })
@@ -260,6 +263,61 @@ impl App {
             Err(e) => Err(e),
         };
         self.settle_outcome(fs, key, attempt, outcome, busy).await
+    }
+
+    /// On a cluster, whether the booking is still held once this node's payment mark
+    /// on it is taken: another node may have ended the hold after this one checked it
+    /// and before the mark was taken (after it, that node's release fails on the mark,
+    /// see [`App::unless_paid_meanwhile`]). The mark's write has brought this node's copy up to it,
+    /// so such a release is seen here. A hold past its time but not yet released
+    /// stays payable, as before the mark: its expiry now waits for the payment.
+    fn held_under_mark(&self, loc: &domain::Locator) -> Result<(), AppError> {
+        if !self.committer.is_replicated() {
+            return Ok(());
+        }
+        let b = self
+            .store
+            .booking(loc)?
+            .ok_or(AppError::NotFound("booking"))?;
+        if b.status == domain::BookingStatus::Held {
+            return Ok(());
+        }
+        Err(b
+            .check_payable(domain::now_ms())
+            .err()
+            .map_or(AppError::Internal, Into::into))
+    }
+
+    /// Ends an attempt of the pay request `key` given up before anything was asked of
+    /// the gateway (nothing is charged). A twin of the request through another node
+    /// that paid the booking meanwhile gives its success as the answer; otherwise
+    /// `err`, not remembered: a retry finds the booking as this request did.
+    async fn abandon(
+        &self,
+        key: &IdemKey,
+        mut a: PaymentAttempt,
+        busy: Busy,
+        err: AppError,
+    ) -> Result<Answer<BookingResult>, AppError> {
+        let _busy = busy;
+        a.state = AttemptState::Failed;
+        self.write_certain(a).await?;
+        match self.success_reply(key).await? {
+            Some(first) => super::replay(first),
+            None => Err(err),
+        }
+    }
+
+    /// Writes attempt `a` as known for certain to have charged nothing more.
+    async fn write_certain(&self, mut a: PaymentAttempt) -> Result<(), AppError> {
+        a.certain = true;
+        a.updated_at = domain::now_ms();
+        Ok(self
+            .commit(Batch {
+                attempts: vec![a],
+                ..Default::default()
+            })
+            .await?)
     }
 
     /// The booking's attempt waiting for the customer's action, if any.
@@ -940,14 +998,7 @@ impl App {
             }
             PaymentStatus::NotCharged => {
                 drop(busy);
-                let mut a = a;
-                a.certain = true;
-                a.updated_at = domain::now_ms();
-                self.commit(Batch {
-                    attempts: vec![a],
-                    ..Default::default()
-                })
-                .await?;
+                self.write_certain(a).await?;
                 return Ok(Reconciled::Settled);
             }
             PaymentStatus::Pending | PaymentStatus::ActionRequired => {

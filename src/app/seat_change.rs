@@ -85,7 +85,9 @@ impl App {
     /// Frees the seats of `b`, a hold just ended (released, expired, cancelled by the
     /// airline) at `b.updated_at`, in the flight's locked working map: writes the
     /// booking with the user's event `kind` (and `reply`, the request's answer) as the
-    /// flight's next version (see [`App::change_seats`]).
+    /// flight's next version (see [`App::change_seats`]). The caller found no payment
+    /// of it running; on a cluster the write fails if one began meanwhile (see
+    /// [`App::unless_paid_meanwhile`]).
     pub(super) fn end_hold(
         &self,
         fs: &Arc<FlightSeats>,
@@ -95,7 +97,7 @@ impl App {
         detail: Value,
         reply: Option<(IdemKey, Memo)>,
     ) -> Result<Ticket, StoreError> {
-        let batch = Batch {
+        let mut batch = Batch {
             bookings: vec![b.clone()],
             events: vec![(
                 b.user_id,
@@ -104,6 +106,7 @@ impl App {
             replies: reply.into_iter().collect(),
             ..Default::default()
         };
+        self.unless_paid_meanwhile(&mut batch, &b.locator)?;
         let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
         self.change_seats(fs, w, batch, updates, b)
     }

@@ -455,6 +455,7 @@ impl App {
                     return Err(busy_error());
                 }
                 b.release(now)?;
+                self.unless_paid_meanwhile(&mut batch, &b.locator)?;
                 batch.bookings.push(b.clone());
                 batch.events.push((
                     s.user_id,

@@ -389,6 +389,9 @@ pub struct Batch {
     pub marks: Vec<(PaymentMark, PaymentMark)>,
     /// Payment marks to release: conflict unless the booking's mark is still this one.
     pub unmarks: Vec<PaymentMark>,
+    /// Bookings' payment marks as read before this batch (none, or a lapsed one):
+    /// conflict if a mark was taken or replaced since (another node began paying).
+    pub marks_read: Vec<(Locator, Option<PaymentMark>)>,
     /// Processed webhook event ids.
     pub webhook_events: Vec<String>,
     /// Waitlist entries to write (new or changed).

@@ -501,12 +501,17 @@ pub enum Op {
     /// Writes nothing, but the batch fails with [`StoreError::Conflict`] unless the
     /// key holds this value (see [`holds`]; compare-and-swap with the writes after it).
     Expect(Vec<u8>, Vec<u8>),
+    /// Writes nothing, but the batch fails with [`StoreError::Conflict`] if the key
+    /// exists.
+    Absent(Vec<u8>),
 }
 
 impl Op {
     pub fn key(&self) -> &Vec<u8> {
         match self {
-            Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) | Op::Expect(k, _) => k,
+            Op::Put(k, _) | Op::Create(k, _) | Op::Delete(k) | Op::Expect(k, _) | Op::Absent(k) => {
+                k
+            }
         }
     }
 }
@@ -739,17 +744,23 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             }
         }
     }
-    let mark_key = |m: &PaymentMark| key(PAYMENT_MARK, &[m.locator.as_str().as_bytes()]);
+    let mark_key = |loc: &Locator| key(PAYMENT_MARK, &[loc.as_str().as_bytes()]);
     for m in &batch.new_marks {
-        ops.push(Op::Create(mark_key(m), encode(m)?));
+        ops.push(Op::Create(mark_key(&m.locator), encode(m)?));
     }
     for (lapsed, m) in &batch.marks {
-        ops.push(Op::Expect(mark_key(lapsed), encode(lapsed)?));
-        ops.push(Op::Put(mark_key(m), encode(m)?));
+        ops.push(Op::Expect(mark_key(&lapsed.locator), encode(lapsed)?));
+        ops.push(Op::Put(mark_key(&m.locator), encode(m)?));
     }
     for m in &batch.unmarks {
-        ops.push(Op::Expect(mark_key(m), encode(m)?));
-        ops.push(Op::Delete(mark_key(m)));
+        ops.push(Op::Expect(mark_key(&m.locator), encode(m)?));
+        ops.push(Op::Delete(mark_key(&m.locator)));
+    }
+    for (loc, read) in &batch.marks_read {
+        ops.push(match read {
+            Some(m) => Op::Expect(mark_key(loc), encode(m)?),
+            None => Op::Absent(mark_key(loc)),
+        });
     }
     for l in &batch.lines {
         let k = key(LINE_REVISION, &[l.flight.as_str().as_bytes()]);
@@ -899,7 +910,7 @@ impl SledStore {
                 || match op {
                     Op::Put(..) => may_repeat(k),
                     Op::Delete(_) => false,
-                    Op::Create(..) | Op::Expect(..) => true,
+                    Op::Create(..) | Op::Expect(..) | Op::Absent(_) => true,
                 };
             let old = match ahead.get(k) {
                 Some(v) => v.map(sled::IVec::from),
@@ -923,6 +934,8 @@ impl SledStore {
                     Some(held) if holds(k, &held, v) => continue,
                     _ => return Err(StoreError::Conflict),
                 },
+                Op::Absent(_) if old.is_none() => continue,
+                Op::Absent(_) => return Err(StoreError::Conflict),
             };
             if ahead.insert(k, new).is_none() {
                 order.push(k);
@@ -1295,7 +1308,7 @@ mod tests {
             .map(|o| match o {
                 Op::Put(k, v) | Op::Create(k, v) => (k.clone(), Some(v.clone())),
                 Op::Delete(k) => (k.clone(), None),
-                Op::Expect(..) => unreachable!("no compare in this batch"),
+                Op::Expect(..) | Op::Absent(_) => unreachable!("no compare in this batch"),
             })
             .collect();
         mirror.apply_raw(&raw).unwrap();
@@ -1378,8 +1391,28 @@ mod tests {
         };
         assert!(matches!(s.write(&release("a")), Err(StoreError::Conflict)));
         assert_eq!(held().as_deref(), Some("b"));
+        // a write decided on the mark as read: refused once another is there
+        let decided_on = |read: Option<&str>| Batch {
+            marks_read: vec![(loc.clone(), read.map(mark))],
+            bookings: vec![booking("MARKED", 1, 5)],
+            ..Default::default()
+        };
+        for read in [None, Some("a")] {
+            assert!(matches!(
+                s.write(&decided_on(read)),
+                Err(StoreError::Conflict)
+            ));
+        }
+        assert_eq!(s.booking(&loc).unwrap(), None, "nothing of it written");
+        s.write(&decided_on(Some("b"))).unwrap();
         s.write(&release("b")).unwrap();
         assert_eq!(held(), None);
+        assert!(matches!(
+            s.write(&decided_on(Some("b"))),
+            Err(StoreError::Conflict)
+        ));
+        s.write(&decided_on(None)).unwrap();
+        assert!(s.booking(&loc).unwrap().is_some());
     }
 
     #[test]
@@ -1662,7 +1695,7 @@ mod tests {
                 .map(|o| match o {
                     Op::Put(k, v) | Op::Create(k, v) => (k, Some(v)),
                     Op::Delete(k) => (k, None),
-                    Op::Expect(..) => unreachable!("no compare in these batches"),
+                    Op::Expect(..) | Op::Absent(_) => unreachable!("no compare in these batches"),
                 })
                 .collect();
             mirror.apply_raw(&raw).unwrap();
@@ -1806,7 +1839,7 @@ mod tests {
                 .filter_map(|o| match o {
                     Op::Put(k, v) | Op::Create(k, v) => Some((k, Some(v))),
                     Op::Delete(k) => Some((k, None)),
-                    Op::Expect(..) => None,
+                    Op::Expect(..) | Op::Absent(_) => None,
                 })
                 .collect();
             mirror.apply_raw(&raw).unwrap();

@@ -94,6 +94,9 @@ impl EtcdStore {
                     };
                     when.push(Compare::value(self.full(&k), CompareOp::Equal, v))
                 }
+                Op::Absent(k) => {
+                    when.push(Compare::create_revision(self.full(&k), CompareOp::Equal, 0))
+                }
             }
         }
         let rev_key = self.full(b"!rev");
