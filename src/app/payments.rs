@@ -330,8 +330,9 @@ impl App {
     }
 
     /// A `booking.pay` after the customer was asked to act: with the same payment
-    /// method, the gateway tells how the payment ended; with another, the waiting
-    /// payment is cancelled (or, if it went through meanwhile, pays the booking).
+    /// method, the gateway tells how the payment ended; with another, or once the
+    /// hold ended through another node of a cluster, the waiting payment is cancelled
+    /// (or, if it went through meanwhile, pays the booking, or is refunded).
     async fn continue_action(
         &self,
         fs: &Arc<FlightSeats>,
@@ -345,8 +346,13 @@ impl App {
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
         self.take_mark(&a).await?;
         let same = a.payment_method.as_deref() == Some(payment_method);
-        let outcome = match (&a.payment_ref, same) {
-            (Some(r), true) => match self.payments.status(r).await {
+        // a hold ended through another node meanwhile: the waiting payment is
+        // cancelled (or, had it gone through, refunded), never left to the customer
+        let outcome = match (self.held_under_mark(&loc), &a.payment_ref, same) {
+            (Err(e), ..) => Err(PaymentError::Failed(format!(
+                "{e}; the payment waiting for authentication was given up"
+            ))),
+            (Ok(()), Some(r), true) => match self.payments.status(r).await {
                 Ok(PaymentStatus::Succeeded) => Ok(()),
                 Ok(PaymentStatus::ActionRequired) => Err(PaymentError::ActionRequired(
                     a.client_secret.clone().unwrap_or_default(),

@@ -5,8 +5,9 @@
 //!
 //! A loser closes its connection as soon as its hold is refused (a real buyer who lost
 //! the seat leaves), so the server also pays for those hang-ups mid-race; with
-//! `--losers-stay` every connection stays open until the race is over and is closed
-//! after it, which measures the race alone.
+//! `--losers-stay` losers keep their connections open until the race is over (closed
+//! after it; a winner closes once its payment is answered), which measures the race
+//! alone.
 
 use futures::StreamExt;
 use serde::de::IgnoredAny;
