@@ -186,9 +186,9 @@ impl App {
             };
             let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
             self.take_mark(&attempt).await?;
-            let settled = match self.held_under_mark(&loc) {
-                Ok(()) => self.charge(&fs, key, attempt, p.payment_method, busy).await,
-                Err(e) => self.abandon(&key, attempt, busy, e).await,
+            let settled = match self.hold_ended_under_mark(&loc) {
+                Ok(None) => self.charge(&fs, key, attempt, p.payment_method, busy).await,
+                Ok(Some(e)) | Err(e) => self.abandon(&key, attempt, busy, e).await,
             };
             self.release_mark(&id, &rid, &loc, true).await;
             settled
@@ -265,27 +265,26 @@ impl App {
         self.settle_outcome(fs, key, attempt, outcome, busy).await
     }
 
-    /// On a cluster, whether the booking is still held once this node's payment mark
-    /// on it is taken: another node may have ended the hold after this one checked it
-    /// and before the mark was taken (after it, that node's release fails on the mark,
-    /// see [`App::unless_paid_meanwhile`]). The mark's write has brought this node's copy up to it,
-    /// so such a release is seen here. A hold past its time but not yet released
-    /// stays payable, as before the mark: its expiry now waits for the payment.
-    fn held_under_mark(&self, loc: &domain::Locator) -> Result<(), AppError> {
+    /// On a cluster, once this node's payment mark on the booking is taken: `Some` of
+    /// the error a pay of it answers if its hold has ended, `None` while it is held.
+    /// Another node may have ended the hold after this one checked it and before the
+    /// mark was taken (after it, that node's release fails on the mark, see
+    /// [`App::unless_paid_meanwhile`]); the mark's write has brought this node's copy
+    /// up to it, so such a release is seen here. A hold past its time but not yet
+    /// released stays payable, as before the mark: its expiry now waits for the
+    /// payment.
+    fn hold_ended_under_mark(&self, loc: &domain::Locator) -> Result<Option<AppError>, AppError> {
         if !self.committer.is_replicated() {
-            return Ok(());
+            return Ok(None);
         }
         let b = self
             .store
             .booking(loc)?
             .ok_or(AppError::NotFound("booking"))?;
-        if b.status == domain::BookingStatus::Held {
-            return Ok(());
-        }
-        Err(b
-            .check_payable(domain::now_ms())
-            .err()
-            .map_or(AppError::Internal, Into::into))
+        Ok(match b.status {
+            domain::BookingStatus::Held => None,
+            _ => b.check_payable(domain::now_ms()).err().map(Into::into),
+        })
     }
 
     /// Ends an attempt of the pay request `key` given up before anything was asked of
@@ -345,14 +344,21 @@ impl App {
         a.updated_at = domain::now_ms();
         let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
         self.take_mark(&a).await?;
+        let ended = match self.hold_ended_under_mark(&loc) {
+            Ok(ended) => ended,
+            Err(e) => {
+                self.release_mark(&id, &rid, &loc, true).await;
+                return Err(e);
+            }
+        };
         let same = a.payment_method.as_deref() == Some(payment_method);
         // a hold ended through another node meanwhile: the waiting payment is
         // cancelled (or, had it gone through, refunded), never left to the customer
-        let outcome = match (self.held_under_mark(&loc), &a.payment_ref, same) {
-            (Err(e), ..) => Err(PaymentError::Failed(format!(
-                "{e}; the payment waiting for authentication was given up"
+        let outcome = match (ended, &a.payment_ref, same) {
+            (Some(e), ..) => Err(PaymentError::Failed(format!(
+                "{e}; the payment waiting for authentication is being cancelled"
             ))),
-            (Ok(()), Some(r), true) => match self.payments.status(r).await {
+            (None, Some(r), true) => match self.payments.status(r).await {
                 Ok(PaymentStatus::Succeeded) => Ok(()),
                 Ok(PaymentStatus::ActionRequired) => Err(PaymentError::ActionRequired(
                     a.client_secret.clone().unwrap_or_default(),
