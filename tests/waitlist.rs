@@ -316,6 +316,69 @@ async fn joining_is_for_sold_out_cabins_only_and_leaving_an_offer_moves_it_on() 
     s.stop().await;
 }
 
+/// An offered hold left with its payment waiting for the customer's 3-D Secure: the
+/// waiting payment is cancelled at the gateway as the hold is released (as a cancel's
+/// or an expiry's is), so the customer can no longer complete it. Before, it stayed
+/// open until the reconciler's round, and a customer who authenticated meanwhile
+/// was charged for a hold they had left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_an_offer_cancels_its_payment_waiting_for_the_customer() {
+    let fake = fake_stripe::FakeStripe::start().await.expect("fake stripe");
+    let base = fake.base();
+    let s = Server::start_with(|c| {
+        fast(c);
+        c.payments = jetway::config::PaymentsKind::Stripe;
+        c.stripe_api_base = base;
+        c.stripe_secret_key = Some(FAKE_STRIPE_KEY.1.into());
+        // no reconciler round during the test: only the leave can cancel it
+        c.reconcile_interval = 3600;
+    })
+    .await;
+    let (mut seller, flight) = seller(&s.url()).await;
+    let (last, _) = sell_out(&mut seller, &flight).await;
+    let mut a = s.client().await;
+    a.new_user().await;
+    let first = join(&mut a, &flight, "a1").await;
+    cancel(&mut seller, &last, "c").await;
+    let offer = a.push("waitlist.offered").await;
+    let loc = offer["booking"]["locator"].as_str().unwrap().to_owned();
+    let pay = json!({"locator": loc, "payment_method": "pm_card_threeDSecure2Required",
+                     "request_id": "p"});
+    assert_eq!(
+        a.reason("booking.pay", pay).await,
+        "payment_action_required"
+    );
+    let of_offer = |l: &fake_stripe::Ledger| -> Vec<fake_stripe::Intent> {
+        l.intents
+            .iter()
+            .filter(|i| i.metadata.get("locator") == Some(&loc))
+            .cloned()
+            .collect()
+    };
+    let waiting = of_offer(&fake.ledger());
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].status, "requires_action");
+
+    let left = a.ok("waitlist.leave", json!({"id": first["id"]})).await;
+    assert_eq!(left["entry"]["status"], "left");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while of_offer(&fake.ledger())[0].status == "requires_action" {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting payment was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !fake.authenticate(&waiting[0].id, true),
+        "too late to authenticate"
+    );
+    let after = of_offer(&fake.ledger());
+    assert_eq!(after[0].status, "canceled", "{after:?}");
+    assert_eq!(after[0].charged, 0, "{after:?}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_offer_moves_on_through_three_entries_across_a_restart() {
     let ttl = |c: &mut jetway::Config| {

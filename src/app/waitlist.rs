@@ -412,9 +412,10 @@ impl App {
         .await
     }
 
-    /// Leaves the line; an offered entry's hold is released and its seats offered on.
+    /// Leaves the line; an offered entry's hold is released and its seats offered on,
+    /// and its payments still waiting for their customer are cancelled.
     pub async fn waitlist_leave(
-        &self,
+        self: &Arc<Self>,
         s: &AuthSession,
         p: params::WaitlistRef,
     ) -> Result<Answer<EntryResult>, AppError> {
@@ -422,7 +423,9 @@ impl App {
         let entry = self.own_entry(s.user_id, &p.id)?;
         let fs = self.flight_seats(&entry.flight_id)?;
         let _serial = self.user_turn(s.user_id).await;
-        self.seat_step(&fs, None, |w| {
+        let mut released = None;
+        let step = self.seat_step(&fs, None, |w| {
+            released = None;
             let now = domain::now_ms();
             let mut e = self.own_entry(s.user_id, &p.id)?;
             if e.status == WaitlistStatus::Left {
@@ -462,15 +465,20 @@ impl App {
                     event("cancelled", Some(&b.locator), now, json!({})),
                 ));
                 let updates = w.release(&b.locator, b.seats.iter().map(|x| x.seat));
-                return Ok((Some(self.change_seats(&fs, w, batch, updates, &b)?), result));
+                let ticket = self.change_seats(&fs, w, batch, updates, &b)?;
+                released = Some(b.locator);
+                return Ok((Some(ticket), result));
             }
             Ok((
                 Some(self.write_change(&fs, w, batch, Vec::new(), None)?),
                 result,
             ))
-        })
-        .await?
-        .reply()
+        });
+        let step = step.await?;
+        if let Some(loc) = released {
+            self.cancel_waiting(&loc);
+        }
+        step.reply()
     }
 
     pub async fn waitlist_list(&self, s: &AuthSession) -> Result<Entries, AppError> {
