@@ -265,6 +265,19 @@ impl App {
         self.settle_outcome(fs, key, attempt, outcome, busy).await
     }
 
+    /// Attempt `id` as stored now, if it still waits for its customer: read again under
+    /// the booking's payment mark (on a cluster, once this node has every write
+    /// committed so far), since the copy read before it may be from before another node
+    /// (a webhook, its reconciler, the cancel after the hold's end) settled it, and
+    /// writing that copy would undo the settling.
+    async fn still_waiting(&self, id: &str) -> Result<Option<PaymentAttempt>, AppError> {
+        self.committer.catch_up().await?;
+        Ok(self
+            .store
+            .attempt(id)?
+            .filter(|a| a.state == AttemptState::ActionRequired))
+    }
+
     /// On a cluster, once this node's payment mark on the booking is taken: `Some` of
     /// the error a pay of it answers if its hold has ended, `None` while it is held.
     /// Another node may have ended the hold after this one checked it and before the
@@ -340,11 +353,28 @@ impl App {
         payment_method: &str,
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
-        a.request_id = key.request_id.clone();
-        a.updated_at = domain::now_ms();
-        let (id, rid, loc) = (a.id.clone(), a.request_id.clone(), a.locator.clone());
-        self.take_mark(&a).await?;
-        let ended = match self.hold_ended_under_mark(&loc) {
+        let (id, rid, loc) = (a.id.clone(), key.request_id.clone(), a.locator.clone());
+        if self.committer.is_replicated() {
+            let mark = self.new_mark(&loc, &id, &rid);
+            self.claim_mark(&mark, None, |m| m.request_id == rid)
+                .await?;
+        }
+        let continued = async {
+            let Some(fresh) = self.still_waiting(&id).await? else {
+                // settled meanwhile: a retry finds what became of it
+                return Err(busy_error());
+            };
+            a = fresh;
+            a.request_id = rid.clone();
+            a.updated_at = domain::now_ms();
+            self.write_soon(Batch {
+                attempts: vec![a.clone()],
+                ..Default::default()
+            })
+            .await?;
+            self.hold_ended_under_mark(&loc)
+        };
+        let ended = match continued.await {
             Ok(ended) => ended,
             Err(e) => {
                 self.release_mark(&id, &rid, &loc, true).await;
@@ -505,8 +535,7 @@ impl App {
     /// one. A single node needs none: its working map's busy mark covers it, and no
     /// mark outlives its restart. Creating a payment charges nothing, so this record
     /// need not be durable yet: the next commit (with the payment reference) makes
-    /// both durable. The mark runs one payment span from now (an attempt continued
-    /// after the customer's action may be much older).
+    /// both durable.
     async fn take_mark(&self, a: &PaymentAttempt) -> Result<(), AppError> {
         if !self.committer.is_replicated() {
             return Ok(self
@@ -1348,17 +1377,15 @@ mod tests {
         a
     }
 
-    /// A copy of a waiting attempt read before the reconciler refunded its charge (the
-    /// customer completed 3-D Secure after the hold ended), reconciled afterwards as
-    /// the cancel task after a hold's release does: the attempt is read again under
-    /// the booking's mark and left alone, not refunded a second time (a second refund
-    /// record the gateway would refuse forever).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stale_copy_of_a_refunded_attempt_is_not_refunded_again() {
-        let f = fake_stripe::FakeStripe::start().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+    /// An app paying through the fake Stripe `f`, and a copy of a waiting attempt
+    /// (see [`lapsed_challenge`]) read before the reconciler refunded its charge (the
+    /// customer completed 3-D Secure after the hold ended), and the amount charged.
+    async fn refunded_challenge(
+        f: &fake_stripe::FakeStripe,
+        dir: &std::path::Path,
+    ) -> (Arc<App>, PaymentAttempt, Money) {
         let stripe = Stripe::new(&f.base(), "sk_test_jetway".into(), Duration::from_secs(5));
-        let (_store, app) = app_with(dir.path(), Arc::new(stripe.unwrap())).await;
+        let (_store, app) = app_with(dir, Arc::new(stripe.unwrap())).await;
         let amount = Money::cents(10_000).unwrap();
         let request = PaymentRequest {
             amount,
@@ -1372,6 +1399,19 @@ mod tests {
         app.reconcile_payments(Duration::ZERO).await;
         let refunded = app.store.attempt(&stale.id).unwrap().unwrap();
         assert_eq!(refunded.state, AttemptState::Refunded);
+        (app, stale, amount)
+    }
+
+    /// A copy of a waiting attempt read before the reconciler refunded its charge (the
+    /// customer completed 3-D Secure after the hold ended), reconciled afterwards as
+    /// the cancel task after a hold's release does: the attempt is read again under
+    /// the booking's mark and left alone, not refunded a second time (a second refund
+    /// record the gateway would refuse forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_copy_of_a_refunded_attempt_is_not_refunded_again() {
+        let f = fake_stripe::FakeStripe::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (app, stale, amount) = refunded_challenge(&f, dir.path()).await;
 
         assert!(app.try_reconcile(stale.clone()).await, "settled already");
         assert_eq!(
@@ -1385,6 +1425,42 @@ mod tests {
         let events = app.store.history(stale.user_id, 100).unwrap();
         let refunds = events.iter().filter(|e| e.kind == "payment_refunded");
         assert_eq!(refunds.count(), 1, "{events:?}");
+        app.stop().await;
+    }
+
+    /// A `booking.pay` continuing a payment that waited for its customer, with a copy
+    /// of the attempt read before its charge was refunded (on a cluster: read through
+    /// one node while another settled it): the attempt is read again under the mark, so
+    /// the settling is neither undone nor repeated (no second refund).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_continued_payment_read_before_it_was_refunded_is_not_refunded_again() {
+        let f = fake_stripe::FakeStripe::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (app, stale, amount) = refunded_challenge(&f, dir.path()).await;
+        let attempt = || app.store.attempt(&stale.id).unwrap().unwrap();
+
+        let b = app.store.booking(&stale.locator).unwrap().unwrap();
+        let fs = app.flight_seats(&b.flight_id).unwrap();
+        let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
+        let key = IdemKey {
+            user: stale.user_id,
+            method: PAY,
+            request_id: "p2".into(),
+        };
+        let continued = app
+            .continue_action(&fs, key, stale.clone(), "pm_card_visa", busy)
+            .await;
+        assert!(
+            matches!(&continued, Err(e) if is_busy(e)),
+            "{:?}",
+            continued.err()
+        );
+        assert_eq!(attempt().state, AttemptState::Refunded);
+        assert_eq!(attempt().request_id, stale.request_id);
+        assert!(app.store.open_refunds().unwrap().is_empty());
+        let l = f.ledger();
+        assert_eq!(l.refunded(), amount.amount(), "{l:?}");
+        assert_eq!(f.received(fake_stripe::Step::Refund), 1, "{l:?}");
         app.stop().await;
     }
 
