@@ -1575,6 +1575,83 @@ async fn another_node_leaves_an_attempt_under_a_live_mark_to_its_owner() {
     b.stop().await;
 }
 
+/// A reconciler settling an open attempt holds the booking's payment mark while it
+/// asks the gateway: another node's reconciler (or a pay settling that attempt first)
+/// leaves the attempt to it instead of asking and settling it a second time, and the
+/// mark is released once it is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
+    let _serial = SERIAL.lock().await;
+    let mut t = two_nodes_and_a_hold().await;
+    let (fake, loc) = (&t.fake, t.loc.clone());
+    // charged, and nobody can tell: the attempt is left open
+    for (step, fault) in [
+        (Step::Confirm, Fault::LoseReply),
+        (Step::Retrieve, Fault::Fail),
+    ] {
+        fake.set_fault(FaultRule {
+            step,
+            fault,
+            rate: 1.0,
+        });
+    }
+    let r = t.c.call("booking.pay", pay_params(&loc, "p")).await;
+    assert_eq!(r["error"]["data"]["reason"], "payment_failed", "{r}");
+    fake.clear_faults();
+    fake.set_fault(FaultRule {
+        step: Step::Retrieve,
+        fault: Fault::AnswerHeld,
+        rate: 1.0,
+    });
+    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    let (on_a, on_b) = (t.a.app().clone(), t.b.app().clone());
+    let open = |app: &jetway::app::App| {
+        let open = app.store.open_attempts().unwrap();
+        open.into_iter().find(|x| x.locator == locator)
+    };
+    eventually(
+        "node B sees the open attempt",
+        Duration::from_secs(20),
+        || open(&on_b).is_some(),
+    )
+    .await;
+    let attempt = open(&on_b).unwrap();
+    let asked = fake.received(Step::Retrieve);
+    let reconciling = tokio::spawn({
+        let on_b = on_b.clone();
+        async move { on_b.reconcile_payments(Duration::ZERO).await }
+    });
+    eventually("node B asks the gateway", Duration::from_secs(20), || {
+        fake.answers_held() == 1
+    })
+    .await;
+    eventually("node A sees B's mark", Duration::from_secs(20), || {
+        let mark = on_a.store.payment_mark(&locator).unwrap();
+        mark.is_some_and(|m| m.attempt_id == attempt.id)
+    })
+    .await;
+
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        on_a.reconcile_payments(Duration::ZERO),
+    )
+    .await
+    .expect("node A left the attempt to B");
+    assert_eq!(fake.received(Step::Retrieve), asked + 1, "node A asked too");
+    fake.release_answers(1);
+    reconciling.await.expect("reconcile task");
+    fake.clear_faults();
+    wait_status(&mut t.c, &loc, "confirmed", Duration::from_secs(20)).await;
+    eventually("the mark is released", Duration::from_secs(20), || {
+        on_a.store.payment_mark(&locator).unwrap().is_none()
+    })
+    .await;
+    assert!(open(&on_b).is_none());
+    assert_eq!(confirms(fake), 1);
+    t.a.stop().await;
+    t.b.stop().await;
+}
+
 /// A payment continued after the customer's 3-D Secure challenge takes a payment
 /// mark that runs a payment span from then, not from the attempt's start: after a
 /// long challenge the mark must still keep other nodes off the booking.

@@ -56,7 +56,7 @@ impl App {
     /// fail on a cluster if a node takes the booking's payment mark before it commits
     /// (a lapsed mark read here may only be left as it is): the decision is then made
     /// again, and finds the payment. The paying node, for its part, looks at the
-    /// booking again once its mark is taken (see `held_under_mark`).
+    /// booking again once its mark is taken (see `hold_ended_under_mark`).
     pub(super) fn unless_paid_meanwhile(
         &self,
         batch: &mut Batch,

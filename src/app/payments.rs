@@ -620,10 +620,22 @@ impl App {
     /// refunds or resolves the booking's refund meanwhile: `invalid_state` while one
     /// does. `covered` tells a live mark this node's request holds already (the pay
     /// or reconciliation settling the charge refunded): then none is taken. Returns
-    /// the mark taken, for [`Self::release_refund_mark`].
+    /// the mark taken, for [`Self::release_held`].
     pub(super) async fn take_refund_mark(
         &self,
         r: &RefundRecord,
+        covered: impl Fn(&PaymentMark) -> bool,
+    ) -> Result<HeldMark, AppError> {
+        self.hold_mark(&r.locator, &r.id, &r.id, covered).await
+    }
+
+    /// On a cluster, takes the payment mark of booking `loc` for `attempt_id` (an
+    /// attempt or a refund) of `request_id`, as [`Self::take_refund_mark`] does.
+    async fn hold_mark(
+        &self,
+        loc: &domain::Locator,
+        attempt_id: &str,
+        request_id: &str,
         covered: impl Fn(&PaymentMark) -> bool,
     ) -> Result<HeldMark, AppError> {
         let mut held = HeldMark {
@@ -634,15 +646,15 @@ impl App {
         if !self.committer.is_replicated() {
             return Ok(held);
         }
-        let mark = self.new_mark(&r.locator, &r.id, &r.id);
+        let mark = self.new_mark(loc, attempt_id, request_id);
         if self.claim_mark(&mark, None, covered).await? {
             held.mark = Some(mark);
         }
         Ok(held)
     }
 
-    /// Releases a mark [`Self::take_refund_mark`] took.
-    pub(super) async fn release_refund_mark(&self, mut held: HeldMark) {
+    /// Releases a mark [`Self::hold_mark`] took.
+    pub(super) async fn release_held(&self, mut held: HeldMark) {
         if let Some(mark) = held.mark.take() {
             release(&self.committer, mark).await;
         }
@@ -941,7 +953,7 @@ impl App {
             self.end_with_error(key, batch, None, err).await
         };
         let ended = ended.await;
-        self.release_refund_mark(mark).await;
+        self.release_held(mark).await;
         ended
     }
 
@@ -1000,15 +1012,36 @@ impl App {
             return Ok(Reconciled::Skipped);
         };
         let fs = self.flight_seats(&b.flight_id)?;
+        let shares = |m: &PaymentMark| m.attempt_id == a.id && (twin || self.owns(m));
         let busy = {
             let mut w = fs.working();
-            if self.paying(&w, &a.locator, &|m| {
-                m.attempt_id == a.id && (twin || self.owns(m))
-            })? {
+            if self.paying(&w, &a.locator, &shares)? {
                 return Ok(Reconciled::Skipped);
             }
             Busy::mark(&fs, &mut w, &a.locator)?
         };
+        // on a cluster, other nodes' payments and reconcilers keep off the booking
+        // while this one asks the gateway and settles (they would settle it twice)
+        let mark = match self
+            .hold_mark(&a.locator, &a.id, &a.request_id, shares)
+            .await
+        {
+            Err(e) if is_busy(&e) => return Ok(Reconciled::Skipped),
+            held => held?,
+        };
+        let reconciled = self.reconcile_under_mark(a, twin, fs, busy).await;
+        self.release_held(mark).await;
+        reconciled
+    }
+
+    /// [`Self::reconcile`], once the booking is this node's.
+    async fn reconcile_under_mark(
+        &self,
+        a: PaymentAttempt,
+        twin: bool,
+        fs: Arc<FlightSeats>,
+        busy: Busy,
+    ) -> Result<Reconciled, AppError> {
         // read again under the mark: `a` may be a copy from before another settling
         // (a webhook, a pay, another task) finished; settling it again would refund or
         // fail it twice (on a cluster, once this node has every write committed so far)

@@ -214,7 +214,7 @@ impl App {
             self.record_seat_refund(fs, r, busy, None).await
         };
         let finished = finished.await;
-        self.release_refund_mark(mark).await;
+        self.release_held(mark).await;
         finished
     }
 
@@ -524,7 +524,7 @@ impl App {
             })
         };
         let resolved = resolved.await;
-        self.release_refund_mark(mark).await;
+        self.release_held(mark).await;
         resolved
     }
 
@@ -705,7 +705,7 @@ impl App {
             }
         };
         let finished = finished.await;
-        self.release_refund_mark(mark).await;
+        self.release_held(mark).await;
         drop(busy);
         finished
     }
