@@ -15,6 +15,7 @@ use common::{
     Proc, Server, FAKE_STRIPE_KEY,
 };
 use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
+use jetway::store::PaymentAttempt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -1575,6 +1576,60 @@ async fn another_node_leaves_an_attempt_under_a_live_mark_to_its_owner() {
     b.stop().await;
 }
 
+/// Pays the hold of `t` as request `p` with the gateway charging but both the reply
+/// and the check after it lost: the attempt is left open, for a reconciler to settle.
+async fn leave_the_payment_open(t: &mut TwoNodes) {
+    for (step, fault) in [
+        (Step::Confirm, Fault::LoseReply),
+        (Step::Retrieve, Fault::Fail),
+    ] {
+        t.fake.set_fault(FaultRule {
+            step,
+            fault,
+            rate: 1.0,
+        });
+    }
+    let r = t.c.call("booking.pay", pay_params(&t.loc, "p")).await;
+    assert_eq!(r["error"]["data"]["reason"], "payment_failed", "{r}");
+    t.fake.clear_faults();
+}
+
+fn open_attempt(
+    app: &jetway::app::App,
+    locator: &jetway::domain::Locator,
+) -> Option<PaymentAttempt> {
+    let open = app.store.open_attempts().unwrap();
+    open.into_iter().find(|x| &x.locator == locator)
+}
+
+/// Node B reconciles `attempt` with the gateway's answer held back, until node A sees
+/// B's payment mark on the booking; `fake.release_answers(1)` lets it finish.
+async fn reconcile_on_b_while_asking(
+    t: &TwoNodes,
+    attempt: &PaymentAttempt,
+) -> tokio::task::JoinHandle<()> {
+    t.fake.set_fault(FaultRule {
+        step: Step::Retrieve,
+        fault: Fault::AnswerHeld,
+        rate: 1.0,
+    });
+    let reconciling = tokio::spawn({
+        let on_b = t.b.app().clone();
+        async move { on_b.reconcile_payments(Duration::ZERO).await }
+    });
+    eventually("node B asks the gateway", Duration::from_secs(20), || {
+        t.fake.answers_held() == 1
+    })
+    .await;
+    let on_a = t.a.app();
+    eventually("node A sees B's mark", Duration::from_secs(20), || {
+        let mark = on_a.store.payment_mark(&attempt.locator).unwrap();
+        mark.is_some_and(|m| m.attempt_id == attempt.id)
+    })
+    .await;
+    reconciling
+}
+
 /// A reconciler settling an open attempt holds the booking's payment mark while it
 /// asks the gateway: another node's reconciler (or a pay settling that attempt first)
 /// leaves the attempt to it instead of asking and settling it a second time, and the
@@ -1583,53 +1638,18 @@ async fn another_node_leaves_an_attempt_under_a_live_mark_to_its_owner() {
 async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
     let _serial = SERIAL.lock().await;
     let mut t = two_nodes_and_a_hold().await;
-    let (fake, loc) = (&t.fake, t.loc.clone());
-    // charged, and nobody can tell: the attempt is left open
-    for (step, fault) in [
-        (Step::Confirm, Fault::LoseReply),
-        (Step::Retrieve, Fault::Fail),
-    ] {
-        fake.set_fault(FaultRule {
-            step,
-            fault,
-            rate: 1.0,
-        });
-    }
-    let r = t.c.call("booking.pay", pay_params(&loc, "p")).await;
-    assert_eq!(r["error"]["data"]["reason"], "payment_failed", "{r}");
-    fake.clear_faults();
-    fake.set_fault(FaultRule {
-        step: Step::Retrieve,
-        fault: Fault::AnswerHeld,
-        rate: 1.0,
-    });
-    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    leave_the_payment_open(&mut t).await;
+    let locator = jetway::domain::Locator::parse(&t.loc).unwrap();
     let (on_a, on_b) = (t.a.app().clone(), t.b.app().clone());
-    let open = |app: &jetway::app::App| {
-        let open = app.store.open_attempts().unwrap();
-        open.into_iter().find(|x| x.locator == locator)
-    };
     eventually(
         "node B sees the open attempt",
         Duration::from_secs(20),
-        || open(&on_b).is_some(),
+        || open_attempt(&on_b, &locator).is_some(),
     )
     .await;
-    let attempt = open(&on_b).unwrap();
-    let asked = fake.received(Step::Retrieve);
-    let reconciling = tokio::spawn({
-        let on_b = on_b.clone();
-        async move { on_b.reconcile_payments(Duration::ZERO).await }
-    });
-    eventually("node B asks the gateway", Duration::from_secs(20), || {
-        fake.answers_held() == 1
-    })
-    .await;
-    eventually("node A sees B's mark", Duration::from_secs(20), || {
-        let mark = on_a.store.payment_mark(&locator).unwrap();
-        mark.is_some_and(|m| m.attempt_id == attempt.id)
-    })
-    .await;
+    let attempt = open_attempt(&on_b, &locator).unwrap();
+    let asked = t.fake.received(Step::Retrieve);
+    let reconciling = reconcile_on_b_while_asking(&t, &attempt).await;
 
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -1637,7 +1657,73 @@ async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
     )
     .await
     .expect("node A left the attempt to B");
+    let fake = &t.fake;
     assert_eq!(fake.received(Step::Retrieve), asked + 1, "node A asked too");
+    fake.release_answers(1);
+    reconciling.await.expect("reconcile task");
+    fake.clear_faults();
+    let loc = t.loc.clone();
+    wait_status(&mut t.c, &loc, "confirmed", Duration::from_secs(20)).await;
+    eventually("the mark is released", Duration::from_secs(20), || {
+        on_a.store.payment_mark(&locator).unwrap().is_none()
+    })
+    .await;
+    assert!(open_attempt(&on_b, &locator).is_none());
+    assert_eq!(confirms(&t.fake), 1);
+    t.a.stop().await;
+    t.b.stop().await;
+}
+
+/// A reconciler's payment mark is its own, not the settled attempt's pay request's:
+/// that request retried through another node (its first node died before answering)
+/// is refused while the reconciler asks the gateway, instead of taking the mark for
+/// its twin's, charging again and settling the attempt a second time beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_retried_while_another_node_reconciles_its_attempt_waits_for_it() {
+    let _serial = SERIAL.lock().await;
+    let mut t = two_nodes_and_a_hold().await;
+    leave_the_payment_open(&mut t).await;
+    let locator = jetway::domain::Locator::parse(&t.loc).unwrap();
+    let (on_a, on_b) = (t.a.app().clone(), t.b.app().clone());
+    // the open attempt becomes that of request `q`, made through a node that died
+    // before it answered: nothing is remembered for `q`
+    let mut attempt = open_attempt(&on_a, &locator).expect("open attempt");
+    attempt.request_id = "q".into();
+    let replicated = on_a.store.replicated().expect("etcd");
+    let batch = jetway::store::Batch {
+        attempts: vec![attempt.clone()],
+        ..Default::default()
+    };
+    replicated.commit(batch, None).await.unwrap();
+    eventually(
+        "node B sees request q's attempt",
+        Duration::from_secs(20),
+        || open_attempt(&on_b, &locator).is_some_and(|x| x.request_id == "q"),
+    )
+    .await;
+    let reconciling = reconcile_on_b_while_asking(&t, &attempt).await;
+    let asked = t.fake.received(Step::Retrieve);
+
+    let loc = t.loc.clone();
+    let retried =
+        t.c.try_call(
+            "booking.pay",
+            pay_params(&loc, "q"),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the retry is answered while node B reconciles");
+    let fake = &t.fake;
+    assert!(busy_refusal(&retried), "{retried}");
+    assert_eq!(fake.received(Step::Create), 1, "a second payment was made");
+    assert_eq!(
+        fake.received(Step::Retrieve),
+        asked,
+        "node A settled the attempt too"
+    );
+    let mark = on_a.store.payment_mark(&locator).unwrap();
+    assert_eq!(mark.map(|m| m.attempt_id), Some(attempt.id.clone()));
+
     fake.release_answers(1);
     reconciling.await.expect("reconcile task");
     fake.clear_faults();
@@ -1646,8 +1732,10 @@ async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
         on_a.store.payment_mark(&locator).unwrap().is_none()
     })
     .await;
-    assert!(open(&on_b).is_none());
-    assert_eq!(confirms(fake), 1);
+    let paid = t.c.ok("booking.pay", pay_params(&loc, "q")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
+    assert_eq!(confirms(&t.fake), 1);
+    assert_eq!(t.fake.ledger().intents.len(), 1);
     t.a.stop().await;
     t.b.stop().await;
 }

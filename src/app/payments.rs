@@ -75,6 +75,13 @@ enum Reconciled {
     Skipped,
 }
 
+/// The request id of the payment mark a reconciler settling attempt `attempt_id`
+/// takes: a client's `request_id` has no control character, so no request can be
+/// its twin.
+fn reconciler_request(attempt_id: &str) -> String {
+    format!("\u{0}reconcile:{attempt_id}")
+}
+
 fn pay_key(a: &PaymentAttempt) -> IdemKey {
     IdemKey {
         user: a.user_id,
@@ -1021,9 +1028,11 @@ impl App {
             Busy::mark(&fs, &mut w, &a.locator)?
         };
         // on a cluster, other nodes' payments and reconcilers keep off the booking
-        // while this one asks the gateway and settles (they would settle it twice)
+        // while this one asks the gateway and settles (they would settle it twice);
+        // under a request id no pay has, or a retry of the attempt's pay request
+        // would take it for its twin's mark and go on under it
         let mark = match self
-            .hold_mark(&a.locator, &a.id, &a.request_id, shares)
+            .hold_mark(&a.locator, &a.id, &reconciler_request(&a.id), shares)
             .await
         {
             Err(e) if is_busy(&e) => return Ok(Reconciled::Skipped),
@@ -1347,6 +1356,12 @@ mod tests {
     use crate::domain::{Cabin, Locator, Money, SeatId, UserId};
     use crate::payments::{PaymentGateway, Sandbox, Stripe};
     use crate::store::SledStore;
+
+    #[test]
+    fn no_client_request_is_a_reconcilers() {
+        let id = super::super::unique_id("pa");
+        assert!(domain::RequestId::parse(&reconciler_request(&id)).is_err());
+    }
 
     /// An app on a fresh sled store in `dir` paying through `payments`, and the store.
     async fn app_with(
