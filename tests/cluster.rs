@@ -1602,10 +1602,47 @@ fn open_attempt(
     open.into_iter().find(|x| &x.locator == locator)
 }
 
-/// Node B reconciles `attempt` with the gateway's answer held back, until node A sees
-/// B's payment mark on the booking; `fake.release_answers(1)` lets it finish.
-async fn reconcile_on_b_while_asking(
+/// Makes the attempt [`leave_the_payment_open`] left that of request `q`, whose answer
+/// nobody remembers (its node died, or has not answered yet), with a live payment mark
+/// for it that `owner` took if given; returns it once both nodes see it.
+async fn make_it_request_qs(t: &TwoNodes, owner: Option<&str>) -> PaymentAttempt {
+    let locator = jetway::domain::Locator::parse(&t.loc).unwrap();
+    let (on_a, on_b) = (t.a.app(), t.b.app());
+    let mut attempt = open_attempt(on_a, &locator).expect("open attempt");
+    attempt.request_id = "q".into();
+    let mark = owner.map(|owner| jetway::store::PaymentMark {
+        locator: locator.clone(),
+        attempt_id: attempt.id.clone(),
+        request_id: attempt.request_id.clone(),
+        until: jetway::domain::now_ms() + 120_000,
+        owner: owner.to_owned(),
+    });
+    let replicated = on_a.store.replicated().expect("etcd");
+    let batch = jetway::store::Batch {
+        attempts: vec![attempt.clone()],
+        new_marks: mark.iter().cloned().collect(),
+        ..Default::default()
+    };
+    replicated.commit(batch, None).await.unwrap();
+    eventually(
+        "both nodes see request q's attempt",
+        Duration::from_secs(20),
+        || {
+            [on_a, on_b].iter().all(|n| {
+                open_attempt(n, &locator).is_some_and(|x| x.request_id == "q")
+                    && n.store.payment_mark(&locator).unwrap() == mark
+            })
+        },
+    )
+    .await;
+    attempt
+}
+
+/// Node `on` reconciles `attempt` with the gateway's answer held back, until both
+/// nodes see a payment mark of the attempt; [`let_it_finish`] lets it go on.
+async fn reconcile_while_asking(
     t: &TwoNodes,
+    on: &std::sync::Arc<jetway::app::App>,
     attempt: &PaymentAttempt,
 ) -> tokio::task::JoinHandle<()> {
     t.fake.set_fault(FaultRule {
@@ -1614,20 +1651,39 @@ async fn reconcile_on_b_while_asking(
         rate: 1.0,
     });
     let reconciling = tokio::spawn({
-        let on_b = t.b.app().clone();
-        async move { on_b.reconcile_payments(Duration::ZERO).await }
+        let on = on.clone();
+        async move { on.reconcile_payments(Duration::ZERO).await }
     });
-    eventually("node B asks the gateway", Duration::from_secs(20), || {
-        t.fake.answers_held() == 1
-    })
+    eventually(
+        "the reconciler asks the gateway",
+        Duration::from_secs(20),
+        || t.fake.answers_held() == 1,
+    )
     .await;
-    let on_a = t.a.app();
-    eventually("node A sees B's mark", Duration::from_secs(20), || {
-        let mark = on_a.store.payment_mark(&attempt.locator).unwrap();
-        mark.is_some_and(|m| m.attempt_id == attempt.id)
+    eventually("both nodes see its mark", Duration::from_secs(20), || {
+        [t.a.app(), t.b.app()].iter().all(|n| {
+            let mark = n.store.payment_mark(&attempt.locator).unwrap();
+            mark.is_some_and(|m| m.attempt_id == attempt.id)
+        })
     })
     .await;
     reconciling
+}
+
+/// Lets the reconciliation [`reconcile_while_asking`] started go on: the booking is
+/// confirmed, by the one charge made, and its payment mark released.
+async fn let_it_finish(t: &mut TwoNodes, reconciling: tokio::task::JoinHandle<()>) {
+    t.fake.release_answers(1);
+    reconciling.await.expect("reconcile task");
+    t.fake.clear_faults();
+    let loc = t.loc.clone();
+    wait_status(&mut t.c, &loc, "confirmed", Duration::from_secs(20)).await;
+    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    eventually("the mark is released", Duration::from_secs(20), || {
+        t.a.app().store.payment_mark(&locator).unwrap().is_none()
+    })
+    .await;
+    assert_eq!(confirms(&t.fake), 1);
 }
 
 /// A reconciler settling an open attempt holds the booking's payment mark while it
@@ -1649,7 +1705,7 @@ async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
     .await;
     let attempt = open_attempt(&on_b, &locator).unwrap();
     let asked = t.fake.received(Step::Retrieve);
-    let reconciling = reconcile_on_b_while_asking(&t, &attempt).await;
+    let reconciling = reconcile_while_asking(&t, &on_b, &attempt).await;
 
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -1657,21 +1713,36 @@ async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
     )
     .await
     .expect("node A left the attempt to B");
-    let fake = &t.fake;
-    assert_eq!(fake.received(Step::Retrieve), asked + 1, "node A asked too");
-    fake.release_answers(1);
-    reconciling.await.expect("reconcile task");
-    fake.clear_faults();
-    let loc = t.loc.clone();
-    wait_status(&mut t.c, &loc, "confirmed", Duration::from_secs(20)).await;
-    eventually("the mark is released", Duration::from_secs(20), || {
-        on_a.store.payment_mark(&locator).unwrap().is_none()
-    })
-    .await;
+    assert_eq!(
+        t.fake.received(Step::Retrieve),
+        asked + 1,
+        "node A asked too"
+    );
+    let_it_finish(&mut t, reconciling).await;
     assert!(open_attempt(&on_b, &locator).is_none());
-    assert_eq!(confirms(&t.fake), 1);
     t.a.stop().await;
     t.b.stop().await;
+}
+
+/// Pays `attempt`'s booking again under its request id through `via` while a
+/// reconciler on the other node asks the gateway about it: refused as busy, with no
+/// second payment made and no second question asked.
+async fn retry_is_refused(t: &TwoNodes, via: &Server, attempt: &PaymentAttempt) {
+    let asked = t.fake.received(Step::Retrieve);
+    let mut c = Client::connect(&via.url()).await;
+    c.ok("auth.resume", json!({"token": t.token})).await;
+    let params = pay_params(&t.loc, &attempt.request_id);
+    let retried = c
+        .try_call("booking.pay", params, Duration::from_secs(20))
+        .await
+        .expect("the retry is answered while the other node reconciles");
+    assert!(busy_refusal(&retried), "{retried}");
+    assert_eq!(
+        t.fake.received(Step::Create),
+        1,
+        "a second payment was made"
+    );
+    assert_eq!(t.fake.received(Step::Retrieve), asked, "settled twice");
 }
 
 /// A reconciler's payment mark is its own, not the settled attempt's pay request's:
@@ -1683,58 +1754,37 @@ async fn a_pay_retried_while_another_node_reconciles_its_attempt_waits_for_it() 
     let _serial = SERIAL.lock().await;
     let mut t = two_nodes_and_a_hold().await;
     leave_the_payment_open(&mut t).await;
-    let locator = jetway::domain::Locator::parse(&t.loc).unwrap();
-    let (on_a, on_b) = (t.a.app().clone(), t.b.app().clone());
-    // the open attempt becomes that of request `q`, made through a node that died
-    // before it answered: nothing is remembered for `q`
-    let mut attempt = open_attempt(&on_a, &locator).expect("open attempt");
-    attempt.request_id = "q".into();
-    let replicated = on_a.store.replicated().expect("etcd");
-    let batch = jetway::store::Batch {
-        attempts: vec![attempt.clone()],
-        ..Default::default()
-    };
-    replicated.commit(batch, None).await.unwrap();
-    eventually(
-        "node B sees request q's attempt",
-        Duration::from_secs(20),
-        || open_attempt(&on_b, &locator).is_some_and(|x| x.request_id == "q"),
-    )
-    .await;
-    let reconciling = reconcile_on_b_while_asking(&t, &attempt).await;
-    let asked = t.fake.received(Step::Retrieve);
-
-    let loc = t.loc.clone();
-    let retried =
-        t.c.try_call(
-            "booking.pay",
-            pay_params(&loc, "q"),
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("the retry is answered while node B reconciles");
-    let fake = &t.fake;
-    assert!(busy_refusal(&retried), "{retried}");
-    assert_eq!(fake.received(Step::Create), 1, "a second payment was made");
-    assert_eq!(
-        fake.received(Step::Retrieve),
-        asked,
-        "node A settled the attempt too"
-    );
-    let mark = on_a.store.payment_mark(&locator).unwrap();
+    // made through a node that died before it answered
+    let attempt = make_it_request_qs(&t, None).await;
+    let reconciling = reconcile_while_asking(&t, t.b.app(), &attempt).await;
+    retry_is_refused(&t, &t.a, &attempt).await;
+    let mark = t.a.app().store.payment_mark(&attempt.locator).unwrap();
     assert_eq!(mark.map(|m| m.attempt_id), Some(attempt.id.clone()));
-
-    fake.release_answers(1);
-    reconciling.await.expect("reconcile task");
-    fake.clear_faults();
-    wait_status(&mut t.c, &loc, "confirmed", Duration::from_secs(20)).await;
-    eventually("the mark is released", Duration::from_secs(20), || {
-        on_a.store.payment_mark(&locator).unwrap().is_none()
-    })
-    .await;
+    let_it_finish(&mut t, reconciling).await;
+    let loc = t.loc.clone();
     let paid = t.c.ok("booking.pay", pay_params(&loc, "q")).await;
     assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
     assert_eq!(confirms(&t.fake), 1);
+    assert_eq!(t.fake.ledger().intents.len(), 1);
+    t.a.stop().await;
+    t.b.stop().await;
+}
+
+/// A reconciler settling an attempt under the mark its own node's `booking.pay` of
+/// the attempt still has (the request is about to release it, or its release did not
+/// reach etcd) takes the mark over under its own request id: that pay request
+/// retried through another node is refused while the reconciler asks the gateway,
+/// instead of taking the mark for its twin's and charging beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciler_takes_over_its_own_nodes_pay_mark_from_a_retry_of_that_pay() {
+    let _serial = SERIAL.lock().await;
+    let mut t = two_nodes_and_a_hold().await;
+    leave_the_payment_open(&mut t).await;
+    // made through node A, which has not released its mark yet
+    let attempt = make_it_request_qs(&t, Some(t.a.app().mark_owner())).await;
+    let reconciling = reconcile_while_asking(&t, t.a.app(), &attempt).await;
+    retry_is_refused(&t, &t.b, &attempt).await;
+    let_it_finish(&mut t, reconciling).await;
     assert_eq!(t.fake.ledger().intents.len(), 1);
     t.a.stop().await;
     t.b.stop().await;

@@ -292,6 +292,11 @@ impl App {
         self.ready.load(Ordering::SeqCst) && !self.committer.has_failed()
     }
 
+    /// This process's name on the payment marks it takes (`PaymentMark::owner`).
+    pub fn mark_owner(&self) -> &str {
+        &self.mark_owner
+    }
+
     pub fn queue_limits(&self) -> QueueLimits {
         QueueLimits {
             messages: self.config.queue_messages,

@@ -363,7 +363,7 @@ impl App {
         let (id, rid, loc) = (a.id.clone(), key.request_id.clone(), a.locator.clone());
         if self.committer.is_replicated() {
             let mark = self.new_mark(&loc, &id, &rid);
-            self.claim_mark(&mark, None, |m| m.request_id == rid)
+            self.claim_mark(&mark, None, |m| m.request_id == rid, |_| false)
                 .await?;
         }
         let continued = async {
@@ -555,7 +555,7 @@ impl App {
         let mark = self.new_mark(&a.locator, &a.id, &a.request_id);
         // a twin of this request through another node: both go on, a second charge
         // is refunded
-        self.claim_mark(&mark, Some(a), |m| m.request_id == a.request_id)
+        self.claim_mark(&mark, Some(a), |m| m.request_id == a.request_id, |_| false)
             .await?;
         Ok(())
     }
@@ -585,12 +585,14 @@ impl App {
     /// Takes `mark` on a cluster, in one write with `attempt` if given: by
     /// compare-and-swap, so of two nodes only one takes it. `Ok(false)` without taking
     /// it when the live mark found is one `shares` lets this go on under (the attempt
-    /// is still written); `invalid_state` under any other live mark.
+    /// is still written); a live mark `takes_over` allows is replaced, as a lapsed one
+    /// is; `invalid_state` under any other live mark.
     async fn claim_mark(
         &self,
         mark: &PaymentMark,
         attempt: Option<&PaymentAttempt>,
         shares: impl Fn(&PaymentMark) -> bool,
+        takes_over: impl Fn(&PaymentMark) -> bool,
     ) -> Result<bool, AppError> {
         let with = || Batch {
             attempts: attempt.cloned().into_iter().collect(),
@@ -611,8 +613,8 @@ impl App {
                 }
                 return Ok(false);
             }
-            Some(m) if m.live(now) => return Err(busy_error()),
-            Some(lapsed) => take.marks = vec![(lapsed, mark.clone())],
+            Some(m) if m.live(now) && !takes_over(&m) => return Err(busy_error()),
+            Some(replaced) => take.marks = vec![(replaced, mark.clone())],
             None => take.new_marks = vec![mark.clone()],
         }
         match self.write_soon(take).await {
@@ -633,17 +635,20 @@ impl App {
         r: &RefundRecord,
         covered: impl Fn(&PaymentMark) -> bool,
     ) -> Result<HeldMark, AppError> {
-        self.hold_mark(&r.locator, &r.id, &r.id, covered).await
+        self.hold_mark(&r.locator, &r.id, &r.id, covered, |_| false)
+            .await
     }
 
     /// On a cluster, takes the payment mark of booking `loc` for `attempt_id` (an
-    /// attempt or a refund) of `request_id`, as [`Self::take_refund_mark`] does.
+    /// attempt or a refund) of `request_id`, as [`Self::take_refund_mark`] does; a
+    /// live mark `takes_over` allows is replaced by it.
     async fn hold_mark(
         &self,
         loc: &domain::Locator,
         attempt_id: &str,
         request_id: &str,
         covered: impl Fn(&PaymentMark) -> bool,
+        takes_over: impl Fn(&PaymentMark) -> bool,
     ) -> Result<HeldMark, AppError> {
         let mut held = HeldMark {
             committer: self.committer.clone(),
@@ -654,7 +659,7 @@ impl App {
             return Ok(held);
         }
         let mark = self.new_mark(loc, attempt_id, request_id);
-        if self.claim_mark(&mark, None, covered).await? {
+        if self.claim_mark(&mark, None, covered, takes_over).await? {
             held.mark = Some(mark);
         }
         Ok(held)
@@ -667,9 +672,9 @@ impl App {
         }
     }
 
-    /// Releases the booking's payment mark if `attempt` holds it, or a twin of its
-    /// request (`request_id`, when `twins`: a pay request's twin through another
-    /// node) whose attempt is over; else it lapses. A live mark another process took
+    /// Releases the booking's payment mark if `attempt` holds it for `request_id`, or
+    /// a twin of that request holds it (when `twins`: a pay request's twin through
+    /// another node) and its attempt is over; else it lapses. A live mark another process took
     /// is left to it, unless it is such a twin's. A twin's attempt still open is
     /// first settled with the gateway: made through a node that died, it is
     /// cancelled (or its charge refunded) and its mark released; one still being
@@ -690,7 +695,8 @@ impl App {
                 {
                     return
                 }
-                Ok(Some(m)) if m.attempt_id == attempt => m,
+                // not a reconciler's mark that took this one over
+                Ok(Some(m)) if m.attempt_id == attempt && m.request_id == request_id => m,
                 Ok(Some(m)) if twins && m.request_id == request_id => {
                     match self.store.attempt(&m.attempt_id) {
                         Ok(Some(twin)) if twin.is_open() => {
@@ -1019,10 +1025,15 @@ impl App {
             return Ok(Reconciled::Skipped);
         };
         let fs = self.flight_seats(&b.flight_id)?;
-        let shares = |m: &PaymentMark| m.attempt_id == a.id && (twin || self.owns(m));
+        // a twin's mark is shared; this process's own (a pay of the attempt about to
+        // release it, or whose release failed) is taken over, so that the pay's
+        // release or a retry of its request through another node cannot take it while
+        // the gateway is asked
+        let shares = |m: &PaymentMark| m.attempt_id == a.id && twin;
+        let own = |m: &PaymentMark| m.attempt_id == a.id && !twin && self.owns(m);
         let busy = {
             let mut w = fs.working();
-            if self.paying(&w, &a.locator, &shares)? {
+            if self.paying(&w, &a.locator, &|m| shares(m) || own(m))? {
                 return Ok(Reconciled::Skipped);
             }
             Busy::mark(&fs, &mut w, &a.locator)?
@@ -1032,7 +1043,7 @@ impl App {
         // under a request id no pay has, or a retry of the attempt's pay request
         // would take it for its twin's mark and go on under it
         let mark = match self
-            .hold_mark(&a.locator, &a.id, &reconciler_request(&a.id), shares)
+            .hold_mark(&a.locator, &a.id, &reconciler_request(&a.id), shares, own)
             .await
         {
             Err(e) if is_busy(&e) => return Ok(Reconciled::Skipped),
