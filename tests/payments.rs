@@ -1477,6 +1477,18 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
 
 /// A refund posted straight to the gateway the way an older release made it: with an
 /// idempotency key and no metadata of ours.
+/// The id of a refund of `amount` of the first payment made without our metadata
+/// (as [`refund_without_metadata`]).
+async fn legacy_refund(f: &FakeStripe, amount: u64) -> String {
+    let pi = f.ledger().intents[0].id.clone();
+    let made: Value = refund_without_metadata(f, &pi, "legacy-key", amount)
+        .await
+        .json()
+        .await
+        .unwrap();
+    made["id"].as_str().unwrap().to_owned()
+}
+
 async fn refund_without_metadata(
     f: &FakeStripe,
     payment_intent: &str,
@@ -2314,6 +2326,42 @@ async fn a_refund_that_fails_before_its_record_is_told_again_and_paid_back() {
     s.stop().await;
 }
 
+/// A refund without our metadata (so without a key) that fails while a refund of its
+/// payment's booking is being made cannot be told from the one being made: its webhook
+/// is answered 503 until the record is closed, then acknowledged, reopening nothing
+/// it did not make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refund_without_our_metadata_waits_while_its_booking_is_refunded() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let other = legacy_refund(&f, 500).await;
+    assert!(f.fail_refund(&other));
+    fault(&f, Step::RetrieveRefund, Fault::AnswerHeld);
+    let cancel = json!({"locator": b["locator"], "request_id": "c1", "seats": [seats[0]]});
+    let cancelling = tokio::spawn(async move { c.ok("booking.cancel", cancel).await });
+    eventually("the refund made and read again", || async {
+        f.answers_held() == 1
+    })
+    .await;
+    f.clear_faults();
+    assert_eq!(
+        refund_event(&s, "evt_other", "refund.failed", &other).await,
+        503,
+        "not acknowledged while a refund of its booking is being recorded"
+    );
+    f.release_answers(1);
+    let first = cancelling.await.unwrap();
+    let owed = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    assert_eq!(
+        refund_event(&s, "evt_other", "refund.failed", &other).await,
+        200
+    );
+    assert!(s.app().store.webhook_seen("evt_other").unwrap());
+    let l = f.ledger();
+    assert_eq!(l.refunded(), owed, "only the cancel's refund: {l:?}");
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    s.stop().await;
+}
+
 /// A refund answered `pending` whose check failed (as if its answer were lost), and
 /// which Stripe failed before the retry: the retry's replayed `pending` answer is read
 /// again and not recorded as made; an admin's retry pays it.
@@ -2525,13 +2573,47 @@ async fn a_pending_refund_is_watched_until_it_settles() {
 /// Writes a refund record `id` of 10.00 of the booking's charge, recorded as made by
 /// the gateway refund `made` while it was pending (so watched).
 fn recorded_pending(f: &FakeStripe, s: &Server, b: &Value, id: &str, made: &str) {
+    recorded_made(f, s, b, (id, made), true);
+}
+
+/// [`recorded_pending`], or recorded as made and settled when not `pending`.
+fn recorded_made(f: &FakeStripe, s: &Server, b: &Value, (id, made): (&str, &str), pending: bool) {
     let booking = store_booking(s, &b["locator"]);
     let pi = f.ledger().intents[0].id.clone();
     s.store_refund(id, &booking, &pi, (1000, "c-old"), |r| {
         r.done = true;
         r.made_ref = Some(made.to_owned());
-        r.made_pending = true;
+        r.made_pending = pending;
     });
+}
+
+/// A refund without our metadata (an older release's, resent as it was first asked),
+/// recorded as made and settled, that fails days later: its webhook carries no key,
+/// so the record is found by the gateway refund that made it, and the money is paid
+/// back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_refund_without_our_metadata_that_fails_later_is_paid_back_by_its_webhook() {
+    let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
+    let made = legacy_refund(&f, 1000).await;
+    recorded_made(&f, &s, &b, ("refund-legacy", &made), false);
+    assert!(f.fail_refund(&made));
+    assert_eq!(
+        refund_event(&s, "evt_legacy", "refund.failed", &made).await,
+        200
+    );
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!(l.refunded(), 1000, "paid back again: {l:?}");
+    let r = s
+        .app()
+        .store
+        .refund_by_key("refund-legacy")
+        .unwrap()
+        .unwrap();
+    assert!(r.done, "{r:?}");
+    assert_eq!(r.failed_later, vec![made]);
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    s.stop().await;
 }
 
 /// A pending refund recorded without our metadata (an older release's, resent as it
@@ -2540,14 +2622,8 @@ fn recorded_pending(f: &FakeStripe, s: &Server, b: &Value, id: &str, made: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_refund_without_our_metadata_is_reopened_by_its_record() {
     let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
-    let pi = f.ledger().intents[0].id.clone();
     fault(&f, Step::Refund, Fault::RefundPending);
-    let made: Value = refund_without_metadata(&f, &pi, "legacy-key", 1000)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let made = made["id"].as_str().unwrap().to_owned();
+    let made = legacy_refund(&f, 1000).await;
     f.clear_faults();
     recorded_pending(&f, &s, &b, "refund-legacy", &made);
     assert!(f.fail_refund(&made));

@@ -572,7 +572,9 @@ impl App {
     ///
     /// The record is found by the key in the refund's metadata, or given (`record`,
     /// the watch of pending refunds): a refund sent without our metadata (an older
-    /// release's, resent as it was) is tied to its record by `made_ref` alone.
+    /// release's, resent as it was) is tied to its record by `made_ref` alone, and
+    /// one not tied to any while a payment operation on its payment's booking is in
+    /// progress is [`busy_error`] too.
     pub(super) async fn reopen_failed_refund(
         &self,
         g: GatewayRefund,
@@ -581,20 +583,31 @@ impl App {
         let Some(why) = g.failure.clone() else {
             return Ok(());
         };
-        let Some(lookup) = record.or_else(|| g.key.clone()) else {
-            return Ok(());
-        };
         self.committer.catch_up().await?;
+        // a refund sent without our metadata is found by the refund that made it
+        let by_key = record.or_else(|| g.key.clone());
         let mut looks = 0;
         let read = loop {
             looks += 1;
-            // may scan every refund record (a key given before the key index): off the
-            // reactor
-            let (store, key) = (self.store.clone(), lookup.clone());
-            let found = tokio::task::spawn_blocking(move || store.refund_by_key(&key))
-                .await
-                .map_err(|_| AppError::Internal)??;
+            // may scan every refund record (a key given before the key index, a refund
+            // without one): off the reactor
+            let (store, key, made) = (self.store.clone(), by_key.clone(), g.id.clone());
+            let found = tokio::task::spawn_blocking(move || match key {
+                Some(key) => store.refund_by_key(&key),
+                None => store.refund_made_by(&made),
+            })
+            .await
+            .map_err(|_| AppError::Internal)??;
             let Some(read) = found else {
+                // not recorded as made (yet): a refund of one of our payments still
+                // being made may be recorded in a moment as made by this one
+                if by_key.is_none() {
+                    if let Some(a) = self.store.attempt_by_ref(&g.payment_ref)? {
+                        if self.paying_now(&a.locator)? {
+                            return Err(busy_error());
+                        }
+                    }
+                }
                 return Ok(());
             };
             let paid_elsewhere = read

@@ -351,6 +351,23 @@ impl SledStore {
         }
     }
 
+    /// The first refund record `wanted`, record by record.
+    fn find_refund(
+        &self,
+        wanted: impl Fn(&RefundRecord) -> bool,
+    ) -> StoreResult<Option<RefundRecord>> {
+        for kv in self.kv_scan(&[REFUND], false) {
+            let (_, v) = kv?;
+            // one record this version cannot read must not hide the others
+            if let Ok(r) = decode::<RefundRecord>(&v) {
+                if wanted(&r) {
+                    return Ok(Some(r));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The records under `prefix` now (sled's, the overlay's laid over them), in key
     /// order or (`rev`) the reverse.
     fn kv_scan(&self, prefix: &[u8], rev: bool) -> Merged<'static> {
@@ -1209,16 +1226,11 @@ impl Store for SledStore {
         // a key given before this index existed: looked for record by record. Only a
         // webhook about a refund that failed asks, so a scan costs little (a key
         // nobody here gave, another installation's, costs one too)
-        for kv in self.kv_scan(&[REFUND], false) {
-            let (_, v) = kv?;
-            // one record this version cannot read must not hide the others
-            if let Ok(r) = decode::<RefundRecord>(&v) {
-                if r.keys().any(|x| x == k) {
-                    return Ok(Some(r));
-                }
-            }
-        }
-        Ok(None)
+        self.find_refund(|r| r.keys().any(|x| x == k))
+    }
+
+    fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>> {
+        self.find_refund(|r| r.made_ref.as_deref() == Some(gateway_ref))
     }
 
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {

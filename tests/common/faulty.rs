@@ -173,6 +173,12 @@ impl Store for Faulty {
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<jetway::store::RefundRecord>> {
         self.inner.refund_by_key(key)
     }
+    fn refund_made_by(
+        &self,
+        gateway_ref: &str,
+    ) -> StoreResult<Option<jetway::store::RefundRecord>> {
+        self.inner.refund_made_by(gateway_ref)
+    }
     fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>> {
         self.inner.pending_refunds()
     }

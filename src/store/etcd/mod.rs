@@ -362,6 +362,9 @@ impl Store for EtcdStore {
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>> {
         self.mirror.refund_by_key(key)
     }
+    fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>> {
+        self.mirror.refund_made_by(gateway_ref)
+    }
     fn pending_refunds(&self) -> StoreResult<Vec<(String, String)>> {
         self.mirror.pending_refunds()
     }
