@@ -194,11 +194,13 @@ describe('live operations', () => {
     const row = (status) => board.locator(`tr[data-flight="${flight.flight_id}"][data-status="${status}"]`);
     await row('scheduled').waitFor();
 
-    // offline first, so that the board cannot come back before the delay is made
-    await board.context().setOffline(true);
     const code = await server.stop();
     assert.equal(code, 0, `jetway exits 0 on SIGTERM:\n${server.tail()}`);
     await board.locator('#d-conn[data-state="reconnecting"]').waitFor();
+    // offline before the server is back, so that the board cannot come back before the
+    // delay is made (offline first, Chromium may hold back the close of the old
+    // connection, and the board never sees it drop)
+    await board.context().setOffline(true);
     await server.start();
     const est = iso(Date.parse(flight.departs_at) + 40 * 60000);
     await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late inbound aircraft' });
