@@ -1475,8 +1475,6 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     s.stop().await;
 }
 
-/// A refund posted straight to the gateway the way an older release made it: with an
-/// idempotency key and no metadata of ours.
 /// The id of a refund of `amount` of the first payment made without our metadata
 /// (as [`refund_without_metadata`]).
 async fn legacy_refund(f: &FakeStripe, amount: u64) -> String {
@@ -1489,6 +1487,8 @@ async fn legacy_refund(f: &FakeStripe, amount: u64) -> String {
     made["id"].as_str().unwrap().to_owned()
 }
 
+/// A refund posted straight to the gateway the way an older release made it: with an
+/// idempotency key and no metadata of ours.
 async fn refund_without_metadata(
     f: &FakeStripe,
     payment_intent: &str,

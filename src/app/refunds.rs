@@ -599,12 +599,16 @@ impl App {
             .await
             .map_err(|_| AppError::Internal)??;
             let Some(read) = found else {
-                // not recorded as made (yet): a refund of one of our payments still
-                // being made may be recorded in a moment as made by this one
+                // not recorded as made (yet): a refund of the payment's booking being
+                // made may be recorded in a moment as made by this one, and is looked
+                // for again as one found open below
                 if by_key.is_none() {
                     if let Some(a) = self.store.attempt_by_ref(&g.payment_ref)? {
                         if self.paying_now(&a.locator)? {
                             return Err(busy_error());
+                        }
+                        if looks == 1 {
+                            continue;
                         }
                     }
                 }
