@@ -598,44 +598,41 @@ impl App {
             })
             .await
             .map_err(|_| AppError::Internal)??;
-            let Some(read) = found else {
-                // not recorded as made (yet): a refund of the payment's booking being
-                // made may be recorded in a moment as made by this one, and is looked
-                // for again as one found open below
-                if by_key.is_none() {
-                    if let Some(a) = self.store.attempt_by_ref(&g.payment_ref)? {
-                        if self.paying_now(&a.locator)? {
-                            return Err(busy_error());
-                        }
-                        if looks == 1 {
-                            continue;
-                        }
+            // the booking whose record may be being made right now
+            let booking = match found {
+                Some(read) => {
+                    let paid_elsewhere = read
+                        .resolutions
+                        .last()
+                        .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
+                    let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
+                    let under_its_key = g
+                        .key
+                        .as_deref()
+                        .is_some_and(|k| read.keys().any(|x| x == k));
+                    if !(made_it || under_its_key)
+                        || read.payment_ref != g.payment_ref
+                        || read.failed_later.contains(&g.id)
+                        || paid_elsewhere
+                    {
+                        return Ok(());
                     }
+                    if read.done {
+                        break read;
+                    }
+                    read.locator
                 }
-                return Ok(());
+                // a refund without our metadata that no record names yet: one of its
+                // payment's booking may be being made
+                None if by_key.is_none() => match self.store.attempt_by_ref(&g.payment_ref)? {
+                    Some(a) => a.locator,
+                    None => return Ok(()),
+                },
+                None => return Ok(()),
             };
-            let paid_elsewhere = read
-                .resolutions
-                .last()
-                .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
-            let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
-            let under_its_key = g
-                .key
-                .as_deref()
-                .is_some_and(|k| read.keys().any(|x| x == k));
-            if !(made_it || under_its_key)
-                || read.payment_ref != g.payment_ref
-                || read.failed_later.contains(&g.id)
-                || paid_elsewhere
-            {
-                return Ok(());
-            }
-            if read.done {
-                break read;
-            }
             // being made right now, it may be recorded in a moment as made by this
             // very refund, and nobody would tell of its failure again: asked later
-            if self.paying_now(&read.locator)? {
+            if self.paying_now(&booking)? {
                 return Err(busy_error());
             }
             // the booking's marks drop only once its record is closed: one closed
