@@ -352,7 +352,7 @@ impl SledStore {
     }
 
     /// The first refund record `wanted`, record by record.
-    fn find_refund(
+    fn first_refund_where(
         &self,
         wanted: impl Fn(&RefundRecord) -> bool,
     ) -> StoreResult<Option<RefundRecord>> {
@@ -1226,11 +1226,11 @@ impl Store for SledStore {
         // a key given before this index existed: looked for record by record. Only a
         // webhook about a refund that failed asks, so a scan costs little (a key
         // nobody here gave, another installation's, costs one too)
-        self.find_refund(|r| r.keys().any(|x| x == k))
+        self.first_refund_where(|r| r.keys().any(|x| x == k))
     }
 
     fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>> {
-        self.find_refund(|r| r.made_ref.as_deref() == Some(gateway_ref))
+        self.first_refund_where(|r| r.made_ref.as_deref() == Some(gateway_ref))
     }
 
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
