@@ -2590,17 +2590,30 @@ fn recorded_made(f: &FakeStripe, s: &Server, b: &Value, (id, made): (&str, &str)
 /// A refund without our metadata (an older release's, resent as it was first asked),
 /// recorded as made and settled, that fails days later: its webhook carries no key,
 /// so the record is found by the gateway refund that made it, and the money is paid
-/// back again.
+/// back again. The same failure told again while it is being paid back is
+/// acknowledged at once, and pays nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_refund_without_our_metadata_that_fails_later_is_paid_back_by_its_webhook() {
     let (f, s, _c, _seats, b) = paid_for_refunds(|_| {}).await;
     let made = legacy_refund(&f, 1000).await;
     recorded_made(&f, &s, &b, ("refund-legacy", &made), false);
     assert!(f.fail_refund(&made));
-    assert_eq!(
-        refund_event(&s, "evt_legacy", "refund.failed", &made).await,
-        200
+    fault(&f, Step::Refund, Fault::AnswerHeld);
+    let told_again = async {
+        eventually("the money asked for again", || async {
+            f.answers_held() == 1
+        })
+        .await;
+        let again = refund_event(&s, "evt_legacy_again", "refund.failed", &made).await;
+        f.release_answers(1);
+        again
+    };
+    let (first, again) = tokio::join!(
+        refund_event(&s, "evt_legacy", "refund.failed", &made),
+        told_again
     );
+    assert_eq!((first, again), (200, 200));
+    f.clear_faults();
     s.app().reconcile_payments(Duration::ZERO).await;
     let l = f.ledger();
     assert_eq!(l.refunded(), 1000, "paid back again: {l:?}");

@@ -568,8 +568,10 @@ pub trait Store: Send + Sync + 'static {
     /// admin's retry gave it), open or closed.
     fn refund_by_key(&self, key: &str) -> StoreResult<Option<RefundRecord>>;
     /// The refund record made by the gateway's refund `gateway_ref` (its
-    /// [`RefundRecord::made_ref`]): how a refund sent without our metadata, so without
-    /// a key, is tied to its record. A scan: only a webhook about such a refund asks.
+    /// [`RefundRecord::made_ref`]), or reopened by its failure (in
+    /// [`RefundRecord::failed_later`]): how a refund sent without our metadata, so
+    /// without a key, is tied to its record. A scan: only a webhook about such a
+    /// refund asks.
     fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>>;

@@ -1230,7 +1230,10 @@ impl Store for SledStore {
     }
 
     fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>> {
-        self.first_refund_where(|r| r.made_ref.as_deref() == Some(gateway_ref))
+        self.first_refund_where(|r| {
+            r.made_ref.as_deref() == Some(gateway_ref)
+                || r.failed_later.iter().any(|f| f == gateway_ref)
+        })
     }
 
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>> {
