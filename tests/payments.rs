@@ -1588,14 +1588,58 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
     assert_eq!(retry["refund"]["earlier_keys"], json!([id]), "{retry}");
     assert_ne!(retry["refund"]["gateway_key"], json!(id), "{retry}");
     f.clear_faults();
+    recorded_once(&f, &s, loc, made).await;
+    s.stop().await;
+}
+
+/// After a reconciliation: the gateway made one refund of `made`, and it is recorded
+/// as made on the order.
+async fn recorded_once(f: &FakeStripe, s: &Server, loc: &Value, made: i64) {
     s.app().reconcile_payments(Duration::ZERO).await;
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
     assert_eq!(l.refunded(), made);
     let open = s.app().store.open_refunds().unwrap();
     assert!(open.is_empty(), "recorded as made: {open:?}");
-    let order = store_order(&s, loc);
-    assert_eq!(order.refunded.amount(), made);
+    assert_eq!(store_order(s, loc).refunded.amount(), made);
+}
+
+/// An admin's `retry` refused with `invalid_state`, its message saying `says`.
+async fn retry_refused(admin: &mut Client, id: &Value, says: &str) {
+    let retry = json!({"refund_id": id, "outcome": "retry"});
+    let refused = admin.call("admin.refunds.resolve", retry).await;
+    assert_eq!(
+        refused["error"]["data"]["reason"], "invalid_state",
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains(says), "{refused}");
+}
+
+/// A refund whose last try timed out while the gateway was still making it: an admin's
+/// retry under a fresh key would pay it twice, since no look-up sees the refund before
+/// it is made. The retry asks once more under the current key first, and is refused
+/// while the gateway has not answered, and once the gateway has made it; the next
+/// reconciliation records the one refund made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_retry_is_refused_while_the_last_try_may_still_be_made() {
+    let (f, s, _, _, b) = first_seat_refused(1, Fault::ProcessLate(Duration::from_secs(4))).await;
+    let loc = &b["locator"];
+    f.clear_faults();
+    assert_eq!(f.ledger().refunded(), 0, "still being made");
+    let mut admin = admin_client(&s).await;
+    let id = first_open_refund(&mut admin).await;
+    retry_refused(&mut admin, &id, "has not answered").await;
+    let open = s.app().store.open_refunds().unwrap();
+    assert_eq!(open[0].gateway_key, None, "not retried: {open:?}");
+
+    eventually("the late refund is made", || async {
+        f.ledger().refunded() > 0
+    })
+    .await;
+    let made = f.ledger().refunded();
+    retry_refused(&mut admin, &id, "has made this refund").await;
+    recorded_once(&f, &s, loc, made).await;
     s.stop().await;
 }
 
@@ -2415,10 +2459,12 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
 async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again() {
     let (f, s, ..) = first_seat_refused(1, Fault::LoseReply).await;
     let owed = f.ledger().refunded();
-    f.clear_faults();
+    // the retry's own ask under the first key is refused
+    fault(&f, Step::Refund, Fault::Fail);
     let mut admin = admin_client(&s).await;
     let id = first_open_refund(&mut admin).await;
     resolve(&mut admin, json!(id), "retry").await;
+    f.clear_faults();
     s.app().reconcile_payments(Duration::ZERO).await;
     assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
     let first = f.ledger().intents[0].refunds[0].clone();
@@ -2447,10 +2493,11 @@ async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() 
     let open = s.app().store.open_refunds().unwrap().remove(0);
     let first_key = open.key().to_owned();
     let owed = open.amount.amount();
-    f.clear_faults();
-    fault(&f, Step::Refund, Fault::RefundFails);
+    // the retry's own ask under the first key is refused, the fresh key's refund fails
+    fault(&f, Step::Refund, Fault::Fail);
     let mut admin = admin_client(&s).await;
     resolve(&mut admin, json!(open.id), "retry").await;
+    fault(&f, Step::Refund, Fault::RefundFails);
     s.app().reconcile_payments(Duration::ZERO).await;
     f.clear_faults();
     // the timed-out first call is made at the gateway after all

@@ -17,7 +17,7 @@ use super::{event, remember_ok, App, AuthSession};
 use crate::app::AppError;
 use crate::domain::{self, BookingStatus, Locator, Money, Order, SeatId, UserId};
 use crate::inventory::FlightSeats;
-use crate::payments::{GatewayRefund, MadeRefund, RefundRequest};
+use crate::payments::{GatewayRefund, MadeRefund, PaymentError, RefundRequest};
 use crate::protocol::params::{self, RefundOutcome};
 use crate::protocol::results::{
     Answer, BookingResult, RefundResult, RefundView, Refunds, ResolutionView,
@@ -154,8 +154,18 @@ impl App {
         &self,
         r: &RefundRecord,
     ) -> Result<Option<MadeRefund>, AppError> {
+        self.ask_for_refund(r)
+            .await?
+            .map_err(|e| AppError::PaymentFailed(e.to_string()))
+    }
+
+    /// [`App::make_refund`], with the gateway's error as it came (`Ok(Err(_))`).
+    async fn ask_for_refund(
+        &self,
+        r: &RefundRecord,
+    ) -> Result<Result<Option<MadeRefund>, PaymentError>, AppError> {
         if r.amount == Money::ZERO {
-            return Ok(None);
+            return Ok(Ok(None));
         }
         self.money_may_move()?;
         let made = self
@@ -172,13 +182,13 @@ impl App {
         match made {
             Ok(made) => {
                 self.refund_failures.remove(&r.id);
-                Ok(Some(made))
+                Ok(Ok(Some(made)))
             }
             Err(e) => {
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
                 seen.0 += 1;
                 seen.1 = e.to_string();
-                Err(AppError::PaymentFailed(e.to_string()))
+                Ok(Err(e))
             }
         }
     }
@@ -469,6 +479,7 @@ impl App {
             tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
             match (p.outcome, &r.reason) {
                 (RefundOutcome::Retry, _) => {
+                    self.check_not_made_now(&read).await?;
                     self.check_no_unknown_refunds(&r).await?;
                     r.previous_keys.push(r.key().to_owned());
                     r.gateway_key = Some(super::unique_id("rf"));
@@ -526,6 +537,26 @@ impl App {
         let resolved = resolved.await;
         self.release_held(mark).await;
         resolved
+    }
+
+    /// Refuses a retry under a fresh key unless the gateway, asked once more under the
+    /// refund's current key (as a reconciliation round would), answers that it did not
+    /// make it. A last try that timed out may still be executing at the gateway, and
+    /// no look-up sees a refund before it is made: asked under a fresh key meanwhile,
+    /// the money would go back twice. Asked again, the gateway replays the refund made
+    /// under the key (then the next reconciliation records it), answers that the key's
+    /// first request is still executing, or answers its refusal again.
+    async fn check_not_made_now(&self, r: &RefundRecord) -> Result<(), AppError> {
+        match self.ask_for_refund(r).await? {
+            Ok(made) => Err(AppError::InvalidState(format!(
+                "the gateway has made this refund under its current key{}; the next reconciliation records it as made",
+                made.map(|m| format!(" ({})", m.id)).unwrap_or_default()
+            ))),
+            Err(e @ PaymentError::Unanswered(_)) => Err(AppError::InvalidState(format!(
+                "the gateway has not answered whether it made this refund under its current key ({e}); a retry under a fresh key could pay it twice: try again once it answers"
+            ))),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Refuses a retry under a fresh key while the gateway holds a refund of the

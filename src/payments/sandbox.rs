@@ -4,7 +4,9 @@
 //! declined. Its ledger lives in memory, bounded: it keeps the newest [`MAX_PAYMENTS`]
 //! payments of the last [`RETAIN`] (a sandbox payment settles at once, so an older one
 //! is never asked about again); a payment it does not know (pruned, or from before a
-//! restart) counts as not charged (nothing real ever was).
+//! restart) counts as not charged (nothing real ever was). A refund of a payment
+//! reference it could not have issued is refused, as a real gateway refuses one of
+//! another's payment.
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -91,6 +93,9 @@ impl Ledger {
     }
 }
 
+/// How every payment reference the sandbox issues begins.
+const PAYMENT_PREFIX: &str = "pi_sandbox_";
+
 fn reference(prefix: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     format!("{prefix}_sandbox_{}", hex::encode(&digest[..12]))
@@ -161,6 +166,13 @@ impl PaymentGateway for Sandbox {
 
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
+            // as a real gateway answers a refund of another's payment
+            if !req.payment_ref.starts_with(PAYMENT_PREFIX) {
+                return Err(PaymentError::Failed(format!(
+                    "the sandbox made no payment {}; nothing to refund",
+                    req.payment_ref
+                )));
+            }
             Ok(MadeRefund {
                 id: reference("re", &req.idempotency_key),
                 pending: false,
@@ -217,6 +229,25 @@ mod tests {
             g.status("pi_unknown").await.unwrap(),
             PaymentStatus::NotCharged
         );
+    }
+
+    #[tokio::test]
+    async fn refunds_only_payments_it_issued() {
+        let g = Sandbox::default();
+        let paid = pay(&g, "pm_card_visa", "k").await.unwrap();
+        let refund = |payment_ref: &str| RefundRequest {
+            payment_ref: payment_ref.into(),
+            amount: Money::cents(100).unwrap(),
+            idempotency_key: "rf-1".into(),
+            look_up_first: false,
+            earlier_keys: Vec::new(),
+        };
+        let made = g.refund(refund(&paid)).await.unwrap();
+        assert_eq!(made, g.refund(refund(&paid)).await.unwrap(), "replayed");
+        assert!(matches!(
+            g.refund(refund("pi_3Pq9live")).await,
+            Err(PaymentError::Failed(_))
+        ));
     }
 
     #[tokio::test]

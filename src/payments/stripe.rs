@@ -69,7 +69,7 @@ impl Stripe {
             req = req.header("Idempotency-Key", k);
         }
         let resp = req.send().await.map_err(|e| {
-            PaymentError::Failed(if e.is_timeout() {
+            PaymentError::Unanswered(if e.is_timeout() {
                 "the payment gateway timed out".into()
             } else {
                 "the payment gateway is unreachable".into()
@@ -167,6 +167,10 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
         .to_owned();
     if status == StatusCode::PAYMENT_REQUIRED || body["error"]["type"] == "card_error" {
         PaymentError::Declined(message)
+    } else if status == StatusCode::CONFLICT && body["error"]["type"] == "idempotency_error" {
+        PaymentError::Unanswered(format!(
+            "the payment gateway is still executing an earlier request under this key: {message}"
+        ))
     } else if status.is_server_error() {
         PaymentError::Failed(format!("the payment gateway failed ({status})"))
     } else {

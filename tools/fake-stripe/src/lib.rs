@@ -33,6 +33,8 @@
 //!   locked) for `d`, then is charged whether or not the client still waits; the answer
 //!   comes after `d`. With `d` above the client's timeout this is the race where a
 //!   status read after a timeout sees an unconfirmed payment that is charged a moment later.
+//!   (refund) The refund is made after `d`, whether or not the client still waits; its
+//!   key is in flight until then (409 to a request under it), and no list shows it.
 //! - `AnswerHeld`: done at once, but answered only once the test lets it go
 //!   ([`FakeStripe::release_answers`], or `POST /_fake/release_answers/{n}`): the
 //!   window in which the gateway has acted and its caller does not know yet.
@@ -953,7 +955,12 @@ async fn serve(
             Step::Create => s.create(&params),
             Step::Retrieve => s.retrieve(&params["id"]),
             Step::Cancel => s.cancel(&params["id"]),
-            Step::Refund => s.refund(&params, key.as_deref(), fault),
+            Step::Refund => {
+                if let Some(d) = late {
+                    tokio::time::sleep(d).await;
+                }
+                s.refund(&params, key.as_deref(), fault)
+            }
             Step::ListRefunds => s.list_refunds(&params).into(),
             Step::RetrieveRefund => s.retrieve_refund(&params["id"]).into(),
             Step::Confirm => {
