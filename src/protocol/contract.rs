@@ -9,6 +9,7 @@
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -945,6 +946,15 @@ static ASYNCAPI: LazyLock<Value> = LazyLock::new(build_asyncapi);
 /// The OpenRPC 1.3 document of every method (`GET /openrpc.json`, `rpc.discover`).
 pub fn openrpc() -> &'static Value {
     &OPENRPC
+}
+
+static OPENRPC_RESULT: LazyLock<Result<Box<RawValue>, ApiError>> =
+    LazyLock::new(|| super::results::encode(openrpc()));
+
+/// [`openrpc`] as `rpc.discover`'s result, encoded once: its ~35 KB are copied per
+/// call, not serialized again.
+pub fn openrpc_result() -> Result<Box<RawValue>, ApiError> {
+    OPENRPC_RESULT.clone()
 }
 
 /// The AsyncAPI 3 document of every push (`GET /asyncapi.json`).

@@ -249,7 +249,7 @@ async fn call(
         Call::AdminStats => encode(&app.admin_stats().await?)?,
         Call::AdminRefunds => encode(&app.admin_refunds().await?)?,
         Call::AdminResolveRefund(p) => encode(&app.admin_resolve_refund(caller()?, p?).await?)?,
-        Call::Discover => encode(crate::protocol::contract::openrpc())?,
+        Call::Discover => crate::protocol::contract::openrpc_result()?,
         Call::WaitlistJoin(p) => encode(&app.waitlist_join(caller()?, p?).await?)?,
         Call::WaitlistLeave(p) => encode(&app.waitlist_leave(caller()?, p?).await?)?,
         Call::WaitlistList => encode(&app.waitlist_list(caller()?).await?)?,
