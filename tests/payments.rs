@@ -1167,6 +1167,7 @@ async fn a_webhook_for_a_busy_booking_is_retried_not_recorded_as_seen() {
 async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
     let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
     })
     .await;
     let mut c = s.client().await;
@@ -1191,6 +1192,9 @@ async fn a_refund_of_a_seat_the_booking_no_longer_holds_is_not_made() {
             .await,
         "invalid_state"
     );
+    // nor by an admin's retry, whose ask under the current key comes first
+    let mut admin = admin_client(&s).await;
+    retry_refused(&mut admin, &json!("rf-stale"), "seats changed").await;
     assert_eq!(f.ledger().refunded(), 0, "no refund made");
     assert_eq!(
         store_booking(&s, &loc).status,
@@ -1426,6 +1430,9 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         "{stuck}"
     );
     let id = stuck["refund_id"].as_str().unwrap().to_owned();
+    // a 5xx says nothing of what the key's earlier request did
+    retry_refused(&mut admin, &json!(id), "has not answered").await;
+    fault(&f, Step::Refund, Fault::Refuse);
     let retry = resolve(&mut admin, json!(id), "retry").await;
     assert_eq!(retry["refund"]["done"], false);
     assert_eq!(retry["refund"]["resolutions"][0]["by"], "admin");
@@ -1580,7 +1587,7 @@ async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
     let loc = &b["locator"];
     let made = f.ledger().refunded();
     assert!(made > 0, "made at the gateway, its answer lost");
-    fault(&f, Step::Refund, Fault::Fail);
+    fault(&f, Step::Refund, Fault::Refuse);
     let mut admin = admin_client(&s).await;
     let open = admin.ok("admin.refunds.list", json!({})).await;
     let id = open["refunds"][0]["refund_id"].as_str().unwrap().to_owned();
@@ -1643,12 +1650,31 @@ async fn an_admins_retry_is_refused_while_the_last_try_may_still_be_made() {
     s.stop().await;
 }
 
+/// An open refund of nothing (no money to pay back) is never "made by the gateway":
+/// an admin's retry of it goes on, and asks the gateway nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_retry_of_a_refund_of_nothing_goes_on() {
+    let (f, s, _, _, b) = paid_for_refunds(|_| {}).await;
+    let booking = store_booking(&s, &b["locator"]);
+    let order = store_order(&s, &b["locator"]);
+    s.store_refund("rf-zero", &booking, &order.charge_id, (0, "z"), |_| {});
+    let mut admin = admin_client(&s).await;
+    let retry = resolve(&mut admin, json!("rf-zero"), "retry").await;
+    assert_eq!(
+        retry["refund"]["earlier_keys"],
+        json!(["rf-zero"]),
+        "{retry}"
+    );
+    assert_eq!(f.received(Step::Refund), 0, "nothing asked");
+    s.stop().await;
+}
+
 /// Two admins resolving one refund at once (say through two nodes whose marks did
 /// not meet): the second decision is written only over the record it read, so it is
 /// refused, and the first one's resolution and keys are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_on_a_refund_changed_meanwhile_is_refused() {
-    let (f, s, ..) = first_seat_refused(5, Fault::Fail).await;
+    let (f, s, ..) = first_seat_refused(5, Fault::Refuse).await;
     let mut admin = admin_client(&s).await;
     let id = first_open_refund(&mut admin).await;
     // the retry's look-up at the gateway is slow: another decision lands meanwhile
@@ -1703,14 +1729,10 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
         .await
         .error_for_status()
         .unwrap();
-    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Fail).await;
+    cancel_refused(&f, &mut c, loc, &seats[0], Fault::Refuse).await;
     let mut admin = admin_client(&s).await;
     let id = first_open_refund(&mut admin).await;
-    let retry = json!({"refund_id": id, "outcome": "retry"});
-    assert_eq!(
-        admin.reason("admin.refunds.resolve", retry).await,
-        "invalid_state"
-    );
+    retry_refused(&mut admin, &id, "without a record's key").await;
     let open = s.app().store.open_refunds().unwrap();
     assert_eq!(open[0].gateway_key, None, "not retried: {open:?}");
     s.stop().await;
@@ -1734,16 +1756,12 @@ async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one()
         .await
         .error_for_status()
         .unwrap();
-    fault(&f, Step::Refund, Fault::Fail);
+    fault(&f, Step::Refund, Fault::Refuse);
     let cancel = json!({"locator": loc, "request_id": "c1", "seats": [seats[1]]});
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");
     let second = first_open_refund(&mut admin).await;
     assert_ne!(second, first);
-    let retry = json!({"refund_id": second, "outcome": "retry"});
-    assert_eq!(
-        admin.reason("admin.refunds.resolve", retry).await,
-        "invalid_state"
-    );
+    retry_refused(&mut admin, &second, "without a record's key").await;
     s.stop().await;
 }
 
@@ -2460,7 +2478,7 @@ async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again(
     let (f, s, ..) = first_seat_refused(1, Fault::LoseReply).await;
     let owed = f.ledger().refunded();
     // the retry's own ask under the first key is refused
-    fault(&f, Step::Refund, Fault::Fail);
+    fault(&f, Step::Refund, Fault::Refuse);
     let mut admin = admin_client(&s).await;
     let id = first_open_refund(&mut admin).await;
     resolve(&mut admin, json!(id), "retry").await;
@@ -2494,7 +2512,7 @@ async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() 
     let first_key = open.key().to_owned();
     let owed = open.amount.amount();
     // the retry's own ask under the first key is refused, the fresh key's refund fails
-    fault(&f, Step::Refund, Fault::Fail);
+    fault(&f, Step::Refund, Fault::Refuse);
     let mut admin = admin_client(&s).await;
     resolve(&mut admin, json!(open.id), "retry").await;
     fault(&f, Step::Refund, Fault::RefundFails);

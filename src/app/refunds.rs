@@ -540,22 +540,29 @@ impl App {
     }
 
     /// Refuses a retry under a fresh key unless the gateway, asked once more under the
-    /// refund's current key (as a reconciliation round would), answers that it did not
-    /// make it. A last try that timed out may still be executing at the gateway, and
-    /// no look-up sees a refund before it is made: asked under a fresh key meanwhile,
-    /// the money would go back twice. Asked again, the gateway replays the refund made
-    /// under the key (then the next reconciliation records it), answers that the key's
-    /// first request is still executing, or answers its refusal again.
+    /// refund's current key, answers that it did not make it ([`PaymentError::Refused`]).
+    /// A last try that timed out may still be executing at the gateway, and no look-up
+    /// sees a refund before it is made: asked under a fresh key meanwhile, the money
+    /// would go back twice. Asked again, the gateway replays the refund made under the
+    /// key (then the next reconciliation records it), refuses again, or says nothing
+    /// definite (no answer, a 5xx, the key's earlier request still executing). A seat
+    /// refund is asked only while its booking still holds its seats, as by
+    /// [`App::finish_seat_refund`].
     async fn check_not_made_now(&self, r: &RefundRecord) -> Result<(), AppError> {
+        if !r.is_reissue() && !matches!(r.reason, RefundReason::Orphan { .. }) {
+            self.check_still_open(r)?;
+        }
         match self.ask_for_refund(r).await? {
-            Ok(made) => Err(AppError::InvalidState(format!(
-                "the gateway has made this refund under its current key{}; the next reconciliation records it as made",
-                made.map(|m| format!(" ({})", m.id)).unwrap_or_default()
+            // nothing to pay
+            Ok(None) => Ok(()),
+            Ok(Some(made)) => Err(AppError::InvalidState(format!(
+                "the gateway has made this refund under its current key ({}); the next reconciliation records it as made",
+                made.id
             ))),
-            Err(e @ PaymentError::Unanswered(_)) => Err(AppError::InvalidState(format!(
+            Err(PaymentError::Refused(_) | PaymentError::Declined(_)) => Ok(()),
+            Err(e) => Err(AppError::InvalidState(format!(
                 "the gateway has not answered whether it made this refund under its current key ({e}); a retry under a fresh key could pay it twice: try again once it answers"
             ))),
-            Err(_) => Ok(()),
         }
     }
 

@@ -78,17 +78,18 @@ pub enum PaymentError {
     /// The payment method was refused; nothing was charged.
     #[error("{0}")]
     Declined(String),
-    /// The gateway failed or refused the request; the outcome of a confirm that
-    /// failed this way is unknown until [`PaymentGateway::status`] says.
+    /// The gateway could not be reached, timed out or failed, or answered in a way
+    /// that says nothing definite (a 5xx, a rate limit, a key still in use by an
+    /// earlier request that may yet act); the outcome of a confirm that failed this
+    /// way is unknown until [`PaymentGateway::status`] says.
     #[error("{0}")]
     Failed(String),
-    /// No answer came (the gateway timed out or could not be reached), or it is still
-    /// executing an earlier request under the same idempotency key: what the request
-    /// did is unknown, and may change after this error (a request it executes late).
-    /// A call under the same key later finds out; one under another key might do it
-    /// twice.
+    /// The gateway answered that it did not do it, and why: a request it refused
+    /// (400, 404) or a refund it answered `failed` or `canceled`. Asked again under
+    /// the same key, it refuses again (until it forgets the key); nothing under that
+    /// key is still in the making.
     #[error("{0}")]
-    Unanswered(String),
+    Refused(String),
     /// The customer must act (3-D Secure) before the payment can complete; nothing is
     /// charged yet. Holds the client secret a front end completes it with (Stripe.js).
     #[error("the customer must authenticate the payment")]

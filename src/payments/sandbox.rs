@@ -93,8 +93,9 @@ impl Ledger {
     }
 }
 
-/// How every payment reference the sandbox issues begins.
-const PAYMENT_PREFIX: &str = "pi_sandbox_";
+/// How every payment reference the sandbox issues begins (the first release's
+/// charges were `ch_sandbox_…`).
+const PAYMENT_PREFIXES: [&str; 2] = ["pi_sandbox_", "ch_sandbox_"];
 
 fn reference(prefix: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -167,8 +168,11 @@ impl PaymentGateway for Sandbox {
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
             // as a real gateway answers a refund of another's payment
-            if !req.payment_ref.starts_with(PAYMENT_PREFIX) {
-                return Err(PaymentError::Failed(format!(
+            if !PAYMENT_PREFIXES
+                .iter()
+                .any(|p| req.payment_ref.starts_with(p))
+            {
+                return Err(PaymentError::Refused(format!(
                     "the sandbox made no payment {}; nothing to refund",
                     req.payment_ref
                 )));
@@ -244,9 +248,11 @@ mod tests {
         };
         let made = g.refund(refund(&paid)).await.unwrap();
         assert_eq!(made, g.refund(refund(&paid)).await.unwrap(), "replayed");
+        let first_release = "ch_sandbox_0123456789abcdef01234567";
+        assert!(g.refund(refund(first_release)).await.is_ok());
         assert!(matches!(
             g.refund(refund("pi_3Pq9live")).await,
-            Err(PaymentError::Failed(_))
+            Err(PaymentError::Refused(_))
         ));
     }
 

@@ -69,7 +69,7 @@ impl Stripe {
             req = req.header("Idempotency-Key", k);
         }
         let resp = req.send().await.map_err(|e| {
-            PaymentError::Unanswered(if e.is_timeout() {
+            PaymentError::Failed(if e.is_timeout() {
                 "the payment gateway timed out".into()
             } else {
                 "the payment gateway is unreachable".into()
@@ -167,15 +167,19 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
         .to_owned();
     if status == StatusCode::PAYMENT_REQUIRED || body["error"]["type"] == "card_error" {
         PaymentError::Declined(message)
-    } else if status == StatusCode::CONFLICT && body["error"]["type"] == "idempotency_error" {
-        PaymentError::Unanswered(format!(
-            "the payment gateway is still executing an earlier request under this key: {message}"
-        ))
     } else if status.is_server_error() {
         PaymentError::Failed(format!("the payment gateway failed ({status})"))
-    } else {
-        PaymentError::Failed(format!(
+    } else if matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND) {
+        // checked after the key (a key still in use is a 409, one used with other
+        // params its own 400, see `other_params`): a definite no
+        PaymentError::Refused(format!(
             "the payment gateway refused the request: {message}"
+        ))
+    } else {
+        // 401/403 come before the key is looked at, 409 is a key still in use, 429
+        // a rate limit or a lock: none says what an earlier request under the key did
+        PaymentError::Failed(format!(
+            "the payment gateway refused the request ({status}): {message}"
         ))
     }
 }
@@ -424,7 +428,7 @@ fn unsettled(r: &Value) -> bool {
 fn refund_made(r: &Value) -> Result<MadeRefund, PaymentError> {
     if let Some(status) = r["status"].as_str().filter(|_| failed(r)) {
         let why = failure_reason(r);
-        return Err(PaymentError::Failed(format!(
+        return Err(PaymentError::Refused(format!(
             "the payment gateway answered the refund {status} ({why}); no money went back"
         )));
     }

@@ -27,6 +27,7 @@
 //! Faults ([`Fault`]), per [`Step`], each with a rate (1.0: every request):
 //! - `Slow(d)`: answered after `d`; if the client gave up first, nothing was done.
 //! - `Fail`: 500 at once, nothing done, nothing remembered under the key.
+//! - `Refuse`: 400 at once, nothing done, nothing remembered under the key.
 //! - `Timeout`: never answered, nothing done.
 //! - `LoseReply`: done, but never answered (the client times out).
 //! - `ProcessLate(d)` (confirm): the PaymentIntent stays `requires_confirmation` (and
@@ -116,6 +117,9 @@ pub enum Fault {
     #[serde(with = "millis")]
     Slow(Duration),
     Fail,
+    /// 400 `invalid_request_error` at once, nothing done, nothing remembered under
+    /// the key: a request the gateway refuses outright.
+    Refuse,
     Timeout,
     LoseReply,
     #[serde(with = "millis")]
@@ -132,7 +136,7 @@ pub enum Fault {
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `fail`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`,
+    /// `fail`, `refuse`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`,
     /// `refund_pending`, `answer_held`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
@@ -143,6 +147,7 @@ impl std::str::FromStr for Fault {
         };
         Ok(match kind {
             "fail" => Fault::Fail,
+            "refuse" => Fault::Refuse,
             "timeout" => Fault::Timeout,
             "lose_reply" => Fault::LoseReply,
             "slow" => Fault::Slow(d()?),
@@ -928,6 +933,16 @@ async fn serve(
                 "api_error",
                 "injected",
                 "injected failure".into(),
+            );
+            return (st, Json(body)).into_response();
+        }
+        Some(Fault::Refuse) => {
+            let refused = "injected refusal".into();
+            let (st, body) = error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "injected",
+                refused,
             );
             return (st, Json(body)).into_response();
         }
