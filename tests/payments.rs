@@ -1650,6 +1650,33 @@ async fn an_admins_retry_is_refused_while_the_last_try_may_still_be_made() {
     s.stop().await;
 }
 
+/// A refusal of a read around the retry's own ask (the look-up by metadata before it,
+/// the read of the refund it made after it) says nothing of what the key made: the
+/// retry is refused, and the refund its key made is recorded, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_retry_is_refused_when_a_read_around_its_ask_is_refused() {
+    let (f, s, _, _, b) = paid_for_refunds(|c| c.refund_lookup_after = 0).await;
+    let loc = &b["locator"];
+    let booking = store_booking(&s, loc);
+    let order = store_order(&s, loc);
+    let fare = booking.seats[0].fare.amount();
+    s.store_refund("rf-stuck", &booking, &order.charge_id, (fare, "c"), |r| {
+        r.seats = vec![booking.seats[0].seat]
+    });
+    let mut admin = admin_client(&s).await;
+    let id = json!("rf-stuck");
+    for read in [Step::ListRefunds, Step::RetrieveRefund] {
+        f.clear_faults();
+        fault(&f, read, Fault::Refuse);
+        retry_refused(&mut admin, &id, "has not answered").await;
+        let open = s.app().store.open_refunds().unwrap();
+        assert_eq!(open[0].gateway_key, None, "{read:?}: not retried: {open:?}");
+    }
+    f.clear_faults();
+    recorded_once(&f, &s, loc, fare).await;
+    s.stop().await;
+}
+
 /// An open refund of nothing (no money to pay back) is never "made by the gateway":
 /// an admin's retry of it goes on, and asks the gateway nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,7 +556,7 @@ impl App {
             // nothing to pay
             Ok(None) => Ok(()),
             Ok(Some(made)) => Err(AppError::InvalidState(format!(
-                "the gateway has made this refund under its current key ({}); the next reconciliation records it as made",
+                "the gateway has made this refund under one of its keys ({}); the next reconciliation records it as made",
                 made.id
             ))),
             Err(PaymentError::Refused(_) | PaymentError::Declined(_)) => Ok(()),

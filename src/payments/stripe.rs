@@ -169,18 +169,29 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
         PaymentError::Declined(message)
     } else if status.is_server_error() {
         PaymentError::Failed(format!("the payment gateway failed ({status})"))
-    } else if matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND) {
-        // checked after the key (a key still in use is a 409, one used with other
-        // params its own 400, see `other_params`): a definite no
-        PaymentError::Refused(format!(
+    } else {
+        PaymentError::Failed(format!(
             "the payment gateway refused the request: {message}"
         ))
-    } else {
-        // 401/403 come before the key is looked at, 409 is a key still in use, 429
-        // a rate limit or a lock: none says what an earlier request under the key did
-        PaymentError::Failed(format!(
-            "the payment gateway refused the request ({status}): {message}"
-        ))
+    }
+}
+
+/// A refusal of a refund request under its key: [`PaymentError::Refused`] for a 400
+/// or 404 Stripe answers once it has looked at the key (nothing under it is being or
+/// was made with these params: a key still in use is a 409, one whose request made a
+/// refund replays it), except a missing object (a wrong account or mode says nothing
+/// of the key where the payment is); [`refusal`] otherwise (401/403 come before the
+/// key is looked at, 429 is a rate limit or a lock, a 5xx may have acted). A key used
+/// with other params answers an `idempotency_error` 400: after the resend with the
+/// first call's params (see [`other_params`]) it is a definite no too, for those
+/// params; an older release's refund under it carries no metadata, and an admin's
+/// `retry` is refused while the payment has such a refund.
+fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
+    let definite = matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND)
+        && body["error"]["code"] != "resource_missing";
+    match refusal(status, body) {
+        PaymentError::Failed(m) if definite => PaymentError::Refused(m),
+        other => other,
     }
 }
 
@@ -331,9 +342,12 @@ impl PaymentGateway for Stripe {
                 // refund left open would be paid again once Stripe forgets the key
                 Err((status, body)) if other_params(status, &body) => {
                     form.retain(|(k, _)| *k != REFUND_METADATA);
-                    self.call(post(&form), key).await?
+                    match self.call_raw(post(&form), key).await? {
+                        Ok(r) => r,
+                        Err((status, body)) => return Err(refund_refusal(status, &body)),
+                    }
                 }
-                Err((status, body)) => return Err(refusal(status, &body)),
+                Err((status, body)) => return Err(refund_refusal(status, &body)),
             };
             // a replayed answer is the first one, cached under the key: a refund
             // answered `succeeded` or `pending` (its first answer lost, say) may have
@@ -452,6 +466,33 @@ fn refund_made(r: &Value) -> Result<MadeRefund, PaymentError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_definite_no_to_a_refund_request_is_a_refusal() {
+        let error =
+            |kind: &str, code: &str| json!({"error": {"type": kind, "code": code, "message": "m"}});
+        let refused = |status: u16, body: &Value| {
+            let status = StatusCode::from_u16(status).unwrap();
+            matches!(refund_refusal(status, body), PaymentError::Refused(_))
+        };
+        let invalid = error("invalid_request_error", "amount_too_large");
+        assert!(refused(400, &invalid));
+        assert!(refused(404, &error("invalid_request_error", "")));
+        assert!(
+            refused(400, &error("idempotency_error", "")),
+            "after the resend"
+        );
+        assert!(!refused(
+            404,
+            &error("invalid_request_error", "resource_missing")
+        ));
+        for status in [401, 403, 409, 429, 500, 502] {
+            assert!(!refused(status, &invalid), "{status}");
+        }
+        // a read's refusal is never one
+        let read = refusal(StatusCode::BAD_REQUEST, &invalid);
+        assert!(matches!(read, PaymentError::Failed(_)));
+    }
 
     #[test]
     fn payment_intent_states_map_to_outcomes() {
