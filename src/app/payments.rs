@@ -43,6 +43,8 @@ use crate::store::{
 };
 
 const PAY: &str = "booking.pay";
+/// The answer to a pay whose attempt the reconciler closed as not charged.
+const INTERRUPTED: &str = "the payment was interrupted and did not go through";
 
 /// Why a webhook was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -1072,8 +1074,7 @@ impl App {
         if !a.is_open() && a.state != AttemptState::Failed {
             return Ok(Reconciled::Settled);
         }
-        let interrupted =
-            || AppError::PaymentFailed("the payment was interrupted and did not go through".into());
+        let interrupted = || AppError::PaymentFailed(INTERRUPTED.into());
         let status = self
             .resolve(&a)
             .await
@@ -1109,7 +1110,8 @@ impl App {
             Ok(_) | Err(AppError::PaymentDeclined(_) | AppError::InvalidState(_)) => {
                 Ok(Reconciled::Settled)
             }
-            Err(AppError::PaymentFailed(m)) if m.contains("interrupted") => Ok(Reconciled::Settled),
+            // the answer `settle_failed` gives for the attempt it closed
+            Err(AppError::PaymentFailed(m)) if m == INTERRUPTED => Ok(Reconciled::Settled),
             Err(e) => Err(e),
         }
     }
