@@ -709,8 +709,13 @@ async fn wait_confirmed(s: &Server, loc: &Value) {
 
 /// A booking whose payment is charged `late` after its confirm was sent: the client
 /// (timeout 1 s) gives up while the PaymentIntent still reads `requires_confirmation`,
-/// and cannot cancel it while it is processing. Returns the booking as held.
-async fn pay_charged_late(f: &FakeStripe, reconcile_every: u64, late: u64) -> (Server, Value) {
+/// and cannot cancel it while it is processing. Returns its client and the booking as
+/// held.
+async fn pay_charged_late(
+    f: &FakeStripe,
+    reconcile_every: u64,
+    late: u64,
+) -> (Server, Client, Value) {
     let s = Server::start_with(|c| {
         stripe_config(c, &f.base());
         c.gateway_timeout = 1;
@@ -729,13 +734,13 @@ async fn pay_charged_late(f: &FakeStripe, reconcile_every: u64, late: u64) -> (S
             .await,
         "payment_failed"
     );
-    (s, b)
+    (s, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
     let f = fake().await;
-    let (s, b) = pay_charged_late(&f, 1, 4000).await;
+    let (s, _, b) = pay_charged_late(&f, 1, 4000).await;
     wait_confirmed(&s, &b["locator"]).await;
     let cancels: Vec<String> = f
         .keys()
@@ -761,10 +766,40 @@ async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
     s.stop().await;
 }
 
+/// A hold the passenger cancels while its payment is uncertain: the seats go back at
+/// once, and the charge that lands afterwards is refunded in full by the reconciler
+/// (the gateway keeps nothing for a booking that is not confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_landing_after_its_hold_was_cancelled_is_refunded() {
+    let f = fake().await;
+    let (s, mut c, b) = pay_charged_late(&f, 3600, 2500).await;
+    let loc = &b["locator"];
+    let cancelled = c
+        .ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
+        .await;
+    assert_eq!(cancelled["booking"]["status"], "cancelled", "{cancelled}");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    eventually("the late charge lands", || {
+        let charged = f.ledger().charged();
+        async move { charged == total }
+    })
+    .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!((l.charged(), l.refunded()), (total, total), "{l:?}");
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Cancelled
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncertain_payment_stays_open_until_the_reconciler_settles_it() {
     let f = fake().await;
-    let (mut s, b) = pay_charged_late(&f, 3600, 1500).await;
+    let (mut s, _, b) = pay_charged_late(&f, 3600, 1500).await;
     assert_eq!(
         s.app().store.open_attempts().unwrap().len(),
         1,
