@@ -1665,11 +1665,14 @@ async fn retry_refused(admin: &mut Client, id: &Value, says: &str) {
 /// reconciliation records the one refund made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_is_refused_while_the_last_try_may_still_be_made() {
-    let (f, s, _, _, b) = first_seat_refused(1, Fault::ProcessLate(Duration::from_secs(4))).await;
+    let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
     let loc = &b["locator"];
+    // signed in first: the retry must come while the refund is still being made
+    let mut admin = admin_client(&s).await;
+    let late = Fault::ProcessLate(Duration::from_secs(6));
+    cancel_refused(&f, &mut c, loc, &seats[0], late).await;
     f.clear_faults();
     assert_eq!(f.ledger().refunded(), 0, "still being made");
-    let mut admin = admin_client(&s).await;
     let id = first_open_refund(&mut admin).await;
     retry_refused(&mut admin, &id, "has not answered").await;
     let open = s.app().store.open_refunds().unwrap();
