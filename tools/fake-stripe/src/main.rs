@@ -13,8 +13,9 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// STEP=FAULT[@RATE], repeatable. STEP: create, confirm, retrieve, cancel, refund,
-    /// list_refunds. FAULT: fail, timeout, lose_reply, slow:MS, process_late:MS,
-    /// refund_fails (refund only). RATE: 0..1 (default 1).
+    /// list_refunds, retrieve_refund. FAULT: fail, refuse, timeout, lose_reply, slow:MS,
+    /// process_late:MS (confirm, refund), refund_fails, refund_pending (refund only),
+    /// answer_held. RATE: 0..1 (default 1).
     #[arg(long = "fault")]
     faults: Vec<FaultRule>,
 }
