@@ -1614,23 +1614,47 @@ async fn admin_client(s: &Server) -> Client {
     admin
 }
 
-/// A refund made at the gateway whose answer was lost, then retried by an admin under
-/// a fresh key: the refund its first key made is found and recorded, not paid again.
+/// The open refund of [`first_seat_refused`] (its try timed out, nothing made)
+/// retried by an admin under a fresh key, the retry's own ask under the first key
+/// refused. Returns the first key and the amount.
+async fn retried_after_a_timeout(f: &FakeStripe, s: &Server) -> (String, i64) {
+    let open = s.app().store.open_refunds().unwrap().remove(0);
+    fault(f, Step::Refund, Fault::Refuse);
+    let mut admin = admin_client(s).await;
+    let retry = resolve(&mut admin, json!(open.id), "retry").await;
+    assert_eq!(retry["refund"]["earlier_keys"], json!([open.id]), "{retry}");
+    assert_ne!(retry["refund"]["gateway_key"], json!(open.id), "{retry}");
+    f.clear_faults();
+    (open.key().to_owned(), open.amount.amount())
+}
+
+/// The refund asked under `key` made at the gateway after all, as a request delayed
+/// past the client's timeout on its way there would be.
+async fn made_late(f: &FakeStripe, key: &str, amount: i64) {
+    let pi = f.ledger().intents[0].id.clone();
+    let late = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", f.base()))
+        .header("Idempotency-Key", key)
+        .form(&[
+            ("payment_intent", pi.as_str()),
+            ("amount", &amount.to_string()),
+            ("metadata[refund]", key),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(late.status().is_success());
+}
+
+/// A refund retried by an admin under a fresh key, and made under its first key after
+/// all (that request reached the gateway late): the ask under the fresh key looks up
+/// the earlier key first, finds that refund and records it, not paid again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_finds_the_refund_an_earlier_key_made() {
-    let (f, s, _, _, b) = first_seat_refused(1, Fault::LoseReply).await;
-    let loc = &b["locator"];
-    let made = f.ledger().refunded();
-    assert!(made > 0, "made at the gateway, its answer lost");
-    fault(&f, Step::Refund, Fault::Refuse);
-    let mut admin = admin_client(&s).await;
-    let open = admin.ok("admin.refunds.list", json!({})).await;
-    let id = open["refunds"][0]["refund_id"].as_str().unwrap().to_owned();
-    let retry = resolve(&mut admin, json!(id), "retry").await;
-    assert_eq!(retry["refund"]["earlier_keys"], json!([id]), "{retry}");
-    assert_ne!(retry["refund"]["gateway_key"], json!(id), "{retry}");
-    f.clear_faults();
-    recorded_once(&f, &s, loc, made).await;
+    let (f, s, _, _, b) = first_seat_refused(1, Fault::Timeout).await;
+    let (first_key, owed) = retried_after_a_timeout(&f, &s).await;
+    made_late(&f, &first_key, owed).await;
+    recorded_once(&f, &s, &b["locator"], owed).await;
     s.stop().await;
 }
 
@@ -2535,25 +2559,21 @@ async fn a_replayed_pending_refund_that_failed_since_is_not_recorded() {
     s.stop().await;
 }
 
-/// A refund whose answer was lost is found, made under its first key, by the
-/// admin's retry under a fresh one, and recorded; when Stripe fails that refund later,
-/// it is paid back again: the record remembers which gateway refund made it.
+/// A refund made under its first key after an admin's retry moved it to a fresh one
+/// is found by the ask under the fresh key and recorded (as in
+/// `an_admins_retry_finds_the_refund_an_earlier_key_made`); when Stripe fails that
+/// refund later, it is paid back again: the record remembers which gateway refund made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again() {
-    let (f, s, ..) = first_seat_refused(1, Fault::LoseReply).await;
-    let owed = f.ledger().refunded();
-    // the retry's own ask under the first key is refused
-    fault(&f, Step::Refund, Fault::Refuse);
-    let mut admin = admin_client(&s).await;
-    let id = first_open_refund(&mut admin).await;
-    resolve(&mut admin, json!(id), "retry").await;
-    f.clear_faults();
+    let (f, s, ..) = first_seat_refused(1, Fault::Timeout).await;
+    let (first_key, owed) = retried_after_a_timeout(&f, &s).await;
+    made_late(&f, &first_key, owed).await;
     s.app().reconcile_payments(Duration::ZERO).await;
     assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
     let first = f.ledger().intents[0].refunds[0].clone();
     assert_eq!(
         first.idempotency_key.as_deref(),
-        id.as_str(),
+        Some(first_key.as_str()),
         "its first key"
     );
     assert!(f.fail_refund(&first.id));
@@ -2573,30 +2593,12 @@ async fn a_refund_made_under_an_earlier_key_that_fails_later_is_paid_back_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() {
     let (f, s, mut c, ..) = first_seat_refused(1, Fault::Timeout).await;
-    let open = s.app().store.open_refunds().unwrap().remove(0);
-    let first_key = open.key().to_owned();
-    let owed = open.amount.amount();
-    // the retry's own ask under the first key is refused, the fresh key's refund fails
-    fault(&f, Step::Refund, Fault::Refuse);
-    let mut admin = admin_client(&s).await;
-    resolve(&mut admin, json!(open.id), "retry").await;
+    let (first_key, owed) = retried_after_a_timeout(&f, &s).await;
+    // the fresh key's refund fails, then the timed-out first call is made after all
     fault(&f, Step::Refund, Fault::RefundFails);
     s.app().reconcile_payments(Duration::ZERO).await;
     f.clear_faults();
-    // the timed-out first call is made at the gateway after all
-    let pi = f.ledger().intents[0].id.clone();
-    let late = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", f.base()))
-        .header("Idempotency-Key", &first_key)
-        .form(&[
-            ("payment_intent", pi.as_str()),
-            ("amount", &owed.to_string()),
-            ("metadata[refund]", &first_key),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(late.status().is_success());
+    made_late(&f, &first_key, owed).await;
     s.app().reconcile_payments(Duration::ZERO).await;
     assert!(s.app().store.open_refunds().unwrap().is_empty(), "recorded");
     let refused = f.ledger().intents[0]

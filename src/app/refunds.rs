@@ -476,7 +476,6 @@ impl App {
                 at: now,
             });
             r.updated_at = now;
-            tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
             match (p.outcome, &r.reason) {
                 (RefundOutcome::Retry, _) => {
                     self.check_not_made_now(&read).await?;
@@ -530,6 +529,7 @@ impl App {
                     r.done = true;
                 }
             }
+            tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
             Ok(RefundResult {
                 refund: self.refund_view(&r),
             })
@@ -559,7 +559,7 @@ impl App {
                 "the gateway has made this refund under one of its keys ({}); the next reconciliation records it as made",
                 made.id
             ))),
-            Err(PaymentError::Refused(_) | PaymentError::Declined(_)) => Ok(()),
+            Err(PaymentError::Refused(_)) => Ok(()),
             Err(e) => Err(AppError::InvalidState(format!(
                 "the gateway has not answered whether it made this refund under its current key ({e}); a retry under a fresh key could pay it twice: try again once it answers"
             ))),

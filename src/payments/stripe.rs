@@ -180,7 +180,8 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
 /// or 404 Stripe answers once it has looked at the key (nothing under it is being or
 /// was made with these params: a key still in use is a 409, one whose request made a
 /// refund replays it), except a missing object (a wrong account or mode says nothing
-/// of the key where the payment is); [`refusal`] otherwise (401/403 come before the
+/// of the key where the payment is), and for a card error (402); [`refusal`]
+/// otherwise (401/403 come before the
 /// key is looked at, 429 is a rate limit or a lock, a 5xx may have acted). A key used
 /// with other params answers an `idempotency_error` 400: after the resend with the
 /// first call's params (see [`other_params`]) it is a definite no too, for those
@@ -191,6 +192,8 @@ fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
         && body["error"]["code"] != "resource_missing";
     match refusal(status, body) {
         PaymentError::Failed(m) if definite => PaymentError::Refused(m),
+        // a card error: the request executed and failed, and its answer is replayed
+        PaymentError::Declined(m) => PaymentError::Refused(m),
         other => other,
     }
 }
@@ -486,12 +489,15 @@ mod tests {
             404,
             &error("invalid_request_error", "resource_missing")
         ));
+        assert!(refused(402, &error("card_error", "expired_card")));
         for status in [401, 403, 409, 429, 500, 502] {
             assert!(!refused(status, &invalid), "{status}");
         }
         // a read's refusal is never one
         let read = refusal(StatusCode::BAD_REQUEST, &invalid);
         assert!(matches!(read, PaymentError::Failed(_)));
+        let card = refusal(StatusCode::PAYMENT_REQUIRED, &error("card_error", ""));
+        assert!(!matches!(card, PaymentError::Refused(_)));
     }
 
     #[test]

@@ -27,7 +27,9 @@
 //! Faults ([`Fault`]), per [`Step`], each with a rate (1.0: every request):
 //! - `Slow(d)`: answered after `d`; if the client gave up first, nothing was done.
 //! - `Fail`: 500 at once, nothing done, nothing remembered under the key.
-//! - `Refuse`: 400 at once, nothing done, nothing remembered under the key.
+//! - `Refuse`: 400, nothing done, nothing remembered under the key; after the key is
+//!   looked at, as Stripe does (a key whose request finished gets its reply replayed,
+//!   one still executing a 409).
 //! - `Timeout`: never answered, nothing done.
 //! - `LoseReply`: done, but never answered (the client times out).
 //! - `ProcessLate(d)` (confirm): the PaymentIntent stays `requires_confirmation` (and
@@ -117,8 +119,8 @@ pub enum Fault {
     #[serde(with = "millis")]
     Slow(Duration),
     Fail,
-    /// 400 `invalid_request_error` at once, nothing done, nothing remembered under
-    /// the key: a request the gateway refuses outright.
+    /// 400 `invalid_request_error`, nothing done, nothing remembered under the key: a
+    /// request the gateway refuses once it has looked at its key.
     Refuse,
     Timeout,
     LoseReply,
@@ -936,16 +938,6 @@ async fn serve(
             );
             return (st, Json(body)).into_response();
         }
-        Some(Fault::Refuse) => {
-            let refused = "injected refusal".into();
-            let (st, body) = error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "injected",
-                refused,
-            );
-            return (st, Json(body)).into_response();
-        }
         Some(Fault::Timeout) => std::future::pending::<()>().await,
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         _ => {}
@@ -959,6 +951,26 @@ async fn serve(
         if let Some((st, body)) = s.claim_key(k, &fingerprint) {
             return (st, Json(body)).into_response();
         }
+    }
+    if fault == Some(Fault::Refuse) {
+        // as Stripe refuses a request it looked at: after the key, nothing remembered
+        let refused = "injected refusal".into();
+        let reply = error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "injected",
+            refused,
+        );
+        if let Some(k) = key.as_deref().filter(|_| keyed) {
+            s.settle_key(
+                k,
+                &Outcome {
+                    reply: reply.clone(),
+                    remember: false,
+                },
+            );
+        }
+        return (reply.0, Json(reply.1)).into_response();
     }
     let late = match fault {
         Some(Fault::ProcessLate(d)) => Some(d),
