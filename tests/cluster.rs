@@ -1697,10 +1697,15 @@ async fn a_reconciler_asking_the_gateway_keeps_other_nodes_off_the_attempt() {
     leave_the_payment_open(&mut t).await;
     let locator = jetway::domain::Locator::parse(&t.loc).unwrap();
     let (on_a, on_b) = (t.a.app().clone(), t.b.app().clone());
+    // and the pay's mark released (node A drops it after the answer): a mark still
+    // seen would make B's reconciler leave the attempt alone
     eventually(
-        "node B sees the open attempt",
+        "node B sees the open attempt, its pay's mark released",
         Duration::from_secs(20),
-        || open_attempt(&on_b, &locator).is_some(),
+        || {
+            open_attempt(&on_b, &locator).is_some()
+                && on_b.store.payment_mark(&locator).unwrap().is_none()
+        },
     )
     .await;
     let attempt = open_attempt(&on_b, &locator).unwrap();
