@@ -181,12 +181,12 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
 /// was made with these params: a key still in use is a 409, one whose request made a
 /// refund replays it), except a missing object (a wrong account or mode says nothing
 /// of the key where the payment is), and for a card error (402); [`refusal`]
-/// otherwise (401/403 come before the
-/// key is looked at, 429 is a rate limit or a lock, a 5xx may have acted). A key used
-/// with other params answers an `idempotency_error` 400: after the resend with the
-/// first call's params (see [`other_params`]) it is a definite no too, for those
-/// params; an older release's refund under it carries no metadata, and an admin's
-/// `retry` is refused while the payment has such a refund.
+/// otherwise (401/403 come before the key is looked at, 429 is a rate limit or a
+/// lock, a 5xx may have acted). A key used with other params answers an
+/// `idempotency_error` 400: after the resend with the first call's params (see
+/// [`other_params`]) it is a definite no too, for those params; an older release's
+/// refund under it carries no metadata, and an admin's `retry` is refused while the
+/// payment has such a refund.
 fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
     let definite = matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND)
         && body["error"]["code"] != "resource_missing";

@@ -138,8 +138,8 @@ pub enum Fault {
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `fail`, `refuse`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`, `refund_fails`,
-    /// `refund_pending`, `answer_held`.
+    /// `fail`, `refuse`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`,
+    /// `refund_fails`, `refund_pending`, `answer_held`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
         let d = || {
