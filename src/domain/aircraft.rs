@@ -65,7 +65,19 @@ pub struct Aircraft {
     pub name: &'static str,
     pub cabins: &'static [CabinLayout],
     pub exit_rows: &'static [u8],
-    seats: OnceLock<(Vec<SeatInfo>, HashMap<SeatId, usize>)>,
+    layout: OnceLock<Layout>,
+}
+
+/// One row of a cabin, left to right: (position, index into [`Aircraft::seats`]).
+pub type Row = Vec<(u8, usize)>;
+
+/// What an aircraft's cabin layouts work out to, built once.
+#[derive(Debug)]
+struct Layout {
+    seats: Vec<SeatInfo>,
+    index: HashMap<SeatId, usize>,
+    /// Each cabin's rows front to back, in [`Cabin::ALL`]'s order.
+    rows: [Vec<Row>; 2],
 }
 
 impl Aircraft {
@@ -80,12 +92,12 @@ impl Aircraft {
             name,
             cabins,
             exit_rows,
-            seats: OnceLock::new(),
+            layout: OnceLock::new(),
         }
     }
 
-    fn build(&self) -> &(Vec<SeatInfo>, HashMap<SeatId, usize>) {
-        self.seats.get_or_init(|| {
+    fn build(&self) -> &Layout {
+        self.layout.get_or_init(|| {
             let mut seats = Vec::new();
             for layout in self.cabins {
                 let cols = layout.columns.as_bytes();
@@ -108,18 +120,35 @@ impl Aircraft {
                 }
             }
             let index = seats.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-            (seats, index)
+            let rows = Cabin::ALL.map(|cabin| {
+                let mut rows: Vec<Row> = Vec::new();
+                for (i, s) in seats.iter().enumerate().filter(|(_, s)| s.cabin == cabin) {
+                    match rows.last_mut() {
+                        Some(r) if r.first().is_some_and(|&(_, j)| seats[j].id.row == s.id.row) => {
+                            r.push((s.position, i))
+                        }
+                        _ => rows.push(vec![(s.position, i)]),
+                    }
+                }
+                rows
+            });
+            Layout { seats, index, rows }
         })
     }
 
     /// Every seat, cabin by cabin, row by row, left to right.
     pub fn seats(&self) -> &[SeatInfo] {
-        &self.build().0
+        &self.build().seats
+    }
+
+    /// The rows of `cabin`, front to back.
+    pub fn rows(&self, cabin: Cabin) -> &[Row] {
+        &self.build().rows[cabin as usize]
     }
 
     /// The index of a seat in [`Aircraft::seats`], if the aircraft has it.
     pub fn seat_index(&self, seat: SeatId) -> Option<usize> {
-        self.build().1.get(&seat).copied()
+        self.build().index.get(&seat).copied()
     }
 
     pub fn seats_in(&self, cabin: Cabin) -> usize {

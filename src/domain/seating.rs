@@ -3,62 +3,75 @@
 //! each tier, the choice that leaves the fewest lone empty seats between occupied ones,
 //! nearest the front.
 
+use super::aircraft::Row;
 use super::{Aircraft, Cabin};
+use std::ops::Range;
 
 /// (tier, lone seats created, row order, position): smaller is better.
 type Key = (u8, usize, usize, u8);
+/// The best window so far: its key, its row, its first offset in the row, and the
+/// first offset of its second half in the next row when split.
+type Choice = (Key, usize, usize, Option<usize>);
 
 /// Picks `count` free seats in `cabin`; `free[i]` tells whether seat `i` of
 /// [`Aircraft::seats`] is free. `None` when the cabin has fewer than `count` free seats.
+/// Allocates only its answer: it runs under the flight's seat map lock on every hold.
 pub fn pick(aircraft: &Aircraft, free: &[bool], cabin: Cabin, count: usize) -> Option<Vec<usize>> {
     if count == 0 {
         return None;
     }
-    let rows = rows_of(aircraft, cabin);
+    let rows = aircraft.rows(cabin);
     let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
     let total_free = rows.iter().flatten().filter(|(_, i)| is_free(*i)).count();
     if total_free < count {
         return None;
     }
 
-    let mut best: Option<(Key, Vec<usize>)> = None;
-    let consider = |best: &mut Option<(Key, Vec<usize>)>, key: Key, seats: Vec<usize>| {
-        if best.as_ref().is_none_or(|(k, _)| key < *k) {
-            *best = Some((key, seats));
-        }
-    };
-
+    let mut best: Option<Choice> = None;
+    let consider =
+        |best: &mut Option<Choice>, key: Key, r: usize, s: usize, split: Option<usize>| {
+            if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+                *best = Some((key, r, s, split));
+            }
+        };
     for (r, row) in rows.iter().enumerate() {
-        for (window, tier) in windows(row, count, &is_free) {
-            let lone = lone_created(row, &window, &is_free);
+        for (s, tier) in windows(row, count, &is_free) {
             consider(
                 &mut best,
-                (tier, lone, r, row[window[0]].0),
-                window.iter().map(|&k| row[k].1).collect(),
+                (tier, lone_created(row, s..s + count, &is_free), r, row[s].0),
+                r,
+                s,
+                None,
             );
         }
     }
     if best.is_none() && count > 1 {
         let (a, b) = (count.div_ceil(2), count / 2);
-        for r in 0..rows.len().saturating_sub(1) {
-            let (front, back) = (&rows[r], &rows[r + 1]);
-            let best_in = |row: &Vec<(u8, usize)>, n: usize| {
-                windows(row, n, &is_free)
-                    .into_iter()
-                    .map(|(w, _)| (lone_created(row, &w, &is_free), row[w[0]].0, w))
-                    .min()
-            };
-            if let (Some((l1, p1, w1)), Some((l2, _, w2))) = (best_in(front, a), best_in(back, b)) {
-                let seats = w1
-                    .iter()
-                    .map(|&k| front[k].1)
-                    .chain(w2.iter().map(|&k| back[k].1))
-                    .collect();
-                consider(&mut best, (3, l1 + l2, r, p1), seats);
+        let best_in = |row: &Row, n: usize| {
+            windows(row, n, &is_free)
+                .map(|(s, _)| (lone_created(row, s..s + n, &is_free), row[s].0, s))
+                .min()
+        };
+        for (r, pair) in rows.windows(2).enumerate() {
+            if let (Some((l1, p1, s1)), Some((l2, _, s2))) =
+                (best_in(&pair[0], a), best_in(&pair[1], b))
+            {
+                consider(&mut best, (3, l1 + l2, r, p1), r, s1, Some(s2));
             }
         }
     }
-    if let Some((_, seats)) = best {
+    if let Some((_, r, s, split)) = best {
+        let seats = match split {
+            None => rows[r][s..s + count].iter().map(|&(_, i)| i).collect(),
+            Some(s2) => {
+                let (a, b) = (count.div_ceil(2), count / 2);
+                rows[r][s..s + a]
+                    .iter()
+                    .chain(&rows[r + 1][s2..s2 + b])
+                    .map(|&(_, i)| i)
+                    .collect()
+            }
+        };
         return Some(seats);
     }
     Some(
@@ -71,49 +84,33 @@ pub fn pick(aircraft: &Aircraft, free: &[bool], cabin: Cabin, count: usize) -> O
     )
 }
 
-/// The cabin's rows front to back, each as (position, seat index) left to right.
-fn rows_of(aircraft: &Aircraft, cabin: Cabin) -> Vec<Vec<(u8, usize)>> {
-    let mut rows: Vec<Vec<(u8, usize)>> = Vec::new();
-    let mut current_row = None;
-    for (i, s) in aircraft
-        .seats()
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.cabin == cabin)
-    {
-        if current_row != Some(s.id.row) {
-            rows.push(Vec::new());
-            current_row = Some(s.id.row);
-        }
-        if let Some(r) = rows.last_mut() {
-            r.push((s.position, i));
-        }
-    }
-    rows
-}
-
-/// Runs of `n` free neighbouring seats of a row (as offsets into it): tier 1 when
-/// no aisle splits them, tier 2 when one or more does.
-fn windows(
-    row: &[(u8, usize)],
+/// Runs of `n` free neighbouring seats of a row, as (first offset into it, tier): tier
+/// 1 when no aisle splits them, tier 2 when one or more does.
+fn windows<'a>(
+    row: &'a [(u8, usize)],
     n: usize,
-    is_free: &impl Fn(usize) -> bool,
-) -> Vec<(Vec<usize>, u8)> {
-    if n == 0 || n > row.len() {
-        return Vec::new();
-    }
-    (0..=row.len() - n)
-        .filter(|&s| (s..s + n).all(|k| is_free(row[k].1)))
-        .map(|s| {
+    is_free: &'a impl Fn(usize) -> bool,
+) -> impl Iterator<Item = (usize, u8)> + 'a {
+    let starts = if n == 0 || n > row.len() {
+        0..0
+    } else {
+        0..row.len() - n + 1
+    };
+    starts
+        .filter(move |&s| (s..s + n).all(|k| is_free(row[k].1)))
+        .map(move |s| {
             let same_section = (s + 1..s + n).all(|k| row[k].0 == row[k - 1].0 + 1);
-            ((s..s + n).collect(), if same_section { 1 } else { 2 })
+            (s, if same_section { 1 } else { 2 })
         })
-        .collect()
 }
 
 /// How many more free seats of the row are boxed in by occupied neighbours on both
-/// sides (in the same section) once `taken` is occupied.
-fn lone_created(row: &[(u8, usize)], taken: &[usize], is_free: &impl Fn(usize) -> bool) -> usize {
+/// sides (in the same section) once the offsets `taken` are occupied.
+fn lone_created(
+    row: &[(u8, usize)],
+    taken: Range<usize>,
+    is_free: &impl Fn(usize) -> bool,
+) -> usize {
     let lone = |occupied: &dyn Fn(usize) -> bool| {
         (0..row.len())
             .filter(|&k| !occupied(k))
