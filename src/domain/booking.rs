@@ -141,7 +141,7 @@ impl Booking {
             user_id,
             flight_id,
             status: BookingStatus::Held,
-            total: Money::sum(seats.iter().map(|s| s.fare)),
+            total: Money::sum(seats.iter().map(|s| s.fare))?,
             seats,
             cancelled_seats: Vec::new(),
             hold_expires_at: Some(now + ttl_ms),
@@ -259,7 +259,7 @@ impl Booking {
                 .iter()
                 .filter(|b| chosen.contains(&b.seat))
                 .map(|b| fare::refund(b.cabin, b.fare, departs_at, now)),
-        );
+        )?;
         Ok((chosen, amount))
     }
 
@@ -412,6 +412,35 @@ mod tests {
 
     fn tickets(n: u64) -> Vec<TicketNumber> {
         (0..n).map(|i| TicketNumber::new(729, i)).collect()
+    }
+
+    /// A total no amount could hold is refused: it was stored, and then no read of
+    /// the booking (nor the next start, which reads every booking) could decode it.
+    #[test]
+    fn a_hold_whose_total_is_above_the_largest_amount_is_refused() {
+        let top = Money::cents(Money::MAX_CENTS).unwrap();
+        let hold = |fares: &[Money]| {
+            Booking::hold(
+                Locator::parse("ABCDEF").unwrap(),
+                UserId(1),
+                FlightId::parse("JW1-20260101").unwrap(),
+                fares
+                    .iter()
+                    .zip(["1A", "1C"])
+                    .map(|(f, s)| (seat(s), Cabin::Business, *f))
+                    .collect(),
+                fares.iter().map(|_| "Ada".to_string()).collect(),
+                0,
+                600_000,
+            )
+        };
+        let one = hold(&[top]).unwrap();
+        let back: Booking = serde_json::from_slice(&serde_json::to_vec(&one).unwrap()).unwrap();
+        assert_eq!(back.total, top);
+        assert!(matches!(
+            hold(&[top, Money::cents(1).unwrap()]),
+            Err(DomainError::Invalid(_))
+        ));
     }
 
     #[test]

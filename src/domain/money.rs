@@ -19,9 +19,12 @@ struct WireMoney {
 
 impl Money {
     pub const ZERO: Money = Money(0);
+    /// The largest amount there is (a billion euros): fares, totals and refunds alike,
+    /// so that every stored amount reads back.
+    pub const MAX_CENTS: i64 = 100_000_000_000;
 
     pub fn cents(amount: i64) -> Result<Self, DomainError> {
-        if (0..=100_000_000_000).contains(&amount) {
+        if (0..=Self::MAX_CENTS).contains(&amount) {
             Ok(Money(amount))
         } else {
             Err(DomainError::Invalid(format!(
@@ -34,8 +37,11 @@ impl Money {
         self.0
     }
 
+    /// `None` above [`Money::MAX_CENTS`].
     pub fn checked_add(self, other: Money) -> Option<Money> {
-        self.0.checked_add(other.0).map(Money)
+        self.0
+            .checked_add(other.0)
+            .and_then(|a| Money::cents(a).ok())
     }
 
     /// `self * num / den`, rounded down to the cent.
@@ -46,8 +52,12 @@ impl Money {
         Money((self.0 as i128 * num as i128 / den as i128).clamp(0, i64::MAX as i128) as i64)
     }
 
-    pub fn sum(items: impl IntoIterator<Item = Money>) -> Money {
-        Money(items.into_iter().map(|m| m.0).sum())
+    /// An error when the sum is above [`Money::MAX_CENTS`].
+    pub fn sum(items: impl IntoIterator<Item = Money>) -> Result<Money, DomainError> {
+        items
+            .into_iter()
+            .try_fold(Money::ZERO, Money::checked_add)
+            .ok_or_else(|| DomainError::Invalid(format!("a total above {} cents", Self::MAX_CENTS)))
     }
 }
 
@@ -93,6 +103,20 @@ mod tests {
         assert!(serde_json::from_str::<Money>(r#"{"amount":-1,"currency":"EUR"}"#).is_err());
         assert!(serde_json::from_str::<Money>(r#"{"amount":1,"currency":"USD"}"#).is_err());
         assert!(Money::cents(-5).is_err());
+    }
+
+    #[test]
+    fn sums_stay_in_range() {
+        let top = Money::cents(Money::MAX_CENTS).unwrap();
+        let one = Money::cents(1).unwrap();
+        assert_eq!(Money::sum([top]).unwrap(), top);
+        assert!(Money::sum([top, one]).is_err());
+        assert_eq!(top.checked_add(one), None);
+        assert!(serde_json::from_str::<Money>(&format!(
+            r#"{{"amount":{},"currency":"EUR"}}"#,
+            Money::MAX_CENTS + 1
+        ))
+        .is_err());
     }
 
     #[test]

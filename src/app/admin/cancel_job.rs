@@ -254,7 +254,7 @@ impl App {
                 // everything still on the booking, in full: the airline cancelled
                 let left = Money::cents(order.amount.amount() - order.refunded.amount())
                     .unwrap_or_default();
-                let amount = Money::sum(booking.seats.iter().map(|s| s.fare)).min(left);
+                let amount = Money::sum(booking.seats.iter().map(|s| s.fare))?.min(left);
                 let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
                 let r = self.seat_refund(
                     &booking,
