@@ -200,6 +200,28 @@ async fn a_board_shows_its_window_and_follows_every_change() {
     s.stop().await;
 }
 
+/// A board that joins a group between two slides lists the flights that entered the
+/// window since the last one; the group's other boards get them pushed at that
+/// moment (they used to be marked shown by the newcomer's list, so the slide skipped
+/// them and the older boards never saw them).
+#[tokio::test]
+async fn a_flight_a_new_board_lists_first_reaches_the_older_boards_too() {
+    let (s, mut admin) = admin_server().await;
+    let mut older = s.client().await;
+    older
+        .ok("flights.watch", json!({"airport": "ZRH", "hours": 2}))
+        .await;
+    let newcomer = create(&mut admin, "JW8021", "ZRH", 90).await;
+    let mut joining = s.client().await;
+    let r = joining
+        .ok("flights.watch", json!({"airport": "ZRH", "hours": 2}))
+        .await;
+    assert!(ids(&r["flights"]).contains(&newcomer));
+    let p = changed_of(&mut older, &newcomer).await;
+    assert_eq!(p["flight"]["status"], "scheduled");
+    s.stop().await;
+}
+
 /// The window follows the departure (estimate, else schedule): an earlier estimate
 /// that brings a flight into a board's window reaches the board at once; a flight of
 /// another airport never does.

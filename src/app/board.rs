@@ -155,6 +155,13 @@ impl App {
             .filter(|(f, _)| in_window(f, &code, hours, now))
             .collect();
         shown.sort_by(|a, b| (a.0.departure(), &a.0.number).cmp(&(b.0.departure(), &b.0.number)));
+        // a flight that entered the window since the last slide is new to the group's
+        // boards too: they get it now, as the slide would have, before it counts as shown
+        for (f, fs) in &shown {
+            if !group.shown.contains(&f.id) && !group.watchers.is_empty() {
+                send_once(group.watchers.iter().cloned(), &changed_frame(f, fs, None));
+            }
+        }
         group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
         let result = Board {
             airport: code.clone(),
