@@ -489,6 +489,40 @@ async fn login_brute_force_backs_off_per_username() {
     s.stop().await;
 }
 
+/// Wrong passwords sent side by side on many connections get no more answers than
+/// the free attempts: the rest are `rate_limited` (each used to pass the backoff's
+/// check before any had failed).
+#[tokio::test]
+async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
+    let s = Server::start_with(|c| {
+        c.limits.login_free_attempts = 2;
+        c.limits.login_backoff_max = 60;
+    })
+    .await;
+    let name = unique_name("wave");
+    s.client().await.register(&name).await;
+    let mut attackers = Vec::new();
+    for _ in 0..12 {
+        attackers.push(s.client().await);
+    }
+    let wrong = json!({"username": name, "password": "not the password"});
+    let answers = futures::future::join_all(
+        attackers
+            .iter_mut()
+            .map(|c| c.reason("auth.login", wrong.clone())),
+    )
+    .await;
+    let checked = answers.iter().filter(|r| *r == "bad_credentials").count();
+    assert!(
+        (1..=2).contains(&checked)
+            && answers
+                .iter()
+                .all(|r| r == "bad_credentials" || r == "rate_limited"),
+        "{answers:?}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn login_brute_force_backs_off_per_address() {
     let s = Server::start_with(|c| {

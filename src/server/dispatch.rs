@@ -180,12 +180,12 @@ async fn call(
             let guard = &shield.logins;
             let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
-            if guard.check(&name, addr).is_err() {
+            let Ok(_attempt) = guard.begin(&name, addr) else {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::LoginBackoff);
                 return Err(ApiError::RateLimited);
-            }
+            };
             match app.login(params, &conn.outbox, &mut conn.session).await {
                 Ok(r) => {
                     guard.succeeded(&name);

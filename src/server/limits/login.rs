@@ -1,5 +1,7 @@
 //! The login backoff: failed logins counted per username and per address, each
 //! attempt past the free ones made to wait longer before the password is checked.
+//! Password checks of one username under way count against its free attempts, so
+//! that attempts sent side by side cannot all pass the check before any has failed.
 
 use dashmap::DashMap;
 use std::net::IpAddr;
@@ -10,6 +12,25 @@ struct Failures {
     count: u32,
     last: Instant,
     wait_until: Instant,
+    /// Password checks of this username under way ([`Attempt`]s alive).
+    in_flight: u32,
+}
+
+/// A password check admitted by [`LoginGuard::begin`]; dropping it ends it.
+pub struct Attempt<'a> {
+    guard: &'a LoginGuard,
+    user: String,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.guard.failures.get_mut(&self.user) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
+        self.guard
+            .failures
+            .remove_if(&self.user, |_, f| f.in_flight == 0 && f.count == 0);
+    }
 }
 
 /// Failed logins by username and by address; past the free attempts every attempt
@@ -32,8 +53,12 @@ impl LoginGuard {
         }
     }
 
+    fn user_key(username: &str) -> String {
+        format!("u:{}", username.trim().to_lowercase())
+    }
+
     fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
-        let mut k = vec![format!("u:{}", username.trim().to_lowercase())];
+        let mut k = vec![Self::user_key(username)];
         if let Some(ip) = ip {
             k.push(format!("a:{ip}"));
         }
@@ -56,6 +81,32 @@ impl LoginGuard {
         }
     }
 
+    /// Admits a password check of `username` from `ip`: `Err(wait)` while the
+    /// username or the address is backing off, or while the username's checks under
+    /// way, counted as failures, would use up its free attempts.
+    pub fn begin(&self, username: &str, ip: Option<IpAddr>) -> Result<Attempt<'_>, Duration> {
+        self.check(username, ip)?;
+        let user = Self::user_key(username);
+        let now = Instant::now();
+        let mut f = self.failures.entry(user.clone()).or_insert(Failures {
+            count: 0,
+            last: now,
+            wait_until: now,
+            in_flight: 0,
+        });
+        let count = if now.duration_since(f.last) >= self.max * 2 {
+            0
+        } else {
+            f.count
+        };
+        if f.in_flight > 0 && count.saturating_add(f.in_flight) >= self.free.max(1) {
+            return Err(Duration::from_secs(1));
+        }
+        f.in_flight += 1;
+        drop(f);
+        Ok(Attempt { guard: self, user })
+    }
+
     pub fn failed(&self, username: &str, ip: Option<IpAddr>) {
         let now = Instant::now();
         if self.failures.len() > LOGIN_KEYS_SOFT_CAP {
@@ -68,6 +119,7 @@ impl LoginGuard {
                 count: 0,
                 last: now,
                 wait_until: now,
+                in_flight: 0,
             });
             if now.duration_since(f.last) >= self.max * 2 {
                 f.count = 0;
@@ -87,8 +139,7 @@ impl LoginGuard {
     /// A successful login clears the username's failures (not the address's: an
     /// attacker could otherwise reset it with an account of their own).
     pub fn succeeded(&self, username: &str) {
-        self.failures
-            .remove(&format!("u:{}", username.trim().to_lowercase()));
+        self.failures.remove(&Self::user_key(username));
     }
 }
 
@@ -113,6 +164,34 @@ mod tests {
                 "free={free}"
             );
         }
+    }
+
+    /// Attempts sent side by side count against the free ones while their passwords
+    /// are checked: with 3 free, a fourth attempt at one username waits while three
+    /// are under way (they used to all pass the check before any had failed: 64
+    /// connections got 64 guesses per backoff window); other usernames do not.
+    #[test]
+    fn checks_under_way_count_against_the_free_attempts() {
+        let g = LoginGuard::new(3, 60);
+        let under_way: Vec<_> = (0..3).map(|_| g.begin("dora", None).unwrap()).collect();
+        assert!(g.begin("Dora", None).is_err());
+        let other = g.begin("eve", None).unwrap();
+        drop(under_way);
+        drop(other);
+        assert_eq!(
+            g.failures.len(),
+            0,
+            "nothing left behind by attempts that ended"
+        );
+        let a = g.begin("dora", None).unwrap();
+        g.failed("dora", None);
+        g.failed("dora", None);
+        drop(a);
+        // two failures: one attempt at a time until the third
+        let a = g.begin("dora", None).unwrap();
+        assert!(g.begin("dora", None).is_err());
+        drop(a);
+        assert!(g.begin("dora", None).is_ok());
     }
 
     #[test]
