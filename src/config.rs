@@ -22,6 +22,18 @@ pub enum PaymentsKind {
     Stripe,
 }
 
+/// The header a trusted proxy writes the client's address into. Only that one is
+/// read: a proxy passes the other through as the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, Caddy, HAProxy's
+    /// `option forwardfor`, Traefik).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (its `for=`).
+    Forwarded,
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -256,11 +268,16 @@ pub struct LimitsConfig {
     #[arg(long, env = "JETWAY_LOGIN_BACKOFF_MAX", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_backoff_max: u64,
 
-    /// Reverse proxies (CIDRs or addresses, comma-separated) whose `Forwarded` /
-    /// `X-Forwarded-For` headers give the client's address for the per-address limits
-    /// and logs; from any other peer those headers are ignored.
+    /// Reverse proxies (CIDRs or addresses, comma-separated) whose
+    /// `--forwarded-header` gives the client's address for the per-address limits and
+    /// logs; from any other peer it is ignored.
     #[arg(long, env = "JETWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Which header the trusted proxies write the client's address into; the other
+    /// is ignored (a proxy passes it through as the client sent it).
+    #[arg(long, env = "JETWAY_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: ForwardedHeader,
 
     /// Origins (scheme://host[:port], comma-separated) allowed to open a WebSocket
     /// besides the server's own; `*` allows any. Requests without `Origin` are allowed.

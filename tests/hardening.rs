@@ -229,10 +229,20 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
     let a1 = connect_with(&url, "x-forwarded-for", "198.51.100.1, 203.0.113.5")
         .await
         .unwrap();
-    let a2 = connect_with(&url, "forwarded", "for=203.0.113.5;proto=https")
+    let a2 = connect_with(&url, "x-forwarded-for", "203.0.113.5")
         .await
         .unwrap();
     refused_with_429(connect_with(&url, "x-forwarded-for", "203.0.113.5").await);
+    // a `Forwarded` header is the client's own (the proxy writes X-Forwarded-For):
+    // not believed, so it cannot name another address (or loopback) to dodge the cap
+    let mut spoofed = Vec::new();
+    for _ in 0..3 {
+        spoofed.push(
+            connect_with(&url, "forwarded", "for=203.0.113.5")
+                .await
+                .unwrap(),
+        );
+    }
     // the proxy itself and other clients are not held back by that one
     let mut others = Vec::new();
     for i in 0..4 {
@@ -250,7 +260,25 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
         }
     })
     .await;
-    drop((a2, others));
+    drop((a2, others, spoofed));
+    s.stop().await;
+
+    // a proxy that writes `Forwarded` (`--forwarded-header forwarded`)
+    let s = Server::start_with(|c| {
+        c.limits.max_connections_per_addr = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        c.limits.forwarded_header = jetway::config::ForwardedHeader::Forwarded;
+    })
+    .await;
+    let url = s.url();
+    let c1 = connect_with(&url, "forwarded", "for=203.0.113.5;proto=https")
+        .await
+        .unwrap();
+    let c2 = connect_with(&url, "forwarded", "for=\"203.0.113.5:4711\"")
+        .await
+        .unwrap();
+    refused_with_429(connect_with(&url, "forwarded", "for=203.0.113.5").await);
+    drop((c1, c2));
     s.stop().await;
 
     // from a peer that is not a trusted proxy the headers are ignored: loopback

@@ -1,10 +1,13 @@
 //! The client's address behind a reverse proxy: only when the TCP peer is one of
-//! `--trusted-proxies` does it come from `Forwarded` (its `for=`) or, without that
-//! header, `X-Forwarded-For`; the right-most hop that is not itself a trusted proxy is
-//! the client. From any other peer those headers are ignored.
+//! `--trusted-proxies` does it come from the header `--forwarded-header` names
+//! (`X-Forwarded-For`, or `Forwarded`'s `for=`); the right-most hop that is not
+//! itself a trusted proxy is the client. From any other peer, and the other header
+//! always, are ignored: a proxy passes on what the client sent in it.
 
 use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+
+use crate::config::ForwardedHeader;
 use std::net::IpAddr;
 
 /// Parses one `--trusted-proxies` entry: a CIDR, or one address.
@@ -63,15 +66,21 @@ fn hops(headers: &HeaderMap, name: &HeaderName, forwarded: bool) -> Vec<Option<I
 /// The client's address: `peer` itself unless it is a trusted proxy; then the
 /// right-most forwarded hop that is not a trusted proxy (or, when a hop cannot be
 /// read, the last one trusted to have seen it).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
     if !is_trusted(peer, proxies) {
         return peer;
     }
-    let forwarded = HeaderName::from_static("forwarded");
-    let mut list = hops(headers, &forwarded, true);
-    if list.is_empty() {
-        list = hops(headers, &HeaderName::from_static("x-forwarded-for"), false);
-    }
+    let list = match header {
+        ForwardedHeader::XForwardedFor => {
+            hops(headers, &HeaderName::from_static("x-forwarded-for"), false)
+        }
+        ForwardedHeader::Forwarded => hops(headers, &HeaderName::from_static("forwarded"), true),
+    };
     let mut client = peer;
     for hop in list.into_iter().rev() {
         match hop {
@@ -90,6 +99,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
     use axum::http::HeaderValue;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
@@ -114,15 +124,21 @@ mod tests {
     fn headers_count_only_from_trusted_peers() {
         let proxies = nets(&["10.0.0.0/8", "192.0.2.1"]);
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
-        assert_eq!(client_ip(ip("10.1.2.3"), &h, &proxies), ip("203.0.113.9"));
-        assert_eq!(client_ip(ip("192.0.2.1"), &h, &proxies), ip("203.0.113.9"));
         assert_eq!(
-            client_ip(ip("198.51.100.7"), &h, &proxies),
+            client_ip(ip("10.1.2.3"), &h, &proxies, XFF),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("192.0.2.1"), &h, &proxies, XFF),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("198.51.100.7"), &h, &proxies, XFF),
             ip("198.51.100.7")
         );
-        assert_eq!(client_ip(ip("10.1.2.3"), &h, &[]), ip("10.1.2.3"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &[], XFF), ip("10.1.2.3"));
         assert_eq!(
-            client_ip(ip("::ffff:10.0.0.5"), &h, &proxies),
+            client_ip(ip("::ffff:10.0.0.5"), &h, &proxies, XFF),
             ip("203.0.113.9")
         );
     }
@@ -133,39 +149,45 @@ mod tests {
         let peer = ip("10.0.0.1");
         // a client-supplied first entry is not believed
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.2")]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("203.0.113.9"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("203.0.113.9"));
         // several header lines are one list
         let h = headers(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "203.0.113.9"),
         ]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("203.0.113.9"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("203.0.113.9"));
         // every hop trusted: the left-most
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("10.9.9.9"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("10.9.9.9"));
         // an unreadable hop: the last trusted one that saw it
         let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage, 10.0.0.2")]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("10.0.0.2"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("10.0.0.2"));
         // no header: the proxy itself
-        assert_eq!(client_ip(peer, &HeaderMap::new(), &proxies), peer);
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &proxies, XFF), peer);
     }
 
+    /// Only the configured header is read: nginx appends to `X-Forwarded-For` and
+    /// passes a client's own `Forwarded` on, which used to win (`for=127.0.0.1` made
+    /// a client loopback, exempt from the per-address limits).
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
+    fn only_the_configured_header_is_read() {
         let proxies = nets(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.1");
         let h = headers(&[
             (
                 "forwarded",
-                "for=1.1.1.1, for=\"[2001:db8::7]:4711\";proto=https",
+                "for=127.0.0.1, for=\"[2001:db8::7]:4711\";proto=https",
             ),
             ("x-forwarded-for", "203.0.113.9"),
         ]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("2001:db8::7"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("203.0.113.9"));
+        let fwd = ForwardedHeader::Forwarded;
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), ip("2001:db8::7"));
         let h = headers(&[("forwarded", "proto=https;For=192.0.2.60:8080;by=10.0.0.1")]);
-        assert_eq!(client_ip(peer, &h, &proxies), ip("192.0.2.60"));
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), ip("192.0.2.60"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), peer);
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_ip(peer, &h, &proxies), peer);
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), peer);
     }
 
     #[test]

@@ -437,7 +437,12 @@ async fn upgrade(
         ..
     } = ctx;
     let peer_ip = peer.0.peer.ip();
-    let ip = forwarded::client_ip(peer_ip, req.headers(), &shield.limits.trusted_proxies);
+    let ip = forwarded::client_ip(
+        peer_ip,
+        req.headers(),
+        &shield.limits.trusted_proxies,
+        shield.limits.forwarded_header,
+    );
     // behind a trusted proxy each WebSocket counts for the client it forwards
     let slot = match forwarded::is_trusted(peer_ip, &shield.limits.trusted_proxies)
         && shield.limits.limits_addr(ip)
