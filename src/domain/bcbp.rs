@@ -56,7 +56,9 @@ pub fn name_field(name: &str) -> String {
 }
 
 /// One character in A-Z terms: upper case, Latin letters without their accents (a
-/// few become two letters), anything else left for the filter to drop.
+/// few become two letters), anything else left for the filter to drop. Letters the
+/// table does not name lose their accents by canonical decomposition (NFD: `ễ` is
+/// `e` and two combining marks), so every accented Latin letter keeps its base.
 fn transliterate(c: char) -> Vec<char> {
     let base = match c {
         'À'..='Å' | 'à'..='å' | 'Ā' | 'ā' | 'Ă' | 'ă' | 'Ą' | 'ą' => "A",
@@ -73,13 +75,22 @@ fn transliterate(c: char) -> Vec<char> {
         'Œ' | 'œ' => "OE",
         'Ŕ' | 'ŕ' | 'Ř' | 'ř' => "R",
         'Ś' | 'ś' | 'Š' | 'š' | 'Ş' | 'ş' | 'Ș' | 'ș' => "S",
-        'ß' => "SS",
+        'ß' | 'ẞ' => "SS",
+        'Ħ' | 'ħ' => "H",
+        'Ŋ' | 'ŋ' => "N",
+        'Ŧ' | 'ŧ' => "T",
         'Ť' | 'ť' | 'Ţ' | 'ţ' | 'Ț' | 'ț' => "T",
         'Þ' | 'þ' => "TH",
         'Ù'..='Ü' | 'ù'..='ü' | 'Ū' | 'ū' | 'Ů' | 'ů' | 'Ű' | 'ű' | 'Ų' | 'ų' => "U",
         'Ý' | 'ý' | 'ÿ' | 'Ÿ' => "Y",
         'Ź' | 'ź' | 'Ž' | 'ž' | 'Ż' | 'ż' => "Z",
-        c => return vec![c.to_ascii_uppercase()],
+        c => {
+            return icu_normalizer::DecomposingNormalizerBorrowed::new_nfd()
+                .normalize_iter(std::iter::once(c))
+                .filter(char::is_ascii)
+                .map(|c| c.to_ascii_uppercase())
+                .collect()
+        }
     };
     base.chars().collect()
 }
@@ -243,6 +254,10 @@ mod tests {
             ("Mary Ann Evans", "EVANS/MARY ANN"),
             ("Cher", "CHER"),
             ("Émilie du Châtelet", "CHATELET/EMILIE DU"),
+            // letters no table named: decomposed, their marks dropped
+            ("Nguyễn Văn An", "AN/NGUYEN VAN"),
+            ("Trương Thị Hoa", "HOA/TRUONG THI"),
+            ("Ĵoŝ Ŵaŷ Ħaẞ", "HASS/JOS WAY"),
             ("Zoë O'Brien-Smith", "OBRIENSMITH/ZOE"),
             ("Łukasz Żółć", "ZOLC/LUKASZ"),
             ("Jürgen Groß", "GROSS/JURGEN"),
