@@ -268,6 +268,12 @@ pub struct LimitsConfig {
     #[arg(long, env = "JETWAY_LOGIN_BACKOFF_MAX", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_backoff_max: u64,
 
+    /// Accounts one client address may register per hour (a bucket of this many,
+    /// refilled evenly); each costs a password hash on the one shared hashing queue.
+    /// 0: no limit. Loopback is exempt unless --limit-loopback.
+    #[arg(long, env = "JETWAY_REGISTRATIONS_PER_HOUR", default_value_t = 60)]
+    pub registrations_per_hour: u32,
+
     /// Reverse proxies (CIDRs or addresses, comma-separated) whose
     /// `--forwarded-header` gives the client's address for the per-address limits and
     /// logs; from any other peer it is ignored.

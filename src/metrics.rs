@@ -39,17 +39,20 @@ pub enum Rejection {
     RateLimitClose,
     /// A login refused while its username or address backs off.
     LoginBackoff,
+    /// A registration over its address's hourly share.
+    RegisterLimit,
 }
 
 impl Rejection {
     /// In declaration order: `why as usize` indexes it.
-    const ALL: [Rejection; 6] = [
+    const ALL: [Rejection; 7] = [
         Rejection::Origin,
         Rejection::PerAddressLimit,
         Rejection::HandshakeTimeout,
         Rejection::RateLimited,
         Rejection::RateLimitClose,
         Rejection::LoginBackoff,
+        Rejection::RegisterLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Rejection {
             Rejection::RateLimited => "rate_limited",
             Rejection::RateLimitClose => "rate_limit_close",
             Rejection::LoginBackoff => "login_backoff",
+            Rejection::RegisterLimit => "register_limit",
         }
     }
 }

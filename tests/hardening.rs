@@ -551,6 +551,39 @@ async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
     s.stop().await;
 }
 
+/// One address registers at most `--registrations-per-hour` accounts (each costs a
+/// password hash on the queue every login waits in); another address is not held back,
+/// and loopback is exempt unless `--limit-loopback`.
+#[tokio::test]
+async fn registrations_are_limited_per_address() {
+    let s = Server::start_with(|c| {
+        c.limits.registrations_per_hour = 2;
+        c.limits.limit_loopback = true;
+    })
+    .await;
+    let mut c = s.client().await;
+    c.new_user().await;
+    c.new_user().await;
+    let third = json!({"username": unique_name("third"), "password": PASSWORD});
+    assert_eq!(
+        c.reason("auth.register", third.clone()).await,
+        "rate_limited"
+    );
+    let page = metrics_page(s.addr).await;
+    assert_eq!(
+        metric(&page, "jetway_rejected_total{reason=\"register_limit\"}"),
+        Some(1.0)
+    );
+    s.stop().await;
+
+    let s = Server::start_with(|c| c.limits.registrations_per_hour = 2).await;
+    let mut c = s.client().await;
+    for _ in 0..3 {
+        c.new_user().await;
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn login_brute_force_backs_off_per_address() {
     let s = Server::start_with(|c| {

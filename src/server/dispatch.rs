@@ -174,7 +174,19 @@ async fn call(
     };
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
     let r = match Call::of(method, req.params) {
-        Call::Register(p) => encode(&app.register(p?, &conn.outbox, &mut conn.session).await?)?,
+        Call::Register(p) => {
+            let params = p?;
+            if !shield.registrations.admit(shield.login_addr(conn.peer)) {
+                shield
+                    .metrics
+                    .rejected(crate::metrics::Rejection::RegisterLimit);
+                return Err(ApiError::RateLimited);
+            }
+            encode(
+                &app.register(params, &conn.outbox, &mut conn.session)
+                    .await?,
+            )?
+        }
         Call::Login(p) => {
             let params = p?;
             let guard = &shield.logins;

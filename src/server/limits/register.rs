@@ -1,0 +1,82 @@
+//! Registrations per client address: a token bucket per address, so that one client
+//! cannot fill the password-hashing queue every login waits in, nor the user store.
+
+use dashmap::DashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Addresses remembered before idle ones (a full bucket) are dropped.
+const ADDRS_SOFT_CAP: usize = 100_000;
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+pub struct RegisterGuard {
+    per_hour: u32,
+    buckets: DashMap<IpAddr, Bucket>,
+}
+
+impl RegisterGuard {
+    pub fn new(per_hour: u32) -> Self {
+        RegisterGuard {
+            per_hour,
+            buckets: DashMap::new(),
+        }
+    }
+
+    /// Whether `ip` may register one more account now (`None`: an exempt address).
+    pub fn admit(&self, ip: Option<IpAddr>) -> bool {
+        self.admit_at(ip, Instant::now())
+    }
+
+    fn admit_at(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let (Some(ip), true) = (ip, self.per_hour > 0) else {
+            return true;
+        };
+        let full = f64::from(self.per_hour);
+        let refill = |b: &Bucket| {
+            (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * full / 3600.0)
+                .min(full)
+        };
+        if self.buckets.len() > ADDRS_SOFT_CAP {
+            self.buckets.retain(|_, b| refill(b) < full);
+        }
+        let mut b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: full,
+            last: now,
+        });
+        b.tokens = refill(&b);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_address_registers_its_hourly_share_then_waits() {
+        let g = RegisterGuard::new(3);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t = Instant::now();
+        assert!((0..3).all(|_| g.admit_at(Some(a), t)));
+        assert!(!g.admit_at(Some(a), t));
+        assert!(g.admit_at(Some(b), t), "another address has its own bucket");
+        assert!(g.admit_at(None, t), "exempt addresses are not counted");
+        // one more every 20 minutes
+        assert!(!g.admit_at(Some(a), t + Duration::from_secs(19 * 60)));
+        assert!(g.admit_at(Some(a), t + Duration::from_secs(20 * 60 + 1)));
+        assert!(!g.admit_at(Some(a), t + Duration::from_secs(20 * 60 + 2)));
+        let off = RegisterGuard::new(0);
+        assert!((0..100).all(|_| off.admit_at(Some(a), t)));
+    }
+}
