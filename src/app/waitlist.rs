@@ -42,6 +42,11 @@ pub(super) struct ClosedLines {
 const EXPIRY_CHUNK: usize = 32;
 
 /// Whether a flight's waitlist is over: the flight is cancelled or has departed.
+/// An entry a closed line still has to end: waiting, or offered and not yet paid.
+fn still_open(status: WaitlistStatus) -> bool {
+    matches!(status, WaitlistStatus::Waiting | WaitlistStatus::Offered)
+}
+
 fn line_closed(f: &Flight, now: Millis) -> bool {
     matches!(
         f.status(now),
@@ -157,9 +162,11 @@ impl App {
         if line_closed(&fs.flight(), now) {
             // one chunk per batch (an etcd transaction has at most `--max-txn-ops`
             // operations), the back of the line first so the rest keep their positions
+            // an offer ends too: its hold can no longer be paid, and stays until it
+            // is released or runs out
             let mut waiting: Vec<&mut WaitlistEntry> = entries
                 .iter_mut()
-                .filter(|e| e.status == WaitlistStatus::Waiting)
+                .filter(|e| still_open(e.status))
                 .collect();
             waiting.sort_by(|a, b| b.order().cmp(&a.order()));
             for e in waiting.into_iter().take(EXPIRY_CHUNK) {
@@ -297,7 +304,7 @@ impl App {
         }
     }
 
-    /// Expires the waiting entries of a cancelled or departed flight, durably, a
+    /// Expires the waiting and offered entries of a cancelled or departed flight, durably, a
     /// chunk per batch, and tells their owners (`waitlist.updated`).
     async fn expire_line(&self, fs: &Arc<FlightSeats>) -> Result<(), AppError> {
         self.committer.catch_up().await?;
@@ -307,7 +314,7 @@ impl App {
                     .store
                     .flight_waitlist(&fs.id)?
                     .iter()
-                    .any(|e| e.status == WaitlistStatus::Waiting);
+                    .any(|e| still_open(e.status));
                 if !waiting || !line_closed(&fs.flight(), domain::now_ms()) {
                     return Ok((None, false));
                 }
