@@ -525,6 +525,65 @@ async fn admin(url: &str) -> Client {
     a
 }
 
+/// No booking may total more than the largest amount (`Money::MAX_CENTS`): a hold
+/// of two seats at the largest fare, and a waitlist entry whose offer would be such a
+/// hold, are `invalid_params`. Such a booking used to be stored, and then no read of
+/// it (nor the next start) could decode it.
+#[tokio::test]
+async fn no_booking_or_offer_totals_more_than_the_largest_amount() {
+    let mut s = Server::start_with(|c| {
+        fast(c);
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut ops = admin(&s.url()).await;
+    let dep = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let top = json!({"amount": 100_000_000_000u64, "currency": "EUR"});
+    let flight = ops
+        .ok(
+            "admin.flights.create",
+            json!({"number": "JW8801", "from": "ZRH", "to": "VIE",
+                   "departs_at": at(dep), "arrives_at": at(dep + time::Duration::hours(1)),
+                   "aircraft": "E190", "fares": {"economy": top, "business": top}}),
+        )
+        .await["flight"]["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut a = s.client().await;
+    a.new_user().await;
+    let seats = free_seats(&mut a, &flight, CABIN, 9).await;
+    let two = a
+        .call(
+            "booking.hold",
+            json!({"flight_id": flight, "seats": &seats[..2], "passengers": passengers(2), "request_id": "two"}),
+        )
+        .await;
+    assert_eq!(two["error"]["data"]["reason"], "invalid_params", "{two}");
+    // the business cabin held seat by seat (one seat is the largest amount, allowed)
+    for seat in &seats {
+        let mut c = s.client().await;
+        c.new_user().await;
+        hold(&mut c, &flight, std::slice::from_ref(seat), "one").await;
+    }
+    let pair = a.call("waitlist.join", join_params(&flight, 2, "w2")).await;
+    assert_eq!(pair["error"]["data"]["reason"], "invalid_params", "{pair}");
+    join(&mut a, &flight, "w1").await;
+    // every booking reads back, after a restart too
+    s.restart_with(|c| {
+        fast(c);
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut b = s.client().await;
+    b.ok("flights.get", json!({"flight_id": flight})).await;
+    s.stop().await;
+}
+
 /// Boards, then departs a flight (`admin.flights.update`).
 async fn depart(ops: &mut Client, flight: &str) {
     for status in ["boarding", "departed"] {

@@ -186,12 +186,10 @@ impl App {
         }));
     }
 
-    pub async fn register(
-        &self,
-        p: params::Credentials,
-        outbox: &Outbox,
-        conn: &mut ConnSession,
-    ) -> Result<LoggedIn, AppError> {
+    /// The checks of a registration that cost no password hash: the name's and the
+    /// password's form, and that the name is free. The server front runs them before
+    /// it counts a registration against its address.
+    pub async fn check_registration(&self, p: &params::Credentials) -> Result<Username, AppError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
         if username.as_str() == ADMIN_NAME {
@@ -201,6 +199,16 @@ impl App {
         if self.store.user_by_name(&username)?.is_some() {
             return Err(AppError::UsernameTaken);
         }
+        Ok(username)
+    }
+
+    pub async fn register(
+        &self,
+        p: params::Credentials,
+        outbox: &Outbox,
+        conn: &mut ConnSession,
+    ) -> Result<LoggedIn, AppError> {
+        let username = self.check_registration(&p).await?;
         let password = p.password;
         let fast = self.config.insecure_fast_hashing;
         let hash = self

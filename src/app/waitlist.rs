@@ -194,7 +194,7 @@ impl App {
                         (info.id, info.cabin, flight.fares.of(info.cabin))
                     })
                     .collect();
-                let b = Booking::hold(
+                let b = match Booking::hold(
                     new_locator(),
                     e.user_id,
                     flight.id.clone(),
@@ -202,8 +202,14 @@ impl App {
                     e.passengers.clone(),
                     now,
                     ttl,
-                )
-                .map_err(|x| StoreError::Corrupt(format!("waitlist entry {}: {x}", e.id)))?;
+                ) {
+                    Ok(b) => b,
+                    // (a fare changed since the join: the entry waits, the change goes on)
+                    Err(x) => {
+                        tracing::warn!(entry = %e.id, error = %x, "a waitlist entry cannot be offered its seats");
+                        continue;
+                    }
+                };
                 let occupant = Occupant {
                     locator: b.locator.clone(),
                     booked: false,
@@ -358,7 +364,9 @@ impl App {
             let id = format!("W{}", self.store.next_id()?);
             self.seat_step(&fs, Some(&key), |w| {
                 let now = domain::now_ms();
-                check_bookable(&fs, now)?;
+                let flight = check_bookable(&fs, now)?;
+                // the hold an offer would make must be one a booking can be
+                domain::Money::sum(std::iter::repeat_n(flight.fares.of(cabin), count))?;
                 let free = free_by_cabin(&fs, &w.free_mask())
                     .get(&cabin)
                     .copied()

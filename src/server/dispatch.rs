@@ -176,6 +176,7 @@ async fn call(
     let r = match Call::of(method, req.params) {
         Call::Register(p) => {
             let params = p?;
+            app.check_registration(&params).await?;
             if !shield.registrations.admit(shield.login_addr(conn.peer)) {
                 shield
                     .metrics
@@ -192,12 +193,13 @@ async fn call(
             let guard = &shield.logins;
             let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
-            let Ok(_attempt) = guard.begin(&name, addr) else {
+            let _turn = guard.turn(&name).await;
+            if guard.check(&name, addr).is_err() {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::LoginBackoff);
                 return Err(ApiError::RateLimited);
-            };
+            }
             match app.login(params, &conn.outbox, &mut conn.session).await {
                 Ok(r) => {
                     guard.succeeded(&name);

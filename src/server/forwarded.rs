@@ -8,6 +8,10 @@ use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 use crate::config::ForwardedHeader;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether a trusted proxy was seen sending only the header not configured.
+static WARNED: AtomicBool = AtomicBool::new(false);
 use std::net::IpAddr;
 
 /// Parses one `--trusted-proxies` entry: a CIDR, or one address.
@@ -75,12 +79,22 @@ pub fn client_ip(
     if !is_trusted(peer, proxies) {
         return peer;
     }
-    let list = match header {
-        ForwardedHeader::XForwardedFor => {
-            hops(headers, &HeaderName::from_static("x-forwarded-for"), false)
-        }
-        ForwardedHeader::Forwarded => hops(headers, &HeaderName::from_static("forwarded"), true),
+    let (name, other) = match header {
+        ForwardedHeader::XForwardedFor => ("x-forwarded-for", "forwarded"),
+        ForwardedHeader::Forwarded => ("forwarded", "x-forwarded-for"),
     };
+    let list = hops(
+        headers,
+        &HeaderName::from_static(name),
+        header == ForwardedHeader::Forwarded,
+    );
+    if list.is_empty() && headers.contains_key(other) && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            proxy = %peer,
+            "a trusted proxy sent {other} and no {name}: its clients count as the proxy's \
+             own address; set --forwarded-header to the header it writes (warned once)"
+        );
+    }
     let mut client = peer;
     for hop in list.into_iter().rev() {
         match hop {

@@ -1,10 +1,12 @@
 //! The login backoff: failed logins counted per username and per address, each
 //! attempt past the free ones made to wait longer before the password is checked.
-//! Password checks of one username under way count against its free attempts, so
-//! that attempts sent side by side cannot all pass the check before any has failed.
+//! Logins of one username take turns ([`LoginGuard::turn`]): each is checked against
+//! the backoff only once the one before it has been answered and counted, so that
+//! attempts sent side by side cannot all pass the check before any has failed.
 
 use dashmap::DashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -12,24 +14,22 @@ struct Failures {
     count: u32,
     last: Instant,
     wait_until: Instant,
-    /// Password checks of this username under way ([`Attempt`]s alive).
-    in_flight: u32,
 }
 
-/// A password check admitted by [`LoginGuard::begin`]; dropping it ends it.
-pub struct Attempt<'a> {
-    guard: &'a LoginGuard,
+/// One login's turn at a username (see [`LoginGuard::turn`]); dropping it passes
+/// the turn on.
+pub struct Turn<'a> {
+    turns: &'a DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     user: String,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl Drop for Attempt<'_> {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if let Some(mut f) = self.guard.failures.get_mut(&self.user) {
-            f.in_flight = f.in_flight.saturating_sub(1);
-        }
-        self.guard
-            .failures
-            .remove_if(&self.user, |_, f| f.in_flight == 0 && f.count == 0);
+        self.held = None;
+        // the map's own reference is the last: nobody waits, forget the username
+        self.turns
+            .remove_if(&self.user, |_, m| Arc::strong_count(m) == 1);
     }
 }
 
@@ -40,6 +40,8 @@ pub struct LoginGuard {
     free: u32,
     max: Duration,
     failures: DashMap<String, Failures>,
+    /// The usernames a login is being checked for, each with the queue of the others.
+    turns: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 const LOGIN_KEYS_SOFT_CAP: usize = 100_000;
@@ -50,6 +52,7 @@ impl LoginGuard {
             free,
             max: Duration::from_secs(max_secs.max(1)),
             failures: DashMap::new(),
+            turns: DashMap::new(),
         }
     }
 
@@ -81,30 +84,19 @@ impl LoginGuard {
         }
     }
 
-    /// Admits a password check of `username` from `ip`: `Err(wait)` while the
-    /// username or the address is backing off, or while the username's checks under
-    /// way, counted as failures, would use up its free attempts.
-    pub fn begin(&self, username: &str, ip: Option<IpAddr>) -> Result<Attempt<'_>, Duration> {
-        self.check(username, ip)?;
+    /// Waits for the turn of a login of `username`: logins of one username are
+    /// checked against the backoff, and their passwords, one at a time. A correct
+    /// password waits for the ones before it and passes; wrong ones sent side by side
+    /// get no more checks than the free attempts (the rest find the backoff).
+    pub async fn turn(&self, username: &str) -> Turn<'_> {
         let user = Self::user_key(username);
-        let now = Instant::now();
-        let mut f = self.failures.entry(user.clone()).or_insert(Failures {
-            count: 0,
-            last: now,
-            wait_until: now,
-            in_flight: 0,
-        });
-        let count = if now.duration_since(f.last) >= self.max * 2 {
-            0
-        } else {
-            f.count
-        };
-        if f.in_flight > 0 && count.saturating_add(f.in_flight) >= self.free.max(1) {
-            return Err(Duration::from_secs(1));
+        let queue = self.turns.entry(user.clone()).or_default().clone();
+        let held = Some(queue.lock_owned().await);
+        Turn {
+            turns: &self.turns,
+            user,
+            held,
         }
-        f.in_flight += 1;
-        drop(f);
-        Ok(Attempt { guard: self, user })
     }
 
     pub fn failed(&self, username: &str, ip: Option<IpAddr>) {
@@ -119,7 +111,6 @@ impl LoginGuard {
                 count: 0,
                 last: now,
                 wait_until: now,
-                in_flight: 0,
             });
             if now.duration_since(f.last) >= self.max * 2 {
                 f.count = 0;
@@ -166,32 +157,23 @@ mod tests {
         }
     }
 
-    /// Attempts sent side by side count against the free ones while their passwords
-    /// are checked: with 3 free, a fourth attempt at one username waits while three
-    /// are under way (they used to all pass the check before any had failed: 64
-    /// connections got 64 guesses per backoff window); other usernames do not.
+    /// Logins of one username take turns, other usernames do not wait, and the
+    /// queue is forgotten once nobody waits in it.
     #[test]
-    fn checks_under_way_count_against_the_free_attempts() {
+    fn logins_of_one_username_take_turns() {
+        use futures::FutureExt;
         let g = LoginGuard::new(3, 60);
-        let under_way: Vec<_> = (0..3).map(|_| g.begin("dora", None).unwrap()).collect();
-        assert!(g.begin("Dora", None).is_err());
-        let other = g.begin("eve", None).unwrap();
-        drop(under_way);
-        drop(other);
-        assert_eq!(
-            g.failures.len(),
-            0,
-            "nothing left behind by attempts that ended"
+        let first = g.turn("dora").now_or_never().expect("nobody before");
+        let mut second = Box::pin(g.turn("Dora"));
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "waits for the first"
         );
-        let a = g.begin("dora", None).unwrap();
-        g.failed("dora", None);
-        g.failed("dora", None);
-        drop(a);
-        // two failures: one attempt at a time until the third
-        let a = g.begin("dora", None).unwrap();
-        assert!(g.begin("dora", None).is_err());
-        drop(a);
-        assert!(g.begin("dora", None).is_ok());
+        let other = g.turn("eve").now_or_never().expect("another username");
+        drop(first);
+        let second = second.now_or_never().expect("the turn passed on");
+        drop((second, other));
+        assert_eq!(g.turns.len(), 0, "nothing left behind");
     }
 
     #[test]
