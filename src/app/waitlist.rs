@@ -204,9 +204,14 @@ impl App {
                     ttl,
                 ) {
                     Ok(b) => b,
-                    // (a fare changed since the join: the entry waits, the change goes on)
+                    // an entry joined before joins checked the offer's total (it would
+                    // be above the largest amount): it can never be served, so it ends
+                    // rather than hold the line; the change goes on
                     Err(x) => {
-                        tracing::warn!(entry = %e.id, error = %x, "a waitlist entry cannot be offered its seats");
+                        tracing::warn!(entry = %e.id, error = %x, "a waitlist entry that cannot be offered its seats expires");
+                        if e.end(WaitlistStatus::Expired, now).is_ok() {
+                            changed.insert(e.id.clone());
+                        }
                         continue;
                     }
                 };
