@@ -28,13 +28,13 @@ struct Conn {
 async fn connect(app: &App, name: &str) -> Conn {
     let (outbox, rx) = outbox(QueueLimits::default());
     let mut session = None;
-    app.register(
-        decode(json!({"username": name, "password": common::PASSWORD})).unwrap(),
-        &outbox,
-        &mut session,
-    )
-    .await
-    .unwrap();
+    let checked = app
+        .check_registration(
+            decode(json!({"username": name, "password": common::PASSWORD})).unwrap(),
+        )
+        .await
+        .unwrap();
+    app.register(checked, &outbox, &mut session).await.unwrap();
     Conn {
         session: *session.unwrap(),
         outbox,

@@ -135,6 +135,13 @@ pub(super) async fn run_session_sweeper(app: Arc<App>, stop: tokio_util::sync::C
     }
 }
 
+/// A registration whose checks that cost no password hash have passed
+/// ([`App::check_registration`]).
+pub struct Registration {
+    username: Username,
+    password: String,
+}
+
 impl App {
     /// Runs password hashing on the blocking pool, at most `cores - 1` at a time, so
     /// that a login storm queues instead of starving the reactor and using 19 MiB per
@@ -188,8 +195,11 @@ impl App {
 
     /// The checks of a registration that cost no password hash: the name's and the
     /// password's form, and that the name is free. The server front runs them before
-    /// it counts a registration against its address.
-    pub async fn check_registration(&self, p: &params::Credentials) -> Result<Username, AppError> {
+    /// it counts a registration against its address, then [`App::register`]s it.
+    pub async fn check_registration(
+        &self,
+        p: params::Credentials,
+    ) -> Result<Registration, AppError> {
         let username = Username::parse(&p.username)?;
         check_password(&p.password)?;
         if username.as_str() == ADMIN_NAME {
@@ -199,17 +209,19 @@ impl App {
         if self.store.user_by_name(&username)?.is_some() {
             return Err(AppError::UsernameTaken);
         }
-        Ok(username)
+        Ok(Registration {
+            username,
+            password: p.password,
+        })
     }
 
     pub async fn register(
         &self,
-        p: params::Credentials,
+        r: Registration,
         outbox: &Outbox,
         conn: &mut ConnSession,
     ) -> Result<LoggedIn, AppError> {
-        let username = self.check_registration(&p).await?;
-        let password = p.password;
+        let Registration { username, password } = r;
         let fast = self.config.insecure_fast_hashing;
         let hash = self
             .password_work(move || hash_password(&password, fast))

@@ -43,7 +43,7 @@ use crate::store::{
 };
 
 pub use admin::new_flight;
-pub use auth::{AuthSession, ConnSession};
+pub use auth::{AuthSession, ConnSession, Registration};
 use error::remember_err;
 pub use error::AppError;
 pub use expiry::Expiry;

@@ -41,12 +41,12 @@ pub(super) struct ClosedLines {
 /// each stay well within etcd's default limit of 128 operations per transaction.
 const EXPIRY_CHUNK: usize = 32;
 
-/// Whether a flight's waitlist is over: the flight is cancelled or has departed.
 /// An entry a closed line still has to end: waiting, or offered and not yet paid.
 fn still_open(status: WaitlistStatus) -> bool {
     matches!(status, WaitlistStatus::Waiting | WaitlistStatus::Offered)
 }
 
+/// Whether a flight's waitlist is over: the flight is cancelled or has departed.
 fn line_closed(f: &Flight, now: Millis) -> bool {
     matches!(
         f.status(now),

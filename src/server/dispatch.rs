@@ -175,8 +175,7 @@ async fn call(
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
     let r = match Call::of(method, req.params) {
         Call::Register(p) => {
-            let params = p?;
-            app.check_registration(&params).await?;
+            let registration = app.check_registration(p?).await?;
             if !shield.registrations.admit(shield.login_addr(conn.peer)) {
                 shield
                     .metrics
@@ -184,7 +183,7 @@ async fn call(
                 return Err(ApiError::RateLimited);
             }
             encode(
-                &app.register(params, &conn.outbox, &mut conn.session)
+                &app.register(registration, &conn.outbox, &mut conn.session)
                     .await?,
             )?
         }

@@ -6,13 +6,13 @@
 
 use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::ForwardedHeader;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether a trusted proxy was seen sending only the header not configured.
 static WARNED: AtomicBool = AtomicBool::new(false);
-use std::net::IpAddr;
 
 /// Parses one `--trusted-proxies` entry: a CIDR, or one address.
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -113,8 +113,9 @@ pub fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
-    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
     use axum::http::HeaderValue;
+
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter()

@@ -263,13 +263,12 @@ impl<T: serde::Serialize> Wire for Result<T, AppError> {
 pub async fn register(app: &App, name: &str) -> Result<AuthSession, AppError> {
     let (o, _rx) = outbox(QueueLimits::default());
     let mut conn = None;
-    app.register(
-        decode(json!({"username": name, "password": super::PASSWORD})).expect("valid params"),
-        &o,
-        &mut conn,
-    )
-    .await
-    .wire()?;
+    let checked = app
+        .check_registration(
+            decode(json!({"username": name, "password": super::PASSWORD})).expect("valid params"),
+        )
+        .await?;
+    app.register(checked, &o, &mut conn).await.wire()?;
     Ok(*conn.expect("logged in"))
 }
 
