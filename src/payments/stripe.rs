@@ -180,7 +180,8 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
 /// or 404 Stripe answers once it has looked at the key (nothing under it is being or
 /// was made with these params: a key still in use is a 409, one whose request made a
 /// refund replays it), except a missing object (a wrong account or mode says nothing
-/// of the key where the payment is), and for a card error (402); [`refusal`]
+/// of the key where the payment is) and a 404 without a code (a wrong URL), and for a
+/// card error answered 402; [`refusal`]
 /// otherwise (401/403 come before the key is looked at, 429 is a rate limit or a
 /// lock, a 5xx may have acted). A key used with other params answers an
 /// `idempotency_error` 400: after the resend with the first call's params (see
@@ -188,12 +189,17 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
 /// refund under it carries no metadata, and an admin's `retry` is refused while the
 /// payment has such a refund.
 fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
-    let definite = matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND)
-        && body["error"]["code"] != "resource_missing";
+    // a 404 without a code is a wrong URL (a proxy's, a base path's): it says nothing
+    // of a request under the key that did reach the refund endpoint
+    let code = body["error"]["code"].as_str().unwrap_or("");
+    let definite = status == StatusCode::BAD_REQUEST
+        || (status == StatusCode::NOT_FOUND && !code.is_empty() && code != "resource_missing");
     match refusal(status, body) {
         PaymentError::Failed(m) if definite => PaymentError::Refused(m),
         // a card error: the request executed and failed, and its answer is replayed
-        PaymentError::Declined(m) => PaymentError::Refused(m),
+        PaymentError::Declined(m) if status == StatusCode::PAYMENT_REQUIRED => {
+            PaymentError::Refused(m)
+        }
         other => other,
     }
 }
@@ -480,7 +486,18 @@ mod tests {
         };
         let invalid = error("invalid_request_error", "amount_too_large");
         assert!(refused(400, &invalid));
-        assert!(refused(404, &error("invalid_request_error", "")));
+        assert!(refused(
+            404,
+            &error("invalid_request_error", "charge_not_found")
+        ));
+        assert!(
+            !refused(404, &error("invalid_request_error", "")),
+            "a wrong URL's 404"
+        );
+        assert!(
+            !refused(409, &error("card_error", "")),
+            "a card error only as a 402"
+        );
         assert!(
             refused(400, &error("idempotency_error", "")),
             "after the resend"

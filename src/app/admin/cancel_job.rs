@@ -254,7 +254,10 @@ impl App {
                 // everything still on the booking, in full: the airline cancelled
                 let left = Money::cents(order.amount.amount() - order.refunded.amount())
                     .unwrap_or_default();
-                let amount = Money::sum(booking.seats.iter().map(|s| s.fare))?.min(left);
+                // (a booking's fares never sum above its stored total, which reads back)
+                let amount = Money::sum(booking.seats.iter().map(|s| s.fare))
+                    .unwrap_or(left)
+                    .min(left);
                 let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
                 let r = self.seat_refund(
                     &booking,
