@@ -1,21 +1,25 @@
-// A network blip (the browser goes offline while the server stays up): the app notices,
-// reconnects with backoff, resubscribes with `since` and applies what it missed.
+// A network blip (the network between browser and server drops while the server stays
+// up): the app notices, reconnects with backoff, resubscribes with `since` and applies
+// what it missed.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, launchBrowser, openPage, Api, pickFlight, requestId, liveConn } from './harness.js';
+import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, pickFlight, requestId, liveConn } from './harness.js';
 
 describe('network blip', () => {
   let server;
+  let gate;
   let browser;
 
   before(async () => {
     server = await new JetwayServer().start();
+    gate = await new NetworkGate(server).start();
     browser = await launchBrowser();
   });
 
   after(async () => {
     await browser?.close();
+    await gate?.close();
     await server?.dispose();
   });
 
@@ -27,7 +31,7 @@ describe('network blip', () => {
     const free = seats.filter((s) => s.status === 'available').map((s) => s.seat);
 
     const page = await openPage(browser);
-    await page.goto(`${server.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
+    await page.goto(`${gate.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
     await liveConn(page).waitFor();
     await page.locator(`button.seat[data-seat="${free[0]}"][data-status="available"]`).waitFor();
     // the map is drawn from `flights.get` first; the live feed (whose version a
@@ -58,13 +62,11 @@ describe('network blip', () => {
       window.jetway.client.addEventListener('state', (e) => window.__states.push(e.detail));
     });
 
-    // Offline emulation blocks new connections; drop the open socket as a real network
-    // loss would (Chromium keeps established WebSockets open under emulation).
-    await page.context().setOffline(true);
-    await page.evaluate(() => window.jetway.client.ws.close());
+    // The network drops: the open socket closes and new connections fail until it is back.
+    gate.cut();
     await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting' && s.retryAt));
     await api.call('booking.hold', { flight_id: flight.flight_id, seats: [free[0], free[1]], passengers: [{ name: 'Off Line' }, { name: 'Off Line Two' }], request_id: requestId() });
-    await page.context().setOffline(false);
+    gate.restore();
     await liveConn(page).waitFor({ timeout: 40000 });
     await page.locator(`button.seat[data-seat="${free[0]}"][data-status="held"]`).waitFor();
     await page.locator(`button.seat[data-seat="${free[1]}"][data-status="held"]`).waitFor();

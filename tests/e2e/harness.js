@@ -129,6 +129,69 @@ export class JetwayServer {
   }
 }
 
+/**
+ * A TCP relay in front of a server, for network-loss tests: `cut()` drops every
+ * connection through it at once (the browser sees the socket close, as on a real loss)
+ * and refuses new ones until `restore()`. Chromium's offline emulation is no substitute:
+ * it may hold back the close of a socket the page closes itself, for as long as the
+ * emulation lasts.
+ */
+export class NetworkGate {
+  constructor(target) {
+    this.target = target;
+    this.open = true;
+    this.sockets = new Set();
+    this.server = net.createServer((client) => this._accept(client));
+  }
+
+  async start() {
+    await new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(0, '127.0.0.1', resolve);
+    });
+    return this;
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.server.address().port}`;
+  }
+
+  _accept(client) {
+    if (!this.open) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(this.target.port, '127.0.0.1');
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ]) {
+      this.sockets.add(a);
+      a.pipe(b);
+      a.on('error', () => b.destroy());
+      a.on('close', () => {
+        this.sockets.delete(a);
+        b.destroy();
+      });
+    }
+  }
+
+  cut() {
+    this.open = false;
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+  }
+
+  restore() {
+    this.open = true;
+  }
+
+  async close() {
+    this.cut();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
 export function launchBrowser() {
   return chromium.launch({
     executablePath: CHROMIUM,

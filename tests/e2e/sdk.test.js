@@ -7,19 +7,22 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import { JetwayServer, launchBrowser, openPage, Api, pickFlight, requestId, until, uniqueName } from './harness.js';
+import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, pickFlight, requestId, until, uniqueName } from './harness.js';
 
 describe('client SDK', () => {
   let server;
+  let gate;
   let browser;
 
   before(async () => {
     server = await new JetwayServer().start();
+    gate = await new NetworkGate(server).start();
     browser = await launchBrowser();
   });
 
   after(async () => {
     await browser?.close();
+    await gate?.close();
     await server?.dispose();
   });
 
@@ -31,7 +34,7 @@ describe('client SDK', () => {
     const free = seats.filter((s) => s.status === 'available' && s.cabin === 'economy').map((s) => s.seat);
 
     const page = await openPage(browser);
-    await page.goto(`${server.url}/healthz`);
+    await page.goto(`${gate.url}/healthz`);
     await page.evaluate(
       async ([flightId, name]) => {
         const { connect } = await import('/js/jetway.js');
@@ -63,10 +66,9 @@ describe('client SDK', () => {
     await until(async () => (await statusOf(free[0])) === 'held', { message: 'live change' });
 
     // a change made while this client is offline arrives after the reconnect, by `since`
-    await page.context().setOffline(true);
-    await page.evaluate(() => window.jw.ws.close());
+    gate.cut();
     await api.call('booking.hold', { flight_id: flight.flight_id, seats: [free[1]], passengers: [{ name: 'Offline' }], request_id: requestId() });
-    await page.context().setOffline(false);
+    gate.restore();
     await until(async () => (await statusOf(free[1])) === 'held', { timeout: 40000, message: 'missed change after reconnect' });
     const { events, subscribes } = await page.evaluate(() => ({ events: window.events, subscribes: window.subscribes }));
     assert.equal(events.filter((e) => e.type === 'snapshot').length, 1, 'resumed with changes, not a new snapshot');
