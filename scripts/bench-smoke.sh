@@ -28,6 +28,10 @@ run connections connections "${common[@]}" -n 300 --accounts 4 --hold 1
 run fanout fanout "${common[@]}" -w 50 --writers 2 --rate 40 -d 2 --warmup 0.5 \
     --reference "$T/bare-broadcast"
 run booking booking "${common[@]}" -c 8 -d 2
+# a connection over the server's request rate waits and sends again (no hold is left
+# unpaid, which would end in the open-holds cap)
+run booking-throttled booking "${common[@]}" -c 4 -d 3 --server-arg=--rate-limit=20 \
+    --server-arg=--rate-burst=5
 run booking-bare booking --spawn-bare "$T/bare-broadcast" --quiet --timeout 120 -c 8 -d 2
 run stampede stampede "${common[@]}" -n 400 --accounts 48
 run stampede-own-accounts stampede "${common[@]}" -n 400 --one-account-per-user \

@@ -1,6 +1,9 @@
 //! Booking: C users each register once (keeping that logged-in connection), then
 //! loop hold (1 economy seat, server-picked) -> pay -> cancel on random flights.
-//! Every successful reply means the change is on disk (group commit).
+//! Every successful reply means the change is on disk (group commit). A call answered
+//! `rate_limited` (the server's per-connection request rate) is sent again, with the
+//! same `request_id`, after a short wait, as a well-behaved client does; the count of
+//! such answers is reported as `throttled`, since a throttled run measures the limit.
 //! Against the bare reference (`--spawn-bare`, no schedule, no storage) the same loop
 //! runs over made-up flights: the ceiling of this loop on the machine.
 
@@ -49,6 +52,8 @@ pub struct Outcome {
     pub methods: BTreeMap<String, Method>,
     /// Failed calls by `error.data.reason` (seat_unavailable: the flight's cabin was full).
     pub errors: BTreeMap<String, u64>,
+    /// Calls answered `rate_limited` and sent again.
+    pub throttled: u64,
     pub server_cpu_percent: Option<f64>,
     /// Server CPU-seconds per completed operation, in ms.
     pub server_cpu_ms_per_op: Option<f64>,
@@ -67,6 +72,7 @@ struct Shared {
     max_pairs: u64,
     lat: [Lat; 3],
     errors: parking_lot::Mutex<BTreeMap<String, u64>>,
+    throttled: AtomicU64,
 }
 
 impl Shared {
@@ -77,6 +83,7 @@ impl Shared {
             max_pairs,
             lat: Default::default(),
             errors: Default::default(),
+            throttled: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +217,7 @@ pub async fn run(target: &Target, ep: &Endpoint, o: &Opts) -> Result<Outcome, Er
         pairs_per_sec: pairs as f64 / seconds,
         methods,
         errors,
+        throttled: sh.throttled.load(Ordering::Relaxed),
         server_cpu_percent: cpu.map(|c| c / seconds * 100.0),
         server_cpu_ms_per_op: cpu.and_then(|c| per_op(c, ops_in_window)),
         client_cpu_percent: client_cpu.map(|c| c / seconds * 100.0),
@@ -256,7 +264,14 @@ async fn user(sh: Arc<Shared>, mut c: Conn, flights: Arc<Vec<String>>) {
     }
 }
 
-/// `Err` when the connection is gone; `Ok(None)` for an application error.
+/// The wait before a call answered `rate_limited` is sent again: the server's bucket
+/// refills one request every 10 ms at its default rate.
+fn throttle_wait(retry: u32) -> Duration {
+    Duration::from_millis(10 << retry.min(4))
+}
+
+/// `Err` when the connection is gone; `Ok(None)` for an application error. A call
+/// answered `rate_limited` is sent again (its latency includes the waits).
 async fn call<T: DeserializeOwned + Default>(
     sh: &Shared,
     c: &mut Conn,
@@ -264,18 +279,29 @@ async fn call<T: DeserializeOwned + Default>(
     params: serde_json::Value,
 ) -> Result<Option<T>, ()> {
     let start = Instant::now();
-    match c.call_as::<T>(METHODS[m], params).await {
-        Ok(Ok(v)) => {
-            sh.lat[m].record(start.elapsed());
-            Ok(Some(v))
-        }
-        Ok(Err(e)) => {
-            sh.count_error(e.reason);
-            Ok(None)
-        }
-        Err(e) => {
-            sh.count_error(format!("transport: {e}"));
-            Err(())
+    let mut retry = 0;
+    loop {
+        match c.call_as::<T>(METHODS[m], params.clone()).await {
+            Ok(Ok(v)) => {
+                sh.lat[m].record(start.elapsed());
+                return Ok(Some(v));
+            }
+            Ok(Err(e)) if e.reason == "rate_limited" => {
+                if sh.stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                sh.throttled.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(throttle_wait(retry)).await;
+                retry += 1;
+            }
+            Ok(Err(e)) => {
+                sh.count_error(e.reason);
+                return Ok(None);
+            }
+            Err(e) => {
+                sh.count_error(format!("transport: {e}"));
+                return Err(());
+            }
         }
     }
 }

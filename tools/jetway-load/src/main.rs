@@ -469,6 +469,12 @@ async fn run(s: &Scenario, nofile: u64) -> Result<Report, Error> {
             if !out.errors.is_empty() {
                 text += &format!("errors: {:?}\n", out.errors);
             }
+            if out.throttled > 0 {
+                text += &format!(
+                    "throttled: {} calls answered rate_limited and sent again (the run measures the server's --rate-limit)\n",
+                    out.throttled
+                );
+            }
             Report {
                 ok: out.ok,
                 json: serde_json::to_value(&out)?,
