@@ -301,6 +301,31 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
     s.stop().await;
 }
 
+/// An IPv6 host usually has a whole /64 to send from: the per-address limits count
+/// the /64, so changing the address within it does not reset them.
+#[tokio::test]
+async fn an_ipv6_client_is_limited_by_its_64() {
+    let s = Server::start_with(|c| {
+        c.limits.max_connections_per_addr = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let url = s.url();
+    let a1 = connect_with(&url, "x-forwarded-for", "2001:db8:5:7::1")
+        .await
+        .unwrap();
+    let a2 = connect_with(&url, "x-forwarded-for", "2001:db8:5:7:a:b:c:d")
+        .await
+        .unwrap();
+    refused_with_429(connect_with(&url, "x-forwarded-for", "2001:db8:5:7::99").await);
+    // the next /64 is another client
+    let b = connect_with(&url, "x-forwarded-for", "2001:db8:5:8::1")
+        .await
+        .unwrap();
+    drop((a1, a2, b));
+    s.stop().await;
+}
+
 /// True when the server closed the connection (EOF or reset), false on data or
 /// when nothing happened within the read timeout.
 fn closed_by_server(t: &mut std::net::TcpStream) -> bool {

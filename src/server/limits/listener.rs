@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::AddrKey;
 use crate::config::LimitsConfig;
 use crate::metrics::{Metrics, Rejection};
 
@@ -29,37 +30,38 @@ impl LimitsConfig {
 /// Open connections per address.
 #[derive(Default)]
 pub struct AddrCounter {
-    open: DashMap<IpAddr, usize>,
+    open: DashMap<AddrKey, usize>,
 }
 
 /// One counted connection; uncounts itself when dropped.
 pub struct AddrSlot {
     counter: Arc<AddrCounter>,
-    ip: IpAddr,
+    key: AddrKey,
 }
 
 impl AddrCounter {
     /// Counts a connection unless `max` are already open from `ip`.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddrSlot> {
-        let mut n = self.open.entry(ip).or_insert(0);
+        let key = AddrKey::of(ip);
+        let mut n = self.open.entry(key).or_insert(0);
         if max > 0 && *n >= max {
             return None;
         }
         *n += 1;
         Some(AddrSlot {
             counter: self.clone(),
-            ip,
+            key,
         })
     }
 
     pub fn open(&self, ip: IpAddr) -> usize {
-        self.open.get(&ip).map_or(0, |n| *n)
+        self.open.get(&AddrKey::of(ip)).map_or(0, |n| *n)
     }
 }
 
 impl Drop for AddrSlot {
     fn drop(&mut self) {
-        self.counter.open.remove_if_mut(&self.ip, |_, n| {
+        self.counter.open.remove_if_mut(&self.key, |_, n| {
             *n = n.saturating_sub(1);
             *n == 0
         });

@@ -4,8 +4,8 @@
 //! the backoff only once the one before it has been answered and counted, so that
 //! attempts sent side by side cannot all pass the check before any has failed.
 
+use super::AddrKey;
 use dashmap::DashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ impl LoginGuard {
         format!("u:{}", username.trim().to_lowercase())
     }
 
-    fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
+    fn keys(username: &str, ip: Option<AddrKey>) -> Vec<String> {
         let mut k = vec![Self::user_key(username)];
         if let Some(ip) = ip {
             k.push(format!("a:{ip}"));
@@ -69,7 +69,7 @@ impl LoginGuard {
     }
 
     /// `Err(wait)` while the username or the address is backing off.
-    pub fn check(&self, username: &str, ip: Option<IpAddr>) -> Result<(), Duration> {
+    pub fn check(&self, username: &str, ip: Option<AddrKey>) -> Result<(), Duration> {
         let now = Instant::now();
         let mut wait = Duration::ZERO;
         for k in Self::keys(username, ip) {
@@ -99,7 +99,7 @@ impl LoginGuard {
         }
     }
 
-    pub fn failed(&self, username: &str, ip: Option<IpAddr>) {
+    pub fn failed(&self, username: &str, ip: Option<AddrKey>) {
         let now = Instant::now();
         if self.failures.len() > LOGIN_KEYS_SOFT_CAP {
             let forget = self.max * 2;
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn login_backoff_doubles_and_success_clears_the_username() {
         let g = LoginGuard::new(2, 60);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = AddrKey::of("10.0.0.1".parse().unwrap());
         g.failed("Bob", Some(ip));
         assert!(g.check("bob", Some(ip)).is_ok(), "two free failures");
         g.failed("bob", Some(ip));

@@ -1,8 +1,8 @@
 //! Registrations per client address: a token bucket per address, so that one client
 //! cannot fill the password-hashing queue every login waits in, nor the user store.
 
+use super::AddrKey;
 use dashmap::DashMap;
-use std::net::IpAddr;
 use std::time::Instant;
 
 /// Addresses remembered before idle ones (a full bucket) are dropped.
@@ -15,7 +15,7 @@ struct Bucket {
 
 pub struct RegisterGuard {
     per_hour: u32,
-    buckets: DashMap<IpAddr, Bucket>,
+    buckets: DashMap<AddrKey, Bucket>,
 }
 
 impl RegisterGuard {
@@ -27,11 +27,11 @@ impl RegisterGuard {
     }
 
     /// Whether `ip` may register one more account now (`None`: an exempt address).
-    pub fn admit(&self, ip: Option<IpAddr>) -> bool {
+    pub fn admit(&self, ip: Option<AddrKey>) -> bool {
         self.admit_at(ip, Instant::now())
     }
 
-    fn admit_at(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+    fn admit_at(&self, ip: Option<AddrKey>, now: Instant) -> bool {
         let (Some(ip), true) = (ip, self.per_hour > 0) else {
             return true;
         };
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn an_address_registers_its_hourly_share_then_waits() {
         let g = RegisterGuard::new(3);
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let [a, b] = ["10.0.0.1", "10.0.0.2"].map(|s| AddrKey::of(s.parse().unwrap()));
         let t = Instant::now();
         assert!((0..3).all(|_| g.admit_at(Some(a), t)));
         assert!(!g.admit_at(Some(a), t));
