@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::domain::UserId;
+use crate::domain::{self, Millis, UserId};
 
 /// WebSocket close codes the server uses.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -960,11 +960,13 @@ impl Queued for UserWrites {
     }
 }
 
-/// A connection that is logged in, for `booking.updated` pushes.
+/// A connection that is logged in, for `booking.updated` pushes, until its session
+/// expires.
 #[derive(Clone)]
 struct UserConn {
     outbox: Outbox,
     token_hash: Arc<str>,
+    expires_at: Millis,
 }
 
 /// Which connections belong to which user, and how many there are (kept as they
@@ -991,13 +993,16 @@ impl UserRegistry {
         self.count.fetch_sub(before - after, Ordering::Relaxed);
     }
 
-    pub fn attach(&self, user: UserId, token_hash: &str, outbox: &Outbox) {
+    /// Attaches a connection logged in with the session `token_hash`, which expires
+    /// at `expires_at`: from then on the connection gets none of the user's pushes.
+    pub fn attach(&self, user: UserId, token_hash: &str, expires_at: Millis, outbox: &Outbox) {
         let mut v = self.conns.entry(user).or_default();
         let before = v.len();
         v.retain(|c| c.outbox.id() != outbox.id());
         v.push(UserConn {
             outbox: outbox.clone(),
             token_hash: token_hash.into(),
+            expires_at,
         });
         if v.len() > before {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -1013,7 +1018,8 @@ impl UserRegistry {
         self.change(user, |v| v.retain(|c| &*c.token_hash != token_hash));
     }
 
-    /// Sends `frame` to every connection of `user`, forgetting closed ones. A user
+    /// Sends `frame` to every connection of `user`, forgetting closed ones and those
+    /// whose session has expired (their next call needing a login is refused). A user
     /// logged in on more connections than a [`Claim`] writes in place gets it
     /// queued on each and written by the registry's loop (on a blocking thread),
     /// so that the caller (the commit loop) does not write to all of them; a reply
@@ -1034,7 +1040,9 @@ impl UserRegistry {
         with_reply: Option<u64>,
     ) {
         let mut to_kick = Vec::new();
+        let now = domain::now_ms();
         self.change(user, |v| {
+            v.retain(|c| c.expires_at > now);
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
             v.retain(|c| {
                 let queued = if Some(c.outbox.id()) == with_reply {
@@ -1075,11 +1083,15 @@ impl UserRegistry {
         ids
     }
 
-    /// The open connections of `user`.
+    /// The open connections of `user` whose session has not expired.
     pub fn outboxes(&self, user: UserId) -> Vec<Outbox> {
-        self.conns
-            .get(&user)
-            .map_or_else(Vec::new, |v| v.iter().map(|c| c.outbox.clone()).collect())
+        let now = domain::now_ms();
+        self.conns.get(&user).map_or_else(Vec::new, |v| {
+            v.iter()
+                .filter(|c| c.expires_at > now)
+                .map(|c| c.outbox.clone())
+                .collect()
+        })
     }
 
     pub fn connections(&self) -> usize {
@@ -1442,9 +1454,9 @@ mod tests {
         let (a, mut ra) = outbox(QueueLimits::default());
         let (b, mut rb) = outbox(QueueLimits::default());
         let (c, mut rc) = outbox(QueueLimits::default());
-        reg.attach(UserId(1), "t1", &a);
-        reg.attach(UserId(1), "t2", &b);
-        reg.attach(UserId(2), "t3", &c);
+        reg.attach(UserId(1), "t1", Millis::MAX, &a);
+        reg.attach(UserId(1), "t2", Millis::MAX, &b);
+        reg.attach(UserId(2), "t3", Millis::MAX, &c);
         reg.push(UserId(1), &"hi".into(), None, None);
         assert!(matches!(ra.next().await, Next::Frames(_)));
         assert!(matches!(rb.next().await, Next::Frames(_)));
@@ -1455,6 +1467,23 @@ mod tests {
         assert!(rb.try_next().is_some());
         reg.detach(UserId(1), b.id());
         assert_eq!(reg.connections(), 1);
+    }
+
+    /// A connection whose session has expired gets none of its user's pushes, even
+    /// before anything looks at its session again.
+    #[tokio::test]
+    async fn a_connection_whose_session_expired_gets_no_pushes() {
+        let reg = UserRegistry::default();
+        let (live, mut rl) = outbox(QueueLimits::default());
+        let (expired, mut re) = outbox(QueueLimits::default());
+        reg.attach(UserId(1), "t1", Millis::MAX, &live);
+        reg.attach(UserId(1), "t2", domain::now_ms() - 1, &expired);
+        let ids: Vec<u64> = reg.outboxes(UserId(1)).iter().map(Outbox::id).collect();
+        assert_eq!(ids, [live.id()]);
+        reg.push(UserId(1), &"hi".into(), None, None);
+        assert!(matches!(rl.next().await, Next::Frames(_)));
+        assert!(re.try_next().is_none());
+        assert_eq!(reg.connections(), 1, "the expired one is forgotten");
     }
 
     /// A runtime whose only blocking thread is busy until the sender is used.
@@ -1478,7 +1507,7 @@ mod tests {
         let mut conns = Vec::new();
         for _ in 0..WRITE_IN_PLACE + 4 {
             let c = attached(QueueLimits::default()).await;
-            reg.attach(UserId(1), "t", &c.0);
+            reg.attach(UserId(1), "t", Millis::MAX, &c.0);
             conns.push(c);
         }
         let (other, go) = blocked_runtime();
@@ -1511,7 +1540,7 @@ mod tests {
         for user in [1, 2] {
             for _ in 0..WRITE_IN_PLACE + 1 {
                 let c = attached(QueueLimits::default()).await;
-                reg.attach(UserId(user), "t", &c.0);
+                reg.attach(UserId(user), "t", Millis::MAX, &c.0);
                 conns.push(c);
             }
         }
@@ -1537,9 +1566,9 @@ mod tests {
         let reg = UserRegistry::default();
         let (a, _ra) = outbox(QueueLimits::default());
         let (b, rb) = outbox(QueueLimits::default());
-        reg.attach(UserId(1), "t1", &a);
-        reg.attach(UserId(1), "t1", &a);
-        reg.attach(UserId(2), "t2", &b);
+        reg.attach(UserId(1), "t1", Millis::MAX, &a);
+        reg.attach(UserId(1), "t1", Millis::MAX, &a);
+        reg.attach(UserId(2), "t2", Millis::MAX, &b);
         assert_eq!(reg.connections(), 2, "attaching again adds nothing");
         drop(rb);
         reg.push(UserId(2), &"x".into(), None, None);

@@ -184,7 +184,8 @@ impl App {
         if self.sessions.len() < SESSION_CACHE_MAX {
             self.sessions.insert(rec.token_hash.clone(), rec.clone());
         }
-        self.users.attach(user.id, &rec.token_hash, outbox);
+        self.users
+            .attach(user.id, &rec.token_hash, rec.expires_at, outbox);
         *conn = Some(Box::new(AuthSession {
             user_id: user.id,
             username: user.username.clone(),
