@@ -241,6 +241,15 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
         )
         .await;
     assert_eq!(e["data"]["reason"], "invalid_state");
+    // any update of a departed flight, even one whose params would be refused
+    for bad in [
+        json!({"flight_id": id}),
+        json!({"flight_id": id, "estimated_departs_at": "not a time"}),
+        json!({"flight_id": id, "estimated_departs_at": "2999-01-01T00:00:00Z"}),
+    ] {
+        let e = admin.err("admin.flights.update", bad.clone()).await;
+        assert_eq!(e["data"]["reason"], "invalid_state", "{bad}: {e}");
+    }
     let e = admin
         .err(
             "admin.flights.cancel",

@@ -98,8 +98,11 @@ impl App {
         let _serial = self.admin.flights.lock().await;
         let flight = self
             .commit_flight(&fs, |f| {
+                let now = domain::now_ms();
+                // a departed or cancelled flight refuses any update, even a malformed one
+                f.check_updatable(now)?;
                 let update = status_update(&p, f)?;
-                f.update(&update, domain::now_ms()).map_err(AppError::from)
+                f.update(&update, now).map_err(AppError::from)
             })
             .await?;
         tracing::info!(flight = %fs.id, status = flight.status(domain::now_ms()).as_str(), "flight updated");

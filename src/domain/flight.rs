@@ -223,7 +223,22 @@ impl Flight {
     /// Applies an `admin.flights.update`: estimates (while scheduled, delayed or
     /// boarding) move the flight between `scheduled` and `delayed`; the status moves
     /// forward only, `scheduled`/`delayed` -> `boarding` -> `departed`.
+    /// Whether the flight may still be updated at all: not once it has departed or
+    /// been cancelled, whatever the update says.
+    pub fn check_updatable(&self, now: Millis) -> Result<(), DomainError> {
+        let current = self.status(now);
+        if matches!(current, FlightStatus::Departed | FlightStatus::Cancelled) {
+            return Err(DomainError::InvalidState(format!(
+                "flight {} is {}: it can no longer be updated",
+                self.number,
+                current.as_str()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn update(&mut self, u: &StatusUpdate, now: Millis) -> Result<(), DomainError> {
+        self.check_updatable(now)?;
         let current = self.status(now);
         let refuse = |what: &str| {
             Err(DomainError::InvalidState(format!(
@@ -232,9 +247,6 @@ impl Flight {
                 current.as_str()
             )))
         };
-        if matches!(current, FlightStatus::Departed | FlightStatus::Cancelled) {
-            return refuse("it can no longer be updated");
-        }
         let dep = u.estimated_departs_at.or(self.estimated_departs_at);
         let arr = u.estimated_arrives_at.or(self.estimated_arrives_at);
         if let Some(a) = arr {
