@@ -29,9 +29,14 @@ run fanout fanout "${common[@]}" -w 50 --writers 2 --rate 40 -d 2 --warmup 0.5 \
     --reference "$T/bare-broadcast"
 run booking booking "${common[@]}" -c 8 -d 2
 # a connection over the server's request rate waits and sends again (no hold is left
-# unpaid, which would end in the open-holds cap)
-run booking-throttled booking "${common[@]}" -c 4 -d 3 --server-arg=--rate-limit=20 \
-    --server-arg=--rate-burst=5
+# unpaid, which would end in the open-holds cap); the run must have been throttled
+echo "== bench-smoke: booking-throttled"
+if ! "$L" booking "${common[@]}" -c 4 -d 3 --server-arg=--rate-limit=5 \
+    --server-arg=--rate-burst=2 --json |
+    python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["throttled"], "throttled,", r["pairs"], "pairs, errors", r["errors"]); sys.exit(0 if r["ok"] and r["throttled"] > 0 and not r["errors"] else 1)'; then
+    echo "bench-smoke: booking-throttled FAILED"
+    failed=1
+fi
 run booking-bare booking --spawn-bare "$T/bare-broadcast" --quiet --timeout 120 -c 8 -d 2
 run stampede stampede "${common[@]}" -n 400 --accounts 48
 run stampede-own-accounts stampede "${common[@]}" -n 400 --one-account-per-user \

@@ -104,6 +104,11 @@ pub struct Config {
     #[arg(long, env = "JETWAY_SESSION_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
     pub session_ttl: u64,
 
+    /// Sessions each node keeps in memory for pushes and lookups; past it a session
+    /// is read from the store (slower, never wrong).
+    #[arg(long, env = "JETWAY_SESSION_CACHE", default_value_t = 65_536)]
+    pub session_cache: usize,
+
     /// Serve the browser app from this directory instead of the copy built into the
     /// binary (for working on the app without rebuilding).
     #[arg(long, env = "JETWAY_STATIC_DIR")]
@@ -273,6 +278,11 @@ pub struct LimitsConfig {
     /// 0: no limit. Loopback is exempt unless --limit-loopback.
     #[arg(long, env = "JETWAY_REGISTRATIONS_PER_HOUR", default_value_t = 60)]
     pub registrations_per_hour: u32,
+
+    /// How many leading bits of an IPv6 client address the per-address limits count
+    /// it by (a host is usually given a whole /64); 128 counts every address alone.
+    #[arg(long, env = "JETWAY_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(32..=128))]
+    pub ipv6_prefix: u8,
 
     /// Reverse proxies (CIDRs or addresses, comma-separated) whose
     /// `--forwarded-header` gives the client's address for the per-address limits and

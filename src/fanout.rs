@@ -29,7 +29,7 @@
 
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -1083,15 +1083,33 @@ impl UserRegistry {
         ids
     }
 
-    /// The open connections of `user` whose session has not expired.
+    /// The open connections of `user` whose session has not expired (forgetting the
+    /// others).
     pub fn outboxes(&self, user: UserId) -> Vec<Outbox> {
         let now = domain::now_ms();
-        self.conns.get(&user).map_or_else(Vec::new, |v| {
-            v.iter()
-                .filter(|c| c.expires_at > now)
-                .map(|c| c.outbox.clone())
-                .collect()
-        })
+        let mut out = Vec::new();
+        self.change(user, |v| {
+            v.retain(|c| c.expires_at > now);
+            out = v.iter().map(|c| c.outbox.clone()).collect();
+        });
+        out
+    }
+
+    /// Detaches every connection that used one of `token_hashes`, whoever its user
+    /// (sessions ended through another node that this one had not cached): one pass
+    /// over all connections.
+    pub fn revoke_tokens(&self, token_hashes: &HashSet<&str>) {
+        if token_hashes.is_empty() {
+            return;
+        }
+        let mut removed = 0;
+        self.conns.retain(|_, v| {
+            let before = v.len();
+            v.retain(|c| !token_hashes.contains(&*c.token_hash));
+            removed += before - v.len();
+            !v.is_empty()
+        });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
     }
 
     pub fn connections(&self) -> usize {
@@ -1448,15 +1466,20 @@ mod tests {
         assert!(conn.silent_for() < Duration::from_secs(3600));
     }
 
+    /// Three connections attached to `reg`: user 1's with tokens t1 and t2, user 2's
+    /// with t3.
+    fn two_users(reg: &UserRegistry) -> [(Outbox, OutboxReceiver); 3] {
+        [(1, "t1"), (1, "t2"), (2, "t3")].map(|(user, token)| {
+            let (o, rx) = outbox(QueueLimits::default());
+            reg.attach(UserId(user), token, Millis::MAX, &o);
+            (o, rx)
+        })
+    }
+
     #[tokio::test]
     async fn registry_pushes_to_every_connection_of_a_user() {
         let reg = UserRegistry::default();
-        let (a, mut ra) = outbox(QueueLimits::default());
-        let (b, mut rb) = outbox(QueueLimits::default());
-        let (c, mut rc) = outbox(QueueLimits::default());
-        reg.attach(UserId(1), "t1", Millis::MAX, &a);
-        reg.attach(UserId(1), "t2", Millis::MAX, &b);
-        reg.attach(UserId(2), "t3", Millis::MAX, &c);
+        let [(_a, mut ra), (b, mut rb), (_c, mut rc)] = two_users(&reg);
         reg.push(UserId(1), &"hi".into(), None, None);
         assert!(matches!(ra.next().await, Next::Frames(_)));
         assert!(matches!(rb.next().await, Next::Frames(_)));
@@ -1484,6 +1507,19 @@ mod tests {
         assert!(matches!(rl.next().await, Next::Frames(_)));
         assert!(re.try_next().is_none());
         assert_eq!(reg.connections(), 1, "the expired one is forgotten");
+    }
+
+    #[tokio::test]
+    async fn sessions_ended_elsewhere_detach_their_connections_whoever_the_user() {
+        let reg = UserRegistry::default();
+        let [(_a, mut ra), (_b, mut rb), (_c, mut rc)] = two_users(&reg);
+        reg.revoke_tokens(&HashSet::from(["t1", "t3", "unknown"]));
+        assert_eq!(reg.connections(), 1);
+        reg.push(UserId(1), &"hi".into(), None, None);
+        reg.push(UserId(2), &"hi".into(), None, None);
+        assert!(ra.try_next().is_none());
+        assert!(matches!(rb.next().await, Next::Frames(_)));
+        assert!(rc.try_next().is_none());
     }
 
     /// A runtime whose only blocking thread is busy until the sender is used.

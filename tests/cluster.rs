@@ -1330,6 +1330,15 @@ async fn a_finished_twin_pay_keeps_the_mark_of_a_twin_still_charging() {
 /// An in-process node on `etcd` paying through the fake Stripe at `base`.
 /// A node on the etcd members `endpoints` (comma-separated).
 async fn in_process_node(endpoints: &str, prefix: &str, base: &str) -> Server {
+    in_process_node_with(endpoints, prefix, base, |_| {}).await
+}
+
+async fn in_process_node_with(
+    endpoints: &str,
+    prefix: &str,
+    base: &str,
+    tweak: impl FnOnce(&mut jetway::Config),
+) -> Server {
     Server::start_with(|c| {
         c.store = jetway::config::StoreKind::Etcd;
         c.etcd_endpoints = endpoints.split(',').map(str::to_owned).collect();
@@ -1340,8 +1349,74 @@ async fn in_process_node(endpoints: &str, prefix: &str, base: &str) -> Server {
         c.gateway_timeout = 10;
         c.reconcile_interval = 3600;
         c.admin_password = Some(ADMIN_PASSWORD.into());
+        tweak(c);
     })
     .await
+}
+
+/// A logout through one node ends the session's pushes on another, also when that
+/// node had not cached the session (its cache was full: here it holds none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_through_another_node_ends_the_pushes_of_a_session_it_did_not_cache() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let a = in_process_node(&etcd.endpoints(), &prefix, &fake.base()).await;
+    let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), |c| {
+        c.session_cache = 0
+    })
+    .await;
+    let flight = scheduled_flights(&a.url()).await.remove(0);
+    let name = unique_name("out");
+    let mut leaving = Client::connect(&a.url()).await;
+    let token = leaving.register(&name).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut elsewhere = Client::connect(&b.url()).await;
+    elsewhere.ok("auth.resume", json!({"token": token})).await;
+    elsewhere
+        .ok("seats.subscribe", json!({"flight_id": flight}))
+        .await;
+    let mut staying = Client::connect(&a.url()).await;
+    staying
+        .ok(
+            "auth.login",
+            json!({"username": name, "password": common::PASSWORD}),
+        )
+        .await;
+    let seats = free_seats(&mut staying, &flight, "economy", 2).await;
+    let hold = |seat: &String, rid: &str| hold_params(&flight, std::slice::from_ref(seat), rid);
+    let first = staying.ok("booking.hold", hold(&seats[0], "h1")).await;
+    let loc = first["booking"]["locator"].as_str().unwrap().to_owned();
+    // attached on node B: it gets the user's pushes
+    assert_eq!(
+        elsewhere.push("booking.updated").await["booking"]["locator"],
+        loc
+    );
+    elsewhere.pushes.clear();
+
+    leaving.ok("auth.logout", json!({})).await;
+    staying
+        .ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": "c1"}),
+        )
+        .await;
+    staying.ok("booking.hold", hold(&seats[1], "h2")).await;
+    // node B pushes a revision's seat change before its booking change: once the
+    // second hold's seat change is here, the cancel's booking push would be too
+    for _ in 0..2 {
+        elsewhere.push("seats.changed").await;
+    }
+    let methods: Vec<&Value> = elsewhere.pushes.iter().map(|p| &p["method"]).collect();
+    assert!(
+        !methods.iter().any(|m| *m == "booking.updated"),
+        "pushes after the logout: {methods:?}"
+    );
+    let e = elsewhere.err("bookings.list", json!({})).await;
+    assert_eq!(e["data"]["reason"], "invalid_token");
 }
 
 const ADMIN_PASSWORD: &str = "cluster refunds admin";

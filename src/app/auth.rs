@@ -10,6 +10,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{event, App};
@@ -24,8 +25,6 @@ pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
 /// The account `JETWAY_ADMIN_PASSWORD` manages; nobody can register it.
 pub const ADMIN_NAME: &str = "admin";
-/// At most this many sessions are cached in memory; the store has them all.
-pub const SESSION_CACHE_MAX: usize = 65_536;
 /// Sessions revoked per write (etcd bounds the operations of one transaction).
 const REVOKE_CHUNK: usize = 100;
 /// Expired sessions are swept at least this often.
@@ -181,8 +180,10 @@ impl App {
         if let Some(old) = conn.take() {
             self.users.detach(old.user_id, outbox.id());
         }
-        if self.sessions.len() < SESSION_CACHE_MAX {
+        if self.sessions.len() < self.config.session_cache {
             self.sessions.insert(rec.token_hash.clone(), rec.clone());
+        } else {
+            self.sessions_overflowed.store(true, Ordering::Relaxed);
         }
         self.users
             .attach(user.id, &rec.token_hash, rec.expires_at, outbox);

@@ -41,8 +41,7 @@ pub struct AddrSlot {
 
 impl AddrCounter {
     /// Counts a connection unless `max` are already open from `ip`.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddrSlot> {
-        let key = AddrKey::of(ip);
+    pub fn try_acquire(self: &Arc<Self>, key: AddrKey, max: usize) -> Option<AddrSlot> {
         let mut n = self.open.entry(key).or_insert(0);
         if max > 0 && *n >= max {
             return None;
@@ -54,8 +53,8 @@ impl AddrCounter {
         })
     }
 
-    pub fn open(&self, ip: IpAddr) -> usize {
-        self.open.get(&AddrKey::of(ip)).map_or(0, |n| *n)
+    pub fn open(&self, key: AddrKey) -> usize {
+        self.open.get(&key).map_or(0, |n| *n)
     }
 }
 
@@ -167,14 +166,15 @@ impl axum::serve::Listener for GuardedListener {
                 }
             };
             let slot = if self.limits.counts_tcp_peer(peer.ip()) {
+                let key = self.limits.addr_key(peer.ip());
                 match self
                     .counter
-                    .try_acquire(peer.ip(), self.limits.max_connections_per_addr)
+                    .try_acquire(key, self.limits.max_connections_per_addr)
                 {
                     Some(s) => Some(s),
                     None => {
                         self.metrics.rejected(Rejection::PerAddressLimit);
-                        tracing::info!(peer = %peer.ip(), "too many connections from one address");
+                        tracing::info!(peer = %peer.ip(), counted_as = %key, "too many connections from one address");
                         let _ = stream.try_write(TOO_MANY);
                         drop(stream);
                         continue;
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn address_slots_count_and_release() {
         let c = Arc::new(AddrCounter::default());
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let ip = AddrKey::of("192.0.2.7".parse().unwrap(), 64);
         let a = c.try_acquire(ip, 2).unwrap();
         let _b = c.try_acquire(ip, 2).unwrap();
         assert!(c.try_acquire(ip, 2).is_none());

@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn login_backoff_doubles_and_success_clears_the_username() {
         let g = LoginGuard::new(2, 60);
-        let ip = AddrKey::of("10.0.0.1".parse().unwrap());
+        let ip = AddrKey::of("10.0.0.1".parse().unwrap(), 64);
         g.failed("Bob", Some(ip));
         assert!(g.check("bob", Some(ip)).is_ok(), "two free failures");
         g.failed("bob", Some(ip));

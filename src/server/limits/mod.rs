@@ -25,34 +25,72 @@ use listener::AddrCounter;
 use login::LoginGuard;
 use register::RegisterGuard;
 
-/// What the per-address limits count under: an IPv4 address (an IPv4-mapped IPv6
-/// one as the IPv4 address it is), or an IPv6 address's /64. An IPv6 host is
-/// usually given a whole /64 and may send from any address in it, so keyed by the
-/// full address every limit here would be one address change away.
+/// What the per-address limits count under: an IPv4 address, or an IPv6 address's
+/// leading `--ipv6-prefix` bits (a /64 by default: an IPv6 host is usually given a
+/// whole /64 and may send from any address in it, so keyed by the full address every
+/// limit here would be one address change away). IPv6 addresses that stand for one
+/// IPv4 client count as that client: IPv4-mapped (`::ffff:0:0/96`) and NAT64's
+/// well-known prefix (`64:ff9b::/96`). Those a prefix says nothing about count whole:
+/// `::/96` (IPv4-compatible, loopback), link-local `fe80::/10` and Teredo
+/// `2001::/32` (whose /64 is the relay's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddrKey(IpAddr);
+pub struct AddrKey {
+    ip: IpAddr,
+    prefix: u8,
+}
 
 impl AddrKey {
-    pub fn of(ip: IpAddr) -> Self {
-        AddrKey(match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let mask = !0u128 << 64;
-                    IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+    pub fn of(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        let whole = |ip| AddrKey { ip, prefix: 128 };
+        let v6 = match ip {
+            IpAddr::V4(v4) => {
+                return AddrKey {
+                    ip: v4.into(),
+                    prefix: 32,
                 }
-            },
-            v4 => v4,
-        })
+            }
+            IpAddr::V6(v6) => v6,
+        };
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return AddrKey {
+                ip: v4.into(),
+                prefix: 32,
+            };
+        }
+        let bits = u128::from(v6);
+        let within = |net: u128, len: u32| (bits ^ net) >> (128 - len) == 0;
+        if within(0x0064_ff9b << 96, 96) {
+            let v4 = std::net::Ipv4Addr::from(bits as u32);
+            return AddrKey {
+                ip: v4.into(),
+                prefix: 32,
+            };
+        }
+        if within(0, 96) || within(0xfe80 << 112, 10) || within(0x2001_0000 << 96, 32) {
+            return whole(ip);
+        }
+        let prefix = ipv6_prefix.clamp(1, 128);
+        let mask = !0u128 << (128 - u32::from(prefix));
+        AddrKey {
+            ip: IpAddr::V6(Ipv6Addr::from(bits & mask)),
+            prefix,
+        }
     }
 }
 
 impl std::fmt::Display for AddrKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
-            v4 => write!(f, "{v4}"),
+        match self.ip {
+            IpAddr::V6(v6) if self.prefix < 128 => write!(f, "{v6}/{}", self.prefix),
+            ip => write!(f, "{ip}"),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// The key `ip` is counted under by the per-address limits.
+    pub fn addr_key(&self, ip: IpAddr) -> AddrKey {
+        AddrKey::of(ip, self.ipv6_prefix)
     }
 }
 
@@ -79,7 +117,9 @@ impl Shield {
     /// The address key for the login backoff and the registration limit, unless this
     /// peer is exempt.
     pub fn login_addr(&self, ip: IpAddr) -> Option<AddrKey> {
-        self.limits.limits_addr(ip).then(|| AddrKey::of(ip))
+        self.limits
+            .limits_addr(ip)
+            .then(|| self.limits.addr_key(ip))
     }
 }
 
@@ -88,7 +128,7 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> AddrKey {
-        AddrKey::of(s.parse().unwrap())
+        AddrKey::of(s.parse().unwrap(), 64)
     }
 
     #[test]
@@ -97,7 +137,25 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("2001:db8:1:2::9").to_string(), "2001:db8:1:2::/64");
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
-        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
         assert_eq!(key("192.0.2.1").to_string(), "192.0.2.1");
+        // one IPv4 client, however it is written
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_eq!(key("64:ff9b::192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("64:ff9b::192.0.2.1"), key("64:ff9b::192.0.2.2"));
+        // addresses a prefix says nothing about count whole
+        for (a, b) in [
+            ("::1", "::2"),
+            ("::192.0.2.1", "::192.0.2.2"),
+            ("fe80::1", "fe80::2"),
+            ("2001:0:4136:e378::1", "2001:0:4136:e378::2"),
+        ] {
+            assert_ne!(key(a), key(b), "{a} {b}");
+            assert_eq!(key(a).to_string(), a.parse::<IpAddr>().unwrap().to_string());
+        }
+        // --ipv6-prefix 128: every address on its own; 48: the site
+        let with = |s: &str, p| AddrKey::of(s.parse().unwrap(), p);
+        assert_ne!(with("2001:db8::1", 128), with("2001:db8::2", 128));
+        assert_eq!(with("2001:db8::1", 128).to_string(), "2001:db8::1");
+        assert_eq!(with("2001:db8:0:1::1", 48), with("2001:db8:0:2::1", 48));
     }
 }

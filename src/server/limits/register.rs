@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn an_address_registers_its_hourly_share_then_waits() {
         let g = RegisterGuard::new(3);
-        let [a, b] = ["10.0.0.1", "10.0.0.2"].map(|s| AddrKey::of(s.parse().unwrap()));
+        let [a, b] = ["10.0.0.1", "10.0.0.2"].map(|s| AddrKey::of(s.parse().unwrap(), 64));
         let t = Instant::now();
         assert!((0..3).all(|_| g.admit_at(Some(a), t)));
         assert!(!g.admit_at(Some(a), t));
