@@ -29,7 +29,7 @@
 
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -975,47 +975,94 @@ struct UserConn {
 pub struct UserRegistry {
     conns: DashMap<UserId, Vec<UserConn>>,
     count: std::sync::atomic::AtomicUsize,
+    /// The user of each session token attached here, and on how many connections:
+    /// a session ended through another node names only its token.
+    tokens: DashMap<Arc<str>, (UserId, usize)>,
     /// Writes the pushes to users on many connections.
     writes: Arc<UserWrites>,
 }
 
+/// Keeps the connections `keep` says to, noting the tokens of the others in `gone`.
+fn retain_conns(
+    v: &mut Vec<UserConn>,
+    gone: &mut Vec<Arc<str>>,
+    mut keep: impl FnMut(&UserConn) -> bool,
+) {
+    v.retain(|c| {
+        let kept = keep(c);
+        if !kept {
+            gone.push(c.token_hash.clone());
+        }
+        kept
+    });
+}
+
 impl UserRegistry {
-    /// Runs `f` on `user`'s connections (dropping the user once none is left) and
-    /// moves the count by what it added or removed.
-    fn change(&self, user: UserId, f: impl FnOnce(&mut Vec<UserConn>)) {
-        let (mut before, mut after) = (0, 0);
+    /// Runs `f` on `user`'s connections (dropping the user once none is left); `f`
+    /// removes connections with [`retain_conns`]. Moves the count and the token
+    /// index by what it removed.
+    fn change(&self, user: UserId, f: impl FnOnce(&mut Vec<UserConn>, &mut Vec<Arc<str>>)) {
+        let mut gone = Vec::new();
         self.conns.remove_if_mut(&user, |_, v| {
-            before = v.len();
-            f(v);
-            after = v.len();
+            f(v, &mut gone);
             v.is_empty()
         });
-        self.count.fetch_sub(before - after, Ordering::Relaxed);
+        self.count.fetch_sub(gone.len(), Ordering::Relaxed);
+        self.forget_tokens(&gone);
+    }
+
+    fn forget_tokens(&self, gone: &[Arc<str>]) {
+        for t in gone {
+            self.tokens.remove_if_mut(t, |_, (_, n)| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
     }
 
     /// Attaches a connection logged in with the session `token_hash`, which expires
     /// at `expires_at`: from then on the connection gets none of the user's pushes.
+    /// The token is indexed before the connection is attached, so a session ended
+    /// meanwhile is found either here or by the caller's look at the session after.
     pub fn attach(&self, user: UserId, token_hash: &str, expires_at: Millis, outbox: &Outbox) {
-        let mut v = self.conns.entry(user).or_default();
-        let before = v.len();
-        v.retain(|c| c.outbox.id() != outbox.id());
-        v.push(UserConn {
-            outbox: outbox.clone(),
-            token_hash: token_hash.into(),
-            expires_at,
-        });
-        if v.len() > before {
+        let token: Arc<str> = token_hash.into();
+        self.tokens.entry(token.clone()).or_insert((user, 0)).1 += 1;
+        let mut gone = Vec::new();
+        {
+            let mut v = self.conns.entry(user).or_default();
+            retain_conns(&mut v, &mut gone, |c| c.outbox.id() != outbox.id());
+            v.push(UserConn {
+                outbox: outbox.clone(),
+                token_hash: token,
+                expires_at,
+            });
+        }
+        if gone.is_empty() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
+        self.forget_tokens(&gone);
     }
 
     pub fn detach(&self, user: UserId, conn_id: u64) {
-        self.change(user, |v| v.retain(|c| c.outbox.id() != conn_id));
+        self.change(user, |v, gone| {
+            retain_conns(v, gone, |c| c.outbox.id() != conn_id)
+        });
     }
 
     /// Detaches every connection that used `token_hash` (logout).
     pub fn revoke(&self, user: UserId, token_hash: &str) {
-        self.change(user, |v| v.retain(|c| &*c.token_hash != token_hash));
+        self.change(user, |v, gone| {
+            retain_conns(v, gone, |c| &*c.token_hash != token_hash)
+        });
+    }
+
+    /// Detaches every connection that used `token_hash`, whoever its user (a session
+    /// ended through another node).
+    pub fn revoke_token(&self, token_hash: &str) {
+        let user = self.tokens.get(token_hash).map(|e| e.0);
+        if let Some(user) = user {
+            self.revoke(user, token_hash);
+        }
     }
 
     /// Sends `frame` to every connection of `user`, forgetting closed ones and those
@@ -1041,10 +1088,10 @@ impl UserRegistry {
     ) {
         let mut to_kick = Vec::new();
         let now = domain::now_ms();
-        self.change(user, |v| {
-            v.retain(|c| c.expires_at > now);
+        self.change(user, |v, gone| {
+            retain_conns(v, gone, |c| c.expires_at > now);
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
-            v.retain(|c| {
+            retain_conns(v, gone, |c| {
                 let queued = if Some(c.outbox.id()) == with_reply {
                     c.outbox
                         .queue_quiet(FrameKind::Push, std::iter::once(frame))
@@ -1088,28 +1135,11 @@ impl UserRegistry {
     pub fn outboxes(&self, user: UserId) -> Vec<Outbox> {
         let now = domain::now_ms();
         let mut out = Vec::new();
-        self.change(user, |v| {
-            v.retain(|c| c.expires_at > now);
+        self.change(user, |v, gone| {
+            retain_conns(v, gone, |c| c.expires_at > now);
             out = v.iter().map(|c| c.outbox.clone()).collect();
         });
         out
-    }
-
-    /// Detaches every connection that used one of `token_hashes`, whoever its user
-    /// (sessions ended through another node that this one had not cached): one pass
-    /// over all connections.
-    pub fn revoke_tokens(&self, token_hashes: &HashSet<&str>) {
-        if token_hashes.is_empty() {
-            return;
-        }
-        let mut removed = 0;
-        self.conns.retain(|_, v| {
-            let before = v.len();
-            v.retain(|c| !token_hashes.contains(&*c.token_hash));
-            removed += before - v.len();
-            !v.is_empty()
-        });
-        self.count.fetch_sub(removed, Ordering::Relaxed);
     }
 
     pub fn connections(&self) -> usize {
@@ -1513,8 +1543,11 @@ mod tests {
     async fn sessions_ended_elsewhere_detach_their_connections_whoever_the_user() {
         let reg = UserRegistry::default();
         let [(_a, mut ra), (_b, mut rb), (_c, mut rc)] = two_users(&reg);
-        reg.revoke_tokens(&HashSet::from(["t1", "t3", "unknown"]));
+        for t in ["t1", "t3", "unknown"] {
+            reg.revoke_token(t);
+        }
         assert_eq!(reg.connections(), 1);
+        assert_eq!(reg.tokens.len(), 1, "only t2 is still in use");
         reg.push(UserId(1), &"hi".into(), None, None);
         reg.push(UserId(2), &"hi".into(), None, None);
         assert!(ra.try_next().is_none());

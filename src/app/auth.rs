@@ -10,7 +10,6 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{event, App};
@@ -182,8 +181,6 @@ impl App {
         }
         if self.sessions.len() < self.config.session_cache {
             self.sessions.insert(rec.token_hash.clone(), rec.clone());
-        } else {
-            self.sessions_overflowed.store(true, Ordering::Relaxed);
         }
         self.users
             .attach(user.id, &rec.token_hash, rec.expires_at, outbox);
@@ -329,6 +326,14 @@ impl App {
             .user(session.user_id)?
             .ok_or(AppError::InvalidToken)?;
         self.attach(&user, &session, outbox, conn);
+        // on a cluster a logout through another node may have landed after the look
+        // above and before the attach, where its `SessionEnded` could not find this
+        // connection; the store's copy is updated before that change is handled
+        if self.committer.is_replicated() && self.live_session(&hash)?.is_none() {
+            conn.take();
+            self.users.revoke(user.id, &hash);
+            return Err(AppError::InvalidToken);
+        }
         Ok(login_result(&p.token, &session, &user))
     }
 

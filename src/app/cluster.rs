@@ -2,7 +2,6 @@
 //! committed through any node, its own included, to its seat maps, replay buffers,
 //! session cache and hold expiry, and pushes them to its own connections.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{App, StartError};
@@ -86,7 +85,6 @@ impl App {
                 }
             }
         }
-        let mut uncached = std::collections::HashSet::new();
         for c in changes {
             match c {
                 Change::Booking(b) => {
@@ -101,14 +99,10 @@ impl App {
                         _ => self.expiry.forget(&b.locator),
                     }
                 }
-                Change::SessionEnded(hash) => match self.sessions.remove(hash) {
-                    Some((_, s)) => self.users.revoke(s.user_id, hash),
-                    // a connection here may use a session the cache did not take
-                    None if self.sessions_overflowed.load(Ordering::Relaxed) => {
-                        uncached.insert(hash.as_str());
-                    }
-                    None => {}
-                },
+                Change::SessionEnded(hash) => {
+                    self.sessions.remove(hash);
+                    self.users.revoke_token(hash);
+                }
                 Change::Presence {
                     node,
                     flight,
@@ -121,7 +115,6 @@ impl App {
                 Change::Flight(_) | Change::Seats(_) | Change::Waitlist(_) => {}
             }
         }
-        self.users.revoke_tokens(&uncached);
         let (mut entries, mut bookings) = (Vec::new(), Vec::new());
         for c in changes {
             match c {

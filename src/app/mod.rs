@@ -69,8 +69,6 @@ pub struct App {
     pub boards: Arc<board::Boards>,
     closed_lines: waitlist::ClosedLines,
     sessions: DashMap<String, SessionRecord>,
-    /// Set once a logged-in connection's session did not fit in `sessions`.
-    sessions_overflowed: AtomicBool,
     user_locks: DashMap<UserId, Arc<tokio::sync::Mutex<Unsynced>>>,
     dummy_hash: String,
     password_slots: tokio::sync::Semaphore,
@@ -195,7 +193,6 @@ impl App {
             boards: Default::default(),
             closed_lines: Default::default(),
             sessions: DashMap::new(),
-            sessions_overflowed: AtomicBool::new(false),
             user_locks: DashMap::new(),
             dummy_hash,
             password_slots: tokio::sync::Semaphore::new(

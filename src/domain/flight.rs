@@ -220,9 +220,6 @@ impl Flight {
         true
     }
 
-    /// Applies an `admin.flights.update`: estimates (while scheduled, delayed or
-    /// boarding) move the flight between `scheduled` and `delayed`; the status moves
-    /// forward only, `scheduled`/`delayed` -> `boarding` -> `departed`.
     /// Whether the flight may still be updated at all: not once it has departed or
     /// been cancelled, whatever the update says.
     pub fn check_updatable(&self, now: Millis) -> Result<(), DomainError> {
@@ -237,6 +234,9 @@ impl Flight {
         Ok(())
     }
 
+    /// Applies an `admin.flights.update`: estimates (while scheduled, delayed or
+    /// boarding) move the flight between `scheduled` and `delayed`; the status moves
+    /// forward only, `scheduled`/`delayed` -> `boarding` -> `departed`.
     pub fn update(&mut self, u: &StatusUpdate, now: Millis) -> Result<(), DomainError> {
         self.check_updatable(now)?;
         let current = self.status(now);

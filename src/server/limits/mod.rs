@@ -29,10 +29,11 @@ use register::RegisterGuard;
 /// leading `--ipv6-prefix` bits (a /64 by default: an IPv6 host is usually given a
 /// whole /64 and may send from any address in it, so keyed by the full address every
 /// limit here would be one address change away). IPv6 addresses that stand for one
-/// IPv4 client count as that client: IPv4-mapped (`::ffff:0:0/96`) and NAT64's
-/// well-known prefix (`64:ff9b::/96`). Those a prefix says nothing about count whole:
+/// IPv4 address count as that address: IPv4-mapped (`::ffff:0:0/96`), NAT64's
+/// well-known prefix (`64:ff9b::/96`) and 6to4 (`2002::/16`, whose owner of one IPv4
+/// address has the whole /48). Those a prefix says nothing about count whole:
 /// `::/96` (IPv4-compatible, loopback), link-local `fe80::/10` and Teredo
-/// `2001::/32` (whose /64 is the relay's).
+/// `2001::/32` (whose first 64 bits are the Teredo server's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     ip: IpAddr,
@@ -59,10 +60,16 @@ impl AddrKey {
         }
         let bits = u128::from(v6);
         let within = |net: u128, len: u32| (bits ^ net) >> (128 - len) == 0;
-        if within(0x0064_ff9b << 96, 96) {
-            let v4 = std::net::Ipv4Addr::from(bits as u32);
+        let embedded = if within(0x0064_ff9b << 96, 96) {
+            Some(bits as u32)
+        } else if within(0x2002 << 112, 16) {
+            Some((bits >> 80) as u32)
+        } else {
+            None
+        };
+        if let Some(v4) = embedded {
             return AddrKey {
-                ip: v4.into(),
+                ip: std::net::Ipv4Addr::from(v4).into(),
                 prefix: 32,
             };
         }
@@ -142,6 +149,8 @@ mod tests {
         assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
         assert_eq!(key("64:ff9b::192.0.2.1"), key("192.0.2.1"));
         assert_ne!(key("64:ff9b::192.0.2.1"), key("64:ff9b::192.0.2.2"));
+        assert_eq!(key("2002:c000:201:1::1"), key("192.0.2.1"));
+        assert_eq!(key("2002:c000:201:ffff::9"), key("192.0.2.1"));
         // addresses a prefix says nothing about count whole
         for (a, b) in [
             ("::1", "::2"),
