@@ -104,8 +104,8 @@ pub struct Config {
     #[arg(long, env = "JETWAY_SESSION_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
     pub session_ttl: u64,
 
-    /// Sessions each node keeps in memory for pushes and lookups; past it a session
-    /// is read from the store (slower, never wrong).
+    /// Sessions a single node keeps in memory for lookups; past it a session is read
+    /// from the store (slower, never wrong). A cluster node always reads the store.
     #[arg(long, env = "JETWAY_SESSION_CACHE", default_value_t = 65_536)]
     pub session_cache: usize,
 

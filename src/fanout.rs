@@ -1036,9 +1036,10 @@ impl UserRegistry {
                 token_hash: token,
                 expires_at,
             });
-        }
-        if gone.is_empty() {
-            self.count.fetch_add(1, Ordering::Relaxed);
+            // counted while the entry is held: whoever removes it subtracts after
+            if gone.is_empty() {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.forget_tokens(&gone);
     }
@@ -1553,6 +1554,30 @@ mod tests {
         assert!(ra.try_next().is_none());
         assert!(matches!(rb.next().await, Next::Frames(_)));
         assert!(rc.try_next().is_none());
+    }
+
+    /// The token index counts each attached connection once under its token, and
+    /// forgets a token with its last connection, however that goes.
+    #[test]
+    fn the_token_index_follows_every_attach_and_removal() {
+        let reg = UserRegistry::default();
+        let uses = |t: &str| reg.tokens.get(t).map(|e| *e);
+        let [(a, _ra), (b, _rb), (c, _rc)] = two_users(&reg);
+        // the same connection logged in again with another token
+        reg.attach(UserId(1), "t2", Millis::MAX, &a);
+        assert_eq!(uses("t1"), None);
+        assert_eq!(uses("t2"), Some((UserId(1), 2)));
+        assert_eq!(reg.connections(), 3);
+        reg.detach(UserId(1), a.id());
+        assert_eq!(uses("t2"), Some((UserId(1), 1)));
+        // an expired connection pruned by a push, and by a listing
+        reg.attach(UserId(1), "t2", domain::now_ms() - 1, &b);
+        reg.push(UserId(1), &"hi".into(), None, None);
+        assert_eq!(uses("t2"), None);
+        reg.attach(UserId(2), "t3", domain::now_ms() - 1, &c);
+        assert!(reg.outboxes(UserId(2)).is_empty());
+        assert!(reg.tokens.is_empty());
+        assert_eq!(reg.connections(), 0);
     }
 
     /// A runtime whose only blocking thread is busy until the sender is used.

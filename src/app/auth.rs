@@ -326,12 +326,17 @@ impl App {
             .user(session.user_id)?
             .ok_or(AppError::InvalidToken)?;
         self.attach(&user, &session, outbox, conn);
-        // on a cluster a logout through another node may have landed after the look
-        // above and before the attach, where its `SessionEnded` could not find this
-        // connection; the store's copy is updated before that change is handled
-        if self.committer.is_replicated() && self.live_session(&hash)?.is_none() {
+        // A logout (here, or through another node) may have landed after the look
+        // above and before the attach, and found no connection to detach (and here,
+        // had its cache entry put back). It deletes the stored session before it
+        // detaches, so one of the two sees the other. Refused, the connection is
+        // left logged out (its earlier login was detached by the attach).
+        let still = self.store.session(&hash);
+        if !matches!(still, Ok(Some(ref s)) if s.expires_at > domain::now_ms()) {
             conn.take();
+            self.sessions.remove(&hash);
             self.users.revoke(user.id, &hash);
+            still?;
             return Err(AppError::InvalidToken);
         }
         Ok(login_result(&p.token, &session, &user))
