@@ -589,6 +589,37 @@ async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
     s.stop().await;
 }
 
+/// Logins from one address take turns too: a spray of many usernames sent side by
+/// side from one address gets only the address's free password checks (each costs an
+/// Argon2 hash on the queue every login waits in), the rest `rate_limited`.
+#[tokio::test]
+async fn a_spray_of_usernames_side_by_side_gets_only_the_free_attempts() {
+    let s = Server::start_with(|c| {
+        c.limits.login_free_attempts = 3;
+        c.limits.login_backoff_max = 60;
+        c.limits.limit_loopback = true;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(s.client().await);
+    }
+    let answers = futures::future::join_all(clients.iter_mut().map(|c| {
+        let guess = json!({"username": unique_name("spray"), "password": "not the password"});
+        async move { c.reason("auth.login", guess).await }
+    }))
+    .await;
+    let checked = answers.iter().filter(|r| *r == "bad_credentials").count();
+    assert!(
+        checked == 3
+            && answers
+                .iter()
+                .all(|r| r == "bad_credentials" || r == "rate_limited"),
+        "{answers:?}"
+    );
+    s.stop().await;
+}
+
 /// One address registers at most `--registrations-per-hour` accounts (each costs a
 /// password hash on the queue every login waits in); another address is not held back,
 /// and loopback is exempt unless `--limit-loopback`.

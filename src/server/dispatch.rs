@@ -193,6 +193,10 @@ async fn call(
             let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
             let _turn = guard.turn(&name).await;
+            let _addr_turn = match addr {
+                Some(a) => Some(guard.address_turn(a).await),
+                None => None,
+            };
             if guard.check(&name, addr).is_err() {
                 shield
                     .metrics

@@ -1,8 +1,9 @@
 //! The login backoff: failed logins counted per username and per address, each
 //! attempt past the free ones made to wait longer before the password is checked.
-//! Logins of one username take turns ([`LoginGuard::turn`]): each is checked against
-//! the backoff only once the one before it has been answered and counted, so that
-//! attempts sent side by side cannot all pass the check before any has failed.
+//! Logins of one username take turns ([`LoginGuard::turn`]), and so do logins from one
+//! address ([`LoginGuard::address_turn`]): each is checked against the backoff only
+//! once the one before it has been answered and counted, so that attempts sent side
+//! by side cannot all pass the check before any has failed.
 
 use super::AddrKey;
 use dashmap::DashMap;
@@ -16,11 +17,11 @@ struct Failures {
     wait_until: Instant,
 }
 
-/// One login's turn at a username (see [`LoginGuard::turn`]); dropping it passes
-/// the turn on.
+/// One login's turn at a username or an address (see [`LoginGuard::turn`]);
+/// dropping it passes the turn on.
 pub struct Turn<'a> {
     turns: &'a DashMap<String, Arc<tokio::sync::Mutex<()>>>,
-    user: String,
+    key: String,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -29,7 +30,7 @@ impl Drop for Turn<'_> {
         self.held = None;
         // the map's own reference is the last: nobody waits, forget the username
         self.turns
-            .remove_if(&self.user, |_, m| Arc::strong_count(m) == 1);
+            .remove_if(&self.key, |_, m| Arc::strong_count(m) == 1);
     }
 }
 
@@ -40,7 +41,8 @@ pub struct LoginGuard {
     free: u32,
     max: Duration,
     failures: DashMap<String, Failures>,
-    /// The usernames a login is being checked for, each with the queue of the others.
+    /// The usernames and addresses a login is being checked for, each with the queue
+    /// of the others.
     turns: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -60,11 +62,13 @@ impl LoginGuard {
         format!("u:{}", username.trim().to_lowercase())
     }
 
+    fn addr_key(ip: AddrKey) -> String {
+        format!("a:{ip}")
+    }
+
     fn keys(username: &str, ip: Option<AddrKey>) -> Vec<String> {
         let mut k = vec![Self::user_key(username)];
-        if let Some(ip) = ip {
-            k.push(format!("a:{ip}"));
-        }
+        k.extend(ip.map(Self::addr_key));
         k
     }
 
@@ -89,12 +93,23 @@ impl LoginGuard {
     /// password waits for the ones before it and passes; wrong ones sent side by side
     /// get no more checks than the free attempts (the rest find the backoff).
     pub async fn turn(&self, username: &str) -> Turn<'_> {
-        let user = Self::user_key(username);
-        let queue = self.turns.entry(user.clone()).or_default().clone();
+        self.turn_of(Self::user_key(username)).await
+    }
+
+    /// Waits for the turn of a login from `ip`, taken after the username's (always in
+    /// that order, so two logins cannot wait for each other): logins from one address
+    /// are checked one at a time too, so that a spray of many usernames sent side by
+    /// side gets no more password checks than the address's free attempts.
+    pub async fn address_turn(&self, ip: AddrKey) -> Turn<'_> {
+        self.turn_of(Self::addr_key(ip)).await
+    }
+
+    async fn turn_of(&self, key: String) -> Turn<'_> {
+        let queue = self.turns.entry(key.clone()).or_default().clone();
         let held = Some(queue.lock_owned().await);
         Turn {
             turns: &self.turns,
-            user,
+            key,
             held,
         }
     }
