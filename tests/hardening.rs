@@ -604,6 +604,20 @@ async fn a_spray_of_usernames_side_by_side_gets_only_the_free_attempts() {
     for _ in 0..12 {
         clients.push(s.client().await);
     }
+    // the right password sent side by side from the address logs every one in
+    let shared = unique_name("office");
+    s.client().await.register(&shared).await;
+    let right = json!({"username": shared, "password": PASSWORD});
+    let logins = futures::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| c.call("auth.login", right.clone())),
+    )
+    .await;
+    assert!(
+        logins.iter().all(|r| r["result"]["token"].is_string()),
+        "{logins:?}"
+    );
     let answers = futures::future::join_all(clients.iter_mut().map(|c| {
         let guess = json!({"username": unique_name("spray"), "password": "not the password"});
         async move { c.reason("auth.login", guess).await }

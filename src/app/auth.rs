@@ -249,11 +249,15 @@ impl App {
         Ok(login_result(&token, &session, &user))
     }
 
+    /// `auth.login`. `checked` is told whether the password matched as soon as it has
+    /// been checked, before anything is written (the server front counts a failure
+    /// and lets the next login from the address have its turn).
     pub async fn login(
         &self,
         p: params::Credentials,
         outbox: &Outbox,
         conn: &mut ConnSession,
+        checked: impl FnOnce(bool),
     ) -> Result<LoggedIn, AppError> {
         // the user may have registered through another node a moment ago
         self.committer.catch_up().await?;
@@ -276,6 +280,7 @@ impl App {
                 (ok, stronger)
             })
             .await?;
+        checked(ok && user.is_some());
         let user = match user {
             Some(u) if ok => u,
             Some(u) => {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::limits::Shield;
 
-use crate::app::{App, AppError, ConnSession};
+use crate::app::{App, ConnSession};
 use crate::domain::FlightId;
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::params::{Access, Call, Method};
@@ -193,7 +193,7 @@ async fn call(
             let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
             let _turn = guard.turn(&name).await;
-            let _addr_turn = match addr {
+            let addr_turn = match addr {
                 Some(a) => Some(guard.address_turn(a).await),
                 None => None,
             };
@@ -203,18 +203,19 @@ async fn call(
                     .rejected(crate::metrics::Rejection::LoginBackoff);
                 return Err(ApiError::RateLimited);
             }
-            match app.login(params, &conn.outbox, &mut conn.session).await {
-                Ok(r) => {
-                    guard.succeeded(&name);
-                    encode(&r)?
+            // the address's next login may start once this password is checked and a
+            // failure counted (the username's turn lasts to the answer)
+            let checked = |ok: bool| {
+                if !ok {
+                    guard.failed(&name, addr);
                 }
-                Err(e) => {
-                    if e == AppError::BadCredentials {
-                        guard.failed(&name, addr);
-                    }
-                    return Err(e.into());
-                }
-            }
+                drop(addr_turn);
+            };
+            let r = app
+                .login(params, &conn.outbox, &mut conn.session, checked)
+                .await?;
+            guard.succeeded(&name);
+            encode(&r)?
         }
         Call::Resume(p) => encode(&app.resume(p?, &conn.outbox, &mut conn.session).await?)?,
         Call::Logout => encode(&app.logout(&conn.outbox, &mut conn.session).await?)?,

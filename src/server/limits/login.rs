@@ -28,7 +28,7 @@ pub struct Turn<'a> {
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         self.held = None;
-        // the map's own reference is the last: nobody waits, forget the username
+        // the map's own reference is the last: nobody waits, forget the key
         self.turns
             .remove_if(&self.key, |_, m| Arc::strong_count(m) == 1);
     }
@@ -185,6 +185,15 @@ mod tests {
             "waits for the first"
         );
         let other = g.turn("eve").now_or_never().expect("another username");
+        // logins from one address take turns as well, other addresses do not wait
+        let [a, b] = ["192.0.2.1", "192.0.2.2"].map(|s| AddrKey::of(s.parse().unwrap(), 64));
+        let from_a = g.address_turn(a).now_or_never().expect("nobody before");
+        assert!(
+            g.address_turn(a).now_or_never().is_none(),
+            "waits for the first"
+        );
+        let from_b = g.address_turn(b).now_or_never().expect("another address");
+        drop((from_a, from_b));
         drop(first);
         let second = second.now_or_never().expect("the turn passed on");
         drop((second, other));
