@@ -575,7 +575,14 @@ async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
                 .all(|r| r == "bad_credentials" || r == "rate_limited"),
         "{answers:?}"
     );
-    let right = json!({"username": shared, "password": PASSWORD});
+    all_log_in(&mut clients, &shared).await;
+    s.stop().await;
+}
+
+/// Sends the right password for `username` side by side on every client: each is
+/// logged in.
+async fn all_log_in(clients: &mut [Client], username: &str) {
+    let right = json!({"username": username, "password": PASSWORD});
     let logins = futures::future::join_all(
         clients
             .iter_mut()
@@ -586,7 +593,6 @@ async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
         logins.iter().all(|r| r["result"]["token"].is_string()),
         "{logins:?}"
     );
-    s.stop().await;
 }
 
 /// Logins from one address take turns too: a spray of many usernames sent side by
@@ -607,17 +613,7 @@ async fn a_spray_of_usernames_side_by_side_gets_only_the_free_attempts() {
     // the right password sent side by side from the address logs every one in
     let shared = unique_name("office");
     s.client().await.register(&shared).await;
-    let right = json!({"username": shared, "password": PASSWORD});
-    let logins = futures::future::join_all(
-        clients
-            .iter_mut()
-            .map(|c| c.call("auth.login", right.clone())),
-    )
-    .await;
-    assert!(
-        logins.iter().all(|r| r["result"]["token"].is_string()),
-        "{logins:?}"
-    );
+    all_log_in(&mut clients, &shared).await;
     let answers = futures::future::join_all(clients.iter_mut().map(|c| {
         let guess = json!({"username": unique_name("spray"), "password": "not the password"});
         async move { c.reason("auth.login", guess).await }
