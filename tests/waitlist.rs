@@ -513,6 +513,75 @@ async fn two_nodes_serve_one_line() {
     assert_eq!(held, 1, "one offer per entry");
 }
 
+/// Two nodes on one etcd: one user's joins sent side by side through both nodes, on
+/// one flight and on two, never take the user past the cap on waiting entries.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_on_waiting_entries_holds_across_nodes() {
+    let (_etcd, nodes, mut seller, flight) =
+        two_nodes_and_a_flight(&["--insecure-fast-hashing", "--rate-limit", "0"]).await;
+    let other = all_departing_within(&mut seller, time::Duration::days(2), time::Duration::MAX)
+        .await
+        .into_iter()
+        .map(|f| f["flight_id"].as_str().unwrap().to_owned())
+        .find(|f| *f != flight)
+        .expect("a second flight");
+    sell_out(&mut seller, &flight).await;
+    // (another seller: sell_out's request ids would replay the first one's)
+    let mut seller2 = Client::connect(&nodes[0].url()).await;
+    seller2.new_user().await;
+    sell_out(&mut seller2, &other).await;
+    let mut here = Client::connect(&nodes[0].url()).await;
+    let token = here.new_user().await;
+    let mut there = Client::connect(&nodes[1].url()).await;
+    there.ok("auth.resume", json!({"token": token})).await;
+    // the second node has applied both sell-outs
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for f in [&flight, &other] {
+        while !free_seats(&mut there, f, CABIN, 1).await.is_empty() {
+            assert!(Instant::now() < deadline, "node 1 never saw {f} sold out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut first = None;
+    for i in 1..=4 {
+        let e = join(&mut here, &flight, &format!("j{i}")).await;
+        first.get_or_insert(e["id"].clone());
+    }
+    // the 5th, sent twice side by side: on one flight, then (after leaving one) on two
+    for (round, flights) in [(1, [&flight, &flight]), (2, [&flight, &other])] {
+        if round == 2 {
+            here.ok("waitlist.leave", json!({"id": first.take()})).await;
+        }
+        let (a, b) = tokio::join!(
+            here.call(
+                "waitlist.join",
+                join_params(flights[0], 1, &format!("r{round}a"))
+            ),
+            there.call(
+                "waitlist.join",
+                join_params(flights[1], 1, &format!("r{round}b"))
+            ),
+        );
+        let ok = [&a, &b]
+            .iter()
+            .filter(|r| r["result"]["entry"].is_object())
+            .count();
+        let refused = [&a, &b]
+            .iter()
+            .filter(|r| r["error"]["data"]["reason"] == "invalid_state")
+            .count();
+        assert_eq!((ok, refused), (1, 1), "round {round}: {a} {b}");
+    }
+    let entries = here.ok("waitlist.list", json!({})).await["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "waiting")
+        .count();
+    assert_eq!(entries, 5);
+}
+
 const ADMIN_PASSWORD: &str = "waitlist admin password";
 
 async fn admin(url: &str) -> Client {

@@ -27,7 +27,7 @@ use crate::protocol::results::{
     self, Answer, BookingView, Entries, EntryResult, EntryView, Offered,
 };
 use crate::protocol::{params, wire};
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, StoreError, UserLineCheck};
 
 /// Flights whose line closed (cancelled or departed) and may still have waiting
 /// entries, for the sweep that expires them, and that sweep's wake-up.
@@ -355,19 +355,29 @@ impl App {
         let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key, _| async move {
-            let waiting = self
-                .store
-                .user_waitlist(s.user_id)?
-                .iter()
-                .filter(|e| e.status == WaitlistStatus::Waiting)
-                .count();
-            if waiting >= MAX_WAITING_PER_USER {
-                return Err(AppError::InvalidState(format!(
-                    "at most {MAX_WAITING_PER_USER} waiting entries per user"
-                )));
-            }
             let id = format!("W{}", self.store.next_id()?);
             self.seat_step(&fs, Some(&key), |w| {
+                // the user's joins as read before their entries are counted: on a
+                // cluster a join through another node meanwhile fails this one's
+                // write, and the next round counts again
+                let user_lines = match self.committer.is_replicated() {
+                    true => vec![UserLineCheck {
+                        user: s.user_id,
+                        read: self.store.user_line_revision(s.user_id)?,
+                    }],
+                    false => Vec::new(),
+                };
+                let waiting = self
+                    .store
+                    .user_waitlist(s.user_id)?
+                    .iter()
+                    .filter(|e| e.status == WaitlistStatus::Waiting)
+                    .count();
+                if waiting >= MAX_WAITING_PER_USER {
+                    return Err(AppError::InvalidState(format!(
+                        "at most {MAX_WAITING_PER_USER} waiting entries per user"
+                    )));
+                }
                 let now = domain::now_ms();
                 let flight = check_bookable(&fs, now)?;
                 // the hold an offer would make must be one a booking can be
@@ -418,6 +428,7 @@ impl App {
                     first_replies: vec![(key.clone(), remember_ok(&result))],
                     // a seat freed through another node at this moment sees the entry
                     lines: self.line_check(&fs, true)?.into_iter().collect(),
+                    user_lines,
                     ..Default::default()
                 };
                 // ordered with the flight's seat changes: on a cluster, a seat freed

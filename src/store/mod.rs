@@ -405,6 +405,20 @@ pub struct Batch {
     /// Orders waitlist joins against seat releases across the nodes of a cluster
     /// (see [`LineCheck`]).
     pub lines: Vec<LineCheck>,
+    /// Orders one user's waitlist joins across the nodes of a cluster (see
+    /// [`UserLineCheck`]).
+    pub user_lines: Vec<UserLineCheck>,
+}
+
+/// A user's waitlist joins as a join read them: the revision (`None`: never written)
+/// that every join advances. On a cluster two joins of one user decided on different
+/// nodes at once then conflict, and the loser counts the user's waiting entries again
+/// seeing the other's: the cap on waiting entries holds across nodes. A single node
+/// orders a user's requests by the user's lock and writes none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLineCheck {
+    pub user: UserId,
+    pub read: Option<u64>,
 }
 
 /// A flight's waitlist line as a batch read it: its revision (`None`: never written).
@@ -534,6 +548,8 @@ pub trait Store: Send + Sync + 'static {
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64>;
     /// The revision of a flight's waitlist line (see [`LineCheck`]).
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>>;
+    /// The revision of a user's waitlist joins (see [`UserLineCheck`]).
+    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;

@@ -62,6 +62,8 @@ const FLIGHT_WAITLIST: u8 = b'l';
 const USER_WAITLIST: u8 = b'x';
 /// A flight's waitlist line revision (see [`super::LineCheck`]), big-endian.
 const LINE_REVISION: u8 = b'w';
+/// A user's waitlist join revision (see [`super::UserLineCheck`]), big-endian.
+const USER_LINE_REVISION: u8 = b'j';
 
 pub struct SledStore {
     db: sled::Db,
@@ -781,17 +783,10 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for l in &batch.lines {
         let k = key(LINE_REVISION, &[l.flight.as_str().as_bytes()]);
-        let at = |r: u64| r.to_be_bytes().to_vec();
-        match (l.read, l.advance) {
-            (None, true) => ops.push(Op::Create(k, at(1))),
-            (None, false) => ops.push(Op::Create(k, at(0))),
-            (Some(r), advance) => {
-                ops.push(Op::Expect(k.clone(), at(r)));
-                if advance {
-                    ops.push(Op::Put(k, at(r + 1)));
-                }
-            }
-        }
+        revision_ops(&mut ops, k, l.read, l.advance);
+    }
+    for l in &batch.user_lines {
+        revision_ops(&mut ops, user_line_key(l.user), l.read, true);
     }
     for g in &batch.settled_refunds {
         ops.push(Op::Delete(key(PENDING_REFUND, &[g.as_bytes()])));
@@ -806,6 +801,26 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         waitlist_ops(&mut ops, e)?;
     }
     Ok(ops)
+}
+
+/// The ops of a revision read as `read` (`None`: never written), kept (the write
+/// fails if it changed meanwhile) and advanced by one if `advance`.
+fn revision_ops(ops: &mut Vec<Op>, k: Vec<u8>, read: Option<u64>, advance: bool) {
+    let at = |r: u64| r.to_be_bytes().to_vec();
+    match (read, advance) {
+        (None, true) => ops.push(Op::Create(k, at(1))),
+        (None, false) => ops.push(Op::Create(k, at(0))),
+        (Some(r), advance) => {
+            ops.push(Op::Expect(k.clone(), at(r)));
+            if advance {
+                ops.push(Op::Put(k, at(r + 1)));
+            }
+        }
+    }
+}
+
+fn user_line_key(user: UserId) -> Vec<u8> {
+    key(USER_LINE_REVISION, &[&user.0.to_be_bytes()])
 }
 
 fn waitlist_ops(ops: &mut Vec<Op>, e: &WaitlistEntry) -> StoreResult<()> {
@@ -1109,6 +1124,10 @@ impl Store for SledStore {
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
         let k = key(LINE_REVISION, &[flight.as_str().as_bytes()]);
         self.stored_counter(&k, "line revision")
+    }
+
+    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>> {
+        self.stored_counter(&user_line_key(user), "user line revision")
     }
 
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {

@@ -122,6 +122,9 @@ impl Store for Faulty {
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
         self.inner.line_revision(flight)
     }
+    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>> {
+        self.inner.user_line_revision(user)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.read_bookings();
         self.inner.booking(locator)
