@@ -569,7 +569,12 @@ async fn the_cap_on_waiting_entries_holds_across_nodes() {
             .count();
         let refused = [&a, &b]
             .iter()
-            .filter(|r| r["error"]["data"]["reason"] == "invalid_state")
+            .filter(|r| {
+                r["error"]["data"]["reason"] == "invalid_state"
+                    && r["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("waiting entries per user"))
+            })
             .count();
         assert_eq!((ok, refused), (1, 1), "round {round}: {a} {b}");
     }

@@ -355,29 +355,43 @@ impl App {
         let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key, _| async move {
-            let id = format!("W{}", self.store.next_id()?);
-            self.seat_step(&fs, Some(&key), |w| {
-                // the user's joins as read before their entries are counted: on a
-                // cluster a join through another node meanwhile fails this one's
-                // write, and the next round counts again
-                let user_lines = match self.committer.is_replicated() {
-                    true => vec![UserLineCheck {
-                        user: s.user_id,
-                        read: self.store.user_line_revision(s.user_id)?,
-                    }],
-                    false => Vec::new(),
-                };
+            let under_cap = || {
                 let waiting = self
                     .store
                     .user_waitlist(s.user_id)?
                     .iter()
                     .filter(|e| e.status == WaitlistStatus::Waiting)
                     .count();
-                if waiting >= MAX_WAITING_PER_USER {
-                    return Err(AppError::InvalidState(format!(
+                match waiting < MAX_WAITING_PER_USER {
+                    true => Ok(()),
+                    false => Err(AppError::InvalidState(format!(
                         "at most {MAX_WAITING_PER_USER} waiting entries per user"
-                    )));
+                    ))),
                 }
+            };
+            let replicated = self.committer.is_replicated();
+            // one node: the user's requests take turns, so the count cannot go stale
+            // (and it reads the user's whole waitlist history, which the flight's
+            // lock below should not wait for)
+            if !replicated {
+                under_cap()?;
+            }
+            let id = format!("W{}", self.store.next_id()?);
+            self.seat_step(&fs, Some(&key), |w| {
+                // a cluster: the user's joins as read before their entries are
+                // counted; a join through another node meanwhile fails this one's
+                // write, and the next round counts again
+                let user_lines = match replicated {
+                    true => {
+                        let read = self.store.user_line_revision(s.user_id)?;
+                        under_cap()?;
+                        vec![UserLineCheck {
+                            user: s.user_id,
+                            read,
+                        }]
+                    }
+                    false => Vec::new(),
+                };
                 let now = domain::now_ms();
                 let flight = check_bookable(&fs, now)?;
                 // the hold an offer would make must be one a booking can be
