@@ -969,6 +969,12 @@ struct UserConn {
     expires_at: Millis,
 }
 
+impl UserConn {
+    fn live(&self, now: Millis) -> bool {
+        self.expires_at > now
+    }
+}
+
 /// Which connections belong to which user, and how many there are (kept as they
 /// change, so that nothing counts them at scrape time).
 #[derive(Default)]
@@ -1090,7 +1096,7 @@ impl UserRegistry {
         let mut to_kick = Vec::new();
         let now = domain::now_ms();
         self.change(user, |v, gone| {
-            retain_conns(v, gone, |c| c.expires_at > now);
+            retain_conns(v, gone, |c| c.live(now));
             let in_place = v.len() <= WRITE_IN_PLACE || runtime.is_none();
             retain_conns(v, gone, |c| {
                 let queued = if Some(c.outbox.id()) == with_reply {
@@ -1137,7 +1143,7 @@ impl UserRegistry {
         let now = domain::now_ms();
         let mut out = Vec::new();
         self.change(user, |v, gone| {
-            retain_conns(v, gone, |c| c.expires_at > now);
+            retain_conns(v, gone, |c| c.live(now));
             out = v.iter().map(|c| c.outbox.clone()).collect();
         });
         out

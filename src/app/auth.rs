@@ -336,8 +336,8 @@ impl App {
         // had its cache entry put back). It deletes the stored session before it
         // detaches, so one of the two sees the other. Refused, the connection is
         // left logged out (its earlier login was detached by the attach).
-        let still = self.store.session(&hash);
-        if !matches!(still, Ok(Some(ref s)) if s.expires_at > domain::now_ms()) {
+        let still = self.stored_session(&hash);
+        if !matches!(still, Ok(Some(_))) {
             conn.take();
             self.sessions.remove(&hash);
             self.users.revoke(user.id, &hash);
@@ -365,18 +365,23 @@ impl App {
 
     /// The session behind a token hash, if it exists and has not expired.
     pub(super) fn live_session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let now = domain::now_ms();
         // on a cluster the local copy of the store is the truth (a logout through
         // another node may land between a lookup here and the cache insert)
         let cached = match self.committer.is_replicated() {
             true => None,
             false => self.sessions.get(hash).map(|s| s.clone()),
         };
-        let rec = match cached {
-            Some(s) => Some(s),
-            None => self.store.session(hash)?,
-        };
-        Ok(rec.filter(|s| s.expires_at > now))
+        match cached {
+            Some(s) => Ok(Some(s).filter(|s| s.expires_at > domain::now_ms())),
+            None => self.stored_session(hash),
+        }
+    }
+
+    /// The stored session behind a token hash, if it has not expired (the cache is
+    /// not looked at).
+    fn stored_session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let now = domain::now_ms();
+        Ok(self.store.session(hash)?.filter(|s| s.expires_at > now))
     }
 
     /// Deletes sessions (in the store, the cache, and the connections using them).

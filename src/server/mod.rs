@@ -443,20 +443,21 @@ async fn upgrade(
         &shield.limits.trusted_proxies,
         shield.limits.forwarded_header,
     );
+    let addr_key = shield.limits.addr_key(ip);
     // behind a trusted proxy each WebSocket counts for the client it forwards
     let slot = match forwarded::is_trusted(peer_ip, &shield.limits.trusted_proxies)
         && shield.limits.limits_addr(ip)
     {
-        true => match shield.counter.try_acquire(
-            shield.limits.addr_key(ip),
-            shield.limits.max_connections_per_addr,
-        ) {
+        true => match shield
+            .counter
+            .try_acquire(addr_key, shield.limits.max_connections_per_addr)
+        {
             Some(slot) => Some(slot),
             None => {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::PerAddressLimit);
-                tracing::info!(client = %ip, counted_as = %shield.limits.addr_key(ip), proxy = %peer_ip, "too many connections from one address");
+                tracing::info!(client = %ip, counted_as = %addr_key, proxy = %peer_ip, "too many connections from one address");
                 return (StatusCode::TOO_MANY_REQUESTS, "too many connections\n").into_response();
             }
         },

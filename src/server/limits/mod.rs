@@ -12,7 +12,7 @@ mod login;
 mod rate;
 mod register;
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::config::LimitsConfig;
@@ -42,39 +42,27 @@ pub struct AddrKey {
 
 impl AddrKey {
     pub fn of(ip: IpAddr, ipv6_prefix: u8) -> Self {
-        let whole = |ip| AddrKey { ip, prefix: 128 };
+        let v4 = |v4: Ipv4Addr| AddrKey {
+            ip: v4.into(),
+            prefix: 32,
+        };
         let v6 = match ip {
-            IpAddr::V4(v4) => {
-                return AddrKey {
-                    ip: v4.into(),
-                    prefix: 32,
-                }
-            }
+            IpAddr::V4(a) => return v4(a),
             IpAddr::V6(v6) => v6,
         };
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            return AddrKey {
-                ip: v4.into(),
-                prefix: 32,
-            };
+        if let Some(a) = v6.to_ipv4_mapped() {
+            return v4(a);
         }
         let bits = u128::from(v6);
         let within = |net: u128, len: u32| (bits ^ net) >> (128 - len) == 0;
-        let embedded = if within(0x0064_ff9b << 96, 96) {
-            Some(bits as u32)
-        } else if within(0x2002 << 112, 16) {
-            Some((bits >> 80) as u32)
-        } else {
-            None
-        };
-        if let Some(v4) = embedded {
-            return AddrKey {
-                ip: std::net::Ipv4Addr::from(v4).into(),
-                prefix: 32,
-            };
+        if within(0x0064_ff9b << 96, 96) {
+            return v4(Ipv4Addr::from(bits as u32));
+        }
+        if within(0x2002 << 112, 16) {
+            return v4(Ipv4Addr::from((bits >> 80) as u32));
         }
         if within(0, 96) || within(0xfe80 << 112, 10) || within(0x2001_0000 << 96, 32) {
-            return whole(ip);
+            return AddrKey { ip, prefix: 128 };
         }
         let prefix = ipv6_prefix.clamp(1, 128);
         let mask = !0u128 << (128 - u32::from(prefix));
