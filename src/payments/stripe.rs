@@ -179,9 +179,10 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
 /// A refusal of a refund request under its key: [`PaymentError::Refused`] for a 400
 /// or 404 Stripe answers once it has looked at the key (nothing under it is being or
 /// was made with these params: a key still in use is a 409, one whose request made a
-/// refund replays it), except a missing object (a wrong account or mode says nothing
-/// of the key where the payment is) and a 404 without a code (a wrong URL), and for a
-/// card error answered 402; [`refusal`]
+/// refund replays it), except a missing object at any status (a wrong account or mode
+/// says nothing of the key where the payment is), a 404 without a code (a wrong URL)
+/// and a body that is not Stripe's error (no `error.type`: a proxy's); and for a card
+/// error answered 402; [`refusal`]
 /// otherwise (401/403 come before the key is looked at, 429 is a rate limit or a
 /// lock, a 5xx may have acted). A key used with other params answers an
 /// `idempotency_error` 400: after the resend with the first call's params (see
@@ -192,12 +193,17 @@ fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
     // a 404 without a code is a wrong URL (a proxy's, a base path's): it says nothing
     // of a request under the key that did reach the refund endpoint
     let code = body["error"]["code"].as_str().unwrap_or("");
-    let definite = status == StatusCode::BAD_REQUEST
-        || (status == StatusCode::NOT_FOUND && !code.is_empty() && code != "resource_missing");
+    let stripes = body["error"]["type"].is_string();
+    let definite = stripes
+        && code != "resource_missing"
+        && (status == StatusCode::BAD_REQUEST
+            || (status == StatusCode::NOT_FOUND && !code.is_empty()));
     match refusal(status, body) {
         PaymentError::Failed(m) if definite => PaymentError::Refused(m),
         // a card error: the request executed and failed, and its answer is replayed
-        PaymentError::Declined(m) if status == StatusCode::PAYMENT_REQUIRED => {
+        PaymentError::Declined(m)
+            if status == StatusCode::PAYMENT_REQUIRED && body["error"]["type"] == "card_error" =>
+        {
             PaymentError::Refused(m)
         }
         other => other,
@@ -502,11 +508,20 @@ mod tests {
             refused(400, &error("idempotency_error", "")),
             "after the resend"
         );
-        assert!(!refused(
-            404,
-            &error("invalid_request_error", "resource_missing")
-        ));
+        for status in [400, 404] {
+            assert!(
+                !refused(status, &error("invalid_request_error", "resource_missing")),
+                "a missing object at {status}"
+            );
+        }
         assert!(refused(402, &error("card_error", "expired_card")));
+        // only Stripe's own error body is its answer (a proxy's JSON is not)
+        assert!(!refused(400, &json!({})));
+        assert!(!refused(
+            400,
+            &json!({"error": {"message": "bad gateway config"}})
+        ));
+        assert!(!refused(402, &json!({"error": {"message": "m"}})));
         for status in [401, 403, 409, 429, 500, 502] {
             assert!(!refused(status, &invalid), "{status}");
         }
