@@ -641,17 +641,28 @@ async fn registrations_are_limited_per_address() {
     })
     .await;
     let mut c = s.client().await;
-    c.new_user().await;
-    c.new_user().await;
+    let taken = unique_name("taken");
+    c.register(&taken).await;
+    // a taken name costs a registration too, or a spent address could still tell
+    // taken names (username_taken) from free ones (rate_limited)
+    let again = json!({"username": taken, "password": PASSWORD});
+    assert_eq!(
+        c.reason("auth.register", again.clone()).await,
+        "username_taken"
+    );
     let third = json!({"username": unique_name("third"), "password": PASSWORD});
     assert_eq!(
         c.reason("auth.register", third.clone()).await,
         "rate_limited"
     );
+    assert_eq!(c.reason("auth.register", again).await, "rate_limited");
+    // a malformed name or a weak password costs nothing and is answered as such
+    let bad = json!({"username": "x", "password": PASSWORD});
+    assert_eq!(c.reason("auth.register", bad).await, "invalid_params");
     let page = metrics_page(s.addr).await;
     assert_eq!(
         metric(&page, "jetway_rejected_total{reason=\"register_limit\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     s.stop().await;
 

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::limits::Shield;
 
-use crate::app::{App, ConnSession};
+use crate::app::{App, AppError, ConnSession};
 use crate::domain::FlightId;
 use crate::fanout::{FrameKind, Outbox, Utf8Bytes};
 use crate::protocol::params::{Access, Call, Method};
@@ -175,13 +175,20 @@ async fn call(
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
     let r = match Call::of(method, req.params) {
         Call::Register(p) => {
-            let registration = app.check_registration(p?).await?;
-            if !shield.registrations.admit(shield.login_addr(conn.peer)) {
+            let checked = app.check_registration(p?).await;
+            // a taken name costs a registration too: otherwise an address that has
+            // used its registrations could still test names, taken or free, at will
+            let counted = match &checked {
+                Ok(_) | Err(AppError::UsernameTaken) => true,
+                Err(_) => false,
+            };
+            if counted && !shield.registrations.admit(shield.login_addr(conn.peer)) {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::RegisterLimit);
                 return Err(ApiError::RateLimited);
             }
+            let registration = checked?;
             encode(
                 &app.register(registration, &conn.outbox, &mut conn.session)
                     .await?,
