@@ -74,8 +74,18 @@ fn weaker_than_production(phc: &str) -> bool {
     cost("m") < 19 * 1024 || cost("t") < 2
 }
 
+/// Whether `password` matches `phc`. A stored hash asking for more than four times
+/// the production cost was not written by Jetway and is refused unverified: argon2
+/// allocates `m` KiB up front, and a failed allocation aborts the process.
 fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| {
+        let cost = |name: &str| h.params.get_decimal(name).unwrap_or(u32::MAX);
+        if cost("m") > 4 * 19 * 1024 || cost("t") > 8 || cost("p") > 4 {
+            tracing::error!(
+                "a stored password hash asks for more than this server would ever use; refused"
+            );
+            return false;
+        }
         argon2(false)
             .verify_password(password.as_bytes(), &h)
             .is_ok()
@@ -587,6 +597,15 @@ mod tests {
         assert!(verify_password("correct horse 42", &h));
         assert!(!verify_password("wrong horse 42", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn a_stored_hash_of_absurd_cost_is_refused_without_trying_it() {
+        let h = hash_password("correct horse 42", false).unwrap();
+        let huge = h.replace("m=19456", &format!("m={}", u32::MAX));
+        assert!(!verify_password("correct horse 42", &huge));
+        let slow = h.replace("t=2", "t=4000000");
+        assert!(!verify_password("correct horse 42", &slow));
     }
 
     #[test]

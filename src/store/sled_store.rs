@@ -461,7 +461,9 @@ impl SledStore {
             let mut out = Vec::new();
             for kv in self.kv_scan(&prefix, true) {
                 let (k, _) = kv?;
-                let id = &k[prefix.len() + 8..];
+                let id = k.get(prefix.len() + 8..).ok_or_else(|| {
+                    StoreError::Corrupt(format!("index key {:?} is too short", k.as_ref()))
+                })?;
                 if let Some(v) = self.get(&key(record, &[id]))? {
                     out.push(v);
                 }
@@ -1359,6 +1361,26 @@ mod tests {
         assert!(
             matches!(&changes[..], [Change::SessionEnded(h), Change::Booking(x)] if h == "feed" && *x == b)
         );
+    }
+
+    #[test]
+    fn a_short_index_key_is_an_error_not_a_panic() {
+        let s = SledStore::temporary().unwrap();
+        let b = booking("AAAAAA", 1, 5);
+        s.write(&Batch {
+            new_bookings: vec![b],
+            ..Default::default()
+        })
+        .unwrap();
+        s.db.insert(
+            key(USER_BOOKING, &[&1u64.to_be_bytes(), b"x"]),
+            b"".as_slice(),
+        )
+        .unwrap();
+        assert!(matches!(
+            s.user_bookings(UserId(1)),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
