@@ -406,6 +406,8 @@ impl App {
                         cabin.as_str()
                     )));
                 }
+                let mut line = self.store.flight_waitlist(&fs.id)?;
+                let joined = waitlist::join_time(&line, now);
                 let entry = WaitlistEntry {
                     id: id.clone(),
                     user_id: s.user_id,
@@ -413,11 +415,10 @@ impl App {
                     cabin,
                     passengers: passengers.clone(),
                     status: WaitlistStatus::Waiting,
-                    created_at: now,
-                    updated_at: now,
+                    created_at: joined,
+                    updated_at: joined,
                     locator: None,
                 };
-                let mut line = self.store.flight_waitlist(&fs.id)?;
                 line.push(entry.clone());
                 let position = waitlist::positions(&line).get(&id).copied();
                 let result = EntryResult {

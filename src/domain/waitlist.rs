@@ -64,9 +64,10 @@ impl WaitlistEntry {
         self.passengers.len()
     }
 
-    /// The key entries are served in.
-    pub fn order(&self) -> (Millis, &str) {
-        (self.created_at, &self.id)
+    /// The key entries are served in: join time, then id by number (`W99` before
+    /// `W101`; ids are `W` and a number without leading zeros).
+    pub fn order(&self) -> (Millis, usize, &str) {
+        (self.created_at, self.id.len(), &self.id)
     }
 
     /// Waiting → offered the hold `locator`.
@@ -102,6 +103,15 @@ impl WaitlistEntry {
         self.updated_at = now;
         Ok(())
     }
+}
+
+/// The join time of an entry joining `line` (every entry of the flight) at `now`:
+/// never before an entry already there, so a joiner is always last in line, also
+/// when its node's clock is behind the one that wrote the last join.
+pub fn join_time(line: &[WaitlistEntry], now: Millis) -> Millis {
+    line.iter()
+        .map(|e| e.created_at.saturating_add(1))
+        .fold(now, Millis::max)
 }
 
 /// Each waiting entry's position in its cabin's line (1 = next), by id.
@@ -170,6 +180,27 @@ mod tests {
             updated_at: at,
             locator: None,
         }
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_are_served_by_number() {
+        let e = vec![
+            entry("W101", 7, Cabin::Economy, 1),
+            entry("W99", 7, Cabin::Economy, 1),
+        ];
+        let ids: Vec<_> = serve(&e, |_| 1).iter().map(|&i| e[i].id.clone()).collect();
+        assert_eq!(ids, ["W99"]);
+        let p = positions(&e);
+        assert_eq!((p["W99"], p["W101"]), (1, 2));
+    }
+
+    #[test]
+    fn a_joiner_is_last_in_line_whatever_its_clock_says() {
+        let e = vec![entry("W5", 10, Cabin::Economy, 1)];
+        assert_eq!(join_time(&e, 20), 20);
+        assert_eq!(join_time(&e, 10), 11);
+        assert_eq!(join_time(&e, 3), 11, "a clock behind the last joiner's");
+        assert_eq!(join_time(&[], 3), 3);
     }
 
     #[test]
