@@ -307,7 +307,19 @@ async fn admin_methods_need_the_admin_role() {
         assert_eq!(pax.reason(m, p.clone()).await, "forbidden", "{m}");
         // bad params do not tell a passenger anything either
         assert_eq!(pax.reason(m, json!({"x": 1})).await, "forbidden", "{m}");
+        // nor do params that are not even an object
+        assert_eq!(anon.reason(m, json!([])).await, "forbidden", "{m}");
+        assert_eq!(pax.reason(m, json!("x")).await, "forbidden", "{m}");
     }
+    // the same order for a method that needs a login
+    assert_eq!(
+        anon.reason("booking.get", json!("abc")).await,
+        "unauthenticated"
+    );
+    assert_eq!(
+        pax.reason("booking.get", json!([1])).await,
+        "invalid_params"
+    );
     // nothing happened
     let f = anon.ok("flights.get", json!({"flight_id": target})).await;
     assert_eq!(f["flight"]["status"], "scheduled");

@@ -52,17 +52,23 @@ pub fn parse_request(frame: &str) -> Result<Request, (Value, ApiError)> {
             ))
         }
     };
+    // params that are not an object are refused once the method's access has been
+    // checked ([`Request::object_params`]): `forbidden` whatever the params
     let params = match obj.remove("params") {
         None | Some(Value::Null) => Value::Object(Default::default()),
-        Some(p @ Value::Object(_)) => p,
-        Some(_) => {
-            return Err((
-                reply_id,
-                ApiError::InvalidParams("params must be an object".into()),
-            ))
-        }
+        Some(p) => p,
     };
     Ok(Request { id, method, params })
+}
+
+impl Request {
+    /// The params, which must be an object (by-position params are not supported).
+    pub fn object_params(&mut self) -> Result<Value, ApiError> {
+        match std::mem::take(&mut self.params) {
+            p @ Value::Object(_) => Ok(p),
+            _ => Err(ApiError::InvalidParams("params must be an object".into())),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -185,6 +191,11 @@ mod tests {
         let r = parse_request(r#"{"jsonrpc":"2.0","method":"x"}"#).unwrap();
         assert_eq!(r.id, None);
         assert_eq!(r.params, json!({}));
+        let mut r = parse_request(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).unwrap();
+        assert_eq!(
+            r.object_params(),
+            Err(ApiError::InvalidParams("params must be an object".into()))
+        );
     }
 
     #[test]
@@ -207,12 +218,6 @@ mod tests {
         assert_eq!(
             err(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).1.code(),
             -32600
-        );
-        assert_eq!(
-            err(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)
-                .1
-                .code(),
-            -32602
         );
     }
 

@@ -148,7 +148,7 @@ async fn call(
     app: &Arc<App>,
     shield: &Shield,
     conn: &mut ConnState,
-    req: Request,
+    mut req: Request,
 ) -> Result<Option<Box<RawValue>>, ApiError> {
     #[cfg(test)]
     if req.method == "test.panic" {
@@ -173,7 +173,7 @@ async fn call(
         Access::Admin => Some(app.require_admin(&mut conn.session)?),
     };
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
-    let r = match Call::of(method, req.params) {
+    let r = match Call::of(method, req.object_params()?) {
         Call::Register(p) => {
             let checked = app.check_registration(p?).await;
             // a taken name costs a registration too: otherwise an address that has
