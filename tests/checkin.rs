@@ -309,6 +309,18 @@ async fn a_checked_in_seat_stays_and_a_cancellation_voids_the_pass() {
         .await;
     assert_eq!(e["data"]["reason"], "checked_in", "{e}");
     assert_eq!(e["code"], -32015);
+    // checked in comes first, also for a seat of the booking itself
+    for (to, rid) in [(&seats[1], "s3"), (&seats[0], "s4")] {
+        let e = c
+            .err("booking.change_seat", change(&seats[0], to, rid))
+            .await;
+        assert_eq!(e["data"]["reason"], "checked_in", "{e}");
+    }
+    let e = c
+        .err("booking.change_seat", change(&seats[1], &seats[0], "s5"))
+        .await;
+    assert_eq!(e["data"]["reason"], "seat_unavailable", "{e}");
+    assert_eq!(e["data"]["seats"], json!([seats[0]]), "{e}");
     c.ok("booking.change_seat", change(&seats[1], &free[1], "s2"))
         .await;
 

@@ -366,9 +366,6 @@ impl App {
                     let from_idx = w.index(from).ok_or_else(|| {
                         AppError::InvalidParams(format!("seat {from} is not on this booking"))
                     })?;
-                    if b.seats.iter().any(|x| x.seat == to) {
-                        return Err(AppError::SeatUnavailable(vec![to.to_string()]));
-                    }
                     b.change_seat(from, to, fs.aircraft.seats()[to_idx].cabin, now)?;
                     let taken = w.taken(&[to_idx]);
                     if !taken.is_empty() {

@@ -142,6 +142,7 @@ impl From<DomainError> for AppError {
             DomainError::HoldExpired => AppError::HoldExpired,
             DomainError::CheckinClosed => AppError::CheckinClosed,
             DomainError::CheckedIn => AppError::CheckedIn,
+            DomainError::SeatTaken(seat) => AppError::SeatUnavailable(vec![seat.to_string()]),
         }
     }
 }

@@ -301,18 +301,18 @@ impl Booking {
         now: Millis,
     ) -> Result<(), DomainError> {
         self.require(BookingStatus::Confirmed)?;
-        if self.seats.iter().any(|b| b.seat == to) {
-            return Err(DomainError::Invalid(format!(
-                "seat {to} is already on this booking"
-            )));
-        }
+        let on_booking = self.seats.iter().any(|b| b.seat == to);
         let s = self
             .seats
             .iter_mut()
             .find(|b| b.seat == from)
             .ok_or_else(|| DomainError::Invalid(format!("seat {from} is not on this booking")))?;
+        // a checked-in passenger's seat is final, whatever the seat asked for
         if s.check_in.is_some() {
             return Err(DomainError::CheckedIn);
+        }
+        if on_booking {
+            return Err(DomainError::SeatTaken(to));
         }
         if s.cabin != to_cabin {
             return Err(DomainError::Invalid(format!(
@@ -581,6 +581,10 @@ mod tests {
         assert!(b
             .change_seat(seat("30A"), seat("14A"), Cabin::Economy, 1)
             .is_err());
+        assert_eq!(
+            b.change_seat(seat("12A"), seat("2C"), Cabin::Economy, 1),
+            Err(DomainError::SeatTaken(seat("2C")))
+        );
         b.change_seat(seat("12A"), seat("14A"), Cabin::Economy, 1)
             .unwrap();
         assert!(b.occupied_seats().any(|s| s == seat("14A")));

@@ -34,6 +34,8 @@ pub enum DomainError {
     CheckinClosed,
     #[error("the passenger is checked in; the seat can no longer be changed")]
     CheckedIn,
+    #[error("seat {0} is taken")]
+    SeatTaken(SeatId),
 }
 
 /// Milliseconds since the Unix epoch, UTC: the one time type of the domain.

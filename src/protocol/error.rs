@@ -265,6 +265,7 @@ impl From<DomainError> for ApiError {
             DomainError::HoldExpired => ApiError::HoldExpired,
             DomainError::CheckinClosed => ApiError::CheckinClosed,
             DomainError::CheckedIn => ApiError::CheckedIn,
+            DomainError::SeatTaken(seat) => ApiError::SeatUnavailable(vec![seat.to_string()]),
         }
     }
 }
