@@ -222,9 +222,21 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
             .await;
         assert_eq!(e["data"]["reason"], reason, "{status}: {e}");
     }
+    // every field but flight_id is optional: nothing to change answers the flight
+    // as it is, and pushes nothing (the owner's next push below is the departure)
+    for nothing in [
+        json!({"flight_id": id}),
+        json!({"flight_id": id, "reason": "a note"}),
+    ] {
+        let r = admin.ok("admin.flights.update", nothing).await;
+        assert_eq!(r["flight"]["status"], "boarding", "{r}");
+    }
     assert_eq!(
         admin
-            .reason("admin.flights.update", json!({"flight_id": id}))
+            .reason(
+                "admin.flights.update",
+                json!({"flight_id": id, "reason": "\u{7}"})
+            )
             .await,
         "invalid_params"
     );

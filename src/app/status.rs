@@ -56,11 +56,6 @@ fn status_update(p: &UpdateFlight, f: &Flight) -> Result<StatusUpdate, AppError>
         status: p.status,
         reason: optional_reason(p.reason.as_deref())?,
     };
-    if u.estimated_departs_at.is_none() && u.estimated_arrives_at.is_none() && u.status.is_none() {
-        return Err(AppError::InvalidParams(
-            "give estimated_departs_at, estimated_arrives_at or status".into(),
-        ));
-    }
     Ok(u)
 }
 
@@ -96,6 +91,17 @@ impl App {
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
         let _serial = self.admin.flights.lock().await;
+        // every field is optional: an update of nothing answers the flight as it is,
+        // with nothing written or pushed
+        self.committer.catch_up().await?;
+        let now = domain::now_ms();
+        let current = fs.flight();
+        current.check_updatable(now)?;
+        if status_update(&p, &current)?.is_empty() {
+            return Ok(FlightResult {
+                flight: flight_view(current, &fs),
+            });
+        }
         let flight = self
             .commit_flight(&fs, |f| {
                 let now = domain::now_ms();

@@ -60,6 +60,15 @@ pub struct StatusUpdate {
     pub reason: Option<String>,
 }
 
+impl StatusUpdate {
+    /// Whether it changes nothing (no estimate, no status: a `reason` alone).
+    pub fn is_empty(&self) -> bool {
+        self.estimated_departs_at.is_none()
+            && self.estimated_arrives_at.is_none()
+            && self.status.is_none()
+    }
+}
+
 /// What anyone may know of a seat: whether it can be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
