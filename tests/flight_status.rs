@@ -223,7 +223,8 @@ async fn updates_move_the_status_forward_and_reach_each_connection_once() {
         assert_eq!(e["data"]["reason"], reason, "{status}: {e}");
     }
     // every field but flight_id is optional: nothing to change answers the flight
-    // as it is, and pushes nothing (the owner's next push below is the departure)
+    // as it is, and pushes nothing (the owner's pushes below are boarding, then
+    // the departure, with nothing between)
     for nothing in [
         json!({"flight_id": id}),
         json!({"flight_id": id, "reason": "a note"}),

@@ -659,6 +659,8 @@ async fn registrations_are_limited_per_address() {
     // a malformed name or a weak password costs nothing and is answered as such
     let bad = json!({"username": "x", "password": PASSWORD});
     assert_eq!(c.reason("auth.register", bad).await, "invalid_params");
+    let weak = json!({"username": unique_name("weak"), "password": "short"});
+    assert_eq!(c.reason("auth.register", weak).await, "weak_password");
     let page = metrics_page(s.addr).await;
     assert_eq!(
         metric(&page, "jetway_rejected_total{reason=\"register_limit\"}"),

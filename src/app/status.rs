@@ -92,12 +92,13 @@ impl App {
             .ok_or(AppError::NotFound("flight"))?;
         let _serial = self.admin.flights.lock().await;
         // every field is optional: an update of nothing answers the flight as it is,
-        // with nothing written or pushed
-        self.committer.catch_up().await?;
-        let now = domain::now_ms();
-        let current = fs.flight();
-        current.check_updatable(now)?;
-        if status_update(&p, &current)?.is_empty() {
+        // with nothing written or pushed (the params are checked against the
+        // schedule, which never changes; any refusal is left to the path below,
+        // which puts a departed or cancelled flight first)
+        if status_update(&p, &fs.flight()).is_ok_and(|u| u.is_empty()) {
+            self.committer.catch_up().await?;
+            let current = fs.flight();
+            current.check_updatable(domain::now_ms())?;
             return Ok(FlightResult {
                 flight: flight_view(current, &fs),
             });

@@ -406,6 +406,9 @@ impl App {
                         cabin.as_str()
                     )));
                 }
+                // the line's revision before the line: a join through another node
+                // that this read misses fails this one's write, and it is made again
+                let line_check = self.line_check(&fs, true)?;
                 let mut line = self.store.flight_waitlist(&fs.id)?;
                 let joined = waitlist::join_time(&line, now);
                 let entry = WaitlistEntry {
@@ -442,7 +445,7 @@ impl App {
                     // join moves no seat): the first reply wins, the other replays it
                     first_replies: vec![(key.clone(), remember_ok(&result))],
                     // a seat freed through another node at this moment sees the entry
-                    lines: self.line_check(&fs, true)?.into_iter().collect(),
+                    lines: line_check.into_iter().collect(),
                     user_lines,
                     ..Default::default()
                 };

@@ -52,7 +52,8 @@ pub struct WaitlistEntry {
     pub cabin: Cabin,
     pub passengers: Vec<String>,
     pub status: WaitlistStatus,
-    /// Join order: entries are served by `(created_at, id)`.
+    /// Join order: entries are served by `created_at`, then the id's number
+    /// ([`WaitlistEntry::order`]).
     pub created_at: Millis,
     pub updated_at: Millis,
     /// The offered hold, once offered.
@@ -105,7 +106,8 @@ impl WaitlistEntry {
     }
 }
 
-/// The join time of an entry joining `line` (every entry of the flight) at `now`:
+/// The join time of an entry joining `line` (the flight's waiting and offered
+/// entries) at `now`:
 /// never before an entry already there, so a joiner is always last in line, also
 /// when its node's clock is behind the one that wrote the last join.
 pub fn join_time(line: &[WaitlistEntry], now: Millis) -> Millis {

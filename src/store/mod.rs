@@ -591,7 +591,8 @@ pub trait Store: Send + Sync + 'static {
     fn refund_made_by(&self, gateway_ref: &str) -> StoreResult<Option<RefundRecord>>;
     fn payment_mark(&self, locator: &Locator) -> StoreResult<Option<PaymentMark>>;
     fn waitlist_entry(&self, id: &str) -> StoreResult<Option<WaitlistEntry>>;
-    /// A flight's waiting and offered entries, in join order.
+    /// A flight's waiting and offered entries, by `created_at` (ties in no
+    /// particular order: [`crate::domain::waitlist::positions`] and `serve` sort).
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>>;
     /// A user's entries, newest first.
     fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>>;

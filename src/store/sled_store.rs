@@ -57,7 +57,8 @@ const CHECKIN_SEQUENCE: u8 = b'n';
 /// generator, and its ids must stay above every id the snapshot holds.
 pub(super) const ID_FLOOR: &[u8] = b"\0id_floor";
 const WAITLIST: u8 = b'L';
-/// A flight's active (waiting or offered) entries, in join order: the entry's id.
+/// A flight's active (waiting or offered) entries, by `created_at` then id as text:
+/// the entry's id.
 const FLIGHT_WAITLIST: u8 = b'l';
 const USER_WAITLIST: u8 = b'x';
 /// A flight's waitlist line revision (see [`super::LineCheck`]), big-endian.
