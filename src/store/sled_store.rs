@@ -302,6 +302,14 @@ impl SledStore {
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
+        // sled starts its id counter a margin above the one it last persisted, and
+        // persists the new start with its first id, but durably only with its own
+        // flush, which the journal puts off: a crash before that flush would start
+        // the next run where this one started, giving its ids (users, orders,
+        // history keys) a second time. One id taken and flushed now makes this
+        // run's start durable before any id is given out.
+        db.generate_id().map_err(io)?;
+        db.flush().map_err(io)?;
         // the journal is replayed into sled by now, and the overlay empty
         let seen = Seen::open(db.clone(), scanned_prefix);
         let id_floor = match db.get(ID_FLOOR).map_err(io)? {
