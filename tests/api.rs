@@ -629,3 +629,108 @@ async fn the_requesters_own_push_comes_before_its_reply_and_without_one() {
     );
     s.stop().await;
 }
+
+/// bookings.list and orders.list answer at most 1,000 records (all of them for any
+/// but the busiest account) and page with `limit` and `before`: a list of every
+/// booking an account ever made (cancelled holds cost nothing) would grow without
+/// bound in the server's memory and on the wire.
+#[tokio::test]
+async fn lists_come_a_page_at_a_time() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.new_user().await;
+    let f = later_flight(&mut c).await;
+    let fid = f["flight_id"].as_str().unwrap().to_owned();
+    let seats = free_seats(&mut c, &fid, "economy", 5).await;
+    for (i, seat) in seats.iter().enumerate() {
+        paid(
+            &mut c,
+            &fid,
+            std::slice::from_ref(seat),
+            &format!("h{i}"),
+            &format!("p{i}"),
+        )
+        .await;
+    }
+    let all = c.ok("bookings.list", json!({})).await;
+    assert_eq!(all["bookings"].as_array().unwrap().len(), 5);
+    assert!(all.get("more").is_none(), "{all}");
+    let locators: Vec<Value> = all["bookings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["locator"].clone())
+        .collect();
+
+    let mut pages = Vec::new();
+    let mut before = Value::Null;
+    loop {
+        let page = c
+            .ok("bookings.list", json!({"limit": 2, "before": before}))
+            .await;
+        let got: Vec<Value> = page["bookings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["locator"].clone())
+            .collect();
+        before = got.last().cloned().unwrap_or(Value::Null);
+        pages.extend(got);
+        if page.get("more").is_none() {
+            break;
+        }
+        assert_eq!(page["more"], true, "{page}");
+    }
+    assert_eq!(pages, locators, "the pages are the whole list, in order");
+
+    let orders = c.ok("orders.list", json!({})).await["orders"].clone();
+    let ids: Vec<Value> = orders
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let first = c.ok("orders.list", json!({"limit": 3})).await;
+    assert_eq!(first["more"], true);
+    let rest = c.ok("orders.list", json!({"before": ids[2]})).await;
+    assert!(rest.get("more").is_none());
+    let rest: Vec<Value> = rest["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].clone())
+        .collect();
+    assert_eq!(rest, ids[3..]);
+
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 1001}),
+        json!({"limit": "2"}),
+    ] {
+        assert_eq!(
+            c.reason("bookings.list", bad.clone()).await,
+            "invalid_params",
+            "{bad}"
+        );
+        assert_eq!(
+            c.reason("orders.list", bad.clone()).await,
+            "invalid_params",
+            "{bad}"
+        );
+    }
+    // someone else's record is not a cursor
+    let mut other = s.client().await;
+    other.new_user().await;
+    assert_eq!(
+        other
+            .reason("bookings.list", json!({"before": locators[0]}))
+            .await,
+        "not_found"
+    );
+    assert_eq!(
+        other.reason("orders.list", json!({"before": ids[0]})).await,
+        "not_found"
+    );
+    s.stop().await;
+}

@@ -13,7 +13,7 @@ use jetway::app::AppError;
 use jetway::app::AuthSession;
 use jetway::domain::{UserId, Username};
 use jetway::protocol::params::{decode, CancelFlight};
-use jetway::store::{Role, Store};
+use jetway::store::{Page, Role, Store};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -157,7 +157,11 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
         (done["refunded"].as_u64(), done["released"].as_u64()),
         (Some(1), Some(1))
     );
-    let list = app.bookings_list(user).await.wire().unwrap();
+    let list = app
+        .bookings_list(user, Default::default())
+        .await
+        .wire()
+        .unwrap();
     assert_eq!(
         list["bookings"].as_array().unwrap().len(),
         2,
@@ -187,8 +191,9 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
     wait_until("the hold written", || {
         !fx.store
             .inner
-            .user_bookings(fx.passenger.user_id)
+            .user_bookings(fx.passenger.user_id, Page::ALL)
             .unwrap()
+            .0
             .is_empty()
     })
     .await;
@@ -224,8 +229,9 @@ async fn a_users_next_hold_is_written_while_the_first_waits_for_its_sync() {
     let written = || {
         fx.store
             .inner
-            .user_bookings(fx.passenger.user_id)
+            .user_bookings(fx.passenger.user_id, Page::ALL)
             .unwrap()
+            .0
             .len()
     };
     let first = hold(0, "h1");
@@ -265,7 +271,13 @@ async fn a_refusal_waits_for_the_hold_it_rests_on() {
     let hold = |seat: usize, rid: &str| spawn_hold(&app, &user, &flight, &seats[seat], rid);
     let first = hold(0, "h1");
     wait_until("the first hold written", || {
-        store.inner.user_bookings(user.user_id).unwrap().len() == 1
+        store
+            .inner
+            .user_bookings(user.user_id, Page::ALL)
+            .unwrap()
+            .0
+            .len()
+            == 1
     })
     .await;
     let mut second = hold(1, "h2");

@@ -12,7 +12,7 @@ use jetway::app::App;
 use jetway::app::AppError;
 use jetway::domain::Username;
 use jetway::protocol::params::decode;
-use jetway::store::{IdemKey, SledStore, Store};
+use jetway::store::{IdemKey, Page, SledStore, Store};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,7 +50,11 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
         .flight_get(decode(json!({"flight_id": fid})).unwrap())
         .wire()
         .unwrap();
-    let list_before = app.bookings_list(&user).await.wire().unwrap();
+    let list_before = app
+        .bookings_list(&user, Default::default())
+        .await
+        .wire()
+        .unwrap();
     let history_before = app
         .history_list(&user, decode(json!({})).unwrap())
         .await
@@ -93,7 +97,13 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
         .wire()
         .unwrap();
     assert_eq!(map, map_before, "the seat map and its version did not move");
-    assert_eq!(app.bookings_list(&user).await.wire().unwrap(), list_before);
+    assert_eq!(
+        app.bookings_list(&user, Default::default())
+            .await
+            .wire()
+            .unwrap(),
+        list_before
+    );
     assert_eq!(
         app.history_list(&user, decode(json!({})).unwrap())
             .await
@@ -102,7 +112,10 @@ async fn failed_writes_are_errors_and_leave_nothing_behind() {
         history_before
     );
     assert_eq!(
-        app.orders_list(&user).await.wire().unwrap()["orders"],
+        app.orders_list(&user, Default::default())
+            .await
+            .wire()
+            .unwrap()["orders"],
         json!([])
     );
     assert!(app
@@ -225,7 +238,10 @@ async fn a_failed_sync_is_never_acknowledged() {
     assert_eq!(seat_status(app, &fid, &seats[1]), "available");
     assert_eq!(seat_status(app, &fid, &seats[2]), "available");
     assert_eq!(
-        app.bookings_list(&user).await.wire().unwrap_err(),
+        app.bookings_list(&user, Default::default())
+            .await
+            .wire()
+            .unwrap_err(),
         AppError::Internal
     );
     app.stop().await;
@@ -276,11 +292,16 @@ async fn a_restart_after_a_failed_sync_serves_what_is_on_disk() {
 
     let on_disk = SledStore::open(dir.path())
         .unwrap()
-        .user_bookings(user.user_id)
-        .unwrap();
+        .user_bookings(user.user_id, Page::ALL)
+        .unwrap()
+        .0;
     let (app, store) = faulty_app(dir.path(), |_| {}).await;
     assert!(app.is_ready());
-    let listed: Vec<Value> = app.bookings_list(&user).await.wire().unwrap()["bookings"]
+    let listed: Vec<Value> = app
+        .bookings_list(&user, Default::default())
+        .await
+        .wire()
+        .unwrap()["bookings"]
         .as_array()
         .unwrap()
         .clone();

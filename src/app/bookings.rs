@@ -16,12 +16,26 @@ use crate::protocol::results::{
     Answer, BookingResult, BookingView, Bookings, History, HistoryEntry, OrderView, Orders,
 };
 use crate::protocol::wire;
-use crate::store::{Batch, RefundReason, RefundRecord, StoreError};
+use crate::store::{Batch, Page, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
 pub const DEFAULT_HISTORY: u32 = 50;
 pub const MAX_HISTORY: u32 = 500;
+/// The most bookings or orders one list reply holds (about 1-2 MB of bookings, well
+/// inside a connection's outbound queue): a list of every record an account ever
+/// made (cancelled holds cost nothing) would grow without bound, in memory and on
+/// the wire.
+pub const MAX_LIST: u32 = 1000;
+
+fn list_limit(limit: Option<u32>) -> Result<usize, AppError> {
+    match limit.unwrap_or(MAX_LIST) {
+        n @ 1..=MAX_LIST => Ok(n as usize),
+        _ => Err(AppError::InvalidParams(format!(
+            "limit must be 1-{MAX_LIST}"
+        ))),
+    }
+}
 
 enum CancelStep {
     Released(Box<BookingResult>),
@@ -416,21 +430,52 @@ impl App {
         Ok(BookingResult::new(self.booking_view(b)))
     }
 
-    pub async fn bookings_list(&self, s: &AuthSession) -> Result<Bookings, AppError> {
-        let list = self
-            .consistent_read(|| Ok(self.store.user_bookings(s.user_id)?))
+    pub async fn bookings_list(
+        &self,
+        s: &AuthSession,
+        p: params::ListPage,
+    ) -> Result<Bookings, AppError> {
+        let limit = list_limit(p.limit)?;
+        let (list, more) = self
+            .consistent_read(|| {
+                let before = match &p.before {
+                    Some(l) => Some(self.own_booking(s.user_id, l)?),
+                    None => None,
+                };
+                let before = before.as_ref().map(|b| (b.created_at, b.locator.as_str()));
+                Ok(self
+                    .store
+                    .user_bookings(s.user_id, Page { limit, before })?)
+            })
             .await?;
         Ok(Bookings {
             bookings: list.into_iter().map(|b| self.booking_view(b)).collect(),
+            more,
         })
     }
 
-    pub async fn orders_list(&self, s: &AuthSession) -> Result<Orders, AppError> {
-        let list = self
-            .consistent_read(|| Ok(self.store.user_orders(s.user_id)?))
+    pub async fn orders_list(
+        &self,
+        s: &AuthSession,
+        p: params::ListPage,
+    ) -> Result<Orders, AppError> {
+        let limit = list_limit(p.limit)?;
+        let (list, more) = self
+            .consistent_read(|| {
+                let before = match &p.before {
+                    Some(id) => match self.store.order(id)? {
+                        Some(o) if o.user_id == s.user_id => Some(o),
+                        _ => return Err(AppError::NotFound("order")),
+                    },
+                    None => None,
+                };
+                let before = before.as_ref().map(|o| (o.created_at, o.order_id.as_str()));
+                Ok(self.store.user_orders(s.user_id, Page { limit, before })?)
+            })
             .await?;
         Ok(Orders {
             orders: list.into_iter().map(OrderView).collect(),
+            more,
         })
     }
 

@@ -75,8 +75,8 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!(CheckIn, params::CheckIn => CheckInResult, "Checks in the passengers of a confirmed booking (all, or those in `seats`) while check-in is open, and returns their boarding passes."),
     method!(BoardingPasses, params::LocatorRef => BoardingPassesResult, "The valid boarding passes of one of the caller's bookings."),
     method!(BookingGet, params::LocatorRef => BookingResult, "One of the caller's bookings."),
-    method!(BookingsList, NoParams => BookingsResult, "The caller's bookings, newest first."),
-    method!(OrdersList, NoParams => OrdersResult, "The caller's orders (paid bookings)."),
+    method!(BookingsList, params::ListPage => BookingsResult, "The caller's bookings, newest first, a page at a time."),
+    method!(OrdersList, params::ListPage => OrdersResult, "The caller's orders (paid bookings), newest first, a page at a time."),
     method!(HistoryList, params::Limit => HistoryResult, "The caller's account events, newest first."),
     method!(AdminCreateFlight, params::CreateFlight => FlightResult, "Adds a flight to the schedule."),
     method!(AdminCancelFlight, params::CancelFlight => CancelFlightResult, "Cancels a flight, refunding and releasing every booking on it."),
@@ -549,12 +549,18 @@ pub struct BoardingPassesResult {
 #[serde(deny_unknown_fields)]
 pub struct BookingsResult {
     pub bookings: Vec<Booking>,
+    /// Present (`true`) when older bookings are left: ask again with `before` set to
+    /// the last locator of this page.
+    pub more: Option<bool>,
 }
 
 #[derive(Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersResult {
     pub orders: Vec<Order>,
+    /// Present (`true`) when older orders are left: ask again with `before` set to
+    /// the last order id of this page.
+    pub more: Option<bool>,
 }
 
 #[derive(Serialize, JsonSchema)]

@@ -139,8 +139,8 @@ pub enum Call {
     CheckIn(Result<CheckInRequest, ApiError>),
     BoardingPasses(Result<LocatorRef, ApiError>),
     BookingGet(Result<LocatorRef, ApiError>),
-    BookingsList,
-    OrdersList,
+    BookingsList(Result<ListPage, ApiError>),
+    OrdersList(Result<ListPage, ApiError>),
     HistoryList(Result<Limit, ApiError>),
     AdminCreateFlight(Result<CreateFlight, ApiError>),
     AdminCancelFlight(Result<CancelFlight, ApiError>),
@@ -183,8 +183,8 @@ impl Call {
             Method::CheckIn => Call::CheckIn(parse::<CheckIn, _>(p)),
             Method::BoardingPasses => Call::BoardingPasses(decode(p)),
             Method::BookingGet => Call::BookingGet(decode(p)),
-            Method::BookingsList => Call::BookingsList,
-            Method::OrdersList => Call::OrdersList,
+            Method::BookingsList => Call::BookingsList(decode(p)),
+            Method::OrdersList => Call::OrdersList(decode(p)),
             Method::HistoryList => Call::HistoryList(decode(p)),
             Method::AdminCreateFlight => Call::AdminCreateFlight(decode(p)),
             Method::AdminCancelFlight => Call::AdminCancelFlight(decode(p)),
@@ -554,6 +554,16 @@ impl TryFrom<WaitlistJoin> for WaitlistJoinRequest {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct WaitlistRef {
     pub id: String,
+}
+
+/// `bookings.list` / `orders.list`: a page, newest first (extensions: without them
+/// the newest 1,000, which is every record of all but the busiest accounts).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ListPage {
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+    /// A locator (bookings) or order id (orders) of the caller's: only older records.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -158,6 +158,9 @@ impl BookingResult {
 #[derive(Debug, Serialize)]
 pub struct Bookings {
     pub bookings: Vec<BookingView>,
+    /// Older bookings are left (only written when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 #[derive(Debug)]
@@ -168,6 +171,9 @@ through_wire!(OrderView, |o| wire::order(&o.0));
 #[derive(Debug, Serialize)]
 pub struct Orders {
     pub orders: Vec<OrderView>,
+    /// Older orders are left (only written when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// One event of a user's history: its own fields, then the event's details.

@@ -410,6 +410,24 @@ pub struct Batch {
     pub user_lines: Vec<UserLineCheck>,
 }
 
+/// One page of a user's records, newest first: at most `limit` of them, all
+/// created before the record `before` (its `created_at` and id) when given.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub limit: usize,
+    pub before: Option<(Millis, &'a str)>,
+}
+
+impl Page<'_> {
+    pub const ALL: Page<'static> = Page {
+        limit: usize::MAX,
+        before: None,
+    };
+}
+
+/// A page of records and whether older ones are left.
+pub type Paged<T> = (Vec<T>, bool);
+
 /// A user's waitlist joins as a join read them: the revision (`None`: never written)
 /// that every join advances. On a cluster two joins of one user decided on different
 /// nodes at once then conflict, and the loser counts the user's waiting entries again
@@ -558,9 +576,9 @@ pub trait Store: Send + Sync + 'static {
     /// The user's bookings held and unexpired at `now`, kept as bookings are written:
     /// reads no booking, so a hold costs the same however long the user's history.
     fn open_holds(&self, user: UserId, now: Millis) -> usize;
-    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>>;
+    fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
-    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>>;
+    fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>>;
     fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>>;
     fn reply(&self, key: &IdemKey) -> StoreResult<Option<Value>>;
     /// Payment attempts still `started`, oldest first.

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use super::behind::Behind;
 use super::seen::Seen;
 use super::{
-    Batch, BookingCounts, Change, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark, RefundRecord,
-    SessionRecord, Store, StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt, PaymentMark,
+    RefundRecord, SessionRecord, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
@@ -458,26 +458,40 @@ impl SledStore {
             .collect()
     }
 
-    /// Records pointed to by an index, newest first (index keys end in the record key).
+    /// A page of the records pointed to by a user's index, newest first (index keys
+    /// are the user, the record's `created_at` and the record key).
     fn newest_via_index<T: DeserializeOwned>(
         &self,
         index: u8,
         user: UserId,
         record: u8,
-    ) -> StoreResult<Vec<T>> {
+        page: Page,
+    ) -> StoreResult<Paged<T>> {
         self.read_whole(|| {
             let prefix = key(index, &[&user.0.to_be_bytes()]);
+            let before = page.before.map(|(at, id)| {
+                key(
+                    index,
+                    &[&user.0.to_be_bytes(), &at.to_be_bytes(), id.as_bytes()],
+                )
+            });
             let mut out = Vec::new();
             for kv in self.kv_scan(&prefix, true) {
                 let (k, _) = kv?;
+                if before.as_ref().is_some_and(|b| k.as_ref() >= b.as_slice()) {
+                    continue;
+                }
                 let id = k.get(prefix.len() + 8..).ok_or_else(|| {
                     StoreError::Corrupt(format!("index key {:?} is too short", k.as_ref()))
                 })?;
+                if out.len() == page.limit {
+                    return Ok((out, true));
+                }
                 if let Some(v) = self.get(&key(record, &[id]))? {
                     out.push(v);
                 }
             }
-            Ok(out)
+            Ok((out, false))
         })
     }
 }
@@ -1162,16 +1176,16 @@ impl Store for SledStore {
         self.tally.open_holds(user, now)
     }
 
-    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
-        self.newest_via_index(USER_BOOKING, user, BOOKING)
+    fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
+        self.newest_via_index(USER_BOOKING, user, BOOKING, page)
     }
 
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
         self.get(&key(ORDER, &[order_id.as_bytes()]))
     }
 
-    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
-        self.newest_via_index(USER_ORDER, user, ORDER)
+    fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>> {
+        self.newest_via_index(USER_ORDER, user, ORDER, page)
     }
 
     fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
@@ -1279,7 +1293,9 @@ impl Store for SledStore {
     }
 
     fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
-        self.newest_via_index(USER_WAITLIST, user, WAITLIST)
+        Ok(self
+            .newest_via_index(USER_WAITLIST, user, WAITLIST, Page::ALL)?
+            .0)
     }
 }
 
@@ -1387,7 +1403,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            s.user_bookings(UserId(1)),
+            s.user_bookings(UserId(1), Page::ALL),
             Err(StoreError::Corrupt(_))
         ));
     }
@@ -1420,7 +1436,7 @@ mod tests {
             [key(BOOKING, &[b"AAAAAA"])],
             "the booking changed, its index entry did not"
         );
-        assert_eq!(s.user_bookings(UserId(1)).unwrap(), [paid]);
+        assert_eq!(s.user_bookings(UserId(1), Page::ALL).unwrap().0, [paid]);
         assert_eq!(s.open_holds(UserId(1), 0), 0, "the tally saw the change");
     }
 
@@ -2088,8 +2104,9 @@ mod tests {
         let s = open_when_free(dir.path());
         assert_eq!(s.user(UserId(1)).unwrap().unwrap().username.as_str(), "ada");
         let mine: Vec<_> = s
-            .user_bookings(UserId(1))
+            .user_bookings(UserId(1), Page::ALL)
             .unwrap()
+            .0
             .into_iter()
             .map(|b| b.locator.to_string())
             .collect();

@@ -170,10 +170,12 @@ fn check_call(call: Call) {
         })),
         Call::WaitlistLeave(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.id))),
         Call::AdminResolveRefund(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.refund_id))),
+        Call::BookingsList(p) | Call::OrdersList(p) => check_refusal(
+            p.as_ref()
+                .map(|p| p.before.iter().for_each(|s| identifiers(s))),
+        ),
         Call::Logout
         | Call::Airports
-        | Call::BookingsList
-        | Call::OrdersList
         | Call::AdminStats
         | Call::AdminRefunds
         | Call::Discover

@@ -10,8 +10,8 @@ use jetway::domain::{
 use jetway::fanout::{outbox, QueueLimits};
 use jetway::protocol::params::decode;
 use jetway::store::{
-    Batch, BookingCounts, HistoryEvent, IdemKey, PaymentAttempt, SessionRecord, SledStore, Store,
-    StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt, SessionRecord,
+    SledStore, Store, StoreError, StoreResult, UserRecord,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -139,15 +139,15 @@ impl Store for Faulty {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.inner.open_holds(user, now)
     }
-    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
+    fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.read_bookings();
-        self.inner.user_bookings(user)
+        self.inner.user_bookings(user, page)
     }
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
         self.inner.order(order_id)
     }
-    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
-        self.inner.user_orders(user)
+    fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>> {
+        self.inner.user_orders(user, page)
     }
     fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
         self.inner.history(user, limit)

@@ -46,8 +46,9 @@ use crate::domain::{
     Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
 };
 use crate::store::{
-    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, PaymentAttempt, PaymentMark,
-    RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError, StoreResult, UserRecord,
+    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged, PaymentAttempt,
+    PaymentMark, RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError,
+    StoreResult, UserRecord,
 };
 use ids::IdBlocks;
 
@@ -326,14 +327,14 @@ impl Store for EtcdStore {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.mirror.open_holds(user, now)
     }
-    fn user_bookings(&self, user: UserId) -> StoreResult<Vec<Booking>> {
-        self.mirror.user_bookings(user)
+    fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
+        self.mirror.user_bookings(user, page)
     }
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>> {
         self.mirror.order(order_id)
     }
-    fn user_orders(&self, user: UserId) -> StoreResult<Vec<Order>> {
-        self.mirror.user_orders(user)
+    fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>> {
+        self.mirror.user_orders(user, page)
     }
     fn history(&self, user: UserId, limit: usize) -> StoreResult<Vec<HistoryEvent>> {
         self.mirror.history(user, limit)
