@@ -1069,3 +1069,30 @@ async fn a_passenger_cancel_during_an_airline_cancellation_leaves_the_full_refun
     job.abort();
     running.shutdown().await;
 }
+
+/// Flights of one departure time are listed by number as a number: JW9 before JW10.
+#[tokio::test]
+async fn flights_of_one_time_are_listed_by_number() {
+    let s = admin_server().await;
+    let mut a = admin(&s).await;
+    for n in ["JW1000", "JW9", "JW10"] {
+        create(&mut a, n).await;
+    }
+    let date = &expected_id("JW9")[4..];
+    let date = format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..]);
+    let found = a
+        .ok(
+            "flights.search",
+            json!({"from": "LHR", "to": "VIE", "date": date}),
+        )
+        .await;
+    let numbers: Vec<&str> = found["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["departs_at"] == new_flight("JW9")["departs_at"])
+        .map(|f| f["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["JW9", "JW10", "JW1000"]);
+    s.stop().await;
+}

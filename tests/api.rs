@@ -139,6 +139,9 @@ async fn search_filters_and_flight_map() {
     for bad in [
         json!({"from": "LONDON"}),
         json!({"date": "25/11/2026"}),
+        json!({"date": format!("+{date}")}),
+        json!({"date": format!("-{date}")}),
+        json!({"date": format!("{date} ")}),
         json!({"limit": 0}),
         json!({"limit": "x"}),
     ] {

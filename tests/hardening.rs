@@ -392,6 +392,12 @@ async fn subscriptions_per_connection_are_limited() {
             .await,
         "invalid_state"
     );
+    // an unknown flight is not_found, full or not
+    assert_eq!(
+        c.reason("seats.subscribe", json!({"flight_id": "JW999-20991231"}))
+            .await,
+        "not_found"
+    );
     // re-subscribing to a watched flight is fine; unsubscribing frees a place
     c.ok("seats.subscribe", json!({"flight_id": flights[0]}))
         .await;

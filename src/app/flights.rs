@@ -46,13 +46,25 @@ impl App {
         let to = airport_filter(p.to, "to")?;
         let date = match p.date {
             None => None,
-            Some(d) => Some(
-                time::Date::parse(
-                    &d,
-                    time::macros::format_description!("[year]-[month]-[day]"),
+            Some(d) => {
+                let bad = || AppError::InvalidParams("date must be YYYY-MM-DD".into());
+                // `[year]` alone would take a sign ("+2026-12-06")
+                let digits_and_dashes = d.len() == 10
+                    && d.bytes().enumerate().all(|(i, b)| match i {
+                        4 | 7 => b == b'-',
+                        _ => b.is_ascii_digit(),
+                    });
+                if !digits_and_dashes {
+                    return Err(bad());
+                }
+                Some(
+                    time::Date::parse(
+                        &d,
+                        time::macros::format_description!("[year]-[month]-[day]"),
+                    )
+                    .map_err(|_| bad())?,
                 )
-                .map_err(|_| AppError::InvalidParams("date must be YYYY-MM-DD".into()))?,
-            ),
+            }
         };
         let limit = p.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
         if limit == 0 || limit > MAX_SEARCH_LIMIT {
@@ -74,7 +86,11 @@ impl App {
                 None => f.departure() > now,
             })
             .collect();
-        found.sort_by(|a, b| (a.0.departs_at, &a.0.number).cmp(&(b.0.departs_at, &b.0.number)));
+        // flight numbers by number: JW9 before JW10
+        fn order(f: &domain::Flight) -> (domain::Millis, usize, &str) {
+            (f.departs_at, f.number.len(), &f.number)
+        }
+        found.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
         let flights = found
             .into_iter()
             .take(limit as usize)

@@ -236,7 +236,11 @@ async fn call(
                 .iter()
                 .any(|f| f.as_str() == params.flight_id);
             let max = app.config.limits.max_subscriptions;
-            if !already && conn.subscriptions.len() >= max {
+            // an unknown flight is not_found (from subscribe) whatever the count
+            if !already
+                && conn.subscriptions.len() >= max
+                && app.inventory.get(&params.flight_id).is_some()
+            {
                 return Err(ApiError::InvalidState(format!(
                     "a connection may watch at most {max} flights"
                 )));
