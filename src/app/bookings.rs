@@ -22,11 +22,12 @@ use crate::store::{Batch, Page, RefundReason, RefundRecord, StoreError};
 pub const AIRLINE_CODE: u16 = 729;
 pub const DEFAULT_HISTORY: u32 = 50;
 pub const MAX_HISTORY: u32 = 500;
-/// The most bookings or orders one list reply holds (about 1-2 MB of bookings, well
-/// inside a connection's outbound queue): a list of every record an account ever
-/// made (cancelled holds cost nothing) would grow without bound, in memory and on
-/// the wire.
-pub const MAX_LIST: u32 = 1000;
+/// The most bookings or orders one list reply holds (~0.5 MB of bookings, 2 MB at
+/// worst: nine passengers each, with 64-character names in 4-byte UTF-8), inside a
+/// connection's 4 MiB outbound queue: a list of every record an account ever made
+/// (cancelled holds cost nothing) would grow without bound, in memory and on the
+/// wire.
+pub const MAX_LIST: u32 = 500;
 
 fn list_limit(limit: Option<u32>) -> Result<usize, AppError> {
     match limit.unwrap_or(MAX_LIST) {

@@ -557,10 +557,10 @@ pub struct WaitlistRef {
 }
 
 /// `bookings.list` / `orders.list`: a page, newest first (extensions: without them
-/// the newest 1,000, which is every record of all but the busiest accounts).
+/// the newest 500, which is every record of all but the busiest accounts).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct ListPage {
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
     /// A locator (bookings) or order id (orders) of the caller's: only older records.
     pub before: Option<String>,

@@ -307,9 +307,13 @@ impl SledStore {
         // flush, which the journal puts off: a crash before that flush would start
         // the next run where this one started, giving its ids (users, orders,
         // history keys) a second time. One id taken and flushed now makes this
-        // run's start durable before any id is given out.
+        // run's start durable before any id is given out (sled's flush writes its
+        // file, the sync makes that stable, as `Behind`'s flushes do).
         db.generate_id().map_err(io)?;
         db.flush().map_err(io)?;
+        File::open(dir.join("db"))
+            .and_then(|f| f.sync_data())
+            .map_err(io)?;
         // the journal is replayed into sled by now, and the overlay empty
         let seen = Seen::open(db.clone(), scanned_prefix);
         let id_floor = match db.get(ID_FLOOR).map_err(io)? {

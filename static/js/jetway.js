@@ -242,13 +242,28 @@ export class Jetway extends RpcClient {
   getBooking(locator) {
     return this.call('booking.get', { locator });
   }
-  /** @returns {Promise<{bookings: Booking[]}>} */
+  /** Every booking, newest first (read a page at a time). @returns {Promise<{bookings: Booking[]}>} */
   listBookings() {
-    return this.call('bookings.list', {});
+    return this._everyPage('bookings.list', 'bookings', (b) => b.locator);
   }
-  /** @returns {Promise<{orders: Order[]}>} */
+  /** Every order, newest first (read a page at a time). @returns {Promise<{orders: Order[]}>} */
   listOrders() {
-    return this.call('orders.list', {});
+    return this._everyPage('orders.list', 'orders', (o) => o.order_id);
+  }
+  /**
+   * Calls a paged list method until no older records are left (`more` absent).
+   * @param {string} method @param {string} key @param {(item: any) => string} cursor
+   */
+  async _everyPage(method, key, cursor) {
+    const all = [];
+    let params = {};
+    for (;;) {
+      const page = await this.call(method, params);
+      const items = page[key];
+      all.push(...items);
+      if (!page.more || items.length === 0) return { [key]: all };
+      params = { before: cursor(items[items.length - 1]) };
+    }
   }
   /** @param {number} [limit] @returns {Promise<{events: HistoryEvent[]}>} */
   history(limit) {

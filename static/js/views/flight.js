@@ -259,7 +259,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   async function loadMine() {
     if (!ctx.user) return map.setMine([]);
     try {
-      const res = await ctx.client.call('bookings.list', {});
+      const res = await ctx.client.listBookings();
       if (signal.aborted) return;
       const mine = [];
       for (const b of res.bookings || []) {

@@ -85,12 +85,12 @@ export async function tripsView(ctx, el, { query, signal }) {
     panel.setAttribute('aria-busy', 'true');
     try {
       if (tab === 'bookings') {
-        const r = await ctx.client.call('bookings.list', {});
+        const r = await ctx.client.listBookings();
         if (seq !== loadSeq || signal.aborted) return;
         bookings = r.bookings || [];
         renderBookings();
       } else if (tab === 'orders') {
-        const r = await ctx.client.call('orders.list', {});
+        const r = await ctx.client.listOrders();
         if (seq !== loadSeq || signal.aborted) return;
         renderOrders(r.orders || []);
       } else {
