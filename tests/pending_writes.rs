@@ -335,3 +335,46 @@ async fn the_departure_tick_does_not_write_over_a_cancellation_being_synced() {
     );
     assert_ne!(f.stage, jetway::domain::FlightStatus::Departed);
 }
+
+/// A write that need not be durable before its caller goes on (a failed login's
+/// history event) is not shown by a read before it is durable: the read waits for
+/// its sync. Before, `history.list` showed it at once, and a kill -9 before some
+/// later write's sync lost an event a client had been shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_shows_a_write_made_without_a_ticket_before_it_is_durable() {
+    let fx = fixture().await;
+    let paused = fx.store.pause_syncs();
+    let (o, _rx) = jetway::fanout::outbox(jetway::fanout::QueueLimits::default());
+    let mut conn = None;
+    let wrong = decode(json!({"username": "ada", "password": "not the password"})).unwrap();
+    let r = fx.app.login(wrong, &o, &mut conn, |_| {}).await;
+    assert!(matches!(r, Err(AppError::BadCredentials)), "{r:?}");
+    let kinds = |r: Value| -> Vec<String> {
+        r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut history = {
+        let (app, user) = (fx.app.clone(), fx.passenger.clone());
+        tokio::spawn(async move {
+            app.history_list(&user, decode(json!({})).unwrap())
+                .await
+                .wire()
+        })
+    };
+    // an answer while the event is not on disk must not show it (waiting is fine)
+    if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), &mut history).await {
+        let shown = kinds(r.unwrap().unwrap());
+        assert!(!shown.iter().any(|k| k == "login_failed"), "{shown:?}");
+    }
+    drop(paused);
+    let shown = kinds(history.await.unwrap().unwrap());
+    assert_eq!(
+        shown.first().map(String::as_str),
+        Some("login_failed"),
+        "{shown:?}"
+    );
+}

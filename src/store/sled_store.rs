@@ -1089,6 +1089,10 @@ impl Store for SledStore {
         self.behind.as_ref().map_or(Ok(()), Behind::close)
     }
 
+    fn has_unsynced(&self) -> bool {
+        self.behind.as_ref().is_some_and(Behind::has_unsynced)
+    }
+
     fn next_id(&self) -> StoreResult<u64> {
         Ok(self.db.generate_id().map_err(io)? + self.id_floor)
     }
