@@ -147,6 +147,21 @@ async fn ids_are_not_given_again_after_a_crash_that_follows_a_restart() {
     let second = b.register(&unique_name("second")).await["user"]["id"].clone();
     assert_ne!(first, second, "a user id given twice");
     p.kill9();
+
+    // starts that give out no id use up none (ticket numbers are the id's last ten
+    // digits, so every start that did would bring their repeat nearer)
+    for _ in 0..3 {
+        Proc::spawn(dir.path(), &[]).kill9();
+    }
+    let p = Proc::spawn(dir.path(), &[]);
+    let mut c = Client::connect(&p.url()).await;
+    let third = c.register(&unique_name("third")).await["user"]["id"].clone();
+    let (second, third) = (second.as_u64().unwrap(), third.as_u64().unwrap());
+    assert!(
+        third > second && third - second < 4_000_000,
+        "one start's margin, not four: {second} -> {third}"
+    );
+    p.kill9();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::behind::Behind;
 use super::seen::Seen;
@@ -93,6 +93,50 @@ pub struct SledStore {
     /// While a snapshot copies the database: the keys written since it started.
     pub(super) written: parking_lot::Mutex<Option<HashSet<Vec<u8>>>>,
     id_floor: u64,
+    id_start: IdStart,
+}
+
+/// sled starts its id counter a margin (2,000,000) above the value it last
+/// persisted, and persists the new start with the run's first id, but durably only
+/// with its own flush, which the journal puts off (sled is written behind it): a
+/// crash before that flush would start the next run where this one started and
+/// give its ids (users, orders, tickets, history keys) a second time. So the run's
+/// first id is given out only once sled is flushed and its file synced after it
+/// was taken: once a run, as sled itself waits once a million ids. A run that gives
+/// out no id moves the counter on not at all.
+struct IdStart {
+    durable: AtomicBool,
+    once: parking_lot::Mutex<()>,
+    /// sled's file, to sync after its flush (`None`: a temporary store).
+    file: Option<File>,
+}
+
+impl IdStart {
+    fn new(file: Option<File>) -> Self {
+        IdStart {
+            durable: AtomicBool::new(false),
+            once: Default::default(),
+            file,
+        }
+    }
+
+    /// Makes the counter's start durable, if this run has not yet (call it after
+    /// taking an id, before giving it out).
+    fn ensure(&self, db: &sled::Db) -> StoreResult<()> {
+        if self.durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _once = self.once.lock();
+        if self.durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        db.flush().map_err(io)?;
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(io)?;
+        }
+        self.durable.store(true, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Bookings by status, each user's holds and each booking's open payment attempts,
@@ -302,18 +346,7 @@ impl SledStore {
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
-        // sled starts its id counter a margin above the one it last persisted, and
-        // persists the new start with its first id, but durably only with its own
-        // flush, which the journal puts off: a crash before that flush would start
-        // the next run where this one started, giving its ids (users, orders,
-        // history keys) a second time. One id taken and flushed now makes this
-        // run's start durable before any id is given out (sled's flush writes its
-        // file, the sync makes that stable, as `Behind`'s flushes do).
-        db.generate_id().map_err(io)?;
-        db.flush().map_err(io)?;
-        File::open(dir.join("db"))
-            .and_then(|f| f.sync_data())
-            .map_err(io)?;
+        let id_start = IdStart::new(Some(File::open(dir.join("db")).map_err(io)?));
         // the journal is replayed into sled by now, and the overlay empty
         let seen = Seen::open(db.clone(), scanned_prefix);
         let id_floor = match db.get(ID_FLOOR).map_err(io)? {
@@ -334,6 +367,7 @@ impl SledStore {
             snapshot_gate: Default::default(),
             written: Default::default(),
             id_floor,
+            id_start,
         })
     }
 
@@ -924,6 +958,7 @@ impl SledStore {
             snapshot_gate: Default::default(),
             written: Default::default(),
             id_floor: 0,
+            id_start: IdStart::new(None),
         })
     }
 
@@ -1094,7 +1129,10 @@ impl Store for SledStore {
     }
 
     fn next_id(&self) -> StoreResult<u64> {
-        Ok(self.db.generate_id().map_err(io)? + self.id_floor)
+        let id = self.db.generate_id().map_err(io)?;
+        self.id_start.ensure(&self.db)?;
+        id.checked_add(self.id_floor)
+            .ok_or_else(|| StoreError::Corrupt("the id counter has run out".into()))
     }
 
     /// Copies the database while writes go on, noting the keys they change; then,
