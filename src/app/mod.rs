@@ -501,11 +501,13 @@ impl App {
     }
 
     /// Writes a batch that need not be durable before the caller goes on: a local
-    /// store makes it durable with the next sync; a replicated one commits it now.
+    /// store makes it durable with the next sync, under a ticket nobody waits for
+    /// (a read that sees it waits for it: [`Committer::settle_reads`] waits for the
+    /// last ticket); a replicated one commits it now.
     async fn write_soon(&self, batch: Batch) -> Result<(), StoreError> {
         match self.committer.is_replicated() {
             true => self.commit(batch).await,
-            false => self.committer.write_unsynced(&batch),
+            false => self.committer.submit(batch, None, || None).map(drop),
         }
     }
 

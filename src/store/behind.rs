@@ -225,11 +225,6 @@ impl Behind {
         u.records.push(Record { seq, writes });
     }
 
-    /// Whether records are written and not yet appended to the journal and synced.
-    pub fn has_unsynced(&self) -> bool {
-        !self.unsynced.lock().records.is_empty()
-    }
-
     /// What the overlay holds for `k`: `None` if sled has its latest value, else
     /// `Some` of the value (`None` inside: deleted).
     pub fn get(&self, k: &[u8]) -> Option<Option<sled::IVec>> {

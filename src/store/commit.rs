@@ -291,13 +291,6 @@ impl Committer {
             return Ok(());
         }
         drop(self.gate.write());
-        // a write made without a ticket (`write_unsynced`) that the read may have
-        // seen gets one now (its record is in the store's unsynced buffer from before
-        // it was readable until the sync that takes it, which serves a ticket at most
-        // `last`)
-        if self.store.has_unsynced() {
-            self.enqueue(None);
-        }
         let last = self.queue.lock().next - 1;
         self.durable(Ticket::Local(last)).await?;
         let stopped = || StoreError::Io("committer stopped".into());

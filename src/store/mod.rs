@@ -635,11 +635,4 @@ pub trait Store: Send + Sync + 'static {
     fn replicated(&self) -> Option<&dyn Replicated> {
         None
     }
-
-    /// Whether writes made since the last [`Store::sync`] are waiting for one (a
-    /// store that cannot tell answers `false`, and its unsynced writes rest on a
-    /// ticket's sync coming).
-    fn has_unsynced(&self) -> bool {
-        false
-    }
 }

@@ -120,22 +120,24 @@ impl IdStart {
         }
     }
 
-    /// Makes the counter's start durable, if this run has not yet (call it after
-    /// taking an id, before giving it out).
-    fn ensure(&self, db: &sled::Db) -> StoreResult<()> {
+    /// The next id of sled's counter; the run's first is taken and flushed under a
+    /// lock that every id taken before the flush waits for (sled marks the new start
+    /// persisted before it writes it, so a second thread could otherwise pass the
+    /// first one's write, flush without it and give ids out).
+    fn take(&self, db: &sled::Db) -> StoreResult<u64> {
         if self.durable.load(Ordering::Acquire) {
-            return Ok(());
+            return db.generate_id().map_err(io);
         }
         let _once = self.once.lock();
-        if self.durable.load(Ordering::Acquire) {
-            return Ok(());
+        let id = db.generate_id().map_err(io)?;
+        if !self.durable.load(Ordering::Acquire) {
+            db.flush().map_err(io)?;
+            if let Some(f) = &self.file {
+                f.sync_data().map_err(io)?;
+            }
+            self.durable.store(true, Ordering::Release);
         }
-        db.flush().map_err(io)?;
-        if let Some(f) = &self.file {
-            f.sync_data().map_err(io)?;
-        }
-        self.durable.store(true, Ordering::Release);
-        Ok(())
+        Ok(id)
     }
 }
 
@@ -1124,13 +1126,8 @@ impl Store for SledStore {
         self.behind.as_ref().map_or(Ok(()), Behind::close)
     }
 
-    fn has_unsynced(&self) -> bool {
-        self.behind.as_ref().is_some_and(Behind::has_unsynced)
-    }
-
     fn next_id(&self) -> StoreResult<u64> {
-        let id = self.db.generate_id().map_err(io)?;
-        self.id_start.ensure(&self.db)?;
+        let id = self.id_start.take(&self.db)?;
         id.checked_add(self.id_floor)
             .ok_or_else(|| StoreError::Corrupt("the id counter has run out".into()))
     }

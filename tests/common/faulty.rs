@@ -139,9 +139,6 @@ impl Store for Faulty {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.inner.open_holds(user, now)
     }
-    fn has_unsynced(&self) -> bool {
-        self.inner.has_unsynced()
-    }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.read_bookings();
         self.inner.user_bookings(user, page)
