@@ -16,7 +16,7 @@ use crate::protocol::results::{
     Answer, BookingResult, BookingView, Bookings, History, HistoryEntry, OrderView, Orders,
 };
 use crate::protocol::wire;
-use crate::store::{Batch, Page, RefundReason, RefundRecord, StoreError};
+use crate::store::{Batch, Page, Paged, RefundReason, RefundRecord, StoreError};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
@@ -436,18 +436,15 @@ impl App {
         s: &AuthSession,
         p: params::ListPage,
     ) -> Result<Bookings, AppError> {
-        let limit = list_limit(p.limit)?;
         let (list, more) = self
-            .consistent_read(|| {
-                let before = match &p.before {
-                    Some(l) => Some(self.own_booking(s.user_id, l)?),
-                    None => None,
-                };
-                let before = before.as_ref().map(|b| (b.created_at, b.locator.as_str()));
-                Ok(self
-                    .store
-                    .user_bookings(s.user_id, Page { limit, before })?)
-            })
+            .list_page(
+                p,
+                |l| {
+                    let b = self.own_booking(s.user_id, l)?;
+                    Ok((b.created_at, b.locator.to_string()))
+                },
+                |page| self.store.user_bookings(s.user_id, page),
+            )
             .await?;
         Ok(Bookings {
             bookings: list.into_iter().map(|b| self.booking_view(b)).collect(),
@@ -460,24 +457,38 @@ impl App {
         s: &AuthSession,
         p: params::ListPage,
     ) -> Result<Orders, AppError> {
-        let limit = list_limit(p.limit)?;
         let (list, more) = self
-            .consistent_read(|| {
-                let before = match &p.before {
-                    Some(id) => match self.store.order(id)? {
-                        Some(o) if o.user_id == s.user_id => Some(o),
-                        _ => return Err(AppError::NotFound("order")),
-                    },
-                    None => None,
-                };
-                let before = before.as_ref().map(|o| (o.created_at, o.order_id.as_str()));
-                Ok(self.store.user_orders(s.user_id, Page { limit, before })?)
-            })
+            .list_page(
+                p,
+                |id| match self.store.order(id)? {
+                    Some(o) if o.user_id == s.user_id => Ok((o.created_at, o.order_id)),
+                    _ => Err(AppError::NotFound("order")),
+                },
+                |page| self.store.user_orders(s.user_id, page),
+            )
             .await?;
         Ok(Orders {
             orders: list.into_iter().map(OrderView).collect(),
             more,
         })
+    }
+
+    /// A page of one of the caller's lists: `cursor` gives the `created_at` and id of
+    /// the record `before` names (one of the caller's, else `not_found`), `read`
+    /// reads the page.
+    async fn list_page<T>(
+        &self,
+        p: params::ListPage,
+        cursor: impl Fn(&str) -> Result<(domain::Millis, String), AppError>,
+        read: impl Fn(Page) -> Result<Paged<T>, StoreError>,
+    ) -> Result<Paged<T>, AppError> {
+        let limit = list_limit(p.limit)?;
+        self.consistent_read(|| {
+            let before = p.before.as_deref().map(&cursor).transpose()?;
+            let before = before.as_ref().map(|(at, id)| (*at, id.as_str()));
+            Ok(read(Page { limit, before })?)
+        })
+        .await
     }
 
     pub async fn history_list(
