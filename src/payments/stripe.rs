@@ -104,18 +104,11 @@ impl Stripe {
             let page = self
                 .call(self.http.get(self.url("/v1/refunds")).query(&query), None)
                 .await?;
-            // an answer without its list is no proof that there are no refunds
-            let data = page["data"].as_array().ok_or_else(|| {
-                PaymentError::Failed("the payment gateway listed no refunds array".into())
-            })?;
-            let last = data
-                .last()
-                .and_then(|r| r["id"].as_str())
-                .map(str::to_owned);
+            let (data, next) = refund_page(&page)?;
             all.extend(data.iter().cloned());
-            match (page["has_more"].as_bool(), last) {
-                (Some(true), Some(last)) => after = Some(last),
-                _ => return Ok(all),
+            match next {
+                Some(last) => after = Some(last),
+                None => return Ok(all),
             }
         }
     }
@@ -477,10 +470,52 @@ fn refund_made(r: &Value) -> Result<MadeRefund, PaymentError> {
     })
 }
 
+/// One page of a refund list: its refunds, and the id to list on from if more
+/// follow. An answer without its list, or that does not say (credibly) whether more
+/// follow, is no proof that there are no more refunds: an error.
+fn refund_page(page: &Value) -> Result<(&Vec<Value>, Option<String>), PaymentError> {
+    let unclear =
+        |what: &str| PaymentError::Failed(format!("the payment gateway's refund list {what}"));
+    let data = page["data"]
+        .as_array()
+        .ok_or_else(|| unclear("has no data array"))?;
+    let last = data
+        .last()
+        .and_then(|r| r["id"].as_str())
+        .map(str::to_owned);
+    match (page["has_more"].as_bool(), last) {
+        (Some(false), _) => Ok((data, None)),
+        (Some(true), Some(last)) => Ok((data, Some(last))),
+        _ => Err(unclear("does not say whether more refunds follow")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_refund_list_that_does_not_say_whether_more_follow_is_an_error() {
+        let r = json!({"id": "re_1"});
+        let next = |page: Value| refund_page(&page).map(|(d, n)| (d.len(), n));
+        assert_eq!(
+            next(json!({"data": [r], "has_more": false})).ok(),
+            Some((1, None))
+        );
+        assert_eq!(
+            next(json!({"data": [r], "has_more": true})).ok(),
+            Some((1, Some("re_1".to_owned())))
+        );
+        for unclear in [
+            json!({"data": []}),
+            json!({"data": [r]}),
+            json!({"data": [], "has_more": true}),
+            json!({"has_more": false}),
+        ] {
+            assert!(next(unclear.clone()).is_err(), "{unclear}");
+        }
+    }
 
     #[test]
     fn only_a_definite_no_to_a_refund_request_is_a_refusal() {
