@@ -839,7 +839,7 @@ impl App {
                 a.updated_at = now;
                 let batch = Batch {
                     bookings: vec![b.clone()],
-                    orders: vec![order.clone()],
+                    new_orders: vec![order.clone()],
                     events: vec![(
                         a.user_id,
                         event(

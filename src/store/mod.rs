@@ -360,6 +360,9 @@ pub struct Batch {
     /// Bookings to create; conflict if the locator exists.
     pub new_bookings: Vec<Booking>,
     pub bookings: Vec<Booking>,
+    /// Orders to create; conflict if the order id exists (never another's order
+    /// overwritten by an id given twice).
+    pub new_orders: Vec<Order>,
     pub orders: Vec<Order>,
     pub events: Vec<(UserId, HistoryEvent)>,
     /// Replies to remember.

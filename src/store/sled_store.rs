@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::behind::Behind;
 use super::seen::Seen;
@@ -56,6 +56,8 @@ const CHECKIN_SEQUENCE: u8 = b'n';
 /// Added to sled's id generator: a data dir restored from a snapshot starts a new
 /// generator, and its ids must stay above every id the snapshot holds.
 pub(super) const ID_FLOOR: &[u8] = b"\0id_floor";
+/// Where the last durable id reservation ends (see [`Ids`]).
+const ID_NEXT: &[u8] = b"\0id_next";
 const WAITLIST: u8 = b'L';
 /// A flight's active (waiting or offered) entries, by `created_at` then id as text:
 /// the entry's id.
@@ -92,53 +94,95 @@ pub struct SledStore {
     snapshot_gate: parking_lot::RwLock<()>,
     /// While a snapshot copies the database: the keys written since it started.
     pub(super) written: parking_lot::Mutex<Option<HashSet<Vec<u8>>>>,
-    id_floor: u64,
-    id_start: IdStart,
+    ids: Ids,
 }
 
-/// sled starts its id counter a margin (2,000,000) above the value it last
-/// persisted, and persists the new start with the run's first id, but durably only
-/// with its own flush, which the journal puts off (sled is written behind it): a
-/// crash before that flush would start the next run where this one started and
-/// give its ids (users, orders, tickets, history keys) a second time. So the run's
-/// first id is given out only once sled is flushed and its file synced after it
-/// was taken: once a run, as sled itself waits once a million ids. A run that gives
-/// out no id moves the counter on not at all.
-struct IdStart {
-    durable: AtomicBool,
-    once: parking_lot::Mutex<()>,
+/// How many ids one reservation covers: each costs a sled flush and a file sync.
+const ID_BLOCK: u64 = 1_000_000;
+
+/// Hands out ids (users, orders, tickets, history keys, attempts) that no run gives
+/// twice, even after `kill -9`. Jetway keeps its own counter instead of sled's
+/// `generate_id`: sled persists its counter with a compare-and-swap whose failure
+/// during a segment rewrite goes unreported, so a later run could start below ids
+/// already given. An id is given only once a reservation above it is durable: the
+/// reservation is written to sled ([`ID_NEXT`], and [`ID_FLOOR`] for an older version
+/// opening the data dir, which gives ids from the floor up), sled flushed and its
+/// file synced, once per [`ID_BLOCK`] ids. A run starts where the last reservation
+/// ends, and a run that gives out no id reserves none.
+struct Ids {
+    next: AtomicU64,
+    /// Every id below this is covered by a durable reservation.
+    reserved: AtomicU64,
+    block: u64,
+    reserving: parking_lot::Mutex<()>,
     /// sled's file, to sync after its flush (`None`: a temporary store).
     file: Option<File>,
 }
 
-impl IdStart {
-    fn new(file: Option<File>) -> Self {
-        IdStart {
-            durable: AtomicBool::new(false),
-            once: Default::default(),
+impl Ids {
+    /// Starts above every id a run before gave: at the last reservation's end, or on
+    /// a data dir written by an older version (none recorded), where sled's counter
+    /// plus the floor continues.
+    fn open(db: &sled::Db, file: Option<File>, block: u64) -> StoreResult<Self> {
+        let floor = stored_u64(db, ID_FLOOR, "id floor")?.unwrap_or(0);
+        let start = match stored_u64(db, ID_NEXT, "id reservation")? {
+            Some(next) => next.max(floor),
+            None if db.was_recovered() => db
+                .generate_id()
+                .map_err(io)?
+                .checked_add(floor)
+                .ok_or_else(ran_out)?,
+            None => floor,
+        };
+        Ok(Ids {
+            next: AtomicU64::new(start),
+            reserved: AtomicU64::new(start),
+            block,
+            reserving: Default::default(),
             file,
-        }
+        })
     }
 
-    /// The next id of sled's counter; the run's first is taken and flushed under a
-    /// lock that every id taken before the flush waits for (sled marks the new start
-    /// persisted before it writes it, so a second thread could otherwise pass the
-    /// first one's write, flush without it and give ids out).
     fn take(&self, db: &sled::Db) -> StoreResult<u64> {
-        if self.durable.load(Ordering::Acquire) {
-            return db.generate_id().map_err(io);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if id == u64::MAX {
+            return Err(ran_out());
         }
-        let _once = self.once.lock();
-        let id = db.generate_id().map_err(io)?;
-        if !self.durable.load(Ordering::Acquire) {
-            db.flush().map_err(io)?;
-            if let Some(f) = &self.file {
-                f.sync_data().map_err(io)?;
-            }
-            self.durable.store(true, Ordering::Release);
+        if id < self.reserved.load(Ordering::Acquire) {
+            return Ok(id);
         }
+        let _reserving = self.reserving.lock();
+        let reserved = self.reserved.load(Ordering::Acquire);
+        if id < reserved {
+            return Ok(id);
+        }
+        let end = id.max(reserved).saturating_add(self.block);
+        let bytes = end.to_be_bytes();
+        db.insert(ID_NEXT, &bytes).map_err(io)?;
+        db.insert(ID_FLOOR, &bytes).map_err(io)?;
+        db.flush().map_err(io)?;
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(io)?;
+        }
+        self.reserved.store(end, Ordering::Release);
         Ok(id)
     }
+}
+
+fn ran_out() -> StoreError {
+    StoreError::Corrupt("the id counter has run out".into())
+}
+
+fn stored_u64(db: &sled::Db, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
+    db.get(k)
+        .map_err(io)?
+        .map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt(what.into()))
+        })
+        .transpose()
 }
 
 /// Bookings by status, each user's holds and each booking's open payment attempts,
@@ -348,17 +392,9 @@ impl SledStore {
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
-        let id_start = IdStart::new(Some(File::open(dir.join("db")).map_err(io)?));
+        let ids = Ids::open(&db, Some(File::open(dir.join("db")).map_err(io)?), ID_BLOCK)?;
         // the journal is replayed into sled by now, and the overlay empty
         let seen = Seen::open(db.clone(), scanned_prefix);
-        let id_floor = match db.get(ID_FLOOR).map_err(io)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("id floor".into()))?,
-            ),
-            None => 0,
-        };
         Ok(SledStore {
             tally: Tally::seeded(&db)?,
             db,
@@ -368,8 +404,7 @@ impl SledStore {
             applying: Default::default(),
             snapshot_gate: Default::default(),
             written: Default::default(),
-            id_floor,
-            id_start,
+            ids,
         })
     }
 
@@ -751,8 +786,15 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for b in &batch.bookings {
         booking_ops(&mut ops, b, false)?;
     }
-    for o in &batch.orders {
-        put_json(&mut ops, key(ORDER, &[o.order_id.as_bytes()]), o)?;
+    for (o, new) in batch
+        .new_orders
+        .iter()
+        .map(|o| (o, true))
+        .chain(batch.orders.iter().map(|o| (o, false)))
+    {
+        let k = key(ORDER, &[o.order_id.as_bytes()]);
+        let v = encode(o)?;
+        ops.push(if new { Op::Create(k, v) } else { Op::Put(k, v) });
         let idx = key(
             USER_ORDER,
             &[
@@ -951,6 +993,7 @@ impl SledStore {
     pub fn temporary() -> StoreResult<Self> {
         let db = sled::Config::new().temporary(true).open().map_err(io)?;
         Ok(SledStore {
+            ids: Ids::open(&db, None, ID_BLOCK)?,
             db,
             behind: None,
             seen: None,
@@ -959,8 +1002,6 @@ impl SledStore {
             applying: Default::default(),
             snapshot_gate: Default::default(),
             written: Default::default(),
-            id_floor: 0,
-            id_start: IdStart::new(None),
         })
     }
 
@@ -1127,9 +1168,7 @@ impl Store for SledStore {
     }
 
     fn next_id(&self) -> StoreResult<u64> {
-        let id = self.id_start.take(&self.db)?;
-        id.checked_add(self.id_floor)
-            .ok_or_else(|| StoreError::Corrupt("the id counter has run out".into()))
+        self.ids.take(&self.db)
     }
 
     /// Copies the database while writes go on, noting the keys they change; then,
@@ -1161,6 +1200,8 @@ impl Store for SledStore {
             (self.next_id()?.saturating_add(1), records, written.len())
         };
         tracing::info!(records = records.len(), written, "backup snapshot copied");
+        // the floor alone carries the ids on: a restored dir starts above it
+        records.remove(ID_NEXT);
         records.insert(ID_FLOOR.into(), floor.to_be_bytes().as_slice().into());
         Ok(super::snapshot::encode(records.iter()))
     }
@@ -2096,6 +2137,108 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn every_id_given_is_below_a_durable_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 10).unwrap();
+        let reserved = || stored_u64(&db, ID_NEXT, "").unwrap();
+        assert_eq!(reserved(), None, "nothing reserved before an id is given");
+        let mut last = None;
+        for _ in 0..35 {
+            let id = ids.take(&db).unwrap();
+            assert!(last.is_none_or(|l| id > l));
+            assert!(reserved().is_some_and(|r| id < r), "{id} given unreserved");
+            assert_eq!(reserved(), stored_u64(&db, ID_FLOOR, "").unwrap());
+            last = Some(id);
+        }
+        let end = reserved().unwrap();
+        drop(ids);
+        // a new run starts at the reservation's end, whatever sled's counter says
+        let again = Ids::open(&db, None, 10).unwrap();
+        assert_eq!(again.take(&db).unwrap(), end);
+        assert_eq!(reserved(), Some(end + 10));
+    }
+
+    #[test]
+    fn ids_continue_above_those_an_older_version_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = {
+            // as an older version gave them: sled's counter plus the floor
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.insert(ID_FLOOR, &500u64.to_be_bytes()).unwrap();
+            let ids: Vec<u64> = (0..3).map(|_| db.generate_id().unwrap() + 500).collect();
+            db.flush().unwrap();
+            ids
+        };
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 10).unwrap();
+        let next = ids.take(&db).unwrap();
+        assert!(given.iter().all(|&g| next > g), "{next} after {given:?}");
+        // and an older version opening the dir again gives ids above this one's
+        assert!(stored_u64(&db, ID_FLOOR, "").unwrap().unwrap() > next);
+    }
+
+    #[test]
+    fn ids_taken_at_once_are_all_different() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 7).unwrap();
+        let all: Vec<u64> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..50).map(|_| ids.take(&db).unwrap()).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), 200);
+        let max = all.iter().max().unwrap();
+        assert!(stored_u64(&db, ID_NEXT, "")
+            .unwrap()
+            .is_some_and(|r| *max < r));
+    }
+
+    #[test]
+    fn an_order_id_given_twice_never_overwrites_the_first_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_when_free(dir.path());
+        let order = |user: u64, loc: &str| Order {
+            order_id: "ORD0000000042".into(),
+            locator: Locator::parse(loc).unwrap(),
+            user_id: UserId(user),
+            status: crate::domain::OrderStatus::Paid,
+            amount: Money::cents(12_000).unwrap(),
+            refunded: Money::ZERO,
+            created_at: 5,
+            charge_id: format!("pi_{loc}"),
+        };
+        let first = order(1, "AAAAAA");
+        s.write(&Batch {
+            new_orders: vec![first.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        let again = s.write(&Batch {
+            new_orders: vec![order(2, "BBBBBB")],
+            ..Default::default()
+        });
+        assert!(matches!(again, Err(StoreError::Conflict)));
+        assert_eq!(s.order("ORD0000000042").unwrap(), Some(first.clone()));
+        assert!(s.user_orders(UserId(2), Page::ALL).unwrap().0.is_empty());
+        // an existing order is still updated in place (a refund)
+        let mut refunded = first.clone();
+        refunded.record_refund(Money::cents(12_000).unwrap(), true);
+        s.write(&Batch {
+            orders: vec![refunded.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.order("ORD0000000042").unwrap(), Some(refunded));
     }
 
     #[test]
