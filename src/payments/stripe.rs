@@ -228,6 +228,27 @@ fn cancel_refused(body: &Value) -> Option<PaymentStatus> {
     Some(status_of(&body["error"]["payment_intent"])).filter(|s| s.is_final())
 }
 
+/// What a cancel's answer says of the payment: only a payment the answer shows
+/// `canceled` is not charged; a success answer showing anything else (a proxy's, a
+/// changed API) proves nothing and leaves the payment to be resolved.
+fn cancel_outcome(
+    answer: Result<Value, (StatusCode, Value)>,
+) -> Result<PaymentStatus, PaymentError> {
+    match answer {
+        Ok(pi) => match status_of(&pi) {
+            s if s.is_final() => Ok(s),
+            _ => Err(PaymentError::Failed(format!(
+                "the payment gateway answered a cancel without cancelling the payment ({})",
+                pi["status"].as_str().unwrap_or("no status")
+            ))),
+        },
+        Err((status, body)) => match cancel_refused(&body) {
+            Some(s) => Ok(s),
+            None => Err(refusal(status, &body)),
+        },
+    }
+}
+
 impl PaymentGateway for Stripe {
     fn create(&self, req: PaymentRequest) -> BoxFuture<'_, Result<String, PaymentError>> {
         Box::pin(async move {
@@ -319,13 +340,7 @@ impl PaymentGateway for Stripe {
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
             let url = self.url(&format!("/v1/payment_intents/{payment_ref}/cancel"));
-            match self.call_raw(self.http.post(url), Some(key)).await? {
-                Ok(_) => Ok(PaymentStatus::NotCharged),
-                Err((status, body)) => match cancel_refused(&body) {
-                    Some(s) => Ok(s),
-                    None => Err(refusal(status, &body)),
-                },
-            }
+            cancel_outcome(self.call_raw(self.http.post(url), Some(key)).await?)
         })
     }
 
@@ -597,6 +612,29 @@ mod tests {
             PaymentStatus::NotCharged
         );
         assert_eq!(status_of(&json!({})), PaymentStatus::Pending);
+    }
+
+    #[test]
+    fn only_a_cancel_answer_showing_the_payment_cancelled_means_not_charged() {
+        assert_eq!(
+            cancel_outcome(Ok(json!({"status": "canceled"}))).unwrap(),
+            PaymentStatus::NotCharged
+        );
+        for shown in [json!({}), json!({"status": "processing"}), json!("ok")] {
+            assert!(
+                matches!(
+                    cancel_outcome(Ok(shown.clone())),
+                    Err(PaymentError::Failed(_))
+                ),
+                "{shown}"
+            );
+        }
+        let refused = json!({"error": {"code": "payment_intent_unexpected_state",
+                                       "payment_intent": {"status": "succeeded"}}});
+        assert_eq!(
+            cancel_outcome(Err((StatusCode::BAD_REQUEST, refused))).unwrap(),
+            PaymentStatus::Succeeded
+        );
     }
 
     #[test]
