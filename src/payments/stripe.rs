@@ -228,15 +228,17 @@ fn cancel_refused(body: &Value) -> Option<PaymentStatus> {
     Some(status_of(&body["error"]["payment_intent"])).filter(|s| s.is_final())
 }
 
-/// What a cancel's answer says of the payment: only a payment the answer shows
-/// `canceled` is not charged; a success answer showing anything else (a proxy's, a
-/// changed API) proves nothing and leaves the payment to be resolved.
+/// What a cancel's answer says of the payment: a success answer counts only when it
+/// shows the payment `canceled` (not charged); one showing anything else, even
+/// `succeeded`, is not Stripe's (a cancel never succeeds on a charged payment: a
+/// proxy's answer, a changed API) and proves nothing, so the payment stays to be
+/// resolved. A refusal names the final state the payment is in, if it is.
 fn cancel_outcome(
     answer: Result<Value, (StatusCode, Value)>,
 ) -> Result<PaymentStatus, PaymentError> {
     match answer {
         Ok(pi) => match status_of(&pi) {
-            s if s.is_final() => Ok(s),
+            PaymentStatus::NotCharged => Ok(PaymentStatus::NotCharged),
             _ => Err(PaymentError::Failed(format!(
                 "the payment gateway answered a cancel without cancelling the payment ({})",
                 pi["status"].as_str().unwrap_or("no status")
@@ -620,7 +622,12 @@ mod tests {
             cancel_outcome(Ok(json!({"status": "canceled"}))).unwrap(),
             PaymentStatus::NotCharged
         );
-        for shown in [json!({}), json!({"status": "processing"}), json!("ok")] {
+        for shown in [
+            json!({}),
+            json!({"status": "processing"}),
+            json!({"status": "succeeded"}),
+            json!("ok"),
+        ] {
             assert!(
                 matches!(
                     cancel_outcome(Ok(shown.clone())),

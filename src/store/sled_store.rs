@@ -58,6 +58,8 @@ const CHECKIN_SEQUENCE: u8 = b'n';
 pub(super) const ID_FLOOR: &[u8] = b"\0id_floor";
 /// Where the last durable id reservation ends (see [`Ids`]).
 const ID_NEXT: &[u8] = b"\0id_next";
+/// sled's persisted id counter when the last reservation was made (see [`Ids`]).
+const ID_SLED: &[u8] = b"\0id_sled";
 const WAITLIST: u8 = b'L';
 /// A flight's active (waiting or offered) entries, by `created_at` then id as text:
 /// the entry's id.
@@ -99,6 +101,8 @@ pub struct SledStore {
 
 /// How many ids one reservation covers: each costs a sled flush and a file sync.
 const ID_BLOCK: u64 = 1_000_000;
+/// No id is given at or above this (far beyond any use), so the counter cannot wrap.
+const ID_LIMIT: u64 = u64::MAX / 2;
 
 /// Hands out ids (users, orders, tickets, history keys, attempts) that no run gives
 /// twice, even after `kill -9`. Jetway keeps its own counter instead of sled's
@@ -109,6 +113,12 @@ const ID_BLOCK: u64 = 1_000_000;
 /// opening the data dir, which gives ids from the floor up), sled flushed and its
 /// file synced, once per [`ID_BLOCK`] ids. A run starts where the last reservation
 /// ends, and a run that gives out no id reserves none.
+///
+/// An older release (rolled back to) gives ids from sled's counter plus the floor,
+/// and moves sled's persisted counter when it does; this release never does. So each
+/// reservation also records sled's persisted counter ([`ID_SLED`]), and a counter
+/// found moved at the next start means an older release gave ids meanwhile: the run
+/// then starts above them, where sled's own counter would.
 struct Ids {
     next: AtomicU64,
     /// Every id below this is covered by a durable reservation.
@@ -120,20 +130,37 @@ struct Ids {
 }
 
 impl Ids {
-    /// Starts above every id a run before gave: at the last reservation's end, or on
-    /// a data dir written by an older version (none recorded), where sled's counter
-    /// plus the floor continues.
+    /// Starts above every id a run before gave: at the last reservation's end, or,
+    /// on a data dir an older release wrote (no reservation recorded) or gave ids
+    /// in since, where sled's counter plus the floor continues.
     fn open(db: &sled::Db, file: Option<File>, block: u64) -> StoreResult<Self> {
         let floor = stored_u64(db, ID_FLOOR, "id floor")?.unwrap_or(0);
-        let start = match stored_u64(db, ID_NEXT, "id reservation")? {
-            Some(next) => next.max(floor),
-            None if db.was_recovered() => db
-                .generate_id()
+        let by_sled = || {
+            db.generate_id()
                 .map_err(io)?
                 .checked_add(floor)
-                .ok_or_else(ran_out)?,
+                .ok_or_else(ran_out)
+        };
+        let start = match stored_u64(db, ID_NEXT, "id reservation")? {
+            Some(next) => {
+                let sled_then = stored_u64(db, ID_SLED, "id counter mark")?;
+                let sled_now = db.persisted_id_counter().map_err(io)?;
+                if sled_then.is_some_and(|then| sled_now <= then) {
+                    next.max(floor)
+                } else {
+                    tracing::warn!(
+                        "an older release gave ids on this data dir since this one last \
+                         ran; continuing above them"
+                    );
+                    next.max(by_sled()?)
+                }
+            }
+            None if db.was_recovered() => by_sled()?,
             None => floor,
         };
+        if start >= ID_LIMIT {
+            return Err(ran_out());
+        }
         Ok(Ids {
             next: AtomicU64::new(start),
             reserved: AtomicU64::new(start),
@@ -145,7 +172,7 @@ impl Ids {
 
     fn take(&self, db: &sled::Db) -> StoreResult<u64> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if id == u64::MAX {
+        if id >= ID_LIMIT {
             return Err(ran_out());
         }
         if id < self.reserved.load(Ordering::Acquire) {
@@ -158,8 +185,11 @@ impl Ids {
         }
         let end = id.max(reserved).saturating_add(self.block);
         let bytes = end.to_be_bytes();
+        let sled_counter = db.persisted_id_counter().map_err(io)?;
         db.insert(ID_NEXT, &bytes).map_err(io)?;
         db.insert(ID_FLOOR, &bytes).map_err(io)?;
+        db.insert(ID_SLED, &sled_counter.to_be_bytes())
+            .map_err(io)?;
         db.flush().map_err(io)?;
         if let Some(f) = &self.file {
             f.sync_data().map_err(io)?;
@@ -1202,6 +1232,7 @@ impl Store for SledStore {
         tracing::info!(records = records.len(), written, "backup snapshot copied");
         // the floor alone carries the ids on: a restored dir starts above it
         records.remove(ID_NEXT);
+        records.remove(ID_SLED);
         records.insert(ID_FLOOR.into(), floor.to_be_bytes().as_slice().into());
         Ok(super::snapshot::encode(records.iter()))
     }
@@ -2179,6 +2210,44 @@ mod tests {
         assert!(given.iter().all(|&g| next > g), "{next} after {given:?}");
         // and an older version opening the dir again gives ids above this one's
         assert!(stored_u64(&db, ID_FLOOR, "").unwrap().unwrap() > next);
+    }
+
+    #[test]
+    fn ids_stay_above_those_an_older_release_gave_after_a_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || sled::Config::new().path(dir.path()).open().unwrap();
+        let end = {
+            let db = open();
+            let ids = Ids::open(&db, None, 10).unwrap();
+            for _ in 0..3 {
+                ids.take(&db).unwrap();
+            }
+            stored_u64(&db, ID_NEXT, "").unwrap().unwrap()
+        };
+        {
+            // a restart of this release: no older release ran, nothing skipped
+            let db = open();
+            let ids = Ids::open(&db, None, 10).unwrap();
+            assert_eq!(ids.take(&db).unwrap(), end);
+        }
+        let end = stored_u64(&open(), ID_NEXT, "").unwrap().unwrap();
+        let older = {
+            // rolled back: the older release gives sled's counter plus the floor
+            let db = open();
+            let floor = stored_u64(&db, ID_FLOOR, "").unwrap().unwrap();
+            assert_eq!(floor, end);
+            let given: Vec<u64> = (0..3).map(|_| db.generate_id().unwrap() + floor).collect();
+            db.flush().unwrap();
+            given
+        };
+        // and forward again
+        let db = open();
+        let ids = Ids::open(&db, None, 10).unwrap();
+        let next = ids.take(&db).unwrap();
+        assert!(older.iter().all(|&o| next > o), "{next} after {older:?}");
+        drop(ids);
+        let again = Ids::open(&db, None, 10).unwrap();
+        assert!(again.take(&db).unwrap() > next);
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl Context {
         self.pagecache.generate_id_inner()
     }
 
+    /// The id counter's value as last persisted (the start of its current
+    /// interval), read without generating an id or persisting anything.
+    pub fn persisted_id_counter(&self) -> Result<u64> {
+        let _cc = concurrency_control::read();
+        let guard = pin();
+        self.pagecache.get_idgen(&guard).map(|(_, counter)| counter)
+    }
+
     pub(crate) fn pin_log(&self, guard: &Guard) -> Result<RecoveryGuard<'_>> {
         self.pagecache.pin_log(guard)
     }

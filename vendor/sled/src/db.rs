@@ -249,6 +249,12 @@ impl Db {
         self.context.generate_id()
     }
 
+    /// The id counter's value as last persisted, read without generating an id or
+    /// persisting anything: it moves only when `generate_id` persists a new interval.
+    pub fn persisted_id_counter(&self) -> Result<u64> {
+        self.context.persisted_id_counter()
+    }
+
     /// A database export method for all collections in the `Db`,
     /// for use in sled version upgrades. Can be used in combination
     /// with the `import` method below on a database running a later
