@@ -57,8 +57,10 @@ pub fn name_field(name: &str) -> String {
 
 /// One character in A-Z terms: upper case, Latin letters without their accents (a
 /// few become two letters), anything else left for the filter to drop. Letters the
-/// table does not name lose their accents by canonical decomposition (NFD: `ễ` is
-/// `e` and two combining marks), so every accented Latin letter keeps its base.
+/// table does not name are decomposed by compatibility (NFKD: `ễ` is `e` and two
+/// combining marks, `ﬁ` is `fi`, a full-width `Ａ` is `A`) and keep their A-Z part,
+/// so every accented Latin letter keeps its base. Other characters are left as they
+/// are (a `/` or space typed stays one; a full-width `／` is not made a separator).
 fn transliterate(c: char) -> Vec<char> {
     let base = match c {
         'À'..='Å' | 'à'..='å' | 'Ā' | 'ā' | 'Ă' | 'ă' | 'Ą' | 'ą' => "A",
@@ -84,13 +86,14 @@ fn transliterate(c: char) -> Vec<char> {
         'Ù'..='Ü' | 'ù'..='ü' | 'Ū' | 'ū' | 'Ů' | 'ů' | 'Ű' | 'ű' | 'Ų' | 'ų' => "U",
         'Ý' | 'ý' | 'ÿ' | 'Ÿ' => "Y",
         'Ź' | 'ź' | 'Ž' | 'ž' | 'Ż' | 'ż' => "Z",
-        c => {
-            return icu_normalizer::DecomposingNormalizerBorrowed::new_nfd()
+        c if c.is_alphabetic() => {
+            return icu_normalizer::DecomposingNormalizerBorrowed::new_nfkd()
                 .normalize_iter(std::iter::once(c))
-                .filter(char::is_ascii)
+                .filter(char::is_ascii_alphabetic)
                 .map(|c| c.to_ascii_uppercase())
                 .collect()
         }
+        c => return vec![c],
     };
     base.chars().collect()
 }
@@ -267,6 +270,13 @@ mod tests {
             ),
             ("Bartholomew-Maximilian", "BARTHOLOMEWMAXIMILIA"),
             ("李 小龙", "/"),
+            // compatibility forms of letters: ligatures, full width, digraphs, numerals
+            ("ﬁ ligature", "LIGATURE/FI"),
+            ("Ｆｕｌｌ Ｗｉｄｔｈ", "WIDTH/FULL"),
+            ("Ⅻ Roman", "ROMAN/XII"),
+            ("ǈ Test", "TEST/LJ"),
+            ("Ann／Lee Doe", "DOE/ANNLEE"),
+            ("Ann/Lee Doe", "DOE/ANN/LEE"),
             ("  Ada   Lovelace  ", "LOVELACE/ADA"),
         ];
         for (name, want) in cases {

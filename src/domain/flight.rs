@@ -286,6 +286,11 @@ impl Flight {
             }
             stage = next;
         }
+        if now >= dep.unwrap_or(self.departs_at) {
+            // an estimate already passed: departed now, in this record (and its
+            // push), not again by the departure tick
+            stage = FlightStatus::Departed;
+        }
         self.estimated_departs_at = dep;
         self.estimated_arrives_at = arr;
         self.stage = stage;
@@ -433,6 +438,22 @@ mod tests {
             status: s,
             reason: None,
         }
+    }
+
+    #[test]
+    fn an_estimate_already_passed_departs_the_flight_in_the_same_record() {
+        let mut f = flight();
+        let u = StatusUpdate {
+            reason: Some("left early".into()),
+            ..update(Some(900_000), None, None)
+        };
+        f.update(&u, 950_000).unwrap();
+        assert_eq!(f.stage, FlightStatus::Departed);
+        assert_eq!(f.change_reason(), Some("left early"));
+        assert!(
+            !f.mark_departed(950_000),
+            "departed once, not again by the tick"
+        );
     }
 
     #[test]
