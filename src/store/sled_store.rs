@@ -487,11 +487,24 @@ impl SledStore {
     /// The records under `prefix` now (sled's, the overlay's laid over them), in key
     /// order or (`rev`) the reverse.
     fn kv_scan(&self, prefix: &[u8], rev: bool) -> Merged<'static> {
-        let over = self
+        self.kv_scan_below(prefix, None, rev)
+    }
+
+    /// [`Self::kv_scan`] of the keys under `prefix` below `below` (which starts with
+    /// `prefix`), if given: a page that starts deep in a long list reads only from
+    /// there, not every newer record first.
+    fn kv_scan_below(&self, prefix: &[u8], below: Option<&[u8]>, rev: bool) -> Merged<'static> {
+        let mut over = self
             .behind
             .as_ref()
             .map_or_else(Vec::new, |b| b.range(prefix));
-        let base = self.db.scan_prefix(prefix);
+        let base = match below {
+            Some(end) => {
+                over.retain(|(k, _)| k.as_ref() < end);
+                self.db.range(prefix.to_vec()..end.to_vec())
+            }
+            None => self.db.scan_prefix(prefix),
+        };
         let (base, over): (Box<dyn Iterator<Item = _>>, Box<dyn Iterator<Item = _>>) = match rev {
             false => (Box::new(base), Box::new(over.into_iter())),
             true => (Box::new(base.rev()), Box::new(over.into_iter().rev())),
@@ -581,11 +594,8 @@ impl SledStore {
                 )
             });
             let mut out = Vec::new();
-            for kv in self.kv_scan(&prefix, true) {
+            for kv in self.kv_scan_below(&prefix, before.as_deref(), true) {
                 let (k, _) = kv?;
-                if before.as_ref().is_some_and(|b| k.as_ref() >= b.as_slice()) {
-                    continue;
-                }
                 let id = k.get(prefix.len() + 8..).ok_or_else(|| {
                     StoreError::Corrupt(format!("index key {:?} is too short", k.as_ref()))
                 })?;
@@ -2308,6 +2318,44 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.order("ORD0000000042").unwrap(), Some(refunded));
+    }
+
+    #[test]
+    fn a_page_before_a_record_starts_right_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_when_free(dir.path());
+        let locs = ["AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD", "EEEEEE"];
+        s.write(&Batch {
+            new_bookings: locs
+                .iter()
+                .zip(1..)
+                .map(|(l, at)| booking(l, 1, at))
+                .chain([booking("ZZZZZZ", 2, 3)])
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let page = |limit, before| {
+            let (items, more) = s.user_bookings(UserId(1), Page { limit, before }).unwrap();
+            let locs: Vec<String> = items.iter().map(|b| b.locator.to_string()).collect();
+            (locs, more)
+        };
+        assert_eq!(
+            page(2, None),
+            (vec!["EEEEEE".into(), "DDDDDD".into()], true)
+        );
+        assert_eq!(
+            page(2, Some((4, "DDDDDD"))),
+            (vec!["CCCCCC".into(), "BBBBBB".into()], true)
+        );
+        assert_eq!(page(2, Some((2, "BBBBBB"))), (vec!["AAAAAA".into()], false));
+        assert_eq!(page(2, Some((1, "AAAAAA"))), (vec![], false));
+        // a cursor between records (same time, a smaller id) and one past them all
+        assert_eq!(
+            page(9, Some((3, "BBBBBB"))),
+            (vec!["BBBBBB".into(), "AAAAAA".into()], false)
+        );
+        assert_eq!(page(1, Some((99, ""))), (vec!["EEEEEE".into()], true));
     }
 
     #[test]
