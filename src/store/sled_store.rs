@@ -132,7 +132,8 @@ struct Ids {
 impl Ids {
     /// Starts above every id a run before gave: at the last reservation's end, or,
     /// on a data dir an older release wrote (no reservation recorded) or gave ids
-    /// in since, where sled's counter plus the floor continues.
+    /// in since, where sled's counter plus the floor continues. Such a start is
+    /// recorded at once, so that the next one is an ordinary start again.
     fn open(db: &sled::Db, file: Option<File>, block: u64) -> StoreResult<Self> {
         let floor = stored_u64(db, ID_FLOOR, "id floor")?.unwrap_or(0);
         let by_sled = || {
@@ -141,33 +142,37 @@ impl Ids {
                 .checked_add(floor)
                 .ok_or_else(ran_out)
         };
-        let start = match stored_u64(db, ID_NEXT, "id reservation")? {
+        let (start, ordinary) = match stored_u64(db, ID_NEXT, "id reservation")? {
             Some(next) => {
                 let sled_then = stored_u64(db, ID_SLED, "id counter mark")?;
                 let sled_now = db.persisted_id_counter().map_err(io)?;
                 if sled_then.is_some_and(|then| sled_now <= then) {
-                    next.max(floor)
+                    (next.max(floor), true)
                 } else {
                     tracing::warn!(
                         "an older release gave ids on this data dir since this one last \
                          ran; continuing above them"
                     );
-                    next.max(by_sled()?)
+                    (next.max(by_sled()?), false)
                 }
             }
-            None if db.was_recovered() => by_sled()?,
-            None => floor,
+            None if db.was_recovered() => (by_sled()?, false),
+            None => (floor, false),
         };
         if start >= ID_LIMIT {
             return Err(ran_out());
         }
-        Ok(Ids {
+        let ids = Ids {
             next: AtomicU64::new(start),
             reserved: AtomicU64::new(start),
             block,
             reserving: Default::default(),
             file,
-        })
+        };
+        if !ordinary {
+            ids.record(db, start)?;
+        }
+        Ok(ids)
     }
 
     fn take(&self, db: &sled::Db) -> StoreResult<u64> {
@@ -184,18 +189,28 @@ impl Ids {
             return Ok(id);
         }
         let end = id.max(reserved).saturating_add(self.block);
-        let bytes = end.to_be_bytes();
-        let sled_counter = db.persisted_id_counter().map_err(io)?;
-        db.insert(ID_NEXT, &bytes).map_err(io)?;
-        db.insert(ID_FLOOR, &bytes).map_err(io)?;
-        db.insert(ID_SLED, &sled_counter.to_be_bytes())
-            .map_err(io)?;
+        self.record(db, end)?;
+        self.reserved.store(end, Ordering::Release);
+        Ok(id)
+    }
+
+    /// Makes `end` the durable bound of every id given, in one sled batch (never
+    /// torn), flushed and synced. An older release gives sled's counter (from above
+    /// its persisted value, which is recorded) plus the floor: the floor is `end`
+    /// less that value, so that its ids stay above `end` without counting sled's
+    /// counter twice.
+    fn record(&self, db: &sled::Db, end: u64) -> StoreResult<()> {
+        let counter = db.persisted_id_counter().map_err(io)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(ID_NEXT, &end.to_be_bytes());
+        batch.insert(ID_FLOOR, &end.saturating_sub(counter).to_be_bytes());
+        batch.insert(ID_SLED, &counter.to_be_bytes());
+        db.apply_batch(batch).map_err(io)?;
         db.flush().map_err(io)?;
         if let Some(f) = &self.file {
             f.sync_data().map_err(io)?;
         }
-        self.reserved.store(end, Ordering::Release);
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -2186,13 +2201,20 @@ mod tests {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let ids = Ids::open(&db, None, 10).unwrap();
         let reserved = || stored_u64(&db, ID_NEXT, "").unwrap();
-        assert_eq!(reserved(), None, "nothing reserved before an id is given");
+        assert_eq!(
+            reserved(),
+            Some(0),
+            "a new dir records its start, no id reserved"
+        );
         let mut last = None;
         for _ in 0..35 {
             let id = ids.take(&db).unwrap();
             assert!(last.is_none_or(|l| id > l));
             assert!(reserved().is_some_and(|r| id < r), "{id} given unreserved");
-            assert_eq!(reserved(), stored_u64(&db, ID_FLOOR, "").unwrap());
+            // an older release gives more than its counter's mark plus the floor
+            let floor = stored_u64(&db, ID_FLOOR, "").unwrap().unwrap();
+            let mark = stored_u64(&db, ID_SLED, "").unwrap().unwrap();
+            assert!(floor + mark >= reserved().unwrap());
             last = Some(id);
         }
         let end = reserved().unwrap();
@@ -2214,12 +2236,24 @@ mod tests {
             db.flush().unwrap();
             ids
         };
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let open = || sled::Config::new().path(dir.path()).open().unwrap();
+        for _ in 0..3 {
+            // starts that give out no id
+            let db = open();
+            drop(Ids::open(&db, None, 10).unwrap());
+        }
+        let db = open();
         let ids = Ids::open(&db, None, 10).unwrap();
         let next = ids.take(&db).unwrap();
         assert!(given.iter().all(|&g| next > g), "{next} after {given:?}");
+        assert!(
+            next < 502 + 2_000_000 + 1_000,
+            "one start above sled's margin, not four: {next}"
+        );
         // and an older version opening the dir again gives ids above this one's
-        assert!(stored_u64(&db, ID_FLOOR, "").unwrap().unwrap() > next);
+        let floor = stored_u64(&db, ID_FLOOR, "").unwrap().unwrap();
+        let mark = stored_u64(&db, ID_SLED, "").unwrap().unwrap();
+        assert!(floor + mark > next);
     }
 
     #[test]
