@@ -1492,6 +1492,11 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         "payment_failed"
     );
     let id = first_open_refund(&mut admin).await;
+    // a 5xx leaves open whether the gateway makes it: not closed as paid meanwhile
+    resolve_refused(&mut admin, &json!(id), "paid_elsewhere", "may still make").await;
+    // until a definite refusal under its key
+    fault(&f, Step::Refund, Fault::Refuse);
+    s.app().reconcile_payments(Duration::ZERO).await;
     let elsewhere = resolve(&mut admin, json!(id), "paid_elsewhere").await;
     assert_eq!(elsewhere["refund"]["done"], true);
     assert_eq!(
@@ -1672,8 +1677,12 @@ async fn recorded_once(f: &FakeStripe, s: &Server, loc: &Value, made: i64) {
 
 /// An admin's `retry` refused with `invalid_state`, its message saying `says`.
 async fn retry_refused(admin: &mut Client, id: &Value, says: &str) {
-    let retry = json!({"refund_id": id, "outcome": "retry"});
-    let refused = admin.call("admin.refunds.resolve", retry).await;
+    resolve_refused(admin, id, "retry", says).await
+}
+
+async fn resolve_refused(admin: &mut Client, id: &Value, outcome: &str, says: &str) {
+    let resolve = json!({"refund_id": id, "outcome": outcome});
+    let refused = admin.call("admin.refunds.resolve", resolve).await;
     assert_eq!(
         refused["error"]["data"]["reason"], "invalid_state",
         "{refused}"
@@ -1689,26 +1698,49 @@ async fn retry_refused(admin: &mut Client, id: &Value, says: &str) {
 /// reconciliation records the one refund made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_retry_is_refused_while_the_last_try_may_still_be_made() {
+    resolved_while_the_last_try_may_still_be_made(
+        "retry",
+        "has not answered",
+        "has made this refund",
+    )
+    .await
+}
+
+/// The same for `paid_elsewhere` (found by a money probe: it closed the refund while
+/// the gateway was still making it, and the passenger was paid twice): refused while
+/// a try under its key may still be executing, which lasts past the refund's making.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_elsewhere_is_refused_while_the_gateway_may_still_make_the_refund() {
+    resolved_while_the_last_try_may_still_be_made(
+        "paid_elsewhere",
+        "may still make",
+        "may still make",
+    )
+    .await
+}
+
+async fn resolved_while_the_last_try_may_still_be_made(outcome: &str, making: &str, made: &str) {
     let (f, s, mut c, seats, b) = paid_for_refunds(|c| c.gateway_timeout = 1).await;
     let loc = &b["locator"];
-    // signed in first: the retry must come while the refund is still being made
+    // signed in first: the decision must come while the refund is still being made
     let mut admin = admin_client(&s).await;
     let late = Fault::ProcessLate(Duration::from_secs(6));
     cancel_refused(&f, &mut c, loc, &seats[0], late).await;
     f.clear_faults();
     assert_eq!(f.ledger().refunded(), 0, "still being made");
     let id = first_open_refund(&mut admin).await;
-    retry_refused(&mut admin, &id, "has not answered").await;
+    resolve_refused(&mut admin, &id, outcome, making).await;
     let open = s.app().store.open_refunds().unwrap();
+    assert_eq!(open.len(), 1, "still open: {open:?}");
     assert_eq!(open[0].gateway_key, None, "not retried: {open:?}");
 
     eventually("the late refund is made", || async {
         f.ledger().refunded() > 0
     })
     .await;
-    let made = f.ledger().refunded();
-    retry_refused(&mut admin, &id, "has made this refund").await;
-    recorded_once(&f, &s, loc, made).await;
+    let refunded = f.ledger().refunded();
+    resolve_refused(&mut admin, &id, outcome, made).await;
+    recorded_once(&f, &s, loc, refunded).await;
     s.stop().await;
 }
 
@@ -1833,7 +1865,7 @@ async fn an_admins_retry_is_refused_while_the_gateway_holds_an_unrecorded_refund
 async fn a_refund_resolved_as_paid_elsewhere_does_not_excuse_an_unrecorded_one() {
     let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
     let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::Fail);
+    fault(&f, Step::Refund, Fault::Refuse);
     let mut admin = admin_client(&s).await;
     let cancel = json!({"locator": loc, "request_id": "c0", "seats": [seats[0]]});
     assert_eq!(c.reason("booking.cancel", cancel).await, "payment_failed");

@@ -77,9 +77,9 @@ pub struct App {
     failures_checked: AtomicBool,
     /// This process's name on the payment marks it takes (`PaymentMark::owner`).
     mark_owner: String,
-    /// Open refunds the gateway failed or refused on this node since it started:
-    /// tries and the last error (`admin.refunds.list`).
-    refund_failures: DashMap<String, (u32, String)>,
+    /// Open refunds the gateway failed or refused on this node since it started
+    /// (`admin.refunds.list`, and the guard on `paid_elsewhere`).
+    refund_failures: DashMap<String, refunds::RefundTrouble>,
     /// The last pending refund asked about: each round of the watch goes on after it.
     watch_cursor: parking_lot::Mutex<Option<String>>,
     stop: tokio_util::sync::CancellationToken,

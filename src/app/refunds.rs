@@ -186,8 +186,9 @@ impl App {
             }
             Err(e) => {
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
-                seen.0 += 1;
-                seen.1 = e.to_string();
+                seen.tries += 1;
+                seen.last_error = e.to_string();
+                seen.uncertain_at = (!matches!(e, PaymentError::Refused(_))).then(domain::now_ms);
                 Ok(Err(e))
             }
         }
@@ -388,7 +389,7 @@ impl App {
         let (tries, last_error) = self
             .refund_failures
             .get(&r.id)
-            .map(|f| (f.0, Some(f.1.clone())))
+            .map(|f| (f.tries, Some(f.last_error.clone())))
             .unwrap_or_default();
         let reason = match r.reason {
             RefundReason::Cancel { .. } => "cancel",
@@ -494,6 +495,7 @@ impl App {
                     self.refund_failures.remove(&r.id);
                 }
                 (RefundOutcome::PaidElsewhere, _) if r.is_reissue() => {
+                    self.check_settled(&read).await?;
                     r.done = true;
                     match self.commit(reissue_closed(&r, read)).await {
                         Err(StoreError::Conflict) => return Err(decided_meanwhile()),
@@ -501,6 +503,7 @@ impl App {
                     }
                 }
                 (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
+                    self.check_settled(&read).await?;
                     let mut a = self.store.attempt(attempt_id)?.ok_or(AppError::Internal)?;
                     a.state = AttemptState::Refunded;
                     a.updated_at = now;
@@ -524,6 +527,7 @@ impl App {
                     }
                 }
                 (RefundOutcome::PaidElsewhere, _) => {
+                    self.check_settled(&read).await?;
                     self.record_seat_refund(&fs, r.clone(), busy, Some(read))
                         .await?;
                     r.done = true;
@@ -564,6 +568,45 @@ impl App {
                 "the gateway has not answered whether it made this refund under its current key ({e}); a retry under a fresh key could pay it twice: try again once it answers"
             ))),
         }
+    }
+
+    /// Refuses to close a refund as paid elsewhere while the gateway may still make
+    /// it: within [`App::payment_span`] of an answer that left that open (a timeout, a
+    /// 5xx: the request may still be executing, and no look-up sees a refund before it
+    /// is made), or of the record's creation when this node has seen no answer (asked
+    /// before a restart, or through another node); and once the gateway holds a refund
+    /// made under one of its keys. A definite refusal under its key closes that door.
+    async fn check_settled(&self, r: &RefundRecord) -> Result<(), AppError> {
+        let since = match self.refund_failures.get(&r.id) {
+            Some(f) => f.uncertain_at,
+            None => Some(r.created_at),
+        };
+        let span = self.payment_span().as_millis() as domain::Millis;
+        if let Some(until) = since.map(|t| t.saturating_add(span)) {
+            if domain::now_ms() < until {
+                return Err(AppError::InvalidState(format!(
+                    "the gateway may still make this refund (asked under its key without a \
+                     definite answer); resolve it as paid_elsewhere after {}, once that has \
+                     settled",
+                    domain::rfc3339(until)
+                )));
+            }
+        }
+        let made = self
+            .payments
+            .refunds_of(&r.payment_ref)
+            .await
+            .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
+        if let Some(m) = made
+            .iter()
+            .find(|m| m.key.as_deref().is_some_and(|k| r.keys().any(|x| x == k)))
+        {
+            return Err(AppError::InvalidState(format!(
+                "the gateway has made this refund ({}); the next reconciliation records it as made",
+                m.id
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses a retry under a fresh key while the gateway holds a refund of the
@@ -929,4 +972,14 @@ mod tests {
             "another seat of the booking still may"
         );
     }
+}
+
+/// What the gateway answered this node's tries of an open refund.
+#[derive(Debug, Default)]
+pub(super) struct RefundTrouble {
+    pub tries: u32,
+    pub last_error: String,
+    /// When the last try ended without a definite answer (not a refusal under its
+    /// key): the gateway may still be making it.
+    pub uncertain_at: Option<domain::Millis>,
 }

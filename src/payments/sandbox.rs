@@ -97,6 +97,19 @@ impl Ledger {
 /// charges were `ch_sandbox_…`).
 const PAYMENT_PREFIXES: [&str; 2] = ["pi_sandbox_", "ch_sandbox_"];
 
+/// A payment another gateway made (the data dir was used with `--payments stripe`):
+/// the sandbox cannot say whether it was charged, so it says nothing definite, and
+/// the payment stays open until Jetway runs with that gateway again.
+fn foreign(payment_ref: &str) -> Option<PaymentError> {
+    (!PAYMENT_PREFIXES.iter().any(|p| payment_ref.starts_with(p))).then(|| {
+        PaymentError::Failed(format!(
+            "payment {payment_ref} was not made by the sandbox gateway: this data dir was \
+             used with another one; run Jetway with that gateway (`--payments stripe`) to \
+             settle it"
+        ))
+    })
+}
+
 fn reference(prefix: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     format!("{prefix}_sandbox_{}", hex::encode(&digest[..12]))
@@ -125,6 +138,9 @@ impl PaymentGateway for Sandbox {
         _attempt_id: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
+            if let Some(e) = foreign(payment_ref) {
+                return Err(e);
+            }
             let mut ledger = self.ledger.lock();
             let p = ledger
                 .payments
@@ -143,6 +159,9 @@ impl PaymentGateway for Sandbox {
         payment_ref: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
+            if let Some(e) = foreign(payment_ref) {
+                return Err(e);
+            }
             Ok(match self.charged(payment_ref) {
                 Some(true) => PaymentStatus::Succeeded,
                 _ => PaymentStatus::NotCharged,
@@ -156,6 +175,9 @@ impl PaymentGateway for Sandbox {
         _key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentStatus, PaymentError>> {
         Box::pin(async move {
+            if let Some(e) = foreign(payment_ref) {
+                return Err(e);
+            }
             let mut ledger = self.ledger.lock();
             if ledger.payments.get(payment_ref).is_some_and(|p| p.1) {
                 return Ok(PaymentStatus::Succeeded);
@@ -167,15 +189,8 @@ impl PaymentGateway for Sandbox {
 
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
-            // as a real gateway answers a refund of another's payment
-            if !PAYMENT_PREFIXES
-                .iter()
-                .any(|p| req.payment_ref.starts_with(p))
-            {
-                return Err(PaymentError::Refused(format!(
-                    "the sandbox made no payment {}; nothing to refund",
-                    req.payment_ref
-                )));
+            if let Some(e) = foreign(&req.payment_ref) {
+                return Err(e);
             }
             Ok(MadeRefund {
                 id: reference("re", &req.idempotency_key),
@@ -230,9 +245,27 @@ mod tests {
             PaymentStatus::NotCharged
         );
         assert_eq!(
-            g.status("pi_unknown").await.unwrap(),
+            g.status("pi_sandbox_unknown").await.unwrap(),
             PaymentStatus::NotCharged
         );
+    }
+
+    /// A payment another gateway made (found by a money probe: a Stripe data dir
+    /// restarted without `--payments stripe` closed an uncertain charge as not charged,
+    /// and the charge was never refunded): nothing definite about it.
+    #[tokio::test]
+    async fn says_nothing_of_payments_another_gateway_made() {
+        let g = Sandbox::default();
+        for stripe in ["pi_3Pq9live", "pi_fake_1"] {
+            assert!(
+                matches!(g.status(stripe).await, Err(PaymentError::Failed(_))),
+                "{stripe}"
+            );
+            assert!(
+                matches!(g.cancel(stripe, "k").await, Err(PaymentError::Failed(_))),
+                "{stripe}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -252,7 +285,7 @@ mod tests {
         assert!(g.refund(refund(first_release)).await.is_ok());
         assert!(matches!(
             g.refund(refund("pi_3Pq9live")).await,
-            Err(PaymentError::Refused(_))
+            Err(PaymentError::Failed(_))
         ));
     }
 
