@@ -4,9 +4,10 @@
 //! declined. Its ledger lives in memory, bounded: it keeps the newest [`MAX_PAYMENTS`]
 //! payments of the last [`RETAIN`] (a sandbox payment settles at once, so an older one
 //! is never asked about again); a payment it does not know (pruned, or from before a
-//! restart) counts as not charged (nothing real ever was). A refund of a payment
-//! reference it could not have issued is refused, as a real gateway refuses one of
-//! another's payment.
+//! restart) counts as not charged (nothing real ever was). A payment reference it
+//! could not have issued (another gateway's) gets no definite answer to a status or
+//! cancel, and a refund of one is refused, as a real gateway refuses one of another's
+//! payment.
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -189,8 +190,13 @@ impl PaymentGateway for Sandbox {
 
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
-            if let Some(e) = foreign(&req.payment_ref) {
-                return Err(e);
+            // as a real gateway answers a refund of another's payment: nothing can
+            // be made under the key, so an admin may close the refund
+            if foreign(&req.payment_ref).is_some() {
+                return Err(PaymentError::Refused(format!(
+                    "the sandbox made no payment {}; nothing to refund",
+                    req.payment_ref
+                )));
             }
             Ok(MadeRefund {
                 id: reference("re", &req.idempotency_key),
@@ -285,7 +291,7 @@ mod tests {
         assert!(g.refund(refund(first_release)).await.is_ok());
         assert!(matches!(
             g.refund(refund("pi_3Pq9live")).await,
-            Err(PaymentError::Failed(_))
+            Err(PaymentError::Refused(_))
         ));
     }
 
