@@ -29,15 +29,6 @@ pub const MAX_HISTORY: u32 = 500;
 /// wire.
 pub const MAX_LIST: u32 = 500;
 
-fn list_limit(limit: Option<u32>) -> Result<usize, AppError> {
-    match limit.unwrap_or(MAX_LIST) {
-        n @ 1..=MAX_LIST => Ok(n as usize),
-        _ => Err(AppError::InvalidParams(format!(
-            "limit must be 1-{MAX_LIST}"
-        ))),
-    }
-}
-
 enum CancelStep {
     Released(Box<BookingResult>),
     /// This refund, just opened: make it.
@@ -482,7 +473,7 @@ impl App {
         cursor: impl Fn(&str) -> Result<(domain::Millis, String), AppError>,
         read: impl Fn(Page) -> Result<Paged<T>, StoreError>,
     ) -> Result<Paged<T>, AppError> {
-        let limit = list_limit(p.limit)?;
+        let limit = super::checked_limit(p.limit, MAX_LIST, MAX_LIST)?;
         self.consistent_read(|| {
             let before = p.before.as_deref().map(&cursor).transpose()?;
             let before = before.as_ref().map(|(at, id)| (*at, id.as_str()));
@@ -496,14 +487,9 @@ impl App {
         s: &AuthSession,
         p: params::Limit,
     ) -> Result<History, AppError> {
-        let limit = p.limit.unwrap_or(DEFAULT_HISTORY);
-        if limit == 0 || limit > MAX_HISTORY {
-            return Err(AppError::InvalidParams(format!(
-                "limit must be 1-{MAX_HISTORY}"
-            )));
-        }
+        let limit = super::checked_limit(p.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
         let events = self
-            .consistent_read(|| Ok(self.store.history(s.user_id, limit as usize)?))
+            .consistent_read(|| Ok(self.store.history(s.user_id, limit)?))
             .await?;
         Ok(History {
             events: events

@@ -66,12 +66,7 @@ impl App {
                 )
             }
         };
-        let limit = p.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
-        if limit == 0 || limit > MAX_SEARCH_LIMIT {
-            return Err(AppError::InvalidParams(format!(
-                "limit must be 1-{MAX_SEARCH_LIMIT}"
-            )));
-        }
+        let limit = super::checked_limit(p.limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)?;
         let now = domain::now_ms();
         let mut found: Vec<_> = self
             .inventory
@@ -93,7 +88,7 @@ impl App {
         found.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
         let flights = found
             .into_iter()
-            .take(limit as usize)
+            .take(limit)
             .map(|(flight, fs)| FlightView {
                 flight,
                 cabins: fs.available(),

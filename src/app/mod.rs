@@ -109,6 +109,14 @@ impl Drop for App {
     }
 }
 
+/// A request's `limit`: `default` when absent, else 1 to `max` (`invalid_params`).
+fn checked_limit(given: Option<u32>, default: u32, max: u32) -> Result<usize, AppError> {
+    match given.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n as usize),
+        _ => Err(AppError::InvalidParams(format!("limit must be 1-{max}"))),
+    }
+}
+
 impl App {
     /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
     /// committer and expires the holds that fell due while the server was down.

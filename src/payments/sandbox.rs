@@ -139,9 +139,6 @@ impl PaymentGateway for Sandbox {
         _attempt_id: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            if let Some(e) = foreign(payment_ref) {
-                return Err(e);
-            }
             let mut ledger = self.ledger.lock();
             let p = ledger
                 .payments

@@ -108,17 +108,16 @@ const ID_LIMIT: u64 = u64::MAX / 2;
 /// twice, even after `kill -9`. Jetway keeps its own counter instead of sled's
 /// `generate_id`: sled persists its counter with a compare-and-swap whose failure
 /// during a segment rewrite goes unreported, so a later run could start below ids
-/// already given. An id is given only once a reservation above it is durable: the
-/// reservation is written to sled ([`ID_NEXT`], and [`ID_FLOOR`] for an older version
-/// opening the data dir, which gives ids from the floor up), sled flushed and its
-/// file synced, once per [`ID_BLOCK`] ids. A run starts where the last reservation
-/// ends, and a run that gives out no id reserves none.
+/// already given. An id is given only once a reservation above it is durable
+/// ([`Ids::record`]: sled flushed and its file synced), once per [`ID_BLOCK`] ids. A
+/// run starts where the last reservation ends, and a run that gives out no id
+/// reserves none.
 ///
-/// An older release (rolled back to) gives ids from sled's counter plus the floor,
-/// and moves sled's persisted counter when it does; this release never does. So each
-/// reservation also records sled's persisted counter ([`ID_SLED`]), and a counter
-/// found moved at the next start means an older release gave ids meanwhile: the run
-/// then starts above them, where sled's own counter would.
+/// An older release (rolled back to) gives ids from sled's counter plus
+/// [`ID_FLOOR`], and moves sled's persisted counter when it does; this release never
+/// does. So each record also holds sled's persisted counter ([`ID_SLED`]), and a
+/// counter found moved at the next start means an older release gave ids meanwhile:
+/// the run then starts above them, where sled's own counter would.
 struct Ids {
     next: AtomicU64,
     /// Every id below this is covered by a durable reservation.
@@ -218,16 +217,15 @@ fn ran_out() -> StoreError {
     StoreError::Corrupt("the id counter has run out".into())
 }
 
+/// A big-endian `u64` stored under `k` in sled itself (no overlay: read at open).
 fn stored_u64(db: &sled::Db, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
-    db.get(k)
-        .map_err(io)?
-        .map(|v| {
-            v.as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt(what.into()))
-        })
-        .transpose()
+    db.get(k).map_err(io)?.map(|v| be_u64(&v, what)).transpose()
+}
+
+fn be_u64(v: &[u8], what: &str) -> StoreResult<u64> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(what.into()))
 }
 
 /// Bookings by status, each user's holds and each booking's open payment attempts,
@@ -460,16 +458,7 @@ impl SledStore {
 
     /// A big-endian `u64` under `k`, if one is stored.
     fn stored_counter(&self, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
-        match self.kv_get(k)? {
-            Some(v) => {
-                let bytes: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt(what.into()))?;
-                Ok(Some(u64::from_be_bytes(bytes)))
-            }
-            None => Ok(None),
-        }
+        self.kv_get(k)?.map(|v| be_u64(&v, what)).transpose()
     }
 
     /// The bytes under `k` now: the overlay's, else sled's (absent without asking
