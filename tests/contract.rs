@@ -563,9 +563,10 @@ async fn every_real_reply_and_push_matches_the_published_schemas() {
         assert_eq!(reply["error"]["data"]["reason"], reason);
     }
 
-    // an open refund the gateway keeps refusing, and an admin's way out
+    // an open refund (of nothing: the sandbox makes it at once otherwise), and an
+    // admin's way out
     let stuck = store_booking(&s, &declined);
-    s.store_refund("rf-stuck", &stuck, "pi_refused", (100, "c-old"), |_| {});
+    s.store_refund("rf-stuck", &stuck, "pi_sandbox_stuck", (0, "c-old"), |_| {});
     let open = k.ok(&mut admin, "admin.refunds.list", json!({})).await;
     assert_eq!(open["refunds"][0]["refund_id"], "rf-stuck", "{open}");
     let resolved = k

@@ -5,9 +5,9 @@
 //! payments of the last [`RETAIN`] (a sandbox payment settles at once, so an older one
 //! is never asked about again); a payment it does not know (pruned, or from before a
 //! restart) counts as not charged (nothing real ever was). A payment reference it
-//! could not have issued (another gateway's) gets no definite answer to a status or
-//! cancel, and a refund of one is refused, as a real gateway refuses one of another's
-//! payment.
+//! could not have issued (another gateway's, from a data dir used with Stripe) gets
+//! no definite answer to a status, cancel, refund or refund list: that gateway may
+//! have charged it or be making a refund of it.
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -16,7 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{
-    MadeRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus, RefundRequest,
+    GatewayRefund, MadeRefund, PaymentError, PaymentGateway, PaymentRequest, PaymentStatus,
+    RefundRequest,
 };
 
 const APPROVED: &[&str] = &[
@@ -185,15 +186,25 @@ impl PaymentGateway for Sandbox {
         })
     }
 
+    /// None of its own (a sandbox refund is made at once and never fails); of another
+    /// gateway's payment, nothing definite.
+    fn refunds_of<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, PaymentError>> {
+        Box::pin(async move {
+            match foreign(payment_ref) {
+                Some(e) => Err(e),
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
     fn refund(&self, req: RefundRequest) -> BoxFuture<'_, Result<MadeRefund, PaymentError>> {
         Box::pin(async move {
-            // as a real gateway answers a refund of another's payment: nothing can
-            // be made under the key, so an admin may close the refund
-            if foreign(&req.payment_ref).is_some() {
-                return Err(PaymentError::Refused(format!(
-                    "the sandbox made no payment {}; nothing to refund",
-                    req.payment_ref
-                )));
+            // another gateway may be making a refund under this key: no definite no
+            if let Some(e) = foreign(&req.payment_ref) {
+                return Err(e);
             }
             Ok(MadeRefund {
                 id: reference("re", &req.idempotency_key),
@@ -268,6 +279,12 @@ mod tests {
                 matches!(g.cancel(stripe, "k").await, Err(PaymentError::Failed(_))),
                 "{stripe}"
             );
+            // nor of a refund that gateway may be making (an admin's paid_elsewhere
+            // must not pass for want of a list)
+            assert!(
+                matches!(g.refunds_of(stripe).await, Err(PaymentError::Failed(_))),
+                "{stripe}"
+            );
         }
     }
 
@@ -288,7 +305,7 @@ mod tests {
         assert!(g.refund(refund(first_release)).await.is_ok());
         assert!(matches!(
             g.refund(refund("pi_3Pq9live")).await,
-            Err(PaymentError::Refused(_))
+            Err(PaymentError::Failed(_))
         ));
     }
 

@@ -193,6 +193,22 @@ impl Ids {
         Ok(id)
     }
 
+    /// At a clean stop: records where the ids given end, so that the next run goes on
+    /// from there instead of skipping the rest of the block (ticket numbers, the id's
+    /// last ten digits, repeat only once ids pass ten billion). Takes meanwhile wait
+    /// for the lock (the fast path is closed first), then reserve anew.
+    fn give_back(&self, db: &sled::Db) -> StoreResult<()> {
+        let _reserving = self.reserving.lock();
+        let reserved = self.reserved.swap(0, Ordering::SeqCst);
+        let end = self.next.load(Ordering::SeqCst).min(reserved);
+        let recorded = self.record(db, end);
+        self.reserved.store(
+            if recorded.is_ok() { end } else { reserved },
+            Ordering::SeqCst,
+        );
+        recorded
+    }
+
     /// Makes `end` the durable bound of every id given, in one sled batch (never
     /// torn), flushed and synced. An older release gives sled's counter (from above
     /// its persisted value, which is recorded) plus the floor: the floor is `end`
@@ -1208,7 +1224,8 @@ impl Store for SledStore {
     }
 
     fn shut_down(&self) -> StoreResult<()> {
-        self.behind.as_ref().map_or(Ok(()), Behind::close)
+        self.behind.as_ref().map_or(Ok(()), Behind::close)?;
+        self.ids.give_back(&self.db)
     }
 
     fn next_id(&self) -> StoreResult<u64> {
@@ -2281,6 +2298,25 @@ mod tests {
         drop(ids);
         let again = Ids::open(&db, None, 10).unwrap();
         assert!(again.take(&db).unwrap() > next);
+    }
+
+    #[test]
+    fn a_clean_stop_gives_the_rest_of_the_block_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 1_000).unwrap();
+        let last = (0..5).map(|_| ids.take(&db).unwrap()).last().unwrap();
+        ids.give_back(&db).unwrap();
+        assert_eq!(stored_u64(&db, ID_NEXT, "").unwrap(), Some(last + 1));
+        // ids taken after it are reserved anew, never below the record
+        let after = ids.take(&db).unwrap();
+        assert_eq!(after, last + 1);
+        assert!(stored_u64(&db, ID_NEXT, "")
+            .unwrap()
+            .is_some_and(|r| r > after));
+        drop(ids);
+        let again = Ids::open(&db, None, 1_000).unwrap();
+        assert!(again.take(&db).unwrap() > after);
     }
 
     #[test]
