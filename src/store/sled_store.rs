@@ -202,10 +202,9 @@ impl Ids {
         let reserved = self.reserved.swap(0, Ordering::SeqCst);
         let end = self.next.load(Ordering::SeqCst).min(reserved);
         let recorded = self.record(db, end);
-        self.reserved.store(
-            if recorded.is_ok() { end } else { reserved },
-            Ordering::SeqCst,
-        );
+        // after a failed record the disk may hold either end: the next take records anew
+        let bound = if recorded.is_ok() { end } else { 0 };
+        self.reserved.store(bound, Ordering::SeqCst);
         recorded
     }
 
