@@ -1592,6 +1592,74 @@ async fn first_seat_refused(
     (f, s, c, seats, b)
 }
 
+/// A cancel sent again under a new request_id after its refund failed finishes that
+/// refund: it answers with the booking it refunded (not `invalid_state`, "booking is
+/// refunded", for work it did itself), remembers that answer, and cancels whatever the
+/// earlier refund left of the seats it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_retried_under_a_new_request_id_answers_the_refund_it_finished() {
+    let (f, s, mut c, _seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    fault(&f, Step::Refund, Fault::Fail);
+    let whole = |rid: &str| json!({"locator": loc, "request_id": rid});
+    assert_eq!(
+        c.reason("booking.cancel", whole("y")).await,
+        "payment_failed"
+    );
+    f.clear_faults();
+    let done = c.ok("booking.cancel", whole("z")).await;
+    assert_eq!(done["booking"]["status"], "refunded", "{done}");
+    assert_eq!(done["booking"]["locator"], *loc);
+    assert_eq!(c.ok("booking.cancel", whole("z")).await, done, "remembered");
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "{l:?}");
+    assert_eq!(l.refunded(), done["order"]["refunded"]["amount"], "{l:?}");
+
+    // the earlier request refunded one of the two seats named: the other is cancelled
+    let (f, s2, mut c, seats2, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    cancel_refused(&f, &mut c, loc, &seats2[0], Fault::Fail).await;
+    f.clear_faults();
+    let both = json!({"locator": loc, "request_id": "z", "seats": seats2});
+    let done = c.ok("booking.cancel", both).await;
+    assert_eq!(done["booking"]["status"], "refunded", "{done}");
+    assert_eq!(f.ledger().intents[0].refunds.len(), 2);
+    s.stop().await;
+    s2.stop().await;
+}
+
+/// A request_id's first successful answer stays its answer: a cancel that failed at
+/// the gateway left its refund open under its request_id, the same request_id then
+/// cancelled another booking, and the first refund, recorded later by the
+/// reconciliation, does not replace that answer with its own booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_ids_answer_is_not_replaced_by_its_earlier_refund() {
+    let (f, s, mut c, _seats, a) = paid_for_refunds(|_| {}).await;
+    let fid = a["flight_id"].as_str().unwrap().to_owned();
+    let more = free_seats(&mut c, &fid, "economy", 1).await;
+    let b = hold(&mut c, &fid, &more, "h2").await;
+    c.ok("booking.pay", pay(&b["locator"], "pm_card_visa", "p2"))
+        .await;
+    fault(&f, Step::Refund, Fault::Fail);
+    let cancel = |b: &Value| json!({"locator": b["locator"], "request_id": "x"});
+    assert_eq!(
+        c.reason("booking.cancel", cancel(&a)).await,
+        "payment_failed"
+    );
+    f.clear_faults();
+    let first = c.ok("booking.cancel", cancel(&b)).await;
+    assert_eq!(first["booking"]["locator"], b["locator"]);
+    s.app().reconcile_payments(Duration::ZERO).await;
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    assert_eq!(
+        store_booking(&s, &a["locator"]).status,
+        jetway::domain::BookingStatus::Refunded
+    );
+    let again = c.ok("booking.cancel", cancel(&b)).await;
+    assert_eq!(again, first);
+    s.stop().await;
+}
+
 /// A client signed in as the admin.
 /// An admin's decision on a refund the gateway kept refusing; its answer.
 async fn resolve(admin: &mut Client, refund_id: Value, outcome: &str) -> Value {

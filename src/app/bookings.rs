@@ -252,6 +252,7 @@ impl App {
         let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, CANCEL, &p.request_id, |key, _| async move {
+            let mut only = only;
             let loc = booking.locator;
             let departs_at = fs.flight().departs_at;
             loop {
@@ -330,7 +331,30 @@ impl App {
                         if ours {
                             return Ok(result);
                         }
-                        continue;
+                        // what that refund left of this request is done next; a request
+                        // it did in full is answered with it (not `invalid_state`: the
+                        // refund was made by this very request)
+                        let now = self.store.booking(&loc)?.ok_or(AppError::Internal)?;
+                        let left = only.as_ref().map(|seats| {
+                            let held = |x: &SeatId| now.seats.iter().any(|y| y.seat == *x);
+                            seats.iter().copied().filter(held).collect::<Vec<_>>()
+                        });
+                        let done = match &left {
+                            Some(left) => left.is_empty(),
+                            None => now.status != domain::BookingStatus::Confirmed,
+                        };
+                        if !done {
+                            only = left;
+                            continue;
+                        }
+                        if let Answer::Now(r) = &result {
+                            self.commit(Batch {
+                                replies: vec![(key.clone(), remember_ok(r))],
+                                ..Default::default()
+                            })
+                            .await?;
+                        }
+                        return Ok(result);
                     }
                     Step::Done(CancelStep::Refund(busy, refund)) => {
                         return self.finish_seat_refund(&fs, refund, busy).await;

@@ -241,8 +241,11 @@ impl App {
         busy: Busy,
         resolving: Option<RefundRecord>,
     ) -> Result<Answer<BookingResult>, AppError> {
+        // not a twin's replay check: the key's reply may be another booking's (a
+        // request_id reused after this refund's request failed), and the refund is
+        // recorded all the same
         let key = r.request_key();
-        let done = self.seat_step(fs, key.as_ref(), |w| {
+        let done = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let mut b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
             let order_id = b.order_id.clone().ok_or(AppError::Internal)?;
@@ -271,15 +274,18 @@ impl App {
             let mut closed = r.clone();
             closed.done = true;
             closed.updated_at = now;
+            // the request's first successful answer stays its answer
+            let reply = match &key {
+                Some(k) if self.store.reply(k)?.is_none() => {
+                    Some((k.clone(), remember_ok(&result)))
+                }
+                _ => None,
+            };
             let batch = Batch {
                 bookings: vec![b.clone()],
                 orders: vec![order],
                 events: vec![(b.user_id, event("refunded", Some(&b.locator), now, detail))],
-                replies: key
-                    .clone()
-                    .map(|k| (k, remember_ok(&result)))
-                    .into_iter()
-                    .collect(),
+                replies: reply.into_iter().collect(),
                 refunds: vec![closed],
                 refunds_read: resolving.iter().cloned().collect(),
                 ..Default::default()

@@ -231,7 +231,7 @@ impl Booking {
         self.require(BookingStatus::Confirmed)?;
         if now >= departs_at {
             return Err(DomainError::InvalidState(
-                "the flight has departed; the booking can no longer be cancelled".into(),
+                "the flight's scheduled departure (departs_at) has passed; the booking can no longer be cancelled".into(),
             ));
         }
         let chosen: Vec<SeatId> = match seats {
