@@ -223,6 +223,18 @@ impl Config {
         c.data_dir = data_dir;
         c
     }
+
+    /// Settings each valid alone that together make no sense.
+    pub fn check(&self) -> Result<(), String> {
+        if self.checkin_opens * 60 <= self.checkin_closes {
+            return Err(format!(
+                "--checkin-opens ({} hours before departure) must be earlier than \
+                 --checkin-closes ({} minutes before departure): check-in would never open",
+                self.checkin_opens, self.checkin_closes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The abuse limits (flattened into [`crate::Config`]).
@@ -328,6 +340,28 @@ fn is_loopback(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_in_window_that_could_never_open_is_refused() {
+        let c = |opens: &str, closes: &str| {
+            Config::parse_from([
+                "jetway",
+                "--checkin-opens",
+                opens,
+                "--checkin-closes",
+                closes,
+            ])
+            .check()
+        };
+        assert!(c("30", "45").is_ok());
+        assert!(c("1", "59").is_ok());
+        let e = c("1", "120").unwrap_err();
+        assert!(
+            e.contains("--checkin-opens") && e.contains("never open"),
+            "{e}"
+        );
+        assert!(c("1", "60").is_err());
+    }
 
     #[test]
     fn loopback_is_exempt_unless_configured() {

@@ -30,6 +30,10 @@ async fn admin_server() -> (Server, Client) {
 
 async fn create(a: &mut Client, number: &str, from: &str, minutes: i64) -> String {
     let dep = time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes);
+    create_at(a, number, from, dep).await
+}
+
+async fn create_at(a: &mut Client, number: &str, from: &str, dep: time::OffsetDateTime) -> String {
     let r = a
         .ok(
             "admin.flights.create",
@@ -219,6 +223,67 @@ async fn a_flight_a_new_board_lists_first_reaches_the_older_boards_too() {
     assert!(ids(&r["flights"]).contains(&newcomer));
     let p = changed_of(&mut older, &newcomer).await;
     assert_eq!(p["flight"]["status"], "scheduled");
+    s.stop().await;
+}
+
+/// A flight delayed past the far end of a board's window stays on that board until
+/// an hour past its departure, as the board page keeps it: its later changes (here a
+/// cancellation after the window slid) still reach the board.
+#[tokio::test]
+async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
+    let (s, mut admin) = admin_server().await;
+    let delayed = create(&mut admin, "JW8031", "AMS", 30).await;
+    let mut board = s.client().await;
+    let r = board
+        .ok("flights.watch", json!({"airport": "AMS", "hours": 1}))
+        .await;
+    assert!(ids(&r["flights"]).contains(&delayed));
+    let est = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::hours(3));
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": delayed, "estimated_departs_at": est}),
+        )
+        .await;
+    assert_eq!(
+        changed_of(&mut board, &delayed).await["flight"]["status"],
+        "delayed"
+    );
+    // a flight created now reaches the board with the next slide: one has run since
+    let marker = create(&mut admin, "JW8032", "AMS", 20).await;
+    changed_of(&mut board, &marker).await;
+    admin
+        .ok(
+            "admin.flights.cancel",
+            json!({"flight_id": delayed, "reason": "crew shortage"}),
+        )
+        .await;
+    let p = changed_of(&mut board, &delayed).await;
+    assert_eq!(p["flight"]["status"], "cancelled");
+    s.stop().await;
+}
+
+/// Flights leaving at the same time are listed by number as a number, as
+/// `flights.search` lists them: JW9 before JW90 before JW800.
+#[tokio::test]
+async fn a_board_orders_flight_numbers_as_numbers() {
+    let (s, mut admin) = admin_server().await;
+    let dep = time::OffsetDateTime::now_utc() + time::Duration::minutes(40);
+    for n in ["JW90", "JW9", "JW800"] {
+        create_at(&mut admin, n, "MAD", dep).await;
+    }
+    let mut board = s.client().await;
+    let r = board
+        .ok("flights.watch", json!({"airport": "MAD", "hours": 1}))
+        .await;
+    let numbers: Vec<&str> = r["flights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["number"].as_str().unwrap())
+        .filter(|n| ["JW9", "JW90", "JW800"].contains(n))
+        .collect();
+    assert_eq!(numbers, ["JW9", "JW90", "JW800"]);
     s.stop().await;
 }
 

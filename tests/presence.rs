@@ -157,6 +157,51 @@ async fn viewers_count_every_subscriber_and_follow_joins_and_leaves() {
     s.stop().await;
 }
 
+/// A push is news to everyone it reaches: a subscriber is not told again the count
+/// its reply gave it, nor the count it heard last, when someone came and went.
+#[tokio::test]
+async fn a_count_is_pushed_only_to_those_it_is_news_to() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    let flights = c.ok("flights.search", json!({"limit": 2})).await;
+    let flight = |i: usize| {
+        flights["flights"][i]["flight_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (flight, clock) = (flight(0), flight(1));
+    let a = Watcher::join(&s.url(), &flight).await;
+    // a count pushed on another flight after A joined: the push loop has looked at
+    // A's flight since (every flight due is looked at in the same round)
+    let x = Watcher::join(&s.url(), &clock).await;
+    let _y = Watcher::join(&s.url(), &clock).await;
+    all_hear(std::slice::from_ref(&x), 2, Duration::from_secs(3)).await;
+    let mut b = s.client().await;
+    b.ok("seats.subscribe", json!({"flight_id": flight})).await;
+    b.ok("seats.unsubscribe", json!({"flight_id": flight}))
+        .await;
+    let d = Watcher::join(&s.url(), &flight).await;
+    all_hear(std::slice::from_ref(&a), 2, Duration::from_secs(3)).await;
+    d.leave(true).await;
+    all_hear(std::slice::from_ref(&a), 1, Duration::from_secs(3)).await;
+    let heard = a
+        .heard
+        .lock()
+        .pushes
+        .iter()
+        .map(|p| p.2)
+        .collect::<Vec<_>>();
+    let mut known = vec![1];
+    known.extend(&heard);
+    assert!(
+        known.windows(2).all(|w| w[0] != w[1]),
+        "told {known:?} (the reply's count first)"
+    );
+    a.leave(true).await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_watchers_in_bursts_hear_the_true_count_at_most_once_a_second() {
     let s = Server::start().await;

@@ -2,7 +2,8 @@
 //! are grouped by (airport, hours), so a change costs one look per group of its
 //! airport, not per board. A group remembers which flights it has shown; a flight
 //! that enters its window later (time passing, a new flight, a delay) is pushed as
-//! `flight.changed`, one that leaves it is dropped silently. Status and time changes
+//! `flight.changed`; one is dropped silently only an hour past its departure (a
+//! flight delayed past the window's far end stays shown). Status and time changes
 //! are pushed at once (with the other `flight.changed` targets); seat availability
 //! is coalesced to at most one push per flight per [`AVAILABILITY_INTERVAL`].
 
@@ -154,7 +155,9 @@ impl App {
             .map(|fs| (fs.flight(), fs))
             .filter(|(f, _)| in_window(f, &code, hours, now))
             .collect();
-        shown.sort_by(|a, b| (a.0.departure(), &a.0.number).cmp(&(b.0.departure(), &b.0.number)));
+        shown.sort_by(|(a, _), (b, _)| {
+            (a.departure(), a.number_order()).cmp(&(b.departure(), b.number_order()))
+        });
         // a flight that entered the window since the last slide is new to the group's
         // boards too: they get it now, as the slide would have, before it counts as shown
         for (f, fs) in &shown {
@@ -220,8 +223,9 @@ impl App {
         }
     }
 
-    /// Slides every group's window: flights that entered it are pushed, those that
-    /// left it forgotten.
+    /// Slides every group's window: flights that entered it are pushed, those more
+    /// than [`KEEP_AFTER_MS`] past their departure forgotten (a flight delayed past
+    /// the window's far end stays: its boards show it until then).
     fn slide_boards(&self) {
         let now = domain::now_ms();
         let all: Vec<(Flight, Arc<FlightSeats>)> = self
@@ -233,11 +237,17 @@ impl App {
         let mut groups = self.boards.groups.lock();
         for ((a, hours), g) in groups.iter_mut() {
             let mut now_shown = HashSet::new();
-            for (f, fs) in all.iter().filter(|(f, _)| in_window(f, a, *hours, now)) {
-                if !g.shown.contains(&f.id) {
-                    send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
+            for (f, fs) in all.iter().filter(|(f, _)| &f.from == a) {
+                if in_window(f, a, *hours, now) {
+                    if !g.shown.contains(&f.id) {
+                        send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
+                    }
+                    now_shown.insert(f.id.clone());
+                } else if g.shown.contains(&f.id) && f.departure() >= now - KEEP_AFTER_MS {
+                    // delayed past the window's far end: still on the boards that
+                    // show it, so its changes still reach them
+                    now_shown.insert(f.id.clone());
                 }
-                now_shown.insert(f.id.clone());
             }
             g.shown = now_shown;
         }

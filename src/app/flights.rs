@@ -81,11 +81,9 @@ impl App {
                 None => f.departure() > now,
             })
             .collect();
-        // flight numbers by number: JW9 before JW10
-        fn order(f: &domain::Flight) -> (domain::Millis, usize, &str) {
-            (f.departs_at, f.number.len(), &f.number)
-        }
-        found.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
+        found.sort_by(|(a, _), (b, _)| {
+            (a.departs_at, a.number_order()).cmp(&(b.departs_at, b.number_order()))
+        });
         let flights = found
             .into_iter()
             .take(limit)
@@ -170,8 +168,9 @@ impl App {
             subs.reserve_exact(1);
             subs.push(fs.id.clone());
         }
-        // the joiner hears the exact count soon, even if it raced with others
-        self.presence.touch(&fs.id, joined);
+        // the joiner hears the exact count soon if it raced with others
+        self.presence
+            .touch(&fs.id, joined.then(|| (outbox.id(), id.map(|_| viewers))));
         Ok(())
     }
 
@@ -186,7 +185,7 @@ impl App {
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
         if fs.unsubscribe(conn_id) {
-            self.presence.touch(&fs.id, false);
+            self.presence.touch(&fs.id, None);
         }
         subs.retain(|f| f != &fs.id);
         Ok(Done {})
@@ -196,7 +195,7 @@ impl App {
     pub fn leave_all(&self, conn_id: u64, flights: &[FlightId]) {
         self.inventory.unsubscribe_all(conn_id, flights);
         for f in flights {
-            self.presence.touch(f, false);
+            self.presence.touch(f, None);
         }
     }
 }

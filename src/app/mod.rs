@@ -121,6 +121,7 @@ impl App {
     /// Opens the database, seeds it if empty, rebuilds every seat map, starts the
     /// committer and expires the holds that fell due while the server was down.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
+        config.check().map_err(StartError::Other)?;
         let store: Arc<dyn Store> = if config.store == crate::config::StoreKind::Etcd {
             connect_etcd(&config).await?
         } else {

@@ -1,7 +1,8 @@
 //! Live presence: how many connections, on every node, are subscribed to each
 //! flight's seat map. The count is in the `seats.subscribe` result and pushed to the
 //! flight's subscribers as `flight.presence` when it changes, coalesced to at most one
-//! push per flight per [`PRESENCE_INTERVAL`] that carries the latest count. On a
+//! push per flight per [`PRESENCE_INTERVAL`] that carries the latest count, to those
+//! who do not know it yet. On a
 //! cluster each node publishes its own counts (see [`crate::store::Replicated`]) and
 //! adds up the others' from the change feed.
 
@@ -24,12 +25,18 @@ const TICK: Duration = Duration::from_millis(100);
 /// A node republishes its counts this often, keeping them alive on the cluster.
 const REPUBLISH: Duration = Duration::from_secs(3);
 
+/// A connection that subscribed since a flight's last push (its id), and the count
+/// its reply told it.
+type Joiner = (u64, Option<u32>);
+
 /// What presence keeps between ticks.
 #[derive(Default)]
 pub struct Presence {
-    /// Flights whose count may have changed; true when a connection joined, which
-    /// must hear the count even if the total ends where it was.
-    dirty: Mutex<HashMap<FlightId, bool>>,
+    /// Flights whose count may have changed, with the connections that subscribed
+    /// since the last push and the count their reply told them (none for a
+    /// subscription sent as a notification): one told otherwise hears the count even
+    /// if the total ends where it was.
+    dirty: Mutex<HashMap<FlightId, Vec<Joiner>>>,
     /// When each flight's last push went out, and its count.
     sent: Mutex<HashMap<FlightId, (Instant, u32)>>,
     /// Other nodes' counts, by node.
@@ -39,9 +46,15 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Notes that a flight's count may have changed (`joined`: someone subscribed).
-    pub fn touch(&self, flight: &FlightId, joined: bool) {
-        *self.dirty.lock().entry(flight.clone()).or_default() |= joined;
+    /// Notes that a flight's count may have changed (`joined`: a connection
+    /// subscribed, and the count it was told).
+    pub fn touch(&self, flight: &FlightId, joined: Option<Joiner>) {
+        let mut dirty = self.dirty.lock();
+        let joiners = dirty.entry(flight.clone()).or_default();
+        if let Some(j) = joined {
+            joiners.retain(|(id, _)| *id != j.0);
+            joiners.push(j);
+        }
     }
 
     /// The subscribers of a flight on the other nodes.
@@ -66,26 +79,26 @@ impl Presence {
         }
         drop(remote);
         if before.unwrap_or(0) != viewers {
-            self.touch(flight, false);
+            self.touch(flight, None);
         }
     }
 
     /// The dirty flights whose last push is old enough, taken off the dirty list.
-    fn due(&self, now: Instant) -> Vec<(FlightId, bool)> {
+    fn due(&self, now: Instant) -> Vec<(FlightId, Vec<Joiner>)> {
         let sent = self.sent.lock();
         let mut dirty = self.dirty.lock();
-        let ready: Vec<(FlightId, bool)> = dirty
-            .iter()
-            .filter(|(f, _)| {
+        let ready: Vec<FlightId> = dirty
+            .keys()
+            .filter(|f| {
                 sent.get(*f)
                     .is_none_or(|(at, _)| now.duration_since(*at) >= PRESENCE_INTERVAL)
             })
-            .map(|(f, j)| (f.clone(), *j))
+            .cloned()
             .collect();
-        for (f, _) in &ready {
-            dirty.remove(f);
-        }
         ready
+            .into_iter()
+            .filter_map(|f| dirty.remove_entry(&f))
+            .collect()
     }
 }
 
@@ -108,20 +121,40 @@ impl App {
         fs.watchers() as u32 + joining as u32 + self.presence.remote(&fs.id)
     }
 
-    /// Pushes the latest count of every flight that is due.
+    /// Pushes the latest count of every flight that is due, to the subscribers that
+    /// do not know it: all of them when it changed since the last push, else the
+    /// ones that subscribed since and were told another count; a connection told this
+    /// very count in its reply hears nothing.
     fn push_presence(&self) {
         let (now, at) = (Instant::now(), domain::now_ms());
-        for (flight, joined) in self.presence.due(now) {
+        for (flight, joiners) in self.presence.due(now) {
             let Some(fs) = self.inventory.get(flight.as_str()) else {
                 continue;
             };
             let viewers = self.viewers(&fs, false);
             let mut sent = self.presence.sent.lock();
             let last = sent.get(&flight).map(|(_, n)| *n);
-            if joined || last != Some(viewers) {
-                sent.insert(flight.clone(), (now, viewers));
-                drop(sent);
-                send_once(fs.watcher_outboxes(), &presence_frame(&flight, viewers, at));
+            let told = |id: u64| joiners.iter().find(|(j, _)| *j == id).map(|(_, t)| *t);
+            let targets: Vec<_> = fs
+                .watcher_outboxes()
+                .into_iter()
+                .filter(|o| match told(o.id()) {
+                    Some(t) => t != Some(viewers),
+                    None => last != Some(viewers),
+                })
+                .collect();
+            let at_time = match targets.is_empty() {
+                // nothing sent: the interval still runs from the last push
+                true => sent.get(&flight).map_or_else(
+                    || now.checked_sub(PRESENCE_INTERVAL).unwrap_or(now),
+                    |(t, _)| *t,
+                ),
+                false => now,
+            };
+            sent.insert(flight.clone(), (at_time, viewers));
+            drop(sent);
+            if !targets.is_empty() {
+                send_once(targets, &presence_frame(&flight, viewers, at));
             }
         }
     }
@@ -200,14 +233,20 @@ mod tests {
         let p = Presence::default();
         let f = FlightId::parse("JW1-20261201").unwrap();
         let t0 = Instant::now();
-        p.touch(&f, false);
-        p.touch(&f, true);
-        assert_eq!(p.due(t0), vec![(f.clone(), true)]);
+        p.touch(&f, None);
+        p.touch(&f, Some((7, Some(2))));
+        p.touch(&f, Some((8, None)));
+        p.touch(&f, Some((7, Some(3))));
+        assert_eq!(
+            p.due(t0),
+            vec![(f.clone(), vec![(8, None), (7, Some(3))])],
+            "a connection's latest subscription counts"
+        );
         assert!(p.due(t0).is_empty(), "taken off the list");
         p.sent.lock().insert(f.clone(), (t0, 3));
-        p.touch(&f, false);
+        p.touch(&f, None);
         assert!(p.due(t0 + Duration::from_millis(500)).is_empty());
-        assert_eq!(p.due(t0 + PRESENCE_INTERVAL), vec![(f.clone(), false)]);
+        assert_eq!(p.due(t0 + PRESENCE_INTERVAL), vec![(f.clone(), vec![])]);
         p.set_remote("a", &f, 2);
         p.set_remote("b", &f, 5);
         assert_eq!(p.remote(&f), 7);

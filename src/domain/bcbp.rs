@@ -35,10 +35,15 @@ pub fn compartment(cabin: Cabin) -> char {
 }
 
 /// `SURNAME/GIVEN NAMES` from a free-text name: split at the last space (a name
-/// without one is written as it is), upper case, accents dropped, everything but
-/// A-Z, space and `/` removed, cut to 20 and padded with spaces.
+/// without one is written as it is; any Unicode space, a no-break or an ideographic
+/// one, counts as a space), upper case, accents dropped, everything but A-Z, space
+/// and `/` removed, cut to 20 and padded with spaces.
 pub fn name_field(name: &str) -> String {
-    let name = name.trim();
+    let spaced: String = name
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .collect();
+    let name = spaced.trim();
     let written = match name.rsplit_once(' ') {
         Some((given, surname)) => format!("{surname}/{}", given.trim_end()),
         None => name.to_owned(),
@@ -278,6 +283,9 @@ mod tests {
             ("Ann／Lee Doe", "DOE/ANNLEE"),
             ("Ann/Lee Doe", "DOE/ANN/LEE"),
             ("  Ada   Lovelace  ", "LOVELACE/ADA"),
+            ("Ada\u{a0}Lovelace", "LOVELACE/ADA"),
+            ("Mary\u{3000}Ann\u{a0}Evans", "EVANS/MARY ANN"),
+            ("Ada\u{200b}Lovelace", "ADALOVELACE"),
         ];
         for (name, want) in cases {
             let field = name_field(name);

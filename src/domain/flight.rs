@@ -178,6 +178,12 @@ impl Flight {
         self.estimated_departs_at.unwrap_or(self.departs_at)
     }
 
+    /// Orders flight numbers by number (`JW9` before `JW10`): every number is `JW`
+    /// and digits without leading zeros, so the shorter is the smaller.
+    pub fn number_order(&self) -> (usize, &str) {
+        (self.number.len(), &self.number)
+    }
+
     /// Whether the flight's status as of `now` allows `op`; if not, the refusal names
     /// the status.
     pub fn check(&self, op: Operation, now: Millis) -> Result<(), DomainError> {

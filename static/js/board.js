@@ -65,7 +65,7 @@ function seatsLeft(f) {
 function render() {
   const now = Date.now();
   for (const [id, f] of flights) if (departureOf(f) < now - KEEP_AFTER_MS) flights.delete(id);
-  const list = [...flights.values()].sort((a, b) => departureOf(a) - departureOf(b) || a.number.localeCompare(b.number));
+  const list = [...flights.values()].sort((a, b) => departureOf(a) - departureOf(b) || a.number.length - b.number.length || a.number.localeCompare(b.number));
   const rows = clear($('b-rows'));
   for (const f of list) {
     const remark = flightRemark(f);
