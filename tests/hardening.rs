@@ -716,6 +716,30 @@ async fn login_brute_force_backs_off_per_address() {
     s.stop().await;
 }
 
+/// An upgrade whose `Sec-WebSocket-Key` is not the base64 of 16 bytes is refused
+/// with 400 (RFC 6455 4.2.1), as a missing one is.
+#[tokio::test]
+async fn a_malformed_handshake_key_is_refused() {
+    let s = Server::start().await;
+    for key in [
+        "!!!",
+        "",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZR==",
+        "dGhlIHNhbXBsZSBub25jZQ==x",
+    ] {
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nConnection: close\r\n\r\n",
+            s.addr
+        );
+        let (code, _, body) = http_raw(s.addr, &req).await;
+        assert_eq!(code, 400, "key {key:?}: {body}");
+    }
+    s.client().await.ok("flights.airports", json!({})).await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn deep_nesting_and_huge_frames() {
     let s = Server::start().await;

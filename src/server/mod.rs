@@ -400,10 +400,28 @@ fn handshake_key(req: &axum::extract::Request) -> Result<HeaderValue, (StatusCod
     {
         return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13"));
     }
-    req.headers()
+    let key = req
+        .headers()
         .get(header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"))
+        .ok_or((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"))?;
+    if !is_nonce(key.as_bytes()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        ));
+    }
+    Ok(key.clone())
+}
+
+/// Whether `key` is the base64 of 16 bytes (RFC 6455 4.1): 22 characters of the
+/// alphabet, the last carrying 2 bits (the other 4 zero), then `==`. A shape this
+/// fixed needs no decoder.
+fn is_nonce(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
 }
 
 async fn upgrade(
@@ -516,6 +534,24 @@ mod tests {
             h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_nonce_is_the_base64_of_16_bytes() {
+        assert!(is_nonce(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_nonce(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(is_nonce(b"+/+/+/+/+/+/+/+/+/+/+w=="));
+        for bad in [
+            &b""[..],
+            b"!!!",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j!Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+        ] {
+            assert!(!is_nonce(bad), "{bad:?}");
+        }
     }
 
     #[test]
