@@ -240,7 +240,8 @@ impl Config {
 /// The abuse limits (flattened into [`crate::Config`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitsConfig {
-    /// Requests per second one connection may send, on average (0: no limit).
+    /// Requests per second one connection may send, on average (0: no limit); a frame
+    /// counts as one request per started 4 KiB.
     #[arg(long, env = "JETWAY_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
 

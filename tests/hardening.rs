@@ -137,6 +137,39 @@ async fn a_polite_client_is_never_rate_limited() {
     s.stop().await;
 }
 
+/// A frame costs a token per started 4 KiB: twenty 60 KiB frames sent at once
+/// overdraw the default burst of 200 (twenty small ones would not), while the
+/// connection stays open and a small request passes once tokens are back.
+#[tokio::test]
+async fn large_frames_spend_the_rate_limit_faster() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    let pad = "x".repeat(60 * 1024);
+    for i in 0..20 {
+        let req = json!({"jsonrpc": "2.0", "id": i, "method": "flights.airports", "params": {"pad": pad}});
+        c.send_text(&req.to_string()).await;
+    }
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = c.recv().await.unwrap();
+        if r["error"]["data"]["reason"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 4, "{limited} of 20 large frames refused");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = c.call("flights.airports", json!({})).await;
+        if r.get("result").is_some() {
+            break;
+        }
+        assert_eq!(r["error"]["data"]["reason"], "rate_limited", "{r}");
+        assert!(Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn connections_per_address_are_limited_except_loopback_by_default() {
     // loopback exempt by default

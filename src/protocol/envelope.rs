@@ -14,6 +14,20 @@ pub struct Request {
     pub params: Value,
 }
 
+/// Whether a request's `id` may be echoed: a number, a string or null.
+fn is_valid_id(id: &Value) -> bool {
+    matches!(id, Value::Number(_) | Value::String(_) | Value::Null)
+}
+
+/// The id that answers a request whose `id` member is `raw` (null for one that is
+/// not a valid id), read without the rest of the request.
+pub fn reply_id_of(raw: &serde_json::value::RawValue) -> Value {
+    serde_json::from_str(raw.get())
+        .ok()
+        .filter(is_valid_id)
+        .unwrap_or_default()
+}
+
 /// Parses one text frame. On failure, returns the id to answer with (or null).
 pub fn parse_request(frame: &str) -> Result<Request, (Value, ApiError)> {
     let v: Value =
@@ -27,9 +41,9 @@ pub fn parse_request(frame: &str) -> Result<Request, (Value, ApiError)> {
         return Err((Value::Null, ApiError::InvalidRequest(what.into())));
     };
     let id = obj.remove("id");
-    let reply_id = match &id {
-        Some(i @ (Value::Number(_) | Value::String(_) | Value::Null)) => i.clone(),
-        Some(_) => {
+    let reply_id = match id.as_ref().map(is_valid_id) {
+        Some(true) => id.clone().unwrap_or_default(),
+        Some(false) => {
             return Err((
                 Value::Null,
                 ApiError::InvalidRequest("id must be a number, string or null".into()),

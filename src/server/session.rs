@@ -260,7 +260,7 @@ fn received(
         );
     };
     if let Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) = &msg {
-        match limiter.check(&RateLimit::of(&shield.limits)) {
+        match limiter.check(&RateLimit::of(&shield.limits), m.len()) {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 shield
@@ -325,14 +325,30 @@ fn received(
     }
 }
 
-/// The id to answer a refused frame with; none for a notification.
+/// The id to answer a refused frame with; none for a notification. Only the id is
+/// decoded (the rest is skipped, not built into a tree): a refusal costs the server
+/// far less than the request would have.
 fn reply_id(m: &Message) -> Option<serde_json::Value> {
-    match m {
-        Message::Text(t) if t.len() <= MAX_REQUEST_BYTES => match parse_request(t.as_str()) {
-            Ok(req) => req.id,
-            Err((id, _)) => Some(id),
-        },
-        _ => Some(serde_json::Value::Null),
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        // present (`null` too: a request, not a notification) or absent
+        #[serde(borrow, default, deserialize_with = "present")]
+        id: Option<&'a RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        serde::Deserialize::deserialize(d).map(Some)
+    }
+    let Message::Text(t) = m else {
+        return Some(serde_json::Value::Null);
+    };
+    if t.len() > MAX_REQUEST_BYTES {
+        return Some(serde_json::Value::Null);
+    }
+    match serde_json::from_str::<IdOnly>(t.as_str()) {
+        Ok(IdOnly { id: None }) => None,
+        Ok(IdOnly { id: Some(raw) }) => Some(envelope::reply_id_of(raw)),
+        Err(_) => Some(serde_json::Value::Null),
     }
 }
 
@@ -402,6 +418,38 @@ mod tests {
     use serde_json::{json, Value};
 
     type Client = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    #[test]
+    fn a_refused_frame_is_answered_with_the_id_parse_request_would_give() {
+        let many = format!(
+            r#"{{"jsonrpc":"2.0","params":{{"x":[{}]}},"id":"late","method":"x"}}"#,
+            vec![r#"{"a":[1,2,{"b":"\u00e9"}]}"#; 500].join(",")
+        );
+        let frames = [
+            many.as_str(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":-4.5e200,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":"\"q\u00e9","method":"x"}"#,
+            r#"{"jsonrpc":"2.0","method":"x"}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x""#,
+            "7",
+        ];
+        for f in frames {
+            let full = match parse_request(f) {
+                Ok(r) => r.id,
+                Err((id, _)) => Some(id),
+            };
+            assert_eq!(reply_id(&Message::text(f)), full, "{f}");
+        }
+        assert_eq!(reply_id(&Message::binary(vec![1u8])), Some(Value::Null));
+        let huge = format!(r#"{{"id":1,"x":"{}"}}"#, "y".repeat(MAX_REQUEST_BYTES));
+        assert_eq!(reply_id(&Message::text(huge)), Some(Value::Null));
+        assert_eq!(reply_id(&Message::text(many.clone())), Some(json!("late")));
+    }
 
     async fn call(ws: &mut Client, id: u64, method: &str, params: Value) -> Value {
         let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
