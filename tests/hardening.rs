@@ -68,14 +68,20 @@ async fn metrics_page(addr: SocketAddr) -> String {
     http_get(addr, "/metrics").await.expect("metrics").1
 }
 
-#[tokio::test]
-async fn a_request_flood_is_refused_then_closed() {
-    let s = Server::start_with(|c| {
+/// A server allowing a burst of `burst` requests, then one a second, and closing a
+/// connection after 5 refusals in a row.
+async fn flood_server(burst: u32) -> Server {
+    Server::start_with(|c| {
         c.limits.rate_limit = 1;
-        c.limits.rate_burst = 3;
+        c.limits.rate_burst = burst;
         c.limits.rate_limit_close = 5;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_request_flood_is_refused_then_closed() {
+    let s = flood_server(3).await;
     let mut c = s.client().await;
     let sent: Vec<u64> = (1..=20).collect();
     for id in &sent {
@@ -119,6 +125,128 @@ async fn a_request_flood_is_refused_then_closed() {
     let page = metrics_page(s.addr).await;
     assert!(metric(&page, "jetway_rejected_total{reason=\"rate_limited\"}").unwrap() >= 1.0);
     assert!(metric(&page, "jetway_rejected_total{reason=\"rate_limit_close\"}").unwrap() >= 1.0);
+    s.stop().await;
+}
+
+/// A client that reads slowly still gets every reply the server queued before it
+/// closed the connection, and the close frame: the server drains the client's unread
+/// input instead of closing a socket with input pending, which resets the
+/// connection and throws away what the kernel had not sent yet (here megabytes of
+/// search results the client had not read when the flood close came).
+#[tokio::test]
+async fn a_client_reading_late_gets_everything_sent_before_the_close() {
+    let s = flood_server(60).await;
+    let c = s.client().await;
+    let (mut tx, mut rx) = c.ws.split();
+    let sending = tokio::spawn(async move {
+        for id in 1..=200 {
+            let req =
+                json!({"jsonrpc":"2.0","id":id,"method":"flights.search","params":{"limit":100}});
+            if tx.feed(Message::text(req.to_string())).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.flush().await;
+        tx
+    });
+    eventually("the flood close", || async {
+        let page = metrics_page(s.addr).await;
+        metric(&page, "jetway_rejected_total{reason=\"rate_limit_close\"}").filter(|n| *n >= 1.0)
+    })
+    .await;
+    let (mut ok, mut limited, mut bytes) = (0, 0, 0);
+    let close = loop {
+        match tokio::time::timeout(WAIT, rx.next())
+            .await
+            .expect("an answer")
+        {
+            Some(Ok(Message::Text(t))) => {
+                bytes += t.len();
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                match v.get("result") {
+                    Some(_) => ok += 1,
+                    None => limited += 1,
+                }
+            }
+            Some(Ok(Message::Close(f))) => break f.expect("a close code"),
+            Some(Ok(_)) => continue,
+            other => panic!("after {ok} results ({bytes} bytes) and {limited} refusals: {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!((ok, limited), (60, 5));
+    assert!(
+        bytes > 1 << 20,
+        "{bytes} bytes: more than the socket buffers hold"
+    );
+    drop(sending.await);
+    s.stop().await;
+}
+
+/// The close code a server sends after `frame` (raw bytes) on a fresh WebSocket.
+fn close_code_after(addr: SocketAddr, frame: &[u8]) -> u16 {
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        t,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    t.write_all(frame).unwrap();
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest);
+    // the server's frames are unmasked with short lengths: find the close (0x88)
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        let len = (rest[i + 1] & 0x7f) as usize;
+        if rest[i] == 0x88 && len >= 2 {
+            return u16::from_be_bytes([rest[i + 2], rest[i + 3]]);
+        }
+        i += 2 + len;
+    }
+    panic!("no close frame after {frame:?} in {rest:?}");
+}
+
+/// A masked client frame of `opcode` (FIN set) carrying `payload`, with `rsv` bits.
+fn client_frame(opcode: u8, rsv: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x80 | rsv | opcode, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A frame that breaks the protocol is answered with close code 1002, a text
+/// message that is not UTF-8 with 1007 (RFC 6455 7.4.1), not 1000 as a normal end.
+#[tokio::test]
+async fn protocol_errors_close_with_their_own_codes() {
+    let s = Server::start().await;
+    let addr = s.addr;
+    let codes = tokio::task::spawn_blocking(move || {
+        let unmasked = [0x81u8, 0x02, b'h', b'i'];
+        [
+            close_code_after(addr, &client_frame(0x1, 0, &[0xff, 0xfe, 0x41])),
+            close_code_after(addr, &client_frame(0x1, 0x40, b"{}")),
+            close_code_after(addr, &client_frame(0x3, 0, b"")),
+            close_code_after(addr, &unmasked),
+            close_code_after(addr, &client_frame(0x8, 0, &[0x03, 0xe8])),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(codes, [1007, 1002, 1002, 1002, 1000]);
     s.stop().await;
 }
 

@@ -29,8 +29,15 @@ use crate::protocol::{envelope, parse_request, ApiError};
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The close code for a message over the WebSocket layer's hard size limit.
 const CLOSE_TOO_BIG: u16 = 1009;
+/// RFC 6455 7.4.1: the client broke the protocol (a bad frame), or sent a text
+/// message that is not UTF-8.
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_NOT_UTF8: u16 = 1007;
 /// How long writing one batch to a client may take before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection the server closed reads (and drops) what its client still
+/// sends, waiting for it to hang up.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Tungstenite reads the connection and writes its control frames (ping, pong,
 /// close); text frames are written straight into the socket below it (see
@@ -80,6 +87,8 @@ pub fn run(
         let mut stopping = false;
         // the close frame went out, or the socket failed: nothing more is written
         let mut written_off = false;
+        // the close frame went out: the client's unread input is drained at the end
+        let mut closed = false;
 
         while !(written_off && in_flight.is_none()) {
             if stopping && reading && in_flight.is_none() {
@@ -140,11 +149,10 @@ pub fn run(
                                 outbox.finish(code, reason);
                                 reading = false;
                             }
-                            Received::Gone => {
-                                // nothing may follow the close frame tungstenite has queued or
-                                // sent (its answer to the client's, or its own after a
-                                // protocol error): what is queued is dropped
-                                outbox.close(fanout::CLOSE_NORMAL, "bye");
+                            Received::Gone(code, reason) => {
+                                // the client closed (tungstenite has queued its answer), broke
+                                // the protocol or the socket failed: what is queued is dropped
+                                outbox.close(code, reason);
                                 reading = false;
                             }
                         }
@@ -154,6 +162,7 @@ pub fn run(
                         Some(Box::pin(write_batch(&mut socket, frames)))
                     }
                     Event::Next(Next::Close(code, reason)) => {
+                        closed = true;
                         Some(Box::pin(close(&mut socket, code, reason)))
                     }
                     Event::Next(Next::Ping) => Some(Box::pin(ping(&mut socket))),
@@ -185,7 +194,27 @@ pub fn run(
         }
         drop(state);
         drop(open);
+        // (not while the server stops: it waits for every connection to end)
+        if closed && !stopping {
+            // boxed: an idle connection's task keeps no room for it
+            Box::pin(linger(socket.get_mut())).await;
+        }
     }
+}
+
+/// After the server's close frame: shuts the write side (the kernel still sends what
+/// it holds, then the end) and reads and drops what the client still sends until it
+/// hangs up, for at most [`LINGER`]. A socket closed with unread input is reset, and
+/// the reset throws away what the kernel had not sent yet: replies to requests that
+/// ran, and the close frame saying why, lost to a client that reads slowly.
+async fn linger<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = io.shutdown().await;
+        let mut buf = vec![0u8; 4096];
+        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The liveness sweep of a server's connections: every `min(ping, idle / 2)`, a
@@ -242,8 +271,9 @@ enum Received {
     Nothing,
     /// Stop reading and close with this code once what is queued is sent.
     End(u16, &'static str),
-    /// The client closed, or the socket failed: stop reading and writing.
-    Gone,
+    /// The client closed, broke the protocol, or the socket failed: stop reading,
+    /// and close with this code and reason (nothing queued goes out first).
+    Gone(u16, &'static str),
 }
 
 /// Handles one frame from the client, up to the request it carries.
@@ -307,7 +337,7 @@ fn received(
             Received::Nothing
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Received::Nothing,
-        Some(Ok(Message::Close(_))) | None => Received::Gone,
+        Some(Ok(Message::Close(_))) | None => Received::Gone(fanout::CLOSE_NORMAL, "bye"),
         // over the hard limit: the rest of the frame is never read, but what is
         // queued and the refusal still go out before the close
         Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
@@ -320,7 +350,12 @@ fn received(
         }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "websocket read failed");
-            Received::Gone
+            use tokio_tungstenite::tungstenite::Error;
+            match e {
+                Error::Protocol(_) => Received::Gone(CLOSE_PROTOCOL, "protocol error"),
+                Error::Utf8(_) => Received::Gone(CLOSE_NOT_UTF8, "text frame not UTF-8"),
+                _ => Received::Gone(fanout::CLOSE_NORMAL, "bye"),
+            }
         }
     }
 }
@@ -404,10 +439,15 @@ async fn close(socket: &mut Socket, code: u16, reason: &'static str) -> bool {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        socket.send(Message::Close(Some(frame))),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+        match socket.send(Message::Close(Some(frame))).await {
+            // the client closed first: tungstenite queued the answer RFC 6455 5.5.1
+            // requires, and sends it on a flush (a new close is refused)
+            Err(Error::Protocol(ProtocolError::SendAfterClosing)) => socket.flush().await,
+            sent => sent,
+        }
+    })
     .await;
     false
 }
