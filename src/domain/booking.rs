@@ -91,13 +91,28 @@ pub struct Booking {
     pub order_id: Option<String>,
 }
 
-/// Validates a passenger name: 1-64 characters, no control characters, trimmed.
+/// Validates a passenger name: 1-64 characters, trimmed, at least one letter (of any
+/// script), no control characters, and none of the invisible ones that hide or
+/// reorder what a name shows: a zero-width space, a word joiner, a byte order mark,
+/// the bidirectional embeddings, overrides and isolates. (The zero-width joiner and
+/// non-joiner, which some scripts' names need, are kept.)
 pub fn passenger_name(name: &str) -> Result<String, DomainError> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > MAX_PASSENGER_NAME || n.chars().any(char::is_control) {
         return Err(DomainError::Invalid(format!(
             "passenger name must be 1-{MAX_PASSENGER_NAME} characters"
         )));
+    }
+    let hiding = |c: char| matches!(c, '\u{200B}' | '\u{2060}' | '\u{FEFF}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if n.chars().any(hiding) {
+        return Err(DomainError::Invalid(
+            "passenger name must not contain invisible or direction-changing characters".into(),
+        ));
+    }
+    if !n.chars().any(char::is_alphabetic) {
+        return Err(DomainError::Invalid(
+            "passenger name must contain a letter".into(),
+        ));
     }
     Ok(n.to_owned())
 }
@@ -618,5 +633,24 @@ mod tests {
         assert!(passenger_name("   ").is_err());
         assert!(passenger_name(&"x".repeat(65)).is_err());
         assert!(passenger_name("a\u{0}b").is_err());
+        for hidden in [
+            "\u{200b}",
+            "\u{202e}evil",
+            "Ada\u{2066}Lovelace",
+            "\u{feff}Ada",
+            "12 34",
+            "\u{301}\u{301}",
+        ] {
+            assert!(passenger_name(hidden).is_err(), "{hidden:?}");
+        }
+        for fine in [
+            "李 小龙",
+            "Дмитрий Иванов",
+            "Zoë O'Brien-Smith",
+            "مهسا\u{200c}زاده",
+            "X Æ A-12",
+        ] {
+            assert_eq!(passenger_name(fine).unwrap(), fine);
+        }
     }
 }
