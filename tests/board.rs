@@ -252,6 +252,28 @@ async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
     // a flight created now reaches the board with the next slide: one has run since
     let marker = create(&mut admin, "JW8032", "AMS", 20).await;
     changed_of(&mut board, &marker).await;
+    // a board joining the group now does not list it; when it comes back into the
+    // window, that board gets it too
+    let mut late = s.client().await;
+    let r = late
+        .ok("flights.watch", json!({"airport": "AMS", "hours": 1}))
+        .await;
+    assert!(!ids(&r["flights"]).contains(&delayed));
+    let back = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(50));
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": delayed, "estimated_departs_at": back}),
+        )
+        .await;
+    assert_eq!(
+        changed_of(&mut late, &delayed).await["flight"]["status"],
+        "delayed"
+    );
+    assert_eq!(
+        changed_of(&mut board, &delayed).await["flight"]["status"],
+        "delayed"
+    );
     admin
         .ok(
             "admin.flights.cancel",
@@ -260,6 +282,10 @@ async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
         .await;
     let p = changed_of(&mut board, &delayed).await;
     assert_eq!(p["flight"]["status"], "cancelled");
+    assert_eq!(
+        changed_of(&mut late, &delayed).await["flight"]["status"],
+        "cancelled"
+    );
     s.stop().await;
 }
 

@@ -174,7 +174,9 @@ async fn a_client_reading_late_gets_everything_sent_before_the_close() {
         }
     };
     assert_eq!(close.code, CloseCode::Policy);
-    assert_eq!((ok, limited), (60, 5));
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
+    // a token may come back while the client reads (one a second)
+    assert!(ok >= 60 && limited >= 5, "{ok} results, {limited} refusals");
     assert!(
         bytes > 1 << 20,
         "{bytes} bytes: more than the socket buffers hold"

@@ -1621,11 +1621,25 @@ async fn a_cancel_retried_under_a_new_request_id_answers_the_refund_it_finished(
     cancel_refused(&f, &mut c, loc, &seats2[0], Fault::Fail).await;
     f.clear_faults();
     let both = json!({"locator": loc, "request_id": "z", "seats": seats2});
-    let done = c.ok("booking.cancel", both).await;
+    let done = c.ok("booking.cancel", both.clone()).await;
     assert_eq!(done["booking"]["status"], "refunded", "{done}");
     assert_eq!(f.ledger().intents[0].refunds.len(), 2);
+    assert_eq!(c.ok("booking.cancel", both).await, done, "remembered");
+
+    // the earlier request refunded the whole booking: one naming every seat is done
+    let (f, s3, mut c, seats3, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    fault(&f, Step::Refund, Fault::Fail);
+    let whole = json!({"locator": loc, "request_id": "y"});
+    assert_eq!(c.reason("booking.cancel", whole).await, "payment_failed");
+    f.clear_faults();
+    let every = json!({"locator": loc, "request_id": "z", "seats": seats3});
+    let done = c.ok("booking.cancel", every).await;
+    assert_eq!(done["booking"]["status"], "refunded", "{done}");
+    assert_eq!(f.ledger().intents[0].refunds.len(), 1);
     s.stop().await;
     s2.stop().await;
+    s3.stop().await;
 }
 
 /// A request_id's first successful answer stays its answer: a cancel that failed at

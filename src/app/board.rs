@@ -38,8 +38,12 @@ const TICK: Duration = Duration::from_millis(100);
 #[derive(Default)]
 struct Group {
     watchers: Vec<Outbox>,
-    /// The flights the group's boards have been shown and not yet dropped.
+    /// The flights in the group's window that its boards have been shown.
     shown: HashSet<FlightId>,
+    /// Flights shown before and delayed past the window's far end: their changes
+    /// still reach the boards that show them, and they are pushed again when they
+    /// come back into the window (a board that joined meanwhile did not list them).
+    kept: HashSet<FlightId>,
 }
 
 /// Every board being watched, and the availability changes waiting to be pushed.
@@ -93,10 +97,16 @@ impl Boards {
     fn watchers_of(&self, f: &Flight, now: Millis) -> Vec<Outbox> {
         let mut out = Vec::new();
         for ((a, hours), g) in self.groups.lock().iter_mut() {
-            if a == &f.from && (g.shown.contains(&f.id) || in_window(f, a, *hours, now)) {
-                g.shown.insert(f.id.clone());
-                out.extend(g.watchers.iter().cloned());
+            if a != &f.from {
+                continue;
             }
+            if in_window(f, a, *hours, now) {
+                g.kept.remove(&f.id);
+                g.shown.insert(f.id.clone());
+            } else if !g.shown.contains(&f.id) && !g.kept.contains(&f.id) {
+                continue;
+            }
+            out.extend(g.watchers.iter().cloned());
         }
         out
     }
@@ -236,20 +246,21 @@ impl App {
             .collect();
         let mut groups = self.boards.groups.lock();
         for ((a, hours), g) in groups.iter_mut() {
-            let mut now_shown = HashSet::new();
+            let (mut shown, mut kept) = (HashSet::new(), HashSet::new());
             for (f, fs) in all.iter().filter(|(f, _)| &f.from == a) {
                 if in_window(f, a, *hours, now) {
                     if !g.shown.contains(&f.id) {
                         send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
                     }
-                    now_shown.insert(f.id.clone());
-                } else if g.shown.contains(&f.id) && f.departure() >= now - KEEP_AFTER_MS {
-                    // delayed past the window's far end: still on the boards that
-                    // show it, so its changes still reach them
-                    now_shown.insert(f.id.clone());
+                    shown.insert(f.id.clone());
+                } else if (g.shown.contains(&f.id) || g.kept.contains(&f.id))
+                    && f.departure() >= now - KEEP_AFTER_MS
+                {
+                    kept.insert(f.id.clone());
                 }
             }
-            g.shown = now_shown;
+            g.shown = shown;
+            g.kept = kept;
         }
     }
 }

@@ -327,34 +327,30 @@ impl App {
                             == (RefundReason::Cancel {
                                 request_id: key.request_id.clone(),
                             });
-                        let result = self.finish_seat_refund(&fs, open, busy).await?;
                         if ours {
-                            return Ok(result);
+                            return self.finish_seat_refund(&fs, open, busy).await;
                         }
-                        // what that refund left of this request is done next; a request
-                        // it did in full is answered with it (not `invalid_state`: the
-                        // refund was made by this very request)
-                        let now = self.store.booking(&loc)?.ok_or(AppError::Internal)?;
-                        let left = only.as_ref().map(|seats| {
-                            let held = |x: &SeatId| now.seats.iter().any(|y| y.seat == *x);
-                            seats.iter().copied().filter(held).collect::<Vec<_>>()
-                        });
+                        // another request's: what it leaves of this one is done next, and
+                        // a request it does in full is answered with it, in its batch (not
+                        // `invalid_state`: this very request made the refund)
+                        let b = self.store.booking(&loc)?.ok_or(AppError::Internal)?;
+                        let covered = |x: &SeatId| open.seats.contains(x);
+                        let left: Option<Vec<SeatId>> = only
+                            .as_ref()
+                            .map(|seats| seats.iter().copied().filter(|x| !covered(x)).collect());
                         let done = match &left {
                             Some(left) => left.is_empty(),
-                            None => now.status != domain::BookingStatus::Confirmed,
+                            None => b.seats.iter().all(|x| covered(&x.seat)),
                         };
-                        if !done {
-                            only = left;
-                            continue;
-                        }
-                        if let Answer::Now(r) = &result {
-                            self.commit(Batch {
-                                replies: vec![(key.clone(), remember_ok(r))],
-                                ..Default::default()
-                            })
+                        let also = done.then(|| key.clone());
+                        let result = self
+                            .finish_seat_refund_answering(&fs, open, busy, also)
                             .await?;
+                        if done {
+                            return Ok(result);
                         }
-                        return Ok(result);
+                        only = left;
+                        continue;
                     }
                     Step::Done(CancelStep::Refund(busy, refund)) => {
                         return self.finish_seat_refund(&fs, refund, busy).await;

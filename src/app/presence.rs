@@ -25,9 +25,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// A node republishes its counts this often, keeping them alive on the cluster.
 const REPUBLISH: Duration = Duration::from_secs(3);
 
-/// A connection that subscribed since a flight's last push (its id), and the count
-/// its reply told it.
-type Joiner = (u64, Option<u32>);
+/// The connections that subscribed since a flight's last push (by id), and the count
+/// each one's reply told it (none for a subscription sent as a notification).
+type Joiners = HashMap<u64, Option<u32>>;
 
 /// What presence keeps between ticks.
 #[derive(Default)]
@@ -36,7 +36,7 @@ pub struct Presence {
     /// since the last push and the count their reply told them (none for a
     /// subscription sent as a notification): one told otherwise hears the count even
     /// if the total ends where it was.
-    dirty: Mutex<HashMap<FlightId, Vec<Joiner>>>,
+    dirty: Mutex<HashMap<FlightId, Joiners>>,
     /// When each flight's last push went out, and its count.
     sent: Mutex<HashMap<FlightId, (Instant, u32)>>,
     /// Other nodes' counts, by node.
@@ -48,12 +48,11 @@ pub struct Presence {
 impl Presence {
     /// Notes that a flight's count may have changed (`joined`: a connection
     /// subscribed, and the count it was told).
-    pub fn touch(&self, flight: &FlightId, joined: Option<Joiner>) {
+    pub fn touch(&self, flight: &FlightId, joined: Option<(u64, Option<u32>)>) {
         let mut dirty = self.dirty.lock();
         let joiners = dirty.entry(flight.clone()).or_default();
-        if let Some(j) = joined {
-            joiners.retain(|(id, _)| *id != j.0);
-            joiners.push(j);
+        if let Some((conn, told)) = joined {
+            joiners.insert(conn, told);
         }
     }
 
@@ -84,7 +83,7 @@ impl Presence {
     }
 
     /// The dirty flights whose last push is old enough, taken off the dirty list.
-    fn due(&self, now: Instant) -> Vec<(FlightId, Vec<Joiner>)> {
+    fn due(&self, now: Instant) -> Vec<(FlightId, Joiners)> {
         let sent = self.sent.lock();
         let mut dirty = self.dirty.lock();
         let ready: Vec<FlightId> = dirty
@@ -134,12 +133,11 @@ impl App {
             let viewers = self.viewers(&fs, false);
             let mut sent = self.presence.sent.lock();
             let last = sent.get(&flight).map(|(_, n)| *n);
-            let told = |id: u64| joiners.iter().find(|(j, _)| *j == id).map(|(_, t)| *t);
             let targets: Vec<_> = fs
                 .watcher_outboxes()
                 .into_iter()
-                .filter(|o| match told(o.id()) {
-                    Some(t) => t != Some(viewers),
+                .filter(|o| match joiners.get(&o.id()) {
+                    Some(t) => *t != Some(viewers),
                     None => last != Some(viewers),
                 })
                 .collect();
@@ -239,14 +237,17 @@ mod tests {
         p.touch(&f, Some((7, Some(3))));
         assert_eq!(
             p.due(t0),
-            vec![(f.clone(), vec![(8, None), (7, Some(3))])],
+            vec![(f.clone(), HashMap::from([(8, None), (7, Some(3))]))],
             "a connection's latest subscription counts"
         );
         assert!(p.due(t0).is_empty(), "taken off the list");
         p.sent.lock().insert(f.clone(), (t0, 3));
         p.touch(&f, None);
         assert!(p.due(t0 + Duration::from_millis(500)).is_empty());
-        assert_eq!(p.due(t0 + PRESENCE_INTERVAL), vec![(f.clone(), vec![])]);
+        assert_eq!(
+            p.due(t0 + PRESENCE_INTERVAL),
+            vec![(f.clone(), HashMap::new())]
+        );
         p.set_remote("a", &f, 2);
         p.set_remote("b", &f, 5);
         assert_eq!(p.remote(&f), 7);

@@ -205,6 +205,18 @@ impl App {
         r: RefundRecord,
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
+        self.finish_seat_refund_answering(fs, r, busy, None).await
+    }
+
+    /// [`App::finish_seat_refund`], whose recording also answers `also` (a request
+    /// that this refund does in full), in the same batch.
+    pub(super) async fn finish_seat_refund_answering(
+        &self,
+        fs: &Arc<FlightSeats>,
+        r: RefundRecord,
+        busy: Busy,
+        also: Option<IdemKey>,
+    ) -> Result<Answer<BookingResult>, AppError> {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
@@ -222,7 +234,7 @@ impl App {
                     return Err(e);
                 }
             }
-            self.record_seat_refund(fs, r, busy, None).await
+            self.record_seat_refund(fs, r, busy, None, also).await
         };
         let finished = finished.await;
         self.release_held(mark).await;
@@ -234,17 +246,20 @@ impl App {
     /// the flight, closing it. One recorded already (through another node) answers
     /// as recorded, unless an admin is resolving it (`resolving`: the record as the
     /// admin decided on it): then, or if the record changed since, `invalid_state`.
+    /// The answer is the reply of the request the refund answers, and of `also`, for
+    /// each that has none yet: a request's first successful answer stays its answer
+    /// (its request_id may have been used again after this refund's request failed).
     async fn record_seat_refund(
         &self,
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
         resolving: Option<RefundRecord>,
+        also: Option<IdemKey>,
     ) -> Result<Answer<BookingResult>, AppError> {
-        // not a twin's replay check: the key's reply may be another booking's (a
-        // request_id reused after this refund's request failed), and the refund is
+        let keys: Vec<IdemKey> = r.request_key().into_iter().chain(also).collect();
+        // no twin's replay: a key's reply may be another booking's, and the refund is
         // recorded all the same
-        let key = r.request_key();
         let done = self.seat_step(fs, None, |w| {
             let now = domain::now_ms();
             let mut b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
@@ -274,18 +289,21 @@ impl App {
             let mut closed = r.clone();
             closed.done = true;
             closed.updated_at = now;
-            // the request's first successful answer stays its answer
-            let reply = match &key {
-                Some(k) if self.store.reply(k)?.is_none() => {
-                    Some((k.clone(), remember_ok(&result)))
+            // written only where absent: a reply written meanwhile (through another
+            // node, or by a request of the same user on another flight) fails the
+            // batch, and the step decides again (a local store answers an error; the
+            // refund stays open, to be recorded by a retry or the reconciliation)
+            let mut replies = Vec::new();
+            for k in &keys {
+                if self.store.reply(k)?.is_none() {
+                    replies.push((k.clone(), remember_ok(&result)));
                 }
-                _ => None,
-            };
+            }
             let batch = Batch {
                 bookings: vec![b.clone()],
                 orders: vec![order],
                 events: vec![(b.user_id, event("refunded", Some(&b.locator), now, detail))],
-                replies: reply.into_iter().collect(),
+                first_replies: replies,
                 refunds: vec![closed],
                 refunds_read: resolving.iter().cloned().collect(),
                 ..Default::default()
@@ -534,7 +552,7 @@ impl App {
                 }
                 (RefundOutcome::PaidElsewhere, _) => {
                     self.check_settled(&read).await?;
-                    self.record_seat_refund(&fs, r.clone(), busy, Some(read))
+                    self.record_seat_refund(&fs, r.clone(), busy, Some(read), None)
                         .await?;
                     r.done = true;
                 }

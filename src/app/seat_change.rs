@@ -276,8 +276,9 @@ impl App {
                 Ok(()) => return Ok(Step::Done(out)),
                 Err(StoreError::Stale) => {}
                 // a twin's reply was written first (`Batch::first_replies`): the next
-                // round finds and replays it
-                Err(StoreError::Conflict) if replicated && key.is_some() => {}
+                // round finds and replays it; or something the decision read changed
+                // through another node: the next round decides on what is there now
+                Err(StoreError::Conflict) if replicated => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -193,12 +193,13 @@ pub fn run(
             }
         }
         drop(state);
-        drop(open);
         // (not while the server stops: it waits for every connection to end)
         if closed && !stopping {
             // boxed: an idle connection's task keeps no room for it
             Box::pin(linger(socket.get_mut())).await;
         }
+        // after the linger: the socket counts against its address until closed
+        drop(open);
     }
 }
 
@@ -350,8 +351,12 @@ fn received(
         }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "websocket read failed");
-            use tokio_tungstenite::tungstenite::Error;
+            use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
             match e {
+                // a hang-up without a close frame is the socket's end, not a bad frame
+                Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                    Received::Gone(fanout::CLOSE_NORMAL, "bye")
+                }
                 Error::Protocol(_) => Received::Gone(CLOSE_PROTOCOL, "protocol error"),
                 Error::Utf8(_) => Received::Gone(CLOSE_NOT_UTF8, "text frame not UTF-8"),
                 _ => Received::Gone(fanout::CLOSE_NORMAL, "bye"),
@@ -377,7 +382,8 @@ fn reply_id(m: &Message) -> Option<serde_json::Value> {
     let Message::Text(t) = m else {
         return Some(serde_json::Value::Null);
     };
-    if t.len() > MAX_REQUEST_BYTES {
+    // a struct also reads from an array: only an object has an id
+    if t.len() > MAX_REQUEST_BYTES || !t.trim_start().starts_with('{') {
         return Some(serde_json::Value::Null);
     }
     match serde_json::from_str::<IdOnly>(t.as_str()) {
@@ -475,6 +481,9 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":"\"q\u00e9","method":"x"}"#,
             r#"{"jsonrpc":"2.0","method":"x"}"#,
             r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+            "[]",
+            r#"[1]"#,
+            r#"  ["abc"]"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x""#,
             "7",
         ];
