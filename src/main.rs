@@ -127,8 +127,16 @@ async fn serve() -> std::process::ExitCode {
 
     // before the line scripts wait for: a SIGTERM right after it must stop the server
     // gracefully, not kill it with the default action
-    let signals = Signals::install();
-    let server = match jetway::start(config).await {
+    let mut signals = Signals::install();
+    let started = tokio::select! {
+        started = jetway::start(config) => started,
+        _ = signals.wait() => {
+            // nothing was served yet; whatever the start wrote is crash-safe
+            tracing::warn!("interrupted while starting");
+            std::process::exit(1);
+        }
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -161,6 +169,11 @@ impl Signals {
             use tokio::signal::unix::{signal, SignalKind};
             let streams = signal(SignalKind::interrupt())
                 .and_then(|i| Ok((i, signal(SignalKind::terminate())?)))
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "cannot listen for SIGTERM ({e}): only Ctrl-C stops the server gracefully"
+                    )
+                })
                 .ok();
             Signals { streams }
         }
@@ -168,9 +181,9 @@ impl Signals {
         Signals {}
     }
 
-    async fn wait(self) {
+    async fn wait(&mut self) {
         #[cfg(unix)]
-        if let Some((mut int, mut term)) = self.streams {
+        if let Some((int, term)) = &mut self.streams {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}

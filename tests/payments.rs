@@ -1637,9 +1637,25 @@ async fn a_cancel_retried_under_a_new_request_id_answers_the_refund_it_finished(
     let done = c.ok("booking.cancel", every).await;
     assert_eq!(done["booking"]["status"], "refunded", "{done}");
     assert_eq!(f.ledger().intents[0].refunds.len(), 1);
-    s.stop().await;
-    s2.stop().await;
-    s3.stop().await;
+
+    // an empty list is refused as ever (here: the booking is refunded by then), once
+    // the earlier refund is finished (it used to be answered with that refund)
+    let (f, s4, mut c, _, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    fault(&f, Step::Refund, Fault::Fail);
+    let whole = json!({"locator": loc, "request_id": "y"});
+    assert_eq!(c.reason("booking.cancel", whole).await, "payment_failed");
+    f.clear_faults();
+    let none = json!({"locator": loc, "request_id": "e", "seats": []});
+    assert_eq!(c.reason("booking.cancel", none).await, "invalid_state");
+    assert_eq!(
+        f.ledger().intents[0].refunds.len(),
+        1,
+        "the earlier one finished"
+    );
+    for s in [s, s2, s3, s4] {
+        s.stop().await;
+    }
 }
 
 /// A request_id's first successful answer stays its answer: a cancel that failed at

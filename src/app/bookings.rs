@@ -338,9 +338,10 @@ impl App {
                         let left: Option<Vec<SeatId>> = only
                             .as_ref()
                             .map(|seats| seats.iter().copied().filter(|x| !covered(x)).collect());
-                        let done = match &left {
-                            Some(left) => left.is_empty(),
-                            None => b.seats.iter().all(|x| covered(&x.seat)),
+                        let done = match (&only, &left) {
+                            // an empty list is refused once that refund is done
+                            (Some(named), Some(left)) => !named.is_empty() && left.is_empty(),
+                            _ => b.seats.iter().all(|x| covered(&x.seat)),
                         };
                         let also = done.then(|| key.clone());
                         let result = self

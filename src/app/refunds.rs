@@ -271,9 +271,31 @@ impl App {
                     return Err(decided_meanwhile());
                 }
             }
+            let unanswered = |result: &BookingResult| -> Result<_, AppError> {
+                let mut replies = Vec::new();
+                for k in &keys {
+                    if self.store.reply(k)?.is_none() {
+                        replies.push((k.clone(), remember_ok(result)));
+                    }
+                }
+                Ok(replies)
+            };
             if open.map(|o| o.id) != Some(r.id.clone()) {
-                // recorded already (through another node)
-                return Ok((None, Answer::Now(self.paid_view(b, order))));
+                // recorded already (through another node): the answer is the booking as
+                // it is, remembered for a key that has none (`also`'s request answers
+                // with it), on this version of the flight (else the step decides again)
+                let result = self.paid_view(b, order);
+                let replies = unanswered(&result)?;
+                if replies.is_empty() {
+                    return Ok((None, Answer::Now(result)));
+                }
+                let batch = Batch {
+                    first_replies: replies,
+                    ..Default::default()
+                };
+                let expect = Some((fs.id.clone(), w.version));
+                let ticket = self.committer.submit(batch, expect, || None)?;
+                return Ok((Some(ticket), Answer::Now(result)));
             }
             b.refund(&r.seats, r.amount, now)?;
             order.record_refund(r.amount, b.status == BookingStatus::Refunded);
@@ -293,12 +315,7 @@ impl App {
             // node, or by a request of the same user on another flight) fails the
             // batch, and the step decides again (a local store answers an error; the
             // refund stays open, to be recorded by a retry or the reconciliation)
-            let mut replies = Vec::new();
-            for k in &keys {
-                if self.store.reply(k)?.is_none() {
-                    replies.push((k.clone(), remember_ok(&result)));
-                }
-            }
+            let replies = unanswered(&result)?;
             let batch = Batch {
                 bookings: vec![b.clone()],
                 orders: vec![order],
