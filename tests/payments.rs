@@ -1598,19 +1598,13 @@ async fn first_seat_refused(
 /// earlier refund left of the seats it names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_retried_under_a_new_request_id_answers_the_refund_it_finished() {
-    let (f, s, mut c, _seats, b) = paid_for_refunds(|_| {}).await;
+    let (f, s, mut c, _seats, b) = whole_cancel_refused().await;
     let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::Fail);
-    let whole = |rid: &str| json!({"locator": loc, "request_id": rid});
-    assert_eq!(
-        c.reason("booking.cancel", whole("y")).await,
-        "payment_failed"
-    );
-    f.clear_faults();
-    let done = c.ok("booking.cancel", whole("z")).await;
+    let whole = json!({"locator": loc, "request_id": "z"});
+    let done = c.ok("booking.cancel", whole.clone()).await;
     assert_eq!(done["booking"]["status"], "refunded", "{done}");
     assert_eq!(done["booking"]["locator"], *loc);
-    assert_eq!(c.ok("booking.cancel", whole("z")).await, done, "remembered");
+    assert_eq!(c.ok("booking.cancel", whole).await, done, "remembered");
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 1, "{l:?}");
     assert_eq!(l.refunded(), done["order"]["refunded"]["amount"], "{l:?}");
@@ -1627,35 +1621,33 @@ async fn a_cancel_retried_under_a_new_request_id_answers_the_refund_it_finished(
     assert_eq!(c.ok("booking.cancel", both).await, done, "remembered");
 
     // the earlier request refunded the whole booking: one naming every seat is done
-    let (f, s3, mut c, seats3, b) = paid_for_refunds(|_| {}).await;
-    let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::Fail);
-    let whole = json!({"locator": loc, "request_id": "y"});
-    assert_eq!(c.reason("booking.cancel", whole).await, "payment_failed");
-    f.clear_faults();
-    let every = json!({"locator": loc, "request_id": "z", "seats": seats3});
+    let (f, s3, mut c, seats3, b) = whole_cancel_refused().await;
+    let every = json!({"locator": b["locator"], "request_id": "z", "seats": seats3});
     let done = c.ok("booking.cancel", every).await;
     assert_eq!(done["booking"]["status"], "refunded", "{done}");
     assert_eq!(f.ledger().intents[0].refunds.len(), 1);
 
     // an empty list is refused as ever (here: the booking is refunded by then), once
     // the earlier refund is finished (it used to be answered with that refund)
-    let (f, s4, mut c, _, b) = paid_for_refunds(|_| {}).await;
-    let loc = &b["locator"];
-    fault(&f, Step::Refund, Fault::Fail);
-    let whole = json!({"locator": loc, "request_id": "y"});
-    assert_eq!(c.reason("booking.cancel", whole).await, "payment_failed");
-    f.clear_faults();
-    let none = json!({"locator": loc, "request_id": "e", "seats": []});
+    let (f, s4, mut c, _, b) = whole_cancel_refused().await;
+    let none = json!({"locator": b["locator"], "request_id": "e", "seats": []});
     assert_eq!(c.reason("booking.cancel", none).await, "invalid_state");
-    assert_eq!(
-        f.ledger().intents[0].refunds.len(),
-        1,
-        "the earlier one finished"
-    );
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "the earlier one finished");
     for s in [s, s2, s3, s4] {
         s.stop().await;
     }
+}
+
+/// [`paid_for_refunds`], then the whole booking's cancel (request `y`) refused by a
+/// failing gateway, which works again afterwards: its refund stays open.
+async fn whole_cancel_refused() -> (FakeStripe, Server, Client, Vec<String>, Value) {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    fault(&f, Step::Refund, Fault::Fail);
+    let whole = json!({"locator": b["locator"], "request_id": "y"});
+    assert_eq!(c.reason("booking.cancel", whole).await, "payment_failed");
+    f.clear_faults();
+    (f, s, c, seats, b)
 }
 
 /// A request_id's first successful answer stays its answer: a cancel that failed at
