@@ -50,6 +50,12 @@ async fn create_at(a: &mut Client, number: &str, from: &str, dep: time::OffsetDa
     r["flight"]["flight_id"].as_str().unwrap().to_owned()
 }
 
+/// The admin moves a flight's estimated departure to `at`.
+async fn estimate(a: &mut Client, flight: &str, at: time::OffsetDateTime) {
+    let update = json!({"flight_id": flight, "estimated_departs_at": rfc3339(at)});
+    a.ok("admin.flights.update", update).await;
+}
+
 fn ids(flights: &Value) -> Vec<String> {
     flights
         .as_array()
@@ -238,13 +244,12 @@ async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
         .ok("flights.watch", json!({"airport": "AMS", "hours": 1}))
         .await;
     assert!(ids(&r["flights"]).contains(&delayed));
-    let est = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::hours(3));
-    admin
-        .ok(
-            "admin.flights.update",
-            json!({"flight_id": delayed, "estimated_departs_at": est}),
-        )
-        .await;
+    estimate(
+        &mut admin,
+        &delayed,
+        time::OffsetDateTime::now_utc() + time::Duration::hours(3),
+    )
+    .await;
     assert_eq!(
         changed_of(&mut board, &delayed).await["flight"]["status"],
         "delayed"
@@ -259,13 +264,12 @@ async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
         .ok("flights.watch", json!({"airport": "AMS", "hours": 1}))
         .await;
     assert!(!ids(&r["flights"]).contains(&delayed));
-    let back = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(50));
-    admin
-        .ok(
-            "admin.flights.update",
-            json!({"flight_id": delayed, "estimated_departs_at": back}),
-        )
-        .await;
+    estimate(
+        &mut admin,
+        &delayed,
+        time::OffsetDateTime::now_utc() + time::Duration::minutes(50),
+    )
+    .await;
     assert_eq!(
         changed_of(&mut late, &delayed).await["flight"]["status"],
         "delayed"

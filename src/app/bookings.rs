@@ -333,15 +333,18 @@ impl App {
                         // another request's: what it leaves of this one is done next, and
                         // a request it does in full is answered with it, in its batch (not
                         // `invalid_state`: this very request made the refund)
-                        let b = self.store.booking(&loc)?.ok_or(AppError::Internal)?;
                         let covered = |x: &SeatId| open.seats.contains(x);
-                        let left: Option<Vec<SeatId>> = only
-                            .as_ref()
-                            .map(|seats| seats.iter().copied().filter(|x| !covered(x)).collect());
-                        let done = match (&only, &left) {
-                            // an empty list is refused once that refund is done
-                            (Some(named), Some(left)) => !named.is_empty() && left.is_empty(),
-                            _ => b.seats.iter().all(|x| covered(&x.seat)),
+                        let (done, left) = match &only {
+                            Some(named) => {
+                                let left: Vec<SeatId> =
+                                    named.iter().copied().filter(|x| !covered(x)).collect();
+                                // an empty list is refused once that refund is done
+                                (!named.is_empty() && left.is_empty(), Some(left))
+                            }
+                            None => {
+                                let b = self.store.booking(&loc)?.ok_or(AppError::Internal)?;
+                                (b.seats.iter().all(|x| covered(&x.seat)), None)
+                            }
                         };
                         let also = done.then(|| key.clone());
                         let result = self
