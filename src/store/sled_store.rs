@@ -13,7 +13,8 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::behind::Behind;
 use super::seen::Seen;
@@ -96,11 +97,15 @@ pub struct SledStore {
     snapshot_gate: parking_lot::RwLock<()>,
     /// While a snapshot copies the database: the keys written since it started.
     pub(super) written: parking_lot::Mutex<Option<HashSet<Vec<u8>>>>,
-    ids: Ids,
+    ids: Arc<Ids>,
 }
 
 /// How many ids one reservation covers: each costs a sled flush and a file sync.
 const ID_BLOCK: u64 = 1_000_000;
+/// How many ids a run reserves at open. Small, because a run that crashes before
+/// it gives any id skips them all (ticket numbers, an id's last ten digits, repeat
+/// once ids pass ten billion); a whole block is reserved ahead at its first id.
+const ID_FIRST: u64 = 1_000;
 /// No id is given at or above this (far beyond any use), so the counter cannot wrap.
 const ID_LIMIT: u64 = u64::MAX / 2;
 
@@ -109,9 +114,12 @@ const ID_LIMIT: u64 = u64::MAX / 2;
 /// `generate_id`: sled persists its counter with a compare-and-swap whose failure
 /// during a segment rewrite goes unreported, so a later run could start below ids
 /// already given. An id is given only once a reservation above it is durable
-/// ([`Ids::record`]: sled flushed and its file synced), once per [`ID_BLOCK`] ids. A
-/// run starts where the last reservation ends, and a run that gives out no id
-/// reserves none.
+/// ([`Ids::record`]: sled flushed and its file synced). A few ([`ID_FIRST`]) are
+/// reserved at open, which runs off the async workers, and [`ID_BLOCK`] more on a
+/// thread of its own whenever less than half a block is left, so that no request
+/// waits for a flush; a request waits only when ids are given faster than a
+/// reservation is made. A run starts where the last reservation ends; a clean stop
+/// gives the rest back.
 ///
 /// An older release (rolled back to) gives ids from sled's counter plus
 /// [`ID_FLOOR`], and moves sled's persisted counter when it does; this release never
@@ -124,16 +132,25 @@ struct Ids {
     reserved: AtomicU64,
     block: u64,
     reserving: parking_lot::Mutex<()>,
-    /// sled's file, to sync after its flush (`None`: a temporary store).
+    /// The thread reserving the next block, if one was started.
+    ahead: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set while a block is reserved ahead, or after that failed (the next
+    /// reservation made by a request clears it).
+    reserving_ahead: AtomicBool,
+    /// sled's file, to sync after its flush (`None`: a test's database).
     file: Option<File>,
+    db: sled::Db,
+    /// Whether reservations are recorded at all (not for a temporary store, which
+    /// is gone when the process is).
+    durable: bool,
 }
 
 impl Ids {
     /// Starts above every id a run before gave: at the last reservation's end, or,
     /// on a data dir an older release wrote (no reservation recorded) or gave ids
-    /// in since, where sled's counter plus the floor continues. Such a start is
-    /// recorded at once, so that the next one is an ordinary start again.
-    fn open(db: &sled::Db, file: Option<File>, block: u64) -> StoreResult<Self> {
+    /// in since, where sled's counter plus the floor continues; and reserves the
+    /// run's first `first` ids.
+    fn open(db: &sled::Db, file: Option<File>, first: u64, block: u64) -> StoreResult<Arc<Self>> {
         let floor = stored_u64(db, ID_FLOOR, "id floor")?.unwrap_or(0);
         let by_sled = || {
             db.generate_id()
@@ -141,67 +158,132 @@ impl Ids {
                 .checked_add(floor)
                 .ok_or_else(ran_out)
         };
-        let (start, ordinary) = match stored_u64(db, ID_NEXT, "id reservation")? {
+        let start = match stored_u64(db, ID_NEXT, "id reservation")? {
             Some(next) => {
                 let sled_then = stored_u64(db, ID_SLED, "id counter mark")?;
                 let sled_now = db.persisted_id_counter().map_err(io)?;
                 if sled_then.is_some_and(|then| sled_now <= then) {
-                    (next.max(floor), true)
+                    next.max(floor)
                 } else {
                     tracing::warn!(
                         "an older release gave ids on this data dir since this one last \
                          ran; continuing above them"
                     );
-                    (next.max(by_sled()?), false)
+                    next.max(by_sled()?)
                 }
             }
-            None if db.was_recovered() => (by_sled()?, false),
-            None => (floor, false),
+            None if db.was_recovered() => by_sled()?,
+            None => floor,
         };
         if start >= ID_LIMIT {
             return Err(ran_out());
         }
+        let end = start.saturating_add(first);
         let ids = Ids {
             next: AtomicU64::new(start),
             reserved: AtomicU64::new(start),
             block,
             reserving: Default::default(),
+            ahead: Default::default(),
+            reserving_ahead: Default::default(),
             file,
+            db: db.clone(),
+            durable: true,
         };
-        if !ordinary {
-            ids.record(db, start)?;
-        }
-        Ok(ids)
+        ids.record(end)?;
+        ids.reserved.store(end, Ordering::Release);
+        Ok(Arc::new(ids))
     }
 
-    fn take(&self, db: &sled::Db) -> StoreResult<u64> {
+    /// Ids for a temporary store: nothing to outlive.
+    fn in_memory(db: &sled::Db) -> Arc<Self> {
+        Arc::new(Ids {
+            next: AtomicU64::new(0),
+            reserved: AtomicU64::new(ID_LIMIT),
+            block: ID_BLOCK,
+            reserving: Default::default(),
+            ahead: Default::default(),
+            reserving_ahead: Default::default(),
+            file: None,
+            db: db.clone(),
+            durable: false,
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> StoreResult<u64> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if id >= ID_LIMIT {
             return Err(ran_out());
         }
-        if id < self.reserved.load(Ordering::Acquire) {
+        let reserved = self.reserved.load(Ordering::Acquire);
+        if id < reserved {
+            if self.durable
+                && reserved - id <= self.block / 2
+                && !self.reserving_ahead.load(Ordering::Relaxed)
+                && !self.reserving_ahead.swap(true, Ordering::AcqRel)
+            {
+                self.reserve_ahead();
+            }
             return Ok(id);
         }
+        self.reserve(id)?;
+        Ok(id)
+    }
+
+    /// Reserves on a thread of its own a block past the current reservation.
+    fn reserve_ahead(self: &Arc<Self>) {
+        let ids = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("jetway-ids".into())
+            .spawn(move || {
+                if let Err(e) = ids.reserve(ids.reserved.load(Ordering::Acquire)) {
+                    tracing::error!(error = %e, "reserving ids ahead failed");
+                }
+            });
+        match spawned {
+            Ok(thread) => *self.ahead.lock() = Some(thread),
+            Err(e) => tracing::error!(error = %e, "no thread to reserve ids ahead"),
+        }
+    }
+
+    /// Makes sure a durable reservation covers `id`: records a block past it, unless
+    /// another reservation already covers it.
+    fn reserve(&self, id: u64) -> StoreResult<()> {
         let _reserving = self.reserving.lock();
         let reserved = self.reserved.load(Ordering::Acquire);
         if id < reserved {
-            return Ok(id);
+            return Ok(());
         }
-        let end = id.max(reserved).saturating_add(self.block);
-        self.record(db, end)?;
+        let end = id.saturating_add(self.block);
+        self.record(end)?;
         self.reserved.store(end, Ordering::Release);
-        Ok(id)
+        self.reserving_ahead.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits for a reservation made ahead to end.
+    fn wait_ahead(&self) {
+        let thread = self.ahead.lock().take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the thread reserving ids ahead panicked");
+            }
+        }
     }
 
     /// At a clean stop: records where the ids given end, so that the next run goes on
     /// from there instead of skipping the rest of the block (ticket numbers, the id's
     /// last ten digits, repeat only once ids pass ten billion). Takes meanwhile wait
     /// for the lock (the fast path is closed first), then reserve anew.
-    fn give_back(&self, db: &sled::Db) -> StoreResult<()> {
+    fn give_back(&self) -> StoreResult<()> {
+        if !self.durable {
+            return Ok(());
+        }
+        self.wait_ahead();
         let _reserving = self.reserving.lock();
         let reserved = self.reserved.swap(0, Ordering::SeqCst);
         let end = self.next.load(Ordering::SeqCst).min(reserved);
-        let recorded = self.record(db, end);
+        let recorded = self.record(end);
         // after a failed record the disk may hold either end: the next take records anew
         let bound = if recorded.is_ok() { end } else { 0 };
         self.reserved.store(bound, Ordering::SeqCst);
@@ -212,14 +294,19 @@ impl Ids {
     /// torn), flushed and synced. An older release gives sled's counter (from above
     /// its persisted value, which is recorded) plus the floor: the floor is `end`
     /// less that value, so that its ids stay above `end` without counting sled's
-    /// counter twice.
-    fn record(&self, db: &sled::Db, end: u64) -> StoreResult<()> {
+    /// counter twice. The batch is the only one written to an on-disk store's sled
+    /// (the journal's records reach it key by key), and `reserving` keeps two of
+    /// them apart, so it takes none of sled's process-wide lock (`apply_batch`
+    /// would, and every sled call after it would wait on that lock:
+    /// vendor/sled/VENDORED.md, change 5).
+    fn record(&self, end: u64) -> StoreResult<()> {
+        let db = &self.db;
         let counter = db.persisted_id_counter().map_err(io)?;
         let mut batch = sled::Batch::default();
         batch.insert(ID_NEXT, &end.to_be_bytes());
         batch.insert(ID_FLOOR, &end.saturating_sub(counter).to_be_bytes());
         batch.insert(ID_SLED, &counter.to_be_bytes());
-        db.apply_batch(batch).map_err(io)?;
+        db.apply_batch_unisolated(batch).map_err(io)?;
         db.flush().map_err(io)?;
         if let Some(f) = &self.file {
             f.sync_data().map_err(io)?;
@@ -450,7 +537,8 @@ impl SledStore {
             .map_err(io)?;
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
-        let ids = Ids::open(&db, Some(File::open(dir.join("db")).map_err(io)?), ID_BLOCK)?;
+        let data = File::open(dir.join("db")).map_err(io)?;
+        let ids = Ids::open(&db, Some(data), ID_FIRST, ID_BLOCK)?;
         // the journal is replayed into sled by now, and the overlay empty
         let seen = Seen::open(db.clone(), scanned_prefix);
         Ok(SledStore {
@@ -1052,7 +1140,7 @@ impl SledStore {
     pub fn temporary() -> StoreResult<Self> {
         let db = sled::Config::new().temporary(true).open().map_err(io)?;
         Ok(SledStore {
-            ids: Ids::open(&db, None, ID_BLOCK)?,
+            ids: Ids::in_memory(&db),
             db,
             behind: None,
             seen: None,
@@ -1224,11 +1312,11 @@ impl Store for SledStore {
 
     fn shut_down(&self) -> StoreResult<()> {
         self.behind.as_ref().map_or(Ok(()), Behind::close)?;
-        self.ids.give_back(&self.db)
+        self.ids.give_back()
     }
 
     fn next_id(&self) -> StoreResult<u64> {
-        self.ids.take(&self.db)
+        self.ids.take()
     }
 
     /// Copies the database while writes go on, noting the keys they change; then,
@@ -2204,30 +2292,51 @@ mod tests {
     fn every_id_given_is_below_a_durable_reservation() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let ids = Ids::open(&db, None, 10).unwrap();
+        let ids = Ids::open(&db, None, 4, 10).unwrap();
         let reserved = || stored_u64(&db, ID_NEXT, "").unwrap();
         assert_eq!(
             reserved(),
-            Some(0),
-            "a new dir records its start, no id reserved"
+            Some(4),
+            "the first few are reserved at open, not by the first id taken"
         );
         let mut last = None;
         for _ in 0..35 {
-            let id = ids.take(&db).unwrap();
+            let id = ids.take().unwrap();
+            ids.wait_ahead();
             assert!(last.is_none_or(|l| id > l));
-            assert!(reserved().is_some_and(|r| id < r), "{id} given unreserved");
+            let r = reserved().unwrap();
+            assert!(
+                r - id > 10 / 2,
+                "{id}: more is reserved ahead once less than half a block is left ({r})"
+            );
             // an older release gives more than its counter's mark plus the floor
             let floor = stored_u64(&db, ID_FLOOR, "").unwrap().unwrap();
             let mark = stored_u64(&db, ID_SLED, "").unwrap().unwrap();
-            assert!(floor + mark >= reserved().unwrap());
+            assert!(floor + mark >= r);
             last = Some(id);
         }
         let end = reserved().unwrap();
         drop(ids);
         // a new run starts at the reservation's end, whatever sled's counter says
-        let again = Ids::open(&db, None, 10).unwrap();
-        assert_eq!(again.take(&db).unwrap(), end);
-        assert_eq!(reserved(), Some(end + 10));
+        let again = Ids::open(&db, None, 4, 10).unwrap();
+        assert_eq!(reserved(), Some(end + 4));
+        assert_eq!(again.take().unwrap(), end);
+    }
+
+    #[test]
+    fn reserving_ids_leaves_sleds_global_lock_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 4, 4).unwrap();
+        for _ in 0..20 {
+            ids.take().unwrap();
+        }
+        ids.wait_ahead();
+        ids.give_back().unwrap();
+        assert!(
+            !sled::global_lock_engaged(),
+            "every sled call in the process would now take its process-wide lock"
+        );
     }
 
     #[test]
@@ -2245,11 +2354,11 @@ mod tests {
         for _ in 0..3 {
             // starts that give out no id
             let db = open();
-            drop(Ids::open(&db, None, 10).unwrap());
+            drop(Ids::open(&db, None, 10, 10).unwrap());
         }
         let db = open();
-        let ids = Ids::open(&db, None, 10).unwrap();
-        let next = ids.take(&db).unwrap();
+        let ids = Ids::open(&db, None, 10, 10).unwrap();
+        let next = ids.take().unwrap();
         assert!(given.iter().all(|&g| next > g), "{next} after {given:?}");
         assert!(
             next < 502 + 2_000_000 + 1_000,
@@ -2267,17 +2376,17 @@ mod tests {
         let open = || sled::Config::new().path(dir.path()).open().unwrap();
         let end = {
             let db = open();
-            let ids = Ids::open(&db, None, 10).unwrap();
+            let ids = Ids::open(&db, None, 10, 10).unwrap();
             for _ in 0..3 {
-                ids.take(&db).unwrap();
+                ids.take().unwrap();
             }
             stored_u64(&db, ID_NEXT, "").unwrap().unwrap()
         };
         {
             // a restart of this release: no older release ran, nothing skipped
             let db = open();
-            let ids = Ids::open(&db, None, 10).unwrap();
-            assert_eq!(ids.take(&db).unwrap(), end);
+            let ids = Ids::open(&db, None, 10, 10).unwrap();
+            assert_eq!(ids.take().unwrap(), end);
         }
         let end = stored_u64(&open(), ID_NEXT, "").unwrap().unwrap();
         let older = {
@@ -2291,41 +2400,44 @@ mod tests {
         };
         // and forward again
         let db = open();
-        let ids = Ids::open(&db, None, 10).unwrap();
-        let next = ids.take(&db).unwrap();
+        let ids = Ids::open(&db, None, 10, 10).unwrap();
+        let next = ids.take().unwrap();
         assert!(older.iter().all(|&o| next > o), "{next} after {older:?}");
         drop(ids);
-        let again = Ids::open(&db, None, 10).unwrap();
-        assert!(again.take(&db).unwrap() > next);
+        let again = Ids::open(&db, None, 10, 10).unwrap();
+        assert!(again.take().unwrap() > next);
     }
 
     #[test]
     fn a_clean_stop_gives_the_rest_of_the_block_back() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let ids = Ids::open(&db, None, 1_000).unwrap();
-        let last = (0..5).map(|_| ids.take(&db).unwrap()).last().unwrap();
-        ids.give_back(&db).unwrap();
+        let ids = Ids::open(&db, None, 1_000, 1_000).unwrap();
+        let mut last = 0;
+        for _ in 0..5 {
+            last = ids.take().unwrap();
+        }
+        ids.give_back().unwrap();
         assert_eq!(stored_u64(&db, ID_NEXT, "").unwrap(), Some(last + 1));
         // ids taken after it are reserved anew, never below the record
-        let after = ids.take(&db).unwrap();
+        let after = ids.take().unwrap();
         assert_eq!(after, last + 1);
         assert!(stored_u64(&db, ID_NEXT, "")
             .unwrap()
             .is_some_and(|r| r > after));
         drop(ids);
-        let again = Ids::open(&db, None, 1_000).unwrap();
-        assert!(again.take(&db).unwrap() > after);
+        let again = Ids::open(&db, None, 1_000, 1_000).unwrap();
+        assert!(again.take().unwrap() > after);
     }
 
     #[test]
     fn ids_taken_at_once_are_all_different() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let ids = Ids::open(&db, None, 7).unwrap();
+        let ids = Ids::open(&db, None, 7, 7).unwrap();
         let all: Vec<u64> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..50).map(|_| ids.take(&db).unwrap()).collect::<Vec<_>>()))
+                .map(|_| s.spawn(|| (0..50).map(|_| ids.take().unwrap()).collect::<Vec<_>>()))
                 .collect();
             workers
                 .into_iter()

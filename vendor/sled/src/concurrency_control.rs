@@ -59,6 +59,12 @@ pub(crate) fn write<'a>() -> Protector<'a> {
     CONCURRENCY_CONTROL.write()
 }
 
+/// Jetway (vendor/sled/VENDORED.md, change 8): whether anything in this process has
+/// taken the process-wide lock exclusively, after which every sled call takes it.
+pub fn engaged() -> bool {
+    CONCURRENCY_CONTROL.active.load(Acquire) >= RW_REQUIRED_BIT
+}
+
 impl ConcurrencyControl {
     fn enable(&self) {
         if self.active.fetch_or(RW_REQUIRED_BIT, SeqCst) < RW_REQUIRED_BIT {

@@ -310,6 +310,7 @@ pub use {
 
 pub use self::{
     batch::Batch,
+    concurrency_control::engaged as global_lock_engaged,
     config::{Config, Mode},
     db::{open, Db},
     iter::Iter,
