@@ -222,7 +222,7 @@ impl Ids {
                 && !self.reserving_ahead.load(Ordering::Relaxed)
                 && !self.reserving_ahead.swap(true, Ordering::AcqRel)
             {
-                self.reserve_ahead();
+                self.reserve_ahead(reserved);
             }
             return Ok(id);
         }
@@ -230,13 +230,14 @@ impl Ids {
         Ok(id)
     }
 
-    /// Reserves on a thread of its own a block past the current reservation.
-    fn reserve_ahead(self: &Arc<Self>) {
+    /// Reserves on a thread of its own a block past `seen`, the reservation's end
+    /// when less than half a block was left.
+    fn reserve_ahead(self: &Arc<Self>, seen: u64) {
         let ids = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("jetway-ids".into())
             .spawn(move || {
-                if let Err(e) = ids.reserve(ids.reserved.load(Ordering::Acquire)) {
+                if let Err(e) = ids.extend(seen) {
                     tracing::error!(error = %e, "reserving ids ahead failed");
                 }
             });
@@ -255,6 +256,21 @@ impl Ids {
             return Ok(());
         }
         let end = id.saturating_add(self.block);
+        self.record(end)?;
+        self.reserved.store(end, Ordering::Release);
+        self.reserving_ahead.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records a block past `seen`, unless the reservation has changed since (a
+    /// request reserved, or the ids were given back: the end then may be below ids
+    /// given, or was just recorded as where they stop).
+    fn extend(&self, seen: u64) -> StoreResult<()> {
+        let _reserving = self.reserving.lock();
+        if self.reserved.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let end = seen.saturating_add(self.block);
         self.record(end)?;
         self.reserved.store(end, Ordering::Release);
         self.reserving_ahead.store(false, Ordering::Release);
@@ -2428,6 +2444,26 @@ mod tests {
         drop(ids);
         let again = Ids::open(&db, None, 1_000, 1_000).unwrap();
         assert!(again.take().unwrap() > after);
+    }
+
+    #[test]
+    fn a_reservation_ahead_that_finds_the_ids_given_back_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let ids = Ids::open(&db, None, 1_000, 1_000).unwrap();
+        for _ in 0..400 {
+            ids.take().unwrap();
+        }
+        let seen = ids.reserved.load(Ordering::SeqCst);
+        ids.give_back().unwrap();
+        assert_eq!(stored_u64(&db, ID_NEXT, "").unwrap(), Some(400));
+        // a thread started before the give-back runs after it
+        ids.extend(seen).unwrap();
+        assert_eq!(stored_u64(&db, ID_NEXT, "").unwrap(), Some(400));
+        // nor after a give-back whose record failed (the end held is then 0)
+        ids.reserved.store(0, Ordering::SeqCst);
+        ids.extend(seen).unwrap();
+        assert_eq!(stored_u64(&db, ID_NEXT, "").unwrap(), Some(400));
     }
 
     #[test]
