@@ -250,27 +250,23 @@ impl Ids {
     /// Makes sure a durable reservation covers `id`: records a block past it, unless
     /// another reservation already covers it.
     fn reserve(&self, id: u64) -> StoreResult<()> {
-        let _reserving = self.reserving.lock();
-        let reserved = self.reserved.load(Ordering::Acquire);
-        if id < reserved {
-            return Ok(());
-        }
-        let end = id.saturating_add(self.block);
-        self.record(end)?;
-        self.reserved.store(end, Ordering::Release);
-        self.reserving_ahead.store(false, Ordering::Release);
-        Ok(())
+        self.reserve_past(id, |reserved| id >= reserved)
     }
 
     /// Records a block past `seen`, unless the reservation has changed since (a
     /// request reserved, or the ids were given back: the end then may be below ids
     /// given, or was just recorded as where they stop).
     fn extend(&self, seen: u64) -> StoreResult<()> {
+        self.reserve_past(seen, |reserved| reserved == seen)
+    }
+
+    /// Records a block past `from` if `due` says so of the reservation's end.
+    fn reserve_past(&self, from: u64, due: impl FnOnce(u64) -> bool) -> StoreResult<()> {
         let _reserving = self.reserving.lock();
-        if self.reserved.load(Ordering::Acquire) != seen {
+        if !due(self.reserved.load(Ordering::Acquire)) {
             return Ok(());
         }
-        let end = seen.saturating_add(self.block);
+        let end = from.saturating_add(self.block);
         self.record(end)?;
         self.reserved.store(end, Ordering::Release);
         self.reserving_ahead.store(false, Ordering::Release);
