@@ -2741,11 +2741,17 @@ async fn the_failure_of_a_refund_that_did_not_make_its_record_reopens_nothing() 
     s.stop().await;
 }
 
-/// An airline cancellation that comes while a payment is being charged ends the
-/// payment: the charge is refunded, and the pay's answer names the cancellation (not
-/// a hold that ended).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_ended_by_the_airlines_cancellation_says_so() {
+/// A server paying through a fake Stripe whose confirm takes 1.5 s, an admin's
+/// client, and a booking's flight id and held booking whose `booking.pay` is being
+/// charged (the confirm has reached the gateway), with the pay's answer to come.
+async fn paying_slowly() -> (
+    FakeStripe,
+    Server,
+    Client,
+    Value,
+    Value,
+    tokio::task::JoinHandle<Value>,
+) {
     let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
         c.admin_password = Some(ADMIN_PASSWORD.into());
@@ -2761,23 +2767,66 @@ async fn a_payment_ended_by_the_airlines_cancellation_says_so() {
         f.received(Step::Confirm) > 0
     })
     .await;
-    let mut admin = admin_client(&s).await;
+    let admin = admin_client(&s).await;
+    (f, s, admin, json!(fid), b, paying)
+}
+
+/// The pay's answer is `invalid_state` naming `why`, its charge was refunded in full
+/// and nothing is left open.
+async fn charge_refunded(
+    f: &FakeStripe,
+    s: &Server,
+    paying: tokio::task::JoinHandle<Value>,
+    why: &str,
+) {
+    let r = paying.await.unwrap();
+    assert_eq!(r["error"]["data"]["reason"], "invalid_state", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message}");
+    let l = f.ledger();
+    assert!(l.charged() > 0);
+    assert_eq!(l.charged(), l.refunded(), "{l:?}");
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+}
+
+/// An airline cancellation that comes while a payment is being charged ends the
+/// payment: the charge is refunded, and the pay's answer names the cancellation (not
+/// a hold that ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_ended_by_the_airlines_cancellation_says_so() {
+    let (f, s, mut admin, fid, _b, paying) = paying_slowly().await;
     admin
         .ok(
             "admin.flights.cancel",
             json!({"flight_id": fid, "reason": "strike"}),
         )
         .await;
-    let r = paying.await.unwrap();
-    assert_eq!(r["error"]["data"]["reason"], "invalid_state", "{r}");
-    let message = r["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("airline cancelled the flight"),
-        "{message}"
+    charge_refunded(&f, &s, paying, "airline cancelled the flight").await;
+    s.stop().await;
+}
+
+/// A flight that begins boarding and departs while a payment is being charged sells
+/// nothing more: the charge is refunded and the booking is not confirmed (before, it
+/// was confirmed after departure, and an offered waitlist entry read `expired` while
+/// its booking was charged and confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_made_while_the_flight_departs_is_refunded_not_confirmed() {
+    let (f, s, mut admin, fid, b, paying) = paying_slowly().await;
+    for status in ["boarding", "departed"] {
+        let r = admin
+            .ok(
+                "admin.flights.update",
+                json!({"flight_id": fid, "status": status}),
+            )
+            .await;
+        assert_eq!(r["flight"]["status"], status, "{r}");
+    }
+    charge_refunded(&f, &s, paying, "closed for sale").await;
+    assert_ne!(
+        store_booking(&s, &b["locator"]).status,
+        jetway::domain::BookingStatus::Confirmed
     );
-    let l = f.ledger();
-    assert!(l.charged() > 0);
-    assert_eq!(l.charged(), l.refunded(), "{l:?}");
     s.stop().await;
 }
 

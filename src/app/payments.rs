@@ -3,7 +3,8 @@
 //! attempt whose outcome is unknown (a crash, a gateway timeout) is reconciled with the
 //! gateway at start-up, periodically, and on webhooks, through one path
 //! ([`App::settle_charged`]): a charge confirms the booking if its seats are still its
-//! own, and is refunded otherwise. Never a charge without a ticket, never a ticket
+//! own and its flight still takes payments (`scheduled` or `delayed`), and is refunded
+//! otherwise. Never a charge without a ticket, never a ticket
 //! without a charge.
 //!
 //! ```text
@@ -32,7 +33,8 @@ use super::busy::{busy_error, is_busy, Busy};
 use super::refunds::new_refund;
 use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::app::AppError;
-use crate::domain::{self, BookingStatus, FlightStatus, Order, OrderStatus, TicketNumber};
+use crate::domain::flight::Operation;
+use crate::domain::{self, BookingStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::results::{Answer, BookingResult};
@@ -772,8 +774,10 @@ impl App {
         self.end_with_error(key, batch, Some(failed), err).await
     }
 
-    /// A charge went through: confirm the booking if its seats are still its own, in
-    /// one batch with the attempt's end; otherwise refund the charge. The caller keeps
+    /// A charge went through: confirm the booking if its seats are still its own and
+    /// its flight still takes payments, in one batch with the attempt's end; otherwise
+    /// refund the charge (a flight that began boarding or departed while the charge
+    /// was made sells nothing more, as an airline cancellation). The caller keeps
     /// the booking busy until it has written what follows (the refund is recorded
     /// here, a resolve on this node must not slip in before).
     async fn settle_charged(
@@ -808,7 +812,7 @@ impl App {
                 .ok_or(AppError::NotFound("booking"))?;
             let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
             let ours = b.status == domain::BookingStatus::Held
-                && fs.flight().status(now) != FlightStatus::Cancelled
+                && fs.flight().status(now).allows(Operation::Book)
                 && idx.len() == b.seats.len()
                 && idx.iter().all(|&i| {
                     w.seats[i]
@@ -924,6 +928,9 @@ impl App {
             {
                 _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
                     "the airline cancelled the flight"
+                }
+                _ if !fs.flight().status(domain::now_ms()).allows(Operation::Book) => {
+                    "the flight closed for sale (boarding or departed)"
                 }
                 Some(BookingStatus::Expired) => "the booking's hold expired",
                 Some(BookingStatus::Cancelled) => "the booking was cancelled",
