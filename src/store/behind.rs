@@ -36,6 +36,38 @@ const GATHER: Duration = Duration::from_millis(100);
 const GATHER_BYTES: usize = 4 << 20;
 const _: () = assert!(GATHER_BYTES < MAX_BEHIND);
 
+/// The number of the last journal record sled holds (u64 big-endian), written with
+/// the records. A run numbers its records on from it (see [`first_number`]): a
+/// number used again could make stale blocks of a deleted journal file, which a crash
+/// may leave in a new file's place, read as that file's records.
+pub(super) const JOURNAL_SEQ: &[u8] = b"\0journal_seq";
+
+/// The number of a run's first journal record: above the last record sled holds
+/// (`stored`) and the last one replayed, and above the clock in microseconds, so that
+/// a data dir of an older release (which began every run at 1) or one restored from a
+/// backup does not use its old numbers again either.
+fn first_number(stored: Option<u64>, replayed: u64) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+    stored
+        .unwrap_or(0)
+        .max(replayed)
+        .max(clock)
+        .saturating_add(1)
+}
+
+/// A big-endian `u64` stored under `k` in sled itself (no overlay: read at open).
+pub(super) fn stored_u64(db: &sled::Db, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
+    db.get(k).map_err(io)?.map(|v| be_u64(&v, what)).transpose()
+}
+
+pub(super) fn be_u64(v: &[u8], what: &str) -> StoreResult<u64> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(what.into()))
+}
+
 /// A key's write not yet in sled, and the batch that made it.
 struct Pending {
     seq: u64,
@@ -141,6 +173,9 @@ fn apply(db: &sled::Db, records: &[Record]) -> StoreResult<()> {
         }
         .map_err(io)?;
     }
+    if let Some(r) = records.last() {
+        db.insert(JOURNAL_SEQ, &r.seq.to_be_bytes()).map_err(io)?;
+    }
     Ok(())
 }
 
@@ -155,7 +190,8 @@ impl Behind {
     /// writing behind it.
     pub fn open(db: sled::Db, data_file: File, dir: &std::path::Path) -> StoreResult<Behind> {
         let (journal, records) = Journal::open(dir)?;
-        let last = records.last().map_or(0, |r| r.seq);
+        let stored = stored_u64(&db, JOURNAL_SEQ, "the journal's last number")?;
+        let first = first_number(stored, records.last().map_or(0, |r| r.seq));
         if !records.is_empty() {
             tracing::info!(
                 batches = records.len(),
@@ -193,7 +229,7 @@ impl Behind {
         Ok(Behind {
             shared,
             unsynced: Default::default(),
-            next_seq: AtomicU64::new(last + 1),
+            next_seq: AtomicU64::new(first),
             syncing: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -550,6 +586,36 @@ mod tests {
             applies <= gathers + 1,
             "{applies} writes to sled for {syncs} syncs over {gathers} gathers' time"
         );
+    }
+
+    /// A clean stop empties the journal, and the next run used to number its records
+    /// from 1 again; now it numbers on from the last one sled holds.
+    #[test]
+    fn journal_numbers_are_not_used_again_after_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open_in(dir.path());
+        let first = b.next_seq.load(Ordering::SeqCst);
+        for i in 0..3 {
+            b.write(vec![(
+                sled::IVec::from(format!("k{i}").as_bytes()),
+                Some(sled::IVec::from("v")),
+            )]);
+        }
+        b.sync().unwrap();
+        drop(b);
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let stored = stored_u64(&db, JOURNAL_SEQ, "").unwrap();
+        assert_eq!(stored, Some(first + 2));
+        // a number the clock has not reached: only the stored one can give it
+        let ahead = u64::MAX / 4;
+        db.insert(JOURNAL_SEQ, &ahead.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let b = open_in(dir.path());
+        assert_eq!(b.next_seq.load(Ordering::SeqCst), ahead + 1);
     }
 
     /// After a failure nothing is flushed again; the thread writing sled used to keep

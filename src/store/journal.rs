@@ -17,16 +17,17 @@
 //! append cannot be told from damage: pages of an append that was never synced may
 //! reach the disk in any order. So the last file's first bad record ends the replay,
 //! and the file is kept as `<name>.torn`, with a warning naming the bytes dropped.)
-//! Records are numbered one after another across files, and each file is named for
-//! its first: a gap between files (one lost from outside) stops the replay with an
-//! error; in the last file a record out of sequence is a bad record like any other.
+//! Records are numbered one after another across files and across runs (a number is
+//! never used twice: see `behind`), and each file is named for its first: a gap
+//! between files (one lost from outside) stops the replay with an error; in the last
+//! file a record out of sequence, its first included, is a bad record like any other.
 
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{StoreError, StoreResult};
+use super::{sync_dir, StoreError, StoreResult};
 
 const MAGIC: &[u8; 8] = b"JETWAYJ1";
 const EXTENSION: &str = "jwj";
@@ -146,17 +147,27 @@ fn decode_file(bytes: &[u8]) -> (Vec<Record>, Option<usize>) {
 /// a file lost, removed or replaced from outside (this journal deletes its files oldest
 /// first, and only once sled holds them): the writes in it would be lost silently, so
 /// it is an error. A break after the first record is counted, not refused: in the last
-/// file it can only be stale blocks a crash left behind the torn end.
+/// file it can only be stale blocks a crash left behind the torn end. So is a `last`
+/// file whose first record is not the one it is named for (0 counted), unless its name
+/// leaves a gap.
 fn in_sequence(
     before: Option<u64>,
     first: u64,
     found: &[Record],
     path: &Path,
+    last: bool,
 ) -> StoreResult<usize> {
     let Some(head) = found.first() else {
         return Ok(0);
     };
     let restore = "restore the data dir from a backup (docs/deploy.md)";
+    let follows = |l: u64, seq: u64| l.checked_add(1) == Some(seq);
+    // the last file's first append was never acknowledged if it is not there: a
+    // crash may leave stale blocks of a deleted file in its place, numbered below any
+    // record of this file (numbers are never used again, see `behind`)
+    if head.seq != first && last && before.is_none_or(|l| follows(l, first)) {
+        return Ok(0);
+    }
     if head.seq != first {
         return Err(StoreError::Corrupt(format!(
             "journal: {} is named for record {first} but begins with record {} (a file \
@@ -165,7 +176,6 @@ fn in_sequence(
             head.seq
         )));
     }
-    let follows = |l: u64, seq: u64| l.checked_add(1) == Some(seq);
     if let Some(l) = before.filter(|&l| !follows(l, head.seq)) {
         let what = if head.seq > l.saturating_add(1) {
             let (from, to) = (l + 1, head.seq - 1);
@@ -215,9 +225,7 @@ impl Files {
         // durable before the next file goes, so that a crash never leaves an older file
         // without a newer one: a gap the next start would refuse
         if let Some(dir) = path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("syncing", dir, e))?;
+            sync_dir(dir)?;
         }
         self.all.remove(0);
         Ok(())
@@ -228,14 +236,11 @@ impl Journal {
     /// Opens the journal in `dir` (created if missing) and returns every record in
     /// it, oldest first: what a crash may have left unwritten to sled.
     pub fn open(dir: &Path) -> StoreResult<(Journal, Vec<Record>)> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
-            // the directory's own entry must survive a crash with the records in it
-            if let Some(parent) = dir.parent() {
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io("syncing", parent, e))?;
-            }
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        // the directory's own entry must survive a crash with the records in it, also
+        // when an earlier start created it and crashed before syncing its parent
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
         }
         let mut all = Vec::new();
         let mut torn = None;
@@ -305,7 +310,8 @@ impl Journal {
                 torn = Some(path.clone());
             }
             let mut found = found;
-            let good = in_sequence(records.last().map(|r| r.seq), *first, &found, path)?;
+            let last = i + 1 == all.len();
+            let good = in_sequence(records.last().map(|r| r.seq), *first, &found, path, last)?;
             if good < found.len() {
                 if i + 1 < all.len() {
                     return Err(StoreError::Corrupt(format!(
@@ -354,9 +360,7 @@ impl Journal {
                 .map_err(|e| io("creating", &path, e))?;
             f.write_all(MAGIC).map_err(|e| io("writing", &path, e))?;
             // the file's name must survive a crash with the records acknowledged in it
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("syncing", &self.dir, e))?;
+            sync_dir(&self.dir)?;
             files.current = Some((f, MAGIC.len() as u64));
             files.all.push((first_seq, path));
         }
@@ -399,9 +403,7 @@ impl Journal {
         while !files.all.is_empty() {
             files.remove_first()?;
         }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing", &self.dir, e))
+        sync_dir(&self.dir)
     }
 
     /// How many files it has.
@@ -549,6 +551,39 @@ mod tests {
         std::fs::write(&fourth, b"JETWAYJ2 and more").unwrap();
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("not a version 1 journal file"), "{err}");
+    }
+
+    /// A crash during the last file's first append may leave, in its place, blocks
+    /// of a journal file deleted earlier: records that pass their checksums but are
+    /// numbered below the file's name. They end the replay; the start used to be
+    /// refused. Before the last file the same stays an error.
+    #[test]
+    fn a_last_file_beginning_with_a_stale_record_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        let mut stale = MAGIC.to_vec();
+        encode(1, &[w("old", Some("x"))], &mut stale);
+        std::fs::write(&files[2], &stale).unwrap();
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(seqs(&found), [1, 2]);
+        j.release_all().unwrap();
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.len() == 1 && kept[0].ends_with(".torn"),
+            "kept aside: {kept:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        std::fs::write(&files[1], &stale).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("named for record 2 but begins with record 1"),
+            "{err}"
+        );
     }
 
     #[test]

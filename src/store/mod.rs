@@ -491,6 +491,18 @@ pub enum Change {
 /// Where a node's presence count of a flight lives: `!presence/{node}/{flight}`.
 const PRESENCE_KEY: &[u8] = b"!presence/";
 
+/// Makes `dir`'s entries (files created, renamed or removed in it) survive a crash.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> StoreResult<()> {
+    // a relative path's parent is the empty path: the working directory
+    let dir = match dir.as_os_str().is_empty() {
+        true => std::path::Path::new("."),
+        false => dir,
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io(format!("syncing the directory {}: {e}", dir.display())))
+}
+
 pub fn presence_key(node: &str, flight: &FlightId) -> Vec<u8> {
     let mut k = PRESENCE_KEY.to_vec();
     k.extend_from_slice(format!("{node}/{flight}").as_bytes());

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::behind::Behind;
+use super::behind::{be_u64, stored_u64, Behind, JOURNAL_SEQ};
 use super::seen::Seen;
 use super::{
     Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt, PaymentMark,
@@ -331,17 +331,6 @@ fn ran_out() -> StoreError {
     StoreError::Corrupt("the id counter has run out".into())
 }
 
-/// A big-endian `u64` stored under `k` in sled itself (no overlay: read at open).
-fn stored_u64(db: &sled::Db, k: &[u8], what: &str) -> StoreResult<Option<u64>> {
-    db.get(k).map_err(io)?.map(|v| be_u64(&v, what)).transpose()
-}
-
-fn be_u64(v: &[u8], what: &str) -> StoreResult<u64> {
-    v.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt(what.into()))
-}
-
 /// Bookings by status, each user's holds and each booking's open payment attempts,
 /// changed by every write of a booking or attempt record (seeded by one pass at
 /// open), so that counting or finding them scans no records.
@@ -547,6 +536,11 @@ impl SledStore {
             .cache_capacity(cache_mb.saturating_mul(1 << 20))
             .open()
             .map_err(io)?;
+        // the data dir's own entry survives a crash (its files' entries: the
+        // journal's open syncs the data dir)
+        if let Some(parent) = dir.parent() {
+            super::sync_dir(parent)?;
+        }
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
         let data = File::open(dir.join("db")).map_err(io)?;
@@ -1363,6 +1357,8 @@ impl Store for SledStore {
         // the floor alone carries the ids on: a restored dir starts above it
         records.remove(ID_NEXT);
         records.remove(ID_SLED);
+        // the source's journal numbering, not data (a restored dir numbers its own)
+        records.remove(JOURNAL_SEQ);
         records.insert(ID_FLOOR.into(), floor.to_be_bytes().as_slice().into());
         Ok(super::snapshot::encode(records.iter()))
     }
