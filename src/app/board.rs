@@ -93,10 +93,15 @@ impl Boards {
         });
     }
 
-    /// The connections of the boards that show `f` (after its change), noting it shown.
-    fn watchers_of(&self, f: &Flight, now: Millis) -> Vec<Outbox> {
-        let mut out = Vec::new();
-        for ((a, hours), g) in self.groups.lock().iter_mut() {
+    /// Sends `frame` once to each of `others` and of the connections of the boards
+    /// that show `f` (after its change), noting it shown. Under the boards' lock, as
+    /// joining and leaving are: a board whose `flights.unwatch` is answered gets
+    /// nothing more (targets gathered under the lock and sent after it could land
+    /// after that reply).
+    fn send_to_watchers(&self, f: &Flight, now: Millis, others: Vec<Outbox>, frame: &Utf8Bytes) {
+        let mut groups = self.groups.lock();
+        let mut out = others;
+        for ((a, hours), g) in groups.iter_mut() {
             if a != &f.from {
                 continue;
             }
@@ -108,7 +113,7 @@ impl Boards {
             }
             out.extend(g.watchers.iter().cloned());
         }
-        out
+        send_once(out, frame);
     }
 
     /// The dirty flights whose last availability push is old enough.
@@ -213,9 +218,10 @@ impl App {
         Ok(Done {})
     }
 
-    /// The boards' connections a status or time change of `f` goes to.
-    pub(super) fn board_watchers(&self, f: &Flight) -> Vec<Outbox> {
-        self.boards.watchers_of(f, domain::now_ms())
+    /// Sends a status or time change of `f` to `others` and the boards showing it.
+    pub(super) fn send_with_boards(&self, f: &Flight, others: Vec<Outbox>, frame: &Utf8Bytes) {
+        self.boards
+            .send_to_watchers(f, domain::now_ms(), others, frame);
     }
 
     /// Pushes the availability of every flight that is due.
@@ -226,10 +232,8 @@ impl App {
                 continue;
             };
             let f = fs.flight();
-            let targets = self.boards.watchers_of(&f, now);
-            if !targets.is_empty() {
-                send_once(targets, &changed_frame(&f, &fs, None));
-            }
+            self.boards
+                .send_to_watchers(&f, now, Vec::new(), &changed_frame(&f, &fs, None));
         }
     }
 

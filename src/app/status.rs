@@ -182,8 +182,8 @@ impl App {
             .watcher_outboxes()
             .into_iter()
             .chain(owners.into_iter().flat_map(|u| self.users.outboxes(u)))
-            .chain(self.board_watchers(f));
-        send_once(targets, &frame);
+            .collect();
+        self.send_with_boards(f, targets, &frame);
     }
 
     /// Marks every flight whose departure has passed as of `now` as departed, durably,
