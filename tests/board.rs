@@ -273,6 +273,23 @@ async fn a_flight_delayed_past_the_window_still_reaches_the_board() {
         .ok("flights.watch", json!({"airport": "AMS", "hours": 1}))
         .await;
     assert!(!ids(&r["flights"]).contains(&delayed));
+    // its changes while still out of the window reach only the board that listed it
+    estimate(
+        &mut admin,
+        &delayed,
+        time::OffsetDateTime::now_utc() + time::Duration::hours(4),
+    )
+    .await;
+    changed_of(&mut board, &delayed).await;
+    late.ok("flights.airports", json!({})).await;
+    assert!(
+        !late
+            .pushes
+            .iter()
+            .any(|p| p["params"]["flight"]["flight_id"] == delayed),
+        "a board that did not list it got it: {:?}",
+        late.pushes
+    );
     estimate(
         &mut admin,
         &delayed,

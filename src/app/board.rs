@@ -40,10 +40,21 @@ struct Group {
     watchers: Vec<Outbox>,
     /// The flights in the group's window that its boards have been shown.
     shown: HashSet<FlightId>,
-    /// Flights shown before and delayed past the window's far end: their changes
-    /// still reach the boards that show them, and they are pushed again when they
-    /// come back into the window (a board that joined meanwhile did not list them).
-    kept: HashSet<FlightId>,
+    /// Flights shown before and delayed past the window's far end, each with the
+    /// connections that were shown it: their changes still reach those boards (not
+    /// one that joined since and did not list it), and they are pushed to every
+    /// board again when they come back into the window.
+    kept: HashMap<FlightId, HashSet<u64>>,
+}
+
+impl Group {
+    /// Keeps `flight`, which left the window's far end, for the boards watching now.
+    fn keep(&mut self, flight: &FlightId) {
+        self.kept.insert(
+            flight.clone(),
+            self.watchers.iter().map(Outbox::id).collect(),
+        );
+    }
 }
 
 /// Every board being watched, and the availability changes waiting to be pushed.
@@ -88,6 +99,9 @@ impl Boards {
         groups.retain(|(a, _), g| {
             if airports.contains(a) {
                 g.watchers.retain(|w| w.id() != conn_id);
+                for shown_to in g.kept.values_mut() {
+                    shown_to.remove(&conn_id);
+                }
             }
             !g.watchers.is_empty()
         });
@@ -108,7 +122,13 @@ impl Boards {
             if in_window(f, a, *hours, now) {
                 g.kept.remove(&f.id);
                 g.shown.insert(f.id.clone());
-            } else if !g.shown.contains(&f.id) && !g.kept.contains(&f.id) {
+            } else if g.shown.remove(&f.id) {
+                g.keep(&f.id);
+            } else if let Some(shown_to) = g.kept.get(&f.id) {
+                let to = g.watchers.iter().filter(|w| shown_to.contains(&w.id()));
+                out.extend(to.cloned());
+                continue;
+            } else {
                 continue;
             }
             out.extend(g.watchers.iter().cloned());
@@ -250,21 +270,24 @@ impl App {
             .collect();
         let mut groups = self.boards.groups.lock();
         for ((a, hours), g) in groups.iter_mut() {
-            let (mut shown, mut kept) = (HashSet::new(), HashSet::new());
+            let mut shown = HashSet::new();
             for (f, fs) in all.iter().filter(|(f, _)| &f.from == a) {
                 if in_window(f, a, *hours, now) {
                     if !g.shown.contains(&f.id) {
                         send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
                     }
+                    g.kept.remove(&f.id);
                     shown.insert(f.id.clone());
-                } else if (g.shown.contains(&f.id) || g.kept.contains(&f.id))
-                    && f.departure() >= now - KEEP_AFTER_MS
-                {
-                    kept.insert(f.id.clone());
+                } else if f.departure() < now - KEEP_AFTER_MS {
+                    g.kept.remove(&f.id);
+                } else if g.shown.contains(&f.id) {
+                    g.keep(&f.id);
                 }
             }
             g.shown = shown;
-            g.kept = kept;
+            // flights gone from the schedule
+            let known: HashSet<&FlightId> = all.iter().map(|(f, _)| &f.id).collect();
+            g.kept.retain(|id, _| known.contains(id));
         }
     }
 }
