@@ -766,6 +766,19 @@ async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
     s.stop().await;
 }
 
+/// Once the late charge of `b` lands, the reconciler refunds it in full.
+async fn late_charge_refunded(f: &FakeStripe, s: &Server, b: &Value) {
+    let total = b["total"]["amount"].as_i64().unwrap();
+    eventually("the late charge lands", || {
+        let charged = f.ledger().charged();
+        async move { charged == total }
+    })
+    .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let l = f.ledger();
+    assert_eq!((l.charged(), l.refunded()), (total, total), "{l:?}");
+}
+
 /// A hold the passenger cancels while its payment is uncertain: the seats go back at
 /// once, and the charge that lands afterwards is refunded in full by the reconciler
 /// (the gateway keeps nothing for a booking that is not confirmed).
@@ -778,15 +791,7 @@ async fn a_charge_landing_after_its_hold_was_cancelled_is_refunded() {
         .ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
         .await;
     assert_eq!(cancelled["booking"]["status"], "cancelled", "{cancelled}");
-    let total = b["total"]["amount"].as_i64().unwrap();
-    eventually("the late charge lands", || {
-        let charged = f.ledger().charged();
-        async move { charged == total }
-    })
-    .await;
-    s.app().reconcile_payments(Duration::ZERO).await;
-    let l = f.ledger();
-    assert_eq!((l.charged(), l.refunded()), (total, total), "{l:?}");
+    late_charge_refunded(&f, &s, &b).await;
     assert!(s.app().store.open_attempts().unwrap().is_empty());
     assert!(s.app().store.open_refunds().unwrap().is_empty());
     assert_eq!(
@@ -2825,6 +2830,52 @@ async fn a_charge_made_while_the_flight_departs_is_refunded_not_confirmed() {
     charge_refunded(&f, &s, paying, "closed for sale").await;
     assert_ne!(
         store_booking(&s, &b["locator"]).status,
+        jetway::domain::BookingStatus::Confirmed
+    );
+    s.stop().await;
+}
+
+/// A pay sent again while an earlier charge is still unsettled, after the flight
+/// began boarding: the answer says the charge is refunded if made (it used to promise
+/// a confirmation that can no longer happen), and it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_after_boarding_with_a_charge_unsettled_says_it_will_be_refunded() {
+    let (f, s) = stripe_server(|c| {
+        c.gateway_timeout = 1;
+        c.reconcile_interval = 3600;
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+    let mut c = s.client().await;
+    let (fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    fault(
+        &f,
+        Step::Confirm,
+        Fault::ProcessLate(Duration::from_millis(2500)),
+    );
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, "pm_card_visa", "p1"))
+            .await,
+        "payment_failed"
+    );
+    let mut admin = admin_client(&s).await;
+    admin
+        .ok(
+            "admin.flights.update",
+            json!({"flight_id": fid, "status": "boarding"}),
+        )
+        .await;
+    let e = c.err("booking.pay", pay(loc, "pm_card_visa", "p2")).await;
+    assert_eq!(e["data"]["reason"], "payment_failed", "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("refunded if it was charged (the flight no longer takes payments)"),
+        "{message}"
+    );
+    late_charge_refunded(&f, &s, &b).await;
+    assert_ne!(
+        store_booking(&s, loc).status,
         jetway::domain::BookingStatus::Confirmed
     );
     s.stop().await;

@@ -149,15 +149,20 @@ impl App {
                         .store
                         .booking(&loc)?
                         .is_some_and(|b| b.status == domain::BookingStatus::Held);
+                    let sells = check_bookable(&fs, domain::now_ms()).is_ok();
                     // not remembered: a retry looks again once the outcome is known
-                    return Err(AppError::PaymentFailed(if held {
-                        "an earlier payment of this booking is not settled yet; the \
-                         booking is confirmed if it was charged"
-                            .into()
-                    } else {
-                        "an earlier payment of this booking is not settled yet; it is \
-                         refunded if it was charged (the booking is no longer held)"
-                            .into()
+                    return Err(AppError::PaymentFailed(match (held, sells) {
+                        (true, true) => "an earlier payment of this booking is not settled \
+                             yet; the booking is confirmed if it was charged"
+                            .into(),
+                        (true, false) => "an earlier payment of this booking is not settled \
+                             yet; it is refunded if it was charged (the flight no longer \
+                             takes payments)"
+                            .into(),
+                        (false, _) => "an earlier payment of this booking is not settled \
+                             yet; it is refunded if it was charged (the booking is no \
+                             longer held)"
+                            .into(),
                     }));
                 }
             }
@@ -929,11 +934,11 @@ impl App {
                 _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
                     "the airline cancelled the flight"
                 }
+                Some(BookingStatus::Expired) => "the booking's hold expired",
+                Some(BookingStatus::Cancelled) => "the booking was cancelled",
                 _ if !fs.flight().status(domain::now_ms()).allows(Operation::Book) => {
                     "the flight closed for sale (boarding or departed)"
                 }
-                Some(BookingStatus::Expired) => "the booking's hold expired",
-                Some(BookingStatus::Cancelled) => "the booking was cancelled",
                 _ => "the booking's hold ended",
             };
             let err = AppError::InvalidState(format!(
