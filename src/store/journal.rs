@@ -27,7 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{sync_dir, StoreError, StoreResult};
+use super::{create_dir_durably, sync_dir, StoreError, StoreResult};
 
 const MAGIC: &[u8; 8] = b"JETWAYJ1";
 const EXTENSION: &str = "jwj";
@@ -148,7 +148,7 @@ fn decode_file(bytes: &[u8]) -> (Vec<Record>, Option<usize>) {
 /// first, and only once sled holds them): the writes in it would be lost silently, so
 /// it is an error. A break after the first record is counted, not refused: in the last
 /// file it can only be stale blocks a crash left behind the torn end. So is a `last`
-/// file whose first record is not the one it is named for (0 counted), unless its name
+/// file whose first record is numbered below its name (0 counted), unless its name
 /// leaves a gap.
 fn in_sequence(
     before: Option<u64>,
@@ -164,8 +164,9 @@ fn in_sequence(
     let follows = |l: u64, seq: u64| l.checked_add(1) == Some(seq);
     // the last file's first append was never acknowledged if it is not there: a
     // crash may leave stale blocks of a deleted file in its place, numbered below any
-    // record of this file (numbers are never used again, see `behind`)
-    if head.seq != first && last && before.is_none_or(|l| follows(l, first)) {
+    // record of this file (numbers are never used again, see `behind`); a number
+    // above the name is no such block (a file renamed from outside), an error
+    if head.seq < first && last && before.is_none_or(|l| follows(l, first)) {
         return Ok(0);
     }
     if head.seq != first {
@@ -236,12 +237,8 @@ impl Journal {
     /// Opens the journal in `dir` (created if missing) and returns every record in
     /// it, oldest first: what a crash may have left unwritten to sled.
     pub fn open(dir: &Path) -> StoreResult<(Journal, Vec<Record>)> {
-        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
-        // the directory's own entry must survive a crash with the records in it, also
-        // when an earlier start created it and crashed before syncing its parent
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
+        // the directory's own entry must survive a crash with the records in it
+        create_dir_durably(dir)?;
         let mut all = Vec::new();
         let mut torn = None;
         for entry in std::fs::read_dir(dir).map_err(|e| io("listing", dir, e))? {
@@ -582,6 +579,17 @@ mod tests {
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains("named for record 2 but begins with record 1"),
+            "{err}"
+        );
+        // a last file numbered above its name is no stale block: renamed from outside
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        let mut ahead = MAGIC.to_vec();
+        encode(9, &[w("new", Some("x"))], &mut ahead);
+        std::fs::write(&files[2], &ahead).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("named for record 3 but begins with record 9"),
             "{err}"
         );
     }

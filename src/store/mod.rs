@@ -491,6 +491,27 @@ pub enum Change {
 /// Where a node's presence count of a flight lives: `!presence/{node}/{flight}`.
 const PRESENCE_KEY: &[u8] = b"!presence/";
 
+/// Creates `dir` and any missing parents, and makes the entries of all of them, and
+/// of `dir`'s own parent, survive a crash (an existing `dir`'s entry too: an earlier
+/// start may have made it and crashed before syncing it).
+pub(crate) fn create_dir_durably(dir: &std::path::Path) -> StoreResult<()> {
+    let mut missing = 0;
+    for d in dir.ancestors() {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing += 1;
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Io(format!("creating the directory {}: {e}", dir.display())))?;
+    for d in dir.ancestors().take(missing.max(1)) {
+        if let Some(parent) = d.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `dir`'s entries (files created, renamed or removed in it) survive a crash.
 pub(crate) fn sync_dir(dir: &std::path::Path) -> StoreResult<()> {
     // a relative path's parent is the empty path: the working directory

@@ -530,17 +530,14 @@ impl SledStore {
     /// Opens with a page cache of `cache_mb` MiB (sled's own default is 1 GiB, which
     /// a long-running server fills with every page it ever wrote).
     pub fn open_with_cache(dir: &Path, cache_mb: u64) -> StoreResult<Self> {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // the data dir's own entry survives a crash (its files' entries: the
+        // journal's open syncs the data dir)
+        super::create_dir_durably(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_mb.saturating_mul(1 << 20))
             .open()
             .map_err(io)?;
-        // the data dir's own entry survives a crash (its files' entries: the
-        // journal's open syncs the data dir)
-        if let Some(parent) = dir.parent() {
-            super::sync_dir(parent)?;
-        }
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let behind = Behind::open(db.clone(), data_file, &dir.join("journal"))?;
         let data = File::open(dir.join("db")).map_err(io)?;
