@@ -531,7 +531,7 @@ async fn nothing_reaches_a_board_after_its_unwatch_is_answered() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let changes = changing.await.unwrap();
     assert!(
-        changes > 100,
+        changes > 20,
         "only {changes} changes made during {cycles} cycles"
     );
     s.stop().await;

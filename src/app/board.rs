@@ -7,9 +7,10 @@
 //! are pushed at once (with the other `flight.changed` targets); seat availability
 //! is coalesced to at most one push per flight per [`AVAILABILITY_INTERVAL`].
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,15 @@ impl Group {
 #[derive(Default)]
 pub struct Boards {
     groups: Mutex<HashMap<(String, u8), Group>>,
+    /// Whether any board is watched: read by every seat change (on the commit loop),
+    /// which must not wait for `groups`.
+    any: AtomicBool,
+    /// Held shared from gathering a change's board targets until it is sent, and
+    /// taken whole by `flights.unwatch` before its reply: a board whose unwatch is
+    /// answered gets nothing more (targets gathered before the unwatch could
+    /// otherwise be sent after its reply), while the sending itself holds no lock
+    /// that watching, leaving or other senders wait for.
+    sending: RwLock<()>,
     /// Flights whose seats changed since their last availability push.
     dirty: Mutex<HashSet<FlightId>>,
     sent: Mutex<HashMap<FlightId, Instant>>,
@@ -88,7 +98,7 @@ fn board_airport(code: &str) -> Result<String, AppError> {
 impl Boards {
     /// Notes a published seat change of a flight (pushed later, coalesced).
     pub fn seats_changed(&self, flight: &FlightId) {
-        if !self.groups.lock().is_empty() {
+        if self.any.load(Ordering::Relaxed) {
             self.dirty.lock().insert(flight.clone());
         }
     }
@@ -105,16 +115,19 @@ impl Boards {
             }
             !g.watchers.is_empty()
         });
+        self.any.store(!groups.is_empty(), Ordering::Relaxed);
     }
 
-    /// Sends `frame` once to each of `others` and of the connections of the boards
-    /// that show `f` (after its change), noting it shown. Under the boards' lock, as
-    /// joining and leaving are: a board whose `flights.unwatch` is answered gets
-    /// nothing more (targets gathered under the lock and sent after it could land
-    /// after that reply).
-    fn send_to_watchers(&self, f: &Flight, now: Millis, others: Vec<Outbox>, frame: &Utf8Bytes) {
-        let mut groups = self.groups.lock();
-        let mut out = others;
+    /// Adds to `out` the connections of the boards that show `f` (after its
+    /// change), noting it shown or kept. Call it with `groups` locked, `f` read
+    /// under that lock or the latest change of it, and [`Boards::sending`] held
+    /// until what it adds is sent.
+    fn watchers_of(
+        groups: &mut HashMap<(String, u8), Group>,
+        f: &Flight,
+        now: Millis,
+        out: &mut Vec<Outbox>,
+    ) {
         for ((a, hours), g) in groups.iter_mut() {
             if a != &f.from {
                 continue;
@@ -133,7 +146,6 @@ impl Boards {
             }
             out.extend(g.watchers.iter().cloned());
         }
-        send_once(out, frame);
     }
 
     /// The dirty flights whose last availability push is old enough.
@@ -219,6 +231,7 @@ impl App {
             );
         }
         group.watchers.push(outbox.clone());
+        self.boards.any.store(true, Ordering::Relaxed);
         if !boards.contains(&code) {
             boards.push(code);
         }
@@ -234,14 +247,24 @@ impl App {
     ) -> Result<Done, AppError> {
         let code = board_airport(&p.airport)?;
         self.boards.leave(conn_id, std::slice::from_ref(&code));
+        // a change whose targets were gathered before the leave is sent before the reply
+        drop(self.boards.sending.write());
         boards.retain(|a| a != &code);
         Ok(Done {})
     }
 
-    /// Sends a status or time change of `f` to `others` and the boards showing it.
+    /// Sends a status or time change of `f` (the latest: the caller serializes
+    /// them) to `others` and the boards showing it.
     pub(super) fn send_with_boards(&self, f: &Flight, others: Vec<Outbox>, frame: &Utf8Bytes) {
-        self.boards
-            .send_to_watchers(f, domain::now_ms(), others, frame);
+        let _sending = self.boards.sending.read();
+        let mut out = others;
+        Boards::watchers_of(
+            &mut self.boards.groups.lock(),
+            f,
+            domain::now_ms(),
+            &mut out,
+        );
+        send_once(out, frame);
     }
 
     /// Pushes the availability of every flight that is due.
@@ -251,9 +274,19 @@ impl App {
             let Some(fs) = self.inventory.get(id.as_str()) else {
                 continue;
             };
-            let f = fs.flight();
-            self.boards
-                .send_to_watchers(&f, now, Vec::new(), &changed_frame(&f, &fs, None));
+            let _sending = self.boards.sending.read();
+            let mut out = Vec::new();
+            // read under the lock: a status change noted in the groups meanwhile must
+            // not be undone by an older copy
+            let f = {
+                let mut groups = self.boards.groups.lock();
+                let f = fs.flight();
+                Boards::watchers_of(&mut groups, &f, now, &mut out);
+                f
+            };
+            if !out.is_empty() {
+                send_once(out, &changed_frame(&f, &fs, None));
+            }
         }
     }
 
@@ -262,13 +295,15 @@ impl App {
     /// the window's far end stays: its boards show it until then).
     fn slide_boards(&self) {
         let now = domain::now_ms();
+        let mut groups = self.boards.groups.lock();
+        // read under the lock: a status change noted in the groups meanwhile must not
+        // be undone by an older copy
         let all: Vec<(Flight, Arc<FlightSeats>)> = self
             .inventory
             .all()
             .into_iter()
             .map(|fs| (fs.flight(), fs))
             .collect();
-        let mut groups = self.boards.groups.lock();
         for ((a, hours), g) in groups.iter_mut() {
             let mut shown = HashSet::new();
             for (f, fs) in all.iter().filter(|(f, _)| &f.from == a) {
@@ -333,8 +368,11 @@ mod tests {
     fn availability_is_due_once_per_interval() {
         let b = Boards::default();
         let f = FlightId::parse("JW1-20261201").unwrap();
-        b.groups.lock().insert(("LHR".into(), 24), Group::default());
         let t0 = Instant::now();
+        b.seats_changed(&f);
+        assert!(b.due(t0).is_empty(), "no board is watched");
+        b.groups.lock().insert(("LHR".into(), 24), Group::default());
+        b.any.store(true, Ordering::Relaxed);
         b.seats_changed(&f);
         assert_eq!(b.due(t0), vec![f.clone()]);
         b.seats_changed(&f);
