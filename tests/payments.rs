@@ -2000,6 +2000,51 @@ async fn challenged_3ds(hold_ttl: u64) -> (FakeStripe, Server, Client, Value) {
     (f, s, c, b)
 }
 
+/// Every `booking.pay` that was answered `payment_action_required` gets the outcome
+/// when the payment ends, not only the last one: an earlier request_id used to keep
+/// telling the customer to authenticate a payment that was confirmed, or cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_asked_to_act_gets_the_payments_outcome() {
+    // completed: a third request confirms it, the first two answer the booking paid
+    let (f, s, mut c, b) = challenged_3ds(600).await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p2")).await,
+        "payment_action_required"
+    );
+    authenticate(&f, loc);
+    let paid = c.ok("booking.pay", pay(loc, THREE_DS, "p3")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
+    for rid in ["p1", "p2"] {
+        let again = c.ok("booking.pay", pay(loc, THREE_DS, rid)).await;
+        assert_eq!(again, paid, "{rid}");
+    }
+    paid_once(&f, &s, &b);
+    s.stop().await;
+
+    // the hold ends first: both requests answer that the payment did not go through
+    let (f, s, mut c, b) = challenged_3ds(2).await;
+    let loc = &b["locator"];
+    assert_eq!(
+        c.reason("booking.pay", pay(loc, THREE_DS, "p2")).await,
+        "payment_action_required"
+    );
+    eventually("the hold is released", || {
+        let status = store_booking(&s, loc).status;
+        async move { status == jetway::domain::BookingStatus::Expired }
+    })
+    .await;
+    for rid in ["p1", "p2"] {
+        assert_eq!(
+            c.reason("booking.pay", pay(loc, THREE_DS, rid)).await,
+            "payment_failed",
+            "{rid}"
+        );
+    }
+    assert_eq!(f.ledger().charged(), 0);
+    s.stop().await;
+}
+
 /// The customer completes 3-D Secure (Stripe.js) for the booking's payment.
 fn authenticate(f: &FakeStripe, loc: &Value) {
     assert!(f.authenticate(&intent_of(f, loc).id, true));

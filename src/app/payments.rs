@@ -94,6 +94,20 @@ fn pay_key(a: &PaymentAttempt) -> IdemKey {
     }
 }
 
+/// The keys of the earlier requests a continued attempt answered
+/// `payment_action_required` (see [`PaymentAttempt::earlier_requests`]).
+fn earlier_keys(a: &PaymentAttempt) -> impl Iterator<Item = IdemKey> + '_ {
+    a.earlier_requests.iter().map(|r| IdemKey {
+        user: a.user_id,
+        method: PAY,
+        request_id: r.clone(),
+    })
+}
+
+/// Most earlier requests an attempt keeps (the oldest go first): each is a
+/// `booking.pay` sent while the customer acts, and the hold bounds how many there are.
+const EARLIER_REQUESTS: usize = 16;
+
 impl App {
     pub async fn pay(
         &self,
@@ -198,6 +212,7 @@ impl App {
                 updated_at: now,
                 certain: false,
                 payment_method: Some(p.payment_method.clone()),
+                earlier_requests: Vec::new(),
                 client_secret: None,
             };
             let (id, rid) = (attempt.id.clone(), attempt.request_id.clone());
@@ -381,7 +396,12 @@ impl App {
                 return Err(busy_error());
             };
             a = fresh;
-            a.request_id = rid.clone();
+            let earlier = std::mem::replace(&mut a.request_id, rid.clone());
+            if earlier != rid && !a.earlier_requests.contains(&earlier) {
+                a.earlier_requests.push(earlier);
+                let over = a.earlier_requests.len().saturating_sub(EARLIER_REQUESTS);
+                a.earlier_requests.drain(..over);
+            }
             a.updated_at = domain::now_ms();
             self.write_soon(Batch {
                 attempts: vec![a.clone()],
@@ -860,7 +880,10 @@ impl App {
                             }),
                         ),
                     )],
-                    replies: vec![(pay_key(&a), remember_ok(&result))],
+                    replies: std::iter::once(pay_key(&a))
+                        .chain(earlier_keys(&a))
+                        .map(|k| (k, remember_ok(&result)))
+                        .collect(),
                     attempts: vec![a.clone()],
                     ..Default::default()
                 };
@@ -1014,6 +1037,14 @@ impl App {
         }
         batch.events.extend(failed);
         batch.replies.push((key, remember_err(&err)));
+        // the requests a continued attempt answered earlier get its outcome too, unless
+        // one of them was answered a success
+        let earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
+        for k in earlier {
+            if self.store.reply(&k)?.is_none_or(|v| v.get("ok").is_none()) {
+                batch.replies.push((k, remember_err(&err)));
+            }
+        }
         self.commit(batch).await?;
         Err(err)
     }
@@ -1438,6 +1469,7 @@ mod tests {
             certain: false,
             payment_method: Some("pm_card_visa".into()),
             client_secret: Some("secret".into()),
+            earlier_requests: Vec::new(),
         };
         app.store
             .write(&Batch {

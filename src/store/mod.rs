@@ -173,6 +173,11 @@ pub struct PaymentAttempt {
     /// customer's action with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
+    /// Earlier requests that were answered `payment_action_required` for it before a
+    /// later one continued it (and became `request_id`): their replies are replaced
+    /// by its outcome too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_requests: Vec<String>,
 }
 
 impl PaymentAttempt {

@@ -2087,6 +2087,7 @@ mod tests {
             certain: false,
             payment_method: None,
             client_secret: None,
+            earlier_requests: Vec::new(),
         }
     }
 
