@@ -253,8 +253,8 @@ impl App {
         Ok(Done {})
     }
 
-    /// Sends a status or time change of `f` (the latest: the caller serializes
-    /// them) to `others` and the boards showing it.
+    /// Sends a status or time change of `f` (the record just set) to `others` and
+    /// the boards showing it.
     pub(super) fn send_with_boards(&self, f: &Flight, others: Vec<Outbox>, frame: &Utf8Bytes) {
         let _sending = self.boards.sending.read();
         let mut out = others;

@@ -95,13 +95,29 @@ fn pay_key(a: &PaymentAttempt) -> IdemKey {
 }
 
 /// The keys of the earlier requests a continued attempt answered
-/// `payment_action_required` (see [`PaymentAttempt::earlier_requests`]).
+/// `payment_action_required` (see [`PaymentAttempt::earlier_requests`]), its own
+/// never among them (one key written twice in a batch fails etcd's transaction).
 fn earlier_keys(a: &PaymentAttempt) -> impl Iterator<Item = IdemKey> + '_ {
-    a.earlier_requests.iter().map(|r| IdemKey {
-        user: a.user_id,
-        method: PAY,
-        request_id: r.clone(),
-    })
+    a.earlier_requests
+        .iter()
+        .filter(|r| **r != a.request_id)
+        .map(|r| IdemKey {
+            user: a.user_id,
+            method: PAY,
+            request_id: r.clone(),
+        })
+}
+
+/// Makes `rid` the request `a` answers to, keeping the one before it among the
+/// earlier ones (each once, `rid` not among them, the last [`EARLIER_REQUESTS`]).
+fn continued_by(a: &mut PaymentAttempt, rid: &str) {
+    let earlier = std::mem::replace(&mut a.request_id, rid.to_owned());
+    a.earlier_requests.retain(|r| r != rid && *r != earlier);
+    if earlier != rid {
+        a.earlier_requests.push(earlier);
+    }
+    let over = a.earlier_requests.len().saturating_sub(EARLIER_REQUESTS);
+    a.earlier_requests.drain(..over);
 }
 
 /// Most earlier requests an attempt keeps (the oldest go first): each is a
@@ -396,12 +412,7 @@ impl App {
                 return Err(busy_error());
             };
             a = fresh;
-            let earlier = std::mem::replace(&mut a.request_id, rid.clone());
-            if earlier != rid && !a.earlier_requests.contains(&earlier) {
-                a.earlier_requests.push(earlier);
-                let over = a.earlier_requests.len().saturating_sub(EARLIER_REQUESTS);
-                a.earlier_requests.drain(..over);
-            }
+            continued_by(&mut a, &rid);
             a.updated_at = domain::now_ms();
             self.write_soon(Batch {
                 attempts: vec![a.clone()],
@@ -1036,15 +1047,18 @@ impl App {
             return super::replay(first);
         }
         batch.events.extend(failed);
-        batch.replies.push((key, remember_err(&err)));
         // the requests a continued attempt answered earlier get its outcome too, unless
-        // one of them was answered a success
-        let earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
-        for k in earlier {
+        // one of them was answered a success (each key once: etcd refuses a batch
+        // writing one twice)
+        let mut earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
+        earlier.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        earlier.dedup();
+        for k in earlier.into_iter().filter(|k| *k != key) {
             if self.store.reply(&k)?.is_none_or(|v| v.get("ok").is_none()) {
                 batch.replies.push((k, remember_err(&err)));
             }
         }
+        batch.replies.push((key, remember_err(&err)));
         self.commit(batch).await?;
         Err(err)
     }
@@ -1412,6 +1426,41 @@ mod tests {
     use crate::domain::{Cabin, Locator, Money, SeatId, UserId};
     use crate::payments::{PaymentGateway, Sandbox, Stripe};
     use crate::store::SledStore;
+
+    /// A request continuing the attempt again (its earlier answer was not
+    /// remembered) is not kept among the earlier ones too: its key would be written
+    /// twice in the outcome's batch, which etcd refuses, and the payment could never
+    /// end.
+    #[test]
+    fn a_request_continuing_again_is_kept_once() {
+        let mut a = PaymentAttempt {
+            id: "pa-x".into(),
+            user_id: UserId(1),
+            locator: Locator::parse("LAPSED").unwrap(),
+            amount: Money::cents(10_000).unwrap(),
+            request_id: "p1".into(),
+            payment_ref: None,
+            state: AttemptState::ActionRequired,
+            created_at: 0,
+            updated_at: 0,
+            certain: false,
+            payment_method: None,
+            client_secret: None,
+            earlier_requests: Vec::new(),
+        };
+        continued_by(&mut a, "p2");
+        continued_by(&mut a, "p3");
+        continued_by(&mut a, "p2");
+        assert_eq!(a.request_id, "p2");
+        assert_eq!(a.earlier_requests, ["p1", "p3"]);
+        let keys: Vec<String> = earlier_keys(&a).map(|k| k.request_id).collect();
+        assert_eq!(keys, ["p1", "p3"]);
+        for n in 0..40 {
+            continued_by(&mut a, &format!("q{n}"));
+        }
+        assert_eq!(a.earlier_requests.len(), EARLIER_REQUESTS);
+        assert_eq!(a.earlier_requests.last().unwrap(), "q38");
+    }
 
     #[test]
     fn no_client_request_is_a_reconcilers() {
