@@ -4,8 +4,7 @@
 //! gateway at start-up, periodically, and on webhooks, through one path
 //! ([`App::settle_charged`]): a charge confirms the booking if its seats are still its
 //! own and its flight still takes payments (`scheduled` or `delayed`), and is refunded
-//! otherwise. Never a charge without a ticket, never a ticket
-//! without a charge.
+//! otherwise. Never a charge without a ticket, never a ticket without a charge.
 //!
 //! ```text
 //! started ──create+confirm ok──▶ succeeded (booking confirmed, same batch)
