@@ -707,40 +707,37 @@ async fn wait_confirmed(s: &Server, loc: &Value) {
     .await;
 }
 
-/// A booking whose payment is charged `late` after its confirm was sent: the client
-/// (timeout 1 s) gives up while the PaymentIntent still reads `requires_confirmation`,
-/// and cannot cancel it while it is processing. Returns its client and the booking as
-/// held.
-async fn pay_charged_late(
-    f: &FakeStripe,
-    reconcile_every: u64,
-    late: u64,
-) -> (Server, Client, Value) {
-    let s = Server::start_with(|c| {
-        stripe_config(c, &f.base());
+/// A booked user whose first pay (request `p1`) is answered `payment_failed`
+/// because the gateway's confirm meets `confirm` (answers cut after 1 s, the
+/// reconciler idle): the fake gateway, the server, the user's client, the flight id
+/// and the booking.
+async fn first_pay_failed(
+    confirm: Fault,
+    tweak: impl FnOnce(&mut jetway::Config),
+) -> (FakeStripe, Server, Client, String, Value) {
+    let (f, s) = stripe_server(|c| {
         c.gateway_timeout = 1;
-        c.reconcile_interval = reconcile_every;
+        c.reconcile_interval = 3600;
+        tweak(c)
     })
     .await;
-    let mut a = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
-    fault(
-        f,
-        Step::Confirm,
-        Fault::ProcessLate(Duration::from_millis(late)),
-    );
+    let mut c = s.client().await;
+    let (fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    fault(&f, Step::Confirm, confirm);
     assert_eq!(
-        a.reason("booking.pay", pay(&b["locator"], "pm_card_visa", "p"))
+        c.reason("booking.pay", pay(&b["locator"], "pm_card_visa", "p1"))
             .await,
         "payment_failed"
     );
-    (s, a, b)
+    (f, s, c, fid, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
-    let f = fake().await;
-    let (s, _, b) = pay_charged_late(&f, 1, 4000).await;
+    let (f, s, _, _, b) = first_pay_failed(Fault::ProcessLate(Duration::from_millis(4000)), |c| {
+        c.reconcile_interval = 1
+    })
+    .await;
     wait_confirmed(&s, &b["locator"]).await;
     let cancels: Vec<String> = f
         .keys()
@@ -784,8 +781,8 @@ async fn late_charge_refunded(f: &FakeStripe, s: &Server, b: &Value) {
 /// (the gateway keeps nothing for a booking that is not confirmed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_landing_after_its_hold_was_cancelled_is_refunded() {
-    let f = fake().await;
-    let (s, mut c, b) = pay_charged_late(&f, 3600, 2500).await;
+    let (f, s, mut c, _, b) =
+        first_pay_failed(Fault::ProcessLate(Duration::from_millis(2500)), |_| {}).await;
     let loc = &b["locator"];
     let cancelled = c
         .ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
@@ -803,8 +800,8 @@ async fn a_charge_landing_after_its_hold_was_cancelled_is_refunded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncertain_payment_stays_open_until_the_reconciler_settles_it() {
-    let f = fake().await;
-    let (mut s, _, b) = pay_charged_late(&f, 3600, 1500).await;
+    let (f, mut s, _, _, b) =
+        first_pay_failed(Fault::ProcessLate(Duration::from_millis(1500)), |_| {}).await;
     assert_eq!(
         s.app().store.open_attempts().unwrap().len(),
         1,
@@ -824,20 +821,8 @@ async fn an_uncertain_payment_stays_open_until_the_reconciler_settles_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_confirm_is_cancelled_before_it_counts_as_not_charged() {
-    let (f, s) = stripe_server(|c| {
-        c.gateway_timeout = 1;
-        c.reconcile_interval = 3600;
-    })
-    .await;
-    let mut a = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let (f, s, mut a, _fid, b) = first_pay_failed(Fault::Timeout, |_| {}).await;
     let loc = b["locator"].clone();
-    fault(&f, Step::Confirm, Fault::Timeout);
-    assert_eq!(
-        a.reason("booking.pay", pay(&loc, "pm_card_visa", "p1"))
-            .await,
-        "payment_failed"
-    );
     let l = f.ledger();
     assert_eq!(l.intents.len(), 1);
     assert_eq!(
@@ -2885,25 +2870,12 @@ async fn a_charge_made_while_the_flight_departs_is_refunded_not_confirmed() {
 /// a confirmation that can no longer happen), and it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pay_after_boarding_with_a_charge_unsettled_says_it_will_be_refunded() {
-    let (f, s) = stripe_server(|c| {
-        c.gateway_timeout = 1;
-        c.reconcile_interval = 3600;
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
-    let mut c = s.client().await;
-    let (fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let (f, s, mut c, fid, b) =
+        first_pay_failed(Fault::ProcessLate(Duration::from_millis(2500)), |c| {
+            c.admin_password = Some(ADMIN_PASSWORD.into())
+        })
+        .await;
     let loc = &b["locator"];
-    fault(
-        &f,
-        Step::Confirm,
-        Fault::ProcessLate(Duration::from_millis(2500)),
-    );
-    assert_eq!(
-        c.reason("booking.pay", pay(loc, "pm_card_visa", "p1"))
-            .await,
-        "payment_failed"
-    );
     let mut admin = admin_client(&s).await;
     admin
         .ok(

@@ -433,10 +433,7 @@ mod tests {
         drop(j);
         let (j, found) = Journal::open(dir.path()).unwrap();
         j.release_all().unwrap();
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let names = file_names(dir.path());
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(
             names[0].starts_with(&format!("{:020}.", 1)) && names[0].ends_with(".torn"),
@@ -481,7 +478,7 @@ mod tests {
         let (_, found) = Journal::open(dir.path()).unwrap();
         assert_eq!(seqs(&found), [1, 2, 3]);
         std::fs::remove_file(&files[1]).unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains("record 2 is missing before") && err.contains("backup"),
             "{err}"
@@ -494,7 +491,7 @@ mod tests {
         let files = three_files(dir.path());
         std::fs::remove_file(&files[2]).unwrap();
         std::fs::rename(&files[1], &files[2]).unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains("named for record 3 but begins with record 2"),
             "{err}"
@@ -509,6 +506,18 @@ mod tests {
 
     fn seqs(found: &[Record]) -> Vec<u64> {
         found.iter().map(|r| r.seq).collect()
+    }
+
+    /// Why the journal in `dir` does not open.
+    fn refusal(dir: &Path) -> String {
+        Journal::open(dir).err().unwrap().to_string()
+    }
+
+    fn file_names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     /// What a crash can leave at the end of the last file (stale blocks that pass
@@ -526,15 +535,9 @@ mod tests {
         let (j, found) = Journal::open(dir.path()).unwrap();
         assert_eq!(seqs(&found), [1, 2, 3]);
         j.release_all().unwrap();
-        let torn = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .to_string_lossy()
-                    .ends_with(".torn")
-            })
+        let torn = file_names(dir.path())
+            .iter()
+            .filter(|n| n.ends_with(".torn"))
             .count();
         assert_eq!(torn, 1, "kept aside");
 
@@ -546,7 +549,7 @@ mod tests {
         assert_eq!(seqs(&found), [1, 2, 3]);
         // a journal of another version is never taken for a torn file
         std::fs::write(&fourth, b"JETWAYJ2 and more").unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(err.contains("not a version 1 journal file"), "{err}");
     }
 
@@ -564,10 +567,7 @@ mod tests {
         let (j, found) = Journal::open(dir.path()).unwrap();
         assert_eq!(seqs(&found), [1, 2]);
         j.release_all().unwrap();
-        let kept: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let kept = file_names(dir.path());
         assert!(
             kept.len() == 1 && kept[0].ends_with(".torn"),
             "kept aside: {kept:?}"
@@ -576,7 +576,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = three_files(dir.path());
         std::fs::write(&files[1], &stale).unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains("named for record 2 but begins with record 1"),
             "{err}"
@@ -587,7 +587,7 @@ mod tests {
         let mut ahead = MAGIC.to_vec();
         encode(9, &[w("new", Some("x"))], &mut ahead);
         std::fs::write(&files[2], &ahead).unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains("named for record 3 but begins with record 9"),
             "{err}"
@@ -613,7 +613,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&first, &bytes).unwrap();
-        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        let err = refusal(dir.path());
         assert!(err.contains("damaged"), "{err}");
         bytes[last] ^= 1;
         std::fs::write(&first, &bytes).unwrap();

@@ -518,6 +518,17 @@ impl Client {
         }
     }
 
+    /// The params of every `method` push received so far, after a round trip: anything
+    /// queued for this connection before now arrives before its reply.
+    pub async fn pushes_so_far(&mut self, method: &str) -> Vec<Value> {
+        self.ok("flights.airports", json!({})).await;
+        self.pushes
+            .iter()
+            .filter(|p| p["method"] == method)
+            .map(|p| p["params"].clone())
+            .collect()
+    }
+
     pub async fn register(&mut self, name: &str) -> Value {
         self.ok(
             "auth.register",

@@ -5,12 +5,7 @@ use super::*;
 /// Asserts that no `booking.updated` reached the connection: anything queued for it
 /// before now arrives before the reply to this request.
 async fn assert_no_updates(c: &mut Client) {
-    c.ok("flights.airports", json!({})).await;
-    let seen: Vec<_> = c
-        .pushes
-        .iter()
-        .filter(|p| p["method"] == "booking.updated")
-        .collect();
+    let seen = c.pushes_so_far("booking.updated").await;
     assert!(seen.is_empty(), "another user's updates arrived: {seen:?}");
 }
 
