@@ -503,23 +503,27 @@ fn closed_by_server(t: &mut std::net::TcpStream) -> bool {
     }
 }
 
+/// Connects, sends `bytes`, and tells (off the runtime's threads) whether the server
+/// then closes the connection without an answer.
+fn closed_after_sending(addr: SocketAddr, bytes: &'static [u8]) -> tokio::task::JoinHandle<bool> {
+    tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(WAIT)).unwrap();
+        t.write_all(bytes).unwrap();
+        closed_by_server(&mut t)
+    })
+}
+
 #[tokio::test]
 async fn a_handshake_that_never_finishes_times_out() {
     let s = Server::start_with(|c| c.limits.handshake_timeout = 1).await;
     let addr = s.addr;
     let started = Instant::now();
-    let silent = tokio::task::spawn_blocking(move || {
-        let mut t = std::net::TcpStream::connect(addr).unwrap();
-        t.set_read_timeout(Some(WAIT)).unwrap();
-        closed_by_server(&mut t)
-    });
-    let slowloris = tokio::task::spawn_blocking(move || {
-        let mut t = std::net::TcpStream::connect(addr).unwrap();
-        t.set_read_timeout(Some(WAIT)).unwrap();
-        t.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
-            .unwrap();
-        closed_by_server(&mut t)
-    });
+    let silent = closed_after_sending(addr, b"");
+    let slowloris = closed_after_sending(
+        addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+    );
     assert!(silent.await.unwrap(), "a silent connection is closed");
     assert!(slowloris.await.unwrap(), "a half-sent request is closed");
     let took = started.elapsed();
@@ -534,6 +538,113 @@ async fn a_handshake_that_never_finishes_times_out() {
     c.ok("flights.airports", json!({})).await;
     let page = metrics_page(s.addr).await;
     assert!(metric(&page, "jetway_rejected_total{reason=\"handshake_timeout\"}").unwrap() >= 2.0);
+    s.stop().await;
+}
+
+/// A client that pipelines requests and never reads the responses is closed at the
+/// handshake timeout: it used to be kept for good, because only reads checked the
+/// deadline and the server was stuck writing.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_responses_is_closed() {
+    let s = Server::start_with(|c| c.limits.handshake_timeout = 1).await;
+    let addr = s.addr;
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let request = b"GET /openrpc.json HTTP/1.1\r\nHost: x\r\n\r\n";
+        // far more responses than the socket buffers hold; stops once the server
+        // stops taking requests
+        for _ in 0..5_000 {
+            if t.write_all(request).is_err() {
+                break;
+            }
+        }
+        t
+    })
+    .await
+    .unwrap();
+    eventually("the stalled connection is closed", || async {
+        let page = metrics_page(addr).await;
+        (metric(&page, "jetway_rejected_total{reason=\"handshake_timeout\"}").unwrap() >= 1.0)
+            .then_some(())
+    })
+    .await;
+    drop(stalled);
+    s.stop().await;
+}
+
+/// HTTP/2 (prior knowledge) is refused before a frame is answered: its many requests
+/// at once on one connection would slip past the limits that count HTTP/1 requests.
+#[tokio::test]
+async fn http2_is_refused() {
+    let s = Server::start().await;
+    let addr = s.addr;
+    let closed = closed_after_sending(
+        addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    );
+    assert!(closed.await.unwrap(), "closed without an answer");
+    let (code, _, _) = http_raw(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 200, "HTTP/1.1 is served");
+    s.stop().await;
+}
+
+/// The status of the first response to `head` followed by `body`, read as soon as
+/// its status line is in, without waiting for the connection to end.
+fn status_after(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    t.write_all(head.as_bytes()).unwrap();
+    t.write_all(body).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match t.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return 0,
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A webhook's body is read only when webhooks are taken, and only up to 256 KiB:
+/// an anonymous sender used to make the server hold 2 MB per request, and with
+/// webhooks off too.
+#[tokio::test]
+async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
+    let head = |len: usize| {
+        format!("POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n")
+    };
+    let s = Server::start().await;
+    let addr = s.addr;
+    // most of the body withheld: answered at once all the same
+    let code = tokio::task::spawn_blocking(move || status_after(addr, &head(1_000_000), b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(code, 404, "not configured, not read");
+    s.stop().await;
+
+    let s = Server::start_with(|c| c.stripe_webhook_secret = Some("whsec_test".into())).await;
+    let addr = s.addr;
+    let codes = tokio::task::spawn_blocking(move || {
+        [200 * 1024, 300 * 1024].map(|len| status_after(addr, &head(len), &vec![b' '; len]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        codes,
+        [400, 413],
+        "read and refused for its signature; too large"
+    );
     s.stop().await;
 }
 

@@ -1266,16 +1266,20 @@ impl App {
         self.failures_checked.store(all_checked, Ordering::SeqCst);
     }
 
-    /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
-    pub async fn stripe_webhook(&self, signature: &str, body: &[u8]) -> Result<(), WebhookError> {
-        // an empty secret (a compose file's `${STRIPE_WEBHOOK_SECRET}` left unset)
-        // would let anyone sign: it counts as none
-        let secret = self
-            .config
+    /// The secret webhooks are signed with, if they are taken at all. An empty one (a
+    /// compose file's `${STRIPE_WEBHOOK_SECRET}` left unset) would let anyone sign: it
+    /// counts as none.
+    pub fn webhook_secret(&self) -> Result<&str, WebhookError> {
+        self.config
             .stripe_webhook_secret
             .as_deref()
             .filter(|s| !s.is_empty())
-            .ok_or(WebhookError::NotConfigured)?;
+            .ok_or(WebhookError::NotConfigured)
+    }
+
+    /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
+    pub async fn stripe_webhook(&self, signature: &str, body: &[u8]) -> Result<(), WebhookError> {
+        let secret = self.webhook_secret()?;
         webhook::verify(secret, signature, body, domain::now_ms() / 1000)?;
         let event: Value = serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
         // kept for good once applied: only the shape of Stripe's ids (`evt_...`)

@@ -308,21 +308,33 @@ async fn backup(
     }
 }
 
+/// The most of a webhook's body that is read. Stripe's events are a few KiB (an
+/// object's metadata is at most 50 keys of 500 characters); an anonymous sender can
+/// make the server hold no more than this per connection.
+const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
+
 async fn stripe_webhook(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     use crate::app::WebhookError;
+    let not_found = |e: WebhookError| (StatusCode::NOT_FOUND, e.to_string()).into_response();
+    // nothing is read when nothing would be taken
+    if let Err(e) = ctx.app.webhook_secret() {
+        return not_found(e);
+    }
+    let Ok(body) = axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await else {
+        let why = format!("the body was cut off or is over {WEBHOOK_BODY_LIMIT} bytes");
+        return (StatusCode::PAYLOAD_TOO_LARGE, why).into_response();
+    };
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match ctx.app.stripe_webhook(signature, &body).await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(e @ WebhookError::NotConfigured) => {
-            (StatusCode::NOT_FOUND, e.to_string()).into_response()
-        }
+        Err(e @ WebhookError::NotConfigured) => not_found(e),
         Err(e @ (WebhookError::Signature(_) | WebhookError::Malformed)) => {
             (StatusCode::BAD_REQUEST, e.to_string()).into_response()
         }

@@ -1,6 +1,6 @@
 //! The TCP listener: accepts connections, refuses an address over its connection cap
-//! (a trusted proxy is not counted) and fails a connection that has not become a
-//! WebSocket within the handshake timeout.
+//! (a trusted proxy is not counted), refuses HTTP/2, and fails a connection that has
+//! not become a WebSocket within the handshake timeout, reading or writing.
 
 use dashmap::DashMap;
 use std::future::Future;
@@ -193,6 +193,7 @@ impl axum::serve::Listener for GuardedListener {
                     mark,
                     timer: Some(Box::pin(tokio::time::sleep_until(first.into()))),
                     timer_at: first,
+                    preface: 0,
                     metrics: ConnGauge::new(self.metrics.clone()),
                     _slot: slot,
                 },
@@ -222,17 +223,28 @@ impl Drop for ConnGauge {
     }
 }
 
-/// A TCP stream that fails its reads once its handshake deadline passes before it
-/// became a WebSocket.
+/// A TCP stream that fails its reads and writes once its handshake deadline passes
+/// before it became a WebSocket (a client that stops reading its responses is cut off
+/// too), and its first read if it opens with HTTP/2's preface.
 pub struct GuardedStream {
     inner: TcpStream,
     mark: Arc<ConnMark>,
     /// Until the upgrade.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     timer_at: Instant,
+    /// How many bytes of [`H2_PREFACE`] the stream began with so far; [`NOT_H2`] once it
+    /// began otherwise.
+    preface: u8,
     metrics: ConnGauge,
     _slot: Option<AddrSlot>,
 }
+
+/// HTTP/2 with prior knowledge (RFC 9113, 3.4) is refused: hyper would serve it (axum
+/// turns it on, with no switch), and its many requests at once on one connection
+/// would slip past the per-connection limits, which count HTTP/1 requests. Only the
+/// part every such client sends first is compared.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+const NOT_H2: u8 = u8::MAX;
 
 /// What a WebSocket keeps of its TCP connection's accounting once upgraded: the
 /// connection counted in the metrics and against its address's cap while it is open.
@@ -255,6 +267,54 @@ impl GuardedStream {
     }
 }
 
+impl GuardedStream {
+    /// An error once the handshake deadline has passed; otherwise the deadline's timer
+    /// wakes this task when it does.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match (self.mark.deadline(), self.timer.as_mut()) {
+            (Some(deadline), Some(timer)) => {
+                if deadline != self.timer_at {
+                    self.timer_at = deadline;
+                    timer.as_mut().reset(deadline.into());
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.metrics.0.rejected(Rejection::HandshakeTimeout);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "handshake timeout",
+                    ));
+                }
+            }
+            // a WebSocket for good: the timer's memory goes back
+            (None, Some(_)) => self.timer = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Compares the stream's first bytes, `read`, with HTTP/2's preface.
+    fn check_preface(&mut self, read: &[u8]) -> std::io::Result<()> {
+        let at = usize::from(self.preface);
+        if at >= H2_PREFACE.len() {
+            return Ok(());
+        }
+        let n = read.len().min(H2_PREFACE.len() - at);
+        if read[..n] != H2_PREFACE[at..at + n] {
+            self.preface = NOT_H2;
+            return Ok(());
+        }
+        self.preface += n as u8;
+        if usize::from(self.preface) < H2_PREFACE.len() {
+            return Ok(());
+        }
+        tracing::debug!(peer = %self.mark.peer, "HTTP/2 refused");
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "HTTP/2 is not served",
+        ))
+    }
+}
+
 impl AsyncRead for GuardedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -262,25 +322,13 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        match (this.mark.deadline(), this.timer.as_mut()) {
-            (Some(deadline), Some(timer)) => {
-                if deadline != this.timer_at {
-                    this.timer_at = deadline;
-                    timer.as_mut().reset(deadline.into());
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.metrics.0.rejected(Rejection::HandshakeTimeout);
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "handshake timeout",
-                    )));
-                }
-            }
-            // a WebSocket for good: the timer's memory goes back
-            (None, Some(_)) => this.timer = None,
-            _ => {}
+        this.check_deadline(cx)?;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            this.check_preface(&buf.filled()[before..])?;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        read
     }
 }
 
@@ -290,10 +338,12 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_deadline(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check_deadline(cx)?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -306,6 +356,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_deadline(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
