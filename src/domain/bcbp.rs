@@ -36,8 +36,8 @@ pub fn compartment(cabin: Cabin) -> char {
 
 /// `SURNAME/GIVEN NAMES` from a free-text name: split at the last space (a name
 /// without one is written as it is; any Unicode space, a no-break or an ideographic
-/// one, counts as a space), upper case, accents dropped, everything but A-Z, space
-/// and `/` removed, cut to 20 and padded with spaces.
+/// one, counts as a space), upper case, letters of any script transliterated to A-Z,
+/// everything but A-Z, space and `/` removed, cut to 20 and padded with spaces.
 pub fn name_field(name: &str) -> String {
     let spaced: String = name
         .chars()
@@ -60,47 +60,21 @@ pub fn name_field(name: &str) -> String {
     out
 }
 
-/// One character in A-Z terms: upper case, Latin letters without their accents (a
-/// few become two letters), anything else left for the filter to drop. Letters the
-/// table does not name are decomposed by compatibility (NFKD: `ễ` is `e` and two
-/// combining marks, `ﬁ` is `fi`, a full-width `Ａ` is `A`) and keep their A-Z part,
-/// so every accented Latin letter keeps its base. Other characters are left as they
-/// are (a `/` or space typed stays one; a full-width `／` is not made a separator).
+/// One character in A-Z terms: a letter of any script transliterated (accents
+/// dropped, `ß` is `SS`, `ﬁ` is `FI`, a full-width `Ａ` is `A`, `Иван` is `IVAN`, `李`
+/// is `LI`) and upper-cased, keeping only the A-Z of what it becomes; any other
+/// character left as it is for the filter (a `/` or space typed stays one; a
+/// full-width `／` is not made a separator).
 fn transliterate(c: char) -> Vec<char> {
-    let base = match c {
-        'À'..='Å' | 'à'..='å' | 'Ā' | 'ā' | 'Ă' | 'ă' | 'Ą' | 'ą' => "A",
-        'Æ' | 'æ' => "AE",
-        'Ç' | 'ç' | 'Ć' | 'ć' | 'Č' | 'č' | 'Ĉ' | 'ĉ' | 'Ċ' | 'ċ' => "C",
-        'Ď' | 'ď' | 'Đ' | 'đ' | 'Ð' | 'ð' => "D",
-        'È'..='Ë' | 'è'..='ë' | 'Ē' | 'ē' | 'Ė' | 'ė' | 'Ę' | 'ę' | 'Ě' | 'ě' => "E",
-        'Ğ' | 'ğ' | 'Ģ' | 'ģ' | 'Ĝ' | 'ĝ' | 'Ġ' | 'ġ' => "G",
-        'Ì'..='Ï' | 'ì'..='ï' | 'Ī' | 'ī' | 'Į' | 'į' | 'İ' | 'ı' => "I",
-        'Ķ' | 'ķ' => "K",
-        'Ł' | 'ł' | 'Ľ' | 'ľ' | 'Ĺ' | 'ĺ' | 'Ļ' | 'ļ' => "L",
-        'Ñ' | 'ñ' | 'Ń' | 'ń' | 'Ň' | 'ň' | 'Ņ' | 'ņ' => "N",
-        'Ò'..='Ö' | 'Ø' | 'ò'..='ö' | 'ø' | 'Ō' | 'ō' | 'Ő' | 'ő' => "O",
-        'Œ' | 'œ' => "OE",
-        'Ŕ' | 'ŕ' | 'Ř' | 'ř' => "R",
-        'Ś' | 'ś' | 'Š' | 'š' | 'Ş' | 'ş' | 'Ș' | 'ș' => "S",
-        'ß' | 'ẞ' => "SS",
-        'Ħ' | 'ħ' => "H",
-        'Ŋ' | 'ŋ' => "N",
-        'Ŧ' | 'ŧ' => "T",
-        'Ť' | 'ť' | 'Ţ' | 'ţ' | 'Ț' | 'ț' => "T",
-        'Þ' | 'þ' => "TH",
-        'Ù'..='Ü' | 'ù'..='ü' | 'Ū' | 'ū' | 'Ů' | 'ů' | 'Ű' | 'ű' | 'Ų' | 'ų' => "U",
-        'Ý' | 'ý' | 'ÿ' | 'Ÿ' => "Y",
-        'Ź' | 'ź' | 'Ž' | 'ž' | 'Ż' | 'ż' => "Z",
-        c if c.is_alphabetic() => {
-            return icu_normalizer::DecomposingNormalizerBorrowed::new_nfkd()
-                .normalize_iter(std::iter::once(c))
-                .filter(char::is_ascii_alphabetic)
-                .map(|c| c.to_ascii_uppercase())
-                .collect()
-        }
-        c => return vec![c],
-    };
-    base.chars().collect()
+    if !c.is_alphabetic() {
+        return vec![c];
+    }
+    deunicode::deunicode_char(c)
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// The check-in sequence field: four digits and a space (five digits from 10000 on,
@@ -262,7 +236,6 @@ mod tests {
             ("Mary Ann Evans", "EVANS/MARY ANN"),
             ("Cher", "CHER"),
             ("Émilie du Châtelet", "CHATELET/EMILIE DU"),
-            // letters no table named: decomposed, their marks dropped
             ("Nguyễn Văn An", "AN/NGUYEN VAN"),
             ("Trương Thị Hoa", "HOA/TRUONG THI"),
             ("Ĵoŝ Ŵaŷ Ħaẞ", "HASS/JOS WAY"),
@@ -274,7 +247,12 @@ mod tests {
                 "FEATHERSTONEHAUGH/AL",
             ),
             ("Bartholomew-Maximilian", "BARTHOLOMEWMAXIMILIA"),
-            ("李 小龙", "/"),
+            // other scripts transliterated too (the name used to be dropped)
+            ("李 小龙", "XIAOLONG/LI"),
+            ("Иван Петров", "PETROV/IVAN"),
+            ("Юлия Щукина", "SHCHUKINA/IULIIA"),
+            ("Ana 李", "LI/ANA"),
+            ("Νίκος Παπαδόπουλος", "PAPADOPOULOS/NIKOS"),
             // compatibility forms of letters: ligatures, full width, digraphs, numerals
             ("ﬁ ligature", "LIGATURE/FI"),
             ("Ｆｕｌｌ Ｗｉｄｔｈ", "WIDTH/FULL"),
