@@ -131,7 +131,7 @@ impl App {
     ) -> Result<Answer<BookingResult>, AppError> {
         if p.payment_method.is_empty() || p.payment_method.len() > 128 {
             return Err(AppError::InvalidParams(
-                "payment_method must be 1-128 characters".into(),
+                "payment_method must be 1-128 bytes".into(),
             ));
         }
         self.committer.catch_up().await?;

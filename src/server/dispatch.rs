@@ -71,7 +71,9 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 pub static TEST_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Handles a request and queues its reply (none for a notification).
-pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
+/// Answers one request; returns the bytes of the reply it queued (0 for none, or for
+/// a reply sent early by the commit).
+pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) -> usize {
     let app = conn.app.clone();
     let _running = app.committer.request_running();
     let label = method_label(&req.method);
@@ -92,7 +94,7 @@ async fn handle_in_span(
     conn: &mut ConnState,
     req: Request,
     label: &'static str,
-) {
+) -> usize {
     let started = Instant::now();
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
@@ -116,14 +118,14 @@ async fn handle_in_span(
         if let Err(e) = &outcome {
             tracing::warn!(%method, error = %e, "a request failed after its change was durable and answered");
         }
-        return;
+        return 0;
     }
     if notification {
-        return;
+        return 0;
     }
     let frame = match outcome {
         Ok(Some(result)) => envelope::success(&id, &result),
-        Ok(None) => return,
+        Ok(None) => return 0,
         Err(e) => {
             if matches!(e, ApiError::Internal) {
                 tracing::error!(%method, "request failed with an internal error");
@@ -131,7 +133,9 @@ async fn handle_in_span(
             envelope::failure(&id, &e)
         }
     };
+    let bytes = frame.len();
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
+    bytes
 }
 
 /// A change's answer, encoded for its reply unless the change's announcement sent
