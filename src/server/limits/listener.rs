@@ -279,6 +279,10 @@ impl GuardedStream {
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     self.metrics.0.rejected(Rejection::HandshakeTimeout);
+                    // closed with a reset: the responses a client never read go with
+                    // it (a plain close left them queued in the kernel for minutes,
+                    // the connection no longer counted against its address)
+                    let _ = self.inner.set_zero_linger();
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "handshake timeout",
