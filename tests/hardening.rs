@@ -135,8 +135,7 @@ async fn a_request_flood_is_refused_then_closed() {
 /// search results the client had not read when the flood close came).
 #[tokio::test]
 async fn a_client_reading_late_gets_everything_sent_before_the_close() {
-    // a ~47 KB reply and its request cost 12 tokens: 600 is ~50 of them, megabytes
-    let s = flood_server(600).await;
+    let s = flood_server(60).await;
     let c = s.client().await;
     let (mut tx, mut rx) = c.ws.split();
     let sending = tokio::spawn(async move {
@@ -177,7 +176,7 @@ async fn a_client_reading_late_gets_everything_sent_before_the_close() {
     assert_eq!(close.code, CloseCode::Policy);
     assert_eq!(close.reason.as_str(), "rate limit exceeded");
     // a token may come back while the client reads (one a second)
-    assert!(ok >= 40 && limited >= 5, "{ok} results, {limited} refusals");
+    assert!(ok >= 60 && limited >= 5, "{ok} results, {limited} refusals");
     assert!(
         bytes > 1 << 20,
         "{bytes} bytes: more than the socket buffers hold"
@@ -288,50 +287,16 @@ async fn large_frames_spend_the_rate_limit_faster() {
         }
     }
     assert!(limited >= 4, "{limited} of 20 large frames refused");
-    passes_again(&mut c).await;
-    s.stop().await;
-}
-
-/// Waits until a small request on `c` passes the rate limit again; until then it is
-/// refused `rate_limited`, not closed.
-async fn passes_again(c: &mut Client) {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = c.call("flights.airports", json!({})).await;
         if r.get("result").is_some() {
-            return;
+            break;
         }
         assert_eq!(r["error"]["data"]["reason"], "rate_limited", "{r}");
         assert!(Instant::now() < deadline, "still refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A reply costs a token per whole 4 KiB too: twenty searches of the whole schedule
-/// (~100 KB each) asked at once overdraw the default burst of 200 (they used to pass,
-/// and one connection could keep a core busy encoding them within its rate).
-#[tokio::test]
-async fn large_replies_spend_the_rate_limit_faster() {
-    let s = Server::start().await;
-    let mut c = s.client().await;
-    for i in 0..20 {
-        let req = json!({"jsonrpc": "2.0", "id": i, "method": "flights.search", "params": {"limit": 500}});
-        c.send_text(&req.to_string()).await;
-    }
-    let (mut limited, mut largest) = (0, 0);
-    for _ in 0..20 {
-        let r = c.recv().await.unwrap();
-        largest = largest.max(r.to_string().len());
-        if r["error"]["data"]["reason"] == "rate_limited" {
-            limited += 1;
-        }
-    }
-    assert!(
-        largest > 64 * 1024,
-        "a search of the whole schedule: {largest} bytes"
-    );
-    assert!(limited >= 5, "{limited} of 20 large replies refused");
-    passes_again(&mut c).await;
     s.stop().await;
 }
 

@@ -71,9 +71,7 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 pub static TEST_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Handles a request and queues its reply (none for a notification).
-/// Answers one request; returns the bytes of the reply it queued (0 for none, or for
-/// a reply sent early by the commit).
-pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) -> usize {
+pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
     let app = conn.app.clone();
     let _running = app.committer.request_running();
     let label = method_label(&req.method);
@@ -94,7 +92,7 @@ async fn handle_in_span(
     conn: &mut ConnState,
     req: Request,
     label: &'static str,
-) -> usize {
+) {
     let started = Instant::now();
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
@@ -118,14 +116,14 @@ async fn handle_in_span(
         if let Err(e) = &outcome {
             tracing::warn!(%method, error = %e, "a request failed after its change was durable and answered");
         }
-        return 0;
+        return;
     }
     if notification {
-        return 0;
+        return;
     }
     let frame = match outcome {
         Ok(Some(result)) => envelope::success(&id, &result),
-        Ok(None) => return 0,
+        Ok(None) => return,
         Err(e) => {
             if matches!(e, ApiError::Internal) {
                 tracing::error!(%method, "request failed with an internal error");
@@ -133,9 +131,7 @@ async fn handle_in_span(
             envelope::failure(&id, &e)
         }
     };
-    let bytes = frame.len();
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
-    bytes
 }
 
 /// A change's answer, encoded for its reply unless the change's announcement sent

@@ -48,9 +48,7 @@ pub type Socket = WebSocketStream<super::coalesce::Coalesce<fanout::Wire>>;
 /// The connection's request in progress, on its own task: it goes on while the
 /// connection writes pushes to a slow client (a payment's gateway timer must not
 /// stall behind a socket), and a panic in it ends the task, not the connection loop.
-/// The request being answered: gives back the connection's state and the bytes of
-/// the reply.
-type InFlight = tokio::task::JoinHandle<(ConnState, usize)>;
+type InFlight = tokio::task::JoinHandle<ConnState>;
 
 /// Serves the connection until it closes. Pings, the idle timeout and the shutdown
 /// come through the outbox, from the server's [`Roster`] sweep ([`sweeper`]): an
@@ -115,10 +113,7 @@ pub fn run(
                         in_flight = None;
                         outbox.set_busy(false);
                         match done {
-                            Ok((s, reply)) => {
-                                limiter.spend(&RateLimit::of(&shield.limits), reply);
-                                state = Some(s)
-                            }
+                            Ok(s) => state = Some(s),
                             Err(_) => {
                                 // the state was dropped with the panic, and with it the
                                 // connection's subscriptions and registry entry
@@ -141,9 +136,8 @@ pub fn run(
                                     let id = req.id.clone();
                                     let handled =
                                         fanout::handle_request_of(outbox, id, async move {
-                                            let reply =
-                                                dispatch::handle(&shield, &mut s, req).await;
-                                            (s, reply)
+                                            dispatch::handle(&shield, &mut s, req).await;
+                                            s
                                         });
                                     outbox.set_busy(true);
                                     in_flight = Some(tokio::spawn(handled));
@@ -255,7 +249,7 @@ fn liveness(config: &crate::config::Config) -> (Duration, Duration) {
 
 /// What woke the connection's task.
 enum Event {
-    Done(Result<(ConnState, usize), tokio::task::JoinError>),
+    Done(Result<ConnState, tokio::task::JoinError>),
     Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Next(Next),
 }
@@ -266,7 +260,7 @@ type Write<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send
 /// The outcome of the request in flight; never ready when there is none.
 async fn request_done(
     in_flight: &mut Option<InFlight>,
-) -> Result<(ConnState, usize), tokio::task::JoinError> {
+) -> Result<ConnState, tokio::task::JoinError> {
     match in_flight {
         Some(f) => f.await,
         None => std::future::pending().await,

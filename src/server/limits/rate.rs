@@ -87,33 +87,10 @@ impl RateLimiter {
     }
 }
 
-impl RateLimiter {
-    /// A reply of `bytes` costs a token per whole [`TOKEN_BYTES`] (most replies are
-    /// smaller and cost nothing more than their request), taken from the tokens to
-    /// come, at most a full bucket's worth: encoding and sending a large reply (a
-    /// `flights.search` of 500 flights is ~150 KB and ~1.7 ms of CPU) costs the
-    /// server as a large frame does, so a connection asking for large replies gets
-    /// fewer of them.
-    pub fn spend(&mut self, limit: &RateLimit, bytes: usize) {
-        if limit.rate == 0 {
-            return;
-        }
-        let burst = limit.burst.max(1) as f32;
-        let cost = (bytes / TOKEN_BYTES) as f32;
-        self.tokens = (self.tokens - cost).max(-burst);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    const HUNDRED_A_SECOND: RateLimit = RateLimit {
-        rate: 100,
-        burst: 20,
-        close_after: 100,
-    };
 
     #[test]
     fn bucket_allows_burst_then_refuses_then_closes() {
@@ -154,7 +131,11 @@ mod tests {
 
     #[test]
     fn a_large_frame_costs_a_token_per_started_4_kib_up_to_the_burst() {
-        let limit = HUNDRED_A_SECOND;
+        let limit = RateLimit {
+            rate: 100,
+            burst: 20,
+            close_after: 100,
+        };
         let t0 = Instant::now();
         let mut r = RateLimiter::new(&limit);
         assert_eq!(r.check_at(t0, &limit, 16 * TOKEN_BYTES), Verdict::Allow);
@@ -167,29 +148,5 @@ mod tests {
         let t1 = t0 + Duration::from_millis(200);
         assert_eq!(r.check_at(t1, &limit, 64 * TOKEN_BYTES), Verdict::Allow);
         assert_eq!(r.check_at(t1, &limit, 1), Verdict::Refuse);
-    }
-
-    #[test]
-    fn a_large_reply_costs_the_tokens_to_come_up_to_a_bucket() {
-        let limit = HUNDRED_A_SECOND;
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(&limit);
-        // a reply under 4 KiB costs nothing more
-        r.spend(&limit, TOKEN_BYTES - 1);
-        assert_eq!(r.check_at(t0, &limit, 1), Verdict::Allow);
-        // 19 tokens left; 30 more spent: none for 1.1 s
-        r.spend(&limit, 30 * TOKEN_BYTES);
-        assert_eq!(r.check_at(t0, &limit, 1), Verdict::Refuse);
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(r.check_at(t1, &limit, 1), Verdict::Refuse);
-        let t2 = t0 + Duration::from_millis(130);
-        assert_eq!(r.check_at(t2, &limit, 1), Verdict::Allow);
-        // never more than a bucket in debt
-        r.spend(&limit, 1 << 30);
-        let t3 = t2 + Duration::from_millis(410);
-        assert_eq!(r.check_at(t3, &limit, 1), Verdict::Allow);
-        let off = RateLimit { rate: 0, ..limit };
-        r.spend(&off, 1 << 30);
-        assert_eq!(r.check_at(t3, &off, 1), Verdict::Allow);
     }
 }
