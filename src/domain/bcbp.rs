@@ -69,8 +69,13 @@ fn transliterate(c: char) -> Vec<char> {
     if !c.is_alphabetic() {
         return vec![c];
     }
-    deunicode::deunicode_char(c)
-        .unwrap_or_default()
+    // deunicode writes the Azerbaijani schwa as `@`; passports write it `A`
+    // (`Əliyev` is `ALIYEV`)
+    let ascii = match c {
+        'Ə' | 'ə' => "A",
+        c => deunicode::deunicode_char(c).unwrap_or_default(),
+    };
+    ascii
         .chars()
         .filter(char::is_ascii_alphabetic)
         .map(|c| c.to_ascii_uppercase())
@@ -252,6 +257,7 @@ mod tests {
             ("Иван Петров", "PETROV/IVAN"),
             ("Юлия Щукина", "SHCHUKINA/IULIIA"),
             ("Ana 李", "LI/ANA"),
+            ("Həsən Əliyev", "ALIYEV/HASAN"),
             ("Νίκος Παπαδόπουλος", "PAPADOPOULOS/NIKOS"),
             // compatibility forms of letters: ligatures, full width, digraphs, numerals
             ("ﬁ ligature", "LIGATURE/FI"),
