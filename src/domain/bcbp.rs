@@ -69,10 +69,10 @@ fn transliterate(c: char) -> Vec<char> {
     if !c.is_alphabetic() {
         return vec![c];
     }
-    // deunicode writes the Azerbaijani schwa as `@`; passports write it `A`
-    // (`Əliyev` is `ALIYEV`)
+    // deunicode writes the schwa (Azerbaijani, and Kazakh or Tatar in Cyrillic) as
+    // `@`; passports write it `A` (`Əliyev` is `ALIYEV`)
     let ascii = match c {
-        'Ə' | 'ə' => "A",
+        'Ə' | 'ə' | 'Ә' | 'ә' | 'Ӛ' | 'ӛ' => "A",
         c => deunicode::deunicode_char(c).unwrap_or_default(),
     };
     ascii
@@ -258,6 +258,7 @@ mod tests {
             ("Юлия Щукина", "SHCHUKINA/IULIIA"),
             ("Ana 李", "LI/ANA"),
             ("Həsən Əliyev", "ALIYEV/HASAN"),
+            ("Әлия Сәрсенова", "SARSENOVA/ALIIA"),
             ("Νίκος Παπαδόπουλος", "PAPADOPOULOS/NIKOS"),
             // compatibility forms of letters: ligatures, full width, digraphs, numerals
             ("ﬁ ligature", "LIGATURE/FI"),

@@ -239,8 +239,9 @@ pub struct GuardedStream {
     _slot: Option<AddrSlot>,
 }
 
-/// HTTP/2 with prior knowledge (RFC 9113, 3.4) is refused: hyper would serve it (axum
-/// turns it on, with no switch), and its many requests at once on one connection
+/// HTTP/2 with prior knowledge (RFC 9113, 3.4) is refused: hyper would serve it
+/// (hyper-util's `server-auto`, which the upgrade's downcast needs, turns it on, and
+/// `axum::serve` has no switch), and its many requests at once on one connection
 /// would slip past the per-connection limits, which count HTTP/1 requests. Only the
 /// part every such client sends first is compared.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
