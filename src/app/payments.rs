@@ -1040,6 +1040,17 @@ impl App {
         err: AppError,
     ) -> Result<Answer<BookingResult>, AppError> {
         if let Some(first) = self.success_reply(&key).await? {
+            // a twin's success settled the attempt: a copy read before it (still
+            // waiting for the customer, say) must not open it again, where nothing
+            // would close it and a later cancel would refund its charge twice
+            let mut kept = Vec::with_capacity(batch.attempts.len());
+            for a in std::mem::take(&mut batch.attempts) {
+                let stored = self.store.attempt(&a.id)?;
+                if stored.is_none_or(|s| s.state != AttemptState::Succeeded) {
+                    kept.push(a);
+                }
+            }
+            batch.attempts = kept;
             if !(batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty()) {
                 self.commit(batch).await?;
             }
@@ -1532,6 +1543,35 @@ mod tests {
             .unwrap();
         app.store.sync().unwrap();
         a
+    }
+
+    /// A twin of a continuing `booking.pay` that read the attempt still waiting for the
+    /// customer, and ends with an error after the other twin's success was remembered:
+    /// it answers the success and leaves the attempt succeeded (its copy used to be
+    /// written back, reopening the attempt for good).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_twin_ending_after_the_success_does_not_reopen_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let stale = lapsed_challenge(&app, Some("pi_twin".into()));
+        let key = pay_key(&stale);
+        let mut settled = stale.clone();
+        settled.state = AttemptState::Succeeded;
+        app.store
+            .write(&Batch {
+                attempts: vec![settled],
+                replies: vec![(key.clone(), crate::store::Memo(br#"{"ok":{}}"#.to_vec()))],
+                ..Default::default()
+            })
+            .unwrap();
+        let batch = Batch {
+            attempts: vec![stale.clone()],
+            ..Default::default()
+        };
+        let err = AppError::PaymentFailed("interrupted".into());
+        let _ = app.end_with_error(key, batch, None, err).await;
+        let stored = app.store.attempt(&stale.id).unwrap().unwrap();
+        assert_eq!(stored.state, AttemptState::Succeeded);
     }
 
     /// An app paying through the fake Stripe `f`, and a copy of a waiting attempt
