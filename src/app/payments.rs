@@ -468,7 +468,6 @@ impl App {
         outcome: Result<(), PaymentError>,
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
-        let loc = attempt.locator.clone();
         match outcome {
             Ok(()) => self.settle_paid(fs, key, attempt, busy).await,
             Err(PaymentError::ActionRequired(secret)) => {
@@ -491,7 +490,7 @@ impl App {
                         .await
                     }
                     // unknown: the attempt stays open for the reconciler
-                    _ => self.left_open(key, &loc, m, Some(busy)).await,
+                    _ => self.left_open(key, &attempt, m, Some(busy)).await,
                 }
             }
         }
@@ -508,12 +507,12 @@ impl App {
         attempt: PaymentAttempt,
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
-        let loc = attempt.locator.clone();
+        let read = attempt.clone();
         match self.settle_charged(fs, attempt, &busy).await {
             Err(e) if is_busy(&e) => {
                 let m = "the payment went through but the booking could not take it; the \
                          charge is being refunded";
-                self.left_open(key, &loc, m.into(), Some(busy)).await
+                self.left_open(key, &read, m.into(), Some(busy)).await
             }
             settled => settled,
         }
@@ -527,7 +526,7 @@ impl App {
     async fn left_open(
         &self,
         key: IdemKey,
-        loc: &domain::Locator,
+        attempt: &PaymentAttempt,
         message: String,
         busy: Option<Busy>,
     ) -> Result<Answer<BookingResult>, AppError> {
@@ -537,12 +536,12 @@ impl App {
             key.user,
             event(
                 "payment_failed",
-                Some(loc),
+                Some(&attempt.locator),
                 domain::now_ms(),
                 json!({"message": err.to_string()}),
             ),
         );
-        self.end_with_error(key, Batch::default(), Some(failed), err)
+        self.end_with_error(key, Batch::default(), Some(&attempt.id), Some(failed), err)
             .await
     }
 
@@ -573,7 +572,8 @@ impl App {
             attempts: vec![a],
             ..Default::default()
         };
-        self.end_with_error(key, batch, Some(waits), err).await
+        self.end_with_error(key, batch, None, Some(waits), err)
+            .await
     }
 
     /// Writes a new attempt; on a cluster with the booking's payment mark, which another
@@ -806,7 +806,8 @@ impl App {
             attempts: vec![a],
             ..Default::default()
         };
-        self.end_with_error(key, batch, Some(failed), err).await
+        self.end_with_error(key, batch, None, Some(failed), err)
+            .await
     }
 
     /// A charge went through: confirm the booking if its seats are still its own and
@@ -1010,7 +1011,7 @@ impl App {
                 refunds: vec![refund],
                 ..Default::default()
             };
-            self.end_with_error(key, batch, None, err).await
+            self.end_with_error(key, batch, None, None, err).await
         };
         let ended = ended.await;
         self.release_held(mark).await;
@@ -1030,47 +1031,89 @@ impl App {
     /// Ends a pay request with `err`: writes `batch` (what became of the attempt) with
     /// `failed` (the user's event of the failure) and the error as the request's
     /// reply. If a twin of the request through another node answered with a success
-    /// already, that answer stands (an error must never replace it) and only `batch`
-    /// is written.
+    /// already, that answer stands (an error must never replace it). The check and the write cannot be split by a twin's success: the
+    /// write expects every attempt it touches (`open`: one it leaves open and does not
+    /// write) still stored as read, the success changes it, and the write conflicts
+    /// and is decided again.
     async fn end_with_error(
         &self,
         key: IdemKey,
-        mut batch: Batch,
+        batch: Batch,
+        open: Option<&str>,
         failed: Option<(domain::UserId, HistoryEvent)>,
         err: AppError,
     ) -> Result<Answer<BookingResult>, AppError> {
-        if let Some(first) = self.success_reply(&key).await? {
-            // a twin's success settled the attempt: a copy read before it (still
-            // waiting for the customer, say) must not open it again, where nothing
-            // would close it and a later cancel would refund its charge twice
-            let mut kept = Vec::with_capacity(batch.attempts.len());
-            for a in std::mem::take(&mut batch.attempts) {
-                let stored = self.store.attempt(&a.id)?;
-                if stored.is_none_or(|s| s.state != AttemptState::Succeeded) {
-                    kept.push(a);
+        let mut tries = 0;
+        loop {
+            let first = self.success_reply(&key).await?;
+            let written =
+                match self.error_ending(&key, &batch, open, &failed, first.is_some(), &err)? {
+                    Some(ending) => self.commit(ending).await,
+                    None => Ok(()),
+                };
+            match written {
+                Err(StoreError::Conflict) if tries < 3 => tries += 1,
+                written => {
+                    written?;
+                    return match first {
+                        Some(first) => super::replay(first),
+                        None => Err(err),
+                    };
                 }
             }
-            batch.attempts = kept;
-            if !(batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty()) {
-                self.commit(batch).await?;
-            }
-            return super::replay(first);
         }
-        batch.events.extend(failed);
-        // the requests a continued attempt answered earlier get its outcome too, unless
-        // one of them was answered a success (each key once: etcd refuses a batch
-        // writing one twice)
+    }
+
+    /// What [`Self::end_with_error`] writes, as the store holds things now (None:
+    /// nothing). After a twin's success (`succeeded`), no copy of an attempt stored
+    /// as succeeded: one read before it (still waiting for the customer, say) would
+    /// open it again, where nothing would close it and a later cancel would refund
+    /// its charge twice. Otherwise the error, as the reply to `key` and to the
+    /// requests a continued attempt answered earlier, unless one of them was answered
+    /// a success (each key once: etcd refuses a batch writing one twice).
+    fn error_ending(
+        &self,
+        key: &IdemKey,
+        batch: &Batch,
+        open: Option<&str>,
+        failed: &Option<(domain::UserId, HistoryEvent)>,
+        succeeded: bool,
+        err: &AppError,
+    ) -> Result<Option<Batch>, AppError> {
+        let mut batch = batch.clone();
+        let mut kept = Vec::with_capacity(batch.attempts.len());
+        for a in std::mem::take(&mut batch.attempts) {
+            let stored = self.store.attempt(&a.id)?;
+            if succeeded
+                && stored
+                    .as_ref()
+                    .is_some_and(|s| s.state == AttemptState::Succeeded)
+            {
+                continue;
+            }
+            batch.attempts_read.extend(stored);
+            kept.push(a);
+        }
+        batch.attempts = kept;
+        if let Some(id) = open {
+            batch.attempts_read.extend(self.store.attempt(id)?);
+        }
+        if succeeded {
+            let nothing =
+                batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
+            return Ok((!nothing).then_some(batch));
+        }
+        batch.events.extend(failed.clone());
         let mut earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
         earlier.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         earlier.dedup();
-        for k in earlier.into_iter().filter(|k| *k != key) {
+        for k in earlier.into_iter().filter(|k| k != key) {
             if self.store.reply(&k)?.is_none_or(|v| v.get("ok").is_none()) {
-                batch.replies.push((k, remember_err(&err)));
+                batch.replies.push((k, remember_err(err)));
             }
         }
-        batch.replies.push((key, remember_err(&err)));
-        self.commit(batch).await?;
-        Err(err)
+        batch.replies.push((key.clone(), remember_err(err)));
+        Ok(Some(batch))
     }
 
     /// The pay request's success reply, if some node already gave one: an error
@@ -1545,6 +1588,27 @@ mod tests {
         a
     }
 
+    /// The other twin's success to a continuing `booking.pay` of `stale`: the attempt
+    /// succeeded and the success remembered as the request's reply.
+    fn twin_succeeds(app: &App, stale: &PaymentAttempt) {
+        let mut settled = stale.clone();
+        settled.state = AttemptState::Succeeded;
+        app.store
+            .write(&Batch {
+                attempts: vec![settled],
+                replies: vec![(pay_key(stale), crate::store::Memo(br#"{"ok":{}}"#.to_vec()))],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn assert_success_stands(app: &App, stale: &PaymentAttempt) {
+        let stored = app.store.attempt(&stale.id).unwrap().unwrap();
+        assert_eq!(stored.state, AttemptState::Succeeded);
+        let reply = app.store.reply(&pay_key(stale)).unwrap().unwrap();
+        assert!(reply.get("ok").is_some(), "{reply}");
+    }
+
     /// A twin of a continuing `booking.pay` that read the attempt still waiting for the
     /// customer, and ends with an error after the other twin's success was remembered:
     /// it answers the success and leaves the attempt succeeded (its copy used to be
@@ -1554,24 +1618,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
         let stale = lapsed_challenge(&app, Some("pi_twin".into()));
-        let key = pay_key(&stale);
-        let mut settled = stale.clone();
-        settled.state = AttemptState::Succeeded;
-        app.store
-            .write(&Batch {
-                attempts: vec![settled],
-                replies: vec![(key.clone(), crate::store::Memo(br#"{"ok":{}}"#.to_vec()))],
-                ..Default::default()
-            })
-            .unwrap();
+        twin_succeeds(&app, &stale);
         let batch = Batch {
             attempts: vec![stale.clone()],
             ..Default::default()
         };
         let err = AppError::PaymentFailed("interrupted".into());
-        let _ = app.end_with_error(key, batch, None, err).await;
-        let stored = app.store.attempt(&stale.id).unwrap().unwrap();
-        assert_eq!(stored.state, AttemptState::Succeeded);
+        let answered = app
+            .end_with_error(pay_key(&stale), batch, None, None, err)
+            .await;
+        assert!(answered.is_ok(), "{answered:?}");
+        assert_success_stands(&app, &stale);
+    }
+
+    /// The same twin, when the success is written after it checked for one and before
+    /// its own write (the write it decided on, with the attempt written back, or with
+    /// the attempt left open and not written): that write conflicts and is decided
+    /// again, and the success stands. Without the check in the write, the error
+    /// replaced the success and the attempt was open again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_success_between_a_twins_check_and_its_write_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let err = AppError::PaymentFailed("interrupted".into());
+        let writes_back = |a: &PaymentAttempt| {
+            let batch = Batch {
+                attempts: vec![a.clone()],
+                ..Default::default()
+            };
+            (batch, None)
+        };
+        let leaves_open = |a: &PaymentAttempt| (Batch::default(), Some(a.id.clone()));
+        for (i, end) in [
+            &writes_back as &dyn Fn(&PaymentAttempt) -> (Batch, Option<String>),
+            &leaves_open,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{i}")));
+            stale.request_id = format!("p{i}");
+            app.store
+                .write(&Batch {
+                    attempts: vec![stale.clone()],
+                    ..Default::default()
+                })
+                .unwrap();
+            let (batch, open) = end(&stale);
+            let key = pay_key(&stale);
+            let decided = app
+                .error_ending(&key, &batch, open.as_deref(), &None, false, &err)
+                .unwrap()
+                .unwrap();
+            twin_succeeds(&app, &stale);
+            let written = app.commit(decided).await;
+            assert!(
+                matches!(written, Err(StoreError::Conflict)),
+                "{i}: {written:?}"
+            );
+            assert_success_stands(&app, &stale);
+
+            let err = AppError::PaymentFailed("interrupted".into());
+            let answered = app
+                .end_with_error(key, batch, open.as_deref(), None, err)
+                .await;
+            assert!(answered.is_ok(), "{i}: {answered:?}");
+            assert_success_stands(&app, &stale);
+        }
     }
 
     /// An app paying through the fake Stripe `f`, and a copy of a waiting attempt

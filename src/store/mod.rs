@@ -341,7 +341,7 @@ impl RefundRecord {
 }
 
 /// Everything one use case changes, written atomically.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Users to create; the batch fails with [`StoreError::Conflict`] if the name exists.
     pub new_users: Vec<UserRecord>,
@@ -378,6 +378,9 @@ pub struct Batch {
     /// flight's version does not order against its twin.
     pub first_replies: Vec<(IdemKey, Memo)>,
     pub attempts: Vec<PaymentAttempt>,
+    /// Payment attempts as read before this batch: conflict unless each is still
+    /// stored exactly so (a twin's request settled it meanwhile).
+    pub attempts_read: Vec<PaymentAttempt>,
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.
     pub new_refunds: Vec<RefundRecord>,

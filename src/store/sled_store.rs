@@ -801,6 +801,7 @@ pub fn holds(k: &[u8], held: &[u8], expected: &[u8]) -> bool {
             Some(&FLIGHT) => same::<Flight>(held, expected),
             Some(&PAYMENT_MARK) => same::<PaymentMark>(held, expected),
             Some(&WAITLIST) => same::<WaitlistEntry>(held, expected),
+            Some(&ATTEMPT) => same::<PaymentAttempt>(held, expected),
             _ => false,
         }
 }
@@ -967,6 +968,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for (k, memo) in &batch.first_replies {
         ops.push(Op::Create(reply_key(k), memo.0.clone()));
+    }
+    for a in &batch.attempts_read {
+        ops.push(Op::Expect(key(ATTEMPT, &[a.id.as_bytes()]), encode(a)?));
     }
     for a in &batch.attempts {
         put_json(&mut ops, key(ATTEMPT, &[a.id.as_bytes()]), a)?;
@@ -1881,6 +1885,12 @@ mod tests {
             "user_id": 1, "flight_id": "JW1-20260101", "cabin": "economy",
             "passengers": ["Ada"], "locator": null, "future": true,
         });
+        let attempt = json!({
+            "state": "action_required", "id": "pa-x", "user_id": 1, "locator": "PAYING",
+            "amount": {"currency": "EUR", "amount": 1}, "request_id": "r",
+            "payment_ref": "pi", "created_at": 0, "updated_at": 0, "client_secret": null,
+            "future": 1,
+        });
         let raw =
             |k: Vec<u8>, v: &serde_json::Value| s.db.insert(k, v.to_string().as_bytes()).unwrap();
         raw(key(REFUND, &[b"rf-x"]), &refund);
@@ -1888,6 +1898,7 @@ mod tests {
             .unwrap();
         raw(key(PAYMENT_MARK, &[b"MARKED"]), &mark);
         raw(key(WAITLIST, &[b"wl-x"]), &entry);
+        raw(key(ATTEMPT, &[b"pa-x"]), &attempt);
 
         let read = s.open_refund("a").unwrap().unwrap();
         let mut decided = read.clone();
@@ -1925,6 +1936,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.waitlist_entry("wl-x").unwrap(), Some(expired));
+
+        let waiting = s.attempt("pa-x").unwrap().unwrap();
+        let mut paid = waiting.clone();
+        paid.state = AttemptState::Succeeded;
+        let settle = |read: &PaymentAttempt| Batch {
+            attempts_read: vec![read.clone()],
+            attempts: vec![paid.clone()],
+            ..Default::default()
+        };
+        let mut other = waiting.clone();
+        other.updated_at = 1;
+        assert!(matches!(
+            s.write(&settle(&other)),
+            Err(StoreError::Conflict)
+        ));
+        s.write(&settle(&waiting)).unwrap();
+        assert_eq!(s.attempt("pa-x").unwrap(), Some(paid));
     }
 
     /// vendor/sled change 6: a page's fragments read back from the file (each with a
