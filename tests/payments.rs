@@ -763,6 +763,14 @@ async fn a_charge_landing_after_a_timed_out_confirm_confirms_the_booking() {
     s.stop().await;
 }
 
+/// [`first_pay_failed`] by a charge that lands 2.5 s late, on a server with an admin.
+async fn first_pay_late_with_admin() -> (FakeStripe, Server, Client, String, Value) {
+    first_pay_failed(Fault::ProcessLate(Duration::from_millis(2500)), |c| {
+        c.admin_password = Some(ADMIN_PASSWORD.into())
+    })
+    .await
+}
+
 /// Once the late charge of `b` lands, the reconciler refunds it in full.
 async fn late_charge_refunded(f: &FakeStripe, s: &Server, b: &Value) {
     let total = b["total"]["amount"].as_i64().unwrap();
@@ -795,6 +803,47 @@ async fn a_charge_landing_after_its_hold_was_cancelled_is_refunded() {
         store_booking(&s, loc).status,
         jetway::domain::BookingStatus::Cancelled
     );
+    s.stop().await;
+}
+
+/// The same late charge, its refund refused by the gateway until an admin closes it
+/// as paid back by other means: the pay request, answered `payment_failed` (the
+/// gateway timed out) until then, is told what became of the charge from then on (it
+/// kept the timeout for good: only a refund made through the gateway wrote its answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_charge_an_admin_paid_back_elsewhere_answers_its_pay_request() {
+    let (f, s, mut c, _, b) = first_pay_late_with_admin().await;
+    let loc = &b["locator"];
+    let first = c.err("booking.pay", pay(loc, "pm_card_visa", "p1")).await;
+    assert_eq!(first["data"]["reason"], "payment_failed", "{first}");
+    c.ok("booking.cancel", json!({"locator": loc, "request_id": "c"}))
+        .await;
+    fault(&f, Step::Refund, Fault::Refuse);
+    eventually("the late charge lands", || {
+        let charged = f.ledger().charged();
+        async move { charged > 0 }
+    })
+    .await;
+    s.app().reconcile_payments(Duration::ZERO).await;
+    let mut admin = admin_client(&s).await;
+    let id = first_open_refund(&mut admin).await;
+    assert!(id.is_string(), "the refund waits for an admin");
+    let e = c.err("booking.pay", pay(loc, "pm_card_visa", "p1")).await;
+    assert_eq!(e, first, "still unsettled");
+
+    resolve(&mut admin, id, "paid_elsewhere").await;
+    assert!(s.app().store.open_refunds().unwrap().is_empty());
+    assert!(s.app().store.open_attempts().unwrap().is_empty());
+    let e = c.err("booking.pay", pay(loc, "pm_card_visa", "p1")).await;
+    assert_eq!(e["data"]["reason"], "invalid_state", "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "the booking was cancelled before the payment completed; the charge was refunded"
+        ),
+        "{message}"
+    );
+    assert_eq!(f.ledger().refunded(), 0, "the gateway was not asked");
     s.stop().await;
 }
 
@@ -2870,11 +2919,7 @@ async fn a_charge_made_while_the_flight_departs_is_refunded_not_confirmed() {
 /// a confirmation that can no longer happen), and it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pay_after_boarding_with_a_charge_unsettled_says_it_will_be_refunded() {
-    let (f, s, mut c, fid, b) =
-        first_pay_failed(Fault::ProcessLate(Duration::from_millis(2500)), |c| {
-            c.admin_password = Some(ADMIN_PASSWORD.into())
-        })
-        .await;
+    let (f, s, mut c, fid, b) = first_pay_late_with_admin().await;
     let loc = &b["locator"];
     let mut admin = admin_client(&s).await;
     admin

@@ -85,7 +85,7 @@ fn reconciler_request(attempt_id: &str) -> String {
     format!("\u{0}reconcile:{attempt_id}")
 }
 
-fn pay_key(a: &PaymentAttempt) -> IdemKey {
+pub(super) fn pay_key(a: &PaymentAttempt) -> IdemKey {
     IdemKey {
         user: a.user_id,
         method: PAY,
@@ -958,26 +958,7 @@ impl App {
         };
         let mark = self.take_refund_mark(&refund, covered).await?;
         let ended = async {
-            let why = match self
-                .store
-                .booking(&a.locator)
-                .ok()
-                .flatten()
-                .map(|b| b.status)
-            {
-                _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
-                    "the airline cancelled the flight"
-                }
-                Some(BookingStatus::Expired) => "the booking's hold expired",
-                Some(BookingStatus::Cancelled) => "the booking was cancelled",
-                _ if !fs.flight().status(domain::now_ms()).allows(Operation::Book) => {
-                    "the flight closed for sale (boarding or departed)"
-                }
-                _ => "the booking's hold ended",
-            };
-            let err = AppError::InvalidState(format!(
-                "{why} before the payment completed; the charge was refunded"
-            ));
+            let err = self.orphan_refunded(fs, &a.locator);
             // the record as it is now, under the mark: another node may have closed it
             let Some(mut refund) = self.store.open_refund(&a.id)?.filter(|r| r.id == refund.id)
             else {
@@ -1018,6 +999,25 @@ impl App {
         ended
     }
 
+    /// What a pay request whose charge the booking could not take is answered once
+    /// the charge is refunded.
+    pub(super) fn orphan_refunded(&self, fs: &FlightSeats, loc: &domain::Locator) -> AppError {
+        let why = match self.store.booking(loc).ok().flatten().map(|b| b.status) {
+            _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
+                "the airline cancelled the flight"
+            }
+            Some(BookingStatus::Expired) => "the booking's hold expired",
+            Some(BookingStatus::Cancelled) => "the booking was cancelled",
+            _ if !fs.flight().status(domain::now_ms()).allows(Operation::Book) => {
+                "the flight closed for sale (boarding or departed)"
+            }
+            _ => "the booking's hold ended",
+        };
+        AppError::InvalidState(format!(
+            "{why} before the payment completed; the charge was refunded"
+        ))
+    }
+
     /// Refuses to move money once a sync has failed: the store's memory may then hold
     /// records (an open refund, an attempt) that never reach the disk, and a restart
     /// would not know the money moved.
@@ -1030,11 +1030,8 @@ impl App {
 
     /// Ends a pay request with `err`: writes `batch` (what became of the attempt) with
     /// `failed` (the user's event of the failure) and the error as the request's
-    /// reply. If a twin of the request through another node answered with a success
-    /// already, that answer stands (an error must never replace it). The check and the write cannot be split by a twin's success: the
-    /// write expects every attempt it touches (`open`: one it leaves open and does not
-    /// write) still stored as read, the success changes it, and the write conflicts
-    /// and is decided again.
+    /// reply. If another request settled the attempt first (a twin of this one through
+    /// another node, say), or answered this one with a success, its answer stands.
     async fn end_with_error(
         &self,
         key: IdemKey,
@@ -1043,77 +1040,108 @@ impl App {
         failed: Option<(domain::UserId, HistoryEvent)>,
         err: AppError,
     ) -> Result<Answer<BookingResult>, AppError> {
+        let decide = || self.error_ending(&key, &batch, open, &failed, &err);
+        match self.write_decided(decide).await? {
+            Some(answer) => super::replay(answer),
+            None => Err(err),
+        }
+    }
+
+    /// Writes what `decide` makes of the store as it is now (on a cluster, with every
+    /// write acknowledged through any node) and gives its answer. The write expects
+    /// what the decision read still stored so, and conflicts if another request
+    /// changed it in between: then it is decided again (at most three more times).
+    async fn write_decided<T>(
+        &self,
+        mut decide: impl FnMut() -> Result<(Option<Batch>, T), AppError>,
+    ) -> Result<T, AppError> {
         let mut tries = 0;
         loop {
-            let first = self.success_reply(&key).await?;
-            let written =
-                match self.error_ending(&key, &batch, open, &failed, first.is_some(), &err)? {
-                    Some(ending) => self.commit(ending).await,
-                    None => Ok(()),
-                };
+            self.committer.catch_up().await?;
+            let (write, answer) = decide()?;
+            let written = match write {
+                Some(batch) => self.commit(batch).await,
+                None => Ok(()),
+            };
             match written {
                 Err(StoreError::Conflict) if tries < 3 => tries += 1,
-                written => {
-                    written?;
-                    return match first {
-                        Some(first) => super::replay(first),
-                        None => Err(err),
-                    };
-                }
+                written => return Ok(written.map(|()| answer)?),
             }
         }
     }
 
     /// What [`Self::end_with_error`] writes, as the store holds things now (None:
-    /// nothing). After a twin's success (`succeeded`), no copy of an attempt stored
-    /// as succeeded: one read before it (still waiting for the customer, say) would
-    /// open it again, where nothing would close it and a later cancel would refund
-    /// its charge twice. Otherwise the error, as the reply to `key` and to the
-    /// requests a continued attempt answered earlier, unless one of them was answered
-    /// a success (each key once: etcd refuses a batch writing one twice).
+    /// nothing), and the answer that stands instead of the error, if any. An attempt
+    /// stored as succeeded or refunded was settled by another request, whose reply
+    /// to `key` stands, as does a success reply: the copy of it is not written (one
+    /// read before, still waiting for the customer say, would open it again, where
+    /// nothing would close it and a later cancel would refund its charge twice), nor
+    /// the error. Otherwise the error (see [`Self::answer_error`]). The write expects
+    /// the reply and each attempt it touches (`open`: one it leaves open and does not
+    /// write) as read here.
     fn error_ending(
         &self,
         key: &IdemKey,
         batch: &Batch,
         open: Option<&str>,
         failed: &Option<(domain::UserId, HistoryEvent)>,
-        succeeded: bool,
         err: &AppError,
-    ) -> Result<Option<Batch>, AppError> {
+    ) -> Result<(Option<Batch>, Option<Value>), AppError> {
+        let reply = self.store.reply(key)?;
+        let mut settled = reply.as_ref().is_some_and(|v| v.get("ok").is_some());
         let mut batch = batch.clone();
         let mut kept = Vec::with_capacity(batch.attempts.len());
+        let opened = match open {
+            Some(id) => self.store.attempt(id)?,
+            None => None,
+        };
         for a in std::mem::take(&mut batch.attempts) {
-            let stored = self.store.attempt(&a.id)?;
-            if succeeded
-                && stored
-                    .as_ref()
-                    .is_some_and(|s| s.state == AttemptState::Succeeded)
-            {
-                continue;
+            match self.store.attempt(&a.id)? {
+                Some(stored) if stored.state.is_final() => settled = true,
+                stored => {
+                    batch.attempts_read.extend(stored);
+                    kept.push(a);
+                }
             }
-            batch.attempts_read.extend(stored);
-            kept.push(a);
         }
         batch.attempts = kept;
-        if let Some(id) = open {
-            batch.attempts_read.extend(self.store.attempt(id)?);
-        }
-        if succeeded {
+        settled |= opened.as_ref().is_some_and(|a| a.state.is_final());
+        batch.attempts_read.extend(opened);
+        if settled {
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
-            return Ok((!nothing).then_some(batch));
+            batch.replies_read.push((key.clone(), reply.clone()));
+            return Ok(((!nothing).then_some(batch), reply));
         }
         batch.events.extend(failed.clone());
+        self.answer_error(key, reply, &mut batch, err)?;
+        Ok((Some(batch), None))
+    }
+
+    /// Adds `err` as the reply to the pay request `key` (whose reply is `read`), and
+    /// to the requests the batch's attempts answered earlier unless one of them was
+    /// answered a success (each key once: etcd refuses a batch writing one twice).
+    /// Each reply is replaced only if still stored as read.
+    pub(super) fn answer_error(
+        &self,
+        key: &IdemKey,
+        read: Option<Value>,
+        batch: &mut Batch,
+        err: &AppError,
+    ) -> Result<(), AppError> {
         let mut earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
         earlier.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         earlier.dedup();
         for k in earlier.into_iter().filter(|k| k != key) {
-            if self.store.reply(&k)?.is_none_or(|v| v.get("ok").is_none()) {
-                batch.replies.push((k, remember_err(err)));
+            let read = self.store.reply(&k)?;
+            if read.as_ref().is_none_or(|v| v.get("ok").is_none()) {
+                batch.replies.push((k.clone(), remember_err(err)));
+                batch.replies_read.push((k, read));
             }
         }
         batch.replies.push((key.clone(), remember_err(err)));
-        Ok(Some(batch))
+        batch.replies_read.push((key.clone(), read));
+        Ok(())
     }
 
     /// The pay request's success reply, if some node already gave one: an error
@@ -1588,102 +1616,171 @@ mod tests {
         a
     }
 
-    /// The other twin's success to a continuing `booking.pay` of `stale`: the attempt
-    /// succeeded and the success remembered as the request's reply.
-    fn twin_succeeds(app: &App, stale: &PaymentAttempt) {
-        let mut settled = stale.clone();
-        settled.state = AttemptState::Succeeded;
+    /// What another request that settles `stale` writes (a twin of its request
+    /// through another node, say): `settled` (`stale` itself or another attempt of the
+    /// request) in `state`, and `reply` as the request's reply.
+    fn twin_settles(
+        app: &App,
+        stale: &PaymentAttempt,
+        settled: &str,
+        state: AttemptState,
+        reply: &str,
+    ) {
+        let mut settled = PaymentAttempt {
+            id: settled.into(),
+            ..stale.clone()
+        };
+        settled.state = state;
         app.store
             .write(&Batch {
                 attempts: vec![settled],
-                replies: vec![(pay_key(stale), crate::store::Memo(br#"{"ok":{}}"#.to_vec()))],
+                replies: vec![(
+                    pay_key(stale),
+                    crate::store::Memo(reply.as_bytes().to_vec()),
+                )],
                 ..Default::default()
             })
             .unwrap();
     }
 
-    fn assert_success_stands(app: &App, stale: &PaymentAttempt) {
-        let stored = app.store.attempt(&stale.id).unwrap().unwrap();
-        assert_eq!(stored.state, AttemptState::Succeeded);
-        let reply = app.store.reply(&pay_key(stale)).unwrap().unwrap();
-        assert!(reply.get("ok").is_some(), "{reply}");
+    const SUCCESS: &str = r#"{"ok":{}}"#;
+    const REFUNDED: &str = r#"{"err":{"code":-32011,"message":"invalid state: the charge was refunded","data":{"reason":"invalid_state"}}}"#;
+
+    /// The attempt `id` is stored in `state`, and the reply to `stale`'s request is `reply`.
+    fn assert_stands(
+        app: &App,
+        stale: &PaymentAttempt,
+        id: &str,
+        state: AttemptState,
+        reply: &str,
+    ) {
+        let stored = app.store.attempt(id).unwrap().unwrap();
+        assert_eq!(stored.state, state);
+        let stored = app.store.reply(&pay_key(stale)).unwrap().unwrap();
+        assert_eq!(stored, serde_json::from_str::<Value>(reply).unwrap());
     }
 
     /// A twin of a continuing `booking.pay` that read the attempt still waiting for the
-    /// customer, and ends with an error after the other twin's success was remembered:
-    /// it answers the success and leaves the attempt succeeded (its copy used to be
-    /// written back, reopening the attempt for good).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_twin_ending_after_the_success_does_not_reopen_the_attempt() {
+    /// customer, and ends with an error after the other twin settled it: with a
+    /// success, or with a refund (the hold had ended). The other's answer stands, and
+    /// the attempt stays settled (the copy used to be written back, reopening the
+    /// attempt for good: a later cancel or settling refunded the charge again).
+    #[tokio::test]
+    async fn a_twin_ending_after_the_attempt_settled_does_not_reopen_it() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
-        let stale = lapsed_challenge(&app, Some("pi_twin".into()));
-        twin_succeeds(&app, &stale);
-        let batch = Batch {
-            attempts: vec![stale.clone()],
-            ..Default::default()
-        };
-        let err = AppError::PaymentFailed("interrupted".into());
-        let answered = app
-            .end_with_error(pay_key(&stale), batch, None, None, err)
-            .await;
-        assert!(answered.is_ok(), "{answered:?}");
-        assert_success_stands(&app, &stale);
-    }
-
-    /// The same twin, when the success is written after it checked for one and before
-    /// its own write (the write it decided on, with the attempt written back, or with
-    /// the attempt left open and not written): that write conflicts and is decided
-    /// again, and the success stands. Without the check in the write, the error
-    /// replaced the success and the attempt was open again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_success_between_a_twins_check_and_its_write_stands() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
-        let err = AppError::PaymentFailed("interrupted".into());
-        let writes_back = |a: &PaymentAttempt| {
-            let batch = Batch {
-                attempts: vec![a.clone()],
-                ..Default::default()
-            };
-            (batch, None)
-        };
-        let leaves_open = |a: &PaymentAttempt| (Batch::default(), Some(a.id.clone()));
-        for (i, end) in [
-            &writes_back as &dyn Fn(&PaymentAttempt) -> (Batch, Option<String>),
-            &leaves_open,
+        for (i, (state, reply)) in [
+            (AttemptState::Succeeded, SUCCESS),
+            (AttemptState::Refunded, REFUNDED),
         ]
         .into_iter()
         .enumerate()
         {
             let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{i}")));
             stale.request_id = format!("p{i}");
-            app.store
-                .write(&Batch {
-                    attempts: vec![stale.clone()],
-                    ..Default::default()
-                })
-                .unwrap();
-            let (batch, open) = end(&stale);
-            let key = pay_key(&stale);
-            let decided = app
-                .error_ending(&key, &batch, open.as_deref(), &None, false, &err)
-                .unwrap()
-                .unwrap();
-            twin_succeeds(&app, &stale);
-            let written = app.commit(decided).await;
-            assert!(
-                matches!(written, Err(StoreError::Conflict)),
-                "{i}: {written:?}"
-            );
-            assert_success_stands(&app, &stale);
-
+            twin_settles(&app, &stale, &stale.id, state, reply);
+            let batch = Batch {
+                attempts: vec![stale.clone()],
+                ..Default::default()
+            };
             let err = AppError::PaymentFailed("interrupted".into());
             let answered = app
-                .end_with_error(key, batch, open.as_deref(), None, err)
+                .end_with_error(pay_key(&stale), batch, None, None, err)
                 .await;
-            assert!(answered.is_ok(), "{i}: {answered:?}");
-            assert_success_stands(&app, &stale);
+            match state {
+                AttemptState::Succeeded => assert!(answered.is_ok(), "{answered:?}"),
+                _ => assert!(
+                    matches!(answered, Err(AppError::InvalidState(_))),
+                    "{answered:?}"
+                ),
+            }
+            assert_stands(&app, &stale, &stale.id, state, reply);
+        }
+    }
+
+    /// The same twin, when the other request's success is written after it decided
+    /// and before its own write: the success of the same attempt or of another one
+    /// (two twins of a first pay each start one), and the ending writing the attempt
+    /// back or leaving it open and unwritten. That write conflicts (before, the error
+    /// replaced the success, and the attempt was open again), and the ending is decided
+    /// again and answers the success.
+    #[tokio::test]
+    async fn a_success_between_a_twins_check_and_its_write_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let err = AppError::PaymentFailed("interrupted".into());
+        let mut case = 0;
+        for same_attempt in [true, false] {
+            for written_back in [true, false] {
+                // a fresh waiting attempt of a request of its own, how the twin ends
+                // it, and which attempt the other request settles
+                let mut fresh = || {
+                    case += 1;
+                    let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{case}")));
+                    stale.request_id = format!("p{case}");
+                    app.store
+                        .write(&Batch {
+                            attempts: vec![stale.clone()],
+                            ..Default::default()
+                        })
+                        .unwrap();
+                    let (batch, open) = match written_back {
+                        true => (
+                            Batch {
+                                attempts: vec![stale.clone()],
+                                ..Default::default()
+                            },
+                            None,
+                        ),
+                        false => (Batch::default(), Some(stale.id.clone())),
+                    };
+                    let settled = match same_attempt {
+                        true => stale.id.clone(),
+                        false => format!("pa-other{case}"),
+                    };
+                    (case, stale, batch, open, settled)
+                };
+
+                let (case, stale, batch, open, settled) = fresh();
+                let key = pay_key(&stale);
+                let (write, answer) = app
+                    .error_ending(&key, &batch, open.as_deref(), &None, &err)
+                    .unwrap();
+                assert!(answer.is_none(), "{case}: not settled yet");
+                twin_settles(&app, &stale, &settled, AttemptState::Succeeded, SUCCESS);
+                let written = app.commit(write.unwrap()).await;
+                assert!(
+                    matches!(written, Err(StoreError::Conflict)),
+                    "{case}: {written:?}"
+                );
+                assert_stands(&app, &stale, &settled, AttemptState::Succeeded, SUCCESS);
+                let waiting = app.store.attempt(&stale.id).unwrap().unwrap();
+                assert_eq!(
+                    waiting.state == AttemptState::Succeeded,
+                    same_attempt,
+                    "{case}"
+                );
+
+                // the ending decided again: the success is the answer
+                let (case, stale, batch, open, settled) = fresh();
+                let key = pay_key(&stale);
+                let first = std::cell::Cell::new(true);
+                let decide = || {
+                    let decided = app.error_ending(&key, &batch, open.as_deref(), &None, &err);
+                    if first.replace(false) {
+                        assert!(decided.as_ref().unwrap().1.is_none(), "{case}");
+                        twin_settles(&app, &stale, &settled, AttemptState::Succeeded, SUCCESS);
+                    }
+                    decided
+                };
+                let answer = app.write_decided(decide).await.unwrap();
+                assert_eq!(
+                    answer,
+                    Some(serde_json::from_str::<Value>(SUCCESS).unwrap()),
+                    "{case}"
+                );
+                assert_stands(&app, &stale, &settled, AttemptState::Succeeded, SUCCESS);
+            }
         }
     }
 

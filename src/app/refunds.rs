@@ -555,14 +555,19 @@ impl App {
                         now,
                         json!({ "amount": wire::money(r.amount) }),
                     );
-                    let closed = self.commit(Batch {
+                    // its pay request, still answered "not settled yet", is told
+                    // what became of the charge, as when the refund is made here
+                    let answer = self.orphan_refunded(&fs, &a.locator);
+                    let key = super::payments::pay_key(&a);
+                    let mut batch = Batch {
                         events: vec![(a.user_id, refunded)],
                         attempts: vec![a],
                         refunds: vec![r.clone()],
                         refunds_read: vec![read],
                         ..Default::default()
-                    });
-                    match closed.await {
+                    };
+                    self.answer_error(&key, self.store.reply(&key)?, &mut batch, &answer)?;
+                    match self.commit(batch).await {
                         Err(StoreError::Conflict) => return Err(decided_meanwhile()),
                         other => other?,
                     }

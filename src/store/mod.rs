@@ -144,6 +144,11 @@ impl AttemptState {
     pub fn is_open(self) -> bool {
         matches!(self, AttemptState::Started | AttemptState::ActionRequired)
     }
+
+    /// Settled for good: charged, and the charge kept or given back.
+    pub fn is_final(self) -> bool {
+        matches!(self, AttemptState::Succeeded | AttemptState::Refunded)
+    }
 }
 
 /// One try to pay a booking, written to disk before the gateway is called so that a
@@ -372,6 +377,9 @@ pub struct Batch {
     pub events: Vec<(UserId, HistoryEvent)>,
     /// Replies to remember.
     pub replies: Vec<(IdemKey, Memo)>,
+    /// Replies as read before `replies` replaces them (none: no reply): conflict
+    /// unless each key still holds it (another request answered first).
+    pub replies_read: Vec<(IdemKey, Option<Value>)>,
     /// Replies to remember only if none is remembered under the key: the batch fails
     /// with [`StoreError::Conflict`] otherwise (a twin of the request through another
     /// node answered first). For a request whose change moves no seat, which the

@@ -802,6 +802,7 @@ pub fn holds(k: &[u8], held: &[u8], expected: &[u8]) -> bool {
             Some(&PAYMENT_MARK) => same::<PaymentMark>(held, expected),
             Some(&WAITLIST) => same::<WaitlistEntry>(held, expected),
             Some(&ATTEMPT) => same::<PaymentAttempt>(held, expected),
+            Some(&REPLY) => same::<Value>(held, expected),
             _ => false,
         }
 }
@@ -962,6 +963,12 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
             key(HISTORY, &[&user.0.to_be_bytes(), &seq.to_be_bytes()]),
             ev,
         )?;
+    }
+    for (k, read) in &batch.replies_read {
+        ops.push(match read {
+            Some(v) => Op::Expect(reply_key(k), encode(v)?),
+            None => Op::Absent(reply_key(k)),
+        });
     }
     for (k, memo) in &batch.replies {
         ops.push(Op::Put(reply_key(k), memo.0.clone()));
