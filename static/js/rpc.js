@@ -5,6 +5,8 @@
 // - automatic reconnect with exponential backoff and full jitter;
 // - "connect hooks" run on every (re)connect before queued calls are sent, so the
 //   session can be resumed and subscriptions renewed first;
+// - a call refused `rate_limited` (nothing was done) sent again after a backoff, a
+//   "rate_limited" event telling each wait;
 // - a "state" event whenever the connection state changes.
 
 export class RpcError extends Error {
@@ -16,6 +18,13 @@ export class RpcError extends Error {
     this.reason = this.data.reason || (error?.code === 'disconnected' ? 'disconnected' : 'unknown');
   }
 }
+
+// `rate_limited` answers to these say the account or address must wait (a login
+// backoff, the hourly registrations), not the connection: not worth a quick retry.
+const NOT_RETRIED_WHEN_LIMITED = new Set(['auth.login', 'auth.register']);
+// Waits before each send again of a call refused `rate_limited`: the per-connection
+// rate refills within a second, and a burst of calls gets through within a few.
+const RATE_LIMITED_WAITS = [250, 500, 1000, 2000, 2000, 2000];
 
 export function defaultUrl() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -177,6 +186,7 @@ export class RpcClient extends EventTarget {
         if (!entry) continue;
         this.pending.delete(m.id);
         clearTimeout(entry.timer);
+        if (m.error?.data?.reason === 'rate_limited' && this._retryLimited(entry)) continue;
         if (m.error) entry.reject(new RpcError(m.error));
         else entry.resolve(m.result);
       } else if (m && typeof m.method === 'string') {
@@ -194,6 +204,22 @@ export class RpcClient extends EventTarget {
         if (any) for (const fn of [...any]) fn(m.params || {}, m.method);
       }
     }
+  }
+
+  /** Sends a call refused `rate_limited` again after a wait, if it has tries left. */
+  _retryLimited(entry) {
+    const tries = entry.limitedTries ?? 0;
+    if (NOT_RETRIED_WHEN_LIMITED.has(entry.method) || tries >= RATE_LIMITED_WAITS.length || this.stopped) return false;
+    entry.limitedTries = tries + 1;
+    // jittered, so calls refused together do not come back together
+    const delay = Math.round(RATE_LIMITED_WAITS[tries] * (0.5 + Math.random()));
+    this.dispatchEvent(new CustomEvent('rate_limited', { detail: { method: entry.method, try: tries + 1, delay } }));
+    setTimeout(() => {
+      if (this.stopped) entry.reject(new RpcError({ code: 'disconnected', message: 'Client stopped', data: { reason: 'disconnected' } }));
+      else if (this.ws && this.ws.readyState === WebSocket.OPEN && this.ready) this._send(entry);
+      else this.queue.push(entry);
+    }, delay);
+    return true;
   }
 
   _onClose(ws) {

@@ -1,8 +1,9 @@
 // The client SDK (static/js/jetway.js) as a third-party front end uses it, in a page of
 // its own: subscribeSeats resuming gap-free across a lost connection, the session
-// resumed on reconnect, and an idempotent call retried with the same request_id after
-// the connection drops. And the contract documents the server publishes are valid
-// OpenRPC 1.3 and AsyncAPI 3.0 by those specifications' own JSON Schemas.
+// resumed on reconnect, an idempotent call retried with the same request_id after the
+// connection drops, and calls refused `rate_limited` sent again until answered. And the
+// contract documents the server publishes are valid OpenRPC 1.3 and AsyncAPI 3.0 by
+// those specifications' own JSON Schemas.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -91,6 +92,30 @@ describe('client SDK', () => {
     assert.deepEqual(page.consoleErrors(true), []);
     await api.close();
     await page.context().close();
+  });
+
+  it('sends calls refused rate_limited again until they are answered', async () => {
+    // a server allowing 5 requests a second per connection; 25 calls at once
+    const limited = await new JetwayServer({ env: { JETWAY_RATE_LIMIT: '5', JETWAY_RATE_BURST: '5' } }).start();
+    const page = await openPage(browser);
+    try {
+      await page.goto(`${limited.url}/healthz`);
+      const result = await page.evaluate(async () => {
+        const { connect } = await import('/js/jetway.js');
+        const jw = connect();
+        let waits = 0;
+        jw.addEventListener('rate_limited', () => (waits += 1));
+        const answers = await Promise.all(Array.from({ length: 25 }, () => jw.call('flights.airports', {})));
+        jw.close();
+        return { answered: answers.filter((a) => Array.isArray(a.airports)).length, waits };
+      });
+      assert.equal(result.answered, 25, 'every call answered');
+      assert.ok(result.waits > 0, 'the limit refused some first');
+      assert.deepEqual(page.consoleErrors(true), []);
+    } finally {
+      await page.context().close();
+      await limited.dispose();
+    }
   });
 
   it('publishes valid OpenRPC and AsyncAPI documents', async () => {
