@@ -626,7 +626,7 @@ fn status_after(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
 
 /// A webhook's body is read only when webhooks are taken, and only up to 256 KiB:
 /// an anonymous sender used to make the server hold 2 MB per request, and with
-/// webhooks off too.
+/// webhooks off too. A body that cannot be read is a bad request, not a large one.
 #[tokio::test]
 async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
     let head = |len: usize| {
@@ -653,6 +653,13 @@ async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
         [400, 413],
         "read and refused for its signature; too large"
     );
+    // a chunked body whose chunk size is not hexadecimal: malformed, not too large
+    let chunked = "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let code =
+        tokio::task::spawn_blocking(move || status_after(addr, chunked, b"zz\r\n{}\r\n0\r\n\r\n"))
+            .await
+            .unwrap();
+    assert_eq!(code, 400, "malformed");
     s.stop().await;
 }
 

@@ -324,9 +324,16 @@ async fn stripe_webhook(
     if let Err(e) = ctx.app.webhook_secret() {
         return not_found(e);
     }
-    let Ok(body) = axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await else {
-        let why = format!("the body was cut off or is over {WEBHOOK_BODY_LIMIT} bytes");
-        return (StatusCode::PAYLOAD_TOO_LARGE, why).into_response();
+    let body = match axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) if over_limit(&e) => {
+            let why = format!("the body is over {WEBHOOK_BODY_LIMIT} bytes");
+            return (StatusCode::PAYLOAD_TOO_LARGE, why).into_response();
+        }
+        Err(_) => {
+            let why = "the body could not be read (malformed or cut off)";
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
     };
     let signature = headers
         .get("stripe-signature")
@@ -340,6 +347,19 @@ async fn stripe_webhook(
         }
         Err(e @ WebhookError::Internal) => {
             (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
+}
+
+/// Whether a body's read failed on its length limit (the error or one it wraps).
+fn over_limit(mut e: &(dyn std::error::Error + 'static)) -> bool {
+    loop {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        match e.source() {
+            Some(inner) => e = inner,
+            None => return false,
         }
     }
 }
