@@ -541,6 +541,71 @@ async fn a_handshake_that_never_finishes_times_out() {
     s.stop().await;
 }
 
+/// An admin's backup may take longer to make and send than the handshake timeout, but
+/// the keep-alive connection it came on is held to the timeout again once it is sent
+/// (it used to be exempt for the rest of its life), and it can ask again meanwhile.
+#[tokio::test]
+async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
+    let password = "backup admin 2026";
+    let s = Server::start_with(|c| {
+        c.limits.handshake_timeout = 1;
+        c.admin_password = Some(password.into());
+    })
+    .await;
+    let mut admin = s.client().await;
+    let login = json!({"username": "admin", "password": password});
+    let token = admin.ok("auth.login", login).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = s.addr;
+    let (sizes, closed) = tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(WAIT)).unwrap();
+        let request = format!(
+            "POST /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let mut sizes = Vec::new();
+        for _ in 0..2 {
+            t.write_all(request.as_bytes()).unwrap();
+            sizes.push(read_response(&mut t));
+        }
+        (sizes, closed_by_server(&mut t))
+    })
+    .await
+    .unwrap();
+    for (status, len) in &sizes {
+        assert_eq!(*status, 200);
+        assert!(*len > 0);
+    }
+    assert!(closed, "the idle connection is closed at the timeout");
+    s.stop().await;
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length`: its status and body length.
+fn read_response(t: &mut std::net::TcpStream) -> (u16, usize) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; len];
+    t.read_exact(&mut body).unwrap();
+    (status, len)
+}
+
 /// A client that pipelines requests and never reads the responses is closed at the
 /// handshake timeout, with a reset: it used to be kept for good, because only reads
 /// checked the deadline and the server was stuck writing; and a plain close would

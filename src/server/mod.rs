@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,6 +268,9 @@ async fn client_config(State(ctx): State<Ctx>) -> Response {
     .into_response()
 }
 
+/// How much of a backup is handed to the connection at a time.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
 /// `POST /admin/backup` with `Authorization: Bearer <admin session token>`: a
 /// consistent snapshot of the database (what `jetway backup` saves).
 async fn backup(
@@ -288,14 +292,22 @@ async fn backup(
             return (StatusCode::UNAUTHORIZED, why).into_response();
         }
     }
-    // an admin's snapshot of a large database may take longer than the handshake
-    // timeout that bounds other plain HTTP connections
-    peer.0.upgraded();
+    // an admin's snapshot of a large database may take longer to make and send than
+    // the handshake timeout that bounds other plain HTTP exchanges; the connection is
+    // held to it again once the body is sent (but for its last chunk in flight)
+    let unbounded = peer.0.unbounded();
     match ctx.app.backup().await {
         Ok(bytes) => {
             tracing::info!(bytes = bytes.len(), "backup snapshot handed out");
             let kind = (header::CONTENT_TYPE, "application/octet-stream");
-            ([kind], bytes).into_response()
+            let len = (header::CONTENT_LENGTH, bytes.len().to_string());
+            let body = axum::body::Bytes::from(bytes);
+            // the guard goes with the stream: at its end, or when the client goes away
+            let chunks = futures::stream::unfold((body, unbounded), |(mut rest, guard)| async {
+                let chunk = rest.split_to(rest.len().min(BACKUP_CHUNK));
+                (!chunk.is_empty()).then_some((Ok::<_, Infallible>(chunk), (rest, guard)))
+            });
+            ([kind], [len], axum::body::Body::from_stream(chunks)).into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "backup failed");

@@ -73,6 +73,8 @@ impl Drop for AddrSlot {
 pub struct ConnMark {
     pub peer: SocketAddr,
     upgraded: AtomicBool,
+    /// A plain HTTP exchange allowed to outlast the timeout is in progress.
+    unbounded: AtomicBool,
     /// Milliseconds since `epoch`.
     deadline_ms: AtomicI64,
     epoch: Instant,
@@ -84,6 +86,7 @@ impl ConnMark {
         ConnMark {
             peer,
             upgraded: AtomicBool::new(false),
+            unbounded: AtomicBool::new(false),
             deadline_ms: AtomicI64::new(timeout.as_millis() as i64),
             epoch: Instant::now(),
             timeout,
@@ -102,12 +105,31 @@ impl ConnMark {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
+    /// A plain HTTP exchange that may take longer than the timeout (an admin's
+    /// backup, made and sent): the connection has no deadline until the guard is
+    /// dropped, and then a full timeout again.
+    pub fn unbounded(self: &Arc<Self>) -> Unbounded {
+        self.unbounded.store(true, Ordering::Relaxed);
+        Unbounded(self.clone())
+    }
+
     fn deadline(&self) -> Option<Instant> {
-        if self.upgraded.load(Ordering::Relaxed) {
+        if self.upgraded.load(Ordering::Relaxed) || self.unbounded.load(Ordering::Relaxed) {
             return None;
         }
         let ms = self.deadline_ms.load(Ordering::Relaxed).max(0) as u64;
         Some(self.epoch + Duration::from_millis(ms))
+    }
+}
+
+/// See [`ConnMark::unbounded`].
+#[derive(Debug)]
+pub struct Unbounded(Arc<ConnMark>);
+
+impl Drop for Unbounded {
+    fn drop(&mut self) {
+        self.0.request_started();
+        self.0.unbounded.store(false, Ordering::Relaxed);
     }
 }
 
@@ -290,8 +312,14 @@ impl GuardedStream {
                     ));
                 }
             }
-            // a WebSocket for good: the timer's memory goes back
+            // a WebSocket for good (the timer's memory goes back), or for as long as
+            // an unbounded exchange lasts
             (None, Some(_)) => self.timer = None,
+            (Some(deadline), None) => {
+                self.timer_at = deadline;
+                self.timer = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+                return self.check_deadline(cx);
+            }
             _ => {}
         }
         Ok(())
