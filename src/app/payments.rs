@@ -1118,10 +1118,10 @@ impl App {
         Ok((Some(batch), None))
     }
 
-    /// Adds `err` as the reply to the pay request `key` (whose reply is `read`), and
-    /// to the requests the batch's attempts answered earlier unless one of them was
-    /// answered a success (each key once: etcd refuses a batch writing one twice).
-    /// Each reply is replaced only if still stored as read.
+    /// Adds `err` as the reply to the pay request `key` (whose reply is `read`) and to
+    /// the requests the batch's attempts answered earlier, except to one answered a
+    /// success (each key once: etcd refuses a batch writing one twice). Each reply is
+    /// replaced only if still stored as read.
     pub(super) fn answer_error(
         &self,
         key: &IdemKey,
@@ -1132,15 +1132,16 @@ impl App {
         let mut earlier: Vec<IdemKey> = batch.attempts.iter().flat_map(earlier_keys).collect();
         earlier.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         earlier.dedup();
-        for k in earlier.into_iter().filter(|k| k != key) {
-            let read = self.store.reply(&k)?;
+        let mut answer = |k: IdemKey, read: Option<Value>| {
             if read.as_ref().is_none_or(|v| v.get("ok").is_none()) {
                 batch.replies.push((k.clone(), remember_err(err)));
                 batch.replies_read.push((k, read));
             }
+        };
+        for k in earlier.into_iter().filter(|k| k != key) {
+            answer(k.clone(), self.store.reply(&k)?);
         }
-        batch.replies.push((key.clone(), remember_err(err)));
-        batch.replies_read.push((key.clone(), read));
+        answer(key.clone(), read);
         Ok(())
     }
 
@@ -1696,6 +1697,54 @@ mod tests {
             }
             assert_stands(&app, &stale, &stale.id, state, reply);
         }
+    }
+
+    /// An error answer is never written over a success, the request's own included:
+    /// an admin closing an orphaned charge's refund as paid elsewhere, after a twin of
+    /// its pay request confirmed the booking with another attempt, wrote it over.
+    #[tokio::test]
+    async fn an_error_answer_skips_a_request_answered_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let stale = lapsed_challenge(&app, Some("pi_orphan".into()));
+        let key = pay_key(&stale);
+        let err = AppError::InvalidState("the charge was refunded".into());
+        let mut batch = Batch::default();
+        app.answer_error(&key, app.store.reply(&key).unwrap(), &mut batch, &err)
+            .unwrap();
+        assert_eq!(batch.replies.len(), 1, "answered while unanswered");
+        twin_settles(&app, &stale, "pa-other", AttemptState::Succeeded, SUCCESS);
+        let mut batch = Batch::default();
+        app.answer_error(&key, app.store.reply(&key).unwrap(), &mut batch, &err)
+            .unwrap();
+        assert!(batch.replies.is_empty(), "{:?}", batch.replies);
+    }
+
+    /// Another request closing the attempt alone (say, as failed) between a twin's
+    /// decision and its write: the write conflicts too.
+    #[tokio::test]
+    async fn an_attempt_closed_between_a_twins_check_and_its_write_is_not_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let stale = lapsed_challenge(&app, Some("pi_closed".into()));
+        let batch = Batch {
+            attempts: vec![stale.clone()],
+            ..Default::default()
+        };
+        let err = AppError::PaymentFailed("interrupted".into());
+        let (write, _) = app
+            .error_ending(&pay_key(&stale), &batch, None, &None, &err)
+            .unwrap();
+        let mut closed = stale.clone();
+        closed.state = AttemptState::Failed;
+        app.store
+            .write(&Batch {
+                attempts: vec![closed],
+                ..Default::default()
+            })
+            .unwrap();
+        let written = app.commit(write.unwrap()).await;
+        assert!(matches!(written, Err(StoreError::Conflict)), "{written:?}");
     }
 
     /// The same twin, when the other request's success is written after it decided

@@ -938,7 +938,7 @@ fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
 /// decided by another admin since.
 fn decided_meanwhile() -> AppError {
     AppError::InvalidState(
-        "the refund was closed or resolved meanwhile (by another admin, or made); list the open refunds again"
+        "the refund was closed or resolved meanwhile (by another admin, or made), or its payment was answered; list the open refunds again"
             .into(),
     )
 }

@@ -1960,6 +1960,39 @@ mod tests {
         ));
         s.write(&settle(&waiting)).unwrap();
         assert_eq!(s.attempt("pa-x").unwrap(), Some(paid));
+
+        // a reply as its writer encoded it (fields in their struct's order), expected
+        // as read back (a JSON value, its keys in another order)
+        let k = IdemKey {
+            user: UserId(1),
+            method: "booking.pay",
+            request_id: "r".into(),
+        };
+        s.db.insert(reply_key(&k), br#"{"ok":{"z":1,"a":[2]}}"#.as_slice())
+            .unwrap();
+        let read = s.reply(&k).unwrap();
+        let answer = |read: Option<Value>| Batch {
+            replies_read: vec![(k.clone(), read)],
+            replies: vec![(k.clone(), Memo(br#"{"ok":{}}"#.to_vec()))],
+            ..Default::default()
+        };
+        assert!(matches!(s.write(&answer(None)), Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.write(&answer(Some(json!({"ok": {}})))),
+            Err(StoreError::Conflict)
+        ));
+        s.write(&answer(read)).unwrap();
+        assert_eq!(s.reply(&k).unwrap(), Some(json!({"ok": {}})));
+        let fresh = IdemKey {
+            request_id: "fresh".into(),
+            ..k.clone()
+        };
+        s.write(&Batch {
+            replies_read: vec![(fresh.clone(), None)],
+            replies: vec![(fresh.clone(), Memo(br#"{"ok":{}}"#.to_vec()))],
+            ..Default::default()
+        })
+        .unwrap();
     }
 
     /// vendor/sled change 6: a page's fragments read back from the file (each with a
