@@ -249,6 +249,16 @@ pub struct LimitsConfig {
     #[arg(long, env = "JETWAY_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
 
+    /// Bytes of replies per second one connection is sent, on average (0: no limit):
+    /// past its burst, a connection's next request is read only once its replies so
+    /// far are paid for (nothing is refused; large replies cost the server CPU).
+    #[arg(long, env = "JETWAY_REPLY_RATE", default_value_t = 1 << 20)]
+    pub reply_rate: u32,
+
+    /// Bytes of replies one connection may be sent in a burst above the average rate.
+    #[arg(long, env = "JETWAY_REPLY_BURST", default_value_t = 4 << 20)]
+    pub reply_burst: u32,
+
     /// Requests refused with `rate_limited` in a row before the connection is closed (1008).
     #[arg(long, env = "JETWAY_RATE_LIMIT_CLOSE", default_value_t = 200)]
     pub rate_limit_close: u32,

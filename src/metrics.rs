@@ -99,6 +99,7 @@ pub struct Metrics {
     tcp_total: Counter,
     ws_open: Gauge,
     ws_total: Counter,
+    replies_paced: Counter,
     rejected: [Counter; Rejection::ALL.len()],
     /// The known methods, then [`OTHER_METHOD`].
     methods: Vec<MethodCells>,
@@ -162,6 +163,7 @@ impl Metrics {
             tcp_total: counter("jetway_tcp_connections_total"),
             ws_open: gauge("jetway_connections_open"),
             ws_total: counter("jetway_connections_total"),
+            replies_paced: counter("jetway_replies_paced_total"),
             store_sync_seconds: r.register_histogram(
                 &Key::from_static_name("jetway_store_sync_duration_seconds"),
                 &META,
@@ -190,6 +192,11 @@ impl Metrics {
 
     pub fn ws_closed(&self) {
         self.ws_open.decrement(1.0);
+    }
+
+    /// A reply past its connection's byte budget: the next request waits.
+    pub fn reply_paced(&self) {
+        self.replies_paced.increment(1);
     }
 
     /// A connection or request refused by a limit.
@@ -303,6 +310,11 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "jetway_rejected_total",
         None,
         "Connections and requests refused by a limit, by reason.",
+    ),
+    (
+        "jetway_replies_paced_total",
+        None,
+        "Replies past their connection's byte budget (--reply-rate), after which the next request waited.",
     ),
     (
         "jetway_requests_total",

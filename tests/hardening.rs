@@ -728,6 +728,46 @@ async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
     s.stop().await;
 }
 
+/// Large replies draw on their connection's byte budget: past it, the next request
+/// is read only once the replies are paid for at the rate, and none is refused. (A
+/// reply used to cost one request token whatever its size, so a connection within
+/// its request rate could keep a sixth of a core busy encoding searches.)
+#[tokio::test]
+async fn large_replies_are_paced() {
+    const RATE: u32 = 400_000;
+    let s = Server::start_with(|c| {
+        c.limits.reply_rate = RATE;
+        c.limits.reply_burst = 0;
+    })
+    .await;
+    let mut c = s.client().await;
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    for _ in 0..6 {
+        let r = c.call("flights.search", json!({"limit": 500})).await;
+        assert!(
+            r["result"]["flights"].as_array().unwrap().len() > 100,
+            "{r}"
+        );
+        bytes.push(r.to_string().len());
+    }
+    let took = started.elapsed();
+    // each reply but the last was paid for before the next request was read
+    let paid: usize = bytes[..5].iter().sum();
+    let least = Duration::from_secs_f64(paid as f64 / f64::from(RATE));
+    assert!(
+        took >= least.mul_f64(0.95),
+        "{took:?} for {bytes:?}, at least {least:?}"
+    );
+    let page = metrics_page(s.addr).await;
+    assert!(metric(&page, "jetway_replies_paced_total").unwrap() >= 5.0);
+    assert_eq!(
+        metric(&page, "jetway_rejected_total{reason=\"rate_limited\"}"),
+        Some(0.0)
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn subscriptions_per_connection_are_limited() {
     let s = Server::start_with(|c| c.limits.max_subscriptions = 3).await;

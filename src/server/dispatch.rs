@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-use super::limits::Shield;
+use super::limits::{PaidUntil, ReplyPace, Shield};
 
 use crate::app::{App, AppError, ConnSession};
 use crate::domain::FlightId;
@@ -30,6 +30,8 @@ pub struct ConnState {
     pub boards: Vec<String>,
     /// The client's address (login backoff).
     pub peer: IpAddr,
+    /// What its replies have drawn on its budget (see [`ReplyPace`]).
+    replies_paid: PaidUntil,
 }
 
 impl ConnState {
@@ -41,6 +43,7 @@ impl ConnState {
             subscriptions: Vec::new(),
             boards: Vec::new(),
             peer,
+            replies_paid: 0,
         }
     }
 
@@ -131,7 +134,14 @@ async fn handle_in_span(
             envelope::failure(&id, &e)
         }
     };
+    let bytes = frame.len();
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
+    let wait = ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, bytes);
+    if !wait.is_zero() {
+        // the connection reads its next request once this request is done
+        shield.metrics.reply_paced();
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// A change's answer, encoded for its reply unless the change's announcement sent

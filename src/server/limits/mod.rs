@@ -1,5 +1,5 @@
 //! Abuse limits, each in its own file: the request rate per connection ([`rate`]), the
-//! login backoff per username and address ([`login`]), registrations per address
+//! pace of its replies ([`pace`]), the login backoff per username and address ([`login`]), registrations per address
 //! ([`register`]) and the listener that caps
 //! connections per address and times out handshakes ([`listener`]); [`Shield`] is
 //! what the server shares of them between connections.
@@ -9,6 +9,7 @@
 
 mod listener;
 mod login;
+mod pace;
 mod rate;
 mod register;
 
@@ -19,6 +20,7 @@ use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 
 pub use listener::{AddrSlot, GuardedListener, GuardedStream, Peer, TcpHold};
+pub use pace::{PaidUntil, ReplyPace};
 pub use rate::{RateLimit, RateLimiter, Verdict};
 
 use listener::AddrCounter;

@@ -1,0 +1,133 @@
+//! The pace of one connection's replies: a byte budget (`rate` bytes a second, `burst`
+//! saved up) that every reply draws on. A connection whose replies outrun it has its
+//! next request read only once they are paid for; no reply is held back or refused
+//! (a client paging through a long list is slowed, never failed). Encoding a large
+//! reply costs the server far more than reading its request (a `flights.search` of
+//! 500 flights, ~150 KB, ~1.7 ms of CPU), so without it one connection within its
+//! request rate kept a sixth of a core busy.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+/// The budget every connection follows (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyPace {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// What a connection's replies so far have drawn: the time by which they are paid
+/// for at the pace's rate, in [`UNIT_MICROS`] from the process's [`EPOCH`], wrapping
+/// (every 76 hours). Four bytes: they fit in the padding of the connection's state,
+/// which every idle connection keeps.
+pub type PaidUntil = u32;
+
+const UNIT_MICROS: u64 = 64;
+/// The most one reply, or the burst, counts for (10 minutes): a connection is never
+/// ahead of the clock by more than both, so a mark further ahead is one left behind
+/// by a clock that wrapped since.
+const MAX_UNITS: u32 = (600_000_000 / UNIT_MICROS) as u32;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl ReplyPace {
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        ReplyPace {
+            rate: limits.reply_rate,
+            burst: limits.reply_burst,
+        }
+    }
+
+    /// Charges a reply of `bytes` to a connection that has drawn `paid`: how long its
+    /// next request must wait.
+    pub fn charge(&self, paid: &mut PaidUntil, bytes: usize) -> Duration {
+        let now = (EPOCH.elapsed().as_micros() / u128::from(UNIT_MICROS)) as u32;
+        self.charge_at(now, paid, bytes)
+    }
+
+    fn charge_at(&self, now: u32, paid: &mut PaidUntil, bytes: usize) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let units = |bytes: u64| {
+            let per = u64::from(self.rate) * UNIT_MICROS;
+            bytes
+                .saturating_mul(1_000_000)
+                .div_ceil(per)
+                .min(u64::from(MAX_UNITS)) as u32
+        };
+        // behind the clock (all paid for), or a mark from before it wrapped: none
+        let ahead = Some(paid.wrapping_sub(now)).filter(|a| *a <= 2 * MAX_UNITS);
+        let ahead = ahead.unwrap_or(0) + units(bytes as u64);
+        *paid = now.wrapping_add(ahead);
+        let wait = ahead.saturating_sub(units(u64::from(self.burst)));
+        Duration::from_micros(u64::from(wait) * UNIT_MICROS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock at `secs` seconds.
+    fn at(secs: f64) -> u32 {
+        (secs * 1e6 / UNIT_MICROS as f64) as u32
+    }
+
+    #[test]
+    fn replies_within_the_burst_go_on_and_past_it_wait_for_the_rate() {
+        let pace = ReplyPace {
+            rate: 1000,
+            burst: 4000,
+        };
+        let mut paid = 0;
+        // 4,000 bytes at once: the burst
+        for _ in 0..4 {
+            assert_eq!(pace.charge_at(at(0.0), &mut paid, 1000), Duration::ZERO);
+        }
+        // one more kilobyte: a second at 1,000 bytes a second
+        assert_eq!(
+            pace.charge_at(at(0.0), &mut paid, 1000),
+            Duration::from_secs(1)
+        );
+        // waited for: the next small reply goes on, the budget spent
+        let small = pace.charge_at(at(1.0), &mut paid, 10);
+        assert!(
+            small > Duration::ZERO && small <= Duration::from_millis(11),
+            "{small:?}"
+        );
+        // ten seconds idle refill the burst, no more
+        let later = at(11.0);
+        for _ in 0..4 {
+            assert_eq!(pace.charge_at(later, &mut paid, 1000), Duration::ZERO);
+        }
+        assert!(pace.charge_at(later, &mut paid, 1000) > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_mark_from_before_the_clock_wrapped_is_no_debt() {
+        let pace = ReplyPace {
+            rate: 1000,
+            burst: 0,
+        };
+        let second = Duration::from_secs(1);
+        // paid up to just before the wrap and asked after it; a mark from half a wrap
+        // ago; one unit ahead, still owed
+        for (paid, now, wait) in [
+            (u32::MAX - 10, 5, second),
+            (0, u32::MAX / 2 + 1, second),
+            (100, 99, second + Duration::from_micros(UNIT_MICROS)),
+        ] {
+            let mut p = paid;
+            assert_eq!(pace.charge_at(now, &mut p, 1000), wait, "{paid} {now}");
+        }
+    }
+
+    #[test]
+    fn no_rate_is_no_budget() {
+        let pace = ReplyPace { rate: 0, burst: 0 };
+        let mut paid = 0;
+        assert_eq!(pace.charge(&mut paid, usize::MAX), Duration::ZERO);
+        assert_eq!(paid, 0);
+    }
+}
