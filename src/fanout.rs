@@ -32,7 +32,7 @@ use futures::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -167,6 +167,8 @@ pub struct Requester {
     outbox: Outbox,
     id: Option<serde_json::Value>,
     replied: AtomicBool,
+    /// Bytes of replies sent to its connection while it was handled.
+    reply_bytes: AtomicUsize,
 }
 
 impl Requester {
@@ -180,7 +182,10 @@ impl Requester {
     /// none ([`replied_early`]). `reply` must be what the handler would send.
     pub fn reply_early(&self, reply: Utf8Bytes) {
         if !self.replied.swap(true, Ordering::AcqRel) {
-            self.outbox.send(FrameKind::Reply, reply);
+            // counted here, not by the send (which counts for the task's own request)
+            self.reply_bytes.fetch_add(reply.len(), Ordering::Relaxed);
+            self.outbox
+                .queue(FrameKind::Reply, std::iter::once(&reply), true);
         }
     }
 }
@@ -201,6 +206,7 @@ pub fn handle_request_of<F: std::future::Future>(
         outbox: outbox.clone(),
         id,
         replied: AtomicBool::new(false),
+        reply_bytes: AtomicUsize::new(0),
     });
     let mut scoped = Box::pin(REQUESTER.scope(requester, handling));
     std::future::poll_fn(move |cx| {
@@ -220,6 +226,14 @@ pub fn requester() -> Option<u64> {
 /// The request this task handles, if it handles one.
 pub fn request() -> Option<Arc<Requester>> {
     REQUESTER.try_with(Arc::clone).ok()
+}
+
+/// Bytes of replies sent to its connection so far while the request this task handles
+/// was handled (its own reply, and any a use case sent, such as a seat map).
+pub fn reply_bytes() -> usize {
+    REQUESTER
+        .try_with(|r| r.reply_bytes.load(Ordering::Relaxed))
+        .unwrap_or(0)
 }
 
 /// Whether the reply to the request this task handles went out already
@@ -454,6 +468,14 @@ impl Outbox {
         kind: FrameKind,
         frames: impl Iterator<Item = &'a Utf8Bytes> + Clone,
     ) -> bool {
+        if matches!(kind, FrameKind::Reply) {
+            let bytes = || frames.clone().map(|f| f.len()).sum::<usize>();
+            let _ = REQUESTER.try_with(|r| {
+                if r.outbox.id() == self.id() {
+                    r.reply_bytes.fetch_add(bytes(), Ordering::Relaxed);
+                }
+            });
+        }
         self.queue(kind, frames, true).is_some()
     }
 

@@ -43,12 +43,19 @@ impl ConnState {
             subscriptions: Vec::new(),
             boards: Vec::new(),
             peer,
-            replies_paid: 0,
+            replies_paid: super::limits::pace_clock(),
         }
     }
 
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// Brings its reply budget's mark up to the clock if it fell behind: heard from
+    /// the client (every frame) and pinged (every silence), the mark is never old
+    /// enough to be mistaken for one ahead once the clock wraps.
+    pub fn keep_pace(&mut self) {
+        ReplyPace::catch_up(&mut self.replies_paid);
     }
 }
 
@@ -86,7 +93,18 @@ pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
     );
     handle_in_span(&app, shield, conn, req, label)
         .instrument(span)
-        .await
+        .await;
+    drop(_running);
+    // what the request's replies drew on the connection's budget, its own and any its
+    // use case sent (a seat map, a board), and one a commit sent early: past it, the
+    // connection reads its next request once this one is done (not counted as a
+    // request that may write: the commit loop does not wait for it)
+    let wait =
+        ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, crate::fanout::reply_bytes());
+    if !wait.is_zero() {
+        shield.metrics.reply_paced();
+        tokio::time::sleep(wait).await;
+    }
 }
 
 async fn handle_in_span(
@@ -134,14 +152,7 @@ async fn handle_in_span(
             envelope::failure(&id, &e)
         }
     };
-    let bytes = frame.len();
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
-    let wait = ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, bytes);
-    if !wait.is_zero() {
-        // the connection reads its next request once this request is done
-        shield.metrics.reply_paced();
-        tokio::time::sleep(wait).await;
-    }
 }
 
 /// A change's answer, encoded for its reply unless the change's announcement sent

@@ -129,6 +129,9 @@ pub fn run(
                     }
                     Event::Read(msg) => {
                         outbox.heard();
+                        if let Some(s) = state.as_mut() {
+                            s.keep_pace();
+                        }
                         match received(msg, &mut limiter, shield, outbox) {
                             Received::Request(req) => {
                                 if let Some(mut s) = state.take() {
@@ -165,7 +168,12 @@ pub fn run(
                         closed = true;
                         Some(Box::pin(close(&mut socket, code, reason)))
                     }
-                    Event::Next(Next::Ping) => Some(Box::pin(ping(&mut socket))),
+                    Event::Next(Next::Ping) => {
+                        if let Some(s) = state.as_mut() {
+                            s.keep_pace();
+                        }
+                        Some(Box::pin(ping(&mut socket)))
+                    }
                     Event::Next(Next::Idle) => {
                         // decided here, on the connection's own state: a request read
                         // since the sweep looked, or running, keeps it open

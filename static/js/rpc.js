@@ -6,7 +6,7 @@
 // - "connect hooks" run on every (re)connect before queued calls are sent, so the
 //   session can be resumed and subscriptions renewed first;
 // - a call refused `rate_limited` (nothing was done) sent again after a backoff, a
-//   "rate_limited" event telling each wait;
+//   "rate_limited" event telling each wait (it then goes after calls made since);
 // - a "state" event whenever the connection state changes.
 
 export class RpcError extends Error {
@@ -128,7 +128,7 @@ export class RpcClient extends EventTarget {
    */
   call(method, params = {}, options = {}) {
     return new Promise((resolve, reject) => {
-      const entry = { method, params, resolve, reject, retry: !!options.retry, timeout: options.timeout ?? this.timeout };
+      const entry = { method, params, resolve, reject, retry: !!options.retry, immediate: !!options.immediate, timeout: options.timeout ?? this.timeout };
       const canSend = this.ws && this.ws.readyState === WebSocket.OPEN && (this.ready || options.immediate);
       if (canSend) this._send(entry);
       else if (options.immediate) reject(new RpcError({ code: 'disconnected', message: 'Not connected' }));
@@ -215,8 +215,11 @@ export class RpcClient extends EventTarget {
     const delay = Math.round(RATE_LIMITED_WAITS[tries] * (0.5 + Math.random()));
     this.dispatchEvent(new CustomEvent('rate_limited', { detail: { method: entry.method, try: tries + 1, delay } }));
     setTimeout(() => {
+      const open = this.ws && this.ws.readyState === WebSocket.OPEN;
       if (this.stopped) entry.reject(new RpcError({ code: 'disconnected', message: 'Client stopped', data: { reason: 'disconnected' } }));
-      else if (this.ws && this.ws.readyState === WebSocket.OPEN && this.ready) this._send(entry);
+      else if (open && (this.ready || entry.immediate)) this._send(entry);
+      // a connect hook's call is never queued behind the hooks that wait for it
+      else if (entry.immediate) entry.reject(new RpcError({ code: 'disconnected', message: 'Not connected', data: { reason: 'disconnected' } }));
       else this.queue.push(entry);
     }, delay);
     return true;

@@ -20,7 +20,7 @@ use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 
 pub use listener::{AddrSlot, GuardedListener, GuardedStream, Peer, TcpHold};
-pub use pace::{PaidUntil, ReplyPace};
+pub use pace::{clock as pace_clock, PaidUntil, ReplyPace};
 pub use rate::{RateLimit, RateLimiter, Verdict};
 
 use listener::AddrCounter;

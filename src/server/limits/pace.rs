@@ -19,7 +19,10 @@ pub struct ReplyPace {
 /// What a connection's replies so far have drawn: the time by which they are paid
 /// for at the pace's rate, in [`UNIT_MICROS`] from the process's [`EPOCH`], wrapping
 /// (every 76 hours). Four bytes: they fit in the padding of the connection's state,
-/// which every idle connection keeps.
+/// which every idle connection keeps. A fresh connection starts at the [`clock`], and
+/// its mark is brought up to it whenever the connection is heard from or pinged
+/// ([`ReplyPace::catch_up`]), so that it is never left behind long enough (38 hours)
+/// to read as ahead after a wrap.
 pub type PaidUntil = u32;
 
 const UNIT_MICROS: u64 = 64;
@@ -30,6 +33,23 @@ const MAX_UNITS: u32 = (600_000_000 / UNIT_MICROS) as u32;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// The clock a [`PaidUntil`] is on: a fresh connection's mark, all paid for.
+pub fn clock() -> PaidUntil {
+    (EPOCH.elapsed().as_micros() / u128::from(UNIT_MICROS)) as u32
+}
+
+fn catch_up_at(now: u32, paid: &mut PaidUntil) {
+    *paid = now.wrapping_add(ahead(now, *paid));
+}
+
+/// How far `paid` is ahead of the clock at `now`: none if behind it (all paid for),
+/// or if it is a mark from before the clock last wrapped.
+fn ahead(now: u32, paid: PaidUntil) -> u32 {
+    Some(paid.wrapping_sub(now))
+        .filter(|a| *a <= 2 * MAX_UNITS)
+        .unwrap_or(0)
+}
+
 impl ReplyPace {
     pub fn of(limits: &crate::config::LimitsConfig) -> Self {
         ReplyPace {
@@ -38,11 +58,15 @@ impl ReplyPace {
         }
     }
 
-    /// Charges a reply of `bytes` to a connection that has drawn `paid`: how long its
+    /// Charges replies of `bytes` to a connection that has drawn `paid`: how long its
     /// next request must wait.
     pub fn charge(&self, paid: &mut PaidUntil, bytes: usize) -> Duration {
-        let now = (EPOCH.elapsed().as_micros() / u128::from(UNIT_MICROS)) as u32;
-        self.charge_at(now, paid, bytes)
+        self.charge_at(clock(), paid, bytes)
+    }
+
+    /// Sets a mark that fell behind the clock to the clock (see [`PaidUntil`]).
+    pub fn catch_up(paid: &mut PaidUntil) {
+        catch_up_at(clock(), paid);
     }
 
     fn charge_at(&self, now: u32, paid: &mut PaidUntil, bytes: usize) -> Duration {
@@ -56,9 +80,7 @@ impl ReplyPace {
                 .div_ceil(per)
                 .min(u64::from(MAX_UNITS)) as u32
         };
-        // behind the clock (all paid for), or a mark from before it wrapped: none
-        let ahead = Some(paid.wrapping_sub(now)).filter(|a| *a <= 2 * MAX_UNITS);
-        let ahead = ahead.unwrap_or(0) + units(bytes as u64);
+        let ahead = ahead(now, *paid) + units(bytes as u64);
         *paid = now.wrapping_add(ahead);
         let wait = ahead.saturating_sub(units(u64::from(self.burst)));
         Duration::from_micros(u64::from(wait) * UNIT_MICROS)
@@ -121,6 +143,31 @@ mod tests {
             let mut p = paid;
             assert_eq!(pace.charge_at(now, &mut p, 1000), wait, "{paid} {now}");
         }
+    }
+
+    /// A connection made ten minutes before the clock wraps (its mark used to start
+    /// at 0, which then read as ten minutes ahead: its first reply waited that long),
+    /// and one silent for 70 hours, its mark kept up by pings, owe nothing.
+    #[test]
+    fn fresh_and_long_idle_connections_owe_nothing_near_the_wrap() {
+        let pace = ReplyPace {
+            rate: 1 << 20,
+            burst: 4 << 20,
+        };
+        let before_wrap = u32::MAX - at(600.0);
+        let mut fresh = before_wrap;
+        assert_eq!(pace.charge_at(before_wrap, &mut fresh, 200), Duration::ZERO);
+        let mut old = 0;
+        assert!(pace.charge_at(before_wrap, &mut old, 200) > Duration::from_secs(500));
+
+        let mut idle = at(1.0);
+        let mut now = idle;
+        for _ in 0..(70 * 3600 / 20) {
+            now = now.wrapping_add(at(20.0));
+            catch_up_at(now, &mut idle);
+        }
+        assert_eq!(idle, now);
+        assert_eq!(pace.charge_at(now, &mut idle, 200), Duration::ZERO);
     }
 
     #[test]
