@@ -126,8 +126,10 @@ pub struct Config {
     #[arg(long, env = "JETWAY_QUEUE_BYTES", default_value_t = 4 << 20)]
     pub queue_bytes: u32,
 
-    /// Seconds of silence from a client before the server pings it.
-    #[arg(long, env = "JETWAY_PING_INTERVAL", default_value_t = 20)]
+    /// Seconds of silence from a client before the server pings it (at most a day: a
+    /// ping also keeps the connection's reply budget current, see
+    /// [`crate::server::limits::PaidUntil`]).
+    #[arg(long, env = "JETWAY_PING_INTERVAL", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub ping_interval: u64,
 
     /// Seconds without any frame (a pong included) before a connection is closed as dead.

@@ -101,7 +101,8 @@ pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
     // request that may write: the commit loop does not wait for it)
     let wait =
         ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, crate::fanout::reply_bytes());
-    if !wait.is_zero() {
+    // a closing connection reads nothing more: it need not wait
+    if !wait.is_zero() && !conn.outbox.is_closing() {
         shield.metrics.reply_paced();
         tokio::time::sleep(wait).await;
     }

@@ -142,6 +142,7 @@ export class RpcClient extends EventTarget {
   _send(entry) {
     const id = this.nextId++;
     entry.id = id;
+    entry.ws = this.ws;
     entry.timer = setTimeout(() => {
       this.pending.delete(id);
       entry.reject(new RpcError({ code: 'timeout', message: 'The server did not answer in time', data: { reason: 'timeout' } }));
@@ -217,8 +218,10 @@ export class RpcClient extends EventTarget {
     setTimeout(() => {
       const open = this.ws && this.ws.readyState === WebSocket.OPEN;
       if (this.stopped) entry.reject(new RpcError({ code: 'disconnected', message: 'Client stopped', data: { reason: 'disconnected' } }));
-      else if (open && (this.ready || entry.immediate)) this._send(entry);
-      // a connect hook's call is never queued behind the hooks that wait for it
+      else if (open && !entry.immediate && this.ready) this._send(entry);
+      // a connect hook's call goes again on its own connection only: never queued
+      // behind the hooks that wait for it, nor sent before a new connection's hooks
+      else if (entry.immediate && open && this.ws === entry.ws) this._send(entry);
       else if (entry.immediate) entry.reject(new RpcError({ code: 'disconnected', message: 'Not connected', data: { reason: 'disconnected' } }));
       else this.queue.push(entry);
     }, delay);

@@ -21,8 +21,8 @@ pub struct ReplyPace {
 /// (every 76 hours). Four bytes: they fit in the padding of the connection's state,
 /// which every idle connection keeps. A fresh connection starts at the [`clock`], and
 /// its mark is brought up to it whenever the connection is heard from or pinged
-/// ([`ReplyPace::catch_up`]), so that it is never left behind long enough (38 hours)
-/// to read as ahead after a wrap.
+/// ([`ReplyPace::catch_up`]; a silent connection is pinged at least daily), so that it
+/// is never left behind long enough (a wrap less 20 minutes) to read as ahead.
 pub type PaidUntil = u32;
 
 const UNIT_MICROS: u64 = 64;
@@ -160,14 +160,19 @@ mod tests {
         let mut old = 0;
         assert!(pace.charge_at(before_wrap, &mut old, 200) > Duration::from_secs(500));
 
-        let mut idle = at(1.0);
-        let mut now = idle;
-        for _ in 0..(70 * 3600 / 20) {
-            now = now.wrapping_add(at(20.0));
-            catch_up_at(now, &mut idle);
+        // silent for a wrap less ten minutes, pinged every 20 s: a mark not kept up
+        // reads as ten minutes ahead
+        let start = at(1.0);
+        let (mut kept, mut now) = (start, start);
+        let until = start.wrapping_add(u32::MAX - MAX_UNITS);
+        while now != until {
+            now = until.wrapping_sub(now).min(at(20.0)).wrapping_add(now);
+            catch_up_at(now, &mut kept);
         }
-        assert_eq!(idle, now);
-        assert_eq!(pace.charge_at(now, &mut idle, 200), Duration::ZERO);
+        assert_eq!(kept, now);
+        assert_eq!(pace.charge_at(now, &mut kept, 200), Duration::ZERO);
+        let mut stale = start;
+        assert!(pace.charge_at(now, &mut stale, 200) > Duration::from_secs(500));
     }
 
     #[test]
