@@ -85,7 +85,7 @@ fn reconciler_request(attempt_id: &str) -> String {
     format!("\u{0}reconcile:{attempt_id}")
 }
 
-pub(super) fn pay_key(a: &PaymentAttempt) -> IdemKey {
+fn pay_key(a: &PaymentAttempt) -> IdemKey {
     IdemKey {
         user: a.user_id,
         method: PAY,
@@ -999,9 +999,22 @@ impl App {
         ended
     }
 
+    /// Answers the pay request of the batch's attempt, an orphaned charge refunded by
+    /// other means, and the ones it answered earlier, as [`Self::orphan_refunded`]
+    /// (see [`Self::answer_error`]).
+    pub(super) fn answer_orphan_refunded(
+        &self,
+        fs: &FlightSeats,
+        batch: &mut Batch,
+    ) -> Result<(), AppError> {
+        let a = batch.attempts.first().ok_or(AppError::Internal)?;
+        let (key, err) = (pay_key(a), self.orphan_refunded(fs, &a.locator));
+        self.answer_error(&key, self.store.reply(&key)?, batch, &err)
+    }
+
     /// What a pay request whose charge the booking could not take is answered once
     /// the charge is refunded.
-    pub(super) fn orphan_refunded(&self, fs: &FlightSeats, loc: &domain::Locator) -> AppError {
+    fn orphan_refunded(&self, fs: &FlightSeats, loc: &domain::Locator) -> AppError {
         let why = match self.store.booking(loc).ok().flatten().map(|b| b.status) {
             _ if fs.flight().cancelled.is_some() || fs.is_closing() => {
                 "the airline cancelled the flight"
@@ -1122,7 +1135,7 @@ impl App {
     /// the requests the batch's attempts answered earlier, except to one answered a
     /// success (each key once: etcd refuses a batch writing one twice). Each reply is
     /// replaced only if still stored as read.
-    pub(super) fn answer_error(
+    fn answer_error(
         &self,
         key: &IdemKey,
         read: Option<Value>,

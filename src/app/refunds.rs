@@ -555,10 +555,6 @@ impl App {
                         now,
                         json!({ "amount": wire::money(r.amount) }),
                     );
-                    // its pay request, still answered "not settled yet", is told
-                    // what became of the charge, as when the refund is made here
-                    let answer = self.orphan_refunded(&fs, &a.locator);
-                    let key = super::payments::pay_key(&a);
                     let mut batch = Batch {
                         events: vec![(a.user_id, refunded)],
                         attempts: vec![a],
@@ -566,7 +562,9 @@ impl App {
                         refunds_read: vec![read],
                         ..Default::default()
                     };
-                    self.answer_error(&key, self.store.reply(&key)?, &mut batch, &answer)?;
+                    // its pay request, still answered with the gateway's timeout, is
+                    // told what became of the charge, as when the refund is made here
+                    self.answer_orphan_refunded(&fs, &mut batch)?;
                     match self.commit(batch).await {
                         Err(StoreError::Conflict) => return Err(decided_meanwhile()),
                         other => other?,
