@@ -490,7 +490,10 @@ impl App {
                         .await
                     }
                     // unknown: the attempt stays open for the reconciler
-                    _ => self.left_open(key, &attempt, m, Some(busy)).await,
+                    _ => {
+                        self.left_open(key, &attempt.locator, &attempt.id, m, Some(busy))
+                            .await
+                    }
                 }
             }
         }
@@ -507,12 +510,12 @@ impl App {
         attempt: PaymentAttempt,
         busy: Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
-        let read = attempt.clone();
+        let (loc, id) = (attempt.locator.clone(), attempt.id.clone());
         match self.settle_charged(fs, attempt, &busy).await {
             Err(e) if is_busy(&e) => {
                 let m = "the payment went through but the booking could not take it; the \
                          charge is being refunded";
-                self.left_open(key, &read, m.into(), Some(busy)).await
+                self.left_open(key, &loc, &id, m.into(), Some(busy)).await
             }
             settled => settled,
         }
@@ -526,7 +529,8 @@ impl App {
     async fn left_open(
         &self,
         key: IdemKey,
-        attempt: &PaymentAttempt,
+        loc: &domain::Locator,
+        attempt_id: &str,
         message: String,
         busy: Option<Busy>,
     ) -> Result<Answer<BookingResult>, AppError> {
@@ -536,12 +540,12 @@ impl App {
             key.user,
             event(
                 "payment_failed",
-                Some(&attempt.locator),
+                Some(loc),
                 domain::now_ms(),
                 json!({"message": err.to_string()}),
             ),
         );
-        self.end_with_error(key, Batch::default(), Some(&attempt.id), Some(failed), err)
+        self.end_with_error(key, Batch::default(), Some(attempt_id), Some(failed), err)
             .await
     }
 
