@@ -410,14 +410,20 @@ impl App {
                 // settled meanwhile: a retry finds what became of it
                 return Err(busy_error());
             };
-            a = fresh;
+            a = fresh.clone();
             continued_by(&mut a, &rid);
             a.updated_at = domain::now_ms();
-            self.write_soon(Batch {
+            // written only over the attempt as read: a twin of this request that
+            // settled it meanwhile must not see it opened again
+            let written = self.write_soon(Batch {
                 attempts: vec![a.clone()],
+                attempts_read: vec![fresh],
                 ..Default::default()
-            })
-            .await?;
+            });
+            match written.await {
+                Err(StoreError::Conflict) => return Err(busy_error()),
+                written => written?,
+            }
             self.hold_ended_under_mark(&loc)
         };
         let ended = match continued.await {
