@@ -119,6 +119,21 @@ fn continued_by(a: &mut PaymentAttempt, rid: &str) {
     a.earlier_requests.drain(..over);
 }
 
+/// The waiting attempt `fresh` as continued by request `rid`, and its write. The
+/// write expects the attempt as read: a twin of this request that settled it
+/// meanwhile must not see it opened again.
+fn continuing(fresh: PaymentAttempt, rid: &str) -> (PaymentAttempt, Batch) {
+    let mut a = fresh.clone();
+    continued_by(&mut a, rid);
+    a.updated_at = domain::now_ms();
+    let batch = Batch {
+        attempts: vec![a.clone()],
+        attempts_read: vec![fresh],
+        ..Default::default()
+    };
+    (a, batch)
+}
+
 /// Most earlier requests an attempt keeps (the oldest go first): each is a
 /// `booking.pay` sent while the customer acts, and the hold bounds how many there are.
 const EARLIER_REQUESTS: usize = 16;
@@ -410,17 +425,9 @@ impl App {
                 // settled meanwhile: a retry finds what became of it
                 return Err(busy_error());
             };
-            a = fresh.clone();
-            continued_by(&mut a, &rid);
-            a.updated_at = domain::now_ms();
-            // written only over the attempt as read: a twin of this request that
-            // settled it meanwhile must not see it opened again
-            let written = self.write_soon(Batch {
-                attempts: vec![a.clone()],
-                attempts_read: vec![fresh],
-                ..Default::default()
-            });
-            match written.await {
+            let (continued, batch) = continuing(fresh, &rid);
+            a = continued;
+            match self.write_soon(batch).await {
                 Err(StoreError::Conflict) => return Err(busy_error()),
                 written => written?,
             }
@@ -1669,6 +1676,11 @@ mod tests {
 
     const SUCCESS: &str = r#"{"ok":{}}"#;
     const REFUNDED: &str = r#"{"err":{"code":-32011,"message":"invalid state: the charge was refunded","data":{"reason":"invalid_state"}}}"#;
+    /// How a twin settles an attempt, and its answer.
+    const SETTLED: [(AttemptState, &str); 2] = [
+        (AttemptState::Succeeded, SUCCESS),
+        (AttemptState::Refunded, REFUNDED),
+    ];
 
     /// The attempt `id` is stored in `state`, and the reply to `stale`'s request is `reply`.
     fn assert_stands(
@@ -1693,13 +1705,7 @@ mod tests {
     async fn a_twin_ending_after_the_attempt_settled_does_not_reopen_it() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
-        for (i, (state, reply)) in [
-            (AttemptState::Succeeded, SUCCESS),
-            (AttemptState::Refunded, REFUNDED),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (i, &(state, reply)) in SETTLED.iter().enumerate() {
             let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{i}")));
             stale.request_id = format!("p{i}");
             twin_settles(&app, &stale, &stale.id, state, reply);
@@ -1768,6 +1774,29 @@ mod tests {
             .unwrap();
         let written = app.commit(write.unwrap()).await;
         assert!(matches!(written, Err(StoreError::Conflict)), "{written:?}");
+    }
+
+    /// A continuing `booking.pay` that found the attempt still waiting for the
+    /// customer, when a twin of its request settles it before its write: the write
+    /// conflicts (the pay answers "in progress"), and the attempt stays settled with
+    /// the twin's answer. Before, the copy was written over it, and the attempt waited
+    /// for the customer again beside a confirmed booking.
+    #[tokio::test]
+    async fn a_twin_settling_before_a_continuing_pay_writes_is_not_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        for (i, &(state, reply)) in SETTLED.iter().enumerate() {
+            let stale = lapsed_challenge(&app, Some(format!("pi_cont{i}")));
+            let fresh = app.store.attempt(&stale.id).unwrap().unwrap();
+            let (continued, batch) = continuing(fresh, "p2");
+            assert_eq!(continued.earlier_requests, ["p1"]);
+            twin_settles(&app, &stale, &stale.id, state, reply);
+            let written = app.write_soon(batch).await;
+            assert!(matches!(written, Err(StoreError::Conflict)), "{written:?}");
+            assert_stands(&app, &stale, &stale.id, state, reply);
+            let stored = app.store.attempt(&stale.id).unwrap().unwrap();
+            assert_eq!(stored.request_id, "p1", "{i}: not continued");
+        }
     }
 
     /// The same twin, when the other request's success is written after it decided
