@@ -783,6 +783,38 @@ async fn large_replies_are_paced() {
     s.stop().await;
 }
 
+/// A connection waiting for its replies to be paid for before it reads again has no
+/// request in flight: a shutdown closes it at once. (The wait used to be the
+/// request's: the connection could not close before it ended, and the server's stop
+/// gave up on it after 10 s.)
+#[tokio::test]
+async fn a_paced_connection_closes_at_once_on_shutdown() {
+    let s = Server::start_with(|c| {
+        c.limits.reply_rate = 1_000;
+        c.limits.reply_burst = 0;
+    })
+    .await;
+    let mut c = s.client().await;
+    let r = c.call("flights.search", json!({"limit": 500})).await;
+    let bytes = r.to_string().len();
+    // paid for in a minute or more at 1,000 bytes a second
+    assert!(bytes > 60_000, "{bytes}");
+    let stopping = tokio::spawn(s.stop());
+    let close = loop {
+        let m = tokio::time::timeout(Duration::from_secs(8), c.ws.next())
+            .await
+            .expect("closed before the pace ends");
+        match m {
+            Some(Ok(Message::Close(f))) => break f.expect("a close code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason.as_str(), "server shutting down");
+    stopping.await.unwrap();
+}
+
 #[tokio::test]
 async fn subscriptions_per_connection_are_limited() {
     let s = Server::start_with(|c| c.limits.max_subscriptions = 3).await;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::limits::{PaidUntil, ReplyPace, Shield};
@@ -80,8 +80,10 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 #[cfg(test)]
 pub static TEST_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// Handles a request and queues its reply (none for a notification).
-pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
+/// Handles a request and queues its reply (none for a notification). Gives how long
+/// the connection waits before it reads its next request: what the request's
+/// replies drew past the connection's reply budget.
+pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) -> Duration {
     let app = conn.app.clone();
     let _running = app.committer.request_running();
     let label = method_label(&req.method);
@@ -96,16 +98,8 @@ pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) {
         .await;
     drop(_running);
     // what the request's replies drew on the connection's budget, its own and any its
-    // use case sent (a seat map, a board), and one a commit sent early: past it, the
-    // connection reads its next request once this one is done (not counted as a
-    // request that may write: the commit loop does not wait for it)
-    let wait =
-        ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, crate::fanout::reply_bytes());
-    // a closing connection reads nothing more: it need not wait
-    if !wait.is_zero() && !conn.outbox.is_closing() {
-        shield.metrics.reply_paced();
-        tokio::time::sleep(wait).await;
-    }
+    // use case sent (a seat map, a board), and one a commit sent early
+    ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, crate::fanout::reply_bytes())
 }
 
 async fn handle_in_span(

@@ -44,11 +44,21 @@ const LINGER: Duration = Duration::from_secs(1);
 /// [`write_batch`]), so tungstenite's write buffer, which never shrinks, only ever
 /// holds a control frame.
 pub type Socket = WebSocketStream<super::coalesce::Coalesce<fanout::Wire>>;
-/// The request being handled, giving the connection's state back (or the panic).
 /// The connection's request in progress, on its own task: it goes on while the
 /// connection writes pushes to a slow client (a payment's gateway timer must not
 /// stall behind a socket), and a panic in it ends the task, not the connection loop.
-type InFlight = tokio::task::JoinHandle<ConnState>;
+/// Or, after it, the connection's wait before it reads again.
+type InFlight = tokio::task::JoinHandle<Outcome>;
+
+enum Outcome {
+    /// A request gives the connection's state back, and how long the connection
+    /// waits before it reads again (see [`dispatch::handle`]).
+    Handled(ConnState, Duration),
+    /// That wait ended. It is the loop's, on a task of its own, not a request's: a
+    /// close or a shutdown meanwhile goes ahead at once. (A task, not a timer in the
+    /// loop: a connection that is not paced keeps no room for one.)
+    Paced,
+}
 
 /// Serves the connection until it closes. Pings, the idle timeout and the shutdown
 /// come through the outbox, from the server's [`Roster`] sweep ([`sweeper`]): an
@@ -81,6 +91,8 @@ pub fn run(
         let shield = &open.shield;
         let mut limiter = RateLimiter::new(&RateLimit::of(&shield.limits));
         let mut in_flight: Option<InFlight> = None;
+        // what is in flight is the wait after a request (see [`Outcome::Paced`])
+        let mut paced = false;
         // the client may still send requests
         let mut reading = true;
         // the server is shutting down: close once the request in flight is answered
@@ -90,8 +102,8 @@ pub fn run(
         // the close frame went out: the client's unread input is drained at the end
         let mut closed = false;
 
-        while !(written_off && in_flight.is_none()) {
-            if stopping && reading && in_flight.is_none() {
+        while !(written_off && (in_flight.is_none() || paced)) {
+            if stopping && reading && (in_flight.is_none() || paced) {
                 rx.outbox().finish(CLOSE_GOING_AWAY, "server shutting down");
                 reading = false;
             }
@@ -111,10 +123,26 @@ pub fn run(
                 match event {
                     Event::Done(done) => {
                         in_flight = None;
-                        outbox.set_busy(false);
+                        paced = false;
                         match done {
-                            Ok(s) => state = Some(s),
+                            Ok(Outcome::Handled(s, wait)) => {
+                                state = Some(s);
+                                // a connection that reads nothing more need not wait
+                                if wait.is_zero() || !reading {
+                                    outbox.set_busy(false);
+                                } else {
+                                    // busy still: its client waits to be read
+                                    shield.metrics.reply_paced();
+                                    paced = true;
+                                    in_flight = Some(tokio::spawn(async move {
+                                        tokio::time::sleep(wait).await;
+                                        Outcome::Paced
+                                    }));
+                                }
+                            }
+                            Ok(Outcome::Paced) => outbox.set_busy(false),
                             Err(_) => {
+                                outbox.set_busy(false);
                                 // the state was dropped with the panic, and with it the
                                 // connection's subscriptions and registry entry
                                 tracing::error!(
@@ -139,8 +167,8 @@ pub fn run(
                                     let id = req.id.clone();
                                     let handled =
                                         fanout::handle_request_of(outbox, id, async move {
-                                            dispatch::handle(&shield, &mut s, req).await;
-                                            s
+                                            let wait = dispatch::handle(&shield, &mut s, req).await;
+                                            Outcome::Handled(s, wait)
                                         });
                                     outbox.set_busy(true);
                                     in_flight = Some(tokio::spawn(handled));
@@ -200,6 +228,9 @@ pub fn run(
                 }
             }
         }
+        if let Some(wait) = in_flight.take() {
+            wait.abort();
+        }
         drop(state);
         // (not while the server stops: it waits for every connection to end)
         if closed && !stopping {
@@ -257,7 +288,7 @@ fn liveness(config: &crate::config::Config) -> (Duration, Duration) {
 
 /// What woke the connection's task.
 enum Event {
-    Done(Result<ConnState, tokio::task::JoinError>),
+    Done(Result<Outcome, tokio::task::JoinError>),
     Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Next(Next),
 }
@@ -265,10 +296,9 @@ enum Event {
 /// A write to the client; false if the client is gone or too slow.
 type Write<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 
-/// The outcome of the request in flight; never ready when there is none.
-async fn request_done(
-    in_flight: &mut Option<InFlight>,
-) -> Result<ConnState, tokio::task::JoinError> {
+/// The outcome of the request in flight, or the end of the wait after it; never
+/// ready when there is neither.
+async fn request_done(in_flight: &mut Option<InFlight>) -> Result<Outcome, tokio::task::JoinError> {
     match in_flight {
         Some(f) => f.await,
         None => std::future::pending().await,
