@@ -36,7 +36,7 @@ use crate::domain::flight::Operation;
 use crate::domain::{self, BookingStatus, Order, OrderStatus, TicketNumber};
 use crate::inventory::{FlightSeats, Occupant};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
-use crate::protocol::results::{Answer, BookingResult};
+use crate::protocol::results::{self, Answer, BookingResult};
 use crate::protocol::{params, wire};
 use crate::store::{
     AttemptState, Batch, Committer, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark,
@@ -1061,7 +1061,9 @@ impl App {
     /// Ends a pay request with `err`: writes `batch` (what became of the attempt) with
     /// `failed` (the user's event of the failure) and the error as the request's
     /// reply. If another request settled the attempt first (a twin of this one through
-    /// another node, say), or answered this one with a success, its answer stands.
+    /// another node, say), or answered this one with a success, its answer stands; one
+    /// that settled it without answering this request has it answered "in progress",
+    /// never the error (the charge may have gone through): a retry finds the outcome.
     async fn end_with_error(
         &self,
         key: IdemKey,
@@ -1103,7 +1105,8 @@ impl App {
     /// What [`Self::end_with_error`] writes, as the store holds things now (None:
     /// nothing), and the answer that stands instead of the error, if any. An attempt
     /// stored as succeeded or refunded was settled by another request, whose reply
-    /// to `key` stands, as does a success reply: the copy of it is not written (one
+    /// to `key` stands ("in progress" if it wrote none), as does a success reply: the
+    /// copy of it is not written (one
     /// read before, still waiting for the customer say, would open it again, where
     /// nothing would close it and a later cancel would refund its charge twice), nor
     /// the error. Otherwise the error (see [`Self::answer_error`]). The write expects
@@ -1141,7 +1144,8 @@ impl App {
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
             batch.replies_read.push((key.clone(), reply.clone()));
-            return Ok(((!nothing).then_some(batch), reply));
+            let answer = reply.unwrap_or_else(|| results::err_memo(&busy_error().into()));
+            return Ok(((!nothing).then_some(batch), Some(answer)));
         }
         batch.events.extend(failed.clone());
         self.answer_error(key, reply, &mut batch, err)?;
@@ -1696,6 +1700,20 @@ mod tests {
         assert_eq!(stored, serde_json::from_str::<Value>(reply).unwrap());
     }
 
+    /// How the pay request of `stale`, a copy of its attempt, ends when interrupted.
+    async fn interrupted(
+        app: &App,
+        stale: &PaymentAttempt,
+    ) -> Result<Answer<BookingResult>, AppError> {
+        let batch = Batch {
+            attempts: vec![stale.clone()],
+            ..Default::default()
+        };
+        let err = AppError::PaymentFailed("interrupted".into());
+        app.end_with_error(pay_key(stale), batch, None, None, err)
+            .await
+    }
+
     /// A twin of a continuing `booking.pay` that read the attempt still waiting for the
     /// customer, and ends with an error after the other twin settled it: with a
     /// success, or with a refund (the hold had ended). The other's answer stands, and
@@ -1709,14 +1727,7 @@ mod tests {
             let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{i}")));
             stale.request_id = format!("p{i}");
             twin_settles(&app, &stale, &stale.id, state, reply);
-            let batch = Batch {
-                attempts: vec![stale.clone()],
-                ..Default::default()
-            };
-            let err = AppError::PaymentFailed("interrupted".into());
-            let answered = app
-                .end_with_error(pay_key(&stale), batch, None, None, err)
-                .await;
+            let answered = interrupted(&app, &stale).await;
             match state {
                 AttemptState::Succeeded => assert!(answered.is_ok(), "{answered:?}"),
                 _ => assert!(
@@ -1725,6 +1736,36 @@ mod tests {
                 ),
             }
             assert_stands(&app, &stale, &stale.id, state, reply);
+        }
+    }
+
+    /// A request whose attempt another request settled without answering it (a
+    /// request the attempt no longer names among its own, say) is answered "in
+    /// progress", with nothing written: never its own error, which would tell the
+    /// customer a payment failed that may have gone through. A retry finds the
+    /// outcome. (It used to answer the error.)
+    #[tokio::test]
+    async fn a_request_left_unanswered_by_the_settling_is_answered_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        for (i, &(state, _)) in SETTLED.iter().enumerate() {
+            let stale = lapsed_challenge(&app, Some(format!("pi_unanswered{i}")));
+            let mut settled = stale.clone();
+            settled.state = state;
+            settled.request_id = "p-other".into();
+            app.store
+                .write(&Batch {
+                    attempts: vec![settled],
+                    ..Default::default()
+                })
+                .unwrap();
+            let answered = interrupted(&app, &stale).await;
+            match answered {
+                Err(e) => assert!(is_busy(&e), "{i}: {e:?}"),
+                Ok(_) => panic!("{i}: answered a success"),
+            }
+            assert_eq!(app.store.attempt(&stale.id).unwrap().unwrap().state, state);
+            assert_eq!(app.store.reply(&pay_key(&stale)).unwrap(), None, "{i}");
         }
     }
 

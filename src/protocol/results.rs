@@ -95,7 +95,12 @@ pub fn remembered_ok(memo: &[u8]) -> Option<&str> {
 
 /// The memo of a refusal.
 pub fn remember_err(e: &ApiError) -> Vec<u8> {
-    json!({ "err": e.to_json() }).to_string().into_bytes()
+    err_memo(e).to_string().into_bytes()
+}
+
+/// The memo of a refusal, as read back.
+pub fn err_memo(e: &ApiError) -> Value {
+    json!({ "err": e.to_json() })
 }
 
 /// A memo read back: the encoded result, or the error.
