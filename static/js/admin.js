@@ -351,6 +351,12 @@ function syncSubscriptions(shown) {
     client
       .call('seats.subscribe', since === undefined ? { flight_id: id } : { flight_id: id, since })
       .then((r) => {
+        // off screen meanwhile (a subscribe refused rate_limited is sent again after
+        // the unsubscribe): dropped again, not left counting against the 64
+        if (!state.subscribed.has(id)) {
+          client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+          return;
+        }
         // changes between the stats and the subscription
         if (r.version !== since) scheduleRefresh();
       })

@@ -124,7 +124,15 @@ export class SeatWatcher {
     const p = this.client
       .call('seats.subscribe', params, { immediate })
       .then((r) => {
-        if (this.feeds.get(feed.flightId) !== feed) return;
+        if (this.feeds.get(feed.flightId) !== feed) {
+          // released meanwhile, and its unsubscribe may have gone out before this
+          // subscribe (one refused rate_limited is sent again later): drop it again,
+          // unless the flight is watched anew (that feed subscribes for itself)
+          if (!this.feeds.has(feed.flightId) && this.client.ready) {
+            this.client.call('seats.unsubscribe', { flight_id: feed.flightId }).catch(() => {});
+          }
+          return;
+        }
         if (typeof r.viewers === 'number') feed._viewers(r.viewers);
         if (Array.isArray(r.seats)) {
           feed._snapshot(r.version, r.seats);

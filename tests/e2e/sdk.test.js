@@ -118,6 +118,52 @@ describe('client SDK', () => {
     }
   });
 
+  it('drops a subscription whose subscribe is answered after it was released', async () => {
+    // a subscribe refused rate_limited is sent again after a wait, so the unsubscribe
+    // of a flight released meanwhile can reach the server first: here the page holds
+    // the subscribe back until the unsubscribe is answered
+    const api = await Api.open(browser, server);
+    const page = await openPage(browser);
+    try {
+      const flight = await pickFlight(api, { skip: 5 });
+      await page.goto(`${server.url}/healthz`);
+      await page.evaluate(async (flightId) => {
+        const { connect } = await import('/js/jetway.js');
+        const jw = connect();
+        await jw.call('flights.airports', {});
+        const held = [];
+        const send = WebSocket.prototype.send;
+        WebSocket.prototype.send = function (data) {
+          if (JSON.parse(data).method === 'seats.subscribe') held.push([this, data]);
+          else send.call(this, data);
+        };
+        // calls not yet settled, counted down after their own handlers ran
+        window.outstanding = 0;
+        const call = jw.call.bind(jw);
+        jw.call = (method, params, opts) => {
+          window.outstanding += 1;
+          const r = call(method, params, opts);
+          r.catch(() => {}).finally(() => setTimeout(() => (window.outstanding -= 1), 0));
+          return r;
+        };
+        const stop = jw.subscribeSeats(flightId, () => {});
+        stop();
+        while (window.outstanding > 1) await new Promise((r) => setTimeout(r, 10));
+        WebSocket.prototype.send = send;
+        for (const [ws, data] of held) send.call(ws, data);
+      }, flight.flight_id);
+      await until(() => page.evaluate(() => window.outstanding === 0), {
+        message: 'the late subscribe answered, and every call after it',
+      });
+      const { viewers } = await api.call('seats.subscribe', { flight_id: flight.flight_id });
+      assert.equal(viewers, 1, 'the released subscription is not left on the server');
+      assert.deepEqual(page.consoleErrors(true), []);
+    } finally {
+      await page.context().close();
+      await api.close();
+    }
+  });
+
   it('publishes valid OpenRPC and AsyncAPI documents', async () => {
     const require = createRequire(import.meta.url);
     const Ajv = require('ajv');
