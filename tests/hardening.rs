@@ -541,11 +541,8 @@ async fn a_handshake_that_never_finishes_times_out() {
     s.stop().await;
 }
 
-/// An admin's backup may take longer to make and send than the handshake timeout, but
-/// the keep-alive connection it came on is held to the timeout again once it is sent
-/// (it used to be exempt for the rest of its life), and it can ask again meanwhile.
-#[tokio::test]
-async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
+/// A server with a 1 s handshake timeout, and an admin's session token.
+async fn backup_admin() -> (Server, String) {
     let password = "backup admin 2026";
     let s = Server::start_with(|c| {
         c.limits.handshake_timeout = 1;
@@ -558,6 +555,15 @@ async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
         .as_str()
         .unwrap()
         .to_owned();
+    (s, token)
+}
+
+/// An admin's backup may take longer to make and send than the handshake timeout, but
+/// the keep-alive connection it came on is held to the timeout again once it is sent
+/// (it used to be exempt for the rest of its life), and it can ask again meanwhile.
+#[tokio::test]
+async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
+    let (s, token) = backup_admin().await;
     let addr = s.addr;
     let (sizes, closed) = tokio::task::spawn_blocking(move || {
         let mut t = std::net::TcpStream::connect(addr).unwrap();
@@ -580,6 +586,81 @@ async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
         assert!(*len > 0);
     }
     assert!(closed, "the idle connection is closed at the timeout");
+    s.stop().await;
+}
+
+/// A backup's client that stops reading partway is cut a handshake timeout after the
+/// connection last took a chunk of the body. (The connection was exempt from the
+/// timeout until the body was sent, which then was never.)
+#[tokio::test]
+async fn a_backup_client_that_stops_reading_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, token) = backup_admin().await;
+    // a snapshot of some megabytes (the demo schedule's is ~130 KB): filler replies
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut filler = jetway::store::Batch::default();
+    for i in 0..12 {
+        let text: String = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        let key = jetway::store::IdemKey {
+            user: jetway::domain::UserId(1),
+            method: "booking.hold",
+            request_id: format!("filler-{i}"),
+        };
+        let memo = jetway::store::Memo(format!(r#"{{"ok":"{text}"}}"#).into_bytes());
+        filler.replies.push((key, memo));
+    }
+    s.app().store.write(&filler).unwrap();
+    s.app().store.sync().unwrap();
+    let timeouts = "jetway_rejected_total{reason=\"handshake_timeout\"}";
+    let before = metric(&metrics_page(s.addr).await, timeouts).unwrap_or(0.0);
+    // a small receive window: the server's send buffer (4 MiB at most here) fills
+    // long before the snapshot is sent
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut t = socket.connect(s.addr).await.unwrap();
+    let request = format!(
+        "POST /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    t.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(t.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    assert!(
+        len > 8 << 20,
+        "a snapshot larger than the buffers: {len} bytes"
+    );
+    // the client reads nothing more: the connection is cut at the timeout
+    let deadline = Instant::now() + WAIT;
+    while metric(&metrics_page(s.addr).await, timeouts).unwrap_or(0.0) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled backup was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rest = Vec::new();
+    let read = t.read_to_end(&mut rest).await;
+    assert!(
+        read.is_err() || rest.len() < len,
+        "{read:?}: {} of {len}",
+        rest.len()
+    );
     s.stop().await;
 }
 

@@ -292,20 +292,25 @@ async fn backup(
             return (StatusCode::UNAUTHORIZED, why).into_response();
         }
     }
-    // an admin's snapshot of a large database may take longer to make and send than
-    // the handshake timeout that bounds other plain HTTP exchanges; the connection is
-    // held to it again once the body is sent (but for its last chunk in flight)
+    // an admin's snapshot of a large database may take longer to make than the
+    // handshake timeout that bounds other plain HTTP exchanges; and to send, so every
+    // chunk the connection takes gives it a full timeout again: a client that stops
+    // reading is cut a timeout after it last took one
     let unbounded = peer.0.unbounded();
-    match ctx.app.backup().await {
+    let made = ctx.app.backup().await;
+    drop(unbounded);
+    match made {
         Ok(bytes) => {
             tracing::info!(bytes = bytes.len(), "backup snapshot handed out");
             let kind = (header::CONTENT_TYPE, "application/octet-stream");
             let len = (header::CONTENT_LENGTH, bytes.len().to_string());
             let body = axum::body::Bytes::from(bytes);
-            // the guard goes with the stream: at its end, or when the client goes away
-            let chunks = futures::stream::unfold((body, unbounded), |(mut rest, guard)| async {
+            let mark = peer.0;
+            let chunks = futures::stream::unfold(body, move |mut rest| {
+                mark.request_started();
                 let chunk = rest.split_to(rest.len().min(BACKUP_CHUNK));
-                (!chunk.is_empty()).then_some((Ok::<_, Infallible>(chunk), (rest, guard)))
+                let next = (!chunk.is_empty()).then_some((Ok::<_, Infallible>(chunk), rest));
+                std::future::ready(next)
             });
             ([kind], [len], axum::body::Body::from_stream(chunks)).into_response()
         }

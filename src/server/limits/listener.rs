@@ -106,7 +106,7 @@ impl ConnMark {
     }
 
     /// A plain HTTP exchange that may take longer than the timeout (an admin's
-    /// backup, made and sent): the connection has no deadline until the guard is
+    /// backup being made): the connection has no deadline until the guard is
     /// dropped, and then a full timeout again.
     pub fn unbounded(self: &Arc<Self>) -> Unbounded {
         self.unbounded.store(true, Ordering::Relaxed);
