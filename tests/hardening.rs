@@ -893,7 +893,10 @@ async fn a_paced_connection_closes_at_once_on_shutdown() {
     };
     assert_eq!(close.code, CloseCode::Away);
     assert_eq!(close.reason.as_str(), "server shutting down");
-    stopping.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(8), stopping)
+        .await
+        .expect("the server stops before the pace ends")
+        .unwrap();
 }
 
 #[tokio::test]

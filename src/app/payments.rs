@@ -1062,8 +1062,9 @@ impl App {
     /// `failed` (the user's event of the failure) and the error as the request's
     /// reply. If another request settled the attempt first (a twin of this one through
     /// another node, say), or answered this one with a success, its answer stands; one
-    /// that settled it without answering this request has it answered "in progress",
-    /// never the error (the charge may have gone through): a retry finds the outcome.
+    /// that settled it without answering this request has it answered "in progress"
+    /// with no reply remembered, never the error (the charge may have gone through): a
+    /// retry, or the booking, shows what became of it.
     async fn end_with_error(
         &self,
         key: IdemKey,
@@ -1741,9 +1742,9 @@ mod tests {
 
     /// A request whose attempt another request settled without answering it (a
     /// request the attempt no longer names among its own, say) is answered "in
-    /// progress", with nothing written: never its own error, which would tell the
-    /// customer a payment failed that may have gone through. A retry finds the
-    /// outcome. (It used to answer the error.)
+    /// progress", with no reply remembered: never its own error, which would tell the
+    /// customer a payment failed that may have gone through. (It used to answer the
+    /// error.)
     #[tokio::test]
     async fn a_request_left_unanswered_by_the_settling_is_answered_in_progress() {
         let dir = tempfile::tempdir().unwrap();

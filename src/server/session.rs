@@ -123,12 +123,12 @@ pub fn run(
                 match event {
                     Event::Done(done) => {
                         in_flight = None;
-                        paced = false;
+                        let was_paced = std::mem::replace(&mut paced, false);
                         match done {
                             Ok(Outcome::Handled(s, wait)) => {
                                 state = Some(s);
                                 // a connection that reads nothing more need not wait
-                                if wait.is_zero() || !reading {
+                                if wait.is_zero() || !reading || stopping || outbox.is_closing() {
                                     outbox.set_busy(false);
                                 } else {
                                     // busy still: its client waits to be read
@@ -141,6 +141,8 @@ pub fn run(
                                 }
                             }
                             Ok(Outcome::Paced) => outbox.set_busy(false),
+                            // the wait's task, not a request, failed: the state is here
+                            Err(_) if was_paced => outbox.set_busy(false),
                             Err(_) => {
                                 outbox.set_busy(false);
                                 // the state was dropped with the panic, and with it the
