@@ -1107,10 +1107,9 @@ impl App {
     /// nothing), and the answer that stands instead of the error, if any. An attempt
     /// stored as succeeded or refunded was settled by another request, whose reply
     /// to `key` stands ("in progress" if it wrote none), as does a success reply: the
-    /// copy of it is not written (one
-    /// read before, still waiting for the customer say, would open it again, where
-    /// nothing would close it and a later cancel would refund its charge twice), nor
-    /// the error. Otherwise the error (see [`Self::answer_error`]). The write expects
+    /// copy of it is not written (one read before, still waiting for the customer
+    /// say, would open it again, where nothing would close it and a later cancel
+    /// would refund its charge twice), nor the error. Otherwise the error (see [`Self::answer_error`]). The write expects
     /// the reply and each attempt it touches (`open`: one it leaves open and does not
     /// write) as read here.
     fn error_ending(
