@@ -134,6 +134,21 @@ fn continuing(fresh: PaymentAttempt, rid: &str) -> (PaymentAttempt, Batch) {
     (a, batch)
 }
 
+/// What a pay request is answered, unremembered, when another request settled its
+/// payment without answering it: the booking paid, or the charge refunded. Not
+/// [`busy_error`]: nothing is in progress.
+fn settled_elsewhere(paid: bool) -> AppError {
+    AppError::InvalidState(match paid {
+        true => {
+            "another request for this booking completed the payment; booking.get shows the booking"
+                .into()
+        }
+        false => {
+            "another request for this booking ended the payment: the charge was refunded".into()
+        }
+    })
+}
+
 /// Most earlier requests an attempt keeps (the oldest go first): each is a
 /// `booking.pay` sent while the customer acts, and the hold bounds how many there are.
 const EARLIER_REQUESTS: usize = 16;
@@ -1062,9 +1077,9 @@ impl App {
     /// `failed` (the user's event of the failure) and the error as the request's
     /// reply. If another request settled the attempt first (a twin of this one through
     /// another node, say), or answered this one with a success, its answer stands; one
-    /// that settled it without answering this request has it answered "in progress"
-    /// with no reply remembered, never the error (the charge may have gone through): a
-    /// retry, or the booking, shows what became of it.
+    /// that settled it without answering this request has it answered how (see
+    /// [`settled_elsewhere`]), with no reply remembered, never the error (the charge
+    /// may have gone through).
     async fn end_with_error(
         &self,
         key: IdemKey,
@@ -1106,7 +1121,7 @@ impl App {
     /// What [`Self::end_with_error`] writes, as the store holds things now (None:
     /// nothing), and the answer that stands instead of the error, if any. An attempt
     /// stored as succeeded or refunded was settled by another request, whose reply
-    /// to `key` stands ("in progress" if it wrote none), as does a success reply: the
+    /// to `key` stands ([`settled_elsewhere`] if it wrote none), as does a success reply: the
     /// copy of it is not written (one read before, still waiting for the customer
     /// say, would open it again, where nothing would close it and a later cancel
     /// would refund its charge twice), nor the error. Otherwise the error (see [`Self::answer_error`]). The write expects
@@ -1122,6 +1137,13 @@ impl App {
     ) -> Result<(Option<Batch>, Option<Value>), AppError> {
         let reply = self.store.reply(key)?;
         let mut settled = reply.as_ref().is_some_and(|v| v.get("ok").is_some());
+        // how another request settled an attempt this one touches, if it did
+        let mut paid = false;
+        let mut finals = |stored: &PaymentAttempt| {
+            paid |= stored.state == AttemptState::Succeeded;
+            settled |= stored.state.is_final();
+            stored.state.is_final()
+        };
         let mut batch = batch.clone();
         let mut kept = Vec::with_capacity(batch.attempts.len());
         let opened = match open {
@@ -1130,7 +1152,7 @@ impl App {
         };
         for a in std::mem::take(&mut batch.attempts) {
             match self.store.attempt(&a.id)? {
-                Some(stored) if stored.state.is_final() => settled = true,
+                Some(stored) if finals(&stored) => {}
                 stored => {
                     batch.attempts_read.extend(stored);
                     kept.push(a);
@@ -1138,13 +1160,16 @@ impl App {
             }
         }
         batch.attempts = kept;
-        settled |= opened.as_ref().is_some_and(|a| a.state.is_final());
+        if let Some(a) = &opened {
+            finals(a);
+        }
         batch.attempts_read.extend(opened);
         if settled {
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
             batch.replies_read.push((key.clone(), reply.clone()));
-            let answer = reply.unwrap_or_else(|| results::err_memo(&busy_error().into()));
+            let answer =
+                reply.unwrap_or_else(|| results::err_memo(&settled_elsewhere(paid).into()));
             return Ok(((!nothing).then_some(batch), Some(answer)));
         }
         batch.events.extend(failed.clone());
@@ -1740,12 +1765,13 @@ mod tests {
     }
 
     /// A request whose attempt another request settled without answering it (a
-    /// request the attempt no longer names among its own, say) is answered "in
-    /// progress", with no reply remembered: never its own error, which would tell the
-    /// customer a payment failed that may have gone through. (It used to answer the
-    /// error.)
+    /// request the attempt no longer names among its own, say) is told how it was
+    /// settled, paid or refunded, with no reply remembered: never its own error, which
+    /// would tell the customer a payment failed that may have gone through. (It used
+    /// to answer the error.) Not as busy either: nothing is in progress, and the
+    /// reconciler would take it for a payment another process is settling.
     #[tokio::test]
-    async fn a_request_left_unanswered_by_the_settling_is_answered_in_progress() {
+    async fn a_request_left_unanswered_by_the_settling_is_told_how_it_was_settled() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
         for (i, &(state, _)) in SETTLED.iter().enumerate() {
@@ -1760,9 +1786,15 @@ mod tests {
                 })
                 .unwrap();
             let answered = interrupted(&app, &stale).await;
-            match answered {
-                Err(e) => assert!(is_busy(&e), "{i}: {e:?}"),
-                Ok(_) => panic!("{i}: answered a success"),
+            let told = match answered {
+                Err(AppError::InvalidState(told)) => told,
+                other => panic!("{i}: {other:?}"),
+            };
+            match state {
+                AttemptState::Succeeded => {
+                    assert!(told.contains("completed the payment"), "{told}")
+                }
+                _ => assert!(told.contains("the charge was refunded"), "{told}"),
             }
             assert_eq!(app.store.attempt(&stale.id).unwrap().unwrap().state, state);
             assert_eq!(app.store.reply(&pay_key(&stale)).unwrap(), None, "{i}");
