@@ -134,19 +134,15 @@ fn continuing(fresh: PaymentAttempt, rid: &str) -> (PaymentAttempt, Batch) {
     (a, batch)
 }
 
-/// What a pay request is answered, unremembered, when another request settled its
-/// payment without answering it: the booking paid, or the charge refunded. Not
-/// [`busy_error`]: nothing is in progress.
+/// What a pay request is answered, unremembered, when another request (a twin, the
+/// reconciler, a webhook, an admin) settled its payment without answering it: the
+/// booking paid, or the charge refunded. Not [`busy_error`]: nothing is in progress.
 fn settled_elsewhere(paid: bool) -> AppError {
-    AppError::InvalidState(match paid {
-        true => {
-            "another request for this booking completed the payment; booking.get shows the booking"
-                .into()
-        }
-        false => {
-            "another request for this booking ended the payment: the charge was refunded".into()
-        }
-    })
+    let how = match paid {
+        true => "completed meanwhile (by another request or by reconciliation); booking.get shows the booking",
+        false => "ended meanwhile (by another request or by reconciliation): the charge was refunded",
+    };
+    AppError::InvalidState(format!("the payment was {how}"))
 }
 
 /// Most earlier requests an attempt keeps (the oldest go first): each is a
@@ -1792,7 +1788,7 @@ mod tests {
             };
             match state {
                 AttemptState::Succeeded => {
-                    assert!(told.contains("completed the payment"), "{told}")
+                    assert!(told.contains("was completed"), "{told}")
                 }
                 _ => assert!(told.contains("the charge was refunded"), "{told}"),
             }
