@@ -155,7 +155,7 @@ function showDashboard() {
 function stopDashboard() {
   clearInterval(state.pollTimer);
   clearTimeout(state.refreshTimer);
-  for (const id of state.subscribed) client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+  for (const id of state.subscribed) unsubscribe(id);
   state.subscribed.clear();
   state.flights = [];
   state.byId.clear();
@@ -335,13 +335,20 @@ function renderTotals() {
   );
 }
 
+/** Drops the subscription to a flight off screen; sent again after a rate_limited
+ * refusal only if the flight is still off screen (else its new subscribe came after). */
+function unsubscribe(id) {
+  const wanted = () => !state.subscribed.has(id);
+  client.call('seats.unsubscribe', { flight_id: id }, { wanted }).catch(() => {});
+}
+
 /** Watch exactly the flights on screen (a connection may watch 64). */
 function syncSubscriptions(shown) {
   const want = new Set(shown.filter((f) => OPEN.has(f.status)).map((f) => f.flight_id));
   for (const id of [...state.subscribed]) {
     if (!want.has(id)) {
       state.subscribed.delete(id);
-      client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+      unsubscribe(id);
     }
   }
   for (const id of want) {
@@ -349,12 +356,14 @@ function syncSubscriptions(shown) {
     state.subscribed.add(id);
     const since = state.byId.get(id)?.version;
     client
-      .call('seats.subscribe', since === undefined ? { flight_id: id } : { flight_id: id, since })
+      .call('seats.subscribe', since === undefined ? { flight_id: id } : { flight_id: id, since }, {
+        wanted: () => state.subscribed.has(id),
+      })
       .then((r) => {
         // off screen meanwhile (a subscribe refused rate_limited is sent again after
         // the unsubscribe): dropped again, not left counting against the 64
         if (!state.subscribed.has(id)) {
-          client.call('seats.unsubscribe', { flight_id: id }).catch(() => {});
+          unsubscribe(id);
           return;
         }
         // changes between the stats and the subscription

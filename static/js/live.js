@@ -81,7 +81,7 @@ export class SeatWatcher {
         try {
           await this._subscribe(feed, true);
         } catch (e) {
-          console.warn('resubscribe failed', feed.flightId, e);
+          if (e.reason !== 'cancelled') console.warn('resubscribe failed', feed.flightId, e);
         }
       }
     });
@@ -94,7 +94,8 @@ export class SeatWatcher {
       feed = new SeatFeed(flightId);
       this.feeds.set(flightId, feed);
       this._subscribe(feed, false).catch((e) => {
-        if (e.reason !== 'disconnected') {
+        // (cancelled: released before a refused subscribe was sent again)
+        if (e.reason !== 'disconnected' && e.reason !== 'cancelled') {
           feed.error = e;
           feed.dispatchEvent(new CustomEvent('error', { detail: e }));
         }
@@ -110,10 +111,23 @@ export class SeatWatcher {
         feed.refs -= 1;
         if (feed.refs <= 0) {
           this.feeds.delete(flightId);
-          if (this.client.ready) this.client.call('seats.unsubscribe', { flight_id: flightId }).catch(() => {});
+          this._unsubscribe(flightId);
         }
       },
     };
+  }
+
+  /** Drops the server's subscription to a flight no longer watched, on the open
+   * connection (while its connect hooks run too: one may have just resubscribed it; a
+   * connection's subscriptions end with it). If it is refused rate_limited, it is sent
+   * again only if the flight is still not watched by then: a feed made meanwhile has
+   * subscribed again, after it. */
+  _unsubscribe(flightId) {
+    const ws = this.client.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    const wanted = () => !this.feeds.has(flightId);
+    const immediate = !this.client.ready;
+    this.client.call('seats.unsubscribe', { flight_id: flightId }, { wanted, immediate }).catch(() => {});
   }
 
   _subscribe(feed, immediate) {
@@ -122,15 +136,14 @@ export class SeatWatcher {
     const params = { flight_id: feed.flightId };
     if (feed.version !== null && feed.loaded) params.since = feed.version;
     const p = this.client
-      .call('seats.subscribe', params, { immediate })
+      .call('seats.subscribe', params, { immediate, wanted: () => this.feeds.get(feed.flightId) === feed })
       .then((r) => {
         if (this.feeds.get(feed.flightId) !== feed) {
           // released meanwhile, and its unsubscribe may have gone out before this
-          // subscribe (one refused rate_limited is sent again later): drop it again,
-          // unless the flight is watched anew (that feed subscribes for itself)
-          if (!this.feeds.has(feed.flightId) && this.client.ready) {
-            this.client.call('seats.unsubscribe', { flight_id: feed.flightId }).catch(() => {});
-          }
+          // subscribe (one refused rate_limited is sent again later, or a connect
+          // hook's): drop it again, unless the flight is watched anew (that feed
+          // subscribes for itself)
+          if (!this.feeds.has(feed.flightId)) this._unsubscribe(feed.flightId);
           return;
         }
         if (typeof r.viewers === 'number') feed._viewers(r.viewers);

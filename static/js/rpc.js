@@ -6,7 +6,8 @@
 // - "connect hooks" run on every (re)connect before queued calls are sent, so the
 //   session can be resumed and subscriptions renewed first;
 // - a call refused `rate_limited` (nothing was done) sent again after a backoff, a
-//   "rate_limited" event telling each wait (it then goes after calls made since);
+//   "rate_limited" event telling each wait (it then goes after calls made since, and
+//   a `wanted` check can drop it if those made it stale);
 // - a "state" event whenever the connection state changes.
 
 export class RpcError extends Error {
@@ -125,10 +126,13 @@ export class RpcClient extends EventTarget {
    * options.immediate: send now even if connect hooks are still running (used by hooks).
    * options.retry: if the connection drops before the reply, send it again after the
    *   reconnect (only for idempotent calls, e.g. ones carrying a request_id).
+   * options.wanted: asked before a call refused `rate_limited` is sent again; if it
+   *   answers false the call is dropped (rejected with reason `cancelled`): calls made
+   *   since may have made it stale (a subscription's unsubscribe, say).
    */
   call(method, params = {}, options = {}) {
     return new Promise((resolve, reject) => {
-      const entry = { method, params, resolve, reject, retry: !!options.retry, immediate: !!options.immediate, timeout: options.timeout ?? this.timeout };
+      const entry = { method, params, resolve, reject, retry: !!options.retry, immediate: !!options.immediate, timeout: options.timeout ?? this.timeout, wanted: options.wanted };
       const canSend = this.ws && this.ws.readyState === WebSocket.OPEN && (this.ready || options.immediate);
       if (canSend) this._send(entry);
       else if (options.immediate) reject(new RpcError({ code: 'disconnected', message: 'Not connected' }));
@@ -218,6 +222,7 @@ export class RpcClient extends EventTarget {
     setTimeout(() => {
       const open = this.ws && this.ws.readyState === WebSocket.OPEN;
       if (this.stopped) entry.reject(new RpcError({ code: 'disconnected', message: 'Client stopped', data: { reason: 'disconnected' } }));
+      else if (entry.wanted && !entry.wanted()) entry.reject(new RpcError({ code: 'cancelled', message: 'No longer wanted', data: { reason: 'cancelled' } }));
       else if (open && !entry.immediate && this.ready) this._send(entry);
       // a connect hook's call goes again on its own connection only: never queued
       // behind the hooks that wait for it, nor sent before a new connection's hooks

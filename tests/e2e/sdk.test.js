@@ -118,6 +118,44 @@ describe('client SDK', () => {
     }
   });
 
+  it('drops a call refused rate_limited that is no longer wanted', async () => {
+    // 5 at once, then one a second: of 8 calls sent together some are refused
+    const limited = await new JetwayServer({ env: { JETWAY_RATE_LIMIT: '1', JETWAY_RATE_BURST: '5' } }).start();
+    const page = await openPage(browser);
+    try {
+      await page.goto(`${limited.url}/healthz`);
+      const result = await page.evaluate(async () => {
+        const { connect } = await import('/js/jetway.js');
+        const jw = connect();
+        let sent = 0;
+        const send = WebSocket.prototype.send;
+        WebSocket.prototype.send = function (data) {
+          if (JSON.parse(data).method === 'flights.airports') sent += 1;
+          return send.call(this, data);
+        };
+        let want = true;
+        // made stale by the time of the first refusal (as an unsubscribe by a new subscribe)
+        jw.addEventListener('rate_limited', () => (want = false));
+        const calls = Array.from({ length: 8 }, () => jw.call('flights.airports', {}, { wanted: () => want }));
+        const settled = await Promise.allSettled(calls);
+        jw.close();
+        return {
+          answered: settled.filter((r) => r.status === 'fulfilled').length,
+          reasons: settled.filter((r) => r.status === 'rejected').map((r) => r.reason.reason),
+          sent,
+        };
+      });
+      assert.ok(result.answered >= 5, JSON.stringify(result));
+      assert.ok(result.reasons.length > 0, JSON.stringify(result));
+      assert.deepEqual(new Set(result.reasons), new Set(['cancelled']), JSON.stringify(result));
+      assert.equal(result.sent, 8, 'none sent again');
+      assert.deepEqual(page.consoleErrors(true), []);
+    } finally {
+      await page.context().close();
+      await limited.dispose();
+    }
+  });
+
   it('drops a subscription whose subscribe is answered after it was released', async () => {
     // a subscribe refused rate_limited is sent again after a wait, so the unsubscribe
     // of a flight released meanwhile can reach the server first: here the page holds
