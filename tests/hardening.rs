@@ -589,14 +589,13 @@ async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
     s.stop().await;
 }
 
-/// A backup's client that stops reading partway is cut a handshake timeout after the
-/// connection last took a chunk of the body. (The connection was exempt from the
-/// timeout until the body was sent, which then was never.)
-#[tokio::test]
-async fn a_backup_client_that_stops_reading_is_cut() {
+/// An admin's backup of a snapshot of some megabytes (the demo schedule's is ~130 KB,
+/// so filler replies are stored first) asked on a connection with a small receive
+/// window (the server's send buffer, 4 MiB at most here, fills long before the
+/// snapshot is sent): the connection once the response's head is read, the body's
+/// length, and the server's count of connections cut at the handshake timeout.
+async fn large_backup(s: &Server, token: &str) -> (tokio::net::TcpStream, usize, f64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (s, token) = backup_admin().await;
-    // a snapshot of some megabytes (the demo schedule's is ~130 KB): filler replies
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut filler = jetway::store::Batch::default();
     for i in 0..12 {
@@ -618,10 +617,7 @@ async fn a_backup_client_that_stops_reading_is_cut() {
     }
     s.app().store.write(&filler).unwrap();
     s.app().store.sync().unwrap();
-    let timeouts = "jetway_rejected_total{reason=\"handshake_timeout\"}";
-    let before = metric(&metrics_page(s.addr).await, timeouts).unwrap_or(0.0);
-    // a small receive window: the server's send buffer (4 MiB at most here) fills
-    // long before the snapshot is sent
+    let cut = metric(&metrics_page(s.addr).await, HANDSHAKE_TIMEOUTS).unwrap_or(0.0);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut t = socket.connect(s.addr).await.unwrap();
@@ -645,9 +641,22 @@ async fn a_backup_client_that_stops_reading_is_cut() {
         len > 8 << 20,
         "a snapshot larger than the buffers: {len} bytes"
     );
+    (t, len, cut)
+}
+
+const HANDSHAKE_TIMEOUTS: &str = "jetway_rejected_total{reason=\"handshake_timeout\"}";
+
+/// A backup's client that stops reading partway is cut a handshake timeout after the
+/// server last wrote to it. (The connection was exempt from the timeout until the
+/// body was sent, which then was never.)
+#[tokio::test]
+async fn a_backup_client_that_stops_reading_is_cut() {
+    use tokio::io::AsyncReadExt;
+    let (s, token) = backup_admin().await;
+    let (mut t, len, before) = large_backup(&s, &token).await;
     // the client reads nothing more: the connection is cut at the timeout
     let deadline = Instant::now() + WAIT;
-    while metric(&metrics_page(s.addr).await, timeouts).unwrap_or(0.0) <= before {
+    while metric(&metrics_page(s.addr).await, HANDSHAKE_TIMEOUTS).unwrap_or(0.0) <= before {
         assert!(
             Instant::now() < deadline,
             "the stalled backup was never cut"
@@ -661,6 +670,34 @@ async fn a_backup_client_that_stops_reading_is_cut() {
         "{read:?}: {} of {len}",
         rest.len()
     );
+    s.stop().await;
+}
+
+/// A backup's client that reads slowly but steadily gets the whole snapshot, however
+/// much longer than the handshake timeout it takes, the end included: the server
+/// holds up to megabytes (hyper's buffer, the socket's) after it took the body's last
+/// chunk, which used to have to be read within one timeout of that.
+#[tokio::test]
+async fn a_slow_backup_client_that_keeps_reading_gets_it_all() {
+    use tokio::io::AsyncReadExt;
+    let (s, token) = backup_admin().await;
+    let (mut t, len, before) = large_backup(&s, &token).await;
+    let started = Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 32 * 1024];
+    while got < len {
+        // the client's pace: a few MB/s, a pause far below the 1 s timeout between reads
+        let n = t.read(&mut buf).await.expect("not cut while reading");
+        assert!(n > 0, "ended after {got} of {len} bytes");
+        got += n;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "slower than the timeout"
+    );
+    let page = metrics_page(s.addr).await;
+    assert_eq!(metric(&page, HANDSHAKE_TIMEOUTS).unwrap_or(0.0), before);
     s.stop().await;
 }
 

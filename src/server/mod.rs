@@ -294,10 +294,11 @@ async fn backup(
     }
     // an admin's snapshot of a large database may take longer to make than the
     // handshake timeout that bounds other plain HTTP exchanges; and to send, so every
-    // chunk the connection takes gives it a full timeout again: a client that stops
-    // reading is cut a timeout after it last took one
+    // write to the connection that makes progress gives it a full timeout again: a
+    // client that stops reading is cut a timeout after its last one
     let unbounded = peer.0.unbounded();
     let made = ctx.app.backup().await;
+    peer.0.paced_by_writes();
     drop(unbounded);
     match made {
         Ok(bytes) => {
@@ -305,9 +306,7 @@ async fn backup(
             let kind = (header::CONTENT_TYPE, "application/octet-stream");
             let len = (header::CONTENT_LENGTH, bytes.len().to_string());
             let body = axum::body::Bytes::from(bytes);
-            let mark = peer.0;
-            let chunks = futures::stream::unfold(body, move |mut rest| {
-                mark.request_started();
+            let chunks = futures::stream::unfold(body, |mut rest| {
                 let chunk = rest.split_to(rest.len().min(BACKUP_CHUNK));
                 let next = (!chunk.is_empty()).then_some((Ok::<_, Infallible>(chunk), rest));
                 std::future::ready(next)

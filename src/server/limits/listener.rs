@@ -75,6 +75,8 @@ pub struct ConnMark {
     upgraded: AtomicBool,
     /// A plain HTTP exchange allowed to outlast the timeout is in progress.
     unbounded: AtomicBool,
+    /// Every write that makes progress gives the connection a full timeout again.
+    paced_by_writes: AtomicBool,
     /// Milliseconds since `epoch`.
     deadline_ms: AtomicI64,
     epoch: Instant,
@@ -87,6 +89,7 @@ impl ConnMark {
             peer,
             upgraded: AtomicBool::new(false),
             unbounded: AtomicBool::new(false),
+            paced_by_writes: AtomicBool::new(false),
             deadline_ms: AtomicI64::new(timeout.as_millis() as i64),
             epoch: Instant::now(),
             timeout,
@@ -103,6 +106,20 @@ impl ConnMark {
     /// (the idle timeout does).
     pub fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on each write to the connection that makes progress gives it a full
+    /// timeout again (a large response, such as an admin's backup, sent to a slow
+    /// reader): a client that stops reading is cut a timeout after its last write.
+    pub fn paced_by_writes(&self) {
+        self.paced_by_writes.store(true, Ordering::Relaxed);
+    }
+
+    /// A write of `n` bytes was taken.
+    fn wrote(&self, n: usize) {
+        if n > 0 && self.paced_by_writes.load(Ordering::Relaxed) {
+            self.request_started();
+        }
     }
 
     /// A plain HTTP exchange that may take longer than the timeout (an admin's
@@ -216,6 +233,7 @@ impl axum::serve::Listener for GuardedListener {
                     timer: Some(Box::pin(tokio::time::sleep_until(first.into()))),
                     timer_at: first,
                     preface: 0,
+                    send_capped: false,
                     metrics: ConnGauge::new(self.metrics.clone()),
                     _slot: slot,
                 },
@@ -257,9 +275,17 @@ pub struct GuardedStream {
     /// How many bytes of [`H2_PREFACE`] the stream began with so far; [`NOT_H2`] once it
     /// began otherwise.
     preface: u8,
+    /// The send buffer was made small for a connection paced by its writes.
+    send_capped: bool,
     metrics: ConnGauge,
     _slot: Option<AddrSlot>,
 }
+
+/// The send buffer of a connection paced by its writes ([`ConnMark::paced_by_writes`]):
+/// the kernel lets a writer through once a third of the buffer has drained, and of an
+/// autotuned one (up to 4 MiB) a client reading at 50 KB/s would drain that in 28 s,
+/// near the timeout; of this one (the kernel doubles it), in under 4 s.
+const PACED_SEND_BUFFER: usize = 256 * 1024;
 
 /// HTTP/2 with prior knowledge (RFC 9113, 3.4) is refused: hyper would serve it
 /// (hyper-util's `server-auto`, which the upgrade's downcast needs, turns it on, and
@@ -325,6 +351,18 @@ impl GuardedStream {
         Ok(())
     }
 
+    /// Before a write: a connection now paced by its writes gets a small send buffer.
+    fn before_write(&mut self) {
+        if !self.send_capped && self.mark.paced_by_writes.load(Ordering::Relaxed) {
+            self.send_capped = true;
+            let capped =
+                socket2::SockRef::from(&self.inner).set_send_buffer_size(PACED_SEND_BUFFER);
+            if let Err(e) = capped {
+                tracing::warn!(peer = %self.mark.peer, error = %e, "could not shrink a send buffer");
+            }
+        }
+    }
+
     /// Compares the stream's first bytes, `read`, with HTTP/2's preface.
     fn check_preface(&mut self, read: &[u8]) -> std::io::Result<()> {
         let at = usize::from(self.preface);
@@ -372,7 +410,12 @@ impl AsyncWrite for GuardedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.check_deadline(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.before_write();
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.mark.wrote(n);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -390,7 +433,12 @@ impl AsyncWrite for GuardedStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.check_deadline(cx)?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.before_write();
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.mark.wrote(n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
