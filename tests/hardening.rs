@@ -590,11 +590,11 @@ async fn a_backup_s_connection_is_held_to_the_timeout_again_afterwards() {
 }
 
 /// An admin's backup of a snapshot of some megabytes (the demo schedule's is ~130 KB,
-/// so filler replies are stored first) asked on a connection with a small receive
-/// window (the server's send buffer, 4 MiB at most here, fills long before the
-/// snapshot is sent): the connection once the response's head is read, the body's
-/// length, and the server's count of connections cut at the handshake timeout.
-async fn large_backup(s: &Server, token: &str) -> (tokio::net::TcpStream, usize, f64) {
+/// so filler replies are stored first) asked on a connection with a receive buffer of
+/// `window` bytes (small: the server's send buffer fills long before the snapshot is
+/// sent): the connection once the response's head is read, the body's length, and
+/// the server's count of connections cut at the handshake timeout.
+async fn large_backup(s: &Server, token: &str, window: u32) -> (tokio::net::TcpStream, usize, f64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut filler = jetway::store::Batch::default();
@@ -619,7 +619,7 @@ async fn large_backup(s: &Server, token: &str) -> (tokio::net::TcpStream, usize,
     s.app().store.sync().unwrap();
     let cut = metric(&metrics_page(s.addr).await, HANDSHAKE_TIMEOUTS).unwrap_or(0.0);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_recv_buffer_size(window).unwrap();
     let mut t = socket.connect(s.addr).await.unwrap();
     let request = format!(
         "POST /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
@@ -653,7 +653,7 @@ const HANDSHAKE_TIMEOUTS: &str = "jetway_rejected_total{reason=\"handshake_timeo
 async fn a_backup_client_that_stops_reading_is_cut() {
     use tokio::io::AsyncReadExt;
     let (s, token) = backup_admin().await;
-    let (mut t, len, before) = large_backup(&s, &token).await;
+    let (mut t, len, before) = large_backup(&s, &token, 4096).await;
     // the client reads nothing more: the connection is cut at the timeout
     let deadline = Instant::now() + WAIT;
     while metric(&metrics_page(s.addr).await, HANDSHAKE_TIMEOUTS).unwrap_or(0.0) <= before {
@@ -674,28 +674,34 @@ async fn a_backup_client_that_stops_reading_is_cut() {
 }
 
 /// A backup's client that reads slowly but steadily gets the whole snapshot, however
-/// much longer than the handshake timeout it takes, the end included: the server
-/// holds up to megabytes (hyper's buffer, the socket's) after it took the body's last
-/// chunk, which used to have to be read within one timeout of that.
+/// much longer than the handshake timeout it takes, the end included: once the body's
+/// last chunk is taken, hyper's buffer and the socket's still hold what an
+/// autotuned send buffer took (megabytes), which used to have to be read within one
+/// timeout; now only the capped send buffer's worth after the last write is.
 #[tokio::test]
 async fn a_slow_backup_client_that_keeps_reading_gets_it_all() {
     use tokio::io::AsyncReadExt;
+    // the client's pace: about 8 s for the snapshot (the timeout is 1 s), the ~0.4 MB
+    // of a capped send buffer in ~0.3 s (what an autotuned one held after the last
+    // chunk was taken took longer than the timeout here)
+    const RATE: f64 = 1.5e6;
     let (s, token) = backup_admin().await;
-    let (mut t, len, before) = large_backup(&s, &token).await;
+    let (mut t, len, before) = large_backup(&s, &token, 4096).await;
     let started = Instant::now();
     let mut got = 0;
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     while got < len {
-        // the client's pace: a few MB/s, a pause far below the 1 s timeout between reads
         let n = t.read(&mut buf).await.expect("not cut while reading");
         assert!(n > 0, "ended after {got} of {len} bytes");
         got += n;
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let due = started + Duration::from_secs_f64(got as f64 / RATE);
+        tokio::time::sleep_until(due.into()).await;
     }
     assert!(
         started.elapsed() > Duration::from_secs(2),
         "slower than the timeout"
     );
+    drop(t);
     let page = metrics_page(s.addr).await;
     assert_eq!(metric(&page, HANDSHAKE_TIMEOUTS).unwrap_or(0.0), before);
     s.stop().await;

@@ -298,7 +298,9 @@ async fn backup(
     // client that stops reading is cut a timeout after its last one
     let unbounded = peer.0.unbounded();
     let made = ctx.app.backup().await;
-    peer.0.paced_by_writes();
+    if made.is_ok() {
+        peer.0.paced_by_writes();
+    }
     drop(unbounded);
     match made {
         Ok(bytes) => {
