@@ -1624,6 +1624,14 @@ mod tests {
         (store, app)
     }
 
+    /// An app on a fresh sled store in a temporary directory (kept as long as the
+    /// app is used), paying through the sandbox gateway.
+    async fn sandbox_app() -> (tempfile::TempDir, Arc<App>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        (dir, app)
+    }
+
     /// A booking of user 1 on the first flight whose hold ended `ago` ms ago
     /// without being paid (expired), and its payment attempt, last stepped then,
     /// waiting for the customer's 3-D Secure with `payment_ref`. Both written.
@@ -1742,8 +1750,7 @@ mod tests {
     /// attempt for good: a later cancel or settling refunded the charge again).
     #[tokio::test]
     async fn a_twin_ending_after_the_attempt_settled_does_not_reopen_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         for (i, &(state, reply)) in SETTLED.iter().enumerate() {
             let mut stale = lapsed_challenge(&app, Some(format!("pi_twin{i}")));
             stale.request_id = format!("p{i}");
@@ -1768,8 +1775,7 @@ mod tests {
     /// reconciler would take it for a payment another process is settling.
     #[tokio::test]
     async fn a_request_left_unanswered_by_the_settling_is_told_how_it_was_settled() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         for (i, &(state, _)) in SETTLED.iter().enumerate() {
             let stale = lapsed_challenge(&app, Some(format!("pi_unanswered{i}")));
             let mut settled = stale.clone();
@@ -1802,8 +1808,7 @@ mod tests {
     /// its pay request confirmed the booking with another attempt, wrote it over.
     #[tokio::test]
     async fn an_error_answer_skips_a_request_answered_a_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         let stale = lapsed_challenge(&app, Some("pi_orphan".into()));
         let key = pay_key(&stale);
         let err = AppError::InvalidState("the charge was refunded".into());
@@ -1822,8 +1827,7 @@ mod tests {
     /// decision and its write: the write conflicts too.
     #[tokio::test]
     async fn an_attempt_closed_between_a_twins_check_and_its_write_is_not_written_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         let stale = lapsed_challenge(&app, Some("pi_closed".into()));
         let batch = Batch {
             attempts: vec![stale.clone()],
@@ -1852,8 +1856,7 @@ mod tests {
     /// for the customer again beside a confirmed booking.
     #[tokio::test]
     async fn a_twin_settling_before_a_continuing_pay_writes_is_not_reopened() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         for (i, &(state, reply)) in SETTLED.iter().enumerate() {
             let stale = lapsed_challenge(&app, Some(format!("pi_cont{i}")));
             let fresh = app.store.attempt(&stale.id).unwrap().unwrap();
@@ -1876,8 +1879,7 @@ mod tests {
     /// again and answers the success.
     #[tokio::test]
     async fn a_success_between_a_twins_check_and_its_write_stands() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, app) = app_with(dir.path(), Arc::new(Sandbox::default())).await;
+        let (_dir, app) = sandbox_app().await;
         let err = AppError::PaymentFailed("interrupted".into());
         let mut case = 0;
         for same_attempt in [true, false] {

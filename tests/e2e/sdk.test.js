@@ -27,6 +27,21 @@ describe('client SDK', () => {
     await server?.dispose();
   });
 
+  /** Runs `test` on a page of a server of its own allowing `rate` requests a second
+   * per connection after a `burst`, then checks the page logged no error. */
+  async function onLimitedServer({ rate, burst }, test) {
+    const limited = await new JetwayServer({ env: { JETWAY_RATE_LIMIT: rate, JETWAY_RATE_BURST: burst } }).start();
+    const page = await openPage(browser);
+    try {
+      await page.goto(`${limited.url}/healthz`);
+      await test(page);
+      assert.deepEqual(page.consoleErrors(true), []);
+    } finally {
+      await page.context().close();
+      await limited.dispose();
+    }
+  }
+
   it('subscribes gap-free across a reconnect and retries a hold once', async () => {
     const api = await Api.open(browser, server);
     await api.register();
@@ -96,10 +111,7 @@ describe('client SDK', () => {
 
   it('sends calls refused rate_limited again until they are answered', async () => {
     // a server allowing 5 requests a second per connection; 25 calls at once
-    const limited = await new JetwayServer({ env: { JETWAY_RATE_LIMIT: '5', JETWAY_RATE_BURST: '5' } }).start();
-    const page = await openPage(browser);
-    try {
-      await page.goto(`${limited.url}/healthz`);
+    await onLimitedServer({ rate: '5', burst: '5' }, async (page) => {
       const result = await page.evaluate(async () => {
         const { connect } = await import('/js/jetway.js');
         const jw = connect();
@@ -111,19 +123,12 @@ describe('client SDK', () => {
       });
       assert.equal(result.answered, 25, 'every call answered');
       assert.ok(result.waits > 0, 'the limit refused some first');
-      assert.deepEqual(page.consoleErrors(true), []);
-    } finally {
-      await page.context().close();
-      await limited.dispose();
-    }
+    });
   });
 
   it('drops a call refused rate_limited that is no longer wanted', async () => {
     // 5 at once, then one a second: of 8 calls sent together some are refused
-    const limited = await new JetwayServer({ env: { JETWAY_RATE_LIMIT: '1', JETWAY_RATE_BURST: '5' } }).start();
-    const page = await openPage(browser);
-    try {
-      await page.goto(`${limited.url}/healthz`);
+    await onLimitedServer({ rate: '1', burst: '5' }, async (page) => {
       const result = await page.evaluate(async () => {
         const { connect } = await import('/js/jetway.js');
         const jw = connect();
@@ -149,11 +154,7 @@ describe('client SDK', () => {
       assert.ok(result.reasons.length > 0, JSON.stringify(result));
       assert.deepEqual(new Set(result.reasons), new Set(['cancelled']), JSON.stringify(result));
       assert.equal(result.sent, 8, 'none sent again');
-      assert.deepEqual(page.consoleErrors(true), []);
-    } finally {
-      await page.context().close();
-      await limited.dispose();
-    }
+    });
   });
 
   it('drops a subscription whose subscribe is answered after it was released', async () => {
