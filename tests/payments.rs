@@ -1408,6 +1408,35 @@ async fn a_failed_authentication_or_another_card_gives_up_the_waiting_payment() 
     s.stop().await;
 }
 
+/// A customer who switches cards while the first card's payment waits for 3-D Secure,
+/// having just completed it, when the gateway cannot say how that payment ended: the
+/// request is told its outcome is not known yet, not that the payment was given up
+/// and to pay again (it had charged); the next pay learns it and confirms the
+/// booking with that charge, nothing charged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_switch_that_cannot_learn_the_waiting_payment_s_end_says_so() {
+    let f = fake().await;
+    let s = Server::start_with(|c| stripe_config(c, &f.base())).await;
+    let mut c = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut c, 1, "economy").await;
+    let loc = &b["locator"];
+    c.err("booking.pay", pay(loc, THREE_DS, "p1")).await;
+    assert!(f.authenticate(&intent_of(&f, loc).id, true));
+    fault(&f, Step::Retrieve, Fault::Fail);
+    let e = c.err("booking.pay", pay(loc, "pm_card_visa", "p2")).await;
+    assert_eq!(e["data"]["reason"], "payment_failed", "{e}");
+    let told = e["message"].as_str().unwrap();
+    assert!(told.contains("not known yet"), "{told}");
+    assert!(!told.contains("pay again"), "{told}");
+    f.clear_faults();
+    // the next pay learns the waiting payment went through: it pays the booking
+    let paid = c.ok("booking.pay", pay(loc, "pm_card_visa", "p3")).await;
+    assert_eq!(paid["booking"]["status"], "confirmed", "{paid}");
+    let total = b["total"]["amount"].as_i64().unwrap();
+    assert_eq!((f.ledger().charged(), f.ledger().refunded()), (total, 0));
+    s.stop().await;
+}
+
 /// A refund whose first call was made by the release before refund metadata (its
 /// answer lost) is retried by this release under the same key with other params:
 /// Stripe refuses those, so the retry resends the first call's params and gets its

@@ -473,9 +473,7 @@ impl App {
                 Err(e) => Err(e),
             },
             _ => Err(PaymentError::Failed(
-                "the payment waiting for authentication was given up; pay again with a new \
-                 request_id"
-                    .into(),
+                "the payment waiting for authentication was given up".into(),
             )),
         };
         let settled = self.settle_outcome(fs, key, a, outcome, busy).await;
@@ -513,8 +511,13 @@ impl App {
                         )
                         .await
                     }
-                    // unknown: the attempt stays open for the reconciler
+                    // unknown: the attempt stays open for the reconciler, and the
+                    // request is told so (whatever it was about to be told)
                     _ => {
+                        let m = format!(
+                            "{m}; whether it was charged is not known yet: repeat this \
+                             request_id later to learn the outcome"
+                        );
                         self.left_open(key, &attempt.locator, &attempt.id, m, Some(busy))
                             .await
                     }
