@@ -34,10 +34,11 @@ use super::{event, remember_err, remember_ok, App, AuthSession, Step};
 use crate::app::AppError;
 use crate::domain::flight::Operation;
 use crate::domain::{self, BookingStatus, Order, OrderStatus, TicketNumber};
-use crate::inventory::{FlightSeats, Occupant};
+use crate::inventory::{FlightSeats, Occupant, Working};
 use crate::payments::{webhook, PaymentError, PaymentRequest, PaymentStatus};
 use crate::protocol::results::{self, Answer, BookingResult};
 use crate::protocol::{params, wire};
+use crate::store::commit::Ticket;
 use crate::store::{
     AttemptState, Batch, Committer, HistoryEvent, IdemKey, PaymentAttempt, PaymentMark,
     RefundReason, RefundRecord, StoreError,
@@ -63,9 +64,22 @@ pub enum WebhookError {
 /// What a charge does to its booking.
 enum Settle {
     Confirmed(Box<BookingResult>),
-    /// Settled already, through another node.
-    Already,
-    Refund,
+    /// Settled already, through another node: the booking paid (`true`) or the
+    /// charge refunded.
+    Already(bool),
+    /// The booking cannot take the charge: refund it through this open refund.
+    RefundOpen(Box<RefundRecord>),
+    /// The booking cannot take the charge: refund it through a new refund, opened
+    /// over the attempt as read then.
+    Refund(Option<Box<PaymentAttempt>>),
+}
+
+/// The order a charge makes, drawn before its booking is decided on: its numbers
+/// are taken off the flight's lock.
+struct OrderDraft {
+    payment_ref: String,
+    tickets: Vec<TicketNumber>,
+    order_id: String,
 }
 
 /// What [`App::reconcile`] did with an attempt.
@@ -117,6 +131,29 @@ fn continued_by(a: &mut PaymentAttempt, rid: &str) {
     }
     let over = a.earlier_requests.len().saturating_sub(EARLIER_REQUESTS);
     a.earlier_requests.drain(..over);
+}
+
+/// The opening of `r`, the refund of an orphaned charge, over its attempt as `read`
+/// when the booking could not take the charge: it conflicts if the attempt was
+/// settled meanwhile (a twin through another node confirmed the booking with it).
+fn orphan_opening(r: &RefundRecord, read: Option<PaymentAttempt>) -> Batch {
+    Batch {
+        new_refunds: vec![r.clone()],
+        attempts_read: read.into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// The write that keeps `a`'s charge (`a` succeeded), over the attempt as `read`:
+/// it conflicts if a refund of the charge was opened meanwhile, or the attempt was
+/// settled (the refund made and closed) through another node.
+fn keeping_charge(a: PaymentAttempt, read: Option<PaymentAttempt>) -> Batch {
+    Batch {
+        refunds_absent: vec![a.id.clone()],
+        attempts: vec![a],
+        attempts_read: read.into_iter().collect(),
+        ..Default::default()
+    }
 }
 
 /// The waiting attempt `fresh` as continued by request `rid`, and its write. The
@@ -431,24 +468,27 @@ impl App {
             self.claim_mark(&mark, None, |m| m.request_id == rid, |_| false)
                 .await?;
         }
+        // `Ok(None)`: the attempt changed before it could be continued
         let continued = async {
             let Some(fresh) = self.still_waiting(&id).await? else {
-                // settled meanwhile: a retry finds what became of it
-                return Err(busy_error());
+                return Ok(None);
             };
             let (continued, batch) = continuing(fresh, &rid);
             a = continued;
             match self.write_soon(batch).await {
-                Err(StoreError::Conflict) => return Err(busy_error()),
+                Err(StoreError::Conflict) => return Ok(None),
                 written => written?,
             }
-            self.hold_ended_under_mark(&loc)
+            self.hold_ended_under_mark(&loc).map(Some)
         };
         let ended = match continued.await {
-            Ok(ended) => ended,
-            Err(e) => {
+            Ok(Some(ended)) => ended,
+            stopped => {
                 self.release_mark(&id, &rid, &loc, true).await;
-                return Err(e);
+                return match stopped {
+                    Err(e) => Err(e),
+                    Ok(_) => self.overtaken(&key, &id).await,
+                };
             }
         };
         let same = a.payment_method.as_deref() == Some(payment_method);
@@ -479,6 +519,24 @@ impl App {
         let settled = self.settle_outcome(fs, key, a, outcome, busy).await;
         self.release_mark(&id, &rid, &loc, true).await;
         settled
+    }
+
+    /// What a continuing request is answered when the waiting attempt `id` changed
+    /// before it could continue it: the success another request answered it, or how
+    /// that request settled the attempt ([`settled_elsewhere`]); busy while the
+    /// attempt is open (another request is continuing it) or ended uncharged (a
+    /// retry finds the booking's state).
+    async fn overtaken(&self, key: &IdemKey, id: &str) -> Result<Answer<BookingResult>, AppError> {
+        let settled = self.store.attempt(id)?.filter(|a| a.state.is_final());
+        let Some(settled) = settled else {
+            return Err(busy_error());
+        };
+        // the reply may be from a batch whose sync has not finished yet
+        self.committer.settle_reads().await?;
+        match self.store.reply(key)?.filter(|v| v.get("ok").is_some()) {
+            Some(v) => super::replay(v),
+            None => Err(settled_elsewhere(settled.state == AttemptState::Succeeded)),
+        }
     }
 
     /// Settles an attempt from what the gateway answered to its confirm.
@@ -808,6 +866,99 @@ impl App {
         }
     }
 
+    /// What `a`'s charge does to its booking, decided on the flight's locked working
+    /// map. The confirmation expects the attempt as read and no refund of it open:
+    /// through another node, its refund may be opened (or even made and closed)
+    /// meanwhile, as [`orphan_opening`] expects the attempt unsettled.
+    fn charge_decision(
+        &self,
+        fs: &Arc<FlightSeats>,
+        w: &mut Working,
+        a: &PaymentAttempt,
+        order: &OrderDraft,
+    ) -> Result<(Option<Ticket>, Settle), AppError> {
+        // once a refund of the charge is open, the charge is refunded, whatever else
+        if let Some(r) = self.store.open_refund(&a.id)? {
+            return Ok((None, Settle::RefundOpen(Box::new(r))));
+        }
+        let read = self.store.attempt(&a.id)?;
+        let now = domain::now_ms();
+        let mut b = self
+            .store
+            .booking(&a.locator)?
+            .ok_or(AppError::NotFound("booking"))?;
+        let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
+        let ours = b.status == domain::BookingStatus::Held
+            && fs.flight().status(now).allows(Operation::Book)
+            && idx.len() == b.seats.len()
+            && idx.iter().all(|&i| {
+                w.seats[i]
+                    .as_ref()
+                    .is_some_and(|o| o.locator == a.locator && !o.booked)
+            });
+        let paid_by_this_charge = b.status == domain::BookingStatus::Confirmed
+            && b.order_id.as_deref().is_some_and(
+                |o| matches!(self.store.order(o), Ok(Some(o)) if o.charge_id == order.payment_ref),
+            );
+        if paid_by_this_charge {
+            return Ok((None, Settle::Already(true)));
+        }
+        if let Some(settled) = read.as_ref().filter(|r| r.state.is_final()) {
+            let paid = settled.state == AttemptState::Succeeded;
+            return Ok((None, Settle::Already(paid)));
+        }
+        if !ours
+            || b.confirm(order.tickets.clone(), order.order_id.clone(), now)
+                .is_err()
+        {
+            return Ok((None, Settle::Refund(read.map(Box::new))));
+        }
+        let mut a = a.clone();
+        let order = Order {
+            order_id: order.order_id.clone(),
+            locator: a.locator.clone(),
+            user_id: a.user_id,
+            status: OrderStatus::Paid,
+            amount: b.total,
+            refunded: domain::Money::ZERO,
+            created_at: now,
+            charge_id: order.payment_ref.clone(),
+        };
+        let result = self.paid_view(b.clone(), order.clone());
+        a.state = AttemptState::Succeeded;
+        a.updated_at = now;
+        let batch = Batch {
+            bookings: vec![b.clone()],
+            new_orders: vec![order.clone()],
+            events: vec![(
+                a.user_id,
+                event(
+                    "paid",
+                    Some(&a.locator),
+                    now,
+                    json!({
+                        "amount": wire::money(b.total), "order_id": order.order_id,
+                    }),
+                ),
+            )],
+            replies: std::iter::once(pay_key(&a))
+                .chain(earlier_keys(&a))
+                .map(|k| (k, remember_ok(&result)))
+                .collect(),
+            ..keeping_charge(a.clone(), read)
+        };
+        let occupant = Occupant {
+            locator: a.locator.clone(),
+            booked: true,
+        };
+        let updates = idx
+            .into_iter()
+            .map(|i| (i, Some(occupant.clone())))
+            .collect();
+        let ticket = self.change_seats(fs, w, batch, updates, &b)?;
+        Ok((Some(ticket), Settle::Confirmed(Box::new(result))))
+    }
+
     /// Ends an attempt that charged nothing (and never will).
     async fn settle_failed(
         &self,
@@ -854,8 +1005,6 @@ impl App {
         _busy: &Busy,
     ) -> Result<Answer<BookingResult>, AppError> {
         let payment_ref = a.payment_ref.clone().ok_or(AppError::Internal)?;
-        // once a refund of the charge is open, the charge is refunded, whatever else
-        let orphan_refund = self.store.open_refund(&a.id)?;
         let tickets_needed = self.store.booking(&a.locator)?.map_or(0, |b| b.seats.len());
         let tickets = (0..tickets_needed)
             .map(|_| {
@@ -864,122 +1013,55 @@ impl App {
                     .map(|n| TicketNumber::new(AIRLINE_CODE, n))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let order_id = format!("ORD{:010}", self.store.next_id()?);
+        let order = OrderDraft {
+            payment_ref: payment_ref.clone(),
+            tickets,
+            order_id: format!("ORD{:010}", self.store.next_id()?),
+        };
         let key = pay_key(&a);
-        // no request key here: a success reply under it may come from a twin request
-        // that paid with another charge, which this one must then refund
-        let confirmed = self.seat_step(fs, None, |w| {
-            if orphan_refund.is_some() {
-                return Ok((None, Settle::Refund));
-            }
-            let now = domain::now_ms();
-            let mut b = self
-                .store
-                .booking(&a.locator)?
-                .ok_or(AppError::NotFound("booking"))?;
-            let idx: Vec<usize> = b.seats.iter().filter_map(|x| w.index(x.seat)).collect();
-            let ours = b.status == domain::BookingStatus::Held
-                && fs.flight().status(now).allows(Operation::Book)
-                && idx.len() == b.seats.len()
-                && idx.iter().all(|&i| {
-                    w.seats[i]
-                        .as_ref()
-                        .is_some_and(|o| o.locator == a.locator && !o.booked)
-                });
-            let paid_by_this_charge = b.status == domain::BookingStatus::Confirmed
-                && b.order_id.as_deref().is_some_and(
-                    |o| matches!(self.store.order(o), Ok(Some(o)) if o.charge_id == payment_ref),
-                );
-            if paid_by_this_charge {
-                return Ok((None, Settle::Already));
-            }
-            if ours && b.confirm(tickets.clone(), order_id.clone(), now).is_ok() {
-                let mut a = a.clone();
-                let order = Order {
-                    order_id: order_id.clone(),
-                    locator: a.locator.clone(),
-                    user_id: a.user_id,
-                    status: OrderStatus::Paid,
-                    amount: b.total,
-                    refunded: domain::Money::ZERO,
-                    created_at: now,
-                    charge_id: payment_ref.clone(),
-                };
-                let result = self.paid_view(b.clone(), order.clone());
-                a.state = AttemptState::Succeeded;
-                a.updated_at = now;
-                let batch = Batch {
-                    bookings: vec![b.clone()],
-                    new_orders: vec![order.clone()],
-                    events: vec![(
-                        a.user_id,
-                        event(
-                            "paid",
-                            Some(&a.locator),
-                            now,
-                            json!({
-                                "amount": wire::money(b.total), "order_id": order.order_id,
-                            }),
-                        ),
-                    )],
-                    replies: std::iter::once(pay_key(&a))
-                        .chain(earlier_keys(&a))
-                        .map(|k| (k, remember_ok(&result)))
-                        .collect(),
-                    attempts: vec![a.clone()],
-                    ..Default::default()
-                };
-                let occupant = Occupant {
-                    locator: a.locator.clone(),
-                    booked: true,
-                };
-                let updates = idx
-                    .into_iter()
-                    .map(|i| (i, Some(occupant.clone())))
-                    .collect();
-                let ticket = self.change_seats(fs, w, batch, updates, &b)?;
-                Ok((Some(ticket), Settle::Confirmed(Box::new(result))))
-            } else {
-                Ok((None, Settle::Refund))
-            }
-        });
-        match confirmed.await? {
-            Step::Done(Settle::Confirmed(result)) => return Ok(Answer::Now(*result)),
-            Step::Replayed(memo) => return super::replay(memo),
-            Step::Done(Settle::Refund) => {}
-            Step::Done(Settle::Already) => {
-                // the reply may be from a batch whose sync has not finished yet
-                self.committer.settle_reads().await?;
-                return match self.store.reply(&key)? {
-                    Some(v) => super::replay(v),
-                    None => Err(AppError::Internal),
-                };
-            }
-        }
+        let mut tries = 0;
         // charged, but the booking cannot have it: give the money back
-        let refund = match orphan_refund {
-            Some(r) => r,
-            None => {
-                let mut r = new_refund(
-                    a.user_id,
-                    &a.locator,
-                    payment_ref,
-                    Vec::new(),
-                    a.amount,
-                    RefundReason::Orphan {
-                        attempt_id: a.id.clone(),
-                    },
-                );
-                if a.is_legacy() {
-                    // an older version may have asked for this refund under that key
-                    r.id = format!("{}-refund", a.id);
+        let refund = loop {
+            // no request key here: a success reply under it may come from a twin
+            // request that paid with another charge, which this one must then refund
+            let decided = self.seat_step(fs, None, |w| self.charge_decision(fs, w, &a, &order));
+            let read = match decided.await? {
+                Step::Done(Settle::Confirmed(result)) => return Ok(Answer::Now(*result)),
+                Step::Replayed(memo) => return super::replay(memo),
+                Step::Done(Settle::RefundOpen(open)) => break *open,
+                Step::Done(Settle::Refund(read)) => read.map(|a| *a),
+                Step::Done(Settle::Already(paid)) => {
+                    // the reply may be from a batch whose sync has not finished yet
+                    self.committer.settle_reads().await?;
+                    return match self.store.reply(&key)? {
+                        Some(v) => super::replay(v),
+                        None => Err(settled_elsewhere(paid)),
+                    };
                 }
-                if !self.open_refund(&r).await? {
-                    return Err(AppError::PaymentFailed(
-                        "a refund of this payment is in progress".into(),
-                    ));
-                }
-                r
+            };
+            let mut r = new_refund(
+                a.user_id,
+                &a.locator,
+                payment_ref.clone(),
+                Vec::new(),
+                a.amount,
+                RefundReason::Orphan {
+                    attempt_id: a.id.clone(),
+                },
+            );
+            if a.is_legacy() {
+                // an older version may have asked for this refund under that key
+                r.id = format!("{}-refund", a.id);
+            }
+            if self.opens(orphan_opening(&r, read)).await? {
+                break r;
+            }
+            // opened, or the attempt settled, through another node meanwhile
+            tries += 1;
+            if tries > 3 {
+                // still racing another node: the attempt stays open for whoever is
+                // left (the caller's busy handling)
+                return Err(busy_error());
             }
         };
         // made under this process's mark for this request (or its twin), else under
@@ -1979,9 +2061,24 @@ mod tests {
         app.payments.confirm(&pi, "pa-charged").await.unwrap();
         let stale = lapsed_challenge(&app, Some(pi));
         app.reconcile_payments(Duration::ZERO).await;
-        let refunded = app.store.attempt(&stale.id).unwrap().unwrap();
-        assert_eq!(refunded.state, AttemptState::Refunded);
+        assert_refunded_once(f, &app, &stale, amount);
         (app, stale, amount)
+    }
+
+    /// `stale`'s attempt is stored refunded, with no refund left open, and the fake
+    /// Stripe `f` refunded `amount` with one call.
+    fn assert_refunded_once(
+        f: &fake_stripe::FakeStripe,
+        app: &App,
+        stale: &PaymentAttempt,
+        amount: Money,
+    ) {
+        let stored = app.store.attempt(&stale.id).unwrap().unwrap();
+        assert_eq!(stored.state, AttemptState::Refunded);
+        assert!(app.store.open_refunds().unwrap().is_empty());
+        let l = f.ledger();
+        assert_eq!(l.refunded(), amount.amount(), "{l:?}");
+        assert_eq!(f.received(fake_stripe::Step::Refund), 1, "{l:?}");
     }
 
     /// A copy of a waiting attempt read before the reconciler refunded its charge (the
@@ -1996,24 +2093,135 @@ mod tests {
         let (app, stale, amount) = refunded_challenge(&f, dir.path()).await;
 
         assert!(app.try_reconcile(stale.clone()).await, "settled already");
-        assert_eq!(
-            app.store.attempt(&stale.id).unwrap().unwrap().state,
-            AttemptState::Refunded
-        );
-        assert!(app.store.open_refunds().unwrap().is_empty());
-        let l = f.ledger();
-        assert_eq!(l.refunded(), amount.amount(), "{l:?}");
-        assert_eq!(f.received(fake_stripe::Step::Refund), 1, "{l:?}");
+        assert_refunded_once(&f, &app, &stale, amount);
         let events = app.store.history(stale.user_id, 100).unwrap();
         let refunds = events.iter().filter(|e| e.kind == "payment_refunded");
         assert_eq!(refunds.count(), 1, "{events:?}");
         app.stop().await;
     }
 
+    /// A charge settled while the booking is decided on through another node: the
+    /// refund of the charge opens only over the attempt as the decision read it, so
+    /// not once a twin confirmed the booking with it; and the booking is confirmed
+    /// with it only while no refund of it is open, or was made meanwhile. Before, both
+    /// were written, leaving a confirmed booking whose charge was refunded.
+    #[tokio::test]
+    async fn a_charge_is_either_kept_or_refunded_never_both() {
+        let (_dir, app) = sandbox_app().await;
+        for case in 0..3 {
+            let stale = lapsed_challenge(&app, Some(format!("pi_both{case}")));
+            let read = app.store.attempt(&stale.id).unwrap();
+            let refund = new_refund(
+                stale.user_id,
+                &stale.locator,
+                format!("pi_both{case}"),
+                Vec::new(),
+                stale.amount,
+                RefundReason::Orphan {
+                    attempt_id: stale.id.clone(),
+                },
+            );
+            let mut kept = stale.clone();
+            kept.state = AttemptState::Succeeded;
+            if case == 0 {
+                twin_settles(&app, &stale, &stale.id, AttemptState::Succeeded, SUCCESS);
+                let opened = app.opens(orphan_opening(&refund, read)).await.unwrap();
+                assert!(!opened, "opened over a kept charge");
+                assert_eq!(app.store.open_refund(&stale.id).unwrap(), None);
+                continue;
+            }
+            assert!(app.open_refund(&refund).await.unwrap());
+            if case == 2 {
+                let mut refunded = stale.clone();
+                refunded.state = AttemptState::Refunded;
+                let mut done = refund.clone();
+                done.done = true;
+                app.store
+                    .write(&Batch {
+                        attempts: vec![refunded],
+                        refunds: vec![done],
+                        ..Default::default()
+                    })
+                    .unwrap();
+                assert_eq!(app.store.open_refund(&stale.id).unwrap(), None);
+            }
+            let written = app.commit(keeping_charge(kept, read)).await;
+            assert!(
+                matches!(written, Err(StoreError::Conflict)),
+                "{case}: {written:?}"
+            );
+            assert_ne!(
+                app.store.attempt(&stale.id).unwrap().unwrap().state,
+                AttemptState::Succeeded,
+                "{case}"
+            );
+        }
+    }
+
+    /// The same, when whoever settled the attempt did not answer the request: it is
+    /// told how the payment ended, and no refund is opened (before, a kept charge
+    /// was refunded, or a refunded one refunded again under a new key).
+    #[tokio::test]
+    async fn a_charge_settled_unanswered_before_its_settling_is_told_how() {
+        let (_dir, app) = sandbox_app().await;
+        for (i, &(state, _)) in SETTLED.iter().enumerate() {
+            let stale = lapsed_challenge(&app, Some(format!("pi_told{i}")));
+            let mut settled = stale.clone();
+            settled.state = state;
+            app.store
+                .write(&Batch {
+                    attempts: vec![settled],
+                    ..Default::default()
+                })
+                .unwrap();
+            let b = app.store.booking(&stale.locator).unwrap().unwrap();
+            let fs = app.flight_seats(&b.flight_id).unwrap();
+            let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
+            let answered = app.settle_charged(&fs, stale.clone(), &busy).await;
+            let told = match answered {
+                Err(AppError::InvalidState(told)) => told,
+                other => panic!("{i}: {:?}", other.map(|_| ())),
+            };
+            let paid = state == AttemptState::Succeeded;
+            let how = settled_elsewhere(paid);
+            assert!(
+                matches!(&how, AppError::InvalidState(m) if *m == told),
+                "{i}: {told}"
+            );
+            assert!(app.store.open_refunds().unwrap().is_empty(), "{i}");
+            assert_eq!(app.store.attempt(&stale.id).unwrap().unwrap().state, state);
+        }
+    }
+
+    /// A copy of a charged attempt settled with a caller's copy read before the
+    /// reconciler refunded its charge: the decision reads the attempt again and
+    /// leaves it, answering how it ended, rather than opening a second refund.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_charge_refunded_before_its_settling_is_not_refunded_again() {
+        let f = fake_stripe::FakeStripe::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (app, stale, amount) = refunded_challenge(&f, dir.path()).await;
+        let b = app.store.booking(&stale.locator).unwrap().unwrap();
+        let fs = app.flight_seats(&b.flight_id).unwrap();
+        let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
+        let settled = app.settle_charged(&fs, stale.clone(), &busy).await;
+        // the reconciler's answer to the request
+        let stored = app.store.reply(&pay_key(&stale)).unwrap().unwrap();
+        let stored = stored["err"]["message"].as_str().unwrap();
+        match settled {
+            Err(AppError::InvalidState(told)) => assert!(stored.ends_with(&told), "{told}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_refunded_once(&f, &app, &stale, amount);
+        drop(busy);
+        app.stop().await;
+    }
+
     /// A `booking.pay` continuing a payment that waited for its customer, with a copy
     /// of the attempt read before its charge was refunded (on a cluster: read through
     /// one node while another settled it): the attempt is read again under the mark, so
-    /// the settling is neither undone nor repeated (no second refund).
+    /// the settling is neither undone nor repeated (no second refund), and the request
+    /// is told the charge was refunded (before, "in progress", though nothing was).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_continued_payment_read_before_it_was_refunded_is_not_refunded_again() {
         let f = fake_stripe::FakeStripe::start().await.unwrap();
@@ -2032,17 +2240,14 @@ mod tests {
         let continued = app
             .continue_action(&fs, key, stale.clone(), "pm_card_visa", busy)
             .await;
-        assert!(
-            matches!(&continued, Err(e) if is_busy(e)),
-            "{:?}",
-            continued.err()
-        );
-        assert_eq!(attempt().state, AttemptState::Refunded);
+        match continued {
+            Err(AppError::InvalidState(told)) => {
+                assert!(told.contains("the charge was refunded"), "{told}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_refunded_once(&f, &app, &stale, amount);
         assert_eq!(attempt().request_id, stale.request_id);
-        assert!(app.store.open_refunds().unwrap().is_empty());
-        let l = f.ledger();
-        assert_eq!(l.refunded(), amount.amount(), "{l:?}");
-        assert_eq!(f.received(fake_stripe::Step::Refund), 1, "{l:?}");
         app.stop().await;
     }
 

@@ -135,13 +135,17 @@ impl App {
     /// Makes `r` durable as the open refund of its subject; `false` if another refund
     /// of that subject is open (made through another node).
     pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, AppError> {
-        match self
-            .commit(Batch {
-                new_refunds: vec![r.clone()],
-                ..Default::default()
-            })
-            .await
-        {
+        self.opens(Batch {
+            new_refunds: vec![r.clone()],
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Writes `batch`, which opens a refund; `false` if it conflicts (another refund
+    /// of that subject is open, or something else it expects changed).
+    pub(super) async fn opens(&self, batch: Batch) -> Result<bool, AppError> {
+        match self.commit(batch).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e.into()),

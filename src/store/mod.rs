@@ -392,6 +392,9 @@ pub struct Batch {
     /// Refunds to open; the batch fails with [`StoreError::Conflict`] if a refund for
     /// the same [`RefundRecord::subject`] is open.
     pub new_refunds: Vec<RefundRecord>,
+    /// Subjects ([`RefundRecord::subject`]) that must have no open refund: conflict
+    /// if one was opened (a charge being refunded cannot pay a booking).
+    pub refunds_absent: Vec<String>,
     /// Refunds to overwrite, closing them when `done`: written only while each is its
     /// subject's open refund (conflict otherwise: it was closed meanwhile).
     pub refunds: Vec<RefundRecord>,

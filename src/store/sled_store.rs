@@ -1000,6 +1000,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for r in &batch.refunds_read {
         ops.push(Op::Expect(key(REFUND, &[r.id.as_bytes()]), encode(r)?));
     }
+    for subject in &batch.refunds_absent {
+        ops.push(Op::Absent(key(OPEN_REFUND, &[subject.as_bytes()])));
+    }
     for (r, new) in batch
         .new_refunds
         .iter()
