@@ -1246,6 +1246,18 @@ impl App {
         }
         batch.attempts_read.extend(opened);
         if settled {
+            // a refund closed by whoever settled the attempt (one that took over this
+            // request's lapsed mark) was recorded there, with its event
+            let mut closed = false;
+            for r in std::mem::take(&mut batch.refunds) {
+                match self.store.open_refund(r.subject())? {
+                    Some(open) if open.id == r.id => batch.refunds.push(r),
+                    _ => closed = true,
+                }
+            }
+            if closed {
+                batch.events.clear();
+            }
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
             batch.replies_read.push((key.clone(), reply.clone()));
@@ -1906,6 +1918,62 @@ mod tests {
         app.answer_error(&key, app.store.reply(&key).unwrap(), &mut batch, &err)
             .unwrap();
         assert!(batch.replies.is_empty(), "{:?}", batch.replies);
+    }
+
+    /// An orphaned charge's refund made by a request whose mark lapsed meanwhile, and
+    /// finished and closed by the reconciler that took it over (under the same key):
+    /// the request's ending writes nothing and answers the reconciler's reply. Before,
+    /// its close of the closed refund conflicted four times, and it answered
+    /// `internal`.
+    #[tokio::test]
+    async fn a_refund_closed_by_whoever_took_over_ends_the_request_with_their_answer() {
+        let (_dir, app) = sandbox_app().await;
+        let stale = lapsed_challenge(&app, Some("pi_taken_over".into()));
+        let mut refund = new_refund(
+            stale.user_id,
+            &stale.locator,
+            "pi_taken_over".into(),
+            Vec::new(),
+            stale.amount,
+            RefundReason::Orphan {
+                attempt_id: stale.id.clone(),
+            },
+        );
+        assert!(app.open_refund(&refund).await.unwrap());
+        refund.done = true;
+        let mut refunded = stale.clone();
+        refunded.state = AttemptState::Refunded;
+        let refunded_event = || {
+            let detail = json!({ "amount": wire::money(stale.amount) });
+            (
+                stale.user_id,
+                event("payment_refunded", Some(&stale.locator), 0, detail),
+            )
+        };
+        let mut closed = Batch {
+            events: vec![refunded_event()],
+            attempts: vec![refunded.clone()],
+            refunds: vec![refund.clone()],
+            ..Default::default()
+        };
+        let ours = closed.clone();
+        closed.replies.push((
+            pay_key(&stale),
+            crate::store::Memo(REFUNDED.as_bytes().to_vec()),
+        ));
+        app.store.write(&closed).unwrap();
+
+        let key = pay_key(&stale);
+        let err = AppError::InvalidState("the charge was refunded".into());
+        let decide = || app.error_ending(&key, &ours, None, &None, &err);
+        let answer = app.write_decided(decide).await.unwrap();
+        assert_eq!(
+            answer,
+            Some(serde_json::from_str::<Value>(REFUNDED).unwrap())
+        );
+        let events = app.store.history(stale.user_id, 100).unwrap();
+        let refunds = events.iter().filter(|e| e.kind == "payment_refunded");
+        assert_eq!(refunds.count(), 1, "{events:?}");
     }
 
     /// Another request closing the attempt alone (say, as failed) between a twin's
