@@ -1056,13 +1056,15 @@ impl App {
             if self.opens(orphan_opening(&r, read)).await? {
                 break r;
             }
-            // opened, or the attempt settled, through another node meanwhile
+            // opened, or the attempt settled, through another node meanwhile: decide
+            // again once this node has that write
             tries += 1;
             if tries > 3 {
                 // still racing another node: the attempt stays open for whoever is
                 // left (the caller's busy handling)
                 return Err(busy_error());
             }
+            self.committer.catch_up().await?;
         };
         // made under this process's mark for this request (or its twin), else under
         // one of its own: never under another node's, which may be refunding it too
@@ -1201,13 +1203,14 @@ impl App {
 
     /// What [`Self::end_with_error`] writes, as the store holds things now (None:
     /// nothing), and the answer that stands instead of the error, if any. An attempt
-    /// stored as succeeded or refunded was settled by another request, whose reply
-    /// to `key` stands ([`settled_elsewhere`] if it wrote none), as does a success reply: the
-    /// copy of it is not written (one read before, still waiting for the customer
+    /// stored as succeeded or refunded was settled by another request, whose reply to
+    /// `key` stands ([`settled_elsewhere`] if it wrote none), as does a success reply:
+    /// the copy of it is not written (one read before, still waiting for the customer
     /// say, would open it again, where nothing would close it and a later cancel
-    /// would refund its charge twice), nor the error. Otherwise the error (see [`Self::answer_error`]). The write expects
-    /// the reply and each attempt it touches (`open`: one it leaves open and does not
-    /// write) as read here.
+    /// would refund its charge twice), nor the error, nor the close of a refund that
+    /// request closed (or that was reopened since). Otherwise the error (see
+    /// [`Self::answer_error`]). The write expects the reply and each attempt it touches
+    /// (`open`: one it leaves open and does not write) as read here.
     fn error_ending(
         &self,
         key: &IdemKey,
@@ -1247,7 +1250,9 @@ impl App {
         batch.attempts_read.extend(opened);
         if settled {
             // a refund closed by whoever settled the attempt (one that took over this
-            // request's lapsed mark) was recorded there, with its event
+            // request's lapsed mark) was recorded there, with its event (the only
+            // event of a batch closing a refund); one reopened since (its refund failed
+            // at the bank) is open under another subject, and not this one
             let mut closed = false;
             for r in std::mem::take(&mut batch.refunds) {
                 match self.store.open_refund(r.subject())? {
@@ -1804,6 +1809,15 @@ mod tests {
             .unwrap();
     }
 
+    /// How many `payment_refunded` events user 1's history holds.
+    fn refunded_events(app: &App) -> usize {
+        let events = app.store.history(UserId(1), 1000).unwrap();
+        events
+            .iter()
+            .filter(|e| e.kind == "payment_refunded")
+            .count()
+    }
+
     const SUCCESS: &str = r#"{"ok":{}}"#;
     const REFUNDED: &str = r#"{"err":{"code":-32011,"message":"invalid state: the charge was refunded","data":{"reason":"invalid_state"}}}"#;
     /// How a twin settles an attempt, and its answer.
@@ -1924,56 +1938,71 @@ mod tests {
     /// finished and closed by the reconciler that took it over (under the same key):
     /// the request's ending writes nothing and answers the reconciler's reply. Before,
     /// its close of the closed refund conflicted four times, and it answered
-    /// `internal`.
+    /// `internal`. The same when the refund was reopened since (it failed at the
+    /// bank): the reopened refund stays open, not closed as made by the first try.
     #[tokio::test]
     async fn a_refund_closed_by_whoever_took_over_ends_the_request_with_their_answer() {
         let (_dir, app) = sandbox_app().await;
-        let stale = lapsed_challenge(&app, Some("pi_taken_over".into()));
-        let mut refund = new_refund(
-            stale.user_id,
-            &stale.locator,
-            "pi_taken_over".into(),
-            Vec::new(),
-            stale.amount,
-            RefundReason::Orphan {
-                attempt_id: stale.id.clone(),
-            },
-        );
-        assert!(app.open_refund(&refund).await.unwrap());
-        refund.done = true;
-        let mut refunded = stale.clone();
-        refunded.state = AttemptState::Refunded;
-        let refunded_event = || {
-            let detail = json!({ "amount": wire::money(stale.amount) });
-            (
+        for reopened in [false, true] {
+            let stale = lapsed_challenge(&app, Some(format!("pi_taken_over{reopened}")));
+            let open = new_refund(
                 stale.user_id,
-                event("payment_refunded", Some(&stale.locator), 0, detail),
-            )
-        };
-        let mut closed = Batch {
-            events: vec![refunded_event()],
-            attempts: vec![refunded.clone()],
-            refunds: vec![refund.clone()],
-            ..Default::default()
-        };
-        let ours = closed.clone();
-        closed.replies.push((
-            pay_key(&stale),
-            crate::store::Memo(REFUNDED.as_bytes().to_vec()),
-        ));
-        app.store.write(&closed).unwrap();
+                &stale.locator,
+                format!("pi_taken_over{reopened}"),
+                Vec::new(),
+                stale.amount,
+                RefundReason::Orphan {
+                    attempt_id: stale.id.clone(),
+                },
+            );
+            assert!(app.open_refund(&open).await.unwrap());
+            let mut refund = open.clone();
+            refund.done = true;
+            let mut refunded = stale.clone();
+            refunded.state = AttemptState::Refunded;
+            let detail = json!({ "amount": wire::money(stale.amount) });
+            let mut closed = Batch {
+                events: vec![(
+                    stale.user_id,
+                    event("payment_refunded", Some(&stale.locator), 0, detail),
+                )],
+                attempts: vec![refunded.clone()],
+                refunds: vec![refund.clone()],
+                ..Default::default()
+            };
+            let ours = Batch {
+                refunds_read: vec![open.clone()],
+                ..closed.clone()
+            };
+            closed.replies.push((
+                pay_key(&stale),
+                crate::store::Memo(REFUNDED.as_bytes().to_vec()),
+            ));
+            app.store.write(&closed).unwrap();
+            let mut again = open.clone();
+            if reopened {
+                again.failed_later.push("re_failed".into());
+                again.gateway_key = Some("rf-again".into());
+                app.store
+                    .write(&Batch {
+                        new_refunds: vec![again.clone()],
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            let before = refunded_events(&app);
 
-        let key = pay_key(&stale);
-        let err = AppError::InvalidState("the charge was refunded".into());
-        let decide = || app.error_ending(&key, &ours, None, &None, &err);
-        let answer = app.write_decided(decide).await.unwrap();
-        assert_eq!(
-            answer,
-            Some(serde_json::from_str::<Value>(REFUNDED).unwrap())
-        );
-        let events = app.store.history(stale.user_id, 100).unwrap();
-        let refunds = events.iter().filter(|e| e.kind == "payment_refunded");
-        assert_eq!(refunds.count(), 1, "{events:?}");
+            let key = pay_key(&stale);
+            let err = AppError::InvalidState("the charge was refunded".into());
+            let decide = || app.error_ending(&key, &ours, None, &None, &err);
+            let answer = app.write_decided(decide).await.unwrap();
+            let reply = serde_json::from_str::<Value>(REFUNDED).unwrap();
+            assert_eq!(answer, Some(reply), "{reopened}");
+            assert_eq!(refunded_events(&app), before, "{reopened}");
+            // a reissue is open under the refund that failed
+            let still_open = app.store.open_refund(again.subject()).unwrap();
+            assert_eq!(still_open, reopened.then_some(again), "{reopened}");
+        }
     }
 
     /// Another request closing the attempt alone (say, as failed) between a twin's
@@ -2227,13 +2256,24 @@ mod tests {
     }
 
     /// The same, when whoever settled the attempt did not answer the request: it is
-    /// told how the payment ended, and no refund is opened (before, a kept charge
-    /// was refunded, or a refunded one refunded again under a new key).
+    /// told how the payment ended, and no refund is made (before, a kept charge was
+    /// refunded, or a refunded one refunded again under a new key).
     #[tokio::test]
     async fn a_charge_settled_unanswered_before_its_settling_is_told_how() {
         let (_dir, app) = sandbox_app().await;
         for (i, &(state, _)) in SETTLED.iter().enumerate() {
-            let stale = lapsed_challenge(&app, Some(format!("pi_told{i}")));
+            let request = PaymentRequest {
+                amount: Money::cents(10_000).unwrap(),
+                payment_method: "pm_card_visa".into(),
+                locator: Locator::parse("LAPSED").unwrap(),
+                attempt_id: format!("pa-told{i}"),
+            };
+            let pi = app.payments.create(request).await.unwrap();
+            app.payments
+                .confirm(&pi, &format!("pa-told{i}"))
+                .await
+                .unwrap();
+            let stale = lapsed_challenge(&app, Some(pi));
             let mut settled = stale.clone();
             settled.state = state;
             app.store
@@ -2242,6 +2282,7 @@ mod tests {
                     ..Default::default()
                 })
                 .unwrap();
+            let before = refunded_events(&app);
             let b = app.store.booking(&stale.locator).unwrap().unwrap();
             let fs = app.flight_seats(&b.flight_id).unwrap();
             let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
@@ -2250,13 +2291,13 @@ mod tests {
                 Err(AppError::InvalidState(told)) => told,
                 other => panic!("{i}: {:?}", other.map(|_| ())),
             };
-            let paid = state == AttemptState::Succeeded;
-            let how = settled_elsewhere(paid);
+            let how = settled_elsewhere(state == AttemptState::Succeeded);
             assert!(
                 matches!(&how, AppError::InvalidState(m) if *m == told),
                 "{i}: {told}"
             );
             assert!(app.store.open_refunds().unwrap().is_empty(), "{i}");
+            assert_eq!(refunded_events(&app), before, "{i}");
             assert_eq!(app.store.attempt(&stale.id).unwrap().unwrap().state, state);
         }
     }
