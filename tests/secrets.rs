@@ -206,3 +206,46 @@ async fn a_cheap_password_hash_is_made_strong_at_the_next_login() {
     assert_eq!(stored(&s), strong, "made once");
     s.stop().await;
 }
+
+/// A password changed while a login with the old one is being checked (on a
+/// cluster, an operator restarting a node with a new admin password while a login
+/// runs through another): the login opens no session, since the old password's
+/// sessions are being revoked. Its write expects the user as checked, conflicts, and
+/// the login is checked again against the new password, which the old one fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_checked_against_a_password_changed_meanwhile_opens_no_session() {
+    use common::faulty::{faulty_app, register};
+    use jetway::store::{Batch, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _faulty) = faulty_app(dir.path(), |_| {}).await;
+    let ada = register(&app, "ada").await.unwrap();
+    let name = jetway::domain::Username::parse("ada").unwrap();
+    let mut changed = app.store.user_by_name(&name).unwrap().unwrap();
+    changed.password_hash = "$argon2id$v=19$m=8,t=1,p=1$changed".into();
+    let sessions = |store: &dyn Store| {
+        let all = store.sessions().unwrap();
+        all.into_iter().filter(|s| s.user_id == ada.user_id).count()
+    };
+    let before = sessions(&*app.store);
+
+    let (o, _rx) = jetway::fanout::outbox(jetway::fanout::QueueLimits::default());
+    let mut conn = None;
+    let p = jetway::protocol::params::decode(json!({"username": "ada", "password": PASSWORD}));
+    let store = app.store.clone();
+    let login = app.login(p.unwrap(), &o, &mut conn, |ok| {
+        assert!(ok, "the old password matched when checked");
+        let change = Batch {
+            users: vec![changed.clone()],
+            ..Default::default()
+        };
+        store.write(&change).unwrap();
+    });
+    let r = login.await;
+    assert!(
+        matches!(r, Err(jetway::app::AppError::BadCredentials)),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert!(conn.is_none(), "logged in");
+    assert_eq!(sessions(&*app.store), before, "a session was opened");
+}

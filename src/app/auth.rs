@@ -269,56 +269,74 @@ impl App {
         conn: &mut ConnSession,
         checked: impl FnOnce(bool),
     ) -> Result<LoggedIn, AppError> {
-        // the user may have registered through another node a moment ago
-        self.committer.catch_up().await?;
-        let user = match Username::parse(&p.username) {
-            Ok(name) => self.store.user_by_name(&name)?,
-            Err(_) => None,
-        };
-        // an unknown user costs the same hash as a wrong password
-        let phc = user
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
-        let password = p.password;
-        let fast = self.config.insecure_fast_hashing;
-        let (ok, stronger) = self
-            .password_work(move || {
-                let ok = verify_password(&password, &phc);
-                let stronger = (ok && !fast && weaker_than_production(&phc))
-                    .then(|| hash_password(&password, false).ok())
-                    .flatten();
-                (ok, stronger)
-            })
-            .await?;
-        checked(ok && user.is_some());
-        let user = match user {
-            Some(u) if ok => u,
-            Some(u) => {
-                let now = domain::now_ms();
-                self.write_soon(Batch {
-                    events: vec![(u.id, event("login_failed", None, now, json!({})))],
-                    ..Default::default()
+        let name = Username::parse(&p.username).ok();
+        let mut checked = Some(checked);
+        let mut tries = 0;
+        loop {
+            // the user may have registered, or its password changed, through another
+            // node a moment ago
+            self.committer.catch_up().await?;
+            let user = match &name {
+                Some(name) => self.store.user_by_name(name)?,
+                None => None,
+            };
+            // an unknown user costs the same hash as a wrong password
+            let phc = user
+                .as_ref()
+                .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+            let password = p.password.clone();
+            let fast = self.config.insecure_fast_hashing;
+            let (ok, stronger) = self
+                .password_work(move || {
+                    let ok = verify_password(&password, &phc);
+                    let stronger = (ok && !fast && weaker_than_production(&phc))
+                        .then(|| hash_password(&password, false).ok())
+                        .flatten();
+                    (ok, stronger)
                 })
                 .await?;
-                return Err(AppError::BadCredentials);
+            if let Some(told) = checked.take() {
+                told(ok && user.is_some());
             }
-            None => return Err(AppError::BadCredentials),
-        };
-        let now = domain::now_ms();
-        let (token, session) = self.new_session(user.id, now);
-        let rehashed = stronger.map(|password_hash| UserRecord {
-            password_hash,
-            ..user.clone()
-        });
-        self.commit(Batch {
-            sessions: vec![session.clone()],
-            events: vec![(user.id, event("login", None, now, json!({})))],
-            users: rehashed.into_iter().collect(),
-            ..Default::default()
-        })
-        .await?;
-        self.attach(&user, &session, outbox, conn);
-        Ok(login_result(&token, &session, &user))
+            let user = match user {
+                Some(u) if ok => u,
+                Some(u) => {
+                    let now = domain::now_ms();
+                    self.write_soon(Batch {
+                        events: vec![(u.id, event("login_failed", None, now, json!({})))],
+                        ..Default::default()
+                    })
+                    .await?;
+                    return Err(AppError::BadCredentials);
+                }
+                None => return Err(AppError::BadCredentials),
+            };
+            let now = domain::now_ms();
+            let (token, session) = self.new_session(user.id, now);
+            let rehashed = stronger.map(|password_hash| UserRecord {
+                password_hash,
+                ..user.clone()
+            });
+            // the session only for the password as checked: one changed meanwhile
+            // (its old sessions revoked) must not let this login through
+            let written = self
+                .commit(Batch {
+                    sessions: vec![session.clone()],
+                    events: vec![(user.id, event("login", None, now, json!({})))],
+                    users: rehashed.into_iter().collect(),
+                    users_read: vec![user.clone()],
+                    ..Default::default()
+                })
+                .await;
+            match written {
+                Err(StoreError::Conflict) if tries == 0 => tries += 1,
+                written => {
+                    written?;
+                    self.attach(&user, &session, outbox, conn);
+                    return Ok(login_result(&token, &session, &user));
+                }
+            }
+        }
     }
 
     pub async fn resume(
@@ -485,18 +503,13 @@ impl App {
         };
         let user = match existing {
             Some(u) => {
-                // the old password's sessions end with it
-                let sessions: Vec<SessionRecord> = self
-                    .store
-                    .sessions()
-                    .map_err(|e| start(e.to_string()))?
-                    .into_iter()
-                    .filter(|s| s.user_id == u.id)
-                    .collect();
-                self.revoke_sessions(&sessions)
+                // the old password's sessions end with it: before the new one is
+                // written (a crash after the write leaves none), and again after it, for
+                // a login checked against the old one through another node meanwhile
+                // (one committing later expects the old record, and is refused)
+                self.revoke_user_sessions(u.id)
                     .await
                     .map_err(|e| start(e.to_string()))?;
-                tracing::info!(revoked = sessions.len(), "admin password changed");
                 UserRecord {
                     password_hash: hash,
                     ..u
@@ -510,12 +523,41 @@ impl App {
                 created_at: domain::now_ms(),
             },
         };
+        let id = user.id;
         self.write_soon(Batch {
             users: vec![user],
             ..Default::default()
         })
         .await
-        .map_err(|e| start(e.to_string()))
+        .map_err(|e| start(e.to_string()))?;
+        let later = self
+            .revoke_user_sessions(id)
+            .await
+            .map_err(|e| start(e.to_string()))?;
+        if later > 0 {
+            tracing::warn!(
+                revoked = later,
+                "admin sessions opened with the old password while it changed, revoked"
+            );
+        }
+        Ok(())
+    }
+
+    /// Revokes every session of user `id` the store holds once this node has every
+    /// write committed so far; returns how many.
+    async fn revoke_user_sessions(&self, id: UserId) -> Result<usize, AppError> {
+        self.committer.catch_up().await?;
+        let sessions: Vec<SessionRecord> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .filter(|s| s.user_id == id)
+            .collect();
+        self.revoke_sessions(&sessions).await?;
+        if !sessions.is_empty() {
+            tracing::info!(revoked = sessions.len(), user = id.0, "sessions revoked");
+        }
+        Ok(sessions.len())
     }
 
     /// Renames a passenger from `--rename-passenger OLD=NEW` (see [`ensure_admin`]).

@@ -352,6 +352,9 @@ pub struct Batch {
     pub new_users: Vec<UserRecord>,
     /// Users to overwrite.
     pub users: Vec<UserRecord>,
+    /// Users as read: conflict unless each is still stored exactly so (its password
+    /// changed meanwhile).
+    pub users_read: Vec<UserRecord>,
     /// Usernames to free (a renamed user's old name).
     pub retired_names: Vec<Username>,
     pub sessions: Vec<SessionRecord>,

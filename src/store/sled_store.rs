@@ -802,6 +802,7 @@ pub fn holds(k: &[u8], held: &[u8], expected: &[u8]) -> bool {
             Some(&PAYMENT_MARK) => same::<PaymentMark>(held, expected),
             Some(&WAITLIST) => same::<WaitlistEntry>(held, expected),
             Some(&ATTEMPT) => same::<PaymentAttempt>(held, expected),
+            Some(&USER) => same::<UserRecord>(held, expected),
             Some(&REPLY) => same::<Value>(held, expected),
             _ => false,
         }
@@ -880,6 +881,11 @@ pub fn version_key(flight: &FlightId) -> Vec<u8> {
 /// The writes of a batch; `history_ids` gives each event its sequence number.
 pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     let mut ops = Vec::new();
+    // before the users' writes: each compares with the record as stored
+    for u in &batch.users_read {
+        let k = key(USER, &[u.username.as_str().as_bytes()]);
+        ops.push(Op::Expect(k, encode(u)?));
+    }
     for (u, new) in batch
         .new_users
         .iter()
