@@ -266,3 +266,57 @@ async fn refusals_change_nothing() {
     assert_eq!(freed, own);
     t.s.stop().await;
 }
+
+/// A seat change decided on a copy of the store that has not seen the booking's
+/// refund opening yet (on a cluster: the passenger's cancel of that seat, through
+/// another node a moment before) is refused by its write, not made beside the refund:
+/// the refund names the seat, and with the seat moved it could never be finished (the
+/// booking jammed, every cancel and retry refused). Before, both were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_change_never_lands_beside_a_refund_opened_meanwhile() {
+    use common::faulty::{faulty_app_paying, flight_and_seats, register, Wire};
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    use std::sync::atomic::Ordering::SeqCst;
+    let gateway = std::sync::Arc::new(common::gateway::CountingGateway::default());
+    gateway.fail_refunds.store(true, SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
+    let user = register(&app, "ada").await.unwrap();
+    let (flight, seats) = flight_and_seats(&app, 3);
+    let hold = json!({
+        "flight_id": flight, "seats": [seats[0], seats[1]], "request_id": "h1",
+        "passengers": [{"name": "Ada"}, {"name": "Bea"}],
+    });
+    let held = app.hold(&user, decode(hold).unwrap()).await.wire().unwrap();
+    let loc = held["booking"]["locator"].as_str().unwrap().to_owned();
+    let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"});
+    app.pay(&user, decode(pay).unwrap()).await.wire().unwrap();
+    // the cancel's refund is opened, and stays open: the gateway is down
+    let cancel = json!({"locator": loc, "seats": [seats[0]], "request_id": "c1"});
+    let cancelled = app.cancel(&user, decode(cancel).unwrap()).await.wire();
+    assert!(cancelled.is_err(), "{cancelled:?}");
+    let locator = jetway::domain::Locator::parse(&loc).unwrap();
+    let open = || store.open_refund(locator.as_str()).unwrap();
+    assert_eq!(open().unwrap().seats.len(), 1);
+
+    store.hide_open_refunds.store(true, SeqCst);
+    let change = json!({"locator": loc, "from": seats[0], "to": seats[2], "request_id": "s1"});
+    let changed = app.change_seat(&user, decode(change).unwrap()).await.wire();
+    store.hide_open_refunds.store(false, SeqCst);
+    assert!(changed.is_err(), "changed beside the refund: {changed:?}");
+    let b = store.booking(&locator).unwrap().unwrap();
+    let on_booking: Vec<String> = b.seats.iter().map(|s| s.seat.to_string()).collect();
+    assert!(on_booking.contains(&seats[0]), "{on_booking:?}");
+    assert!(!on_booking.contains(&seats[2]), "{on_booking:?}");
+    assert_eq!(open().unwrap().seats[0].to_string(), seats[0]);
+
+    // the refund can still be finished once the gateway is back
+    gateway.fail_refunds.store(false, SeqCst);
+    let again = json!({"locator": loc, "seats": [seats[0]], "request_id": "c1"});
+    app.cancel(&user, decode(again).unwrap())
+        .await
+        .wire()
+        .unwrap();
+    assert!(open().is_none());
+}

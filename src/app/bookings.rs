@@ -416,6 +416,9 @@ impl App {
                             ),
                         )],
                         replies: vec![(key.clone(), remember_ok(&result))],
+                        // a refund opened through another node after this read names
+                        // the seat this change moves
+                        refunds_absent: vec![loc.as_str().to_owned()],
                         ..Default::default()
                     };
                     let occupant = Occupant {

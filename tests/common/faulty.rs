@@ -22,6 +22,9 @@ pub struct Faulty {
     pub inner: SledStore,
     pub fail_writes: AtomicBool,
     pub fail_syncs: AtomicBool,
+    /// While true, no refund reads as open, as on a node whose copy of the store has
+    /// not seen a refund's opening through another node yet.
+    pub hide_open_refunds: AtomicBool,
     /// While true, `sync` waits (see [`Faulty::pause_syncs`]).
     paused: Mutex<bool>,
     resumed: Condvar,
@@ -41,6 +44,7 @@ impl Faulty {
             inner: SledStore::open(dir).unwrap(),
             fail_writes: AtomicBool::new(false),
             fail_syncs: AtomicBool::new(false),
+            hide_open_refunds: AtomicBool::new(false),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
             booking_reads: AtomicU64::new(0),
@@ -168,6 +172,9 @@ impl Store for Faulty {
         self.inner.uncertain_failures()
     }
     fn open_refund(&self, subject: &str) -> StoreResult<Option<jetway::store::RefundRecord>> {
+        if self.hide_open_refunds.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         self.inner.open_refund(subject)
     }
     fn open_refunds(&self) -> StoreResult<Vec<jetway::store::RefundRecord>> {

@@ -4,13 +4,15 @@ use futures::future::BoxFuture;
 
 /// A gateway that records every refund asked of it; from the `hang_from`-th refund
 /// on (or only the `hang_nth`-th) it never answers (as if the process died during
-/// the call).
+/// the call), and while `fail_refunds` is set it answers every refund with an error
+/// (as if it were down).
 #[derive(Default)]
 pub struct CountingGateway {
     pub inner: jetway::payments::Sandbox,
     pub refunds: parking_lot::Mutex<Vec<(String, String, i64)>>,
     pub hang_from: Option<usize>,
     pub hang_nth: Option<usize>,
+    pub fail_refunds: std::sync::atomic::AtomicBool,
 }
 
 impl CountingGateway {
@@ -64,6 +66,10 @@ impl jetway::payments::PaymentGateway for CountingGateway {
             };
             if self.hang_from.is_some_and(|h| n >= h) || self.hang_nth == Some(n) {
                 futures::future::pending::<()>().await;
+            }
+            if self.fail_refunds.load(std::sync::atomic::Ordering::SeqCst) {
+                let down = "the payment gateway is down".into();
+                return Err(jetway::payments::PaymentError::Failed(down));
             }
             Ok(jetway::payments::MadeRefund {
                 id: format!("re_test_{}", req.idempotency_key),
