@@ -1096,3 +1096,60 @@ async fn flights_of_one_time_are_listed_by_number() {
     assert_eq!(numbers, ["JW9", "JW10", "JW1000"]);
     s.stop().await;
 }
+
+/// A flight cancellation's refund opened from a stale read of a booking that had been
+/// refunded in full meanwhile (on a cluster, both nodes' jobs resuming the same
+/// cancellation; the opening now also expects the flight's version it read): it is
+/// never made. A refunded booking keeps its passengers' seats listed, so the seats
+/// alone passed the last check, and the money went back twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
+    use common::faulty::{faulty_app_paying, flight_and_seats, register, Wire};
+    use jetway::protocol::params::decode;
+    use jetway::store::{Batch, RefundReason, Store};
+    let gateway = Arc::new(CountingGateway::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
+    let user = register(&app, "ada").await.unwrap();
+    let (flight, seats) = flight_and_seats(&app, 1);
+    let hold = json!({
+        "flight_id": flight, "seats": [seats[0]], "request_id": "h1",
+        "passengers": [{"name": "Ada"}],
+    });
+    let held = app.hold(&user, decode(hold).unwrap()).await.wire().unwrap();
+    let loc = held["booking"]["locator"].as_str().unwrap().to_owned();
+    let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"});
+    app.pay(&user, decode(pay).unwrap()).await.wire().unwrap();
+    let cancel = json!({"locator": loc, "request_id": "c1"});
+    app.cancel(&user, decode(cancel).unwrap())
+        .await
+        .wire()
+        .unwrap();
+    assert_eq!(gateway.refunds().len(), 1);
+
+    let b = booking(&app, &loc);
+    assert_eq!(b.status, jetway::domain::BookingStatus::Refunded);
+    let order = store.order(b.order_id.as_ref().unwrap()).unwrap().unwrap();
+    let mut stale = jetway::app::new_refund(
+        b.user_id,
+        &b.locator,
+        order.charge_id.clone(),
+        b.seats.iter().map(|s| s.seat).collect(),
+        order.amount,
+        RefundReason::FlightCancelled,
+    );
+    stale.id = "rf-stale".into();
+    let opened = Batch {
+        new_refunds: vec![stale],
+        ..Default::default()
+    };
+    store.write(&opened).unwrap();
+    app.reconcile_payments(Duration::ZERO).await;
+    assert_eq!(gateway.refunds().len(), 1, "refunded twice");
+    let open = store.open_refund(&loc).unwrap();
+    assert_eq!(
+        open.map(|r| r.id).as_deref(),
+        Some("rf-stale"),
+        "left to an admin"
+    );
+}

@@ -48,6 +48,7 @@ use error::remember_err;
 pub use error::AppError;
 pub use expiry::Expiry;
 pub use payments::WebhookError;
+pub use refunds::new_refund;
 use seat_change::{booking_push, Step};
 
 /// Demo schedule horizon in days.

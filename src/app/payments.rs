@@ -1955,7 +1955,7 @@ mod tests {
                     attempt_id: stale.id.clone(),
                 },
             );
-            assert!(app.open_refund(&open).await.unwrap());
+            assert!(app.opens(orphan_opening(&open, None)).await.unwrap());
             let mut refund = open.clone();
             refund.done = true;
             let mut refunded = stale.clone();
@@ -2227,7 +2227,7 @@ mod tests {
                 assert_eq!(app.store.open_refund(&stale.id).unwrap(), None);
                 continue;
             }
-            assert!(app.open_refund(&refund).await.unwrap());
+            assert!(app.opens(orphan_opening(&refund, None)).await.unwrap());
             if case == 2 {
                 let mut refunded = stale.clone();
                 refunded.state = AttemptState::Refunded;

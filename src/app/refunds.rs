@@ -76,7 +76,7 @@ fn seat_refund_id(
 }
 
 /// A new refund, with a fresh globally unique id.
-pub(super) fn new_refund(
+pub fn new_refund(
     user_id: UserId,
     locator: &Locator,
     payment_ref: String,
@@ -130,16 +130,6 @@ impl App {
         r.id = seat_refund_id(b, &seats, &r.reason, paid_by_old_version);
         r.seats = seats;
         Ok(r)
-    }
-
-    /// Makes `r` durable as the open refund of its subject; `false` if another refund
-    /// of that subject is open (made through another node).
-    pub(super) async fn open_refund(&self, r: &RefundRecord) -> Result<bool, AppError> {
-        self.opens(Batch {
-            new_refunds: vec![r.clone()],
-            ..Default::default()
-        })
-        .await
     }
 
     /// Writes `batch`, which opens a refund; `false` if it conflicts (another refund
@@ -343,7 +333,9 @@ impl App {
     /// The record of `r` as it is now if it is still to be made (`None`: recorded
     /// already, from a stale list of open refunds); refuses to make an open refund of
     /// seats its booking no longer holds (a quote that raced a seat change): it would
-    /// pay back, and free, someone else's seat.
+    /// pay back, and free, someone else's seat; or of seats of a booking no longer
+    /// confirmed (one opened from a stale read of a booking refunded meanwhile): it
+    /// would pay back twice.
     fn check_still_open(&self, r: &RefundRecord) -> Result<Option<RefundRecord>, AppError> {
         let Some(open) = self
             .store
@@ -353,7 +345,10 @@ impl App {
             return Ok(None);
         };
         let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
-        if r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s)) {
+        // a refunded booking keeps its passengers' seats listed
+        let confirmed = b.status == domain::BookingStatus::Confirmed || r.seats.is_empty();
+        let holds = confirmed && r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s));
+        if holds {
             return Ok(Some(open));
         }
         tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");

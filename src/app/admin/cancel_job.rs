@@ -24,7 +24,7 @@ use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CancelFlight;
 use crate::protocol::results::FlightCancelled;
-use crate::store::RefundReason;
+use crate::store::{Batch, RefundReason, RefundRecord};
 
 /// How long to wait before looking again at a booking with a payment in flight.
 const BUSY_RETRY: Duration = Duration::from_millis(50);
@@ -199,6 +199,21 @@ impl App {
         }
     }
 
+    /// The refund of everything still on confirmed booking `b`, in full: the airline
+    /// cancelled its flight.
+    fn full_refund(&self, b: &domain::Booking) -> Result<RefundRecord, AppError> {
+        let order_id = b.order_id.clone().ok_or(AppError::Internal)?;
+        let order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
+        let left =
+            Money::cents(order.amount.amount() - order.refunded.amount()).unwrap_or_default();
+        // (a booking's fares never sum above its stored total, which reads back)
+        let amount = Money::sum(b.seats.iter().map(|s| s.fare))
+            .unwrap_or(left)
+            .min(left);
+        let seats: Vec<SeatId> = b.seats.iter().map(|s| s.seat).collect();
+        self.seat_refund(b, &order, seats, amount, RefundReason::FlightCancelled)
+    }
+
     /// One booking of a cancelled flight: a hold is released, a confirmed booking is
     /// refunded in full. Each is one version of the flight.
     async fn cancel_booking(
@@ -219,19 +234,33 @@ impl App {
                 return Ok((None, Err(Outcome::Busy)));
             }
             if let Some(open) = self.store.open_refund(loc.as_str())? {
-                return Ok((None, Ok((Busy::mark(fs, w, loc)?, b, Some(open)))));
+                return Ok((None, Ok((Busy::mark(fs, w, loc)?, open))));
             }
             if b.status == BookingStatus::Held {
                 b.release(now)?;
                 let detail = json!({ "by": "airline", "reason": reason });
                 let ticket = self.end_hold(fs, w, &b, "cancelled", detail, None)?;
-                Ok((Some(ticket), Err(Outcome::Released)))
-            } else {
-                Ok((None, Ok((Busy::mark(fs, w, loc)?, b, None))))
+                return Ok((Some(ticket), Err(Outcome::Released)));
             }
+            if w.busy.contains(loc) {
+                return Ok((None, Err(Outcome::Busy)));
+            }
+            // opened only on the flight's version read: a refund of the booking
+            // recorded in between (this job through another node, or a passenger's
+            // cancel) fails it, and the booking is looked at again
+            let refund = self.full_refund(&b)?;
+            let open = Batch {
+                new_refunds: vec![refund.clone()],
+                ..Default::default()
+            };
+            let expect = Some((fs.id.clone(), w.version));
+            let ticket = self.committer.submit(open, expect, || None)?;
+            // marked only now: a guard dropped on an error above would lock the
+            // working map this closure holds
+            Ok((Some(ticket), Ok((Busy::mark(fs, w, loc)?, refund))))
         });
         // a hold is released at once; a confirmed booking is refunded first
-        let (mark, booking, open) = match self.unless_stopping(step).await?? {
+        let (mark, refund) = match self.unless_stopping(step).await?? {
             Step::Done(Ok(refund)) => refund,
             Step::Done(Err(outcome)) => {
                 if matches!(outcome, Outcome::Released) {
@@ -241,37 +270,9 @@ impl App {
             }
             Step::Replayed(_) => return Err(AppError::Internal),
         };
-        // an earlier refund of the booking (the passenger's, or this job's before a
-        // crash) is finished first; the booking is then looked at again
-        let (refund, again) = match open {
-            Some(r) => {
-                let again = r.reason != RefundReason::FlightCancelled;
-                (r, again)
-            }
-            None => {
-                let order_id = booking.order_id.clone().ok_or(AppError::Internal)?;
-                let order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
-                // everything still on the booking, in full: the airline cancelled
-                let left = Money::cents(order.amount.amount() - order.refunded.amount())
-                    .unwrap_or_default();
-                // (a booking's fares never sum above its stored total, which reads back)
-                let amount = Money::sum(booking.seats.iter().map(|s| s.fare))
-                    .unwrap_or(left)
-                    .min(left);
-                let seats: Vec<SeatId> = booking.seats.iter().map(|s| s.seat).collect();
-                let r = self.seat_refund(
-                    &booking,
-                    &order,
-                    seats,
-                    amount,
-                    RefundReason::FlightCancelled,
-                )?;
-                if !self.unless_stopping(self.open_refund(&r)).await?? {
-                    return Ok(Outcome::Busy);
-                }
-                (r, false)
-            }
-        };
+        // an earlier refund of the booking (the passenger's) is finished first; the
+        // booking is then looked at again
+        let again = refund.reason != RefundReason::FlightCancelled;
         match self
             .unless_stopping(self.finish_seat_refund(fs, refund, mark))
             .await?
