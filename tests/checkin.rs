@@ -249,6 +249,15 @@ async fn a_repeated_request_gets_the_same_reply_and_uses_no_number() {
     assert_eq!(first, again);
     let fresh = c.ok("booking.check_in", check_in(&loc, None, "c2")).await;
     assert_eq!(fresh["boarding_passes"], first["boarding_passes"]);
+    // a check-in that changed nothing is remembered too: repeated after the booking
+    // was cancelled, it answers as the first time (before: invalid_state)
+    c.ok(
+        "booking.cancel",
+        json!({"locator": loc, "request_id": "x1"}),
+    )
+    .await;
+    let repeated = c.ok("booking.check_in", check_in(&loc, None, "c2")).await;
+    assert_eq!(repeated, fresh);
     let (loc2, seats2) = confirmed(&mut c, &flight, 1, "b").await;
     let next = c.ok("booking.check_in", check_in(&loc2, None, "c3")).await;
     assert_eq!(numbers(&next["boarding_passes"]), [(seats2[0].clone(), 3)]);

@@ -78,7 +78,15 @@ impl App {
                         },
                     });
                     if last == before {
-                        return Ok((None, result));
+                        // nothing to change: the answer is remembered all the same, so
+                        // that a repeat of the request gets it whatever follows (a twin
+                        // through another node that answered first stands)
+                        let batch = Batch {
+                            first_replies: vec![(key.clone(), remember_ok(&result))],
+                            ..Default::default()
+                        };
+                        let ticket = self.committer.submit(batch, None, || None)?;
+                        return Ok((Some(ticket), result));
                     }
                     let new: Vec<String> = b
                         .seats
