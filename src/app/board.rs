@@ -98,7 +98,7 @@ fn board_airport(code: &str) -> Result<String, AppError> {
 impl Boards {
     /// Notes a published seat change of a flight (pushed later, coalesced).
     pub fn seats_changed(&self, flight: &FlightId) {
-        if self.any.load(Ordering::Relaxed) {
+        if self.any.load(Ordering::SeqCst) {
             self.dirty.lock().insert(flight.clone());
         }
     }
@@ -115,7 +115,7 @@ impl Boards {
             }
             !g.watchers.is_empty()
         });
-        self.any.store(!groups.is_empty(), Ordering::Relaxed);
+        self.any.store(!groups.is_empty(), Ordering::SeqCst);
     }
 
     /// Adds to `out` the connections of the boards that show `f` (after its
@@ -194,6 +194,9 @@ impl App {
         self.boards.leave(outbox.id(), std::slice::from_ref(&code));
         let now = domain::now_ms();
         let mut groups = self.boards.groups.lock();
+        // before the flights' seats are read: a change announced after this is noted
+        // for the push, one announced before it is in the snapshot
+        self.boards.any.store(true, Ordering::SeqCst);
         let group = groups.entry((code.clone(), hours)).or_default();
         let mut shown: Vec<(Flight, Arc<FlightSeats>)> = self
             .inventory
@@ -231,7 +234,6 @@ impl App {
             );
         }
         group.watchers.push(outbox.clone());
-        self.boards.any.store(true, Ordering::Relaxed);
         if !boards.contains(&code) {
             boards.push(code);
         }
