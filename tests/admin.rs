@@ -1150,6 +1150,6 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
     assert_eq!(
         open.map(|r| r.id).as_deref(),
         Some("rf-stale"),
-        "left to an admin"
+        "left open, not closed as made"
     );
 }
