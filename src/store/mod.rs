@@ -396,7 +396,8 @@ pub struct Batch {
     /// the same [`RefundRecord::subject`] is open.
     pub new_refunds: Vec<RefundRecord>,
     /// Subjects ([`RefundRecord::subject`]) that must have no open refund: conflict
-    /// if one was opened (a charge being refunded cannot pay a booking).
+    /// if one was opened (a charge being refunded cannot pay a booking, nor a seat
+    /// being refunded move).
     pub refunds_absent: Vec<String>,
     /// Refunds to overwrite, closing them when `done`: written only while each is its
     /// subject's open refund (conflict otherwise: it was closed meanwhile).

@@ -270,8 +270,9 @@ impl App {
             }
             Step::Replayed(_) => return Err(AppError::Internal),
         };
-        // an earlier refund of the booking (the passenger's) is finished first; the
-        // booking is then looked at again
+        // an open refund of the booking is finished first (this job's own, opened in
+        // the step or before a crash, or a passenger's: then the booking is looked at
+        // again)
         let again = refund.reason != RefundReason::FlightCancelled;
         match self
             .unless_stopping(self.finish_seat_refund(fs, refund, mark))
