@@ -17,7 +17,11 @@ async fn admin_server() -> Server {
 }
 
 async fn admin(s: &Server) -> Client {
-    let mut c = s.client().await;
+    admin_at(&s.url()).await
+}
+
+async fn admin_at(url: &str) -> Client {
+    let mut c = Client::connect(url).await;
     let r = c
         .ok(
             "auth.login",
@@ -26,6 +30,23 @@ async fn admin(s: &Server) -> Client {
         .await;
     assert_eq!(r["user"]["role"], "admin");
     c
+}
+
+/// An app on a sled store over `dir` with the admin's password set, served; and its
+/// WebSocket URL.
+async fn serve_with_admin(
+    dir: &std::path::Path,
+    gateway: Arc<CountingGateway>,
+) -> (Arc<jetway::app::App>, jetway::server::Running, String) {
+    let mut config = jetway::Config::for_tests(dir.to_path_buf());
+    config.admin_password = Some(ADMIN_PASSWORD.into());
+    let store = jetway::store::SledStore::open(dir).expect("open store");
+    let app = jetway::app::App::with_parts(config, Arc::new(store), gateway)
+        .await
+        .unwrap();
+    let running = jetway::server::start_app(app.clone()).await.unwrap();
+    let url = format!("ws://{}/ws", running.addr);
+    (app, running, url)
 }
 
 /// An RFC 3339 time `days` from now at `hh:mm` UTC.
@@ -999,20 +1020,8 @@ async fn a_passenger_cancel_during_an_airline_cancellation_leaves_the_full_refun
         hang_nth: Some(1),
         ..Default::default()
     });
-    let mut config = jetway::Config::for_tests(dir.clone());
-    config.admin_password = Some(ADMIN_PASSWORD.into());
-    let store = jetway::store::SledStore::open(&dir).expect("open store");
-    let app = jetway::app::App::with_parts(config, Arc::new(store), gateway.clone())
-        .await
-        .unwrap();
-    let running = jetway::server::start_app(app.clone()).await.unwrap();
-    let url = format!("ws://{}/ws", running.addr);
-    let mut a = Client::connect(&url).await;
-    a.ok(
-        "auth.login",
-        json!({"username": "admin", "password": ADMIN_PASSWORD}),
-    )
-    .await;
+    let (app, running, url) = serve_with_admin(&dir, gateway.clone()).await;
+    let mut a = admin_at(&url).await;
     // leaving in five hours: the passenger's own rule refunds half an economy fare
     let rfc = |d: time::OffsetDateTime| {
         d.format(&time::format_description::well_known::Rfc3339)
@@ -1097,19 +1106,22 @@ async fn flights_of_one_time_are_listed_by_number() {
     s.stop().await;
 }
 
-/// A flight cancellation's refund opened from a stale read of a booking that had been
-/// refunded in full meanwhile (on a cluster, both nodes' jobs resuming the same
-/// cancellation; the opening now also expects the flight's version it read): it is
-/// never made. A refunded booking keeps its passengers' seats listed, so the seats
-/// alone passed the last check, and the money went back twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
+/// A confirmed booking of one seat, on a [`common::faulty::Faulty`] store with the
+/// admin's password set.
+struct Paid {
+    app: Arc<jetway::app::App>,
+    store: Arc<common::faulty::Faulty>,
+    gateway: Arc<CountingGateway>,
+    user: jetway::app::AuthSession,
+    loc: String,
+}
+
+async fn paid_booking(dir: &std::path::Path) -> Paid {
     use common::faulty::{faulty_app_paying, flight_and_seats, register, Wire};
     use jetway::protocol::params::decode;
-    use jetway::store::{Batch, RefundReason, Store};
     let gateway = Arc::new(CountingGateway::default());
-    let dir = tempfile::tempdir().unwrap();
-    let (app, store) = faulty_app_paying(dir.path(), |_| {}, gateway.clone()).await;
+    let admin_password = |c: &mut jetway::Config| c.admin_password = Some(ADMIN_PASSWORD.into());
+    let (app, store) = faulty_app_paying(dir, admin_password, gateway.clone()).await;
     let user = register(&app, "ada").await.unwrap();
     let (flight, seats) = flight_and_seats(&app, 1);
     let hold = json!({
@@ -1120,6 +1132,33 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
     let loc = held["booking"]["locator"].as_str().unwrap().to_owned();
     let pay = json!({"locator": loc, "payment_method": "pm_card_visa", "request_id": "p1"});
     app.pay(&user, decode(pay).unwrap()).await.wire().unwrap();
+    Paid {
+        app,
+        store,
+        gateway,
+        user,
+        loc,
+    }
+}
+
+/// A flight cancellation's refund opened from a stale read of a booking that had been
+/// refunded in full meanwhile (on a cluster, both nodes' jobs resuming the same
+/// cancellation; the opening now also expects the flight's version it read): it is
+/// never made. A refunded booking keeps its passengers' seats listed, so the seats
+/// alone passed the last check, and the money went back twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
+    use common::faulty::Wire;
+    use jetway::protocol::params::decode;
+    use jetway::store::{Batch, RefundReason, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let Paid {
+        app,
+        store,
+        gateway,
+        user,
+        loc,
+    } = paid_booking(dir.path()).await;
     let cancel = json!({"locator": loc, "request_id": "c1"});
     app.cancel(&user, decode(cancel).unwrap())
         .await
@@ -1139,6 +1178,7 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
         RefundReason::FlightCancelled,
     );
     stale.id = "rf-stale".into();
+    stale.created_at = 0;
     let opened = Batch {
         new_refunds: vec![stale],
         ..Default::default()
@@ -1152,4 +1192,131 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
         Some("rf-stale"),
         "left open, not closed as made"
     );
+
+    // an admin closes it, unmade, and nothing else changes
+    let admin = common::faulty::login(&app, "admin", ADMIN_PASSWORD).await;
+    let void = json!({"refund_id": "rf-stale", "outcome": "void"});
+    let closed = app
+        .admin_resolve_refund(&admin, decode(void).unwrap())
+        .await
+        .wire()
+        .unwrap();
+    assert_eq!(closed["refund"]["done"], true);
+    assert_eq!(closed["refund"]["resolutions"][0]["outcome"], "void");
+    assert!(store.open_refund(&loc).unwrap().is_none(), "still open");
+    assert_eq!(gateway.refunds().len(), 1, "paid by the void");
+    let after = store.order(b.order_id.as_ref().unwrap()).unwrap().unwrap();
+    assert_eq!(after.refunded, order.refunded, "recorded on the order");
+    assert_eq!(booking(&app, &loc).status, b.status);
+}
+
+/// `void` closes only a refund its booking no longer backs: one the booking still
+/// holds the seats of is money owed, and stays open.
+#[tokio::test]
+async fn a_refund_its_booking_still_backs_is_never_voided() {
+    use common::faulty::login;
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let paid = paid_booking(dir.path()).await;
+    let (app, store, loc) = (&paid.app, &paid.store, &paid.loc);
+    paid.gateway.fail_refunds.store(true, Ordering::SeqCst);
+    let cancel = json!({"locator": loc, "request_id": "c1"});
+    assert!(app
+        .cancel(&paid.user, decode(cancel).unwrap())
+        .await
+        .is_err());
+    let open = store.open_refund(loc).unwrap().expect("left open");
+
+    let admin = login(app, "admin", ADMIN_PASSWORD).await;
+    let void = json!({"refund_id": open.id, "outcome": "void"});
+    let refused = app
+        .admin_resolve_refund(&admin, decode(void).unwrap())
+        .await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("still holds")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    assert_eq!(store.open_refund(loc).unwrap().map(|r| r.id), Some(open.id));
+}
+
+/// A flight cancellation that meets an open refund naming a seat its booking no longer
+/// holds (left by an earlier version's race) retries it until an admin voids it, then
+/// refunds the booking in full and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_cancellation_stuck_on_a_stale_refund_finishes_once_it_is_voided() {
+    use jetway::store::{Batch, RefundReason};
+    let dir = data_dir();
+    let gateway = Arc::new(CountingGateway::default());
+    let (app, running, url) = serve_with_admin(&dir, gateway.clone()).await;
+    let mut a = admin_at(&url).await;
+    let mut resolver = admin_at(&url).await;
+    let id = create(&mut a, "JW911").await;
+    let mut p = Client::connect(&url).await;
+    p.new_user().await;
+    let eco = free_seats(&mut p, &id, "economy", 3).await;
+    let held = hold(&mut p, &id, &eco[..2], "h").await;
+    let loc = held["locator"].as_str().unwrap().to_owned();
+    pay(&mut p, &loc, "p").await;
+
+    let b = booking(&app, &loc);
+    let order = app
+        .store
+        .order(b.order_id.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    let gone = jetway::domain::SeatId::parse(&eco[2]).unwrap();
+    let mut stale = jetway::app::new_refund(
+        b.user_id,
+        &b.locator,
+        order.charge_id.clone(),
+        vec![gone],
+        order.amount,
+        RefundReason::FlightCancelled,
+    );
+    stale.created_at = 0;
+    let stale_id = stale.id.clone();
+    let opened = Batch {
+        new_refunds: vec![stale],
+        ..Default::default()
+    };
+    app.store.write(&opened).unwrap();
+
+    let flight = id.clone();
+    let job = tokio::spawn(async move {
+        a.ok(
+            "admin.flights.cancel",
+            json!({"flight_id": flight, "reason": "strike"}),
+        )
+        .await
+    });
+    // the job may hold the booking's mark at the moment: asked again until it is free
+    let void = json!({"refund_id": stale_id, "outcome": "void"});
+    let mut closed = resolver.call("admin.refunds.resolve", void.clone()).await;
+    for _ in 0..200 {
+        let busy = closed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("in progress"));
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        closed = resolver.call("admin.refunds.resolve", void.clone()).await;
+    }
+    assert_eq!(closed["result"]["refund"]["done"], true, "{closed}");
+    let done = tokio::time::timeout(Duration::from_secs(30), job)
+        .await
+        .expect("the cancellation finished")
+        .unwrap();
+    assert_eq!(done["refunded"], 1, "{done}");
+    let made = gateway.refunds();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].2, order.amount.amount(), "refunded in full");
+    assert_eq!(
+        booking(&app, &loc).status,
+        jetway::domain::BookingStatus::Refunded
+    );
+    running.shutdown().await;
 }

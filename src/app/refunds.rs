@@ -337,25 +337,38 @@ impl App {
     /// confirmed (one opened from a stale read of a booking refunded meanwhile): it
     /// would pay back twice.
     fn check_still_open(&self, r: &RefundRecord) -> Result<Option<RefundRecord>, AppError> {
+        match self.refund_backing(r)? {
+            Backing::Closed => Ok(None),
+            Backing::Backed(open) => Ok(Some(*open)),
+            Backing::Unbacked => {
+                tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made (an admin may void it)");
+                Err(AppError::InvalidState(
+                    "the booking's seats changed while it was being cancelled; the refund was not made"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    /// Whether open refund `r` is still backed by its booking (see
+    /// [`App::check_still_open`]).
+    fn refund_backing(&self, r: &RefundRecord) -> Result<Backing, AppError> {
         let Some(open) = self
             .store
             .open_refund(r.subject())?
             .filter(|o| o.id == r.id)
         else {
-            return Ok(None);
+            return Ok(Backing::Closed);
         };
         let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
         // a refunded booking keeps its passengers' seats listed
         let confirmed = b.status == domain::BookingStatus::Confirmed || r.seats.is_empty();
         let holds = confirmed && r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s));
-        if holds {
-            return Ok(Some(open));
-        }
-        tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made");
-        Err(AppError::InvalidState(
-            "the booking's seats changed while it was being cancelled; the refund was not made"
-                .into(),
-        ))
+        Ok(if holds {
+            Backing::Backed(Box::new(open))
+        } else {
+            Backing::Unbacked
+        })
     }
 
     /// Marks the booking `r` refunds busy on this node, so that no other refund path
@@ -477,7 +490,8 @@ impl App {
     /// keeps refusing (say, an older release's key asked again with another amount),
     /// recorded on the refund with the admin's name. `paid_elsewhere` closes it as made
     /// without asking the gateway (the money went back by other means) and records it
-    /// like a refund made; `retry` has it asked again under a fresh key.
+    /// like a refund made; `retry` has it asked again under a fresh key; `void` closes,
+    /// unmade and unrecorded, a seat refund its booking no longer backs.
     pub async fn admin_resolve_refund(
         &self,
         admin: &AuthSession,
@@ -523,24 +537,13 @@ impl App {
                     self.check_no_unknown_refunds(&r).await?;
                     r.previous_keys.push(r.key().to_owned());
                     r.gateway_key = Some(super::unique_id("rf"));
-                    let batch = Batch {
-                        refunds: vec![r.clone()],
-                        refunds_read: vec![read],
-                        ..Default::default()
-                    };
-                    match self.commit(batch).await {
-                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
-                        other => other?,
-                    }
+                    self.commit_decision(rewritten(&r, read)).await?;
                     self.refund_failures.remove(&r.id);
                 }
                 (RefundOutcome::PaidElsewhere, _) if r.is_reissue() => {
                     self.check_settled(&read).await?;
                     r.done = true;
-                    match self.commit(reissue_closed(&r, read)).await {
-                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
-                        other => other?,
-                    }
+                    self.commit_decision(reissue_closed(&r, read)).await?;
                 }
                 (RefundOutcome::PaidElsewhere, RefundReason::Orphan { attempt_id }) => {
                     self.check_settled(&read).await?;
@@ -557,23 +560,24 @@ impl App {
                     let mut batch = Batch {
                         events: vec![(a.user_id, refunded)],
                         attempts: vec![a],
-                        refunds: vec![r.clone()],
-                        refunds_read: vec![read],
-                        ..Default::default()
+                        ..rewritten(&r, read)
                     };
                     // its pay request, still answered with the gateway's timeout, is
                     // told what became of the charge, as when the refund is made here
                     self.answer_orphan_refunded(&fs, &mut batch)?;
-                    match self.commit(batch).await {
-                        Err(StoreError::Conflict) => return Err(decided_meanwhile()),
-                        other => other?,
-                    }
+                    self.commit_decision(batch).await?;
                 }
                 (RefundOutcome::PaidElsewhere, _) => {
                     self.check_settled(&read).await?;
                     self.record_seat_refund(&fs, r.clone(), busy, Some(read), None)
                         .await?;
                     r.done = true;
+                }
+                (RefundOutcome::Void, _) => {
+                    self.check_unbacked(&read)?;
+                    self.check_settled(&read).await?;
+                    r.done = true;
+                    self.commit_decision(rewritten(&r, read)).await?;
                 }
             }
             tracing::warn!(refund = %r.id, locator = %r.locator, admin = %by, outcome = p.outcome.as_str(), "an admin resolved an open refund");
@@ -584,6 +588,32 @@ impl App {
         let resolved = resolved.await;
         self.release_held(mark).await;
         resolved
+    }
+
+    /// Writes an admin's decision on a refund, only over the records as read.
+    async fn commit_decision(&self, batch: Batch) -> Result<(), AppError> {
+        match self.commit(batch).await {
+            Err(StoreError::Conflict) => Err(decided_meanwhile()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Refuses to void `r` unless it is a seat refund that can never be made: its
+    /// booking no longer holds a seat it names, or is no longer confirmed (see
+    /// [`App::check_still_open`]). Anything else is money owed.
+    fn check_unbacked(&self, r: &RefundRecord) -> Result<(), AppError> {
+        if r.is_reissue() || matches!(r.reason, RefundReason::Orphan { .. }) {
+            return Err(AppError::InvalidState(
+                "only a seat refund its booking no longer backs can be voided; this one pays back money recorded as owed: resolve it as retry or paid_elsewhere".into(),
+            ));
+        }
+        match self.refund_backing(r)? {
+            Backing::Unbacked => Ok(()),
+            Backing::Backed(_) => Err(AppError::InvalidState(
+                "the booking still holds the seats this refund names, so it can be made: resolve it as retry or paid_elsewhere".into(),
+            )),
+            Backing::Closed => Err(decided_meanwhile()),
+        }
     }
 
     /// Refuses a retry under a fresh key unless the gateway, asked once more under the
@@ -687,7 +717,7 @@ impl App {
     /// resolves it if the gateway keeps refusing. Nothing happens for a refund that did
     /// not fail, is not this installation's, was reopened already, is not the one that
     /// made its record (the record was made by a refund under another of its keys), or
-    /// whose record an admin closed as paid by other means, or whose record is still
+    /// whose record an admin closed as paid by other means or voided, or whose record is still
     /// open and waits for an admin (refused). While its record is being made (a
     /// payment operation on its booking in progress, here or through another node)
     /// the answer is [`busy_error`]: the caller (a webhook, the watch of pending
@@ -725,10 +755,10 @@ impl App {
             // the booking whose record may be being made right now
             let booking = match found {
                 Some(read) => {
-                    let paid_elsewhere = read
-                        .resolutions
-                        .last()
-                        .is_some_and(|x| x.outcome == RefundOutcome::PaidElsewhere.as_str());
+                    let closed_unmade = read.resolutions.last().is_some_and(|x| {
+                        x.outcome == RefundOutcome::PaidElsewhere.as_str()
+                            || x.outcome == RefundOutcome::Void.as_str()
+                    });
                     let made_it = read.made_ref.as_deref() == Some(g.id.as_str());
                     let under_its_key = g
                         .key
@@ -737,7 +767,7 @@ impl App {
                     if !(made_it || under_its_key)
                         || read.payment_ref != g.payment_ref
                         || read.failed_later.contains(&g.id)
-                        || paid_elsewhere
+                        || closed_unmade
                     {
                         return Ok(());
                     }
@@ -915,6 +945,25 @@ impl App {
     }
 }
 
+/// What became of an open refund's booking since the refund was opened.
+enum Backing {
+    /// The refund is no longer open (made, or resolved).
+    Closed,
+    /// Its booking is confirmed and holds every seat it names: the record as it is now.
+    Backed(Box<RefundRecord>),
+    /// It names seats its booking no longer holds, or of a booking no longer confirmed.
+    Unbacked,
+}
+
+/// The batch that writes `r` only over `read`.
+fn rewritten(r: &RefundRecord, read: RefundRecord) -> Batch {
+    Batch {
+        refunds: vec![r.clone()],
+        refunds_read: vec![read],
+        ..Default::default()
+    }
+}
+
 /// The batch that closes a reissue `r` (`done`), written only over `read`.
 fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
     let paid = event(
@@ -925,9 +974,7 @@ fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
     );
     Batch {
         events: vec![(r.user_id, paid)],
-        refunds: vec![r.clone()],
-        refunds_read: vec![read],
-        ..Default::default()
+        ..rewritten(r, read)
     }
 }
 

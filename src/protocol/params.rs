@@ -611,6 +611,9 @@ pub enum RefundOutcome {
     PaidElsewhere,
     /// Asked again under a fresh idempotency key.
     Retry,
+    /// Never to be made: a seat refund its booking no longer backs (the seats it names
+    /// are gone, or the booking is no longer confirmed), closed without paying.
+    Void,
 }
 
 impl RefundOutcome {
@@ -618,6 +621,7 @@ impl RefundOutcome {
         match self {
             RefundOutcome::PaidElsewhere => "paid_elsewhere",
             RefundOutcome::Retry => "retry",
+            RefundOutcome::Void => "void",
         }
     }
 }

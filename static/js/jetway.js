@@ -350,8 +350,9 @@ export class Jetway extends RpcClient {
   }
   /**
    * Extension: closes an open refund the gateway keeps refusing as paid by other means,
-   * or has it asked again under a fresh key.
-   * @param {{refund_id: string, outcome: 'paid_elsewhere'|'retry'}} params
+   * has it asked again under a fresh key, or voids a seat refund its booking no longer
+   * backs.
+   * @param {{refund_id: string, outcome: 'paid_elsewhere'|'retry'|'void'}} params
    * @returns {Promise<{refund: object}>}
    */
   resolveRefund(params) {

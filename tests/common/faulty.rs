@@ -282,6 +282,18 @@ pub async fn register(app: &App, name: &str) -> Result<AuthSession, AppError> {
     Ok(*conn.expect("logged in"))
 }
 
+/// A session of `name`, logged in with `password`.
+pub async fn login(app: &App, name: &str, password: &str) -> AuthSession {
+    let (o, _rx) = outbox(QueueLimits::default());
+    let mut conn = None;
+    let p = decode(json!({"username": name, "password": password})).expect("valid params");
+    app.login(p, &o, &mut conn, |_| {})
+        .await
+        .wire()
+        .expect("logged in");
+    *conn.expect("logged in")
+}
+
 /// A flight more than three days out and `n` free economy seats on it.
 pub fn flight_and_seats(app: &App, n: usize) -> (String, Vec<String>) {
     let found = app
