@@ -259,18 +259,19 @@ impl App {
         Ok(login_result(&token, &session, &user))
     }
 
-    /// `auth.login`. `checked` is told whether the password matched as soon as it has
+    /// `auth.login`. `checked` is told whether the password matched each time it has
     /// been checked, before anything is written (the server front counts a failure
-    /// and lets the next login from the address have its turn).
+    /// and lets the next login from the address have its turn): once, or twice when
+    /// the user's record changed before the session was written (the second check is
+    /// the one that counts).
     pub async fn login(
         &self,
         p: params::Credentials,
         outbox: &Outbox,
         conn: &mut ConnSession,
-        checked: impl FnOnce(bool),
+        mut checked: impl FnMut(bool),
     ) -> Result<LoggedIn, AppError> {
         let name = Username::parse(&p.username).ok();
-        let mut checked = Some(checked);
         let mut tries = 0;
         loop {
             // the user may have registered, or its password changed, through another
@@ -295,9 +296,7 @@ impl App {
                     (ok, stronger)
                 })
                 .await?;
-            if let Some(told) = checked.take() {
-                told(ok && user.is_some());
-            }
+            checked(ok && user.is_some());
             let user = match user {
                 Some(u) if ok => u,
                 Some(u) => {

@@ -228,11 +228,12 @@ async fn call(
             }
             // the address's next login may start once this password is checked and a
             // failure counted (the username's turn lasts to the answer)
+            let mut addr_turn = addr_turn;
             let checked = |ok: bool| {
                 if !ok {
                     guard.failed(&name, addr);
                 }
-                drop(addr_turn);
+                addr_turn.take();
             };
             let r = app
                 .login(params, &conn.outbox, &mut conn.session, checked)
