@@ -95,14 +95,9 @@ impl App {
         if max == 0 {
             return Ok(());
         }
+        // waitlist offers do not count against the cap
         let held = self.store.open_holds(user, now);
-        if held < max {
-            return Ok(());
-        }
-        // waitlist offers do not count against the cap (read only at the cap: a
-        // user's waitlist entries grow with their history)
-        let offers = domain::waitlist::offered_holds(&self.store.user_waitlist(user)?).len();
-        if held.saturating_sub(offers) >= max {
+        if held.saturating_sub(self.store.offered_holds(user)) >= max {
             return Err(AppError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));

@@ -355,24 +355,14 @@ impl App {
         let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key, _| async move {
-            let under_cap = || {
-                let waiting = self
-                    .store
-                    .user_waitlist(s.user_id)?
-                    .iter()
-                    .filter(|e| e.status == WaitlistStatus::Waiting)
-                    .count();
-                match waiting < MAX_WAITING_PER_USER {
-                    true => Ok(()),
-                    false => Err(AppError::InvalidState(format!(
-                        "at most {MAX_WAITING_PER_USER} waiting entries per user"
-                    ))),
-                }
+            let under_cap = || match self.store.waiting_entries(s.user_id) {
+                n if n < MAX_WAITING_PER_USER => Ok(()),
+                _ => Err(AppError::InvalidState(format!(
+                    "at most {MAX_WAITING_PER_USER} waiting entries per user"
+                ))),
             };
             let replicated = self.committer.is_replicated();
             // one node: the user's requests take turns, so the count cannot go stale
-            // (and it reads the user's whole waitlist history, which the flight's
-            // lock below should not wait for)
             if !replicated {
                 under_cap()?;
             }

@@ -157,15 +157,6 @@ pub fn serve(entries: &[WaitlistEntry], free: impl Fn(Cabin) -> usize) -> Vec<us
         .collect()
 }
 
-/// The holds offered to `entries`' owner: outside the cap on open holds.
-pub fn offered_holds(entries: &[WaitlistEntry]) -> std::collections::HashSet<Locator> {
-    entries
-        .iter()
-        .filter(|e| e.status == WaitlistStatus::Offered)
-        .filter_map(|e| e.locator.clone())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -635,6 +635,12 @@ pub trait Store: Send + Sync + 'static {
     /// The user's bookings held and unexpired at `now`, kept as bookings are written:
     /// reads no booking, so a hold costs the same however long the user's history.
     fn open_holds(&self, user: UserId, now: Millis) -> usize;
+    /// The user's waitlist entries still waiting, kept as entries are written: reads
+    /// no entry, so a join costs the same however long the user's waitlist history.
+    fn waiting_entries(&self, user: UserId) -> usize;
+    /// The holds offered to the user's waitlist entries still `offered`, kept the same
+    /// way: outside the cap on open holds.
+    fn offered_holds(&self, user: UserId) -> usize;
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
     fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>>;

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
-    WaitlistEntry,
+    WaitlistEntry, WaitlistStatus,
 };
 use dashmap::DashMap;
 
@@ -331,9 +331,10 @@ fn ran_out() -> StoreError {
     StoreError::Corrupt("the id counter has run out".into())
 }
 
-/// Bookings by status, each user's holds and each booking's open payment attempts,
-/// changed by every write of a booking or attempt record (seeded by one pass at
-/// open), so that counting or finding them scans no records.
+/// Bookings by status, each user's holds, each booking's open payment attempts and
+/// each user's open waitlist entries, changed by every write of a booking, attempt or
+/// waitlist record (seeded by one pass at open), so that counting or finding them
+/// scans no records.
 #[derive(Default)]
 struct Tally {
     statuses: [AtomicI64; BookingStatus::ALL.len()],
@@ -341,6 +342,10 @@ struct Tally {
     holds: DashMap<UserId, Vec<Net<Locator, Option<Millis>>>>,
     /// Each booking's open attempts (their ids).
     attempts: DashMap<Locator, Vec<Net<String, ()>>>,
+    /// Each user's waiting waitlist entries (their ids).
+    waiting: DashMap<UserId, Vec<Net<String, ()>>>,
+    /// Each user's offered waitlist entries (the holds offered).
+    offered: DashMap<UserId, Vec<Net<Locator, ()>>>,
 }
 
 /// One record counted under a key, with what the tally keeps of it. `net` counts the
@@ -403,12 +408,23 @@ struct AttemptFields {
     state: super::AttemptState,
 }
 
+/// The fields of a waitlist entry the tally needs.
+#[derive(Deserialize)]
+struct WaitlistFields {
+    id: String,
+    user_id: UserId,
+    status: WaitlistStatus,
+    locator: Option<Locator>,
+}
+
 impl Tally {
     fn seeded(db: &sled::Db) -> StoreResult<Tally> {
         let t = Tally::default();
-        for kv in db.scan_prefix([BOOKING]) {
-            let (k, v) = kv.map_err(io)?;
-            t.change(&k, None, Some(&v));
+        for prefix in [BOOKING, WAITLIST] {
+            for kv in db.scan_prefix([prefix]) {
+                let (k, v) = kv.map_err(io)?;
+                t.change(&k, None, Some(&v));
+            }
         }
         for kv in db.scan_prefix([OPEN_ATTEMPT]) {
             let (_, id) = kv.map_err(io)?;
@@ -422,7 +438,7 @@ impl Tally {
 
     /// Whether a write of `k` concerns the tally.
     fn counts_key(k: &[u8]) -> bool {
-        matches!(k.first(), Some(&BOOKING) | Some(&ATTEMPT))
+        matches!(k.first(), Some(&BOOKING) | Some(&ATTEMPT) | Some(&WAITLIST))
     }
 
     /// The record at `k` went from `old` to `new` (`None`: absent).
@@ -453,6 +469,23 @@ impl Tally {
                     }
                 }
             }
+            Some(&WAITLIST) => {
+                let fields = |v: &[u8]| serde_json::from_slice::<WaitlistFields>(v).ok();
+                for (e, delta) in [(old.and_then(fields), -1), (new.and_then(fields), 1)] {
+                    match e {
+                        Some(e) if e.status == WaitlistStatus::Waiting => {
+                            count(&self.waiting, &e.user_id, &e.id, (), delta);
+                        }
+                        Some(WaitlistFields {
+                            user_id,
+                            status: WaitlistStatus::Offered,
+                            locator: Some(loc),
+                            ..
+                        }) => count(&self.offered, &user_id, &loc, (), delta),
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -471,6 +504,11 @@ impl Tally {
                 .filter(|e| e.net > 0 && e.extra.is_some_and(|t| t > now))
                 .count()
         })
+    }
+
+    fn live(map: &DashMap<UserId, Vec<Net<impl Sized, ()>>>, user: UserId) -> usize {
+        map.get(&user)
+            .map_or(0, |list| list.iter().filter(|e| e.net > 0).count())
     }
 
     fn open_attempts(&self, locator: &Locator) -> Vec<String> {
@@ -1434,6 +1472,14 @@ impl Store for SledStore {
         self.tally.open_holds(user, now)
     }
 
+    fn waiting_entries(&self, user: UserId) -> usize {
+        Tally::live(&self.tally.waiting, user)
+    }
+
+    fn offered_holds(&self, user: UserId) -> usize {
+        Tally::live(&self.tally.offered, user)
+    }
+
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.newest_via_index(USER_BOOKING, user, BOOKING, page)
     }
@@ -2085,19 +2131,17 @@ mod tests {
         assert_eq!(s.booking_counts(), expected, "seeded at open");
         assert_eq!(s.open_holds(UserId(1), 0), 1, "open holds seeded at open");
         for batch in &batches {
-            let raw: Vec<_> = batch_ops(batch, &[])
-                .unwrap()
-                .into_iter()
-                .map(|o| match o {
-                    Op::Put(k, v) | Op::Create(k, v) => (k, Some(v)),
-                    Op::Delete(k) => (k, None),
-                    Op::Expect(..) | Op::Absent(_) => unreachable!("no compare in these batches"),
-                })
-                .collect();
-            mirror.apply_raw(&raw).unwrap();
+            mirror_write(&mirror, batch);
         }
         assert_eq!(mirror.booking_counts(), expected, "a mirror counts too");
         assert_eq!(mirror.open_holds(UserId(1), 0), 1, "and tallies open holds");
+        let waiting = waiting_entry("w1", 1, FlightId::parse("JW1-20260101").unwrap());
+        let joined = Batch {
+            waitlist: vec![waiting],
+            ..Default::default()
+        };
+        mirror_write(&mirror, &joined);
+        assert_eq!(mirror.waiting_entries(UserId(1)), 1, "and waiting entries");
     }
 
     #[test]
@@ -2230,16 +2274,7 @@ mod tests {
 
         let mirror = SledStore::temporary().unwrap();
         for batch in &batches {
-            let raw: Vec<_> = batch_ops(batch, &[])
-                .unwrap()
-                .into_iter()
-                .filter_map(|o| match o {
-                    Op::Put(k, v) | Op::Create(k, v) => Some((k, Some(v))),
-                    Op::Delete(k) => Some((k, None)),
-                    Op::Expect(..) | Op::Absent(_) => None,
-                })
-                .collect();
-            mirror.apply_raw(&raw).unwrap();
+            mirror_write(&mirror, batch);
         }
         assert_eq!(
             ids(mirror.booking_attempts(&a).unwrap()),
@@ -2774,6 +2809,87 @@ mod tests {
         check(&open_when_free(dir.path()));
     }
 
+    /// Applies `batch`'s writes to `mirror` as an etcd store's mirror does (its
+    /// conditions checked by etcd).
+    fn mirror_write(mirror: &SledStore, batch: &Batch) {
+        let raw: Vec<_> = batch_ops(batch, &[])
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| match o {
+                Op::Put(k, v) | Op::Create(k, v) => Some((k, Some(v))),
+                Op::Delete(k) => Some((k, None)),
+                Op::Expect(..) | Op::Absent(_) => None,
+            })
+            .collect();
+        mirror.apply_raw(&raw).unwrap();
+    }
+
+    /// A waiting entry of one passenger, joined at 5.
+    fn waiting_entry(id: &str, user: u64, flight_id: FlightId) -> WaitlistEntry {
+        WaitlistEntry {
+            id: id.into(),
+            user_id: UserId(user),
+            flight_id,
+            cabin: Cabin::Economy,
+            passengers: vec!["Ann Lee".into()],
+            status: WaitlistStatus::Waiting,
+            created_at: 5,
+            updated_at: 5,
+            locator: None,
+        }
+    }
+
+    /// Each user's waiting entries and offered holds are counted as entries are
+    /// written, and counted again from the records at open: a join or a hold at the
+    /// cap reads none of the user's waitlist history.
+    #[test]
+    fn waiting_entries_and_offered_holds_follow_the_entries_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry =
+            |id: &str, user| waiting_entry(id, user, FlightId::parse("JW1-20260101").unwrap());
+        let (a, b, c) = (entry("w1", 1), entry("w2", 1), entry("w3", 2));
+        let mut offered = a.clone();
+        offered.offer(Locator::parse("OFFERA").unwrap(), 6);
+        let mut left = b.clone();
+        left.end(WaitlistStatus::Left, 6).unwrap();
+        {
+            let s = open_when_free(dir.path());
+            s.write(&Batch {
+                waitlist: vec![a.clone(), b, c],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.waiting_entries(UserId(1)), 2);
+            assert_eq!(s.waiting_entries(UserId(2)), 1);
+            assert_eq!(s.offered_holds(UserId(1)), 0);
+            s.write(&Batch {
+                waitlist: vec![offered.clone(), left],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.waiting_entries(UserId(1)), 0, "offered and left");
+            assert_eq!(s.offered_holds(UserId(1)), 1);
+            s.sync().unwrap();
+        }
+        let s = open_when_free(dir.path());
+        assert_eq!(s.waiting_entries(UserId(1)), 0, "rebuilt at open");
+        assert_eq!(s.waiting_entries(UserId(2)), 1);
+        assert_eq!(s.offered_holds(UserId(1)), 1);
+        let mut booked = offered;
+        booked.end(WaitlistStatus::Expired, 7).unwrap();
+        s.write(&Batch {
+            waitlist: vec![booked],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.offered_holds(UserId(1)), 0, "an offer that ended");
+        assert!(
+            !s.tally.offered.contains_key(&UserId(1)),
+            "no empty entries"
+        );
+        assert!(!s.tally.waiting.contains_key(&UserId(1)));
+    }
+
     /// A flight's waitlist line, read by every seat change, is answered empty without
     /// a scan of sled when no entry was ever written under it, and read whole (from the
     /// overlay, and after a reopen from sled) when one was.
@@ -2784,17 +2900,7 @@ mod tests {
         let quiet: Vec<_> = (2..52)
             .map(|n| FlightId::parse(&format!("JW{n}-20260101")).unwrap())
             .collect();
-        let entry = WaitlistEntry {
-            id: "w1".into(),
-            user_id: UserId(1),
-            flight_id: busy.clone(),
-            cabin: Cabin::Economy,
-            passengers: vec!["Ann Lee".into()],
-            status: WaitlistStatus::Waiting,
-            created_at: 5,
-            updated_at: 5,
-            locator: None,
-        };
+        let entry = waiting_entry("w1", 1, busy.clone());
         let check = |s: &SledStore| {
             let seen = s.seen.as_ref().unwrap();
             assert!(seen.scanned());

@@ -143,6 +143,12 @@ impl Store for Faulty {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.inner.open_holds(user, now)
     }
+    fn waiting_entries(&self, user: UserId) -> usize {
+        self.inner.waiting_entries(user)
+    }
+    fn offered_holds(&self, user: UserId) -> usize {
+        self.inner.offered_holds(user)
+    }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.read_bookings();
         self.inner.user_bookings(user, page)

@@ -327,6 +327,12 @@ impl Store for EtcdStore {
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.mirror.open_holds(user, now)
     }
+    fn waiting_entries(&self, user: UserId) -> usize {
+        self.mirror.waiting_entries(user)
+    }
+    fn offered_holds(&self, user: UserId) -> usize {
+        self.mirror.offered_holds(user)
+    }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.mirror.user_bookings(user, page)
     }
