@@ -187,25 +187,7 @@ async fn a_client_reading_late_gets_everything_sent_before_the_close() {
 
 /// The close code a server sends after `frame` (raw bytes) on a fresh WebSocket.
 fn close_code_after(addr: SocketAddr, frame: &[u8]) -> u16 {
-    let mut t = std::net::TcpStream::connect(addr).unwrap();
-    t.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        t,
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        t.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut t = raw_upgrade(addr);
     t.write_all(frame).unwrap();
     let mut rest = Vec::new();
     let _ = t.read_to_end(&mut rest);
@@ -219,15 +201,6 @@ fn close_code_after(addr: SocketAddr, frame: &[u8]) -> u16 {
         i += 2 + len;
     }
     panic!("no close frame after {frame:?} in {rest:?}");
-}
-
-/// A masked client frame of `opcode` (FIN set) carrying `payload`, with `rsv` bits.
-fn client_frame(opcode: u8, rsv: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut f = vec![0x80 | rsv | opcode, 0x80 | payload.len() as u8];
-    f.extend(mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 /// A frame that breaks the protocol is answered with close code 1002, a text

@@ -139,6 +139,36 @@ fn a_fresh_server_starts_small() {
     );
 }
 
+/// A client that never reads and sends nothing but pings (no request, so no rate
+/// limit; each ping also keeps the connection from idling out) makes the server owe
+/// it a pong per ping. tungstenite kept every pong it could not send, without limit:
+/// ~1 byte of server memory per byte sent. Now it keeps at most
+/// `MAX_CONTROL_BACKLOG` bytes (the newest pong) once the socket is full.
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_costs_little() {
+    use std::io::Write;
+    const SENT: usize = 48 << 20;
+    const BOUND_KIB: u64 = 16 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::spawn(dir.path(), &[]);
+    let before = p.rss_kib();
+    let mut t = raw_upgrade(p.addr);
+    // a write the server stopped taking ends the flood too: it is not reading
+    t.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ping = client_frame(0x9, 0, &[b'p'; 125]);
+    let chunk: Vec<u8> = ping.repeat((1 << 20) / ping.len());
+    let mut sent = 0;
+    while sent < SENT && t.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let after = p.rss_kib();
+    println!("{sent} bytes of pings: server RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + BOUND_KIB,
+        "RSS grew from {before} KiB to {after} KiB over {sent} bytes of pings"
+    );
+}
+
 /// Logins at the production Argon2 cost (19 MiB per hash) leave little behind: the
 /// server binary returns each hash's block to the system (src/main.rs: mimalloc
 /// purges freed pages at once; with glibc, a fixed mmap threshold). Without that,

@@ -44,11 +44,18 @@ pub use session::MAX_REQUEST_BYTES;
 /// read-ahead ([`coalesce`]).
 pub const READ_BUFFER: usize = 128;
 pub const MAX_MESSAGE: usize = 1 << 20;
+/// The most tungstenite holds of its own frames (control frames only: text goes
+/// through [`coalesce`]) while the socket is full. Unbounded by default: a client
+/// that never read and kept sending pings had every pong kept, without limit. At the
+/// cap tungstenite keeps only the newest pong owed, and a server ping or close that
+/// does not fit ends the connection.
+pub const MAX_CONTROL_BACKLOG: usize = 4096;
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_CONTROL_BACKLOG)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }

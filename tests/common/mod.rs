@@ -293,6 +293,42 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A WebSocket connection upgraded by hand on a plain socket (read timeout [`WAIT`]),
+/// for frames no client library sends.
+pub fn raw_upgrade(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        t,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    t
+}
+
+/// A masked client frame of `opcode` (FIN set) carrying `payload` (at most 125
+/// bytes), with `rsv` bits.
+pub fn client_frame(opcode: u8, rsv: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x80 | rsv | opcode, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
 /// A plain HTTP/1.0 GET: the status code and the body, or None if nothing answered.
 pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
