@@ -916,6 +916,20 @@ pub fn version_key(flight: &FlightId) -> Vec<u8> {
     key(VERSION, &[flight.as_str().as_bytes()])
 }
 
+/// A history event's key: its user, its time, then its sequence number, so that the
+/// user's events list newest first on a cluster too, where each node takes sequence
+/// numbers from its own block (a later event through a node whose block is lower
+/// used to list below every event of a higher block). Keys written before the time
+/// was part of them (user, then sequence number) sort below these, as their events
+/// are older, so a data dir needs no migration.
+fn history_key(user: UserId, at: Millis, seq: u64) -> Vec<u8> {
+    let at = u64::try_from(at).unwrap_or(0);
+    key(
+        HISTORY,
+        &[&user.0.to_be_bytes(), &at.to_be_bytes(), &seq.to_be_bytes()],
+    )
+}
+
 /// The writes of a batch; `history_ids` gives each event its sequence number.
 pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     let mut ops = Vec::new();
@@ -1002,11 +1016,7 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         ops.push(Op::Put(idx, Vec::new()));
     }
     for ((user, ev), seq) in batch.events.iter().zip(history_ids) {
-        put_json(
-            &mut ops,
-            key(HISTORY, &[&user.0.to_be_bytes(), &seq.to_be_bytes()]),
-            ev,
-        )?;
+        put_json(&mut ops, history_key(*user, ev.at, *seq), ev)?;
     }
     for (k, read) in &batch.replies_read {
         ops.push(match read {
@@ -2822,6 +2832,54 @@ mod tests {
             })
             .collect();
         mirror.apply_raw(&raw).unwrap();
+    }
+
+    /// History lists newest first by time, whatever the sequence numbers: on a
+    /// cluster a later event may get a lower one (another node's block). An event
+    /// stored under the older key (no time) lists after the newer keys.
+    #[test]
+    fn history_lists_newest_first_by_time_across_id_blocks_and_key_formats() {
+        let s = SledStore::temporary().unwrap();
+        let user = UserId(7);
+        let ev = |at: Millis, kind: &str| HistoryEvent {
+            at,
+            kind: kind.into(),
+            locator: None,
+            detail: json!({}),
+        };
+        const T: Millis = 1_780_000_000_000;
+        let old = encode(&ev(T, "registered")).unwrap();
+        s.db.insert(
+            key(HISTORY, &[&user.0.to_be_bytes(), &90_000u64.to_be_bytes()]),
+            old,
+        )
+        .unwrap();
+        let write = |at, kind: &str, seq: u64| {
+            let batch = Batch {
+                events: vec![(user, ev(at, kind))],
+                ..Default::default()
+            };
+            let ops = batch_ops(&batch, &[seq]).unwrap();
+            let raw: Vec<_> = ops
+                .into_iter()
+                .filter_map(|o| match o {
+                    Op::Put(k, v) => Some((k, Some(v))),
+                    _ => None,
+                })
+                .collect();
+            s.apply_raw(&raw).unwrap();
+        };
+        // node B's block is above node A's
+        write(T + 1, "held", 10_001);
+        write(T + 2, "cancelled", 50);
+        let kinds: Vec<_> = s
+            .history(user, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["cancelled", "held", "registered"]);
+        assert_eq!(s.history(user, 1).unwrap()[0].kind, "cancelled");
     }
 
     /// A waiting entry of one passenger, joined at 5.
