@@ -91,10 +91,39 @@ pub fn ensure_new(dir: &Path) -> StoreResult<()> {
 
 /// Writes a snapshot's records into `dir`, which must not exist or be empty, as a
 /// data dir a server can start on; durable when this returns. Returns the record count.
+///
+/// The records are written into a sibling, `DIR.restoring`, renamed to `dir` only
+/// once all of them are durable: records are written in key order, and each index
+/// sorts after its records (`B`ooking before `b`), so a restore interrupted part-way
+/// left a data dir a server would start on with refunds and attempts missing from
+/// their indexes (never retried).
 pub fn restore(bytes: &[u8], dir: &Path) -> StoreResult<usize> {
+    restore_with(bytes, dir, |_| Ok(()))
+}
+
+/// [`restore`], calling `after_chunk` with the count written so far after each chunk
+/// (how a test interrupts it).
+fn restore_with(
+    bytes: &[u8],
+    dir: &Path,
+    mut after_chunk: impl FnMut(usize) -> StoreResult<()>,
+) -> StoreResult<usize> {
     let records = decode(bytes)?;
     ensure_new(dir)?;
-    let store = SledStore::open(dir)?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StoreError::Io(format!("{} names no directory", dir.display())))?;
+    let mut partial_name = name.to_os_string();
+    partial_name.push(".restoring");
+    let partial = dir.with_file_name(partial_name);
+    if partial.exists() {
+        return Err(StoreError::Io(format!(
+            "{} exists: an interrupted restore left it; remove it and restore again",
+            partial.display()
+        )));
+    }
+    let store = SledStore::open(&partial)?;
+    let mut written = 0;
     for chunk in records.chunks(CHUNK) {
         let writes: Vec<_> = chunk
             .iter()
@@ -103,7 +132,20 @@ pub fn restore(bytes: &[u8], dir: &Path) -> StoreResult<usize> {
         store.apply_raw(&writes)?;
         // one journal append per chunk, so a large backup is not held in memory whole
         store.sync()?;
+        written += chunk.len();
+        after_chunk(written)?;
     }
+    // not shut down: that would give back this handle's unused ids, below the
+    // snapshot's id floor just written
+    drop(store);
+    std::fs::rename(&partial, dir).map_err(|e| {
+        StoreError::Io(format!(
+            "moving {} to {}: {e}",
+            partial.display(),
+            dir.display()
+        ))
+    })?;
+    super::sync_dir(dir.parent().unwrap_or(Path::new("")))?;
     Ok(records.len())
 }
 
@@ -166,6 +208,32 @@ mod tests {
         assert!(store.written.lock().is_none(), "nothing noted once done");
     }
 
+    /// A restore interrupted part-way leaves no data dir a server would start on,
+    /// and a second restore names what the first left.
+    #[test]
+    fn an_interrupted_restore_leaves_no_data_dir() {
+        let src = tempfile::tempdir().unwrap();
+        let store = SledStore::open(src.path()).unwrap();
+        let records: Vec<_> = (0..CHUNK as u32 + 10)
+            .map(|i| (format!("k{i:08}").into_bytes(), Some(b"v".to_vec())))
+            .collect();
+        store.apply_raw(&records).unwrap();
+        let bytes = store.snapshot().unwrap();
+        drop(store);
+        let dst = tempfile::tempdir().unwrap();
+        let into = dst.path().join("data");
+        let cut = restore_with(&bytes, &into, |n| match n < CHUNK {
+            true => Ok(()),
+            false => Err(StoreError::Io("interrupted".into())),
+        });
+        assert!(cut.is_err());
+        assert!(!into.exists(), "a part-restored data dir is in place");
+        let again = restore(&bytes, &into).unwrap_err().to_string();
+        assert!(again.contains("data.restoring"), "{again}");
+        std::fs::remove_dir_all(dst.path().join("data.restoring")).unwrap();
+        assert_eq!(restore(&bytes, &into).unwrap(), records.len() + 1);
+    }
+
     #[test]
     fn restores_into_an_empty_dir_only() {
         let src = tempfile::tempdir().unwrap();
@@ -184,6 +252,10 @@ mod tests {
             "the record and the id floor"
         );
         assert!(restore(&bytes, &into).is_err(), "not into a used dir");
+        assert!(
+            !dst.path().join("data.restoring").exists(),
+            "moved into place"
+        );
         let restored = SledStore::open(&into).unwrap();
         assert!(
             restored.next_id().unwrap() > first,
