@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::status::{changed_frame, send_once};
+use super::status::{changed_frame, send_once, send_once_except};
 use super::App;
 use crate::app::AppError;
 use crate::domain::{self, flight::airport, Flight, FlightId, Millis};
@@ -257,7 +257,13 @@ impl App {
 
     /// Sends a status or time change of `f` (the record just set) to `others` and
     /// the boards showing it.
-    pub(super) fn send_with_boards(&self, f: &Flight, others: Vec<Outbox>, frame: &Utf8Bytes) {
+    pub(super) fn send_with_boards(
+        &self,
+        f: &Flight,
+        others: Vec<Outbox>,
+        frame: &Utf8Bytes,
+        told: HashSet<u64>,
+    ) {
         let _sending = self.boards.sending.read();
         let mut out = others;
         Boards::watchers_of(
@@ -266,7 +272,7 @@ impl App {
             domain::now_ms(),
             &mut out,
         );
-        send_once(out, frame);
+        send_once_except(out, frame, told);
     }
 
     /// Pushes the availability of every flight that is due.

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::status::send_once;
 use super::App;
 use crate::domain::{self, FlightId};
 use crate::fanout::Utf8Bytes;
@@ -133,15 +132,15 @@ impl App {
             let viewers = self.viewers(&fs, false);
             let mut sent = self.presence.sent.lock();
             let last = sent.get(&flight).map(|(_, n)| *n);
-            let targets: Vec<_> = fs
-                .watcher_outboxes()
-                .into_iter()
-                .filter(|o| match joiners.get(&o.id()) {
+            let frame = presence_frame(&flight, viewers, at);
+            let told = fs.push_to_watchers(
+                |o| match joiners.get(&o.id()) {
                     Some(t) => *t != Some(viewers),
                     None => last != Some(viewers),
-                })
-                .collect();
-            let at_time = match targets.is_empty() {
+                },
+                &frame,
+            );
+            let at_time = match told.is_empty() {
                 // nothing sent: the interval still runs from the last push
                 true => sent.get(&flight).map_or_else(
                     || now.checked_sub(PRESENCE_INTERVAL).unwrap_or(now),
@@ -150,10 +149,6 @@ impl App {
                 false => now,
             };
             sent.insert(flight.clone(), (at_time, viewers));
-            drop(sent);
-            if !targets.is_empty() {
-                send_once(targets, &presence_frame(&flight, viewers, at));
-            }
         }
     }
 

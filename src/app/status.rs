@@ -70,7 +70,15 @@ pub(super) fn changed_frame(f: &Flight, fs: &FlightSeats, reason: Option<&str>) 
 
 /// Sends `frame` once to each connection among `targets`.
 pub(super) fn send_once(targets: impl IntoIterator<Item = Outbox>, frame: &Utf8Bytes) {
-    let mut seen = HashSet::new();
+    send_once_except(targets, frame, HashSet::new());
+}
+
+/// [`send_once`], skipping the connections in `seen` (told already).
+pub(super) fn send_once_except(
+    targets: impl IntoIterator<Item = Outbox>,
+    frame: &Utf8Bytes,
+    mut seen: HashSet<u64>,
+) {
     for o in targets {
         if seen.insert(o.id()) {
             o.send(FrameKind::Push, frame.clone());
@@ -178,12 +186,12 @@ impl App {
                 }
             }
         }
-        let targets = fs
-            .watcher_outboxes()
+        let told = fs.push_to_watchers(|_| true, &frame);
+        let others = owners
             .into_iter()
-            .chain(owners.into_iter().flat_map(|u| self.users.outboxes(u)))
+            .flat_map(|u| self.users.outboxes(u))
             .collect();
-        self.send_with_boards(f, targets, &frame);
+        self.send_with_boards(f, others, &frame, told);
     }
 
     /// Marks every flight whose departure has passed as of `now` as departed, durably,

@@ -580,15 +580,25 @@ impl FlightSeats {
         self.live.lock().watchers.by_conn.len()
     }
 
-    /// The connections subscribed to the seat map.
-    pub fn watcher_outboxes(&self) -> Vec<Outbox> {
-        self.live
-            .lock()
-            .watchers
-            .by_conn
-            .values()
-            .map(|w| w.outbox.clone())
-            .collect()
+    /// Queues `frame` to each connection subscribed to the seat map that `pick`
+    /// accepts, under the lock `seats.unsubscribe` takes: a connection whose
+    /// unsubscribe was answered gets nothing more, as with seat changes (a list of
+    /// watchers taken first and sent to after could reach one that unsubscribed in
+    /// between, after its reply). Returns the connections' ids.
+    pub fn push_to_watchers(
+        &self,
+        mut pick: impl FnMut(&Outbox) -> bool,
+        frame: &Utf8Bytes,
+    ) -> HashSet<u64> {
+        let live = self.live.lock();
+        let mut told = HashSet::new();
+        for w in live.watchers.by_conn.values() {
+            if pick(&w.outbox) {
+                w.outbox.send(FrameKind::Push, frame.clone());
+                told.insert(w.outbox.id());
+            }
+        }
+        told
     }
 }
 
@@ -792,6 +802,26 @@ mod tests {
             }
         }
         versions
+    }
+
+    /// A push to a flight's watchers reaches only those subscribed when it is queued,
+    /// and only those `pick` accepts.
+    #[test]
+    fn a_push_to_watchers_skips_one_that_unsubscribed() {
+        let inv = Inventory::new(8);
+        let fs = inv.add(flight());
+        let (a, mut a_rx) = outbox(QueueLimits::default());
+        let (b, mut b_rx) = outbox(QueueLimits::default());
+        assert!(fs.subscribe(&a, None, |_, _| None));
+        assert!(fs.subscribe(&b, None, |_, _| None));
+        let frame = Utf8Bytes::from(r#"{"params":{"version":7}}"#);
+        let told = fs.push_to_watchers(|o| o.id() == a.id(), &frame);
+        assert_eq!(told, HashSet::from([a.id()]));
+        assert!(fs.unsubscribe(a.id()));
+        let told = fs.push_to_watchers(|_| true, &frame);
+        assert_eq!(told, HashSet::from([b.id()]));
+        assert_eq!(versions(&mut a_rx), [7]);
+        assert_eq!(versions(&mut b_rx), [7]);
     }
 
     fn change(version: u64, seat: usize) -> SeatChange {
