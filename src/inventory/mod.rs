@@ -590,13 +590,25 @@ impl FlightSeats {
         mut pick: impl FnMut(&Outbox) -> bool,
         frame: &Utf8Bytes,
     ) -> HashSet<u64> {
-        let live = self.live.lock();
         let mut told = HashSet::new();
+        // queued under the lock, written after it (as a fan-out does): no socket
+        // write holds up the flight's changes
+        let mut kick = Vec::new();
+        let live = self.live.lock();
         for w in live.watchers.by_conn.values() {
             if pick(&w.outbox) {
-                w.outbox.send(FrameKind::Push, frame.clone());
                 told.insert(w.outbox.id());
+                if w.outbox
+                    .queue_quiet(FrameKind::Push, std::iter::once(frame))
+                    == Some(true)
+                {
+                    kick.push(w.outbox.clone());
+                }
             }
+        }
+        drop(live);
+        for o in kick {
+            o.kick();
         }
         told
     }
