@@ -1141,6 +1141,62 @@ async fn paid_booking(dir: &std::path::Path) -> Paid {
     }
 }
 
+/// [`paid_booking`], cancelled by its passenger and refunded in full.
+async fn refunded_booking(dir: &std::path::Path) -> Paid {
+    use common::faulty::Wire;
+    use jetway::protocol::params::decode;
+    let paid = paid_booking(dir).await;
+    let cancel = json!({"locator": paid.loc, "request_id": "c1"});
+    let cancelled = paid.app.cancel(&paid.user, decode(cancel).unwrap()).await;
+    cancelled.wire().unwrap();
+    paid
+}
+
+/// `admin.refunds.resolve` `void` of refund `id`, as the admin.
+async fn void(
+    app: &jetway::app::App,
+    id: &str,
+) -> Result<jetway::protocol::results::RefundResult, jetway::app::AppError> {
+    use jetway::protocol::params::decode;
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let p = json!({"refund_id": id, "outcome": "void"});
+    app.admin_resolve_refund(&admin, decode(p).unwrap()).await
+}
+
+/// Writes an open flight-cancellation refund `id` of booking `loc`'s whole order,
+/// naming `seats` (the booking's own when `None`), as an earlier version's race could
+/// leave one: old enough that no gateway answer is awaited. Returns the order.
+fn open_stale_refund(
+    app: &jetway::app::App,
+    loc: &str,
+    seats: Option<Vec<jetway::domain::SeatId>>,
+    id: &str,
+) -> jetway::domain::Order {
+    let b = booking(app, loc);
+    let order = app
+        .store
+        .order(b.order_id.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    let seats = seats.unwrap_or_else(|| b.seats.iter().map(|s| s.seat).collect());
+    let mut stale = jetway::app::new_refund(
+        b.user_id,
+        &b.locator,
+        order.charge_id.clone(),
+        seats,
+        order.amount,
+        jetway::store::RefundReason::FlightCancelled,
+    );
+    stale.id = id.into();
+    stale.created_at = 0;
+    let opened = jetway::store::Batch {
+        new_refunds: vec![stale],
+        ..Default::default()
+    };
+    app.store.write(&opened).unwrap();
+    order
+}
+
 /// A flight cancellation's refund opened from a stale read of a booking that had been
 /// refunded in full meanwhile (on a cluster, both nodes' jobs resuming the same
 /// cancellation; the opening now also expects the flight's version it read): it is
@@ -1149,41 +1205,20 @@ async fn paid_booking(dir: &std::path::Path) -> Paid {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
     use common::faulty::Wire;
-    use jetway::protocol::params::decode;
-    use jetway::store::{Batch, RefundReason, Store};
+    use jetway::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let Paid {
         app,
         store,
         gateway,
-        user,
         loc,
-    } = paid_booking(dir.path()).await;
-    let cancel = json!({"locator": loc, "request_id": "c1"});
-    app.cancel(&user, decode(cancel).unwrap())
-        .await
-        .wire()
-        .unwrap();
+        ..
+    } = refunded_booking(dir.path()).await;
     assert_eq!(gateway.refunds().len(), 1);
 
     let b = booking(&app, &loc);
     assert_eq!(b.status, jetway::domain::BookingStatus::Refunded);
-    let order = store.order(b.order_id.as_ref().unwrap()).unwrap().unwrap();
-    let mut stale = jetway::app::new_refund(
-        b.user_id,
-        &b.locator,
-        order.charge_id.clone(),
-        b.seats.iter().map(|s| s.seat).collect(),
-        order.amount,
-        RefundReason::FlightCancelled,
-    );
-    stale.id = "rf-stale".into();
-    stale.created_at = 0;
-    let opened = Batch {
-        new_refunds: vec![stale],
-        ..Default::default()
-    };
-    store.write(&opened).unwrap();
+    let order = open_stale_refund(&app, &loc, None, "rf-stale");
     app.reconcile_payments(Duration::ZERO).await;
     assert_eq!(gateway.refunds().len(), 1, "refunded twice");
     let open = store.open_refund(&loc).unwrap();
@@ -1194,13 +1229,7 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
     );
 
     // an admin closes it, unmade, and nothing else changes
-    let admin = common::faulty::login(&app, "admin", ADMIN_PASSWORD).await;
-    let void = json!({"refund_id": "rf-stale", "outcome": "void"});
-    let closed = app
-        .admin_resolve_refund(&admin, decode(void).unwrap())
-        .await
-        .wire()
-        .unwrap();
+    let closed = void(&app, "rf-stale").await.wire().unwrap();
     assert_eq!(closed["refund"]["done"], true);
     assert_eq!(closed["refund"]["resolutions"][0]["outcome"], "void");
     assert!(store.open_refund(&loc).unwrap().is_none(), "still open");
@@ -1208,13 +1237,74 @@ async fn a_seat_refund_of_a_booking_refunded_already_is_never_made() {
     let after = store.order(b.order_id.as_ref().unwrap()).unwrap().unwrap();
     assert_eq!(after.refunded, order.refunded, "recorded on the order");
     assert_eq!(booking(&app, &loc).status, b.status);
+    let record = store.refund_by_key("rf-stale").unwrap().unwrap();
+    assert_eq!(record.made_ref, None, "closed as never made");
+}
+
+/// A stale refund an earlier version did make at the gateway (the money went back
+/// twice) can be closed too, as made: neither refused for ever as "made" (the
+/// reconciliation can never record it on the booking) nor recorded as unmade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_refund_the_gateway_made_is_voided_as_made() {
+    use common::faulty::Wire;
+    use jetway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let paid = refunded_booking(dir.path()).await;
+    let (app, store, loc) = (&paid.app, &paid.store, paid.loc.as_str());
+    let order = open_stale_refund(app, loc, None, "rf-twice");
+    paid.gateway
+        .listed
+        .lock()
+        .push(jetway::payments::GatewayRefund {
+            id: "re_twice".into(),
+            payment_ref: order.charge_id.clone(),
+            amount: order.amount,
+            key: Some("rf-twice".into()),
+            failure: None,
+            pending: false,
+        });
+    let closed = void(app, "rf-twice").await.wire().unwrap();
+    assert_eq!(closed["refund"]["done"], true);
+    let record = store.refund_by_key("rf-twice").unwrap().unwrap();
+    assert_eq!(record.made_ref.as_deref(), Some("re_twice"));
+    assert!(store.open_refund(loc).unwrap().is_none());
+    assert_eq!(paid.gateway.refunds().len(), 1, "asked for nothing more");
+}
+
+/// A stale refund naming a seat its booking no longer holds and one it still holds
+/// is money owed for the second: never voided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_naming_a_seat_still_held_is_never_voided() {
+    use jetway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let paid = paid_booking(dir.path()).await;
+    let (app, store) = (&paid.app, &paid.store);
+    let b = booking(app, &paid.loc);
+    let held = b.seats[0].seat;
+    let other = if held.to_string() == "1A" { "1B" } else { "1A" };
+    let gone = jetway::domain::SeatId::parse(other).unwrap();
+    let id = "rf-partly";
+    open_stale_refund(app, &paid.loc, Some(vec![held, gone]), id);
+    let refused = void(app, id).await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains(&held.to_string())),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    assert_eq!(
+        store
+            .open_refund(&paid.loc)
+            .unwrap()
+            .map(|r| r.id)
+            .as_deref(),
+        Some(id)
+    );
 }
 
 /// `void` closes only a refund its booking no longer backs: one the booking still
 /// holds the seats of is money owed, and stays open.
 #[tokio::test]
 async fn a_refund_its_booking_still_backs_is_never_voided() {
-    use common::faulty::login;
     use jetway::protocol::params::decode;
     use jetway::store::Store;
     use std::sync::atomic::Ordering;
@@ -1229,11 +1319,7 @@ async fn a_refund_its_booking_still_backs_is_never_voided() {
         .is_err());
     let open = store.open_refund(loc).unwrap().expect("left open");
 
-    let admin = login(app, "admin", ADMIN_PASSWORD).await;
-    let void = json!({"refund_id": open.id, "outcome": "void"});
-    let refused = app
-        .admin_resolve_refund(&admin, decode(void).unwrap())
-        .await;
+    let refused = void(app, &open.id).await;
     assert!(
         matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("still holds")),
         "{:?}",
@@ -1247,7 +1333,6 @@ async fn a_refund_its_booking_still_backs_is_never_voided() {
 /// refunds the booking in full and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flight_cancellation_stuck_on_a_stale_refund_finishes_once_it_is_voided() {
-    use jetway::store::{Batch, RefundReason};
     let dir = data_dir();
     let gateway = Arc::new(CountingGateway::default());
     let (app, running, url) = serve_with_admin(&dir, gateway.clone()).await;
@@ -1261,28 +1346,9 @@ async fn a_flight_cancellation_stuck_on_a_stale_refund_finishes_once_it_is_voide
     let loc = held["locator"].as_str().unwrap().to_owned();
     pay(&mut p, &loc, "p").await;
 
-    let b = booking(&app, &loc);
-    let order = app
-        .store
-        .order(b.order_id.as_ref().unwrap())
-        .unwrap()
-        .unwrap();
     let gone = jetway::domain::SeatId::parse(&eco[2]).unwrap();
-    let mut stale = jetway::app::new_refund(
-        b.user_id,
-        &b.locator,
-        order.charge_id.clone(),
-        vec![gone],
-        order.amount,
-        RefundReason::FlightCancelled,
-    );
-    stale.created_at = 0;
-    let stale_id = stale.id.clone();
-    let opened = Batch {
-        new_refunds: vec![stale],
-        ..Default::default()
-    };
-    app.store.write(&opened).unwrap();
+    let stale_id = "rf-gone";
+    let order = open_stale_refund(&app, &loc, Some(vec![gone]), stale_id);
 
     let flight = id.clone();
     let job = tokio::spawn(async move {

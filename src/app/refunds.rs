@@ -340,7 +340,7 @@ impl App {
         match self.refund_backing(r)? {
             Backing::Closed => Ok(None),
             Backing::Backed(open) => Ok(Some(*open)),
-            Backing::Unbacked => {
+            Backing::Unbacked { .. } => {
                 tracing::error!(refund = %r.id, locator = %r.locator, "an open refund names seats its booking no longer holds; not made (an admin may void it)");
                 Err(AppError::InvalidState(
                     "the booking's seats changed while it was being cancelled; the refund was not made"
@@ -363,11 +363,19 @@ impl App {
         let b = self.store.booking(&r.locator)?.ok_or(AppError::Internal)?;
         // a refunded booking keeps its passengers' seats listed
         let confirmed = b.status == domain::BookingStatus::Confirmed || r.seats.is_empty();
-        let holds = confirmed && r.seats.iter().all(|s| b.seats.iter().any(|x| x.seat == *s));
-        Ok(if holds {
+        let held: Vec<SeatId> = match confirmed {
+            true => r
+                .seats
+                .iter()
+                .filter(|s| b.seats.iter().any(|x| x.seat == **s))
+                .copied()
+                .collect(),
+            false => Vec::new(),
+        };
+        Ok(if held.len() == r.seats.len() && confirmed {
             Backing::Backed(Box::new(open))
         } else {
-            Backing::Unbacked
+            Backing::Unbacked { held }
         })
     }
 
@@ -575,7 +583,13 @@ impl App {
                 }
                 (RefundOutcome::Void, _) => {
                     self.check_unbacked(&read)?;
-                    self.check_settled(&read).await?;
+                    self.check_quiet(&read)?;
+                    // made by an earlier version before it found the booking unable to
+                    // take it: the money went back twice, and no record can hold that
+                    if let Some(made) = self.made_under_keys(&read).await? {
+                        tracing::error!(refund = %r.id, locator = %r.locator, gateway_refund = %made, cents = r.amount.amount(), "a refund its booking no longer backs was made: its payment was paid back twice; closed as made");
+                        r.made_ref = Some(made);
+                    }
                     r.done = true;
                     self.commit_decision(rewritten(&r, read)).await?;
                 }
@@ -598,9 +612,10 @@ impl App {
         }
     }
 
-    /// Refuses to void `r` unless it is a seat refund that can never be made: its
-    /// booking no longer holds a seat it names, or is no longer confirmed (see
-    /// [`App::check_still_open`]). Anything else is money owed.
+    /// Refuses to void `r` unless it is a seat refund that can never be made and pays
+    /// back nothing owed: its booking holds none of the seats it names, or is no
+    /// longer confirmed (see [`App::check_still_open`]). Anything else is money owed,
+    /// a refund naming some seats the booking still holds too.
     fn check_unbacked(&self, r: &RefundRecord) -> Result<(), AppError> {
         if r.is_reissue() || matches!(r.reason, RefundReason::Orphan { .. }) {
             return Err(AppError::InvalidState(
@@ -608,7 +623,11 @@ impl App {
             ));
         }
         match self.refund_backing(r)? {
-            Backing::Unbacked => Ok(()),
+            Backing::Unbacked { held } if held.is_empty() => Ok(()),
+            Backing::Unbacked { held } => Err(AppError::InvalidState(format!(
+                "the booking still holds {}, which this refund names: that money is owed, so it is not voided",
+                held.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
             Backing::Backed(_) => Err(AppError::InvalidState(
                 "the booking still holds the seats this refund names, so it can be made: resolve it as retry or paid_elsewhere".into(),
             )),
@@ -650,6 +669,17 @@ impl App {
     /// before a restart, or through another node); and once the gateway holds a refund
     /// made under one of its keys. A definite refusal under its key closes that door.
     async fn check_settled(&self, r: &RefundRecord) -> Result<(), AppError> {
+        self.check_quiet(r)?;
+        if let Some(m) = self.made_under_keys(r).await? {
+            return Err(AppError::InvalidState(format!(
+                "the gateway has made this refund ({m}); the next reconciliation records it as made"
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`App::check_settled`]'s wait: refused while the gateway may still make `r`.
+    fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
         let since = match self.refund_failures.get(&r.id) {
             Some(f) => f.uncertain_at,
             None => Some(r.created_at),
@@ -665,21 +695,20 @@ impl App {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The gateway's refund made under one of `r`'s keys, if any.
+    async fn made_under_keys(&self, r: &RefundRecord) -> Result<Option<String>, AppError> {
         let made = self
             .payments
             .refunds_of(&r.payment_ref)
             .await
             .map_err(|e| AppError::PaymentFailed(e.to_string()))?;
-        if let Some(m) = made
-            .iter()
+        Ok(made
+            .into_iter()
             .find(|m| m.key.as_deref().is_some_and(|k| r.keys().any(|x| x == k)))
-        {
-            return Err(AppError::InvalidState(format!(
-                "the gateway has made this refund ({}); the next reconciliation records it as made",
-                m.id
-            )));
-        }
-        Ok(())
+            .map(|m| m.id))
     }
 
     /// Refuses a retry under a fresh key while the gateway holds a refund of the
@@ -951,8 +980,9 @@ enum Backing {
     Closed,
     /// Its booking is confirmed and holds every seat it names: the record as it is now.
     Backed(Box<RefundRecord>),
-    /// It names seats its booking no longer holds, or of a booking no longer confirmed.
-    Unbacked,
+    /// It names seats its booking no longer holds, or of a booking no longer confirmed;
+    /// `held`: those it names that the booking, confirmed, still holds.
+    Unbacked { held: Vec<SeatId> },
 }
 
 /// The batch that writes `r` only over `read`.

@@ -5,11 +5,12 @@ use futures::future::BoxFuture;
 /// A gateway that records every refund asked of it; from the `hang_from`-th refund
 /// on (or only the `hang_nth`-th) it never answers (as if the process died during
 /// the call), and while `fail_refunds` is set it answers every refund with an error
-/// (as if it were down).
+/// (as if it were down). A look-up of a payment's refunds lists those in `listed`.
 #[derive(Default)]
 pub struct CountingGateway {
     pub inner: jetway::payments::Sandbox,
     pub refunds: parking_lot::Mutex<Vec<(String, String, i64)>>,
+    pub listed: parking_lot::Mutex<Vec<jetway::payments::GatewayRefund>>,
     pub hang_from: Option<usize>,
     pub hang_nth: Option<usize>,
     pub fail_refunds: std::sync::atomic::AtomicBool,
@@ -76,6 +77,16 @@ impl jetway::payments::PaymentGateway for CountingGateway {
                 pending: false,
             })
         })
+    }
+    fn refunds_of<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<jetway::payments::GatewayRefund>, jetway::payments::PaymentError>>
+    {
+        let listed = self.listed.lock();
+        let of = listed.iter().filter(|r| r.payment_ref == payment_ref);
+        let found = of.cloned().collect();
+        Box::pin(async move { Ok(found) })
     }
     fn name(&self) -> &'static str {
         "counting"
