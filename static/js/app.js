@@ -43,6 +43,11 @@ const ctx = {
 
   forgetSession(message) {
     localStorage.removeItem(TOKEN_KEY);
+    // seats and passenger names picked on a flight page: the next user of this tab
+    // must not find them filled in
+    for (const k of Object.keys(sessionStorage)) {
+      if (k.startsWith('jetway.selection.')) sessionStorage.removeItem(k);
+    }
     ctx.user = null;
     renderAccount();
     bus.dispatchEvent(new CustomEvent('session', { detail: null }));
@@ -119,6 +124,14 @@ client.onConnect(async (c) => {
     }
   }
   resolveSessionKnown();
+});
+
+// Another tab logged out, or logged in as someone else (the token is shared by every
+// tab): this tab may be showing the old account's bookings, and its next reconnect
+// would resume as the new one, so it starts over. (Writing the same token again, as
+// every resume does, fires no event.)
+window.addEventListener('storage', (e) => {
+  if (e.storageArea === localStorage && (e.key === TOKEN_KEY || e.key === null)) location.reload();
 });
 
 client.on('booking.updated', (p) => {
@@ -206,7 +219,13 @@ let current = null; // AbortController of the active view
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, qs = ''] = raw.split('?');
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  } catch {
+    // a malformed escape (`%E0`): no page has such a name
+    parts = ['not-found'];
+  }
   return { parts, query: new URLSearchParams(qs) };
 }
 

@@ -44,6 +44,33 @@ describe('booking flow', () => {
     await page.context().close();
   });
 
+  it('logging out in one tab ends the session shown in the others', async () => {
+    const first = await openPage(browser);
+    const { username } = await registerViaUi(first, server.url);
+    // a second tab of the same browser, showing the account's trips
+    const second = await openPage(browser, { context: first.context() });
+    await second.goto(`${server.url}/#/trips`);
+    await second.getByRole('heading', { name: 'My trips' }).waitFor();
+    await second.locator('[data-testid="account-name"]', { hasText: username }).waitFor();
+    await first.getByRole('button', { name: 'Log out' }).click();
+    // the other tab starts over without the account: its trips page asks for a login
+    await second.locator('#auth-username').waitFor();
+    assert.equal(await second.locator('[data-testid="account-name"]').count(), 0);
+    // a login page's `next` only ever leads to a page of the app
+    await second.goto(`${server.url}/#/login?next=${encodeURIComponent('/elsewhere')}`);
+    await second.locator('#auth-username').fill(username);
+    await second.locator('#auth-password').fill('secret-pass-123');
+    await second.locator('form').getByRole('button', { name: 'Log in' }).click();
+    await second.locator('[data-testid="account-name"]', { hasText: username }).waitFor();
+    assert.equal(new URL(second.url()).pathname, '/');
+    // a link with a malformed escape shows "Page not found", not an endless "Loading"
+    await second.goto(`${server.url}/#/booking/%E0`);
+    await second.getByRole('heading', { name: 'Page not found' }).waitFor();
+    assert.deepEqual(first.consoleErrors(), []);
+    assert.deepEqual(second.consoleErrors(), []);
+    await first.context().close();
+  });
+
   for (const [label, viewport] of [
     ['desktop', { width: 1280, height: 900 }],
     ['phone', { width: 390, height: 844 }],

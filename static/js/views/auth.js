@@ -3,7 +3,9 @@ import { h, toast } from '../ui.js';
 const USER_RE = /^[a-z0-9_.-]{3,32}$/;
 
 export async function authView(ctx, el, { query, signal }) {
-  const next = query.get('next') || '#/';
+  // only a page of this app: any other value (a path, another origin) is dropped
+  const asked = query.get('next') || '';
+  const next = asked.startsWith('#/') ? asked : '#/';
   let mode = query.get('mode') === 'register' ? 'register' : 'login';
   if (ctx.user) {
     ctx.navigate(next, { replace: true });
