@@ -207,7 +207,8 @@ fn content_security_policy(stripe: bool) -> String {
     };
     format!(
         "default-src 'self'; script-src 'self'{script}; {frame}connect-src 'self' ws: wss:{connect}; \
-         img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+         img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; \
+         base-uri 'none'; object-src 'none'; form-action 'self'"
     )
 }
 
@@ -640,6 +641,11 @@ mod tests {
         );
         assert!(stripe.contains("connect-src 'self' ws: wss: https://api.stripe.com;"));
         assert!(stripe.contains("frame-ancestors 'none'"), "{stripe}");
+        // no <base> to redirect the app's relative scripts, no plugins, no form posts
+        // elsewhere
+        for d in ["base-uri 'none'", "object-src 'none'", "form-action 'self'"] {
+            assert!(plain.contains(d) && stripe.contains(d), "{d}: {plain}");
+        }
         assert!(HeaderValue::from_str(&stripe).is_ok());
     }
 
