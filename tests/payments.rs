@@ -2561,6 +2561,35 @@ async fn paid_back_again(f: &FakeStripe, s: &Server, c: &mut Client, owed: i64) 
     );
 }
 
+/// A refund's failure told by a webhook while the refund's read is answered 404 by
+/// something that is not Stripe (a proxy, a wrong base path): the event is not
+/// acknowledged, so Stripe tells it again, and then the money is paid back. Any 404
+/// used to read as "Stripe knows no such refund": the event was acknowledged, and the
+/// failure lost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_failure_told_while_a_proxy_answers_404_is_not_lost() {
+    let (f, s, mut c, seats, b) = paid_for_refunds(|_| {}).await;
+    let cancel = json!({"locator": b["locator"], "request_id": "c1", "seats": [seats[0]]});
+    let first = c.ok("booking.cancel", cancel).await;
+    let owed = first["order"]["refunded"]["amount"].as_i64().unwrap();
+    let made = f.ledger().intents[0].refunds[0].clone();
+    assert!(f.fail_refund(&made.id));
+    fault(&f, Step::RetrieveRefund, Fault::ForeignNotFound);
+    let status = refund_event(&s, "evt_proxy", "refund.failed", &made.id).await;
+    assert_eq!(
+        status, 503,
+        "acknowledged while the refund could not be read"
+    );
+    assert!(!s.app().store.webhook_seen("evt_proxy").unwrap());
+    f.clear_faults();
+    assert_eq!(
+        refund_event(&s, "evt_proxy", "refund.failed", &made.id).await,
+        200
+    );
+    paid_back_again(&f, &s, &mut c, owed).await;
+    s.stop().await;
+}
+
 /// A refund Stripe fails days after it was made (and recorded) is paid back again
 /// under a fresh key when its webhook comes, once however often it is told; a reissue
 /// the gateway refuses too waits for an admin, and one an admin paid by other means

@@ -136,7 +136,8 @@ impl Stripe {
     }
 
     /// A refund object as Stripe holds it now (not an answer cached under a key);
-    /// `None` if it knows no such refund.
+    /// `None` if it knows no such refund: Stripe's own `resource_missing`, not any 404
+    /// (a proxy's, a wrong base path's), which says nothing of the refund.
     async fn get_refund(&self, id: &str) -> Result<Option<Value>, PaymentError> {
         if !super::webhook::is_stripe_id(id) {
             return Ok(None);
@@ -144,7 +145,12 @@ impl Stripe {
         let url = self.url(&format!("/v1/refunds/{id}"));
         match self.call_raw(self.http.get(url), None).await? {
             Ok(r) => Ok(Some(r)),
-            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err((StatusCode::NOT_FOUND, body))
+                if body["error"]["type"].is_string()
+                    && body["error"]["code"] == "resource_missing" =>
+            {
+                Ok(None)
+            }
             Err((status, body)) => Err(refusal(status, &body)),
         }
     }

@@ -38,6 +38,8 @@
 //!   status read after a timeout sees an unconfirmed payment that is charged a moment later.
 //!   (refund) The refund is made after `d`, whether or not the client still waits; its
 //!   key is in flight until then (409 to a request under it), and no list shows it.
+//! - `ForeignNotFound`: 404 at once with a JSON body that is not Stripe's error (a
+//!   proxy's, a wrong base path's), nothing looked at.
 //! - `AnswerHeld`: done at once, but answered only once the test lets it go
 //!   ([`FakeStripe::release_answers`], or `POST /_fake/release_answers/{n}`): the
 //!   window in which the gateway has acted and its caller does not know yet.
@@ -134,12 +136,15 @@ pub enum Fault {
     RefundPending,
     /// Done at once, answered once released ([`FakeStripe::release_answers`]).
     AnswerHeld,
+    /// Answered 404 with a JSON body that is not Stripe's error, as a proxy or a wrong
+    /// base path answers: nothing is looked at.
+    ForeignNotFound,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     /// `fail`, `refuse`, `timeout`, `lose_reply`, `slow:MS`, `process_late:MS`,
-    /// `refund_fails`, `refund_pending`, `answer_held`.
+    /// `refund_fails`, `refund_pending`, `answer_held`, `foreign_not_found`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, ms) = s.split_once(':').unwrap_or((s, ""));
         let d = || {
@@ -157,6 +162,7 @@ impl std::str::FromStr for Fault {
             "refund_fails" => Fault::RefundFails,
             "refund_pending" => Fault::RefundPending,
             "answer_held" => Fault::AnswerHeld,
+            "foreign_not_found" => Fault::ForeignNotFound,
             _ => return Err(format!("unknown fault {s:?}")),
         })
     }
@@ -940,6 +946,10 @@ async fn serve(
         }
         Some(Fault::Timeout) => std::future::pending::<()>().await,
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::ForeignNotFound) => {
+            let body = json!({"message": "no route for this path"});
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        }
         _ => {}
     }
     let fingerprint = format!("{step:?} {params:?}");

@@ -15,7 +15,7 @@ struct Args {
     /// STEP=FAULT[@RATE], repeatable. STEP: create, confirm, retrieve, cancel, refund,
     /// list_refunds, retrieve_refund. FAULT: fail, refuse, timeout, lose_reply, slow:MS,
     /// process_late:MS (confirm, refund), refund_fails, refund_pending (refund only),
-    /// answer_held. RATE: 0..1 (default 1).
+    /// answer_held, foreign_not_found. RATE: 0..1 (default 1).
     #[arg(long = "fault")]
     faults: Vec<FaultRule>,
 }
