@@ -259,3 +259,22 @@ fn systemd_accepts_the_service_unit() {
         "{text}"
     );
 }
+
+/// A server refuses to start on a data dir whose restore did not finish (`jetway
+/// backup` writes `RESTORING` first and removes it last): its indexes may lack
+/// records.
+#[test]
+fn a_server_refuses_a_data_dir_whose_restore_did_not_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("RESTORING"), b"").unwrap();
+    let out = jetway_command()
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restore that did not finish"), "{err}");
+}

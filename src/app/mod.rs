@@ -128,13 +128,16 @@ impl App {
         } else {
             let (dir, cache_mb) = (config.data_dir.clone(), config.cache_mb);
             Arc::new(
-                tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache_mb))
-                    .await
-                    .map_err(|e| StartError::Other(e.to_string()))?
-                    .map_err(|source| StartError::Store {
-                        path: config.data_dir.display().to_string(),
-                        source,
-                    })?,
+                tokio::task::spawn_blocking(move || {
+                    crate::store::snapshot::check_complete(&dir)?;
+                    SledStore::open_with_cache(&dir, cache_mb)
+                })
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .map_err(|source| StartError::Store {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                })?,
             )
         };
         let payments: Arc<dyn PaymentGateway> = match config.payments {

@@ -78,8 +78,13 @@ pub fn decode(bytes: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
     Ok(records)
 }
 
+/// The file a restore writes into its data dir first and removes last: a data dir
+/// holding it was restored only in part.
+pub const RESTORING: &str = "RESTORING";
+
 /// Refuses a directory that exists with something in it.
 pub fn ensure_new(dir: &Path) -> StoreResult<()> {
+    check_complete(dir)?;
     match std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         true => Err(StoreError::Io(format!(
             "{} is not empty: restore into a new directory",
@@ -89,14 +94,27 @@ pub fn ensure_new(dir: &Path) -> StoreResult<()> {
     }
 }
 
+/// Refuses a data dir a restore left unfinished (see [`restore`]).
+pub fn check_complete(dir: &Path) -> StoreResult<()> {
+    match dir.join(RESTORING).exists() {
+        true => Err(StoreError::Io(format!(
+            "{} holds a restore that did not finish ({RESTORING} is in it): remove the \
+             directory's contents and restore again",
+            dir.display()
+        ))),
+        false => Ok(()),
+    }
+}
+
 /// Writes a snapshot's records into `dir`, which must not exist or be empty, as a
 /// data dir a server can start on; durable when this returns. Returns the record count.
 ///
-/// The records are written into a sibling, `DIR.restoring`, renamed to `dir` only
-/// once all of them are durable: records are written in key order, and each index
-/// sorts after its records (`B`ooking before `b`), so a restore interrupted part-way
-/// left a data dir a server would start on with refunds and attempts missing from
-/// their indexes (never retried).
+/// A [`RESTORING`] file is written (durably) first and removed last, and a server
+/// refuses to start on a data dir that holds it ([`check_complete`]): records are
+/// written in key order, and each index sorts after its records (`B`ooking before
+/// `b`), so a restore interrupted part-way left a data dir a server would start on,
+/// with refunds and attempts missing from their indexes (never retried). `dir` itself
+/// is written into, so it may be an empty mount point.
 pub fn restore(bytes: &[u8], dir: &Path) -> StoreResult<usize> {
     restore_with(bytes, dir, |_| Ok(()))
 }
@@ -110,19 +128,15 @@ fn restore_with(
 ) -> StoreResult<usize> {
     let records = decode(bytes)?;
     ensure_new(dir)?;
-    let name = dir
-        .file_name()
-        .ok_or_else(|| StoreError::Io(format!("{} names no directory", dir.display())))?;
-    let mut partial_name = name.to_os_string();
-    partial_name.push(".restoring");
-    let partial = dir.with_file_name(partial_name);
-    if partial.exists() {
-        return Err(StoreError::Io(format!(
-            "{} exists: an interrupted restore left it; remove it and restore again",
-            partial.display()
-        )));
-    }
-    let store = SledStore::open(&partial)?;
+    super::create_dir_durably(dir)?;
+    let marker = dir.join(RESTORING);
+    let io =
+        |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", marker.display()));
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("writing", e))?;
+    super::sync_dir(dir)?;
+    let store = SledStore::open(dir)?;
     let mut written = 0;
     for chunk in records.chunks(CHUNK) {
         let writes: Vec<_> = chunk
@@ -138,14 +152,8 @@ fn restore_with(
     // not shut down: that would give back this handle's unused ids, below the
     // snapshot's id floor just written
     drop(store);
-    std::fs::rename(&partial, dir).map_err(|e| {
-        StoreError::Io(format!(
-            "moving {} to {}: {e}",
-            partial.display(),
-            dir.display()
-        ))
-    })?;
-    super::sync_dir(dir.parent().unwrap_or(Path::new("")))?;
+    std::fs::remove_file(&marker).map_err(|e| io("removing", e))?;
+    super::sync_dir(dir)?;
     Ok(records.len())
 }
 
@@ -208,10 +216,11 @@ mod tests {
         assert!(store.written.lock().is_none(), "nothing noted once done");
     }
 
-    /// A restore interrupted part-way leaves no data dir a server would start on,
-    /// and a second restore names what the first left.
+    /// A restore interrupted part-way leaves a data dir no server starts on, and a
+    /// second restore into it names what the first left; an empty directory (a mount
+    /// point) is restored into.
     #[test]
-    fn an_interrupted_restore_leaves_no_data_dir() {
+    fn an_interrupted_restore_leaves_no_data_dir_a_server_starts_on() {
         let src = tempfile::tempdir().unwrap();
         let store = SledStore::open(src.path()).unwrap();
         let records: Vec<_> = (0..CHUNK as u32 + 10)
@@ -220,18 +229,19 @@ mod tests {
         store.apply_raw(&records).unwrap();
         let bytes = store.snapshot().unwrap();
         drop(store);
-        let dst = tempfile::tempdir().unwrap();
-        let into = dst.path().join("data");
-        let cut = restore_with(&bytes, &into, |n| match n < CHUNK {
+        let into = tempfile::tempdir().unwrap();
+        let cut = restore_with(&bytes, into.path(), |n| match n < CHUNK {
             true => Ok(()),
             false => Err(StoreError::Io("interrupted".into())),
         });
         assert!(cut.is_err());
-        assert!(!into.exists(), "a part-restored data dir is in place");
-        let again = restore(&bytes, &into).unwrap_err().to_string();
-        assert!(again.contains("data.restoring"), "{again}");
-        std::fs::remove_dir_all(dst.path().join("data.restoring")).unwrap();
-        assert_eq!(restore(&bytes, &into).unwrap(), records.len() + 1);
+        let refused = check_complete(into.path()).unwrap_err().to_string();
+        assert!(refused.contains(RESTORING), "{refused}");
+        let again = restore(&bytes, into.path()).unwrap_err().to_string();
+        assert!(again.contains(RESTORING), "{again}");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(restore(&bytes, empty.path()).unwrap(), records.len() + 1);
+        assert!(check_complete(empty.path()).is_ok());
     }
 
     #[test]
