@@ -1172,6 +1172,17 @@ fn open_stale_refund(
     seats: Option<Vec<jetway::domain::SeatId>>,
     id: &str,
 ) -> jetway::domain::Order {
+    open_refund_as(app, loc, seats, id, |_| {})
+}
+
+/// [`open_stale_refund`], changed by `tweak` before it is written.
+fn open_refund_as(
+    app: &jetway::app::App,
+    loc: &str,
+    seats: Option<Vec<jetway::domain::SeatId>>,
+    id: &str,
+    tweak: impl FnOnce(&mut jetway::store::RefundRecord),
+) -> jetway::domain::Order {
     let b = booking(app, loc);
     let order = app
         .store
@@ -1188,7 +1199,8 @@ fn open_stale_refund(
         jetway::store::RefundReason::FlightCancelled,
     );
     stale.id = id.into();
-    stale.created_at = 0;
+    (stale.created_at, stale.updated_at) = (0, 0);
+    tweak(&mut stale);
     let opened = jetway::store::Batch {
         new_refunds: vec![stale],
         ..Default::default()
@@ -1269,6 +1281,33 @@ async fn a_stale_refund_the_gateway_made_is_voided_as_made() {
     assert_eq!(record.made_ref.as_deref(), Some("re_twice"));
     assert!(store.open_refund(loc).unwrap().is_none());
     assert_eq!(paid.gateway.refunds().len(), 1, "asked for nothing more");
+}
+
+/// A refund reopened a moment ago (Stripe failed it days after it was made; the
+/// reissue, under a fresh key, may still be in the making through another node) is not
+/// closed as paid elsewhere before the gateway has had its time: the wait ran from the
+/// record's creation, days old, and let it through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_reopened_a_moment_ago_is_not_closed_as_paid_elsewhere() {
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let paid = paid_booking(dir.path()).await;
+    let (app, store) = (&paid.app, &paid.store);
+    open_refund_as(app, &paid.loc, None, "rf-reissue", |r| {
+        r.failed_later = vec!["re_failed".into()];
+        r.gateway_key = Some("rf-fresh".into());
+        r.updated_at = jetway::domain::now_ms();
+    });
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let p = json!({"refund_id": "rf-reissue", "outcome": "paid_elsewhere"});
+    let refused = app.admin_resolve_refund(&admin, decode(p).unwrap()).await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    assert!(store.open_refund("re_failed").unwrap().is_some(), "closed");
 }
 
 /// A stale refund naming a seat its booking no longer holds and one it still holds

@@ -665,8 +665,9 @@ impl App {
     /// Refuses to close a refund as paid elsewhere while the gateway may still make
     /// it: within [`App::payment_span`] of an answer that left that open (a timeout, a
     /// 5xx: the request may still be executing, and no look-up sees a refund before it
-    /// is made), or of the record's creation when this node has seen no answer (asked
-    /// before a restart, or through another node); and once the gateway holds a refund
+    /// is made), or of the record's creation or last change (a reopening, a retry's
+    /// fresh key) when this node has seen no answer (asked before a restart, or through
+    /// another node); and once the gateway holds a refund
     /// made under one of its keys. A definite refusal under its key closes that door.
     async fn check_settled(&self, r: &RefundRecord) -> Result<(), AppError> {
         self.check_quiet(r)?;
@@ -682,7 +683,9 @@ impl App {
     fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
         let since = match self.refund_failures.get(&r.id) {
             Some(f) => f.uncertain_at,
-            None => Some(r.created_at),
+            // reopened (a reissue) or given a fresh key (an admin's retry) since it
+            // was created: asked under that key from then on, maybe through another node
+            None => Some(r.created_at.max(r.updated_at)),
         };
         let span = self.payment_span().as_millis() as domain::Millis;
         if let Some(until) = since.map(|t| t.saturating_add(span)) {
