@@ -956,18 +956,25 @@ async fn charged_intent(f: &FakeStripe, amount: i64) -> String {
     pi
 }
 
+/// A booking paid, and charged once more by an attempt closed as failed (a late
+/// charge): its locator, its total and the late PaymentIntent.
+async fn paid_and_charged_late(s: &Server, f: &FakeStripe) -> (Value, i64, String) {
+    let mut a = s.client().await;
+    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
+    let loc = b["locator"].clone();
+    a.ok("booking.pay", pay(&loc, "pm_card_visa", "p")).await;
+    let total = b["total"]["amount"].as_i64().unwrap();
+    let pi = failed_but_charged(s, f, &store_booking(s, &loc), "pa-late", true).await;
+    (loc, total, pi)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_webhook_for_a_failed_attempt_refunds_a_charge_the_booking_cannot_take() {
     let (f, s) = stripe_server(|c| {
         c.reconcile_interval = 3600;
     })
     .await;
-    let mut a = s.client().await;
-    let (_fid, _seats, b) = booked_user(&mut a, 1, "economy").await;
-    let loc = b["locator"].clone();
-    a.ok("booking.pay", pay(&loc, "pm_card_visa", "p")).await;
-    let total = b["total"]["amount"].as_i64().unwrap();
-    let pi = failed_but_charged(&s, &f, &store_booking(&s, &loc), "pa-late", true).await;
+    let (loc, total, pi) = paid_and_charged_late(&s, &f).await;
     let event = json!({"id": "evt_late", "type": "payment_intent.succeeded",
                        "data": {"object": {"id": pi, "object": "payment_intent"}}})
     .to_string();
@@ -986,6 +993,40 @@ async fn a_success_webhook_for_a_failed_attempt_refunds_a_charge_the_booking_can
         store_booking(&s, &loc).status,
         jetway::domain::BookingStatus::Confirmed
     );
+    s.stop().await;
+}
+
+/// A webhook whose work outlasts its connection (the connection's deadline is the
+/// handshake timeout; Stripe also gives up on an answer) still finishes it: here the
+/// late charge's refund, slow at the gateway. It used to be dropped between two
+/// gateway calls, and the charge kept until the next reconciliation round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_cut_off_mid_way_still_finishes_its_work() {
+    let (f, s) = stripe_server(|c| {
+        c.reconcile_interval = 3600;
+        c.limits.handshake_timeout = 1;
+    })
+    .await;
+    let (_loc, total, pi) = paid_and_charged_late(&s, &f).await;
+    // over the connection's deadline, under the gateway timeout (2 s)
+    fault(&f, Step::Refund, Fault::Slow(Duration::from_millis(1500)));
+    let event = json!({"id": "evt_cut", "type": "payment_intent.succeeded",
+                       "data": {"object": {"id": pi, "object": "payment_intent"}}})
+    .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = jetway::payments::webhook::sign(WEBHOOK_SECRET, event.as_bytes(), now);
+    let cut = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/stripe", s.addr))
+        .header("Stripe-Signature", signed)
+        .body(event)
+        .send()
+        .await;
+    assert!(cut.is_err(), "answered within the deadline: {cut:?}");
+    eventually("the late charge is refunded", || async {
+        f.ledger().refunded() == total
+    })
+    .await;
+    assert!(s.app().store.webhook_seen("evt_cut").unwrap());
     s.stop().await;
 }
 
