@@ -33,9 +33,15 @@ impl std::fmt::Debug for Stripe {
 
 impl Stripe {
     pub fn new(base: &str, secret_key: String, timeout: Duration) -> Result<Self, String> {
+        if secret_key.trim().is_empty() {
+            return Err("STRIPE_SECRET_KEY is empty".into());
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .timeout(timeout)
+            // Stripe never redirects; a redirect (a misconfigured base) would turn a
+            // POST into a GET elsewhere, with the secret key
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Stripe {
@@ -164,6 +170,15 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
         .as_str()
         .unwrap_or("payment gateway error")
         .to_owned();
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        // Stripe's text may quote part of the key ("Invalid API Key provided:
+        // sk_live_****1234"): for the operator's log only, never for a customer or
+        // the history
+        tracing::error!(%status, %message, "the payment gateway refused Jetway's credentials");
+        return PaymentError::Failed(format!(
+            "the payment gateway refused the request ({status})"
+        ));
+    }
     if status == StatusCode::PAYMENT_REQUIRED || body["error"]["type"] == "card_error" {
         PaymentError::Declined(message)
     } else if status.is_server_error() {
@@ -517,6 +532,22 @@ fn refund_page(page: &Value) -> Result<(&Vec<Value>, Option<String>), PaymentErr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A refusal of Jetway's own key may quote part of it: never passed on to the
+    /// customer (nor, through `payment_failed`, to the history). An empty key, or a
+    /// redirect, never sends the key anywhere.
+    #[test]
+    fn a_refused_key_is_not_quoted_to_the_customer() {
+        let body = json!({"error": {"type": "invalid_request_error",
+            "message": "Invalid API Key provided: sk_live_****1234"}});
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+            let e = refusal(status, &body).to_string();
+            assert!(!e.contains("sk_live"), "{e}");
+            assert!(matches!(refusal(status, &body), PaymentError::Failed(_)));
+        }
+        let timeout = Duration::from_secs(1);
+        assert!(Stripe::new("https://api.stripe.com", " ".into(), timeout).is_err());
+    }
 
     #[test]
     fn a_refund_list_that_does_not_say_whether_more_follow_is_an_error() {
