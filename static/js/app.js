@@ -16,6 +16,9 @@ const watcher = client.seats;
 const bus = new EventTarget();
 
 let resolveSessionKnown;
+// The token this tab logged in or resumed with.
+let sessionToken = null;
+
 const ctx = {
   client,
   watcher,
@@ -35,6 +38,7 @@ const ctx = {
   },
 
   setSession(result) {
+    sessionToken = result.token;
     localStorage.setItem(TOKEN_KEY, result.token);
     ctx.user = result.user;
     renderAccount();
@@ -42,7 +46,10 @@ const ctx = {
   },
 
   forgetSession(message) {
-    localStorage.removeItem(TOKEN_KEY);
+    // only this tab's own token: another tab may have logged in meanwhile (this one
+    // reloads on that, but a call of its own may fail first)
+    if (localStorage.getItem(TOKEN_KEY) === sessionToken) localStorage.removeItem(TOKEN_KEY);
+    sessionToken = null;
     // seats and passenger names picked on a flight page: the next user of this tab
     // must not find them filled in
     for (const k of Object.keys(sessionStorage)) {
@@ -104,6 +111,7 @@ const ctx = {
 
 client.onConnect(async (c) => {
   const token = localStorage.getItem(TOKEN_KEY);
+  sessionToken = token;
   if (!token) {
     resolveSessionKnown();
     return;
