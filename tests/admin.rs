@@ -1310,6 +1310,46 @@ async fn a_refund_reopened_a_moment_ago_is_not_closed_as_paid_elsewhere() {
     assert!(store.open_refund("re_failed").unwrap().is_some(), "closed");
 }
 
+/// A node that saw its own try refused under a refund's first key knows nothing of
+/// the fresh key another node's retry gave it since (that node's try may still be in
+/// the making): paid_elsewhere waits for it. The refusal seen here let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() {
+    use common::faulty::Wire;
+    use jetway::protocol::params::decode;
+    use jetway::store::{Batch, Store};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let paid = paid_booking(dir.path()).await;
+    let (app, store) = (&paid.app, &paid.store);
+    paid.gateway.refuse_refunds.store(true, Ordering::SeqCst);
+    let cancel = json!({"locator": paid.loc, "request_id": "c1"});
+    assert!(app
+        .cancel(&paid.user, decode(cancel).unwrap())
+        .await
+        .is_err());
+    let read = store.open_refund(&paid.loc).unwrap().expect("left open");
+    // another node's retry: a fresh key, written over the record
+    let mut retried = read.clone();
+    retried.previous_keys.push(read.key().to_owned());
+    retried.gateway_key = Some("rf-elsewhere".into());
+    retried.updated_at = jetway::domain::now_ms();
+    let write = Batch {
+        refunds: vec![retried],
+        refunds_read: vec![read.clone()],
+        ..Default::default()
+    };
+    store.write(&write).unwrap();
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let p = json!({"refund_id": read.id, "outcome": "paid_elsewhere"});
+    let refused = app.admin_resolve_refund(&admin, decode(p).unwrap()).await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+        "{:?}",
+        refused.wire().map(|_| ())
+    );
+}
+
 /// A stale refund naming a seat its booking no longer holds and one it still holds
 /// is money owed for the second: never voided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1517,6 +1517,22 @@ impl App {
             .ok_or(WebhookError::NotConfigured)
     }
 
+    /// [`App::stripe_webhook`] on a task of its own, which [`App::stop`] waits for
+    /// before the store closes: the caller's connection ending (its deadline, Stripe
+    /// giving up on the answer) does not stop the work between two gateway calls,
+    /// losing what it learnt of their answers and leaving a payment mark to lapse.
+    pub async fn stripe_webhook_detached(
+        self: &Arc<Self>,
+        signature: String,
+        body: bytes::Bytes,
+    ) -> Result<(), WebhookError> {
+        let app = self.clone();
+        let handled = self
+            .tasks
+            .spawn(async move { app.stripe_webhook(&signature, &body).await });
+        handled.await.unwrap_or(Err(WebhookError::Internal))
+    }
+
     /// Applies a signed Stripe event once; a repeat is acknowledged and ignored.
     pub async fn stripe_webhook(&self, signature: &str, body: &[u8]) -> Result<(), WebhookError> {
         let secret = self.webhook_secret()?;

@@ -182,6 +182,7 @@ impl App {
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
                 seen.tries += 1;
                 seen.last_error = e.to_string();
+                seen.key = r.key().to_owned();
                 seen.uncertain_at = (!matches!(e, PaymentError::Refused(_))).then(domain::now_ms);
                 Ok(Err(e))
             }
@@ -682,10 +683,11 @@ impl App {
     /// [`App::check_settled`]'s wait: refused while the gateway may still make `r`.
     fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
         let since = match self.refund_failures.get(&r.id) {
-            Some(f) => f.uncertain_at,
-            // reopened (a reissue) or given a fresh key (an admin's retry) since it
-            // was created: asked under that key from then on, maybe through another node
-            None => Some(r.created_at.max(r.updated_at)),
+            Some(f) if f.key == r.key() => f.uncertain_at,
+            // none seen under its current key: reopened (a reissue) or given a fresh
+            // key (an admin's retry) since it was created, it is asked under that key
+            // from then on, maybe through another node
+            _ => Some(r.created_at.max(r.updated_at)),
         };
         let span = self.payment_span().as_millis() as domain::Millis;
         if let Some(until) = since.map(|t| t.saturating_add(span)) {
@@ -1105,4 +1107,7 @@ pub(super) struct RefundTrouble {
     /// When the last try ended without a definite answer (not a refusal under its
     /// key): the gateway may still be making it.
     pub uncertain_at: Option<domain::Millis>,
+    /// The key of the last try: what this node saw says nothing of another key
+    /// (a retry's, a reissue's, asked through another node).
+    pub key: String,
 }

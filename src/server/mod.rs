@@ -366,14 +366,11 @@ async fn stripe_webhook(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    // on a task of its own: the connection's deadline (the handshake timeout), or
-    // Stripe giving up on the answer, must not stop the work between two gateway
-    // calls, losing what it had learnt and leaving a payment mark to lapse
-    let app = ctx.app.clone();
-    let handled = ctx
-        .tracker
-        .spawn(async move { app.stripe_webhook(&signature, &body).await });
-    match handled.await.unwrap_or(Err(WebhookError::Internal)) {
+    // nothing new once the server stops (Stripe tells it again)
+    if ctx.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping").into_response();
+    }
+    match ctx.app.stripe_webhook_detached(signature, body).await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(e @ WebhookError::NotConfigured) => not_found(e),
         Err(e @ (WebhookError::Signature(_) | WebhookError::Malformed)) => {

@@ -82,10 +82,15 @@ pub fn decode(bytes: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
 /// holding it was restored only in part.
 pub const RESTORING: &str = "RESTORING";
 
-/// Refuses a directory that exists with something in it.
+/// Refuses a directory that exists with something in it (but `lost+found`, which the
+/// root of a freshly made ext4 file system holds: a mount point).
 pub fn ensure_new(dir: &Path) -> StoreResult<()> {
     check_complete(dir)?;
-    match std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+    let used = std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name() != std::ffi::OsStr::new("lost+found"))
+    });
+    match used {
         true => Err(StoreError::Io(format!(
             "{} is not empty: restore into a new directory",
             dir.display()
@@ -240,6 +245,7 @@ mod tests {
         let again = restore(&bytes, into.path()).unwrap_err().to_string();
         assert!(again.contains(RESTORING), "{again}");
         let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir(empty.path().join("lost+found")).unwrap();
         assert_eq!(restore(&bytes, empty.path()).unwrap(), records.len() + 1);
         assert!(check_complete(empty.path()).is_ok());
     }

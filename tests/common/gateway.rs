@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 /// A gateway that records every refund asked of it; from the `hang_from`-th refund
 /// on (or only the `hang_nth`-th) it never answers (as if the process died during
 /// the call), and while `fail_refunds` is set it answers every refund with an error
-/// (as if it were down). A look-up of a payment's refunds lists those in `listed`.
+/// (as if it were down), while `refuse_refunds` is set with a definite no. A look-up of a payment's refunds lists those in `listed`.
 #[derive(Default)]
 pub struct CountingGateway {
     pub inner: jetway::payments::Sandbox,
@@ -14,6 +14,8 @@ pub struct CountingGateway {
     pub hang_from: Option<usize>,
     pub hang_nth: Option<usize>,
     pub fail_refunds: std::sync::atomic::AtomicBool,
+    /// Every refund is refused with a definite no (as a 400 under its key).
+    pub refuse_refunds: std::sync::atomic::AtomicBool,
 }
 
 impl CountingGateway {
@@ -71,6 +73,13 @@ impl jetway::payments::PaymentGateway for CountingGateway {
             if self.fail_refunds.load(std::sync::atomic::Ordering::SeqCst) {
                 let down = "the payment gateway is down".into();
                 return Err(jetway::payments::PaymentError::Failed(down));
+            }
+            if self
+                .refuse_refunds
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let no = "the payment gateway refused the refund".into();
+                return Err(jetway::payments::PaymentError::Refused(no));
             }
             Ok(jetway::payments::MadeRefund {
                 id: format!("re_test_{}", req.idempotency_key),
