@@ -694,8 +694,8 @@ impl App {
             if domain::now_ms() < until {
                 return Err(AppError::InvalidState(format!(
                     "the gateway may still make this refund (asked under its key without a \
-                     definite answer); resolve it as paid_elsewhere after {}, once that has \
-                     settled",
+                     definite answer, here or through another node); resolve it after {}, \
+                     once that has settled",
                     domain::rfc3339(until)
                 )));
             }
