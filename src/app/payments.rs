@@ -1526,6 +1526,9 @@ impl App {
         signature: String,
         body: bytes::Bytes,
     ) -> Result<(), WebhookError> {
+        if self.stop.is_cancelled() {
+            return Err(WebhookError::Internal);
+        }
         let app = self.clone();
         let handled = self
             .tasks

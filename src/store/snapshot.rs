@@ -82,14 +82,17 @@ pub fn decode(bytes: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
 /// holding it was restored only in part.
 pub const RESTORING: &str = "RESTORING";
 
-/// Refuses a directory that exists with something in it (but `lost+found`, which the
-/// root of a freshly made ext4 file system holds: a mount point).
+/// Refuses a directory that exists with something in it (but an empty `lost+found`,
+/// which the root of a freshly made ext4 file system holds: a mount point).
 pub fn ensure_new(dir: &Path) -> StoreResult<()> {
     check_complete(dir)?;
-    let used = std::fs::read_dir(dir).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.file_name() != std::ffi::OsStr::new("lost+found"))
-    });
+    let fresh_ext4 = |e: &std::fs::DirEntry| {
+        e.file_name() == "lost+found"
+            && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
+    };
+    // an entry that cannot be read counts as something
+    let used = std::fs::read_dir(dir)
+        .is_ok_and(|d| d.into_iter().any(|e| !e.is_ok_and(|e| fresh_ext4(&e))));
     match used {
         true => Err(StoreError::Io(format!(
             "{} is not empty: restore into a new directory",
@@ -246,6 +249,13 @@ mod tests {
         assert!(again.contains(RESTORING), "{again}");
         let empty = tempfile::tempdir().unwrap();
         std::fs::create_dir(empty.path().join("lost+found")).unwrap();
+        let used = tempfile::tempdir().unwrap();
+        std::fs::create_dir(used.path().join("lost+found")).unwrap();
+        std::fs::write(used.path().join("lost+found").join("#123"), b"x").unwrap();
+        assert!(
+            restore(&bytes, used.path()).is_err(),
+            "a lost+found with files in it"
+        );
         assert_eq!(restore(&bytes, empty.path()).unwrap(), records.len() + 1);
         assert!(check_complete(empty.path()).is_ok());
     }
