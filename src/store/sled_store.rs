@@ -2141,7 +2141,7 @@ mod tests {
         assert_eq!(s.booking_counts(), expected, "seeded at open");
         assert_eq!(s.open_holds(UserId(1), 0), 1, "open holds seeded at open");
         for batch in &batches {
-            mirror_write(&mirror, batch);
+            mirror_write(&mirror, batch, &[]);
         }
         assert_eq!(mirror.booking_counts(), expected, "a mirror counts too");
         assert_eq!(mirror.open_holds(UserId(1), 0), 1, "and tallies open holds");
@@ -2150,7 +2150,7 @@ mod tests {
             waitlist: vec![waiting],
             ..Default::default()
         };
-        mirror_write(&mirror, &joined);
+        mirror_write(&mirror, &joined, &[]);
         assert_eq!(mirror.waiting_entries(UserId(1)), 1, "and waiting entries");
     }
 
@@ -2284,7 +2284,7 @@ mod tests {
 
         let mirror = SledStore::temporary().unwrap();
         for batch in &batches {
-            mirror_write(&mirror, batch);
+            mirror_write(&mirror, batch, &[]);
         }
         assert_eq!(
             ids(mirror.booking_attempts(&a).unwrap()),
@@ -2820,9 +2820,9 @@ mod tests {
     }
 
     /// Applies `batch`'s writes to `mirror` as an etcd store's mirror does (its
-    /// conditions checked by etcd).
-    fn mirror_write(mirror: &SledStore, batch: &Batch) {
-        let raw: Vec<_> = batch_ops(batch, &[])
+    /// conditions checked by etcd), its events numbered `history_ids`.
+    fn mirror_write(mirror: &SledStore, batch: &Batch, history_ids: &[u64]) {
+        let raw: Vec<_> = batch_ops(batch, history_ids)
             .unwrap()
             .into_iter()
             .filter_map(|o| match o {
@@ -2859,15 +2859,7 @@ mod tests {
                 events: vec![(user, ev(at, kind))],
                 ..Default::default()
             };
-            let ops = batch_ops(&batch, &[seq]).unwrap();
-            let raw: Vec<_> = ops
-                .into_iter()
-                .filter_map(|o| match o {
-                    Op::Put(k, v) => Some((k, Some(v))),
-                    _ => None,
-                })
-                .collect();
-            s.apply_raw(&raw).unwrap();
+            mirror_write(&s, &batch, &[seq]);
         };
         // node B's block is above node A's
         write(T + 1, "held", 10_001);
