@@ -684,9 +684,10 @@ impl App {
     fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
         let since = match self.refund_failures.get(&r.id) {
             Some(f) if f.key == r.key() => f.uncertain_at,
-            // none seen under its current key: reopened (a reissue) or given a fresh
-            // key (an admin's retry) since it was created, it is asked under that key
-            // from then on, maybe through another node
+            // none seen here under its current key: reopened (a reissue) or given a
+            // fresh key (an admin's retry) since it was created, it is asked under that
+            // key from then on (a try through another node leaves no trace on the
+            // record: docs/payments.md's known limit)
             _ => Some(r.created_at.max(r.updated_at)),
         };
         let span = self.payment_span().as_millis() as domain::Millis;
@@ -694,8 +695,8 @@ impl App {
             if domain::now_ms() < until {
                 return Err(AppError::InvalidState(format!(
                     "the gateway may still make this refund (asked under its key without a \
-                     definite answer, here or through another node); resolve it after {}, \
-                     once that has settled",
+                     definite answer, or opened, reopened or retried lately); resolve it \
+                     after {}, once that has settled",
                     domain::rfc3339(until)
                 )));
             }
