@@ -198,8 +198,9 @@ pub struct Config {
     #[arg(long, env = "JETWAY_GATEWAY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub gateway_timeout: u64,
 
-    /// How often unfinished payment attempts are reconciled with the gateway, in seconds.
-    #[arg(long, env = "JETWAY_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How often unfinished payment attempts are reconciled with the gateway, in seconds
+    /// (at most an hour: an orphaned charge waits that long for its refund).
+    #[arg(long, env = "JETWAY_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval: u64,
 
     /// A refund still unfinished this many seconds after it was opened first looks
@@ -374,6 +375,15 @@ mod tests {
             "{e}"
         );
         assert!(c("1", "60").is_err());
+    }
+
+    #[test]
+    fn a_reconcile_interval_beyond_an_hour_is_refused() {
+        let parse = |v: &str| Config::try_parse_from(["jetway", "--reconcile-interval", v]);
+        assert_eq!(parse("3600").unwrap().reconcile_interval, 3600);
+        for v in ["0", "3601", "18446744073709551615"] {
+            assert!(parse(v).is_err(), "{v}");
+        }
     }
 
     #[test]

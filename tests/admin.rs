@@ -1117,9 +1117,13 @@ struct Paid {
 }
 
 async fn paid_booking(dir: &std::path::Path) -> Paid {
+    paid_booking_through(dir, Arc::new(CountingGateway::default())).await
+}
+
+/// [`paid_booking`], paid through `gateway`.
+async fn paid_booking_through(dir: &std::path::Path, gateway: Arc<CountingGateway>) -> Paid {
     use common::faulty::{faulty_app_paying, flight_and_seats, register, Wire};
     use jetway::protocol::params::decode;
-    let gateway = Arc::new(CountingGateway::default());
     let admin_password = |c: &mut jetway::Config| c.admin_password = Some(ADMIN_PASSWORD.into());
     let (app, store) = faulty_app_paying(dir, admin_password, gateway.clone()).await;
     let user = register(&app, "ada").await.unwrap();
@@ -1310,11 +1314,38 @@ async fn a_refund_reopened_a_moment_ago_is_not_closed_as_paid_elsewhere() {
     assert!(store.open_refund("re_failed").unwrap().is_some(), "closed");
 }
 
-/// A node that saw its own try refused under a refund's first key knows nothing of
-/// the fresh key another node's retry gave it since (that node's try may still be in
-/// the making): paid_elsewhere waits for it. The refusal seen here let it through.
+/// An admin's retry asks once more under the refund's key (refused) and gives it a
+/// fresh one: a try under that key by an older version, which writes no trace, may be
+/// in the making through another node, so paid_elsewhere waits a span from the retry.
+/// The refusal, seen here and written on the record, let it through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() {
+    paid_elsewhere_waits_after(true, |_| {}).await;
+}
+
+/// A node that saw its own try of a refund refused knows nothing of a try another
+/// node made since under the same key (it may still be in the making): every try
+/// writes when it began on the record before the call, and paid_elsewhere waits for
+/// it. The refusal seen here let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_through_another_node_holds_paid_elsewhere_back() {
+    // opened long ago, and asked again under the same key through another node
+    paid_elsewhere_waits_after(false, |r| {
+        let asked = r.asked_at.expect("the try is on the record");
+        (r.created_at, r.updated_at) = (0, 0);
+        r.asked_at = Some(asked + 1);
+    })
+    .await;
+}
+
+/// A paid booking's cancel whose refund the gateway refused (this node saw it), then
+/// retried by the admin if `retry`, the record then changed by `elsewhere` (as through
+/// another node): paid_elsewhere through this node is refused for the wait, and the
+/// refund stays open.
+async fn paid_elsewhere_waits_after(
+    retry: bool,
+    elsewhere: impl FnOnce(&mut jetway::store::RefundRecord),
+) {
     use common::faulty::Wire;
     use jetway::protocol::params::decode;
     use jetway::store::{Batch, Store};
@@ -1328,26 +1359,107 @@ async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() 
         .cancel(&paid.user, decode(cancel).unwrap())
         .await
         .is_err());
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let id = store.open_refund(&paid.loc).unwrap().expect("left open").id;
+    if retry {
+        let p = json!({"refund_id": id, "outcome": "retry"});
+        app.admin_resolve_refund(&admin, decode(p).unwrap())
+            .await
+            .wire()
+            .unwrap();
+    }
     let read = store.open_refund(&paid.loc).unwrap().expect("left open");
-    // another node's retry: a fresh key, written over the record
-    let mut retried = read.clone();
-    retried.previous_keys.push(read.key().to_owned());
-    retried.gateway_key = Some("rf-elsewhere".into());
-    retried.updated_at = jetway::domain::now_ms();
+    let mut changed = read.clone();
+    elsewhere(&mut changed);
     let write = Batch {
-        refunds: vec![retried],
+        refunds: vec![changed],
         refunds_read: vec![read.clone()],
         ..Default::default()
     };
     store.write(&write).unwrap();
-    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
-    let p = json!({"refund_id": read.id, "outcome": "paid_elsewhere"});
+    let p = json!({"refund_id": id, "outcome": "paid_elsewhere"});
     let refused = app.admin_resolve_refund(&admin, decode(p).unwrap()).await;
     assert!(
         matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
         "{:?}",
         refused.wire().map(|_| ())
     );
+    assert!(store.open_refund(&paid.loc).unwrap().is_some(), "closed");
+}
+
+/// The wait goes by the last try on the record, whichever node made it: a try's
+/// requests go out within one payment span of its start and may each execute for a
+/// span after, so it holds paid_elsewhere back for two spans from its start (one let
+/// it through while another node's try could still send its last request); a try
+/// refused outright and written so lifts it on every node (only the node that saw the
+/// refusal knew, and any later try elsewhere held the others back again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_follows_the_last_try_on_the_record_whichever_node_made_it() {
+    use jetway::protocol::params::decode;
+    use jetway::store::{Batch, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let paid = paid_booking(dir.path()).await;
+    let (app, store) = (&paid.app, &paid.store);
+    let span = app.payment_span().as_millis() as i64;
+    let asked = jetway::domain::now_ms() - span - 5_000;
+    open_refund_as(app, &paid.loc, None, "rf-elsewhere", |r| {
+        r.asked_at = Some(asked)
+    });
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let p = || decode(json!({"refund_id": "rf-elsewhere", "outcome": "paid_elsewhere"})).unwrap();
+    let refused = app.admin_resolve_refund(&admin, p()).await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let read = store.open_refund(&paid.loc).unwrap().expect("open");
+    let mut refusal = read.clone();
+    refusal.refused_at = Some(asked);
+    let write = Batch {
+        refunds: vec![refusal],
+        refunds_read: vec![read],
+        ..Default::default()
+    };
+    store.write(&write).unwrap();
+    let closed = app
+        .admin_resolve_refund(&admin, p())
+        .await
+        .expect("resolved");
+    assert!(closed.refund.done);
+    assert!(store.open_refund(&paid.loc).unwrap().is_none());
+}
+
+/// The time of a try is on the refund's record, durably, before the gateway is asked:
+/// a process that dies during the call leaves it for every node to wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_is_on_its_refund_record_before_the_gateway_is_asked() {
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(CountingGateway {
+        hang_nth: Some(1),
+        ..Default::default()
+    });
+    let paid = paid_booking_through(dir.path(), gateway.clone()).await;
+    let before = jetway::domain::now_ms();
+    let (app, user, loc) = (paid.app.clone(), paid.user.clone(), paid.loc.clone());
+    let cancelling = tokio::spawn(async move {
+        let cancel = json!({"locator": loc, "request_id": "c1"});
+        let _ = app.cancel(&user, decode(cancel).unwrap()).await;
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while gateway.refunds().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let open = paid.store.open_refund(&paid.loc).unwrap().expect("open");
+    assert!(open.asked_at.is_some_and(|t| t >= before), "{open:?}");
+    assert_eq!(gateway.refunds()[0].0, open.key());
+    cancelling.abort();
 }
 
 /// A stale refund naming a seat its booking no longer holds and one it still holds

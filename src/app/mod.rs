@@ -79,7 +79,7 @@ pub struct App {
     /// This process's name on the payment marks it takes (`PaymentMark::owner`).
     mark_owner: String,
     /// Open refunds the gateway failed or refused on this node since it started
-    /// (`admin.refunds.list`, and the guard on `paid_elsewhere`).
+    /// (`admin.refunds.list`).
     refund_failures: DashMap<String, refunds::RefundTrouble>,
     /// The last pending refund asked about: each round of the watch goes on after it.
     watch_cursor: parking_lot::Mutex<Option<String>>,
@@ -525,8 +525,9 @@ impl App {
     }
 
     /// The longest a payment or refund request can take: up to five gateway calls
-    /// (create, confirm, status, cancel, refund) and the commits between them.
-    fn payment_span(&self) -> std::time::Duration {
+    /// (create, confirm, status, cancel, refund) and the commits between them; a
+    /// refund's try is cut off there (it may list many pages of refunds first).
+    pub fn payment_span(&self) -> std::time::Duration {
         std::time::Duration::from_secs(5 * self.config.gateway_timeout + 60)
     }
 

@@ -102,6 +102,9 @@ pub fn new_refund(
         failed_later: Vec::new(),
         made_ref: None,
         made_pending: false,
+        asked_at: None,
+        asked_until: None,
+        refused_at: None,
     }
 }
 
@@ -144,9 +147,12 @@ impl App {
 
     /// Asks the gateway for an open refund, with its stored key and amount; returns
     /// the gateway's refund (none when there is nothing to pay), for [`made_by`].
+    /// `r`, read under its booking's payment mark, is written first with the time of
+    /// the call ([`RefundRecord::asked_at`]), and holds it after: a caller writes over
+    /// that copy.
     pub(super) async fn make_refund(
         &self,
-        r: &RefundRecord,
+        r: &mut RefundRecord,
     ) -> Result<Option<MadeRefund>, AppError> {
         self.ask_for_refund(r)
             .await?
@@ -154,38 +160,89 @@ impl App {
     }
 
     /// [`App::make_refund`], with the gateway's error as it came (`Ok(Err(_))`).
+    /// A try ends by [`RefundRecord::asked_until`], one [`App::payment_span`] after it
+    /// began: it sends nothing after that (see [`App::check_quiet`]).
     async fn ask_for_refund(
         &self,
-        r: &RefundRecord,
+        r: &mut RefundRecord,
     ) -> Result<Result<Option<MadeRefund>, PaymentError>, AppError> {
         if r.amount == Money::ZERO {
             return Ok(Ok(None));
         }
         self.money_may_move()?;
-        let made = self
-            .payments
-            .refund(RefundRequest {
-                payment_ref: r.payment_ref.clone(),
-                amount: r.amount,
-                idempotency_key: r.key().to_owned(),
-                look_up_first: domain::now_ms() - r.created_at
-                    >= 1000 * self.config.refund_lookup_after as domain::Millis,
-                earlier_keys: r.previous_keys.clone(),
-            })
-            .await;
+        let (now, started) = (domain::now_ms(), tokio::time::Instant::now());
+        let span = self.payment_span();
+        // after every earlier try and change, so that one value names one try
+        let asked_at = now
+            .max(r.asked_at.map_or(0, |t| t + 1))
+            .max(r.updated_at + 1);
+        let asked = |x: &mut RefundRecord| {
+            x.asked_at = Some(asked_at);
+            x.asked_until = Some(asked_at.saturating_add(span.as_millis() as domain::Millis));
+        };
+        // changed through another node since it was read: nothing was asked
+        if !self.rewrite_refund(r, asked).await? {
+            return Err(busy_error());
+        }
+        let asking = self.payments.refund(RefundRequest {
+            payment_ref: r.payment_ref.clone(),
+            amount: r.amount,
+            idempotency_key: r.key().to_owned(),
+            look_up_first: now - r.created_at
+                >= 1000 * self.config.refund_lookup_after as domain::Millis,
+            earlier_keys: r.previous_keys.clone(),
+        });
+        let made = match tokio::time::timeout_at(started + span, asking).await {
+            Ok(made) => made,
+            Err(_) => Err(PaymentError::Failed(
+                "the payment gateway did not finish the refund within the payment span".into(),
+            )),
+        };
         match made {
             Ok(made) => {
                 self.refund_failures.remove(&r.id);
                 Ok(Ok(Some(made)))
             }
             Err(e) => {
+                if matches!(e, PaymentError::Refused(_)) {
+                    // for every node: this try is not in the making (unwritten, it is
+                    // waited on as if it might be)
+                    let refused = self.rewrite_refund(r, |x| x.refused_at = Some(asked_at));
+                    match refused.await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(refund = %r.id, "a refusal of a refund not noted on its record: it changed meanwhile")
+                        }
+                        Err(w) => {
+                            tracing::warn!(refund = %r.id, error = %w, "a refusal of a refund not noted on its record")
+                        }
+                    }
+                }
                 let mut seen = self.refund_failures.entry(r.id.clone()).or_default();
                 seen.tries += 1;
                 seen.last_error = e.to_string();
-                seen.key = r.key().to_owned();
-                seen.uncertain_at = (!matches!(e, PaymentError::Refused(_))).then(domain::now_ms);
                 Ok(Err(e))
             }
+        }
+    }
+
+    /// Writes `change` on open refund `r`, read under its booking's payment mark, only
+    /// over `r` as read; `r` holds it after. `false`, and nothing written, if the
+    /// record changed meanwhile.
+    async fn rewrite_refund(
+        &self,
+        r: &mut RefundRecord,
+        change: impl FnOnce(&mut RefundRecord),
+    ) -> Result<bool, AppError> {
+        let mut changed = r.clone();
+        change(&mut changed);
+        match self.commit(rewritten(&changed, r.clone())).await {
+            Ok(()) => {
+                *r = changed;
+                Ok(true)
+            }
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -216,8 +273,8 @@ impl App {
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
             let (mut r, made) = match self.check_still_open(&r)? {
-                Some(now) => {
-                    let made = self.make_refund(&now).await;
+                Some(mut now) => {
+                    let made = self.make_refund(&mut now).await;
                     (now, made)
                 }
                 None => (r, Ok(None)),
@@ -527,7 +584,7 @@ impl App {
             // a key another resolve added meanwhile, and a retry from it would forget it;
             // written only over that record (compare-and-swap), so of two admins
             // deciding at once the second is refused
-            let read = self
+            let mut read = self
                 .store
                 .open_refund(r.subject())?
                 .filter(|x| x.id == r.id)
@@ -542,7 +599,12 @@ impl App {
             r.updated_at = now;
             match (p.outcome, &r.reason) {
                 (RefundOutcome::Retry, _) => {
-                    self.check_not_made_now(&read).await?;
+                    self.check_not_made_now(&mut read).await?;
+                    (r.asked_at, r.asked_until) = (read.asked_at, read.asked_until);
+                    r.refused_at = read.refused_at;
+                    // the fresh key comes after that try: a try under it by an older
+                    // version, which leaves no trace, is waited on from here
+                    r.updated_at = r.updated_at.max(read.asked_at.map_or(0, |t| t + 1));
                     self.check_no_unknown_refunds(&r).await?;
                     r.previous_keys.push(r.key().to_owned());
                     r.gateway_key = Some(super::unique_id("rf"));
@@ -645,7 +707,7 @@ impl App {
     /// definite (no answer, a 5xx, the key's earlier request still executing). A seat
     /// refund is asked only while its booking still holds its seats, as by
     /// [`App::finish_seat_refund`].
-    async fn check_not_made_now(&self, r: &RefundRecord) -> Result<(), AppError> {
+    async fn check_not_made_now(&self, r: &mut RefundRecord) -> Result<(), AppError> {
         if !r.is_reissue() && !matches!(r.reason, RefundReason::Orphan { .. }) {
             self.check_still_open(r)?;
         }
@@ -664,12 +726,9 @@ impl App {
     }
 
     /// Refuses to close a refund as paid elsewhere while the gateway may still make
-    /// it: within [`App::payment_span`] of an answer that left that open (a timeout, a
-    /// 5xx: the request may still be executing, and no look-up sees a refund before it
-    /// is made), or of the record's creation or last change (a reopening, a retry's
-    /// fresh key) when this node has seen no answer (asked before a restart, or through
-    /// another node); and once the gateway holds a refund
-    /// made under one of its keys. A definite refusal under its key closes that door.
+    /// it ([`App::check_quiet`]: a try through any node without a definite refusal may
+    /// still be executing, and no look-up sees a refund before it is made), and once
+    /// the gateway holds a refund made under one of its keys.
     async fn check_settled(&self, r: &RefundRecord) -> Result<(), AppError> {
         self.check_quiet(r)?;
         if let Some(m) = self.made_under_keys(r).await? {
@@ -681,25 +740,34 @@ impl App {
     }
 
     /// [`App::check_settled`]'s wait: refused while the gateway may still make `r`.
+    /// Every try is on the record, whichever node made it: it began at
+    /// [`RefundRecord::asked_at`] (written before it asks) and sends nothing after
+    /// [`RefundRecord::asked_until`], and a request may execute for a payment span
+    /// (the longer of the asking node's and this one's) after it is sent, unless the
+    /// gateway refused the try outright ([`RefundRecord::refused_at`]). One span from
+    /// the record's creation or last change (a reopening, a retry's fresh key) too,
+    /// unless a try after that was refused: an older version asked without a trace.
     fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
-        let since = match self.refund_failures.get(&r.id) {
-            Some(f) if f.key == r.key() => f.uncertain_at,
-            // none seen here under its current key: reopened (a reissue) or given a
-            // fresh key (an admin's retry) since it was created, it is asked under that
-            // key from then on (a try through another node leaves no trace on the
-            // record: docs/payments.md's known limit)
-            _ => Some(r.created_at.max(r.updated_at)),
-        };
+        let last_refused = r
+            .asked_at
+            .is_some_and(|t| r.refused_at == Some(t) && t > r.updated_at);
+        if last_refused {
+            return Ok(());
+        }
         let span = self.payment_span().as_millis() as domain::Millis;
-        if let Some(until) = since.map(|t| t.saturating_add(span)) {
-            if domain::now_ms() < until {
-                return Err(AppError::InvalidState(format!(
-                    "the gateway may still make this refund (asked under its key without a \
-                     definite answer, or opened, reopened or retried lately); resolve it \
-                     after {}, once that has settled",
-                    domain::rfc3339(until)
-                )));
-            }
+        let changed = r.created_at.max(r.updated_at).saturating_add(span);
+        let asked = r.asked_at.map_or(0, |t| {
+            let until = r.asked_until.unwrap_or(t.saturating_add(span));
+            until.saturating_add(span.max(until - t))
+        });
+        let until = changed.max(asked);
+        if domain::now_ms() < until {
+            return Err(AppError::InvalidState(format!(
+                "the gateway may still make this refund (asked under its key without a \
+                 definite answer, or opened, reopened or retried lately); resolve it \
+                 after {}, once that has settled",
+                domain::rfc3339(until)
+            )));
         }
         Ok(())
     }
@@ -890,14 +958,14 @@ impl App {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the marks (an admin may have given it a key)
-            let Some(read) = self
+            let Some(mut read) = self
                 .store
                 .open_refund(r.subject())?
                 .filter(|o| o.id == r.id)
             else {
                 return Ok(());
             };
-            let made = self.make_refund(&read).await?;
+            let made = self.make_refund(&mut read).await?;
             let mut closed = read.clone();
             closed.done = true;
             made_by(&mut closed, made);
@@ -1100,15 +1168,9 @@ mod tests {
     }
 }
 
-/// What the gateway answered this node's tries of an open refund.
+/// What the gateway answered this node's tries of an open refund (for operators).
 #[derive(Debug, Default)]
 pub(super) struct RefundTrouble {
     pub tries: u32,
     pub last_error: String,
-    /// When the last try ended without a definite answer (not a refusal under its
-    /// key): the gateway may still be making it.
-    pub uncertain_at: Option<domain::Millis>,
-    /// The key of the last try: what this node saw says nothing of another key
-    /// (a retry's, a reissue's, asked through another node).
-    pub key: String,
 }

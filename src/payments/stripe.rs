@@ -36,6 +36,7 @@ impl Stripe {
         if secret_key.trim().is_empty() {
             return Err("STRIPE_SECRET_KEY is empty".into());
         }
+        check_base(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .timeout(timeout)
@@ -99,24 +100,15 @@ impl Stripe {
 
     /// Every refund of `payment_ref`, failed ones included, all pages.
     async fn list_refunds(&self, payment_ref: &str) -> Result<Vec<Value>, PaymentError> {
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
+        all_pages(|after| {
             let mut query = vec![
                 ("payment_intent", payment_ref.to_owned()),
                 ("limit", "100".to_owned()),
             ];
-            query.extend(after.take().map(|a| ("starting_after", a)));
-            let page = self
-                .call(self.http.get(self.url("/v1/refunds")).query(&query), None)
-                .await?;
-            let (data, next) = refund_page(&page)?;
-            all.extend(data.iter().cloned());
-            match next {
-                Some(last) => after = Some(last),
-                None => return Ok(all),
-            }
-        }
+            query.extend(after.map(|a| ("starting_after", a)));
+            self.call(self.http.get(self.url("/v1/refunds")).query(&query), None)
+        })
+        .await
     }
 
     /// The refund made earlier for `req` under its key or an earlier one (each is in
@@ -528,10 +520,110 @@ fn refund_page(page: &Value) -> Result<(&Vec<Value>, Option<String>), PaymentErr
     }
 }
 
+/// The most pages of a payment's refunds read (100 refunds each): a longer list, or
+/// one whose cursor does not move, is not an answer to act on.
+const MAX_REFUND_PAGES: usize = 100;
+
+/// Every item of a list read page by page, `page(after)` reading the page after the
+/// item id `after` (the first page for none).
+async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<Value>, PaymentError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, PaymentError>>,
+{
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_REFUND_PAGES {
+        let read = page(after.clone()).await?;
+        let (data, next) = refund_page(&read)?;
+        all.extend(data.iter().cloned());
+        match next {
+            None => return Ok(all),
+            Some(last) if after.as_ref() == Some(&last) => {
+                return Err(PaymentError::Failed(
+                    "the payment gateway's refund list repeats a page".into(),
+                ))
+            }
+            Some(last) => after = Some(last),
+        }
+    }
+    Err(PaymentError::Failed(format!(
+        "the payment gateway's refund list goes on past {MAX_REFUND_PAGES} pages"
+    )))
+}
+
+/// Refuses an API base the secret key would travel to in the clear: `https://`, or
+/// `http://` only to a loopback address (localstripe, fake-stripe).
+fn check_base(base: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("--stripe-api-base {base:?}: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "--stripe-api-base {base:?} must be https:// (http:// only to a loopback \
+             address, for tests): the secret key is sent with every call"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_refund_list_that_never_ends_is_not_read_for_ever() {
+        let refund = |id: String| json!({"id": id, "status": "succeeded"});
+        let two = all_pages(|after| async move {
+            Ok(match after {
+                None => json!({"data": [refund("re_1".into())], "has_more": true}),
+                Some(_) => json!({"data": [refund("re_2".into())], "has_more": false}),
+            })
+        });
+        assert_eq!(two.await.unwrap().len(), 2);
+        let mut n = 0;
+        let endless = all_pages(|_| {
+            n += 1;
+            let page = json!({"data": [refund(format!("re_{n}"))], "has_more": true});
+            async move { Ok(page) }
+        });
+        assert!(matches!(endless.await, Err(PaymentError::Failed(m)) if m.contains("pages")));
+        assert_eq!(n, MAX_REFUND_PAGES);
+        let stuck =
+            all_pages(|_| async { Ok(json!({"data": [refund("re_1".into())], "has_more": true})) });
+        assert!(matches!(stuck.await, Err(PaymentError::Failed(m)) if m.contains("repeats")));
+    }
+
+    #[test]
+    fn the_secret_key_is_never_sent_in_the_clear_off_the_machine() {
+        let t = Duration::from_secs(1);
+        let new = |base: &str| Stripe::new(base, "sk_test_x".into(), t).map(drop);
+        for ok in [
+            "https://api.stripe.com",
+            "https://stripe.internal:8443/",
+            "http://127.0.0.1:8420",
+            "http://[::1]:8420",
+            "http://localhost:8420",
+        ] {
+            assert!(new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://api.stripe.com",
+            "http://10.0.0.5:8420",
+            "ftp://127.0.0.1",
+            "api.stripe.com",
+        ] {
+            let e = new(bad).unwrap_err();
+            assert!(e.contains("--stripe-api-base"), "{bad}: {e}");
+        }
+    }
 
     /// A refusal of Jetway's own key may quote part of it: never passed on to the
     /// customer (nor, through `payment_failed`, to the history). An empty key, or a

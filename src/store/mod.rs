@@ -294,6 +294,21 @@ pub struct RefundRecord {
     /// webhook tells.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub made_pending: bool,
+    /// When the gateway was last asked for it: written durably, under its booking's
+    /// payment mark, before each call, so every node can tell how lately the gateway
+    /// may have started making it (none for a record never asked since this field
+    /// exists). Later than any earlier try and than `updated_at`, so one value names
+    /// one try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_at: Option<Millis>,
+    /// The deadline of the try begun at `asked_at` (the asking node's payment span
+    /// after it): the try sends nothing after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_until: Option<Millis>,
+    /// The `asked_at` of the last try the gateway refused outright (a definite no
+    /// under its key): that try is not being made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_at: Option<Millis>,
 }
 
 /// An admin's decision about a refund the gateway kept refusing.

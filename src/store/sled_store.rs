@@ -1832,6 +1832,9 @@ mod tests {
             failed_later: Vec::new(),
             made_ref: None,
             made_pending: false,
+            asked_at: None,
+            asked_until: None,
+            refused_at: None,
         };
         let open = |id: &str| Batch {
             new_refunds: vec![refund(id, false)],
