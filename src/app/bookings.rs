@@ -291,7 +291,8 @@ impl App {
                         let reason = RefundReason::Cancel {
                             request_id: key.request_id.clone(),
                         };
-                        let refund = self.seat_refund(&b, &order, seats, amount, reason)?;
+                        let mut refund = self.seat_refund(&b, &order, seats, amount, reason)?;
+                        self.reserve_try(&mut refund);
                         if w.busy.contains(&loc) {
                             return Err(busy_error());
                         }
@@ -352,7 +353,7 @@ impl App {
                         continue;
                     }
                     Step::Done(CancelStep::Refund(busy, refund)) => {
-                        return self.finish_seat_refund(&fs, refund, busy).await;
+                        return self.finish_opened_refund(&fs, refund, busy).await;
                     }
                 }
             }

@@ -154,9 +154,38 @@ impl App {
         &self,
         r: &mut RefundRecord,
     ) -> Result<Option<MadeRefund>, AppError> {
-        self.ask_for_refund(r)
+        self.make_refund_as(r, false).await
+    }
+
+    /// [`App::make_refund`]; `reserved`: asked with the try [`App::reserve_try`] wrote
+    /// on the record when this caller opened it, unused and untouched since.
+    async fn make_refund_as(
+        &self,
+        r: &mut RefundRecord,
+        reserved: bool,
+    ) -> Result<Option<MadeRefund>, AppError> {
+        self.ask_for_refund(r, reserved)
             .await?
             .map_err(|e| AppError::PaymentFailed(e.to_string()))
+    }
+
+    /// Writes on `r`, about to be opened and asked for at once by its opener (which
+    /// then calls [`App::finish_opened_refund`]), the try it will be asked with, so
+    /// that the try need not write it: one durable write fewer.
+    pub(super) fn reserve_try(&self, r: &mut RefundRecord) {
+        let (at, until) = self.next_try(r);
+        (r.asked_at, r.asked_until) = (Some(at), Some(until));
+    }
+
+    /// The start and deadline of `r`'s next try: after every earlier try and change,
+    /// so that one value names one try, and one payment span long.
+    fn next_try(&self, r: &RefundRecord) -> (domain::Millis, domain::Millis) {
+        let now = domain::now_ms();
+        let at = now
+            .max(r.asked_at.map_or(0, |t| t + 1))
+            .max(r.updated_at + 1);
+        let span = self.payment_span().as_millis() as domain::Millis;
+        (at, at.saturating_add(span))
     }
 
     /// [`App::make_refund`], with the gateway's error as it came (`Ok(Err(_))`).
@@ -165,25 +194,26 @@ impl App {
     async fn ask_for_refund(
         &self,
         r: &mut RefundRecord,
+        reserved: bool,
     ) -> Result<Result<Option<MadeRefund>, PaymentError>, AppError> {
         if r.amount == Money::ZERO {
             return Ok(Ok(None));
         }
         self.money_may_move()?;
-        let (now, started) = (domain::now_ms(), tokio::time::Instant::now());
-        let span = self.payment_span();
-        // after every earlier try and change, so that one value names one try
-        let asked_at = now
-            .max(r.asked_at.map_or(0, |t| t + 1))
-            .max(r.updated_at + 1);
-        let asked = |x: &mut RefundRecord| {
-            x.asked_at = Some(asked_at);
-            x.asked_until = Some(asked_at.saturating_add(span.as_millis() as domain::Millis));
-        };
-        // changed through another node since it was read: nothing was asked
-        if !self.rewrite_refund(r, asked).await? {
-            return Err(busy_error());
+        if !reserved {
+            let (at, until) = self.next_try(r);
+            let asked =
+                |x: &mut RefundRecord| (x.asked_at, x.asked_until) = (Some(at), Some(until));
+            // changed through another node since it was read: nothing was asked
+            if !self.rewrite_refund(r, asked).await? {
+                return Err(busy_error());
+            }
         }
+        let (Some(asked_at), Some(until)) = (r.asked_at, r.asked_until) else {
+            return Err(AppError::Internal);
+        };
+        let now = domain::now_ms();
+        let left = std::time::Duration::from_millis(until.saturating_sub(now).max(0) as u64);
         let asking = self.payments.refund(RefundRequest {
             payment_ref: r.payment_ref.clone(),
             amount: r.amount,
@@ -192,7 +222,7 @@ impl App {
                 >= 1000 * self.config.refund_lookup_after as domain::Millis,
             earlier_keys: r.previous_keys.clone(),
         });
-        let made = match tokio::time::timeout_at(started + span, asking).await {
+        let made = match tokio::time::timeout(left, asking).await {
             Ok(made) => made,
             Err(_) => Err(PaymentError::Failed(
                 "the payment gateway did not finish the refund within the payment span".into(),
@@ -260,6 +290,17 @@ impl App {
         self.finish_seat_refund_answering(fs, r, busy, None).await
     }
 
+    /// [`App::finish_seat_refund`] of `r`, which this caller opened with a try
+    /// reserved on it ([`App::reserve_try`]).
+    pub(super) async fn finish_opened_refund(
+        &self,
+        fs: &Arc<FlightSeats>,
+        r: RefundRecord,
+        busy: Busy,
+    ) -> Result<Answer<BookingResult>, AppError> {
+        self.finish_refund(fs, r, busy, None, true).await
+    }
+
     /// [`App::finish_seat_refund`], whose recording also answers `also` (a request
     /// that this refund does in full), in the same batch.
     pub(super) async fn finish_seat_refund_answering(
@@ -269,12 +310,27 @@ impl App {
         busy: Busy,
         also: Option<IdemKey>,
     ) -> Result<Answer<BookingResult>, AppError> {
+        self.finish_refund(fs, r, busy, also, false).await
+    }
+
+    /// [`App::finish_seat_refund_answering`]; `opened`: as [`App::finish_opened_refund`].
+    async fn finish_refund(
+        &self,
+        fs: &Arc<FlightSeats>,
+        r: RefundRecord,
+        busy: Busy,
+        also: Option<IdemKey>,
+        opened: bool,
+    ) -> Result<Answer<BookingResult>, AppError> {
         let mark = self.take_refund_mark(&r, |_| false).await?;
         let finished = async {
             // the record as it is now, under the mark (an admin may have given it a key)
             let (mut r, made) = match self.check_still_open(&r)? {
                 Some(mut now) => {
-                    let made = self.make_refund(&mut now).await;
+                    // the try reserved when it was opened is this one's, unless the
+                    // record changed since (any other try writes one of its own)
+                    let reserved = opened && now == r && r.asked_at.is_some();
+                    let made = self.make_refund_as(&mut now, reserved).await;
                     (now, made)
                 }
                 None => (r, Ok(None)),
@@ -711,7 +767,7 @@ impl App {
         if !r.is_reissue() && !matches!(r.reason, RefundReason::Orphan { .. }) {
             self.check_still_open(r)?;
         }
-        match self.ask_for_refund(r).await? {
+        match self.ask_for_refund(r, false).await? {
             // nothing to pay
             Ok(None) => Ok(()),
             Ok(Some(made)) => Err(AppError::InvalidState(format!(
