@@ -1360,7 +1360,13 @@ async fn paid_elsewhere_waits_after(
         .await
         .is_err());
     let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
-    let id = store.open_refund(&paid.loc).unwrap().expect("left open").id;
+    let refused = store.open_refund(&paid.loc).unwrap().expect("left open");
+    assert!(refused.asked_at.is_some(), "{refused:?}");
+    assert_eq!(
+        refused.refused_at, refused.asked_at,
+        "the refusal is on the record"
+    );
+    let id = refused.id;
     if retry {
         let p = json!({"refund_id": id, "outcome": "retry"});
         app.admin_resolve_refund(&admin, decode(p).unwrap())
@@ -1401,27 +1407,38 @@ async fn the_wait_follows_the_last_try_on_the_record_whichever_node_made_it() {
     let paid = paid_booking(dir.path()).await;
     let (app, store) = (&paid.app, &paid.store);
     let span = app.payment_span().as_millis() as i64;
+    let rewrite = |change: &dyn Fn(&mut jetway::store::RefundRecord)| {
+        let read = store.open_refund(&paid.loc).unwrap().expect("open");
+        let mut changed = read.clone();
+        change(&mut changed);
+        let write = Batch {
+            refunds: vec![changed],
+            refunds_read: vec![read],
+            ..Default::default()
+        };
+        store.write(&write).unwrap();
+    };
+    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
+    let p = || decode(json!({"refund_id": "rf-elsewhere", "outcome": "paid_elsewhere"})).unwrap();
+    let waits = || async {
+        let refused = app.admin_resolve_refund(&admin, p()).await;
+        assert!(
+            matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+            "{:?}",
+            refused.map(|_| ())
+        );
+    };
     let asked = jetway::domain::now_ms() - span - 5_000;
     open_refund_as(app, &paid.loc, None, "rf-elsewhere", |r| {
         r.asked_at = Some(asked)
     });
-    let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
-    let p = || decode(json!({"refund_id": "rf-elsewhere", "outcome": "paid_elsewhere"})).unwrap();
-    let refused = app.admin_resolve_refund(&admin, p()).await;
-    assert!(
-        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
-        "{:?}",
-        refused.map(|_| ())
-    );
-    let read = store.open_refund(&paid.loc).unwrap().expect("open");
-    let mut refusal = read.clone();
-    refusal.refused_at = Some(asked);
-    let write = Batch {
-        refunds: vec![refusal],
-        refunds_read: vec![read],
-        ..Default::default()
-    };
-    store.write(&write).unwrap();
+    waits().await;
+    // a try by a node whose span is three of this one's: it could send its last
+    // request until its own deadline, which may execute for as long again
+    let long_ago = jetway::domain::now_ms() - 4 * span - 5_000;
+    rewrite(&|r| (r.asked_at, r.asked_until) = (Some(long_ago), Some(long_ago + 3 * span)));
+    waits().await;
+    rewrite(&|r| r.refused_at = Some(long_ago));
     let closed = app
         .admin_resolve_refund(&admin, p())
         .await
@@ -1435,7 +1452,6 @@ async fn the_wait_follows_the_last_try_on_the_record_whichever_node_made_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_is_on_its_refund_record_before_the_gateway_is_asked() {
     use jetway::protocol::params::decode;
-    use jetway::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Arc::new(CountingGateway {
         hang_nth: Some(1),
@@ -1448,6 +1464,50 @@ async fn a_try_is_on_its_refund_record_before_the_gateway_is_asked() {
         let cancel = json!({"locator": loc, "request_id": "c1"});
         let _ = app.cancel(&user, decode(cancel).unwrap()).await;
     });
+    asked_while_hanging(&paid, &gateway, before, cancelling).await;
+}
+
+/// The same for a try that reserved nothing (the reconciler's, of a refund opened long
+/// ago): one that hangs leaves its time on the record, and once it is cut off (as if
+/// its process died), paid_elsewhere waits for it. The record's age let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcilers_try_that_hangs_holds_paid_elsewhere_back() {
+    use jetway::protocol::params::decode;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(CountingGateway {
+        hang_nth: Some(1),
+        ..Default::default()
+    });
+    let paid = paid_booking_through(dir.path(), gateway.clone()).await;
+    open_stale_refund(&paid.app, &paid.loc, None, "rf-stale");
+    let before = jetway::domain::now_ms();
+    let app = paid.app.clone();
+    let reconciling = tokio::spawn(async move {
+        app.reconcile_payments(std::time::Duration::ZERO).await;
+    });
+    asked_while_hanging(&paid, &gateway, before, reconciling).await;
+    let admin = common::faulty::login(&paid.app, "admin", ADMIN_PASSWORD).await;
+    let p = json!({"refund_id": "rf-stale", "outcome": "paid_elsewhere"});
+    let refused = paid
+        .app
+        .admin_resolve_refund(&admin, decode(p).unwrap())
+        .await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+}
+
+/// Waits until `gateway` is asked for `paid`'s refund (by `trying`, which never gets
+/// an answer), checks that the try is on the record, then cuts `trying` off.
+async fn asked_while_hanging(
+    paid: &Paid,
+    gateway: &CountingGateway,
+    before: i64,
+    trying: tokio::task::JoinHandle<()>,
+) {
+    use jetway::store::Store;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while gateway.refunds().is_empty() {
         assert!(
@@ -1458,8 +1518,10 @@ async fn a_try_is_on_its_refund_record_before_the_gateway_is_asked() {
     }
     let open = paid.store.open_refund(&paid.loc).unwrap().expect("open");
     assert!(open.asked_at.is_some_and(|t| t >= before), "{open:?}");
+    assert!(open.asked_until > open.asked_at, "{open:?}");
     assert_eq!(gateway.refunds()[0].0, open.key());
-    cancelling.abort();
+    trying.abort();
+    let _ = trying.await;
 }
 
 /// A stale refund naming a seat its booking no longer holds and one it still holds

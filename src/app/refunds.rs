@@ -213,7 +213,9 @@ impl App {
             return Err(AppError::Internal);
         };
         let now = domain::now_ms();
-        let left = std::time::Duration::from_millis(until.saturating_sub(now).max(0) as u64);
+        // never past a span either: a clock that ran ahead may have dated the try later
+        let left = std::time::Duration::from_millis(until.saturating_sub(now).max(0) as u64)
+            .min(self.payment_span());
         let asking = self.payments.refund(RefundRequest {
             payment_ref: r.payment_ref.clone(),
             amount: r.amount,

@@ -294,8 +294,9 @@ pub struct RefundRecord {
     /// webhook tells.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub made_pending: bool,
-    /// When the gateway was last asked for it: written durably, under its booking's
-    /// payment mark, before each call, so every node can tell how lately the gateway
+    /// When the gateway was last asked for it: written durably before each call
+    /// (under its booking's payment mark; a passenger's cancel writes its own try in
+    /// the batch that opens the refund), so every node can tell how lately the gateway
     /// may have started making it (none for a record never asked since this field
     /// exists). Later than any earlier try and than `updated_at`, so one value names
     /// one try.
