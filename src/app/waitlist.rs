@@ -355,7 +355,7 @@ impl App {
         let (cabin, count) = (p.cabin, p.count);
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.idempotent(s.user_id, "waitlist.join", &p.request_id, |key, _| async move {
-            let under_cap = || match self.store.waiting_entries(s.user_id) {
+            let under_cap = |n: usize| match n {
                 n if n < MAX_WAITING_PER_USER => Ok(()),
                 _ => Err(AppError::InvalidState(format!(
                     "at most {MAX_WAITING_PER_USER} waiting entries per user"
@@ -364,17 +364,18 @@ impl App {
             let replicated = self.committer.is_replicated();
             // one node: the user's requests take turns, so the count cannot go stale
             if !replicated {
-                under_cap()?;
+                under_cap(self.store.waiting_entries(s.user_id))?;
             }
             let id = format!("W{}", self.store.next_id()?);
             self.seat_step(&fs, Some(&key), |w| {
-                // a cluster: the user's joins as read before their entries are
-                // counted; a join through another node meanwhile fails this one's
-                // write, and the next round counts again
+                // a cluster: the user's joins as read with their entries' count (one
+                // applied from another node is in both or neither); a join through
+                // another node after it fails this one's write, and the next round
+                // counts again
                 let user_lines = match replicated {
                     true => {
-                        let read = self.store.user_line_revision(s.user_id)?;
-                        under_cap()?;
+                        let (read, waiting) = self.store.user_line(s.user_id)?;
+                        under_cap(waiting)?;
                         vec![UserLineCheck {
                             user: s.user_id,
                             read,

@@ -641,8 +641,10 @@ pub trait Store: Send + Sync + 'static {
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64>;
     /// The revision of a flight's waitlist line (see [`LineCheck`]).
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>>;
-    /// The revision of a user's waitlist joins (see [`UserLineCheck`]).
-    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>>;
+    /// The revision of a user's waitlist joins (see [`UserLineCheck`]) and the user's
+    /// waiting entries ([`Store::waiting_entries`]), read together: never a revision
+    /// with the count of before its change.
+    fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;

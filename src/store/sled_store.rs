@@ -1457,8 +1457,11 @@ impl Store for SledStore {
         self.stored_counter(&k, "line revision")
     }
 
-    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>> {
-        self.stored_counter(&user_line_key(user), "user line revision")
+    fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
+        self.read_whole(|| {
+            let revision = self.stored_counter(&user_line_key(user), "user line revision")?;
+            Ok((revision, self.waiting_entries(user)))
+        })
     }
 
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
@@ -2878,6 +2881,39 @@ mod tests {
     }
 
     /// A waiting entry of one passenger, joined at 5.
+    /// A user's join revision and waiting count are read together: a reader racing
+    /// the mirror's application of joins never sees a revision with the count of
+    /// before it (a cluster's waitlist cap let a sixth entry through on that).
+    #[test]
+    fn a_users_line_revision_and_waiting_count_are_read_together() {
+        let s = std::sync::Arc::new(SledStore::temporary().unwrap());
+        let user = UserId(3);
+        let n = 3000;
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let flight = FlightId::parse("JW1-20260101").unwrap();
+                for i in 0..n {
+                    let join = Batch {
+                        waitlist: vec![waiting_entry(&format!("w{i}"), 3, flight.clone())],
+                        user_lines: vec![crate::store::UserLineCheck {
+                            user,
+                            read: (i > 0).then_some(i as u64),
+                        }],
+                        ..Default::default()
+                    };
+                    mirror_write(&s, &join, &[]);
+                }
+            })
+        };
+        while !writer.is_finished() {
+            let (revision, waiting) = s.user_line(user).unwrap();
+            assert_eq!(revision.unwrap_or(0) as usize, waiting);
+        }
+        writer.join().unwrap();
+        assert_eq!(s.user_line(user).unwrap(), (Some(n as u64), n));
+    }
+
     fn waiting_entry(id: &str, user: u64, flight_id: FlightId) -> WaitlistEntry {
         WaitlistEntry {
             id: id.into(),

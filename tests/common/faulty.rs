@@ -126,8 +126,8 @@ impl Store for Faulty {
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
         self.inner.line_revision(flight)
     }
-    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>> {
-        self.inner.user_line_revision(user)
+    fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
+        self.inner.user_line(user)
     }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.read_bookings();

@@ -311,8 +311,8 @@ impl Store for EtcdStore {
     fn line_revision(&self, flight: &FlightId) -> StoreResult<Option<u64>> {
         self.mirror.line_revision(flight)
     }
-    fn user_line_revision(&self, user: UserId) -> StoreResult<Option<u64>> {
-        self.mirror.user_line_revision(user)
+    fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
+        self.mirror.user_line(user)
     }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.mirror.booking(locator)
