@@ -96,8 +96,7 @@ impl App {
             return Ok(());
         }
         // waitlist offers do not count against the cap
-        let held = self.store.open_holds(user, now);
-        if held.saturating_sub(self.store.offered_holds(user)) >= max {
+        if self.store.capped_holds(user, now) >= max {
             return Err(AppError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));

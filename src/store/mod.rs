@@ -659,6 +659,10 @@ pub trait Store: Send + Sync + 'static {
     /// The holds offered to the user's waitlist entries still `offered`, kept the same
     /// way: outside the cap on open holds.
     fn offered_holds(&self, user: UserId) -> usize;
+    /// The user's open holds at `now` that count against the cap: [`Store::open_holds`]
+    /// less [`Store::offered_holds`], read together (an offer applied meanwhile is in
+    /// both or neither).
+    fn capped_holds(&self, user: UserId, now: Millis) -> usize;
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
     fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>>;

@@ -1493,6 +1493,11 @@ impl Store for SledStore {
         Tally::live(&self.tally.offered, user)
     }
 
+    fn capped_holds(&self, user: UserId, now: Millis) -> usize {
+        let both = self.read_whole(|| Ok((self.open_holds(user, now), self.offered_holds(user))));
+        both.map_or(0, |(held, offered)| held.saturating_sub(offered))
+    }
+
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.newest_via_index(USER_BOOKING, user, BOOKING, page)
     }
@@ -2881,6 +2886,24 @@ mod tests {
     }
 
     /// A waiting entry of one passenger, joined at 5.
+    /// Applies `batch(i)` for `i` in `0..n` to `s` as a mirror does, on a thread of
+    /// its own, running `check` over and over meanwhile.
+    fn racing_mirror_writes(
+        s: &std::sync::Arc<SledStore>,
+        n: usize,
+        batch: impl Fn(usize) -> Batch + Send + 'static,
+        check: impl Fn(),
+    ) {
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || (0..n).for_each(|i| mirror_write(&s, &batch(i), &[])))
+        };
+        while !writer.is_finished() {
+            check();
+        }
+        writer.join().unwrap();
+    }
+
     /// A user's join revision and waiting count are read together: a reader racing
     /// the mirror's application of joins never sees a revision with the count of
     /// before it (a cluster's waitlist cap let a sixth entry through on that).
@@ -2888,30 +2911,58 @@ mod tests {
     fn a_users_line_revision_and_waiting_count_are_read_together() {
         let s = std::sync::Arc::new(SledStore::temporary().unwrap());
         let user = UserId(3);
+        let flight = FlightId::parse("JW1-20260101").unwrap();
         let n = 3000;
-        let writer = {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let flight = FlightId::parse("JW1-20260101").unwrap();
-                for i in 0..n {
-                    let join = Batch {
-                        waitlist: vec![waiting_entry(&format!("w{i}"), 3, flight.clone())],
-                        user_lines: vec![crate::store::UserLineCheck {
-                            user,
-                            read: (i > 0).then_some(i as u64),
-                        }],
-                        ..Default::default()
-                    };
-                    mirror_write(&s, &join, &[]);
-                }
-            })
+        let join = move |i: usize| Batch {
+            waitlist: vec![waiting_entry(&format!("w{i}"), 3, flight.clone())],
+            user_lines: vec![crate::store::UserLineCheck {
+                user,
+                read: (i > 0).then_some(i as u64),
+            }],
+            ..Default::default()
         };
-        while !writer.is_finished() {
+        racing_mirror_writes(&s, n, join, || {
             let (revision, waiting) = s.user_line(user).unwrap();
             assert_eq!(revision.unwrap_or(0) as usize, waiting);
-        }
-        writer.join().unwrap();
+        });
         assert_eq!(s.user_line(user).unwrap(), (Some(n as u64), n));
+    }
+
+    /// The holds counted against a user's cap are read with the offers among them: a
+    /// reader racing offers (a hold and its offered entry in one batch) never sees the
+    /// hold without the offer or the offer without the hold.
+    #[test]
+    fn a_users_holds_and_offers_among_them_are_read_together() {
+        let s = std::sync::Arc::new(SledStore::temporary().unwrap());
+        let user = UserId(3);
+        let loc = |i: usize| {
+            let a = crate::domain::ids::LOCATOR_ALPHABET;
+            let name: String = (0..6)
+                .map(|d| a[(i / a.len().pow(d)) % a.len()] as char)
+                .collect();
+            Locator::parse(&name).unwrap()
+        };
+        let held = move |i: usize| booking(loc(i).as_str(), 3, 1_000_000);
+        let mine = (0..5).map(held).collect();
+        s.write(&Batch {
+            new_bookings: mine,
+            ..Default::default()
+        })
+        .unwrap();
+        let flight = FlightId::parse("JW1-20260101").unwrap();
+        let n = 3000;
+        let offer = move |i: usize| {
+            let hold = held(5 + i);
+            let mut entry = waiting_entry(&format!("w{i}"), 3, flight.clone());
+            entry.offer(hold.locator.clone(), 6);
+            Batch {
+                new_bookings: vec![hold],
+                waitlist: vec![entry],
+                ..Default::default()
+            }
+        };
+        racing_mirror_writes(&s, n, offer, || assert_eq!(s.capped_holds(user, 0), 5));
+        assert_eq!((s.open_holds(user, 0), s.offered_holds(user)), (n + 5, n));
     }
 
     fn waiting_entry(id: &str, user: u64, flight_id: FlightId) -> WaitlistEntry {

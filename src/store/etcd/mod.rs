@@ -333,6 +333,9 @@ impl Store for EtcdStore {
     fn offered_holds(&self, user: UserId) -> usize {
         self.mirror.offered_holds(user)
     }
+    fn capped_holds(&self, user: UserId, now: Millis) -> usize {
+        self.mirror.capped_holds(user, now)
+    }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
         self.mirror.user_bookings(user, page)
     }
