@@ -96,7 +96,7 @@ impl App {
             return Ok(());
         }
         // waitlist offers do not count against the cap
-        if self.store.capped_holds(user, now) >= max {
+        if self.store.capped_holds(user, now)? >= max {
             return Err(AppError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));

@@ -662,7 +662,7 @@ pub trait Store: Send + Sync + 'static {
     /// The user's open holds at `now` that count against the cap: [`Store::open_holds`]
     /// less [`Store::offered_holds`], read together (an offer applied meanwhile is in
     /// both or neither).
-    fn capped_holds(&self, user: UserId, now: Millis) -> usize;
+    fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize>;
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;
     fn user_orders(&self, user: UserId, page: Page) -> StoreResult<Paged<Order>>;

@@ -1493,9 +1493,10 @@ impl Store for SledStore {
         Tally::live(&self.tally.offered, user)
     }
 
-    fn capped_holds(&self, user: UserId, now: Millis) -> usize {
-        let both = self.read_whole(|| Ok((self.open_holds(user, now), self.offered_holds(user))));
-        both.map_or(0, |(held, offered)| held.saturating_sub(offered))
+    fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {
+        let (held, offered) =
+            self.read_whole(|| Ok((self.open_holds(user, now), self.offered_holds(user))))?;
+        Ok(held.saturating_sub(offered))
     }
 
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
@@ -2885,7 +2886,6 @@ mod tests {
         assert_eq!(s.history(user, 1).unwrap()[0].kind, "cancelled");
     }
 
-    /// A waiting entry of one passenger, joined at 5.
     /// Applies `batch(i)` for `i` in `0..n` to `s` as a mirror does, on a thread of
     /// its own, running `check` over and over meanwhile.
     fn racing_mirror_writes(
@@ -2961,10 +2961,13 @@ mod tests {
                 ..Default::default()
             }
         };
-        racing_mirror_writes(&s, n, offer, || assert_eq!(s.capped_holds(user, 0), 5));
+        racing_mirror_writes(&s, n, offer, || {
+            assert_eq!(s.capped_holds(user, 0).unwrap(), 5)
+        });
         assert_eq!((s.open_holds(user, 0), s.offered_holds(user)), (n + 5, n));
     }
 
+    /// A waiting entry of one passenger, joined at 5.
     fn waiting_entry(id: &str, user: u64, flight_id: FlightId) -> WaitlistEntry {
         WaitlistEntry {
             id: id.into(),

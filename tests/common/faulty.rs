@@ -149,7 +149,7 @@ impl Store for Faulty {
     fn offered_holds(&self, user: UserId) -> usize {
         self.inner.offered_holds(user)
     }
-    fn capped_holds(&self, user: UserId, now: jetway::domain::Millis) -> usize {
+    fn capped_holds(&self, user: UserId, now: jetway::domain::Millis) -> StoreResult<usize> {
         self.inner.capped_holds(user, now)
     }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {

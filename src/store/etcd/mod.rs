@@ -333,7 +333,7 @@ impl Store for EtcdStore {
     fn offered_holds(&self, user: UserId) -> usize {
         self.mirror.offered_holds(user)
     }
-    fn capped_holds(&self, user: UserId, now: Millis) -> usize {
+    fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {
         self.mirror.capped_holds(user, now)
     }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
