@@ -1079,7 +1079,7 @@ impl App {
             else {
                 return Err(err);
             };
-            match self.make_refund(&mut refund).await {
+            match self.make_refund(&mut refund, false).await {
                 Ok(made) => super::refunds::made_by(&mut refund, made),
                 Err(e) => {
                     tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");

@@ -149,17 +149,9 @@ impl App {
     /// the gateway's refund (none when there is nothing to pay), for [`made_by`].
     /// `r`, read under its booking's payment mark, is written first with the time of
     /// the call ([`RefundRecord::asked_at`]), and holds it after: a caller writes over
-    /// that copy.
+    /// that copy; unless `reserved`: asked with the try [`App::reserve_try`] wrote on
+    /// the record when this caller opened it, unused and untouched since.
     pub(super) async fn make_refund(
-        &self,
-        r: &mut RefundRecord,
-    ) -> Result<Option<MadeRefund>, AppError> {
-        self.make_refund_as(r, false).await
-    }
-
-    /// [`App::make_refund`]; `reserved`: asked with the try [`App::reserve_try`] wrote
-    /// on the record when this caller opened it, unused and untouched since.
-    async fn make_refund_as(
         &self,
         r: &mut RefundRecord,
         reserved: bool,
@@ -169,23 +161,18 @@ impl App {
             .map_err(|e| AppError::PaymentFailed(e.to_string()))
     }
 
-    /// Writes on `r`, about to be opened and asked for at once by its opener (which
-    /// then calls [`App::finish_opened_refund`]), the try it will be asked with, so
-    /// that the try need not write it: one durable write fewer.
+    /// Writes on `r` the start and deadline of its next try: after every earlier try
+    /// and change, so that one value names one try, and one payment span long. A
+    /// try writes it durably before it asks; an opener about to ask at once (which
+    /// then calls [`App::finish_opened_refund`]) writes it in the opening batch
+    /// instead: one durable write fewer.
     pub(super) fn reserve_try(&self, r: &mut RefundRecord) {
-        let (at, until) = self.next_try(r);
-        (r.asked_at, r.asked_until) = (Some(at), Some(until));
-    }
-
-    /// The start and deadline of `r`'s next try: after every earlier try and change,
-    /// so that one value names one try, and one payment span long.
-    fn next_try(&self, r: &RefundRecord) -> (domain::Millis, domain::Millis) {
         let now = domain::now_ms();
         let at = now
             .max(r.asked_at.map_or(0, |t| t + 1))
             .max(r.updated_at + 1);
         let span = self.payment_span().as_millis() as domain::Millis;
-        (at, at.saturating_add(span))
+        (r.asked_at, r.asked_until) = (Some(at), Some(at.saturating_add(span)));
     }
 
     /// [`App::make_refund`], with the gateway's error as it came (`Ok(Err(_))`).
@@ -200,14 +187,9 @@ impl App {
             return Ok(Ok(None));
         }
         self.money_may_move()?;
-        if !reserved {
-            let (at, until) = self.next_try(r);
-            let asked =
-                |x: &mut RefundRecord| (x.asked_at, x.asked_until) = (Some(at), Some(until));
-            // changed through another node since it was read: nothing was asked
-            if !self.rewrite_refund(r, asked).await? {
-                return Err(busy_error());
-            }
+        // changed through another node since it was read: nothing was asked
+        if !reserved && !self.rewrite_refund(r, |x| self.reserve_try(x)).await? {
+            return Err(busy_error());
         }
         let (Some(asked_at), Some(until)) = (r.asked_at, r.asked_until) else {
             return Err(AppError::Internal);
@@ -332,7 +314,7 @@ impl App {
                     // the try reserved when it was opened is this one's, unless the
                     // record changed since (any other try writes one of its own)
                     let reserved = opened && now == r && r.asked_at.is_some();
-                    let made = self.make_refund_as(&mut now, reserved).await;
+                    let made = self.make_refund(&mut now, reserved).await;
                     (now, made)
                 }
                 None => (r, Ok(None)),
@@ -1023,7 +1005,7 @@ impl App {
             else {
                 return Ok(());
             };
-            let made = self.make_refund(&mut read).await?;
+            let made = self.make_refund(&mut read, false).await?;
             let mut closed = read.clone();
             closed.done = true;
             made_by(&mut closed, made);

@@ -650,18 +650,14 @@ pub trait Store: Send + Sync + 'static {
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;
     /// Bookings by status, kept as bookings are written: reads no booking.
     fn booking_counts(&self) -> BookingCounts;
-    /// The user's bookings held and unexpired at `now`, kept as bookings are written:
-    /// reads no booking, so a hold costs the same however long the user's history.
-    fn open_holds(&self, user: UserId, now: Millis) -> usize;
     /// The user's waitlist entries still waiting, kept as entries are written: reads
     /// no entry, so a join costs the same however long the user's waitlist history.
     fn waiting_entries(&self, user: UserId) -> usize;
-    /// The holds offered to the user's waitlist entries still `offered`, kept the same
-    /// way: outside the cap on open holds.
-    fn offered_holds(&self, user: UserId) -> usize;
-    /// The user's open holds at `now` that count against the cap: [`Store::open_holds`]
-    /// less [`Store::offered_holds`], read together (an offer applied meanwhile is in
-    /// both or neither).
+    /// The user's bookings held and unexpired at `now` that count against the cap on
+    /// open holds: less those offered to the user's waitlist entries, read together
+    /// (an offer applied meanwhile is in both or neither). Kept as bookings and entries
+    /// are written: reads no record, so a hold costs the same however long the user's
+    /// history.
     fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize>;
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;

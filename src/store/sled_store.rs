@@ -1223,6 +1223,16 @@ impl SledStore {
         })
     }
 
+    /// The user's bookings held and unexpired at `now`.
+    pub fn open_holds(&self, user: UserId, now: Millis) -> usize {
+        self.tally.open_holds(user, now)
+    }
+
+    /// The holds offered to the user's waitlist entries still `offered`.
+    pub fn offered_holds(&self, user: UserId) -> usize {
+        Tally::live(&self.tally.offered, user)
+    }
+
     /// Tells a snapshot being copied which keys a write changed (call it holding
     /// `snapshot_gate` shared).
     fn note_written<'a>(&self, keys: impl Iterator<Item = &'a Vec<u8>>) {
@@ -1481,16 +1491,8 @@ impl Store for SledStore {
         self.tally.counts()
     }
 
-    fn open_holds(&self, user: UserId, now: Millis) -> usize {
-        self.tally.open_holds(user, now)
-    }
-
     fn waiting_entries(&self, user: UserId) -> usize {
         Tally::live(&self.tally.waiting, user)
-    }
-
-    fn offered_holds(&self, user: UserId) -> usize {
-        Tally::live(&self.tally.offered, user)
     }
 
     fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {

@@ -140,16 +140,10 @@ impl Store for Faulty {
     fn booking_counts(&self) -> BookingCounts {
         self.inner.booking_counts()
     }
-    fn open_holds(&self, user: UserId, now: Millis) -> usize {
-        self.inner.open_holds(user, now)
-    }
     fn waiting_entries(&self, user: UserId) -> usize {
         self.inner.waiting_entries(user)
     }
-    fn offered_holds(&self, user: UserId) -> usize {
-        self.inner.offered_holds(user)
-    }
-    fn capped_holds(&self, user: UserId, now: jetway::domain::Millis) -> StoreResult<usize> {
+    fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {
         self.inner.capped_holds(user, now)
     }
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {

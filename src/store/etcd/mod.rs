@@ -324,14 +324,8 @@ impl Store for EtcdStore {
     fn booking_counts(&self) -> BookingCounts {
         self.mirror.booking_counts()
     }
-    fn open_holds(&self, user: UserId, now: Millis) -> usize {
-        self.mirror.open_holds(user, now)
-    }
     fn waiting_entries(&self, user: UserId) -> usize {
         self.mirror.waiting_entries(user)
-    }
-    fn offered_holds(&self, user: UserId) -> usize {
-        self.mirror.offered_holds(user)
     }
     fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {
         self.mirror.capped_holds(user, now)
