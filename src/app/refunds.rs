@@ -195,9 +195,13 @@ impl App {
             return Err(AppError::Internal);
         };
         let now = domain::now_ms();
-        // never past a span either: a clock that ran ahead may have dated the try later
-        let left = std::time::Duration::from_millis(until.saturating_sub(now).max(0) as u64)
-            .min(self.payment_span());
+        let call = std::time::Duration::from_secs(self.config.gateway_timeout);
+        let Some(left) = time_to_ask(until, now, self.payment_span(), call) else {
+            // nothing asked: the next try dates one of its own
+            return Ok(Err(PaymentError::Failed(
+                "the refund's try ran out of time before the gateway was asked".into(),
+            )));
+        };
         let asking = self.payments.refund(RefundRequest {
             payment_ref: r.payment_ref.clone(),
             amount: r.amount,
@@ -1022,6 +1026,21 @@ impl App {
     }
 }
 
+/// How long a try that ends at `until` may still ask at `now`: at most `span` (a
+/// clock that ran ahead may have dated the try later), and nothing when less than
+/// one gateway call (`call`) is left: a request handed to the connection just
+/// before the cut-off can still go out after it, past the deadline the wait before
+/// `paid_elsewhere` counts on.
+fn time_to_ask(
+    until: domain::Millis,
+    now: domain::Millis,
+    span: std::time::Duration,
+    call: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let left = std::time::Duration::from_millis(until.saturating_sub(now).max(0) as u64);
+    Some(left.min(span)).filter(|l| *l >= call)
+}
+
 /// Notes on `r` the gateway refund that made it (see [`RefundRecord::made_ref`]).
 pub(super) fn made_by(r: &mut RefundRecord, made: Option<MadeRefund>) {
     r.made_pending = made.as_ref().is_some_and(|m| m.pending);
@@ -1135,6 +1154,7 @@ fn decided_meanwhile() -> AppError {
 mod tests {
     use super::*;
     use crate::domain::{Cabin, FlightId};
+    use std::time::Duration;
 
     fn seat(s: &str) -> SeatId {
         SeatId::parse(s).unwrap()
@@ -1162,6 +1182,18 @@ mod tests {
         RefundReason::Cancel {
             request_id: "c".into(),
         }
+    }
+
+    #[test]
+    fn a_try_near_or_past_its_deadline_asks_nothing() {
+        let (span, call) = (Duration::from_secs(110), Duration::from_secs(10));
+        let ask = |until: i64| time_to_ask(until, 1_000_000, span, call);
+        assert_eq!(ask(1_000_000 + 60_000), Some(Duration::from_secs(60)));
+        assert_eq!(ask(1_000_000 + 10_000), Some(call));
+        assert_eq!(ask(1_000_000 + 9_999), None, "less than a call left");
+        assert_eq!(ask(1_000_000), None);
+        assert_eq!(ask(0), None, "past it");
+        assert_eq!(ask(i64::MAX), Some(span), "dated ahead: one span at most");
     }
 
     #[test]
