@@ -1339,16 +1339,16 @@ async fn a_try_through_another_node_holds_paid_elsewhere_back() {
 }
 
 /// A paid booking's cancel whose refund the gateway refused (this node saw it), then
-/// retried by the admin if `retry`, the record then changed by `elsewhere` (as through
+/// retried by the admin if `retry`, the record then changed by `changed_elsewhere` (as through
 /// another node): paid_elsewhere through this node is refused for the wait, and the
 /// refund stays open.
 async fn paid_elsewhere_waits_after(
     retry: bool,
-    elsewhere: impl FnOnce(&mut jetway::store::RefundRecord),
+    changed_elsewhere: impl FnOnce(&mut jetway::store::RefundRecord),
 ) {
     use common::faulty::Wire;
     use jetway::protocol::params::decode;
-    use jetway::store::{Batch, Store};
+    use jetway::store::Store;
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let paid = paid_booking(dir.path()).await;
@@ -1374,23 +1374,8 @@ async fn paid_elsewhere_waits_after(
             .wire()
             .unwrap();
     }
-    let read = store.open_refund(&paid.loc).unwrap().expect("left open");
-    let mut changed = read.clone();
-    elsewhere(&mut changed);
-    let write = Batch {
-        refunds: vec![changed],
-        refunds_read: vec![read.clone()],
-        ..Default::default()
-    };
-    store.write(&write).unwrap();
-    let p = json!({"refund_id": id, "outcome": "paid_elsewhere"});
-    let refused = app.admin_resolve_refund(&admin, decode(p).unwrap()).await;
-    assert!(
-        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
-        "{:?}",
-        refused.wire().map(|_| ())
-    );
-    assert!(store.open_refund(&paid.loc).unwrap().is_some(), "closed");
+    common::rewrite_open_refund(store.as_ref(), &paid.loc, changed_elsewhere);
+    paid_elsewhere_waits(&paid, &admin, &id).await;
 }
 
 /// The wait goes by the last try on the record, whichever node made it: a try's
@@ -1401,50 +1386,127 @@ async fn paid_elsewhere_waits_after(
 /// refusal knew, and any later try elsewhere held the others back again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_follows_the_last_try_on_the_record_whichever_node_made_it() {
-    use jetway::protocol::params::decode;
-    use jetway::store::{Batch, Store};
     let dir = tempfile::tempdir().unwrap();
     let paid = paid_booking(dir.path()).await;
-    let (app, store) = (&paid.app, &paid.store);
+    let app = &paid.app;
     let span = app.payment_span().as_millis() as i64;
     let rewrite = |change: &dyn Fn(&mut jetway::store::RefundRecord)| {
-        let read = store.open_refund(&paid.loc).unwrap().expect("open");
-        let mut changed = read.clone();
-        change(&mut changed);
-        let write = Batch {
-            refunds: vec![changed],
-            refunds_read: vec![read],
-            ..Default::default()
-        };
-        store.write(&write).unwrap();
+        common::rewrite_open_refund(paid.store.as_ref(), &paid.loc, change)
     };
     let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
-    let p = || decode(json!({"refund_id": "rf-elsewhere", "outcome": "paid_elsewhere"})).unwrap();
-    let waits = || async {
-        let refused = app.admin_resolve_refund(&admin, p()).await;
-        assert!(
-            matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
-            "{:?}",
-            refused.map(|_| ())
-        );
-    };
     let asked = jetway::domain::now_ms() - span - 5_000;
     open_refund_as(app, &paid.loc, None, "rf-elsewhere", |r| {
         r.asked_at = Some(asked)
     });
-    waits().await;
+    paid_elsewhere_waits(&paid, &admin, "rf-elsewhere").await;
     // a try by a node whose span is three of this one's: it could send its last
     // request until its own deadline, which may execute for as long again
     let long_ago = jetway::domain::now_ms() - 4 * span - 5_000;
     rewrite(&|r| (r.asked_at, r.asked_until) = (Some(long_ago), Some(long_ago + 3 * span)));
-    waits().await;
+    paid_elsewhere_waits(&paid, &admin, "rf-elsewhere").await;
     rewrite(&|r| r.refused_at = Some(long_ago));
-    let closed = app
-        .admin_resolve_refund(&admin, p())
-        .await
-        .expect("resolved");
-    assert!(closed.refund.done);
-    assert!(store.open_refund(&paid.loc).unwrap().is_none());
+    paid_elsewhere_closes(&paid, &admin, "rf-elsewhere").await;
+}
+
+/// paid_elsewhere of refund `id` of `paid`'s booking: refused for the wait.
+async fn paid_elsewhere_waits(paid: &Paid, admin: &jetway::app::AuthSession, id: &str) {
+    use jetway::store::Store;
+    let refused = paid.app.admin_resolve_refund(admin, elsewhere(id)).await;
+    assert!(
+        matches!(&refused, Err(jetway::app::AppError::InvalidState(m)) if m.contains("may still make")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    assert!(paid.store.open_refund(&paid.loc).unwrap().is_some());
+}
+
+/// paid_elsewhere of refund `id` of `paid`'s booking: it closes it.
+async fn paid_elsewhere_closes(paid: &Paid, admin: &jetway::app::AuthSession, id: &str) {
+    use jetway::store::Store;
+    let closed = paid.app.admin_resolve_refund(admin, elsewhere(id)).await;
+    assert!(closed.expect("resolved").refund.done);
+    assert!(paid.store.open_refund(&paid.loc).unwrap().is_none());
+}
+
+fn elsewhere(id: &str) -> jetway::protocol::params::ResolveRefund {
+    let p = json!({"refund_id": id, "outcome": "paid_elsewhere"});
+    jetway::protocol::params::decode(p).unwrap()
+}
+
+/// A paid booking cancelled while the gateway was down: its refund is open, its one
+/// try unanswered. Then the gateway answers refunds as `then` says, and a
+/// reconciliation round tries again; the record as that try left it.
+async fn unanswered_then(
+    dir: &std::path::Path,
+    then: impl FnOnce(&CountingGateway),
+) -> (
+    Paid,
+    jetway::store::RefundRecord,
+    jetway::store::RefundRecord,
+) {
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    use std::sync::atomic::Ordering;
+    let paid = paid_booking(dir).await;
+    paid.gateway.fail_refunds.store(true, Ordering::SeqCst);
+    let cancel = json!({"locator": paid.loc, "request_id": "c1"});
+    let cancelled = paid.app.cancel(&paid.user, decode(cancel).unwrap()).await;
+    assert!(cancelled.is_err());
+    let unanswered = paid.store.open_refund(&paid.loc).unwrap().expect("open");
+    paid.gateway.fail_refunds.store(false, Ordering::SeqCst);
+    then(&paid.gateway);
+    paid.app.reconcile_payments(std::time::Duration::ZERO).await;
+    let answered = paid.store.open_refund(&paid.loc).unwrap().expect("open");
+    assert!(answered.asked_at > unanswered.asked_at, "{answered:?}");
+    (paid, unanswered, answered)
+}
+
+/// A try the gateway turned away (a 400: Stripe keeps nothing under the key for it)
+/// made nothing itself, but the try before it got no answer, and its request,
+/// arriving late, would still be made: paid_elsewhere waits for that one (a turned-away
+/// try used to lift the wait as a kept refusal does). The turned-away tries add
+/// nothing to the wait however many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turned_away_try_does_not_lift_the_wait_for_the_one_before_it() {
+    use jetway::store::Store;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (paid, unanswered, rejected) = unanswered_then(dir.path(), |g| {
+        g.reject_refunds.store(true, Ordering::SeqCst)
+    })
+    .await;
+    let span = paid.app.payment_span().as_millis() as i64;
+    assert_eq!(rejected.rejected_at, rejected.asked_at, "on the record");
+    let first_ends = unanswered.asked_until.unwrap() + span;
+    assert_eq!(rejected.earlier_until, Some(first_ends));
+    let admin = common::faulty::login(&paid.app, "admin", ADMIN_PASSWORD).await;
+    paid_elsewhere_waits(&paid, &admin, &rejected.id).await;
+    paid.app.reconcile_payments(std::time::Duration::ZERO).await;
+    let again = paid.store.open_refund(&paid.loc).unwrap().expect("open");
+    assert!(again.asked_at > rejected.asked_at, "{again:?}");
+    assert_eq!(again.earlier_until, Some(first_ends), "nothing added");
+    paid_elsewhere_waits(&paid, &admin, &rejected.id).await;
+    // the first try's window over (as if it were long ago): decided
+    common::rewrite_open_refund(paid.store.as_ref(), &paid.loc, |r| {
+        r.earlier_until = Some(jetway::domain::now_ms() - 1)
+    });
+    paid_elsewhere_closes(&paid, &admin, &rejected.id).await;
+}
+
+/// A kept refusal ends the wait for every earlier try under the key: the gateway
+/// replays it to any of their requests that arrives late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_refusal_ends_the_wait_for_the_tries_before_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (paid, _, refused) = unanswered_then(dir.path(), |g| {
+        g.refuse_refunds.store(true, Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(refused.refused_at, refused.asked_at, "{refused:?}");
+    assert!(refused.earlier_until > Some(jetway::domain::now_ms()));
+    let admin = common::faulty::login(&paid.app, "admin", ADMIN_PASSWORD).await;
+    paid_elsewhere_closes(&paid, &admin, &refused.id).await;
 }
 
 /// The time of a try is on the refund's record, durably, before the gateway is asked:

@@ -1580,7 +1580,10 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     let id = stuck["refund_id"].as_str().unwrap().to_owned();
     // a 5xx says nothing of what the key's earlier request did
     retry_refused(&mut admin, &json!(id), "has not answered").await;
+    // nor does a 400 (kept by nobody): a request of the 5xx tries, late, may still act
     fault(&f, Step::Refund, Fault::Refuse);
+    retry_refused(&mut admin, &json!(id), "may still make").await;
+    tries_long_ago(s.app(), loc.as_str().unwrap());
     let retry = resolve(&mut admin, json!(id), "retry").await;
     assert_eq!(retry["refund"]["done"], false);
     assert_eq!(retry["refund"]["resolutions"][0]["by"], "admin");
@@ -1607,8 +1610,12 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
     let id = first_open_refund(&mut admin).await;
     // a 5xx leaves open whether the gateway makes it: not closed as paid meanwhile
     resolve_refused(&mut admin, &json!(id), "paid_elsewhere", "may still make").await;
-    // until a definite refusal under its key
+    // nor by a 400, for the same reason
     fault(&f, Step::Refund, Fault::Refuse);
+    s.app().reconcile_payments(Duration::ZERO).await;
+    resolve_refused(&mut admin, &json!(id), "paid_elsewhere", "may still make").await;
+    // until a definite refusal the gateway keeps under its key
+    fault(&f, Step::Refund, Fault::RefundFails);
     s.app().reconcile_payments(Duration::ZERO).await;
     let elsewhere = resolve(&mut admin, json!(id), "paid_elsewhere").await;
     assert_eq!(elsewhere["refund"]["done"], true);
@@ -1616,11 +1623,9 @@ async fn an_admin_resolves_refunds_the_gateway_keeps_refusing() {
         store_booking(&s, loc).status,
         jetway::domain::BookingStatus::Refunded
     );
-    assert_eq!(
-        f.ledger().intents[0].refunds.len(),
-        1,
-        "the gateway was not asked"
-    );
+    let made = f.ledger().intents[0].refunds.clone();
+    assert_eq!(made.len(), 2, "the first one, and the one it failed");
+    assert_eq!(made[1].status, "failed", "the gateway made nothing more");
     assert_eq!(
         admin
             .reason(
@@ -1824,11 +1829,19 @@ async fn admin_client(s: &Server) -> Client {
 
 /// The open refund of [`first_seat_refused`] (its try timed out, nothing made)
 /// retried by an admin under a fresh key, the retry's own ask under the first key
-/// refused. Returns the first key and the amount.
+/// turned away (a 400). That is refused while the timed-out try may still be made
+/// (Stripe keeps nothing under the key for a 400, so the late request would act),
+/// and goes through once the try is so old that it may not. Returns the first key
+/// and the amount.
 async fn retried_after_a_timeout(f: &FakeStripe, s: &Server) -> (String, i64) {
     let open = s.app().store.open_refunds().unwrap().remove(0);
     fault(f, Step::Refund, Fault::Refuse);
     let mut admin = admin_client(s).await;
+    retry_refused(&mut admin, &json!(open.id), "may still make").await;
+    let kept = s.app().store.open_refunds().unwrap().remove(0);
+    assert_eq!(kept.gateway_key, None, "not retried: {kept:?}");
+    assert!(kept.asked_at.is_some_and(|t| kept.rejected_at == Some(t)));
+    common::tries_long_ago(s.app(), open.subject());
     let retry = resolve(&mut admin, json!(open.id), "retry").await;
     assert_eq!(retry["refund"]["earlier_keys"], json!([open.id]), "{retry}");
     assert_ne!(retry["refund"]["gateway_key"], json!(open.id), "{retry}");

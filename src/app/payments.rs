@@ -557,7 +557,7 @@ impl App {
                 self.settle_failed(attempt, busy, AppError::PaymentDeclined(m), "declined")
                     .await
             }
-            Err(PaymentError::Failed(m) | PaymentError::Refused(m)) => {
+            Err(PaymentError::Failed(m) | PaymentError::Refused(m) | PaymentError::Rejected(m)) => {
                 match self.resolve(&attempt).await {
                     Ok(PaymentStatus::Succeeded) => self.settle_paid(fs, key, attempt, busy).await,
                     Ok(PaymentStatus::NotCharged) => {

@@ -105,6 +105,8 @@ pub fn new_refund(
         asked_at: None,
         asked_until: None,
         refused_at: None,
+        rejected_at: None,
+        earlier_until: None,
     }
 }
 
@@ -166,12 +168,21 @@ impl App {
     /// try writes it durably before it asks; an opener about to ask at once (which
     /// then calls [`App::finish_opened_refund`]) writes it in the opening batch
     /// instead: one durable write fewer.
+    /// The try before it stays waited on ([`RefundRecord::earlier_until`]) unless the
+    /// gateway answered that it made nothing.
     pub(super) fn reserve_try(&self, r: &mut RefundRecord) {
         let now = domain::now_ms();
         let at = now
             .max(r.asked_at.map_or(0, |t| t + 1))
             .max(r.updated_at + 1);
         let span = self.payment_span().as_millis() as domain::Millis;
+        let unanswered = r
+            .asked_at
+            .filter(|t| r.refused_at != Some(*t) && r.rejected_at != Some(*t));
+        if let Some(t) = unanswered {
+            let end = made_until(t, r.asked_until, span);
+            r.earlier_until = r.earlier_until.max(Some(end));
+        }
         (r.asked_at, r.asked_until) = (Some(at), Some(at.saturating_add(span)));
     }
 
@@ -222,11 +233,15 @@ impl App {
                 Ok(Ok(Some(made)))
             }
             Err(e) => {
-                if matches!(e, PaymentError::Refused(_)) {
-                    // for every node: this try is not in the making (unwritten, it is
-                    // waited on as if it might be)
-                    let refused = self.rewrite_refund(r, |x| x.refused_at = Some(asked_at));
-                    match refused.await {
+                // for every node: this try made nothing (unwritten, it is waited on
+                // as if it might have)
+                let note: Option<fn(&mut RefundRecord, domain::Millis)> = match &e {
+                    PaymentError::Refused(_) => Some(|x, t| x.refused_at = Some(t)),
+                    PaymentError::Rejected(_) => Some(|x, t| x.rejected_at = Some(t)),
+                    _ => None,
+                };
+                if let Some(note) = note {
+                    match self.rewrite_refund(r, |x| note(x, asked_at)).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(refund = %r.id, "a refusal of a refund not noted on its record: it changed meanwhile")
@@ -646,6 +661,8 @@ impl App {
                     self.check_not_made_now(&mut read).await?;
                     (r.asked_at, r.asked_until) = (read.asked_at, read.asked_until);
                     r.refused_at = read.refused_at;
+                    r.rejected_at = read.rejected_at;
+                    r.earlier_until = read.earlier_until;
                     // the fresh key comes after that try: a try under it by an older
                     // version, which leaves no trace, is waited on from here
                     r.updated_at = r.updated_at.max(read.asked_at.map_or(0, |t| t + 1));
@@ -763,6 +780,9 @@ impl App {
                 made.id
             ))),
             Err(PaymentError::Refused(_)) => Ok(()),
+            // this ask made nothing, but a try before it under the same key may still
+            // be made: the gateway kept nothing under the key to replay to it
+            Err(PaymentError::Rejected(_)) => self.check_quiet(r),
             Err(e) => Err(AppError::InvalidState(format!(
                 "the gateway has not answered whether it made this refund under its current key ({e}); a retry under a fresh key could pay it twice: try again once it answers"
             ))),
@@ -787,24 +807,29 @@ impl App {
     /// Every try is on the record, whichever node made it: it began at
     /// [`RefundRecord::asked_at`] (written before it asks) and sends nothing after
     /// [`RefundRecord::asked_until`], and a request may execute for a payment span
-    /// (the longer of the asking node's and this one's) after it is sent, unless the
-    /// gateway refused the try outright ([`RefundRecord::refused_at`]). One span from
-    /// the record's creation or last change (a reopening, a retry's fresh key) too,
-    /// unless a try after that was refused: an older version asked without a trace.
+    /// (the longer of the asking node's and this one's) after it is sent. A refusal
+    /// the gateway keeps under the key ([`RefundRecord::refused_at`]) ends the wait:
+    /// a request under the key, however late, gets it replayed. A try it turned away
+    /// ([`RefundRecord::rejected_at`]) made nothing itself, but the tries before it
+    /// are still waited on ([`RefundRecord::earlier_until`]). One span from the
+    /// record's creation or last change (a reopening, a retry's fresh key) too,
+    /// unless a try after that was answered either way: an older version asked
+    /// without a trace.
     fn check_quiet(&self, r: &RefundRecord) -> Result<(), AppError> {
-        let last_refused = r
-            .asked_at
-            .is_some_and(|t| r.refused_at == Some(t) && t > r.updated_at);
-        if last_refused {
+        let last_was = |answer: Option<domain::Millis>| {
+            r.asked_at
+                .is_some_and(|t| answer == Some(t) && t > r.updated_at)
+        };
+        if last_was(r.refused_at) {
             return Ok(());
         }
         let span = self.payment_span().as_millis() as domain::Millis;
-        let changed = r.created_at.max(r.updated_at).saturating_add(span);
-        let asked = r.asked_at.map_or(0, |t| {
-            let until = r.asked_until.unwrap_or(t.saturating_add(span));
-            until.saturating_add(span.max(until - t))
-        });
-        let until = changed.max(asked);
+        let mut until = r.earlier_until.unwrap_or(0);
+        if !last_was(r.rejected_at) {
+            let changed = r.created_at.max(r.updated_at).saturating_add(span);
+            let asked = r.asked_at.map_or(0, |t| made_until(t, r.asked_until, span));
+            until = until.max(changed).max(asked);
+        }
         if domain::now_ms() < until {
             return Err(AppError::InvalidState(format!(
                 "the gateway may still make this refund (asked under its key without a \
@@ -1024,6 +1049,18 @@ impl App {
         drop(busy);
         finished
     }
+}
+
+/// Until when the gateway may still make a try begun `at` and cut off at `until`
+/// (by its asking node; `at` plus `span` if unknown): a request sent by `until` may
+/// execute for a span after it, the asking node's if longer than this one's.
+fn made_until(
+    at: domain::Millis,
+    until: Option<domain::Millis>,
+    span: domain::Millis,
+) -> domain::Millis {
+    let until = until.unwrap_or(at.saturating_add(span));
+    until.saturating_add(span.max(until - at))
 }
 
 /// How long a try that ends at `until` may still ask at `now`: at most `span` (a

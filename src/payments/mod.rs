@@ -84,12 +84,20 @@ pub enum PaymentError {
     /// way is unknown until [`PaymentGateway::status`] says.
     #[error("{0}")]
     Failed(String),
-    /// The gateway answered that it did not do it, and why: a request it refused
-    /// (400, 404) or a refund it answered `failed` or `canceled`. Asked again under
-    /// the same key, it refuses again (until it forgets the key); nothing under that
+    /// The gateway acted on the request and answered that it did not do it, and why:
+    /// a refund it answered `failed` or `canceled`, a card error. It keeps that answer
+    /// under the key: any request under it, an earlier one delayed on its way
+    /// included, gets the same answer (until it forgets the key); nothing under that
     /// key is still in the making.
     #[error("{0}")]
     Refused(String),
+    /// The gateway turned the request away before acting on it (a 400 or 404 once it
+    /// looked at the key), and keeps nothing under the key for it: this request did
+    /// nothing, but one sent earlier under the same key and delayed on its way may
+    /// still act when it arrives (Stripe saves a result only once an endpoint began
+    /// executing). Its answer may also depend on the payment's state at that moment.
+    #[error("{0}")]
+    Rejected(String),
     /// The customer must act (3-D Secure) before the payment can complete; nothing is
     /// charged yet. Holds the client secret a front end completes it with (Stripe.js).
     #[error("the customer must authenticate the payment")]

@@ -182,17 +182,17 @@ fn refusal(status: StatusCode, body: &Value) -> PaymentError {
     }
 }
 
-/// A refusal of a refund request under its key: [`PaymentError::Refused`] for a 400
-/// or 404 Stripe answers once it has looked at the key (nothing under it is being or
-/// was made with these params: a key still in use is a 409, one whose request made a
-/// refund replays it), except a missing object at any status (a wrong account or mode
-/// says nothing of the key where the payment is), a 404 without a code (a wrong URL)
-/// and a body that is not Stripe's error (no `error.type`: a proxy's); and for a card
-/// error answered 402; [`refusal`]
-/// otherwise (401/403 come before the key is looked at, 429 is a rate limit or a
-/// lock, a 5xx may have acted). A key used with other params answers an
-/// `idempotency_error` 400: after the resend with the first call's params (see
-/// [`other_params`]) it is a definite no too, for those params; an older release's
+/// A refusal of a refund request under its key: [`PaymentError::Rejected`] for a
+/// 400 or 404 Stripe answers once it has looked at the key (this request made
+/// nothing: a key still in use is a 409, one whose request made a refund replays it),
+/// except a missing object at any status (a wrong account or mode says nothing of the
+/// key where the payment is), a 404 without a code (a wrong URL) and a body that is
+/// not Stripe's error (no `error.type`: a proxy's); [`PaymentError::Refused`] for a
+/// card error answered 402 (the request executed, and Stripe keeps its answer under
+/// the key); [`refusal`] otherwise (401/403 come before the key is looked at, 429 is a
+/// rate limit or a lock, a 5xx may have acted). A key used with other params answers
+/// an `idempotency_error` 400: after the resend with the first call's params (see
+/// [`other_params`]) it is a rejection too, for those params; an older release's
 /// refund under it carries no metadata, and an admin's `retry` is refused while the
 /// payment has such a refund.
 fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
@@ -200,12 +200,12 @@ fn refund_refusal(status: StatusCode, body: &Value) -> PaymentError {
     // of a request under the key that did reach the refund endpoint
     let code = body["error"]["code"].as_str().unwrap_or("");
     let stripes = body["error"]["type"].is_string();
-    let definite = stripes
+    let looked_at_key = stripes
         && code != "resource_missing"
         && (status == StatusCode::BAD_REQUEST
             || (status == StatusCode::NOT_FOUND && !code.is_empty()));
     match refusal(status, body) {
-        PaymentError::Failed(m) if definite => PaymentError::Refused(m),
+        PaymentError::Failed(m) if looked_at_key => PaymentError::Rejected(m),
         // a card error: the request executed and failed, and its answer is replayed
         PaymentError::Declined(m)
             if status == StatusCode::PAYMENT_REQUIRED && body["error"]["type"] == "card_error" =>
@@ -664,47 +664,57 @@ mod tests {
     }
 
     #[test]
-    fn only_a_definite_no_to_a_refund_request_is_a_refusal() {
+    fn only_a_definite_no_to_a_refund_request_is_a_refusal_or_a_rejection() {
         let error =
             |kind: &str, code: &str| json!({"error": {"type": kind, "code": code, "message": "m"}});
-        let refused = |status: u16, body: &Value| {
+        let answer = |status: u16, body: &Value| {
             let status = StatusCode::from_u16(status).unwrap();
-            matches!(refund_refusal(status, body), PaymentError::Refused(_))
+            match refund_refusal(status, body) {
+                PaymentError::Refused(_) => "refused",
+                PaymentError::Rejected(_) => "rejected",
+                _ => "unknown",
+            }
         };
         let invalid = error("invalid_request_error", "amount_too_large");
-        assert!(refused(400, &invalid));
-        assert!(refused(
-            404,
-            &error("invalid_request_error", "charge_not_found")
-        ));
-        assert!(
-            !refused(404, &error("invalid_request_error", "")),
+        // turned away before it acted, and not kept under the key
+        assert_eq!(answer(400, &invalid), "rejected");
+        assert_eq!(
+            answer(404, &error("invalid_request_error", "charge_not_found")),
+            "rejected"
+        );
+        assert_eq!(
+            answer(404, &error("invalid_request_error", "")),
+            "unknown",
             "a wrong URL's 404"
         );
-        assert!(
-            !refused(409, &error("card_error", "")),
+        assert_eq!(
+            answer(409, &error("card_error", "")),
+            "unknown",
             "a card error only as a 402"
         );
-        assert!(
-            refused(400, &error("idempotency_error", "")),
+        assert_eq!(
+            answer(400, &error("idempotency_error", "")),
+            "rejected",
             "after the resend"
         );
         for status in [400, 404] {
-            assert!(
-                !refused(status, &error("invalid_request_error", "resource_missing")),
+            assert_eq!(
+                answer(status, &error("invalid_request_error", "resource_missing")),
+                "unknown",
                 "a missing object at {status}"
             );
         }
-        assert!(refused(402, &error("card_error", "expired_card")));
+        // executed, and kept under the key
+        assert_eq!(answer(402, &error("card_error", "expired_card")), "refused");
         // only Stripe's own error body is its answer (a proxy's JSON is not)
-        assert!(!refused(400, &json!({})));
-        assert!(!refused(
-            400,
-            &json!({"error": {"message": "bad gateway config"}})
-        ));
-        assert!(!refused(402, &json!({"error": {"message": "m"}})));
+        assert_eq!(answer(400, &json!({})), "unknown");
+        assert_eq!(
+            answer(400, &json!({"error": {"message": "bad gateway config"}})),
+            "unknown"
+        );
+        assert_eq!(answer(402, &json!({"error": {"message": "m"}})), "unknown");
         for status in [401, 403, 409, 429, 500, 502] {
-            assert!(!refused(status, &invalid), "{status}");
+            assert_eq!(answer(status, &invalid), "unknown", "{status}");
         }
         // a read's refusal is never one
         let read = refusal(StatusCode::BAD_REQUEST, &invalid);

@@ -306,10 +306,21 @@ pub struct RefundRecord {
     /// after it): the try sends nothing after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked_until: Option<Millis>,
-    /// The `asked_at` of the last try the gateway refused outright (a definite no
-    /// under its key): that try is not being made.
+    /// The `asked_at` of the last try the gateway refused outright, an answer it keeps
+    /// under the key ([`crate::payments::PaymentError::Refused`]): nothing under that
+    /// key is being made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_at: Option<Millis>,
+    /// The `asked_at` of the last try the gateway turned away before acting on it
+    /// ([`crate::payments::PaymentError::Rejected`]): that try made nothing, but an
+    /// earlier one may still be made (see `earlier_until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_at: Option<Millis>,
+    /// Until when a try before the one at `asked_at` may still be made at the gateway:
+    /// the latest end (its deadline plus a payment span) of an earlier try that got no
+    /// answer saying it made nothing. Written with each new try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier_until: Option<Millis>,
 }
 
 /// An admin's decision about a refund the gateway kept refusing.

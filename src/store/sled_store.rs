@@ -1846,6 +1846,8 @@ mod tests {
             asked_at: None,
             asked_until: None,
             refused_at: None,
+            rejected_at: None,
+            earlier_until: None,
         };
         let open = |id: &str| Batch {
             new_refunds: vec![refund(id, false)],

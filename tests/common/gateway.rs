@@ -5,7 +5,9 @@ use futures::future::BoxFuture;
 /// A gateway that records every refund asked of it; from the `hang_from`-th refund
 /// on (or only the `hang_nth`-th) it never answers (as if the process died during
 /// the call), and while `fail_refunds` is set it answers every refund with an error
-/// (as if it were down), while `refuse_refunds` is set with a definite no. A look-up of a payment's refunds lists those in `listed`.
+/// (as if it were down), while `refuse_refunds` is set with a definite no it keeps
+/// under the key, and while `reject_refunds` is set with one it does not keep (a
+/// 400). A look-up of a payment's refunds lists those in `listed`.
 #[derive(Default)]
 pub struct CountingGateway {
     pub inner: jetway::payments::Sandbox,
@@ -14,8 +16,11 @@ pub struct CountingGateway {
     pub hang_from: Option<usize>,
     pub hang_nth: Option<usize>,
     pub fail_refunds: std::sync::atomic::AtomicBool,
-    /// Every refund is refused with a definite no (as a 400 under its key).
+    /// Every refund is refused with a definite no kept under its key (as a refund
+    /// answered `failed`).
     pub refuse_refunds: std::sync::atomic::AtomicBool,
+    /// Every refund is turned away before the gateway acts on it (as a 400).
+    pub reject_refunds: std::sync::atomic::AtomicBool,
 }
 
 impl CountingGateway {
@@ -80,6 +85,13 @@ impl jetway::payments::PaymentGateway for CountingGateway {
             {
                 let no = "the payment gateway refused the refund".into();
                 return Err(jetway::payments::PaymentError::Refused(no));
+            }
+            if self
+                .reject_refunds
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let no = "the payment gateway turned the refund away".into();
+                return Err(jetway::payments::PaymentError::Rejected(no));
             }
             Ok(jetway::payments::MadeRefund {
                 id: format!("re_test_{}", req.idempotency_key),

@@ -283,6 +283,38 @@ impl Drop for Proc {
     }
 }
 
+/// Rewrites the open refund of `subject` (its booking's locator) as `change` says,
+/// only over the record as read.
+pub fn rewrite_open_refund(
+    store: &dyn jetway::store::Store,
+    subject: &str,
+    change: impl FnOnce(&mut jetway::store::RefundRecord),
+) {
+    let read = store.open_refund(subject).unwrap().expect("an open refund");
+    let mut changed = read.clone();
+    change(&mut changed);
+    let write = jetway::store::Batch {
+        refunds: vec![changed],
+        refunds_read: vec![read],
+        ..Default::default()
+    };
+    store.write(&write).unwrap();
+    store.sync().unwrap();
+}
+
+/// Dates every try on the open refund of `subject` so long ago that no request of
+/// theirs may still be made at the gateway (its window, [`jetway::app::App`]'s wait
+/// before an admin decides, is over).
+pub fn tries_long_ago(app: &jetway::app::App, subject: &str) {
+    let span = app.payment_span().as_millis() as i64;
+    let long_ago = jetway::domain::now_ms() - 4 * span;
+    rewrite_open_refund(app.store.as_ref(), subject, |r| {
+        r.asked_at = r.asked_at.map(|_| long_ago);
+        r.asked_until = r.asked_until.map(|_| long_ago + span);
+        r.earlier_until = r.earlier_until.map(|_| long_ago);
+    });
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
