@@ -506,6 +506,26 @@ impl Tally {
         })
     }
 
+    /// The user's holds unexpired at `now` and not offered to one of their waitlist
+    /// entries (an offered hold that expired counts in neither).
+    fn capped_holds(&self, user: UserId, now: Millis) -> usize {
+        let offered: std::collections::HashSet<Locator> =
+            self.offered
+                .get(&user)
+                .map_or_else(Default::default, |list| {
+                    list.iter()
+                        .filter(|e| e.net > 0)
+                        .map(|e| e.id.clone())
+                        .collect()
+                });
+        self.holds.get(&user).map_or(0, |list| {
+            list.iter()
+                .filter(|e| e.net > 0 && e.extra.is_some_and(|t| t > now))
+                .filter(|e| !offered.contains(&e.id))
+                .count()
+        })
+    }
+
     fn live(map: &DashMap<UserId, Vec<Net<impl Sized, ()>>>, user: UserId) -> usize {
         map.get(&user)
             .map_or(0, |list| list.iter().filter(|e| e.net > 0).count())
@@ -1496,9 +1516,7 @@ impl Store for SledStore {
     }
 
     fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize> {
-        let (held, offered) =
-            self.read_whole(|| Ok((self.open_holds(user, now), self.offered_holds(user))))?;
-        Ok(held.saturating_sub(offered))
+        self.read_whole(|| Ok(self.tally.capped_holds(user, now)))
     }
 
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>> {
@@ -2969,6 +2987,27 @@ mod tests {
             assert_eq!(s.capped_holds(user, 0).unwrap(), 5)
         });
         assert_eq!((s.open_holds(user, 0), s.offered_holds(user)), (n + 5, n));
+    }
+
+    /// A hold offered to a waitlist entry that expired (the expiry job has not ended
+    /// it yet) counts neither as an open hold nor as an offer among them: it used to
+    /// be subtracted from the open holds anyway, which let one more hold past the cap.
+    #[test]
+    fn an_expired_offered_hold_takes_no_place_under_the_cap() {
+        let s = SledStore::temporary().unwrap();
+        let flight = FlightId::parse("JW1-20260101").unwrap();
+        let offered_hold = booking("OFFERA", 3, 100);
+        let mut entry = waiting_entry("w1", 3, flight);
+        entry.offer(offered_hold.locator.clone(), 6);
+        s.write(&Batch {
+            new_bookings: vec![offered_hold, booking("PLAINA", 3, 1_000)],
+            waitlist: vec![entry],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.capped_holds(UserId(3), 50).unwrap(), 1, "the offer's own");
+        assert_eq!(s.capped_holds(UserId(3), 500).unwrap(), 1, "expired offer");
+        assert_eq!(s.capped_holds(UserId(3), 5_000).unwrap(), 0, "both expired");
     }
 
     /// A waiting entry of one passenger, joined at 5.
