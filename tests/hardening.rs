@@ -1558,6 +1558,42 @@ async fn admin_methods_work_only_for_admins() {
     s.stop().await;
 }
 
+/// A page of a hostile name pointed at 127.0.0.1 (DNS rebinding) sends its own
+/// name as both `Origin` and `Host`: a server listening on loopback refuses it
+/// unless the name is a loopback one, or a trusted proxy (which pins the host) sent
+/// the request.
+#[tokio::test]
+async fn a_rebound_page_cannot_open_a_websocket_on_a_loopback_server() {
+    let as_host = |addr: std::net::SocketAddr, url: String, name: &str| {
+        let host = format!("{name}:{}", addr.port());
+        let mut req = url.into_client_request().unwrap();
+        let h = req.headers_mut();
+        h.insert("host", host.parse().unwrap());
+        h.insert("origin", format!("http://{host}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let s = Server::start().await;
+    match as_host(s.addr, s.url(), "evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a rebound name must be refused: {:?}", other.map(|_| ())),
+    }
+    for name in ["localhost", "127.0.0.1", "app.localhost"] {
+        let opened = as_host(s.addr, s.url(), name).await;
+        assert!(opened.is_ok(), "{name}: {:?}", opened.map(|_| ()));
+    }
+    s.stop().await;
+    let proxied =
+        Server::start_with(|c| c.limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+            .await;
+    let opened = as_host(proxied.addr, proxied.url(), "tickets.example.com").await;
+    assert!(
+        opened.is_ok(),
+        "behind a trusted proxy: {:?}",
+        opened.map(|_| ())
+    );
+    proxied.stop().await;
+}
+
 #[tokio::test]
 async fn origin_allowlist_and_security_headers() {
     let s =

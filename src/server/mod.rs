@@ -415,8 +415,12 @@ async fn request_started(req: axum::extract::Request, next: axum::middleware::Ne
 }
 
 /// An upgrade is allowed without an `Origin` (wscat, scripts), from the same host,
-/// or from an origin on the allowlist (`--allowed-origins`; `*` allows any).
-fn origin_allowed(headers: &HeaderMap, allowlist: &[String]) -> bool {
+/// or from an origin on the allowlist (`--allowed-origins`; `*` allows any). The
+/// same host counts only when the `Host` is `pinned` (the server listens beyond
+/// loopback, or a trusted proxy sent the request) or names loopback: a page of a
+/// hostile name pointed at 127.0.0.1 (DNS rebinding) is its own "same host" to a
+/// loopback server.
+fn origin_allowed(headers: &HeaderMap, allowlist: &[String], pinned: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
@@ -435,7 +439,29 @@ fn origin_allowed(headers: &HeaderMap, allowlist: &[String]) -> bool {
         return false;
     };
     let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
-    origin_host.eq_ignore_ascii_case(host)
+    origin_host.eq_ignore_ascii_case(host) && (pinned || loopback_host(host))
+}
+
+/// Whether a `Host` header (a name or address, with or without a port) names this
+/// machine's loopback: an address in 127.0.0.0/8, `::1`, `localhost` or a name under
+/// `.localhost` (which browsers resolve to loopback themselves, RFC 6761: no page of
+/// another site can be served under one).
+fn loopback_host(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .and_then(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|ip| ip.is_loopback());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 /// The `Sec-WebSocket-Key` of a valid WebSocket upgrade request (RFC 6455 4.2.1),
@@ -492,9 +518,15 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<limits::Peer>,
     mut req: axum::extract::Request,
 ) -> Response {
-    if !origin_allowed(req.headers(), &ctx.shield.limits.allowed_origins) {
+    let limits = &ctx.shield.limits;
+    let pinned = !ctx.app.config.listen.ip().is_loopback()
+        || forwarded::is_trusted(peer.0.peer.ip(), &limits.trusted_proxies);
+    if !origin_allowed(req.headers(), &limits.allowed_origins, pinned) {
         ctx.shield.metrics.rejected(Rejection::Origin);
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        let refused = "origin not allowed (a page on another host, or a name other than \
+            localhost for a server on loopback: list its origin in --allowed-origins, or \
+            its proxy in --trusted-proxies)";
+        return (StatusCode::FORBIDDEN, refused).into_response();
     }
     if ctx.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -619,19 +651,67 @@ mod tests {
 
     #[test]
     fn origin_must_match_host_when_present() {
-        assert!(origin_allowed(&headers(None, "127.0.0.1:8080"), &[]));
-        assert!(origin_allowed(
-            &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("https://evil.example"), "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("null"), "127.0.0.1:8080"),
-            &[]
-        ));
+        for pinned in [false, true] {
+            assert!(origin_allowed(
+                &headers(None, "127.0.0.1:8080"),
+                &[],
+                pinned
+            ));
+            assert!(origin_allowed(
+                &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+                &[],
+                pinned
+            ));
+            assert!(!origin_allowed(
+                &headers(Some("https://evil.example"), "127.0.0.1:8080"),
+                &[],
+                pinned
+            ));
+            assert!(!origin_allowed(
+                &headers(Some("null"), "127.0.0.1:8080"),
+                &[],
+                pinned
+            ));
+        }
+    }
+
+    /// A hostile name pointed at 127.0.0.1 (DNS rebinding) is its own page's host:
+    /// a loopback server takes the same host only under a loopback name, unless the
+    /// host is pinned (listening beyond loopback, or sent by a trusted proxy).
+    #[test]
+    fn a_rebound_name_is_not_the_same_host_of_a_loopback_server() {
+        let same = |host: &str| headers(Some(&format!("http://{host}")), host);
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.5:8080",
+            "[::2]:80",
+        ] {
+            assert!(!origin_allowed(&same(host), &[], false), "{host}");
+            assert!(origin_allowed(&same(host), &[], true), "{host}");
+        }
+        for host in [
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "localhost:8080",
+            "LOCALHOST",
+            "app.localhost:3000",
+            "localhost.",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(origin_allowed(&same(host), &[], false), "{host}");
+        }
+        for host in [
+            "localhost.evil.example",
+            "evillocalhost",
+            "127.0.0.1.evil",
+            "[::1",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+        let listed = ["http://evil.example:8080".to_owned()];
+        assert!(origin_allowed(&same("evil.example:8080"), &listed, false));
     }
 
     #[test]
@@ -658,12 +738,20 @@ mod tests {
     fn allowlist_adds_origins() {
         let list = vec!["https://app.example/".to_owned(), "http://x.test:81".into()];
         let h = |o| headers(Some(o), "127.0.0.1:8080");
-        assert!(origin_allowed(&h("https://app.example"), &list));
-        assert!(origin_allowed(&h("HTTP://X.TEST:81"), &list));
-        assert!(!origin_allowed(&h("https://app.example.evil"), &list));
-        assert!(!origin_allowed(&h("http://x.test"), &list));
-        assert!(origin_allowed(&h("http://127.0.0.1:8080"), &list));
-        assert!(origin_allowed(&h("https://anything"), &["*".to_owned()]));
-        assert!(!origin_allowed(&h("null"), &["".to_owned()]));
+        assert!(origin_allowed(&h("https://app.example"), &list, false));
+        assert!(origin_allowed(&h("HTTP://X.TEST:81"), &list, false));
+        assert!(!origin_allowed(
+            &h("https://app.example.evil"),
+            &list,
+            false
+        ));
+        assert!(!origin_allowed(&h("http://x.test"), &list, false));
+        assert!(origin_allowed(&h("http://127.0.0.1:8080"), &list, false));
+        assert!(origin_allowed(
+            &h("https://anything"),
+            &["*".to_owned()],
+            false
+        ));
+        assert!(!origin_allowed(&h("null"), &["".to_owned()], false));
     }
 }
