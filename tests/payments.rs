@@ -1841,10 +1841,16 @@ async fn retried_after_a_timeout(f: &FakeStripe, s: &Server) -> (String, i64) {
     let kept = s.app().store.open_refunds().unwrap().remove(0);
     assert_eq!(kept.gateway_key, None, "not retried: {kept:?}");
     assert!(kept.asked_at.is_some_and(|t| kept.rejected_at == Some(t)));
-    common::tries_long_ago(s.app(), open.subject());
+    let long_ago = common::tries_long_ago(s.app(), open.subject());
     let retry = resolve(&mut admin, json!(open.id), "retry").await;
     assert_eq!(retry["refund"]["earlier_keys"], json!([open.id]), "{retry}");
     assert_ne!(retry["refund"]["gateway_key"], json!(open.id), "{retry}");
+    // the retry keeps its own ask on the record: turned away, and the aged try
+    // before it (begun long ago, cut off a span later) waited on for a span more
+    let retried = s.app().store.open_refunds().unwrap().remove(0);
+    assert_eq!(retried.rejected_at, retried.asked_at, "{retried:?}");
+    let span = s.app().payment_span().as_millis() as i64;
+    assert_eq!(retried.earlier_until, Some(long_ago + 2 * span));
     f.clear_faults();
     (open.key().to_owned(), open.amount.amount())
 }

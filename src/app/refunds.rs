@@ -760,7 +760,10 @@ impl App {
     }
 
     /// Refuses a retry under a fresh key unless the gateway, asked once more under the
-    /// refund's current key, answers that it did not make it ([`PaymentError::Refused`]).
+    /// refund's current key, answers that it did not make it: a refusal it keeps under
+    /// the key ([`PaymentError::Refused`]), or one it does not
+    /// ([`PaymentError::Rejected`]) once the tries before it may no longer be made
+    /// ([`App::check_quiet`]).
     /// A last try that timed out may still be executing at the gateway, and no look-up
     /// sees a refund before it is made: asked under a fresh key meanwhile, the money
     /// would go back twice. Asked again, the gateway replays the refund made under the

@@ -304,8 +304,8 @@ pub fn rewrite_open_refund(
 
 /// Dates every try on the open refund of `subject` so long ago that no request of
 /// theirs may still be made at the gateway (its window, [`jetway::app::App`]'s wait
-/// before an admin decides, is over).
-pub fn tries_long_ago(app: &jetway::app::App, subject: &str) {
+/// before an admin decides, is over); the time they now began.
+pub fn tries_long_ago(app: &jetway::app::App, subject: &str) -> i64 {
     let span = app.payment_span().as_millis() as i64;
     let long_ago = jetway::domain::now_ms() - 4 * span;
     rewrite_open_refund(app.store.as_ref(), subject, |r| {
@@ -313,6 +313,7 @@ pub fn tries_long_ago(app: &jetway::app::App, subject: &str) {
         r.asked_until = r.asked_until.map(|_| long_ago + span);
         r.earlier_until = r.earlier_until.map(|_| long_ago);
     });
+    long_ago
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
