@@ -1317,7 +1317,9 @@ async fn a_refund_reopened_a_moment_ago_is_not_closed_as_paid_elsewhere() {
 /// An admin's retry asks once more under the refund's key (refused) and gives it a
 /// fresh one: a try under that key by an older version, which writes no trace, may be
 /// in the making through another node, so paid_elsewhere waits a span from the retry.
-/// The refusal, seen here and written on the record, let it through.
+/// The refusal, seen here and written on the record, let it through (and, once fixed,
+/// again whenever the retry's ask was dated a millisecond after the retry: this test
+/// makes that so every time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() {
     paid_elsewhere_waits_after(true, |_| {}).await;
@@ -1368,6 +1370,13 @@ async fn paid_elsewhere_waits_after(
     );
     let id = refused.id;
     if retry {
+        // the last try dated ahead of this node's clock (say by a node whose clock
+        // runs ahead), so the retry's own ask is dated after the retry began, every
+        // time: the retry's change must still come after its ask
+        let ahead = jetway::domain::now_ms() + 10_000;
+        common::rewrite_open_refund(store.as_ref(), &paid.loc, |r| {
+            (r.asked_at, r.refused_at) = (Some(ahead), Some(ahead))
+        });
         let p = json!({"refund_id": id, "outcome": "retry"});
         app.admin_resolve_refund(&admin, decode(p).unwrap())
             .await
