@@ -312,7 +312,8 @@ pub struct LimitsConfig {
 
     /// Reverse proxies (CIDRs or addresses, comma-separated) whose
     /// `--forwarded-header` gives the client's address for the per-address limits and
-    /// logs; from any other peer it is ignored.
+    /// logs; from any other peer it is ignored. A WebSocket upgrade a trusted proxy
+    /// forwarded (with that header) may carry a public Host to a loopback server.
     #[arg(long, env = "JETWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
@@ -342,7 +343,8 @@ impl LimitsConfig {
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+/// Whether `ip` is a loopback address, an IPv4-mapped IPv6 one included.
+pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {

@@ -1559,37 +1559,61 @@ async fn admin_methods_work_only_for_admins() {
 }
 
 /// A page of a hostile name pointed at 127.0.0.1 (DNS rebinding) sends its own
-/// name as both `Origin` and `Host`: a server listening on loopback refuses it
-/// unless the name is a loopback one, or a trusted proxy (which pins the host) sent
-/// the request.
+/// name as both `Origin` and `Host`: over loopback the server refuses it unless the
+/// name is a loopback one, or a trusted proxy forwarded the request (its
+/// `X-Forwarded-For`, which a page cannot set, says so; the proxy's `server_name`
+/// pins the host). A server listening on every address is reached over loopback
+/// too.
 #[tokio::test]
 async fn a_rebound_page_cannot_open_a_websocket_on_a_loopback_server() {
-    let as_host = |addr: std::net::SocketAddr, url: String, name: &str| {
+    let as_host = |addr: std::net::SocketAddr, name: &str, forwarded: bool| {
         let host = format!("{name}:{}", addr.port());
+        let url = format!("ws://127.0.0.1:{}/ws", addr.port());
         let mut req = url.into_client_request().unwrap();
         let h = req.headers_mut();
         h.insert("host", host.parse().unwrap());
         h.insert("origin", format!("http://{host}").parse().unwrap());
+        if forwarded {
+            h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        }
         tokio_tungstenite::connect_async(req)
     };
+    let refused = |opened: Result<_, tokio_tungstenite::tungstenite::Error>, why: &str| match opened
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 403, "{why}")
+        }
+        Err(e) => panic!("{why}: must be refused with 403: {e}"),
+        Ok(_) => panic!("{why}: must be refused"),
+    };
     let s = Server::start().await;
-    match as_host(s.addr, s.url(), "evil.example").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
-        other => panic!("a rebound name must be refused: {:?}", other.map(|_| ())),
-    }
+    refused(
+        as_host(s.addr, "evil.example", false).await,
+        "a rebound name",
+    );
     for name in ["localhost", "127.0.0.1", "app.localhost"] {
-        let opened = as_host(s.addr, s.url(), name).await;
+        let opened = as_host(s.addr, name, false).await;
         assert!(opened.is_ok(), "{name}: {:?}", opened.map(|_| ()));
     }
     s.stop().await;
+    let everywhere = Server::start_with(|c| c.listen = "0.0.0.0:0".parse().unwrap()).await;
+    refused(
+        as_host(everywhere.addr, "evil.example", false).await,
+        "over loopback to a server listening on every address",
+    );
+    everywhere.stop().await;
     let proxied =
         Server::start_with(|c| c.limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
             .await;
-    let opened = as_host(proxied.addr, proxied.url(), "tickets.example.com").await;
+    let opened = as_host(proxied.addr, "tickets.example.com", true).await;
     assert!(
         opened.is_ok(),
-        "behind a trusted proxy: {:?}",
+        "forwarded by a trusted proxy: {:?}",
         opened.map(|_| ())
+    );
+    refused(
+        as_host(proxied.addr, "evil.example", false).await,
+        "straight from a trusted proxy's address, not forwarded by it",
     );
     proxied.stop().await;
 }

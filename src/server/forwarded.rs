@@ -33,6 +33,26 @@ pub fn is_trusted(peer: IpAddr, proxies: &[IpNet]) -> bool {
     !proxies.is_empty() && trusted(peer, proxies)
 }
 
+/// Whether a trusted proxy forwarded this request: the peer is one, and it wrote the
+/// configured header (a browser cannot set it on a WebSocket upgrade, so a page that
+/// reaches the server directly from a proxy's address does not pass for one).
+pub fn forwarded_by_proxy(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &[IpNet],
+    header: ForwardedHeader,
+) -> bool {
+    is_trusted(peer, proxies) && headers.contains_key(header_names(header).0)
+}
+
+/// The header `header` names, and the other one.
+fn header_names(header: ForwardedHeader) -> (&'static str, &'static str) {
+    match header {
+        ForwardedHeader::XForwardedFor => ("x-forwarded-for", "forwarded"),
+        ForwardedHeader::Forwarded => ("forwarded", "x-forwarded-for"),
+    }
+}
+
 /// The address of one `for=` value: `192.0.2.1`, `"[2001:db8::1]:4711"`,
 /// `192.0.2.1:80`; `None` for `unknown` and obfuscated identifiers.
 fn node_ip(node: &str) -> Option<IpAddr> {
@@ -79,10 +99,7 @@ pub fn client_ip(
     if !is_trusted(peer, proxies) {
         return peer;
     }
-    let (name, other) = match header {
-        ForwardedHeader::XForwardedFor => ("x-forwarded-for", "forwarded"),
-        ForwardedHeader::Forwarded => ("forwarded", "x-forwarded-for"),
-    };
+    let (name, other) = header_names(header);
     let list = hops(
         headers,
         &HeaderName::from_static(name),

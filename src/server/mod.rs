@@ -416,10 +416,10 @@ async fn request_started(req: axum::extract::Request, next: axum::middleware::Ne
 
 /// An upgrade is allowed without an `Origin` (wscat, scripts), from the same host,
 /// or from an origin on the allowlist (`--allowed-origins`; `*` allows any). The
-/// same host counts only when the `Host` is `pinned` (the server listens beyond
-/// loopback, or a trusted proxy sent the request) or names loopback: a page of a
-/// hostile name pointed at 127.0.0.1 (DNS rebinding) is its own "same host" to a
-/// loopback server.
+/// same host counts only when the `Host` is `pinned` (the peer is not on loopback, or
+/// a trusted proxy forwarded the request) or names loopback: a page of a hostile name
+/// pointed at 127.0.0.1 (DNS rebinding) is its own "same host" to a server it reaches
+/// over loopback.
 fn origin_allowed(headers: &HeaderMap, allowlist: &[String], pinned: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
@@ -519,13 +519,19 @@ async fn upgrade(
     mut req: axum::extract::Request,
 ) -> Response {
     let limits = &ctx.shield.limits;
-    let pinned = !ctx.app.config.listen.ip().is_loopback()
-        || forwarded::is_trusted(peer.0.peer.ip(), &limits.trusted_proxies);
+    let peer_ip = peer.0.peer.ip();
+    let pinned = !crate::config::is_loopback(peer_ip)
+        || forwarded::forwarded_by_proxy(
+            peer_ip,
+            req.headers(),
+            &limits.trusted_proxies,
+            limits.forwarded_header,
+        );
     if !origin_allowed(req.headers(), &limits.allowed_origins, pinned) {
         ctx.shield.metrics.rejected(Rejection::Origin);
-        let refused = "origin not allowed (a page on another host, or a name other than \
-            localhost for a server on loopback: list its origin in --allowed-origins, or \
-            its proxy in --trusted-proxies)";
+        let refused = "origin not allowed (a page on another host, or reached over \
+            loopback under a name other than localhost: list its origin in \
+            --allowed-origins, or its proxy in --trusted-proxies)";
         return (StatusCode::FORBIDDEN, refused).into_response();
     }
     if ctx.shutdown.is_cancelled() {
@@ -549,7 +555,6 @@ async fn upgrade(
         roster,
         ..
     } = ctx;
-    let peer_ip = peer.0.peer.ip();
     let ip = forwarded::client_ip(
         peer_ip,
         req.headers(),

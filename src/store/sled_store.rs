@@ -391,6 +391,11 @@ where
     }
 }
 
+/// Whether a tallied hold is live and unexpired at `now`.
+fn held_at(e: &Net<Locator, Option<Millis>>, now: Millis) -> bool {
+    e.net > 0 && e.extra.is_some_and(|t| t > now)
+}
+
 /// The fields of a booking record the tally needs.
 #[derive(Deserialize)]
 struct TallyFields {
@@ -499,11 +504,9 @@ impl Tally {
     }
 
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
-        self.holds.get(&user).map_or(0, |list| {
-            list.iter()
-                .filter(|e| e.net > 0 && e.extra.is_some_and(|t| t > now))
-                .count()
-        })
+        self.holds
+            .get(&user)
+            .map_or(0, |list| list.iter().filter(|e| held_at(e, now)).count())
     }
 
     /// The user's holds unexpired at `now` and not offered to one of their waitlist
@@ -520,8 +523,7 @@ impl Tally {
                 });
         self.holds.get(&user).map_or(0, |list| {
             list.iter()
-                .filter(|e| e.net > 0 && e.extra.is_some_and(|t| t > now))
-                .filter(|e| !offered.contains(&e.id))
+                .filter(|e| held_at(e, now) && !offered.contains(&e.id))
                 .count()
         })
     }
