@@ -1322,7 +1322,14 @@ async fn a_refund_reopened_a_moment_ago_is_not_closed_as_paid_elsewhere() {
 /// makes that so every time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() {
-    paid_elsewhere_waits_after(true, |_| {}).await;
+    paid_elsewhere_waits_after(true, true, |_| {}).await;
+}
+
+/// The same when the gateway turned the retry's ask away (a 400): that answer came
+/// before the fresh key, so it says nothing of a try under it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() {
+    paid_elsewhere_waits_after(true, false, |_| {}).await;
 }
 
 /// A node that saw its own try of a refund refused knows nothing of a try another
@@ -1332,7 +1339,7 @@ async fn a_refusal_seen_under_an_old_key_does_not_lift_the_wait_for_a_new_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_through_another_node_holds_paid_elsewhere_back() {
     // opened long ago, and asked again under the same key through another node
-    paid_elsewhere_waits_after(false, |r| {
+    paid_elsewhere_waits_after(false, true, |r| {
         let asked = r.asked_at.expect("the try is on the record");
         (r.created_at, r.updated_at) = (0, 0);
         r.asked_at = Some(asked + 1);
@@ -1340,12 +1347,14 @@ async fn a_try_through_another_node_holds_paid_elsewhere_back() {
     .await;
 }
 
-/// A paid booking's cancel whose refund the gateway refused (this node saw it), then
-/// retried by the admin if `retry`, the record then changed by `changed_elsewhere` (as through
+/// A paid booking's cancel whose refund the gateway refused (this node saw it; a
+/// refusal it keeps under the key if `kept`, else one it turned away), then retried by
+/// the admin if `retry`, the record then changed by `changed_elsewhere` (as through
 /// another node): paid_elsewhere through this node is refused for the wait, and the
 /// refund stays open.
 async fn paid_elsewhere_waits_after(
     retry: bool,
+    kept: bool,
     changed_elsewhere: impl FnOnce(&mut jetway::store::RefundRecord),
 ) {
     use common::faulty::Wire;
@@ -1355,7 +1364,11 @@ async fn paid_elsewhere_waits_after(
     let dir = tempfile::tempdir().unwrap();
     let paid = paid_booking(dir.path()).await;
     let (app, store) = (&paid.app, &paid.store);
-    paid.gateway.refuse_refunds.store(true, Ordering::SeqCst);
+    let answer = match kept {
+        true => &paid.gateway.refuse_refunds,
+        false => &paid.gateway.reject_refunds,
+    };
+    answer.store(true, Ordering::SeqCst);
     let cancel = json!({"locator": paid.loc, "request_id": "c1"});
     assert!(app
         .cancel(&paid.user, decode(cancel).unwrap())
@@ -1364,10 +1377,12 @@ async fn paid_elsewhere_waits_after(
     let admin = common::faulty::login(app, "admin", ADMIN_PASSWORD).await;
     let refused = store.open_refund(&paid.loc).unwrap().expect("left open");
     assert!(refused.asked_at.is_some(), "{refused:?}");
-    assert_eq!(
-        refused.refused_at, refused.asked_at,
-        "the refusal is on the record"
-    );
+    let noted = if kept {
+        refused.refused_at
+    } else {
+        refused.rejected_at
+    };
+    assert_eq!(noted, refused.asked_at, "the refusal is on the record");
     let id = refused.id;
     if retry {
         // the last try dated ahead of this node's clock (say by a node whose clock
@@ -1375,7 +1390,11 @@ async fn paid_elsewhere_waits_after(
         // time: the retry's change must still come after its ask
         let ahead = jetway::domain::now_ms() + 10_000;
         common::rewrite_open_refund(store.as_ref(), &paid.loc, |r| {
-            (r.asked_at, r.refused_at) = (Some(ahead), Some(ahead))
+            r.asked_at = Some(ahead);
+            match kept {
+                true => r.refused_at = Some(ahead),
+                false => r.rejected_at = Some(ahead),
+            }
         });
         let p = json!({"refund_id": id, "outcome": "retry"});
         app.admin_resolve_refund(&admin, decode(p).unwrap())
