@@ -681,8 +681,8 @@ mod tests {
     }
 
     /// A hostile name pointed at 127.0.0.1 (DNS rebinding) is its own page's host:
-    /// a loopback server takes the same host only under a loopback name, unless the
-    /// host is pinned (listening beyond loopback, or sent by a trusted proxy).
+    /// over loopback the same host counts only under a loopback name, unless the host
+    /// is pinned (a peer beyond loopback, or a request a trusted proxy forwarded).
     #[test]
     fn a_rebound_name_is_not_the_same_host_of_a_loopback_server() {
         let same = |host: &str| headers(Some(&format!("http://{host}")), host);
