@@ -197,17 +197,20 @@ impl Running {
 /// The Content-Security-Policy: the app's own files only, plus Stripe.js (its script,
 /// its frames and its API) when payments go through Stripe.
 fn content_security_policy(stripe: bool) -> String {
-    let (script, frame, connect) = match stripe {
+    // the app styles elements through the CSSOM only (no style attributes or
+    // elements); Stripe.js's 3-D Secure overlay needs inline styles
+    let (script, frame, connect, style) = match stripe {
         true => (
             " https://js.stripe.com",
             "frame-src https://js.stripe.com https://hooks.stripe.com; ",
             " https://api.stripe.com",
+            " 'unsafe-inline'",
         ),
-        false => ("", "", ""),
+        false => ("", "", "", ""),
     };
     format!(
         "default-src 'self'; script-src 'self'{script}; {frame}connect-src 'self' ws: wss:{connect}; \
-         img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; \
+         img-src 'self' data:; style-src 'self'{style}; frame-ancestors 'none'; \
          base-uri 'none'; object-src 'none'; form-action 'self'"
     )
 }
@@ -724,12 +727,18 @@ mod tests {
         let plain = content_security_policy(false);
         assert!(!plain.contains("stripe"), "{plain}");
         assert!(plain.contains("script-src 'self';"), "{plain}");
+        assert!(plain.contains("style-src 'self';"), "{plain}");
+        assert!(!plain.contains("unsafe-inline"), "{plain}");
         let stripe = content_security_policy(true);
         assert!(
             stripe.contains("script-src 'self' https://js.stripe.com;"),
             "{stripe}"
         );
         assert!(stripe.contains("connect-src 'self' ws: wss: https://api.stripe.com;"));
+        assert!(
+            stripe.contains("style-src 'self' 'unsafe-inline';"),
+            "{stripe}"
+        );
         assert!(stripe.contains("frame-ancestors 'none'"), "{stripe}");
         // no <base> to redirect the app's relative scripts, no plugins, no form posts
         // elsewhere
