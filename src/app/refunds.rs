@@ -659,10 +659,7 @@ impl App {
             match (p.outcome, &r.reason) {
                 (RefundOutcome::Retry, _) => {
                     self.check_not_made_now(&mut read).await?;
-                    (r.asked_at, r.asked_until) = (read.asked_at, read.asked_until);
-                    r.refused_at = read.refused_at;
-                    r.rejected_at = read.rejected_at;
-                    r.earlier_until = read.earlier_until;
+                    r.take_tries(&read);
                     // the fresh key comes after that try: a try under it by an older
                     // version, which leaves no trace, is waited on from here
                     r.updated_at = r.updated_at.max(read.asked_at.map_or(0, |t| t + 1));

@@ -335,6 +335,16 @@ pub struct RefundResolution {
 }
 
 impl RefundRecord {
+    /// Takes `from`'s record of its tries (when the last began and ended, how the
+    /// gateway answered it, until when the earlier ones may still be made).
+    pub fn take_tries(&mut self, from: &RefundRecord) {
+        self.asked_at = from.asked_at;
+        self.asked_until = from.asked_until;
+        self.refused_at = from.refused_at;
+        self.rejected_at = from.rejected_at;
+        self.earlier_until = from.earlier_until;
+    }
+
     /// The gateway's idempotency key for it now.
     pub fn key(&self) -> &str {
         self.gateway_key.as_deref().unwrap_or(&self.id)
@@ -665,10 +675,10 @@ pub trait Store: Send + Sync + 'static {
     /// no entry, so a join costs the same however long the user's waitlist history.
     fn waiting_entries(&self, user: UserId) -> usize;
     /// The user's bookings held and unexpired at `now` that count against the cap on
-    /// open holds: less those offered to the user's waitlist entries, read together
-    /// (an offer applied meanwhile is in both or neither). Kept as bookings and entries
-    /// are written: reads no record, so a hold costs the same however long the user's
-    /// history.
+    /// open holds: those not offered to one of the user's waitlist entries, the holds
+    /// and offers read together (an offer applied meanwhile is in both or neither).
+    /// Kept as bookings and entries are written: reads no record, so a hold costs the
+    /// same however long the user's history.
     fn capped_holds(&self, user: UserId, now: Millis) -> StoreResult<usize>;
     fn user_bookings(&self, user: UserId, page: Page) -> StoreResult<Paged<Booking>>;
     fn order(&self, order_id: &str) -> StoreResult<Option<Order>>;

@@ -503,6 +503,7 @@ impl Tally {
         )
     }
 
+    #[cfg(test)]
     fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.holds
             .get(&user)
@@ -1245,12 +1246,15 @@ impl SledStore {
         })
     }
 
-    /// The user's bookings held and unexpired at `now`.
+    /// The user's bookings held and unexpired at `now` (the cap reads
+    /// [`Store::capped_holds`]).
+    #[cfg(test)]
     pub fn open_holds(&self, user: UserId, now: Millis) -> usize {
         self.tally.open_holds(user, now)
     }
 
     /// The holds offered to the user's waitlist entries still `offered`.
+    #[cfg(test)]
     pub fn offered_holds(&self, user: UserId) -> usize {
         Tally::live(&self.tally.offered, user)
     }
