@@ -1508,6 +1508,7 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
                 idempotency_key: key.into(),
                 look_up_first,
                 earlier_keys: Vec::new(),
+                send_by: None,
             })
             .await
             .expect("the first refund, replayed");
@@ -1516,6 +1517,39 @@ async fn a_refund_first_asked_for_by_the_previous_release_is_replayed_not_refuse
     let l = f.ledger();
     assert_eq!(l.intents[0].refunds.len(), 1, "refunded once: {l:?}");
     assert_eq!(l.refunded(), 2000);
+}
+
+/// A refund try whose time ran out while it looked its key up first (a slow list, a
+/// process woken late) sends no refund request: one handed over past the try's
+/// deadline could be made after the wait before `paid_elsewhere` ended. Found by a
+/// money review: the try's cut-off was checked only when it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_request_is_not_sent_once_its_try_is_out_of_time() {
+    use jetway::payments::{PaymentError, PaymentGateway, RefundRequest};
+    let f = fake().await;
+    let pi = charged_intent(&f, 5000).await;
+    let stripe =
+        jetway::payments::Stripe::new(&f.base(), KEY.into(), Duration::from_secs(5)).unwrap();
+    let ask = |send_by| RefundRequest {
+        payment_ref: pi.clone(),
+        amount: jetway::domain::Money::cents(2000).unwrap(),
+        idempotency_key: "rf-out-of-time".into(),
+        look_up_first: true,
+        earlier_keys: Vec::new(),
+        send_by,
+    };
+    let late = stripe.refund(ask(Some(jetway::domain::now_ms() - 1))).await;
+    assert!(
+        matches!(&late, Err(PaymentError::Failed(m)) if m.contains("ran out of time")),
+        "{late:?}"
+    );
+    assert!(f.received(Step::ListRefunds) > 0, "looked up first");
+    assert_eq!(f.received(Step::Refund), 0, "no refund request sent");
+    let in_time = stripe
+        .refund(ask(Some(jetway::domain::now_ms() + 60_000)))
+        .await;
+    assert!(in_time.is_ok(), "{in_time:?}");
+    assert_eq!(f.ledger().refunded(), 2000);
 }
 
 /// A payment reference the gateway does not know (another account's key, or test

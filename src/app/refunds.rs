@@ -220,6 +220,7 @@ impl App {
             look_up_first: now - r.created_at
                 >= 1000 * self.config.refund_lookup_after as domain::Millis,
             earlier_keys: r.previous_keys.clone(),
+            send_by: Some(until.saturating_sub(call.as_millis() as domain::Millis)),
         });
         let made = match tokio::time::timeout(left, asking).await {
             Ok(made) => made,

@@ -45,6 +45,24 @@ pub struct RefundRequest {
     /// Keys it was asked under before (an admin's retry under a fresh key): a refund
     /// made under one of them is this refund, looked up before asking again.
     pub earlier_keys: Vec<String>,
+    /// The latest wall-clock time (ms) a request that may make the refund is sent at
+    /// (the try's deadline less one gateway call: a request handed over later could go
+    /// out past the deadline the wait before `paid_elsewhere` counts on); none: no
+    /// bound. Reads (look-ups) are not bounded by it.
+    pub send_by: Option<crate::domain::Millis>,
+}
+
+impl RefundRequest {
+    /// Refuses to send a request that may make the refund past [`Self::send_by`]:
+    /// nothing is asked then (a [`PaymentError::Failed`], as for a try cut off).
+    pub fn check_send_by(&self) -> Result<(), PaymentError> {
+        match self.send_by {
+            Some(t) if crate::domain::now_ms() > t => Err(PaymentError::Failed(
+                "the refund's try ran out of time before its request was sent".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A refund the gateway made, as its answer said.

@@ -206,6 +206,7 @@ impl PaymentGateway for Sandbox {
             if let Some(e) = foreign(&req.payment_ref) {
                 return Err(e);
             }
+            req.check_send_by()?;
             Ok(MadeRefund {
                 id: reference("re", &req.idempotency_key),
                 pending: false,
@@ -298,6 +299,7 @@ mod tests {
             idempotency_key: "rf-1".into(),
             look_up_first: false,
             earlier_keys: Vec::new(),
+            send_by: None,
         };
         let made = g.refund(refund(&paid)).await.unwrap();
         assert_eq!(made, g.refund(refund(&paid)).await.unwrap(), "replayed");

@@ -373,6 +373,8 @@ impl PaymentGateway for Stripe {
             ];
             let key = Some(req.idempotency_key.as_str());
             let post = |form: &[(&str, String)]| self.http.post(self.url("/v1/refunds")).form(form);
+            // the look-ups above may have taken the try's time
+            req.check_send_by()?;
             let r = match self.call_raw(post(&form), key).await? {
                 Ok(r) => r,
                 // the key's first call came from a release that sent no metadata (its
@@ -380,6 +382,7 @@ impl PaymentGateway for Stripe {
                 // refund left open would be paid again once Stripe forgets the key
                 Err((status, body)) if other_params(status, &body) => {
                     form.retain(|(k, _)| *k != REFUND_METADATA);
+                    req.check_send_by()?;
                     match self.call_raw(post(&form), key).await? {
                         Ok(r) => r,
                         Err((status, body)) => return Err(refund_refusal(status, &body)),
