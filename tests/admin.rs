@@ -1589,6 +1589,53 @@ async fn a_reconcilers_try_that_hangs_holds_paid_elsewhere_back() {
     );
 }
 
+/// A passenger's refund made while its record changed through another node (there,
+/// after this try's payment mark lapsed, an admin's retry gave it a fresh key, under
+/// which a third node may make it) is not closed over the change: the fresh key would
+/// be lost with what was made under it, and a later reopening could pay the passenger
+/// twice. The refund stays open as changed and the booking confirmed; the cancel
+/// answers `payment_failed`, and the next try looks up what each key made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_made_while_its_record_changed_elsewhere_is_not_closed_over_the_change() {
+    use jetway::protocol::params::decode;
+    use jetway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let answer = Arc::new(tokio::sync::Semaphore::new(0));
+    let gateway = Arc::new(CountingGateway {
+        answer_when: Some(answer.clone()),
+        ..Default::default()
+    });
+    let paid = paid_booking_through(dir.path(), gateway.clone()).await;
+    let (app, user, loc) = (paid.app.clone(), paid.user.clone(), paid.loc.clone());
+    let cancelling = tokio::spawn(async move {
+        let cancel = json!({"locator": loc, "request_id": "c1"});
+        app.cancel(&user, decode(cancel).unwrap()).await.map(|_| ())
+    });
+    wait_until("the refund is asked", || gateway.refunds().len() == 1).await;
+    let asked = gateway.refunds()[0].0.clone();
+    common::rewrite_open_refund(paid.store.as_ref(), &paid.loc, |r| {
+        r.previous_keys.push(r.key().to_owned());
+        r.gateway_key = Some("rf-fresh".into());
+    });
+    answer.add_permits(1);
+    let cancelled = cancelling.await.unwrap();
+    assert!(
+        matches!(&cancelled, Err(jetway::app::AppError::PaymentFailed(m)) if m.contains("changed")),
+        "{cancelled:?}"
+    );
+    let open = paid
+        .store
+        .open_refund(&paid.loc)
+        .unwrap()
+        .expect("still open");
+    assert_eq!(open.key(), "rf-fresh");
+    assert_eq!(open.previous_keys, [asked]);
+    assert_eq!(
+        booking(&paid.app, &paid.loc).status,
+        jetway::domain::BookingStatus::Confirmed
+    );
+}
+
 /// Waits until `gateway` is asked for `paid`'s refund (by `trying`, which never gets
 /// an answer), checks that the try is on the record, then cuts `trying` off.
 async fn asked_while_hanging(

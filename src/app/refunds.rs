@@ -339,6 +339,9 @@ impl App {
                 }
                 None => (r, Ok(None)),
             };
+            // the record as this try last read or wrote it: the close is written only
+            // over it
+            let read = r.clone();
             match made {
                 Ok(made) => made_by(&mut r, made),
                 Err(e) => {
@@ -346,7 +349,8 @@ impl App {
                     return Err(e);
                 }
             }
-            self.record_seat_refund(fs, r, busy, None, also).await
+            self.record_seat_refund(fs, r, busy, Closing::Made(read), also)
+                .await
         };
         let finished = finished.await;
         self.release_held(mark).await;
@@ -355,9 +359,13 @@ impl App {
 
     /// Records an open seat refund made (at the gateway, or by other means an admin
     /// vouched for) on the booking and order and frees its seats, in one version of
-    /// the flight, closing it. One recorded already (through another node) answers
-    /// as recorded, unless an admin is resolving it (`resolving`: the record as the
-    /// admin decided on it): then, or if the record changed since, `invalid_state`.
+    /// the flight, closing it, only over the record as `closing` read it. One
+    /// recorded already (through another node) answers as recorded, unless an admin
+    /// is resolving it: then, or if the record changed since, `invalid_state`. A try's
+    /// refund whose record changed since (an admin's retry gave it a fresh key after
+    /// the try's payment mark lapsed, and another node may have made it under that
+    /// key) stays open as changed, for the next try to find what each key made:
+    /// `payment_failed`.
     /// The answer is the reply of the request the refund answers, and of `also`, for
     /// each that has none yet: a request's first successful answer stays its answer
     /// (its request_id may have been used again after this refund's request failed).
@@ -366,7 +374,7 @@ impl App {
         fs: &Arc<FlightSeats>,
         r: RefundRecord,
         busy: Busy,
-        resolving: Option<RefundRecord>,
+        closing: Closing,
         also: Option<IdemKey>,
     ) -> Result<Answer<BookingResult>, AppError> {
         let keys: Vec<IdemKey> = r.request_key().into_iter().chain(also).collect();
@@ -378,10 +386,9 @@ impl App {
             let order_id = b.order_id.clone().ok_or(AppError::Internal)?;
             let mut order = self.store.order(&order_id)?.ok_or(AppError::Internal)?;
             let open = self.store.open_refund(r.subject())?;
-            if let Some(read) = &resolving {
-                if open.as_ref() != Some(read) {
-                    return Err(decided_meanwhile());
-                }
+            let unchanged = open.as_ref() == Some(closing.read());
+            if let (Closing::Resolved(_), false) = (&closing, unchanged) {
+                return Err(decided_meanwhile());
             }
             let unanswered = |result: &BookingResult| -> Result<_, AppError> {
                 let mut replies = Vec::new();
@@ -409,6 +416,10 @@ impl App {
                 let ticket = self.committer.submit(batch, expect, || None)?;
                 return Ok((Some(ticket), Answer::Now(result)));
             }
+            if !unchanged {
+                tracing::warn!(refund = %r.id, locator = %r.locator, "a refund's record changed while it was being made; left open for the next try");
+                return Err(changed_while_made());
+            }
             b.refund(&r.seats, r.amount, now)?;
             order.record_refund(r.amount, b.status == BookingStatus::Refunded);
             let result = self.paid_view(b.clone(), order.clone());
@@ -434,7 +445,7 @@ impl App {
                 events: vec![(b.user_id, event("refunded", Some(&b.locator), now, detail))],
                 first_replies: replies,
                 refunds: vec![closed],
-                refunds_read: resolving.iter().cloned().collect(),
+                refunds_read: vec![closing.read().clone()],
                 ..Default::default()
             };
             let updates = w.release(&r.locator, r.seats.iter().copied());
@@ -699,7 +710,8 @@ impl App {
                 }
                 (RefundOutcome::PaidElsewhere, _) => {
                     self.check_settled(&read).await?;
-                    self.record_seat_refund(&fs, r.clone(), busy, Some(read), None)
+                    let closing = Closing::Resolved(read);
+                    self.record_seat_refund(&fs, r.clone(), busy, closing, None)
                         .await?;
                     r.done = true;
                 }
@@ -1181,6 +1193,29 @@ fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
 
 /// An admin decided on a refund record that was closed (made, or resolved) or
 /// decided by another admin since.
+/// Who closes a seat refund as made, with the record as they read it.
+enum Closing {
+    /// A try that made it (or found it closed already).
+    Made(RefundRecord),
+    /// An admin who vouched it was paid back by other means.
+    Resolved(RefundRecord),
+}
+
+impl Closing {
+    fn read(&self) -> &RefundRecord {
+        match self {
+            Closing::Made(r) | Closing::Resolved(r) => r,
+        }
+    }
+}
+
+fn changed_while_made() -> AppError {
+    AppError::PaymentFailed(
+        "the refund's record changed while it was being made (through another node or an admin); it stays open, and a retry or the reconciliation records it"
+            .into(),
+    )
+}
+
 fn decided_meanwhile() -> AppError {
     AppError::InvalidState(
         "the refund was closed or resolved meanwhile (by another admin, or made), or its payment was answered; list the open refunds again"

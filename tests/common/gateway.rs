@@ -21,6 +21,8 @@ pub struct CountingGateway {
     pub refuse_refunds: std::sync::atomic::AtomicBool,
     /// Every refund is turned away before the gateway acts on it (as a 400).
     pub reject_refunds: std::sync::atomic::AtomicBool,
+    /// Each refund is answered only once a permit is added here (one per answer).
+    pub answer_when: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl CountingGateway {
@@ -74,6 +76,9 @@ impl jetway::payments::PaymentGateway for CountingGateway {
             };
             if self.hang_from.is_some_and(|h| n >= h) || self.hang_nth == Some(n) {
                 futures::future::pending::<()>().await;
+            }
+            if let Some(answer) = &self.answer_when {
+                answer.acquire().await.unwrap().forget();
             }
             if self.fail_refunds.load(std::sync::atomic::Ordering::SeqCst) {
                 let down = "the payment gateway is down".into();
