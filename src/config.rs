@@ -109,6 +109,11 @@ pub struct Config {
     #[arg(long, env = "JETWAY_SESSION_CACHE", default_value_t = 65_536)]
     pub session_cache: usize,
 
+    /// Live sessions one account may hold: a login past it ends the account's oldest
+    /// session (its connections are logged out). Bounds what a login loop stores.
+    #[arg(long, env = "JETWAY_MAX_SESSIONS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sessions_per_user: u64,
+
     /// Serve the browser app from this directory instead of the copy built into the
     /// binary (for working on the app without rebuilding).
     #[arg(long, env = "JETWAY_STATIC_DIR")]

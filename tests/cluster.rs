@@ -1354,6 +1354,43 @@ async fn in_process_node_with(
     .await
 }
 
+/// The per-account session cap holds across nodes: the user's session index is in
+/// etcd, so a login through node B ends the session made through node A, and A's
+/// connection is logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let cap = |c: &mut jetway::Config| c.max_sessions_per_user = 1;
+    let a = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
+    let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
+    let name = unique_name("cap");
+    let mut first = Client::connect(&a.url()).await;
+    first.register(&name).await;
+    let mut second = Client::connect(&b.url()).await;
+    let login = json!({"username": name, "password": common::PASSWORD});
+    let token = second.ok("auth.login", login).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // node A learns of it from the change feed, a moment later
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = first.call("bookings.list", json!({})).await;
+        if listed.get("result").is_none() {
+            assert_eq!(listed["error"]["data"]["reason"], "invalid_token");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still logged in on A");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    second.ok("bookings.list", json!({})).await;
+    let mut again = Client::connect(&a.url()).await;
+    again.ok("auth.resume", json!({"token": token})).await;
+}
+
 /// A logout through one node ends the session's pushes on another, also when that
 /// node had not cached the session (its cache was full: here it holds none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1505,6 +1505,58 @@ async fn authorization_matrix() {
     s.stop().await;
 }
 
+/// An account holds at most `--max-sessions-per-user` sessions: a login past it ends
+/// the oldest (its connection is logged out at its next request, and its token
+/// resumes nowhere) and the newest keep working; the store keeps no more than the
+/// cap, and a logout takes the session out of the user's index too.
+#[tokio::test]
+async fn a_login_past_the_session_cap_ends_the_oldest_session() {
+    let s = Server::start_with(|c| c.max_sessions_per_user = 3).await;
+    let name = unique_name("cap");
+    let mut first = s.client().await;
+    let reg = first.register(&name).await;
+    let user = jetway::domain::UserId(reg["user"]["id"].as_u64().unwrap());
+    let mut tokens = vec![reg["token"].as_str().unwrap().to_owned()];
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = s.client().await;
+        let login = json!({"username": name, "password": PASSWORD});
+        tokens.push(
+            c.ok("auth.login", login).await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        clients.push(c);
+    }
+    let store = &s.app().store;
+    let held = store.user_sessions(user).unwrap();
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert_eq!(
+        first.reason("bookings.list", json!({})).await,
+        "invalid_token",
+        "the oldest session's connection is logged out"
+    );
+    assert_eq!(
+        clients[0].reason("bookings.list", json!({})).await,
+        "invalid_token"
+    );
+    for (i, token) in tokens.iter().enumerate() {
+        let mut c = s.client().await;
+        let resumed = c.call("auth.resume", json!({"token": token})).await;
+        assert_eq!(
+            resumed.get("result").is_some(),
+            i >= 2,
+            "session {i}: {resumed}"
+        );
+    }
+    clients[3].ok("auth.logout", json!({})).await;
+    assert_eq!(store.user_sessions(user).unwrap().len(), 2);
+    let all = store.sessions().unwrap();
+    assert_eq!(all.iter().filter(|r| r.user_id == user).count(), 2);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_token_works_nowhere() {
     let s = Server::start_with(|c| c.session_ttl = 1).await;

@@ -18,7 +18,7 @@ use crate::domain::{self, rfc3339, Millis, UserId, Username};
 use crate::fanout::Outbox;
 use crate::protocol::params;
 use crate::protocol::results::{Done, LoggedIn, UserView};
-use crate::store::{Batch, Role, SessionRecord, StoreError, UserRecord};
+use crate::store::{Batch, Role, SessionKey, SessionRecord, StoreError, UserRecord};
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
@@ -26,6 +26,9 @@ pub const MAX_PASSWORD: usize = 128;
 pub const ADMIN_NAME: &str = "admin";
 /// Sessions revoked per write (etcd bounds the operations of one transaction).
 const REVOKE_CHUNK: usize = 100;
+/// Sessions one login ends at most past `--max-sessions-per-user` (the rest by the
+/// next logins: the cap may have been lowered): its write stays one etcd transaction.
+const ENDED_PER_LOGIN: usize = 16;
 /// Expired sessions are swept at least this often.
 const MAX_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -316,11 +319,13 @@ impl App {
                 password_hash,
                 ..user.clone()
             });
+            let ended = self.sessions_past_cap(user.id)?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
             let written = self
                 .commit(Batch {
                     sessions: vec![session.clone()],
+                    revoke_sessions: ended.clone(),
                     events: vec![(user.id, event("login", None, now, json!({})))],
                     users: rehashed.into_iter().collect(),
                     users_read: vec![user.clone()],
@@ -331,6 +336,7 @@ impl App {
                 Err(StoreError::Conflict) if tries == 0 => tries += 1,
                 written => {
                     written?;
+                    self.forget_sessions(&ended);
                     self.attach(&user, &session, outbox, conn);
                     return Ok(login_result(&token, &session, &user));
                 }
@@ -376,9 +382,11 @@ impl App {
 
     pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
         let s = self.authenticate(conn)?;
+        let stored = self.live_session(&s.token_hash)?;
+        let ended = stored.ok_or(AppError::InvalidToken)?.key();
         let now = domain::now_ms();
         self.commit(Batch {
-            revoke_sessions: vec![s.token_hash.clone()],
+            revoke_sessions: vec![ended],
             events: vec![(s.user_id, event("logout", None, now, json!({})))],
             ..Default::default()
         })
@@ -414,17 +422,34 @@ impl App {
     /// Deletes sessions (in the store, the cache, and the connections using them).
     async fn revoke_sessions(&self, sessions: &[SessionRecord]) -> Result<(), StoreError> {
         for chunk in sessions.chunks(REVOKE_CHUNK) {
+            let ended: Vec<SessionKey> = chunk.iter().map(SessionRecord::key).collect();
             self.write_soon(Batch {
-                revoke_sessions: chunk.iter().map(|s| s.token_hash.clone()).collect(),
+                revoke_sessions: ended.clone(),
                 ..Default::default()
             })
             .await?;
-            for s in chunk {
-                self.sessions.remove(&s.token_hash);
-                self.users.revoke(s.user_id, &s.token_hash);
-            }
+            self.forget_sessions(&ended);
         }
         Ok(())
+    }
+
+    /// Drops sessions deleted from the store from the cache and the connections
+    /// using them (on a cluster, other nodes learn of it from the change feed).
+    fn forget_sessions(&self, ended: &[SessionKey]) {
+        for s in ended {
+            self.sessions.remove(&s.token_hash);
+            self.users.revoke(s.user_id, &s.token_hash);
+        }
+    }
+
+    /// The user's oldest sessions to end with a new login so that the account holds
+    /// at most `--max-sessions-per-user` (the new one included).
+    fn sessions_past_cap(&self, user: UserId) -> Result<Vec<SessionKey>, StoreError> {
+        let mut held = self.store.user_sessions(user)?;
+        let keep = (self.config.max_sessions_per_user as usize).saturating_sub(1);
+        let past = held.len().saturating_sub(keep);
+        held.truncate(past.min(ENDED_PER_LOGIN));
+        Ok(held)
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

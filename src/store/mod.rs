@@ -81,6 +81,24 @@ pub struct SessionRecord {
     pub expires_at: Millis,
 }
 
+impl SessionRecord {
+    pub fn key(&self) -> SessionKey {
+        SessionKey {
+            token_hash: self.token_hash.clone(),
+            user_id: self.user_id,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// What names a stored session and its entry in its user's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKey {
+    pub token_hash: String,
+    pub user_id: UserId,
+    pub created_at: Millis,
+}
+
 /// How many bookings are in each status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BookingCounts(pub [u64; BookingStatus::ALL.len()]);
@@ -395,7 +413,7 @@ pub struct Batch {
     /// Usernames to free (a renamed user's old name).
     pub retired_names: Vec<Username>,
     pub sessions: Vec<SessionRecord>,
-    pub revoke_sessions: Vec<String>,
+    pub revoke_sessions: Vec<SessionKey>,
     /// Flights to create; conflict if the flight exists.
     pub new_flights: Vec<Flight>,
     pub flights: Vec<Flight>,
@@ -652,6 +670,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every session record, for sweeping expired ones and revoking a user's. A store
     /// that cannot list them (a test double) has none to sweep.
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        Ok(Vec::new())
+    }
+    /// The user's sessions, oldest first, as the user's index holds them (sessions
+    /// written before the index was kept are not in it; they end by their expiry).
+    fn user_sessions(&self, _user: UserId) -> StoreResult<Vec<SessionKey>> {
         Ok(Vec::new())
     }
     fn flights(&self) -> StoreResult<Vec<Flight>>;

@@ -20,7 +20,7 @@ use super::behind::{be_u64, stored_u64, Behind, JOURNAL_SEQ};
 use super::seen::Seen;
 use super::{
     Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt, PaymentMark,
-    RefundRecord, SessionRecord, Store, StoreError, StoreResult, UserRecord,
+    RefundRecord, SessionKey, SessionRecord, Store, StoreError, StoreResult, UserRecord,
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
@@ -31,6 +31,8 @@ use dashmap::DashMap;
 const USER: u8 = b'U';
 const USER_ID: u8 = b'I';
 const SESSION: u8 = b'S';
+/// A user's sessions, by `created_at` then token hash: empty.
+const USER_SESSION: u8 = b's';
 const FLIGHT: u8 = b'F';
 const VERSION: u8 = b'V';
 const BOOKING: u8 = b'B';
@@ -953,6 +955,17 @@ fn history_key(user: UserId, at: Millis, seq: u64) -> Vec<u8> {
     )
 }
 
+fn user_session_key(s: &SessionKey) -> Vec<u8> {
+    key(
+        USER_SESSION,
+        &[
+            &s.user_id.0.to_be_bytes(),
+            &s.created_at.to_be_bytes(),
+            s.token_hash.as_bytes(),
+        ],
+    )
+}
+
 /// The writes of a batch; `history_ids` gives each event its sequence number.
 pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     let mut ops = Vec::new();
@@ -980,9 +993,11 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for s in &batch.sessions {
         put_json(&mut ops, key(SESSION, &[s.token_hash.as_bytes()]), s)?;
+        ops.push(Op::Put(user_session_key(&s.key()), Vec::new()));
     }
-    for h in &batch.revoke_sessions {
-        ops.push(Op::Delete(key(SESSION, &[h.as_bytes()])));
+    for s in &batch.revoke_sessions {
+        ops.push(Op::Delete(key(SESSION, &[s.token_hash.as_bytes()])));
+        ops.push(Op::Delete(user_session_key(s)));
     }
     for f in &batch.new_flights {
         let k = key(FLIGHT, &[f.id.as_str().as_bytes()]);
@@ -1480,6 +1495,28 @@ impl Store for SledStore {
         self.scan(&[SESSION])
     }
 
+    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
+        let prefix = key(USER_SESSION, &[&user.0.to_be_bytes()]);
+        self.read_whole(|| {
+            let mut out = Vec::new();
+            for kv in self.kv_scan(&prefix, false) {
+                let (k, _) = kv?;
+                let rest = k.get(prefix.len()..).unwrap_or_default();
+                let (at, hash) = rest.split_at_checked(8).ok_or_else(|| {
+                    StoreError::Corrupt(format!("session index key {:?} is too short", k.as_ref()))
+                })?;
+                let mut created = [0; 8];
+                created.copy_from_slice(at);
+                out.push(SessionKey {
+                    token_hash: String::from_utf8_lossy(hash).into_owned(),
+                    user_id: user,
+                    created_at: Millis::from_be_bytes(created),
+                });
+            }
+            Ok(out)
+        })
+    }
+
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.scan(&[FLIGHT])
     }
@@ -1705,7 +1742,11 @@ mod tests {
         let batch = Batch {
             new_users: vec![user(1, "ada")],
             new_bookings: vec![b.clone()],
-            revoke_sessions: vec!["feed".into()],
+            revoke_sessions: vec![SessionKey {
+                token_hash: "feed".into(),
+                user_id: UserId(1),
+                created_at: 5,
+            }],
             ..Default::default()
         };
         let ops = batch_ops(&batch, &[]).unwrap();

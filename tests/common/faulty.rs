@@ -114,6 +114,9 @@ impl Store for Faulty {
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.inner.sessions()
     }
+    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<jetway::store::SessionKey>> {
+        self.inner.user_sessions(user)
+    }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.inner.flights()
     }

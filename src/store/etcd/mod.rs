@@ -47,7 +47,7 @@ use crate::domain::{
 };
 use crate::store::{
     Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged, PaymentAttempt,
-    PaymentMark, RefundRecord, Replicated, SessionRecord, SledStore, Store, StoreError,
+    PaymentMark, RefundRecord, Replicated, SessionKey, SessionRecord, SledStore, Store, StoreError,
     StoreResult, UserRecord,
 };
 use ids::IdBlocks;
@@ -298,6 +298,9 @@ impl Store for EtcdStore {
     }
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.mirror.sessions()
+    }
+    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
+        self.mirror.user_sessions(user)
     }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.mirror.flights()
