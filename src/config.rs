@@ -109,8 +109,9 @@ pub struct Config {
     #[arg(long, env = "JETWAY_SESSION_CACHE", default_value_t = 65_536)]
     pub session_cache: usize,
 
-    /// Live sessions one account may hold: a login past it ends the account's oldest
-    /// session (its connections are logged out). Bounds what a login loop stores.
+    /// Sessions one account may hold (expired ones not yet swept count): a login past
+    /// it ends the account's oldest session (its connections are logged out). Bounds
+    /// what a login loop stores.
     #[arg(long, env = "JETWAY_MAX_SESSIONS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_sessions_per_user: u64,
 

@@ -1391,6 +1391,40 @@ async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
     again.ok("auth.resume", json!({"token": token})).await;
 }
 
+/// A new admin password revokes every session of the admin, in writes that fit one
+/// etcd transaction each: with two deletes per session (the session and its entry in
+/// the user's index), 70 sessions in one write were refused by etcd, and the node
+/// with the new password could not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_admin_password_revokes_many_sessions_on_etcd() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let fast = |c: &mut jetway::Config| c.insecure_fast_hashing = true;
+    let a = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), fast).await;
+    let mut admin = Client::connect(&a.url()).await;
+    let login = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let mut tokens = Vec::new();
+    for _ in 0..70 {
+        let logged_in = admin.ok("auth.login", login.clone()).await;
+        tokens.push(logged_in["token"].as_str().unwrap().to_owned());
+    }
+    let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), |c| {
+        fast(c);
+        c.admin_password = Some("a brand new admin password".into());
+    })
+    .await;
+    for token in [&tokens[0], &tokens[69]] {
+        let mut c = Client::connect(&b.url()).await;
+        let resumed = c.call("auth.resume", json!({"token": token})).await;
+        assert_eq!(
+            resumed["error"]["data"]["reason"], "invalid_token",
+            "{resumed}"
+        );
+    }
+}
+
 /// A logout through one node ends the session's pushes on another, also when that
 /// node had not cached the session (its cache was full: here it holds none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,8 +24,9 @@ pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
 /// The account `JETWAY_ADMIN_PASSWORD` manages; nobody can register it.
 pub const ADMIN_NAME: &str = "admin";
-/// Sessions revoked per write (etcd bounds the operations of one transaction).
-const REVOKE_CHUNK: usize = 100;
+/// Sessions revoked per write: two deletes each (the session and its entry in its
+/// user's index) stay within etcd's default limit of 128 operations per transaction.
+const REVOKE_CHUNK: usize = 50;
 /// Sessions one login ends at most past `--max-sessions-per-user` (the rest by the
 /// next logins: the cap may have been lowered): its write stays one etcd transaction.
 const ENDED_PER_LOGIN: usize = 16;
@@ -382,8 +383,15 @@ impl App {
 
     pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
         let s = self.authenticate(conn)?;
-        let stored = self.live_session(&s.token_hash)?;
-        let ended = stored.ok_or(AppError::InvalidToken)?.key();
+        // ended meanwhile (its index entry went with it): deleting it again is harmless
+        let ended = self.live_session(&s.token_hash)?.map_or_else(
+            || SessionKey {
+                token_hash: s.token_hash.clone(),
+                user_id: s.user_id,
+                created_at: 0,
+            },
+            |r| r.key(),
+        );
         let now = domain::now_ms();
         self.commit(Batch {
             revoke_sessions: vec![ended],

@@ -1191,8 +1191,6 @@ fn reissue_closed(r: &RefundRecord, read: RefundRecord) -> Batch {
     }
 }
 
-/// An admin decided on a refund record that was closed (made, or resolved) or
-/// decided by another admin since.
 /// Who closes a seat refund as made, with the record as they read it.
 enum Closing {
     /// A try that made it (or found it closed already).
@@ -1216,6 +1214,8 @@ fn changed_while_made() -> AppError {
     )
 }
 
+/// An admin decided on a refund record that was closed (made, or resolved) or
+/// decided by another admin since.
 fn decided_meanwhile() -> AppError {
     AppError::InvalidState(
         "the refund was closed or resolved meanwhile (by another admin, or made), or its payment was answered; list the open refunds again"
