@@ -1079,13 +1079,16 @@ impl App {
             else {
                 return Err(err);
             };
-            match self.make_refund(&mut refund, false).await {
-                Ok(made) => super::refunds::made_by(&mut refund, made),
+            let made = match self.make_refund(&mut refund, false).await {
+                Ok(made) => made,
                 Err(e) => {
                     tracing::error!(attempt = %a.id, error = %e, "refund of an orphaned charge failed; will retry");
                     return Err(e);
                 }
-            }
+            };
+            // the record as this request wrote its try: the close is written only over it
+            let read = refund.clone();
+            super::refunds::made_by(&mut refund, made);
             let now = domain::now_ms();
             refund.done = true;
             refund.updated_at = now;
@@ -1105,6 +1108,7 @@ impl App {
                 events: vec![refunded],
                 attempts: vec![a.clone()],
                 refunds: vec![refund],
+                refunds_read: vec![read],
                 ..Default::default()
             };
             self.end_with_error(key, batch, None, None, err).await
@@ -1229,6 +1233,15 @@ impl App {
             stored.state.is_final()
         };
         let mut batch = batch.clone();
+        // a refund this request made whose record changed meanwhile through another
+        // node (an admin's retry gave it a fresh key after this request's mark lapsed)
+        // is not closed over the change: it stays open as changed, for the next try
+        for read in &batch.refunds_read {
+            let open = self.store.open_refund(read.subject())?;
+            if open.is_some_and(|o| o.id == read.id && o != *read) {
+                return Err(super::refunds::changed_while_made());
+            }
+        }
         let mut kept = Vec::with_capacity(batch.attempts.len());
         let opened = match open {
             Some(id) => self.store.attempt(id)?,
@@ -1263,6 +1276,10 @@ impl App {
             if closed {
                 batch.events.clear();
             }
+            let kept = &batch.refunds;
+            batch
+                .refunds_read
+                .retain(|r| kept.iter().any(|k| k.id == r.id));
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
             batch.replies_read.push((key.clone(), reply.clone()));
@@ -2319,6 +2336,123 @@ mod tests {
             assert_eq!(refunded_events(&app), before, "{i}");
             assert_eq!(app.store.attempt(&stale.id).unwrap().unwrap().state, state);
         }
+    }
+
+    /// The sandbox, whose refunds are answered only once `answer` has a permit for
+    /// each; `asked` counts the refunds asked for.
+    struct HeldRefunds {
+        inner: Sandbox,
+        asked: std::sync::atomic::AtomicUsize,
+        answer: tokio::sync::Semaphore,
+    }
+
+    impl PaymentGateway for HeldRefunds {
+        fn create(
+            &self,
+            req: crate::payments::PaymentRequest,
+        ) -> futures::future::BoxFuture<'_, Result<String, PaymentError>> {
+            self.inner.create(req)
+        }
+        fn confirm<'a>(
+            &'a self,
+            payment_ref: &'a str,
+            attempt_id: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<(), PaymentError>> {
+            self.inner.confirm(payment_ref, attempt_id)
+        }
+        fn status<'a>(
+            &'a self,
+            payment_ref: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<crate::payments::PaymentStatus, PaymentError>>
+        {
+            self.inner.status(payment_ref)
+        }
+        fn cancel<'a>(
+            &'a self,
+            payment_ref: &'a str,
+            key: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<crate::payments::PaymentStatus, PaymentError>>
+        {
+            self.inner.cancel(payment_ref, key)
+        }
+        fn refund(
+            &self,
+            req: crate::payments::RefundRequest,
+        ) -> futures::future::BoxFuture<'_, Result<crate::payments::MadeRefund, PaymentError>>
+        {
+            Box::pin(async move {
+                self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let permit = self.answer.acquire().await;
+                permit
+                    .map_err(|e| PaymentError::Failed(e.to_string()))?
+                    .forget();
+                self.inner.refund(req).await
+            })
+        }
+        fn name(&self) -> &'static str {
+            "held-refunds"
+        }
+    }
+
+    /// The refund of an orphaned charge made while its record changed through another
+    /// node (there, after this request's mark lapsed, an admin's retry gave it a fresh
+    /// key, under which a third node may make it) is not closed over the change: the
+    /// fresh key would be lost with what was made under it, and a later reopening could
+    /// pay twice. The refund stays open as changed, the attempt unsettled, and the
+    /// request answers `payment_failed`; the next try looks up what each key made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_orphan_refund_made_while_its_record_changed_is_not_closed_over_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Arc::new(HeldRefunds {
+            inner: Sandbox::default(),
+            asked: Default::default(),
+            answer: tokio::sync::Semaphore::new(0),
+        });
+        let (_store, app) = app_with(dir.path(), gateway.clone()).await;
+        let request = crate::payments::PaymentRequest {
+            amount: Money::cents(10_000).unwrap(),
+            payment_method: "pm_card_visa".into(),
+            locator: Locator::parse("LAPSED").unwrap(),
+            attempt_id: "pa-changed".into(),
+        };
+        let pi = app.payments.create(request).await.unwrap();
+        app.payments.confirm(&pi, "pa-changed").await.unwrap();
+        let stale = lapsed_challenge(&app, Some(pi));
+        let settling = {
+            let (app, stale) = (app.clone(), stale.clone());
+            tokio::spawn(async move {
+                let b = app.store.booking(&stale.locator).unwrap().unwrap();
+                let fs = app.flight_seats(&b.flight_id).unwrap();
+                let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
+                app.settle_charged(&fs, stale, &busy).await.map(|_| ())
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while gateway.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no refund asked");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let read = app.store.open_refund(&stale.id).unwrap().expect("open");
+        let mut changed = read.clone();
+        changed.previous_keys.push(read.key().to_owned());
+        changed.gateway_key = Some("rf-fresh".into());
+        app.store
+            .write(&Batch {
+                refunds: vec![changed.clone()],
+                refunds_read: vec![read],
+                ..Default::default()
+            })
+            .unwrap();
+        gateway.answer.add_permits(1);
+        let settled = settling.await.unwrap();
+        assert!(
+            matches!(&settled, Err(AppError::PaymentFailed(m)) if m.contains("changed")),
+            "{settled:?}"
+        );
+        assert_eq!(app.store.open_refund(&stale.id).unwrap(), Some(changed));
+        let attempt = app.store.attempt(&stale.id).unwrap().unwrap();
+        assert_ne!(attempt.state, AttemptState::Refunded);
+        app.stop().await;
     }
 
     /// A copy of a charged attempt settled with a caller's copy read before the

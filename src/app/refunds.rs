@@ -1207,7 +1207,7 @@ impl Closing {
     }
 }
 
-fn changed_while_made() -> AppError {
+pub(super) fn changed_while_made() -> AppError {
     AppError::PaymentFailed(
         "the refund's record changed while it was being made (through another node or an admin); it stays open, and a retry or the reconciliation records it"
             .into(),
