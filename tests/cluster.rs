@@ -1356,14 +1356,18 @@ async fn in_process_node_with(
 
 /// The per-account session cap holds across nodes: the user's session index is in
 /// etcd, so a login through node B ends the session made through node A, and A's
-/// connection is logged out.
+/// connection is logged out. So does the cap on account events in the history: a
+/// failed login through A deletes the login made through B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start(1);
     let fake = FakeStripe::start().await.expect("fake stripe");
     let prefix = prefix();
-    let cap = |c: &mut jetway::Config| c.max_sessions_per_user = 1;
+    let cap = |c: &mut jetway::Config| {
+        c.max_sessions_per_user = 1;
+        c.max_account_events = 1;
+    };
     let a = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
     let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
     let name = unique_name("cap");
@@ -1389,6 +1393,16 @@ async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
     second.ok("bookings.list", json!({})).await;
     let mut again = Client::connect(&a.url()).await;
     again.ok("auth.resume", json!({"token": token})).await;
+    let wrong = json!({"username": name, "password": "not the password"});
+    assert_eq!(first.reason("auth.login", wrong).await, "bad_credentials");
+    let listed = again.ok("history.list", json!({})).await;
+    let kinds: Vec<&str> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["login_failed", "registered"]);
 }
 
 /// A new admin password revokes every session of the admin, in writes that fit one

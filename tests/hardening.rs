@@ -1557,6 +1557,36 @@ async fn a_login_past_the_session_cap_ends_the_oldest_session() {
     s.stop().await;
 }
 
+/// An account's history keeps its newest `--max-account-events` account events
+/// (`login`, `login_failed`, `logout`): each new one deletes the oldest, so a login
+/// loop cannot grow it without bound; the account's other events stay.
+#[tokio::test]
+async fn an_accounts_history_keeps_its_newest_account_events() {
+    let s = Server::start_with(|c| c.max_account_events = 3).await;
+    let name = unique_name("hist");
+    let mut first = s.client().await;
+    first.register(&name).await;
+    let login = json!({"username": name, "password": PASSWORD});
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = s.client().await;
+        c.ok("auth.login", login.clone()).await;
+        clients.push(c);
+    }
+    let wrong = json!({"username": name, "password": "not the password"});
+    assert_eq!(first.reason("auth.login", wrong).await, "bad_credentials");
+    clients[4].ok("auth.logout", json!({})).await;
+    let listed = clients[0].ok("history.list", json!({"limit": 100})).await;
+    let kinds: Vec<&str> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["logout", "login_failed", "login", "registered"]);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_token_works_nowhere() {
     let s = Server::start_with(|c| c.session_ttl = 1).await;

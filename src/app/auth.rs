@@ -18,7 +18,7 @@ use crate::domain::{self, rfc3339, Millis, UserId, Username};
 use crate::fanout::Outbox;
 use crate::protocol::params;
 use crate::protocol::results::{Done, LoggedIn, UserView};
-use crate::store::{Batch, Role, SessionKey, SessionRecord, StoreError, UserRecord};
+use crate::store::{AccountEvent, Batch, Role, SessionKey, SessionRecord, StoreError, UserRecord};
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
@@ -27,8 +27,18 @@ pub const ADMIN_NAME: &str = "admin";
 /// Sessions revoked per write: two deletes each (the session and its entry in its
 /// user's index) stay within etcd's default limit of 128 operations per transaction.
 const REVOKE_CHUNK: usize = 50;
-/// Sessions one login ends at most past `--max-sessions-per-user` (the rest by the
-/// next logins: the cap may have been lowered): its write stays one etcd transaction.
+/// The oldest of `held` (oldest first) to end so that one more leaves at most `cap`:
+/// [`ENDED_PER_LOGIN`] at most.
+fn oldest_past<T>(mut held: Vec<T>, cap: u64) -> Vec<T> {
+    let keep = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1);
+    let past = held.len().saturating_sub(keep);
+    held.truncate(past.min(ENDED_PER_LOGIN));
+    held
+}
+
+/// Sessions one login ends, and account events one account event deletes, at most
+/// past their caps (the rest by the next ones: a cap may have been lowered): its
+/// write stays one etcd transaction.
 const ENDED_PER_LOGIN: usize = 16;
 /// Expired sessions are swept at least this often.
 const MAX_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -307,6 +317,7 @@ impl App {
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
+                        pruned_events: self.account_events_past_cap(u.id)?,
                         ..Default::default()
                     })
                     .await?;
@@ -328,6 +339,7 @@ impl App {
                     sessions: vec![session.clone()],
                     revoke_sessions: ended.clone(),
                     events: vec![(user.id, event("login", None, now, json!({})))],
+                    pruned_events: self.account_events_past_cap(user.id)?,
                     users: rehashed.into_iter().collect(),
                     users_read: vec![user.clone()],
                     ..Default::default()
@@ -396,6 +408,7 @@ impl App {
         self.commit(Batch {
             revoke_sessions: vec![ended],
             events: vec![(s.user_id, event("logout", None, now, json!({})))],
+            pruned_events: self.account_events_past_cap(s.user_id)?,
             ..Default::default()
         })
         .await?;
@@ -450,14 +463,18 @@ impl App {
         }
     }
 
+    /// The user's oldest account events to delete with a new one so that the history
+    /// keeps at most `--max-account-events` of them (the new one included).
+    fn account_events_past_cap(&self, user: UserId) -> Result<Vec<AccountEvent>, StoreError> {
+        let held = self.store.account_events(user)?;
+        Ok(oldest_past(held, self.config.max_account_events))
+    }
+
     /// The user's oldest sessions to end with a new login so that the account holds
     /// at most `--max-sessions-per-user` (the new one included).
     fn sessions_past_cap(&self, user: UserId) -> Result<Vec<SessionKey>, StoreError> {
-        let mut held = self.store.user_sessions(user)?;
-        let keep = (self.config.max_sessions_per_user as usize).saturating_sub(1);
-        let past = held.len().saturating_sub(keep);
-        held.truncate(past.min(ENDED_PER_LOGIN));
-        Ok(held)
+        let held = self.store.user_sessions(user)?;
+        Ok(oldest_past(held, self.config.max_sessions_per_user))
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

@@ -91,6 +91,18 @@ impl SessionRecord {
     }
 }
 
+/// History event kinds that say what happened to an account (not to a booking or a
+/// payment): a user's newest are kept, the oldest pruned ([`Batch::pruned_events`]).
+pub const ACCOUNT_EVENTS: [&str; 3] = ["login", "login_failed", "logout"];
+
+/// An account event in its user's history, as its user's index of account events
+/// holds it (opaque: the store's keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountEvent {
+    pub(crate) index: Vec<u8>,
+    pub(crate) history: Vec<u8>,
+}
+
 /// What names a stored session and its entry in its user's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionKey {
@@ -433,6 +445,9 @@ pub struct Batch {
     pub new_orders: Vec<Order>,
     pub orders: Vec<Order>,
     pub events: Vec<(UserId, HistoryEvent)>,
+    /// Account events ([`ACCOUNT_EVENTS`]) to delete from their user's history, as
+    /// [`Store::account_events`] listed them.
+    pub pruned_events: Vec<AccountEvent>,
     /// Replies to remember.
     pub replies: Vec<(IdemKey, Memo)>,
     /// Replies as read before `replies` replaces them (none: no reply): conflict
@@ -675,6 +690,11 @@ pub trait Store: Send + Sync + 'static {
     /// The user's sessions, oldest first, as the user's index holds them (sessions
     /// written before the index was kept are not in it; they end by their expiry).
     fn user_sessions(&self, _user: UserId) -> StoreResult<Vec<SessionKey>> {
+        Ok(Vec::new())
+    }
+    /// The user's account events ([`ACCOUNT_EVENTS`]), oldest first, as the user's
+    /// index holds them (events written before the index was kept are not in it).
+    fn account_events(&self, _user: UserId) -> StoreResult<Vec<AccountEvent>> {
         Ok(Vec::new())
     }
     fn flights(&self) -> StoreResult<Vec<Flight>>;

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use super::behind::{be_u64, stored_u64, Behind, JOURNAL_SEQ};
 use super::seen::Seen;
 use super::{
-    Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt, PaymentMark,
-    RefundRecord, SessionKey, SessionRecord, Store, StoreError, StoreResult, UserRecord,
+    AccountEvent, Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt,
+    PaymentMark, RefundRecord, SessionKey, SessionRecord, Store, StoreError, StoreResult,
+    UserRecord, ACCOUNT_EVENTS,
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
@@ -33,6 +34,9 @@ const USER_ID: u8 = b'I';
 const SESSION: u8 = b'S';
 /// A user's sessions, by `created_at` then token hash: empty.
 const USER_SESSION: u8 = b's';
+/// A user's account events ([`super::ACCOUNT_EVENTS`]), by time then sequence
+/// number: the event's history key.
+const ACCOUNT_EVENT: u8 = b'a';
 const FLIGHT: u8 = b'F';
 const VERSION: u8 = b'V';
 const BOOKING: u8 = b'B';
@@ -1054,7 +1058,20 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
         ops.push(Op::Put(idx, Vec::new()));
     }
     for ((user, ev), seq) in batch.events.iter().zip(history_ids) {
-        put_json(&mut ops, history_key(*user, ev.at, *seq), ev)?;
+        let k = history_key(*user, ev.at, *seq);
+        if ACCOUNT_EVENTS.contains(&ev.kind.as_str()) {
+            let at = u64::try_from(ev.at).unwrap_or(0);
+            let index = key(
+                ACCOUNT_EVENT,
+                &[&user.0.to_be_bytes(), &at.to_be_bytes(), &seq.to_be_bytes()],
+            );
+            ops.push(Op::Put(index, k.clone()));
+        }
+        put_json(&mut ops, k, ev)?;
+    }
+    for e in &batch.pruned_events {
+        ops.push(Op::Delete(e.index.clone()));
+        ops.push(Op::Delete(e.history.clone()));
     }
     for (k, read) in &batch.replies_read {
         ops.push(match read {
@@ -1493,6 +1510,20 @@ impl Store for SledStore {
 
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.scan(&[SESSION])
+    }
+
+    fn account_events(&self, user: UserId) -> StoreResult<Vec<AccountEvent>> {
+        let prefix = key(ACCOUNT_EVENT, &[&user.0.to_be_bytes()]);
+        self.read_whole(|| {
+            self.kv_scan(&prefix, false)
+                .map(|kv| {
+                    kv.map(|(index, history)| AccountEvent {
+                        index: index.to_vec(),
+                        history: history.to_vec(),
+                    })
+                })
+                .collect()
+        })
     }
 
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {

@@ -117,6 +117,9 @@ impl Store for Faulty {
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<jetway::store::SessionKey>> {
         self.inner.user_sessions(user)
     }
+    fn account_events(&self, user: UserId) -> StoreResult<Vec<jetway::store::AccountEvent>> {
+        self.inner.account_events(user)
+    }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.inner.flights()
     }

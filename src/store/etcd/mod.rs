@@ -46,9 +46,9 @@ use crate::domain::{
     Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
 };
 use crate::store::{
-    Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged, PaymentAttempt,
-    PaymentMark, RefundRecord, Replicated, SessionKey, SessionRecord, SledStore, Store, StoreError,
-    StoreResult, UserRecord,
+    AccountEvent, Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged,
+    PaymentAttempt, PaymentMark, RefundRecord, Replicated, SessionKey, SessionRecord, SledStore,
+    Store, StoreError, StoreResult, UserRecord,
 };
 use ids::IdBlocks;
 
@@ -301,6 +301,9 @@ impl Store for EtcdStore {
     }
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
         self.mirror.user_sessions(user)
+    }
+    fn account_events(&self, user: UserId) -> StoreResult<Vec<AccountEvent>> {
+        self.mirror.account_events(user)
     }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.mirror.flights()
