@@ -1236,11 +1236,10 @@ impl App {
         // a refund this request made whose record changed meanwhile through another
         // node (an admin's retry gave it a fresh key after this request's mark lapsed)
         // is not closed over the change: it stays open as changed, for the next try
+        let mut changed = false;
         for read in &batch.refunds_read {
             let open = self.store.open_refund(read.subject())?;
-            if open.is_some_and(|o| o.id == read.id && o != *read) {
-                return Err(super::refunds::changed_while_made());
-            }
+            changed |= open.is_some_and(|o| o.id == read.id && o != *read);
         }
         let mut kept = Vec::with_capacity(batch.attempts.len());
         let opened = match open {
@@ -1261,6 +1260,18 @@ impl App {
             finals(a);
         }
         batch.attempts_read.extend(opened);
+        let standing = || {
+            reply
+                .clone()
+                .unwrap_or_else(|| results::err_memo(&settled_elsewhere(paid).into()))
+        };
+        if changed {
+            // nothing written; a success or settling another request answered stands
+            return match settled {
+                true => Ok((None, Some(standing()))),
+                false => Err(super::refunds::changed_while_made()),
+            };
+        }
         if settled {
             // a refund closed by whoever settled the attempt (one that took over this
             // request's lapsed mark) was recorded there, with its event (the only
@@ -1283,9 +1294,7 @@ impl App {
             let nothing =
                 batch.attempts.is_empty() && batch.events.is_empty() && batch.refunds.is_empty();
             batch.replies_read.push((key.clone(), reply.clone()));
-            let answer =
-                reply.unwrap_or_else(|| results::err_memo(&settled_elsewhere(paid).into()));
-            return Ok(((!nothing).then_some(batch), Some(answer)));
+            return Ok(((!nothing).then_some(batch), Some(standing())));
         }
         batch.events.extend(failed.clone());
         self.answer_error(key, reply, &mut batch, err)?;
@@ -2398,8 +2407,10 @@ mod tests {
     /// node (there, after this request's mark lapsed, an admin's retry gave it a fresh
     /// key, under which a third node may make it) is not closed over the change: the
     /// fresh key would be lost with what was made under it, and a later reopening could
-    /// pay twice. The refund stays open as changed, the attempt unsettled, and the
-    /// request answers `payment_failed`; the next try looks up what each key made.
+    /// pay twice. The refund stays open as changed, the attempt unsettled, nothing is
+    /// written, and the request answers `payment_failed`, unless a twin of it answered
+    /// a success meanwhile: that answer stands. The next try looks up what each key
+    /// made.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_orphan_refund_made_while_its_record_changed_is_not_closed_over_the_change() {
         let dir = tempfile::tempdir().unwrap();
@@ -2409,49 +2420,72 @@ mod tests {
             answer: tokio::sync::Semaphore::new(0),
         });
         let (_store, app) = app_with(dir.path(), gateway.clone()).await;
-        let request = crate::payments::PaymentRequest {
-            amount: Money::cents(10_000).unwrap(),
-            payment_method: "pm_card_visa".into(),
-            locator: Locator::parse("LAPSED").unwrap(),
-            attempt_id: "pa-changed".into(),
-        };
-        let pi = app.payments.create(request).await.unwrap();
-        app.payments.confirm(&pi, "pa-changed").await.unwrap();
-        let stale = lapsed_challenge(&app, Some(pi));
-        let settling = {
-            let (app, stale) = (app.clone(), stale.clone());
-            tokio::spawn(async move {
-                let b = app.store.booking(&stale.locator).unwrap().unwrap();
-                let fs = app.flight_seats(&b.flight_id).unwrap();
-                let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
-                app.settle_charged(&fs, stale, &busy).await.map(|_| ())
-            })
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while gateway.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(std::time::Instant::now() < deadline, "no refund asked");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for (i, twin_paid) in [false, true].into_iter().enumerate() {
+            let request = crate::payments::PaymentRequest {
+                amount: Money::cents(10_000).unwrap(),
+                payment_method: "pm_card_visa".into(),
+                locator: Locator::parse("LAPSED").unwrap(),
+                attempt_id: format!("pa-changed{i}"),
+            };
+            let pi = app.payments.create(request).await.unwrap();
+            app.payments
+                .confirm(&pi, &format!("pa-changed{i}"))
+                .await
+                .unwrap();
+            let mut stale = lapsed_challenge(&app, Some(pi));
+            stale.request_id = format!("p{i}");
+            let before = (refunded_events(&app), app.store.reply(&pay_key(&stale)));
+            let settling = {
+                let (app, stale) = (app.clone(), stale.clone());
+                tokio::spawn(async move {
+                    let b = app.store.booking(&stale.locator).unwrap().unwrap();
+                    let fs = app.flight_seats(&b.flight_id).unwrap();
+                    let busy = Busy::mark(&fs, &mut fs.working(), &stale.locator).unwrap();
+                    app.settle_charged(&fs, stale, &busy).await.map(|_| ())
+                })
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while gateway.asked.load(std::sync::atomic::Ordering::SeqCst) == i {
+                assert!(std::time::Instant::now() < deadline, "no refund asked");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let read = app.store.open_refund(&stale.id).unwrap().expect("open");
+            let mut changed = read.clone();
+            changed.previous_keys.push(read.key().to_owned());
+            changed.gateway_key = Some(format!("rf-fresh{i}"));
+            app.store
+                .write(&Batch {
+                    refunds: vec![changed.clone()],
+                    refunds_read: vec![read],
+                    ..Default::default()
+                })
+                .unwrap();
+            if twin_paid {
+                twin_settles(&app, &stale, "pa-twin", AttemptState::Succeeded, SUCCESS);
+            }
+            let before = (
+                before.0,
+                before.1.unwrap(),
+                app.store.reply(&pay_key(&stale)),
+            );
+            gateway.answer.add_permits(1);
+            let settled = settling.await.unwrap();
+            match twin_paid {
+                true => assert!(settled.is_ok(), "{settled:?}"),
+                false => assert!(
+                    matches!(&settled, Err(AppError::PaymentFailed(m)) if m.contains("changed")),
+                    "{settled:?}"
+                ),
+            }
+            assert_eq!(app.store.open_refund(&stale.id).unwrap(), Some(changed));
+            let attempt = app.store.attempt(&stale.id).unwrap().unwrap();
+            assert_ne!(attempt.state, AttemptState::Refunded);
+            let after = app.store.reply(&pay_key(&stale)).unwrap();
+            assert_eq!(
+                (refunded_events(&app), after),
+                (before.0, before.2.unwrap())
+            );
         }
-        let read = app.store.open_refund(&stale.id).unwrap().expect("open");
-        let mut changed = read.clone();
-        changed.previous_keys.push(read.key().to_owned());
-        changed.gateway_key = Some("rf-fresh".into());
-        app.store
-            .write(&Batch {
-                refunds: vec![changed.clone()],
-                refunds_read: vec![read],
-                ..Default::default()
-            })
-            .unwrap();
-        gateway.answer.add_permits(1);
-        let settled = settling.await.unwrap();
-        assert!(
-            matches!(&settled, Err(AppError::PaymentFailed(m)) if m.contains("changed")),
-            "{settled:?}"
-        );
-        assert_eq!(app.store.open_refund(&stale.id).unwrap(), Some(changed));
-        let attempt = app.store.attempt(&stale.id).unwrap().unwrap();
-        assert_ne!(attempt.state, AttemptState::Refunded);
         app.stop().await;
     }
 
