@@ -115,10 +115,10 @@ pub struct Config {
     #[arg(long, env = "JETWAY_MAX_SESSIONS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_sessions_per_user: u64,
 
-    /// Account events (`login`, `login_failed`, `logout`) kept in one account's
-    /// history: each new one past it deletes the oldest. Booking and payment events
-    /// are all kept.
-    #[arg(long, env = "JETWAY_MAX_ACCOUNT_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Logins and logouts kept in one account's history, and failed logins apart
+    /// (which others can cause): each new one past it deletes the oldest of its kind.
+    /// Booking and payment events are all kept.
+    #[arg(long, env = "JETWAY_MAX_ACCOUNT_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_account_events: u64,
 
     /// Serve the browser app from this directory instead of the copy built into the

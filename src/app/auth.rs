@@ -18,7 +18,9 @@ use crate::domain::{self, rfc3339, Millis, UserId, Username};
 use crate::fanout::Outbox;
 use crate::protocol::params;
 use crate::protocol::results::{Done, LoggedIn, UserView};
-use crate::store::{AccountEvent, Batch, Role, SessionKey, SessionRecord, StoreError, UserRecord};
+use crate::store::{
+    AccountEvent, AccountLine, Batch, Role, SessionKey, SessionRecord, StoreError, UserRecord,
+};
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 128;
@@ -27,13 +29,13 @@ pub const ADMIN_NAME: &str = "admin";
 /// Sessions revoked per write: two deletes each (the session and its entry in its
 /// user's index) stay within etcd's default limit of 128 operations per transaction.
 const REVOKE_CHUNK: usize = 50;
-/// The oldest of `held` (oldest first) to end so that one more leaves at most `cap`:
-/// [`ENDED_PER_LOGIN`] at most.
-fn oldest_past<T>(mut held: Vec<T>, cap: u64) -> Vec<T> {
+/// The oldest of `count` held (`oldest`: the oldest of them, oldest first) to end so
+/// that one more leaves at most `cap`: [`ENDED_PER_LOGIN`] at most.
+fn oldest_past<T>(count: usize, mut oldest: Vec<T>, cap: u64) -> Vec<T> {
     let keep = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1);
-    let past = held.len().saturating_sub(keep);
-    held.truncate(past.min(ENDED_PER_LOGIN));
-    held
+    let past = count.saturating_sub(keep);
+    oldest.truncate(past.min(ENDED_PER_LOGIN));
+    oldest
 }
 
 /// Sessions one login ends, and account events one account event deletes, at most
@@ -317,7 +319,7 @@ impl App {
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
-                        pruned_events: self.account_events_past_cap(u.id)?,
+                        pruned_events: self.account_events_past_cap(u.id, "login_failed")?,
                         ..Default::default()
                     })
                     .await?;
@@ -339,7 +341,7 @@ impl App {
                     sessions: vec![session.clone()],
                     revoke_sessions: ended.clone(),
                     events: vec![(user.id, event("login", None, now, json!({})))],
-                    pruned_events: self.account_events_past_cap(user.id)?,
+                    pruned_events: self.account_events_past_cap(user.id, "login")?,
                     users: rehashed.into_iter().collect(),
                     users_read: vec![user.clone()],
                     ..Default::default()
@@ -408,7 +410,7 @@ impl App {
         self.commit(Batch {
             revoke_sessions: vec![ended],
             events: vec![(s.user_id, event("logout", None, now, json!({})))],
-            pruned_events: self.account_events_past_cap(s.user_id)?,
+            pruned_events: self.account_events_past_cap(s.user_id, "logout")?,
             ..Default::default()
         })
         .await?;
@@ -463,18 +465,32 @@ impl App {
         }
     }
 
-    /// The user's oldest account events to delete with a new one so that the history
-    /// keeps at most `--max-account-events` of them (the new one included).
-    fn account_events_past_cap(&self, user: UserId) -> Result<Vec<AccountEvent>, StoreError> {
-        let held = self.store.account_events(user)?;
-        Ok(oldest_past(held, self.config.max_account_events))
+    /// The user's oldest account events to delete with a new one of `kind` so that
+    /// its line ([`AccountLine`]) keeps at most `--max-account-events` (the new one
+    /// included).
+    fn account_events_past_cap(
+        &self,
+        user: UserId,
+        kind: &str,
+    ) -> Result<Vec<AccountEvent>, StoreError> {
+        let Some(line) = AccountLine::of(kind) else {
+            return Ok(Vec::new());
+        };
+        let (count, oldest) = self
+            .store
+            .oldest_account_events(user, line, ENDED_PER_LOGIN)?;
+        Ok(oldest_past(count, oldest, self.config.max_account_events))
     }
 
     /// The user's oldest sessions to end with a new login so that the account holds
     /// at most `--max-sessions-per-user` (the new one included).
     fn sessions_past_cap(&self, user: UserId) -> Result<Vec<SessionKey>, StoreError> {
         let held = self.store.user_sessions(user)?;
-        Ok(oldest_past(held, self.config.max_sessions_per_user))
+        Ok(oldest_past(
+            held.len(),
+            held,
+            self.config.max_sessions_per_user,
+        ))
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

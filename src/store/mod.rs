@@ -91,9 +91,28 @@ impl SessionRecord {
     }
 }
 
-/// History event kinds that say what happened to an account (not to a booking or a
-/// payment): a user's newest are kept, the oldest pruned ([`Batch::pruned_events`]).
-pub const ACCOUNT_EVENTS: [&str; 3] = ["login", "login_failed", "logout"];
+/// The lines of account events (history events of an account, not of a booking or a
+/// payment) of which a user's newest are kept, the oldest pruned
+/// ([`Batch::pruned_events`]). Failed logins, which anyone who knows the username can
+/// cause, have a line of their own: they never push logins and logouts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountLine {
+    /// `login` and `logout`.
+    Access,
+    /// `login_failed`.
+    Failed,
+}
+
+impl AccountLine {
+    /// The line of a history event kind, if it is an account event.
+    pub fn of(kind: &str) -> Option<AccountLine> {
+        match kind {
+            "login" | "logout" => Some(AccountLine::Access),
+            "login_failed" => Some(AccountLine::Failed),
+            _ => None,
+        }
+    }
+}
 
 /// An account event in its user's history, as its user's index of account events
 /// holds it (opaque: the store's keys).
@@ -445,8 +464,8 @@ pub struct Batch {
     pub new_orders: Vec<Order>,
     pub orders: Vec<Order>,
     pub events: Vec<(UserId, HistoryEvent)>,
-    /// Account events ([`ACCOUNT_EVENTS`]) to delete from their user's history, as
-    /// [`Store::account_events`] listed them.
+    /// Account events ([`AccountLine`]) to delete from their user's history, as
+    /// [`Store::oldest_account_events`] listed them.
     pub pruned_events: Vec<AccountEvent>,
     /// Replies to remember.
     pub replies: Vec<(IdemKey, Memo)>,
@@ -692,10 +711,16 @@ pub trait Store: Send + Sync + 'static {
     fn user_sessions(&self, _user: UserId) -> StoreResult<Vec<SessionKey>> {
         Ok(Vec::new())
     }
-    /// The user's account events ([`ACCOUNT_EVENTS`]), oldest first, as the user's
-    /// index holds them (events written before the index was kept are not in it).
-    fn account_events(&self, _user: UserId) -> StoreResult<Vec<AccountEvent>> {
-        Ok(Vec::new())
+    /// How many account events of `line` the user's index holds (events written
+    /// before the index was kept are not in it), and the oldest `n` of them, oldest
+    /// first.
+    fn oldest_account_events(
+        &self,
+        _user: UserId,
+        _line: AccountLine,
+        _n: usize,
+    ) -> StoreResult<(usize, Vec<AccountEvent>)> {
+        Ok((0, Vec::new()))
     }
     fn flights(&self) -> StoreResult<Vec<Flight>>;
     fn version(&self, flight: &FlightId) -> StoreResult<u64>;

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use super::behind::{be_u64, stored_u64, Behind, JOURNAL_SEQ};
 use super::seen::Seen;
 use super::{
-    AccountEvent, Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged, PaymentAttempt,
-    PaymentMark, RefundRecord, SessionKey, SessionRecord, Store, StoreError, StoreResult,
-    UserRecord, ACCOUNT_EVENTS,
+    AccountEvent, AccountLine, Batch, BookingCounts, Change, HistoryEvent, IdemKey, Page, Paged,
+    PaymentAttempt, PaymentMark, RefundRecord, SessionKey, SessionRecord, Store, StoreError,
+    StoreResult, UserRecord,
 };
 use crate::domain::{
     Booking, BookingStatus, Flight, FlightId, Locator, Millis, Order, UserId, Username,
@@ -34,9 +34,11 @@ const USER_ID: u8 = b'I';
 const SESSION: u8 = b'S';
 /// A user's sessions, by `created_at` then token hash: empty.
 const USER_SESSION: u8 = b's';
-/// A user's account events ([`super::ACCOUNT_EVENTS`]), by time then sequence
+/// A user's logins and logouts ([`AccountLine::Access`]), by time then sequence
 /// number: the event's history key.
-const ACCOUNT_EVENT: u8 = b'a';
+const ACCESS_EVENT: u8 = b'a';
+/// A user's failed logins ([`AccountLine::Failed`]), the same way.
+const FAILED_LOGIN: u8 = b'f';
 const FLIGHT: u8 = b'F';
 const VERSION: u8 = b'V';
 const BOOKING: u8 = b'B';
@@ -959,6 +961,13 @@ fn history_key(user: UserId, at: Millis, seq: u64) -> Vec<u8> {
     )
 }
 
+fn account_line(line: AccountLine) -> u8 {
+    match line {
+        AccountLine::Access => ACCESS_EVENT,
+        AccountLine::Failed => FAILED_LOGIN,
+    }
+}
+
 fn user_session_key(s: &SessionKey) -> Vec<u8> {
     key(
         USER_SESSION,
@@ -1059,10 +1068,10 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     }
     for ((user, ev), seq) in batch.events.iter().zip(history_ids) {
         let k = history_key(*user, ev.at, *seq);
-        if ACCOUNT_EVENTS.contains(&ev.kind.as_str()) {
+        if let Some(line) = AccountLine::of(&ev.kind) {
             let at = u64::try_from(ev.at).unwrap_or(0);
             let index = key(
-                ACCOUNT_EVENT,
+                account_line(line),
                 &[&user.0.to_be_bytes(), &at.to_be_bytes(), &seq.to_be_bytes()],
             );
             ops.push(Op::Put(index, k.clone()));
@@ -1512,18 +1521,26 @@ impl Store for SledStore {
         self.scan(&[SESSION])
     }
 
-    fn account_events(&self, user: UserId) -> StoreResult<Vec<AccountEvent>> {
-        let prefix = key(ACCOUNT_EVENT, &[&user.0.to_be_bytes()]);
-        self.read_whole(|| {
-            self.kv_scan(&prefix, false)
-                .map(|kv| {
-                    kv.map(|(index, history)| AccountEvent {
-                        index: index.to_vec(),
-                        history: history.to_vec(),
-                    })
-                })
-                .collect()
-        })
+    // not held to batch boundaries (`read_whole`): deleting an event twice is harmless
+    fn oldest_account_events(
+        &self,
+        user: UserId,
+        line: AccountLine,
+        n: usize,
+    ) -> StoreResult<(usize, Vec<AccountEvent>)> {
+        let prefix = key(account_line(line), &[&user.0.to_be_bytes()]);
+        let (mut count, mut oldest) = (0, Vec::new());
+        for kv in self.kv_scan(&prefix, false) {
+            let (index, history) = kv?;
+            if oldest.len() < n {
+                oldest.push(AccountEvent {
+                    index: index.to_vec(),
+                    history: history.to_vec(),
+                });
+            }
+            count += 1;
+        }
+        Ok((count, oldest))
     }
 
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {

@@ -117,8 +117,13 @@ impl Store for Faulty {
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<jetway::store::SessionKey>> {
         self.inner.user_sessions(user)
     }
-    fn account_events(&self, user: UserId) -> StoreResult<Vec<jetway::store::AccountEvent>> {
-        self.inner.account_events(user)
+    fn oldest_account_events(
+        &self,
+        user: UserId,
+        line: jetway::store::AccountLine,
+        n: usize,
+    ) -> StoreResult<(usize, Vec<jetway::store::AccountEvent>)> {
+        self.inner.oldest_account_events(user, line, n)
     }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.inner.flights()

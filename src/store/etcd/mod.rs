@@ -46,7 +46,7 @@ use crate::domain::{
     Booking, Flight, FlightId, Locator, Millis, Order, UserId, Username, WaitlistEntry,
 };
 use crate::store::{
-    AccountEvent, Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged,
+    AccountEvent, AccountLine, Batch, BookingCounts, HistoryEvent, IdemKey, Listener, Page, Paged,
     PaymentAttempt, PaymentMark, RefundRecord, Replicated, SessionKey, SessionRecord, SledStore,
     Store, StoreError, StoreResult, UserRecord,
 };
@@ -302,8 +302,13 @@ impl Store for EtcdStore {
     fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
         self.mirror.user_sessions(user)
     }
-    fn account_events(&self, user: UserId) -> StoreResult<Vec<AccountEvent>> {
-        self.mirror.account_events(user)
+    fn oldest_account_events(
+        &self,
+        user: UserId,
+        line: AccountLine,
+        n: usize,
+    ) -> StoreResult<(usize, Vec<AccountEvent>)> {
+        self.mirror.oldest_account_events(user, line, n)
     }
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.mirror.flights()
