@@ -316,10 +316,11 @@ impl App {
             let user = match user {
                 Some(u) if ok => u,
                 Some(u) => {
+                    let (_, pruned) = self.past_caps(u.id, "login_failed", false).await?;
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
-                        pruned_events: self.account_events_past_cap(u.id, "login_failed")?,
+                        pruned_events: pruned,
                         ..Default::default()
                     })
                     .await?;
@@ -333,7 +334,7 @@ impl App {
                 password_hash,
                 ..user.clone()
             });
-            let ended = self.sessions_past_cap(user.id)?;
+            let (ended, pruned) = self.past_caps(user.id, "login", true).await?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
             let written = self
@@ -341,7 +342,7 @@ impl App {
                     sessions: vec![session.clone()],
                     revoke_sessions: ended.clone(),
                     events: vec![(user.id, event("login", None, now, json!({})))],
-                    pruned_events: self.account_events_past_cap(user.id, "login")?,
+                    pruned_events: pruned,
                     users: rehashed.into_iter().collect(),
                     users_read: vec![user.clone()],
                     ..Default::default()
@@ -397,8 +398,9 @@ impl App {
 
     pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
         let s = self.authenticate(conn)?;
-        // ended meanwhile (its index entry went with it): deleting it again is harmless
-        let ended = self.live_session(&s.token_hash)?.map_or_else(
+        // as stored, expired or not; deleted meanwhile (with its index entry): deleting
+        // it again is harmless
+        let ended = self.store.session(&s.token_hash)?.map_or_else(
             || SessionKey {
                 token_hash: s.token_hash.clone(),
                 user_id: s.user_id,
@@ -406,11 +408,12 @@ impl App {
             },
             |r| r.key(),
         );
+        let (_, pruned) = self.past_caps(s.user_id, "logout", false).await?;
         let now = domain::now_ms();
         self.commit(Batch {
             revoke_sessions: vec![ended],
             events: vec![(s.user_id, event("logout", None, now, json!({})))],
-            pruned_events: self.account_events_past_cap(s.user_id, "logout")?,
+            pruned_events: pruned,
             ..Default::default()
         })
         .await?;
@@ -465,32 +468,43 @@ impl App {
         }
     }
 
-    /// The user's oldest account events to delete with a new one of `kind` so that
-    /// its line ([`AccountLine`]) keeps at most `--max-account-events` (the new one
-    /// included).
-    fn account_events_past_cap(
+    /// What a new account event of `kind` (and, with `session`, a login's new
+    /// session) ends past the caps, so that the user keeps at most
+    /// `--max-sessions-per-user` sessions and `--max-account-events` of the event's
+    /// line ([`AccountLine`]), the new ones included: the oldest sessions and account
+    /// events. The user's indexes are read on the blocking pool (a read is as long as
+    /// its cap).
+    async fn past_caps(
         &self,
         user: UserId,
-        kind: &str,
-    ) -> Result<Vec<AccountEvent>, StoreError> {
-        let Some(line) = AccountLine::of(kind) else {
-            return Ok(Vec::new());
-        };
-        let (count, oldest) = self
-            .store
-            .oldest_account_events(user, line, ENDED_PER_LOGIN)?;
-        Ok(oldest_past(count, oldest, self.config.max_account_events))
-    }
-
-    /// The user's oldest sessions to end with a new login so that the account holds
-    /// at most `--max-sessions-per-user` (the new one included).
-    fn sessions_past_cap(&self, user: UserId) -> Result<Vec<SessionKey>, StoreError> {
-        let held = self.store.user_sessions(user)?;
-        Ok(oldest_past(
-            held.len(),
-            held,
+        kind: &'static str,
+        session: bool,
+    ) -> Result<(Vec<SessionKey>, Vec<AccountEvent>), AppError> {
+        let store = self.store.clone();
+        let caps = (
             self.config.max_sessions_per_user,
-        ))
+            self.config.max_account_events,
+        );
+        let read = move || -> Result<_, StoreError> {
+            let ended = match session {
+                true => {
+                    let held = store.user_sessions(user)?;
+                    oldest_past(held.len(), held, caps.0)
+                }
+                false => Vec::new(),
+            };
+            let pruned = match AccountLine::of(kind) {
+                Some(line) => {
+                    let (count, oldest) =
+                        store.oldest_account_events(user, line, ENDED_PER_LOGIN)?;
+                    oldest_past(count, oldest, caps.1)
+                }
+                None => Vec::new(),
+            };
+            Ok((ended, pruned))
+        };
+        let read = tokio::task::spawn_blocking(read).await;
+        Ok(read.map_err(|_| AppError::Internal)??)
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

@@ -1212,9 +1212,12 @@ impl App {
     /// the copy of it is not written (one read before, still waiting for the customer
     /// say, would open it again, where nothing would close it and a later cancel
     /// would refund its charge twice), nor the error, nor the close of a refund that
-    /// request closed (or that was reopened since). Otherwise the error (see
-    /// [`Self::answer_error`]). The write expects the reply and each attempt it touches
-    /// (`open`: one it leaves open and does not write) as read here.
+    /// request closed (or that was reopened since). A refund this request made whose
+    /// record changed since it was read (`refunds_read`) writes nothing: the answer
+    /// that stands if the attempt was settled, else `payment_failed` (the refund stays
+    /// open as changed). Otherwise the error (see [`Self::answer_error`]). The write
+    /// expects the reply and each attempt it touches (`open`: one it leaves open and
+    /// does not write) and each refund as read here.
     fn error_ending(
         &self,
         key: &IdemKey,
@@ -2434,7 +2437,7 @@ mod tests {
                 .unwrap();
             let mut stale = lapsed_challenge(&app, Some(pi));
             stale.request_id = format!("p{i}");
-            let before = (refunded_events(&app), app.store.reply(&pay_key(&stale)));
+            let events = refunded_events(&app);
             let settling = {
                 let (app, stale) = (app.clone(), stale.clone());
                 tokio::spawn(async move {
@@ -2463,11 +2466,7 @@ mod tests {
             if twin_paid {
                 twin_settles(&app, &stale, "pa-twin", AttemptState::Succeeded, SUCCESS);
             }
-            let before = (
-                before.0,
-                before.1.unwrap(),
-                app.store.reply(&pay_key(&stale)),
-            );
+            let reply = app.store.reply(&pay_key(&stale)).unwrap();
             gateway.answer.add_permits(1);
             let settled = settling.await.unwrap();
             match twin_paid {
@@ -2481,10 +2480,7 @@ mod tests {
             let attempt = app.store.attempt(&stale.id).unwrap().unwrap();
             assert_ne!(attempt.state, AttemptState::Refunded);
             let after = app.store.reply(&pay_key(&stale)).unwrap();
-            assert_eq!(
-                (refunded_events(&app), after),
-                (before.0, before.2.unwrap())
-            );
+            assert_eq!((refunded_events(&app), after), (events, reply));
         }
         app.stop().await;
     }

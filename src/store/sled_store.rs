@@ -35,7 +35,7 @@ const SESSION: u8 = b'S';
 /// A user's sessions, by `created_at` then token hash: empty.
 const USER_SESSION: u8 = b's';
 /// A user's logins and logouts ([`AccountLine::Access`]), by time then sequence
-/// number: the event's history key.
+/// number (the event's history key past its first byte): the event's history key.
 const ACCESS_EVENT: u8 = b'a';
 /// A user's failed logins ([`AccountLine::Failed`]), the same way.
 const FAILED_LOGIN: u8 = b'f';
@@ -1069,11 +1069,9 @@ pub fn batch_ops(batch: &Batch, history_ids: &[u64]) -> StoreResult<Vec<Op>> {
     for ((user, ev), seq) in batch.events.iter().zip(history_ids) {
         let k = history_key(*user, ev.at, *seq);
         if let Some(line) = AccountLine::of(&ev.kind) {
-            let at = u64::try_from(ev.at).unwrap_or(0);
-            let index = key(
-                account_line(line),
-                &[&user.0.to_be_bytes(), &at.to_be_bytes(), &seq.to_be_bytes()],
-            );
+            // the line's key: the history key's user, time and sequence number
+            let mut index = k.clone();
+            index[0] = account_line(line);
             ops.push(Op::Put(index, k.clone()));
         }
         put_json(&mut ops, k, ev)?;
