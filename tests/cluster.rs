@@ -11,8 +11,8 @@ mod common;
 
 use common::cluster::{node, node_with_env, Etcd};
 use common::{
-    fake_stripe_flags, free_seats, later_flight, money_mismatches, passengers, unique_name, Client,
-    Proc, Server, FAKE_STRIPE_KEY,
+    fake_stripe_flags, free_seats, history_types, later_flight, money_mismatches, passengers,
+    unique_name, Client, Proc, Server, FAKE_STRIPE_KEY,
 };
 use fake_stripe::{FakeStripe, Fault, FaultRule, Step};
 use jetway::store::PaymentAttempt;
@@ -1400,13 +1400,7 @@ async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
     );
     let mut failing = Client::connect(&b.url()).await;
     assert_eq!(failing.reason("auth.login", wrong).await, "bad_credentials");
-    let listed = second.ok("history.list", json!({})).await;
-    let kinds: Vec<&str> = listed["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let kinds = history_types(&mut second).await;
     assert_eq!(kinds, ["login_failed", "login", "registered"]);
 }
 

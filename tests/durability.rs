@@ -208,12 +208,7 @@ async fn holds_due_while_down_expire_at_start() {
         .await,
         "hold_expired"
     );
-    let kinds: Vec<String> = c.ok("history.list", json!({})).await["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_owned())
-        .collect();
+    let kinds = history_types(&mut c).await;
     assert!(kinds.contains(&"expired".to_owned()), "{kinds:?}");
 }
 

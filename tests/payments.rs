@@ -2633,17 +2633,6 @@ async fn refund_event(s: &Server, event_id: &str, kind: &str, refund: &str) -> u
     post_webhook(s, &event, &signed).await
 }
 
-/// The types of a user's history events, newest first.
-async fn history_types(c: &mut Client) -> Vec<String> {
-    let h = c.ok("history.list", json!({})).await;
-    h["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// After a reconciliation round, the money of a refund that failed later went back
 /// (`owed` in all), nothing is left open, and the passenger's history says so.
 async fn paid_back_again(f: &FakeStripe, s: &Server, c: &mut Client, owed: i64) {

@@ -316,7 +316,7 @@ impl App {
             let user = match user {
                 Some(u) if ok => u,
                 Some(u) => {
-                    let (_, pruned) = self.past_caps(u.id, "login_failed", false).await?;
+                    let (_, pruned) = self.past_caps(u.id, "login_failed").await?;
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
@@ -334,7 +334,7 @@ impl App {
                 password_hash,
                 ..user.clone()
             });
-            let (ended, pruned) = self.past_caps(user.id, "login", true).await?;
+            let (ended, pruned) = self.past_caps(user.id, "login").await?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
             let written = self
@@ -408,7 +408,7 @@ impl App {
             },
             |r| r.key(),
         );
-        let (_, pruned) = self.past_caps(s.user_id, "logout", false).await?;
+        let (_, pruned) = self.past_caps(s.user_id, "logout").await?;
         let now = domain::now_ms();
         self.commit(Batch {
             revoke_sessions: vec![ended],
@@ -468,17 +468,15 @@ impl App {
         }
     }
 
-    /// What a new account event of `kind` (and, with `session`, a login's new
-    /// session) ends past the caps, so that the user keeps at most
-    /// `--max-sessions-per-user` sessions and `--max-account-events` of the event's
-    /// line ([`AccountLine`]), the new ones included: the oldest sessions and account
-    /// events. The user's indexes are read on the blocking pool (a read is as long as
-    /// its cap).
+    /// What a new account event of `kind` (and a login's new session) ends past the
+    /// caps, so that the user keeps at most `--max-sessions-per-user` sessions and
+    /// `--max-account-events` of the event's line ([`AccountLine`]), the new ones
+    /// included: the oldest sessions and account events. The user's indexes are read
+    /// on the blocking pool (a count is as long as its cap).
     async fn past_caps(
         &self,
         user: UserId,
         kind: &'static str,
-        session: bool,
     ) -> Result<(Vec<SessionKey>, Vec<AccountEvent>), AppError> {
         let store = self.store.clone();
         let caps = (
@@ -486,12 +484,12 @@ impl App {
             self.config.max_account_events,
         );
         let read = move || -> Result<_, StoreError> {
-            let ended = match session {
-                true => {
-                    let held = store.user_sessions(user)?;
-                    oldest_past(held.len(), held, caps.0)
+            let ended = match kind {
+                "login" => {
+                    let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
+                    oldest_past(count, oldest, caps.0)
                 }
-                false => Vec::new(),
+                _ => Vec::new(),
             };
             let pruned = match AccountLine::of(kind) {
                 Some(line) => {

@@ -706,10 +706,11 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         Ok(Vec::new())
     }
-    /// The user's sessions, oldest first, as the user's index holds them (sessions
-    /// written before the index was kept are not in it; they end by their expiry).
-    fn user_sessions(&self, _user: UserId) -> StoreResult<Vec<SessionKey>> {
-        Ok(Vec::new())
+    /// How many sessions the user's index holds (sessions written before the index
+    /// was kept are not in it; they end by their expiry), and the oldest `n` of them,
+    /// oldest first.
+    fn oldest_sessions(&self, _user: UserId, _n: usize) -> StoreResult<(usize, Vec<SessionKey>)> {
+        Ok((0, Vec::new()))
     }
     /// How many account events of `line` the user's index holds (events written
     /// before the index was kept are not in it), and the oldest `n` of them, oldest

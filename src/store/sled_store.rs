@@ -755,6 +755,26 @@ impl SledStore {
             .collect()
     }
 
+    /// How many keys a user's index under `prefix` holds, and the oldest `n` of its
+    /// entries (keys lead with the time), oldest first: a count as long as the index,
+    /// for a cap on it. Not held to batch boundaries (`read_whole`): what it lists is
+    /// deleted, and deleting twice is harmless.
+    fn oldest_under(
+        &self,
+        prefix: &[u8],
+        n: usize,
+    ) -> StoreResult<(usize, Vec<(sled::IVec, sled::IVec)>)> {
+        let (mut count, mut oldest) = (0, Vec::new());
+        for kv in self.kv_scan(prefix, false) {
+            let entry = kv?;
+            if oldest.len() < n {
+                oldest.push(entry);
+            }
+            count += 1;
+        }
+        Ok((count, oldest))
+    }
+
     /// A page of the records pointed to by a user's index, newest first (index keys
     /// are the user, the record's `created_at` and the record key).
     fn newest_via_index<T: DeserializeOwned>(
@@ -1519,7 +1539,6 @@ impl Store for SledStore {
         self.scan(&[SESSION])
     }
 
-    // not held to batch boundaries (`read_whole`): deleting an event twice is harmless
     fn oldest_account_events(
         &self,
         user: UserId,
@@ -1527,40 +1546,32 @@ impl Store for SledStore {
         n: usize,
     ) -> StoreResult<(usize, Vec<AccountEvent>)> {
         let prefix = key(account_line(line), &[&user.0.to_be_bytes()]);
-        let (mut count, mut oldest) = (0, Vec::new());
-        for kv in self.kv_scan(&prefix, false) {
-            let (index, history) = kv?;
-            if oldest.len() < n {
-                oldest.push(AccountEvent {
-                    index: index.to_vec(),
-                    history: history.to_vec(),
-                });
-            }
-            count += 1;
-        }
-        Ok((count, oldest))
+        let (count, oldest) = self.oldest_under(&prefix, n)?;
+        let events = oldest.into_iter().map(|(index, history)| AccountEvent {
+            index: index.to_vec(),
+            history: history.to_vec(),
+        });
+        Ok((count, events.collect()))
     }
 
-    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
+    fn oldest_sessions(&self, user: UserId, n: usize) -> StoreResult<(usize, Vec<SessionKey>)> {
         let prefix = key(USER_SESSION, &[&user.0.to_be_bytes()]);
-        self.read_whole(|| {
-            let mut out = Vec::new();
-            for kv in self.kv_scan(&prefix, false) {
-                let (k, _) = kv?;
-                let rest = k.get(prefix.len()..).unwrap_or_default();
-                let (at, hash) = rest.split_at_checked(8).ok_or_else(|| {
-                    StoreError::Corrupt(format!("session index key {:?} is too short", k.as_ref()))
-                })?;
-                let mut created = [0; 8];
-                created.copy_from_slice(at);
-                out.push(SessionKey {
-                    token_hash: String::from_utf8_lossy(hash).into_owned(),
-                    user_id: user,
-                    created_at: Millis::from_be_bytes(created),
-                });
-            }
-            Ok(out)
-        })
+        let (count, oldest) = self.oldest_under(&prefix, n)?;
+        let mut sessions = Vec::with_capacity(oldest.len());
+        for (k, _) in oldest {
+            let rest = k.get(prefix.len()..).unwrap_or_default();
+            let (at, hash) = rest.split_at_checked(8).ok_or_else(|| {
+                StoreError::Corrupt(format!("session index key {:?} is too short", k.as_ref()))
+            })?;
+            let mut created = [0; 8];
+            created.copy_from_slice(at);
+            sessions.push(SessionKey {
+                token_hash: String::from_utf8_lossy(hash).into_owned(),
+                user_id: user,
+                created_at: Millis::from_be_bytes(created),
+            });
+        }
+        Ok((count, sessions))
     }
 
     fn flights(&self) -> StoreResult<Vec<Flight>> {

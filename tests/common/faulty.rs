@@ -114,8 +114,12 @@ impl Store for Faulty {
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.inner.sessions()
     }
-    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<jetway::store::SessionKey>> {
-        self.inner.user_sessions(user)
+    fn oldest_sessions(
+        &self,
+        user: UserId,
+        n: usize,
+    ) -> StoreResult<(usize, Vec<jetway::store::SessionKey>)> {
+        self.inner.oldest_sessions(user, n)
     }
     fn oldest_account_events(
         &self,

@@ -613,6 +613,17 @@ impl Client {
     }
 }
 
+/// The types of a user's history events, newest first.
+pub async fn history_types(c: &mut Client) -> Vec<String> {
+    let h = c.ok("history.list", json!({})).await;
+    h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A flight that departs more than two days from now (full refunds in economy).
 pub async fn later_flight(c: &mut Client) -> Value {
     departing_within(c, time::Duration::days(2), time::Duration::MAX)

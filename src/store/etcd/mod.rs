@@ -299,8 +299,8 @@ impl Store for EtcdStore {
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.mirror.sessions()
     }
-    fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionKey>> {
-        self.mirror.user_sessions(user)
+    fn oldest_sessions(&self, user: UserId, n: usize) -> StoreResult<(usize, Vec<SessionKey>)> {
+        self.mirror.oldest_sessions(user, n)
     }
     fn oldest_account_events(
         &self,
