@@ -1372,13 +1372,13 @@ async fn a_login_through_another_node_past_the_cap_ends_the_oldest_session() {
     let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
     let name = unique_name("cap");
     let mut first = Client::connect(&a.url()).await;
-    first.register(&name).await;
+    let device = first.register(&name).await["device_token"].clone();
     let mut second = Client::connect(&b.url()).await;
-    let login = json!({"username": name, "password": common::PASSWORD});
-    let token = second.ok("auth.login", login).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let login = json!({"username": name, "password": common::PASSWORD, "device_token": device});
+    let logged_in = second.ok("auth.login", login).await;
+    // node B vouches for the device token node A gave, from the account alone
+    assert_eq!(logged_in["device_token"], device, "{logged_in}");
+    let token = logged_in["token"].as_str().unwrap().to_owned();
     // node A learns of it from the change feed, a moment later
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

@@ -1033,6 +1033,28 @@ async fn open_holds_are_counted_after_a_restart_and_freed_by_expiry() {
     s.stop().await;
 }
 
+/// Sends `n` wrong passwords for `name`, each answered `bad_credentials`; returns
+/// the params.
+async fn fail_logins(c: &mut Client, name: &str, n: usize) -> Value {
+    let wrong = json!({"username": name, "password": "not the password"});
+    for _ in 0..n {
+        assert_eq!(
+            c.reason("auth.login", wrong.clone()).await,
+            "bad_credentials"
+        );
+    }
+    wrong
+}
+
+/// A server whose logins back off after `free` failures, for up to a minute.
+async fn backing_off(free: u32) -> Server {
+    Server::start_with(|c| {
+        c.limits.login_free_attempts = free;
+        c.limits.login_backoff_max = 60;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn login_brute_force_backs_off_per_username() {
     let s = Server::start_with(|c| {
@@ -1044,14 +1066,8 @@ async fn login_brute_force_backs_off_per_username() {
     let name = unique_name("brute");
     c.register(&name).await;
     let mut attacker = s.client().await;
-    let wrong = json!({"username": name, "password": "not the password"});
     // the two free failures; the third attempt has to wait
-    for _ in 0..2 {
-        assert_eq!(
-            attacker.reason("auth.login", wrong.clone()).await,
-            "bad_credentials"
-        );
-    }
+    let wrong = fail_logins(&mut attacker, &name, 2).await;
     // now even the right password waits (the password is not even checked)
     let right = json!({"username": name.to_uppercase(), "password": PASSWORD});
     let e = attacker.err("auth.login", right.clone()).await;
@@ -1089,17 +1105,67 @@ async fn login_brute_force_backs_off_per_username() {
     s.stop().await;
 }
 
+/// A device that logged in to an account before (its `device_token`) is not held up
+/// by wrong passwords for the username sent from elsewhere, while a login without one
+/// is: an attacker who knows the username cannot lock its owner out. The token
+/// vouches for that account only, and the device's own wrong passwords back it off.
+#[tokio::test]
+async fn a_known_device_logs_in_while_its_username_backs_off() {
+    let s = backing_off(2).await;
+    let (name, other) = (unique_name("device"), unique_name("devother"));
+    let mut owner = s.client().await;
+    let registered = owner.register(&name).await;
+    let right = json!({"username": name, "password": PASSWORD});
+    let first = owner.ok("auth.login", right.clone()).await;
+    let device = first["device_token"].as_str().expect("a device token");
+    assert!(registered["device_token"].is_string(), "{registered}");
+    assert_ne!(registered["device_token"], first["device_token"]);
+    let with = |token: &str, password: &str| json!({"username": name, "password": password, "device_token": token});
+    let mut attacker = s.client().await;
+    fail_logins(&mut attacker, &name, 2).await;
+    assert_eq!(
+        attacker.reason("auth.login", right.clone()).await,
+        "rate_limited"
+    );
+    // the owner's device logs in, and keeps its token
+    let again = owner.ok("auth.login", with(device, PASSWORD)).await;
+    assert_eq!(again["device_token"], device, "{again}");
+    assert_eq!(
+        attacker.reason("auth.login", right.clone()).await,
+        "rate_limited",
+        "the device's success does not clear the username's failures"
+    );
+    // another account's token, or one altered, vouches for nothing
+    let theirs = s.client().await.register(&other).await;
+    let theirs = theirs["device_token"].as_str().expect("a device token");
+    let mut altered = device.to_owned();
+    let last = if altered.ends_with('0') { "1" } else { "0" };
+    altered.replace_range(altered.len() - 1.., last);
+    for token in [theirs, altered.as_str(), "d1.", "junk"] {
+        let e = attacker.reason("auth.login", with(token, PASSWORD)).await;
+        assert_eq!(e, "rate_limited", "{token}");
+    }
+    // the device's own wrong passwords back it off
+    for _ in 0..2 {
+        let e = owner
+            .reason("auth.login", with(device, "not the password"))
+            .await;
+        assert_eq!(e, "bad_credentials");
+    }
+    assert_eq!(
+        owner.reason("auth.login", with(device, PASSWORD)).await,
+        "rate_limited"
+    );
+    s.stop().await;
+}
+
 /// Wrong passwords sent side by side on many connections get no more checks than
 /// the free attempts: the rest are `rate_limited` (each used to pass the backoff's
 /// check before any had failed). The right password sent side by side on many
 /// connections logs every one of them in.
 #[tokio::test]
 async fn guesses_sent_side_by_side_get_only_the_free_attempts() {
-    let s = Server::start_with(|c| {
-        c.limits.login_free_attempts = 2;
-        c.limits.login_backoff_max = 60;
-    })
-    .await;
+    let s = backing_off(2).await;
     let (victim, shared) = (unique_name("wave"), unique_name("shared"));
     s.client().await.register(&victim).await;
     s.client().await.register(&shared).await;

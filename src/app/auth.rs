@@ -7,6 +7,7 @@ use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -118,6 +119,48 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+const DEVICE_PREFIX: &str = "d1.";
+const DEVICE_NONCE: usize = 16;
+const DEVICE_TAG: usize = 16;
+
+/// The MAC of a device token: the account and the token's nonce, keyed by the
+/// account's password hash (random per password and never shown), so that any node
+/// checks a token from the user record alone, and a new password ends every token
+/// given before it.
+fn device_mac(user: &UserRecord, nonce: &[u8]) -> Option<Hmac<Sha256>> {
+    // HMAC takes a key of any length: this never fails
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(user.password_hash.as_bytes()).ok()?;
+    mac.update(b"jetway device token v1\0");
+    mac.update(&user.id.0.to_be_bytes());
+    mac.update(nonce);
+    Some(mac)
+}
+
+/// A fresh device token for a client that has just proven `user`'s password:
+/// `d1.` + 16 random bytes + the first 16 bytes of their [`device_mac`], in hex.
+fn new_device_token(user: &UserRecord) -> Option<String> {
+    let mut nonce = [0u8; DEVICE_NONCE];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let tag = device_mac(user, &nonce)?.finalize().into_bytes();
+    Some(format!(
+        "{DEVICE_PREFIX}{}{}",
+        hex::encode(nonce),
+        hex::encode(&tag[..DEVICE_TAG])
+    ))
+}
+
+/// The device `token` names (its nonce, in hex), if `user`'s current password gave it.
+fn device_of(user: &UserRecord, token: &str) -> Option<String> {
+    let body = token.strip_prefix(DEVICE_PREFIX)?;
+    if body.len() != 2 * (DEVICE_NONCE + DEVICE_TAG) {
+        return None;
+    }
+    let bytes = hex::decode(body).ok()?;
+    let (nonce, tag) = bytes.split_at(DEVICE_NONCE);
+    device_mac(user, nonce)?.verify_truncated_left(tag).ok()?;
+    Some(hex::encode(nonce))
+}
+
 fn check_password(password: &str) -> Result<(), AppError> {
     let n = password.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
@@ -128,7 +171,12 @@ fn check_password(password: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> LoggedIn {
+fn login_result(
+    token: &str,
+    s: &SessionRecord,
+    user: &UserRecord,
+    device_token: Option<String>,
+) -> LoggedIn {
     LoggedIn {
         token: token.to_owned(),
         expires_at: s.expires_at,
@@ -137,6 +185,7 @@ fn login_result(token: &str, s: &SessionRecord, user: &UserRecord) -> LoggedIn {
             username: user.username.clone(),
             role: user.role.as_str(),
         },
+        device_token,
     }
 }
 
@@ -272,17 +321,19 @@ impl App {
             r => r?,
         }
         self.attach(&user, &session, outbox, conn);
-        Ok(login_result(&token, &session, &user))
+        let device = new_device_token(&user);
+        Ok(login_result(&token, &session, &user, device))
     }
 
     /// `auth.login`. `checked` is told whether the password matched each time it has
     /// been checked, before anything is written (the server front counts a failure
     /// and lets the next login from the address have its turn): once, or twice when
     /// the user's record changed before the session was written (the second check is
-    /// the one that counts).
+    /// the one that counts). The reply carries the client's device token: the one it
+    /// sent, while the account's password still vouches for it, or a fresh one.
     pub async fn login(
         &self,
-        p: params::Credentials,
+        p: params::Login,
         outbox: &Outbox,
         conn: &mut ConnSession,
         mut checked: impl FnMut(bool),
@@ -334,6 +385,11 @@ impl App {
                 password_hash,
                 ..user.clone()
             });
+            let stored = rehashed.as_ref().unwrap_or(&user);
+            let device = match p.device_token.as_deref() {
+                Some(t) if device_of(stored, t).is_some() => Some(t.to_owned()),
+                _ => new_device_token(stored),
+            };
             let (ended, pruned) = self.past_caps(user.id, "login").await?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
@@ -354,7 +410,7 @@ impl App {
                     written?;
                     self.forget_sessions(&ended);
                     self.attach(&user, &session, outbox, conn);
-                    return Ok(login_result(&token, &session, &user));
+                    return Ok(login_result(&token, &session, &user, device));
                 }
             }
         }
@@ -393,7 +449,18 @@ impl App {
             still?;
             return Err(AppError::InvalidToken);
         }
-        Ok(login_result(&p.token, &session, &user))
+        Ok(login_result(&p.token, &session, &user, None))
+    }
+
+    /// The device a login of `username` sending `device_token` comes from (see
+    /// [`LoggedIn::device_token`]), if that token was given to a client that proved the
+    /// account's current password: the server front counts its failed logins apart
+    /// from the username's, so that wrong passwords sent from elsewhere do not hold up
+    /// the account's own devices.
+    pub fn trusted_device(&self, username: &str, device_token: &str) -> Option<String> {
+        let name = Username::parse(username).ok()?;
+        let user = self.store.user_by_name(&name).ok()??;
+        device_of(&user, device_token)
     }
 
     pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
@@ -744,6 +811,49 @@ mod tests {
         assert!(h.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{h}");
         assert!(verify_password("correct horse 42", &h));
         assert!(!verify_password("wrong horse 42", &h));
+    }
+
+    /// A device token vouches for the account and password it was given under only.
+    #[test]
+    fn a_device_token_holds_for_its_account_and_password_only() {
+        let user = |id, password| UserRecord {
+            id: UserId(id),
+            username: Username::parse("ann").unwrap(),
+            password_hash: hash_password(password, true).unwrap(),
+            role: Role::Passenger,
+            created_at: 0,
+        };
+        let ann = user(1, "correct horse 42");
+        let token = new_device_token(&ann).unwrap();
+        assert!(
+            token.starts_with(DEVICE_PREFIX) && token.len() == 3 + 64,
+            "{token}"
+        );
+        let id = device_of(&ann, &token).expect("vouched for");
+        assert_eq!(id, token[3..35]);
+        assert_ne!(new_device_token(&ann).unwrap(), token, "a fresh nonce each");
+        let changed = UserRecord {
+            password_hash: hash_password("correct horse 42", true).unwrap(),
+            ..ann.clone()
+        };
+        assert_eq!(device_of(&changed, &token), None, "a new password ends it");
+        let other = UserRecord {
+            id: UserId(2),
+            ..ann.clone()
+        };
+        assert_eq!(device_of(&other, &token), None, "another account");
+        for bad in [
+            &token[..token.len() - 2],
+            "d1.",
+            "",
+            &token[1..],
+            &token.to_uppercase(),
+        ] {
+            assert_eq!(device_of(&ann, bad), None, "{bad}");
+        }
+        let mut flipped = token.clone().into_bytes();
+        flipped[40] = if flipped[40] == b'0' { b'1' } else { b'0' };
+        assert_eq!(device_of(&ann, &String::from_utf8(flipped).unwrap()), None);
     }
 
     #[test]

@@ -58,7 +58,7 @@ macro_rules! method {
 /// docs/protocol.md; `tests/contract.rs` checks both.
 pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!(Register, params::Credentials => LoginResult, "Creates a passenger account and logs this connection in."),
-    method!(Login, params::Credentials => LoginResult, "Logs this connection in."),
+    method!(Login, params::Login => LoginResult, "Logs this connection in."),
     method!(Resume, params::Resume => LoginResult, "Logs this connection in with a session token."),
     method!(Logout, NoParams => Empty, "Ends the session on every connection that uses it."),
     method!(Airports, NoParams => AirportsResult, "The airports served."),
@@ -466,6 +466,10 @@ pub struct LoginResult {
     #[schemars(with = "Timestamp")]
     pub expires_at: String,
     pub user: User,
+    /// From `auth.login` and `auth.register`: this client's proof of a password it
+    /// got right, sent with its next `auth.login` of the account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]

@@ -122,7 +122,7 @@ impl Method {
 #[derive(Debug)]
 pub enum Call {
     Register(Result<Credentials, ApiError>),
-    Login(Result<Credentials, ApiError>),
+    Login(Result<Login, ApiError>),
     Resume(Result<Resume, ApiError>),
     Logout,
     Airports,
@@ -258,6 +258,15 @@ fn cabin(name: &str) -> Result<Cabin, ApiError> {
 pub struct Credentials {
     pub username: String,
     pub password: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+    /// The `device_token` an earlier login or registration of this account gave this
+    /// client: its logins are not held up by wrong passwords sent from elsewhere.
+    pub device_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

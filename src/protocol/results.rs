@@ -295,6 +295,10 @@ pub struct LoggedIn {
     #[serde(serialize_with = "at")]
     pub expires_at: Millis,
     pub user: UserView,
+    /// Given by a login or registration, to send with the client's next login of the
+    /// account (not by a resume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -518,11 +522,17 @@ mod tests {
                 username: Username::parse("ada").unwrap(),
                 role: "passenger",
             },
+            device_token: None,
         };
         assert_eq!(
             value(&logged_in),
             json!({"expires_at":"1970-01-01T00:00:01Z","token":"t","user":{"id":7,"role":"passenger","username":"ada"}})
         );
+        let with_device = LoggedIn {
+            device_token: Some("d1.x".into()),
+            ..logged_in
+        };
+        assert_eq!(value(&with_device)["device_token"], "d1.x");
         let presence = Presence {
             flight_id: FlightId::parse("JW1-20260101").unwrap(),
             viewers: 2,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-use super::limits::{PaidUntil, ReplyPace, Shield};
+use super::limits::{Claimant, PaidUntil, ReplyPace, Shield};
 
 use crate::app::{App, AppError, ConnSession};
 use crate::domain::FlightId;
@@ -215,12 +215,20 @@ async fn call(
             let guard = &shield.logins;
             let addr = shield.login_addr(conn.peer);
             let name = params.username.chars().take(64).collect::<String>();
-            let _turn = guard.turn(&name).await;
+            let device = params
+                .device_token
+                .as_deref()
+                .and_then(|t| app.trusted_device(&name, t));
+            let who = match &device {
+                Some(id) => Claimant::Device(id),
+                None => Claimant::Username(&name),
+            };
+            let _turn = guard.turn(who).await;
             let addr_turn = match addr {
                 Some(a) => Some(guard.address_turn(a).await),
                 None => None,
             };
-            if guard.check(&name, addr).is_err() {
+            if guard.check(who, addr).is_err() {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::LoginBackoff);
@@ -231,14 +239,14 @@ async fn call(
             let mut addr_turn = addr_turn;
             let checked = |ok: bool| {
                 if !ok {
-                    guard.failed(&name, addr);
+                    guard.failed(who, addr);
                 }
                 addr_turn.take();
             };
             let r = app
                 .login(params, &conn.outbox, &mut conn.session, checked)
                 .await?;
-            guard.succeeded(&name);
+            guard.succeeded(who);
             encode(&r)?
         }
         Call::Resume(p) => encode(&app.resume(p?, &conn.outbox, &mut conn.session).await?)?,

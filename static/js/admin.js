@@ -106,7 +106,8 @@ $('login-form').addEventListener('submit', async (e) => {
   const button = e.submitter || $('login-form').querySelector('button');
   button.disabled = true;
   try {
-    const r = await client.call('auth.login', { username, password });
+    const r = await client.call('auth.login', { username, password, ...client.deviceParams(username) });
+    client.rememberDevice(r);
     if (r.user.role !== 'admin') {
       await client.call('auth.logout').catch(() => {});
       err.textContent = 'This account is not an airline administrator.';

@@ -17,6 +17,17 @@ import { SeatWatcher, SeatFeed } from './live.js';
 
 export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
 
+const DEVICE_KEY = 'jetway.device.';
+
+/** localStorage, where there is one (browsers; not Node, nor a sandboxed frame). */
+function storage() {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * @typedef {{amount: number, currency: 'EUR'}} Money  Minor units (cents).
  * @typedef {'business'|'economy'} Cabin
@@ -44,7 +55,7 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
  *   amount: Money, refunded: Money, created_at: string}} Order
  * @typedef {{at: string, type: string, locator?: string, [extra: string]: unknown}} HistoryEvent
  * @typedef {{token: string, expires_at: string,
- *   user: {id: number, username: string, role: 'passenger'|'admin'}}} Session
+ *   user: {id: number, username: string, role: 'passenger'|'admin'}, device_token?: string}} Session
  * @typedef {{flight_id: string, number: string, from: string, to: string, departs_at: string,
  *   status: string, version: number, seats_total: number, seats_held: number,
  *   seats_booked: number, load_factor: number, revenue: Money}} FlightStats
@@ -70,6 +81,8 @@ export class Jetway extends RpcClient {
     this._seats = null;
     /** The session token of the last register/login/resume through this client. */
     this.token = null;
+    /** Device tokens by `DEVICE_KEY` + username, where there is no localStorage. */
+    this._devices = new Map();
     // a reconnect resumes the session before anything queued is sent
     this.onConnect(async (client, { reconnect }) => {
       if (!reconnect || !this.token) return;
@@ -87,7 +100,33 @@ export class Jetway extends RpcClient {
   async _session(method, params) {
     const session = await this.call(method, params);
     this.token = session.token;
+    this.rememberDevice(session);
     return session;
+  }
+
+  /**
+   * The `device_token` an earlier login or registration of `username` gave this
+   * device, as params to add to its `auth.login`: such a login is not held up by wrong
+   * passwords for the name sent from elsewhere (docs/protocol.md, auth.login). Kept in
+   * localStorage where there is one, else for this client's life.
+   * @param {string} username @returns {{device_token?: string}}
+   */
+  deviceParams(username) {
+    const key = DEVICE_KEY + String(username).trim().toLowerCase();
+    const token = storage()?.getItem(key) ?? this._devices.get(key);
+    return token ? { device_token: token } : {};
+  }
+
+  /** Keeps the `device_token` of a login's or registration's result. @param {Session} session */
+  rememberDevice(session) {
+    if (!session.device_token || !session.user) return;
+    const key = DEVICE_KEY + session.user.username;
+    this._devices.set(key, session.device_token);
+    try {
+      storage()?.setItem(key, session.device_token);
+    } catch {
+      /* storage full or refused: kept for this client's life */
+    }
   }
 
   /** The live seat maps of this client (one subscription per flight, shared). */
@@ -117,7 +156,7 @@ export class Jetway extends RpcClient {
   }
   /** @returns {Promise<Session>} */
   login(username, password) {
-    return this._session('auth.login', { username, password });
+    return this._session('auth.login', { username, password, ...this.deviceParams(username) });
   }
   /** @param {string} token @returns {Promise<Session>} */
   resume(token) {

@@ -86,9 +86,19 @@ fn check_call(call: Call) {
         s.iter().flatten().for_each(|s| identifiers(&s.to_string()));
     }
     match call {
-        Call::Register(p) | Call::Login(p) => check_refusal(p.as_ref().map(|p| {
+        Call::Register(p) => check_refusal(p.as_ref().map(|p| {
             identifiers(&p.username);
             identifiers(&p.password);
+        })),
+        Call::Login(p) => check_refusal(p.as_ref().map(|p| {
+            [
+                Some(&p.username),
+                Some(&p.password),
+                p.device_token.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .for_each(|s| identifiers(s))
         })),
         Call::Resume(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.token))),
         Call::Search(p) => check_refusal(p.as_ref().map(|p| {

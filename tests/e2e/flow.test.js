@@ -71,6 +71,33 @@ describe('booking flow', () => {
     await first.context().close();
   });
 
+  it('a browser that logged in before is not locked out by wrong passwords sent elsewhere', async () => {
+    const page = await openPage(browser);
+    const { username, password } = await registerViaUi(page, server.url);
+    const kept = await page.evaluate((u) => localStorage.getItem(`jetway.device.${u}`), username);
+    assert.match(kept ?? '', /^d1\.[0-9a-f]{64}$/);
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.locator('[data-testid="account-name"]').waitFor({ state: 'detached' });
+    // someone elsewhere guesses until the username backs off
+    const attacker = await Api.open(browser, server);
+    let reason;
+    for (let i = 0; i < 10 && reason !== 'rate_limited'; i++) {
+      reason = await attacker.call('auth.login', { username, password: 'not the password' }).catch((e) => e.rpc.data.reason);
+    }
+    assert.equal(reason, 'rate_limited');
+    const right = await attacker.call('auth.login', { username, password }).catch((e) => e.rpc.data.reason);
+    assert.equal(right, 'rate_limited', 'the right password without the device token waits too');
+    // this browser still logs in
+    await page.goto(`${server.url}/#/login?next=${encodeURIComponent('#/trips')}`);
+    await page.locator('#auth-username').fill(username);
+    await page.locator('#auth-password').fill(password);
+    await page.locator('form').getByRole('button', { name: 'Log in' }).click();
+    await page.locator('[data-testid="account-name"]', { hasText: username }).waitFor();
+    assert.deepEqual(page.consoleErrors(), []);
+    await attacker.close();
+    await page.context().close();
+  });
+
   for (const [label, viewport] of [
     ['desktop', { width: 1280, height: 900 }],
     ['phone', { width: 390, height: 844 }],

@@ -1,9 +1,10 @@
-//! The login backoff: failed logins counted per username and per address, each
-//! attempt past the free ones made to wait longer before the password is checked.
-//! Logins of one username take turns ([`LoginGuard::turn`]), and so do logins from one
-//! address ([`LoginGuard::address_turn`]): each is checked against the backoff only
-//! once the one before it has been answered and counted, so that attempts sent side
-//! by side cannot all pass the check before any has failed.
+//! The login backoff: failed logins counted per claimant (a username, or a device
+//! that logged in to the account before) and per address, each attempt past the free
+//! ones made to wait longer before the password is checked. Logins of one claimant
+//! take turns ([`LoginGuard::turn`]), and so do logins from one address
+//! ([`LoginGuard::address_turn`]): each is checked against the backoff only once the
+//! one before it has been answered and counted, so that attempts sent side by side
+//! cannot all pass the check before any has failed.
 
 use super::AddrKey;
 use dashmap::DashMap;
@@ -48,6 +49,26 @@ pub struct LoginGuard {
 
 const LOGIN_KEYS_SOFT_CAP: usize = 100_000;
 
+/// Whose failures a login counts against and waits for.
+#[derive(Debug, Clone, Copy)]
+pub enum Claimant<'a> {
+    /// A login without a device token the account vouches for.
+    Username(&'a str),
+    /// A login with one (`App::trusted_device`, by its device id): its own failures
+    /// only, so that wrong passwords sent for the username from elsewhere do not
+    /// hold it up.
+    Device(&'a str),
+}
+
+impl Claimant<'_> {
+    fn key(self) -> String {
+        match self {
+            Claimant::Username(name) => format!("u:{}", name.trim().to_lowercase()),
+            Claimant::Device(id) => format!("d:{id}"),
+        }
+    }
+}
+
 impl LoginGuard {
     pub fn new(free: u32, max_secs: u64) -> Self {
         LoginGuard {
@@ -58,25 +79,21 @@ impl LoginGuard {
         }
     }
 
-    fn user_key(username: &str) -> String {
-        format!("u:{}", username.trim().to_lowercase())
-    }
-
     fn addr_key(ip: AddrKey) -> String {
         format!("a:{ip}")
     }
 
-    fn keys(username: &str, ip: Option<AddrKey>) -> Vec<String> {
-        let mut k = vec![Self::user_key(username)];
+    fn keys(who: Claimant<'_>, ip: Option<AddrKey>) -> Vec<String> {
+        let mut k = vec![who.key()];
         k.extend(ip.map(Self::addr_key));
         k
     }
 
-    /// `Err(wait)` while the username or the address is backing off.
-    pub fn check(&self, username: &str, ip: Option<AddrKey>) -> Result<(), Duration> {
+    /// `Err(wait)` while the claimant or the address is backing off.
+    pub fn check(&self, who: Claimant<'_>, ip: Option<AddrKey>) -> Result<(), Duration> {
         let now = Instant::now();
         let mut wait = Duration::ZERO;
-        for k in Self::keys(username, ip) {
+        for k in Self::keys(who, ip) {
             if let Some(f) = self.failures.get(&k) {
                 wait = wait.max(f.wait_until.saturating_duration_since(now));
             }
@@ -88,15 +105,15 @@ impl LoginGuard {
         }
     }
 
-    /// Waits for the turn of a login of `username`: logins of one username are
-    /// checked against the backoff, and their passwords, one at a time. A correct
-    /// password waits for the ones before it and passes; wrong ones sent side by side
-    /// get no more checks than the free attempts (the rest find the backoff).
-    pub async fn turn(&self, username: &str) -> Turn<'_> {
-        self.turn_of(Self::user_key(username)).await
+    /// Waits for the turn of a login of `who`: logins of one claimant are checked
+    /// against the backoff, and their passwords, one at a time. A correct password
+    /// waits for the ones before it and passes; wrong ones sent side by side get no
+    /// more checks than the free attempts (the rest find the backoff).
+    pub async fn turn(&self, who: Claimant<'_>) -> Turn<'_> {
+        self.turn_of(who.key()).await
     }
 
-    /// Waits for the turn of a login from `ip`, taken after the username's (always in
+    /// Waits for the turn of a login from `ip`, taken after the claimant's (always in
     /// that order, so two logins cannot wait for each other): logins from one address
     /// are checked one at a time too, so that a spray of many usernames sent side by
     /// side gets no more password checks than the address's free attempts.
@@ -114,14 +131,14 @@ impl LoginGuard {
         }
     }
 
-    pub fn failed(&self, username: &str, ip: Option<AddrKey>) {
+    pub fn failed(&self, who: Claimant<'_>, ip: Option<AddrKey>) {
         let now = Instant::now();
         if self.failures.len() > LOGIN_KEYS_SOFT_CAP {
             let forget = self.max * 2;
             self.failures
                 .retain(|_, f| now.duration_since(f.last) < forget);
         }
-        for k in Self::keys(username, ip) {
+        for k in Self::keys(who, ip) {
             let mut f = self.failures.entry(k).or_insert(Failures {
                 count: 0,
                 last: now,
@@ -142,16 +159,18 @@ impl LoginGuard {
         }
     }
 
-    /// A successful login clears the username's failures (not the address's: an
-    /// attacker could otherwise reset it with an account of their own).
-    pub fn succeeded(&self, username: &str) {
-        self.failures.remove(&Self::user_key(username));
+    /// A successful login clears its claimant's failures (not the address's: an
+    /// attacker could otherwise reset it with an account of their own; and a device's
+    /// success leaves the username's, which counts the failures sent from elsewhere).
+    pub fn succeeded(&self, who: Claimant<'_>) {
+        self.failures.remove(&who.key());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Claimant::Username as U;
 
     /// `--login-free-attempts N`: N failures, then every further attempt waits (the
     /// N+1st one already); with 0 the first failure starts the wait, as with 1.
@@ -160,11 +179,11 @@ mod tests {
         for (free, waits_after) in [(5, 5), (1, 1), (0, 1)] {
             let g = LoginGuard::new(free, 60);
             for n in 1..waits_after {
-                g.failed("ann", None);
-                assert!(g.check("ann", None).is_ok(), "free={free}: after {n}");
+                g.failed(U("ann"), None);
+                assert!(g.check(U("ann"), None).is_ok(), "free={free}: after {n}");
             }
-            g.failed("ann", None);
-            let w = g.check("ann", None).unwrap_err();
+            g.failed(U("ann"), None);
+            let w = g.check(U("ann"), None).unwrap_err();
             assert!(
                 w <= Duration::from_secs(1) && w > Duration::from_millis(500),
                 "free={free}"
@@ -178,13 +197,13 @@ mod tests {
     fn logins_of_one_username_take_turns() {
         use futures::FutureExt;
         let g = LoginGuard::new(3, 60);
-        let first = g.turn("dora").now_or_never().expect("nobody before");
-        let mut second = Box::pin(g.turn("Dora"));
+        let first = g.turn(U("dora")).now_or_never().expect("nobody before");
+        let mut second = Box::pin(g.turn(U("Dora")));
         assert!(
             (&mut second).now_or_never().is_none(),
             "waits for the first"
         );
-        let other = g.turn("eve").now_or_never().expect("another username");
+        let other = g.turn(U("eve")).now_or_never().expect("another username");
         // logins from one address take turns as well, other addresses do not wait
         let [a, b] = ["192.0.2.1", "192.0.2.2"].map(|s| AddrKey::of(s.parse().unwrap(), 64));
         let from_a = g.address_turn(a).now_or_never().expect("nobody before");
@@ -204,18 +223,47 @@ mod tests {
     fn login_backoff_doubles_and_success_clears_the_username() {
         let g = LoginGuard::new(2, 60);
         let ip = AddrKey::of("10.0.0.1".parse().unwrap(), 64);
-        g.failed("Bob", Some(ip));
-        assert!(g.check("bob", Some(ip)).is_ok(), "two free failures");
-        g.failed("bob", Some(ip));
-        let w = g.check("BOB", None).unwrap_err();
+        g.failed(U("Bob"), Some(ip));
+        assert!(g.check(U("bob"), Some(ip)).is_ok(), "two free failures");
+        g.failed(U("bob"), Some(ip));
+        let w = g.check(U("BOB"), None).unwrap_err();
         assert!(w <= Duration::from_secs(1) && w > Duration::from_millis(500));
-        g.failed("bob", Some(ip));
-        assert!(g.check("bob", None).unwrap_err() > Duration::from_secs(1));
+        g.failed(U("bob"), Some(ip));
+        assert!(g.check(U("bob"), None).unwrap_err() > Duration::from_secs(1));
         // another username from the same address waits too
-        assert!(g.check("carol", Some(ip)).is_err());
-        assert!(g.check("carol", None).is_ok());
-        g.succeeded("bob");
-        assert!(g.check("bob", None).is_ok());
-        assert!(g.check("bob", Some(ip)).is_err(), "the address still waits");
+        assert!(g.check(U("carol"), Some(ip)).is_err());
+        assert!(g.check(U("carol"), None).is_ok());
+        g.succeeded(U("bob"));
+        assert!(g.check(U("bob"), None).is_ok());
+        assert!(
+            g.check(U("bob"), Some(ip)).is_err(),
+            "the address still waits"
+        );
+    }
+
+    /// A device's failures and the username's are counted apart: a username backing
+    /// off from failures sent elsewhere does not hold up the device, nor a device's
+    /// success clear them; the device backs off from its own.
+    #[test]
+    fn a_device_counts_its_own_failures() {
+        let g = LoginGuard::new(1, 60);
+        let device = Claimant::Device("0a1b");
+        g.failed(U("ann"), None);
+        assert!(g.check(U("ann"), None).is_err());
+        assert!(
+            g.check(device, None).is_ok(),
+            "the username's wait is not the device's"
+        );
+        g.succeeded(device);
+        assert!(
+            g.check(U("ann"), None).is_err(),
+            "still counted for the username"
+        );
+        g.failed(device, None);
+        assert!(
+            g.check(device, None).is_err(),
+            "the device backs off from its own"
+        );
+        assert!(g.check(Claimant::Device("0a1c"), None).is_ok());
     }
 }

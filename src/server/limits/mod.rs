@@ -24,6 +24,7 @@ pub use pace::{clock as pace_clock, PaidUntil, ReplyPace};
 pub use rate::{RateLimit, RateLimiter, Verdict};
 
 use listener::AddrCounter;
+pub use login::Claimant;
 use login::LoginGuard;
 use register::RegisterGuard;
 

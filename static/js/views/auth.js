@@ -69,7 +69,11 @@ export async function authView(ctx, el, { query, signal }) {
     }
     submit.disabled = true;
     try {
-      const r = await ctx.client.call(mode === 'register' ? 'auth.register' : 'auth.login', { username, password });
+      const r =
+        mode === 'register'
+          ? await ctx.client.call('auth.register', { username, password })
+          : await ctx.client.call('auth.login', { username, password, ...ctx.client.deviceParams(username) });
+      ctx.client.rememberDevice(r);
       if (signal.aborted) return;
       ctx.setSession(r);
       toast(mode === 'register' ? `Welcome to Jetway, ${r.user.username}!` : `Welcome back, ${r.user.username}.`, 'success');
