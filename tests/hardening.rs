@@ -1297,6 +1297,8 @@ async fn login_brute_force_backs_off_per_address() {
     })
     .await;
     let mut c = s.client().await;
+    let name = unique_name("known");
+    let device = c.register(&name).await["device_token"].clone();
     for i in 0..3 {
         // a different (unknown) username every time: password spraying
         assert_eq!(
@@ -1318,6 +1320,9 @@ async fn login_brute_force_backs_off_per_address() {
         "rate_limited",
         "the address is backing off"
     );
+    // a known device's login waits for its address too
+    let known = json!({"username": name, "password": PASSWORD, "device_token": device});
+    assert_eq!(d.reason("auth.login", known).await, "rate_limited");
     // registering (a fresh account) is not a login attempt
     d.new_user().await;
     s.stop().await;

@@ -152,7 +152,8 @@ fn new_device_token(user: &UserRecord) -> Option<String> {
 /// The device `token` names (its nonce, in hex), if `user`'s current password gave it.
 fn device_of(user: &UserRecord, token: &str) -> Option<String> {
     let body = token.strip_prefix(DEVICE_PREFIX)?;
-    if body.len() != 2 * (DEVICE_NONCE + DEVICE_TAG) {
+    let lower_hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if body.len() != 2 * (DEVICE_NONCE + DEVICE_TAG) || !body.bytes().all(lower_hex) {
         return None;
     }
     let bytes = hex::decode(body).ok()?;
@@ -848,6 +849,7 @@ mod tests {
             "",
             &token[1..],
             &token.to_uppercase(),
+            &format!("d1.{}", token[3..].to_uppercase()),
         ] {
             assert_eq!(device_of(&ann, bad), None, "{bad}");
         }

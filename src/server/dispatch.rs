@@ -235,7 +235,7 @@ async fn call(
                 return Err(ApiError::RateLimited);
             }
             // the address's next login may start once this password is checked and a
-            // failure counted (the username's turn lasts to the answer)
+            // failure counted (the claimant's turn lasts to the answer)
             let mut addr_turn = addr_turn;
             let checked = |ok: bool| {
                 if !ok {

@@ -19,10 +19,14 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
 
 const DEVICE_KEY = 'jetway.device.';
 
-/** localStorage, where there is one (browsers; not Node, nor a sandboxed frame). */
+/**
+ * localStorage, where there is a working one (browsers; not Node, whose 25.x has an
+ * empty placeholder without `--localstorage-file`, nor a sandboxed frame).
+ */
 function storage() {
   try {
-    return globalThis.localStorage ?? null;
+    const s = globalThis.localStorage;
+    return typeof s?.getItem === 'function' && typeof s.setItem === 'function' ? s : null;
   } catch {
     return null;
   }
@@ -113,7 +117,12 @@ export class Jetway extends RpcClient {
    */
   deviceParams(username) {
     const key = DEVICE_KEY + String(username).trim().toLowerCase();
-    const token = storage()?.getItem(key) ?? this._devices.get(key);
+    let token = this._devices.get(key);
+    try {
+      token = storage()?.getItem(key) ?? token;
+    } catch {
+      /* storage refused: what this client kept */
+    }
     return token ? { device_token: token } : {};
   }
 

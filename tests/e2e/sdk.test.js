@@ -27,6 +27,25 @@ describe('client SDK', () => {
     await server?.dispose();
   });
 
+  it('keeps device tokens per account in Node, without a working localStorage', async () => {
+    const { Jetway } = await import('../../static/js/jetway.js');
+    const had = Object.getOwnPropertyDescriptor(globalThis, 'localStorage');
+    try {
+      // none (Node 22-24), then the empty placeholder Node 25 has without a file
+      for (const placeholder of [undefined, {}]) {
+        Object.defineProperty(globalThis, 'localStorage', { value: placeholder, configurable: true });
+        const jw = new Jetway({ url: 'ws://127.0.0.1:9/ws' });
+        assert.deepEqual(jw.deviceParams('Ada'), {});
+        jw.rememberDevice({ token: 't', user: { username: 'ada' }, device_token: 'd1.x' });
+        assert.deepEqual(jw.deviceParams(' ADA '), { device_token: 'd1.x' });
+        assert.deepEqual(jw.deviceParams('bob'), {});
+      }
+    } finally {
+      if (had) Object.defineProperty(globalThis, 'localStorage', had);
+      else delete globalThis.localStorage;
+    }
+  });
+
   /** Runs `test` on a page of a server of its own allowing `rate` requests a second
    * per connection after a `burst`, then checks the page logged no error. */
   async function onLimitedServer({ rate, burst }, test) {

@@ -18,7 +18,7 @@ struct Failures {
     wait_until: Instant,
 }
 
-/// One login's turn at a username or an address (see [`LoginGuard::turn`]);
+/// One login's turn at a claimant or an address (see [`LoginGuard::turn`]);
 /// dropping it passes the turn on.
 pub struct Turn<'a> {
     turns: &'a DashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -35,14 +35,14 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Failed logins by username and by address; past the free attempts every attempt
+/// Failed logins by claimant and by address; past the free attempts every attempt
 /// waits 1 s, 2 s, 4 s, ... up to the maximum, and is refused with `rate_limited`
 /// (without checking the password) before then.
 pub struct LoginGuard {
     free: u32,
     max: Duration,
     failures: DashMap<String, Failures>,
-    /// The usernames and addresses a login is being checked for, each with the queue
+    /// The claimants and addresses a login is being checked for, each with the queue
     /// of the others.
     turns: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
