@@ -282,6 +282,38 @@ async fn joining_is_for_sold_out_cabins_only_and_leaving_an_offer_moves_it_on() 
         first["id"].as_str().map(str::to_owned).as_ref(),
         "newest first"
     );
+    // a page at a time, as bookings.list
+    let mut paged = Vec::new();
+    let mut before = Value::Null;
+    loop {
+        let page = a
+            .ok("waitlist.list", json!({"limit": 2, "before": before}))
+            .await;
+        let ids: Vec<Value> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect();
+        paged.extend(ids.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        if page.get("more") != Some(&json!(true)) {
+            assert!(ids.len() <= 2, "{page}");
+            break;
+        }
+        assert_eq!(ids.len(), 2, "{page}");
+        before = ids[1].clone();
+    }
+    assert_eq!(paged, mine);
+    assert_eq!(
+        b.reason("waitlist.list", json!({"before": first["id"]}))
+            .await,
+        "not_found",
+        "another user's entry is no cursor"
+    );
+    for limit in [0, 501] {
+        let r = a.reason("waitlist.list", json!({"limit": limit})).await;
+        assert_eq!(r, "invalid_params");
+    }
     for id in &mine[..4] {
         let left = a.ok("waitlist.leave", json!({"id": id})).await;
         assert_eq!(left["entry"]["status"], "left");

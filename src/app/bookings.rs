@@ -489,7 +489,7 @@ impl App {
     /// A page of one of the caller's lists: `cursor` gives the `created_at` and id of
     /// the record `before` names (one of the caller's, else `not_found`), `read`
     /// reads the page.
-    async fn list_page<T>(
+    pub(super) async fn list_page<T>(
         &self,
         p: params::ListPage,
         cursor: impl Fn(&str) -> Result<(domain::Millis, String), AppError>,

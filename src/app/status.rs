@@ -161,8 +161,10 @@ impl App {
     /// Takes a durable flight record (written here, or heard from the cluster) and,
     /// if its status or times changed, pushes `flight.changed`.
     pub(super) fn flight_record(&self, fs: &Arc<FlightSeats>, f: Flight) {
+        // the sweep it may wake judges the line by the record installed here
+        let old = fs.replace_flight(f.clone());
         self.note_line(&f);
-        let Some(old) = fs.replace_flight(f.clone()) else {
+        let Some(old) = old else {
             return;
         };
         if old.differs_in_status(&f) {

@@ -521,10 +521,23 @@ impl App {
         step.reply()
     }
 
-    pub async fn waitlist_list(&self, s: &AuthSession) -> Result<Entries, AppError> {
+    pub async fn waitlist_list(
+        &self,
+        s: &AuthSession,
+        p: params::ListPage,
+    ) -> Result<Entries, AppError> {
+        let (mine, more) = self
+            .list_page(
+                p,
+                |id| {
+                    let e = self.own_entry(s.user_id, id)?;
+                    Ok((e.created_at, e.id))
+                },
+                |page| self.store.user_waitlist(s.user_id, page),
+            )
+            .await?;
         let entries = self
             .consistent_read(|| {
-                let mine = self.store.user_waitlist(s.user_id)?;
                 let mut lines: HashMap<String, HashMap<String, usize>> = HashMap::new();
                 let mut out = Vec::with_capacity(mine.len());
                 for e in &mine {
@@ -551,7 +564,7 @@ impl App {
                 Ok(out)
             })
             .await?;
-        Ok(Entries { entries })
+        Ok(Entries { entries, more })
     }
 }
 

@@ -102,10 +102,13 @@ impl Booking {
     }
 
     /// Whether a passenger still on the booking (one of `seats`) holds a valid
-    /// boarding pass: checked in, on a booking still confirmed. A cancelled
-    /// passenger's pass is void.
-    pub fn checked_in(&self, s: &BookedSeat) -> bool {
-        self.status == BookingStatus::Confirmed && s.check_in.is_some()
+    /// boarding pass: checked in, on a booking still confirmed, for a flight (when
+    /// known) not cancelled. A cancelled passenger's pass is void, and so is every
+    /// pass of a cancelled flight while its refund is still being made.
+    pub fn checked_in(&self, s: &BookedSeat, flight: Option<&Flight>) -> bool {
+        self.status == BookingStatus::Confirmed
+            && s.check_in.is_some()
+            && flight.is_none_or(|f| f.cancelled.is_none())
     }
 
     /// The valid boarding passes of the booking, in booking order, limited to `only`
@@ -115,7 +118,7 @@ impl Booking {
         self.seats
             .iter()
             .filter(|s| only.is_none_or(|o| o.contains(&s.seat)))
-            .filter_map(|s| Some((s, s.check_in.filter(|_| self.checked_in(s))?)))
+            .filter_map(|s| Some((s, s.check_in.filter(|_| self.checked_in(s, Some(flight)))?)))
             .map(|(s, c)| BoardingPass {
                 seat: s.seat,
                 passenger: s.passenger.clone(),
@@ -216,7 +219,7 @@ mod tests {
                 .unwrap(),
             [seat("12B")]
         );
-        assert!(!b.checked_in(&b.seats[0]) && b.checked_in(&b.seats[1]));
+        assert!(!b.checked_in(&b.seats[0], None) && b.checked_in(&b.seats[1], None));
         assert_eq!(b.updated_at, 5);
         let all = b.check_in(None, OPEN, &mut next, 6).unwrap();
         assert_eq!(all, [seat("12A"), seat("12B")]);
@@ -289,6 +292,20 @@ mod tests {
         b.refund(&[seat("14B")], Money::ZERO, 5).unwrap();
         assert_eq!(b.status, BookingStatus::Refunded);
         assert!(b.boarding_passes(&flight(), None).is_empty());
-        assert!(!b.checked_in(&b.seats[0]));
+        assert!(!b.checked_in(&b.seats[0], None));
+    }
+
+    /// A cancelled flight's passes are void at once, before its refunds are made.
+    #[test]
+    fn a_cancelled_flights_passes_are_void() {
+        let mut b = confirmed();
+        b.check_in(None, OPEN, counter(0), 1).unwrap();
+        let mut f = flight();
+        assert_eq!(b.boarding_passes(&f, None).len(), 2);
+        assert!(b.checked_in(&b.seats[0], Some(&f)));
+        f.cancel("weather".into(), 2).unwrap();
+        assert!(b.boarding_passes(&f, None).is_empty());
+        assert!(!b.checked_in(&b.seats[0], Some(&f)));
+        assert!(b.checked_in(&b.seats[0], None), "no flight at hand");
     }
 }

@@ -86,7 +86,7 @@ pub static METHOD_CONTRACT: &[MethodSpec] = &[
     method!(AdminResolveRefund, params::ResolveRefund => OpenRefundResult, "Extension: closes an open refund as paid by other means, or has it asked again under a fresh key."),
     method!(WaitlistJoin, params::WaitlistJoin => WaitlistEntryResult, "Waits for seats of a sold-out cabin: freed seats become a held booking for the entry."),
     method!(WaitlistLeave, params::WaitlistRef => WaitlistEntryResult, "Leaves the waitlist; an offered hold is released and offered on."),
-    method!(WaitlistList, NoParams => WaitlistResult, "The caller's waitlist entries, newest first."),
+    method!(WaitlistList, params::ListPage => WaitlistResult, "The caller's waitlist entries, newest first, a page at a time."),
     method!(Discover, NoParams => Discover, "This OpenRPC document."),
 ];
 
@@ -605,6 +605,9 @@ pub struct WaitlistEntryResult {
 #[serde(deny_unknown_fields)]
 pub struct WaitlistResult {
     pub entries: Vec<WaitlistEntry>,
+    /// Present (`true`) when older entries are left: ask again with `before` set to
+    /// the last entry's id of this page.
+    pub more: Option<bool>,
 }
 
 #[derive(Serialize, JsonSchema)]

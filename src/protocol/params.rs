@@ -151,7 +151,7 @@ pub enum Call {
     Discover,
     WaitlistJoin(Result<WaitlistJoinRequest, ApiError>),
     WaitlistLeave(Result<WaitlistRef, ApiError>),
-    WaitlistList,
+    WaitlistList(Result<ListPage, ApiError>),
 }
 
 impl Call {
@@ -195,7 +195,7 @@ impl Call {
             Method::Discover => Call::Discover,
             Method::WaitlistJoin => Call::WaitlistJoin(parse::<WaitlistJoin, _>(p)),
             Method::WaitlistLeave => Call::WaitlistLeave(decode(p)),
-            Method::WaitlistList => Call::WaitlistList,
+            Method::WaitlistList => Call::WaitlistList(decode(p)),
         }
     }
 }
@@ -571,7 +571,8 @@ pub struct WaitlistRef {
 pub struct ListPage {
     #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
-    /// A locator (bookings) or order id (orders) of the caller's: only older records.
+    /// A locator (bookings), order id (orders) or waitlist entry id (waitlist) of the
+    /// caller's: only older records.
     pub before: Option<String>,
 }
 

@@ -394,6 +394,9 @@ impl EntryResult {
 #[derive(Debug, Serialize)]
 pub struct Entries {
     pub entries: Vec<EntryView>,
+    /// Older entries are left (only written when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// An open refund as the admin's methods show it.

@@ -174,7 +174,11 @@ pub fn booking<'a>(b: &'a Booking, f: Option<&'a Flight>) -> BookingShape<'a> {
         locator: &b.locator,
         flight_id: &b.flight_id,
         status: b.status.as_str(),
-        seats: b.seats.iter().map(|s| seat(s, b.checked_in(s))).collect(),
+        seats: b
+            .seats
+            .iter()
+            .map(|s| seat(s, b.checked_in(s, f)))
+            .collect(),
         total: money(b.total),
         created_at: rfc3339(b.created_at),
         updated_at: rfc3339(b.updated_at),

@@ -306,7 +306,7 @@ async fn call(
         Call::Discover => crate::protocol::contract::openrpc_result()?,
         Call::WaitlistJoin(p) => encode(&app.waitlist_join(caller()?, p?).await?)?,
         Call::WaitlistLeave(p) => encode(&app.waitlist_leave(caller()?, p?).await?)?,
-        Call::WaitlistList => encode(&app.waitlist_list(caller()?).await?)?,
+        Call::WaitlistList(p) => encode(&app.waitlist_list(caller()?, p?).await?)?,
     };
     Ok(Some(r))
 }

@@ -786,7 +786,7 @@ pub trait Store: Send + Sync + 'static {
     /// particular order: [`crate::domain::waitlist::positions`] and `serve` sort).
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>>;
     /// A user's entries, newest first.
-    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>>;
+    fn user_waitlist(&self, user: UserId, page: Page) -> StoreResult<Paged<WaitlistEntry>>;
 
     /// Every record as of one moment, in the [`snapshot`] format: what
     /// `jetway backup` saves. One at a time.

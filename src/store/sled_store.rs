@@ -1735,10 +1735,8 @@ impl Store for SledStore {
         self.via_index(&line, WAITLIST)
     }
 
-    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
-        Ok(self
-            .newest_via_index(USER_WAITLIST, user, WAITLIST, Page::ALL)?
-            .0)
+    fn user_waitlist(&self, user: UserId, page: Page) -> StoreResult<Paged<WaitlistEntry>> {
+        self.newest_via_index(USER_WAITLIST, user, WAITLIST, page)
     }
 }
 

@@ -357,9 +357,9 @@ export class Jetway extends RpcClient {
   leaveWaitlist(id) {
     return this.call('waitlist.leave', { id });
   }
-  /** @returns {Promise<{entries: WaitlistEntry[]}>} newest first */
+  /** Every waitlist entry, newest first (read a page at a time). @returns {Promise<{entries: WaitlistEntry[]}>} */
   listWaitlist() {
-    return this.call('waitlist.list', {});
+    return this._everyPage('waitlist.list', 'entries', (e) => e.id);
   }
 
   // ----- airline (role admin) -----

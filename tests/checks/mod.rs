@@ -180,16 +180,11 @@ fn check_call(call: Call) {
         })),
         Call::WaitlistLeave(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.id))),
         Call::AdminResolveRefund(p) => check_refusal(p.as_ref().map(|p| identifiers(&p.refund_id))),
-        Call::BookingsList(p) | Call::OrdersList(p) => check_refusal(
+        Call::BookingsList(p) | Call::OrdersList(p) | Call::WaitlistList(p) => check_refusal(
             p.as_ref()
                 .map(|p| p.before.iter().for_each(|s| identifiers(s))),
         ),
-        Call::Logout
-        | Call::Airports
-        | Call::AdminStats
-        | Call::AdminRefunds
-        | Call::Discover
-        | Call::WaitlistList => {}
+        Call::Logout | Call::Airports | Call::AdminStats | Call::AdminRefunds | Call::Discover => {}
     }
 }
 

@@ -228,8 +228,8 @@ impl Store for Faulty {
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
         self.inner.flight_waitlist(flight)
     }
-    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
-        self.inner.user_waitlist(user)
+    fn user_waitlist(&self, user: UserId, page: Page) -> StoreResult<Paged<WaitlistEntry>> {
+        self.inner.user_waitlist(user, page)
     }
 }
 

@@ -398,8 +398,8 @@ impl Store for EtcdStore {
     fn flight_waitlist(&self, flight: &FlightId) -> StoreResult<Vec<WaitlistEntry>> {
         self.mirror.flight_waitlist(flight)
     }
-    fn user_waitlist(&self, user: UserId) -> StoreResult<Vec<WaitlistEntry>> {
-        self.mirror.user_waitlist(user)
+    fn user_waitlist(&self, user: UserId, page: Page) -> StoreResult<Paged<WaitlistEntry>> {
+        self.mirror.user_waitlist(user, page)
     }
 
     fn replicated(&self) -> Option<&dyn Replicated> {
