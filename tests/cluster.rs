@@ -1354,6 +1354,54 @@ async fn in_process_node_with(
     .await
 }
 
+/// A hold decided on a node whose copy of the flight's record is older than etcd's
+/// (a cancellation through another node it has not applied yet, which moves no
+/// version) does not commit: every seat change compares the record it was decided
+/// on, and is decided again once the node has the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_decided_on_a_flight_record_cancelled_meanwhile_does_not_commit() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let a = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), |_| {}).await;
+    let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), |_| {}).await;
+    let mut c = Client::connect(&b.url()).await;
+    c.new_user().await;
+    let flight = later_flight(&mut c).await["flight_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seats = free_seats(&mut c, &flight, "economy", 1).await;
+    let on_b = b.app().inventory.get(&flight).expect("the flight on B");
+    let scheduled = on_b.flight();
+    let mut admin = admin_on(&a.url(), ADMIN_PASSWORD).await;
+    let reason = json!({"flight_id": flight, "reason": "crew strike"});
+    admin.ok("admin.flights.cancel", reason).await;
+    eventually(
+        "B to apply the cancellation",
+        Duration::from_secs(10),
+        || on_b.flight().cancelled.is_some(),
+    )
+    .await;
+    // B's copy as it was before the cancellation reached it
+    let cancelled = on_b.flight();
+    on_b.set_flight(scheduled);
+    let r = c
+        .call("booking.hold", hold_params(&flight, &seats, "late"))
+        .await;
+    on_b.set_flight(cancelled);
+    assert!(r.get("result").is_none(), "held on a cancelled flight: {r}");
+    let map = c.ok("flights.get", json!({"flight_id": flight})).await;
+    let held: Vec<&Value> = map["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] != "available")
+        .collect();
+    assert!(held.is_empty(), "{held:?}");
+}
+
 /// The per-account session cap holds across nodes: the user's session index is in
 /// etcd, so a login through node B ends the session made through node A, and A's
 /// connection is logged out. So does the cap on account events in the history: a

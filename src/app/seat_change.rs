@@ -151,6 +151,13 @@ impl App {
             batch.lines.extend(self.line_check(fs, false)?);
         }
         let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, booking)?;
+        if self.committer.is_replicated() {
+            // decided on the flight's record as this node has it: a cancellation,
+            // boarding or departure through another node that this node has not
+            // applied yet moves no version, so it fails this change by the record,
+            // which is then decided again on the new one
+            batch.flights_read.push(fs.flight());
+        }
         let expect = Some((fs.id.clone(), w.version));
         if booking.is_none() && updates.is_empty() {
             return self
