@@ -825,19 +825,27 @@ async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
     s.stop().await;
 }
 
+/// The byte rate of the paced servers below (no burst).
+const RATE: u32 = 400_000;
+
+/// A server whose replies are paced at [`RATE`] from the first byte, and a client.
+async fn paced(rate: u32) -> (Server, Client) {
+    let s = Server::start_with(|c| {
+        c.limits.reply_rate = rate;
+        c.limits.reply_burst = 0;
+    })
+    .await;
+    let c = s.client().await;
+    (s, c)
+}
+
 /// Large replies draw on their connection's byte budget: past it, the next request
 /// is read only once the replies are paid for at the rate, and none is refused. (A
 /// reply used to cost one request token whatever its size, so a connection within
 /// its request rate could keep a sixth of a core busy encoding searches.)
 #[tokio::test]
 async fn large_replies_are_paced() {
-    const RATE: u32 = 400_000;
-    let s = Server::start_with(|c| {
-        c.limits.reply_rate = RATE;
-        c.limits.reply_burst = 0;
-    })
-    .await;
-    let mut c = s.client().await;
+    let (s, mut c) = paced(RATE).await;
     let started = Instant::now();
     let mut bytes = Vec::new();
     for _ in 0..6 {
@@ -877,6 +885,30 @@ async fn large_replies_are_paced() {
         metric(&page, "jetway_rejected_total{reason=\"rate_limited\"}"),
         Some(0.0)
     );
+    s.stop().await;
+}
+
+/// A notification's result is paid for as if it were sent: encoding it costs the
+/// same, and a connection sending searches without ids used to draw nothing on its
+/// reply budget (one address's connections could keep several cores busy).
+#[tokio::test]
+async fn notifications_are_paced_as_their_results() {
+    let (s, mut c) = paced(RATE).await;
+    let search = json!({"limit": 200});
+    let size = c
+        .call("flights.search", search.clone())
+        .await
+        .to_string()
+        .len();
+    let started = Instant::now();
+    let notification = json!({"jsonrpc": "2.0", "method": "flights.search", "params": search});
+    for _ in 0..5 {
+        c.send_text(&notification.to_string()).await;
+    }
+    c.ok("flights.airports", json!({})).await;
+    let took = started.elapsed();
+    let paid = Duration::from_secs_f64((5 * size) as f64 / f64::from(RATE)).mul_f64(0.9);
+    assert!(took >= paid, "{took:?} for 5 results of {size} bytes");
     s.stop().await;
 }
 

@@ -93,22 +93,25 @@ pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) -> Dura
         conn = conn.outbox.id(),
         method = label
     );
-    handle_in_span(&app, shield, conn, req, label)
+    let unsent = handle_in_span(&app, shield, conn, req, label)
         .instrument(span)
         .await;
     drop(_running);
     // what the request's replies drew on the connection's budget, its own and any its
-    // use case sent (a seat map, a board), and one a commit sent early
-    ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, crate::fanout::reply_bytes())
+    // use case sent (a seat map, a board), and one a commit sent early; a
+    // notification's result is paid for as if sent, as encoding it cost the same
+    let drawn = crate::fanout::reply_bytes() + unsent;
+    ReplyPace::of(&shield.limits).charge(&mut conn.replies_paid, drawn)
 }
 
+/// Returns the bytes of a result encoded and not sent: a notification's.
 async fn handle_in_span(
     app: &Arc<App>,
     shield: &Shield,
     conn: &mut ConnState,
     req: Request,
     label: &'static str,
-) {
+) -> usize {
     let started = Instant::now();
     let id = req.id.clone().unwrap_or(Value::Null);
     let method = req.method.clone();
@@ -132,14 +135,14 @@ async fn handle_in_span(
         if let Err(e) = &outcome {
             tracing::warn!(%method, error = %e, "a request failed after its change was durable and answered");
         }
-        return;
+        return 0;
     }
     if notification {
-        return;
+        return outcome.map_or(0, |r| r.map_or(0, |r| r.get().len()));
     }
     let frame = match outcome {
         Ok(Some(result)) => envelope::success(&id, &result),
-        Ok(None) => return,
+        Ok(None) => return 0,
         Err(e) => {
             if matches!(e, ApiError::Internal) {
                 tracing::error!(%method, "request failed with an internal error");
@@ -148,6 +151,7 @@ async fn handle_in_span(
         }
     };
     conn.outbox.send(FrameKind::Reply, Utf8Bytes::from(frame));
+    0
 }
 
 /// A change's answer, encoded for its reply unless the change's announcement sent

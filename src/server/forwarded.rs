@@ -6,13 +6,19 @@
 
 use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::ForwardedHeader;
 
 /// Whether a trusted proxy was seen sending only the header not configured.
 static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The address of every client a trusted proxy forwarded without one that can be
+/// read (`for=unknown`, an obfuscated identifier, a header without a `for=`): they
+/// share its per-address limits. Not the proxy's own address, which on loopback
+/// would be exempt from them.
+pub const UNREADABLE: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// Parses one `--trusted-proxies` entry: a CIDR, or one address.
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -67,7 +73,12 @@ fn node_ip(node: &str) -> Option<IpAddr> {
 
 /// The hops a header lists, left (the original client) to right (the last proxy).
 fn hops(headers: &HeaderMap, name: &HeaderName, forwarded: bool) -> Vec<Option<IpAddr>> {
-    let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    // bytes that are not UTF-8 (a client's, passed on by its proxy) spoil only their
+    // own element: the hops appended after them are read all the same
+    let values = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
     let mut out = Vec::new();
     for value in values {
         for element in value.split(',') {
@@ -88,8 +99,9 @@ fn hops(headers: &HeaderMap, name: &HeaderName, forwarded: bool) -> Vec<Option<I
 }
 
 /// The client's address: `peer` itself unless it is a trusted proxy; then the
-/// right-most forwarded hop that is not a trusted proxy (or, when a hop cannot be
-/// read, the last one trusted to have seen it).
+/// right-most forwarded hop that is not a trusted proxy, or [`UNREADABLE`] when a hop
+/// cannot be read or the header names none. A trusted proxy that sends no header is
+/// itself the client.
 pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
@@ -112,16 +124,20 @@ pub fn client_ip(
              own address; set --forwarded-header to the header it writes (warned once)"
         );
     }
+    if list.is_empty() {
+        return match headers.contains_key(name) {
+            true => UNREADABLE,
+            false => peer,
+        };
+    }
     let mut client = peer;
     for hop in list.into_iter().rev() {
-        match hop {
-            Some(ip) => {
-                client = canonical(ip);
-                if !trusted(ip, proxies) {
-                    break;
-                }
-            }
-            None => break,
+        let Some(ip) = hop else {
+            return UNREADABLE;
+        };
+        client = canonical(ip);
+        if !trusted(ip, proxies) {
+            break;
         }
     }
     client
@@ -191,9 +207,11 @@ mod tests {
         // every hop trusted: the left-most
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
         assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("10.9.9.9"));
-        // an unreadable hop: the last trusted one that saw it
+        // an unreadable hop: not the proxies that saw it, one address for all such
         let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage, 10.0.0.2")]);
-        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("10.0.0.2"));
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), UNREADABLE);
+        let h = headers(&[("x-forwarded-for", "")]);
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), UNREADABLE);
         // no header: the proxy itself
         assert_eq!(client_ip(peer, &HeaderMap::new(), &proxies, XFF), peer);
     }
@@ -219,7 +237,32 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &proxies, fwd), ip("192.0.2.60"));
         assert_eq!(client_ip(peer, &h, &proxies, XFF), peer);
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_ip(peer, &h, &proxies, fwd), peer);
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), UNREADABLE);
+        let h = headers(&[("forwarded", "proto=https")]);
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), UNREADABLE);
+    }
+
+    /// Bytes that are not UTF-8 in a client's part of the header (nginx passes them
+    /// on and appends the client's address to the same line) used to make the whole
+    /// line unread: behind a loopback proxy the client was the proxy, exempt from
+    /// every per-address limit. Now its own element is unreadable, and the hop
+    /// appended after it is the client; nor is an unreadable client ever loopback.
+    #[test]
+    fn a_client_part_that_is_not_utf8_does_not_hide_the_hop_after_it() {
+        let proxies = nets(&["127.0.0.1", "::1"]);
+        let peer = ip("127.0.0.1");
+        let mut h = HeaderMap::new();
+        let line = HeaderValue::from_bytes(b"\xC3\xA9, 203.0.113.9").unwrap();
+        h.append("x-forwarded-for", line);
+        assert_eq!(client_ip(peer, &h, &proxies, XFF), ip("203.0.113.9"));
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xC3\xA9").unwrap(),
+        );
+        let unread = client_ip(peer, &h, &proxies, XFF);
+        assert_eq!(unread, UNREADABLE);
+        assert!(!crate::config::is_loopback(unread));
     }
 
     #[test]

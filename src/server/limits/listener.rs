@@ -72,7 +72,6 @@ impl Drop for AddrSlot {
 #[derive(Debug)]
 pub struct ConnMark {
     pub peer: SocketAddr,
-    upgraded: AtomicBool,
     /// A plain HTTP exchange allowed to outlast the timeout is in progress.
     unbounded: AtomicBool,
     /// Every write that makes progress gives the connection a full timeout again.
@@ -87,7 +86,6 @@ impl ConnMark {
     fn new(peer: SocketAddr, timeout: Duration) -> Self {
         ConnMark {
             peer,
-            upgraded: AtomicBool::new(false),
             unbounded: AtomicBool::new(false),
             paced_by_writes: AtomicBool::new(false),
             deadline_ms: AtomicI64::new(timeout.as_millis() as i64),
@@ -100,12 +98,6 @@ impl ConnMark {
     pub fn request_started(&self) {
         let ms = (self.epoch.elapsed() + self.timeout).as_millis() as i64;
         self.deadline_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// The connection is now a WebSocket: the handshake timeout no longer applies
-    /// (the idle timeout does).
-    pub fn upgraded(&self) {
-        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// From now on each write to the connection that makes progress gives it a full
@@ -131,7 +123,7 @@ impl ConnMark {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.upgraded.load(Ordering::Relaxed) || self.unbounded.load(Ordering::Relaxed) {
+        if self.unbounded.load(Ordering::Relaxed) {
             return None;
         }
         let ms = self.deadline_ms.load(Ordering::Relaxed).max(0) as u64;
