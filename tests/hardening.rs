@@ -657,7 +657,7 @@ async fn a_slow_backup_client_that_keeps_reading_gets_it_all() {
     // the client's pace: about 8 s for the snapshot (the timeout is 1 s), the ~0.4 MB
     // of a capped send buffer in ~0.3 s (what an autotuned one held after the last
     // chunk was taken took longer than the timeout here)
-    const RATE: f64 = 1.5e6;
+    const READ_RATE: f64 = 1.5e6;
     let (s, token) = backup_admin().await;
     let (mut t, len, before) = large_backup(&s, &token, 4096).await;
     let started = Instant::now();
@@ -667,7 +667,7 @@ async fn a_slow_backup_client_that_keeps_reading_gets_it_all() {
         let n = t.read(&mut buf).await.expect("not cut while reading");
         assert!(n > 0, "ended after {got} of {len} bytes");
         got += n;
-        let due = started + Duration::from_secs_f64(got as f64 / RATE);
+        let due = started + Duration::from_secs_f64(got as f64 / READ_RATE);
         tokio::time::sleep_until(due.into()).await;
     }
     assert!(
@@ -826,9 +826,10 @@ async fn webhook_bodies_are_read_only_when_taken_and_bounded() {
 }
 
 /// The byte rate of the paced servers below (no burst).
-const RATE: u32 = 400_000;
+const PACED_RATE: u32 = 400_000;
 
-/// A server whose replies are paced at [`RATE`] from the first byte, and a client.
+/// A server whose replies are paced at `rate` bytes a second from the first byte, and
+/// a client.
 async fn paced(rate: u32) -> (Server, Client) {
     let s = Server::start_with(|c| {
         c.limits.reply_rate = rate;
@@ -845,7 +846,7 @@ async fn paced(rate: u32) -> (Server, Client) {
 /// its request rate could keep a sixth of a core busy encoding searches.)
 #[tokio::test]
 async fn large_replies_are_paced() {
-    let (s, mut c) = paced(RATE).await;
+    let (s, mut c) = paced(PACED_RATE).await;
     let started = Instant::now();
     let mut bytes = Vec::new();
     for _ in 0..6 {
@@ -860,7 +861,7 @@ async fn large_replies_are_paced() {
     // each reply but the last was paid for before the next request was read
     let at_least = |bytes: &[usize]| {
         let paid: usize = bytes.iter().sum();
-        Duration::from_secs_f64(paid as f64 / f64::from(RATE)).mul_f64(0.95)
+        Duration::from_secs_f64(paid as f64 / f64::from(PACED_RATE)).mul_f64(0.95)
     };
     assert!(took >= at_least(&bytes[..5]), "{took:?} for {bytes:?}");
     // a seat map, the reply its use case sends, is paid for as well
@@ -893,7 +894,7 @@ async fn large_replies_are_paced() {
 /// reply budget (one address's connections could keep several cores busy).
 #[tokio::test]
 async fn notifications_are_paced_as_their_results() {
-    let (s, mut c) = paced(RATE).await;
+    let (s, mut c) = paced(PACED_RATE).await;
     let search = json!({"limit": 200});
     let size = c
         .call("flights.search", search.clone())
@@ -907,7 +908,7 @@ async fn notifications_are_paced_as_their_results() {
     }
     c.ok("flights.airports", json!({})).await;
     let took = started.elapsed();
-    let paid = Duration::from_secs_f64((5 * size) as f64 / f64::from(RATE)).mul_f64(0.9);
+    let paid = Duration::from_secs_f64((5 * size) as f64 / f64::from(PACED_RATE)).mul_f64(0.9);
     assert!(took >= paid, "{took:?} for 5 results of {size} bytes");
     s.stop().await;
 }

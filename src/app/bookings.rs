@@ -297,11 +297,11 @@ impl App {
                         }
                         // opened only on the flight's version quoted: after a seat change
                         // through another node in between, the quote is made again
-                        let open = Batch {
+                        let mut open = Batch {
                             new_refunds: vec![refund.clone()],
                             ..Default::default()
                         };
-                        let expect = Some((fs.id.clone(), w.version));
+                        let expect = self.decided_on(&fs, w, &mut open);
                         let ticket = self.committer.submit(open, expect, || None)?;
                         // marked only now: a guard dropped on an error above would
                         // lock the working map this closure already holds

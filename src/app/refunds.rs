@@ -408,11 +408,11 @@ impl App {
                 if replies.is_empty() {
                     return Ok((None, Answer::Now(result)));
                 }
-                let batch = Batch {
+                let mut batch = Batch {
                     first_replies: replies,
                     ..Default::default()
                 };
-                let expect = Some((fs.id.clone(), w.version));
+                let expect = self.decided_on(fs, w, &mut batch);
                 let ticket = self.committer.submit(batch, expect, || None)?;
                 return Ok((Some(ticket), Answer::Now(result)));
             }

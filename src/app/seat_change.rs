@@ -131,6 +131,23 @@ impl App {
         self.write_change(fs, w, batch, updates, Some(booking))
     }
 
+    /// What a batch decided under the flight's working-map lock expects of the store:
+    /// the flight's version, and on a replicated store its record as this node has it
+    /// (which cannot change under that lock): a cancellation, boarding or departure
+    /// through another node that this node has not applied yet moves no version, so
+    /// it fails the batch by the record, and the decision is made again on the new one.
+    pub(super) fn decided_on(
+        &self,
+        fs: &FlightSeats,
+        w: &Working,
+        batch: &mut Batch,
+    ) -> Option<(domain::FlightId, u64)> {
+        if self.committer.is_replicated() {
+            batch.flights_read.push(fs.flight());
+        }
+        Some((fs.id.clone(), w.version))
+    }
+
     /// [`App::change_seats`], also for a change of the flight's waitlist made by no
     /// booking (`booking` `None`: a leave, an expiry of the line). Such a change moves
     /// no seat and takes no version, unless serving the line offers seats: on a
@@ -151,14 +168,7 @@ impl App {
             batch.lines.extend(self.line_check(fs, false)?);
         }
         let served = self.serve_waitlist(fs, w, &mut batch, &mut updates, booking)?;
-        if self.committer.is_replicated() {
-            // decided on the flight's record as this node has it: a cancellation,
-            // boarding or departure through another node that this node has not
-            // applied yet moves no version, so it fails this change by the record,
-            // which is then decided again on the new one
-            batch.flights_read.push(fs.flight());
-        }
-        let expect = Some((fs.id.clone(), w.version));
+        let expect = self.decided_on(fs, w, &mut batch);
         if booking.is_none() && updates.is_empty() {
             return self
                 .committer
@@ -281,6 +291,7 @@ impl App {
             }
             match self.committer.durable(ticket).await {
                 Ok(()) => return Ok(Step::Done(out)),
+                Err(StoreError::Stale) if replicated => self.refresh_flight(fs)?,
                 Err(StoreError::Stale) => {}
                 // a twin's reply was written first (`Batch::first_replies`): the next
                 // round finds and replays it; or something the decision read changed
@@ -291,6 +302,18 @@ impl App {
         }
         tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
         Err(AppError::Internal)
+    }
+}
+
+impl App {
+    /// After a lost race on a replicated store, the flight's record as this node's
+    /// copy of the store holds it (the change feed installs it too; this covers a
+    /// record that fell behind anyway).
+    fn refresh_flight(&self, fs: &FlightSeats) -> Result<(), AppError> {
+        if let Some(f) = self.store.flight(&fs.id)? {
+            fs.replace_flight(f);
+        }
+        Ok(())
     }
 }
 

@@ -421,7 +421,7 @@ impl App {
                         position,
                     },
                 };
-                let batch = Batch {
+                let mut batch = Batch {
                     events: vec![(
                         s.user_id,
                         event(
@@ -442,7 +442,7 @@ impl App {
                 };
                 // ordered with the flight's seat changes: on a cluster, a seat freed
                 // through another node meanwhile makes this decision again
-                let expect = Some((fs.id.clone(), w.version));
+                let expect = self.decided_on(&fs, w, &mut batch);
                 let ticket = self.committer.submit(batch, expect, || None)?;
                 Ok((Some(ticket), Answer::Now(result)))
             })
@@ -526,45 +526,44 @@ impl App {
         s: &AuthSession,
         p: params::ListPage,
     ) -> Result<Entries, AppError> {
-        let (mine, more) = self
+        // the page and its positions in one read
+        let (entries, more) = self
             .list_page(
                 p,
                 |id| {
                     let e = self.own_entry(s.user_id, id)?;
                     Ok((e.created_at, e.id))
                 },
-                |page| self.store.user_waitlist(s.user_id, page),
+                |page| {
+                    let (mine, more) = self.store.user_waitlist(s.user_id, page)?;
+                    Ok((self.with_positions(mine)?, more))
+                },
             )
             .await?;
-        let entries = self
-            .consistent_read(|| {
-                let mut lines: HashMap<String, HashMap<String, usize>> = HashMap::new();
-                let mut out = Vec::with_capacity(mine.len());
-                for e in &mine {
-                    let position = match e.status {
-                        WaitlistStatus::Waiting => {
-                            let line = match lines.get(e.flight_id.as_str()) {
-                                Some(l) => l,
-                                None => {
-                                    let l = waitlist::positions(
-                                        &self.store.flight_waitlist(&e.flight_id)?,
-                                    );
-                                    lines.entry(e.flight_id.to_string()).or_insert(l)
-                                }
-                            };
-                            line.get(&e.id).copied()
-                        }
-                        _ => None,
-                    };
-                    out.push(EntryView {
-                        entry: e.clone(),
-                        position,
-                    });
-                }
-                Ok(out)
-            })
-            .await?;
         Ok(Entries { entries, more })
+    }
+
+    /// Entries with each waiting one's current position in its line.
+    fn with_positions(&self, mine: Vec<WaitlistEntry>) -> Result<Vec<EntryView>, StoreError> {
+        let mut lines: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(mine.len());
+        for e in mine {
+            let position = match e.status {
+                WaitlistStatus::Waiting => {
+                    let line = match lines.get(e.flight_id.as_str()) {
+                        Some(l) => l,
+                        None => {
+                            let l = waitlist::positions(&self.store.flight_waitlist(&e.flight_id)?);
+                            lines.entry(e.flight_id.to_string()).or_insert(l)
+                        }
+                    };
+                    line.get(&e.id).copied()
+                }
+                _ => None,
+            };
+            out.push(EntryView { entry: e, position });
+        }
+        Ok(out)
     }
 }
 

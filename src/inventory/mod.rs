@@ -314,8 +314,10 @@ impl FlightSeats {
 
     /// Takes `f` unless the record held is newer (a higher `revision`: changes of a
     /// flight can arrive twice, from this node and from the cluster's feed); returns
-    /// the record it replaced.
+    /// the record it replaced. Under the working map's lock, so that a seat change
+    /// decided under that lock writes the record it was decided on.
     pub fn replace_flight(&self, f: Flight) -> Option<Flight> {
+        let _w = self.working.lock();
         let mut cur = self.flight.write();
         if f.revision < cur.revision {
             return None;

@@ -13,6 +13,8 @@ use crate::config::ForwardedHeader;
 
 /// Whether a trusted proxy was seen sending only the header not configured.
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// Whether a trusted proxy was seen forwarding a client whose address cannot be read.
+static WARNED_UNREADABLE: AtomicBool = AtomicBool::new(false);
 
 /// The address of every client a trusted proxy forwarded without one that can be
 /// read (`for=unknown`, an obfuscated identifier, a header without a `for=`): they
@@ -86,13 +88,13 @@ fn hops(headers: &HeaderMap, name: &HeaderName, forwarded: bool) -> Vec<Option<I
                 out.push(node_ip(element));
                 continue;
             }
+            // one element per hop: one without `for=` names no client, and a
+            // client's own `for=` to its left must not be taken for it
             let node = element.split(';').find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
                 k.trim().eq_ignore_ascii_case("for").then_some(v)
             });
-            if let Some(node) = node {
-                out.push(node_ip(node));
-            }
+            out.push(node.and_then(node_ip));
         }
     }
     out
@@ -124,16 +126,27 @@ pub fn client_ip(
              own address; set --forwarded-header to the header it writes (warned once)"
         );
     }
+    let unreadable = || {
+        if !WARNED_UNREADABLE.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                proxy = %peer,
+                "a trusted proxy forwarded a client whose address cannot be read from {name} \
+                 (`unknown`, an obfuscated or zoned address, a unix socket, no `for=`): \
+                 every such client shares the per-address limits of `::` (warned once)"
+            );
+        }
+        UNREADABLE
+    };
     if list.is_empty() {
         return match headers.contains_key(name) {
-            true => UNREADABLE,
+            true => unreadable(),
             false => peer,
         };
     }
     let mut client = peer;
     for hop in list.into_iter().rev() {
         let Some(ip) = hop else {
-            return UNREADABLE;
+            return unreadable();
         };
         client = canonical(ip);
         if !trusted(ip, proxies) {
@@ -239,6 +252,9 @@ mod tests {
         let h = headers(&[("forwarded", "for=unknown")]);
         assert_eq!(client_ip(peer, &h, &proxies, fwd), UNREADABLE);
         let h = headers(&[("forwarded", "proto=https")]);
+        assert_eq!(client_ip(peer, &h, &proxies, fwd), UNREADABLE);
+        // a client's own `for=` left of a hop without one is not the client
+        let h = headers(&[("forwarded", "for=127.0.0.1, proto=https")]);
         assert_eq!(client_ip(peer, &h, &proxies, fwd), UNREADABLE);
     }
 

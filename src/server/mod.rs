@@ -584,10 +584,6 @@ async fn upgrade(
         },
         false => None,
     };
-    // the handshake timeout holds until hyper has sent the `101` and handed the
-    // connection over (`GuardedStream::into_websocket`): lifted here, before that, a
-    // client that stopped reading the responses pipelined before its upgrade kept
-    // the connection forever
     tracing::debug!(client = %ip, peer = %peer_ip, "websocket opened");
     let conn = session::run(app, on_upgrade, slot, roster, shield, ip);
     tracker.spawn(conn);

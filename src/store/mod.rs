@@ -724,6 +724,7 @@ pub trait Store: Send + Sync + 'static {
         Ok((0, Vec::new()))
     }
     fn flights(&self) -> StoreResult<Vec<Flight>>;
+    fn flight(&self, id: &FlightId) -> StoreResult<Option<Flight>>;
     fn version(&self, flight: &FlightId) -> StoreResult<u64>;
     /// The last check-in sequence number given out on the flight (0: none yet). It
     /// only changes in a batch that also moves the flight's version, so a write that

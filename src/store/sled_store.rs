@@ -1578,6 +1578,10 @@ impl Store for SledStore {
         self.scan(&[FLIGHT])
     }
 
+    fn flight(&self, id: &FlightId) -> StoreResult<Option<Flight>> {
+        self.get(&key(FLIGHT, &[id.as_str().as_bytes()]))
+    }
+
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.counter(&version_key(flight), "version")
     }

@@ -132,6 +132,9 @@ impl Store for Faulty {
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.inner.flights()
     }
+    fn flight(&self, id: &FlightId) -> StoreResult<Option<Flight>> {
+        self.inner.flight(id)
+    }
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.inner.version(flight)
     }

@@ -249,11 +249,11 @@ impl App {
             // recorded in between (this job through another node, or a passenger's
             // cancel) fails it, and the booking is looked at again
             let refund = self.full_refund(&b)?;
-            let open = Batch {
+            let mut open = Batch {
                 new_refunds: vec![refund.clone()],
                 ..Default::default()
             };
-            let expect = Some((fs.id.clone(), w.version));
+            let expect = self.decided_on(fs, w, &mut open);
             let ticket = self.committer.submit(open, expect, || None)?;
             // marked only now: a guard dropped on an error above would lock the
             // working map this closure holds

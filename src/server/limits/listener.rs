@@ -332,8 +332,7 @@ impl GuardedStream {
                     ));
                 }
             }
-            // a WebSocket for good (the timer's memory goes back), or for as long as
-            // an unbounded exchange lasts
+            // for as long as an unbounded exchange lasts (the timer's memory goes back)
             (None, Some(_)) => self.timer = None,
             (Some(deadline), None) => {
                 self.timer_at = deadline;

@@ -313,6 +313,9 @@ impl Store for EtcdStore {
     fn flights(&self) -> StoreResult<Vec<Flight>> {
         self.mirror.flights()
     }
+    fn flight(&self, id: &FlightId) -> StoreResult<Option<Flight>> {
+        self.mirror.flight(id)
+    }
     fn version(&self, flight: &FlightId) -> StoreResult<u64> {
         self.mirror.version(flight)
     }
