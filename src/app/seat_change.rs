@@ -303,9 +303,7 @@ impl App {
         tracing::warn!(flight = %fs.id, "gave up on a seat change after {MAX_SEAT_TRIES} lost races");
         Err(AppError::Internal)
     }
-}
 
-impl App {
     /// After a lost race on a replicated store, the flight's record as this node's
     /// copy of the store holds it (the change feed installs it too; this covers a
     /// record that fell behind anyway).
