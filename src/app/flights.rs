@@ -81,9 +81,7 @@ impl App {
                 None => f.departure() > now,
             })
             .collect();
-        found.sort_by(|(a, _), (b, _)| {
-            (a.departs_at, a.number_order()).cmp(&(b.departs_at, b.number_order()))
-        });
+        found.sort_by(|(a, _), (b, _)| a.schedule_order().cmp(&b.schedule_order()));
         let flights = found
             .into_iter()
             .take(limit)

@@ -184,6 +184,11 @@ impl Flight {
         (self.number.len(), &self.number)
     }
 
+    /// The order of a list of flights: by scheduled departure, then by number.
+    pub fn schedule_order(&self) -> (Millis, (usize, &str)) {
+        (self.departs_at, self.number_order())
+    }
+
     /// Whether the flight's status as of `now` allows `op`; if not, the refusal names
     /// the status.
     pub fn check(&self, op: Operation, now: Millis) -> Result<(), DomainError> {

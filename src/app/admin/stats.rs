@@ -70,9 +70,7 @@ impl App {
                 booked,
             });
         }
-        rows.sort_by(|a, b| {
-            (a.flight.departs_at, &a.flight.number).cmp(&(b.flight.departs_at, &b.flight.number))
-        });
+        rows.sort_by(|a, b| a.flight.schedule_order().cmp(&b.flight.schedule_order()));
         Ok((rows, self.revenue(key)?))
     }
 
