@@ -1782,6 +1782,20 @@ mod tests {
         (dir, app)
     }
 
+    /// A 10,000-cent charge made and confirmed at `app`'s gateway for attempt
+    /// `attempt_id`, and the attempt of [`lapsed_challenge`] that waited for it.
+    async fn charged_challenge(app: &App, attempt_id: &str) -> PaymentAttempt {
+        let request = PaymentRequest {
+            amount: Money::cents(10_000).unwrap(),
+            payment_method: "pm_card_visa".into(),
+            locator: Locator::parse("LAPSED").unwrap(),
+            attempt_id: attempt_id.into(),
+        };
+        let pi = app.payments.create(request).await.unwrap();
+        app.payments.confirm(&pi, attempt_id).await.unwrap();
+        lapsed_challenge(app, Some(pi))
+    }
+
     /// A booking of user 1 on the first flight whose hold ended `ago` ms ago
     /// without being paid (expired), and its payment attempt, last stepped then,
     /// waiting for the customer's 3-D Secure with `payment_ref`. Both written.
@@ -2196,15 +2210,7 @@ mod tests {
         let stripe = Stripe::new(&f.base(), "sk_test_jetway".into(), Duration::from_secs(5));
         let (_store, app) = app_with(dir, Arc::new(stripe.unwrap())).await;
         let amount = Money::cents(10_000).unwrap();
-        let request = PaymentRequest {
-            amount,
-            payment_method: "pm_card_visa".into(),
-            locator: Locator::parse("LAPSED").unwrap(),
-            attempt_id: "pa-charged".into(),
-        };
-        let pi = app.payments.create(request).await.unwrap();
-        app.payments.confirm(&pi, "pa-charged").await.unwrap();
-        let stale = lapsed_challenge(&app, Some(pi));
+        let stale = charged_challenge(&app, "pa-charged").await;
         app.reconcile_payments(Duration::ZERO).await;
         assert_refunded_once(f, &app, &stale, amount);
         (app, stale, amount)
@@ -2310,18 +2316,7 @@ mod tests {
     async fn a_charge_settled_unanswered_before_its_settling_is_told_how() {
         let (_dir, app) = sandbox_app().await;
         for (i, &(state, _)) in SETTLED.iter().enumerate() {
-            let request = PaymentRequest {
-                amount: Money::cents(10_000).unwrap(),
-                payment_method: "pm_card_visa".into(),
-                locator: Locator::parse("LAPSED").unwrap(),
-                attempt_id: format!("pa-told{i}"),
-            };
-            let pi = app.payments.create(request).await.unwrap();
-            app.payments
-                .confirm(&pi, &format!("pa-told{i}"))
-                .await
-                .unwrap();
-            let stale = lapsed_challenge(&app, Some(pi));
+            let stale = charged_challenge(&app, &format!("pa-told{i}")).await;
             let mut settled = stale.clone();
             settled.state = state;
             app.store
@@ -2424,18 +2419,7 @@ mod tests {
         });
         let (_store, app) = app_with(dir.path(), gateway.clone()).await;
         for (i, twin_paid) in [false, true].into_iter().enumerate() {
-            let request = crate::payments::PaymentRequest {
-                amount: Money::cents(10_000).unwrap(),
-                payment_method: "pm_card_visa".into(),
-                locator: Locator::parse("LAPSED").unwrap(),
-                attempt_id: format!("pa-changed{i}"),
-            };
-            let pi = app.payments.create(request).await.unwrap();
-            app.payments
-                .confirm(&pi, &format!("pa-changed{i}"))
-                .await
-                .unwrap();
-            let mut stale = lapsed_challenge(&app, Some(pi));
+            let mut stale = charged_challenge(&app, &format!("pa-changed{i}")).await;
             stale.request_id = format!("p{i}");
             let events = refunded_events(&app);
             let settling = {
