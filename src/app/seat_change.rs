@@ -305,11 +305,11 @@ impl App {
     }
 
     /// After a lost race on a replicated store, the flight's record as this node's
-    /// copy of the store holds it (the change feed installs it too; this covers a
-    /// record that fell behind anyway).
-    fn refresh_flight(&self, fs: &FlightSeats) -> Result<(), AppError> {
+    /// copy of the store holds it, taken as any other (the change feed installs it
+    /// too; this covers a record that fell behind anyway).
+    fn refresh_flight(&self, fs: &Arc<FlightSeats>) -> Result<(), AppError> {
         if let Some(f) = self.store.flight(&fs.id)? {
-            fs.replace_flight(f);
+            self.flight_record(fs, f);
         }
         Ok(())
     }

@@ -671,8 +671,12 @@ impl Inventory {
     pub fn add(&self, flight: Flight) -> Arc<FlightSeats> {
         match self.flights.entry(flight.id.clone()) {
             dashmap::Entry::Occupied(e) => {
-                e.get().set_flight(flight);
-                e.get().clone()
+                // the map's guard let go first: a decision holding the working map
+                // may be reading the map
+                let fs = e.get().clone();
+                drop(e);
+                fs.replace_flight(flight);
+                fs
             }
             dashmap::Entry::Vacant(e) => {
                 let seats = vec![None; flight.aircraft().seats().len()];
