@@ -126,8 +126,9 @@ pub struct Config {
     #[arg(long, env = "JETWAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
 
-    /// Recent changes kept per flight for `seats.subscribe {since}`.
-    #[arg(long, env = "JETWAY_REPLAY_BUFFER", default_value_t = crate::inventory::DEFAULT_REPLAY)]
+    /// Recent changes kept per flight for `seats.subscribe {since}` (1 to 16384: a
+    /// longer replay costs every flight its memory and a resume more than a snapshot).
+    #[arg(long, env = "JETWAY_REPLAY_BUFFER", default_value_t = crate::inventory::DEFAULT_REPLAY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_384))]
     pub replay_buffer: usize,
 
     /// Outbound queue bound per connection, in messages.
@@ -392,11 +393,19 @@ mod tests {
     }
 
     #[test]
-    fn a_reconcile_interval_beyond_an_hour_is_refused() {
-        let parse = |v: &str| Config::try_parse_from(["jetway", "--reconcile-interval", v]);
-        assert_eq!(parse("3600").unwrap().reconcile_interval, 3600);
-        for v in ["0", "3601", "18446744073709551615"] {
-            assert!(parse(v).is_err(), "{v}");
+    fn bounded_options_refuse_values_outside_their_range() {
+        let parse = |flag: &str, v: &str| Config::try_parse_from(["jetway", flag, v]);
+        let top = parse("--replay-buffer", "16384").unwrap();
+        assert_eq!(top.replay_buffer, 16_384);
+        let top = parse("--reconcile-interval", "3600").unwrap();
+        assert_eq!(top.reconcile_interval, 3600);
+        for (flag, over) in [
+            ("--replay-buffer", "16385"),
+            ("--reconcile-interval", "3601"),
+        ] {
+            for v in ["0", over, "18446744073709551615"] {
+                assert!(parse(flag, v).is_err(), "{flag} {v}");
+            }
         }
     }
 

@@ -128,6 +128,40 @@ async fn a_request_flood_is_refused_then_closed() {
     s.stop().await;
 }
 
+/// Pings draw on the same budget as requests: a ping flood (each costs the server a
+/// read and a pong) is closed as a request flood is. Before, control frames were
+/// never counted, and a client could keep a server busy with pings forever.
+#[tokio::test]
+async fn a_ping_flood_is_closed_as_a_request_flood_is() {
+    let s = flood_server(3).await;
+    let mut c = s.client().await;
+    for _ in 0..20 {
+        c.ws.feed(Message::Ping(vec![b'p'; 64].into()))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("the server closes")
+        {
+            Some(Ok(Message::Close(f))) => break f.expect("a close code"),
+            Some(Ok(Message::Pong(_))) => continue,
+            other => panic!("expected pongs, then a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
+    let page = metrics_page(s.addr).await;
+    assert!(metric(&page, "jetway_rejected_total{reason=\"rate_limit_close\"}").unwrap() >= 1.0);
+    // a client sending a few pings is served as before
+    let mut d = s.client().await;
+    d.ws.send(Message::Ping(vec![b'q'].into())).await.unwrap();
+    d.ok("flights.airports", json!({})).await;
+    s.stop().await;
+}
+
 /// A client that reads slowly still gets every reply the server queued before it
 /// closed the connection, and the close frame: the server drains the client's unread
 /// input instead of closing a socket with input pending, which resets the

@@ -330,14 +330,18 @@ fn received(
             Utf8Bytes::from(envelope::failure(&id, &e)),
         );
     };
-    if let Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) = &msg {
+    // every frame but a close draws on the budget: a ping costs the server a read
+    // and a pong, so a ping flood is closed as a request flood is
+    if let Some(Ok(m)) = msg.as_ref().filter(|m| !matches!(m, Ok(Message::Close(_)))) {
+        let data = matches!(m, Message::Text(_) | Message::Binary(_));
         match limiter.check(&RateLimit::of(&shield.limits), m.len()) {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 shield
                     .metrics
                     .rejected(crate::metrics::Rejection::RateLimited);
-                if let Some(id) = reply_id(m) {
+                // a control frame is not answered
+                if let Some(id) = reply_id(m).filter(|_| data) {
                     reply_error(id, ApiError::RateLimited);
                 }
                 return Received::Nothing;
@@ -409,26 +413,44 @@ fn received(
 /// decoded (the rest is skipped, not built into a tree): a refusal costs the server
 /// far less than the request would have.
 fn reply_id(m: &Message) -> Option<serde_json::Value> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
     use serde_json::value::RawValue;
-    #[derive(serde::Deserialize)]
-    struct IdOnly<'a> {
-        // present (`null` too: a request, not a notification) or absent
-        #[serde(borrow, default, deserialize_with = "present")]
-        id: Option<&'a RawValue>,
-    }
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-        serde::Deserialize::deserialize(d).map(Some)
+    /// The top-level `id`: the last one when the key repeats, as `parse_request`'s
+    /// `serde_json::Value` keeps it (a derived struct would refuse the repeat).
+    struct LastId<'a>(Option<&'a RawValue>);
+    impl<'de> serde::Deserialize<'de> for LastId<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = LastId<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut id = None;
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        if key == "id" {
+                            id = Some(map.next_value::<&'de RawValue>()?);
+                        } else {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(LastId(id))
+                }
+            }
+            d.deserialize_map(V)
+        }
     }
     let Message::Text(t) = m else {
         return Some(serde_json::Value::Null);
     };
-    // a struct also reads from an array: only an object has an id
     if t.len() > MAX_REQUEST_BYTES || !t.trim_start().starts_with('{') {
         return Some(serde_json::Value::Null);
     }
-    match serde_json::from_str::<IdOnly>(t.as_str()) {
-        Ok(IdOnly { id: None }) => None,
-        Ok(IdOnly { id: Some(raw) }) => Some(envelope::reply_id_of(raw)),
+    match serde_json::from_str::<LastId>(t.as_str()) {
+        // absent: a notification, not answered
+        Ok(LastId(None)) => None,
+        Ok(LastId(Some(raw))) => Some(envelope::reply_id_of(raw)),
         Err(_) => Some(serde_json::Value::Null),
     }
 }
@@ -520,6 +542,10 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#,
             r#"{"jsonrpc":"2.0","id":"\"q\u00e9","method":"x"}"#,
             r#"{"jsonrpc":"2.0","method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","id":2}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","\u0069d":"b"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","id":{"bad":1}}"#,
+            r#"{"jsonrpc":"2.0","id":[2],"method":"x","id":3}"#,
             r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
             "[]",
             r#"[1]"#,
