@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::app::AppError;
 use crate::domain::{self, Flight, FlightId};
 use crate::protocol::results::{Stats, StatsRow};
+use crate::store::Store;
 
 /// How long cached revenue figures may be reused while no flight version moves.
 const STATS_MAX_AGE: Duration = Duration::from_secs(5);
@@ -38,7 +39,28 @@ impl App {
     /// minus refunded) of every flight, in departure order. Only durable state: the
     /// published seat maps, and orders answered once durable.
     pub async fn admin_stats(&self) -> Result<Stats, AppError> {
-        let (rows, revenue) = self.consistent_read(|| self.stats_rows()).await?;
+        // as `consistent_read`, with the revenue's scan of every booking and order
+        // on a blocking thread: it grows with the history, and held up every other
+        // connection on its reactor thread for as long
+        self.committer.catch_up().await?;
+        let (rows, key) = self.occupancy();
+        let revenue = match self.cached_revenue(key) {
+            Some(r) => r,
+            None => {
+                let store = self.store.clone();
+                let revenue = tokio::task::spawn_blocking(move || revenue_of(&*store))
+                    .await
+                    .map_err(|_| AppError::Internal)??;
+                let revenue = Arc::new(revenue);
+                *self.admin.stats.lock() = Some(RevenueCache {
+                    key,
+                    at: Instant::now(),
+                    revenue: revenue.clone(),
+                });
+                revenue
+            }
+        };
+        self.committer.settle_reads().await?;
         let now = domain::now_ms();
         let flights = rows
             .into_iter()
@@ -55,8 +77,9 @@ impl App {
         Ok(Stats { flights })
     }
 
-    /// Every flight's published occupancy, in departure order, and the revenue.
-    fn stats_rows(&self) -> Result<(Vec<Occupancy>, Revenue), AppError> {
+    /// Every flight's published occupancy, in departure order, and the key of the
+    /// revenue it goes with.
+    fn occupancy(&self) -> (Vec<Occupancy>, (usize, u64)) {
         let mut rows = Vec::new();
         let mut key = (0usize, 0u64);
         for fs in self.inventory.all() {
@@ -71,33 +94,29 @@ impl App {
             });
         }
         rows.sort_by(|a, b| a.flight.schedule_order().cmp(&b.flight.schedule_order()));
-        Ok((rows, self.revenue(key)?))
+        (rows, key)
     }
 
-    /// Paid minus refunded per flight, from the orders; recomputed only when some
-    /// flight's version moved (or the figures are a few seconds old).
-    fn revenue(&self, key: (usize, u64)) -> Result<Revenue, AppError> {
-        if let Some(c) = self.admin.stats.lock().as_ref() {
-            if c.key == key && c.at.elapsed() < STATS_MAX_AGE {
-                return Ok(c.revenue.clone());
-            }
-        }
-        let mut revenue: HashMap<FlightId, i64> = HashMap::new();
-        for b in self.store.all_bookings()? {
-            let Some(order_id) = &b.order_id else {
-                continue;
-            };
-            if let Some(o) = self.store.order(order_id)? {
-                *revenue.entry(b.flight_id.clone()).or_default() +=
-                    o.amount.amount() - o.refunded.amount();
-            }
-        }
-        let revenue = Arc::new(revenue);
-        *self.admin.stats.lock() = Some(RevenueCache {
-            key,
-            at: Instant::now(),
-            revenue: revenue.clone(),
-        });
-        Ok(revenue)
+    /// The revenue computed for `key`, unless some flight's version moved since (or
+    /// the figures are a few seconds old).
+    fn cached_revenue(&self, key: (usize, u64)) -> Option<Revenue> {
+        let cache = self.admin.stats.lock();
+        let c = cache.as_ref()?;
+        (c.key == key && c.at.elapsed() < STATS_MAX_AGE).then(|| c.revenue.clone())
     }
+}
+
+/// Paid minus refunded per flight, from every booking's order.
+fn revenue_of(store: &dyn Store) -> Result<HashMap<FlightId, i64>, AppError> {
+    let mut revenue: HashMap<FlightId, i64> = HashMap::new();
+    for b in store.all_bookings()? {
+        let Some(order_id) = &b.order_id else {
+            continue;
+        };
+        if let Some(o) = store.order(order_id)? {
+            *revenue.entry(b.flight_id.clone()).or_default() +=
+                o.amount.amount() - o.refunded.amount();
+        }
+    }
+    Ok(revenue)
 }
