@@ -255,23 +255,23 @@ impl App {
         Ok(Done {})
     }
 
-    /// Sends a status or time change of `f` (the record just set) to `others` and
-    /// the boards showing it.
+    /// Sends a status or time change of `f` (the record just set) to the watchers of
+    /// its seat map, `others` and the boards showing it, all under the boards' lock
+    /// that availability pushes are read and sent under: a push that read the record
+    /// before this change is queued before it, never after (it used to be sent after
+    /// the lock, and could follow this change with the old status).
     pub(super) fn send_with_boards(
         &self,
+        fs: &FlightSeats,
         f: &Flight,
         others: Vec<Outbox>,
         frame: &Utf8Bytes,
-        told: HashSet<u64>,
     ) {
         let _sending = self.boards.sending.read();
+        let mut groups = self.boards.groups.lock();
+        let told = fs.push_to_watchers(|_| true, frame);
         let mut out = others;
-        Boards::watchers_of(
-            &mut self.boards.groups.lock(),
-            f,
-            domain::now_ms(),
-            &mut out,
-        );
+        Boards::watchers_of(&mut groups, f, domain::now_ms(), &mut out);
         send_once_except(out, frame, told);
     }
 
@@ -284,14 +284,11 @@ impl App {
             };
             let _sending = self.boards.sending.read();
             let mut out = Vec::new();
-            // read under the lock: a status change noted in the groups meanwhile must
-            // not be undone by an older copy
-            let f = {
-                let mut groups = self.boards.groups.lock();
-                let f = fs.flight();
-                Boards::watchers_of(&mut groups, &f, now, &mut out);
-                f
-            };
+            // read and sent under the lock: a status change (sent under it too) must
+            // neither be undone in the groups nor followed by an older copy
+            let mut groups = self.boards.groups.lock();
+            let f = fs.flight();
+            Boards::watchers_of(&mut groups, &f, now, &mut out);
             if !out.is_empty() {
                 send_once(out, &changed_frame(&f, &fs, None));
             }

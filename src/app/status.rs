@@ -188,12 +188,11 @@ impl App {
                 }
             }
         }
-        let told = fs.push_to_watchers(|_| true, &frame);
         let others = owners
             .into_iter()
             .flat_map(|u| self.users.outboxes(u))
             .collect();
-        self.send_with_boards(f, others, &frame, told);
+        self.send_with_boards(fs, f, others, &frame);
     }
 
     /// Marks every flight whose departure has passed as of `now` as departed, durably,
