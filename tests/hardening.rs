@@ -548,6 +548,24 @@ async fn a_handshake_that_never_finishes_times_out() {
     s.stop().await;
 }
 
+/// The `--metrics-listen` listener has the main listener's guards: a connection that
+/// never finishes its request is closed after the handshake timeout (it used to be
+/// kept for good, holding a file descriptor the main listener needs).
+#[tokio::test]
+async fn the_metrics_listener_times_out_a_request_that_never_finishes() {
+    let s = Server::start_with(|c| {
+        c.limits.handshake_timeout = 1;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let addr = s.metrics_addr().unwrap();
+    let slowloris = closed_after_sending(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    assert!(slowloris.await.unwrap(), "a half-sent request is closed");
+    let (code, _) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200, "a whole request is served");
+    s.stop().await;
+}
+
 /// A server with a 1 s handshake timeout, and an admin's session token.
 async fn backup_admin() -> (Server, String) {
     let password = "backup admin 2026";

@@ -160,6 +160,15 @@ fn serve(listeners: Listeners, app: Arc<App>) -> Result<Running, StartError> {
         }),
     ];
     if let Some(listener) = listeners.metrics {
+        // the main listener's guards (per-address cap, handshake timeout, HTTP/1.1
+        // only): a slowloris on an exposed metrics port used to hold file
+        // descriptors the main listener needs, for good
+        let listener = limits::GuardedListener::new(
+            listener,
+            shield.limits.clone(),
+            shield.counter.clone(),
+            shield.metrics.clone(),
+        );
         let router = metrics_page::router(app.clone());
         let stop = shutdown.clone();
         http.push(tokio::spawn(async move {
