@@ -403,6 +403,9 @@ impl App {
                 // recorded already (through another node): the answer is the booking as
                 // it is, remembered for a key that has none (`also`'s request answers
                 // with it), on this version of the flight (else the step decides again)
+                if let (Closing::Made(_), Some(made)) = (&closing, &r.made_ref) {
+                    self.note_made_after_close(&r, made)?;
+                }
                 let result = self.paid_view(b, order);
                 let replies = unanswered(&result)?;
                 if replies.is_empty() {
@@ -457,6 +460,25 @@ impl App {
         let done = done.await;
         drop(busy);
         done?.reply()
+    }
+
+    /// Logs a refund this try made at the gateway whose record was closed meanwhile by
+    /// something else (an admin who vouched it paid by other means or voided it, or
+    /// another try's refund): the money went back twice, or against an admin's word,
+    /// and only a person can settle that. A try made after the record's close only if
+    /// it outlived [`App::payment_span`], so this is not expected to happen.
+    fn note_made_after_close(&self, r: &RefundRecord, made: &str) -> Result<(), AppError> {
+        let Some(now) = self.store.refund_by_key(&r.id)? else {
+            return Ok(());
+        };
+        if now.done && now.made_ref.as_deref() != Some(made) {
+            let closed_by = now
+                .resolutions
+                .last()
+                .map_or("another refund", |x| x.outcome.as_str());
+            tracing::error!(refund = %r.id, locator = %r.locator, gateway_refund = %made, cents = r.amount.amount(), closed_by, "a refund was made at the gateway after its record was closed otherwise; check whether it was paid back twice");
+        }
+        Ok(())
     }
 
     /// The record of `r` as it is now if it is still to be made (`None`: recorded
