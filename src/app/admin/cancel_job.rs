@@ -58,6 +58,10 @@ impl App {
             .ok_or(AppError::NotFound("flight"))?;
         {
             let _serial = self.admin.flights.lock().await;
+            // marked as this node's job before the record can show it cancelled: a
+            // reconciliation round in between would start a second job, and this
+            // reply would count only the bookings its own job got to
+            let marked = self.admin.cancelling.lock().insert(fs.id.clone());
             let written = self.commit_flight(&fs, |flight| {
                 flight.cancel(reason.clone(), domain::now_ms())?;
                 // no hold, seat change or payment may start while this becomes durable
@@ -68,6 +72,9 @@ impl App {
                 Ok(flight) => self.flight_record(&fs, flight),
                 Err(e) => {
                     fs.set_closing(false);
+                    if marked {
+                        self.admin.cancelling.lock().remove(&fs.id);
+                    }
                     return Err(e);
                 }
             }
