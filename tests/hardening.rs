@@ -548,21 +548,55 @@ async fn a_handshake_that_never_finishes_times_out() {
     s.stop().await;
 }
 
+/// A server with `--metrics-listen` and a handshake timeout of `timeout` seconds,
+/// and the metrics listener's address.
+async fn metrics_listener_server(timeout: u64) -> (Server, SocketAddr) {
+    let s = Server::start_with(|c| {
+        c.limits.handshake_timeout = timeout;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let addr = s.metrics_addr().unwrap();
+    (s, addr)
+}
+
 /// The `--metrics-listen` listener has the main listener's guards: a connection that
 /// never finishes its request is closed after the handshake timeout (it used to be
 /// kept for good, holding a file descriptor the main listener needs).
 #[tokio::test]
 async fn the_metrics_listener_times_out_a_request_that_never_finishes() {
-    let s = Server::start_with(|c| {
-        c.limits.handshake_timeout = 1;
-        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let addr = s.metrics_addr().unwrap();
+    let (s, addr) = metrics_listener_server(1).await;
     let slowloris = closed_after_sending(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
     assert!(slowloris.await.unwrap(), "a half-sent request is closed");
     let (code, _) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(code, 200, "a whole request is served");
+    s.stop().await;
+}
+
+/// A scraper's kept-alive connection to the `--metrics-listen` listener is served
+/// for as long as it keeps asking within the handshake timeout, as on the main
+/// listener: each request gives it another timeout (when the listener first got the
+/// guards, the timeout ran from the accept, and cut a scraper's connection mid-use).
+#[tokio::test]
+async fn a_scraper_s_kept_alive_connection_is_served_past_the_handshake_timeout() {
+    let (s, addr) = metrics_listener_server(2).await;
+    tokio::task::spawn_blocking(move || {
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(WAIT)).unwrap();
+        let started = Instant::now();
+        for i in 0..4 {
+            if i > 0 {
+                // the scenario is time passing: 0.8 s apart, 2.4 s in all
+                std::thread::sleep(Duration::from_millis(800));
+            }
+            t.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap_or_else(|e| panic!("request {i} after {:?}: {e}", started.elapsed()));
+            let (code, len) = read_response(&mut t);
+            assert_eq!((code, len > 0), (200, true), "request {i}");
+        }
+    })
+    .await
+    .unwrap();
     s.stop().await;
 }
 

@@ -169,11 +169,15 @@ fn serve(listeners: Listeners, app: Arc<App>) -> Result<Running, StartError> {
             shield.counter.clone(),
             shield.metrics.clone(),
         );
-        let router = metrics_page::router(app.clone());
+        // each request gives its connection another timeout, as on `--listen`: a
+        // scraper's kept-alive connection is not cut while it scrapes
+        let router =
+            metrics_page::router(app.clone()).layer(axum::middleware::from_fn(request_started));
         let stop = shutdown.clone();
         http.push(tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<limits::Peer>();
             let serve =
-                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
