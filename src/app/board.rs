@@ -7,14 +7,14 @@
 //! are pushed at once (with the other `flight.changed` targets); seat availability
 //! is coalesced to at most one push per flight per [`AVAILABILITY_INTERVAL`].
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::status::{changed_frame, send_once, send_once_except};
+use super::status::{changed_frame, Pushes};
 use super::App;
 use crate::app::AppError;
 use crate::domain::{self, flight::airport, Flight, FlightId, Millis};
@@ -61,16 +61,13 @@ impl Group {
 /// Every board being watched, and the availability changes waiting to be pushed.
 #[derive(Default)]
 pub struct Boards {
+    /// Every push to a board is queued under this lock (and written after it): so
+    /// pushes keep the order of their reads, and a board whose `flights.unwatch` is
+    /// answered (its leave takes the lock) gets nothing more.
     groups: Mutex<HashMap<(String, u8), Group>>,
     /// Whether any board is watched: read by every seat change (on the commit loop),
     /// which must not wait for `groups`.
     any: AtomicBool,
-    /// Held shared from gathering a change's board targets until it is sent, and
-    /// taken whole by `flights.unwatch` before its reply: a board whose unwatch is
-    /// answered gets nothing more (targets gathered before the unwatch could
-    /// otherwise be sent after its reply), while the sending itself holds no lock
-    /// that watching, leaving or other senders wait for.
-    sending: RwLock<()>,
     /// Flights whose seats changed since their last availability push.
     dirty: Mutex<HashSet<FlightId>>,
     sent: Mutex<HashMap<FlightId, Instant>>,
@@ -120,8 +117,8 @@ impl Boards {
 
     /// Adds to `out` the connections of the boards that show `f` (after its
     /// change), noting it shown or kept. Call it with `groups` locked, `f` read
-    /// under that lock or the latest change of it, and [`Boards::sending`] held
-    /// until what it adds is sent.
+    /// under that lock or the latest change of it, and queue to them before
+    /// unlocking.
     fn watchers_of(
         groups: &mut HashMap<(String, u8), Group>,
         f: &Flight,
@@ -210,9 +207,11 @@ impl App {
         });
         // a flight that entered the window since the last slide is new to the group's
         // boards too: they get it now, as the slide would have, before it counts as shown
+        let mut pushes = Pushes::default();
         for (f, fs) in &shown {
             if !group.shown.contains(&f.id) && !group.watchers.is_empty() {
-                send_once(group.watchers.iter().cloned(), &changed_frame(f, fs, None));
+                let frame = changed_frame(f, fs, None);
+                pushes.queue(group.watchers.iter().cloned(), &frame, &HashSet::new());
             }
         }
         group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
@@ -234,6 +233,8 @@ impl App {
             );
         }
         group.watchers.push(outbox.clone());
+        drop(groups);
+        pushes.send();
         if !boards.contains(&code) {
             boards.push(code);
         }
@@ -248,31 +249,30 @@ impl App {
         boards: &mut Vec<String>,
     ) -> Result<Done, AppError> {
         let code = board_airport(&p.airport)?;
+        // a push queued before the leave precedes the reply
         self.boards.leave(conn_id, std::slice::from_ref(&code));
-        // a change whose targets were gathered before the leave is sent before the reply
-        drop(self.boards.sending.write());
         boards.retain(|a| a != &code);
         Ok(Done {})
     }
 
     /// Sends a status or time change of `f` (the record just set) to the watchers of
-    /// its seat map, `others` and the boards showing it, all under the boards' lock
-    /// that availability pushes are read and sent under: a push that read the record
-    /// before this change is queued before it, never after (it used to be sent after
-    /// the lock, and could follow this change with the old status).
-    pub(super) fn send_with_boards(
-        &self,
-        fs: &FlightSeats,
-        f: &Flight,
-        others: Vec<Outbox>,
-        frame: &Utf8Bytes,
-    ) {
-        let _sending = self.boards.sending.read();
+    /// its seat map, `others` and the boards showing it. The frame is made, with the
+    /// seats available, and queued under the boards' lock that availability pushes
+    /// are read and queued under: a push that read the record or the seats before
+    /// this is queued before it, never after (it used to be queued after the lock,
+    /// and could follow this change with the old status), and one after it reads
+    /// both as they are now.
+    pub(super) fn send_with_boards(&self, fs: &FlightSeats, f: &Flight, others: Vec<Outbox>) {
         let mut groups = self.boards.groups.lock();
-        let told = fs.push_to_watchers(|_| true, frame);
+        let frame = changed_frame(f, fs, f.change_reason());
+        let mut pushes = Pushes::default();
+        let (told, queued) = fs.queue_to_watchers(|_| true, &frame);
+        pushes.kick_also(queued);
         let mut out = others;
         Boards::watchers_of(&mut groups, f, domain::now_ms(), &mut out);
-        send_once_except(out, frame, told);
+        pushes.queue(out, &frame, &told);
+        drop(groups);
+        pushes.send();
     }
 
     /// Pushes the availability of every flight that is due.
@@ -282,16 +282,18 @@ impl App {
             let Some(fs) = self.inventory.get(id.as_str()) else {
                 continue;
             };
-            let _sending = self.boards.sending.read();
             let mut out = Vec::new();
-            // read and sent under the lock: a status change (sent under it too) must
-            // neither be undone in the groups nor followed by an older copy
+            // read and queued under the lock: a status change (queued under it too)
+            // must neither be undone in the groups nor followed by an older copy
             let mut groups = self.boards.groups.lock();
             let f = fs.flight();
             Boards::watchers_of(&mut groups, &f, now, &mut out);
+            let mut pushes = Pushes::default();
             if !out.is_empty() {
-                send_once(out, &changed_frame(&f, &fs, None));
+                pushes.queue(out, &changed_frame(&f, &fs, None), &HashSet::new());
             }
+            drop(groups);
+            pushes.send();
         }
     }
 
@@ -300,6 +302,7 @@ impl App {
     /// the window's far end stays: its boards show it until then).
     fn slide_boards(&self) {
         let now = domain::now_ms();
+        let mut pushes = Pushes::default();
         let mut groups = self.boards.groups.lock();
         // read under the lock: a status change noted in the groups meanwhile must not
         // be undone by an older copy
@@ -314,7 +317,8 @@ impl App {
             for (f, fs) in all.iter().filter(|(f, _)| &f.from == a) {
                 if in_window(f, a, *hours, now) {
                     if !g.shown.contains(&f.id) {
-                        send_once(g.watchers.iter().cloned(), &changed_frame(f, fs, None));
+                        let frame = changed_frame(f, fs, None);
+                        pushes.queue(g.watchers.iter().cloned(), &frame, &HashSet::new());
                     }
                     g.kept.remove(&f.id);
                     shown.insert(f.id.clone());
@@ -329,6 +333,8 @@ impl App {
             let known: HashSet<&FlightId> = all.iter().map(|(f, _)| &f.id).collect();
             g.kept.retain(|id, _| known.contains(id));
         }
+        drop(groups);
+        pushes.send();
     }
 }
 

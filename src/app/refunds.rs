@@ -404,7 +404,7 @@ impl App {
                 // it is, remembered for a key that has none (`also`'s request answers
                 // with it), on this version of the flight (else the step decides again)
                 if let (Closing::Made(_), Some(made)) = (&closing, &r.made_ref) {
-                    self.note_made_after_close(&r, made)?;
+                    self.note_made_after_close(&r, made);
                 }
                 let result = self.paid_view(b, order);
                 let replies = unanswered(&result)?;
@@ -467,9 +467,14 @@ impl App {
     /// another try's refund): the money went back twice, or against an admin's word,
     /// and only a person can settle that. A try made after the record's close only if
     /// it outlived [`App::payment_span`], so this is not expected to happen.
-    fn note_made_after_close(&self, r: &RefundRecord, made: &str) -> Result<(), AppError> {
-        let Some(now) = self.store.refund_by_key(&r.id)? else {
-            return Ok(());
+    fn note_made_after_close(&self, r: &RefundRecord, made: &str) {
+        let now = match self.store.refund_by_key(&r.id) {
+            Ok(Some(now)) => now,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(refund = %r.id, error = %e, "cannot read a refund's record to check how it was closed");
+                return;
+            }
         };
         if now.done && now.made_ref.as_deref() != Some(made) {
             let closed_by = now
@@ -478,7 +483,6 @@ impl App {
                 .map_or("another refund", |x| x.outcome.as_str());
             tracing::error!(refund = %r.id, locator = %r.locator, gateway_refund = %made, cents = r.amount.amount(), closed_by, "a refund was made at the gateway after its record was closed otherwise; check whether it was paid back twice");
         }
-        Ok(())
     }
 
     /// The record of `r` as it is now if it is still to be made (`None`: recorded

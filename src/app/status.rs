@@ -68,20 +68,42 @@ pub(super) fn changed_frame(f: &Flight, fs: &FlightSeats, reason: Option<&str>) 
     Utf8Bytes::from(results::push("flight.changed", &params))
 }
 
-/// Sends `frame` once to each connection among `targets`.
-pub(super) fn send_once(targets: impl IntoIterator<Item = Outbox>, frame: &Utf8Bytes) {
-    send_once_except(targets, frame, HashSet::new());
+/// Pushes queued under whatever locks order them against other pushes, and written
+/// (kicked) by [`Pushes::send`] once those are released: no socket write holds a
+/// lock others wait for.
+#[derive(Default)]
+pub(super) struct Pushes {
+    kick: Vec<Outbox>,
 }
 
-/// [`send_once`], skipping the connections in `seen` (told already).
-pub(super) fn send_once_except(
-    targets: impl IntoIterator<Item = Outbox>,
-    frame: &Utf8Bytes,
-    mut seen: HashSet<u64>,
-) {
-    for o in targets {
-        if seen.insert(o.id()) {
-            o.send(FrameKind::Push, frame.clone());
+impl Pushes {
+    /// Queues `frame` once to each connection among `targets` not in `told`.
+    pub(super) fn queue(
+        &mut self,
+        targets: impl IntoIterator<Item = Outbox>,
+        frame: &Utf8Bytes,
+        told: &HashSet<u64>,
+    ) {
+        let mut seen = HashSet::new();
+        for o in targets {
+            if !told.contains(&o.id())
+                && seen.insert(o.id())
+                && o.queue_quiet(FrameKind::Push, std::iter::once(frame)) == Some(true)
+            {
+                self.kick.push(o);
+            }
+        }
+    }
+
+    /// Connections queued to elsewhere, to be written with the rest.
+    pub(super) fn kick_also(&mut self, queued: Vec<Outbox>) {
+        self.kick.extend(queued);
+    }
+
+    /// Writes what was queued.
+    pub(super) fn send(self) {
+        for o in self.kick {
+            o.kick();
         }
     }
 }
@@ -175,7 +197,6 @@ impl App {
     /// Pushes `flight.changed` once to every connection subscribed to the flight's
     /// seats, watching a board that shows it, or of a user with a live booking on it.
     fn announce_flight(&self, fs: &Arc<FlightSeats>, f: &Flight) {
-        let frame = changed_frame(f, fs, f.change_reason());
         let mut owners = HashSet::new();
         for loc in occupants(fs) {
             match self.store.booking(&loc) {
@@ -192,7 +213,7 @@ impl App {
             .into_iter()
             .flat_map(|u| self.users.outboxes(u))
             .collect();
-        self.send_with_boards(fs, f, others, &frame);
+        self.send_with_boards(fs, f, others);
     }
 
     /// Marks every flight whose departure has passed as of `now` as departed, durably,

@@ -589,9 +589,24 @@ impl FlightSeats {
     /// between, after its reply). Returns the connections' ids.
     pub fn push_to_watchers(
         &self,
-        mut pick: impl FnMut(&Outbox) -> bool,
+        pick: impl FnMut(&Outbox) -> bool,
         frame: &Utf8Bytes,
     ) -> HashSet<u64> {
+        let (told, kick) = self.queue_to_watchers(pick, frame);
+        for o in kick {
+            o.kick();
+        }
+        told
+    }
+
+    /// [`FlightSeats::push_to_watchers`] without the writes: the connections that
+    /// need a [`Outbox::kick`] are returned, for the caller to kick once its own
+    /// locks are released.
+    pub fn queue_to_watchers(
+        &self,
+        mut pick: impl FnMut(&Outbox) -> bool,
+        frame: &Utf8Bytes,
+    ) -> (HashSet<u64>, Vec<Outbox>) {
         let mut told = HashSet::new();
         // queued under the lock, written after it (as a fan-out does): no socket
         // write holds up the flight's changes
@@ -608,11 +623,7 @@ impl FlightSeats {
                 }
             }
         }
-        drop(live);
-        for o in kick {
-            o.kick();
-        }
-        told
+        (told, kick)
     }
 }
 
