@@ -415,6 +415,23 @@ fn received(
 fn reply_id(m: &Message) -> Option<serde_json::Value> {
     use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
     use serde_json::value::RawValue;
+    /// Whether a key is `id` (escaped or not), read without allocating it.
+    struct IsId(bool);
+    impl<'de> serde::Deserialize<'de> for IsId {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = IsId;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsId, E> {
+                    Ok(IsId(v == "id"))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
     /// The top-level `id`: the last one when the key repeats, as `parse_request`'s
     /// `serde_json::Value` keeps it (a derived struct would refuse the repeat).
     struct LastId<'a>(Option<&'a RawValue>);
@@ -428,8 +445,8 @@ fn reply_id(m: &Message) -> Option<serde_json::Value> {
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                     let mut id = None;
-                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                        if key == "id" {
+                    while let Some(IsId(id_key)) = map.next_key()? {
+                        if id_key {
                             id = Some(map.next_value::<&'de RawValue>()?);
                         } else {
                             map.next_value::<IgnoredAny>()?;
