@@ -3,6 +3,7 @@
 
 use super::AddrKey;
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Addresses remembered before idle ones (a full bucket) are dropped.
@@ -16,6 +17,11 @@ struct Bucket {
 pub struct RegisterGuard {
     per_hour: u32,
     buckets: DashMap<AddrKey, Bucket>,
+    /// How many addresses are remembered before the next sweep of full buckets:
+    /// twice what the last sweep kept, at least [`ADDRS_SOFT_CAP`], so that a map
+    /// of many addresses still registering is not scanned again at every
+    /// registration (the sweeps cost O(1) per registration, amortized).
+    sweep_at: AtomicUsize,
 }
 
 impl RegisterGuard {
@@ -23,6 +29,7 @@ impl RegisterGuard {
         RegisterGuard {
             per_hour,
             buckets: DashMap::new(),
+            sweep_at: AtomicUsize::new(ADDRS_SOFT_CAP),
         }
     }
 
@@ -40,8 +47,11 @@ impl RegisterGuard {
             (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * full / 3600.0)
                 .min(full)
         };
-        if self.buckets.len() > ADDRS_SOFT_CAP {
+        if self.buckets.len() > self.sweep_at.load(Ordering::Relaxed) {
             self.buckets.retain(|_, b| refill(b) < full);
+            let kept = self.buckets.len();
+            self.sweep_at
+                .store(ADDRS_SOFT_CAP.max(2 * kept), Ordering::Relaxed);
         }
         let mut b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: full,
@@ -78,5 +88,39 @@ mod tests {
         assert!(!g.admit_at(Some(a), t + Duration::from_secs(20 * 60 + 2)));
         let off = RegisterGuard::new(0);
         assert!((0..100).all(|_| off.admit_at(Some(a), t)));
+    }
+
+    /// Past the soft cap, full buckets are swept, and a map of addresses that are all
+    /// still registering is not scanned again until it has doubled (it used to be
+    /// scanned at every registration once over the cap).
+    #[test]
+    fn sweeps_drop_full_buckets_and_are_amortized() {
+        let g = RegisterGuard::new(2);
+        let t = Instant::now();
+        let addr = |i: u32| Some(AddrKey::of(std::net::Ipv4Addr::from(i).into(), 64));
+        for i in 0..=ADDRS_SOFT_CAP as u32 {
+            assert!(g.admit_at(addr(i), t));
+        }
+        assert_eq!(g.buckets.len(), ADDRS_SOFT_CAP + 1);
+        // an hour later every bucket is full again: the next admission sweeps them
+        let later = t + std::time::Duration::from_secs(3600);
+        assert!(g.admit_at(addr(u32::MAX), later));
+        assert_eq!(g.buckets.len(), 1, "full buckets swept");
+        // a map of live buckets over the cap is swept once (keeping them all), then
+        // not again until it doubles
+        for i in 0..=ADDRS_SOFT_CAP as u32 {
+            g.admit_at(addr(i), later);
+        }
+        let live = ADDRS_SOFT_CAP + 1;
+        assert_eq!(g.sweep_at.load(Ordering::Relaxed), 2 * live);
+        for i in 1..=1000 {
+            g.admit_at(addr(u32::MAX - i), later);
+        }
+        assert_eq!(g.buckets.len(), live + 1001, "none full: none swept");
+        assert_eq!(
+            g.sweep_at.load(Ordering::Relaxed),
+            2 * live,
+            "no sweep since"
+        );
     }
 }
