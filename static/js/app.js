@@ -10,6 +10,9 @@ import { tripsView } from './views/trips.js';
 import { authView } from './views/auth.js';
 
 const TOKEN_KEY = 'jetway.token';
+// A token logged out locally whose `auth.logout` has not been answered yet (sent while
+// offline, say): revoked at this browser's next connect, whichever tab makes it.
+const REVOKE_KEY = 'jetway.revoke';
 
 const client = new Jetway();
 const watcher = client.seats;
@@ -62,14 +65,21 @@ const ctx = {
   },
 
   async logout() {
-    try {
-      await client.call('auth.logout', {});
-    } catch {
-      /* the token is forgotten locally either way */
-    }
+    // forgotten here at once: a logout sent while offline waits for the connection,
+    // and whoever uses this browser next (the tab closed meanwhile) must not be
+    // resumed as this user; the server revokes the token when the call gets through,
+    // or at the next connect
+    const token = sessionToken;
+    if (token) localStorage.setItem(REVOKE_KEY, token);
     ctx.forgetSession();
     toast('You have been logged out.');
     ctx.navigate('#/');
+    try {
+      await client.call('auth.logout', {});
+      if (localStorage.getItem(REVOKE_KEY) === token) localStorage.removeItem(REVOKE_KEY);
+    } catch {
+      /* revoked at the next connect (an anonymous connection's logout is refused) */
+    }
   },
 
   /** For views that need a user: waits for the session, or sends to the login page. */
@@ -109,7 +119,28 @@ const ctx = {
 
 // ---- session resume on every (re)connect -----------------------------------------
 
+/** Revokes a token logged out while its `auth.logout` could not get through. */
+async function revokePending(c) {
+  const revoke = localStorage.getItem(REVOKE_KEY);
+  if (!revoke) return;
+  let resumed = false;
+  try {
+    await c.call('auth.resume', { token: revoke }, { immediate: true });
+    resumed = true;
+    await c.call('auth.logout', {}, { immediate: true });
+  } catch (e) {
+    if (!['invalid_token', 'unauthenticated'].includes(e.reason)) {
+      // tried again at the next connect; a connection left logged in as the user who
+      // logged out is dropped for it
+      if (resumed) c.ws?.close();
+      return;
+    }
+  }
+  if (localStorage.getItem(REVOKE_KEY) === revoke) localStorage.removeItem(REVOKE_KEY);
+}
+
 client.onConnect(async (c) => {
+  await revokePending(c);
   const token = localStorage.getItem(TOKEN_KEY);
   sessionToken = token;
   if (!token) {

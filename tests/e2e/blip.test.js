@@ -76,4 +76,43 @@ describe('network blip', () => {
     await api.close();
     await page.context().close();
   });
+
+  it('a logout while offline forgets the session at once, and the next connect revokes it', async () => {
+    const api = await Api.open(browser, server);
+    await api.register();
+    const token = api.token;
+    const page = await openPage(browser);
+    await page.goto(`${gate.url}/`);
+    await page.evaluate((t) => localStorage.setItem('jetway.token', t), token);
+    await page.goto('about:blank');
+    await page.goto(`${gate.url}/#/trips`);
+    await liveConn(page).waitFor();
+    const logout = page.getByRole('button', { name: 'Log out' });
+    await logout.waitFor();
+    await page.evaluate(() => {
+      window.__states = [];
+      window.jetway.client.addEventListener('state', (e) => window.__states.push(e.detail));
+    });
+
+    gate.cut();
+    await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting'));
+    await logout.click();
+    // before anything reaches the server: the next user of this browser is not this one
+    await page.waitForFunction(() => localStorage.getItem('jetway.token') === null);
+    assert.equal(await page.evaluate(() => localStorage.getItem('jetway.revoke')), token);
+    // the tab is closed while still offline; someone else opens the app later
+    const context = page.context();
+    await page.close();
+    gate.restore();
+    const next = await openPage(browser, { context });
+    await next.goto(`${gate.url}/#/trips`);
+    await liveConn(next).waitFor();
+    await next.waitForFunction(() => localStorage.getItem('jetway.revoke') === null);
+    await next.getByRole('link', { name: 'Log in' }).first().waitFor();
+    const other = await Api.open(browser, server);
+    await assert.rejects(other.call('auth.resume', { token }), (e) => e.rpc?.data?.reason === 'invalid_token');
+    await other.close();
+    await api.close();
+    await context.close();
+  });
 });
