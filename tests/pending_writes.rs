@@ -43,6 +43,22 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Waits until the passenger has a booking written (durable or not).
+    async fn passenger_hold_written(&self) {
+        wait_until("the passenger's hold written", || {
+            !self
+                .store
+                .inner
+                .user_bookings(self.passenger.user_id, Page::ALL)
+                .unwrap()
+                .0
+                .is_empty()
+        })
+        .await;
+    }
+}
+
 fn admin() -> AuthSession {
     AuthSession {
         user_id: UserId(0),
@@ -188,15 +204,7 @@ async fn admin_stats_never_show_a_change_that_is_not_durable() {
         let p = decode(hold_params(&fx.flight, &fx.seats[0], "h1")).unwrap();
         tokio::spawn(async move { app.hold(&user, p).await.wire() })
     };
-    wait_until("the hold written", || {
-        !fx.store
-            .inner
-            .user_bookings(fx.passenger.user_id, Page::ALL)
-            .unwrap()
-            .0
-            .is_empty()
-    })
-    .await;
+    fx.passenger_hold_written().await;
     let mut stats = {
         let app = fx.app.clone();
         tokio::spawn(async move { app.admin_stats().await.wire() })
@@ -288,6 +296,33 @@ async fn a_refusal_waits_for_the_hold_it_rests_on() {
         Err(AppError::InvalidState(m)) => assert!(m.contains("open holds"), "{m}"),
         other => panic!("the second hold: {other:?}"),
     }
+}
+
+/// A seat refused because another user's hold took it is refused only once that hold
+/// is on disk and published: a crash before the sync must not leave a passenger told
+/// "taken" by a hold that never existed (the refusal used to go out at once, decided
+/// on the working map, while the hold waited for its sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_refused_for_another_users_hold_waits_for_that_hold() {
+    let fx = fixture().await;
+    let bob = register(&fx.app, "bob").await.unwrap();
+    let paused = fx.store.pause_syncs();
+    let first = spawn_hold(&fx.app, &fx.passenger, &fx.flight, &fx.seats[0], "h1");
+    fx.passenger_hold_written().await;
+    let mut second = spawn_hold(&fx.app, &bob, &fx.flight, &fx.seats[0], "b1");
+    still_waiting(&mut second, "refused because of a hold that is not on disk").await;
+    drop(paused);
+    first.await.unwrap().unwrap();
+    match second.await.unwrap() {
+        Err(AppError::SeatUnavailable(seats)) => assert_eq!(seats, vec![fx.seats[0].clone()]),
+        other => panic!("bob's hold: {other:?}"),
+    }
+    let fs = fx.app.inventory.get(&fx.flight).unwrap();
+    assert_eq!(
+        fs.published_version(),
+        fs.working().version,
+        "answered once ada's hold was published"
+    );
 }
 
 /// The departure tick never writes over a flight change still being made durable: a

@@ -270,7 +270,7 @@ impl App {
                 true => Some(fs.turn.lock().await),
                 false => None,
             };
-            let (ticket, out) = {
+            let decided = {
                 let mut w = fs.working();
                 // a twin of the request may have succeeded through another node: the
                 // mirror has every revision the working map has, so under its lock
@@ -281,7 +281,20 @@ impl App {
                 if let Some(v) = answered.filter(|v| v.get("ok").is_some()) {
                     return Ok(Step::Replayed(v));
                 }
-                decide(&mut w)?
+                decide(&mut w).map_err(|e| (e, w.version))
+            };
+            let (ticket, out) = match decided {
+                Ok(d) => d,
+                // a refusal may rest on a change of another request that the working
+                // map has and the disk may not yet (a seat held a moment ago): it is
+                // answered once every change it could have seen is durable and
+                // published, as any read is (a replicated store decides on committed
+                // revisions only)
+                Err((e, seen)) if !replicated && seen > fs.published_version() => {
+                    self.committer.settle_reads().await?;
+                    return Err(e);
+                }
+                Err((e, _)) => return Err(e),
             };
             let Some(ticket) = ticket else {
                 return Ok(Step::Done(out));
