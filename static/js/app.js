@@ -159,7 +159,12 @@ client.onConnect(async (c) => {
     } else if (e.reason === 'disconnected') {
       return; // try again on the next connect
     } else {
-      console.warn('auth.resume failed', e);
+      // the token may well be valid (rate_limited, internal, a timeout): this
+      // connection is dropped and the next one resumes it, rather than go on
+      // anonymous under a page that shows the user logged in
+      console.warn('auth.resume failed; reconnecting', e);
+      c.ws?.close();
+      return;
     }
   }
   resolveSessionKnown();

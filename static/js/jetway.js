@@ -20,6 +20,35 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
 const DEVICE_KEY = 'jetway.device.';
 
 /**
+ * The `request_id` of a user's action (a hold, a waitlist join) that is used again
+ * while the action's last answer was uncertain: a call that timed out, or whose
+ * connection dropped, may have been done, so the same action tried again must be the
+ * same request for the server to answer it once (docs/protocol.md, idempotency).
+ * Another action (other params) or a definite answer starts a fresh id.
+ */
+export class ActionId {
+  /** @param {string} prefix */
+  constructor(prefix) {
+    this.prefix = prefix;
+    this.last = null;
+  }
+
+  /** The id for an action of `params`. @param {object} params @returns {string} */
+  for(params) {
+    const key = JSON.stringify(params);
+    if (!this.last || this.last.key !== key) this.last = { key, id: newRequestId(this.prefix) };
+    return this.last.id;
+  }
+
+  /** Notes the action's answer: the id is kept only after a timeout or a lost connection. */
+  settle(error) {
+    if (!error || !UNCERTAIN.includes(error.reason)) this.last = null;
+  }
+}
+
+const UNCERTAIN = ['timeout', 'disconnected'];
+
+/**
  * localStorage, where there is a working one (browsers; not Node, whose 25.x has an
  * empty placeholder without `--localstorage-file`, nor a sandboxed frame).
  */
@@ -173,9 +202,12 @@ export class Jetway extends RpcClient {
   }
   /** @returns {Promise<{}>} */
   async logout() {
-    const r = await this.call('auth.logout', {});
-    this.token = null;
-    return r;
+    try {
+      return await this.call('auth.logout', {});
+    } finally {
+      // ended here whatever the answer: a reconnect must not resume it
+      this.token = null;
+    }
   }
 
   // ----- flights -----

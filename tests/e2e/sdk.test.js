@@ -46,6 +46,26 @@ describe('client SDK', () => {
     }
   });
 
+  it('keeps the request_id of an action only while its answer is uncertain', async () => {
+    const { ActionId } = await import('../../static/js/jetway.js');
+    const hold = new ActionId('hold');
+    const a = { flight_id: 'JW1-20261201', seats: ['1A'] };
+    const first = hold.for(a);
+    assert.match(first, /^hold-/);
+    hold.settle({ reason: 'timeout' });
+    assert.equal(hold.for({ ...a }), first, 'the same action after a timeout');
+    hold.settle({ reason: 'disconnected' });
+    assert.equal(hold.for(a), first, 'and after a lost connection');
+    assert.notEqual(hold.for({ ...a, seats: ['1B'] }), first, 'another action');
+    const other = hold.for(a);
+    assert.notEqual(other, first);
+    hold.settle({ reason: 'seat_unavailable' });
+    assert.notEqual(hold.for(a), other, 'a definite refusal ends the id');
+    const last = hold.for(a);
+    hold.settle();
+    assert.notEqual(hold.for(a), last, 'and so does a result');
+  });
+
   /** Runs `test` on a page of a server of its own allowing `rate` requests a second
    * per connection after a `burst`, then checks the page logged no error. */
   async function onLimitedServer({ rate, burst }, test) {

@@ -1,6 +1,6 @@
 import { h, clear, toast, statusBadge, followViewers } from '../ui.js';
 import { SeatMap, deriveLayout, legend } from '../seatmap.js';
-import { newRequestId } from '../jetway.js';
+import { ActionId } from '../jetway.js';
 import { waitlistPanel } from './waitlist.js';
 import { formatMoney, formatLocal, formatLongDate, formatDuration, cabinName, plural, isBookable, departureText } from '../format.js';
 
@@ -59,6 +59,8 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const selBox = h('div', { class: 'selection' });
   const errorBox = h('div', { class: 'form-error', role: 'alert', 'data-testid': 'hold-error' });
   const holdBtn = h('button', { type: 'button', class: 'btn btn-primary btn-block', 'data-testid': 'hold' }, 'Hold seats');
+  // the same seats and names held again after a timeout are the same request
+  const holdId = new ActionId('hold');
   const totalEl = h('strong', { class: 'total-amount' }, '');
 
   el.append(
@@ -311,15 +313,14 @@ export async function flightView(ctx, el, { flightId, signal }) {
     }
     holdBtn.disabled = true;
     holdBtn.textContent = 'Holding…';
+    const action = { flight_id: flightId, seats, passengers };
     try {
-      const res = await ctx.client.call(
-        'booking.hold',
-        { flight_id: flightId, seats, passengers, request_id: newRequestId('hold') },
-        { retry: true },
-      );
+      const res = await ctx.client.call('booking.hold', { ...action, request_id: holdId.for(action) }, { retry: true });
+      holdId.settle();
       sessionStorage.removeItem(storeKey);
       ctx.navigate(`#/booking/${encodeURIComponent(res.booking.locator)}`);
     } catch (e) {
+      holdId.settle(e);
       if (signal.aborted) return;
       if (e.reason === 'seat_unavailable') {
         const gone = (e.data.seats || []).filter((s) => selected.has(s));

@@ -2,6 +2,7 @@
 // user's entries with their live position, and an offer with its countdown and Pay.
 import { h, clear, toast } from '../ui.js';
 import { cabinName, plural, formatCountdown } from '../format.js';
+import { ActionId } from '../jetway.js';
 
 const MAX_PARTY = 9;
 
@@ -72,7 +73,11 @@ export function waitlistPanel(ctx, flight, feed, signal, bookable) {
       while (names.children.length > n) names.lastChild.remove();
     }
     fillNames();
+    // the same party joined again after a timeout is the same request: one entry
+    const joinId = new ActionId('wl');
+    let button;
     const join = async () => {
+      if (button.disabled) return;
       err.textContent = '';
       if (!ctx.user) {
         toast('Log in or create an account to join the waitlist.');
@@ -84,13 +89,20 @@ export function waitlistPanel(ctx, flight, feed, signal, bookable) {
         err.textContent = 'Please enter every passenger name.';
         return;
       }
+      const action = { flight_id: flight.flight_id, cabin, count: passengers.length, passengers };
+      button.disabled = true;
       try {
-        await ctx.client.joinWaitlist({ flight_id: flight.flight_id, cabin, count: passengers.length, passengers });
+        await ctx.client.joinWaitlist({ ...action, request_id: joinId.for(action) });
+        joinId.settle();
         load();
       } catch (e) {
+        joinId.settle(e);
         err.textContent = e.reason === 'seats_available' ? 'Seats are available again: choose them on the map.' : e.message || 'Could not join the waitlist.';
+      } finally {
+        button.disabled = false;
       }
     };
+    button = h('button', { type: 'button', class: 'btn btn-primary btn-small', 'data-testid': 'waitlist-join', onclick: join }, 'Join the waitlist');
     return h(
       'div',
       { class: 'wl-join', 'data-cabin': cabin },
@@ -98,7 +110,7 @@ export function waitlistPanel(ctx, flight, feed, signal, bookable) {
       count,
       names,
       err,
-      h('button', { type: 'button', class: 'btn btn-primary btn-small', 'data-testid': 'waitlist-join', onclick: join }, 'Join the waitlist'),
+      button,
     );
   }
 
