@@ -215,7 +215,8 @@ function visibleFlights() {
   const q = $('filter').value.trim().toLowerCase();
   const all = $('show-all').checked;
   return state.flights.filter((f) => {
-    if (!all && Date.parse(f.departs_at) <= Date.now()) return false;
+    // a delayed flight is upcoming until its estimate
+    if (!all && Date.parse(f.estimated_departs_at || f.departs_at) <= Date.now()) return false;
     if (!q) return true;
     return [f.flight_id, f.number, f.from, f.to, `${f.from}-${f.to}`, f.departs_at.slice(0, 10)].some((s) => s.toLowerCase().includes(q));
   });

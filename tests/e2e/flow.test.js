@@ -140,11 +140,19 @@ describe('booking flow', () => {
 
       await page.locator(`#pax-${seat1}`).fill('Ada Lovelace');
       await page.locator(`#pax-${seat2}`).fill('Charles Babbage');
+      // everything the hold's error line shows until the booking page replaces it:
+      // this page's own hold is pushed before its reply, and is not someone else's
+      await page.evaluate(() => {
+        window.__holdErrors = [];
+        const box = document.querySelector('[data-testid="hold-error"]');
+        new MutationObserver(() => box.textContent && window.__holdErrors.push(box.textContent)).observe(box, { childList: true, characterData: true, subtree: true });
+      });
       await page.getByTestId('hold').click();
 
       // Hold with a countdown.
       const booking = page.locator('[data-testid="booking"]');
       await page.locator('[data-testid="booking"][data-status="held"]').waitFor();
+      assert.deepEqual(await page.evaluate(() => window.__holdErrors), []);
       const locator = (await page.getByTestId('locator').textContent()).trim();
       assert.match(locator, /^[A-Z2-9]{6}$/);
       const countdown = await page.getByTestId('countdown').textContent();

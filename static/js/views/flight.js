@@ -61,6 +61,8 @@ export async function flightView(ctx, el, { flightId, signal }) {
   const holdBtn = h('button', { type: 'button', class: 'btn btn-primary btn-block', 'data-testid': 'hold' }, 'Hold seats');
   // the same seats and names held again after a timeout are the same request
   const holdId = new ActionId('hold');
+  // the seats of the hold in flight
+  let holding = new Set();
   const totalEl = h('strong', { class: 'total-amount' }, '');
 
   el.append(
@@ -227,7 +229,8 @@ export async function flightView(ctx, el, { flightId, signal }) {
     const taken = [];
     for (const s of e.detail.seats) {
       map.setStatus(s.seat, s.status);
-      if (s.status !== 'available' && selected.has(s.seat)) taken.push(s.seat);
+      // this page's own hold is pushed before its reply: not "taken by another"
+      if (s.status !== 'available' && selected.has(s.seat) && !holding.has(s.seat)) taken.push(s.seat);
     }
     dropTaken(taken);
     renderStats();
@@ -314,12 +317,14 @@ export async function flightView(ctx, el, { flightId, signal }) {
     holdBtn.disabled = true;
     holdBtn.textContent = 'Holding…';
     const action = { flight_id: flightId, seats, passengers };
+    holding = new Set(seats);
     try {
       const res = await ctx.client.call('booking.hold', { ...action, request_id: holdId.for(action) }, { retry: true });
       holdId.settle();
       sessionStorage.removeItem(storeKey);
       ctx.navigate(`#/booking/${encodeURIComponent(res.booking.locator)}`);
     } catch (e) {
+      holding = new Set();
       holdId.settle(e);
       if (signal.aborted) return;
       if (e.reason === 'seat_unavailable') {
