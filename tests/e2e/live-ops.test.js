@@ -2,12 +2,12 @@
 // an airline delay and a cancellation within 2 s of the admin's call, a passenger with
 // a booking on the flight sees the new time in the app at once (local time, with the
 // zone), the flight page's viewer count follows a second browser opening and
-// closing the flight, and a board that lost its connection shows, once back, a delay
-// made while it was away.
+// closing the flight, and a board or flight page that lost its connection shows,
+// once back, a delay made while it was away.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, launchBrowser, openPage, Api, registerViaUi, requestId, liveConn } from './harness.js';
+import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, registerViaUi, requestId, liveConn } from './harness.js';
 
 const ADMIN_PASSWORD = 'e2e-admin-pass-42';
 const WITHIN = 2000;
@@ -144,6 +144,32 @@ describe('live operations', () => {
     await viewers(1).waitFor({ timeout: WITHIN + 1000 });
     assert.deepEqual(first.consoleErrors(), []);
     await first.context().close();
+  });
+
+  it('a flight page back online shows a delay made while it was offline', async () => {
+    const flight = await createFlight(admin, 'JW9104', 'DUB', 200);
+    const gate = await new NetworkGate(server).start();
+    const page = await openPage(browser);
+    try {
+      await page.goto(`${gate.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
+      await liveConn(page).waitFor();
+      await page.getByTestId('hold').waitFor();
+      await page.evaluate(() => {
+        window.__states = [];
+        window.jetway.client.addEventListener('state', (e) => window.__states.push(e.detail));
+      });
+      gate.cut();
+      await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting'));
+      const est = iso(Date.parse(flight.departs_at) + 30 * 60000);
+      await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late crew' });
+      gate.restore();
+      await liveConn(page).waitFor({ timeout: 40000 });
+      // no push told of it (it was made while the page was away): read again once live
+      await page.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor();
+    } finally {
+      await page.context().close();
+      await gate.close();
+    }
   });
 
   it('the dashboard delays a flight and starts boarding', async () => {

@@ -288,6 +288,18 @@ export async function flightView(ctx, el, { flightId, signal }) {
   };
   ctx.bus.addEventListener('flight', onFlight);
   signal.addEventListener('abort', () => ctx.bus.removeEventListener('flight', onFlight));
+  // back online: a change of status or times made meanwhile was never pushed here
+  // (docs/protocol.md: read the flight again after a reconnect)
+  const onLive = async () => {
+    try {
+      const r = await ctx.client.call('flights.get', { flight_id: flightId });
+      if (!signal.aborted) onFlight({ detail: { flight: r.flight } });
+    } catch {
+      /* the next reconnect reads it again */
+    }
+  };
+  ctx.bus.addEventListener('live', onLive);
+  signal.addEventListener('abort', () => ctx.bus.removeEventListener('live', onLive));
   ctx.bus.addEventListener('booking', onBooking);
   ctx.bus.addEventListener('session', onSession);
   signal.addEventListener('abort', () => {
