@@ -3,7 +3,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, launchBrowser, openPage, Api, pickFlight, registerViaUi, seatButton } from './harness.js';
+import { JetwayServer, launchBrowser, openPage, Api, pickFlight, registerViaUi, seatButton, requestId } from './harness.js';
 
 const euros = (text) => Number(text.replace(/[^0-9.]/g, ''));
 
@@ -69,6 +69,33 @@ describe('booking flow', () => {
     assert.deepEqual(first.consoleErrors(), []);
     assert.deepEqual(second.consoleErrors(), []);
     await first.context().close();
+  });
+
+  it('a booking page shows a seat change and a cancel made from elsewhere', async () => {
+    const api = await Api.open(browser, server);
+    await api.register();
+    const flight = await pickFlight(api, { skip: 3 });
+    const { seats } = await api.call('flights.get', { flight_id: flight.flight_id });
+    const [a, b, c] = seats.filter((s) => s.status === 'available' && s.cabin === 'economy').map((s) => s.seat);
+    const held = await api.call('booking.hold', { flight_id: flight.flight_id, seats: [a, b], passengers: [{ name: 'Ada Lovelace' }, { name: 'Charles Babbage' }], request_id: requestId('hold') });
+    const { locator } = held.booking;
+    await api.call('booking.pay', { locator, payment_method: 'pm_card_visa', request_id: requestId('pay') });
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/`);
+    await page.evaluate((token) => localStorage.setItem('jetway.token', token), api.token);
+    await page.goto('about:blank');
+    await page.goto(`${server.url}/#/booking/${locator}`);
+    await page.locator('[data-testid="booking"][data-status="confirmed"]').waitFor();
+    assert.equal(await page.locator('[data-testid="passengers"] .badge-cancelled').count(), 0);
+    // another tab (here the API) moves a passenger: same status, same count
+    await api.call('booking.change_seat', { locator, from: b, to: c, request_id: requestId('move') });
+    await page.locator('[data-testid="passengers"]', { hasText: c }).waitFor();
+    // and cancels one: the booking stays confirmed
+    await api.call('booking.cancel', { locator, seats: [a], request_id: requestId('cancel') });
+    await page.locator('[data-testid="passengers"] .badge-cancelled').waitFor();
+    assert.equal(await page.locator('[data-testid="booking"]').getAttribute('data-status'), 'confirmed');
+    await api.close();
+    await page.context().close();
   });
 
   it('a browser that logged in before is not locked out by wrong passwords sent elsewhere', async () => {

@@ -382,7 +382,9 @@ export async function bookingView(ctx, el, { locator, signal }) {
     const b = e.detail;
     if (b.locator !== locator || paying) return;
     const checkedIn = (x) => (x.seats || []).map((s) => !!s.checked_in).join();
-    const changed = b.status !== booking.status || checkedIn(b) !== checkedIn(booking);
+    // any change: a partial cancel from another tab keeps the status but not the
+    // passengers or the refund
+    const changed = b.updated_at !== booking.updated_at || b.status !== booking.status || checkedIn(b) !== checkedIn(booking);
     booking = { ...booking, ...b, flight: b.flight || booking.flight };
     if (changed) render();
   };
