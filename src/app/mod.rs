@@ -135,7 +135,7 @@ impl App {
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?
                 .map_err(|source| StartError::Store {
-                    path: config.data_dir.display().to_string(),
+                    path: store_place(&config),
                     source,
                 })?,
             )
@@ -257,13 +257,24 @@ impl App {
 
     /// The start-up steps that can refuse to start: seat maps, the cluster feed, the
     /// demo schedule, the `admin` account, and making all that durable.
+    /// A store error at start, naming where the store is.
+    fn start_err(&self, source: StoreError) -> StartError {
+        StartError::Store {
+            path: store_place(&self.config),
+            source,
+        }
+    }
+
     async fn prepare(self: &Arc<Self>) -> Result<(), StartError> {
         self.load_inventory()?;
         self.follow_cluster()?;
         self.seed().await?;
         self.rename_passenger().await?;
         self.ensure_admin().await?;
-        self.committer.barrier().await.map_err(start_err)
+        self.committer
+            .barrier()
+            .await
+            .map_err(|e| self.start_err(e))
     }
 
     /// Makes everything durable and stops the background tasks, so that the last
@@ -325,7 +336,7 @@ impl App {
         let existing: std::collections::HashSet<FlightId> = self
             .store
             .flights()
-            .map_err(start_err)?
+            .map_err(|e| self.start_err(e))?
             .into_iter()
             .map(|f| f.id)
             .collect();
@@ -354,12 +365,12 @@ impl App {
                             match create(std::slice::from_ref(f)).await {
                                 Ok(()) => created.push(f),
                                 Err(StoreError::Conflict) => {}
-                                Err(e) => return Err(start_err(e)),
+                                Err(e) => return Err(self.start_err(e)),
                             }
                         }
                         created
                     }
-                    Err(e) => return Err(start_err(e)),
+                    Err(e) => return Err(self.start_err(e)),
                 };
                 for f in created {
                     self.inventory.add_new(f.clone());
@@ -371,9 +382,9 @@ impl App {
 
     /// Rebuilds every flight's seat map from the bookings that occupy seats.
     fn load_inventory(&self) -> Result<(), StartError> {
-        let flights = self.store.flights().map_err(start_err)?;
+        let flights = self.store.flights().map_err(|e| self.start_err(e))?;
         let mut occupied: std::collections::HashMap<FlightId, Vec<Booking>> = Default::default();
-        for b in self.store.all_bookings().map_err(start_err)? {
+        for b in self.store.all_bookings().map_err(|e| self.start_err(e))? {
             if b.status.occupies_seats() {
                 occupied.entry(b.flight_id.clone()).or_default().push(b);
             }
@@ -405,7 +416,7 @@ impl App {
                     }
                 }
             }
-            let version = self.store.version(&f.id).map_err(start_err)?;
+            let version = self.store.version(&f.id).map_err(|e| self.start_err(e))?;
             self.inventory.load(f, version, seats);
         }
         tracing::info!(flights = self.inventory.len(), "seat maps loaded");
@@ -628,7 +639,7 @@ async fn connect_etcd(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let store = crate::store::EtcdStore::connect(&config.etcd_endpoints, &config.etcd_prefix)
         .await
         .map_err(|source| StartError::Store {
-            path: config.etcd_endpoints.join(","),
+            path: store_place(config),
             source,
         })?;
     Ok(store)
@@ -653,10 +664,11 @@ async fn run_metrics_upkeep(metrics: Arc<Metrics>, stop: tokio_util::sync::Cance
     }
 }
 
-fn start_err(e: StoreError) -> StartError {
-    StartError::Store {
-        path: String::new(),
-        source: e,
+/// Where the store is: the data dir, or the etcd endpoints.
+fn store_place(config: &Config) -> String {
+    match config.store {
+        crate::config::StoreKind::Etcd => config.etcd_endpoints.join(","),
+        _ => config.data_dir.display().to_string(),
     }
 }
 

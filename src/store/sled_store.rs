@@ -573,6 +573,17 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A record that cannot be read, with its key (escaped where not printable): an
+/// operator can then find it.
+fn naming(key: &[u8], e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(m) => {
+            StoreError::Corrupt(format!("{m} (record {})", key.escape_ascii()))
+        }
+        other => other,
+    }
+}
+
 fn reply_key(k: &IdemKey) -> Vec<u8> {
     key(
         REPLY,
@@ -697,7 +708,7 @@ impl SledStore {
 
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
         match self.kv_get(k)? {
-            Some(v) => decode(&v).map(Some),
+            Some(v) => decode(&v).map(Some).map_err(|e| naming(k, e)),
             None => Ok(None),
         }
     }
@@ -751,7 +762,7 @@ impl SledStore {
     /// batch boundaries: it would hold writers up for as long as it takes).
     fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> StoreResult<Vec<T>> {
         self.kv_scan(prefix, false)
-            .map(|kv| kv.and_then(|(_, v)| decode(&v)))
+            .map(|kv| kv.and_then(|(k, v)| decode(&v).map_err(|e| naming(&k, e))))
             .collect()
     }
 
@@ -1855,6 +1866,32 @@ mod tests {
             s.user_bookings(UserId(1), Page::ALL),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// A record this build cannot read is named in the error, so an operator whose
+    /// server refuses to start can find it (the error used to say only what serde
+    /// could not parse).
+    #[test]
+    fn an_unreadable_record_is_named_in_its_error() {
+        let s = SledStore::temporary().unwrap();
+        s.write(&Batch {
+            new_bookings: vec![booking("AAAAAA", 1, 5)],
+            ..Default::default()
+        })
+        .unwrap();
+        s.db.insert(key(BOOKING, &[b"ZZZZZZ"]), b"{\"status\":7}".as_slice())
+            .unwrap();
+        for e in [
+            s.all_bookings().map(drop).unwrap_err(),
+            s.booking(&Locator::parse("ZZZZZZ").unwrap())
+                .map(drop)
+                .unwrap_err(),
+        ] {
+            match e {
+                StoreError::Corrupt(m) => assert!(m.contains("(record BZZZZZZ)"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
