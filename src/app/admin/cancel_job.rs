@@ -20,7 +20,7 @@ use super::{cancel_reason, occupants};
 use crate::app::busy::{is_busy, Busy};
 use crate::app::AppError;
 use crate::app::{flight_view, App, AuthSession, Step};
-use crate::domain::{self, BookingStatus, Locator, Money, SeatId};
+use crate::domain::{self, BookingStatus, FlightId, Locator, Money, SeatId};
 use crate::inventory::FlightSeats;
 use crate::protocol::params::CancelFlight;
 use crate::protocol::results::FlightCancelled;
@@ -30,6 +30,35 @@ use crate::store::{Batch, RefundReason, RefundRecord};
 const BUSY_RETRY: Duration = Duration::from_millis(50);
 /// Gateway refund retries back off up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A flight's cancellation job on this node, marked in `AdminState::cancelling` for
+/// as long as this lives, however it ends (a panic included: the mark used to stay,
+/// and reconciliation rounds then never resumed the flight's refunds), so that
+/// they do not start a second job meanwhile.
+struct JobMark {
+    app: Arc<App>,
+    flight: FlightId,
+}
+
+impl JobMark {
+    /// None if the flight has a job here already.
+    fn take(app: &Arc<App>, flight: &FlightId) -> Option<JobMark> {
+        app.admin
+            .cancelling
+            .lock()
+            .insert(flight.clone())
+            .then(|| JobMark {
+                app: app.clone(),
+                flight: flight.clone(),
+            })
+    }
+}
+
+impl Drop for JobMark {
+    fn drop(&mut self) {
+        self.app.admin.cancelling.lock().remove(&self.flight);
+    }
+}
 
 /// What happened to one booking of a cancelled flight.
 enum Outcome {
@@ -56,12 +85,12 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
-        {
+        let job = {
             let _serial = self.admin.flights.lock().await;
             // marked as this node's job before the record can show it cancelled: a
             // reconciliation round in between would start a second job, and this
             // reply would count only the bookings its own job got to
-            let marked = self.admin.cancelling.lock().insert(fs.id.clone());
+            let mark = JobMark::take(self, &fs.id);
             let written = self.commit_flight(&fs, |flight| {
                 flight.cancel(reason.clone(), domain::now_ms())?;
                 // no hold, seat change or payment may start while this becomes durable
@@ -72,15 +101,12 @@ impl App {
                 Ok(flight) => self.flight_record(&fs, flight),
                 Err(e) => {
                     fs.set_closing(false);
-                    if marked {
-                        self.admin.cancelling.lock().remove(&fs.id);
-                    }
                     return Err(e);
                 }
             }
-        }
-        tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
-        let job = self.spawn_cancel_job(fs.clone());
+            tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
+            self.spawn_cancel_job(fs.clone(), mark)
+        };
         let (refunded, released) = job.await?;
         // the admin's connection, if it watches the flight, has every push before this
         self.committer.settle_reads().await?;
@@ -103,7 +129,7 @@ impl App {
             {
                 tracing::info!(flight = %fs.id, "resuming an interrupted flight cancellation");
                 let stop = self.stop.clone();
-                let job = self.spawn_cancel_job(fs);
+                let job = self.spawn_cancel_job(fs, None);
                 tokio::spawn(async move {
                     match job.await {
                         Ok((refunded, released)) => {
@@ -121,16 +147,18 @@ impl App {
 
     /// Runs the booking stage of a flight cancellation as a task of its own, so that
     /// it finishes even if the requester goes away; shutdown pauses it.
+    /// `mark`: the job's mark, if its caller took it (else it is taken here).
     fn spawn_cancel_job(
         self: &Arc<Self>,
         fs: Arc<FlightSeats>,
+        mark: Option<JobMark>,
     ) -> impl std::future::Future<Output = Result<(u32, u32), AppError>> {
         let app = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.admin.cancelling.lock().insert(fs.id.clone());
+        let mark = mark.or_else(|| JobMark::take(self, &fs.id));
         let task = tokio::spawn(async move {
             let r = app.finish_cancel(&fs).await;
-            app.admin.cancelling.lock().remove(&fs.id);
+            drop(mark);
             let _ = tx.send(r);
         });
         {
