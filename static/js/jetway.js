@@ -20,10 +20,11 @@ export { RpcClient, RpcError, defaultUrl, newRequestId, SeatWatcher, SeatFeed };
 const DEVICE_KEY = 'jetway.device.';
 
 /**
- * The `request_id` of a user's action (a hold, a waitlist join) that is used again
- * while the action's last answer was uncertain: a call that timed out, or whose
- * connection dropped, may have been done, so the same action tried again must be the
- * same request for the server to answer it once (docs/protocol.md, idempotency).
+ * The `request_id` of a user's action (a hold, a waitlist join, a payment) that is
+ * used again while the action's last answer was uncertain: a call that timed out,
+ * whose connection dropped or that failed `internal` may have been done, so the same
+ * action tried again must be the same request for the server to answer it once
+ * (docs/protocol.md, idempotency).
  * Another action (other params) or a definite answer starts a fresh id.
  */
 export class ActionId {
@@ -40,13 +41,22 @@ export class ActionId {
     return this.last.id;
   }
 
-  /** Notes the action's answer: the id is kept only after a timeout or a lost connection. */
+  /** Notes the action's answer: the id is kept only while it is uncertain. */
   settle(error) {
-    if (!error || !UNCERTAIN.includes(error.reason)) this.last = null;
+    if (!error || !ActionId.uncertain(error)) this.last = null;
+  }
+
+  /** Starts a fresh id for the next action, whatever the last answer. */
+  forget() {
+    this.last = null;
+  }
+
+  /** Whether an error leaves the action's outcome unknown: a timeout, a lost
+   * connection, or `internal` (docs/protocol.md says to retry those with the same id). */
+  static uncertain(error) {
+    return ['timeout', 'disconnected', 'internal'].includes(error?.reason);
   }
 }
-
-const UNCERTAIN = ['timeout', 'disconnected'];
 
 /**
  * localStorage, where there is a working one (browsers; not Node, whose 25.x has an

@@ -3,7 +3,8 @@
 // the test plays the customer at the fake Stripe, as the real Stripe.js would show the
 // bank's page), call handleNextAction with the PaymentIntent's client secret, and send
 // booking.pay again, which confirms the booking. Without a publishable key the app says
-// plainly that the card cannot be verified here.
+// plainly that the card cannot be verified here. A gateway failure is not reported as
+// "not charged" (its outcome may be unknown), and the next try pays.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -96,6 +97,30 @@ describe('payments needing 3-D Secure', () => {
     const { booking } = await api.call('booking.get', { locator });
     assert.equal(booking.status, 'confirmed');
     assert.deepEqual(page.consoleErrors(), []);
+    await page.context().close();
+    await api.close();
+  });
+
+  it('does not say "not charged" when the gateway failed, and pays on the next try', async () => {
+    const { api, page, locator } = await heldBooking(3);
+    await page.goto(`${server.url}/#/booking/${locator}`);
+    await page.locator('#pay-method option[value="pm_card_visa"]').waitFor({ state: 'attached' });
+    await page.selectOption('#pay-method', 'pm_card_visa');
+    const faults = `${stripe.base}/_fake/faults`;
+    const put = await fetch(faults, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ step: 'confirm', fault: 'fail' }) });
+    assert.ok(put.ok, `fault set: ${put.status}`);
+    try {
+      await page.getByTestId('pay').click();
+      const error = page.getByTestId('pay-error');
+      await error.filter({ hasText: 'Payment did not complete.' }).waitFor();
+      assert.doesNotMatch(await error.textContent(), /not charged/);
+    } finally {
+      await fetch(faults, { method: 'DELETE' });
+    }
+    await page.getByTestId('pay').click();
+    await page.getByTestId('confirmation').waitFor();
+    const { booking } = await api.call('booking.get', { locator });
+    assert.equal(booking.status, 'confirmed');
     await page.context().close();
     await api.close();
   });

@@ -56,6 +56,8 @@ describe('client SDK', () => {
     assert.equal(hold.for({ ...a }), first, 'the same action after a timeout');
     hold.settle({ reason: 'disconnected' });
     assert.equal(hold.for(a), first, 'and after a lost connection');
+    hold.settle({ reason: 'internal' });
+    assert.equal(hold.for(a), first, 'and after internal, which is retried with the same id');
     assert.notEqual(hold.for({ ...a, seats: ['1B'] }), first, 'another action');
     const other = hold.for(a);
     assert.notEqual(other, first);
@@ -64,6 +66,10 @@ describe('client SDK', () => {
     const last = hold.for(a);
     hold.settle();
     assert.notEqual(hold.for(a), last, 'and so does a result');
+    const kept = hold.for(a);
+    hold.settle({ reason: 'timeout' });
+    hold.forget();
+    assert.notEqual(hold.for(a), kept, 'forget starts afresh whatever the last answer');
   });
 
   /** Runs `test` on a page of a server of its own allowing `rate` requests a second

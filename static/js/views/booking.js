@@ -1,5 +1,5 @@
 import { h, clear, toast, confirmDialog, statusBadge } from '../ui.js';
-import { newRequestId } from '../jetway.js';
+import { newRequestId, ActionId } from '../jetway.js';
 import { paymentsConfig, stripeActionHandler } from '../stripe.js';
 import { formatMoney, formatTime, formatCountdown, formatDateTime, formatLongDate, plural, departureText } from '../format.js';
 import { friendlyError } from './flight.js';
@@ -117,6 +117,9 @@ export async function bookingView(ctx, el, { locator, signal }) {
   let countdownTimer = null;
   let lastDecline = null; // keeps the decline message across re-renders
   let paying = false;
+  // a payment whose answer was lost (a timeout, the connection, `internal`) is asked
+  // again under its own request_id: the server then answers how it ended
+  const payId = new ActionId('pay');
   signal.addEventListener('abort', () => clearInterval(countdownTimer));
 
   function render() {
@@ -327,7 +330,9 @@ export async function bookingView(ctx, el, { locator, signal }) {
       err.textContent = '';
       const method = sel.value;
       try {
-        const r = await ctx.client.payCompletingAction({ locator: booking.locator, payment_method: method, request_id: newRequestId('pay') }, await stripeActionHandler());
+        const action = { locator: booking.locator, payment_method: method };
+        const r = await ctx.client.payCompletingAction({ ...action, request_id: payId.for(action) }, await stripeActionHandler());
+        payId.settle();
         paying = false;
         if (signal.aborted) return;
         booking = { ...r.booking, flight: r.booking.flight || booking.flight };
@@ -335,17 +340,30 @@ export async function bookingView(ctx, el, { locator, signal }) {
         render();
         el.querySelector('#conf-title')?.focus();
       } catch (e2) {
+        payId.settle(e2);
         paying = false;
         if (signal.aborted) return;
-        if (e2.reason === 'payment_declined' || e2.reason === 'payment_failed') {
+        if (e2.reason === 'payment_declined') {
           const node = h(
             'div',
             { class: 'decline' },
-            h('strong', {}, e2.reason === 'payment_declined' ? 'Payment declined.' : 'Payment failed.'),
+            h('strong', {}, 'Payment declined.'),
             ` Your card was not charged. Your seats stay on hold until ${formatTime(booking.hold_expires_at)} UTC, so you can try another card.`,
           );
           lastDecline = { method, node };
           err.append(node);
+        } else if (e2.reason === 'payment_failed') {
+          // not "not charged": the server's message says when the outcome is unknown
+          // (a charge that went through then confirms the booking, or is refunded)
+          const node = h(
+            'div',
+            { class: 'decline' },
+            h('strong', {}, 'Payment did not complete.'),
+            ` ${String(e2.message || "The payment failed").replace(/\.$/, "")}. Your seats stay on hold until ${formatTime(booking.hold_expires_at)} UTC; this page shows the booking confirmed if a charge went through.`,
+          );
+          lastDecline = { method, node };
+          err.append(node);
+          refresh();
         } else if (e2.reason === 'payment_action_required') {
           err.textContent = (await stripeActionHandler())
             ? 'Your bank did not confirm this payment. Nothing was charged; try again, or choose another card.'

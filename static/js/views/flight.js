@@ -231,6 +231,12 @@ export async function flightView(ctx, el, { flightId, signal }) {
       map.setStatus(s.seat, s.status);
       // this page's own hold is pushed before its reply: not "taken by another"
       if (s.status !== 'available' && selected.has(s.seat) && !holding.has(s.seat)) taken.push(s.seat);
+      // a hold of an uncertain answer that is free again has ended (or never was):
+      // holding the seats again is a new request, not a replay of that one
+      if (s.status === 'available' && holding.has(s.seat)) {
+        holding = new Set();
+        holdId.forget();
+      }
     }
     dropTaken(taken);
     renderStats();
@@ -336,7 +342,9 @@ export async function flightView(ctx, el, { flightId, signal }) {
       sessionStorage.removeItem(storeKey);
       ctx.navigate(`#/booking/${encodeURIComponent(res.booking.locator)}`);
     } catch (e) {
-      holding = new Set();
+      // while the answer is uncertain the hold may still land: its push is not
+      // someone else's
+      if (!ActionId.uncertain(e)) holding = new Set();
       holdId.settle(e);
       if (signal.aborted) return;
       if (e.reason === 'seat_unavailable') {
