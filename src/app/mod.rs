@@ -255,8 +255,6 @@ impl App {
         Ok(app)
     }
 
-    /// The start-up steps that can refuse to start: seat maps, the cluster feed, the
-    /// demo schedule, the `admin` account, and making all that durable.
     /// A store error at start, naming where the store is.
     fn start_err(&self, source: StoreError) -> StartError {
         StartError::Store {
@@ -265,6 +263,8 @@ impl App {
         }
     }
 
+    /// The start-up steps that can refuse to start: seat maps, the cluster feed, the
+    /// demo schedule, the `admin` account, and making all that durable.
     async fn prepare(self: &Arc<Self>) -> Result<(), StartError> {
         self.load_inventory()?;
         self.follow_cluster()?;
