@@ -1,6 +1,6 @@
 // Jetway passenger app: bootstrap, session, connection indicator and routing.
 
-import { Jetway } from './jetway.js';
+import { Jetway, RpcClient } from './jetway.js';
 import { h, clear, toast } from './ui.js';
 import { departureText } from './format.js';
 import { searchView } from './views/search.js';
@@ -119,28 +119,38 @@ const ctx = {
 
 // ---- session resume on every (re)connect -----------------------------------------
 
-/** Revokes a token logged out while its `auth.logout` could not get through. */
-async function revokePending(c) {
+/**
+ * Revokes a token logged out while its `auth.logout` could not get through, on a
+ * connection of its own (in the background): this tab's connection never carries
+ * that session, and nothing waits for it. Left for the next connect if it fails.
+ */
+let revoking = false;
+async function revokePending() {
   const revoke = localStorage.getItem(REVOKE_KEY);
-  if (!revoke) return;
-  let resumed = false;
+  if (!revoke || revoking) return;
+  revoking = true;
+  const once = new RpcClient({ url: client.url });
+  let done = false;
   try {
-    await c.call('auth.resume', { token: revoke }, { immediate: true });
-    resumed = true;
-    await c.call('auth.logout', {}, { immediate: true });
+    await once.call('auth.resume', { token: revoke });
+    await once.call('auth.logout', {});
+    done = true;
   } catch (e) {
-    if (!['invalid_token', 'unauthenticated'].includes(e.reason)) {
-      // tried again at the next connect; a connection left logged in as the user who
-      // logged out is dropped for it
-      if (resumed) c.ws?.close();
-      return;
-    }
+    done = ['invalid_token', 'unauthenticated'].includes(e.reason); // ended already
+  } finally {
+    once.close();
+    revoking = false;
   }
-  if (localStorage.getItem(REVOKE_KEY) === revoke) localStorage.removeItem(REVOKE_KEY);
+  if (done && localStorage.getItem(REVOKE_KEY) === revoke) localStorage.removeItem(REVOKE_KEY);
 }
 
+// Resumes refused for a passing reason in a row: each drops the connection so the
+// next one tries again, up to a few; then the session is given up on (log in again).
+const RESUME_TRIES = 3;
+let resumeFailures = 0;
+
 client.onConnect(async (c) => {
-  await revokePending(c);
+  revokePending();
   const token = localStorage.getItem(TOKEN_KEY);
   sessionToken = token;
   if (!token) {
@@ -149,7 +159,10 @@ client.onConnect(async (c) => {
   }
   try {
     const r = await c.call('auth.resume', { token }, { immediate: true });
-    ctx.setSession(r);
+    resumeFailures = 0;
+    // logged out (or in as someone else) while the resume was on its way: this
+    // connection's session is ended by that logout, not shown again
+    if (localStorage.getItem(TOKEN_KEY) === token) ctx.setSession(r);
   } catch (e) {
     if (['invalid_token', 'unauthenticated', 'bad_credentials', 'not_found'].includes(e.reason)) {
       ctx.forgetSession('Your session has ended. Please log in again.');
@@ -158,13 +171,16 @@ client.onConnect(async (c) => {
       }
     } else if (e.reason === 'disconnected') {
       return; // try again on the next connect
-    } else {
+    } else if (++resumeFailures < RESUME_TRIES) {
       // the token may well be valid (rate_limited, internal, a timeout): this
       // connection is dropped and the next one resumes it, rather than go on
       // anonymous under a page that shows the user logged in
       console.warn('auth.resume failed; reconnecting', e);
       c.ws?.close();
       return;
+    } else {
+      resumeFailures = 0;
+      ctx.forgetSession('We could not restore your session. Please log in again.');
     }
   }
   resolveSessionKnown();

@@ -104,6 +104,10 @@ impl App {
                     return Err(e);
                 }
             }
+            // a job here means the flight was cancelled already, which the write refused
+            let Some(mark) = mark else {
+                return Err(AppError::Internal);
+            };
             tracing::info!(flight = %fs.id, "flight cancelled; refunding and releasing its bookings");
             self.spawn_cancel_job(fs.clone(), mark)
         };
@@ -123,13 +127,14 @@ impl App {
     /// maps are loaded, and then with every reconciliation round.
     pub(in crate::app) fn resume_cancellations(self: &Arc<Self>) {
         for fs in self.inventory.all() {
-            if fs.flight().cancelled.is_some()
-                && !self.admin.cancelling.lock().contains(&fs.id)
-                && !occupants(&fs).is_empty()
-            {
+            if fs.flight().cancelled.is_none() || occupants(&fs).is_empty() {
+                continue;
+            }
+            // none: a job of this node has it
+            if let Some(mark) = JobMark::take(self, &fs.id) {
                 tracing::info!(flight = %fs.id, "resuming an interrupted flight cancellation");
                 let stop = self.stop.clone();
-                let job = self.spawn_cancel_job(fs, None);
+                let job = self.spawn_cancel_job(fs, mark);
                 tokio::spawn(async move {
                     match job.await {
                         Ok((refunded, released)) => {
@@ -147,15 +152,14 @@ impl App {
 
     /// Runs the booking stage of a flight cancellation as a task of its own, so that
     /// it finishes even if the requester goes away; shutdown pauses it.
-    /// `mark`: the job's mark, if its caller took it (else it is taken here).
+    /// `mark`: the job's mark, which it holds until it ends.
     fn spawn_cancel_job(
         self: &Arc<Self>,
         fs: Arc<FlightSeats>,
-        mark: Option<JobMark>,
+        mark: JobMark,
     ) -> impl std::future::Future<Output = Result<(u32, u32), AppError>> {
         let app = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mark = mark.or_else(|| JobMark::take(self, &fs.id));
         let task = tokio::spawn(async move {
             let r = app.finish_cancel(&fs).await;
             drop(mark);

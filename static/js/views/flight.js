@@ -222,7 +222,7 @@ export async function flightView(ctx, el, { flightId, signal }) {
   // ---- live updates
   const onSnapshot = () => {
     for (const s of feed.seats.values()) map.setStatus(s.seat, s.status);
-    dropTaken([...selected.keys()].filter((s) => feed.seats.get(s)?.status !== 'available'));
+    dropTaken([...selected.keys()].filter((s) => feed.seats.get(s)?.status !== 'available' && !holding.has(s)));
     renderStats();
   };
   const onChange = (e) => {

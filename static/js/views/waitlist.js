@@ -9,6 +9,7 @@ const MAX_PARTY = 9;
 export function waitlistPanel(ctx, flight, feed, signal, bookable) {
   const box = h('section', { class: 'card waitlist-card', 'data-testid': 'waitlist', 'aria-labelledby': 'wl-title', hidden: true });
   let entries = [];
+  const joinIds = new Map(); // cabin -> ActionId of its join
   const expires = new Map(); // locator -> hold_expires_at
   const available = (cabin) =>
     feed.loaded && feed.cabins.has(cabin) ? feed.cabins.get(cabin) : (flight.cabins || []).find((c) => c.cabin === cabin)?.seats_available ?? 0;
@@ -74,7 +75,9 @@ export function waitlistPanel(ctx, flight, feed, signal, bookable) {
     }
     fillNames();
     // the same party joined again after a timeout is the same request: one entry
-    const joinId = new ActionId('wl');
+    // (kept per cabin across the panel's redraws)
+    if (!joinIds.has(cabin)) joinIds.set(cabin, new ActionId('wl'));
+    const joinId = joinIds.get(cabin);
     let button;
     const join = async () => {
       if (button.disabled) return;
