@@ -308,6 +308,8 @@ impl FlightSeats {
         self.flight.read().clone()
     }
 
+    /// Takes `f` as it is, whatever its revision (a test puts back a node's stale
+    /// copy with it); the server goes through [`FlightSeats::replace_flight`].
     pub fn set_flight(&self, f: Flight) {
         *self.flight.write() = f;
     }

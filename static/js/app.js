@@ -76,7 +76,7 @@ const ctx = {
     ctx.navigate('#/');
     try {
       await client.call('auth.logout', {});
-      if (localStorage.getItem(REVOKE_KEY) === token) localStorage.removeItem(REVOKE_KEY);
+      revoked(token);
     } catch {
       /* revoked at the next connect (an anonymous connection's logout is refused) */
     }
@@ -141,7 +141,12 @@ async function revokePending() {
     once.close();
     revoking = false;
   }
-  if (done && localStorage.getItem(REVOKE_KEY) === revoke) localStorage.removeItem(REVOKE_KEY);
+  if (done) revoked(revoke);
+}
+
+/** Notes `token` revoked (unless another logout has been pending since). */
+function revoked(token) {
+  if (localStorage.getItem(REVOKE_KEY) === token) localStorage.removeItem(REVOKE_KEY);
 }
 
 // Resumes refused for a passing reason in a row: each drops the connection so the
