@@ -98,6 +98,29 @@ describe('booking flow', () => {
     await page.context().close();
   });
 
+  it('a released hold does not claim that nothing was charged', async () => {
+    // a payment whose outcome was unknown can land after the hold ended (it is then
+    // refunded): the page must not say no money moved
+    const api = await Api.open(browser, server);
+    await api.register();
+    const flight = await pickFlight(api, { skip: 4 });
+    const held = await api.call('booking.hold', { flight_id: flight.flight_id, count: 1, cabin: 'economy', passengers: [{ name: 'Ada Lovelace' }], request_id: requestId('hold') });
+    const { locator } = held.booking;
+    await api.call('booking.cancel', { locator, request_id: requestId('cancel') });
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/`);
+    await page.evaluate((token) => localStorage.setItem('jetway.token', token), api.token);
+    await page.goto('about:blank');
+    await page.goto(`${server.url}/#/booking/${locator}`);
+    const notice = page.locator('.notice', { hasText: 'Hold released' });
+    await notice.waitFor();
+    const text = await notice.textContent();
+    assert.doesNotMatch(text, /Nothing was charged/);
+    assert.match(text, /refunded automatically/);
+    await api.close();
+    await page.context().close();
+  });
+
   it('a browser that logged in before is not locked out by wrong passwords sent elsewhere', async () => {
     const page = await openPage(browser);
     const { username, password } = await registerViaUi(page, server.url);

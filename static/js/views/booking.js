@@ -211,9 +211,9 @@ export async function bookingView(ctx, el, { locator, signal }) {
       );
       if (hasPasses(b)) showPasses(mainCol, b);
     } else if (b.status === 'expired') {
-      mainCol.append(h('section', { class: 'card notice notice-warn', role: 'status' }, h('h2', {}, 'This hold has expired'), h('p', {}, 'The seats were released because payment was not completed in time. Nothing was charged.'), b.flight_id ? h('p', {}, h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(b.flight_id)}` }, 'Choose seats again')) : null));
+      mainCol.append(h('section', { class: 'card notice notice-warn', role: 'status' }, h('h2', {}, 'This hold has expired'), h('p', {}, 'The seats were released because payment was not completed in time. Any payment for this hold that went through anyway is refunded automatically.'), b.flight_id ? h('p', {}, h('a', { class: 'btn btn-primary', href: `#/flight/${encodeURIComponent(b.flight_id)}` }, 'Choose seats again')) : null));
     } else if (b.status === 'cancelled') {
-      mainCol.append(h('section', { class: 'card notice', role: 'status' }, h('h2', {}, 'Hold released'), h('p', {}, 'These seats were released. Nothing was charged.')));
+      mainCol.append(h('section', { class: 'card notice', role: 'status' }, h('h2', {}, 'Hold released'), h('p', {}, 'These seats were released. Any payment for this hold that went through anyway is refunded automatically.')));
     } else if (b.status === 'refunded') {
       mainCol.append(
         h(
