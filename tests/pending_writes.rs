@@ -167,6 +167,23 @@ async fn a_flight_being_cancelled_takes_no_hold_payment_or_seat_change() {
     )
     .await;
 
+    // the passenger's own cancel is refused too, without being told the flight is
+    // cancelled before that is on disk (a crash, or the write failing, would undo it)
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        app.cancel(
+            user,
+            decode(json!({"locator": paid, "request_id": "c1"})).unwrap(),
+        ),
+    )
+    .await
+    {
+        Ok(Err(AppError::InvalidState(m))) => {
+            assert!(m.contains("is cancelling"), "{m}")
+        }
+        other => panic!("a passenger's cancel during the cancellation: {other:?}"),
+    }
+
     drop(paused);
     let done = cancel.await.unwrap().unwrap();
     assert_eq!(

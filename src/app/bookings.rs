@@ -276,11 +276,17 @@ impl App {
                             self.end_hold(&fs, w, &b, "cancelled", json!({}), reply)?;
                         Ok((Some(ticket), CancelStep::Released(Box::new(result))))
                     } else {
-                        if fs.flight().cancelled.is_some() || fs.is_closing() {
-                            // the airline's job refunds it in full; the passenger's
-                            // rule could pay back less
+                        // the airline's job refunds it in full; the passenger's rule
+                        // could pay back less
+                        if fs.flight().cancelled.is_some() {
                             return Err(AppError::InvalidState(
                                 "the airline cancelled this flight: every booking on it is refunded in full".into(),
+                            ));
+                        }
+                        if fs.is_closing() {
+                            // not durable yet, and it may still fail: not told as done
+                            return Err(AppError::InvalidState(
+                                "the airline is cancelling this flight, which refunds every booking on it in full; if it is not cancelled after all, cancel again".into(),
                             ));
                         }
                         fs.flight().check(domain::flight::Operation::Refund, now)?;
