@@ -211,7 +211,7 @@ impl App {
         for (f, fs) in &shown {
             if !group.shown.contains(&f.id) && !group.watchers.is_empty() {
                 let frame = changed_frame(f, fs, None);
-                pushes.queue(group.watchers.iter().cloned(), &frame, &HashSet::new());
+                pushes.queue(group.watchers.iter().cloned(), &frame);
             }
         }
         group.shown.extend(shown.iter().map(|(f, _)| f.id.clone()));
@@ -270,7 +270,7 @@ impl App {
         pushes.kick_also(queued);
         let mut out = others;
         Boards::watchers_of(&mut groups, f, domain::now_ms(), &mut out);
-        pushes.queue(out, &frame, &told);
+        pushes.queue_except(out, &frame, &told);
         drop(groups);
         pushes.send();
     }
@@ -290,7 +290,7 @@ impl App {
             Boards::watchers_of(&mut groups, &f, now, &mut out);
             let mut pushes = Pushes::default();
             if !out.is_empty() {
-                pushes.queue(out, &changed_frame(&f, &fs, None), &HashSet::new());
+                pushes.queue(out, &changed_frame(&f, &fs, None));
             }
             drop(groups);
             pushes.send();
@@ -318,7 +318,7 @@ impl App {
                 if in_window(f, a, *hours, now) {
                     if !g.shown.contains(&f.id) {
                         let frame = changed_frame(f, fs, None);
-                        pushes.queue(g.watchers.iter().cloned(), &frame, &HashSet::new());
+                        pushes.queue(g.watchers.iter().cloned(), &frame);
                     }
                     g.kept.remove(&f.id);
                     shown.insert(f.id.clone());

@@ -77,8 +77,13 @@ pub(super) struct Pushes {
 }
 
 impl Pushes {
+    /// Queues `frame` once to each connection among `targets`.
+    pub(super) fn queue(&mut self, targets: impl IntoIterator<Item = Outbox>, frame: &Utf8Bytes) {
+        self.queue_except(targets, frame, &HashSet::new());
+    }
+
     /// Queues `frame` once to each connection among `targets` not in `told`.
-    pub(super) fn queue(
+    pub(super) fn queue_except(
         &mut self,
         targets: impl IntoIterator<Item = Outbox>,
         frame: &Utf8Bytes,
