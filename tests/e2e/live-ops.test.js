@@ -146,10 +146,14 @@ describe('live operations', () => {
     await first.context().close();
   });
 
-  it('a flight page back online shows a delay made while it was offline', async () => {
-    const flight = await createFlight(admin, 'JW9104', 'DUB', 200);
+  /** A flight's page, live through a gate that can cut it off; its client's states recorded. */
+  async function flightPageBehindGate(flight) {
     const gate = await new NetworkGate(server).start();
     const page = await openPage(browser);
+    const close = async () => {
+      await page.context().close();
+      await gate.close();
+    };
     try {
       await page.goto(`${gate.url}/#/flight/${encodeURIComponent(flight.flight_id)}`);
       await liveConn(page).waitFor();
@@ -158,17 +162,70 @@ describe('live operations', () => {
         window.__states = [];
         window.jetway.client.addEventListener('state', (e) => window.__states.push(e.detail));
       });
+    } catch (e) {
+      await close();
+      throw e;
+    }
+    return { page, gate, close };
+  }
+  const delay = (flight) =>
+    admin.call('admin.flights.update', {
+      flight_id: flight.flight_id,
+      estimated_departs_at: iso(Date.parse(flight.departs_at) + 30 * 60000),
+      reason: 'late crew',
+    });
+
+  it('a flight page back online shows a delay made while it was offline', async () => {
+    const flight = await createFlight(admin, 'JW9104', 'DUB', 200);
+    const { page, gate, close } = await flightPageBehindGate(flight);
+    try {
       gate.cut();
       await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting'));
-      const est = iso(Date.parse(flight.departs_at) + 30 * 60000);
-      await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: est, reason: 'late crew' });
+      await delay(flight);
       gate.restore();
       await liveConn(page).waitFor({ timeout: 40000 });
       // no push told of it (it was made while the page was away): read again once live
       await page.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor();
     } finally {
-      await page.context().close();
-      await gate.close();
+      await close();
+    }
+  });
+
+  it("a flight page's read after a reconnect does not undo a push that came while it was out", async () => {
+    const flight = await createFlight(admin, 'JW9106', 'AMS', 200);
+    const { page, gate, close } = await flightPageBehindGate(flight);
+    try {
+      // the page's flights.get is answered (as read: scheduled) only once let go
+      await page.evaluate(() => {
+        const c = window.jetway.client;
+        const call = c.call.bind(c);
+        let letGo;
+        window.__letGo = new Promise((r) => (letGo = r));
+        window.__release = () => letGo();
+        c.call = async (method, params, ...rest) => {
+          const r = await call(method, params, ...rest);
+          if (method === 'flights.get') {
+            window.__read = r.flight.status;
+            await window.__letGo;
+            window.__answered = true;
+          }
+          return r;
+        };
+      });
+      gate.cut();
+      await page.waitForFunction(() => window.__states.some((s) => s.state === 'reconnecting'));
+      gate.restore();
+      await liveConn(page).waitFor({ timeout: 40000 });
+      await page.waitForFunction(() => window.__read !== undefined);
+      assert.equal(await page.evaluate(() => window.__read), 'scheduled');
+      await delay(flight);
+      await page.locator('[data-testid="flight-status"][data-value="delayed"]').waitFor();
+      await page.evaluate(() => window.__release());
+      await page.waitForFunction(() => window.__answered === true);
+      // the read's continuation ran in the microtasks of the task that set __answered
+      assert.equal(await page.locator('[data-testid="flight-status"][data-value="delayed"]').count(), 1);
+    } finally {
+      await close();
     }
   });
 

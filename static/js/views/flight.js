@@ -286,20 +286,29 @@ export async function flightView(ctx, el, { flightId, signal }) {
   };
   const onSession = () => loadMine();
   // a new status or time: redrawn in place; a change of what it allows, the whole view
+  const showFlight = (f) => {
+    if (isBookable(f) !== bookable) ctx.navigate(location.hash, { replace: true });
+    else clear(head).append(summary(f));
+  };
+  // pushes of this flight shown so far: a read answered after one may be older
+  let pushed = 0;
   const onFlight = (e) => {
     const f = e.detail.flight;
     if (f.flight_id !== flightId) return;
-    if (isBookable(f) !== bookable) ctx.navigate(location.hash, { replace: true });
-    else clear(head).append(summary(f));
+    pushed += 1;
+    showFlight(f);
   };
   ctx.bus.addEventListener('flight', onFlight);
   signal.addEventListener('abort', () => ctx.bus.removeEventListener('flight', onFlight));
   // back online: a change of status or times made meanwhile was never pushed here
-  // (docs/protocol.md: read the flight again after a reconnect)
+  // (docs/protocol.md: read the flight again after a reconnect); once a push has come
+  // while the read was out, every change after it is pushed too, so the read's
+  // answer (which may be older) is dropped
   const onLive = async () => {
+    const before = pushed;
     try {
       const r = await ctx.client.call('flights.get', { flight_id: flightId });
-      if (!signal.aborted) onFlight({ detail: { flight: r.flight } });
+      if (!signal.aborted && pushed === before) showFlight(r.flight);
     } catch {
       /* the next reconnect reads it again */
     }
