@@ -6,7 +6,7 @@
 //! one before it has been answered and counted, so that attempts sent side by side
 //! cannot all pass the check before any has failed.
 
-use super::AddrKey;
+use super::{AddrKey, SweepAt};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ pub struct LoginGuard {
     free: u32,
     max: Duration,
     failures: DashMap<String, Failures>,
+    /// When failures older than twice the maximum wait are swept (at least
+    /// [`LOGIN_KEYS_SOFT_CAP`] keys).
+    sweep_at: SweepAt,
     /// The claimants and addresses a login is being checked for, each with the queue
     /// of the others.
     turns: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -75,6 +78,7 @@ impl LoginGuard {
             free,
             max: Duration::from_secs(max_secs.max(1)),
             failures: DashMap::new(),
+            sweep_at: SweepAt::new(LOGIN_KEYS_SOFT_CAP),
             turns: DashMap::new(),
         }
     }
@@ -132,11 +136,15 @@ impl LoginGuard {
     }
 
     pub fn failed(&self, who: Claimant<'_>, ip: Option<AddrKey>) {
-        let now = Instant::now();
-        if self.failures.len() > LOGIN_KEYS_SOFT_CAP {
+        self.failed_at(who, ip, Instant::now());
+    }
+
+    fn failed_at(&self, who: Claimant<'_>, ip: Option<AddrKey>, now: Instant) {
+        if self.sweep_at.due(self.failures.len()) {
             let forget = self.max * 2;
             self.failures
-                .retain(|_, f| now.duration_since(f.last) < forget);
+                .retain(|_, f| now.saturating_duration_since(f.last) < forget);
+            self.sweep_at.swept(self.failures.len());
         }
         for k in Self::keys(who, ip) {
             let mut f = self.failures.entry(k).or_insert(Failures {
@@ -189,6 +197,41 @@ mod tests {
                 "free={free}"
             );
         }
+    }
+
+    /// Past the soft cap, failures older than twice the maximum wait are swept, and a
+    /// map of failures that are all recent is not scanned again until it has doubled
+    /// (it used to be scanned at every failure once over the cap).
+    #[test]
+    fn sweeps_drop_old_failures_and_are_amortized() {
+        use std::sync::atomic::Ordering;
+        let g = LoginGuard::new(3, 60);
+        let t = Instant::now();
+        let name = |i: usize| format!("user{i}");
+        for i in 0..=LOGIN_KEYS_SOFT_CAP {
+            g.failed_at(U(&name(i)), None, t);
+        }
+        assert_eq!(g.failures.len(), LOGIN_KEYS_SOFT_CAP + 1);
+        // two maximum waits later every failure is old: the next failure sweeps them
+        let later = t + Duration::from_secs(121);
+        g.failed_at(U("late"), None, later);
+        assert_eq!(g.failures.len(), 1, "old failures swept");
+        // a map of recent failures over the cap is swept once (keeping them all),
+        // then not again until it doubles
+        for i in 0..=LOGIN_KEYS_SOFT_CAP {
+            g.failed_at(U(&name(i)), None, later);
+        }
+        let kept = LOGIN_KEYS_SOFT_CAP + 1;
+        assert_eq!(g.sweep_at.at.load(Ordering::Relaxed), 2 * kept);
+        for i in 0..1000 {
+            g.failed_at(U(&format!("more{i}")), None, later);
+        }
+        assert_eq!(g.failures.len(), kept + 1001, "all recent: none swept");
+        assert_eq!(
+            g.sweep_at.at.load(Ordering::Relaxed),
+            2 * kept,
+            "no sweep since"
+        );
     }
 
     /// Logins of one username take turns, other usernames do not wait, and the

@@ -14,6 +14,7 @@ mod rate;
 mod register;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::LimitsConfig;
@@ -33,10 +34,11 @@ use register::RegisterGuard;
 /// whole /64 and may send from any address in it, so keyed by the full address every
 /// limit here would be one address change away). IPv6 addresses that stand for one
 /// IPv4 address count as that address: IPv4-mapped (`::ffff:0:0/96`), NAT64's
-/// well-known prefix (`64:ff9b::/96`) and 6to4 (`2002::/16`, whose owner of one IPv4
-/// address has the whole /48). Those a prefix says nothing about count whole:
-/// `::/96` (IPv4-compatible, loopback), link-local `fe80::/10` and Teredo
-/// `2001::/32` (whose first 64 bits are the Teredo server's).
+/// well-known prefix (`64:ff9b::/96`), 6to4 (`2002::/16`, whose owner of one IPv4
+/// address has the whole /48) and Teredo (`2001::/32`: its last 32 bits are the
+/// client's public IPv4 address, inverted; its first 64 are the Teredo server's, and
+/// the rest changes with the client's port). Those a prefix says nothing about count
+/// whole: `::/96` (IPv4-compatible, loopback) and link-local `fe80::/10`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     ip: IpAddr,
@@ -64,7 +66,10 @@ impl AddrKey {
         if within(0x2002 << 112, 16) {
             return v4(Ipv4Addr::from((bits >> 80) as u32));
         }
-        if within(0, 96) || within(0xfe80 << 112, 10) || within(0x2001_0000 << 96, 32) {
+        if within(0x2001_0000 << 96, 32) {
+            return v4(Ipv4Addr::from(!(bits as u32)));
+        }
+        if within(0, 96) || within(0xfe80 << 112, 10) {
             return AddrKey { ip, prefix: 128 };
         }
         let prefix = ipv6_prefix.clamp(1, 128);
@@ -89,6 +94,35 @@ impl LimitsConfig {
     /// The key `ip` is counted under by the per-address limits.
     pub fn addr_key(&self, ip: IpAddr) -> AddrKey {
         AddrKey::of(ip, self.ipv6_prefix)
+    }
+}
+
+/// When a map of per-key state is swept of the keys it no longer needs: once it holds
+/// more than twice what the last sweep kept, and at least its soft cap. A map of many
+/// keys that are all still needed is then not scanned again at every insertion (which
+/// would stall the reactor thread for every request past the cap): the sweeps cost
+/// O(1) per insertion, amortized.
+struct SweepAt {
+    cap: usize,
+    at: AtomicUsize,
+}
+
+impl SweepAt {
+    fn new(cap: usize) -> Self {
+        SweepAt {
+            cap,
+            at: AtomicUsize::new(cap),
+        }
+    }
+
+    /// Whether a map of `len` keys is due for a sweep.
+    fn due(&self, len: usize) -> bool {
+        len > self.at.load(Ordering::Relaxed)
+    }
+
+    /// A sweep kept `kept` keys.
+    fn swept(&self, kept: usize) {
+        self.at.store(self.cap.max(2 * kept), Ordering::Relaxed);
     }
 }
 
@@ -142,12 +176,22 @@ mod tests {
         assert_ne!(key("64:ff9b::192.0.2.1"), key("64:ff9b::192.0.2.2"));
         assert_eq!(key("2002:c000:201:1::1"), key("192.0.2.1"));
         assert_eq!(key("2002:c000:201:ffff::9"), key("192.0.2.1"));
+        // Teredo: the client's address inverted in the last 32 bits (RFC 4380's
+        // example), whatever the server, flags and port before it
+        assert_eq!(
+            key("2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+            key("192.0.2.45")
+        );
+        assert_eq!(key("2001:0:1:2:0:ffff:3fff:fdd2"), key("192.0.2.45"));
+        assert_ne!(
+            key("2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+            key("192.0.2.46")
+        );
         // addresses a prefix says nothing about count whole
         for (a, b) in [
             ("::1", "::2"),
             ("::192.0.2.1", "::192.0.2.2"),
             ("fe80::1", "fe80::2"),
-            ("2001:0:4136:e378::1", "2001:0:4136:e378::2"),
         ] {
             assert_ne!(key(a), key(b), "{a} {b}");
             assert_eq!(key(a).to_string(), a.parse::<IpAddr>().unwrap().to_string());

@@ -1,9 +1,8 @@
 //! Registrations per client address: a token bucket per address, so that one client
 //! cannot fill the password-hashing queue every login waits in, nor the user store.
 
-use super::AddrKey;
+use super::{AddrKey, SweepAt};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Addresses remembered before idle ones (a full bucket) are dropped.
@@ -17,11 +16,8 @@ struct Bucket {
 pub struct RegisterGuard {
     per_hour: u32,
     buckets: DashMap<AddrKey, Bucket>,
-    /// How many addresses are remembered before the next sweep of full buckets:
-    /// twice what the last sweep kept, at least [`ADDRS_SOFT_CAP`], so that a map
-    /// of many addresses still registering is not scanned again at every
-    /// registration (the sweeps cost O(1) per registration, amortized).
-    sweep_at: AtomicUsize,
+    /// When full buckets are swept (at least [`ADDRS_SOFT_CAP`] addresses).
+    sweep_at: SweepAt,
 }
 
 impl RegisterGuard {
@@ -29,7 +25,7 @@ impl RegisterGuard {
         RegisterGuard {
             per_hour,
             buckets: DashMap::new(),
-            sweep_at: AtomicUsize::new(ADDRS_SOFT_CAP),
+            sweep_at: SweepAt::new(ADDRS_SOFT_CAP),
         }
     }
 
@@ -47,11 +43,9 @@ impl RegisterGuard {
             (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * full / 3600.0)
                 .min(full)
         };
-        if self.buckets.len() > self.sweep_at.load(Ordering::Relaxed) {
+        if self.sweep_at.due(self.buckets.len()) {
             self.buckets.retain(|_, b| refill(b) < full);
-            let kept = self.buckets.len();
-            self.sweep_at
-                .store(ADDRS_SOFT_CAP.max(2 * kept), Ordering::Relaxed);
+            self.sweep_at.swept(self.buckets.len());
         }
         let mut b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: full,
@@ -112,13 +106,16 @@ mod tests {
             g.admit_at(addr(i), later);
         }
         let live = ADDRS_SOFT_CAP + 1;
-        assert_eq!(g.sweep_at.load(Ordering::Relaxed), 2 * live);
+        assert_eq!(
+            g.sweep_at.at.load(std::sync::atomic::Ordering::Relaxed),
+            2 * live
+        );
         for i in 1..=1000 {
             g.admit_at(addr(u32::MAX - i), later);
         }
         assert_eq!(g.buckets.len(), live + 1001, "none full: none swept");
         assert_eq!(
-            g.sweep_at.load(Ordering::Relaxed),
+            g.sweep_at.at.load(std::sync::atomic::Ordering::Relaxed),
             2 * live,
             "no sweep since"
         );
