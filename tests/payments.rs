@@ -1725,6 +1725,55 @@ async fn paid_for_refunds(
     (f, s, c, seats, b)
 }
 
+/// A passenger's cancel while the airline's cancellation waits to retry a refund the
+/// gateway failed is refused as on a cancelled flight (before, it made the airline's
+/// refund itself and answered as if it had cancelled, and the admin's answer counted
+/// one refund short); the job then makes and counts the refund, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_airline_retries_its_refund_leaves_the_refund_to_the_airline() {
+    let (f, s, mut c, _seats, b) = paid_for_refunds(|_| {}).await;
+    let loc = &b["locator"];
+    let mut admin = admin_client(&s).await;
+    fault(&f, Step::Refund, Fault::Fail);
+    let fid = b["flight_id"].clone();
+    let cancelling = tokio::spawn(async move {
+        admin
+            .ok(
+                "admin.flights.cancel",
+                json!({"flight_id": fid, "reason": "strike"}),
+            )
+            .await
+    });
+    eventually("the airline's refund failed once", || {
+        let tried = f.received(Step::Refund) > 0;
+        let open = s.app().store.open_refunds().unwrap();
+        async move { tried && !open.is_empty() }
+    })
+    .await;
+    let e = c
+        .err("booking.cancel", json!({"locator": loc, "request_id": "c"}))
+        .await;
+    assert_eq!(e["data"]["reason"], "invalid_state", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("the airline cancelled this flight"),
+        "{e}"
+    );
+    f.clear_faults();
+    let done = cancelling.await.unwrap();
+    assert_eq!(done["refunded"], 1, "{done}");
+    let l = f.ledger();
+    assert_eq!(l.intents[0].refunds.len(), 1, "{l:?}");
+    assert_eq!(l.charged(), l.refunded(), "{l:?}");
+    assert_eq!(
+        store_booking(&s, loc).status,
+        jetway::domain::BookingStatus::Refunded
+    );
+    s.stop().await;
+}
+
 /// The passenger cancels `seat` (request `c`) while the gateway's refunds meet
 /// `with`: the cancel answers `payment_failed`, and its refund stays open.
 async fn cancel_refused(f: &FakeStripe, c: &mut Client, loc: &Value, seat: &str, with: Fault) {

@@ -86,6 +86,13 @@ pub(super) fn check_bookable(
     check_flight(fs, domain::flight::Operation::Book, now)
 }
 
+/// A passenger's cancel of a booking the airline's cancellation refunds in full.
+fn airline_cancelled() -> AppError {
+    AppError::InvalidState(
+        "the airline cancelled this flight: every booking on it is refunded in full".into(),
+    )
+}
+
 impl App {
     /// Refuses a new hold while the user already has `--max-open-holds` unexpired
     /// holds (a hold-everything attack on a flight). Runs under the user's request
@@ -261,6 +268,11 @@ impl App {
                         return Err(busy_error());
                     }
                     if let Some(open) = self.store.open_refund(loc.as_str())? {
+                        // the airline's refund is its cancellation job's to make and
+                        // count, whatever the passenger asks meanwhile
+                        if open.reason == RefundReason::FlightCancelled {
+                            return Err(airline_cancelled());
+                        }
                         return Ok((None, CancelStep::Finish(Busy::mark(&fs, w, &loc)?, open)));
                     }
                     if b.status == domain::BookingStatus::Held {
@@ -279,9 +291,7 @@ impl App {
                         // the airline's job refunds it in full; the passenger's rule
                         // could pay back less
                         if fs.flight().cancelled.is_some() {
-                            return Err(AppError::InvalidState(
-                                "the airline cancelled this flight: every booking on it is refunded in full".into(),
-                            ));
+                            return Err(airline_cancelled());
                         }
                         if fs.is_closing() {
                             // not durable yet, and it may still fail: not told as done
