@@ -1595,13 +1595,9 @@ async fn two_nodes_and_a_hold() -> TwoNodes {
     }
 }
 
-/// A watcher moving to a node whose feed is behind the version it has seen (its etcd
-/// member lags) resumes from that version once the node caught up, not from the
-/// node's older map (whose later pushes would repeat versions it has): it sees no
-/// version twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
-    let _serial = SERIAL.lock().await;
+/// Three etcd members and two nodes: A on two members, B on the third (`lag`), which
+/// a test pauses to make B fall behind.
+async fn nodes_one_lagging() -> (Etcd, usize, FakeStripe, Server, Server) {
     let etcd = Etcd::start(3);
     let lag = (etcd.wait_leader() + 1) % 3;
     let others: Vec<String> = (0..3)
@@ -1612,6 +1608,17 @@ async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
     let prefix = prefix();
     let a = in_process_node(&others.join(","), &prefix, &fake.base()).await;
     let b = in_process_node(&etcd.endpoint(lag), &prefix, &fake.base()).await;
+    (etcd, lag, fake, a, b)
+}
+
+/// A watcher moving to a node whose feed is behind the version it has seen (its etcd
+/// member lags) resumes from that version once the node caught up, not from the
+/// node's older map (whose later pushes would repeat versions it has): it sees no
+/// version twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
+    let _serial = SERIAL.lock().await;
+    let (etcd, lag, _fake, a, b) = nodes_one_lagging().await;
     let flight = scheduled_flights(&a.url()).await[1].clone();
     let mut seen_on_a = Client::connect(&a.url()).await;
     seen_on_a
@@ -1660,6 +1667,57 @@ async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
     etcd.resume(lag);
     assert_eq!(ahead["result"]["version"], v, "{ahead}");
     assert!(ahead["result"]["seats"].is_array(), "a snapshot: {ahead}");
+}
+
+/// A logout through one node ends the token on a node whose etcd member lags: a
+/// resume there, and a request of a connection already logged in there with it, wait
+/// until that node has caught up with the logout, and are refused (before, both were
+/// answered at once from the node's older copy of the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_through_one_node_ends_the_token_on_a_lagging_node() {
+    let _serial = SERIAL.lock().await;
+    let (etcd, lag, _fake, a, b) = nodes_one_lagging().await;
+    let mut c = Client::connect(&a.url()).await;
+    let token = c.new_user().await;
+    let mut logged_in_on_b = Client::connect(&b.url()).await;
+    logged_in_on_b
+        .ok("auth.resume", json!({"token": token}))
+        .await;
+    let mut resuming = Client::connect(&b.url()).await;
+    etcd.pause(lag);
+    c.ok("auth.logout", json!({})).await;
+    let resume = json!({"jsonrpc": "2.0", "id": 901, "method": "auth.resume",
+                        "params": {"token": token}});
+    resuming.send_text(&resume.to_string()).await;
+    let list = json!({"jsonrpc": "2.0", "id": 902, "method": "bookings.list", "params": {}});
+    logged_in_on_b.send_text(&list.to_string()).await;
+    // an answer now could only come from B's older copy of the store
+    let wait = Duration::from_millis(500);
+    let (early_resume, early_list) = tokio::join!(
+        tokio::time::timeout(wait, resuming.recv()),
+        tokio::time::timeout(wait, logged_in_on_b.recv()),
+    );
+    etcd.resume(lag);
+    assert!(
+        early_resume.is_err(),
+        "resume answered early: {early_resume:?}"
+    );
+    assert!(
+        early_list.is_err(),
+        "bookings.list answered early: {early_list:?}"
+    );
+    for (client, id) in [(&mut resuming, 901), (&mut logged_in_on_b, 902)] {
+        let answer = loop {
+            let m = client.recv().await.expect("the reply");
+            if m["id"] == id {
+                break m;
+            }
+        };
+        assert_eq!(
+            answer["error"]["data"]["reason"], "invalid_token",
+            "{answer}"
+        );
+    }
 }
 
 /// A refund being made through one node holds the booking's payment mark, so an

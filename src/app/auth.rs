@@ -424,14 +424,9 @@ impl App {
         conn: &mut ConnSession,
     ) -> Result<LoggedIn, AppError> {
         let hash = token_hash(&p.token);
-        let session = match self.live_session(&hash)? {
-            Some(s) => s,
-            None => {
-                // made through another node a moment ago?
-                self.committer.catch_up().await?;
-                self.live_session(&hash)?.ok_or(AppError::InvalidToken)?
-            }
-        };
+        // made or ended through another node a moment ago?
+        self.committer.catch_up().await?;
+        let session = self.live_session(&hash)?.ok_or(AppError::InvalidToken)?;
         let user = self
             .store
             .user(session.user_id)?
@@ -465,7 +460,7 @@ impl App {
     }
 
     pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
-        let s = self.authenticate(conn)?;
+        let s = self.authenticate(conn).await?;
         // as stored, expired or not; deleted meanwhile (with its index entry): deleting
         // it again is harmless
         let ended = self.store.session(&s.token_hash)?.map_or_else(
@@ -591,8 +586,14 @@ impl App {
     }
 
     /// The connection's session, checked again: a token logged out elsewhere or
-    /// expired since stops working at once.
-    pub fn authenticate(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
+    /// expired since stops working at once. On a cluster the node's copy of the store
+    /// first catches up with every write acknowledged before now, so a logout through
+    /// another node counts here even while this node's etcd member lags.
+    pub async fn authenticate(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
+        if conn.is_none() {
+            return Err(AppError::Unauthenticated);
+        }
+        self.committer.catch_up().await?;
         let s = conn.as_ref().ok_or(AppError::Unauthenticated)?;
         if self.live_session(&s.token_hash)?.is_none() {
             let s = conn.take();

@@ -189,8 +189,8 @@ async fn call(
     // who may call it is checked before its params
     let session = match method.access() {
         Access::Anyone => None,
-        Access::LoggedIn => Some(app.authenticate(&mut conn.session)?),
-        Access::Admin => Some(app.require_admin(&mut conn.session)?),
+        Access::LoggedIn => Some(app.authenticate(&mut conn.session).await?),
+        Access::Admin => Some(app.require_admin(&mut conn.session).await?),
     };
     let caller = || session.as_ref().ok_or(ApiError::Unauthenticated);
     let r = match Call::of(method, req.object_params()?) {

@@ -145,11 +145,11 @@ impl App {
     /// The connection's session if it is a live admin's. The contract: everyone else
     /// gets `forbidden`, anonymous callers included; an admin whose session has ended
     /// is told so (`invalid_token`).
-    pub fn require_admin(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
+    pub async fn require_admin(&self, conn: &mut ConnSession) -> Result<AuthSession, AppError> {
         if conn.as_ref().map(|s| s.role) != Some(Role::Admin) {
             return Err(AppError::Forbidden);
         }
-        self.authenticate(conn)
+        self.authenticate(conn).await
     }
 
     /// Checks that a bearer token (of an HTTP admin endpoint) is a live admin session.
