@@ -1595,6 +1595,53 @@ async fn two_nodes_and_a_hold() -> TwoNodes {
     }
 }
 
+/// The cap on open holds holds across nodes: one user's holds through two nodes at
+/// once, on two flights (so their flights' versions do not order them), never leave
+/// the user more open holds than the cap. Each hold's write expects and advances the
+/// user's revision read with the count; before, each node counted only what it had
+/// seen, and both holds were made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_holds_through_two_nodes_at_once_keep_to_the_cap() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let prefix = prefix();
+    let cap = |c: &mut jetway::Config| c.limits.max_open_holds = 1;
+    let a = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
+    let b = in_process_node_with(&etcd.endpoints(), &prefix, &fake.base(), cap).await;
+    let flights = scheduled_flights(&a.url()).await;
+    let mut on_a = Client::connect(&a.url()).await;
+    let token = on_a.new_user().await;
+    let mut on_b = Client::connect(&b.url()).await;
+    on_b.ok("auth.resume", json!({"token": token})).await;
+    let hold = |flight: &str, rid: String| {
+        json!({"flight_id": flight, "count": 1, "cabin": "economy",
+               "passengers": passengers(1), "request_id": rid})
+    };
+    for round in 0..30 {
+        let (x, y) = tokio::join!(
+            on_a.call("booking.hold", hold(&flights[0], format!("a{round}"))),
+            on_b.call("booking.hold", hold(&flights[1], format!("b{round}"))),
+        );
+        let made: Vec<&Value> = [&x, &y]
+            .into_iter()
+            .filter(|r| r.get("result").is_some())
+            .collect();
+        for r in [&x, &y] {
+            if r.get("result").is_none() {
+                assert_eq!(r["error"]["data"]["reason"], "invalid_state", "{r}");
+            }
+        }
+        assert_eq!(made.len(), 1, "round {round}: {x} {y}");
+        let loc = made[0]["result"]["booking"]["locator"].clone();
+        on_a.ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": format!("c{round}")}),
+        )
+        .await;
+    }
+}
+
 /// Three etcd members and two nodes: A on two members, B on the third (`lag`), which
 /// a test pauses to make B fall behind.
 async fn nodes_one_lagging() -> (Etcd, usize, FakeStripe, Server, Server) {

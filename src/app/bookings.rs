@@ -16,7 +16,7 @@ use crate::protocol::results::{
     Answer, BookingResult, BookingView, Bookings, History, HistoryEntry, OrderView, Orders,
 };
 use crate::protocol::wire;
-use crate::store::{Batch, Page, Paged, RefundReason, RefundRecord, StoreError};
+use crate::store::{Batch, Page, Paged, RefundReason, RefundRecord, StoreError, UserLineCheck};
 
 /// The airline accounting code that starts every ticket number.
 pub const AIRLINE_CODE: u16 = 729;
@@ -95,20 +95,35 @@ fn airline_cancelled() -> AppError {
 
 impl App {
     /// Refuses a new hold while the user already has `--max-open-holds` unexpired
-    /// holds (a hold-everything attack on a flight). Runs under the user's request
-    /// lock (inside [`App::idempotent`]), so two holds of one user cannot both slip by.
-    fn check_open_holds(&self, user: domain::UserId, now: domain::Millis) -> Result<(), AppError> {
+    /// holds (a hold-everything attack on a flight); waitlist offers do not count.
+    /// Runs where the hold is decided. One node: under the user's request lock
+    /// (inside [`App::idempotent`]), so two holds of one user cannot both slip by. A
+    /// cluster: the count is read with the user's revision, which the hold's write
+    /// expects and advances, so a hold of the same user through another node at that
+    /// moment fails this write and the next round counts it (the answer: the check to
+    /// put in the hold's batch).
+    fn check_open_holds(
+        &self,
+        user: domain::UserId,
+        now: domain::Millis,
+    ) -> Result<Vec<UserLineCheck>, AppError> {
         let max = self.config.limits.max_open_holds;
         if max == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        // waitlist offers do not count against the cap
-        if self.store.capped_holds(user, now)? >= max {
+        let (checks, holds) = match self.committer.is_replicated() {
+            true => {
+                let (read, holds) = self.store.user_holds(user, now)?;
+                (vec![UserLineCheck { user, read }], holds)
+            }
+            false => (Vec::new(), self.store.capped_holds(user, now)?),
+        };
+        if holds >= max {
             return Err(AppError::InvalidState(format!(
                 "at most {max} open holds per user: pay for or cancel one first"
             )));
         }
-        Ok(())
+        Ok(checks)
     }
 
     /// Answers `seat_unavailable` without waiting for the user's turn when the
@@ -183,10 +198,12 @@ impl App {
         let (passengers, fs) = self.party_on(&p.passengers, &p.flight_id).await?;
         self.unavailable_at_once(&fs, &want, s.user_id, &p.request_id)?;
         self.idempotent(s.user_id, "booking.hold", &p.request_id, |key, turn| async move {
-            let now = domain::now_ms();
-            self.check_open_holds(s.user_id, now)?;
             let ttl = self.config.hold_ttl as domain::Millis * 1000;
             self.seat_step_replying(&fs, &key, &turn, |w| {
+                // the time of the decision (on a cluster it may wait for the flight's
+                // turn, and be made again)
+                let now = domain::now_ms();
+                let user_lines = self.check_open_holds(s.user_id, now)?;
                 let flight = check_bookable(&fs, now)?;
                 let idx = match &want {
                     SeatChoice::Named(seats) => {
@@ -221,6 +238,7 @@ impl App {
                             "total": wire::money(b.total),
                         })))],
                         replies: vec![(key.clone(), remember_ok(&result))],
+                        user_lines: user_lines.clone(),
                         ..Default::default()
                     };
                     let occupant = Occupant { locator: b.locator.clone(), booked: false };

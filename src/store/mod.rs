@@ -543,11 +543,12 @@ impl Page<'_> {
 /// A page of records and whether older ones are left.
 pub type Paged<T> = (Vec<T>, bool);
 
-/// A user's waitlist joins as a join read them: the revision (`None`: never written)
-/// that every join advances. On a cluster two joins of one user decided on different
-/// nodes at once then conflict, and the loser counts the user's waiting entries again
-/// seeing the other's: the cap on waiting entries holds across nodes. A single node
-/// orders a user's requests by the user's lock and writes none.
+/// A user's waitlist joins (and, on a cluster, holds) as a join or hold read them: the
+/// revision (`None`: never written) that every join and hold advances. On a cluster
+/// two joins, or two holds, of one user decided on different nodes at once then
+/// conflict, and the loser counts the user's waiting entries (or open holds) again
+/// seeing the other's: the caps on waiting entries and on open holds hold across
+/// nodes. A single node orders a user's requests by the user's lock and writes none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserLineCheck {
     pub user: UserId,
@@ -736,6 +737,10 @@ pub trait Store: Send + Sync + 'static {
     /// waiting entries ([`Store::waiting_entries`]), read together: never a revision
     /// with the count of before its change.
     fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)>;
+    /// The same revision and the user's holds counting against the cap on open holds
+    /// ([`Store::capped_holds`]), read together. On a cluster every hold advances the
+    /// revision too, so that the cap holds across nodes as the waitlist's does.
+    fn user_holds(&self, user: UserId, now: Millis) -> StoreResult<(Option<u64>, usize)>;
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>>;
     /// Every booking, for rebuilding seat maps at start.
     fn all_bookings(&self) -> StoreResult<Vec<Booking>>;

@@ -1609,6 +1609,13 @@ impl Store for SledStore {
         })
     }
 
+    fn user_holds(&self, user: UserId, now: Millis) -> StoreResult<(Option<u64>, usize)> {
+        self.read_whole(|| {
+            let revision = self.stored_counter(&user_line_key(user), "user line revision")?;
+            Ok((revision, self.tally.capped_holds(user, now)))
+        })
+    }
+
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
         let k = key(CHECKIN_SEQUENCE, &[flight.as_str().as_bytes()]);
         self.counter(&k, "check-in sequence")

@@ -147,6 +147,9 @@ impl Store for Faulty {
     fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
         self.inner.user_line(user)
     }
+    fn user_holds(&self, user: UserId, now: Millis) -> StoreResult<(Option<u64>, usize)> {
+        self.inner.user_holds(user, now)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.read_bookings();
         self.inner.booking(locator)

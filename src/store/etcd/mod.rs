@@ -328,6 +328,9 @@ impl Store for EtcdStore {
     fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
         self.mirror.user_line(user)
     }
+    fn user_holds(&self, user: UserId, now: Millis) -> StoreResult<(Option<u64>, usize)> {
+        self.mirror.user_holds(user, now)
+    }
     fn booking(&self, locator: &Locator) -> StoreResult<Option<Booking>> {
         self.mirror.booking(locator)
     }
