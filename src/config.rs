@@ -153,7 +153,8 @@ pub struct Config {
     #[arg(long, env = "JETWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 
-    /// Do not seed the demo schedule into an empty database.
+    /// Do not add the demo schedule (today's and the next 13 days' made-up flights,
+    /// those missing) at start. Required with a live Stripe key.
     #[arg(long, env = "JETWAY_NO_SEED", default_value_t = false)]
     pub no_seed: bool,
 
@@ -248,6 +249,25 @@ impl Config {
                  --checkin-closes ({} minutes before departure): check-in would never open",
                 self.checkin_opens, self.checkin_closes
             ));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(format!(
+                "--idle-timeout ({} s) must be longer than --ping-interval ({} s): every quiet \
+                 client would be closed before it is pinged",
+                self.idle_timeout, self.ping_interval
+            ));
+        }
+        let live_key = self
+            .stripe_secret_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("sk_live_") || k.starts_with("rk_live_"));
+        if self.payments == PaymentsKind::Stripe && live_key && !self.no_seed {
+            return Err(
+                "the demo schedule (made-up flights) is added at every start \
+                 unless --no-seed (JETWAY_NO_SEED=true) is given; with a live Stripe key \
+                 its seats would be sold for real money: start with --no-seed"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -390,6 +410,40 @@ mod tests {
             "{e}"
         );
         assert!(c("1", "60").is_err());
+    }
+
+    #[test]
+    fn an_idle_timeout_not_past_the_ping_interval_is_refused() {
+        let c = |ping: &str, idle: &str| {
+            Config::parse_from(["jetway", "--ping-interval", ping, "--idle-timeout", idle]).check()
+        };
+        assert!(c("20", "60").is_ok());
+        assert!(c("20", "21").is_ok());
+        for idle in ["20", "15", "0"] {
+            let e = c("20", idle).unwrap_err();
+            assert!(e.contains("--idle-timeout"), "{e}");
+        }
+    }
+
+    /// Made-up flights are never put on sale for real money: a live Stripe key
+    /// needs --no-seed (test keys, and the sandbox, seed as before).
+    #[test]
+    fn a_live_stripe_key_needs_no_seed() {
+        let c = |key: &str, no_seed: bool| {
+            let mut c = Config::parse_from(["jetway", "--payments", "stripe"]);
+            c.stripe_secret_key = Some(key.into());
+            c.no_seed = no_seed;
+            c.check()
+        };
+        for live in ["sk_live_abc", "rk_live_abc"] {
+            let e = c(live, false).unwrap_err();
+            assert!(e.contains("--no-seed"), "{e}");
+            assert!(c(live, true).is_ok());
+        }
+        assert!(c("sk_test_abc", false).is_ok());
+        let mut sandbox = Config::parse_from(["jetway"]);
+        sandbox.stripe_secret_key = Some("sk_live_abc".into());
+        assert!(sandbox.check().is_ok());
     }
 
     #[test]

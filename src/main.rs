@@ -98,7 +98,21 @@ fn main() -> std::process::ExitCode {
 
 async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // below debug these libraries log whole frames and headers: passwords, tokens, the
+    // Stripe key (docs/security.md, "Request params are never logged")
+    for lib in [
+        "tungstenite",
+        "tokio_tungstenite",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "reqwest",
+    ] {
+        if let Ok(cap) = format!("{lib}=debug").parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     // colour codes only for a terminal: a log file or journal gets plain text
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -231,6 +231,8 @@ fn hadolint_passes_the_dockerfile() {
 fn systemd_accepts_the_service_unit() {
     let unit = std::fs::read_to_string(repo("deploy/jetway.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/jetway"));
+    // production sells no made-up flights
+    assert!(unit.contains("\nEnvironment=JETWAY_NO_SEED=true\n"));
     if Command::new("systemd-analyze")
         .arg("--version")
         .output()
@@ -277,4 +279,62 @@ fn a_server_refuses_a_data_dir_whose_restore_did_not_finish() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("restore that did not finish"), "{err}");
+}
+
+/// A live Stripe key with the demo schedule on does not start: its made-up flights
+/// would be sold for real money. The message names the way out.
+#[test]
+fn a_live_stripe_key_without_no_seed_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = jetway_command()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--payments",
+            "stripe",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("STRIPE_SECRET_KEY", "sk_live_not_a_real_key")
+        .env_remove("JETWAY_NO_SEED")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--no-seed") && err.contains("real money"),
+        "{err}"
+    );
+}
+
+/// The sandbox gateway (no money) on an address others can reach is started, with a
+/// warning that anyone can confirm bookings without paying; on loopback it is not.
+#[test]
+fn the_sandbox_on_a_public_address_is_warned_about() {
+    let started = |listen: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = jetway_command()
+            .args(["--listen", listen, "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // the first line on stdout comes once it listens, after the start's warnings
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.contains("listening"), "{line}");
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let public = started("0.0.0.0:0");
+    assert!(public.contains("without paying"), "{public}");
+    let local = started("127.0.0.1:0");
+    assert!(!local.contains("without paying"), "{local}");
 }

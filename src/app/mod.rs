@@ -158,7 +158,12 @@ impl App {
                         .map_err(StartError::Other)?,
                 )
             }
-            crate::config::PaymentsKind::Sandbox => Arc::new(Sandbox::default()),
+            crate::config::PaymentsKind::Sandbox => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(listen = %config.listen, "payments are the built-in sandbox (test cards, no money) on an address others can reach: anyone can confirm bookings without paying; use --payments stripe for real sales");
+                }
+                Arc::new(Sandbox::default())
+            }
         };
         Self::with_parts(config, store, payments).await
     }

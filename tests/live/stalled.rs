@@ -152,7 +152,7 @@ async fn stalled_watchers_are_cut_off_and_the_others_get_everything() {
             "--queue-bytes",
             "262144",
             "--idle-timeout",
-            "3600",
+            "7200",
             "--ping-interval",
             "3600",
         ],
