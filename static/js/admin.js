@@ -6,16 +6,23 @@
 // stats reported, so no snapshots are sent) and re-reads the stats once, debounced,
 // when any of them changes; a slow poll covers the flights not on screen.
 
-import { Jetway } from './jetway.js';
+import { Jetway, PendingRevoke, resumeFailure } from './jetway.js';
 import { h, clear, byId as $, toast, statusBadge, modal, followConnection } from './ui.js';
 import { formatMoney, formatDate, formatTime, formatLocal, toLocalInput, fromLocalInput, plural } from './format.js';
 
 const TOKEN_KEY = 'jetway.admin.token';
+// A token signed out of while its `auth.logout` could not be answered (offline, say):
+// revoked at this tab's next connect.
+const REVOKE_KEY = 'jetway.admin.revoke';
+// Resumes refused for a passing reason in a row before the session is given up on.
+const RESUME_TRIES = 3;
 const PAGE_SIZE = 50;
 const DEBOUNCE_MS = 250;
 const POLL_MS = 30000;
 
 const client = new Jetway();
+const revokes = new PendingRevoke(sessionStorage, REVOKE_KEY, client.url);
+let resumeFailures = 0;
 
 const state = {
   user: null,
@@ -43,19 +50,35 @@ followConnection(client, conn, '.conn-text', (name) => {
 });
 conn.addEventListener('click', () => client.reconnectNow());
 
-// On every (re)connect: resume the admin session; subscriptions start over.
+// On every (re)connect: resume the admin session; subscriptions start over. A session
+// that has ended meanwhile (a new admin password, a sign-out elsewhere, expiry) shows
+// the sign-in form: a dashboard left up would look live and never change again.
 client.onConnect(async (c, { reconnect }) => {
   state.subscribed.clear();
+  revokes.flush();
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return;
   try {
     const r = await c.call('auth.resume', { token }, { immediate: true });
+    resumeFailures = 0;
+    // signed out while the resume was on its way: not shown again
+    if (sessionStorage.getItem(TOKEN_KEY) !== token) return;
     state.user = r.user;
   } catch (e) {
-    if (e.reason !== 'disconnected' && e.reason !== 'timeout') {
-      sessionStorage.removeItem(TOKEN_KEY);
-      state.user = null;
+    const what = resumeFailure(e);
+    if (what === 'offline') return; // the next connect resumes it
+    if (what === 'retry' && ++resumeFailures < RESUME_TRIES) {
+      // the token may well be valid (rate_limited, internal, a timeout)
+      c.ws?.close();
+      return;
     }
+    resumeFailures = 0;
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.user = null;
+    const message = what === 'ended' ? 'Your session has ended. Sign in again.' : 'Your session could not be restored. Sign in again.';
+    // after this hook: the page's calls wait for it
+    if (!$('dashboard').hidden) setTimeout(() => showLogin(message), 0);
+    return;
   }
   if (reconnect && state.user) scheduleRefresh(0);
 });
@@ -124,11 +147,21 @@ $('login-form').addEventListener('submit', async (e) => {
   }
 });
 
+// Forgotten here at once, even offline: a shared terminal's next operator (the tab
+// closed, or restored) must not be resumed as this admin. The token is revoked when
+// the logout gets through, or at the next connect.
 async function logout() {
-  await client.call('auth.logout').catch(() => {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  revokes.add(token);
   sessionStorage.removeItem(TOKEN_KEY);
   state.user = null;
   showLogin();
+  try {
+    await client.call('auth.logout');
+    revokes.done(token);
+  } catch {
+    /* revoked at the next connect (an anonymous connection's logout is refused) */
+  }
 }
 
 function renderAccount() {

@@ -1,6 +1,6 @@
 // Jetway passenger app: bootstrap, session, connection indicator and routing.
 
-import { Jetway, RpcClient } from './jetway.js';
+import { Jetway, PendingRevoke, resumeFailure } from './jetway.js';
 import { h, clear, toast } from './ui.js';
 import { departureText } from './format.js';
 import { searchView } from './views/search.js';
@@ -15,6 +15,7 @@ const TOKEN_KEY = 'jetway.token';
 const REVOKE_KEY = 'jetway.revoke';
 
 const client = new Jetway();
+const revokes = new PendingRevoke(localStorage, REVOKE_KEY, client.url);
 const watcher = client.seats;
 const bus = new EventTarget();
 
@@ -70,13 +71,13 @@ const ctx = {
     // resumed as this user; the server revokes the token when the call gets through,
     // or at the next connect
     const token = sessionToken;
-    if (token) localStorage.setItem(REVOKE_KEY, token);
+    revokes.add(token);
     ctx.forgetSession();
     toast('You have been logged out.');
     ctx.navigate('#/');
     try {
       await client.call('auth.logout', {});
-      revoked(token);
+      revokes.done(token);
     } catch {
       /* revoked at the next connect (an anonymous connection's logout is refused) */
     }
@@ -119,43 +120,13 @@ const ctx = {
 
 // ---- session resume on every (re)connect -----------------------------------------
 
-/**
- * Revokes a token logged out while its `auth.logout` could not get through, on a
- * connection of its own (in the background): this tab's connection never carries
- * that session, and nothing waits for it. Left for the next connect if it fails.
- */
-let revoking = false;
-async function revokePending() {
-  const revoke = localStorage.getItem(REVOKE_KEY);
-  if (!revoke || revoking) return;
-  revoking = true;
-  const once = new RpcClient({ url: client.url });
-  let done = false;
-  try {
-    await once.call('auth.resume', { token: revoke });
-    await once.call('auth.logout', {});
-    done = true;
-  } catch (e) {
-    done = ['invalid_token', 'unauthenticated'].includes(e.reason); // ended already
-  } finally {
-    once.close();
-    revoking = false;
-  }
-  if (done) revoked(revoke);
-}
-
-/** Notes `token` revoked (unless another logout has been pending since). */
-function revoked(token) {
-  if (localStorage.getItem(REVOKE_KEY) === token) localStorage.removeItem(REVOKE_KEY);
-}
-
 // Resumes refused for a passing reason in a row: each drops the connection so the
 // next one tries again, up to a few; then the session is given up on (log in again).
 const RESUME_TRIES = 3;
 let resumeFailures = 0;
 
 client.onConnect(async (c) => {
-  revokePending();
+  revokes.flush();
   const token = localStorage.getItem(TOKEN_KEY);
   sessionToken = token;
   if (!token) {
@@ -169,12 +140,13 @@ client.onConnect(async (c) => {
     // connection's session is ended by that logout, not shown again
     if (localStorage.getItem(TOKEN_KEY) === token) ctx.setSession(r);
   } catch (e) {
-    if (['invalid_token', 'unauthenticated', 'bad_credentials', 'not_found'].includes(e.reason)) {
+    const what = resumeFailure(e);
+    if (what === 'ended') {
       ctx.forgetSession('Your session has ended. Please log in again.');
       if (document.querySelector('[data-requires-login]')) {
         ctx.navigate(`#/login?next=${encodeURIComponent(location.hash || '#/')}`, { replace: true });
       }
-    } else if (e.reason === 'disconnected') {
+    } else if (what === 'offline') {
       return; // try again on the next connect
     } else if (++resumeFailures < RESUME_TRIES) {
       // the token may well be valid (rate_limited, internal, a timeout): this

@@ -116,6 +116,66 @@ function storage() {
 /** Calls carrying a `request_id`: retried after a reconnect with the same id. */
 const IDEMPOTENT = { retry: true };
 
+/**
+ * A logout whose answer could not be known (sent while offline, say): the page forgets
+ * the token at once, and the token is kept under `key` in `storage` until the server
+ * has revoked it, on a connection of its own (an anonymous connection's logout is
+ * refused), at the next `flush()`: whoever uses this browser next must not be resumed
+ * as the user who logged out.
+ */
+export class PendingRevoke {
+  /** @param {Storage} storage @param {string} key @param {string} url */
+  constructor(storage, key, url) {
+    this.storage = storage;
+    this.key = key;
+    this.url = url;
+    this.flushing = false;
+  }
+
+  /** Keeps `token` to revoke until it is. */
+  add(token) {
+    if (token) this.storage.setItem(this.key, token);
+  }
+
+  /** Notes `token` revoked (unless another logout has been pending since). */
+  done(token) {
+    if (this.storage.getItem(this.key) === token) this.storage.removeItem(this.key);
+  }
+
+  /** Revokes the pending token, if any, on a throwaway connection. */
+  async flush() {
+    const token = this.storage.getItem(this.key);
+    if (!token || this.flushing) return;
+    this.flushing = true;
+    const once = new RpcClient({ url: this.url });
+    let done = false;
+    try {
+      await once.call('auth.resume', { token });
+      await once.call('auth.logout', {});
+      done = true;
+    } catch (e) {
+      done = ['invalid_token', 'unauthenticated'].includes(e.reason); // ended already
+    } finally {
+      once.close();
+      this.flushing = false;
+    }
+    if (done) this.done(token);
+  }
+}
+
+/**
+ * What a failed `auth.resume` means for the page: `ended` (the session is over: log in
+ * again), `offline` (no answer: the next connection resumes it), or `retry` (the token
+ * may well be valid: rate_limited, internal, a timeout; drop this connection and resume
+ * on the next).
+ * @returns {'ended' | 'offline' | 'retry'}
+ */
+export function resumeFailure(error) {
+  if (['invalid_token', 'unauthenticated', 'bad_credentials', 'not_found'].includes(error?.reason)) return 'ended';
+  if (error?.reason === 'disconnected') return 'offline';
+  return 'retry';
+}
+
 export class Jetway extends RpcClient {
   /** @param {ConnectOptions} [options] */
   constructor(options = {}) {

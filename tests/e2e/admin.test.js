@@ -4,7 +4,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, launchBrowser, openPage, Api, requestId, until } from './harness.js';
+import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, requestId, until } from './harness.js';
 
 const ADMIN_PASSWORD = 'e2e-admin-pass-42';
 
@@ -137,5 +137,64 @@ describe('admin dashboard', () => {
     await admin.close();
     await pax.close();
     await page.context().close();
+  });
+  it('shows the sign-in form when the session ended while offline, and signs out offline at once', async () => {
+    const gate = await new NetworkGate(server).start();
+    const page = await openPage(browser);
+    /** Whether `token` still resumes a session. */
+    const resumes = async (token) => {
+      const api = await Api.open(browser, server);
+      try {
+        await api.call('auth.resume', { token });
+        return true;
+      } catch (e) {
+        if (e.rpc?.data?.reason === 'invalid_token') return false;
+        throw e;
+      } finally {
+        await api.close();
+      }
+    };
+    const signIn = async () => {
+      await page.locator('#admin-password').fill(ADMIN_PASSWORD);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.locator('#dashboard').waitFor();
+      await page.locator('#conn[data-state="live"]').waitFor();
+      return page.evaluate(() => sessionStorage.getItem('jetway.admin.token'));
+    };
+    const offline = async () => {
+      gate.cut();
+      await page.locator('#conn[data-state="reconnecting"]').waitFor();
+    };
+    try {
+      await page.goto(`${gate.url}/admin.html`);
+      const first = await signIn();
+      // ended elsewhere while this tab is offline (a sign-out in another tab)
+      await offline();
+      const other = await Api.open(browser, server);
+      await other.call('auth.resume', { token: first });
+      await other.call('auth.logout');
+      await other.close();
+      gate.restore();
+      // before, the dashboard stayed up, "Connected", and never changed again
+      await page.locator('#login-error', { hasText: 'Your session has ended' }).waitFor({ timeout: 40000 });
+      assert.equal(await page.locator('#dashboard').isVisible(), false);
+
+      // a sign-out while offline: the form at once, the token revoked once back online
+      const second = await signIn();
+      await offline();
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.locator('#login').waitFor({ timeout: 2000 });
+      assert.equal(await page.evaluate(() => sessionStorage.getItem('jetway.admin.token')), null);
+      assert.equal(await resumes(second), true, 'not revoked while offline');
+      gate.restore();
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 40000 });
+      await until(async () => !(await resumes(second)), { message: 'the token revoked' });
+      await until(() => page.evaluate(() => sessionStorage.getItem('jetway.admin.revoke') === null), { message: 'the pending revoke cleared' });
+      // the gate's cuts make connection errors: nothing else
+      assert.deepEqual(page.consoleErrors(true), []);
+    } finally {
+      await page.context().close();
+      await gate.close();
+    }
   });
 });
