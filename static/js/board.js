@@ -36,6 +36,12 @@ client.onConnect(async (c) => {
   } catch (e) {
     if (e.reason === 'not_found' || e.reason === 'invalid_params') {
       $('b-title').textContent = `Unknown airport ${airport}`;
+    } else if (e.reason !== 'disconnected') {
+      // no watch, no pushes: a list left up would never change again (a flight
+      // cancelled meanwhile still shown boarding). This connection is dropped, and
+      // the next one (after the client's backoff) watches again.
+      console.warn('flights.watch failed; reconnecting', e);
+      c.ws?.close();
     }
   }
 });

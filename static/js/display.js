@@ -51,9 +51,15 @@ async function show(id) {
   try {
     r = await client.call('flights.get', { flight_id: id });
   } catch (e) {
-    if (e.reason === 'disconnected' || e.reason === 'timeout') {
-      // Retry once we are connected again.
+    if (['disconnected', 'timeout', 'rate_limited', 'internal'].includes(e.reason)) {
+      // an unattended screen tries again: once connected again, or (still connected:
+      // a timeout, a passing refusal) after a few seconds, spread so that many
+      // screens do not ask at once
       await new Promise((res) => {
+        if (client.ready) {
+          setTimeout(res, 2000 + Math.random() * 3000);
+          return;
+        }
         const onState = (ev) => {
           if (ev.detail.ready) {
             client.removeEventListener('state', onState);

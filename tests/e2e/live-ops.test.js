@@ -88,6 +88,43 @@ describe('live operations', () => {
     await board.context().close();
   });
 
+  it('a display and a board whose first read fails try again', async () => {
+    const flight = await createFlight(admin, 'JW9107', 'MAD', 180);
+    /** A page whose first call of `method` is answered `internal` (not by the server). */
+    const failingOnce = async (method) => {
+      const page = await openPage(browser, { viewport: { width: 1920, height: 1080 } });
+      let failed = 0;
+      await page.routeWebSocket(/\/ws$/, (ws) => {
+        const upstream = ws.connectToServer();
+        ws.onMessage((text) => {
+          const m = JSON.parse(text);
+          if (m.method === method && failed === 0) {
+            failed += 1;
+            ws.send(JSON.stringify({ jsonrpc: '2.0', id: m.id, error: { code: -32603, message: 'internal error', data: { reason: 'internal' } } }));
+            return;
+          }
+          upstream.send(text);
+        });
+      });
+      return { page, failed: () => failed };
+    };
+    // before, the display showed "Cannot show flight" for good, and the board an empty
+    // list that no push would ever fill
+    const display = await failingOnce('flights.get');
+    await display.page.goto(`${server.url}/display.html?flight=${encodeURIComponent(flight.flight_id)}`);
+    await display.page.locator('.d-number', { hasText: 'JW9107' }).waitFor({ timeout: 15000 });
+    assert.equal(display.failed(), 1);
+    const board = await failingOnce('flights.watch');
+    await board.page.goto(`${server.url}/board.html?airport=MAD`);
+    await board.page.locator(`tr[data-flight="${flight.flight_id}"][data-status="scheduled"]`).waitFor({ timeout: 15000 });
+    assert.equal(board.failed(), 1);
+    // and the board's watch is live: a delay is shown
+    await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: iso(Date.parse(flight.departs_at) + 30 * 60000), reason: 'late crew' });
+    await board.page.locator(`tr[data-flight="${flight.flight_id}"][data-status="delayed"]`).waitFor();
+    await display.page.context().close();
+    await board.page.context().close();
+  });
+
   it('a booked passenger sees a delay in the app within 2 s, in local time', async () => {
     const flight = await createFlight(admin, 'JW9104', 'DUB', 8 * 60);
     const page = await openPage(browser);
