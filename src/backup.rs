@@ -26,6 +26,14 @@ pub struct BackupArgs {
     /// logs in as `admin` with JETWAY_ADMIN_PASSWORD (and logs out after).
     #[arg(skip = std::env::var("JETWAY_ADMIN_TOKEN").ok())]
     pub token: Option<String>,
+
+    /// A file keeping the `device_token` the server gives this command's password
+    /// logins (written 0600, read at the next run). A login that sends it is counted
+    /// apart from `admin`'s other failed logins, so wrong passwords sent for `admin`
+    /// from anywhere cannot hold up scheduled backups (docs/security.md, "Known
+    /// devices"). Give it for every scheduled backup.
+    #[arg(long, env = "JETWAY_BACKUP_DEVICE_FILE", value_name = "PATH")]
+    pub device_file: Option<PathBuf>,
 }
 
 type Ws =
@@ -42,7 +50,7 @@ pub async fn run(args: BackupArgs, admin_password: Option<String>) -> Result<usi
             let password = admin_password.ok_or(
                 "set JETWAY_ADMIN_TOKEN (an admin session token) or JETWAY_ADMIN_PASSWORD",
             )?;
-            let (token, ws) = login(&base, &password).await?;
+            let (token, ws) = login(&base, &password, args.device_file.as_deref()).await?;
             (token, Some(ws))
         }
     };
@@ -75,7 +83,11 @@ async fn download(base: &str, token: &str) -> Result<Vec<u8>, String> {
     Ok(body.to_vec())
 }
 
-async fn login(base: &str, password: &str) -> Result<(String, Ws), String> {
+async fn login(
+    base: &str,
+    password: &str,
+    device_file: Option<&std::path::Path>,
+) -> Result<(String, Ws), String> {
     let url = match base.split_once("://") {
         Some(("https", rest)) => format!("wss://{rest}/ws"),
         Some((_, rest)) => format!("ws://{rest}/ws"),
@@ -84,16 +96,41 @@ async fn login(base: &str, password: &str) -> Result<(String, Ws), String> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let reply = call(
-        &mut ws,
-        "auth.login",
-        json!({"username": "admin", "password": password}),
-    )
-    .await?;
+    let mut params = json!({"username": "admin", "password": password});
+    let known = match device_file {
+        Some(path) => match tokio::fs::read_to_string(path).await {
+            Ok(t) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    if let Some(t) = &known {
+        params["device_token"] = json!(t);
+    }
+    let reply = call(&mut ws, "auth.login", params).await?;
     let token = reply["token"]
         .as_str()
         .ok_or("auth.login returned no token")?;
+    if let (Some(path), Some(device)) = (device_file, reply["device_token"].as_str()) {
+        if known.as_deref() != Some(device) {
+            write_private(path, device).await?;
+        }
+    }
     Ok((token.to_owned(), ws))
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+async fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut open = tokio::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    open.mode(0o600);
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut f = open.open(path).await.map_err(fail)?;
+    f.write_all(text.as_bytes()).await.map_err(fail)?;
+    f.sync_all().await.map_err(fail)
 }
 
 /// One JSON-RPC call; pushes before its reply are skipped.

@@ -176,6 +176,39 @@ async fn a_running_server_is_backed_up_and_restored_elsewhere() {
     );
 }
 
+/// Wrong passwords sent for `admin` from anywhere put the name in backoff, which held
+/// up every scheduled `jetway backup` (it logs in as `admin`); with
+/// `--device-file` its logins are counted apart, as a known device's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_its_device_file_is_not_held_up_by_wrong_admin_passwords() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().unwrap();
+    let admin = ("JETWAY_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let server = Proc::start_with_env(data.path(), &[], &[admin]);
+    let out = tempfile::tempdir().unwrap();
+    let device = out.path().join("device");
+    let device_env = ("JETWAY_BACKUP_DEVICE_FILE", device.to_str().unwrap());
+    let (ok, text) = backup(&server, &out.path().join("b1"), &[admin, device_env]);
+    assert!(ok, "{text}");
+    let mode = std::fs::metadata(&device).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // someone sprays wrong passwords at `admin`
+    let mut c = Client::connect(&server.url()).await;
+    for _ in 0..8 {
+        let r = c
+            .call(
+                "auth.login",
+                json!({"username": "admin", "password": "wrong password 42"}),
+            )
+            .await;
+        assert!(r.get("error").is_some(), "{r}");
+    }
+    let (ok, text) = backup(&server, &out.path().join("b2"), &[admin]);
+    assert!(!ok && text.contains("too many requests"), "{text}");
+    let (ok, text) = backup(&server, &out.path().join("b3"), &[admin, device_env]);
+    assert!(ok, "{text}");
+}
+
 #[test]
 fn the_dockerfile_builds_in_stages_and_runs_as_a_user_on_a_volume() {
     let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
