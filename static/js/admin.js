@@ -6,7 +6,7 @@
 // stats reported, so no snapshots are sent) and re-reads the stats once, debounced,
 // when any of them changes; a slow poll covers the flights not on screen.
 
-import { Jetway, PendingRevoke, resumeFailure } from './jetway.js';
+import { ActionId, Jetway, PendingRevoke, resumeFailure } from './jetway.js';
 import { h, clear, byId as $, toast, statusBadge, modal, followConnection } from './ui.js';
 import { formatMoney, formatDate, formatTime, formatLocal, toLocalInput, fromLocalInput, plural } from './format.js';
 
@@ -225,6 +225,8 @@ async function refresh() {
       render();
       $('updated').textContent = `Updated ${formatTime(new Date().toISOString())} UTC`;
     } catch (e) {
+      // signed out meanwhile (the connect hook showed the form and why): nothing to add
+      if (!state.user) return;
       if (e.reason === 'forbidden') {
         sessionStorage.removeItem(TOKEN_KEY);
         state.user = null;
@@ -475,7 +477,13 @@ async function cancelFlight(id) {
     const r = await client.call('admin.flights.cancel', { flight_id: id, reason }, { timeout: 120000 });
     toast(`${f.number} cancelled: ${plural(r.refunded, 'booking')} refunded, ${plural(r.released, 'hold')} released.`, 'success');
   } catch (e) {
-    toast(`Could not cancel ${f.number}: ${e.message}`, 'error');
+    if (ActionId.uncertain(e)) {
+      // the cancellation may well be on disk, its refunds going on: the row's status
+      // (read again below) says; a second cancel would only be refused
+      toast(`No answer yet about cancelling ${f.number}: its status below shows whether it is cancelled.`, 'warn');
+    } else {
+      toast(`Could not cancel ${f.number}: ${e.message}`, 'error');
+    }
     if (button) {
       button.disabled = false;
       button.textContent = 'Cancel flight';

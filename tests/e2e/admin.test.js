@@ -197,4 +197,52 @@ describe('admin dashboard', () => {
       await gate.close();
     }
   });
+  it('a cancel whose answer is lost is not reported as failed', async () => {
+    const admin = await Api.open(browser, server);
+    await admin.call('auth.login', { username: 'admin', password: ADMIN_PASSWORD });
+    const { flight } = await admin.call('admin.flights.create', {
+      number: 'JW951',
+      from: 'AMS',
+      to: 'BCN',
+      departs_at: isoAt(6, 10, 0),
+      arrives_at: isoAt(6, 12, 20),
+      aircraft: 'A320',
+      fares: { economy: { amount: 12000, currency: 'EUR' }, business: { amount: 40000, currency: 'EUR' } },
+    });
+    const page = await openPage(browser);
+    // the server cancels the flight; its answer is lost with the connection
+    await page.routeWebSocket(/\/ws$/, (ws) => {
+      const upstream = ws.connectToServer();
+      let cancelId = null;
+      ws.onMessage((text) => {
+        const m = JSON.parse(text);
+        if (m.method === 'admin.flights.cancel') cancelId = m.id;
+        upstream.send(text);
+      });
+      upstream.onMessage((text) => {
+        if (cancelId !== null && JSON.parse(text).id === cancelId) {
+          ws.close();
+          return;
+        }
+        ws.send(text);
+      });
+    });
+    await page.goto(`${server.url}/admin.html`);
+    await page.locator('#admin-password').fill(ADMIN_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#conn[data-state="live"]').waitFor();
+    await page.locator('#filter').fill('JW951');
+    const row = page.locator(`tr[data-flight="${flight.flight_id}"]`);
+    await row.locator('[data-testid="status"][data-value="scheduled"]').waitFor();
+    await row.getByRole('button', { name: /Cancel flight JW951/ }).click();
+    const dialog = page.locator('dialog.dialog');
+    await dialog.locator('#cancel-reason').fill('Crew shortage');
+    await dialog.getByRole('button', { name: 'Cancel flight' }).click();
+    await page.locator('.toast', { hasText: 'No answer yet about cancelling JW951' }).waitFor();
+    await row.locator('[data-testid="status"][data-value="cancelled"]').waitFor({ timeout: 40000 });
+    // before, it said the cancel had failed
+    assert.equal(await page.locator('.toast', { hasText: 'Could not cancel' }).count(), 0);
+    await admin.close();
+    await page.context().close();
+  });
 });
