@@ -97,11 +97,16 @@ async fn login(
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
     let mut params = json!({"username": "admin", "password": password});
+    // the device file only spares the login the username's backoff: a file that
+    // cannot be read or written is warned about, and the backup goes on
     let known = match device_file {
         Some(path) => match tokio::fs::read_to_string(path).await {
             Ok(t) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the device file; logging in without it");
+                None
+            }
         },
         None => None,
     };
@@ -114,7 +119,9 @@ async fn login(
         .ok_or("auth.login returned no token")?;
     if let (Some(path), Some(device)) = (device_file, reply["device_token"].as_str()) {
         if known.as_deref() != Some(device) {
-            write_private(path, device).await?;
+            if let Err(e) = write_private(path, device).await {
+                tracing::warn!(error = %e, "the device token was not kept; the next backup logs in as a new device");
+            }
         }
     }
     Ok((token.to_owned(), ws))
@@ -129,6 +136,14 @@ async fn write_private(path: &std::path::Path, text: &str) -> Result<(), String>
     open.mode(0o600);
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut f = open.open(path).await.map_err(fail)?;
+    // a file made earlier with a wider mode is narrowed too
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(fail)?;
+    }
     f.write_all(text.as_bytes()).await.map_err(fail)?;
     f.sync_all().await.map_err(fail)
 }

@@ -98,30 +98,36 @@ fn main() -> std::process::ExitCode {
 
 async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // below debug these libraries log whole frames and headers: passwords, tokens, the
-    // Stripe key (docs/security.md, "Request params are never logged")
-    for lib in [
-        "tungstenite",
-        "tokio_tungstenite",
-        "hyper",
-        "hyper_util",
-        "h2",
-        "reqwest",
-    ] {
-        if let Ok(cap) = format!("{lib}=debug").parse() {
-            filter = filter.add_directive(cap);
-        }
-    }
+    // Stripe key (docs/security.md, "Request params are never logged"). A second
+    // filter, which every event must pass as well as RUST_LOG's: it lowers no level
+    // RUST_LOG sets at debug or below, and raises none.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(
+            [
+                "tungstenite",
+                "tokio_tungstenite",
+                "hyper",
+                "hyper_util",
+                "h2",
+                "reqwest",
+            ]
+            .map(|lib| (lib, LevelFilter::DEBUG)),
+        );
     // colour codes only for a terminal: a log file or journal gets plain text
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_format == jetway::config::LogFormat::Json {
-        logs.json().init();
+        logs.json().finish().with(caps).init();
     } else {
-        logs.init();
+        logs.finish().with(caps).init();
     }
     return_large_blocks();
 
