@@ -213,7 +213,7 @@ describe('live operations', () => {
     });
 
   it('a flight page back online shows a delay made while it was offline', async () => {
-    const flight = await createFlight(admin, 'JW9104', 'DUB', 200);
+    const flight = await createFlight(admin, 'JW9108', 'DUB', 200);
     const { page, gate, close } = await flightPageBehindGate(flight);
     try {
       gate.cut();
