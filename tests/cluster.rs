@@ -1767,6 +1767,62 @@ async fn a_logout_through_one_node_ends_the_token_on_a_lagging_node() {
     }
 }
 
+/// Linearizable reads (`Range` calls) etcd member `i` has answered.
+async fn ranges_answered(etcd: &Etcd, i: usize) -> u64 {
+    let url = etcd.endpoint(i);
+    let addr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let (code, page) = common::http_get(addr, "/metrics")
+        .await
+        .expect("etcd's metrics");
+    assert_eq!(code, 200, "{page}");
+    page.lines()
+        .find(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_code=\"OK\"")
+                && l.contains("grpc_method=\"Range\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("a count of Range calls")
+}
+
+/// A login-required request reads etcd's revision once, for its token check, and its
+/// handler's first catch-up rests on that read (before, each such request made two
+/// linearizable reads, one right after the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reads_the_clusters_revision_once_for_its_token_and_its_answer() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1);
+    let fake = FakeStripe::start().await.expect("fake stripe");
+    let node = in_process_node(&etcd.endpoint(0), &prefix(), &fake.base()).await;
+    let mut c = Client::connect(&node.url()).await;
+    c.new_user().await;
+    let flight = scheduled_flights(&node.url()).await[0].clone();
+    let n = 40;
+    let before = ranges_answered(&etcd, 0).await;
+    for i in 0..n {
+        c.ok("bookings.list", json!({})).await;
+        let hold = json!({"flight_id": flight, "count": 1, "cabin": "economy",
+                          "passengers": passengers(1), "request_id": format!("r{i}")});
+        let loc = c.ok("booking.hold", hold).await["booking"]["locator"].clone();
+        c.ok(
+            "booking.cancel",
+            json!({"locator": loc, "request_id": format!("c{i}")}),
+        )
+        .await;
+    }
+    let reads = ranges_answered(&etcd, 0).await - before;
+    // three requests a round, each with its token check; a few reads of the node's
+    // own (an id block) may fall in between
+    let requests = 3 * n;
+    assert!(
+        (requests..requests + requests / 4).contains(&reads),
+        "{reads} linearizable reads for {requests} requests"
+    );
+}
+
 /// A refund being made through one node holds the booking's payment mark, so an
 /// admin resolving that refund through another node at that moment is refused
 /// (it would record as paid elsewhere a refund the first node is paying at the

@@ -593,7 +593,7 @@ impl App {
         if conn.is_none() {
             return Err(AppError::Unauthenticated);
         }
-        self.committer.catch_up().await?;
+        self.committer.catch_up_for_request().await?;
         let s = conn.as_ref().ok_or(AppError::Unauthenticated)?;
         if self.live_session(&s.token_hash)?.is_none() {
             let s = conn.take();

@@ -93,7 +93,10 @@ pub async fn handle(shield: &Shield, conn: &mut ConnState, req: Request) -> Dura
         conn = conn.outbox.id(),
         method = label
     );
-    let unsent = handle_in_span(&app, shield, conn, req, label)
+    let handling = handle_in_span(&app, shield, conn, req, label);
+    let unsent = app
+        .committer
+        .handling_request(handling)
         .instrument(span)
         .await;
     drop(_running);

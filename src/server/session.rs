@@ -280,11 +280,12 @@ pub async fn sweeper(
     roster.stop();
 }
 
-/// How long a client may be silent before it is pinged, and before it is closed.
+/// How long a client may be silent before it is pinged, and before it is closed
+/// (`Config::check` keeps the second longer).
 fn liveness(config: &crate::config::Config) -> (Duration, Duration) {
     (
-        Duration::from_secs(config.ping_interval.max(1)),
-        Duration::from_secs(config.idle_timeout.max(2)),
+        Duration::from_secs(config.ping_interval),
+        Duration::from_secs(config.idle_timeout),
     )
 }
 

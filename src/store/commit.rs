@@ -93,6 +93,12 @@ impl Drop for RequestRunning<'_> {
     }
 }
 
+tokio::task_local! {
+    /// Whether the request this task handles caught up since it arrived, and has not
+    /// caught up again since ([`Committer::catch_up_for_request`]).
+    static CAUGHT_UP: std::cell::Cell<bool>;
+}
+
 /// A pending write; [`Committer::durable`] waits for it.
 #[derive(Debug)]
 pub enum Ticket {
@@ -267,10 +273,41 @@ impl Committer {
 
     /// On a replicated store, waits until this node has every write committed
     /// anywhere so far (call it before reading); a local store has them all already.
+    /// Within [`Committer::handling_request`], the first call after
+    /// [`Committer::catch_up_for_request`] rests on that one instead: both came after
+    /// the request arrived, so what either sees is as new as the request needs (a
+    /// write committed since is concurrent with it, and a write that rests on what
+    /// was read expects its revision). Every later call reads again, so a retry after
+    /// a conflict sees what it lost to.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
-        match self.store.replicated() {
-            Some(r) => r.settle().await,
-            None => Ok(()),
+        let Some(r) = self.store.replicated() else {
+            return Ok(());
+        };
+        if CAUGHT_UP.try_with(|c| c.replace(false)).unwrap_or(false) {
+            return Ok(());
+        }
+        r.settle().await
+    }
+
+    /// [`Committer::catch_up`], as the request's first step (its token check): the
+    /// request's next catch-up rests on this one.
+    pub async fn catch_up_for_request(&self) -> Result<(), StoreError> {
+        let _ = CAUGHT_UP.try_with(|c| c.set(false));
+        self.catch_up().await?;
+        let _ = CAUGHT_UP.try_with(|c| c.set(true));
+        Ok(())
+    }
+
+    /// Runs `handling` as the handling of one request, whose catch-ups may rest on
+    /// each other ([`Committer::catch_up`]); a local store's need no scope.
+    pub fn handling_request<F: std::future::Future>(
+        &self,
+        handling: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        use futures::future::Either;
+        match self.is_replicated() {
+            true => Either::Left(CAUGHT_UP.scope(std::cell::Cell::new(false), handling)),
+            false => Either::Right(handling),
         }
     }
 

@@ -733,6 +733,18 @@ impl SledStore {
         read()
     }
 
+    /// The user's line revision ([`Store::user_line`]) and `count`, read as one.
+    fn with_user_revision(
+        &self,
+        user: UserId,
+        count: impl Fn() -> usize,
+    ) -> StoreResult<(Option<u64>, usize)> {
+        self.read_whole(|| {
+            let revision = self.stored_counter(&user_line_key(user), "user line revision")?;
+            Ok((revision, count()))
+        })
+    }
+
     /// The record of kind `record` whose id the key `reference` holds.
     fn via_reference<T: DeserializeOwned>(
         &self,
@@ -1603,17 +1615,11 @@ impl Store for SledStore {
     }
 
     fn user_line(&self, user: UserId) -> StoreResult<(Option<u64>, usize)> {
-        self.read_whole(|| {
-            let revision = self.stored_counter(&user_line_key(user), "user line revision")?;
-            Ok((revision, self.waiting_entries(user)))
-        })
+        self.with_user_revision(user, || self.waiting_entries(user))
     }
 
     fn user_holds(&self, user: UserId, now: Millis) -> StoreResult<(Option<u64>, usize)> {
-        self.read_whole(|| {
-            let revision = self.stored_counter(&user_line_key(user), "user line revision")?;
-            Ok((revision, self.tally.capped_holds(user, now)))
-        })
+        self.with_user_revision(user, || self.tally.capped_holds(user, now))
     }
 
     fn checkin_sequence(&self, flight: &FlightId) -> StoreResult<u64> {
