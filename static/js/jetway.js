@@ -108,9 +108,10 @@ function storage() {
  * @typedef {{type: 'snapshot'|'change', flightId: string, version: number,
  *   seats: (Seat & {previous?: SeatStatus})[], feed: SeatFeed}} SeatEvent
  *   `snapshot`: the whole map (`seats` is every seat); `change`: one version's seats.
- * @typedef {{url?: string, baseDelay?: number, maxDelay?: number, timeout?: number}} ConnectOptions
- *   Reconnect delays in ms (exponential with full jitter, from baseDelay up to maxDelay)
- *   and a per-call timeout in ms.
+ * @typedef {{url?: string, baseDelay?: number, maxDelay?: number, timeout?: number, stableAfter?: number}} ConnectOptions
+ *   Reconnect delays in ms (exponential with full jitter, from baseDelay up to maxDelay;
+ *   back to baseDelay only after a connection that stayed ready stableAfter ms) and a
+ *   per-call timeout in ms.
  */
 
 /** Calls carrying a `request_id`: retried after a reconnect with the same id. */

@@ -2,7 +2,8 @@
 //
 // - request/response matched by id, as promises;
 // - server pushes (no id) dispatched to handlers registered with on(method, fn);
-// - automatic reconnect with exponential backoff and full jitter;
+// - automatic reconnect with exponential backoff and full jitter, restarted only by a
+//   connection that stayed up (`stableAfter`);
 // - "connect hooks" run on every (re)connect before queued calls are sent, so the
 //   session can be resumed and subscriptions renewed first;
 // - a call refused `rate_limited` (nothing was done) sent again after a backoff, a
@@ -43,12 +44,18 @@ export class RpcClient extends EventTarget {
     baseDelay = 500,
     maxDelay = 15000,
     timeout = 20000,
+    stableAfter = 10000,
   } = {}) {
     super();
     this.url = url;
     this.baseDelay = baseDelay;
     this.maxDelay = maxDelay;
     this.timeout = timeout;
+    // a connection lost sooner after it was ready does not restart the backoff: a
+    // server (or proxy) that closes every connection soon after it opens is not
+    // hammered at the shortest delay by every client it has
+    this.stableAfter = stableAfter;
+    this.readyAt = 0;
     this.ws = null;
     this.state = 'idle'; // idle | connecting | open | reconnecting | closed
     this.ready = false; // open and connect hooks have finished
@@ -169,7 +176,7 @@ export class RpcClient extends EventTarget {
       console.warn('connect hook failed', e);
       if (ws !== this.ws || ws.readyState !== WebSocket.OPEN) return;
     }
-    this.attempt = 0;
+    this.readyAt = Date.now();
     this.ready = true;
     this._setState('open', { ready: true });
     const queued = this.queue;
@@ -237,6 +244,8 @@ export class RpcClient extends EventTarget {
     if (ws !== this.ws) return;
     this.ws = null;
     this.ready = false;
+    if (this.readyAt && Date.now() - this.readyAt >= this.stableAfter) this.attempt = 0;
+    this.readyAt = 0;
     // Fail or re-queue in-flight calls.
     for (const [id, entry] of this.pending) {
       clearTimeout(entry.timer);

@@ -154,6 +154,40 @@ describe('client SDK', () => {
     await page.context().close();
   });
 
+  it('keeps backing off while every connection is lost soon after it opens', async () => {
+    const page = await openPage(browser);
+    await page.goto(`${server.url}/healthz`);
+    const attempts = await page.evaluate(async () => {
+      // every connection is closed 100 ms after it opens, then the fifth lives 700 ms
+      const Real = WebSocket;
+      let opened = 0;
+      window.WebSocket = class extends Real {
+        constructor(url) {
+          super(url);
+          this.addEventListener('open', () => {
+            opened += 1;
+            setTimeout(() => this.close(), opened === 5 ? 700 : 100);
+          });
+        }
+      };
+      const { connect } = await import('/js/jetway.js');
+      const jw = connect({ baseDelay: 20, maxDelay: 5000, stableAfter: 500 });
+      const seen = [];
+      await new Promise((resolve) => {
+        jw.addEventListener('state', (e) => {
+          if (e.detail.state !== 'reconnecting' || !e.detail.waiting) return;
+          seen.push(e.detail.attempt);
+          if (seen.length === 6) resolve();
+        });
+      });
+      jw.close();
+      return seen;
+    });
+    await page.close();
+    // before, every connection that got ready started the backoff again: 1, 1, 1, ...
+    assert.deepEqual(attempts, [1, 2, 3, 4, 1, 2], 'the backoff restarts only after the connection that stayed up');
+  });
+
   it('sends calls refused rate_limited again until they are answered', async () => {
     // a server allowing 5 requests a second per connection; 25 calls at once
     await onLimitedServer({ rate: '5', burst: '5' }, async (page) => {
