@@ -4,7 +4,7 @@
 
 import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
-import { countSeats } from './live.js';
+import { countSeats, PASSING } from './live.js';
 import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
 import { h, byId as $, runClock, followViewers, followConnection } from './ui.js';
 
@@ -51,7 +51,7 @@ async function show(id) {
   try {
     r = await client.call('flights.get', { flight_id: id });
   } catch (e) {
-    if (['disconnected', 'timeout', 'rate_limited', 'internal'].includes(e.reason)) {
+    if (e.reason === 'disconnected' || PASSING.includes(e.reason)) {
       // an unattended screen tries again: once connected again, or (still connected:
       // a timeout, a passing refusal) after a few seconds, spread so that many
       // screens do not ask at once

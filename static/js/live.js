@@ -69,6 +69,10 @@ export class SeatFeed extends EventTarget {
   }
 }
 
+/** Failures of a call, other than a lost connection, that may pass: worth trying
+ * again after a while. */
+export const PASSING = ['timeout', 'rate_limited', 'internal'];
+
 export class SeatWatcher {
   constructor(client) {
     this.client = client;
@@ -93,13 +97,7 @@ export class SeatWatcher {
     if (!feed) {
       feed = new SeatFeed(flightId);
       this.feeds.set(flightId, feed);
-      this._subscribe(feed, false).catch((e) => {
-        // (cancelled: released before a refused subscribe was sent again)
-        if (e.reason !== 'disconnected' && e.reason !== 'cancelled') {
-          feed.error = e;
-          feed.dispatchEvent(new CustomEvent('error', { detail: e }));
-        }
-      });
+      this._firstSubscribe(feed, 0);
     }
     feed.refs += 1;
     let released = false;
@@ -115,6 +113,25 @@ export class SeatWatcher {
         }
       },
     };
+  }
+
+  /** Subscribes a new feed. A passing failure (no answer in time, a refusal that
+   * says to come back) is tried again after a few seconds, spread and growing, while
+   * the feed is watched: an unattended screen would otherwise never go live. A lost
+   * connection is left to the reconnect, which resubscribes every feed. */
+  _firstSubscribe(feed, tries) {
+    this._subscribe(feed, false).catch((e) => {
+      // (cancelled: released before a refused subscribe was sent again)
+      if (e.reason === 'disconnected' || e.reason === 'cancelled') return;
+      if (PASSING.includes(e.reason)) {
+        const wait = Math.min(30000, 2000 * 2 ** tries) * (1 + Math.random());
+        setTimeout(() => {
+          if (this.feeds.get(feed.flightId) === feed && !feed.loaded && !feed.subscribing && this.client.ready) this._firstSubscribe(feed, tries + 1);
+        }, wait);
+      }
+      feed.error = e;
+      feed.dispatchEvent(new CustomEvent('error', { detail: e }));
+    });
   }
 
   /** Drops the server's subscription to a flight no longer watched, on the open

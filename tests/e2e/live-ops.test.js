@@ -7,7 +7,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, registerViaUi, requestId, liveConn } from './harness.js';
+import { JetwayServer, NetworkGate, launchBrowser, openPage, Api, registerViaUi, requestId, liveConn, until } from './harness.js';
 
 const ADMIN_PASSWORD = 'e2e-admin-pass-42';
 const WITHIN = 2000;
@@ -121,6 +121,21 @@ describe('live operations', () => {
     // and the board's watch is live: a delay is shown
     await admin.call('admin.flights.update', { flight_id: flight.flight_id, estimated_departs_at: iso(Date.parse(flight.departs_at) + 30 * 60000), reason: 'late crew' });
     await board.page.locator(`tr[data-flight="${flight.flight_id}"][data-status="delayed"]`).waitFor();
+    // a display whose seat-map subscribe fails subscribes again, and goes live (before,
+    // it showed the map of its first read for good)
+    const seatless = await failingOnce('seats.subscribe');
+    await seatless.page.goto(`${server.url}/display.html?flight=${encodeURIComponent(flight.flight_id)}`);
+    await seatless.page.locator('.d-number', { hasText: 'JW9107' }).waitFor();
+    const passenger = await Api.open(browser, server);
+    await passenger.register();
+    const { seats } = await passenger.call('flights.get', { flight_id: flight.flight_id });
+    const seat = seats.find((s) => s.status === 'available').seat;
+    await until(() => seatless.failed() === 1, { message: 'the first subscribe refused' });
+    await passenger.call('booking.hold', { flight_id: flight.flight_id, seats: [seat], passengers: [{ name: 'Ada Lovelace' }], request_id: requestId() });
+    await seatless.page.locator(`.d-seat[data-seat="${seat}"][data-status="held"]`).waitFor({ timeout: 20000 });
+    assert.equal(seatless.failed(), 1);
+    await seatless.page.context().close();
+    await passenger.ctx.close();
     await display.page.context().close();
     await board.page.context().close();
   });
