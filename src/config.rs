@@ -241,6 +241,15 @@ impl Config {
         c
     }
 
+    /// Whether payments take real money: Stripe with a live key.
+    pub fn live_payments(&self) -> bool {
+        let live_key = self
+            .stripe_secret_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("sk_live_") || k.starts_with("rk_live_"));
+        self.payments == PaymentsKind::Stripe && live_key
+    }
+
     /// Settings each valid alone that together make no sense.
     pub fn check(&self) -> Result<(), String> {
         if self.checkin_opens * 60 <= self.checkin_closes {
@@ -257,11 +266,7 @@ impl Config {
                 self.idle_timeout, self.ping_interval
             ));
         }
-        let live_key = self
-            .stripe_secret_key
-            .as_deref()
-            .is_some_and(|k| k.starts_with("sk_live_") || k.starts_with("rk_live_"));
-        if self.payments == PaymentsKind::Stripe && live_key && !self.no_seed {
+        if self.live_payments() && !self.no_seed {
             return Err(
                 "the demo schedule (made-up flights) is added at every start \
                  unless --no-seed (JETWAY_NO_SEED=true) is given; with a live Stripe key \

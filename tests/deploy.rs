@@ -367,8 +367,24 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
+    logs_in(dir.path(), listen, log, |_| {}, meanwhile).await
+}
+
+/// [`logs_of`] on the data dir `dir`, with `tweak` setting more of the command.
+async fn logs_in<F, Fut>(
+    dir: &std::path::Path,
+    listen: &str,
+    log: Option<&str>,
+    tweak: impl FnOnce(&mut Command),
+    meanwhile: F,
+) -> String
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut cmd = jetway_command();
-    cmd.args(["--listen", listen, "--data-dir"]).arg(dir.path());
+    cmd.args(["--listen", listen, "--data-dir"]).arg(dir);
+    tweak(&mut cmd);
     match log {
         Some(level) => cmd.env("RUST_LOG", level),
         None => cmd.env_remove("RUST_LOG"),
@@ -390,6 +406,50 @@ where
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A data dir that the demo schedule was seeded into, started again with a live
+/// Stripe key (and `--no-seed`, as it must be), warns that those made-up flights are
+/// still on sale, and how to end that; with the sandbox it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_flights_left_on_sale_under_a_live_key_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeded = logs_in(
+        dir.path(),
+        "127.0.0.1:0",
+        Some("info"),
+        |_| {},
+        |_| async {},
+    )
+    .await;
+    assert!(seeded.contains("seeding demo schedule"), "{seeded}");
+    let no_seed = |c: &mut Command| {
+        c.env("JETWAY_NO_SEED", "true");
+    };
+    let sandbox = logs_in(
+        dir.path(),
+        "127.0.0.1:0",
+        Some("warn"),
+        no_seed,
+        |_| async {},
+    )
+    .await;
+    assert!(!sandbox.contains("demo schedule"), "{sandbox}");
+    let live = |c: &mut Command| {
+        c.env("JETWAY_NO_SEED", "true")
+            .env("STRIPE_SECRET_KEY", "sk_live_not_a_real_key")
+            .args([
+                "--payments",
+                "stripe",
+                "--stripe-api-base",
+                "http://127.0.0.1:9",
+            ]);
+    };
+    let warned = logs_in(dir.path(), "127.0.0.1:0", Some("warn"), live, |_| async {}).await;
+    assert!(
+        warned.contains("flights of the demo schedule") && warned.contains("admin.flights.cancel"),
+        "{warned}"
+    );
 }
 
 /// The sandbox gateway (no money) on an address others can reach is started, with a

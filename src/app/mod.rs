@@ -335,18 +335,18 @@ impl App {
 
     /// Adds the demo schedule's missing days (today and the next 13) unless disabled.
     async fn seed(&self) -> Result<(), StartError> {
+        let flights = self.store.flights().map_err(|e| self.start_err(e))?;
+        let now = domain::now_ms();
+        let demo = domain::schedule::demo_schedule(domain::date_of(now), SCHEDULE_DAYS);
         if self.config.no_seed {
+            if self.config.live_payments() {
+                warn_of_demo_flights_on_sale(&flights, &demo, now);
+            }
             return Ok(());
         }
-        let existing: std::collections::HashSet<FlightId> = self
-            .store
-            .flights()
-            .map_err(|e| self.start_err(e))?
-            .into_iter()
-            .map(|f| f.id)
-            .collect();
-        let today = domain::date_of(domain::now_ms());
-        let missing: Vec<Flight> = domain::schedule::demo_schedule(today, SCHEDULE_DAYS)
+        let existing: std::collections::HashSet<FlightId> =
+            flights.into_iter().map(|f| f.id).collect();
+        let missing: Vec<Flight> = demo
             .into_iter()
             .filter(|f| !existing.contains(&f.id))
             .collect();
@@ -575,6 +575,32 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
         method,
         request_id: domain::RequestId::parse(request_id)?.to_string(),
     })
+}
+
+/// Warns of the demo schedule's flights (made up, seeded by an earlier start) still
+/// on sale in a data dir whose payments are live: their seats would be sold for real
+/// money. Gives the count and a few of them; the flights stay as they are.
+fn warn_of_demo_flights_on_sale(flights: &[Flight], demo: &[Flight], now: Millis) {
+    let demo: std::collections::HashMap<&FlightId, &Flight> =
+        demo.iter().map(|f| (&f.id, f)).collect();
+    let on_sale: Vec<&str> = flights
+        .iter()
+        .filter(|f| f.cancelled.is_none() && f.departs_at > now)
+        .filter(|f| {
+            demo.get(&f.id)
+                .is_some_and(|d| (&d.number, &d.from, &d.to) == (&f.number, &f.from, &f.to))
+        })
+        .map(|f| f.id.as_str())
+        .collect();
+    if let Some(first) = on_sale.first() {
+        let more = on_sale.len() - 1;
+        tracing::warn!(
+            flights = on_sale.len(),
+            "flights of the demo schedule (made up, such as {first}, and {more} more) are on \
+             sale in this data dir while payments use a live Stripe key: cancel them \
+             (admin.flights.cancel refunds any booking), or start from a fresh data dir"
+        );
+    }
 }
 
 tokio::task_local! {
