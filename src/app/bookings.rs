@@ -185,7 +185,7 @@ impl App {
             .inventory
             .get(flight_id)
             .ok_or(AppError::NotFound("flight"))?;
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         Ok((names, fs))
     }
 
@@ -266,7 +266,7 @@ impl App {
         s: &AuthSession,
         p: params::CancelRequest,
     ) -> Result<Answer<BookingResult>, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;
@@ -399,7 +399,7 @@ impl App {
         s: &AuthSession,
         p: params::ChangeSeatRequest,
     ) -> Result<Answer<BookingResult>, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let (from, to) = (p.from, p.to);
         let fs = self.flight_seats(&booking.flight_id)?;

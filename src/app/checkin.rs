@@ -36,7 +36,7 @@ impl App {
         s: &AuthSession,
         p: params::CheckInRequest,
     ) -> Result<Answer<CheckedIn>, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let only = p.seats;
         let fs = self.flight_seats(&booking.flight_id)?;

@@ -515,15 +515,16 @@ impl App {
         self.committer.durable(t).await
     }
 
-    /// Runs `read` on a state that includes every write acknowledged before the call
-    /// (on a cluster, through any node), and answers only once what it saw is durable
-    /// and announced (see [`Committer::settle_reads`]); after a failed sync what it
-    /// read may not be on disk, and it answers an error.
+    /// Runs `read` on a state that includes every write acknowledged before the
+    /// request (on a cluster, through any node; call it before the request waits on
+    /// anything, see [`Committer::catch_up_at_start`]), and answers only once what it
+    /// saw is durable and announced (see [`Committer::settle_reads`]); after a failed
+    /// sync what it read may not be on disk, and it answers an error.
     async fn consistent_read<T>(
         &self,
         read: impl FnOnce() -> Result<T, AppError>,
     ) -> Result<T, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let v = read()?;
         self.committer.settle_reads().await?;
         Ok(v)

@@ -197,7 +197,7 @@ impl App {
                 "payment_method must be 1-128 bytes".into(),
             ));
         }
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let booking = self.own_booking(s.user_id, &p.locator)?;
         let fs = self.flight_seats(&booking.flight_id)?;
         self.idempotent(s.user_id, PAY, &p.request_id, |key, _| async move {

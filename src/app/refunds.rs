@@ -660,7 +660,7 @@ impl App {
         admin: &AuthSession,
         p: params::ResolveRefund,
     ) -> Result<RefundResult, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let r = self
             .store
             .open_refunds()?

@@ -459,7 +459,7 @@ impl App {
         s: &AuthSession,
         p: params::WaitlistRef,
     ) -> Result<Answer<EntryResult>, AppError> {
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let entry = self.own_entry(s.user_id, &p.id)?;
         let fs = self.flight_seats(&entry.flight_id)?;
         let _serial = self.user_turn(s.user_id).await;

@@ -281,11 +281,12 @@ pub async fn sweeper(
 }
 
 /// How long a client may be silent before it is pinged, and before it is closed
-/// (`Config::check` keeps the second longer).
+/// (clamped: a config built in code, as tests do, skips `Config::check`, and a zero
+/// interval would stop the sweeper).
 fn liveness(config: &crate::config::Config) -> (Duration, Duration) {
     (
-        Duration::from_secs(config.ping_interval),
-        Duration::from_secs(config.idle_timeout),
+        Duration::from_secs(config.ping_interval.max(1)),
+        Duration::from_secs(config.idle_timeout.max(2)),
     )
 }
 

@@ -94,8 +94,8 @@ impl Drop for RequestRunning<'_> {
 }
 
 tokio::task_local! {
-    /// Whether the request this task handles caught up since it arrived, and has not
-    /// caught up again since ([`Committer::catch_up_for_request`]).
+    /// Whether the request this task handles caught up for its token check, and no
+    /// later step has rested on that yet ([`Committer::catch_up_at_start`]).
     static CAUGHT_UP: std::cell::Cell<bool>;
 }
 
@@ -273,29 +273,33 @@ impl Committer {
 
     /// On a replicated store, waits until this node has every write committed
     /// anywhere so far (call it before reading); a local store has them all already.
-    /// Within [`Committer::handling_request`], the first call after
-    /// [`Committer::catch_up_for_request`] rests on that one instead: both came after
-    /// the request arrived, so what either sees is as new as the request needs (a
-    /// write committed since is concurrent with it, and a write that rests on what
-    /// was read expects its revision). Every later call reads again, so a retry after
-    /// a conflict sees what it lost to.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
-        let Some(r) = self.store.replicated() else {
-            return Ok(());
-        };
-        if CAUGHT_UP.try_with(|c| c.replace(false)).unwrap_or(false) {
-            return Ok(());
+        match self.store.replicated() {
+            Some(r) => r.settle().await,
+            None => Ok(()),
         }
-        r.settle().await
     }
 
-    /// [`Committer::catch_up`], as the request's first step (its token check): the
-    /// request's next catch-up rests on this one.
+    /// [`Committer::catch_up`], as the request's token check: the request's
+    /// [`Committer::catch_up_at_start`] rests on it.
     pub async fn catch_up_for_request(&self) -> Result<(), StoreError> {
         let _ = CAUGHT_UP.try_with(|c| c.set(false));
         self.catch_up().await?;
         let _ = CAUGHT_UP.try_with(|c| c.set(true));
         Ok(())
+    }
+
+    /// [`Committer::catch_up`], as a request's first step after its token check,
+    /// before it has waited on anything since (a lock, a gateway, a timer): within
+    /// [`Committer::handling_request`] it rests on the token check's read instead of
+    /// reading again. Both came after the request arrived, so what either sees is as
+    /// new as the request needs: a write committed between them is concurrent with
+    /// it. Only the first such call rests on that read.
+    pub async fn catch_up_at_start(&self) -> Result<(), StoreError> {
+        if CAUGHT_UP.try_with(|c| c.replace(false)).unwrap_or(false) {
+            return Ok(());
+        }
+        self.catch_up().await
     }
 
     /// Runs `handling` as the handling of one request, whose catch-ups may rest on

@@ -42,7 +42,7 @@ impl App {
         // as `consistent_read`, with the revenue's scan of every booking and order
         // on a blocking thread: it grows with the history, and held up every other
         // connection on its reactor thread for as long
-        self.committer.catch_up().await?;
+        self.committer.catch_up_at_start().await?;
         let (rows, key) = self.occupancy();
         let revenue = match self.cached_revenue(key) {
             Some(r) => r,
