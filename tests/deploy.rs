@@ -384,6 +384,9 @@ where
 {
     let mut cmd = jetway_command();
     cmd.args(["--listen", listen, "--data-dir"]).arg(dir);
+    for set_by_the_shell in ["JETWAY_NO_SEED", "JETWAY_PAYMENTS", "STRIPE_SECRET_KEY"] {
+        cmd.env_remove(set_by_the_shell);
+    }
     tweak(&mut cmd);
     match log {
         Some(level) => cmd.env("RUST_LOG", level),

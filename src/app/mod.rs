@@ -335,13 +335,14 @@ impl App {
 
     /// Adds the demo schedule's missing days (today and the next 13) unless disabled.
     async fn seed(&self) -> Result<(), StartError> {
+        if self.config.no_seed && !self.config.live_payments() {
+            return Ok(());
+        }
         let flights = self.store.flights().map_err(|e| self.start_err(e))?;
         let now = domain::now_ms();
         let demo = domain::schedule::demo_schedule(domain::date_of(now), SCHEDULE_DAYS);
         if self.config.no_seed {
-            if self.config.live_payments() {
-                warn_of_demo_flights_on_sale(&flights, &demo, now);
-            }
+            warn_of_demo_flights_on_sale(&flights, &demo, now);
             return Ok(());
         }
         let existing: std::collections::HashSet<FlightId> =
@@ -580,7 +581,7 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
 
 /// Warns of the demo schedule's flights (made up, seeded by an earlier start) still
 /// on sale in a data dir whose payments are live: their seats would be sold for real
-/// money. Gives the count and a few of them; the flights stay as they are.
+/// money. Gives their count and one of them; the flights stay as they are.
 fn warn_of_demo_flights_on_sale(flights: &[Flight], demo: &[Flight], now: Millis) {
     let demo: std::collections::HashMap<&FlightId, &Flight> =
         demo.iter().map(|f| (&f.id, f)).collect();
@@ -594,11 +595,10 @@ fn warn_of_demo_flights_on_sale(flights: &[Flight], demo: &[Flight], now: Millis
         .map(|f| f.id.as_str())
         .collect();
     if let Some(first) = on_sale.first() {
-        let more = on_sale.len() - 1;
         tracing::warn!(
             flights = on_sale.len(),
-            "flights of the demo schedule (made up, such as {first}, and {more} more) are on \
-             sale in this data dir while payments use a live Stripe key: cancel them \
+            "flights of the demo schedule (made up, such as {first}) are on sale in this \
+             data dir while payments use a live Stripe key: cancel them \
              (admin.flights.cancel refunds any booking), or start from a fresh data dir"
         );
     }

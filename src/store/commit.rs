@@ -94,10 +94,15 @@ impl Drop for RequestRunning<'_> {
 }
 
 tokio::task_local! {
-    /// Whether the request this task handles caught up for its token check, and no
-    /// later step has rested on that yet ([`Committer::catch_up_at_start`]).
-    static CAUGHT_UP: std::cell::Cell<bool>;
+    /// When the request this task handles caught up for its token check, if no later
+    /// step has rested on that yet ([`Committer::catch_up_at_start`]).
+    static CAUGHT_UP: std::cell::Cell<Option<Instant>>;
 }
+
+/// The longest after the token check's catch-up that a step counts as the request's
+/// start ([`Committer::catch_up_at_start`]): no step that waited on anything comes
+/// this soon, so one that waited (against its documented use) reads again.
+const AT_START: Duration = Duration::from_millis(1);
 
 /// A pending write; [`Committer::durable`] waits for it.
 #[derive(Debug)]
@@ -283,9 +288,9 @@ impl Committer {
     /// [`Committer::catch_up`], as the request's token check: the request's
     /// [`Committer::catch_up_at_start`] rests on it.
     pub async fn catch_up_for_request(&self) -> Result<(), StoreError> {
-        let _ = CAUGHT_UP.try_with(|c| c.set(false));
+        let _ = CAUGHT_UP.try_with(|c| c.set(None));
         self.catch_up().await?;
-        let _ = CAUGHT_UP.try_with(|c| c.set(true));
+        let _ = CAUGHT_UP.try_with(|c| c.set(Some(Instant::now())));
         Ok(())
     }
 
@@ -294,9 +299,10 @@ impl Committer {
     /// [`Committer::handling_request`] it rests on the token check's read instead of
     /// reading again. Both came after the request arrived, so what either sees is as
     /// new as the request needs: a write committed between them is concurrent with
-    /// it. Only the first such call rests on that read.
+    /// it. Only the first such call, within [`AT_START`], rests on that read.
     pub async fn catch_up_at_start(&self) -> Result<(), StoreError> {
-        if CAUGHT_UP.try_with(|c| c.replace(false)).unwrap_or(false) {
+        let checked = CAUGHT_UP.try_with(|c| c.take()).ok().flatten();
+        if checked.is_some_and(|at| at.elapsed() < AT_START) {
             return Ok(());
         }
         self.catch_up().await
@@ -310,7 +316,7 @@ impl Committer {
     ) -> impl std::future::Future<Output = F::Output> {
         use futures::future::Either;
         match self.is_replicated() {
-            true => Either::Left(CAUGHT_UP.scope(std::cell::Cell::new(false), handling)),
+            true => Either::Left(CAUGHT_UP.scope(std::cell::Cell::new(None), handling)),
             false => Either::Right(handling),
         }
     }

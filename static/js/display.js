@@ -4,7 +4,7 @@
 
 import { Jetway } from './jetway.js';
 import { deriveLayout } from './seatmap.js';
-import { countSeats, PASSING } from './live.js';
+import { countSeats, PASSING, passingDelay } from './live.js';
 import { cabinName, formatTime, formatLongDate, formatLocal, departureText } from './format.js';
 import { h, byId as $, runClock, followViewers, followConnection } from './ui.js';
 
@@ -57,7 +57,7 @@ async function show(id) {
       // screens do not ask at once
       await new Promise((res) => {
         if (client.ready) {
-          setTimeout(res, 2000 + Math.random() * 3000);
+          setTimeout(res, passingDelay(0));
           return;
         }
         const onState = (ev) => {

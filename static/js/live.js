@@ -29,6 +29,8 @@ export class SeatFeed extends EventTarget {
     this.subscribing = null;
     this.buffer = [];
     this.viewers = null; // connections watching the flight, this one included
+    this.error = null; // the last failure to subscribe, until one succeeds
+    this.failed = false; // that failure may pass: a subscribe is tried again
   }
 
   _viewers(n) {
@@ -73,6 +75,12 @@ export class SeatFeed extends EventTarget {
  * again after a while. */
 export const PASSING = ['timeout', 'rate_limited', 'internal'];
 
+/** How long to wait before trying such a call again for the `tries`+1st time: 2-4 s,
+ * doubling up to 30-60 s, spread so that many screens do not ask at once. */
+export function passingDelay(tries) {
+  return Math.min(30000, 2000 * 2 ** tries) * (1 + Math.random());
+}
+
 export class SeatWatcher {
   constructor(client) {
     this.client = client;
@@ -82,11 +90,7 @@ export class SeatWatcher {
     client.onConnect(async (c) => {
       for (const feed of this.feeds.values()) {
         feed.subscribing = null;
-        try {
-          await this._subscribe(feed, true);
-        } catch (e) {
-          if (e.reason !== 'cancelled') console.warn('resubscribe failed', feed.flightId, e);
-        }
+        await this._subscribeRetrying(feed, true);
       }
     });
   }
@@ -97,7 +101,7 @@ export class SeatWatcher {
     if (!feed) {
       feed = new SeatFeed(flightId);
       this.feeds.set(flightId, feed);
-      this._firstSubscribe(feed, 0);
+      this._subscribeRetrying(feed, false);
     }
     feed.refs += 1;
     let released = false;
@@ -115,23 +119,35 @@ export class SeatWatcher {
     };
   }
 
-  /** Subscribes a new feed. A passing failure (no answer in time, a refusal that
-   * says to come back) is tried again after a few seconds, spread and growing, while
-   * the feed is watched: an unattended screen would otherwise never go live. A lost
-   * connection is left to the reconnect, which resubscribes every feed. */
-  _firstSubscribe(feed, tries) {
-    this._subscribe(feed, false).catch((e) => {
-      // (cancelled: released before a refused subscribe was sent again)
-      if (e.reason === 'disconnected' || e.reason === 'cancelled') return;
-      if (PASSING.includes(e.reason)) {
-        const wait = Math.min(30000, 2000 * 2 ** tries) * (1 + Math.random());
-        setTimeout(() => {
-          if (this.feeds.get(feed.flightId) === feed && !feed.loaded && !feed.subscribing && this.client.ready) this._firstSubscribe(feed, tries + 1);
-        }, wait);
-      }
-      feed.error = e;
-      feed.dispatchEvent(new CustomEvent('error', { detail: e }));
-    });
+  /** Subscribes `feed` (see `_subscribe`). A passing failure (no answer in time, a
+   * refusal that says to come back) is tried again after a few seconds, spread and
+   * growing, while the feed is watched and nothing else subscribed it meanwhile: an
+   * unattended screen would otherwise never go live, or stay stale. A lost
+   * connection is left to the reconnect, which resubscribes every feed. Never
+   * rejects: a failure is the feed's `error` event. */
+  _subscribeRetrying(feed, immediate, tries = 0) {
+    // one in flight went through here too, and retries on its own failure
+    if (feed.subscribing) return feed.subscribing.catch(() => {});
+    return this._subscribe(feed, immediate).then(
+      () => {
+        feed.failed = false;
+        feed.error = null;
+      },
+      (e) => {
+        // (cancelled: released before a refused subscribe was sent again)
+        if (e.reason === 'disconnected' || e.reason === 'cancelled') return;
+        if (PASSING.includes(e.reason)) {
+          feed.failed = true;
+          setTimeout(() => {
+            // a subscribe in flight, or the reconnect's, retries on its own failure
+            if (this.feeds.get(feed.flightId) !== feed || !feed.failed || feed.subscribing || !this.client.ready) return;
+            this._subscribeRetrying(feed, false, tries + 1);
+          }, passingDelay(tries));
+        }
+        feed.error = e;
+        feed.dispatchEvent(new CustomEvent('error', { detail: e }));
+      },
+    );
   }
 
   /** Drops the server's subscription to a flight no longer watched, on the open
@@ -198,6 +214,6 @@ export class SeatWatcher {
     }
     // A gap: ask for what we missed.
     feed.buffer.push(p);
-    this._subscribe(feed, false).catch(() => {});
+    this._subscribeRetrying(feed, false);
   }
 }

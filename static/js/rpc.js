@@ -112,6 +112,8 @@ export class RpcClient extends EventTarget {
 
   close() {
     this.stopped = true;
+    this.ready = false;
+    this.readyAt = 0;
     clearTimeout(this.retryTimer);
     if (typeof window !== 'undefined') window.removeEventListener('online', this._onOnline);
     if (this.ws) this.ws.close();

@@ -158,7 +158,7 @@ describe('client SDK', () => {
     const page = await openPage(browser);
     await page.goto(`${server.url}/healthz`);
     const attempts = await page.evaluate(async () => {
-      // every connection is closed 100 ms after it opens, then the fifth lives 700 ms
+      // every connection is closed 100 ms after it opens, but the fifth lives 3 s
       const Real = WebSocket;
       let opened = 0;
       window.WebSocket = class extends Real {
@@ -166,12 +166,12 @@ describe('client SDK', () => {
           super(url);
           this.addEventListener('open', () => {
             opened += 1;
-            setTimeout(() => this.close(), opened === 5 ? 700 : 100);
+            setTimeout(() => this.close(), opened === 5 ? 3000 : 100);
           });
         }
       };
       const { connect } = await import('/js/jetway.js');
-      const jw = connect({ baseDelay: 20, maxDelay: 5000, stableAfter: 500 });
+      const jw = connect({ baseDelay: 20, maxDelay: 5000, stableAfter: 1500 });
       const seen = [];
       await new Promise((resolve) => {
         jw.addEventListener('state', (e) => {
