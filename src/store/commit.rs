@@ -100,8 +100,8 @@ tokio::task_local! {
 }
 
 /// The longest after the token check's catch-up that a step counts as the request's
-/// start ([`Committer::catch_up_at_start`]): no step that waited on anything comes
-/// this soon, so one that waited (against its documented use) reads again.
+/// start ([`Committer::catch_up_at_start`]): a step that comes later (one that waited
+/// on something, against its documented use) reads again.
 const AT_START: Duration = Duration::from_millis(1);
 
 /// A pending write; [`Committer::durable`] waits for it.
@@ -308,8 +308,9 @@ impl Committer {
         self.catch_up().await
     }
 
-    /// Runs `handling` as the handling of one request, whose catch-ups may rest on
-    /// each other ([`Committer::catch_up`]); a local store's need no scope.
+    /// Runs `handling` as the handling of one request, whose first step may rest on
+    /// its token check's catch-up ([`Committer::catch_up_at_start`]); a local store's
+    /// requests need no scope.
     pub fn handling_request<F: std::future::Future>(
         &self,
         handling: F,
