@@ -6,7 +6,7 @@
 // stats reported, so no snapshots are sent) and re-reads the stats once, debounced,
 // when any of them changes; a slow poll covers the flights not on screen.
 
-import { ActionId, Jetway, PendingRevoke, resumeFailure } from './jetway.js';
+import { ActionId, Jetway, PendingRevoke, SessionResumes } from './jetway.js';
 import { h, clear, byId as $, toast, statusBadge, modal, followConnection } from './ui.js';
 import { formatMoney, formatDate, formatTime, formatLocal, toLocalInput, fromLocalInput, plural } from './format.js';
 
@@ -14,15 +14,13 @@ const TOKEN_KEY = 'jetway.admin.token';
 // A token signed out of while its `auth.logout` could not be answered (offline, say):
 // revoked at this tab's next connect.
 const REVOKE_KEY = 'jetway.admin.revoke';
-// Resumes refused for a passing reason in a row before the session is given up on.
-const RESUME_TRIES = 3;
 const PAGE_SIZE = 50;
 const DEBOUNCE_MS = 250;
 const POLL_MS = 30000;
 
 const client = new Jetway();
 const revokes = new PendingRevoke(sessionStorage, REVOKE_KEY, client.url);
-let resumeFailures = 0;
+const resumes = new SessionResumes();
 
 const state = {
   user: null,
@@ -60,19 +58,18 @@ client.onConnect(async (c, { reconnect }) => {
   if (!token) return;
   try {
     const r = await c.call('auth.resume', { token }, { immediate: true });
-    resumeFailures = 0;
+    resumes.succeeded();
     // signed out while the resume was on its way: not shown again
     if (sessionStorage.getItem(TOKEN_KEY) !== token) return;
     state.user = r.user;
   } catch (e) {
-    const what = resumeFailure(e);
+    const what = resumes.failed(e);
     if (what === 'offline') return; // the next connect resumes it
-    if (what === 'retry' && ++resumeFailures < RESUME_TRIES) {
+    if (what === 'retry') {
       // the token may well be valid (rate_limited, internal, a timeout)
       c.ws?.close();
       return;
     }
-    resumeFailures = 0;
     sessionStorage.removeItem(TOKEN_KEY);
     state.user = null;
     const message = what === 'ended' ? 'Your session has ended. Sign in again.' : 'Your session could not be restored. Sign in again.';

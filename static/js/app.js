@@ -1,6 +1,6 @@
 // Jetway passenger app: bootstrap, session, connection indicator and routing.
 
-import { Jetway, PendingRevoke, resumeFailure } from './jetway.js';
+import { Jetway, PendingRevoke, SessionResumes } from './jetway.js';
 import { h, clear, toast } from './ui.js';
 import { departureText } from './format.js';
 import { searchView } from './views/search.js';
@@ -120,10 +120,9 @@ const ctx = {
 
 // ---- session resume on every (re)connect -----------------------------------------
 
-// Resumes refused for a passing reason in a row: each drops the connection so the
-// next one tries again, up to a few; then the session is given up on (log in again).
-const RESUME_TRIES = 3;
-let resumeFailures = 0;
+// A resume refused for a passing reason drops the connection so the next one tries
+// again, up to a few times in a row; then the session is given up on (log in again).
+const resumes = new SessionResumes();
 
 client.onConnect(async (c) => {
   revokes.flush();
@@ -135,12 +134,12 @@ client.onConnect(async (c) => {
   }
   try {
     const r = await c.call('auth.resume', { token }, { immediate: true });
-    resumeFailures = 0;
+    resumes.succeeded();
     // logged out (or in as someone else) while the resume was on its way: this
     // connection's session is ended by that logout, not shown again
     if (localStorage.getItem(TOKEN_KEY) === token) ctx.setSession(r);
   } catch (e) {
-    const what = resumeFailure(e);
+    const what = resumes.failed(e);
     if (what === 'ended') {
       ctx.forgetSession('Your session has ended. Please log in again.');
       if (document.querySelector('[data-requires-login]')) {
@@ -148,7 +147,7 @@ client.onConnect(async (c) => {
       }
     } else if (what === 'offline') {
       return; // try again on the next connect
-    } else if (++resumeFailures < RESUME_TRIES) {
+    } else if (what === 'retry') {
       // the token may well be valid (rate_limited, internal, a timeout): this
       // connection is dropped and the next one resumes it, rather than go on
       // anonymous under a page that shows the user logged in
@@ -156,7 +155,6 @@ client.onConnect(async (c) => {
       c.ws?.close();
       return;
     } else {
-      resumeFailures = 0;
       ctx.forgetSession('We could not restore your session. Please log in again.');
     }
   }

@@ -177,6 +177,30 @@ export function resumeFailure(error) {
   return 'retry';
 }
 
+/**
+ * A page's resumes of its session on each connect, counting the `retry`s of
+ * `resumeFailure` in a row: the `tries`-th is `gaveUp` (log in again) instead.
+ */
+export class SessionResumes {
+  constructor(tries = 3) {
+    this.tries = tries;
+    this.failures = 0;
+  }
+
+  succeeded() {
+    this.failures = 0;
+  }
+
+  /** @returns {'ended' | 'offline' | 'retry' | 'gaveUp'} */
+  failed(error) {
+    const what = resumeFailure(error);
+    if (what === 'offline') return what;
+    if (what === 'retry' && ++this.failures < this.tries) return what;
+    this.failures = 0;
+    return what === 'retry' ? 'gaveUp' : what;
+  }
+}
+
 export class Jetway extends RpcClient {
   /** @param {ConnectOptions} [options] */
   constructor(options = {}) {

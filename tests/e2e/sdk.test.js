@@ -46,6 +46,17 @@ describe('client SDK', () => {
     }
   });
 
+  it('gives up resuming a session only after a few passing failures in a row', async () => {
+    const { SessionResumes } = await import('../../static/js/jetway.js');
+    const resumes = new SessionResumes(3);
+    const failed = (reason) => resumes.failed({ reason });
+    assert.deepEqual([failed('internal'), failed('timeout'), failed('rate_limited')], ['retry', 'retry', 'gaveUp']);
+    assert.equal(failed('disconnected'), 'offline', 'a lost connection is not counted');
+    assert.deepEqual([failed('internal'), failed('invalid_token'), failed('internal')], ['retry', 'ended', 'retry'], 'an ended session starts the count again');
+    resumes.succeeded();
+    assert.deepEqual([failed('internal'), failed('internal')], ['retry', 'retry']);
+  });
+
   it('keeps the request_id of an action only while its answer is uncertain', async () => {
     const { ActionId } = await import('../../static/js/jetway.js');
     const hold = new ActionId('hold');
