@@ -501,6 +501,7 @@ impl App {
     /// Waits for `user`'s turn; the lock is dropped from the map once nobody holds or
     /// waits for it, so the map only has users with requests in flight.
     async fn user_turn(&self, user: UserId) -> UserTurn<'_> {
+        self.committer.waiting();
         let lock = self.user_locks.entry(user).or_default().clone();
         UserTurn {
             app: self,
@@ -783,5 +784,21 @@ mod tests {
                 Err(e) => panic!("the data dir is still held: {e}"),
             }
         }
+    }
+
+    /// A request that waited for its user's turn catches up again before it reads:
+    /// the token check's catch-up came before the wait.
+    #[tokio::test]
+    async fn a_users_turn_forgets_the_token_checks_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let config = Config::for_tests(dir.path().to_path_buf());
+        let app = App::with_parts(config, store, Arc::new(Sandbox::default()))
+            .await
+            .unwrap();
+        let user = UserId(7);
+        let (_turn, left) = crate::store::commit::after_token_check(app.user_turn(user)).await;
+        assert!(!left);
+        app.stop().await;
     }
 }

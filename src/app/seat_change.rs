@@ -267,7 +267,10 @@ impl App {
         let replicated = self.committer.is_replicated();
         for _ in 0..MAX_SEAT_TRIES {
             let _turn = match replicated {
-                true => Some(fs.turn.lock().await),
+                true => {
+                    self.committer.waiting();
+                    Some(fs.turn.lock().await)
+                }
                 false => None,
             };
             let decided = {

@@ -95,8 +95,28 @@ impl Drop for RequestRunning<'_> {
 
 tokio::task_local! {
     /// When the request this task handles caught up for its token check, if no later
-    /// step has rested on that yet ([`Committer::catch_up_at_start`]).
+    /// step has rested on that yet ([`Committer::catch_up_at_start`]) or waited since
+    /// ([`Committer::waiting`]).
     static CAUGHT_UP: std::cell::Cell<Option<Instant>>;
+}
+
+/// Forgets the request's token-check catch-up: what happens after a wait may not
+/// rest on it.
+fn forget_token_check() {
+    let _ = CAUGHT_UP.try_with(|c| c.set(None));
+}
+
+/// Runs `f` as a request's step right after its token check's catch-up; with its
+/// output, whether a later step could still rest on that catch-up.
+#[cfg(test)]
+pub(crate) async fn after_token_check<F: std::future::Future>(f: F) -> (F::Output, bool) {
+    let fresh = std::cell::Cell::new(Some(Instant::now()));
+    CAUGHT_UP
+        .scope(fresh, async {
+            let out = f.await;
+            (out, CAUGHT_UP.with(|c| c.get().is_some()))
+        })
+        .await
 }
 
 /// The longest after the token check's catch-up that a step counts as the request's
@@ -279,6 +299,7 @@ impl Committer {
     /// On a replicated store, waits until this node has every write committed
     /// anywhere so far (call it before reading); a local store has them all already.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
+        forget_token_check();
         match self.store.replicated() {
             Some(r) => r.settle().await,
             None => Ok(()),
@@ -288,7 +309,6 @@ impl Committer {
     /// [`Committer::catch_up`], as the request's token check: the request's
     /// [`Committer::catch_up_at_start`] rests on it.
     pub async fn catch_up_for_request(&self) -> Result<(), StoreError> {
-        let _ = CAUGHT_UP.try_with(|c| c.set(None));
         self.catch_up().await?;
         let _ = CAUGHT_UP.try_with(|c| c.set(Some(Instant::now())));
         Ok(())
@@ -299,13 +319,23 @@ impl Committer {
     /// [`Committer::handling_request`] it rests on the token check's read instead of
     /// reading again. Both came after the request arrived, so what either sees is as
     /// new as the request needs: a write committed between them is concurrent with
-    /// it. Only the first such call, within [`AT_START`], rests on that read.
+    /// it. Only the first such call, within [`AT_START`], rests on that read, and only
+    /// if the request has not waited since: [`Committer::durable`],
+    /// [`Committer::catch_up`] and [`Committer::waiting`] forget it.
     pub async fn catch_up_at_start(&self) -> Result<(), StoreError> {
         let checked = CAUGHT_UP.try_with(|c| c.take()).ok().flatten();
         if checked.is_some_and(|at| at.elapsed() < AT_START) {
             return Ok(());
         }
         self.catch_up().await
+    }
+
+    /// Tells that the request is about to wait on something besides the committer (a
+    /// user's or a flight's turn): a later [`Committer::catch_up_at_start`] then reads
+    /// again, as one does after any wait for a write ([`Committer::durable`]) or a
+    /// catch-up. A gateway call in a request always comes after one of these.
+    pub fn waiting(&self) {
+        forget_token_check();
     }
 
     /// Runs `handling` as the handling of one request, whose first step may rest on
@@ -357,6 +387,7 @@ impl Committer {
 
     /// Waits until the ticket's write is durable.
     pub async fn durable(&self, t: Ticket) -> Result<(), StoreError> {
+        forget_token_check();
         let t = match t {
             Ticket::Local(t) => t,
             Ticket::Replicated(rx) => {
@@ -1039,5 +1070,25 @@ mod tests {
         // nothing pending: returns at once
         c.settle_reads().await.unwrap();
         assert_eq!(c.stats().tickets, 5);
+    }
+
+    /// A step that waited (for a write, a catch-up, or a turn it announces) leaves no
+    /// token-check catch-up for a later step to rest on.
+    #[tokio::test]
+    async fn a_wait_forgets_the_token_checks_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::new(store, "test".into(), metrics::Histogram::noop());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(c.clone().run(stop.clone()));
+        assert!(after_token_check(async {}).await.1, "nothing waited for");
+        let t = c.enqueue(None);
+        let (synced, left) = after_token_check(c.durable(t)).await;
+        synced.unwrap();
+        assert!(!left, "durable");
+        assert!(!after_token_check(c.barrier()).await.1, "barrier");
+        assert!(!after_token_check(c.catch_up()).await.1, "catch_up");
+        assert!(!after_token_check(async { c.waiting() }).await.1, "waiting");
+        stop.cancel();
     }
 }
