@@ -384,7 +384,12 @@ where
 {
     let mut cmd = jetway_command();
     cmd.args(["--listen", listen, "--data-dir"]).arg(dir);
-    for set_by_the_shell in ["JETWAY_NO_SEED", "JETWAY_PAYMENTS", "STRIPE_SECRET_KEY"] {
+    for set_by_the_shell in [
+        "JETWAY_NO_SEED",
+        "JETWAY_KEEP_DEMO_FLIGHTS",
+        "JETWAY_PAYMENTS",
+        "STRIPE_SECRET_KEY",
+    ] {
         cmd.env_remove(set_by_the_shell);
     }
     tweak(&mut cmd);
@@ -392,6 +397,18 @@ where
         Some(level) => cmd.env("RUST_LOG", level),
         None => cmd.env_remove("RUST_LOG"),
     };
+    let (mut child, line) = spawn_server(&mut cmd);
+    assert!(line.contains("listening"), "{line}");
+    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    meanwhile(addr).await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Spawns the server of `cmd` (its stdout and stderr piped), and its first line of
+/// stdout: `listening on ADDR` once it serves, empty if it ended before.
+fn spawn_server(cmd: &mut Command) -> (std::process::Child, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -403,19 +420,15 @@ where
         &mut line,
     )
     .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-    meanwhile(addr).await;
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    (child, line)
 }
 
 /// A data dir that the demo schedule was seeded into, started again with a live
-/// Stripe key (and `--no-seed`, as it must be), warns that those made-up flights are
-/// still on sale, and how to end that; with the sandbox it does not.
+/// Stripe key (and `--no-seed`, as it must be), refuses to start while those made-up
+/// flights are on sale, and names the way out; `--keep-demo-flights` starts it with a
+/// warning (to cancel them); with the sandbox nothing is said.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_flights_left_on_sale_under_a_live_key_are_warned_about() {
+async fn demo_flights_left_on_sale_under_a_live_key_refuse_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let seeded = logs_in(
         dir.path(),
@@ -441,6 +454,7 @@ async fn demo_flights_left_on_sale_under_a_live_key_are_warned_about() {
     let live = |c: &mut Command| {
         c.env("JETWAY_NO_SEED", "true")
             .env("STRIPE_SECRET_KEY", "sk_live_not_a_real_key")
+            .env_remove("JETWAY_KEEP_DEMO_FLIGHTS")
             .args([
                 "--payments",
                 "stripe",
@@ -448,7 +462,29 @@ async fn demo_flights_left_on_sale_under_a_live_key_are_warned_about() {
                 "http://127.0.0.1:9",
             ]);
     };
-    let warned = logs_in(dir.path(), "127.0.0.1:0", Some("warn"), live, |_| async {}).await;
+    let mut refused = jetway_command();
+    refused
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    live(&mut refused);
+    let (mut child, line) = spawn_server(&mut refused);
+    if !line.is_empty() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(line.is_empty() && !out.status.success(), "started: {line}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flights of the demo schedule")
+            && err.contains("real money")
+            && err.contains("--keep-demo-flights"),
+        "{err}"
+    );
+    let kept = |c: &mut Command| {
+        live(c);
+        c.env("JETWAY_KEEP_DEMO_FLIGHTS", "true");
+    };
+    let warned = logs_in(dir.path(), "127.0.0.1:0", Some("warn"), kept, |_| async {}).await;
     assert!(
         warned.contains("flights of the demo schedule") && warned.contains("admin.flights.cancel"),
         "{warned}"

@@ -342,7 +342,24 @@ impl App {
         let now = domain::now_ms();
         let demo = domain::schedule::demo_schedule(domain::date_of(now), SCHEDULE_DAYS);
         if self.config.no_seed {
-            warn_of_demo_flights_on_sale(&flights, &demo, now);
+            // payments are live: made-up seats would be sold for real money
+            let on_sale = demo_flights_on_sale(&flights, &demo, now);
+            let Some(first) = on_sale.first() else {
+                return Ok(());
+            };
+            let what = format!(
+                "{} flights of the demo schedule (made up, such as {first}) are on sale in \
+                 this data dir while payments use a live Stripe key",
+                on_sale.len()
+            );
+            if !self.config.keep_demo_flights {
+                return Err(StartError::Other(format!(
+                    "{what}: their seats would be sold for real money. Start once with \
+                     --keep-demo-flights (JETWAY_KEEP_DEMO_FLIGHTS=true) and cancel them \
+                     (admin.flights.cancel refunds any booking), or start from a fresh data dir"
+                )));
+            }
+            tracing::warn!("{what}, kept by --keep-demo-flights: cancel them (admin.flights.cancel refunds any booking)");
             return Ok(());
         }
         let existing: std::collections::HashSet<FlightId> =
@@ -580,13 +597,12 @@ fn idem_key(user: UserId, method: &'static str, request_id: &str) -> Result<Idem
     })
 }
 
-/// Warns of the demo schedule's flights (made up, seeded by an earlier start) still
-/// on sale in a data dir whose payments are live: their seats would be sold for real
-/// money. Gives their count and one of them; the flights stay as they are.
-fn warn_of_demo_flights_on_sale(flights: &[Flight], demo: &[Flight], now: Millis) {
+/// The demo schedule's flights (made up, seeded by an earlier start) among
+/// `flights` still on sale at `now`, by id.
+fn demo_flights_on_sale<'a>(flights: &'a [Flight], demo: &[Flight], now: Millis) -> Vec<&'a str> {
     let demo: std::collections::HashMap<&FlightId, &Flight> =
         demo.iter().map(|f| (&f.id, f)).collect();
-    let on_sale: Vec<&str> = flights
+    flights
         .iter()
         .filter(|f| f.cancelled.is_none() && f.departs_at > now)
         .filter(|f| {
@@ -594,15 +610,7 @@ fn warn_of_demo_flights_on_sale(flights: &[Flight], demo: &[Flight], now: Millis
                 .is_some_and(|d| (&d.number, &d.from, &d.to) == (&f.number, &f.from, &f.to))
         })
         .map(|f| f.id.as_str())
-        .collect();
-    if let Some(first) = on_sale.first() {
-        tracing::warn!(
-            flights = on_sale.len(),
-            "flights of the demo schedule (made up, such as {first}) are on sale in this \
-             data dir while payments use a live Stripe key: cancel them \
-             (admin.flights.cancel refunds any booking), or start from a fresh data dir"
-        );
-    }
+        .collect()
 }
 
 tokio::task_local! {
