@@ -1717,15 +1717,22 @@ async fn a_watcher_moving_to_a_lagging_node_sees_no_version_twice() {
 }
 
 /// A logout through one node ends the token on a node whose etcd member lags: a
-/// resume there, and a request of a connection already logged in there with it, wait
-/// until that node has caught up with the logout, and are refused (before, both were
-/// answered at once from the node's older copy of the store).
+/// resume there, a request of a connection already logged in there with it, and an
+/// admin's backup (HTTP) with an admin's token logged out too, wait until that node
+/// has caught up with the logout, and are refused (before, all were answered at once
+/// from the node's older copy of the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_through_one_node_ends_the_token_on_a_lagging_node() {
     let _serial = SERIAL.lock().await;
     let (etcd, lag, _fake, a, b) = nodes_one_lagging().await;
     let mut c = Client::connect(&a.url()).await;
     let token = c.new_user().await;
+    let mut admin = Client::connect(&a.url()).await;
+    let login = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let admin_token = admin.ok("auth.login", login).await["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
     let mut logged_in_on_b = Client::connect(&b.url()).await;
     logged_in_on_b
         .ok("auth.resume", json!({"token": token}))
@@ -1733,16 +1740,20 @@ async fn a_logout_through_one_node_ends_the_token_on_a_lagging_node() {
     let mut resuming = Client::connect(&b.url()).await;
     etcd.pause(lag);
     c.ok("auth.logout", json!({})).await;
+    admin.ok("auth.logout", json!({})).await;
     let resume = json!({"jsonrpc": "2.0", "id": 901, "method": "auth.resume",
                         "params": {"token": token}});
     resuming.send_text(&resume.to_string()).await;
     let list = json!({"jsonrpc": "2.0", "id": 902, "method": "bookings.list", "params": {}});
     logged_in_on_b.send_text(&list.to_string()).await;
+    let b_addr = b.addr;
+    let mut backup = tokio::spawn(async move { common::http_backup(b_addr, &admin_token).await });
     // an answer now could only come from B's older copy of the store
     let wait = Duration::from_millis(500);
-    let (early_resume, early_list) = tokio::join!(
+    let (early_resume, early_list, early_backup) = tokio::join!(
         tokio::time::timeout(wait, resuming.recv()),
         tokio::time::timeout(wait, logged_in_on_b.recv()),
+        tokio::time::timeout(wait, &mut backup),
     );
     etcd.resume(lag);
     assert!(
@@ -1753,6 +1764,12 @@ async fn a_logout_through_one_node_ends_the_token_on_a_lagging_node() {
         early_list.is_err(),
         "bookings.list answered early: {early_list:?}"
     );
+    assert!(
+        early_backup.is_err(),
+        "the backup answered early: {early_backup:?}"
+    );
+    let (code, body) = backup.await.expect("the backup task").expect("an answer");
+    assert_eq!(code, 401, "{body}");
     for (client, id) in [(&mut resuming, 901), (&mut logged_in_on_b, 902)] {
         let answer = loop {
             let m = client.recv().await.expect("the reply");

@@ -267,6 +267,42 @@ async fn readyz_answers_503_after_a_failed_sync() {
     running.shutdown().await;
 }
 
+/// An admin's backup whose token cannot be checked (the store fails a read) is
+/// answered 503, to try again, not 401 as if the token were wrong; once the store
+/// reads again the same token gets the snapshot, and a wrong one 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_token_cannot_be_checked_is_not_called_unauthorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "backup admin 2026";
+    let (app, store) = faulty_app(dir.path(), |c| {
+        c.admin_password = Some(password.into());
+    })
+    .await;
+    let running = jetway::server::start_app(app.clone()).await.unwrap();
+    let addr = running.addr;
+    let mut admin = common::Client::connect(&format!("ws://{addr}/ws")).await;
+    let login = json!({"username": "admin", "password": password});
+    let token = admin.ok("auth.login", login).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store.fail_user_reads.store(true, Ordering::SeqCst);
+    let (code, body) = common::http_backup(addr, &token).await.unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "the token cannot be checked now: try again later")
+    );
+    store.fail_user_reads.store(false, Ordering::SeqCst);
+    let (code, body) = common::http_backup(addr, &token).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.is_empty());
+    assert_eq!(
+        common::http_backup(addr, "not-a-token").await.unwrap().0,
+        401
+    );
+    running.shutdown().await;
+}
+
 /// After a failed sync, a restart serves exactly what is on disk: every acknowledged
 /// write, and the failed request's outcome settled one way or the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,12 +308,17 @@ async fn backup(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    match ctx.app.admin_by_token(token.trim()) {
+    match ctx.app.admin_by_token(token.trim()).await {
         Ok(()) => {}
         Err(AppError::Forbidden) => return (StatusCode::FORBIDDEN, "admins only").into_response(),
-        Err(_) => {
+        Err(AppError::InvalidToken) => {
             let why = "an admin session token is required: Authorization: Bearer TOKEN";
             return (StatusCode::UNAUTHORIZED, why).into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checking a backup's token failed");
+            let why = "the token cannot be checked now: try again later";
+            return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
         }
     }
     // an admin's snapshot of a large database may take longer to make than the

@@ -25,6 +25,8 @@ pub struct Faulty {
     /// While true, no refund reads as open, as on a node whose copy of the store has
     /// not seen a refund's opening through another node yet.
     pub hide_open_refunds: AtomicBool,
+    /// While true, reading a user fails (an I/O error).
+    pub fail_user_reads: AtomicBool,
     /// While true, `sync` waits (see [`Faulty::pause_syncs`]).
     paused: Mutex<bool>,
     resumed: Condvar,
@@ -45,6 +47,7 @@ impl Faulty {
             fail_writes: AtomicBool::new(false),
             fail_syncs: AtomicBool::new(false),
             hide_open_refunds: AtomicBool::new(false),
+            fail_user_reads: AtomicBool::new(false),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
             booking_reads: AtomicU64::new(0),
@@ -106,10 +109,16 @@ impl Store for Faulty {
         self.inner.user_by_name(name)
     }
     fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        if self.fail_user_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("Input/output error (os error 5)".into()));
+        }
         self.inner.user(id)
     }
     fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         self.inner.session(token_hash)
+    }
+    fn snapshot(&self) -> StoreResult<Vec<u8>> {
+        self.inner.snapshot()
     }
     fn sessions(&self) -> StoreResult<Vec<SessionRecord>> {
         self.inner.sessions()

@@ -364,12 +364,35 @@ pub fn client_frame(opcode: u8, rsv: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A plain HTTP/1.0 GET: the status code and the body, or None if nothing answered.
 pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_blocking(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
+}
+
+/// A `POST /admin/backup` with an admin's session `token` over HTTP/1.0: the status
+/// code and the body (the snapshot, read as text), or None if nothing answered.
+pub async fn http_backup(addr: SocketAddr, token: &str) -> Option<(u16, String)> {
+    let request = format!(
+        "POST /admin/backup HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    tokio::task::spawn_blocking(move || http_blocking(addr, &request))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Sends a whole HTTP/1.0 `request`: the status code and the body, or None if
+/// nothing answered.
+fn http_blocking(addr: SocketAddr, request: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(WAIT)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_owned()))

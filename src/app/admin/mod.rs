@@ -152,8 +152,12 @@ impl App {
         self.authenticate(conn).await
     }
 
-    /// Checks that a bearer token (of an HTTP admin endpoint) is a live admin session.
-    pub fn admin_by_token(&self, token: &str) -> Result<(), AppError> {
+    /// Checks that a bearer token (of an HTTP admin endpoint) is a live admin session:
+    /// `invalid_token` if it is none (on a cluster, after catching up, so that a
+    /// logout through any node ends it here too), `forbidden` for a passenger's; any
+    /// other error is the store's.
+    pub async fn admin_by_token(&self, token: &str) -> Result<(), AppError> {
+        self.committer.catch_up().await?;
         let session = self
             .live_session(&super::auth::token_hash(token))?
             .ok_or(AppError::InvalidToken)?;
