@@ -1747,6 +1747,32 @@ async fn a_login_past_the_session_cap_ends_the_oldest_session() {
     s.stop().await;
 }
 
+/// Logins of one account at once, at the session cap, each count the sessions before
+/// the other's is written: the account still ends up with no more than the cap (it
+/// kept one more before, until its next login).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_at_once_at_the_session_cap_leave_no_more_than_the_cap() {
+    use common::faulty::{close, faulty_app, login, register};
+    use jetway::store::Store;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = faulty_app(dir.path(), |c| c.max_sessions_per_user = 2).await;
+    let name = unique_name("caprace");
+    let user = register(&app, &name).await.unwrap().user_id;
+    login(&app, &name, PASSWORD).await;
+    assert_eq!(store.oldest_sessions(user, 16).unwrap().0, 2);
+    *store.meet_in_oldest_sessions.lock().unwrap() = Some(Arc::new(std::sync::Barrier::new(2)));
+    let (a, b) = tokio::join!(login(&app, &name, PASSWORD), login(&app, &name, PASSWORD));
+    let (held, _) = store.oldest_sessions(user, 16).unwrap();
+    assert_eq!(held, 2);
+    let live = |hash: &str| store.session(hash).unwrap().is_some();
+    assert!(
+        live(&a.token_hash) || live(&b.token_hash),
+        "the newest is kept"
+    );
+    close(app, store).await;
+}
+
 /// An account's history keeps its newest `--max-account-events` logins and logouts,
 /// and as many failed logins apart: each new one deletes the oldest of its kind, so
 /// a login loop cannot grow it without bound, and failed logins (which anyone who

@@ -410,6 +410,7 @@ impl App {
                 written => {
                     written?;
                     self.forget_sessions(&ended);
+                    self.end_sessions_past_cap(user.id).await?;
                     self.attach(&user, &session, outbox, conn);
                     return Ok(login_result(&token, &session, &user, device));
                 }
@@ -566,6 +567,33 @@ impl App {
         };
         let read = tokio::task::spawn_blocking(read).await;
         Ok(read.map_err(|_| AppError::Internal)??)
+    }
+
+    /// Ends the user's oldest sessions past `--max-sessions-per-user`, after a login's
+    /// write: logins of one user at once (through one node or several) each counted
+    /// the sessions before the other's was written, and ended one too few. The later
+    /// of them sees both (a node applies its own write after every earlier one), so
+    /// the cap holds once both are done; ending a session twice is harmless.
+    async fn end_sessions_past_cap(&self, user: UserId) -> Result<(), AppError> {
+        let store = self.store.clone();
+        let cap = self.config.max_sessions_per_user.saturating_add(1);
+        let read = move || -> Result<_, StoreError> {
+            let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
+            Ok(oldest_past(count, oldest, cap))
+        };
+        let ended = tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| AppError::Internal)??;
+        if ended.is_empty() {
+            return Ok(());
+        }
+        self.commit(Batch {
+            revoke_sessions: ended.clone(),
+            ..Default::default()
+        })
+        .await?;
+        self.forget_sessions(&ended);
+        Ok(())
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

@@ -27,6 +27,9 @@ pub struct Faulty {
     pub hide_open_refunds: AtomicBool,
     /// While true, reading a user fails (an I/O error).
     pub fail_user_reads: AtomicBool,
+    /// When set, the next reads of a user's oldest sessions wait here for each other
+    /// (as many as the barrier's count), so that they all count the same sessions.
+    pub meet_in_oldest_sessions: Mutex<Option<Arc<std::sync::Barrier>>>,
     /// While true, `sync` waits (see [`Faulty::pause_syncs`]).
     paused: Mutex<bool>,
     resumed: Condvar,
@@ -48,6 +51,7 @@ impl Faulty {
             fail_syncs: AtomicBool::new(false),
             hide_open_refunds: AtomicBool::new(false),
             fail_user_reads: AtomicBool::new(false),
+            meet_in_oldest_sessions: Mutex::new(None),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
             booking_reads: AtomicU64::new(0),
@@ -128,7 +132,13 @@ impl Store for Faulty {
         user: UserId,
         n: usize,
     ) -> StoreResult<(usize, Vec<jetway::store::SessionKey>)> {
-        self.inner.oldest_sessions(user, n)
+        let read = self.inner.oldest_sessions(user, n);
+        let meet = self.meet_in_oldest_sessions.lock().unwrap().clone();
+        if let Some(meet) = meet {
+            meet.wait();
+            *self.meet_in_oldest_sessions.lock().unwrap() = None;
+        }
+        read
     }
     fn oldest_account_events(
         &self,
