@@ -1840,6 +1840,24 @@ async fn a_request_reads_the_clusters_revision_once_for_its_token_and_its_answer
         (requests..2 * requests - n).contains(&reads),
         "{reads} linearizable reads for {requests} requests"
     );
+    // a login catches up once; a logout rests on its token check (it made a second
+    // read before): two reads a round, three before
+    let name = unique_name("rounds");
+    c.register(&name).await;
+    let before = ranges_answered(&etcd, 0).await;
+    for _ in 0..n {
+        c.ok("auth.logout", json!({})).await;
+        c.ok(
+            "auth.login",
+            json!({"username": name, "password": common::PASSWORD}),
+        )
+        .await;
+    }
+    let reads = ranges_answered(&etcd, 0).await - before;
+    assert!(
+        (2 * n..3 * n - n / 2).contains(&reads),
+        "{reads} linearizable reads for {n} logouts and logins"
+    );
 }
 
 /// A refund being made through one node holds the booking's payment mark, so an

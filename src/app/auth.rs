@@ -460,8 +460,14 @@ impl App {
         device_of(&user, device_token)
     }
 
-    pub async fn logout(&self, outbox: &Outbox, conn: &mut ConnSession) -> Result<Done, AppError> {
-        let s = self.authenticate(conn).await?;
+    /// `auth.logout` of session `s`, checked by [`App::authenticate`] (the request's
+    /// token check).
+    pub async fn logout(
+        &self,
+        s: &AuthSession,
+        outbox: &Outbox,
+        conn: &mut ConnSession,
+    ) -> Result<Done, AppError> {
         // as stored, expired or not; deleted meanwhile (with its index entry): deleting
         // it again is harmless
         let ended = self.store.session(&s.token_hash)?.map_or_else(

@@ -257,7 +257,10 @@ async fn call(
             encode(&r)?
         }
         Call::Resume(p) => encode(&app.resume(p?, &conn.outbox, &mut conn.session).await?)?,
-        Call::Logout => encode(&app.logout(&conn.outbox, &mut conn.session).await?)?,
+        Call::Logout => encode(
+            &app.logout(caller()?, &conn.outbox, &mut conn.session)
+                .await?,
+        )?,
         Call::Airports => encode(&app.airports())?,
         Call::Search(p) => encode(&app.search(p?)?)?,
         Call::FlightGet(p) => encode(&app.flight_get(p?)?)?,
