@@ -606,8 +606,11 @@ const PRESENCE_KEY: &[u8] = b"!presence/";
 
 /// Creates `dir` and any missing parents, and makes the entries of all of them, and
 /// of `dir`'s own parent, survive a crash (an existing `dir`'s entry too: an earlier
-/// start may have made it and crashed before syncing it).
+/// start may have made it and crashed before syncing it). A `dir` it creates is
+/// readable by its owner only, whatever the umask: it holds password hashes,
+/// session-token hashes and payment references (an existing one keeps its mode).
 pub(crate) fn create_dir_durably(dir: &std::path::Path) -> StoreResult<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let mut missing = 0;
     for d in dir.ancestors() {
         if d.as_os_str().is_empty() || d.exists() {
@@ -615,8 +618,18 @@ pub(crate) fn create_dir_durably(dir: &std::path::Path) -> StoreResult<()> {
         }
         missing += 1;
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Io(format!("creating the directory {}: {e}", dir.display())))?;
+    let creating = |e: std::io::Error| {
+        StoreError::Io(format!("creating the directory {}: {e}", dir.display()))
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(creating)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if !(e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir()) => {
+            return Err(creating(e))
+        }
+        _ => {}
+    }
     for d in dir.ancestors().take(missing.max(1)) {
         if let Some(parent) = d.parent() {
             sync_dir(parent)?;
@@ -813,5 +826,28 @@ pub trait Store: Send + Sync + 'static {
     /// The replicated side of a store shared by several nodes; `None` for a local one.
     fn replicated(&self) -> Option<&dyn Replicated> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A data dir (or a backup's) that the server makes is its owner's only, whatever
+    /// the umask (with the usual 022 it was 0755, and the database readable by every
+    /// local user); one that exists keeps its mode, and a file in the way is an error.
+    #[test]
+    fn a_directory_it_creates_is_its_owners_only() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a/b/data");
+        super::create_dir_durably(&dir).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        super::create_dir_durably(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o750);
+        let file = base.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(super::create_dir_durably(&file).is_err());
     }
 }
