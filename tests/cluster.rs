@@ -1855,7 +1855,7 @@ async fn a_request_reads_the_clusters_revision_once_for_its_token_and_its_answer
     }
     let reads = ranges_answered(&etcd, 0).await - before;
     assert!(
-        (2 * n..3 * n - n / 2).contains(&reads),
+        (2 * n..3 * n).contains(&reads),
         "{reads} linearizable reads for {n} logouts and logins"
     );
 }

@@ -382,6 +382,25 @@ where
     F: FnOnce(std::net::SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let mut cmd = server_command(dir, listen, log, tweak);
+    let (mut child, line) = spawn_server(&mut cmd);
+    assert!(line.contains("listening"), "{line}");
+    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    meanwhile(addr).await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The server's command on data dir `dir` listening on `listen`, with `RUST_LOG` as
+/// `log` says (`None`: unset), none of the payment and seeding settings of the shell,
+/// and `tweak` setting more of it.
+fn server_command(
+    dir: &std::path::Path,
+    listen: &str,
+    log: Option<&str>,
+    tweak: impl FnOnce(&mut Command),
+) -> Command {
     let mut cmd = jetway_command();
     cmd.args(["--listen", listen, "--data-dir"]).arg(dir);
     for set_by_the_shell in [
@@ -397,13 +416,7 @@ where
         Some(level) => cmd.env("RUST_LOG", level),
         None => cmd.env_remove("RUST_LOG"),
     };
-    let (mut child, line) = spawn_server(&mut cmd);
-    assert!(line.contains("listening"), "{line}");
-    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-    meanwhile(addr).await;
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    cmd
 }
 
 /// Spawns the server of `cmd` (its stdout and stderr piped), and its first line of
@@ -462,11 +475,7 @@ async fn demo_flights_left_on_sale_under_a_live_key_refuse_the_start() {
                 "http://127.0.0.1:9",
             ]);
     };
-    let mut refused = jetway_command();
-    refused
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path());
-    live(&mut refused);
+    let mut refused = server_command(dir.path(), "127.0.0.1:0", Some("warn"), live);
     let (mut child, line) = spawn_server(&mut refused);
     if !line.is_empty() {
         child.kill().unwrap();
@@ -489,6 +498,12 @@ async fn demo_flights_left_on_sale_under_a_live_key_refuse_the_start() {
         warned.contains("flights of the demo schedule") && warned.contains("admin.flights.cancel"),
         "{warned}"
     );
+    // the flag left set where there is nothing to keep is pointed out
+    let fresh = tempfile::tempdir().unwrap();
+    let idle = logs_in(fresh.path(), "127.0.0.1:0", Some("warn"), kept, |_| async {
+    })
+    .await;
+    assert!(idle.contains("remove --keep-demo-flights"), "{idle}");
 }
 
 /// The sandbox gateway (no money) on an address others can reach is started, with a

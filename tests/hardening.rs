@@ -1749,28 +1749,36 @@ async fn a_login_past_the_session_cap_ends_the_oldest_session() {
 
 /// Logins of one account at once, at the session cap, each count the sessions before
 /// the other's is written: the account still ends up with no more than the cap (it
-/// kept one more before, until its next login).
+/// kept one more before, until its next login), the newest sessions are the ones
+/// kept, and a session ended is refused at once (not kept alive by the session cache).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_at_once_at_the_session_cap_leave_no_more_than_the_cap() {
     use common::faulty::{close, faulty_app, login, register};
     use jetway::store::Store;
-    use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let (app, store) = faulty_app(dir.path(), |c| c.max_sessions_per_user = 2).await;
-    let name = unique_name("caprace");
-    let user = register(&app, &name).await.unwrap().user_id;
-    login(&app, &name, PASSWORD).await;
-    assert_eq!(store.oldest_sessions(user, 16).unwrap().0, 2);
-    *store.meet_in_oldest_sessions.lock().unwrap() = Some(Arc::new(std::sync::Barrier::new(2)));
-    let (a, b) = tokio::join!(login(&app, &name, PASSWORD), login(&app, &name, PASSWORD));
-    let (held, _) = store.oldest_sessions(user, 16).unwrap();
-    assert_eq!(held, 2);
-    let live = |hash: &str| store.session(hash).unwrap().is_some();
-    assert!(
-        live(&a.token_hash) || live(&b.token_hash),
-        "the newest is kept"
-    );
-    close(app, store).await;
+    for cap in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, store) = faulty_app(dir.path(), |c| c.max_sessions_per_user = cap).await;
+        let name = unique_name("caprace");
+        let user = register(&app, &name).await.unwrap().user_id;
+        for _ in 1..cap {
+            login(&app, &name, PASSWORD).await;
+        }
+        assert_eq!(store.oldest_sessions(user, 16).unwrap().0, cap as usize);
+        store.meet_in_oldest_sessions(2);
+        let (a, b) = tokio::join!(login(&app, &name, PASSWORD), login(&app, &name, PASSWORD));
+        let (held, _) = store.oldest_sessions(user, 16).unwrap();
+        assert_eq!(held, cap as usize, "cap {cap}");
+        let mut live = 0;
+        for s in [&a, &b] {
+            let stored = store.session(&s.token_hash).unwrap().is_some();
+            let answered = app.authenticate(&mut Some(Box::new(s.clone()))).await;
+            assert_eq!(answered.is_ok(), stored, "cap {cap}: {answered:?}");
+            live += usize::from(stored);
+        }
+        // both new sessions are newer than every other: they are the ones kept
+        assert_eq!(live, (cap as usize).min(2), "cap {cap}");
+        close(app, store).await;
+    }
 }
 
 /// An account's history keeps its newest `--max-account-events` logins and logouts,

@@ -31,12 +31,26 @@ pub const ADMIN_NAME: &str = "admin";
 /// user's index) stay within etcd's default limit of 128 operations per transaction.
 const REVOKE_CHUNK: usize = 50;
 /// The oldest of `count` held (`oldest`: the oldest of them, oldest first) to end so
-/// that one more leaves at most `cap`: [`ENDED_PER_LOGIN`] at most.
-fn oldest_past<T>(count: usize, mut oldest: Vec<T>, cap: u64) -> Vec<T> {
-    let keep = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1);
+/// that at most `keep` are left: [`ENDED_PER_LOGIN`] at most.
+fn oldest_past<T>(count: usize, mut oldest: Vec<T>, keep: usize) -> Vec<T> {
     let past = count.saturating_sub(keep);
     oldest.truncate(past.min(ENDED_PER_LOGIN));
     oldest
+}
+
+/// What a cap leaves room for before one more is added.
+fn room_before_one_more(cap: u64) -> usize {
+    usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1)
+}
+
+/// The user's oldest sessions to end so that at most `keep` are left.
+fn sessions_past(
+    store: &dyn crate::store::Store,
+    user: UserId,
+    keep: usize,
+) -> Result<Vec<SessionKey>, StoreError> {
+    let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
+    Ok(oldest_past(count, oldest, keep))
 }
 
 /// Sessions one login ends, and account events one account event deletes, at most
@@ -410,8 +424,15 @@ impl App {
                 written => {
                     written?;
                     self.forget_sessions(&ended);
-                    self.end_sessions_past_cap(user.id).await?;
                     self.attach(&user, &session, outbox, conn);
+                    self.end_sessions_past_cap(user.id, ended.len()).await;
+                    // a login of the user at the same moment may have ended this
+                    // session (see end_sessions_past_cap): one ended before the attach
+                    // above must not live on in the cache
+                    if matches!(self.stored_session(&session.token_hash), Ok(None)) {
+                        self.sessions.remove(&session.token_hash);
+                        self.users.revoke(user.id, &session.token_hash);
+                    }
                     return Ok(login_result(&token, &session, &user, device));
                 }
             }
@@ -555,17 +576,14 @@ impl App {
         );
         let read = move || -> Result<_, StoreError> {
             let ended = match kind {
-                "login" => {
-                    let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
-                    oldest_past(count, oldest, caps.0)
-                }
+                "login" => sessions_past(&*store, user, room_before_one_more(caps.0))?,
                 _ => Vec::new(),
             };
             let pruned = match AccountLine::of(kind) {
                 Some(line) => {
                     let (count, oldest) =
                         store.oldest_account_events(user, line, ENDED_PER_LOGIN)?;
-                    oldest_past(count, oldest, caps.1)
+                    oldest_past(count, oldest, room_before_one_more(caps.1))
                 }
                 None => Vec::new(),
             };
@@ -575,31 +593,45 @@ impl App {
         Ok(read.map_err(|_| AppError::Internal)??)
     }
 
-    /// Ends the user's oldest sessions past `--max-sessions-per-user`, after a login's
-    /// write: logins of one user at once (through one node or several) each counted
-    /// the sessions before the other's was written, and ended one too few. The later
-    /// of them sees both (a node applies its own write after every earlier one), so
-    /// the cap holds once both are done; ending a session twice is harmless.
-    async fn end_sessions_past_cap(&self, user: UserId) -> Result<(), AppError> {
+    /// After a login of `user` is written (having ended `ended_before` sessions
+    /// already): ends the user's oldest sessions still past `--max-sessions-per-user`.
+    /// Logins of one user at once (through one node or several) each counted the
+    /// sessions before the others' were written, and ended too few; the last of them
+    /// to be written sees all (a node applies its own write after every earlier one)
+    /// and ends the oldest past the cap, so the cap holds once all are done, and keeps
+    /// the newest sessions, as logins one after the other would. That may be a login's
+    /// own session when it is the oldest: the login is answered, and its connection is
+    /// told at its next request, as if a newer login had come a moment later. Ending a
+    /// session twice is harmless. The login is done whatever this does: a failure is
+    /// logged, and the next login ends what is left.
+    async fn end_sessions_past_cap(&self, user: UserId, ended_before: usize) {
         let store = self.store.clone();
-        let cap = self.config.max_sessions_per_user.saturating_add(1);
+        let keep = usize::try_from(self.config.max_sessions_per_user).unwrap_or(usize::MAX);
         let read = move || -> Result<_, StoreError> {
-            let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
-            Ok(oldest_past(count, oldest, cap))
+            let mut past = sessions_past(&*store, user, keep)?;
+            past.truncate(ENDED_PER_LOGIN.saturating_sub(ended_before));
+            Ok(past)
         };
-        let ended = tokio::task::spawn_blocking(read)
+        let read = tokio::task::spawn_blocking(read)
             .await
-            .map_err(|_| AppError::Internal)??;
-        if ended.is_empty() {
-            return Ok(());
-        }
-        self.commit(Batch {
+            .unwrap_or_else(|e| Err(StoreError::Io(e.to_string())));
+        let ended = match read {
+            Ok(ended) if ended.is_empty() => return,
+            Ok(ended) => ended,
+            Err(e) => {
+                return tracing::warn!(%user, error = %e, "cannot count sessions after a login")
+            }
+        };
+        let revoked = self.commit(Batch {
             revoke_sessions: ended.clone(),
             ..Default::default()
-        })
-        .await?;
-        self.forget_sessions(&ended);
-        Ok(())
+        });
+        match revoked.await {
+            Ok(()) => self.forget_sessions(&ended),
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cannot end sessions past the cap after a login")
+            }
+        }
     }
 
     /// Deletes every expired session from the store and the cache; returns how many

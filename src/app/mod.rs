@@ -344,22 +344,26 @@ impl App {
         if self.config.no_seed {
             // payments are live: made-up seats would be sold for real money
             let on_sale = demo_flights_on_sale(&flights, &demo, now);
+            let keep = self.config.keep_demo_flights;
             let Some(first) = on_sale.first() else {
+                if keep {
+                    tracing::warn!("no flight of the demo schedule is on sale: remove --keep-demo-flights (JETWAY_KEEP_DEMO_FLIGHTS), which would let any that come back (a restored backup) be sold without a refusal");
+                }
                 return Ok(());
             };
             let what = format!(
-                "{} flights of the demo schedule (made up, such as {first}) are on sale in \
-                 this data dir while payments use a live Stripe key",
+                "flights of the demo schedule (made up, such as {first}; {} in all) are on \
+                 sale in this store while payments use a live Stripe key",
                 on_sale.len()
             );
-            if !self.config.keep_demo_flights {
+            if !keep {
                 return Err(StartError::Other(format!(
                     "{what}: their seats would be sold for real money. Start once with \
                      --keep-demo-flights (JETWAY_KEEP_DEMO_FLIGHTS=true) and cancel them \
-                     (admin.flights.cancel refunds any booking), or start from a fresh data dir"
+                     (admin.flights.cancel refunds any booking), or start on a fresh store"
                 )));
             }
-            tracing::warn!("{what}, kept by --keep-demo-flights: cancel them (admin.flights.cancel refunds any booking)");
+            tracing::warn!(flights = on_sale.len(), "{what}, kept by --keep-demo-flights: cancel them (admin.flights.cancel refunds any booking), then remove the flag");
             return Ok(());
         }
         let existing: std::collections::HashSet<FlightId> =

@@ -125,7 +125,7 @@ impl App {
             .inventory
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
-        let _serial = self.admin.flights.lock().await;
+        let _serial = self.flights_turn().await;
         // every field is optional: an update of nothing answers the flight as it is,
         // with nothing written or pushed (the params are checked against the
         // schedule, which never changes; any refusal is left to the path below,
@@ -226,7 +226,7 @@ impl App {
     /// that an update or cancellation still being made durable is not written over
     /// by a record read before it.
     pub async fn mark_departures(&self, now: domain::Millis) {
-        let _serial = self.admin.flights.lock().await;
+        let _serial = self.flights_turn().await;
         let mut due = Vec::new();
         for fs in self.inventory.all() {
             let read = fs.flight();

@@ -331,9 +331,11 @@ impl Committer {
     }
 
     /// Tells that the request is about to wait on something besides the committer (a
-    /// user's or a flight's turn): a later [`Committer::catch_up_at_start`] then reads
-    /// again, as one does after any wait for a write ([`Committer::durable`]) or a
-    /// catch-up. A gateway call in a request always comes after one of these.
+    /// user's or a flight's turn, the admin's flight lock): a later
+    /// [`Committer::catch_up_at_start`] then reads again, as one does after any wait
+    /// for a write ([`Committer::durable`]) or a catch-up. Today's gateway calls in a
+    /// request come after one of these; any other wait is left to the [`AT_START`]
+    /// bound.
     pub fn waiting(&self) {
         forget_token_check();
     }

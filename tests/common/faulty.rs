@@ -27,9 +27,11 @@ pub struct Faulty {
     pub hide_open_refunds: AtomicBool,
     /// While true, reading a user fails (an I/O error).
     pub fail_user_reads: AtomicBool,
-    /// When set, the next reads of a user's oldest sessions wait here for each other
-    /// (as many as the barrier's count), so that they all count the same sessions.
-    pub meet_in_oldest_sessions: Mutex<Option<Arc<std::sync::Barrier>>>,
+    /// While above zero, a read of a user's oldest sessions takes one of these places
+    /// and waits until all are taken, so that that many reads count the same
+    /// sessions ([`Faulty::meet_in_oldest_sessions`]).
+    meeting: Mutex<usize>,
+    met: Condvar,
     /// While true, `sync` waits (see [`Faulty::pause_syncs`]).
     paused: Mutex<bool>,
     resumed: Condvar,
@@ -51,7 +53,8 @@ impl Faulty {
             fail_syncs: AtomicBool::new(false),
             hide_open_refunds: AtomicBool::new(false),
             fail_user_reads: AtomicBool::new(false),
-            meet_in_oldest_sessions: Mutex::new(None),
+            meeting: Mutex::new(0),
+            met: Condvar::new(),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
             booking_reads: AtomicU64::new(0),
@@ -64,6 +67,12 @@ impl Faulty {
     pub fn pause_syncs(&self) -> PausedSyncs<'_> {
         self.set_paused(true);
         PausedSyncs(self)
+    }
+
+    /// The next `reads` reads of a user's oldest sessions wait for each other (at
+    /// most 20 s), so that they all count the same sessions.
+    pub fn meet_in_oldest_sessions(&self, reads: usize) {
+        *self.meeting.lock().unwrap() = reads;
     }
 
     fn set_paused(&self, pause: bool) {
@@ -133,10 +142,16 @@ impl Store for Faulty {
         n: usize,
     ) -> StoreResult<(usize, Vec<jetway::store::SessionKey>)> {
         let read = self.inner.oldest_sessions(user, n);
-        let meet = self.meet_in_oldest_sessions.lock().unwrap().clone();
-        if let Some(meet) = meet {
-            meet.wait();
-            *self.meet_in_oldest_sessions.lock().unwrap() = None;
+        let mut left = self.meeting.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            self.met.notify_all();
+            let (left, waited) = self
+                .met
+                .wait_timeout_while(left, std::time::Duration::from_secs(20), |l| *l > 0)
+                .unwrap();
+            drop(left);
+            assert!(!waited.timed_out(), "the other reads never came");
         }
         read
     }

@@ -86,7 +86,7 @@ impl App {
             .get(&p.flight_id)
             .ok_or(AppError::NotFound("flight"))?;
         let job = {
-            let _serial = self.admin.flights.lock().await;
+            let _serial = self.flights_turn().await;
             // marked as this node's job before the record can show it cancelled: a
             // reconciliation round in between would start a second job, and this
             // reply would count only the bookings its own job got to

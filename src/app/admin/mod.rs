@@ -142,6 +142,13 @@ pub(super) fn occupants(fs: &FlightSeats) -> Vec<Locator> {
 }
 
 impl App {
+    /// Waits for this node's turn to change flight records (see [`AdminState`]); a
+    /// request's later catch-up reads again ([`crate::store::commit::Committer::waiting`]).
+    pub(super) async fn flights_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.committer.waiting();
+        self.admin.flights.lock().await
+    }
+
     /// The connection's session if it is a live admin's. The contract: everyone else
     /// gets `forbidden`, anonymous callers included; an admin whose session has ended
     /// is told so (`invalid_token`).
@@ -157,6 +164,9 @@ impl App {
     /// logout through any node ends it here too), `forbidden` for a passenger's; any
     /// other error is the store's.
     pub async fn admin_by_token(&self, token: &str) -> Result<(), AppError> {
+        if token.is_empty() {
+            return Err(AppError::InvalidToken);
+        }
         self.committer.catch_up().await?;
         let session = self
             .live_session(&super::auth::token_hash(token))?
@@ -191,7 +201,7 @@ impl App {
     ) -> Result<FlightResult, AppError> {
         let now = domain::now_ms();
         let flight = new_flight(&p, now)?;
-        let _serial = self.admin.flights.lock().await;
+        let _serial = self.flights_turn().await;
         self.committer.catch_up().await?;
         let exists = || AppError::InvalidState(format!("flight {} already exists", flight.id));
         if self.inventory.get(flight.id.as_str()).is_some() {
