@@ -23,7 +23,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim AS runtime
 RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin jetway \
     && mkdir -p /data \
-    && chown jetway:jetway /data
+    && chown jetway:jetway /data \
+    && chmod 0700 /data
 COPY --from=build /usr/local/bin/jetway /usr/local/bin/jetway
 USER 10001:10001
 WORKDIR /data

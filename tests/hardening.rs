@@ -1747,15 +1747,16 @@ async fn a_login_past_the_session_cap_ends_the_oldest_session() {
     s.stop().await;
 }
 
-/// Logins of one account at once, at the session cap, each count the sessions before
-/// the other's is written: the account still ends up with no more than the cap (it
-/// kept one more before, until its next login), the newest sessions are the ones
-/// kept, and a session ended is refused at once (not kept alive by the session cache).
+/// Logins of one account at once (two or three), at the session cap, each count the
+/// sessions before the others' are written: the account still ends up with exactly
+/// the cap (it kept one more before, until its next login), the newest sessions are
+/// the ones kept, and a session ended is refused at once (not kept alive by the
+/// session cache).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_at_once_at_the_session_cap_leave_no_more_than_the_cap() {
     use common::faulty::{close, faulty_app, login, register};
     use jetway::store::Store;
-    for cap in [1, 2] {
+    for (cap, at_once) in [(1, 2), (2, 2), (1, 3)] {
         let dir = tempfile::tempdir().unwrap();
         let (app, store) = faulty_app(dir.path(), |c| c.max_sessions_per_user = cap).await;
         let name = unique_name("caprace");
@@ -1764,19 +1765,24 @@ async fn logins_at_once_at_the_session_cap_leave_no_more_than_the_cap() {
             login(&app, &name, PASSWORD).await;
         }
         assert_eq!(store.oldest_sessions(user, 16).unwrap().0, cap as usize);
-        store.meet_in_oldest_sessions(2);
-        let (a, b) = tokio::join!(login(&app, &name, PASSWORD), login(&app, &name, PASSWORD));
+        store.meet_in_oldest_sessions(at_once);
+        let logins = (0..at_once).map(|_| login(&app, &name, PASSWORD));
+        let new = futures::future::join_all(logins).await;
         let (held, _) = store.oldest_sessions(user, 16).unwrap();
-        assert_eq!(held, cap as usize, "cap {cap}");
+        assert_eq!(held, cap as usize, "cap {cap}, {at_once} at once");
         let mut live = 0;
-        for s in [&a, &b] {
+        for s in &new {
             let stored = store.session(&s.token_hash).unwrap().is_some();
             let answered = app.authenticate(&mut Some(Box::new(s.clone()))).await;
             assert_eq!(answered.is_ok(), stored, "cap {cap}: {answered:?}");
             live += usize::from(stored);
         }
-        // both new sessions are newer than every other: they are the ones kept
-        assert_eq!(live, (cap as usize).min(2), "cap {cap}");
+        // the new sessions are newer than every other: they are the ones kept
+        assert_eq!(
+            live,
+            (cap as usize).min(at_once),
+            "cap {cap}, {at_once} at once"
+        );
         close(app, store).await;
     }
 }

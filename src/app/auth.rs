@@ -38,19 +38,33 @@ fn oldest_past<T>(count: usize, mut oldest: Vec<T>, keep: usize) -> Vec<T> {
     oldest
 }
 
-/// What a cap leaves room for before one more is added.
-fn room_before_one_more(cap: u64) -> usize {
-    usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1)
+/// A cap as a count.
+fn cap_count(cap: u64) -> usize {
+    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
-/// The user's oldest sessions to end so that at most `keep` are left.
+/// The user's oldest sessions to end so that at most `keep` are left, counting
+/// `unwritten` (a login's session about to be written) as held: the newest `keep` by
+/// `(created_at, token_hash)` are kept, as the user's index orders them, whether a
+/// login counts before its write or after it (logins at once then agree on which to
+/// end). `unwritten` itself is never among those returned: if it is among the oldest,
+/// its login's count after its write ends it.
 fn sessions_past(
     store: &dyn crate::store::Store,
     user: UserId,
     keep: usize,
+    unwritten: Option<&SessionKey>,
 ) -> Result<Vec<SessionKey>, StoreError> {
-    let (count, oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
-    Ok(oldest_past(count, oldest, keep))
+    let (mut count, mut oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
+    if let Some(own) = unwritten {
+        count += 1;
+        let at = oldest
+            .partition_point(|s| (s.created_at, &s.token_hash) < (own.created_at, &own.token_hash));
+        oldest.insert(at, own.clone());
+    }
+    let mut past = oldest_past(count, oldest, keep);
+    past.retain(|s| Some(s) != unwritten);
+    Ok(past)
 }
 
 /// Sessions one login ends, and account events one account event deletes, at most
@@ -336,6 +350,7 @@ impl App {
             r => r?,
         }
         self.attach(&user, &session, outbox, conn);
+        self.forget_if_ended(&session);
         let device = new_device_token(&user);
         Ok(login_result(&token, &session, &user, device))
     }
@@ -382,7 +397,7 @@ impl App {
             let user = match user {
                 Some(u) if ok => u,
                 Some(u) => {
-                    let (_, pruned) = self.past_caps(u.id, "login_failed").await?;
+                    let (_, pruned) = self.past_caps(u.id, "login_failed", None).await?;
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
@@ -405,7 +420,9 @@ impl App {
                 Some(t) if device_of(stored, t).is_some() => Some(t.to_owned()),
                 _ => new_device_token(stored),
             };
-            let (ended, pruned) = self.past_caps(user.id, "login").await?;
+            let (ended, pruned) = self
+                .past_caps(user.id, "login", Some(session.key()))
+                .await?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
             let written = self
@@ -426,13 +443,7 @@ impl App {
                     self.forget_sessions(&ended);
                     self.attach(&user, &session, outbox, conn);
                     self.end_sessions_past_cap(user.id, ended.len()).await;
-                    // a login of the user at the same moment may have ended this
-                    // session (see end_sessions_past_cap): one ended before the attach
-                    // above must not live on in the cache
-                    if matches!(self.stored_session(&session.token_hash), Ok(None)) {
-                        self.sessions.remove(&session.token_hash);
-                        self.users.revoke(user.id, &session.token_hash);
-                    }
+                    self.forget_if_ended(&session);
                     return Ok(login_result(&token, &session, &user, device));
                 }
             }
@@ -499,7 +510,7 @@ impl App {
             },
             |r| r.key(),
         );
-        let (_, pruned) = self.past_caps(s.user_id, "logout").await?;
+        let (_, pruned) = self.past_caps(s.user_id, "logout", None).await?;
         let now = domain::now_ms();
         self.commit(Batch {
             revoke_sessions: vec![ended],
@@ -559,15 +570,16 @@ impl App {
         }
     }
 
-    /// What a new account event of `kind` (and a login's new session) ends past the
+    /// What a new account event of `kind` (and a login's new `session`) ends past the
     /// caps, so that the user keeps at most `--max-sessions-per-user` sessions and
     /// `--max-account-events` of the event's line ([`AccountLine`]), the new ones
-    /// included: the oldest sessions and account events. The user's indexes are read
-    /// on the blocking pool (a count is as long as its cap).
+    /// included: the oldest sessions ([`sessions_past`]) and account events. The
+    /// user's indexes are read on the blocking pool (a count is as long as its cap).
     async fn past_caps(
         &self,
         user: UserId,
         kind: &'static str,
+        session: Option<SessionKey>,
     ) -> Result<(Vec<SessionKey>, Vec<AccountEvent>), AppError> {
         let store = self.store.clone();
         let caps = (
@@ -576,14 +588,15 @@ impl App {
         );
         let read = move || -> Result<_, StoreError> {
             let ended = match kind {
-                "login" => sessions_past(&*store, user, room_before_one_more(caps.0))?,
+                "login" => sessions_past(&*store, user, cap_count(caps.0), session.as_ref())?,
                 _ => Vec::new(),
             };
             let pruned = match AccountLine::of(kind) {
                 Some(line) => {
                     let (count, oldest) =
                         store.oldest_account_events(user, line, ENDED_PER_LOGIN)?;
-                    oldest_past(count, oldest, room_before_one_more(caps.1))
+                    // room for the event being added
+                    oldest_past(count, oldest, cap_count(caps.1).saturating_sub(1))
                 }
                 None => Vec::new(),
             };
@@ -591,6 +604,21 @@ impl App {
         };
         let read = tokio::task::spawn_blocking(read).await;
         Ok(read.map_err(|_| AppError::Internal)??)
+    }
+
+    /// After session `s` was attached: a login of its user at the same moment may
+    /// have ended it (see [`App::end_sessions_past_cap`]) before the attach put it in
+    /// the cache, where it must not live on. Its connection is told at its next
+    /// request, as after a newer login a moment later. A store that cannot tell
+    /// leaves the cache out of it (a lookup falls back to the store).
+    fn forget_if_ended(&self, s: &SessionRecord) {
+        let stored = self.stored_session(&s.token_hash);
+        if !matches!(stored, Ok(Some(_))) {
+            self.sessions.remove(&s.token_hash);
+        }
+        if matches!(stored, Ok(None)) {
+            self.users.revoke(s.user_id, &s.token_hash);
+        }
     }
 
     /// After a login of `user` is written (having ended `ended_before` sessions
@@ -606,9 +634,9 @@ impl App {
     /// logged, and the next login ends what is left.
     async fn end_sessions_past_cap(&self, user: UserId, ended_before: usize) {
         let store = self.store.clone();
-        let keep = usize::try_from(self.config.max_sessions_per_user).unwrap_or(usize::MAX);
+        let keep = cap_count(self.config.max_sessions_per_user);
         let read = move || -> Result<_, StoreError> {
-            let mut past = sessions_past(&*store, user, keep)?;
+            let mut past = sessions_past(&*store, user, keep, None)?;
             past.truncate(ENDED_PER_LOGIN.saturating_sub(ended_before));
             Ok(past)
         };
@@ -843,6 +871,47 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login counts its own session, before its write, where the user's index will
+    /// put it, as its count after the write does: with a cap of 2, sessions made at 10
+    /// and 30 and a login's made at 20 (its node's clock behind), the one made at 10
+    /// goes; with the login's made at 5, none goes before the write (its own is the
+    /// oldest, for its count after the write to end). Before, a login kept its own as
+    /// the newest, and logins at once could end every session between them.
+    #[test]
+    fn a_login_counts_its_own_session_where_the_index_puts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let user = UserId(9);
+        let session = |hash: &str, at: Millis| SessionRecord {
+            token_hash: hash.into(),
+            user_id: user,
+            created_at: at,
+            expires_at: i64::MAX / 2,
+        };
+        let held = [session("a", 10), session("b", 30)];
+        crate::store::Store::write(
+            &store,
+            &Batch {
+                sessions: held.to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ends = |own: &SessionRecord| -> Vec<String> {
+            sessions_past(&store, user, 2, Some(&own.key()))
+                .unwrap()
+                .into_iter()
+                .map(|k| k.token_hash)
+                .collect()
+        };
+        assert_eq!(ends(&session("c", 20)), ["a"]);
+        assert_eq!(ends(&session("c", 5)), Vec::<String>::new());
+        assert_eq!(ends(&session("c", 40)), ["a"]);
+        let after = sessions_past(&store, user, 1, None).unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].token_hash, "a");
+    }
 
     #[test]
     fn passwords_hash_and_verify() {

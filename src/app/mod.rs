@@ -363,7 +363,7 @@ impl App {
                      (admin.flights.cancel refunds any booking), or start on a fresh store"
                 )));
             }
-            tracing::warn!(flights = on_sale.len(), "{what}, kept by --keep-demo-flights: cancel them (admin.flights.cancel refunds any booking), then remove the flag");
+            tracing::warn!(flights = on_sale.len(), "{what}, kept by --keep-demo-flights: cancel them (admin.flights.cancel refunds any booking) unless they are real flights that only look like demo ones (docs/deploy.md), then remove the flag");
             return Ok(());
         }
         let existing: std::collections::HashSet<FlightId> =

@@ -137,6 +137,14 @@ fn restore_with(
     let records = decode(bytes)?;
     ensure_new(dir)?;
     super::create_dir_durably(dir)?;
+    // an empty directory given for it (a mount point) is narrowed as a new one is
+    // made: what goes in holds password and session-token hashes
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::Io(format!("making {} its owner's only: {e}", dir.display()))
+        })?;
+    }
     let marker = dir.join(RESTORING);
     let io =
         |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", marker.display()));
@@ -288,5 +296,13 @@ mod tests {
             "ids stay above the snapshot's"
         );
         assert_eq!(restored.snapshot().unwrap().len(), bytes.len());
+        // an empty directory given for it (a mount point) is narrowed to its owner
+        use std::os::unix::fs::PermissionsExt;
+        let mount = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        std::fs::set_permissions(mount.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        restore(&bytes, mount.path()).unwrap();
+        assert_eq!(mode(mount.path()), 0o700);
+        assert_eq!(mode(&into), 0o700);
     }
 }
