@@ -43,28 +43,33 @@ fn cap_count(cap: u64) -> usize {
     usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
-/// The user's oldest sessions to end so that at most `keep` are left, counting
-/// `unwritten` (a login's session about to be written) as held: the newest `keep` by
-/// `(created_at, token_hash)` are kept, as the user's index orders them, whether a
-/// login counts before its write or after it (logins at once then agree on which to
-/// end). `unwritten` itself is never among those returned: if it is among the oldest,
-/// its login's count after its write ends it.
+/// The user's oldest sessions to end so that at most `keep` are left, by
+/// `(created_at, token_hash)` as the user's index orders them. With `unwritten` (a
+/// login's session about to be written), it is counted as held, and first made
+/// newer than every session of the user this node has (its `created_at` at least
+/// 1 ms past the newest), so that a login is newer than every login before it
+/// whatever the clocks of the nodes that made them: it is kept, and logins at once
+/// agree, before their writes and after, on which sessions are the oldest.
 fn sessions_past(
     store: &dyn crate::store::Store,
     user: UserId,
     keep: usize,
-    unwritten: Option<&SessionKey>,
+    unwritten: Option<&mut SessionRecord>,
 ) -> Result<Vec<SessionKey>, StoreError> {
-    let (mut count, mut oldest) = store.oldest_sessions(user, ENDED_PER_LOGIN)?;
+    // the newest is read too: the scan counts every entry anyway
+    let n = match unwritten {
+        Some(_) => usize::MAX,
+        None => ENDED_PER_LOGIN,
+    };
+    let (mut count, mut oldest) = store.oldest_sessions(user, n)?;
     if let Some(own) = unwritten {
+        if let Some(newest) = oldest.last() {
+            own.created_at = own.created_at.max(newest.created_at.saturating_add(1));
+        }
         count += 1;
-        let at = oldest
-            .partition_point(|s| (s.created_at, &s.token_hash) < (own.created_at, &own.token_hash));
-        oldest.insert(at, own.clone());
+        oldest.truncate(ENDED_PER_LOGIN);
     }
-    let mut past = oldest_past(count, oldest, keep);
-    past.retain(|s| Some(s) != unwritten);
-    Ok(past)
+    Ok(oldest_past(count, oldest, keep))
 }
 
 /// Sessions one login ends, and account events one account event deletes, at most
@@ -397,7 +402,7 @@ impl App {
             let user = match user {
                 Some(u) if ok => u,
                 Some(u) => {
-                    let (_, pruned) = self.past_caps(u.id, "login_failed", None).await?;
+                    let (_, pruned, _) = self.past_caps(u.id, "login_failed", None).await?;
                     let now = domain::now_ms();
                     self.write_soon(Batch {
                         events: vec![(u.id, event("login_failed", None, now, json!({})))],
@@ -420,9 +425,8 @@ impl App {
                 Some(t) if device_of(stored, t).is_some() => Some(t.to_owned()),
                 _ => new_device_token(stored),
             };
-            let (ended, pruned) = self
-                .past_caps(user.id, "login", Some(session.key()))
-                .await?;
+            let (ended, pruned, placed) = self.past_caps(user.id, "login", Some(session)).await?;
+            let session = placed.ok_or(AppError::Internal)?;
             // the session only for the password as checked: one changed meanwhile
             // (its old sessions revoked) must not let this login through
             let written = self
@@ -510,7 +514,7 @@ impl App {
             },
             |r| r.key(),
         );
-        let (_, pruned) = self.past_caps(s.user_id, "logout", None).await?;
+        let (_, pruned, _) = self.past_caps(s.user_id, "logout", None).await?;
         let now = domain::now_ms();
         self.commit(Batch {
             revoke_sessions: vec![ended],
@@ -573,14 +577,15 @@ impl App {
     /// What a new account event of `kind` (and a login's new `session`) ends past the
     /// caps, so that the user keeps at most `--max-sessions-per-user` sessions and
     /// `--max-account-events` of the event's line ([`AccountLine`]), the new ones
-    /// included: the oldest sessions ([`sessions_past`]) and account events. The
-    /// user's indexes are read on the blocking pool (a count is as long as its cap).
+    /// included: the oldest sessions ([`sessions_past`]) and account events; and the
+    /// session, made the user's newest. The user's indexes are read on the blocking
+    /// pool (a count is as long as its cap).
     async fn past_caps(
         &self,
         user: UserId,
         kind: &'static str,
-        session: Option<SessionKey>,
-    ) -> Result<(Vec<SessionKey>, Vec<AccountEvent>), AppError> {
+        mut session: Option<SessionRecord>,
+    ) -> Result<(Vec<SessionKey>, Vec<AccountEvent>, Option<SessionRecord>), AppError> {
         let store = self.store.clone();
         let caps = (
             self.config.max_sessions_per_user,
@@ -588,7 +593,7 @@ impl App {
         );
         let read = move || -> Result<_, StoreError> {
             let ended = match kind {
-                "login" => sessions_past(&*store, user, cap_count(caps.0), session.as_ref())?,
+                "login" => sessions_past(&*store, user, cap_count(caps.0), session.as_mut())?,
                 _ => Vec::new(),
             };
             let pruned = match AccountLine::of(kind) {
@@ -600,7 +605,7 @@ impl App {
                 }
                 None => Vec::new(),
             };
-            Ok((ended, pruned))
+            Ok((ended, pruned, session))
         };
         let read = tokio::task::spawn_blocking(read).await;
         Ok(read.map_err(|_| AppError::Internal)??)
@@ -872,14 +877,15 @@ impl App {
 mod tests {
     use super::*;
 
-    /// A login counts its own session, before its write, where the user's index will
-    /// put it, as its count after the write does: with a cap of 2, sessions made at 10
-    /// and 30 and a login's made at 20 (its node's clock behind), the one made at 10
-    /// goes; with the login's made at 5, none goes before the write (its own is the
-    /// oldest, for its count after the write to end). Before, a login kept its own as
-    /// the newest, and logins at once could end every session between them.
+    /// A login's session is made newer than every session of the user the node has,
+    /// whatever its node's clock says, and counted as the newest before its write, as
+    /// the user's index will order it after: with a cap of 2, sessions made at 10 and
+    /// 30 and a login's made at 20 or 5 (its node's clock behind), the login's is
+    /// moved to 31 and the one made at 10 goes. Before, a login on a node whose clock
+    /// was behind counted its own as the newest before its write while the index put
+    /// it among the oldest, and logins at once could end every session between them.
     #[test]
-    fn a_login_counts_its_own_session_where_the_index_puts_it() {
+    fn a_logins_session_is_made_the_users_newest() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::SledStore::open(dir.path()).unwrap();
         let user = UserId(9);
@@ -898,16 +904,17 @@ mod tests {
             },
         )
         .unwrap();
-        let ends = |own: &SessionRecord| -> Vec<String> {
-            sessions_past(&store, user, 2, Some(&own.key()))
-                .unwrap()
-                .into_iter()
-                .map(|k| k.token_hash)
-                .collect()
+        let ends = |at: Millis| -> (Vec<String>, Millis) {
+            let mut own = session("c", at);
+            let ended = sessions_past(&store, user, 2, Some(&mut own)).unwrap();
+            (
+                ended.into_iter().map(|k| k.token_hash).collect(),
+                own.created_at,
+            )
         };
-        assert_eq!(ends(&session("c", 20)), ["a"]);
-        assert_eq!(ends(&session("c", 5)), Vec::<String>::new());
-        assert_eq!(ends(&session("c", 40)), ["a"]);
+        assert_eq!(ends(20), (vec!["a".to_owned()], 31));
+        assert_eq!(ends(5), (vec!["a".to_owned()], 31));
+        assert_eq!(ends(40), (vec!["a".to_owned()], 40));
         let after = sessions_past(&store, user, 1, None).unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].token_hash, "a");
