@@ -102,6 +102,22 @@ pub fn ensure_new(dir: &Path) -> StoreResult<()> {
     }
 }
 
+/// Narrows an empty directory given for a restore (a mount point) to its owner, as
+/// a new one is made: what goes in holds password and session-token hashes. One the
+/// restoring user may write but not narrow (another user's, a filesystem without
+/// modes) is warned about and used as it is: a backup that stops for it would be
+/// the worse loss.
+fn narrow_to_owner(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o077);
+    if open == 0 {
+        return;
+    }
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the directory its owner's only: others may read the database written into it (chown it to this user, or chmod 0700 it)");
+    }
+}
+
 /// Refuses a data dir a restore left unfinished (see [`restore`]).
 pub fn check_complete(dir: &Path) -> StoreResult<()> {
     match dir.join(RESTORING).exists() {
@@ -137,14 +153,7 @@ fn restore_with(
     let records = decode(bytes)?;
     ensure_new(dir)?;
     super::create_dir_durably(dir)?;
-    // an empty directory given for it (a mount point) is narrowed as a new one is
-    // made: what goes in holds password and session-token hashes
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            StoreError::Io(format!("making {} its owner's only: {e}", dir.display()))
-        })?;
-    }
+    narrow_to_owner(dir);
     let marker = dir.join(RESTORING);
     let io =
         |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", marker.display()));
