@@ -158,10 +158,10 @@ pub struct Config {
     #[arg(long, env = "JETWAY_NO_SEED", default_value_t = false)]
     pub no_seed: bool,
 
-    /// With a live Stripe key, start even though the data dir still has flights of
-    /// the demo schedule on sale (seeded by an earlier start), to cancel them: until
-    /// then their made-up seats are sold for real money. Without it such a start is
-    /// refused.
+    /// With a live Stripe key, start even though the store (the data dir, or the
+    /// cluster's etcd) still has flights of the demo schedule on sale (seeded by an
+    /// earlier start), to cancel them: until then their made-up seats are sold for
+    /// real money. Without it such a start is refused.
     #[arg(long, env = "JETWAY_KEEP_DEMO_FLIGHTS", default_value_t = false)]
     pub keep_demo_flights: bool,
 

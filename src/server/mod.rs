@@ -316,7 +316,7 @@ async fn backup(
             return (StatusCode::UNAUTHORIZED, why).into_response();
         }
         Err(e) => {
-            tracing::error!(error = %e, "checking a backup's token failed");
+            tracing::warn!(error = %e, "checking a backup's token failed");
             let why = "the token cannot be checked now: try again later";
             return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
         }
