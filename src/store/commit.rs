@@ -119,8 +119,9 @@ pub(crate) async fn after_token_check<F: std::future::Future>(f: F) -> (F::Outpu
         .await
 }
 
-/// The longest after the token check's catch-up that a step counts as the request's
-/// start ([`Committer::catch_up_at_start`]): a step that comes later (one that waited
+/// The longest after the token check's catch-up completed (its read may be older:
+/// it came after the request arrived, which is what counts) that a step counts as the
+/// request's start ([`Committer::catch_up_at_start`]): a step that comes later (one that waited
 /// on something, against its documented use) reads again.
 const AT_START: Duration = Duration::from_millis(1);
 
@@ -308,7 +309,7 @@ impl Committer {
 
     /// [`Committer::catch_up`], as the request's token check: the request's
     /// [`Committer::catch_up_at_start`] rests on it.
-    pub async fn catch_up_for_request(&self) -> Result<(), StoreError> {
+    pub(crate) async fn catch_up_for_request(&self) -> Result<(), StoreError> {
         self.catch_up().await?;
         let _ = CAUGHT_UP.try_with(|c| c.set(Some(Instant::now())));
         Ok(())
@@ -322,7 +323,7 @@ impl Committer {
     /// it. Only the first such call, within [`AT_START`], rests on that read, and only
     /// if the request has not waited since: [`Committer::durable`],
     /// [`Committer::catch_up`] and [`Committer::waiting`] forget it.
-    pub async fn catch_up_at_start(&self) -> Result<(), StoreError> {
+    pub(crate) async fn catch_up_at_start(&self) -> Result<(), StoreError> {
         let checked = CAUGHT_UP.try_with(|c| c.take()).ok().flatten();
         if checked.is_some_and(|at| at.elapsed() < AT_START) {
             return Ok(());
@@ -336,14 +337,14 @@ impl Committer {
     /// for a write ([`Committer::durable`]) or a catch-up. Today's gateway calls in a
     /// request come after one of these; any other wait is left to the [`AT_START`]
     /// bound.
-    pub fn waiting(&self) {
+    pub(crate) fn waiting(&self) {
         forget_token_check();
     }
 
     /// Runs `handling` as the handling of one request, whose first step may rest on
     /// its token check's catch-up ([`Committer::catch_up_at_start`]); a local store's
     /// requests need no scope.
-    pub fn handling_request<F: std::future::Future>(
+    pub(crate) fn handling_request<F: std::future::Future>(
         &self,
         handling: F,
     ) -> impl std::future::Future<Output = F::Output> {
